@@ -1,0 +1,131 @@
+//! Outpost wire protocol, version 1.
+//!
+//! This crate is the only place that knows what travels between an agent and the server. Both
+//! sides depend on it, so a frame can only change in one place and the golden fixtures under
+//! `tests/fixtures/` catch any accidental change to the JSON shape.
+//!
+//! Every message is one JSON object in one WebSocket text frame (or one element of a long-poll
+//! batch), discriminated by its `"type"` field. Unknown fields are ignored so that a newer peer
+//! can add fields without breaking an older one; an unknown `type` is reported as
+//! [`DecodeError::UnknownType`] so the receiver can answer with an `error` frame and carry on.
+//!
+//! The crate does no I/O. Limits that both sides enforce live in [`limits`], error codes that
+//! travel in `error` frames and failed responses live in [`codes`].
+
+mod frames;
+mod output;
+
+pub use frames::{
+    AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData,
+    Response, ScriptInfo, ServerCommand, ServerFrame,
+};
+pub use output::{OutputStream, decode_output_data, encode_output_data};
+
+/// Identifier of a command (and, later, of a run). Version 7 UUIDs, so ids sort by creation time.
+pub type CommandId = uuid::Uuid;
+/// Identifier an agent generates once and keeps in its state directory.
+pub type AgentId = uuid::Uuid;
+
+/// The protocol version this build speaks. Sent in `connected` and `register`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Built-in command names. The server sends whatever the caller asked for; the agent answers
+/// anything it does not know with [`codes::UNKNOWN_COMMAND`].
+pub mod commands {
+    /// Liveness check; answers `{"pong": true}`.
+    pub const PING: &str = "ping";
+    /// Facts about the agent and its host.
+    pub const INFO: &str = "info";
+    /// Returns `data.message` unchanged.
+    pub const ECHO: &str = "echo";
+    /// Runs a script from the agent's manifest.
+    pub const RUN: &str = "run";
+    /// Control: exit with code 42 so the supervisor restarts the agent.
+    pub const RESTART: &str = "restart";
+    /// Control: exit with code 43 so the supervisor updates the agent.
+    pub const UPDATE: &str = "update";
+    /// Control: exit with code 44 so the supervisor redeploys the agent.
+    pub const REDEPLOY: &str = "redeploy";
+
+    /// Every command name a key may be granted.
+    pub const ALL: &[&str] = &[PING, INFO, ECHO, RUN, RESTART, UPDATE, REDEPLOY];
+    /// What a newly created agent key may do when the caller does not say.
+    pub const DEFAULT_PERMISSIONS: &[&str] = &[PING, INFO, ECHO, RUN];
+}
+
+/// Limits of protocol v1. Both sides enforce them; the server's are authoritative.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Largest frame either side accepts. Larger frames close the socket with [`CLOSE_TOO_BIG`].
+    pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+    /// Largest `output` chunk, in bytes of the original stream (before base64).
+    pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+    /// Bad frames tolerated in a sliding minute before the socket is closed with
+    /// [`CLOSE_POLICY`].
+    pub const MAX_BAD_FRAMES_PER_MINUTE: usize = 10;
+    /// Time an agent has to send `register` after the upgrade.
+    pub const REGISTER_DEADLINE: Duration = Duration::from_secs(10);
+    /// Heartbeat interval announced in `connected` unless the server is configured otherwise.
+    pub const DEFAULT_HEARTBEAT_INTERVAL_S: u32 = 30;
+    /// Heartbeat intervals an agent may miss before it counts as offline.
+    pub const MISSED_HEARTBEATS: u32 = 3;
+    /// How long a command waits for an offline agent unless the caller says otherwise.
+    pub const DEFAULT_TTL_S: u32 = 3600;
+    /// Default time a command may run on the agent.
+    pub const DEFAULT_TIMEOUT_S: u32 = 60;
+    /// Longest timeout a caller may ask for (one day).
+    pub const MAX_TIMEOUT_S: u32 = 86_400;
+    /// Longest TTL a caller may ask for (one week).
+    pub const MAX_TTL_S: u32 = 7 * 86_400;
+    /// Longest parameter name (`[A-Z0-9_]{1,64}`).
+    pub const MAX_PARAM_NAME: usize = 64;
+    /// Largest parameter value in bytes.
+    pub const MAX_PARAM_VALUE: usize = 32 * 1024;
+    /// Most tags an agent may report or be given.
+    pub const MAX_TAGS: usize = 64;
+    /// Longest tag.
+    pub const MAX_TAG_LEN: usize = 128;
+
+    /// WebSocket close code: policy violation (no `register` in time, too many bad frames).
+    pub const CLOSE_POLICY: u16 = 1008;
+    /// WebSocket close code: message too big.
+    pub const CLOSE_TOO_BIG: u16 = 1009;
+    /// WebSocket close code: normal closure (key disabled, replaced, shutting down).
+    pub const CLOSE_NORMAL: u16 = 1000;
+    /// WebSocket close code: going away (server shutting down).
+    pub const CLOSE_GOING_AWAY: u16 = 1001;
+}
+
+/// Error codes carried in `error` frames and in `response.error.code`.
+pub mod codes {
+    /// A frame that is not valid JSON or misses a required field.
+    pub const BAD_FRAME: &str = "bad_frame";
+    /// A frame whose `type` this peer does not know.
+    pub const UNKNOWN_TYPE: &str = "unknown_type";
+    /// The peer speaks another protocol version.
+    pub const PROTOCOL_MISMATCH: &str = "protocol_mismatch";
+    /// A frame that needs a registered agent arrived before `register`.
+    pub const NOT_REGISTERED: &str = "not_registered";
+    /// The agent does not know the command.
+    pub const UNKNOWN_COMMAND: &str = "unknown_command";
+    /// The command's `data` is not what the command needs.
+    pub const BAD_DATA: &str = "bad_data";
+    /// The script is not in the agent's manifest (or its path is not allowed).
+    pub const SCRIPT_NOT_ALLOWED: &str = "script_not_allowed";
+    /// Parameters break the manifest's or the protocol's rules.
+    pub const BAD_PARAMS: &str = "bad_params";
+    /// The run passed its timeout.
+    pub const TIMED_OUT: &str = "timed_out";
+    /// The run was cancelled.
+    pub const CANCELLED: &str = "cancelled";
+    /// The agent crashed while the command was running.
+    pub const INTERRUPTED: &str = "interrupted";
+    /// The command's TTL passed before any agent received it.
+    pub const EXPIRED: &str = "expired";
+    /// The agent cannot do what was asked here (for example: a control command without a
+    /// supervisor).
+    pub const UNSUPPORTED: &str = "unsupported";
+    /// Something failed inside the agent.
+    pub const INTERNAL: &str = "internal";
+}
