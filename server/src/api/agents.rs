@@ -1,0 +1,341 @@
+//! `/api/agents`: the fleet as the server knows it, and commands to one agent.
+//!
+//! An agent's `status` comes from the hub (is it connected to this server now?), everything
+//! else from the store, so a server restart never shows a stale "online".
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiJson, validate_tags};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dispatch::{self, CommandSpec};
+use crate::error::{ApiError, ErrorDetail};
+use crate::hub::Transport;
+use crate::store::{agent, command, string_list};
+
+/// An agent connected now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectedAgent {
+    /// The agent's id.
+    pub agent_id: String,
+    /// The key it connected with.
+    pub key_id: String,
+    /// Since when.
+    pub connected_at: DateTime<Utc>,
+    /// Over what.
+    pub transport: Transport,
+}
+
+/// An agent as stored, with its live status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentView {
+    /// The agent's id.
+    pub agent_id: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Host name.
+    pub hostname: String,
+    /// Address it reported.
+    pub ip: String,
+    /// Agent version.
+    pub version: String,
+    /// Operating system.
+    pub os: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Key it last connected with.
+    pub key_id: String,
+    /// Every tag: its own and the server's.
+    pub tags: Vec<String>,
+    /// Tags set through the API.
+    pub server_tags: Vec<String>,
+    /// Commands it implements.
+    pub capabilities: Vec<String>,
+    /// Scripts its manifest whitelists.
+    #[schema(value_type = Vec<Object>)]
+    pub scripts: Value,
+    /// First registration.
+    pub first_seen: DateTime<Utc>,
+    /// Last frame received.
+    pub last_seen: DateTime<Utc>,
+    /// Start of the current or last connection.
+    pub connected_at: Option<DateTime<Utc>>,
+    /// Last heartbeat's metrics.
+    #[schema(value_type = Option<Object>)]
+    pub last_heartbeat: Option<Value>,
+}
+
+impl AgentView {
+    fn new(state: &AppState, model: agent::Model) -> Self {
+        let online = model
+            .id
+            .parse()
+            .is_ok_and(|id| state.hub.is_online(&model.tenant_id, id));
+        let server_tags = string_list(&model.server_tags);
+        let mut tags = string_list(&model.agent_tags);
+        for tag in &server_tags {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
+            }
+        }
+        Self {
+            agent_id: model.id,
+            status: if online { "online" } else { "offline" }.into(),
+            hostname: model.hostname,
+            ip: model.ip,
+            version: model.version,
+            os: model.os,
+            arch: model.arch,
+            key_id: model.key_id,
+            tags,
+            server_tags,
+            capabilities: string_list(&model.capabilities),
+            scripts: model.scripts,
+            first_seen: model.first_seen,
+            last_seen: model.last_seen,
+            connected_at: model.connected_at,
+            last_heartbeat: model.last_heartbeat,
+        }
+    }
+}
+
+/// Filters of `GET /api/agents`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AgentFilter {
+    /// Only agents with this tag.
+    pub tag: Option<String>,
+    /// `online` or `offline`.
+    pub status: Option<String>,
+}
+
+/// Body of `PATCH /api/agents/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    /// Replaces the server-side tags.
+    pub tags: Vec<String>,
+}
+
+/// A command for an agent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// `ping`, `info`, `echo`, `run`, `restart`, `update` or `redeploy`.
+    pub command: String,
+    /// Arguments, a JSON object (`{"message": …}` for echo).
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// Seconds the command may run (default 60); the call waits this long plus 2 s.
+    pub timeout_s: Option<u32>,
+    /// With `queue`: seconds the command waits for an offline agent (default 3600).
+    pub ttl_s: Option<u32>,
+    /// Store the command for an offline agent instead of refusing with 409; answers 202.
+    #[serde(default)]
+    pub queue: bool,
+}
+
+impl CommandRequest {
+    /// Validates the fields.
+    pub fn into_spec(self) -> Result<CommandSpec, ApiError> {
+        CommandSpec::new(self.command, self.data, self.timeout_s, self.ttl_s)
+    }
+}
+
+/// A stored command and, once it has one, its result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandView {
+    /// Command id.
+    pub command_id: String,
+    /// Target agent.
+    pub agent_id: String,
+    /// Command name.
+    pub command: String,
+    /// `pending`, `delivered`, `succeeded`, `failed`, `timed_out`, `cancelled`, `expired`, `lost`.
+    pub status: String,
+    /// Whether it succeeded, once finished.
+    pub success: Option<bool>,
+    /// The agent's result data.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// Why it failed.
+    pub error: Option<ErrorDetail>,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// When the agent acknowledged it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// When its result was stored.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// From stored to result stored.
+    pub duration_ms: Option<i64>,
+}
+
+impl From<command::Model> for CommandView {
+    fn from(m: command::Model) -> Self {
+        let error = m.error_code.map(|code| ErrorDetail {
+            code,
+            message: m.error_message.unwrap_or_default(),
+        });
+        Self {
+            duration_ms: m
+                .finished_at
+                .map(|f| (f - m.created_at).num_milliseconds().max(0)),
+            command_id: m.id,
+            agent_id: m.agent_id,
+            command: m.command,
+            status: m.state,
+            success: m.success,
+            data: m.result,
+            error,
+            created_at: m.created_at,
+            delivered_at: m.delivered_at,
+            finished_at: m.finished_at,
+        }
+    }
+}
+
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<agent::Model, ApiError> {
+    state
+        .store
+        .get_agent(&caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
+}
+
+/// Agents connected to this server now.
+#[utoipa::path(get, path = "/api/agents/connected", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, body = [ConnectedAgent])))]
+pub async fn connected(State(state): State<AppState>, caller: Caller) -> Json<Vec<ConnectedAgent>> {
+    let mut agents: Vec<_> = state
+        .hub
+        .connected(&caller.tenant_id)
+        .into_iter()
+        .map(|(id, session)| ConnectedAgent {
+            agent_id: id.to_string(),
+            key_id: session.key_id,
+            connected_at: session.connected_at,
+            transport: session.transport,
+        })
+        .collect();
+    agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    Json(agents)
+}
+
+/// All agents, with status, last heartbeat and metrics, tags, version and scripts.
+#[utoipa::path(get, path = "/api/agents", tag = "agents", security(("bearer" = [])),
+    params(AgentFilter), responses((status = 200, body = [AgentView])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(filter): Query<AgentFilter>,
+) -> Result<Json<Vec<AgentView>>, ApiError> {
+    if let Some(status) = &filter.status
+        && status != "online"
+        && status != "offline"
+    {
+        return Err(ApiError::BadRequest(format!(
+            "status: must be \"online\" or \"offline\", not {status:?}"
+        )));
+    }
+    let agents = state.store.list_agents(&caller.tenant_id).await?;
+    let views = agents
+        .into_iter()
+        .map(|m| AgentView::new(&state, m))
+        .filter(|a| filter.status.as_ref().is_none_or(|s| &a.status == s))
+        .filter(|a| filter.tag.as_ref().is_none_or(|t| a.tags.contains(t)))
+        .collect();
+    Ok(Json(views))
+}
+
+/// One agent.
+#[utoipa::path(get, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")),
+    responses((status = 200, body = AgentView), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AgentView>, ApiError> {
+    let agent = find(&state, &caller, &id).await?;
+    Ok(Json(AgentView::new(&state, agent)))
+}
+
+/// Set an agent's server-side tags.
+#[utoipa::path(patch, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")), request_body = UpdateAgent,
+    responses((status = 200, body = AgentView), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateAgent>,
+) -> Result<Json<AgentView>, ApiError> {
+    validate_tags("tags", &body.tags)?;
+    let agent = state
+        .store
+        .set_agent_tags(&caller.tenant_id, &id, &body.tags)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
+    Ok(Json(AgentView::new(&state, agent)))
+}
+
+/// Forget an agent. Its open commands become `lost`; if it is connected, it is disconnected
+/// (it registers again as new if it reconnects).
+#[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")),
+    responses((status = 204), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_agent(&caller.tenant_id, &id).await? {
+        return Err(ApiError::NotFound(format!("no agent {id}")));
+    }
+    if let Ok(agent_id) = id.parse() {
+        state.hub.close_agent(&caller.tenant_id, agent_id, "agent deleted");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Send a command to one agent and wait for its result (`timeout_s`, then 504). An offline
+/// agent gets 409 unless `queue` is set, in which case the command is stored and 202 returned.
+#[utoipa::path(post, path = "/api/agents/{id}/command", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")), request_body = CommandRequest,
+    responses(
+        (status = 200, body = CommandView, description = "The stored result"),
+        (status = 202, body = CommandView, description = "Queued for an offline agent"),
+        (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope, description = "The agent's key does not allow the command"),
+        (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, body = crate::error::ErrorEnvelope, description = "Agent offline"),
+        (status = 504, body = crate::error::ErrorEnvelope, description = "No answer in time")))]
+pub async fn command(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CommandRequest>,
+) -> Result<Response, ApiError> {
+    let queue = body.queue;
+    let spec = body.into_spec()?;
+    let agent = find(&state, &caller, &id).await?;
+    let online = agent
+        .id
+        .parse()
+        .is_ok_and(|a| state.hub.is_online(&agent.tenant_id, a));
+    if queue && !online {
+        let model = dispatch::submit(&state, &agent, &spec, true).await?;
+        // It may have connected in between; if so it gets the command now.
+        dispatch::push(&state, &model);
+        return Ok((StatusCode::ACCEPTED, Json(CommandView::from(model))).into_response());
+    }
+    let model = dispatch::run(&state, &agent, &spec, queue).await?;
+    Ok(Json(CommandView::from(model)).into_response())
+}

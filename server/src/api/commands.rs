@@ -1,0 +1,27 @@
+//! `/api/commands/{id}`: a stored command and its result, for callers that queued a command or
+//! whose wait timed out.
+
+use axum::Json;
+use axum::extract::{Path, State};
+
+use super::agents::CommandView;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// One command and its result.
+#[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Command id")),
+    responses((status = 200, body = CommandView), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<CommandView>, ApiError> {
+    state
+        .store
+        .get_command(&caller.tenant_id, &id)
+        .await?
+        .map(|m| Json(CommandView::from(m)))
+        .ok_or_else(|| ApiError::NotFound(format!("no command {id}")))
+}

@@ -1,0 +1,116 @@
+//! The REST API: routes, request/response types and the OpenAPI document.
+//!
+//! One module per resource. Handlers authenticate with [`crate::auth::Caller`], validate their
+//! input into domain types (errors name the offending field), call the store or
+//! [`crate::dispatch`], and map rows to the views defined next to them. They never see another
+//! tenant's rows because every store method takes the caller's tenant.
+
+mod agents;
+mod commands;
+mod health;
+mod keys;
+
+use axum::Router;
+use axum::extract::{FromRequest, Request};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+use crate::error::{ApiError, json_rejection};
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Outpost", description = "Self-hosted command bus for fleets of machines."),
+    paths(
+        health::healthz, health::readyz,
+        keys::create, keys::list, keys::show, keys::update, keys::delete, keys::regenerate,
+        keys::ping, keys::command,
+        agents::connected, agents::list, agents::show, agents::update, agents::delete,
+        agents::command,
+        commands::show,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "agent keys", description = "Keys agents connect with"),
+        (name = "agents", description = "Agents and commands to them"),
+        (name = "commands", description = "Stored commands and their results"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (opk_…)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every REST route, the OpenAPI document and its interactive viewer.
+pub fn router() -> Router<AppState> {
+    let api = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/agents/keys", post(keys::create).get(keys::list))
+        .route(
+            "/api/agents/keys/{id}",
+            get(keys::show).patch(keys::update).delete(keys::delete),
+        )
+        .route("/api/agents/keys/{id}/regenerate", post(keys::regenerate))
+        .route("/api/agents/keys/{id}/ping", post(keys::ping))
+        .route("/api/agents/keys/{id}/command", post(keys::command))
+        .route("/api/agents/connected", get(agents::connected))
+        .route("/api/agents", get(agents::list))
+        .route(
+            "/api/agents/{id}",
+            get(agents::show).patch(agents::update).delete(agents::delete),
+        )
+        .route("/api/agents/{id}/command", post(agents::command))
+        .route("/api/commands/{id}", get(commands::show));
+    // The viewer's assets are compiled into the binary, so /docs works with no network.
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}
+
+/// A JSON body whose rejection uses our error shape and names what was wrong.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// Validates a list of tags: each 1–128 printable characters, at most 64.
+pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
+    use outpost_protocol::limits::{MAX_TAG_LEN, MAX_TAGS};
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::BadRequest(format!("{field}: at most {MAX_TAGS} tags")));
+    }
+    for tag in tags {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(|c| c.is_control() || c == ',') {
+            return Err(ApiError::BadRequest(format!(
+                "{field}: tag {tag:?} must be 1 to {MAX_TAG_LEN} characters without commas or control characters"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Who is calling: key generation, hashing and the extractors that authenticate requests.
+//!
+//! Keys are 32 random bytes from the OS, so a plain SHA-256 is a safe verifier (a slow hash
+//! such as argon2 protects low-entropy passwords, not random keys) and lets a key be found by
+//! an indexed lookup on its hash. After the lookup the hashes are compared again in constant
+//! time, so nothing about a near-miss leaks through timing. Secrets are never logged: they
+//! only pass through [`hash_secret`] and the one response that shows a new key.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::{agent_key, key_status};
+
+/// The two kinds of secret the server issues.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyKind {
+    /// `opk_…`: REST API keys.
+    Api,
+    /// `opa_…`: agent keys.
+    Agent,
+}
+
+impl KeyKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Api => "opk_",
+            Self::Agent => "opa_",
+        }
+    }
+}
+
+/// Bytes of randomness in a key.
+const KEY_BYTES: usize = 32;
+
+/// A fresh key: prefix plus 32 random bytes in URL-safe base64.
+pub fn generate_secret(kind: KeyKind) -> String {
+    let mut bytes = [0u8; KEY_BYTES];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random source failed");
+    format!("{}{}", kind.prefix(), URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The verifier stored for a key: hex SHA-256 of the whole secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()))
+}
+
+/// Whether `secret` hashes to `stored`, compared in constant time.
+pub fn verify_secret(secret: &str, stored: &str) -> bool {
+    hash_secret(secret).as_bytes().ct_eq(stored.as_bytes()).into()
+}
+
+/// Checks that an operator-provided key (`OUTPOST_ADMIN_KEY`) looks like one we would issue.
+pub fn validate_admin_key(key: &str) -> Result<(), String> {
+    if !key.starts_with("opk_") {
+        return Err("OUTPOST_ADMIN_KEY must start with opk_".into());
+    }
+    if key.len() < 4 + 32 {
+        return Err("OUTPOST_ADMIN_KEY must have at least 32 characters after opk_".into());
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("OUTPOST_ADMIN_KEY must be printable ASCII without spaces".into());
+    }
+    Ok(())
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?;
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// An authenticated REST caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The caller's tenant: every query it makes is scoped to it.
+    pub tenant_id: String,
+    /// The API key used.
+    pub key_id: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized("missing `Authorization: Bearer <API key>` header".into())
+        })?;
+        if !token.starts_with("opk_") {
+            return Err(ApiError::Unauthorized(
+                "the bearer token is not an API key (opk_…)".into(),
+            ));
+        }
+        let hash = hash_secret(token);
+        let key = state
+            .store
+            .api_key_by_hash(&hash)
+            .await?
+            .filter(|k| verify_secret(token, &k.key_hash))
+            .filter(|k| k.expires_at.is_none_or(|t| t > Utc::now()))
+            .ok_or_else(|| ApiError::Unauthorized("unknown or expired API key".into()))?;
+        Ok(Self {
+            tenant_id: key.tenant_id,
+            key_id: key.id,
+            role: key.role,
+        })
+    }
+}
+
+/// Why an agent key was refused; told to the agent in the 401 body, never more.
+pub async fn authenticate_agent(
+    state: &AppState,
+    token: Option<&str>,
+) -> Result<agent_key::Model, ApiError> {
+    let token = token.ok_or_else(|| {
+        ApiError::Unauthorized("missing `Authorization: Bearer <agent key>` header".into())
+    })?;
+    if !token.starts_with("opa_") {
+        return Err(ApiError::Unauthorized(
+            "the bearer token is not an agent key (opa_…)".into(),
+        ));
+    }
+    let key = state
+        .store
+        .agent_key_by_hash(&hash_secret(token))
+        .await?
+        .filter(|k| verify_secret(token, &k.key_hash))
+        .ok_or_else(|| ApiError::Unauthorized("unknown agent key".into()))?;
+    if key.status != key_status::ACTIVE {
+        return Err(ApiError::Unauthorized("agent key is disabled".into()));
+    }
+    if key.expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(ApiError::Unauthorized("agent key has expired".into()));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_prefix_and_entropy() {
+        let a = generate_secret(KeyKind::Agent);
+        let b = generate_secret(KeyKind::Agent);
+        assert!(a.starts_with("opa_") && a.len() == 4 + 43, "{a}");
+        assert_ne!(a, b);
+        assert!(generate_secret(KeyKind::Api).starts_with("opk_"));
+    }
+
+    #[test]
+    fn verify_matches_only_the_right_secret() {
+        let secret = generate_secret(KeyKind::Api);
+        let stored = hash_secret(&secret);
+        assert!(verify_secret(&secret, &stored));
+        assert!(!verify_secret("opk_wrong", &stored));
+        assert!(!verify_secret(&secret, ""));
+    }
+
+    #[test]
+    fn admin_key_rules() {
+        assert!(validate_admin_key(&generate_secret(KeyKind::Api)).is_ok());
+        assert!(validate_admin_key("opk_short").is_err());
+        assert!(validate_admin_key(&format!("opa_{}", "x".repeat(40))).is_err());
+        assert!(validate_admin_key(&format!("opk_{} x", "x".repeat(40))).is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! Server configuration: flags, each with an `OUTPOST_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `outpost-server` configuration.
+#[derive(Clone, Parser)]
+#[command(name = "outpost-server", version, about = "Outpost server: REST API, agent hub and storage")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "OUTPOST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database and admin.key.
+    #[arg(long, env = "OUTPOST_DATA_DIR", default_value = "./outpost-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL (postgres://… or sqlite://…); default: SQLite in --data-dir.
+    #[arg(long, env = "OUTPOST_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// URL agents and browsers reach this server at (used in deploy.sh and links).
+    #[arg(long, env = "OUTPOST_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// PEM certificate chain; serves HTTPS/WSS when given with --tls-key.
+    #[arg(long, env = "OUTPOST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "OUTPOST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Seconds between agent heartbeats; an agent silent for 3 intervals is offline.
+    #[arg(long, env = "OUTPOST_HEARTBEAT_INTERVAL", default_value_t = outpost_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_S as u64)]
+    pub heartbeat_interval: u64,
+
+    /// Owner API key to use instead of generating one (opk_…, 32+ characters).
+    #[arg(long = "admin-key", env = "OUTPOST_ADMIN_KEY", hide_env_values = true, hide = true)]
+    pub admin_key: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    // Written by hand so that the admin key and database password never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("public_url", &self.public_url)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("log_format", &self.log_format)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}

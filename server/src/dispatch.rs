@@ -1,0 +1,204 @@
+//! Sending commands to agents: validate, store, push, and (optionally) wait for the result.
+//!
+//! This is the one path every command takes, whichever endpoint asked for it:
+//! REST handler -> [`submit`] (permission check, command stored) -> hub (frame out) -> agent ->
+//! connection task (result stored) -> [`crate::hub::Hub::finished`] wakes the waiter here.
+
+use std::time::Duration;
+
+use outpost_protocol::{ServerCommand, ServerFrame, commands, limits};
+use serde_json::Value;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::hub::Push;
+use crate::store::{NewCommand, agent, command, key_status, string_list};
+
+/// Extra time a waiting caller gives the agent beyond the command's own timeout, so a command
+/// that times out on the agent is reported as `timed_out` rather than as a 504.
+const WAIT_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run, as validated from a request.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// Command name.
+    pub command: String,
+    /// Arguments.
+    pub data: Value,
+    /// Run timeout.
+    pub timeout_s: u32,
+    /// Wait for an offline agent this long.
+    pub ttl_s: u32,
+}
+
+impl CommandSpec {
+    /// Validates a request's fields; errors name the field.
+    pub fn new(
+        command: String,
+        data: Option<Value>,
+        timeout_s: Option<u32>,
+        ttl_s: Option<u32>,
+    ) -> Result<Self, ApiError> {
+        if !commands::ALL.contains(&command.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "command: unknown command {command:?}; expected one of {}",
+                commands::ALL.join(", ")
+            )));
+        }
+        let timeout_s = timeout_s.unwrap_or(limits::DEFAULT_TIMEOUT_S);
+        if timeout_s == 0 || timeout_s > limits::MAX_TIMEOUT_S {
+            return Err(ApiError::BadRequest(format!(
+                "timeout_s: must be between 1 and {}",
+                limits::MAX_TIMEOUT_S
+            )));
+        }
+        let ttl_s = ttl_s.unwrap_or(limits::DEFAULT_TTL_S);
+        if ttl_s > limits::MAX_TTL_S {
+            return Err(ApiError::BadRequest(format!(
+                "ttl_s: must be at most {}",
+                limits::MAX_TTL_S
+            )));
+        }
+        let data = data.unwrap_or(Value::Object(Default::default()));
+        if !data.is_object() {
+            return Err(ApiError::BadRequest("data: must be a JSON object".into()));
+        }
+        Ok(Self {
+            command,
+            data,
+            timeout_s,
+            ttl_s,
+        })
+    }
+
+    /// How long a caller waits for the result.
+    pub fn wait_for(&self) -> Duration {
+        Duration::from_secs(u64::from(self.timeout_s)) + WAIT_GRACE
+    }
+}
+
+/// The frame that carries a stored command.
+pub fn frame_for(model: &command::Model) -> Option<ServerFrame> {
+    Some(ServerFrame::Command(ServerCommand {
+        command_id: model.id.parse().ok()?,
+        command: model.command.clone(),
+        data: model.data.clone(),
+        timeout_s: model.timeout_s.max(1) as u32,
+        timestamp: model.created_at,
+    }))
+}
+
+/// Checks that the agent's key allows the command. A command the key does not allow is
+/// refused here and never stored or sent.
+async fn check_permission(
+    state: &AppState,
+    agent: &agent::Model,
+    command: &str,
+) -> Result<(), ApiError> {
+    let key = state
+        .store
+        .get_agent_key(&agent.tenant_id, &agent.key_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Forbidden(format!(
+                "agent {} connected with a key that no longer exists",
+                agent.id
+            ))
+        })?;
+    if key.status != key_status::ACTIVE {
+        return Err(ApiError::Forbidden(format!(
+            "agent {}'s key {} is disabled",
+            agent.id, key.id
+        )));
+    }
+    if !string_list(&key.permissions).iter().any(|p| p == command) {
+        return Err(ApiError::Forbidden(format!(
+            "agent key {} does not allow the {command:?} command",
+            key.id
+        )));
+    }
+    Ok(())
+}
+
+/// Stores a command for one agent and pushes it if the agent is connected. With `queue` off,
+/// an offline agent is refused (409) and nothing is stored.
+pub async fn submit(
+    state: &AppState,
+    agent: &agent::Model,
+    spec: &CommandSpec,
+    queue: bool,
+) -> Result<command::Model, ApiError> {
+    let agent_id = parse_agent_id(&agent.id)?;
+    check_permission(state, agent, &spec.command).await?;
+    if !queue && !state.hub.is_online(&agent.tenant_id, agent_id) {
+        return Err(offline(&agent.id));
+    }
+    let model = state
+        .store
+        .insert_command(NewCommand {
+            tenant_id: agent.tenant_id.clone(),
+            agent_id: agent.id.clone(),
+            command: spec.command.clone(),
+            data: spec.data.clone(),
+            timeout_s: spec.timeout_s,
+            ttl_s: spec.ttl_s,
+        })
+        .await?;
+    Ok(model)
+}
+
+/// Pushes a stored command to its agent, if connected here.
+pub fn push(state: &AppState, model: &command::Model) -> Push {
+    let (Ok(agent_id), Some(frame)) = (parse_agent_id(&model.agent_id), frame_for(model)) else {
+        return Push::Offline;
+    };
+    state.hub.push(&model.tenant_id, agent_id, frame)
+}
+
+/// Submits a command and waits for its stored result. On timeout the command stays stored
+/// (its result is kept when it comes) and the caller gets 504 with the command id.
+pub async fn run(
+    state: &AppState,
+    agent: &agent::Model,
+    spec: &CommandSpec,
+    queue: bool,
+) -> Result<command::Model, ApiError> {
+    let model = submit(state, agent, spec, queue).await?;
+    let command_id = model
+        .id
+        .parse()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("bad command id: {e}")))?;
+    let waiter = state.hub.watch(command_id);
+    push(state, &model);
+    match waiter.wait(spec.wait_for()).await {
+        Some(done) => Ok(done),
+        None => {
+            // The result may have been stored between the timeout and now.
+            match state.store.get_command(&model.tenant_id, &model.id).await? {
+                Some(m) if crate::store::state::FINAL.contains(&m.state.as_str()) => Ok(m),
+                _ => Err(ApiError::Timeout(format!(
+                    "agent {} did not answer command {} within {} s; its result will be stored when it arrives (GET /api/commands/{})",
+                    agent.id,
+                    model.id,
+                    spec.wait_for().as_secs(),
+                    model.id
+                ))),
+            }
+        }
+    }
+}
+
+/// 409 for an agent that is not connected.
+pub fn offline(agent_id: &str) -> ApiError {
+    ApiError::Conflict {
+        code: "agent_offline",
+        message: format!(
+            "agent {agent_id} is offline; pass \"queue\": true to store the command until it connects (ttl_s)"
+        ),
+    }
+}
+
+fn parse_agent_id(id: &str) -> Result<outpost_protocol::AgentId, ApiError> {
+    id.parse()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored agent id {id:?} is not a UUID: {e}")))
+}

@@ -1,0 +1,111 @@
+//! The one error type of the REST API and its mapping to HTTP.
+//!
+//! Every error leaves the server as `{"error":{"code":…,"message":…}}` with a fitting status.
+//! Internal failures are logged with their cause and shown to the client only as a generic
+//! message, so database details never reach a caller.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::StoreError;
+
+/// An error answered by the REST API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no or bad credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: nothing by that id in the caller's tenant.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the request conflicts with the current state, with a specific code.
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// 504: the agent did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// 503: the server cannot serve this now (shutting down, database unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or an infrastructure failure; details are logged, not returned.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+/// The error envelope of every failed request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a human-readable message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `bad_request`, `agent_offline`.
+    pub code: String,
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// The envelope this error is shown as (also used inside fan-out results).
+    pub fn envelope(&self) -> ErrorEnvelope {
+        if let Self::Internal(err) = self {
+            tracing::error!(error = ?err, "internal error");
+        }
+        ErrorEnvelope {
+            error: ErrorDetail {
+                code: self.parts().1.to_owned(),
+                message: self.to_string(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.parts().0;
+        (status, Json(self.envelope())).into_response()
+    }
+}
+
+/// Turns axum's JSON body rejections into our error shape, naming what was wrong.
+pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid request body: {}", rejection.body_text()))
+}

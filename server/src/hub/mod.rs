@@ -1,0 +1,281 @@
+//! The agent hub: which agents are connected to this server process, and how to reach them.
+//!
+//! Each connection is one task that owns its socket (see [`ws`]). The hub holds only a small
+//! handle per connection: a bounded sender for outgoing frames and a close signal. Nothing here
+//! is held across an `.await`, so the maps never become a point of contention; DashMap shards
+//! them so that thousands of connects and commands a second do not queue on one lock.
+//!
+//! The hub never decides what a command's state is; the store does. A frame pushed through the
+//! hub may be lost with its connection; that is fine because every command is in the store
+//! first and is sent again when its agent reconnects.
+
+pub mod ws;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use outpost_protocol::{AgentId, CommandId, ServerFrame};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::command;
+
+/// Frames queued for one connection before it counts as too slow. A command is small and an
+/// agent reads continuously, so a full queue means the connection is dead or stuck.
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// A request to close a connection, with the WebSocket close code and reason to send.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    token: CancellationToken,
+    reason: Mutex<Option<(u16, String)>>,
+}
+
+impl CloseSignal {
+    /// Asks the connection to close. The first reason wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        if let Ok(mut slot) = self.reason.lock() {
+            slot.get_or_insert_with(|| (code, reason.to_owned()));
+        }
+        self.token.cancel();
+    }
+
+    /// Resolves once [`close`](Self::close) was called.
+    pub async fn closed(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// The code and reason given to [`close`](Self::close).
+    pub fn reason(&self) -> (u16, String) {
+        self.reason
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .unwrap_or((outpost_protocol::limits::CLOSE_NORMAL, String::new()))
+    }
+}
+
+/// How an agent is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// A WebSocket.
+    Websocket,
+}
+
+/// What the hub keeps about one live connection.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Distinguishes this connection from an earlier or later one of the same agent.
+    pub conn_id: u64,
+    /// The agent key it authenticated with.
+    pub key_id: String,
+    /// Queue of frames for the connection's task to send.
+    pub tx: mpsc::Sender<ServerFrame>,
+    /// Asks the connection's task to close the socket.
+    pub close: Arc<CloseSignal>,
+    /// When it registered.
+    pub connected_at: DateTime<Utc>,
+    /// Over what.
+    pub transport: Transport,
+}
+
+/// Outcome of pushing a frame to an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued on the agent's connection.
+    Queued,
+    /// The agent is not connected here.
+    Offline,
+    /// The agent's queue was full; its connection is being closed and the command will be sent
+    /// again from the store when it reconnects.
+    Dropped,
+}
+
+type SessionKey = (String, AgentId);
+
+/// Registry of live connections and of callers waiting for command results.
+#[derive(Debug)]
+pub struct Hub {
+    sessions: DashMap<SessionKey, Session>,
+    waiters: DashMap<CommandId, Vec<oneshot::Sender<command::Model>>>,
+    next_conn: AtomicU64,
+    heartbeat_interval: Duration,
+}
+
+impl Hub {
+    /// An empty hub announcing the given heartbeat interval.
+    pub fn new(heartbeat_interval: Duration) -> Self {
+        Self {
+            sessions: DashMap::new(),
+            waiters: DashMap::new(),
+            next_conn: AtomicU64::new(1),
+            heartbeat_interval,
+        }
+    }
+
+    /// The heartbeat interval agents are told to use.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a registered connection. An earlier connection of the same agent is closed with
+    /// reason `replaced` (SPEC §2).
+    pub fn insert(&self, tenant_id: &str, agent_id: AgentId, session: Session) {
+        let old = self.sessions.insert((tenant_id.to_owned(), agent_id), session);
+        if let Some(old) = old {
+            old.close
+                .close(outpost_protocol::limits::CLOSE_NORMAL, "replaced");
+        }
+    }
+
+    /// Removes a connection, unless it was already replaced by a newer one. Returns whether
+    /// it was removed (and so whether the agent just went offline).
+    pub fn remove(&self, tenant_id: &str, agent_id: AgentId, conn_id: u64) -> bool {
+        self.sessions
+            .remove_if(&(tenant_id.to_owned(), agent_id), |_, s| s.conn_id == conn_id)
+            .is_some()
+    }
+
+    /// The live connection of an agent, if any.
+    pub fn get(&self, tenant_id: &str, agent_id: AgentId) -> Option<Session> {
+        self.sessions
+            .get(&(tenant_id.to_owned(), agent_id))
+            .map(|s| s.clone())
+    }
+
+    /// Whether an agent is connected here.
+    pub fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
+        self.sessions.contains_key(&(tenant_id.to_owned(), agent_id))
+    }
+
+    /// Queues a frame for an agent without waiting.
+    pub fn push(&self, tenant_id: &str, agent_id: AgentId, frame: ServerFrame) -> Push {
+        let Some(session) = self.get(tenant_id, agent_id) else {
+            return Push::Offline;
+        };
+        match session.tx.try_send(frame) {
+            Ok(()) => Push::Queued,
+            Err(mpsc::error::TrySendError::Closed(_)) => Push::Offline,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%agent_id, "outbound queue full; closing the connection");
+                session
+                    .close
+                    .close(outpost_protocol::limits::CLOSE_GOING_AWAY, "too slow");
+                Push::Dropped
+            }
+        }
+    }
+
+    /// Connected agents of a tenant, with their sessions.
+    pub fn connected(&self, tenant_id: &str) -> Vec<(AgentId, Session)> {
+        self.sessions
+            .iter()
+            .filter(|e| e.key().0 == tenant_id)
+            .map(|e| (e.key().1, e.value().clone()))
+            .collect()
+    }
+
+    /// Connected agents of a tenant that authenticated with the given key.
+    pub fn connected_with_key(&self, tenant_id: &str, key_id: &str) -> Vec<AgentId> {
+        self.sessions
+            .iter()
+            .filter(|e| e.key().0 == tenant_id && e.value().key_id == key_id)
+            .map(|e| e.key().1)
+            .collect()
+    }
+
+    /// Closes every connection made with a key (disabled, deleted or regenerated).
+    pub fn close_key(&self, key_id: &str, reason: &str) -> usize {
+        let mut closed = 0;
+        for entry in self.sessions.iter() {
+            if entry.value().key_id == key_id {
+                entry
+                    .value()
+                    .close
+                    .close(outpost_protocol::limits::CLOSE_NORMAL, reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes one agent's connection.
+    pub fn close_agent(&self, tenant_id: &str, agent_id: AgentId, reason: &str) {
+        if let Some(session) = self.get(tenant_id, agent_id) {
+            session
+                .close
+                .close(outpost_protocol::limits::CLOSE_NORMAL, reason);
+        }
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no agent is connected.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Registers interest in a command's stored result. Register before the command can
+    /// finish (that is, before it is pushed) so that the result cannot slip by.
+    pub fn watch(&self, command_id: CommandId) -> Waiter<'_> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.entry(command_id).or_default().push(tx);
+        Waiter {
+            hub: self,
+            command_id,
+            rx,
+        }
+    }
+
+    /// Hands a stored result to everyone waiting for it.
+    pub fn finished(&self, model: &command::Model) {
+        let Ok(id) = model.id.parse::<CommandId>() else {
+            return;
+        };
+        if let Some((_, senders)) = self.waiters.remove(&id) {
+            for tx in senders {
+                let _ = tx.send(model.clone());
+            }
+        }
+    }
+}
+
+/// A caller waiting for one command's result. Dropping it withdraws the interest.
+pub struct Waiter<'a> {
+    hub: &'a Hub,
+    command_id: CommandId,
+    rx: oneshot::Receiver<command::Model>,
+}
+
+impl Waiter<'_> {
+    /// Waits up to `timeout` for the stored result.
+    pub async fn wait(mut self, timeout: Duration) -> Option<command::Model> {
+        tokio::time::timeout(timeout, &mut self.rx).await.ok()?.ok()
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        // Close our receiver so that its sender counts as closed, then drop closed senders and
+        // the entry itself once nobody else waits.
+        self.rx.close();
+        self.hub
+            .waiters
+            .remove_if_mut(&self.command_id, |_, senders| {
+                senders.retain(|tx| !tx.is_closed());
+                senders.is_empty()
+            });
+    }
+}

@@ -1,0 +1,410 @@
+//! `GET /agent/v1/ws`: one task per agent connection, owning its socket.
+//!
+//! The task lives through two phases. Before `register` it only waits (10 s at most) for the
+//! agent to say who it is; after it, the connection is in the hub and the task `select!`s over
+//! incoming frames, outgoing frames from its queue, the heartbeat deadline, a close request
+//! (key disabled, agent replaced) and server shutdown. When the socket ends, the task removes
+//! its own entry from the hub, unless a newer connection already replaced it.
+//!
+//! Everything an agent sends is untrusted: frames are size-capped by the WebSocket layer,
+//! decoded by the protocol crate, and a peer that keeps sending garbage is cut off. A response
+//! can only finish a command addressed to the agent that sends it, in the agent's tenant.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use chrono::Utc;
+use outpost_protocol::{
+    AgentFrame, Connected, DecodeError, ErrorBody, PROTOCOL_VERSION, RegisterData, ServerFrame,
+    codes, limits,
+};
+use tokio::sync::mpsc;
+
+use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
+use crate::AppState;
+use crate::auth;
+use crate::store::{agent_key, string_list};
+
+/// How long one frame may take to reach the agent's TCP buffer before the peer counts as dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes tungstenite reads at a time. Its default (128 KiB) preallocated per connection would
+/// cost over a gigabyte at 10,000 idle agents; 4 KiB costs 40 MB.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Authenticates the agent key, then upgrades. A bad key never gets a WebSocket.
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> HttpResponse {
+    let key = match auth::authenticate_agent(&state, auth::bearer(&headers)).await {
+        Ok(key) => key,
+        Err(err) => return err.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(limits::MAX_FRAME_BYTES)
+        .max_frame_size(limits::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            let mut conn = Connection {
+                socket,
+                state,
+                key,
+                bad: BadFrames::default(),
+            };
+            conn.serve().await;
+        })
+}
+
+/// Why the connection loop ended.
+enum End {
+    /// Close the socket with this code and reason.
+    Close(u16, String),
+    /// The socket is already gone.
+    Gone,
+}
+
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+    key: agent_key::Model,
+    bad: BadFrames,
+}
+
+impl Connection {
+    async fn serve(&mut self) {
+        let hello = ServerFrame::Connected(Connected {
+            message: "Agent connection established".into(),
+            agent_key_id: self.key.id.clone(),
+            permissions: string_list(&self.key.permissions),
+            heartbeat_interval_s: self.state.hub.heartbeat_interval().as_secs().max(1) as u32,
+            protocol: PROTOCOL_VERSION,
+            timestamp: Utc::now(),
+        });
+        if self.send(&hello).await.is_err() {
+            return;
+        }
+        let register = match self.await_register().await {
+            Ok(data) => data,
+            Err(end) => return self.finish(end).await,
+        };
+        let agent_id = register.agent_id;
+        let tenant_id = self.key.tenant_id.clone();
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let close = Arc::new(CloseSignal::default());
+        let conn_id = self.state.hub.next_conn_id();
+        if let Err(end) = self.on_register(&register).await {
+            return self.finish(end).await;
+        }
+        // Into the hub first, then resend what is open: a command stored in between is then
+        // either in the scan or pushed through the hub, never missed.
+        self.state.hub.insert(
+            &tenant_id,
+            agent_id,
+            Session {
+                conn_id,
+                key_id: self.key.id.clone(),
+                tx,
+                close: close.clone(),
+                connected_at: Utc::now(),
+                transport: Transport::Websocket,
+            },
+        );
+        tracing::info!(%agent_id, hostname = %register.hostname, version = %register.version, "agent connected");
+
+        let end = match self.resend_open(agent_id).await {
+            Ok(()) => self.run(agent_id, rx, &close).await,
+            Err(end) => end,
+        };
+        if self.state.hub.remove(&tenant_id, agent_id, conn_id) {
+            if let Err(err) = self.state.store.record_disconnect(&tenant_id, &agent_id.to_string()).await {
+                tracing::warn!(error = %err, "could not record disconnect");
+            }
+        }
+        tracing::info!(%agent_id, "agent disconnected");
+        self.finish(end).await;
+    }
+
+    /// Phase 1: nothing but `register` is accepted, within the deadline.
+    async fn await_register(&mut self) -> Result<RegisterData, End> {
+        let deadline = tokio::time::sleep(limits::REGISTER_DEADLINE);
+        tokio::pin!(deadline);
+        loop {
+            let msg = tokio::select! {
+                () = &mut deadline => {
+                    return Err(End::Close(limits::CLOSE_POLICY, "no register frame within 10 s".into()));
+                }
+                () = self.state.shutdown.cancelled() => {
+                    return Err(End::Close(limits::CLOSE_GOING_AWAY, "server shutting down".into()));
+                }
+                msg = self.socket.recv() => msg,
+            };
+            match self.decode(msg).await? {
+                Some(AgentFrame::Register { data }) => {
+                    if data.protocol != PROTOCOL_VERSION {
+                        let message = format!(
+                            "agent speaks protocol {}, this server speaks {PROTOCOL_VERSION}: install an agent release matching the server",
+                            data.protocol
+                        );
+                        let _ = self
+                            .send(&ServerFrame::Error(ErrorBody::new(codes::PROTOCOL_MISMATCH, message)))
+                            .await;
+                        return Err(End::Close(limits::CLOSE_POLICY, "protocol mismatch".into()));
+                    }
+                    return Ok(data);
+                }
+                Some(other) => {
+                    let message = format!("`{}` before `register`", other.kind());
+                    self.refuse(codes::NOT_REGISTERED, message).await?;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Stores what the agent said about itself.
+    async fn on_register(&mut self, data: &RegisterData) -> Result<(), End> {
+        let store = &self.state.store;
+        let tenant = &self.key.tenant_id;
+        if let Err(err) = store.upsert_agent(tenant, &self.key.id, data).await {
+            tracing::error!(error = %err, "could not store register");
+            return Err(End::Close(1011, "internal error".into()));
+        }
+        if let Err(err) = store.touch_agent_key(tenant, &self.key.id).await {
+            tracing::warn!(error = %err, "could not record key use");
+        }
+        Ok(())
+    }
+
+    /// Sends every command the agent still owes an answer to (delivery guarantees 1 and 2).
+    async fn resend_open(&mut self, agent_id: outpost_protocol::AgentId) -> Result<(), End> {
+        let open = self
+            .state
+            .store
+            .open_commands_for(&self.key.tenant_id, &agent_id.to_string())
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "could not load open commands");
+                End::Close(1011, "internal error".into())
+            })?;
+        for command in open {
+            match crate::dispatch::frame_for(&command) {
+                Some(frame) => self.send(&frame).await?,
+                None => tracing::error!(command_id = %command.id, "stored command has a bad id"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 2: the registered connection.
+    async fn run(
+        &mut self,
+        agent_id: outpost_protocol::AgentId,
+        mut rx: mpsc::Receiver<ServerFrame>,
+        close: &CloseSignal,
+    ) -> End {
+        let interval = self.state.hub.heartbeat_interval();
+        let silence_limit = interval * limits::MISSED_HEARTBEATS;
+        let mut last_seen = Instant::now();
+        let mut ticker = tokio::time::interval(interval.min(Duration::from_secs(5)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = self.socket.recv() => {
+                    last_seen = Instant::now();
+                    match self.decode(msg).await {
+                        Ok(Some(frame)) => {
+                            if let Err(end) = self.handle(agent_id, frame).await {
+                                return end;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(end) => return end,
+                    }
+                }
+                frame = rx.recv() => match frame {
+                    Some(frame) => {
+                        if let Err(end) = self.send(&frame).await {
+                            return end;
+                        }
+                    }
+                    None => return End::Close(limits::CLOSE_NORMAL, String::new()),
+                },
+                () = close.closed() => {
+                    let (code, reason) = close.reason();
+                    return End::Close(code, reason);
+                }
+                () = self.state.shutdown.cancelled() => {
+                    return End::Close(limits::CLOSE_GOING_AWAY, "server shutting down".into());
+                }
+                _ = ticker.tick() => {
+                    if last_seen.elapsed() > silence_limit {
+                        tracing::info!(%agent_id, "no heartbeat for {} intervals", limits::MISSED_HEARTBEATS);
+                        return End::Close(limits::CLOSE_GOING_AWAY, "heartbeat missed".into());
+                    }
+                    if self.key.expires_at.is_some_and(|t| t <= Utc::now()) {
+                        return End::Close(limits::CLOSE_NORMAL, "agent key expired".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acts on one frame from a registered agent.
+    async fn handle(&mut self, agent_id: outpost_protocol::AgentId, frame: AgentFrame) -> Result<(), End> {
+        let store = &self.state.store;
+        let tenant = self.key.tenant_id.as_str();
+        let agent = agent_id.to_string();
+        let stored = match frame {
+            AgentFrame::Register { data } => {
+                if data.agent_id != agent_id {
+                    return self
+                        .refuse(codes::BAD_FRAME, "agent_id cannot change on a connection".into())
+                        .await;
+                }
+                store.upsert_agent(tenant, &self.key.id, &data).await.map(drop)
+            }
+            AgentFrame::Heartbeat { status } => store.record_heartbeat(tenant, &agent, &status).await,
+            AgentFrame::Ack { command_id } => {
+                store.mark_delivered(tenant, &agent, &command_id.to_string()).await
+            }
+            AgentFrame::Output(output) => {
+                // Output is stored by the job model (issue: script runs); the built-in commands
+                // of protocol v1 produce none.
+                tracing::debug!(command_id = %output.command_id, "output frame");
+                Ok(())
+            }
+            AgentFrame::Response(response) => {
+                match store.finish_command(tenant, &agent, &response).await {
+                    Ok(finished) => {
+                        if let Some(model) = finished {
+                            self.state.hub.finished(&model);
+                        }
+                        // Stored now or before: either way the agent may forget it.
+                        let ack = ServerFrame::Ack { command_id: response.command_id };
+                        return self.send(&ack).await;
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        stored.map_err(|err| {
+            // Not acknowledged: the agent keeps it and sends it again after reconnecting.
+            tracing::error!(error = %err, "could not store an agent frame");
+            End::Close(1011, "internal error".into())
+        })
+    }
+
+    /// Reads one message: `Ok(Some)` a frame, `Ok(None)` nothing to act on (a control message
+    /// or a refused frame), `Err` the end of the connection.
+    async fn decode(
+        &mut self,
+        msg: Option<Result<Message, axum::Error>>,
+    ) -> Result<Option<AgentFrame>, End> {
+        let text = match msg {
+            None | Some(Ok(Message::Close(_))) => return Err(End::Gone),
+            Some(Err(err)) => return Err(read_error(err)),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
+            Some(Ok(Message::Binary(_))) => {
+                self.refuse(codes::BAD_FRAME, "binary frames are not part of protocol v1; send JSON text".into())
+                    .await?;
+                return Ok(None);
+            }
+            Some(Ok(Message::Text(text))) => text,
+        };
+        match AgentFrame::decode(text.as_str()) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(DecodeError::TooLarge(_)) => Err(too_big()),
+            Err(err @ DecodeError::UnknownType(_)) => {
+                self.refuse(codes::UNKNOWN_TYPE, err.to_string()).await?;
+                Ok(None)
+            }
+            Err(err @ DecodeError::Malformed(_)) => {
+                self.refuse(codes::BAD_FRAME, err.to_string()).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Answers a bad frame with an `error` frame; too many in a minute end the connection.
+    async fn refuse(&mut self, code: &str, message: String) -> Result<(), End> {
+        tracing::debug!(code, %message, "refused a frame");
+        self.send(&ServerFrame::Error(ErrorBody::new(code, message))).await?;
+        if self.bad.record() > limits::MAX_BAD_FRAMES_PER_MINUTE {
+            return Err(End::Close(limits::CLOSE_POLICY, "too many bad frames".into()));
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        let text = frame.encode();
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(End::Gone),
+        }
+    }
+
+    async fn finish(&mut self, end: End) {
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.socket.send(Message::Close(Some(frame))),
+            )
+            .await;
+        }
+    }
+}
+
+fn too_big() -> End {
+    End::Close(
+        limits::CLOSE_TOO_BIG,
+        format!("frame larger than {} bytes", limits::MAX_FRAME_BYTES),
+    )
+}
+
+/// A read error ends the connection; an oversized frame is told as such.
+fn read_error(err: axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = err.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => too_big(),
+        _ => End::Gone,
+    }
+}
+
+/// Bad frames seen in the last minute.
+#[derive(Default)]
+struct BadFrames(VecDeque<Instant>);
+
+impl BadFrames {
+    /// Records one and returns how many fell in the last minute.
+    fn record(&mut self) -> usize {
+        let now = Instant::now();
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.0.pop_front();
+        }
+        if self.0.len() <= limits::MAX_BAD_FRAMES_PER_MINUTE {
+            self.0.push_back(now);
+        }
+        self.0.len()
+    }
+}

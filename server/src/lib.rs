@@ -1,0 +1,180 @@
+//! Outpost server: the REST API, the agent hub and storage, in one process.
+//!
+//! [`run`] takes a bound listener, a [`Config`] and a shutdown future, so the binary and the
+//! tests start the server the same way. Reading order: [`config`], [`store`], [`hub`],
+//! [`dispatch`], [`api`].
+//!
+//! Invariants the modules rely on (see `docs/ARCHITECTURE.md`):
+//! - only `outpost-protocol` knows the wire format;
+//! - every store method that touches tenant data takes the tenant id;
+//! - a command is committed to the store before any frame carrying it is sent;
+//! - a result is committed before the agent is acknowledged and before any waiter is woken.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod hub;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use hub::Hub;
+use store::{DatabaseLocation, Store};
+
+/// Shared state handed to every handler and connection task.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Live agent connections.
+    pub hub: Arc<Hub>,
+    /// Cancelled when the server shuts down; connection tasks close their sockets on it.
+    pub shutdown: CancellationToken,
+}
+
+/// How long the server waits for connections to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Opens the store, bootstraps the admin key and serves on `listener` until `shutdown`
+/// resolves.
+pub async fn run(
+    listener: std::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    bootstrap_admin(&store, &config).await?;
+
+    let state = AppState {
+        store: store.clone(),
+        hub: Arc::new(Hub::new(Duration::from_secs(config.heartbeat_interval.max(1)))),
+        shutdown: CancellationToken::new(),
+    };
+    tokio::spawn(expire_loop(store, state.shutdown.clone()));
+
+    let app = api::router()
+        .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            outpost_protocol::limits::MAX_FRAME_BYTES,
+        ))
+        .with_state(state.clone())
+        .into_make_service_with_connect_info::<SocketAddr>();
+
+    let token = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+
+    listener.set_nonblocking(true)?;
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!("loading TLS certificate {} and key {}", cert.display(), key.display())
+                })?;
+            let handle = axum_server::Handle::new();
+            let drain = handle.clone();
+            let token = state.shutdown.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                drain.graceful_shutdown(Some(DRAIN));
+            });
+            axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+        (None, None) => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let token = state.shutdown.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await?;
+        }
+        _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
+    }
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let location = match &config.database_url {
+        Some(url) => DatabaseLocation::Url(url.clone()),
+        None => {
+            create_private_dir(&config.data_dir)?;
+            DatabaseLocation::Sqlite(config.data_dir.join("outpost.db"))
+        }
+    };
+    Store::open(&location)
+        .await
+        .with_context(|| match &location {
+            DatabaseLocation::Sqlite(path) => format!("opening SQLite database {}", path.display()),
+            DatabaseLocation::Url(_) => "connecting to --database-url".to_owned(),
+        })
+}
+
+/// Creates the default tenant and owner key on first start and shows the key once.
+async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<()> {
+    if let Some(key) = &config.admin_key {
+        auth::validate_admin_key(key).map_err(anyhow::Error::msg)?;
+    }
+    let Some(secret) = store.bootstrap(config.admin_key.as_deref()).await? else {
+        return Ok(());
+    };
+    create_private_dir(&config.data_dir)?;
+    let path = config.data_dir.join("admin.key");
+    write_private(&path, &format!("{secret}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    // Printed on stdout, not logged: logs are shipped and kept, this is shown once.
+    println!("Created the owner API key (shown once, also saved to {}):", path.display());
+    println!("  {secret}");
+    Ok(())
+}
+
+/// Marks commands whose TTL passed undelivered as expired, every 30 s.
+async fn expire_loop(store: Store, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => match store.expire_commands().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "commands expired undelivered"),
+                Err(err) => tracing::warn!(error = %err, "could not expire commands"),
+            },
+        }
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}

@@ -1,0 +1,150 @@
+//! sea-orm entities, one module per table. Ids are UUID text so that rows read the same in
+//! SQLite and PostgreSQL and in an operator's `sqlite3` shell.
+
+
+// Columns are named for what they hold; the macros generate many items without docs.
+#![allow(missing_docs)]
+/// A tenant: everything else belongs to exactly one.
+pub mod tenant {
+    use sea_orm::entity::prelude::*;
+
+    /// A tenant row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub name: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// API keys (`opk_…`) used by people and tools on the REST API.
+pub mod api_key {
+    use sea_orm::entity::prelude::*;
+
+    /// An API key row; only the SHA-256 of the secret is kept.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub name: String,
+        #[sea_orm(unique)]
+        pub key_hash: String,
+        pub role: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Agent keys (`opa_…`) that agents connect with.
+pub mod agent_key {
+    use sea_orm::entity::prelude::*;
+
+    /// An agent key row; only the SHA-256 of the secret is kept.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "agent_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub name: String,
+        #[sea_orm(unique)]
+        pub key_hash: String,
+        /// JSON array of command names.
+        pub permissions: Json,
+        /// JSON array of tags given to every agent connecting with this key.
+        pub tags: Json,
+        pub status: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: Option<DateTimeUtc>,
+        pub last_used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Agents as last seen: their `register` data, last heartbeat and server-side tags.
+pub mod agent {
+    use sea_orm::entity::prelude::*;
+
+    /// An agent row, keyed by tenant and agent id.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "agents")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub key_id: String,
+        pub hostname: String,
+        pub ip: String,
+        pub version: String,
+        pub os: String,
+        pub arch: String,
+        pub protocol: i32,
+        pub capabilities: Json,
+        /// Tags the agent reported (its own configuration plus its key's).
+        pub agent_tags: Json,
+        /// Tags set through the API.
+        pub server_tags: Json,
+        pub scripts: Json,
+        pub first_seen: DateTimeUtc,
+        pub last_seen: DateTimeUtc,
+        pub connected_at: Option<DateTimeUtc>,
+        pub disconnected_at: Option<DateTimeUtc>,
+        pub last_heartbeat: Option<Json>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Commands: stored before they are sent, updated as the agent acknowledges and answers.
+pub mod command {
+    use sea_orm::entity::prelude::*;
+
+    /// A command row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "commands")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub agent_id: String,
+        pub command: String,
+        pub data: Json,
+        pub timeout_s: i32,
+        pub state: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub delivered_at: Option<DateTimeUtc>,
+        pub finished_at: Option<DateTimeUtc>,
+        pub success: Option<bool>,
+        pub result: Option<Json>,
+        pub error_code: Option<String>,
+        pub error_message: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

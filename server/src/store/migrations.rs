@@ -1,0 +1,139 @@
+//! Schema migrations, applied in order at start-up inside one transaction each.
+//!
+//! Migrations are plain SQL so that what runs is exactly what is reviewed. Types that differ
+//! between SQLite and PostgreSQL are written as placeholders (`{ts}`, `{json}`) and filled in
+//! for the backend at hand. A migration, once released, is never edited: add a new one.
+
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, TransactionTrait};
+
+/// Every migration, oldest first. The index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[
+    // 1: tenants, keys, agents, commands.
+    r#"
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at {ts} NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts}
+);
+CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
+CREATE TABLE agent_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    permissions {json} NOT NULL,
+    tags {json} NOT NULL,
+    status TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts},
+    last_used_at {ts}
+);
+CREATE INDEX agent_keys_tenant ON agent_keys (tenant_id);
+CREATE TABLE agents (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    version TEXT NOT NULL,
+    os TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    protocol INTEGER NOT NULL,
+    capabilities {json} NOT NULL,
+    agent_tags {json} NOT NULL,
+    server_tags {json} NOT NULL,
+    scripts {json} NOT NULL,
+    first_seen {ts} NOT NULL,
+    last_seen {ts} NOT NULL,
+    connected_at {ts},
+    disconnected_at {ts},
+    last_heartbeat {json},
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE commands (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    agent_id TEXT NOT NULL,
+    command TEXT NOT NULL,
+    data {json} NOT NULL,
+    timeout_s INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    delivered_at {ts},
+    finished_at {ts},
+    success BOOLEAN,
+    result {json},
+    error_code TEXT,
+    error_message TEXT
+);
+CREATE INDEX commands_agent_state ON commands (tenant_id, agent_id, state);
+CREATE INDEX commands_state_expiry ON commands (state, expires_at);
+"#,
+];
+
+/// Brings the schema up to date. Safe to call on every start; concurrent starts against one
+/// PostgreSQL serialise on the version table's primary key.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    db.execute_unprepared(
+        "CREATE TABLE IF NOT EXISTS outpost_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )
+    .await?;
+    let current = current_version(db).await?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = index + 1;
+        let txn = db.begin().await?;
+        for statement in fill(sql, backend).split(';') {
+            if !statement.trim().is_empty() {
+                txn.execute_unprepared(statement).await?;
+            }
+        }
+        txn.execute_unprepared(&format!(
+            "INSERT INTO outpost_schema (version, applied_at) VALUES ({version}, '{}')",
+            chrono::Utc::now().to_rfc3339()
+        ))
+        .await?;
+        txn.commit().await?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}
+
+async fn current_version(db: &DatabaseConnection) -> Result<usize, DbErr> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COALESCE(MAX(version), 0) AS v FROM outpost_schema",
+        ))
+        .await?;
+    let version: i64 = match row {
+        Some(row) => row.try_get("", "v")?,
+        None => 0,
+    };
+    if version as usize > MIGRATIONS.len() {
+        return Err(DbErr::Custom(format!(
+            "the database is at schema version {version}, newer than this server knows ({}): \
+             run the newer outpost-server or restore a backup",
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(version as usize)
+}
+
+fn fill(sql: &str, backend: DatabaseBackend) -> String {
+    let (ts, json) = match backend {
+        DatabaseBackend::Postgres => ("TIMESTAMPTZ", "JSONB"),
+        _ => ("TEXT", "TEXT"),
+    };
+    sql.replace("{ts}", ts).replace("{json}", json)
+}

@@ -1,0 +1,617 @@
+//! Storage: the only module that talks to the database.
+//!
+//! Handlers and the hub call domain methods (`insert_command`, `finish_command`, …) and never
+//! build queries themselves, so tenant scoping is enforced in one place: every method that reads
+//! or writes tenant data takes the tenant id and puts it in the `WHERE` clause.
+//!
+//! State changes are single conditional `UPDATE`s (`… WHERE state = 'pending'`) rather than
+//! read-then-write transactions. That keeps them atomic without locks and makes every transition
+//! idempotent, which the delivery guarantees rely on: a resent `ack` or `response` changes
+//! nothing the second time.
+
+pub mod entities;
+mod migrations;
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use outpost_protocol::{HeartbeatStatus, RegisterData, Response};
+use sea_orm::sea_query::Expr;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, Set,
+};
+use serde_json::{Value, json};
+
+use crate::auth::{self, KeyKind};
+pub use entities::{agent, agent_key, api_key, command, tenant};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    /// The configuration does not describe a usable database.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Result alias for store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Command states (SPEC §2 "Run states").
+pub mod state {
+    /// Stored, not yet acknowledged by the agent.
+    pub const PENDING: &str = "pending";
+    /// Acknowledged by the agent, no result yet.
+    pub const DELIVERED: &str = "delivered";
+    /// Finished successfully.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Finished unsuccessfully.
+    pub const FAILED: &str = "failed";
+    /// Killed at its timeout.
+    pub const TIMED_OUT: &str = "timed_out";
+    /// Cancelled on request.
+    pub const CANCELLED: &str = "cancelled";
+    /// Its TTL passed before it was delivered.
+    pub const EXPIRED: &str = "expired";
+    /// Its agent never came back.
+    pub const LOST: &str = "lost";
+
+    /// States in which a command will not change any more.
+    pub const FINAL: &[&str] = &[SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, EXPIRED, LOST];
+    /// States in which the agent still owes an answer.
+    pub const OPEN: &[&str] = &[PENDING, DELIVERED];
+}
+
+/// Agent key statuses.
+pub mod key_status {
+    /// The key authenticates.
+    pub const ACTIVE: &str = "active";
+    /// The key is refused until re-enabled.
+    pub const DISABLED: &str = "disabled";
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseLocation {
+    /// An SQLite file (created if missing).
+    Sqlite(std::path::PathBuf),
+    /// A database URL (`postgres://…` or `sqlite://…`).
+    Url(String),
+}
+
+/// A new command, as the API asks for it.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Target agent.
+    pub agent_id: String,
+    /// Command name.
+    pub command: String,
+    /// Command arguments.
+    pub data: Value,
+    /// Run timeout on the agent.
+    pub timeout_s: u32,
+    /// How long it may wait for an offline agent.
+    pub ttl_s: u32,
+}
+
+/// Changes to an agent key.
+#[derive(Debug, Clone, Default)]
+pub struct AgentKeyPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New permission list.
+    pub permissions: Option<Vec<String>>,
+    /// New status (`active` or `disabled`).
+    pub status: Option<String>,
+}
+
+/// The database handle and its domain methods.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Opens (and creates, for SQLite) the database and brings its schema up to date.
+    pub async fn open(location: &DatabaseLocation) -> Result<Self> {
+        let mut options = match location {
+            DatabaseLocation::Sqlite(path) => ConnectOptions::new(sqlite_url(path)),
+            DatabaseLocation::Url(url) => ConnectOptions::new(url.clone()),
+        };
+        options
+            .max_connections(16)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                // WAL with synchronous=NORMAL: a commit survives `kill -9` of the server (the
+                // WAL is in the OS page cache), and costs no fsync per transaction.
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let db = Database::connect(options).await?;
+        migrations::migrate(&db).await?;
+        Ok(Self { db })
+    }
+
+    /// Cheap liveness query for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        Ok(self.db.ping().await?)
+    }
+
+    // ---- tenants and API keys -------------------------------------------------------------
+
+    /// On an empty database, creates the default tenant and its owner key. Returns the new
+    /// secret when one was generated (it is shown once and never again).
+    ///
+    /// `admin_key` (from `OUTPOST_ADMIN_KEY`) is used instead of a generated secret, and is
+    /// (re-)registered as an owner key on every start, so an operator who lost the key can set
+    /// a new one.
+    pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Option<String>> {
+        let tenant_id = match tenant::Entity::find()
+            .order_by_asc(tenant::Column::CreatedAt)
+            .one(&self.db)
+            .await?
+        {
+            Some(t) => t.id,
+            None => {
+                let id = new_id();
+                tenant::ActiveModel {
+                    id: Set(id.clone()),
+                    name: Set("default".into()),
+                    created_at: Set(Utc::now()),
+                }
+                .insert(&self.db)
+                .await?;
+                id
+            }
+        };
+        let has_keys = api_key::Entity::find()
+            .filter(api_key::Column::TenantId.eq(&tenant_id))
+            .one(&self.db)
+            .await?
+            .is_some();
+        let (secret, generated) = match admin_key {
+            Some(key) => (key.to_owned(), false),
+            None if has_keys => return Ok(None),
+            None => (auth::generate_secret(KeyKind::Api), true),
+        };
+        let hash = auth::hash_secret(&secret);
+        let exists = api_key::Entity::find()
+            .filter(api_key::Column::KeyHash.eq(&hash))
+            .one(&self.db)
+            .await?
+            .is_some();
+        if !exists {
+            api_key::ActiveModel {
+                id: Set(new_id()),
+                tenant_id: Set(tenant_id),
+                name: Set("owner".into()),
+                key_hash: Set(hash),
+                role: Set("owner".into()),
+                created_at: Set(Utc::now()),
+                expires_at: Set(None),
+            }
+            .insert(&self.db)
+            .await?;
+        }
+        Ok(generated.then_some(secret))
+    }
+
+    /// Finds the API key whose secret hashes to `hash`.
+    pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<api_key::Model>> {
+        Ok(api_key::Entity::find()
+            .filter(api_key::Column::KeyHash.eq(hash))
+            .one(&self.db)
+            .await?)
+    }
+
+    // ---- agent keys -----------------------------------------------------------------------
+
+    /// Finds the agent key whose secret hashes to `hash`.
+    pub async fn agent_key_by_hash(&self, hash: &str) -> Result<Option<agent_key::Model>> {
+        Ok(agent_key::Entity::find()
+            .filter(agent_key::Column::KeyHash.eq(hash))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Creates an agent key and returns it with its secret.
+    pub async fn create_agent_key(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        permissions: &[String],
+        tags: &[String],
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(agent_key::Model, String)> {
+        let secret = auth::generate_secret(KeyKind::Agent);
+        let model = agent_key::ActiveModel {
+            id: Set(new_id()),
+            tenant_id: Set(tenant_id.to_owned()),
+            name: Set(name.to_owned()),
+            key_hash: Set(auth::hash_secret(&secret)),
+            permissions: Set(json!(permissions)),
+            tags: Set(json!(tags)),
+            status: Set(key_status::ACTIVE.into()),
+            created_at: Set(Utc::now()),
+            expires_at: Set(expires_at),
+            last_used_at: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok((model, secret))
+    }
+
+    /// Every agent key of a tenant, oldest first.
+    pub async fn list_agent_keys(&self, tenant_id: &str) -> Result<Vec<agent_key::Model>> {
+        Ok(agent_key::Entity::find()
+            .filter(agent_key::Column::TenantId.eq(tenant_id))
+            .order_by_asc(agent_key::Column::CreatedAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// One agent key of a tenant.
+    pub async fn get_agent_key(&self, tenant_id: &str, id: &str) -> Result<Option<agent_key::Model>> {
+        Ok(agent_key::Entity::find_by_id(id.to_owned())
+            .filter(agent_key::Column::TenantId.eq(tenant_id))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Applies a patch; `None` when the key is not the tenant's.
+    pub async fn update_agent_key(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        patch: AgentKeyPatch,
+    ) -> Result<Option<agent_key::Model>> {
+        let Some(existing) = self.get_agent_key(tenant_id, id).await? else {
+            return Ok(None);
+        };
+        let mut model: agent_key::ActiveModel = existing.into();
+        if let Some(name) = patch.name {
+            model.name = Set(name);
+        }
+        if let Some(permissions) = patch.permissions {
+            model.permissions = Set(json!(permissions));
+        }
+        if let Some(status) = patch.status {
+            model.status = Set(status);
+        }
+        Ok(Some(model.update(&self.db).await?))
+    }
+
+    /// Replaces a key's secret; the old one stops working with this commit.
+    pub async fn regenerate_agent_key(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<(agent_key::Model, String)>> {
+        let Some(existing) = self.get_agent_key(tenant_id, id).await? else {
+            return Ok(None);
+        };
+        let secret = auth::generate_secret(KeyKind::Agent);
+        let mut model: agent_key::ActiveModel = existing.into();
+        model.key_hash = Set(auth::hash_secret(&secret));
+        Ok(Some((model.update(&self.db).await?, secret)))
+    }
+
+    /// Deletes a key; `false` when it was not the tenant's.
+    pub async fn delete_agent_key(&self, tenant_id: &str, id: &str) -> Result<bool> {
+        let res = agent_key::Entity::delete_many()
+            .filter(agent_key::Column::TenantId.eq(tenant_id))
+            .filter(agent_key::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Records that a key was just used to connect.
+    pub async fn touch_agent_key(&self, tenant_id: &str, id: &str) -> Result<()> {
+        agent_key::Entity::update_many()
+            .col_expr(agent_key::Column::LastUsedAt, Expr::value(Utc::now()))
+            .filter(agent_key::Column::TenantId.eq(tenant_id))
+            .filter(agent_key::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    // ---- agents ---------------------------------------------------------------------------
+
+    /// Inserts or refreshes an agent from its `register` frame.
+    pub async fn upsert_agent(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        data: &RegisterData,
+    ) -> Result<agent::Model> {
+        let now = Utc::now();
+        let id = data.agent_id.to_string();
+        let existing = self.get_agent(tenant_id, &id).await?;
+        let is_new = existing.is_none();
+        let mut model: agent::ActiveModel = match existing {
+            Some(m) => m.into(),
+            None => agent::ActiveModel {
+                tenant_id: Set(tenant_id.to_owned()),
+                id: Set(id.clone()),
+                server_tags: Set(json!([])),
+                first_seen: Set(now),
+                last_heartbeat: Set(None),
+                disconnected_at: Set(None),
+                ..Default::default()
+            },
+        };
+        model.key_id = Set(key_id.to_owned());
+        model.hostname = Set(data.hostname.clone());
+        model.ip = Set(data.ip.clone());
+        model.version = Set(data.version.clone());
+        model.os = Set(data.os.clone());
+        model.arch = Set(data.arch.clone());
+        model.protocol = Set(data.protocol as i32);
+        model.capabilities = Set(json!(data.capabilities));
+        model.agent_tags = Set(json!(data.tags));
+        model.scripts = Set(json!(data.scripts));
+        model.last_seen = Set(now);
+        model.connected_at = Set(Some(now));
+        Ok(if is_new {
+            model.insert(&self.db).await?
+        } else {
+            model.update(&self.db).await?
+        })
+    }
+
+    /// Stores the metrics of a heartbeat.
+    pub async fn record_heartbeat(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        status: &HeartbeatStatus,
+    ) -> Result<()> {
+        agent::Entity::update_many()
+            .col_expr(agent::Column::LastSeen, Expr::value(Utc::now()))
+            .col_expr(agent::Column::LastHeartbeat, Expr::value(json!(status)))
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(agent::Column::Id.eq(agent_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that an agent's connection ended.
+    pub async fn record_disconnect(&self, tenant_id: &str, agent_id: &str) -> Result<()> {
+        let now = Utc::now();
+        agent::Entity::update_many()
+            .col_expr(agent::Column::LastSeen, Expr::value(now))
+            .col_expr(agent::Column::DisconnectedAt, Expr::value(now))
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(agent::Column::Id.eq(agent_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Every agent of a tenant, by host name.
+    pub async fn list_agents(&self, tenant_id: &str) -> Result<Vec<agent::Model>> {
+        Ok(agent::Entity::find()
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .order_by_asc(agent::Column::Hostname)
+            .order_by_asc(agent::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// One agent of a tenant.
+    pub async fn get_agent(&self, tenant_id: &str, id: &str) -> Result<Option<agent::Model>> {
+        Ok(agent::Entity::find()
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(agent::Column::Id.eq(id))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Replaces an agent's server-side tags.
+    pub async fn set_agent_tags(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        tags: &[String],
+    ) -> Result<Option<agent::Model>> {
+        agent::Entity::update_many()
+            .col_expr(agent::Column::ServerTags, Expr::value(json!(tags)))
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(agent::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        self.get_agent(tenant_id, id).await
+    }
+
+    /// Forgets an agent and the commands it still owed; `false` when it was not the tenant's.
+    pub async fn delete_agent(&self, tenant_id: &str, id: &str) -> Result<bool> {
+        command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value(state::LOST))
+            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(command::Column::ErrorCode, Expr::value("agent_deleted"))
+            .col_expr(
+                command::Column::ErrorMessage,
+                Expr::value("the agent was deleted before it answered"),
+            )
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(id))
+            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        let res = agent::Entity::delete_many()
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(agent::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    // ---- commands -------------------------------------------------------------------------
+
+    /// Stores a command before it is sent (delivery guarantee 1).
+    pub async fn insert_command(&self, new: NewCommand) -> Result<command::Model> {
+        let now = Utc::now();
+        let model = command::ActiveModel {
+            id: Set(new_id()),
+            tenant_id: Set(new.tenant_id),
+            agent_id: Set(new.agent_id),
+            command: Set(new.command),
+            data: Set(new.data),
+            timeout_s: Set(new.timeout_s as i32),
+            state: Set(state::PENDING.into()),
+            created_at: Set(now),
+            expires_at: Set(now + chrono::Duration::seconds(i64::from(new.ttl_s))),
+            delivered_at: Set(None),
+            finished_at: Set(None),
+            success: Set(None),
+            result: Set(None),
+            error_code: Set(None),
+            error_message: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(model)
+    }
+
+    /// One command of a tenant.
+    pub async fn get_command(&self, tenant_id: &str, id: &str) -> Result<Option<command::Model>> {
+        Ok(command::Entity::find_by_id(id.to_owned())
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Commands an agent still owes an answer to, oldest first, after expiring those whose TTL
+    /// passed undelivered. Sent again on every (re)connect (delivery guarantees 1 and 2).
+    pub async fn open_commands_for(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+    ) -> Result<Vec<command::Model>> {
+        self.expire_commands().await?;
+        Ok(command::Entity::find()
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
+            .order_by_asc(command::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Marks every pending command whose TTL has passed as expired. Returns how many.
+    pub async fn expire_commands(&self) -> Result<u64> {
+        let now = Utc::now();
+        let res = command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value(state::EXPIRED))
+            .col_expr(command::Column::FinishedAt, Expr::value(now))
+            .col_expr(command::Column::ErrorCode, Expr::value(outpost_protocol::codes::EXPIRED))
+            .col_expr(
+                command::Column::ErrorMessage,
+                Expr::value("the agent did not connect before the command's ttl passed"),
+            )
+            .filter(command::Column::State.eq(state::PENDING))
+            .filter(command::Column::ExpiresAt.lt(now))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected)
+    }
+
+    /// Records the agent's `ack`. Idempotent.
+    pub async fn mark_delivered(&self, tenant_id: &str, agent_id: &str, id: &str) -> Result<()> {
+        command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value(state::DELIVERED))
+            .col_expr(command::Column::DeliveredAt, Expr::value(Utc::now()))
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .filter(command::Column::Id.eq(id))
+            .filter(command::Column::State.eq(state::PENDING))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a command's result. Only the command's own agent can finish it, and only once:
+    /// returns the finished row the first time, `None` for a repeat or a foreign command.
+    pub async fn finish_command(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        response: &Response,
+    ) -> Result<Option<command::Model>> {
+        let id = response.command_id.to_string();
+        let now = Utc::now();
+        let final_state = final_state_of(response);
+        let (code, message) = match &response.error {
+            Some(e) => (Some(e.code.clone()), Some(e.message.clone())),
+            None => (None, None),
+        };
+        let res = command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value(final_state))
+            .col_expr(command::Column::Success, Expr::value(response.success))
+            .col_expr(command::Column::Result, Expr::value(response.data.clone()))
+            .col_expr(command::Column::ErrorCode, Expr::value(code))
+            .col_expr(command::Column::ErrorMessage, Expr::value(message))
+            .col_expr(command::Column::FinishedAt, Expr::value(now))
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .filter(command::Column::Id.eq(&id))
+            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        if res.rows_affected == 0 {
+            return Ok(None);
+        }
+        self.get_command(tenant_id, &id).await
+    }
+}
+
+/// The state a response moves its command to.
+fn final_state_of(response: &Response) -> &'static str {
+    let flag = |name| response.data.get(name).and_then(Value::as_bool) == Some(true);
+    if response.success {
+        state::SUCCEEDED
+    } else if flag("timed_out") {
+        state::TIMED_OUT
+    } else if flag("cancelled") {
+        state::CANCELLED
+    } else {
+        state::FAILED
+    }
+}
+
+/// A new time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// Reads a JSON array of strings, tolerating anything else as empty.
+pub fn string_list(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
