@@ -1,1 +1,60 @@
-fn main() {}
+//! `outpost-agent`: parses configuration, sets up logging and hands over to
+//! [`outpost_agent::run`]. Exits with the code a control command asked for (42/43/44).
+
+use clap::Parser;
+use outpost_agent::Config;
+use outpost_agent::config::LogFormat;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    // One small thread is plenty for one connection and a few commands, and keeps the idle
+    // footprint low.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("outpost-agent: cannot start the runtime: {err}");
+            std::process::exit(outpost_agent::commands::exit::FATAL);
+        }
+    };
+    let code = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            signal.cancel();
+        });
+        match outpost_agent::run(config, shutdown).await {
+            Ok(code) => code,
+            Err(err) => {
+                tracing::error!("{err:#}");
+                outpost_agent::commands::exit::FATAL
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

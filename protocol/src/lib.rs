@@ -16,8 +16,8 @@ mod frames;
 mod output;
 
 pub use frames::{
-    AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData,
-    Response, ScriptInfo, ServerCommand, ServerFrame,
+    AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData, Response,
+    ScriptInfo, ServerCommand, ServerFrame,
 };
 pub use output::{OutputStream, decode_output_data, encode_output_data};
 

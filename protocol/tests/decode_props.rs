@@ -1,7 +1,7 @@
 //! Property tests: nothing a peer sends can make the decoders panic, and every frame we can
 //! build survives an encode/decode round trip.
 
-use outpost_protocol::{AgentFrame, ErrorBody, OutputStream, Output, Response, ServerFrame};
+use outpost_protocol::{AgentFrame, ErrorBody, Output, OutputStream, Response, ServerFrame};
 use proptest::prelude::*;
 
 proptest! {

@@ -47,23 +47,43 @@ fn agent_frames_round_trip() {
 
 #[test]
 fn unknown_fields_are_ignored() {
-    let text = r#"{"type":"ack","command_id":"0190a5c4-7b2e-7c3d-8e4f-5a6b7c8d9e0f","future":{"x":1}}"#;
-    assert!(matches!(AgentFrame::decode(text), Ok(AgentFrame::Ack { .. })));
-    assert!(matches!(ServerFrame::decode(text), Ok(ServerFrame::Ack { .. })));
+    let text =
+        r#"{"type":"ack","command_id":"0190a5c4-7b2e-7c3d-8e4f-5a6b7c8d9e0f","future":{"x":1}}"#;
+    assert!(matches!(
+        AgentFrame::decode(text),
+        Ok(AgentFrame::Ack { .. })
+    ));
+    assert!(matches!(
+        ServerFrame::decode(text),
+        Ok(ServerFrame::Ack { .. })
+    ));
 }
 
 #[test]
 fn decode_errors_are_classified() {
     let cases: &[(&str, fn(&DecodeError) -> bool)] = &[
-        (r#"{"type":"teleport"}"#, |e| matches!(e, DecodeError::UnknownType(t) if t == "teleport")),
-        (r#"{"type":"ack"}"#, |e| matches!(e, DecodeError::Malformed(m) if m.contains("command_id"))),
-        (r#"{"command_id":"x"}"#, |e| matches!(e, DecodeError::Malformed(m) if m.contains("type"))),
+        (
+            r#"{"type":"teleport"}"#,
+            |e| matches!(e, DecodeError::UnknownType(t) if t == "teleport"),
+        ),
+        (
+            r#"{"type":"ack"}"#,
+            |e| matches!(e, DecodeError::Malformed(m) if m.contains("command_id")),
+        ),
+        (
+            r#"{"command_id":"x"}"#,
+            |e| matches!(e, DecodeError::Malformed(m) if m.contains("type")),
+        ),
         ("not json", |e| matches!(e, DecodeError::Malformed(_))),
         ("[1,2,3]", |e| matches!(e, DecodeError::Malformed(_))),
         (r#"{"type":7}"#, |e| matches!(e, DecodeError::Malformed(_))),
-        (r#"{"type":"ack","command_id":"not-a-uuid"}"#, |e| matches!(e, DecodeError::Malformed(_))),
+        (r#"{"type":"ack","command_id":"not-a-uuid"}"#, |e| {
+            matches!(e, DecodeError::Malformed(_))
+        }),
         // A server-only frame sent by an agent is unknown to the server.
-        (r#"{"type":"connected"}"#, |e| matches!(e, DecodeError::UnknownType(_))),
+        (r#"{"type":"connected"}"#, |e| {
+            matches!(e, DecodeError::UnknownType(_))
+        }),
     ];
     for (text, ok) in cases {
         let err = AgentFrame::decode(text).expect_err(text);
@@ -77,7 +97,10 @@ fn oversized_frames_are_refused_before_parsing() {
         r#"{{"type":"ack","command_id":"0190a5c4-7b2e-7c3d-8e4f-5a6b7c8d9e0f","pad":"{}"}}"#,
         "x".repeat(outpost_protocol::limits::MAX_FRAME_BYTES)
     );
-    assert!(matches!(AgentFrame::decode(&big), Err(DecodeError::TooLarge(_))));
+    assert!(matches!(
+        AgentFrame::decode(&big),
+        Err(DecodeError::TooLarge(_))
+    ));
 }
 
 #[test]

@@ -56,7 +56,10 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// Whether `secret` hashes to `stored`, compared in constant time.
 pub fn verify_secret(secret: &str, stored: &str) -> bool {
-    hash_secret(secret).as_bytes().ct_eq(stored.as_bytes()).into()
+    hash_secret(secret)
+        .as_bytes()
+        .ct_eq(stored.as_bytes())
+        .into()
 }
 
 /// Checks that an operator-provided key (`OUTPOST_ADMIN_KEY`) looks like one we would issue.

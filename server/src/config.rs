@@ -16,7 +16,11 @@ pub enum LogFormat {
 
 /// `outpost-server` configuration.
 #[derive(Clone, Parser)]
-#[command(name = "outpost-server", version, about = "Outpost server: REST API, agent hub and storage")]
+#[command(
+    name = "outpost-server",
+    version,
+    about = "Outpost server: REST API, agent hub and storage"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "OUTPOST_LISTEN", default_value = "127.0.0.1:8080")]
@@ -51,7 +55,12 @@ pub struct Config {
     pub heartbeat_interval: u64,
 
     /// Owner API key to use instead of generating one (opk_…, 32+ characters).
-    #[arg(long = "admin-key", env = "OUTPOST_ADMIN_KEY", hide_env_values = true, hide = true)]
+    #[arg(
+        long = "admin-key",
+        env = "OUTPOST_ADMIN_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
     pub admin_key: Option<String>,
 }
 

@@ -199,6 +199,7 @@ pub fn offline(agent_id: &str) -> ApiError {
 }
 
 fn parse_agent_id(id: &str) -> Result<outpost_protocol::AgentId, ApiError> {
-    id.parse()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored agent id {id:?} is not a UUID: {e}")))
+    id.parse().map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!("stored agent id {id:?} is not a UUID: {e}"))
+    })
 }

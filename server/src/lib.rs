@@ -56,7 +56,9 @@ pub async fn run(
 
     let state = AppState {
         store: store.clone(),
-        hub: Arc::new(Hub::new(Duration::from_secs(config.heartbeat_interval.max(1)))),
+        hub: Arc::new(Hub::new(Duration::from_secs(
+            config.heartbeat_interval.max(1),
+        ))),
         shutdown: CancellationToken::new(),
     };
     tokio::spawn(expire_loop(store, state.shutdown.clone()));
@@ -82,7 +84,11 @@ pub async fn run(
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| {
-                    format!("loading TLS certificate {} and key {}", cert.display(), key.display())
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
                 })?;
             let handle = axum_server::Handle::new();
             let drain = handle.clone();
@@ -91,13 +97,21 @@ pub async fn run(
                 token.cancelled().await;
                 drain.graceful_shutdown(Some(DRAIN));
             });
-            axum_server::from_tcp_rustls(listener, tls)?
+            // Commands are small frames that must not wait for Nagle's algorithm.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            axum_server::from_tcp(listener)?
+                .acceptor(acceptor)
                 .handle(handle)
                 .serve(app)
                 .await?;
         }
         (None, None) => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
+            use axum::serve::ListenerExt;
+            // Commands are small frames that must not wait for Nagle's algorithm.
+            let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let token = state.shutdown.clone();
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { token.cancelled().await })
@@ -137,7 +151,10 @@ async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<()> {
     write_private(&path, &format!("{secret}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     // Printed on stdout, not logged: logs are shipped and kept, this is shown once.
-    println!("Created the owner API key (shown once, also saved to {}):", path.display());
+    println!(
+        "Created the owner API key (shown once, also saved to {}):",
+        path.display()
+    );
     println!("  {secret}");
     Ok(())
 }

@@ -300,7 +300,9 @@ pub async fn delete(
         return Err(ApiError::NotFound(format!("no agent {id}")));
     }
     if let Ok(agent_id) = id.parse() {
-        state.hub.close_agent(&caller.tenant_id, agent_id, "agent deleted");
+        state
+            .hub
+            .close_agent(&caller.tenant_id, agent_id, "agent deleted");
     }
     Ok(StatusCode::NO_CONTENT)
 }

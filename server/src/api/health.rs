@@ -25,5 +25,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .ping()
         .await
         .map_err(|e| ApiError::Unavailable(format!("database unavailable: {e}")))?;
-    Ok(Json(json!({"status": "ready", "agents_connected": state.hub.len()})))
+    Ok(Json(
+        json!({"status": "ready", "agents_connected": state.hub.len()}),
+    ))
 }

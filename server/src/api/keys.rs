@@ -151,17 +151,28 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<AgentKeyWithSecret>), ApiError> {
     validate_name(&body.name)?;
     let permissions = body.permissions.unwrap_or_else(|| {
-        commands::DEFAULT_PERMISSIONS.iter().map(|s| (*s).to_owned()).collect()
+        commands::DEFAULT_PERMISSIONS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
     });
     validate_permissions(&permissions)?;
     let tags = body.tags.unwrap_or_default();
     validate_tags("tags", &tags)?;
     if body.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::BadRequest("expires_at: must be in the future".into()));
+        return Err(ApiError::BadRequest(
+            "expires_at: must be in the future".into(),
+        ));
     }
     let (key, secret) = state
         .store
-        .create_agent_key(&caller.tenant_id, body.name.trim(), &permissions, &tags, body.expires_at)
+        .create_agent_key(
+            &caller.tenant_id,
+            body.name.trim(),
+            &permissions,
+            &tags,
+            body.expires_at,
+        )
         .await?;
     tracing::info!(key_id = %key.id, "agent key created");
     Ok((

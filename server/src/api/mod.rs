@@ -77,7 +77,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/agents", get(agents::list))
         .route(
             "/api/agents/{id}",
-            get(agents::show).patch(agents::update).delete(agents::delete),
+            get(agents::show)
+                .patch(agents::update)
+                .delete(agents::delete),
         )
         .route("/api/agents/{id}/command", post(agents::command))
         .route("/api/commands/{id}", get(commands::show));
@@ -103,10 +105,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
     use outpost_protocol::limits::{MAX_TAG_LEN, MAX_TAGS};
     if tags.len() > MAX_TAGS {
-        return Err(ApiError::BadRequest(format!("{field}: at most {MAX_TAGS} tags")));
+        return Err(ApiError::BadRequest(format!(
+            "{field}: at most {MAX_TAGS} tags"
+        )));
     }
     for tag in tags {
-        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(|c| c.is_control() || c == ',') {
+        if tag.is_empty()
+            || tag.len() > MAX_TAG_LEN
+            || tag.chars().any(|c| c.is_control() || c == ',')
+        {
             return Err(ApiError::BadRequest(format!(
                 "{field}: tag {tag:?} must be 1 to {MAX_TAG_LEN} characters without commas or control characters"
             )));

@@ -130,7 +130,9 @@ impl Hub {
     /// Adds a registered connection. An earlier connection of the same agent is closed with
     /// reason `replaced` (SPEC §2).
     pub fn insert(&self, tenant_id: &str, agent_id: AgentId, session: Session) {
-        let old = self.sessions.insert((tenant_id.to_owned(), agent_id), session);
+        let old = self
+            .sessions
+            .insert((tenant_id.to_owned(), agent_id), session);
         if let Some(old) = old {
             old.close
                 .close(outpost_protocol::limits::CLOSE_NORMAL, "replaced");
@@ -141,7 +143,9 @@ impl Hub {
     /// it was removed (and so whether the agent just went offline).
     pub fn remove(&self, tenant_id: &str, agent_id: AgentId, conn_id: u64) -> bool {
         self.sessions
-            .remove_if(&(tenant_id.to_owned(), agent_id), |_, s| s.conn_id == conn_id)
+            .remove_if(&(tenant_id.to_owned(), agent_id), |_, s| {
+                s.conn_id == conn_id
+            })
             .is_some()
     }
 
@@ -154,7 +158,8 @@ impl Hub {
 
     /// Whether an agent is connected here.
     pub fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
-        self.sessions.contains_key(&(tenant_id.to_owned(), agent_id))
+        self.sessions
+            .contains_key(&(tenant_id.to_owned(), agent_id))
     }
 
     /// Queues a frame for an agent without waiting.

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use chrono::Utc;
@@ -95,7 +95,15 @@ impl Connection {
             return;
         }
         let register = match self.await_register().await {
-            Ok(data) => data,
+            Ok(mut data) => {
+                // Tags given to the key apply to every agent connecting with it.
+                for tag in string_list(&self.key.tags) {
+                    if !data.tags.contains(&tag) {
+                        data.tags.push(tag);
+                    }
+                }
+                data
+            }
             Err(end) => return self.finish(end).await,
         };
         let agent_id = register.agent_id;
@@ -128,7 +136,12 @@ impl Connection {
             Err(end) => end,
         };
         if self.state.hub.remove(&tenant_id, agent_id, conn_id) {
-            if let Err(err) = self.state.store.record_disconnect(&tenant_id, &agent_id.to_string()).await {
+            if let Err(err) = self
+                .state
+                .store
+                .record_disconnect(&tenant_id, &agent_id.to_string())
+                .await
+            {
                 tracing::warn!(error = %err, "could not record disconnect");
             }
         }
@@ -158,7 +171,10 @@ impl Connection {
                             data.protocol
                         );
                         let _ = self
-                            .send(&ServerFrame::Error(ErrorBody::new(codes::PROTOCOL_MISMATCH, message)))
+                            .send(&ServerFrame::Error(ErrorBody::new(
+                                codes::PROTOCOL_MISMATCH,
+                                message,
+                            )))
                             .await;
                         return Err(End::Close(limits::CLOSE_POLICY, "protocol mismatch".into()));
                     }
@@ -262,7 +278,11 @@ impl Connection {
     }
 
     /// Acts on one frame from a registered agent.
-    async fn handle(&mut self, agent_id: outpost_protocol::AgentId, frame: AgentFrame) -> Result<(), End> {
+    async fn handle(
+        &mut self,
+        agent_id: outpost_protocol::AgentId,
+        frame: AgentFrame,
+    ) -> Result<(), End> {
         let store = &self.state.store;
         let tenant = self.key.tenant_id.as_str();
         let agent = agent_id.to_string();
@@ -270,14 +290,24 @@ impl Connection {
             AgentFrame::Register { data } => {
                 if data.agent_id != agent_id {
                     return self
-                        .refuse(codes::BAD_FRAME, "agent_id cannot change on a connection".into())
+                        .refuse(
+                            codes::BAD_FRAME,
+                            "agent_id cannot change on a connection".into(),
+                        )
                         .await;
                 }
-                store.upsert_agent(tenant, &self.key.id, &data).await.map(drop)
+                store
+                    .upsert_agent(tenant, &self.key.id, &data)
+                    .await
+                    .map(drop)
             }
-            AgentFrame::Heartbeat { status } => store.record_heartbeat(tenant, &agent, &status).await,
+            AgentFrame::Heartbeat { status } => {
+                store.record_heartbeat(tenant, &agent, &status).await
+            }
             AgentFrame::Ack { command_id } => {
-                store.mark_delivered(tenant, &agent, &command_id.to_string()).await
+                store
+                    .mark_delivered(tenant, &agent, &command_id.to_string())
+                    .await
             }
             AgentFrame::Output(output) => {
                 // Output is stored by the job model (issue: script runs); the built-in commands
@@ -292,7 +322,9 @@ impl Connection {
                             self.state.hub.finished(&model);
                         }
                         // Stored now or before: either way the agent may forget it.
-                        let ack = ServerFrame::Ack { command_id: response.command_id };
+                        let ack = ServerFrame::Ack {
+                            command_id: response.command_id,
+                        };
                         return self.send(&ack).await;
                     }
                     Err(err) => Err(err),
@@ -317,8 +349,11 @@ impl Connection {
             Some(Err(err)) => return Err(read_error(err)),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
             Some(Ok(Message::Binary(_))) => {
-                self.refuse(codes::BAD_FRAME, "binary frames are not part of protocol v1; send JSON text".into())
-                    .await?;
+                self.refuse(
+                    codes::BAD_FRAME,
+                    "binary frames are not part of protocol v1; send JSON text".into(),
+                )
+                .await?;
                 return Ok(None);
             }
             Some(Ok(Message::Text(text))) => text,
@@ -340,16 +375,21 @@ impl Connection {
     /// Answers a bad frame with an `error` frame; too many in a minute end the connection.
     async fn refuse(&mut self, code: &str, message: String) -> Result<(), End> {
         tracing::debug!(code, %message, "refused a frame");
-        self.send(&ServerFrame::Error(ErrorBody::new(code, message))).await?;
+        self.send(&ServerFrame::Error(ErrorBody::new(code, message)))
+            .await?;
         if self.bad.record() > limits::MAX_BAD_FRAMES_PER_MINUTE {
-            return Err(End::Close(limits::CLOSE_POLICY, "too many bad frames".into()));
+            return Err(End::Close(
+                limits::CLOSE_POLICY,
+                "too many bad frames".into(),
+            ));
         }
         Ok(())
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = frame.encode();
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(End::Gone),
         }

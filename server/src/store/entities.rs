@@ -1,7 +1,6 @@
 //! sea-orm entities, one module per table. Ids are UUID text so that rows read the same in
 //! SQLite and PostgreSQL and in an operator's `sqlite3` shell.
 
-
 // Columns are named for what they hold; the macros generate many items without docs.
 #![allow(missing_docs)]
 /// A tenant: everything else belongs to exactly one.

@@ -263,7 +263,11 @@ impl Store {
     }
 
     /// One agent key of a tenant.
-    pub async fn get_agent_key(&self, tenant_id: &str, id: &str) -> Result<Option<agent_key::Model>> {
+    pub async fn get_agent_key(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<agent_key::Model>> {
         Ok(agent_key::Entity::find_by_id(id.to_owned())
             .filter(agent_key::Column::TenantId.eq(tenant_id))
             .one(&self.db)
@@ -519,7 +523,10 @@ impl Store {
         let res = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::EXPIRED))
             .col_expr(command::Column::FinishedAt, Expr::value(now))
-            .col_expr(command::Column::ErrorCode, Expr::value(outpost_protocol::codes::EXPIRED))
+            .col_expr(
+                command::Column::ErrorCode,
+                Expr::value(outpost_protocol::codes::EXPIRED),
+            )
             .col_expr(
                 command::Column::ErrorMessage,
                 Expr::value("the agent did not connect before the command's ttl passed"),

@@ -1,0 +1,97 @@
+//! Agent configuration: flags, each mirrored by an `OUTPOST_*` environment variable (SPEC §3).
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `outpost-agent` configuration.
+#[derive(Clone, Parser)]
+#[command(
+    name = "outpost-agent",
+    version,
+    about = "Outpost agent: connects out to an Outpost server and runs its commands"
+)]
+pub struct Config {
+    /// Server base URL: ws://, wss://, http:// or https://.
+    #[arg(long, env = "OUTPOST_SERVER_URL")]
+    pub server_url: String,
+
+    /// Agent key (opa_…).
+    #[arg(long, env = "OUTPOST_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+
+    /// Script manifest (default: script_manifest.json in the state directory).
+    #[arg(long, env = "OUTPOST_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+
+    /// Directory for the agent id, the command journal and logs (default: ~/.outpost-agent).
+    #[arg(long, env = "OUTPOST_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Comma-separated tags, e.g. `prod,role=db`.
+    #[arg(long, env = "OUTPOST_TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+
+    /// Refuse update requests.
+    #[arg(long, env = "OUTPOST_SKIP_UPDATE")]
+    pub skip_update: bool,
+
+    /// Running under outpost-supervisor: control commands exit with 42/43/44.
+    #[arg(long, env = "OUTPOST_SUPERVISED")]
+    pub supervised: bool,
+
+    /// Extra CA certificate (PEM) to trust for wss:// and https://.
+    #[arg(long, env = "OUTPOST_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The state directory, defaulting to `~/.outpost-agent`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".outpost-agent")
+        })
+    }
+
+    /// Tags with blanks removed.
+    pub fn clean_tags(&self) -> Vec<String> {
+        self.tags
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    // Written by hand so the agent key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("server_url", &self.server_url)
+            .field("api_key", &"<set>")
+            .field("manifest", &self.manifest)
+            .field("state_dir", &self.state_dir)
+            .field("tags", &self.tags)
+            .field("skip_update", &self.skip_update)
+            .field("supervised", &self.supervised)
+            .field("ca_cert", &self.ca_cert)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
