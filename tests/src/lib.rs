@@ -1,1 +1,559 @@
-//! placeholder
+//! Fixtures for end-to-end tests over the real binaries.
+//!
+//! [`Server`] and [`Agent`] start the built `outpost-server` and `outpost-agent` on loopback
+//! (port 0), wait for readiness (a line on stdout, a status over the API), and kill their
+//! process in `Drop`. Logs go to files in the test's temporary directory and are printed when
+//! a test fails, so a failure explains itself.
+//!
+//! The binaries are built once per test process with `cargo build --workspace --all-targets`
+//! (a no-op when they are up to date), so `cargo test -p outpost-e2e` never runs against stale binaries. Set
+//! `OUTPOST_BIN_DIR` to use binaries from elsewhere instead.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub mod ws;
+
+/// How long any readiness wait may take before the test fails. Generous: CI machines are
+/// small and busy; a wait returns as soon as its condition holds.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+static BUILD: Once = Once::new();
+static PROVIDER: Once = Once::new();
+
+/// Directory holding the binaries under test: `OUTPOST_BIN_DIR`, or the cargo target
+/// directory these tests were built into.
+///
+/// `cargo nextest run --workspace` (and `cargo test --workspace`) build the binaries, because
+/// the server and agent crates have integration tests that need them. Run alone, this crate
+/// could meet binaries older than the sources; that is refused with a clear message rather
+/// than tested.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("OUTPOST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/debug/deps/<test> -> target/debug
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    BUILD.call_once(|| check_fresh(&dir));
+    dir
+}
+
+fn check_fresh(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    for (bin, crates) in [
+        ("outpost-server", &["server", "protocol"][..]),
+        ("outpost-agent", &["agent", "protocol"][..]),
+    ] {
+        let built = std::fs::metadata(dir.join(bin))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| panic!("{bin} is not built: run `cargo nextest run --workspace` (or `cargo build --workspace`)"));
+        for krate in crates {
+            if newest(&root.join(krate).join("src")).is_some_and(|t| t > built) {
+                panic!("{bin} is older than {krate}/src: run `cargo nextest run --workspace` (or `cargo build --workspace`) so the tests do not run stale binaries");
+            }
+        }
+    }
+}
+
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        latest = latest.max(time);
+    }
+    latest
+}
+
+/// Installs the ring provider for rustls once per process (reqwest and the TLS tests need it).
+pub fn init() {
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A running `outpost-server`.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT` (or https).
+    pub url: String,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// Data directory (SQLite file, admin.key).
+    pub data_dir: PathBuf,
+    /// Owner API key.
+    pub admin_key: String,
+    /// Everything it printed on stdout.
+    pub stdout: std::sync::Arc<Mutex<Vec<String>>>,
+    log: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Options for [`Server::start_with`].
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub envs: Vec<(String, String)>,
+    /// Use this data directory instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+    /// Listen on this address instead of port 0.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a server with options.
+    pub async fn start_with(options: ServerOptions) -> Self {
+        init();
+        let (tmp, data_dir) = match options.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let dir = tmp.path().join("data");
+                (Some(tmp), dir)
+            }
+        };
+        let listen = options
+            .listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let mut server = Self {
+            child: None,
+            url: String::new(),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            log: data_dir.with_extension("server.log"),
+            data_dir,
+            admin_key: String::new(),
+            stdout: Default::default(),
+            args: options.args,
+            envs: options.envs,
+            _tmp: tmp,
+        };
+        server.spawn(&listen).await;
+        server
+    }
+
+    async fn spawn(&mut self, listen: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("server log");
+        let mut child = Command::new(bin_dir().join("outpost-server"))
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env_remove("OUTPOST_ADMIN_KEY")
+            .env("OUTPOST_LOG", "info,outpost_server=debug")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning outpost-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = self.stdout.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("outpost-server listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+                lines.lock().expect("lines").push(line);
+            }
+        });
+        self.child = Some(child);
+        let url = tokio::task::spawn_blocking(move || rx.recv_timeout(READY_TIMEOUT))
+            .await
+            .expect("join");
+        let url = url.unwrap_or_else(|_| panic!("server did not start:\n{}", self.logs()));
+        self.addr = url
+            .split("://")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .expect("address in the listening line");
+        self.url = url;
+        // The admin key is written before the server listens... or, when given by
+        // OUTPOST_ADMIN_KEY, it is in the environment.
+        if let Some((_, key)) = self.envs.iter().find(|(k, _)| k == "OUTPOST_ADMIN_KEY") {
+            self.admin_key = key.clone();
+        } else {
+            let path = self.data_dir.join("admin.key");
+            let data_dir = self.data_dir.clone();
+            self.admin_key = wait_for("admin.key", READY_TIMEOUT, || {
+                let path = path.clone();
+                async move { std::fs::read_to_string(&path).ok().map(|s| s.trim().to_owned()) }
+            })
+            .await;
+            let _ = data_dir;
+        }
+        let api = self.api();
+        wait_for("readyz", READY_TIMEOUT, || {
+            let api = api.clone();
+            async move { (api.get("/readyz").await.0 == StatusCode::OK).then_some(()) }
+        })
+        .await;
+    }
+
+    /// An API client with the owner key.
+    pub fn api(&self) -> Api {
+        Api::new(&self.url, &self.admin_key)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), "TERM");
+        child.wait().ok()
+    }
+
+    /// Starts the server again on the same address and data directory.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        let listen = self.addr.to_string();
+        self.spawn(&listen).await;
+    }
+
+    /// The server's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- outpost-server log ----\n{}", tail(&self.logs(), 200));
+        }
+    }
+}
+
+/// A running `outpost-agent`.
+pub struct Agent {
+    child: Option<Child>,
+    /// State directory (agent_id, journal).
+    pub state_dir: PathBuf,
+    log: PathBuf,
+    server_url: String,
+    key: String,
+    envs: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Agent {
+    /// Starts an agent against `server_url` with `key`, in a fresh state directory.
+    pub fn start(server_url: &str, key: &str) -> Self {
+        Self::start_with(server_url, key, None, Vec::new())
+    }
+
+    /// Starts an agent with a given state directory and extra environment.
+    pub fn start_with(
+        server_url: &str,
+        key: &str,
+        state_dir: Option<PathBuf>,
+        envs: Vec<(String, String)>,
+    ) -> Self {
+        let (tmp, state_dir) = match state_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let dir = tmp.path().join("state");
+                (Some(tmp), dir)
+            }
+        };
+        let mut agent = Self {
+            child: None,
+            log: state_dir.with_extension("agent.log"),
+            state_dir,
+            server_url: server_url.to_owned(),
+            key: key.to_owned(),
+            envs,
+            _tmp: tmp,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new(bin_dir().join("outpost-agent"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.state_dir)
+            .env("OUTPOST_SERVER_URL", &self.server_url)
+            .env("OUTPOST_API_KEY", &self.key)
+            .env("OUTPOST_STATE_DIR", &self.state_dir)
+            .env("OUTPOST_LOG", "info,outpost_agent=debug")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning outpost-agent");
+        self.child = Some(child);
+    }
+
+    /// The agent's id, once it has written it.
+    pub async fn agent_id(&self) -> String {
+        let path = self.state_dir.join("agent_id");
+        wait_for("agent_id file", READY_TIMEOUT, || {
+            let path = path.clone();
+            async move {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| s.len() == 36)
+            }
+        })
+        .await
+    }
+
+    /// Waits until the server lists this agent as connected; returns its id.
+    pub async fn wait_online(&self, api: &Api) -> String {
+        let id = self.agent_id().await;
+        api.wait_online(&id).await;
+        id
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), "TERM");
+        child.wait().ok()
+    }
+
+    /// Waits for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    /// Starts the agent again with the same state directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// The agent's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The journal's lines.
+    pub fn journal(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state_dir.join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- outpost-agent log ----\n{}", tail(&self.logs(), 100));
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A small REST client: every call returns the status and the JSON body (or `Null`).
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    /// A client for `base` with bearer `token`.
+    pub fn new(base: &str, token: &str) -> Self {
+        init();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// The same server with another token.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: token.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// Any request.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// PATCH with a JSON body.
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Creates an agent key; returns `(id, secret)`.
+    pub async fn create_key(&self, body: Value) -> (String, String) {
+        let (status, key) = self.post("/api/agents/keys", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        (
+            key["id"].as_str().expect("id").to_owned(),
+            key["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
+    /// Creates an agent key with default permissions.
+    pub async fn agent_key(&self) -> (String, String) {
+        self.create_key(json!({"name": "test"})).await
+    }
+
+    /// Sends a command to one agent and returns the answer.
+    pub async fn command(&self, agent_id: &str, body: Value) -> (StatusCode, Value) {
+        self.post(&format!("/api/agents/{agent_id}/command"), body).await
+    }
+
+    /// Waits until the agent is connected.
+    pub async fn wait_online(&self, agent_id: &str) {
+        self.wait_status(agent_id, "online").await;
+    }
+
+    /// Waits until the agent has the given status.
+    pub async fn wait_status(&self, agent_id: &str, status: &str) {
+        let path = format!("/api/agents/{agent_id}");
+        wait_for(&format!("agent {agent_id} {status}"), READY_TIMEOUT, || {
+            let path = path.clone();
+            async move {
+                let (code, agent) = self.get(&path).await;
+                (code == StatusCode::OK && agent["status"] == status).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Waits until a stored command reaches a final state; returns it.
+    pub async fn wait_command_final(&self, command_id: &str) -> Value {
+        let path = format!("/api/commands/{command_id}");
+        wait_for(&format!("command {command_id} to finish"), READY_TIMEOUT, || {
+            let path = path.clone();
+            async move {
+                let (_, cmd) = self.get(&path).await;
+                let open = ["pending", "delivered"];
+                (cmd["status"].is_string() && !open.contains(&cmd["status"].as_str().unwrap_or("")))
+                    .then_some(cmd)
+            }
+        })
+        .await
+    }
+}

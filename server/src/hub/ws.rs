@@ -255,7 +255,12 @@ impl Connection {
                             return end;
                         }
                     }
-                    None => return End::Close(limits::CLOSE_NORMAL, String::new()),
+                    // The hub dropped our sender: we were replaced or removed, and the close
+                    // signal says why.
+                    None => {
+                        let (code, reason) = close.reason();
+                        return End::Close(code, reason);
+                    }
                 },
                 () = close.closed() => {
                     let (code, reason) = close.reason();

@@ -1,0 +1,47 @@
+//! The `outpost-server` binary's command line. (These tests also make `cargo test` build the
+//! binary that the end-to-end tests in `tests/` run.)
+
+use std::process::Command;
+
+fn server() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_outpost-server"))
+}
+
+#[test]
+fn help_lists_every_documented_flag() {
+    let out = server().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen", "--data-dir", "--database-url", "--public-url", "--tls-cert", "--tls-key",
+        "--log-format", "--heartbeat-interval",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
+
+#[test]
+fn bad_flags_fail_with_a_clear_message() {
+    let out = server().args(["--listen", "nowhere"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+
+    let out = server().args(["--tls-cert", "/x.pem"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
+}
+
+#[test]
+fn a_weak_admin_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = server()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("OUTPOST_ADMIN_KEY", "opk_short")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("OUTPOST_ADMIN_KEY"), "{stderr}");
+    assert!(!stderr.contains("opk_short"), "the key itself must not be echoed");
+}

@@ -1,0 +1,241 @@
+//! An agent connects and answers the built-in commands through every REST path; permissions,
+//! offline agents, queueing and timeouts behave as the SPEC says.
+
+use std::time::Duration;
+
+use outpost_e2e::ws::{self, Seen};
+use outpost_e2e::{Agent, Server};
+use outpost_protocol::ServerFrame;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtins_answer_through_every_rest_path() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (key_id, secret) = api.create_key(json!({"name": "fleet", "tags": ["from-key"]})).await;
+    let agent = Agent::start_with(
+        &server.url,
+        &secret,
+        None,
+        vec![("OUTPOST_TAGS".into(), "prod, role=db".into())],
+    );
+    let id = agent.wait_online(&api).await;
+
+    let (status, ping) = api.command(&id, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::OK, "{ping}");
+    assert_eq!(ping["status"], "succeeded");
+    assert_eq!(ping["data"], json!({"pong": true}));
+    assert!(ping["delivered_at"].is_string() && ping["finished_at"].is_string());
+
+    let (status, echo) = api
+        .command(&id, json!({"command": "echo", "data": {"message": "héllo ✓"}}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echo["data"]["message"], "héllo ✓");
+
+    let (_, info) = api.command(&id, json!({"command": "info"})).await;
+    let data = &info["data"];
+    assert_eq!(data["agent_id"], id.as_str());
+    assert_eq!(data["protocol"], 1);
+    assert!(data["uptime_s"].is_u64());
+    assert!(data["rust_version"].as_str().is_some_and(|v| v.starts_with("rustc")));
+    for field in ["hostname", "os", "arch", "version"] {
+        assert!(data[field].as_str().is_some_and(|s| !s.is_empty()), "info.{field}: {data}");
+    }
+
+    // The stored command reads back the same.
+    let (status, stored) = api.get(&format!("/api/commands/{}", echo["command_id"].as_str().expect("id"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored["data"]["message"], "héllo ✓");
+
+    // Fan-out by key.
+    let (status, pings) = api.post(&format!("/api/agents/keys/{key_id}/ping"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{pings}");
+    let results = pings["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["agent_id"], id.as_str());
+    assert_eq!(results[0]["command"]["data"]["pong"], true);
+    let (status, echoes) = api
+        .post(
+            &format!("/api/agents/keys/{key_id}/command"),
+            json!({"command": "echo", "data": {"message": "all"}, "timeout_s": 5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{echoes}");
+    assert_eq!(echoes["results"][0]["command"]["data"]["message"], "all");
+
+    // Listings, filters and tags.
+    let (_, connected) = api.get("/api/agents/connected").await;
+    assert_eq!(connected[0]["agent_id"], id.as_str());
+    assert_eq!(connected[0]["transport"], "websocket");
+    let (_, listed) = api.get("/api/agents?tag=role%3Ddb&status=online").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let tags = listed[0]["tags"].as_array().expect("tags");
+    for tag in ["prod", "role=db", "from-key"] {
+        assert!(tags.contains(&json!(tag)), "{tag} missing from {tags:?}");
+    }
+    let (_, none) = api.get("/api/agents?tag=nope").await;
+    assert_eq!(none, json!([]));
+    let (status, bad) = api.get("/api/agents?status=sleepy").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad["error"]["message"].as_str().expect("msg").contains("status"));
+
+    let (status, patched) = api.patch(&format!("/api/agents/{id}"), json!({"tags": ["patched"]})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(patched["server_tags"], json!(["patched"]));
+    let (_, listed) = api.get("/api/agents?tag=patched").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+
+    // The heartbeat carries metrics; wait for the first one (interval 1 s here would be
+    // nicer, but the default is exercised: register data is there at once).
+    let (_, one) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(one["status"], "online");
+    assert_eq!(one["ip"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_carry_metrics_and_silence_means_offline() {
+    let server = outpost_e2e::Server::start_with(outpost_e2e::ServerOptions {
+        args: vec!["--heartbeat-interval".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let agent = Agent::start(&server.url, &secret);
+    let id = agent.wait_online(&api).await;
+    let metrics = outpost_e2e::wait_for("a heartbeat", outpost_e2e::READY_TIMEOUT, || async {
+        let (_, a) = api.get(&format!("/api/agents/{id}")).await;
+        a["last_heartbeat"].is_object().then(|| a["last_heartbeat"].clone())
+    })
+    .await;
+    for field in ["cpu_percent", "memory_percent", "disk_percent", "load1", "uptime_s"] {
+        assert!(metrics[field].is_number(), "{field} in {metrics}");
+    }
+    assert!(metrics["memory_percent"].as_f64().is_some_and(|m| m > 0.0 && m <= 100.0));
+
+    // A peer that registers and then says nothing is dropped after 3 missed intervals.
+    let mut peer = ws::connect(&server.url, &secret).await.expect("connect");
+    let silent = uuid::Uuid::now_v7().to_string();
+    assert_eq!(peer.handshake(&silent).await, 1);
+    api.wait_online(&silent).await;
+    let started = std::time::Instant::now();
+    let closed = peer.closed(Duration::from_secs(30)).await;
+    assert_eq!(closed.map(|c| c.1), Some("heartbeat missed".to_owned()));
+    assert!(started.elapsed() >= Duration::from_secs(2), "closed too early: {:?}", started.elapsed());
+    api.wait_status(&silent, "offline").await;
+    // The real agent, heartbeating, stayed online all along.
+    let (_, a) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(a["status"], "online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_are_enforced_and_refused_commands_never_sent() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api
+        .create_key(json!({"name": "ping-only", "permissions": ["ping"]}))
+        .await;
+    let mut peer = ws::connect(&server.url, &secret).await.expect("connect");
+    let id = uuid::Uuid::now_v7().to_string();
+    match peer.frame().await {
+        ServerFrame::Connected(c) => assert_eq!(c.permissions, vec!["ping".to_owned()]),
+        other => panic!("{other:?}"),
+    }
+    peer.send_json(&ws::register(&id)).await;
+    api.wait_online(&id).await;
+
+    let (status, err) = api.command(&id, json!({"command": "echo", "data": {"message": "x"}})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert_eq!(err["error"]["code"], "forbidden");
+    assert!(err["error"]["message"].as_str().expect("msg").contains("echo"));
+
+    // Nothing reached the agent: the next frame it sees is the ping sent now.
+    let api2 = api.clone();
+    let id2 = id.clone();
+    let ping = tokio::spawn(async move { api2.command(&id2, json!({"command": "ping", "timeout_s": 10})).await });
+    let command_id = match peer.frame().await {
+        ServerFrame::Command(c) => {
+            assert_eq!(c.command, "ping");
+            c.command_id
+        }
+        other => panic!("expected the ping, got {other:?}"),
+    };
+    peer.send_json(&json!({"type": "ack", "command_id": command_id})).await;
+    peer.send_json(&json!({"type": "response", "command_id": command_id, "success": true, "data": {"pong": true}, "error": null})).await;
+    match peer.frame().await {
+        ServerFrame::Ack { command_id: acked } => assert_eq!(acked, command_id),
+        other => panic!("expected the server's ack, got {other:?}"),
+    }
+    let (status, body) = ping.await.expect("join");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "succeeded");
+
+    // Unknown command names are a 400 naming the field.
+    let (status, err) = api.command(&id, json!({"command": "rm -rf"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(err["error"]["message"].as_str().expect("msg").starts_with("command:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_agents_get_409_or_a_queued_command() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let mut agent = Agent::start(&server.url, &secret);
+    let id = agent.wait_online(&api).await;
+    agent.terminate();
+    api.wait_status(&id, "offline").await;
+
+    let (status, err) = api.command(&id, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["error"]["code"], "agent_offline");
+
+    let (status, queued) = api
+        .command(&id, json!({"command": "echo", "data": {"message": "later"}, "queue": true, "ttl_s": 600}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    assert_eq!(queued["status"], "pending");
+    let command_id = queued["command_id"].as_str().expect("id").to_owned();
+
+    // A command whose TTL passes undelivered expires.
+    let (_, short) = api
+        .command(&id, json!({"command": "ping", "queue": true, "ttl_s": 0}))
+        .await;
+    let short_id = short["command_id"].as_str().expect("id").to_owned();
+
+    agent.restart();
+    api.wait_online(&id).await;
+    let done = api.wait_command_final(&command_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["data"]["message"], "later");
+    let expired = api.wait_command_final(&short_id).await;
+    assert_eq!(expired["status"], "expired", "{expired}");
+    assert_eq!(expired["error"]["code"], "expired");
+
+    let (status, _) = api.command(&uuid::Uuid::now_v7().to_string(), json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_answers_gives_504_and_the_late_answer_is_kept() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let mut peer = ws::connect(&server.url, &secret).await.expect("connect");
+    let id = uuid::Uuid::now_v7().to_string();
+    peer.handshake(&id).await;
+    api.wait_online(&id).await;
+
+    let (status, err) = api.command(&id, json!({"command": "ping", "timeout_s": 1})).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{err}");
+    assert_eq!(err["error"]["code"], "timeout");
+    let command_id = match peer.next(Duration::from_secs(5)).await {
+        Seen::Frame(ServerFrame::Command(c)) => c.command_id,
+        other => panic!("{other:?}"),
+    };
+    peer.send_json(&json!({"type": "response", "command_id": command_id, "success": true, "data": {"pong": true}, "error": null})).await;
+    let stored = api.wait_command_final(&command_id.to_string()).await;
+    assert_eq!(stored["status"], "succeeded");
+}

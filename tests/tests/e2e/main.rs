@@ -1,0 +1,8 @@
+//! End-to-end tests over the real `outpost-server` and `outpost-agent` binaries.
+//!
+//! One test binary with a module per area: linking is the slow part of building tests, and
+//! one binary links once.
+
+mod commands;
+mod keys;
+mod protocol;
