@@ -5,7 +5,8 @@ use std::process::Command;
 
 fn agent() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
-    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
     cmd
 }
 
@@ -14,7 +15,10 @@ fn missing_configuration_is_named() {
     let out = agent().output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--server-url") && stderr.contains("--api-key"), "{stderr}");
+    assert!(
+        stderr.contains("--server-url") && stderr.contains("--api-key"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -26,10 +30,17 @@ fn a_bad_server_url_is_fatal_and_explained() {
         .env("OUTPOST_STATE_DIR", dir.path())
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(99), "fatal configuration errors exit 99");
+    assert_eq!(
+        out.status.code(),
+        Some(99),
+        "fatal configuration errors exit 99"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ftp://"), "{stderr}");
-    assert!(!stderr.contains("opa_secret-value"), "the key must never be logged");
+    assert!(
+        !stderr.contains("opa_secret-value"),
+        "the key must never be logged"
+    );
 }
 
 #[test]

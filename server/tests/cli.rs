@@ -13,8 +13,14 @@ fn help_lists_every_documented_flag() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--listen", "--data-dir", "--database-url", "--public-url", "--tls-cert", "--tls-key",
-        "--log-format", "--heartbeat-interval",
+        "--listen",
+        "--data-dir",
+        "--database-url",
+        "--public-url",
+        "--tls-cert",
+        "--tls-key",
+        "--log-format",
+        "--heartbeat-interval",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
@@ -22,11 +28,17 @@ fn help_lists_every_documented_flag() {
 
 #[test]
 fn bad_flags_fail_with_a_clear_message() {
-    let out = server().args(["--listen", "nowhere"]).output().expect("run");
+    let out = server()
+        .args(["--listen", "nowhere"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 
-    let out = server().args(["--tls-cert", "/x.pem"]).output().expect("run");
+    let out = server()
+        .args(["--tls-cert", "/x.pem"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
 }
@@ -43,5 +55,8 @@ fn a_weak_admin_key_is_refused_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("OUTPOST_ADMIN_KEY"), "{stderr}");
-    assert!(!stderr.contains("opk_short"), "the key itself must not be echoed");
+    assert!(
+        !stderr.contains("opk_short"),
+        "the key itself must not be echoed"
+    );
 }

@@ -50,7 +50,9 @@ pub fn bin_dir() -> PathBuf {
 }
 
 fn check_fresh(dir: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     for (bin, crates) in [
         ("outpost-server", &["server", "protocol"][..]),
         ("outpost-agent", &["agent", "protocol"][..]),
@@ -60,7 +62,9 @@ fn check_fresh(dir: &Path) {
             .unwrap_or_else(|_| panic!("{bin} is not built: run `cargo nextest run --workspace` (or `cargo build --workspace`)"));
         for krate in crates {
             if newest(&root.join(krate).join("src")).is_some_and(|t| t > built) {
-                panic!("{bin} is older than {krate}/src: run `cargo nextest run --workspace` (or `cargo build --workspace`) so the tests do not run stale binaries");
+                panic!(
+                    "{bin} is older than {krate}/src: run `cargo nextest run --workspace` (or `cargo build --workspace`) so the tests do not run stale binaries"
+                );
             }
         }
     }
@@ -98,7 +102,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -119,6 +126,7 @@ pub struct Server {
     log: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    ca_pem: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -133,6 +141,8 @@ pub struct ServerOptions {
     pub data_dir: Option<PathBuf>,
     /// Listen on this address instead of port 0.
     pub listen: Option<std::net::SocketAddr>,
+    /// PEM of a CA the test's API client must trust (for a server with `--tls-cert`).
+    pub ca_pem: Option<String>,
 }
 
 impl Server {
@@ -166,6 +176,7 @@ impl Server {
             stdout: Default::default(),
             args: options.args,
             envs: options.envs,
+            ca_pem: options.ca_pem,
             _tmp: tmp,
         };
         server.spawn(&listen).await;
@@ -223,7 +234,11 @@ impl Server {
             let data_dir = self.data_dir.clone();
             self.admin_key = wait_for("admin.key", READY_TIMEOUT, || {
                 let path = path.clone();
-                async move { std::fs::read_to_string(&path).ok().map(|s| s.trim().to_owned()) }
+                async move {
+                    std::fs::read_to_string(&path)
+                        .ok()
+                        .map(|s| s.trim().to_owned())
+                }
             })
             .await;
             let _ = data_dir;
@@ -238,7 +253,7 @@ impl Server {
 
     /// An API client with the owner key.
     pub fn api(&self) -> Api {
-        Api::new(&self.url, &self.admin_key)
+        Api::with_ca(&self.url, &self.admin_key, self.ca_pem.as_deref())
     }
 
     /// `kill -9`.
@@ -450,14 +465,21 @@ pub struct Api {
 impl Api {
     /// A client for `base` with bearer `token`.
     pub fn new(base: &str, token: &str) -> Self {
+        Self::with_ca(base, token, None)
+    }
+
+    /// A client that also trusts the CA in `ca_pem`.
+    pub fn with_ca(base: &str, token: &str, ca_pem: Option<&str>) -> Self {
         init();
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        if let Some(pem) = ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes()).expect("CA PEM");
+            builder = builder.add_root_certificate(ca);
+        }
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("client"),
+            client: builder.build().expect("client"),
         }
     }
 
@@ -470,7 +492,12 @@ impl Api {
     }
 
     /// Any request.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -481,7 +508,10 @@ impl Api {
         let response = request.send().await.expect("request");
         let status = response.status();
         let bytes = response.bytes().await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// GET.
@@ -521,7 +551,8 @@ impl Api {
 
     /// Sends a command to one agent and returns the answer.
     pub async fn command(&self, agent_id: &str, body: Value) -> (StatusCode, Value) {
-        self.post(&format!("/api/agents/{agent_id}/command"), body).await
+        self.post(&format!("/api/agents/{agent_id}/command"), body)
+            .await
     }
 
     /// Waits until the agent is connected.
@@ -545,15 +576,20 @@ impl Api {
     /// Waits until a stored command reaches a final state; returns it.
     pub async fn wait_command_final(&self, command_id: &str) -> Value {
         let path = format!("/api/commands/{command_id}");
-        wait_for(&format!("command {command_id} to finish"), READY_TIMEOUT, || {
-            let path = path.clone();
-            async move {
-                let (_, cmd) = self.get(&path).await;
-                let open = ["pending", "delivered"];
-                (cmd["status"].is_string() && !open.contains(&cmd["status"].as_str().unwrap_or("")))
+        wait_for(
+            &format!("command {command_id} to finish"),
+            READY_TIMEOUT,
+            || {
+                let path = path.clone();
+                async move {
+                    let (_, cmd) = self.get(&path).await;
+                    let open = ["pending", "delivered"];
+                    (cmd["status"].is_string()
+                        && !open.contains(&cmd["status"].as_str().unwrap_or("")))
                     .then_some(cmd)
-            }
-        })
+                }
+            },
+        )
         .await
     }
 }

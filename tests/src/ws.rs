@@ -91,7 +91,9 @@ impl Peer {
                     return Seen::Frame(ServerFrame::decode(text.as_str()).expect("server frame"));
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    return Seen::Closed(frame.map(|f: CloseFrame| (u16::from(f.code), f.reason.to_string())));
+                    return Seen::Closed(
+                        frame.map(|f: CloseFrame| (u16::from(f.code), f.reason.to_string())),
+                    );
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Seen::Closed(None),

@@ -13,7 +13,9 @@ use serde_json::json;
 async fn builtins_answer_through_every_rest_path() {
     let server = Server::start().await;
     let api = server.api();
-    let (key_id, secret) = api.create_key(json!({"name": "fleet", "tags": ["from-key"]})).await;
+    let (key_id, secret) = api
+        .create_key(json!({"name": "fleet", "tags": ["from-key"]}))
+        .await;
     let agent = Agent::start_with(
         &server.url,
         &secret,
@@ -29,7 +31,10 @@ async fn builtins_answer_through_every_rest_path() {
     assert!(ping["delivered_at"].is_string() && ping["finished_at"].is_string());
 
     let (status, echo) = api
-        .command(&id, json!({"command": "echo", "data": {"message": "héllo ✓"}}))
+        .command(
+            &id,
+            json!({"command": "echo", "data": {"message": "héllo ✓"}}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(echo["data"]["message"], "héllo ✓");
@@ -39,18 +44,32 @@ async fn builtins_answer_through_every_rest_path() {
     assert_eq!(data["agent_id"], id.as_str());
     assert_eq!(data["protocol"], 1);
     assert!(data["uptime_s"].is_u64());
-    assert!(data["rust_version"].as_str().is_some_and(|v| v.starts_with("rustc")));
+    assert!(
+        data["rust_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("rustc"))
+    );
     for field in ["hostname", "os", "arch", "version"] {
-        assert!(data[field].as_str().is_some_and(|s| !s.is_empty()), "info.{field}: {data}");
+        assert!(
+            data[field].as_str().is_some_and(|s| !s.is_empty()),
+            "info.{field}: {data}"
+        );
     }
 
     // The stored command reads back the same.
-    let (status, stored) = api.get(&format!("/api/commands/{}", echo["command_id"].as_str().expect("id"))).await;
+    let (status, stored) = api
+        .get(&format!(
+            "/api/commands/{}",
+            echo["command_id"].as_str().expect("id")
+        ))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stored["data"]["message"], "héllo ✓");
 
     // Fan-out by key.
-    let (status, pings) = api.post(&format!("/api/agents/keys/{key_id}/ping"), json!({})).await;
+    let (status, pings) = api
+        .post(&format!("/api/agents/keys/{key_id}/ping"), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{pings}");
     let results = pings["results"].as_array().expect("results");
     assert_eq!(results.len(), 1);
@@ -79,9 +98,16 @@ async fn builtins_answer_through_every_rest_path() {
     assert_eq!(none, json!([]));
     let (status, bad) = api.get("/api/agents?status=sleepy").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(bad["error"]["message"].as_str().expect("msg").contains("status"));
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("status")
+    );
 
-    let (status, patched) = api.patch(&format!("/api/agents/{id}"), json!({"tags": ["patched"]})).await;
+    let (status, patched) = api
+        .patch(&format!("/api/agents/{id}"), json!({"tags": ["patched"]}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(patched["server_tags"], json!(["patched"]));
     let (_, listed) = api.get("/api/agents?tag=patched").await;
@@ -107,13 +133,25 @@ async fn heartbeats_carry_metrics_and_silence_means_offline() {
     let id = agent.wait_online(&api).await;
     let metrics = outpost_e2e::wait_for("a heartbeat", outpost_e2e::READY_TIMEOUT, || async {
         let (_, a) = api.get(&format!("/api/agents/{id}")).await;
-        a["last_heartbeat"].is_object().then(|| a["last_heartbeat"].clone())
+        a["last_heartbeat"]
+            .is_object()
+            .then(|| a["last_heartbeat"].clone())
     })
     .await;
-    for field in ["cpu_percent", "memory_percent", "disk_percent", "load1", "uptime_s"] {
+    for field in [
+        "cpu_percent",
+        "memory_percent",
+        "disk_percent",
+        "load1",
+        "uptime_s",
+    ] {
         assert!(metrics[field].is_number(), "{field} in {metrics}");
     }
-    assert!(metrics["memory_percent"].as_f64().is_some_and(|m| m > 0.0 && m <= 100.0));
+    assert!(
+        metrics["memory_percent"]
+            .as_f64()
+            .is_some_and(|m| m > 0.0 && m <= 100.0)
+    );
 
     // A peer that registers and then says nothing is dropped after 3 missed intervals.
     let mut peer = ws::connect(&server.url, &secret).await.expect("connect");
@@ -123,7 +161,11 @@ async fn heartbeats_carry_metrics_and_silence_means_offline() {
     let started = std::time::Instant::now();
     let closed = peer.closed(Duration::from_secs(30)).await;
     assert_eq!(closed.map(|c| c.1), Some("heartbeat missed".to_owned()));
-    assert!(started.elapsed() >= Duration::from_secs(2), "closed too early: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
     api.wait_status(&silent, "offline").await;
     // The real agent, heartbeating, stayed online all along.
     let (_, a) = api.get(&format!("/api/agents/{id}")).await;
@@ -146,15 +188,25 @@ async fn permissions_are_enforced_and_refused_commands_never_sent() {
     peer.send_json(&ws::register(&id)).await;
     api.wait_online(&id).await;
 
-    let (status, err) = api.command(&id, json!({"command": "echo", "data": {"message": "x"}})).await;
+    let (status, err) = api
+        .command(&id, json!({"command": "echo", "data": {"message": "x"}}))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     assert_eq!(err["error"]["code"], "forbidden");
-    assert!(err["error"]["message"].as_str().expect("msg").contains("echo"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("echo")
+    );
 
     // Nothing reached the agent: the next frame it sees is the ping sent now.
     let api2 = api.clone();
     let id2 = id.clone();
-    let ping = tokio::spawn(async move { api2.command(&id2, json!({"command": "ping", "timeout_s": 10})).await });
+    let ping = tokio::spawn(async move {
+        api2.command(&id2, json!({"command": "ping", "timeout_s": 10}))
+            .await
+    });
     let command_id = match peer.frame().await {
         ServerFrame::Command(c) => {
             assert_eq!(c.command, "ping");
@@ -162,7 +214,8 @@ async fn permissions_are_enforced_and_refused_commands_never_sent() {
         }
         other => panic!("expected the ping, got {other:?}"),
     };
-    peer.send_json(&json!({"type": "ack", "command_id": command_id})).await;
+    peer.send_json(&json!({"type": "ack", "command_id": command_id}))
+        .await;
     peer.send_json(&json!({"type": "response", "command_id": command_id, "success": true, "data": {"pong": true}, "error": null})).await;
     match peer.frame().await {
         ServerFrame::Ack { command_id: acked } => assert_eq!(acked, command_id),
@@ -175,7 +228,12 @@ async fn permissions_are_enforced_and_refused_commands_never_sent() {
     // Unknown command names are a 400 naming the field.
     let (status, err) = api.command(&id, json!({"command": "rm -rf"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(err["error"]["message"].as_str().expect("msg").starts_with("command:"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .starts_with("command:")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +251,10 @@ async fn offline_agents_get_409_or_a_queued_command() {
     assert_eq!(err["error"]["code"], "agent_offline");
 
     let (status, queued) = api
-        .command(&id, json!({"command": "echo", "data": {"message": "later"}, "queue": true, "ttl_s": 600}))
+        .command(
+            &id,
+            json!({"command": "echo", "data": {"message": "later"}, "queue": true, "ttl_s": 600}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
     assert_eq!(queued["status"], "pending");
@@ -214,7 +275,12 @@ async fn offline_agents_get_409_or_a_queued_command() {
     assert_eq!(expired["status"], "expired", "{expired}");
     assert_eq!(expired["error"]["code"], "expired");
 
-    let (status, _) = api.command(&uuid::Uuid::now_v7().to_string(), json!({"command": "ping"})).await;
+    let (status, _) = api
+        .command(
+            &uuid::Uuid::now_v7().to_string(),
+            json!({"command": "ping"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -228,7 +294,9 @@ async fn an_agent_that_never_answers_gives_504_and_the_late_answer_is_kept() {
     peer.handshake(&id).await;
     api.wait_online(&id).await;
 
-    let (status, err) = api.command(&id, json!({"command": "ping", "timeout_s": 1})).await;
+    let (status, err) = api
+        .command(&id, json!({"command": "ping", "timeout_s": 1}))
+        .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{err}");
     assert_eq!(err["error"]["code"], "timeout");
     let command_id = match peer.next(Duration::from_secs(5)).await {
@@ -238,4 +306,45 @@ async fn an_agent_that_never_answers_gives_504_and_the_late_answer_is_kept() {
     peer.send_json(&json!({"type": "response", "command_id": command_id, "success": true, "data": {"pong": true}, "error": null})).await;
     let stored = api.wait_command_final(&command_id.to_string()).await;
     assert_eq!(stored["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_openapi_and_docs_are_served() {
+    let server = Server::start().await;
+    let anonymous = outpost_e2e::Api::new(&server.url, "");
+    let (status, health) = anonymous.get("/healthz").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, ready) = anonymous.get("/readyz").await;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let (status, doc) = anonymous.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/api/agents/{id}/command"]["post"].is_object());
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../server/openapi.json"
+        ))
+        .expect("server/openapi.json"),
+    )
+    .expect("json");
+    assert_eq!(doc, committed, "the served document is the committed one");
+    // The interactive viewer is served from the binary itself (no CDN).
+    let page = reqwest::get(format!("{}/docs/", server.url))
+        .await
+        .expect("docs");
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("swagger-ui"), "{html}");
+    let bundle = reqwest::get(format!("{}/docs/swagger-ui-bundle.js", server.url))
+        .await
+        .expect("js");
+    assert_eq!(bundle.status(), StatusCode::OK);
+    let (status, _) = anonymous.get("/api/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -16,7 +16,11 @@ async fn bad_keys_are_refused_before_the_upgrade() {
 
     assert_eq!(ws::refused_status(&server.url, "").await, 401);
     assert_eq!(ws::refused_status(&server.url, "opa_nope").await, 401);
-    assert_eq!(ws::refused_status(&server.url, &server.admin_key).await, 401, "an API key is not an agent key");
+    assert_eq!(
+        ws::refused_status(&server.url, &server.admin_key).await,
+        401,
+        "an API key is not an agent key"
+    );
     let mut wrong = secret.clone();
     wrong.pop();
     wrong.push('x');
@@ -34,28 +38,50 @@ async fn bad_keys_are_refused_before_the_upgrade() {
 
     // The real agent with a refused key keeps running and says why.
     let mut agent = Agent::start(&server.url, "opa_not-a-real-key");
-    outpost_e2e::wait_for("the agent to log the refusal", outpost_e2e::READY_TIMEOUT, || async {
-        agent.logs().contains("refused the agent key").then_some(())
-    })
+    outpost_e2e::wait_for(
+        "the agent to log the refusal",
+        outpost_e2e::READY_TIMEOUT,
+        || async { agent.logs().contains("refused the agent key").then_some(()) },
+    )
     .await;
-    assert!(agent.wait_exit(Duration::from_millis(100)).is_none(), "the agent must keep retrying");
-    assert!(!agent.logs().contains("opa_not-a-real-key"), "the key must never be logged");
+    assert!(
+        agent.wait_exit(Duration::from_millis(100)).is_none(),
+        "the agent must keep retrying"
+    );
+    assert!(
+        !agent.logs().contains("opa_not-a-real-key"),
+        "the key must never be logged"
+    );
 
     let (status, key) = api.get(&format!("/api/agents/keys/{id}")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(key.get("secret").is_none() && key.get("key_hash").is_none(), "{key}");
+    assert!(
+        key.get("secret").is_none() && key.get("key_hash").is_none(),
+        "{key}"
+    );
     let (_, keys) = api.get("/api/agents/keys").await;
-    assert!(!keys.to_string().contains(&secret), "a listing must never show a secret");
+    assert!(
+        !keys.to_string().contains(&secret),
+        "a listing must never show a secret"
+    );
 }
 
 fn chrono_now_plus(seconds: u64) -> String {
     let t = std::time::SystemTime::now() + Duration::from_secs(seconds);
-    let secs = t.duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
     // RFC 3339 from a Unix time without pulling chrono into the tests.
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -87,7 +113,10 @@ async fn key_changes_close_live_connections() {
         let new_secret = match action {
             "disable" => {
                 let (status, key) = api
-                    .patch(&format!("/api/agents/keys/{key_id}"), json!({"status": "disabled"}))
+                    .patch(
+                        &format!("/api/agents/keys/{key_id}"),
+                        json!({"status": "disabled"}),
+                    )
                     .await;
                 assert_eq!(status, StatusCode::OK);
                 assert_eq!(key["status"], "disabled");
@@ -99,7 +128,9 @@ async fn key_changes_close_live_connections() {
                 None
             }
             _ => {
-                let (status, key) = api.post(&format!("/api/agents/keys/{key_id}/regenerate"), json!({})).await;
+                let (status, key) = api
+                    .post(&format!("/api/agents/keys/{key_id}/regenerate"), json!({}))
+                    .await;
                 assert_eq!(status, StatusCode::OK);
                 Some(key["secret"].as_str().expect("secret").to_owned())
             }
@@ -108,11 +139,20 @@ async fn key_changes_close_live_connections() {
         let took = started.elapsed();
         println!("{action}: connection closed after {took:?} with {closed:?}");
         assert!(took < Duration::from_secs(1), "{action}: took {took:?}");
-        assert!(closed.is_some_and(|(_, reason)| reason.contains("key")), "{action}");
+        assert!(
+            closed.is_some_and(|(_, reason)| reason.contains("key")),
+            "{action}"
+        );
 
-        assert_eq!(ws::refused_status(&server.url, &secret).await, 401, "{action}: old secret");
+        assert_eq!(
+            ws::refused_status(&server.url, &secret).await,
+            401,
+            "{action}: old secret"
+        );
         if let Some(new_secret) = new_secret {
-            let mut peer = ws::connect(&server.url, &new_secret).await.expect("new secret works");
+            let mut peer = ws::connect(&server.url, &new_secret)
+                .await
+                .expect("new secret works");
             peer.handshake(&agent_id).await;
             api.wait_online(&agent_id).await;
         }
@@ -120,9 +160,17 @@ async fn key_changes_close_live_connections() {
 
     // Re-enabling a disabled key lets its agents back in.
     let (key_id, secret) = api.agent_key().await;
-    api.patch(&format!("/api/agents/keys/{key_id}"), json!({"status": "disabled"})).await;
+    api.patch(
+        &format!("/api/agents/keys/{key_id}"),
+        json!({"status": "disabled"}),
+    )
+    .await;
     assert_eq!(ws::refused_status(&server.url, &secret).await, 401);
-    api.patch(&format!("/api/agents/keys/{key_id}"), json!({"status": "active"})).await;
+    api.patch(
+        &format!("/api/agents/keys/{key_id}"),
+        json!({"status": "active"}),
+    )
+    .await;
     assert!(ws::connect(&server.url, &secret).await.is_ok());
 }
 
@@ -133,9 +181,15 @@ async fn key_requests_are_validated() {
     let cases = [
         (json!({}), "name"),
         (json!({"name": ""}), "name"),
-        (json!({"name": "x", "permissions": ["ping", "format-disk"]}), "permissions"),
+        (
+            json!({"name": "x", "permissions": ["ping", "format-disk"]}),
+            "permissions",
+        ),
         (json!({"name": "x", "tags": ["a,b"]}), "tags"),
-        (json!({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
+        (
+            json!({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
         (json!({"name": "x", "expires_at": "tomorrow"}), "expires_at"),
         (json!({"name": "x", "admin": true}), "admin"),
     ];
@@ -144,14 +198,25 @@ async fn key_requests_are_validated() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {err}");
         assert_eq!(err["error"]["code"], "bad_request");
         let message = err["error"]["message"].as_str().expect("message");
-        assert!(message.contains(field), "{body}: {message:?} should name {field}");
+        assert!(
+            message.contains(field),
+            "{body}: {message:?} should name {field}"
+        );
     }
     let (key_id, _) = api.agent_key().await;
     let (status, err) = api
-        .patch(&format!("/api/agents/keys/{key_id}"), json!({"status": "paused"}))
+        .patch(
+            &format!("/api/agents/keys/{key_id}"),
+            json!({"status": "paused"}),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(err["error"]["message"].as_str().expect("msg").contains("status"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("status")
+    );
     let (status, _) = api.get("/api/agents/keys/does-not-exist").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = api.delete("/api/agents/keys/does-not-exist").await;
@@ -172,7 +237,10 @@ async fn the_rest_api_needs_an_api_key() {
     let printed = server.stdout.lock().expect("stdout").join("\n");
     assert!(printed.contains(&server.admin_key));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(server.data_dir.join("admin.key")).expect("admin.key").permissions().mode();
+    let mode = std::fs::metadata(server.data_dir.join("admin.key"))
+        .expect("admin.key")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -186,6 +254,16 @@ async fn an_admin_key_from_the_environment_is_used() {
     .await;
     let (status, _) = server.api().get("/api/agents").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(!server.data_dir.join("admin.key").exists(), "a given key is not written to disk");
-    assert!(!server.stdout.lock().expect("stdout").join("\n").contains(&key));
+    assert!(
+        !server.data_dir.join("admin.key").exists(),
+        "a given key is not written to disk"
+    );
+    assert!(
+        !server
+            .stdout
+            .lock()
+            .expect("stdout")
+            .join("\n")
+            .contains(&key)
+    );
 }

@@ -4,5 +4,7 @@
 //! one binary links once.
 
 mod commands;
+mod durability;
 mod keys;
 mod protocol;
+mod tls;

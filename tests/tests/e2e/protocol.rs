@@ -30,11 +30,13 @@ async fn bad_frames_get_error_frames_and_a_flood_closes_the_socket() {
 
     peer.send_text("{not json").await;
     assert_eq!(error_code(peer.next(t).await), "bad_frame");
-    peer.send_json(&json!({"type": "teleport", "to": "mars"})).await;
+    peer.send_json(&json!({"type": "teleport", "to": "mars"}))
+        .await;
     assert_eq!(error_code(peer.next(t).await), "unknown_type");
     peer.send_binary(vec![0, 1, 2]).await;
     assert_eq!(error_code(peer.next(t).await), "bad_frame");
-    peer.send_json(&json!({"type": "heartbeat", "status": {"timestamp": "2026-01-01T00:00:00Z"}})).await;
+    peer.send_json(&json!({"type": "heartbeat", "status": {"timestamp": "2026-01-01T00:00:00Z"}}))
+        .await;
     assert_eq!(error_code(peer.next(t).await), "not_registered");
 
     // Registered, the connection still works after those four.
@@ -49,7 +51,10 @@ async fn bad_frames_get_error_frames_and_a_flood_closes_the_socket() {
     }
     peer.send_text("[]").await;
     let closed = peer.closed(t).await;
-    assert_eq!(closed, Some((limits::CLOSE_POLICY, "too many bad frames".into())));
+    assert_eq!(
+        closed,
+        Some((limits::CLOSE_POLICY, "too many bad frames".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,10 +63,15 @@ async fn oversized_frames_close_with_1009() {
     let mut peer = connected_peer(&server).await;
     // Exactly at the limit is fine (it is only malformed).
     let pad = limits::MAX_FRAME_BYTES - r#"{"type":"x","p":""}"#.len();
-    peer.send_text(&format!(r#"{{"type":"x","p":"{}"}}"#, "a".repeat(pad))).await;
-    assert_eq!(error_code(peer.next(Duration::from_secs(10)).await), "unknown_type");
+    peer.send_text(&format!(r#"{{"type":"x","p":"{}"}}"#, "a".repeat(pad)))
+        .await;
+    assert_eq!(
+        error_code(peer.next(Duration::from_secs(10)).await),
+        "unknown_type"
+    );
     // One byte over is not.
-    peer.send_text(&format!(r#"{{"type":"x","p":"{}"}}"#, "a".repeat(pad + 1))).await;
+    peer.send_text(&format!(r#"{{"type":"x","p":"{}"}}"#, "a".repeat(pad + 1)))
+        .await;
     let closed = peer.closed(Duration::from_secs(10)).await;
     assert_eq!(closed.map(|c| c.0), Some(limits::CLOSE_TOO_BIG));
 }
@@ -74,7 +84,11 @@ async fn a_client_that_never_registers_is_closed_after_10_s() {
     let closed = peer.closed(Duration::from_secs(30)).await;
     println!("closed after {:?}", started.elapsed());
     assert_eq!(closed.map(|c| c.0), Some(limits::CLOSE_POLICY));
-    assert!(started.elapsed() >= Duration::from_secs(9), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +110,10 @@ async fn a_second_connection_with_the_same_id_replaces_the_first() {
     let (status, _) = {
         let api = api.clone();
         let id = id.clone();
-        let call = tokio::spawn(async move { api.command(&id, json!({"command": "ping", "timeout_s": 5})).await });
+        let call = tokio::spawn(async move {
+            api.command(&id, json!({"command": "ping", "timeout_s": 5}))
+                .await
+        });
         let c = match second.frame().await {
             ServerFrame::Command(c) => c,
             other => panic!("{other:?}"),
@@ -123,7 +140,10 @@ async fn a_protocol_mismatch_is_refused_with_advice() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(peer.closed(Duration::from_secs(10)).await.map(|c| c.0), Some(limits::CLOSE_POLICY));
+    assert_eq!(
+        peer.closed(Duration::from_secs(10)).await.map(|c| c.0),
+        Some(limits::CLOSE_POLICY)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +151,10 @@ async fn responses_for_other_agents_commands_are_ignored() {
     let server = Server::start().await;
     let api = server.api();
     let (_, secret) = api.agent_key().await;
-    let (victim_id, attacker_id) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    let (victim_id, attacker_id) = (
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    );
     let mut victim = ws::connect(&server.url, &secret).await.expect("connect");
     victim.handshake(&victim_id).await;
     let mut attacker = ws::connect(&server.url, &secret).await.expect("connect");
@@ -142,8 +165,11 @@ async fn responses_for_other_agents_commands_are_ignored() {
     let call = {
         let (api, victim_id) = (api.clone(), victim_id.clone());
         tokio::spawn(async move {
-            api.command(&victim_id, json!({"command": "echo", "data": {"message": "mine"}, "timeout_s": 10}))
-                .await
+            api.command(
+                &victim_id,
+                json!({"command": "echo", "data": {"message": "mine"}, "timeout_s": 10}),
+            )
+            .await
         })
     };
     let command_id = match victim.frame().await {
