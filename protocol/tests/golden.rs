@@ -61,7 +61,8 @@ fn unknown_fields_are_ignored() {
 
 #[test]
 fn decode_errors_are_classified() {
-    let cases: &[(&str, fn(&DecodeError) -> bool)] = &[
+    type Check = fn(&DecodeError) -> bool;
+    let cases: &[(&str, Check)] = &[
         (
             r#"{"type":"teleport"}"#,
             |e| matches!(e, DecodeError::UnknownType(t) if t == "teleport"),

@@ -135,15 +135,14 @@ impl Connection {
             Ok(()) => self.run(agent_id, rx, &close).await,
             Err(end) => end,
         };
-        if self.state.hub.remove(&tenant_id, agent_id, conn_id) {
-            if let Err(err) = self
+        if self.state.hub.remove(&tenant_id, agent_id, conn_id)
+            && let Err(err) = self
                 .state
                 .store
                 .record_disconnect(&tenant_id, &agent_id.to_string())
                 .await
-            {
-                tracing::warn!(error = %err, "could not record disconnect");
-            }
+        {
+            tracing::warn!(error = %err, "could not record disconnect");
         }
         tracing::info!(%agent_id, "agent disconnected");
         self.finish(end).await;
