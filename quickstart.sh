@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Outpost quickstart: builds the binaries, starts a server on an embedded SQLite database in
+# ./outpost-data with one local agent connected to it, sends the agent a few commands, and
+# prints what to try next. Ctrl-C stops both.
+#
+#   ./quickstart.sh           run until Ctrl-C
+#   ./quickstart.sh --smoke   show the tour and exit (used by CI to check this script)
+#
+# Environment: OUTPOST_LISTEN (default 127.0.0.1:8080), OUTPOST_DATA_DIR (default ./outpost-data).
+set -euo pipefail
+
+cd "$(dirname "$0")"
+smoke=0
+[[ "${1:-}" == "--smoke" ]] && smoke=1
+
+listen="${OUTPOST_LISTEN:-127.0.0.1:8080}"
+data="${OUTPOST_DATA_DIR:-./outpost-data}"
+url="http://${listen}"
+bin=./target/debug
+
+say() { if [[ -t 1 ]]; then printf '\033[1m==> %s\033[0m\n' "$*"; else printf '==> %s\n' "$*"; fi; }
+json_field() { # json_field NAME < json: the first string value of NAME (no jq needed)
+  grep -o "\"$1\":\"[^\"]*\"" | head -n 1 | cut -d'"' -f4
+}
+
+say "Building outpost-server and outpost-agent (first build takes a few minutes)"
+cargo build --quiet --bins -p outpost-server -p outpost-agent
+
+mkdir -p "$data"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "Starting the server on ${url} (data in ${data}, log in ${data}/server.log)"
+"$bin/outpost-server" --listen "$listen" --data-dir "$data" >"$data/server.out" 2>"$data/server.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+  grep -q "listening on" "$data/server.out" 2>/dev/null && break
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then
+    echo "The server did not start:" >&2
+    tail -n 20 "$data/server.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+grep -q "listening on" "$data/server.out" || { echo "The server did not come up in 10 s" >&2; exit 1; }
+if grep -q "Created the owner API key" "$data/server.out"; then
+  sed -n '2,3p' "$data/server.out"
+fi
+token="$(cat "$data/admin.key")"
+auth=(-H "Authorization: Bearer ${token}" -H "Content-Type: application/json")
+
+keyfile="$data/quickstart-agent.key"
+if [[ ! -s "$keyfile" ]]; then
+  say "Creating an agent key"
+  created="$(curl -fsS "${auth[@]}" -X POST "$url/api/agents/keys" -d '{"name":"quickstart","tags":["quickstart"]}')"
+  (umask 077; printf '%s\n' "$(json_field secret <<<"$created")" >"$keyfile")
+fi
+
+say "Starting a local agent (state in ${data}/agent, log in ${data}/agent.log)"
+OUTPOST_SERVER_URL="$url" OUTPOST_API_KEY="$(cat "$keyfile")" OUTPOST_STATE_DIR="$data/agent" \
+  OUTPOST_TAGS="local" "$bin/outpost-agent" 2>"$data/agent.log" &
+pids+=($!)
+agent_id=""
+for _ in $(seq 1 100); do
+  [[ -s "$data/agent/agent_id" ]] && agent_id="$(cat "$data/agent/agent_id")"
+  if [[ -n "$agent_id" ]] && curl -fsS "${auth[@]}" "$url/api/agents/$agent_id" | grep -q '"status":"online"'; then
+    break
+  fi
+  sleep 0.1
+done
+curl -fsS "${auth[@]}" "$url/api/agents/$agent_id" | grep -q '"status":"online"' || {
+  echo "The agent did not connect:" >&2; tail -n 20 "$data/agent.log" >&2; exit 1; }
+
+run() {
+  printf '\n$ curl -X POST %s/api/agents/%s/command -d %s\n' "$url" "$agent_id" "$1"
+  curl -fsS "${auth[@]}" -X POST "$url/api/agents/$agent_id/command" -d "$1"
+  echo
+}
+say "The agent ${agent_id} is online. Sending it commands:"
+run '{"command":"ping"}'
+run '{"command":"echo","data":{"message":"hello from outpost"}}'
+run '{"command":"info"}'
+
+cat <<EOT
+
+$(say "Outpost is running.")
+  API and interactive docs:  ${url}/docs
+  Your API key:              export OUTPOST_TOKEN=\$(cat ${data}/admin.key)
+  List agents:               curl -H "Authorization: Bearer \$OUTPOST_TOKEN" ${url}/api/agents
+  Ping the agent:            curl -H "Authorization: Bearer \$OUTPOST_TOKEN" -H 'Content-Type: application/json' \\
+                               -X POST ${url}/api/agents/${agent_id}/command -d '{"command":"ping"}'
+  Connect another agent:     OUTPOST_SERVER_URL=${url} OUTPOST_API_KEY=\$(cat ${keyfile}) \\
+                               OUTPOST_STATE_DIR=/tmp/agent2 ${bin}/outpost-agent
+EOT
+
+if [[ "$smoke" == 1 ]]; then
+  exit 0
+fi
+echo "Press Ctrl-C to stop."
+wait
