@@ -80,7 +80,11 @@ pub async fn run(
 
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Printed once the database is ready and the admin key written: scripts and tests wait
     // for this line.
     println!("outpost-server listening on {scheme}://{addr}");

@@ -158,54 +158,60 @@ impl Store {
     /// (re-)registered as an owner key on every start, so an operator who lost the key can set
     /// a new one.
     pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Option<String>> {
-        let tenant_id = match tenant::Entity::find()
+        let existing = tenant::Entity::find()
             .order_by_asc(tenant::Column::CreatedAt)
             .one(&self.db)
-            .await?
-        {
-            Some(t) => t.id,
-            None => {
-                let id = new_id();
-                tenant::ActiveModel {
-                    id: Set(id.clone()),
-                    name: Set("default".into()),
-                    created_at: Set(Utc::now()),
-                }
-                .insert(&self.db)
-                .await?;
-                id
-            }
-        };
-        let has_keys = api_key::Entity::find()
-            .filter(api_key::Column::TenantId.eq(&tenant_id))
-            .one(&self.db)
-            .await?
-            .is_some();
-        let (secret, generated) = match admin_key {
-            Some(key) => (key.to_owned(), false),
-            None if has_keys => return Ok(None),
-            None => (auth::generate_secret(KeyKind::Api), true),
-        };
-        let hash = auth::hash_secret(&secret);
-        let exists = api_key::Entity::find()
-            .filter(api_key::Column::KeyHash.eq(&hash))
-            .one(&self.db)
-            .await?
-            .is_some();
-        if !exists {
-            api_key::ActiveModel {
-                id: Set(new_id()),
-                tenant_id: Set(tenant_id),
-                name: Set("owner".into()),
-                key_hash: Set(hash),
-                role: Set("owner".into()),
-                created_at: Set(Utc::now()),
-                expires_at: Set(None),
-            }
-            .insert(&self.db)
             .await?;
+        let Some(tenant) = existing else {
+            let (_, secret) = self.create_tenant("default", admin_key).await?;
+            return Ok(admin_key.is_none().then_some(secret));
+        };
+        if let Some(key) = admin_key
+            && self
+                .api_key_by_hash(&auth::hash_secret(key))
+                .await?
+                .is_none()
+        {
+            self.insert_owner_key(&tenant.id, key).await?;
         }
-        Ok(generated.then_some(secret))
+        Ok(None)
+    }
+
+    /// Creates a tenant with an owner API key (`secret`, or a generated one); returns the
+    /// tenant id and the key.
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        secret: Option<&str>,
+    ) -> Result<(String, String)> {
+        let id = new_id();
+        tenant::ActiveModel {
+            id: Set(id.clone()),
+            name: Set(name.to_owned()),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&self.db)
+        .await?;
+        let secret = secret
+            .map(str::to_owned)
+            .unwrap_or_else(|| auth::generate_secret(KeyKind::Api));
+        self.insert_owner_key(&id, &secret).await?;
+        Ok((id, secret))
+    }
+
+    async fn insert_owner_key(&self, tenant_id: &str, secret: &str) -> Result<()> {
+        api_key::ActiveModel {
+            id: Set(new_id()),
+            tenant_id: Set(tenant_id.to_owned()),
+            name: Set("owner".into()),
+            key_hash: Set(auth::hash_secret(secret)),
+            role: Set("owner".into()),
+            created_at: Set(Utc::now()),
+            expires_at: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(())
     }
 
     /// Finds the API key whose secret hashes to `hash`.

@@ -31,7 +31,10 @@ async fn bad_keys_are_refused_before_the_upgrade() {
         .await;
     assert!(ws::connect(&server.url, &expiring).await.is_ok());
     outpost_e2e::wait_for("the key to expire", Duration::from_secs(10), || async {
-        ws::connect(&server.url, &expiring).await.is_err().then_some(())
+        ws::connect(&server.url, &expiring)
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
     assert_eq!(ws::refused_status(&server.url, &expiring).await, 401);

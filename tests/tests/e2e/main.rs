@@ -7,4 +7,5 @@ mod commands;
 mod durability;
 mod keys;
 mod protocol;
+mod tenancy;
 mod tls;
