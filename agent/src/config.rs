@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,12 +38,12 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_TAGS", value_delimiter = ',')]
     pub tags: Vec<String>,
 
-    /// Refuse update requests.
-    #[arg(long, env = "OUTPOST_SKIP_UPDATE")]
+    /// Refuse update requests (the variable takes 1/0, true/false, yes/no, on/off).
+    #[arg(long, env = "OUTPOST_SKIP_UPDATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub skip_update: bool,
 
-    /// Running under outpost-supervisor: control commands exit with 42/43/44.
-    #[arg(long, env = "OUTPOST_SUPERVISED")]
+    /// Running under outpost-supervisor: control commands exit with 42/43/44 (1/0, true/false…).
+    #[arg(long, env = "OUTPOST_SUPERVISED", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub supervised: bool,
 
     /// Extra CA certificate (PEM) to trust for wss:// and https://.

@@ -32,6 +32,12 @@ use crate::store::{agent_key, string_list};
 
 /// How long one frame may take to reach the agent's TCP buffer before the peer counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message read at all. Between the protocol's limit and this the peer gets a clean
+/// 1009 close; beyond it the connection is simply dropped mid-frame.
+const HARD_FRAME_CAP: usize = 2 * limits::MAX_FRAME_BYTES;
+/// How long a closing connection waits for the peer's close reply. Dropping a socket with
+/// unread data makes the kernel reset it, which can destroy the close frame in flight.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Bytes tungstenite reads at a time. Its default (128 KiB) preallocated per connection would
 /// cost over a gigabyte at 10,000 idle agents; 4 KiB costs 40 MB.
 const READ_BUFFER: usize = 4 * 1024;
@@ -53,8 +59,11 @@ pub async fn handler(
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_message_size(limits::MAX_FRAME_BYTES)
-        .max_frame_size(limits::MAX_FRAME_BYTES)
+        // The 1 MiB limit is enforced on each message after it is read, so the socket can
+        // still be closed cleanly with 1009; this cap only stops a peer from making us buffer
+        // more than twice that.
+        .max_message_size(HARD_FRAME_CAP)
+        .max_frame_size(HARD_FRAME_CAP)
         .on_upgrade(move |socket| async move {
             let mut conn = Connection {
                 socket,
@@ -95,15 +104,7 @@ impl Connection {
             return;
         }
         let register = match self.await_register().await {
-            Ok(mut data) => {
-                // Tags given to the key apply to every agent connecting with it.
-                for tag in string_list(&self.key.tags) {
-                    if !data.tags.contains(&tag) {
-                        data.tags.push(tag);
-                    }
-                }
-                data
-            }
+            Ok(data) => data,
             Err(end) => return self.finish(end).await,
         };
         let agent_id = register.agent_id;
@@ -188,15 +189,37 @@ impl Connection {
         }
     }
 
-    /// Stores what the agent said about itself.
-    async fn on_register(&mut self, data: &RegisterData) -> Result<(), End> {
+    /// Stores what the agent said about itself, with its key's tags added (tags given to a
+    /// key apply to every agent connecting with it).
+    async fn store_register(
+        &mut self,
+        data: &RegisterData,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut data = data.clone();
+        for tag in string_list(&self.key.tags) {
+            if !data.tags.contains(&tag) {
+                data.tags.push(tag);
+            }
+        }
         let store = &self.state.store;
-        let tenant = &self.key.tenant_id;
-        if let Err(err) = store.upsert_agent(tenant, &self.key.id, data).await {
+        store
+            .upsert_agent(&self.key.tenant_id, &self.key.id, &data)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the first `register` of a connection.
+    async fn on_register(&mut self, data: &RegisterData) -> Result<(), End> {
+        if let Err(err) = self.store_register(data).await {
             tracing::error!(error = %err, "could not store register");
             return Err(End::Close(1011, "internal error".into()));
         }
-        if let Err(err) = store.touch_agent_key(tenant, &self.key.id).await {
+        let touched = self
+            .state
+            .store
+            .touch_agent_key(&self.key.tenant_id, &self.key.id)
+            .await;
+        if let Err(err) = touched {
             tracing::warn!(error = %err, "could not record key use");
         }
         Ok(())
@@ -300,10 +323,7 @@ impl Connection {
                         )
                         .await;
                 }
-                store
-                    .upsert_agent(tenant, &self.key.id, &data)
-                    .await
-                    .map(drop)
+                self.store_register(&data).await
             }
             AgentFrame::Heartbeat { status } => {
                 store.record_heartbeat(tenant, &agent, &status).await
@@ -352,6 +372,9 @@ impl Connection {
             None | Some(Ok(Message::Close(_))) => return Err(End::Gone),
             Some(Err(err)) => return Err(read_error(err)),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
+            Some(Ok(Message::Binary(bytes))) if bytes.len() > limits::MAX_FRAME_BYTES => {
+                return Err(too_big());
+            }
             Some(Ok(Message::Binary(_))) => {
                 self.refuse(
                     codes::BAD_FRAME,
@@ -410,6 +433,8 @@ impl Connection {
                 self.socket.send(Message::Close(Some(frame))),
             )
             .await;
+            let drain = async { while let Some(Ok(_)) = self.socket.recv().await {} };
+            let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
         }
     }
 }

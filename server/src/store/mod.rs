@@ -513,7 +513,7 @@ impl Store {
         tenant_id: &str,
         agent_id: &str,
     ) -> Result<Vec<command::Model>> {
-        self.expire_commands().await?;
+        self.expire_commands_for(tenant_id, agent_id).await?;
         Ok(command::Entity::find()
             .filter(command::Column::TenantId.eq(tenant_id))
             .filter(command::Column::AgentId.eq(agent_id))
@@ -525,8 +525,17 @@ impl Store {
 
     /// Marks every pending command whose TTL has passed as expired. Returns how many.
     pub async fn expire_commands(&self) -> Result<u64> {
+        self.expire_where(None).await
+    }
+
+    /// Expires one agent's overdue commands (cheap: done on every registration).
+    async fn expire_commands_for(&self, tenant_id: &str, agent_id: &str) -> Result<u64> {
+        self.expire_where(Some((tenant_id, agent_id))).await
+    }
+
+    async fn expire_where(&self, agent: Option<(&str, &str)>) -> Result<u64> {
         let now = Utc::now();
-        let res = command::Entity::update_many()
+        let mut update = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::EXPIRED))
             .col_expr(command::Column::FinishedAt, Expr::value(now))
             .col_expr(
@@ -538,10 +547,13 @@ impl Store {
                 Expr::value("the agent did not connect before the command's ttl passed"),
             )
             .filter(command::Column::State.eq(state::PENDING))
-            .filter(command::Column::ExpiresAt.lt(now))
-            .exec(&self.db)
-            .await?;
-        Ok(res.rows_affected)
+            .filter(command::Column::ExpiresAt.lt(now));
+        if let Some((tenant_id, agent_id)) = agent {
+            update = update
+                .filter(command::Column::TenantId.eq(tenant_id))
+                .filter(command::Column::AgentId.eq(agent_id));
+        }
+        Ok(update.exec(&self.db).await?.rows_affected)
     }
 
     /// Records the agent's `ack`. Idempotent.

@@ -348,3 +348,108 @@ async fn health_openapi_and_docs_are_served() {
     let (status, _) = anonymous.get("/api/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_commands_need_a_supervisor_and_exit_with_their_code() {
+    let server = Server::start_with(outpost_e2e::ServerOptions {
+        args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let (_, secret) = api
+        .create_key(
+            json!({"name": "ops", "permissions": ["ping", "restart", "update", "redeploy"]}),
+        )
+        .await;
+
+    // Unsupervised: refused with a clear error, and the agent keeps running.
+    let mut alone = Agent::start_with(
+        &server.url,
+        &secret,
+        None,
+        vec![("OUTPOST_SUPERVISED".into(), "0".into())],
+    );
+    let id = alone.wait_online(&api).await;
+    let (status, refused) = api.command(&id, json!({"command": "restart"})).await;
+    assert_eq!(status, StatusCode::OK, "{refused}");
+    assert_eq!(refused["status"], "failed");
+    assert_eq!(refused["error"]["code"], "unsupported");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("outpost-supervisor")
+    );
+    assert!(alone.wait_exit(Duration::from_millis(200)).is_none());
+    // SIGTERM is a clean stop.
+    assert_eq!(alone.terminate().and_then(|s| s.code()), Some(0));
+
+    for (command, code) in [("restart", 42), ("update", 43), ("redeploy", 44)] {
+        let envs = vec![
+            ("OUTPOST_SUPERVISED".into(), "1".into()),
+            ("OUTPOST_LOG_FORMAT".into(), "json".into()),
+        ];
+        let mut agent = Agent::start_with(&server.url, &secret, None, envs);
+        let id = agent.wait_online(&api).await;
+        let (status, answer) = api
+            .command(
+                &id,
+                json!({"command": command, "data": {"version": "9.9.9"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["data"]["exit_code"], code, "{answer}");
+        let exit = agent
+            .wait_exit(Duration::from_secs(15))
+            .expect("the agent exits");
+        assert_eq!(exit.code(), Some(code), "{command}");
+        if command == "update" {
+            let target = std::fs::read_to_string(agent.state_dir.join("target_version"))
+                .expect("target_version");
+            assert_eq!(target, "9.9.9");
+        }
+        // Logs in JSON are one object a line.
+        for line in agent.logs().lines().filter(|l| !l.trim().is_empty()) {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
+    }
+
+    // OUTPOST_SKIP_UPDATE refuses updates.
+    let agent = Agent::start_with(
+        &server.url,
+        &secret,
+        None,
+        vec![
+            ("OUTPOST_SUPERVISED".into(), "1".into()),
+            ("OUTPOST_SKIP_UPDATE".into(), "1".into()),
+        ],
+    );
+    let id = agent.wait_online(&api).await;
+    let (_, refused) = api.command(&id, json!({"command": "update"})).await;
+    assert_eq!(refused["error"]["code"], "unsupported", "{refused}");
+
+    for line in server.logs().lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_agent_forgets_it_and_disconnects_it() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let mut peer = ws::connect(&server.url, &secret).await.expect("connect");
+    let id = uuid::Uuid::now_v7().to_string();
+    peer.handshake(&id).await;
+    api.wait_online(&id).await;
+    let (status, _) = api.delete(&format!("/api/agents/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let closed = peer.closed(Duration::from_secs(5)).await;
+    assert_eq!(closed.map(|c| c.1), Some("agent deleted".to_owned()));
+    let (status, _) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.delete(&format!("/api/agents/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
