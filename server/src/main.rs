@@ -24,15 +24,7 @@ async fn main() -> anyhow::Result<()> {
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let scheme = if config.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    // Tests and scripts wait for this line to know the server is accepting connections.
-    println!("outpost-server listening on {scheme}://{addr}");
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "starting");
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "starting");
 
     outpost_server::run(listener, config, shutdown_signal()).await
 }

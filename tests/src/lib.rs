@@ -225,23 +225,20 @@ impl Server {
             .and_then(|a| a.parse().ok())
             .expect("address in the listening line");
         self.url = url;
-        // The admin key is written before the server listens... or, when given by
-        // OUTPOST_ADMIN_KEY, it is in the environment.
+        // "listening" means ready: the database is migrated and the admin key written.
         if let Some((_, key)) = self.envs.iter().find(|(k, _)| k == "OUTPOST_ADMIN_KEY") {
             self.admin_key = key.clone();
         } else {
             let path = self.data_dir.join("admin.key");
-            let data_dir = self.data_dir.clone();
-            self.admin_key = wait_for("admin.key", READY_TIMEOUT, || {
-                let path = path.clone();
-                async move {
-                    std::fs::read_to_string(&path)
-                        .ok()
-                        .map(|s| s.trim().to_owned())
-                }
-            })
-            .await;
-            let _ = data_dir;
+            self.admin_key = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} missing when the server said it listens: {e}",
+                        path.display()
+                    )
+                })
+                .trim()
+                .to_owned();
         }
         let api = self.api();
         wait_for("readyz", READY_TIMEOUT, || {
