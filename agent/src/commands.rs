@@ -4,10 +4,19 @@
 //! agent does not implement is answered with `unknown_command`, never ignored, so a caller
 //! always gets an answer.
 
+use std::time::Duration;
+
 use outpost_protocol::{Response, ServerCommand, codes, commands};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::Agent;
+use crate::exec::{self, RunSpec};
+use crate::manifest;
+use crate::spool::SpoolWriter;
+
+/// Output kept per stream when the server does not say (SPEC §3: 100 MiB).
+pub const DEFAULT_MAX_OUTPUT: u64 = 100 * 1024 * 1024;
 
 /// Exit codes the supervisor acts on (SPEC §4).
 pub mod exit {
@@ -23,7 +32,12 @@ pub mod exit {
 
 /// The commands this agent implements.
 pub fn capabilities(supervised: bool) -> Vec<String> {
-    let mut caps = vec![commands::PING, commands::INFO, commands::ECHO];
+    let mut caps = vec![
+        commands::PING,
+        commands::INFO,
+        commands::ECHO,
+        commands::RUN,
+    ];
     if supervised {
         caps.extend([commands::RESTART, commands::UPDATE, commands::REDEPLOY]);
     }
@@ -49,9 +63,10 @@ impl From<Response> for Outcome {
 }
 
 /// Runs one command.
-pub async fn execute(agent: &Agent, cmd: &ServerCommand) -> Outcome {
+pub async fn execute(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToken) -> Outcome {
     let id = cmd.command_id;
     match cmd.command.as_str() {
+        commands::RUN => run_script(agent, cmd, cancel).await.into(),
         commands::PING => Response::ok(id, json!({"pong": true})).into(),
         commands::INFO => Response::ok(id, agent.info()).into(),
         commands::ECHO => match cmd.data.get("message") {
@@ -65,6 +80,96 @@ pub async fn execute(agent: &Agent, cmd: &ServerCommand) -> Outcome {
             format!("this agent does not implement {other:?}"),
         )
         .into(),
+    }
+}
+
+/// `run`: a script from the manifest, by name, with parameters as environment variables.
+async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToken) -> Response {
+    let id = cmd.command_id;
+    let Some(name) = cmd.data.get("script").and_then(Value::as_str) else {
+        return Response::failed(
+            id,
+            codes::BAD_DATA,
+            "run needs data.script, the script's name",
+        );
+    };
+    let manifest = agent.manifest();
+    let Some(script) = manifest.get(name) else {
+        let shown: String = name.chars().take(80).collect();
+        return Response::failed(
+            id,
+            codes::SCRIPT_NOT_ALLOWED,
+            format!("script {shown:?} is not in this agent's manifest"),
+        );
+    };
+    let program = match manifest.resolve(script) {
+        Ok(path) => path,
+        Err(why) => return Response::failed(id, codes::SCRIPT_NOT_ALLOWED, why),
+    };
+    let params = match manifest::params_env(script, cmd.data.get("params")) {
+        Ok(env) => env,
+        Err(why) => return Response::failed(id, codes::BAD_PARAMS, why),
+    };
+    // The manifest's timeout is the machine owner's ceiling; a request may ask for less.
+    let timeout_s = match script.timeout_s {
+        Some(ceiling) => cmd.timeout_s.min(ceiling),
+        None => cmd.timeout_s,
+    }
+    .max(1);
+    let max_output = cmd
+        .data
+        .get("max_output_bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_MAX_OUTPUT);
+    let spool = match SpoolWriter::create(&agent.spool_path(id)) {
+        Ok(spool) => spool,
+        Err(err) => {
+            return Response::failed(
+                id,
+                codes::INTERNAL,
+                format!("cannot create the output spool: {err}"),
+            );
+        }
+    };
+    let spec = RunSpec {
+        id,
+        program,
+        args: script.args.clone(),
+        params,
+        dir: manifest.dir.clone(),
+        timeout: Duration::from_secs(u64::from(timeout_s)),
+        max_output,
+    };
+    match exec::run(spec, spool, cancel, || agent.activity.notify_one()).await {
+        Ok(record) => {
+            let success = record.exit_code == Some(0) && !record.timed_out && !record.cancelled;
+            let error = if success {
+                None
+            } else if record.timed_out {
+                Some((
+                    codes::TIMED_OUT,
+                    format!("killed after the {timeout_s} s timeout"),
+                ))
+            } else if record.cancelled {
+                Some((codes::CANCELLED, "cancelled on request".to_owned()))
+            } else if let Some(signal) = record.signal {
+                Some((codes::KILLED, format!("killed by signal {signal}")))
+            } else {
+                Some((
+                    codes::EXIT_CODE,
+                    format!("exited with code {}", record.exit_code.unwrap_or(-1)),
+                ))
+            };
+            let data = json!(record);
+            match error {
+                None => Response::ok(id, data),
+                Some((code, message)) => Response {
+                    data,
+                    ..Response::failed(id, code, message)
+                },
+            }
+        }
+        Err(exec::SpawnError(why)) => Response::failed(id, codes::SPAWN_FAILED, why),
     }
 }
 

@@ -30,6 +30,10 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_API_KEY", hide_env_values = true)]
     pub api_key: String,
 
+    /// Script manifest (default: script_manifest.json in the state directory).
+    #[arg(long, env = "OUTPOST_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+
     /// Directory for the agent id, the command journal and logs (default: ~/.outpost-agent).
     #[arg(long, env = "OUTPOST_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("server_url", &self.server_url)
             .field("api_key", &"<set>")
+            .field("manifest", &self.manifest)
             .field("state_dir", &self.state_dir)
             .field("tags", &self.tags)
             .field("skip_update", &self.skip_update)

@@ -123,17 +123,19 @@ impl Journal {
         Ok(())
     }
 
-    /// Answers the server has not acknowledged yet, oldest command first.
-    pub fn unacked(&self) -> Vec<Response> {
-        let mut out: Vec<Response> = self
+    /// Commands the server may still need something for, oldest first: running ones (their
+    /// output) and answered ones not yet acknowledged (their output and answer).
+    pub fn unfinished(&self) -> Vec<(CommandId, Option<Response>)> {
+        let mut out: Vec<(CommandId, Option<Response>)> = self
             .entries
-            .values()
-            .filter_map(|e| match e {
-                Entry::Answered(r) => Some(r.clone()),
-                _ => None,
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Accepted => Some((*id, None)),
+                Entry::Answered(r) => Some((*id, Some(r.clone()))),
+                Entry::Acked => None,
             })
             .collect();
-        out.sort_by_key(|r| r.command_id);
+        out.sort_by_key(|(id, _)| *id);
         out
     }
 
@@ -242,7 +244,8 @@ mod tests {
         }
         assert!(matches!(j.get(&answered), Some(Entry::Answered(r)) if r.success));
         assert_eq!(j.get(&done), Some(&Entry::Acked));
-        assert_eq!(j.unacked().len(), 2);
+        assert_eq!(j.unfinished().len(), 2);
+        assert!(j.unfinished().iter().all(|(_, r)| r.is_some()));
     }
 
     #[test]

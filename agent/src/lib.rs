@@ -1,58 +1,77 @@
 //! Outpost agent: connects out to the server, registers, heartbeats and answers commands.
 //!
-//! Reading order: [`config`], [`journal`] (what makes delivery exactly-once), [`session`] (one
-//! connection: register, heartbeat, frames), [`commands`] (what each command does), [`host`].
+//! Reading order: [`config`], [`journal`] and [`spool`] (what makes delivery exactly-once and
+//! lossless), [`session`] (one connection), [`commands`] (what each command does),
+//! [`manifest`] and [`exec`] (script runs), [`host`].
 //!
 //! The agent owns one [`Agent`] value for its whole life. Connections come and go; the
-//! journal, the queue of frames waiting to be sent and the running commands outlive them, so a
-//! result produced while the agent is cut off is delivered after it reconnects.
+//! journal, the output spools and the running commands outlive them. Nothing a command
+//! produces is handed to a connection directly: answers go to the journal and output to the
+//! spool, and each connection sends from there what the server has not acknowledged. So a
+//! result produced while the agent is cut off, or before it crashed, is delivered by the next
+//! connection, and memory stays bounded however much a script prints.
 
 pub mod commands;
 pub mod config;
+pub mod exec;
 pub mod host;
 pub mod journal;
+pub mod manifest;
 pub mod session;
+pub mod spool;
 mod tls;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use outpost_protocol::{AgentFrame, AgentId, CommandId, RegisterData, ServerCommand};
+use outpost_protocol::{AgentId, CommandId, RegisterData, Response, ServerCommand};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 use host::Host;
 use journal::{Entry, Journal};
+use manifest::Manifest;
 
-/// Frames produced by commands and waiting for a connection to carry them.
-const OUTBOX: usize = 1024;
+/// How often the manifest file is checked for changes (SIGHUP reloads at once).
+const MANIFEST_POLL: Duration = Duration::from_secs(2);
 
-/// The agent: its identity, journal and the frames waiting to go out.
+/// The agent: its identity, journal, manifest and running commands.
 pub struct Agent {
     /// Configuration.
     pub config: Config,
     /// Stable id from the state directory.
     pub agent_id: AgentId,
     state_dir: PathBuf,
+    spool_dir: PathBuf,
+    manifest_path: PathBuf,
+    manifest: RwLock<Arc<Manifest>>,
     journal: Mutex<Journal>,
     host: Mutex<Host>,
-    outbox: mpsc::Sender<AgentFrame>,
+    /// Cancel handles of running commands.
+    running: Mutex<HashMap<CommandId, CancellationToken>>,
     /// Address of the current (or last) connection, as the agent sees it.
     ip: Mutex<String>,
+    /// Signalled when there is something new to send (an answer, output).
+    pub activity: Notify,
+    /// Signalled when the manifest changed and `register` must be sent again.
+    pub manifest_changed: Notify,
     /// Set by a control command: exit with this code once the server acknowledged `CommandId`.
     exit: Mutex<Option<(CommandId, i32)>>,
     exit_now: Notify,
 }
 
 impl Agent {
-    /// Sets up the state directory, the agent id and the journal.
-    pub fn new(config: Config) -> anyhow::Result<(Arc<Self>, mpsc::Receiver<AgentFrame>)> {
+    /// Sets up the state directory, the agent id, the journal and the manifest.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let state_dir = config.state_dir();
         create_private_dir(&state_dir)?;
+        let spool_dir = state_dir.join("spool");
+        create_private_dir(&spool_dir)?;
         let agent_id = load_or_create_id(&state_dir)?;
         let (journal, interrupted) = Journal::open(&state_dir)
             .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
@@ -62,19 +81,35 @@ impl Agent {
                 "commands were interrupted by the previous run; reporting them as failed"
             );
         }
-        let (outbox, rx) = mpsc::channel(OUTBOX);
-        let agent = Arc::new(Self {
+        remove_stale_spools(&spool_dir, &journal);
+        let manifest_path = config
+            .manifest
+            .clone()
+            .unwrap_or_else(|| state_dir.join("script_manifest.json"));
+        let manifest = match Manifest::load(&manifest_path) {
+            Ok(m) => m,
+            Err(why) => {
+                tracing::error!("{why}; starting with no scripts");
+                Manifest::default()
+            }
+        };
+        tracing::info!(path = %manifest_path.display(), scripts = manifest.infos().len(), "manifest loaded");
+        Ok(Arc::new(Self {
             host: Mutex::new(Host::new(&state_dir)),
             config,
             agent_id,
             state_dir,
+            spool_dir,
+            manifest_path,
+            manifest: RwLock::new(Arc::new(manifest)),
             journal: Mutex::new(journal),
-            outbox,
+            running: Mutex::new(HashMap::new()),
             ip: Mutex::new(String::new()),
+            activity: Notify::new(),
+            manifest_changed: Notify::new(),
             exit: Mutex::new(None),
             exit_now: Notify::new(),
-        });
-        Ok((agent, rx))
+        }))
     }
 
     /// What the agent says about itself in `register`.
@@ -90,7 +125,7 @@ impl Agent {
             protocol: outpost_protocol::PROTOCOL_VERSION,
             capabilities: commands::capabilities(self.config.supervised),
             tags: self.config.clean_tags(),
-            scripts: Vec::new(),
+            scripts: self.manifest().infos(),
         }
     }
 
@@ -103,6 +138,7 @@ impl Agent {
         info["pid"] = json!(std::process::id());
         info["supervised"] = json!(self.config.supervised);
         info["state_dir"] = json!(self.state_dir.display().to_string());
+        info["manifest"] = json!(self.manifest_path.display().to_string());
         info
     }
 
@@ -113,22 +149,37 @@ impl Agent {
         }
     }
 
-    /// A heartbeat frame with fresh metrics.
-    pub fn heartbeat(&self) -> AgentFrame {
-        let status = match self.host.lock() {
+    /// Fresh heartbeat metrics.
+    pub fn heartbeat(&self) -> outpost_protocol::HeartbeatStatus {
+        match self.host.lock() {
             Ok(mut host) => host.sample(),
             Err(poisoned) => poisoned.into_inner().sample(),
-        };
-        AgentFrame::Heartbeat { status }
+        }
     }
 
-    /// Answers the journal holds that the server has not acknowledged.
-    pub fn unacked(&self) -> Vec<AgentFrame> {
-        self.journal()
-            .unacked()
-            .into_iter()
-            .map(AgentFrame::Response)
-            .collect()
+    /// The current manifest.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        self.manifest
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Re-reads the manifest. An invalid one is logged and the previous one kept.
+    pub fn reload_manifest(&self) {
+        match Manifest::load(&self.manifest_path) {
+            Ok(new) => {
+                let changed = self.manifest().infos() != new.infos();
+                if let Ok(mut slot) = self.manifest.write() {
+                    *slot = Arc::new(new);
+                }
+                if changed {
+                    tracing::info!(scripts = self.manifest().infos().len(), "manifest reloaded");
+                    self.manifest_changed.notify_one();
+                }
+            }
+            Err(why) => tracing::error!("{why}; keeping the previous manifest"),
+        }
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
@@ -137,66 +188,92 @@ impl Agent {
         self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a command from the server. Returns the frames to send right away (its `ack`, or
-    /// a stored answer for a command seen before) and starts it if it is new.
-    pub fn accept(self: &Arc<Self>, cmd: ServerCommand) -> Vec<AgentFrame> {
+    /// Commands whose answer or output the server may still need: `(id, answer if done)`.
+    pub fn unfinished(&self) -> Vec<(CommandId, Option<Response>)> {
+        self.journal().unfinished()
+    }
+
+    /// Where a command's output spool is.
+    pub fn spool_path(&self, id: CommandId) -> PathBuf {
+        spool::path(&self.spool_dir, id)
+    }
+
+    /// Takes a command from the server. Returns whether to acknowledge it; starts it if new.
+    /// A command seen before is never started again: its stored answer, if any, goes out with
+    /// the connection's next send.
+    pub fn accept(self: &Arc<Self>, cmd: ServerCommand) -> Result<(), Response> {
         let id = cmd.command_id;
-        let ack = AgentFrame::Ack { command_id: id };
         let mut journal = self.journal();
         match journal.get(&id) {
-            // Running: acknowledge again, never start it twice.
-            Some(Entry::Accepted) => return vec![ack],
-            Some(Entry::Answered(response)) => {
-                return vec![ack, AgentFrame::Response(response.clone())];
+            Some(Entry::Answered(_)) => {
+                drop(journal);
+                self.activity.notify_one();
+                return Ok(());
             }
-            Some(Entry::Acked) => return vec![ack],
+            Some(Entry::Accepted | Entry::Acked) => return Ok(()),
             None => {}
         }
         if let Err(err) = journal.accept(id) {
             // Without a journal record a crash could run it twice; refuse instead.
             tracing::error!(command_id = %id, error = %err, "cannot journal a command; refusing it");
-            let response = outpost_protocol::Response::failed(
+            return Err(Response::failed(
                 id,
                 outpost_protocol::codes::INTERNAL,
                 format!("the agent cannot write its journal: {err}"),
-            );
-            return vec![AgentFrame::Response(response)];
+            ));
         }
         drop(journal);
         tracing::info!(command_id = %id, command = %cmd.command, "running command");
+        let cancel = CancellationToken::new();
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(id, cancel.clone());
+        }
         let agent = self.clone();
         tokio::spawn(async move {
-            let outcome = commands::execute(&agent, &cmd).await;
-            agent.answer(outcome).await;
+            let outcome = commands::execute(&agent, &cmd, cancel).await;
+            if let Ok(mut running) = agent.running.lock() {
+                running.remove(&id);
+            }
+            agent.answer(outcome);
         });
-        vec![ack]
+        Ok(())
     }
 
-    /// Journals an answer, then queues it for the server.
-    async fn answer(&self, outcome: commands::Outcome) {
-        let response = outcome.response;
-        let id = response.command_id;
-        if let Err(err) = self.journal().answer(response.clone()) {
-            tracing::error!(command_id = %id, error = %err, "cannot journal an answer; sending it anyway");
-        }
-        if let Some(code) = outcome.exit_code {
-            if let Ok(mut exit) = self.exit.lock() {
-                *exit = Some((id, code));
+    /// Cancels a running command; `false` if it is not running here.
+    pub fn cancel(&self, id: CommandId) -> bool {
+        match self.running.lock().ok().and_then(|r| r.get(&id).cloned()) {
+            Some(token) => {
+                token.cancel();
+                true
             }
+            None => false,
+        }
+    }
+
+    /// Journals an answer; the connection sends it from there.
+    fn answer(&self, outcome: commands::Outcome) {
+        let id = outcome.response.command_id;
+        if let Err(err) = self.journal().answer(outcome.response) {
+            tracing::error!(command_id = %id, error = %err, "cannot journal an answer");
+        }
+        if let Some(code) = outcome.exit_code
+            && let Ok(mut exit) = self.exit.lock()
+        {
+            *exit = Some((id, code));
             // Exit even if the acknowledgement never comes; the answer is journaled and will
             // be delivered by the next agent process.
             self.exit_now.notify_one();
         }
-        // The queue outlives connections; if it is full, wait: the journal has the answer.
-        let _ = self.outbox.send(AgentFrame::Response(response)).await;
+        self.activity.notify_one();
     }
 
-    /// The server stored an answer: forget it, and exit if a control command asked to.
-    /// Returns the exit code to use, if any.
+    /// The server stored an answer: forget it and its output, and exit if a control command
+    /// asked to. Returns the exit code to use, if any.
     pub fn acked(&self, id: CommandId) -> Option<i32> {
         if let Err(err) = self.journal().acked(id) {
             tracing::warn!(command_id = %id, error = %err, "cannot journal an acknowledgement");
         }
+        let _ = std::fs::remove_file(self.spool_path(id));
         let exit = self.exit.lock().ok()?;
         match *exit {
             Some((pending, code)) if pending == id => Some(code),
@@ -225,9 +302,55 @@ impl Agent {
 /// Runs the agent until `shutdown` is cancelled or a control command asks it to exit.
 /// Returns the process exit code.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<i32> {
-    let (agent, outbox) = Agent::new(config)?;
+    let agent = Agent::new(config)?;
     tracing::info!(agent_id = %agent.agent_id, server = %agent.config.server_url, "agent starting");
-    session::Connector::new(agent, outbox)?.run(shutdown).await
+    tokio::spawn(watch_manifest(agent.clone(), shutdown.clone()));
+    let connector = session::Connector::new(agent.clone())?;
+    let code = connector.run(shutdown).await?;
+    // Running scripts end with the agent (their process groups are killed on drop).
+    Ok(code)
+}
+
+/// Reloads the manifest when its file changes (checked every 2 s) or on SIGHUP.
+async fn watch_manifest(agent: Arc<Agent>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let stamp = |p: &Path| {
+        std::fs::metadata(p).ok().map(|m| {
+            (
+                m.modified().ok(),
+                m.len(),
+                std::os::unix::fs::MetadataExt::ino(&m),
+            )
+        })
+    };
+    let mut last = stamp(&agent.manifest_path);
+    let mut tick = tokio::time::interval(MANIFEST_POLL);
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = hangup => {
+                tracing::info!("SIGHUP: reloading the manifest");
+                last = stamp(&agent.manifest_path);
+                agent.reload_manifest();
+            }
+            _ = tick.tick() => {
+                let now = stamp(&agent.manifest_path);
+                if now != last {
+                    last = now;
+                    agent.reload_manifest();
+                }
+            }
+        }
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -237,6 +360,26 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating state directory {}", dir.display()))
+}
+
+/// Spools whose command the journal no longer tracks are leftovers of a crash mid-cleanup.
+fn remove_stale_spools(dir: &Path, journal: &Journal) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".out"))
+            .and_then(|n| n.parse::<CommandId>().ok());
+        let keep = id.is_some_and(|id| {
+            matches!(journal.get(&id), Some(Entry::Accepted | Entry::Answered(_)))
+        });
+        if !keep {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The agent id is generated once and kept, so the server sees the same agent across

@@ -6,15 +6,15 @@
 //! A key the server refuses (401) is retried on a slower schedule (30 s base, 5 min cap): it
 //! will not start working by itself, but it may be re-enabled.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
-use outpost_protocol::{AgentFrame, ServerFrame, limits};
+use outpost_protocol::{AgentFrame, CommandId, Output, ServerFrame, encode_output_data, limits};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::Agent;
+use crate::spool::SpoolReader;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -51,22 +52,16 @@ enum Ended {
 /// Owns the reconnect loop.
 pub struct Connector {
     agent: Arc<Agent>,
-    outbox: mpsc::Receiver<AgentFrame>,
     url: Url,
     tls: Arc<rustls::ClientConfig>,
 }
 
 impl Connector {
     /// Prepares the WebSocket URL and TLS configuration.
-    pub fn new(agent: Arc<Agent>, outbox: mpsc::Receiver<AgentFrame>) -> anyhow::Result<Self> {
+    pub fn new(agent: Arc<Agent>) -> anyhow::Result<Self> {
         let url = ws_url(&agent.config.server_url)?;
         let tls = crate::tls::client_config(agent.config.ca_cert.as_deref())?;
-        Ok(Self {
-            agent,
-            outbox,
-            url,
-            tls,
-        })
+        Ok(Self { agent, url, tls })
     }
 
     /// Connects and reconnects until shut down or asked to exit; returns the exit code.
@@ -114,8 +109,10 @@ impl Connector {
         let mut session = Session {
             agent: self.agent.clone(),
             socket,
+            readers: HashMap::new(),
+            answers_sent: HashSet::new(),
         };
-        session.serve(ip, &mut self.outbox, shutdown).await
+        session.serve(ip, shutdown).await
     }
 
     async fn connect(&self) -> Result<(Socket, String), Ended> {
@@ -166,18 +163,22 @@ impl Connector {
     }
 }
 
+/// One connection. What it has sent lives only as long as it does: the next connection starts
+/// again from the journal and the spools, and the server drops what it already has.
 struct Session {
     agent: Arc<Agent>,
     socket: Socket,
+    /// Output spools being sent, by command.
+    readers: HashMap<CommandId, SpoolReader>,
+    /// Answers sent on this connection (and not yet acknowledged).
+    answers_sent: HashSet<CommandId>,
 }
 
+/// Frames one [`Session::pump`] sends before letting incoming frames and heartbeats through.
+const PUMP_BUDGET: usize = 32;
+
 impl Session {
-    async fn serve(
-        &mut self,
-        ip: String,
-        outbox: &mut mpsc::Receiver<AgentFrame>,
-        shutdown: &CancellationToken,
-    ) -> Ended {
+    async fn serve(&mut self, ip: String, shutdown: &CancellationToken) -> Ended {
         let interval = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.await_connected()).await {
             Ok(Ok(interval)) => interval,
             Ok(Err(err)) => return Ended::Dropped(err),
@@ -192,11 +193,9 @@ impl Session {
         if let Err(err) = self.send(&register).await {
             return Ended::Dropped(err);
         }
-        // Answers produced while cut off, or before a crash (delivery guarantee 4).
-        for frame in self.agent.unacked() {
-            if let Err(err) = self.send(&frame).await {
-                return Ended::Dropped(err);
-            }
+        // Output and answers produced while cut off, or before a crash (delivery guarantee 4).
+        if let Err(err) = self.pump().await {
+            return Ended::Dropped(err);
         }
         tracing::info!(heartbeat_s = interval.as_secs(), "connected and registered");
 
@@ -210,12 +209,13 @@ impl Session {
                     Some(Err(err)) => Err(Ended::Dropped(err.into())),
                     None => Err(Ended::Dropped(anyhow::anyhow!("the server closed the connection"))),
                 },
-                frame = outbox.recv() => match frame {
-                    Some(frame) => self.send(&frame).await.map_err(Ended::Dropped),
-                    None => Err(Ended::Shutdown),
-                },
+                () = self.agent.activity.notified() => self.pump().await.map_err(Ended::Dropped),
+                () = self.agent.manifest_changed.notified() => {
+                    let register = AgentFrame::Register { data: self.agent.register_data() };
+                    self.send(&register).await.map_err(Ended::Dropped)
+                }
                 _ = heartbeat.tick() => {
-                    let frame = self.agent.heartbeat();
+                    let frame = AgentFrame::Heartbeat { status: self.agent.heartbeat() };
                     self.send(&frame).await.map_err(Ended::Dropped)
                 }
                 code = self.agent.exit_requested() => Err(Ended::Exit(code)),
@@ -286,22 +286,73 @@ impl Session {
         };
         match frame {
             ServerFrame::Command(cmd) => {
-                for frame in self.agent.accept(cmd) {
-                    self.send(&frame).await.map_err(Ended::Dropped)?;
-                }
+                let command_id = cmd.command_id;
+                let frame = match self.agent.accept(cmd) {
+                    Ok(()) => AgentFrame::Ack { command_id },
+                    Err(refusal) => AgentFrame::Response(refusal),
+                };
+                self.send(&frame).await.map_err(Ended::Dropped)?;
             }
             ServerFrame::Ack { command_id } => {
+                self.readers.remove(&command_id);
+                self.answers_sent.remove(&command_id);
                 if let Some(code) = self.agent.acked(command_id) {
                     return Err(Ended::Exit(code));
                 }
             }
             ServerFrame::Cancel { command_id } => {
-                tracing::info!(%command_id, "cancel for a command that is not running");
+                if self.agent.cancel(command_id) {
+                    tracing::info!(%command_id, "cancelling on request");
+                } else {
+                    tracing::info!(%command_id, "cancel for a command that is not running");
+                }
             }
             ServerFrame::Error(err) => {
                 tracing::warn!(code = %err.code, message = %err.message, "the server refused a frame");
             }
             ServerFrame::Connected(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Sends what the server may still need, oldest command first: each command's output from
+    /// its spool, then its answer once it has one. Stops after [`PUMP_BUDGET`] frames and asks
+    /// to be called again, so a large output does not starve heartbeats or incoming commands.
+    async fn pump(&mut self) -> anyhow::Result<()> {
+        let mut budget = PUMP_BUDGET;
+        for (id, answer) in self.agent.unfinished() {
+            if !self.readers.contains_key(&id)
+                && let Some(reader) = SpoolReader::open(&self.agent.spool_path(id))
+            {
+                self.readers.insert(id, reader);
+            }
+            while budget > 0 {
+                let chunk = match self.readers.get_mut(&id) {
+                    Some(reader) => reader.next_chunk()?,
+                    None => None,
+                };
+                let Some(chunk) = chunk else { break };
+                let (data, data_b64) = encode_output_data(&chunk.bytes);
+                let frame = AgentFrame::Output(Output {
+                    command_id: id,
+                    stream: chunk.stream,
+                    seq: chunk.seq,
+                    data,
+                    data_b64,
+                });
+                self.send(&frame).await?;
+                budget -= 1;
+            }
+            if budget == 0 {
+                self.agent.activity.notify_one();
+                return Ok(());
+            }
+            if let Some(response) = answer
+                && self.answers_sent.insert(id)
+            {
+                self.send(&AgentFrame::Response(response)).await?;
+                budget -= 1;
+            }
         }
         Ok(())
     }

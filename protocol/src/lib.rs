@@ -115,6 +115,12 @@ pub mod codes {
     pub const SCRIPT_NOT_ALLOWED: &str = "script_not_allowed";
     /// Parameters break the manifest's or the protocol's rules.
     pub const BAD_PARAMS: &str = "bad_params";
+    /// The script exited with a non-zero code.
+    pub const EXIT_CODE: &str = "exit_code";
+    /// The script was killed by a signal it did not get from Outpost.
+    pub const KILLED: &str = "killed";
+    /// The script could not be started (not executable, bad interpreter).
+    pub const SPAWN_FAILED: &str = "spawn_failed";
     /// The run passed its timeout.
     pub const TIMED_OUT: &str = "timed_out";
     /// The run was cancelled.

@@ -142,6 +142,7 @@ pub async fn submit(
             data: spec.data.clone(),
             timeout_s: spec.timeout_s,
             ttl_s: spec.ttl_s,
+            job_id: None,
         })
         .await?;
     Ok(model)

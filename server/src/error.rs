@@ -35,6 +35,9 @@ pub enum ApiError {
         /// Human-readable reason.
         message: String,
     },
+    /// 422: well-formed, but nothing to act on (a target that matches no agent).
+    #[error("{0}")]
+    Unprocessable(String),
     /// 504: the agent did not answer in time.
     #[error("{0}")]
     Timeout(String),
@@ -76,6 +79,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

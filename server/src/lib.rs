@@ -39,6 +39,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Cancelled when the server shuts down; connection tasks close their sockets on it.
     pub shutdown: CancellationToken,
+    /// Output bytes kept per run and stream.
+    pub max_output_bytes: u64,
 }
 
 /// How long the server waits for connections to finish after a shutdown signal.
@@ -60,6 +62,7 @@ pub async fn run(
             config.heartbeat_interval.max(1),
         ))),
         shutdown: CancellationToken::new(),
+        max_output_bytes: config.max_output_bytes,
     };
     tokio::spawn(expire_loop(store, state.shutdown.clone()));
 
@@ -178,7 +181,12 @@ async fn expire_loop(store: Store, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => match store.expire_commands().await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "commands expired undelivered"),
+                Ok(n) => {
+                    tracing::info!(expired = n, "commands expired undelivered");
+                    if let Err(err) = store.refresh_running_jobs().await {
+                        tracing::warn!(error = %err, "could not update jobs after expiry");
+                    }
+                }
                 Err(err) => tracing::warn!(error = %err, "could not expire commands"),
             },
         }

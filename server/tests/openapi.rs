@@ -38,6 +38,10 @@ fn every_api_route_is_documented() {
         "/api/agents/{id}",
         "/api/agents/{id}/command",
         "/api/commands/{id}",
+        "/api/jobs",
+        "/api/jobs/{id}",
+        "/api/jobs/{id}/cancel",
+        "/api/jobs/{id}/runs/{run_id}/output",
         "/healthz",
         "/readyz",
     ] {

@@ -8,6 +8,7 @@
 mod agents;
 mod commands;
 mod health;
+mod jobs;
 mod keys;
 
 use axum::Router;
@@ -32,12 +33,14 @@ use crate::error::{ApiError, json_rejection};
         agents::connected, agents::list, agents::show, agents::update, agents::delete,
         agents::command,
         commands::show,
+        jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "agent keys", description = "Keys agents connect with"),
         (name = "agents", description = "Agents and commands to them"),
         (name = "commands", description = "Stored commands and their results"),
+        (name = "jobs", description = "Script runs and other commands on many agents"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -82,7 +85,11 @@ pub fn router() -> Router<AppState> {
                 .delete(agents::delete),
         )
         .route("/api/agents/{id}/command", post(agents::command))
-        .route("/api/commands/{id}", get(commands::show));
+        .route("/api/commands/{id}", get(commands::show))
+        .route("/api/jobs", post(jobs::create).get(jobs::list))
+        .route("/api/jobs/{id}", get(jobs::show))
+        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output));
     // The viewer's assets are compiled into the binary, so /docs works with no network.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
 }

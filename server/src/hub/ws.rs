@@ -21,14 +21,14 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use chrono::Utc;
 use outpost_protocol::{
     AgentFrame, Connected, DecodeError, ErrorBody, PROTOCOL_VERSION, RegisterData, ServerFrame,
-    codes, limits,
+    codes, decode_output_data, limits,
 };
 use tokio::sync::mpsc;
 
 use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
 use crate::AppState;
 use crate::auth;
-use crate::store::{agent_key, string_list};
+use crate::store::{OutputChunk, Stored, agent_key, string_list};
 
 /// How long one frame may take to reach the agent's TCP buffer before the peer counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -334,10 +334,36 @@ impl Connection {
                     .await
             }
             AgentFrame::Output(output) => {
-                // Output is stored by the job model (issue: script runs); the built-in commands
-                // of protocol v1 produce none.
-                tracing::debug!(command_id = %output.command_id, "output frame");
-                Ok(())
+                let bytes =
+                    match decode_output_data(output.data.as_deref(), output.data_b64.as_deref()) {
+                        Ok(bytes) if bytes.len() <= limits::MAX_OUTPUT_CHUNK => bytes,
+                        Ok(bytes) => {
+                            let message = format!(
+                                "output chunk of {} bytes; the limit is {}",
+                                bytes.len(),
+                                limits::MAX_OUTPUT_CHUNK
+                            );
+                            return self.refuse(codes::BAD_FRAME, message).await;
+                        }
+                        Err(why) => return self.refuse(codes::BAD_FRAME, why).await,
+                    };
+                let stored = store
+                    .append_output(
+                        tenant,
+                        &agent,
+                        OutputChunk {
+                            command_id: &output.command_id.to_string(),
+                            stream: output.stream,
+                            seq: output.seq,
+                            bytes: &bytes,
+                        },
+                        self.state.max_output_bytes,
+                    )
+                    .await;
+                if let Ok(Stored::Foreign) = stored {
+                    tracing::debug!(command_id = %output.command_id, "output for a command that is not this agent's");
+                }
+                stored.map(drop)
             }
             AgentFrame::Response(response) => {
                 match store.finish_command(tenant, &agent, &response).await {

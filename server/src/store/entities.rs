@@ -140,6 +140,72 @@ pub mod command {
         pub result: Option<Json>,
         pub error_code: Option<String>,
         pub error_message: Option<String>,
+        /// The job this command is a run of, if any.
+        pub job_id: Option<String>,
+        pub started_at: Option<DateTimeUtc>,
+        pub exit_code: Option<i32>,
+        /// Output bytes stored (what `/output` returns), per stream.
+        pub stdout_bytes: i64,
+        pub stderr_bytes: i64,
+        /// Output was over the cap and not all kept.
+        pub output_truncated: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Jobs: one trigger, one run (command) per targeted agent.
+pub mod job {
+    use sea_orm::entity::prelude::*;
+
+    /// A job row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "jobs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub command: String,
+        /// `data.script` of a `run` job, for filtering.
+        pub script: Option<String>,
+        pub data: Json,
+        /// The target as asked for: `{agents?, tags?, all?}`.
+        pub target: Json,
+        pub timeout_s: i32,
+        pub ttl_s: i32,
+        /// `running` until every run is final, then `succeeded`, `failed` or `cancelled`.
+        pub status: String,
+        pub created_at: DateTimeUtc,
+        pub finished_at: Option<DateTimeUtc>,
+        pub idempotency_key: Option<String>,
+        pub webhook_url: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Script output, in the chunks the agent sent, each stored once.
+pub mod output_chunk {
+    use sea_orm::entity::prelude::*;
+
+    /// An output chunk row; `id` orders chunks across both streams as they arrived.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "output_chunks")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub tenant_id: String,
+        pub command_id: String,
+        /// 0 stdout, 1 stderr.
+        pub stream: i16,
+        pub seq: i64,
+        pub data: Vec<u8>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

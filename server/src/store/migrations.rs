@@ -79,6 +79,42 @@ CREATE TABLE commands (
 CREATE INDEX commands_agent_state ON commands (tenant_id, agent_id, state);
 CREATE INDEX commands_state_expiry ON commands (state, expires_at);
 "#,
+    // 2: jobs, script runs and their output.
+    r#"
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    command TEXT NOT NULL,
+    script TEXT,
+    data {json} NOT NULL,
+    target {json} NOT NULL,
+    timeout_s INTEGER NOT NULL,
+    ttl_s INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    finished_at {ts},
+    idempotency_key TEXT,
+    webhook_url TEXT
+);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant_id, idempotency_key);
+CREATE INDEX jobs_tenant_id ON jobs (tenant_id, id);
+ALTER TABLE commands ADD COLUMN job_id TEXT;
+ALTER TABLE commands ADD COLUMN started_at {ts};
+ALTER TABLE commands ADD COLUMN exit_code INTEGER;
+ALTER TABLE commands ADD COLUMN stdout_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN stderr_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN output_truncated BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX commands_job ON commands (job_id);
+CREATE TABLE output_chunks (
+    id {autoid},
+    tenant_id TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    stream SMALLINT NOT NULL,
+    seq BIGINT NOT NULL,
+    data {blob} NOT NULL,
+    UNIQUE (command_id, stream, seq)
+);
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one
@@ -131,9 +167,12 @@ async fn current_version(db: &DatabaseConnection) -> Result<usize, DbErr> {
 }
 
 fn fill(sql: &str, backend: DatabaseBackend) -> String {
-    let (ts, json) = match backend {
-        DatabaseBackend::Postgres => ("TIMESTAMPTZ", "JSONB"),
-        _ => ("TEXT", "TEXT"),
+    let (ts, json, autoid, blob) = match backend {
+        DatabaseBackend::Postgres => ("TIMESTAMPTZ", "JSONB", "BIGSERIAL PRIMARY KEY", "BYTEA"),
+        _ => ("TEXT", "TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
     };
-    sql.replace("{ts}", ts).replace("{json}", json)
+    sql.replace("{ts}", ts)
+        .replace("{json}", json)
+        .replace("{autoid}", autoid)
+        .replace("{blob}", blob)
 }

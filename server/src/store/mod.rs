@@ -10,7 +10,10 @@
 //! nothing the second time.
 
 pub mod entities;
+mod jobs;
 mod migrations;
+
+pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status};
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,7 +29,7 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use crate::auth::{self, KeyKind};
-pub use entities::{agent, agent_key, api_key, command, tenant};
+pub use entities::{agent, agent_key, api_key, command, job, output_chunk, tenant};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,8 @@ pub mod state {
     pub const PENDING: &str = "pending";
     /// Acknowledged by the agent, no result yet.
     pub const DELIVERED: &str = "delivered";
+    /// A script run the agent has started (it acknowledges a `run` as it starts it).
+    pub const RUNNING: &str = "running";
     /// Finished successfully.
     pub const SUCCEEDED: &str = "succeeded";
     /// Finished unsuccessfully.
@@ -64,7 +69,7 @@ pub mod state {
     /// States in which a command will not change any more.
     pub const FINAL: &[&str] = &[SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, EXPIRED, LOST];
     /// States in which the agent still owes an answer.
-    pub const OPEN: &[&str] = &[PENDING, DELIVERED];
+    pub const OPEN: &[&str] = &[PENDING, DELIVERED, RUNNING];
 }
 
 /// Agent key statuses.
@@ -99,6 +104,8 @@ pub struct NewCommand {
     pub timeout_s: u32,
     /// How long it may wait for an offline agent.
     pub ttl_s: u32,
+    /// The job it is a run of.
+    pub job_id: Option<String>,
 }
 
 /// Changes to an agent key.
@@ -492,6 +499,12 @@ impl Store {
             result: Set(None),
             error_code: Set(None),
             error_message: Set(None),
+            job_id: Set(new.job_id),
+            started_at: Set(None),
+            exit_code: Set(None),
+            stdout_bytes: Set(0),
+            stderr_bytes: Set(0),
+            output_truncated: Set(false),
         }
         .insert(&self.db)
         .await?;
@@ -556,17 +569,30 @@ impl Store {
         Ok(update.exec(&self.db).await?.rows_affected)
     }
 
-    /// Records the agent's `ack`. Idempotent.
+    /// Records the agent's `ack`: a `run` is then running (the agent acknowledges it as it
+    /// starts the process), anything else delivered. Idempotent.
     pub async fn mark_delivered(&self, tenant_id: &str, agent_id: &str, id: &str) -> Result<()> {
-        command::Entity::update_many()
-            .col_expr(command::Column::State, Expr::value(state::DELIVERED))
-            .col_expr(command::Column::DeliveredAt, Expr::value(Utc::now()))
-            .filter(command::Column::TenantId.eq(tenant_id))
-            .filter(command::Column::AgentId.eq(agent_id))
-            .filter(command::Column::Id.eq(id))
-            .filter(command::Column::State.eq(state::PENDING))
+        let now = Utc::now();
+        let open = |update: sea_orm::UpdateMany<command::Entity>| {
+            update
+                .col_expr(command::Column::DeliveredAt, Expr::value(now))
+                .filter(command::Column::TenantId.eq(tenant_id))
+                .filter(command::Column::AgentId.eq(agent_id))
+                .filter(command::Column::Id.eq(id))
+                .filter(command::Column::State.eq(state::PENDING))
+        };
+        let res = open(command::Entity::update_many())
+            .col_expr(command::Column::State, Expr::value(state::RUNNING))
+            .col_expr(command::Column::StartedAt, Expr::value(now))
+            .filter(command::Column::Command.eq(outpost_protocol::commands::RUN))
             .exec(&self.db)
             .await?;
+        if res.rows_affected == 0 {
+            open(command::Entity::update_many())
+                .col_expr(command::Column::State, Expr::value(state::DELIVERED))
+                .exec(&self.db)
+                .await?;
+        }
         Ok(())
     }
 
@@ -592,6 +618,16 @@ impl Store {
             .col_expr(command::Column::ErrorCode, Expr::value(code))
             .col_expr(command::Column::ErrorMessage, Expr::value(message))
             .col_expr(command::Column::FinishedAt, Expr::value(now))
+            .col_expr(
+                command::Column::ExitCode,
+                Expr::value(
+                    response
+                        .data
+                        .get("exit_code")
+                        .and_then(Value::as_i64)
+                        .map(|c| c as i32),
+                ),
+            )
             .filter(command::Column::TenantId.eq(tenant_id))
             .filter(command::Column::AgentId.eq(agent_id))
             .filter(command::Column::Id.eq(&id))
@@ -601,7 +637,11 @@ impl Store {
         if res.rows_affected == 0 {
             return Ok(None);
         }
-        self.get_command(tenant_id, &id).await
+        let finished = self.get_command(tenant_id, &id).await?;
+        if let Some(job_id) = finished.as_ref().and_then(|c| c.job_id.as_deref()) {
+            self.refresh_job(tenant_id, job_id).await?;
+        }
+        Ok(finished)
     }
 }
 

@@ -1,0 +1,210 @@
+//! Running one whitelisted script: its own process group, a clean environment, streamed
+//! output, a timeout and cancellation, and nothing left behind.
+//!
+//! The script is executed directly (shebang or binary), never through a shell, with the
+//! manifest's fixed arguments only. Its environment is built from nothing: `PATH`, `HOME`,
+//! `LANG` and `TZ` from the agent, the request's parameters as `OUTPOST_PARAM_*`, and
+//! `OUTPOST_RUN_ID`.
+//!
+//! The script leads a new process group. On timeout or cancel the whole group gets SIGTERM
+//! and, 5 s later, SIGKILL. When the script itself exits, whatever it left running in its group
+//! is killed too, so a grandchild holding the output pipes cannot keep the run open and no
+//! orphan outlives the run. (A descendant that deliberately leaves the group with `setsid`
+//! escapes this; reading its output stops 5 s after the script exits.)
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use outpost_protocol::{CommandId, OutputStream, limits::MAX_OUTPUT_CHUNK};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::spool::SpoolWriter;
+
+/// Grace between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long output is still read after the script exited (for descendants outside its group).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// What to run.
+pub struct RunSpec {
+    /// The command's id, given to the script as `OUTPOST_RUN_ID`.
+    pub id: CommandId,
+    /// Resolved script file.
+    pub program: PathBuf,
+    /// Fixed arguments from the manifest.
+    pub args: Vec<String>,
+    /// `OUTPOST_PARAM_*` variables.
+    pub params: Vec<(String, String)>,
+    /// Working directory (the manifest's folder).
+    pub dir: PathBuf,
+    /// Time allowed.
+    pub timeout: Duration,
+    /// Bytes kept per stream; the rest is read and dropped.
+    pub max_output: u64,
+}
+
+/// The exit record carried in `response.data`.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct ExitRecord {
+    /// Exit code, when the script exited rather than being killed by a signal.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// Killed on request.
+    pub cancelled: bool,
+    /// Some output was over the cap and not kept.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub output_truncated: bool,
+    /// Bytes of stdout produced (kept or not).
+    pub stdout_bytes: u64,
+    /// Bytes of stderr produced.
+    pub stderr_bytes: u64,
+}
+
+/// Why a run could not start.
+#[derive(Debug)]
+pub struct SpawnError(pub String);
+
+/// The environment a script starts with.
+fn base_env() -> Vec<(String, String)> {
+    ["PATH", "HOME", "LANG", "TZ"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
+        .collect()
+}
+
+/// Runs the script to the end, writing its output to `spool` and calling `on_output` after
+/// each chunk.
+pub async fn run(
+    spec: RunSpec,
+    mut spool: SpoolWriter,
+    cancel: CancellationToken,
+    on_output: impl Fn(),
+) -> Result<ExitRecord, SpawnError> {
+    let started = Instant::now();
+    let mut child = Command::new(&spec.program)
+        .args(&spec.args)
+        .env_clear()
+        .envs(base_env())
+        .envs(spec.params.iter().map(|(k, v)| (k, v)))
+        .env("OUTPOST_RUN_ID", spec.id.to_string())
+        .current_dir(&spec.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SpawnError(format!("cannot start {}: {e}", spec.program.display())))?;
+    let pgid = child
+        .id()
+        .map(|id| Pid::from_raw(id as i32))
+        .ok_or_else(|| SpawnError("the script exited before it could be tracked".into()))?;
+    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(SpawnError("the script's output pipes are missing".into()));
+    };
+
+    let mut record = ExitRecord::default();
+    let mut out_buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    let mut err_buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    let (mut out_open, mut err_open) = (true, true);
+    let mut status = None;
+    let deadline = tokio::time::sleep(spec.timeout);
+    tokio::pin!(deadline);
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+
+    loop {
+        if status.is_some() && !out_open && !err_open {
+            break;
+        }
+        tokio::select! {
+            n = stdout.read(&mut out_buf), if out_open => match n {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => keep(&mut spool, OutputStream::Stdout, &out_buf[..n], &mut record, spec.max_output, &on_output),
+            },
+            n = stderr.read(&mut err_buf), if err_open => match n {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => keep(&mut spool, OutputStream::Stderr, &err_buf[..n], &mut record, spec.max_output, &on_output),
+            },
+            exit = child.wait(), if status.is_none() => {
+                status = Some(exit);
+                // Whatever the script left running in its group goes with it.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            () = &mut deadline, if status.is_none() && kill_at.is_none() => {
+                record.timed_out = true;
+                let _ = killpg(pgid, Signal::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
+            }
+            () = cancel.cancelled(), if status.is_none() && kill_at.is_none() => {
+                record.cancelled = true;
+                let _ = killpg(pgid, Signal::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
+            }
+            () = tokio::time::sleep_until(kill_at.unwrap_or_else(far)), if status.is_none() && kill_at.is_some() => {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                kill_at = Some(far());
+            }
+            () = tokio::time::sleep_until(drain_until.unwrap_or_else(far)), if drain_until.is_some() => {
+                // A descendant outside the group still holds a pipe; stop waiting for it.
+                break;
+            }
+        }
+    }
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    match status {
+        Some(Ok(status)) => {
+            record.exit_code = status.code();
+            record.signal = status.signal();
+        }
+        Some(Err(e)) => return Err(SpawnError(format!("waiting for the script failed: {e}"))),
+        None => {}
+    }
+    Ok(record)
+}
+
+fn keep(
+    spool: &mut SpoolWriter,
+    stream: OutputStream,
+    bytes: &[u8],
+    record: &mut ExitRecord,
+    cap: u64,
+    on_output: &impl Fn(),
+) {
+    let total = match stream {
+        OutputStream::Stdout => &mut record.stdout_bytes,
+        OutputStream::Stderr => &mut record.stderr_bytes,
+    };
+    let kept_before = (*total).min(cap);
+    *total += bytes.len() as u64;
+    let room = cap.saturating_sub(kept_before) as usize;
+    if room < bytes.len() {
+        record.output_truncated = true;
+    }
+    let kept = &bytes[..bytes.len().min(room)];
+    if kept.is_empty() {
+        return;
+    }
+    if let Err(err) = spool.append(stream, kept) {
+        // Disk full or gone: the run goes on, the output is marked incomplete.
+        tracing::error!(error = %err, "cannot write script output to the spool");
+        record.output_truncated = true;
+        return;
+    }
+    on_output();
+}

@@ -1,0 +1,423 @@
+//! The script manifest: the only scripts this agent will ever run.
+//!
+//! `script_manifest.json` lists scripts by name. A `run` command names a script; anything not
+//! listed is refused before any process starts. Each script's `path` is relative to the
+//! manifest's folder and must resolve, symlinks included, to a regular file inside that folder.
+//! The path is resolved again just before each run, so swapping a file for a symlink after the
+//! manifest was loaded does not escape the folder either.
+//!
+//! Parameters from a request only ever become environment variables named
+//! `OUTPOST_PARAM_<NAME>`; the prefix makes names like `PATH`, `LD_PRELOAD` or `BASH_ENV`
+//! impossible by construction, and nothing from a request reaches argv or a shell.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use outpost_protocol::ScriptInfo;
+use outpost_protocol::limits::{MAX_PARAM_NAME, MAX_PARAM_VALUE};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Longest script name.
+const MAX_NAME: usize = 128;
+/// Largest manifest file read.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// A whitelisted script.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Script {
+    /// Name callers use.
+    pub name: String,
+    /// Path as written in the manifest, relative to its folder.
+    pub path: String,
+    /// What it does.
+    pub description: Option<String>,
+    /// Fixed arguments from the manifest.
+    pub args: Vec<String>,
+    /// Default timeout, used when the command does not give one.
+    pub timeout_s: Option<u32>,
+    /// Parameter names the script accepts; `None` accepts any valid name.
+    pub params: Option<Vec<String>>,
+}
+
+/// A loaded manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    /// The manifest's folder, canonical. Scripts must resolve inside it.
+    pub dir: PathBuf,
+    scripts: BTreeMap<String, Script>,
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    scripts: Vec<RawScript>,
+}
+
+#[derive(Deserialize)]
+struct RawScript {
+    name: String,
+    path: String,
+    description: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    timeout_s: Option<u32>,
+    params: Option<Vec<String>>,
+}
+
+impl Manifest {
+    /// Reads a manifest. A missing file is an empty manifest; unreadable or invalid JSON is an
+    /// error (the caller keeps its previous manifest). Entries that break the rules are left
+    /// out with a warning, so one bad entry does not disable the others.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let text = match std::fs::metadata(path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+                    scripts: BTreeMap::new(),
+                });
+            }
+            Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
+            Ok(meta) if meta.len() > MAX_MANIFEST_BYTES => {
+                return Err(format!(
+                    "{} is larger than {MAX_MANIFEST_BYTES} bytes",
+                    path.display()
+                ));
+            }
+            Ok(_) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        };
+        let raw: RawManifest = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a valid manifest: {e}", path.display()))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+        let mut scripts = BTreeMap::new();
+        for entry in raw.scripts {
+            match validate(&dir, entry) {
+                Ok(script) => {
+                    if scripts.contains_key(&script.name) {
+                        tracing::warn!(name = %script.name, "duplicate script name in the manifest; keeping the first");
+                        continue;
+                    }
+                    scripts.insert(script.name.clone(), script);
+                }
+                Err(why) => tracing::warn!("manifest entry left out: {why}"),
+            }
+        }
+        Ok(Self { dir, scripts })
+    }
+
+    /// The scripts as announced in `register`.
+    pub fn infos(&self) -> Vec<ScriptInfo> {
+        self.scripts
+            .values()
+            .map(|s| ScriptInfo {
+                name: s.name.clone(),
+                description: s.description.clone(),
+            })
+            .collect()
+    }
+
+    /// A script by name.
+    pub fn get(&self, name: &str) -> Option<&Script> {
+        self.scripts.get(name)
+    }
+
+    /// Resolves a script's file now, refusing anything outside the manifest's folder.
+    pub fn resolve(&self, script: &Script) -> Result<PathBuf, String> {
+        resolve(&self.dir, &script.path)
+    }
+}
+
+fn validate(dir: &Path, raw: RawScript) -> Result<Script, String> {
+    validate_name(&raw.name)?;
+    resolve(dir, &raw.path).map_err(|e| format!("script {:?}: {e}", raw.name))?;
+    if let Some(params) = &raw.params {
+        for p in params {
+            validate_param_name(p).map_err(|e| format!("script {:?}: {e}", raw.name))?;
+        }
+    }
+    if raw.args.iter().any(|a| a.contains('\0')) {
+        return Err(format!("script {:?}: an argument contains NUL", raw.name));
+    }
+    Ok(Script {
+        name: raw.name,
+        path: raw.path,
+        description: raw.description,
+        args: raw.args,
+        timeout_s: raw.timeout_s.filter(|t| *t > 0),
+        params: raw.params,
+    })
+}
+
+/// Script names: 1–128 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit, not ending
+/// with a dot.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && !name.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "script name {:?} must be 1 to {MAX_NAME} letters, digits, '.', '_' or '-', start with a letter or digit and not end with '.'",
+            truncate(name)
+        ))
+    }
+}
+
+fn resolve(dir: &Path, relative: &str) -> Result<PathBuf, String> {
+    if relative.is_empty() || relative.contains('\0') {
+        return Err("path is empty or contains NUL".into());
+    }
+    let rel = Path::new(relative);
+    if rel.is_absolute() {
+        return Err(format!(
+            "path {relative:?} must be relative to the manifest's folder"
+        ));
+    }
+    let full = dir
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| format!("path {relative:?} does not resolve: {e}"))?;
+    if !full.starts_with(dir) {
+        return Err(format!(
+            "path {relative:?} resolves outside the manifest's folder"
+        ));
+    }
+    if !full.is_file() {
+        return Err(format!("path {relative:?} is not a regular file"));
+    }
+    Ok(full)
+}
+
+/// Parameter names: `[A-Z0-9_]{1,64}`.
+pub fn validate_param_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_PARAM_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "parameter name {:?} must match [A-Z0-9_]{{1,{MAX_PARAM_NAME}}}",
+            truncate(name)
+        ))
+    }
+}
+
+/// Checks a request's `params` against the protocol's rules and the script's list, and returns
+/// them as environment variables (`OUTPOST_PARAM_<NAME>`, value).
+pub fn params_env(
+    script: &Script,
+    params: Option<&Value>,
+) -> Result<Vec<(String, String)>, String> {
+    let Some(params) = params else {
+        return Ok(Vec::new());
+    };
+    let Some(map) = params.as_object() else {
+        return Err("params must be a JSON object of strings".into());
+    };
+    let mut env = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        validate_param_name(name)?;
+        if let Some(allowed) = &script.params
+            && !allowed.iter().any(|a| a == name)
+        {
+            return Err(format!(
+                "script {:?} does not take parameter {name}; it takes: {}",
+                script.name,
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
+        }
+        let Some(value) = value.as_str() else {
+            return Err(format!("parameter {name} must be a string"));
+        };
+        if value.len() > MAX_PARAM_VALUE {
+            return Err(format!(
+                "parameter {name} is {} bytes; the limit is {MAX_PARAM_VALUE}",
+                value.len()
+            ));
+        }
+        if value.contains('\0') {
+            return Err(format!("parameter {name} contains NUL"));
+        }
+        env.push((format!("OUTPOST_PARAM_{name}"), value.to_owned()));
+    }
+    Ok(env)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write_manifest(dir: &Path, body: Value) -> PathBuf {
+        let path = dir.join("script_manifest.json");
+        std::fs::write(&path, body.to_string()).expect("write");
+        path
+    }
+
+    fn script(dir: &Path, name: &str) {
+        std::fs::write(dir.join(name), "#!/bin/sh\necho hi\n").expect("write");
+    }
+
+    #[test]
+    fn the_original_format_still_loads() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        script(tmp.path(), "hello_world.py");
+        let m = Manifest::load(&write_manifest(
+            tmp.path(),
+            json!({"scripts": [{"name": "hello", "path": "hello_world.py"}]}),
+        ))
+        .expect("load");
+        let s = m.get("hello").expect("hello");
+        assert_eq!(s.args, Vec::<String>::new());
+        assert_eq!(s.params, None);
+        assert_eq!(m.infos().len(), 1);
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_bad_json_is_an_error() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("script_manifest.json");
+        assert!(
+            Manifest::load(&path)
+                .expect("missing is fine")
+                .infos()
+                .is_empty()
+        );
+        std::fs::write(&path, "{\"scripts\": [").expect("write");
+        let err = Manifest::load(&path).expect_err("invalid");
+        assert!(err.contains("not a valid manifest"), "{err}");
+    }
+
+    #[test]
+    fn paths_must_stay_inside_the_folder() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let inner = tmp.path().join("scripts");
+        std::fs::create_dir(&inner).expect("mkdir");
+        script(tmp.path(), "outside.sh");
+        script(&inner, "ok.sh");
+        std::os::unix::fs::symlink(tmp.path().join("outside.sh"), inner.join("link.sh"))
+            .expect("symlink");
+        std::fs::create_dir(inner.join("sub")).expect("mkdir");
+        let m = Manifest::load(&write_manifest(
+            &inner,
+            json!({"scripts": [
+                {"name": "ok", "path": "ok.sh"},
+                {"name": "up", "path": "../outside.sh"},
+                {"name": "abs", "path": tmp.path().join("outside.sh")},
+                {"name": "link", "path": "link.sh"},
+                {"name": "dir", "path": "sub"},
+                {"name": "gone", "path": "missing.sh"},
+                {"name": "../evil", "path": "ok.sh"},
+                {"name": "trailing.", "path": "ok.sh"},
+                {"name": "ok", "path": "ok.sh", "description": "duplicate"},
+            ]}),
+        ))
+        .expect("load");
+        let names: Vec<_> = m.infos().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, vec!["ok".to_owned()]);
+        // A file swapped for an escaping symlink after loading is refused at run time.
+        let ok = m.get("ok").expect("ok").clone();
+        std::fs::remove_file(inner.join("ok.sh")).expect("rm");
+        std::os::unix::fs::symlink(tmp.path().join("outside.sh"), inner.join("ok.sh"))
+            .expect("symlink");
+        assert!(m.resolve(&ok).expect_err("escapes").contains("outside"));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["hello", "a", "db-backup_2.sh", "X9"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\0b",
+            "trailing.",
+            ".hidden",
+            "-rf",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn params_become_prefixed_env_and_break_nothing() {
+        let s = Script {
+            name: "s".into(),
+            path: "s".into(),
+            description: None,
+            args: vec![],
+            timeout_s: None,
+            params: None,
+        };
+        let hostile = json!({"NAME": "; rm -rf / | $(reboot) `id` \n'\"", "DASH": "-rf"});
+        let env = params_env(&s, Some(&hostile)).expect("values are data, not code");
+        assert!(env.iter().all(|(k, _)| k.starts_with("OUTPOST_PARAM_")));
+        assert!(env.contains(&("OUTPOST_PARAM_DASH".into(), "-rf".into())));
+        // PATH, LD_PRELOAD and BASH_ENV can only ever be OUTPOST_PARAM_PATH and so on.
+        let env = params_env(
+            &s,
+            Some(&json!({"PATH": "/tmp", "LD_PRELOAD": "x.so", "BASH_ENV": "x"})),
+        )
+        .expect("ok");
+        let keys: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "OUTPOST_PARAM_BASH_ENV",
+                "OUTPOST_PARAM_LD_PRELOAD",
+                "OUTPOST_PARAM_PATH"
+            ]
+        );
+
+        for (bad, why) in [
+            (json!({"lower": "x"}), "must match"),
+            (json!({"A-B": "x"}), "must match"),
+            (json!({"": "x"}), "must match"),
+            (json!({"X".repeat(65): "x"}), "must match"),
+            (json!({"N": 5}), "must be a string"),
+            (json!({"N": "a\u{0}b"}), "NUL"),
+            (json!({"N": "x".repeat(MAX_PARAM_VALUE + 1)}), "limit"),
+            (json!(["N"]), "object"),
+        ] {
+            let err = params_env(&s, Some(&bad)).expect_err("refused");
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert!(params_env(&s, Some(&json!({"N": "x".repeat(MAX_PARAM_VALUE)}))).is_ok());
+
+        let listed = Script {
+            params: Some(vec!["NAME".into()]),
+            ..s
+        };
+        assert!(params_env(&listed, Some(&json!({"NAME": "x"}))).is_ok());
+        let err = params_env(&listed, Some(&json!({"OTHER": "x"}))).expect_err("not listed");
+        assert!(err.contains("does not take parameter OTHER"), "{err}");
+    }
+}

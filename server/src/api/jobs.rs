@@ -1,0 +1,625 @@
+//! `/api/jobs`: run a command (usually a script) on one agent, a tag's agents or all of them,
+//! and read back every run's status, exit code, duration and full output.
+//!
+//! A job is created with all its runs in one transaction, then each run is pushed to its agent
+//! if connected; offline agents get theirs when they reconnect (until `ttl_s`). Runs an
+//! agent's key does not permit are stored as failed (`forbidden`) and never sent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use outpost_protocol::{OutputStream, commands};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::ApiJson;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dispatch::{self, CommandSpec};
+use crate::error::{ApiError, ErrorDetail};
+use crate::store::{
+    JobFilter, NewJob, NewRun, agent, command, job, job_status, key_status, state, string_list,
+};
+
+/// Longest `?wait=`.
+const MAX_WAIT_S: u64 = 600;
+/// Chunks fetched per page when streaming output.
+const OUTPUT_PAGE: u64 = 64;
+
+/// Who a job is for. Agents listed by id and agents with every listed tag are both included.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Agent ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<Vec<String>>,
+    /// Agents having all of these tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Every agent of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+/// Body of `POST /api/jobs`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// `run` (a manifest script), or any other command.
+    pub command: String,
+    /// For `run`: `{"script": NAME, "params": {"NAME": "value"}}`.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// The agents.
+    pub target: Target,
+    /// Seconds each run may take (default 60).
+    pub timeout_s: Option<u32>,
+    /// Seconds a run waits for an offline agent (default 3600).
+    pub ttl_s: Option<u32>,
+    /// Notified when the job finishes (delivery arrives with webhooks).
+    pub webhook_url: Option<String>,
+    /// A retried request with the same key returns the first job instead of a new one.
+    pub idempotency_key: Option<String>,
+}
+
+/// A run, wherever it appears.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    /// Run id (the command id on the wire).
+    pub run_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// `pending`, `delivered`, `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `expired`, `lost`.
+    pub status: String,
+    /// The script's exit code.
+    pub exit_code: Option<i32>,
+    /// How long it ran.
+    pub duration_ms: Option<i64>,
+    /// When the agent started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When its result was stored.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Stdout bytes stored.
+    pub stdout_bytes: i64,
+    /// Stderr bytes stored.
+    pub stderr_bytes: i64,
+    /// Output past the cap was not kept.
+    pub output_truncated: bool,
+    /// Why it did not succeed.
+    pub error: Option<ErrorDetail>,
+    /// The agent's result data (for `run`: the exit record; for built-ins: their answer).
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+}
+
+impl From<command::Model> for RunView {
+    fn from(run: command::Model) -> Self {
+        let duration_ms = run.finished_at.and_then(|end| {
+            run.result
+                .as_ref()
+                .and_then(|r| r.get("duration_ms"))
+                .and_then(Value::as_i64)
+                .or_else(|| {
+                    let start = run
+                        .started_at
+                        .or(run.delivered_at)
+                        .unwrap_or(run.created_at);
+                    Some((end - start).num_milliseconds().max(0))
+                })
+        });
+        Self {
+            error: run.error_code.map(|code| ErrorDetail {
+                code,
+                message: run.error_message.unwrap_or_default(),
+            }),
+            run_id: run.id,
+            agent_id: run.agent_id,
+            status: run.state,
+            exit_code: run.exit_code,
+            duration_ms,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            stdout_bytes: run.stdout_bytes,
+            stderr_bytes: run.stderr_bytes,
+            output_truncated: run.output_truncated,
+            data: run.result,
+        }
+    }
+}
+
+/// A job and its runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    /// Job id.
+    pub job_id: String,
+    /// Command name.
+    pub command: String,
+    /// Arguments.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// The target as asked for.
+    #[schema(value_type = Object)]
+    pub target: Value,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// When its last run finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// One per targeted agent (omitted in listings; see `run_counts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<Vec<RunView>>,
+    /// Runs by status.
+    pub run_counts: HashMap<String, usize>,
+}
+
+impl JobView {
+    fn new(job: job::Model, runs: Vec<command::Model>, with_runs: bool) -> Self {
+        let mut run_counts = HashMap::new();
+        for run in &runs {
+            *run_counts.entry(run.state.clone()).or_insert(0) += 1;
+        }
+        Self {
+            job_id: job.id,
+            command: job.command,
+            data: job.data,
+            target: job.target,
+            created_at: job.created_at,
+            status: job.status,
+            finished_at: job.finished_at,
+            runs: with_runs.then(|| runs.into_iter().map(RunView::from).collect()),
+            run_counts,
+        }
+    }
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `?wait=S` on create.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// Answer when every run is final, or after this many seconds (at most 600).
+    pub wait: Option<u64>,
+}
+
+/// Filters of `GET /api/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Jobs with a run on this agent.
+    pub agent_id: Option<String>,
+    /// `run` jobs of this script.
+    pub script: Option<String>,
+    /// Jobs of this command.
+    pub command: Option<String>,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<u64>,
+}
+
+/// Options of the output endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct OutputQuery {
+    /// `stdout`, `stderr` or `both` (default `both`, in the order it arrived).
+    pub stream: Option<String>,
+    /// Skip this many bytes of the selected output.
+    pub offset: Option<u64>,
+}
+
+fn validate_run_data(data: &Value) -> Result<(), ApiError> {
+    let script = data
+        .get("script")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest("data.script: a run needs the script's name".into()))?;
+    if script.is_empty() || script.len() > 128 {
+        return Err(ApiError::BadRequest(
+            "data.script: must be 1 to 128 characters".into(),
+        ));
+    }
+    match data.get("params") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(params)) => {
+            for (name, value) in params {
+                if !value.is_string() {
+                    return Err(ApiError::BadRequest(format!(
+                        "data.params.{name}: parameter values must be strings"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Some(_) => Err(ApiError::BadRequest(
+            "data.params: must be an object of strings".into(),
+        )),
+    }
+}
+
+/// Resolves a target to agents of the caller's tenant.
+async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+) -> Result<Vec<agent::Model>, ApiError> {
+    let ids = target.agents.as_deref().unwrap_or_default();
+    let tags = target.tags.as_deref().unwrap_or_default();
+    let all = target.all.unwrap_or(false);
+    if ids.is_empty() && tags.is_empty() && !all {
+        return Err(ApiError::BadRequest(
+            "target: give agents, tags or all: true".into(),
+        ));
+    }
+    let agents = state.store.list_agents(&caller.tenant_id).await?;
+    let mut chosen = BTreeSet::new();
+    for id in ids {
+        if !agents.iter().any(|a| &a.id == id) {
+            return Err(ApiError::BadRequest(format!(
+                "target.agents: no agent {id}"
+            )));
+        }
+        chosen.insert(id.clone());
+    }
+    for agent in &agents {
+        let mut agent_tags = string_list(&agent.agent_tags);
+        agent_tags.extend(string_list(&agent.server_tags));
+        if all || (!tags.is_empty() && tags.iter().all(|t| agent_tags.contains(t))) {
+            chosen.insert(agent.id.clone());
+        }
+    }
+    Ok(agents
+        .into_iter()
+        .filter(|a| chosen.contains(&a.id))
+        .collect())
+}
+
+/// Why an agent's key refuses a command, if it does.
+async fn refusal(
+    state: &AppState,
+    agent: &agent::Model,
+    command: &str,
+    keys: &mut HashMap<String, Option<crate::store::agent_key::Model>>,
+) -> Result<Option<String>, ApiError> {
+    if !keys.contains_key(&agent.key_id) {
+        let key = state
+            .store
+            .get_agent_key(&agent.tenant_id, &agent.key_id)
+            .await?;
+        keys.insert(agent.key_id.clone(), key);
+    }
+    Ok(match keys.get(&agent.key_id).and_then(Option::as_ref) {
+        None => Some(format!("agent {}'s key no longer exists", agent.id)),
+        Some(key) if key.status != key_status::ACTIVE => {
+            Some(format!("agent {}'s key is disabled", agent.id))
+        }
+        Some(key) if !string_list(&key.permissions).iter().any(|p| p == command) => Some(format!(
+            "agent key {} does not allow the {command:?} command",
+            key.id
+        )),
+        Some(_) => None,
+    })
+}
+
+/// Create a job: one run per targeted agent. Answers 202 with the runs; with `?wait=S`,
+/// answers when every run is final (200) or after S seconds (202).
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
+    params(WaitQuery), request_body = CreateJob,
+    responses(
+        (status = 202, body = JobView, description = "Created; runs under way"),
+        (status = 200, body = JobView, description = "With ?wait: every run is final"),
+        (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command"),
+        (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent")))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<WaitQuery>,
+    ApiJson(body): ApiJson<CreateJob>,
+) -> Result<Response, ApiError> {
+    let spec = CommandSpec::new(body.command, body.data, body.timeout_s, body.ttl_s)?;
+    if spec.command == commands::RUN {
+        validate_run_data(&spec.data)?;
+    }
+    if let Some(key) = &body.idempotency_key
+        && (key.is_empty() || key.len() > 200)
+    {
+        return Err(ApiError::BadRequest(
+            "idempotency_key: must be 1 to 200 characters".into(),
+        ));
+    }
+    if let Some(url) = &body.webhook_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(ApiError::BadRequest(
+            "webhook_url: must be an http(s) URL".into(),
+        ));
+    }
+    let agents = resolve(&state, &caller, &body.target).await?;
+    if agents.is_empty() {
+        return Err(ApiError::Unprocessable("target: no agent matches".into()));
+    }
+    let mut keys = HashMap::new();
+    let mut runs = Vec::with_capacity(agents.len());
+    for agent in &agents {
+        let refused = refusal(&state, agent, &spec.command, &mut keys).await?;
+        if agents.len() == 1
+            && body.target.tags.is_none()
+            && body.target.all != Some(true)
+            && let Some(why) = &refused
+        {
+            return Err(ApiError::Forbidden(why.clone()));
+        }
+        runs.push(NewRun {
+            agent_id: agent.id.clone(),
+            refused: refused.map(|why| ("forbidden".to_owned(), why)),
+        });
+    }
+    let mut data = spec.data.clone();
+    if spec.command == commands::RUN {
+        data["max_output_bytes"] = Value::from(state.max_output_bytes);
+    }
+    let new = NewJob {
+        tenant_id: caller.tenant_id.clone(),
+        command: spec.command.clone(),
+        data,
+        target: serde_json::to_value(&body.target).unwrap_or(Value::Null),
+        timeout_s: spec.timeout_s,
+        ttl_s: spec.ttl_s,
+        idempotency_key: body.idempotency_key,
+        webhook_url: body.webhook_url,
+    };
+    let (job, runs, created) = state.store.create_job(new, runs).await?;
+    let wait = query.wait.map(|s| Duration::from_secs(s.min(MAX_WAIT_S)));
+    // Watch before pushing, so that no result can slip by.
+    let waiters: Vec<_> = match wait {
+        Some(_) => runs
+            .iter()
+            .filter(|r| state::OPEN.contains(&r.state.as_str()))
+            .filter_map(|r| r.id.parse().ok())
+            .map(|id| state.hub.watch(id))
+            .collect(),
+        None => Vec::new(),
+    };
+    if created {
+        for run in runs.iter().filter(|r| r.state == state::PENDING) {
+            dispatch::push(&state, run);
+        }
+        tracing::info!(job_id = %job.id, runs = runs.len(), command = %job.command, "job created");
+    }
+    if let Some(wait) = wait {
+        let all = futures_util::future::join_all(waiters.into_iter().map(|w| w.wait(wait)));
+        let _ = tokio::time::timeout(wait, all).await;
+    }
+    respond(&state, &caller, &job.id).await
+}
+
+/// The job as it is now: 200 when finished, 202 while runs are under way.
+async fn respond(state: &AppState, caller: &Caller, job_id: &str) -> Result<Response, ApiError> {
+    let job = find(state, caller, job_id).await?;
+    let runs = state.store.job_runs(&caller.tenant_id, job_id).await?;
+    let status = if job.status == job_status::RUNNING {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(JobView::new(job, runs, true))).into_response())
+}
+
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<job::Model, ApiError> {
+    state
+        .store
+        .get_job(&caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+/// List jobs, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
+    params(ListQuery), responses((status = 200, body = JobPage), (status = 400, body = crate::error::ErrorEnvelope)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit: must be between 1 and 200".into(),
+        ));
+    }
+    if let Some(status) = &query.status
+        && ![
+            job_status::RUNNING,
+            job_status::SUCCEEDED,
+            job_status::FAILED,
+            job_status::CANCELLED,
+        ]
+        .contains(&status.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "status: must be running, succeeded, failed or cancelled, not {status:?}"
+        )));
+    }
+    let filter = JobFilter {
+        agent_id: query.agent_id,
+        script: query.script,
+        command: query.command,
+        status: query.status,
+        since: query.since,
+        until: query.until,
+        before: query.cursor,
+        limit: limit + 1,
+    };
+    let mut jobs = state.store.list_jobs(&caller.tenant_id, &filter).await?;
+    let next_cursor = if jobs.len() as u64 > limit {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.id.clone())
+    } else {
+        None
+    };
+    let mut views = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let runs = state.store.job_runs(&caller.tenant_id, &job.id).await?;
+        views.push(JobView::new(job, runs, false));
+    }
+    Ok(Json(JobPage {
+        jobs: views,
+        next_cursor,
+    }))
+}
+
+/// A job and all its runs.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = find(&state, &caller, &id).await?;
+    let runs = state.store.job_runs(&caller.tenant_id, &id).await?;
+    Ok(Json(JobView::new(job, runs, true)))
+}
+
+/// Cancel the runs of a job that have not finished. Runs not yet delivered are cancelled at
+/// once; running ones are stopped by their agent (SIGTERM, SIGKILL 5 s later) and report
+/// `cancelled`.
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 202, body = JobView), (status = 200, body = JobView), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    find(&state, &caller, &id).await?;
+    let (cancelled_now, on_agents) = state.store.cancel_job(&caller.tenant_id, &id).await?;
+    for run in &cancelled_now {
+        state.hub.finished(run);
+    }
+    for run in &on_agents {
+        if let (Ok(agent_id), Ok(command_id)) = (run.agent_id.parse(), run.id.parse()) {
+            state.hub.push(
+                &run.tenant_id,
+                agent_id,
+                outpost_protocol::ServerFrame::Cancel { command_id },
+            );
+        }
+    }
+    tracing::info!(job_id = %id, now = cancelled_now.len(), signalled = on_agents.len(), "job cancelled");
+    respond(&state, &caller, &id).await
+}
+
+/// A run's full output as raw bytes.
+#[utoipa::path(get, path = "/api/jobs/{id}/runs/{run_id}/output", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id"), ("run_id" = String, Path, description = "Run id"), OutputQuery),
+    responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"),
+        (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn output(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, run_id)): Path<(String, String)>,
+    Query(query): Query<OutputQuery>,
+) -> Result<Response, ApiError> {
+    let streams: Vec<OutputStream> = match query.stream.as_deref().unwrap_or("both") {
+        "stdout" => vec![OutputStream::Stdout],
+        "stderr" => vec![OutputStream::Stderr],
+        "both" => vec![OutputStream::Stdout, OutputStream::Stderr],
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "stream: must be stdout, stderr or both, not {other:?}"
+            )));
+        }
+    };
+    find(&state, &caller, &id).await?;
+    let run = state
+        .store
+        .get_command(&caller.tenant_id, &run_id)
+        .await?
+        .filter(|r| r.job_id.as_deref() == Some(id.as_str()))
+        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id} in job {id}")))?;
+    let total: u64 = streams
+        .iter()
+        .map(|s| match s {
+            OutputStream::Stdout => run.stdout_bytes,
+            OutputStream::Stderr => run.stderr_bytes,
+        })
+        .sum::<i64>() as u64;
+    let offset = query.offset.unwrap_or(0);
+    // Pages of chunks are fetched as the client reads, so memory stays at one page whatever
+    // the output's size.
+    let store = state.store.clone();
+    let tenant = caller.tenant_id.clone();
+    let body =
+        futures_util::stream::unfold((0i64, offset, false), move |(after, mut skip, done)| {
+            let (store, tenant, run_id, streams) = (
+                store.clone(),
+                tenant.clone(),
+                run_id.clone(),
+                streams.clone(),
+            );
+            async move {
+                if done {
+                    return None;
+                }
+                let page = match store
+                    .output_page(&tenant, &run_id, &streams, after, OUTPUT_PAGE)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(err) => {
+                        return Some((
+                            Err(std::io::Error::other(err.to_string())),
+                            (after, skip, true),
+                        ));
+                    }
+                };
+                let last = page.last().map(|c| c.id)?;
+                let finished = (page.len() as u64) < OUTPUT_PAGE;
+                let mut bytes = Vec::new();
+                for chunk in page {
+                    let len = chunk.data.len() as u64;
+                    if skip >= len {
+                        skip -= len;
+                        continue;
+                    }
+                    bytes.extend_from_slice(&chunk.data[skip as usize..]);
+                    skip = 0;
+                }
+                Some((Ok::<_, std::io::Error>(bytes), (last, skip, finished)))
+            }
+        });
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(body),
+    )
+        .into_response();
+    // A finished run's output is complete, so its length is known; a running one streams.
+    if state::FINAL.contains(&run.state.as_str())
+        && let Ok(length) = total.saturating_sub(offset).to_string().parse()
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, length);
+    }
+    Ok(response)
+}

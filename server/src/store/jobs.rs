@@ -1,0 +1,473 @@
+//! Jobs, their runs and the runs' output.
+//!
+//! A job is one request ("run `backup` on every `db` agent"); each targeted agent gets a run,
+//! which is an ordinary command row with a `job_id`, so delivery, acknowledgement and results
+//! work exactly as for single commands. Output is stored in the chunks the agent sent, keyed
+//! by `(command, stream, seq)`: a chunk the agent sends again after a reconnect is stored
+//! once, and no output is ever held whole in memory.
+
+use chrono::{DateTime, Utc};
+use outpost_protocol::{OutputStream, codes};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Set, TransactionTrait,
+};
+use serde_json::Value;
+
+use super::{Result, Store, command, job, new_id, output_chunk, state};
+
+/// Job statuses.
+pub mod job_status {
+    /// Some run is not final yet.
+    pub const RUNNING: &str = "running";
+    /// Every run succeeded.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Some run did not succeed (failed, timed out, expired, lost).
+    pub const FAILED: &str = "failed";
+    /// Every run that did not succeed was cancelled.
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// A job as the API asks for it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Command name.
+    pub command: String,
+    /// Arguments.
+    pub data: Value,
+    /// The target as given.
+    pub target: Value,
+    /// Run timeout.
+    pub timeout_s: u32,
+    /// Wait this long for offline agents.
+    pub ttl_s: u32,
+    /// Makes a retried request return the first job.
+    pub idempotency_key: Option<String>,
+    /// Notified when the job finishes.
+    pub webhook_url: Option<String>,
+}
+
+/// One run to create: the agent, or why it is refused (then it is stored already failed and
+/// never sent).
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Target agent.
+    pub agent_id: String,
+    /// `(code, message)` when the run must not be sent.
+    pub refused: Option<(String, String)>,
+}
+
+/// Filters of `GET /api/jobs`.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Jobs with a run on this agent.
+    pub agent_id: Option<String>,
+    /// `run` jobs of this script.
+    pub script: Option<String>,
+    /// Jobs of this command.
+    pub command: Option<String>,
+    /// Jobs in this status.
+    pub status: Option<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+    /// Only jobs older than this job id (the cursor).
+    pub before: Option<String>,
+    /// Page size.
+    pub limit: u64,
+}
+
+/// One chunk of a run's output, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputChunk<'a> {
+    /// The run.
+    pub command_id: &'a str,
+    /// Its stream.
+    pub stream: OutputStream,
+    /// Its number within the stream.
+    pub seq: u64,
+    /// Its bytes.
+    pub bytes: &'a [u8],
+}
+
+/// What storing an output chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now.
+    New,
+    /// Already stored (a resend), or over the cap: nothing changed.
+    Nothing,
+    /// Not a run of this agent that is still open.
+    Foreign,
+}
+
+impl Store {
+    /// Creates a job and its runs in one transaction. With an idempotency key already used
+    /// by the tenant, returns the existing job instead (and `false`).
+    pub async fn create_job(
+        &self,
+        new: NewJob,
+        runs: Vec<NewRun>,
+    ) -> Result<(job::Model, Vec<command::Model>, bool)> {
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = self.job_by_idempotency_key(&new.tenant_id, key).await?
+        {
+            let runs = self.job_runs(&new.tenant_id, &existing.id).await?;
+            return Ok((existing, runs, false));
+        }
+        let now = Utc::now();
+        let job_id = new_id();
+        let script = (new.command == outpost_protocol::commands::RUN)
+            .then(|| {
+                new.data
+                    .get("script")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .flatten();
+        let txn = self.db.begin().await?;
+        let inserted = job::ActiveModel {
+            id: Set(job_id.clone()),
+            tenant_id: Set(new.tenant_id.clone()),
+            command: Set(new.command.clone()),
+            script: Set(script),
+            data: Set(new.data.clone()),
+            target: Set(new.target.clone()),
+            timeout_s: Set(new.timeout_s as i32),
+            ttl_s: Set(new.ttl_s as i32),
+            status: Set(job_status::RUNNING.into()),
+            created_at: Set(now),
+            finished_at: Set(None),
+            idempotency_key: Set(new.idempotency_key.clone()),
+            webhook_url: Set(new.webhook_url.clone()),
+        }
+        .insert(&txn)
+        .await;
+        let job = match inserted {
+            Ok(job) => job,
+            // Two requests with one idempotency key raced: the other one won.
+            Err(err) if new.idempotency_key.is_some() => {
+                txn.rollback().await?;
+                let key = new.idempotency_key.as_deref().unwrap_or_default();
+                return match self.job_by_idempotency_key(&new.tenant_id, key).await? {
+                    Some(existing) => {
+                        let runs = self.job_runs(&new.tenant_id, &existing.id).await?;
+                        Ok((existing, runs, false))
+                    }
+                    None => Err(err.into()),
+                };
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let mut models = Vec::with_capacity(runs.len());
+        for run in runs {
+            let (state, finished_at, success, code, message) = match run.refused {
+                Some((code, message)) => (
+                    state::FAILED,
+                    Some(now),
+                    Some(false),
+                    Some(code),
+                    Some(message),
+                ),
+                None => (state::PENDING, None, None, None, None),
+            };
+            let model = command::ActiveModel {
+                id: Set(new_id()),
+                tenant_id: Set(new.tenant_id.clone()),
+                agent_id: Set(run.agent_id),
+                command: Set(new.command.clone()),
+                data: Set(new.data.clone()),
+                timeout_s: Set(new.timeout_s as i32),
+                state: Set(state.into()),
+                created_at: Set(now),
+                expires_at: Set(now + chrono::Duration::seconds(i64::from(new.ttl_s))),
+                delivered_at: Set(None),
+                finished_at: Set(finished_at),
+                success: Set(success),
+                result: Set(None),
+                error_code: Set(code),
+                error_message: Set(message),
+                job_id: Set(Some(job_id.clone())),
+                started_at: Set(None),
+                exit_code: Set(None),
+                stdout_bytes: Set(0),
+                stderr_bytes: Set(0),
+                output_truncated: Set(false),
+            }
+            .insert(&txn)
+            .await?;
+            models.push(model);
+        }
+        txn.commit().await?;
+        let job = match self.refresh_job(&new.tenant_id, &job.id).await? {
+            Some(refreshed) => refreshed,
+            None => job,
+        };
+        Ok((job, models, true))
+    }
+
+    async fn job_by_idempotency_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<job::Model>> {
+        Ok(job::Entity::find()
+            .filter(job::Column::TenantId.eq(tenant_id))
+            .filter(job::Column::IdempotencyKey.eq(key))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// One job of a tenant.
+    pub async fn get_job(&self, tenant_id: &str, id: &str) -> Result<Option<job::Model>> {
+        Ok(job::Entity::find_by_id(id.to_owned())
+            .filter(job::Column::TenantId.eq(tenant_id))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// A job's runs, in creation order.
+    pub async fn job_runs(&self, tenant_id: &str, job_id: &str) -> Result<Vec<command::Model>> {
+        Ok(command::Entity::find()
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::JobId.eq(job_id))
+            .order_by_asc(command::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Jobs matching a filter, newest first, at most `limit`.
+    pub async fn list_jobs(&self, tenant_id: &str, filter: &JobFilter) -> Result<Vec<job::Model>> {
+        let mut query = job::Entity::find().filter(job::Column::TenantId.eq(tenant_id));
+        if let Some(agent_id) = &filter.agent_id {
+            let with_agent = command::Entity::find()
+                .select_only()
+                .column(command::Column::JobId)
+                .filter(command::Column::TenantId.eq(tenant_id))
+                .filter(command::Column::AgentId.eq(agent_id))
+                .filter(command::Column::JobId.is_not_null())
+                .into_query();
+            query = query.filter(job::Column::Id.in_subquery(with_agent));
+        }
+        if let Some(script) = &filter.script {
+            query = query.filter(job::Column::Script.eq(script));
+        }
+        if let Some(command) = &filter.command {
+            query = query.filter(job::Column::Command.eq(command));
+        }
+        if let Some(status) = &filter.status {
+            query = query.filter(job::Column::Status.eq(status));
+        }
+        if let Some(since) = filter.since {
+            query = query.filter(job::Column::CreatedAt.gte(since));
+        }
+        if let Some(until) = filter.until {
+            query = query.filter(job::Column::CreatedAt.lt(until));
+        }
+        if let Some(before) = &filter.before {
+            query = query.filter(job::Column::Id.lt(before));
+        }
+        Ok(query
+            .order_by_desc(job::Column::Id)
+            .limit(filter.limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Recomputes a job's status from its runs; returns the job.
+    pub async fn refresh_job(&self, tenant_id: &str, job_id: &str) -> Result<Option<job::Model>> {
+        let runs = self.job_runs(tenant_id, job_id).await?;
+        let Some(job) = self.get_job(tenant_id, job_id).await? else {
+            return Ok(None);
+        };
+        let open = runs.iter().any(|r| state::OPEN.contains(&r.state.as_str()));
+        let status = if open {
+            job_status::RUNNING
+        } else if runs.iter().all(|r| r.state == state::SUCCEEDED) {
+            job_status::SUCCEEDED
+        } else if runs
+            .iter()
+            .all(|r| r.state == state::SUCCEEDED || r.state == state::CANCELLED)
+        {
+            job_status::CANCELLED
+        } else {
+            job_status::FAILED
+        };
+        if job.status == status {
+            return Ok(Some(job));
+        }
+        let mut model: job::ActiveModel = job.into();
+        model.status = Set(status.into());
+        model.finished_at = Set((!open).then(Utc::now));
+        Ok(Some(model.update(&self.db).await?))
+    }
+
+    /// Recomputes every unfinished job (after expiries and other bulk changes).
+    pub async fn refresh_running_jobs(&self) -> Result<()> {
+        let running = job::Entity::find()
+            .filter(job::Column::Status.eq(job_status::RUNNING))
+            .all(&self.db)
+            .await?;
+        for job in running {
+            self.refresh_job(&job.tenant_id, &job.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores one output chunk of an agent's run, once, within the per-stream cap.
+    pub async fn append_output(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        chunk: OutputChunk<'_>,
+        cap: u64,
+    ) -> Result<Stored> {
+        let OutputChunk {
+            command_id,
+            stream,
+            seq,
+            bytes,
+        } = chunk;
+        let txn = self.db.begin().await?;
+        let Some(run) = command::Entity::find_by_id(command_id.to_owned())
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .one(&txn)
+            .await?
+        else {
+            return Ok(Stored::Foreign);
+        };
+        // Output may trail the answer by a few frames; accept it until the run is acknowledged
+        // (it is final then, but its chunks are still arriving in order).
+        let (column, stored_bytes) = match stream {
+            OutputStream::Stdout => (command::Column::StdoutBytes, run.stdout_bytes),
+            OutputStream::Stderr => (command::Column::StderrBytes, run.stderr_bytes),
+        };
+        if stored_bytes as u64 + bytes.len() as u64 > cap {
+            command::Entity::update_many()
+                .col_expr(command::Column::OutputTruncated, Expr::value(true))
+                .filter(command::Column::Id.eq(command_id))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+            return Ok(Stored::Nothing);
+        }
+        let chunk = output_chunk::ActiveModel {
+            tenant_id: Set(tenant_id.to_owned()),
+            command_id: Set(command_id.to_owned()),
+            stream: Set(stream_code(stream)),
+            seq: Set(seq as i64),
+            data: Set(bytes.to_vec()),
+            ..Default::default()
+        };
+        let inserted = output_chunk::Entity::insert(chunk)
+            .on_conflict(
+                OnConflict::columns([
+                    output_chunk::Column::CommandId,
+                    output_chunk::Column::Stream,
+                    output_chunk::Column::Seq,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        if inserted == 0 {
+            txn.commit().await?;
+            return Ok(Stored::Nothing);
+        }
+        let mut update = command::Entity::update_many()
+            .col_expr(column, Expr::col(column).add(bytes.len() as i64))
+            .filter(command::Column::Id.eq(command_id));
+        if run.state == state::PENDING || run.state == state::DELIVERED {
+            update = update
+                .col_expr(command::Column::State, Expr::value(state::RUNNING))
+                .col_expr(command::Column::StartedAt, Expr::value(Utc::now()));
+        }
+        update.exec(&txn).await?;
+        txn.commit().await?;
+        Ok(Stored::New)
+    }
+
+    /// Up to `limit` output chunks of a run after chunk id `after`, in arrival order, from the
+    /// given streams.
+    pub async fn output_page(
+        &self,
+        tenant_id: &str,
+        command_id: &str,
+        streams: &[OutputStream],
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<output_chunk::Model>> {
+        Ok(output_chunk::Entity::find()
+            .filter(output_chunk::Column::TenantId.eq(tenant_id))
+            .filter(output_chunk::Column::CommandId.eq(command_id))
+            .filter(output_chunk::Column::Stream.is_in(streams.iter().map(|s| stream_code(*s))))
+            .filter(output_chunk::Column::Id.gt(after))
+            .order_by_asc(output_chunk::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Cancels a job's runs that have not finished. Runs never delivered are cancelled here and
+    /// now; the ones on agents are returned so that the agents can be told to stop (their
+    /// answer then records the cancellation).
+    pub async fn cancel_job(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+    ) -> Result<(Vec<command::Model>, Vec<command::Model>)> {
+        let now = Utc::now();
+        let res = command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value(state::CANCELLED))
+            .col_expr(command::Column::FinishedAt, Expr::value(now))
+            .col_expr(command::Column::Success, Expr::value(false))
+            .col_expr(command::Column::ErrorCode, Expr::value(codes::CANCELLED))
+            .col_expr(
+                command::Column::ErrorMessage,
+                Expr::value("cancelled before the agent received it"),
+            )
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::JobId.eq(job_id))
+            .filter(command::Column::State.eq(state::PENDING))
+            .exec(&self.db)
+            .await?;
+        let runs = self.job_runs(tenant_id, job_id).await?;
+        let cancelled_now: Vec<_> = if res.rows_affected > 0 {
+            runs.iter()
+                .filter(|r| r.state == state::CANCELLED && r.delivered_at.is_none())
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let on_agents = runs
+            .into_iter()
+            .filter(|r| r.state == state::DELIVERED || r.state == state::RUNNING)
+            .collect();
+        self.refresh_job(tenant_id, job_id).await?;
+        Ok((cancelled_now, on_agents))
+    }
+
+    /// Number of runs of a job that are not final.
+    pub async fn open_runs(&self, tenant_id: &str, job_id: &str) -> Result<u64> {
+        Ok(command::Entity::find()
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::JobId.eq(job_id))
+            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
+            .count(&self.db)
+            .await?)
+    }
+}
+
+fn stream_code(stream: OutputStream) -> i16 {
+    match stream {
+        OutputStream::Stdout => 0,
+        OutputStream::Stderr => 1,
+    }
+}
