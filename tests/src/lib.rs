@@ -395,6 +395,24 @@ impl Agent {
         child.wait().ok()
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Waits for the agent to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
@@ -570,6 +588,48 @@ impl Api {
         .await;
     }
 
+    /// Creates a job and returns `(status, job)`.
+    pub async fn job(&self, body: Value, wait_s: Option<u64>) -> (StatusCode, Value) {
+        let path = match wait_s {
+            Some(s) => format!("/api/jobs?wait={s}"),
+            None => "/api/jobs".to_owned(),
+        };
+        self.post(&path, body).await
+    }
+
+    /// Waits until a job is no longer running; returns it.
+    pub async fn wait_job(&self, job_id: &str) -> Value {
+        let path = format!("/api/jobs/{job_id}");
+        wait_for(
+            &format!("job {job_id} to finish"),
+            Duration::from_secs(120),
+            || {
+                let path = path.clone();
+                async move {
+                    let (_, job) = self.get(&path).await;
+                    (job["status"].is_string() && job["status"] != "running").then_some(job)
+                }
+            },
+        )
+        .await
+    }
+
+    /// A run's output bytes.
+    pub async fn output(&self, job_id: &str, run_id: &str, query: &str) -> (StatusCode, Vec<u8>) {
+        let response = self
+            .client
+            .get(format!(
+                "{}/api/jobs/{job_id}/runs/{run_id}/output{query}",
+                self.base
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        (status, response.bytes().await.expect("body").to_vec())
+    }
+
     /// Waits until a stored command reaches a final state; returns it.
     pub async fn wait_command_final(&self, command_id: &str) -> Value {
         let path = format!("/api/commands/{command_id}");
@@ -589,4 +649,100 @@ impl Api {
         )
         .await
     }
+}
+
+/// A folder with a `script_manifest.json` and executable scripts, for agents to run.
+pub struct Scripts {
+    dir: tempfile::TempDir,
+    entries: Vec<Value>,
+}
+
+impl Scripts {
+    /// An empty manifest.
+    pub fn new() -> Self {
+        let scripts = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            entries: Vec::new(),
+        };
+        scripts.write_manifest();
+        scripts
+    }
+
+    /// Adds an executable script and its manifest entry (`extra` is merged into the entry).
+    pub fn add(&mut self, name: &str, body: &str, extra: Value) -> &mut Self {
+        use std::os::unix::fs::PermissionsExt;
+        let file = format!("{name}.sh");
+        let path = self.dir.path().join(&file);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut entry = json!({"name": name, "path": file});
+        if let (Some(entry), Some(extra)) = (entry.as_object_mut(), extra.as_object()) {
+            entry.extend(extra.clone());
+        }
+        self.entries.push(entry);
+        self.write_manifest();
+        self
+    }
+
+    /// Replaces the manifest file with raw text.
+    pub fn write_raw(&self, text: &str) {
+        std::fs::write(self.manifest(), text).expect("write manifest");
+    }
+
+    fn write_manifest(&self) {
+        self.write_raw(&json!({"scripts": self.entries}).to_string());
+    }
+
+    /// The manifest's path.
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.path().join("script_manifest.json")
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Environment for an agent using this manifest.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "OUTPOST_MANIFEST".into(),
+            self.manifest().display().to_string(),
+        )]
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Processes whose environment holds `OUTPOST_RUN_ID=<run_id>`: what is left of a run.
+pub fn processes_of_run(run_id: &str) -> Vec<u32> {
+    let needle = format!("OUTPOST_RUN_ID={run_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .filter(|pid| {
+            // Zombies waiting for their parent are gone in all but name.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@
 
 mod commands;
 mod durability;
+mod jobs;
 mod keys;
 mod protocol;
 mod tenancy;

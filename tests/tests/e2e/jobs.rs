@@ -1,0 +1,549 @@
+//! Script runs and jobs over the real binaries: whitelisting, clean environments, output kept
+//! byte for byte, timeouts and cancellation that leave nothing behind, fan-out, offline agents
+//! and crashes.
+
+use std::time::Duration;
+
+use outpost_e2e::{Agent, Api, Scripts, Server, processes_of_run, wait_for};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn agent_with(server: &Server, api: &Api, scripts: &Scripts, tags: &str) -> (Agent, String) {
+    let (_, secret) = api.agent_key().await;
+    let mut env = scripts.env();
+    env.push(("OUTPOST_TAGS".into(), tags.into()));
+    let agent = Agent::start_with(&server.url, &secret, None, env);
+    let id = agent.wait_online(api).await;
+    (agent, id)
+}
+
+fn run_job(agent_id: &str, script: &str, params: Value) -> Value {
+    json!({"command": "run", "data": {"script": script, "params": params}, "target": {"agents": [agent_id]}})
+}
+
+fn only_run(job: &Value) -> (String, String, Value) {
+    let run = job["runs"][0].clone();
+    (
+        job["job_id"].as_str().expect("job_id").to_owned(),
+        run["run_id"].as_str().expect("run_id").to_owned(),
+        run,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_runs_with_params_in_a_clean_environment() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "hello",
+        r#"echo "hello $OUTPOST_PARAM_NAME"; echo "warn" >&2; env; exit "${OUTPOST_PARAM_CODE:-0}""#,
+        json!({"description": "Say hello"}),
+    );
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+    let (_, listed) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(
+        listed["scripts"],
+        json!([{"name": "hello", "description": "Say hello"}])
+    );
+
+    let hostile = "; rm -rf / | $(reboot) `id` \n'\" && echo pwned";
+    let (status, job) = api
+        .job(
+            run_job(
+                &id,
+                "hello",
+                json!({"NAME": hostile, "CODE": "0", "PATH": "/nowhere"}),
+            ),
+            Some(30),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "succeeded");
+    let (job_id, run_id, run) = only_run(&job);
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["exit_code"], 0);
+    assert!(run["duration_ms"].is_i64());
+    assert!(run["started_at"].is_string() && run["finished_at"].is_string());
+
+    let (status, stdout) = api.output(&job_id, &run_id, "?stream=stdout").await;
+    assert_eq!(status, StatusCode::OK);
+    let stdout = String::from_utf8(stdout).expect("utf8");
+    assert!(
+        stdout.starts_with(&format!("hello {hostile}\n")),
+        "the value arrives as data: {stdout}"
+    );
+    assert!(
+        !stdout.contains("\npwned"),
+        "nothing from a parameter reached a shell"
+    );
+    let env: Vec<&str> = stdout.lines().filter(|l| l.contains('=')).collect();
+    assert!(
+        env.contains(&format!("OUTPOST_RUN_ID={run_id}").as_str()),
+        "{env:?}"
+    );
+    assert!(env.contains(&"OUTPOST_PARAM_PATH=/nowhere"));
+    assert!(
+        env.iter()
+            .any(|l| l.starts_with("PATH=") && !l.contains("/nowhere"))
+    );
+    for secret in ["OUTPOST_API_KEY", "OUTPOST_SERVER_URL", "OUTPOST_STATE_DIR"] {
+        assert!(
+            !stdout.contains(secret),
+            "{secret} leaked into the script's environment"
+        );
+    }
+    let (_, stderr) = api.output(&job_id, &run_id, "?stream=stderr").await;
+    assert_eq!(stderr, b"warn\n");
+    assert_eq!(run["stdout_bytes"].as_u64(), Some(stdout.len() as u64));
+    let (_, tail) = api
+        .output(&job_id, &run_id, "?stream=stderr&offset=2")
+        .await;
+    assert_eq!(tail, b"rn\n");
+
+    // A failing exit code fails the run and the job.
+    let (_, job) = api
+        .job(run_job(&id, "hello", json!({"CODE": "3"})), Some(30))
+        .await;
+    let (_, _, run) = only_run(&job);
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            run["status"].as_str(),
+            run["exit_code"].as_i64()
+        ),
+        (Some("failed"), Some("failed"), Some(3))
+    );
+    assert_eq!(run["error"]["code"], "exit_code");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_params_never_start_a_process() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    let marker = scripts.dir().join("ran");
+    scripts.add(
+        "touch",
+        &format!("touch {}", marker.display()),
+        json!({"params": ["NAME"]}),
+    );
+    std::fs::write(
+        scripts.dir().join("outside.sh"),
+        "#!/bin/sh\ntouch /tmp/outpost-escaped\n",
+    )
+    .expect("write");
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+
+    for name in [
+        "../touch", "/bin/sh", "touch.", "a\u{0}b", "outside", "TOUCH", "touch/..", "",
+    ] {
+        let (status, job) = api.job(run_job(&id, name, json!({})), Some(30)).await;
+        if name.is_empty() {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{job}");
+            continue;
+        }
+        let (_, _, run) = only_run(&job);
+        assert_eq!(
+            run["error"]["code"], "script_not_allowed",
+            "{name:?}: {run}"
+        );
+    }
+    for params in [
+        json!({"OTHER": "x"}),
+        json!({"name": "x"}),
+        json!({"LD_PRELOAD": "/tmp/x.so"}),
+        json!({"NAME": "x".repeat(32 * 1024 + 1)}),
+    ] {
+        let (_, job) = api
+            .job(run_job(&id, "touch", params.clone()), Some(30))
+            .await;
+        let (_, _, run) = only_run(&job);
+        assert_eq!(run["error"]["code"], "bad_params", "{params}: {run}");
+    }
+    let (status, err) = api
+        .job(run_job(&id, "touch", json!({"NAME": 5})), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("data.params.NAME")
+    );
+    assert!(!marker.exists(), "no refused request may start the script");
+    assert!(!std::path::Path::new("/tmp/outpost-escaped").exists());
+
+    // The allowed form runs.
+    let (_, job) = api
+        .job(run_job(&id, "touch", json!({"NAME": "ok"})), Some(30))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(marker.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_is_reloaded_and_a_broken_one_is_ignored() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add("one", "echo one", json!({}));
+    let (agent, id) = agent_with(&server, &api, &scripts, "").await;
+    scripts.add("two", "echo two", json!({}));
+    wait_for("the new script list", Duration::from_secs(20), || async {
+        let (_, a) = api.get(&format!("/api/agents/{id}")).await;
+        (a["scripts"].as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+    let (_, job) = api.job(run_job(&id, "two", json!({})), Some(30)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    scripts.write_raw("{\"scripts\": [ oops");
+    wait_for(
+        "the agent to log the broken manifest",
+        Duration::from_secs(20),
+        || async {
+            agent
+                .logs()
+                .contains("keeping the previous manifest")
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, job) = api.job(run_job(&id, "two", json!({})), Some(30)).await;
+    assert_eq!(
+        job["status"], "succeeded",
+        "the previous manifest still applies: {job}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_binary_output_is_kept_byte_for_byte_with_bounded_agent_memory() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    // 50 MB of text on stdout, and bytes that are not UTF-8 on stderr.
+    scripts.add(
+        "big",
+        r#"i=0; while [ $i -lt 500000 ]; do echo "line $i of a long output, padded to about one hundred bytes ................"; i=$((i+1)); done
+printf '\377\376\000binary\200' >&2"#,
+        json!({}),
+    );
+    let (agent, id) = agent_with(&server, &api, &scripts, "").await;
+    let rss_before = agent.memory_kib("VmRSS").expect("rss");
+    let (_, job) = api.job(run_job(&id, "big", json!({})), None).await;
+    let job = api.wait_job(job["job_id"].as_str().expect("id")).await;
+    let (job_id, run_id, run) = only_run(&job);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let peak = agent.memory_kib("VmHWM").expect("hwm");
+    println!("agent RSS before {rss_before} KiB, peak while streaming 50 MB: {peak} KiB");
+
+    let expected: Vec<u8> = (0..500_000)
+        .flat_map(|i| {
+            format!(
+                "line {i} of a long output, padded to about one hundred bytes ................\n"
+            )
+            .into_bytes()
+        })
+        .collect();
+    let (_, stdout) = api.output(&job_id, &run_id, "?stream=stdout").await;
+    assert_eq!(stdout.len(), expected.len());
+    assert!(stdout == expected, "stdout differs");
+    let (_, stderr) = api.output(&job_id, &run_id, "?stream=stderr").await;
+    assert_eq!(stderr, b"\xff\xfe\x00binary\x80");
+    assert_eq!(run["stdout_bytes"].as_u64(), Some(expected.len() as u64));
+    // The agent never holds the output: its peak stays far below the 50 MB it relayed.
+    assert!(peak < 48 * 1024, "agent peak RSS {peak} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_cancel_kill_the_whole_process_group() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "stubborn",
+        "trap '' TERM; sleep 1000 & sleep 1000 & echo started; while true; do sleep 1; done",
+        json!({}),
+    );
+    // The script exits at once but leaves a grandchild holding its output pipe.
+    scripts.add("leaky", "(sleep 1000 &); echo done", json!({}));
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+
+    let mut job = run_job(&id, "stubborn", json!({}));
+    job["timeout_s"] = json!(2);
+    let (_, job) = api.job(job, Some(60)).await;
+    let (_, run_id, run) = only_run(&job);
+    assert_eq!(run["status"], "timed_out", "{run}");
+    assert_eq!(run["error"]["code"], "timed_out");
+    assert_eq!(
+        run["data"]["signal"], 9,
+        "SIGTERM was ignored, so SIGKILL ended it"
+    );
+    assert_eq!(
+        processes_of_run(&run_id),
+        Vec::<u32>::new(),
+        "nothing of the run survives"
+    );
+
+    let (_, job) = api.job(run_job(&id, "stubborn", json!({})), None).await;
+    let (job_id, run_id, _) = only_run(&job);
+    wait_for("the script to start", Duration::from_secs(20), || async {
+        let (_, out) = api.output(&job_id, &run_id, "").await;
+        (out == b"started\n").then_some(())
+    })
+    .await;
+    let (status, _) = api
+        .post(&format!("/api/jobs/{job_id}/cancel"), json!({}))
+        .await;
+    assert!(status.is_success());
+    let job = api.wait_job(&job_id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["runs"][0]["status"], "cancelled");
+    assert_eq!(processes_of_run(&run_id), Vec::<u32>::new());
+
+    let (_, job) = api.job(run_job(&id, "leaky", json!({})), Some(30)).await;
+    let (_, run_id, run) = only_run(&job);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        run["duration_ms"].as_i64().is_some_and(|d| d < 4000),
+        "the open pipe did not hold the run: {run}"
+    );
+    assert_eq!(processes_of_run(&run_id), Vec::<u32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_arrives_while_the_script_runs() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    let gate = scripts.dir().join("gate");
+    scripts.add(
+        "slow",
+        &format!(
+            "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+            gate.display()
+        ),
+        json!({}),
+    );
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+    let (status, job) = api.job(run_job(&id, "slow", json!({})), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (job_id, run_id, _) = only_run(&job);
+    wait_for("live output", Duration::from_secs(20), || async {
+        let (_, out) = api.output(&job_id, &run_id, "").await;
+        (out == b"first\n").then_some(())
+    })
+    .await;
+    let (_, running) = api.get(&format!("/api/jobs/{job_id}")).await;
+    assert_eq!(running["runs"][0]["status"], "running");
+    assert_eq!(running["status"], "running");
+    std::fs::write(&gate, "").expect("open the gate");
+    let done = api.wait_job(&job_id).await;
+    assert_eq!(done["status"], "succeeded");
+    let (_, out) = api.output(&job_id, &run_id, "").await;
+    assert_eq!(out, b"first\nsecond\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_fans_out_to_50_agents_by_tag() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add("whoami", "echo \"$OUTPOST_RUN_ID\"", json!({}));
+    let (_, secret) = api.agent_key().await;
+    let mut agents = Vec::new();
+    for _ in 0..50 {
+        let mut env = scripts.env();
+        env.push(("OUTPOST_TAGS".into(), "fleet".into()));
+        agents.push(Agent::start_with(&server.url, &secret, None, env));
+    }
+    // One more agent without the tag must not be targeted.
+    let (_outsider, outsider_id) = agent_with(&server, &api, &scripts, "other").await;
+    for agent in &agents {
+        agent.wait_online(&api).await;
+    }
+    let (status, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "whoami"}, "target": {"tags": ["fleet"]}}),
+            Some(60),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let runs = job["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 50);
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{job}");
+    assert!(runs.iter().all(|r| r["agent_id"] != outsider_id.as_str()));
+    let mut agent_ids: Vec<_> = runs
+        .iter()
+        .map(|r| r["agent_id"].as_str().expect("id"))
+        .collect();
+    agent_ids.sort();
+    agent_ids.dedup();
+    assert_eq!(agent_ids.len(), 50, "one run per agent");
+    let job_id = job["job_id"].as_str().expect("id");
+    for run in runs {
+        let run_id = run["run_id"].as_str().expect("run");
+        let (_, out) = api.output(job_id, run_id, "").await;
+        assert_eq!(out, format!("{run_id}\n").into_bytes());
+    }
+    assert_eq!(job["run_counts"]["succeeded"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_agents_get_their_run_when_they_return() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add("hello", "echo back", json!({}));
+    let (mut agent, id) = agent_with(&server, &api, &scripts, "").await;
+    agent.terminate();
+    api.wait_status(&id, "offline").await;
+    let (status, job) = api.job(run_job(&id, "hello", json!({})), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(job["runs"][0]["status"], "pending");
+    agent.restart();
+    let job = api.wait_job(job["job_id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_mid_run_are_reported_as_the_spec_says() {
+    let mut server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    let gate = scripts.dir().join("gate");
+    scripts.add(
+        "wait",
+        &format!(
+            "echo begun; while [ ! -e {} ]; do sleep 0.05; done; echo finished",
+            gate.display()
+        ),
+        json!({}),
+    );
+    let (mut agent, id) = agent_with(&server, &api, &scripts, "").await;
+
+    // kill -9 of the server mid-run: the run finishes and is stored after the restart.
+    let (_, job) = api.job(run_job(&id, "wait", json!({})), None).await;
+    let (job_id, run_id, _) = only_run(&job);
+    wait_for("the run to start", Duration::from_secs(20), || async {
+        let (_, out) = api.output(&job_id, &run_id, "").await;
+        (!out.is_empty()).then_some(())
+    })
+    .await;
+    server.kill9();
+    std::fs::write(&gate, "").expect("gate");
+    server.restart().await;
+    let api = server.api();
+    let job = api.wait_job(&job_id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (_, out) = api.output(&job_id, &run_id, "").await;
+    assert_eq!(
+        out, b"begun\nfinished\n",
+        "output from before and after the crash, once"
+    );
+
+    // kill -9 of the agent mid-run: reported as interrupted when it comes back.
+    std::fs::remove_file(&gate).expect("close the gate");
+    let (_, job) = api.job(run_job(&id, "wait", json!({})), None).await;
+    let (job_id, run_id, _) = only_run(&job);
+    wait_for("the run to start", Duration::from_secs(20), || async {
+        let (_, out) = api.output(&job_id, &run_id, "").await;
+        (!out.is_empty()).then_some(())
+    })
+    .await;
+    agent.kill9();
+    agent.restart();
+    let job = api.wait_job(&job_id).await;
+    let run = &job["runs"][0];
+    assert_eq!(run["status"], "failed", "{job}");
+    assert_eq!(run["error"]["code"], "interrupted");
+    std::fs::write(&gate, "").expect("gate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_idempotent_filterable_and_paginated() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add("a", "true", json!({}));
+    scripts.add("b", "false", json!({}));
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+
+    let mut keyed = run_job(&id, "a", json!({}));
+    keyed["idempotency_key"] = json!("nightly-2026-11-21");
+    let (_, first) = api.job(keyed.clone(), Some(30)).await;
+    let (_, again) = api.job(keyed, Some(30)).await;
+    assert_eq!(
+        first["job_id"], again["job_id"],
+        "a retried request returns the first job"
+    );
+    for _ in 0..3 {
+        api.job(run_job(&id, "b", json!({})), Some(30)).await;
+    }
+    let (_, ping) = api
+        .job(
+            json!({"command": "ping", "target": {"agents": [id]}}),
+            Some(30),
+        )
+        .await;
+    assert_eq!(ping["runs"][0]["data"]["pong"], true, "{ping}");
+
+    let count = |v: &Value| v["jobs"].as_array().map(Vec::len).unwrap_or(0);
+    let (_, all) = api.get("/api/jobs").await;
+    assert_eq!(count(&all), 5);
+    let (_, b) = api.get("/api/jobs?script=b&status=failed").await;
+    assert_eq!(count(&b), 3);
+    let (_, pings) = api.get("/api/jobs?command=ping").await;
+    assert_eq!(count(&pings), 1);
+    let (_, mine) = api.get(&format!("/api/jobs?agent_id={id}")).await;
+    assert_eq!(count(&mine), 5);
+    let (_, none) = api
+        .get(&format!("/api/jobs?agent_id={}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(count(&none), 0);
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = api.get(&format!("/api/jobs?limit=2{cursor}")).await;
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .expect("jobs")
+                .iter()
+                .map(|j| j["job_id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "pages cover every job once");
+    let (status, _) = api.get("/api/jobs?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, err) = api
+        .job(
+            json!({"command": "run", "data": {"script": "a"}, "target": {}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .starts_with("target")
+    );
+    let (status, _) = api
+        .job(
+            json!({"command": "run", "data": {"script": "a"}, "target": {"tags": ["nobody"]}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .get(&format!("/api/jobs/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
