@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Outpost quickstart: builds the binaries, starts a server on an embedded SQLite database in
-# ./outpost-data with one local agent connected to it, sends the agent a few commands, and
-# prints what to try next. Ctrl-C stops both.
+# ./outpost-data with one local agent connected to it (allowed to run examples/scripts), sends
+# the agent a few commands, runs a script and shows its output, and prints what to try next.
+# Ctrl-C stops both.
 #
 #   ./quickstart.sh           run until Ctrl-C
 #   ./quickstart.sh --smoke   show the tour and exit (used by CI to check this script)
@@ -63,7 +64,8 @@ fi
 
 say "Starting a local agent (state in ${data}/agent, log in ${data}/agent.log)"
 OUTPOST_SERVER_URL="$url" OUTPOST_API_KEY="$(cat "$keyfile")" OUTPOST_STATE_DIR="$data/agent" \
-  OUTPOST_TAGS="local" "$bin/outpost-agent" 2>"$data/agent.log" &
+  OUTPOST_TAGS="local" OUTPOST_MANIFEST="$PWD/examples/scripts/script_manifest.json" \
+  "$bin/outpost-agent" 2>"$data/agent.log" &
 pids+=($!)
 agent_id=""
 for _ in $(seq 1 100); do
@@ -84,7 +86,16 @@ run() {
 say "The agent ${agent_id} is online. Sending it commands:"
 run '{"command":"ping"}'
 run '{"command":"echo","data":{"message":"hello from outpost"}}'
-run '{"command":"info"}'
+
+say "Running the script 'hello' from examples/scripts on every agent tagged 'local':"
+body='{"command":"run","data":{"script":"hello","params":{"NAME":"newcomer"}},"target":{"tags":["local"]}}'
+printf '\n$ curl -X POST %s/api/jobs?wait=30 -d %s\n' "$url" "$body"
+job="$(curl -fsS "${auth[@]}" -X POST "$url/api/jobs?wait=30" -d "$body")"
+echo "$job"
+job_id="$(json_field job_id <<<"$job")"
+run_id="$(json_field run_id <<<"$job")"
+printf '\n$ curl %s/api/jobs/%s/runs/%s/output\n' "$url" "$job_id" "$run_id"
+curl -fsS "${auth[@]}" "$url/api/jobs/$job_id/runs/$run_id/output"
 
 cat <<EOT
 
@@ -94,6 +105,10 @@ $(say "Outpost is running.")
   List agents:               curl -H "Authorization: Bearer \$OUTPOST_TOKEN" ${url}/api/agents
   Ping the agent:            curl -H "Authorization: Bearer \$OUTPOST_TOKEN" -H 'Content-Type: application/json' \\
                                -X POST ${url}/api/agents/${agent_id}/command -d '{"command":"ping"}'
+  Run a script:              curl -H "Authorization: Bearer \$OUTPOST_TOKEN" -H 'Content-Type: application/json' \\
+                               -X POST '${url}/api/jobs?wait=30' \\
+                               -d '{"command":"run","data":{"script":"disk-usage"},"target":{"all":true}}'
+  Scripts an agent may run:  examples/scripts/script_manifest.json (edits are picked up live)
   Connect another agent:     OUTPOST_SERVER_URL=${url} OUTPOST_API_KEY=\$(cat ${keyfile}) \\
                                OUTPOST_STATE_DIR=/tmp/agent2 ${bin}/outpost-agent
 EOT

@@ -77,12 +77,19 @@ impl CommandSpec {
     }
 }
 
-/// The frame that carries a stored command.
-pub fn frame_for(model: &command::Model) -> Option<ServerFrame> {
+/// The frame that carries a stored command. A `run` also tells the agent how much output the
+/// server keeps, so the agent does not spool what would be dropped.
+pub fn frame_for(model: &command::Model, max_output_bytes: u64) -> Option<ServerFrame> {
+    let mut data = model.data.clone();
+    if model.command == commands::RUN
+        && let Some(object) = data.as_object_mut()
+    {
+        object.insert("max_output_bytes".into(), Value::from(max_output_bytes));
+    }
     Some(ServerFrame::Command(ServerCommand {
         command_id: model.id.parse().ok()?,
         command: model.command.clone(),
-        data: model.data.clone(),
+        data,
         timeout_s: model.timeout_s.max(1) as u32,
         timestamp: model.created_at,
     }))
@@ -150,7 +157,8 @@ pub async fn submit(
 
 /// Pushes a stored command to its agent, if connected here.
 pub fn push(state: &AppState, model: &command::Model) -> Push {
-    let (Ok(agent_id), Some(frame)) = (parse_agent_id(&model.agent_id), frame_for(model)) else {
+    let frame = frame_for(model, state.max_output_bytes);
+    let (Ok(agent_id), Some(frame)) = (parse_agent_id(&model.agent_id), frame) else {
         return Push::Offline;
     };
     state.hub.push(&model.tenant_id, agent_id, frame)

@@ -372,14 +372,10 @@ pub async fn create(
             refused: refused.map(|why| ("forbidden".to_owned(), why)),
         });
     }
-    let mut data = spec.data.clone();
-    if spec.command == commands::RUN {
-        data["max_output_bytes"] = Value::from(state.max_output_bytes);
-    }
     let new = NewJob {
         tenant_id: caller.tenant_id.clone(),
         command: spec.command.clone(),
-        data,
+        data: spec.data.clone(),
         target: serde_json::to_value(&body.target).unwrap_or(Value::Null),
         timeout_s: spec.timeout_s,
         ttl_s: spec.ttl_s,

@@ -237,7 +237,7 @@ impl Connection {
                 End::Close(1011, "internal error".into())
             })?;
         for command in open {
-            match crate::dispatch::frame_for(&command) {
+            match crate::dispatch::frame_for(&command, self.state.max_output_bytes) {
                 Some(frame) => self.send(&frame).await?,
                 None => tracing::error!(command_id = %command.id, "stored command has a bad id"),
             }

@@ -611,7 +611,11 @@ impl Store {
             Some(e) => (Some(e.code.clone()), Some(e.message.clone())),
             None => (None, None),
         };
-        let res = command::Entity::update_many()
+        let mut update = command::Entity::update_many();
+        if response.data.get("output_truncated").and_then(Value::as_bool) == Some(true) {
+            update = update.col_expr(command::Column::OutputTruncated, Expr::value(true));
+        }
+        let res = update
             .col_expr(command::Column::State, Expr::value(final_state))
             .col_expr(command::Column::Success, Expr::value(response.success))
             .col_expr(command::Column::Result, Expr::value(response.data.clone()))

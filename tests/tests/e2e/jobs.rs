@@ -547,3 +547,26 @@ async fn jobs_are_idempotent_filterable_and_paginated() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_cap_is_dropped_and_the_run_says_so() {
+    let server = Server::start_with(outpost_e2e::ServerOptions {
+        args: vec!["--max-output-bytes".into(), "1000".into()],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add("chatty", "i=0; while [ $i -lt 100 ]; do echo 'fifty bytes of output, give or take a few .....'; i=$((i+1)); done; echo small >&2", json!({}));
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+    let (_, job) = api.job(run_job(&id, "chatty", json!({})), Some(30)).await;
+    let (job_id, run_id, run) = only_run(&job);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output_truncated"], true);
+    assert!(run["stdout_bytes"].as_u64().is_some_and(|b| b <= 1000), "{run}");
+    assert_eq!(run["data"]["stdout_bytes"], 4800, "the agent reports what the script printed");
+    let (_, stdout) = api.output(&job_id, &run_id, "?stream=stdout").await;
+    assert!(stdout.len() <= 1000 && stdout.starts_with(b"fifty bytes"));
+    let (_, stderr) = api.output(&job_id, &run_id, "?stream=stderr").await;
+    assert_eq!(stderr, b"small\n", "the cap is per stream");
+}
