@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_HEARTBEAT_INTERVAL", default_value_t = outpost_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_S as u64)]
     pub heartbeat_interval: u64,
 
+    /// Seconds after which a run whose agent went away (and stayed away) is marked lost. At
+    /// least 3 heartbeat intervals.
+    #[arg(long, env = "OUTPOST_LOST_AFTER", default_value_t = 3600)]
+    pub lost_after: u64,
+
     /// Output bytes kept per run and stream; past it the run says output_truncated.
     #[arg(long, env = "OUTPOST_MAX_OUTPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_output_bytes: u64,
@@ -81,6 +86,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("max_output_bytes", &self.max_output_bytes)
+            .field("lost_after", &self.lost_after)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .finish()
     }

@@ -64,7 +64,20 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         max_output_bytes: config.max_output_bytes,
     };
-    tokio::spawn(expire_loop(store, state.shutdown.clone()));
+    let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
+    let lost_after = Duration::from_secs(config.lost_after);
+    if lost_after < heartbeat * outpost_protocol::limits::MISSED_HEARTBEATS {
+        anyhow::bail!(
+            "--lost-after ({} s) must be at least 3 heartbeat intervals ({} s)",
+            config.lost_after,
+            heartbeat.as_secs() * 3
+        );
+    }
+    tokio::spawn(sweep_loop(
+        state.clone(),
+        heartbeat.min(Duration::from_secs(30)),
+        lost_after,
+    ));
 
     let app = api::router()
         .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
@@ -173,24 +186,37 @@ async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Marks commands whose TTL passed undelivered as expired, every 30 s.
-async fn expire_loop(store: Store, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+/// Housekeeping: expires commands whose TTL passed undelivered and marks runs lost whose agent
+/// went away for longer than `--lost-after`. Runs every 30 s, or every heartbeat interval when
+/// that is shorter.
+async fn sweep_loop(state: AppState, every: Duration, lost_after: Duration) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => match store.expire_commands().await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(expired = n, "commands expired undelivered");
-                    if let Err(err) = store.refresh_running_jobs().await {
-                        tracing::warn!(error = %err, "could not update jobs after expiry");
-                    }
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(err) = sweep(&state, lost_after).await {
+                    tracing::warn!(error = %err, "housekeeping failed; retrying at the next tick");
                 }
-                Err(err) => tracing::warn!(error = %err, "could not expire commands"),
-            },
+            }
         }
     }
+}
+
+async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::StoreError> {
+    let expired = state.store.expire_commands().await?;
+    if expired > 0 {
+        tracing::info!(expired, "commands expired undelivered");
+        state.store.refresh_running_jobs().await?;
+    }
+    let cutoff = chrono::Utc::now()
+        - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::hours(1));
+    let lost = state.store.mark_lost(cutoff).await?;
+    for run in &lost {
+        tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
+        state.hub.finished(run);
+    }
+    Ok(())
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -60,3 +60,23 @@ fn a_weak_admin_key_is_refused_at_start() {
         "the key itself must not be echoed"
     );
 }
+
+#[test]
+fn lost_after_shorter_than_three_heartbeats_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = server()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "10",
+            "--lost-after",
+            "20",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lost-after"));
+}

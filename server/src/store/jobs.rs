@@ -454,6 +454,53 @@ impl Store {
         Ok((cancelled_now, on_agents))
     }
 
+    /// Marks as lost the runs on agents that have been gone since before `cutoff`: delivered
+    /// or running, their agent silent ever since. Returns them.
+    pub async fn mark_lost(&self, cutoff: DateTime<Utc>) -> Result<Vec<command::Model>> {
+        let gone = super::agent::Entity::find()
+            .select_only()
+            .column(super::agent::Column::TenantId)
+            .column(super::agent::Column::Id)
+            .filter(super::agent::Column::LastSeen.lt(cutoff))
+            .into_query();
+        let lost = command::Entity::find()
+            .filter(command::Column::State.is_in([state::DELIVERED, state::RUNNING]))
+            .filter(
+                Expr::tuple([
+                    Expr::col(command::Column::TenantId),
+                    Expr::col(command::Column::AgentId),
+                ])
+                .in_subquery(gone),
+            )
+            .all(&self.db)
+            .await?;
+        let mut marked = Vec::with_capacity(lost.len());
+        for run in lost {
+            let res = command::Entity::update_many()
+                .col_expr(command::Column::State, Expr::value(state::LOST))
+                .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+                .col_expr(command::Column::Success, Expr::value(false))
+                .col_expr(command::Column::ErrorCode, Expr::value("lost"))
+                .col_expr(
+                    command::Column::ErrorMessage,
+                    Expr::value("the agent went away during the run and did not come back in time"),
+                )
+                .filter(command::Column::Id.eq(&run.id))
+                .filter(command::Column::State.is_in([state::DELIVERED, state::RUNNING]))
+                .exec(&self.db)
+                .await?;
+            if res.rows_affected == 1
+                && let Some(updated) = self.get_command(&run.tenant_id, &run.id).await?
+            {
+                if let Some(job_id) = &updated.job_id {
+                    self.refresh_job(&updated.tenant_id, job_id).await?;
+                }
+                marked.push(updated);
+            }
+        }
+        Ok(marked)
+    }
+
     /// Number of runs of a job that are not final.
     pub async fn open_runs(&self, tenant_id: &str, job_id: &str) -> Result<u64> {
         Ok(command::Entity::find()

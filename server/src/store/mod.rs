@@ -612,7 +612,12 @@ impl Store {
             None => (None, None),
         };
         let mut update = command::Entity::update_many();
-        if response.data.get("output_truncated").and_then(Value::as_bool) == Some(true) {
+        if response
+            .data
+            .get("output_truncated")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             update = update.col_expr(command::Column::OutputTruncated, Expr::value(true));
         }
         let res = update

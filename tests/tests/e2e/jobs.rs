@@ -563,10 +563,58 @@ async fn output_past_the_cap_is_dropped_and_the_run_says_so() {
     let (job_id, run_id, run) = only_run(&job);
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output_truncated"], true);
-    assert!(run["stdout_bytes"].as_u64().is_some_and(|b| b <= 1000), "{run}");
-    assert_eq!(run["data"]["stdout_bytes"], 4800, "the agent reports what the script printed");
+    assert!(
+        run["stdout_bytes"].as_u64().is_some_and(|b| b <= 1000),
+        "{run}"
+    );
+    assert_eq!(
+        run["data"]["stdout_bytes"], 4800,
+        "the agent reports what the script printed"
+    );
     let (_, stdout) = api.output(&job_id, &run_id, "?stream=stdout").await;
     assert!(stdout.len() <= 1000 && stdout.starts_with(b"fifty bytes"));
     let (_, stderr) = api.output(&job_id, &run_id, "?stream=stderr").await;
     assert_eq!(stderr, b"small\n", "the cap is per stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_whose_agent_never_returns_become_lost() {
+    let server = Server::start_with(outpost_e2e::ServerOptions {
+        args: vec![
+            "--heartbeat-interval".into(),
+            "1".into(),
+            "--lost-after".into(),
+            "3".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = outpost_e2e::ws::connect(&server.url, &secret)
+        .await
+        .expect("connect");
+    peer.handshake(&agent_id).await;
+    api.wait_online(&agent_id).await;
+    let (_, job) = api
+        .job(run_job(&agent_id, "anything", json!({})), None)
+        .await;
+    let command_id = match peer.frame().await {
+        outpost_protocol::ServerFrame::Command(c) => c.command_id,
+        other => panic!("{other:?}"),
+    };
+    peer.send_json(&json!({"type": "ack", "command_id": command_id}))
+        .await;
+    let job_id = job["job_id"].as_str().expect("id");
+    wait_for("the run to be running", Duration::from_secs(10), || async {
+        let (_, j) = api.get(&format!("/api/jobs/{job_id}")).await;
+        (j["runs"][0]["status"] == "running").then_some(())
+    })
+    .await;
+    peer.crash();
+    let job = api.wait_job(job_id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["runs"][0]["status"], "lost");
+    assert_eq!(job["runs"][0]["error"]["code"], "lost");
 }
