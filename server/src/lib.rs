@@ -207,7 +207,9 @@ async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::Stor
     let expired = state.store.expire_commands().await?;
     if expired > 0 {
         tracing::info!(expired, "commands expired undelivered");
-        state.store.refresh_running_jobs().await?;
+        for (tenant_id, job_id) in state.store.refresh_running_jobs().await? {
+            state.hub.job_changed(&tenant_id, &job_id);
+        }
     }
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::hours(1));

@@ -41,6 +41,7 @@ fn every_api_route_is_documented() {
         "/api/jobs",
         "/api/jobs/{id}",
         "/api/jobs/{id}/cancel",
+        "/api/jobs/{id}/events",
         "/api/jobs/{id}/runs/{run_id}/output",
         "/healthz",
         "/readyz",

@@ -619,3 +619,135 @@ pub async fn output(
     }
     Ok(response)
 }
+
+/// Follow a job live as Server-Sent Events: `state` events (a run as in `GET /api/jobs/{id}`)
+/// whenever a run changes, `output` events (`{run_id, stream, seq, data | data_b64}`, with the
+/// chunk's id as the event id) as output is stored, and a final `end` event (`{job_id,
+/// status}`) once every run is final, after which the stream closes. Reconnecting with
+/// `Last-Event-ID` resumes the output after that chunk; states are always sent in full first.
+#[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume the output after this event id")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream"),
+        (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    find(&state, &caller, &id).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    // Subscribe before the first read, so that nothing between the two is missed.
+    let changes = state.hub.job_events();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(follow(state, caller.tenant_id, id, after, changes, tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Feeds one event stream until the job ends or the client goes away (`tx` closes).
+async fn follow(
+    state: AppState,
+    tenant_id: String,
+    job_id: String,
+    mut after: i64,
+    mut changes: tokio::sync::broadcast::Receiver<crate::hub::JobChanged>,
+    tx: tokio::sync::mpsc::Sender<axum::response::sse::Event>,
+) {
+    use axum::response::sse::Event;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut sent: HashMap<String, String> = HashMap::new();
+    loop {
+        // New output, in pages, from where this client is.
+        loop {
+            let page = match state
+                .store
+                .job_output_page(&tenant_id, &job_id, after, OUTPUT_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(error = %err, "job event stream: reading output failed");
+                    return;
+                }
+            };
+            let full = page.len() as u64 == OUTPUT_PAGE;
+            for chunk in page {
+                after = chunk.id;
+                let (data, data_b64) = outpost_protocol::encode_output_data(&chunk.data);
+                let body = serde_json::json!({
+                    "run_id": chunk.command_id,
+                    "stream": if chunk.stream == 0 { "stdout" } else { "stderr" },
+                    "seq": chunk.seq,
+                    "data": data,
+                    "data_b64": data_b64,
+                });
+                let event = Event::default()
+                    .event("output")
+                    .id(chunk.id.to_string())
+                    .data(body.to_string());
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        // Runs whose state this client has not seen.
+        let (job, runs) = match (
+            state.store.get_job(&tenant_id, &job_id).await,
+            state.store.job_runs(&tenant_id, &job_id).await,
+        ) {
+            (Ok(Some(job)), Ok(runs)) => (job, runs),
+            _ => return,
+        };
+        for run in runs {
+            if sent.get(&run.id) == Some(&run.state) {
+                continue;
+            }
+            sent.insert(run.id.clone(), run.state.clone());
+            let body = serde_json::to_string(&RunView::from(run)).unwrap_or_default();
+            if tx
+                .send(Event::default().event("state").data(body))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if job.status != job_status::RUNNING {
+            let body = serde_json::json!({"job_id": job.id, "status": job.status});
+            let _ = tx
+                .send(Event::default().event("end").data(body.to_string()))
+                .await;
+            return;
+        }
+        // Wait for this job to change (or for the client to leave).
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                () = state.shutdown.cancelled() => return,
+                change = changes.recv() => match change {
+                    Ok(c) if c.job_id == job_id && c.tenant_id == tenant_id => break,
+                    Ok(_) => continue,
+                    // Fell behind: re-read everything from the store.
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}

@@ -33,7 +33,7 @@ use crate::error::{ApiError, json_rejection};
         agents::connected, agents::list, agents::show, agents::update, agents::delete,
         agents::command,
         commands::show,
-        jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output,
+        jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -89,6 +89,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/jobs", post(jobs::create).get(jobs::list))
         .route("/api/jobs/{id}", get(jobs::show))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/jobs/{id}/events", get(jobs::events))
         .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output));
     // The viewer's assets are compiled into the binary, so /docs works with no network.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))

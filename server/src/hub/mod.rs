@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use outpost_protocol::{AgentId, CommandId, ServerFrame};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::command;
@@ -97,11 +97,25 @@ pub enum Push {
 
 type SessionKey = (String, AgentId);
 
+/// Something about a job changed (a run's state, new output). Carries no data: listeners read
+/// what changed from the store, so a slow listener costs no memory here.
+#[derive(Debug, Clone)]
+pub struct JobChanged {
+    /// The job's tenant.
+    pub tenant_id: String,
+    /// The job.
+    pub job_id: String,
+}
+
+/// Notifications kept for listeners that fall behind; past this they re-read the store.
+const JOB_EVENTS: usize = 1024;
+
 /// Registry of live connections and of callers waiting for command results.
 #[derive(Debug)]
 pub struct Hub {
     sessions: DashMap<SessionKey, Session>,
     waiters: DashMap<CommandId, Vec<oneshot::Sender<command::Model>>>,
+    job_events: broadcast::Sender<JobChanged>,
     next_conn: AtomicU64,
     heartbeat_interval: Duration,
 }
@@ -112,6 +126,7 @@ impl Hub {
         Self {
             sessions: DashMap::new(),
             waiters: DashMap::new(),
+            job_events: broadcast::channel(JOB_EVENTS).0,
             next_conn: AtomicU64::new(1),
             heartbeat_interval,
         }
@@ -244,8 +259,30 @@ impl Hub {
         }
     }
 
+    /// Tells job listeners that a run of `model`'s job changed.
+    pub fn run_changed(&self, model: &command::Model) {
+        if let Some(job_id) = &model.job_id {
+            self.job_changed(&model.tenant_id, job_id);
+        }
+    }
+
+    /// Tells job listeners that a job changed.
+    pub fn job_changed(&self, tenant_id: &str, job_id: &str) {
+        // No listener is not an error.
+        let _ = self.job_events.send(JobChanged {
+            tenant_id: tenant_id.to_owned(),
+            job_id: job_id.to_owned(),
+        });
+    }
+
+    /// Listens for job changes.
+    pub fn job_events(&self) -> broadcast::Receiver<JobChanged> {
+        self.job_events.subscribe()
+    }
+
     /// Hands a stored result to everyone waiting for it.
     pub fn finished(&self, model: &command::Model) {
+        self.run_changed(model);
         let Ok(id) = model.id.parse::<CommandId>() else {
             return;
         };

@@ -328,11 +328,14 @@ impl Connection {
             AgentFrame::Heartbeat { status } => {
                 store.record_heartbeat(tenant, &agent, &status).await
             }
-            AgentFrame::Ack { command_id } => {
-                store
-                    .mark_delivered(tenant, &agent, &command_id.to_string())
-                    .await
-            }
+            AgentFrame::Ack { command_id } => store
+                .mark_delivered(tenant, &agent, &command_id.to_string())
+                .await
+                .map(|changed| {
+                    if let Some(run) = changed {
+                        self.state.hub.run_changed(&run);
+                    }
+                }),
             AgentFrame::Output(output) => {
                 let bytes =
                     match decode_output_data(output.data.as_deref(), output.data_b64.as_deref()) {
@@ -360,8 +363,15 @@ impl Connection {
                         self.state.max_output_bytes,
                     )
                     .await;
-                if let Ok(Stored::Foreign) = stored {
-                    tracing::debug!(command_id = %output.command_id, "output for a command that is not this agent's");
+                match &stored {
+                    Ok(Stored::Foreign) => {
+                        tracing::debug!(command_id = %output.command_id, "output for a command that is not this agent's");
+                    }
+                    Ok(Stored::New {
+                        job_id: Some(job_id),
+                        ..
+                    }) => self.state.hub.job_changed(tenant, job_id),
+                    _ => {}
                 }
                 stored.map(drop)
             }

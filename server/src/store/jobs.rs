@@ -95,10 +95,15 @@ pub struct OutputChunk<'a> {
 }
 
 /// What storing an output chunk did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
-    /// Stored now.
-    New,
+    /// Stored now, as chunk `id`, for the run of `job_id`.
+    New {
+        /// The chunk's row id (orders output across streams).
+        id: i64,
+        /// The run's job, if it has one.
+        job_id: Option<String>,
+    },
     /// Already stored (a resend), or over the cap: nothing changed.
     Nothing,
     /// Not a run of this agent that is still open.
@@ -306,16 +311,19 @@ impl Store {
         Ok(Some(model.update(&self.db).await?))
     }
 
-    /// Recomputes every unfinished job (after expiries and other bulk changes).
-    pub async fn refresh_running_jobs(&self) -> Result<()> {
+    /// Recomputes every unfinished job (after expiries and other bulk changes); returns
+    /// `(tenant, job)` of each.
+    pub async fn refresh_running_jobs(&self) -> Result<Vec<(String, String)>> {
         let running = job::Entity::find()
             .filter(job::Column::Status.eq(job_status::RUNNING))
             .all(&self.db)
             .await?;
+        let mut refreshed = Vec::with_capacity(running.len());
         for job in running {
             self.refresh_job(&job.tenant_id, &job.id).await?;
+            refreshed.push((job.tenant_id, job.id));
         }
-        Ok(())
+        Ok(refreshed)
     }
 
     /// Stores one output chunk of an agent's run, once, within the per-stream cap.
@@ -374,12 +382,17 @@ impl Store {
                 .do_nothing()
                 .to_owned(),
             )
-            .exec_without_returning(&txn)
-            .await?;
-        if inserted == 0 {
-            txn.commit().await?;
-            return Ok(Stored::Nothing);
-        }
+            .exec(&txn)
+            .await;
+        let chunk_id = match inserted {
+            Ok(res) => res.last_insert_id,
+            // Already stored: a resend after a reconnect.
+            Err(sea_orm::DbErr::RecordNotInserted) => {
+                txn.commit().await?;
+                return Ok(Stored::Nothing);
+            }
+            Err(err) => return Err(err.into()),
+        };
         let mut update = command::Entity::update_many()
             .col_expr(column, Expr::col(column).add(bytes.len() as i64))
             .filter(command::Column::Id.eq(command_id));
@@ -390,7 +403,35 @@ impl Store {
         }
         update.exec(&txn).await?;
         txn.commit().await?;
-        Ok(Stored::New)
+        Ok(Stored::New {
+            id: chunk_id,
+            job_id: run.job_id,
+        })
+    }
+
+    /// Up to `limit` output chunks of any run of a job after chunk id `after`, in arrival
+    /// order.
+    pub async fn job_output_page(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<output_chunk::Model>> {
+        let runs = command::Entity::find()
+            .select_only()
+            .column(command::Column::Id)
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::JobId.eq(job_id))
+            .into_query();
+        Ok(output_chunk::Entity::find()
+            .filter(output_chunk::Column::TenantId.eq(tenant_id))
+            .filter(output_chunk::Column::CommandId.in_subquery(runs))
+            .filter(output_chunk::Column::Id.gt(after))
+            .order_by_asc(output_chunk::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
     }
 
     /// Up to `limit` output chunks of a run after chunk id `after`, in arrival order, from the

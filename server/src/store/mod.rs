@@ -571,7 +571,12 @@ impl Store {
 
     /// Records the agent's `ack`: a `run` is then running (the agent acknowledges it as it
     /// starts the process), anything else delivered. Idempotent.
-    pub async fn mark_delivered(&self, tenant_id: &str, agent_id: &str, id: &str) -> Result<()> {
+    pub async fn mark_delivered(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        id: &str,
+    ) -> Result<Option<command::Model>> {
         let now = Utc::now();
         let open = |update: sea_orm::UpdateMany<command::Entity>| {
             update
@@ -587,13 +592,20 @@ impl Store {
             .filter(command::Column::Command.eq(outpost_protocol::commands::RUN))
             .exec(&self.db)
             .await?;
-        if res.rows_affected == 0 {
-            open(command::Entity::update_many())
-                .col_expr(command::Column::State, Expr::value(state::DELIVERED))
-                .exec(&self.db)
-                .await?;
+        let changed = res.rows_affected
+            + if res.rows_affected == 0 {
+                open(command::Entity::update_many())
+                    .col_expr(command::Column::State, Expr::value(state::DELIVERED))
+                    .exec(&self.db)
+                    .await?
+                    .rows_affected
+            } else {
+                0
+            };
+        if changed == 0 {
+            return Ok(None);
         }
-        Ok(())
+        self.get_command(tenant_id, id).await
     }
 
     /// Stores a command's result. Only the command's own agent can finish it, and only once:

@@ -618,3 +618,135 @@ async fn runs_whose_agent_never_returns_become_lost() {
     assert_eq!(job["runs"][0]["status"], "lost");
     assert_eq!(job["runs"][0]["error"]["code"], "lost");
 }
+
+/// Reads Server-Sent Events as `(event, id, data)` until `stop` says so or the stream ends.
+async fn read_events(
+    response: &mut reqwest::Response,
+    mut stop: impl FnMut(&(String, String, Value)) -> bool,
+) -> Vec<(String, String, Value)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if event.is_empty() {
+                continue; // keep-alive comment
+            }
+            let item = (
+                event,
+                id,
+                serde_json::from_str(&data).unwrap_or(Value::Null),
+            );
+            let done = stop(&item);
+            events.push(item);
+            if done {
+                return events;
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+            .await
+            .expect("an event in time")
+            .expect("stream");
+        match chunk {
+            Some(bytes) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
+            None => return events,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_events_stream_live_output_and_resume() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    let gate = scripts.dir().join("gate");
+    scripts.add(
+        "slow",
+        &format!(
+            "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+            gate.display()
+        ),
+        json!({}),
+    );
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+    let (_, job) = api.job(run_job(&id, "slow", json!({})), None).await;
+    let job_id = job["job_id"].as_str().expect("id").to_owned();
+    let events_url = format!("{}/api/jobs/{job_id}/events", server.url);
+    let client = reqwest::Client::new();
+    let mut live = client
+        .get(&events_url)
+        .bearer_auth(&server.admin_key)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(live.status(), StatusCode::OK);
+    assert!(
+        live.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/event-stream")
+    );
+
+    // The first line arrives while the script is still waiting at its gate.
+    let (mut got_output, mut got_running) = (false, false);
+    let seen = read_events(&mut live, |(event, _, data)| {
+        got_output |= event == "output" && data["data"] == "first\n";
+        got_running |= event == "state" && data["status"] == "running";
+        got_output && got_running
+    })
+    .await;
+    let first_id = seen
+        .iter()
+        .find(|(e, _, _)| e == "output")
+        .map(|(_, id, _)| id.clone())
+        .expect("output");
+    assert!(
+        !gate.exists(),
+        "output was streamed before the script finished"
+    );
+
+    std::fs::write(&gate, "").expect("gate");
+    let rest = read_events(&mut live, |(event, _, _)| event == "end").await;
+    let outputs: Vec<_> = rest
+        .iter()
+        .filter(|(e, _, _)| e == "output")
+        .map(|(_, _, d)| d["data"].clone())
+        .collect();
+    assert_eq!(outputs, vec![json!("second\n")]);
+    assert!(
+        rest.iter()
+            .any(|(e, _, d)| e == "state" && d["status"] == "succeeded")
+    );
+    assert_eq!(rest.last().expect("end").2["status"], "succeeded");
+
+    // Resuming after the first chunk replays only what came later.
+    let mut resumed = client
+        .get(&events_url)
+        .bearer_auth(&server.admin_key)
+        .header("Last-Event-ID", &first_id)
+        .send()
+        .await
+        .expect("events");
+    let replay = read_events(&mut resumed, |(event, _, _)| event == "end").await;
+    let outputs: Vec<_> = replay
+        .iter()
+        .filter(|(e, _, _)| e == "output")
+        .map(|(_, _, d)| d["data"].clone())
+        .collect();
+    assert_eq!(outputs, vec![json!("second\n")]);
+
+    let (status, _) = api
+        .get(&format!("/api/jobs/{}/events", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
