@@ -30,6 +30,30 @@ fn only_run(job: &Value) -> (String, String, Value) {
     )
 }
 
+/// Adds a script that prints `first`, waits until the returned file exists, then prints
+/// `second`: a run the test can hold open.
+fn add_gated(scripts: &mut Scripts, name: &str) -> std::path::PathBuf {
+    let gate = scripts.dir().join(format!("{name}.gate"));
+    scripts.add(
+        name,
+        &format!(
+            "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+            gate.display()
+        ),
+        json!({}),
+    );
+    gate
+}
+
+/// Waits until a run has printed something.
+async fn wait_started(api: &Api, job_id: &str, run_id: &str) {
+    wait_for("the run to start", Duration::from_secs(20), || async {
+        let (_, out) = api.output(job_id, run_id, "").await;
+        (!out.is_empty()).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_runs_with_params_in_a_clean_environment() {
     let server = Server::start().await;
@@ -317,15 +341,7 @@ async fn output_arrives_while_the_script_runs() {
     let server = Server::start().await;
     let api = server.api();
     let mut scripts = Scripts::new();
-    let gate = scripts.dir().join("gate");
-    scripts.add(
-        "slow",
-        &format!(
-            "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
-            gate.display()
-        ),
-        json!({}),
-    );
+    let gate = add_gated(&mut scripts, "slow");
     let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
     let (status, job) = api.job(run_job(&id, "slow", json!({})), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -412,25 +428,13 @@ async fn crashes_mid_run_are_reported_as_the_spec_says() {
     let mut server = Server::start().await;
     let api = server.api();
     let mut scripts = Scripts::new();
-    let gate = scripts.dir().join("gate");
-    scripts.add(
-        "wait",
-        &format!(
-            "echo begun; while [ ! -e {} ]; do sleep 0.05; done; echo finished",
-            gate.display()
-        ),
-        json!({}),
-    );
+    let gate = add_gated(&mut scripts, "wait");
     let (mut agent, id) = agent_with(&server, &api, &scripts, "").await;
 
     // kill -9 of the server mid-run: the run finishes and is stored after the restart.
     let (_, job) = api.job(run_job(&id, "wait", json!({})), None).await;
     let (job_id, run_id, _) = only_run(&job);
-    wait_for("the run to start", Duration::from_secs(20), || async {
-        let (_, out) = api.output(&job_id, &run_id, "").await;
-        (!out.is_empty()).then_some(())
-    })
-    .await;
+    wait_started(&api, &job_id, &run_id).await;
     server.kill9();
     std::fs::write(&gate, "").expect("gate");
     server.restart().await;
@@ -439,7 +443,7 @@ async fn crashes_mid_run_are_reported_as_the_spec_says() {
     assert_eq!(job["status"], "succeeded", "{job}");
     let (_, out) = api.output(&job_id, &run_id, "").await;
     assert_eq!(
-        out, b"begun\nfinished\n",
+        out, b"first\nsecond\n",
         "output from before and after the crash, once"
     );
 
@@ -447,11 +451,7 @@ async fn crashes_mid_run_are_reported_as_the_spec_says() {
     std::fs::remove_file(&gate).expect("close the gate");
     let (_, job) = api.job(run_job(&id, "wait", json!({})), None).await;
     let (job_id, run_id, _) = only_run(&job);
-    wait_for("the run to start", Duration::from_secs(20), || async {
-        let (_, out) = api.output(&job_id, &run_id, "").await;
-        (!out.is_empty()).then_some(())
-    })
-    .await;
+    wait_started(&api, &job_id, &run_id).await;
     agent.kill9();
     agent.restart();
     let job = api.wait_job(&job_id).await;
@@ -669,15 +669,7 @@ async fn job_events_stream_live_output_and_resume() {
     let server = Server::start().await;
     let api = server.api();
     let mut scripts = Scripts::new();
-    let gate = scripts.dir().join("gate");
-    scripts.add(
-        "slow",
-        &format!(
-            "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
-            gate.display()
-        ),
-        json!({}),
-    );
+    let gate = add_gated(&mut scripts, "slow");
     let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
     let (_, job) = api.job(run_job(&id, "slow", json!({})), None).await;
     let job_id = job["job_id"].as_str().expect("id").to_owned();
