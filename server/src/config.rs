@@ -63,6 +63,21 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_MAX_OUTPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_output_bytes: u64,
 
+    /// Let job webhooks go to loopback, private and link-local addresses (off: such URLs are
+    /// refused, so API callers cannot reach internal services through the server).
+    #[arg(long, env = "OUTPOST_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// Key sealing secrets at rest (32 bytes, hex or base64); default: <data-dir>/master.key,
+    /// created on first start. Set it when several servers share a database.
+    #[arg(
+        long = "master-key",
+        env = "OUTPOST_MASTER_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub master_key: Option<String>,
+
     /// Owner API key to use instead of generating one (opk_…, 32+ characters).
     #[arg(
         long = "admin-key",
@@ -88,6 +103,8 @@ impl std::fmt::Debug for Config {
             .field("max_output_bytes", &self.max_output_bytes)
             .field("lost_after", &self.lost_after)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
+            .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
+            .field("webhook_allow_private", &self.webhook_allow_private)
             .finish()
     }
 }

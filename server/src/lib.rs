@@ -16,7 +16,9 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod hub;
+pub mod seal;
 pub mod store;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Output bytes kept per run and stream.
     pub max_output_bytes: u64,
+    /// The webhook worker and the master key.
+    pub webhooks: Arc<webhooks::Webhooks>,
 }
 
 /// How long the server waits for connections to finish after a shutdown signal.
@@ -55,6 +59,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     bootstrap_admin(&store, &config).await?;
+    let master = load_master_key(&config)?;
 
     let state = AppState {
         store: store.clone(),
@@ -63,7 +68,12 @@ pub async fn run(
         ))),
         shutdown: CancellationToken::new(),
         max_output_bytes: config.max_output_bytes,
+        webhooks: Arc::new(webhooks::Webhooks::new(
+            master,
+            config.webhook_allow_private,
+        )),
     };
+    tokio::spawn(webhooks::run(state.clone()));
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
     let lost_after = Duration::from_secs(config.lost_after);
     if lost_after < heartbeat * outpost_protocol::limits::MISSED_HEARTBEATS {
@@ -165,6 +175,28 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
         })
 }
 
+/// `OUTPOST_MASTER_KEY`, or `<data-dir>/master.key` (created 0600 on first start).
+fn load_master_key(config: &Config) -> anyhow::Result<seal::MasterKey> {
+    if let Some(key) = &config.master_key {
+        return seal::MasterKey::parse(key).map_err(anyhow::Error::msg);
+    }
+    create_private_dir(&config.data_dir)?;
+    let path = config.data_dir.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            seal::MasterKey::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let key = seal::MasterKey::generate();
+            write_private(&path, &format!("{key}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created the master key for secrets at rest; back it up with the database");
+            seal::MasterKey::parse(&key).map_err(anyhow::Error::msg)
+        }
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// Creates the default tenant and owner key on first start and shows the key once.
 async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<()> {
     if let Some(key) = &config.admin_key {
@@ -217,6 +249,9 @@ async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::Stor
     for run in &lost {
         tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
         state.hub.finished(run);
+    }
+    if expired > 0 || !lost.is_empty() {
+        state.webhooks.wake();
     }
     Ok(())
 }

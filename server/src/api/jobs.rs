@@ -161,7 +161,7 @@ pub struct JobView {
 }
 
 impl JobView {
-    fn new(job: job::Model, runs: Vec<command::Model>, with_runs: bool) -> Self {
+    pub(crate) fn new(job: job::Model, runs: Vec<command::Model>, with_runs: bool) -> Self {
         let mut run_counts = HashMap::new();
         for run in &runs {
             *run_counts.entry(run.state.clone()).or_insert(0) += 1;
@@ -512,6 +512,7 @@ pub async fn cancel(
     for run in &cancelled_now {
         state.hub.finished(run);
     }
+    state.webhooks.wake();
     for run in &on_agents {
         if let (Ok(agent_id), Ok(command_id)) = (run.agent_id.parse(), run.id.parse()) {
             state.hub.push(
@@ -750,4 +751,57 @@ async fn follow(
             }
         }
     }
+}
+
+/// A job's webhook: its state and every delivery attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    /// The URL, if the job has one.
+    pub url: Option<String>,
+    /// `pending`, `delivered` or `failed`; null while the job runs.
+    pub status: Option<String>,
+    /// Every attempt, in order.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    /// From 1.
+    pub attempt: i32,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The receiver's HTTP status.
+    pub status_code: Option<i32>,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: i64,
+}
+
+/// A job's webhook deliveries.
+#[utoipa::path(get, path = "/api/jobs/{id}/webhook", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = WebhookView), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let job = find(&state, &caller, &id).await?;
+    let attempts = state.store.webhook_attempts(&caller.tenant_id, &id).await?;
+    Ok(Json(WebhookView {
+        url: job.webhook_url,
+        status: job.webhook_status,
+        attempts: attempts
+            .into_iter()
+            .map(|a| AttemptView {
+                attempt: a.attempt,
+                at: a.at,
+                status_code: a.status_code,
+                error: a.error,
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
+    }))
 }

@@ -10,6 +10,7 @@ mod commands;
 mod health;
 mod jobs;
 mod keys;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::{FromRequest, Request};
@@ -34,6 +35,7 @@ use crate::error::{ApiError, json_rejection};
         agents::command,
         commands::show,
         jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
+        jobs::webhook, webhooks::signing_secret, webhooks::rotate,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -41,6 +43,7 @@ use crate::error::{ApiError, json_rejection};
         (name = "agents", description = "Agents and commands to them"),
         (name = "commands", description = "Stored commands and their results"),
         (name = "jobs", description = "Script runs and other commands on many agents"),
+        (name = "webhooks", description = "Signing of job webhooks"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -90,9 +93,26 @@ pub fn router() -> Router<AppState> {
         .route("/api/jobs/{id}", get(jobs::show))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/jobs/{id}/events", get(jobs::events))
+        .route("/api/jobs/{id}/webhook", get(jobs::webhook))
+        .route(
+            "/api/webhooks/signing-secret",
+            get(webhooks::signing_secret),
+        )
+        .route(
+            "/api/webhooks/signing-secret/rotate",
+            post(webhooks::rotate),
+        )
         .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output));
     // The viewer's assets are compiled into the binary, so /docs works with no network.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}
+
+/// A job as the API shows it (also the body of its webhook).
+pub fn job_view(
+    job: crate::store::job::Model,
+    runs: Vec<crate::store::command::Model>,
+) -> impl serde::Serialize {
+    jobs::JobView::new(job, runs, true)
 }
 
 /// A JSON body whose rejection uses our error shape and names what was wrong.

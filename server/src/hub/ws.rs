@@ -380,6 +380,9 @@ impl Connection {
                     Ok(finished) => {
                         if let Some(model) = finished {
                             self.state.hub.finished(&model);
+                            if model.job_id.is_some() {
+                                self.state.webhooks.wake();
+                            }
                         }
                         // Stored now or before: either way the agent may forget it.
                         let ack = ServerFrame::Ack {

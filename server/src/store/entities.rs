@@ -15,6 +15,8 @@ pub mod tenant {
         pub id: String,
         pub name: String,
         pub created_at: DateTimeUtc,
+        /// The webhook signing secret, sealed under the master key.
+        pub webhook_secret: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -182,6 +184,8 @@ pub mod job {
         pub finished_at: Option<DateTimeUtc>,
         pub idempotency_key: Option<String>,
         pub webhook_url: Option<String>,
+        /// `pending`, `delivered` or `failed` once the job finished with a webhook.
+        pub webhook_status: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -206,6 +210,32 @@ pub mod output_chunk {
         pub stream: i16,
         pub seq: i64,
         pub data: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Every webhook delivery attempt, kept for operators.
+pub mod webhook_attempt {
+    use sea_orm::entity::prelude::*;
+
+    /// An attempt row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub job_id: String,
+        pub url: String,
+        pub attempt: i32,
+        pub at: DateTimeUtc,
+        pub status_code: Option<i32>,
+        pub error: Option<String>,
+        pub duration_ms: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -29,6 +29,16 @@ pub mod job_status {
     pub const CANCELLED: &str = "cancelled";
 }
 
+/// Webhook delivery states of a finished job.
+pub mod webhook_status {
+    /// To be delivered.
+    pub const PENDING: &str = "pending";
+    /// The receiver answered 2xx.
+    pub const DELIVERED: &str = "delivered";
+    /// Every attempt failed, or the URL is not allowed.
+    pub const FAILED: &str = "failed";
+}
+
 /// A job as the API asks for it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -149,6 +159,7 @@ impl Store {
             finished_at: Set(None),
             idempotency_key: Set(new.idempotency_key.clone()),
             webhook_url: Set(new.webhook_url.clone()),
+            webhook_status: Set(None),
         }
         .insert(&txn)
         .await;
@@ -305,9 +316,14 @@ impl Store {
         if job.status == status {
             return Ok(Some(job));
         }
+        let has_webhook = job.webhook_url.is_some() && job.webhook_status.is_none();
         let mut model: job::ActiveModel = job.into();
         model.status = Set(status.into());
         model.finished_at = Set((!open).then(Utc::now));
+        if !open && has_webhook {
+            // Delivered by the webhook worker; pending survives a restart.
+            model.webhook_status = Set(Some(webhook_status::PENDING.into()));
+        }
         Ok(Some(model.update(&self.db).await?))
     }
 

@@ -115,6 +115,24 @@ CREATE TABLE output_chunks (
     UNIQUE (command_id, stream, seq)
 );
 "#,
+    // 3: job webhooks: the tenant's sealed signing secret, delivery state and every attempt.
+    r#"
+ALTER TABLE tenants ADD COLUMN webhook_secret TEXT;
+ALTER TABLE jobs ADD COLUMN webhook_status TEXT;
+CREATE INDEX jobs_webhook_status ON jobs (webhook_status);
+CREATE TABLE webhook_attempts (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    job_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at {ts} NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    duration_ms BIGINT NOT NULL
+);
+CREATE INDEX webhook_attempts_job ON webhook_attempts (tenant_id, job_id);
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one

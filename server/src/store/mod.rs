@@ -12,8 +12,10 @@
 pub mod entities;
 mod jobs;
 mod migrations;
+mod webhooks;
 
-pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status};
+pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
+pub use webhooks::Attempt;
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +31,9 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use crate::auth::{self, KeyKind};
-pub use entities::{agent, agent_key, api_key, command, job, output_chunk, tenant};
+pub use entities::{
+    agent, agent_key, api_key, command, job, output_chunk, tenant, webhook_attempt,
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +200,7 @@ impl Store {
             id: Set(id.clone()),
             name: Set(name.to_owned()),
             created_at: Set(Utc::now()),
+            webhook_secret: Set(None),
         }
         .insert(&self.db)
         .await?;

@@ -10,3 +10,4 @@ mod keys;
 mod protocol;
 mod tenancy;
 mod tls;
+mod webhooks;

@@ -1,0 +1,117 @@
+//! Secrets at rest: sealed with AES-256-GCM under the master key (`OUTPOST_MASTER_KEY`).
+//!
+//! The database then holds no usable secret on its own: a stolen backup without the master key
+//! reveals no webhook signing secret. Each value gets a fresh random nonce; the stored form is
+//! base64 of `nonce || ciphertext || tag`, and the tenant id is bound in as associated data, so
+//! a sealed value copied to another tenant's row does not open.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// The master key.
+pub struct MasterKey(LessSafeKey);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    /// Parses 32 bytes given as 64 hex digits or as base64.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bytes = hex::decode(text)
+            .ok()
+            .or_else(|| STANDARD.decode(text).ok())
+            .ok_or("OUTPOST_MASTER_KEY must be 32 bytes as 64 hex digits or base64")?;
+        if bytes.len() != 32 {
+            return Err(format!(
+                "OUTPOST_MASTER_KEY must be 32 bytes, not {}",
+                bytes.len()
+            ));
+        }
+        Self::from_bytes(&bytes)
+    }
+
+    /// A new random key, as 64 hex digits.
+    pub fn generate() -> String {
+        let mut bytes = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .expect("the operating system's random source failed");
+        hex::encode(bytes)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| "bad AES-256 key".to_owned())?;
+        Ok(Self(LessSafeKey::new(key)))
+    }
+
+    /// Seals `plain`, bound to `context` (for example the tenant id).
+    pub fn seal(&self, context: &str, plain: &[u8]) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .expect("the operating system's random source failed");
+        let mut buffer = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context.as_bytes()),
+                &mut buffer,
+            )
+            .expect("AES-GCM sealing cannot fail for in-memory buffers");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buffer);
+        STANDARD.encode(out)
+    }
+
+    /// Opens a value sealed with the same key and context.
+    pub fn open(&self, context: &str, sealed: &str) -> Result<Vec<u8>, String> {
+        let raw = STANDARD
+            .decode(sealed)
+            .map_err(|_| "sealed value is not base64".to_owned())?;
+        if raw.len() < NONCE_LEN {
+            return Err("sealed value is too short".into());
+        }
+        let (nonce, rest) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| "bad nonce".to_owned())?;
+        let mut buffer = rest.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(context.as_bytes()), &mut buffer)
+            .map_err(|_| {
+                "cannot open a sealed value: wrong OUTPOST_MASTER_KEY or tampered data".to_owned()
+            })?;
+        Ok(plain.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_key_and_context() {
+        let key = MasterKey::parse(&MasterKey::generate()).expect("key");
+        let sealed = key.seal("tenant-a", b"whsec");
+        assert_ne!(
+            sealed,
+            key.seal("tenant-a", b"whsec"),
+            "fresh nonce each time"
+        );
+        assert_eq!(key.open("tenant-a", &sealed).expect("open"), b"whsec");
+        assert!(
+            key.open("tenant-b", &sealed).is_err(),
+            "bound to its context"
+        );
+        let other = MasterKey::parse(&MasterKey::generate()).expect("key");
+        assert!(other.open("tenant-a", &sealed).is_err());
+        assert!(key.open("tenant-a", "AAAA").is_err());
+        assert!(MasterKey::parse("short").is_err());
+        assert!(MasterKey::parse(&"ab".repeat(31)).is_err());
+    }
+}

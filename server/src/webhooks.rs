@@ -1,0 +1,325 @@
+//! Job webhooks: when a job with a `webhook_url` finishes, POST it there, signed.
+//!
+//! The request body is the job as `GET /api/jobs/{id}` shows it; the header
+//! `X-Outpost-Signature: sha256=<hex>` is the HMAC-SHA256 of the body under the tenant's signing
+//! secret (`GET /api/webhooks/signing-secret`). Attempts back off exponentially (1 s to 60 s, six
+//! in all) and every one is recorded. A job is marked `pending` in the same write that finishes
+//! it, so a restart resumes undelivered webhooks.
+//!
+//! A webhook URL comes from an API caller, so the server refuses to send to loopback, private,
+//! link-local and other non-public addresses unless `--webhook-allow-private` is set, and
+//! connects to exactly the address it checked (no second DNS lookup to rebind).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use ring::hmac;
+use tokio::sync::Notify;
+
+use crate::AppState;
+use crate::seal::MasterKey;
+use crate::store::{Attempt, job, webhook_status};
+
+/// Attempts per webhook.
+const ATTEMPTS: usize = 6;
+/// Time one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The webhook worker's shared state.
+pub struct Webhooks {
+    /// Seals the tenants' signing secrets.
+    pub master: MasterKey,
+    wake: Notify,
+    in_flight: Mutex<HashSet<String>>,
+    allow_private: bool,
+}
+
+impl Webhooks {
+    /// A worker state.
+    pub fn new(master: MasterKey, allow_private: bool) -> Self {
+        Self {
+            master,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            allow_private,
+        }
+    }
+
+    /// Asks the worker to look for finished jobs now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// `sha256=<hex>` of the body under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    format!("sha256={}", hex::encode(hmac::sign(&key, body).as_ref()))
+}
+
+/// Delivers pending webhooks until shutdown: on every wake-up, and every 5 s.
+pub async fn run(state: AppState) {
+    loop {
+        match state.store.pending_webhooks(100).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    let fresh = state
+                        .webhooks
+                        .in_flight
+                        .lock()
+                        .map(|mut set| set.insert(job.id.clone()))
+                        .unwrap_or(false);
+                    if fresh {
+                        tokio::spawn(deliver(state.clone(), job));
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read pending webhooks"),
+        }
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = state.webhooks.wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+async fn deliver(state: AppState, job: job::Model) {
+    let outcome = attempt_all(&state, &job).await;
+    let status = if outcome {
+        webhook_status::DELIVERED
+    } else {
+        webhook_status::FAILED
+    };
+    if let Err(err) = state
+        .store
+        .set_webhook_status(&job.tenant_id, &job.id, status)
+        .await
+    {
+        tracing::warn!(job_id = %job.id, error = %err, "cannot record the webhook's outcome");
+    }
+    if let Ok(mut set) = state.webhooks.in_flight.lock() {
+        set.remove(&job.id);
+    }
+}
+
+/// Tries until one attempt gets a 2xx; returns whether one did.
+async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
+    let Some(url) = job.webhook_url.clone() else {
+        return true;
+    };
+    let record = |attempt: Attempt| {
+        let (store, tenant, job_id, url) = (
+            state.store.clone(),
+            job.tenant_id.clone(),
+            job.id.clone(),
+            url.clone(),
+        );
+        async move {
+            if let Err(err) = store
+                .record_webhook_attempt(&tenant, &job_id, &url, attempt)
+                .await
+            {
+                tracing::warn!(error = %err, "cannot record a webhook attempt");
+            }
+        }
+    };
+    let (body, secret) = match payload(state, job).await {
+        Ok(ready) => ready,
+        Err(why) => {
+            record(Attempt {
+                attempt: 1,
+                status_code: None,
+                error: Some(why),
+                duration_ms: 0,
+            })
+            .await;
+            return false;
+        }
+    };
+    let client = match client_for(&url, state.webhooks.allow_private).await {
+        Ok(client) => client,
+        Err(why) => {
+            tracing::warn!(job_id = %job.id, %why, "webhook refused");
+            record(Attempt {
+                attempt: 1,
+                status_code: None,
+                error: Some(why),
+                duration_ms: 0,
+            })
+            .await;
+            return false;
+        }
+    };
+    let signature = signature(&secret, &body);
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(60))
+        .with_max_times(ATTEMPTS - 1)
+        .build();
+    for number in 1..=ATTEMPTS as i32 {
+        let started = Instant::now();
+        let sent = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("outpost/", env!("CARGO_PKG_VERSION")))
+            .header("x-outpost-event", "job.finished")
+            .header("x-outpost-delivery", crate::store::new_id())
+            .header("x-outpost-signature", &signature)
+            .body(body.clone())
+            .send()
+            .await;
+        let duration_ms = started.elapsed().as_millis() as i64;
+        let (status_code, error) = match sent {
+            Ok(response) if response.status().is_success() => {
+                record(Attempt {
+                    attempt: number,
+                    status_code: Some(i32::from(response.status().as_u16())),
+                    error: None,
+                    duration_ms,
+                })
+                .await;
+                tracing::info!(job_id = %job.id, attempt = number, "webhook delivered");
+                return true;
+            }
+            Ok(response) => (
+                Some(i32::from(response.status().as_u16())),
+                Some(format!("answered {}", response.status())),
+            ),
+            Err(err) => (None, Some(format!("{err}"))),
+        };
+        record(Attempt {
+            attempt: number,
+            status_code,
+            error: error.clone(),
+            duration_ms,
+        })
+        .await;
+        let Some(delay) = delays.next() else { break };
+        tracing::info!(job_id = %job.id, attempt = number, error = ?error, retry_in = ?delay, "webhook attempt failed");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            // Left pending: the next server process resumes it.
+            () = state.shutdown.cancelled() => return false,
+        }
+    }
+    tracing::warn!(job_id = %job.id, "webhook failed after {ATTEMPTS} attempts");
+    false
+}
+
+async fn payload(state: &AppState, job: &job::Model) -> Result<(Vec<u8>, String), String> {
+    let runs = state
+        .store
+        .job_runs(&job.tenant_id, &job.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let view = crate::api::job_view(job.clone(), runs);
+    let body = serde_json::to_vec(&view).map_err(|e| e.to_string())?;
+    let secret = state
+        .store
+        .webhook_secret(&job.tenant_id, &state.webhooks.master)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((body, secret))
+}
+
+/// A client that connects only to the address checked here.
+async fn client_for(url: &str, allow_private: bool) -> Result<reqwest::Client, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad webhook URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or("the webhook URL has no host")?
+        .to_owned();
+    let port = parsed
+        .port_or_known_default()
+        .ok_or("the webhook URL has no port")?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let addr = addrs
+        .iter()
+        .find(|a| allow_private || is_public(a.ip()))
+        .copied()
+        .ok_or_else(|| {
+            format!("refusing to deliver to {host}: it resolves only to non-public addresses (set --webhook-allow-private to allow)")
+        })?;
+    reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&host, addr)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Whether an address is on the public internet.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    #[test]
+    fn signatures_are_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        let sig = signature("Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
