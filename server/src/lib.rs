@@ -37,6 +37,8 @@ use store::{DatabaseLocation, Store};
 pub struct AppState {
     /// The database.
     pub store: Store,
+    /// Batches what agents report into few transactions.
+    pub writer: store::writer::Writer,
     /// Live agent connections.
     pub hub: Arc<Hub>,
     /// Cancelled when the server shuts down; connection tasks close their sockets on it.
@@ -62,6 +64,7 @@ pub async fn run(
     let master = load_master_key(&config)?;
 
     let state = AppState {
+        writer: store::writer::Writer::start(store.clone()),
         store: store.clone(),
         hub: Arc::new(Hub::new(Duration::from_secs(
             config.heartbeat_interval.max(1),

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
 use crate::AppState;
 use crate::auth;
-use crate::store::{OutputChunk, Stored, agent_key, string_list};
+use crate::store::writer::{Write, Written};
+use crate::store::{Stored, agent_key, string_list};
 
 /// How long one frame may take to reach the agent's TCP buffer before the peer counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -304,16 +305,17 @@ impl Connection {
         }
     }
 
-    /// Acts on one frame from a registered agent.
+    /// Acts on one frame from a registered agent. Writes go through the batching writer and
+    /// are committed before anything is acknowledged.
     async fn handle(
         &mut self,
         agent_id: outpost_protocol::AgentId,
         frame: AgentFrame,
     ) -> Result<(), End> {
-        let store = &self.state.store;
-        let tenant = self.key.tenant_id.as_str();
+        let tenant_id = self.key.tenant_id.clone();
         let agent = agent_id.to_string();
-        let stored = match frame {
+        let mut answered = None;
+        let write = match frame {
             AgentFrame::Register { data } => {
                 if data.agent_id != agent_id {
                     return self
@@ -323,19 +325,18 @@ impl Connection {
                         )
                         .await;
                 }
-                self.store_register(&data).await
+                return self.store_register(&data).await.map_err(internal);
             }
-            AgentFrame::Heartbeat { status } => {
-                store.record_heartbeat(tenant, &agent, &status).await
-            }
-            AgentFrame::Ack { command_id } => store
-                .mark_delivered(tenant, &agent, &command_id.to_string())
-                .await
-                .map(|changed| {
-                    if let Some(run) = changed {
-                        self.state.hub.run_changed(&run);
-                    }
-                }),
+            AgentFrame::Heartbeat { status } => Write::Heartbeat {
+                tenant_id,
+                agent_id: agent,
+                status,
+            },
+            AgentFrame::Ack { command_id } => Write::Delivered {
+                tenant_id,
+                agent_id: agent,
+                command_id: command_id.to_string(),
+            },
             AgentFrame::Output(output) => {
                 let bytes =
                     match decode_output_data(output.data.as_deref(), output.data_b64.as_deref()) {
@@ -350,55 +351,59 @@ impl Connection {
                         }
                         Err(why) => return self.refuse(codes::BAD_FRAME, why).await,
                     };
-                let stored = store
-                    .append_output(
-                        tenant,
-                        &agent,
-                        OutputChunk {
-                            command_id: &output.command_id.to_string(),
-                            stream: output.stream,
-                            seq: output.seq,
-                            bytes: &bytes,
-                        },
-                        self.state.max_output_bytes,
-                    )
-                    .await;
-                match &stored {
-                    Ok(Stored::Foreign) => {
-                        tracing::debug!(command_id = %output.command_id, "output for a command that is not this agent's");
-                    }
-                    Ok(Stored::New {
-                        job_id: Some(job_id),
-                        ..
-                    }) => self.state.hub.job_changed(tenant, job_id),
-                    _ => {}
+                Write::Output {
+                    tenant_id,
+                    agent_id: agent,
+                    command_id: output.command_id.to_string(),
+                    stream: output.stream,
+                    seq: output.seq,
+                    bytes,
+                    cap: self.state.max_output_bytes,
                 }
-                stored.map(drop)
             }
             AgentFrame::Response(response) => {
-                match store.finish_command(tenant, &agent, &response).await {
-                    Ok(finished) => {
-                        if let Some(model) = finished {
-                            self.state.hub.finished(&model);
-                            if model.job_id.is_some() {
-                                self.state.webhooks.wake();
-                            }
-                        }
-                        // Stored now or before: either way the agent may forget it.
-                        let ack = ServerFrame::Ack {
-                            command_id: response.command_id,
-                        };
-                        return self.send(&ack).await;
-                    }
-                    Err(err) => Err(err),
+                answered = Some(response.command_id);
+                Write::Finish {
+                    tenant_id,
+                    agent_id: agent,
+                    response,
                 }
             }
         };
-        stored.map_err(|err| {
-            // Not acknowledged: the agent keeps it and sends it again after reconnecting.
-            tracing::error!(error = %err, "could not store an agent frame");
-            End::Close(1011, "internal error".into())
-        })
+        let written = self.state.writer.write(write).await.map_err(internal)?;
+        let hub = &self.state.hub;
+        match written {
+            Written::Heartbeat => {}
+            Written::Delivered(changed) => {
+                if let Some(run) = changed {
+                    hub.run_changed(&run);
+                }
+            }
+            Written::Output(Stored::New {
+                job_id: Some(job_id),
+                ..
+            }) => {
+                hub.job_changed(&self.key.tenant_id, &job_id);
+            }
+            Written::Output(Stored::Foreign) => {
+                tracing::debug!(%agent_id, "output for a command that is not this agent's");
+            }
+            Written::Output(_) => {}
+            Written::Finished(finished) => {
+                if let Some(model) = &finished {
+                    hub.finished(model);
+                    if model.job_id.is_some() {
+                        self.state.webhooks.wake();
+                    }
+                }
+                // Stored now or before (or not this agent's to store): either way the agent
+                // may forget it.
+                if let Some(command_id) = answered {
+                    return self.send(&ServerFrame::Ack { command_id }).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads one message: `Ok(Some)` a frame, `Ok(None)` nothing to act on (a control message
@@ -476,6 +481,13 @@ impl Connection {
             let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
         }
     }
+}
+
+/// A failed store write ends the connection without acknowledging anything: the agent keeps
+/// what it sent and sends it again after reconnecting.
+fn internal(err: crate::store::StoreError) -> End {
+    tracing::error!(error = %err, "could not store an agent frame");
+    End::Close(1011, "internal error".into())
 }
 
 fn too_big() -> End {

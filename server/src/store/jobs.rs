@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use outpost_protocol::{OutputStream, codes};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Set, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -120,7 +120,7 @@ pub enum Stored {
     Foreign,
 }
 
-impl Store {
+impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Creates a job and its runs in one transaction. With an idempotency key already used
     /// by the tenant, returns the existing job instead (and `false`).
     pub async fn create_job(

@@ -13,6 +13,7 @@ pub mod entities;
 mod jobs;
 mod migrations;
 mod webhooks;
+pub mod writer;
 
 pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use webhooks::Attempt;
@@ -25,8 +26,8 @@ use outpost_protocol::{HeartbeatStatus, RegisterData, Response};
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
 use serde_json::{Value, json};
 
@@ -124,9 +125,12 @@ pub struct AgentKeyPatch {
 }
 
 /// The database handle and its domain methods.
+///
+/// Generic over the connection so that the same methods run on the pool or inside one
+/// transaction (the batching [`writer`] runs many of them in one commit).
 #[derive(Clone)]
-pub struct Store {
-    db: DatabaseConnection,
+pub struct Store<C = DatabaseConnection> {
+    db: C,
 }
 
 impl Store {
@@ -160,6 +164,22 @@ impl Store {
         Ok(self.db.ping().await?)
     }
 
+    /// The same methods inside one transaction; see [`Store::commit`].
+    pub async fn begin(&self) -> Result<Store<DatabaseTransaction>> {
+        Ok(Store {
+            db: self.db.begin().await?,
+        })
+    }
+}
+
+impl Store<DatabaseTransaction> {
+    /// Commits everything done through this handle.
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.db.commit().await?)
+    }
+}
+
+impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     // ---- tenants and API keys -------------------------------------------------------------
 
     /// On an empty database, creates the default tenant and its owner key. Returns the new

@@ -5,6 +5,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use super::jobs::webhook_status;
 use super::{Result, Store, StoreError, job, new_id, tenant, webhook_attempt};
@@ -23,7 +24,7 @@ pub struct Attempt {
     pub duration_ms: i64,
 }
 
-impl Store {
+impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// The tenant's webhook signing secret, created on first use.
     pub async fn webhook_secret(&self, tenant_id: &str, master: &MasterKey) -> Result<String> {
         let tenant = tenant::Entity::find_by_id(tenant_id.to_owned())

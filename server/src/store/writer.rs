@@ -1,0 +1,236 @@
+//! The single writer: what agents report (acknowledgements, output, results, heartbeats) is
+//! committed in batches.
+//!
+//! Connection tasks hand their writes to one task and wait for the commit before they
+//! acknowledge anything to the agent, so durability is unchanged. The writer takes whatever is
+//! queued (up to [`MAX_BATCH`]) and commits it in one transaction: when thousands of agents
+//! finish at once, that is a few transactions instead of thousands, and SQLite's single
+//! writer lock is taken once per batch instead of once per frame. If a batch fails, its writes
+//! are retried one by one, so one bad write cannot sink the others.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use outpost_protocol::{HeartbeatStatus, Response};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{OutputChunk, Result, Store, StoreError, Stored, command};
+
+/// Most writes committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Writes waiting for the writer before senders wait too.
+const QUEUE: usize = 4096;
+
+/// A write an agent's frame asks for.
+#[derive(Debug)]
+pub enum Write {
+    /// `ack`: the command was received (or, for `run`, started).
+    Delivered {
+        /// Tenant.
+        tenant_id: String,
+        /// Agent.
+        agent_id: String,
+        /// Command.
+        command_id: String,
+    },
+    /// `output`: one chunk.
+    Output {
+        /// Tenant.
+        tenant_id: String,
+        /// Agent.
+        agent_id: String,
+        /// Run.
+        command_id: String,
+        /// Stream.
+        stream: outpost_protocol::OutputStream,
+        /// Chunk number.
+        seq: u64,
+        /// Bytes.
+        bytes: Vec<u8>,
+        /// Per-stream cap.
+        cap: u64,
+    },
+    /// `response`: the result.
+    Finish {
+        /// Tenant.
+        tenant_id: String,
+        /// Agent.
+        agent_id: String,
+        /// The answer.
+        response: Response,
+    },
+    /// `heartbeat`: metrics.
+    Heartbeat {
+        /// Tenant.
+        tenant_id: String,
+        /// Agent.
+        agent_id: String,
+        /// Metrics.
+        status: HeartbeatStatus,
+    },
+}
+
+/// What a committed write did.
+#[derive(Debug)]
+pub enum Written {
+    /// For `Delivered`: the command, when its state changed.
+    Delivered(Option<command::Model>),
+    /// For `Output`.
+    Output(Stored),
+    /// For `Finish`: the command, the first time it finished.
+    Finished(Option<command::Model>),
+    /// For `Heartbeat`.
+    Heartbeat,
+}
+
+type Reply = oneshot::Sender<Result<Written>>;
+
+/// Hands writes to the writer task.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<(Write, Reply)>,
+    stats: Arc<Stats>,
+}
+
+/// Counters of what the writer did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Writes committed.
+    pub writes: AtomicU64,
+}
+
+impl Writer {
+    /// Starts the writer task on `store`.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(Stats::default());
+        tokio::spawn(run(store, rx, stats.clone()));
+        Self { tx, stats }
+    }
+
+    /// `(transactions, writes)` committed so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.batches.load(Ordering::Relaxed),
+            self.stats.writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Queues a write and waits until it is committed.
+    pub async fn write(&self, write: Write) -> Result<Written> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send((write, reply))
+            .await
+            .map_err(|_| StoreError::Config("the writer has stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Config("the writer has stopped".into()))?
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<Stats>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let size = batch.len();
+        match commit_batch(&store, &batch).await {
+            Ok(results) => {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.writes.fetch_add(size as u64, Ordering::Relaxed);
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(size, error = %err, "a batch of writes failed; retrying them one by one");
+                for (write, reply) in batch.drain(..) {
+                    let result = commit_one(&store, &write).await;
+                    if result.is_ok() {
+                        stats.batches.fetch_add(1, Ordering::Relaxed);
+                        stats.writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        tracing::trace!(size, "committed a batch");
+    }
+}
+
+async fn commit_batch(store: &Store, batch: &[(Write, Reply)]) -> Result<Vec<Written>> {
+    let txn = store.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (write, _) in batch {
+        results.push(apply(&txn, write).await?);
+    }
+    txn.commit().await?;
+    Ok(results)
+}
+
+async fn commit_one(store: &Store, write: &Write) -> Result<Written> {
+    let txn = store.begin().await?;
+    let result = apply(&txn, write).await?;
+    txn.commit().await?;
+    Ok(result)
+}
+
+async fn apply<C>(store: &Store<C>, write: &Write) -> Result<Written>
+where
+    C: sea_orm::ConnectionTrait + sea_orm::TransactionTrait,
+{
+    Ok(match write {
+        Write::Delivered {
+            tenant_id,
+            agent_id,
+            command_id,
+        } => Written::Delivered(
+            store
+                .mark_delivered(tenant_id, agent_id, command_id)
+                .await?,
+        ),
+        Write::Output {
+            tenant_id,
+            agent_id,
+            command_id,
+            stream,
+            seq,
+            bytes,
+            cap,
+        } => Written::Output(
+            store
+                .append_output(
+                    tenant_id,
+                    agent_id,
+                    OutputChunk {
+                        command_id,
+                        stream: *stream,
+                        seq: *seq,
+                        bytes,
+                    },
+                    *cap,
+                )
+                .await?,
+        ),
+        Write::Finish {
+            tenant_id,
+            agent_id,
+            response,
+        } => Written::Finished(store.finish_command(tenant_id, agent_id, response).await?),
+        Write::Heartbeat {
+            tenant_id,
+            agent_id,
+            status,
+        } => {
+            store.record_heartbeat(tenant_id, agent_id, status).await?;
+            Written::Heartbeat
+        }
+    })
+}
