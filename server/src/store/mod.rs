@@ -611,26 +611,21 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .filter(command::Column::Id.eq(id))
                 .filter(command::Column::State.eq(state::PENDING))
         };
-        let res = open(command::Entity::update_many())
+        let running = open(command::Entity::update_many())
             .col_expr(command::Column::State, Expr::value(state::RUNNING))
             .col_expr(command::Column::StartedAt, Expr::value(now))
             .filter(command::Column::Command.eq(outpost_protocol::commands::RUN))
-            .exec(&self.db)
+            .exec_with_returning(&self.db)
             .await?;
-        let changed = res.rows_affected
-            + if res.rows_affected == 0 {
-                open(command::Entity::update_many())
-                    .col_expr(command::Column::State, Expr::value(state::DELIVERED))
-                    .exec(&self.db)
-                    .await?
-                    .rows_affected
-            } else {
-                0
-            };
-        if changed == 0 {
-            return Ok(None);
+        if let Some(run) = running.into_iter().next() {
+            return Ok(Some(run));
         }
-        self.get_command(tenant_id, id).await
+        Ok(open(command::Entity::update_many())
+            .col_expr(command::Column::State, Expr::value(state::DELIVERED))
+            .exec_with_returning(&self.db)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// Stores a command's result. Only the command's own agent can finish it, and only once:
@@ -678,12 +673,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(command::Column::AgentId.eq(agent_id))
             .filter(command::Column::Id.eq(&id))
             .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
-            .exec(&self.db)
+            .exec_with_returning(&self.db)
             .await?;
-        if res.rows_affected == 0 {
-            return Ok(None);
-        }
-        let finished = self.get_command(tenant_id, &id).await?;
+        let finished = res.into_iter().next();
         if let Some(job_id) = finished.as_ref().and_then(|c| c.job_id.as_deref()) {
             self.refresh_job(tenant_id, job_id).await?;
         }
