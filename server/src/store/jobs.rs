@@ -342,89 +342,6 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(refreshed)
     }
 
-    /// Stores one output chunk of an agent's run, once, within the per-stream cap.
-    pub async fn append_output(
-        &self,
-        tenant_id: &str,
-        agent_id: &str,
-        chunk: OutputChunk<'_>,
-        cap: u64,
-    ) -> Result<Stored> {
-        let OutputChunk {
-            command_id,
-            stream,
-            seq,
-            bytes,
-        } = chunk;
-        let txn = self.db.begin().await?;
-        let Some(run) = command::Entity::find_by_id(command_id.to_owned())
-            .filter(command::Column::TenantId.eq(tenant_id))
-            .filter(command::Column::AgentId.eq(agent_id))
-            .one(&txn)
-            .await?
-        else {
-            return Ok(Stored::Foreign);
-        };
-        // Output may trail the answer by a few frames; accept it until the run is acknowledged
-        // (it is final then, but its chunks are still arriving in order).
-        let (column, stored_bytes) = match stream {
-            OutputStream::Stdout => (command::Column::StdoutBytes, run.stdout_bytes),
-            OutputStream::Stderr => (command::Column::StderrBytes, run.stderr_bytes),
-        };
-        if stored_bytes as u64 + bytes.len() as u64 > cap {
-            command::Entity::update_many()
-                .col_expr(command::Column::OutputTruncated, Expr::value(true))
-                .filter(command::Column::Id.eq(command_id))
-                .exec(&txn)
-                .await?;
-            txn.commit().await?;
-            return Ok(Stored::Nothing);
-        }
-        let chunk = output_chunk::ActiveModel {
-            tenant_id: Set(tenant_id.to_owned()),
-            command_id: Set(command_id.to_owned()),
-            stream: Set(stream_code(stream)),
-            seq: Set(seq as i64),
-            data: Set(bytes.to_vec()),
-            ..Default::default()
-        };
-        let inserted = output_chunk::Entity::insert(chunk)
-            .on_conflict(
-                OnConflict::columns([
-                    output_chunk::Column::CommandId,
-                    output_chunk::Column::Stream,
-                    output_chunk::Column::Seq,
-                ])
-                .do_nothing()
-                .to_owned(),
-            )
-            .exec(&txn)
-            .await;
-        let chunk_id = match inserted {
-            Ok(res) => res.last_insert_id,
-            // Already stored: a resend after a reconnect.
-            Err(sea_orm::DbErr::RecordNotInserted) => {
-                txn.commit().await?;
-                return Ok(Stored::Nothing);
-            }
-            Err(err) => return Err(err.into()),
-        };
-        let mut update = command::Entity::update_many()
-            .col_expr(column, Expr::col(column).add(bytes.len() as i64))
-            .filter(command::Column::Id.eq(command_id));
-        if run.state == state::PENDING || run.state == state::DELIVERED {
-            update = update
-                .col_expr(command::Column::State, Expr::value(state::RUNNING))
-                .col_expr(command::Column::StartedAt, Expr::value(Utc::now()));
-        }
-        update.exec(&txn).await?;
-        txn.commit().await?;
-        Ok(Stored::New {
-            id: chunk_id,
-            job_id: run.job_id,
-        })
-    }
-
     /// Up to `limit` output chunks of any run of a job after chunk id `after`, in arrival
     /// order.
     pub async fn job_output_page(
@@ -573,5 +490,88 @@ fn stream_code(stream: OutputStream) -> i16 {
     match stream {
         OutputStream::Stdout => 0,
         OutputStream::Stderr => 1,
+    }
+}
+
+impl Store<sea_orm::DatabaseTransaction> {
+    /// Stores one output chunk of an agent's run, once, within the per-stream cap. Only on a
+    /// transaction (the writer's), so the chunk and the run's byte count change together.
+    pub async fn append_output(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        chunk: OutputChunk<'_>,
+        cap: u64,
+    ) -> Result<Stored> {
+        let OutputChunk {
+            command_id,
+            stream,
+            seq,
+            bytes,
+        } = chunk;
+        let txn = &self.db;
+        let Some(run) = command::Entity::find_by_id(command_id.to_owned())
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .one(txn)
+            .await?
+        else {
+            return Ok(Stored::Foreign);
+        };
+        // Output may trail the answer by a few frames; accept it until the run is acknowledged
+        // (it is final then, but its chunks are still arriving in order).
+        let (column, stored_bytes) = match stream {
+            OutputStream::Stdout => (command::Column::StdoutBytes, run.stdout_bytes),
+            OutputStream::Stderr => (command::Column::StderrBytes, run.stderr_bytes),
+        };
+        if stored_bytes as u64 + bytes.len() as u64 > cap {
+            command::Entity::update_many()
+                .col_expr(command::Column::OutputTruncated, Expr::value(true))
+                .filter(command::Column::Id.eq(command_id))
+                .exec(txn)
+                .await?;
+            return Ok(Stored::Nothing);
+        }
+        let chunk = output_chunk::ActiveModel {
+            tenant_id: Set(tenant_id.to_owned()),
+            command_id: Set(command_id.to_owned()),
+            stream: Set(stream_code(stream)),
+            seq: Set(seq as i64),
+            data: Set(bytes.to_vec()),
+            ..Default::default()
+        };
+        let inserted = output_chunk::Entity::insert(chunk)
+            .on_conflict(
+                OnConflict::columns([
+                    output_chunk::Column::CommandId,
+                    output_chunk::Column::Stream,
+                    output_chunk::Column::Seq,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec(txn)
+            .await;
+        let chunk_id = match inserted {
+            Ok(res) => res.last_insert_id,
+            // Already stored: a resend after a reconnect.
+            Err(sea_orm::DbErr::RecordNotInserted) => {
+                return Ok(Stored::Nothing);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let mut update = command::Entity::update_many()
+            .col_expr(column, Expr::col(column).add(bytes.len() as i64))
+            .filter(command::Column::Id.eq(command_id));
+        if run.state == state::PENDING || run.state == state::DELIVERED {
+            update = update
+                .col_expr(command::Column::State, Expr::value(state::RUNNING))
+                .col_expr(command::Column::StartedAt, Expr::value(Utc::now()));
+        }
+        update.exec(txn).await?;
+        Ok(Stored::New {
+            id: chunk_id,
+            job_id: run.job_id,
+        })
     }
 }

@@ -182,10 +182,7 @@ async fn commit_one(store: &Store, write: &Write) -> Result<Written> {
     Ok(result)
 }
 
-async fn apply<C>(store: &Store<C>, write: &Write) -> Result<Written>
-where
-    C: sea_orm::ConnectionTrait + sea_orm::TransactionTrait,
-{
+async fn apply(store: &Store<sea_orm::DatabaseTransaction>, write: &Write) -> Result<Written> {
     Ok(match write {
         Write::Delivered {
             tenant_id,
