@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use outpost_protocol::{OutputStream, codes};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Set, TransactionSession, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Set, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -473,16 +473,6 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             }
         }
         Ok(marked)
-    }
-
-    /// Number of runs of a job that are not final.
-    pub async fn open_runs(&self, tenant_id: &str, job_id: &str) -> Result<u64> {
-        Ok(command::Entity::find()
-            .filter(command::Column::TenantId.eq(tenant_id))
-            .filter(command::Column::JobId.eq(job_id))
-            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
-            .count(&self.db)
-            .await?)
     }
 }
 
