@@ -50,6 +50,18 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_SUPERVISED", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub supervised: bool,
 
+    /// Use HTTP long-poll from the start instead of a WebSocket (1/0, true/false…).
+    #[arg(long, env = "OUTPOST_HTTP_FALLBACK", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub http_fallback: bool,
+
+    /// Seconds between polls when the network cuts long-poll requests.
+    #[arg(long, env = "OUTPOST_HTTP_POLL_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_poll_interval: u64,
+
+    /// Seconds between WebSocket attempts while on the HTTP fallback (tests shorten it).
+    #[arg(long, env = "OUTPOST_WS_RETRY_INTERVAL", default_value_t = 300, hide = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub ws_retry_interval: u64,
+
     /// Extra CA certificate (PEM) to trust for wss:// and https://.
     #[arg(long, env = "OUTPOST_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
@@ -91,6 +103,8 @@ impl std::fmt::Debug for Config {
             .field("tags", &self.tags)
             .field("skip_update", &self.skip_update)
             .field("supervised", &self.supervised)
+            .field("http_fallback", &self.http_fallback)
+            .field("http_poll_interval", &self.http_poll_interval)
             .field("ca_cert", &self.ca_cert)
             .field("log_format", &self.log_format)
             .finish()

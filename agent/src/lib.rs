@@ -1,7 +1,7 @@
 //! Outpost agent: connects out to the server, registers, heartbeats and answers commands.
 //!
 //! Reading order: [`config`], [`journal`] and [`spool`] (what makes delivery exactly-once and
-//! lossless), [`session`] (one connection), [`commands`] (what each command does),
+//! lossless), [`session`] (one connection, over a WebSocket or [`http`] long-poll), [`commands`] (what each command does),
 //! [`manifest`] and [`exec`] (script runs), [`host`].
 //!
 //! The agent owns one [`Agent`] value for its whole life. Connections come and go; the
@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod exec;
 pub mod host;
+pub mod http;
 pub mod journal;
 pub mod manifest;
 pub mod session;

@@ -14,6 +14,7 @@
 
 mod frames;
 mod output;
+pub mod poll;
 
 pub use frames::{
     AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData, Response,

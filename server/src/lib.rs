@@ -94,11 +94,13 @@ pub async fn run(
 
     let app = api::router()
         .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
-        // Requests are logged at debug level, without headers (they carry keys).
-        .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             outpost_protocol::limits::MAX_FRAME_BYTES,
         ))
+        // Long-poll batches carry many frames: their routes have their own, larger limit.
+        .merge(hub::http::router())
+        // Requests are logged at debug level, without headers (they carry keys).
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state.clone())
         .into_make_service_with_connect_info::<SocketAddr>();
 

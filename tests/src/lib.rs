@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+pub mod proxy;
 pub mod ws;
 
 /// How long any readiness wait may take before the test fails. Generous: CI machines are

@@ -7,6 +7,7 @@ mod commands;
 mod durability;
 mod jobs;
 mod keys;
+mod longpoll;
 mod protocol;
 mod tenancy;
 mod tls;
