@@ -375,17 +375,7 @@ fn raw(frame: &AgentFrame) -> Box<RawValue> {
 /// `OUTPOST_SERVER_URL` as the base of the HTTP routes: ws(s) becomes http(s), and the path
 /// ends with `/` so that relative joins stay under it.
 pub fn http_base(base: &str) -> anyhow::Result<Url> {
-    let mut url =
-        Url::parse(base).with_context(|| format!("OUTPOST_SERVER_URL {base:?} is not a URL"))?;
-    let scheme = match url.scheme() {
-        "ws" | "http" => "http",
-        "wss" | "https" => "https",
-        other => anyhow::bail!(
-            "OUTPOST_SERVER_URL must be ws://, wss://, http:// or https://, not {other}://"
-        ),
-    };
-    url.set_scheme(scheme)
-        .map_err(|()| anyhow::anyhow!("cannot use {scheme}:// with {base}"))?;
+    let mut url = crate::session::with_scheme(base, "http", "https")?;
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);

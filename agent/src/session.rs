@@ -634,19 +634,26 @@ impl Backoff {
 
 /// `OUTPOST_SERVER_URL` as the WebSocket endpoint: http(s) becomes ws(s), path `/agent/v1/ws`.
 pub fn ws_url(base: &str) -> anyhow::Result<Url> {
+    let mut url = with_scheme(base, "ws", "wss")?;
+    let path = format!("{}/agent/v1/ws", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// `OUTPOST_SERVER_URL` with its scheme mapped to `plain` (from ws/http) or `secure` (from
+/// wss/https).
+pub(crate) fn with_scheme(base: &str, plain: &str, secure: &str) -> anyhow::Result<Url> {
     let mut url =
         Url::parse(base).with_context(|| format!("OUTPOST_SERVER_URL {base:?} is not a URL"))?;
     let scheme = match url.scheme() {
-        "ws" | "http" => "ws",
-        "wss" | "https" => "wss",
+        "ws" | "http" => plain,
+        "wss" | "https" => secure,
         other => anyhow::bail!(
             "OUTPOST_SERVER_URL must be ws://, wss://, http:// or https://, not {other}://"
         ),
     };
     url.set_scheme(scheme)
         .map_err(|()| anyhow::anyhow!("cannot use {scheme}:// with {base}"))?;
-    let path = format!("{}/agent/v1/ws", url.path().trim_end_matches('/'));
-    url.set_path(&path);
     Ok(url)
 }
 

@@ -24,9 +24,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
 use outpost_protocol::poll::{
@@ -176,30 +175,29 @@ impl Drop for Polling<'_> {
     }
 }
 
+/// A request body read whole, within the batch limit, with our error shape on rejection.
+pub struct Body(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(body_rejection)
+    }
+}
+
 /// `POST /agent/v1/poll`: the frames waiting for the agent, as soon as there are any.
 pub async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_rejection(rejection).into_response(),
-    };
-    match poll_inner(&state, &headers, &body).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn poll_inner(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<PollResponse, ApiError> {
-    let key = auth::authenticate_agent(state, auth::bearer(headers)).await?;
-    let req: PollRequest = parse(body)?;
-    let session = find(state, &key, req.agent_id, &req.session)?;
+    Body(body): Body,
+) -> Result<Json<PollResponse>, ApiError> {
+    let key = auth::authenticate_agent(&state, auth::bearer(&headers)).await?;
+    let req: PollRequest = parse(&body)?;
+    let session = find(&state, &key, req.agent_id, &req.session)?;
     let wait = Duration::from_secs(u64::from(req.wait_s.min(MAX_POLL_WAIT_S)));
     let deadline = tokio::time::Instant::now() + wait;
     let _polling = Polling::start(&session);
@@ -209,7 +207,7 @@ async fn poll_inner(
         // Registered before looking, so a frame queued right after the look still wakes us.
         notified.as_mut().enable();
         match session.after(req.cursor) {
-            Found::Frames(frames, cursor) => return Ok(PollResponse { frames, cursor }),
+            Found::Frames(frames, cursor) => return Ok(Json(PollResponse { frames, cursor })),
             Found::Closed(reason) => return Err(not_registered(&reason)),
             Found::Nothing => {}
         }
@@ -221,10 +219,10 @@ async fn poll_inner(
             }
         }
     }
-    Ok(PollResponse {
+    Ok(Json(PollResponse {
         frames: Vec::new(),
         cursor: req.cursor,
-    })
+    }))
 }
 
 /// `POST /agent/v1/frames`: agent -> server frames, in order; a leading `register` opens a
@@ -232,25 +230,10 @@ async fn poll_inner(
 pub async fn frames(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_rejection(rejection).into_response(),
-    };
-    match frames_inner(&state, &headers, &body).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn frames_inner(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<FramesResponse, ApiError> {
-    let key = auth::authenticate_agent(state, auth::bearer(headers)).await?;
-    let req: FramesRequest = parse(body)?;
+    Body(body): Body,
+) -> Result<Json<FramesResponse>, ApiError> {
+    let key = auth::authenticate_agent(&state, auth::bearer(&headers)).await?;
+    let req: FramesRequest = parse(&body)?;
     if req.frames.len() > MAX_BATCH_FRAMES {
         return Err(ApiError::BadRequest(format!(
             "frames: {} frames in one batch; the limit is {MAX_BATCH_FRAMES}",
@@ -276,7 +259,7 @@ async fn frames_inner(
         .session
         .as_deref()
         .zip(req.agent_id)
-        .and_then(|(id, agent_id)| find(state, &key, agent_id, id).ok());
+        .and_then(|(id, agent_id)| find(&state, &key, agent_id, id).ok());
     let session = match current {
         Some(session) => session,
         None => match decoded.next_if(|f| matches!(f, Ok(AgentFrame::Register { .. }))) {
@@ -287,7 +270,7 @@ async fn frames_inner(
                         message: err.message,
                     });
                 }
-                let session = open(state, key, &data).await?;
+                let session = open(&state, key, &data).await?;
                 out.push(session.link.lock().await.connected());
                 session
             }
@@ -325,10 +308,10 @@ async fn frames_inner(
             Err(End::Gone) => return Err(not_registered("session closed")),
         }
     }
-    Ok(FramesResponse {
+    Ok(Json(FramesResponse {
         session: session.id.clone(),
         frames: out,
-    })
+    }))
 }
 
 /// Opens a session for a registering agent and puts it in the hub, replacing any earlier
