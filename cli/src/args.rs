@@ -77,7 +77,10 @@ Examples:
     #[command(after_help = "Example:\n  outpost logout")]
     Logout,
     /// List and inspect agents.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost agents ls --status online\n  outpost agents show web-1"
+    )]
     Agents(AgentsCommand),
     /// Ping an agent and show the round trip.
     #[command(after_help = "\
@@ -91,10 +94,16 @@ Examples:
     #[command(after_help = RUN_AFTER)]
     Run(RunArgs),
     /// Job history, results, output and cancelling.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost jobs ls --status failed --since 1d\n  outpost jobs show JOB\n  outpost jobs logs JOB --follow\n  outpost jobs cancel JOB"
+    )]
     Jobs(JobsCommand),
     /// Manage keys.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost keys agent create web --tag web\n  outpost keys agent ls"
+    )]
     Keys(KeysCommand),
     /// Print a shell completion script.
     #[command(after_help = "\
@@ -298,7 +307,10 @@ impl Stream {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Keys agents connect with (opa_…).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost keys agent create web --tag web\n  outpost keys agent ls\n  outpost keys agent disable web\n  outpost keys agent regenerate web"
+    )]
     Agent(AgentKeysCommand),
 }
 
@@ -359,4 +371,39 @@ Example:
         /// Key id or name.
         key: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command, down to the leaves, shows examples in its help.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &mut clap::Command, path: &str, missing: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name());
+            let help = cmd.render_help().to_string();
+            if !help.contains("Example") {
+                missing.push(name.clone());
+            }
+            for sub in cmd.get_subcommands_mut() {
+                if sub.get_name() != "help" {
+                    walk(sub, &name, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&mut Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no examples in the help of: {missing:?}"
+        );
+    }
 }

@@ -177,7 +177,11 @@ impl Client {
     /// A transport failure, naming the server and the root cause.
     pub fn transport(&self, err: &reqwest::Error) -> CliError {
         let mut cause = String::new();
-        let mut source: Option<&dyn std::error::Error> = Some(err);
+        // reqwest's own top line repeats the URL, which the message already names.
+        let mut source: Option<&dyn std::error::Error> = match std::error::Error::source(err) {
+            Some(inner) if err.is_connect() || err.is_request() => Some(inner),
+            _ => Some(err),
+        };
         while let Some(e) = source {
             let text = e.to_string();
             if !cause.contains(&text) {
