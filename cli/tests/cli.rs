@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outpost_e2e::{Agent, Api, READY_TIMEOUT, Scripts, Server};
+use outpost_e2e::{Agent, Api, READY_TIMEOUT, Scripts, Server, ServerOptions};
 use serde_json::{Value, json};
 
 /// A CLI environment: the server's URL and token, and a private config directory.
@@ -101,7 +101,13 @@ impl Run {
 
 /// A server with one key (tag `web`) and `n` agents, each with its own manifest.
 async fn fleet(manifests: Vec<Scripts>) -> (Server, Api, Vec<Agent>, Vec<String>, Vec<Scripts>) {
-    let server = Server::start().await;
+    fleet_on(Server::start().await, manifests).await
+}
+
+async fn fleet_on(
+    server: Server,
+    manifests: Vec<Scripts>,
+) -> (Server, Api, Vec<Agent>, Vec<String>, Vec<Scripts>) {
     let api = server.api();
     let (_, secret) = api
         .create_key(json!({"name": "fleet", "tags": ["web"]}))
@@ -118,9 +124,25 @@ async fn fleet(manifests: Vec<Scripts>) -> (Server, Api, Vec<Agent>, Vec<String>
 
 #[tokio::test]
 async fn agents_ping_keys_and_completions() {
-    let (server, _api, _agents, ids, _scripts) = fleet(vec![Scripts::new()]).await;
+    // Heartbeats every 2 s, so that the metrics columns fill within the test.
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--heartbeat-interval".into(), "2".into()],
+        ..Default::default()
+    })
+    .await;
+    let (server, api, _agents, ids, _scripts) = fleet_on(server, vec![Scripts::new()]).await;
     let cli = Cli::new(&server);
     let id = ids[0].as_str();
+    outpost_e2e::wait_for("a heartbeat", READY_TIMEOUT, || {
+        let api = api.clone();
+        let path = format!("/api/agents/{id}");
+        async move {
+            api.get(&path).await.1["last_heartbeat"]
+                .is_object()
+                .then_some(())
+        }
+    })
+    .await;
 
     let table = cli.run(&["agents", "ls"]).ok();
     assert!(table.stdout.starts_with("ID"), "{table:?}");
@@ -142,6 +164,9 @@ async fn agents_ping_keys_and_completions() {
         .find(|l| l.starts_with(id))
         .expect("agent row");
     assert!(row.contains("online") && row.contains("web"), "{row}");
+    // CPU, memory and disk as percentages, the heartbeat's age relative.
+    assert_eq!(row.matches('%').count(), 3, "{row}");
+    assert!(row.contains("s ago"), "{row}");
 
     let listed = cli.json(&["agents", "ls"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
