@@ -124,7 +124,8 @@ to add targets; several tag: targets select the agents having all of those tags.
 Without --follow the command waits for every run to finish, then prints the output (prefixed
 by agent when there are several). With --follow the output is printed live, each line prefixed
 by its agent; fan-outs show a done/failed/pending line on a terminal. Ctrl-C stops watching;
-the job keeps running (`outpost jobs cancel JOB` stops it).
+the job keeps running (`outpost jobs cancel JOB` stops it). A run for an offline agent waits
+for it to come back, up to --ttl (an hour by default); it then ends as expired.
 
 Exit status: one agent: the script's exit code (124 timed out, 125 no exit code);
 several agents: 0 if every run succeeded, else 1.
@@ -188,6 +189,9 @@ pub struct RunArgs {
     /// Seconds each run may take (the server's default is 60).
     #[arg(long, value_name = "S")]
     pub timeout: Option<u32>,
+    /// Seconds a run waits for an agent that is offline (the server's default is 3600).
+    #[arg(long, value_name = "S")]
+    pub ttl: Option<u32>,
     /// Print the output live as it arrives.
     #[arg(long, short)]
     pub follow: bool,

@@ -1,12 +1,13 @@
 //! `outpost run` and `outpost jobs ls|show|logs|cancel`.
 //!
-//! A `run` is a job with command `run` (`POST /api/jobs`). Without `--follow` it waits with
-//! `?wait=` (and, for runs longer than the server's longest wait, the event stream) and then
-//! prints the stored output; with `--follow` it prints the event stream as it comes. The exit
-//! status follows the runs: see [`exit_status`].
+//! A `run` is a job with command `run` (`POST /api/jobs`). Without `--follow` it waits on the
+//! job's event stream without printing it, then prints the stored output; with `--follow` it
+//! prints the event stream as it comes. The event stream rather than `?wait=` because it has no
+//! upper limit (`?wait` stops at 600 s) and it also ends when runs expire or are lost, which
+//! `?wait` does not notice until its time is up. The exit status follows the runs: see
+//! [`exit_status`].
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::Method;
@@ -18,9 +19,6 @@ use crate::client::Client;
 use crate::error::{CliError, exit};
 use crate::follow::{self, Options, Printer};
 use crate::output::{self, Cell, Table};
-
-/// The server's longest `?wait=`.
-const MAX_WAIT_S: u64 = 600;
 
 /// `outpost run`.
 pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Result<u8, CliError> {
@@ -80,23 +78,12 @@ pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Resu
     if let Some(timeout) = args.timeout {
         body["timeout_s"] = json!(timeout);
     }
-    let run_timeout = u64::from(args.timeout.unwrap_or(60));
-    let job = if args.follow {
-        client
-            .json(Method::POST, "/api/jobs", &[], Some(&body))
-            .await?
-    } else {
-        let wait = (run_timeout + 5).min(MAX_WAIT_S);
-        client
-            .json_within(
-                Method::POST,
-                "/api/jobs",
-                &[("wait", wait.to_string())],
-                Some(&body),
-                Duration::from_secs(wait + 30),
-            )
-            .await?
-    };
+    if let Some(ttl) = args.ttl {
+        body["ttl_s"] = json!(ttl);
+    }
+    let job = client
+        .json(Method::POST, "/api/jobs", &[], Some(&body))
+        .await?;
     let job_id = output::field(&job, "job_id");
     let runs = run_labels(&job, &agents_list);
     let fan_out = runs.len() > 1;

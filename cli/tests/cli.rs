@@ -130,7 +130,8 @@ async fn agents_ping_keys_and_completions() {
         ..Default::default()
     })
     .await;
-    let (server, api, _agents, ids, _scripts) = fleet_on(server, vec![Scripts::new()]).await;
+    let (server, api, mut agents, ids, _scripts) =
+        fleet_on(server, vec![Scripts::new(), Scripts::new()]).await;
     let cli = Cli::new(&server);
     let id = ids[0].as_str();
     outpost_e2e::wait_for("a heartbeat", READY_TIMEOUT, || {
@@ -168,21 +169,38 @@ async fn agents_ping_keys_and_completions() {
     assert_eq!(row.matches('%').count(), 3, "{row}");
     assert!(row.contains("s ago"), "{row}");
 
-    let listed = cli.json(&["agents", "ls"]);
+    // The second agent goes away: it is listed offline, and a run for it expires after --ttl.
+    let gone = ids[1].as_str();
+    agents[1].kill9();
+    api.wait_status(gone, "offline").await;
+    let expired = cli.run(&["run", "anything", "--on", gone, "--ttl", "1"]);
+    assert_eq!(expired.code, 125, "{expired:?}");
+    assert!(expired.stderr.contains("expired"), "{expired:?}");
+
+    let listed = cli.json(&["agents", "ls", "--status", "online"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["agent_id"], id);
     assert_eq!(
-        cli.json(&["agents", "ls", "--status", "offline"]),
-        json!([])
+        cli.json(&["agents", "ls", "--status", "offline"])[0]["agent_id"],
+        gone
     );
     assert_eq!(
-        cli.json(&["agents", "ls", "--tag", "web"])[0]["agent_id"],
-        id
+        cli.json(&["agents", "ls", "--tag", "web"])
+            .as_array()
+            .map(Vec::len),
+        Some(2)
     );
     assert_eq!(cli.json(&["agents", "ls", "--tag", "db"]), json!([]));
 
+    // Both agents run on this host: its name is ambiguous, the end of an id is not.
     let hostname = listed[0]["hostname"].as_str().expect("hostname").to_owned();
-    let shown = cli.json(&["agents", "show", &hostname]);
+    let ambiguous = cli.run(&["agents", "show", &hostname]);
+    assert_eq!(ambiguous.code, 2, "{ambiguous:?}");
+    assert!(
+        ambiguous.stderr.contains("matches 2 agents"),
+        "{ambiguous:?}"
+    );
+    let shown = cli.json(&["agents", "show", id]);
     assert_eq!(shown["agent_id"], id);
     let shown = cli.run(&["agents", "show", &id[id.len() - 8..]]).ok();
     assert!(
