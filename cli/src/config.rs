@@ -74,7 +74,15 @@ pub fn resolve(global: &Global) -> Result<(String, Option<String>), CliError> {
 
 /// `outpost login`.
 pub async fn login(global: &Global, _args: LoginArgs) -> Result<(), CliError> {
-    let (url, _) = resolve(global)?;
+    // The URL: given now, else the file's (a broken file is about to be replaced, so it does
+    // not stop a login), else the default.
+    let url = match global.url.clone().filter(|u| !u.trim().is_empty()) {
+        Some(url) => url,
+        None => read_file()
+            .ok()
+            .and_then(|f| f.url)
+            .unwrap_or_else(|| DEFAULT_URL.to_owned()),
+    };
     // A token already in the file is not what the user is logging in with: unless one is
     // given now (flag or OUTPOST_TOKEN), ask for it.
     let token = match global.token.clone().filter(|t| !t.trim().is_empty()) {

@@ -697,7 +697,11 @@ async fn login_config_bad_token_and_server_down() {
     )
     .ok();
 
-    // login with --token replaces the file; logout removes it.
+    // A broken file is reported by name; login with --token replaces it; logout removes it.
+    std::fs::write(&file, "url = ").expect("break the config");
+    let broken = Run::of(cli.bare().args(["agents", "ls"]));
+    assert_eq!(broken.code, 1, "{broken:?}");
+    assert!(broken.stderr.contains("config.toml"), "{broken:?}");
     Run::of(
         cli.bare()
             .args(["login", "--url", &cli.url, "--token", &cli.token]),
