@@ -220,8 +220,12 @@ fn control(agent: &Agent, cmd: &ServerCommand) -> Outcome {
             None | Some(Value::Null) => false,
             Some(Value::Bool(force)) => *force,
             Some(_) => {
-                return Response::failed(id, codes::BAD_DATA, "update: data.force must be a boolean")
-                    .into();
+                return Response::failed(
+                    id,
+                    codes::BAD_DATA,
+                    "update: data.force must be a boolean",
+                )
+                .into();
             }
         };
         if let Err(err) = agent.request_update(version, force) {

@@ -148,12 +148,8 @@ pub fn load_signing_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
         }
         _ => bytes,
     };
-    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not a PKCS#8 Ed25519 private key ({e})",
-            path.display()
-        )
-    })
+    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        .map_err(|e| anyhow::anyhow!("{}: not a PKCS#8 Ed25519 private key ({e})", path.display()))
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {

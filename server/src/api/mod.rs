@@ -108,7 +108,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output))
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))
-        .route("/downloads/{version}/{target}/{file}", get(releases::download));
+        .route(
+            "/downloads/{version}/{target}/{file}",
+            get(releases::download),
+        );
     // The viewer's assets are compiled into the binary, so /docs works with no network.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
 }

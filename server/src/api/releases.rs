@@ -7,12 +7,12 @@
 //! against the key it pinned, not the channel. The `.sha256` files come from the database, not
 //! from hashing the file on disk, so a file changed after publishing is caught by every client.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::{DateTime, Utc};
 use outpost_protocol::release::{self, Version, valid_target};
 use serde::{Deserialize, Serialize};
@@ -84,7 +84,9 @@ impl FromRequestParts<AppState> for Reader {
 
 fn target_of(query: TargetQuery) -> Result<String, ApiError> {
     let target = query.target.ok_or_else(|| {
-        ApiError::BadRequest("target: missing query parameter (e.g. ?target=x86_64-unknown-linux-gnu)".into())
+        ApiError::BadRequest(
+            "target: missing query parameter (e.g. ?target=x86_64-unknown-linux-gnu)".into(),
+        )
     })?;
     if !valid_target(&target) {
         return Err(ApiError::BadRequest(

@@ -41,7 +41,11 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// The highest version for `target` that holds artifact `name`.
-    pub async fn latest_artifact_version(&self, target: &str, name: &str) -> Result<Option<Version>> {
+    pub async fn latest_artifact_version(
+        &self,
+        target: &str,
+        name: &str,
+    ) -> Result<Option<Version>> {
         self.latest_where(target, Some(name)).await
     }
 
@@ -57,6 +61,16 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .one(&self.db)
             .await?;
         Ok(row.and_then(|r| r.version.parse().ok()))
+    }
+
+    /// The public key of the most recently published release, any target (what `/deploy.sh`
+    /// offers natively installed supervisors to pin).
+    pub async fn latest_release_public_key(&self) -> Result<Option<String>> {
+        Ok(release::Entity::find()
+            .order_by_desc(release::Column::PublishedAt)
+            .one(&self.db)
+            .await?
+            .map(|r| r.public_key))
     }
 
     /// Every artifact of one release, by name.
