@@ -15,6 +15,7 @@
 mod frames;
 mod output;
 pub mod poll;
+pub mod release;
 
 pub use frames::{
     AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData, Response,

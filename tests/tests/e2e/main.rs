@@ -9,6 +9,7 @@ mod jobs;
 mod keys;
 mod longpoll;
 mod protocol;
+mod supervisor;
 mod tenancy;
 mod tls;
 mod webhooks;
