@@ -250,10 +250,14 @@ async fn sweep_loop(state: AppState, every: Duration, lost_after: Duration) {
 
 async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::StoreError> {
     let expired = state.store.expire_commands().await?;
-    if expired > 0 {
-        tracing::info!(expired, "commands expired undelivered");
+    if !expired.is_empty() {
+        tracing::info!(expired = expired.len(), "commands expired undelivered");
         for (tenant_id, job_id) in state.store.refresh_running_jobs().await? {
             state.hub.job_changed(&tenant_id, &job_id);
+        }
+        // Callers waiting on them (`?wait`, a queued command) learn the outcome now.
+        for run in &expired {
+            state.hub.finished(run);
         }
     }
     let cutoff = chrono::Utc::now()
@@ -263,7 +267,7 @@ async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::Stor
         tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
         state.hub.finished(run);
     }
-    if expired > 0 || !lost.is_empty() {
+    if !expired.is_empty() || !lost.is_empty() {
         state.webhooks.wake();
     }
     Ok(())

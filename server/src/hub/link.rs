@@ -113,7 +113,7 @@ impl Link {
     /// Every command the agent still owes an answer to, as frames to send again (delivery
     /// guarantees 1 and 2).
     pub async fn open_frames(&self, agent_id: AgentId) -> Result<Vec<ServerFrame>, End> {
-        let open = self
+        let (expired, open) = self
             .state
             .store
             .open_commands_for(&self.key.tenant_id, &agent_id.to_string())
@@ -122,6 +122,12 @@ impl Link {
                 tracing::error!(error = %err, "could not load open commands");
                 End::Close(1011, "internal error".into())
             })?;
+        if !expired.is_empty() {
+            for run in &expired {
+                self.state.hub.finished(run);
+            }
+            self.state.webhooks.wake();
+        }
         let mut frames = Vec::with_capacity(open.len());
         for command in open {
             match crate::dispatch::frame_for(&command, self.state.max_output_bytes) {

@@ -554,32 +554,38 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 
     /// Commands an agent still owes an answer to, oldest first, after expiring those whose TTL
     /// passed undelivered. Sent again on every (re)connect (delivery guarantees 1 and 2).
+    /// Returns the commands it expired too, so that whoever waits for them can be told.
     pub async fn open_commands_for(
         &self,
         tenant_id: &str,
         agent_id: &str,
-    ) -> Result<Vec<command::Model>> {
-        self.expire_commands_for(tenant_id, agent_id).await?;
-        Ok(command::Entity::find()
+    ) -> Result<(Vec<command::Model>, Vec<command::Model>)> {
+        let expired = self.expire_commands_for(tenant_id, agent_id).await?;
+        let open = command::Entity::find()
             .filter(command::Column::TenantId.eq(tenant_id))
             .filter(command::Column::AgentId.eq(agent_id))
             .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
             .order_by_asc(command::Column::Id)
             .all(&self.db)
-            .await?)
+            .await?;
+        Ok((expired, open))
     }
 
-    /// Marks every pending command whose TTL has passed as expired. Returns how many.
-    pub async fn expire_commands(&self) -> Result<u64> {
+    /// Marks every pending command whose TTL has passed as expired. Returns them.
+    pub async fn expire_commands(&self) -> Result<Vec<command::Model>> {
         self.expire_where(None).await
     }
 
     /// Expires one agent's overdue commands (cheap: done on every registration).
-    async fn expire_commands_for(&self, tenant_id: &str, agent_id: &str) -> Result<u64> {
+    async fn expire_commands_for(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+    ) -> Result<Vec<command::Model>> {
         self.expire_where(Some((tenant_id, agent_id))).await
     }
 
-    async fn expire_where(&self, agent: Option<(&str, &str)>) -> Result<u64> {
+    async fn expire_where(&self, agent: Option<(&str, &str)>) -> Result<Vec<command::Model>> {
         let now = Utc::now();
         let mut update = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::EXPIRED))
@@ -599,7 +605,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .filter(command::Column::TenantId.eq(tenant_id))
                 .filter(command::Column::AgentId.eq(agent_id));
         }
-        Ok(update.exec(&self.db).await?.rows_affected)
+        Ok(update.exec_with_returning(&self.db).await?)
     }
 
     /// Records the agent's `ack`: a `run` is then running (the agent acknowledges it as it

@@ -742,3 +742,30 @@ async fn job_events_stream_live_output_and_resume() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_job_create_returns_when_its_runs_expire() {
+    // The housekeeping sweep runs every heartbeat interval here (1 s).
+    let server = Server::start_with(outpost_e2e::ServerOptions {
+        args: vec!["--heartbeat-interval".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let mut agent = Agent::start(&server.url, &secret);
+    let id = agent.wait_online(&api).await;
+    agent.terminate();
+    api.wait_status(&id, "offline").await;
+
+    // Without the expiry waking the waiter this would hold for the whole minute and answer 202.
+    let (code, job) = api
+        .job(
+            json!({"command": "ping", "target": {"agents": [id]}, "ttl_s": 1}),
+            Some(60),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{job}");
+    assert_eq!(job["runs"][0]["status"], "expired", "{job}");
+    assert_eq!(job["status"], "failed", "{job}");
+}
