@@ -101,7 +101,8 @@ done
 # --- validation: every value ends up in a KEY=value file, so no newlines or control characters.
 
 [[ -z $key || $key =~ ^opa_[A-Za-z0-9_-]{16,200}$ ]] || die "--key must be an agent key (opa_ followed by letters, digits, - or _)"
-[[ -z $server || $server =~ ^https?://[A-Za-z0-9.:@%_~+/\[\]-]+$ ]] || die "--server must be an http:// or https:// URL without spaces or quotes"
+url_re='^https?://[][A-Za-z0-9.:@%_~+/-]+$' # what /deploy.sh accepts as its URL, too
+[[ -z $server || $server =~ $url_re ]] || die "--server must be an http:// or https:// URL without spaces or quotes"
 server=${server%/}
 [[ -z $tags || ($tags =~ ^[[:print:]]+$ && ${#tags} -le 4096) ]] || die "--tags must be printable characters (comma-separated tags)"
 [[ $image =~ ^[A-Za-z0-9./:@_-]+$ ]] || die "--image must be an image reference (letters, digits, . / : @ _ -)"
@@ -121,6 +122,8 @@ else
   state=$home
 fi
 [[ $home == /* && $home != *"'"* && $home != *[[:space:]]* && $home != *%* ]] || die "install directory $home must be an absolute path without quotes, spaces or %"
+# --uninstall deletes the whole directory: it must be one of its own.
+[[ $(basename "$home") == *outpost* ]] || die "install directory $home must be a directory of its own, with \"outpost\" in its name"
 bin=$home/bin
 conf=$home/agent.env
 unit_name=outpost-agent.service
@@ -171,25 +174,19 @@ install_binary() {
   say "installed $bin/$name (sha256 $got)"
 }
 
-# PIDs of this installation's supervisor and agent processes (matched on the executable path,
-# so another installation or unrelated process is never touched).
-install_pids() {
-  local link
-  find /proc -mindepth 2 -maxdepth 2 -name exe \( -lname "$bin/outpost-supervisor" \
-    -o -lname "$bin/outpost-supervisor (deleted)" -o -lname "$bin/outpost-agent" \
-    -o -lname "$bin/outpost-agent (deleted)" \) -print 2>/dev/null | while read -r link; do
-    link=${link#/proc/}
-    echo "${link%/exe}"
+# PIDs of processes running one of the given executables (matched on the path in
+# /proc/PID/exe, so another installation or an unrelated process is never touched; a binary
+# replaced by an update shows as "PATH (deleted)").
+pids_of() {
+  local path match=()
+  for path in "$@"; do
+    match+=(-o -lname "$path" -o -lname "$path (deleted)")
   done
+  { find /proc -mindepth 2 -maxdepth 2 -name exe \( "${match[@]:1}" \) -print 2>/dev/null || true; } |
+    sed -n 's|^/proc/\([0-9][0-9]*\)/exe$|\1|p'
 }
-supervisor_pids() {
-  local link
-  find /proc -mindepth 2 -maxdepth 2 -name exe \( -lname "$supervisor" \
-    -o -lname "$supervisor (deleted)" \) -print 2>/dev/null | while read -r link; do
-    link=${link#/proc/}
-    echo "${link%/exe}"
-  done
-}
+install_pids() { pids_of "$supervisor" "$bin/outpost-agent"; }
+supervisor_pids() { pids_of "$supervisor"; }
 
 boot_method() {
   case ${OUTPOST_BOOT:-auto} in
@@ -282,7 +279,9 @@ native_start() {
     systemctl start "$unit_name"
   elif ! native_running; then
     mkdir -p "$state"
-    (cd "$state" && exec setsid "$supervisor" --env-file "$conf" </dev/null >/dev/null 2>&1 &)
+    # A clean environment, as cron gives at boot: the configuration is agent.env alone.
+    (cd "$state" && exec setsid env -i HOME="${HOME:-/}" PATH="$PATH" LANG=C.UTF-8 \
+      "$supervisor" --env-file "$conf" </dev/null >/dev/null 2>&1 &)
   fi
   local i
   for ((i = 0; i < 50; i++)); do
