@@ -57,6 +57,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// The signed release this binary was installed as, set by outpost-supervisor after it
+    /// verified the file; reported as the agent's version instead of the build's.
+    #[arg(long, env = "OUTPOST_RELEASE_VERSION", hide = true)]
+    pub release_version: Option<String>,
 }
 
 impl Config {
@@ -68,6 +73,16 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join(".outpost-agent")
         })
+    }
+
+    /// The version to report: the supervisor's verified release version when it gave a
+    /// valid one, else this build's.
+    pub fn version(&self) -> String {
+        self.release_version
+            .as_deref()
+            .filter(|v| v.parse::<outpost_protocol::release::Version>().is_ok())
+            .unwrap_or(env!("CARGO_PKG_VERSION"))
+            .to_owned()
     }
 
     /// Tags with blanks removed.
@@ -93,6 +108,7 @@ impl std::fmt::Debug for Config {
             .field("supervised", &self.supervised)
             .field("ca_cert", &self.ca_cert)
             .field("log_format", &self.log_format)
+            .field("release_version", &self.release_version)
             .finish()
     }
 }

@@ -14,6 +14,7 @@
 
 mod frames;
 mod output;
+pub mod release;
 
 pub use frames::{
     AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData, Response,

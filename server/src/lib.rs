@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod hub;
+pub mod release;
 pub mod seal;
 pub mod store;
 pub mod webhooks;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub max_output_bytes: u64,
     /// The webhook worker and the master key.
     pub webhooks: Arc<webhooks::Webhooks>,
+    /// Published release files.
+    pub releases: Arc<release::Releases>,
 }
 
 /// How long the server waits for connections to finish after a shutdown signal.
@@ -75,6 +78,11 @@ pub async fn run(
             master,
             config.webhook_allow_private,
         )),
+        releases: Arc::new(release::Releases {
+            dir: config.data_dir.join("releases"),
+            public_url: config.public_url.clone(),
+            tls: config.tls_cert.is_some(),
+        }),
     };
     tokio::spawn(webhooks::run(state.clone()));
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
@@ -259,7 +267,7 @@ async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::Stor
     Ok(())
 }
 
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -56,6 +56,7 @@ fn check_fresh(dir: &Path) {
     for (bin, crates) in [
         ("outpost-server", &["server", "protocol"][..]),
         ("outpost-agent", &["agent", "protocol"][..]),
+        ("outpost-supervisor", &["supervisor", "protocol"][..]),
     ] {
         let built = std::fs::metadata(dir.join(bin))
             .and_then(|m| m.modified())

@@ -8,6 +8,7 @@ mod durability;
 mod jobs;
 mod keys;
 mod protocol;
+mod supervisor;
 mod tenancy;
 mod tls;
 mod webhooks;
