@@ -289,7 +289,7 @@ native_start() {
     sleep 0.1
   done
   native_running || die "the supervisor did not start; see $0 --logs"
-  say "agent running (supervisor pid $(supervisor_pids | tr '\n' ' '))"
+  say "agent running (supervisor pid $(supervisor_pids | xargs))"
 }
 
 native_stop() {
@@ -396,7 +396,7 @@ native_status() {
   echo "  boot:    $(if uses_systemd; then echo "systemd ($unit_name)"; elif command -v crontab >/dev/null && crontab_has_line; then echo "crontab @reboot"; else echo none; fi)"
   echo "  logs:    $state/logs"
   if native_running; then
-    echo "  running: yes (supervisor pid $(supervisor_pids | tr '\n' ' '))"
+    echo "  running: yes (supervisor pid $(supervisor_pids | xargs))"
     return 0
   fi
   echo "  running: no"
