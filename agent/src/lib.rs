@@ -126,7 +126,7 @@ impl Agent {
             capabilities: commands::capabilities(self.config.supervised),
             tags: self.config.clean_tags(),
             scripts: self.manifest().infos(),
-            update_status: self.update_status(),
+            update_status: self.update_status().map(Box::new),
         }
     }
 

@@ -142,7 +142,7 @@ pub struct RegisterData {
     /// omitted when absent, so older servers (which ignore unknown fields) and older agents
     /// (which never send it) interoperate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update_status: Option<crate::release::UpdateStatus>,
+    pub update_status: Option<Box<crate::release::UpdateStatus>>,
 }
 
 fn default_protocol() -> u32 {

@@ -70,7 +70,7 @@ impl Backoff {
     /// The next delay: `base × 2^n` plus up to 20 % jitter, capped. The jitter spreads the
     /// restarts of a fleet that crashed together; it is added, never subtracted, so each
     /// delay is at least the one before it.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
         self.attempt = self.attempt.saturating_add(1);
         let jitter = exp.mul_f64(rand::random::<f64>() * 0.2);
@@ -204,7 +204,7 @@ impl Supervisor {
 
     /// Waits the next backoff delay; `true` when shutdown came first.
     async fn delay(&mut self, shutdown: &CancellationToken, exit: Option<Exit>) -> bool {
-        let delay = self.backoff.next();
+        let delay = self.backoff.next_delay();
         match exit {
             Some(exit) => {
                 tracing::warn!(%exit, delay_ms = delay.as_millis() as u64, "the agent crashed; restarting after a delay")
@@ -477,7 +477,7 @@ mod tests {
         let mut backoff = Backoff::new(base, cap);
         let mut last = Duration::ZERO;
         for n in 0..12u32 {
-            let delay = backoff.next();
+            let delay = backoff.next_delay();
             let floor = (base * 2u32.pow(n)).min(cap);
             assert!(delay >= floor && delay <= cap, "{n}: {delay:?}");
             assert!(
@@ -489,6 +489,6 @@ mod tests {
         }
         assert_eq!(last, cap);
         backoff.reset();
-        assert!(backoff.next() < Duration::from_millis(1201));
+        assert!(backoff.next_delay() < Duration::from_millis(1201));
     }
 }
