@@ -42,6 +42,8 @@ cleanup() {
   docker rm -f "$srv" "$agent" "$deployed" >/dev/null 2>&1 || true
   docker volume rm "$srv-data" "$agent-state" "$deployed-state" >/dev/null 2>&1 || true
   docker network rm "$net" >/dev/null 2>&1 || true
+  # The build stage's image (untagged, labelled in the Dockerfiles) is 100+ MB per run.
+  docker image prune -f --filter label=org.outpost.stage=build >/dev/null 2>&1 || true
   rm -rf dist
   exit "$status"
 }
@@ -147,7 +149,7 @@ deploy --update --image outpost-agent:ci
 [[ $(docker container inspect -f '{{.Id}}' "$deployed") != "$id" ]] || fail "--update did not re-create the container"
 wait_until "the updated agent online" 60 agent_online deployed-e2e
 ping_agent deployed-e2e
-deploy --logs >/dev/null
+deploy --logs 2>&1 | grep -q "connected and registered" || fail "--logs does not show the agent's log"
 deploy --uninstall
 ! docker container inspect "$deployed" >/dev/null 2>&1 || fail "--uninstall left the container"
 ! docker volume inspect "$deployed-state" >/dev/null 2>&1 || fail "--uninstall left the volume"
