@@ -88,6 +88,9 @@ if ((want_builder)) && ! have_image "$builder_image"; then
     tail -n 30 "$work/apt.log" >&2
     exit 1
   }
+  # The host's CA bundle: cargo inside the builder then fetches crates through whatever TLS
+  # proxy this machine trusts (this image is for local builds on this machine only).
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
   mkdir -p "$rootfs/usr/local/rust"
   tar -C "$toolchain" --exclude=./share/doc -c . | tar -C "$rootfs/usr/local/rust" -x
   slim "$rootfs"
