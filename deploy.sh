@@ -204,7 +204,12 @@ boot_method() {
   esac
 }
 
-crontab_has_line() { crontab -l 2>/dev/null | grep -qxF "$cron_line"; }
+# (Read whole before grep -q: with pipefail, grep exiting at the first match could fail the pipe.)
+crontab_has_line() {
+  local tab
+  tab=$(crontab -l 2>/dev/null) || return 1
+  grep -qxF "$cron_line" <<<"$tab"
+}
 
 write_unit() {
   local tmp

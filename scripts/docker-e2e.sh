@@ -79,8 +79,14 @@ echo "base images: $((SECONDS - started)) s"
 
 step "Building Dockerfile.server and Dockerfile.agent"
 started=$SECONDS
-docker build -q -f Dockerfile.server "${build_args[@]}" -t outpost-server:ci . >/dev/null
-docker build -q -f Dockerfile.agent "${build_args[@]}" -t outpost-agent:ci . >/dev/null
+old_ids=$(docker image inspect -f '{{.Id}}' outpost-server:ci outpost-agent:ci 2>/dev/null || true)
+docker build -q --force-rm -f Dockerfile.server "${build_args[@]}" -t outpost-server:ci . >/dev/null
+docker build -q --force-rm -f Dockerfile.agent "${build_args[@]}" -t outpost-agent:ci . >/dev/null
+# The previous run's images, now untagged, go (an unchanged image keeps its ID and stays).
+new_ids=$(docker image inspect -f '{{.Id}}' outpost-server:ci outpost-agent:ci)
+for old_id in $old_ids; do
+  grep -qxF "$old_id" <<<"$new_ids" || docker rmi "$old_id" >/dev/null 2>&1 || true
+done
 echo "images built in $((SECONDS - started)) s:"
 docker image ls --format '  {{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'outpost-(server|agent|base|builder):'
 
@@ -107,7 +113,10 @@ online_agent() {
   sed -n 's/.*"agent_id":"\([^"]*\)".*/\1/p' <<<"$list" | head -n 1
 }
 agent_online() { [[ -n $(online_agent "$1") ]]; }
-agent_offline() { api GET "/api/agents?tag=$1" | grep -q '"status":"offline"'; }
+agent_offline() {
+  local list
+  list=$(api GET "/api/agents?tag=$1") && grep -q '"status":"offline"' <<<"$list"
+}
 ping_agent() {
   local id answer
   id=$(online_agent "$1")
@@ -127,7 +136,9 @@ rm -f "$env_file"
 [[ $(docker exec "$agent" id -u) != 0 ]] || fail "the agent runs as root"
 wait_until "the agent container online" 60 agent_online docker-e2e
 ping_agent docker-e2e
-docker top "$agent" -o pid,user,args | grep -q outpost-supervisor || fail "no outpost-supervisor in the agent container"
+# (Outputs are captured before grep -q: with pipefail, grep exiting early would fail the pipe.)
+processes=$(docker top "$agent" -o pid,user,args)
+grep -q outpost-supervisor <<<"$processes" || fail "no outpost-supervisor in the agent container: $processes"
 
 step "deploy.sh --docker, fetched from the server"
 key=$(new_key deployed)
@@ -139,7 +150,8 @@ ping_agent deployed-e2e
 id=$(docker container inspect -f '{{.Id}}' "$deployed")
 deploy --docker --image outpost-agent:ci
 [[ $(docker container inspect -f '{{.Id}}' "$deployed") == "$id" ]] || fail "a second run re-created the container"
-deploy --status | grep -q 'status:  running' || fail "--status does not say running"
+status=$(deploy --status)
+grep -q 'status:  running' <<<"$status" || fail "--status does not say running: $status"
 deploy --stop
 wait_until "the deployed agent offline" 60 agent_offline deployed-e2e
 if deploy --status; then fail "--status exits 0 for a stopped container"; fi
@@ -149,7 +161,8 @@ deploy --update --image outpost-agent:ci
 [[ $(docker container inspect -f '{{.Id}}' "$deployed") != "$id" ]] || fail "--update did not re-create the container"
 wait_until "the updated agent online" 60 agent_online deployed-e2e
 ping_agent deployed-e2e
-deploy --logs 2>&1 | grep -q "connected and registered" || fail "--logs does not show the agent's log"
+logs=$(deploy --logs 2>&1)
+grep -q "connected and registered" <<<"$logs" || fail "--logs does not show the agent's log"
 deploy --uninstall
 ! docker container inspect "$deployed" >/dev/null 2>&1 || fail "--uninstall left the container"
 ! docker volume inspect "$deployed-state" >/dev/null 2>&1 || fail "--uninstall left the volume"
