@@ -257,10 +257,11 @@ impl Updater {
             .mode(0o700)
             .open(tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        // No credentials: downloads are public, and the URL comes from the metadata, so it
+        // may name another host that must not see the agent key.
         let mut response = self
             .client
             .get(&artifact.url)
-            .bearer_auth(&self.api_key)
             .timeout(Duration::from_secs(600))
             .send()
             .await

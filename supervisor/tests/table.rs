@@ -21,6 +21,10 @@ echo "$(date +%s%N) $$ ${OUTPOST_SUPERVISED:-unset} ${STANDIN_FOO:-unset} $*" >>
 echo "hello from the stand-in"
 echo "oops on stderr" >&2
 n=$(wc -l < "$D/starts")
+if [ -f "$D/orphan" ] && [ "$n" = 1 ]; then
+  # Leaves a process behind that outlives this one; it records its pid as the host sees it.
+  sh -c 'read -r p rest < /proc/self/stat; echo "$p" > "$1/orphan-pid.tmp"; mv "$1/orphan-pid.tmp" "$1/orphan-pid"; sleep 0.3' orphan "$D" &
+fi
 if [ -f "$D/term" ]; then
   if [ "$(cat "$D/term")" = ignore ]; then
     trap 'echo term-ignored >> "$D/signals"' TERM
@@ -68,8 +72,13 @@ impl Fixture {
     }
 
     fn start(&mut self, envs: &[(&str, &str)]) {
+        let command = Command::new(env!("CARGO_BIN_EXE_outpost-supervisor"));
+        self.start_with(command, envs);
+    }
+
+    fn start_with(&mut self, mut command: Command, envs: &[(&str, &str)]) {
         let log = std::fs::File::create(self.path("supervisor.out")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_outpost-supervisor"))
+        let child = command
             .arg("--env-file")
             .arg(self.path("agent.env"))
             .arg("--agent-bin")
@@ -296,4 +305,63 @@ fn an_agent_ignoring_sigterm_is_killed_after_the_grace() {
     );
     assert!(!pid_alive(pid), "the agent was killed");
     assert!(f.output().contains("sending SIGKILL"), "{}", f.output());
+}
+
+fn zombie_or_alive(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(1)
+            .collect(),
+    )
+}
+
+#[test]
+fn as_pid_1_it_reaps_orphans() {
+    let mut f = Fixture::new("42\n0\n");
+    std::fs::write(f.path("orphan"), "").expect("orphan");
+    std::fs::write(f.path("sleeps"), "\n60\n").expect("sleeps");
+    // PID 1 of a fresh PID namespace, as in a container.
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_outpost-supervisor"));
+    f.start_with(command, &[]);
+    f.wait_for_file("orphan-pid");
+    let orphan: u32 = std::fs::read_to_string(f.path("orphan-pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    // The orphan's parent exited (42) long before the orphan does: it is re-parented to the
+    // supervisor, which must reap it, or it stays a zombie for as long as the supervisor runs.
+    let start = Instant::now();
+    while let Some(state) = zombie_or_alive(orphan) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "orphan {orphan} still there in state {state}:\n{}",
+            f.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while f.starts().len() < 2 {
+        assert!(start.elapsed() < TIMEOUT, "{}", f.output());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(f.output().contains("running as PID 1"), "{}", f.output());
+    // The supervisor is unshare's child; stop it with SIGTERM like `docker stop` would.
+    let unshare = f.child.as_ref().expect("started").id();
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("children");
+    let supervisor = children.split_whitespace().next().expect("supervisor pid");
+    let status = Command::new("kill")
+        .args(["-TERM", supervisor])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(f.wait_exit().code(), Some(0), "{}", f.output());
 }

@@ -186,7 +186,9 @@ async fn signed_self_update_refusals_and_rollback() {
 
     // Metadata needs a key; the files themselves are public and match the metadata.
     let (_, secret) = api
-        .create_key(json!({"name": "supervised", "permissions": ["ping", "info", "update"]}))
+        .create_key(
+            json!({"name": "supervised", "permissions": ["ping", "info", "update", "redeploy"]}),
+        )
         .await;
     let anonymous = Api::new(&server.url, "");
     let (status, _) = anonymous
@@ -220,6 +222,53 @@ async fn signed_self_update_refusals_and_rollback() {
         .await
         .expect("bytes");
     assert_eq!(file.as_ref(), std::fs::read(&b).expect("read").as_slice());
+    for (path, want) in [
+        ("/api/releases/latest".to_owned(), StatusCode::BAD_REQUEST),
+        (
+            format!("/api/releases/1.2?target={}", release.target),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/releases/latest?target=../etc".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("/api/releases/9.9.9?target={}", release.target),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/downloads/9.9.9/{}/outpost-agent", release.target),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/downloads/0.2.0/{}/outpost-supervisor", release.target),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/downloads/0.2.0/{}/agent.db", release.target),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, body) = as_agent.get(&path).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
+    // Releases are immutable.
+    let twice = Command::new(bin_dir().join("outpost-server"))
+        .args(["release", "publish", "--data-dir"])
+        .arg(&release.data_dir)
+        .arg("--signing-key")
+        .arg(&release.key)
+        .args(["--version", "0.2.0", "--target", &release.target, "--agent"])
+        .arg(&a)
+        .output()
+        .expect("publish");
+    assert!(!twice.status.success(), "published 0.2.0 twice");
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("already published"),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
 
     // The install: version A beside the supervisor, as deploy.sh lays it out.
     let bin_dir_installed = tmp.path().join("bin");
@@ -397,6 +446,35 @@ async fn signed_self_update_refusals_and_rollback() {
     )
     .await;
     assert_eq!(agent["update_status"]["status"], "updated", "{agent}");
+    assert_eq!(agent["version"], "0.1.0");
+    assert_eq!(sha256(&sup.bin), sha256(&a));
+
+    // Redeploy: the running version downloaded afresh through the same checks.
+    let before = agent["update_status"]["at"].clone();
+    let (status, answer) = api.command(&id, json!({"command": "redeploy"})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["data"]["exit_code"], 44, "{answer}");
+    let path = format!("/api/agents/{id}");
+    let agent = wait_for(
+        "the agent back after redeploy",
+        Duration::from_secs(90),
+        || {
+            let path = path.clone();
+            let api = &api;
+            let before = &before;
+            async move {
+                let (_, agent) = api.get(&path).await;
+                (agent["status"] == "online" && agent["update_status"]["at"] != *before)
+                    .then_some(agent)
+            }
+        },
+    )
+    .await;
+    let report = &agent["update_status"];
+    assert_eq!(report["status"], "updated", "{report}");
+    assert_eq!(report["reason"], "redeploy", "{report}");
+    assert_eq!(report["from"], "0.1.0", "{report}");
+    assert_eq!(report["to"], "0.1.0", "{report}");
     assert_eq!(agent["version"], "0.1.0");
     assert_eq!(sha256(&sup.bin), sha256(&a));
 }
