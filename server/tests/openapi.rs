@@ -45,6 +45,7 @@ fn every_api_route_is_documented() {
         "/api/jobs/{id}/runs/{run_id}/output",
         "/api/releases/latest",
         "/api/releases/{version}",
+        "/deploy.sh",
         "/downloads/{version}/{target}/{file}",
         "/healthz",
         "/readyz",

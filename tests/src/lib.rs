@@ -55,24 +55,35 @@ fn check_fresh(dir: &Path) {
         .parent()
         .expect("workspace root");
     for (bin, crates) in [
-        ("outpost-server", &["server", "protocol"][..]),
-        ("outpost-agent", &["agent", "protocol"][..]),
-        ("outpost-supervisor", &["supervisor", "protocol"][..]),
+        // The server embeds deploy.sh (GET /deploy.sh).
+        (
+            "outpost-server",
+            &["server/src", "protocol/src", "deploy.sh"][..],
+        ),
+        ("outpost-agent", &["agent/src", "protocol/src"][..]),
+        (
+            "outpost-supervisor",
+            &["supervisor/src", "protocol/src"][..],
+        ),
     ] {
         let built = std::fs::metadata(dir.join(bin))
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| panic!("{bin} is not built: run `cargo nextest run --workspace` (or `cargo build --workspace`)"));
-        for krate in crates {
-            if newest(&root.join(krate).join("src")).is_some_and(|t| t > built) {
+        for source in crates {
+            if newest(&root.join(source)).is_some_and(|t| t > built) {
                 panic!(
-                    "{bin} is older than {krate}/src: run `cargo nextest run --workspace` (or `cargo build --workspace`) so the tests do not run stale binaries"
+                    "{bin} is older than {source}: run `cargo nextest run --workspace` (or `cargo build --workspace`) so the tests do not run stale binaries"
                 );
             }
         }
     }
 }
 
+/// The latest modification time of a file, or of any file under a directory.
 fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    if !dir.is_dir() {
+        return dir.metadata().and_then(|m| m.modified()).ok();
+    }
     let mut latest = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();

@@ -7,6 +7,7 @@
 
 mod agents;
 mod commands;
+mod deploy;
 mod health;
 mod jobs;
 mod keys;
@@ -29,7 +30,7 @@ use crate::error::{ApiError, json_rejection};
 #[openapi(
     info(title = "Outpost", description = "Self-hosted command bus for fleets of machines."),
     paths(
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, deploy::script,
         keys::create, keys::list, keys::show, keys::update, keys::delete, keys::regenerate,
         keys::ping, keys::command,
         agents::connected, agents::list, agents::show, agents::update, agents::delete,
@@ -47,6 +48,7 @@ use crate::error::{ApiError, json_rejection};
         (name = "jobs", description = "Script runs and other commands on many agents"),
         (name = "webhooks", description = "Signing of job webhooks"),
         (name = "releases", description = "Signed agent and supervisor builds"),
+        (name = "install", description = "The agent installer"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -74,6 +76,7 @@ pub fn router() -> Router<AppState> {
     let api = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/deploy.sh", get(deploy::script))
         .route("/api/agents/keys", post(keys::create).get(keys::list))
         .route(
             "/api/agents/keys/{id}",

@@ -1,0 +1,570 @@
+#!/usr/bin/env bash
+# Outpost agent installer: one line installs, updates, starts, stops or removes an agent.
+#
+#   curl -fsSL https://SERVER/deploy.sh | bash -s -- --key opa_…
+#
+# Served by outpost-server at /deploy.sh with the server's URL (and its release public key)
+# filled in below; the repository copy needs --server. Run with --help for the options.
+# Layouts, boot integration and the Docker mode are described in docs/OPERATIONS.md.
+set -euo pipefail
+umask 077
+
+# Filled in by the server that serves this script (empty in the repository copy).
+served_url=''
+served_pubkey=''
+
+usage() {
+  cat <<'EOF'
+Usage: deploy.sh [ACTION] [OPTIONS]
+
+Installs and runs an Outpost agent (outpost-supervisor running outpost-agent), in Docker when
+Docker is available, else natively. Running it again changes nothing and makes sure the agent
+runs.
+
+Actions (default: install):
+  --status       show what is installed and whether it runs (exit 0 running, 3 stopped,
+                 4 not installed)
+  --logs         show the last lines of the supervisor and agent logs (OUTPOST_LOG_LINES, 50)
+  --update       native: download the latest release, verify it, swap it in, restart;
+                 docker: pull the image if it comes from a registry, re-create the container
+  --stop         stop the agent (it stays installed and starts again at boot)
+  --start        start the agent
+  --uninstall    remove binaries, configuration, state, boot entry, container and volume
+  -h, --help     this text
+
+Options:
+  --key KEY      agent key (opa_…); or OUTPOST_API_KEY in the environment, which keeps it out
+                 of the process list. Needed for the first install only.
+  --server URL   server URL (default: the server this script came from)
+  --tags a,b     tags for this agent (OUTPOST_TAGS)
+  --native       install the binaries on this machine
+  --docker       run the agent image in Docker
+  --image NAME   agent image for --docker (default outpost-agent:latest, OUTPOST_IMAGE)
+  --network NET  Docker network for the agent container (default: Docker's default bridge)
+
+Native layout: /opt/outpost as root, ~/.outpost-agent otherwise (OUTPOST_PREFIX overrides);
+bin/, agent.env (0600), state. Boot: a systemd unit when run as root where systemd runs, else
+an @reboot crontab line (OUTPOST_BOOT=systemd|cron|none forces one). Docker: container
+outpost-agent (OUTPOST_CONTAINER overrides) with its state in the volume <container>-state.
+EOF
+}
+
+die() {
+  printf 'deploy.sh: %s\n' "$*" >&2
+  exit 1
+}
+say() { printf '==> %s\n' "$*"; }
+
+action=install
+mode=auto
+key=${OUTPOST_API_KEY:-}
+server=${OUTPOST_SERVER_URL:-}
+tags=${OUTPOST_TAGS-}
+tags_given=${OUTPOST_TAGS+1}
+image=${OUTPOST_IMAGE:-outpost-agent:latest}
+network=''
+container=${OUTPOST_CONTAINER:-outpost-agent}
+volume=$container-state
+
+set_action() {
+  [[ $action == install ]] || die "choose one of --status, --logs, --update, --stop, --start, --uninstall"
+  action=$1
+}
+need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (try --help)"; }
+
+while (($#)); do
+  case $1 in
+    --key) need_value "$@"; key=$2; shift ;;
+    --key=*) key=${1#*=} ;;
+    --server) need_value "$@"; server=$2; shift ;;
+    --server=*) server=${1#*=} ;;
+    --tags) [[ $# -ge 2 ]] || die "--tags needs a value"; tags=$2; tags_given=1; shift ;;
+    --tags=*) tags=${1#*=}; tags_given=1 ;;
+    --image) need_value "$@"; image=$2; shift ;;
+    --image=*) image=${1#*=} ;;
+    --network) need_value "$@"; network=$2; shift ;;
+    --network=*) network=${1#*=} ;;
+    --native) mode=native ;;
+    --docker) mode=docker ;;
+    --status) set_action status ;;
+    --logs) set_action logs ;;
+    --update) set_action update ;;
+    --stop) set_action stop ;;
+    --start) set_action start ;;
+    --uninstall) set_action uninstall ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown option ${1%%=*} (try --help)" ;;
+  esac
+  shift
+done
+
+# --- validation: every value ends up in a KEY=value file, so no newlines or control characters.
+
+[[ -z $key || $key =~ ^opa_[A-Za-z0-9_-]{16,200}$ ]] || die "--key must be an agent key (opa_ followed by letters, digits, - or _)"
+url_re='^https?://[][A-Za-z0-9.:@%_~+/-]+$' # what /deploy.sh accepts as its URL, too
+[[ -z $server || $server =~ $url_re ]] || die "--server must be an http:// or https:// URL without spaces or quotes"
+server=${server%/}
+[[ -z $tags || ($tags =~ ^[[:print:]]+$ && ${#tags} -le 4096) ]] || die "--tags must be printable characters (comma-separated tags)"
+[[ $image =~ ^[A-Za-z0-9./:@_-]+$ ]] || die "--image must be an image reference (letters, digits, . / : @ _ -)"
+[[ -z $network || $network =~ ^[A-Za-z0-9._-]+$ ]] || die "--network must be a Docker network name"
+[[ $container =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "OUTPOST_CONTAINER must be a Docker container name"
+pubkey=${OUTPOST_RELEASE_PUBKEY:-$served_pubkey}
+[[ -z $pubkey || $pubkey =~ ^[A-Za-z0-9+/]{43}=$ ]] || die "the release public key must be 32 bytes in base64"
+
+# --- native layout (the contract with outpost-supervisor; see docs/OPERATIONS.md)
+
+if [[ $(id -u) -eq 0 ]]; then
+  home=${OUTPOST_PREFIX:-/opt/outpost}
+  state=$home/state
+else
+  [[ -n ${HOME:-} ]] || die "HOME is not set"
+  home=${OUTPOST_PREFIX:-$HOME/.outpost-agent}
+  state=$home
+fi
+[[ $home == /* && $home != *"'"* && $home != *[[:space:]]* && $home != *%* ]] || die "install directory $home must be an absolute path without quotes, spaces or %"
+# --uninstall deletes the whole directory: it must be one of its own.
+[[ $(basename "$home") == *outpost* ]] || die "install directory $home must be a directory of its own, with \"outpost\" in its name"
+bin=$home/bin
+conf=$home/agent.env
+unit_name=outpost-agent.service
+unit=/etc/systemd/system/$unit_name
+supervisor=$bin/outpost-supervisor
+start_cmd="'$supervisor' --env-file '$conf'"
+cron_line="@reboot $start_cmd >/dev/null 2>&1"
+
+# --- helpers
+
+# The value of KEY in agent.env (empty when absent).
+conf_get() {
+  if [[ -f $conf ]]; then sed -n "s/^$1=//p" "$conf" | tail -n 1; fi
+}
+
+target_triple() {
+  case $(uname -m) in
+    x86_64 | amd64) echo x86_64-unknown-linux-gnu ;;
+    aarch64 | arm64) echo aarch64-unknown-linux-gnu ;;
+    *) die "no Outpost build for $(uname -m) (x86_64 and aarch64 Linux only)" ;;
+  esac
+}
+
+fetch() { # fetch URL FILE
+  curl -fsSL --retry 3 --connect-timeout 10 -o "$2" "$1" || die "cannot download $1"
+}
+
+# Downloads NAME from the latest release into bin/ beside the installed one, checks its
+# SHA-256 against the server's, and renames it into place (atomic; a running process keeps
+# its old file).
+install_binary() {
+  local name=$1 base want got tmp
+  [[ -n $server ]] || die "no server URL: pass --server URL"
+  base="$server/downloads/latest/$(target_triple)/$name"
+  tmp="$bin/.$name.download"
+  fetch "$base.sha256" "$tmp.sha256"
+  want=$(cut -d' ' -f1 <"$tmp.sha256")
+  rm -f "$tmp.sha256"
+  [[ $want =~ ^[0-9a-f]{64}$ ]] || die "bad checksum file at $base.sha256"
+  fetch "$base" "$tmp"
+  got=$(sha256sum "$tmp" | cut -d' ' -f1)
+  if [[ $got != "$want" ]]; then
+    rm -f "$tmp"
+    die "$name from $base has SHA-256 $got, the server says $want: not installed"
+  fi
+  chmod 0755 "$tmp"
+  mv -f "$tmp" "$bin/$name"
+  say "installed $bin/$name (sha256 $got)"
+}
+
+# PIDs of processes running one of the given executables (matched on the path in
+# /proc/PID/exe, so another installation or an unrelated process is never touched; a binary
+# replaced by an update shows as "PATH (deleted)").
+pids_of() {
+  local path match=()
+  for path in "$@"; do
+    match+=(-o -lname "$path" -o -lname "$path (deleted)")
+  done
+  { find /proc -mindepth 2 -maxdepth 2 -name exe \( "${match[@]:1}" \) -print 2>/dev/null || true; } |
+    sed -n 's|^/proc/\([0-9][0-9]*\)/exe$|\1|p'
+}
+install_pids() { pids_of "$supervisor" "$bin/outpost-agent"; }
+supervisor_pids() { pids_of "$supervisor"; }
+
+boot_method() {
+  case ${OUTPOST_BOOT:-auto} in
+    systemd | cron | none) echo "$OUTPOST_BOOT" ;;
+    auto)
+      if [[ $(id -u) -eq 0 && -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        echo systemd
+      elif command -v crontab >/dev/null; then
+        echo cron
+      else
+        echo none
+      fi
+      ;;
+    *) die "OUTPOST_BOOT must be systemd, cron or none" ;;
+  esac
+}
+
+# (Read whole before grep -q: with pipefail, grep exiting at the first match could fail the pipe.)
+crontab_has_line() {
+  local tab
+  tab=$(crontab -l 2>/dev/null) || return 1
+  grep -qxF "$cron_line" <<<"$tab"
+}
+
+write_unit() {
+  local tmp
+  tmp=$(mktemp)
+  cat >"$tmp" <<EOF
+# Written by Outpost's deploy.sh; removed by deploy.sh --uninstall.
+[Unit]
+Description=Outpost agent (outpost-supervisor running outpost-agent)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=$supervisor --env-file $conf
+# The supervisor forwards SIGTERM to the agent and kills it after 10 s.
+KillMode=mixed
+TimeoutStopSec=30
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  if cmp -s "$tmp" "$unit"; then
+    rm -f "$tmp"
+  else
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$unit"
+    systemctl daemon-reload
+    say "wrote $unit"
+  fi
+  systemctl is-enabled --quiet "$unit_name" 2>/dev/null || systemctl enable --quiet "$unit_name"
+}
+
+ensure_boot() {
+  case $(boot_method) in
+    systemd) write_unit ;;
+    cron)
+      if ! crontab_has_line; then
+        { crontab -l 2>/dev/null || true; echo "$cron_line"; } | crontab -
+        say "added an @reboot line to the crontab of $(id -un)"
+      fi
+      ;;
+    none) say "no systemd unit or crontab: the agent will not start at boot" ;;
+  esac
+}
+
+remove_boot() {
+  local rest
+  if [[ -f $unit ]] && grep -qF "$supervisor" "$unit"; then
+    systemctl disable --now --quiet "$unit_name" 2>/dev/null || true
+    rm -f "$unit"
+    systemctl daemon-reload 2>/dev/null || true
+    say "removed $unit"
+  fi
+  if command -v crontab >/dev/null && crontab_has_line; then
+    rest=$(crontab -l 2>/dev/null | grep -vxF "$cron_line" || true)
+    if [[ -z ${rest//[[:space:]]/} ]]; then
+      crontab -r
+    else
+      printf '%s\n' "$rest" | crontab -
+    fi
+    say "removed the @reboot line from the crontab of $(id -un)"
+  fi
+}
+
+uses_systemd() { [[ -f $unit ]] && grep -qF "$supervisor" "$unit" && command -v systemctl >/dev/null; }
+
+native_running() { [[ -n $(supervisor_pids) ]]; }
+
+native_start() {
+  if uses_systemd; then
+    systemctl start "$unit_name"
+  elif ! native_running; then
+    mkdir -p "$state"
+    # A clean environment, as cron gives at boot: the configuration is agent.env alone.
+    (cd "$state" && exec setsid env -i HOME="${HOME:-/}" PATH="$PATH" LANG=C.UTF-8 \
+      "$supervisor" --env-file "$conf" </dev/null >/dev/null 2>&1 &)
+  fi
+  local i
+  for ((i = 0; i < 50; i++)); do
+    native_running && break
+    sleep 0.1
+  done
+  native_running || die "the supervisor did not start; see $0 --logs"
+  say "agent running (supervisor pid $(supervisor_pids | xargs))"
+}
+
+native_stop() {
+  local pids i
+  if uses_systemd; then
+    systemctl stop "$unit_name" || true
+  fi
+  pids=$(supervisor_pids)
+  if [[ -n $pids ]]; then
+    # shellcheck disable=SC2086 # one PID per word
+    kill -TERM $pids 2>/dev/null || true
+  fi
+  # The supervisor stops the agent (SIGTERM, SIGKILL after 10 s): wait for both.
+  for ((i = 0; i < 300; i++)); do
+    [[ -z $(install_pids) ]] && break
+    sleep 0.1
+  done
+  pids=$(install_pids)
+  if [[ -n $pids ]]; then
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+  fi
+  say "agent stopped"
+}
+
+write_conf() {
+  local tmp
+  mkdir -p "$state"
+  tmp=$(mktemp "$home/.agent.env.XXXXXX")
+  {
+    echo "# Outpost agent configuration, written by deploy.sh (KEY=value, no quoting)."
+    echo "OUTPOST_SERVER_URL=$server"
+    echo "OUTPOST_API_KEY=$key"
+    echo "OUTPOST_STATE_DIR=$state"
+    [[ -z $tags ]] || echo "OUTPOST_TAGS=$tags"
+    [[ -z $pubkey ]] || echo "OUTPOST_RELEASE_PUBKEY=$pubkey"
+  } >"$tmp"
+  chmod 0600 "$tmp"
+  if cmp -s "$tmp" "$conf"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  mv -f "$tmp" "$conf"
+  say "wrote $conf (mode 0600)"
+}
+
+# Fills in what was not given from an existing agent.env, so a second run needs no options.
+merge_conf() {
+  [[ -n $key ]] || key=$(conf_get OUTPOST_API_KEY)
+  [[ -n $server ]] || server=$(conf_get OUTPOST_SERVER_URL)
+  [[ -n $server ]] || server=$served_url
+  [[ -n $tags_given ]] || tags=$(conf_get OUTPOST_TAGS)
+  # A pinned release key stays pinned: only a first install takes the served one.
+  local pinned
+  pinned=$(conf_get OUTPOST_RELEASE_PUBKEY)
+  [[ -z $pinned || -n ${OUTPOST_RELEASE_PUBKEY:-} ]] || pubkey=$pinned
+}
+
+native_installed() { [[ -x $supervisor || -f $conf ]]; }
+
+native_install() {
+  merge_conf
+  [[ -n $key ]] || die "an agent key is needed: --key opa_… (or OUTPOST_API_KEY)"
+  [[ -n $server ]] || die "no server URL: pass --server URL"
+  command -v curl >/dev/null || die "curl is needed"
+  command -v sha256sum >/dev/null || die "sha256sum is needed"
+  mkdir -p "$bin"
+  chmod 0700 "$home"
+  chmod 0755 "$bin"
+  local name changed=0
+  for name in outpost-agent outpost-supervisor; do
+    [[ -x $bin/$name ]] || install_binary "$name"
+  done
+  write_conf && changed=1
+  ensure_boot
+  if ((changed)) && native_running; then
+    say "configuration changed: restarting"
+    native_stop
+  fi
+  native_start
+}
+
+native_update() {
+  native_installed || die "no native agent installed in $home"
+  merge_conf
+  local name
+  for name in outpost-agent outpost-supervisor; do
+    install_binary "$name"
+  done
+  write_conf || true
+  ensure_boot
+  native_stop
+  native_start
+}
+
+native_status() {
+  if ! native_installed; then
+    echo "native: not installed ($home)"
+    return 4
+  fi
+  echo "native: installed in $home"
+  echo "  server:  $(conf_get OUTPOST_SERVER_URL)"
+  echo "  agent:   $("$bin/outpost-agent" --version 2>/dev/null || echo unknown)"
+  echo "  boot:    $(if uses_systemd; then echo "systemd ($unit_name)"; elif command -v crontab >/dev/null && crontab_has_line; then echo "crontab @reboot"; else echo none; fi)"
+  echo "  logs:    $state/logs"
+  if native_running; then
+    echo "  running: yes (supervisor pid $(supervisor_pids | xargs))"
+    return 0
+  fi
+  echo "  running: no"
+  return 3
+}
+
+native_logs() {
+  native_installed || die "no native agent installed in $home"
+  local file
+  for file in "$state/logs/supervisor.log" "$state/logs/agent.log"; do
+    echo "==> $file <=="
+    if [[ -f $file ]]; then tail -n "${OUTPOST_LOG_LINES:-50}" "$file"; else echo "(none yet)"; fi
+  done
+}
+
+native_uninstall() {
+  native_stop
+  remove_boot
+  rm -rf "$home"
+  say "removed $home"
+}
+
+# --- Docker mode
+
+docker_usable() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+container_exists() { docker container inspect "$container" >/dev/null 2>&1; }
+
+ensure_image() {
+  docker image inspect "$image" >/dev/null 2>&1 && return 0
+  say "pulling $image"
+  docker pull "$image" >/dev/null 2>&1
+}
+
+docker_run() { # docker_run ENV_FILE
+  docker volume create "$volume" >/dev/null
+  docker run -d --name "$container" --init --restart unless-stopped \
+    --env-file "$1" -v "$volume:/var/lib/outpost" ${network:+--network "$network"} \
+    "$image" >/dev/null
+  say "container $container running $image (volume $volume)"
+}
+
+# Writes the container's environment file (mode 0600, deleted after use): the key never
+# appears on a command line.
+docker_env_file() {
+  local file
+  file=$(mktemp)
+  {
+    echo "OUTPOST_SERVER_URL=$server"
+    echo "OUTPOST_API_KEY=$key"
+    [[ -z $tags ]] || echo "OUTPOST_TAGS=$tags"
+  } >"$file"
+  echo "$file"
+}
+
+docker_install() {
+  if container_exists; then
+    [[ -z $key && -z $tags_given ]] || say "$container exists: its settings are kept (--update re-creates it with new ones)"
+    docker start "$container" >/dev/null
+    say "container $container running"
+    return
+  fi
+  [[ -n $key ]] || die "an agent key is needed: --key opa_… (or OUTPOST_API_KEY)"
+  [[ -n $server ]] || server=$served_url
+  [[ -n $server ]] || die "no server URL: pass --server URL"
+  ensure_image || die "image $image is not here and cannot be pulled: build it (docker build -f Dockerfile.agent -t $image .), pass --image, or use --native"
+  local env
+  env=$(docker_env_file)
+  docker_run "$env" || { rm -f "$env"; die "docker run failed"; }
+  rm -f "$env"
+}
+
+# The container's setting KEY (from its environment).
+container_env() {
+  docker container inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$container" | sed -n "s/^$1=//p" | tail -n 1
+}
+
+docker_update() {
+  container_exists || die "no container $container (install first)"
+  [[ -n $key ]] || key=$(container_env OUTPOST_API_KEY)
+  [[ -n $server ]] || server=$(container_env OUTPOST_SERVER_URL)
+  [[ -n $tags_given ]] || tags=$(container_env OUTPOST_TAGS)
+  if [[ -z $network ]]; then
+    network=$(docker container inspect -f '{{.HostConfig.NetworkMode}}' "$container")
+    [[ $network != default && $network != bridge ]] || network=''
+  fi
+  docker pull "$image" >/dev/null 2>&1 || say "$image not pulled (no registry has it): using the local image"
+  docker image inspect "$image" >/dev/null 2>&1 || die "image $image not found"
+  local env
+  env=$(docker_env_file)
+  docker rm -f "$container" >/dev/null
+  docker_run "$env" || { rm -f "$env"; die "docker run failed"; }
+  rm -f "$env"
+}
+
+docker_status() {
+  if ! container_exists; then
+    echo "docker: no container $container"
+    return 4
+  fi
+  local status
+  status=$(docker container inspect -f '{{.State.Status}}' "$container")
+  echo "docker: container $container ($(docker container inspect -f '{{.Config.Image}}' "$container")), volume $volume"
+  echo "  server:  $(container_env OUTPOST_SERVER_URL)"
+  echo "  status:  $status"
+  [[ $status == running ]] || return 3
+}
+
+docker_uninstall() {
+  if container_exists; then
+    docker rm -f "$container" >/dev/null
+    say "removed container $container"
+  fi
+  if docker volume inspect "$volume" >/dev/null 2>&1; then
+    docker volume rm "$volume" >/dev/null
+    say "removed volume $volume"
+  fi
+}
+
+# --- which mode
+
+if [[ $mode == auto ]]; then
+  if [[ $action == install ]]; then
+    if native_installed; then
+      mode=native
+    elif docker_usable && { container_exists || ensure_image; }; then
+      mode=docker
+    else
+      docker_usable && say "Docker is here but image $image is not: installing natively (--docker to insist)"
+      mode=native
+    fi
+  else
+    native=0 docker=0
+    native_installed && native=1
+    docker_usable && container_exists && docker=1
+    if ((native && docker)); then
+      die "both a native agent and a container are installed: add --native or --docker"
+    elif ((docker)); then
+      mode=docker
+    elif ((native)) || [[ $action != uninstall ]]; then
+      mode=native
+    else
+      echo "nothing to uninstall"
+      exit 0
+    fi
+  fi
+fi
+if [[ $mode == docker ]]; then
+  docker_usable || die "Docker is not usable here (is the daemon running, may this user use it?)"
+fi
+
+case $mode:$action in
+  native:install) native_install ;;
+  native:update) native_update ;;
+  native:status) native_status ;;
+  native:logs) native_logs ;;
+  native:stop) native_installed || die "no native agent installed in $home"; native_stop ;;
+  native:start) native_installed || die "no native agent installed in $home"; native_start ;;
+  native:uninstall) native_uninstall ;;
+  docker:install) docker_install ;;
+  docker:update) docker_update ;;
+  docker:status) docker_status ;;
+  docker:logs) container_exists || die "no container $container"; docker logs --tail "${OUTPOST_LOG_LINES:-50}" "$container" ;;
+  docker:stop) container_exists || die "no container $container"; docker stop "$container" >/dev/null; say "container $container stopped" ;;
+  docker:start) container_exists || die "no container $container"; docker start "$container" >/dev/null; say "container $container running" ;;
+  docker:uninstall) docker_uninstall ;;
+esac
