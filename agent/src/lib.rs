@@ -20,7 +20,7 @@ pub mod journal;
 pub mod manifest;
 pub mod session;
 pub mod spool;
-mod tls;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! TLS client configuration: rustls with the ring provider, the system's roots and an
 //! optional extra CA (`OUTPOST_CA_CERT`) for servers with a private certificate.
+//!
+//! The supervisor downloads releases with this same configuration, so both trust exactly the
+//! same servers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +11,7 @@ use anyhow::Context;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-/// Builds the client configuration used for `wss://` and `https://`.
+/// Builds the client configuration used for `wss://` and `https://` (agent and supervisor).
 pub fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -31,7 +34,7 @@ pub fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<rustls::Clie
         }
     } else if added == 0 {
         tracing::warn!(
-            "no system CA certificates found; wss:// will fail unless OUTPOST_CA_CERT is set"
+            "no system CA certificates found; wss:// and https:// will fail unless OUTPOST_CA_CERT is set"
         );
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -20,7 +20,6 @@
 pub mod child;
 pub mod config;
 pub mod logs;
-mod tls;
 pub mod update;
 
 use std::path::Path;

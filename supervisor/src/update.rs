@@ -161,9 +161,9 @@ impl Updater {
         let server_url = server_url.ok_or("OUTPOST_SERVER_URL is not set")?;
         let api_key = api_key.ok_or("OUTPOST_API_KEY is not set")?;
         let base = api_base(server_url)?;
-        let tls = crate::tls::client_config(ca_cert).map_err(|e| format!("{e:#}"))?;
+        let tls = outpost_agent::tls::client_config(ca_cert).map_err(|e| format!("{e:#}"))?;
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
+            .tls_backend_preconfigured((*tls).clone())
             .connect_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
