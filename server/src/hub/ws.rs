@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
 use crate::AppState;
 use crate::auth;
+use crate::metrics::Direction;
 use crate::store::writer::{Write, Written};
 use crate::store::{Stored, agent_key, string_list};
 
@@ -429,6 +430,7 @@ impl Connection {
             }
             Some(Ok(Message::Text(text))) => text,
         };
+        crate::metrics::frame(Direction::In, Transport::Websocket, text.len());
         match AgentFrame::decode(text.as_str()) {
             Ok(frame) => Ok(Some(frame)),
             Err(DecodeError::TooLarge(_)) => Err(too_big()),
@@ -459,6 +461,7 @@ impl Connection {
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = frame.encode();
+        crate::metrics::frame(Direction::Out, Transport::Websocket, text.len());
         match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await
         {
             Ok(Ok(())) => Ok(()),

@@ -533,6 +533,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         .insert(&self.db)
         .await?;
+        crate::metrics::commands_created(&model.command, 1);
         Ok(model)
     }
 
@@ -636,6 +637,21 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         agent_id: &str,
         response: &Response,
     ) -> Result<Option<command::Model>> {
+        let finished = self.store_result(tenant_id, agent_id, response).await?;
+        if let Some(job_id) = finished.as_ref().and_then(|c| c.job_id.as_deref()) {
+            self.refresh_job(tenant_id, job_id).await?;
+        }
+        Ok(finished)
+    }
+
+    /// [`finish_command`](Self::finish_command) without recomputing the run's job: the writer
+    /// recomputes each job once per batch instead.
+    pub(crate) async fn store_result(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        response: &Response,
+    ) -> Result<Option<command::Model>> {
         let id = response.command_id.to_string();
         let now = Utc::now();
         let final_state = final_state_of(response);
@@ -675,11 +691,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
             .exec_with_returning(&self.db)
             .await?;
-        let finished = res.into_iter().next();
-        if let Some(job_id) = finished.as_ref().and_then(|c| c.job_id.as_deref()) {
-            self.refresh_job(tenant_id, job_id).await?;
-        }
-        Ok(finished)
+        Ok(res.into_iter().next())
     }
 }
 

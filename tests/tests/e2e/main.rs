@@ -7,6 +7,7 @@ mod commands;
 mod durability;
 mod jobs;
 mod keys;
+mod metrics;
 mod protocol;
 mod tenancy;
 mod tls;
