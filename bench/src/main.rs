@@ -25,7 +25,11 @@ use report::{Report, percentile};
 use server::Server;
 
 #[derive(Parser)]
-#[command(name = "outpost-bench", version, about = "Outpost load harness (SPEC §8 figures)")]
+#[command(
+    name = "outpost-bench",
+    version,
+    about = "Outpost load harness (SPEC §8 figures)"
+)]
 struct Cli {
     #[command(subcommand)]
     worker: Option<Command>,
@@ -223,7 +227,9 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
     }
 
     if has(&opts, Scenario::Roundtrip) && swarm.is_some() {
-        let count = opts.roundtrips.unwrap_or(if opts.quick { 200 } else { 2000 });
+        let count = opts
+            .roundtrips
+            .unwrap_or(if opts.quick { 200 } else { 2000 });
         let agent = swarm::agent_id(run_id, 0).to_string();
         let mut times = Vec::with_capacity(count);
         for i in 0..count + count / 10 {
@@ -369,7 +375,11 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 "{:.1} MiB ({} bytes{})",
                 figures.binary_bytes as f64 / (1024.0 * 1024.0),
                 figures.binary_bytes,
-                if figures.stripped { "" } else { "; NOT stripped: a debug build?" }
+                if figures.stripped {
+                    ""
+                } else {
+                    "; NOT stripped: a debug build?"
+                }
             ),
             json!({"bytes": figures.binary_bytes, "stripped": figures.stripped}),
         );

@@ -80,10 +80,7 @@ impl Report {
                 .collect();
             let mut machine = self.machine.clone();
             machine["loadavg_at_end"] = json!(load.trim());
-            println!(
-                "{}",
-                json!({"machine": machine, "rows": rows})
-            );
+            println!("{}", json!({"machine": machine, "rows": rows}));
             return;
         }
         let m = &self.machine;

@@ -140,7 +140,12 @@ async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
     let args = &shared.args;
     let mut ws = {
         let _permit = shared.connect.acquire().await?;
-        let source = Ipv4Addr::new(127, 0, 0, 2 + (index % u64::from(args.sources.max(1))) as u8);
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (index % u64::from(args.sources.max(1))) as u8,
+        );
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
         let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(args.server))

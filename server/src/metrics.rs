@@ -63,8 +63,8 @@ pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 const UPKEEP: Duration = Duration::from_secs(5);
 
 const SECONDS: &[f64] = &[
-    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0, 300.0,
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0,
 ];
 const COMMIT_SECONDS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -78,8 +78,12 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(COMMAND_ROUND_TRIP.into()), SECONDS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_COMMIT.into()), COMMIT_SECONDS))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.into()), BATCH_SIZES));
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(STORE_COMMIT.into()), COMMIT_SECONDS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.into()), BATCH_SIZES)
+            });
         let recorder = match builder {
             Ok(builder) => builder.build_recorder(),
             // The bucket lists above are constants and not empty.
@@ -87,7 +91,9 @@ pub fn handle() -> &'static PrometheusHandle {
         };
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics shows only what reaches ours");
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows only what reaches ours"
+            );
         }
         describe();
         handle
@@ -96,29 +102,54 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(AGENTS_CONNECTED, "Agents connected to this server process, by transport.");
-    describe_counter!(FRAMES, "Protocol frames, by direction (in: from agents) and transport.");
-    describe_counter!(FRAME_BYTES, "Bytes of protocol frames, by direction and transport.");
+    describe_gauge!(
+        AGENTS_CONNECTED,
+        "Agents connected to this server process, by transport."
+    );
+    describe_counter!(
+        FRAMES,
+        "Protocol frames, by direction (in: from agents) and transport."
+    );
+    describe_counter!(
+        FRAME_BYTES,
+        "Bytes of protocol frames, by direction and transport."
+    );
     describe_counter!(COMMANDS_CREATED, "Commands stored, by command.");
     describe_counter!(COMMANDS_DELIVERED, "Commands acknowledged by their agent.");
-    describe_counter!(COMMANDS_FINISHED, "Commands that reached a final state, by state.");
+    describe_counter!(
+        COMMANDS_FINISHED,
+        "Commands that reached a final state, by state."
+    );
     describe_histogram!(
         COMMAND_ROUND_TRIP,
         metrics::Unit::Seconds,
         "From a command stored to its agent's result stored."
     );
-    describe_histogram!(STORE_BATCH_SIZE, "Agent writes committed per writer transaction.");
+    describe_histogram!(
+        STORE_BATCH_SIZE,
+        "Agent writes committed per writer transaction."
+    );
     describe_histogram!(
         STORE_COMMIT,
         metrics::Unit::Seconds,
         "Duration of one writer transaction, begin to commit."
     );
-    describe_counter!(STORE_BATCH_FAILURES, "Writer batches retried write by write.");
+    describe_counter!(
+        STORE_BATCH_FAILURES,
+        "Writer batches retried write by write."
+    );
     describe_counter!(WEBHOOK_DELIVERIES, "Job webhooks finished, by outcome.");
     describe_counter!(WEBHOOK_ATTEMPTS, "Job webhook attempts, by outcome.");
-    describe_gauge!(PROCESS_RSS, metrics::Unit::Bytes, "Resident memory of the process.");
+    describe_gauge!(
+        PROCESS_RSS,
+        metrics::Unit::Bytes,
+        "Resident memory of the process."
+    );
     describe_gauge!(PROCESS_FDS, "Open file descriptors of the process.");
-    describe_gauge!(PROCESS_MAX_FDS, "Limit on open file descriptors of the process.");
+    describe_gauge!(
+        PROCESS_MAX_FDS,
+        "Limit on open file descriptors of the process."
+    );
 }
 
 /// Keeps histograms folded until shutdown.
@@ -240,7 +271,10 @@ fn render(state: &AppState) -> Response {
     process_gauges();
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle().render(),
     )
         .into_response()
@@ -259,7 +293,8 @@ fn process_gauges() {
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         gauge!(PROCESS_FDS).set(dir.count() as f64);
     }
-    if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
     {
         gauge!(PROCESS_MAX_FDS).set(soft as f64);
     }

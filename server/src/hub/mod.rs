@@ -258,7 +258,10 @@ impl Hub {
     pub fn count_by_transport(&self) -> Vec<(Transport, usize)> {
         let mut counts: Vec<(Transport, usize)> = Transport::ALL.iter().map(|t| (*t, 0)).collect();
         for entry in self.sessions.iter() {
-            if let Some(slot) = counts.iter_mut().find(|(t, _)| *t == entry.value().transport) {
+            if let Some(slot) = counts
+                .iter_mut()
+                .find(|(t, _)| *t == entry.value().transport)
+            {
                 slot.1 += 1;
             }
         }

@@ -604,25 +604,29 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         id: &str,
     ) -> Result<Option<command::Model>> {
         let now = Utc::now();
-        let open = |update: sea_orm::UpdateMany<command::Entity>| {
-            update
-                .col_expr(command::Column::DeliveredAt, Expr::value(now))
-                .filter(command::Column::TenantId.eq(tenant_id))
-                .filter(command::Column::AgentId.eq(agent_id))
-                .filter(command::Column::Id.eq(id))
-                .filter(command::Column::State.eq(state::PENDING))
-        };
-        let running = open(command::Entity::update_many())
-            .col_expr(command::Column::State, Expr::value(state::RUNNING))
-            .col_expr(command::Column::StartedAt, Expr::value(now))
-            .filter(command::Column::Command.eq(outpost_protocol::commands::RUN))
-            .exec_with_returning(&self.db)
-            .await?;
-        if let Some(run) = running.into_iter().next() {
-            return Ok(Some(run));
-        }
-        Ok(open(command::Entity::update_many())
-            .col_expr(command::Column::State, Expr::value(state::DELIVERED))
+        // One statement for both cases: acks are half of all writes when thousands of agents
+        // answer at once.
+        let run = sea_orm::Value::from(outpost_protocol::commands::RUN);
+        let new_state = Expr::cust_with_values(
+            "CASE WHEN command = ? THEN ? ELSE ? END",
+            [
+                run.clone(),
+                sea_orm::Value::from(state::RUNNING),
+                sea_orm::Value::from(state::DELIVERED),
+            ],
+        );
+        let started = Expr::cust_with_values(
+            "CASE WHEN command = ? THEN ? ELSE started_at END",
+            [run, sea_orm::Value::from(now)],
+        );
+        Ok(command::Entity::update_many()
+            .col_expr(command::Column::State, new_state)
+            .col_expr(command::Column::StartedAt, started)
+            .col_expr(command::Column::DeliveredAt, Expr::value(now))
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .filter(command::Column::Id.eq(id))
+            .filter(command::Column::State.eq(state::PENDING))
             .exec_with_returning(&self.db)
             .await?
             .into_iter()

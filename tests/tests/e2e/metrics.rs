@@ -8,7 +8,13 @@ use serde_json::json;
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
@@ -61,19 +67,49 @@ async fn metrics_need_an_owner_key_or_the_internal_listener_and_move_with_a_comm
         1.0,
         "{after}"
     );
-    assert_eq!(moved(r#"outpost_commands_created_total{command="ping"}"#), 1.0, "{after}");
+    assert_eq!(
+        moved(r#"outpost_commands_created_total{command="ping"}"#),
+        1.0,
+        "{after}"
+    );
     assert_eq!(moved("outpost_commands_delivered_total"), 1.0, "{after}");
-    assert_eq!(moved(r#"outpost_commands_finished_total{state="succeeded"}"#), 1.0, "{after}");
-    assert_eq!(moved("outpost_command_round_trip_seconds_count"), 1.0, "{after}");
-    assert!(value(&after, "outpost_command_round_trip_seconds_sum") > 0.0, "{after}");
+    assert_eq!(
+        moved(r#"outpost_commands_finished_total{state="succeeded"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved("outpost_command_round_trip_seconds_count"),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "outpost_command_round_trip_seconds_sum") > 0.0,
+        "{after}"
+    );
     // command out; ack and response in (heartbeats may add more).
-    assert!(moved(r#"outpost_frames_total{direction="out",transport="websocket"}"#) >= 1.0, "{after}");
-    assert!(moved(r#"outpost_frames_total{direction="in",transport="websocket"}"#) >= 2.0, "{after}");
-    assert!(moved(r#"outpost_frame_bytes_total{direction="in",transport="websocket"}"#) >= 100.0, "{after}");
+    assert!(
+        moved(r#"outpost_frames_total{direction="out",transport="websocket"}"#) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved(r#"outpost_frames_total{direction="in",transport="websocket"}"#) >= 2.0,
+        "{after}"
+    );
+    assert!(
+        moved(r#"outpost_frame_bytes_total{direction="in",transport="websocket"}"#) >= 100.0,
+        "{after}"
+    );
     // The ack and the result went through the writer: at least one more batch committed.
     assert!(moved("outpost_store_batch_size_count") >= 1.0, "{after}");
-    assert!(moved("outpost_store_commit_seconds_count") >= 1.0, "{after}");
-    assert!(value(&after, "process_resident_memory_bytes") > 1e6, "{after}");
+    assert!(
+        moved("outpost_store_commit_seconds_count") >= 1.0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "process_resident_memory_bytes") > 1e6,
+        "{after}"
+    );
     assert!(value(&after, "process_open_fds") >= 3.0, "{after}");
     // Nothing identifies an agent, tenant or job.
     assert!(!after.contains(&id), "metrics must not carry agent ids");
