@@ -24,8 +24,8 @@ json_field() { # json_field NAME < json: the first string value of NAME (no jq n
   grep -o "\"$1\":\"[^\"]*\"" | head -n 1 | cut -d'"' -f4
 }
 
-say "Building outpost-server and outpost-agent (first build takes a few minutes)"
-cargo build --quiet --bins -p outpost-server -p outpost-agent
+say "Building outpost-server, outpost-agent and the outpost CLI (first build takes a few minutes)"
+cargo build --quiet --bins -p outpost-server -p outpost-agent -p outpost-cli
 
 mkdir -p "$data"
 pids=()
@@ -97,17 +97,20 @@ run_id="$(json_field run_id <<<"$job")"
 printf '\n$ curl %s/api/jobs/%s/runs/%s/output\n' "$url" "$job_id" "$run_id"
 curl -fsS "${auth[@]}" "$url/api/jobs/$job_id/runs/$run_id/output"
 
+say "The same with the outpost CLI:"
+cli() { printf '\n$ outpost %s\n' "$*"; OUTPOST_URL="$url" OUTPOST_TOKEN="$token" "$bin/outpost" "$@"; }
+cli agents ls
+cli run hello --on "$agent_id" --param NAME=newcomer
+
 cat <<EOT
 
 $(say "Outpost is running.")
   API and interactive docs:  ${url}/docs
-  Your API key:              export OUTPOST_TOKEN=\$(cat ${data}/admin.key)
-  List agents:               curl -H "Authorization: Bearer \$OUTPOST_TOKEN" ${url}/api/agents
-  Ping the agent:            curl -H "Authorization: Bearer \$OUTPOST_TOKEN" -H 'Content-Type: application/json' \\
-                               -X POST ${url}/api/agents/${agent_id}/command -d '{"command":"ping"}'
-  Run a script:              curl -H "Authorization: Bearer \$OUTPOST_TOKEN" -H 'Content-Type: application/json' \\
-                               -X POST '${url}/api/jobs?wait=30' \\
-                               -d '{"command":"run","data":{"script":"disk-usage"},"target":{"all":true}}'
+  The CLI:                   export OUTPOST_URL=${url} OUTPOST_TOKEN=\$(cat ${data}/admin.key)
+                             ${bin}/outpost agents ls
+                             ${bin}/outpost ping ${agent_id}
+                             ${bin}/outpost run disk-usage --on all --follow
+                             ${bin}/outpost jobs ls     (docs/CLI.md has the rest)
   Scripts an agent may run:  examples/scripts/script_manifest.json (edits are picked up live)
   Connect another agent:     OUTPOST_SERVER_URL=${url} OUTPOST_API_KEY=\$(cat ${keyfile}) \\
                                OUTPOST_STATE_DIR=/tmp/agent2 ${bin}/outpost-agent

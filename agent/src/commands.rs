@@ -4,6 +4,7 @@
 //! agent does not implement is answered with `unknown_command`, never ignored, so a caller
 //! always gets an answer.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use outpost_protocol::{Response, ServerCommand, codes, commands};
@@ -200,11 +201,44 @@ fn control(agent: &Agent, cmd: &ServerCommand) -> Outcome {
         _ => exit::REDEPLOY,
     };
     let mut data = json!({"exit_code": code});
-    if let Some(version) = cmd.data.get("version").and_then(Value::as_str) {
-        data["version"] = json!(version);
-        if let Err(err) = agent.request_version(version) {
-            tracing::warn!(error = %err, "could not record the requested version");
+    if code == exit::UPDATE {
+        let version = match cmd.data.get("version") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(v)) if outpost_protocol::release::Version::from_str(v).is_ok() => {
+                Some(v.as_str())
+            }
+            Some(_) => {
+                return Response::failed(
+                    id,
+                    codes::BAD_DATA,
+                    "update: data.version must be a version like \"1.2.3\"",
+                )
+                .into();
+            }
+        };
+        let force = match cmd.data.get("force") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(force)) => *force,
+            Some(_) => {
+                return Response::failed(
+                    id,
+                    codes::BAD_DATA,
+                    "update: data.force must be a boolean",
+                )
+                .into();
+            }
+        };
+        if let Err(err) = agent.request_update(version, force) {
+            // Without the record the supervisor would install the wrong version: refuse.
+            return Response::failed(
+                id,
+                codes::INTERNAL,
+                format!("cannot record the requested version in the state directory: {err}"),
+            )
+            .into();
         }
+        data["version"] = json!(version);
+        data["force"] = json!(force);
     }
     Outcome {
         response: Response::ok(id, data),

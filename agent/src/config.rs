@@ -50,6 +50,18 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_SUPERVISED", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub supervised: bool,
 
+    /// Use HTTP long-poll from the start instead of a WebSocket (1/0, true/false…).
+    #[arg(long, env = "OUTPOST_HTTP_FALLBACK", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub http_fallback: bool,
+
+    /// Seconds between polls when the network cuts long-poll requests.
+    #[arg(long, env = "OUTPOST_HTTP_POLL_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_poll_interval: u64,
+
+    /// Seconds between WebSocket attempts while on the HTTP fallback (tests shorten it).
+    #[arg(long, env = "OUTPOST_WS_RETRY_INTERVAL", default_value_t = 300, hide = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub ws_retry_interval: u64,
+
     /// Extra CA certificate (PEM) to trust for wss:// and https://.
     #[arg(long, env = "OUTPOST_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
@@ -57,6 +69,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// The signed release this binary was installed as, set by outpost-supervisor after it
+    /// verified the file; reported as the agent's version instead of the build's.
+    #[arg(long, env = "OUTPOST_RELEASE_VERSION", hide = true)]
+    pub release_version: Option<String>,
 }
 
 impl Config {
@@ -68,6 +85,16 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join(".outpost-agent")
         })
+    }
+
+    /// The version to report: the supervisor's verified release version when it gave a
+    /// valid one, else this build's.
+    pub fn version(&self) -> String {
+        self.release_version
+            .as_deref()
+            .filter(|v| v.parse::<outpost_protocol::release::Version>().is_ok())
+            .unwrap_or(env!("CARGO_PKG_VERSION"))
+            .to_owned()
     }
 
     /// Tags with blanks removed.
@@ -91,8 +118,11 @@ impl std::fmt::Debug for Config {
             .field("tags", &self.tags)
             .field("skip_update", &self.skip_update)
             .field("supervised", &self.supervised)
+            .field("http_fallback", &self.http_fallback)
+            .field("http_poll_interval", &self.http_poll_interval)
             .field("ca_cert", &self.ca_cert)
             .field("log_format", &self.log_format)
+            .field("release_version", &self.release_version)
             .finish()
     }
 }

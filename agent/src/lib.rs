@@ -1,7 +1,7 @@
 //! Outpost agent: connects out to the server, registers, heartbeats and answers commands.
 //!
 //! Reading order: [`config`], [`journal`] and [`spool`] (what makes delivery exactly-once and
-//! lossless), [`session`] (one connection), [`commands`] (what each command does),
+//! lossless), [`session`] (one connection, over a WebSocket or [`http`] long-poll), [`commands`] (what each command does),
 //! [`manifest`] and [`exec`] (script runs), [`host`].
 //!
 //! The agent owns one [`Agent`] value for its whole life. Connections come and go; the
@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod exec;
 pub mod host;
+pub mod http;
 pub mod journal;
 pub mod manifest;
 pub mod session;
@@ -119,13 +120,31 @@ impl Agent {
             agent_id: self.agent_id,
             hostname: host::hostname(),
             ip,
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: self.config.version(),
             os: host::os(),
             arch: std::env::consts::ARCH.into(),
             protocol: outpost_protocol::PROTOCOL_VERSION,
             capabilities: commands::capabilities(self.config.supervised),
             tags: self.config.clean_tags(),
             scripts: self.manifest().infos(),
+            update_status: self.update_status().map(Box::new),
+        }
+    }
+
+    /// The supervisor's report on its last update (`<state_dir>/update_status.json`), sent
+    /// with every `register` until the next update replaces it. A missing or unreadable file
+    /// is no report: the agent must start whatever the supervisor left behind.
+    fn update_status(&self) -> Option<outpost_protocol::release::UpdateStatus> {
+        let text = std::fs::read(self.state_dir.join(UPDATE_STATUS_FILE)).ok()?;
+        if text.len() > 64 * 1024 {
+            return None;
+        }
+        match serde_json::from_slice(&text) {
+            Ok(status) => Some(status),
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring an unreadable {UPDATE_STATUS_FILE}");
+                None
+            }
         }
     }
 
@@ -135,6 +154,7 @@ impl Agent {
         let uptime = self.host.lock().map(|h| h.uptime_s()).unwrap_or_default();
         info["uptime_s"] = json!(uptime);
         info["rust_version"] = json!(env!("OUTPOST_RUSTC_VERSION"));
+        info["build_version"] = json!(env!("CARGO_PKG_VERSION"));
         info["pid"] = json!(std::process::id());
         info["supervised"] = json!(self.config.supervised);
         info["state_dir"] = json!(self.state_dir.display().to_string());
@@ -293,9 +313,36 @@ impl Agent {
         }
     }
 
-    /// Records the version an `update` asked for, for the supervisor to read.
-    pub fn request_version(&self, version: &str) -> std::io::Result<()> {
-        std::fs::write(self.state_dir.join("target_version"), version)
+    /// Records what an `update` asked for, for the supervisor to read after the exit:
+    /// `target_version` holds the version (absent: the latest), `update_force` exists when the
+    /// caller allowed a downgrade. Both are rewritten or removed on every request, so a stale
+    /// file from an earlier update never redirects this one.
+    pub fn request_update(&self, version: Option<&str>, force: bool) -> std::io::Result<()> {
+        let target = self.state_dir.join(TARGET_VERSION_FILE);
+        match version {
+            Some(version) => std::fs::write(&target, version)?,
+            None => remove_if_present(&target)?,
+        }
+        let force_path = self.state_dir.join(UPDATE_FORCE_FILE);
+        if force {
+            std::fs::write(&force_path, "1")
+        } else {
+            remove_if_present(&force_path)
+        }
+    }
+}
+
+/// File in the state directory naming the version an `update` asked for.
+pub const TARGET_VERSION_FILE: &str = "target_version";
+/// File in the state directory whose presence allows the asked-for update to be a downgrade.
+pub const UPDATE_FORCE_FILE: &str = "update_force";
+/// File in the state directory where the supervisor reports its last update.
+pub const UPDATE_STATUS_FILE: &str = "update_status.json";
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
     }
 }
 

@@ -1,6 +1,14 @@
 //! One connection to the server at a time: connect, register, heartbeat, exchange frames, and
 //! reconnect with backoff when it ends.
 //!
+//! A connection is a WebSocket, or the HTTP long-poll fallback ([`crate::http`]) when
+//! `OUTPOST_HTTP_FALLBACK` says so or when WebSockets keep failing (3 attempts in a row) while
+//! plain HTTP to the server works. On the fallback, a WebSocket is tried again every 5 minutes
+//! and taken as soon as it works. Both carry the same frames through the same [`Session`], so
+//! the delivery guarantees do not depend on the transport: a command that arrives over both
+//! around a switch is run once (the journal knows its id), and answers and output not yet
+//! acknowledged are sent again by the next connection, whichever it is.
+//!
 //! Backoff is exponential (1 s base, 60 s cap) with full jitter, so a fleet that lost its
 //! server does not come back in lockstep; it resets once a connection has stayed up for 60 s.
 //! A key the server refuses (401) is retried on a slower schedule (30 s base, 5 min cap): it
@@ -39,52 +47,131 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a connection attempt or session ended.
 enum Ended {
-    /// Connected, then the connection dropped (or never completed).
+    /// Connected, then the connection dropped.
     Dropped(anyhow::Error),
+    /// Could not connect at all.
+    ConnectFailed(anyhow::Error),
     /// The server refused the key.
     Unauthorized(String),
     /// Shut down on request.
     Shutdown,
     /// A control command asked for this exit code.
     Exit(i32),
+    /// On the fallback, a WebSocket opened: carry on over it.
+    Upgraded(Box<Link>, Duration),
 }
+
+/// Which transport the connector uses now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    WebSocket,
+    Http,
+}
+
+/// WebSocket attempts failing in a row before the HTTP fallback is considered.
+const WS_FAILURES_BEFORE_FALLBACK: u32 = 3;
 
 /// Owns the reconnect loop.
 pub struct Connector {
     agent: Arc<Agent>,
     url: Url,
     tls: Arc<rustls::ClientConfig>,
+    http: crate::http::Endpoint,
+    ws_retry: Duration,
 }
 
 impl Connector {
-    /// Prepares the WebSocket URL and TLS configuration.
+    /// Prepares the endpoints and the TLS configuration.
     pub fn new(agent: Arc<Agent>) -> anyhow::Result<Self> {
         let url = ws_url(&agent.config.server_url)?;
         let tls = crate::tls::client_config(agent.config.ca_cert.as_deref())?;
-        Ok(Self { agent, url, tls })
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .user_agent(concat!("outpost-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        let http = crate::http::Endpoint::new(
+            client,
+            &agent.config.server_url,
+            &agent.config.api_key,
+            Duration::from_secs(agent.config.http_poll_interval.max(1)),
+        )?;
+        let ws_retry = Duration::from_secs(agent.config.ws_retry_interval.max(1));
+        Ok(Self {
+            agent,
+            url,
+            tls,
+            http,
+            ws_retry,
+        })
     }
 
     /// Connects and reconnects until shut down or asked to exit; returns the exit code.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<i32> {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<i32> {
         let mut network = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut refused = Backoff::new(Duration::from_secs(30), Duration::from_secs(300));
+        let forced = self.agent.config.http_fallback;
+        let mut mode = if forced { Mode::Http } else { Mode::WebSocket };
+        if forced {
+            tracing::info!("OUTPOST_HTTP_FALLBACK is set: using HTTP long-poll");
+        }
+        let mut ws_failures = 0;
+        let mut next_ws_try = None;
+        let mut opened = None;
         loop {
             let started = Instant::now();
+            let ws_retry_at = if mode == Mode::Http && !forced {
+                next_ws_try
+            } else {
+                None
+            };
             let ended = tokio::select! {
-                ended = self.connect_and_serve(&shutdown) => ended,
+                ended = self.connect_and_serve(mode, opened.take(), ws_retry_at, &shutdown) => ended,
                 () = shutdown.cancelled() => Ended::Shutdown,
             };
             let delay = match ended {
                 Ended::Shutdown => return Ok(0),
                 Ended::Exit(code) => return Ok(code),
+                Ended::Upgraded(link, interval) => {
+                    tracing::info!("WebSocket connections work again; leaving HTTP long-poll");
+                    mode = Mode::WebSocket;
+                    ws_failures = 0;
+                    opened = Some((*link, interval));
+                    continue;
+                }
                 Ended::Unauthorized(why) => {
                     network.reset();
                     let delay = refused.next();
                     tracing::error!(reason = %why, retry_in = ?delay, "the server refused the agent key");
                     delay
                 }
+                Ended::ConnectFailed(err) => {
+                    refused.reset();
+                    if mode == Mode::WebSocket {
+                        ws_failures += 1;
+                    }
+                    if mode == Mode::WebSocket
+                        && !forced
+                        && ws_failures >= WS_FAILURES_BEFORE_FALLBACK
+                        && self.http.reachable().await
+                    {
+                        tracing::warn!(
+                            error = format!("{err:#}"),
+                            attempts = ws_failures,
+                            "WebSocket connections fail but plain HTTP reaches the server: switching to HTTP long-poll"
+                        );
+                        mode = Mode::Http;
+                        ws_failures = 0;
+                        next_ws_try = Some(Instant::now() + self.ws_retry);
+                        continue;
+                    }
+                    let delay = network.next();
+                    tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "could not connect to the server");
+                    delay
+                }
                 Ended::Dropped(err) => {
                     refused.reset();
+                    ws_failures = 0;
                     if started.elapsed() >= HEALTHY_AFTER {
                         network.reset();
                     }
@@ -93,6 +180,9 @@ impl Connector {
                     delay
                 }
             };
+            if mode == Mode::Http && next_ws_try.is_some_and(|t| t <= Instant::now()) {
+                next_ws_try = Some(Instant::now() + self.ws_retry);
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return Ok(0),
@@ -100,19 +190,82 @@ impl Connector {
         }
     }
 
-    async fn connect_and_serve(&mut self, shutdown: &CancellationToken) -> Ended {
-        let (socket, ip) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connect()).await {
-            Ok(Ok(connected)) => connected,
-            Ok(Err(ended)) => return ended,
-            Err(_) => return Ended::Dropped(anyhow::anyhow!("connecting timed out")),
+    async fn connect_and_serve(
+        &self,
+        mode: Mode,
+        opened: Option<(Link, Duration)>,
+        ws_retry_at: Option<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        let (link, interval) = match opened {
+            Some(opened) => opened,
+            None => {
+                let open = async {
+                    match mode {
+                        Mode::WebSocket => self.open_ws().await,
+                        Mode::Http => self.open_http().await,
+                    }
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, open).await {
+                    Ok(Ok(opened)) => opened,
+                    Ok(Err(ended)) => return ended,
+                    Err(_) => return Ended::ConnectFailed(anyhow::anyhow!("connecting timed out")),
+                }
+            }
         };
         let mut session = Session {
             agent: self.agent.clone(),
-            socket,
+            link,
             readers: HashMap::new(),
             answers_sent: HashSet::new(),
         };
-        session.serve(ip, shutdown).await
+        session.serve(self, interval, ws_retry_at, shutdown).await
+    }
+
+    /// Opens a WebSocket: upgrade, `connected`, `register`.
+    async fn open_ws(&self) -> Result<(Link, Duration), Ended> {
+        let (mut socket, ip) = self.connect().await?;
+        let interval = await_connected(&mut socket)
+            .await
+            .map_err(Ended::ConnectFailed)?;
+        self.agent.set_ip(ip);
+        let mut link = Link::Ws(Box::new(socket));
+        let register = AgentFrame::Register {
+            data: self.agent.register_data(),
+        };
+        link.send(&register).await.map_err(Ended::ConnectFailed)?;
+        Ok((link, interval))
+    }
+
+    /// Opens a long-poll session: `register` through `/agent/v1/frames`, answered by
+    /// `connected`.
+    async fn open_http(&self) -> Result<(Link, Duration), Ended> {
+        if let Some(ip) = self.local_ip().await {
+            self.agent.set_ip(ip);
+        }
+        let register = AgentFrame::Register {
+            data: self.agent.register_data(),
+        };
+        match crate::http::HttpLink::open(self.http.clone(), &register).await {
+            Ok((link, interval)) => Ok((Link::Http(Box::new(link)), interval)),
+            Err(crate::http::OpenError::Unauthorized(why)) => Err(Ended::Unauthorized(why)),
+            Err(crate::http::OpenError::Failed(err)) => Err(Ended::ConnectFailed(err)),
+        }
+    }
+
+    /// The address this host would use to reach the server (no packet is sent).
+    async fn local_ip(&self) -> Option<String> {
+        let host = self.url.host_str()?.to_owned();
+        let port = self.url.port_or_known_default()?;
+        let addr = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+        let bind = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = std::net::UdpSocket::bind(bind).ok()?;
+        socket.connect(addr).ok()?;
+        Some(socket.local_addr().ok()?.ip().to_string())
     }
 
     async fn connect(&self) -> Result<(Socket, String), Ended> {
@@ -120,7 +273,7 @@ impl Connector {
             .url
             .as_str()
             .into_client_request()
-            .map_err(|e| Ended::Dropped(e.into()))?;
+            .map_err(|e| Ended::ConnectFailed(e.into()))?;
         let bearer = HeaderValue::from_str(&format!("Bearer {}", self.agent.config.api_key))
             .map_err(|_| {
                 Ended::Unauthorized("the agent key has characters not allowed in a header".into())
@@ -153,7 +306,7 @@ impl Connector {
                 return Err(Ended::Unauthorized(body));
             }
             Err(err) => {
-                return Err(Ended::Dropped(
+                return Err(Ended::ConnectFailed(
                     anyhow::Error::new(err).context(format!("connecting to {}", self.url)),
                 ));
             }
@@ -163,11 +316,125 @@ impl Connector {
     }
 }
 
+/// Waits for `connected` and returns the heartbeat interval it announces.
+async fn await_connected(socket: &mut Socket) -> anyhow::Result<Duration> {
+    while let Some(msg) = socket.next().await {
+        if let Message::Text(text) = msg? {
+            match ServerFrame::decode(text.as_str()) {
+                Ok(ServerFrame::Connected(c)) => {
+                    if c.protocol != outpost_protocol::PROTOCOL_VERSION {
+                        anyhow::bail!(
+                            "the server speaks protocol {}, this agent {}: install a matching agent release",
+                            c.protocol,
+                            outpost_protocol::PROTOCOL_VERSION
+                        );
+                    }
+                    return Ok(Duration::from_secs(u64::from(
+                        c.heartbeat_interval_s.max(1),
+                    )));
+                }
+                Ok(other) => tracing::debug!(?other, "frame before `connected`; ignored"),
+                Err(err) => tracing::warn!(error = %err, "unreadable frame before `connected`"),
+            }
+        }
+    }
+    anyhow::bail!("the server closed the connection before `connected`")
+}
+
+/// A connection's transport.
+enum Link {
+    Ws(Box<Socket>),
+    Http(Box<crate::http::HttpLink>),
+}
+
+impl Link {
+    fn transport(&self) -> &'static str {
+        match self {
+            Self::Ws(_) => "websocket",
+            Self::Http(_) => "http",
+        }
+    }
+
+    /// Sends a frame (over HTTP: queues it for the next batch).
+    async fn send(&mut self, frame: &AgentFrame) -> anyhow::Result<()> {
+        match self {
+            Self::Ws(socket) => {
+                let text = frame.encode();
+                tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::text(text)))
+                    .await
+                    .context("sending to the server timed out")?
+                    .context("sending to the server")
+            }
+            Self::Http(link) => link.send(frame).await,
+        }
+    }
+
+    /// Sends whatever is queued.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Ws(_) => Ok(()),
+            Self::Http(link) => link.flush().await,
+        }
+    }
+
+    /// The next frame from the server; `Ok(None)` for something to ignore. Cancel-safe.
+    async fn next(&mut self) -> anyhow::Result<Option<ServerFrame>> {
+        let text = match self {
+            Self::Http(link) => {
+                return match link.next().await {
+                    crate::http::Incoming::Frame(frame) => Ok(Some(frame)),
+                    crate::http::Incoming::Closed(err) => Err(err),
+                };
+            }
+            Self::Ws(socket) => match socket.next().await {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(frame))) => {
+                    let why = frame
+                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_default();
+                    anyhow::bail!("the server closed the connection: {why}");
+                }
+                Some(Ok(_)) => return Ok(None),
+                Some(Err(err)) => return Err(err.into()),
+                None => anyhow::bail!("the server closed the connection"),
+            },
+        };
+        match ServerFrame::decode(text.as_str()) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(err) => {
+                // Newer servers may send frames this agent does not know; skip them.
+                tracing::warn!(error = %err, "ignoring a frame from the server");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ends the connection politely.
+    async fn close(&mut self) {
+        match self {
+            Self::Ws(socket) => {
+                let close = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "agent stopping".into(),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    WebSocketStream::close(socket, Some(close)),
+                )
+                .await;
+            }
+            Self::Http(link) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), link.flush()).await;
+            }
+        }
+    }
+}
+
 /// One connection. What it has sent lives only as long as it does: the next connection starts
 /// again from the journal and the spools, and the server drops what it already has.
 struct Session {
     agent: Arc<Agent>,
-    socket: Socket,
+    link: Link,
     /// Output spools being sent, by command.
     readers: HashMap<CommandId, SpoolReader>,
     /// Answers sent on this connection (and not yet acknowledged).
@@ -178,112 +445,85 @@ struct Session {
 const PUMP_BUDGET: usize = 32;
 
 impl Session {
-    async fn serve(&mut self, ip: String, shutdown: &CancellationToken) -> Ended {
-        let interval = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.await_connected()).await {
-            Ok(Ok(interval)) => interval,
-            Ok(Err(err)) => return Ended::Dropped(err),
-            Err(_) => {
-                return Ended::Dropped(anyhow::anyhow!("no `connected` frame from the server"));
-            }
-        };
-        self.agent.set_ip(ip);
-        let register = AgentFrame::Register {
-            data: self.agent.register_data(),
-        };
-        if let Err(err) = self.send(&register).await {
-            return Ended::Dropped(err);
-        }
+    async fn serve(
+        &mut self,
+        connector: &Connector,
+        interval: Duration,
+        ws_retry_at: Option<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Ended {
         // Output and answers produced while cut off, or before a crash (delivery guarantee 4).
         if let Err(err) = self.pump().await {
             return Ended::Dropped(err);
         }
-        tracing::info!(heartbeat_s = interval.as_secs(), "connected and registered");
+        if let Err(err) = self.link.flush().await {
+            return Ended::Dropped(err);
+        }
+        tracing::info!(
+            heartbeat_s = interval.as_secs(),
+            transport = self.link.transport(),
+            "connected and registered"
+        );
 
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ws_retry_at = ws_retry_at.map(tokio::time::Instant::from_std);
         loop {
+            let at = ws_retry_at;
+            let retry = async move {
+                match at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let result = tokio::select! {
-                msg = self.socket.next() => match msg {
-                    Some(Ok(msg)) => self.on_message(msg).await,
-                    Some(Err(err)) => Err(Ended::Dropped(err.into())),
-                    None => Err(Ended::Dropped(anyhow::anyhow!("the server closed the connection"))),
+                frame = self.link.next() => match frame {
+                    Ok(Some(frame)) => self.on_frame(frame).await,
+                    Ok(None) => Ok(()),
+                    Err(err) => Err(Ended::Dropped(err)),
                 },
                 () = self.agent.activity.notified() => self.pump().await.map_err(Ended::Dropped),
                 () = self.agent.manifest_changed.notified() => {
                     let register = AgentFrame::Register { data: self.agent.register_data() };
-                    self.send(&register).await.map_err(Ended::Dropped)
+                    self.link.send(&register).await.map_err(Ended::Dropped)
                 }
                 _ = heartbeat.tick() => {
                     let frame = AgentFrame::Heartbeat { status: self.agent.heartbeat() };
-                    self.send(&frame).await.map_err(Ended::Dropped)
+                    self.link.send(&frame).await.map_err(Ended::Dropped)
+                }
+                () = retry => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.open_ws()).await {
+                        Ok(Ok((link, interval))) => {
+                            // What this link still holds goes first; anything unacknowledged
+                            // is sent again over the new one.
+                            let _ = self.link.flush().await;
+                            return Ended::Upgraded(Box::new(link), interval);
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            tracing::debug!("WebSocket still unavailable; staying on HTTP long-poll");
+                            ws_retry_at = Some(tokio::time::Instant::now() + connector.ws_retry);
+                            Ok(())
+                        }
+                    }
                 }
                 code = self.agent.exit_requested() => Err(Ended::Exit(code)),
                 () = shutdown.cancelled() => Err(Ended::Shutdown),
             };
+            let result = match result {
+                Ok(()) => self.link.flush().await.map_err(Ended::Dropped),
+                Err(ended) => Err(ended),
+            };
             if let Err(ended) = result {
                 if matches!(ended, Ended::Shutdown | Ended::Exit(_)) {
-                    let close = CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "agent stopping".into(),
-                    };
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        self.socket.close(Some(close)),
-                    )
-                    .await;
+                    self.link.close().await;
                 }
                 return ended;
             }
         }
     }
 
-    /// Waits for `connected` and returns the heartbeat interval it announces.
-    async fn await_connected(&mut self) -> anyhow::Result<Duration> {
-        while let Some(msg) = self.socket.next().await {
-            if let Message::Text(text) = msg? {
-                match ServerFrame::decode(text.as_str()) {
-                    Ok(ServerFrame::Connected(c)) => {
-                        if c.protocol != outpost_protocol::PROTOCOL_VERSION {
-                            anyhow::bail!(
-                                "the server speaks protocol {}, this agent {}: install a matching agent release",
-                                c.protocol,
-                                outpost_protocol::PROTOCOL_VERSION
-                            );
-                        }
-                        return Ok(Duration::from_secs(u64::from(
-                            c.heartbeat_interval_s.max(1),
-                        )));
-                    }
-                    Ok(other) => tracing::debug!(?other, "frame before `connected`; ignored"),
-                    Err(err) => tracing::warn!(error = %err, "unreadable frame before `connected`"),
-                }
-            }
-        }
-        anyhow::bail!("the server closed the connection before `connected`")
-    }
-
-    async fn on_message(&mut self, msg: Message) -> Result<(), Ended> {
-        let text = match msg {
-            Message::Text(text) => text,
-            Message::Close(frame) => {
-                let why = frame
-                    .map(|f| format!("{} {}", u16::from(f.code), f.reason))
-                    .unwrap_or_default();
-                return Err(Ended::Dropped(anyhow::anyhow!(
-                    "the server closed the connection: {why}"
-                )));
-            }
-            _ => return Ok(()),
-        };
-        let frame = match ServerFrame::decode(text.as_str()) {
-            Ok(frame) => frame,
-            Err(err) => {
-                // Newer servers may send frames this agent does not know; skip them.
-                tracing::warn!(error = %err, "ignoring a frame from the server");
-                return Ok(());
-            }
-        };
+    async fn on_frame(&mut self, frame: ServerFrame) -> Result<(), Ended> {
         match frame {
             ServerFrame::Command(cmd) => {
                 let command_id = cmd.command_id;
@@ -358,11 +598,7 @@ impl Session {
     }
 
     async fn send(&mut self, frame: &AgentFrame) -> anyhow::Result<()> {
-        let text = frame.encode();
-        tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::text(text)))
-            .await
-            .context("sending to the server timed out")?
-            .context("sending to the server")
+        self.link.send(frame).await
     }
 }
 
@@ -398,19 +634,26 @@ impl Backoff {
 
 /// `OUTPOST_SERVER_URL` as the WebSocket endpoint: http(s) becomes ws(s), path `/agent/v1/ws`.
 pub fn ws_url(base: &str) -> anyhow::Result<Url> {
+    let mut url = with_scheme(base, "ws", "wss")?;
+    let path = format!("{}/agent/v1/ws", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// `OUTPOST_SERVER_URL` with its scheme mapped to `plain` (from ws/http) or `secure` (from
+/// wss/https).
+pub(crate) fn with_scheme(base: &str, plain: &str, secure: &str) -> anyhow::Result<Url> {
     let mut url =
         Url::parse(base).with_context(|| format!("OUTPOST_SERVER_URL {base:?} is not a URL"))?;
     let scheme = match url.scheme() {
-        "ws" | "http" => "ws",
-        "wss" | "https" => "wss",
+        "ws" | "http" => plain,
+        "wss" | "https" => secure,
         other => anyhow::bail!(
             "OUTPOST_SERVER_URL must be ws://, wss://, http:// or https://, not {other}://"
         ),
     };
     url.set_scheme(scheme)
         .map_err(|()| anyhow::anyhow!("cannot use {scheme}:// with {base}"))?;
-    let path = format!("{}/agent/v1/ws", url.path().trim_end_matches('/'));
-    url.set_path(&path);
     Ok(url)
 }
 

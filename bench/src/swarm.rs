@@ -190,6 +190,7 @@ async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
             capabilities: vec!["ping".into(), "echo".into()],
             tags,
             scripts: Vec::new(),
+            update_status: None,
         },
     };
     ws.send(Message::text(register.encode())).await?;

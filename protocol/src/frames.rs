@@ -138,6 +138,11 @@ pub struct RegisterData {
     /// Scripts its manifest whitelists.
     #[serde(default)]
     pub scripts: Vec<ScriptInfo>,
+    /// Outcome of the supervisor's last update attempt, when there was one. Optional and
+    /// omitted when absent, so older servers (which ignore unknown fields) and older agents
+    /// (which never send it) interoperate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<Box<crate::release::UpdateStatus>>,
 }
 
 fn default_protocol() -> u32 {

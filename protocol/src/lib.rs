@@ -14,6 +14,8 @@
 
 mod frames;
 mod output;
+pub mod poll;
+pub mod release;
 
 pub use frames::{
     AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData, Response,

@@ -19,7 +19,8 @@ pub enum LogFormat {
 #[command(
     name = "outpost-server",
     version,
-    about = "Outpost server: REST API, agent hub and storage"
+    about = "Outpost server: REST API, agent hub and storage",
+    after_help = "Releases: `outpost-server release keygen --help` and `outpost-server release publish --help`."
 )]
 pub struct Config {
     /// Address to listen on.

@@ -35,6 +35,9 @@ pub enum ApiError {
         /// Human-readable reason.
         message: String,
     },
+    /// 413: the body is over a size limit, which the message names.
+    #[error("{0}")]
+    TooLarge(String),
     /// 422: well-formed, but nothing to act on (a target that matches no agent).
     #[error("{0}")]
     Unprocessable(String),
@@ -79,6 +82,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+pub mod release;
 pub mod seal;
 pub mod store;
 pub mod webhooks;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub max_output_bytes: u64,
     /// The webhook worker and the master key.
     pub webhooks: Arc<webhooks::Webhooks>,
+    /// Published release files.
+    pub releases: Arc<release::Releases>,
 }
 
 /// How long the server waits for connections to finish after a shutdown signal.
@@ -82,6 +85,11 @@ pub async fn run(
             master,
             config.webhook_allow_private,
         )),
+        releases: Arc::new(release::Releases {
+            dir: config.data_dir.join("releases"),
+            public_url: config.public_url.clone(),
+            tls: config.tls_cert.is_some(),
+        }),
     };
     tokio::spawn(webhooks::run(state.clone()));
     tokio::spawn(metrics::upkeep(state.clone()));
@@ -121,11 +129,13 @@ pub async fn run(
     let app = api::router()
         .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
         .route("/metrics", axum::routing::get(metrics::route))
-        // Requests are logged at debug level, without headers (they carry keys).
-        .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             outpost_protocol::limits::MAX_FRAME_BYTES,
         ))
+        // Long-poll batches carry many frames: their routes have their own, larger limit.
+        .merge(hub::http::router())
+        // Requests are logged at debug level, without headers (they carry keys).
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state.clone())
         .into_make_service_with_connect_info::<SocketAddr>();
 
@@ -287,7 +297,7 @@ async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::Stor
     Ok(())
 }
 
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

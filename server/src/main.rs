@@ -8,6 +8,11 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `outpost-server release …` is a separate tool sharing the binary; everything else is
+    // the server's own flags.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "release") {
+        return outpost_server::release::main(std::env::args_os().skip(1)).await;
+    }
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

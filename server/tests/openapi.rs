@@ -43,6 +43,9 @@ fn every_api_route_is_documented() {
         "/api/jobs/{id}/cancel",
         "/api/jobs/{id}/events",
         "/api/jobs/{id}/runs/{run_id}/output",
+        "/api/releases/latest",
+        "/api/releases/{version}",
+        "/downloads/{version}/{target}/{file}",
         "/healthz",
         "/readyz",
     ] {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+pub mod proxy;
 pub mod ws;
 
 /// How long any readiness wait may take before the test fails. Generous: CI machines are
@@ -56,6 +57,7 @@ fn check_fresh(dir: &Path) {
     for (bin, crates) in [
         ("outpost-server", &["server", "protocol"][..]),
         ("outpost-agent", &["agent", "protocol"][..]),
+        ("outpost-supervisor", &["supervisor", "protocol"][..]),
     ] {
         let built = std::fs::metadata(dir.join(bin))
             .and_then(|m| m.modified())

@@ -70,6 +70,10 @@ pub struct AgentView {
     /// Last heartbeat's metrics.
     #[schema(value_type = Option<Object>)]
     pub last_heartbeat: Option<Value>,
+    /// The supervisor's report on its last update, as the agent last sent it:
+    /// `{status: updated|failed|rolled_back, from?, to?, reason?, at}`.
+    #[schema(value_type = Option<Object>)]
+    pub update_status: Option<Value>,
 }
 
 impl AgentView {
@@ -102,6 +106,7 @@ impl AgentView {
             last_seen: model.last_seen,
             connected_at: model.connected_at,
             last_heartbeat: model.last_heartbeat,
+            update_status: model.update_status,
         }
     }
 }

@@ -10,6 +10,7 @@ mod commands;
 mod health;
 mod jobs;
 mod keys;
+mod releases;
 mod webhooks;
 
 use axum::Router;
@@ -36,6 +37,7 @@ use crate::error::{ApiError, json_rejection};
         commands::show,
         jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
+        releases::latest, releases::show, releases::download,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -44,6 +46,7 @@ use crate::error::{ApiError, json_rejection};
         (name = "commands", description = "Stored commands and their results"),
         (name = "jobs", description = "Script runs and other commands on many agents"),
         (name = "webhooks", description = "Signing of job webhooks"),
+        (name = "releases", description = "Signed agent and supervisor builds"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -102,7 +105,13 @@ pub fn router() -> Router<AppState> {
             "/api/webhooks/signing-secret/rotate",
             post(webhooks::rotate),
         )
-        .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output));
+        .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output))
+        .route("/api/releases/latest", get(releases::latest))
+        .route("/api/releases/{version}", get(releases::show))
+        .route(
+            "/downloads/{version}/{target}/{file}",
+            get(releases::download),
+        );
     // The viewer's assets are compiled into the binary, so /docs works with no network.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
 }

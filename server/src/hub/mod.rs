@@ -9,6 +9,8 @@
 //! hub may be lost with its connection; that is fine because every command is in the store
 //! first and is sent again when its agent reconnects.
 
+pub mod http;
+pub mod link;
 pub mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,16 +66,19 @@ impl CloseSignal {
 pub enum Transport {
     /// A WebSocket.
     Websocket,
+    /// HTTP long-poll (`/agent/v1/poll` and `/agent/v1/frames`).
+    Http,
 }
 
 impl Transport {
     /// Every transport, for metrics that show zero as well as counts.
-    pub const ALL: &[Transport] = &[Transport::Websocket];
+    pub const ALL: &[Transport] = &[Transport::Websocket, Transport::Http];
 
     /// The name used in metrics labels (and in the API).
     pub fn label(self) -> &'static str {
         match self {
             Self::Websocket => "websocket",
+            Self::Http => "http",
         }
     }
 }
@@ -126,6 +131,8 @@ const JOB_EVENTS: usize = 1024;
 #[derive(Debug)]
 pub struct Hub {
     sessions: DashMap<SessionKey, Session>,
+    /// Long-poll sessions, which also have their entry in `sessions`.
+    http: DashMap<SessionKey, Arc<http::HttpSession>>,
     waiters: DashMap<CommandId, Vec<oneshot::Sender<command::Model>>>,
     job_events: broadcast::Sender<JobChanged>,
     next_conn: AtomicU64,
@@ -137,6 +144,7 @@ impl Hub {
     pub fn new(heartbeat_interval: Duration) -> Self {
         Self {
             sessions: DashMap::new(),
+            http: DashMap::new(),
             waiters: DashMap::new(),
             job_events: broadcast::channel(JOB_EVENTS).0,
             next_conn: AtomicU64::new(1),
@@ -174,6 +182,28 @@ impl Hub {
                 s.conn_id == conn_id
             })
             .is_some()
+    }
+
+    /// Records an agent's long-poll session (its hub entry is added with [`insert`](Self::insert)).
+    pub fn insert_http(&self, tenant_id: &str, agent_id: AgentId, session: Arc<http::HttpSession>) {
+        self.http.insert((tenant_id.to_owned(), agent_id), session);
+    }
+
+    /// An agent's long-poll session, if it has one.
+    pub fn http_session(
+        &self,
+        tenant_id: &str,
+        agent_id: AgentId,
+    ) -> Option<Arc<http::HttpSession>> {
+        self.http
+            .get(&(tenant_id.to_owned(), agent_id))
+            .map(|s| s.clone())
+    }
+
+    /// Forgets a long-poll session, unless a newer one replaced it.
+    pub fn remove_http(&self, tenant_id: &str, agent_id: AgentId, id: &str) {
+        self.http
+            .remove_if(&(tenant_id.to_owned(), agent_id), |_, s| s.id == id);
     }
 
     /// The live connection of an agent, if any.

@@ -7,10 +7,9 @@
 //! its own entry from the hub, unless a newer connection already replaced it.
 //!
 //! Everything an agent sends is untrusted: frames are size-capped by the WebSocket layer,
-//! decoded by the protocol crate, and a peer that keeps sending garbage is cut off. A response
-//! can only finish a command addressed to the agent that sends it, in the agent's tenant.
+//! decoded by the protocol crate, and a peer that keeps sending garbage is cut off. What a
+//! frame does is decided by [`Link`], shared with the HTTP long-poll transport.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,17 +19,15 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use chrono::Utc;
 use outpost_protocol::{
-    AgentFrame, Connected, DecodeError, ErrorBody, PROTOCOL_VERSION, RegisterData, ServerFrame,
-    codes, decode_output_data, limits,
+    AgentFrame, AgentId, DecodeError, RegisterData, ServerFrame, codes, limits,
 };
 use tokio::sync::mpsc;
 
+use super::link::{End, Link, too_big};
 use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
 use crate::AppState;
 use crate::auth;
 use crate::metrics::Direction;
-use crate::store::writer::{Write, Written};
-use crate::store::{Stored, agent_key, string_list};
 
 /// How long one frame may take to reach the agent's TCP buffer before the peer counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,39 +66,23 @@ pub async fn handler(
         .on_upgrade(move |socket| async move {
             let mut conn = Connection {
                 socket,
-                state,
-                key,
-                bad: BadFrames::default(),
+                link: Link::new(state, key),
+                out: Vec::new(),
             };
             conn.serve().await;
         })
 }
 
-/// Why the connection loop ended.
-enum End {
-    /// Close the socket with this code and reason.
-    Close(u16, String),
-    /// The socket is already gone.
-    Gone,
-}
-
 struct Connection {
     socket: WebSocket,
-    state: AppState,
-    key: agent_key::Model,
-    bad: BadFrames,
+    link: Link,
+    /// Frames to answer with, filled by the link and flushed after each incoming frame.
+    out: Vec<ServerFrame>,
 }
 
 impl Connection {
     async fn serve(&mut self) {
-        let hello = ServerFrame::Connected(Connected {
-            message: "Agent connection established".into(),
-            agent_key_id: self.key.id.clone(),
-            permissions: string_list(&self.key.permissions),
-            heartbeat_interval_s: self.state.hub.heartbeat_interval().as_secs().max(1) as u32,
-            protocol: PROTOCOL_VERSION,
-            timestamp: Utc::now(),
-        });
+        let hello = self.link.connected();
         if self.send(&hello).await.is_err() {
             return;
         }
@@ -110,37 +91,37 @@ impl Connection {
             Err(end) => return self.finish(end).await,
         };
         let agent_id = register.agent_id;
-        let tenant_id = self.key.tenant_id.clone();
+        let tenant_id = self.link.tenant_id().to_owned();
+        let state = self.link.state.clone();
 
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let close = Arc::new(CloseSignal::default());
-        let conn_id = self.state.hub.next_conn_id();
-        if let Err(end) = self.on_register(&register).await {
+        let conn_id = state.hub.next_conn_id();
+        if let Err(end) = self.link.on_register(&register).await {
             return self.finish(end).await;
         }
         // Into the hub first, then resend what is open: a command stored in between is then
         // either in the scan or pushed through the hub, never missed.
-        self.state.hub.insert(
+        state.hub.insert(
             &tenant_id,
             agent_id,
             Session {
                 conn_id,
-                key_id: self.key.id.clone(),
+                key_id: self.link.key.id.clone(),
                 tx,
                 close: close.clone(),
                 connected_at: Utc::now(),
                 transport: Transport::Websocket,
             },
         );
-        tracing::info!(%agent_id, hostname = %register.hostname, version = %register.version, "agent connected");
+        tracing::info!(%agent_id, hostname = %register.hostname, version = %register.version, transport = "websocket", "agent connected");
 
         let end = match self.resend_open(agent_id).await {
             Ok(()) => self.run(agent_id, rx, &close).await,
             Err(end) => end,
         };
-        if self.state.hub.remove(&tenant_id, agent_id, conn_id)
-            && let Err(err) = self
-                .state
+        if state.hub.remove(&tenant_id, agent_id, conn_id)
+            && let Err(err) = state
                 .store
                 .record_disconnect(&tenant_id, &agent_id.to_string())
                 .await
@@ -156,93 +137,43 @@ impl Connection {
         let deadline = tokio::time::sleep(limits::REGISTER_DEADLINE);
         tokio::pin!(deadline);
         loop {
+            let shutdown = self.link.state.shutdown.clone();
             let msg = tokio::select! {
                 () = &mut deadline => {
                     return Err(End::Close(limits::CLOSE_POLICY, "no register frame within 10 s".into()));
                 }
-                () = self.state.shutdown.cancelled() => {
+                () = shutdown.cancelled() => {
                     return Err(End::Close(limits::CLOSE_GOING_AWAY, "server shutting down".into()));
                 }
                 msg = self.socket.recv() => msg,
             };
-            match self.decode(msg).await? {
+            let decoded = self.decode(msg);
+            self.flush().await?;
+            match decoded? {
                 Some(AgentFrame::Register { data }) => {
-                    if data.protocol != PROTOCOL_VERSION {
-                        let message = format!(
-                            "agent speaks protocol {}, this server speaks {PROTOCOL_VERSION}: install an agent release matching the server",
-                            data.protocol
-                        );
-                        let _ = self
-                            .send(&ServerFrame::Error(ErrorBody::new(
-                                codes::PROTOCOL_MISMATCH,
-                                message,
-                            )))
-                            .await;
+                    if let Err(err) = Link::check_protocol(&data) {
+                        let _ = self.send(&ServerFrame::Error(err)).await;
                         return Err(End::Close(limits::CLOSE_POLICY, "protocol mismatch".into()));
                     }
                     return Ok(data);
                 }
                 Some(other) => {
                     let message = format!("`{}` before `register`", other.kind());
-                    self.refuse(codes::NOT_REGISTERED, message).await?;
+                    let refused = self
+                        .link
+                        .refuse(codes::NOT_REGISTERED, message, &mut self.out);
+                    self.flush().await?;
+                    refused?;
                 }
                 None => {}
             }
         }
     }
 
-    /// Stores what the agent said about itself, with its key's tags added (tags given to a
-    /// key apply to every agent connecting with it).
-    async fn store_register(
-        &mut self,
-        data: &RegisterData,
-    ) -> Result<(), crate::store::StoreError> {
-        let mut data = data.clone();
-        for tag in string_list(&self.key.tags) {
-            if !data.tags.contains(&tag) {
-                data.tags.push(tag);
-            }
-        }
-        let store = &self.state.store;
-        store
-            .upsert_agent(&self.key.tenant_id, &self.key.id, &data)
-            .await?;
-        Ok(())
-    }
-
-    /// Stores the first `register` of a connection.
-    async fn on_register(&mut self, data: &RegisterData) -> Result<(), End> {
-        if let Err(err) = self.store_register(data).await {
-            tracing::error!(error = %err, "could not store register");
-            return Err(End::Close(1011, "internal error".into()));
-        }
-        let touched = self
-            .state
-            .store
-            .touch_agent_key(&self.key.tenant_id, &self.key.id)
-            .await;
-        if let Err(err) = touched {
-            tracing::warn!(error = %err, "could not record key use");
-        }
-        Ok(())
-    }
-
-    /// Sends every command the agent still owes an answer to (delivery guarantees 1 and 2).
-    async fn resend_open(&mut self, agent_id: outpost_protocol::AgentId) -> Result<(), End> {
-        let open = self
-            .state
-            .store
-            .open_commands_for(&self.key.tenant_id, &agent_id.to_string())
-            .await
-            .map_err(|err| {
-                tracing::error!(error = %err, "could not load open commands");
-                End::Close(1011, "internal error".into())
-            })?;
-        for command in open {
-            match crate::dispatch::frame_for(&command, self.state.max_output_bytes) {
-                Some(frame) => self.send(&frame).await?,
-                None => tracing::error!(command_id = %command.id, "stored command has a bad id"),
-            }
+    /// Sends every command the agent still owes an answer to.
+    async fn resend_open(&mut self, agent_id: AgentId) -> Result<(), End> {
+        for frame in self.link.open_frames(agent_id).await? {
+            self.send(&frame).await?;
         }
         Ok(())
     }
@@ -250,11 +181,12 @@ impl Connection {
     /// Phase 2: the registered connection.
     async fn run(
         &mut self,
-        agent_id: outpost_protocol::AgentId,
+        agent_id: AgentId,
         mut rx: mpsc::Receiver<ServerFrame>,
         close: &CloseSignal,
     ) -> End {
-        let interval = self.state.hub.heartbeat_interval();
+        let state = self.link.state.clone();
+        let interval = state.hub.heartbeat_interval();
         let silence_limit = interval * limits::MISSED_HEARTBEATS;
         let mut last_seen = Instant::now();
         let mut ticker = tokio::time::interval(interval.min(Duration::from_secs(5)));
@@ -263,14 +195,17 @@ impl Connection {
             tokio::select! {
                 msg = self.socket.recv() => {
                     last_seen = Instant::now();
-                    match self.decode(msg).await {
-                        Ok(Some(frame)) => {
-                            if let Err(end) = self.handle(agent_id, frame).await {
-                                return end;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(end) => return end,
+                    let handled = match self.decode(msg) {
+                        Ok(Some(frame)) => self.link.handle(agent_id, frame, &mut self.out).await,
+                        Ok(None) => Ok(()),
+                        Err(end) => Err(end),
+                    };
+                    // Answers (and the error frame explaining a close) go out first.
+                    if let Err(end) = self.flush().await {
+                        return end;
+                    }
+                    if let Err(end) = handled {
+                        return end;
                     }
                 }
                 frame = rx.recv() => match frame {
@@ -290,7 +225,7 @@ impl Connection {
                     let (code, reason) = close.reason();
                     return End::Close(code, reason);
                 }
-                () = self.state.shutdown.cancelled() => {
+                () = state.shutdown.cancelled() => {
                     return End::Close(limits::CLOSE_GOING_AWAY, "server shutting down".into());
                 }
                 _ = ticker.tick() => {
@@ -298,7 +233,7 @@ impl Connection {
                         tracing::info!(%agent_id, "no heartbeat for {} intervals", limits::MISSED_HEARTBEATS);
                         return End::Close(limits::CLOSE_GOING_AWAY, "heartbeat missed".into());
                     }
-                    if self.key.expires_at.is_some_and(|t| t <= Utc::now()) {
+                    if self.link.key_expired() {
                         return End::Close(limits::CLOSE_NORMAL, "agent key expired".into());
                     }
                 }
@@ -306,110 +241,9 @@ impl Connection {
         }
     }
 
-    /// Acts on one frame from a registered agent. Writes go through the batching writer and
-    /// are committed before anything is acknowledged.
-    async fn handle(
-        &mut self,
-        agent_id: outpost_protocol::AgentId,
-        frame: AgentFrame,
-    ) -> Result<(), End> {
-        let tenant_id = self.key.tenant_id.clone();
-        let agent = agent_id.to_string();
-        let mut answered = None;
-        let write = match frame {
-            AgentFrame::Register { data } => {
-                if data.agent_id != agent_id {
-                    return self
-                        .refuse(
-                            codes::BAD_FRAME,
-                            "agent_id cannot change on a connection".into(),
-                        )
-                        .await;
-                }
-                return self.store_register(&data).await.map_err(internal);
-            }
-            AgentFrame::Heartbeat { status } => Write::Heartbeat {
-                tenant_id,
-                agent_id: agent,
-                status,
-            },
-            AgentFrame::Ack { command_id } => Write::Delivered {
-                tenant_id,
-                agent_id: agent,
-                command_id: command_id.to_string(),
-            },
-            AgentFrame::Output(output) => {
-                let bytes =
-                    match decode_output_data(output.data.as_deref(), output.data_b64.as_deref()) {
-                        Ok(bytes) if bytes.len() <= limits::MAX_OUTPUT_CHUNK => bytes,
-                        Ok(bytes) => {
-                            let message = format!(
-                                "output chunk of {} bytes; the limit is {}",
-                                bytes.len(),
-                                limits::MAX_OUTPUT_CHUNK
-                            );
-                            return self.refuse(codes::BAD_FRAME, message).await;
-                        }
-                        Err(why) => return self.refuse(codes::BAD_FRAME, why).await,
-                    };
-                Write::Output {
-                    tenant_id,
-                    agent_id: agent,
-                    command_id: output.command_id.to_string(),
-                    stream: output.stream,
-                    seq: output.seq,
-                    bytes,
-                    cap: self.state.max_output_bytes,
-                }
-            }
-            AgentFrame::Response(response) => {
-                answered = Some(response.command_id);
-                Write::Finish {
-                    tenant_id,
-                    agent_id: agent,
-                    response,
-                }
-            }
-        };
-        let written = self.state.writer.write(write).await.map_err(internal)?;
-        let hub = &self.state.hub;
-        match written {
-            Written::Heartbeat => {}
-            Written::Delivered(changed) => {
-                if let Some(run) = changed {
-                    hub.run_changed(&run);
-                }
-            }
-            Written::Output(Stored::New {
-                job_id: Some(job_id),
-                ..
-            }) => {
-                hub.job_changed(&self.key.tenant_id, &job_id);
-            }
-            Written::Output(Stored::Foreign) => {
-                tracing::debug!(%agent_id, "output for a command that is not this agent's");
-            }
-            Written::Output(_) => {}
-            Written::Finished(finished) => {
-                if let Some(model) = &finished {
-                    hub.finished(model);
-                    if model.job_id.is_some() {
-                        self.state.webhooks.wake();
-                    }
-                }
-                // Stored now or before (or not this agent's to store): either way the agent
-                // may forget it.
-                if let Some(command_id) = answered {
-                    return self.send(&ServerFrame::Ack { command_id }).await;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Reads one message: `Ok(Some)` a frame, `Ok(None)` nothing to act on (a control message
-    /// or a refused frame), `Err` the end of the connection.
-    async fn decode(
+    /// or a refused frame, whose `error` answer is queued), `Err` the end of the connection.
+    fn decode(
         &mut self,
         msg: Option<Result<Message, axum::Error>>,
     ) -> Result<Option<AgentFrame>, End> {
@@ -421,11 +255,11 @@ impl Connection {
                 return Err(too_big());
             }
             Some(Ok(Message::Binary(_))) => {
-                self.refuse(
+                self.link.refuse(
                     codes::BAD_FRAME,
                     "binary frames are not part of protocol v1; send JSON text".into(),
-                )
-                .await?;
+                    &mut self.out,
+                )?;
                 return Ok(None);
             }
             Some(Ok(Message::Text(text))) => text,
@@ -435,26 +269,22 @@ impl Connection {
             Ok(frame) => Ok(Some(frame)),
             Err(DecodeError::TooLarge(_)) => Err(too_big()),
             Err(err @ DecodeError::UnknownType(_)) => {
-                self.refuse(codes::UNKNOWN_TYPE, err.to_string()).await?;
+                self.link
+                    .refuse(codes::UNKNOWN_TYPE, err.to_string(), &mut self.out)?;
                 Ok(None)
             }
             Err(err @ DecodeError::Malformed(_)) => {
-                self.refuse(codes::BAD_FRAME, err.to_string()).await?;
+                self.link
+                    .refuse(codes::BAD_FRAME, err.to_string(), &mut self.out)?;
                 Ok(None)
             }
         }
     }
 
-    /// Answers a bad frame with an `error` frame; too many in a minute end the connection.
-    async fn refuse(&mut self, code: &str, message: String) -> Result<(), End> {
-        tracing::debug!(code, %message, "refused a frame");
-        self.send(&ServerFrame::Error(ErrorBody::new(code, message)))
-            .await?;
-        if self.bad.record() > limits::MAX_BAD_FRAMES_PER_MINUTE {
-            return Err(End::Close(
-                limits::CLOSE_POLICY,
-                "too many bad frames".into(),
-            ));
+    /// Sends the frames the link queued.
+    async fn flush(&mut self) -> Result<(), End> {
+        for frame in std::mem::take(&mut self.out) {
+            self.send(&frame).await?;
         }
         Ok(())
     }
@@ -486,20 +316,6 @@ impl Connection {
     }
 }
 
-/// A failed store write ends the connection without acknowledging anything: the agent keeps
-/// what it sent and sends it again after reconnecting.
-fn internal(err: crate::store::StoreError) -> End {
-    tracing::error!(error = %err, "could not store an agent frame");
-    End::Close(1011, "internal error".into())
-}
-
-fn too_big() -> End {
-    End::Close(
-        limits::CLOSE_TOO_BIG,
-        format!("frame larger than {} bytes", limits::MAX_FRAME_BYTES),
-    )
-}
-
 /// A read error ends the connection; an oversized frame is told as such.
 fn read_error(err: axum::Error) -> End {
     use tokio_tungstenite::tungstenite::Error as WsError;
@@ -507,27 +323,5 @@ fn read_error(err: axum::Error) -> End {
     match inner.downcast_ref::<WsError>() {
         Some(WsError::Capacity(_)) => too_big(),
         _ => End::Gone,
-    }
-}
-
-/// Bad frames seen in the last minute.
-#[derive(Default)]
-struct BadFrames(VecDeque<Instant>);
-
-impl BadFrames {
-    /// Records one and returns how many fell in the last minute.
-    fn record(&mut self) -> usize {
-        let now = Instant::now();
-        while self
-            .0
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            self.0.pop_front();
-        }
-        if self.0.len() <= limits::MAX_BAD_FRAMES_PER_MINUTE {
-            self.0.push_back(now);
-        }
-        self.0.len()
     }
 }

@@ -110,6 +110,8 @@ pub mod agent {
         pub connected_at: Option<DateTimeUtc>,
         pub disconnected_at: Option<DateTimeUtc>,
         pub last_heartbeat: Option<Json>,
+        /// The supervisor's last update report, as the agent last sent it.
+        pub update_status: Option<Json>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -236,6 +238,42 @@ pub mod webhook_attempt {
         pub status_code: Option<i32>,
         pub error: Option<String>,
         pub duration_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Published agent and supervisor builds, one row per (version, target, artifact). Global, not
+/// per tenant: they are builds of Outpost itself, published by the operator with
+/// `outpost-server release publish`, and served to every tenant alike.
+pub mod release {
+    use sea_orm::entity::prelude::*;
+
+    /// One signed artifact of a release.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "releases")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub version: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub target: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The version's numbers, for ordering in SQL.
+        pub major: i64,
+        pub minor: i64,
+        pub patch: i64,
+        /// SHA-256 of the file, lowercase hex.
+        pub sha256: String,
+        pub size: i64,
+        /// Ed25519 signature (base64) over `outpost_protocol::release::signed_message`.
+        pub signature: String,
+        /// The signing key's public half (base64).
+        pub public_key: String,
+        pub published_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

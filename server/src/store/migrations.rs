@@ -133,6 +133,26 @@ CREATE TABLE webhook_attempts (
 );
 CREATE INDEX webhook_attempts_job ON webhook_attempts (tenant_id, job_id);
 "#,
+    // 4: signed agent/supervisor releases (global: builds of Outpost itself, not tenant data)
+    // and the supervisor's last update report on each agent.
+    r#"
+CREATE TABLE releases (
+    version TEXT NOT NULL,
+    target TEXT NOT NULL,
+    name TEXT NOT NULL,
+    major BIGINT NOT NULL,
+    minor BIGINT NOT NULL,
+    patch BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    signature TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    published_at {ts} NOT NULL,
+    PRIMARY KEY (version, target, name)
+);
+CREATE INDEX releases_latest ON releases (target, name, major, minor, patch);
+ALTER TABLE agents ADD COLUMN update_status {json};
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one

@@ -12,6 +12,7 @@
 pub mod entities;
 mod jobs;
 mod migrations;
+mod releases;
 mod webhooks;
 pub mod writer;
 
@@ -33,7 +34,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{self, KeyKind};
 pub use entities::{
-    agent, agent_key, api_key, command, job, output_chunk, tenant, webhook_attempt,
+    agent, agent_key, api_key, command, job, output_chunk, release, tenant, webhook_attempt,
 };
 
 /// Errors from the store.
@@ -406,6 +407,13 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         model.capabilities = Set(json!(data.capabilities));
         model.agent_tags = Set(json!(data.tags));
         model.scripts = Set(json!(data.scripts));
+        // An agent without a report keeps the last one it sent: the report describes the
+        // last update, which stays true until the next.
+        if let Some(report) = &data.update_status {
+            model.update_status = Set(Some(json!(report)));
+        } else if is_new {
+            model.update_status = Set(None);
+        }
         model.last_seen = Set(now);
         model.connected_at = Set(Some(now));
         Ok(if is_new {

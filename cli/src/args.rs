@@ -1,0 +1,413 @@
+//! The command line: every command, flag and help text. Each command's help ends with
+//! examples, because that is what people read first.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const MAIN_AFTER: &str = "\
+Configuration (flags win over the environment, which wins over the config file):
+  --url / OUTPOST_URL      the server, default http://127.0.0.1:8080
+  --token / OUTPOST_TOKEN  an API key (opk_…)
+  OUTPOST_CA_CERT          a PEM file of a CA to trust (for a server with its own CA)
+  `outpost login` stores the URL and token in $XDG_CONFIG_HOME/outpost/config.toml (mode 0600).
+
+Exit status:
+  0    everything asked for succeeded
+  1    the server refused the request, or a run of a fan-out failed
+  2    bad usage
+  69   the server could not be reached
+  77   no token, or the server refused it
+  N    `run` on a single agent: the script's own exit code
+  124  `run` on a single agent: the run timed out
+  125  `run` on a single agent: it ended without an exit code (cancelled, expired, lost, refused)
+
+Examples:
+  outpost login --url https://outpost.example.com
+  outpost agents ls --status online
+  outpost run disk-usage --on tag:web --follow
+  outpost jobs ls --status failed --since 1d";
+
+/// The `outpost` controller CLI.
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Drive an Outpost fleet: agents, script runs, jobs and keys",
+    after_help = MAIN_AFTER,
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// The server's URL [env: OUTPOST_URL; default: from `outpost login`, else http://127.0.0.1:8080].
+    #[arg(long, global = true, env = "OUTPOST_URL", hide_env = true)]
+    pub url: Option<String>,
+    /// API token (opk_…) [env: OUTPOST_TOKEN; default: from `outpost login`].
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_TOKEN",
+        hide_env = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the server's JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store the server URL and a token in the config file, after checking them.
+    #[command(after_help = "\
+The token comes from --token, OUTPOST_TOKEN, or is read from stdin (prompted for, without
+echo, on a terminal). It is checked against the server before it is saved.
+The file is $XDG_CONFIG_HOME/outpost/config.toml (else ~/.config/outpost/config.toml), mode 0600.
+
+Examples:
+  outpost login --url http://127.0.0.1:8080
+  outpost login --url https://outpost.example.com < admin.key")]
+    Login(LoginArgs),
+    /// Forget the stored URL and token (removes the config file).
+    #[command(after_help = "Example:\n  outpost logout")]
+    Logout,
+    /// List and inspect agents.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost agents ls --status online\n  outpost agents show web-1"
+    )]
+    Agents(AgentsCommand),
+    /// Ping an agent and show the round trip.
+    #[command(after_help = "\
+AGENT is an agent id, a unique start or end of one (ids shown as web/1a2b3c4d end so), or a\nhostname.
+
+Examples:
+  outpost ping web-1
+  outpost ping 9f3e2a1b")]
+    Ping(PingArgs),
+    /// Run a manifest script on one agent, a tag's agents or all of them.
+    #[command(after_help = RUN_AFTER)]
+    Run(RunArgs),
+    /// Job history, results, output and cancelling.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost jobs ls --status failed --since 1d\n  outpost jobs show JOB\n  outpost jobs logs JOB --follow\n  outpost jobs cancel JOB"
+    )]
+    Jobs(JobsCommand),
+    /// Manage keys.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost keys agent create web --tag web\n  outpost keys agent ls"
+    )]
+    Keys(KeysCommand),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  outpost completions bash > ~/.local/share/bash-completion/completions/outpost
+  outpost completions zsh > \"${fpath[1]}/_outpost\"
+  outpost completions fish > ~/.config/fish/completions/outpost.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+const RUN_AFTER: &str = "\
+Targets: --on AGENT (an id, a unique start or end of one, or a hostname), --on tag:T, --on all. Repeat --on
+to add targets; several tag: targets select the agents having all of those tags.
+
+Without --follow the command waits for every run to finish, then prints the output (prefixed
+by agent when there are several). With --follow the output is printed live, each line prefixed
+by its agent; fan-outs show a done/failed/pending line on a terminal. Ctrl-C stops watching;
+the job keeps running (`outpost jobs cancel JOB` stops it). A run for an offline agent waits
+for it to come back, up to --ttl (an hour by default); it then ends as expired.
+
+Exit status: one agent: the script's exit code (124 timed out, 125 no exit code);
+several agents: 0 if every run succeeded, else 1.
+
+Examples:
+  outpost run disk-usage --on web-1
+  outpost run deploy --on tag:web --param VERSION=1.4.2 --timeout 300 --follow
+  outpost run uptime --on all --json";
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List agents with status, last heartbeat, metrics, version and tags.
+    #[command(after_help = "\
+Examples:
+  outpost agents ls
+  outpost agents ls --status offline
+  outpost agents ls --tag web --json")]
+    Ls {
+        /// Only agents with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only `online` or `offline` agents.
+        #[arg(long, value_parser = ["online", "offline"])]
+        status: Option<String>,
+    },
+    /// Show one agent in full.
+    #[command(after_help = "\
+AGENT is an agent id, a unique start or end of one (ids shown as web/1a2b3c4d end so), or a\nhostname.
+
+Examples:
+  outpost agents show web-1
+  outpost agents show 0199a3c2-… --json")]
+    Show {
+        /// Agent id, a unique start or end of one, or hostname.
+        agent: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// Agent id, a unique start or end of one, or hostname.
+    pub agent: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The script's name in the agents' manifests.
+    pub script: String,
+    /// Where: AGENT, tag:T or all (repeatable).
+    #[arg(long = "on", required = true, value_name = "AGENT|tag:T|all")]
+    pub on: Vec<String>,
+    /// A parameter for the script, K=V (repeatable).
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// Seconds each run may take (the server's default is 60).
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<u32>,
+    /// Seconds a run waits for an agent that is offline (the server's default is 3600).
+    #[arg(long, value_name = "S")]
+    pub ttl: Option<u32>,
+    /// Print the output live as it arrives.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    #[command(after_help = "\
+--since and --until take RFC 3339 times (2026-11-21T08:00:00Z) or ages (30m, 6h, 2d).
+When there are more jobs than --limit, the command prints the --cursor for the next page.
+
+Examples:
+  outpost jobs ls
+  outpost jobs ls --status failed --since 1d
+  outpost jobs ls --script deploy --agent web-1 --limit 20
+  outpost jobs ls --json | jq -r '.jobs[].job_id'")]
+    Ls(JobsLsArgs),
+    /// Show a job and each of its runs.
+    #[command(after_help = "\
+Examples:
+  outpost jobs show 0199a3d4-…
+  outpost jobs show 0199a3d4-… --json | jq '.runs[] | {agent_id, exit_code}'")]
+    Show {
+        /// Job id.
+        job: String,
+    },
+    /// Print a job's output (all runs, or one).
+    #[command(after_help = "\
+Without --follow the stored output is printed: one run's as it is, several runs' line by line
+prefixed by agent. With --follow the output is streamed until the job ends (stdout lines to
+stdout, stderr lines to stderr).
+
+Examples:
+  outpost jobs logs 0199a3d4-…
+  outpost jobs logs 0199a3d4-… --run web-1 --stream stderr
+  outpost jobs logs 0199a3d4-… --follow")]
+    Logs(JobsLogsArgs),
+    /// Cancel a job's runs that have not finished.
+    #[command(after_help = "Example:\n  outpost jobs cancel 0199a3d4-…")]
+    Cancel {
+        /// Job id.
+        job: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JobsLsArgs {
+    /// Jobs with a run on this agent (id, unique start or end of one, or hostname).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// `run` jobs of this script.
+    #[arg(long)]
+    pub script: Option<String>,
+    /// Jobs of this command (run, ping, info, echo, …).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// running, succeeded, failed or cancelled.
+    #[arg(long, value_parser = ["running", "succeeded", "failed", "cancelled"])]
+    pub status: Option<String>,
+    /// Created at or after (RFC 3339 or an age such as 6h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Created before (RFC 3339 or an age such as 6h).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Jobs per page, 1–200.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Start after this cursor (printed by the previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsLogsArgs {
+    /// Job id.
+    pub job: String,
+    /// Only this run: a run id or agent id (or a unique start or end of one) or hostname.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Which output.
+    #[arg(long, value_enum, default_value_t = Stream::Both)]
+    pub stream: Stream,
+    /// Stream the output until the job ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+/// Output streams to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Both, in the order they arrived.
+    Both,
+}
+
+impl Stream {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Both => "both",
+        }
+    }
+
+    /// Whether a chunk of `stream` is selected.
+    pub fn wants(self, stream: &str) -> bool {
+        self == Self::Both || self.as_str() == stream
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Keys agents connect with (opa_…).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost keys agent create web --tag web\n  outpost keys agent ls\n  outpost keys agent disable web\n  outpost keys agent regenerate web"
+    )]
+    Agent(AgentKeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentKeysCommand {
+    /// Create an agent key and print its secret (shown this once).
+    #[command(after_help = "\
+Permissions are the commands agents using the key may be sent (ping, info, echo, run,
+restart, update, redeploy); the server's default is ping, info, echo and run.
+
+Examples:
+  outpost keys agent create web --tag web --tag prod
+  outpost keys agent create ops --permission run --permission restart --expires-at 2027-01-01T00:00:00Z
+  outpost keys agent create ci --json | jq -r .secret")]
+    Create {
+        /// A name for people.
+        name: String,
+        /// A command agents with this key may be sent (repeatable).
+        #[arg(long = "permission", value_name = "P")]
+        permissions: Vec<String>,
+        /// A tag every agent using this key gets (repeatable).
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// When the key stops working (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
+    },
+    /// List agent keys (never their secrets).
+    #[command(after_help = "Examples:\n  outpost keys agent ls\n  outpost keys agent ls --json")]
+    Ls,
+    /// Disable a key; agents connected with it are disconnected at once.
+    #[command(
+        after_help = "KEY is a key id or a unique key name.\n\nExample:\n  outpost keys agent disable web"
+    )]
+    Disable {
+        /// Key id or name.
+        key: String,
+    },
+    /// Enable a disabled key again.
+    #[command(after_help = "Example:\n  outpost keys agent enable web")]
+    Enable {
+        /// Key id or name.
+        key: String,
+    },
+    /// Delete a key; agents connected with it are disconnected.
+    #[command(after_help = "Example:\n  outpost keys agent rm web")]
+    Rm {
+        /// Key id or name.
+        key: String,
+    },
+    /// Give a key a new secret; the old one stops working at once.
+    #[command(after_help = "\
+Agents connected with the old secret are disconnected; give them the new one.
+
+Example:
+  outpost keys agent regenerate web")]
+    Regenerate {
+        /// Key id or name.
+        key: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command, down to the leaves, shows examples in its help.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &mut clap::Command, path: &str, missing: &mut Vec<String>) {
+            let name = format!("{path} {}", cmd.get_name());
+            let help = cmd.render_help().to_string();
+            if !help.contains("Example") {
+                missing.push(name.clone());
+            }
+            for sub in cmd.get_subcommands_mut() {
+                if sub.get_name() != "help" {
+                    walk(sub, &name, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&mut Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no examples in the help of: {missing:?}"
+        );
+    }
+}

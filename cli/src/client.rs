@@ -1,0 +1,234 @@
+//! The REST client: one base URL, one bearer token, and error mapping.
+//!
+//! Every non-2xx answer becomes [`CliError::Api`] with the server's `{"error":{code,message}}`
+//! (or the HTTP status when the body is not ours, e.g. a proxy's page); every transport failure
+//! becomes [`CliError::Unreachable`] naming the URL, so the user sees where the CLI tried to go.
+
+use std::time::Duration;
+
+use reqwest::{Method, Response};
+use serde_json::Value;
+
+use crate::args::Global;
+use crate::config;
+use crate::error::CliError;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ordinary request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client for one server with one token.
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// From flags, environment and config file; fails without a token.
+    pub fn from_config(global: &Global) -> Result<Self, CliError> {
+        let (url, token) = config::resolve(global)?;
+        let token = token.ok_or(CliError::NoToken)?;
+        Self::new(&url, &token)
+    }
+
+    /// A client for `url` with `token`.
+    pub fn new(url: &str, token: &str) -> Result<Self, CliError> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            CliError::Usage(format!(
+                "the server URL {url:?} is not a URL ({e}); expected e.g. http://127.0.0.1:8080"
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(CliError::Usage(format!(
+                "the server URL {url:?} must start with http:// or https://"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("outpost-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = std::env::var_os("OUTPOST_CA_CERT").filter(|p| !p.is_empty()) {
+            let pem = std::fs::read(&path).map_err(|e| {
+                CliError::Other(format!(
+                    "OUTPOST_CA_CERT: cannot read {}: {e}",
+                    path.to_string_lossy()
+                ))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                CliError::Other(format!(
+                    "OUTPOST_CA_CERT: {} is not a PEM certificate: {e}",
+                    path.to_string_lossy()
+                ))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| CliError::Other(format!("cannot set up HTTP: {e}")))?;
+        Ok(Self {
+            base: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request; answers only 2xx, everything else is an error. `timeout` of `None`
+    /// means no overall limit (event streams).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Response, CliError> {
+        let mut url = url::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|e| CliError::Other(format!("bad request URL {path}: {e}")))?;
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.api_error(response).await)
+    }
+
+    /// A request whose answer is JSON.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        self.json_within(method, path, query, body, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// A request whose answer is JSON, with its own time limit.
+    pub async fn json_within(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, CliError> {
+        let response = self.send(method, path, query, body, Some(timeout)).await?;
+        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CliError::Other(format!(
+                "{}{path} answered something that is not JSON: {e}",
+                self.base
+            ))
+        })
+    }
+
+    /// GET returning JSON.
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CliError> {
+        self.json(Method::GET, path, query, None).await
+    }
+
+    /// Opens an event stream (no overall time limit), resuming after `last_event_id`.
+    pub async fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Response, CliError> {
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.api_error(response).await)
+    }
+
+    /// A transport failure, naming the server and the root cause.
+    pub fn transport(&self, err: &reqwest::Error) -> CliError {
+        let mut cause = String::new();
+        // reqwest's own top line repeats the URL, which the message already names.
+        let mut source: Option<&dyn std::error::Error> = match std::error::Error::source(err) {
+            Some(inner) if err.is_connect() || err.is_request() => Some(inner),
+            _ => Some(err),
+        };
+        while let Some(e) = source {
+            let text = e.to_string();
+            if !cause.contains(&text) {
+                if !cause.is_empty() {
+                    cause.push_str(": ");
+                }
+                cause.push_str(&text);
+            }
+            source = e.source();
+        }
+        if err.is_timeout() && !cause.contains("timed out") {
+            cause.push_str(" (timed out)");
+        }
+        CliError::Unreachable {
+            url: self.base.clone(),
+            cause,
+        }
+    }
+
+    async fn api_error(&self, response: Response) -> CliError {
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let parsed: Option<(String, String)> =
+            serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
+                let e = v.get("error")?;
+                Some((
+                    e.get("code")?.as_str()?.to_owned(),
+                    e.get("message")?.as_str()?.to_owned(),
+                ))
+            });
+        let (code, message) = parsed.unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&bytes);
+            let text: String = text.trim().chars().take(200).collect();
+            (
+                format!("http_{}", status.as_u16()),
+                if text.is_empty() {
+                    status.canonical_reason().unwrap_or("error").to_owned()
+                } else {
+                    text
+                },
+            )
+        });
+        CliError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+            url: self.base.clone(),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `outpost`: the controller CLI. It talks only to the server's REST API, never to a database,
+//! so everything it does can also be done with curl, and it works against any server the user
+//! can reach over HTTP(S).
+//!
+//! `main` stays thin: parse the arguments, run the command on a single-threaded runtime, print
+//! an error as `error: <code>: <message>` and turn the outcome into an exit status (see
+//! [`error::exit`] for the table).
+
+mod agents;
+mod args;
+mod client;
+mod config;
+mod error;
+mod follow;
+mod jobs;
+mod keys;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use args::{Cli, Command};
+use error::CliError;
+
+fn main() -> ExitCode {
+    // One rustls provider for the whole process: ring (reqwest is built without one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start: {err}");
+            return ExitCode::from(error::exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            err.report();
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Runs one command; `Ok` carries the exit status when the command itself decides it (a run's
+/// exit code, a fan-out with a failure).
+async fn run(cli: Cli) -> Result<u8, CliError> {
+    let global = cli.global;
+    match cli.command {
+        Command::Login(args) => config::login(&global, args).await.map(|()| 0),
+        Command::Logout => config::logout().map(|()| 0),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "outpost",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Agents(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            agents::run(&client, &global, cmd).await.map(|()| 0)
+        }
+        Command::Ping(args) => {
+            let client = client::Client::from_config(&global)?;
+            agents::ping(&client, &global, args).await.map(|()| 0)
+        }
+        Command::Run(args) => {
+            let client = client::Client::from_config(&global)?;
+            jobs::run_script(&client, &global, args).await
+        }
+        Command::Jobs(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            jobs::run(&client, &global, cmd).await
+        }
+        Command::Keys(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            keys::run(&client, &global, cmd).await.map(|()| 0)
+        }
+    }
+}

@@ -1,0 +1,741 @@
+//! The real `outpost` binary against a real server with real agents.
+//!
+//! Each test starts its own `outpost-server` and agents (fixtures from `outpost-e2e`), runs the
+//! CLI as a child process with a private HOME/XDG_CONFIG_HOME and checks what it prints and
+//! its exit status. The binaries under test are the workspace's; build them first
+//! (`cargo nextest run --workspace` does, or `cargo build --bins`).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use outpost_e2e::{Agent, Api, READY_TIMEOUT, Scripts, Server, ServerOptions};
+use serde_json::{Value, json};
+
+/// A CLI environment: the server's URL and token, and a private config directory.
+struct Cli {
+    url: String,
+    token: String,
+    home: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new(server: &Server) -> Self {
+        Self {
+            url: server.url.clone(),
+            token: server.admin_key.clone(),
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// `outpost` with no URL or token in the environment: only what `args`/`envs` give.
+    fn bare(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.env_remove("OUTPOST_URL")
+            .env_remove("OUTPOST_TOKEN")
+            .env_remove("OUTPOST_CA_CERT")
+            .env_remove("NO_COLOR")
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `outpost` configured through the environment.
+    fn cmd(&self) -> Command {
+        let mut cmd = self.bare();
+        cmd.env("OUTPOST_URL", &self.url)
+            .env("OUTPOST_TOKEN", &self.token);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        Run::of(self.cmd().args(args))
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let run = self.run(&all);
+        assert_eq!(run.code, 0, "outpost {args:?}: {run:?}");
+        serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("outpost {args:?} printed no JSON ({e}): {run:?}"))
+    }
+}
+
+/// A finished CLI invocation.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn of(cmd: &mut Command) -> Self {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd.output().expect("running outpost");
+        let run = Self {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        };
+        // Whatever happened, the CLI never panics or prints a backtrace.
+        assert!(
+            !run.stderr.contains("panicked") && !run.stderr.contains("stack backtrace"),
+            "{run:?}"
+        );
+        run
+    }
+
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "{self:?}");
+        self
+    }
+}
+
+/// A server with one key (tag `web`) and `n` agents, each with its own manifest.
+async fn fleet(manifests: Vec<Scripts>) -> (Server, Api, Vec<Agent>, Vec<String>, Vec<Scripts>) {
+    fleet_on(Server::start().await, manifests).await
+}
+
+async fn fleet_on(
+    server: Server,
+    manifests: Vec<Scripts>,
+) -> (Server, Api, Vec<Agent>, Vec<String>, Vec<Scripts>) {
+    let api = server.api();
+    let (_, secret) = api
+        .create_key(json!({"name": "fleet", "tags": ["web"]}))
+        .await;
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for scripts in &manifests {
+        let agent = Agent::start_with(&server.url, &secret, None, scripts.env());
+        ids.push(agent.wait_online(&api).await);
+        agents.push(agent);
+    }
+    (server, api, agents, ids, manifests)
+}
+
+#[tokio::test]
+async fn agents_ping_keys_and_completions() {
+    // Heartbeats every 2 s, so that the metrics columns fill within the test.
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--heartbeat-interval".into(), "2".into()],
+        ..Default::default()
+    })
+    .await;
+    let (server, api, mut agents, ids, _scripts) =
+        fleet_on(server, vec![Scripts::new(), Scripts::new()]).await;
+    let cli = Cli::new(&server);
+    let id = ids[0].as_str();
+    outpost_e2e::wait_for("a heartbeat", READY_TIMEOUT, || {
+        let api = api.clone();
+        let path = format!("/api/agents/{id}");
+        async move {
+            api.get(&path).await.1["last_heartbeat"]
+                .is_object()
+                .then_some(())
+        }
+    })
+    .await;
+
+    let table = cli.run(&["agents", "ls"]).ok();
+    assert!(table.stdout.starts_with("ID"), "{table:?}");
+    for column in [
+        "HOSTNAME",
+        "STATUS",
+        "HEARTBEAT",
+        "CPU",
+        "MEM",
+        "DISK",
+        "VERSION",
+        "TAGS",
+    ] {
+        assert!(table.stdout.contains(column), "{column}: {table:?}");
+    }
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id))
+        .expect("agent row");
+    assert!(row.contains("online") && row.contains("web"), "{row}");
+    // CPU, memory and disk as percentages, the heartbeat's age relative.
+    assert_eq!(row.matches('%').count(), 3, "{row}");
+    assert!(row.contains("s ago"), "{row}");
+
+    // The second agent goes away: it is listed offline, and a run for it expires after --ttl.
+    let gone = ids[1].as_str();
+    agents[1].kill9();
+    api.wait_status(gone, "offline").await;
+    let expired = cli.run(&["run", "anything", "--on", gone, "--ttl", "1"]);
+    assert_eq!(expired.code, 125, "{expired:?}");
+    assert!(expired.stderr.contains("expired"), "{expired:?}");
+
+    let listed = cli.json(&["agents", "ls", "--status", "online"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["agent_id"], id);
+    assert_eq!(
+        cli.json(&["agents", "ls", "--status", "offline"])[0]["agent_id"],
+        gone
+    );
+    assert_eq!(
+        cli.json(&["agents", "ls", "--tag", "web"])
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(cli.json(&["agents", "ls", "--tag", "db"]), json!([]));
+
+    // Both agents run on this host: its name is ambiguous, the end of an id is not.
+    let hostname = listed[0]["hostname"].as_str().expect("hostname").to_owned();
+    let ambiguous = cli.run(&["agents", "show", &hostname]);
+    assert_eq!(ambiguous.code, 2, "{ambiguous:?}");
+    assert!(
+        ambiguous.stderr.contains("matches 2 agents"),
+        "{ambiguous:?}"
+    );
+    let shown = cli.json(&["agents", "show", id]);
+    assert_eq!(shown["agent_id"], id);
+    let shown = cli.run(&["agents", "show", &id[id.len() - 8..]]).ok();
+    assert!(
+        shown.stdout.contains(id) && shown.stdout.contains("online"),
+        "{shown:?}"
+    );
+
+    let pong = cli.run(&["ping", id]).ok();
+    assert!(pong.stdout.starts_with("pong from"), "{pong:?}");
+    assert_eq!(cli.json(&["ping", id])["status"], "succeeded");
+
+    // Unknown agents, by name and by a well-formed id the server does not know.
+    let unknown = cli.run(&["ping", "no-such-host"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .starts_with("error: not_found: no agent matches"),
+        "{unknown:?}"
+    );
+    let unknown = cli.run(&["agents", "show", "01234567-89ab-7def-8123-456789abcdef"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(
+        unknown.stderr.starts_with("error: not_found: "),
+        "{unknown:?}"
+    );
+
+    // Keys: the secret is printed once, alone on stdout; then list, disable, enable,
+    // regenerate, remove.
+    let created = cli.json(&[
+        "keys",
+        "agent",
+        "create",
+        "ci",
+        "--permission",
+        "ping",
+        "--tag",
+        "ci",
+        "--expires-at",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert!(
+        created["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("opa_")),
+        "{created}"
+    );
+    assert_eq!(created["permissions"], json!(["ping"]));
+    let plain = cli.run(&["keys", "agent", "create", "ops"]).ok();
+    assert!(
+        plain.stdout.trim().starts_with("opa_") && plain.stdout.lines().count() == 1,
+        "{plain:?}"
+    );
+    assert!(plain.stderr.contains("only this once"), "{plain:?}");
+
+    let keys = cli.json(&["keys", "agent", "ls"]);
+    let names: Vec<&str> = keys
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 3, "{keys}");
+    assert!(names.contains(&"ci") && names.contains(&"ops"), "{keys}");
+    assert!(
+        !keys.to_string().contains("opa_"),
+        "no secret in listings: {keys}"
+    );
+    let table = cli.run(&["keys", "agent", "ls"]).ok();
+    assert!(
+        table.stdout.contains("ci") && table.stdout.contains("PERMISSIONS"),
+        "{table:?}"
+    );
+
+    let status_of = |name: &str| -> Value {
+        let keys = cli.json(&["keys", "agent", "ls"]);
+        keys.as_array()
+            .into_iter()
+            .flatten()
+            .find(|k| k["name"] == name)
+            .map(|k| k["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    cli.run(&["keys", "agent", "disable", "ci"]).ok();
+    assert_eq!(status_of("ci"), "disabled");
+    let ci_id = created["id"].as_str().expect("id");
+    cli.run(&["keys", "agent", "enable", ci_id]).ok();
+    assert_eq!(status_of("ci"), "active");
+    let regenerated = cli.json(&["keys", "agent", "regenerate", "ci"]);
+    assert!(
+        regenerated["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("opa_"))
+    );
+    assert_ne!(regenerated["secret"], created["secret"]);
+    cli.run(&["keys", "agent", "rm", "ci"]).ok();
+    assert_eq!(status_of("ci"), Value::Null);
+    let gone = cli.run(&["keys", "agent", "rm", "ci"]);
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(gone.stderr.starts_with("error: not_found: "), "{gone:?}");
+
+    // The server's own validation comes back with its code and message.
+    let bad = cli.run(&[
+        "keys",
+        "agent",
+        "create",
+        "x",
+        "--permission",
+        "format-disk",
+    ]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stderr.starts_with("error: bad_request: permissions:"),
+        "{bad:?}"
+    );
+
+    for shell in ["bash", "zsh", "fish"] {
+        let script = cli.run(&["completions", shell]).ok();
+        assert!(
+            script.stdout.contains("outpost") && script.stdout.contains("agents"),
+            "{shell}"
+        );
+    }
+    let help = cli.run(&["run", "--help"]).ok();
+    assert!(
+        help.stdout.contains("Examples:") && help.stdout.contains("Exit status"),
+        "{help:?}"
+    );
+    let help = cli.run(&["--help"]).ok();
+    assert!(
+        help.stdout.contains("124") && help.stdout.contains("OUTPOST_TOKEN"),
+        "{help:?}"
+    );
+}
+
+#[tokio::test]
+async fn runs_exit_codes_and_job_history() {
+    let mut one = Scripts::new();
+    one.add(
+        "hello",
+        "echo \"hello $OUTPOST_PARAM_NAME\"; echo to-stderr >&2",
+        json!({"params": ["NAME"]}),
+    )
+    .add("fail", "echo boom; exit 3", json!({}))
+    .add("flaky", "echo fine", json!({}))
+    .add("sleepy", "sleep 30", json!({}));
+    let mut two = Scripts::new();
+    two.add(
+        "hello",
+        "echo \"hello $OUTPOST_PARAM_NAME\"; echo to-stderr >&2",
+        json!({"params": ["NAME"]}),
+    )
+    .add("fail", "echo boom; exit 3", json!({}))
+    .add("flaky", "echo broken; exit 7", json!({}));
+    let (server, api, _agents, ids, _scripts) = fleet(vec![one, two]).await;
+    let cli = Cli::new(&server);
+    let (a, b) = (ids[0].as_str(), ids[1].as_str());
+
+    // One agent: the output as it is, stdout and stderr apart, exit 0.
+    let hello = cli
+        .run(&["run", "hello", "--on", a, "--param", "NAME=outpost"])
+        .ok();
+    assert_eq!(hello.stdout, "hello outpost\n", "{hello:?}");
+    assert!(hello.stderr.contains("to-stderr"), "{hello:?}");
+
+    // The script's exit code passes through.
+    let fail = cli.run(&["run", "fail", "--on", a]);
+    assert_eq!(fail.code, 3, "{fail:?}");
+    assert_eq!(fail.stdout, "boom\n");
+    assert!(fail.stderr.contains("failed, exit 3"), "{fail:?}");
+
+    // A fan-out: every line prefixed by its agent, a summary, exit 0 only if all succeeded.
+    let both = cli
+        .run(&["run", "hello", "--on", "tag:web", "--param", "NAME=x"])
+        .ok();
+    let lines: Vec<&str> = both.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{both:?}");
+    for id in [a, b] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&id[id.len() - 8..]) && l.ends_with("| hello x")),
+            "{id}: {both:?}"
+        );
+    }
+    assert!(both.stderr.contains("2 runs: 2 succeeded"), "{both:?}");
+    let flaky = cli.run(&["run", "flaky", "--on", "all"]);
+    assert_eq!(flaky.code, 1, "{flaky:?}");
+    assert!(
+        flaky.stdout.contains("| fine") && flaky.stdout.contains("| broken"),
+        "{flaky:?}"
+    );
+    assert!(flaky.stderr.contains("1 succeeded, 1 failed"), "{flaky:?}");
+    let flaky = cli.run(&["run", "flaky", "--on", a, "--on", b, "--follow"]);
+    assert_eq!(flaky.code, 1, "{flaky:?}");
+    assert!(flaky.stderr.contains("1 succeeded, 1 failed"), "{flaky:?}");
+
+    // --json: the server's job, parsed back.
+    let job = cli.json(&["run", "hello", "--on", "all", "--param", "NAME=j"]);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["runs"].as_array().map(Vec::len), Some(2));
+    let hello_job = job["job_id"].as_str().expect("job_id").to_owned();
+
+    // Runs without an exit code: a timeout (124) and a script the agent does not have (125).
+    let slow = cli.run(&["run", "sleepy", "--on", a, "--timeout", "1"]);
+    assert_eq!(slow.code, 124, "{slow:?}");
+    assert!(slow.stderr.contains("timed_out"), "{slow:?}");
+    let missing = cli.run(&["run", "sleepy", "--on", b]);
+    assert_eq!(missing.code, 125, "{missing:?}");
+    assert!(missing.stderr.contains("script_not_allowed"), "{missing:?}");
+
+    // Bad input is refused before anything runs.
+    let unknown = cli.run(&["run", "hello", "--on", "no-such-host"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .starts_with("error: not_found: no agent matches"),
+        "{unknown:?}"
+    );
+    let bad = cli.run(&["run", "hello", "--on", a, "--param", "NAME"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let nobody = cli.run(&["run", "hello", "--on", "tag:nobody"]);
+    assert_eq!(nobody.code, 1, "{nobody:?}");
+    assert!(
+        nobody.stderr.starts_with("error: unprocessable"),
+        "{nobody:?}"
+    );
+
+    // History, filtered and paged.
+    let page = cli.json(&["jobs", "ls"]);
+    let jobs = page["jobs"].as_array().expect("jobs");
+    assert!(jobs.len() >= 8, "{page}");
+    let fails = cli.json(&["jobs", "ls", "--script", "fail", "--status", "failed"]);
+    assert_eq!(fails["jobs"].as_array().map(Vec::len), Some(1), "{fails}");
+    let on_b = cli.json(&["jobs", "ls", "--agent", b, "--script", "flaky"]);
+    assert_eq!(on_b["jobs"].as_array().map(Vec::len), Some(2), "{on_b}");
+    let recent = cli.json(&[
+        "jobs",
+        "ls",
+        "--since",
+        "1h",
+        "--until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(recent["jobs"].as_array().map(Vec::len), Some(jobs.len()));
+    let old = cli.json(&["jobs", "ls", "--until", "1h"]);
+    assert_eq!(old["jobs"], json!([]));
+    let first = cli.run(&["jobs", "ls", "--limit", "1"]).ok();
+    assert_eq!(first.stdout.lines().count(), 2, "{first:?}");
+    let cursor = first
+        .stderr
+        .split("--cursor ")
+        .nth(1)
+        .map(|c| c.trim().to_owned())
+        .expect("cursor hint");
+    let second = cli.json(&["jobs", "ls", "--limit", "1", "--cursor", &cursor]);
+    assert_eq!(second["jobs"][0]["job_id"], jobs[1]["job_id"]);
+    let table = cli.run(&["jobs", "ls", "--status", "failed"]).ok();
+    assert!(
+        table.stdout.contains("run fail") && table.stdout.contains("failed"),
+        "{table:?}"
+    );
+
+    // One job in full, and its output.
+    let shown = cli.json(&["jobs", "show", &hello_job]);
+    assert_eq!(shown["runs"].as_array().map(Vec::len), Some(2));
+    let table = cli.run(&["jobs", "show", &hello_job]).ok();
+    assert!(
+        table.stdout.contains("run hello") && table.stdout.contains("NAME=j"),
+        "{table:?}"
+    );
+    let logs = cli.run(&["jobs", "logs", &hello_job]).ok();
+    assert_eq!(
+        logs.stdout
+            .lines()
+            .filter(|l| l.ends_with("| hello j"))
+            .count(),
+        2,
+        "{logs:?}"
+    );
+    let one_run = cli
+        .run(&[
+            "jobs",
+            "logs",
+            &hello_job,
+            "--run",
+            &b[b.len() - 8..],
+            "--stream",
+            "stderr",
+        ])
+        .ok();
+    assert_eq!(one_run.stdout, "to-stderr\n", "{one_run:?}");
+    let unknown = cli.run(&["jobs", "show", "01234567-89ab-7def-8123-456789abcdef"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(
+        unknown.stderr.starts_with("error: not_found: no job"),
+        "{unknown:?}"
+    );
+
+    // Cancelling a job that is still running.
+    let (_, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "sleepy"}, "target": {"agents": [a]}}),
+            None,
+        )
+        .await;
+    let job_id = job["job_id"].as_str().expect("job_id");
+    let run_id = job["runs"][0]["run_id"].as_str().expect("run_id");
+    wait_running(&api, run_id).await;
+    let cancelled = cli.json(&["jobs", "cancel", job_id]);
+    assert_eq!(cancelled["job_id"], job_id);
+    let done = api.wait_job(job_id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+}
+
+/// Waits until a run is running on its agent (or already over).
+async fn wait_running(api: &Api, run_id: &str) {
+    outpost_e2e::wait_for("run started", READY_TIMEOUT, || async move {
+        let (_, cmd) = api.get(&format!("/api/commands/{run_id}")).await;
+        matches!(cmd["status"].as_str(), Some(s) if s != "pending" && s != "delivered")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Spawns `outpost`, and reads its stdout line by line on a thread.
+fn spawn_lines(cmd: &mut Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn outpost");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    rx.recv_timeout(READY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no line {what} within {READY_TIMEOUT:?}: {e}"))
+}
+
+fn wait_exit(child: &mut std::process::Child) -> (i32, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+            }
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        assert!(start.elapsed() < READY_TIMEOUT, "outpost did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn follow_prints_output_before_the_script_ends() {
+    let mut scripts = Scripts::new();
+    // Prints a line, then waits until the test creates the file it names.
+    scripts.add(
+        "gate",
+        "echo started; while [ ! -e \"$OUTPOST_PARAM_FILE\" ]; do sleep 0.05; done; echo finished; exit 4",
+        json!({"params": ["FILE"]}),
+    );
+    let (server, api, _agents, ids, _scripts) = fleet(vec![scripts]).await;
+    let cli = Cli::new(&server);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("open");
+    let param = format!("FILE={}", gate.display());
+
+    let (mut child, lines) = spawn_lines(cli.cmd().args([
+        "run",
+        "gate",
+        "--on",
+        &ids[0],
+        "--param",
+        &param,
+        "--timeout",
+        "60",
+        "--follow",
+    ]));
+    let first = next_line(&lines, "from run --follow");
+    assert!(first.ends_with("| started"), "{first}");
+    // The script is still waiting: the line came live, not at the end.
+    assert!(child.try_wait().expect("try_wait").is_none());
+    assert!(!gate.exists());
+    std::fs::write(&gate, "").expect("open the gate");
+    let last = next_line(&lines, "after the gate opened");
+    assert!(last.ends_with("| finished"), "{last}");
+    let (code, stderr) = wait_exit(&mut child);
+    assert_eq!(code, 4, "the script's exit code passes through: {stderr}");
+
+    // `jobs logs --follow` on a job started elsewhere.
+    std::fs::remove_file(&gate).expect("close the gate");
+    let (_, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "gate", "params": {"FILE": gate.display().to_string()}},
+                   "target": {"agents": [ids[0]]}}),
+            None,
+        )
+        .await;
+    let job_id = job["job_id"].as_str().expect("job_id");
+    let (mut child, lines) = spawn_lines(cli.cmd().args(["jobs", "logs", job_id, "--follow"]));
+    assert_eq!(next_line(&lines, "from jobs logs --follow"), "started");
+    assert!(child.try_wait().expect("try_wait").is_none());
+    std::fs::write(&gate, "").expect("open the gate");
+    assert_eq!(next_line(&lines, "after the gate opened"), "finished");
+    let (code, stderr) = wait_exit(&mut child);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[tokio::test]
+async fn login_config_bad_token_and_server_down() {
+    let server = Server::start().await;
+    let cli = Cli::new(&server);
+
+    // No token anywhere.
+    let none = Run::of(cli.bare().args(["--url", &cli.url, "agents", "ls"]));
+    assert_eq!(none.code, 77, "{none:?}");
+    assert!(none.stderr.contains("outpost login"), "{none:?}");
+
+    // A token the server refuses.
+    let bad = Run::of(
+        cli.bare()
+            .args(["--url", &cli.url, "--token", "opk_wrong", "agents", "ls"]),
+    );
+    assert_eq!(bad.code, 77, "{bad:?}");
+    assert!(bad.stderr.starts_with("error: unauthorized: "), "{bad:?}");
+    assert!(bad.stderr.contains(&cli.url), "names the server: {bad:?}");
+
+    // login refuses a bad token and writes nothing.
+    let refused = Run::of(
+        cli.bare()
+            .args(["login", "--url", &cli.url, "--token", "opk_wrong"]),
+    );
+    assert_eq!(refused.code, 77, "{refused:?}");
+    let file = cli.home.path().join("config/outpost/config.toml");
+    assert!(!file.exists());
+
+    // login with the token on stdin; the file is private and later commands use it.
+    let mut login = cli.bare();
+    login
+        .args(["login", "--url", &cli.url])
+        .stdin(Stdio::piped());
+    let mut child = login
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{}", cli.token).expect("write token");
+    }
+    let out = child.wait_with_output().expect("login");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(file.parent().expect("dir")), 0o700);
+    let text = std::fs::read_to_string(&file).expect("config");
+    assert!(
+        text.contains(&cli.url) && text.contains(&cli.token),
+        "{text}"
+    );
+    let listed = Run::of(cli.bare().args(["--json", "agents", "ls"])).ok();
+    assert_eq!(listed.stdout.trim(), "[]");
+
+    // Precedence: flag over environment over file.
+    let env_bad = Run::of(
+        cli.bare()
+            .env("OUTPOST_TOKEN", "opk_wrong")
+            .args(["agents", "ls"]),
+    );
+    assert_eq!(env_bad.code, 77, "{env_bad:?}");
+    Run::of(
+        cli.bare()
+            .env("OUTPOST_TOKEN", "opk_wrong")
+            .args(["--token", &cli.token, "agents", "ls"]),
+    )
+    .ok();
+
+    // A broken file is reported by name; login with --token replaces it; logout removes it.
+    std::fs::write(&file, "url = ").expect("break the config");
+    let broken = Run::of(cli.bare().args(["agents", "ls"]));
+    assert_eq!(broken.code, 1, "{broken:?}");
+    assert!(broken.stderr.contains("config.toml"), "{broken:?}");
+    Run::of(
+        cli.bare()
+            .args(["login", "--url", &cli.url, "--token", &cli.token]),
+    )
+    .ok();
+    assert_eq!(mode(&file), 0o600);
+    Run::of(cli.bare().args(["logout"])).ok();
+    assert!(!file.exists());
+    assert_eq!(Run::of(cli.bare().args(["agents", "ls"])).code, 77);
+
+    // The server down: a clear message naming the URL, its own exit status, no panic.
+    let url = server.url.clone();
+    drop(server);
+    let down = cli.run(&["agents", "ls"]);
+    assert_eq!(down.code, 69, "{down:?}");
+    assert!(
+        down.stderr
+            .starts_with(&format!("error: cannot reach the Outpost server at {url}")),
+        "{down:?}"
+    );
+    let down = cli.run(&["run", "x", "--on", "all", "--follow"]);
+    assert_eq!(down.code, 69, "{down:?}");
+    let bad_url = Run::of(
+        cli.bare()
+            .args(["--url", "ftp://x", "--token", "t", "agents", "ls"]),
+    );
+    assert_eq!(bad_url.code, 2, "{bad_url:?}");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}

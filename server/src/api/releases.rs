@@ -1,0 +1,263 @@
+//! `/api/releases` and `/downloads`: signed agent and supervisor builds.
+//!
+//! Releases are global, not tenant data (they are builds of Outpost itself, published by the
+//! operator with `outpost-server release publish`), so any valid agent key or API key may read
+//! their metadata, and the files themselves are public like `/deploy.sh`: a binary is no
+//! secret, and what makes it trustworthy is the Ed25519 signature the supervisor checks
+//! against the key it pinned, not the channel. The `.sha256` files come from the database, not
+//! from hashing the file on disk, so a file changed after publishing is caught by every client.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use outpost_protocol::release::{self, Version, valid_target};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::{Caller, authenticate_agent, bearer};
+use crate::error::ApiError;
+use crate::store::release as row;
+
+/// A release for one target, as `GET /api/releases/…` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseView {
+    /// `MAJOR.MINOR.PATCH`.
+    pub version: String,
+    /// Target triple.
+    pub target: String,
+    /// When it was published.
+    pub published_at: DateTime<Utc>,
+    /// Public half (base64) of the key it was signed with. Informational: verifiers check
+    /// against their pinned key.
+    pub public_key: String,
+    /// The agent binary, if the release has one.
+    pub agent: Option<ArtifactView>,
+    /// The supervisor binary, if the release has one.
+    pub supervisor: Option<ArtifactView>,
+}
+
+/// One downloadable, signed binary.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactView {
+    /// Absolute download URL (under `--public-url` when set, else the request's host).
+    pub url: String,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Ed25519 signature (base64) over
+    /// `outpost-release-v1\n<name>\n<version>\n<target>\n<sha256>\n`.
+    pub signature: String,
+}
+
+/// Query of the release endpoints.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TargetQuery {
+    /// Rust target triple, e.g. `x86_64-unknown-linux-gnu`.
+    pub target: Option<String>,
+}
+
+/// Any valid agent key (`opa_…`) or API key (`opk_…`): release metadata is the same for every
+/// tenant.
+pub struct Reader;
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(&parts.headers) {
+            Some(token) if token.starts_with("opa_") => {
+                authenticate_agent(state, Some(token)).await?;
+            }
+            _ => {
+                Caller::from_request_parts(parts, state).await?;
+            }
+        }
+        Ok(Self)
+    }
+}
+
+fn target_of(query: TargetQuery) -> Result<String, ApiError> {
+    let target = query.target.ok_or_else(|| {
+        ApiError::BadRequest(
+            "target: missing query parameter (e.g. ?target=x86_64-unknown-linux-gnu)".into(),
+        )
+    })?;
+    if !valid_target(&target) {
+        return Err(ApiError::BadRequest(
+            "target: must be a target triple of 1 to 64 characters [A-Za-z0-9_.-]".into(),
+        ));
+    }
+    Ok(target)
+}
+
+/// The newest release for a target.
+#[utoipa::path(get, path = "/api/releases/latest", tag = "releases", params(TargetQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = ReleaseView), (status = 400, description = "Bad target"),
+        (status = 404, description = "Nothing published for this target")))]
+pub async fn latest(
+    State(state): State<AppState>,
+    _reader: Reader,
+    headers: HeaderMap,
+    Query(query): Query<TargetQuery>,
+) -> Result<Json<ReleaseView>, ApiError> {
+    let target = target_of(query)?;
+    let version = state
+        .store
+        .latest_release_version(&target)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no release published for {target}")))?;
+    view(&state, &headers, &version, &target).await.map(Json)
+}
+
+/// One release for a target.
+#[utoipa::path(get, path = "/api/releases/{version}", tag = "releases",
+    params(("version" = String, Path, description = "MAJOR.MINOR.PATCH"), TargetQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = ReleaseView), (status = 400, description = "Bad version or target"),
+        (status = 404, description = "No such release for this target")))]
+pub async fn show(
+    State(state): State<AppState>,
+    _reader: Reader,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+    Query(query): Query<TargetQuery>,
+) -> Result<Json<ReleaseView>, ApiError> {
+    let version: Version = version
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("version: {e}")))?;
+    let target = target_of(query)?;
+    view(&state, &headers, &version, &target).await.map(Json)
+}
+
+async fn view(
+    state: &AppState,
+    headers: &HeaderMap,
+    version: &Version,
+    target: &str,
+) -> Result<ReleaseView, ApiError> {
+    let rows = state.store.release_artifacts(version, target).await?;
+    let first = rows
+        .first()
+        .ok_or_else(|| ApiError::NotFound(format!("no release {version} for {target}")))?;
+    let base = base_url(state, headers);
+    let artifact = |name: &str| {
+        rows.iter().find(|r| r.name == name).map(|r| ArtifactView {
+            url: format!("{base}/downloads/{version}/{target}/{name}"),
+            sha256: r.sha256.clone(),
+            size: r.size.max(0) as u64,
+            signature: r.signature.clone(),
+        })
+    };
+    Ok(ReleaseView {
+        version: version.to_string(),
+        target: target.to_owned(),
+        published_at: first.published_at,
+        public_key: first.public_key.clone(),
+        agent: artifact(release::AGENT),
+        supervisor: artifact(release::SUPERVISOR),
+    })
+}
+
+/// `--public-url`, else the scheme this server serves and the request's `Host`.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.releases.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let scheme = if state.releases.tls { "https" } else { "http" };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+/// A release binary (`…/outpost-agent`) or its checksum (`…/outpost-agent.sha256`, in
+/// `sha256sum` format). `version` may be `latest`.
+#[utoipa::path(get, path = "/downloads/{version}/{target}/{file}", tag = "releases",
+    params(
+        ("version" = String, Path, description = "MAJOR.MINOR.PATCH or `latest`"),
+        ("target" = String, Path, description = "Target triple"),
+        ("file" = String, Path, description = "`outpost-agent`, `outpost-supervisor`, or either with `.sha256`"),
+    ),
+    responses(
+        (status = 200, description = "The file (application/octet-stream) or its checksum (text/plain)"),
+        (status = 404, description = "No such release, target or file")))]
+pub async fn download(
+    State(state): State<AppState>,
+    Path((version, target, file)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let (name, checksum) = match file.strip_suffix(".sha256") {
+        Some(name) => (name, true),
+        None => (file.as_str(), false),
+    };
+    let Some(name) = release::ARTIFACTS.iter().copied().find(|a| *a == name) else {
+        return Err(ApiError::NotFound(format!(
+            "no file {file:.80}: releases hold {}",
+            release::ARTIFACTS.join(" and ")
+        )));
+    };
+    if !valid_target(&target) {
+        return Err(ApiError::NotFound(format!("no target {target:.80}")));
+    }
+    let version = if version == "latest" {
+        state
+            .store
+            .latest_artifact_version(&target, name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no {name} published for {target}")))?
+    } else {
+        version
+            .parse::<Version>()
+            .map_err(|e| ApiError::NotFound(e.to_string()))?
+    };
+    let artifact: row::Model = state
+        .store
+        .release_artifacts(&version, &target)
+        .await?
+        .into_iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("no {name} {version} for {target}")))?;
+    if checksum {
+        let body = format!("{}  {name}\n", artifact.sha256);
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
+    let path = crate::release::artifact_path(&state.releases.dir, &version, &target, name);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(err) => {
+            tracing::error!(path = %path.display(), error = %err, "a published release file is missing");
+            return Err(ApiError::NotFound(format!(
+                "{name} {version} for {target} is published but its file is missing on this server"
+            )));
+        }
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .len();
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}

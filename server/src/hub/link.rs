@@ -1,0 +1,295 @@
+//! What an agent connection does, whatever carries it: the WebSocket task ([`super::ws`]) and
+//! the HTTP long-poll session ([`super::http`]) both feed decoded frames through a [`Link`] and
+//! send whatever it answers.
+//!
+//! Keeping this in one place is what makes the two transports behave the same: the same
+//! register handling, the same batching writer, the same acknowledgement only after commit,
+//! and the same bad-frame budget.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use outpost_protocol::{
+    AgentFrame, AgentId, Connected, ErrorBody, PROTOCOL_VERSION, RegisterData, ServerFrame, codes,
+    decode_output_data, limits,
+};
+
+use crate::AppState;
+use crate::store::writer::{Write, Written};
+use crate::store::{Stored, agent_key, string_list};
+
+/// Why a connection must end.
+#[derive(Debug)]
+pub enum End {
+    /// Close it with this (WebSocket) code and reason.
+    Close(u16, String),
+    /// The peer is already gone.
+    Gone,
+}
+
+/// One authenticated agent connection's protocol state.
+pub struct Link {
+    /// Shared server state.
+    pub state: AppState,
+    /// The agent key the connection authenticated with.
+    pub key: agent_key::Model,
+    bad: BadFrames,
+}
+
+impl Link {
+    /// A link for a connection authenticated with `key`.
+    pub fn new(state: AppState, key: agent_key::Model) -> Self {
+        Self {
+            state,
+            key,
+            bad: BadFrames::default(),
+        }
+    }
+
+    /// The tenant every row this connection touches belongs to.
+    pub fn tenant_id(&self) -> &str {
+        &self.key.tenant_id
+    }
+
+    /// The `connected` frame for this connection.
+    pub fn connected(&self) -> ServerFrame {
+        ServerFrame::Connected(Connected {
+            message: "Agent connection established".into(),
+            agent_key_id: self.key.id.clone(),
+            permissions: string_list(&self.key.permissions),
+            heartbeat_interval_s: self.state.hub.heartbeat_interval().as_secs().max(1) as u32,
+            protocol: PROTOCOL_VERSION,
+            timestamp: Utc::now(),
+        })
+    }
+
+    /// Checks the protocol version a `register` announces. A mismatch is answered with this
+    /// error, telling what to install, and ends the connection.
+    pub fn check_protocol(data: &RegisterData) -> Result<(), ErrorBody> {
+        if data.protocol == PROTOCOL_VERSION {
+            return Ok(());
+        }
+        let message = format!(
+            "agent speaks protocol {}, this server speaks {PROTOCOL_VERSION}: install an agent release matching the server",
+            data.protocol
+        );
+        Err(ErrorBody::new(codes::PROTOCOL_MISMATCH, message))
+    }
+
+    /// Stores what the agent said about itself, with its key's tags added (tags given to a
+    /// key apply to every agent connecting with it).
+    async fn store_register(&self, data: &RegisterData) -> Result<(), crate::store::StoreError> {
+        let mut data = data.clone();
+        for tag in string_list(&self.key.tags) {
+            if !data.tags.contains(&tag) {
+                data.tags.push(tag);
+            }
+        }
+        self.state
+            .store
+            .upsert_agent(&self.key.tenant_id, &self.key.id, &data)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the `register` that opens a connection.
+    pub async fn on_register(&self, data: &RegisterData) -> Result<(), End> {
+        if let Err(err) = self.store_register(data).await {
+            tracing::error!(error = %err, "could not store register");
+            return Err(End::Close(1011, "internal error".into()));
+        }
+        let touched = self
+            .state
+            .store
+            .touch_agent_key(&self.key.tenant_id, &self.key.id)
+            .await;
+        if let Err(err) = touched {
+            tracing::warn!(error = %err, "could not record key use");
+        }
+        Ok(())
+    }
+
+    /// Every command the agent still owes an answer to, as frames to send again (delivery
+    /// guarantees 1 and 2).
+    pub async fn open_frames(&self, agent_id: AgentId) -> Result<Vec<ServerFrame>, End> {
+        let open = self
+            .state
+            .store
+            .open_commands_for(&self.key.tenant_id, &agent_id.to_string())
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "could not load open commands");
+                End::Close(1011, "internal error".into())
+            })?;
+        let mut frames = Vec::with_capacity(open.len());
+        for command in open {
+            match crate::dispatch::frame_for(&command, self.state.max_output_bytes) {
+                Some(frame) => frames.push(frame),
+                None => tracing::error!(command_id = %command.id, "stored command has a bad id"),
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Acts on one frame from a registered agent, pushing what to answer onto `out`. Writes go
+    /// through the batching writer and are committed before anything is acknowledged.
+    pub async fn handle(
+        &mut self,
+        agent_id: AgentId,
+        frame: AgentFrame,
+        out: &mut Vec<ServerFrame>,
+    ) -> Result<(), End> {
+        let tenant_id = self.key.tenant_id.clone();
+        let agent = agent_id.to_string();
+        let mut answered = None;
+        let write = match frame {
+            AgentFrame::Register { data } => {
+                if data.agent_id != agent_id {
+                    return self.refuse(
+                        codes::BAD_FRAME,
+                        "agent_id cannot change on a connection".into(),
+                        out,
+                    );
+                }
+                return self.store_register(&data).await.map_err(internal);
+            }
+            AgentFrame::Heartbeat { status } => Write::Heartbeat {
+                tenant_id,
+                agent_id: agent,
+                status,
+            },
+            AgentFrame::Ack { command_id } => Write::Delivered {
+                tenant_id,
+                agent_id: agent,
+                command_id: command_id.to_string(),
+            },
+            AgentFrame::Output(output) => {
+                let bytes =
+                    match decode_output_data(output.data.as_deref(), output.data_b64.as_deref()) {
+                        Ok(bytes) if bytes.len() <= limits::MAX_OUTPUT_CHUNK => bytes,
+                        Ok(bytes) => {
+                            let message = format!(
+                                "output chunk of {} bytes; the limit is {}",
+                                bytes.len(),
+                                limits::MAX_OUTPUT_CHUNK
+                            );
+                            return self.refuse(codes::BAD_FRAME, message, out);
+                        }
+                        Err(why) => return self.refuse(codes::BAD_FRAME, why, out),
+                    };
+                Write::Output {
+                    tenant_id,
+                    agent_id: agent,
+                    command_id: output.command_id.to_string(),
+                    stream: output.stream,
+                    seq: output.seq,
+                    bytes,
+                    cap: self.state.max_output_bytes,
+                }
+            }
+            AgentFrame::Response(response) => {
+                answered = Some(response.command_id);
+                Write::Finish {
+                    tenant_id,
+                    agent_id: agent,
+                    response,
+                }
+            }
+        };
+        let written = self.state.writer.write(write).await.map_err(internal)?;
+        let hub = &self.state.hub;
+        match written {
+            Written::Heartbeat => {}
+            Written::Delivered(changed) => {
+                if let Some(run) = changed {
+                    hub.run_changed(&run);
+                }
+            }
+            Written::Output(Stored::New {
+                job_id: Some(job_id),
+                ..
+            }) => {
+                hub.job_changed(&self.key.tenant_id, &job_id);
+            }
+            Written::Output(Stored::Foreign) => {
+                tracing::debug!(%agent_id, "output for a command that is not this agent's");
+            }
+            Written::Output(_) => {}
+            Written::Finished(finished) => {
+                if let Some(model) = &finished {
+                    hub.finished(model);
+                    if model.job_id.is_some() {
+                        self.state.webhooks.wake();
+                    }
+                }
+                // Stored now or before (or not this agent's to store): either way the agent
+                // may forget it.
+                if let Some(command_id) = answered {
+                    out.push(ServerFrame::Ack { command_id });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a bad frame with an `error` frame; too many in a minute end the connection.
+    pub fn refuse(
+        &mut self,
+        code: &str,
+        message: String,
+        out: &mut Vec<ServerFrame>,
+    ) -> Result<(), End> {
+        tracing::debug!(code, %message, "refused a frame");
+        out.push(ServerFrame::Error(ErrorBody::new(code, message)));
+        if self.bad.record() > limits::MAX_BAD_FRAMES_PER_MINUTE {
+            return Err(End::Close(
+                limits::CLOSE_POLICY,
+                "too many bad frames".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the connection's key has expired since it connected.
+    pub fn key_expired(&self) -> bool {
+        self.key.expires_at.is_some_and(|t| t <= Utc::now())
+    }
+}
+
+/// A failed store write ends the connection without acknowledging anything: the agent keeps
+/// what it sent and sends it again after reconnecting.
+fn internal(err: crate::store::StoreError) -> End {
+    tracing::error!(error = %err, "could not store an agent frame");
+    End::Close(1011, "internal error".into())
+}
+
+/// The close for a frame over the protocol's size limit.
+pub fn too_big() -> End {
+    End::Close(
+        limits::CLOSE_TOO_BIG,
+        format!("frame larger than {} bytes", limits::MAX_FRAME_BYTES),
+    )
+}
+
+/// Bad frames seen in the last minute.
+#[derive(Default)]
+struct BadFrames(VecDeque<Instant>);
+
+impl BadFrames {
+    /// Records one and returns how many fell in the last minute.
+    fn record(&mut self) -> usize {
+        let now = Instant::now();
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.0.pop_front();
+        }
+        if self.0.len() <= limits::MAX_BAD_FRAMES_PER_MINUTE {
+            self.0.push_back(now);
+        }
+        self.0.len()
+    }
+}

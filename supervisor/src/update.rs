@@ -1,0 +1,449 @@
+//! Updates: ask the server for a release, download it beside the agent, verify it, swap it in,
+//! and roll it back if it cannot stay up.
+//!
+//! Trust comes only from the pinned key (`OUTPOST_RELEASE_PUBKEY`): the server, the network
+//! and the metadata are all treated as hostile. So the SHA-256 is computed over the bytes as
+//! they are written to disk, the signature is checked over a message built from that computed
+//! hash and from the version and target we asked for (never the server's copy of them), and
+//! every failure removes the download and leaves the running binary alone (fail closed).
+//!
+//! The download is a temporary file in the agent's own directory (same filesystem, so the
+//! final `rename` is atomic), created `O_EXCL` and owner-only until verified. The previous
+//! binary is kept as `<agent>.prev` (a hard link, so it is never half-written), and the
+//! swap is one `rename` over the agent's path.
+//!
+//! "Execute exactly the verified file": after the rename the supervisor hashes the file at
+//! the final path again right before it starts it, and refuses (rolls back) on any
+//! difference, so nothing swapped in between verification and start is run. What remains is
+//! the instant between that last hash and `execve`; exploiting it needs write access to the
+//! agent's directory, which already allows replacing the supervisor itself, so it gives an
+//! attacker nothing new. Keep that directory writable by the agent's user only (deploy.sh
+//! does).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use outpost_protocol::release::{self, ReleaseInfo, UpdateStatus, Version, signed_message};
+use ring::signature::{ED25519, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+/// The target triple this supervisor was built for; it installs agents of the same target.
+pub const TARGET: &str = env!("OUTPOST_TARGET");
+
+/// Largest agent binary accepted.
+const MAX_DOWNLOAD: u64 = 512 * 1024 * 1024;
+/// Largest release metadata document accepted.
+const MAX_METADATA: usize = 1024 * 1024;
+
+/// File in the state directory recording which release the agent binary is.
+pub const INSTALLED_FILE: &str = "installed.json";
+
+/// What the supervisor installed last: the binary's release version and hash, and the one
+/// before it (kept as `.prev`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// The agent binary's release version.
+    pub version: Option<String>,
+    /// Its SHA-256, to tell whether the file on disk is still that release.
+    pub sha256: Option<String>,
+    /// The version kept as `.prev`.
+    pub previous_version: Option<String>,
+    /// Its SHA-256.
+    pub previous_sha256: Option<String>,
+}
+
+impl Installed {
+    /// Reads the record (empty when absent or unreadable).
+    pub fn load(state_dir: &Path) -> Self {
+        std::fs::read(state_dir.join(INSTALLED_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes the record atomically.
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        write_atomic(
+            &state_dir.join(INSTALLED_FILE),
+            &serde_json::to_vec_pretty(self).unwrap_or_default(),
+        )
+    }
+
+    /// The release version of a binary with hash `sha256`, if it is the recorded one.
+    pub fn version_of(&self, sha256: Option<&str>) -> Option<&str> {
+        match (&self.sha256, sha256) {
+            (Some(recorded), Some(actual)) if recorded == actual => self.version.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// An `update` request as the agent left it in the state directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// The version asked for; `None` = the latest.
+    pub version: Option<Version>,
+    /// Whether a downgrade is allowed.
+    pub force: bool,
+}
+
+/// Reads and removes the agent's `target_version` and `update_force` files, so a later
+/// restart never repeats the request.
+pub fn take_request(state_dir: &Path) -> Result<Request, String> {
+    let version_path = state_dir.join("target_version");
+    let force_path = state_dir.join("update_force");
+    let text = std::fs::read_to_string(&version_path).ok();
+    let force = force_path.exists();
+    let _ = std::fs::remove_file(&version_path);
+    let _ = std::fs::remove_file(&force_path);
+    let version = match text.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e| format!("the requested version is unusable: {e}"))?,
+        ),
+    };
+    Ok(Request { version, force })
+}
+
+/// SHA-256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finish().as_ref()))
+}
+
+/// `<agent>.prev`.
+pub fn prev_path(bin: &Path) -> PathBuf {
+    let mut name = bin.as_os_str().to_owned();
+    name.push(".prev");
+    PathBuf::from(name)
+}
+
+/// Talks to the server's release API and downloads verified binaries.
+pub struct Updater {
+    client: reqwest::Client,
+    base: url::Url,
+    api_key: String,
+    pinned: Vec<u8>,
+}
+
+impl Updater {
+    /// Builds an updater, or says why updates cannot work with this configuration.
+    pub fn new(
+        server_url: Option<&str>,
+        api_key: Option<&str>,
+        ca_cert: Option<&Path>,
+        pubkey: Option<&str>,
+    ) -> Result<Self, String> {
+        let pubkey = pubkey.ok_or(
+            "no release key is pinned (OUTPOST_RELEASE_PUBKEY): updates are refused; \
+             set it to the key printed by `outpost-server release keygen`",
+        )?;
+        let pinned = STANDARD
+            .decode(pubkey.trim())
+            .ok()
+            .filter(|k| k.len() == 32)
+            .ok_or("OUTPOST_RELEASE_PUBKEY is not a base64 Ed25519 public key (32 bytes)")?;
+        let server_url = server_url.ok_or("OUTPOST_SERVER_URL is not set")?;
+        let api_key = api_key.ok_or("OUTPOST_API_KEY is not set")?;
+        let base = api_base(server_url)?;
+        let tls = crate::tls::client_config(ca_cert).map_err(|e| format!("{e:#}"))?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            base,
+            api_key: api_key.to_owned(),
+            pinned,
+        })
+    }
+
+    /// Release metadata for this supervisor's target: `version`, or the latest.
+    pub async fn fetch(&self, version: Option<&Version>) -> Result<ReleaseInfo, String> {
+        let which = version.map_or_else(|| "latest".to_owned(), Version::to_string);
+        let mut url = self.base.clone();
+        let path = format!("{}/api/releases/{which}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url.query_pairs_mut().append_pair("target", TARGET);
+        let response = self
+            .client
+            .get(url.clone())
+            .bearer_auth(&self.api_key)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| format!("asking {url} for release {which}: {e}"))?;
+        let status = response.status();
+        let body = read_limited(response, MAX_METADATA)
+            .await
+            .map_err(|e| format!("reading release metadata from {url}: {e}"))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
+            return Err(format!(
+                "the server has no usable release {which} for {TARGET}: HTTP {status}: {text}"
+            ));
+        }
+        let info: ReleaseInfo = serde_json::from_slice(&body)
+            .map_err(|e| format!("release metadata from {url} is malformed: {e}"))?;
+        if info.target != TARGET {
+            return Err(format!(
+                "the server answered with a release for {:?}, not {TARGET}",
+                info.target
+            ));
+        }
+        if version.is_some_and(|v| *v != info.version) {
+            return Err(format!(
+                "asked for release {which}, the server answered with {}",
+                info.version
+            ));
+        }
+        Ok(info)
+    }
+
+    /// Downloads the release's agent into a temporary file in `dir` and verifies its size,
+    /// SHA-256 and signature. Returns the file and its hash; removes it on any failure.
+    pub async fn download(
+        &self,
+        info: &ReleaseInfo,
+        dir: &Path,
+    ) -> Result<(PathBuf, String), String> {
+        let artifact = info
+            .agent
+            .as_ref()
+            .ok_or_else(|| format!("release {} has no {}", info.version, release::AGENT))?;
+        if artifact.size > MAX_DOWNLOAD {
+            return Err(format!(
+                "release {} says its agent is {} bytes, more than the {MAX_DOWNLOAD} accepted",
+                info.version, artifact.size
+            ));
+        }
+        let tmp = dir.join(format!(
+            ".outpost-agent.download-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let result = self.download_to(info, &tmp).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|sha| (tmp, sha))
+    }
+
+    async fn download_to(&self, info: &ReleaseInfo, tmp: &Path) -> Result<String, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(artifact) = info.agent.as_ref() else {
+            return Err("no agent in the release".into());
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        // No credentials: downloads are public, and the URL comes from the metadata, so it
+        // may name another host that must not see the agent key.
+        let mut response = self
+            .client
+            .get(&artifact.url)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("downloading {}: {e}", artifact.url))?;
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut size = 0u64;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("downloading {}: {e}", artifact.url))?
+        {
+            size += chunk.len() as u64;
+            if size > artifact.size {
+                return Err(format!(
+                    "the download of {} is larger than the {} bytes the release states",
+                    artifact.url, artifact.size
+                ));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        }
+        file.sync_all()
+            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        if size != artifact.size {
+            return Err(format!(
+                "the download of {} has {size} bytes, the release states {}",
+                artifact.url, artifact.size
+            ));
+        }
+        let sha = hex::encode(hasher.finish().as_ref());
+        if !sha.eq_ignore_ascii_case(&artifact.sha256) {
+            return Err(format!(
+                "SHA-256 mismatch: the release states {}, the downloaded file hashes to {sha}",
+                artifact.sha256
+            ));
+        }
+        let signature = STANDARD
+            .decode(&artifact.signature)
+            .map_err(|_| "the release signature is not base64".to_owned())?;
+        let message = signed_message(release::AGENT, &info.version, TARGET, &sha);
+        UnparsedPublicKey::new(&ED25519, &self.pinned)
+            .verify(message.as_bytes(), &signature)
+            .map_err(|_| {
+                format!(
+                    "signature check failed: release {} for {TARGET} is not signed by the pinned \
+                     OUTPOST_RELEASE_PUBKEY",
+                    info.version
+                )
+            })?;
+        Ok(sha)
+    }
+}
+
+/// Makes the verified download executable, keeps the current binary as `.prev` and renames
+/// the download over the agent's path.
+pub fn install(bin: &Path, download: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(download, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", download.display()))?;
+    let prev = prev_path(bin);
+    match std::fs::remove_file(&prev) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("removing {}", prev.display()));
+        }
+        _ => {}
+    }
+    if bin.exists() && std::fs::hard_link(bin, &prev).is_err() {
+        std::fs::copy(bin, &prev)
+            .with_context(|| format!("keeping {} as {}", bin.display(), prev.display()))?;
+    }
+    std::fs::rename(download, bin)
+        .with_context(|| format!("moving the new agent to {}", bin.display()))?;
+    sync_dir(bin);
+    Ok(())
+}
+
+/// Puts `.prev` back in place of the agent.
+pub fn restore_previous(bin: &Path) -> anyhow::Result<()> {
+    let prev = prev_path(bin);
+    std::fs::rename(&prev, bin)
+        .with_context(|| format!("restoring {} from {}", bin.display(), prev.display()))?;
+    sync_dir(bin);
+    Ok(())
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Writes the report the agent sends with its next `register`.
+pub fn write_status(state_dir: &Path, status: &UpdateStatus) {
+    let path = state_dir.join("update_status.json");
+    let bytes = serde_json::to_vec(status).unwrap_or_default();
+    if let Err(err) = write_atomic(&path, &bytes) {
+        tracing::error!(path = %path.display(), error = %err, "cannot write the update report");
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The REST base URL from the agent's server URL: `ws(s)://` becomes `http(s)://`, the path
+/// prefix is kept.
+pub fn api_base(server_url: &str) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(server_url)
+        .map_err(|e| format!("OUTPOST_SERVER_URL {server_url:?} is not a URL: {e}"))?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        other => {
+            return Err(format!(
+                "OUTPOST_SERVER_URL has unsupported scheme {other:?}"
+            ));
+        }
+    };
+    url.set_scheme(scheme)
+        .map_err(|()| format!("cannot use {server_url:?} over {scheme}"))?;
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("more than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_map_to_the_rest_base() {
+        for (input, want) in [
+            ("ws://h:1", "http://h:1/"),
+            ("wss://h/outpost/", "https://h/outpost/"),
+            ("https://h", "https://h/"),
+        ] {
+            assert_eq!(api_base(input).expect(input).as_str(), want);
+        }
+        assert!(api_base("ftp://h").is_err());
+    }
+
+    #[test]
+    fn requests_are_taken_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("target_version"), "1.2.3").expect("write");
+        std::fs::write(dir.path().join("update_force"), "1").expect("write");
+        let request = take_request(dir.path()).expect("request");
+        assert_eq!(request.version, Some("1.2.3".parse().expect("v")));
+        assert!(request.force);
+        assert_eq!(take_request(dir.path()).expect("empty"), Request::default());
+        std::fs::write(dir.path().join("target_version"), "latest!").expect("write");
+        assert!(take_request(dir.path()).is_err());
+    }
+
+    #[test]
+    fn the_record_names_only_its_own_file() {
+        let installed = Installed {
+            version: Some("1.0.0".into()),
+            sha256: Some("aa".into()),
+            ..Installed::default()
+        };
+        assert_eq!(installed.version_of(Some("aa")), Some("1.0.0"));
+        assert_eq!(installed.version_of(Some("bb")), None);
+        assert_eq!(installed.version_of(None), None);
+    }
+}
