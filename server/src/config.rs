@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Also serve `GET /metrics` WITHOUT authentication on this address (for a Prometheus on an
+    /// internal network). On the main listener `/metrics` needs an owner API key.
+    #[arg(long, env = "OUTPOST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -99,6 +104,7 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("metrics_listen", &self.metrics_listen)
             .field("log_format", &self.log_format)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("max_output_bytes", &self.max_output_bytes)

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod release;
 pub mod seal;
 pub mod store;
@@ -62,6 +63,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let fd_limit = metrics::raise_fd_limit();
+    tracing::info!(
+        fd_limit,
+        "open-file limit (one per agent connection, plus the database and clients)"
+    );
+    metrics::handle();
     let store = open_store(&config).await?;
     bootstrap_admin(&store, &config).await?;
     let master = load_master_key(&config)?;
@@ -85,6 +92,25 @@ pub async fn run(
         }),
     };
     tokio::spawn(webhooks::run(state.clone()));
+    tokio::spawn(metrics::upkeep(state.clone()));
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(metrics::open_route))
+            .with_state(state.clone());
+        let token = state.shutdown.clone();
+        tracing::info!(%addr, "serving unauthenticated /metrics");
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "the metrics listener failed");
+            }
+        });
+    }
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
     let lost_after = Duration::from_secs(config.lost_after);
     if lost_after < heartbeat * outpost_protocol::limits::MISSED_HEARTBEATS {
@@ -102,6 +128,7 @@ pub async fn run(
 
     let app = api::router()
         .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
+        .route("/metrics", axum::routing::get(metrics::route))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             outpost_protocol::limits::MAX_FRAME_BYTES,
         ))
@@ -251,6 +278,7 @@ async fn sweep_loop(state: AppState, every: Duration, lost_after: Duration) {
 async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::StoreError> {
     let expired = state.store.expire_commands().await?;
     if !expired.is_empty() {
+        metrics::commands_finished(store::state::EXPIRED, expired.len() as u64);
         tracing::info!(expired = expired.len(), "commands expired undelivered");
         for (tenant_id, job_id) in state.store.refresh_running_jobs().await? {
             state.hub.job_changed(&tenant_id, &job_id);

@@ -89,6 +89,7 @@ pub async fn run(state: AppState) {
 
 async fn deliver(state: AppState, job: job::Model) {
     let outcome = attempt_all(&state, &job).await;
+    crate::metrics::webhook_delivery(outcome);
     let status = if outcome {
         webhook_status::DELIVERED
     } else {
@@ -130,6 +131,7 @@ async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
     let (body, secret) = match payload(state, job).await {
         Ok(ready) => ready,
         Err(why) => {
+            crate::metrics::webhook_attempt("refused");
             record(Attempt {
                 attempt: 1,
                 status_code: None,
@@ -143,6 +145,7 @@ async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
     let client = match client_for(&url, state.webhooks.allow_private).await {
         Ok(client) => client,
         Err(why) => {
+            crate::metrics::webhook_attempt("refused");
             tracing::warn!(job_id = %job.id, %why, "webhook refused");
             record(Attempt {
                 attempt: 1,
@@ -175,6 +178,7 @@ async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
         let duration_ms = started.elapsed().as_millis() as i64;
         let (status_code, error) = match sent {
             Ok(response) if response.status().is_success() => {
+                crate::metrics::webhook_attempt("success");
                 record(Attempt {
                     attempt: number,
                     status_code: Some(i32::from(response.status().as_u16())),
@@ -185,11 +189,17 @@ async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
                 tracing::info!(job_id = %job.id, attempt = number, "webhook delivered");
                 return true;
             }
-            Ok(response) => (
-                Some(i32::from(response.status().as_u16())),
-                Some(format!("answered {}", response.status())),
-            ),
-            Err(err) => (None, Some(format!("{err}"))),
+            Ok(response) => {
+                crate::metrics::webhook_attempt("http_error");
+                (
+                    Some(i32::from(response.status().as_u16())),
+                    Some(format!("answered {}", response.status())),
+                )
+            }
+            Err(err) => {
+                crate::metrics::webhook_attempt("network_error");
+                (None, Some(format!("{err}")))
+            }
         };
         record(Attempt {
             attempt: number,

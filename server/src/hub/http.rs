@@ -40,6 +40,7 @@ use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
 use crate::AppState;
 use crate::auth;
 use crate::error::ApiError;
+use crate::metrics::Direction;
 use crate::store::agent_key;
 
 /// The two long-poll routes, with a body limit fitting a batch rather than one frame.
@@ -207,7 +208,14 @@ pub async fn poll(
         // Registered before looking, so a frame queued right after the look still wakes us.
         notified.as_mut().enable();
         match session.after(req.cursor) {
-            Found::Frames(frames, cursor) => return Ok(Json(PollResponse { frames, cursor })),
+            Found::Frames(frames, cursor) => {
+                for frame in &frames {
+                    // Long-poll is the fallback: encoding twice for the byte count is cheap
+                    // next to its HTTP round trip.
+                    crate::metrics::frame(Direction::Out, Transport::Http, frame.encode().len());
+                }
+                return Ok(Json(PollResponse { frames, cursor }));
+            }
             Found::Closed(reason) => return Err(not_registered(&reason)),
             Found::Nothing => {}
         }
@@ -242,6 +250,7 @@ pub async fn frames(
     }
     let mut decoded = Vec::with_capacity(req.frames.len());
     for (i, raw) in req.frames.iter().enumerate() {
+        crate::metrics::frame(Direction::In, Transport::Http, raw.get().len());
         match AgentFrame::decode(raw.get()) {
             Err(DecodeError::TooLarge(_)) => {
                 return Err(ApiError::TooLarge(format!(

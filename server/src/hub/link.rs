@@ -123,6 +123,7 @@ impl Link {
                 End::Close(1011, "internal error".into())
             })?;
         if !expired.is_empty() {
+            crate::metrics::commands_finished(crate::store::state::EXPIRED, expired.len() as u64);
             for run in &expired {
                 self.state.hub.finished(run);
             }

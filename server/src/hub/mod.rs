@@ -70,6 +70,19 @@ pub enum Transport {
     Http,
 }
 
+impl Transport {
+    /// Every transport, for metrics that show zero as well as counts.
+    pub const ALL: &[Transport] = &[Transport::Websocket, Transport::Http];
+
+    /// The name used in metrics labels (and in the API).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Http => "http",
+        }
+    }
+}
+
 /// What the hub keeps about one live connection.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -271,6 +284,20 @@ impl Hub {
         self.sessions.len()
     }
 
+    /// Live connections per transport, every transport listed.
+    pub fn count_by_transport(&self) -> Vec<(Transport, usize)> {
+        let mut counts: Vec<(Transport, usize)> = Transport::ALL.iter().map(|t| (*t, 0)).collect();
+        for entry in self.sessions.iter() {
+            if let Some(slot) = counts
+                .iter_mut()
+                .find(|(t, _)| *t == entry.value().transport)
+            {
+                slot.1 += 1;
+            }
+        }
+        counts
+    }
+
     /// Whether no agent is connected.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
@@ -312,6 +339,7 @@ impl Hub {
     /// Hands a stored result to everyone waiting for it.
     pub fn finished(&self, model: &command::Model) {
         self.run_changed(model);
+        crate::metrics::commands_finished(&model.state, 1);
         let Ok(id) = model.id.parse::<CommandId>() else {
             return;
         };

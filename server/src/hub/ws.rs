@@ -27,6 +27,7 @@ use super::link::{End, Link, too_big};
 use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
 use crate::AppState;
 use crate::auth;
+use crate::metrics::Direction;
 
 /// How long one frame may take to reach the agent's TCP buffer before the peer counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -263,6 +264,7 @@ impl Connection {
             }
             Some(Ok(Message::Text(text))) => text,
         };
+        crate::metrics::frame(Direction::In, Transport::Websocket, text.len());
         match AgentFrame::decode(text.as_str()) {
             Ok(frame) => Ok(Some(frame)),
             Err(DecodeError::TooLarge(_)) => Err(too_big()),
@@ -289,6 +291,7 @@ impl Connection {
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = frame.encode();
+        crate::metrics::frame(Direction::Out, Transport::Websocket, text.len());
         match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await
         {
             Ok(Ok(())) => Ok(()),

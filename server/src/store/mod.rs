@@ -541,6 +541,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         .insert(&self.db)
         .await?;
+        crate::metrics::commands_created(&model.command, 1);
         Ok(model)
     }
 
@@ -617,25 +618,29 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         id: &str,
     ) -> Result<Option<command::Model>> {
         let now = Utc::now();
-        let open = |update: sea_orm::UpdateMany<command::Entity>| {
-            update
-                .col_expr(command::Column::DeliveredAt, Expr::value(now))
-                .filter(command::Column::TenantId.eq(tenant_id))
-                .filter(command::Column::AgentId.eq(agent_id))
-                .filter(command::Column::Id.eq(id))
-                .filter(command::Column::State.eq(state::PENDING))
-        };
-        let running = open(command::Entity::update_many())
-            .col_expr(command::Column::State, Expr::value(state::RUNNING))
-            .col_expr(command::Column::StartedAt, Expr::value(now))
-            .filter(command::Column::Command.eq(outpost_protocol::commands::RUN))
-            .exec_with_returning(&self.db)
-            .await?;
-        if let Some(run) = running.into_iter().next() {
-            return Ok(Some(run));
-        }
-        Ok(open(command::Entity::update_many())
-            .col_expr(command::Column::State, Expr::value(state::DELIVERED))
+        // One statement for both cases: acks are half of all writes when thousands of agents
+        // answer at once.
+        let run = sea_orm::Value::from(outpost_protocol::commands::RUN);
+        let new_state = Expr::cust_with_values(
+            "CASE WHEN command = ? THEN ? ELSE ? END",
+            [
+                run.clone(),
+                sea_orm::Value::from(state::RUNNING),
+                sea_orm::Value::from(state::DELIVERED),
+            ],
+        );
+        let started = Expr::cust_with_values(
+            "CASE WHEN command = ? THEN ? ELSE started_at END",
+            [run, sea_orm::Value::from(now)],
+        );
+        Ok(command::Entity::update_many()
+            .col_expr(command::Column::State, new_state)
+            .col_expr(command::Column::StartedAt, started)
+            .col_expr(command::Column::DeliveredAt, Expr::value(now))
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .filter(command::Column::Id.eq(id))
+            .filter(command::Column::State.eq(state::PENDING))
             .exec_with_returning(&self.db)
             .await?
             .into_iter()
@@ -645,6 +650,21 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Stores a command's result. Only the command's own agent can finish it, and only once:
     /// returns the finished row the first time, `None` for a repeat or a foreign command.
     pub async fn finish_command(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        response: &Response,
+    ) -> Result<Option<command::Model>> {
+        let finished = self.store_result(tenant_id, agent_id, response).await?;
+        if let Some(job_id) = finished.as_ref().and_then(|c| c.job_id.as_deref()) {
+            self.refresh_job(tenant_id, job_id).await?;
+        }
+        Ok(finished)
+    }
+
+    /// [`finish_command`](Self::finish_command) without recomputing the run's job: the writer
+    /// recomputes each job once per batch instead.
+    pub(crate) async fn store_result(
         &self,
         tenant_id: &str,
         agent_id: &str,
@@ -689,11 +709,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
             .exec_with_returning(&self.db)
             .await?;
-        let finished = res.into_iter().next();
-        if let Some(job_id) = finished.as_ref().and_then(|c| c.job_id.as_deref()) {
-            self.refresh_job(tenant_id, job_id).await?;
-        }
-        Ok(finished)
+        Ok(res.into_iter().next())
     }
 }
 

@@ -8,8 +8,10 @@
 //! writer lock is taken once per batch instead of once per frame. If a batch fails, its writes
 //! are retried one by one, so one bad write cannot sink the others.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use outpost_protocol::{HeartbeatStatus, Response};
 use tokio::sync::{mpsc, oneshot};
@@ -141,19 +143,28 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
             }
         }
         let size = batch.len();
-        match commit_batch(&store, &batch).await {
+        let started = Instant::now();
+        match commit(&store, batch.iter().map(|(write, _)| write)).await {
             Ok(results) => {
+                crate::metrics::store_batch(size, started.elapsed());
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.writes.fetch_add(size as u64, Ordering::Relaxed);
                 for ((_, reply), result) in batch.drain(..).zip(results) {
+                    observe(&result);
                     let _ = reply.send(Ok(result));
                 }
             }
             Err(err) => {
                 tracing::warn!(size, error = %err, "a batch of writes failed; retrying them one by one");
+                crate::metrics::store_batch_failed();
                 for (write, reply) in batch.drain(..) {
-                    let result = commit_one(&store, &write).await;
-                    if result.is_ok() {
+                    let started = Instant::now();
+                    let result = commit(&store, std::iter::once(&write))
+                        .await
+                        .map(|mut one| one.remove(0));
+                    if let Ok(written) = &result {
+                        crate::metrics::store_batch(1, started.elapsed());
+                        observe(written);
                         stats.batches.fetch_add(1, Ordering::Relaxed);
                         stats.writes.fetch_add(1, Ordering::Relaxed);
                     }
@@ -165,21 +176,38 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
     }
 }
 
-async fn commit_batch(store: &Store, batch: &[(Write, Reply)]) -> Result<Vec<Written>> {
+/// Commits writes in one transaction. Jobs whose runs finished are recomputed once each, at
+/// the end: a fan-out's thousands of results then cost one recount per batch, not one each.
+async fn commit<'a>(
+    store: &Store,
+    writes: impl Iterator<Item = &'a Write>,
+) -> Result<Vec<Written>> {
     let txn = store.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for (write, _) in batch {
-        results.push(apply(&txn, write).await?);
+    let mut results = Vec::new();
+    let mut jobs = BTreeSet::new();
+    for write in writes {
+        let written = apply(&txn, write).await?;
+        if let Written::Finished(Some(model)) = &written
+            && let Some(job_id) = &model.job_id
+        {
+            jobs.insert((model.tenant_id.clone(), job_id.clone()));
+        }
+        results.push(written);
+    }
+    for (tenant_id, job_id) in &jobs {
+        txn.refresh_job(tenant_id, job_id).await?;
     }
     txn.commit().await?;
     Ok(results)
 }
 
-async fn commit_one(store: &Store, write: &Write) -> Result<Written> {
-    let txn = store.begin().await?;
-    let result = apply(&txn, write).await?;
-    txn.commit().await?;
-    Ok(result)
+/// Counts what a committed write did.
+fn observe(written: &Written) {
+    match written {
+        Written::Delivered(Some(_)) => crate::metrics::command_delivered(),
+        Written::Finished(Some(model)) => crate::metrics::command_answered(model),
+        _ => {}
+    }
 }
 
 async fn apply(store: &Store<sea_orm::DatabaseTransaction>, write: &Write) -> Result<Written> {
@@ -220,7 +248,7 @@ async fn apply(store: &Store<sea_orm::DatabaseTransaction>, write: &Write) -> Re
             tenant_id,
             agent_id,
             response,
-        } => Written::Finished(store.finish_command(tenant_id, agent_id, response).await?),
+        } => Written::Finished(store.store_result(tenant_id, agent_id, response).await?),
         Write::Heartbeat {
             tenant_id,
             agent_id,

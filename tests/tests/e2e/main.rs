@@ -9,6 +9,7 @@ mod durability;
 mod jobs;
 mod keys;
 mod longpoll;
+mod metrics;
 mod protocol;
 mod supervisor;
 mod tenancy;

@@ -1,0 +1,532 @@
+//! `outpost-bench`: the load harness behind `docs/BENCHMARKS.md` (SPEC §8).
+//!
+//! It starts the real `outpost-server` on a temporary data directory, connects a swarm of
+//! simulated agents speaking protocol v1 (spread over worker processes, which are this same
+//! binary re-executed with `worker`, each under the per-process file limit), and measures
+//! what SPEC §8 names: idle connections and server memory per connection, REST command round
+//! trips, `ping` fan-outs with every result stored, results stored per second, how long the
+//! fleet takes to come back after a server restart, and the real agent's footprint.
+//!
+//! It prints figures and never judges them: a slow machine gives slow figures, not a failure.
+//! It fails only when something does not work (an agent not answering, a job not finishing).
+
+mod report;
+mod server;
+mod swarm;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use report::{Report, percentile};
+use server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "outpost-bench",
+    version,
+    about = "Outpost load harness (SPEC §8 figures)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    worker: Option<Command>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Internal: one process of simulated agents (started by the harness itself).
+    #[command(hide = true)]
+    Worker(swarm::WorkerArgs),
+}
+
+/// The scenarios; all by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Idle connections held and server RSS per connection.
+    Idle,
+    /// Sequential REST command round trips to one agent.
+    Roundtrip,
+    /// `ping` jobs fanned out to 1,000 and 10,000 agents.
+    Fanout,
+    /// Concurrent fan-outs to every agent: results stored per second.
+    Throughput,
+    /// Server restart: time until every agent is back.
+    Restart,
+    /// The real outpost-agent: idle RSS, CPU and binary size.
+    Agent,
+}
+
+#[derive(clap::Args)]
+struct Opts {
+    /// Simulated agents.
+    #[arg(long, default_value_t = 1000)]
+    agents: u64,
+    /// Scenarios to run (comma-separated); default: all.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+    /// Small counts everywhere (CI): 200 round trips, 2 jobs per fan-out, 5 s of agent sampling.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Directory holding outpost-server and outpost-agent (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Simulated agents per worker process (at most 19,000: the file limit is 20,000).
+    #[arg(long, default_value_t = 5000)]
+    per_worker: u64,
+    /// Source addresses 127.0.0.2 .. 127.0.0.(1+N) the swarm connects from.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// Round trips measured (after 10 % as warm-up).
+    #[arg(long)]
+    roundtrips: Option<usize>,
+    /// Fan-out sizes (each capped at --agents).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    fanout_sizes: Vec<u64>,
+    /// Jobs per fan-out size.
+    #[arg(long)]
+    fanout_jobs: Option<usize>,
+    /// Concurrent jobs to every agent in the throughput scenario.
+    #[arg(long, default_value_t = 4)]
+    throughput_jobs: usize,
+    /// Seconds the real agent is sampled for.
+    #[arg(long)]
+    agent_secs: Option<u64>,
+    /// Keep the server's data directory and log here instead of a temporary directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.worker {
+        Some(Command::Worker(args)) => swarm::run(args),
+        None => {
+            rustls::crypto::ring::default_provider()
+                .install_default()
+                .map_err(|_| anyhow::anyhow!("a rustls provider was already installed"))?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(harness(cli.opts))
+        }
+    }
+}
+
+/// Raises the open-file limit to the hard limit (each simulated agent is one descriptor).
+pub(crate) fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
+fn has(opts: &Opts, scenario: Scenario) -> bool {
+    opts.scenarios.is_empty() || opts.scenarios.contains(&scenario)
+}
+
+async fn harness(opts: Opts) -> anyhow::Result<()> {
+    let fd_limit = raise_fd_limit();
+    let bin_dir = match &opts.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary has no directory")?
+            .to_path_buf(),
+    };
+    let mut report = Report::new(opts.agents, &bin_dir, fd_limit);
+    let workdir = match &opts.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Workdir::Kept(dir.clone())
+        }
+        None => Workdir::Temp(tempfile::tempdir()?),
+    };
+    let mut server = Server::start(&bin_dir, workdir.path()).await?;
+    eprintln!(
+        "outpost-bench: server pid {} on {}; {} agents",
+        server.pid(),
+        server.addr,
+        opts.agents
+    );
+
+    let needs_swarm = [
+        Scenario::Idle,
+        Scenario::Roundtrip,
+        Scenario::Fanout,
+        Scenario::Throughput,
+        Scenario::Restart,
+    ]
+    .iter()
+    .any(|s| has(&opts, *s));
+    let run_id = u64::from_be_bytes(*b"benchrun") ^ u64::from(std::process::id());
+    let sizes: Vec<u64> = {
+        let mut sizes: Vec<u64> = opts
+            .fanout_sizes
+            .iter()
+            .map(|s| (*s).min(opts.agents))
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    };
+    let mut swarm = None;
+    if needs_swarm && opts.agents > 0 {
+        // Let the allocator and SQLite settle before the baseline.
+        server.warm_up().await?;
+        let before = server.rss_kib()?;
+        let key = server.agent_key().await?;
+        let started = Instant::now();
+        swarm = Some(spawn_swarm(&opts, &server, &key, run_id, &sizes)?);
+        server
+            .wait_connected(opts.agents, Duration::from_secs(60 + opts.agents / 100))
+            .await
+            .context("the swarm did not connect")?;
+        let ramp = started.elapsed();
+        // Settle: the first heartbeats and any allocator growth from the ramp.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = server.rss_kib()?;
+        let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / opts.agents as f64;
+        if has(&opts, Scenario::Idle) {
+            report.row(
+                "idle agent connections held by one server process",
+                "15,000",
+                "19,500",
+                format!("{} (all connected in {:.1} s)", opts.agents, ramp.as_secs_f64()),
+                json!({"connected": opts.agents, "ramp_s": ramp.as_secs_f64(), "server_fds": server.open_fds()}),
+            );
+            report.row(
+                "server RSS per idle connection",
+                "16 KiB",
+                "4 KiB",
+                format!(
+                    "{:.1} KiB ({} -> {} MiB)",
+                    per_conn / 1024.0,
+                    before / 1024,
+                    after / 1024
+                ),
+                json!({"rss_before_kib": before, "rss_after_kib": after, "bytes_per_connection": per_conn}),
+            );
+        }
+    }
+
+    if has(&opts, Scenario::Roundtrip) && swarm.is_some() {
+        let count = opts
+            .roundtrips
+            .unwrap_or(if opts.quick { 200 } else { 2000 });
+        let agent = swarm::agent_id(run_id, 0).to_string();
+        let mut times = Vec::with_capacity(count);
+        for i in 0..count + count / 10 {
+            let started = Instant::now();
+            let answer = server
+                .post(
+                    &format!("/api/agents/{agent}/command"),
+                    &json!({"command": "ping", "timeout_s": 10}),
+                )
+                .await?;
+            let took = started.elapsed();
+            if answer.get("status").and_then(Value::as_str) != Some("succeeded") {
+                bail!("round trip {i}: the ping did not succeed: {answer}");
+            }
+            if i >= count / 10 {
+                times.push(took.as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        report.row(
+            "REST -> agent -> stored result round trip, p50 / p99",
+            "2 ms / 10 ms",
+            "0.3 ms / 2 ms",
+            format!(
+                "{:.2} ms / {:.2} ms (p90 {:.2}, max {:.2}; {count} sequential pings, {} idle agents connected)",
+                percentile(&times, 50.0),
+                percentile(&times, 99.0),
+                percentile(&times, 90.0),
+                times.last().copied().unwrap_or(0.0),
+                opts.agents
+            ),
+            json!({"count": count, "p50_ms": percentile(&times, 50.0), "p90_ms": percentile(&times, 90.0),
+                   "p99_ms": percentile(&times, 99.0), "max_ms": times.last()}),
+        );
+    }
+
+    if has(&opts, Scenario::Fanout) && swarm.is_some() {
+        let jobs = opts.fanout_jobs.unwrap_or(if opts.quick { 2 } else { 5 });
+        for size in &sizes {
+            let mut completions = Vec::new();
+            let mut runs = Vec::new();
+            for _ in 0..jobs {
+                let started = Instant::now();
+                let job = server
+                    .post(
+                        "/api/jobs?wait=120",
+                        &json!({"command": "ping", "target": {"tags": [format!("first-{size}")]}, "timeout_s": 60}),
+                    )
+                    .await?;
+                completions.push(started.elapsed().as_secs_f64() * 1e3);
+                let lat = run_latencies(&job, *size)?;
+                runs.extend(lat.per_run_ms);
+            }
+            completions.sort_by(f64::total_cmp);
+            runs.sort_by(f64::total_cmp);
+            let goal = if *size >= 10_000 {
+                ("1 s", "250 ms")
+            } else {
+                ("—", "—")
+            };
+            report.row(
+                &format!("`ping` fanned out to {size} agents, all results stored"),
+                goal.0,
+                goal.1,
+                format!(
+                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms",
+                    percentile(&completions, 50.0),
+                    percentile(&completions, 99.0),
+                    percentile(&runs, 50.0),
+                    percentile(&runs, 99.0),
+                ),
+                json!({"size": size, "jobs": jobs,
+                       "job_p50_ms": percentile(&completions, 50.0), "job_p99_ms": percentile(&completions, 99.0),
+                       "job_max_ms": completions.last(),
+                       "run_p50_ms": percentile(&runs, 50.0), "run_p99_ms": percentile(&runs, 99.0)}),
+            );
+        }
+    }
+
+    if has(&opts, Scenario::Throughput) && swarm.is_some() {
+        let jobs = opts.throughput_jobs.max(1);
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        for _ in 0..jobs {
+            let server = server.client();
+            pending.push(tokio::spawn(async move {
+                server
+                    .post(
+                        "/api/jobs?wait=300",
+                        &json!({"command": "ping", "target": {"all": true}, "timeout_s": 120}),
+                    )
+                    .await
+            }));
+        }
+        let mut first_created = None::<chrono::DateTime<chrono::Utc>>;
+        let mut last_finished = None::<chrono::DateTime<chrono::Utc>>;
+        let mut total = 0u64;
+        for handle in pending {
+            let job = handle.await??;
+            let lat = run_latencies(&job, opts.agents)?;
+            total += lat.count;
+            first_created = first_created.min(Some(lat.created)).or(Some(lat.created));
+            last_finished = last_finished.max(Some(lat.last_finished));
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let stored_span = match (first_created, last_finished) {
+            (Some(a), Some(b)) => (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
+            _ => 0.0,
+        };
+        let rate = total as f64 / stored_span.max(1e-6);
+        report.row(
+            "job results durably stored per second (SQLite WAL)",
+            "10,000",
+            "100,000",
+            format!(
+                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls)",
+                total as f64 / wall
+            ),
+            json!({"results": total, "jobs": jobs, "stored_span_s": stored_span, "wall_s": wall,
+                   "per_second": rate, "per_second_wall": total as f64 / wall}),
+        );
+    }
+
+    if has(&opts, Scenario::Agent) {
+        let secs = opts.agent_secs.unwrap_or(if opts.quick { 5 } else { 60 });
+        let figures = server::agent_footprint(&server, &bin_dir, workdir.path(), secs).await?;
+        report.row(
+            "agent idle RSS / idle CPU",
+            "10 MiB / 0.2 %",
+            "4 MiB / 0.05 %",
+            format!(
+                "{:.1} MiB / {:.3} % (over {secs} s, connected and idle)",
+                figures.rss_kib as f64 / 1024.0,
+                figures.cpu_percent
+            ),
+            json!({"rss_kib": figures.rss_kib, "cpu_percent": figures.cpu_percent, "seconds": secs}),
+        );
+        report.row(
+            "agent release binary, stripped",
+            "12 MiB",
+            "5 MiB",
+            format!(
+                "{:.1} MiB ({} bytes{})",
+                figures.binary_bytes as f64 / (1024.0 * 1024.0),
+                figures.binary_bytes,
+                if figures.stripped {
+                    ""
+                } else {
+                    "; NOT stripped: a debug build?"
+                }
+            ),
+            json!({"bytes": figures.binary_bytes, "stripped": figures.stripped}),
+        );
+    }
+
+    if has(&opts, Scenario::Restart) && swarm.is_some() {
+        let (stopped, back) = server.restart_and_wait(opts.agents).await?;
+        report.row(
+            &format!("{} agents back online after a server restart", opts.agents),
+            "60 s (10,000)",
+            "10 s (10,000)",
+            format!(
+                "{:.1} s from the new process's start ({:.1} s to stop the old one)",
+                back.as_secs_f64(),
+                stopped.as_secs_f64()
+            ),
+            json!({"agents": opts.agents, "back_online_s": back.as_secs_f64(), "stop_s": stopped.as_secs_f64()}),
+        );
+    }
+
+    if let Some(swarm) = swarm {
+        swarm.stop();
+    }
+    server.stop().await;
+    report.print(opts.json);
+    drop(workdir);
+    Ok(())
+}
+
+enum Workdir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Workdir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Temp(dir) => dir.path(),
+            Self::Kept(dir) => dir,
+        }
+    }
+}
+
+/// The worker processes; they exit when their stdin closes.
+struct Swarm {
+    children: Vec<std::process::Child>,
+}
+
+impl Swarm {
+    fn stop(mut self) {
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+    }
+}
+
+fn spawn_swarm(
+    opts: &Opts,
+    server: &Server,
+    key: &str,
+    run_id: u64,
+    sizes: &[u64],
+) -> anyhow::Result<Swarm> {
+    let per_worker = opts.per_worker.clamp(1, 19_000);
+    let exe = std::env::current_exe()?;
+    let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
+    let mut children = Vec::new();
+    let mut first = 0;
+    while first < opts.agents {
+        let count = per_worker.min(opts.agents - first);
+        let child = std::process::Command::new(&exe)
+            .arg("worker")
+            .arg("--server")
+            .arg(server.addr.to_string())
+            .arg("--run-id")
+            .arg(run_id.to_string())
+            .arg("--first")
+            .arg(first.to_string())
+            .arg("--count")
+            .arg(count.to_string())
+            .arg("--sources")
+            .arg(opts.sources.to_string())
+            .arg("--tag-sizes")
+            .arg(sizes.join(","))
+            // Through the environment, so the key is not in `ps` output.
+            .env("OUTPOST_BENCH_AGENT_KEY", key)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("starting a worker process")?;
+        children.push(child);
+        first += count;
+    }
+    Ok(Swarm { children })
+}
+
+struct Latencies {
+    count: u64,
+    per_run_ms: Vec<f64>,
+    created: chrono::DateTime<chrono::Utc>,
+    last_finished: chrono::DateTime<chrono::Utc>,
+}
+
+/// Checks that a job finished with every run succeeded, and reads its runs' latencies.
+fn run_latencies(job: &Value, expected: u64) -> anyhow::Result<Latencies> {
+    let status = job.get("status").and_then(Value::as_str).unwrap_or("?");
+    let runs = job
+        .get("runs")
+        .and_then(Value::as_array)
+        .context("the job has no runs")?;
+    if status != "succeeded" || runs.len() as u64 != expected {
+        bail!(
+            "job {} ended {status} with {} runs (expected {expected} succeeded): {}",
+            job.get("job_id").unwrap_or(&Value::Null),
+            runs.len(),
+            job.get("run_counts").unwrap_or(&Value::Null)
+        );
+    }
+    let time = |v: &Value, field: &str| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        let text = v
+            .get(field)
+            .and_then(Value::as_str)
+            .with_context(|| format!("no {field}"))?;
+        Ok(chrono::DateTime::parse_from_rfc3339(text)?.with_timezone(&chrono::Utc))
+    };
+    let created = time(job, "created_at")?;
+    let mut per_run_ms = Vec::with_capacity(runs.len());
+    let mut last_finished = created;
+    for run in runs {
+        let finished = time(run, "finished_at")?;
+        last_finished = last_finished.max(finished);
+        per_run_ms.push((finished - created).num_microseconds().unwrap_or(0) as f64 / 1e3);
+    }
+    Ok(Latencies {
+        count: runs.len() as u64,
+        per_run_ms,
+        created,
+        last_finished,
+    })
+}

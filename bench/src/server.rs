@@ -1,0 +1,365 @@
+//! The real `outpost-server` under test: started on a temporary data directory, watched through
+//! `/proc/<pid>`, driven over REST, restarted on the same directory and port.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// A REST client for the server (cheap to clone).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    admin: String,
+}
+
+impl Client {
+    /// POSTs JSON and returns the JSON answer; any non-2xx is an error.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// GETs JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// A running server process.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    binary: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Child,
+    client: Client,
+}
+
+impl Server {
+    /// Starts `outpost-server` on a free loopback port with its data in `workdir/data`.
+    pub async fn start(bin_dir: &Path, workdir: &Path) -> anyhow::Result<Self> {
+        let binary = bin_dir.join("outpost-server");
+        if !binary.is_file() {
+            bail!(
+                "{} not found: build it first (cargo build --release -p outpost-server -p outpost-agent -p outpost-bench) or pass --bin-dir",
+                binary.display()
+            );
+        }
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?
+        };
+        let admin = format!("opk_bench{}", uuid::Uuid::new_v4().simple());
+        let data_dir = workdir.join("data");
+        let log = workdir.join("server.log");
+        let child = spawn(&binary, addr, &data_dir, &log, &admin)?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()?;
+        let client = Client {
+            http,
+            base: format!("http://{addr}"),
+            admin,
+        };
+        Ok(Self {
+            addr,
+            binary,
+            data_dir,
+            log,
+            child,
+            client,
+        })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A REST client.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// POSTs JSON as the owner.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.client.post(path, body).await
+    }
+
+    /// A few requests so that the baseline RSS includes a warmed-up process.
+    pub async fn warm_up(&self) -> anyhow::Result<()> {
+        for _ in 0..20 {
+            self.client.get("/api/agents").await?;
+            self.client.get("/readyz").await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    }
+
+    /// Creates an agent key allowing the built-in commands; returns its secret.
+    pub async fn agent_key(&self) -> anyhow::Result<String> {
+        let key = self
+            .post("/api/agents/keys", &json!({"name": "bench"}))
+            .await?;
+        key.get("secret")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .context("no secret in the new agent key")
+    }
+
+    /// Agents connected now (`/readyz`).
+    pub async fn connected(&self) -> anyhow::Result<u64> {
+        let ready = self.client.get("/readyz").await?;
+        ready
+            .get("agents_connected")
+            .and_then(Value::as_u64)
+            .context("/readyz has no agents_connected")
+    }
+
+    /// Waits until at least `n` agents are connected.
+    pub async fn wait_connected(&self, n: u64, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut last = 0;
+        loop {
+            match self.connected().await {
+                Ok(now) if now >= n => return Ok(()),
+                Ok(now) => last = now,
+                Err(_) if Instant::now() < deadline => {}
+                Err(err) => return Err(err),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{last} of {n} agents connected after {} s (server log: {})",
+                    limit.as_secs(),
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resident memory of the server process, KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// Open descriptors of the server process.
+    pub fn open_fds(&self) -> Option<usize> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .ok()
+            .map(Iterator::count)
+    }
+
+    /// Stops the server with SIGTERM (as systemd would), starts it again on the same data
+    /// directory and port, and waits for `n` agents. Returns (time to stop, time from the new
+    /// process's start until every agent is back).
+    pub async fn restart_and_wait(&mut self, n: u64) -> anyhow::Result<(Duration, Duration)> {
+        let stopping = Instant::now();
+        self.terminate()?;
+        let stopped = stopping.elapsed();
+        let started = Instant::now();
+        self.child = spawn(
+            &self.binary,
+            self.addr,
+            &self.data_dir,
+            &self.log,
+            &self.client.admin,
+        )?;
+        self.wait_connected(n, Duration::from_secs(300)).await?;
+        Ok((stopped, started.elapsed()))
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(i32::try_from(self.pid())?);
+        kill(pid, Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) {
+        let _ = self.terminate();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn(
+    binary: &Path,
+    addr: SocketAddr,
+    data_dir: &Path,
+    log: &Path,
+    admin: &str,
+) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new(binary)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("OUTPOST_ADMIN_KEY", admin)
+        // Per-connection info lines would cost more than what is measured.
+        .env("OUTPOST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("outpost-server listening on") => break,
+            Some(Ok(_)) => {}
+            _ => bail!("the server exited before listening; see {}", log.display()),
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(child)
+}
+
+/// VmRSS of a process, KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name is in parentheses and may contain spaces: fields start after the last ')'.
+    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// The real agent's footprint.
+pub struct AgentFigures {
+    /// VmRSS at the end of the sampling, KiB.
+    pub rss_kib: u64,
+    /// CPU used over the sampling, percent of one core.
+    pub cpu_percent: f64,
+    /// Size of the binary.
+    pub binary_bytes: u64,
+    /// Whether the binary has no symbol table.
+    pub stripped: bool,
+}
+
+/// Runs the real `outpost-agent` against the server and samples it while idle.
+pub async fn agent_footprint(
+    server: &Server,
+    bin_dir: &Path,
+    workdir: &Path,
+    secs: u64,
+) -> anyhow::Result<AgentFigures> {
+    let binary = bin_dir.join("outpost-agent");
+    let bytes = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    let stripped = !bytes.windows(7).any(|w| w == b".symtab");
+    let key = server.agent_key().await?;
+    let before = server.connected().await?;
+    let state_dir = workdir.join("agent-state");
+    let mut child = Command::new(&binary)
+        .env("OUTPOST_SERVER_URL", format!("http://{}", server.addr))
+        .env("OUTPOST_API_KEY", key)
+        .env("OUTPOST_STATE_DIR", &state_dir)
+        .env("OUTPOST_SKIP_UPDATE", "1")
+        .env("OUTPOST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid = child.id();
+    let result = async {
+        server
+            .wait_connected(before + 1, Duration::from_secs(30))
+            .await
+            .context("the real agent did not connect")?;
+        // One command answered, as an agent in service would have.
+        let id = std::fs::read_to_string(state_dir.join("agent_id"))?;
+        server
+            .post(
+                &format!("/api/agents/{}/command", id.trim()),
+                &json!({"command": "ping"}),
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ticks = cpu_ticks(pid)?;
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let used = cpu_ticks(pid)?.saturating_sub(ticks);
+        // USER_HZ is 100 on every Linux architecture we build for.
+        let cpu_percent = used as f64 / 100.0 / started.elapsed().as_secs_f64() * 100.0;
+        anyhow::Ok(AgentFigures {
+            rss_kib: rss_kib(pid)?,
+            cpu_percent,
+            binary_bytes: bytes.len() as u64,
+            stripped,
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}

@@ -1,0 +1,247 @@
+//! A worker process: thousands of simulated agents speaking protocol v1 to one server.
+//!
+//! Each simulated agent does what the real agent does on the wire, and nothing else: connect
+//! (from one of several 127.0.0.x source addresses, so that no address runs out of ephemeral
+//! ports), read `connected`, send `register`, heartbeat at the interval the server gives,
+//! `ack` every command and answer `ping`/`echo` at once. It reconnects like the real agent:
+//! exponential backoff from 1 s to 60 s with full jitter, reset after a healthy connection.
+//! Commands are not journaled (no disk), so the figures measure the server, not the agents.
+//!
+//! A worker lives until its stdin closes, so it can never outlive the harness that started it.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use outpost_protocol::{
+    AgentFrame, HeartbeatStatus, PROTOCOL_VERSION, RegisterData, Response, ServerFrame, commands,
+};
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// What one worker simulates.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Server address (plain HTTP/WebSocket).
+    #[arg(long)]
+    pub server: SocketAddr,
+    /// Agent key (opa_…).
+    #[arg(long, env = "OUTPOST_BENCH_AGENT_KEY", hide_env_values = true)]
+    pub key: String,
+    /// High 64 bits of every agent id of this run.
+    #[arg(long)]
+    pub run_id: u64,
+    /// Index of the first agent.
+    #[arg(long)]
+    pub first: u64,
+    /// Agents in this worker.
+    #[arg(long)]
+    pub count: u64,
+    /// Source addresses 127.0.0.2 .. 127.0.0.(1+sources).
+    #[arg(long, default_value_t = 8)]
+    pub sources: u8,
+    /// Agent `i` gets tag `first-S` for each S here with i < S (fan-out targets).
+    #[arg(long, value_delimiter = ',')]
+    pub tag_sizes: Vec<u64>,
+    /// Handshakes in flight at once in this worker.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+}
+
+/// The id of agent `index` in run `run_id`: the same on every reconnect, like a real agent's
+/// id kept in its state directory.
+pub fn agent_id(run_id: u64, index: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(run_id, index)
+}
+
+struct Shared {
+    args: WorkerArgs,
+    url: String,
+    connect: Semaphore,
+    connected: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Runs the worker until stdin closes.
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    crate::raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shared = Arc::new(Shared {
+            url: format!("ws://{}/agent/v1/ws", args.server),
+            connect: Semaphore::new(args.connect_concurrency.max(1)),
+            connected: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            args,
+        });
+        for index in shared.args.first..shared.args.first + shared.args.count {
+            tokio::spawn(agent(shared.clone(), index));
+        }
+        // The harness closes our stdin when it is done (or dies).
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await?;
+        // Dropping the runtime ends every agent.
+        anyhow::Ok(())
+    })
+}
+
+async fn agent(shared: Arc<Shared>, index: u64) {
+    let mut attempt = 0u32;
+    let mut rng = Jitter(index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    loop {
+        let started = Instant::now();
+        if let Err(err) = session(&shared, index).await {
+            shared.failures.fetch_add(1, Ordering::Relaxed);
+            log_first(index, &err);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
+        }
+        // The real agent's policy: uniform in [0, min(60 s, 2^attempt s)].
+        let ceiling = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(ceiling.mul_f64(rng.next())).await;
+    }
+}
+
+/// Agent 0 speaks for all: thousands of identical errors help nobody.
+fn log_first(index: u64, err: &anyhow::Error) {
+    if index == 0 {
+        eprintln!("outpost-bench worker: agent 0: {err:#}");
+    }
+}
+
+/// A small xorshift generator: jitter needs no cryptographic randomness.
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
+    let args = &shared.args;
+    let mut ws = {
+        let _permit = shared.connect.acquire().await?;
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (index % u64::from(args.sources.max(1))) as u8,
+        );
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+        let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(args.server))
+            .await
+            .context("connect timed out")??;
+        stream.set_nodelay(true)?;
+        let mut request = shared.url.as_str().into_client_request()?;
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {}", args.key))?,
+        );
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0);
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
+        )
+        .await
+        .context("handshake timed out")??;
+        ws
+    };
+    let interval = match next_frame(&mut ws).await? {
+        ServerFrame::Connected(c) => Duration::from_secs(u64::from(c.heartbeat_interval_s.max(1))),
+        other => anyhow::bail!("expected `connected`, got {other:?}"),
+    };
+    let tags = args
+        .tag_sizes
+        .iter()
+        .filter(|size| index < **size)
+        .map(|size| format!("first-{size}"))
+        .collect();
+    let register = AgentFrame::Register {
+        data: RegisterData {
+            agent_id: agent_id(args.run_id, index),
+            hostname: format!("sim-{index}"),
+            ip: String::new(),
+            version: "bench".into(),
+            os: "Linux".into(),
+            arch: std::env::consts::ARCH.into(),
+            protocol: PROTOCOL_VERSION,
+            capabilities: vec!["ping".into(), "echo".into()],
+            tags,
+            scripts: Vec::new(),
+            update_status: None,
+        },
+    };
+    ws.send(Message::text(register.encode())).await?;
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let result = serve(&mut ws, interval).await;
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn next_frame(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(ServerFrame::decode(text.as_str())?),
+            Some(Ok(Message::Close(frame))) => anyhow::bail!("closed by the server: {frame:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(err.into()),
+            None => anyhow::bail!("connection ended"),
+        }
+    }
+}
+
+async fn serve(ws: &mut Ws, interval: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            frame = next_frame(ws) => {
+                if let ServerFrame::Command(command) = frame? {
+                    let id = command.command_id;
+                    ws.send(Message::text(AgentFrame::Ack { command_id: id }.encode())).await?;
+                    let response = match command.command.as_str() {
+                        commands::PING => Response::ok(id, json!({"pong": true})),
+                        commands::ECHO => Response::ok(id, json!({"message": command.data.get("message")})),
+                        other => Response::failed(id, outpost_protocol::codes::UNSUPPORTED, format!("simulated agents do not run {other}")),
+                    };
+                    ws.send(Message::text(AgentFrame::Response(response).encode())).await?;
+                }
+            }
+            _ = beat.tick() => {
+                let status = HeartbeatStatus {
+                    uptime_s: started.elapsed().as_secs(),
+                    cpu_percent: 0.0,
+                    memory_percent: 0.0,
+                    disk_percent: 0.0,
+                    load1: 0.0,
+                    timestamp: chrono::Utc::now(),
+                };
+                ws.send(Message::text(AgentFrame::Heartbeat { status }.encode())).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Prometheus metrics: what the server counts, and `GET /metrics` that renders them.
+//!
+//! Code records through the `metrics` facade at the point where a thing happens (a frame read, a
+//! batch committed, a webhook answered); the recorder is `metrics-exporter-prometheus`, installed
+//! once per process, and rendered by our own route (its HTTP listener and push gateway are not
+//! compiled in). Labels only ever take values from small fixed sets (transport, direction,
+//! state, outcome, command name): never an agent, tenant or job id, so the number of series is
+//! bounded whatever agents and callers send.
+//!
+//! Who may read them (see `docs/OPERATIONS.md`): on the main listener `/metrics` needs an owner
+//! API key, because the figures are process-wide (all tenants) and the main port usually faces
+//! the internet. `--metrics-listen` adds a second listener serving only `/metrics` without
+//! authentication, for a scraper on an internal network. Requests from loopback get no
+//! exemption: behind a reverse proxy on the same host every request comes from loopback.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::hub::Transport;
+
+/// Agents connected now, by transport (set when scraped, from the hub itself).
+pub const AGENTS_CONNECTED: &str = "outpost_agents_connected";
+/// WebSocket/long-poll frames, by `direction` (`in` from agents, `out` to them) and transport.
+pub const FRAMES: &str = "outpost_frames_total";
+/// Payload bytes of those frames.
+pub const FRAME_BYTES: &str = "outpost_frame_bytes_total";
+/// Commands stored, by command name.
+pub const COMMANDS_CREATED: &str = "outpost_commands_created_total";
+/// Commands acknowledged by their agent (`delivered` or `running`).
+pub const COMMANDS_DELIVERED: &str = "outpost_commands_delivered_total";
+/// Commands that reached a final state, by state.
+pub const COMMANDS_FINISHED: &str = "outpost_commands_finished_total";
+/// Seconds from a command being stored to its result being stored.
+pub const COMMAND_ROUND_TRIP: &str = "outpost_command_round_trip_seconds";
+/// Writes committed per transaction by the store's writer.
+pub const STORE_BATCH_SIZE: &str = "outpost_store_batch_size";
+/// Seconds one writer transaction took, from begin to commit.
+pub const STORE_COMMIT: &str = "outpost_store_commit_seconds";
+/// Writer batches that failed and were retried write by write.
+pub const STORE_BATCH_FAILURES: &str = "outpost_store_batch_failures_total";
+/// Job webhooks finished, by `outcome` (`delivered`, `failed`).
+pub const WEBHOOK_DELIVERIES: &str = "outpost_webhook_deliveries_total";
+/// Webhook attempts, by `outcome` (`success`, `http_error`, `network_error`, `refused`).
+pub const WEBHOOK_ATTEMPTS: &str = "outpost_webhook_attempts_total";
+/// Resident memory of the server process (Linux).
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// Open file descriptors of the server process (Linux).
+pub const PROCESS_FDS: &str = "process_open_fds";
+/// The per-process limit on open file descriptors (Linux).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+
+/// How often histograms are folded and idle state trimmed, scraped or not. Without it the
+/// recorder would keep every histogram sample until the next scrape.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+const SECONDS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0,
+];
+const COMMIT_SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The process's Prometheus handle, installing the recorder on first use. A process holds one
+/// global recorder; servers started in one test process share it.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(COMMAND_ROUND_TRIP.into()), SECONDS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(STORE_COMMIT.into()), COMMIT_SECONDS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.into()), BATCH_SIZES)
+            });
+        let recorder = match builder {
+            Ok(builder) => builder.build_recorder(),
+            // The bucket lists above are constants and not empty.
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows only what reaches ours"
+            );
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        AGENTS_CONNECTED,
+        "Agents connected to this server process, by transport."
+    );
+    describe_counter!(
+        FRAMES,
+        "Protocol frames, by direction (in: from agents) and transport."
+    );
+    describe_counter!(
+        FRAME_BYTES,
+        "Bytes of protocol frames, by direction and transport."
+    );
+    describe_counter!(COMMANDS_CREATED, "Commands stored, by command.");
+    describe_counter!(COMMANDS_DELIVERED, "Commands acknowledged by their agent.");
+    describe_counter!(
+        COMMANDS_FINISHED,
+        "Commands that reached a final state, by state."
+    );
+    describe_histogram!(
+        COMMAND_ROUND_TRIP,
+        metrics::Unit::Seconds,
+        "From a command stored to its agent's result stored."
+    );
+    describe_histogram!(
+        STORE_BATCH_SIZE,
+        "Agent writes committed per writer transaction."
+    );
+    describe_histogram!(
+        STORE_COMMIT,
+        metrics::Unit::Seconds,
+        "Duration of one writer transaction, begin to commit."
+    );
+    describe_counter!(
+        STORE_BATCH_FAILURES,
+        "Writer batches retried write by write."
+    );
+    describe_counter!(WEBHOOK_DELIVERIES, "Job webhooks finished, by outcome.");
+    describe_counter!(WEBHOOK_ATTEMPTS, "Job webhook attempts, by outcome.");
+    describe_gauge!(
+        PROCESS_RSS,
+        metrics::Unit::Bytes,
+        "Resident memory of the process."
+    );
+    describe_gauge!(PROCESS_FDS, "Open file descriptors of the process.");
+    describe_gauge!(
+        PROCESS_MAX_FDS,
+        "Limit on open file descriptors of the process."
+    );
+}
+
+/// Keeps histograms folded until shutdown.
+pub async fn upkeep(state: AppState) {
+    let handle = handle();
+    let mut tick = tokio::time::interval(UPKEEP);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// One frame received from or sent to an agent.
+pub fn frame(direction: Direction, transport: Transport, bytes: usize) {
+    let labels = [
+        ("direction", direction.label()),
+        ("transport", transport.label()),
+    ];
+    counter!(FRAMES, &labels).increment(1);
+    counter!(FRAME_BYTES, &labels).increment(bytes as u64);
+}
+
+/// Which way a frame went.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// From an agent.
+    In,
+    /// To an agent.
+    Out,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+        }
+    }
+}
+
+/// `count` commands of `command` were stored.
+pub fn commands_created(command: &str, count: usize) {
+    // Command names are validated against the protocol's list before anything is stored.
+    let command = outpost_protocol::commands::ALL
+        .iter()
+        .find(|c| **c == command)
+        .copied()
+        .unwrap_or("other");
+    counter!(COMMANDS_CREATED, "command" => command).increment(count as u64);
+}
+
+/// A command was acknowledged by its agent.
+pub fn command_delivered() {
+    counter!(COMMANDS_DELIVERED).increment(1);
+}
+
+/// `count` commands reached the final `state`.
+pub fn commands_finished(state: &str, count: u64) {
+    let state = crate::store::state::FINAL
+        .iter()
+        .find(|s| **s == state)
+        .copied()
+        .unwrap_or("other");
+    counter!(COMMANDS_FINISHED, "state" => state).increment(count);
+}
+
+/// An agent's result for `model` was stored (the first time). Its final state is counted by
+/// the hub when it hands the result on.
+pub fn command_answered(model: &crate::store::command::Model) {
+    if let Some(done) = model.finished_at {
+        let seconds = (done - model.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        histogram!(COMMAND_ROUND_TRIP).record(seconds.max(0.0));
+    }
+}
+
+/// The writer committed a batch of `size` writes in `took`.
+pub fn store_batch(size: usize, took: Duration) {
+    histogram!(STORE_BATCH_SIZE).record(size as f64);
+    histogram!(STORE_COMMIT).record(took.as_secs_f64());
+}
+
+/// A writer batch failed and is retried write by write.
+pub fn store_batch_failed() {
+    counter!(STORE_BATCH_FAILURES).increment(1);
+}
+
+/// A webhook attempt ended: `success`, `http_error`, `network_error` or `refused`.
+pub fn webhook_attempt(outcome: &'static str) {
+    counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// A webhook is done: delivered, or failed after its last attempt.
+pub fn webhook_delivery(delivered: bool) {
+    let outcome = if delivered { "delivered" } else { "failed" };
+    counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+}
+
+/// `GET /metrics` on the main listener: an owner API key is required.
+pub async fn route(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    if caller.role != "owner" {
+        return Err(ApiError::Forbidden(
+            "metrics cover every tenant of this server: an owner API key is required".into(),
+        ));
+    }
+    Ok(render(&state))
+}
+
+/// `GET /metrics` on `--metrics-listen`: no authentication; bind it to an internal address.
+pub async fn open_route(State(state): State<AppState>) -> Response {
+    render(&state)
+}
+
+fn render(state: &AppState) -> Response {
+    for (transport, count) in state.hub.count_by_transport() {
+        gauge!(AGENTS_CONNECTED, "transport" => transport.label()).set(count as f64);
+    }
+    process_gauges();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle().render(),
+    )
+        .into_response()
+}
+
+/// Resident memory and descriptors, read from `/proc/self` (nothing on other systems).
+fn process_gauges() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    {
+        gauge!(PROCESS_RSS).set(kib * 1024.0);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge!(PROCESS_FDS).set(dir.count() as f64);
+    }
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        gauge!(PROCESS_MAX_FDS).set(soft as f64);
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit: each agent connection is one
+/// descriptor, and the usual soft limit (1,024) would cap the server far below what it can
+/// hold. Returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(err) => {
+                tracing::warn!(error = %err, soft, hard, "could not raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,116 @@
+//! `GET /metrics`: who may read it, and that the figures move when things happen.
+
+use outpost_e2e::{Agent, Server, ServerOptions};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// The value of one series (`name{labels}` exactly as rendered), 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn scrape(http: &reqwest::Client, url: &str, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = http.get(format!("{url}/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("scrape");
+    let status = response.status();
+    (status, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_an_owner_key_or_the_internal_listener_and_move_with_a_command() {
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--metrics-listen".into(), metrics_addr.to_string()],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let http = reqwest::Client::new();
+
+    // The main listener: no key, or an agent key, gets nothing.
+    let (status, _) = scrape(&http, &server.url, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, secret) = api.agent_key().await;
+    let (status, body) = scrape(&http, &server.url, Some(&secret)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    let agent = Agent::start(&server.url, &secret);
+    let id = agent.wait_online(&api).await;
+    let (status, before) = scrape(&http, &server.url, Some(&server.admin_key)).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+
+    let (status, ping) = api.command(&id, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::OK, "{ping}");
+    assert_eq!(ping["status"], "succeeded");
+
+    // The internal listener needs no key and shows the same registry.
+    let (status, after) = scrape(&http, &format!("http://{metrics_addr}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(
+        value(&after, r#"outpost_agents_connected{transport="websocket"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(r#"outpost_commands_created_total{command="ping"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(moved("outpost_commands_delivered_total"), 1.0, "{after}");
+    assert_eq!(
+        moved(r#"outpost_commands_finished_total{state="succeeded"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved("outpost_command_round_trip_seconds_count"),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "outpost_command_round_trip_seconds_sum") > 0.0,
+        "{after}"
+    );
+    // command out; ack and response in (heartbeats may add more).
+    assert!(
+        moved(r#"outpost_frames_total{direction="out",transport="websocket"}"#) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        moved(r#"outpost_frames_total{direction="in",transport="websocket"}"#) >= 2.0,
+        "{after}"
+    );
+    assert!(
+        moved(r#"outpost_frame_bytes_total{direction="in",transport="websocket"}"#) >= 100.0,
+        "{after}"
+    );
+    // The ack and the result went through the writer: at least one more batch committed.
+    assert!(moved("outpost_store_batch_size_count") >= 1.0, "{after}");
+    assert!(
+        moved("outpost_store_commit_seconds_count") >= 1.0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "process_resident_memory_bytes") > 1e6,
+        "{after}"
+    );
+    assert!(value(&after, "process_open_fds") >= 3.0, "{after}");
+    // Nothing identifies an agent, tenant or job.
+    assert!(!after.contains(&id), "metrics must not carry agent ids");
+}
