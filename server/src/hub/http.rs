@@ -391,7 +391,7 @@ async fn open(
 
 /// The session's life: moves pushed frames into the outbox, and ends the session when asked,
 /// when the agent goes silent, or when its key expires.
-async fn run(state: AppState, session: Arc<HttpSession>, mut rx: mpsc::Receiver<ServerFrame>) {
+async fn run(state: AppState, session: Arc<HttpSession>, mut rx: mpsc::Receiver<Box<ServerFrame>>) {
     let interval = state.hub.heartbeat_interval();
     let silence_limit = interval * limits::MISSED_HEARTBEATS;
     let mut ticker = tokio::time::interval(interval.min(Duration::from_secs(5)));
@@ -401,7 +401,7 @@ async fn run(state: AppState, session: Arc<HttpSession>, mut rx: mpsc::Receiver<
         tokio::select! {
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    if !session.enqueue(frame) {
+                    if !session.enqueue(*frame) {
                         tracing::warn!(%agent_id, "HTTP agent is not collecting its frames; closing the session");
                         break "too slow".to_owned();
                     }

@@ -182,7 +182,7 @@ impl Connection {
     async fn run(
         &mut self,
         agent_id: AgentId,
-        mut rx: mpsc::Receiver<ServerFrame>,
+        mut rx: mpsc::Receiver<Box<ServerFrame>>,
         close: &CloseSignal,
     ) -> End {
         let state = self.link.state.clone();
