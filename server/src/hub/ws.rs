@@ -37,9 +37,10 @@ const HARD_FRAME_CAP: usize = 2 * limits::MAX_FRAME_BYTES;
 /// How long a closing connection waits for the peer's close reply. Dropping a socket with
 /// unread data makes the kernel reset it, which can destroy the close frame in flight.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// Bytes tungstenite reads at a time. Its default (128 KiB) preallocated per connection would
-/// cost over a gigabyte at 10,000 idle agents; 4 KiB costs 40 MB.
-const READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite reads at a time, allocated per connection up front. Its default (128 KiB)
+/// would cost over a gigabyte at 10,000 idle agents; 2 KiB costs 20 MB. Agents' frames are
+/// mostly far smaller; a larger one (output) simply takes several reads.
+const READ_BUFFER: usize = 2 * 1024;
 
 /// Authenticates the agent key, then upgrades. A bad key never gets a WebSocket.
 pub async fn handler(
