@@ -97,3 +97,77 @@ async fn thousands_of_results_commit_in_few_transactions() {
         .expect("row");
     assert_eq!(stored.result, Some(json!({"pong": true})));
 }
+
+/// Acknowledgements of many agents in one batch: a `run` becomes running (with its start
+/// time), anything else delivered; a foreign or repeated ack changes nothing; an agent's own
+/// ack, output and result queued together are applied in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acks_move_only_the_agents_own_pending_commands() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
+        .await
+        .expect("open");
+    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+    let mut commands = Vec::new();
+    for i in 0..600 {
+        let command = if i % 2 == 0 { "ping" } else { "run" };
+        let model = store
+            .insert_command(NewCommand {
+                tenant_id: tenant.clone(),
+                agent_id: format!("agent-{i}"),
+                command: command.into(),
+                data: json!({}),
+                timeout_s: 60,
+                ttl_s: 3600,
+                job_id: None,
+            })
+            .await
+            .expect("insert");
+        commands.push(model);
+    }
+    let writer = Writer::start(store.clone());
+    let ack = |agent: &str, id: &str| Write::Delivered {
+        tenant_id: tenant.clone(),
+        agent_id: agent.to_owned(),
+        command_id: id.to_owned(),
+    };
+    // Every agent's ack, plus one from an intruder for each command, all queued at once.
+    let mut tasks = Vec::new();
+    for model in &commands {
+        for agent in [model.agent_id.as_str(), "intruder"] {
+            let (writer, write) = (writer.clone(), ack(agent, &model.id));
+            let own = agent == model.agent_id;
+            tasks.push(tokio::spawn(async move {
+                (own, writer.write(write).await.expect("write"))
+            }));
+        }
+    }
+    for task in tasks {
+        match task.await.expect("join") {
+            (true, Written::Delivered(Some(_))) | (false, Written::Delivered(None)) => {}
+            (own, other) => panic!("own={own}: {other:?}"),
+        }
+    }
+    for model in &commands {
+        let stored = store
+            .get_command(&tenant, &model.id)
+            .await
+            .expect("get")
+            .expect("row");
+        let expected = if model.command == "run" {
+            "running"
+        } else {
+            "delivered"
+        };
+        assert_eq!(stored.state, expected, "{}", model.command);
+        assert!(stored.delivered_at.is_some());
+        assert_eq!(stored.started_at.is_some(), model.command == "run");
+    }
+    // A repeat changes nothing.
+    let first = &commands[0];
+    let written = writer
+        .write(ack(&first.agent_id, &first.id))
+        .await
+        .expect("write");
+    assert!(matches!(written, Written::Delivered(None)));
+}

@@ -153,6 +153,12 @@ CREATE TABLE releases (
 CREATE INDEX releases_latest ON releases (target, name, major, minor, patch);
 ALTER TABLE agents ADD COLUMN update_status {json};
 "#,
+    // 5: a job's runs by state, so that "is any run still open?" is one index seek and
+    // counting a job's runs by state never reads the rows (the writer asks after every batch).
+    r#"
+CREATE INDEX commands_job_state ON commands (tenant_id, job_id, state);
+DROP INDEX commands_job;
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one

@@ -9,6 +9,7 @@
 //! idempotent, which the delivery guarantees rely on: a resent `ack` or `response` changes
 //! nothing the second time.
 
+mod batch;
 pub mod entities;
 mod jobs;
 mod migrations;
@@ -617,113 +618,25 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         agent_id: &str,
         id: &str,
     ) -> Result<Option<command::Model>> {
-        let now = Utc::now();
-        // One statement for both cases: acks are half of all writes when thousands of agents
-        // answer at once.
-        let run = sea_orm::Value::from(outpost_protocol::commands::RUN);
-        let new_state = Expr::cust_with_values(
-            "CASE WHEN command = ? THEN ? ELSE ? END",
-            [
-                run.clone(),
-                sea_orm::Value::from(state::RUNNING),
-                sea_orm::Value::from(state::DELIVERED),
-            ],
-        );
-        let started = Expr::cust_with_values(
-            "CASE WHEN command = ? THEN ? ELSE started_at END",
-            [run, sea_orm::Value::from(now)],
-        );
-        Ok(command::Entity::update_many()
-            .col_expr(command::Column::State, new_state)
-            .col_expr(command::Column::StartedAt, started)
-            .col_expr(command::Column::DeliveredAt, Expr::value(now))
-            .filter(command::Column::TenantId.eq(tenant_id))
-            .filter(command::Column::AgentId.eq(agent_id))
-            .filter(command::Column::Id.eq(id))
-            .filter(command::Column::State.eq(state::PENDING))
-            .exec_with_returning(&self.db)
+        Ok(self
+            .mark_delivered_many(&[(tenant_id, agent_id, id)])
             .await?
-            .into_iter()
-            .next())
+            .pop())
     }
 
     /// Stores a command's result. Only the command's own agent can finish it, and only once:
     /// returns the finished row the first time, `None` for a repeat or a foreign command.
-    pub async fn finish_command(
+    /// The run's job is not recomputed: the writer does that once per job and batch.
+    pub async fn store_result(
         &self,
         tenant_id: &str,
         agent_id: &str,
         response: &Response,
     ) -> Result<Option<command::Model>> {
-        let finished = self.store_result(tenant_id, agent_id, response).await?;
-        if let Some(job_id) = finished.as_ref().and_then(|c| c.job_id.as_deref()) {
-            self.refresh_job(tenant_id, job_id).await?;
-        }
-        Ok(finished)
-    }
-
-    /// [`finish_command`](Self::finish_command) without recomputing the run's job: the writer
-    /// recomputes each job once per batch instead.
-    pub(crate) async fn store_result(
-        &self,
-        tenant_id: &str,
-        agent_id: &str,
-        response: &Response,
-    ) -> Result<Option<command::Model>> {
-        let id = response.command_id.to_string();
-        let now = Utc::now();
-        let final_state = final_state_of(response);
-        let (code, message) = match &response.error {
-            Some(e) => (Some(e.code.clone()), Some(e.message.clone())),
-            None => (None, None),
-        };
-        let mut update = command::Entity::update_many();
-        if response
-            .data
-            .get("output_truncated")
-            .and_then(Value::as_bool)
-            == Some(true)
-        {
-            update = update.col_expr(command::Column::OutputTruncated, Expr::value(true));
-        }
-        let res = update
-            .col_expr(command::Column::State, Expr::value(final_state))
-            .col_expr(command::Column::Success, Expr::value(response.success))
-            .col_expr(command::Column::Result, Expr::value(response.data.clone()))
-            .col_expr(command::Column::ErrorCode, Expr::value(code))
-            .col_expr(command::Column::ErrorMessage, Expr::value(message))
-            .col_expr(command::Column::FinishedAt, Expr::value(now))
-            .col_expr(
-                command::Column::ExitCode,
-                Expr::value(
-                    response
-                        .data
-                        .get("exit_code")
-                        .and_then(Value::as_i64)
-                        .map(|c| c as i32),
-                ),
-            )
-            .filter(command::Column::TenantId.eq(tenant_id))
-            .filter(command::Column::AgentId.eq(agent_id))
-            .filter(command::Column::Id.eq(&id))
-            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
-            .exec_with_returning(&self.db)
-            .await?;
-        Ok(res.into_iter().next())
-    }
-}
-
-/// The state a response moves its command to.
-fn final_state_of(response: &Response) -> &'static str {
-    let flag = |name| response.data.get(name).and_then(Value::as_bool) == Some(true);
-    if response.success {
-        state::SUCCEEDED
-    } else if flag("timed_out") {
-        state::TIMED_OUT
-    } else if flag("cancelled") {
-        state::CANCELLED
-    } else {
-        state::FAILED
+        Ok(self
+            .store_results_many(&[(tenant_id, agent_id, response)])
+            .await?
+            .pop())
     }
 }
 

@@ -8,7 +8,7 @@
 //! writer lock is taken once per batch instead of once per frame. If a batch fails, its writes
 //! are retried one by one, so one bad write cannot sink the others.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -87,6 +87,34 @@ pub enum Written {
 
 type Reply = oneshot::Sender<Result<Written>>;
 
+impl Write {
+    /// `(tenant, agent)` the write comes from.
+    fn agent(&self) -> (&str, &str) {
+        match self {
+            Write::Delivered {
+                tenant_id,
+                agent_id,
+                ..
+            }
+            | Write::Output {
+                tenant_id,
+                agent_id,
+                ..
+            }
+            | Write::Finish {
+                tenant_id,
+                agent_id,
+                ..
+            }
+            | Write::Heartbeat {
+                tenant_id,
+                agent_id,
+                ..
+            } => (tenant_id, agent_id),
+        }
+    }
+}
+
 /// Hands writes to the writer task.
 #[derive(Clone, Debug)]
 pub struct Writer {
@@ -144,7 +172,10 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
         }
         let size = batch.len();
         let started = Instant::now();
-        match commit(&store, batch.iter().map(|(write, _)| write)).await {
+        let writes: Vec<&Write> = batch.iter().map(|(write, _)| write).collect();
+        let committed = commit(&store, &writes).await;
+        drop(writes);
+        match committed {
             Ok(results) => {
                 crate::metrics::store_batch(size, started.elapsed());
                 stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -159,9 +190,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
                 crate::metrics::store_batch_failed();
                 for (write, reply) in batch.drain(..) {
                     let started = Instant::now();
-                    let result = commit(&store, std::iter::once(&write))
-                        .await
-                        .map(|mut one| one.remove(0));
+                    let result = commit(&store, &[&write]).await.map(|mut one| one.remove(0));
                     if let Ok(written) = &result {
                         crate::metrics::store_batch(1, started.elapsed());
                         observe(written);
@@ -176,29 +205,117 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
     }
 }
 
-/// Commits writes in one transaction. Jobs whose runs finished are recomputed once each, at
-/// the end: a fan-out's thousands of results then cost one recount per batch, not one each.
-async fn commit<'a>(
-    store: &Store,
-    writes: impl Iterator<Item = &'a Write>,
-) -> Result<Vec<Written>> {
-    let txn = store.begin().await?;
-    let mut results = Vec::new();
-    let mut jobs = BTreeSet::new();
+/// Commits writes in one transaction. Acknowledgements and results are applied with one
+/// statement per kind ([`Store::mark_delivered_many`], [`Store::store_results_many`]): that is
+/// what lets a fan-out's thousands of answers cost a few statements instead of thousands of
+/// driver round trips. Jobs whose runs finished are recomputed once each, at the end.
+///
+/// Reordering is safe only between different agents' writes: an agent's output must be stored
+/// before its result, or the result would close the run to its own output. A connection waits
+/// for each write before it sends the next, so an agent has one write in most batches; one
+/// with several (a long-poll session posting a batch of frames) has them applied one by one,
+/// in order.
+async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
+    let mut per_agent: HashMap<(&str, &str), usize> = HashMap::with_capacity(writes.len());
     for write in writes {
-        let written = apply(&txn, write).await?;
-        if let Written::Finished(Some(model)) = &written
+        *per_agent.entry(write.agent()).or_default() += 1;
+    }
+    let mut acks = Vec::new();
+    let mut finishes = Vec::new();
+    let mut in_order = Vec::new();
+    for (i, write) in writes.iter().enumerate() {
+        match write {
+            _ if per_agent[&write.agent()] > 1 => in_order.push(i),
+            Write::Delivered { .. } => acks.push(i),
+            Write::Finish { .. } => finishes.push(i),
+            _ => in_order.push(i),
+        }
+    }
+
+    let txn = store.begin().await?;
+    let mut results: Vec<Option<Written>> = writes.iter().map(|_| None).collect();
+    if !acks.is_empty() {
+        let keys: Vec<_> = acks
+            .iter()
+            .filter_map(|&i| match writes[i] {
+                Write::Delivered {
+                    tenant_id,
+                    agent_id,
+                    command_id,
+                } => Some((tenant_id.as_str(), agent_id.as_str(), command_id.as_str())),
+                _ => None,
+            })
+            .collect();
+        let mut changed = by_id(txn.mark_delivered_many(&keys).await?);
+        for &i in &acks {
+            results[i] = Some(Written::Delivered(changed.take(writes[i])));
+        }
+    }
+    if !finishes.is_empty() {
+        let answers: Vec<_> = finishes
+            .iter()
+            .filter_map(|&i| match writes[i] {
+                Write::Finish {
+                    tenant_id,
+                    agent_id,
+                    response,
+                } => Some((tenant_id.as_str(), agent_id.as_str(), response)),
+                _ => None,
+            })
+            .collect();
+        let mut finished = by_id(txn.store_results_many(&answers).await?);
+        for &i in &finishes {
+            results[i] = Some(Written::Finished(finished.take(writes[i])));
+        }
+    }
+    for &i in &in_order {
+        results[i] = Some(apply(&txn, writes[i]).await?);
+    }
+
+    let mut jobs = BTreeSet::new();
+    for written in results.iter().flatten() {
+        if let Written::Finished(Some(model)) = written
             && let Some(job_id) = &model.job_id
         {
-            jobs.insert((model.tenant_id.clone(), job_id.clone()));
+            jobs.insert((model.tenant_id.as_str(), job_id.as_str()));
         }
-        results.push(written);
     }
-    for (tenant_id, job_id) in &jobs {
+    for (tenant_id, job_id) in jobs {
         txn.refresh_job(tenant_id, job_id).await?;
     }
     txn.commit().await?;
-    Ok(results)
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// Changed rows by command id, handed back to the writes that asked for them.
+struct ById(HashMap<String, command::Model>);
+
+fn by_id(models: Vec<command::Model>) -> ById {
+    ById(models.into_iter().map(|m| (m.id.clone(), m)).collect())
+}
+
+impl ById {
+    /// The row `write` changed, if it changed one: same command, tenant and agent.
+    fn take(&mut self, write: &Write) -> Option<command::Model> {
+        let (tenant_id, agent_id, id) = match write {
+            Write::Delivered {
+                tenant_id,
+                agent_id,
+                command_id,
+            } => (tenant_id, agent_id, command_id.clone()),
+            Write::Finish {
+                tenant_id,
+                agent_id,
+                response,
+            } => (tenant_id, agent_id, response.command_id.to_string()),
+            _ => return None,
+        };
+        let model = self.0.get(&id)?;
+        if &model.tenant_id != tenant_id || &model.agent_id != agent_id {
+            return None;
+        }
+        self.0.remove(&id)
+    }
 }
 
 /// Counts what a committed write did.
