@@ -31,44 +31,31 @@ impl<C: ConnectionTrait> Store<C> {
     pub async fn mark_delivered_many(&self, acks: &[AckKey<'_>]) -> Result<Vec<command::Model>> {
         let mut changed = Vec::with_capacity(acks.len());
         for chunk in acks.chunks(ROWS_PER_STATEMENT) {
-            let backend = self.db.get_database_backend();
             let now = Value::from(Utc::now());
-            let mut values = vec![
-                Value::from(outpost_protocol::commands::RUN),
-                Value::from(state::RUNNING),
-                Value::from(state::DELIVERED),
-                now.clone(),
-                now,
-                Value::from(state::PENDING),
-            ];
-            let rows = Placeholders::new(backend, values.len()).rows(chunk.len(), 3);
-            for (tenant_id, agent_id, id) in chunk {
-                values.extend([
-                    Value::from(*id),
-                    Value::from(*tenant_id),
-                    Value::from(*agent_id),
-                ]);
+            let run = || Value::from(outpost_protocol::commands::RUN);
+            let mut sql = Sql::new(self.db.get_database_backend(), chunk.len() * 3 + 6);
+            sql.push("WITH v(id, tenant_id, agent_id) AS (VALUES ");
+            for (i, (tenant_id, agent_id, id)) in chunk.iter().enumerate() {
+                sql.row(i, [(*id).into(), (*tenant_id).into(), (*agent_id).into()]);
             }
-            let p = Placeholders::new(backend, 0);
-            let sql = format!(
-                "WITH v(id, tenant_id, agent_id) AS (VALUES {rows}) \
-                 UPDATE commands SET \
-                   state = CASE WHEN commands.command = {p1} THEN {p2} ELSE {p3} END, \
-                   started_at = CASE WHEN commands.command = {p1} THEN {p4} ELSE commands.started_at END, \
-                   delivered_at = {p5} \
-                 FROM v \
-                 WHERE commands.id = v.id AND commands.tenant_id = v.tenant_id \
-                   AND commands.agent_id = v.agent_id AND commands.state = {p6} \
-                 RETURNING {returning}",
-                p1 = p.nth(1),
-                p2 = p.nth(2),
-                p3 = p.nth(3),
-                p4 = p.nth(4),
-                p5 = p.nth(5),
-                p6 = p.nth(6),
-                returning = returning(),
+            sql.push(") UPDATE commands SET state = CASE WHEN commands.command = ");
+            sql.bind(run());
+            sql.push(" THEN ");
+            sql.bind(state::RUNNING.into());
+            sql.push(" ELSE ");
+            sql.bind(state::DELIVERED.into());
+            sql.push(" END, started_at = CASE WHEN commands.command = ");
+            sql.bind(run());
+            sql.push(" THEN ");
+            sql.bind(now.clone());
+            sql.push(" ELSE commands.started_at END, delivered_at = ");
+            sql.bind(now);
+            sql.push(
+                " FROM v WHERE commands.id = v.id AND commands.tenant_id = v.tenant_id \
+                 AND commands.agent_id = v.agent_id AND commands.state = ",
             );
-            changed.extend(self.returning_commands(backend, sql, values).await?);
+            sql.bind(state::PENDING.into());
+            changed.extend(self.returning_commands(sql).await?);
         }
         Ok(changed)
     }
@@ -83,11 +70,12 @@ impl<C: ConnectionTrait> Store<C> {
     ) -> Result<Vec<command::Model>> {
         let mut finished = Vec::with_capacity(results.len());
         for chunk in results.chunks(ROWS_PER_STATEMENT) {
-            let backend = self.db.get_database_backend();
-            let mut values = vec![Value::from(Utc::now())];
-            values.extend(state::OPEN.iter().map(|s| Value::from(*s)));
-            let rows = Placeholders::new(backend, values.len()).rows(chunk.len(), 10);
-            for (tenant_id, agent_id, response) in chunk {
+            let mut sql = Sql::new(self.db.get_database_backend(), chunk.len() * 10 + 4);
+            sql.push(
+                "WITH v(id, tenant_id, agent_id, state, success, result, error_code, \
+                 error_message, exit_code, truncated) AS (VALUES ",
+            );
+            for (i, (tenant_id, agent_id, response)) in chunk.iter().enumerate() {
                 let (code, message) = match &response.error {
                     Some(e) => (Some(e.code.clone()), Some(e.message.clone())),
                     None => (None, None),
@@ -98,51 +86,52 @@ impl<C: ConnectionTrait> Store<C> {
                     .get("exit_code")
                     .and_then(serde_json::Value::as_i64)
                     .and_then(|c| i32::try_from(c).ok());
-                values.extend([
-                    Value::from(response.command_id.to_string()),
-                    Value::from(*tenant_id),
-                    Value::from(*agent_id),
-                    Value::from(final_state_of(response)),
-                    Value::from(response.success),
-                    Value::from(data.clone()),
-                    Value::from(code),
-                    Value::from(message),
-                    Value::from(exit_code),
-                    Value::from(flag("output_truncated")),
-                ]);
+                sql.row(
+                    i,
+                    [
+                        response.command_id.to_string().into(),
+                        (*tenant_id).into(),
+                        (*agent_id).into(),
+                        final_state_of(response).into(),
+                        response.success.into(),
+                        data.clone().into(),
+                        code.into(),
+                        message.into(),
+                        exit_code.into(),
+                        flag("output_truncated").into(),
+                    ],
+                );
             }
-            let p = Placeholders::new(backend, 0);
-            let sql = format!(
-                "WITH v(id, tenant_id, agent_id, state, success, result, error_code, \
-                        error_message, exit_code, truncated) AS (VALUES {rows}) \
-                 UPDATE commands SET \
+            sql.push(
+                ") UPDATE commands SET \
                    state = v.state, success = v.success, result = v.result, \
                    error_code = v.error_code, error_message = v.error_message, \
-                   finished_at = {p1}, exit_code = v.exit_code, \
-                   output_truncated = (commands.output_truncated OR v.truncated) \
-                 FROM v \
-                 WHERE commands.id = v.id AND commands.tenant_id = v.tenant_id \
-                   AND commands.agent_id = v.agent_id \
-                   AND commands.state IN ({p2}, {p3}, {p4}) \
-                 RETURNING {returning}",
-                p1 = p.nth(1),
-                p2 = p.nth(2),
-                p3 = p.nth(3),
-                p4 = p.nth(4),
-                returning = returning(),
+                   exit_code = v.exit_code, \
+                   output_truncated = (commands.output_truncated OR v.truncated), \
+                   finished_at = ",
             );
-            finished.extend(self.returning_commands(backend, sql, values).await?);
+            sql.bind(Utc::now().into());
+            sql.push(
+                " FROM v WHERE commands.id = v.id AND commands.tenant_id = v.tenant_id \
+                 AND commands.agent_id = v.agent_id AND commands.state IN (",
+            );
+            for (i, open) in state::OPEN.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind((*open).into());
+            }
+            sql.push(")");
+            finished.extend(self.returning_commands(sql).await?);
         }
         Ok(finished)
     }
 
-    async fn returning_commands(
-        &self,
-        backend: DbBackend,
-        sql: String,
-        values: Vec<Value>,
-    ) -> Result<Vec<command::Model>> {
-        let statement = Statement::from_sql_and_values(backend, sql, values);
+    /// Runs an `UPDATE` built by [`Sql`], returning the changed commands.
+    async fn returning_commands(&self, mut sql: Sql) -> Result<Vec<command::Model>> {
+        sql.push(" RETURNING ");
+        sql.push(&returning());
+        let statement = Statement::from_sql_and_values(sql.backend, sql.text, sql.values);
         Ok(command::Entity::find()
             .from_raw_sql(statement)
             .all(&self.db)
@@ -173,43 +162,52 @@ fn returning() -> String {
         .join(", ")
 }
 
-/// Bound-parameter markers: `?n` for SQLite, `$n` for PostgreSQL.
-struct Placeholders {
+/// A statement's text and its bound values, built in text order.
+///
+/// SQLite gets anonymous `?` markers, which bind by position in the text; numbered `?n`
+/// markers would be simpler to write but make SQLite look each one up in a list of names
+/// (`sqlite3_bind_parameter_name`), quadratic in the 10,000 values of a batch. PostgreSQL
+/// gets `$n`.
+struct Sql {
     backend: DbBackend,
-    offset: usize,
+    text: String,
+    values: Vec<Value>,
 }
 
-impl Placeholders {
-    fn new(backend: DbBackend, offset: usize) -> Self {
-        Self { backend, offset }
+impl Sql {
+    fn new(backend: DbBackend, values: usize) -> Self {
+        Self {
+            backend,
+            text: String::with_capacity(values * 5 + 1024),
+            values: Vec::with_capacity(values),
+        }
     }
 
-    /// The marker of the `n`th parameter (from 1) after the offset. Numbered on both
-    /// backends: the shared values come first in the list but after the rows in the text, and
-    /// a bare `?` would bind by position in the text.
-    fn nth(&self, n: usize) -> String {
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    /// Appends a marker for `value`.
+    fn bind(&mut self, value: Value) {
+        self.values.push(value);
         match self.backend {
-            DbBackend::Postgres => format!("${}", self.offset + n),
-            _ => format!("?{}", self.offset + n),
+            DbBackend::Postgres => {
+                use std::fmt::Write;
+                let _ = write!(self.text, "${}", self.values.len());
+            }
+            _ => self.text.push('?'),
         }
     }
 
-    /// `(…), (…)`: `rows` tuples of `width` markers, numbered on from the offset.
-    fn rows(&self, rows: usize, width: usize) -> String {
-        let mut out = String::with_capacity(rows * width * 4);
-        for row in 0..rows {
-            if row > 0 {
-                out.push_str(", ");
+    /// Appends `(…)` for one row of a `VALUES` list; `i` is the row's index.
+    fn row<const N: usize>(&mut self, i: usize, values: [Value; N]) {
+        self.push(if i == 0 { "(" } else { ", (" });
+        for (col, value) in values.into_iter().enumerate() {
+            if col > 0 {
+                self.push(", ");
             }
-            out.push('(');
-            for col in 0..width {
-                if col > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&self.nth(row * width + col + 1));
-            }
-            out.push(')');
+            self.bind(value);
         }
-        out
+        self.push(")");
     }
 }
