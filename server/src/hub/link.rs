@@ -147,19 +147,42 @@ impl Link {
         frame: AgentFrame,
         out: &mut Vec<ServerFrame>,
     ) -> Result<(), End> {
+        match self.submit(agent_id, frame, out).await? {
+            Some(mut pending) => {
+                let written = pending.written().await;
+                self.complete(pending.answered, written, out)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Starts acting on one frame: hands its write to the writer and returns without waiting
+    /// for the commit, so that a connection can read its agent's next frame meanwhile (an ack
+    /// and its result then share a batch). The writer commits in the order writes are handed
+    /// to it; the caller passes each [`Pending`] to [`complete`](Self::complete) in that order.
+    /// `None`: nothing was written (the frame was refused, its `error` answer is in `out`, or
+    /// it was a repeated `register`, stored already).
+    pub async fn submit(
+        &mut self,
+        agent_id: AgentId,
+        frame: AgentFrame,
+        out: &mut Vec<ServerFrame>,
+    ) -> Result<Option<Pending>, End> {
         let tenant_id = self.key.tenant_id.clone();
         let agent = agent_id.to_string();
         let mut answered = None;
         let write = match frame {
             AgentFrame::Register { data } => {
                 if data.agent_id != agent_id {
-                    return self.refuse(
+                    self.refuse(
                         codes::BAD_FRAME,
                         "agent_id cannot change on a connection".into(),
                         out,
-                    );
+                    )?;
+                    return Ok(None);
                 }
-                return self.store_register(&data).await.map_err(internal);
+                self.store_register(&data).await.map_err(internal)?;
+                return Ok(None);
             }
             AgentFrame::Heartbeat { status } => Write::Heartbeat {
                 tenant_id,
@@ -181,9 +204,13 @@ impl Link {
                                 bytes.len(),
                                 limits::MAX_OUTPUT_CHUNK
                             );
-                            return self.refuse(codes::BAD_FRAME, message, out);
+                            self.refuse(codes::BAD_FRAME, message, out)?;
+                            return Ok(None);
                         }
-                        Err(why) => return self.refuse(codes::BAD_FRAME, why, out),
+                        Err(why) => {
+                            self.refuse(codes::BAD_FRAME, why, out)?;
+                            return Ok(None);
+                        }
                     };
                 Write::Output {
                     tenant_id,
@@ -204,9 +231,21 @@ impl Link {
                 }
             }
         };
-        let written = self.state.writer.write(write).await.map_err(internal)?;
+        let written = self.state.writer.submit(write).await.map_err(internal)?;
+        Ok(Some(Pending { written, answered }))
+    }
+
+    /// Finishes a frame once its write is committed: tells the hub's listeners, and answers a
+    /// `response` with an `ack` (it is stored now, or was before, or was not this agent's to
+    /// store: either way the agent may forget it).
+    pub fn complete(
+        &self,
+        answered: Option<outpost_protocol::CommandId>,
+        written: crate::store::Result<Written>,
+        out: &mut Vec<ServerFrame>,
+    ) -> Result<(), End> {
         let hub = &self.state.hub;
-        match written {
+        match written.map_err(internal)? {
             Written::Heartbeat => {}
             Written::Delivered(changed) => {
                 if let Some(run) = changed {
@@ -220,7 +259,7 @@ impl Link {
                 hub.job_changed(&self.key.tenant_id, &job_id);
             }
             Written::Output(Stored::Foreign) => {
-                tracing::debug!(%agent_id, "output for a command that is not this agent's");
+                tracing::debug!("output for a command that is not this agent's");
             }
             Written::Output(_) => {}
             Written::Finished(finished) => {
@@ -230,12 +269,10 @@ impl Link {
                         self.state.webhooks.wake();
                     }
                 }
-                // Stored now or before (or not this agent's to store): either way the agent
-                // may forget it.
-                if let Some(command_id) = answered {
-                    out.push(ServerFrame::Ack { command_id });
-                }
             }
+        }
+        if let Some(command_id) = answered {
+            out.push(ServerFrame::Ack { command_id });
         }
         Ok(())
     }
@@ -261,6 +298,20 @@ impl Link {
     /// Whether the connection's key has expired since it connected.
     pub fn key_expired(&self) -> bool {
         self.key.expires_at.is_some_and(|t| t <= Utc::now())
+    }
+}
+
+/// A frame whose write was handed to the writer and is not committed yet.
+pub struct Pending {
+    written: crate::store::writer::Committed,
+    /// The command a `response` answered, to acknowledge once it is stored.
+    pub answered: Option<outpost_protocol::CommandId>,
+}
+
+impl Pending {
+    /// Waits for the commit.
+    pub async fn written(&mut self) -> crate::store::Result<Written> {
+        (&mut self.written).await
     }
 }
 

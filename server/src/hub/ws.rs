@@ -10,6 +10,7 @@
 //! decoded by the protocol crate, and a peer that keeps sending garbage is cut off. What a
 //! frame does is decided by [`Link`], shared with the HTTP long-poll transport.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use outpost_protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::link::{End, Link, too_big};
+use super::link::{End, Link, Pending, too_big};
 use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
 use crate::AppState;
 use crate::auth;
@@ -41,6 +42,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// would cost over a gigabyte at 10,000 idle agents; 2 KiB costs 20 MB. Agents' frames are
 /// mostly far smaller; a larger one (output) simply takes several reads.
 const READ_BUFFER: usize = 2 * 1024;
+/// Frames read ahead of their commits. The connection hands each frame's write to the writer
+/// and reads on, so an agent's ack and result usually share one batch; past this many
+/// uncommitted writes it stops reading until the oldest is committed.
+const MAX_IN_FLIGHT: usize = 32;
 
 /// Authenticates the agent key, then upgrades. A bad key never gets a WebSocket.
 pub async fn handler(
@@ -192,20 +197,35 @@ impl Connection {
         let mut last_seen = Instant::now();
         let mut ticker = tokio::time::interval(interval.min(Duration::from_secs(5)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames whose writes are queued but not committed yet, oldest first (the writer
+        // commits in queue order).
+        let mut in_flight: VecDeque<Pending> = VecDeque::new();
         loop {
             tokio::select! {
-                msg = self.socket.recv() => {
+                msg = self.socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                     last_seen = Instant::now();
-                    let handled = match self.decode(msg) {
-                        Ok(Some(frame)) => self.link.handle(agent_id, frame, &mut self.out).await,
-                        Ok(None) => Ok(()),
+                    let submitted = match self.decode(msg) {
+                        Ok(Some(frame)) => self.link.submit(agent_id, frame, &mut self.out).await,
+                        Ok(None) => Ok(None),
                         Err(end) => Err(end),
                     };
                     // Answers (and the error frame explaining a close) go out first.
                     if let Err(end) = self.flush().await {
                         return end;
                     }
-                    if let Err(end) = handled {
+                    match submitted {
+                        Ok(Some(pending)) => in_flight.push_back(pending),
+                        Ok(None) => {}
+                        Err(end) => return end,
+                    }
+                }
+                written = oldest(&mut in_flight), if !in_flight.is_empty() => {
+                    let answered = in_flight.pop_front().and_then(|p| p.answered);
+                    let completed = self.link.complete(answered, written, &mut self.out);
+                    if let Err(end) = self.flush().await {
+                        return end;
+                    }
+                    if let Err(end) = completed {
                         return end;
                     }
                 }
@@ -314,6 +334,16 @@ impl Connection {
             let drain = async { while let Some(Ok(_)) = self.socket.recv().await {} };
             let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
         }
+    }
+}
+
+/// Waits for the oldest in-flight write's commit (it stays in the queue; the caller pops it).
+async fn oldest(
+    in_flight: &mut VecDeque<Pending>,
+) -> crate::store::Result<crate::store::writer::Written> {
+    match in_flight.front_mut() {
+        Some(pending) => pending.written().await,
+        None => std::future::pending().await,
     }
 }
 

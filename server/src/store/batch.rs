@@ -102,15 +102,24 @@ impl<C: ConnectionTrait> Store<C> {
                     ],
                 );
             }
+            // An answer is also proof of delivery: the writer skips the ack of a command
+            // whose result shares its batch, and this sets what the ack would have.
+            let now = Value::from(Utc::now());
             sql.push(
                 ") UPDATE commands SET \
                    state = v.state, success = v.success, result = v.result, \
                    error_code = v.error_code, error_message = v.error_message, \
                    exit_code = v.exit_code, \
                    output_truncated = (commands.output_truncated OR v.truncated), \
-                   finished_at = ",
+                   delivered_at = COALESCE(commands.delivered_at, ",
             );
-            sql.bind(Utc::now().into());
+            sql.bind(now.clone());
+            sql.push("), started_at = CASE WHEN commands.command = ");
+            sql.bind(outpost_protocol::commands::RUN.into());
+            sql.push(" THEN COALESCE(commands.started_at, ");
+            sql.bind(now.clone());
+            sql.push(") ELSE commands.started_at END, finished_at = ");
+            sql.bind(now);
             sql.push(
                 " FROM v WHERE commands.id = v.id AND commands.tenant_id = v.tenant_id \
                  AND commands.agent_id = v.agent_id AND commands.state IN (",

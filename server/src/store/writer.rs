@@ -8,7 +8,7 @@
 //! writer lock is taken once per batch instead of once per frame. If a batch fails, its writes
 //! are retried one by one, so one bad write cannot sink the others.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{OutputChunk, Result, Store, StoreError, Stored, command};
 
 /// Most writes committed in one transaction.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 2048;
 /// Writes waiting for the writer before senders wait too.
-const QUEUE: usize = 4096;
+const QUEUE: usize = 8192;
 
 /// A write an agent's frame asks for.
 #[derive(Debug)]
@@ -87,31 +87,20 @@ pub enum Written {
 
 type Reply = oneshot::Sender<Result<Written>>;
 
-impl Write {
-    /// `(tenant, agent)` the write comes from.
-    fn agent(&self) -> (&str, &str) {
-        match self {
-            Write::Delivered {
-                tenant_id,
-                agent_id,
-                ..
-            }
-            | Write::Output {
-                tenant_id,
-                agent_id,
-                ..
-            }
-            | Write::Finish {
-                tenant_id,
-                agent_id,
-                ..
-            }
-            | Write::Heartbeat {
-                tenant_id,
-                agent_id,
-                ..
-            } => (tenant_id, agent_id),
-        }
+/// Resolves to a queued write's outcome once it is committed (see [`Writer::submit`]).
+#[derive(Debug)]
+pub struct Committed(oneshot::Receiver<Result<Written>>);
+
+impl std::future::Future for Committed {
+    type Output = Result<Written>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|reply| {
+            reply.unwrap_or_else(|_| Err(StoreError::Config("the writer has stopped".into())))
+        })
     }
 }
 
@@ -150,13 +139,18 @@ impl Writer {
 
     /// Queues a write and waits until it is committed.
     pub async fn write(&self, write: Write) -> Result<Written> {
+        self.submit(write).await?.await
+    }
+
+    /// Queues a write (waiting only while the queue is full) and returns what resolves once it
+    /// is committed. Writes are committed in the order they are queued.
+    pub async fn submit(&self, write: Write) -> Result<Committed> {
         let (reply, done) = oneshot::channel();
         self.tx
             .send((write, reply))
             .await
             .map_err(|_| StoreError::Config("the writer has stopped".into()))?;
-        done.await
-            .map_err(|_| StoreError::Config("the writer has stopped".into()))?
+        Ok(Committed(done))
     }
 }
 
@@ -210,46 +204,72 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
 /// what lets a fan-out's thousands of answers cost a few statements instead of thousands of
 /// driver round trips. Jobs whose runs finished are recomputed once each, at the end.
 ///
-/// Reordering is safe only between different agents' writes: an agent's output must be stored
-/// before its result, or the result would close the run to its own output. A connection waits
-/// for each write before it sends the next, so an agent has one write in most batches; one
-/// with several (a long-poll session posting a batch of frames) has them applied one by one,
-/// in order.
+/// The writes are applied by kind: every ack, then output and heartbeats in the order they
+/// came, then every result. An agent sends a command's frames in that order (ack, output…,
+/// response), and each write touches only its own command (or the agent's row), so this keeps
+/// each command's own order however many of an agent's writes share the batch: output is
+/// stored before the result that closes its run.
 async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
-    let mut per_agent: HashMap<(&str, &str), usize> = HashMap::with_capacity(writes.len());
-    for write in writes {
-        *per_agent.entry(write.agent()).or_default() += 1;
-    }
     let mut acks = Vec::new();
     let mut finishes = Vec::new();
     let mut in_order = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         match write {
-            _ if per_agent[&write.agent()] > 1 => in_order.push(i),
             Write::Delivered { .. } => acks.push(i),
             Write::Finish { .. } => finishes.push(i),
-            _ => in_order.push(i),
+            Write::Output { .. } | Write::Heartbeat { .. } => in_order.push(i),
         }
     }
 
     let txn = store.begin().await?;
     let mut results: Vec<Option<Written>> = writes.iter().map(|_| None).collect();
-    if !acks.is_empty() {
-        let keys: Vec<_> = acks
-            .iter()
-            .filter_map(|&i| match writes[i] {
-                Write::Delivered {
-                    tenant_id,
-                    agent_id,
-                    command_id,
-                } => Some((tenant_id.as_str(), agent_id.as_str(), command_id.as_str())),
-                _ => None,
-            })
-            .collect();
-        let mut changed = by_id(txn.mark_delivered_many(&keys).await?);
-        for &i in &acks {
-            results[i] = Some(Written::Delivered(changed.take(writes[i])));
-        }
+    // An ack whose command's result is in the same batch needs no statement of its own: the
+    // result sets the delivery time too. A connection reads on while its writes wait, so a
+    // quick command's ack and result usually arrive together, and this halves the rows a
+    // fan-out changes.
+    let answered: HashSet<(&str, &str, String)> = finishes
+        .iter()
+        .filter_map(|&i| match writes[i] {
+            Write::Finish {
+                tenant_id,
+                agent_id,
+                response,
+            } => Some((
+                tenant_id.as_str(),
+                agent_id.as_str(),
+                response.command_id.to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let keys: Vec<_> = acks
+        .iter()
+        .filter_map(|&i| match writes[i] {
+            Write::Delivered {
+                tenant_id,
+                agent_id,
+                command_id,
+            } if !answered.contains(&(
+                tenant_id.as_str(),
+                agent_id.as_str(),
+                command_id.clone(),
+            )) =>
+            {
+                Some((tenant_id.as_str(), agent_id.as_str(), command_id.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut changed = by_id(if keys.is_empty() {
+        Vec::new()
+    } else {
+        txn.mark_delivered_many(&keys).await?
+    });
+    for &i in &acks {
+        results[i] = Some(Written::Delivered(changed.take(writes[i])));
+    }
+    for &i in &in_order {
+        results[i] = Some(apply(&txn, writes[i]).await?);
     }
     if !finishes.is_empty() {
         let answers: Vec<_> = finishes
@@ -267,9 +287,6 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
         for &i in &finishes {
             results[i] = Some(Written::Finished(finished.take(writes[i])));
         }
-    }
-    for &i in &in_order {
-        results[i] = Some(apply(&txn, writes[i]).await?);
     }
 
     let mut jobs = BTreeSet::new();
