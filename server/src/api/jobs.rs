@@ -25,7 +25,8 @@ use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
 use crate::error::{ApiError, ErrorDetail};
 use crate::store::{
-    JobFilter, NewJob, NewRun, agent, command, job, job_status, key_status, state, string_list,
+    AgentTarget, JobFilter, NewJob, NewRun, command, job, job_status, key_status, state,
+    string_list,
 };
 
 /// Longest `?wait=`.
@@ -259,7 +260,7 @@ async fn resolve(
     state: &AppState,
     caller: &Caller,
     target: &Target,
-) -> Result<Vec<agent::Model>, ApiError> {
+) -> Result<Vec<AgentTarget>, ApiError> {
     let ids = target.agents.as_deref().unwrap_or_default();
     let tags = target.tags.as_deref().unwrap_or_default();
     let all = target.all.unwrap_or(false);
@@ -268,7 +269,7 @@ async fn resolve(
             "target: give agents, tags or all: true".into(),
         ));
     }
-    let agents = state.store.list_agents(&caller.tenant_id).await?;
+    let agents = state.store.agent_targets(&caller.tenant_id).await?;
     let mut chosen = BTreeSet::new();
     for id in ids {
         if !agents.iter().any(|a| &a.id == id) {
@@ -279,9 +280,7 @@ async fn resolve(
         chosen.insert(id.clone());
     }
     for agent in &agents {
-        let mut agent_tags = string_list(&agent.agent_tags);
-        agent_tags.extend(string_list(&agent.server_tags));
-        if all || (!tags.is_empty() && tags.iter().all(|t| agent_tags.contains(t))) {
+        if all || (!tags.is_empty() && tags.iter().all(|t| agent.tags.contains(t))) {
             chosen.insert(agent.id.clone());
         }
     }
@@ -294,15 +293,13 @@ async fn resolve(
 /// Why an agent's key refuses a command, if it does.
 async fn refusal(
     state: &AppState,
-    agent: &agent::Model,
+    tenant_id: &str,
+    agent: &AgentTarget,
     command: &str,
     keys: &mut HashMap<String, Option<crate::store::agent_key::Model>>,
 ) -> Result<Option<String>, ApiError> {
     if !keys.contains_key(&agent.key_id) {
-        let key = state
-            .store
-            .get_agent_key(&agent.tenant_id, &agent.key_id)
-            .await?;
+        let key = state.store.get_agent_key(tenant_id, &agent.key_id).await?;
         keys.insert(agent.key_id.clone(), key);
     }
     Ok(match keys.get(&agent.key_id).and_then(Option::as_ref) {
@@ -359,7 +356,7 @@ pub async fn create(
     let mut keys = HashMap::new();
     let mut runs = Vec::with_capacity(agents.len());
     for agent in &agents {
-        let refused = refusal(&state, agent, &spec.command, &mut keys).await?;
+        let refused = refusal(&state, &caller.tenant_id, agent, &spec.command, &mut keys).await?;
         if agents.len() == 1
             && body.target.tags.is_none()
             && body.target.all != Some(true)

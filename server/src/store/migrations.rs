@@ -155,9 +155,13 @@ ALTER TABLE agents ADD COLUMN update_status {json};
 "#,
     // 5: a job's runs by state, so that "is any run still open?" is one index seek and
     // counting a job's runs by state never reads the rows (the writer asks after every batch).
+    // Expiry only ever looks for pending commands: indexing just those means acks and results
+    // no longer move an entry in that index (they take one out, or touch nothing).
     r#"
 CREATE INDEX commands_job_state ON commands (tenant_id, job_id, state);
 DROP INDEX commands_job;
+CREATE INDEX commands_pending_expiry ON commands (expires_at) WHERE state = 'pending';
+DROP INDEX commands_state_expiry;
 "#,
 ];
 

@@ -29,7 +29,8 @@ use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
 };
 use serde_json::{Value, json};
 
@@ -139,7 +140,14 @@ impl Store {
     /// Opens (and creates, for SQLite) the database and brings its schema up to date.
     pub async fn open(location: &DatabaseLocation) -> Result<Self> {
         let mut options = match location {
-            DatabaseLocation::Sqlite(path) => ConnectOptions::new(sqlite_url(path)),
+            DatabaseLocation::Sqlite(path) => {
+                let mut options = ConnectOptions::new(sqlite_url(path));
+                // A file on this machine does not go stale while it idles in the pool; the
+                // check would cost a round trip to the connection's thread on every acquire,
+                // which the writer makes once per batch.
+                options.test_before_acquire(false);
+                options
+            }
             DatabaseLocation::Url(url) => ConnectOptions::new(url.clone()),
         };
         options
@@ -464,6 +472,33 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .await?)
     }
 
+    /// Every agent of a tenant as a job target: id, key and tags only. Resolving a target
+    /// reads the whole fleet, and the other columns (scripts, metrics) are most of each row.
+    pub async fn agent_targets(&self, tenant_id: &str) -> Result<Vec<AgentTarget>> {
+        let rows: Vec<(String, String, Value, Value)> = agent::Entity::find()
+            .select_only()
+            .columns([
+                agent::Column::Id,
+                agent::Column::KeyId,
+                agent::Column::AgentTags,
+                agent::Column::ServerTags,
+            ])
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .order_by_asc(agent::Column::Hostname)
+            .order_by_asc(agent::Column::Id)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, key_id, agent_tags, server_tags)| {
+                let mut tags = string_list(&agent_tags);
+                tags.extend(string_list(&server_tags));
+                AgentTarget { id, key_id, tags }
+            })
+            .collect())
+    }
+
     /// One agent of a tenant.
     pub async fn get_agent(&self, tenant_id: &str, id: &str) -> Result<Option<agent::Model>> {
         Ok(agent::Entity::find()
@@ -600,7 +635,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 command::Column::ErrorMessage,
                 Expr::value("the agent did not connect before the command's ttl passed"),
             )
-            .filter(command::Column::State.eq(state::PENDING))
+            // A literal, not a bound value: SQLite uses the partial index on pending
+            // commands only when it can see at prepare time that the query implies it.
+            .filter(Expr::cust(format!("state = '{}'", state::PENDING)))
             .filter(command::Column::ExpiresAt.lt(now));
         if let Some((tenant_id, agent_id)) = agent {
             update = update
@@ -638,6 +675,17 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .await?
             .pop())
     }
+}
+
+/// An agent as a job target sees it.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    /// Agent id.
+    pub id: String,
+    /// The key it connected with.
+    pub key_id: String,
+    /// Its own tags and the server-side ones.
+    pub tags: Vec<String>,
 }
 
 /// A new time-ordered id.
