@@ -3,30 +3,41 @@
 
 use outpost_protocol::Response;
 use outpost_server::store::writer::{Write, Writer, Written};
-use outpost_server::store::{DatabaseLocation, NewCommand, Store};
+use outpost_server::store::{DatabaseLocation, NewCommand, Store, command};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_results_commit_in_few_transactions() {
+/// A store on a new SQLite file, with one tenant.
+async fn fresh_store() -> (tempfile::TempDir, Store, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
         .await
         .expect("open");
     let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+    (dir, store, tenant)
+}
+
+/// A pending command for `agent`.
+async fn insert(store: &Store, tenant: &str, agent: &str, command: &str) -> command::Model {
+    store
+        .insert_command(NewCommand {
+            tenant_id: tenant.to_owned(),
+            agent_id: agent.to_owned(),
+            command: command.into(),
+            data: json!({}),
+            timeout_s: 60,
+            ttl_s: 3600,
+            job_id: None,
+        })
+        .await
+        .expect("insert")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_results_commit_in_few_transactions() {
+    let (_dir, store, tenant) = fresh_store().await;
     let mut ids = Vec::new();
     for i in 0..2000 {
-        let command = store
-            .insert_command(NewCommand {
-                tenant_id: tenant.clone(),
-                agent_id: format!("agent-{i}"),
-                command: "ping".into(),
-                data: json!({}),
-                timeout_s: 60,
-                ttl_s: 3600,
-                job_id: None,
-            })
-            .await
-            .expect("insert");
+        let command = insert(&store, &tenant, &format!("agent-{i}"), "ping").await;
         ids.push((format!("agent-{i}"), command.id));
     }
     let writer = Writer::start(store.clone());
@@ -103,26 +114,11 @@ async fn thousands_of_results_commit_in_few_transactions() {
 /// ack, output and result queued together are applied in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_acks_move_only_the_agents_own_pending_commands() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
-        .await
-        .expect("open");
-    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+    let (_dir, store, tenant) = fresh_store().await;
     let mut commands = Vec::new();
     for i in 0..600 {
         let command = if i % 2 == 0 { "ping" } else { "run" };
-        let model = store
-            .insert_command(NewCommand {
-                tenant_id: tenant.clone(),
-                agent_id: format!("agent-{i}"),
-                command: command.into(),
-                data: json!({}),
-                timeout_s: 60,
-                ttl_s: 3600,
-                job_id: None,
-            })
-            .await
-            .expect("insert");
+        let model = insert(&store, &tenant, &format!("agent-{i}"), command).await;
         commands.push(model);
     }
     let writer = Writer::start(store.clone());

@@ -227,19 +227,21 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
     // result sets the delivery time too. A connection reads on while its writes wait, so a
     // quick command's ack and result usually arrive together, and this halves the rows a
     // fan-out changes.
-    let answered: HashSet<(&str, &str, String)> = finishes
+    let answers: Vec<_> = finishes
         .iter()
         .filter_map(|&i| match writes[i] {
             Write::Finish {
                 tenant_id,
                 agent_id,
                 response,
-            } => Some((
-                tenant_id.as_str(),
-                agent_id.as_str(),
-                response.command_id.to_string(),
-            )),
+            } => Some((tenant_id.as_str(), agent_id.as_str(), response)),
             _ => None,
+        })
+        .collect();
+    let answered: HashSet<(&str, &str, String)> = answers
+        .iter()
+        .map(|(tenant_id, agent_id, response)| {
+            (*tenant_id, *agent_id, response.command_id.to_string())
         })
         .collect();
     let keys: Vec<_> = acks
@@ -271,18 +273,7 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
     for &i in &in_order {
         results[i] = Some(apply(&txn, writes[i]).await?);
     }
-    if !finishes.is_empty() {
-        let answers: Vec<_> = finishes
-            .iter()
-            .filter_map(|&i| match writes[i] {
-                Write::Finish {
-                    tenant_id,
-                    agent_id,
-                    response,
-                } => Some((tenant_id.as_str(), agent_id.as_str(), response)),
-                _ => None,
-            })
-            .collect();
+    if !answers.is_empty() {
         let mut finished = by_id(txn.store_results_many(&answers).await?);
         for &i in &finishes {
             results[i] = Some(Written::Finished(finished.take(writes[i])));
