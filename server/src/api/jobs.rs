@@ -24,6 +24,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
 use crate::error::{ApiError, ErrorDetail};
+use crate::hub::Waiter;
 use crate::store::{
     AgentTarget, JobFilter, NewJob, NewRun, command, job, job_status, key_status, state,
     string_list,
@@ -398,22 +399,54 @@ pub async fn create(
         tracing::info!(job_id = %job.id, runs = runs.len(), command = %job.command, "job created");
     }
     if let Some(wait) = wait {
-        let all = futures_util::future::join_all(waiters.into_iter().map(|w| w.wait(wait)));
-        let _ = tokio::time::timeout(wait, all).await;
+        let all = futures_util::future::join_all(waiters.into_iter().map(Waiter::result));
+        if let Ok(finished) = tokio::time::timeout(wait, all).await
+            && let Some(finished) = finished.into_iter().collect::<Option<Vec<_>>>()
+        {
+            return respond_finished(&state, &caller, &job.id, runs, finished).await;
+        }
     }
     respond(&state, &caller, &job.id).await
+}
+
+/// The answer once every run the caller waited for is final. The waiters were handed each
+/// run's row as the writer stored it, so only the job's own row is read again: reading back a
+/// 10,000-agent fan-out's runs would cost more than the rest of the answer.
+async fn respond_finished(
+    state: &AppState,
+    caller: &Caller,
+    job_id: &str,
+    mut runs: Vec<command::Model>,
+    finished: Vec<command::Model>,
+) -> Result<Response, ApiError> {
+    let mut finished: HashMap<String, command::Model> =
+        finished.into_iter().map(|run| (run.id.clone(), run)).collect();
+    for run in &mut runs {
+        if let Some(stored) = finished.remove(&run.id) {
+            *run = stored;
+        }
+    }
+    // The same order as a read from the store.
+    runs.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let job = find(state, caller, job_id).await?;
+    Ok(answer(job, runs))
 }
 
 /// The job as it is now: 200 when finished, 202 while runs are under way.
 async fn respond(state: &AppState, caller: &Caller, job_id: &str) -> Result<Response, ApiError> {
     let job = find(state, caller, job_id).await?;
     let runs = state.store.job_runs(&caller.tenant_id, job_id).await?;
+    Ok(answer(job, runs))
+}
+
+/// 200 when the job is finished, 202 while runs are under way.
+fn answer(job: job::Model, runs: Vec<command::Model>) -> Response {
     let status = if job.status == job_status::RUNNING {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(JobView::new(job, runs, true))).into_response())
+    (status, Json(JobView::new(job, runs, true))).into_response()
 }
 
 async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<job::Model, ApiError> {

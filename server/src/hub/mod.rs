@@ -362,8 +362,14 @@ pub struct Waiter<'a> {
 
 impl Waiter<'_> {
     /// Waits up to `timeout` for the stored result.
-    pub async fn wait(mut self, timeout: Duration) -> Option<command::Model> {
-        tokio::time::timeout(timeout, &mut self.rx).await.ok()?.ok()
+    pub async fn wait(self, timeout: Duration) -> Option<command::Model> {
+        tokio::time::timeout(timeout, self.result()).await.ok()?
+    }
+
+    /// Waits for the stored result with no deadline of its own, for a caller that waits on
+    /// many commands under one deadline (one timer instead of one per command).
+    pub async fn result(mut self) -> Option<command::Model> {
+        (&mut self.rx).await.ok()
     }
 }
 
