@@ -69,12 +69,12 @@ pub async fn run(
         "open-file limit (one per agent connection, plus the database and clients)"
     );
     metrics::handle();
-    let store = open_store(&config).await?;
+    let (store, writer) = open_store(&config).await?;
     bootstrap_admin(&store, &config).await?;
     let master = load_master_key(&config)?;
 
     let state = AppState {
-        writer: store::writer::Writer::start(store.clone()),
+        writer: store::writer::Writer::start(writer),
         store: store.clone(),
         hub: Arc::new(Hub::new(Duration::from_secs(
             config.heartbeat_interval.max(1),
@@ -199,7 +199,8 @@ pub async fn run(
     Ok(())
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
+/// The store, and the writer's own handle on it (see [`Store::open_writer`]).
+async fn open_store(config: &Config) -> anyhow::Result<(Store, Store)> {
     let location = match &config.database_url {
         Some(url) => DatabaseLocation::Url(url.clone()),
         None => {
@@ -207,12 +208,13 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
             DatabaseLocation::Sqlite(config.data_dir.join("outpost.db"))
         }
     };
-    Store::open(&location)
-        .await
-        .with_context(|| match &location {
-            DatabaseLocation::Sqlite(path) => format!("opening SQLite database {}", path.display()),
-            DatabaseLocation::Url(_) => "connecting to --database-url".to_owned(),
-        })
+    let context = || match &location {
+        DatabaseLocation::Sqlite(path) => format!("opening SQLite database {}", path.display()),
+        DatabaseLocation::Url(_) => "connecting to --database-url".to_owned(),
+    };
+    let store = Store::open(&location).await.with_context(context)?;
+    let writer = Store::open_writer(&location).await.with_context(context)?;
+    Ok((store, writer))
 }
 
 /// `OUTPOST_MASTER_KEY`, or `<data-dir>/master.key` (created 0600 on first start).

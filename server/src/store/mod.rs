@@ -127,6 +127,15 @@ pub struct AgentKeyPatch {
     pub status: Option<String>,
 }
 
+/// How much of an SQLite database file is read through a memory map: address space, not
+/// memory; the kernel keeps only the pages in use.
+const MMAP_BYTES: u64 = 1 << 30;
+/// Connections in the pool for request handlers and background tasks.
+const POOL_SIZE: u32 = 16;
+/// The writer's page cache: a batch of 2,048 results touches a few thousand pages, which
+/// SQLite's default cache (2 MiB) would spill to the WAL before the commit.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
 /// The database handle and its domain methods.
 ///
 /// Generic over the connection so that the same methods run on the pool or inside one
@@ -139,34 +148,20 @@ pub struct Store<C = DatabaseConnection> {
 impl Store {
     /// Opens (and creates, for SQLite) the database and brings its schema up to date.
     pub async fn open(location: &DatabaseLocation) -> Result<Self> {
-        let mut options = match location {
-            DatabaseLocation::Sqlite(path) => {
-                let mut options = ConnectOptions::new(sqlite_url(path));
-                // A file on this machine does not go stale while it idles in the pool; the
-                // check would cost a round trip to the connection's thread on every acquire,
-                // which the writer makes once per batch.
-                options.test_before_acquire(false);
-                options
-            }
-            DatabaseLocation::Url(url) => ConnectOptions::new(url.clone()),
-        };
-        options
-            .max_connections(16)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|o| {
-                // WAL with synchronous=NORMAL: a commit survives `kill -9` of the server (the
-                // WAL is in the OS page cache), and costs no fsync per transaction.
-                o.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true)
-            });
-        let db = Database::connect(options).await?;
+        let db = connect(location, POOL_SIZE, None).await?;
         migrations::migrate(&db).await?;
         Ok(Self { db })
+    }
+
+    /// A second handle on an opened database that always uses the same one connection, with
+    /// a large page cache: the writer's. SQLite keeps a page cache per connection, and a
+    /// commit through one connection empties the caches of all others; a writer that took
+    /// any pooled connection would start each batch on a cold cache (and re-prepare its
+    /// statements), while one that keeps its own finds the pages of the last batch still there.
+    pub async fn open_writer(location: &DatabaseLocation) -> Result<Self> {
+        Ok(Self {
+            db: connect(location, 1, Some(WRITER_CACHE_KIB)).await?,
+        })
     }
 
     /// Cheap liveness query for `/readyz`.
@@ -686,6 +681,50 @@ pub struct AgentTarget {
     pub key_id: String,
     /// Its own tags and the server-side ones.
     pub tags: Vec<String>,
+}
+
+/// A pool of at most `size` connections. `cache_kib` sets SQLite's page cache per connection
+/// (SQLite's default is 2 MiB).
+async fn connect(
+    location: &DatabaseLocation,
+    size: u32,
+    cache_kib: Option<u32>,
+) -> Result<DatabaseConnection> {
+    let mut options = match location {
+        DatabaseLocation::Sqlite(path) => {
+            let mut options = ConnectOptions::new(sqlite_url(path));
+            // A file on this machine does not go stale while it idles in the pool; the
+            // check would cost a round trip to the connection's thread on every acquire,
+            // which the writer makes once per batch.
+            options.test_before_acquire(false);
+            options
+        }
+        DatabaseLocation::Url(url) => ConnectOptions::new(url.clone()),
+    };
+    options
+        .max_connections(size)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |o| {
+            // WAL with synchronous=NORMAL: a commit survives `kill -9` of the server (the
+            // WAL is in the OS page cache), and costs no fsync per transaction.
+            let o = o
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                // Pages of the database file are read through a memory map: no system call
+                // and no copy for a page another connection's commit dropped from the cache.
+                .pragma("mmap_size", MMAP_BYTES.to_string());
+            match cache_kib {
+                // Negative: a size in KiB rather than in pages.
+                Some(kib) => o.pragma("cache_size", format!("-{kib}")),
+                None => o,
+            }
+        });
+    Ok(Database::connect(options).await?)
 }
 
 /// A new time-ordered id.
