@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::AppState;
@@ -166,12 +166,28 @@ pub async fn upkeep(state: AppState) {
 
 /// One frame received from or sent to an agent.
 pub fn frame(direction: Direction, transport: Transport, bytes: usize) {
-    let labels = [
-        ("direction", direction.label()),
-        ("transport", transport.label()),
-    ];
-    counter!(FRAMES, &labels).increment(1);
-    counter!(FRAME_BYTES, &labels).increment(bytes as u64);
+    // Every frame of every agent passes here: the handles are looked up in the recorder's
+    // registry once (hashing the name and labels each time cost 2 % of a fan-out's CPU).
+    // `handle()` installs the recorder before the server serves, so before the first frame.
+    static COUNTERS: OnceLock<Vec<(Counter, Counter)>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        let mut counters = Vec::new();
+        for direction in [Direction::In, Direction::Out] {
+            for transport in Transport::ALL {
+                let labels = [
+                    ("direction", direction.label()),
+                    ("transport", transport.label()),
+                ];
+                counters.push((counter!(FRAMES, &labels), counter!(FRAME_BYTES, &labels)));
+            }
+        }
+        counters
+    });
+    let slot = direction as usize * Transport::ALL.len() + transport as usize;
+    if let Some((frames, frame_bytes)) = counters.get(slot) {
+        frames.increment(1);
+        frame_bytes.increment(bytes as u64);
+    }
 }
 
 /// Which way a frame went.
