@@ -313,6 +313,11 @@ impl Pending {
     pub async fn written(&mut self) -> crate::store::Result<Written> {
         (&mut self.written).await
     }
+
+    /// The commit's outcome if it is already known, without waiting.
+    pub fn written_now(&mut self) -> Option<crate::store::Result<Written>> {
+        futures_util::FutureExt::now_or_never(&mut self.written)
+    }
 }
 
 /// A failed store write ends the connection without acknowledging anything: the agent keeps

@@ -19,6 +19,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use chrono::Utc;
+use futures_util::SinkExt;
 use outpost_protocol::{
     AgentFrame, AgentId, DecodeError, RegisterData, ServerFrame, codes, limits,
 };
@@ -42,6 +43,12 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// would cost over a gigabyte at 10,000 idle agents; 2 KiB costs 20 MB. Agents' frames are
 /// mostly far smaller; a larger one (output) simply takes several reads.
 const READ_BUFFER: usize = 2 * 1024;
+/// Bytes of frames fed to the socket before tungstenite writes them out without waiting for
+/// the flush at the end of the burst.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// Queued frames sent in one burst (one `write`), so that one busy connection cannot keep its
+/// task from reading for long.
+const MAX_BURST: usize = 32;
 /// Frames read ahead of their commits. The connection hands each frame's write to the writer
 /// and reads on, so an agent's ack and result usually share one batch; past this many
 /// uncommitted writes it stops reading until the oldest is committed.
@@ -63,7 +70,10 @@ pub async fn handler(
     };
     upgrade
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        // Frames are fed into the write buffer and flushed once per burst (see `flush`), so
+        // that frames queued together leave in one `write`; the buffer grows only as far as
+        // one burst needs.
+        .write_buffer_size(WRITE_BUFFER)
         // The 1 MiB limit is enforced on each message after it is read, so the socket can
         // still be closed cleanly with 1009; this cap only stops a peer from making us buffer
         // more than twice that.
@@ -200,6 +210,11 @@ impl Connection {
         // Frames whose writes are queued but not committed yet, oldest first (the writer
         // commits in queue order).
         let mut in_flight: VecDeque<Pending> = VecDeque::new();
+        // Made once, not per turn of the loop: every new `cancelled()` future registers with
+        // the token, which all connections share, and deregisters when dropped.
+        let shutdown = state.shutdown.cancelled();
+        let closed = close.closed();
+        tokio::pin!(shutdown, closed);
         loop {
             tokio::select! {
                 msg = self.socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
@@ -220,8 +235,17 @@ impl Connection {
                     }
                 }
                 written = oldest(&mut in_flight), if !in_flight.is_empty() => {
-                    let answered = in_flight.pop_front().and_then(|p| p.answered);
-                    let completed = self.link.complete(answered, written, &mut self.out);
+                    // Writes committed in the same batch are done too: answer all of them in
+                    // one burst.
+                    let mut written = written;
+                    let completed = loop {
+                        let answered = in_flight.pop_front().and_then(|p| p.answered);
+                        let completed = self.link.complete(answered, written, &mut self.out);
+                        match in_flight.front_mut().and_then(Pending::written_now) {
+                            Some(next) if completed.is_ok() => written = next,
+                            _ => break completed,
+                        }
+                    };
                     if let Err(end) = self.flush().await {
                         return end;
                     }
@@ -231,7 +255,14 @@ impl Connection {
                 }
                 frame = rx.recv() => match frame {
                     Some(frame) => {
-                        if let Err(end) = self.send(&frame).await {
+                        self.out.push(*frame);
+                        while self.out.len() < MAX_BURST {
+                            match rx.try_recv() {
+                                Ok(frame) => self.out.push(*frame),
+                                Err(_) => break,
+                            }
+                        }
+                        if let Err(end) = self.flush().await {
                             return end;
                         }
                     }
@@ -242,11 +273,11 @@ impl Connection {
                         return End::Close(code, reason);
                     }
                 },
-                () = close.closed() => {
+                () = &mut closed => {
                     let (code, reason) = close.reason();
                     return End::Close(code, reason);
                 }
-                () = state.shutdown.cancelled() => {
+                () = &mut shutdown => {
                     return End::Close(limits::CLOSE_GOING_AWAY, "server shutting down".into());
                 }
                 _ = ticker.tick() => {
@@ -302,19 +333,40 @@ impl Connection {
         }
     }
 
-    /// Sends the frames the link queued.
+    /// Sends the frames queued in `out`, in one `write` when they fit the write buffer.
     async fn flush(&mut self) -> Result<(), End> {
-        for frame in std::mem::take(&mut self.out) {
-            self.send(&frame).await?;
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut out = std::mem::take(&mut self.out);
+        for frame in out.drain(..) {
+            self.feed(&frame).await?;
+        }
+        // Keep the allocation for the next burst.
+        self.out = out;
+        self.write_out().await
     }
 
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.feed(frame).await?;
+        self.write_out().await
+    }
+
+    /// Adds a frame to the write buffer (written out when the buffer fills or on
+    /// [`write_out`](Self::write_out)).
+    async fn feed(&mut self, frame: &ServerFrame) -> Result<(), End> {
         let text = frame.encode();
         crate::metrics::frame(Direction::Out, Transport::Websocket, text.len());
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.feed(Message::Text(text.into()))).await
         {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(End::Gone),
+        }
+    }
+
+    /// Writes out whatever the write buffer holds.
+    async fn write_out(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(End::Gone),
         }
