@@ -167,3 +167,95 @@ async fn batched_acks_move_only_the_agents_own_pending_commands() {
         .expect("write");
     assert!(matches!(written, Written::Delivered(None)));
 }
+
+/// Batches of every size from 1 to 17 (statements are padded to a power of two with rows
+/// that must match nothing): each stores exactly its own commands and returns each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_any_size_change_exactly_their_own_commands() {
+    let (_dir, store, tenant) = fresh_store().await;
+    for size in 1..=17usize {
+        let mut models = Vec::new();
+        for i in 0..size + 2 {
+            models.push(insert(&store, &tenant, &format!("agent-{size}-{i}"), "ping").await);
+        }
+        // Two commands of each round stay untouched.
+        let (answered, untouched) = models.split_at(size);
+        let acks: Vec<_> = answered
+            .iter()
+            .map(|m| (tenant.as_str(), m.agent_id.as_str(), m.id.as_str()))
+            .collect();
+        let delivered = store.mark_delivered_many(&acks).await.expect("acks");
+        assert_eq!(delivered.len(), size, "acks of a batch of {size}");
+        let responses: Vec<_> = answered
+            .iter()
+            .map(|m| Response::ok(m.id.parse().expect("uuid"), json!({"pong": true})))
+            .collect();
+        let results: Vec<_> = answered
+            .iter()
+            .zip(&responses)
+            .map(|(m, r)| (tenant.as_str(), m.agent_id.as_str(), r))
+            .collect();
+        let finished = store.store_results_many(&results).await.expect("results");
+        let mut ids: Vec<_> = finished.iter().map(|m| m.id.clone()).collect();
+        ids.sort();
+        let mut expected: Vec<_> = answered.iter().map(|m| m.id.clone()).collect();
+        expected.sort();
+        assert_eq!(ids, expected, "results of a batch of {size}");
+        for model in untouched {
+            let stored = store
+                .get_command(&tenant, &model.id)
+                .await
+                .expect("get")
+                .expect("row");
+            assert_eq!(stored.state, "pending", "beside a batch of {size}");
+        }
+    }
+}
+
+/// An agent's open commands are found on the partial index of open commands (which a bound
+/// state value would hide from SQLite's planner), and its history on the agent index.
+#[tokio::test]
+async fn open_commands_use_the_partial_index() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("outpost.db");
+    Store::open(&DatabaseLocation::Sqlite(path.clone()))
+        .await
+        .expect("open");
+    let db = sea_orm::Database::connect(format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    let plan = |sql: String| {
+        let db = db.clone();
+        async move {
+            let rows = db
+                .query_all_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    format!("EXPLAIN QUERY PLAN {sql}"),
+                ))
+                .await
+                .expect("plan");
+            rows.iter()
+                .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    };
+    let open = plan(format!(
+        "SELECT id FROM commands WHERE tenant_id = 't' AND agent_id = 'a' AND {}",
+        outpost_server::store::state::OPEN_SQL
+    ))
+    .await;
+    assert!(open.contains("commands_agent_open"), "{open}");
+    let history =
+        plan("SELECT job_id FROM commands WHERE tenant_id = 't' AND agent_id = 'a'".into()).await;
+    assert!(history.contains("commands_agent"), "{history}");
+    let quoted: Vec<_> = outpost_server::store::state::OPEN
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect();
+    assert_eq!(
+        outpost_server::store::state::OPEN_SQL,
+        format!("state IN ({})", quoted.join(", "))
+    );
+}

@@ -419,8 +419,10 @@ async fn respond_finished(
     mut runs: Vec<command::Model>,
     finished: Vec<command::Model>,
 ) -> Result<Response, ApiError> {
-    let mut finished: HashMap<String, command::Model> =
-        finished.into_iter().map(|run| (run.id.clone(), run)).collect();
+    let mut finished: HashMap<String, command::Model> = finished
+        .into_iter()
+        .map(|run| (run.id.clone(), run))
+        .collect();
     for run in &mut runs {
         if let Some(stored) = finished.remove(&run.id) {
             *run = stored;

@@ -18,7 +18,8 @@ use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Iterable, Statement, Valu
 
 use super::{Result, Store, command, state};
 
-/// Rows changed by one statement: far below SQLite's 32,766 bound variables at 10 a row.
+/// Rows changed by one statement: far below SQLite's 32,766 bound variables at 10 a row. A
+/// power of two, so that a full chunk needs no padding (see `Sql::pad_rows`).
 const ROWS_PER_STATEMENT: usize = 1024;
 
 /// One acknowledgement: `(tenant, agent, command)`.
@@ -32,29 +33,28 @@ impl<C: ConnectionTrait> Store<C> {
         let mut changed = Vec::with_capacity(acks.len());
         for chunk in acks.chunks(ROWS_PER_STATEMENT) {
             let now = Value::from(Utc::now());
-            let run = || Value::from(outpost_protocol::commands::RUN);
             let mut sql = Sql::new(self.db.get_database_backend(), chunk.len() * 3 + 6);
             sql.push("WITH v(id, tenant_id, agent_id) AS (VALUES ");
             for (i, (tenant_id, agent_id, id)) in chunk.iter().enumerate() {
                 sql.row(i, [(*id).into(), (*tenant_id).into(), (*agent_id).into()]);
             }
-            sql.push(") UPDATE commands SET state = CASE WHEN commands.command = ");
-            sql.bind(run());
-            sql.push(" THEN ");
-            sql.bind(state::RUNNING.into());
-            sql.push(" ELSE ");
-            sql.bind(state::DELIVERED.into());
-            sql.push(" END, started_at = CASE WHEN commands.command = ");
-            sql.bind(run());
-            sql.push(" THEN ");
+            sql.pad_rows(chunk.len(), 3);
+            sql.push(&format!(
+                ") UPDATE commands SET state = CASE WHEN commands.command = '{run}' \
+                 THEN '{running}' ELSE '{delivered}' END, \
+                 started_at = CASE WHEN commands.command = '{run}' THEN ",
+                run = outpost_protocol::commands::RUN,
+                running = state::RUNNING,
+                delivered = state::DELIVERED,
+            ));
             sql.bind(now.clone());
             sql.push(" ELSE commands.started_at END, delivered_at = ");
             sql.bind(now);
-            sql.push(
+            sql.push(&format!(
                 " FROM v WHERE commands.id = v.id AND commands.tenant_id = v.tenant_id \
-                 AND commands.agent_id = v.agent_id AND commands.state = ",
-            );
-            sql.bind(state::PENDING.into());
+                 AND commands.agent_id = v.agent_id AND commands.state = '{}'",
+                state::PENDING
+            ));
             changed.extend(self.returning_commands(sql).await?);
         }
         Ok(changed)
@@ -102,6 +102,7 @@ impl<C: ConnectionTrait> Store<C> {
                     ],
                 );
             }
+            sql.pad_rows(chunk.len(), 10);
             // An answer is also proof of delivery: the writer skips the ack of a command
             // whose result shares its batch, and this sets what the ack would have.
             let now = Value::from(Utc::now());
@@ -114,23 +115,18 @@ impl<C: ConnectionTrait> Store<C> {
                    delivered_at = COALESCE(commands.delivered_at, ",
             );
             sql.bind(now.clone());
-            sql.push("), started_at = CASE WHEN commands.command = ");
-            sql.bind(outpost_protocol::commands::RUN.into());
-            sql.push(" THEN COALESCE(commands.started_at, ");
+            sql.push(&format!(
+                "), started_at = CASE WHEN commands.command = '{}' THEN COALESCE(commands.started_at, ",
+                outpost_protocol::commands::RUN
+            ));
             sql.bind(now.clone());
             sql.push(") ELSE commands.started_at END, finished_at = ");
             sql.bind(now);
-            sql.push(
+            sql.push(&format!(
                 " FROM v WHERE commands.id = v.id AND commands.tenant_id = v.tenant_id \
-                 AND commands.agent_id = v.agent_id AND commands.state IN (",
-            );
-            for (i, open) in state::OPEN.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.bind((*open).into());
-            }
-            sql.push(")");
+                 AND commands.agent_id = v.agent_id AND commands.{}",
+                state::OPEN_SQL
+            ));
             finished.extend(self.returning_commands(sql).await?);
         }
         Ok(finished)
@@ -205,6 +201,17 @@ impl Sql {
                 let _ = write!(self.text, "${}", self.values.len());
             }
             _ => self.text.push('?'),
+        }
+    }
+
+    /// Pads a `VALUES` list of `rows` rows of `columns` to the next power of two with rows of
+    /// `NULL`, which match no command. Connections keep prepared statements by their text, and
+    /// the text depends on the number of rows: padded, a batch of any size reuses one of 11
+    /// prepared statements instead of parsing a statement of thousands of markers anew.
+    fn pad_rows(&mut self, rows: usize, columns: usize) {
+        let null_row = format!(", ({})", vec!["NULL"; columns].join(", "));
+        for _ in rows..rows.next_power_of_two() {
+            self.push(&null_row);
         }
     }
 

@@ -163,6 +163,17 @@ DROP INDEX commands_job;
 CREATE INDEX commands_pending_expiry ON commands (expires_at) WHERE state = 'pending';
 DROP INDEX commands_state_expiry;
 "#,
+    // 6: an agent's commands without their state, and an agent's open commands alone. The
+    // old (tenant, agent, state) index moved an entry on every ack and result, and since a
+    // fan-out's runs belong to as many agents, each of a batch's results dirtied a different
+    // page of an index that grows with the whole history. Now acks and results leave the
+    // history index alone and delete from the open one, which holds only the commands still
+    // owed an answer: a few pages however long the history.
+    r#"
+CREATE INDEX commands_agent ON commands (tenant_id, agent_id);
+CREATE INDEX commands_agent_open ON commands (tenant_id, agent_id) WHERE state IN ('pending', 'delivered', 'running');
+DROP INDEX commands_agent_state;
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one
