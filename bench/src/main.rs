@@ -271,6 +271,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         for size in &sizes {
             let mut completions = Vec::new();
             let mut runs = Vec::new();
+            let cpu = server.cpu_seconds()?;
             for _ in 0..jobs {
                 let started = Instant::now();
                 let job = server
@@ -283,6 +284,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 let lat = run_latencies(&job, *size)?;
                 runs.extend(lat.per_run_ms);
             }
+            let cpu_per_run_us = (server.cpu_seconds()? - cpu) * 1e6 / runs.len().max(1) as f64;
             completions.sort_by(f64::total_cmp);
             runs.sort_by(f64::total_cmp);
             let goal = if *size >= 10_000 {
@@ -295,13 +297,13 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 goal.0,
                 goal.1,
                 format!(
-                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms",
+                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run",
                     percentile(&completions, 50.0),
                     percentile(&completions, 99.0),
                     percentile(&runs, 50.0),
                     percentile(&runs, 99.0),
                 ),
-                json!({"size": size, "jobs": jobs,
+                json!({"size": size, "jobs": jobs, "server_cpu_us_per_run": cpu_per_run_us,
                        "job_p50_ms": percentile(&completions, 50.0), "job_p99_ms": percentile(&completions, 99.0),
                        "job_max_ms": completions.last(),
                        "run_p50_ms": percentile(&runs, 50.0), "run_p99_ms": percentile(&runs, 99.0)}),
@@ -311,6 +313,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
 
     if has(&opts, Scenario::Throughput) && swarm.is_some() {
         let jobs = opts.throughput_jobs.max(1);
+        let cpu = server.cpu_seconds()?;
         let started = Instant::now();
         let mut pending = Vec::new();
         for _ in 0..jobs {
@@ -335,6 +338,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             last_finished = last_finished.max(Some(lat.last_finished));
         }
         let wall = started.elapsed().as_secs_f64();
+        let cpu_per_result_us = (server.cpu_seconds()? - cpu) * 1e6 / total.max(1) as f64;
         let stored_span = match (first_created, last_finished) {
             (Some(a), Some(b)) => (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
             _ => 0.0,
@@ -345,10 +349,11 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             "10,000",
             "100,000",
             format!(
-                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls)",
+                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls; server CPU {cpu_per_result_us:.0} µs per result)",
                 total as f64 / wall
             ),
             json!({"results": total, "jobs": jobs, "stored_span_s": stored_span, "wall_s": wall,
+                   "server_cpu_us_per_result": cpu_per_result_us,
                    "per_second": rate, "per_second_wall": total as f64 / wall}),
         );
     }

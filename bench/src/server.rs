@@ -108,6 +108,12 @@ impl Server {
         self.child.id()
     }
 
+    /// CPU time the server process has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        // USER_HZ is 100 on every Linux architecture we build for.
+        Ok(cpu_ticks(self.pid())? as f64 / 100.0)
+    }
+
     /// A REST client.
     pub fn client(&self) -> Client {
         self.client.clone()
