@@ -12,33 +12,8 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc v2's option list (libmimalloc-sys names no constant
-/// for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// Milliseconds mimalloc keeps freed memory before handing it back to the system. Its
-/// default, 10 ms, is shorter than one fan-out: memory freed between a fan-out's batches went
-/// back to the kernel and came back as page faults (6 % of the server's CPU). A second still
-/// returns what an idle server no longer uses.
-const PURGE_DELAY_MS: std::ffi::c_long = 1000;
-
-fn main() -> anyhow::Result<()> {
-    // mimalloc has read its options (and the environment) by now: set ours unless an
-    // operator chose one.
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: an FFI call taking two integers; it writes mimalloc's option table, which
-        // nothing else touches now: no other thread exists yet.
-        #[allow(unsafe_code)]
-        unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS)
-        };
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve())
-}
-
-async fn serve() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     // `outpost-server release …` is a separate tool sharing the binary; everything else is
     // the server's own flags.
     if std::env::args_os().nth(1).is_some_and(|a| a == "release") {
