@@ -131,16 +131,15 @@ pub struct AgentKeyPatch {
     pub status: Option<String>,
 }
 
-/// How much of an SQLite database file is read through a memory map: address space, not
-/// memory; the kernel keeps only the pages in use.
-const MMAP_BYTES: u64 = 1 << 30;
 /// Rows a query may have in flight from SQLite's thread (see `connect`).
 const ROW_CHANNEL: usize = 4096;
 /// Connections in the pool for request handlers and background tasks.
 const POOL_SIZE: u32 = 16;
 /// The writer's page cache: a batch of 2,048 results touches a few thousand pages, which
-/// SQLite's default cache (2 MiB) would spill to the WAL before the commit.
-const WRITER_CACHE_KIB: u32 = 64 * 1024;
+/// SQLite's default cache (2 MiB) would spill to the WAL before the commit. Not more: a
+/// commit by any other connection (a new command, a job's runs) empties it, which costs in
+/// proportion to the pages it holds, and it counts in the server's memory.
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
 /// The database handle and its domain methods.
 ///
@@ -160,10 +159,11 @@ impl Store {
     }
 
     /// A second handle on an opened database that always uses the same one connection, with
-    /// a large page cache: the writer's. SQLite keeps a page cache per connection, and a
+    /// a larger page cache: the writer's. SQLite keeps a page cache per connection, and a
     /// commit through one connection empties the caches of all others; a writer that took
-    /// any pooled connection would start each batch on a cold cache (and re-prepare its
-    /// statements), while one that keeps its own finds the pages of the last batch still there.
+    /// any pooled connection would start each batch on a cold cache (and prepare its
+    /// statements again), while one that keeps its own finds the pages of its last batch
+    /// still there whenever only the writer wrote in between, as during a fan-out.
     pub async fn open_writer(location: &DatabaseLocation) -> Result<Self> {
         Ok(Self {
             db: connect(location, 1, Some(WRITER_CACHE_KIB)).await?,
@@ -721,9 +721,6 @@ async fn connect(
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
-                // Pages of the database file are read through a memory map: no system call
-                // and no copy for a page another connection's commit dropped from the cache.
-                .pragma("mmap_size", MMAP_BYTES.to_string())
                 // Rows travel from SQLite's thread to the task reading them through a bounded
                 // channel; at sqlx's default of 50 a fan-out's 10,000 returned rows cost 200
                 // hand-offs between the threads, each a wake-up.
