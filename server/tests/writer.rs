@@ -259,3 +259,26 @@ async fn open_commands_use_the_partial_index() {
         format!("state IN ({})", quoted.join(", "))
     );
 }
+
+/// Commits do not checkpoint the WAL themselves (that stalled the writer); the background
+/// checkpoint copies every committed page into the database file.
+#[tokio::test]
+async fn checkpoints_copy_the_wal_into_the_database() {
+    let (dir, store, tenant) = fresh_store().await;
+    for i in 0..50 {
+        insert(&store, &tenant, &format!("agent-{i}"), "ping").await;
+    }
+    let wal = dir.path().join("outpost.db-wal");
+    let before = std::fs::metadata(&wal).expect("wal").len();
+    assert!(before > 0, "commits went to the WAL");
+    let (log, done) = store
+        .checkpoint()
+        .await
+        .expect("checkpoint")
+        .expect("SQLite reports its WAL");
+    assert!(log > 0, "the WAL held pages");
+    assert_eq!(
+        log, done,
+        "every page was copied (nothing else was reading)"
+    );
+}

@@ -29,8 +29,8 @@ use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    Statement, TransactionTrait,
 };
 use serde_json::{Value, json};
 
@@ -168,6 +168,28 @@ impl Store {
         Ok(Self {
             db: connect(location, 1, Some(WRITER_CACHE_KIB)).await?,
         })
+    }
+
+    /// Copies the WAL's committed pages into the database file without waiting for (or
+    /// blocking) the writer or readers, so that the WAL can start over. SQLite only; the
+    /// server calls it every second (see `lib.rs`). Returns the WAL's pages and how many of
+    /// them are in the database now.
+    pub async fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
+        if self.db.get_database_backend() != DbBackend::Sqlite {
+            return Ok(None);
+        }
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA wal_checkpoint(PASSIVE)",
+            ))
+            .await?;
+        Ok(row.and_then(|row| {
+            let log = row.try_get_by_index::<i64>(1).ok()?;
+            let done = row.try_get_by_index::<i64>(2).ok()?;
+            Some((log, done))
+        }))
     }
 
     /// Cheap liveness query for `/readyz`.
@@ -721,6 +743,10 @@ async fn connect(
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
+                // No commit checkpoints the WAL by itself: that would stall whichever commit
+                // crossed the threshold (the writer's, usually) for the copy and its fsync.
+                // `Store::checkpoint` does it in the background instead.
+                .pragma("wal_autocheckpoint", "0")
                 // Rows travel from SQLite's thread to the task reading them through a bounded
                 // channel; at sqlx's default of 50 a fan-out's 10,000 returned rows cost 200
                 // hand-offs between the threads, each a wake-up.
