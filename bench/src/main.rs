@@ -266,12 +266,15 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         );
     }
 
-    if has(&opts, Scenario::Fanout) && swarm.is_some() {
+    if has(&opts, Scenario::Fanout)
+        && let Some(swarm) = &swarm
+    {
         let jobs = opts.fanout_jobs.unwrap_or(if opts.quick { 2 } else { 5 });
         for size in &sizes {
             let mut completions = Vec::new();
             let mut runs = Vec::new();
             let cpu = server.cpu_seconds()?;
+            let swarm_cpu = swarm.cpu_seconds()?;
             for _ in 0..jobs {
                 let started = Instant::now();
                 let job = server
@@ -285,6 +288,8 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 runs.extend(lat.per_run_ms);
             }
             let cpu_per_run_us = (server.cpu_seconds()? - cpu) * 1e6 / runs.len().max(1) as f64;
+            let swarm_per_run_us =
+                (swarm.cpu_seconds()? - swarm_cpu) * 1e6 / runs.len().max(1) as f64;
             completions.sort_by(f64::total_cmp);
             runs.sort_by(f64::total_cmp);
             let goal = if *size >= 10_000 {
@@ -297,13 +302,14 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 goal.0,
                 goal.1,
                 format!(
-                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run",
+                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run (simulated agents {swarm_per_run_us:.0})",
                     percentile(&completions, 50.0),
                     percentile(&completions, 99.0),
                     percentile(&runs, 50.0),
                     percentile(&runs, 99.0),
                 ),
                 json!({"size": size, "jobs": jobs, "server_cpu_us_per_run": cpu_per_run_us,
+                       "swarm_cpu_us_per_run": swarm_per_run_us,
                        "job_p50_ms": percentile(&completions, 50.0), "job_p99_ms": percentile(&completions, 99.0),
                        "job_max_ms": completions.last(),
                        "run_p50_ms": percentile(&runs, 50.0), "run_p99_ms": percentile(&runs, 99.0)}),
@@ -311,9 +317,12 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         }
     }
 
-    if has(&opts, Scenario::Throughput) && swarm.is_some() {
+    if has(&opts, Scenario::Throughput)
+        && let Some(swarm) = &swarm
+    {
         let jobs = opts.throughput_jobs.max(1);
         let cpu = server.cpu_seconds()?;
+        let swarm_cpu = swarm.cpu_seconds()?;
         let started = Instant::now();
         let mut pending = Vec::new();
         for _ in 0..jobs {
@@ -339,6 +348,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         }
         let wall = started.elapsed().as_secs_f64();
         let cpu_per_result_us = (server.cpu_seconds()? - cpu) * 1e6 / total.max(1) as f64;
+        let swarm_per_result_us = (swarm.cpu_seconds()? - swarm_cpu) * 1e6 / total.max(1) as f64;
         let stored_span = match (first_created, last_finished) {
             (Some(a), Some(b)) => (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
             _ => 0.0,
@@ -349,11 +359,12 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             "10,000",
             "100,000",
             format!(
-                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls; server CPU {cpu_per_result_us:.0} µs per result)",
+                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls; server CPU {cpu_per_result_us:.0} µs per result, simulated agents {swarm_per_result_us:.0})",
                 total as f64 / wall
             ),
             json!({"results": total, "jobs": jobs, "stored_span_s": stored_span, "wall_s": wall,
                    "server_cpu_us_per_result": cpu_per_result_us,
+                   "swarm_cpu_us_per_result": swarm_per_result_us,
                    "per_second": rate, "per_second_wall": total as f64 / wall}),
         );
     }
@@ -434,6 +445,15 @@ struct Swarm {
 }
 
 impl Swarm {
+    /// CPU time all workers have used so far, in seconds: on a machine whose cores the swarm
+    /// shares with the server, this is what the server could not have.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.children
+            .iter()
+            .map(|child| server::cpu_seconds_of(child.id()))
+            .sum()
+    }
+
     fn stop(mut self) {
         for child in &mut self.children {
             drop(child.stdin.take());

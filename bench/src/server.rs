@@ -110,8 +110,7 @@ impl Server {
 
     /// CPU time the server process has used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        // USER_HZ is 100 on every Linux architecture we build for.
-        Ok(cpu_ticks(self.pid())? as f64 / 100.0)
+        cpu_seconds_of(self.pid())
     }
 
     /// A REST client.
@@ -298,6 +297,12 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let utime: u64 = fields.get(11).context("no utime")?.parse()?;
     let stime: u64 = fields.get(12).context("no stime")?.parse()?;
     Ok(utime + stime)
+}
+
+/// CPU time process `pid` has used so far (user + system), in seconds.
+pub fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
+    // USER_HZ is 100 on every Linux architecture we build for.
+    Ok(cpu_ticks(pid)? as f64 / 100.0)
 }
 
 /// The real agent's footprint.
