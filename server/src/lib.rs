@@ -53,8 +53,6 @@ pub struct AppState {
     pub releases: Arc<release::Releases>,
 }
 
-/// How often SQLite's WAL is checkpointed.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How long the server waits for connections to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -127,7 +125,6 @@ pub async fn run(
         heartbeat.min(Duration::from_secs(30)),
         lost_after,
     ));
-    tokio::spawn(checkpoint_loop(state.clone()));
 
     let app = api::router()
         .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
@@ -276,24 +273,6 @@ async fn sweep_loop(state: AppState, every: Duration, lost_after: Duration) {
                     tracing::warn!(error = %err, "housekeeping failed; retrying at the next tick");
                 }
             }
-        }
-    }
-}
-
-/// Checkpoints SQLite's WAL every second, off every request's path (commits do not
-/// checkpoint, see `store::connect`). A checkpoint copies each changed page once however often
-/// it changed since the last one, and does not wait for the writer.
-async fn checkpoint_loop(state: AppState) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = state.shutdown.cancelled() => return,
-            _ = tick.tick() => match state.store.checkpoint().await {
-                Ok(Some((log, done))) => tracing::trace!(log, done, "WAL checkpoint"),
-                Ok(None) => return,
-                Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying in a second"),
-            },
         }
     }
 }

@@ -260,8 +260,9 @@ async fn open_commands_use_the_partial_index() {
     );
 }
 
-/// Commits do not checkpoint the WAL themselves (that stalled the writer); the background
-/// checkpoint copies every committed page into the database file.
+/// Commits do not checkpoint the WAL themselves (that stalled the commit that crossed the
+/// threshold); the writer's checkpoint between batches copies every committed page into the
+/// database file.
 #[tokio::test]
 async fn checkpoints_copy_the_wal_into_the_database() {
     let (dir, store, tenant) = fresh_store().await;

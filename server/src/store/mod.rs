@@ -171,9 +171,9 @@ impl Store {
     }
 
     /// Copies the WAL's committed pages into the database file without waiting for (or
-    /// blocking) the writer or readers, so that the WAL can start over. SQLite only; the
-    /// server calls it every second (see `lib.rs`). Returns the WAL's pages and how many of
-    /// them are in the database now.
+    /// blocking) readers, so that the WAL can start over. SQLite only; the writer calls it
+    /// between batches every second (see `writer::Checkpoints`). Returns the WAL's pages and
+    /// how many of them are in the database now.
     pub async fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
         if self.db.get_database_backend() != DbBackend::Sqlite {
             return Ok(None);
@@ -745,7 +745,7 @@ async fn connect(
                 .foreign_keys(true)
                 // No commit checkpoints the WAL by itself: that would stall whichever commit
                 // crossed the threshold (the writer's, usually) for the copy and its fsync.
-                // `Store::checkpoint` does it in the background instead.
+                // The writer calls `Store::checkpoint` between batches instead.
                 .pragma("wal_autocheckpoint", "0")
                 // Rows travel from SQLite's thread to the task reading them through a bounded
                 // channel; at sqlx's default of 50 a fan-out's 10,000 returned rows cost 200

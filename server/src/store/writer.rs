@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use outpost_protocol::{HeartbeatStatus, Response};
 use tokio::sync::{mpsc, oneshot};
@@ -156,7 +156,18 @@ impl Writer {
 
 async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<Stats>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    let mut checkpoints = Checkpoints::new();
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => break,
+            },
+            () = checkpoints.due() => {
+                checkpoints.run(&store).await;
+                continue;
+            }
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -196,6 +207,63 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
             }
         }
         tracing::trace!(size, "committed a batch");
+        if checkpoints.is_due() {
+            checkpoints.run(&store).await;
+        }
+    }
+}
+
+/// How often the writer checkpoints SQLite's WAL.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The WAL checkpoint, run by the writer between batches every [`CHECKPOINT_EVERY`].
+///
+/// No commit checkpoints by itself (`wal_autocheckpoint` is off, see `store::connect`): the
+/// commit that crossed SQLite's 1,000-page threshold paid for the copy and its `fsync`, which
+/// was most of the round trip's p99. A checkpoint on another connection, concurrent with the
+/// writer, does not stall it, but under sustained load it never catches up: the WAL only
+/// starts over when a write transaction begins with every frame copied, and the writer
+/// always had committed more in the meantime (a 15,000-agent burst grew it past 300 MB,
+/// and every page read searches the WAL's index). Between two of the writer's own batches
+/// nothing else writes, as a rule, so the checkpoint completes and the next batch starts the
+/// WAL over: it stays at about a second of writes, and a lone command's round trip meets a
+/// checkpoint at most once a second.
+struct Checkpoints {
+    next: tokio::time::Instant,
+    /// False on PostgreSQL, which checkpoints by itself.
+    enabled: bool,
+}
+
+impl Checkpoints {
+    fn new() -> Self {
+        Self {
+            next: tokio::time::Instant::now() + CHECKPOINT_EVERY,
+            enabled: true,
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        self.enabled && tokio::time::Instant::now() >= self.next
+    }
+
+    /// Resolves when the next checkpoint is due (never, when disabled).
+    async fn due(&self) {
+        if self.enabled {
+            tokio::time::sleep_until(self.next).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn run(&mut self, store: &Store) {
+        match store.checkpoint().await {
+            Ok(Some((log, done))) => tracing::trace!(log, done, "WAL checkpoint"),
+            Ok(None) => self.enabled = false,
+            Err(err) => {
+                tracing::warn!(error = %err, "WAL checkpoint failed; retrying in a second");
+            }
+        }
+        self.next = tokio::time::Instant::now() + CHECKPOINT_EVERY;
     }
 }
 
