@@ -47,6 +47,8 @@ pub const STORE_BATCH_SIZE: &str = "outpost_store_batch_size";
 pub const STORE_COMMIT: &str = "outpost_store_commit_seconds";
 /// Writer batches that failed and were retried write by write.
 pub const STORE_BATCH_FAILURES: &str = "outpost_store_batch_failures_total";
+/// Acks not written because their command's response arrived with them.
+pub const ACKS_FOLDED: &str = "outpost_acks_folded_total";
 /// Job webhooks finished, by `outcome` (`delivered`, `failed`).
 pub const WEBHOOK_DELIVERIES: &str = "outpost_webhook_deliveries_total";
 /// Webhook attempts, by `outcome` (`success`, `http_error`, `network_error`, `refused`).
@@ -137,6 +139,10 @@ fn describe() {
     describe_counter!(
         STORE_BATCH_FAILURES,
         "Writer batches retried write by write."
+    );
+    describe_counter!(
+        ACKS_FOLDED,
+        "Agent acks not written on their own: the command's response arrived with them."
     );
     describe_counter!(WEBHOOK_DELIVERIES, "Job webhooks finished, by outcome.");
     describe_counter!(WEBHOOK_ATTEMPTS, "Job webhook attempts, by outcome.");
@@ -252,6 +258,11 @@ pub fn store_batch(size: usize, took: Duration) {
 /// A writer batch failed and is retried write by write.
 pub fn store_batch_failed() {
     counter!(STORE_BATCH_FAILURES).increment(1);
+}
+
+/// An agent's `ack` was dropped because its command's `response` came in the same read.
+pub fn ack_folded() {
+    counter!(ACKS_FOLDED).increment(1);
 }
 
 /// A webhook attempt ended: `success`, `http_error`, `network_error` or `refused`.

@@ -72,6 +72,18 @@ impl Peer {
             .expect("send");
     }
 
+    /// Sends several JSON values as text frames in one write, as an agent does when it has
+    /// more than one frame ready.
+    pub async fn send_together(&mut self, values: &[Value]) {
+        for value in values {
+            self.socket
+                .feed(Message::text(value.to_string()))
+                .await
+                .expect("send");
+        }
+        self.socket.flush().await.expect("flush");
+    }
+
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.socket

@@ -1,6 +1,7 @@
 //! `GET /metrics`: who may read it, and that the figures move when things happen.
 
-use outpost_e2e::{Agent, Server, ServerOptions};
+use outpost_e2e::{Agent, Server, ServerOptions, ws};
+use outpost_protocol::ServerFrame;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -113,4 +114,58 @@ async fn metrics_need_an_owner_key_or_the_internal_listener_and_move_with_a_comm
     assert!(value(&after, "process_open_fds") >= 3.0, "{after}");
     // Nothing identifies an agent, tenant or job.
     assert!(!after.contains(&id), "metrics must not carry agent ids");
+}
+
+/// An `ack` that arrives together with its command's `response` is not written on its own:
+/// the response records the delivery too, so a quick command costs one row change, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_that_arrives_with_its_response_is_not_written_on_its_own() {
+    let server = Server::start().await;
+    let api = server.api();
+    let http = reqwest::Client::new();
+    let (_, secret) = api.agent_key().await;
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, &secret).await.expect("connect");
+    peer.handshake(&agent_id).await;
+    api.wait_online(&agent_id).await;
+    let (_, before) = scrape(&http, &server.url, Some(&server.admin_key)).await;
+
+    let call = {
+        let (api, agent_id) = (api.clone(), agent_id.clone());
+        tokio::spawn(async move {
+            api.command(&agent_id, json!({"command": "ping", "timeout_s": 10}))
+                .await
+        })
+    };
+    let command_id = match peer.frame().await {
+        ServerFrame::Command(c) => c.command_id,
+        other => panic!("expected a command, got {other:?}"),
+    };
+    peer.send_together(&[
+        json!({"type": "ack", "command_id": command_id}),
+        json!({"type": "response", "command_id": command_id, "success": true,
+               "data": {"pong": true}, "error": null}),
+    ])
+    .await;
+    assert!(
+        matches!(peer.frame().await, ServerFrame::Ack { command_id: acked } if acked == command_id),
+        "the response is acknowledged once stored"
+    );
+    let (status, answered) = call.await.expect("join");
+    assert_eq!(status, StatusCode::OK, "{answered}");
+    assert_eq!(answered["status"], "succeeded", "{answered}");
+    let stored = api.wait_command_final(&command_id.to_string()).await;
+    assert!(
+        stored["delivered_at"].is_string(),
+        "the response recorded the delivery: {stored}"
+    );
+
+    let (_, after) = scrape(&http, &server.url, Some(&server.admin_key)).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(moved("outpost_acks_folded_total"), 1.0, "{after}");
+    assert_eq!(
+        moved("outpost_store_batch_size_sum"),
+        1.0,
+        "one write (the response) for the command: {after}"
+    );
 }
