@@ -181,7 +181,11 @@ impl Link {
                     )?;
                     return Ok(None);
                 }
-                self.store_register(&data).await.map_err(internal)?;
+                // Boxed: rare, and its query future would otherwise enlarge every
+                // connection's (see `ws::Connection::serve`).
+                Box::pin(self.store_register(&data))
+                    .await
+                    .map_err(internal)?;
                 return Ok(None);
             }
             AgentFrame::Heartbeat { status } => Write::Heartbeat {
