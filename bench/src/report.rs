@@ -40,6 +40,7 @@ impl Report {
             })
             .unwrap_or(0);
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let speed_ms = speed_check();
         Self {
             rows: Vec::new(),
             machine: json!({
@@ -47,6 +48,7 @@ impl Report {
                 "cpu_model": model,
                 "mem_gib": mem_kib / (1024 * 1024),
                 "loadavg_at_start": load.trim(),
+                "speed_check_ms": speed_ms,
                 "fd_limit": fd_limit,
                 "agents": agents,
                 "bin_dir": bin_dir.display().to_string(),
@@ -85,13 +87,15 @@ impl Report {
         }
         let m = &self.machine;
         println!(
-            "machine: {} x {}, {} GiB RAM; load average at start {}, at end {}; file limit {}",
+            "machine: {} x {}, {} GiB RAM; load average at start {}, at end {}; file limit {}; \
+             speed check {:.0} ms",
             m["cpus"],
             m["cpu_model"].as_str().unwrap_or("?"),
             m["mem_gib"],
             m["loadavg_at_start"].as_str().unwrap_or("?"),
             load.trim(),
             m["fd_limit"],
+            m["speed_check_ms"].as_f64().unwrap_or(0.0),
         );
         println!();
         println!("| SPEC §8 row | floor | goal | measured |");
@@ -100,6 +104,30 @@ impl Report {
             println!("| {} | {} | {} | {} |", r.what, r.floor, r.goal, r.measured);
         }
     }
+}
+
+/// Milliseconds one core takes to sort 4 Mi pseudo-random integers, the best of three tries.
+/// A virtual machine's speed can drift by half within a day (its neighbours' load), and every
+/// CPU-bound figure drifts with it: runs compare only when their speed checks are close.
+pub fn speed_check() -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut values: Vec<u64> = (0..4 << 20)
+            .map(|_| {
+                // xorshift64: the same input on every run.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        values.sort_unstable();
+        std::hint::black_box(&values);
+        best = best.min(start.elapsed().as_secs_f64() * 1e3);
+    }
+    best
 }
 
 /// The `p`th percentile of sorted values (nearest rank); 0 when empty.
