@@ -293,7 +293,16 @@ pub async fn frames(
 
     let mut link = session.link.lock().await;
     session.touch();
-    for frame in decoded {
+    while let Some(frame) = decoded.next() {
+        // An ack followed in the same batch by its command's response needs no write of its
+        // own: the response records the delivery too (as on a WebSocket, see `ws::read_on`),
+        // and the agent then waits for one commit instead of two.
+        if let Ok(AgentFrame::Ack { command_id }) = &frame
+            && matches!(decoded.peek(), Some(Ok(AgentFrame::Response(r))) if r.command_id == *command_id)
+        {
+            crate::metrics::ack_folded();
+            continue;
+        }
         let handled = match frame {
             Ok(frame) => link.handle(session.agent_id, frame, &mut out).await,
             Err(err @ DecodeError::UnknownType(_)) => {

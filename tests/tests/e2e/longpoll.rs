@@ -357,3 +357,56 @@ async fn the_long_poll_routes_deliver_resend_until_acknowledged_and_refuse_bad_i
     let (code, body) = agent.poll(0, cursor).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_posted_with_its_response_is_not_written_on_its_own() {
+    use crate::metrics::{scrape, value};
+
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, key) = api.agent_key().await;
+    let (agent, _) = RawAgent::register(&server.url, &key).await;
+    api.wait_online(&agent.agent_id).await;
+
+    let call = {
+        let (api, target) = (api.clone(), agent.agent_id.clone());
+        tokio::spawn(async move {
+            api.command(&target, json!({"command": "ping", "timeout_s": 20}))
+                .await
+        })
+    };
+    let (code, polled) = agent.poll(20, 0).await;
+    assert_eq!(code, StatusCode::OK, "{polled}");
+    assert_eq!(polled["frames"][0]["type"], "command", "{polled}");
+    let command_id = polled["frames"][0]["command_id"].clone();
+    let (_, before) = scrape(&agent.http, &server.url, Some(&server.admin_key)).await;
+
+    let (code, answer) = agent
+        .frames(json!([
+            {"type": "ack", "command_id": command_id},
+            {"type": "response", "command_id": command_id, "success": true, "data": {"pong": true}, "error": null},
+        ]))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(answer["frames"][0]["type"], "ack", "{answer}");
+    assert_eq!(answer["frames"][0]["command_id"], command_id, "{answer}");
+    let (code, result) = call.await.expect("command task");
+    assert_eq!(code, StatusCode::OK, "{result}");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let stored = api
+        .wait_command_final(command_id.as_str().expect("id"))
+        .await;
+    assert!(
+        stored["delivered_at"].is_string(),
+        "the response recorded the delivery: {stored}"
+    );
+
+    let (_, after) = scrape(&agent.http, &server.url, Some(&server.admin_key)).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(moved("outpost_acks_folded_total"), 1.0, "{after}");
+    assert_eq!(
+        moved("outpost_store_batch_size_sum"),
+        1.0,
+        "one write (the response) for the command: {after}"
+    );
+}

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 /// The value of one series (`name{labels}` exactly as rendered), 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
+pub(crate) fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| {
@@ -19,7 +19,11 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn scrape(http: &reqwest::Client, url: &str, token: Option<&str>) -> (StatusCode, String) {
+pub(crate) async fn scrape(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
     let mut request = http.get(format!("{url}/metrics"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
