@@ -275,6 +275,8 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             let mut runs = Vec::new();
             let cpu = server.cpu_seconds()?;
             let swarm_cpu = swarm.cpu_seconds()?;
+            let writer = server.writer().await?;
+            let phase = Instant::now();
             for _ in 0..jobs {
                 let started = Instant::now();
                 let job = server
@@ -288,6 +290,10 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 runs.extend(lat.per_run_ms);
             }
             let cpu_per_run_us = (server.cpu_seconds()? - cpu) * 1e6 / runs.len().max(1) as f64;
+            let (writer, writer_json) = server
+                .writer()
+                .await?
+                .since(&writer, phase.elapsed().as_secs_f64());
             let swarm_per_run_us =
                 (swarm.cpu_seconds()? - swarm_cpu) * 1e6 / runs.len().max(1) as f64;
             completions.sort_by(f64::total_cmp);
@@ -302,13 +308,14 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 goal.0,
                 goal.1,
                 format!(
-                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run (simulated agents {swarm_per_run_us:.0})",
+                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run (simulated agents {swarm_per_run_us:.0}); {writer}",
                     percentile(&completions, 50.0),
                     percentile(&completions, 99.0),
                     percentile(&runs, 50.0),
                     percentile(&runs, 99.0),
                 ),
                 json!({"size": size, "jobs": jobs, "server_cpu_us_per_run": cpu_per_run_us,
+                       "writer": writer_json,
                        "swarm_cpu_us_per_run": swarm_per_run_us,
                        "job_p50_ms": percentile(&completions, 50.0), "job_p99_ms": percentile(&completions, 99.0),
                        "job_max_ms": completions.last(),
@@ -323,6 +330,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         let jobs = opts.throughput_jobs.max(1);
         let cpu = server.cpu_seconds()?;
         let swarm_cpu = swarm.cpu_seconds()?;
+        let writer = server.writer().await?;
         let started = Instant::now();
         let mut pending = Vec::new();
         for _ in 0..jobs {
@@ -347,6 +355,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             last_finished = last_finished.max(Some(lat.last_finished));
         }
         let wall = started.elapsed().as_secs_f64();
+        let (writer, writer_json) = server.writer().await?.since(&writer, wall);
         let cpu_per_result_us = (server.cpu_seconds()? - cpu) * 1e6 / total.max(1) as f64;
         let swarm_per_result_us = (swarm.cpu_seconds()? - swarm_cpu) * 1e6 / total.max(1) as f64;
         let stored_span = match (first_created, last_finished) {
@@ -359,12 +368,12 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             "10,000",
             "100,000",
             format!(
-                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls; server CPU {cpu_per_result_us:.0} µs per result, simulated agents {swarm_per_result_us:.0})",
+                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls; server CPU {cpu_per_result_us:.0} µs per result, simulated agents {swarm_per_result_us:.0}; {writer})",
                 total as f64 / wall
             ),
             json!({"results": total, "jobs": jobs, "stored_span_s": stored_span, "wall_s": wall,
                    "server_cpu_us_per_result": cpu_per_result_us,
-                   "swarm_cpu_us_per_result": swarm_per_result_us,
+                   "swarm_cpu_us_per_result": swarm_per_result_us, "writer": writer_json,
                    "per_second": rate, "per_second_wall": total as f64 / wall}),
         );
     }

@@ -53,6 +53,65 @@ impl Client {
         }
         Ok(serde_json::from_str(&text)?)
     }
+
+    /// The writer's totals so far, read from `/metrics`.
+    pub async fn writer(&self) -> anyhow::Result<WriterTotals> {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .context("GET /metrics")?
+            .error_for_status()
+            .context("GET /metrics")?;
+        WriterTotals::parse(&response.text().await?)
+    }
+}
+
+/// The store writer's cumulative figures, from its Prometheus histograms: how many
+/// transactions, how many writes in them and how long their commits took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterTotals {
+    /// Transactions committed.
+    pub batches: f64,
+    /// Writes in them.
+    pub writes: f64,
+    /// Seconds spent in them, from the first statement to the commit.
+    pub busy_s: f64,
+}
+
+impl WriterTotals {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        // A histogram appears with its first value: absent, nothing was committed yet.
+        let value = |name: &str| -> anyhow::Result<f64> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .map_or(Ok(0.0), |v| v.trim().parse())
+                .with_context(|| format!("/metrics: {name} is not a number"))
+        };
+        Ok(Self {
+            batches: value("outpost_store_commit_seconds_count")?,
+            writes: value("outpost_store_batch_size_sum")?,
+            busy_s: value("outpost_store_commit_seconds_sum")?,
+        })
+    }
+
+    /// What the writer did between `earlier` and `self`, over `wall_s` seconds, in words and
+    /// as JSON.
+    pub fn since(&self, earlier: &Self, wall_s: f64) -> (String, Value) {
+        let batches = self.batches - earlier.batches;
+        let writes = self.writes - earlier.writes;
+        let busy = self.busy_s - earlier.busy_s;
+        let mean = writes / batches.max(1.0);
+        let share = busy / wall_s.max(1e-6) * 100.0;
+        (
+            format!(
+                "writer: {batches:.0} transactions of {mean:.0} writes on average, busy {share:.0} % of the time"
+            ),
+            json!({"transactions": batches, "writes": writes, "busy_s": busy, "busy_percent": share}),
+        )
+    }
 }
 
 /// A running server process.
@@ -116,6 +175,11 @@ impl Server {
     /// A REST client.
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// The writer's totals so far.
+    pub async fn writer(&self) -> anyhow::Result<WriterTotals> {
+        self.client.writer().await
     }
 
     /// POSTs JSON as the owner.
