@@ -40,7 +40,7 @@ async fn thousands_of_results_commit_in_few_transactions() {
         let command = insert(&store, &tenant, &format!("agent-{i}"), "ping").await;
         ids.push((format!("agent-{i}"), command.id));
     }
-    let writer = Writer::start(store.clone());
+    let writer = Writer::start(store.clone()).expect("the writer starts");
     let finish = |agent: String, id: String| {
         let (writer, tenant) = (writer.clone(), tenant.clone());
         tokio::spawn(async move {
@@ -121,7 +121,7 @@ async fn batched_acks_move_only_the_agents_own_pending_commands() {
         let model = insert(&store, &tenant, &format!("agent-{i}"), command).await;
         commands.push(model);
     }
-    let writer = Writer::start(store.clone());
+    let writer = Writer::start(store.clone()).expect("the writer starts");
     let ack = |agent: &str, id: &str| Write::Delivered {
         tenant_id: tenant.clone(),
         agent_id: agent.to_owned(),

@@ -380,7 +380,7 @@ pub async fn create(
         idempotency_key: body.idempotency_key,
         webhook_url: body.webhook_url,
     };
-    let (job, runs, created) = state.store.create_job(new, runs).await?;
+    let (job, runs, created) = state.writer.store().create_job(new, runs).await?;
     let wait = query.wait.map(|s| Duration::from_secs(s.min(MAX_WAIT_S)));
     // Watch before pushing, so that no result can slip by.
     let waiters: Vec<_> = match wait {

@@ -105,10 +105,19 @@ impl std::future::Future for Committed {
 }
 
 /// Hands writes to the writer task.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<(Write, Reply)>,
     stats: Arc<Stats>,
+    store: Store,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters of what the writer did.
@@ -121,12 +130,36 @@ pub struct Stats {
 }
 
 impl Writer {
-    /// Starts the writer task on `store`.
-    pub fn start(store: Store) -> Self {
+    /// Starts the writer on `store`, on a thread of its own.
+    ///
+    /// The writer's every step is a hand-off to SQLite's thread and back (begin, each
+    /// statement, each chunk of returned rows, commit). On the server's runtime each of those
+    /// wake-ups queued behind the connection tasks that the previous batch's replies had just
+    /// woken: thousands of them after a fan-out's batch, so a batch spent 30-100 ms merely
+    /// waiting to be polled, most of it before its `BEGIN` had even run. On a runtime of its
+    /// own the writer is polled as soon as SQLite answers.
+    pub fn start(store: Store) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
-        tokio::spawn(run(store, rx, stats.clone()));
-        Self { tx, stats }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (counted, own) = (stats.clone(), store.clone());
+        std::thread::Builder::new()
+            .name("outpost-writer".into())
+            .spawn(move || runtime.block_on(run(own, rx, counted)))?;
+        Ok(Self { tx, stats, store })
+    }
+
+    /// The writer's own connection, for the other large writes: a job's runs.
+    ///
+    /// A 10,000-run job inserted through any other connection held SQLite's write lock while
+    /// the writer's next batch waited in SQLite's busy handler, which sleeps in steps of up
+    /// to 100 ms and so oversleeps the lock's release; and its commit emptied the writer's
+    /// page cache. Taken here, the one connection is handed from the job to the writer (and
+    /// back) the moment it is free, and the cache stays the writer's.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// `(transactions, writes)` committed so far.
