@@ -144,6 +144,75 @@ impl<C: ConnectionTrait> Store<C> {
     }
 }
 
+/// A job's runs per `INSERT`: 7 bound values a row.
+const RUNS_PER_INSERT: usize = 1024;
+
+impl<C: ConnectionTrait> Store<C> {
+    /// Inserts a job's runs (built by `create_job`: one tenant, job, command, arguments and
+    /// times). What they share is bound once per statement, and only what differs (the run's
+    /// id and agent, and a refused run's outcome) once per row: a 10,000-run job binds 70,000
+    /// values in 10 statements instead of 210,000 in 20 through the query builder, which cost
+    /// as much as SQLite's own work on the rows.
+    pub(super) async fn insert_runs(&self, runs: &[command::Model]) -> Result<()> {
+        let Some(first) = runs.first() else {
+            return Ok(());
+        };
+        debug_assert!(runs.iter().all(|r| r.job_id == first.job_id
+            && r.tenant_id == first.tenant_id
+            && r.command == first.command
+            && r.created_at == first.created_at));
+        let backend = self.db.get_database_backend();
+        for chunk in runs.chunks(RUNS_PER_INSERT) {
+            let mut sql = Sql::new(backend, chunk.len() * 7 + 8);
+            sql.push(
+                "WITH v(id, agent_id, state, finished_at, success, error_code, error_message) \
+                 AS (VALUES ",
+            );
+            for (i, run) in chunk.iter().enumerate() {
+                sql.row(
+                    i,
+                    [
+                        run.id.as_str().into(),
+                        run.agent_id.as_str().into(),
+                        run.state.as_str().into(),
+                        run.finished_at.into(),
+                        run.success.into(),
+                        run.error_code.clone().into(),
+                        run.error_message.clone().into(),
+                    ],
+                );
+            }
+            sql.pad_rows(chunk.len(), 7);
+            sql.push(
+                ") INSERT INTO commands (id, tenant_id, agent_id, command, data, timeout_s, \
+                 state, created_at, expires_at, finished_at, success, error_code, \
+                 error_message, job_id) SELECT v.id, ",
+            );
+            sql.bind(first.tenant_id.as_str().into());
+            sql.push(", v.agent_id, ");
+            sql.bind(first.command.as_str().into());
+            sql.push(", ");
+            sql.bind(first.data.clone().into());
+            sql.push(", ");
+            sql.bind(first.timeout_s.into());
+            sql.push(", v.state, ");
+            sql.bind(first.created_at.into());
+            sql.push(", ");
+            sql.bind(first.expires_at.into());
+            sql.push(", v.finished_at, v.success, v.error_code, v.error_message, ");
+            sql.bind(first.job_id.clone().into());
+            // The padding rows are all NULL.
+            sql.push(" FROM v WHERE v.id IS NOT NULL");
+            self.db
+                .execute_raw(Statement::from_sql_and_values(
+                    backend, sql.text, sql.values,
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The state a response moves its command to.
 pub(super) fn final_state_of(response: &Response) -> &'static str {
     let flag = |name| response.data.get(name).and_then(serde_json::Value::as_bool) == Some(true);

@@ -17,9 +17,6 @@ use serde_json::Value;
 
 use super::{Result, Store, command, job, new_id, output_chunk, state};
 
-/// Runs inserted per statement when a job is created.
-const RUNS_PER_INSERT: usize = 500;
-
 /// Job statuses.
 pub mod job_status {
     /// Some run is not final yet.
@@ -218,17 +215,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 output_truncated: false,
             });
         }
-        // Many rows per INSERT: a 10,000-agent fan-out is 20 statements instead of 10,000
-        // round trips through the driver. 500 rows stay far below SQLite's 32,766 variables.
-        for chunk in models.chunks(RUNS_PER_INSERT) {
-            let rows = chunk
-                .iter()
-                .map(|m| command::ActiveModel::from(m.clone()).reset_all());
-            command::Entity::insert_many(rows)
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        txn.commit().await?;
+        let txn = Store { db: txn };
+        txn.insert_runs(&models).await?;
+        txn.db.commit().await?;
         crate::metrics::commands_created(&new.command, models.len());
         let job = match self.refresh_job(&new.tenant_id, &job.id).await? {
             Some(refreshed) => refreshed,

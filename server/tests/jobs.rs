@@ -1,0 +1,85 @@
+//! Creating a job stores exactly the runs it returns: every shared field, each run's own
+//! agent, and a refused run's outcome, across more runs than one insert statement holds.
+
+use outpost_server::store::{DatabaseLocation, NewJob, NewRun, Store, job_status, state};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
+        .await
+        .expect("open");
+    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+
+    // 2,500 runs: two full statements of 1,024 and a padded one.
+    let runs: Vec<NewRun> = (0..2500)
+        .map(|i| NewRun {
+            agent_id: format!("agent-{i}"),
+            refused: (i % 100 == 7).then(|| ("forbidden".to_owned(), format!("no {i}"))),
+        })
+        .collect();
+    let data = json!({"script": "backup", "params": {"where": "o'neil; drop table x"}});
+    let (job, returned, created) = store
+        .create_job(
+            NewJob {
+                tenant_id: tenant.clone(),
+                command: "run".into(),
+                data: data.clone(),
+                target: json!({"all": true}),
+                timeout_s: 90,
+                ttl_s: 600,
+                idempotency_key: None,
+                webhook_url: None,
+            },
+            runs,
+        )
+        .await
+        .expect("create");
+    assert!(created);
+    assert_eq!(job.status, job_status::RUNNING);
+    assert_eq!(returned.len(), 2500);
+
+    let mut stored = store.job_runs(&tenant, &job.id).await.expect("runs");
+    assert_eq!(stored.len(), 2500);
+    stored.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut returned = returned;
+    returned.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        stored, returned,
+        "the rows are the models create_job handed back"
+    );
+
+    let refused: Vec<_> = stored.iter().filter(|r| r.state == state::FAILED).collect();
+    assert_eq!(refused.len(), 25);
+    for run in &refused {
+        let i: u32 = run.agent_id["agent-".len()..]
+            .parse()
+            .expect("agent number");
+        assert_eq!(i % 100, 7);
+        assert_eq!(run.error_code.as_deref(), Some("forbidden"));
+        assert_eq!(run.error_message, Some(format!("no {i}")));
+        assert_eq!(run.success, Some(false));
+        assert!(run.finished_at.is_some());
+    }
+    for run in &stored {
+        assert_eq!(run.tenant_id, tenant);
+        assert_eq!(run.job_id.as_deref(), Some(job.id.as_str()));
+        assert_eq!(run.command, "run");
+        assert_eq!(run.data, data);
+        assert_eq!(run.timeout_s, 90);
+        assert_eq!(
+            run.expires_at - run.created_at,
+            chrono::Duration::seconds(600)
+        );
+        assert_eq!(run.stdout_bytes, 0);
+        assert!(!run.output_truncated);
+        if run.state != state::FAILED {
+            assert_eq!(run.state, state::PENDING);
+            assert!(run.finished_at.is_none() && run.success.is_none());
+            assert!(run.error_code.is_none() && run.error_message.is_none());
+        }
+    }
+    let agents: std::collections::HashSet<_> = stored.iter().map(|r| &r.agent_id).collect();
+    assert_eq!(agents.len(), 2500, "one run per agent");
+}
