@@ -39,6 +39,16 @@ impl Client {
 
     /// GETs JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.get_text(path).await?)?)
+    }
+
+    /// The writer's totals so far, read from `/metrics`.
+    pub async fn writer(&self) -> anyhow::Result<WriterTotals> {
+        WriterTotals::parse(&self.get_text("/metrics").await?)
+    }
+
+    /// GETs a body as text; any non-2xx is an error.
+    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -51,21 +61,7 @@ impl Client {
         if !status.is_success() {
             bail!("GET {path}: {status}: {text}");
         }
-        Ok(serde_json::from_str(&text)?)
-    }
-
-    /// The writer's totals so far, read from `/metrics`.
-    pub async fn writer(&self) -> anyhow::Result<WriterTotals> {
-        let response = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .bearer_auth(&self.admin)
-            .send()
-            .await
-            .context("GET /metrics")?
-            .error_for_status()
-            .context("GET /metrics")?;
-        WriterTotals::parse(&response.text().await?)
+        Ok(text)
     }
 }
 
