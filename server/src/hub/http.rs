@@ -294,11 +294,10 @@ pub async fn frames(
     let mut link = session.link.lock().await;
     session.touch();
     while let Some(frame) = decoded.next() {
-        // An ack followed in the same batch by its command's response needs no write of its
-        // own: the response records the delivery too (as on a WebSocket, see `ws::read_on`),
-        // and the agent then waits for one commit instead of two.
-        if let Ok(AgentFrame::Ack { command_id }) = &frame
-            && matches!(decoded.peek(), Some(Ok(AgentFrame::Response(r))) if r.command_id == *command_id)
+        // An ack followed in the same batch by its command's response (as on a WebSocket,
+        // see `ws::read_on`).
+        if let Ok(ack) = &frame
+            && matches!(decoded.peek(), Some(Ok(next)) if super::answers_ack(ack, next))
         {
             crate::metrics::ack_folded();
             continue;

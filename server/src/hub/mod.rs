@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use outpost_protocol::{AgentId, CommandId, ServerFrame};
+use outpost_protocol::{AgentFrame, AgentId, CommandId, ServerFrame};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -385,4 +385,12 @@ impl Drop for Waiter<'_> {
                 senders.is_empty()
             });
     }
+}
+
+/// Whether `next` is the response to the command that `ack` acknowledges. Such an ack needs no
+/// write of its own, on either transport: the response records the delivery too (see
+/// `store::batch`), and the agent then waits for one commit instead of two.
+fn answers_ack(ack: &AgentFrame, next: &AgentFrame) -> bool {
+    matches!((ack, next), (AgentFrame::Ack { command_id }, AgentFrame::Response(response))
+        if response.command_id == *command_id)
 }

@@ -313,21 +313,20 @@ impl Connection {
         msg: Option<Result<Message, axum::Error>>,
     ) -> (Decoded, Option<Box<Decoded>>) {
         let first = self.decode(msg);
-        let Ok(Some(AgentFrame::Ack { command_id })) = &first else {
+        if !matches!(first, Ok(Some(AgentFrame::Ack { .. }))) {
             return (first, None);
-        };
-        let command_id = *command_id;
+        }
         let Some(next) = futures_util::FutureExt::now_or_never(self.socket.recv()) else {
             return (first, None);
         };
         let next = self.decode(next);
-        match &next {
-            Ok(Some(AgentFrame::Response(response))) if response.command_id == command_id => {
-                crate::metrics::ack_folded();
-                (next, None)
-            }
-            _ => (first, Some(Box::new(next))),
+        if let (Ok(Some(ack)), Ok(Some(answer))) = (&first, &next)
+            && super::answers_ack(ack, answer)
+        {
+            crate::metrics::ack_folded();
+            return (next, None);
         }
+        (first, Some(Box::new(next)))
     }
 
     /// Acts on one decoded message: hands its write to the writer (not waiting for the

@@ -360,7 +360,7 @@ async fn the_long_poll_routes_deliver_resend_until_acknowledged_and_refuse_bad_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_posted_with_its_response_is_not_written_on_its_own() {
-    use crate::metrics::{scrape, value};
+    use crate::metrics::{assert_ack_folded, scrape};
 
     let server = Server::start().await;
     let api = server.api();
@@ -402,11 +402,5 @@ async fn an_ack_posted_with_its_response_is_not_written_on_its_own() {
     );
 
     let (_, after) = scrape(&agent.http, &server.url, Some(&server.admin_key)).await;
-    let moved = |series: &str| value(&after, series) - value(&before, series);
-    assert_eq!(moved("outpost_acks_folded_total"), 1.0, "{after}");
-    assert_eq!(
-        moved("outpost_store_batch_size_sum"),
-        1.0,
-        "one write (the response) for the command: {after}"
-    );
+    assert_ack_folded(&before, &after);
 }

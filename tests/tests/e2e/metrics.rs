@@ -19,6 +19,18 @@ pub(crate) fn value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Between the scrapes `before` and `after`, one ack was folded into its response and the
+/// writer committed one write for the command (the response).
+pub(crate) fn assert_ack_folded(before: &str, after: &str) {
+    let moved = |series: &str| value(after, series) - value(before, series);
+    assert_eq!(moved("outpost_acks_folded_total"), 1.0, "{after}");
+    assert_eq!(
+        moved("outpost_store_batch_size_sum"),
+        1.0,
+        "one write (the response) for the command: {after}"
+    );
+}
+
 pub(crate) async fn scrape(
     http: &reqwest::Client,
     url: &str,
@@ -165,11 +177,5 @@ async fn an_ack_that_arrives_with_its_response_is_not_written_on_its_own() {
     );
 
     let (_, after) = scrape(&http, &server.url, Some(&server.admin_key)).await;
-    let moved = |series: &str| value(&after, series) - value(&before, series);
-    assert_eq!(moved("outpost_acks_folded_total"), 1.0, "{after}");
-    assert_eq!(
-        moved("outpost_store_batch_size_sum"),
-        1.0,
-        "one write (the response) for the command: {after}"
-    );
+    assert_ack_folded(&before, &after);
 }
