@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
+use tracing_subscriber::filter::Targets;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -12,6 +13,35 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The log filter of `OUTPOST_LOG` (for the agent and its supervisor): a level, and levels per
+/// target (`info,outpost_agent=debug`); `info` when unset. A value that is not such a list is
+/// reported on stderr, naming `program` and the value, and `info` is used.
+///
+/// Levels per target rather than tracing-subscriber's `EnvFilter`, whose span and field
+/// directives need the regex engine: 1.4 MB of the agent's binary, for filters nobody sets on
+/// an agent.
+pub fn log_filter(program: &str) -> Targets {
+    let spec = std::env::var("OUTPOST_LOG").ok();
+    parse_log_filter(spec.as_deref()).unwrap_or_else(|err| {
+        eprintln!("{program}: {err}; logging at info");
+        info_filter()
+    })
+}
+
+/// [`log_filter`] without the environment and the fallback.
+fn parse_log_filter(spec: Option<&str>) -> Result<Targets, String> {
+    match spec {
+        Some(spec) if !spec.trim().is_empty() => spec
+            .parse()
+            .map_err(|err| format!("OUTPOST_LOG={spec:?} is not a log filter ({err})")),
+        _ => Ok(info_filter()),
+    }
+}
+
+fn info_filter() -> Targets {
+    Targets::new().with_default(tracing::Level::INFO)
 }
 
 /// `outpost-agent` configuration.
@@ -124,5 +154,34 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("release_version", &self.release_version)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::parse_log_filter;
+
+    #[test]
+    fn log_filters_take_a_level_and_levels_per_target() {
+        for unset in [None, Some(""), Some("  ")] {
+            let filter = parse_log_filter(unset).expect("default");
+            assert!(filter.would_enable("outpost_agent", &Level::INFO));
+            assert!(!filter.would_enable("outpost_agent", &Level::DEBUG));
+        }
+        let filter = parse_log_filter(Some("warn,outpost_agent::session=debug")).expect("parsed");
+        assert!(filter.would_enable("outpost_agent::session", &Level::DEBUG));
+        assert!(!filter.would_enable("outpost_agent::exec", &Level::INFO));
+        assert!(filter.would_enable("outpost_agent::exec", &Level::WARN));
+    }
+
+    #[test]
+    fn a_log_filter_that_is_not_one_is_refused_with_its_value() {
+        let err = parse_log_filter(Some("x=y=z")).expect_err("refused");
+        assert!(
+            err.starts_with(r#"OUTPOST_LOG="x=y=z" is not a log filter ("#),
+            "{err}"
+        );
     }
 }

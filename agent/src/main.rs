@@ -5,18 +5,18 @@ use clap::Parser;
 use outpost_agent::Config;
 use outpost_agent::config::LogFormat;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = outpost_agent::config::log_filter("outpost-agent");
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().finish().with(filter).init(),
+        LogFormat::Text => logs.finish().with(filter).init(),
     }
     // One small thread is plenty for one connection and a few commands, and keeps the idle
     // footprint low.

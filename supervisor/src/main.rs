@@ -4,7 +4,8 @@
 use clap::Parser;
 use outpost_supervisor::{Cli, Settings, Supervisor, logs};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
     let settings = match Settings::resolve(Cli::parse()) {
@@ -15,15 +16,12 @@ fn main() {
         }
     };
     let log = logs::Log::open(&settings.log_dir(), "supervisor.log");
-    let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(log)
-        .with_ansi(false);
+    let filter = outpost_agent::config::log_filter("outpost-supervisor");
+    let subscriber = tracing_subscriber::fmt().with_writer(log).with_ansi(false);
     if settings.json_logs {
-        subscriber.json().init();
+        subscriber.json().finish().with(filter).init();
     } else {
-        subscriber.init();
+        subscriber.finish().with(filter).init();
     }
     if rustls::crypto::ring::default_provider()
         .install_default()

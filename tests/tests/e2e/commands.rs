@@ -453,3 +453,32 @@ async fn deleting_an_agent_forgets_it_and_disconnects_it() {
     let (status, _) = api.delete(&format!("/api/agents/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// `OUTPOST_LOG` filters the agent's log by level (and target); a value the agent cannot read
+/// is reported on stderr, naming the value, and the agent logs at `info` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_s_log_filter_is_applied_and_a_bad_one_reported() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let with_log = |filter: &str| {
+        let envs = vec![("OUTPOST_LOG".to_owned(), filter.to_owned())];
+        Agent::start_with(&server.url, &secret, None, envs)
+    };
+    let quiet = with_log("warn,outpost_agent::tls=debug");
+    let confused = with_log("x=y=z");
+    quiet.wait_online(&api).await;
+    confused.wait_online(&api).await;
+
+    let logs = quiet.logs();
+    assert!(!logs.contains("INFO"), "warn hides info lines:\n{logs}");
+    let logs = confused.logs();
+    assert!(
+        logs.contains(r#"OUTPOST_LOG="x=y=z" is not a log filter"#),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("INFO") && logs.contains("agent starting"),
+        "{logs}"
+    );
+}
