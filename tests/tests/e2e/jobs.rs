@@ -769,3 +769,113 @@ async fn a_waiting_job_create_returns_when_its_runs_expire() {
     assert_eq!(job["runs"][0]["status"], "expired", "{job}");
     assert_eq!(job["status"], "failed", "{job}");
 }
+
+/// A job over more agents than one insert statement holds (a job's runs are inserted 1,024 to
+/// a statement) stores every run once, in target order, and sends the runs of the first and
+/// the later statements alike; offline agents' runs wait, and cancelling the job ends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_more_agents_than_one_statement_holds_is_stored_and_sent_whole() {
+    const AGENTS: usize = 1100;
+    const WAVE: usize = 250;
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    // Targets are ordered by hostname (all the same here), then id.
+    let mut ids: Vec<String> = (0..AGENTS)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    ids.sort();
+    let connected = |n: usize| {
+        let api = &api;
+        async move {
+            wait_for(
+                &format!("{n} agents connected"),
+                Duration::from_secs(60),
+                || async move {
+                    let (_, ready) = api.get("/readyz").await;
+                    (ready["agents_connected"] == n).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    // Stay connected: the first run of the first statement, the first of the second, the last.
+    let kept = [0, 1024, AGENTS - 1];
+    let mut peers = Vec::new();
+    for &i in &kept {
+        let mut peer = outpost_e2e::ws::connect(&server.url, &secret)
+            .await
+            .expect("connect");
+        peer.handshake(&ids[i]).await;
+        peers.push((i, peer));
+    }
+    connected(kept.len()).await;
+    // The others register in waves and leave (a test process may have 1,024 files only).
+    let others: Vec<&String> = (0..AGENTS)
+        .filter(|i| !kept.contains(i))
+        .map(|i| &ids[i])
+        .collect();
+    for wave in others.chunks(WAVE) {
+        let joined = futures_util::future::join_all(wave.iter().map(|id| {
+            let (url, secret) = (&server.url, &secret);
+            async move {
+                let mut peer = outpost_e2e::ws::connect(url, secret)
+                    .await
+                    .expect("connect");
+                peer.handshake(id).await;
+                peer
+            }
+        }))
+        .await;
+        connected(kept.len() + wave.len()).await;
+        drop(joined);
+        connected(kept.len()).await;
+    }
+
+    let (status, job) = api
+        .job(json!({"command": "ping", "target": {"all": true}}), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+    let runs = job["runs"].as_array().expect("runs");
+    let targets: Vec<&str> = runs
+        .iter()
+        .map(|r| r["agent_id"].as_str().expect("agent_id"))
+        .collect();
+    assert_eq!(targets, ids, "one run per agent, in target order");
+
+    for (i, peer) in &mut peers {
+        let command_id = match peer.frame().await {
+            outpost_protocol::ServerFrame::Command(c) => c.command_id,
+            other => panic!("agent {i}: expected its run, got {other:?}"),
+        };
+        assert_eq!(runs[*i]["run_id"], command_id.to_string());
+        peer.send_together(&[
+            json!({"type": "ack", "command_id": command_id}),
+            json!({"type": "response", "command_id": command_id, "success": true, "result": {"pong": true}}),
+        ])
+        .await;
+    }
+    let job = wait_for("the kept agents' runs", Duration::from_secs(30), || {
+        let (api, path) = (&api, format!("/api/jobs/{job_id}"));
+        async move {
+            let (_, job) = api.get(&path).await;
+            (job["run_counts"]["succeeded"] == kept.len()).then_some(job)
+        }
+    })
+    .await;
+    assert_eq!(job["status"], "running", "the offline agents' runs wait");
+    assert_eq!(
+        job["run_counts"]["pending"],
+        AGENTS - kept.len(),
+        "{}",
+        job["run_counts"]
+    );
+
+    let (status, job) = api
+        .post(&format!("/api/jobs/{job_id}/cancel"), json!({}))
+        .await;
+    assert!(status.is_success(), "{status} {job}");
+    assert_eq!(job["status"], "cancelled", "{}", job["run_counts"]);
+    assert_eq!(job["run_counts"]["cancelled"], AGENTS - kept.len());
+}
