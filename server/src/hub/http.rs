@@ -36,7 +36,7 @@ use outpost_protocol::{AgentFrame, AgentId, DecodeError, ServerFrame, codes, lim
 use tokio::sync::{Notify, mpsc};
 
 use super::link::{End, Link};
-use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
+use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
 use crate::AppState;
 use crate::auth;
 use crate::error::ApiError;
@@ -361,7 +361,7 @@ async fn open(
         close: close.clone(),
     });
     // As for a WebSocket: into the hub first, then the open commands, so a command stored in
-    // between is in one or the other (or both; the agent runs a command id once).
+    // between is in one or the other; one in both is sent once (see `Resent`).
     state
         .hub
         .insert_http(&session.tenant_id, agent_id, session.clone());
@@ -385,6 +385,7 @@ async fn open(
         .open_frames(agent_id)
         .await
         .map_err(|_| ApiError::Unavailable("could not load open commands".into()))?;
+    let resent = Resent::new(&open);
     for frame in open {
         if !session.enqueue(frame) {
             session
@@ -393,13 +394,18 @@ async fn open(
             break;
         }
     }
-    tokio::spawn(run(state.clone(), session.clone(), rx));
+    tokio::spawn(run(state.clone(), session.clone(), rx, resent));
     Ok(session)
 }
 
 /// The session's life: moves pushed frames into the outbox, and ends the session when asked,
 /// when the agent goes silent, or when its key expires.
-async fn run(state: AppState, session: Arc<HttpSession>, mut rx: mpsc::Receiver<Box<ServerFrame>>) {
+async fn run(
+    state: AppState,
+    session: Arc<HttpSession>,
+    mut rx: mpsc::Receiver<Box<ServerFrame>>,
+    mut resent: Resent,
+) {
     let interval = state.hub.heartbeat_interval();
     let silence_limit = interval * limits::MISSED_HEARTBEATS;
     let mut ticker = tokio::time::interval(interval.min(Duration::from_secs(5)));
@@ -408,6 +414,7 @@ async fn run(state: AppState, session: Arc<HttpSession>, mut rx: mpsc::Receiver<
     let reason = loop {
         tokio::select! {
             frame = rx.recv() => match frame {
+                Some(frame) if resent.already_sent(&frame) => {}
                 Some(frame) => {
                     if !session.enqueue(*frame) {
                         tracing::warn!(%agent_id, "HTTP agent is not collecting its frames; closing the session");
@@ -419,6 +426,7 @@ async fn run(state: AppState, session: Arc<HttpSession>, mut rx: mpsc::Receiver<
             () = session.close.closed() => break session.close.reason().1,
             () = state.shutdown.cancelled() => break "server shutting down".to_owned(),
             _ = ticker.tick() => {
+                resent.expire();
                 if session.silent_for() > silence_limit {
                     tracing::info!(%agent_id, "no request for {} heartbeat intervals", limits::MISSED_HEARTBEATS);
                     break "heartbeat missed".to_owned();

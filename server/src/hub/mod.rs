@@ -13,9 +13,10 @@ pub mod http;
 pub mod link;
 pub mod ws;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -100,6 +101,60 @@ pub struct Session {
     pub connected_at: DateTime<Utc>,
     /// Over what.
     pub transport: Transport,
+}
+
+/// How long after a (re)connect a pushed command may still be one its scan already sent. A push
+/// follows its command's commit by the time it takes to queue the frame, milliseconds even under
+/// load; past this the agent's journal is the guard (it runs a command id once).
+const RESENT_WINDOW: Duration = Duration::from_secs(30);
+
+/// The commands a (re)connect's scan of open commands sent, so that one of them also pushed
+/// through the hub is not sent a second time. The connection enters the hub before the scan (so
+/// that no command stored in between is missed), which lets a command stored in between be both
+/// in the scan and in the connection's queue. Sending it twice is safe, the agent runs a command
+/// id once, but it costs the agent a second `ack` and a resent answer.
+///
+/// Empty, the usual case, it is one null pointer in every connection.
+#[derive(Debug, Default)]
+pub struct Resent(Option<Box<(HashSet<CommandId>, Instant)>>);
+
+impl Resent {
+    /// Remembers the commands among `frames`, sent now.
+    pub fn new(frames: &[ServerFrame]) -> Self {
+        let ids: HashSet<CommandId> = frames
+            .iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::Command(command) => Some(command.command_id),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Self(None);
+        }
+        Self(Some(Box::new((ids, Instant::now() + RESENT_WINDOW))))
+    }
+
+    /// Whether `frame` is a command the scan already sent; the id is forgotten then, since a
+    /// command is pushed once.
+    pub fn already_sent(&mut self, frame: &ServerFrame) -> bool {
+        self.expire();
+        let (Some(sent), ServerFrame::Command(command)) = (&mut self.0, frame) else {
+            return false;
+        };
+        let seen = sent.0.remove(&command.command_id);
+        if sent.0.is_empty() {
+            self.0 = None;
+        }
+        seen
+    }
+
+    /// Forgets everything once the window has passed, to free the memory of a connection that
+    /// stays up.
+    pub fn expire(&mut self) {
+        if self.0.as_ref().is_some_and(|sent| sent.1 <= Instant::now()) {
+            self.0 = None;
+        }
+    }
 }
 
 /// Outcome of pushing a frame to an agent.
@@ -393,4 +448,52 @@ impl Drop for Waiter<'_> {
 fn answers_ack(ack: &AgentFrame, next: &AgentFrame) -> bool {
     matches!((ack, next), (AgentFrame::Ack { command_id }, AgentFrame::Response(response))
         if response.command_id == *command_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_protocol::ServerCommand;
+
+    use super::*;
+
+    fn command(id: CommandId) -> ServerFrame {
+        ServerFrame::Command(ServerCommand {
+            command_id: id,
+            command: "ping".into(),
+            data: serde_json::json!({}),
+            timeout_s: 10,
+            timestamp: Utc::now(),
+        })
+    }
+
+    #[test]
+    fn a_command_the_scan_sent_is_not_pushed_again() {
+        let (a, b, c) = (
+            CommandId::now_v7(),
+            CommandId::now_v7(),
+            CommandId::now_v7(),
+        );
+        let mut resent = Resent::new(&[command(a), ServerFrame::Cancel { command_id: b }]);
+        // A cancel is not a command: the scan's cancel does not hide a pushed command.
+        assert!(!resent.already_sent(&command(b)));
+        assert!(!resent.already_sent(&command(c)));
+        assert!(!resent.already_sent(&ServerFrame::Cancel { command_id: a }));
+        assert!(resent.already_sent(&command(a)));
+        // A command is pushed once: a second frame with its id is not the scan's.
+        assert!(!resent.already_sent(&command(a)));
+        assert!(resent.0.is_none(), "memory is freed once every id was seen");
+    }
+
+    #[test]
+    fn nothing_is_remembered_past_the_window_or_without_commands() {
+        assert!(Resent::new(&[]).0.is_none());
+        let a = CommandId::now_v7();
+        let mut resent = Resent::new(&[command(a)]);
+        if let Some(sent) = resent.0.as_mut() {
+            sent.1 = Instant::now();
+        }
+        resent.expire();
+        assert!(resent.0.is_none());
+        assert!(!resent.already_sent(&command(a)));
+    }
 }

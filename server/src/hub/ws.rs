@@ -26,7 +26,7 @@ use outpost_protocol::{
 use tokio::sync::mpsc;
 
 use super::link::{End, Link, Pending, too_big};
-use super::{CloseSignal, OUTBOUND_QUEUE, Session, Transport};
+use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
 use crate::AppState;
 use crate::auth;
 use crate::metrics::Direction;
@@ -127,7 +127,8 @@ impl Connection {
             return Box::pin(self.finish(end)).await;
         }
         // Into the hub first, then resend what is open: a command stored in between is then
-        // either in the scan or pushed through the hub, never missed.
+        // either in the scan or pushed through the hub, never missed; one in both is sent once
+        // (see `Resent`).
         state.hub.insert(
             &tenant_id,
             agent_id,
@@ -144,7 +145,7 @@ impl Connection {
         drop(register);
 
         let end = match Box::pin(self.resend_open(agent_id)).await {
-            Ok(()) => Box::pin(self.run(agent_id, rx, &close)).await,
+            Ok(resent) => Box::pin(self.run(agent_id, rx, &close, resent)).await,
             Err(end) => end,
         };
         if state.hub.remove(&tenant_id, agent_id, conn_id)
@@ -199,12 +200,13 @@ impl Connection {
         }
     }
 
-    /// Sends every command the agent still owes an answer to.
-    async fn resend_open(&mut self, agent_id: AgentId) -> Result<(), End> {
-        for frame in self.link.open_frames(agent_id).await? {
-            self.send(&frame).await?;
+    /// Sends every command the agent still owes an answer to; returns what it sent.
+    async fn resend_open(&mut self, agent_id: AgentId) -> Result<Resent, End> {
+        let frames = self.link.open_frames(agent_id).await?;
+        for frame in &frames {
+            self.send(frame).await?;
         }
-        Ok(())
+        Ok(Resent::new(&frames))
     }
 
     /// Phase 2: the registered connection.
@@ -213,6 +215,7 @@ impl Connection {
         agent_id: AgentId,
         mut rx: mpsc::Receiver<Box<ServerFrame>>,
         close: &CloseSignal,
+        mut resent: Resent,
     ) -> End {
         let state = self.link.state.clone();
         let interval = state.hub.heartbeat_interval();
@@ -263,11 +266,13 @@ impl Connection {
                 }
                 frame = rx.recv() => match frame {
                     Some(frame) => {
-                        self.out.push(*frame);
-                        while self.out.len() < MAX_BURST {
-                            match rx.try_recv() {
-                                Ok(frame) => self.out.push(*frame),
-                                Err(_) => break,
+                        let mut next = Some(frame);
+                        while let Some(frame) = next.take() {
+                            if !resent.already_sent(&frame) {
+                                self.out.push(*frame);
+                            }
+                            if self.out.len() < MAX_BURST {
+                                next = rx.try_recv().ok();
                             }
                         }
                         if let Err(end) = Box::pin(self.flush()).await {
@@ -289,6 +294,7 @@ impl Connection {
                     return End::Close(limits::CLOSE_GOING_AWAY, "server shutting down".into());
                 }
                 _ = ticker.tick() => {
+                    resent.expire();
                     if last_seen.elapsed() > silence_limit {
                         tracing::info!(%agent_id, "no heartbeat for {} intervals", limits::MISSED_HEARTBEATS);
                         return End::Close(limits::CLOSE_GOING_AWAY, "heartbeat missed".into());
