@@ -83,3 +83,72 @@ async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
     let agents: std::collections::HashSet<_> = stored.iter().map(|r| &r.agent_id).collect();
     assert_eq!(agents.len(), 2500, "one run per agent");
 }
+
+fn register(hostname: &str, tags: &[&str]) -> outpost_protocol::RegisterData {
+    serde_json::from_value(json!({
+        "agent_id": uuid::Uuid::now_v7(), "hostname": hostname, "ip": "127.0.0.1",
+        "version": "0.1.0", "os": "linux", "arch": "x86_64", "protocol": 1,
+        "capabilities": ["ping"], "tags": tags, "scripts": []
+    }))
+    .expect("register data")
+}
+
+#[tokio::test]
+async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
+        .await
+        .expect("open");
+    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+    let (other, _) = store.create_tenant("u", None).await.expect("tenant");
+    assert!(
+        store
+            .agent_targets(&tenant)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+
+    let hosts = ["web-2", "db \"main\"", "web-10", "ünïcode", "web-1"];
+    let mut ids = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let tags = ["fleet", if i % 2 == 0 { "even" } else { "odd\\\"]" }];
+        let agent = store
+            .upsert_agent(&tenant, &format!("key-{i}"), &register(host, &tags))
+            .await
+            .expect("upsert");
+        ids.push((host.to_string(), agent.id, format!("key-{i}"), i));
+    }
+    store
+        .set_agent_tags(&tenant, &ids[0].1, &["pinned".to_owned()])
+        .await
+        .expect("tags");
+    // Another tenant's agent, first in hostname order, is not a target.
+    store
+        .upsert_agent(&other, "key-x", &register("a-first", &["fleet"]))
+        .await
+        .expect("upsert");
+
+    let targets = store.agent_targets(&tenant).await.expect("targets");
+    let mut expected = ids.clone();
+    expected.sort();
+    let got: Vec<(&str, &str)> = targets
+        .iter()
+        .map(|t| (t.id.as_str(), t.key_id.as_str()))
+        .collect();
+    let want: Vec<(&str, &str)> = expected
+        .iter()
+        .map(|(_, id, key, _)| (id.as_str(), key.as_str()))
+        .collect();
+    assert_eq!(got, want, "by hostname, then id");
+    for (target, (_, _, _, i)) in targets.iter().zip(&expected) {
+        let mut tags = vec![
+            "fleet".to_owned(),
+            if i % 2 == 0 { "even" } else { "odd\\\"]" }.to_owned(),
+        ];
+        if *i == 0 {
+            tags.push("pinned".to_owned());
+        }
+        assert_eq!(target.tags, tags, "agent tags, then server tags");
+    }
+}

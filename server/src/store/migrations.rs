@@ -174,6 +174,11 @@ CREATE INDEX commands_agent ON commands (tenant_id, agent_id);
 CREATE INDEX commands_agent_open ON commands (tenant_id, agent_id) WHERE state IN ('pending', 'delivered', 'running');
 DROP INDEX commands_agent_state;
 "#,
+    // 7: agents in hostname order, the order of a job's runs and of the agent list, without
+    // sorting the whole fleet on every job.
+    r#"
+CREATE INDEX agents_hostname ON agents (tenant_id, hostname, id);
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one

@@ -495,9 +495,36 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .await?)
     }
 
-    /// Every agent of a tenant as a job target: id, key and tags only. Resolving a target
-    /// reads the whole fleet, and the other columns (scripts, metrics) are most of each row.
+    /// Every agent of a tenant as a job target: id, key and tags only, in hostname order.
+    /// Resolving a target reads the whole fleet, and the other columns (scripts, metrics) are
+    /// most of each row.
+    ///
+    /// On SQLite the rows come back as one JSON array built by SQLite itself: through the
+    /// driver, each of 10,000 rows cost ~4 µs of decoding (45-60 ms a job, before any run was
+    /// stored), against ~10 ms for SQLite's own work. Other backends read the rows.
     pub async fn agent_targets(&self, tenant_id: &str) -> Result<Vec<AgentTarget>> {
+        let backend = self.db.get_database_backend();
+        if backend == DbBackend::Sqlite {
+            let row = self
+                .db
+                .query_one_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT json_group_array(json_array(id, key_id, json(agent_tags), \
+                     json(server_tags)) ORDER BY hostname, id) FROM agents WHERE tenant_id = ?",
+                    [tenant_id.into()],
+                ))
+                .await?;
+            let json: Option<String> = match row {
+                Some(row) => row.try_get_by_index(0)?,
+                None => None,
+            };
+            let rows: Vec<(String, String, Value, Value)> = match json {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|err| DbErr::Custom(format!("agents of tenant {tenant_id}: {err}")))?,
+                None => Vec::new(),
+            };
+            return Ok(rows.into_iter().map(AgentTarget::from_row).collect());
+        }
         let rows: Vec<(String, String, Value, Value)> = agent::Entity::find()
             .select_only()
             .columns([
@@ -512,14 +539,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .into_tuple()
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, key_id, agent_tags, server_tags)| {
-                let mut tags = string_list(&agent_tags);
-                tags.extend(string_list(&server_tags));
-                AgentTarget { id, key_id, tags }
-            })
-            .collect())
+        Ok(rows.into_iter().map(AgentTarget::from_row).collect())
     }
 
     /// One agent of a tenant.
@@ -709,6 +729,15 @@ pub struct AgentTarget {
     pub key_id: String,
     /// Its own tags and the server-side ones.
     pub tags: Vec<String>,
+}
+
+impl AgentTarget {
+    /// From `(id, key_id, agent_tags, server_tags)`.
+    fn from_row((id, key_id, agent_tags, server_tags): (String, String, Value, Value)) -> Self {
+        let mut tags = string_list(&agent_tags);
+        tags.extend(string_list(&server_tags));
+        Self { id, key_id, tags }
+    }
 }
 
 /// A pool of at most `size` connections. `cache_kib` sets SQLite's page cache per connection
