@@ -108,6 +108,9 @@ impl Reaper {
         Ok(Running {
             pid,
             exit: rx,
+            exited: None,
+            copiers: Vec::new(),
+            drain_until: None,
             child,
         })
     }
@@ -118,15 +121,49 @@ pub struct Running {
     /// Its pid.
     pub pid: i32,
     exit: oneshot::Receiver<Exit>,
+    /// The exit, once received (so that `wait` can be called again after it was cancelled).
+    exited: Option<Exit>,
+    /// One per thread copying its output; each resolves when its thread ends.
+    copiers: Vec<oneshot::Receiver<()>>,
+    /// How long after the exit the copiers may take to finish.
+    drain_until: Option<tokio::time::Instant>,
     // Kept for its pipes; never waited on (the reaper does that).
     child: std::process::Child,
 }
 
+/// How long the child's output may take to drain after it exited. Its pipes reach end of file
+/// as soon as it is gone, unless a process it started kept them open.
+const DRAIN: Duration = Duration::from_secs(2);
+
 impl Running {
-    /// Waits for it to exit.
+    /// Waits for it to exit and for its last output to be copied to the log: the caller may
+    /// act on the exit at once (the supervisor exits after an exit 0 or 99), and a crashing
+    /// agent's last lines are the ones worth reading. Cancel-safe.
     pub async fn wait(&mut self) -> Exit {
-        // The reaper never drops a registered sender without sending.
-        (&mut self.exit).await.unwrap_or(Exit::Signal(0))
+        let exit = match self.exited {
+            Some(exit) => exit,
+            None => {
+                // The reaper never drops a registered sender without sending.
+                let exit = (&mut self.exit).await.unwrap_or(Exit::Signal(0));
+                self.exited = Some(exit);
+                exit
+            }
+        };
+        let deadline = *self
+            .drain_until
+            .get_or_insert_with(|| tokio::time::Instant::now() + DRAIN);
+        while let Some(copier) = self.copiers.last_mut() {
+            if tokio::time::timeout_at(deadline, copier).await.is_err() {
+                tracing::warn!(
+                    pid = self.pid,
+                    "the agent's output pipes are still open after it exited (a process it started holds them?); not waiting for the rest"
+                );
+                self.copiers.clear();
+                break;
+            }
+            self.copiers.pop();
+        }
+        exit
     }
 
     /// Sends a signal (ignoring a child that is already gone).
@@ -151,10 +188,14 @@ impl Running {
         }
     }
 
-    /// Copies the child's stdout and stderr into `log`, line by line, on two threads.
+    /// Copies the child's stdout and stderr into `log`, line by line, on two threads, which
+    /// [`wait`](Self::wait) lets finish.
     pub fn pipe_output(&mut self, log: &Log) {
-        fn copy(reader: impl Read + Send + 'static, log: Log) {
+        fn copy(reader: impl Read + Send + 'static, log: Log) -> oneshot::Receiver<()> {
+            let (done, copier) = oneshot::channel::<()>();
             std::thread::spawn(move || {
+                // Dropped when the thread ends, which resolves `copier`.
+                let _done = done;
                 let mut reader = BufReader::new(reader);
                 let mut line = Vec::new();
                 loop {
@@ -166,12 +207,13 @@ impl Running {
                     }
                 }
             });
+            copier
         }
         if let Some(out) = self.child.stdout.take() {
-            copy(out, log.clone());
+            self.copiers.push(copy(out, log.clone()));
         }
         if let Some(err) = self.child.stderr.take() {
-            copy(err, log.clone());
+            self.copiers.push(copy(err, log.clone()));
         }
     }
 }

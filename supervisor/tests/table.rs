@@ -14,12 +14,17 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The stand-in agent. Start `n` (from 1) exits with line `n` of `codes` (the last line when
 /// there are fewer), after sleeping line `n` of `sleeps` seconds if present. With a `term`
-/// file it instead waits for signals: `exit` leaves on SIGTERM, `ignore` ignores it.
+/// file it instead waits for signals: `exit` leaves on SIGTERM, `ignore` ignores it. With a
+/// `burst` file it first prints that many numbered lines.
 const STANDIN: &str = r#"#!/bin/sh
 D="$STANDIN_DIR"
 echo "$(date +%s%N) $$ ${OUTPOST_SUPERVISED:-unset} ${STANDIN_FOO:-unset} $*" >> "$D/starts"
 echo "hello from the stand-in"
 echo "oops on stderr" >&2
+if [ -f "$D/burst" ]; then
+  seq 1 "$(cat "$D/burst")"
+  echo "last words on stderr" >&2
+fi
 n=$(wc -l < "$D/starts")
 if [ -f "$D/orphan" ] && [ "$n" = 1 ]; then
   # Leaves a process behind that outlives this one; it records its pid as the host sees it.
@@ -189,6 +194,23 @@ fn pid_alive(pid: u32) -> bool {
             .unwrap_or("")
             .trim_start()
             .starts_with('Z')
+}
+
+#[test]
+fn an_agent_s_last_lines_reach_its_log_before_the_supervisor_exits() {
+    let mut f = Fixture::new("0\n");
+    std::fs::write(f.path("burst"), "50000").expect("burst");
+    f.start(&[]);
+    assert_eq!(f.wait_exit().code(), Some(0), "{}", f.output());
+    let agent_log = std::fs::read_to_string(f.path("state/logs/agent.log")).expect("agent.log");
+    assert!(
+        agent_log.lines().any(|l| l == "50000"),
+        "the last line of stdout is missing"
+    );
+    assert!(
+        agent_log.contains("last words on stderr"),
+        "the last line of stderr is missing"
+    );
 }
 
 #[test]
