@@ -117,7 +117,10 @@ fn describe() {
         "Bytes of protocol frames, by direction and transport."
     );
     describe_counter!(COMMANDS_CREATED, "Commands stored, by command.");
-    describe_counter!(COMMANDS_DELIVERED, "Commands acknowledged by their agent.");
+    describe_counter!(
+        COMMANDS_DELIVERED,
+        "Commands their agent received: acknowledged, or answered without a stored ack."
+    );
     describe_counter!(
         COMMANDS_FINISHED,
         "Commands that reached a final state, by state."
@@ -242,7 +245,16 @@ pub fn commands_finished(state: &str, count: u64) {
 
 /// An agent's result for `model` was stored (the first time). Its final state is counted by
 /// the hub when it hands the result on.
+///
+/// A result whose command had no stored `ack` delivers it too: the ack was folded into it (at
+/// the connection or in the writer's batch) or lost with a connection. The result's statement
+/// then sets `delivered_at` to the same instant as `finished_at` (an earlier ack's time is
+/// always an earlier instant), and the command counts as delivered here, so that the counter
+/// does not depend on how the ack travelled.
 pub fn command_answered(model: &crate::store::command::Model) {
+    if model.delivered_at.is_some() && model.delivered_at == model.finished_at {
+        command_delivered();
+    }
     if let Some(done) = model.finished_at {
         let seconds = (done - model.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         histogram!(COMMAND_ROUND_TRIP).record(seconds.max(0.0));

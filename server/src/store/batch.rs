@@ -104,7 +104,9 @@ impl<C: ConnectionTrait> Store<C> {
             }
             sql.pad_rows(chunk.len(), 10);
             // An answer is also proof of delivery: the writer skips the ack of a command
-            // whose result shares its batch, and this sets what the ack would have.
+            // whose result shares its batch, and this sets what the ack would have. The same
+            // instant goes into `delivered_at` and `finished_at`, which is how
+            // `metrics::command_answered` tells that this result delivered its command.
             let now = Value::from(Utc::now());
             sql.push(
                 ") UPDATE commands SET \

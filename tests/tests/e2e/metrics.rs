@@ -20,10 +20,15 @@ pub(crate) fn value(text: &str, series: &str) -> f64 {
 }
 
 /// Between the scrapes `before` and `after`, one ack was folded into its response and the
-/// writer committed one write for the command (the response).
+/// writer committed one write for the command (the response), which still counts as delivered.
 pub(crate) fn assert_ack_folded(before: &str, after: &str) {
     let moved = |series: &str| value(after, series) - value(before, series);
     assert_eq!(moved("outpost_acks_folded_total"), 1.0, "{after}");
+    assert_eq!(
+        moved("outpost_commands_delivered_total"),
+        1.0,
+        "a folded ack's command was delivered all the same: {after}"
+    );
     assert_eq!(
         moved("outpost_store_batch_size_sum"),
         1.0,
