@@ -4,13 +4,19 @@
 use outpost_server::store::{DatabaseLocation, NewJob, NewRun, Store, job_status, state};
 use serde_json::json;
 
-#[tokio::test]
-async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
+/// A store on a fresh SQLite file with one tenant; the directory lives as long as the guard.
+async fn store_with_tenant() -> (tempfile::TempDir, Store, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
         .await
         .expect("open");
     let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+    (dir, store, tenant)
+}
+
+#[tokio::test]
+async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
+    let (_dir, store, tenant) = store_with_tenant().await;
 
     // 2,500 runs: two full statements of 1,024 and a padded one.
     let runs: Vec<NewRun> = (0..2500)
@@ -95,11 +101,7 @@ fn register(hostname: &str, tags: &[&str]) -> outpost_protocol::RegisterData {
 
 #[tokio::test]
 async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
-        .await
-        .expect("open");
-    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+    let (_dir, store, tenant) = store_with_tenant().await;
     let (other, _) = store.create_tenant("u", None).await.expect("tenant");
     assert!(
         store
