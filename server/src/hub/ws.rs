@@ -266,13 +266,14 @@ impl Connection {
                 }
                 frame = rx.recv() => match frame {
                     Some(frame) => {
-                        let mut next = Some(frame);
-                        while let Some(frame) = next.take() {
-                            if !resent.already_sent(&frame) {
-                                self.out.push(*frame);
-                            }
-                            if self.out.len() < MAX_BURST {
-                                next = rx.try_recv().ok();
+                        if !resent.already_sent(&frame) {
+                            self.out.push(*frame);
+                        }
+                        while self.out.len() < MAX_BURST {
+                            match rx.try_recv() {
+                                Ok(frame) if resent.already_sent(&frame) => {}
+                                Ok(frame) => self.out.push(*frame),
+                                Err(_) => break,
                             }
                         }
                         if let Err(end) = Box::pin(self.flush()).await {

@@ -514,15 +514,13 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     [tenant_id.into()],
                 ))
                 .await?;
-            let json: Option<String> = match row {
+            // An aggregate always yields one row: `[]` for a tenant without agents.
+            let json: String = match row {
                 Some(row) => row.try_get_by_index(0)?,
-                None => None,
+                None => "[]".to_owned(),
             };
-            let rows: Vec<(String, String, Value, Value)> = match json {
-                Some(json) => serde_json::from_str(&json)
-                    .map_err(|err| DbErr::Custom(format!("agents of tenant {tenant_id}: {err}")))?,
-                None => Vec::new(),
-            };
+            let rows: Vec<(String, String, Value, Value)> = serde_json::from_str(&json)
+                .map_err(|err| DbErr::Custom(format!("agents of tenant {tenant_id}: {err}")))?;
             return Ok(rows.into_iter().map(AgentTarget::from_row).collect());
         }
         let rows: Vec<(String, String, Value, Value)> = agent::Entity::find()
