@@ -279,8 +279,8 @@ pub async fn frames(
                         message: err.message,
                     });
                 }
-                let session = open(&state, key, &data).await?;
-                out.push(session.link.lock().await.connected());
+                let (session, connected) = open(&state, key, &data).await?;
+                out.push(connected);
                 session
             }
             _ => {
@@ -337,8 +337,8 @@ async fn open(
     state: &AppState,
     key: agent_key::Model,
     data: &outpost_protocol::RegisterData,
-) -> Result<Arc<HttpSession>, ApiError> {
-    let link = Link::new(state.clone(), key);
+) -> Result<(Arc<HttpSession>, ServerFrame), ApiError> {
+    let (link, connected) = Link::new(state.clone(), key);
     link.on_register(data)
         .await
         .map_err(|_| ApiError::Unavailable("could not store the registration".into()))?;
@@ -395,7 +395,7 @@ async fn open(
         }
     }
     tokio::spawn(run(state.clone(), session.clone(), rx, resent));
-    Ok(session)
+    Ok((session, connected))
 }
 
 /// The session's life: moves pushed frames into the outbox, and ends the session when asked,

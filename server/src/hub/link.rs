@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use outpost_protocol::{
     AgentFrame, AgentId, Connected, ErrorBody, PROTOCOL_VERSION, RegisterData, ServerFrame, codes,
     decode_output_data, limits,
@@ -33,35 +33,54 @@ pub struct Link {
     /// Shared server state.
     pub state: AppState,
     /// The agent key the connection authenticated with.
-    pub key: agent_key::Model,
+    pub key: LinkKey,
     bad: BadFrames,
 }
 
+/// What a connection keeps of the agent key it authenticated with. The key's row (its hash,
+/// name, permissions as JSON, times) is 0.5-0.8 KB of heap, and a connection lives as long as
+/// its agent: kept whole, it cost every idle connection that much for fields read once, when
+/// the `connected` frame is made.
+pub struct LinkKey {
+    /// The key's id, named in the `connected` frame and the hub's session.
+    pub id: String,
+    /// The tenant every row this connection touches belongs to.
+    pub tenant_id: String,
+    /// When the key stops being accepted: the connection is closed then.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Tags the key gives every agent connecting with it, added to each `register`.
+    tags: Box<[String]>,
+}
+
 impl Link {
-    /// A link for a connection authenticated with `key`.
-    pub fn new(state: AppState, key: agent_key::Model) -> Self {
-        Self {
+    /// A link for a connection authenticated with `key`, and the `connected` frame that opens
+    /// the conversation.
+    pub fn new(state: AppState, key: agent_key::Model) -> (Self, ServerFrame) {
+        let connected = ServerFrame::Connected(Connected {
+            message: "Agent connection established".into(),
+            agent_key_id: key.id.clone(),
+            permissions: string_list(&key.permissions),
+            heartbeat_interval_s: state.hub.heartbeat_interval().as_secs().max(1) as u32,
+            protocol: PROTOCOL_VERSION,
+            timestamp: Utc::now(),
+        });
+        let key = LinkKey {
+            tags: string_list(&key.tags).into_boxed_slice(),
+            id: key.id,
+            tenant_id: key.tenant_id,
+            expires_at: key.expires_at,
+        };
+        let link = Self {
             state,
             key,
             bad: BadFrames::default(),
-        }
+        };
+        (link, connected)
     }
 
     /// The tenant every row this connection touches belongs to.
     pub fn tenant_id(&self) -> &str {
         &self.key.tenant_id
-    }
-
-    /// The `connected` frame for this connection.
-    pub fn connected(&self) -> ServerFrame {
-        ServerFrame::Connected(Connected {
-            message: "Agent connection established".into(),
-            agent_key_id: self.key.id.clone(),
-            permissions: string_list(&self.key.permissions),
-            heartbeat_interval_s: self.state.hub.heartbeat_interval().as_secs().max(1) as u32,
-            protocol: PROTOCOL_VERSION,
-            timestamp: Utc::now(),
-        })
     }
 
     /// Checks the protocol version a `register` announces. A mismatch is answered with this
@@ -81,9 +100,9 @@ impl Link {
     /// key apply to every agent connecting with it).
     async fn store_register(&self, data: &RegisterData) -> Result<(), crate::store::StoreError> {
         let mut data = data.clone();
-        for tag in string_list(&self.key.tags) {
-            if !data.tags.contains(&tag) {
-                data.tags.push(tag);
+        for tag in &self.key.tags {
+            if !data.tags.contains(tag) {
+                data.tags.push(tag.clone());
             }
         }
         self.state

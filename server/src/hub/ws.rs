@@ -84,12 +84,13 @@ pub async fn handler(
         .max_message_size(HARD_FRAME_CAP)
         .max_frame_size(HARD_FRAME_CAP)
         .on_upgrade(move |socket| async move {
+            let (link, hello) = Link::new(state, key);
             let mut conn = Connection {
                 socket,
-                link: Link::new(state, key),
+                link,
                 out: Vec::new(),
             };
-            conn.serve().await;
+            conn.serve(hello).await;
         })
 }
 
@@ -101,8 +102,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(&mut self) {
-        let hello = self.link.connected();
+    async fn serve(&mut self, hello: ServerFrame) {
         if Box::pin(self.send(&hello)).await.is_err() {
             return;
         }
