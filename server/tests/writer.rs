@@ -283,3 +283,87 @@ async fn checkpoints_copy_the_wal_into_the_database() {
         "every page was copied (nothing else was reading)"
     );
 }
+
+fn register(hostname: &str) -> outpost_protocol::RegisterData {
+    serde_json::from_value(json!({
+        "agent_id": uuid::Uuid::now_v7(), "hostname": hostname, "ip": "127.0.0.1",
+        "version": "0.1.0", "os": "linux", "arch": "x86_64", "protocol": 1,
+        "capabilities": ["ping"], "tags": [], "scripts": []
+    }))
+    .expect("register data")
+}
+
+fn status(uptime_s: u64) -> outpost_protocol::HeartbeatStatus {
+    serde_json::from_value(json!({
+        "uptime_s": uptime_s, "cpu_percent": 1.5, "memory_percent": 40.0,
+        "disk_percent": 60.0, "load1": 0.25, "timestamp": chrono::Utc::now(),
+    }))
+    .expect("heartbeat status")
+}
+
+/// Heartbeats are stored a batch at a time: each agent's row gets its own latest heartbeat
+/// (also when one agent's two heartbeats share a batch), and an agent id of another tenant is
+/// not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
+    let (_dir, store, tenant) = fresh_store().await;
+    let (other, _) = store.create_tenant("u", None).await.expect("tenant");
+    let mut agents = Vec::new();
+    for i in 0..1500 {
+        let agent = store
+            .upsert_agent(&tenant, "key", &register(&format!("host-{i}")))
+            .await
+            .expect("agent");
+        agents.push(agent.id);
+    }
+    // The same agent id in another tenant.
+    let data = outpost_protocol::RegisterData {
+        agent_id: agents[0].parse().expect("uuid"),
+        ..register("elsewhere")
+    };
+    store
+        .upsert_agent(&other, "key", &data)
+        .await
+        .expect("agent");
+
+    let writer = Writer::start(store.clone()).expect("the writer starts");
+    let beat = |tenant: &str, agent: &str, uptime_s| Write::Heartbeat {
+        tenant_id: tenant.to_owned(),
+        agent_id: agent.to_owned(),
+        status: status(uptime_s),
+    };
+    // Queued without waiting, so that they share batches: every agent twice, in order.
+    let mut committed = Vec::new();
+    for round in [1, 2] {
+        for (i, agent) in agents.iter().enumerate() {
+            let write = beat(&tenant, agent, round * 10_000 + i as u64);
+            committed.push(writer.submit(write).await.expect("queued"));
+        }
+    }
+    for done in committed {
+        assert!(matches!(done.await.expect("committed"), Written::Heartbeat));
+    }
+    let (batches, writes) = writer.stats();
+    assert_eq!(writes, 3000);
+    assert!(
+        batches < 3000,
+        "{batches} transactions for {writes} heartbeats"
+    );
+
+    for (i, agent) in agents.iter().enumerate() {
+        let row = store
+            .get_agent(&tenant, agent)
+            .await
+            .expect("get")
+            .expect("row");
+        let stored = row.last_heartbeat.expect("a heartbeat is stored");
+        assert_eq!(stored["uptime_s"], json!(20_000 + i as u64), "agent {i}");
+        assert_eq!(stored["load1"], json!(0.25));
+    }
+    let untouched = store
+        .get_agent(&other, &agents[0])
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(untouched.last_heartbeat, None, "another tenant's agent");
+}

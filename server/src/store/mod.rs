@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outpost_protocol::{HeartbeatStatus, RegisterData, Response};
+use outpost_protocol::RegisterData;
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -455,23 +455,6 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         })
     }
 
-    /// Stores the metrics of a heartbeat.
-    pub async fn record_heartbeat(
-        &self,
-        tenant_id: &str,
-        agent_id: &str,
-        status: &HeartbeatStatus,
-    ) -> Result<()> {
-        agent::Entity::update_many()
-            .col_expr(agent::Column::LastSeen, Expr::value(Utc::now()))
-            .col_expr(agent::Column::LastHeartbeat, Expr::value(json!(status)))
-            .filter(agent::Column::TenantId.eq(tenant_id))
-            .filter(agent::Column::Id.eq(agent_id))
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
     /// Records that an agent's connection ended.
     pub async fn record_disconnect(&self, tenant_id: &str, agent_id: &str) -> Result<()> {
         let now = Utc::now();
@@ -686,35 +669,6 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .filter(command::Column::AgentId.eq(agent_id));
         }
         Ok(update.exec_with_returning(&self.db).await?)
-    }
-
-    /// Records the agent's `ack`: a `run` is then running (the agent acknowledges it as it
-    /// starts the process), anything else delivered. Idempotent.
-    pub async fn mark_delivered(
-        &self,
-        tenant_id: &str,
-        agent_id: &str,
-        id: &str,
-    ) -> Result<Option<command::Model>> {
-        Ok(self
-            .mark_delivered_many(&[(tenant_id, agent_id, id)])
-            .await?
-            .pop())
-    }
-
-    /// Stores a command's result. Only the command's own agent can finish it, and only once:
-    /// returns the finished row the first time, `None` for a repeat or a foreign command.
-    /// The run's job is not recomputed: the writer does that once per job and batch.
-    pub async fn store_result(
-        &self,
-        tenant_id: &str,
-        agent_id: &str,
-        response: &Response,
-    ) -> Result<Option<command::Model>> {
-        Ok(self
-            .store_results_many(&[(tenant_id, agent_id, response)])
-            .await?
-            .pop())
     }
 }
 

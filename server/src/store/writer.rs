@@ -305,20 +305,23 @@ impl Checkpoints {
 /// what lets a fan-out's thousands of answers cost a few statements instead of thousands of
 /// driver round trips. Jobs whose runs finished are recomputed once each, at the end.
 ///
-/// The writes are applied by kind: every ack, then output and heartbeats in the order they
-/// came, then every result. An agent sends a command's frames in that order (ack, output…,
-/// response), and each write touches only its own command (or the agent's row), so this keeps
-/// each command's own order however many of an agent's writes share the batch: output is
-/// stored before the result that closes its run.
+/// The writes are applied by kind: every ack, then output in the order it came, the
+/// heartbeats (one statement; they touch only agents' rows), then every result. An agent
+/// sends a command's frames in that order (ack, output…, response), and each write touches
+/// only its own command (or the agent's row), so this keeps each command's own order however
+/// many of an agent's writes share the batch: output is stored before the result that closes
+/// its run.
 async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
     let mut acks = Vec::new();
     let mut finishes = Vec::new();
-    let mut in_order = Vec::new();
+    let mut outputs = Vec::new();
+    let mut heartbeats = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         match write {
             Write::Delivered { .. } => acks.push(i),
             Write::Finish { .. } => finishes.push(i),
-            Write::Output { .. } | Write::Heartbeat { .. } => in_order.push(i),
+            Write::Output { .. } => outputs.push(i),
+            Write::Heartbeat { .. } => heartbeats.push(i),
         }
     }
 
@@ -371,8 +374,29 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
     for &i in &acks {
         results[i] = Some(Written::Delivered(changed.take(writes[i])));
     }
-    for &i in &in_order {
-        results[i] = Some(apply(&txn, writes[i]).await?);
+    for &i in &outputs {
+        results[i] = Some(append(&txn, writes[i]).await?);
+    }
+    if !heartbeats.is_empty() {
+        // An agent's latest heartbeat in the batch is the one that counts: one row each, as
+        // the statement may apply only one of several rows that match the same agent.
+        let mut latest: HashMap<(&str, &str), &HeartbeatStatus> = HashMap::new();
+        for &i in &heartbeats {
+            if let Write::Heartbeat {
+                tenant_id,
+                agent_id,
+                status,
+            } = writes[i]
+            {
+                latest.insert((tenant_id.as_str(), agent_id.as_str()), status);
+            }
+            results[i] = Some(Written::Heartbeat);
+        }
+        let beats: Vec<_> = latest
+            .into_iter()
+            .map(|((tenant_id, agent_id), status)| (tenant_id, agent_id, status))
+            .collect();
+        txn.record_heartbeats_many(&beats).await?;
     }
     if !answers.is_empty() {
         let mut finished = by_id(txn.store_results_many(&answers).await?);
@@ -436,52 +460,29 @@ fn observe(written: &Written) {
     }
 }
 
-async fn apply(store: &Store<sea_orm::DatabaseTransaction>, write: &Write) -> Result<Written> {
-    Ok(match write {
-        Write::Delivered {
-            tenant_id,
-            agent_id,
-            command_id,
-        } => Written::Delivered(
-            store
-                .mark_delivered(tenant_id, agent_id, command_id)
-                .await?,
-        ),
-        Write::Output {
-            tenant_id,
-            agent_id,
-            command_id,
-            stream,
-            seq,
-            bytes,
-            cap,
-        } => Written::Output(
-            store
-                .append_output(
-                    tenant_id,
-                    agent_id,
-                    OutputChunk {
-                        command_id,
-                        stream: *stream,
-                        seq: *seq,
-                        bytes,
-                    },
-                    *cap,
-                )
-                .await?,
-        ),
-        Write::Finish {
-            tenant_id,
-            agent_id,
-            response,
-        } => Written::Finished(store.store_result(tenant_id, agent_id, response).await?),
-        Write::Heartbeat {
-            tenant_id,
-            agent_id,
-            status,
-        } => {
-            store.record_heartbeat(tenant_id, agent_id, status).await?;
-            Written::Heartbeat
-        }
-    })
+/// Stores one chunk of output (the writes of other kinds are applied a batch at a time).
+async fn append(store: &Store<sea_orm::DatabaseTransaction>, write: &Write) -> Result<Written> {
+    let Write::Output {
+        tenant_id,
+        agent_id,
+        command_id,
+        stream,
+        seq,
+        bytes,
+        cap,
+    } = write
+    else {
+        unreachable!("only output is appended one write at a time");
+    };
+    let chunk = OutputChunk {
+        command_id,
+        stream: *stream,
+        seq: *seq,
+        bytes,
+    };
+    Ok(Written::Output(
+        store
+            .append_output(tenant_id, agent_id, chunk, *cap)
+            .await?,
+    ))
 }
