@@ -33,7 +33,7 @@ impl<C: ConnectionTrait> Store<C> {
         let mut changed = Vec::with_capacity(acks.len());
         for chunk in acks.chunks(ROWS_PER_STATEMENT) {
             let now = Value::from(Utc::now());
-            let mut sql = Sql::new(self.db.get_database_backend(), chunk.len() * 3 + 6);
+            let mut sql = Sql::new(self.db.get_database_backend(), padded(chunk) * 3 + 2);
             sql.push("WITH v(id, tenant_id, agent_id) AS (VALUES ");
             for (i, (tenant_id, agent_id, id)) in chunk.iter().enumerate() {
                 sql.row(i, [(*id).into(), (*tenant_id).into(), (*agent_id).into()]);
@@ -70,7 +70,7 @@ impl<C: ConnectionTrait> Store<C> {
     ) -> Result<Vec<command::Model>> {
         let mut finished = Vec::with_capacity(results.len());
         for chunk in results.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = Sql::new(self.db.get_database_backend(), chunk.len() * 10 + 4);
+            let mut sql = Sql::new(self.db.get_database_backend(), padded(chunk) * 10 + 3);
             sql.push(
                 "WITH v(id, tenant_id, agent_id, state, success, result, error_code, \
                  error_message, exit_code, truncated) AS (VALUES ",
@@ -143,7 +143,7 @@ impl<C: ConnectionTrait> Store<C> {
         beats: &[(&str, &str, &HeartbeatStatus)],
     ) -> Result<()> {
         for chunk in beats.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = Sql::new(self.db.get_database_backend(), chunk.len() * 3 + 1);
+            let mut sql = Sql::new(self.db.get_database_backend(), padded(chunk) * 3 + 1);
             sql.push("WITH v(tenant_id, id, status) AS (VALUES ");
             for (i, (tenant_id, agent_id, status)) in chunk.iter().enumerate() {
                 sql.row(
@@ -204,7 +204,7 @@ impl<C: ConnectionTrait> Store<C> {
             && r.created_at == first.created_at));
         let backend = self.db.get_database_backend();
         for chunk in runs.chunks(RUNS_PER_INSERT) {
-            let mut sql = Sql::new(backend, chunk.len() * 7 + 8);
+            let mut sql = Sql::new(backend, padded(chunk) * 7 + 6);
             sql.push(
                 "WITH v(id, agent_id, state, finished_at, success, error_code, error_message) \
                  AS (VALUES ",
@@ -254,6 +254,11 @@ impl<C: ConnectionTrait> Store<C> {
     }
 }
 
+/// Rows in a statement for `chunk` once padded (see [`Sql::pad_rows`]).
+fn padded<T>(chunk: &[T]) -> usize {
+    chunk.len().next_power_of_two()
+}
+
 /// The state a response moves its command to.
 pub(super) fn final_state_of(response: &Response) -> &'static str {
     let flag = |name| response.data.get(name).and_then(serde_json::Value::as_bool) == Some(true);
@@ -287,6 +292,8 @@ struct Sql {
     backend: DbBackend,
     text: String,
     values: Vec<Value>,
+    /// Where the `VALUES` list's first row starts in `values`.
+    first_row: usize,
 }
 
 impl Sql {
@@ -295,6 +302,7 @@ impl Sql {
             backend,
             text: String::with_capacity(values * 5 + 1024),
             values: Vec::with_capacity(values),
+            first_row: 0,
         }
     }
 
@@ -314,19 +322,37 @@ impl Sql {
         }
     }
 
-    /// Pads a `VALUES` list of `rows` rows of `columns` to the next power of two with rows of
-    /// `NULL`, which match no command. Connections keep prepared statements by their text, and
-    /// the text depends on the number of rows: padded, a batch of any size reuses one of 11
-    /// prepared statements instead of parsing a statement of thousands of markers anew.
+    /// Pads a `VALUES` list of `rows` rows to the next power of two with rows of `NULL`,
+    /// which match no row of the table. Connections keep prepared statements by their text,
+    /// and the text depends on the number of rows: padded, a batch of any size reuses one of
+    /// 11 prepared statements instead of parsing a statement of thousands of markers anew
+    /// (1-10 ms each for the writer's batches). The `NULL`s are bound, as markers like the
+    /// rest: written out as literals they made the text differ with every batch size again
+    /// (perf showed a prepare per batch or two, and the statement cache churning). Each is
+    /// bound with the type of the first row's value in its column, which PostgreSQL needs to
+    /// type the `VALUES` table.
     fn pad_rows(&mut self, rows: usize, columns: usize) {
-        let null_row = format!(", ({})", vec!["NULL"; columns].join(", "));
+        let nulls: Vec<Value> = self.values[self.first_row..self.first_row + columns]
+            .iter()
+            .map(Value::as_null)
+            .collect();
         for _ in rows..rows.next_power_of_two() {
-            self.push(&null_row);
+            self.push(", (");
+            for (col, null) in nulls.iter().enumerate() {
+                if col > 0 {
+                    self.push(", ");
+                }
+                self.bind(null.clone());
+            }
+            self.push(")");
         }
     }
 
     /// Appends `(…)` for one row of a `VALUES` list; `i` is the row's index.
     fn row<const N: usize>(&mut self, i: usize, values: [Value; N]) {
+        if i == 0 {
+            self.first_row = self.values.len();
+        }
         self.push(if i == 0 { "(" } else { ", (" });
         for (col, value) in values.into_iter().enumerate() {
             if col > 0 {
@@ -335,5 +361,38 @@ impl Sql {
             self.bind(value);
         }
         self.push(")");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(backend: DbBackend, rows: usize) -> Sql {
+        let mut sql = Sql::new(backend, 4);
+        sql.push("WITH v(id, n) AS (VALUES ");
+        for i in 0..rows {
+            sql.row(i, [format!("id-{i}").into(), Value::from(Some(i as i64))]);
+        }
+        sql.pad_rows(rows, 2);
+        sql.push(") SELECT * FROM v");
+        sql
+    }
+
+    /// The point of padding: batches of 5 to 8 rows share one text, so one prepared
+    /// statement, with their padding bound as typed NULLs.
+    #[test]
+    fn padded_batches_share_their_text() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            let eight = statement(backend, 8);
+            for rows in 5..8 {
+                let sql = statement(backend, rows);
+                assert_eq!(sql.text, eight.text, "{rows} rows on {backend:?}");
+                assert_eq!(sql.values.len(), 16);
+                assert_eq!(sql.values[2 * rows], Value::String(None));
+                assert_eq!(sql.values[2 * rows + 1], Value::BigInt(None));
+            }
+            assert_ne!(statement(backend, 4).text, eight.text);
+        }
     }
 }
