@@ -96,6 +96,10 @@ struct Opts {
     /// Concurrent jobs to every agent in the throughput scenario.
     #[arg(long, default_value_t = 4)]
     throughput_jobs: usize,
+    /// Seconds the idle fleet's server CPU is sampled for (default 30, one heartbeat
+    /// interval; 3 with --quick).
+    #[arg(long)]
+    idle_secs: Option<u64>,
     /// Seconds the real agent is sampled for.
     #[arg(long)]
     agent_secs: Option<u64>,
@@ -222,6 +226,22 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                     after / 1024
                 ),
                 json!({"rss_before_kib": before, "rss_after_kib": after, "bytes_per_connection": per_conn}),
+            );
+            // What holding the fleet costs while nothing is asked of it: heartbeats (one per
+            // agent per interval), the connections' timers, the WAL checkpoints.
+            let secs = opts.idle_secs.unwrap_or(if opts.quick { 3 } else { 30 });
+            let (cpu_before, writer) = (server.cpu_seconds()?, server.writer().await?);
+            let phase = Instant::now();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let wall = phase.elapsed().as_secs_f64();
+            let cpu = (server.cpu_seconds()? - cpu_before) / wall * 100.0;
+            let (writer, writer_json) = server.writer().await?.since(&writer, wall);
+            report.row(
+                &format!("(for scale) server CPU with {} idle agents", opts.agents),
+                "—",
+                "—",
+                format!("{cpu:.1} % of one core over {wall:.0} s ({writer})"),
+                json!({"cpu_percent": cpu, "seconds": wall, "writer": writer_json}),
             );
         }
     }
