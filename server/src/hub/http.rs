@@ -344,7 +344,7 @@ async fn open(
         .map_err(|_| ApiError::Unavailable("could not store the registration".into()))?;
     let agent_id = data.agent_id;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let close = Arc::new(CloseSignal::default());
+    let close = Arc::new(CloseSignal::new(&state.shutdown));
     let conn_id = state.hub.next_conn_id();
     let session = Arc::new(HttpSession {
         id: uuid::Uuid::new_v4().simple().to_string(),
@@ -423,8 +423,8 @@ async fn run(
                 }
                 None => break session.close.reason().1,
             },
+            // Also on shutdown (see `CloseSignal`).
             () = session.close.closed() => break session.close.reason().1,
-            () = state.shutdown.cancelled() => break "server shutting down".to_owned(),
             _ = ticker.tick() => {
                 resent.expire();
                 if session.silent_for() > silence_limit {

@@ -30,14 +30,28 @@ use crate::store::command;
 /// agent reads continuously, so a full queue means the connection is dead or stuck.
 pub const OUTBOUND_QUEUE: usize = 256;
 
-/// A request to close a connection, with the WebSocket close code and reason to send.
-#[derive(Debug, Default)]
+/// A request to close a connection, with the WebSocket close code and reason to send. It
+/// also fires when the server shuts down (with 1001, "server shutting down").
+///
+/// Each connection waits on its own signal, a child of the server's shutdown token, rather
+/// than on that token itself: a token's state sits behind a mutex that every poll of its
+/// `cancelled()` future takes, and with ten thousand connections polling the one shared token
+/// on every wake-up that lock showed up in a fan-out's profile.
+#[derive(Debug)]
 pub struct CloseSignal {
     token: CancellationToken,
     reason: Mutex<Option<(u16, String)>>,
 }
 
 impl CloseSignal {
+    /// A signal for one connection of a server that stops on `shutdown`.
+    pub fn new(shutdown: &CancellationToken) -> Self {
+        Self {
+            token: shutdown.child_token(),
+            reason: Mutex::default(),
+        }
+    }
+
     /// Asks the connection to close. The first reason wins.
     pub fn close(&self, code: u16, reason: &str) {
         if let Ok(mut slot) = self.reason.lock() {
@@ -51,13 +65,17 @@ impl CloseSignal {
         self.token.cancelled().await;
     }
 
-    /// The code and reason given to [`close`](Self::close).
+    /// The code and reason given to [`close`](Self::close), or the shutdown's.
     pub fn reason(&self) -> (u16, String) {
-        self.reason
-            .lock()
-            .ok()
-            .and_then(|slot| slot.clone())
-            .unwrap_or((outpost_protocol::limits::CLOSE_NORMAL, String::new()))
+        use outpost_protocol::limits::{CLOSE_GOING_AWAY, CLOSE_NORMAL};
+        let given = self.reason.lock().ok().and_then(|slot| slot.clone());
+        given.unwrap_or_else(|| {
+            if self.token.is_cancelled() {
+                (CLOSE_GOING_AWAY, "server shutting down".to_owned())
+            } else {
+                (CLOSE_NORMAL, String::new())
+            }
+        })
     }
 }
 
@@ -455,6 +473,28 @@ mod tests {
     use outpost_protocol::ServerCommand;
 
     use super::*;
+
+    /// A connection's close signal fires on its own close (the first reason wins) and on the
+    /// server's shutdown (1001), and closing one connection stops nothing else.
+    #[tokio::test]
+    async fn close_signals_fire_on_their_own_close_and_on_shutdown() {
+        use outpost_protocol::limits::{CLOSE_GOING_AWAY, CLOSE_POLICY};
+        let shutdown = CancellationToken::new();
+        let (one, two) = (CloseSignal::new(&shutdown), CloseSignal::new(&shutdown));
+        one.close(CLOSE_POLICY, "replaced");
+        one.close(CLOSE_GOING_AWAY, "later");
+        one.closed().await;
+        assert_eq!(one.reason(), (CLOSE_POLICY, "replaced".to_owned()));
+        assert!(!shutdown.is_cancelled() && !two.token.is_cancelled());
+
+        shutdown.cancel();
+        two.closed().await;
+        assert_eq!(
+            two.reason(),
+            (CLOSE_GOING_AWAY, "server shutting down".to_owned())
+        );
+        assert_eq!(one.reason().1, "replaced", "its own reason stays");
+    }
 
     fn command(id: CommandId) -> ServerFrame {
         ServerFrame::Command(ServerCommand {

@@ -121,7 +121,7 @@ impl Connection {
         let state = self.link.state.clone();
 
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let close = Arc::new(CloseSignal::default());
+        let close = Arc::new(CloseSignal::new(&state.shutdown));
         let conn_id = state.hub.next_conn_id();
         if let Err(end) = Box::pin(self.link.on_register(&register)).await {
             return Box::pin(self.finish(end)).await;
@@ -226,11 +226,10 @@ impl Connection {
         // Frames whose writes are queued but not committed yet, oldest first (the writer
         // commits in queue order).
         let mut in_flight: VecDeque<Pending> = VecDeque::new();
-        // Made once, not per turn of the loop: every new `cancelled()` future registers with
-        // the token, which all connections share, and deregisters when dropped.
-        let shutdown = state.shutdown.cancelled();
+        // Made once, not per turn of the loop: a new `cancelled()` future registers with the
+        // token and deregisters when dropped. It also fires on shutdown (see `CloseSignal`).
         let closed = close.closed();
-        tokio::pin!(shutdown, closed);
+        tokio::pin!(closed);
         loop {
             tokio::select! {
                 msg = self.socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
@@ -290,9 +289,6 @@ impl Connection {
                 () = &mut closed => {
                     let (code, reason) = close.reason();
                     return End::Close(code, reason);
-                }
-                () = &mut shutdown => {
-                    return End::Close(limits::CLOSE_GOING_AWAY, "server shutting down".into());
                 }
                 _ = ticker.tick() => {
                     resent.expire();
