@@ -121,6 +121,7 @@ pub async fn run(
             heartbeat.as_secs() * 3
         );
     }
+    tokio::spawn(liveness_loop(state.clone()));
     tokio::spawn(sweep_loop(
         state.clone(),
         heartbeat.min(Duration::from_secs(30)),
@@ -259,6 +260,20 @@ async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<()> {
     );
     println!("  {secret}");
     Ok(())
+}
+
+/// Closes the connections of agents gone silent or whose key expired ([`hub::Hub::sweep`]).
+async fn liveness_loop(state: AppState) {
+    let mut tick = tokio::time::interval(state.hub.sweep_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                state.hub.sweep();
+            }
+        }
+    }
 }
 
 /// Housekeeping: expires commands whose TTL passed undelivered and marks runs lost whose agent

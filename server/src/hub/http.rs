@@ -374,6 +374,7 @@ async fn open(
             tx,
             close,
             connected_at: Utc::now(),
+            key_expires_at: session.key_expires_at,
             transport: Transport::Http,
         },
     );

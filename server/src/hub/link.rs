@@ -317,11 +317,6 @@ impl Link {
         }
         Ok(())
     }
-
-    /// Whether the connection's key has expired since it connected.
-    pub fn key_expired(&self) -> bool {
-        self.key.expires_at.is_some_and(|t| t <= Utc::now())
-    }
 }
 
 /// A frame whose write was handed to the writer and is not committed yet.

@@ -2,9 +2,11 @@
 //!
 //! The task lives through two phases. Before `register` it only waits (10 s at most) for the
 //! agent to say who it is; after it, the connection is in the hub and the task `select!`s over
-//! incoming frames, outgoing frames from its queue, the heartbeat deadline, a close request
-//! (key disabled, agent replaced) and server shutdown. When the socket ends, the task removes
-//! its own entry from the hub, unless a newer connection already replaced it.
+//! incoming frames, outgoing frames from its queue, its writes' commits and a close request (key
+//! disabled or expired, agent replaced or silent for three heartbeat intervals, server
+//! shutdown; the hub's sweep watches silence and expiry for every connection at once). When the
+//! socket ends, the task removes its own entry from the hub, unless a newer connection already
+//! replaced it.
 //!
 //! Everything an agent sends is untrusted: frames are size-capped by the WebSocket layer,
 //! decoded by the protocol crate, and a peer that keeps sending garbage is cut off. What a
@@ -12,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -138,6 +140,7 @@ impl Connection {
                 tx,
                 close: close.clone(),
                 connected_at: Utc::now(),
+                key_expires_at: self.link.key.expires_at,
                 transport: Transport::Websocket,
             },
         );
@@ -217,12 +220,6 @@ impl Connection {
         close: &CloseSignal,
         mut resent: Resent,
     ) -> End {
-        let state = self.link.state.clone();
-        let interval = state.hub.heartbeat_interval();
-        let silence_limit = interval * limits::MISSED_HEARTBEATS;
-        let mut last_seen = Instant::now();
-        let mut ticker = tokio::time::interval(interval.min(Duration::from_secs(5)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames whose writes are queued but not committed yet, oldest first (the writer
         // commits in queue order).
         let mut in_flight: VecDeque<Pending> = VecDeque::new();
@@ -233,7 +230,9 @@ impl Connection {
         loop {
             tokio::select! {
                 msg = self.socket.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
-                    last_seen = Instant::now();
+                    // Silence and key expiry are watched by the hub's sweep, which closes the
+                    // connection through `close`.
+                    close.heard();
                     let (first, then) = self.read_on(msg);
                     if let Err(end) = Box::pin(self.take(agent_id, first, &mut in_flight)).await {
                         return end;
@@ -289,16 +288,6 @@ impl Connection {
                 () = &mut closed => {
                     let (code, reason) = close.reason();
                     return End::Close(code, reason);
-                }
-                _ = ticker.tick() => {
-                    resent.expire();
-                    if last_seen.elapsed() > silence_limit {
-                        tracing::info!(%agent_id, "no heartbeat for {} intervals", limits::MISSED_HEARTBEATS);
-                        return End::Close(limits::CLOSE_GOING_AWAY, "heartbeat missed".into());
-                    }
-                    if self.link.key_expired() {
-                        return End::Close(limits::CLOSE_NORMAL, "agent key expired".into());
-                    }
                 }
             }
         }

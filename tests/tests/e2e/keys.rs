@@ -29,7 +29,15 @@ async fn bad_keys_are_refused_before_the_upgrade() {
     let (_, expiring) = api
         .create_key(json!({"name": "short", "expires_at": (chrono_now_plus(2))}))
         .await;
-    assert!(ws::connect(&server.url, &expiring).await.is_ok());
+    // A connection made with the key is closed when the key expires.
+    let mut peer = ws::connect(&server.url, &expiring)
+        .await
+        .expect("the key is valid for now");
+    peer.handshake(&uuid::Uuid::now_v7().to_string()).await;
+    assert_eq!(
+        peer.closed(Duration::from_secs(30)).await,
+        Some((1000, "agent key expired".to_owned()))
+    );
     outpost_e2e::wait_for("the key to expire", Duration::from_secs(10), || async {
         ws::connect(&server.url, &expiring)
             .await
