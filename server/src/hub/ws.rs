@@ -42,9 +42,11 @@ const HARD_FRAME_CAP: usize = 2 * limits::MAX_FRAME_BYTES;
 /// unread data makes the kernel reset it, which can destroy the close frame in flight.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Bytes tungstenite reads at a time, allocated per connection up front. Its default (128 KiB)
-/// would cost over a gigabyte at 10,000 idle agents; 2 KiB costs 20 MB. Agents' frames are
-/// mostly far smaller; a larger one (output) simply takes several reads.
-const READ_BUFFER: usize = 2 * 1024;
+/// would cost over a gigabyte at 10,000 idle agents; 1 KiB costs 10 MB. Agents' frames are
+/// mostly far smaller (an ack ~70 bytes, a heartbeat ~200, a ping's response ~150); a larger
+/// one (`register`, output) simply takes several reads. 2 KiB cost 0.7 KiB more per idle
+/// connection, and relaying 50 MB of output took the same time with either.
+const READ_BUFFER: usize = 1024;
 /// Bytes of frames fed to the socket before tungstenite writes them out without waiting for
 /// the flush at the end of the burst.
 const WRITE_BUFFER: usize = 64 * 1024;
