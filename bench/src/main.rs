@@ -228,7 +228,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 json!({"rss_before_kib": before, "rss_after_kib": after, "bytes_per_connection": per_conn}),
             );
             // What holding the fleet costs while nothing is asked of it: heartbeats (one per
-            // agent per interval), the connections' timers, the WAL checkpoints.
+            // agent per interval), the hub's liveness sweep, the WAL checkpoints.
             let secs = opts.idle_secs.unwrap_or(if opts.quick { 3 } else { 30 });
             let (cpu_before, writer) = (server.cpu_seconds()?, server.writer().await?);
             let phase = Instant::now();

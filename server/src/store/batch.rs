@@ -38,7 +38,7 @@ impl<C: ConnectionTrait> Store<C> {
             for (i, (tenant_id, agent_id, id)) in chunk.iter().enumerate() {
                 sql.row(i, [(*id).into(), (*tenant_id).into(), (*agent_id).into()]);
             }
-            sql.pad_rows(chunk.len(), 3);
+            sql.pad_rows(chunk.len());
             sql.push(&format!(
                 ") UPDATE commands SET state = CASE WHEN commands.command = '{run}' \
                  THEN '{running}' ELSE '{delivered}' END, \
@@ -102,7 +102,7 @@ impl<C: ConnectionTrait> Store<C> {
                     ],
                 );
             }
-            sql.pad_rows(chunk.len(), 10);
+            sql.pad_rows(chunk.len());
             // An answer is also proof of delivery: the writer skips the ack of a command
             // whose result shares its batch, and this sets what the ack would have. The same
             // instant goes into `delivered_at` and `finished_at`, which is how
@@ -155,7 +155,7 @@ impl<C: ConnectionTrait> Store<C> {
                     ],
                 );
             }
-            sql.pad_rows(chunk.len(), 3);
+            sql.pad_rows(chunk.len());
             sql.push(") UPDATE agents SET last_seen = ");
             sql.bind(Utc::now().into());
             sql.push(
@@ -223,7 +223,7 @@ impl<C: ConnectionTrait> Store<C> {
                     ],
                 );
             }
-            sql.pad_rows(chunk.len(), 7);
+            sql.pad_rows(chunk.len());
             sql.push(
                 ") INSERT INTO commands (id, tenant_id, agent_id, command, data, timeout_s, \
                  state, created_at, expires_at, finished_at, success, error_code, \
@@ -292,8 +292,9 @@ struct Sql {
     backend: DbBackend,
     text: String,
     values: Vec<Value>,
-    /// Where the `VALUES` list's first row starts in `values`.
+    /// Where the `VALUES` list's first row starts in `values`, and its width.
     first_row: usize,
+    columns: usize,
 }
 
 impl Sql {
@@ -303,6 +304,7 @@ impl Sql {
             text: String::with_capacity(values * 5 + 1024),
             values: Vec::with_capacity(values),
             first_row: 0,
+            columns: 0,
         }
     }
 
@@ -331,8 +333,8 @@ impl Sql {
     /// (perf showed a prepare per batch or two, and the statement cache churning). Each is
     /// bound with the type of the first row's value in its column, which PostgreSQL needs to
     /// type the `VALUES` table.
-    fn pad_rows(&mut self, rows: usize, columns: usize) {
-        let nulls: Vec<Value> = self.values[self.first_row..self.first_row + columns]
+    fn pad_rows(&mut self, rows: usize) {
+        let nulls: Vec<Value> = self.values[self.first_row..self.first_row + self.columns]
             .iter()
             .map(Value::as_null)
             .collect();
@@ -352,6 +354,7 @@ impl Sql {
     fn row<const N: usize>(&mut self, i: usize, values: [Value; N]) {
         if i == 0 {
             self.first_row = self.values.len();
+            self.columns = N;
         }
         self.push(if i == 0 { "(" } else { ", (" });
         for (col, value) in values.into_iter().enumerate() {
@@ -374,7 +377,7 @@ mod tests {
         for i in 0..rows {
             sql.row(i, [format!("id-{i}").into(), Value::from(Some(i as i64))]);
         }
-        sql.pad_rows(rows, 2);
+        sql.pad_rows(rows);
         sql.push(") SELECT * FROM v");
         sql
     }

@@ -316,12 +316,38 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
     let mut finishes = Vec::new();
     let mut outputs = Vec::new();
     let mut heartbeats = Vec::new();
+    // An agent's latest heartbeat in the batch is the one that counts: one row each, as the
+    // statement may apply only one of several rows that match the same agent.
+    let mut latest: HashMap<(&str, &str), &HeartbeatStatus> = HashMap::new();
     for (i, write) in writes.iter().enumerate() {
         match write {
             Write::Delivered { .. } => acks.push(i),
             Write::Finish { .. } => finishes.push(i),
-            Write::Output { .. } => outputs.push(i),
-            Write::Heartbeat { .. } => heartbeats.push(i),
+            Write::Output {
+                tenant_id,
+                agent_id,
+                command_id,
+                stream,
+                seq,
+                bytes,
+                cap,
+            } => {
+                let chunk = OutputChunk {
+                    command_id,
+                    stream: *stream,
+                    seq: *seq,
+                    bytes,
+                };
+                outputs.push((i, tenant_id.as_str(), agent_id.as_str(), chunk, *cap));
+            }
+            Write::Heartbeat {
+                tenant_id,
+                agent_id,
+                status,
+            } => {
+                latest.insert((tenant_id.as_str(), agent_id.as_str()), status);
+                heartbeats.push(i);
+            }
         }
     }
 
@@ -374,22 +400,12 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
     for &i in &acks {
         results[i] = Some(Written::Delivered(changed.take(writes[i])));
     }
-    for &i in &outputs {
-        results[i] = Some(append(&txn, writes[i]).await?);
+    for (i, tenant_id, agent_id, chunk, cap) in outputs {
+        let stored = txn.append_output(tenant_id, agent_id, chunk, cap).await?;
+        results[i] = Some(Written::Output(stored));
     }
     if !heartbeats.is_empty() {
-        // An agent's latest heartbeat in the batch is the one that counts: one row each, as
-        // the statement may apply only one of several rows that match the same agent.
-        let mut latest: HashMap<(&str, &str), &HeartbeatStatus> = HashMap::new();
         for &i in &heartbeats {
-            if let Write::Heartbeat {
-                tenant_id,
-                agent_id,
-                status,
-            } = writes[i]
-            {
-                latest.insert((tenant_id.as_str(), agent_id.as_str()), status);
-            }
             results[i] = Some(Written::Heartbeat);
         }
         let beats: Vec<_> = latest
@@ -458,31 +474,4 @@ fn observe(written: &Written) {
         Written::Finished(Some(model)) => crate::metrics::command_answered(model),
         _ => {}
     }
-}
-
-/// Stores one chunk of output (the writes of other kinds are applied a batch at a time).
-async fn append(store: &Store<sea_orm::DatabaseTransaction>, write: &Write) -> Result<Written> {
-    let Write::Output {
-        tenant_id,
-        agent_id,
-        command_id,
-        stream,
-        seq,
-        bytes,
-        cap,
-    } = write
-    else {
-        unreachable!("only output is appended one write at a time");
-    };
-    let chunk = OutputChunk {
-        command_id,
-        stream: *stream,
-        seq: *seq,
-        bytes,
-    };
-    Ok(Written::Output(
-        store
-            .append_output(tenant_id, agent_id, chunk, *cap)
-            .await?,
-    ))
 }
