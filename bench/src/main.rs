@@ -293,20 +293,30 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         for size in &sizes {
             let mut completions = Vec::new();
             let mut runs = Vec::new();
+            // Where a job's time goes, from the POST: the job's `created_at` (stamped once its
+            // target is resolved, before its runs are inserted), the last run's `finished_at`
+            // (stamped by the writer as it stores that result), and the answer received.
+            let mut phases = Vec::new();
             let cpu = server.cpu_seconds()?;
             let swarm_cpu = swarm.cpu_seconds()?;
             let writer = server.writer().await?;
             let phase = Instant::now();
             for _ in 0..jobs {
                 let started = Instant::now();
+                let started_at = chrono::Utc::now();
                 let job = server
                     .post(
                         "/api/jobs?wait=120",
                         &json!({"command": "ping", "target": {"tags": [format!("first-{size}")]}, "timeout_s": 60}),
                     )
                     .await?;
-                completions.push(started.elapsed().as_secs_f64() * 1e3);
+                let completion = started.elapsed().as_secs_f64() * 1e3;
+                completions.push(completion);
                 let lat = run_latencies(&job, *size)?;
+                let since = |t: chrono::DateTime<chrono::Utc>| {
+                    (t - started_at).num_microseconds().unwrap_or(0) as f64 / 1e3
+                };
+                phases.push([since(lat.created), since(lat.last_finished), completion]);
                 runs.extend(lat.per_run_ms);
             }
             let cpu_per_run_us = (server.cpu_seconds()? - cpu) * 1e6 / runs.len().max(1) as f64;
@@ -318,6 +328,12 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 (swarm.cpu_seconds()? - swarm_cpu) * 1e6 / runs.len().max(1) as f64;
             completions.sort_by(f64::total_cmp);
             runs.sort_by(f64::total_cmp);
+            let median_phase = |i: usize| {
+                let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+                v.sort_by(f64::total_cmp);
+                percentile(&v, 50.0)
+            };
+            let phase_ms = [median_phase(0), median_phase(1), median_phase(2)];
             let goal = if *size >= 10_000 {
                 ("1 s", "250 ms")
             } else {
@@ -328,9 +344,12 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 goal.0,
                 goal.1,
                 format!(
-                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs; per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run (simulated agents {swarm_per_run_us:.0}); {writer}",
+                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs (median job from its POST: created_at +{:.0} ms, last finished_at +{:.0}, answered +{:.0}); per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run (simulated agents {swarm_per_run_us:.0}); {writer}",
                     percentile(&completions, 50.0),
                     percentile(&completions, 99.0),
+                    phase_ms[0],
+                    phase_ms[1],
+                    phase_ms[2],
                     percentile(&runs, 50.0),
                     percentile(&runs, 99.0),
                 ),
@@ -339,6 +358,9 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                        "swarm_cpu_us_per_run": swarm_per_run_us,
                        "job_p50_ms": percentile(&completions, 50.0), "job_p99_ms": percentile(&completions, 99.0),
                        "job_max_ms": completions.last(),
+                       "median_job_created_ms": phase_ms[0],
+                       "median_job_last_stored_ms": phase_ms[1],
+                       "median_job_answered_ms": phase_ms[2],
                        "run_p50_ms": percentile(&runs, 50.0), "run_p99_ms": percentile(&runs, 99.0)}),
             );
         }

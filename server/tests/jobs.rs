@@ -111,10 +111,24 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
             .is_empty()
     );
 
-    let hosts = ["web-2", "db \"main\"", "web-10", "ünïcode", "web-1"];
+    let hosts = [
+        "web-2",
+        "db \"main\"",
+        "web-10",
+        "ünïcode",
+        "web-1",
+        "ctl\u{1e}\u{1f}host",
+    ];
     let mut ids = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
-        let tags = ["fleet", if i % 2 == 0 { "even" } else { "odd\\\"]" }];
+        let tags = [
+            "fleet",
+            if i % 2 == 0 {
+                "even"
+            } else {
+                "odd\\\"]\u{1e}\u{1f}"
+            },
+        ];
         let agent = store
             .upsert_agent(&tenant, &format!("key-{i}"), &register(host, &tags))
             .await
@@ -125,7 +139,8 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
         .set_agent_tags(&tenant, &ids[0].1, &["pinned".to_owned()])
         .await
         .expect("tags");
-    // Another tenant's agent, first in hostname order, is not a target.
+    // Another tenant's agent, first in hostname order, is not a target. (The odd tags hold
+    // the separators the SQLite query joins fields with: stored as JSON, they are escaped.)
     store
         .upsert_agent(&other, "key-x", &register("a-first", &["fleet"]))
         .await
@@ -146,7 +161,12 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
     for (target, (_, _, _, i)) in targets.iter().zip(&expected) {
         let mut tags = vec![
             "fleet".to_owned(),
-            if i % 2 == 0 { "even" } else { "odd\\\"]" }.to_owned(),
+            if i % 2 == 0 {
+                "even"
+            } else {
+                "odd\\\"]\u{1e}\u{1f}"
+            }
+            .to_owned(),
         ];
         if *i == 0 {
             tags.push("pinned".to_owned());

@@ -482,9 +482,18 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Resolving a target reads the whole fleet, and the other columns (scripts, metrics) are
     /// most of each row.
     ///
-    /// On SQLite the rows come back as one JSON array built by SQLite itself: through the
-    /// driver, each of 10,000 rows cost ~4 µs of decoding (45-60 ms a job, before any run was
-    /// stored), against ~10 ms for SQLite's own work. Other backends read the rows.
+    /// On SQLite the rows come back as one text that SQLite concatenates: through the driver,
+    /// each of 10,000 rows cost ~4 µs of decoding (45-60 ms a job, before any run was stored).
+    /// The fields are joined as they are stored, not rebuilt as JSON, and the rows are read
+    /// in the order of the `agents_hostname` index: an aggregate's own `ORDER BY` sorted them
+    /// again in a temporary B-tree, and `json_array(…, json(…))` parsed and re-serialised
+    /// every agent's tags (10,000 agents: SQLite's own work 28-32 ms against 13-14 ms, the
+    /// whole call 46-52 ms against 34-42 ms, medians of alternated runs). Fields are separated
+    /// by the ASCII unit separator, agents by the record separator, and neither can occur
+    /// inside a field: ids are UUIDs, the host name comes as `hex()` and tags are stored
+    /// JSON, whose text never holds a raw control character. An aggregate's input order is
+    /// not SQLite's promise, so the list is checked and sorted if it is not in order; hex
+    /// digits sort as the bytes they encode. Other backends read the rows.
     pub async fn agent_targets(&self, tenant_id: &str) -> Result<Vec<AgentTarget>> {
         let backend = self.db.get_database_backend();
         if backend == DbBackend::Sqlite {
@@ -492,19 +501,28 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .db
                 .query_one_raw(Statement::from_sql_and_values(
                     backend,
-                    "SELECT json_group_array(json_array(id, key_id, json(agent_tags), \
-                     json(server_tags)) ORDER BY hostname, id) FROM agents WHERE tenant_id = ?",
+                    "SELECT group_concat(agent, char(30)) FROM (SELECT hex(hostname) \
+                     || char(31) || id || char(31) || key_id || char(31) || agent_tags \
+                     || char(31) || server_tags AS agent FROM agents WHERE tenant_id = ? \
+                     ORDER BY hostname, id)",
                     [tenant_id.into()],
                 ))
                 .await?;
-            // An aggregate always yields one row: `[]` for a tenant without agents.
-            let json: String = match row {
+            // An aggregate always yields one row, NULL for a tenant without agents.
+            let text: Option<String> = match row {
                 Some(row) => row.try_get_by_index(0)?,
-                None => "[]".to_owned(),
+                None => None,
             };
-            let rows: Vec<(String, String, Value, Value)> = serde_json::from_str(&json)
-                .map_err(|err| DbErr::Custom(format!("agents of tenant {tenant_id}: {err}")))?;
-            return Ok(rows.into_iter().map(AgentTarget::from_row).collect());
+            let text = text.unwrap_or_default();
+            let mut agents = text
+                .split(RECORD_SEPARATOR)
+                .filter(|record| !record.is_empty())
+                .map(|record| AgentTarget::from_record(record, tenant_id))
+                .collect::<Result<Vec<_>>>()?;
+            if !agents.is_sorted_by(|(a, x), (b, y)| (a, &x.id) <= (b, &y.id)) {
+                agents.sort_unstable_by(|(a, x), (b, y)| (a, &x.id).cmp(&(b, &y.id)));
+            }
+            return Ok(agents.into_iter().map(|(_, agent)| agent).collect());
         }
         let rows: Vec<(String, String, Value, Value)> = agent::Entity::find()
             .select_only()
@@ -683,7 +701,44 @@ pub struct AgentTarget {
     pub tags: Vec<String>,
 }
 
+/// Separates agents in [`Store::agent_targets`]' text (ASCII RS).
+const RECORD_SEPARATOR: char = '\u{1e}';
+/// Separates an agent's fields there (ASCII US).
+const UNIT_SEPARATOR: char = '\u{1f}';
+
 impl AgentTarget {
+    /// From `hex(hostname) US id US key_id US agent_tags US server_tags`, the tags as stored
+    /// JSON; with the hex host name, which sorts as the host name does.
+    fn from_record<'a>(record: &'a str, tenant_id: &str) -> Result<(&'a str, Self)> {
+        let bad = |what: &str| {
+            StoreError::Db(DbErr::Custom(format!(
+                "agents of tenant {tenant_id}: {what} in {record:?}"
+            )))
+        };
+        let fields: Vec<&str> = record.split(UNIT_SEPARATOR).collect();
+        let [hostname, id, key_id, agent_tags, server_tags] = fields[..] else {
+            return Err(bad("not 5 fields"));
+        };
+        // Tags are stored as a list of strings; anything else is read as `string_list` does.
+        let tags = |text: &str| -> Result<Vec<String>> {
+            serde_json::from_str(text).or_else(|_| {
+                serde_json::from_str(text)
+                    .map(|value: Value| string_list(&value))
+                    .map_err(|err| bad(&err.to_string()))
+            })
+        };
+        let mut all = tags(agent_tags)?;
+        all.extend(tags(server_tags)?);
+        Ok((
+            hostname,
+            Self {
+                id: id.to_owned(),
+                key_id: key_id.to_owned(),
+                tags: all,
+            },
+        ))
+    }
+
     /// From `(id, key_id, agent_tags, server_tags)`.
     fn from_row((id, key_id, agent_tags, server_tags): (String, String, Value, Value)) -> Self {
         let mut tags = string_list(&agent_tags);
