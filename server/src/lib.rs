@@ -74,7 +74,7 @@ pub async fn run(
     let master = load_master_key(&config)?;
 
     let state = AppState {
-        writer: store::writer::Writer::start(writer)
+        writer: store::writer::Writer::start(writer, store.clone())
             .context("cannot start the store writer's thread")?,
         store: store.clone(),
         hub: Arc::new(Hub::new(Duration::from_secs(

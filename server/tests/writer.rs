@@ -2,7 +2,7 @@
 //! committed and answered, and repeats are no-ops.
 
 use outpost_protocol::Response;
-use outpost_server::store::writer::{Write, Writer, Written};
+use outpost_server::store::writer::{Checkpointing, Write, Writer, Written};
 use outpost_server::store::{DatabaseLocation, NewCommand, Store, command};
 use serde_json::json;
 
@@ -40,7 +40,7 @@ async fn thousands_of_results_commit_in_few_transactions() {
         let command = insert(&store, &tenant, &format!("agent-{i}"), "ping").await;
         ids.push((format!("agent-{i}"), command.id));
     }
-    let writer = Writer::start(store.clone()).expect("the writer starts");
+    let writer = Writer::start(store.clone(), store.clone()).expect("the writer starts");
     let finish = |agent: String, id: String| {
         let (writer, tenant) = (writer.clone(), tenant.clone());
         tokio::spawn(async move {
@@ -121,7 +121,7 @@ async fn batched_acks_move_only_the_agents_own_pending_commands() {
         let model = insert(&store, &tenant, &format!("agent-{i}"), command).await;
         commands.push(model);
     }
-    let writer = Writer::start(store.clone()).expect("the writer starts");
+    let writer = Writer::start(store.clone(), store.clone()).expect("the writer starts");
     let ack = |agent: &str, id: &str| Write::Delivered {
         tenant_id: tenant.clone(),
         agent_id: agent.to_owned(),
@@ -284,6 +284,55 @@ async fn checkpoints_copy_the_wal_into_the_database() {
     );
 }
 
+/// The WAL is checkpointed in the background, beside a writer that never pauses; such a
+/// checkpoint never lets the WAL start over (that needs a write to begin with every page
+/// copied), so past its limit the writer checkpoints itself between two batches. Here 48 MiB
+/// of output is written without a pause against a 1 MiB limit: the WAL file, which only grows,
+/// must stay a fraction of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_under_continuous_writes() {
+    let (dir, store, tenant) = fresh_store().await;
+    let run = insert(&store, &tenant, "agent", "run").await;
+    let policy = Checkpointing {
+        every: std::time::Duration::from_millis(20),
+        restart_pages: 256,
+    };
+    let writer = Writer::start_with(store.clone(), store.clone(), policy).expect("starts");
+    let chunk = vec![b'x'; 64 * 1024];
+    let chunks = 768u64;
+    // Eight writers in flight at once, so that the writer always has the next batch queued.
+    let mut pending = std::collections::VecDeque::new();
+    for seq in 0..chunks {
+        let committed = writer
+            .submit(Write::Output {
+                tenant_id: tenant.clone(),
+                agent_id: "agent".into(),
+                command_id: run.id.clone(),
+                stream: outpost_protocol::OutputStream::Stdout,
+                seq,
+                bytes: chunk.clone(),
+                cap: u64::MAX,
+            })
+            .await
+            .expect("queued");
+        pending.push_back(committed);
+        if pending.len() == 8 {
+            pending.pop_front().expect("one").await.expect("stored");
+        }
+    }
+    for committed in pending {
+        committed.await.expect("stored");
+    }
+    let written = chunks * chunk.len() as u64;
+    let wal = std::fs::metadata(dir.path().join("outpost.db-wal"))
+        .expect("wal")
+        .len();
+    assert!(
+        wal < written / 4,
+        "the WAL grew to {wal} bytes for {written} bytes written: it never started over"
+    );
+}
+
 fn register(hostname: &str) -> outpost_protocol::RegisterData {
     serde_json::from_value(json!({
         "agent_id": uuid::Uuid::now_v7(), "hostname": hostname, "ip": "127.0.0.1",
@@ -326,7 +375,7 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
         .await
         .expect("agent");
 
-    let writer = Writer::start(store.clone()).expect("the writer starts");
+    let writer = Writer::start(store.clone(), store.clone()).expect("the writer starts");
     let beat = |tenant: &str, agent: &str, uptime_s| Write::Heartbeat {
         tenant_id: tenant.to_owned(),
         agent_id: agent.to_owned(),

@@ -171,9 +171,10 @@ impl Store {
     }
 
     /// Copies the WAL's committed pages into the database file without waiting for (or
-    /// blocking) readers, so that the WAL can start over. SQLite only; the writer calls it
-    /// between batches every second (see `writer::Checkpoints`). Returns the WAL's pages and
-    /// how many of them are in the database now.
+    /// blocking) readers or the writer, so that the WAL can start over. SQLite only (see
+    /// `writer::Checkpoints` for who calls it when). Returns the WAL's pages and how many of
+    /// them are in the database now; `(-1, -1)` when another connection's checkpoint is
+    /// running.
     pub async fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
         if self.db.get_database_backend() != DbBackend::Sqlite {
             return Ok(None);
@@ -781,7 +782,7 @@ async fn connect(
                 .foreign_keys(true)
                 // No commit checkpoints the WAL by itself: that would stall whichever commit
                 // crossed the threshold (the writer's, usually) for the copy and its fsync.
-                // The writer calls `Store::checkpoint` between batches instead.
+                // `writer::Checkpoints` calls `Store::checkpoint` instead.
                 .pragma("wal_autocheckpoint", "0")
                 // Rows travel from SQLite's thread to the task reading them through a bounded
                 // channel; at sqlx's default of 50 a fan-out's 10,000 returned rows cost 200

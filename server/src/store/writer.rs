@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use outpost_protocol::{HeartbeatStatus, Response};
@@ -130,7 +130,9 @@ pub struct Stats {
 }
 
 impl Writer {
-    /// Starts the writer on `store`, on a thread of its own.
+    /// Starts the writer on `store`, on a thread of its own, and the WAL's background
+    /// checkpoints on `background`, a handle on the same database that does not share the
+    /// writer's connection (see [`Checkpoints`]).
     ///
     /// The writer's every step is a hand-off to SQLite's thread and back (begin, each
     /// statement, each chunk of returned rows, commit). On the server's runtime each of those
@@ -138,7 +140,16 @@ impl Writer {
     /// woken: thousands of them after a fan-out's batch, so a batch spent 30-100 ms merely
     /// waiting to be polled, most of it before its `BEGIN` had even run. On a runtime of its
     /// own the writer is polled as soon as SQLite answers.
-    pub fn start(store: Store) -> std::io::Result<Self> {
+    pub fn start(store: Store, background: Store) -> std::io::Result<Self> {
+        Self::start_with(store, background, Checkpointing::default())
+    }
+
+    /// [`Writer::start`] with other checkpoint timings (tests use small ones).
+    pub fn start_with(
+        store: Store,
+        background: Store,
+        checkpointing: Checkpointing,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -147,7 +158,12 @@ impl Writer {
         let (counted, own) = (stats.clone(), store.clone());
         std::thread::Builder::new()
             .name("outpost-writer".into())
-            .spawn(move || runtime.block_on(run(own, rx, counted)))?;
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let checkpoints = Checkpoints::start(background, checkpointing);
+                    run(own, checkpoints, rx, counted).await;
+                });
+            })?;
         Ok(Self { tx, stats, store })
     }
 
@@ -187,19 +203,19 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<Stats>) {
+async fn run(
+    store: Store,
+    mut checkpoints: Checkpoints,
+    mut rx: mpsc::Receiver<(Write, Reply)>,
+    stats: Arc<Stats>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut checkpoints = Checkpoints::new();
     loop {
-        let first = tokio::select! {
-            first = rx.recv() => match first {
-                Some(first) => first,
-                None => break,
-            },
-            () = checkpoints.due() => {
-                checkpoints.run(&store).await;
-                continue;
-            }
+        if checkpoints.is_due() {
+            checkpoints.run(&store).await;
+        }
+        let Some(first) = rx.recv().await else {
+            break;
         };
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -240,63 +256,113 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Write, Reply)>, stats: Arc<St
             }
         }
         tracing::trace!(size, "committed a batch");
-        if checkpoints.is_due() {
-            checkpoints.run(&store).await;
+    }
+}
+
+/// When the WAL is checkpointed (see [`Checkpoints`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpointing {
+    /// How often a checkpoint runs in the background.
+    pub every: Duration,
+    /// WAL pages (4 KiB each) past which the writer checkpoints between its own batches, so
+    /// that the WAL starts over.
+    pub restart_pages: i64,
+}
+
+impl Default for Checkpointing {
+    /// Every second; the WAL starts over past 64 MiB.
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(1),
+            restart_pages: 16_384,
         }
     }
 }
 
-/// How often the writer checkpoints SQLite's WAL.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// The WAL checkpoint, run by the writer between batches every [`CHECKPOINT_EVERY`].
+/// SQLite's WAL checkpoints: copying committed pages into the database file, so that the WAL
+/// can start over (no commit checkpoints by itself, see `store::connect`: the commit that
+/// crossed SQLite's threshold paid for the copy and its `fsync`s, which was most of a round
+/// trip's p99).
 ///
-/// No commit checkpoints by itself (`wal_autocheckpoint` is off, see `store::connect`): the
-/// commit that crossed SQLite's 1,000-page threshold paid for the copy and its `fsync`, which
-/// was most of the round trip's p99. A checkpoint on another connection, concurrent with the
-/// writer, does not stall it, but under sustained load it never catches up: the WAL only
-/// starts over when a write transaction begins with every frame copied, and the writer
-/// always had committed more in the meantime (a 15,000-agent burst grew it past 300 MB,
-/// and every page read searches the WAL's index). Between two of the writer's own batches
-/// nothing else writes, as a rule, so the checkpoint completes and the next batch starts the
-/// WAL over: it stays at about a second of writes, and a lone command's round trip meets a
-/// checkpoint at most once a second.
+/// The copying is done in the background, every second, on a connection of its own,
+/// concurrently with the writer: a checkpoint syncs the WAL, copies the pages and syncs the
+/// database file, 50-200 ms for a second of a 10,000-agent fan-out's writes, and when the
+/// writer did it between its batches every second, its batches (and the job inserts that
+/// share its connection) waited that long behind it. But the WAL only starts over when a write
+/// transaction begins with every frame copied, which a checkpoint running beside a busy writer
+/// never sees (a 15,000-agent burst grew it past 300 MB, and every page read searches the
+/// WAL's index). So once the WAL holds more than 64 MiB, the writer runs a checkpoint itself
+/// between two of its batches, when nothing else writes: it completes, and the next batch
+/// starts the WAL over. The background has copied all but the last pages by then, so this one
+/// costs the writer little more than its two `fsync`s (40-80 ms seen), once per 64 MiB of
+/// writes (every 4-5 s of back-to-back fan-outs) rather than every second.
 struct Checkpoints {
-    next: tokio::time::Instant,
+    /// The WAL's size in pages as the last checkpoint saw it.
+    wal_pages: Arc<AtomicI64>,
+    /// Past this, the writer checkpoints.
+    restart_pages: i64,
     /// False on PostgreSQL, which checkpoints by itself.
     enabled: bool,
 }
 
 impl Checkpoints {
-    fn new() -> Self {
+    /// Starts the background checkpoints on `background` (a connection other than the
+    /// writer's) on the current runtime.
+    fn start(background: Store, policy: Checkpointing) -> Self {
+        let wal_pages = Arc::new(AtomicI64::new(0));
+        tokio::spawn(copy_in_background(
+            background,
+            policy.every,
+            wal_pages.clone(),
+        ));
         Self {
-            next: tokio::time::Instant::now() + CHECKPOINT_EVERY,
+            wal_pages,
+            restart_pages: policy.restart_pages,
             enabled: true,
         }
     }
 
+    /// Whether the writer should checkpoint before its next batch.
     fn is_due(&self) -> bool {
-        self.enabled && tokio::time::Instant::now() >= self.next
+        self.enabled && self.wal_pages.load(Ordering::Relaxed) >= self.restart_pages
     }
 
-    /// Resolves when the next checkpoint is due (never, when disabled).
-    async fn due(&self) {
-        if self.enabled {
-            tokio::time::sleep_until(self.next).await;
-        } else {
-            std::future::pending::<()>().await;
+    /// The writer's own checkpoint, on its connection between two of its batches. Whatever
+    /// comes of it, the writer tries again only once the background has looked at the WAL
+    /// again, so at most once per background checkpoint.
+    async fn run(&mut self, store: &Store) {
+        self.wal_pages.store(0, Ordering::Relaxed);
+        match store.checkpoint().await {
+            // Everything copied: the writer's next transaction starts the WAL over.
+            Ok(Some((log, done))) if log >= 0 && log == done => {
+                tracing::debug!(log, "WAL checkpointed; it starts over");
+            }
+            // The background checkpoint was running (-1), or a reader still needed old pages.
+            Ok(Some((log, done))) => tracing::debug!(log, done, "WAL checkpoint incomplete"),
+            Ok(None) => self.enabled = false,
+            Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed"),
         }
     }
+}
 
-    async fn run(&mut self, store: &Store) {
+/// Checkpoints `every` so often on `store`, recording the WAL's size for the writer.
+async fn copy_in_background(store: Store, every: Duration, wal_pages: Arc<AtomicI64>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
         match store.checkpoint().await {
-            Ok(Some((log, done))) => tracing::trace!(log, done, "WAL checkpoint"),
-            Ok(None) => self.enabled = false,
+            Ok(Some((log, done))) if log >= 0 => {
+                tracing::trace!(log, done, "WAL checkpoint");
+                wal_pages.store(log, Ordering::Relaxed);
+            }
+            // The writer's own checkpoint is running.
+            Ok(Some(_)) => {}
+            Ok(None) => return,
             Err(err) => {
                 tracing::warn!(error = %err, "WAL checkpoint failed; retrying in a second");
             }
         }
-        self.next = tokio::time::Instant::now() + CHECKPOINT_EVERY;
     }
 }
 
