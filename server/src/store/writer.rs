@@ -205,7 +205,7 @@ impl Writer {
 
 async fn run(
     store: Store,
-    mut checkpoints: Checkpoints,
+    checkpoints: Checkpoints,
     mut rx: mpsc::Receiver<(Write, Reply)>,
     stats: Arc<Stats>,
 ) {
@@ -299,10 +299,9 @@ impl Default for Checkpointing {
 struct Checkpoints {
     /// The WAL's size in pages as the last checkpoint saw it.
     wal_pages: Arc<AtomicI64>,
-    /// Past this, the writer checkpoints.
+    /// Past this, the writer checkpoints. (On PostgreSQL, which checkpoints by itself, the
+    /// background stops at once and the WAL never looks large.)
     restart_pages: i64,
-    /// False on PostgreSQL, which checkpoints by itself.
-    enabled: bool,
 }
 
 impl Checkpoints {
@@ -318,19 +317,18 @@ impl Checkpoints {
         Self {
             wal_pages,
             restart_pages: policy.restart_pages,
-            enabled: true,
         }
     }
 
     /// Whether the writer should checkpoint before its next batch.
     fn is_due(&self) -> bool {
-        self.enabled && self.wal_pages.load(Ordering::Relaxed) >= self.restart_pages
+        self.wal_pages.load(Ordering::Relaxed) >= self.restart_pages
     }
 
     /// The writer's own checkpoint, on its connection between two of its batches. Whatever
     /// comes of it, the writer tries again only once the background has looked at the WAL
     /// again, so at most once per background checkpoint.
-    async fn run(&mut self, store: &Store) {
+    async fn run(&self, store: &Store) {
         self.wal_pages.store(0, Ordering::Relaxed);
         match store.checkpoint().await {
             // Everything copied: the writer's next transaction starts the WAL over.
@@ -339,7 +337,7 @@ impl Checkpoints {
             }
             // The background checkpoint was running (-1), or a reader still needed old pages.
             Ok(Some((log, done))) => tracing::debug!(log, done, "WAL checkpoint incomplete"),
-            Ok(None) => self.enabled = false,
+            Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed"),
         }
     }
