@@ -92,6 +92,15 @@ pub async fn run(
             tls: config.tls_cert.is_some(),
         }),
     };
+    // A result reaches whoever waits for it as soon as its batch is committed (see
+    // `Writer::on_finished`); the connection that carried it only acknowledges it.
+    let (hub, webhooks) = (state.hub.clone(), state.webhooks.clone());
+    state.writer.on_finished(move |run| {
+        hub.finished(run);
+        if run.job_id.is_some() {
+            webhooks.wake();
+        }
+    });
     tokio::spawn(webhooks::run(state.clone()));
     tokio::spawn(metrics::upkeep(state.clone()));
     if let Some(addr) = config.metrics_listen {

@@ -1,6 +1,8 @@
 //! The batching writer: many agents finishing at once cost few transactions, every write is
 //! committed and answered, and repeats are no-ops.
 
+use std::sync::{Arc, Mutex};
+
 use outpost_protocol::Response;
 use outpost_server::store::writer::{Checkpointing, Write, Writer, Written};
 use outpost_server::store::{DatabaseLocation, NewCommand, Store, command};
@@ -41,18 +43,28 @@ async fn thousands_of_results_commit_in_few_transactions() {
         ids.push((format!("agent-{i}"), command.id));
     }
     let writer = Writer::start(store.clone(), store.clone()).expect("the writer starts");
+    // Whoever waits for a result hears of it before the write's submitter does.
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let listener = heard.clone();
+    assert!(writer.on_finished(move |run| listener.lock().expect("lock").push(run.id.clone())));
+    assert!(!writer.on_finished(|_| {}), "the listener is set once");
     let finish = |agent: String, id: String| {
-        let (writer, tenant) = (writer.clone(), tenant.clone());
+        let (writer, tenant, heard) = (writer.clone(), tenant.clone(), heard.clone());
         tokio::spawn(async move {
             let response = Response::ok(id.parse().expect("uuid"), json!({"pong": true}));
-            writer
+            let written = writer
                 .write(Write::Finish {
                     tenant_id: tenant,
                     agent_id: agent,
                     response,
                 })
                 .await
-                .expect("write")
+                .expect("write");
+            assert!(
+                heard.lock().expect("lock").contains(&id),
+                "{id} not heard first"
+            );
+            written
         })
     };
     let tasks: Vec<_> = ids
@@ -101,6 +113,12 @@ async fn thousands_of_results_commit_in_few_transactions() {
         .await
         .expect("write");
     assert!(matches!(written, Written::Finished(None)));
+    // Each result was heard once; the repeat and the foreign answer were not.
+    let mut heard = std::mem::take(&mut *heard.lock().expect("lock"));
+    heard.sort();
+    let mut expected: Vec<String> = ids.iter().map(|(_, id)| id.clone()).collect();
+    expected.sort();
+    assert_eq!(heard, expected);
     let stored = store
         .get_command(&tenant, &id)
         .await

@@ -258,9 +258,9 @@ impl Link {
         Ok(Some(Pending { written, answered }))
     }
 
-    /// Finishes a frame once its write is committed: tells the hub's listeners, and answers a
-    /// `response` with an `ack` (it is stored now, or was before, or was not this agent's to
-    /// store: either way the agent may forget it).
+    /// Finishes a frame once its write is committed: tells the hub's listeners (of a result,
+    /// the writer has told them), and answers a `response` with an `ack` (it is stored now, or
+    /// was before, or was not this agent's to store: either way the agent may forget it).
     pub fn complete(
         &self,
         answered: Option<outpost_protocol::CommandId>,
@@ -285,14 +285,9 @@ impl Link {
                 tracing::debug!("output for a command that is not this agent's");
             }
             Written::Output(_) => {}
-            Written::Finished(finished) => {
-                if let Some(model) = &finished {
-                    hub.finished(model);
-                    if model.job_id.is_some() {
-                        self.state.webhooks.wake();
-                    }
-                }
-            }
+            // The writer has handed it to its waiters and job listeners already (see
+            // `Writer::on_finished`).
+            Written::Finished(_) => {}
         }
         if let Some(command_id) = answered {
             out.push(ServerFrame::Ack { command_id });
