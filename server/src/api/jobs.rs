@@ -164,9 +164,15 @@ pub struct JobView {
 
 impl JobView {
     pub(crate) fn new(job: job::Model, runs: Vec<command::Model>, with_runs: bool) -> Self {
-        let mut run_counts = HashMap::new();
+        let mut run_counts: HashMap<String, usize> = HashMap::new();
         for run in &runs {
-            *run_counts.entry(run.state.clone()).or_insert(0) += 1;
+            // A lookup by `&str` first: a job's thousands of runs share a few states.
+            match run_counts.get_mut(run.state.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    run_counts.insert(run.state.clone(), 1);
+                }
+            }
         }
         Self {
             job_id: job.id,
@@ -421,12 +427,22 @@ async fn respond_finished(
     mut runs: Vec<command::Model>,
     finished: Vec<command::Model>,
 ) -> Result<Response, ApiError> {
-    let mut finished: HashMap<String, command::Model> = finished
-        .into_iter()
-        .map(|run| (run.id.clone(), run))
-        .collect();
+    // `finished` holds the open runs' rows in the order their waiters were made, which is
+    // `runs`' order: one pass pairs them (a map keyed by 10,000 cloned ids took 10-20 ms).
+    let mut finished = finished.into_iter().peekable();
     for run in &mut runs {
-        if let Some(stored) = finished.remove(&run.id) {
+        if let Some(stored) = finished.next_if(|stored| stored.id == run.id) {
+            *run = stored;
+        }
+    }
+    // Never seen, but a row out of that order must not be lost.
+    let mut rest: HashMap<String, command::Model> =
+        finished.map(|stored| (stored.id.clone(), stored)).collect();
+    for run in runs.iter_mut() {
+        if rest.is_empty() {
+            break;
+        }
+        if let Some(stored) = rest.remove(&run.id) {
             *run = stored;
         }
     }
