@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use outpost_protocol::Response;
 use outpost_server::store::writer::{Checkpointing, Write, Writer, Written};
-use outpost_server::store::{DatabaseLocation, NewCommand, Store, command};
+use outpost_server::store::{DatabaseLocation, NewCommand, Store, WAL_LIMIT_BYTES, command};
 use serde_json::json;
 
 /// A store on a new SQLite file, with one tenant.
@@ -353,6 +353,65 @@ async fn the_wal_starts_over_under_continuous_writes() {
     }
     for committed in pending {
         committed.await.expect("stored");
+    }
+}
+
+/// SQLite reuses the WAL's file rather than shrinking it: a burst of writes that the writer
+/// did not checkpoint between (here, commits on the pool, as when thousands of agents register
+/// at once) would leave it that large on disk for good. Once the writer has made the WAL start
+/// over, its file is cut back to the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_file_is_cut_back_after_a_burst() {
+    let (dir, store, tenant) = fresh_store().await;
+    let wal_file = dir.path().join("outpost.db-wal");
+    let wal = || std::fs::metadata(&wal_file).expect("wal").len();
+    let limit = WAL_LIMIT_BYTES as u64;
+    let blob = "x".repeat(1 << 20);
+    let mut i = 0;
+    while wal() <= limit + (4 << 20) {
+        store
+            .insert_command(NewCommand {
+                tenant_id: tenant.clone(),
+                agent_id: format!("agent-{i}"),
+                command: "echo".into(),
+                data: json!({ "message": blob }),
+                timeout_s: 60,
+                ttl_s: 3600,
+                job_id: None,
+            })
+            .await
+            .expect("insert");
+        i += 1;
+        assert!(i < 200, "the WAL stayed at {} bytes", wal());
+    }
+    let burst = wal();
+    let run = insert(&store, &tenant, "agent", "run").await;
+    let policy = Checkpointing {
+        every: std::time::Duration::from_millis(20),
+        ..Checkpointing::default()
+    };
+    let writer = Writer::start_with(store.clone(), store.clone(), policy).expect("starts");
+    for seq in 0.. {
+        writer
+            .write(Write::Output {
+                tenant_id: tenant.clone(),
+                agent_id: "agent".into(),
+                command_id: run.id.clone(),
+                stream: outpost_protocol::OutputStream::Stdout,
+                seq,
+                bytes: vec![b'y'; 1024],
+                cap: u64::MAX,
+            })
+            .await
+            .expect("stored");
+        if wal() <= limit {
+            break;
+        }
+        assert!(
+            seq < 20_000,
+            "the WAL file is still {} bytes after a burst to {burst} and {seq} writes",
+            wal()
+        );
     }
 }
 

@@ -131,6 +131,11 @@ pub struct AgentKeyPatch {
     pub status: Option<String>,
 }
 
+/// The WAL's size past which the writer checkpoints so that it starts over (see
+/// `writer::Checkpoints`), and the size its file is cut back to when it does: SQLite reuses the
+/// file rather than shrinking it, so without a limit a burst of writes the writer does not
+/// checkpoint between (10,000 agents registering at once: ~220 MB) stays on disk for good.
+pub const WAL_LIMIT_BYTES: i64 = 64 << 20;
 /// Rows a query may have in flight from SQLite's thread (see `connect`).
 const ROW_CHANNEL: usize = 4096;
 /// Connections in the pool for request handlers and background tasks.
@@ -784,6 +789,8 @@ async fn connect(
                 // crossed the threshold (the writer's, usually) for the copy and its fsync.
                 // `writer::Checkpoints` calls `Store::checkpoint` instead.
                 .pragma("wal_autocheckpoint", "0")
+                // Whichever connection starts the WAL over cuts its file back to this.
+                .pragma("journal_size_limit", WAL_LIMIT_BYTES.to_string())
                 // Rows travel from SQLite's thread to the task reading them through a bounded
                 // channel; at sqlx's default of 50 a fan-out's 10,000 returned rows cost 200
                 // hand-offs between the threads, each a wake-up.

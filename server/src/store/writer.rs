@@ -305,7 +305,7 @@ impl Default for Checkpointing {
     fn default() -> Self {
         Self {
             every: Duration::from_secs(1),
-            restart_pages: 16_384,
+            restart_pages: super::WAL_LIMIT_BYTES / 4096,
         }
     }
 }
