@@ -24,7 +24,6 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
 use crate::error::{ApiError, ErrorDetail};
-use crate::hub::Waiter;
 use crate::store::{
     AgentTarget, JobFilter, NewJob, NewRun, command, job, job_status, key_status, state,
     string_list,
@@ -391,28 +390,24 @@ pub async fn create(
     let (job, runs, created) = state.writer.store().create_job(new, runs).await?;
     let wait = query.wait.map(|s| Duration::from_secs(s.min(MAX_WAIT_S)));
     // Watch before pushing, so that no result can slip by.
-    let waiters: Vec<_> = match wait {
-        Some(_) => runs
-            .iter()
-            .filter(|r| state::OPEN.contains(&r.state.as_str()))
-            .filter_map(|r| r.id.parse().ok())
-            .map(|id| state.hub.watch(id))
-            .collect(),
-        None => Vec::new(),
-    };
+    let waiter = wait.map(|_| {
+        state.hub.watch_all(
+            runs.iter()
+                .filter(|r| state::OPEN.contains(&r.state.as_str()))
+                .filter_map(|r| r.id.parse().ok())
+                .collect(),
+        )
+    });
     if created {
         for run in runs.iter().filter(|r| r.state == state::PENDING) {
             dispatch::push(&state, run);
         }
         tracing::info!(job_id = %job.id, runs = runs.len(), command = %job.command, "job created");
     }
-    if let Some(wait) = wait {
-        let all = futures_util::future::join_all(waiters.into_iter().map(Waiter::result));
-        if let Ok(finished) = tokio::time::timeout(wait, all).await
-            && let Some(finished) = finished.into_iter().collect::<Option<Vec<_>>>()
-        {
-            return respond_finished(&state, &caller, &job.id, runs, finished).await;
-        }
+    if let (Some(wait), Some(waiter)) = (wait, &waiter)
+        && let Ok(finished) = tokio::time::timeout(wait, waiter.results()).await
+    {
+        return respond_finished(&state, &caller, &job.id, runs, finished).await;
     }
     respond(&state, &caller, &job.id).await
 }
@@ -427,9 +422,9 @@ async fn respond_finished(
     mut runs: Vec<command::Model>,
     finished: Vec<command::Model>,
 ) -> Result<Response, ApiError> {
-    // `finished` holds the open runs' rows in the order their waiters were made (`join_all`
-    // keeps it), which is `runs`' order: one pass pairs them (a map keyed by 10,000 cloned ids
-    // took 10-20 ms).
+    // `finished` holds the open runs' rows in the order they were given to the waiter
+    // (`Hub::watch_all` keeps it), which is `runs`' order: one pass pairs them (a map keyed by
+    // 10,000 cloned ids took 10-20 ms).
     let mut finished = finished.into_iter().peekable();
     for run in &mut runs {
         if let Some(stored) = finished.next_if(|stored| stored.id == run.id) {
