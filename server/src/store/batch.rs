@@ -24,7 +24,7 @@
 
 use chrono::Utc;
 use outpost_protocol::{HeartbeatStatus, Response};
-use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Iterable, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Iterable, QueryResult, Statement, Value};
 
 use super::{Result, Store, command, state};
 
@@ -194,11 +194,42 @@ impl<C: ConnectionTrait> Store<C> {
         sql.push(" RETURNING ");
         sql.push(&returning());
         let statement = Statement::from_sql_and_values(sql.backend, sql.text, sql.values);
-        Ok(command::Entity::find()
-            .from_raw_sql(statement)
-            .all(&self.db)
-            .await?)
+        let rows = self.db.query_all_raw(statement).await?;
+        Ok(rows
+            .iter()
+            .map(command_from_row)
+            .collect::<std::result::Result<_, _>>()?)
     }
+}
+
+/// A command from a row of [`returning`]'s columns, read by position. The derived reader
+/// looks each column up by name, formatting the name anew and hashing it for every column of
+/// every row: 210,000 times for a 10,000-run fan-out's results, a third of the time the
+/// writer spent turning them into models.
+fn command_from_row(row: &QueryResult) -> std::result::Result<command::Model, DbErr> {
+    Ok(command::Model {
+        id: row.try_get_by_index(0)?,
+        tenant_id: row.try_get_by_index(1)?,
+        agent_id: row.try_get_by_index(2)?,
+        command: row.try_get_by_index(3)?,
+        data: row.try_get_by_index(4)?,
+        timeout_s: row.try_get_by_index(5)?,
+        state: row.try_get_by_index(6)?,
+        created_at: row.try_get_by_index(7)?,
+        expires_at: row.try_get_by_index(8)?,
+        delivered_at: row.try_get_by_index(9)?,
+        finished_at: row.try_get_by_index(10)?,
+        success: row.try_get_by_index(11)?,
+        result: row.try_get_by_index(12)?,
+        error_code: row.try_get_by_index(13)?,
+        error_message: row.try_get_by_index(14)?,
+        job_id: row.try_get_by_index(15)?,
+        started_at: row.try_get_by_index(16)?,
+        exit_code: row.try_get_by_index(17)?,
+        stdout_bytes: row.try_get_by_index(18)?,
+        stderr_bytes: row.try_get_by_index(19)?,
+        output_truncated: row.try_get_by_index(20)?,
+    })
 }
 
 /// A job's runs per `INSERT`: 7 bound values a row.
@@ -426,8 +457,8 @@ mod tests {
 }
 
 #[cfg(test)]
-mod or_fail {
-    use sea_orm::{ColumnTrait, PaginatorTrait, QueryFilter};
+mod store {
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 
     use super::super::{DatabaseLocation, Store, new_id};
     use super::*;
@@ -465,6 +496,62 @@ mod or_fail {
             .count(&store.db)
             .await
             .expect("count")
+    }
+
+    /// [`command_from_row`] reads [`returning`]'s columns in their order: a model read by
+    /// position equals the one the derived reader makes by name, for a row with every column
+    /// set and one with the optional ones empty.
+    #[tokio::test]
+    async fn a_row_read_by_position_is_the_row_read_by_name() {
+        use sea_orm::{EntityTrait, FromQueryResult};
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("t.db")))
+            .await
+            .expect("open");
+        let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+        let mut full = run(&tenant, &new_id(), "a");
+        full.delivered_at = Some(Utc::now());
+        full.finished_at = Some(Utc::now());
+        full.started_at = Some(Utc::now());
+        full.success = Some(false);
+        full.result = Some(serde_json::json!({"exit_code": 3}));
+        full.error_code = Some("failed".into());
+        full.error_message = Some("exit 3".into());
+        full.job_id = Some(new_id());
+        full.exit_code = Some(3);
+        full.stdout_bytes = 5;
+        full.stderr_bytes = 7;
+        full.output_truncated = true;
+        let empty = run(&tenant, &new_id(), "b");
+        for model in [full, empty] {
+            command::ActiveModel::from(model.clone())
+                .insert(&store.db)
+                .await
+                .expect("insert");
+            let select = Statement::from_string(
+                DbBackend::Sqlite,
+                format!(
+                    "SELECT {} FROM commands WHERE id = '{}'",
+                    returning(),
+                    model.id
+                ),
+            );
+            let row = store
+                .db
+                .query_one_raw(select)
+                .await
+                .expect("select")
+                .expect("row");
+            let by_position = command_from_row(&row).expect("by position");
+            let by_name = command::Model::from_query_result(&row, "").expect("by name");
+            assert_eq!(by_position, by_name);
+            let stored = command::Entity::find_by_id(model.id.clone())
+                .one(&store.db)
+                .await
+                .expect("find")
+                .expect("stored");
+            assert_eq!(by_position, stored);
+        }
     }
 
     /// `OR FAIL` keeps a failed statement's earlier rows in its transaction (that is what
