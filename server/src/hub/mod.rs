@@ -566,11 +566,14 @@ struct Collected {
 }
 
 impl Collector {
-    fn put(&self, slot: usize, model: &command::Model) {
-        let mut collected = self
-            .collected
+    fn lock(&self) -> std::sync::MutexGuard<'_, Collected> {
+        self.collected
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn put(&self, slot: usize, model: &command::Model) {
+        let mut collected = self.lock();
         let Some(place) = collected.runs.get_mut(slot) else {
             return;
         };
@@ -599,11 +602,7 @@ impl ManyWaiter<'_> {
     pub async fn results(&self) -> Vec<command::Model> {
         loop {
             {
-                let mut collected = self
-                    .collector
-                    .collected
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut collected = self.collector.lock();
                 if collected.missing == 0 {
                     return std::mem::take(&mut collected.runs)
                         .into_iter()
@@ -618,15 +617,7 @@ impl ManyWaiter<'_> {
 
 impl Drop for ManyWaiter<'_> {
     fn drop(&mut self) {
-        let missing = {
-            let collected = self
-                .collector
-                .collected
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            collected.missing
-        };
-        if missing == 0 {
+        if self.collector.lock().missing == 0 {
             // Every entry was taken out as its result arrived.
             return;
         }
@@ -806,27 +797,12 @@ mod tests {
     fn finished_run(id: CommandId) -> command::Model {
         let now = Utc::now();
         command::Model {
-            id: id.to_string(),
-            tenant_id: "t".into(),
-            agent_id: "a".into(),
-            command: "ping".into(),
-            data: serde_json::json!({}),
-            timeout_s: 60,
             state: crate::store::state::SUCCEEDED.into(),
-            created_at: now,
-            expires_at: now,
             delivered_at: Some(now),
             finished_at: Some(now),
             success: Some(true),
             result: Some(serde_json::json!({"pong": true})),
-            error_code: None,
-            error_message: None,
-            job_id: None,
-            started_at: None,
-            exit_code: None,
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-            output_truncated: false,
+            ..crate::store::pending_command("t", &id.to_string(), "a")
         }
     }
 

@@ -463,31 +463,16 @@ mod store {
     use super::super::{DatabaseLocation, Store, new_id};
     use super::*;
 
-    fn run(tenant_id: &str, id: &str, agent_id: &str) -> command::Model {
-        let now = chrono::DateTime::UNIX_EPOCH;
-        command::Model {
-            id: id.to_owned(),
-            tenant_id: tenant_id.to_owned(),
-            agent_id: agent_id.to_owned(),
-            command: "ping".into(),
-            data: serde_json::json!({}),
-            timeout_s: 60,
-            state: state::PENDING.into(),
-            created_at: now,
-            expires_at: now,
-            delivered_at: None,
-            finished_at: None,
-            success: None,
-            result: None,
-            error_code: None,
-            error_message: None,
-            job_id: None,
-            started_at: None,
-            exit_code: None,
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-            output_truncated: false,
-        }
+    use super::super::pending_command as run;
+
+    /// A store on a new SQLite file, with one tenant.
+    async fn fresh() -> (tempfile::TempDir, Store, String) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("t.db")))
+            .await
+            .expect("open");
+        let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+        (dir, store, tenant)
     }
 
     async fn runs_of(store: &Store<impl ConnectionTrait>, tenant_id: &str) -> u64 {
@@ -504,11 +489,7 @@ mod store {
     #[tokio::test]
     async fn a_row_read_by_position_is_the_row_read_by_name() {
         use sea_orm::{EntityTrait, FromQueryResult};
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("t.db")))
-            .await
-            .expect("open");
-        let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+        let (_dir, store, tenant) = fresh().await;
         let mut full = run(&tenant, &new_id(), "a");
         full.delivered_at = Some(Utc::now());
         full.finished_at = Some(Utc::now());
@@ -559,11 +540,7 @@ mod store {
     /// nothing of a failed batch is left.
     #[tokio::test]
     async fn a_failed_statement_leaves_nothing_once_its_transaction_ends() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("t.db")))
-            .await
-            .expect("open");
-        let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+        let (_dir, store, tenant) = fresh().await;
         let (first, second) = (new_id(), new_id());
         // The third row repeats the first's id: the statement fails on it, after two rows.
         let runs = [

@@ -812,6 +812,35 @@ async fn connect(
     Ok(Database::connect(options).await?)
 }
 
+/// A pending command row for tests: `ping`, no job, every time the epoch.
+#[cfg(test)]
+pub(crate) fn pending_command(tenant_id: &str, id: &str, agent_id: &str) -> command::Model {
+    let now = chrono::DateTime::UNIX_EPOCH;
+    command::Model {
+        id: id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        command: "ping".into(),
+        data: serde_json::json!({}),
+        timeout_s: 60,
+        state: state::PENDING.into(),
+        created_at: now,
+        expires_at: now,
+        delivered_at: None,
+        finished_at: None,
+        success: None,
+        result: None,
+        error_code: None,
+        error_message: None,
+        job_id: None,
+        started_at: None,
+        exit_code: None,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        output_truncated: false,
+    }
+}
+
 /// A new time-ordered id.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
