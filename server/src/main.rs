@@ -25,14 +25,23 @@ const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 fn tune_allocator() {
     unsafe extern "C" {
         // mimalloc's own API (mimalloc.h), linked in by the `mimalloc` crate.
+        fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }
-    // `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (v2, the version built here).
+    // `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (v2, the version built here, and
+    // v3 alike), whose default is 10 ms: an option at that number with another value means
+    // the enum moved, and nothing is set.
     const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one option by its documented number; mimalloc reads options
-        // atomically and allows changing them at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) }
+    const MIMALLOC_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 10;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: reads and sets one option by its documented number; mimalloc reads options
+    // atomically and allows changing them at any time.
+    unsafe {
+        if mi_option_get(MI_OPTION_PURGE_DELAY) == MIMALLOC_DEFAULT_PURGE_DELAY_MS {
+            mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS);
+        }
     }
 }
 
