@@ -49,8 +49,7 @@ impl<C: ConnectionTrait> Store<C> {
                 sql.row(i, [(*id).into(), (*tenant_id).into(), (*agent_id).into()]);
             }
             sql.pad_rows(chunk.len());
-            sql.push(") UPDATE");
-            sql.or_fail();
+            sql.verb("UPDATE");
             sql.push(&format!(
                 " commands SET state = CASE WHEN commands.command = '{run}' \
                  THEN '{running}' ELSE '{delivered}' END, \
@@ -120,8 +119,7 @@ impl<C: ConnectionTrait> Store<C> {
             // instant goes into `delivered_at` and `finished_at`, which is how
             // `metrics::command_answered` tells that this result delivered its command.
             let now = Value::from(Utc::now());
-            sql.push(") UPDATE");
-            sql.or_fail();
+            sql.verb("UPDATE");
             sql.push(
                 " commands SET \
                    state = v.state, success = v.success, result = v.result, \
@@ -170,8 +168,7 @@ impl<C: ConnectionTrait> Store<C> {
                 );
             }
             sql.pad_rows(chunk.len());
-            sql.push(") UPDATE");
-            sql.or_fail();
+            sql.verb("UPDATE");
             sql.push(" agents SET last_seen = ");
             sql.bind(Utc::now().into());
             sql.push(
@@ -271,8 +268,7 @@ impl<C: ConnectionTrait> Store<C> {
                 );
             }
             sql.pad_rows(chunk.len());
-            sql.push(") INSERT");
-            sql.or_fail();
+            sql.verb("INSERT");
             sql.push(
                 " INTO commands (id, tenant_id, agent_id, command, data, timeout_s, \
                  state, created_at, expires_at, finished_at, success, error_code, \
@@ -361,8 +357,11 @@ impl Sql {
         self.text.push_str(text);
     }
 
-    /// ` OR FAIL` on SQLite (see the module's documentation); nothing on PostgreSQL.
-    fn or_fail(&mut self) {
+    /// Closes the `WITH v(…) AS (VALUES …` list and starts the statement: `) UPDATE` or
+    /// `) INSERT`, followed by ` OR FAIL` on SQLite (see the module's documentation).
+    fn verb(&mut self, verb: &str) {
+        self.push(") ");
+        self.push(verb);
         if self.backend == DbBackend::Sqlite {
             self.push(" OR FAIL");
         }
