@@ -291,6 +291,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
     {
         let jobs = opts.fanout_jobs.unwrap_or(if opts.quick { 2 } else { 5 });
         for size in &sizes {
+            eprintln!("outpost-bench: fan-out to {size} agents, {jobs} jobs");
             let mut completions = Vec::new();
             let mut runs = Vec::new();
             // Where a job's time goes, from the POST: the job's `created_at` (stamped once its
@@ -361,6 +362,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                        "median_job_created_ms": phase_ms[0],
                        "median_job_last_stored_ms": phase_ms[1],
                        "median_job_answered_ms": phase_ms[2],
+                       "jobs_in_order_ms": phases,
                        "run_p50_ms": percentile(&runs, 50.0), "run_p99_ms": percentile(&runs, 99.0)}),
             );
         }
