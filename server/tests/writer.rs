@@ -415,6 +415,56 @@ async fn the_wal_file_is_cut_back_after_a_burst() {
     }
 }
 
+/// A WAL left past its limit by a burst (as when thousands of agents register at once) is
+/// started over and cut to nothing by the background once nothing has written to it for a
+/// look, rather than by the next write's commit, which is on a job's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_wal_past_its_limit_is_truncated_in_the_background() {
+    let (dir, store, tenant) = fresh_store().await;
+    let wal_file = dir.path().join("outpost.db-wal");
+    let wal = || std::fs::metadata(&wal_file).expect("wal").len();
+    let blob = "x".repeat(64 << 10);
+    let mut ids = Vec::new();
+    for i in 0..32 {
+        let command = store
+            .insert_command(NewCommand {
+                tenant_id: tenant.clone(),
+                agent_id: format!("agent-{i}"),
+                command: "echo".into(),
+                data: json!({ "message": blob }),
+                timeout_s: 60,
+                ttl_s: 3600,
+                job_id: None,
+            })
+            .await
+            .expect("insert");
+        ids.push(command.id);
+    }
+    let policy = Checkpointing {
+        every: std::time::Duration::from_millis(20),
+        restart_pages: 64,
+    };
+    let burst = wal();
+    assert!(burst > 64 * 4096, "the burst grew the WAL past the limit");
+    let _writer = Writer::start_with(store.clone(), store.clone(), policy).expect("starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while wal() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle WAL is still {} bytes (burst: {burst})",
+            wal()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Everything was copied before the WAL was cut, and it takes writes again.
+    for id in &ids {
+        let stored = store.get_command(&tenant, id).await.expect("read");
+        assert!(stored.is_some(), "command {id} survived the truncation");
+    }
+    insert(&store, &tenant, "agent-after", "ping").await;
+    assert!(wal() > 0, "the next write went to the WAL");
+}
+
 fn register(hostname: &str) -> outpost_protocol::RegisterData {
     serde_json::from_value(json!({
         "agent_id": uuid::Uuid::now_v7(), "hostname": hostname, "ip": "127.0.0.1",

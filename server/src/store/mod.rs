@@ -181,6 +181,18 @@ impl Store {
     /// them are in the database now; `(-1, -1)` when another connection's checkpoint is
     /// running.
     pub async fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
+        self.wal_checkpoint("PASSIVE").await
+    }
+
+    /// Checkpoints, then starts the WAL over and cuts its file to nothing. Unlike
+    /// [`Store::checkpoint`] this takes the write lock and waits (up to the busy timeout) for
+    /// readers of old pages to finish, so it is for when the WAL is idle (see
+    /// `writer::Checkpoints`). Returns what [`Store::checkpoint`] does; `(0, 0)` once done.
+    pub async fn checkpoint_truncate(&self) -> Result<Option<(i64, i64)>> {
+        self.wal_checkpoint("TRUNCATE").await
+    }
+
+    async fn wal_checkpoint(&self, mode: &'static str) -> Result<Option<(i64, i64)>> {
         if self.db.get_database_backend() != DbBackend::Sqlite {
             return Ok(None);
         }
@@ -188,7 +200,7 @@ impl Store {
             .db
             .query_one_raw(Statement::from_string(
                 DbBackend::Sqlite,
-                "PRAGMA wal_checkpoint(PASSIVE)",
+                format!("PRAGMA wal_checkpoint({mode})"),
             ))
             .await?;
         Ok(row.and_then(|row| {
