@@ -604,10 +604,12 @@ impl ManyWaiter<'_> {
             {
                 let mut collected = self.collector.lock();
                 if collected.missing == 0 {
-                    return std::mem::take(&mut collected.runs)
-                        .into_iter()
-                        .flatten()
-                        .collect();
+                    let runs = std::mem::take(&mut collected.runs);
+                    // Sized up front: collected from `flatten`, whose size hint is no help,
+                    // a 10,000-run job's rows were reallocated and copied ~14 times.
+                    let mut results = Vec::with_capacity(runs.len());
+                    results.extend(runs.into_iter().flatten());
+                    return results;
                 }
             }
             self.collector.done.notified().await;
