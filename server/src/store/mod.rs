@@ -185,9 +185,11 @@ impl Store {
     }
 
     /// Checkpoints, then starts the WAL over and cuts its file to nothing. Unlike
-    /// [`Store::checkpoint`] this takes the write lock and waits (up to the busy timeout) for
-    /// readers of old pages to finish, so it is for when the WAL is idle (see
-    /// `writer::Checkpoints`). Returns what [`Store::checkpoint`] does; `(0, 0)` once done.
+    /// [`Store::checkpoint`] this takes the write lock and, holding it, waits (up to the busy
+    /// timeout) for reads under way in the WAL to end, so it is for when the WAL is idle (see
+    /// `writer::Checkpoints`). That wait is short: the server's reads run to completion as
+    /// soon as they start (none streams rows to a client). Returns what
+    /// [`Store::checkpoint`] does; `(0, 0)` once done.
     pub async fn checkpoint_truncate(&self) -> Result<Option<(i64, i64)>> {
         self.wal_checkpoint("TRUNCATE").await
     }
