@@ -34,6 +34,22 @@ async fn insert(store: &Store, tenant: &str, agent: &str, command: &str) -> comm
         .expect("insert")
 }
 
+/// A pending `echo` of `message` for `agent`: a large message grows the WAL quickly.
+async fn insert_echo(store: &Store, tenant: &str, agent: &str, message: &str) -> command::Model {
+    store
+        .insert_command(NewCommand {
+            tenant_id: tenant.to_owned(),
+            agent_id: agent.to_owned(),
+            command: "echo".into(),
+            data: json!({ "message": message }),
+            timeout_s: 60,
+            ttl_s: 3600,
+            job_id: None,
+        })
+        .await
+        .expect("insert")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_results_commit_in_few_transactions() {
     let (_dir, store, tenant) = fresh_store().await;
@@ -369,18 +385,7 @@ async fn the_wal_file_is_cut_back_after_a_burst() {
     let blob = "x".repeat(1 << 20);
     let mut i = 0;
     while wal() <= limit + (4 << 20) {
-        store
-            .insert_command(NewCommand {
-                tenant_id: tenant.clone(),
-                agent_id: format!("agent-{i}"),
-                command: "echo".into(),
-                data: json!({ "message": blob }),
-                timeout_s: 60,
-                ttl_s: 3600,
-                job_id: None,
-            })
-            .await
-            .expect("insert");
+        insert_echo(&store, &tenant, &format!("agent-{i}"), &blob).await;
         i += 1;
         assert!(i < 200, "the WAL stayed at {} bytes", wal());
     }
@@ -426,19 +431,11 @@ async fn an_idle_wal_past_its_limit_is_truncated_in_the_background() {
     let blob = "x".repeat(64 << 10);
     let mut ids = Vec::new();
     for i in 0..32 {
-        let command = store
-            .insert_command(NewCommand {
-                tenant_id: tenant.clone(),
-                agent_id: format!("agent-{i}"),
-                command: "echo".into(),
-                data: json!({ "message": blob }),
-                timeout_s: 60,
-                ttl_s: 3600,
-                job_id: None,
-            })
-            .await
-            .expect("insert");
-        ids.push(command.id);
+        ids.push(
+            insert_echo(&store, &tenant, &format!("agent-{i}"), &blob)
+                .await
+                .id,
+        );
     }
     let policy = Checkpointing {
         every: std::time::Duration::from_millis(20),
