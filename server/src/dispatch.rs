@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::Push;
-use crate::store::{NewCommand, agent, command, key_status, string_list};
+use crate::store::{NewCommand, agent, agent_key, command, key_status, string_list};
 
 /// Extra time a waiting caller gives the agent beyond the command's own timeout, so a command
 /// that times out on the agent is reported as `timed_out` rather than as a 504.
@@ -95,23 +95,20 @@ pub fn frame_for(model: &command::Model, max_output_bytes: u64) -> Option<Server
     }))
 }
 
-/// Checks that the agent's key allows the command. A command the key does not allow is
-/// refused here and never stored or sent.
-async fn check_permission(
-    state: &AppState,
+/// Checks that the agent's key (read with it, see [`crate::store::Store::get_agent_with_key`])
+/// allows the command. A command the key does not allow is refused here and never stored or
+/// sent.
+fn check_permission(
     agent: &agent::Model,
+    key: Option<&agent_key::Model>,
     command: &str,
 ) -> Result<(), ApiError> {
-    let key = state
-        .store
-        .get_agent_key(&agent.tenant_id, &agent.key_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Forbidden(format!(
-                "agent {} connected with a key that no longer exists",
-                agent.id
-            ))
-        })?;
+    let key = key.ok_or_else(|| {
+        ApiError::Forbidden(format!(
+            "agent {} connected with a key that no longer exists",
+            agent.id
+        ))
+    })?;
     if key.status != key_status::ACTIVE {
         return Err(ApiError::Forbidden(format!(
             "agent {}'s key {} is disabled",
@@ -132,11 +129,12 @@ async fn check_permission(
 pub async fn submit(
     state: &AppState,
     agent: &agent::Model,
+    key: Option<&agent_key::Model>,
     spec: &CommandSpec,
     queue: bool,
 ) -> Result<command::Model, ApiError> {
     let agent_id = parse_agent_id(&agent.id)?;
-    check_permission(state, agent, &spec.command).await?;
+    check_permission(agent, key, &spec.command)?;
     if !queue && !state.hub.is_online(&agent.tenant_id, agent_id) {
         return Err(offline(&agent.id));
     }
@@ -169,10 +167,11 @@ pub fn push(state: &AppState, model: &command::Model) -> Push {
 pub async fn run(
     state: &AppState,
     agent: &agent::Model,
+    key: Option<&agent_key::Model>,
     spec: &CommandSpec,
     queue: bool,
 ) -> Result<command::Model, ApiError> {
-    let model = submit(state, agent, spec, queue).await?;
+    let model = submit(state, agent, key, spec, queue).await?;
     let command_id = model
         .id
         .parse()

@@ -174,3 +174,62 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
         assert_eq!(target.tags, tags, "agent tags, then server tags");
     }
 }
+
+/// A command's agent and its key come back from one query: the key while it exists, nothing for
+/// another tenant's agent, and no key for an agent whose key is gone or belongs elsewhere.
+#[tokio::test]
+async fn an_agent_is_read_with_its_own_tenant_s_key() {
+    let (_dir, store, tenant) = store_with_tenant().await;
+    let (other, _) = store.create_tenant("u", None).await.expect("tenant");
+    let (key, _) = store
+        .create_agent_key(&tenant, "k", &["ping".to_owned()], &[], None)
+        .await
+        .expect("key");
+    let (foreign_key, _) = store
+        .create_agent_key(&other, "k", &["ping".to_owned()], &[], None)
+        .await
+        .expect("key");
+    let agent = store
+        .upsert_agent(&tenant, &key.id, &register("a", &[]))
+        .await
+        .expect("upsert");
+    let misfiled = store
+        .upsert_agent(&tenant, &foreign_key.id, &register("b", &[]))
+        .await
+        .expect("upsert");
+
+    let (found, found_key) = store
+        .get_agent_with_key(&tenant, &agent.id)
+        .await
+        .expect("read")
+        .expect("the agent");
+    assert_eq!(found.id, agent.id);
+    assert_eq!(found_key.map(|k| k.id), Some(key.id.clone()));
+    assert!(
+        store
+            .get_agent_with_key(&other, &agent.id)
+            .await
+            .expect("read")
+            .is_none(),
+        "another tenant sees no such agent"
+    );
+    let (_, no_key) = store
+        .get_agent_with_key(&tenant, &misfiled.id)
+        .await
+        .expect("read")
+        .expect("the agent");
+    assert!(no_key.is_none(), "another tenant's key is not this agent's");
+
+    assert!(
+        store
+            .delete_agent_key(&tenant, &key.id)
+            .await
+            .expect("delete")
+    );
+    let (_, gone) = store
+        .get_agent_with_key(&tenant, &agent.id)
+        .await
+        .expect("read")
+        .expect("the agent stays");
+    assert!(gone.is_none(), "a deleted key is no key");
+}

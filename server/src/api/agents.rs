@@ -332,17 +332,21 @@ pub async fn command(
 ) -> Result<Response, ApiError> {
     let queue = body.queue;
     let spec = body.into_spec()?;
-    let agent = find(&state, &caller, &id).await?;
+    let (agent, key) = state
+        .store
+        .get_agent_with_key(&caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
     let online = agent
         .id
         .parse()
         .is_ok_and(|a| state.hub.is_online(&agent.tenant_id, a));
     if queue && !online {
-        let model = dispatch::submit(&state, &agent, &spec, true).await?;
+        let model = dispatch::submit(&state, &agent, key.as_ref(), &spec, true).await?;
         // It may have connected in between; if so it gets the command now.
         dispatch::push(&state, &model);
         return Ok((StatusCode::ACCEPTED, Json(CommandView::from(model))).into_response());
     }
-    let model = dispatch::run(&state, &agent, &spec, queue).await?;
+    let model = dispatch::run(&state, &agent, key.as_ref(), &spec, queue).await?;
     Ok(Json(CommandView::from(model)).into_response())
 }

@@ -328,12 +328,12 @@ async fn fan_out(
     let runs = agent_ids.into_iter().map(|agent_id| async move {
         let agent_id = agent_id.to_string();
         let outcome = async {
-            let agent = state
+            let (agent, key) = state
                 .store
-                .get_agent(&caller.tenant_id, &agent_id)
+                .get_agent_with_key(&caller.tenant_id, &agent_id)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no agent {agent_id}")))?;
-            dispatch::run(state, &agent, spec, false).await
+            dispatch::run(state, &agent, key.as_ref(), spec, false).await
         }
         .await;
         match outcome {
