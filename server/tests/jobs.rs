@@ -233,3 +233,78 @@ async fn an_agent_is_read_with_its_own_tenant_s_key() {
         .expect("the agent stays");
     assert!(gone.is_none(), "a deleted key is no key");
 }
+
+/// A job whose every run was refused is over when it is created (failed, with its end time);
+/// the writer's check after a batch of results ends a job once its last run is final.
+#[tokio::test]
+async fn a_job_ends_when_its_last_run_is_final_even_at_creation() {
+    let (_dir, store, tenant) = store_with_tenant().await;
+    let new = |key: &str| NewJob {
+        tenant_id: tenant.clone(),
+        command: "ping".into(),
+        data: json!({}),
+        target: json!({"all": true}),
+        timeout_s: 60,
+        ttl_s: 600,
+        idempotency_key: Some(key.into()),
+        webhook_url: None,
+    };
+    let refused = |i: usize| NewRun {
+        agent_id: format!("agent-{i}"),
+        refused: Some(("forbidden".to_owned(), "no ping".to_owned())),
+    };
+    let (job, _, _) = store
+        .create_job(new("all-refused"), (0..3).map(refused).collect())
+        .await
+        .expect("create");
+    assert_eq!(job.status, job_status::FAILED);
+    assert!(job.finished_at.is_some());
+
+    let runs = vec![
+        refused(0),
+        NewRun {
+            agent_id: "agent-1".into(),
+            refused: None,
+        },
+    ];
+    let (job, runs, _) = store
+        .create_job(new("one-pending"), runs)
+        .await
+        .expect("create");
+    assert_eq!(job.status, job_status::RUNNING);
+    assert!(job.finished_at.is_none());
+    // Still running while the pending run is open: the check changes nothing.
+    store
+        .refresh_job_after_results(&tenant, &job.id)
+        .await
+        .expect("refresh");
+    let still = store
+        .get_job(&tenant, &job.id)
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(still.status, job_status::RUNNING);
+    // Its last run answered: the same check ends the job.
+    let pending = runs
+        .iter()
+        .find(|r| r.state == state::PENDING)
+        .expect("a pending run");
+    let answer =
+        outpost_protocol::Response::ok(pending.id.parse().expect("uuid"), json!({"pong": true}));
+    let stored = store
+        .store_results_many(&[(tenant.as_str(), "agent-1", &answer)])
+        .await
+        .expect("store");
+    assert_eq!(stored.len(), 1);
+    store
+        .refresh_job_after_results(&tenant, &job.id)
+        .await
+        .expect("refresh");
+    let ended = store
+        .get_job(&tenant, &job.id)
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(ended.status, job_status::FAILED, "one run was refused");
+    assert!(ended.finished_at.is_some());
+}
