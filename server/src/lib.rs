@@ -95,9 +95,10 @@ pub async fn run(
     // A result reaches whoever waits for it as soon as its batch is committed (see
     // `Writer::on_finished`); the connection that carried it only acknowledges it.
     let (hub, webhooks) = (state.hub.clone(), state.webhooks.clone());
-    state.writer.on_finished(move |run| {
-        hub.finished(run);
-        if run.job_id.is_some() {
+    state.writer.on_finished(move |runs| {
+        let of_jobs = runs.iter().any(|run| run.job_id.is_some());
+        hub.finished(runs);
+        if of_jobs {
             webhooks.wake();
         }
     });
@@ -304,25 +305,26 @@ async fn sweep_loop(state: AppState, every: Duration, lost_after: Duration) {
 
 async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::StoreError> {
     let expired = state.store.expire_commands().await?;
-    if !expired.is_empty() {
-        metrics::commands_finished(store::state::EXPIRED, expired.len() as u64);
+    let any_expired = !expired.is_empty();
+    if any_expired {
         tracing::info!(expired = expired.len(), "commands expired undelivered");
         for (tenant_id, job_id) in state.store.refresh_running_jobs().await? {
             state.hub.job_changed(&tenant_id, &job_id);
         }
         // Callers waiting on them (`?wait`, a queued command) learn the outcome now.
-        for run in &expired {
-            state.hub.finished(run);
-        }
+        state.hub.finished(expired);
     }
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::hours(1));
     let lost = state.store.mark_lost(cutoff).await?;
     for run in &lost {
         tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
-        state.hub.finished(run);
     }
-    if !expired.is_empty() || !lost.is_empty() {
+    let any_lost = !lost.is_empty();
+    if any_lost {
+        state.hub.finished(lost);
+    }
+    if any_expired || any_lost {
         state.webhooks.wake();
     }
     Ok(())

@@ -233,14 +233,19 @@ pub fn command_delivered() {
     counter!(COMMANDS_DELIVERED).increment(1);
 }
 
-/// `count` commands reached the final `state`.
-pub fn commands_finished(state: &str, count: u64) {
-    let state = crate::store::state::FINAL
+/// The label a command's final `state` is counted under: the state itself, or `other`.
+pub fn final_state(state: &str) -> &'static str {
+    crate::store::state::FINAL
         .iter()
         .find(|s| **s == state)
         .copied()
-        .unwrap_or("other");
-    counter!(COMMANDS_FINISHED, "state" => state).increment(count);
+        .unwrap_or("other")
+}
+
+/// `count` commands reached the final `state`. Counted where results are handed to their
+/// waiters ([`crate::hub::Hub::finished`]), once per batch and state.
+pub fn commands_finished(state: &str, count: u64) {
+    counter!(COMMANDS_FINISHED, "state" => final_state(state)).increment(count);
 }
 
 /// An agent's result for `model` was stored (the first time). Its final state is counted by

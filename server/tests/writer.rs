@@ -62,7 +62,10 @@ async fn thousands_of_results_commit_in_few_transactions() {
     // Whoever waits for a result hears of it before the write's submitter does.
     let heard = Arc::new(Mutex::new(Vec::new()));
     let listener = heard.clone();
-    assert!(writer.on_finished(move |run| listener.lock().expect("lock").push(run.id.clone())));
+    assert!(writer.on_finished(move |runs| {
+        let mut heard = listener.lock().expect("lock");
+        heard.extend(runs.into_iter().map(|run| run.id));
+    }));
     assert!(!writer.on_finished(|_| {}), "the listener is set once");
     let finish = |agent: String, id: String| {
         let (writer, tenant, heard) = (writer.clone(), tenant.clone(), heard.clone());
@@ -88,10 +91,7 @@ async fn thousands_of_results_commit_in_few_transactions() {
         .map(|(a, id)| finish(a.clone(), id.clone()))
         .collect();
     for task in tasks {
-        assert!(matches!(
-            task.await.expect("join"),
-            Written::Finished(Some(_))
-        ));
+        assert!(matches!(task.await.expect("join"), Written::Finished(true)));
     }
     let (batches, writes) = writer.stats();
     println!("{writes} results committed in {batches} transactions");
@@ -119,7 +119,7 @@ async fn thousands_of_results_commit_in_few_transactions() {
         })
         .await
         .expect("write");
-    assert!(matches!(written, Written::Finished(None)));
+    assert!(matches!(written, Written::Finished(false)));
     let written = writer
         .write(Write::Finish {
             tenant_id: tenant.clone(),
@@ -128,7 +128,7 @@ async fn thousands_of_results_commit_in_few_transactions() {
         })
         .await
         .expect("write");
-    assert!(matches!(written, Written::Finished(None)));
+    assert!(matches!(written, Written::Finished(false)));
     // Each result was heard once; the repeat and the foreign answer were not.
     let mut heard = std::mem::take(&mut *heard.lock().expect("lock"));
     heard.sort();
@@ -174,7 +174,8 @@ async fn batched_acks_move_only_the_agents_own_pending_commands() {
     }
     for task in tasks {
         match task.await.expect("join") {
-            (true, Written::Delivered(Some(_))) | (false, Written::Delivered(None)) => {}
+            (true, Written::Delivered { changed: true, .. })
+            | (false, Written::Delivered { changed: false, .. }) => {}
             (own, other) => panic!("own={own}: {other:?}"),
         }
     }
@@ -199,7 +200,13 @@ async fn batched_acks_move_only_the_agents_own_pending_commands() {
         .write(ack(&first.agent_id, &first.id))
         .await
         .expect("write");
-    assert!(matches!(written, Written::Delivered(None)));
+    assert!(matches!(
+        written,
+        Written::Delivered {
+            changed: false,
+            job_id: None
+        }
+    ));
 }
 
 /// Batches of every size from 1 to 17 (statements are padded to a power of two with rows

@@ -556,9 +556,8 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     find(&state, &caller, &id).await?;
     let (cancelled_now, on_agents) = state.store.cancel_job(&caller.tenant_id, &id).await?;
-    for run in &cancelled_now {
-        state.hub.finished(run);
-    }
+    let cancelled = cancelled_now.len();
+    state.hub.finished(cancelled_now);
     state.webhooks.wake();
     for run in &on_agents {
         if let (Ok(agent_id), Ok(command_id)) = (run.agent_id.parse(), run.id.parse()) {
@@ -569,7 +568,7 @@ pub async fn cancel(
             );
         }
     }
-    tracing::info!(job_id = %id, now = cancelled_now.len(), signalled = on_agents.len(), "job cancelled");
+    tracing::info!(job_id = %id, now = cancelled, signalled = on_agents.len(), "job cancelled");
     respond(&state, &caller, &id).await
 }
 

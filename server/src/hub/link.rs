@@ -142,10 +142,7 @@ impl Link {
                 End::Close(1011, "internal error".into())
             })?;
         if !expired.is_empty() {
-            crate::metrics::commands_finished(crate::store::state::EXPIRED, expired.len() as u64);
-            for run in &expired {
-                self.state.hub.finished(run);
-            }
+            self.state.hub.finished(expired);
             self.state.webhooks.wake();
         }
         let mut frames = Vec::with_capacity(open.len());
@@ -270,11 +267,13 @@ impl Link {
         let hub = &self.state.hub;
         match written.map_err(internal)? {
             Written::Heartbeat => {}
-            Written::Delivered(changed) => {
-                if let Some(run) = changed {
-                    hub.run_changed(&run);
-                }
+            Written::Delivered {
+                job_id: Some(job_id),
+                ..
+            } => {
+                hub.job_changed(&self.key.tenant_id, &job_id);
             }
+            Written::Delivered { .. } => {}
             Written::Output(Stored::New {
                 job_id: Some(job_id),
                 ..

@@ -480,13 +480,6 @@ impl Hub {
         }
     }
 
-    /// Tells job listeners that a run of `model`'s job changed.
-    pub fn run_changed(&self, model: &command::Model) {
-        if let Some(job_id) = &model.job_id {
-            self.job_changed(&model.tenant_id, job_id);
-        }
-    }
-
     /// Tells job listeners that a job changed.
     pub fn job_changed(&self, tenant_id: &str, job_id: &str) {
         // No listener is not an error.
@@ -501,22 +494,49 @@ impl Hub {
         self.job_events.subscribe()
     }
 
-    /// Hands a stored result to everyone waiting for it.
-    pub fn finished(&self, model: &command::Model) {
-        self.run_changed(model);
-        crate::metrics::commands_finished(&model.state, 1);
-        let Ok(id) = model.id.parse::<CommandId>() else {
-            return;
-        };
-        if let Some((_, interests)) = self.waiters.remove(&id) {
-            for interest in interests {
-                match interest {
-                    Interest::One(tx) => {
-                        let _ = tx.send(model.clone());
-                    }
-                    Interest::Many(collector, slot) => collector.put(slot, model),
-                }
+    /// Hands stored results to everyone waiting for them, counts them, and tells job
+    /// listeners once per job of the batch.
+    ///
+    /// Results come in batches (a writer's transaction, an expiry sweep, a cancel), and a
+    /// fan-out's batch holds hundreds of runs of one job: one event per run filled the
+    /// followers' buffer of 1,024 events within a batch or two (they then skip to the job's
+    /// latest state anyway) and cost the writer's thread two allocations and the channel's
+    /// lock per run. Each result is moved to its last waiter, not copied.
+    pub fn finished(&self, runs: Vec<command::Model>) {
+        let mut jobs: Vec<(String, String)> = Vec::new();
+        let mut states: Vec<(&'static str, u64)> = Vec::new();
+        for run in &runs {
+            if let Some(job_id) = &run.job_id
+                && !jobs.iter().any(|(t, j)| j == job_id && *t == run.tenant_id)
+            {
+                jobs.push((run.tenant_id.clone(), job_id.clone()));
             }
+            let state = crate::metrics::final_state(&run.state);
+            match states.iter_mut().find(|(s, _)| *s == state) {
+                Some((_, n)) => *n += 1,
+                None => states.push((state, 1)),
+            }
+        }
+        for (state, n) in states {
+            crate::metrics::commands_finished(state, n);
+        }
+        for run in runs {
+            let Ok(id) = run.id.parse::<CommandId>() else {
+                continue;
+            };
+            let Some((_, mut interests)) = self.waiters.remove(&id) else {
+                continue;
+            };
+            let last = interests.pop();
+            for interest in interests {
+                interest.give(run.clone());
+            }
+            if let Some(last) = last {
+                last.give(run);
+            }
+        }
+        for (tenant_id, job_id) in jobs {
+            self.job_changed(&tenant_id, &job_id);
         }
     }
 
@@ -539,6 +559,16 @@ enum Interest {
 }
 
 impl Interest {
+    /// Hands `run`'s result to its waiter.
+    fn give(self, run: command::Model) {
+        match self {
+            Self::One(tx) => {
+                let _ = tx.send(run);
+            }
+            Self::Many(collector, slot) => collector.put(slot, run),
+        }
+    }
+
     /// Whether its waiter is gone.
     fn is_closed(&self) -> bool {
         match self {
@@ -572,13 +602,13 @@ impl Collector {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn put(&self, slot: usize, model: &command::Model) {
+    fn put(&self, slot: usize, model: command::Model) {
         let mut collected = self.lock();
         let Some(place) = collected.runs.get_mut(slot) else {
             return;
         };
         if place.is_none() {
-            *place = Some(model.clone());
+            *place = Some(model);
             collected.missing -= 1;
             if collected.missing == 0 {
                 // A permit is kept if the waiter is not waiting yet.
@@ -818,7 +848,7 @@ mod tests {
         let many = hub.watch_all(ids.clone());
         let one = hub.watch(ids[2]);
         for i in [3, 0, 2, 2] {
-            hub.finished(&finished_run(ids[i]));
+            hub.finished(vec![finished_run(ids[i])]);
         }
         let waiting = tokio::time::timeout(Duration::from_millis(50), many.results()).await;
         assert!(waiting.is_err(), "two results are still missing");
@@ -827,7 +857,7 @@ mod tests {
             Some(ids[2].to_string())
         );
         for i in [4, 1] {
-            hub.finished(&finished_run(ids[i]));
+            hub.finished(vec![finished_run(ids[i])]);
         }
         let results = tokio::time::timeout(Duration::from_secs(5), many.results())
             .await
@@ -847,15 +877,55 @@ mod tests {
         let ids: Vec<CommandId> = (0..3).map(|_| CommandId::new_v4()).collect();
         let many = hub.watch_all(ids.clone());
         let one = hub.watch(ids[1]);
-        hub.finished(&finished_run(ids[0]));
+        hub.finished(vec![finished_run(ids[0])]);
         drop(many);
         assert_eq!(
             hub.waiters.len(),
             1,
             "only the single waiter's entry is left"
         );
-        hub.finished(&finished_run(ids[1]));
+        hub.finished(vec![finished_run(ids[1])]);
         assert!(one.wait(Duration::from_secs(5)).await.is_some());
         assert!(hub.waiters.is_empty());
+    }
+
+    /// A batch of results tells job listeners once per job, however many of its runs it
+    /// holds, and every result still reaches its waiter (two waiters on one run: both).
+    #[tokio::test]
+    async fn a_batch_of_results_is_one_event_per_job() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let mut events = hub.job_events();
+        let ids: Vec<CommandId> = (0..5).map(|_| CommandId::new_v4()).collect();
+        let first = hub.watch(ids[0]);
+        let again = hub.watch(ids[0]);
+        let many = hub.watch_all(ids.clone());
+        let runs = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| command::Model {
+                job_id: match i {
+                    0..=2 => Some("job-a".into()),
+                    3 => Some("job-b".into()),
+                    _ => None,
+                },
+                ..finished_run(*id)
+            })
+            .collect();
+        hub.finished(runs);
+        let mut told = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            told.push(event.job_id);
+        }
+        assert_eq!(told, ["job-a", "job-b"]);
+        for waiter in [first, again] {
+            let run = waiter.wait(Duration::from_secs(5)).await.expect("a result");
+            assert_eq!(run.id, ids[0].to_string());
+        }
+        let results = tokio::time::timeout(Duration::from_secs(5), many.results())
+            .await
+            .expect("every result arrived");
+        assert_eq!(results.len(), ids.len());
+        drop(many);
+        assert!(hub.waiters.is_empty(), "nothing is left behind");
     }
 }

@@ -75,20 +75,28 @@ pub enum Write {
 /// What a committed write did.
 #[derive(Debug)]
 pub enum Written {
-    /// For `Delivered`: the command, when its state changed.
-    Delivered(Option<command::Model>),
+    /// For `Delivered`: whether the command's state changed (not a repeat, and the agent's
+    /// own), and the job it is a run of.
+    Delivered {
+        /// The state changed.
+        changed: bool,
+        /// The command's job, when it changed and is a job's run.
+        job_id: Option<String>,
+    },
     /// For `Output`.
     Output(Stored),
-    /// For `Finish`: the command, the first time it finished.
-    Finished(Option<command::Model>),
+    /// For `Finish`: whether this write finished the command (not a repeat, and the agent's
+    /// own). The finished row goes to the listener (see [`Writer::on_finished`]), not here:
+    /// the connection only acknowledges the result.
+    Finished(bool),
     /// For `Heartbeat`.
     Heartbeat,
 }
 
 type Reply = oneshot::Sender<Result<Written>>;
 
-/// Told of every command a committed batch finished (see [`Writer::on_finished`]).
-type Listener = Box<dyn Fn(&command::Model) + Send + Sync>;
+/// Given the commands a committed batch finished (see [`Writer::on_finished`]).
+type Listener = Box<dyn Fn(Vec<command::Model>) + Send + Sync>;
 
 /// Resolves to a queued write's outcome once it is committed (see [`Writer::submit`]).
 #[derive(Debug)]
@@ -177,15 +185,18 @@ impl Writer {
         })
     }
 
-    /// Sets what is told of every command a batch finished, on the writer's thread, as soon
-    /// as the batch is committed and before any write's submitter hears of it; set once
-    /// (`false` if it was set already).
+    /// Sets what is handed the commands each batch finished (their rows as stored), on the
+    /// writer's thread, as soon as the batch is committed and before any write's submitter
+    /// hears of it; set once (`false` if it was set already).
     ///
     /// The server hands results to whoever waits for them (`?wait`, job listeners) here. Done
     /// by each connection after its commit, as before, a fan-out's last result reached its
     /// waiting job only once the connection tasks of the last batch (hundreds, all woken at
     /// once with their acks to send) had been polled: 20-60 ms after the commit.
-    pub fn on_finished(&self, listener: impl Fn(&command::Model) + Send + Sync + 'static) -> bool {
+    pub fn on_finished(
+        &self,
+        listener: impl Fn(Vec<command::Model>) + Send + Sync + 'static,
+    ) -> bool {
         self.finished.set(Box::new(listener)).is_ok()
     }
 
@@ -232,10 +243,12 @@ async fn run(
     stats: Arc<Stats>,
     listener: Arc<OnceLock<Listener>>,
 ) {
-    let observe = |written: &Written| {
-        count(written);
-        if let (Written::Finished(Some(model)), Some(listener)) = (written, listener.get()) {
-            listener(model);
+    let observe = |finished: Vec<command::Model>| {
+        for run in &finished {
+            crate::metrics::command_answered(run);
+        }
+        if let (false, Some(listener)) = (finished.is_empty(), listener.get()) {
+            listener(finished);
         }
     };
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -259,14 +272,13 @@ async fn run(
         let committed = commit(&store, &writes).await;
         drop(writes);
         match committed {
-            Ok(results) => {
+            Ok((results, finished)) => {
                 crate::metrics::store_batch(size, started.elapsed());
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.writes.fetch_add(size as u64, Ordering::Relaxed);
-                for result in &results {
-                    observe(result);
-                }
+                observe(finished);
                 for ((_, reply), result) in batch.drain(..).zip(results) {
+                    count(&result);
                     let _ = reply.send(Ok(result));
                 }
             }
@@ -275,13 +287,18 @@ async fn run(
                 crate::metrics::store_batch_failed();
                 for (write, reply) in batch.drain(..) {
                     let started = Instant::now();
-                    let result = commit(&store, &[&write]).await.map(|mut one| one.remove(0));
-                    if let Ok(written) = &result {
-                        crate::metrics::store_batch(1, started.elapsed());
-                        observe(written);
-                        stats.batches.fetch_add(1, Ordering::Relaxed);
-                        stats.writes.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let result = match commit(&store, &[&write]).await {
+                        Ok((mut one, finished)) => {
+                            crate::metrics::store_batch(1, started.elapsed());
+                            observe(finished);
+                            stats.batches.fetch_add(1, Ordering::Relaxed);
+                            stats.writes.fetch_add(1, Ordering::Relaxed);
+                            let written = one.remove(0);
+                            count(&written);
+                            Ok(written)
+                        }
+                        Err(err) => Err(err),
+                    };
                     let _ = reply.send(result);
                 }
             }
@@ -422,7 +439,9 @@ async fn copy_in_background(store: Store, policy: Checkpointing, wal_pages: Arc<
 /// only its own command (or the agent's row), so this keeps each command's own order however
 /// many of an agent's writes share the batch: output is stored before the result that closes
 /// its run.
-async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
+/// Commits `writes` in one transaction: what each did, in order, and the rows of the commands
+/// they finished.
+async fn commit(store: &Store, writes: &[&Write]) -> Result<(Vec<Written>, Vec<command::Model>)> {
     let mut acks = Vec::new();
     let mut finishes = Vec::new();
     let mut outputs = Vec::new();
@@ -509,7 +528,11 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
         txn.mark_delivered_many(&keys).await?
     });
     for &i in &acks {
-        results[i] = Some(Written::Delivered(changed.take(writes[i])));
+        let changed = changed.take(writes[i]);
+        results[i] = Some(Written::Delivered {
+            changed: changed.is_some(),
+            job_id: changed.and_then(|run| run.job_id),
+        });
     }
     for (i, tenant_id, agent_id, chunk, cap) in outputs {
         let stored = txn.append_output(tenant_id, agent_id, chunk, cap).await?;
@@ -525,26 +548,27 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<Vec<Written>> {
             .collect();
         txn.record_heartbeats_many(&beats).await?;
     }
+    let mut finished = Vec::with_capacity(answers.len());
     if !answers.is_empty() {
-        let mut finished = by_id(txn.store_results_many(&answers).await?);
+        let mut stored = by_id(txn.store_results_many(&answers).await?);
         for &i in &finishes {
-            results[i] = Some(Written::Finished(finished.take(writes[i])));
+            let model = stored.take(writes[i]);
+            results[i] = Some(Written::Finished(model.is_some()));
+            finished.extend(model);
         }
     }
 
     let mut jobs = BTreeSet::new();
-    for written in results.iter().flatten() {
-        if let Written::Finished(Some(model)) = written
-            && let Some(job_id) = &model.job_id
-        {
+    for model in &finished {
+        if let Some(job_id) = &model.job_id {
             jobs.insert((model.tenant_id.as_str(), job_id.as_str()));
         }
     }
     for (tenant_id, job_id) in jobs {
-        txn.refresh_job(tenant_id, job_id).await?;
+        txn.refresh_job_after_results(tenant_id, job_id).await?;
     }
     txn.commit().await?;
-    Ok(results.into_iter().flatten().collect())
+    Ok((results.into_iter().flatten().collect(), finished))
 }
 
 /// Changed rows by command id, handed back to the writes that asked for them.
@@ -578,11 +602,10 @@ impl ById {
     }
 }
 
-/// Counts what a committed write did.
+/// Counts a committed ack that changed its command (results are counted with their rows, see
+/// `run`).
 fn count(written: &Written) {
-    match written {
-        Written::Delivered(Some(_)) => crate::metrics::command_delivered(),
-        Written::Finished(Some(model)) => crate::metrics::command_answered(model),
-        _ => {}
+    if let Written::Delivered { changed: true, .. } = written {
+        crate::metrics::command_delivered();
     }
 }

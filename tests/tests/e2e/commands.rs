@@ -260,7 +260,9 @@ async fn offline_agents_get_409_or_a_queued_command() {
     assert_eq!(queued["status"], "pending");
     let command_id = queued["command_id"].as_str().expect("id").to_owned();
 
-    // A command whose TTL passes undelivered expires.
+    // A command whose TTL passes undelivered expires, and is counted once.
+    let http = reqwest::Client::new();
+    let (_, before) = crate::metrics::scrape(&http, &server.url, Some(&server.admin_key)).await;
     let (_, short) = api
         .command(&id, json!({"command": "ping", "queue": true, "ttl_s": 0}))
         .await;
@@ -274,6 +276,13 @@ async fn offline_agents_get_409_or_a_queued_command() {
     let expired = api.wait_command_final(&short_id).await;
     assert_eq!(expired["status"], "expired", "{expired}");
     assert_eq!(expired["error"]["code"], "expired");
+    let (_, after) = crate::metrics::scrape(&http, &server.url, Some(&server.admin_key)).await;
+    let series = r#"outpost_commands_finished_total{state="expired"}"#;
+    assert_eq!(
+        crate::metrics::value(&after, series) - crate::metrics::value(&before, series),
+        1.0,
+        "{after}"
+    );
 
     let (status, _) = api
         .command(
