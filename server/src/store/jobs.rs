@@ -490,23 +490,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Marks as lost the runs on agents that have been gone since before `cutoff`: delivered
     /// or running, their agent silent ever since. Returns them.
     pub async fn mark_lost(&self, cutoff: DateTime<Utc>) -> Result<Vec<command::Model>> {
-        let gone = super::agent::Entity::find()
-            .select_only()
-            .column(super::agent::Column::TenantId)
-            .column(super::agent::Column::Id)
-            .filter(super::agent::Column::LastSeen.lt(cutoff))
-            .into_query();
-        let lost = command::Entity::find()
-            .filter(command::Column::State.is_in([state::DELIVERED, state::RUNNING]))
-            .filter(
-                Expr::tuple([
-                    Expr::col(command::Column::TenantId),
-                    Expr::col(command::Column::AgentId),
-                ])
-                .in_subquery(gone),
-            )
-            .all(&self.db)
-            .await?;
+        let lost = lost_candidates(cutoff).all(&self.db).await?;
         let mut marked = Vec::with_capacity(lost.len());
         for run in lost {
             let res = command::Entity::update_many()
@@ -533,6 +517,29 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         Ok(marked)
     }
+}
+
+/// The delivered or running runs of agents silent since before `cutoff`, found on the partial
+/// index of open commands: the sweep asks every 30 s, and the agents it matches include every
+/// agent ever retired. With the states as bound values SQLite could not see that the index
+/// applies and walked each such agent's whole history instead, reading every row of it.
+fn lost_candidates(cutoff: DateTime<Utc>) -> sea_orm::Select<command::Entity> {
+    let gone = super::agent::Entity::find()
+        .select_only()
+        .column(super::agent::Column::TenantId)
+        .column(super::agent::Column::Id)
+        .filter(super::agent::Column::LastSeen.lt(cutoff))
+        .into_query();
+    command::Entity::find()
+        .filter(Expr::cust(state::OPEN_SQL))
+        .filter(command::Column::State.is_in([state::DELIVERED, state::RUNNING]))
+        .filter(
+            Expr::tuple([
+                Expr::col(command::Column::TenantId),
+                Expr::col(command::Column::AgentId),
+            ])
+            .in_subquery(gone),
+        )
 }
 
 fn stream_code(stream: OutputStream) -> i16 {
@@ -622,5 +629,50 @@ impl Store<sea_orm::DatabaseTransaction> {
             id: chunk_id,
             job_id: run.job_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+
+    use super::*;
+    use crate::store::DatabaseLocation;
+
+    /// The sweep's search for lost runs reads the open commands of gone agents, not their
+    /// history.
+    #[tokio::test]
+    async fn lost_runs_are_looked_for_among_open_commands_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
+            .await
+            .expect("open");
+        let query = lost_candidates(Utc::now()).build(DbBackend::Sqlite);
+        // A real statement first, on the connection that explains: `EXPLAIN` reads nothing,
+        // so it would not notice that a pooled connection's copy of the schema predates the
+        // last migrations, and would plan with indexes that are gone.
+        let txn = store.db.begin().await.expect("txn");
+        txn.query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT name FROM sqlite_master",
+        ))
+        .await
+        .expect("schema");
+        let plan = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!("EXPLAIN QUERY PLAN {}", query.sql),
+                query.values.map(|v| v.0).unwrap_or_default(),
+            ))
+            .await
+            .expect("plan");
+        let plan: Vec<String> = plan
+            .iter()
+            .map(|r| r.try_get::<String>("", "detail").expect("detail"))
+            .collect();
+        assert!(
+            plan.iter().any(|p| p.contains("commands_agent_open")),
+            "{plan:?}"
+        );
     }
 }
