@@ -306,12 +306,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let Some(job) = self.get_job(tenant_id, job_id).await? else {
             return Ok(None);
         };
-        let open_run = command::Entity::find()
-            .select_only()
-            .column(command::Column::State)
-            .filter(command::Column::JobId.eq(job_id))
-            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
-            .filter(command::Column::TenantId.eq(tenant_id))
+        let open_run = open_runs_of(tenant_id, job_id)
             .into_tuple::<String>()
             .one(&self.db)
             .await?;
@@ -362,14 +357,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// is a hand-off to SQLite's thread and back (two of them, reading the job and then
     /// looking for an open run, took 0.2-10 ms of a batch on 2 busy cores).
     pub async fn refresh_job_after_results(&self, tenant_id: &str, job_id: &str) -> Result<()> {
-        let open_run = command::Entity::find()
-            .select_only()
-            .column(command::Column::State)
-            .filter(command::Column::JobId.eq(job_id))
-            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
-            .filter(command::Column::TenantId.eq(tenant_id))
-            .limit(1)
-            .into_query();
+        let open_run = open_runs_of(tenant_id, job_id).limit(1).into_query();
         let running_with_open_run = job::Entity::find()
             .select_only()
             .column(job::Column::Id)
@@ -517,6 +505,16 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         Ok(marked)
     }
+}
+
+/// The states of a job's open runs (on the `commands_job_state` index).
+fn open_runs_of(tenant_id: &str, job_id: &str) -> sea_orm::Select<command::Entity> {
+    command::Entity::find()
+        .select_only()
+        .column(command::Column::State)
+        .filter(command::Column::JobId.eq(job_id))
+        .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
+        .filter(command::Column::TenantId.eq(tenant_id))
 }
 
 /// The delivered or running runs of agents silent since before `cutoff`, found on the partial
