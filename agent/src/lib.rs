@@ -2,7 +2,7 @@
 //!
 //! Reading order: [`config`], [`journal`] and [`spool`] (what makes delivery exactly-once and
 //! lossless), [`session`] (one connection, over a WebSocket or [`http`] long-poll), [`commands`] (what each command does),
-//! [`manifest`] and [`exec`] (script runs), [`host`].
+//! [`manifest`] and [`exec`] (script runs), [`watch`] (noticing a new manifest), [`host`].
 //!
 //! The agent owns one [`Agent`] value for its whole life. Connections come and go; the
 //! journal, the output spools and the running commands outlive them. Nothing a command
@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod session;
 pub mod spool;
 pub mod tls;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,9 +38,6 @@ pub use config::Config;
 use host::Host;
 use journal::{Entry, Journal};
 use manifest::Manifest;
-
-/// How often the manifest file is checked for changes (SIGHUP reloads at once).
-const MANIFEST_POLL: Duration = Duration::from_secs(2);
 
 /// The agent: its identity, journal, manifest and running commands.
 pub struct Agent {
@@ -358,21 +356,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(code)
 }
 
-/// Reloads the manifest when its file changes (checked every 2 s) or on SIGHUP.
+/// Reloads the manifest when its file changes (see [`watch`]) or on SIGHUP.
 async fn watch_manifest(agent: Arc<Agent>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
-    let stamp = |p: &Path| {
-        std::fs::metadata(p).ok().map(|m| {
-            (
-                m.modified().ok(),
-                m.len(),
-                std::os::unix::fs::MetadataExt::ino(&m),
-            )
-        })
-    };
-    let mut last = stamp(&agent.manifest_path);
-    let mut tick = tokio::time::interval(MANIFEST_POLL);
+    let mut file = watch::FileWatch::new(
+        &agent.manifest_path,
+        watch::SAFETY_CHECK,
+        watch::FALLBACK_POLL,
+    );
     loop {
         let hangup = async {
             match hup.as_mut() {
@@ -386,16 +378,10 @@ async fn watch_manifest(agent: Arc<Agent>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = hangup => {
                 tracing::info!("SIGHUP: reloading the manifest");
-                last = stamp(&agent.manifest_path);
+                file.mark_seen();
                 agent.reload_manifest();
             }
-            _ = tick.tick() => {
-                let now = stamp(&agent.manifest_path);
-                if now != last {
-                    last = now;
-                    agent.reload_manifest();
-                }
-            }
+            () = file.changed() => agent.reload_manifest(),
         }
     }
 }
