@@ -430,11 +430,16 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             "10 MiB / 0.2 %",
             "4 MiB / 0.05 %",
             format!(
-                "{:.1} MiB / {:.3} % (over {secs} s, connected and idle)",
+                "{:.1} MiB / {:.3} % (over {secs} s, connected and idle; {} thread(s); {:.3} % \
+                 counted in 10 ms ticks)",
                 figures.rss_kib as f64 / 1024.0,
-                figures.cpu_percent
+                figures.cpu_percent,
+                figures.threads,
+                figures.cpu_percent_ticks,
             ),
-            json!({"rss_kib": figures.rss_kib, "cpu_percent": figures.cpu_percent, "seconds": secs}),
+            json!({"rss_kib": figures.rss_kib, "cpu_percent": figures.cpu_percent,
+                   "cpu_percent_ticks": figures.cpu_percent_ticks, "threads": figures.threads,
+                   "seconds": secs}),
         );
         report.row(
             "agent release binary, stripped",
