@@ -464,15 +464,14 @@ pub async fn agent_footprint(
             )
             .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let ticks = cpu_ticks(pid)?;
+        let cpu_before = cpu_seconds_of(pid)?;
         let ns = cpu_ns_by_thread(pid);
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs(secs)).await;
-        let used = cpu_ticks(pid)?.saturating_sub(ticks);
+        let used = cpu_seconds_of(pid)? - cpu_before;
         let ns_end = cpu_ns_by_thread(pid);
         let elapsed = started.elapsed().as_secs_f64();
-        // USER_HZ is 100 on every Linux architecture we build for.
-        let cpu_percent_ticks = used as f64 / 100.0 / elapsed * 100.0;
+        let cpu_percent_ticks = used / elapsed * 100.0;
         let threads = ns_end.as_ref().map_or(0, HashMap::len);
         // A thread started during the sampling counts from zero. One that ended during it is
         // missing from the sum, which is why the tick figure is kept next to it.
