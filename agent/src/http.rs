@@ -209,6 +209,12 @@ impl HttpLink {
             Err(Refusal::Status(StatusCode::UNAUTHORIZED, body)) => {
                 return Err(OpenError::Unauthorized(body));
             }
+            // The agent id is bound to another key (SPEC §9): retried like a refused key.
+            Err(Refusal::Status(StatusCode::CONFLICT, body))
+                if body.contains(outpost_protocol::codes::AGENT_ID_TAKEN) =>
+            {
+                return Err(OpenError::Unauthorized(body));
+            }
             Err(refusal) => return Err(OpenError::Failed(refusal.into_error())),
         };
         let mut replies = VecDeque::from(answer.frames);

@@ -12,7 +12,9 @@
 //! Backoff is exponential (1 s base, 60 s cap) with full jitter, so a fleet that lost its
 //! server does not come back in lockstep; it resets once a connection has stayed up for 60 s.
 //! A key the server refuses (401) is retried on a slower schedule (30 s base, 5 min cap): it
-//! will not start working by itself, but it may be re-enabled.
+//! will not start working by itself, but it may be re-enabled. So is an agent id the server
+//! says is bound to another key (`agent_id_taken`): it works again once an admin forgets the
+//! agent.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -51,7 +53,7 @@ enum Ended {
     Dropped(anyhow::Error),
     /// Could not connect at all.
     ConnectFailed(anyhow::Error),
-    /// The server refused the key.
+    /// The server refused the key (or this agent id with this key: `agent_id_taken`).
     Unauthorized(String),
     /// Shut down on request.
     Shutdown,
@@ -142,7 +144,7 @@ impl Connector {
                 Ended::Unauthorized(why) => {
                     network.reset();
                     let delay = refused.next();
-                    tracing::error!(reason = %why, retry_in = ?delay, "the server refused the agent key");
+                    tracing::error!(reason = %why, retry_in = ?delay, "the server refused the agent key (or this agent id with it)");
                     delay
                 }
                 Ended::ConnectFailed(err) => {
@@ -546,6 +548,14 @@ impl Session {
                 } else {
                     tracing::info!(%command_id, "cancel for a command that is not running");
                 }
+            }
+            // This agent's id is bound to another key: nothing will work until an admin
+            // forgets the agent, so it is retried as slowly as a refused key.
+            ServerFrame::Error(err) if err.code == outpost_protocol::codes::AGENT_ID_TAKEN => {
+                return Err(Ended::Unauthorized(format!(
+                    "{}: {}",
+                    err.code, err.message
+                )));
             }
             ServerFrame::Error(err) => {
                 tracing::warn!(code = %err.code, message = %err.message, "the server refused a frame");

@@ -136,4 +136,14 @@ pub mod codes {
     pub const UNSUPPORTED: &str = "unsupported";
     /// Something failed inside the agent.
     pub const INTERNAL: &str = "internal";
+    /// The `agent_id` in a `register` is bound to another agent key of the tenant (its first
+    /// registration binds it); an admin must forget the agent before another key may use it.
+    /// The connection is closed with 1008 and this code as its reason.
+    pub const AGENT_ID_TAKEN: &str = "agent_id_taken";
+    /// An `output` or `response` frame names a command that was never sent to this agent; it is
+    /// dropped.
+    pub const NOT_YOUR_COMMAND: &str = "not_your_command";
+    /// The agent key no longer allows the command: it is failed with this code instead of
+    /// being sent.
+    pub const FORBIDDEN: &str = "forbidden";
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod release;
 pub mod seal;
 pub mod store;
+pub mod tags;
 pub mod webhooks;
 
 use std::future::Future;

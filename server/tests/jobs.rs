@@ -132,7 +132,9 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
         let agent = store
             .upsert_agent(&tenant, &format!("key-{i}"), &register(host, &tags))
             .await
-            .expect("upsert");
+            .expect("upsert")
+            .into_stored()
+            .expect("bound to its key");
         ids.push((host.to_string(), agent.id, format!("key-{i}"), i));
     }
     store
@@ -144,7 +146,9 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
     store
         .upsert_agent(&other, "key-x", &register("a-first", &["fleet"]))
         .await
-        .expect("upsert");
+        .expect("upsert")
+        .into_stored()
+        .expect("bound to its key");
 
     let targets = store.agent_targets(&tenant).await.expect("targets");
     let mut expected = ids.clone();
@@ -159,7 +163,7 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
         .collect();
     assert_eq!(got, want, "by hostname, then id");
     for (target, (_, _, _, i)) in targets.iter().zip(&expected) {
-        let mut tags = vec![
+        let tags = vec![
             "fleet".to_owned(),
             if i % 2 == 0 {
                 "even"
@@ -168,10 +172,13 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
             }
             .to_owned(),
         ];
-        if *i == 0 {
-            tags.push("pinned".to_owned());
-        }
-        assert_eq!(target.tags, tags, "agent tags, then server tags");
+        assert_eq!(target.declared, tags, "the agent's own tags");
+        let server: Vec<String> = if *i == 0 {
+            vec!["pinned".to_owned()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(target.server, server, "the server's tags");
     }
 }
 
@@ -192,11 +199,15 @@ async fn an_agent_is_read_with_its_own_tenant_s_key() {
     let agent = store
         .upsert_agent(&tenant, &key.id, &register("a", &[]))
         .await
-        .expect("upsert");
+        .expect("upsert")
+        .into_stored()
+        .expect("bound to its key");
     let misfiled = store
         .upsert_agent(&tenant, &foreign_key.id, &register("b", &[]))
         .await
-        .expect("upsert");
+        .expect("upsert")
+        .into_stored()
+        .expect("bound to its key");
 
     let (found, found_key) = store
         .get_agent_with_key(&tenant, &agent.id)
@@ -307,4 +318,105 @@ async fn a_job_ends_when_its_last_run_is_final_even_at_creation() {
         .expect("job");
     assert_eq!(ended.status, job_status::FAILED, "one run was refused");
     assert!(ended.finished_at.is_some());
+}
+
+/// An agent id is bound to the key that first registered it: another key is refused (and
+/// changes nothing) until the agent is forgotten; the same id in another tenant is another
+/// agent. Registrations racing each other with two keys bind the id to exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
+    use outpost_server::store::Registered;
+    let (_dir, store, tenant) = store_with_tenant().await;
+    let (other, _) = store.create_tenant("u", None).await.expect("tenant");
+    let data = register("host-a", &["own"]);
+    let first = store
+        .upsert_agent(&tenant, "key-a", &data)
+        .await
+        .expect("register")
+        .into_stored()
+        .expect("a new id binds");
+    assert_eq!(first.key_id, "key-a");
+
+    let thief = outpost_protocol::RegisterData {
+        hostname: "stolen".into(),
+        ..data.clone()
+    };
+    let taken = store
+        .upsert_agent(&tenant, "key-b", &thief)
+        .await
+        .expect("register");
+    assert!(
+        matches!(&taken, Registered::Taken { key_id } if key_id == "key-a"),
+        "{taken:?}"
+    );
+    let kept = store
+        .get_agent(&tenant, &first.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (kept.key_id.as_str(), kept.hostname.as_str()),
+        ("key-a", "host-a")
+    );
+
+    // Its own key refreshes it; another tenant's same id is a different agent.
+    let again = store
+        .upsert_agent(&tenant, "key-a", &thief)
+        .await
+        .expect("register")
+        .into_stored()
+        .expect("its own key");
+    assert_eq!(again.hostname, "stolen");
+    assert!(
+        store
+            .upsert_agent(&other, "key-b", &data)
+            .await
+            .expect("register")
+            .into_stored()
+            .is_some()
+    );
+
+    // Forgotten, the id is free for the next key.
+    assert!(
+        store
+            .delete_agent(&tenant, &first.id)
+            .await
+            .expect("delete")
+    );
+    let rebound = store
+        .upsert_agent(&tenant, "key-b", &data)
+        .await
+        .expect("register")
+        .into_stored()
+        .expect("free again");
+    assert_eq!(rebound.key_id, "key-b");
+
+    // Racing: two keys, ten registrations each, one fresh id.
+    let contested = register("contested", &[]);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (store, tenant, data) = (store.clone(), tenant.clone(), contested.clone());
+        let key = if i % 2 == 0 { "key-x" } else { "key-y" };
+        tasks.push(tokio::spawn(async move {
+            let registered = store
+                .upsert_agent(&tenant, key, &data)
+                .await
+                .expect("register");
+            (key, registered.into_stored().is_some())
+        }));
+    }
+    let mut won = std::collections::HashMap::new();
+    for task in tasks {
+        let (key, stored) = task.await.expect("join");
+        *won.entry((key, stored)).or_insert(0) += 1;
+    }
+    let winner = store
+        .get_agent(&tenant, &contested.agent_id.to_string())
+        .await
+        .expect("read")
+        .expect("row")
+        .key_id;
+    let loser = if winner == "key-x" { "key-y" } else { "key-x" };
+    assert_eq!(won.get(&(winner.as_str(), true)), Some(&10), "{won:?}");
+    assert_eq!(won.get(&(loser, false)), Some(&10), "{won:?}");
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use outpost_protocol::Response;
-use outpost_server::store::writer::{Checkpointing, Write, Writer, Written};
+use outpost_server::store::writer::{Checkpointing, Finish, Write, Writer, Written};
 use outpost_server::store::{DatabaseLocation, NewCommand, Store, WAL_LIMIT_BYTES, command};
 use serde_json::json;
 
@@ -91,7 +91,10 @@ async fn thousands_of_results_commit_in_few_transactions() {
         .map(|(a, id)| finish(a.clone(), id.clone()))
         .collect();
     for task in tasks {
-        assert!(matches!(task.await.expect("join"), Written::Finished(true)));
+        assert!(matches!(
+            task.await.expect("join"),
+            Written::Finished(Finish::Stored)
+        ));
     }
     let (batches, writes) = writer.stats();
     println!("{writes} results committed in {batches} transactions");
@@ -119,7 +122,7 @@ async fn thousands_of_results_commit_in_few_transactions() {
         })
         .await
         .expect("write");
-    assert!(matches!(written, Written::Finished(false)));
+    assert!(matches!(written, Written::Finished(Finish::Repeat)));
     let written = writer
         .write(Write::Finish {
             tenant_id: tenant.clone(),
@@ -128,7 +131,7 @@ async fn thousands_of_results_commit_in_few_transactions() {
         })
         .await
         .expect("write");
-    assert!(matches!(written, Written::Finished(false)));
+    assert!(matches!(written, Written::Finished(Finish::Foreign)));
     // Each result was heard once; the repeat and the foreign answer were not.
     let mut heard = std::mem::take(&mut *heard.lock().expect("lock"));
     heard.sort();
@@ -498,7 +501,9 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
         let agent = store
             .upsert_agent(&tenant, "key", &register(&format!("host-{i}")))
             .await
-            .expect("agent");
+            .expect("agent")
+            .into_stored()
+            .expect("bound to its key");
         agents.push(agent.id);
     }
     // The same agent id in another tenant.
@@ -509,7 +514,9 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
     store
         .upsert_agent(&other, "key", &data)
         .await
-        .expect("agent");
+        .expect("agent")
+        .into_stored()
+        .expect("bound to its key");
 
     let writer = Writer::start(store.clone(), store.clone()).expect("the writer starts");
     let beat = |tenant: &str, agent: &str, uptime_s| Write::Heartbeat {

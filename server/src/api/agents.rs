@@ -19,6 +19,7 @@ use crate::dispatch::{self, CommandSpec};
 use crate::error::{ApiError, ErrorDetail};
 use crate::hub::Transport;
 use crate::store::{agent, command, string_list};
+use crate::tags::TagRule;
 
 /// An agent connected now.
 #[derive(Debug, Serialize, ToSchema)]
@@ -50,10 +51,15 @@ pub struct AgentView {
     pub os: String,
     /// CPU architecture.
     pub arch: String,
-    /// Key it last connected with.
+    /// The agent key it is bound to (its first registration's; see SPEC §9, "Agent identity").
     pub key_id: String,
-    /// Every tag: its own and the server's.
+    /// Every tag: those it declares, its key's and the server's.
     pub tags: Vec<String>,
+    /// Tags the agent declares itself. A tag that an agent key assigns is trusted only from
+    /// the key or the server: declaring it does not make a target match.
+    pub agent_tags: Vec<String>,
+    /// Tags its agent key gives it.
+    pub key_tags: Vec<String>,
     /// Tags set through the API.
     pub server_tags: Vec<String>,
     /// Commands it implements.
@@ -77,18 +83,14 @@ pub struct AgentView {
 }
 
 impl AgentView {
-    fn new(state: &AppState, model: agent::Model) -> Self {
+    fn new(state: &AppState, rule: &TagRule, model: agent::Model) -> Self {
         let online = model
             .id
             .parse()
             .is_ok_and(|id| state.hub.is_online(&model.tenant_id, id));
         let server_tags = string_list(&model.server_tags);
-        let mut tags = string_list(&model.agent_tags);
-        for tag in &server_tags {
-            if !tags.contains(tag) {
-                tags.push(tag.clone());
-            }
-        }
+        let agent_tags = string_list(&model.agent_tags);
+        let tags = rule.all(&model.key_id, &agent_tags, &server_tags);
         Self {
             agent_id: model.id,
             status: if online { "online" } else { "offline" }.into(),
@@ -97,8 +99,10 @@ impl AgentView {
             version: model.version,
             os: model.os,
             arch: model.arch,
-            key_id: model.key_id,
             tags,
+            agent_tags,
+            key_tags: rule.key_tags(&model.key_id).to_vec(),
+            key_id: model.key_id,
             server_tags,
             capabilities: string_list(&model.capabilities),
             scripts: model.scripts,
@@ -111,10 +115,18 @@ impl AgentView {
     }
 }
 
+/// The caller's tenant's tag rule (its agent keys' tags).
+async fn tag_rule(state: &AppState, caller: &Caller) -> Result<TagRule, ApiError> {
+    Ok(TagRule::new(
+        &state.store.list_agent_keys(&caller.tenant_id).await?,
+    ))
+}
+
 /// Filters of `GET /api/agents`.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AgentFilter {
-    /// Only agents with this tag.
+    /// Only agents with this tag (a tag some agent key assigns counts only from the key or
+    /// the server, as for a job's target).
     pub tag: Option<String>,
     /// `online` or `offline`.
     pub status: Option<String>,
@@ -249,11 +261,17 @@ pub async fn list(
         )));
     }
     let agents = state.store.list_agents(&caller.tenant_id).await?;
+    let rule = tag_rule(&state, &caller).await?;
     let views = agents
         .into_iter()
-        .map(|m| AgentView::new(&state, m))
+        .map(|m| AgentView::new(&state, &rule, m))
         .filter(|a| filter.status.as_ref().is_none_or(|s| &a.status == s))
-        .filter(|a| filter.tag.as_ref().is_none_or(|t| a.tags.contains(t)))
+        .filter(|a| {
+            filter
+                .tag
+                .as_ref()
+                .is_none_or(|t| rule.has(&a.key_id, &a.agent_tags, &a.server_tags, t))
+        })
         .collect();
     Ok(Json(views))
 }
@@ -268,7 +286,8 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     let agent = find(&state, &caller, &id).await?;
-    Ok(Json(AgentView::new(&state, agent)))
+    let rule = tag_rule(&state, &caller).await?;
+    Ok(Json(AgentView::new(&state, &rule, agent)))
 }
 
 /// Set an agent's server-side tags.
@@ -288,7 +307,8 @@ pub async fn update(
         .set_agent_tags(&caller.tenant_id, &id, &body.tags)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
-    Ok(Json(AgentView::new(&state, agent)))
+    let rule = tag_rule(&state, &caller).await?;
+    Ok(Json(AgentView::new(&state, &rule, agent)))
 }
 
 /// Forget an agent. Its open commands become `lost`; if it is connected, it is disconnected

@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use outpost_protocol::{OutputStream, commands};
+use outpost_protocol::{OutputStream, codes, commands};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -25,9 +25,10 @@ use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
 use crate::error::{ApiError, ErrorDetail};
 use crate::store::{
-    AgentTarget, JobFilter, NewJob, NewRun, command, job, job_status, key_status, state,
+    AgentTarget, JobFilter, NewJob, NewRun, agent_key, command, job, job_status, key_status, state,
     string_list,
 };
+use crate::tags::TagRule;
 
 /// Longest `?wait=`.
 const MAX_WAIT_S: u64 = 600;
@@ -261,12 +262,13 @@ fn validate_run_data(data: &Value) -> Result<(), ApiError> {
     }
 }
 
-/// Resolves a target to agents of the caller's tenant.
+/// Resolves a target to agents of the caller's tenant, with the tenant's agent keys (by id):
+/// tags are matched as [`TagRule`] says, and each agent's key decides what it may run.
 async fn resolve(
     state: &AppState,
     caller: &Caller,
     target: &Target,
-) -> Result<Vec<AgentTarget>, ApiError> {
+) -> Result<(Vec<AgentTarget>, HashMap<String, agent_key::Model>), ApiError> {
     let ids = target.agents.as_deref().unwrap_or_default();
     let tags = target.tags.as_deref().unwrap_or_default();
     let all = target.all.unwrap_or(false);
@@ -276,6 +278,8 @@ async fn resolve(
         ));
     }
     let agents = state.store.agent_targets(&caller.tenant_id).await?;
+    let keys = state.store.list_agent_keys(&caller.tenant_id).await?;
+    let rule = TagRule::new(&keys);
     // A set, not a scan per id: a list of 10,000 agents would be 10^8 comparisons.
     let known: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
     let mut chosen = BTreeSet::new();
@@ -288,29 +292,30 @@ async fn resolve(
         chosen.insert(id.clone());
     }
     for agent in &agents {
-        if all || (!tags.is_empty() && tags.iter().all(|t| agent.tags.contains(t))) {
+        if all
+            || (!tags.is_empty()
+                && tags
+                    .iter()
+                    .all(|t| rule.has(&agent.key_id, &agent.declared, &agent.server, t)))
+        {
             chosen.insert(agent.id.clone());
         }
     }
-    Ok(agents
+    let agents = agents
         .into_iter()
         .filter(|a| chosen.contains(&a.id))
-        .collect())
+        .collect();
+    let keys = keys.into_iter().map(|key| (key.id.clone(), key)).collect();
+    Ok((agents, keys))
 }
 
 /// Why an agent's key refuses a command, if it does.
-async fn refusal(
-    state: &AppState,
-    tenant_id: &str,
+fn refusal(
     agent: &AgentTarget,
     command: &str,
-    keys: &mut HashMap<String, Option<crate::store::agent_key::Model>>,
-) -> Result<Option<String>, ApiError> {
-    if !keys.contains_key(&agent.key_id) {
-        let key = state.store.get_agent_key(tenant_id, &agent.key_id).await?;
-        keys.insert(agent.key_id.clone(), key);
-    }
-    Ok(match keys.get(&agent.key_id).and_then(Option::as_ref) {
+    keys: &HashMap<String, agent_key::Model>,
+) -> Option<String> {
+    match keys.get(&agent.key_id) {
         None => Some(format!("agent {}'s key no longer exists", agent.id)),
         Some(key) if key.status != key_status::ACTIVE => {
             Some(format!("agent {}'s key is disabled", agent.id))
@@ -320,7 +325,7 @@ async fn refusal(
             key.id
         )),
         Some(_) => None,
-    })
+    }
 }
 
 /// Create a job: one run per targeted agent. Answers 202 with the runs; with `?wait=S`,
@@ -357,14 +362,13 @@ pub async fn create(
             "webhook_url: must be an http(s) URL".into(),
         ));
     }
-    let agents = resolve(&state, &caller, &body.target).await?;
+    let (agents, keys) = resolve(&state, &caller, &body.target).await?;
     if agents.is_empty() {
         return Err(ApiError::Unprocessable("target: no agent matches".into()));
     }
-    let mut keys = HashMap::new();
     let mut runs = Vec::with_capacity(agents.len());
     for agent in &agents {
-        let refused = refusal(&state, &caller.tenant_id, agent, &spec.command, &mut keys).await?;
+        let refused = refusal(agent, &spec.command, &keys);
         if agents.len() == 1
             && body.target.tags.is_none()
             && body.target.all != Some(true)
@@ -374,7 +378,7 @@ pub async fn create(
         }
         runs.push(NewRun {
             agent_id: agent.id.clone(),
-            refused: refused.map(|why| ("forbidden".to_owned(), why)),
+            refused: refused.map(|why| (codes::FORBIDDEN.to_owned(), why)),
         });
     }
     let new = NewJob {

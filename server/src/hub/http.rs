@@ -339,9 +339,18 @@ async fn open(
     data: &outpost_protocol::RegisterData,
 ) -> Result<(Arc<HttpSession>, ServerFrame), ApiError> {
     let (link, connected) = Link::new(state.clone(), key);
-    link.on_register(data)
-        .await
-        .map_err(|_| ApiError::Unavailable("could not store the registration".into()))?;
+    let mut refused = Vec::new();
+    if link.on_register(data, &mut refused).await.is_err() {
+        return Err(match refused.pop() {
+            Some(ServerFrame::Error(err)) if err.code == codes::AGENT_ID_TAKEN => {
+                ApiError::Conflict {
+                    code: codes::AGENT_ID_TAKEN,
+                    message: err.message,
+                }
+            }
+            _ => ApiError::Unavailable("could not store the registration".into()),
+        });
+    }
     let agent_id = data.agent_id;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
     let close = Arc::new(CloseSignal::new(&state.shutdown));

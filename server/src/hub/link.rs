@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use outpost_protocol::{
-    AgentFrame, AgentId, Connected, ErrorBody, PROTOCOL_VERSION, RegisterData, ServerFrame, codes,
-    decode_output_data, limits,
+    AgentFrame, AgentId, CommandId, Connected, ErrorBody, PROTOCOL_VERSION, RegisterData,
+    ServerFrame, codes, decode_output_data, limits,
 };
 
 use crate::AppState;
-use crate::store::writer::{Write, Written};
-use crate::store::{Stored, agent_key, string_list};
+use crate::store::writer::{Finish, Write, Written};
+use crate::store::{Registered, Stored, agent_key, string_list};
 
 /// Why a connection must end.
 #[derive(Debug)]
@@ -48,8 +48,9 @@ pub struct LinkKey {
     pub tenant_id: String,
     /// When the key stops being accepted: the connection is closed then.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Tags the key gives every agent connecting with it, added to each `register`.
-    tags: Box<[String]>,
+    /// What the key allowed when the connection was authenticated, for the commands resent
+    /// on (re)connect; taken by [`Link::open_frames`], so that an idle connection keeps none.
+    permissions: Vec<String>,
 }
 
 impl Link {
@@ -65,7 +66,7 @@ impl Link {
             timestamp: Utc::now(),
         });
         let key = LinkKey {
-            tags: string_list(&key.tags).into_boxed_slice(),
+            permissions: string_list(&key.permissions),
             id: key.id,
             tenant_id: key.tenant_id,
             expires_at: key.expires_at,
@@ -96,28 +97,50 @@ impl Link {
         Err(ErrorBody::new(codes::PROTOCOL_MISMATCH, message))
     }
 
-    /// Stores what the agent said about itself, with its key's tags added (tags given to a
-    /// key apply to every agent connecting with it).
-    async fn store_register(&self, data: &RegisterData) -> Result<(), crate::store::StoreError> {
-        let mut data = data.clone();
-        for tag in &self.key.tags {
-            if !data.tags.contains(tag) {
-                data.tags.push(tag.clone());
+    /// Stores what the agent said about itself. Its key's tags are not copied into what it
+    /// declares: they are read from the key (see `crate::tags`). An `agent_id` bound to another
+    /// key is refused: the `error` frame saying why goes into `out`, and the connection ends
+    /// with 1008 (SPEC §9, "Agent identity").
+    async fn store_register(
+        &self,
+        data: &RegisterData,
+        out: &mut Vec<ServerFrame>,
+    ) -> Result<(), End> {
+        let registered = self
+            .state
+            .store
+            .upsert_agent(&self.key.tenant_id, &self.key.id, data)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "could not store register");
+                End::Close(1011, "internal error".into())
+            })?;
+        match registered {
+            Registered::Stored(_) => Ok(()),
+            Registered::Taken { key_id } => {
+                tracing::warn!(
+                    agent_id = %data.agent_id,
+                    key_id = %self.key.id,
+                    bound_to = %key_id,
+                    "refused a register: the agent id is bound to another agent key"
+                );
+                out.push(ServerFrame::Error(taken(data.agent_id)));
+                Err(End::Close(
+                    limits::CLOSE_POLICY,
+                    codes::AGENT_ID_TAKEN.to_owned(),
+                ))
             }
         }
-        self.state
-            .store
-            .upsert_agent(&self.key.tenant_id, &self.key.id, &data)
-            .await?;
-        Ok(())
     }
 
-    /// Stores the `register` that opens a connection.
-    pub async fn on_register(&self, data: &RegisterData) -> Result<(), End> {
-        if let Err(err) = self.store_register(data).await {
-            tracing::error!(error = %err, "could not store register");
-            return Err(End::Close(1011, "internal error".into()));
-        }
+    /// Stores the `register` that opens a connection (see `store_register`; a refusal's
+    /// `error` frame is in `out`).
+    pub async fn on_register(
+        &self,
+        data: &RegisterData,
+        out: &mut Vec<ServerFrame>,
+    ) -> Result<(), End> {
+        self.store_register(data, out).await?;
         let touched = self
             .state
             .store
@@ -130,23 +153,48 @@ impl Link {
     }
 
     /// Every command the agent still owes an answer to, as frames to send again (delivery
-    /// guarantees 1 and 2).
-    pub async fn open_frames(&self, agent_id: AgentId) -> Result<Vec<ServerFrame>, End> {
-        let (expired, open) = self
-            .state
-            .store
-            .open_commands_for(&self.key.tenant_id, &agent_id.to_string())
-            .await
-            .map_err(|err| {
-                tracing::error!(error = %err, "could not load open commands");
-                End::Close(1011, "internal error".into())
-            })?;
-        if !expired.is_empty() {
-            self.state.hub.finished(expired);
+    /// guarantees 1 and 2). A pending command its key does not allow (any more: its
+    /// permissions may have changed since the command was stored) is failed with `forbidden`
+    /// instead: permissions are checked on every send.
+    pub async fn open_frames(&mut self, agent_id: AgentId) -> Result<Vec<ServerFrame>, End> {
+        let agent = agent_id.to_string();
+        let tenant_id = &self.key.tenant_id;
+        let store = &self.state.store;
+        let (mut finished, open) =
+            store
+                .open_commands_for(tenant_id, &agent)
+                .await
+                .map_err(|err| {
+                    tracing::error!(error = %err, "could not load open commands");
+                    End::Close(1011, "internal error".into())
+                })?;
+        let permissions = std::mem::take(&mut self.key.permissions);
+        let (allowed, forbidden): (Vec<_>, Vec<_>) = open.into_iter().partition(|command| {
+            command.state != crate::store::state::PENDING
+                || permissions.iter().any(|p| *p == command.command)
+        });
+        if !forbidden.is_empty() {
+            let ids: Vec<String> = forbidden.into_iter().map(|c| c.id).collect();
+            let message = format!(
+                "agent key {} does not allow this command (any more)",
+                self.key.id
+            );
+            let refused = store
+                .refuse_pending(tenant_id, &agent, &ids, &message)
+                .await
+                .map_err(|err| {
+                    tracing::error!(error = %err, "could not refuse forbidden commands");
+                    End::Close(1011, "internal error".into())
+                })?;
+            tracing::warn!(%agent_id, refused = refused.len(), "pending commands failed: the agent's key does not allow them");
+            finished.extend(refused);
+        }
+        if !finished.is_empty() {
+            self.state.hub.finished(finished);
             self.state.webhooks.wake();
         }
-        let mut frames = Vec::with_capacity(open.len());
-        for command in open {
+        let mut frames = Vec::with_capacity(allowed.len());
+        for command in allowed {
             match crate::dispatch::frame_for(&command, self.state.max_output_bytes) {
                 Some(frame) => frames.push(frame),
                 None => tracing::error!(command_id = %command.id, "stored command has a bad id"),
@@ -166,7 +214,7 @@ impl Link {
         match self.submit(agent_id, frame, out).await? {
             Some(mut pending) => {
                 let written = pending.written().await;
-                self.complete(pending.answered, written, out)
+                self.complete(pending.about, written, out)
             }
             None => Ok(()),
         }
@@ -186,7 +234,7 @@ impl Link {
     ) -> Result<Option<Pending>, End> {
         let tenant_id = self.key.tenant_id.clone();
         let agent = agent_id.to_string();
-        let mut answered = None;
+        let mut about = About::Other;
         let write = match frame {
             AgentFrame::Register { data } => {
                 if data.agent_id != agent_id {
@@ -199,9 +247,7 @@ impl Link {
                 }
                 // Boxed: rare, and its query future would otherwise enlarge every
                 // connection's (see `ws::Connection::serve`).
-                Box::pin(self.store_register(&data))
-                    .await
-                    .map_err(internal)?;
+                Box::pin(self.store_register(&data, out)).await?;
                 return Ok(None);
             }
             AgentFrame::Heartbeat { status } => Write::Heartbeat {
@@ -215,6 +261,7 @@ impl Link {
                 command_id: command_id.to_string(),
             },
             AgentFrame::Output(output) => {
+                about = About::Output(output.command_id);
                 let bytes =
                     match decode_output_data(output.data.as_deref(), output.data_b64.as_deref()) {
                         Ok(bytes) if bytes.len() <= limits::MAX_OUTPUT_CHUNK => bytes,
@@ -243,7 +290,7 @@ impl Link {
                 }
             }
             AgentFrame::Response(response) => {
-                answered = Some(response.command_id);
+                about = About::Response(response.command_id);
                 Write::Finish {
                     tenant_id,
                     agent_id: agent,
@@ -252,7 +299,7 @@ impl Link {
             }
         };
         let written = self.state.writer.submit(write).await.map_err(internal)?;
-        Ok(Some(Pending { written, answered }))
+        Ok(Some(Pending { written, about }))
     }
 
     /// Finishes a frame once its write is committed: tells the hub's listeners (of a result,
@@ -260,7 +307,7 @@ impl Link {
     /// was before, or was not this agent's to store: either way the agent may forget it).
     pub fn complete(
         &self,
-        answered: Option<outpost_protocol::CommandId>,
+        about: About,
         written: crate::store::Result<Written>,
         out: &mut Vec<ServerFrame>,
     ) -> Result<(), End> {
@@ -280,15 +327,21 @@ impl Link {
             }) => {
                 hub.job_changed(&self.key.tenant_id, &job_id);
             }
+            // Dropped, and said so; not counted as a bad frame: an agent whose server lost
+            // its database (restored from a backup) resends what the server no longer knows,
+            // and a closed connection would only make it send it again.
             Written::Output(Stored::Foreign) => {
-                tracing::debug!("output for a command that is not this agent's");
+                out.push(not_yours(about, "output"));
             }
             Written::Output(_) => {}
+            Written::Finished(Finish::Foreign) => {
+                out.push(not_yours(about, "response"));
+            }
             // The writer has handed it to its waiters and job listeners already (see
             // `Writer::on_finished`).
-            Written::Finished(_) => {}
+            Written::Finished(Finish::Stored | Finish::Repeat) => {}
         }
-        if let Some(command_id) = answered {
+        if let About::Response(command_id) = about {
             out.push(ServerFrame::Ack { command_id });
         }
         Ok(())
@@ -313,11 +366,22 @@ impl Link {
     }
 }
 
+/// The command a frame in flight is about.
+#[derive(Debug, Clone, Copy)]
+pub enum About {
+    /// A `response` to it: acknowledged once stored.
+    Response(CommandId),
+    /// An `output` chunk of it.
+    Output(CommandId),
+    /// Anything else.
+    Other,
+}
+
 /// A frame whose write was handed to the writer and is not committed yet.
 pub struct Pending {
     written: crate::store::writer::Committed,
-    /// The command a `response` answered, to acknowledge once it is stored.
-    pub answered: Option<outpost_protocol::CommandId>,
+    /// The command the frame is about, to answer for once it is stored.
+    pub about: About,
 }
 
 impl Pending {
@@ -337,6 +401,31 @@ impl Pending {
 fn internal(err: crate::store::StoreError) -> End {
     tracing::error!(error = %err, "could not store an agent frame");
     End::Close(1011, "internal error".into())
+}
+
+/// The `error` for an `output` or `response` naming a command never sent to this agent. The
+/// agent still gets its `ack` for a response: nothing is kept for it, so it may forget it.
+fn not_yours(about: About, frame: &str) -> ServerFrame {
+    let which = match about {
+        About::Response(id) | About::Output(id) => format!(" {id}"),
+        About::Other => String::new(),
+    };
+    ServerFrame::Error(ErrorBody::new(
+        codes::NOT_YOUR_COMMAND,
+        format!("{frame} dropped: command{which} was not sent to this agent"),
+    ))
+}
+
+/// The `error` a `register` gets when its `agent_id` is bound to another agent key.
+pub fn taken(agent_id: AgentId) -> ErrorBody {
+    ErrorBody::new(
+        codes::AGENT_ID_TAKEN,
+        format!(
+            "agent id {agent_id} is registered with another agent key; an admin must forget \
+             the agent (DELETE /api/agents/{agent_id}) before this key may use it, or give \
+             this agent a fresh state directory"
+        ),
+    )
 }
 
 /// The close for a frame over the protocol's size limit.

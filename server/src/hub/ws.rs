@@ -127,7 +127,9 @@ impl Connection {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let close = Arc::new(CloseSignal::new(&state.shutdown));
         let conn_id = state.hub.next_conn_id();
-        if let Err(end) = Box::pin(self.link.on_register(&register)).await {
+        if let Err(end) = Box::pin(self.link.on_register(&register, &mut self.out)).await {
+            // The `error` frame saying why goes out before the close.
+            let _ = Box::pin(self.flush()).await;
             return Box::pin(self.finish(end)).await;
         }
         // Into the hub first, then resend what is open: a command stored in between is then
@@ -250,8 +252,10 @@ impl Connection {
                     // one burst.
                     let mut written = written;
                     let completed = loop {
-                        let answered = in_flight.pop_front().and_then(|p| p.answered);
-                        let completed = self.link.complete(answered, written, &mut self.out);
+                        let about = in_flight
+                            .pop_front()
+                            .map_or(super::link::About::Other, |p| p.about);
+                        let completed = self.link.complete(about, written, &mut self.out);
                         match in_flight.front_mut().and_then(Pending::written_now) {
                             Some(next) if completed.is_ok() => written = next,
                             _ => break completed,

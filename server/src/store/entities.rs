@@ -92,6 +92,8 @@ pub mod agent {
         pub tenant_id: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
+        /// The agent key its first registration was made with: the only key that may use this
+        /// id until the agent is forgotten (SPEC §9, "Agent identity").
         pub key_id: String,
         pub hostname: String,
         pub ip: String,
@@ -100,7 +102,8 @@ pub mod agent {
         pub arch: String,
         pub protocol: i32,
         pub capabilities: Json,
-        /// Tags the agent reported (its own configuration plus its key's).
+        /// Tags the agent declares itself (`register`). Its key's tags are read from the key,
+        /// never copied here: see `crate::tags` for which a target trusts.
         pub agent_tags: Json,
         /// Tags set through the API.
         pub server_tags: Json,

@@ -26,6 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use outpost_protocol::RegisterData;
 use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
@@ -426,53 +427,110 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 
     // ---- agents ---------------------------------------------------------------------------
 
-    /// Inserts or refreshes an agent from its `register` frame.
+    /// Stores an agent's `register`: a new agent id is bound to `key_id`, the key it first
+    /// registered with; an agent bound to that key is refreshed; an agent bound to another key
+    /// is left alone and [`Registered::Taken`] returned (SPEC §9, "Agent identity"). Without
+    /// the binding, any agent key of a tenant could take over any of its agents: receive its
+    /// queued commands and parameters, and answer for it.
+    ///
+    /// Each step is one conditional statement (an update of the row bound to this key, or an
+    /// insert that does nothing if the id exists), so two registrations of one id with two
+    /// keys racing each other bind it to exactly one.
     pub async fn upsert_agent(
         &self,
         tenant_id: &str,
         key_id: &str,
         data: &RegisterData,
-    ) -> Result<agent::Model> {
-        let now = Utc::now();
+    ) -> Result<Registered> {
         let id = data.agent_id.to_string();
-        let existing = self.get_agent(tenant_id, &id).await?;
-        let is_new = existing.is_none();
-        let mut model: agent::ActiveModel = match existing {
-            Some(m) => m.into(),
-            None => agent::ActiveModel {
+        // Twice at most: an insert that lost a race with the same key's insert finds the row
+        // on its second update.
+        for _ in 0..2 {
+            let now = Utc::now();
+            let mut update = agent::Entity::update_many()
+                .col_expr(agent::Column::Hostname, Expr::value(data.hostname.clone()))
+                .col_expr(agent::Column::Ip, Expr::value(data.ip.clone()))
+                .col_expr(agent::Column::Version, Expr::value(data.version.clone()))
+                .col_expr(agent::Column::Os, Expr::value(data.os.clone()))
+                .col_expr(agent::Column::Arch, Expr::value(data.arch.clone()))
+                .col_expr(agent::Column::Protocol, Expr::value(data.protocol as i32))
+                .col_expr(
+                    agent::Column::Capabilities,
+                    Expr::value(json!(data.capabilities)),
+                )
+                .col_expr(agent::Column::AgentTags, Expr::value(json!(data.tags)))
+                .col_expr(agent::Column::Scripts, Expr::value(json!(data.scripts)))
+                .col_expr(agent::Column::LastSeen, Expr::value(now))
+                .col_expr(agent::Column::ConnectedAt, Expr::value(Some(now)));
+            // An agent without a report keeps the last one it sent: the report describes the
+            // last update, which stays true until the next.
+            if let Some(report) = &data.update_status {
+                update = update.col_expr(
+                    agent::Column::UpdateStatus,
+                    Expr::value(Some(json!(report))),
+                );
+            }
+            let updated = update
+                .filter(agent::Column::TenantId.eq(tenant_id))
+                .filter(agent::Column::Id.eq(&id))
+                .filter(agent::Column::KeyId.eq(key_id))
+                .exec_with_returning(&self.db)
+                .await?;
+            if let Some(model) = updated.into_iter().next() {
+                return Ok(Registered::Stored(model));
+            }
+            let new = agent::ActiveModel {
                 tenant_id: Set(tenant_id.to_owned()),
                 id: Set(id.clone()),
+                key_id: Set(key_id.to_owned()),
+                hostname: Set(data.hostname.clone()),
+                ip: Set(data.ip.clone()),
+                version: Set(data.version.clone()),
+                os: Set(data.os.clone()),
+                arch: Set(data.arch.clone()),
+                protocol: Set(data.protocol as i32),
+                capabilities: Set(json!(data.capabilities)),
+                agent_tags: Set(json!(data.tags)),
                 server_tags: Set(json!([])),
+                scripts: Set(json!(data.scripts)),
                 first_seen: Set(now),
-                last_heartbeat: Set(None),
+                last_seen: Set(now),
+                connected_at: Set(Some(now)),
                 disconnected_at: Set(None),
-                ..Default::default()
-            },
-        };
-        model.key_id = Set(key_id.to_owned());
-        model.hostname = Set(data.hostname.clone());
-        model.ip = Set(data.ip.clone());
-        model.version = Set(data.version.clone());
-        model.os = Set(data.os.clone());
-        model.arch = Set(data.arch.clone());
-        model.protocol = Set(data.protocol as i32);
-        model.capabilities = Set(json!(data.capabilities));
-        model.agent_tags = Set(json!(data.tags));
-        model.scripts = Set(json!(data.scripts));
-        // An agent without a report keeps the last one it sent: the report describes the
-        // last update, which stays true until the next.
-        if let Some(report) = &data.update_status {
-            model.update_status = Set(Some(json!(report)));
-        } else if is_new {
-            model.update_status = Set(None);
+                last_heartbeat: Set(None),
+                update_status: Set(data.update_status.as_ref().map(|r| json!(r))),
+            };
+            let inserted = agent::Entity::insert(new)
+                .on_conflict(
+                    OnConflict::columns([agent::Column::TenantId, agent::Column::Id])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec(&self.db)
+                .await;
+            match inserted {
+                Ok(_) => {
+                    let model = self.get_agent(tenant_id, &id).await?.ok_or_else(|| {
+                        StoreError::Db(DbErr::RecordNotFound(format!("agent {id}")))
+                    })?;
+                    return Ok(Registered::Stored(model));
+                }
+                Err(DbErr::RecordNotInserted) => {}
+                Err(err) => return Err(err.into()),
+            }
+            // The id exists: bound to another key, or inserted by this key just now.
+            match self.get_agent(tenant_id, &id).await? {
+                Some(other) if other.key_id != key_id => {
+                    return Ok(Registered::Taken {
+                        key_id: other.key_id,
+                    });
+                }
+                _ => continue,
+            }
         }
-        model.last_seen = Set(now);
-        model.connected_at = Set(Some(now));
-        Ok(if is_new {
-            model.insert(&self.db).await?
-        } else {
-            model.update(&self.db).await?
-        })
+        Err(StoreError::Db(DbErr::Custom(format!(
+            "agent {id}: its row changed under two registrations in a row"
+        ))))
     }
 
     /// Records that an agent's connection ended.
@@ -669,6 +727,61 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(model)
     }
 
+    /// Fails an agent's pending commands `ids` with `forbidden` instead of sending them: its
+    /// key no longer allows them (permissions are checked on every send, not only when a
+    /// command is stored). Commands the agent already received are left alone: it runs them
+    /// and answers. Returns the commands failed, their jobs recomputed.
+    pub async fn refuse_pending(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        ids: &[String],
+        message: &str,
+    ) -> Result<Vec<command::Model>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refused = command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value(state::FAILED))
+            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(command::Column::Success, Expr::value(false))
+            .col_expr(
+                command::Column::ErrorCode,
+                Expr::value(outpost_protocol::codes::FORBIDDEN),
+            )
+            .col_expr(command::Column::ErrorMessage, Expr::value(message))
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .filter(command::Column::Id.is_in(ids.iter().map(String::as_str)))
+            .filter(Expr::cust(format!("state = '{}'", state::PENDING)))
+            .exec_with_returning(&self.db)
+            .await?;
+        let jobs: std::collections::BTreeSet<&str> =
+            refused.iter().filter_map(|c| c.job_id.as_deref()).collect();
+        for job_id in jobs {
+            self.refresh_job(tenant_id, job_id).await?;
+        }
+        Ok(refused)
+    }
+
+    /// Whether command `id` is one of this agent's.
+    pub async fn is_agents_command(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        id: &str,
+    ) -> Result<bool> {
+        let found = command::Entity::find_by_id(id.to_owned())
+            .select_only()
+            .column(command::Column::Id)
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::AgentId.eq(agent_id))
+            .into_tuple::<String>()
+            .one(&self.db)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// One command of a tenant.
     pub async fn get_command(&self, tenant_id: &str, id: &str) -> Result<Option<command::Model>> {
         Ok(command::Entity::find_by_id(id.to_owned())
@@ -686,6 +799,11 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         agent_id: &str,
     ) -> Result<(Vec<command::Model>, Vec<command::Model>)> {
         let expired = self.expire_commands_for(tenant_id, agent_id).await?;
+        let jobs: std::collections::BTreeSet<&str> =
+            expired.iter().filter_map(|c| c.job_id.as_deref()).collect();
+        for job_id in jobs {
+            self.refresh_job(tenant_id, job_id).await?;
+        }
         let open = command::Entity::find()
             .filter(command::Column::TenantId.eq(tenant_id))
             .filter(command::Column::AgentId.eq(agent_id))
@@ -736,15 +854,39 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 }
 
+/// What [`Store::upsert_agent`] did with a `register`.
+#[derive(Debug)]
+pub enum Registered {
+    /// Stored: a new agent, now bound to the key, or one already bound to it.
+    Stored(agent::Model),
+    /// The agent id is bound to another key of the tenant, named here; nothing was stored.
+    Taken {
+        /// The key the agent is bound to.
+        key_id: String,
+    },
+}
+
+impl Registered {
+    /// The stored agent, unless the id was taken.
+    pub fn into_stored(self) -> Option<agent::Model> {
+        match self {
+            Self::Stored(model) => Some(model),
+            Self::Taken { .. } => None,
+        }
+    }
+}
+
 /// An agent as a job target sees it.
 #[derive(Debug, Clone)]
 pub struct AgentTarget {
     /// Agent id.
     pub id: String,
-    /// The key it connected with.
+    /// The key it is bound to.
     pub key_id: String,
-    /// Its own tags and the server-side ones.
-    pub tags: Vec<String>,
+    /// The tags it declares itself.
+    pub declared: Vec<String>,
+    /// The tags an operator set on it.
+    pub server: Vec<String>,
 }
 
 /// Separates agents in [`Store::agent_targets`]' text (ASCII RS).
@@ -773,23 +915,25 @@ impl AgentTarget {
                     .map_err(|err| bad(&err.to_string()))
             })
         };
-        let mut all = tags(agent_tags)?;
-        all.extend(tags(server_tags)?);
         Ok((
             hostname,
             Self {
                 id: id.to_owned(),
                 key_id: key_id.to_owned(),
-                tags: all,
+                declared: tags(agent_tags)?,
+                server: tags(server_tags)?,
             },
         ))
     }
 
     /// From `(id, key_id, agent_tags, server_tags)`.
     fn from_row((id, key_id, agent_tags, server_tags): (String, String, Value, Value)) -> Self {
-        let mut tags = string_list(&agent_tags);
-        tags.extend(string_list(&server_tags));
-        Self { id, key_id, tags }
+        Self {
+            id,
+            key_id,
+            declared: string_list(&agent_tags),
+            server: string_list(&server_tags),
+        }
     }
 }
 

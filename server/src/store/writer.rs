@@ -85,12 +85,23 @@ pub enum Written {
     },
     /// For `Output`.
     Output(Stored),
-    /// For `Finish`: whether this write finished the command (not a repeat, and the agent's
-    /// own). The finished row goes to the listener (see [`Writer::on_finished`]), not here:
-    /// the connection only acknowledges the result.
-    Finished(bool),
+    /// For `Finish`: what the result did. The finished row goes to the listener (see
+    /// [`Writer::on_finished`]), not here: the connection only acknowledges the result.
+    Finished(Finish),
     /// For `Heartbeat`.
     Heartbeat,
+}
+
+/// What a `response` did to its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// It finished the command.
+    Stored,
+    /// The command is the agent's and was final already: a resent answer.
+    Repeat,
+    /// No command of this agent has that id: it was never sent to this agent (another
+    /// agent's, or unknown). Nothing changed (SPEC §9, "Agent identity").
+    Foreign,
 }
 
 type Reply = oneshot::Sender<Result<Written>>;
@@ -551,10 +562,31 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<(Vec<Written>, Vec<c
     let mut finished = Vec::with_capacity(answers.len());
     if !answers.is_empty() {
         let mut stored = by_id(txn.store_results_many(&answers).await?);
+        let mut unchanged = Vec::new();
         for &i in &finishes {
             let model = stored.take(writes[i]);
-            results[i] = Some(Written::Finished(model.is_some()));
+            results[i] = Some(Written::Finished(if model.is_some() {
+                Finish::Stored
+            } else {
+                unchanged.push(i);
+                Finish::Repeat
+            }));
             finished.extend(model);
+        }
+        // Rare: a result that changed nothing is a repeat when the command is the agent's,
+        // and foreign otherwise; one read tells which.
+        for i in unchanged {
+            if let Write::Finish {
+                tenant_id,
+                agent_id,
+                response,
+            } = writes[i]
+                && !txn
+                    .is_agents_command(tenant_id, agent_id, &response.command_id.to_string())
+                    .await?
+            {
+                results[i] = Some(Written::Finished(Finish::Foreign));
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 mod commands;
 mod deploy;
 mod durability;
+mod identity;
 mod jobs;
 mod keys;
 mod longpoll;
