@@ -53,7 +53,15 @@ pub enum ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// A failure that passes (a full disk, a busy or unreachable database) is a 503 that says
+    /// nothing was stored, so that the caller retries; anything else is a 500.
     fn from(err: StoreError) -> Self {
+        if err.is_transient() {
+            tracing::warn!(error = %err, "a request failed on the database");
+            return Self::Unavailable(format!(
+                "the database cannot be written or read right now ({err}); nothing was stored, try again later"
+            ));
+        }
         Self::Internal(err.into())
     }
 }

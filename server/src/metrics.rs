@@ -47,6 +47,9 @@ pub const STORE_BATCH_SIZE: &str = "outpost_store_batch_size";
 pub const STORE_COMMIT: &str = "outpost_store_commit_seconds";
 /// Writer batches that failed and were retried write by write.
 pub const STORE_BATCH_FAILURES: &str = "outpost_store_batch_failures_total";
+/// 1 while the writer's last transaction committed, 0 while its writes fail (disk full, I/O
+/// errors): what `/readyz` reports too.
+pub const STORE_WRITABLE: &str = "outpost_store_writable";
 /// Acks not written because their command's response arrived with them.
 pub const ACKS_FOLDED: &str = "outpost_acks_folded_total";
 /// Job webhooks finished, by `outcome` (`delivered`, `failed`).
@@ -141,7 +144,11 @@ fn describe() {
     );
     describe_counter!(
         STORE_BATCH_FAILURES,
-        "Writer batches retried write by write."
+        "Writer transactions that failed (each is retried; see outpost_store_writable)."
+    );
+    describe_gauge!(
+        STORE_WRITABLE,
+        "1 while the writer's last transaction committed, 0 while writes fail."
     );
     describe_counter!(
         ACKS_FOLDED,
@@ -272,9 +279,14 @@ pub fn store_batch(size: usize, took: Duration) {
     histogram!(STORE_COMMIT).record(took.as_secs_f64());
 }
 
-/// A writer batch failed and is retried write by write.
+/// A writer transaction failed (it is retried).
 pub fn store_batch_failed() {
     counter!(STORE_BATCH_FAILURES).increment(1);
+}
+
+/// Whether the writer's writes commit now.
+pub fn store_writable(writable: bool) {
+    gauge!(STORE_WRITABLE).set(if writable { 1.0 } else { 0.0 });
 }
 
 /// An agent's `ack` was dropped because its command's `response` came in the same read.

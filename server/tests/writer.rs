@@ -559,3 +559,193 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
         .expect("row");
     assert_eq!(untouched.last_heartbeat, None, "another tenant's agent");
 }
+
+/// Output chunks `0..n` of `run` on stdout, each one byte `b'a' + seq`.
+fn chunk(tenant: &str, agent: &str, run: &str, seq: u64) -> Write {
+    Write::Output {
+        tenant_id: tenant.to_owned(),
+        agent_id: agent.to_owned(),
+        command_id: run.to_owned(),
+        stream: outpost_protocol::OutputStream::Stdout,
+        seq,
+        bytes: vec![b'a' + seq as u8],
+        cap: u64::MAX,
+    }
+}
+
+/// The seqs of a run's stored stdout chunks.
+async fn stored_seqs(store: &Store, tenant: &str, run: &str) -> Vec<i64> {
+    let chunks = store
+        .output_page(
+            tenant,
+            run,
+            &[outpost_protocol::OutputStream::Stdout],
+            0,
+            1000,
+        )
+        .await
+        .expect("output");
+    let mut seqs: Vec<i64> = chunks.into_iter().map(|c| c.seq).collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Another connection holding SQLite's write lock (as registrations, disconnects and new
+/// commands on the pool do) delays the writer's batches but fails none of them. A batch that
+/// reads before it writes (output) used to fail at once with "database is locked" (5, or 517
+/// `BUSY_SNAPSHOT`), whatever the busy timeout, when it met such a lock: it is `BEGIN
+/// IMMEDIATE` now, which waits for the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writer_holding_the_lock_delays_batches_but_fails_none() {
+    use sea_orm::ConnectionTrait;
+    let (dir, store, tenant) = fresh_store().await;
+    let writer = Writer::start(store.clone(), store.clone()).expect("starts");
+    let url = format!("sqlite://{}", dir.path().join("outpost.db").display());
+    let other = sea_orm::Database::connect(url).await.expect("connect");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Takes the write lock for 20 ms at a time, 2 ms apart, until told to stop.
+    let contender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut held = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let txn = outpost_server::store::begin_write(&other)
+                    .await
+                    .expect("begin");
+                txn.execute_unprepared("UPDATE tenants SET name = name")
+                    .await
+                    .expect("update");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                txn.commit().await.expect("commit");
+                held += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            held
+        })
+    };
+    let mut runs = Vec::new();
+    for i in 0..20 {
+        let agent = format!("agent-{i}");
+        runs.push((insert(&store, &tenant, &agent, "run").await.id, agent));
+    }
+    // Every run: 20 output chunks then its result, queued without waiting, as agents do.
+    let mut pending = Vec::new();
+    for seq in 0..20 {
+        for (run, agent) in &runs {
+            pending.push(
+                writer
+                    .submit(chunk(&tenant, agent, run, seq))
+                    .await
+                    .expect("queued"),
+            );
+        }
+    }
+    for (run, agent) in &runs {
+        let response = Response::ok(run.parse().expect("uuid"), json!({"exit_code": 0}));
+        pending.push(
+            writer
+                .submit(Write::Finish {
+                    tenant_id: tenant.clone(),
+                    agent_id: agent.clone(),
+                    response,
+                })
+                .await
+                .expect("queued"),
+        );
+    }
+    for committed in pending {
+        committed.await.expect("every write commits");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let held = contender.await.expect("join");
+    assert!(held > 0, "the other connection took the lock");
+    for (run, _) in &runs {
+        let stored = store
+            .get_command(&tenant, run)
+            .await
+            .expect("get")
+            .expect("row");
+        assert_eq!(stored.state, "succeeded");
+        assert_eq!(
+            stored_seqs(&store, &tenant, run).await,
+            (0..20).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(writer.health().failures(), 0, "no batch failed on the lock");
+}
+
+/// A write that fails for good (here: a trigger refuses output chunk 1) fails alone: the other
+/// connections' writes in its batch commit, and its own connection's later writes (chunk 2, the
+/// result) are refused unapplied, in that batch and in later ones, so that the run is never
+/// finished with a hole in its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_write_its_connection_s_later_writes_are_refused() {
+    use outpost_server::store::writer::Fence;
+    use sea_orm::ConnectionTrait;
+    let (dir, store, tenant) = fresh_store().await;
+    let url = format!("sqlite://{}", dir.path().join("outpost.db").display());
+    let other = sea_orm::Database::connect(url).await.expect("connect");
+    other
+        .execute_unprepared(
+            "CREATE TRIGGER refuse_seq_1 BEFORE INSERT ON output_chunks WHEN NEW.seq = 1 \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+        .await
+        .expect("trigger");
+    let writer = Writer::start(store.clone(), store.clone()).expect("starts");
+    let (broken, sound) = (
+        insert(&store, &tenant, "agent-a", "run").await.id,
+        insert(&store, &tenant, "agent-b", "run").await.id,
+    );
+    let (fence_a, fence_b) = (Fence::new(), Fence::new());
+    let finish = |agent: &str, run: &str| Write::Finish {
+        tenant_id: tenant.clone(),
+        agent_id: agent.to_owned(),
+        response: Response::ok(run.parse().expect("uuid"), json!({"exit_code": 0})),
+    };
+    // One batch: a's chunks 0, 1 (refused), 2 and result, between b's chunks 0 and 2.
+    let mut queued = Vec::new();
+    for (write, fence) in [
+        (chunk(&tenant, "agent-a", &broken, 0), &fence_a),
+        (chunk(&tenant, "agent-b", &sound, 0), &fence_b),
+        (chunk(&tenant, "agent-a", &broken, 1), &fence_a),
+        (chunk(&tenant, "agent-a", &broken, 2), &fence_a),
+        (chunk(&tenant, "agent-b", &sound, 2), &fence_b),
+        (finish("agent-a", &broken), &fence_a),
+    ] {
+        queued.push(writer.submit_in_order(write, fence).await.expect("queued"));
+    }
+    let mut outcomes = Vec::new();
+    for committed in queued {
+        outcomes.push(committed.await.is_ok());
+    }
+    assert_eq!(outcomes, [true, true, false, false, true, false]);
+    // A later batch of the broken connection is refused too; the other goes on.
+    let late = writer
+        .submit_in_order(chunk(&tenant, "agent-a", &broken, 3), &fence_a)
+        .await
+        .expect("queued");
+    assert!(late.await.is_err());
+    writer
+        .write(finish("agent-b", &sound))
+        .await
+        .expect("b's result");
+
+    assert_eq!(stored_seqs(&store, &tenant, &broken).await, [0]);
+    let run = store
+        .get_command(&tenant, &broken)
+        .await
+        .expect("get")
+        .expect("row");
+    assert_ne!(
+        run.state, "succeeded",
+        "never finished with a hole in its output"
+    );
+    assert_eq!(stored_seqs(&store, &tenant, &sound).await, [0, 2]);
+    let run = store
+        .get_command(&tenant, &sound)
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(run.state, "succeeded");
+}

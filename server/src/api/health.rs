@@ -25,6 +25,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .ping()
         .await
         .map_err(|e| ApiError::Unavailable(format!("database unavailable: {e}")))?;
+    // Reads may work while writes fail (a full disk): agents' reports are then held, not
+    // acknowledged, and new jobs refused.
+    state.writer.health().status().map_err(|why| {
+        ApiError::Unavailable(format!(
+            "database writes fail ({why}); agents' reports are held and retried, new jobs are refused"
+        ))
+    })?;
     Ok(Json(
         json!({"status": "ready", "agents_connected": state.hub.len()}),
     ))

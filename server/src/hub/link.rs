@@ -7,6 +7,7 @@
 //! and the same bad-frame budget.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use outpost_protocol::{
 };
 
 use crate::AppState;
-use crate::store::writer::{Finish, Write, Written};
+use crate::store::writer::{Fence, Finish, Write, Written};
 use crate::store::{Registered, Stored, agent_key, string_list};
 
 /// Why a connection must end.
@@ -35,6 +36,8 @@ pub struct Link {
     /// The agent key the connection authenticated with.
     pub key: LinkKey,
     bad: BadFrames,
+    /// Keeps this connection's writes in order at the writer (see [`Fence`]).
+    fence: Arc<Fence>,
 }
 
 /// What a connection keeps of the agent key it authenticated with. The key's row (its hash,
@@ -75,6 +78,7 @@ impl Link {
             state,
             key,
             bad: BadFrames::default(),
+            fence: Fence::new(),
         };
         (link, connected)
     }
@@ -171,7 +175,7 @@ impl Link {
         let permissions = std::mem::take(&mut self.key.permissions);
         let (allowed, forbidden): (Vec<_>, Vec<_>) = open.into_iter().partition(|command| {
             command.state != crate::store::state::PENDING
-                || permissions.iter().any(|p| *p == command.command)
+                || permissions.contains(&command.command)
         });
         if !forbidden.is_empty() {
             let ids: Vec<String> = forbidden.into_iter().map(|c| c.id).collect();
@@ -298,7 +302,12 @@ impl Link {
                 }
             }
         };
-        let written = self.state.writer.submit(write).await.map_err(internal)?;
+        let written = self
+            .state
+            .writer
+            .submit_in_order(write, &self.fence)
+            .await
+            .map_err(internal)?;
         Ok(Some(Pending { written, about }))
     }
 

@@ -144,7 +144,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     .map(str::to_owned)
             })
             .flatten();
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let inserted = job::ActiveModel {
             id: Set(job_id.clone()),
             tenant_id: Set(new.tenant_id.clone()),

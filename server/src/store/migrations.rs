@@ -4,7 +4,7 @@
 //! between SQLite and PostgreSQL are written as placeholders (`{ts}`, `{json}`) and filled in
 //! for the backend at hand. A migration, once released, is never edited: add a new one.
 
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr};
 
 /// Every migration, oldest first. The index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -192,7 +192,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     let current = current_version(db).await?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let version = index + 1;
-        let txn = db.begin().await?;
+        let txn = super::begin_write(db).await?;
         for statement in fill(sql, backend).split(';') {
             if !statement.trim().is_empty() {
                 txn.execute_unprepared(statement).await?;

@@ -51,6 +51,47 @@ pub enum StoreError {
     Config(String),
 }
 
+impl StoreError {
+    /// Whether the same statement may succeed if tried again later: the database is busy or
+    /// locked, out of space or memory, or unreachable (SQLite `BUSY`, `LOCKED`, `NOMEM`,
+    /// `IOERR`, `FULL`, `CANTOPEN`, `PROTOCOL`; PostgreSQL's connection, resource and
+    /// serialization classes; a pool that gave no connection in time). Anything else (a
+    /// constraint, a malformed statement, a bug) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        use sea_orm::RuntimeErr;
+        let runtime = match self {
+            Self::Db(DbErr::ConnectionAcquire(_)) => return true,
+            Self::Db(DbErr::Conn(e) | DbErr::Exec(e) | DbErr::Query(e)) => e,
+            _ => return false,
+        };
+        let RuntimeErr::SqlxError(err) = runtime else {
+            return false;
+        };
+        match err.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => {
+                let Some(code) = db.code() else { return false };
+                if let Ok(sqlite) = code.parse::<i32>() {
+                    // The primary result code is the low byte of the extended one.
+                    return matches!(sqlite & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15);
+                }
+                // SQLSTATE: connection exception, insufficient resources (disk full, out of
+                // memory, too many connections), operator intervention, serialization
+                // failure or deadlock.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+            }
+            sea_orm::sqlx::Error::Io(_)
+            | sea_orm::sqlx::Error::PoolTimedOut
+            | sea_orm::sqlx::Error::PoolClosed
+            | sea_orm::sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        }
+    }
+}
+
 /// Result alias for store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -213,15 +254,35 @@ impl Store {
         }))
     }
 
+    /// SQLite's `PRAGMA integrity_check`: `["ok"]` for a sound database, otherwise what is
+    /// wrong; nothing on other backends.
+    pub async fn integrity_check(&self) -> Result<Vec<String>> {
+        if self.db.get_database_backend() != DbBackend::Sqlite {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA integrity_check",
+            ))
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.try_get_by_index::<String>(0).ok())
+            .collect())
+    }
+
     /// Cheap liveness query for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
         Ok(self.db.ping().await?)
     }
 
-    /// The same methods inside one transaction; see [`Store::commit`].
+    /// The same methods inside one write transaction; see [`Store::commit`] and
+    /// [`begin_write`].
     pub async fn begin(&self) -> Result<Store<DatabaseTransaction>> {
         Ok(Store {
-            db: self.db.begin().await?,
+            db: begin_write(&self.db).await?,
         })
     }
 }
@@ -477,7 +538,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .exec_with_returning(&self.db)
                 .await?;
             if let Some(model) = updated.into_iter().next() {
-                return Ok(Registered::Stored(model));
+                return Ok(Registered::Stored(Box::new(model)));
             }
             let new = agent::ActiveModel {
                 tenant_id: Set(tenant_id.to_owned()),
@@ -513,7 +574,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     let model = self.get_agent(tenant_id, &id).await?.ok_or_else(|| {
                         StoreError::Db(DbErr::RecordNotFound(format!("agent {id}")))
                     })?;
-                    return Ok(Registered::Stored(model));
+                    return Ok(Registered::Stored(Box::new(model)));
                 }
                 Err(DbErr::RecordNotInserted) => {}
                 Err(err) => return Err(err.into()),
@@ -858,7 +919,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 #[derive(Debug)]
 pub enum Registered {
     /// Stored: a new agent, now bound to the key, or one already bound to it.
-    Stored(agent::Model),
+    Stored(Box<agent::Model>),
     /// The agent id is bound to another key of the tenant, named here; nothing was stored.
     Taken {
         /// The key the agent is bound to.
@@ -870,7 +931,7 @@ impl Registered {
     /// The stored agent, unless the id was taken.
     pub fn into_stored(self) -> Option<agent::Model> {
         match self {
-            Self::Stored(model) => Some(model),
+            Self::Stored(model) => Some(*model),
             Self::Taken { .. } => None,
         }
     }
@@ -937,6 +998,21 @@ impl AgentTarget {
     }
 }
 
+/// Starts a transaction that will write: on SQLite, `BEGIN IMMEDIATE`, which takes the write
+/// lock at once and waits for it in the busy handler (up to the busy timeout). A deferred
+/// transaction that reads first and then writes cannot wait: when another connection holds the
+/// lock, or committed since its read began, its first write fails at once with `SQLITE_BUSY`
+/// (5, or 517 `BUSY_SNAPSHOT`), whatever the busy timeout. Under contention (agents answering
+/// while others register) that failed writer batches and closed agents' connections. On
+/// PostgreSQL this is a plain `BEGIN`.
+pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction, DbErr> {
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
 /// A pool of at most `size` connections. `cache_kib` sets SQLite's page cache per connection
 /// (SQLite's default is 2 MiB).
 async fn connect(
@@ -955,6 +1031,28 @@ async fn connect(
         }
         DatabaseLocation::Url(url) => ConnectOptions::new(url.clone()),
     };
+    // A connection left inside a transaction is closed rather than handed out again. sqlx
+    // counts the transactions it opened on a connection and rolls back one that is dropped
+    // unfinished; but when SQLite itself rolled a transaction back (a statement failed with
+    // `SQLITE_FULL` or `IOERR`), that rollback fails ("no transaction is active") and the
+    // count stays at 1. sqlx then opens the next "transaction" as a savepoint, so its commit
+    // commits nothing and its rollback ends nothing: after a full disk, the writer's
+    // connection kept a transaction open for good, its jobs were invisible to every other
+    // connection (404) while their commands went out, and every other write failed with
+    // "database is locked". By the time a connection is acquired again its count is exact
+    // (the queued rollback and the pool's release ping ran in order), so a non-zero count
+    // means the connection's state is not what sqlx believes: close it, and the pool opens a
+    // fresh one (SQLite rolls back whatever the closed one held).
+    options.map_sqlx_sqlite_before_acquire(|conn, _| {
+        Box::pin(async move {
+            use sea_orm::sqlx::Connection as _;
+            let inside = conn.is_in_transaction();
+            if inside {
+                tracing::warn!("closing a database connection left inside a transaction");
+            }
+            Ok(!inside)
+        })
+    });
     options
         .max_connections(size)
         .min_connections(1)

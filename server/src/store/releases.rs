@@ -17,7 +17,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let txn = self.db.begin().await?;
+        let txn = super::begin_write(&self.db).await?;
         let existing = release::Entity::find()
             .filter(release::Column::Version.eq(&first.version))
             .filter(release::Column::Target.eq(&first.target))

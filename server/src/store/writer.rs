@@ -5,11 +5,20 @@
 //! acknowledge anything to the agent, so durability is unchanged. The writer takes whatever is
 //! queued (up to [`MAX_BATCH`]) and commits it in one transaction: when thousands of agents
 //! finish at once, that is a few transactions instead of thousands, and SQLite's single
-//! writer lock is taken once per batch instead of once per frame. If a batch fails, its writes
-//! are retried one by one, so one bad write cannot sink the others.
+//! writer lock is taken once per batch instead of once per frame.
+//!
+//! A batch that fails for a reason that passes (the disk is full, the database busy or
+//! unreachable: [`StoreError::is_transient`]) is tried again, whole and in order, with a
+//! backoff up to [`RETRY_CAP`], until it commits: nobody is answered meanwhile, so nothing is
+//! acknowledged that is not stored, nothing is lost, and everything resumes by itself when the
+//! cause goes away. [`Health`] says meanwhile that writes fail (`/readyz`, `/metrics`). A batch
+//! that fails for any other reason is applied one write at a time, so one bad write cannot sink
+//! the others; but a connection's writes stay in order: once one of them fails, its later
+//! writes are refused unapplied (its [`Fence`]), in this batch and in later ones, so that no
+//! result can be committed after a chunk of its output failed.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +29,10 @@ use super::{OutputChunk, Result, Store, StoreError, Stored, command};
 
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 2048;
+/// Longest wait between two tries of a batch that failed for a passing reason.
+pub const RETRY_CAP: Duration = Duration::from_secs(5);
+/// First wait before a failed batch is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
 /// Writes waiting for the writer before senders wait too.
 const QUEUE: usize = 8192;
 
@@ -106,6 +119,81 @@ pub enum Finish {
 
 type Reply = oneshot::Sender<Result<Written>>;
 
+/// A write queued with its reply and its connection's fence.
+type Queued = (Write, Reply, Option<Arc<Fence>>);
+
+/// One connection's place in the writer's order. The writer commits a connection's writes in
+/// the order they were queued; once one of them fails, the fence is broken and the
+/// connection's later writes are refused without being applied (the connection closes on the
+/// failure, and its agent sends everything again on its next connection). Without it, a result
+/// queued behind a failed output chunk could be committed, and its run shown complete with a
+/// hole in its output.
+#[derive(Debug, Default)]
+pub struct Fence(AtomicBool);
+
+impl Fence {
+    /// A fence for a new connection.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn is_broken(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn breach(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Whether the writer's writes commit: what `/readyz` and `outpost_store_writable` report.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Why the last transaction failed, while the writer is retrying it.
+    failing: std::sync::Mutex<Option<String>>,
+    /// Transactions that failed so far.
+    failures: AtomicU64,
+}
+
+impl Health {
+    /// `Err(why)` while the writer's writes fail.
+    pub fn status(&self) -> std::result::Result<(), String> {
+        match self.lock().as_ref() {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// How many of the writer's transactions failed so far (each was tried again).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn failed(&self, err: &StoreError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut failing = self.lock();
+        if failing.is_none() {
+            tracing::error!(error = %err, "database writes fail; what agents report is held (not acknowledged) and retried until they commit");
+            crate::metrics::store_writable(false);
+        }
+        *failing = Some(err.to_string());
+    }
+
+    fn committed(&self) {
+        let mut failing = self.lock();
+        if failing.take().is_some() {
+            tracing::info!("database writes commit again");
+            crate::metrics::store_writable(true);
+        }
+    }
+}
+
 /// Given the commands a committed batch finished (see [`Writer::on_finished`]).
 type Listener = Box<dyn Fn(Vec<command::Model>) + Send + Sync>;
 
@@ -129,10 +217,11 @@ impl std::future::Future for Committed {
 /// Hands writes to the writer task.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<(Write, Reply)>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<Stats>,
     store: Store,
     finished: Arc<OnceLock<Listener>>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -179,13 +268,20 @@ impl Writer {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (counted, own, listener) = (stats.clone(), store.clone(), finished.clone());
+        let health = Arc::new(Health::default());
+        crate::metrics::store_writable(true);
+        let own = Own {
+            store: store.clone(),
+            stats: stats.clone(),
+            listener: finished.clone(),
+            health: health.clone(),
+        };
         std::thread::Builder::new()
             .name("outpost-writer".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     let checkpoints = Checkpoints::start(background, checkpointing);
-                    run(own, checkpoints, rx, counted, listener).await;
+                    run(own, checkpoints, rx).await;
                 });
             })?;
         Ok(Self {
@@ -193,6 +289,7 @@ impl Writer {
             stats,
             store,
             finished,
+            health,
         })
     }
 
@@ -238,34 +335,90 @@ impl Writer {
     /// Queues a write (waiting only while the queue is full) and returns what resolves once it
     /// is committed. Writes are committed in the order they are queued.
     pub async fn submit(&self, write: Write) -> Result<Committed> {
+        self.queue(write, None).await
+    }
+
+    /// [`submit`](Self::submit) for a connection's write: refused unapplied once an earlier
+    /// write behind the same `fence` failed.
+    pub async fn submit_in_order(&self, write: Write, fence: &Arc<Fence>) -> Result<Committed> {
+        self.queue(write, Some(fence.clone())).await
+    }
+
+    async fn queue(&self, write: Write, fence: Option<Arc<Fence>>) -> Result<Committed> {
         let (reply, done) = oneshot::channel();
         self.tx
-            .send((write, reply))
+            .send((write, reply, fence))
             .await
             .map_err(|_| StoreError::Config("the writer has stopped".into()))?;
         Ok(Committed(done))
     }
+
+    /// Whether writes commit now.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
 }
 
-async fn run(
+/// What the writer's task owns besides its queue.
+struct Own {
     store: Store,
-    checkpoints: Checkpoints,
-    mut rx: mpsc::Receiver<(Write, Reply)>,
     stats: Arc<Stats>,
     listener: Arc<OnceLock<Listener>>,
-) {
-    let observe = |finished: Vec<command::Model>| {
+    health: Arc<Health>,
+}
+
+impl Own {
+    /// Counts a committed transaction of `size` writes and hands its finished runs on.
+    fn committed(&self, size: usize, started: Instant, finished: Vec<command::Model>) {
+        crate::metrics::store_batch(size, started.elapsed());
+        self.health.committed();
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.writes.fetch_add(size as u64, Ordering::Relaxed);
         for run in &finished {
             crate::metrics::command_answered(run);
         }
-        if let (false, Some(listener)) = (finished.is_empty(), listener.get()) {
+        if let (false, Some(listener)) = (finished.is_empty(), self.listener.get()) {
             listener(finished);
         }
-    };
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    }
+
+    /// Commits `writes` in one transaction, trying again while it fails for a passing reason
+    /// (see the module's docs); returns what each write did, or the error that will not pass.
+    async fn commit_retrying(&self, writes: &[&Write]) -> Result<Vec<Written>> {
+        let mut delay = RETRY_FIRST;
+        loop {
+            let started = Instant::now();
+            match commit(&self.store, writes).await {
+                Ok((results, finished)) => {
+                    self.committed(writes.len(), started, finished);
+                    return Ok(results);
+                }
+                Err(err) if err.is_transient() => {
+                    crate::metrics::store_batch_failed();
+                    self.health.failed(&err);
+                    tracing::warn!(size = writes.len(), error = %err, retry_in = ?delay, "a batch of writes failed; trying it again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_CAP);
+                }
+                Err(err) => {
+                    crate::metrics::store_batch_failed();
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// The error of a write refused because an earlier write of its connection failed.
+fn fenced() -> StoreError {
+    StoreError::Config("not written: an earlier write of this connection failed".into())
+}
+
+async fn run(own: Own, checkpoints: Checkpoints, mut rx: mpsc::Receiver<Queued>) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     loop {
         if checkpoints.is_due() {
-            checkpoints.run(&store).await;
+            checkpoints.run(&own.store).await;
         }
         let Some(first) = rx.recv().await else {
             break;
@@ -277,44 +430,54 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // Writes behind a failed write of their connection are refused, not applied.
+        let broken = |(_, _, fence): &mut Queued| fence.as_ref().is_some_and(|f| f.is_broken());
+        for (_, reply, _) in batch.extract_if(.., broken) {
+            let _ = reply.send(Err(fenced()));
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let size = batch.len();
-        let started = Instant::now();
-        let writes: Vec<&Write> = batch.iter().map(|(write, _)| write).collect();
-        let committed = commit(&store, &writes).await;
+        let writes: Vec<&Write> = batch.iter().map(|(write, _, _)| write).collect();
+        let committed = own.commit_retrying(&writes).await;
         drop(writes);
         match committed {
-            Ok((results, finished)) => {
-                crate::metrics::store_batch(size, started.elapsed());
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                stats.writes.fetch_add(size as u64, Ordering::Relaxed);
-                observe(finished);
-                for ((_, reply), result) in batch.drain(..).zip(results) {
+            Ok(results) => {
+                for ((_, reply, _), result) in batch.drain(..).zip(results) {
                     count(&result);
                     let _ = reply.send(Ok(result));
                 }
             }
             Err(err) => {
-                tracing::warn!(size, error = %err, "a batch of writes failed; retrying them one by one");
-                crate::metrics::store_batch_failed();
-                for (write, reply) in batch.drain(..) {
-                    let started = Instant::now();
-                    let result = match commit(&store, &[&write]).await {
-                        Ok((mut one, finished)) => {
-                            crate::metrics::store_batch(1, started.elapsed());
-                            observe(finished);
-                            stats.batches.fetch_add(1, Ordering::Relaxed);
-                            stats.writes.fetch_add(1, Ordering::Relaxed);
-                            let written = one.remove(0);
-                            count(&written);
-                            Ok(written)
-                        }
-                        Err(err) => Err(err),
-                    };
-                    let _ = reply.send(result);
-                }
+                tracing::warn!(size, error = %err, "a batch of writes failed; applying them one by one");
+                one_by_one(&own, &mut batch).await;
             }
         }
         tracing::trace!(size, "committed a batch");
+    }
+}
+
+/// Applies a failed batch's writes one transaction each, so that one bad write does not sink
+/// the others, in order: a write whose connection's earlier write failed is refused.
+async fn one_by_one(own: &Own, batch: &mut Vec<Queued>) {
+    for (write, reply, fence) in batch.drain(..) {
+        if fence.as_ref().is_some_and(|f| f.is_broken()) {
+            let _ = reply.send(Err(fenced()));
+            continue;
+        }
+        let result = own.commit_retrying(&[&write]).await.map(|mut one| {
+            let written = one.remove(0);
+            count(&written);
+            written
+        });
+        if let Err(err) = &result {
+            tracing::warn!(error = %err, "a write failed; its connection's later writes are refused");
+            if let Some(fence) = &fence {
+                fence.breach();
+            }
+        }
+        let _ = reply.send(result);
     }
 }
 

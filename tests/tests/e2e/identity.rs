@@ -247,7 +247,7 @@ async fn a_queued_command_the_key_no_longer_allows_is_never_sent() {
     let c = next_command(&mut back).await;
     assert_eq!(
         c.command_id.to_string(),
-        ping["command_id"].as_str().unwrap()
+        ping["command_id"].as_str().expect("id")
     );
     assert_eq!(c.command, "ping");
     let refused = api
@@ -322,7 +322,7 @@ async fn a_key_s_tag_cannot_be_claimed_by_another_key_s_agent() {
     api.wait_online(&lab).await;
 
     let (_, listed) = api.get("/api/agents?tag=fleet%3Dprod").await;
-    assert_eq!(agent_ids(&listed, "agent_id"), [prod.clone()]);
+    assert_eq!(agent_ids(&listed, "agent_id"), std::slice::from_ref(&prod));
     let (_, listed) = api.get("/api/agents?tag=role%3Ddb").await;
     let mut both = vec![prod.clone(), lab.clone()];
     both.sort();
@@ -335,7 +335,7 @@ async fn a_key_s_tag_cannot_be_claimed_by_another_key_s_agent() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    assert_eq!(agent_ids(&job["runs"], "agent_id"), [prod.clone()]);
+    assert_eq!(agent_ids(&job["runs"], "agent_id"), std::slice::from_ref(&prod));
     let (_, job) = api
         .job(
             json!({"command": "ping", "target": {"tags": ["role=db"]}, "ttl_s": 60}),

@@ -4,7 +4,9 @@
 //! one binary links once.
 
 mod commands;
+mod contention;
 mod deploy;
+mod disk;
 mod durability;
 mod identity;
 mod jobs;

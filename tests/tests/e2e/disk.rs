@@ -1,0 +1,224 @@
+//! A full disk (SPEC §14, issue #26 §2): the server's data directory on a small tmpfs that a
+//! script's output fills. Nothing may be half-applied, sent or acknowledged without being
+//! committed; new jobs are refused with 503 while writes fail; `/readyz` and `/metrics` say why;
+//! everything resumes by itself when space returns, with the database intact.
+//!
+//! Mounting a tmpfs needs root (CI runs as root); elsewhere the tests print why they skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use outpost_e2e::{Agent, READY_TIMEOUT, Scripts, Server, ServerOptions, wait_for};
+use outpost_server::store::{DatabaseLocation, Store};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Bytes the big script prints: more than the tmpfs holds.
+const BIG: u64 = 30 << 20;
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `mib` MiB, or `None` (with the reason printed) where none can be mounted.
+    fn mount(mib: u64) -> Option<Self> {
+        if !nix_is_root() {
+            println!("SKIPPED: mounting a tmpfs needs root (CI runs these tests as root)");
+            return None;
+        }
+        let parent = tempfile::tempdir().expect("tempdir");
+        let path = parent.path().join("data");
+        std::fs::create_dir(&path).expect("mount point");
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .status();
+        if !mounted.as_ref().is_ok_and(|s| s.success()) {
+            println!("SKIPPED: could not mount a tmpfs here ({mounted:?})");
+            return None;
+        }
+        Some(Self {
+            path,
+            _parent: parent,
+        })
+    }
+
+    /// Grows (or shrinks) the filesystem in place.
+    fn resize(&self, mib: u64) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.path)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "remount to {mib} MiB");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+async fn integrity(data_dir: &Path) -> Vec<String> {
+    let store = Store::open(&DatabaseLocation::Sqlite(data_dir.join("outpost.db")))
+        .await
+        .expect("open the database");
+    store.integrity_check().await.expect("integrity_check")
+}
+
+fn scripts() -> Scripts {
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "big",
+        &format!("head -c {BIG} /dev/zero | tr '\\0' x"),
+        json!({"timeout_s": 600}),
+    );
+    scripts
+}
+
+/// Waits until `/readyz` answers `want`; returns its body.
+async fn readyz(api: &outpost_e2e::Api, want: StatusCode) -> serde_json::Value {
+    wait_for(&format!("/readyz {want}"), READY_TIMEOUT, || async {
+        let (status, body) = api.get("/readyz").await;
+        (status == want).then_some(body)
+    })
+    .await
+}
+
+/// The big run fills the disk: new jobs get 503, `/readyz` and `/metrics` say why, reads still
+/// work; then space returns and, without a restart, the run completes with every byte of its
+/// output, new jobs run, and the database passes `integrity_check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_work_and_recovers_by_itself() {
+    let Some(disk) = Tmpfs::mount(20) else { return };
+    let server = Server::start_with(ServerOptions {
+        data_dir: Some(disk.path.clone()),
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let scripts = scripts();
+    let (_, key) = api.agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&api).await;
+
+    let (status, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "big"}, "target": {"agents": [agent_id]}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+
+    let why = readyz(&api, StatusCode::SERVICE_UNAVAILABLE).await;
+    let message = why["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("database"), "{why}");
+    let (status, refused) = api
+        .job(json!({"command": "ping", "target": {"all": true}}), None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    let (status, _) = api.get(&format!("/api/jobs/{job_id}")).await;
+    assert_eq!(status, StatusCode::OK, "reads go on");
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(&server.admin_key)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("outpost_store_writable 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("store"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    disk.resize(512);
+    let done = api.wait_job(&job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let run = &done["runs"][0];
+    assert_eq!(run["stdout_bytes"], BIG, "{run}");
+    let run_id = run["run_id"].as_str().expect("run id");
+    let (status, output) = api.output(&job_id, run_id, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(output.len() as u64, BIG);
+    assert!(output.iter().all(|b| *b == b'x'));
+
+    readyz(&api, StatusCode::OK).await;
+    let (status, ping) = api
+        .job(
+            json!({"command": "ping", "target": {"all": true}}),
+            Some(30),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ping}");
+    assert_eq!(ping["status"], "succeeded", "{ping}");
+    drop(agent);
+    drop(server);
+    assert_eq!(integrity(&disk.path).await, ["ok"]);
+}
+
+/// `kill -9` of the server while its disk is full loses nothing that was acknowledged: once
+/// space returns and the server restarts, the agent resends what was never committed and the
+/// run completes with all of its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_its_disk_is_full_loses_nothing() {
+    let Some(disk) = Tmpfs::mount(20) else { return };
+    let mut server = Server::start_with(ServerOptions {
+        data_dir: Some(disk.path.clone()),
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let scripts = scripts();
+    let (_, key) = api.agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&api).await;
+    let (status, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "big"}, "target": {"agents": [agent_id]}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    readyz(&api, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    server.kill9();
+    disk.resize(512);
+    server.restart().await;
+    let api = server.api();
+    let done = api.wait_job(&job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["runs"][0]["stdout_bytes"], BIG, "{done}");
+    drop(agent);
+    drop(server);
+    assert_eq!(integrity(&disk.path).await, ["ok"]);
+}
