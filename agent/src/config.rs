@@ -44,6 +44,17 @@ fn info_filter() -> Targets {
     Targets::new().with_default(tracing::Level::INFO)
 }
 
+/// How the agent contains its runs (see [`crate::contain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainMode {
+    /// A cgroup per run where the agent may create one, else process mode.
+    Auto,
+    /// A cgroup per run; the agent refuses to start where it cannot create one.
+    Cgroup,
+    /// Process groups, a parent-death signal and a subreaper, never cgroups.
+    Process,
+}
+
 /// `outpost-agent` configuration.
 #[derive(Clone, Parser)]
 #[command(
@@ -100,6 +111,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// How runs are contained: a cgroup per run where one can be created, else process groups
+    /// (auto); cgroups or refuse to start (cgroup); never cgroups (process).
+    #[arg(long, env = "OUTPOST_CONTAINMENT", value_enum, default_value = "auto")]
+    pub containment: ContainMode,
+
     /// The signed release this binary was installed as, set by outpost-supervisor after it
     /// verified the file; reported as the agent's version instead of the build's.
     #[arg(long, env = "OUTPOST_RELEASE_VERSION", hide = true)]
@@ -153,6 +169,7 @@ impl std::fmt::Debug for Config {
             .field("ca_cert", &self.ca_cert)
             .field("log_format", &self.log_format)
             .field("release_version", &self.release_version)
+            .field("containment", &self.containment)
             .finish()
     }
 }
