@@ -72,7 +72,8 @@ pub struct Agent {
 impl Agent {
     /// Sets up the state directory, the agent id, containment (which first kills what a
     /// previous agent process left running), the journal and the manifest.
-    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+    pub fn new(mut config: Config) -> anyhow::Result<Arc<Self>> {
+        config.load_key()?;
         let state_dir = config.state_dir();
         create_private_dir(&state_dir)?;
         let spool_dir = state_dir.join("spool");
