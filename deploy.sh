@@ -176,14 +176,26 @@ install_binary() {
 
 # PIDs of processes running one of the given executables (matched on the path in
 # /proc/PID/exe, so another installation or an unrelated process is never touched; a binary
-# replaced by an update shows as "PATH (deleted)").
+# replaced by an update shows as "PATH (deleted)"). The supervisor and the agent make
+# themselves non-dumpable, which hides their exe link from other processes of their user
+# (root still sees it): for those, the first word of their command line, the path they were
+# started by, is matched instead.
 pids_of() {
-  local path match=()
+  local path file arg0 match=()
   for path in "$@"; do
     match+=(-o -lname "$path" -o -lname "$path (deleted)")
   done
-  { find /proc -mindepth 2 -maxdepth 2 -name exe \( "${match[@]:1}" \) -print 2>/dev/null || true; } |
-    sed -n 's|^/proc/\([0-9][0-9]*\)/exe$|\1|p'
+  {
+    find /proc -mindepth 2 -maxdepth 2 -name exe \( "${match[@]:1}" \) -print 2>/dev/null || true
+    for file in /proc/[0-9]*/cmdline; do
+      IFS= read -r -d '' arg0 2>/dev/null <"$file" || continue
+      for path in "$@"; do
+        if [[ $arg0 == "$path" ]]; then
+          echo "${file%/cmdline}/exe"
+        fi
+      done
+    done
+  } | sed -n 's|^/proc/\([0-9][0-9]*\)/exe$|\1|p' | sort -u
 }
 install_pids() { pids_of "$supervisor" "$bin/outpost-agent"; }
 supervisor_pids() { pids_of "$supervisor"; }
@@ -223,6 +235,9 @@ After=network-online.target
 
 [Service]
 ExecStart=$supervisor --env-file $conf
+# The agent gives each script run a cgroup of its own below this unit's, and kills it whole
+# when the run ends: systemd hands the subtree over.
+Delegate=yes
 # The supervisor forwards SIGTERM to the agent and kills it after 10 s.
 KillMode=mixed
 TimeoutStopSec=30

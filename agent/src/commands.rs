@@ -141,7 +141,11 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
         timeout: Duration::from_secs(u64::from(timeout_s)),
         max_output,
     };
-    match exec::run(spec, spool, cancel, || agent.activity.notify_one()).await {
+    match exec::run(spec, agent.containment(), spool, cancel, || {
+        agent.activity.notify_one()
+    })
+    .await
+    {
         Ok(record) => {
             let success = record.exit_code == Some(0) && !record.timed_out && !record.cancelled;
             let error = if success {

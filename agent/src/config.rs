@@ -1,7 +1,8 @@
 //! Agent configuration: flags, each mirrored by an `OUTPOST_*` environment variable (SPEC §3).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, bail};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use tracing_subscriber::filter::Targets;
@@ -44,6 +45,70 @@ fn info_filter() -> Targets {
     Targets::new().with_default(tracing::Level::INFO)
 }
 
+/// How the agent contains its runs (see [`crate::contain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainMode {
+    /// A cgroup per run where the agent may create one, else process mode.
+    Auto,
+    /// A cgroup per run; the agent refuses to start where it cannot create one.
+    Cgroup,
+    /// Process groups, a parent-death signal and a subreaper, never cgroups.
+    Process,
+}
+
+/// Longest key file read; keys are under 100 bytes.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Reads an agent key from `path` (`-`: standard input): one line of visible ASCII, trailing
+/// whitespace ignored. Returns the key and, for a file other users may read, a warning to
+/// log: such a file is accepted (mounted secrets are often 0644), since refusing it would stop
+/// an agent that works.
+pub fn read_key_file(path: &Path) -> anyhow::Result<(String, Option<String>)> {
+    use std::io::Read;
+    let shown = path.display();
+    let mut text = Vec::new();
+    let mut warning = None;
+    if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_KEY_FILE + 1)
+            .read_to_end(&mut text)
+            .context("reading the agent key from standard input")?;
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening the agent key file {shown}"))?;
+        let mode = file.metadata().map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            warning = Some(format!(
+                "the agent key file {shown} (mode {:o}) can be read by other users; chmod 600 it",
+                mode & 0o777
+            ));
+        }
+        file.take(MAX_KEY_FILE + 1)
+            .read_to_end(&mut text)
+            .with_context(|| format!("reading the agent key file {shown}"))?;
+    }
+    if text.len() as u64 > MAX_KEY_FILE {
+        bail!(
+            "the agent key file {shown} is larger than {MAX_KEY_FILE} bytes: it must hold only the key"
+        );
+    }
+    let key = std::str::from_utf8(&text)
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    match key {
+        None => bail!("the agent key file {shown} is empty or not text"),
+        Some(key) if !key.bytes().all(|b| b.is_ascii_graphic()) => bail!(
+            "the agent key file {shown} must hold only the key (one line, no spaces or `KEY=` prefix)"
+        ),
+        Some(key) if key.contains('=') => {
+            bail!("the agent key file {shown} must hold only the key, not a KEY=value line")
+        }
+        Some(key) => Ok((key.to_owned(), warning)),
+    }
+}
+
 /// `outpost-agent` configuration.
 #[derive(Clone, Parser)]
 #[command(
@@ -56,9 +121,20 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_SERVER_URL")]
     pub server_url: String,
 
-    /// Agent key (opa_…).
-    #[arg(long, env = "OUTPOST_API_KEY", hide_env_values = true)]
-    pub api_key: String,
+    /// Agent key (opa_…). Prefer --api-key-file: a key in the environment is visible to root
+    /// in /proc and to `docker inspect`.
+    #[arg(
+        long,
+        env = "OUTPOST_API_KEY",
+        hide_env_values = true,
+        required_unless_present = "api_key_file",
+        conflicts_with = "api_key_file"
+    )]
+    pub api_key: Option<String>,
+
+    /// File holding the agent key (mode 0600), or `-` for standard input.
+    #[arg(long, env = "OUTPOST_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
 
     /// Script manifest (default: script_manifest.json in the state directory).
     #[arg(long, env = "OUTPOST_MANIFEST")]
@@ -100,6 +176,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// How runs are contained: a cgroup per run where one can be created, else process groups
+    /// (auto); cgroups or refuse to start (cgroup); never cgroups (process).
+    #[arg(long, env = "OUTPOST_CONTAINMENT", value_enum, default_value = "auto")]
+    pub containment: ContainMode,
+
     /// The signed release this binary was installed as, set by outpost-supervisor after it
     /// verified the file; reported as the agent's version instead of the build's.
     #[arg(long, env = "OUTPOST_RELEASE_VERSION", hide = true)]
@@ -127,6 +208,28 @@ impl Config {
             .to_owned()
     }
 
+    /// Reads the key from `--api-key-file` when it was given that way. Call once at start.
+    pub fn load_key(&mut self) -> anyhow::Result<()> {
+        if self.api_key.is_none()
+            && let Some(path) = &self.api_key_file
+        {
+            let (key, warning) = read_key_file(path)?;
+            if let Some(warning) = warning {
+                tracing::warn!("{warning}");
+            }
+            self.api_key = Some(key);
+        }
+        if self.key().is_empty() {
+            bail!("no agent key: set OUTPOST_API_KEY_FILE (or OUTPOST_API_KEY)");
+        }
+        Ok(())
+    }
+
+    /// The agent key (empty until [`load_key`](Self::load_key) read it from a file).
+    pub fn key(&self) -> &str {
+        self.api_key.as_deref().unwrap_or_default()
+    }
+
     /// Tags with blanks removed.
     pub fn clean_tags(&self) -> Vec<String> {
         self.tags
@@ -142,7 +245,8 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("server_url", &self.server_url)
-            .field("api_key", &"<set>")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("api_key_file", &self.api_key_file)
             .field("manifest", &self.manifest)
             .field("state_dir", &self.state_dir)
             .field("tags", &self.tags)
@@ -153,6 +257,7 @@ impl std::fmt::Debug for Config {
             .field("ca_cert", &self.ca_cert)
             .field("log_format", &self.log_format)
             .field("release_version", &self.release_version)
+            .field("containment", &self.containment)
             .finish()
     }
 }
@@ -161,7 +266,38 @@ impl std::fmt::Debug for Config {
 mod tests {
     use tracing::Level;
 
-    use super::parse_log_filter;
+    use super::{parse_log_filter, read_key_file};
+
+    #[test]
+    fn key_files_hold_only_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            path
+        };
+        let (key, warning) =
+            read_key_file(&file("ok", "opa_abc123\n", 0o600)).expect("a key and a newline");
+        assert_eq!((key.as_str(), warning), ("opa_abc123", None));
+        let (_, warning) = read_key_file(&file("open", "opa_abc123", 0o644)).expect("accepted");
+        assert!(warning.is_some_and(|w| w.contains("chmod 600")));
+        for (name, text, why) in [
+            ("empty", "\n", "empty"),
+            ("line", "OUTPOST_API_KEY=opa_abc123\n", "KEY=value"),
+            ("two", "opa_abc\nopa_def\n", "only the key"),
+        ] {
+            let err = read_key_file(&file(name, text, 0o600)).expect_err(name);
+            let err = format!("{err:#}");
+            assert!(err.contains(why) && err.contains(name), "{name}: {err}");
+        }
+        let big = "x".repeat(5000);
+        let err = read_key_file(&file("big", &big, 0o600)).expect_err("too large");
+        assert!(format!("{err:#}").contains("larger than"));
+        let err = read_key_file(&dir.path().join("missing")).expect_err("missing");
+        assert!(format!("{err:#}").contains("missing"));
+    }
 
     #[test]
     fn log_filters_take_a_level_and_levels_per_target() {

@@ -4,32 +4,34 @@
 //! The script is executed directly (shebang or binary), never through a shell, with the
 //! manifest's fixed arguments only. Its environment is built from nothing: `PATH`, `HOME`,
 //! `LANG` and `TZ` from the agent, the request's parameters as `OUTPOST_PARAM_*`, and
-//! `OUTPOST_RUN_ID`.
+//! `OUTPOST_RUN_ID`. Neither the agent key nor any other agent setting reaches it.
 //!
-//! The script leads a new process group. On timeout or cancel the whole group gets SIGTERM
-//! and, 5 s later, SIGKILL. When the script itself exits, whatever it left running in its group
-//! is killed too, so a grandchild holding the output pipes cannot keep the run open and no
-//! orphan outlives the run. (A descendant that deliberately leaves the group with `setsid`
-//! escapes this; reading its output stops 5 s after the script exits.)
-
+//! The script leads a new process group, inside the run's box ([`crate::contain`]): its own
+//! cgroup where the agent can create one, and a parent-death signal either way. On timeout or
+//! cancel the whole run gets SIGTERM and, 5 s later, SIGKILL. When the script itself exits,
+//! whatever it left running is killed at once (the whole cgroup; without one, its group and
+//! the orphans the agent adopted from it), so a grandchild holding the output pipes cannot
+//! keep the run open and nothing outlives the run. Reading output stops at the latest 5 s after
+//! the script exits, for a descendant that escaped containment and still holds a pipe.
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use std::sync::Arc;
+
 use outpost_protocol::{CommandId, OutputStream, limits::MAX_OUTPUT_CHUNK};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::contain::Containment;
 use crate::spool::SpoolWriter;
 
 /// Grace between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How long output is still read after the script exited (for descendants outside its group).
+/// How long output is still read after the script exited (for descendants that escaped).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 /// What to run.
@@ -85,16 +87,21 @@ fn base_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Runs the script to the end, writing its output to `spool` and calling `on_output` after
-/// each chunk.
+/// Runs the script to the end, in a box of `contain`, writing its output to `spool` and
+/// calling `on_output` after each chunk.
 pub async fn run(
     spec: RunSpec,
+    contain: &Arc<Containment>,
     mut spool: SpoolWriter,
     cancel: CancellationToken,
     on_output: impl Fn(),
 ) -> Result<ExitRecord, SpawnError> {
     let started = Instant::now();
-    let mut child = Command::new(&spec.program)
+    let mut cell = contain
+        .prepare(spec.id)
+        .map_err(|e| SpawnError(format!("cannot create the run's cgroup: {e}")))?;
+    let mut command = Command::new(&spec.program);
+    command
         .args(&spec.args)
         .env_clear()
         .envs(base_env())
@@ -105,13 +112,17 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| SpawnError(format!("cannot start {}: {e}", spec.program.display())))?;
-    let pgid = child
-        .id()
-        .map(|id| Pid::from_raw(id as i32))
-        .ok_or_else(|| SpawnError("the script exited before it could be tracked".into()))?;
+        .kill_on_drop(true);
+    let mut child = cell.spawn(command).await.map_err(|e| {
+        let place = cell
+            .cgroup()
+            .map(|dir| format!(" in the cgroup {}", dir.display()))
+            .unwrap_or_default();
+        SpawnError(format!(
+            "cannot start {}{place}: {e}",
+            spec.program.display()
+        ))
+    })?;
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(SpawnError("the script's output pipes are missing".into()));
     };
@@ -142,31 +153,32 @@ pub async fn run(
             },
             exit = child.wait(), if status.is_none() => {
                 status = Some(exit);
-                // Whatever the script left running in its group goes with it.
-                let _ = killpg(pgid, Signal::SIGKILL);
+                // Whatever the script left running goes with it.
+                cell.kill();
                 drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
             () = &mut deadline, if status.is_none() && kill_at.is_none() => {
                 record.timed_out = true;
-                let _ = killpg(pgid, Signal::SIGTERM);
+                cell.terminate();
                 kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
             }
             () = cancel.cancelled(), if status.is_none() && kill_at.is_none() => {
                 record.cancelled = true;
-                let _ = killpg(pgid, Signal::SIGTERM);
+                cell.terminate();
                 kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or_else(far)), if status.is_none() && kill_at.is_some() => {
-                let _ = killpg(pgid, Signal::SIGKILL);
+                cell.kill();
                 kill_at = Some(far());
             }
             () = tokio::time::sleep_until(drain_until.unwrap_or_else(far)), if drain_until.is_some() => {
-                // A descendant outside the group still holds a pipe; stop waiting for it.
+                // A descendant that escaped still holds a pipe; stop waiting for it.
                 break;
             }
         }
     }
     record.duration_ms = started.elapsed().as_millis() as u64;
+    cell.finish().await;
     match status {
         Some(Ok(status)) => {
             record.exit_code = status.code();

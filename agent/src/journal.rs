@@ -59,23 +59,7 @@ impl Journal {
     /// interrupted. Returns the journal and how many commands were interrupted.
     pub fn open(dir: &Path) -> std::io::Result<(Self, usize)> {
         let path = dir.join("journal.jsonl");
-        let mut entries = HashMap::new();
-        let mut acked = VecDeque::new();
-        if let Ok(file) = File::open(&path) {
-            for (n, line) in BufReader::new(file).lines().enumerate() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<Record>(&line) {
-                    Ok(record) => apply(&mut entries, &mut acked, record),
-                    // A torn last line from a crash mid-write: everything before it stands.
-                    Err(err) => {
-                        tracing::warn!(line = n + 1, error = %err, "skipping unreadable journal record")
-                    }
-                }
-            }
-        }
+        let (mut entries, acked) = load(&path)?;
         let mut interrupted = 0;
         for (id, entry) in entries.iter_mut() {
             if *entry == Entry::Accepted {
@@ -154,6 +138,44 @@ impl Journal {
     }
 }
 
+/// Commands the journal in `dir` shows as accepted and never answered: what was running when
+/// the agent that wrote it stopped. Reads without changing anything (the supervisor calls it
+/// while no agent runs); an unreadable journal gives none.
+pub fn unanswered(dir: &Path) -> Vec<CommandId> {
+    let Ok((entries, _)) = load(&dir.join("journal.jsonl")) else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter(|(_, e)| *e == Entry::Accepted)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+type Loaded = (HashMap<CommandId, Entry>, VecDeque<CommandId>);
+
+/// Reads the journal file (none: empty).
+fn load(path: &Path) -> std::io::Result<Loaded> {
+    let mut entries = HashMap::new();
+    let mut acked = VecDeque::new();
+    if let Ok(file) = File::open(path) {
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Record>(&line) {
+                Ok(record) => apply(&mut entries, &mut acked, record),
+                // A torn last line from a crash mid-write: everything before it stands.
+                Err(err) => {
+                    tracing::warn!(line = n + 1, error = %err, "skipping unreadable journal record")
+                }
+            }
+        }
+    }
+    Ok((entries, acked))
+}
+
 fn apply(entries: &mut HashMap<CommandId, Entry>, acked: &mut VecDeque<CommandId>, record: Record) {
     match record {
         Record::Accepted(id) => {
@@ -230,8 +252,16 @@ mod tests {
                 .expect("answer");
             j.acked(done).expect("ack");
         }
+        // What the supervisor and the next agent kill before the journal is reopened.
+        assert_eq!(unanswered(dir.path()), vec![running]);
+        assert_eq!(
+            unanswered(dir.path()),
+            vec![running],
+            "reading changed nothing"
+        );
         let (j, interrupted) = Journal::open(dir.path()).expect("reopen");
         assert_eq!(interrupted, 1);
+        assert_eq!(unanswered(dir.path()), Vec::<CommandId>::new());
         match j.get(&running) {
             Some(Entry::Answered(r)) => {
                 assert!(!r.success);

@@ -2,7 +2,8 @@
 //!
 //! Reading order: [`config`], [`journal`] and [`spool`] (what makes delivery exactly-once and
 //! lossless), [`session`] (one connection, over a WebSocket or [`http`] long-poll), [`commands`] (what each command does),
-//! [`manifest`] and [`exec`] (script runs), [`watch`] (noticing a new manifest), [`host`].
+//! [`manifest`], [`exec`] and [`contain`] (script runs, and what keeps them from outliving their
+//! run or the agent), [`watch`] (noticing a new manifest), [`host`].
 //!
 //! The agent owns one [`Agent`] value for its whole life. Connections come and go; the
 //! journal, the output spools and the running commands outlive them. Nothing a command
@@ -13,6 +14,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod contain;
 pub mod exec;
 pub mod host;
 pub mod http;
@@ -35,6 +37,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use contain::Containment;
 use host::Host;
 use journal::{Entry, Journal};
 use manifest::Manifest;
@@ -51,6 +54,8 @@ pub struct Agent {
     manifest: RwLock<Arc<Manifest>>,
     journal: Mutex<Journal>,
     host: Mutex<Host>,
+    /// What runs scripts in boxes that nothing escapes.
+    contain: Arc<Containment>,
     /// Cancel handles of running commands.
     running: Mutex<HashMap<CommandId, CancellationToken>>,
     /// Address of the current (or last) connection, as the agent sees it.
@@ -65,13 +70,22 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Sets up the state directory, the agent id, the journal and the manifest.
-    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+    /// Sets up the state directory, the agent id, containment (which first kills what a
+    /// previous agent process left running), the journal and the manifest.
+    pub fn new(mut config: Config) -> anyhow::Result<Arc<Self>> {
+        config.load_key()?;
         let state_dir = config.state_dir();
         create_private_dir(&state_dir)?;
         let spool_dir = state_dir.join("spool");
         create_private_dir(&spool_dir)?;
         let agent_id = load_or_create_id(&state_dir)?;
+        // Before the journal turns the runs a previous agent left into `interrupted` answers:
+        // once the server hears that, a retry may start, and the old script must be gone.
+        let contain = Arc::new(Containment::start(
+            config.containment,
+            &state_dir,
+            &agent_id.to_string(),
+        )?);
         let (journal, interrupted) = Journal::open(&state_dir)
             .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
         if interrupted > 0 {
@@ -102,6 +116,7 @@ impl Agent {
             manifest_path,
             manifest: RwLock::new(Arc::new(manifest)),
             journal: Mutex::new(journal),
+            contain,
             running: Mutex::new(HashMap::new()),
             ip: Mutex::new(String::new()),
             activity: Notify::new(),
@@ -157,7 +172,13 @@ impl Agent {
         info["supervised"] = json!(self.config.supervised);
         info["state_dir"] = json!(self.state_dir.display().to_string());
         info["manifest"] = json!(self.manifest_path.display().to_string());
+        info["containment"] = self.contain.describe();
         info
+    }
+
+    /// How runs are contained.
+    pub fn containment(&self) -> &Arc<Containment> {
+        &self.contain
     }
 
     /// Records the local address of a new connection.
@@ -350,10 +371,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let agent = Agent::new(config)?;
     tracing::info!(agent_id = %agent.agent_id, server = %agent.config.server_url, "agent starting");
     tokio::spawn(watch_manifest(agent.clone(), shutdown.clone()));
+    tokio::spawn(agent.contain.clone().reap_orphans());
     let connector = session::Connector::new(agent.clone())?;
-    let code = connector.run(shutdown).await?;
-    // Running scripts end with the agent (their process groups are killed on drop).
-    Ok(code)
+    let code = connector.run(shutdown).await;
+    // Running scripts end with the agent; their runs are reported `interrupted` by the next.
+    agent.contain.shutdown();
+    code
 }
 
 /// Reloads the manifest when its file changes (see [`watch`]) or on SIGHUP.

@@ -9,6 +9,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
+    // First: no other process of this user (a script) may read the key out of this one.
+    if let Err(err) = outpost_agent::contain::make_undumpable() {
+        eprintln!("outpost-agent: {err}");
+    }
     let config = Config::parse();
     let filter = outpost_agent::config::log_filter("outpost-agent");
     let logs = tracing_subscriber::fmt()

@@ -95,7 +95,7 @@ impl Connector {
         let http = crate::http::Endpoint::new(
             client,
             &agent.config.server_url,
-            &agent.config.api_key,
+            agent.config.key(),
             Duration::from_secs(agent.config.http_poll_interval.max(1)),
         )?;
         let ws_retry = Duration::from_secs(agent.config.ws_retry_interval.max(1));
@@ -276,7 +276,7 @@ impl Connector {
             .as_str()
             .into_client_request()
             .map_err(|e| Ended::ConnectFailed(e.into()))?;
-        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.agent.config.api_key))
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.agent.config.key()))
             .map_err(|_| {
                 Ended::Unauthorized("the agent key has characters not allowed in a header".into())
             })?;

@@ -56,3 +56,64 @@ fn a_missing_ca_file_is_fatal_and_explained() {
     assert_eq!(out.status.code(), Some(99));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.pem"));
 }
+
+#[test]
+fn the_key_comes_from_one_place_and_a_bad_key_file_is_fatal_and_explained() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key_file = dir.path().join("key");
+    let run = |envs: &[(&str, &std::path::Path)], stdin: &str| {
+        use std::io::Write;
+        let mut child = agent()
+            .env("OUTPOST_SERVER_URL", "ftp://example")
+            .env("OUTPOST_STATE_DIR", dir.path().join("state"))
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        let mut input = child.stdin.take().expect("stdin");
+        let _ = input.write_all(stdin.as_bytes());
+        drop(input);
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let key = std::path::Path::new("opa_from-the-environment");
+
+    let (code, stderr) = run(
+        &[
+            ("OUTPOST_API_KEY", key),
+            ("OUTPOST_API_KEY_FILE", &key_file),
+        ],
+        "",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--api-key-file"), "{stderr}");
+
+    let (code, stderr) = run(&[("OUTPOST_API_KEY_FILE", &key_file)], "");
+    assert_eq!(code, Some(99), "{stderr}");
+    assert!(stderr.contains(&key_file.display().to_string()), "{stderr}");
+
+    std::fs::write(&key_file, "OUTPOST_API_KEY=opa_secret-value\n").expect("write");
+    let (code, stderr) = run(&[("OUTPOST_API_KEY_FILE", &key_file)], "");
+    assert_eq!(code, Some(99), "{stderr}");
+    assert!(stderr.contains("KEY=value"), "{stderr}");
+    assert!(
+        !stderr.contains("opa_secret-value"),
+        "the key must never be logged"
+    );
+
+    // Read whole from a file or standard input: the agent goes on to the next check.
+    std::fs::write(&key_file, "opa_secret-value\n").expect("write");
+    for (file, stdin) in [
+        (key_file.as_path(), ""),
+        (std::path::Path::new("-"), "opa_secret-value\n"),
+    ] {
+        let (code, stderr) = run(&[("OUTPOST_API_KEY_FILE", file)], stdin);
+        assert_eq!(code, Some(99), "{stderr}");
+        assert!(stderr.contains("ftp://"), "{stderr}");
+    }
+}

@@ -188,6 +188,16 @@ impl Running {
         }
     }
 
+    /// Writes the agent key to the child's standard input and closes it. The key is far
+    /// smaller than a pipe's buffer, so this never blocks; a child that exited already is
+    /// not an error here (its exit is).
+    pub fn send_key(&mut self, key: &str) {
+        use std::io::Write;
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(format!("{key}\n").as_bytes());
+        }
+    }
+
     /// Copies the child's stdout and stderr into `log`, line by line, on two threads, which
     /// [`wait`](Self::wait) lets finish.
     pub fn pipe_output(&mut self, log: &Log) {
@@ -218,21 +228,32 @@ impl Running {
     }
 }
 
-/// Builds the command that runs the agent.
+/// Builds the command that runs the agent. With a key, the agent is told to read it from its
+/// standard input (`OUTPOST_API_KEY_FILE=-`), which [`Running::send_key`] fills: the key
+/// never sits in the agent's environment, where `/proc/<pid>/environ` would show it to root
+/// (the agent is non-dumpable, which keeps other users' and its scripts' reads out).
 pub fn agent_command(
     bin: &Path,
     args: &[OsString],
     env: &[(String, String)],
     release_version: Option<&str>,
+    with_key: bool,
 ) -> Command {
     let mut command = Command::new(bin);
     command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("OUTPOST_API_KEY")
+        .env_remove("OUTPOST_API_KEY_FILE")
         .env("OUTPOST_SUPERVISED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if with_key {
+        command
+            .env("OUTPOST_API_KEY_FILE", "-")
+            .stdin(Stdio::piped());
+    }
     match release_version {
         Some(version) => command.env("OUTPOST_RELEASE_VERSION", version),
         None => command.env_remove("OUTPOST_RELEASE_VERSION"),

@@ -116,8 +116,11 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `OUTPOST_SERVER_URL`.
     pub server_url: Option<String>,
-    /// `OUTPOST_API_KEY` (the agent key; used to read release metadata).
+    /// The agent key, from `OUTPOST_API_KEY` or the file `OUTPOST_API_KEY_FILE` names: used to
+    /// read release metadata, and handed to the agent on its standard input.
     pub api_key: Option<String>,
+    /// A warning about the key file (readable by other users), logged once logging is set up.
+    pub key_warning: Option<String>,
     /// `OUTPOST_CA_CERT`.
     pub ca_cert: Option<PathBuf>,
     /// `OUTPOST_RELEASE_PUBKEY`: the pinned release key, base64. Without it updates are refused.
@@ -184,9 +187,26 @@ impl Settings {
         // An absolute path, so a changed working directory never changes what runs.
         let agent_bin = std::path::absolute(&agent_bin)
             .with_context(|| format!("resolving {}", agent_bin.display()))?;
+        // The key reaches the agent on a pipe, never in its environment (see child.rs).
+        let (api_key, key_warning) = match (get("OUTPOST_API_KEY"), get("OUTPOST_API_KEY_FILE")) {
+            (Some(_), Some(_)) => {
+                bail!("OUTPOST_API_KEY and OUTPOST_API_KEY_FILE are both set: keep one")
+            }
+            (Some(key), None) => (Some(key), None),
+            (None, Some(path)) => {
+                let (key, warning) = outpost_agent::config::read_key_file(Path::new(&path))?;
+                (Some(key), warning)
+            }
+            (None, None) => (None, None),
+        };
         let mut agent_env: Vec<(String, String)> =
             file.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        agent_env.retain(|(k, _)| k != "OUTPOST_STATE_DIR");
+        agent_env.retain(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "OUTPOST_STATE_DIR" | "OUTPOST_API_KEY" | "OUTPOST_API_KEY_FILE"
+            )
+        });
         agent_env.push(("OUTPOST_STATE_DIR".into(), state_dir.display().to_string()));
         let ms = Duration::from_millis;
         Ok(Self {
@@ -194,7 +214,8 @@ impl Settings {
             agent_args: cli.agent_args,
             state_dir,
             server_url: get("OUTPOST_SERVER_URL"),
-            api_key: get("OUTPOST_API_KEY"),
+            api_key,
+            key_warning,
             ca_cert: get("OUTPOST_CA_CERT").map(PathBuf::from),
             release_pubkey: get("OUTPOST_RELEASE_PUBKEY"),
             json_logs: get("OUTPOST_LOG_FORMAT").is_some_and(|f| f == "json"),
@@ -275,6 +296,51 @@ mod tests {
         assert_eq!(vars["OUTPOST_SERVER_URL"], "https://h:1/x?a=b");
         assert_eq!(vars["OUTPOST_TAGS"], "\"a b\"");
         assert_eq!(vars["K_2"], "$HOME");
+    }
+
+    fn resolve_with(env_file: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agent.env");
+        std::fs::write(&path, env_file).expect("write");
+        let cli = Cli::parse_from([
+            "outpost-supervisor",
+            "--env-file",
+            path.to_str().expect("utf-8"),
+            "--state-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--agent-bin",
+            "/bin/true",
+        ]);
+        Settings::resolve(cli)
+    }
+
+    #[test]
+    fn the_key_is_kept_for_the_agent_s_stdin_not_its_environment() {
+        let settings = resolve_with("OUTPOST_API_KEY=opa_from-file\nOUTPOST_TAGS=a\n").expect("ok");
+        assert_eq!(settings.api_key.as_deref(), Some("opa_from-file"));
+        let names: Vec<&str> = settings.agent_env.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"OUTPOST_TAGS"), "{names:?}");
+        assert!(!names.contains(&"OUTPOST_API_KEY"), "{names:?}");
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "opa_in-a-key-file\n").expect("write");
+        let settings =
+            resolve_with(&format!("OUTPOST_API_KEY_FILE={}\n", key.display())).expect("ok");
+        assert_eq!(settings.api_key.as_deref(), Some("opa_in-a-key-file"));
+        assert!(
+            settings
+                .agent_env
+                .iter()
+                .all(|(k, _)| k != "OUTPOST_API_KEY_FILE")
+        );
+
+        let both = format!(
+            "OUTPOST_API_KEY=opa_x\nOUTPOST_API_KEY_FILE={}\n",
+            key.display()
+        );
+        let err = resolve_with(&both).expect_err("both refused").to_string();
+        assert!(err.contains("keep one"), "{err}");
     }
 
     #[test]

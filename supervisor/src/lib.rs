@@ -12,7 +12,13 @@
 //! A freshly installed version is on probation for 30 s after each start: if it exits
 //! non-zero within that window three times in a row, the previous binary is put back and the
 //! rollback reported. SIGTERM or SIGINT to the supervisor is passed on as SIGTERM, followed by
-//! SIGKILL after 10 s; SIGHUP is passed on as is (the agent reloads its manifest).
+//! SIGKILL after 10 s; SIGHUP is passed on as is (the agent reloads its manifest). Whenever the
+//! agent exits, whatever it left running (the scripts of a killed agent, their cgroups) is
+//! killed at once ([`outpost_agent::contain::clean_up_after`]).
+//!
+//! The supervisor holds the agent key (to read release metadata) and gives it to each agent
+//! on a pipe, never in the agent's environment; like the agent, it makes itself non-dumpable
+//! first thing, so scripts (the same user) cannot read the key out of either process.
 //!
 //! Reading order: [`config`], [`child`] (spawning and reaping), [`update`] (download, verify,
 //! swap), [`logs`].
@@ -147,6 +153,7 @@ impl Supervisor {
                     () = shutdown.cancelled() => {
                         tracing::info!(pid = running.pid, "stopping: sending SIGTERM to the agent");
                         let exit = running.stop(self.settings.timings.kill_after).await;
+                        self.clean_up_after_agent().await;
                         tracing::info!(%exit, "agent stopped; supervisor exiting");
                         return 0;
                     }
@@ -155,6 +162,7 @@ impl Supervisor {
             };
             let uptime = started.elapsed();
             tracing::info!(%exit, uptime_ms = uptime.as_millis() as u64, "agent exited");
+            self.clean_up_after_agent().await;
             if uptime >= self.settings.timings.backoff_reset {
                 self.backoff.reset();
             }
@@ -198,6 +206,25 @@ impl Supervisor {
             if shutdown.is_cancelled() {
                 return 0;
             }
+        }
+    }
+
+    /// Kills what the agent left running (scripts of a killed or crashed agent, and their
+    /// cgroups) at once, rather than when the next agent starts: a crash loop's restart delay
+    /// grows to 5 min, and the scripts must not run on through it.
+    async fn clean_up_after_agent(&self) {
+        let state_dir = self.settings.state_dir.clone();
+        let cleaned =
+            tokio::task::spawn_blocking(move || outpost_agent::contain::clean_up_after(&state_dir))
+                .await;
+        if let Ok(left) = cleaned
+            && left != outpost_agent::contain::Leftovers::default()
+        {
+            tracing::warn!(
+                cgroups = left.cgroups,
+                processes = left.processes,
+                "killed the scripts the agent left running"
+            );
         }
     }
 
@@ -297,9 +324,13 @@ impl Supervisor {
             &self.settings.agent_args,
             &self.settings.agent_env,
             version.as_deref(),
+            self.settings.api_key.is_some(),
         );
         match self.reaper.spawn(&mut command) {
             Ok(mut running) => {
+                if let Some(key) = &self.settings.api_key {
+                    running.send_key(key);
+                }
                 running.pipe_output(&self.agent_log);
                 tracing::info!(pid = running.pid, bin = %bin.display(), version = ?version, "agent started");
                 Some(running)

@@ -8,6 +8,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
+    // First: no other process of this user (a script) may read the key out of this one.
+    let undumpable = outpost_agent::contain::make_undumpable();
     let settings = match Settings::resolve(Cli::parse()) {
         Ok(settings) => settings,
         Err(err) => {
@@ -22,6 +24,12 @@ fn main() {
         subscriber.json().finish().with(filter).init();
     } else {
         subscriber.finish().with(filter).init();
+    }
+    if let Err(err) = undumpable {
+        tracing::warn!("{err}");
+    }
+    if let Some(warning) = &settings.key_warning {
+        tracing::warn!("{warning}");
     }
     if rustls::crypto::ring::default_provider()
         .install_default()

@@ -464,6 +464,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        // What the killed agent left running (scripts, their cgroups) goes with it.
+        outpost_agent::contain::clean_up_after(&self.state_dir);
         if std::thread::panicking() {
             eprintln!("---- outpost-agent log ----\n{}", tail(&self.logs(), 100));
         }

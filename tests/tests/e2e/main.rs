@@ -4,6 +4,7 @@
 //! one binary links once.
 
 mod commands;
+mod containment;
 mod contention;
 mod deploy;
 mod disk;
