@@ -118,6 +118,7 @@ impl Manifest {
             .map(|s| ScriptInfo {
                 name: s.name.clone(),
                 description: s.description.clone(),
+                params: None,
             })
             .collect()
     }
