@@ -3,7 +3,11 @@
 //! This is the one path every command takes, whichever endpoint asked for it:
 //! REST handler -> [`submit`] (permission check, command stored) -> hub (frame out) -> agent ->
 //! connection task (result stored) -> [`crate::hub::Hub::finished`] wakes the waiter here.
+//!
+//! Secret parameters are masked and sealed before a command is stored, and unsealed only in
+//! [`frame_for`] (see [`crate::secrets`]).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use outpost_protocol::{ServerCommand, ServerFrame, commands, limits};
@@ -12,6 +16,7 @@ use serde_json::Value;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::hub::Push;
+use crate::secrets;
 use crate::store::{NewCommand, agent, agent_key, command, key_status, string_list};
 
 /// Extra time a waiting caller gives the agent beyond the command's own timeout, so a command
@@ -19,16 +24,32 @@ use crate::store::{NewCommand, agent, agent_key, command, key_status, string_lis
 const WAIT_GRACE: Duration = Duration::from_secs(2);
 
 /// What to run, as validated from a request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommandSpec {
     /// Command name.
     pub command: String,
-    /// Arguments.
+    /// Arguments, as the caller gave them (secret values in the clear: see
+    /// [`CommandSpec::sealed_data`]).
     pub data: Value,
     /// Run timeout.
     pub timeout_s: u32,
     /// Wait for an offline agent this long.
     pub ttl_s: u32,
+    /// Parameters the caller forces secret (`data.secret_params`).
+    pub secret_params: BTreeSet<String>,
+}
+
+/// Leaves parameter values out, which may be secrets.
+impl std::fmt::Debug for CommandSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSpec")
+            .field("command", &self.command)
+            .field("data", &secrets::redacted(&self.data))
+            .field("timeout_s", &self.timeout_s)
+            .field("ttl_s", &self.ttl_s)
+            .field("secret_params", &self.secret_params)
+            .finish()
+    }
 }
 
 impl CommandSpec {
@@ -63,12 +84,27 @@ impl CommandSpec {
         if !data.is_object() {
             return Err(ApiError::BadRequest("data: must be a JSON object".into()));
         }
+        let secret_params = secrets::requested(&command, &data)?;
         Ok(Self {
             command,
             data,
             timeout_s,
             ttl_s,
+            secret_params,
         })
+    }
+
+    /// The data to store for agents whose manifests mark `declared` secret (with what the
+    /// caller forced): secret values masked, and the values sealed. See [`crate::secrets`].
+    pub fn sealed_data<'a>(
+        &self,
+        state: &AppState,
+        tenant_id: &str,
+        declared: impl IntoIterator<Item = &'a str>,
+    ) -> (Value, Option<String>) {
+        let mut secret = self.secret_params.clone();
+        secret.extend(declared.into_iter().map(str::to_owned));
+        secrets::seal(&state.webhooks.master, tenant_id, &self.data, &secret)
     }
 
     /// How long a caller waits for the result.
@@ -78,13 +114,24 @@ impl CommandSpec {
 }
 
 /// The frame that carries a stored command. A `run` also tells the agent how much output the
-/// server keeps, so the agent does not spool what would be dropped.
-pub fn frame_for(model: &command::Model, max_output_bytes: u64) -> Option<ServerFrame> {
+/// server keeps, so the agent does not spool what would be dropped. Secret parameters are
+/// unsealed here, and only here: the frame is the one place their values may appear.
+pub fn frame_for(state: &AppState, model: &command::Model) -> Option<ServerFrame> {
     let mut data = model.data.clone();
+    if let Some(sealed) = &model.sealed_params
+        && let Err(why) =
+            secrets::unseal(&state.webhooks.master, &model.tenant_id, &mut data, sealed)
+    {
+        tracing::error!(command_id = %model.id, %why, "cannot open the command's secret parameters; not sending it");
+        return None;
+    }
     if model.command == commands::RUN
         && let Some(object) = data.as_object_mut()
     {
-        object.insert("max_output_bytes".into(), Value::from(max_output_bytes));
+        object.insert(
+            "max_output_bytes".into(),
+            Value::from(state.max_output_bytes),
+        );
     }
     Some(ServerFrame::Command(ServerCommand {
         command_id: model.id.parse().ok()?,
@@ -138,16 +185,22 @@ pub async fn submit(
     if !queue && !state.hub.is_online(&agent.tenant_id, agent_id) {
         return Err(offline(&agent.id));
     }
+    let declared = secrets::script_with_params(&spec.command, &spec.data)
+        .map(|script| secrets::declared(&agent.scripts, script))
+        .into_iter()
+        .flatten();
+    let (data, sealed_params) = spec.sealed_data(state, &agent.tenant_id, declared);
     let model = state
         .store
         .insert_command(NewCommand {
             tenant_id: agent.tenant_id.clone(),
             agent_id: agent.id.clone(),
             command: spec.command.clone(),
-            data: spec.data.clone(),
+            data,
             timeout_s: spec.timeout_s,
             ttl_s: spec.ttl_s,
             job_id: None,
+            sealed_params,
         })
         .await?;
     Ok(model)
@@ -155,7 +208,7 @@ pub async fn submit(
 
 /// Pushes a stored command to its agent, if connected here.
 pub fn push(state: &AppState, model: &command::Model) -> Push {
-    let frame = frame_for(model, state.max_output_bytes);
+    let frame = frame_for(state, model);
     let (Ok(agent_id), Some(frame)) = (parse_agent_id(&model.agent_id), frame) else {
         return Push::Offline;
     };

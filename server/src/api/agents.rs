@@ -134,7 +134,8 @@ pub struct UpdateAgent {
 pub struct CommandRequest {
     /// `ping`, `info`, `echo`, `run`, `restart`, `update` or `redeploy`.
     pub command: String,
-    /// Arguments, a JSON object (`{"message": …}` for echo).
+    /// Arguments, a JSON object (`{"message": …}` for echo; for run `{"script", "params",
+    /// "secret_params"?}` as in jobs).
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     /// Seconds the command may run (default 60); the call waits this long plus 2 s.

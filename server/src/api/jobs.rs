@@ -24,6 +24,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
 use crate::error::{ApiError, ErrorDetail};
+use crate::secrets;
 use crate::store::{
     AgentTarget, JobFilter, NewJob, NewRun, command, job, job_status, key_status, state,
     string_list,
@@ -55,7 +56,9 @@ pub struct Target {
 pub struct CreateJob {
     /// `run` (a manifest script), or any other command.
     pub command: String,
-    /// For `run`: `{"script": NAME, "params": {"NAME": "value"}}`.
+    /// For `run`: `{"script": NAME, "params": {"NAME": "value"}, "secret_params"?: [NAME]}`;
+    /// parameters listed in `secret_params`, or marked `secret` by a targeted agent's
+    /// manifest, are sealed at rest and shown as `********`.
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     /// The agents.
@@ -142,7 +145,8 @@ pub struct JobView {
     pub job_id: String,
     /// Command name.
     pub command: String,
-    /// Arguments.
+    /// Arguments. Secret parameter values are shown as `********` and named in
+    /// `data.secret_params`.
     #[schema(value_type = Object)]
     pub data: Value,
     /// The target as asked for.
@@ -357,6 +361,7 @@ pub async fn create(
             "webhook_url: must be an http(s) URL".into(),
         ));
     }
+    let target = serde_json::to_value(&body.target).unwrap_or(Value::Null);
     let agents = resolve(&state, &caller, &body.target).await?;
     if agents.is_empty() {
         return Err(ApiError::Unprocessable("target: no agent matches".into()));
@@ -377,11 +382,27 @@ pub async fn create(
             refused: refused.map(|why| ("forbidden".to_owned(), why)),
         });
     }
+    let (data, sealed_params) = match secrets::script_with_params(&spec.command, &spec.data) {
+        Some(script) => {
+            let candidates = state
+                .store
+                .agents_with_secret_params(&caller.tenant_id)
+                .await?;
+            let targeted: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+            let declared = candidates
+                .iter()
+                .filter(|(id, _)| targeted.contains(id.as_str()))
+                .flat_map(|(_, scripts)| secrets::declared(scripts, script));
+            spec.sealed_data(&state, &caller.tenant_id, declared)
+        }
+        None => spec.sealed_data(&state, &caller.tenant_id, []),
+    };
     let new = NewJob {
         tenant_id: caller.tenant_id.clone(),
         command: spec.command.clone(),
-        data: spec.data.clone(),
-        target: serde_json::to_value(&body.target).unwrap_or(Value::Null),
+        data,
+        sealed_params,
+        target,
         timeout_s: spec.timeout_s,
         ttl_s: spec.ttl_s,
         idempotency_key: body.idempotency_key,

@@ -153,6 +153,10 @@ pub mod command {
         pub stderr_bytes: i64,
         /// Output was over the cap and not all kept.
         pub output_truncated: bool,
+        /// The values of the secret parameters (`data.secret_params`), sealed under the master
+        /// key (`crate::secrets`); `data` holds them masked. Opened only to build the frame
+        /// that carries the command to its agent.
+        pub sealed_params: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

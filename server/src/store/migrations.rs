@@ -179,6 +179,11 @@ DROP INDEX commands_agent_state;
     r#"
 CREATE INDEX agents_hostname ON agents (tenant_id, hostname, id);
 "#,
+    // 8: the secret parameters of a run, sealed under the master key (its `data` holds them
+    // masked).
+    r#"
+ALTER TABLE commands ADD COLUMN sealed_params TEXT;
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one

@@ -118,6 +118,8 @@ pub struct NewCommand {
     pub ttl_s: u32,
     /// The job it is a run of.
     pub job_id: Option<String>,
+    /// Secret parameter values, sealed (see `crate::secrets`); `data` holds them masked.
+    pub sealed_params: Option<String>,
 }
 
 /// Changes to an agent key.
@@ -662,6 +664,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             stdout_bytes: Set(0),
             stderr_bytes: Set(0),
             output_truncated: Set(false),
+            sealed_params: Set(new.sealed_params),
         }
         .insert(&self.db)
         .await?;
@@ -878,6 +881,7 @@ pub(crate) fn pending_command(tenant_id: &str, id: &str, agent_id: &str) -> comm
         stdout_bytes: 0,
         stderr_bytes: 0,
         output_truncated: false,
+        sealed_params: None,
     }
 }
 
