@@ -32,6 +32,8 @@ use crate::store::{
 
 /// Longest `?wait=`.
 const MAX_WAIT_S: u64 = 600;
+/// Error code of a run not sent because it would downgrade its agent without `force`.
+const DOWNGRADE_REFUSED: &str = "downgrade_needs_force";
 /// Chunks fetched per page when streaming output.
 const OUTPUT_PAGE: u64 = 64;
 
@@ -58,7 +60,8 @@ pub struct CreateJob {
     pub command: String,
     /// For `run`: `{"script": NAME, "params": {"NAME": "value"}, "secret_params"?: [NAME]}`;
     /// parameters listed in `secret_params`, or marked `secret` by a targeted agent's
-    /// manifest, are sealed at rest and shown as `********`.
+    /// manifest, are sealed at rest and shown as `********`. For `update`: `{"version"?,
+    /// "force"?}`; `force` (owners only) allows a downgrade.
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     /// The agents.
@@ -335,7 +338,7 @@ async fn refusal(
         (status = 202, body = JobView, description = "Created; runs under way"),
         (status = 200, body = JobView, description = "With ?wait: every run is final"),
         (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command"),
+        (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
         (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -362,24 +365,41 @@ pub async fn create(
         ));
     }
     let target = serde_json::to_value(&body.target).unwrap_or(Value::Null);
+    dispatch::authorize(&caller, &spec, &format!("job target {target}"))?;
     let agents = resolve(&state, &caller, &body.target).await?;
     if agents.is_empty() {
         return Err(ApiError::Unprocessable("target: no agent matches".into()));
     }
+    // An update to an older version is refused, run by run, on agents it would downgrade
+    // (unless forced).
+    let versions = match (&spec.command[..], spec.update_version, spec.update_force) {
+        (commands::UPDATE, Some(_), false) => {
+            Some(state.store.agent_versions(&caller.tenant_id).await?)
+        }
+        _ => None,
+    };
+    let one_agent =
+        agents.len() == 1 && body.target.tags.is_none() && body.target.all != Some(true);
     let mut keys = HashMap::new();
     let mut runs = Vec::with_capacity(agents.len());
     for agent in &agents {
-        let refused = refusal(&state, &caller.tenant_id, agent, &spec.command, &mut keys).await?;
-        if agents.len() == 1
-            && body.target.tags.is_none()
-            && body.target.all != Some(true)
-            && let Some(why) = &refused
+        let mut refused = refusal(&state, &caller.tenant_id, agent, &spec.command, &mut keys)
+            .await?
+            .map(|why| ("forbidden", why));
+        if refused.is_none()
+            && let Some(version) = versions.as_ref().and_then(|v| v.get(&agent.id))
+            && let Some(why) = dispatch::downgrade_refusal(&agent.id, version, &spec)
         {
-            return Err(ApiError::Forbidden(why.clone()));
+            refused = Some((DOWNGRADE_REFUSED, why));
+        }
+        match refused {
+            Some(("forbidden", why)) if one_agent => return Err(ApiError::Forbidden(why)),
+            Some((_, why)) if one_agent => return Err(ApiError::BadRequest(why)),
+            _ => {}
         }
         runs.push(NewRun {
             agent_id: agent.id.clone(),
-            refused: refused.map(|why| ("forbidden".to_owned(), why)),
+            refused: refused.map(|(code, why)| (code.to_owned(), why)),
         });
     }
     let (data, sealed_params) = match secrets::script_with_params(&spec.command, &spec.data) {

@@ -250,6 +250,23 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .await?)
     }
 
+    /// The version each agent of a tenant last registered with, by agent id (for `update`
+    /// jobs, which refuse downgrades that were not forced).
+    pub async fn agent_versions(
+        &self,
+        tenant_id: &str,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let rows: Vec<(String, String)> = agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Id)
+            .column(agent::Column::Version)
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     async fn job_by_idempotency_key(
         &self,
         tenant_id: &str,
