@@ -278,6 +278,9 @@ pub mod release {
         /// The signing key's public half (base64).
         pub public_key: String,
         pub published_at: DateTimeUtc,
+        /// Ed25519 signature (base64) over `outpost_protocol::release::signed_message_v2`,
+        /// which also covers `size`; NULL for releases published before it existed.
+        pub signature_v2: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
