@@ -9,12 +9,19 @@
 //! Parameters from a request only ever become environment variables named
 //! `OUTPOST_PARAM_<NAME>`; the prefix makes names like `PATH`, `LD_PRELOAD` or `BASH_ENV`
 //! impossible by construction, and nothing from a request reaches argv or a shell.
+//!
+//! A script's `params` lists names (`"NAME"`) or entries (`{"name": "DB_PASSWORD", "secret":
+//! true}`), mixed as needed, so manifests written before entries existed keep working. The
+//! list, with each parameter's `secret` mark, is announced in `register`: the server then
+//! keeps those values sealed at rest and masked wherever a job is shown. An entry with a key
+//! other than `name` and `secret` leaves its script out, like any other broken entry: a
+//! misspelt `"secret"` must not quietly make a secret an ordinary parameter.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use outpost_protocol::ScriptInfo;
 use outpost_protocol::limits::{MAX_PARAM_NAME, MAX_PARAM_VALUE};
+use outpost_protocol::{ParamInfo, ScriptInfo};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -36,8 +43,9 @@ pub struct Script {
     pub args: Vec<String>,
     /// Default timeout, used when the command does not give one.
     pub timeout_s: Option<u32>,
-    /// Parameter names the script accepts; `None` accepts any valid name.
-    pub params: Option<Vec<String>>,
+    /// Parameters the script accepts, with their `secret` marks; `None` accepts any valid
+    /// name.
+    pub params: Option<Vec<ParamInfo>>,
 }
 
 /// A loaded manifest.
@@ -61,7 +69,9 @@ struct RawScript {
     #[serde(default)]
     args: Vec<String>,
     timeout_s: Option<u32>,
-    params: Option<Vec<String>>,
+    /// Names or `{name, secret}` entries, checked one by one in [`validate`] so that a bad
+    /// entry is reported by name.
+    params: Option<Vec<Value>>,
 }
 
 impl Manifest {
@@ -118,6 +128,7 @@ impl Manifest {
             .map(|s| ScriptInfo {
                 name: s.name.clone(),
                 description: s.description.clone(),
+                params: s.params.clone(),
             })
             .collect()
     }
@@ -136,11 +147,12 @@ impl Manifest {
 fn validate(dir: &Path, raw: RawScript) -> Result<Script, String> {
     validate_name(&raw.name)?;
     resolve(dir, &raw.path).map_err(|e| format!("script {:?}: {e}", raw.name))?;
-    if let Some(params) = &raw.params {
-        for p in params {
-            validate_param_name(p).map_err(|e| format!("script {:?}: {e}", raw.name))?;
+    let params = match &raw.params {
+        None => None,
+        Some(entries) => {
+            Some(params_of(entries).map_err(|e| format!("script {:?}: {e}", raw.name))?)
         }
-    }
+    };
     if raw.args.iter().any(|a| a.contains('\0')) {
         return Err(format!("script {:?}: an argument contains NUL", raw.name));
     }
@@ -150,8 +162,58 @@ fn validate(dir: &Path, raw: RawScript) -> Result<Script, String> {
         description: raw.description,
         args: raw.args,
         timeout_s: raw.timeout_s.filter(|t| *t > 0),
-        params: raw.params,
+        params,
     })
+}
+
+/// A script's `params`: each a name, or an entry `{"name": …, "secret": true|false}`.
+fn params_of(entries: &[Value]) -> Result<Vec<ParamInfo>, String> {
+    let mut params: Vec<ParamInfo> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let param = match entry {
+            Value::String(name) => ParamInfo {
+                name: name.clone(),
+                secret: false,
+            },
+            Value::Object(fields) => {
+                if let Some(key) = fields.keys().find(|k| *k != "name" && *k != "secret") {
+                    return Err(format!(
+                        "a parameter entry has an unknown key {:?} (entries take \"name\" and \"secret\")",
+                        truncate(key)
+                    ));
+                }
+                let Some(Value::String(name)) = fields.get("name") else {
+                    return Err("a parameter entry needs \"name\", a string".into());
+                };
+                let secret = match fields.get("secret") {
+                    None => false,
+                    Some(Value::Bool(secret)) => *secret,
+                    Some(_) => {
+                        return Err(format!(
+                            "parameter {:?}: \"secret\" must be true or false",
+                            truncate(name)
+                        ));
+                    }
+                };
+                ParamInfo {
+                    name: name.clone(),
+                    secret,
+                }
+            }
+            _ => {
+                return Err(
+                    "params must list names (\"NAME\") or entries ({\"name\": \"NAME\", \"secret\": true})"
+                        .into(),
+                );
+            }
+        };
+        validate_param_name(&param.name)?;
+        if params.iter().any(|p| p.name == param.name) {
+            return Err(format!("parameter {} is listed twice", param.name));
+        }
+        params.push(param);
+    }
+    Ok(params)
 }
 
 /// Script names: 1–128 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit, not ending
@@ -232,7 +294,7 @@ pub fn params_env(
     for (name, value) in map {
         validate_param_name(name)?;
         if let Some(allowed) = &script.params
-            && !allowed.iter().any(|a| a == name)
+            && !allowed.iter().any(|a| a.name == *name)
         {
             return Err(format!(
                 "script {:?} does not take parameter {name}; it takes: {}",
@@ -240,7 +302,11 @@ pub fn params_env(
                 if allowed.is_empty() {
                     "none".to_owned()
                 } else {
-                    allowed.join(", ")
+                    allowed
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ));
         }
@@ -346,6 +412,41 @@ mod tests {
     }
 
     #[test]
+    fn params_are_names_or_entries_marked_secret() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        script(tmp.path(), "s.sh");
+        let m = Manifest::load(&write_manifest(
+            tmp.path(),
+            json!({"scripts": [
+                {"name": "mixed", "path": "s.sh",
+                 "params": ["VERSION", {"name": "DB_PASSWORD", "secret": true}, {"name": "USER"}]},
+                {"name": "typo", "path": "s.sh", "params": [{"name": "X", "secrte": true}]},
+                {"name": "not-bool", "path": "s.sh", "params": [{"name": "X", "secret": "yes"}]},
+                {"name": "twice", "path": "s.sh", "params": ["X", {"name": "X", "secret": true}]},
+                {"name": "bad-name", "path": "s.sh", "params": [{"name": "x"}]},
+                {"name": "number", "path": "s.sh", "params": [5]},
+            ]}),
+        ))
+        .expect("load");
+        let infos = m.infos();
+        assert_eq!(
+            infos.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+            ["mixed"],
+            "every broken entry leaves its script out"
+        );
+        let params = infos[0].params.as_ref().expect("listed");
+        let secret: Vec<_> = params.iter().map(|p| (p.name.as_str(), p.secret)).collect();
+        assert_eq!(
+            secret,
+            [("VERSION", false), ("DB_PASSWORD", true), ("USER", false)]
+        );
+        let mixed = m.get("mixed").expect("mixed");
+        assert!(params_env(mixed, Some(&json!({"DB_PASSWORD": "pw", "VERSION": "1"}))).is_ok());
+        let err = params_env(mixed, Some(&json!({"OTHER": "x"}))).expect_err("not listed");
+        assert!(err.contains("VERSION, DB_PASSWORD, USER"), "{err}");
+    }
+
+    #[test]
     fn names_are_checked() {
         for good in ["hello", "a", "db-backup_2.sh", "X9"] {
             assert!(validate_name(good).is_ok(), "{good}");
@@ -413,7 +514,10 @@ mod tests {
         assert!(params_env(&s, Some(&json!({"N": "x".repeat(MAX_PARAM_VALUE)}))).is_ok());
 
         let listed = Script {
-            params: Some(vec!["NAME".into()]),
+            params: Some(vec![ParamInfo {
+                name: "NAME".into(),
+                secret: false,
+            }]),
             ..s
         };
         assert!(params_env(&listed, Some(&json!({"NAME": "x"}))).is_ok());

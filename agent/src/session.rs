@@ -335,7 +335,10 @@ async fn await_connected(socket: &mut Socket) -> anyhow::Result<Duration> {
                         c.heartbeat_interval_s.max(1),
                     )));
                 }
-                Ok(other) => tracing::debug!(?other, "frame before `connected`; ignored"),
+                // Only its type: a command's data may hold secret parameters.
+                Ok(other) => {
+                    tracing::debug!(frame = other.kind(), "frame before `connected`; ignored")
+                }
                 Err(err) => tracing::warn!(error = %err, "unreadable frame before `connected`"),
             }
         }

@@ -186,6 +186,14 @@ pub struct RunArgs {
     /// A parameter for the script, K=V (repeatable).
     #[arg(long = "param", value_name = "K=V")]
     pub params: Vec<String>,
+    /// A secret parameter, K=V (repeatable): sent like --param, then kept sealed by the
+    /// server and shown as ******** everywhere.
+    #[arg(long = "secret", value_name = "K=V")]
+    pub secrets: Vec<String>,
+    /// A secret parameter read from a file, K=PATH (repeatable; one trailing newline is
+    /// dropped), so the value stays out of shell history and `ps`.
+    #[arg(long = "secret-file", value_name = "K=PATH")]
+    pub secret_files: Vec<String>,
     /// Seconds each run may take (the server's default is 60).
     #[arg(long, value_name = "S")]
     pub timeout: Option<u32>,

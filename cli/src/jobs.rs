@@ -20,19 +20,45 @@ use crate::error::{CliError, exit};
 use crate::follow::{self, Options, Printer};
 use crate::output::{self, Cell, Table};
 
+/// `NAME=VALUE` (or `NAME=PATH`) of a flag; the flag names the error. The text of a secret
+/// flag is not repeated in its error: all of it may be the secret.
+fn name_value<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str), CliError> {
+    let (shown, form) = match flag {
+        "--param" => (format!(" {text:?}"), "NAME=VALUE"),
+        "--secret-file" => (format!(" {text:?}"), "NAME=PATH"),
+        _ => (String::new(), "NAME=VALUE"),
+    };
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| CliError::Usage(format!("{flag}{shown}: expected {form}")))?;
+    if k.is_empty() {
+        return Err(CliError::Usage(format!("{flag}{shown}: the name is empty")));
+    }
+    Ok((k, v))
+}
+
 /// `outpost run`.
 pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Result<u8, CliError> {
     let mut params = Map::new();
     for param in &args.params {
-        let (k, v) = param
-            .split_once('=')
-            .ok_or_else(|| CliError::Usage(format!("--param {param:?}: expected NAME=VALUE")))?;
-        if k.is_empty() {
-            return Err(CliError::Usage(format!(
-                "--param {param:?}: the name is empty"
-            )));
-        }
+        let (k, v) = name_value("--param", param)?;
         params.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    let mut secret_params = Vec::new();
+    for param in &args.secrets {
+        let (k, v) = name_value("--secret", param)?;
+        params.insert(k.to_owned(), Value::String(v.to_owned()));
+        secret_params.push(k.to_owned());
+    }
+    for param in &args.secret_files {
+        let (k, path) = name_value("--secret-file", param)?;
+        let mut value = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("--secret-file {k}: cannot read {path}: {e}")))?;
+        if value.ends_with('\n') {
+            value.pop();
+        }
+        params.insert(k.to_owned(), Value::String(value));
+        secret_params.push(k.to_owned());
     }
     let agents_list = client.get("/api/agents", &[]).await?;
     let (mut ids, mut tags, mut all) = (Vec::new(), Vec::new(), false);
@@ -75,6 +101,9 @@ pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Resu
         "data": {"script": args.script, "params": params},
         "target": target,
     });
+    if !secret_params.is_empty() {
+        body["data"]["secret_params"] = json!(secret_params);
+    }
     if let Some(timeout) = args.timeout {
         body["timeout_s"] = json!(timeout);
     }

@@ -404,6 +404,46 @@ async fn runs_exit_codes_and_job_history() {
     assert_eq!(job["runs"].as_array().map(Vec::len), Some(2));
     let hello_job = job["job_id"].as_str().expect("job_id").to_owned();
 
+    // Secret parameters, given or read from a file: the script gets them, the job shows them
+    // masked, and a bad flag does not echo what may be the secret.
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), "from-a-file\n").expect("write");
+    let secret = cli.json(&["run", "hello", "--on", a, "--secret", "NAME=s3cret-cli"]);
+    assert_eq!(secret["status"], "succeeded", "{secret}");
+    assert_eq!(secret["data"]["params"]["NAME"], "********", "{secret}");
+    assert_eq!(secret["data"]["secret_params"], json!(["NAME"]), "{secret}");
+    let secret_id = secret["job_id"].as_str().expect("job_id");
+    let (_, out) = api
+        .output(
+            secret_id,
+            secret["runs"][0]["run_id"].as_str().expect("run"),
+            "?stream=stdout",
+        )
+        .await;
+    assert_eq!(out, b"hello s3cret-cli\n", "the script got the value");
+    let shown = cli.run(&["jobs", "show", secret_id]).ok();
+    assert!(shown.stdout.contains("NAME=********"), "{shown:?}");
+    assert!(!shown.stdout.contains("s3cret-cli"), "{shown:?}");
+    let from_file = cli.json(&[
+        "run",
+        "hello",
+        "--on",
+        a,
+        "--secret-file",
+        &format!("NAME={}", file.path().display()),
+    ]);
+    let (_, out) = api
+        .output(
+            from_file["job_id"].as_str().expect("job_id"),
+            from_file["runs"][0]["run_id"].as_str().expect("run"),
+            "?stream=stdout",
+        )
+        .await;
+    assert_eq!(out, b"hello from-a-file\n", "{from_file}");
+    let bad = cli.run(&["run", "hello", "--on", a, "--secret", "oops-s3cret"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(!bad.stderr.contains("oops-s3cret"), "{bad:?}");
+
     // Runs without an exit code: a timeout (124) and a script the agent does not have (125).
     let slow = cli.run(&["run", "sleepy", "--on", a, "--timeout", "1"]);
     assert_eq!(slow.code, 124, "{slow:?}");

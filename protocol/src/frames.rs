@@ -46,8 +46,9 @@ pub struct Connected {
     pub timestamp: DateTime<Utc>,
 }
 
-/// Body of the `command` frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Body of the `command` frame. Its `Debug` leaves out the values of `data.params`, which may
+/// be secrets, so that logging a frame never logs them.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerCommand {
     /// Unique id; the agent never runs the same id twice.
     pub command_id: CommandId,
@@ -60,6 +61,24 @@ pub struct ServerCommand {
     pub timeout_s: u32,
     /// When the server created the command.
     pub timestamp: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ServerCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut data = self.data.clone();
+        if let Some(params) = data.get_mut("params").and_then(Value::as_object_mut) {
+            for value in params.values_mut() {
+                *value = Value::from("<redacted>");
+            }
+        }
+        f.debug_struct("ServerCommand")
+            .field("command_id", &self.command_id)
+            .field("command", &self.command)
+            .field("data", &data)
+            .field("timeout_s", &self.timeout_s)
+            .field("timestamp", &self.timestamp)
+            .finish()
+    }
 }
 
 /// A `{code, message}` pair, used by `error` frames and failed responses.
@@ -157,6 +176,22 @@ pub struct ScriptInfo {
     /// What it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The parameters the manifest lists for the script; absent when it lists none (the
+    /// script then takes any valid name). Optional and omitted when absent, so older servers
+    /// (which ignore unknown fields) and older agents (which never send it) interoperate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<ParamInfo>>,
+}
+
+/// A parameter a script takes, as its manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamInfo {
+    /// The parameter's name (`[A-Z0-9_]{1,64}`).
+    pub name: String,
+    /// The manifest marks the value secret: the server keeps it sealed at rest and shows it
+    /// masked everywhere; only the frame that carries the command to the agent holds it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// Host metrics carried by a heartbeat.
@@ -295,6 +330,17 @@ impl ServerFrame {
     /// Decodes a frame received by an agent.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         decode(text, SERVER_TYPES)
+    }
+
+    /// The frame's `type`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connected(_) => "connected",
+            Self::Command(_) => "command",
+            Self::Cancel { .. } => "cancel",
+            Self::Ack { .. } => "ack",
+            Self::Error(_) => "error",
+        }
     }
 
     /// Encodes the frame as one JSON text.

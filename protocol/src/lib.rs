@@ -18,8 +18,8 @@ pub mod poll;
 pub mod release;
 
 pub use frames::{
-    AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, RegisterData, Response,
-    ScriptInfo, ServerCommand, ServerFrame,
+    AgentFrame, Connected, DecodeError, ErrorBody, HeartbeatStatus, Output, ParamInfo,
+    RegisterData, Response, ScriptInfo, ServerCommand, ServerFrame,
 };
 pub use output::{OutputStream, decode_output_data, encode_output_data};
 

@@ -5,6 +5,16 @@
 //! must agree byte for byte on the signed message, so it is built here and nowhere else. The
 //! message binds the artifact name, version and target to the file's SHA-256: a validly signed
 //! old build cannot be replayed as a newer version, nor a supervisor build as an agent.
+//!
+//! There are two messages, and a release carries a signature over each. The first
+//! ([`signed_message`], `outpost-release-v1`) leaves out the file's size: the size follows
+//! from the hash, but only once the whole file is downloaded, so a verifier could not trust
+//! the size it was told before it had read that much. The second ([`signed_message_v2`],
+//! `outpost-release-v2`) adds the size, so a supervisor checks the metadata's signature
+//! *before* it downloads anything and then reads exactly the signed number of bytes. The v1
+//! signature stays for supervisors that only know v1 (they ignore the new field); a
+//! supervisor that knows v2 uses it whenever the release has one, and falls back to v1 only
+//! for releases published before v2 existed (see the supervisor's `update` module).
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,10 +32,28 @@ pub const SUPERVISOR: &str = "outpost-supervisor";
 /// Every artifact a release may hold.
 pub const ARTIFACTS: &[&str] = &[AGENT, SUPERVISOR];
 
-/// The exact bytes an Ed25519 release signature covers.
+/// First line of the message that also binds the file's size.
+pub const SIGNATURE_CONTEXT_V2: &str = "outpost-release-v2";
+
+/// The exact bytes a v1 Ed25519 release signature ([`Artifact::signature`]) covers.
 pub fn signed_message(name: &str, version: &Version, target: &str, sha256_hex: &str) -> String {
     format!(
         "{SIGNATURE_CONTEXT}\n{name}\n{version}\n{target}\n{}\n",
+        sha256_hex.to_ascii_lowercase()
+    )
+}
+
+/// The exact bytes a v2 release signature ([`Artifact::signature_v2`]) covers: the v1 fields
+/// and the file's size in bytes, in decimal.
+pub fn signed_message_v2(
+    name: &str,
+    version: &Version,
+    target: &str,
+    sha256_hex: &str,
+    size: u64,
+) -> String {
+    format!(
+        "{SIGNATURE_CONTEXT_V2}\n{name}\n{version}\n{target}\n{}\n{size}\n",
         sha256_hex.to_ascii_lowercase()
     )
 }
@@ -136,6 +164,11 @@ pub struct Artifact {
     pub size: u64,
     /// Ed25519 signature (standard base64) over [`signed_message`].
     pub signature: String,
+    /// Ed25519 signature (standard base64) over [`signed_message_v2`], which also covers
+    /// `size`. Absent for releases published before it existed; omitted then, and ignored by
+    /// supervisors that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_v2: Option<String>,
 }
 
 /// What the supervisor reports about the last update through the agent's `register`.
@@ -200,6 +233,10 @@ mod tests {
         assert_eq!(
             signed_message(AGENT, &v, "x86_64-unknown-linux-gnu", "ABcd"),
             "outpost-release-v1\noutpost-agent\n1.2.3\nx86_64-unknown-linux-gnu\nabcd\n"
+        );
+        assert_eq!(
+            signed_message_v2(AGENT, &v, "x86_64-unknown-linux-gnu", "ABcd", 1234),
+            "outpost-release-v2\noutpost-agent\n1.2.3\nx86_64-unknown-linux-gnu\nabcd\n1234\n"
         );
     }
 

@@ -126,3 +126,19 @@ fn output_bytes_survive_both_encodings() {
     assert!(decode_output_data(None, Some("!!!")).is_err());
     assert_eq!(OutputStream::Stderr.as_str(), "stderr");
 }
+
+#[test]
+fn a_command_s_debug_leaves_out_parameter_values() {
+    let text = r#"{"type":"command","command_id":"0190a5c4-7b2e-7c3d-8e4f-5a6b7c8d9e0f","command":"run","data":{"script":"deploy","params":{"DB_PASSWORD":"hunter2-secret"}},"timeout_s":60,"timestamp":"2026-01-01T12:00:00Z"}"#;
+    let frame = ServerFrame::decode(text).expect("decode");
+    let shown = format!("{frame:?}");
+    assert!(!shown.contains("hunter2-secret"), "{shown}");
+    assert!(
+        shown.contains("DB_PASSWORD") && shown.contains("deploy"),
+        "{shown}"
+    );
+    assert!(
+        frame.encode().contains("hunter2-secret"),
+        "the wire keeps the value"
+    );
+}

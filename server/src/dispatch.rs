@@ -3,32 +3,67 @@
 //! This is the one path every command takes, whichever endpoint asked for it:
 //! REST handler -> [`submit`] (permission check, command stored) -> hub (frame out) -> agent ->
 //! connection task (result stored) -> [`crate::hub::Hub::finished`] wakes the waiter here.
+//!
+//! Secret parameters are masked and sealed before a command is stored, and unsealed only in
+//! [`frame_for`] (see [`crate::secrets`]). An `update` with `force` may downgrade agents, so
+//! only an owner may ask for one ([`authorize`]), and an `update` to a version older than an
+//! agent's is refused without it ([`downgrade_refusal`]); the supervisor checks again against
+//! the binary it runs.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use outpost_protocol::release::Version;
 use outpost_protocol::{ServerCommand, ServerFrame, commands, limits};
 use serde_json::Value;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hub::Push;
+use crate::secrets;
 use crate::store::{NewCommand, agent, agent_key, command, key_status, string_list};
+
+/// The role that may force an `update` (and so downgrade agents).
+const FORCE_UPDATE_ROLE: &str = "owner";
 
 /// Extra time a waiting caller gives the agent beyond the command's own timeout, so a command
 /// that times out on the agent is reported as `timed_out` rather than as a 504.
 const WAIT_GRACE: Duration = Duration::from_secs(2);
 
 /// What to run, as validated from a request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommandSpec {
     /// Command name.
     pub command: String,
-    /// Arguments.
+    /// Arguments, as the caller gave them (secret values in the clear: see
+    /// [`CommandSpec::sealed_data`]).
     pub data: Value,
     /// Run timeout.
     pub timeout_s: u32,
     /// Wait for an offline agent this long.
     pub ttl_s: u32,
+    /// Parameters the caller forces secret (`data.secret_params`).
+    pub secret_params: BTreeSet<String>,
+    /// For `update`: the version asked for (`data.version`), if any.
+    pub update_version: Option<Version>,
+    /// For `update`: `data.force`, which allows a downgrade.
+    pub update_force: bool,
+}
+
+/// Leaves parameter values out, which may be secrets.
+impl std::fmt::Debug for CommandSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSpec")
+            .field("command", &self.command)
+            .field("data", &secrets::redacted(&self.data))
+            .field("timeout_s", &self.timeout_s)
+            .field("ttl_s", &self.ttl_s)
+            .field("secret_params", &self.secret_params)
+            .field("update_version", &self.update_version)
+            .field("update_force", &self.update_force)
+            .finish()
+    }
 }
 
 impl CommandSpec {
@@ -63,12 +98,34 @@ impl CommandSpec {
         if !data.is_object() {
             return Err(ApiError::BadRequest("data: must be a JSON object".into()));
         }
+        let secret_params = secrets::requested(&command, &data)?;
+        let (update_version, update_force) = if command == commands::UPDATE {
+            update_options(&data)?
+        } else {
+            (None, false)
+        };
         Ok(Self {
             command,
             data,
             timeout_s,
             ttl_s,
+            secret_params,
+            update_version,
+            update_force,
         })
+    }
+
+    /// The data to store for agents whose manifests mark `declared` secret (with what the
+    /// caller forced): secret values masked, and the values sealed. See [`crate::secrets`].
+    pub fn sealed_data<'a>(
+        &self,
+        state: &AppState,
+        tenant_id: &str,
+        declared: impl IntoIterator<Item = &'a str>,
+    ) -> (Value, Option<String>) {
+        let mut secret = self.secret_params.clone();
+        secret.extend(declared.into_iter().map(str::to_owned));
+        secrets::seal(&state.webhooks.master, tenant_id, &self.data, &secret)
     }
 
     /// How long a caller waits for the result.
@@ -77,14 +134,97 @@ impl CommandSpec {
     }
 }
 
+/// `data.version` and `data.force` of an `update`, checked.
+fn update_options(data: &Value) -> Result<(Option<Version>, bool), ApiError> {
+    let version = match data.get("version") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(v)) => Some(
+            v.parse()
+                .map_err(|e| ApiError::BadRequest(format!("data.version: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "data.version: must be a version like \"1.2.3\"".into(),
+            ));
+        }
+    };
+    let force = match data.get("force") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(force)) => *force,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "data.force: must be true or false".into(),
+            ));
+        }
+    };
+    Ok((version, force))
+}
+
+/// Checks what only some callers may ask for: a forced `update` (which may downgrade agents,
+/// past the supervisor's own refusal) needs an owner. A forced update that is allowed is
+/// logged with the caller's key, at info: the seam where the audit trail will record it.
+/// `target` says whom it is for, for that record.
+pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<(), ApiError> {
+    if spec.command != commands::UPDATE || !spec.update_force {
+        return Ok(());
+    }
+    if caller.role != FORCE_UPDATE_ROLE {
+        return Err(ApiError::Forbidden(format!(
+            "data.force: only an owner may force an update (it can downgrade agents); \
+             this API key's role is {}",
+            caller.role
+        )));
+    }
+    tracing::info!(
+        key_id = %caller.key_id,
+        role = %caller.role,
+        target,
+        version = ?spec.update_version.map(|v| v.to_string()),
+        "forced update requested: downgrades allowed"
+    );
+    Ok(())
+}
+
+/// Why an `update` must not go to an agent running `agent_version`: the version asked for is
+/// older and `force` was not given. An agent whose version cannot be read, or an update to the
+/// latest release, is left to the supervisor, which compares against the binary it runs.
+pub fn downgrade_refusal(
+    agent_id: &str,
+    agent_version: &str,
+    spec: &CommandSpec,
+) -> Option<String> {
+    if spec.command != commands::UPDATE || spec.update_force {
+        return None;
+    }
+    let wanted = spec.update_version?;
+    let running: Version = agent_version.parse().ok()?;
+    (wanted < running).then(|| {
+        format!(
+            "data.force: agent {agent_id} runs {running}; updating it to {wanted} is a downgrade, \
+             which needs \"force\": true (owners only)"
+        )
+    })
+}
+
 /// The frame that carries a stored command. A `run` also tells the agent how much output the
-/// server keeps, so the agent does not spool what would be dropped.
-pub fn frame_for(model: &command::Model, max_output_bytes: u64) -> Option<ServerFrame> {
+/// server keeps, so the agent does not spool what would be dropped. Secret parameters are
+/// unsealed here, and only here: the frame is the one place their values may appear.
+pub fn frame_for(state: &AppState, model: &command::Model) -> Option<ServerFrame> {
     let mut data = model.data.clone();
+    if let Some(sealed) = &model.sealed_params
+        && let Err(why) =
+            secrets::unseal(&state.webhooks.master, &model.tenant_id, &mut data, sealed)
+    {
+        tracing::error!(command_id = %model.id, %why, "cannot open the command's secret parameters; not sending it");
+        return None;
+    }
     if model.command == commands::RUN
         && let Some(object) = data.as_object_mut()
     {
-        object.insert("max_output_bytes".into(), Value::from(max_output_bytes));
+        object.insert(
+            "max_output_bytes".into(),
+            Value::from(state.max_output_bytes),
+        );
     }
     Some(ServerFrame::Command(ServerCommand {
         command_id: model.id.parse().ok()?,
@@ -135,19 +275,28 @@ pub async fn submit(
 ) -> Result<command::Model, ApiError> {
     let agent_id = parse_agent_id(&agent.id)?;
     check_permission(agent, key, &spec.command)?;
+    if let Some(why) = downgrade_refusal(&agent.id, &agent.version, spec) {
+        return Err(ApiError::BadRequest(why));
+    }
     if !queue && !state.hub.is_online(&agent.tenant_id, agent_id) {
         return Err(offline(&agent.id));
     }
+    let declared = secrets::script_with_params(&spec.command, &spec.data)
+        .map(|script| secrets::declared(&agent.scripts, script))
+        .into_iter()
+        .flatten();
+    let (data, sealed_params) = spec.sealed_data(state, &agent.tenant_id, declared);
     let model = state
         .store
         .insert_command(NewCommand {
             tenant_id: agent.tenant_id.clone(),
             agent_id: agent.id.clone(),
             command: spec.command.clone(),
-            data: spec.data.clone(),
+            data,
             timeout_s: spec.timeout_s,
             ttl_s: spec.ttl_s,
             job_id: None,
+            sealed_params,
         })
         .await?;
     Ok(model)
@@ -155,7 +304,7 @@ pub async fn submit(
 
 /// Pushes a stored command to its agent, if connected here.
 pub fn push(state: &AppState, model: &command::Model) -> Push {
-    let frame = frame_for(model, state.max_output_bytes);
+    let frame = frame_for(state, model);
     let (Ok(agent_id), Some(frame)) = (parse_agent_id(&model.agent_id), frame) else {
         return Push::Offline;
     };

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod metrics;
 pub mod release;
 pub mod seal;
+pub mod secrets;
 pub mod store;
 pub mod tags;
 pub mod webhooks;

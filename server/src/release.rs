@@ -7,6 +7,11 @@
 //! copy as written, so the signature covers exactly the bytes the server will serve. Releases
 //! are immutable: publishing a (version, target) twice is refused.
 //!
+//! Each artifact is signed twice: over the v1 message (name, version, target, SHA-256), which
+//! every supervisor checks, and over the v2 message, which adds the size, so that supervisors
+//! that know it check the metadata before downloading and never read past the signed size
+//! (see `outpost_protocol::release`).
+//!
 //! The signing key never needs to be on the server: publish from a machine that has the data
 //! directory (or the database URL) and the key, or copy the key in only for the publish.
 
@@ -17,7 +22,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Parser, Subcommand};
-use outpost_protocol::release::{self, Version, signed_message, valid_target};
+use outpost_protocol::release::{self, Version, signed_message, signed_message_v2, valid_target};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
@@ -205,6 +210,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         let (sha256, size) = copy_hashed(source, &dest)?;
         let message = signed_message(name, &version, &args.target, &sha256);
         let signature = STANDARD.encode(key.sign(message.as_bytes()).as_ref());
+        let message_v2 = signed_message_v2(name, &version, &args.target, &sha256, size);
+        let signature_v2 = STANDARD.encode(key.sign(message_v2.as_bytes()).as_ref());
         println!(
             "published {name} {version} for {}: {size} bytes, sha256 {sha256}",
             args.target
@@ -221,6 +228,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             signature,
             public_key: public_key.clone(),
             published_at: now,
+            signature_v2: Some(signature_v2),
         });
     }
     store.insert_release(rows).await?;

@@ -32,6 +32,7 @@ async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
                 tenant_id: tenant.clone(),
                 command: "run".into(),
                 data: data.clone(),
+                sealed_params: Some("sealed-values".into()),
                 target: json!({"all": true}),
                 timeout_s: 90,
                 ttl_s: 600,
@@ -73,6 +74,7 @@ async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
         assert_eq!(run.job_id.as_deref(), Some(job.id.as_str()));
         assert_eq!(run.command, "run");
         assert_eq!(run.data, data);
+        assert_eq!(run.sealed_params.as_deref(), Some("sealed-values"));
         assert_eq!(run.timeout_s, 90);
         assert_eq!(
             run.expires_at - run.created_at,
@@ -254,6 +256,7 @@ async fn a_job_ends_when_its_last_run_is_final_even_at_creation() {
         tenant_id: tenant.clone(),
         command: "ping".into(),
         data: json!({}),
+        sealed_params: None,
         target: json!({"all": true}),
         timeout_s: 60,
         ttl_s: 600,

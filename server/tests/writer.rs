@@ -29,6 +29,7 @@ async fn insert(store: &Store, tenant: &str, agent: &str, command: &str) -> comm
             timeout_s: 60,
             ttl_s: 3600,
             job_id: None,
+            sealed_params: None,
         })
         .await
         .expect("insert")
@@ -45,6 +46,7 @@ async fn insert_echo(store: &Store, tenant: &str, agent: &str, message: &str) ->
             timeout_s: 60,
             ttl_s: 3600,
             job_id: None,
+            sealed_params: None,
         })
         .await
         .expect("insert")

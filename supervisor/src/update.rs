@@ -3,9 +3,18 @@
 //!
 //! Trust comes only from the pinned key (`OUTPOST_RELEASE_PUBKEY`): the server, the network
 //! and the metadata are all treated as hostile. So the SHA-256 is computed over the bytes as
-//! they are written to disk, the signature is checked over a message built from that computed
-//! hash and from the version and target we asked for (never the server's copy of them), and
-//! every failure removes the download and leaves the running binary alone (fail closed).
+//! they are written to disk and must be the signed one, the signature is checked over a
+//! message built from the version and target we asked for (never the server's copy of them),
+//! and every failure removes the download and leaves the running binary alone (fail closed).
+//!
+//! A release's v2 signature also covers the file's size (`signed_message_v2`), and it is
+//! checked *before* the download: a release not signed by the pinned key is refused without
+//! fetching it, and the download stops at the signed size, whatever the server sends (a
+//! `Content-Length` that differs is refused before the body is read; a body that runs past
+//! the size is cut off at the first chunk that would cross it). A release published before
+//! v2 signatures existed has only the v1 signature, over the SHA-256, which can only be
+//! checked after the download: its size is then what the metadata says, unauthenticated, and
+//! the download still stops there and at [`MAX_DOWNLOAD`] whatever the metadata says.
 //!
 //! The download is a temporary file in the agent's own directory (same filesystem, so the
 //! final `rename` is atomic), created `O_EXCL` and owner-only until verified. The previous
@@ -27,15 +36,17 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use outpost_protocol::release::{self, ReleaseInfo, UpdateStatus, Version, signed_message};
+use outpost_protocol::release::{
+    self, ReleaseInfo, UpdateStatus, Version, signed_message, signed_message_v2,
+};
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 /// The target triple this supervisor was built for; it installs agents of the same target.
 pub const TARGET: &str = env!("OUTPOST_TARGET");
 
-/// Largest agent binary accepted.
-const MAX_DOWNLOAD: u64 = 512 * 1024 * 1024;
+/// Largest agent binary accepted, whatever a release says.
+pub const MAX_DOWNLOAD: u64 = 512 * 1024 * 1024;
 /// Largest release metadata document accepted.
 const MAX_METADATA: usize = 1024 * 1024;
 
@@ -218,7 +229,8 @@ impl Updater {
     }
 
     /// Downloads the release's agent into a temporary file in `dir` and verifies its size,
-    /// SHA-256 and signature. Returns the file and its hash; removes it on any failure.
+    /// SHA-256 and signature (the v2 signature before the download, when the release has
+    /// one). Returns the file and its hash; removes it on any failure.
     pub async fn download(
         &self,
         info: &ReleaseInfo,
@@ -234,19 +246,64 @@ impl Updater {
                 info.version, artifact.size
             ));
         }
+        let signed_before = match &artifact.signature_v2 {
+            Some(signature) => {
+                let message = signed_message_v2(
+                    release::AGENT,
+                    &info.version,
+                    TARGET,
+                    &artifact.sha256,
+                    artifact.size,
+                );
+                self.verify(&message, signature, &info.version)?;
+                true
+            }
+            None => {
+                tracing::warn!(
+                    version = %info.version,
+                    size = artifact.size,
+                    "this release predates size-bound (v2) signatures: its size is not \
+                     authenticated; the signature is checked after the download"
+                );
+                false
+            }
+        };
         let tmp = dir.join(format!(
             ".outpost-agent.download-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        let result = self.download_to(info, &tmp).await;
+        let result = self.download_to(info, &tmp, signed_before).await;
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         result.map(|sha| (tmp, sha))
     }
 
-    async fn download_to(&self, info: &ReleaseInfo, tmp: &Path) -> Result<String, String> {
+    /// Checks an Ed25519 signature (base64) over `message` against the pinned key.
+    fn verify(&self, message: &str, signature: &str, version: &Version) -> Result<(), String> {
+        let signature = STANDARD
+            .decode(signature)
+            .map_err(|_| "the release signature is not base64".to_owned())?;
+        UnparsedPublicKey::new(&ED25519, &self.pinned)
+            .verify(message.as_bytes(), &signature)
+            .map_err(|_| {
+                format!(
+                    "signature check failed: release {version} for {TARGET} is not signed by the \
+                     pinned OUTPOST_RELEASE_PUBKEY (or its metadata was altered)"
+                )
+            })
+    }
+
+    /// The download itself. `signed_before`: the metadata's hash and size were verified
+    /// (v2), so the file must only match them; otherwise the v1 signature is checked over the
+    /// hash computed here.
+    async fn download_to(
+        &self,
+        info: &ReleaseInfo,
+        tmp: &Path,
+        signed_before: bool,
+    ) -> Result<String, String> {
         use std::os::unix::fs::OpenOptionsExt;
         let Some(artifact) = info.agent.as_ref() else {
             return Err("no agent in the release".into());
@@ -267,6 +324,15 @@ impl Updater {
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| format!("downloading {}: {e}", artifact.url))?;
+        if let Some(announced) = response.content_length()
+            && announced != artifact.size
+        {
+            return Err(format!(
+                "the server announces {announced} bytes for {}, the release states {}; \
+                 not downloading it",
+                artifact.url, artifact.size
+            ));
+        }
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size = 0u64;
         while let Some(chunk) = response
@@ -274,13 +340,16 @@ impl Updater {
             .await
             .map_err(|e| format!("downloading {}: {e}", artifact.url))?
         {
-            size += chunk.len() as u64;
-            if size > artifact.size {
+            // Nothing past the stated size is hashed or written: the first chunk that would
+            // cross it ends the download (dropping the response closes the connection).
+            if chunk.len() as u64 > artifact.size - size {
                 return Err(format!(
-                    "the download of {} is larger than the {} bytes the release states",
+                    "the download of {} is larger than the {} bytes the release states; \
+                     stopped there",
                     artifact.url, artifact.size
                 ));
             }
+            size += chunk.len() as u64;
             hasher.update(&chunk);
             file.write_all(&chunk)
                 .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
@@ -300,19 +369,10 @@ impl Updater {
                 artifact.sha256
             ));
         }
-        let signature = STANDARD
-            .decode(&artifact.signature)
-            .map_err(|_| "the release signature is not base64".to_owned())?;
-        let message = signed_message(release::AGENT, &info.version, TARGET, &sha);
-        UnparsedPublicKey::new(&ED25519, &self.pinned)
-            .verify(message.as_bytes(), &signature)
-            .map_err(|_| {
-                format!(
-                    "signature check failed: release {} for {TARGET} is not signed by the pinned \
-                     OUTPOST_RELEASE_PUBKEY",
-                    info.version
-                )
-            })?;
+        if !signed_before {
+            let message = signed_message(release::AGENT, &info.version, TARGET, &sha);
+            self.verify(&message, &artifact.signature, &info.version)?;
+        }
         Ok(sha)
     }
 }

@@ -146,7 +146,9 @@ pub struct UpdateAgent {
 pub struct CommandRequest {
     /// `ping`, `info`, `echo`, `run`, `restart`, `update` or `redeploy`.
     pub command: String,
-    /// Arguments, a JSON object (`{"message": …}` for echo).
+    /// Arguments, a JSON object (`{"message": …}` for echo; for run `{"script", "params",
+    /// "secret_params"?}` as in jobs; for update `{"version"?, "force"?}`, `force` for owners
+    /// only).
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     /// Seconds the command may run (default 60); the call waits this long plus 2 s.
@@ -340,7 +342,7 @@ pub async fn delete(
         (status = 200, body = CommandView, description = "The stored result"),
         (status = 202, body = CommandView, description = "Queued for an offline agent"),
         (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope, description = "The agent's key does not allow the command"),
+        (status = 403, body = crate::error::ErrorEnvelope, description = "The agent's key does not allow the command, or a forced update by a caller who is not an owner"),
         (status = 404, body = crate::error::ErrorEnvelope),
         (status = 409, body = crate::error::ErrorEnvelope, description = "Agent offline"),
         (status = 504, body = crate::error::ErrorEnvelope, description = "No answer in time")))]
@@ -352,6 +354,7 @@ pub async fn command(
 ) -> Result<Response, ApiError> {
     let queue = body.queue;
     let spec = body.into_spec()?;
+    dispatch::authorize(&caller, &spec, &format!("agent {id}"))?;
     let (agent, key) = state
         .store
         .get_agent_with_key(&caller.tenant_id, &id)

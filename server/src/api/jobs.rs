@@ -24,6 +24,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
 use crate::error::{ApiError, ErrorDetail};
+use crate::secrets;
 use crate::store::{
     AgentTarget, JobFilter, NewJob, NewRun, agent_key, command, job, job_status, key_status, state,
     string_list,
@@ -32,6 +33,8 @@ use crate::tags::TagRule;
 
 /// Longest `?wait=`.
 const MAX_WAIT_S: u64 = 600;
+/// Error code of a run not sent because it would downgrade its agent without `force`.
+const DOWNGRADE_REFUSED: &str = "downgrade_needs_force";
 /// Chunks fetched per page when streaming output.
 const OUTPUT_PAGE: u64 = 64;
 
@@ -56,7 +59,10 @@ pub struct Target {
 pub struct CreateJob {
     /// `run` (a manifest script), or any other command.
     pub command: String,
-    /// For `run`: `{"script": NAME, "params": {"NAME": "value"}}`.
+    /// For `run`: `{"script": NAME, "params": {"NAME": "value"}, "secret_params"?: [NAME]}`;
+    /// parameters listed in `secret_params`, or marked `secret` by a targeted agent's
+    /// manifest, are sealed at rest and shown as `********`. For `update`: `{"version"?,
+    /// "force"?}`; `force` (owners only) allows a downgrade.
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     /// The agents.
@@ -143,7 +149,8 @@ pub struct JobView {
     pub job_id: String,
     /// Command name.
     pub command: String,
-    /// Arguments.
+    /// Arguments. Secret parameter values are shown as `********` and named in
+    /// `data.secret_params`.
     #[schema(value_type = Object)]
     pub data: Value,
     /// The target as asked for.
@@ -336,7 +343,7 @@ fn refusal(
         (status = 202, body = JobView, description = "Created; runs under way"),
         (status = 200, body = JobView, description = "With ?wait: every run is final"),
         (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command"),
+        (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
         (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -362,30 +369,62 @@ pub async fn create(
             "webhook_url: must be an http(s) URL".into(),
         ));
     }
+    let target = serde_json::to_value(&body.target).unwrap_or(Value::Null);
+    dispatch::authorize(&caller, &spec, &format!("job target {target}"))?;
     let (agents, keys) = resolve(&state, &caller, &body.target).await?;
     if agents.is_empty() {
         return Err(ApiError::Unprocessable("target: no agent matches".into()));
     }
+    // An update to an older version is refused, run by run, on agents it would downgrade
+    // (unless forced).
+    let versions = match (&spec.command[..], spec.update_version, spec.update_force) {
+        (commands::UPDATE, Some(_), false) => {
+            Some(state.store.agent_versions(&caller.tenant_id).await?)
+        }
+        _ => None,
+    };
+    let one_agent =
+        agents.len() == 1 && body.target.tags.is_none() && body.target.all != Some(true);
     let mut runs = Vec::with_capacity(agents.len());
     for agent in &agents {
-        let refused = refusal(agent, &spec.command, &keys);
-        if agents.len() == 1
-            && body.target.tags.is_none()
-            && body.target.all != Some(true)
-            && let Some(why) = &refused
+        let mut refused = refusal(agent, &spec.command, &keys).map(|why| (codes::FORBIDDEN, why));
+        if refused.is_none()
+            && let Some(version) = versions.as_ref().and_then(|v| v.get(&agent.id))
+            && let Some(why) = dispatch::downgrade_refusal(&agent.id, version, &spec)
         {
-            return Err(ApiError::Forbidden(why.clone()));
+            refused = Some((DOWNGRADE_REFUSED, why));
+        }
+        match refused {
+            Some((codes::FORBIDDEN, why)) if one_agent => return Err(ApiError::Forbidden(why)),
+            Some((_, why)) if one_agent => return Err(ApiError::BadRequest(why)),
+            _ => {}
         }
         runs.push(NewRun {
             agent_id: agent.id.clone(),
-            refused: refused.map(|why| (codes::FORBIDDEN.to_owned(), why)),
+            refused: refused.map(|(code, why)| (code.to_owned(), why)),
         });
     }
+    let (data, sealed_params) = match secrets::script_with_params(&spec.command, &spec.data) {
+        Some(script) => {
+            let candidates = state
+                .store
+                .agents_with_secret_params(&caller.tenant_id)
+                .await?;
+            let targeted: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+            let declared = candidates
+                .iter()
+                .filter(|(id, _)| targeted.contains(id.as_str()))
+                .flat_map(|(_, scripts)| secrets::declared(scripts, script));
+            spec.sealed_data(&state, &caller.tenant_id, declared)
+        }
+        None => spec.sealed_data(&state, &caller.tenant_id, []),
+    };
     let new = NewJob {
         tenant_id: caller.tenant_id.clone(),
         command: spec.command.clone(),
-        data: spec.data.clone(),
-        target: serde_json::to_value(&body.target).unwrap_or(Value::Null),
+        data,
+        sealed_params,
+        target,
         timeout_s: spec.timeout_s,
         ttl_s: spec.ttl_s,
         idempotency_key: body.idempotency_key,

@@ -306,6 +306,7 @@ pub async fn ping(
 #[utoipa::path(post, path = "/api/agents/keys/{id}/command", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")), request_body = CommandRequest,
     responses((status = 200, body = FanoutResults), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope, description = "A forced update by a caller who is not an owner"),
         (status = 404, body = crate::error::ErrorEnvelope)))]
 pub async fn command(
     State(state): State<AppState>,
@@ -314,6 +315,7 @@ pub async fn command(
     ApiJson(body): ApiJson<CommandRequest>,
 ) -> Result<Json<FanoutResults>, ApiError> {
     let spec = body.into_spec()?;
+    dispatch::authorize(&caller, &spec, &format!("agents of key {id}"))?;
     fan_out(&state, &caller, &id, &spec).await.map(Json)
 }
 

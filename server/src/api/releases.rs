@@ -53,6 +53,11 @@ pub struct ArtifactView {
     /// Ed25519 signature (base64) over
     /// `outpost-release-v1\n<name>\n<version>\n<target>\n<sha256>\n`.
     pub signature: String,
+    /// Ed25519 signature (base64) over
+    /// `outpost-release-v2\n<name>\n<version>\n<target>\n<sha256>\n<size>\n`, which also
+    /// covers the size; absent for releases published before it existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_v2: Option<String>,
 }
 
 /// Query of the release endpoints.
@@ -153,6 +158,7 @@ async fn view(
             sha256: r.sha256.clone(),
             size: r.size.max(0) as u64,
             signature: r.signature.clone(),
+            signature_v2: r.signature_v2.clone(),
         })
     };
     Ok(ReleaseView {

@@ -199,7 +199,7 @@ impl Link {
         }
         let mut frames = Vec::with_capacity(allowed.len());
         for command in allowed {
-            match crate::dispatch::frame_for(&command, self.state.max_output_bytes) {
+            match crate::dispatch::frame_for(&self.state, &command) {
                 Some(frame) => frames.push(frame),
                 None => tracing::error!(command_id = %command.id, "stored command has a bad id"),
             }

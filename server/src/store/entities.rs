@@ -156,6 +156,10 @@ pub mod command {
         pub stderr_bytes: i64,
         /// Output was over the cap and not all kept.
         pub output_truncated: bool,
+        /// The values of the secret parameters (`data.secret_params`), sealed under the master
+        /// key (`crate::secrets`); `data` holds them masked. Opened only to build the frame
+        /// that carries the command to its agent.
+        pub sealed_params: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -277,6 +281,9 @@ pub mod release {
         /// The signing key's public half (base64).
         pub public_key: String,
         pub published_at: DateTimeUtc,
+        /// Ed25519 signature (base64) over `outpost_protocol::release::signed_message_v2`,
+        /// which also covers `size`; NULL for releases published before it existed.
+        pub signature_v2: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

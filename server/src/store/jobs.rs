@@ -15,7 +15,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use super::{Result, Store, command, job, new_id, output_chunk, state};
+use super::{Result, Store, agent, command, job, new_id, output_chunk, state};
 
 /// Job statuses.
 pub mod job_status {
@@ -46,8 +46,10 @@ pub struct NewJob {
     pub tenant_id: String,
     /// Command name.
     pub command: String,
-    /// Arguments.
+    /// Arguments, secret parameter values masked.
     pub data: Value,
+    /// The secret parameter values, sealed (see `crate::secrets`), for every run.
+    pub sealed_params: Option<String>,
     /// The target as given.
     pub target: Value,
     /// Run timeout.
@@ -213,6 +215,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 stdout_bytes: 0,
                 stderr_bytes: 0,
                 output_truncated: false,
+                sealed_params: new.sealed_params.clone(),
             });
         }
         let txn = Store { db: txn };
@@ -229,6 +232,39 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             None => job,
         };
         Ok((job, models, true))
+    }
+
+    /// The agents of a tenant whose announced scripts may mark a parameter secret, with their
+    /// scripts: `(agent id, scripts)`. Only these can make a job's parameter secret, and a
+    /// fleet without secret parameters answers with nothing, from a scan of the scripts' text
+    /// (no row is decoded; a job needs this only when it has parameters).
+    pub async fn agents_with_secret_params(&self, tenant_id: &str) -> Result<Vec<(String, Value)>> {
+        Ok(agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Id)
+            .column(agent::Column::Scripts)
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(Expr::cust(r#"CAST(scripts AS TEXT) LIKE '%"secret"%'"#))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The version each agent of a tenant last registered with, by agent id (for `update`
+    /// jobs, which refuse downgrades that were not forced).
+    pub async fn agent_versions(
+        &self,
+        tenant_id: &str,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let rows: Vec<(String, String)> = agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Id)
+            .column(agent::Column::Version)
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn job_by_idempotency_key(

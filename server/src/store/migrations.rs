@@ -179,6 +179,13 @@ DROP INDEX commands_agent_state;
     r#"
 CREATE INDEX agents_hostname ON agents (tenant_id, hostname, id);
 "#,
+    // 8: the secret parameters of a run, sealed under the master key (its `data` holds them
+    // masked), and release signatures that also cover the file's size (`signed_message_v2`;
+    // NULL for releases published before).
+    r#"
+ALTER TABLE commands ADD COLUMN sealed_params TEXT;
+ALTER TABLE releases ADD COLUMN signature_v2 TEXT;
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one

@@ -160,6 +160,8 @@ pub struct NewCommand {
     pub ttl_s: u32,
     /// The job it is a run of.
     pub job_id: Option<String>,
+    /// Secret parameter values, sealed (see `crate::secrets`); `data` holds them masked.
+    pub sealed_params: Option<String>,
 }
 
 /// Changes to an agent key.
@@ -359,6 +361,25 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         .insert(&self.db)
         .await?;
         Ok(())
+    }
+
+    /// Creates an API key with `role` in a tenant and returns its secret (shown once). The
+    /// accounts API will create keys of every role; until then this is how an admin or member
+    /// key is made (by tools and tests on the server's host).
+    pub async fn create_api_key(&self, tenant_id: &str, name: &str, role: &str) -> Result<String> {
+        let secret = auth::generate_secret(KeyKind::Api);
+        api_key::ActiveModel {
+            id: Set(new_id()),
+            tenant_id: Set(tenant_id.to_owned()),
+            name: Set(name.to_owned()),
+            key_hash: Set(auth::hash_secret(&secret)),
+            role: Set(role.to_owned()),
+            created_at: Set(Utc::now()),
+            expires_at: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(secret)
     }
 
     /// Finds the API key whose secret hashes to `hash`.
@@ -781,6 +802,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             stdout_bytes: Set(0),
             stderr_bytes: Set(0),
             output_truncated: Set(false),
+            sealed_params: Set(new.sealed_params),
         }
         .insert(&self.db)
         .await?;
@@ -1120,6 +1142,7 @@ pub(crate) fn pending_command(tenant_id: &str, id: &str, agent_id: &str) -> comm
         stdout_bytes: 0,
         stderr_bytes: 0,
         output_truncated: false,
+        sealed_params: None,
     }
 }
 

@@ -15,6 +15,7 @@ mod keys;
 mod longpoll;
 mod metrics;
 mod protocol;
+mod secrets;
 mod supervisor;
 mod tenancy;
 mod tls;

@@ -4,9 +4,12 @@
 //! One supervisor walks through every case in turn, each checked through the API (the version
 //! the agent registers with and the `update_status` the supervisor reports) and on disk (the
 //! agent binary's hash):
-//! A -> B (signature-checked download), an older version refused, a corrupted file refused, a
-//! release signed by another key refused, a B that crashes at start rolled back to the
-//! previous binary, and finally a forced downgrade.
+//! a "latest" that is older than the running agent refused by the supervisor, A -> B
+//! (signature-checked download), an older version refused by the server without `force` and
+//! `force` refused to a non-owner, a corrupted file refused, a file longer than its release
+//! states refused before it is read, a release signed by another key refused, a B that
+//! crashes at start rolled back to the previous binary, and finally a downgrade forced by an
+//! owner.
 //!
 //! Versions are the real agent binary with a few bytes appended (an ELF file runs the same
 //! with trailing bytes), so every version is a distinct file with its own hash while the
@@ -18,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use outpost_e2e::{Api, READY_TIMEOUT, Server, bin_dir, wait_for};
+use outpost_server::store::{DatabaseLocation, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -181,15 +185,60 @@ async fn signed_self_update_refusals_and_rollback() {
 
     let a = release.agent_variant("0.1.0");
     let b = release.agent_variant("0.2.0");
-    release.publish("0.1.0", &a, &release.key);
-    release.publish("0.2.0", &b, &release.key);
+    // At first the latest release is older than the agent that will run.
+    let older = release.agent_variant("0.0.9");
+    release.publish("0.0.9", &older, &release.key);
 
-    // Metadata needs a key; the files themselves are public and match the metadata.
     let (_, secret) = api
         .create_key(
             json!({"name": "supervised", "permissions": ["ping", "info", "update", "redeploy"]}),
         )
         .await;
+    let sup = start_supervisor(&server, &release, &a, &secret, &pubkey);
+    let bin_dir_installed = sup.bin.parent().expect("bin dir").to_owned();
+    let id_path = sup.state.join("agent_id");
+    let id = wait_for("agent_id", READY_TIMEOUT, || {
+        let id_path = id_path.clone();
+        async move {
+            std::fs::read_to_string(&id_path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| s.len() == 36)
+        }
+    })
+    .await;
+    api.wait_online(&id).await;
+    let (_, agent) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(agent["version"], "0.1.0", "{agent}");
+    assert!(agent["update_status"].is_null(), "{agent}");
+    assert!(
+        agent["capabilities"]
+            .as_array()
+            .expect("caps")
+            .contains(&json!("update")),
+        "supervised agents offer update: {agent}"
+    );
+
+    // An update to "the latest" names no version, so the server cannot tell that it is a
+    // downgrade: the supervisor compares and refuses, since it was not told to force.
+    let agent = update(&api, &id, json!({}), &Value::Null).await;
+    let report = agent["update_status"].clone();
+    assert_eq!(report["status"], "failed", "{report}");
+    assert_eq!(report["to"], "0.0.9", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("older than the running 0.1.0"),
+        "{report}"
+    );
+    assert_eq!(agent["version"], "0.1.0");
+    assert_eq!(sha256(&sup.bin), sha256(&a));
+
+    release.publish("0.1.0", &a, &release.key);
+    release.publish("0.2.0", &b, &release.key);
+
+    // Metadata needs a key; the files themselves are public and match the metadata.
     let anonymous = Api::new(&server.url, "");
     let (status, _) = anonymous
         .get(&format!("/api/releases/latest?target={}", release.target))
@@ -203,6 +252,10 @@ async fn signed_self_update_refusals_and_rollback() {
     assert_eq!(latest["version"], "0.2.0");
     assert_eq!(latest["public_key"], pubkey.as_str());
     assert_eq!(latest["agent"]["sha256"], sha256(&b).as_str());
+    assert!(
+        latest["agent"]["signature_v2"].is_string(),
+        "new releases also sign their size: {latest}"
+    );
     let (status, _) = as_agent.get("/api/releases/latest?target=nope-none").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let checksum = reqwest::get(format!(
@@ -270,74 +323,8 @@ async fn signed_self_update_refusals_and_rollback() {
         String::from_utf8_lossy(&twice.stderr)
     );
 
-    // The install: version A beside the supervisor, as deploy.sh lays it out.
-    let bin_dir_installed = tmp.path().join("bin");
-    std::fs::create_dir_all(&bin_dir_installed).expect("mkdir");
-    let bin = bin_dir_installed.join("outpost-agent");
-    std::fs::copy(&a, &bin).expect("install A");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let state = tmp.path().join("state");
-    let env_file = tmp.path().join("agent.env");
-    std::fs::write(
-        &env_file,
-        format!(
-            "OUTPOST_SERVER_URL={}\nOUTPOST_API_KEY={secret}\nOUTPOST_STATE_DIR={}\nOUTPOST_RELEASE_PUBKEY={pubkey}\n",
-            server.url.replace("http://", "ws://"),
-            state.display()
-        ),
-    )
-    .expect("env file");
-    let log = tmp.path().join("supervisor.out");
-    let out = std::fs::File::create(&log).expect("log");
-    let child = Command::new(bin_dir().join("outpost-supervisor"))
-        .arg("--env-file")
-        .arg(&env_file)
-        .arg("--agent-bin")
-        .arg(&bin)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", tmp.path())
-        .env("OUTPOST_SUPERVISOR_BACKOFF_BASE_MS", "100")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("clone"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn supervisor");
-    let sup = Supervisor {
-        child,
-        bin: bin.clone(),
-        state: state.clone(),
-        log,
-    };
-
-    let id_path = sup.state.join("agent_id");
-    let id = wait_for("agent_id", READY_TIMEOUT, || {
-        let id_path = id_path.clone();
-        async move {
-            std::fs::read_to_string(&id_path)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| s.len() == 36)
-        }
-    })
-    .await;
-    api.wait_online(&id).await;
-    let (_, agent) = api.get(&format!("/api/agents/{id}")).await;
-    assert_eq!(agent["version"], "0.1.0", "{agent}");
-    assert!(agent["update_status"].is_null(), "{agent}");
-    assert!(
-        agent["capabilities"]
-            .as_array()
-            .expect("caps")
-            .contains(&json!("update")),
-        "supervised agents offer update: {agent}"
-    );
-
     // A -> B: the latest release, downloaded, verified and swapped in.
-    let agent = update(&api, &id, json!({}), &Value::Null).await;
+    let agent = update(&api, &id, json!({}), &report["at"]).await;
     assert_eq!(agent["version"], "0.2.0", "{agent}");
     let report = agent["update_status"].clone();
     assert_eq!(report["status"], "updated", "{report}");
@@ -354,15 +341,68 @@ async fn signed_self_update_refusals_and_rollback() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    // An older version is refused without force.
-    let agent = update(&api, &id, json!({"version": "0.1.0"}), &report["at"]).await;
-    let report = agent["update_status"].clone();
-    assert_eq!(report["status"], "failed", "{report}");
+    // An older version is refused by the server without force, on the command route and,
+    // run by run, in a job; nothing reaches the agent.
+    let downgrade = json!({"command": "update", "data": {"version": "0.1.0"}});
+    let (status, err) = api.command(&id, downgrade.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    let message = err["error"]["message"].as_str().expect("message");
     assert!(
-        report["reason"].as_str().expect("reason").contains("older"),
-        "{report}"
+        message.contains("downgrade") && message.contains("force"),
+        "{err}"
     );
+    let mut job = downgrade.clone();
+    job["target"] = json!({"all": true});
+    let (status, job) = api.job(job, Some(30)).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(
+        job["runs"][0]["error"]["code"], "downgrade_needs_force",
+        "{job}"
+    );
+    // Only an owner may force one: an admin's key is refused on every route.
+    let store = Store::open(&DatabaseLocation::Sqlite(
+        server.data_dir.join("outpost.db"),
+    ))
+    .await
+    .expect("open store");
+    let owner = store
+        .api_key_by_hash(&outpost_server::auth::hash_secret(&server.admin_key))
+        .await
+        .expect("read")
+        .expect("owner key");
+    let admin_key = store
+        .create_api_key(&owner.tenant_id, "an admin", "admin")
+        .await
+        .expect("admin key");
+    let admin = api.with_token(&admin_key);
+    let forced = json!({"command": "update", "data": {"version": "0.1.0", "force": true}});
+    let (status, err) = admin.command(&id, forced.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("only an owner"),
+        "{err}"
+    );
+    let mut job = forced.clone();
+    job["target"] = json!({"agents": [id]});
+    let (status, err) = admin.job(job, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    let (status, err) = admin
+        .post(
+            &format!(
+                "/api/agents/keys/{}/command",
+                agent["key_id"].as_str().expect("key")
+            ),
+            forced,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    let (_, agent) = api.get(&format!("/api/agents/{id}")).await;
     assert_eq!(agent["version"], "0.2.0");
+    assert_eq!(agent["update_status"], report, "no update was attempted");
     assert_eq!(sha256(&sup.bin), sha256(&b));
 
     // A file changed on the server after publishing: the hash does not match.
@@ -381,6 +421,26 @@ async fn signed_self_update_refusals_and_rollback() {
             .as_str()
             .expect("reason")
             .contains("SHA-256 mismatch"),
+        "{report}"
+    );
+    assert_eq!(agent["version"], "0.2.0");
+    assert_eq!(sha256(&sup.bin), sha256(&b));
+
+    // A file longer than its release states: refused before its body is read.
+    let longer = release.agent_variant("0.3.1");
+    release.publish("0.3.1", &longer, &release.key);
+    let published = release.published_file("0.3.1");
+    let mut bytes = std::fs::read(&published).expect("read");
+    bytes.extend_from_slice(&vec![0u8; 1 << 20]);
+    std::fs::write(&published, bytes).expect("extend");
+    let agent = update(&api, &id, json!({"version": "0.3.1"}), &report["at"]).await;
+    let report = agent["update_status"].clone();
+    assert_eq!(report["status"], "failed", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("the release states"),
         "{report}"
     );
     assert_eq!(agent["version"], "0.2.0");
@@ -477,4 +537,56 @@ async fn signed_self_update_refusals_and_rollback() {
     assert_eq!(report["to"], "0.1.0", "{report}");
     assert_eq!(agent["version"], "0.1.0");
     assert_eq!(sha256(&sup.bin), sha256(&a));
+}
+
+/// Installs `agent` as the agent binary beside a fresh state directory, as deploy.sh lays it
+/// out, and starts the real supervisor on it.
+fn start_supervisor(
+    server: &Server,
+    release: &Release,
+    agent: &Path,
+    secret: &str,
+    pubkey: &str,
+) -> Supervisor {
+    let bin_dir_installed = release.dir.join("bin");
+    std::fs::create_dir_all(&bin_dir_installed).expect("mkdir");
+    let bin = bin_dir_installed.join("outpost-agent");
+    std::fs::copy(agent, &bin).expect("install A");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let state = release.dir.join("state");
+    let env_file = release.dir.join("agent.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "OUTPOST_SERVER_URL={}\nOUTPOST_API_KEY={secret}\nOUTPOST_STATE_DIR={}\nOUTPOST_RELEASE_PUBKEY={pubkey}\n",
+            server.url.replace("http://", "ws://"),
+            state.display()
+        ),
+    )
+    .expect("env file");
+    let log = release.dir.join("supervisor.out");
+    let out = std::fs::File::create(&log).expect("log");
+    let child = Command::new(bin_dir().join("outpost-supervisor"))
+        .arg("--env-file")
+        .arg(&env_file)
+        .arg("--agent-bin")
+        .arg(&bin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &release.dir)
+        .env("OUTPOST_SUPERVISOR_BACKOFF_BASE_MS", "100")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn supervisor");
+    Supervisor {
+        child,
+        bin,
+        state,
+        log,
+    }
 }

@@ -1,0 +1,308 @@
+//! The supervisor's download against a hostile release server: a plain TCP listener that
+//! answers each request the way a test tells it to (a body longer than the release says, a
+//! `Content-Length` that lies, a body that never ends) and records what it was asked and how
+//! much it managed to send. The release metadata is signed here with a fresh key that the
+//! `Updater` pins, so only what the server does is hostile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use outpost_protocol::release::{
+    self, Artifact, ReleaseInfo, Version, signed_message, signed_message_v2,
+};
+use outpost_supervisor::update::{TARGET, Updater};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the server sends for the file.
+#[derive(Clone, Copy)]
+enum Serve {
+    /// The body with a `Content-Length` of its length.
+    Exact,
+    /// The body and `extra` more bytes, announced as the body's length plus `extra`.
+    Longer { extra: usize },
+    /// The body and then bytes without end, chunked (no length announced).
+    Endless,
+}
+
+struct Hostile {
+    url: String,
+    /// Requests received.
+    requests: Arc<AtomicUsize>,
+    /// Body bytes written before the client went away.
+    sent: Arc<AtomicU64>,
+}
+
+async fn hostile(body: Vec<u8>, serve: Serve) -> Hostile {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/downloads/agent",
+        listener.local_addr().expect("addr")
+    );
+    let requests = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (count, total) = (requests.clone(), sent.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (body, count, total) = (body.clone(), count.clone(), total.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let send = |bytes: &[u8]| {
+                    total.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+                };
+                match serve {
+                    Serve::Exact | Serve::Longer { .. } => {
+                        let extra = match serve {
+                            Serve::Longer { extra } => extra,
+                            _ => 0,
+                        };
+                        let mut all = body.clone();
+                        all.extend(std::iter::repeat_n(b'x', extra));
+                        let header = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            all.len()
+                        );
+                        if socket.write_all(header.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        for piece in all.chunks(16 * 1024) {
+                            if socket.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            send(piece);
+                        }
+                    }
+                    Serve::Endless => {
+                        let header = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                        if socket.write_all(header.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let filler = vec![b'x'; 64 * 1024];
+                        let mut pieces = body
+                            .chunks(64 * 1024)
+                            .map(<[u8]>::to_vec)
+                            .collect::<Vec<_>>();
+                        pieces.reverse();
+                        loop {
+                            let piece = pieces.pop().unwrap_or_else(|| filler.clone());
+                            let frame = [
+                                format!("{:x}\r\n", piece.len()).into_bytes(),
+                                piece.clone(),
+                                b"\r\n".to_vec(),
+                            ]
+                            .concat();
+                            if socket.write_all(&frame).await.is_err() {
+                                return;
+                            }
+                            send(&piece);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Hostile {
+        url,
+        requests,
+        sent,
+    }
+}
+
+struct Signer {
+    pair: Ed25519KeyPair,
+}
+
+impl Signer {
+    fn new() -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key");
+        Self {
+            pair: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("pair"),
+        }
+    }
+
+    fn public(&self) -> String {
+        STANDARD.encode(self.pair.public_key().as_ref())
+    }
+
+    fn sign(&self, message: &str) -> String {
+        STANDARD.encode(self.pair.sign(message.as_bytes()).as_ref())
+    }
+
+    /// Metadata for `body` served at `url`: both signatures over the true hash and size,
+    /// then the size the metadata states replaced by `stated` (when given).
+    fn release(&self, body: &[u8], url: &str, v2: bool, stated: Option<u64>) -> ReleaseInfo {
+        let version: Version = "1.2.3".parse().expect("version");
+        let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
+        let size = body.len() as u64;
+        ReleaseInfo {
+            version,
+            target: TARGET.to_owned(),
+            published_at: chrono::Utc::now(),
+            public_key: self.public(),
+            agent: Some(Artifact {
+                url: url.to_owned(),
+                sha256: sha.clone(),
+                size: stated.unwrap_or(size),
+                signature: self.sign(&signed_message(release::AGENT, &version, TARGET, &sha)),
+                signature_v2: v2.then(|| {
+                    self.sign(&signed_message_v2(
+                        release::AGENT,
+                        &version,
+                        TARGET,
+                        &sha,
+                        size,
+                    ))
+                }),
+            }),
+            supervisor: None,
+        }
+    }
+}
+
+fn updater(signer: &Signer) -> Updater {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Updater::new(
+        Some("http://127.0.0.1:9"),
+        Some("opa_unused"),
+        None,
+        Some(&signer.public()),
+    )
+    .expect("updater")
+}
+
+fn agent_bytes() -> Vec<u8> {
+    (0..300_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_honest_release_downloads_with_either_signature() {
+    let signer = Signer::new();
+    let body = agent_bytes();
+    for v2 in [true, false] {
+        let server = hostile(body.clone(), Serve::Exact).await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let info = signer.release(&body, &server.url, v2, None);
+        let (file, sha) = updater(&signer)
+            .download(&info, dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("v2={v2}: {e}"));
+        assert_eq!(std::fs::read(&file).expect("read"), body);
+        assert_eq!(
+            Some(sha.as_str()),
+            info.agent.as_ref().map(|a| a.sha256.as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_longer_than_announced_is_refused_before_it_is_read() {
+    let signer = Signer::new();
+    let body = agent_bytes();
+    let server = hostile(body.clone(), Serve::Longer { extra: 1 << 20 }).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let info = signer.release(&body, &server.url, true, None);
+    let err = updater(&signer)
+        .download(&info, dir.path())
+        .await
+        .expect_err("longer than the release");
+    assert!(err.contains("announces"), "{err}");
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_is_cut_off_at_the_signed_size() {
+    let signer = Signer::new();
+    let body = agent_bytes();
+    let server = hostile(body.clone(), Serve::Endless).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let info = signer.release(&body, &server.url, true, None);
+    let err = updater(&signer)
+        .download(&info, dir.path())
+        .await
+        .expect_err("endless");
+    assert!(err.contains("larger than the 300000 bytes"), "{err}");
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+    // The connection is gone: the server's writes fail once the socket buffers are full,
+    // a few MiB at most on loopback, where an endless download would go on for minutes.
+    let settle = std::time::Instant::now();
+    let mut last = server.sent.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = server.sent.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(
+            settle.elapsed() < std::time::Duration::from_secs(30),
+            "the server is still sending"
+        );
+    }
+    assert!(
+        last < 64 << 20,
+        "{last} bytes sent for a 300,000-byte release"
+    );
+}
+
+#[tokio::test]
+async fn a_size_the_signature_does_not_cover_is_refused_before_downloading() {
+    let signer = Signer::new();
+    let body = agent_bytes();
+    let server = hostile(body.clone(), Serve::Longer { extra: 4 << 20 }).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    // The metadata claims a larger file than was signed (and the server serves that much).
+    let info = signer.release(
+        &body,
+        &server.url,
+        true,
+        Some(body.len() as u64 + (4 << 20)),
+    );
+    let err = updater(&signer)
+        .download(&info, dir.path())
+        .await
+        .expect_err("size not signed");
+    assert!(err.contains("signature check failed"), "{err}");
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        0,
+        "nothing is downloaded for metadata that does not verify"
+    );
+    // A release signed by another key is refused the same way, before any download.
+    let other = Signer::new();
+    let info = other.release(&body, &server.url, true, None);
+    let err = updater(&signer)
+        .download(&info, dir.path())
+        .await
+        .expect_err("other key");
+    assert!(err.contains("not signed by the pinned"), "{err}");
+    assert_eq!(server.requests.load(Ordering::SeqCst), 0);
+    assert!(leftovers(dir.path()).is_empty());
+}
