@@ -147,9 +147,21 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
     .await
     {
         Ok(record) => {
-            let success = record.exit_code == Some(0) && !record.timed_out && !record.cancelled;
+            let success = record.exit_code == Some(0)
+                && !record.timed_out
+                && !record.cancelled
+                && record.spool_failed.is_none();
             let error = if success {
                 None
+            } else if let Some(why) = &record.spool_failed {
+                Some((
+                    codes::OUTPUT_LOST,
+                    format!(
+                        "the agent could not keep the script's output ({why}); the output stored \
+                         is incomplete (exit code {:?})",
+                        record.exit_code
+                    ),
+                ))
             } else if record.timed_out {
                 Some((
                     codes::TIMED_OUT,

@@ -69,6 +69,11 @@ pub struct ExitRecord {
     /// Some output was over the cap and not kept.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub output_truncated: bool,
+    /// Output could not be written to the spool (the agent's disk is full, say): what was
+    /// kept before stays, nothing after it is (a hole would be worse), and the run fails with
+    /// `output_lost`.
+    #[serde(skip)]
+    pub spool_failed: Option<String>,
     /// Bytes of stdout produced (kept or not).
     pub stdout_bytes: u64,
     /// Bytes of stderr produced.
@@ -209,13 +214,15 @@ fn keep(
         record.output_truncated = true;
     }
     let kept = &bytes[..bytes.len().min(room)];
-    if kept.is_empty() {
+    if kept.is_empty() || record.spool_failed.is_some() {
         return;
     }
     if let Err(err) = spool.append(stream, kept) {
-        // Disk full or gone: the run goes on, the output is marked incomplete.
-        tracing::error!(error = %err, "cannot write script output to the spool");
+        // Disk full or gone: the run goes on (killing it half-way could do more harm), its
+        // output stops being kept, and it fails with `output_lost`.
+        tracing::error!(error = %err, "cannot write script output to the spool; the run's output is incomplete");
         record.output_truncated = true;
+        record.spool_failed = Some(err.to_string());
         return;
     }
     on_output();

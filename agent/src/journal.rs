@@ -123,11 +123,21 @@ impl Journal {
         out
     }
 
+    /// Appends a record and syncs it. A write that fails part-way (a full disk) is cut off
+    /// again: left in place, the next record would be appended to the torn line and both would
+    /// be unreadable at the next start, losing a record that had been written whole.
     fn append(&mut self, record: Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&record)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
+        let before = self.file.metadata()?.len();
+        if let Err(err) = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+        {
+            let _ = self.file.set_len(before);
+            return Err(err);
+        }
         apply(&mut self.entries, &mut self.acked, record);
         self.appended += 1;
         if self.appended >= COMPACT_AFTER {

@@ -289,13 +289,37 @@ impl Agent {
         }
     }
 
-    /// Journals an answer; the connection sends it from there.
-    fn answer(&self, outcome: commands::Outcome) {
+    /// Journals an answer; the connection sends it from there. An answer that cannot be
+    /// journaled (the disk is full) is kept and tried again every [`JOURNAL_RETRY`] until it
+    /// is: it is never sent unjournaled (a crash would then lose it after the server stored
+    /// it, and the command would be reported interrupted instead), and never dropped.
+    fn answer(self: &Arc<Self>, outcome: commands::Outcome) {
         let id = outcome.response.command_id;
-        if let Err(err) = self.journal().answer(outcome.response) {
-            tracing::error!(command_id = %id, error = %err, "cannot journal an answer");
-        }
-        if let Some(code) = outcome.exit_code
+        let Err(err) = self.journal().answer(outcome.response.clone()) else {
+            self.answered(id, outcome.exit_code);
+            return;
+        };
+        tracing::error!(command_id = %id, error = %err, retry_in = ?JOURNAL_RETRY, "cannot journal an answer; keeping it and trying again");
+        let agent = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(JOURNAL_RETRY).await;
+                match agent.journal().answer(outcome.response.clone()) {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::warn!(command_id = %id, error = %err, "still cannot journal an answer")
+                    }
+                }
+            }
+            tracing::info!(command_id = %id, "answer journaled");
+            agent.answered(id, outcome.exit_code);
+        });
+    }
+
+    /// An answer is journaled: the connection may send it, and a control command's exit
+    /// follows.
+    fn answered(&self, id: CommandId, exit_code: Option<i32>) {
+        if let Some(code) = exit_code
             && let Ok(mut exit) = self.exit.lock()
         {
             *exit = Some((id, code));
@@ -353,6 +377,8 @@ impl Agent {
 
 /// File in the state directory naming the version an `update` asked for.
 pub const TARGET_VERSION_FILE: &str = "target_version";
+/// How often an answer that could not be journaled is tried again.
+const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 /// File in the state directory whose presence allows the asked-for update to be a downgrade.
 pub const UPDATE_FORCE_FILE: &str = "update_force";
 /// File in the state directory where the supervisor reports its last update.

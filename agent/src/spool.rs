@@ -23,6 +23,8 @@ pub fn path(dir: &Path, id: CommandId) -> PathBuf {
 /// Appends chunks to a spool.
 pub struct SpoolWriter {
     file: File,
+    /// Bytes of whole records written.
+    len: u64,
 }
 
 impl SpoolWriter {
@@ -33,10 +35,13 @@ impl SpoolWriter {
             .write(true)
             .truncate(true)
             .open(path)?;
-        Ok(Self { file })
+        Ok(Self { file, len: 0 })
     }
 
-    /// Appends one chunk in a single write, so a reader sees whole records or a short tail.
+    /// Appends one chunk in a single write, so a reader sees whole records or a short tail. A
+    /// write that fails part-way (the disk filled up) is cut off again, so that the spool
+    /// holds whole records only: a later record written after a torn one would be read with
+    /// the torn one's length, and the output would be garbled from there on.
     pub fn append(&mut self, stream: OutputStream, bytes: &[u8]) -> std::io::Result<()> {
         debug_assert!(bytes.len() <= outpost_protocol::limits::MAX_OUTPUT_CHUNK);
         let mut record = Vec::with_capacity(HEADER + bytes.len());
@@ -46,7 +51,13 @@ impl SpoolWriter {
         });
         record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         record.extend_from_slice(bytes);
-        self.file.write_all(&record)
+        if let Err(err) = self.file.write_all(&record) {
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.seek(SeekFrom::Start(self.len));
+            return Err(err);
+        }
+        self.len += record.len() as u64;
+        Ok(())
     }
 }
 

@@ -136,6 +136,9 @@ pub mod codes {
     pub const UNSUPPORTED: &str = "unsupported";
     /// Something failed inside the agent.
     pub const INTERNAL: &str = "internal";
+    /// The agent could not keep a run's output (its disk is full, say): the run fails with
+    /// this code, and the output stored is what was kept before.
+    pub const OUTPUT_LOST: &str = "output_lost";
     /// The `agent_id` in a `register` is bound to another agent key of the tenant (its first
     /// registration binds it); an admin must forget the agent before another key may use it.
     /// The connection is closed with 1008 and this code as its reason.

@@ -174,8 +174,7 @@ impl Link {
                 })?;
         let permissions = std::mem::take(&mut self.key.permissions);
         let (allowed, forbidden): (Vec<_>, Vec<_>) = open.into_iter().partition(|command| {
-            command.state != crate::store::state::PENDING
-                || permissions.contains(&command.command)
+            command.state != crate::store::state::PENDING || permissions.contains(&command.command)
         });
         if !forbidden.is_empty() {
             let ids: Vec<String> = forbidden.into_iter().map(|c| c.id).collect();

@@ -222,3 +222,68 @@ async fn a_server_killed_while_its_disk_is_full_loses_nothing() {
     drop(server);
     assert_eq!(integrity(&disk.path).await, ["ok"]);
 }
+
+/// The agent's own disk fills up during a run: the run fails with `output_lost` (not a silent
+/// success with part of its output), what was kept before is stored as whole chunks, no
+/// journal record is torn, and the next run works once there is room again. (An answer that
+/// cannot be journaled is kept and retried: `journal` and `Agent::answer`'s unit tests; a tmpfs
+/// cannot be filled to the last byte of the journal's page from here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_disk_fills_fails_the_run_clearly_and_loses_no_journal_record() {
+    let Some(disk) = Tmpfs::mount(4) else { return };
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    // Prints more than the disk holds.
+    scripts.add(
+        "big",
+        &format!("head -c {BIG} /dev/zero | tr '\\0' x"),
+        json!({"timeout_s": 600}),
+    );
+    scripts.add("hello", "echo hello", json!({}));
+    let (_, key) = api.agent_key().await;
+    // The mount point itself: the agent's log goes beside it, not onto the full disk.
+    let state = disk.path.clone();
+    let agent = Agent::start_with(&server.url, &key, Some(state.clone()), scripts.env());
+    let agent_id = agent.wait_online(&api).await;
+
+    let (_, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "big"}, "target": {"agents": [agent_id]}}),
+            None,
+        )
+        .await;
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    wait_for("the spool to fill the disk", READY_TIMEOUT, || {
+        let logs = agent.logs();
+        async move { logs.contains("cannot write script output").then_some(()) }
+    })
+    .await;
+    let done = api.wait_job(&job_id).await;
+    let run = &done["runs"][0];
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(run["error"]["code"], "output_lost", "{run}");
+    let kept = run["stdout_bytes"].as_u64().expect("bytes");
+    assert!(kept > 0 && kept < BIG, "{run}");
+    let run_id = run["run_id"].as_str().expect("run id");
+    let (_, output) = api.output(&job_id, run_id, "").await;
+    assert_eq!(output.len() as u64, kept);
+    assert!(output.iter().all(|b| *b == b'x'), "whole records only");
+
+    let (status, hello) = api
+        .job(
+            json!({"command": "run", "data": {"script": "hello"}, "target": {"agents": [agent_id]}}),
+            Some(30),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{hello}");
+    assert_eq!(hello["status"], "succeeded", "{hello}");
+    let journal = std::fs::read_to_string(state.join("journal.jsonl")).expect("journal");
+    for line in journal.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a torn journal record: {line:?}"
+        );
+    }
+    drop(agent);
+}

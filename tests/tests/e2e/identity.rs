@@ -335,7 +335,10 @@ async fn a_key_s_tag_cannot_be_claimed_by_another_key_s_agent() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    assert_eq!(agent_ids(&job["runs"], "agent_id"), std::slice::from_ref(&prod));
+    assert_eq!(
+        agent_ids(&job["runs"], "agent_id"),
+        std::slice::from_ref(&prod)
+    );
     let (_, job) = api
         .job(
             json!({"command": "ping", "target": {"tags": ["role=db"]}, "ttl_s": 60}),
