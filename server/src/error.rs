@@ -18,6 +18,14 @@ pub enum ApiError {
     /// 400: the request is malformed; the message names the field.
     #[error("{0}")]
     BadRequest(String),
+    /// 400 with a specific code (a refused agent frame: `bad_frame`).
+    #[error("{message}")]
+    Invalid {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// Human-readable reason, naming the field.
+        message: String,
+    },
     /// 401: no or bad credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -78,6 +86,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

@@ -141,23 +141,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Validates a list of tags: each 1–128 printable characters, at most 64.
+/// Validates a list of tags by the protocol's rule, the one agents' own tags follow: at most
+/// 64, each 1 to 128 bytes without commas or control characters.
 pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
-    use outpost_protocol::limits::{MAX_TAG_LEN, MAX_TAGS};
-    if tags.len() > MAX_TAGS {
-        return Err(ApiError::BadRequest(format!(
-            "{field}: at most {MAX_TAGS} tags"
-        )));
-    }
-    for tag in tags {
-        if tag.is_empty()
-            || tag.len() > MAX_TAG_LEN
-            || tag.chars().any(|c| c.is_control() || c == ',')
-        {
-            return Err(ApiError::BadRequest(format!(
-                "{field}: tag {tag:?} must be 1 to {MAX_TAG_LEN} characters without commas or control characters"
-            )));
-        }
-    }
-    Ok(())
+    outpost_protocol::check::tags(field, tags).map_err(ApiError::BadRequest)
 }

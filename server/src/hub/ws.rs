@@ -27,7 +27,7 @@ use outpost_protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::link::{End, Link, Pending, too_big};
+use super::link::{End, Link, Pending, refused_register, too_big};
 use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
 use crate::AppState;
 use crate::auth;
@@ -186,9 +186,10 @@ impl Connection {
             self.flush().await?;
             match decoded? {
                 Some(AgentFrame::Register { data }) => {
-                    if let Err(err) = Link::check_protocol(&data) {
+                    if let Err(err) = Link::check_register(&data) {
+                        let end = refused_register(&err);
                         let _ = self.send(&ServerFrame::Error(err)).await;
-                        return Err(End::Close(limits::CLOSE_POLICY, "protocol mismatch".into()));
+                        return Err(end);
                     }
                     return Ok(data);
                 }

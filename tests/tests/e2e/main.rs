@@ -6,6 +6,7 @@
 mod commands;
 mod deploy;
 mod durability;
+mod hardening;
 mod jobs;
 mod keys;
 mod longpoll;

@@ -1,0 +1,272 @@
+//! The smaller findings of the hardening issue (#26 §6), each reproduced over the real
+//! binaries: unbounded and unsanitised `register`s, output accepted after a run was final, an
+//! idempotency key reused with another body, `run` data not validated on the single-agent
+//! route, query errors that were not JSON, and an owner key that could not be revoked.
+
+use std::time::Duration;
+
+use outpost_e2e::ws::{self, Seen};
+use outpost_e2e::{Agent, Scripts, Server};
+use outpost_protocol::{ServerFrame, limits};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+
+/// A change to a `register`'s data.
+type Change = Box<dyn FnOnce(&mut Value)>;
+
+/// A `register` for `agent_id` with `change` applied to its data.
+fn register_with(agent_id: &str, change: impl FnOnce(&mut Value)) -> Value {
+    let mut frame = ws::register(agent_id);
+    change(&mut frame["data"]);
+    frame
+}
+
+/// Opens a WebSocket with `key`, sends `register` and returns what the server answered: the
+/// `error` frame's code and message, then the close.
+async fn refused_register(server: &Server, key: &str, register: &Value) -> (String, String) {
+    let mut peer = ws::connect(&server.url, key).await.expect("connect");
+    assert!(matches!(peer.frame().await, ServerFrame::Connected(_)));
+    peer.send_json(register).await;
+    let error = match peer.next(T).await {
+        Seen::Frame(ServerFrame::Error(e)) => (e.code, e.message),
+        other => panic!("expected an error frame, got {other:?}"),
+    };
+    assert_eq!(
+        peer.closed(T).await,
+        Some((limits::CLOSE_POLICY, "register refused".into())),
+        "after {error:?}"
+    );
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_past_the_protocols_limits_is_refused_and_nothing_of_it_is_stored() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, key) = api.agent_key().await;
+
+    let many_tags: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
+    let many_scripts: Vec<Value> = (0..20_000)
+        .map(|i| json!({"name": format!("s{i}")}))
+        .collect();
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(move |d| d["tags"] = json!(many_tags)),
+            "tags: 100000 tags; the limit is 64",
+        ),
+        (
+            Box::new(move |d| d["scripts"] = json!(many_scripts)),
+            "scripts: 20000 scripts; the limit is 512",
+        ),
+        (
+            // An OSC sequence that retitles the terminal, and a screen clear.
+            Box::new(|d| d["hostname"] = json!("web\u{1b}]0;pwned\u{7}\u{1b}[2J")),
+            "hostname: control character U+001B is not allowed",
+        ),
+        (
+            Box::new(|d| d["hostname"] = json!("a\u{0}b")),
+            "hostname: control character U+0000 is not allowed",
+        ),
+        (
+            Box::new(|d| d["hostname"] = json!("h".repeat(256))),
+            "hostname: 256 bytes; the limit is 255",
+        ),
+        (
+            Box::new(|d| d["tags"] = json!(["ok", "bad\u{9b}31m"])),
+            "tags[1]: control character U+009B is not allowed",
+        ),
+        (
+            Box::new(|d| d["scripts"] = json!([{"name": "x", "description": "d".repeat(513)}])),
+            "scripts[0].description: 513 bytes; the limit is 512",
+        ),
+        (
+            Box::new(|d| d["scripts"] = json!([{"name": "../etc/passwd"}])),
+            "scripts[0].name: script name \"../etc/passwd\" must be",
+        ),
+        (
+            Box::new(|d| d["os"] = json!("Linux\r\n6.1")),
+            "os: control character U+000D is not allowed",
+        ),
+    ];
+    for (change, want) in cases {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (code, message) = refused_register(&server, &key, &register_with(&id, change)).await;
+        assert_eq!(code, "bad_frame");
+        assert!(
+            message.starts_with(want),
+            "{message:?} should start with {want:?}"
+        );
+        let (status, body) = api.get(&format!("/api/agents/{id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "stored anyway: {body}");
+    }
+
+    // Right at every limit is accepted and stored whole.
+    let id = uuid::Uuid::now_v7().to_string();
+    let tags: Vec<String> = (0..64)
+        .map(|i| format!("{i:03}{}", "t".repeat(125)))
+        .collect();
+    let scripts: Vec<Value> = (0..512)
+        .map(|i| json!({"name": format!("s{i}"), "description": format!("{i:03}{}", "d".repeat(509))}))
+        .collect();
+    let at_limits = register_with(&id, |d| {
+        d["tags"] = json!(tags);
+        d["scripts"] = json!(scripts);
+        d["hostname"] = json!(format!("{}é", "h".repeat(253)));
+    });
+    let mut peer = ws::connect(&server.url, &key).await.expect("connect");
+    assert!(matches!(peer.frame().await, ServerFrame::Connected(_)));
+    peer.send_json(&at_limits).await;
+    api.wait_online(&id).await;
+    let (_, agent) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(agent["tags"].as_array().map(Vec::len), Some(64));
+    assert_eq!(agent["scripts"].as_array().map(Vec::len), Some(512));
+    assert_eq!(agent["hostname"].as_str().map(str::len), Some(255));
+
+    // A later `register` on the connection (a manifest change) is held to the same limits:
+    // refused, the connection closed, the earlier registration kept.
+    peer.send_json(&register_with(&id, |d| d["tags"] = json!(vec!["x"; 65])))
+        .await;
+    match peer.next(T).await {
+        Seen::Frame(ServerFrame::Error(e)) => {
+            assert_eq!(e.code, "bad_frame");
+            assert_eq!(e.message, "tags: 65 tags; the limit is 64");
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    assert_eq!(
+        peer.closed(T).await,
+        Some((limits::CLOSE_POLICY, "register refused".into()))
+    );
+    let (_, agent) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(agent["tags"].as_array().map(Vec::len), Some(64));
+}
+
+/// `POST /agent/v1/frames` with `body`.
+async fn post_frames(server: &Server, key: &str, body: Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/agent/v1/frames", server.url))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_long_poll_transport_refuses_the_same_registers() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, key) = api.agent_key().await;
+
+    let id = uuid::Uuid::now_v7().to_string();
+    let bad = register_with(&id, |d| d["hostname"] = json!("web\u{1b}[2J"));
+    let (status, body) = post_frames(&server, &key, json!({"frames": [bad]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "bad_frame");
+    assert_eq!(
+        body["error"]["message"],
+        "register refused: hostname: control character U+001B is not allowed"
+    );
+    assert_eq!(
+        api.get(&format!("/api/agents/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // A session's later `register` past a limit ends the session.
+    let (status, opened) = post_frames(&server, &key, json!({"frames": [ws::register(&id)]})).await;
+    assert_eq!(status, StatusCode::OK, "{opened}");
+    let session = opened["session"].as_str().expect("session").to_owned();
+    api.wait_online(&id).await;
+    let many = register_with(&id, |d| {
+        d["scripts"] = json!(
+            (0..513)
+                .map(|i| json!({"name": format!("s{i}")}))
+                .collect::<Vec<_>>()
+        );
+    });
+    let (status, body) = post_frames(
+        &server,
+        &key,
+        json!({"agent_id": id, "session": session, "frames": [many]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "session closed: register refused: scripts: 513 scripts; the limit is 512"
+    );
+    api.wait_status(&id, "offline").await;
+    let (_, agent) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(agent["scripts"], json!([]), "the first registration stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_agent_keeps_its_register_within_the_limits_and_says_what_it_left_out() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, key) = api.agent_key().await;
+    // 520 scripts (one file), one with a long description full of escapes, 70 tags and one
+    // with a control character: a manifest and a configuration the server would refuse whole.
+    let mut scripts = Scripts::new();
+    scripts.add("s000", "echo hi", json!({}));
+    let entries: Vec<Value> = (0..520)
+        .map(|i| {
+            let mut entry = json!({"name": format!("s{i:03}"), "path": "s000.sh"});
+            if i == 1 {
+                entry["description"] = json!(format!("\u{1b}[31m{}", "d".repeat(600)));
+            }
+            entry
+        })
+        .collect();
+    scripts.write_raw(&json!({ "scripts": entries }).to_string());
+    let tags: Vec<String> = (0..70).map(|i| format!("t{i}")).collect();
+    let mut env = scripts.env();
+    env.push((
+        "OUTPOST_TAGS".into(),
+        format!("bad\u{1b}[2J,{}", tags.join(",")),
+    ));
+    let agent = Agent::start_with(&server.url, &key, None, env);
+    let id = agent.wait_online(&api).await;
+
+    let (_, stored) = api.get(&format!("/api/agents/{id}")).await;
+    assert_eq!(stored["scripts"].as_array().map(Vec::len), Some(512));
+    assert_eq!(stored["tags"].as_array().map(Vec::len), Some(64));
+    assert_eq!(stored["tags"][0], "t0");
+    let description = stored["scripts"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "s001"))
+        .and_then(|s| s["description"].as_str())
+        .expect("description")
+        .to_owned();
+    assert_eq!(description, format!("[31m{}", "d".repeat(508)));
+    // The scripts left out still are not runnable, the kept ones are.
+    let (status, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "s511"}, "target": {"agents": [id]}}),
+            Some(30),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["runs"][0]["status"], "succeeded", "{job}");
+
+    let logs = agent.logs();
+    for said in [
+        "more than 512 scripts",
+        "OUTPOST_TAGS: control character U+001B",
+        "more than 64 tags",
+        "description is longer than 512 bytes",
+    ] {
+        assert!(
+            logs.contains(said),
+            "the agent's log does not say {said:?}:\n{logs}"
+        );
+    }
+    assert!(
+        !server.logs().contains("register refused"),
+        "the server refused the real agent"
+    );
+}
