@@ -299,6 +299,22 @@ impl Link {
             Written::Output(Stored::Foreign) => {
                 tracing::debug!("output for a command that is not this agent's");
             }
+            // Not counted as a bad frame: an agent back after its run was marked lost sends
+            // the rest of its spool, and must not be cut off for it.
+            Written::Output(Stored::Final {
+                command_id,
+                stream,
+                seq,
+            }) => {
+                let message = format!(
+                    "run {command_id} is final: output after its answer is not stored ({} chunk {seq})",
+                    stream.as_str()
+                );
+                out.push(ServerFrame::Error(ErrorBody::new(
+                    codes::RUN_FINISHED,
+                    message,
+                )));
+            }
             Written::Output(_) => {}
             // The writer has handed it to its waiters and job listeners already (see
             // `Writer::on_finished`).

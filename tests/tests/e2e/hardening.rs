@@ -270,3 +270,121 @@ async fn the_real_agent_keeps_its_register_within_the_limits_and_says_what_it_le
         "the server refused the real agent"
     );
 }
+
+/// A raw agent, registered with a `deploy` script, and the id it registered with.
+async fn scripted_peer(server: &Server) -> (ws::Peer, String) {
+    let (_, key) = server.api().agent_key().await;
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, &key).await.expect("connect");
+    assert!(matches!(peer.frame().await, ServerFrame::Connected(_)));
+    peer.send_json(&register_with(&id, |d| {
+        d["capabilities"] = json!(["ping", "run"]);
+        d["scripts"] = json!([{"name": "deploy"}]);
+    }))
+    .await;
+    server.api().wait_online(&id).await;
+    (peer, id)
+}
+
+/// Creates a `run deploy` job for `agent`, reads its command on `peer`; returns (job, run).
+async fn run_on(api: &outpost_e2e::Api, peer: &mut ws::Peer, agent: &str) -> (String, String) {
+    let (status, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "deploy"}, "target": {"agents": [agent]}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let run_id = match peer.frame().await {
+        ServerFrame::Command(c) => c.command_id.to_string(),
+        other => panic!("expected the command, got {other:?}"),
+    };
+    (job["job_id"].as_str().expect("job").to_owned(), run_id)
+}
+
+fn output(run_id: &str, seq: u64, data: &str) -> Value {
+    json!({"type": "output", "command_id": run_id, "stream": "stdout", "seq": seq, "data": data})
+}
+
+fn response(run_id: &str) -> Value {
+    json!({"type": "response", "command_id": run_id, "success": true,
+           "data": {"exit_code": 0, "duration_ms": 5, "timed_out": false, "cancelled": false}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_after_a_run_is_final_is_refused_and_not_stored() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (mut peer, agent) = scripted_peer(&server).await;
+
+    // A run that succeeds with one chunk of output.
+    let (job_id, run_id) = run_on(&api, &mut peer, &agent).await;
+    peer.send_json(&json!({"type": "ack", "command_id": run_id}))
+        .await;
+    peer.send_json(&output(&run_id, 0, "hello\n")).await;
+    peer.send_json(&response(&run_id)).await;
+    assert!(matches!(peer.frame().await, ServerFrame::Ack { .. }));
+    let job = api.wait_job(&job_id).await;
+    assert_eq!(job["runs"][0]["status"], "succeeded", "{job}");
+
+    // A chunk sent again (as after a reconnect) is no error; a new one after the answer is
+    // refused with `run_finished`, however many come: they are not counted as bad frames.
+    peer.send_json(&output(&run_id, 0, "hello\n")).await;
+    for seq in 999..1011 {
+        peer.send_json(&output(&run_id, seq, "forged\n")).await;
+        match peer.frame().await {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, "run_finished");
+                assert!(
+                    e.message.contains(&run_id) && e.message.contains(&format!("chunk {seq}")),
+                    "{e:?}"
+                );
+            }
+            other => panic!("expected an error for chunk {seq}, got {other:?}"),
+        }
+    }
+    let (_, bytes) = api.output(&job_id, &run_id, "").await;
+    assert_eq!(String::from_utf8_lossy(&bytes), "hello\n");
+    let (_, job) = api.get(&format!("/api/jobs/{job_id}")).await;
+    assert_eq!(job["runs"][0]["stdout_bytes"], 6, "{job}");
+
+    // Chunks after the answer in one write (so, likely, one writer batch, where output is
+    // applied before results) are refused as well.
+    let (job_id, run_id) = run_on(&api, &mut peer, &agent).await;
+    peer.send_together(&[
+        json!({"type": "ack", "command_id": run_id}),
+        output(&run_id, 0, "mine\n"),
+        response(&run_id),
+        output(&run_id, 1, "forged\n"),
+    ])
+    .await;
+    let mut refused = false;
+    let mut acked = false;
+    while !(refused && acked) {
+        match peer.frame().await {
+            ServerFrame::Error(e) if e.code == "run_finished" => refused = true,
+            ServerFrame::Ack { command_id } if command_id.to_string() == run_id => acked = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    api.wait_job(&job_id).await;
+    let (_, bytes) = api.output(&job_id, &run_id, "").await;
+    assert_eq!(String::from_utf8_lossy(&bytes), "mine\n");
+
+    // The connection is still in use: a ping goes through it.
+    let pinger = api.clone();
+    let target = agent.clone();
+    let ping = tokio::spawn(async move {
+        pinger
+            .command(&target, json!({"command": "ping", "timeout_s": 20}))
+            .await
+    });
+    let ping_id = match peer.frame().await {
+        ServerFrame::Command(c) => c.command_id.to_string(),
+        other => panic!("expected the ping, got {other:?}"),
+    };
+    peer.send_json(&json!({"type": "response", "command_id": ping_id, "success": true, "data": {"pong": true}}))
+        .await;
+    let (status, pong) = ping.await.expect("join");
+    assert_eq!(status, StatusCode::OK, "{pong}");
+}
