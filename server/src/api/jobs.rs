@@ -66,7 +66,8 @@ pub struct CreateJob {
     pub ttl_s: Option<u32>,
     /// Notified when the job finishes (delivery arrives with webhooks).
     pub webhook_url: Option<String>,
-    /// A retried request with the same key returns the first job instead of a new one.
+    /// A retried request with the same key returns the first job instead of a new one; the
+    /// same key with a different request is refused (409 `idempotency_key_reused`).
     pub idempotency_key: Option<String>,
 }
 
@@ -261,6 +262,64 @@ fn validate_run_data(data: &Value) -> Result<(), ApiError> {
     }
 }
 
+/// The fingerprint of a job request: what it asks for (command, data, target, timeouts,
+/// webhook), with defaults filled in, as canonical JSON, hashed under the master key for the
+/// caller's tenant. A retry of the same request has the same fingerprint; so does one that
+/// spells a default out (`"timeout_s": 60`) or orders an object's keys otherwise.
+fn request_fingerprint(
+    state: &AppState,
+    caller: &Caller,
+    spec: &CommandSpec,
+    target: &Value,
+    webhook_url: Option<&str>,
+) -> String {
+    let request = serde_json::json!({
+        "command": spec.command,
+        "data": spec.data,
+        "target": target,
+        "timeout_s": spec.timeout_s,
+        "ttl_s": spec.ttl_s,
+        "webhook_url": webhook_url,
+    });
+    let mut text = String::new();
+    canonical_json(&request, &mut text);
+    state
+        .webhooks
+        .master
+        .fingerprint(&caller.tenant_id, text.as_bytes())
+}
+
+/// `value` as JSON with every object's keys sorted, whatever order the map keeps them in.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(key.as_str()).to_string());
+                out.push(':');
+                canonical_json(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 /// Resolves a target to agents of the caller's tenant.
 async fn resolve(
     state: &AppState,
@@ -332,6 +391,7 @@ async fn refusal(
         (status = 200, body = JobView, description = "With ?wait: every run is final"),
         (status = 400, body = crate::error::ErrorEnvelope),
         (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command"),
+        (status = 409, body = crate::error::ErrorEnvelope, description = "idempotency_key_reused: the key was used for a different request"),
         (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -377,17 +437,37 @@ pub async fn create(
             refused: refused.map(|why| ("forbidden".to_owned(), why)),
         });
     }
+    let target = serde_json::to_value(&body.target).unwrap_or(Value::Null);
+    let fingerprint = body
+        .idempotency_key
+        .as_ref()
+        .map(|_| request_fingerprint(&state, &caller, &spec, &target, body.webhook_url.as_deref()));
     let new = NewJob {
         tenant_id: caller.tenant_id.clone(),
         command: spec.command.clone(),
         data: spec.data.clone(),
-        target: serde_json::to_value(&body.target).unwrap_or(Value::Null),
+        target,
         timeout_s: spec.timeout_s,
         ttl_s: spec.ttl_s,
         idempotency_key: body.idempotency_key,
+        request_fingerprint: fingerprint.clone(),
         webhook_url: body.webhook_url,
     };
     let (job, runs, created) = state.writer.store().create_job(new, runs).await?;
+    // A key used before answers its first job only for the same request (jobs created before
+    // fingerprints were kept have none, and keep answering as they did).
+    if !created
+        && let (Some(theirs), Some(ours)) = (&job.request_fingerprint, &fingerprint)
+        && theirs != ours
+    {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_reused",
+            message: format!(
+                "idempotency_key: already used for job {} with a different request; a retry must repeat the request exactly, a new request needs a new key",
+                job.id
+            ),
+        });
+    }
     let wait = query.wait.map(|s| Duration::from_secs(s.min(MAX_WAIT_S)));
     // Watch before pushing, so that no result can slip by.
     let waiter = wait.map(|_| {

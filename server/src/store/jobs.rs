@@ -56,6 +56,8 @@ pub struct NewJob {
     pub ttl_s: u32,
     /// Makes a retried request return the first job.
     pub idempotency_key: Option<String>,
+    /// Keyed hash of the request, kept with an idempotency key (see the API's `create`).
+    pub request_fingerprint: Option<String>,
     /// Notified when the job finishes.
     pub webhook_url: Option<String>,
 }
@@ -133,7 +135,8 @@ pub enum Stored {
 
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Creates a job and its runs in one transaction. With an idempotency key already used
-    /// by the tenant, returns the existing job instead (and `false`).
+    /// by the tenant, returns the existing job instead (and `false`): the caller compares its
+    /// `request_fingerprint` with the request's.
     pub async fn create_job(
         &self,
         new: NewJob,
@@ -171,6 +174,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             idempotency_key: Set(new.idempotency_key.clone()),
             webhook_url: Set(new.webhook_url.clone()),
             webhook_status: Set(None),
+            request_fingerprint: Set(new
+                .idempotency_key
+                .as_ref()
+                .and(new.request_fingerprint.clone())),
         }
         .insert(&txn)
         .await;

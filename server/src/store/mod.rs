@@ -293,6 +293,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             role: Set("owner".into()),
             created_at: Set(Utc::now()),
             expires_at: Set(None),
+            revoked_at: Set(None),
         }
         .insert(&self.db)
         .await?;

@@ -388,3 +388,51 @@ async fn output_after_a_run_is_final_is_refused_and_not_stored() {
     let (status, pong) = ping.await.expect("join");
     assert_eq!(status, StatusCode::OK, "{pong}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_with_another_request_is_refused() {
+    let mut server = Server::start().await;
+    let api = server.api();
+    let (_peer, agent) = scripted_peer(&server).await;
+    let request = json!({"command": "run", "idempotency_key": "deploy-2026-11-26",
+        "data": {"script": "deploy", "params": {"VERSION": "1.2.3", "REGION": "eu"}},
+        "target": {"agents": [agent]}});
+    let (status, first) = api.job(request.clone(), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let job_id = first["job_id"].as_str().expect("job").to_owned();
+
+    // The same request again (keys in another order, a default spelled out) is the first job.
+    let same = json!({"target": {"agents": [agent]}, "timeout_s": 60,
+        "data": {"params": {"REGION": "eu", "VERSION": "1.2.3"}, "script": "deploy"},
+        "idempotency_key": "deploy-2026-11-26", "command": "run"});
+    let (status, again) = api.job(same.clone(), None).await;
+    assert!(status.is_success(), "{again}");
+    assert_eq!(again["job_id"], job_id.as_str());
+
+    // Another request with the key is refused, naming the first job.
+    let mut other_params = request.clone();
+    other_params["data"]["params"]["VERSION"] = json!("6.6.6");
+    let mut other_target = request.clone();
+    other_target["target"] = json!({"all": true});
+    let mut other_timeout = request.clone();
+    other_timeout["timeout_s"] = json!(5);
+    for other in [other_params, other_target, other_timeout] {
+        let (status, body) = api.job(other.clone(), None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{other}: {body}");
+        assert_eq!(body["error"]["code"], "idempotency_key_reused");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&job_id), "{message}");
+    }
+    let (_, jobs) = api.get("/api/jobs").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+
+    // The fingerprint is stored: the same holds after a restart.
+    server.restart().await;
+    let api = server.api();
+    let (status, again) = api.job(same, None).await;
+    assert!(status.is_success(), "{again}");
+    assert_eq!(again["job_id"], job_id.as_str());
+    let mut other = request;
+    other["data"]["params"] = json!({});
+    assert_eq!(api.job(other, None).await.0, StatusCode::CONFLICT);
+}
