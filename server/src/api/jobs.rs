@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use outpost_protocol::{OutputStream, commands};
+use outpost_protocol::OutputStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiJson;
+use super::{ApiJson, Path, Query};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
@@ -234,34 +234,6 @@ pub struct OutputQuery {
     pub offset: Option<u64>,
 }
 
-fn validate_run_data(data: &Value) -> Result<(), ApiError> {
-    let script = data
-        .get("script")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("data.script: a run needs the script's name".into()))?;
-    if script.is_empty() || script.len() > 128 {
-        return Err(ApiError::BadRequest(
-            "data.script: must be 1 to 128 characters".into(),
-        ));
-    }
-    match data.get("params") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(params)) => {
-            for (name, value) in params {
-                if !value.is_string() {
-                    return Err(ApiError::BadRequest(format!(
-                        "data.params.{name}: parameter values must be strings"
-                    )));
-                }
-            }
-            Ok(())
-        }
-        Some(_) => Err(ApiError::BadRequest(
-            "data.params: must be an object of strings".into(),
-        )),
-    }
-}
-
 /// The fingerprint of a job request: what it asks for (command, data, target, timeouts,
 /// webhook), with defaults filled in, as canonical JSON, hashed under the master key for the
 /// caller's tenant. A retry of the same request has the same fingerprint; so does one that
@@ -400,9 +372,6 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<Response, ApiError> {
     let spec = CommandSpec::new(body.command, body.data, body.timeout_s, body.ttl_s)?;
-    if spec.command == commands::RUN {
-        validate_run_data(&spec.data)?;
-    }
     if let Some(key) = &body.idempotency_key
         && (key.is_empty() || key.len() > 200)
     {

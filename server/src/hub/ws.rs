@@ -74,7 +74,13 @@ pub async fn handler(
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            return crate::error::envelope(
+                rejection.status(),
+                "bad_request",
+                format!("upgrade: {}", rejection.body_text()),
+            );
+        }
     };
     upgrade
         .read_buffer_size(READ_BUFFER)

@@ -436,3 +436,215 @@ async fn an_idempotency_key_reused_with_another_request_is_refused() {
     other["data"]["params"] = json!({});
     assert_eq!(api.job(other, None).await.0, StatusCode::CONFLICT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_data_is_validated_alike_on_every_route() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, key) = api.agent_key().await;
+    let (key_id, _) = api.agent_key().await;
+    let agent = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, &key).await.expect("connect");
+    peer.handshake(&agent).await;
+    api.wait_online(&agent).await;
+
+    let many: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("P{i}"), json!("x"))).collect();
+    let cases = [
+        (json!({}), "data.script: a run needs the script's name"),
+        (
+            json!({"script": "../etc/passwd"}),
+            "data.script: script name \"../etc/passwd\" must be",
+        ),
+        (
+            json!({"script": "x", "params": ["A"]}),
+            "data.params: must be an object of strings",
+        ),
+        (
+            json!({"script": "x", "params": {"lower": "v"}}),
+            "data.params: parameter name \"lower\" must match",
+        ),
+        (
+            json!({"script": "x", "params": {"A": 5}}),
+            "data.params.A: parameter A must be a string",
+        ),
+        (
+            json!({"script": "x", "params": {"A": "a\u{0}b"}}),
+            "data.params.A: parameter A contains NUL",
+        ),
+        (
+            json!({"script": "x", "params": {"A": "v".repeat(32 * 1024 + 1)}}),
+            "data.params.A: parameter A is 32769 bytes; the limit is 32768",
+        ),
+        (
+            json!({"script": "x", "params": many}),
+            "data.params: 65 parameters; the limit is 64",
+        ),
+    ];
+    for (data, want) in cases {
+        let routes = [
+            (
+                format!("/api/agents/{agent}/command"),
+                json!({"command": "run", "data": data, "queue": true}),
+            ),
+            (
+                format!("/api/agents/keys/{key_id}/command"),
+                json!({"command": "run", "data": data}),
+            ),
+            (
+                "/api/jobs".to_owned(),
+                json!({"command": "run", "data": data, "target": {"agents": [agent]}}),
+            ),
+        ];
+        for (path, body) in routes {
+            let (status, answer) = api.post(&path, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {data}: {answer}");
+            assert_eq!(answer["error"]["code"], "bad_request");
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with(want),
+                "{path}: {message:?} should start with {want:?}"
+            );
+        }
+    }
+    // Nothing reached the agent: the next frame it gets is this valid run.
+    let (status, queued) = api
+        .job(
+            json!({"command": "run", "data": {"script": "ok", "params": {"A": "v"}},
+                   "target": {"agents": [agent]}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    match peer.frame().await {
+        ServerFrame::Command(c) => assert_eq!(c.data["script"], "ok"),
+        other => panic!("expected the valid run, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejected_request_gets_the_json_error_envelope_naming_the_field() {
+    let server = Server::start().await;
+    let api = server.api();
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: Option<&str>| {
+        let mut request = client
+            .request(method, format!("{}{path}", server.url))
+            .bearer_auth(&server.admin_key);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        request.send()
+    };
+    let cases: Vec<(reqwest::Method, String, Option<&str>, u16, &str)> = vec![
+        (
+            reqwest::Method::GET,
+            "/api/jobs?limit=ten".into(),
+            None,
+            400,
+            "query: limit: invalid digit",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/jobs?since=yesterday".into(),
+            None,
+            400,
+            "query: since: ",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/jobs?wait=-1".into(),
+            Some("{}"),
+            400,
+            "query: wait: invalid digit",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/jobs/x/runs/y/output?offset=many".into(),
+            None,
+            400,
+            "query: offset: invalid digit",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/jobs".into(),
+            Some("{\"command\": 5}"),
+            400,
+            "body: command: invalid type",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/jobs".into(),
+            Some("{\"command\": \"ping\", \"target\": {\"agentz\": []}}"),
+            400,
+            "body: target.agentz: unknown field `agentz`",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/jobs".into(),
+            Some("not json"),
+            400,
+            "body: ",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/agents/%FF".into(),
+            None,
+            400,
+            "path: ",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/nothing-here".into(),
+            None,
+            404,
+            "no route /api/nothing-here",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/jobs".into(),
+            None,
+            405,
+            "DELETE is not served on /api/jobs",
+        ),
+    ];
+    for (method, path, body, status, want) in cases {
+        let response = send(method.clone(), &path, body).await.expect("request");
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(content_type, "application/json", "{method} {path}");
+        let answer: Value = response.json().await.expect("json");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            answer["error"]["code"].is_string(),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            message.starts_with(want),
+            "{method} {path}: {message:?} should start with {want:?}"
+        );
+    }
+    // A plain GET where a WebSocket upgrade is expected (with a good agent key).
+    let (_, key) = api.agent_key().await;
+    let response = client
+        .get(format!("{}/agent/v1/ws", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_client_error(), "{}", response.status());
+    let answer: Value = response.json().await.expect("json");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("upgrade: ")),
+        "{answer}"
+    );
+}
