@@ -141,7 +141,10 @@ pub async fn run(
     let app = api::router()
         .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
         .route("/metrics", axum::routing::get(metrics::route))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+        // Applied by the body extractors (ApiJson), whose rejection is the JSON error
+        // envelope (413); tower-http's layer answered text/plain. No API handler reads a body
+        // any other way.
+        .layer(axum::extract::DefaultBodyLimit::max(
             outpost_protocol::limits::MAX_FRAME_BYTES,
         ))
         // Long-poll batches carry many frames: their routes have their own, larger limit.

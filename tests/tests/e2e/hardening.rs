@@ -631,6 +631,14 @@ async fn every_rejected_request_gets_the_json_error_envelope_naming_the_field() 
             "{method} {path}: {message:?} should start with {want:?}"
         );
     }
+    // A body over the 1 MiB limit.
+    let big = format!("{{\"command\": \"{}\"}}", "x".repeat(2 << 20));
+    let response = send(reqwest::Method::POST, "/api/jobs", Some(&big))
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["error"]["code"], "too_large", "{answer}");
     // A plain GET where a WebSocket upgrade is expected (with a good agent key).
     let (_, key) = api.agent_key().await;
     let response = client
