@@ -10,6 +10,7 @@
 //! - a command is committed to the store before any frame carrying it is sent;
 //! - a result is committed before the agent is acknowledged and before any waiter is woken.
 
+pub mod admin_key;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -70,7 +71,7 @@ pub async fn run(
     );
     metrics::handle();
     let (store, writer) = open_store(&config).await?;
-    bootstrap_admin(&store, &config).await?;
+    admin_key::bootstrap(&store, &config).await?;
     let master = load_master_key(&config)?;
 
     let state = AppState {
@@ -252,27 +253,6 @@ fn load_master_key(config: &Config) -> anyhow::Result<seal::MasterKey> {
         }
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-/// Creates the default tenant and owner key on first start and shows the key once.
-async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<()> {
-    if let Some(key) = &config.admin_key {
-        auth::validate_admin_key(key).map_err(anyhow::Error::msg)?;
-    }
-    let Some(secret) = store.bootstrap(config.admin_key.as_deref()).await? else {
-        return Ok(());
-    };
-    create_private_dir(&config.data_dir)?;
-    let path = config.data_dir.join("admin.key");
-    write_private(&path, &format!("{secret}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
-    // Printed on stdout, not logged: logs are shipped and kept, this is shown once.
-    println!(
-        "Created the owner API key (shown once, also saved to {}):",
-        path.display()
-    );
-    println!("  {secret}");
-    Ok(())
 }
 
 /// Closes the connections of agents gone silent or whose key expired ([`hub::Hub::sweep`]).

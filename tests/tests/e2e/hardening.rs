@@ -656,3 +656,142 @@ async fn every_rejected_request_gets_the_json_error_envelope_naming_the_field() 
         "{answer}"
     );
 }
+
+/// `outpost-server admin-key rotate --data-dir DIR`: its exit status and stdout.
+fn rotate(data_dir: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(outpost_e2e::bin_dir().join("outpost-server"))
+        .args(["admin-key", "rotate", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("OUTPOST_ADMIN_KEY")
+        .env_remove("OUTPOST_DATABASE_URL")
+        .output()
+        .expect("running admin-key rotate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn admin_key_file(data_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.key"))
+        .expect("admin.key")
+        .trim()
+        .to_owned()
+}
+
+async fn accepted(server: &Server, key: &str) -> bool {
+    let (status, body) = server.api().with_token(key).get("/api/agents").await;
+    match status {
+        StatusCode::OK => true,
+        StatusCode::UNAUTHORIZED => false,
+        other => panic!("{other}: {body}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_key_is_not_printed_to_logs_and_can_be_rotated_running_or_stopped() {
+    let mut server = Server::start().await;
+    let dir = server.data_dir.clone();
+    let first = server.admin_key.clone();
+    // stdout is a pipe here, as under systemd or docker: it says where the key is, not what.
+    let printed = server.stdout.lock().expect("stdout").join("\n");
+    assert!(!printed.contains("opk_"), "{printed}");
+    assert!(
+        printed.contains(&format!("it is in {}", dir.join("admin.key").display())),
+        "{printed}"
+    );
+
+    // While the server runs: the new key works at once, the old one stops.
+    let (ok, said) = rotate(&dir);
+    assert!(ok, "{said}");
+    assert!(!said.contains("opk_"), "{said}");
+    assert!(said.contains("Revoked 1 earlier owner key(s)"), "{said}");
+    let second = admin_key_file(&dir);
+    assert!(second.starts_with("opk_") && second != first);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("admin.key"))
+        .expect("admin.key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(accepted(&server, &second).await);
+    assert!(!accepted(&server, &first).await, "the old key still works");
+
+    // While it is stopped: the same, and a restart neither restores nor prints anything.
+    server.terminate();
+    let (ok, said) = rotate(&dir);
+    assert!(ok, "{said}");
+    let third = admin_key_file(&dir);
+    server.restart().await;
+    assert_eq!(server.admin_key, third);
+    for old in [&first, &second] {
+        assert!(!accepted(&server, old).await);
+    }
+    assert!(accepted(&server, &third).await);
+    let printed = server.stdout.lock().expect("stdout").join("\n");
+    assert!(!printed.contains("opk_"), "{printed}");
+
+    // Without a database there is nothing to rotate, and it says so.
+    let empty = tempfile::tempdir().expect("tmp");
+    let (ok, said) = rotate(empty.path());
+    assert!(!ok);
+    assert!(said.contains("does not exist"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_admin_key_in_the_environment_revokes_the_previous_one() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let with_key = |key: Option<&str>| outpost_e2e::ServerOptions {
+        data_dir: Some(dir.clone()),
+        envs: key
+            .map(|k| vec![("OUTPOST_ADMIN_KEY".to_owned(), k.to_owned())])
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    // First start without one: a generated key in admin.key.
+    let mut server = Server::start_with(with_key(None)).await;
+    let generated = server.admin_key.clone();
+    server.terminate();
+    drop(server);
+
+    let k1 = format!("opk_{}", "1".repeat(40));
+    let k2 = format!("opk_{}", "2".repeat(40));
+    let mut server = Server::start_with(with_key(Some(&k1))).await;
+    assert!(accepted(&server, &k1).await);
+    assert!(
+        !accepted(&server, &generated).await,
+        "the generated key still works"
+    );
+    assert!(
+        !dir.join("admin.key").exists(),
+        "admin.key still holds the revoked key"
+    );
+    server.terminate();
+    drop(server);
+
+    let mut server = Server::start_with(with_key(Some(&k2))).await;
+    assert!(accepted(&server, &k2).await);
+    assert!(
+        !accepted(&server, &k1).await,
+        "the previous OUTPOST_ADMIN_KEY still works"
+    );
+    server.terminate();
+    drop(server);
+
+    // Going back to a revoked key does not bring it back: it is refused, with a warning.
+    let server = Server::start_with(outpost_e2e::ServerOptions {
+        envs: vec![("OUTPOST_ADMIN_KEY".to_owned(), k1.clone())],
+        ..with_key(None)
+    })
+    .await;
+    assert!(!accepted(&server, &k1).await);
+    assert!(accepted(&server, &k2).await);
+    assert!(
+        server
+            .logs()
+            .contains("OUTPOST_ADMIN_KEY holds an owner key that was revoked")
+    );
+}
