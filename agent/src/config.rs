@@ -230,13 +230,34 @@ impl Config {
         self.api_key.as_deref().unwrap_or_default()
     }
 
-    /// Tags with blanks removed.
+    /// Tags with blanks removed, as `register` may carry them: a tag the protocol refuses
+    /// (over 128 bytes, control characters) is left out, and only the first 64 are kept
+    /// ([`tag_problems`](Self::tag_problems) says what was left out).
     pub fn clean_tags(&self) -> Vec<String> {
-        self.tags
-            .iter()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect()
+        self.checked_tags().0
+    }
+
+    /// Why tags given in `OUTPOST_TAGS` are left out of `register`, one line each.
+    pub fn tag_problems(&self) -> Vec<String> {
+        self.checked_tags().1
+    }
+
+    fn checked_tags(&self) -> (Vec<String>, Vec<String>) {
+        use outpost_protocol::limits::MAX_TAGS;
+        let mut kept = Vec::new();
+        let mut problems = Vec::new();
+        for tag in self.tags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            if let Err(why) = outpost_protocol::check::tag("OUTPOST_TAGS", tag) {
+                problems.push(format!("{why}; the tag is left out"));
+            } else if kept.len() == MAX_TAGS {
+                problems.push(format!(
+                    "OUTPOST_TAGS: more than {MAX_TAGS} tags (the protocol's limit); {tag:?} is left out"
+                ));
+            } else if !kept.iter().any(|k| k == tag) {
+                kept.push(tag.to_owned());
+            }
+        }
+        (kept, problems)
     }
 }
 
@@ -310,6 +331,44 @@ mod tests {
         assert!(filter.would_enable("outpost_agent::session", &Level::DEBUG));
         assert!(!filter.would_enable("outpost_agent::exec", &Level::INFO));
         assert!(filter.would_enable("outpost_agent::exec", &Level::WARN));
+    }
+
+    #[test]
+    fn tags_the_protocol_refuses_are_left_out_and_said() {
+        use clap::Parser;
+        let many: Vec<String> = (0..70).map(|i| format!("t{i}")).collect();
+        let tags = format!(
+            " prod ,,bad\u{1b}[2Jtag,{},prod,{}",
+            "x".repeat(129),
+            many.join(",")
+        );
+        let config = super::Config::try_parse_from([
+            "outpost-agent",
+            "--server-url",
+            "ws://127.0.0.1:1",
+            "--api-key",
+            "opa_x",
+            "--tags",
+            &tags,
+        ])
+        .expect("parsed");
+        let kept = config.clean_tags();
+        assert_eq!(kept.len(), 64);
+        assert_eq!(kept[0], "prod");
+        assert_eq!(kept[1], "t0");
+        assert_eq!(kept[63], "t62");
+        outpost_protocol::check::tags("tags", &kept).expect("within the limits");
+        let problems = config.tag_problems();
+        assert_eq!(problems.len(), 2 + 7, "{problems:?}");
+        assert!(
+            problems[0].contains("control character U+001B"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("129 bytes; the limit is 128"),
+            "{problems:?}"
+        );
+        assert!(problems[2].contains("more than 64 tags"), "{problems:?}");
     }
 
     #[test]

@@ -107,6 +107,9 @@ impl Agent {
             }
         };
         tracing::info!(path = %manifest_path.display(), scripts = manifest.infos().len(), "manifest loaded");
+        for problem in config.tag_problems() {
+            tracing::error!("{problem}");
+        }
         Ok(Arc::new(Self {
             host: Mutex::new(Host::new(&state_dir)),
             config,
@@ -126,22 +129,31 @@ impl Agent {
         }))
     }
 
-    /// What the agent says about itself in `register`.
+    /// What the agent says about itself in `register`, within the protocol's limits (the
+    /// server refuses a `register` past them): host facts are cut to their limit and stripped
+    /// of control characters, and the tags and the manifest were checked when read.
     pub fn register_data(&self) -> RegisterData {
+        use outpost_protocol::limits::{MAX_HOSTNAME_LEN, MAX_IP_LEN, MAX_OS_LEN, MAX_VERSION_LEN};
         let ip = self.ip.lock().map(|ip| ip.clone()).unwrap_or_default();
-        RegisterData {
+        let data = RegisterData {
             agent_id: self.agent_id,
-            hostname: host::hostname(),
-            ip,
-            version: self.config.version(),
-            os: host::os(),
+            hostname: fit("hostname", host::hostname(), MAX_HOSTNAME_LEN),
+            ip: fit("ip", ip, MAX_IP_LEN),
+            version: fit("version", self.config.version(), MAX_VERSION_LEN),
+            os: fit("os", host::os(), MAX_OS_LEN),
             arch: std::env::consts::ARCH.into(),
             protocol: outpost_protocol::PROTOCOL_VERSION,
             capabilities: commands::capabilities(self.config.supervised),
             tags: self.config.clean_tags(),
             scripts: self.manifest().infos(),
             update_status: self.update_status().map(Box::new),
+        };
+        if let Err(why) = data.check() {
+            tracing::error!(
+                "the registration breaks a limit of the protocol; the server will refuse it: {why}"
+            );
         }
+        data
     }
 
     /// The supervisor's report on its last update (`<state_dir>/update_status.json`), sent
@@ -153,7 +165,13 @@ impl Agent {
             return None;
         }
         match serde_json::from_slice(&text) {
-            Ok(status) => Some(status),
+            Ok(status) => match outpost_protocol::check::update_status(&status) {
+                Ok(()) => Some(status),
+                Err(why) => {
+                    tracing::warn!("not reporting {UPDATE_STATUS_FILE}: {why}");
+                    None
+                }
+            },
             Err(err) => {
                 tracing::warn!(error = %err, "ignoring an unreadable {UPDATE_STATUS_FILE}");
                 None
@@ -383,6 +401,31 @@ const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 pub const UPDATE_FORCE_FILE: &str = "update_force";
 /// File in the state directory where the supervisor reports its last update.
 pub const UPDATE_STATUS_FILE: &str = "update_status.json";
+
+/// A host fact as `register` may carry it: control characters left out, cut to `max` bytes.
+/// Host names and kernel strings are set by the machine's owner, not by us; an odd one is
+/// reported (and logged) rather than getting the agent refused.
+fn fit(field: &str, value: String, max: usize) -> String {
+    if outpost_protocol::check::text(field, &value, max).is_ok() {
+        return value;
+    }
+    let mut clean: String = value
+        .chars()
+        .filter(|c| !outpost_protocol::check::is_control(*c))
+        .collect();
+    if clean.len() > max {
+        let mut end = max;
+        while !clean.is_char_boundary(end) {
+            end -= 1;
+        }
+        clean.truncate(end);
+    }
+    tracing::warn!(
+        "the {field} {:?} holds control characters or is longer than {max} bytes; reporting {clean:?}",
+        value.chars().take(300).collect::<String>()
+    );
+    clean
+}
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {

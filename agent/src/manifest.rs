@@ -20,13 +20,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use outpost_protocol::limits::{MAX_PARAM_NAME, MAX_PARAM_VALUE};
-use outpost_protocol::{ParamInfo, ScriptInfo};
+use outpost_protocol::limits::{
+    MAX_PARAM_VALUE, MAX_REGISTER_PARAMS, MAX_SCRIPT_DESCRIPTION_LEN, MAX_SCRIPT_PARAMS,
+    MAX_SCRIPTS,
+};
+use outpost_protocol::{ParamInfo, ScriptInfo, check};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Longest script name.
-const MAX_NAME: usize = 128;
 /// Largest manifest file read.
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
@@ -106,6 +107,8 @@ impl Manifest {
             .canonicalize()
             .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
         let mut scripts = BTreeMap::new();
+        let mut over = 0;
+        let mut params = 0;
         for entry in raw.scripts {
             match validate(&dir, entry) {
                 Ok(script) => {
@@ -113,10 +116,24 @@ impl Manifest {
                         tracing::warn!(name = %script.name, "duplicate script name in the manifest; keeping the first");
                         continue;
                     }
+                    // The server refuses a `register` announcing more (see
+                    // `outpost_protocol::limits`): keep the first ones rather than none.
+                    let declares = script.params.as_ref().map_or(0, Vec::len);
+                    if scripts.len() == MAX_SCRIPTS || params + declares > MAX_REGISTER_PARAMS {
+                        over += 1;
+                        continue;
+                    }
+                    params += declares;
                     scripts.insert(script.name.clone(), script);
                 }
                 Err(why) => tracing::warn!("manifest entry left out: {why}"),
             }
+        }
+        if over > 0 {
+            tracing::error!(
+                left_out = over,
+                "the manifest lists more than {MAX_SCRIPTS} scripts or {MAX_REGISTER_PARAMS} parameters in all (the protocol's limits); the first that fit are kept"
+            );
         }
         Ok(Self { dir, scripts })
     }
@@ -149,6 +166,13 @@ fn validate(dir: &Path, raw: RawScript) -> Result<Script, String> {
     resolve(dir, &raw.path).map_err(|e| format!("script {:?}: {e}", raw.name))?;
     let params = match &raw.params {
         None => None,
+        Some(entries) if entries.len() > MAX_SCRIPT_PARAMS => {
+            return Err(format!(
+                "script {:?}: {} parameters; the limit is {MAX_SCRIPT_PARAMS}",
+                raw.name,
+                entries.len()
+            ));
+        }
         Some(entries) => {
             Some(params_of(entries).map_err(|e| format!("script {:?}: {e}", raw.name))?)
         }
@@ -156,10 +180,11 @@ fn validate(dir: &Path, raw: RawScript) -> Result<Script, String> {
     if raw.args.iter().any(|a| a.contains('\0')) {
         return Err(format!("script {:?}: an argument contains NUL", raw.name));
     }
+    let description = raw.description.map(|d| fit_description(&raw.name, d));
     Ok(Script {
         name: raw.name,
         path: raw.path,
-        description: raw.description,
+        description,
         args: raw.args,
         timeout_s: raw.timeout_s.filter(|t| *t > 0),
         params,
@@ -217,23 +242,35 @@ fn params_of(entries: &[Value]) -> Result<Vec<ParamInfo>, String> {
 }
 
 /// Script names: 1–128 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit, not ending
-/// with a dot.
+/// with a dot (the protocol's rule, which the server applies to `register` too).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && !name.ends_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "script name {:?} must be 1 to {MAX_NAME} letters, digits, '.', '_' or '-', start with a letter or digit and not end with '.'",
-            truncate(name)
-        ))
+    check::script_name(name)
+}
+
+/// A description as `register` may carry it (see `outpost_protocol::check::prose`): control
+/// characters other than tabs and newlines removed, cut to the protocol's limit. The script
+/// still runs; only what is announced is trimmed, and the log says so.
+fn fit_description(name: &str, description: String) -> String {
+    let clean: String = description
+        .chars()
+        .filter(|c| !check::is_control(*c) || matches!(c, '\t' | '\n'))
+        .collect();
+    if clean.len() != description.len() {
+        tracing::warn!(script = %name, "the script's description holds control characters; they are left out");
     }
+    if clean.len() <= MAX_SCRIPT_DESCRIPTION_LEN {
+        return clean;
+    }
+    tracing::warn!(
+        script = %name,
+        bytes = clean.len(),
+        "the script's description is longer than {MAX_SCRIPT_DESCRIPTION_LEN} bytes (the protocol's limit); it is cut"
+    );
+    let mut end = MAX_SCRIPT_DESCRIPTION_LEN;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    clean[..end].to_owned()
 }
 
 fn resolve(dir: &Path, relative: &str) -> Result<PathBuf, String> {
@@ -261,21 +298,9 @@ fn resolve(dir: &Path, relative: &str) -> Result<PathBuf, String> {
     Ok(full)
 }
 
-/// Parameter names: `[A-Z0-9_]{1,64}`.
+/// Parameter names: `[A-Z0-9_]{1,64}` (the protocol's rule).
 pub fn validate_param_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_PARAM_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "parameter name {:?} must match [A-Z0-9_]{{1,{MAX_PARAM_NAME}}}",
-            truncate(name)
-        ))
-    }
+    check::param_name(name)
 }
 
 /// Checks a request's `params` against the protocol's rules and the script's list, and returns
@@ -327,6 +352,7 @@ pub fn params_env(
     Ok(env)
 }
 
+/// At most 80 characters of a name from the manifest, for an error message.
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
@@ -444,6 +470,53 @@ mod tests {
         assert!(params_env(mixed, Some(&json!({"DB_PASSWORD": "pw", "VERSION": "1"}))).is_ok());
         let err = params_env(mixed, Some(&json!({"OTHER": "x"}))).expect_err("not listed");
         assert!(err.contains("VERSION, DB_PASSWORD, USER"), "{err}");
+    }
+
+    #[test]
+    fn what_register_would_carry_is_kept_within_the_protocol() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        script(tmp.path(), "s.sh");
+        let mut entries: Vec<Value> = (0..600)
+            .map(|i| json!({"name": format!("s{i:03}"), "path": "s.sh"}))
+            .collect();
+        entries[0]["description"] = json!(format!("{}é", "d".repeat(511)));
+        entries[1]["description"] = json!("red \u{1b}[31malert\u{1b}[0m\nsecond line\tend");
+        entries[2]["params"] = json!((0..65).map(|i| format!("P{i}")).collect::<Vec<_>>());
+        entries[3]["params"] = json!((0..64).map(|i| format!("P{i}")).collect::<Vec<_>>());
+        let m = Manifest::load(&write_manifest(tmp.path(), json!({ "scripts": entries })))
+            .expect("load");
+        let infos = m.infos();
+        // The first 512 valid entries are kept; the one with 65 parameters is left out.
+        assert_eq!(infos.len(), MAX_SCRIPTS);
+        assert!(m.get("s002").is_none());
+        assert!(m.get("s003").is_some());
+        assert!(m.get("s512").is_some() && m.get("s513").is_none());
+        let cut = m
+            .get("s000")
+            .and_then(|s| s.description.clone())
+            .expect("d");
+        assert_eq!(cut, "d".repeat(511), "cut at a character boundary");
+        let clean = m
+            .get("s001")
+            .and_then(|s| s.description.clone())
+            .expect("d");
+        assert_eq!(clean, "red [31malert[0m\nsecond line\tend");
+        let data = outpost_protocol::RegisterData {
+            agent_id: uuid::Uuid::nil(),
+            hostname: "h".into(),
+            ip: String::new(),
+            version: String::new(),
+            os: String::new(),
+            arch: String::new(),
+            protocol: outpost_protocol::PROTOCOL_VERSION,
+            capabilities: Vec::new(),
+            tags: Vec::new(),
+            scripts: infos,
+            update_status: None,
+        };
+        data.check().expect("a register the server accepts");
+        let frame = outpost_protocol::AgentFrame::Register { data }.encode();
+        assert!(frame.len() < outpost_protocol::limits::MAX_FRAME_BYTES);
     }
 
     #[test]

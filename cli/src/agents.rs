@@ -131,7 +131,8 @@ fn print_agent(a: &Value) {
         .and_then(Value::as_array)
         .map(|s| {
             s.iter()
-                .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned))
+                .filter_map(|s| s.get("name").and_then(Value::as_str))
+                .map(|name| output::escape(name).into_owned())
                 .collect()
         })
         .unwrap_or_default();
@@ -264,7 +265,8 @@ pub fn labels(agents: &Value, ids: &[String]) -> HashMap<String, String> {
         .filter_map(|a| {
             Some((
                 a.get("agent_id")?.as_str()?.to_owned(),
-                a.get("hostname")?.as_str()?.to_owned(),
+                // Labels prefix output lines: a hostname is shown, never interpreted.
+                output::escape(a.get("hostname")?.as_str()?).into_owned(),
             ))
         })
         .collect();

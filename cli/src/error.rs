@@ -46,7 +46,7 @@ pub enum CliError {
     },
     /// No token configured.
     #[error(
-        "no API token: run `outpost login`, set OUTPOST_TOKEN, or pass --token (the server prints its owner key at first start and writes it to <data-dir>/admin.key)"
+        "no API token: run `outpost login`, set OUTPOST_TOKEN, or pass --token (the server writes its owner key to <data-dir>/admin.key at first start)"
     )]
     NoToken,
     /// Bad input given to the CLI, found before asking the server.
@@ -68,9 +68,10 @@ impl CliError {
         }
     }
 
-    /// Prints the error (and a hint where one helps) on stderr.
+    /// Prints the error (and a hint where one helps) on stderr, with control characters
+    /// escaped: a server's message may quote what an agent said.
     pub fn report(&self) {
-        eprintln!("error: {self}");
+        eprintln!("error: {}", crate::output::escape(&self.to_string()));
         if let Self::Api {
             status: 401, url, ..
         } = self

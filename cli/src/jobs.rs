@@ -453,7 +453,7 @@ fn command_text(job: &Value) -> String {
         .and_then(|d| d.get("script"))
         .and_then(Value::as_str)
     {
-        Some(script) if command == "run" => format!("run {script}"),
+        Some(script) if command == "run" => format!("run {}", output::escape(script)),
         _ => command,
     }
 }
@@ -470,7 +470,10 @@ fn target_text(target: Option<&Value>) -> String {
         .into_iter()
         .flatten()
     {
-        parts.push(format!("tag:{}", tag.as_str().unwrap_or("?")));
+        parts.push(format!(
+            "tag:{}",
+            output::escape(tag.as_str().unwrap_or("?"))
+        ));
     }
     let agents = t
         .get("agents")
@@ -543,7 +546,10 @@ fn print_job(job: &Value, agents_list: &Value) {
     {
         let text: Vec<String> = params
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+            .map(|(k, v)| {
+                let text = format!("{k}={}", v.as_str().unwrap_or("?"));
+                output::escape(&text).into_owned()
+            })
             .collect();
         head.push_str(&format!("{:<10}{}\n", "params:", text.join(" ")));
     }

@@ -1,6 +1,15 @@
 //! Printing for people: aligned tables, relative times, sizes, and colours only when stdout is
 //! a terminal and `NO_COLOR` is unset (<https://no-color.org>).
+//!
+//! Text that agents or other callers chose (hostnames, tags, script names and descriptions,
+//! error messages, versions, key names, parameters) is printed with its control characters
+//! escaped ([`escape`]): a hostname holding `ESC ]0;…` would otherwise retitle the reader's
+//! terminal, and worse sequences exist. Every table cell and every [`field`] and [`list`] goes
+//! through it. `--json` prints exact JSON (serde escapes C0 characters itself), and a script's
+//! output (`jobs logs`, `run --follow`) is the script's own bytes, printed as they are, as ssh
+//! would.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 
 use chrono::{DateTime, Utc};
@@ -80,6 +89,30 @@ pub fn status_colour(status: &str) -> Option<Colour> {
     }
 }
 
+/// `text` with its control characters (C0, DEL, C1 and the bidirectional formatting
+/// characters; see `outpost_protocol::check::is_control`) written as escapes: `\n`, `\t`,
+/// `\r`, `\x1b` below U+0080, `\u{9b}` above. Text without any is returned as it is.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    use outpost_protocol::check::is_control;
+    if !text.chars().any(is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if is_control(c) && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if is_control(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// A table printed with columns aligned; the last column is not padded.
 pub struct Table {
     header: Vec<&'static str>,
@@ -94,6 +127,10 @@ pub struct Cell {
 
 impl From<String> for Cell {
     fn from(text: String) -> Self {
+        let text = match escape(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(escaped) => escaped,
+        };
         Self { text, colour: None }
     }
 }
@@ -101,7 +138,7 @@ impl From<String> for Cell {
 impl From<&str> for Cell {
     fn from(text: &str) -> Self {
         Self {
-            text: text.to_owned(),
+            text: escape(text).into_owned(),
             colour: None,
         }
     }
@@ -111,7 +148,7 @@ impl Cell {
     /// A status cell, coloured by [`status_colour`].
     pub fn status(text: &str) -> Self {
         Self {
-            text: text.to_owned(),
+            text: escape(text).into_owned(),
             colour: status_colour(text),
         }
     }
@@ -182,22 +219,22 @@ pub fn print_json(value: &Value) {
     print_stdout(format!("{text}\n").as_bytes());
 }
 
-/// A string field, or "-".
+/// A string field for people (control characters escaped), or "-".
 pub fn field(value: &Value, key: &str) -> String {
     match value.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() => escape(s).into_owned(),
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::Bool(b)) => b.to_string(),
         _ => "-".into(),
     }
 }
 
-/// A list of strings joined with commas, or "-".
+/// A list of strings joined with commas (control characters escaped), or "-".
 pub fn list(value: &Value, key: &str) -> String {
-    let items: Vec<&str> = value
+    let items: Vec<Cow<'_, str>> = value
         .get(key)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .map(|a| a.iter().filter_map(Value::as_str).map(escape).collect())
         .unwrap_or_default();
     if items.is_empty() {
         "-".into()
@@ -284,6 +321,26 @@ mod tests {
         assert_eq!(relative(now - chrono::Duration::minutes(3), now), "3m ago");
         assert_eq!(relative(now - chrono::Duration::hours(5), now), "5h ago");
         assert_eq!(relative(now + chrono::Duration::days(2), now), "in 2d");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert!(matches!(escape("web-1 hôte"), Cow::Borrowed("web-1 hôte")));
+        assert_eq!(
+            escape("web\u{1b}]0;pwned\u{7}\u{1b}[2J"),
+            "web\\x1b]0;pwned\\x07\\x1b[2J"
+        );
+        assert_eq!(escape("a\nb\tc\rd\0e\u{7f}"), "a\\nb\\tc\\rd\\x00e\\x7f");
+        assert_eq!(
+            escape("csi\u{9b}2J rlo\u{202e}x"),
+            "csi\\u{9b}2J rlo\\u{202e}x"
+        );
+        // Escaping twice changes nothing more: an escape holds no control character.
+        assert_eq!(escape(&escape("\u{1b}[31m")), "\\x1b[31m");
+        let v = serde_json::json!({"h": "x\u{1b}[2J", "t": ["ok", "b\u{7}"]});
+        assert_eq!(field(&v, "h"), "x\\x1b[2J");
+        assert_eq!(list(&v, "t"), "ok,b\\x07");
+        assert_eq!(Cell::from("\u{1b}c").text, "\\x1bc");
     }
 
     #[test]

@@ -779,3 +779,70 @@ fn mode(path: &Path) -> u32 {
         .mode()
         & 0o777
 }
+
+/// What agents report is printed with its control characters escaped, so an agent cannot
+/// drive the reader's terminal (retitle it, clear it, hide lines); `--json` stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_agents_report_cannot_drive_the_terminal() {
+    use outpost_e2e::ws::{self, Seen};
+    use outpost_protocol::ServerFrame;
+    // Retitles an xterm, then clears the screen.
+    const EVIL: &str = "boom\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, key) = api.agent_key().await;
+    let id = "0199aaaa-0000-7000-8000-00000000e5c0";
+    let mut peer = ws::connect(&server.url, &key).await.expect("connect");
+    assert!(matches!(peer.frame().await, ServerFrame::Connected(_)));
+    let mut register = ws::register(id);
+    register["data"]["scripts"] = json!([{"name": "deploy", "description": "two\nlines"}]);
+    peer.send_json(&register).await;
+    api.wait_online(id).await;
+    // The peer fails every command with a message full of escapes.
+    tokio::spawn(async move {
+        while let Seen::Frame(frame) = peer.next(Duration::from_secs(600)).await {
+            if let ServerFrame::Command(c) = frame {
+                peer.send_json(&json!({"type": "ack", "command_id": c.command_id}))
+                    .await;
+                peer.send_json(&json!({"type": "response", "command_id": c.command_id,
+                    "success": false, "data": {}, "error": {"code": "exit_code", "message": EVIL}}))
+                    .await;
+            }
+        }
+    });
+    let (status, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "deploy", "params": {"NOTE": EVIL}},
+                   "target": {"agents": [id]}}),
+            Some(30),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{job}");
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    let cli = Cli::new(&server);
+
+    let escaped = r"boom\x1b]0;pwned\x07\x1b[2J";
+    let shown = cli.run(&["jobs", "show", &job_id]).ok();
+    assert!(!shown.stdout.contains('\u{1b}'), "{shown:?}");
+    assert!(
+        shown.stdout.contains(&format!("exit_code: {escaped}")),
+        "{shown:?}"
+    );
+    assert!(
+        shown.stdout.contains(&format!("NOTE={escaped}")),
+        "{shown:?}"
+    );
+    let listed = cli.run(&["agents", "show", id]).ok();
+    assert!(listed.stdout.contains("deploy"), "{listed:?}");
+
+    // An error quoting the agent is escaped too.
+    let ping = cli.run(&["ping", id]);
+    assert_eq!(ping.code, 1, "{ping:?}");
+    assert!(!ping.stderr.contains('\u{1b}'), "{ping:?}");
+    assert!(ping.stderr.contains(escaped), "{ping:?}");
+
+    // `--json` is the exact JSON, whose escapes a JSON reader undoes.
+    let exact = cli.json(&["jobs", "show", &job_id]);
+    assert_eq!(exact["runs"][0]["error"]["message"], EVIL);
+    assert_eq!(exact["data"]["params"]["NOTE"], EVIL);
+}

@@ -164,6 +164,13 @@ pub struct RegisterData {
     pub update_status: Option<Box<crate::release::UpdateStatus>>,
 }
 
+impl RegisterData {
+    /// Checks every field against the limits of protocol v1 (see [`crate::check::register`]).
+    pub fn check(&self) -> Result<(), String> {
+        crate::check::register(self)
+    }
+}
+
 fn default_protocol() -> u32 {
     crate::PROTOCOL_VERSION
 }

@@ -9,9 +9,11 @@
 //! can add fields without breaking an older one; an unknown `type` is reported as
 //! [`DecodeError::UnknownType`] so the receiver can answer with an `error` frame and carry on.
 //!
-//! The crate does no I/O. Limits that both sides enforce live in [`limits`], error codes that
-//! travel in `error` frames and failed responses live in [`codes`].
+//! The crate does no I/O. Limits that both sides enforce live in [`limits`], the checks that
+//! apply them to names, tags and `register` in [`check`], error codes that travel in `error`
+//! frames and failed responses in [`codes`].
 
+pub mod check;
 mod frames;
 mod output;
 pub mod poll;
@@ -86,8 +88,43 @@ pub mod limits {
     pub const MAX_PARAM_VALUE: usize = 32 * 1024;
     /// Most tags an agent may report or be given.
     pub const MAX_TAGS: usize = 64;
-    /// Longest tag.
+    /// Longest tag, in bytes.
     pub const MAX_TAG_LEN: usize = 128;
+
+    // What `register` may carry (see [`crate::check::register`]). Lengths are in bytes of
+    // UTF-8. A `register` past any of them is refused with an `error` frame naming the field
+    // and the connection is closed with [`CLOSE_POLICY`]; the agent keeps within them.
+
+    /// Longest `hostname` (a DNS name is at most 253).
+    pub const MAX_HOSTNAME_LEN: usize = 255;
+    /// Longest `ip` (an IPv6 address with a zone fits).
+    pub const MAX_IP_LEN: usize = 64;
+    /// Longest `version`.
+    pub const MAX_VERSION_LEN: usize = 64;
+    /// Longest `os` (name and kernel release).
+    pub const MAX_OS_LEN: usize = 256;
+    /// Longest `arch`.
+    pub const MAX_ARCH_LEN: usize = 64;
+    /// Most `capabilities`.
+    pub const MAX_CAPABILITIES: usize = 64;
+    /// Longest capability (a command name).
+    pub const MAX_CAPABILITY_LEN: usize = 64;
+    /// Most scripts a manifest may announce.
+    pub const MAX_SCRIPTS: usize = 512;
+    /// Longest script name.
+    pub const MAX_SCRIPT_NAME_LEN: usize = 128;
+    /// Longest script description. With every other bound, a `register` at all of its limits
+    /// (even one whose every character JSON escapes) still fits in [`MAX_FRAME_BYTES`].
+    pub const MAX_SCRIPT_DESCRIPTION_LEN: usize = 512;
+    /// Most parameters a script may declare in its manifest entry.
+    pub const MAX_SCRIPT_PARAMS: usize = 64;
+    /// Most parameters all the scripts of a `register` may declare together: 512 scripts of
+    /// 64 would not fit in a frame.
+    pub const MAX_REGISTER_PARAMS: usize = 2048;
+    /// Longest `update_status.status`, `.from` and `.to`.
+    pub const MAX_UPDATE_FIELD_LEN: usize = 64;
+    /// Longest `update_status.reason`.
+    pub const MAX_UPDATE_REASON_LEN: usize = 2048;
 
     /// WebSocket close code: policy violation (no `register` in time, too many bad frames).
     pub const CLOSE_POLICY: u16 = 1008;
@@ -101,8 +138,11 @@ pub mod limits {
 
 /// Error codes carried in `error` frames and in `response.error.code`.
 pub mod codes {
-    /// A frame that is not valid JSON or misses a required field.
+    /// A frame that is not valid JSON, misses a required field or breaks a limit (a
+    /// `register` with too many tags, a hostname with control characters).
     pub const BAD_FRAME: &str = "bad_frame";
+    /// An `output` chunk for a run that is final already: refused, not stored.
+    pub const RUN_FINISHED: &str = "run_finished";
     /// A frame whose `type` this peer does not know.
     pub const UNKNOWN_TYPE: &str = "unknown_type";
     /// The peer speaks another protocol version.

@@ -42,6 +42,10 @@ fn agent_frames_round_trip() {
         let back: Value = serde_json::from_str(&frame.encode()).expect("json");
         let want: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(back, want, "{name} changed on a round trip");
+        // The documented registers are within the protocol's limits.
+        if let AgentFrame::Register { data } = &frame {
+            data.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 }
 

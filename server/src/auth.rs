@@ -114,7 +114,8 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .filter(|k| verify_secret(token, &k.key_hash))
             .filter(|k| k.expires_at.is_none_or(|t| t > Utc::now()))
-            .ok_or_else(|| ApiError::Unauthorized("unknown or expired API key".into()))?;
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked API key".into()))?;
         Ok(Self {
             tenant_id: key.tenant_id,
             key_id: key.id,

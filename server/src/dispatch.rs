@@ -104,6 +104,9 @@ impl CommandSpec {
         } else {
             (None, false)
         };
+        if command == commands::RUN {
+            validate_run_data(&data)?;
+        }
         Ok(Self {
             command,
             data,
@@ -204,6 +207,44 @@ pub fn downgrade_refusal(
              which needs \"force\": true (owners only)"
         )
     })
+}
+
+/// Checks a `run`'s data by the rules the agent applies (SPEC §3, `outpost_protocol::check`):
+/// `script` a manifest name, `params` an object of at most 64 names `[A-Z0-9_]{1,64}` with
+/// string values of at most 32 KiB without NUL. Whatever route asks for a run (a job, one
+/// agent, a key's agents) passes here, so a request the agent would refuse is refused with
+/// 400 before anything is stored or sent.
+fn validate_run_data(data: &Value) -> Result<(), ApiError> {
+    use outpost_protocol::check;
+    let script = data
+        .get("script")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest("data.script: a run needs the script's name".into()))?;
+    check::script_name(script)
+        .map_err(|why| ApiError::BadRequest(format!("data.script: {why}")))?;
+    let params = match data.get("params") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(params)) => params,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "data.params: must be an object of strings".into(),
+            ));
+        }
+    };
+    if params.len() > limits::MAX_SCRIPT_PARAMS {
+        return Err(ApiError::BadRequest(format!(
+            "data.params: {} parameters; the limit is {}",
+            params.len(),
+            limits::MAX_SCRIPT_PARAMS
+        )));
+    }
+    for (name, value) in params {
+        check::param_name(name)
+            .map_err(|why| ApiError::BadRequest(format!("data.params: {why}")))?;
+        check::param_value(name, value)
+            .map_err(|why| ApiError::BadRequest(format!("data.params.{name}: {why}")))?;
+    }
+    Ok(())
 }
 
 /// The frame that carries a stored command. A `run` also tells the agent how much output the

@@ -18,6 +18,14 @@ pub enum ApiError {
     /// 400: the request is malformed; the message names the field.
     #[error("{0}")]
     BadRequest(String),
+    /// 400 with a specific code (a refused agent frame: `bad_frame`).
+    #[error("{message}")]
+    Invalid {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// Human-readable reason, naming the field.
+        message: String,
+    },
     /// 401: no or bad credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -27,6 +35,9 @@ pub enum ApiError {
     /// 404: nothing by that id in the caller's tenant.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route does not serve this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: the request conflicts with the current state, with a specific code.
     #[error("{message}")]
     Conflict {
@@ -86,9 +97,11 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
@@ -121,7 +134,32 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Turns axum's JSON body rejections into our error shape, naming what was wrong.
+/// An error envelope with any status (for rejections outside [`ApiError`]'s statuses, such as
+/// a refused WebSocket upgrade's 426).
+pub fn envelope(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorEnvelope {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Turns axum's JSON body rejections into our error shape, naming what was wrong: the field
+/// (`body: target.agents: invalid type: …`), or the body as a whole (not JSON, no
+/// `Content-Type: application/json`, too large: 413).
 pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
-    ApiError::BadRequest(format!("invalid request body: {}", rejection.body_text()))
+    let text = rejection.body_text();
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge(format!("body: {text}"));
+    }
+    let text = [
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+    ]
+    .iter()
+    .find_map(|prefix| text.strip_prefix(prefix))
+    .unwrap_or(&text);
+    ApiError::BadRequest(format!("body: {text}"))
 }

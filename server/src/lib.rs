@@ -10,6 +10,7 @@
 //! - a command is committed to the store before any frame carrying it is sent;
 //! - a result is committed before the agent is acknowledged and before any waiter is woken.
 
+pub mod admin_key;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -72,7 +73,7 @@ pub async fn run(
     );
     metrics::handle();
     let (store, writer) = open_store(&config).await?;
-    bootstrap_admin(&store, &config).await?;
+    admin_key::bootstrap(&store, &config).await?;
     let master = load_master_key(&config)?;
 
     let state = AppState {
@@ -143,7 +144,10 @@ pub async fn run(
     let app = api::router()
         .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
         .route("/metrics", axum::routing::get(metrics::route))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+        // Applied by the body extractors (ApiJson), whose rejection is the JSON error
+        // envelope (413); tower-http's layer answered text/plain. No API handler reads a body
+        // any other way.
+        .layer(axum::extract::DefaultBodyLimit::max(
             outpost_protocol::limits::MAX_FRAME_BYTES,
         ))
         // Long-poll batches carry many frames: their routes have their own, larger limit.
@@ -251,27 +255,6 @@ fn load_master_key(config: &Config) -> anyhow::Result<seal::MasterKey> {
         }
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-/// Creates the default tenant and owner key on first start and shows the key once.
-async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<()> {
-    if let Some(key) = &config.admin_key {
-        auth::validate_admin_key(key).map_err(anyhow::Error::msg)?;
-    }
-    let Some(secret) = store.bootstrap(config.admin_key.as_deref()).await? else {
-        return Ok(());
-    };
-    create_private_dir(&config.data_dir)?;
-    let path = config.data_dir.join("admin.key");
-    write_private(&path, &format!("{secret}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
-    // Printed on stdout, not logged: logs are shipped and kept, this is shown once.
-    println!(
-        "Created the owner API key (shown once, also saved to {}):",
-        path.display()
-    );
-    println!("  {secret}");
-    Ok(())
 }
 
 /// Closes the connections of agents gone silent or whose key expired ([`hub::Hub::sweep`]).

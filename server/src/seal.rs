@@ -4,14 +4,19 @@
 //! reveals no webhook signing secret. Each value gets a fresh random nonce; the stored form is
 //! base64 of `nonce || ciphertext || tag`, and the tenant id is bound in as associated data, so
 //! a sealed value copied to another tenant's row does not open.
+//!
+//! The master key also keys the fingerprints of requests ([`MasterKey::fingerprint`]): an
+//! HMAC-SHA256 under a key derived from it, so that a stored fingerprint of a request holding
+//! a secret parameter cannot be used to guess that secret without the master key.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// The master key.
-pub struct MasterKey(LessSafeKey);
+pub struct MasterKey(LessSafeKey, hmac::Key);
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +52,23 @@ impl MasterKey {
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| "bad AES-256 key".to_owned())?;
-        Ok(Self(LessSafeKey::new(key)))
+        // A key of its own for fingerprints, derived rather than reused across algorithms.
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, bytes),
+            b"outpost request fingerprint v1",
+        );
+        let fingerprints = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        Ok(Self(LessSafeKey::new(key), fingerprints))
+    }
+
+    /// A keyed fingerprint (hex HMAC-SHA256) of `data`, bound to `context` (the tenant id):
+    /// equal for equal inputs under the same master key, useless without it.
+    pub fn fingerprint(&self, context: &str, data: &[u8]) -> String {
+        let mut ctx = hmac::Context::with_key(&self.1);
+        ctx.update(context.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(data);
+        hex::encode(ctx.sign().as_ref())
     }
 
     /// Seals `plain`, bound to `context` (for example the tenant id).
@@ -110,6 +131,13 @@ mod tests {
         );
         let other = MasterKey::parse(&MasterKey::generate()).expect("key");
         assert!(other.open("tenant-a", &sealed).is_err());
+        // Fingerprints: stable for the same key, context and data; different otherwise.
+        let f = key.fingerprint("tenant-a", b"body");
+        assert_eq!(f, key.fingerprint("tenant-a", b"body"));
+        assert_eq!(f.len(), 64);
+        assert_ne!(f, key.fingerprint("tenant-b", b"body"));
+        assert_ne!(f, key.fingerprint("tenant-a", b"bodY"));
+        assert_ne!(f, other.fingerprint("tenant-a", b"body"));
         assert!(key.open("tenant-a", "AAAA").is_err());
         assert!(MasterKey::parse("short").is_err());
         assert!(MasterKey::parse(&"ab".repeat(31)).is_err());

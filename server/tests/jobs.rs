@@ -37,6 +37,7 @@ async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
                 timeout_s: 90,
                 ttl_s: 600,
                 idempotency_key: None,
+                request_fingerprint: None,
                 webhook_url: None,
             },
             runs,
@@ -261,6 +262,7 @@ async fn a_job_ends_when_its_last_run_is_final_even_at_creation() {
         timeout_s: 60,
         ttl_s: 600,
         idempotency_key: Some(key.into()),
+        request_fingerprint: None,
         webhook_url: None,
     };
     let refused = |i: usize| NewRun {

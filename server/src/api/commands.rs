@@ -2,8 +2,9 @@
 //! whose wait timed out.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 
+use super::Path;
 use super::agents::CommandView;
 use crate::AppState;
 use crate::auth::Caller;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ApiJson;
+use super::{ApiJson, Path, Query};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
@@ -73,7 +73,8 @@ pub struct CreateJob {
     pub ttl_s: Option<u32>,
     /// Notified when the job finishes (delivery arrives with webhooks).
     pub webhook_url: Option<String>,
-    /// A retried request with the same key returns the first job instead of a new one.
+    /// A retried request with the same key returns the first job instead of a new one; the
+    /// same key with a different request is refused (409 `idempotency_key_reused`).
     pub idempotency_key: Option<String>,
 }
 
@@ -241,31 +242,61 @@ pub struct OutputQuery {
     pub offset: Option<u64>,
 }
 
-fn validate_run_data(data: &Value) -> Result<(), ApiError> {
-    let script = data
-        .get("script")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("data.script: a run needs the script's name".into()))?;
-    if script.is_empty() || script.len() > 128 {
-        return Err(ApiError::BadRequest(
-            "data.script: must be 1 to 128 characters".into(),
-        ));
-    }
-    match data.get("params") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(params)) => {
-            for (name, value) in params {
-                if !value.is_string() {
-                    return Err(ApiError::BadRequest(format!(
-                        "data.params.{name}: parameter values must be strings"
-                    )));
+/// The fingerprint of a job request: what it asks for (command, data, target, timeouts,
+/// webhook), with defaults filled in, as canonical JSON, hashed under the master key for the
+/// caller's tenant. A retry of the same request has the same fingerprint; so does one that
+/// spells a default out (`"timeout_s": 60`) or orders an object's keys otherwise.
+fn request_fingerprint(
+    state: &AppState,
+    caller: &Caller,
+    spec: &CommandSpec,
+    target: &Value,
+    webhook_url: Option<&str>,
+) -> String {
+    let request = serde_json::json!({
+        "command": spec.command,
+        "data": spec.data,
+        "target": target,
+        "timeout_s": spec.timeout_s,
+        "ttl_s": spec.ttl_s,
+        "webhook_url": webhook_url,
+    });
+    let mut text = String::new();
+    canonical_json(&request, &mut text);
+    state
+        .webhooks
+        .master
+        .fingerprint(&caller.tenant_id, text.as_bytes())
+}
+
+/// `value` as JSON with every object's keys sorted, whatever order the map keeps them in.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
                 }
+                out.push_str(&Value::from(key.as_str()).to_string());
+                out.push(':');
+                canonical_json(&map[key], out);
             }
-            Ok(())
+            out.push('}');
         }
-        Some(_) => Err(ApiError::BadRequest(
-            "data.params: must be an object of strings".into(),
-        )),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
     }
 }
 
@@ -344,6 +375,7 @@ fn refusal(
         (status = 200, body = JobView, description = "With ?wait: every run is final"),
         (status = 400, body = crate::error::ErrorEnvelope),
         (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
+        (status = 409, body = crate::error::ErrorEnvelope, description = "idempotency_key_reused: the key was used for a different request"),
         (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent")))]
 pub async fn create(
     State(state): State<AppState>,
@@ -352,9 +384,6 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<Response, ApiError> {
     let spec = CommandSpec::new(body.command, body.data, body.timeout_s, body.ttl_s)?;
-    if spec.command == commands::RUN {
-        validate_run_data(&spec.data)?;
-    }
     if let Some(key) = &body.idempotency_key
         && (key.is_empty() || key.len() > 200)
     {
@@ -419,6 +448,10 @@ pub async fn create(
         }
         None => spec.sealed_data(&state, &caller.tenant_id, []),
     };
+    let fingerprint = body
+        .idempotency_key
+        .as_ref()
+        .map(|_| request_fingerprint(&state, &caller, &spec, &target, body.webhook_url.as_deref()));
     let new = NewJob {
         tenant_id: caller.tenant_id.clone(),
         command: spec.command.clone(),
@@ -428,9 +461,24 @@ pub async fn create(
         timeout_s: spec.timeout_s,
         ttl_s: spec.ttl_s,
         idempotency_key: body.idempotency_key,
+        request_fingerprint: fingerprint.clone(),
         webhook_url: body.webhook_url,
     };
     let (job, runs, created) = state.writer.store().create_job(new, runs).await?;
+    // A key used before answers its first job only for the same request (jobs created before
+    // fingerprints were kept have none, and keep answering as they did).
+    if !created
+        && let (Some(theirs), Some(ours)) = (&job.request_fingerprint, &fingerprint)
+        && theirs != ours
+    {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_reused",
+            message: format!(
+                "idempotency_key: already used for job {} with a different request; a retry must repeat the request exactly, a new request needs a new key",
+                job.id
+            ),
+        });
+    }
     let wait = query.wait.map(|s| Duration::from_secs(s.min(MAX_WAIT_S)));
     // Watch before pushing, so that no result can slip by.
     let waiter = wait.map(|_| {

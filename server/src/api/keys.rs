@@ -5,7 +5,7 @@
 //! once (well within the SPEC's 1 s), because the hub signals each connection's task directly.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use outpost_protocol::commands;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::agents::{CommandRequest, CommandView};
-use super::{ApiJson, validate_tags};
+use super::{ApiJson, Path, validate_tags};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};

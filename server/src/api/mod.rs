@@ -1,7 +1,10 @@
 //! The REST API: routes, request/response types and the OpenAPI document.
 //!
-//! One module per resource. Handlers authenticate with [`crate::auth::Caller`], validate their
-//! input into domain types (errors name the offending field), call the store or
+//! One module per resource. Handlers authenticate with [`crate::auth::Caller`], take their
+//! input through [`ApiJson`], [`Query`] and [`Path`] (whose rejections are the JSON error
+//! envelope naming the field, where axum's own are `text/plain`; unknown routes and methods get
+//! the envelope too), validate it into domain types (errors name the offending field), call the
+//! store or
 //! [`crate::dispatch`], and map rows to the views defined next to them. They never see another
 //! tenant's rows because every store method takes the caller's tenant.
 
@@ -15,7 +18,8 @@ mod releases;
 mod webhooks;
 
 use axum::Router;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
@@ -117,6 +121,8 @@ pub fn router() -> Router<AppState> {
         );
     // The viewer's assets are compiled into the binary, so /docs works with no network.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
 }
 
 /// A job as the API shows it (also the body of its webhook).
@@ -125,6 +131,59 @@ pub fn job_view(
     runs: Vec<crate::store::command::Model>,
 ) -> impl serde::Serialize {
     jobs::JobView::new(job, runs, true)
+}
+
+/// axum's `Query`, whose rejection uses our error shape and names the parameter
+/// (`query: limit: invalid digit found in string`) where axum's answers `text/plain`. It keeps
+/// axum's name so that utoipa still documents its fields as query parameters.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "query: {}",
+                without_prefix(
+                    &rejection.body_text(),
+                    "Failed to deserialize query string: "
+                )
+            ))),
+        }
+    }
+}
+
+/// axum's `Path`, whose rejection uses our error shape (same name, for utoipa too).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "path: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+fn without_prefix<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.strip_prefix(prefix).unwrap_or(text)
+}
+
+/// 404 in our error shape for a path no route serves.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", uri.path()))
+}
+
+/// 405 in our error shape for a method a route does not serve.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not served on {}", uri.path()))
 }
 
 /// A JSON body whose rejection uses our error shape and names what was wrong.
@@ -141,23 +200,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Validates a list of tags: each 1–128 printable characters, at most 64.
+/// Validates a list of tags by the protocol's rule, the one agents' own tags follow: at most
+/// 64, each 1 to 128 bytes without commas or control characters.
 pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
-    use outpost_protocol::limits::{MAX_TAG_LEN, MAX_TAGS};
-    if tags.len() > MAX_TAGS {
-        return Err(ApiError::BadRequest(format!(
-            "{field}: at most {MAX_TAGS} tags"
-        )));
-    }
-    for tag in tags {
-        if tag.is_empty()
-            || tag.len() > MAX_TAG_LEN
-            || tag.chars().any(|c| c.is_control() || c == ',')
-        {
-            return Err(ApiError::BadRequest(format!(
-                "{field}: tag {tag:?} must be 1 to {MAX_TAG_LEN} characters without commas or control characters"
-            )));
-        }
-    }
-    Ok(())
+    outpost_protocol::check::tags(field, tags).map_err(ApiError::BadRequest)
 }

@@ -9,7 +9,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use outpost_protocol::release::{self, Version, valid_target};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::{Path, Query};
 use crate::AppState;
 use crate::auth::{Caller, authenticate_agent, bearer};
 use crate::error::ApiError;

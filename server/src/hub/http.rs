@@ -273,10 +273,17 @@ pub async fn frames(
         Some(session) => session,
         None => match decoded.next_if(|f| matches!(f, Ok(AgentFrame::Register { .. }))) {
             Some(Ok(AgentFrame::Register { data })) => {
-                if let Err(err) = Link::check_protocol(&data) {
-                    return Err(ApiError::Conflict {
-                        code: codes::PROTOCOL_MISMATCH,
-                        message: err.message,
+                if let Err(err) = Link::check_register(&data) {
+                    return Err(if err.code == codes::PROTOCOL_MISMATCH {
+                        ApiError::Conflict {
+                            code: codes::PROTOCOL_MISMATCH,
+                            message: err.message,
+                        }
+                    } else {
+                        ApiError::Invalid {
+                            code: codes::BAD_FRAME,
+                            message: format!("register refused: {}", err.message),
+                        }
                     });
                 }
                 let (session, connected) = open(&state, key, &data).await?;
@@ -320,7 +327,16 @@ pub async fn frames(
             }
             Err(End::Close(code, reason)) => {
                 session.close.close(code, &reason);
-                return Err(ApiError::BadRequest(format!("session closed: {reason}")));
+                // The `error` frame that explains the close goes in the answer's message (a
+                // WebSocket would have sent it before its close frame).
+                let why = out.iter().rev().find_map(|frame| match frame {
+                    ServerFrame::Error(err) => Some(err.message.as_str()),
+                    _ => None,
+                });
+                return Err(ApiError::BadRequest(match why {
+                    Some(why) => format!("session closed: {reason}: {why}"),
+                    None => format!("session closed: {reason}"),
+                }));
             }
             Err(End::Gone) => return Err(not_registered("session closed")),
         }

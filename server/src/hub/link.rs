@@ -88,9 +88,20 @@ impl Link {
         &self.key.tenant_id
     }
 
-    /// Checks the protocol version a `register` announces. A mismatch is answered with this
-    /// error, telling what to install, and ends the connection.
-    pub fn check_protocol(data: &RegisterData) -> Result<(), ErrorBody> {
+    /// Checks a `register` before anything of it is stored: the protocol version (a mismatch
+    /// tells what to install) and the limits of protocol v1 (every count and length; no
+    /// control characters in names, tags and host facts: see [`outpost_protocol::check`]).
+    /// The error is the `error` frame to answer with; the connection then ends
+    /// ([`refused_register`]), since a registration that cannot be accepted leaves nothing to
+    /// do on it. Both transports and a repeated `register` go through here.
+    pub fn check_register(data: &RegisterData) -> Result<(), ErrorBody> {
+        Self::check_protocol(data)?;
+        data.check()
+            .map_err(|why| ErrorBody::new(codes::BAD_FRAME, why))
+    }
+
+    /// Checks the protocol version a `register` announces.
+    fn check_protocol(data: &RegisterData) -> Result<(), ErrorBody> {
         if data.protocol == PROTOCOL_VERSION {
             return Ok(());
         }
@@ -248,6 +259,11 @@ impl Link {
                     )?;
                     return Ok(None);
                 }
+                if let Err(err) = Self::check_register(&data) {
+                    let end = refused_register(&err);
+                    out.push(ServerFrame::Error(err));
+                    return Err(end);
+                }
                 // Boxed: rare, and its query future would otherwise enlarge every
                 // connection's (see `ws::Connection::serve`).
                 Box::pin(self.store_register(&data, out)).await?;
@@ -340,6 +356,22 @@ impl Link {
             // and a closed connection would only make it send it again.
             Written::Output(Stored::Foreign) => {
                 out.push(not_yours(about, "output"));
+            }
+            // Not counted as a bad frame: an agent back after its run was marked lost sends
+            // the rest of its spool, and must not be cut off for it.
+            Written::Output(Stored::Final {
+                command_id,
+                stream,
+                seq,
+            }) => {
+                let message = format!(
+                    "run {command_id} is final: output after its answer is not stored ({} chunk {seq})",
+                    stream.as_str()
+                );
+                out.push(ServerFrame::Error(ErrorBody::new(
+                    codes::RUN_FINISHED,
+                    message,
+                )));
             }
             Written::Output(_) => {}
             Written::Finished(Finish::Foreign) => {
@@ -434,6 +466,17 @@ pub fn taken(agent_id: AgentId) -> ErrorBody {
              this agent a fresh state directory"
         ),
     )
+}
+
+/// The close after a `register` refused by [`Link::check_register`] (its `error` frame says
+/// why; a close reason must stay short).
+pub fn refused_register(err: &ErrorBody) -> End {
+    let reason = if err.code == codes::PROTOCOL_MISMATCH {
+        "protocol mismatch"
+    } else {
+        "register refused"
+    };
+    End::Close(limits::CLOSE_POLICY, reason.into())
 }
 
 /// The close for a frame over the protocol's size limit.

@@ -27,7 +27,7 @@ use outpost_protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::link::{End, Link, Pending, too_big};
+use super::link::{End, Link, Pending, refused_register, too_big};
 use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
 use crate::AppState;
 use crate::auth;
@@ -74,7 +74,13 @@ pub async fn handler(
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            return crate::error::envelope(
+                rejection.status(),
+                "bad_request",
+                format!("upgrade: {}", rejection.body_text()),
+            );
+        }
     };
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -188,9 +194,10 @@ impl Connection {
             self.flush().await?;
             match decoded? {
                 Some(AgentFrame::Register { data }) => {
-                    if let Err(err) = Link::check_protocol(&data) {
+                    if let Err(err) = Link::check_register(&data) {
+                        let end = refused_register(&err);
                         let _ = self.send(&ServerFrame::Error(err)).await;
-                        return Err(End::Close(limits::CLOSE_POLICY, "protocol mismatch".into()));
+                        return Err(end);
                     }
                     return Ok(data);
                 }

@@ -42,6 +42,8 @@ pub mod api_key {
         pub role: String,
         pub created_at: DateTimeUtc,
         pub expires_at: Option<DateTimeUtc>,
+        /// Set when the key was revoked; a revoked key authenticates nothing.
+        pub revoked_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -195,6 +197,9 @@ pub mod job {
         pub webhook_url: Option<String>,
         /// `pending`, `delivered` or `failed` once the job finished with a webhook.
         pub webhook_status: Option<String>,
+        /// Keyed hash of the request that created the job (with an idempotency key), to tell
+        /// a retry from another request reusing the key. Null on jobs from before it existed.
+        pub request_fingerprint: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -58,6 +58,8 @@ pub struct NewJob {
     pub ttl_s: u32,
     /// Makes a retried request return the first job.
     pub idempotency_key: Option<String>,
+    /// Keyed hash of the request, kept with an idempotency key (see the API's `create`).
+    pub request_fingerprint: Option<String>,
     /// Notified when the job finishes.
     pub webhook_url: Option<String>,
 }
@@ -120,11 +122,23 @@ pub enum Stored {
     Nothing,
     /// Not a run of this agent that is still open.
     Foreign,
+    /// A chunk not stored before, for a run that is final (or answered earlier in the same
+    /// batch): refused, nothing changed. The agent sends all of a run's output before its
+    /// answer, so this is never a late part of the run's output.
+    Final {
+        /// The run.
+        command_id: String,
+        /// The chunk's stream.
+        stream: OutputStream,
+        /// The chunk's number.
+        seq: u64,
+    },
 }
 
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Creates a job and its runs in one transaction. With an idempotency key already used
-    /// by the tenant, returns the existing job instead (and `false`).
+    /// by the tenant, returns the existing job instead (and `false`): the caller compares its
+    /// `request_fingerprint` with the request's.
     pub async fn create_job(
         &self,
         new: NewJob,
@@ -162,6 +176,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             idempotency_key: Set(new.idempotency_key.clone()),
             webhook_url: Set(new.webhook_url.clone()),
             webhook_status: Set(None),
+            request_fingerprint: Set(new
+                .idempotency_key
+                .as_ref()
+                .and(new.request_fingerprint.clone())),
         }
         .insert(&txn)
         .await;
@@ -586,12 +604,19 @@ fn stream_code(stream: OutputStream) -> i16 {
 impl Store<sea_orm::DatabaseTransaction> {
     /// Stores one output chunk of an agent's run, once, within the per-stream cap. Only on a
     /// transaction (the writer's), so the chunk and the run's byte count change together.
+    ///
+    /// Nothing is appended to a run that is final, or whose answer came before this chunk
+    /// (`answered`: the writer applies a batch's output before its results). The agent sends
+    /// all of a run's output before its answer, so a chunk after it is a forgery or a bug; a
+    /// chunk sent again after a reconnect (stored already, or dropped past the cap) is no
+    /// error.
     pub async fn append_output(
         &self,
         tenant_id: &str,
         agent_id: &str,
         chunk: OutputChunk<'_>,
         cap: u64,
+        answered: bool,
     ) -> Result<Stored> {
         let OutputChunk {
             command_id,
@@ -608,12 +633,32 @@ impl Store<sea_orm::DatabaseTransaction> {
         else {
             return Ok(Stored::Foreign);
         };
-        // Output may trail the answer by a few frames; accept it until the run is acknowledged
-        // (it is final then, but its chunks are still arriving in order).
         let (column, stored_bytes) = match stream {
             OutputStream::Stdout => (command::Column::StdoutBytes, run.stdout_bytes),
             OutputStream::Stderr => (command::Column::StderrBytes, run.stderr_bytes),
         };
+        if answered || state::FINAL.contains(&run.state.as_str()) {
+            let resent = stored_bytes as u64 + bytes.len() as u64 > cap
+                || output_chunk::Entity::find()
+                    .filter(output_chunk::Column::CommandId.eq(command_id))
+                    .filter(output_chunk::Column::Stream.eq(stream_code(stream)))
+                    .filter(output_chunk::Column::Seq.eq(seq as i64))
+                    .select_only()
+                    .column(output_chunk::Column::Id)
+                    .into_tuple::<i64>()
+                    .one(txn)
+                    .await?
+                    .is_some();
+            return Ok(if resent {
+                Stored::Nothing
+            } else {
+                Stored::Final {
+                    command_id: command_id.to_owned(),
+                    stream,
+                    seq,
+                }
+            });
+        }
         if stored_bytes as u64 + bytes.len() as u64 > cap {
             command::Entity::update_many()
                 .col_expr(command::Column::OutputTruncated, Expr::value(true))

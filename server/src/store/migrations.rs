@@ -186,6 +186,15 @@ CREATE INDEX agents_hostname ON agents (tenant_id, hostname, id);
 ALTER TABLE commands ADD COLUMN sealed_params TEXT;
 ALTER TABLE releases ADD COLUMN signature_v2 TEXT;
 "#,
+    // 9: a job's request fingerprint (a keyed hash of what it asked for), so that an
+    // idempotency key used again with another request is refused instead of answering the
+    // first job; and API keys revoked rather than deleted (`admin-key rotate`, a changed
+    // OUTPOST_ADMIN_KEY), so that a revoked owner key given again is recognised and not
+    // registered anew.
+    r#"
+ALTER TABLE jobs ADD COLUMN request_fingerprint TEXT;
+ALTER TABLE api_keys ADD COLUMN revoked_at {ts};
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start; concurrent starts against one

@@ -31,7 +31,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DatabaseTransaction, DbBackend, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
-    QuerySelect, Set, Statement, TransactionTrait,
+    QuerySelect, Set, Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::{Value, json};
 
@@ -190,6 +190,27 @@ const POOL_SIZE: u32 = 16;
 /// proportion to the pages it holds, and it counts in the server's memory.
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
+/// The name of the owner keys the server itself makes (first start, `OUTPOST_ADMIN_KEY`,
+/// `outpost-server admin-key rotate`): the ones a new owner key of that kind revokes.
+pub const BOOTSTRAP_KEY_NAME: &str = "owner";
+
+/// What [`Store::bootstrap`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bootstrapped {
+    /// A fresh database: the default tenant and its owner key, with the secret when it was
+    /// generated (to save and show).
+    Created(Option<String>),
+    /// The given key is the owner key now; this many earlier owner keys were revoked.
+    Replaced {
+        /// Keys revoked.
+        revoked: u64,
+    },
+    /// Nothing to do: no key given, or the given key is the owner key already.
+    Unchanged,
+    /// The given key was revoked before; it was not registered again.
+    Revoked,
+}
+
 /// The database handle and its domain methods.
 ///
 /// Generic over the connection so that the same methods run on the pool or inside one
@@ -299,30 +320,74 @@ impl Store<DatabaseTransaction> {
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     // ---- tenants and API keys -------------------------------------------------------------
 
-    /// On an empty database, creates the default tenant and its owner key. Returns the new
-    /// secret when one was generated (it is shown once and never again).
+    /// On an empty database, creates the default tenant and its owner key (`admin_key`, from
+    /// `OUTPOST_ADMIN_KEY`, or a generated one, returned to be saved and shown once).
     ///
-    /// `admin_key` (from `OUTPOST_ADMIN_KEY`) is used instead of a generated secret, and is
-    /// (re-)registered as an owner key on every start, so an operator who lost the key can set
-    /// a new one.
-    pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Option<String>> {
-        let existing = tenant::Entity::find()
+    /// On a database with a tenant, an `admin_key` not seen before becomes the default
+    /// tenant's owner key and revokes the earlier ones the server made (see
+    /// [`BOOTSTRAP_KEY_NAME`]): a changed `OUTPOST_ADMIN_KEY` replaces the old key rather than
+    /// adding one. A key that was revoked is not registered again, so restarting with an old
+    /// `OUTPOST_ADMIN_KEY` after a rotation does not bring it back.
+    pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Bootstrapped> {
+        let Some(tenant) = self.default_tenant().await? else {
+            let (_, secret) = self.create_tenant("default", admin_key).await?;
+            return Ok(Bootstrapped::Created(admin_key.is_none().then_some(secret)));
+        };
+        let Some(key) = admin_key else {
+            return Ok(Bootstrapped::Unchanged);
+        };
+        match self.api_key_by_hash(&auth::hash_secret(key)).await? {
+            Some(row) if row.revoked_at.is_some() => Ok(Bootstrapped::Revoked),
+            Some(_) => Ok(Bootstrapped::Unchanged),
+            None => {
+                let revoked = self.replace_owner_key(&tenant.id, key).await?;
+                Ok(Bootstrapped::Replaced { revoked })
+            }
+        }
+    }
+
+    /// A new owner key for the default tenant, replacing (revoking) the earlier ones the
+    /// server made: `outpost-server admin-key rotate`. Returns the secret and how many keys
+    /// were revoked.
+    pub async fn rotate_owner_key(&self) -> Result<(String, u64)> {
+        let tenant = self.default_tenant().await?.ok_or_else(|| {
+            StoreError::Config(
+                "the database has no tenant yet: start the server once, it creates the owner key"
+                    .into(),
+            )
+        })?;
+        let secret = auth::generate_secret(KeyKind::Api);
+        let revoked = self.replace_owner_key(&tenant.id, &secret).await?;
+        Ok((secret, revoked))
+    }
+
+    /// The tenant the server made on its first start: the oldest.
+    async fn default_tenant(&self) -> Result<Option<tenant::Model>> {
+        Ok(tenant::Entity::find()
             .order_by_asc(tenant::Column::CreatedAt)
             .one(&self.db)
-            .await?;
-        let Some(tenant) = existing else {
-            let (_, secret) = self.create_tenant("default", admin_key).await?;
-            return Ok(admin_key.is_none().then_some(secret));
+            .await?)
+    }
+
+    /// Registers `secret` as the tenant's owner key and revokes the other keys the server
+    /// made, in one transaction (never both valid or neither). Returns how many it revoked.
+    async fn replace_owner_key(&self, tenant_id: &str, secret: &str) -> Result<u64> {
+        let txn = Store {
+            db: self.db.begin().await?,
         };
-        if let Some(key) = admin_key
-            && self
-                .api_key_by_hash(&auth::hash_secret(key))
-                .await?
-                .is_none()
-        {
-            self.insert_owner_key(&tenant.id, key).await?;
-        }
-        Ok(None)
+        let id = txn.insert_owner_key(tenant_id, secret).await?;
+        let revoked = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(api_key::Column::TenantId.eq(tenant_id))
+            .filter(api_key::Column::Name.eq(BOOTSTRAP_KEY_NAME))
+            .filter(api_key::Column::Role.eq("owner"))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .filter(api_key::Column::Id.ne(id))
+            .exec(&txn.db)
+            .await?
+            .rows_affected;
+        txn.db.commit().await?;
+        Ok(revoked)
     }
 
     /// Creates a tenant with an owner API key (`secret`, or a generated one); returns the
@@ -348,19 +413,21 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok((id, secret))
     }
 
-    async fn insert_owner_key(&self, tenant_id: &str, secret: &str) -> Result<()> {
+    async fn insert_owner_key(&self, tenant_id: &str, secret: &str) -> Result<String> {
+        let id = new_id();
         api_key::ActiveModel {
-            id: Set(new_id()),
+            id: Set(id.clone()),
             tenant_id: Set(tenant_id.to_owned()),
-            name: Set("owner".into()),
+            name: Set(BOOTSTRAP_KEY_NAME.into()),
             key_hash: Set(auth::hash_secret(secret)),
             role: Set("owner".into()),
             created_at: Set(Utc::now()),
             expires_at: Set(None),
+            revoked_at: Set(None),
         }
         .insert(&self.db)
         .await?;
-        Ok(())
+        Ok(id)
     }
 
     /// Creates an API key with `role` in a tenant and returns its secret (shown once). The
@@ -376,13 +443,14 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             role: Set(role.to_owned()),
             created_at: Set(Utc::now()),
             expires_at: Set(None),
+            revoked_at: Set(None),
         }
         .insert(&self.db)
         .await?;
         Ok(secret)
     }
 
-    /// Finds the API key whose secret hashes to `hash`.
+    /// Finds the API key whose secret hashes to `hash` (revoked or not: the caller decides).
     pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<api_key::Model>> {
         Ok(api_key::Entity::find()
             .filter(api_key::Column::KeyHash.eq(hash))

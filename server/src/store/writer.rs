@@ -708,8 +708,12 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<(Vec<Written>, Vec<c
             job_id: changed.and_then(|run| run.job_id),
         });
     }
+    let answered_first = answered_before(writes, &finishes, &outputs);
     for (i, tenant_id, agent_id, chunk, cap) in outputs {
-        let stored = txn.append_output(tenant_id, agent_id, chunk, cap).await?;
+        let answered = answered_first.contains(&i);
+        let stored = txn
+            .append_output(tenant_id, agent_id, chunk, cap, answered)
+            .await?;
         results[i] = Some(Written::Output(stored));
     }
     if !heartbeats.is_empty() {
@@ -764,6 +768,49 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<(Vec<Written>, Vec<c
     }
     txn.commit().await?;
     Ok((results.into_iter().flatten().collect(), finished))
+}
+
+/// The output writes (by index) that came after their run's answer in this batch. Output is
+/// applied before results, so the store would otherwise take such a chunk as part of a run
+/// still open. Only the (few) runs with output in the batch are looked for among its answers.
+fn answered_before(
+    writes: &[&Write],
+    finishes: &[usize],
+    outputs: &[(usize, &str, &str, OutputChunk<'_>, u64)],
+) -> HashSet<usize> {
+    if outputs.is_empty() || finishes.is_empty() {
+        return HashSet::new();
+    }
+    let runs: HashSet<uuid::Uuid> = outputs
+        .iter()
+        .filter_map(|(_, _, _, chunk, _)| chunk.command_id.parse().ok())
+        .collect();
+    let mut answered_at: HashMap<uuid::Uuid, (usize, &str, &str)> = HashMap::new();
+    for &j in finishes {
+        if let Write::Finish {
+            tenant_id,
+            agent_id,
+            response,
+        } = writes[j]
+            && runs.contains(&response.command_id)
+        {
+            answered_at
+                .entry(response.command_id)
+                .or_insert((j, tenant_id, agent_id));
+        }
+    }
+    outputs
+        .iter()
+        .filter(|(i, tenant_id, agent_id, chunk, _)| {
+            chunk
+                .command_id
+                .parse::<uuid::Uuid>()
+                .ok()
+                .and_then(|id| answered_at.get(&id))
+                .is_some_and(|(j, t, a)| j < i && t == tenant_id && a == agent_id)
+        })
+        .map(|(i, ..)| *i)
+        .collect()
 }
 
 /// Changed rows by command id, handed back to the writes that asked for them.
