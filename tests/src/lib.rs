@@ -733,6 +733,21 @@ impl Default for Scripts {
     }
 }
 
+/// A job body that runs `script` with `params` on one agent.
+pub fn run_job(agent_id: &str, script: &str, params: Value) -> Value {
+    json!({"command": "run", "data": {"script": script, "params": params}, "target": {"agents": [agent_id]}})
+}
+
+/// A one-run job's `(job_id, run_id, run)`.
+pub fn only_run(job: &Value) -> (String, String, Value) {
+    let run = job["runs"][0].clone();
+    (
+        job["job_id"].as_str().expect("job_id").to_owned(),
+        run["run_id"].as_str().expect("run_id").to_owned(),
+        run,
+    )
+}
+
 /// Processes whose environment holds `OUTPOST_RUN_ID=<run_id>`: what is left of a run.
 pub fn processes_of_run(run_id: &str) -> Vec<u32> {
     let needle = format!("OUTPOST_RUN_ID={run_id}");

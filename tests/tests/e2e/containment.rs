@@ -12,10 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use outpost_e2e::{
-    Agent, Api, READY_TIMEOUT, Scripts, Server, bin_dir, processes_of_run, wait_for,
+    Agent, Api, READY_TIMEOUT, Scripts, Server, bin_dir, only_run, processes_of_run, run_job,
+    wait_for,
 };
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The agent's containment, from `info`: `("cgroup", folder)` or `("process", reason)`.
 async fn containment(api: &Api, agent_id: &str) -> (String, String) {
@@ -54,19 +55,6 @@ async fn agent_in(
         println!("no writable cgroup v2 here: the default run is process mode ({detail})");
     }
     (agent, id, got)
-}
-
-fn run_job(agent_id: &str, script: &str, params: Value) -> Value {
-    json!({"command": "run", "data": {"script": script, "params": params}, "target": {"agents": [agent_id]}})
-}
-
-fn only_run(job: &Value) -> (String, String, Value) {
-    let run = job["runs"][0].clone();
-    (
-        job["job_id"].as_str().expect("job_id").to_owned(),
-        run["run_id"].as_str().expect("run_id").to_owned(),
-        run,
-    )
 }
 
 async fn wait_output(api: &Api, job_id: &str, run_id: &str, expected: &[u8]) {

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use outpost_e2e::{Agent, READY_TIMEOUT, Scripts, Server, ServerOptions, wait_for};
+use outpost_e2e::{Agent, READY_TIMEOUT, Scripts, Server, ServerOptions, run_job, wait_for};
 use outpost_server::store::{DatabaseLocation, Store};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -106,12 +106,17 @@ async fn readyz(api: &outpost_e2e::Api, want: StatusCode) -> serde_json::Value {
     .await
 }
 
-/// The big run fills the disk: new jobs get 503, `/readyz` and `/metrics` say why, reads still
-/// work; then space returns and, without a restart, the run completes with every byte of its
-/// output, new jobs run, and the database passes `integrity_check`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_new_work_and_recovers_by_itself() {
-    let Some(disk) = Tmpfs::mount(20) else { return };
+/// A server on `disk`, and an agent whose big run has filled it.
+struct Filled {
+    server: Server,
+    agent: Agent,
+    job_id: String,
+    /// What `/readyz` answered once writes failed.
+    why: serde_json::Value,
+    _scripts: Scripts,
+}
+
+async fn fill(disk: &Tmpfs) -> Filled {
     let server = Server::start_with(ServerOptions {
         data_dir: Some(disk.path.clone()),
         ..Default::default()
@@ -122,17 +127,33 @@ async fn a_full_disk_refuses_new_work_and_recovers_by_itself() {
     let (_, key) = api.agent_key().await;
     let agent = Agent::start_with(&server.url, &key, None, scripts.env());
     let agent_id = agent.wait_online(&api).await;
-
-    let (status, job) = api
-        .job(
-            json!({"command": "run", "data": {"script": "big"}, "target": {"agents": [agent_id]}}),
-            None,
-        )
-        .await;
+    let (status, job) = api.job(run_job(&agent_id, "big", json!({})), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     let job_id = job["job_id"].as_str().expect("job id").to_owned();
-
     let why = readyz(&api, StatusCode::SERVICE_UNAVAILABLE).await;
+    Filled {
+        server,
+        agent,
+        job_id,
+        why,
+        _scripts: scripts,
+    }
+}
+
+/// The big run fills the disk: new jobs get 503, `/readyz` and `/metrics` say why, reads still
+/// work; then space returns and, without a restart, the run completes with every byte of its
+/// output, new jobs run, and the database passes `integrity_check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_work_and_recovers_by_itself() {
+    let Some(disk) = Tmpfs::mount(20) else { return };
+    let Filled {
+        server,
+        agent,
+        job_id,
+        why,
+        _scripts,
+    } = fill(&disk).await;
+    let api = server.api();
     let message = why["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("database"), "{why}");
     let (status, refused) = api
@@ -191,25 +212,13 @@ async fn a_full_disk_refuses_new_work_and_recovers_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_while_its_disk_is_full_loses_nothing() {
     let Some(disk) = Tmpfs::mount(20) else { return };
-    let mut server = Server::start_with(ServerOptions {
-        data_dir: Some(disk.path.clone()),
-        ..Default::default()
-    })
-    .await;
-    let api = server.api();
-    let scripts = scripts();
-    let (_, key) = api.agent_key().await;
-    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
-    let agent_id = agent.wait_online(&api).await;
-    let (status, job) = api
-        .job(
-            json!({"command": "run", "data": {"script": "big"}, "target": {"agents": [agent_id]}}),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let job_id = job["job_id"].as_str().expect("job id").to_owned();
-    readyz(&api, StatusCode::SERVICE_UNAVAILABLE).await;
+    let Filled {
+        mut server,
+        agent,
+        job_id,
+        _scripts,
+        ..
+    } = fill(&disk).await;
 
     server.kill9();
     disk.resize(512);
@@ -247,12 +256,7 @@ async fn an_agent_whose_disk_fills_fails_the_run_clearly_and_loses_no_journal_re
     let agent = Agent::start_with(&server.url, &key, Some(state.clone()), scripts.env());
     let agent_id = agent.wait_online(&api).await;
 
-    let (_, job) = api
-        .job(
-            json!({"command": "run", "data": {"script": "big"}, "target": {"agents": [agent_id]}}),
-            None,
-        )
-        .await;
+    let (_, job) = api.job(run_job(&agent_id, "big", json!({})), None).await;
     let job_id = job["job_id"].as_str().expect("job id").to_owned();
     wait_for("the spool to fill the disk", READY_TIMEOUT, || {
         let logs = agent.logs();
@@ -271,10 +275,7 @@ async fn an_agent_whose_disk_fills_fails_the_run_clearly_and_loses_no_journal_re
     assert!(output.iter().all(|b| *b == b'x'), "whole records only");
 
     let (status, hello) = api
-        .job(
-            json!({"command": "run", "data": {"script": "hello"}, "target": {"agents": [agent_id]}}),
-            Some(30),
-        )
+        .job(run_job(&agent_id, "hello", json!({})), Some(30))
         .await;
     assert_eq!(status, StatusCode::OK, "{hello}");
     assert_eq!(hello["status"], "succeeded", "{hello}");

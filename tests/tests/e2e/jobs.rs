@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outpost_e2e::{Agent, Api, Scripts, Server, processes_of_run, wait_for};
+use outpost_e2e::{Agent, Api, Scripts, Server, only_run, processes_of_run, run_job, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -15,19 +15,6 @@ async fn agent_with(server: &Server, api: &Api, scripts: &Scripts, tags: &str) -
     let agent = Agent::start_with(&server.url, &secret, None, env);
     let id = agent.wait_online(api).await;
     (agent, id)
-}
-
-fn run_job(agent_id: &str, script: &str, params: Value) -> Value {
-    json!({"command": "run", "data": {"script": script, "params": params}, "target": {"agents": [agent_id]}})
-}
-
-fn only_run(job: &Value) -> (String, String, Value) {
-    let run = job["runs"][0].clone();
-    (
-        job["job_id"].as_str().expect("job_id").to_owned(),
-        run["run_id"].as_str().expect("run_id").to_owned(),
-        run,
-    )
 }
 
 /// Adds a script that prints `first`, waits until the returned file exists, then prints
