@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_LOST_AFTER", default_value_t = 3600)]
     pub lost_after: u64,
 
+    /// Directory holding the outpost-agent and outpost-supervisor builds served (signed with
+    /// <data-dir>/release.key) until a release is published; default: the directory of this
+    /// executable.
+    #[arg(long, env = "OUTPOST_BUILDS_DIR")]
+    pub builds_dir: Option<PathBuf>,
+
     /// Output bytes kept per run and stream; past it the run says output_truncated.
     #[arg(long, env = "OUTPOST_MAX_OUTPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_output_bytes: u64,
@@ -107,6 +113,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_listen", &self.metrics_listen)
             .field("log_format", &self.log_format)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("builds_dir", &self.builds_dir)
             .field("max_output_bytes", &self.max_output_bytes)
             .field("lost_after", &self.lost_after)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))

@@ -13,6 +13,7 @@
 pub mod admin_key;
 pub mod api;
 pub mod auth;
+pub mod builtin;
 pub mod config;
 pub mod dispatch;
 pub mod error;
@@ -75,6 +76,8 @@ pub async fn run(
     let (store, writer) = open_store(&config).await?;
     admin_key::bootstrap(&store, &config).await?;
     let master = load_master_key(&config)?;
+    let builtin = builtin::Builtin::open(&config.data_dir, config.builds_dir.clone())?;
+    builtin.log_startup();
 
     let state = AppState {
         writer: store::writer::Writer::start(writer, store.clone())
@@ -91,6 +94,7 @@ pub async fn run(
         )),
         releases: Arc::new(release::Releases {
             dir: config.data_dir.join("releases"),
+            builtin,
             public_url: config.public_url.clone(),
             tls: config.tls_cert.is_some(),
         }),

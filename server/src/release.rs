@@ -14,6 +14,8 @@
 //!
 //! The signing key never needs to be on the server: publish from a machine that has the data
 //! directory (or the database URL) and the key, or copy the key in only for the publish.
+//! Until the first release is published, the server serves the builds it ships with, signed
+//! with a key of its own (`crate::builtin`); publishing ends that.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,10 +31,12 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use crate::store::{DatabaseLocation, Store, release as row};
 
 /// Where the server finds published files, and how it names their URLs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Releases {
     /// `<data-dir>/releases`.
     pub dir: PathBuf,
+    /// The builds shipped with the server, served while nothing is published.
+    pub builtin: crate::builtin::Builtin,
     /// `--public-url`, for absolute download URLs.
     pub public_url: Option<String>,
     /// Whether this server serves HTTPS (for URLs built from the `Host` header).
@@ -102,6 +106,20 @@ pub async fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow:
 }
 
 fn keygen(out: &Path) -> anyhow::Result<()> {
+    let pair = create_signing_key(out)?;
+    eprintln!(
+        "wrote the release signing key to {} (mode 0600); keep it offline and backed up.\n\
+         Agents pin the public key below as OUTPOST_RELEASE_PUBKEY:",
+        out.display()
+    );
+    println!("{}", STANDARD.encode(pair.public_key().as_ref()));
+    Ok(())
+}
+
+/// Writes a new Ed25519 signing key to `out` (PKCS#8 PEM, mode 0600, never over an existing
+/// file) and returns it. Used by `release keygen` and by the server for its own key
+/// (`crate::builtin`).
+pub fn create_signing_key(out: &Path) -> anyhow::Result<Ed25519KeyPair> {
     use std::os::unix::fs::OpenOptionsExt;
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| anyhow::anyhow!("the operating system's random source failed"))?;
@@ -127,13 +145,26 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
         })?;
     file.write_all(pem.as_bytes())?;
     file.sync_all()?;
-    eprintln!(
-        "wrote the release signing key to {} (mode 0600); keep it offline and backed up.\n\
-         Agents pin the public key below as OUTPOST_RELEASE_PUBKEY:",
-        out.display()
-    );
-    println!("{}", STANDARD.encode(pair.public_key().as_ref()));
-    Ok(())
+    Ok(pair)
+}
+
+/// The v1 and v2 signatures (base64) of one artifact: what `publish` records and what the
+/// server's built-in builds carry. Supervisors check exactly these messages
+/// ([`signed_message`], [`signed_message_v2`]).
+pub fn sign_artifact(
+    key: &Ed25519KeyPair,
+    name: &str,
+    version: &Version,
+    target: &str,
+    sha256: &str,
+    size: u64,
+) -> (String, String) {
+    let v1 = signed_message(name, version, target, sha256);
+    let v2 = signed_message_v2(name, version, target, sha256, size);
+    (
+        STANDARD.encode(key.sign(v1.as_bytes()).as_ref()),
+        STANDARD.encode(key.sign(v2.as_bytes()).as_ref()),
+    )
 }
 
 /// Reads a PKCS#8 Ed25519 key, PEM or DER (v2 from `keygen`, or v1 as `openssl genpkey
@@ -208,10 +239,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     for (name, source) in artifacts {
         let dest = artifact_path(&dir, &version, &args.target, name);
         let (sha256, size) = copy_hashed(source, &dest)?;
-        let message = signed_message(name, &version, &args.target, &sha256);
-        let signature = STANDARD.encode(key.sign(message.as_bytes()).as_ref());
-        let message_v2 = signed_message_v2(name, &version, &args.target, &sha256, size);
-        let signature_v2 = STANDARD.encode(key.sign(message_v2.as_bytes()).as_ref());
+        let (signature, signature_v2) =
+            sign_artifact(&key, name, &version, &args.target, &sha256, size);
         println!(
             "published {name} {version} for {}: {size} bytes, sha256 {sha256}",
             args.target

@@ -3,8 +3,9 @@
 //!
 //! The script is the repository's `deploy.sh`, compiled in, with two values filled in: the URL
 //! agents reach this server at (`--public-url`, else the scheme served and the request's `Host`)
-//! and the public key of the latest release, which a native install pins for its updates (trust
-//! on first use, over the same channel that delivers the script). Both are spliced between
+//! and the public key of the latest release (or, before any is published, of the server's own
+//! release key that signs the builds it ships with: `crate::builtin`), which a native install
+//! pins for its updates (trust on first use, over the same channel that delivers the script). Both are spliced between
 //! single quotes in a script someone pipes to bash, so each is checked against a strict
 //! character set first: a hostile `Host` header or a mistyped `--public-url` gives an error,
 //! never shell syntax.
@@ -36,7 +37,14 @@ pub async fn script(
         state.releases.tls,
         &headers,
     )?;
-    let pubkey = state.store.latest_release_public_key().await?;
+    // The key of what `/downloads` serves: the latest published release's, else (nothing
+    // published) the server's own when it has the builds it ships with (`crate::builtin`).
+    let builtin = &state.releases.builtin;
+    let pubkey = match state.store.latest_release_public_key().await? {
+        Some(key) => Some(key),
+        None if builtin.has_agent() => Some(builtin.public_key().to_owned()),
+        None => None,
+    };
     let body = render(&base, pubkey.as_deref()).map_err(ApiError::BadRequest)?;
     Ok((
         [

@@ -6,6 +6,10 @@
 //! secret, and what makes it trustworthy is the Ed25519 signature the supervisor checks
 //! against the key it pinned, not the channel. The `.sha256` files come from the database, not
 //! from hashing the file on disk, so a file changed after publishing is caught by every client.
+//!
+//! While no release is published at all, the same routes serve the builds the server ships
+//! with (`crate::builtin`): its own version and target, signed with its own key. A request
+//! that finds neither gets a 404 saying which file is missing and what to do about it.
 
 use axum::Json;
 use axum::body::Body;
@@ -22,7 +26,6 @@ use super::{Path, Query};
 use crate::AppState;
 use crate::auth::{Caller, authenticate_agent, bearer};
 use crate::error::ApiError;
-use crate::store::release as row;
 
 /// A release for one target, as `GET /api/releases/…` shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -114,12 +117,12 @@ pub async fn latest(
     Query(query): Query<TargetQuery>,
 ) -> Result<Json<ReleaseView>, ApiError> {
     let target = target_of(query)?;
-    let version = state
-        .store
-        .latest_release_version(&target)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no release published for {target}")))?;
-    view(&state, &headers, &version, &target).await.map(Json)
+    match state.store.latest_release_version(&target).await? {
+        Some(version) => view(&state, &headers, &version, &target).await.map(Json),
+        None => builtin_view(&state, &headers, None, &target)
+            .await
+            .map(Json),
+    }
 }
 
 /// One release for a target.
@@ -139,7 +142,102 @@ pub async fn show(
         .parse()
         .map_err(|e| ApiError::BadRequest(format!("version: {e}")))?;
     let target = target_of(query)?;
-    view(&state, &headers, &version, &target).await.map(Json)
+    match view(&state, &headers, &version, &target).await {
+        Err(ApiError::NotFound(_)) if !state.store.any_release_published().await? => {
+            builtin_view(&state, &headers, Some(&version), &target)
+                .await
+                .map(Json)
+        }
+        other => other.map(Json),
+    }
+}
+
+/// The built-in builds as a release (`crate::builtin`): only while nothing is published, only
+/// for the server's own target and version.
+async fn builtin_view(
+    state: &AppState,
+    headers: &HeaderMap,
+    version: Option<&Version>,
+    target: &str,
+) -> Result<ReleaseView, ApiError> {
+    let builtin = builtin_for(state, version, target).await?;
+    let base = base_url(state, headers);
+    let mut artifacts = Vec::new();
+    for name in release::ARTIFACTS {
+        if let Some(signed) = builtin.artifact(name).await.map_err(ApiError::Internal)? {
+            artifacts.push(signed);
+        }
+    }
+    let Some(first) = artifacts.first() else {
+        return Err(ApiError::NotFound(missing_builtin(
+            state,
+            target,
+            "outpost-agent",
+        )));
+    };
+    let version = builtin.version;
+    let artifact = |name: &str| {
+        artifacts
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| ArtifactView {
+                url: format!("{base}/downloads/{version}/{target}/{name}"),
+                sha256: a.sha256.clone(),
+                size: a.size,
+                signature: a.signature.clone(),
+                signature_v2: Some(a.signature_v2.clone()),
+            })
+    };
+    Ok(ReleaseView {
+        version: version.to_string(),
+        target: target.to_owned(),
+        published_at: first.modified,
+        public_key: builtin.public_key().to_owned(),
+        agent: artifact(release::AGENT),
+        supervisor: artifact(release::SUPERVISOR),
+    })
+}
+
+/// The built-in builds when they may answer for `version` (`None`: the latest) and `target`:
+/// nothing published, the server's own target and version. Else the 404 that says why.
+async fn builtin_for<'a>(
+    state: &'a AppState,
+    version: Option<&Version>,
+    target: &str,
+) -> Result<&'a crate::builtin::Builtin, ApiError> {
+    let builtin = &state.releases.builtin;
+    if state.store.any_release_published().await? {
+        return Err(ApiError::NotFound(format!(
+            "no release for {target}: releases are published on this server, but none for this target (publish one: outpost-server release publish --target {target} ...)"
+        )));
+    }
+    if target != builtin.target {
+        return Err(ApiError::NotFound(format!(
+            "no release for {target}: none is published, and the builds this server ships with are for {} (publish builds for {target}: outpost-server release publish --target {target} ...)",
+            builtin.target
+        )));
+    }
+    if let Some(version) = version
+        && *version != builtin.version
+    {
+        return Err(ApiError::NotFound(format!(
+            "no release {version} for {target}: none is published, and the builds this server ships with are version {}",
+            builtin.version
+        )));
+    }
+    Ok(builtin)
+}
+
+/// What to do when the server has neither a published release nor its own build of `name`.
+fn missing_builtin(state: &AppState, target: &str, name: &str) -> String {
+    tracing::warn!(
+        dir = %state.releases.builtin.dir().display(),
+        name,
+        "asked for a build this server does not have: put outpost-agent and outpost-supervisor in this directory (or --builds-dir), or publish a release"
+    );
+    format!(
+        "no {name} for {target} on this server: no release is published and the server has no built-in {name} (it serves the outpost-agent and outpost-supervisor found beside its executable or in --builds-dir; the server log names the directory). Put both files there (cargo build -p outpost-agent -p outpost-supervisor), or publish a release: outpost-server release publish --help"
+    )
 }
 
 async fn view(
@@ -218,24 +316,41 @@ pub async fn download(
     if !valid_target(&target) {
         return Err(ApiError::NotFound(format!("no target {target:.80}")));
     }
-    let version = if version == "latest" {
-        state
-            .store
-            .latest_artifact_version(&target, name)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no {name} published for {target}")))?
+    let wanted = if version == "latest" {
+        None
     } else {
-        version
-            .parse::<Version>()
-            .map_err(|e| ApiError::NotFound(e.to_string()))?
+        Some(
+            version
+                .parse::<Version>()
+                .map_err(|e| ApiError::NotFound(e.to_string()))?,
+        )
     };
-    let artifact: row::Model = state
-        .store
-        .release_artifacts(&version, &target)
-        .await?
-        .into_iter()
-        .find(|r| r.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("no {name} {version} for {target}")))?;
+    let version = match wanted {
+        Some(version) => Some(version),
+        None => state.store.latest_artifact_version(&target, name).await?,
+    };
+    let artifact = match version {
+        Some(version) => state
+            .store
+            .release_artifacts(&version, &target)
+            .await?
+            .into_iter()
+            .find(|r| r.name == name),
+        None => None,
+    };
+    let Some(artifact) = artifact else {
+        if state.store.any_release_published().await? {
+            return Err(ApiError::NotFound(match version {
+                Some(version) => format!("no {name} {version} for {target}"),
+                None => format!("no {name} published for {target}"),
+            }));
+        }
+        return builtin_download(&state, wanted.as_ref(), &target, name, checksum).await;
+    };
+    let version: Version = artifact
+        .version
+        .parse()
+        .map_err(|e: release::BadVersion| ApiError::Internal(e.into()))?;
     if checksum {
         let body = format!("{}  {name}\n", artifact.sha256);
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
@@ -255,6 +370,39 @@ pub async fn download(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .len();
+    Ok(file_response(file, len, name))
+}
+
+/// `/downloads/…` from the built-in builds: the same checksum line and file response as a
+/// published release's.
+async fn builtin_download(
+    state: &AppState,
+    version: Option<&Version>,
+    target: &str,
+    name: &str,
+    checksum: bool,
+) -> Result<Response, ApiError> {
+    let builtin = builtin_for(state, version, target).await?;
+    let missing = || ApiError::NotFound(missing_builtin(state, target, name));
+    if checksum {
+        let signed = builtin
+            .artifact(name)
+            .await
+            .map_err(ApiError::Internal)?
+            .ok_or_else(missing)?;
+        let body = format!("{}  {name}\n", signed.sha256);
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
+    let (file, signed) = builtin
+        .open_file(name)
+        .await
+        .map_err(ApiError::Internal)?
+        .ok_or_else(missing)?;
+    Ok(file_response(file, signed.size, name))
+}
+
+/// A binary as an attachment of exactly `len` bytes.
+fn file_response(file: tokio::fs::File, len: u64, name: &str) -> Response {
     let stream = tokio_util::io::ReaderStream::new(file);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
@@ -266,5 +414,5 @@ pub async fn download(
     if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
-    Ok(response)
+    response
 }

@@ -223,6 +223,9 @@ pub struct Store<C = DatabaseConnection> {
 impl Store {
     /// Opens (and creates, for SQLite) the database and brings its schema up to date.
     pub async fn open(location: &DatabaseLocation) -> Result<Self> {
+        if let DatabaseLocation::Sqlite(path) = location {
+            create_private_file(path)?;
+        }
         let db = connect(location, POOL_SIZE, None).await?;
         migrations::migrate(&db).await?;
         Ok(Self { db })
@@ -1101,6 +1104,26 @@ pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<C::Transaction, 
         ..Default::default()
     })
     .await
+}
+
+/// Creates a new SQLite database file readable by the server's user only (SQLite would make
+/// it 0644 less the umask; its `-wal` and `-shm` files take the database file's mode). An
+/// empty file is an empty database. An existing file is left as it is.
+fn create_private_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(StoreError::Config(format!(
+            "cannot create the database {}: {err}",
+            path.display()
+        ))),
+    }
 }
 
 /// A pool of at most `size` connections. `cache_kib` sets SQLite's page cache per connection

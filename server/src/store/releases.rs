@@ -63,6 +63,12 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(row.and_then(|r| r.version.parse().ok()))
     }
 
+    /// Whether any release is published, for any target: from then on the server's built-in
+    /// builds are not served (`crate::builtin`).
+    pub async fn any_release_published(&self) -> Result<bool> {
+        Ok(release::Entity::find().one(&self.db).await?.is_some())
+    }
+
     /// The public key of the most recently published release, any target (what `/deploy.sh`
     /// offers natively installed supervisors to pin).
     pub async fn latest_release_public_key(&self) -> Result<Option<String>> {
