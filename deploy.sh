@@ -37,13 +37,17 @@ Options:
                  of the process list. Needed for the first install only.
   --server URL   server URL (default: the server this script came from)
   --tags a,b     tags for this agent (OUTPOST_TAGS)
+  --manifest M   the scripts this agent may run (native only), replacing those installed:
+                 a folder holding script_manifest.json (copied whole), or a manifest file or
+                 http(s) URL (copied with the script files it names, which must be beside
+                 it). Installed in <install dir>/scripts; see docs/OPERATIONS.md, "Scripts"
   --native       install the binaries on this machine
   --docker       run the agent image in Docker
   --image NAME   agent image for --docker (default outpost-agent:latest, OUTPOST_IMAGE)
   --network NET  Docker network for the agent container (default: Docker's default bridge)
 
 Native layout: /opt/outpost as root, ~/.outpost-agent otherwise (OUTPOST_PREFIX overrides);
-bin/, agent.env (0600), state. Boot: a systemd unit when run as root where systemd runs, else
+bin/, agent.env (0600), scripts/ (the manifest), state. Boot: a systemd unit when run as root where systemd runs, else
 an @reboot crontab line (OUTPOST_BOOT=systemd|cron|none forces one). Docker: container
 outpost-agent (OUTPOST_CONTAINER overrides) with its state in the volume <container>-state.
 EOF
@@ -63,6 +67,7 @@ tags=${OUTPOST_TAGS-}
 tags_given=${OUTPOST_TAGS+1}
 image=${OUTPOST_IMAGE:-outpost-agent:latest}
 network=''
+manifest_src=''
 container=${OUTPOST_CONTAINER:-outpost-agent}
 volume=$container-state
 
@@ -84,6 +89,8 @@ while (($#)); do
     --image=*) image=${1#*=} ;;
     --network) need_value "$@"; network=$2; shift ;;
     --network=*) network=${1#*=} ;;
+    --manifest) need_value "$@"; manifest_src=$2; shift ;;
+    --manifest=*) manifest_src=${1#*=} ;;
     --native) mode=native ;;
     --docker) mode=docker ;;
     --status) set_action status ;;
@@ -107,6 +114,15 @@ server=${server%/}
 [[ -z $tags || ($tags =~ ^[[:print:]]+$ && ${#tags} -le 4096) ]] || die "--tags must be printable characters (comma-separated tags)"
 [[ $image =~ ^[A-Za-z0-9./:@_-]+$ ]] || die "--image must be an image reference (letters, digits, . / : @ _ -)"
 [[ -z $network || $network =~ ^[A-Za-z0-9._-]+$ ]] || die "--network must be a Docker network name"
+if [[ -n $manifest_src ]]; then
+  [[ $action == install || $action == update ]] || die "--manifest goes with an install or --update"
+  if [[ $manifest_src == http://* || $manifest_src == https://* ]]; then
+    [[ $manifest_src =~ $url_re ]] || die "--manifest URL must be an http:// or https:// URL without spaces, quotes or a query"
+  else
+    [[ -e $manifest_src ]] || die "--manifest $manifest_src: no such file or folder"
+    [[ $manifest_src == /* ]] || manifest_src=$PWD/$manifest_src
+  fi
+fi
 [[ $container =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "OUTPOST_CONTAINER must be a Docker container name"
 pubkey=${OUTPOST_RELEASE_PUBKEY:-$served_pubkey}
 [[ -z $pubkey || $pubkey =~ ^[A-Za-z0-9+/]{43}=$ ]] || die "the release public key must be 32 bytes in base64"
@@ -126,6 +142,7 @@ fi
 [[ $(basename "$home") == *outpost* ]] || die "install directory $home must be a directory of its own, with \"outpost\" in its name"
 bin=$home/bin
 conf=$home/agent.env
+scripts=$home/scripts
 unit_name=outpost-agent.service
 unit=/etc/systemd/system/$unit_name
 supervisor=$bin/outpost-supervisor
@@ -147,8 +164,29 @@ target_triple() {
   esac
 }
 
-fetch() { # fetch URL FILE
-  curl -fsSL --retry 3 --connect-timeout 10 -o "$2" "$1" || die "cannot download $1"
+# fetch URL FILE: downloads URL into FILE. On failure FILE is removed and the script stops
+# with what the server said (the message of its JSON error, which says what to do).
+fetch() {
+  local code why
+  if ! code=$(curl -sSL --retry 3 --connect-timeout 10 -o "$2" -w '%{http_code}' "$1"); then
+    rm -f "$2"
+    die "cannot download $1 (curl's reason is above)"
+  fi
+  if [[ $code != 2?? ]]; then
+    why=$(error_message "$2")
+    rm -f "$2"
+    die "cannot download $1: HTTP $code${why:+: $why}"
+  fi
+}
+
+# The "message" of an error body in Outpost's JSON envelope, else the body's first line;
+# printable characters only (it goes to a terminal), at most 600.
+error_message() {
+  local body message
+  body=$(head -c 4096 "$1" 2>/dev/null | tr -d '\000' | tr -c '[:print:]\n' ' ') || true
+  message=$(sed -n 's/.*"message":"\([^"]*\)".*/\1/p' <<<"$body" | head -n 1)
+  [[ -n $message ]] || message=$(head -n 1 <<<"$body")
+  printf '%s' "${message:0:600}"
 }
 
 # Downloads NAME from the latest release into bin/ beside the installed one, checks its
@@ -172,6 +210,67 @@ install_binary() {
   chmod 0755 "$tmp"
   mv -f "$tmp" "$bin/$name"
   say "installed $bin/$name (sha256 $got)"
+}
+
+# The script files a manifest names: its "path" values, one per line. Each must be a plain
+# relative path (letters, digits, . _ - and /, no ".." part), since it becomes a local file
+# name and a URL; a manifest this reader cannot take whole is refused, never half-installed.
+manifest_paths() {
+  local file=$1 text keys found path
+  text=$(tr '\n' ' ' <"$file")
+  keys=$(grep -oE '"path"[[:space:]]*:' <<<"$text" | wc -l) || true
+  found=$(grep -oE '"path"[[:space:]]*:[[:space:]]*"[^"\\]*"' <<<"$text" | sed 's/.*"\([^"]*\)"$/\1/') || true
+  if [[ $(grep -c . <<<"$found") -ne $keys ]]; then
+    die "$2: a script path there is not a plain string; install the folder instead (--manifest DIR)"
+  fi
+  while IFS= read -r path; do
+    [[ -n $path ]] || continue
+    if [[ ! $path =~ ^[A-Za-z0-9._][A-Za-z0-9._/-]*$ || /$path/ == */../* || /$path/ == */./* ]]; then
+      die "$2 names the script path \"$path\": deploy.sh copies plain relative paths only (letters, digits, . _ - /, no ..); install the folder instead (--manifest DIR)"
+    fi
+    printf '%s\n' "$path"
+  done <<<"$found"
+}
+
+# Installs --manifest into $scripts (replacing what was there) from a folder (copied whole),
+# or from a manifest file or URL with the script files it names, fetched from beside it.
+install_manifest() {
+  local src=$manifest_src new=$home/.scripts.new old=$home/.scripts.old path paths count=0
+  rm -rf "$new" "$old"
+  mkdir -p "$new"
+  if [[ $src == http://* || $src == https://* ]]; then
+    fetch "$src" "$new/script_manifest.json"
+    grep -q '"scripts"' "$new/script_manifest.json" || die "$src is not a script manifest (no \"scripts\" in it)"
+    paths=$(manifest_paths "$new/script_manifest.json" "$src")
+    while IFS= read -r path; do
+      [[ -n $path ]] || continue
+      mkdir -p "$new/$(dirname "$path")"
+      fetch "${src%/*}/$path" "$new/$path"
+      chmod 0700 "$new/$path"
+      count=$((count + 1))
+    done <<<"$paths"
+  elif [[ -d $src ]]; then
+    [[ -f $src/script_manifest.json ]] || die "--manifest $src: a folder needs a script_manifest.json in it"
+    cp -R "$src/." "$new/" || die "cannot copy $src"
+    count=$(find "$new" -type f ! -name script_manifest.json | wc -l)
+  else
+    [[ -f $src && -r $src ]] || die "--manifest $src: not a readable file or folder"
+    cp "$src" "$new/script_manifest.json" || die "cannot copy $src"
+    grep -q '"scripts"' "$new/script_manifest.json" || die "$src is not a script manifest (no \"scripts\" in it)"
+    paths=$(manifest_paths "$new/script_manifest.json" "$src")
+    while IFS= read -r path; do
+      [[ -n $path ]] || continue
+      [[ -f $(dirname "$src")/$path ]] || die "$src names $path, which is not in $(dirname "$src"): put the script there (paths are relative to the manifest), or install the folder (--manifest DIR)"
+      mkdir -p "$new/$(dirname "$path")"
+      cp "$(dirname "$src")/$path" "$new/$path" || die "cannot copy $(dirname "$src")/$path"
+      chmod 0700 "$new/$path"
+      count=$((count + 1))
+    done <<<"$paths"
+  fi
+  if [[ -e $scripts ]]; then mv "$scripts" "$old"; fi
+  mv "$new" "$scripts"
+  rm -rf "$old"
+  say "installed the script manifest $scripts/script_manifest.json and $count script file(s) from $src"
 }
 
 # PIDs of processes running one of the given executables (matched on the path in
@@ -344,6 +443,7 @@ write_conf() {
     echo "OUTPOST_SERVER_URL=$server"
     echo "OUTPOST_API_KEY=$key"
     echo "OUTPOST_STATE_DIR=$state"
+    echo "OUTPOST_MANIFEST=$manifest"
     [[ -z $tags ]] || echo "OUTPOST_TAGS=$tags"
     [[ -z $pubkey ]] || echo "OUTPOST_RELEASE_PUBKEY=$pubkey"
   } >"$tmp"
@@ -362,6 +462,11 @@ merge_conf() {
   [[ -n $server ]] || server=$(conf_get OUTPOST_SERVER_URL)
   [[ -n $server ]] || server=$served_url
   [[ -n $tags_given ]] || tags=$(conf_get OUTPOST_TAGS)
+  # The manifest: where agent.env says, else (an install older than scripts/) the agent's old
+  # default if one is there, else scripts/; --manifest installs it in scripts/.
+  manifest=$(conf_get OUTPOST_MANIFEST)
+  if [[ -z $manifest && -f $state/script_manifest.json ]]; then manifest=$state/script_manifest.json; fi
+  [[ -n $manifest && -z $manifest_src ]] || manifest=$scripts/script_manifest.json
   # A pinned release key stays pinned: only a first install takes the served one.
   local pinned
   pinned=$(conf_get OUTPOST_RELEASE_PUBKEY)
@@ -376,20 +481,65 @@ native_install() {
   [[ -n $server ]] || die "no server URL: pass --server URL"
   command -v curl >/dev/null || die "curl is needed"
   command -v sha256sum >/dev/null || die "sha256sum is needed"
+  # A first install that fails leaves nothing behind (see undo_install).
+  [[ -e $home ]] || first_install=1
+  trap undo_install EXIT
   mkdir -p "$bin"
   chmod 0700 "$home"
   chmod 0755 "$bin"
-  local name changed=0
+  local name changed=0 running=0
+  native_running && running=1
   for name in outpost-agent outpost-supervisor; do
     [[ -x $bin/$name ]] || install_binary "$name"
   done
+  [[ -z $manifest_src ]] || install_manifest
   write_conf && changed=1
   ensure_boot
-  if ((changed)) && native_running; then
+  if ((changed && running)); then
     say "configuration changed: restarting"
     native_stop
+    running=0
   fi
   native_start
+  trap - EXIT
+  # A supervisor that kept running gets the new manifest by SIGHUP (one started just now
+  # read it at start, and may not handle SIGHUP yet).
+  if [[ -n $manifest_src ]] && ((running)); then reload_manifest; fi
+  manifest_note
+}
+
+# EXIT trap of an install: when it failed, removes what this run made (a first install:
+# everything, the agent stopped and the boot entry removed; otherwise the partial downloads).
+first_install=0
+undo_install() {
+  local status=$?
+  ((status != 0)) || return 0
+  rm -f "$bin"/.*.download "$bin"/.*.download.sha256 2>/dev/null || true
+  rm -rf "$home/.scripts.new" "$home/.scripts.old"
+  if ((first_install)) && [[ -d $home ]]; then
+    if native_running; then native_stop >/dev/null 2>&1 || true; fi
+    remove_boot >/dev/null 2>&1 || true
+    rm -rf "$home"
+    say "the install did not complete: removed $home" >&2
+  fi
+  exit "$status"
+}
+
+# After a new manifest on a running agent: SIGHUP makes it re-read the manifest now (the
+# supervisor passes it on).
+reload_manifest() {
+  local pids
+  pids=$(supervisor_pids)
+  # shellcheck disable=SC2086 # one PID per word
+  [[ -z $pids ]] || kill -HUP $pids 2>/dev/null || true
+}
+
+manifest_note() {
+  if [[ -f $manifest ]]; then
+    say "script manifest: $manifest (the agent runs only the scripts it lists; edits are picked up live)"
+  else
+    say "no script manifest yet: the agent runs no scripts until $manifest exists (deploy.sh --manifest DIR|FILE|URL installs one; see docs/OPERATIONS.md, Scripts)"
+  fi
 }
 
 native_update() {
@@ -399,10 +549,12 @@ native_update() {
   for name in outpost-agent outpost-supervisor; do
     install_binary "$name"
   done
+  [[ -z $manifest_src ]] || install_manifest
   write_conf || true
   ensure_boot
   native_stop
   native_start
+  manifest_note
 }
 
 native_status() {
@@ -413,6 +565,7 @@ native_status() {
   echo "native: installed in $home"
   echo "  server:  $(conf_get OUTPOST_SERVER_URL)"
   echo "  agent:   $("$bin/outpost-agent" --version 2>/dev/null || echo unknown)"
+  echo "  scripts: $(conf_get OUTPOST_MANIFEST)"
   echo "  boot:    $(if uses_systemd; then echo "systemd ($unit_name)"; elif command -v crontab >/dev/null && crontab_has_line; then echo "crontab @reboot"; else echo none; fi)"
   echo "  logs:    $state/logs"
   if native_running; then
@@ -565,6 +718,7 @@ if [[ $mode == auto ]]; then
 fi
 if [[ $mode == docker ]]; then
   docker_usable || die "Docker is not usable here (is the daemon running, may this user use it?)"
+  [[ -z $manifest_src ]] || die "--manifest installs scripts for a native agent: add --native (a container gets its scripts from a mounted folder: see docs/OPERATIONS.md, Docker mode)"
 fi
 
 case $mode:$action in
