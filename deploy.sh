@@ -37,7 +37,7 @@ Options:
                  of the process list. Needed for the first install only.
   --server URL   server URL (default: the server this script came from)
   --tags a,b     tags for this agent (OUTPOST_TAGS)
-  --manifest M   the scripts this agent may run (native only), replacing those installed:
+  --manifest M   the scripts this agent may run (implies --native), replacing those installed:
                  a folder holding script_manifest.json (copied whole), or a manifest file or
                  http(s) URL (copied with the script files it names, which must be beside
                  it). Installed in <install dir>/scripts; see docs/OPERATIONS.md, "Scripts"
@@ -692,7 +692,7 @@ docker_uninstall() {
 
 if [[ $mode == auto ]]; then
   if [[ $action == install ]]; then
-    if native_installed; then
+    if native_installed || [[ -n $manifest_src ]]; then
       mode=native
     elif docker_usable && { container_exists || ensure_image; }; then
       mode=docker

@@ -2,12 +2,14 @@
 # Outpost quickstart: builds the binaries, starts a server on an embedded SQLite database in
 # ./outpost-data with one local agent connected to it (allowed to run examples/scripts), sends
 # the agent a few commands, runs a script and shows its output, and prints what to try next.
-# Ctrl-C stops both.
+# The server also serves the agent and supervisor it was built with, so deploy.sh installs
+# more agents at once (no release to publish). Ctrl-C stops both.
 #
 #   ./quickstart.sh           run until Ctrl-C
 #   ./quickstart.sh --smoke   show the tour and exit (used by CI to check this script)
 #
-# Environment: OUTPOST_LISTEN (default 127.0.0.1:8080), OUTPOST_DATA_DIR (default ./outpost-data).
+# Environment: OUTPOST_LISTEN (default 127.0.0.1:8080; 0.0.0.0:8080 lets other machines in),
+# OUTPOST_DATA_DIR (default ./outpost-data, created 0700: it holds the keys).
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -15,19 +17,23 @@ smoke=0
 [[ "${1:-}" == "--smoke" ]] && smoke=1
 
 listen="${OUTPOST_LISTEN:-127.0.0.1:8080}"
-data="${OUTPOST_DATA_DIR:-./outpost-data}"
+data="${OUTPOST_DATA_DIR:-outpost-data}"
+[[ $data == /* ]] || data="$PWD/${data#./}"
 url="http://${listen}"
-bin=./target/debug
+bin="$PWD/target/debug"
 
 say() { if [[ -t 1 ]]; then printf '\033[1m==> %s\033[0m\n' "$*"; else printf '==> %s\n' "$*"; fi; }
 json_field() { # json_field NAME < json: the first string value of NAME (no jq needed)
   grep -o "\"$1\":\"[^\"]*\"" | head -n 1 | cut -d'"' -f4
 }
 
-say "Building outpost-server, outpost-agent and the outpost CLI (first build takes a few minutes)"
-cargo build --quiet --bins -p outpost-server -p outpost-agent -p outpost-cli
+say "Building outpost-server, outpost-agent, outpost-supervisor and the outpost CLI (first build takes a few minutes)"
+cargo build --quiet --bins -p outpost-server -p outpost-agent -p outpost-supervisor -p outpost-cli
 
+# Everything from here on (the data dir, its database, keys and logs) is for this user only.
+umask 077
 mkdir -p "$data"
+chmod 0700 "$data"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -52,8 +58,8 @@ grep -q "listening on" "$data/server.out" || { echo "The server did not come up 
 token="$(cat "$data/admin.key")"
 # The server prints a new key only on a terminal (its stdout is a file here); this is yours.
 if grep -q "Created the owner API key" "$data/server.out"; then
-  say "Created the owner API key (saved in $data/admin.key, mode 0600):"
-  echo "  $token"
+  say "Created the owner API key, saved in $data/admin.key (mode 0600):"
+  echo "  owner API key (OUTPOST_TOKEN): $token"
 fi
 auth=(-H "Authorization: Bearer ${token}" -H "Content-Type: application/json")
 
@@ -113,9 +119,11 @@ $(say "Outpost is running.")
                              ${bin}/outpost ping ${agent_id}
                              ${bin}/outpost run disk-usage --on all --follow
                              ${bin}/outpost jobs ls     (docs/CLI.md has the rest)
-  Scripts an agent may run:  examples/scripts/script_manifest.json (edits are picked up live)
-  Connect another agent:     OUTPOST_SERVER_URL=${url} OUTPOST_API_KEY=\$(cat ${keyfile}) \\
-                               OUTPOST_STATE_DIR=/tmp/agent2 ${bin}/outpost-agent
+  Scripts an agent may run:  $PWD/examples/scripts/script_manifest.json (edits are picked up live)
+  Install another agent:     ${bin}/outpost keys agent create web --tag web     (prints its key)
+                             curl -fsSL ${url}/deploy.sh | bash -s -- --key opa_… --manifest $PWD/examples/scripts
+                             (on another machine: start with OUTPOST_LISTEN=0.0.0.0:8080 and use
+                             this machine's address; deploy.sh --uninstall removes it again)
 EOT
 
 if [[ "$smoke" == 1 ]]; then
