@@ -8,6 +8,9 @@
 //! `--uninstall`. Nothing is
 //! installed under /opt. Run as another user, the script runs as that user with
 //! `OUTPOST_BOOT=none`, so the test never edits a developer's own crontab.
+//!
+//! `Machine` and the helpers here are shared with `firstrun.rs` (the install line against a
+//! server with nothing published).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -17,21 +20,21 @@ use std::process::Output;
 use outpost_e2e::{Server, bin_dir};
 use serde_json::json;
 
-const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
 /// The machine the script installs for, as `deploy.sh` maps `uname -m`.
-fn target() -> String {
+pub(crate) fn target() -> String {
     format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
 }
 
 /// Publishes the built agent and supervisor as `version`, signed with `key`.
-fn publish(server: &Server, key: &Path, version: &str) {
+pub(crate) fn publish(server: &Server, key: &Path, version: &str) {
     let out = std::process::Command::new(bin_dir().join("outpost-server"))
         .args(["release", "publish", "--data-dir"])
         .arg(&server.data_dir)
@@ -47,17 +50,17 @@ fn publish(server: &Server, key: &Path, version: &str) {
 }
 
 /// A throwaway HOME and the user that runs the script in it.
-struct Machine {
-    tmp: tempfile::TempDir,
-    home: PathBuf,
-    root: bool,
+pub(crate) struct Machine {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) home: PathBuf,
+    pub(crate) root: bool,
     /// Root with `crontab` installed: the script adds an `@reboot` line for nobody.
-    cron: bool,
+    pub(crate) cron: bool,
     server_url: String,
 }
 
 impl Machine {
-    fn new(server_url: &str) -> Self {
+    pub(crate) fn new(server_url: &str) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = tmp.path().join("home");
         std::fs::create_dir(&home).expect("home");
@@ -88,12 +91,12 @@ impl Machine {
         }
     }
 
-    fn install_dir(&self) -> PathBuf {
+    pub(crate) fn install_dir(&self) -> PathBuf {
         self.home.join(".outpost-agent")
     }
 
     /// Runs `bash -c SCRIPT` as the machine's user with a clean environment.
-    async fn bash(&self, script: &str) -> Output {
+    pub(crate) async fn bash(&self, script: &str) -> Output {
         let mut cmd = if self.root {
             let mut c = tokio::process::Command::new("setpriv");
             c.arg(format!("--reuid={NOBODY}"))
@@ -117,7 +120,7 @@ impl Machine {
     }
 
     /// The one-liner: `curl -fsSL URL/deploy.sh | bash -s -- ARGS`.
-    async fn deploy(&self, args: &str) -> Output {
+    pub(crate) async fn deploy(&self, args: &str) -> Output {
         let out = self
             .bash(&format!(
                 "set -o pipefail; curl -fsSL '{}/deploy.sh' | bash -s -- {args}",
@@ -133,13 +136,13 @@ impl Machine {
         out
     }
 
-    async fn crontab(&self) -> String {
+    pub(crate) async fn crontab(&self) -> String {
         let out = self.bash("crontab -l 2>/dev/null || true").await;
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Processes running a binary from the install directory.
-    fn processes(&self) -> Vec<String> {
+    pub(crate) fn processes(&self) -> Vec<String> {
         let bin = self.install_dir().join("bin");
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
@@ -192,7 +195,7 @@ impl Drop for Machine {
 }
 
 /// Every path under `dir`, relative to it.
-fn tree(dir: &Path) -> BTreeSet<PathBuf> {
+pub(crate) fn tree(dir: &Path) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -207,7 +210,7 @@ fn tree(dir: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -215,7 +218,7 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn sha256_hex(path: &Path) -> String {
+pub(crate) fn sha256_hex(path: &Path) -> String {
     let bytes = std::fs::read(path).expect("read binary");
     hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
 }
