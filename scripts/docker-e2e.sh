@@ -3,8 +3,11 @@
 # images, runs a server container and an agent container on a user-defined network, checks the
 # agent registers and answers ping over the REST API, then does the same with
 # `deploy.sh --docker` fetched from the server (install, again, --status, --stop, --start,
-# --update, --uninstall). Everything it creates is removed on exit; the images stay (tagged
-# outpost-server:ci and outpost-agent:ci) so a second run reuses the layer cache.
+# --update, --uninstall). Then the install line as a new user runs it against the server
+# image, with nothing published: a native agent on this host (as nobody, in a throwaway HOME,
+# no boot entry) from the builds the image ships with, with --manifest, a script run on it,
+# --uninstall, and the agent forgotten. Everything it creates is removed on exit; the images
+# stay (tagged outpost-server:ci and outpost-agent:ci) so a second run reuses the layer cache.
 #
 # Binaries: by default the ones the host built (OUTPOST_BIN_DIR, else target/debug, as left by
 # `cargo nextest run --workspace`), stripped and passed with PREBUILT=dist; CI then pays no
@@ -32,8 +35,13 @@ deployed=outpost-deployed-$run
 base=${OUTPOST_BASE_IMAGE:-outpost-base:bookworm}
 builder=${OUTPOST_BUILDER_IMAGE:-outpost-builder:bookworm}
 
+native_home=''
+work=$(mktemp -d)
 cleanup() {
   local status=$?
+  if [[ -n $native_home && -d $native_home/.outpost-agent && -f $work/deploy.sh ]]; then
+    native --uninstall <"$work/deploy.sh" >/dev/null 2>&1 || true
+  fi
   if ((status != 0)); then
     for c in "$srv" "$agent" "$deployed"; do
       docker logs --tail 40 "$c" >&2 2>&1 || true
@@ -44,7 +52,8 @@ cleanup() {
   docker network rm "$net" >/dev/null 2>&1 || true
   # The build stage's image (untagged, labelled in the Dockerfiles) is 100+ MB per run.
   docker image prune -f --filter label=org.outpost.stage=build >/dev/null 2>&1 || true
-  rm -rf dist
+  rm -rf dist "$work"
+  [[ -z $native_home ]] || rm -rf "$native_home"
   exit "$status"
 }
 trap cleanup EXIT
@@ -166,6 +175,49 @@ grep -q "connected and registered" <<<"$logs" || fail "--logs does not show the 
 deploy --uninstall
 ! docker container inspect "$deployed" >/dev/null 2>&1 || fail "--uninstall left the container"
 ! docker volume inspect "$deployed-state" >/dev/null 2>&1 || fail "--uninstall left the volume"
+
+step "The install line against the server image, natively, with nothing published"
+# As a new user runs it: no release published, the builds come from the server image. The
+# agent runs on this host as nobody (when root) in a throwaway HOME, without a boot entry.
+native_home=$(mktemp -d)
+cp -R examples/scripts "$native_home/fleet-scripts"
+as_user=()
+if [[ $(id -u) -eq 0 ]]; then
+  chown -R 65534:65534 "$native_home"
+  as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups --)
+fi
+# native ARGS < deploy.sh: runs the installer as that user, in a clean environment.
+native() {
+  "${as_user[@]}" env -i HOME="$native_home" PATH="$PATH" OUTPOST_BOOT=none bash -s -- "$@"
+}
+curl -fsSL "$url/deploy.sh" -o "$work/deploy.sh"
+served_key=$(sed -n "s/^served_pubkey='\(.*\)'\$/\1/p" "$work/deploy.sh")
+[[ -n $served_key ]] || fail "the server image's deploy.sh pins no release key (no agent build in the image?)"
+latest=$(api GET "/api/releases/latest?target=$(uname -m)-unknown-linux-gnu") ||
+  fail "the server image serves no agent build (GET /api/releases/latest failed; see its log below)"
+grep -q "\"public_key\":\"$served_key\"" <<<"$latest" || fail "deploy.sh pins '$served_key', the served builds are: $latest"
+key=$(api POST /api/agents/keys '{"name":"native","tags":["native-e2e"]}' | sed -n 's/.*"secret":"\([^"]*\)".*/\1/p')
+[[ -n $key ]] || fail "no agent key created"
+# The server's public URL names it on the Docker network; this host reaches it by address.
+out=$(native --key "$key" --server "$url" --manifest "$native_home/fleet-scripts" <"$work/deploy.sh" 2>&1) ||
+  fail "the install line failed: $out"
+grep -q "script manifest: $native_home/.outpost-agent/scripts/script_manifest.json" <<<"$out" ||
+  fail "deploy.sh did not say where the manifest is: $out"
+wait_until "the native agent online" 60 agent_online native-e2e
+id=$(online_agent native-e2e)
+job=$(api POST '/api/jobs?wait=30' '{"command":"run","data":{"script":"hello","params":{"NAME":"docker"}},"target":{"tags":["native-e2e"]}}')
+job_id=$(sed -n 's/.*"job_id":"\([^"]*\)".*/\1/p' <<<"$job")
+run_id=$(sed -n 's/.*"run_id":"\([^"]*\)".*/\1/p' <<<"$job")
+grep -q '"status":"succeeded"' <<<"$job" || fail "the script did not succeed: $job"
+output=$(api GET "/api/jobs/$job_id/runs/$run_id/output")
+grep -q "Hello, docker!" <<<"$output" || fail "unexpected script output: $output"
+echo "  script on the native agent ($id): ok"
+native --uninstall <"$work/deploy.sh" >/dev/null
+[[ ! -e $native_home/.outpost-agent ]] || fail "--uninstall left $native_home/.outpost-agent"
+wait_until "the native agent offline" 60 agent_offline native-e2e
+# (`outpost agents rm` does this from the CLI.)
+api DELETE "/api/agents/$id" >/dev/null
+if api GET "/api/agents/$id" >/dev/null 2>&1; then fail "the agent was not forgotten"; fi
 
 echo
 echo "docker-e2e: OK"

@@ -21,6 +21,7 @@ fn help_lists_every_documented_flag() {
         "--tls-key",
         "--log-format",
         "--heartbeat-interval",
+        "--builds-dir",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
