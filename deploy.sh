@@ -47,9 +47,10 @@ Options:
   --network NET  Docker network for the agent container (default: Docker's default bridge)
 
 Native layout: /opt/outpost as root, ~/.outpost-agent otherwise (OUTPOST_PREFIX overrides);
-bin/, agent.env (0600), scripts/ (the manifest), state. Boot: a systemd unit when run as root where systemd runs, else
-an @reboot crontab line (OUTPOST_BOOT=systemd|cron|none forces one). Docker: container
-outpost-agent (OUTPOST_CONTAINER overrides) with its state in the volume <container>-state.
+bin/, agent.env (0600), scripts/ (the manifest and its scripts), state. Boot: a systemd unit
+when run as root where systemd runs, else an @reboot crontab line
+(OUTPOST_BOOT=systemd|cron|none forces one). Docker: container outpost-agent
+(OUTPOST_CONTAINER overrides) with its state in the volume <container>-state.
 EOF
 }
 

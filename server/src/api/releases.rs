@@ -230,7 +230,8 @@ async fn builtin_for<'a>(
 
 /// What to do when the server has neither a published release nor its own build of `name`.
 fn missing_builtin(state: &AppState, target: &str, name: &str) -> String {
-    tracing::warn!(
+    // Debug only: anyone may ask, and the start-up log already warns about it.
+    tracing::debug!(
         dir = %state.releases.builtin.dir().display(),
         name,
         "asked for a build this server does not have: put outpost-agent and outpost-supervisor in this directory (or --builds-dir), or publish a release"
