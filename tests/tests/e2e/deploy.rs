@@ -54,7 +54,8 @@ pub(crate) struct Machine {
     pub(crate) tmp: tempfile::TempDir,
     pub(crate) home: PathBuf,
     pub(crate) root: bool,
-    /// Root with `crontab` installed: the script adds an `@reboot` line for nobody.
+    /// Root with `crontab` installed: the script adds an `@reboot` line for nobody. Otherwise
+    /// it runs with `OUTPOST_BOOT=none`.
     pub(crate) cron: bool,
     server_url: String,
 }
@@ -91,6 +92,13 @@ impl Machine {
         }
     }
 
+    /// No boot entry, even where cron is installed: nobody's crontab is one file for every
+    /// test, and this test's line would show in another's check that nothing is left there.
+    pub(crate) fn without_boot_entry(mut self) -> Self {
+        self.cron = false;
+        self
+    }
+
     pub(crate) fn install_dir(&self) -> PathBuf {
         self.home.join(".outpost-agent")
     }
@@ -113,7 +121,7 @@ impl Machine {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .current_dir(&self.home)
             .kill_on_drop(true);
-        if !self.root {
+        if !self.cron {
             cmd.env("OUTPOST_BOOT", "none");
         }
         cmd.output().await.expect("bash")
@@ -181,7 +189,7 @@ impl Drop for Machine {
                 .env_clear()
                 .env("HOME", &self.home)
                 .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-                .env("OUTPOST_BOOT", if self.root { "auto" } else { "none" })
+                .env("OUTPOST_BOOT", if self.cron { "auto" } else { "none" })
                 .output();
         }
         for line in self.processes() {

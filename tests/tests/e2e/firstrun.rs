@@ -1,8 +1,9 @@
 //! The first run, as the README tells a new user: a server started as `./quickstart.sh` starts
 //! it (`--listen`, `--data-dir`, stdout to a file, no key given, nothing published), then the
 //! install line on a "second machine" (a throwaway HOME, run as `nobody` under root, as in
-//! `deploy.rs`) with `--manifest`, a script run on the new agent, its self-update path, its
-//! removal and the server forgetting it.
+//! `deploy.rs`, but without a boot entry: `deploy.rs` checks that one, and nobody's crontab is
+//! shared by the tests running at once) with `--manifest`, a script run on the new agent, its
+//! self-update path, its removal and the server forgetting it.
 //!
 //! What each test guards (issue #27): the install line works with no release published (the
 //! server serves the builds it ships with, signed with its own key, and the supervisor accepts
@@ -96,7 +97,7 @@ async fn from_nothing_to_a_script_on_a_second_machine_and_back() {
             "permissions": ["ping", "info", "echo", "run", "redeploy"],
         }))
         .await;
-    let machine = Machine::new(&server.url);
+    let machine = Machine::new(&server.url).without_boot_entry();
     let scripts = fleet_scripts(&machine);
     let script = served_script(&server, &machine).await;
     let pinned = served_pubkey(&script);
@@ -219,7 +220,7 @@ async fn without_builds_the_install_line_says_what_to_do_and_leaves_nothing() {
     })
     .await;
     let (_, secret) = server.api().agent_key().await;
-    let machine = Machine::new(&server.url);
+    let machine = Machine::new(&server.url).without_boot_entry();
     let script = served_script(&server, &machine).await;
     assert_eq!(
         served_pubkey(&script),
