@@ -418,4 +418,38 @@ mod tests {
             "no examples in the help of: {missing:?}"
         );
     }
+
+    /// An on/off flag with an environment twin takes 1/0, true/false, yes/no from the
+    /// variable, as in the server, agent and supervisor (clap's default takes only
+    /// true/false). The CLI has none today (`--json` and `--follow` have no variable); this
+    /// keeps a future one in line.
+    #[test]
+    fn boolean_variables_take_1_0_true_false_yes_no() {
+        fn walk(cmd: &clap::Command, bad: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_env().is_none() || !matches!(arg.get_action(), clap::ArgAction::SetTrue)
+                {
+                    continue;
+                }
+                let values: Vec<_> = arg
+                    .get_value_parser()
+                    .possible_values()
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if !["1", "0", "yes", "no", "true", "false"]
+                    .iter()
+                    .all(|w| values.iter().any(|v| v.matches(w, true)))
+                {
+                    bad.push(format!("{} --{}", cmd.get_name(), arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, bad);
+            }
+        }
+        let mut bad = Vec::new();
+        walk(&Cli::command(), &mut bad);
+        assert!(bad.is_empty(), "use BoolishValueParser for: {bad:?}");
+    }
 }
