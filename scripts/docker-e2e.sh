@@ -215,7 +215,7 @@ echo "  script on the native agent ($id): ok"
 native --uninstall <"$work/deploy.sh" >/dev/null
 [[ ! -e $native_home/.outpost-agent ]] || fail "--uninstall left $native_home/.outpost-agent"
 wait_until "the native agent offline" 60 agent_offline native-e2e
-# (`outpost agents rm` does this from the CLI.)
+# (`outpost agents rm ID` does the same from the CLI, as the README's tour does.)
 api DELETE "/api/agents/$id" >/dev/null
 if api GET "/api/agents/$id" >/dev/null 2>&1; then fail "the agent was not forgotten"; fi
 

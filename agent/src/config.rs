@@ -379,4 +379,34 @@ mod tests {
             "{err}"
         );
     }
+
+    /// Every on/off flag with an environment twin takes 1/0, true/false, yes/no from the
+    /// variable (SPEC §5), including flags added later (clap's default takes only true/false).
+    #[test]
+    fn boolean_variables_take_1_0_true_false_yes_no() {
+        use clap::{ArgAction, CommandFactory};
+        let cmd = super::Config::command();
+        let mut checked = 0;
+        for arg in cmd.get_arguments() {
+            if arg.get_env().is_none() || !matches!(arg.get_action(), ArgAction::SetTrue) {
+                continue;
+            }
+            let values: Vec<_> = arg
+                .get_value_parser()
+                .possible_values()
+                .into_iter()
+                .flatten()
+                .collect();
+            for word in ["1", "0", "true", "false", "yes", "no", "YES"] {
+                assert!(
+                    values.iter().any(|v| v.matches(word, true)),
+                    "--{}: {:?} must accept {word:?} (use BoolishValueParser)",
+                    arg.get_id(),
+                    arg.get_env()
+                );
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 3, "skip-update, supervised, http-fallback");
+    }
 }

@@ -12,9 +12,17 @@
 //! Backoff is exponential (1 s base, 60 s cap) with full jitter, so a fleet that lost its
 //! server does not come back in lockstep; it resets once a connection has stayed up for 60 s.
 //! A key the server refuses (401) is retried on a slower schedule (30 s base, 5 min cap): it
-//! will not start working by itself, but it may be re-enabled. So is an agent id the server
-//! says is bound to another key (`agent_id_taken`): it works again once an admin forgets the
-//! agent.
+//! will not start working by itself, and a fleet holding a deleted key must not hammer the
+//! server. So is an agent id the server says is bound to another key (`agent_id_taken`): it
+//! works again once an admin forgets the agent.
+//!
+//! A *disabled* key is the exception (the 401's code is `key_disabled`): an admin may enable it
+//! again at any moment, and the server cannot tell agents it refuses. They ask again every
+//! 5-15 s (uniformly drawn, so a fleet spreads out) for the first 10 minutes after the refusal,
+//! then every 30-90 s ([`DisabledKey`]). A re-enabled key's agents are back within 15 s of
+//! `outpost keys agent enable` (90 s after a long disable): it took minutes on the slow
+//! schedule. The cost is bounded: 1,000 agents of a disabled key make about 100 refused
+//! requests a second for 10 minutes, then about 17.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -55,6 +63,9 @@ enum Ended {
     ConnectFailed(anyhow::Error),
     /// The server refused the key (or this agent id with this key: `agent_id_taken`).
     Unauthorized(String),
+    /// The server refused the key because it is disabled (`key_disabled`): it may be enabled
+    /// again at any time.
+    KeyDisabled(String),
     /// Shut down on request.
     Shutdown,
     /// A control command asked for this exit code.
@@ -68,6 +79,50 @@ enum Ended {
 enum Mode {
     WebSocket,
     Http,
+}
+
+/// How often an agent whose key is disabled asks again: a delay drawn uniformly from
+/// `FAST` for the first [`DisabledKey::FAST_FOR`] of the refusals, from `SLOW` after.
+struct DisabledKey {
+    /// When the server first said the key is disabled, in this run of refusals.
+    since: Option<Instant>,
+}
+
+impl DisabledKey {
+    const FAST: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(15));
+    const FAST_FOR: Duration = Duration::from_secs(600);
+    const SLOW: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(90));
+
+    fn next(&mut self) -> Duration {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let (low, high) = if since.elapsed() < Self::FAST_FOR {
+            Self::FAST
+        } else {
+            Self::SLOW
+        };
+        low + (high - low).mul_f64(rand::random::<f64>())
+    }
+
+    fn reset(&mut self) {
+        self.since = None;
+    }
+}
+
+/// Whether a 401's body is the server's `key_disabled` refusal.
+fn says_key_disabled(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| {
+        v.pointer("/error/code").and_then(serde_json::Value::as_str)
+            == Some(outpost_protocol::codes::KEY_DISABLED)
+    })
+}
+
+/// A refused key: disabled (asked again soon) or anything else (asked again slowly).
+fn refused(body: String) -> Ended {
+    if says_key_disabled(&body) {
+        Ended::KeyDisabled(body)
+    } else {
+        Ended::Unauthorized(body)
+    }
 }
 
 /// WebSocket attempts failing in a row before the HTTP fallback is considered.
@@ -112,6 +167,7 @@ impl Connector {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<i32> {
         let mut network = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut refused = Backoff::new(Duration::from_secs(30), Duration::from_secs(300));
+        let mut disabled = DisabledKey { since: None };
         let forced = self.agent.config.http_fallback;
         let mut mode = if forced { Mode::Http } else { Mode::WebSocket };
         if forced {
@@ -143,8 +199,21 @@ impl Connector {
                 }
                 Ended::Unauthorized(why) => {
                     network.reset();
+                    disabled.reset();
                     let delay = refused.next();
                     tracing::error!(reason = %why, retry_in = ?delay, "the server refused the agent key (or this agent id with it)");
+                    delay
+                }
+                Ended::KeyDisabled(why) => {
+                    network.reset();
+                    refused.reset();
+                    let first = disabled.since.is_none();
+                    let delay = disabled.next();
+                    if first {
+                        tracing::error!(reason = %why, retry_in = ?delay, "the agent key is disabled on the server; asking again every 5-15 s (every 30-90 s after 10 minutes) until it is enabled");
+                    } else {
+                        tracing::warn!(retry_in = ?delay, "the agent key is still disabled");
+                    }
                     delay
                 }
                 Ended::ConnectFailed(err) => {
@@ -173,8 +242,13 @@ impl Connector {
                 }
                 Ended::Dropped(err) => {
                     refused.reset();
+                    disabled.reset();
                     ws_failures = 0;
-                    if started.elapsed() >= HEALTHY_AFTER {
+                    // The key was disabled: the next attempt (soon) learns whether it still
+                    // is, and [`DisabledKey`] paces the ones after.
+                    let key_disabled =
+                        format!("{err:#}").contains(outpost_protocol::codes::CLOSE_KEY_DISABLED);
+                    if key_disabled || started.elapsed() >= HEALTHY_AFTER {
                         network.reset();
                     }
                     let delay = network.next();
@@ -250,7 +324,7 @@ impl Connector {
         };
         match crate::http::HttpLink::open(self.http.clone(), &register).await {
             Ok((link, interval)) => Ok((Link::Http(Box::new(link)), interval)),
-            Err(crate::http::OpenError::Unauthorized(why)) => Err(Ended::Unauthorized(why)),
+            Err(crate::http::OpenError::Unauthorized(why)) => Err(refused(why)),
             Err(crate::http::OpenError::Failed(err)) => Err(Ended::ConnectFailed(err)),
         }
     }
@@ -305,7 +379,7 @@ impl Connector {
                     .map(String::from_utf8_lossy)
                     .unwrap_or_default()
                     .into_owned();
-                return Err(Ended::Unauthorized(body));
+                return Err(refused(body));
             }
             Err(err) => {
                 return Err(Ended::ConnectFailed(

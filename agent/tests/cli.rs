@@ -117,3 +117,23 @@ fn the_key_comes_from_one_place_and_a_bad_key_file_is_fatal_and_explained() {
         assert!(stderr.contains("ftp://"), "{stderr}");
     }
 }
+
+/// A boolean variable takes 1/0, true/false, yes/no (accepted ones: `tests/e2e/commands.rs`);
+/// anything else stops the agent with the flag named, before it connects anywhere.
+#[test]
+fn a_boolean_variable_that_is_not_one_is_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = agent()
+        .env("OUTPOST_SERVER_URL", "ws://127.0.0.1:1")
+        .env("OUTPOST_API_KEY", "opa_x")
+        .env("OUTPOST_STATE_DIR", dir.path())
+        .env("OUTPOST_HTTP_FALLBACK", "maybe")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("maybe") && stderr.contains("--http-fallback"),
+        "{stderr}"
+    );
+}

@@ -1,11 +1,12 @@
-//! `outpost agents ls|show` and `outpost ping`, and naming agents by id, id prefix or hostname.
+//! `outpost agents ls|show|rm|tag` and `outpost ping`, and naming agents by id, id prefix or
+//! hostname.
 
 use std::collections::HashMap;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::args::{AgentsCommand, Global, PingArgs};
+use crate::args::{AgentsCommand, Global, PingArgs, TagCommand};
 use crate::client::Client;
 use crate::error::CliError;
 use crate::output::{self, Cell, Table};
@@ -39,7 +40,97 @@ pub async fn run(client: &Client, global: &Global, cmd: AgentsCommand) -> Result
             }
             Ok(())
         }
+        AgentsCommand::Rm { agent } => {
+            let id = resolve(client, &agent).await?;
+            // Read first, to say whom it was (the answer to DELETE is empty).
+            let shown = client.get(&format!("/api/agents/{id}"), &[]).await?;
+            client
+                .json(Method::DELETE, &format!("/api/agents/{id}"), &[], None)
+                .await?;
+            if global.json {
+                output::print_json(&json!({"agent_id": id, "deleted": true}));
+            } else {
+                let online = output::field(&shown, "status") == "online";
+                eprintln!(
+                    "Forgot agent {id} ({}); its open runs end as lost.{}",
+                    output::field(&shown, "hostname"),
+                    if online {
+                        " It was online and was disconnected: if it is still installed, it registers again as a new agent."
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(())
+        }
+        AgentsCommand::Tag(cmd) => tag(client, global, cmd).await,
     }
+}
+
+/// `outpost agents tag add|rm AGENT TAG…`: reads the agent's server-side tags, changes them
+/// and writes them back (`PATCH /api/agents/{id}` replaces the whole list; two people
+/// changing one agent's tags at the same instant may lose one change).
+async fn tag(client: &Client, global: &Global, cmd: TagCommand) -> Result<(), CliError> {
+    let (agent, tags, adding) = match cmd {
+        TagCommand::Add { agent, tags } => (agent, tags, true),
+        TagCommand::Rm { agent, tags } => (agent, tags, false),
+    };
+    let id = resolve(client, &agent).await?;
+    let current = client.get(&format!("/api/agents/{id}"), &[]).await?;
+    let strings = |key: &str| -> Vec<String> {
+        current
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut server = strings("server_tags");
+    let mut notes = Vec::new();
+    for tag in &tags {
+        let present = server.contains(tag);
+        match (adding, present) {
+            (true, false) => server.push(tag.clone()),
+            (false, true) => server.retain(|t| t != tag),
+            (true, true) => {}
+            (false, false) => {
+                let from = if strings("key_tags").contains(tag) {
+                    "it comes from the agent's key (`outpost keys agent`)"
+                } else if strings("agent_tags").contains(tag) {
+                    "the agent declares it itself (OUTPOST_TAGS)"
+                } else {
+                    "the agent does not have it"
+                };
+                notes.push(format!(
+                    "\"{}\" is not a server tag of {id}: {from}",
+                    output::escape(tag)
+                ));
+            }
+        }
+    }
+    let updated = client
+        .json(
+            Method::PATCH,
+            &format!("/api/agents/{id}"),
+            &[],
+            Some(&json!({"tags": server})),
+        )
+        .await?;
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+    if global.json {
+        output::print_json(&updated);
+    } else {
+        eprintln!(
+            "Agent {id} ({}): server tags {}; all tags {}",
+            output::field(&updated, "hostname"),
+            output::list(&updated, "server_tags"),
+            output::list(&updated, "tags"),
+        );
+    }
+    Ok(())
 }
 
 fn print_agents(agents: &Value) {

@@ -107,6 +107,11 @@ Examples:
     Keys(KeysCommand),
     /// Print a shell completion script.
     #[command(after_help = "\
+Commands and flags complete from the script alone. In bash, zsh and fish, agent names and ids
+(ping, agents show|rm|tag, run --on, jobs ls --agent) and recent job ids (jobs
+show|logs|cancel) are asked of the server as you type, with the URL and token of `outpost
+login` or OUTPOST_URL/OUTPOST_TOKEN; with no answer within 2 s nothing is offered.
+
 Examples:
   outpost completions bash > ~/.local/share/bash-completion/completions/outpost
   outpost completions zsh > \"${fpath[1]}/_outpost\"
@@ -115,6 +120,28 @@ Examples:
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Completion candidates from the server, one a line (run by the completion scripts).
+    #[command(
+        name = "__complete",
+        hide = true,
+        after_help = "Example:\n  outpost __complete agents"
+    )]
+    Complete {
+        /// What to list.
+        #[arg(value_enum)]
+        what: CompleteWhat,
+    },
+}
+
+/// What `outpost __complete` lists.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompleteWhat {
+    /// Agent ids and unique hostnames.
+    Agents,
+    /// Agents, `all` and `tag:T` for every tag (`run --on`).
+    Targets,
+    /// The newest job ids.
+    Jobs,
 }
 
 const RUN_AFTER: &str = "\
@@ -134,6 +161,38 @@ Examples:
   outpost run disk-usage --on web-1
   outpost run deploy --on tag:web --param VERSION=1.4.2 --timeout 300 --follow
   outpost run uptime --on all --json";
+
+/// What to print instead of clap's "required arguments were not provided" when `run` lacks
+/// `--on`: what `--on` takes, with an example, rather than a usage line to decode.
+pub fn missing_on(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::MissingRequiredArgument {
+        return None;
+    }
+    let missing: Vec<String> = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::Strings(names)) => names.clone(),
+        Some(ContextValue::String(name)) => vec![name.clone()],
+        _ => return None,
+    };
+    if !missing.iter().any(|m| m.starts_with("--on")) {
+        return None;
+    }
+    let script = if missing.iter().any(|m| m.contains("SCRIPT")) {
+        "error: `outpost run` needs the script's name and --on, to say where to run it:"
+    } else {
+        "error: `outpost run` needs --on, to say where to run the script:"
+    };
+    Some(format!(
+        "{script}
+  --on AGENT   one agent: its id, a unique start or end of one, or its hostname
+  --on tag:T   every agent with the tag T (several tag: targets: the agents with all of them)
+  --on all     every agent
+`outpost agents ls` lists agents and their tags.
+
+Example:
+  outpost run disk-usage --on all"
+    ))
+}
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {}
@@ -164,6 +223,60 @@ Examples:
     Show {
         /// Agent id, a unique start or end of one, or hostname.
         agent: String,
+    },
+    /// Forget an agent: the server drops it and its open runs end as lost.
+    #[command(after_help = "\
+For an agent that was uninstalled (it stays listed offline otherwise). Its open runs end as
+lost; its id is free again for any key. An agent still installed that connects again is
+registered anew. AGENT is an agent id, a unique start or end of one, or a hostname.
+
+Examples:
+  outpost agents rm web-1
+  outpost agents ls --status offline --json | jq -r '.[].agent_id' | xargs -n1 outpost agents rm")]
+    Rm {
+        /// Agent id, a unique start or end of one, or hostname.
+        agent: String,
+    },
+    /// Add or remove an agent's server-side tags.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost agents tag add web-1 canary\n  outpost agents tag rm web-1 canary"
+    )]
+    Tag(TagCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TagCommand {
+    /// Give an agent tags, kept by the server (jobs can target them: --on tag:T).
+    #[command(after_help = "\
+An agent's tags come from three places: the agent itself (OUTPOST_TAGS), its key
+(`outpost keys agent create --tag`), and the server, which these commands change. A tag that
+some agent key assigns counts in a target only from a key or the server, never from an agent
+declaring it. Adding a tag the agent already has from the server changes nothing.
+
+Examples:
+  outpost agents tag add web-1 canary
+  outpost agents tag add 1a2b3c4d role=db backup")]
+    Add {
+        /// Agent id, a unique start or end of one, or hostname.
+        agent: String,
+        /// Tags to add.
+        #[arg(required = true, value_name = "TAG")]
+        tags: Vec<String>,
+    },
+    /// Remove server-side tags from an agent.
+    #[command(after_help = "\
+Only the server's tags can be removed here; a tag the agent declares (OUTPOST_TAGS) or gets
+from its key stays, and the command says so.
+
+Examples:
+  outpost agents tag rm web-1 canary")]
+    Rm {
+        /// Agent id, a unique start or end of one, or hostname.
+        agent: String,
+        /// Tags to remove.
+        #[arg(required = true, value_name = "TAG")]
+        tags: Vec<String>,
     },
 }
 
@@ -220,11 +333,15 @@ Examples:
     Ls(JobsLsArgs),
     /// Show a job and each of its runs.
     #[command(after_help = "\
+JOB is a job id, or a unique start or end of one: the last 8 characters are the handy short
+form (ids start with their creation time, so jobs of the same minute share their start).
+
 Examples:
+  outpost jobs show 9c1e7f20
   outpost jobs show 0199a3d4-…
   outpost jobs show 0199a3d4-… --json | jq '.runs[] | {agent_id, exit_code}'")]
     Show {
-        /// Job id.
+        /// Job id, or a unique start or end of one.
         job: String,
     },
     /// Print a job's output (all runs, or one).
@@ -241,7 +358,7 @@ Examples:
     /// Cancel a job's runs that have not finished.
     #[command(after_help = "Example:\n  outpost jobs cancel 0199a3d4-…")]
     Cancel {
-        /// Job id.
+        /// Job id, or a unique start or end of one.
         job: String,
     },
 }
@@ -276,7 +393,7 @@ pub struct JobsLsArgs {
 
 #[derive(Debug, Args)]
 pub struct JobsLogsArgs {
-    /// Job id.
+    /// Job id, or a unique start or end of one.
     pub job: String,
     /// Only this run: a run id or agent id (or a unique start or end of one) or hostname.
     #[arg(long)]
@@ -417,5 +534,39 @@ mod tests {
             missing.is_empty(),
             "no examples in the help of: {missing:?}"
         );
+    }
+
+    /// An on/off flag with an environment twin takes 1/0, true/false, yes/no from the
+    /// variable, as in the server, agent and supervisor (clap's default takes only
+    /// true/false). The CLI has none today (`--json` and `--follow` have no variable); this
+    /// keeps a future one in line.
+    #[test]
+    fn boolean_variables_take_1_0_true_false_yes_no() {
+        fn walk(cmd: &clap::Command, bad: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_env().is_none() || !matches!(arg.get_action(), clap::ArgAction::SetTrue)
+                {
+                    continue;
+                }
+                let values: Vec<_> = arg
+                    .get_value_parser()
+                    .possible_values()
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if !["1", "0", "yes", "no", "true", "false"]
+                    .iter()
+                    .all(|w| values.iter().any(|v| v.matches(w, true)))
+                {
+                    bad.push(format!("{} --{}", cmd.get_name(), arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, bad);
+            }
+        }
+        let mut bad = Vec::new();
+        walk(&Cli::command(), &mut bad);
+        assert!(bad.is_empty(), "use BoolishValueParser for: {bad:?}");
     }
 }

@@ -195,6 +195,16 @@ impl Client {
         if err.is_timeout() && !cause.contains("timed out") {
             cause.push_str(" (timed out)");
         }
+        // rustls's words for a TLS client that got plain HTTP back ("received corrupt message
+        // of type InvalidContentType") name the symptom, not the cause or the cure.
+        if let Some(plain) = self.base.strip_prefix("https://")
+            && cause.contains("InvalidContentType")
+        {
+            cause = format!(
+                "it answered in plain HTTP, not HTTPS: use --url http://{plain} (or set OUTPOST_URL), \
+                 or serve HTTPS with the server's --tls-cert and --tls-key"
+            );
+        }
         CliError::Unreachable {
             url: self.base.clone(),
             cause,

@@ -55,6 +55,14 @@ pub enum CliError {
     /// Anything else (local files, a malformed answer).
     #[error("{0}")]
     Other(String),
+    /// An error and what to do about it, printed as a `hint:` line after it.
+    #[error("{error}")]
+    Hinted {
+        /// The error (its exit status is the status).
+        error: Box<CliError>,
+        /// What to do.
+        hint: String,
+    },
 }
 
 impl CliError {
@@ -65,6 +73,15 @@ impl CliError {
             Self::Api { .. } | Self::Other(_) => exit::FAILURE,
             Self::Unreachable { .. } => exit::UNREACHABLE,
             Self::Usage(_) => exit::USAGE,
+            Self::Hinted { error, .. } => error.exit_code(),
+        }
+    }
+
+    /// This error with a hint.
+    pub fn with_hint(self, hint: String) -> Self {
+        Self::Hinted {
+            error: Box::new(self),
+            hint,
         }
     }
 
@@ -72,13 +89,21 @@ impl CliError {
     /// escaped: a server's message may quote what an agent said.
     pub fn report(&self) {
         eprintln!("error: {}", crate::output::escape(&self.to_string()));
-        if let Self::Api {
-            status: 401, url, ..
-        } = self
-        {
-            eprintln!(
+        self.hints();
+    }
+
+    fn hints(&self) {
+        match self {
+            Self::Api {
+                status: 401, url, ..
+            } => eprintln!(
                 "hint: {url} refused the token; run `outpost login`, or check OUTPOST_TOKEN / --token"
-            );
+            ),
+            Self::Hinted { error, hint } => {
+                error.hints();
+                eprintln!("hint: {}", crate::output::escape(hint));
+            }
+            _ => {}
         }
     }
 

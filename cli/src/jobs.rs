@@ -112,7 +112,26 @@ pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Resu
     }
     let job = client
         .json(Method::POST, "/api/jobs", &[], Some(&body))
-        .await?;
+        .await
+        .map_err(|err| match &err {
+            // No agent has the tags (the server names them; an older one did not).
+            CliError::Api {
+                status: 422,
+                code,
+                ..
+            } if code == "unprocessable" && !tags.is_empty() => {
+                let shown: Vec<String> = tags.iter().map(|t| format!("{t:?}")).collect();
+                err.with_hint(format!(
+                    "no agent has {} {}: `outpost agents ls --tag {}` lists the agents with a tag; \
+                     an agent gets tags from its OUTPOST_TAGS, its key (`outpost keys agent create --tag`) \
+                     or `outpost agents tag add AGENT TAG`",
+                    if tags.len() == 1 { "the tag" } else { "all of the tags" },
+                    shown.join(", "),
+                    tags[0]
+                ))
+            }
+            _ => err,
+        })?;
     let job_id = output::field(&job, "job_id");
     let runs = run_labels(&job, &agents_list);
     let fan_out = runs.len() > 1;
@@ -356,11 +375,65 @@ async fn print_outputs(
     Ok(())
 }
 
+/// Whether `s` looks like a full job id (a UUID).
+fn is_full_id(s: &str) -> bool {
+    s.len() == 36
+        && s.chars().enumerate().all(|(i, c)| {
+            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+        })
+}
+
+/// Shortest part of a job id looked up (shorter ones match too much to be worth a request).
+const MIN_JOB_ID_PART: usize = 4;
+
+/// The job id meant by `text`: a full id as given; else the one job whose id starts or ends
+/// with `text`, as agent ids can be shortened ([`agents::resolve`]). Job ids are UUIDv7: jobs
+/// created within the same minute share their first 8 characters, so the end of an id (its
+/// random part) is the handy short form. The server does the lookup (`GET
+/// /api/jobs?id=…`); its answer is checked here again, so a server that does not know the
+/// filter (it would list every job) yields "no job" rather than the wrong job.
+pub async fn resolve_job(client: &Client, text: &str) -> Result<String, CliError> {
+    if is_full_id(text) {
+        return Ok(text.to_owned());
+    }
+    let text = text.to_ascii_lowercase();
+    if text.len() < MIN_JOB_ID_PART || !text.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+        return Err(CliError::not_found(format!(
+            "no job matches {text:?} (give a job id, or at least {MIN_JOB_ID_PART} of its first or last characters; see `outpost jobs ls`)"
+        )));
+    }
+    let page = client
+        .get("/api/jobs", &[("id", text.clone()), ("limit", "10".into())])
+        .await?;
+    let ids: Vec<String> = page
+        .get("jobs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j.get("job_id").and_then(Value::as_str))
+        .filter(|id| id.starts_with(text.as_str()) || id.ends_with(text.as_str()))
+        .map(str::to_owned)
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(CliError::not_found(format!(
+            "no job matches {text:?} (give a job id, or a unique start or end of one; see `outpost jobs ls`)"
+        ))),
+        many => Err(CliError::Usage(format!(
+            "{text:?} matches {}{} jobs ({}); give more of the id",
+            if many.len() >= 10 { "at least " } else { "" },
+            many.len(),
+            many.join(", ")
+        ))),
+    }
+}
+
 /// Runs an `outpost jobs` subcommand.
 pub async fn run(client: &Client, global: &Global, cmd: JobsCommand) -> Result<u8, CliError> {
     match cmd {
         JobsCommand::Ls(args) => list(client, global, args).await?,
         JobsCommand::Show { job } => {
+            let job = resolve_job(client, &job).await?;
             let job = client.get(&format!("/api/jobs/{job}"), &[]).await?;
             if global.json {
                 output::print_json(&job);
@@ -371,6 +444,7 @@ pub async fn run(client: &Client, global: &Global, cmd: JobsCommand) -> Result<u
         }
         JobsCommand::Logs(args) => return logs(client, global, args).await,
         JobsCommand::Cancel { job } => {
+            let job = resolve_job(client, &job).await?;
             let job = client
                 .json(Method::POST, &format!("/api/jobs/{job}/cancel"), &[], None)
                 .await?;
@@ -586,7 +660,8 @@ fn print_job(job: &Value, agents_list: &Value) {
     table.print();
 }
 
-async fn logs(client: &Client, global: &Global, args: JobsLogsArgs) -> Result<u8, CliError> {
+async fn logs(client: &Client, global: &Global, mut args: JobsLogsArgs) -> Result<u8, CliError> {
+    args.job = resolve_job(client, &args.job).await?;
     let job = client.get(&format!("/api/jobs/{}", args.job), &[]).await?;
     let agents_list = client.get("/api/agents", &[]).await?;
     let mut runs = run_labels(&job, &agents_list);

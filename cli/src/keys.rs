@@ -114,9 +114,17 @@ async fn set_status(
     if global.json {
         output::print_json(&key);
     } else if status == "disabled" {
-        eprintln!("Disabled agent key {id}; agents connected with it were disconnected");
+        eprintln!(
+            "Disabled agent key {id}; agents connected with it were disconnected. They keep asking \
+             (every 5-15 s, after 10 minutes every 30-90 s) and come back after `outpost keys agent enable`"
+        );
     } else {
-        eprintln!("Enabled agent key {id}");
+        // The agents cannot be told: they find out at their next attempt (agent back-off after
+        // `key_disabled`, docs/PROTOCOL.md).
+        eprintln!(
+            "Enabled agent key {id}; its agents reconnect at their next attempt: within 15 s, or \
+             within 90 s if the key was disabled for more than 10 minutes"
+        );
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 mod agents;
 mod args;
 mod client;
+mod complete;
 mod config;
 mod error;
 mod follow;
@@ -26,7 +27,7 @@ use error::CliError;
 fn main() -> ExitCode {
     // One rustls provider for the whole process: ring (reqwest is built without one).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,6 +47,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, or the process ends with clap's message (status 2, or 0 for --help).
+///
+/// Two of clap's messages are replaced. A usage line shows the arguments given, and clap
+/// counts `OUTPOST_URL`/`OUTPOST_TOKEN` from the environment as given: `outpost run hello`
+/// printed `Usage: outpost run --on <…> --url <URL> --token <TOKEN> <SCRIPT>`, as if those were
+/// required. Errors are therefore rendered by a copy of the command line without those
+/// variables. And `run` without `--on` says what `--on` takes.
+fn parse() -> Cli {
+    let err = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(err) => err,
+    };
+    if !err.use_stderr() {
+        // --help, --version.
+        err.exit();
+    }
+    let without_env = Cli::command()
+        .mut_arg("url", |a| a.env(None))
+        .mut_arg("token", |a| a.env(None));
+    let err = match without_env.try_get_matches_from(std::env::args_os()) {
+        Err(plain) if plain.kind() == err.kind() => plain,
+        _ => err,
+    };
+    if let Some(message) = args::missing_on(&err) {
+        eprintln!("{message}");
+        std::process::exit(i32::from(error::exit::USAGE));
+    }
+    err.exit()
+}
+
 /// Runs one command; `Ok` carries the exit status when the command itself decides it (a run's
 /// exit code, a fan-out with a failure).
 async fn run(cli: Cli) -> Result<u8, CliError> {
@@ -54,12 +85,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Login(args) => config::login(&global, args).await.map(|()| 0),
         Command::Logout => config::logout().map(|()| 0),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "outpost",
-                &mut std::io::stdout(),
-            );
+            let script = complete::script(shell, &mut Cli::command());
+            output::print_stdout(script.as_bytes());
+            Ok(0)
+        }
+        Command::Complete { what } => {
+            complete::candidates(&global, what).await;
             Ok(0)
         }
         Command::Agents(cmd) => {

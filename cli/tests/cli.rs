@@ -130,8 +130,10 @@ async fn agents_ping_keys_and_completions() {
         ..Default::default()
     })
     .await;
+    let mut listed = Scripts::new();
+    listed.add("anything", "true", json!({}));
     let (server, api, mut agents, ids, _scripts) =
-        fleet_on(server, vec![Scripts::new(), Scripts::new()]).await;
+        fleet_on(server, vec![Scripts::new(), listed]).await;
     let cli = Cli::new(&server);
     let id = ids[0].as_str();
     outpost_e2e::wait_for("a heartbeat", READY_TIMEOUT, || {
@@ -444,13 +446,20 @@ async fn runs_exit_codes_and_job_history() {
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(!bad.stderr.contains("oops-s3cret"), "{bad:?}");
 
-    // Runs without an exit code: a timeout (124) and a script the agent does not have (125).
+    // A timeout (124); a script the agent does not list is refused by the server at once,
+    // naming the agent and the script (issue #27; it used to be sent, and refused by the agent).
     let slow = cli.run(&["run", "sleepy", "--on", a, "--timeout", "1"]);
     assert_eq!(slow.code, 124, "{slow:?}");
     assert!(slow.stderr.contains("timed_out"), "{slow:?}");
     let missing = cli.run(&["run", "sleepy", "--on", b]);
-    assert_eq!(missing.code, 125, "{missing:?}");
-    assert!(missing.stderr.contains("script_not_allowed"), "{missing:?}");
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing.stderr.starts_with("error: script_not_allowed: ")
+            && missing.stderr.contains(b)
+            && missing.stderr.contains("\"sleepy\"")
+            && missing.stderr.contains("fail, flaky, hello"),
+        "{missing:?}"
+    );
 
     // Bad input is refused before anything runs.
     let unknown = cli.run(&["run", "hello", "--on", "no-such-host"]);
@@ -463,11 +472,26 @@ async fn runs_exit_codes_and_job_history() {
     );
     let bad = cli.run(&["run", "hello", "--on", a, "--param", "NAME"]);
     assert_eq!(bad.code, 2, "{bad:?}");
+    // An unknown tag is named, by the server and in the CLI's hint (issue #27).
     let nobody = cli.run(&["run", "hello", "--on", "tag:nobody"]);
     assert_eq!(nobody.code, 1, "{nobody:?}");
     assert!(
-        nobody.stderr.starts_with("error: unprocessable"),
+        nobody
+            .stderr
+            .starts_with("error: unprocessable: target: no agent has the tag \"nobody\""),
         "{nobody:?}"
+    );
+    assert!(
+        nobody
+            .stderr
+            .contains("hint: no agent has the tag \"nobody\": `outpost agents ls --tag nobody`"),
+        "{nobody:?}"
+    );
+    let both = cli.run(&["run", "hello", "--on", "tag:web", "--on", "tag:nobody"]);
+    assert!(
+        both.stderr
+            .contains("no agent has all of the tags \"web\", \"nobody\""),
+        "{both:?}"
     );
 
     // History, filtered and paged.
@@ -555,6 +579,192 @@ async fn runs_exit_codes_and_job_history() {
     assert_eq!(cancelled["job_id"], job_id);
     let done = api.wait_job(job_id).await;
     assert_eq!(done["status"], "cancelled", "{done}");
+}
+
+/// Issue #27's CLI: `agents rm`, `agents tag add|rm`, job ids shortened as agent ids are,
+/// completion candidates from the server, and three messages that now say what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_tag_short_job_ids_completion_and_messages() {
+    let mut scripts = Scripts::new();
+    scripts.add("hello", "echo hello", json!({}));
+    let (server, api, mut agents, ids, _scripts) = fleet(vec![scripts]).await;
+    let cli = Cli::new(&server);
+    let id = ids[0].as_str();
+    let short = &id[id.len() - 8..];
+
+    // Server-side tags: added, used by a target, removed; a tag from the key stays, with a note.
+    let tagged = cli.json(&["agents", "tag", "add", short, "canary", "blue"]);
+    assert_eq!(tagged["server_tags"], json!(["canary", "blue"]), "{tagged}");
+    let again = cli.run(&["agents", "tag", "add", id, "canary"]).ok();
+    assert!(
+        again.stderr.contains("server tags canary,blue"),
+        "{again:?}"
+    );
+    assert_eq!(
+        cli.json(&["agents", "ls", "--tag", "canary"])[0]["agent_id"],
+        id
+    );
+    let on_tag = cli.run(&["run", "hello", "--on", "tag:canary"]).ok();
+    assert_eq!(on_tag.stdout, "hello\n", "{on_tag:?}");
+    let removed = cli.run(&["agents", "tag", "rm", id, "canary", "web"]).ok();
+    assert!(
+        removed
+            .stderr
+            .contains("note: \"web\" is not a server tag of")
+            && removed.stderr.contains("agent's key"),
+        "{removed:?}"
+    );
+    assert_eq!(
+        cli.json(&["agents", "show", id])["server_tags"],
+        json!(["blue"])
+    );
+    let usage = cli.run(&["agents", "tag", "add", id]);
+    assert_eq!(usage.code, 2, "{usage:?}");
+
+    // Job ids: the end of one (its random part) or a start, when unique.
+    let first = cli.json(&["run", "hello", "--on", id]);
+    let second = cli.json(&["run", "hello", "--on", id]);
+    let job = first["job_id"].as_str().expect("job_id");
+    let other = second["job_id"].as_str().expect("job_id");
+    let job_end = &job[job.len() - 8..];
+    assert_eq!(cli.json(&["jobs", "show", job_end])["job_id"], job);
+    assert_eq!(
+        cli.json(&["jobs", "show", &other[..other.len() - 4].to_uppercase()])["job_id"],
+        other,
+        "a start, in any case"
+    );
+    let logs = cli.run(&["jobs", "logs", job_end]).ok();
+    assert_eq!(logs.stdout, "hello\n", "{logs:?}");
+    let cancel = cli.run(&["jobs", "cancel", job_end]).ok();
+    assert!(cancel.stderr.contains(job), "{cancel:?}");
+    // The three jobs start alike (ids begin with their creation time).
+    let ambiguous = cli.run(&["jobs", "show", &job[..4]]);
+    assert_eq!(ambiguous.code, 2, "{ambiguous:?}");
+    assert!(
+        ambiguous.stderr.contains("matches 3 jobs")
+            && ambiguous.stderr.contains(job)
+            && ambiguous.stderr.contains(other),
+        "{ambiguous:?}"
+    );
+    for unknown in ["0000abcd", "zzzz-not-hex", "ab"] {
+        let run = cli.run(&["jobs", "show", unknown]);
+        assert_eq!(run.code, 1, "{unknown}: {run:?}");
+        assert!(
+            run.stderr.starts_with("error: not_found: no job matches"),
+            "{unknown}: {run:?}"
+        );
+    }
+    let (status, page) = api.get("/api/jobs?id=ab").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{page}");
+
+    // Completion: the scripts call `outpost __complete`, which lists what the server has.
+    let candidates = |what: &str| -> Vec<String> {
+        let run = cli.run(&["__complete", what]).ok();
+        run.stdout.lines().map(str::to_owned).collect()
+    };
+    let hostname = cli.json(&["agents", "show", id])["hostname"]
+        .as_str()
+        .expect("hostname")
+        .to_owned();
+    let agents_words = candidates("agents");
+    assert!(
+        agents_words.contains(&id.to_owned()) && agents_words.contains(&hostname),
+        "{agents_words:?}"
+    );
+    let targets = candidates("targets");
+    for word in ["all", "tag:web", "tag:blue"] {
+        assert!(targets.contains(&word.to_owned()), "{word}: {targets:?}");
+    }
+    let jobs = candidates("jobs");
+    assert_eq!(
+        jobs[..2],
+        [other.to_owned(), job.to_owned()],
+        "newest first"
+    );
+    let offline = Run::of(
+        cli.bare()
+            .args(["--url", "http://127.0.0.1:9", "__complete", "agents"]),
+    );
+    assert_eq!(offline.code, 0, "{offline:?}");
+    assert!(
+        offline.stdout.is_empty() && offline.stderr.is_empty(),
+        "{offline:?}"
+    );
+    let bash = cli.run(&["completions", "bash"]).ok().stdout;
+    assert!(
+        bash.contains("outpost __complete \"$what\"") && !bash.contains("compgen -W \"$(outpost"),
+        "{bash}"
+    );
+    let zsh = cli.run(&["completions", "zsh"]).ok().stdout;
+    assert_eq!(zsh.matches(":_outpost_agents'").count(), 6, "{zsh}");
+    assert_eq!(zsh.matches(":_outpost_jobs'").count(), 3, "{zsh}");
+    assert_eq!(zsh.matches(":_outpost_targets'").count(), 1, "{zsh}");
+    let fish = cli.run(&["completions", "fish"]).ok().stdout;
+    assert!(fish.contains("(outpost __complete jobs)"), "{fish}");
+    for (shell, script) in [("bash", &bash), ("zsh", &zsh)] {
+        let check = Command::new(shell).arg("-n").stdin(Stdio::piped()).spawn();
+        let Ok(mut check) = check else {
+            println!("{shell} is not installed; its script's syntax is not checked");
+            continue;
+        };
+        {
+            use std::io::Write;
+            let mut stdin = check.stdin.take().expect("stdin");
+            stdin.write_all(script.as_bytes()).expect("write");
+        }
+        assert!(
+            check.wait().expect("wait").success(),
+            "{shell} -n: {script}"
+        );
+    }
+
+    // Forgetting an agent that was uninstalled.
+    agents[0].kill9();
+    api.wait_status(id, "offline").await;
+    let forgot = cli.run(&["agents", "rm", short]).ok();
+    assert!(
+        forgot.stderr.starts_with(&format!("Forgot agent {id} ("))
+            && forgot.stderr.contains("lost"),
+        "{forgot:?}"
+    );
+    assert_eq!(cli.json(&["agents", "ls"]), json!([]));
+    let gone = cli.run(&["agents", "rm", id]);
+    assert_eq!(gone.code, 1, "{gone:?}");
+
+    // Messages: `run` without --on says what --on takes, and no usage line makes
+    // OUTPOST_URL/OUTPOST_TOKEN (set here) look required.
+    let no_on = cli.run(&["run", "hello"]);
+    assert_eq!(no_on.code, 2, "{no_on:?}");
+    assert!(
+        no_on.stderr.contains("`outpost run` needs --on")
+            && no_on.stderr.contains("--on tag:T")
+            && no_on.stderr.contains("outpost run disk-usage --on all"),
+        "{no_on:?}"
+    );
+    let no_agent = cli.run(&["agents", "show"]);
+    assert_eq!(no_agent.code, 2, "{no_agent:?}");
+    assert!(
+        no_agent
+            .stderr
+            .contains("Usage: outpost agents show <AGENT>"),
+        "{no_agent:?}"
+    );
+    for run in [&no_on, &no_agent] {
+        assert!(
+            !run.stderr.contains("--url <URL>") && !run.stderr.contains("--token <TOKEN>"),
+            "{run:?}"
+        );
+    }
+    // https:// against this plain-HTTP server names the cause and the cure.
+    let https = server.url.replacen("http://", "https://", 1);
+    let tls = Run::of(cli.cmd().args(["--url", &https, "agents", "ls"]));
+    assert_eq!(tls.code, 69, "{tls:?}");
+    assert!(
+        tls.stderr.contains("plain HTTP, not HTTPS")
+            && tls.stderr.contains(&format!("--url {}", server.url))
+            && !tls.stderr.contains("InvalidContentType"),
+        "{tls:?}"
+    );
 }
 
 /// Waits until a run is running on its agent (or already over).

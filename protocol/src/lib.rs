@@ -149,6 +149,12 @@ pub mod codes {
     pub const PROTOCOL_MISMATCH: &str = "protocol_mismatch";
     /// A frame that needs a registered agent arrived before `register`.
     pub const NOT_REGISTERED: &str = "not_registered";
+    /// The code of the 401 that refuses a disabled agent key (WebSocket upgrade and long-poll
+    /// alike). Unlike an unknown or deleted key, it may work again (`outpost keys agent
+    /// enable`), so the agent asks again within seconds rather than minutes.
+    pub const KEY_DISABLED: &str = "key_disabled";
+    /// The reason of the close (1000) that ends a connection when its key is disabled.
+    pub const CLOSE_KEY_DISABLED: &str = "agent key disabled";
     /// The agent does not know the command.
     pub const UNKNOWN_COMMAND: &str = "unknown_command";
     /// The command's `data` is not what the command needs.

@@ -144,7 +144,12 @@ pub async fn authenticate_agent(
         .filter(|k| verify_secret(token, &k.key_hash))
         .ok_or_else(|| ApiError::Unauthorized("unknown agent key".into()))?;
     if key.status != key_status::ACTIVE {
-        return Err(ApiError::Unauthorized("agent key is disabled".into()));
+        // Its own code: the agent retries a disabled key within seconds (it may be enabled
+        // again), an unknown one slowly.
+        return Err(ApiError::Denied {
+            code: outpost_protocol::codes::KEY_DISABLED,
+            message: "agent key is disabled".into(),
+        });
     }
     if key.expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::Unauthorized("agent key has expired".into()));

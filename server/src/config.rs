@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,8 +77,9 @@ pub struct Config {
     pub max_output_bytes: u64,
 
     /// Let job webhooks go to loopback, private and link-local addresses (off: such URLs are
-    /// refused, so API callers cannot reach internal services through the server).
-    #[arg(long, env = "OUTPOST_WEBHOOK_ALLOW_PRIVATE")]
+    /// refused, so API callers cannot reach internal services through the server). The
+    /// variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "OUTPOST_WEBHOOK_ALLOW_PRIVATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub webhook_allow_private: bool,
 
     /// Key sealing secrets at rest (32 bytes, hex or base64); default: <data-dir>/master.key,
@@ -120,5 +122,40 @@ impl std::fmt::Debug for Config {
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
             .field("webhook_allow_private", &self.webhook_allow_private)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{ArgAction, CommandFactory};
+
+    /// Every on/off flag with an environment twin takes 1/0, true/false, yes/no from the
+    /// variable (SPEC §5), including flags added later: clap's default for a `bool` flag
+    /// takes only `true`/`false`, and `OUTPOST_WEBHOOK_ALLOW_PRIVATE=1` stopped the server.
+    #[test]
+    fn boolean_variables_take_1_0_true_false_yes_no() {
+        let cmd = super::Config::command();
+        let mut checked = 0;
+        for arg in cmd.get_arguments() {
+            if arg.get_env().is_none() || !matches!(arg.get_action(), ArgAction::SetTrue) {
+                continue;
+            }
+            let values: Vec<_> = arg
+                .get_value_parser()
+                .possible_values()
+                .into_iter()
+                .flatten()
+                .collect();
+            for word in ["1", "0", "true", "false", "yes", "no", "YES"] {
+                assert!(
+                    values.iter().any(|v| v.matches(word, true)),
+                    "--{}: {:?} must accept {word:?} (use BoolishValueParser)",
+                    arg.get_id(),
+                    arg.get_env()
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 1, "no boolean variable found");
     }
 }

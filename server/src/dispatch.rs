@@ -247,6 +247,51 @@ fn validate_run_data(data: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Script names a refusal lists, at most (a manifest may list 512).
+const REFUSAL_SCRIPTS_SHOWN: usize = 20;
+
+/// The script a `run` names (`data.script`); `None` for other commands.
+pub fn run_script(spec: &CommandSpec) -> Option<&str> {
+    (spec.command == commands::RUN)
+        .then(|| spec.data.get("script").and_then(Value::as_str))
+        .flatten()
+}
+
+/// Why an agent will refuse a `run` of `script`: its last `register` (`scripts`, as stored on
+/// its row) did not list it. This is the one place that decides, whichever route asks
+/// ([`submit`] for one agent and for a key's agents, `api::jobs` for each run of a job), so
+/// that the script library of a later issue (SPEC §15: scripts a manifest allows by pattern,
+/// announced in `register`) is taught here once.
+///
+/// It is an early answer, not the rule: the agent checks again against its manifest as it is
+/// when the command arrives, so an agent whose manifest dropped a script since its last
+/// `register` still refuses by itself (`script_not_allowed`). One that added a script
+/// re-registers within a second or so of the change (the manifest is watched).
+pub fn script_refusal(agent_id: &str, scripts: &Value, script: &str) -> Option<String> {
+    let names: Vec<&str> = scripts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(Value::as_str))
+        .collect();
+    if names.contains(&script) {
+        return None;
+    }
+    let listed = match names.len() {
+        0 => "its manifest lists no scripts".to_owned(),
+        n if n > REFUSAL_SCRIPTS_SHOWN => format!(
+            "its manifest lists {} and {} more",
+            names[..REFUSAL_SCRIPTS_SHOWN].join(", "),
+            n - REFUSAL_SCRIPTS_SHOWN
+        ),
+        _ => format!("its manifest lists {}", names.join(", ")),
+    };
+    Some(format!(
+        "agent {agent_id} has no script {script:?} ({listed}); add it to that agent's \
+         script manifest, or run a script it lists"
+    ))
+}
+
 /// The frame that carries a stored command. A `run` also tells the agent how much output the
 /// server keeps, so the agent does not spool what would be dropped. Secret parameters are
 /// unsealed here, and only here: the frame is the one place their values may appear.
@@ -316,6 +361,14 @@ pub async fn submit(
 ) -> Result<command::Model, ApiError> {
     let agent_id = parse_agent_id(&agent.id)?;
     check_permission(agent, key, &spec.command)?;
+    if let Some(script) = run_script(spec)
+        && let Some(why) = script_refusal(&agent.id, &agent.scripts, script)
+    {
+        return Err(ApiError::Refused {
+            code: outpost_protocol::codes::SCRIPT_NOT_ALLOWED,
+            message: why,
+        });
+    }
     if let Some(why) = downgrade_refusal(&agent.id, &agent.version, spec) {
         return Err(ApiError::BadRequest(why));
     }

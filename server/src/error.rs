@@ -29,6 +29,15 @@ pub enum ApiError {
     /// 401: no or bad credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// 401 with a specific code: credentials that exist but do not work now
+    /// (`key_disabled`).
+    #[error("{message}")]
+    Denied {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// Human-readable reason.
+        message: String,
+    },
     /// 403: authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -52,6 +61,15 @@ pub enum ApiError {
     /// 422: well-formed, but nothing to act on (a target that matches no agent).
     #[error("{0}")]
     Unprocessable(String),
+    /// 422 with a specific code: well-formed, but the agent would refuse it
+    /// (`script_not_allowed`: a script its manifest does not list).
+    #[error("{message}")]
+    Refused {
+        /// Machine-readable reason (the agent's own code for the refusal).
+        code: &'static str,
+        /// Human-readable reason, naming the agent and what it refuses.
+        message: String,
+    },
     /// 504: the agent did not answer in time.
     #[error("{0}")]
     Timeout(String),
@@ -99,12 +117,14 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Denied { code, .. } => (StatusCode::UNAUTHORIZED, code),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Self::Refused { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

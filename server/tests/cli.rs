@@ -81,3 +81,22 @@ fn lost_after_shorter_than_three_heartbeats_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--lost-after"));
 }
+
+/// A boolean variable that is not a boolean stops the server with a message naming the flag
+/// and the words it takes (1/0, true/false, yes/no are accepted: `tests/e2e/webhooks.rs`).
+#[test]
+fn a_boolean_variable_that_is_not_one_is_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = server()
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("OUTPOST_WEBHOOK_ALLOW_PRIVATE", "maybe")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("maybe") && stderr.contains("--webhook-allow-private"),
+        "{stderr}"
+    );
+}

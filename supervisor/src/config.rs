@@ -219,12 +219,10 @@ impl Settings {
             ca_cert: get("OUTPOST_CA_CERT").map(PathBuf::from),
             release_pubkey: get("OUTPOST_RELEASE_PUBKEY"),
             json_logs: get("OUTPOST_LOG_FORMAT").is_some_and(|f| f == "json"),
-            skip_update: get("OUTPOST_SKIP_UPDATE").is_some_and(|v| {
-                matches!(
-                    v.to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on" | "y" | "t"
-                )
-            }),
+            skip_update: match get("OUTPOST_SKIP_UPDATE") {
+                Some(value) => env_bool("OUTPOST_SKIP_UPDATE", &value)?,
+                None => false,
+            },
             agent_env,
             timings: Timings {
                 backoff_base: ms(cli.backoff_base_ms.max(1)),
@@ -240,6 +238,25 @@ impl Settings {
     pub fn log_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
     }
+}
+
+/// A boolean variable: 1/0, true/false, yes/no, on/off (and y/n, t/f), any case, as the
+/// agent's and the server's flags take them (clap's `BoolishValueParser`, so that the three
+/// binaries agree on every spelling). Anything else is an error naming the variable: a typo
+/// must not quietly mean "off".
+pub fn env_bool(name: &str, value: &str) -> anyhow::Result<bool> {
+    use clap::builder::{BoolishValueParser, TypedValueParser};
+    BoolishValueParser::new()
+        .parse_ref(
+            &clap::Command::new("outpost-supervisor"),
+            None,
+            std::ffi::OsStr::new(value.trim()),
+        )
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{name}={value:?} is not a boolean: use 1/0, true/false, yes/no or on/off"
+            )
+        })
 }
 
 /// Largest env file read (it holds a handful of lines).
@@ -352,5 +369,31 @@ mod tests {
         );
         assert!(parse_env("1A=x\n").expect_err("bad").contains("line 1"));
         assert!(parse_env("A B=x\n").is_err());
+    }
+
+    /// `OUTPOST_SKIP_UPDATE` takes what the agent's and the server's booleans take; a word
+    /// that is none of them is refused by name instead of meaning "off".
+    #[test]
+    fn boolean_variables_take_1_0_true_false_yes_no() {
+        for (value, want) in [
+            ("1", true),
+            ("yes", true),
+            ("TRUE", true),
+            ("on", true),
+            ("0", false),
+            ("no", false),
+            ("false", false),
+            ("off", false),
+        ] {
+            let settings = resolve_with(&format!("OUTPOST_SKIP_UPDATE={value}\n")).expect(value);
+            assert_eq!(settings.skip_update, want, "{value}");
+        }
+        let err = resolve_with("OUTPOST_SKIP_UPDATE=maybe\n")
+            .expect_err("not a boolean")
+            .to_string();
+        assert!(
+            err.contains("OUTPOST_SKIP_UPDATE") && err.contains("1/0, true/false, yes/no"),
+            "{err}"
+        );
     }
 }

@@ -135,11 +135,19 @@ impl Peer {
 
     /// Reads `connected`, sends `register`, returns the heartbeat interval.
     pub async fn handshake(&mut self, agent_id: &str) -> u32 {
+        self.handshake_with_scripts(agent_id, &[]).await
+    }
+
+    /// [`Peer::handshake`], announcing these script names in `register` (the server answers a
+    /// run of a script the agent did not announce itself, without sending it).
+    pub async fn handshake_with_scripts(&mut self, agent_id: &str, scripts: &[&str]) -> u32 {
         let interval = match self.frame().await {
             ServerFrame::Connected(c) => c.heartbeat_interval_s,
             other => panic!("expected connected, got {other:?}"),
         };
-        self.send_json(&register(agent_id)).await;
+        let mut frame = register(agent_id);
+        frame["data"]["scripts"] = scripts.iter().map(|name| json!({"name": name})).collect();
+        self.send_json(&frame).await;
         interval
     }
 

@@ -345,6 +345,7 @@ pub async fn delete(
         (status = 403, body = crate::error::ErrorEnvelope, description = "The agent's key does not allow the command, or a forced update by a caller who is not an owner"),
         (status = 404, body = crate::error::ErrorEnvelope),
         (status = 409, body = crate::error::ErrorEnvelope, description = "Agent offline"),
+        (status = 422, body = crate::error::ErrorEnvelope, description = "script_not_allowed: a run of a script the agent's manifest does not list"),
         (status = 504, body = crate::error::ErrorEnvelope, description = "No answer in time")))]
 pub async fn command(
     State(state): State<AppState>,

@@ -3,7 +3,9 @@
 //!
 //! A job is created with all its runs in one transaction, then each run is pushed to its agent
 //! if connected; offline agents get theirs when they reconnect (until `ttl_s`). Runs an
-//! agent's key does not permit are stored as failed (`forbidden`) and never sent.
+//! agent's key does not permit are stored as failed (`forbidden`) and never sent, and so are
+//! runs of a script an agent's last `register` did not list (`script_not_allowed`, see
+//! [`dispatch::script_refusal`]). A job for one agent id is refused instead (403, 422).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -231,7 +233,13 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Page size, 1–200 (default 50).
     pub limit: Option<u64>,
+    /// Jobs whose id starts or ends with this: 4 to 36 hex digits and dashes, as in the id
+    /// (how the CLI finds the job meant by a shortened id).
+    pub id: Option<String>,
 }
+
+/// Shortest `id` filter: shorter ones match too much to be worth a scan.
+const MIN_ID_PART: usize = 4;
 
 /// Options of the output endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -347,6 +355,27 @@ async fn resolve(
     Ok((agents, keys))
 }
 
+/// The 422 message of a target that matches no agent, naming the tags it asked for (the
+/// usual cause: a tag no agent has, or one that only agents declare for themselves while a
+/// key assigns it, which a target does not trust: see `crate::tags`).
+fn no_match(target: &Target) -> String {
+    let tags = target.tags.as_deref().unwrap_or_default();
+    let quoted = || {
+        tags.iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match tags {
+        [] if target.all == Some(true) => {
+            "target: all: there are no agents yet; install one with the server's deploy.sh".into()
+        }
+        [] => "target: no agent matches".into(),
+        [_] => format!("target: no agent has the tag {}", quoted()),
+        _ => format!("target: no agent has all of the tags {}", quoted()),
+    }
+}
+
 /// Why an agent's key refuses a command, if it does.
 fn refusal(
     agent: &AgentTarget,
@@ -376,7 +405,7 @@ fn refusal(
         (status = 400, body = crate::error::ErrorEnvelope),
         (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
         (status = 409, body = crate::error::ErrorEnvelope, description = "idempotency_key_reused: the key was used for a different request"),
-        (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent")))]
+        (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent (`unprocessable`, naming the tags), or its only agent does not list the script (`script_not_allowed`)")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -402,7 +431,7 @@ pub async fn create(
     dispatch::authorize(&caller, &spec, &format!("job target {target}"))?;
     let (agents, keys) = resolve(&state, &caller, &body.target).await?;
     if agents.is_empty() {
-        return Err(ApiError::Unprocessable("target: no agent matches".into()));
+        return Err(ApiError::Unprocessable(no_match(&body.target)));
     }
     // An update to an older version is refused, run by run, on agents it would downgrade
     // (unless forced).
@@ -412,11 +441,30 @@ pub async fn create(
         }
         _ => None,
     };
+    // A run of a script that an agent's last `register` did not list fails at once, unsent
+    // (the agent would refuse it): one query for the agents that lack it, whatever the
+    // target's size.
+    let without_script: HashMap<String, Value> = match dispatch::run_script(&spec) {
+        Some(script) => state
+            .store
+            .agents_without_script(&caller.tenant_id, script)
+            .await?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
     let one_agent =
         agents.len() == 1 && body.target.tags.is_none() && body.target.all != Some(true);
     let mut runs = Vec::with_capacity(agents.len());
     for agent in &agents {
         let mut refused = refusal(agent, &spec.command, &keys).map(|why| (codes::FORBIDDEN, why));
+        if refused.is_none()
+            && let (Some(script), Some(scripts)) =
+                (dispatch::run_script(&spec), without_script.get(&agent.id))
+            && let Some(why) = dispatch::script_refusal(&agent.id, scripts, script)
+        {
+            refused = Some((codes::SCRIPT_NOT_ALLOWED, why));
+        }
         if refused.is_none()
             && let Some(version) = versions.as_ref().and_then(|v| v.get(&agent.id))
             && let Some(why) = dispatch::downgrade_refusal(&agent.id, version, &spec)
@@ -425,6 +473,12 @@ pub async fn create(
         }
         match refused {
             Some((codes::FORBIDDEN, why)) if one_agent => return Err(ApiError::Forbidden(why)),
+            Some((codes::SCRIPT_NOT_ALLOWED, why)) if one_agent => {
+                return Err(ApiError::Refused {
+                    code: codes::SCRIPT_NOT_ALLOWED,
+                    message: why,
+                });
+            }
             Some((_, why)) if one_agent => return Err(ApiError::BadRequest(why)),
             _ => {}
         }
@@ -592,7 +646,22 @@ pub async fn list(
             "status: must be running, succeeded, failed or cancelled, not {status:?}"
         )));
     }
+    let id_part = match query.id {
+        None => None,
+        Some(part) => {
+            let part = part.to_ascii_lowercase();
+            if !(MIN_ID_PART..=36).contains(&part.len())
+                || !part.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "id: must be {MIN_ID_PART} to 36 hex digits and dashes (the start or end of a job id), not {part:?}"
+                )));
+            }
+            Some(part)
+        }
+    };
     let filter = JobFilter {
+        id_part,
         agent_id: query.agent_id,
         script: query.script,
         command: query.command,

@@ -244,7 +244,9 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no agent key {id}")))?;
     if key.status == key_status::DISABLED {
-        let closed = state.hub.close_key(&key.id, "agent key disabled");
+        let closed = state
+            .hub
+            .close_key(&key.id, outpost_protocol::codes::CLOSE_KEY_DISABLED);
         tracing::info!(key_id = %key.id, closed, "agent key disabled");
     }
     Ok(Json(view(&state, key)))
@@ -302,7 +304,9 @@ pub async fn ping(
     fan_out(&state, &caller, &id, &spec).await.map(Json)
 }
 
-/// Send a command to every agent connected with this key and wait for the results.
+/// Send a command to every agent connected with this key and wait for the results. An agent
+/// that would refuse it before running anything (a `run` of a script its manifest does not
+/// list) gets its `error` at once (`script_not_allowed`), and nothing is sent to it.
 #[utoipa::path(post, path = "/api/agents/keys/{id}/command", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")), request_body = CommandRequest,
     responses((status = 200, body = FanoutResults), (status = 400, body = crate::error::ErrorEnvelope),

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use outpost_protocol::{OutputStream, codes};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Set, TransactionSession, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Set, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -91,6 +91,9 @@ pub struct JobFilter {
     pub until: Option<DateTime<Utc>>,
     /// Only jobs older than this job id (the cursor).
     pub before: Option<String>,
+    /// Only jobs whose id starts or ends with this (lowercase hex digits and dashes only,
+    /// checked by the caller: it goes into a `LIKE` pattern).
+    pub id_part: Option<String>,
     /// Page size.
     pub limit: u64,
 }
@@ -268,6 +271,39 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .await?)
     }
 
+    /// The agents of a tenant whose last `register` did not list a script named `script`,
+    /// with their scripts: `(agent id, scripts)`. A `run` job asks this once, whatever its
+    /// size: the agents that list the script (usually all of them) are not returned, and
+    /// `crate::dispatch::script_refusal` decides about the others.
+    pub async fn agents_without_script(
+        &self,
+        tenant_id: &str,
+        script: &str,
+    ) -> Result<Vec<(String, Value)>> {
+        let listed = match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => Expr::cust_with_values(
+                "NOT EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN \
+                 jsonb_typeof(scripts) = 'array' THEN scripts ELSE '[]'::jsonb END) AS s \
+                 WHERE s.value->>'name' = $1)",
+                [script],
+            ),
+            _ => Expr::cust_with_values(
+                "NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(scripts) THEN \
+                 scripts ELSE '[]' END) AS s WHERE s.value ->> 'name' = ?)",
+                [script],
+            ),
+        };
+        Ok(agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Id)
+            .column(agent::Column::Scripts)
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(listed)
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
     /// The version each agent of a tenant last registered with, by agent id (for `update`
     /// jobs, which refuse downgrades that were not forced).
     pub async fn agent_versions(
@@ -345,6 +381,13 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         if let Some(before) = &filter.before {
             query = query.filter(job::Column::Id.lt(before));
+        }
+        if let Some(part) = &filter.id_part {
+            query = query.filter(
+                Condition::any()
+                    .add(job::Column::Id.like(format!("{part}%")))
+                    .add(job::Column::Id.like(format!("%{part}"))),
+            );
         }
         Ok(query
             .order_by_desc(job::Column::Id)

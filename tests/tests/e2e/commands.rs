@@ -377,7 +377,8 @@ async fn control_commands_need_a_supervisor_and_exit_with_their_code() {
         &server.url,
         &secret,
         None,
-        vec![("OUTPOST_SUPERVISED".into(), "0".into())],
+        // Booleans take 1/0, true/false, yes/no in every binary.
+        vec![("OUTPOST_SUPERVISED".into(), "no".into())],
     );
     let id = alone.wait_online(&api).await;
     let (status, refused) = api.command(&id, json!({"command": "restart"})).await;
@@ -431,8 +432,8 @@ async fn control_commands_need_a_supervisor_and_exit_with_their_code() {
         &secret,
         None,
         vec![
-            ("OUTPOST_SUPERVISED".into(), "1".into()),
-            ("OUTPOST_SKIP_UPDATE".into(), "1".into()),
+            ("OUTPOST_SUPERVISED".into(), "yes".into()),
+            ("OUTPOST_SKIP_UPDATE".into(), "true".into()),
         ],
     );
     let id = agent.wait_online(&api).await;

@@ -203,10 +203,14 @@ async fn from_nothing_to_a_script_on_a_second_machine_and_back() {
     assert!(machine.processes().is_empty(), "{:?}", machine.processes());
     assert_eq!(tree(&machine.home), before, "files left behind");
 
-    // Forget it on the server.
-    // (`outpost agents rm <agent_id>` does this from the CLI; switch to it once it exists.)
-    let (status, body) = api.delete(&format!("/api/agents/{agent_id}")).await;
-    assert!(status.is_success(), "{status}: {body}");
+    // Forget it on the server, as the README does.
+    let forget = std::process::Command::new(outpost_e2e::bin_dir().join("outpost"))
+        .args(["agents", "rm", &agent_id])
+        .env("OUTPOST_URL", &server.url)
+        .env("OUTPOST_TOKEN", &server.admin_key)
+        .output()
+        .expect("outpost agents rm");
+    assert!(forget.status.success(), "{}", text(&forget));
     let (status, _) = api.get(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -445,7 +445,7 @@ async fn run_data_is_validated_alike_on_every_route() {
     let (key_id, _) = api.agent_key().await;
     let agent = uuid::Uuid::now_v7().to_string();
     let mut peer = ws::connect(&server.url, &key).await.expect("connect");
-    peer.handshake(&agent).await;
+    peer.handshake_with_scripts(&agent, &["ok"]).await;
     api.wait_online(&agent).await;
 
     let many: serde_json::Map<String, Value> =

@@ -147,7 +147,8 @@ async fn bad_names_and_params_never_start_a_process() {
     let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
 
     // Names that break the protocol's rule are refused by the server (400) before anything is
-    // stored; names that keep it but are not in the manifest, by the agent.
+    // stored; names that keep it but are not in the manifest the agent announced, with 422
+    // (`runs_of_scripts_an_agent_does_not_list_fail_at_once`).
     for name in ["../touch", "/bin/sh", "touch.", "a\u{0}b", "touch/..", ""] {
         let (status, job) = api.job(run_job(&id, name, json!({})), Some(30)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{name:?}: {job}");
@@ -159,11 +160,11 @@ async fn bad_names_and_params_never_start_a_process() {
         );
     }
     for name in ["outside", "TOUCH"] {
-        let (_, job) = api.job(run_job(&id, name, json!({})), Some(30)).await;
-        let (_, _, run) = only_run(&job);
+        let (status, job) = api.job(run_job(&id, name, json!({})), Some(30)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name:?}: {job}");
         assert_eq!(
-            run["error"]["code"], "script_not_allowed",
-            "{name:?}: {run}"
+            job["error"]["code"], "script_not_allowed",
+            "{name:?}: {job}"
         );
     }
     for params in [
@@ -199,6 +200,131 @@ async fn bad_names_and_params_never_start_a_process() {
         .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(marker.exists());
+}
+
+/// A run of a script that a targeted agent did not list in its last `register` is answered at
+/// once (issue #27): in a fan-out its run is stored failed, `script_not_allowed`, and never
+/// sent; a request for that one agent (a job naming it, its command route, its key's command
+/// route) is refused with 422 naming the agent and the script. An agent whose manifest
+/// changed since it registered still refuses by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_scripts_an_agent_does_not_list_fail_at_once() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (key_id, secret) = api.agent_key().await;
+    let mut with = Scripts::new();
+    with.add("hello", "echo hello", json!({}))
+        .add("gone", "echo gone", json!({}));
+    let mut without = Scripts::new();
+    without.add("other", "echo other", json!({}));
+    let a = Agent::start_with(&server.url, &secret, None, with.env());
+    let a_id = a.wait_online(&api).await;
+    let b = Agent::start_with(&server.url, &secret, None, without.env());
+    let b_id = b.wait_online(&api).await;
+
+    // A fan-out: B's run is failed in the creation's answer already; A's runs.
+    let (status, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "hello"}, "target": {"all": true}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let run_of = |job: &Value, agent: &str| -> Value {
+        job["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["agent_id"] == agent)
+            .cloned()
+            .unwrap_or_else(|| panic!("no run for {agent}: {job}"))
+    };
+    let refused = run_of(&job, &b_id);
+    assert_eq!(refused["status"], "failed", "{job}");
+    assert_eq!(refused["error"]["code"], "script_not_allowed", "{job}");
+    let message = refused["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&b_id) && message.contains("\"hello\"") && message.contains("other"),
+        "names the agent, the script and what it lists: {message}"
+    );
+    let job_id = job["job_id"].as_str().expect("job_id");
+    let done = api.wait_job(job_id).await;
+    assert_eq!(run_of(&done, &a_id)["status"], "succeeded", "{done}");
+    // Never sent: no delivery, and nothing in B's journal.
+    let run_id = refused["run_id"].as_str().expect("run_id");
+    let (_, command) = api.get(&format!("/api/commands/{run_id}")).await;
+    assert!(command["delivered_at"].is_null(), "{command}");
+    assert!(
+        !b.journal()
+            .iter()
+            .any(|line| line.to_string().contains(run_id)),
+        "the refused run reached the agent"
+    );
+
+    // One agent, by every route: 422 naming the agent and the script.
+    let single = |status: StatusCode, body: &Value| {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "script_not_allowed", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains(&b_id) && message.contains("\"hello\""),
+            "{message}"
+        );
+    };
+    let (status, body) = api.job(run_job(&b_id, "hello", json!({})), Some(30)).await;
+    single(status, &body);
+    let (status, body) = api
+        .command(
+            &b_id,
+            json!({"command": "run", "data": {"script": "hello"}}),
+        )
+        .await;
+    single(status, &body);
+    let (status, body) = api
+        .command(
+            &b_id,
+            json!({"command": "run", "data": {"script": "hello"}, "queue": true}),
+        )
+        .await;
+    single(status, &body);
+    let (status, fanned) = api
+        .post(
+            &format!("/api/agents/keys/{key_id}/command"),
+            json!({"command": "run", "data": {"script": "hello"}, "timeout_s": 20}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{fanned}");
+    let result_of = |agent: &str| -> Value {
+        fanned["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["agent_id"] == agent)
+            .cloned()
+            .unwrap_or_else(|| panic!("no result for {agent}: {fanned}"))
+    };
+    assert_eq!(
+        result_of(&a_id)["command"]["status"],
+        "succeeded",
+        "{fanned}"
+    );
+    assert_eq!(
+        result_of(&b_id)["error"]["code"],
+        "script_not_allowed",
+        "{fanned}"
+    );
+    // Listed scripts and other commands are untouched.
+    let (_, job) = api.job(run_job(&a_id, "hello", json!({})), Some(30)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // A manifest newer than the agent's last `register`: the server still lists `gone`, whose
+    // file is no longer there; the agent refuses it by itself.
+    std::fs::remove_file(with.dir().join("gone.sh")).expect("remove the script");
+    let (status, job) = api.job(run_job(&a_id, "gone", json!({})), Some(30)).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let (_, _, run) = only_run(&job);
+    assert_eq!(run["error"]["code"], "script_not_allowed", "{run}");
+    drop((a, b));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,7 +716,7 @@ async fn runs_whose_agent_never_returns_become_lost() {
     let mut peer = outpost_e2e::ws::connect(&server.url, &secret)
         .await
         .expect("connect");
-    peer.handshake(&agent_id).await;
+    peer.handshake_with_scripts(&agent_id, &["anything"]).await;
     api.wait_online(&agent_id).await;
     let (_, job) = api
         .job(run_job(&agent_id, "anything", json!({})), None)

@@ -70,8 +70,9 @@ async fn finished_job(server: &Server, webhook_url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_are_posted_signed_and_retried() {
+    // Allowed through the variable, as `1`: booleans take 1/0, true/false, yes/no (SPEC §5).
     let server = Server::start_with(ServerOptions {
-        args: vec!["--webhook-allow-private".into()],
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
         ..Default::default()
     })
     .await;
@@ -145,7 +146,12 @@ async fn finished_jobs_are_posted_signed_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_to_private_addresses_are_refused_by_default() {
-    let server = Server::start().await;
+    // `no` is off, as the default is.
+    let server = Server::start_with(ServerOptions {
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "no".into())],
+        ..Default::default()
+    })
+    .await;
     let api = server.api();
     let (url, receiver) = receiver(0).await;
     let job_id = finished_job(&server, &url).await;
