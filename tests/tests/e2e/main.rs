@@ -11,6 +11,7 @@ mod keys;
 mod longpoll;
 mod metrics;
 mod protocol;
+mod sockets;
 mod supervisor;
 mod tenancy;
 mod tls;
