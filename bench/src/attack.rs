@@ -271,6 +271,7 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
         .timeout(Duration::from_secs(10))
         .build()?;
     let healthz = format!("http://{}/healthz", server.addr);
+    let key = server.agent_key().await?;
     let before = Closed::read(server).await?;
     let connected_before = server.connected().await?;
     let cpu_before = server.cpu_seconds()?;
@@ -286,6 +287,7 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
     let mut min_connected = connected_before;
     let (mut max_fds, mut max_unauthenticated, mut max_rss) = (0usize, 0f64, 0u64);
     let mut samples = 0u64;
+    let (mut agent_connects, mut agent_failures) = (Vec::new(), 0u64);
     while started.elapsed() < Duration::from_secs(plan.secs) {
         let asked = Instant::now();
         match probe.get(&healthz).send().await {
@@ -294,8 +296,18 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
             }
             _ => failures += 1,
         }
-        // Every half second: how many agents, descriptors and unauthenticated sockets.
         samples += 1;
+        // Every second: a new agent's WebSocket, to its `connected` frame.
+        if samples.is_multiple_of(10) {
+            match agent_connect(server.addr, &key).await {
+                Ok(took) => agent_connects.push(took.as_secs_f64() * 1e3),
+                Err(err) => {
+                    agent_failures += 1;
+                    eprintln!("outpost-bench: a new agent could not connect: {err:#}");
+                }
+            }
+        }
+        // Every half second: how many agents, descriptors and unauthenticated sockets.
         if samples.is_multiple_of(5) {
             min_connected = min_connected.min(server.connected().await?);
             max_fds = max_fds.max(server.open_fds().unwrap_or(0));
@@ -331,18 +343,24 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
     let recovered = stopped.elapsed().as_secs_f64();
 
     latencies.sort_by(f64::total_cmp);
+    agent_connects.sort_by(f64::total_cmp);
     let shed = after.shed - before.shed;
     let timed_out = after.timed_out - before.timed_out;
     let opened = tally["opened"].as_u64().unwrap_or(0);
     let closed = tally["closed_by_server"].as_u64().unwrap_or(0);
-    let held_ms = tally["held_ms"].as_f64().unwrap_or(0.0) / (closed.max(1) as f64);
+    let lived = if closed == 0 {
+        "none was closed".to_owned()
+    } else {
+        let ms = tally["held_ms"].as_f64().unwrap_or(0.0) / closed as f64;
+        format!("each socket lived {ms:.0} ms on average")
+    };
     let stayed = min_connected >= plan.agents && connected_end >= plan.agents;
     report.row(
         &format!("attackers' sockets shed per second while holding {} agents", plan.agents),
         "—",
         "—",
         format!(
-            "{:.0}/s shed by the caps (+{:.0}/s timed out) over {wall:.0} s; the attackers opened {:.0}/s and the server closed {:.0}/s ({} connects failed), each socket lived {held_ms:.0} ms on average; at most {max_unauthenticated:.0} unauthenticated at once, {max_fds} descriptors, RSS {} -> {} MiB at most; server CPU {cpu:.0} % of a core (attackers {:.0} %)",
+            "{:.0}/s shed by the caps (+{:.0}/s timed out) over {wall:.0} s; the attackers opened {:.0}/s and the server closed {:.0}/s ({} connects failed), {lived}; at most {max_unauthenticated:.0} unauthenticated at once, {max_fds} descriptors, RSS {} -> {} MiB at most; server CPU {cpu:.0} % of a core (attackers {:.0} %)",
             shed / wall,
             timed_out / wall,
             opened as f64 / wall,
@@ -377,6 +395,21 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
                "max_ms": latencies.last()}),
     );
     report.row(
+        "a new agent's WebSocket under that attack (upgrade to `connected` frame)",
+        "—",
+        "—",
+        format!(
+            "p50 {:.1} ms / p99 {:.1} ms / max {:.1} ms over {} connects, {agent_failures} failed",
+            percentile(&agent_connects, 50.0),
+            percentile(&agent_connects, 99.0),
+            agent_connects.last().copied().unwrap_or(0.0),
+            agent_connects.len(),
+        ),
+        json!({"connects": agent_connects.len(), "failures": agent_failures,
+               "p50_ms": percentile(&agent_connects, 50.0),
+               "p99_ms": percentile(&agent_connects, 99.0), "max_ms": agent_connects.last()}),
+    );
+    report.row(
         "agents connected through that attack",
         "all",
         "all",
@@ -388,4 +421,37 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
                "all_stayed": stayed, "recovered_s": recovered}),
     );
     Ok(())
+}
+
+/// Opens an agent's WebSocket with `key` and waits for the server's `connected` frame (without
+/// registering: the connection is closed right after); how long that took.
+async fn agent_connect(server: SocketAddr, key: &str) -> anyhow::Result<Duration> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let started = Instant::now();
+    let mut request = format!("ws://{server}/agent/v1/ws").into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {key}"))?,
+    );
+    let limit = Duration::from_secs(10);
+    let (mut ws, _) = tokio::time::timeout(limit, tokio_tungstenite::connect_async(request))
+        .await
+        .context("the upgrade took over 10 s")??;
+    let first = tokio::time::timeout(limit, ws.next())
+        .await
+        .context("no `connected` frame within 10 s")?
+        .context("closed before `connected`")??;
+    let took = started.elapsed();
+    match first {
+        Message::Text(text) => match outpost_protocol::ServerFrame::decode(text.as_str())? {
+            outpost_protocol::ServerFrame::Connected(_) => {}
+            other => anyhow::bail!("expected `connected`, got {other:?}"),
+        },
+        other => anyhow::bail!("expected `connected`, got {other:?}"),
+    }
+    let _ = ws.close(None).await;
+    Ok(took)
 }
