@@ -1,7 +1,7 @@
 //! Who is connected and has not authenticated yet, and whom to close when there are too many.
 //!
-//! Every accepted connection is admitted here first and holds an [`Admitted`] for as long as
-//! its socket is open (inside the I/O object, so an upgraded WebSocket keeps it too). Until a
+//! Every accepted connection is admitted here first; its socket holds an [`Open`] for as long
+//! as it is open (inside the I/O object, so an upgraded WebSocket keeps it too). Until a
 //! request on it passes an API- or agent-key check ([`Conn::authenticated`]) it is also
 //! listed under its client address, oldest first. Three limits apply at admission:
 //!
@@ -215,27 +215,49 @@ impl Drop for InFlight {
     }
 }
 
-/// An admitted connection: while it lives, the connection counts as open (and, until it
-/// authenticates, as unauthenticated).
-pub struct Admitted(Arc<Conn>);
+/// An admitted connection: its socket counts as open while the [`Open`] half lives, and the
+/// connection as unauthenticated (until it authenticates) while the [`Listed`] half does.
+pub struct Admitted {
+    listed: Listed,
+    open: Open,
+}
 
 impl Admitted {
     /// The connection's shared state.
     pub fn conn(&self) -> &Arc<Conn> {
-        &self.0
+        &self.listed.0
+    }
+
+    /// The two halves: the connection task keeps [`Listed`]; the socket carries [`Open`],
+    /// through an upgrade too.
+    pub fn split(self) -> (Listed, Open) {
+        (self.listed, self.open)
     }
 }
 
-impl Drop for Admitted {
+/// Holds the connection's state; takes it off the unauthenticated lists when dropped (with
+/// the connection's task: at its close, or its upgrade, which only follows a key check).
+pub struct Listed(Arc<Conn>);
+
+impl Drop for Listed {
     fn drop(&mut self) {
         let conn = &self.0;
-        let registry = &conn.registry;
         if conn.listed.load(Ordering::Acquire) {
-            let mut inner = registry.lock();
-            registry.unlist(&mut inner, conn);
+            let mut inner = conn.registry.lock();
+            conn.registry.unlist(&mut inner, conn);
         }
-        registry.open.fetch_sub(1, Ordering::AcqRel);
-        registry.metrics.open.decrement(1.0);
+    }
+}
+
+/// Counts a socket as open until dropped. It holds only the registry, not the connection's
+/// state, so that an agent's WebSocket costs nothing more than a pointer for it (the state,
+/// with its lock-free close signal, is freed when the upgrade ends the connection's task).
+pub struct Open(Arc<Registry>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.open.decrement(1.0);
     }
 }
 
@@ -346,7 +368,10 @@ impl Registry {
         drop(inner);
         self.open.fetch_add(1, Ordering::AcqRel);
         self.metrics.open.increment(1.0);
-        Some(Admitted(conn))
+        Some(Admitted {
+            listed: Listed(conn),
+            open: Open(self.clone()),
+        })
     }
 
     /// Closes one unauthenticated connection to free a descriptor (the process ran out);
