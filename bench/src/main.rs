@@ -118,10 +118,10 @@ struct Opts {
     /// Attacker processes in the `sockets` scenario.
     #[arg(long, default_value_t = 2)]
     attack_processes: usize,
-    /// Sockets each attacker process holds at once (more than the server lets in: 2,048 by
-    /// default).
-    #[arg(long, default_value_t = 3000)]
-    attack_slots: usize,
+    /// Sockets each attacker process holds at once (default 3,000, more than the server lets
+    /// in: 2,048; 1,000 with --quick).
+    #[arg(long)]
+    attack_slots: Option<usize>,
     /// Keep the server's data directory and log here instead of a temporary directory.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -490,7 +490,10 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             agents: opts.agents,
             secs: opts.attack_secs.unwrap_or(if opts.quick { 5 } else { 30 }),
             processes: opts.attack_processes.max(1),
-            slots: opts.attack_slots.max(1),
+            slots: opts
+                .attack_slots
+                .unwrap_or(if opts.quick { 1000 } else { 3000 })
+                .max(1),
             sources,
         };
         attack::scenario(&server, &plan, &mut report).await?;
