@@ -73,6 +73,9 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 2048;
 const DRAIN: Duration = Duration::from_secs(10);
 /// How long a connection whose body timed out has to take its answer before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Sockets let past the descriptor budget while the connections closed to make room for them
+/// are still closing; the accept loop waits beyond it. Less than the smallest reserve (16).
+const OVERSHOOT: usize = 8;
 /// Largest request head (and read buffer) per connection. hyper's default (~400 KB) would let
 /// 2,048 slow-header connections hold 800 MB; 32 KiB is what nginx allows for headers.
 const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -238,11 +241,29 @@ pub async fn serve(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                // Admitted on the connection's own task: the accept loop only accepts (it is
-                // what a flood of connects waits on), and the connection's state is allocated
-                // and freed on one thread (mimalloc hands a page freed from another thread
-                // back to its owner only when the owner next allocates).
-                tasks.spawn(connection(tcp, peer, registry.clone(), shared.clone()));
+                let Some(open) = registry.open_one() else {
+                    // Every descriptor the budget allows is an authenticated connection.
+                    drop(tcp);
+                    continue;
+                };
+                // Listed on the connection's own task: the accept loop does no more than count
+                // (it is what a flood of connects waits on), and the connection's state is
+                // allocated and freed on one thread (mimalloc hands a page freed from another
+                // thread back to its owner only when the owner next allocates).
+                tasks.spawn(connection(
+                    tcp,
+                    peer,
+                    open,
+                    registry.clone(),
+                    shared.clone(),
+                ));
+                if registry.open() > registry.caps().connections + OVERSHOOT {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        () = registry.wait_for_room(OVERSHOOT) => {}
+                    }
+                }
             }
             Err(err) if out_of_descriptors(&err) => {
                 metrics::counter!(ACCEPT_OUT_OF_FILES).increment(1);
@@ -284,13 +305,11 @@ pub async fn serve(
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
+    open: Open,
     registry: Arc<Registry>,
     shared: Arc<Shared>,
 ) {
-    let Some(admitted) = registry.admit(peer) else {
-        // Every descriptor the budget allows is an authenticated connection.
-        return;
-    };
+    let admitted = registry.admit(peer, open);
     drop(registry);
     // Commands are small frames that must not wait for Nagle's algorithm.
     let _ = tcp.set_nodelay(true);

@@ -256,14 +256,20 @@ pub struct Open(Arc<Registry>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.open.decrement(1.0);
+        let registry = &self.0;
+        let was = registry.open.fetch_sub(1, Ordering::AcqRel);
+        registry.metrics.open.decrement(1.0);
+        if was > registry.caps.connections {
+            registry.room.notify_one();
+        }
     }
 }
 
 /// The connections of one server process (both listeners), see the module docs.
 pub struct Registry {
     caps: Caps,
+    /// Woken when a socket closes while over the descriptor budget.
+    room: Notify,
     epoch: Instant,
     next_id: AtomicU64,
     open: AtomicUsize,
@@ -294,6 +300,7 @@ impl Registry {
             .map(|why| metrics::counter!(super::CONNECTIONS_SHED, "reason" => why.label()));
         Arc::new(Self {
             caps,
+            room: Notify::new(),
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             open: AtomicUsize::new(0),
@@ -317,29 +324,45 @@ impl Registry {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Waits until at most `overshoot` sockets beyond the descriptor budget are open: the
+    /// connections closed to make room for new ones hold their descriptors until their tasks
+    /// have run, and an accept loop that went on meanwhile would run the process out.
+    pub async fn wait_for_room(&self, overshoot: usize) {
+        while self.open() > self.caps.connections + overshoot {
+            // A close past the budget wakes us; the timer covers a wake-up taken by a close
+            // that happened before we waited.
+            let _ = tokio::time::timeout(Duration::from_millis(10), self.room.notified()).await;
+        }
+    }
+
     /// Unauthenticated connections open now.
     pub fn unauthenticated(&self) -> usize {
         self.lock().unauthenticated
     }
 
-    /// Lets a new connection from `peer` in, closing another to make room if a limit says so;
-    /// `None` when the server is at its open-file budget with nothing it may close.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Admitted> {
+    /// Counts a socket just accepted as open, closing an unauthenticated connection if that
+    /// goes over the descriptor budget; `None` (and the socket is to be closed) when there is
+    /// none to close. Called by the accept loop, so that sockets waiting for their task count
+    /// too; it takes the lock only over the budget.
+    pub fn open_one(self: &Arc<Self>) -> Option<Open> {
+        let now_open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.open.increment(1.0);
+        let open = Open(self.clone());
+        if now_open > self.caps.connections {
+            let mut inner = self.lock();
+            if !self.shed_heaviest(&mut inner, Shed::FileLimit) {
+                drop(inner);
+                self.metrics.refused.increment(1);
+                return None;
+            }
+        }
+        Some(open)
+    }
+
+    /// Lists the connection from `peer` (its socket counted by `open`) as unauthenticated,
+    /// closing another unauthenticated one if a cap says so.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr, open: Open) -> Admitted {
         let address = Address::from(peer.ip());
-        let mut inner = self.lock();
-        if self.open.load(Ordering::Acquire) >= self.caps.connections
-            && !self.shed_heaviest(&mut inner, Shed::FileLimit)
-        {
-            drop(inner);
-            self.metrics.refused.increment(1);
-            return None;
-        }
-        let of_address = inner.by_address.get(&address).map_or(0, BTreeMap::len);
-        if of_address >= self.caps.per_address {
-            self.shed_from(&mut inner, address, Shed::PerAddress);
-        } else if inner.unauthenticated >= self.caps.unauthenticated {
-            self.shed_heaviest(&mut inner, Shed::Total);
-        }
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             address,
@@ -352,6 +375,13 @@ impl Registry {
             close: AtomicU8::new(KEEP),
             closing: Notify::new(),
         });
+        let mut inner = self.lock();
+        let of_address = inner.by_address.get(&address).map_or(0, BTreeMap::len);
+        if of_address >= self.caps.per_address {
+            self.shed_from(&mut inner, address, Shed::PerAddress);
+        } else if inner.unauthenticated >= self.caps.unauthenticated {
+            self.shed_heaviest(&mut inner, Shed::Total);
+        }
         let count = {
             let list = inner.by_address.entry(address).or_default();
             list.insert(conn.id, conn.clone());
@@ -366,12 +396,10 @@ impl Registry {
             .unauthenticated
             .set(inner.unauthenticated as f64);
         drop(inner);
-        self.open.fetch_add(1, Ordering::AcqRel);
-        self.metrics.open.increment(1.0);
-        Some(Admitted {
+        Admitted {
             listed: Listed(conn),
-            open: Open(self.clone()),
-        })
+            open,
+        }
     }
 
     /// Closes one unauthenticated connection to free a descriptor (the process ran out);
@@ -461,14 +489,20 @@ mod tests {
         SocketAddr::from(([127, 0, 0, last], 40_000))
     }
 
+    /// What the accept loop and the connection task do for a new connection.
+    fn accept(registry: &Arc<Registry>, last: u8) -> Option<Admitted> {
+        let open = registry.open_one()?;
+        Some(registry.admit(peer(last), open))
+    }
+
     #[test]
     fn an_address_at_its_limit_gives_up_its_oldest_idle_connection() {
         let registry = registry(100, 3, 1000);
-        let first = registry.admit(peer(2)).expect("admitted");
-        let second = registry.admit(peer(2)).expect("admitted");
+        let first = accept(&registry, 2).expect("admitted");
+        let second = accept(&registry, 2).expect("admitted");
         let _busy = first.conn().request_started();
-        let third = registry.admit(peer(2)).expect("admitted");
-        let fourth = registry.admit(peer(2)).expect("admitted");
+        let third = accept(&registry, 2).expect("admitted");
+        let fourth = accept(&registry, 2).expect("admitted");
         // The first has a request in progress: the second, idle, went instead.
         assert_eq!(first.conn().close_requested(), None);
         assert_eq!(second.conn().close_requested(), Some(Close::Now));
@@ -476,7 +510,7 @@ mod tests {
         assert_eq!(fourth.conn().close_requested(), None);
         assert_eq!(registry.unauthenticated(), 3);
         // Another address is not affected.
-        let other = registry.admit(peer(3)).expect("admitted");
+        let other = accept(&registry, 3).expect("admitted");
         assert_eq!(other.conn().close_requested(), None);
         assert_eq!(registry.open(), 5);
         drop(second);
@@ -487,11 +521,9 @@ mod tests {
     #[test]
     fn the_total_limit_takes_from_the_address_holding_the_most() {
         let registry = registry(4, 10, 1000);
-        let a: Vec<_> = (0..3)
-            .map(|_| registry.admit(peer(2)).expect("a"))
-            .collect();
-        let b = registry.admit(peer(3)).expect("b");
-        let c = registry.admit(peer(4)).expect("c");
+        let a: Vec<_> = (0..3).map(|_| accept(&registry, 2).expect("a")).collect();
+        let b = accept(&registry, 3).expect("b");
+        let c = accept(&registry, 4).expect("c");
         assert_eq!(a[0].conn().close_requested(), Some(Close::Now));
         assert!(a[1..].iter().all(|x| x.conn().close_requested().is_none()));
         assert_eq!(b.conn().close_requested(), None);
@@ -502,24 +534,24 @@ mod tests {
     #[test]
     fn authenticated_connections_leave_the_count_and_are_never_shed() {
         let registry = registry(2, 2, 3);
-        let agent = registry.admit(peer(2)).expect("agent");
+        let agent = accept(&registry, 2).expect("agent");
         agent.conn().authenticated();
         assert!(agent.conn().is_authenticated());
         assert_eq!(registry.unauthenticated(), 0);
-        let x = registry.admit(peer(5)).expect("x");
-        let y = registry.admit(peer(5)).expect("y");
+        let x = accept(&registry, 5).expect("x");
+        let y = accept(&registry, 5).expect("y");
         // At the file budget (3 open): the unauthenticated oldest makes room.
-        let z = registry.admit(peer(6)).expect("z");
+        let z = accept(&registry, 6).expect("z");
         assert_eq!(x.conn().close_requested(), Some(Close::Now));
         assert_eq!(agent.conn().close_requested(), None);
         drop((x, y, z));
         // Only the agent is open: a fourth and fifth fit, and a sixth...
-        let p = registry.admit(peer(7)).expect("p");
-        let q = registry.admit(peer(7)).expect("q");
+        let p = accept(&registry, 7).expect("p");
+        let q = accept(&registry, 7).expect("q");
         p.conn().authenticated();
         q.conn().authenticated();
         // ...finds nothing it may close.
-        assert!(registry.admit(peer(7)).is_none());
+        assert!(accept(&registry, 7).is_none());
         assert_eq!(agent.conn().close_requested(), None);
     }
 
@@ -538,7 +570,7 @@ mod tests {
     #[test]
     fn quiet_since_follows_requests() {
         let registry = registry(10, 10, 10);
-        let admitted = registry.admit(peer(2)).expect("admitted");
+        let admitted = accept(&registry, 2).expect("admitted");
         let conn = admitted.conn().clone();
         assert!(!conn.has_requested());
         assert!(conn.quiet_since().is_some());
