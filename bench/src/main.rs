@@ -5,15 +5,18 @@
 //! binary re-executed with `worker`, each under the per-process file limit), and measures
 //! what SPEC §8 names: idle connections and server memory per connection, REST command round
 //! trips, `ping` fan-outs with every result stored, results stored per second, how long the
-//! fleet takes to come back after a server restart, and the real agent's footprint.
+//! fleet takes to come back after a server restart, the real agent's footprint, and how the
+//! server sheds sockets that never authenticate while it holds the fleet (`sockets`).
 //!
 //! It prints figures and never judges them: a slow machine gives slow figures, not a failure.
 //! It fails only when something does not work (an agent not answering, a job not finishing).
 
+mod attack;
 mod report;
 mod server;
 mod swarm;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,9 @@ enum Command {
     /// Internal: one process of simulated agents (started by the harness itself).
     #[command(hide = true)]
     Worker(swarm::WorkerArgs),
+    /// Internal: one process of sockets that never authenticate (the `sockets` scenario).
+    #[command(hide = true)]
+    Attacker(attack::AttackArgs),
 }
 
 /// The scenarios; all by default.
@@ -55,6 +61,9 @@ enum Scenario {
     Fanout,
     /// Concurrent fan-outs to every agent: results stored per second.
     Throughput,
+    /// Idle and slow sockets opened as fast as possible while the agents are held: sockets
+    /// shed per second, `/healthz` latency, agents kept.
+    Sockets,
     /// Server restart: time until every agent is back.
     Restart,
     /// The real outpost-agent: idle RSS, CPU and binary size.
@@ -103,6 +112,16 @@ struct Opts {
     /// Seconds the real agent is sampled for.
     #[arg(long)]
     agent_secs: Option<u64>,
+    /// Seconds the `sockets` scenario attacks for (default 30; 5 with --quick).
+    #[arg(long)]
+    attack_secs: Option<u64>,
+    /// Attacker processes in the `sockets` scenario.
+    #[arg(long, default_value_t = 2)]
+    attack_processes: usize,
+    /// Sockets each attacker process holds at once (default 3,000, more than the server lets
+    /// in: 2,048; 1,000 with --quick).
+    #[arg(long)]
+    attack_slots: Option<usize>,
     /// Keep the server's data directory and log here instead of a temporary directory.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -112,6 +131,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.worker {
         Some(Command::Worker(args)) => swarm::run(args),
+        Some(Command::Attacker(args)) => attack::run(args),
         None => {
             rustls::crypto::ring::default_provider()
                 .install_default()
@@ -175,6 +195,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         Scenario::Roundtrip,
         Scenario::Fanout,
         Scenario::Throughput,
+        Scenario::Sockets,
         Scenario::Restart,
     ]
     .iter()
@@ -457,6 +478,25 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             ),
             json!({"bytes": figures.binary_bytes, "stripped": figures.stripped}),
         );
+    }
+
+    if has(&opts, Scenario::Sockets) && swarm.is_some() {
+        // The addresses after the swarm's 127.0.0.2 .. 127.0.0.(1+sources).
+        let first = 2 + opts.sources.max(1);
+        let sources = (0..4u8)
+            .map(|i| Ipv4Addr::new(127, 0, 0, first.saturating_add(i)))
+            .collect();
+        let plan = attack::Plan {
+            agents: opts.agents,
+            secs: opts.attack_secs.unwrap_or(if opts.quick { 5 } else { 30 }),
+            processes: opts.attack_processes.max(1),
+            slots: opts
+                .attack_slots
+                .unwrap_or(if opts.quick { 1000 } else { 3000 })
+                .max(1),
+            sources,
+        };
+        attack::scenario(&server, &plan, &mut report).await?;
     }
 
     if has(&opts, Scenario::Restart) && swarm.is_some() {

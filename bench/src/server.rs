@@ -62,7 +62,7 @@ impl Client {
     }
 
     /// GETs a body as text; any non-2xx is an error.
-    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -221,6 +221,11 @@ impl Server {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .context("no secret in the new agent key")
+    }
+
+    /// The server's `/metrics` (Prometheus text).
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        self.client.get_text("/metrics").await
     }
 
     /// Agents connected now (`/readyz`).

@@ -116,6 +116,8 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|k| k.expires_at.is_none_or(|t| t > Utc::now()))
             .filter(|k| k.revoked_at.is_none())
             .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked API key".into()))?;
+        // The connection no longer counts against the caps on unauthenticated ones.
+        crate::listen::mark_authenticated();
         Ok(Self {
             tenant_id: key.tenant_id,
             key_id: key.id,
@@ -154,6 +156,8 @@ pub async fn authenticate_agent(
     if key.expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::Unauthorized("agent key has expired".into()));
     }
+    // The connection no longer counts against the caps on unauthenticated ones.
+    crate::listen::mark_authenticated();
     Ok(key)
 }
 

@@ -57,6 +57,37 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Seconds a new connection has to finish its TLS handshake and send its first request's
+    /// headers; past it the connection is closed.
+    #[arg(long, env = "OUTPOST_HEADER_TIMEOUT", default_value_t = 10, value_parser = seconds())]
+    pub header_timeout: u64,
+
+    /// Seconds a request's body has to arrive in whole, counted from its headers; past it the
+    /// request fails (400) and its connection is closed.
+    #[arg(long, env = "OUTPOST_BODY_TIMEOUT", default_value_t = 60, value_parser = seconds())]
+    pub body_timeout: u64,
+
+    /// Seconds a connection that has not authenticated may wait for its next request (its
+    /// headers included) before it is closed.
+    #[arg(long, env = "OUTPOST_IDLE_TIMEOUT", default_value_t = 30, value_parser = seconds())]
+    pub idle_timeout: u64,
+
+    /// Seconds an authenticated connection may wait for its next request (keep-alive) before
+    /// it is closed. Agent WebSockets are not affected: heartbeats watch them.
+    #[arg(long, env = "OUTPOST_KEEPALIVE_TIMEOUT", default_value_t = 120, value_parser = seconds())]
+    pub keepalive_timeout: u64,
+
+    /// Connections that have not authenticated yet, in all; past it the oldest from the client
+    /// address holding the most is closed. Default: 2,048, or a quarter of the open-file limit
+    /// if that is less.
+    #[arg(long, env = "OUTPOST_MAX_UNAUTHENTICATED", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unauthenticated: Option<u64>,
+
+    /// Connections that have not authenticated yet from one client address (one /64 for
+    /// IPv6); past it that address's oldest is closed.
+    #[arg(long, env = "OUTPOST_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unauthenticated_per_address: u64,
+
     /// Seconds between agent heartbeats; an agent silent for 3 intervals is offline.
     #[arg(long, env = "OUTPOST_HEARTBEAT_INTERVAL", default_value_t = outpost_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_S as u64)]
     pub heartbeat_interval: u64,
@@ -114,6 +145,15 @@ impl std::fmt::Debug for Config {
             .field("tls_key", &self.tls_key)
             .field("metrics_listen", &self.metrics_listen)
             .field("log_format", &self.log_format)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("max_unauthenticated", &self.max_unauthenticated)
+            .field(
+                "max_unauthenticated_per_address",
+                &self.max_unauthenticated_per_address,
+            )
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("builds_dir", &self.builds_dir)
             .field("max_output_bytes", &self.max_output_bytes)
@@ -123,6 +163,11 @@ impl std::fmt::Debug for Config {
             .field("webhook_allow_private", &self.webhook_allow_private)
             .finish()
     }
+}
+
+/// A whole number of seconds, at least 1 (a timeout of 0 would close every connection).
+fn seconds() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=86_400)
 }
 
 #[cfg(test)]

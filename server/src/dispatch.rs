@@ -359,6 +359,7 @@ pub async fn submit(
     spec: &CommandSpec,
     queue: bool,
 ) -> Result<command::Model, ApiError> {
+    writable(state)?;
     let agent_id = parse_agent_id(&agent.id)?;
     check_permission(agent, key, &spec.command)?;
     if let Some(script) = run_script(spec)
@@ -437,6 +438,18 @@ pub async fn run(
             }
         }
     }
+}
+
+/// 503 while the database's writes fail (a full disk): new work is refused before anything is
+/// stored. A small insert may still fit where the writer's batches do not, and would add work
+/// that cannot be answered; the writer keeps trying its batch and clears this when it commits
+/// (see `store::writer::Health`).
+pub fn writable(state: &AppState) -> Result<(), ApiError> {
+    state.writer.health().status().map_err(|why| {
+        ApiError::Unavailable(format!(
+            "the database cannot be written right now ({why}); nothing was stored, try again later"
+        ))
+    })
 }
 
 /// 409 for an agent that is not connected.

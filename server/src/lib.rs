@@ -2,7 +2,7 @@
 //!
 //! [`run`] takes a bound listener, a [`Config`] and a shutdown future, so the binary and the
 //! tests start the server the same way. Reading order: [`config`], [`store`], [`hub`],
-//! [`dispatch`], [`api`].
+//! [`dispatch`], [`api`]; [`listen`] is what accepts and times connections.
 //!
 //! Invariants the modules rely on (see `docs/ARCHITECTURE.md`):
 //! - only `outpost-protocol` knows the wire format;
@@ -18,6 +18,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod hub;
+pub mod listen;
 pub mod metrics;
 pub mod release;
 pub mod seal;
@@ -27,7 +28,6 @@ pub mod tags;
 pub mod webhooks;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,9 +56,6 @@ pub struct AppState {
     /// Published release files.
     pub releases: Arc<release::Releases>,
 }
-
-/// How long the server waits for connections to finish after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// Opens the store, bootstraps the admin key and serves on `listener` until `shutdown`
 /// resolves.
@@ -111,23 +108,19 @@ pub async fn run(
     });
     tokio::spawn(webhooks::run(state.clone()));
     tokio::spawn(metrics::upkeep(state.clone()));
+    listen::describe_metrics();
+    let limits = listen::Limits::from_config(&config);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
+    };
+    let mut metrics_listener = None;
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
-        let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(metrics::open_route))
-            .with_state(state.clone());
-        let token = state.shutdown.clone();
-        tracing::info!(%addr, "serving unauthenticated /metrics");
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
-            if let Err(err) = served {
-                tracing::error!(error = %err, "the metrics listener failed");
-            }
-        });
+        metrics_listener = Some((addr, listener));
     }
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
     let lost_after = Duration::from_secs(config.lost_after);
@@ -158,8 +151,7 @@ pub async fn run(
         .merge(hub::http::router())
         // Requests are logged at debug level, without headers (they carry keys).
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state.clone())
-        .into_make_service_with_connect_info::<SocketAddr>();
+        .with_state(state.clone());
 
     let token = state.shutdown.clone();
     tokio::spawn(async move {
@@ -169,55 +161,44 @@ pub async fn run(
     });
 
     listener.set_nonblocking(true)?;
+    listen::deepen_backlog(&listener);
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    let scheme = if config.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    // Counted once everything but the connections is open (the database's files, the
+    // listeners): the rest of the open-file limit, less a reserve, is for connections.
+    let fds_in_use = listen::open_fds().unwrap_or(64);
+    let caps = listen::caps(&config, fd_limit, fds_in_use);
+    let registry = listen::Registry::new(caps);
+    tracing::info!(
+        max_connections = caps.connections,
+        max_unauthenticated = caps.unauthenticated,
+        max_unauthenticated_per_address = caps.per_address,
+        header_timeout_s = limits.header.as_secs(),
+        body_timeout_s = limits.body.as_secs(),
+        idle_timeout_s = limits.idle.as_secs(),
+        keepalive_timeout_s = limits.keepalive.as_secs(),
+        "connection limits"
+    );
+    if let Some((addr, listener)) = metrics_listener {
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(metrics::open_route))
+            .with_state(state.clone());
+        tracing::info!(%addr, "serving unauthenticated /metrics");
+        // Its connections count against the same caps: they use the same descriptors.
+        tokio::spawn(listen::serve(
+            listener,
+            None,
+            app,
+            registry.clone(),
+            limits,
+            state.shutdown.clone(),
+        ));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Printed once the database is ready and the admin key written: scripts and tests wait
     // for this line.
     println!("outpost-server listening on {scheme}://{addr}");
-    match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "loading TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            let handle = axum_server::Handle::new();
-            let drain = handle.clone();
-            let token = state.shutdown.clone();
-            tokio::spawn(async move {
-                token.cancelled().await;
-                drain.graceful_shutdown(Some(DRAIN));
-            });
-            // Commands are small frames that must not wait for Nagle's algorithm.
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-                .acceptor(axum_server::accept::NoDelayAcceptor::new());
-            axum_server::from_tcp(listener)?
-                .acceptor(acceptor)
-                .handle(handle)
-                .serve(app)
-                .await?;
-        }
-        (None, None) => {
-            use axum::serve::ListenerExt;
-            // Commands are small frames that must not wait for Nagle's algorithm.
-            let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let token = state.shutdown.clone();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await?;
-        }
-        _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
-    }
+    listen::serve(listener, tls, app, registry, limits, state.shutdown.clone()).await;
     Ok(())
 }
 

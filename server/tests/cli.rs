@@ -22,6 +22,12 @@ fn help_lists_every_documented_flag() {
         "--log-format",
         "--heartbeat-interval",
         "--builds-dir",
+        "--header-timeout",
+        "--body-timeout",
+        "--idle-timeout",
+        "--keepalive-timeout",
+        "--max-unauthenticated",
+        "--max-unauthenticated-per-address",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
@@ -80,6 +86,34 @@ fn lost_after_shorter_than_three_heartbeats_is_refused() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--lost-after"));
+}
+
+#[test]
+fn connection_timeouts_and_caps_refuse_zero() {
+    for (flag, env) in [
+        ("--header-timeout", "OUTPOST_HEADER_TIMEOUT"),
+        ("--body-timeout", "OUTPOST_BODY_TIMEOUT"),
+        ("--idle-timeout", "OUTPOST_IDLE_TIMEOUT"),
+        ("--keepalive-timeout", "OUTPOST_KEEPALIVE_TIMEOUT"),
+        ("--max-unauthenticated", "OUTPOST_MAX_UNAUTHENTICATED"),
+        (
+            "--max-unauthenticated-per-address",
+            "OUTPOST_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        ),
+    ] {
+        // A timeout of 0 would close every connection at once, a cap of 0 refuse every one.
+        let out = server().args([flag, "0"]).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{flag} 0");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        // The environment variable is checked the same way.
+        let out = server().env(env, "soon").output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{env}=soon");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("soon"),
+            "{env}"
+        );
+    }
 }
 
 /// A boolean variable that is not a boolean stops the server with a message naming the flag

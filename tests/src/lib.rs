@@ -140,6 +140,7 @@ pub struct Server {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     ca_pem: Option<String>,
+    fd_limit: Option<u64>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -156,6 +157,9 @@ pub struct ServerOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// PEM of a CA the test's API client must trust (for a server with `--tls-cert`).
     pub ca_pem: Option<String>,
+    /// Run the server with this open-file limit (soft and hard, through util-linux's
+    /// `prlimit`), so that a test can run it out of descriptors with a few hundred sockets.
+    pub fd_limit: Option<u64>,
 }
 
 impl Server {
@@ -190,6 +194,7 @@ impl Server {
             args: options.args,
             envs: options.envs,
             ca_pem: options.ca_pem,
+            fd_limit: options.fd_limit,
             _tmp: tmp,
         };
         server.spawn(&listen).await;
@@ -202,7 +207,19 @@ impl Server {
             .append(true)
             .open(&self.log)
             .expect("server log");
-        let mut child = Command::new(bin_dir().join("outpost-server"))
+        let binary = bin_dir().join("outpost-server");
+        let mut command = match self.fd_limit {
+            Some(limit) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")

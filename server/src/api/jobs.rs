@@ -412,6 +412,7 @@ pub async fn create(
     Query(query): Query<WaitQuery>,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<Response, ApiError> {
+    dispatch::writable(&state)?;
     let spec = CommandSpec::new(body.command, body.data, body.timeout_s, body.ttl_s)?;
     if let Some(key) = &body.idempotency_key
         && (key.is_empty() || key.len() > 200)

@@ -18,6 +18,7 @@ mod longpoll;
 mod metrics;
 mod protocol;
 mod secrets;
+mod sockets;
 mod supervisor;
 mod tenancy;
 mod tls;
