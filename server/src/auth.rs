@@ -16,7 +16,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::domain::DomainError;
 use crate::store::{agent_key, key_status};
 
 /// The two kinds of secret the server issues.
@@ -84,26 +84,17 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// An authenticated REST caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The caller's tenant: every query it makes is scoped to it.
-    pub tenant_id: String,
-    /// The API key used.
-    pub key_id: String,
-    /// `owner`, `admin` or `member`.
-    pub role: String,
-}
+pub use crate::domain::Caller;
 
 impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+    type Rejection = DomainError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DomainError> {
         let token = bearer(&parts.headers).ok_or_else(|| {
-            ApiError::Unauthorized("missing `Authorization: Bearer <API key>` header".into())
+            DomainError::Unauthorized("missing `Authorization: Bearer <API key>` header".into())
         })?;
         if !token.starts_with("opk_") {
-            return Err(ApiError::Unauthorized(
+            return Err(DomainError::Unauthorized(
                 "the bearer token is not an API key (opk_…)".into(),
             ));
         }
@@ -115,13 +106,18 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|k| verify_secret(token, &k.key_hash))
             .filter(|k| k.expires_at.is_none_or(|t| t > Utc::now()))
             .filter(|k| k.revoked_at.is_none())
-            .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked API key".into()))?;
+            .ok_or_else(|| {
+                DomainError::Unauthorized("unknown, expired or revoked API key".into())
+            })?;
         // The connection no longer counts against the caps on unauthenticated ones.
         crate::listen::mark_authenticated();
+        let role = key.role.parse().map_err(|why| {
+            DomainError::Internal(anyhow::anyhow!("API key {}: stored role: {why}", key.id))
+        })?;
         Ok(Self {
             tenant_id: key.tenant_id,
             key_id: key.id,
-            role: key.role,
+            role,
         })
     }
 }
@@ -130,12 +126,12 @@ impl FromRequestParts<AppState> for Caller {
 pub async fn authenticate_agent(
     state: &AppState,
     token: Option<&str>,
-) -> Result<agent_key::Model, ApiError> {
+) -> Result<agent_key::Model, DomainError> {
     let token = token.ok_or_else(|| {
-        ApiError::Unauthorized("missing `Authorization: Bearer <agent key>` header".into())
+        DomainError::Unauthorized("missing `Authorization: Bearer <agent key>` header".into())
     })?;
     if !token.starts_with("opa_") {
-        return Err(ApiError::Unauthorized(
+        return Err(DomainError::Unauthorized(
             "the bearer token is not an agent key (opa_…)".into(),
         ));
     }
@@ -144,17 +140,17 @@ pub async fn authenticate_agent(
         .agent_key_by_hash(&hash_secret(token))
         .await?
         .filter(|k| verify_secret(token, &k.key_hash))
-        .ok_or_else(|| ApiError::Unauthorized("unknown agent key".into()))?;
+        .ok_or_else(|| DomainError::Unauthorized("unknown agent key".into()))?;
     if key.status != key_status::ACTIVE {
         // Its own code: the agent retries a disabled key within seconds (it may be enabled
         // again), an unknown one slowly.
-        return Err(ApiError::Denied {
+        return Err(DomainError::Denied {
             code: outpost_protocol::codes::KEY_DISABLED,
             message: "agent key is disabled".into(),
         });
     }
     if key.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::Unauthorized("agent key has expired".into()));
+        return Err(DomainError::Unauthorized("agent key has expired".into()));
     }
     // The connection no longer counts against the caps on unauthenticated ones.
     crate::listen::mark_authenticated();

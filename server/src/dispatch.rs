@@ -19,13 +19,13 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::domain::DomainError;
 use crate::hub::Push;
 use crate::secrets;
 use crate::store::{NewCommand, agent, agent_key, command, key_status, string_list};
 
 /// The role that may force an `update` (and so downgrade agents).
-const FORCE_UPDATE_ROLE: &str = "owner";
+const FORCE_UPDATE_ROLE: crate::domain::Role = crate::domain::Role::Owner;
 
 /// Extra time a waiting caller gives the agent beyond the command's own timeout, so a command
 /// that times out on the agent is reported as `timed_out` rather than as a 504.
@@ -73,30 +73,32 @@ impl CommandSpec {
         data: Option<Value>,
         timeout_s: Option<u32>,
         ttl_s: Option<u32>,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, DomainError> {
         if !commands::ALL.contains(&command.as_str()) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "command: unknown command {command:?}; expected one of {}",
                 commands::ALL.join(", ")
             )));
         }
         let timeout_s = timeout_s.unwrap_or(limits::DEFAULT_TIMEOUT_S);
         if timeout_s == 0 || timeout_s > limits::MAX_TIMEOUT_S {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "timeout_s: must be between 1 and {}",
                 limits::MAX_TIMEOUT_S
             )));
         }
         let ttl_s = ttl_s.unwrap_or(limits::DEFAULT_TTL_S);
         if ttl_s > limits::MAX_TTL_S {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "ttl_s: must be at most {}",
                 limits::MAX_TTL_S
             )));
         }
         let data = data.unwrap_or(Value::Object(Default::default()));
         if !data.is_object() {
-            return Err(ApiError::BadRequest("data: must be a JSON object".into()));
+            return Err(DomainError::BadRequest(
+                "data: must be a JSON object".into(),
+            ));
         }
         let secret_params = secrets::requested(&command, &data)?;
         let (update_version, update_force) = if command == commands::UPDATE {
@@ -138,15 +140,15 @@ impl CommandSpec {
 }
 
 /// `data.version` and `data.force` of an `update`, checked.
-fn update_options(data: &Value) -> Result<(Option<Version>, bool), ApiError> {
+fn update_options(data: &Value) -> Result<(Option<Version>, bool), DomainError> {
     let version = match data.get("version") {
         None | Some(Value::Null) => None,
         Some(Value::String(v)) => Some(
             v.parse()
-                .map_err(|e| ApiError::BadRequest(format!("data.version: {e}")))?,
+                .map_err(|e| DomainError::BadRequest(format!("data.version: {e}")))?,
         ),
         Some(_) => {
-            return Err(ApiError::BadRequest(
+            return Err(DomainError::BadRequest(
                 "data.version: must be a version like \"1.2.3\"".into(),
             ));
         }
@@ -155,7 +157,7 @@ fn update_options(data: &Value) -> Result<(Option<Version>, bool), ApiError> {
         None | Some(Value::Null) => false,
         Some(Value::Bool(force)) => *force,
         Some(_) => {
-            return Err(ApiError::BadRequest(
+            return Err(DomainError::BadRequest(
                 "data.force: must be true or false".into(),
             ));
         }
@@ -167,12 +169,12 @@ fn update_options(data: &Value) -> Result<(Option<Version>, bool), ApiError> {
 /// past the supervisor's own refusal) needs an owner. A forced update that is allowed is
 /// logged with the caller's key, at info: the seam where the audit trail will record it.
 /// `target` says whom it is for, for that record.
-pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<(), ApiError> {
+pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<(), DomainError> {
     if spec.command != commands::UPDATE || !spec.update_force {
         return Ok(());
     }
     if caller.role != FORCE_UPDATE_ROLE {
-        return Err(ApiError::Forbidden(format!(
+        return Err(DomainError::Forbidden(format!(
             "data.force: only an owner may force an update (it can downgrade agents); \
              this API key's role is {}",
             caller.role
@@ -214,25 +216,24 @@ pub fn downgrade_refusal(
 /// string values of at most 32 KiB without NUL. Whatever route asks for a run (a job, one
 /// agent, a key's agents) passes here, so a request the agent would refuse is refused with
 /// 400 before anything is stored or sent.
-fn validate_run_data(data: &Value) -> Result<(), ApiError> {
+fn validate_run_data(data: &Value) -> Result<(), DomainError> {
     use outpost_protocol::check;
-    let script = data
-        .get("script")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("data.script: a run needs the script's name".into()))?;
+    let script = data.get("script").and_then(Value::as_str).ok_or_else(|| {
+        DomainError::BadRequest("data.script: a run needs the script's name".into())
+    })?;
     check::script_name(script)
-        .map_err(|why| ApiError::BadRequest(format!("data.script: {why}")))?;
+        .map_err(|why| DomainError::BadRequest(format!("data.script: {why}")))?;
     let params = match data.get("params") {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::Object(params)) => params,
         Some(_) => {
-            return Err(ApiError::BadRequest(
+            return Err(DomainError::BadRequest(
                 "data.params: must be an object of strings".into(),
             ));
         }
     };
     if params.len() > limits::MAX_SCRIPT_PARAMS {
-        return Err(ApiError::BadRequest(format!(
+        return Err(DomainError::BadRequest(format!(
             "data.params: {} parameters; the limit is {}",
             params.len(),
             limits::MAX_SCRIPT_PARAMS
@@ -240,9 +241,9 @@ fn validate_run_data(data: &Value) -> Result<(), ApiError> {
     }
     for (name, value) in params {
         check::param_name(name)
-            .map_err(|why| ApiError::BadRequest(format!("data.params: {why}")))?;
+            .map_err(|why| DomainError::BadRequest(format!("data.params: {why}")))?;
         check::param_value(name, value)
-            .map_err(|why| ApiError::BadRequest(format!("data.params.{name}: {why}")))?;
+            .map_err(|why| DomainError::BadRequest(format!("data.params.{name}: {why}")))?;
     }
     Ok(())
 }
@@ -328,21 +329,21 @@ fn check_permission(
     agent: &agent::Model,
     key: Option<&agent_key::Model>,
     command: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let key = key.ok_or_else(|| {
-        ApiError::Forbidden(format!(
+        DomainError::Forbidden(format!(
             "agent {} connected with a key that no longer exists",
             agent.id
         ))
     })?;
     if key.status != key_status::ACTIVE {
-        return Err(ApiError::Forbidden(format!(
+        return Err(DomainError::Forbidden(format!(
             "agent {}'s key {} is disabled",
             agent.id, key.id
         )));
     }
     if !string_list(&key.permissions).iter().any(|p| p == command) {
-        return Err(ApiError::Forbidden(format!(
+        return Err(DomainError::Forbidden(format!(
             "agent key {} does not allow the {command:?} command",
             key.id
         )));
@@ -358,20 +359,20 @@ pub async fn submit(
     key: Option<&agent_key::Model>,
     spec: &CommandSpec,
     queue: bool,
-) -> Result<command::Model, ApiError> {
+) -> Result<command::Model, DomainError> {
     writable(state)?;
     let agent_id = parse_agent_id(&agent.id)?;
     check_permission(agent, key, &spec.command)?;
     if let Some(script) = run_script(spec)
         && let Some(why) = script_refusal(&agent.id, &agent.scripts, script)
     {
-        return Err(ApiError::Refused {
+        return Err(DomainError::Refused {
             code: outpost_protocol::codes::SCRIPT_NOT_ALLOWED,
             message: why,
         });
     }
     if let Some(why) = downgrade_refusal(&agent.id, &agent.version, spec) {
-        return Err(ApiError::BadRequest(why));
+        return Err(DomainError::BadRequest(why));
     }
     if !queue && !state.hub.is_online(&agent.tenant_id, agent_id) {
         return Err(offline(&agent.id));
@@ -414,12 +415,12 @@ pub async fn run(
     key: Option<&agent_key::Model>,
     spec: &CommandSpec,
     queue: bool,
-) -> Result<command::Model, ApiError> {
+) -> Result<command::Model, DomainError> {
     let model = submit(state, agent, key, spec, queue).await?;
     let command_id = model
         .id
         .parse()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("bad command id: {e}")))?;
+        .map_err(|e| DomainError::Internal(anyhow::anyhow!("bad command id: {e}")))?;
     let waiter = state.hub.watch(command_id);
     push(state, &model);
     match waiter.wait(spec.wait_for()).await {
@@ -428,7 +429,7 @@ pub async fn run(
             // The result may have been stored between the timeout and now.
             match state.store.get_command(&model.tenant_id, &model.id).await? {
                 Some(m) if crate::store::state::FINAL.contains(&m.state.as_str()) => Ok(m),
-                _ => Err(ApiError::Timeout(format!(
+                _ => Err(DomainError::Timeout(format!(
                     "agent {} did not answer command {} within {} s; its result will be stored when it arrives (GET /api/commands/{})",
                     agent.id,
                     model.id,
@@ -444,17 +445,17 @@ pub async fn run(
 /// stored. A small insert may still fit where the writer's batches do not, and would add work
 /// that cannot be answered; the writer keeps trying its batch and clears this when it commits
 /// (see `store::writer::Health`).
-pub fn writable(state: &AppState) -> Result<(), ApiError> {
+pub fn writable(state: &AppState) -> Result<(), DomainError> {
     state.writer.health().status().map_err(|why| {
-        ApiError::Unavailable(format!(
+        DomainError::Unavailable(format!(
             "the database cannot be written right now ({why}); nothing was stored, try again later"
         ))
     })
 }
 
 /// 409 for an agent that is not connected.
-pub fn offline(agent_id: &str) -> ApiError {
-    ApiError::Conflict {
+pub fn offline(agent_id: &str) -> DomainError {
+    DomainError::Conflict {
         code: "agent_offline",
         message: format!(
             "agent {agent_id} is offline; pass \"queue\": true to store the command until it connects (ttl_s)"
@@ -462,8 +463,8 @@ pub fn offline(agent_id: &str) -> ApiError {
     }
 }
 
-fn parse_agent_id(id: &str) -> Result<outpost_protocol::AgentId, ApiError> {
+fn parse_agent_id(id: &str) -> Result<outpost_protocol::AgentId, DomainError> {
     id.parse().map_err(|e| {
-        ApiError::Internal(anyhow::anyhow!("stored agent id {id:?} is not a UUID: {e}"))
+        DomainError::Internal(anyhow::anyhow!("stored agent id {id:?} is not a UUID: {e}"))
     })
 }

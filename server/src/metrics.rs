@@ -24,8 +24,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::hub::Transport;
+use crate::domain::DomainError;
+use crate::domain::Transport;
 
 /// Agents connected now, by transport (set when scraped, from the hub itself).
 pub const AGENTS_CONNECTED: &str = "outpost_agents_connected";
@@ -192,7 +192,7 @@ pub fn frame(direction: Direction, transport: Transport, bytes: usize) {
             for transport in Transport::ALL {
                 let labels = [
                     ("direction", direction.label()),
-                    ("transport", transport.label()),
+                    ("transport", transport.as_str()),
                 ];
                 counters.push((counter!(FRAMES, &labels), counter!(FRAME_BYTES, &labels)));
             }
@@ -306,9 +306,9 @@ pub fn webhook_delivery(delivered: bool) {
 }
 
 /// `GET /metrics` on the main listener: an owner API key is required.
-pub async fn route(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    if caller.role != "owner" {
-        return Err(ApiError::Forbidden(
+pub async fn route(State(state): State<AppState>, caller: Caller) -> Result<Response, DomainError> {
+    if caller.role != crate::domain::Role::Owner {
+        return Err(DomainError::Forbidden(
             "metrics cover every tenant of this server: an owner API key is required".into(),
         ));
     }
@@ -322,7 +322,7 @@ pub async fn open_route(State(state): State<AppState>) -> Response {
 
 fn render(state: &AppState) -> Response {
     for (transport, count) in state.hub.count_by_transport() {
-        gauge!(AGENTS_CONNECTED, "transport" => transport.label()).set(count as f64);
+        gauge!(AGENTS_CONNECTED, "transport" => transport.as_str()).set(count as f64);
     }
     process_gauges();
     (

@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use outpost_protocol::commands;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::domain::DomainError;
 use crate::seal::MasterKey;
 
 /// What a secret value is shown as.
@@ -40,12 +40,12 @@ pub const FIELD: &str = "secret_params";
 /// The names a request forces secret (`data.secret_params`), checked: only a `run` takes
 /// them, as a list of names each given in `data.params` (a misspelt name would leave the real
 /// secret in the clear, so it is refused rather than ignored).
-pub fn requested(command: &str, data: &Value) -> Result<BTreeSet<String>, ApiError> {
+pub fn requested(command: &str, data: &Value) -> Result<BTreeSet<String>, DomainError> {
     let Some(list) = data.get(FIELD) else {
         return Ok(BTreeSet::new());
     };
     if command != commands::RUN {
-        return Err(ApiError::BadRequest(format!(
+        return Err(DomainError::BadRequest(format!(
             "data.{FIELD}: only a run takes secret parameters"
         )));
     }
@@ -53,7 +53,7 @@ pub fn requested(command: &str, data: &Value) -> Result<BTreeSet<String>, ApiErr
         Value::Null => return Ok(BTreeSet::new()),
         Value::Array(names) => names,
         _ => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "data.{FIELD}: must be a list of parameter names"
             )));
         }
@@ -62,13 +62,13 @@ pub fn requested(command: &str, data: &Value) -> Result<BTreeSet<String>, ApiErr
     let mut secret = BTreeSet::new();
     for name in names {
         let Some(name) = name.as_str() else {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "data.{FIELD}: must be a list of parameter names"
             )));
         };
         if !params.is_some_and(|p| p.contains_key(name)) {
             let shown: String = name.chars().take(64).collect();
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "data.{FIELD}: {shown:?} is not one of data.params"
             )));
         }

@@ -16,8 +16,9 @@ use super::{ApiJson, Path, Query, validate_tags};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
-use crate::error::{ApiError, ErrorDetail};
-use crate::hub::Transport;
+use crate::domain::DomainError;
+use crate::domain::Transport;
+use crate::http_error::ErrorDetail;
 use crate::store::{agent, command, string_list};
 use crate::tags::TagRule;
 
@@ -116,7 +117,7 @@ impl AgentView {
 }
 
 /// The caller's tenant's tag rule (its agent keys' tags).
-async fn tag_rule(state: &AppState, caller: &Caller) -> Result<TagRule, ApiError> {
+async fn tag_rule(state: &AppState, caller: &Caller) -> Result<TagRule, DomainError> {
     Ok(TagRule::new(
         &state.store.list_agent_keys(&caller.tenant_id).await?,
     ))
@@ -162,7 +163,7 @@ pub struct CommandRequest {
 
 impl CommandRequest {
     /// Validates the fields.
-    pub fn into_spec(self) -> Result<CommandSpec, ApiError> {
+    pub fn into_spec(self) -> Result<CommandSpec, DomainError> {
         CommandSpec::new(self.command, self.data, self.timeout_s, self.ttl_s)
     }
 }
@@ -219,12 +220,12 @@ impl From<command::Model> for CommandView {
     }
 }
 
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<agent::Model, ApiError> {
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<agent::Model, DomainError> {
     state
         .store
         .get_agent(&caller.tenant_id, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
+        .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))
 }
 
 /// Agents connected to this server now.
@@ -253,12 +254,12 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(filter): Query<AgentFilter>,
-) -> Result<Json<Vec<AgentView>>, ApiError> {
+) -> Result<Json<Vec<AgentView>>, DomainError> {
     if let Some(status) = &filter.status
         && status != "online"
         && status != "offline"
     {
-        return Err(ApiError::BadRequest(format!(
+        return Err(DomainError::BadRequest(format!(
             "status: must be \"online\" or \"offline\", not {status:?}"
         )));
     }
@@ -281,12 +282,12 @@ pub async fn list(
 /// One agent.
 #[utoipa::path(get, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 200, body = AgentView), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<AgentView>, ApiError> {
+) -> Result<Json<AgentView>, DomainError> {
     let agent = find(&state, &caller, &id).await?;
     let rule = tag_rule(&state, &caller).await?;
     Ok(Json(AgentView::new(&state, &rule, agent)))
@@ -295,20 +296,20 @@ pub async fn show(
 /// Set an agent's server-side tags.
 #[utoipa::path(patch, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")), request_body = UpdateAgent,
-    responses((status = 200, body = AgentView), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentView), (status = 400, body = crate::http_error::ErrorEnvelope),
+        (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateAgent>,
-) -> Result<Json<AgentView>, ApiError> {
+) -> Result<Json<AgentView>, DomainError> {
     validate_tags("tags", &body.tags)?;
     let agent = state
         .store
         .set_agent_tags(&caller.tenant_id, &id, &body.tags)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
+        .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
     let rule = tag_rule(&state, &caller).await?;
     Ok(Json(AgentView::new(&state, &rule, agent)))
 }
@@ -317,14 +318,14 @@ pub async fn update(
 /// (it registers again as new if it reconnects).
 #[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 204), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 204), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, DomainError> {
     if !state.store.delete_agent(&caller.tenant_id, &id).await? {
-        return Err(ApiError::NotFound(format!("no agent {id}")));
+        return Err(DomainError::NotFound(format!("no agent {id}")));
     }
     if let Ok(agent_id) = id.parse() {
         state
@@ -341,18 +342,18 @@ pub async fn delete(
     responses(
         (status = 200, body = CommandView, description = "The stored result"),
         (status = 202, body = CommandView, description = "Queued for an offline agent"),
-        (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope, description = "The agent's key does not allow the command, or a forced update by a caller who is not an owner"),
-        (status = 404, body = crate::error::ErrorEnvelope),
-        (status = 409, body = crate::error::ErrorEnvelope, description = "Agent offline"),
-        (status = 422, body = crate::error::ErrorEnvelope, description = "script_not_allowed: a run of a script the agent's manifest does not list"),
-        (status = 504, body = crate::error::ErrorEnvelope, description = "No answer in time")))]
+        (status = 400, body = crate::http_error::ErrorEnvelope),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "The agent's key does not allow the command, or a forced update by a caller who is not an owner"),
+        (status = 404, body = crate::http_error::ErrorEnvelope),
+        (status = 409, body = crate::http_error::ErrorEnvelope, description = "Agent offline"),
+        (status = 422, body = crate::http_error::ErrorEnvelope, description = "script_not_allowed: a run of a script the agent's manifest does not list"),
+        (status = 504, body = crate::http_error::ErrorEnvelope, description = "No answer in time")))]
 pub async fn command(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CommandRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     let queue = body.queue;
     let spec = body.into_spec()?;
     dispatch::authorize(&caller, &spec, &format!("agent {id}"))?;
@@ -360,7 +361,7 @@ pub async fn command(
         .store
         .get_agent_with_key(&caller.tenant_id, &id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
+        .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
     let online = agent
         .id
         .parse()

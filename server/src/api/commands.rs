@@ -8,21 +8,21 @@ use super::Path;
 use super::agents::CommandView;
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::domain::DomainError;
 
 /// One command and its result.
 #[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id")),
-    responses((status = 200, body = CommandView), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = CommandView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<CommandView>, ApiError> {
+) -> Result<Json<CommandView>, DomainError> {
     state
         .store
         .get_command(&caller.tenant_id, &id)
         .await?
         .map(|m| Json(CommandView::from(m)))
-        .ok_or_else(|| ApiError::NotFound(format!("no command {id}")))
+        .ok_or_else(|| DomainError::NotFound(format!("no command {id}")))
 }

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::domain::DomainError;
 
 /// The installer as it is in the repository.
 pub const SCRIPT: &str = include_str!("../../../deploy.sh");
@@ -31,7 +31,7 @@ const KEY_SLOT: &str = "served_pubkey=''";
 pub async fn script(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     let base = base_url(
         state.releases.public_url.as_deref(),
         state.releases.tls,
@@ -45,7 +45,7 @@ pub async fn script(
         None if builtin.has_agent() => Some(builtin.public_key().to_owned()),
         None => None,
     };
-    let body = render(&base, pubkey.as_deref()).map_err(ApiError::BadRequest)?;
+    let body = render(&base, pubkey.as_deref()).map_err(DomainError::BadRequest)?;
     Ok((
         [
             (
@@ -61,7 +61,11 @@ pub async fn script(
 
 /// `--public-url` when set, else `http(s)://<Host>`. A missing or odd `Host` is an error here
 /// (rather than a guess): the script would send agents to the wrong place.
-fn base_url(public_url: Option<&str>, tls: bool, headers: &HeaderMap) -> Result<String, ApiError> {
+fn base_url(
+    public_url: Option<&str>,
+    tls: bool,
+    headers: &HeaderMap,
+) -> Result<String, DomainError> {
     if let Some(url) = public_url {
         return Ok(url.trim_end_matches('/').to_owned());
     }
@@ -70,7 +74,7 @@ fn base_url(public_url: Option<&str>, tls: bool, headers: &HeaderMap) -> Result<
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && h.len() <= 255)
         .ok_or_else(|| {
-            ApiError::BadRequest(
+            DomainError::BadRequest(
                 "no usable Host header: set --public-url so /deploy.sh knows this server's URL"
                     .into(),
             )

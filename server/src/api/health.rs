@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::domain::DomainError;
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive")))]
@@ -16,19 +16,19 @@ pub async fn healthz() -> Json<Value> {
 /// The process can serve: the database answers and it is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, DomainError> {
     if state.shutdown.is_cancelled() {
-        return Err(ApiError::Unavailable("shutting down".into()));
+        return Err(DomainError::Unavailable("shutting down".into()));
     }
     state
         .store
         .ping()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("database unavailable: {e}")))?;
+        .map_err(|e| DomainError::Unavailable(format!("database unavailable: {e}")))?;
     // Reads may work while writes fail (a full disk): agents' reports are then held, not
     // acknowledged, and new jobs refused.
     state.writer.health().status().map_err(|why| {
-        ApiError::Unavailable(format!(
+        DomainError::Unavailable(format!(
             "database writes fail ({why}); agents' reports are held and retried, new jobs are refused"
         ))
     })?;

@@ -25,7 +25,8 @@ use super::{ApiJson, Path, Query};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
-use crate::error::{ApiError, ErrorDetail};
+use crate::domain::DomainError;
+use crate::http_error::ErrorDetail;
 use crate::secrets;
 use crate::store::{
     AgentTarget, JobFilter, NewJob, NewRun, agent_key, command, job, job_status, key_status, state,
@@ -314,12 +315,12 @@ async fn resolve(
     state: &AppState,
     caller: &Caller,
     target: &Target,
-) -> Result<(Vec<AgentTarget>, HashMap<String, agent_key::Model>), ApiError> {
+) -> Result<(Vec<AgentTarget>, HashMap<String, agent_key::Model>), DomainError> {
     let ids = target.agents.as_deref().unwrap_or_default();
     let tags = target.tags.as_deref().unwrap_or_default();
     let all = target.all.unwrap_or(false);
     if ids.is_empty() && tags.is_empty() && !all {
-        return Err(ApiError::BadRequest(
+        return Err(DomainError::BadRequest(
             "target: give agents, tags or all: true".into(),
         ));
     }
@@ -331,7 +332,7 @@ async fn resolve(
     let mut chosen = BTreeSet::new();
     for id in ids {
         if !known.contains(id.as_str()) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "target.agents: no agent {id}"
             )));
         }
@@ -402,29 +403,29 @@ fn refusal(
     responses(
         (status = 202, body = JobView, description = "Created; runs under way"),
         (status = 200, body = JobView, description = "With ?wait: every run is final"),
-        (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
-        (status = 409, body = crate::error::ErrorEnvelope, description = "idempotency_key_reused: the key was used for a different request"),
-        (status = 422, body = crate::error::ErrorEnvelope, description = "The target matches no agent (`unprocessable`, naming the tags), or its only agent does not list the script (`script_not_allowed`)")))]
+        (status = 400, body = crate::http_error::ErrorEnvelope),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
+        (status = 409, body = crate::http_error::ErrorEnvelope, description = "idempotency_key_reused: the key was used for a different request"),
+        (status = 422, body = crate::http_error::ErrorEnvelope, description = "The target matches no agent (`unprocessable`, naming the tags), or its only agent does not list the script (`script_not_allowed`)")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<WaitQuery>,
     ApiJson(body): ApiJson<CreateJob>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     dispatch::writable(&state)?;
     let spec = CommandSpec::new(body.command, body.data, body.timeout_s, body.ttl_s)?;
     if let Some(key) = &body.idempotency_key
         && (key.is_empty() || key.len() > 200)
     {
-        return Err(ApiError::BadRequest(
+        return Err(DomainError::BadRequest(
             "idempotency_key: must be 1 to 200 characters".into(),
         ));
     }
     if let Some(url) = &body.webhook_url
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
-        return Err(ApiError::BadRequest(
+        return Err(DomainError::BadRequest(
             "webhook_url: must be an http(s) URL".into(),
         ));
     }
@@ -432,7 +433,7 @@ pub async fn create(
     dispatch::authorize(&caller, &spec, &format!("job target {target}"))?;
     let (agents, keys) = resolve(&state, &caller, &body.target).await?;
     if agents.is_empty() {
-        return Err(ApiError::Unprocessable(no_match(&body.target)));
+        return Err(DomainError::Unprocessable(no_match(&body.target)));
     }
     // An update to an older version is refused, run by run, on agents it would downgrade
     // (unless forced).
@@ -473,14 +474,14 @@ pub async fn create(
             refused = Some((DOWNGRADE_REFUSED, why));
         }
         match refused {
-            Some((codes::FORBIDDEN, why)) if one_agent => return Err(ApiError::Forbidden(why)),
+            Some((codes::FORBIDDEN, why)) if one_agent => return Err(DomainError::Forbidden(why)),
             Some((codes::SCRIPT_NOT_ALLOWED, why)) if one_agent => {
-                return Err(ApiError::Refused {
+                return Err(DomainError::Refused {
                     code: codes::SCRIPT_NOT_ALLOWED,
                     message: why,
                 });
             }
-            Some((_, why)) if one_agent => return Err(ApiError::BadRequest(why)),
+            Some((_, why)) if one_agent => return Err(DomainError::BadRequest(why)),
             _ => {}
         }
         runs.push(NewRun {
@@ -526,7 +527,7 @@ pub async fn create(
         && let (Some(theirs), Some(ours)) = (&job.request_fingerprint, &fingerprint)
         && theirs != ours
     {
-        return Err(ApiError::Conflict {
+        return Err(DomainError::Conflict {
             code: "idempotency_key_reused",
             message: format!(
                 "idempotency_key: already used for job {} with a different request; a retry must repeat the request exactly, a new request needs a new key",
@@ -567,7 +568,7 @@ async fn respond_finished(
     job_id: &str,
     mut runs: Vec<command::Model>,
     finished: Vec<command::Model>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     // `finished` holds the open runs' rows in the order they were given to the waiter
     // (`Hub::watch_all` keeps it), which is `runs`' order: one pass pairs them (a map keyed by
     // 10,000 cloned ids took 10-20 ms).
@@ -585,7 +586,7 @@ async fn respond_finished(
 }
 
 /// The job as it is now: 200 when finished, 202 while runs are under way.
-async fn respond(state: &AppState, caller: &Caller, job_id: &str) -> Result<Response, ApiError> {
+async fn respond(state: &AppState, caller: &Caller, job_id: &str) -> Result<Response, DomainError> {
     let job = find(state, caller, job_id).await?;
     let runs = state.store.job_runs(&caller.tenant_id, job_id).await?;
     Ok(answer(job, runs))
@@ -608,29 +609,29 @@ fn answer(job: job::Model, runs: Vec<command::Model>) -> Response {
     let mut body = Vec::with_capacity(1024 + runs.len() * RUN_JSON_BYTES);
     match serde_json::to_writer(&mut body, &JobView::new(job, runs, true)) {
         Ok(()) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(err) => ApiError::Internal(err.into()).into_response(),
+        Err(err) => DomainError::Internal(err.into()).into_response(),
     }
 }
 
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<job::Model, ApiError> {
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<job::Model, DomainError> {
     state
         .store
         .get_job(&caller.tenant_id, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+        .ok_or_else(|| DomainError::NotFound(format!("no job {id}")))
 }
 
 /// List jobs, newest first, with filters and cursor pagination.
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
-    params(ListQuery), responses((status = 200, body = JobPage), (status = 400, body = crate::error::ErrorEnvelope)))]
+    params(ListQuery), responses((status = 200, body = JobPage), (status = 400, body = crate::http_error::ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<ListQuery>,
-) -> Result<Json<JobPage>, ApiError> {
+) -> Result<Json<JobPage>, DomainError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::BadRequest(
+        return Err(DomainError::BadRequest(
             "limit: must be between 1 and 200".into(),
         ));
     }
@@ -643,7 +644,7 @@ pub async fn list(
         ]
         .contains(&status.as_str())
     {
-        return Err(ApiError::BadRequest(format!(
+        return Err(DomainError::BadRequest(format!(
             "status: must be running, succeeded, failed or cancelled, not {status:?}"
         )));
     }
@@ -654,7 +655,7 @@ pub async fn list(
             if !(MIN_ID_PART..=36).contains(&part.len())
                 || !part.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
             {
-                return Err(ApiError::BadRequest(format!(
+                return Err(DomainError::BadRequest(format!(
                     "id: must be {MIN_ID_PART} to 36 hex digits and dashes (the start or end of a job id), not {part:?}"
                 )));
             }
@@ -693,12 +694,12 @@ pub async fn list(
 /// A job and all its runs.
 #[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = JobView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Json<JobView>, DomainError> {
     let job = find(&state, &caller, &id).await?;
     let runs = state.store.job_runs(&caller.tenant_id, &id).await?;
     Ok(Json(JobView::new(job, runs, true)))
@@ -709,12 +710,12 @@ pub async fn show(
 /// `cancelled`.
 #[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 202, body = JobView), (status = 200, body = JobView), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 202, body = JobView), (status = 200, body = JobView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     find(&state, &caller, &id).await?;
     let (cancelled_now, on_agents) = state.store.cancel_job(&caller.tenant_id, &id).await?;
     let cancelled = cancelled_now.len();
@@ -737,19 +738,19 @@ pub async fn cancel(
 #[utoipa::path(get, path = "/api/jobs/{id}/runs/{run_id}/output", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id"), ("run_id" = String, Path, description = "Run id"), OutputQuery),
     responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"),
-        (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+        (status = 400, body = crate::http_error::ErrorEnvelope), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn output(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, run_id)): Path<(String, String)>,
     Query(query): Query<OutputQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     let streams: Vec<OutputStream> = match query.stream.as_deref().unwrap_or("both") {
         "stdout" => vec![OutputStream::Stdout],
         "stderr" => vec![OutputStream::Stderr],
         "both" => vec![OutputStream::Stdout, OutputStream::Stderr],
         other => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "stream: must be stdout, stderr or both, not {other:?}"
             )));
         }
@@ -760,7 +761,7 @@ pub async fn output(
         .get_command(&caller.tenant_id, &run_id)
         .await?
         .filter(|r| r.job_id.as_deref() == Some(id.as_str()))
-        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id} in job {id}")))?;
+        .ok_or_else(|| DomainError::NotFound(format!("no run {run_id} in job {id}")))?;
     let total: u64 = streams
         .iter()
         .map(|s| match s {
@@ -837,13 +838,13 @@ pub async fn output(
     params(("id" = String, Path, description = "Job id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume the output after this event id")),
     responses((status = 200, description = "An event stream", content_type = "text/event-stream"),
-        (status = 404, body = crate::error::ErrorEnvelope)))]
+        (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     find(&state, &caller, &id).await?;
     let after = headers
@@ -989,12 +990,12 @@ pub struct AttemptView {
 /// A job's webhook deliveries.
 #[utoipa::path(get, path = "/api/jobs/{id}/webhook", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = WebhookView), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = WebhookView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn webhook(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<WebhookView>, ApiError> {
+) -> Result<Json<WebhookView>, DomainError> {
     let job = find(&state, &caller, &id).await?;
     let attempts = state.store.webhook_attempts(&caller.tenant_id, &id).await?;
     Ok(Json(WebhookView {

@@ -17,7 +17,8 @@ use super::{ApiJson, Path, validate_tags};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::dispatch::{self, CommandSpec};
-use crate::error::{ApiError, ErrorDetail};
+use crate::domain::DomainError;
+use crate::http_error::ErrorDetail;
 use crate::store::{AgentKeyPatch, agent_key, key_status, string_list};
 
 /// An agent key as listed (never with its secret).
@@ -111,19 +112,19 @@ fn view(state: &AppState, key: agent_key::Model) -> AgentKeyView {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), ApiError> {
+fn validate_name(name: &str) -> Result<(), DomainError> {
     if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(
+        return Err(DomainError::BadRequest(
             "name: must be 1 to 128 characters without control characters".into(),
         ));
     }
     Ok(())
 }
 
-fn validate_permissions(permissions: &[String]) -> Result<(), ApiError> {
+fn validate_permissions(permissions: &[String]) -> Result<(), DomainError> {
     for p in permissions {
         if !commands::ALL.contains(&p.as_str()) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(DomainError::BadRequest(format!(
                 "permissions: unknown command {p:?}; expected any of {}",
                 commands::ALL.join(", ")
             )));
@@ -132,23 +133,27 @@ fn validate_permissions(permissions: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<agent_key::Model, ApiError> {
+async fn find(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<agent_key::Model, DomainError> {
     state
         .store
         .get_agent_key(&caller.tenant_id, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent key {id}")))
+        .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))
 }
 
 /// Create an agent key. The secret is in this answer only.
 #[utoipa::path(post, path = "/api/agents/keys", tag = "agent keys", security(("bearer" = [])),
     request_body = CreateAgentKey,
-    responses((status = 201, body = AgentKeyWithSecret), (status = 400, body = crate::error::ErrorEnvelope)))]
+    responses((status = 201, body = AgentKeyWithSecret), (status = 400, body = crate::http_error::ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateAgentKey>,
-) -> Result<(StatusCode, Json<AgentKeyWithSecret>), ApiError> {
+) -> Result<(StatusCode, Json<AgentKeyWithSecret>), DomainError> {
     validate_name(&body.name)?;
     let permissions = body.permissions.unwrap_or_else(|| {
         commands::DEFAULT_PERMISSIONS
@@ -160,7 +165,7 @@ pub async fn create(
     let tags = body.tags.unwrap_or_default();
     validate_tags("tags", &tags)?;
     if body.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::BadRequest(
+        return Err(DomainError::BadRequest(
             "expires_at: must be in the future".into(),
         ));
     }
@@ -190,7 +195,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<AgentKeyView>>, ApiError> {
+) -> Result<Json<Vec<AgentKeyView>>, DomainError> {
     let keys = state.store.list_agent_keys(&caller.tenant_id).await?;
     Ok(Json(keys.into_iter().map(|k| view(&state, k)).collect()))
 }
@@ -198,12 +203,12 @@ pub async fn list(
 /// One agent key.
 #[utoipa::path(get, path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, body = AgentKeyView), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentKeyView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<AgentKeyView>, ApiError> {
+) -> Result<Json<AgentKeyView>, DomainError> {
     let key = find(&state, &caller, &id).await?;
     Ok(Json(view(&state, key)))
 }
@@ -211,14 +216,14 @@ pub async fn show(
 /// Rename, change permissions, or disable/enable a key. Disabling closes its connections.
 #[utoipa::path(patch, path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")), request_body = UpdateAgentKey,
-    responses((status = 200, body = AgentKeyView), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentKeyView), (status = 400, body = crate::http_error::ErrorEnvelope),
+        (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateAgentKey>,
-) -> Result<Json<AgentKeyView>, ApiError> {
+) -> Result<Json<AgentKeyView>, DomainError> {
     if let Some(name) = &body.name {
         validate_name(name)?;
     }
@@ -229,7 +234,7 @@ pub async fn update(
         && status != key_status::ACTIVE
         && status != key_status::DISABLED
     {
-        return Err(ApiError::BadRequest(format!(
+        return Err(DomainError::BadRequest(format!(
             "status: must be \"active\" or \"disabled\", not {status:?}"
         )));
     }
@@ -242,7 +247,7 @@ pub async fn update(
         .store
         .update_agent_key(&caller.tenant_id, &id, patch)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent key {id}")))?;
+        .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))?;
     if key.status == key_status::DISABLED {
         let closed = state
             .hub
@@ -255,14 +260,14 @@ pub async fn update(
 /// Delete a key; its connections close.
 #[utoipa::path(delete, path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 204), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 204), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, DomainError> {
     if !state.store.delete_agent_key(&caller.tenant_id, &id).await? {
-        return Err(ApiError::NotFound(format!("no agent key {id}")));
+        return Err(DomainError::NotFound(format!("no agent key {id}")));
     }
     let closed = state.hub.close_key(&id, "agent key deleted");
     tracing::info!(key_id = %id, closed, "agent key deleted");
@@ -272,17 +277,17 @@ pub async fn delete(
 /// Replace a key's secret. The old secret stops working at once and its connections close.
 #[utoipa::path(post, path = "/api/agents/keys/{id}/regenerate", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, body = AgentKeyWithSecret), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentKeyWithSecret), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn regenerate(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<AgentKeyWithSecret>, ApiError> {
+) -> Result<Json<AgentKeyWithSecret>, DomainError> {
     let (key, secret) = state
         .store
         .regenerate_agent_key(&caller.tenant_id, &id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent key {id}")))?;
+        .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))?;
     let closed = state.hub.close_key(&key.id, "agent key regenerated");
     tracing::info!(key_id = %key.id, closed, "agent key regenerated");
     Ok(Json(AgentKeyWithSecret {
@@ -294,12 +299,12 @@ pub async fn regenerate(
 /// Ping every agent connected with this key.
 #[utoipa::path(post, path = "/api/agents/keys/{id}/ping", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, body = FanoutResults), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = FanoutResults), (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn ping(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<FanoutResults>, ApiError> {
+) -> Result<Json<FanoutResults>, DomainError> {
     let spec = CommandSpec::new(commands::PING.into(), None, Some(10), None)?;
     fan_out(&state, &caller, &id, &spec).await.map(Json)
 }
@@ -309,15 +314,15 @@ pub async fn ping(
 /// list) gets its `error` at once (`script_not_allowed`), and nothing is sent to it.
 #[utoipa::path(post, path = "/api/agents/keys/{id}/command", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")), request_body = CommandRequest,
-    responses((status = 200, body = FanoutResults), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope, description = "A forced update by a caller who is not an owner"),
-        (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = FanoutResults), (status = 400, body = crate::http_error::ErrorEnvelope),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "A forced update by a caller who is not an owner"),
+        (status = 404, body = crate::http_error::ErrorEnvelope)))]
 pub async fn command(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CommandRequest>,
-) -> Result<Json<FanoutResults>, ApiError> {
+) -> Result<Json<FanoutResults>, DomainError> {
     let spec = body.into_spec()?;
     dispatch::authorize(&caller, &spec, &format!("agents of key {id}"))?;
     fan_out(&state, &caller, &id, &spec).await.map(Json)
@@ -328,7 +333,7 @@ async fn fan_out(
     caller: &Caller,
     key_id: &str,
     spec: &CommandSpec,
-) -> Result<FanoutResults, ApiError> {
+) -> Result<FanoutResults, DomainError> {
     let key = find(state, caller, key_id).await?;
     let agent_ids = state.hub.connected_with_key(&caller.tenant_id, &key.id);
     let runs = agent_ids.into_iter().map(|agent_id| async move {
@@ -338,7 +343,7 @@ async fn fan_out(
                 .store
                 .get_agent_with_key(&caller.tenant_id, &agent_id)
                 .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no agent {agent_id}")))?;
+                .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
             dispatch::run(state, &agent, key.as_ref(), spec, false).await
         }
         .await;
@@ -349,7 +354,7 @@ async fn fan_out(
                 error: None,
             },
             Err(err) => {
-                let envelope = err.envelope();
+                let envelope = crate::http_error::envelope_of(&err);
                 FanoutResult {
                     agent_id,
                     command: None,

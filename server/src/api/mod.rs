@@ -27,7 +27,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::error::{ApiError, json_rejection};
+use crate::domain::DomainError;
+use crate::http_error::json_rejection;
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -139,12 +140,12 @@ pub fn job_view(
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
-    type Rejection = ApiError;
+    type Rejection = DomainError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, DomainError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::BadRequest(format!(
+            Err(rejection) => Err(DomainError::BadRequest(format!(
                 "query: {}",
                 without_prefix(
                     &rejection.body_text(),
@@ -159,12 +160,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 pub struct Path<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
-    type Rejection = ApiError;
+    type Rejection = DomainError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, DomainError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::BadRequest(format!(
+            Err(rejection) => Err(DomainError::BadRequest(format!(
                 "path: {}",
                 rejection.body_text()
             ))),
@@ -177,22 +178,29 @@ fn without_prefix<'a>(text: &'a str, prefix: &str) -> &'a str {
 }
 
 /// 404 in our error shape for a path no route serves.
-async fn no_route(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("no route {}", uri.path()))
+async fn no_route(uri: axum::http::Uri) -> DomainError {
+    DomainError::NotFound(format!("no route {}", uri.path()))
 }
 
 /// 405 in our error shape for a method a route does not serve.
-async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not served on {}", uri.path()))
+async fn wrong_method(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    crate::http_error::envelope(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not served on {}", uri.path()),
+    )
 }
 
 /// A JSON body whose rejection uses our error shape and names what was wrong.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = DomainError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, DomainError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
@@ -202,6 +210,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 /// Validates a list of tags by the protocol's rule, the one agents' own tags follow: at most
 /// 64, each 1 to 128 bytes without commas or control characters.
-pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
-    outpost_protocol::check::tags(field, tags).map_err(ApiError::BadRequest)
+pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), DomainError> {
+    outpost_protocol::check::tags(field, tags).map_err(DomainError::BadRequest)
 }

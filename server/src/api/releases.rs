@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{Path, Query};
 use crate::AppState;
 use crate::auth::{Caller, authenticate_agent, bearer};
-use crate::error::ApiError;
+use crate::domain::DomainError;
 
 /// A release for one target, as `GET /api/releases/…` shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -76,9 +76,9 @@ pub struct TargetQuery {
 pub struct Reader;
 
 impl FromRequestParts<AppState> for Reader {
-    type Rejection = ApiError;
+    type Rejection = DomainError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DomainError> {
         match bearer(&parts.headers) {
             Some(token) if token.starts_with("opa_") => {
                 authenticate_agent(state, Some(token)).await?;
@@ -91,14 +91,14 @@ impl FromRequestParts<AppState> for Reader {
     }
 }
 
-fn target_of(query: TargetQuery) -> Result<String, ApiError> {
+fn target_of(query: TargetQuery) -> Result<String, DomainError> {
     let target = query.target.ok_or_else(|| {
-        ApiError::BadRequest(
+        DomainError::BadRequest(
             "target: missing query parameter (e.g. ?target=x86_64-unknown-linux-gnu)".into(),
         )
     })?;
     if !valid_target(&target) {
-        return Err(ApiError::BadRequest(
+        return Err(DomainError::BadRequest(
             "target: must be a target triple of 1 to 64 characters [A-Za-z0-9_.-]".into(),
         ));
     }
@@ -115,7 +115,7 @@ pub async fn latest(
     _reader: Reader,
     headers: HeaderMap,
     Query(query): Query<TargetQuery>,
-) -> Result<Json<ReleaseView>, ApiError> {
+) -> Result<Json<ReleaseView>, DomainError> {
     let target = target_of(query)?;
     match state.store.latest_release_version(&target).await? {
         Some(version) => view(&state, &headers, &version, &target).await.map(Json),
@@ -137,13 +137,13 @@ pub async fn show(
     headers: HeaderMap,
     Path(version): Path<String>,
     Query(query): Query<TargetQuery>,
-) -> Result<Json<ReleaseView>, ApiError> {
+) -> Result<Json<ReleaseView>, DomainError> {
     let version: Version = version
         .parse()
-        .map_err(|e| ApiError::BadRequest(format!("version: {e}")))?;
+        .map_err(|e| DomainError::BadRequest(format!("version: {e}")))?;
     let target = target_of(query)?;
     match view(&state, &headers, &version, &target).await {
-        Err(ApiError::NotFound(_)) if !state.store.any_release_published().await? => {
+        Err(DomainError::NotFound(_)) if !state.store.any_release_published().await? => {
             builtin_view(&state, &headers, Some(&version), &target)
                 .await
                 .map(Json)
@@ -159,17 +159,21 @@ async fn builtin_view(
     headers: &HeaderMap,
     version: Option<&Version>,
     target: &str,
-) -> Result<ReleaseView, ApiError> {
+) -> Result<ReleaseView, DomainError> {
     let builtin = builtin_for(state, version, target).await?;
     let base = base_url(state, headers);
     let mut artifacts = Vec::new();
     for name in release::ARTIFACTS {
-        if let Some(signed) = builtin.artifact(name).await.map_err(ApiError::Internal)? {
+        if let Some(signed) = builtin
+            .artifact(name)
+            .await
+            .map_err(DomainError::Internal)?
+        {
             artifacts.push(signed);
         }
     }
     let Some(first) = artifacts.first() else {
-        return Err(ApiError::NotFound(missing_builtin(
+        return Err(DomainError::NotFound(missing_builtin(
             state,
             target,
             "outpost-agent",
@@ -204,15 +208,15 @@ async fn builtin_for<'a>(
     state: &'a AppState,
     version: Option<&Version>,
     target: &str,
-) -> Result<&'a crate::builtin::Builtin, ApiError> {
+) -> Result<&'a crate::builtin::Builtin, DomainError> {
     let builtin = &state.releases.builtin;
     if state.store.any_release_published().await? {
-        return Err(ApiError::NotFound(format!(
+        return Err(DomainError::NotFound(format!(
             "no release for {target}: releases are published on this server, but none for this target (publish one: outpost-server release publish --target {target} ...)"
         )));
     }
     if target != builtin.target {
-        return Err(ApiError::NotFound(format!(
+        return Err(DomainError::NotFound(format!(
             "no release for {target}: none is published, and the builds this server ships with are for {} (publish builds for {target}: outpost-server release publish --target {target} ...)",
             builtin.target
         )));
@@ -220,7 +224,7 @@ async fn builtin_for<'a>(
     if let Some(version) = version
         && *version != builtin.version
     {
-        return Err(ApiError::NotFound(format!(
+        return Err(DomainError::NotFound(format!(
             "no release {version} for {target}: none is published, and the builds this server ships with are version {}",
             builtin.version
         )));
@@ -246,11 +250,11 @@ async fn view(
     headers: &HeaderMap,
     version: &Version,
     target: &str,
-) -> Result<ReleaseView, ApiError> {
+) -> Result<ReleaseView, DomainError> {
     let rows = state.store.release_artifacts(version, target).await?;
     let first = rows
         .first()
-        .ok_or_else(|| ApiError::NotFound(format!("no release {version} for {target}")))?;
+        .ok_or_else(|| DomainError::NotFound(format!("no release {version} for {target}")))?;
     let base = base_url(state, headers);
     let artifact = |name: &str| {
         rows.iter().find(|r| r.name == name).map(|r| ArtifactView {
@@ -303,19 +307,19 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 pub async fn download(
     State(state): State<AppState>,
     Path((version, target, file)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     let (name, checksum) = match file.strip_suffix(".sha256") {
         Some(name) => (name, true),
         None => (file.as_str(), false),
     };
     let Some(name) = release::ARTIFACTS.iter().copied().find(|a| *a == name) else {
-        return Err(ApiError::NotFound(format!(
+        return Err(DomainError::NotFound(format!(
             "no file {file:.80}: releases hold {}",
             release::ARTIFACTS.join(" and ")
         )));
     };
     if !valid_target(&target) {
-        return Err(ApiError::NotFound(format!("no target {target:.80}")));
+        return Err(DomainError::NotFound(format!("no target {target:.80}")));
     }
     let wanted = if version == "latest" {
         None
@@ -323,7 +327,7 @@ pub async fn download(
         Some(
             version
                 .parse::<Version>()
-                .map_err(|e| ApiError::NotFound(e.to_string()))?,
+                .map_err(|e| DomainError::NotFound(e.to_string()))?,
         )
     };
     let version = match wanted {
@@ -341,7 +345,7 @@ pub async fn download(
     };
     let Some(artifact) = artifact else {
         if state.store.any_release_published().await? {
-            return Err(ApiError::NotFound(match version {
+            return Err(DomainError::NotFound(match version {
                 Some(version) => format!("no {name} {version} for {target}"),
                 None => format!("no {name} published for {target}"),
             }));
@@ -351,7 +355,7 @@ pub async fn download(
     let version: Version = artifact
         .version
         .parse()
-        .map_err(|e: release::BadVersion| ApiError::Internal(e.into()))?;
+        .map_err(|e: release::BadVersion| DomainError::Internal(e.into()))?;
     if checksum {
         let body = format!("{}  {name}\n", artifact.sha256);
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
@@ -361,7 +365,7 @@ pub async fn download(
         Ok(file) => file,
         Err(err) => {
             tracing::error!(path = %path.display(), error = %err, "a published release file is missing");
-            return Err(ApiError::NotFound(format!(
+            return Err(DomainError::NotFound(format!(
                 "{name} {version} for {target} is published but its file is missing on this server"
             )));
         }
@@ -369,7 +373,7 @@ pub async fn download(
     let len = file
         .metadata()
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| DomainError::Internal(e.into()))?
         .len();
     Ok(file_response(file, len, name))
 }
@@ -382,14 +386,14 @@ async fn builtin_download(
     target: &str,
     name: &str,
     checksum: bool,
-) -> Result<Response, ApiError> {
+) -> Result<Response, DomainError> {
     let builtin = builtin_for(state, version, target).await?;
-    let missing = || ApiError::NotFound(missing_builtin(state, target, name));
+    let missing = || DomainError::NotFound(missing_builtin(state, target, name));
     if checksum {
         let signed = builtin
             .artifact(name)
             .await
-            .map_err(ApiError::Internal)?
+            .map_err(DomainError::Internal)?
             .ok_or_else(missing)?;
         let body = format!("{}  {name}\n", signed.sha256);
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
@@ -397,7 +401,7 @@ async fn builtin_download(
     let (file, signed) = builtin
         .open_file(name)
         .await
-        .map_err(ApiError::Internal)?
+        .map_err(DomainError::Internal)?
         .ok_or_else(missing)?;
     Ok(file_response(file, signed.size, name))
 }

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::domain::DomainError;
 
 /// The signing secret.
 #[derive(Debug, Serialize, ToSchema)]
@@ -17,11 +17,11 @@ pub struct SigningSecret {
     pub secret: String,
 }
 
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.role == "owner" || caller.role == "admin" {
+fn require_admin(caller: &Caller) -> Result<(), DomainError> {
+    if caller.role.at_least(crate::domain::Role::Admin) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(
+        Err(DomainError::Forbidden(
             "only owners and admins may see the webhook signing secret".into(),
         ))
     }
@@ -29,11 +29,11 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
 
 /// The tenant's webhook signing secret (created on first use).
 #[utoipa::path(get, path = "/api/webhooks/signing-secret", tag = "webhooks", security(("bearer" = [])),
-    responses((status = 200, body = SigningSecret), (status = 403, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = SigningSecret), (status = 403, body = crate::http_error::ErrorEnvelope)))]
 pub async fn signing_secret(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<SigningSecret>, ApiError> {
+) -> Result<Json<SigningSecret>, DomainError> {
     require_admin(&caller)?;
     let secret = state
         .store
@@ -44,11 +44,11 @@ pub async fn signing_secret(
 
 /// Replace the signing secret; webhooks sent from now on use the new one.
 #[utoipa::path(post, path = "/api/webhooks/signing-secret/rotate", tag = "webhooks", security(("bearer" = [])),
-    responses((status = 200, body = SigningSecret), (status = 403, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = SigningSecret), (status = 403, body = crate::http_error::ErrorEnvelope)))]
 pub async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<SigningSecret>, ApiError> {
+) -> Result<Json<SigningSecret>, DomainError> {
     require_admin(&caller)?;
     let secret = state
         .store

@@ -39,7 +39,7 @@ use super::link::{End, Link};
 use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
 use crate::AppState;
 use crate::auth;
-use crate::error::ApiError;
+use crate::domain::DomainError;
 use crate::metrics::Direction;
 use crate::store::agent_key;
 
@@ -180,9 +180,9 @@ impl Drop for Polling<'_> {
 pub struct Body(Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
+    type Rejection = DomainError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, DomainError> {
         Bytes::from_request(req, state)
             .await
             .map(Self)
@@ -195,7 +195,7 @@ pub async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Json<PollResponse>, ApiError> {
+) -> Result<Json<PollResponse>, DomainError> {
     let key = auth::authenticate_agent(&state, auth::bearer(&headers)).await?;
     let req: PollRequest = parse(&body)?;
     let session = find(&state, &key, req.agent_id, &req.session)?;
@@ -223,7 +223,7 @@ pub async fn poll(
             () = &mut notified => {}
             () = tokio::time::sleep_until(deadline) => break,
             () = state.shutdown.cancelled() => {
-                return Err(ApiError::Unavailable("server shutting down".into()));
+                return Err(DomainError::Unavailable("server shutting down".into()));
             }
         }
     }
@@ -239,11 +239,11 @@ pub async fn frames(
     State(state): State<AppState>,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Json<FramesResponse>, ApiError> {
+) -> Result<Json<FramesResponse>, DomainError> {
     let key = auth::authenticate_agent(&state, auth::bearer(&headers)).await?;
     let req: FramesRequest = parse(&body)?;
     if req.frames.len() > MAX_BATCH_FRAMES {
-        return Err(ApiError::BadRequest(format!(
+        return Err(DomainError::BadRequest(format!(
             "frames: {} frames in one batch; the limit is {MAX_BATCH_FRAMES}",
             req.frames.len()
         )));
@@ -253,7 +253,7 @@ pub async fn frames(
         crate::metrics::frame(Direction::In, Transport::Http, raw.get().len());
         match AgentFrame::decode(raw.get()) {
             Err(DecodeError::TooLarge(_)) => {
-                return Err(ApiError::TooLarge(format!(
+                return Err(DomainError::TooLarge(format!(
                     "frames[{i}]: larger than {} bytes",
                     limits::MAX_FRAME_BYTES
                 )));
@@ -275,12 +275,12 @@ pub async fn frames(
             Some(Ok(AgentFrame::Register { data })) => {
                 if let Err(err) = Link::check_register(&data) {
                     return Err(if err.code == codes::PROTOCOL_MISMATCH {
-                        ApiError::Conflict {
+                        DomainError::Conflict {
                             code: codes::PROTOCOL_MISMATCH,
                             message: err.message,
                         }
                     } else {
-                        ApiError::Invalid {
+                        DomainError::Invalid {
                             code: codes::BAD_FRAME,
                             message: format!("register refused: {}", err.message),
                         }
@@ -321,7 +321,7 @@ pub async fn frames(
             // Nothing of this batch after the failure is acknowledged; the agent sends it
             // again and every frame is idempotent.
             Err(End::Close(1011, _)) => {
-                return Err(ApiError::Unavailable(
+                return Err(DomainError::Unavailable(
                     "could not store the frames; send them again".into(),
                 ));
             }
@@ -333,7 +333,7 @@ pub async fn frames(
                     ServerFrame::Error(err) => Some(err.message.as_str()),
                     _ => None,
                 });
-                return Err(ApiError::BadRequest(match why {
+                return Err(DomainError::BadRequest(match why {
                     Some(why) => format!("session closed: {reason}: {why}"),
                     None => format!("session closed: {reason}"),
                 }));
@@ -353,18 +353,18 @@ async fn open(
     state: &AppState,
     key: agent_key::Model,
     data: &outpost_protocol::RegisterData,
-) -> Result<(Arc<HttpSession>, ServerFrame), ApiError> {
+) -> Result<(Arc<HttpSession>, ServerFrame), DomainError> {
     let (link, connected) = Link::new(state.clone(), key);
     let mut refused = Vec::new();
     if link.on_register(data, &mut refused).await.is_err() {
         return Err(match refused.pop() {
             Some(ServerFrame::Error(err)) if err.code == codes::AGENT_ID_TAKEN => {
-                ApiError::Conflict {
+                DomainError::Conflict {
                     code: codes::AGENT_ID_TAKEN,
                     message: err.message,
                 }
             }
-            _ => ApiError::Unavailable("could not store the registration".into()),
+            _ => DomainError::Unavailable("could not store the registration".into()),
         });
     }
     let agent_id = data.agent_id;
@@ -410,7 +410,7 @@ async fn open(
         .await
         .open_frames(agent_id)
         .await
-        .map_err(|_| ApiError::Unavailable("could not load open commands".into()))?;
+        .map_err(|_| DomainError::Unavailable("could not load open commands".into()))?;
     let resent = Resent::new(&open);
     for frame in open {
         if !session.enqueue(frame) {
@@ -483,7 +483,7 @@ fn find(
     key: &agent_key::Model,
     agent_id: AgentId,
     id: &str,
-) -> Result<Arc<HttpSession>, ApiError> {
+) -> Result<Arc<HttpSession>, DomainError> {
     state
         .hub
         .http_session(&key.tenant_id, agent_id)
@@ -495,23 +495,23 @@ fn find(
         })
 }
 
-fn not_registered(why: &str) -> ApiError {
-    ApiError::Conflict {
+fn not_registered(why: &str) -> DomainError {
+    DomainError::Conflict {
         code: codes::NOT_REGISTERED,
         message: format!("{why}: send `register` to /agent/v1/frames to open a session"),
     }
 }
 
-fn body_rejection(rejection: BytesRejection) -> ApiError {
+fn body_rejection(rejection: BytesRejection) -> DomainError {
     if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(format!(
+        DomainError::TooLarge(format!(
             "body: larger than {MAX_BATCH_BYTES} bytes; send fewer frames per batch"
         ))
     } else {
-        ApiError::BadRequest(format!("body: {}", rejection.body_text()))
+        DomainError::BadRequest(format!("body: {}", rejection.body_text()))
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|err| ApiError::BadRequest(format!("body: {err}")))
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DomainError> {
+    serde_json::from_slice(body).map_err(|err| DomainError::BadRequest(format!("body: {err}")))
 }

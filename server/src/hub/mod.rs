@@ -24,6 +24,7 @@ use outpost_protocol::{AgentFrame, AgentId, CommandId, ServerFrame};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::domain::Transport;
 use crate::store::command;
 
 /// Frames queued for one connection before it counts as too slow. A command is small and an
@@ -96,29 +97,6 @@ impl CloseSignal {
                 (CLOSE_NORMAL, String::new())
             }
         })
-    }
-}
-
-/// How an agent is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Transport {
-    /// A WebSocket.
-    Websocket,
-    /// HTTP long-poll (`/agent/v1/poll` and `/agent/v1/frames`).
-    Http,
-}
-
-impl Transport {
-    /// Every transport, for metrics that show zero as well as counts.
-    pub const ALL: &[Transport] = &[Transport::Websocket, Transport::Http];
-
-    /// The name used in metrics labels (and in the API).
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Websocket => "websocket",
-            Self::Http => "http",
-        }
     }
 }
 

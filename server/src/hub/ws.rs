@@ -75,7 +75,7 @@ pub async fn handler(
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
-            return crate::error::envelope(
+            return crate::http_error::envelope(
                 rejection.status(),
                 "bad_request",
                 format!("upgrade: {}", rejection.body_text()),

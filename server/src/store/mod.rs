@@ -51,6 +51,20 @@ pub enum StoreError {
     Config(String),
 }
 
+impl From<StoreError> for crate::domain::DomainError {
+    /// A failure that passes (a full disk, a busy or unreachable database) is `Unavailable`,
+    /// saying nothing was stored, so that the caller retries; anything else is internal.
+    fn from(err: StoreError) -> Self {
+        if err.is_transient() {
+            tracing::warn!(error = %err, "a request failed on the database");
+            return Self::Unavailable(format!(
+                "the database cannot be written or read right now ({err}); nothing was stored, try again later"
+            ));
+        }
+        Self::Internal(err.into())
+    }
+}
+
 impl StoreError {
     /// Whether the same statement may succeed if tried again later: the database is busy or
     /// locked, out of space or memory, or unreachable (SQLite `BUSY`, `LOCKED`, `NOMEM`,

@@ -1,0 +1,97 @@
+//! The one mapping of [`DomainError`] to HTTP, for the REST API and the agents' HTTP routes.
+//!
+//! Every error leaves the server as `{"error":{"code":…,"message":…}}` with a fitting status.
+//! Internal failures are logged with their cause and shown to the client only as a generic
+//! message, so database details never reach a caller.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub use crate::domain::DomainError;
+
+/// The error envelope of every failed request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a human-readable message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `bad_request`, `agent_offline`.
+    pub code: String,
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+/// The status each kind of failure is answered with.
+pub fn status(err: &DomainError) -> StatusCode {
+    match err {
+        DomainError::BadRequest(_) | DomainError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        DomainError::Unauthorized(_) | DomainError::Denied { .. } => StatusCode::UNAUTHORIZED,
+        DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
+        DomainError::NotFound(_) => StatusCode::NOT_FOUND,
+        DomainError::Conflict { .. } => StatusCode::CONFLICT,
+        DomainError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        DomainError::Unprocessable(_) | DomainError::Refused { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        DomainError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        DomainError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The envelope an error is shown as (also inside fan-out results). An internal error is
+/// logged here with its cause, which the envelope leaves out.
+pub fn envelope_of(err: &DomainError) -> ErrorEnvelope {
+    if let DomainError::Internal(cause) = err {
+        tracing::error!(error = ?cause, "internal error");
+    }
+    ErrorEnvelope {
+        error: ErrorDetail {
+            code: err.code().to_owned(),
+            message: err.to_string(),
+        },
+    }
+}
+
+impl IntoResponse for DomainError {
+    fn into_response(self) -> Response {
+        (status(&self), Json(envelope_of(&self))).into_response()
+    }
+}
+
+/// An error envelope with any status (for rejections outside [`DomainError`]'s statuses, such as
+/// a refused WebSocket upgrade's 426).
+pub fn envelope(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorEnvelope {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Turns axum's JSON body rejections into our error shape, naming what was wrong: the field
+/// (`body: target.agents: invalid type: …`), or the body as a whole (not JSON, no
+/// `Content-Type: application/json`, too large: 413).
+pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> DomainError {
+    let text = rejection.body_text();
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return DomainError::TooLarge(format!("body: {text}"));
+    }
+    let text = [
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+    ]
+    .iter()
+    .find_map(|prefix| text.strip_prefix(prefix))
+    .unwrap_or(&text);
+    DomainError::BadRequest(format!("body: {text}"))
+}
