@@ -27,7 +27,7 @@ pub const FILE: &str = "admin.key";
 /// `OUTPOST_ADMIN_KEY`.
 pub async fn bootstrap(store: &Store, config: &Config) -> anyhow::Result<()> {
     if let Some(key) = &config.admin_key {
-        crate::auth::validate_admin_key(key).map_err(anyhow::Error::msg)?;
+        crate::credentials::validate_admin_key(key).map_err(anyhow::Error::msg)?;
     }
     let path = config.data_dir.join(FILE);
     match store.bootstrap(config.admin_key.as_deref()).await? {

@@ -1,4 +1,5 @@
-//! The one mapping of [`DomainError`] to HTTP, for the REST API and the agents' HTTP routes.
+//! HTTP plumbing shared by the REST API and the agents' HTTP routes: the one mapping of
+//! [`DomainError`] to statuses, and the bearer token of a request.
 //!
 //! Every error leaves the server as `{"error":{"code":…,"message":…}}` with a fitting status.
 //! Internal failures are logged with their cause and shown to the client only as a generic
@@ -94,4 +95,12 @@ pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> Dom
     .find_map(|prefix| text.strip_prefix(prefix))
     .unwrap_or(&text);
     DomainError::BadRequest(format!("body: {text}"))
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?;
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -1,8 +1,12 @@
 //! Outpost server: the REST API, the agent hub and storage, in one process.
 //!
 //! [`run`] takes a bound listener, a [`Config`] and a shutdown future, so the binary and the
-//! tests start the server the same way. Reading order: [`config`], [`store`], [`hub`],
-//! [`dispatch`], [`api`]; [`listen`] is what accepts and times connections.
+//! tests start the server the same way, and wires the layers (`docs/ARCHITECTURE.md` has the
+//! code map and the rules between them, which `tests/tidy.rs` checks): [`api`] (HTTP) calls
+//! [`service`] (every domain operation), which uses [`store`] (rows), the [`bus::Bus`] (agents
+//! wherever they are connected; [`hub`] is its in-process implementation) and [`finish`] (the
+//! one path by which commands end); [`domain`] is the vocabulary they share, and [`listen`]
+//! accepts and times connections.
 //!
 //! Invariants the modules rely on (see `docs/ARCHITECTURE.md`):
 //! - only `outpost-protocol` knows the wire format;
@@ -10,13 +14,16 @@
 //! - a command is committed to the store before any frame carrying it is sent;
 //! - a result is committed before the agent is acknowledged and before any waiter is woken.
 
+pub mod access;
 pub mod admin_key;
 pub mod api;
-pub mod auth;
 pub mod builtin;
+pub mod bus;
 pub mod config;
-pub mod dispatch;
+pub mod credentials;
 pub mod domain;
+pub mod finish;
+pub mod frames;
 pub mod http_error;
 pub mod hub;
 pub mod listen;
@@ -24,9 +31,9 @@ pub mod metrics;
 pub mod release;
 pub mod seal;
 pub mod secrets;
+pub mod service;
 pub mod store;
 pub mod tags;
-pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,23 +46,11 @@ pub use config::Config;
 use hub::Hub;
 use store::{DatabaseLocation, Store};
 
-/// Shared state handed to every handler and connection task.
+/// What the REST handlers get: the services, nothing else (no store, no hub).
 #[derive(Clone)]
 pub struct AppState {
-    /// The database.
-    pub store: Store,
-    /// Batches what agents report into few transactions.
-    pub writer: store::writer::Writer,
-    /// Live agent connections.
-    pub hub: Arc<Hub>,
-    /// Cancelled when the server shuts down; connection tasks close their sockets on it.
-    pub shutdown: CancellationToken,
-    /// Output bytes kept per run and stream.
-    pub max_output_bytes: u64,
-    /// The webhook worker and the master key.
-    pub webhooks: Arc<webhooks::Webhooks>,
-    /// Published release files.
-    pub releases: Arc<release::Releases>,
+    /// Every domain operation.
+    pub services: service::Services,
 }
 
 /// Opens the store, bootstraps the admin key and serves on `listener` until `shutdown`
@@ -77,38 +72,47 @@ pub async fn run(
     let builtin = builtin::Builtin::open(&config.data_dir, config.builds_dir.clone())?;
     builtin.log_startup();
 
-    let state = AppState {
-        writer: store::writer::Writer::start(writer, store.clone())
-            .context("cannot start the store writer's thread")?,
+    let master = Arc::new(master);
+    let stop = CancellationToken::new();
+    let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
+    let writer = store::writer::Writer::start(writer, store.clone())
+        .context("cannot start the store writer's thread")?;
+    let hub = Arc::new(Hub::new(
+        heartbeat,
+        frames::Frames::new(master.clone(), config.max_output_bytes),
+    ));
+    let bus: Arc<dyn bus::Bus> = hub.clone();
+    let webhooks_due = Arc::new(tokio::sync::Notify::new());
+    let finish = finish::Finish::new(bus.clone(), webhooks_due.clone());
+    // A result reaches whoever waits for it as soon as its batch is committed; the connection
+    // that carried it only acknowledges it.
+    let on_commit = finish.clone();
+    writer.on_finished(move |runs| on_commit.finished(runs));
+    let agents = hub::Context {
         store: store.clone(),
-        hub: Arc::new(Hub::new(Duration::from_secs(
-            config.heartbeat_interval.max(1),
-        ))),
-        shutdown: CancellationToken::new(),
-        max_output_bytes: config.max_output_bytes,
-        webhooks: Arc::new(webhooks::Webhooks::new(
-            master,
-            config.webhook_allow_private,
-        )),
-        releases: Arc::new(release::Releases {
-            dir: config.data_dir.join("releases"),
-            builtin,
-            public_url: config.public_url.clone(),
-            tls: config.tls_cert.is_some(),
-        }),
+        writer: writer.clone(),
+        hub: hub.clone(),
+        finish: finish.clone(),
+        shutdown: stop.clone(),
     };
-    // A result reaches whoever waits for it as soon as its batch is committed (see
-    // `Writer::on_finished`); the connection that carried it only acknowledges it.
-    let (hub, webhooks) = (state.hub.clone(), state.webhooks.clone());
-    state.writer.on_finished(move |runs| {
-        let of_jobs = runs.iter().any(|run| run.job_id.is_some());
-        hub.finished(runs);
-        if of_jobs {
-            webhooks.wake();
-        }
-    });
-    tokio::spawn(webhooks::run(state.clone()));
-    tokio::spawn(metrics::upkeep(state.clone()));
+    let releases = service::releases::Files {
+        dir: config.data_dir.join("releases"),
+        builtin,
+        public_url: config.public_url.clone(),
+        tls: config.tls_cert.is_some(),
+    };
+    let delivery = service::webhooks::Delivery::new(
+        webhooks_due,
+        config.webhook_allow_private,
+        api::render_job,
+    );
+    let core = service::Core::new(store, writer, bus, finish, master, stop.clone());
+    let services = service::Services::new(core, releases, delivery);
+    let state = AppState {
+        services: services.clone(),
+    };
+    tokio::spawn(services.webhooks.clone().run());
+    tokio::spawn(metrics::upkeep(stop.clone()));
     listen::describe_metrics();
     let limits = listen::Limits::from_config(&config);
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -123,7 +127,6 @@ pub async fn run(
             .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
         metrics_listener = Some((addr, listener));
     }
-    let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
     let lost_after = Duration::from_secs(config.lost_after);
     if lost_after < heartbeat * outpost_protocol::limits::MISSED_HEARTBEATS {
         anyhow::bail!(
@@ -132,29 +135,30 @@ pub async fn run(
             heartbeat.as_secs() * 3
         );
     }
-    tokio::spawn(liveness_loop(state.clone()));
-    tokio::spawn(sweep_loop(
-        state.clone(),
-        heartbeat.min(Duration::from_secs(30)),
-        lost_after,
-    ));
+    tokio::spawn(liveness_loop(hub.clone(), stop.clone()));
+    tokio::spawn(
+        services
+            .health
+            .clone()
+            .run_sweeps(heartbeat.min(Duration::from_secs(30)), lost_after),
+    );
 
     let app = api::router()
-        .route("/agent/v1/ws", axum::routing::get(hub::ws::handler))
-        .route("/metrics", axum::routing::get(metrics::route))
+        .route("/metrics", axum::routing::get(api::metrics::route))
         // Applied by the body extractors (ApiJson), whose rejection is the JSON error
         // envelope (413); tower-http's layer answered text/plain. No API handler reads a body
         // any other way.
         .layer(axum::extract::DefaultBodyLimit::max(
             outpost_protocol::limits::MAX_FRAME_BYTES,
         ))
-        // Long-poll batches carry many frames: their routes have their own, larger limit.
-        .merge(hub::http::router())
+        .with_state(state.clone())
+        // The agents' routes, with their own handles (long-poll batches carry many frames:
+        // their routes have their own, larger body limit).
+        .merge(hub::router().with_state(agents))
         // Requests are logged at debug level, without headers (they carry keys).
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state.clone());
+        .layer(tower_http::trace::TraceLayer::new_for_http());
 
-    let token = state.shutdown.clone();
+    let token = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
@@ -182,7 +186,7 @@ pub async fn run(
     );
     if let Some((addr, listener)) = metrics_listener {
         let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(metrics::open_route))
+            .route("/metrics", axum::routing::get(api::metrics::open_route))
             .with_state(state.clone());
         tracing::info!(%addr, "serving unauthenticated /metrics");
         // Its connections count against the same caps: they use the same descriptors.
@@ -192,14 +196,14 @@ pub async fn run(
             app,
             registry.clone(),
             limits,
-            state.shutdown.clone(),
+            stop.clone(),
         ));
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     // Printed once the database is ready and the admin key written: scripts and tests wait
     // for this line.
     println!("outpost-server listening on {scheme}://{addr}");
-    listen::serve(listener, tls, app, registry, limits, state.shutdown.clone()).await;
+    listen::serve(listener, tls, app, registry, limits, stop).await;
     Ok(())
 }
 
@@ -244,61 +248,17 @@ fn load_master_key(config: &Config) -> anyhow::Result<seal::MasterKey> {
 }
 
 /// Closes the connections of agents gone silent or whose key expired ([`hub::Hub::sweep`]).
-async fn liveness_loop(state: AppState) {
-    let mut tick = tokio::time::interval(state.hub.sweep_interval());
+async fn liveness_loop(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(hub.sweep_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = state.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                state.hub.sweep();
+                hub.sweep();
             }
         }
     }
-}
-
-/// Housekeeping: expires commands whose TTL passed undelivered and marks runs lost whose agent
-/// went away for longer than `--lost-after`. Runs every 30 s, or every heartbeat interval when
-/// that is shorter.
-async fn sweep_loop(state: AppState, every: Duration, lost_after: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            () = state.shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if let Err(err) = sweep(&state, lost_after).await {
-                    tracing::warn!(error = %err, "housekeeping failed; retrying at the next tick");
-                }
-            }
-        }
-    }
-}
-
-async fn sweep(state: &AppState, lost_after: Duration) -> Result<(), store::StoreError> {
-    let expired = state.store.expire_commands().await?;
-    let any_expired = !expired.is_empty();
-    if any_expired {
-        tracing::info!(expired = expired.len(), "commands expired undelivered");
-        for (tenant_id, job_id) in state.store.refresh_running_jobs().await? {
-            state.hub.job_changed(&tenant_id, &job_id);
-        }
-        // Callers waiting on them (`?wait`, a queued command) learn the outcome now.
-        state.hub.finished(expired);
-    }
-    let cutoff = chrono::Utc::now()
-        - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::hours(1));
-    let lost = state.store.mark_lost(cutoff).await?;
-    for run in &lost {
-        tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
-    }
-    let any_lost = !lost.is_empty();
-    if any_lost {
-        state.hub.finished(lost);
-    }
-    if any_expired || any_lost {
-        state.webhooks.wake();
-    }
-    Ok(())
 }
 
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

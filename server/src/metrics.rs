@@ -1,4 +1,4 @@
-//! Prometheus metrics: what the server counts, and `GET /metrics` that renders them.
+//! Prometheus metrics: what the server counts, and their rendering for `GET /metrics`.
 //!
 //! Code records through the `metrics` facade at the point where a thing happens (a frame read, a
 //! batch committed, a webhook answered); the recorder is `metrics-exporter-prometheus`, installed
@@ -16,15 +16,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use metrics::{Counter, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::AppState;
-use crate::auth::Caller;
-use crate::domain::DomainError;
 use crate::domain::Transport;
 
 /// Agents connected now, by transport (set when scraped, from the hub itself).
@@ -169,12 +164,12 @@ fn describe() {
 }
 
 /// Keeps histograms folded until shutdown.
-pub async fn upkeep(state: AppState) {
+pub async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
     let handle = handle();
     let mut tick = tokio::time::interval(UPKEEP);
     loop {
         tokio::select! {
-            () = state.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
     }
@@ -242,15 +237,15 @@ pub fn command_delivered() {
 
 /// The label a command's final `state` is counted under: the state itself, or `other`.
 pub fn final_state(state: &str) -> &'static str {
-    crate::store::state::FINAL
-        .iter()
-        .find(|s| **s == state)
-        .copied()
-        .unwrap_or("other")
+    state
+        .parse::<crate::domain::CommandState>()
+        .ok()
+        .filter(|s| s.is_final())
+        .map_or("other", crate::domain::CommandState::as_str)
 }
 
 /// `count` commands reached the final `state`. Counted where results are handed to their
-/// waiters ([`crate::hub::Hub::finished`]), once per batch and state.
+/// waiters (`crate::finish::Finish`), once per batch and state.
 pub fn commands_finished(state: &str, count: u64) {
     counter!(COMMANDS_FINISHED, "state" => final_state(state)).increment(count);
 }
@@ -263,12 +258,16 @@ pub fn commands_finished(state: &str, count: u64) {
 /// then sets `delivered_at` to the same instant as `finished_at` (an earlier ack's time is
 /// always an earlier instant), and the command counts as delivered here, so that the counter
 /// does not depend on how the ack travelled.
-pub fn command_answered(model: &crate::store::command::Model) {
-    if model.delivered_at.is_some() && model.delivered_at == model.finished_at {
+pub fn command_answered(
+    created_at: DateTime<Utc>,
+    delivered_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+) {
+    if delivered_at.is_some() && delivered_at == finished_at {
         command_delivered();
     }
-    if let Some(done) = model.finished_at {
-        let seconds = (done - model.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    if let Some(done) = finished_at {
+        let seconds = (done - created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         histogram!(COMMAND_ROUND_TRIP).record(seconds.max(0.0));
     }
 }
@@ -305,35 +304,14 @@ pub fn webhook_delivery(delivered: bool) {
     counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
 }
 
-/// `GET /metrics` on the main listener: an owner API key is required.
-pub async fn route(State(state): State<AppState>, caller: Caller) -> Result<Response, DomainError> {
-    if caller.role != crate::domain::Role::Owner {
-        return Err(DomainError::Forbidden(
-            "metrics cover every tenant of this server: an owner API key is required".into(),
-        ));
-    }
-    Ok(render(&state))
-}
-
-/// `GET /metrics` on `--metrics-listen`: no authentication; bind it to an internal address.
-pub async fn open_route(State(state): State<AppState>) -> Response {
-    render(&state)
-}
-
-fn render(state: &AppState) -> Response {
-    for (transport, count) in state.hub.count_by_transport() {
-        gauge!(AGENTS_CONNECTED, "transport" => transport.as_str()).set(count as f64);
+/// The metrics in Prometheus' text format, with the connected agents per transport (which
+/// the hub counts when asked, not at every connect).
+pub fn render(connected: &[(Transport, usize)]) -> String {
+    for (transport, count) in connected {
+        gauge!(AGENTS_CONNECTED, "transport" => transport.as_str()).set(*count as f64);
     }
     process_gauges();
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        handle().render(),
-    )
-        .into_response()
+    handle().render()
 }
 
 /// Resident memory and descriptors, read from `/proc/self` (nothing on other systems).

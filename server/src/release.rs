@@ -30,19 +30,6 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use crate::store::{DatabaseLocation, Store, release as row};
 
-/// Where the server finds published files, and how it names their URLs.
-#[derive(Debug)]
-pub struct Releases {
-    /// `<data-dir>/releases`.
-    pub dir: PathBuf,
-    /// The builds shipped with the server, served while nothing is published.
-    pub builtin: crate::builtin::Builtin,
-    /// `--public-url`, for absolute download URLs.
-    pub public_url: Option<String>,
-    /// Whether this server serves HTTPS (for URLs built from the `Host` header).
-    pub tls: bool,
-}
-
 /// Where one artifact of a release lives.
 pub fn artifact_path(dir: &Path, version: &Version, target: &str, name: &str) -> PathBuf {
     dir.join(version.to_string()).join(target).join(name)

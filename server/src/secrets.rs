@@ -15,7 +15,7 @@
 //! see [`crate::seal`]) in the command's `sealed_params`. Everything that shows a job or a
 //! command (the API, the event stream, webhooks, logs) reads `data` and so shows the mask; the
 //! job row holds the masked `data` only. The seal is opened in one place,
-//! [`crate::dispatch::frame_for`], to build the frame that carries the command to its agent
+//! [`crate::frames::Frames::command`], to build the frame that carries the command to its agent
 //! (first sends and resends after a reconnect alike), and never to answer a caller.
 //!
 //! A copy of the database (a backup, a stolen file) reveals no secret value without the

@@ -12,15 +12,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, Path, Query, validate_tags};
+use super::{ApiJson, Path, Query};
 use crate::AppState;
-use crate::auth::Caller;
-use crate::dispatch::{self, CommandSpec};
-use crate::domain::DomainError;
-use crate::domain::Transport;
+use crate::domain::{Caller, DomainError, Transport};
 use crate::http_error::ErrorDetail;
-use crate::store::{agent, command, string_list};
-use crate::tags::TagRule;
+use crate::service::agents::{AgentFilter as Filter, AgentRecord};
+use crate::service::commands::{CommandSpec, Sent};
+use crate::store::command;
 
 /// An agent connected now.
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,44 +81,38 @@ pub struct AgentView {
     pub update_status: Option<Value>,
 }
 
-impl AgentView {
-    fn new(state: &AppState, rule: &TagRule, model: agent::Model) -> Self {
-        let online = model
-            .id
-            .parse()
-            .is_ok_and(|id| state.hub.is_online(&model.tenant_id, id));
-        let server_tags = string_list(&model.server_tags);
-        let agent_tags = string_list(&model.agent_tags);
-        let tags = rule.all(&model.key_id, &agent_tags, &server_tags);
-        Self {
-            agent_id: model.id,
-            status: if online { "online" } else { "offline" }.into(),
-            hostname: model.hostname,
-            ip: model.ip,
-            version: model.version,
-            os: model.os,
-            arch: model.arch,
+impl From<AgentRecord> for AgentView {
+    fn from(record: AgentRecord) -> Self {
+        let AgentRecord {
+            agent,
+            online,
             tags,
             agent_tags,
-            key_tags: rule.key_tags(&model.key_id).to_vec(),
-            key_id: model.key_id,
+            key_tags,
             server_tags,
-            capabilities: string_list(&model.capabilities),
-            scripts: model.scripts,
-            first_seen: model.first_seen,
-            last_seen: model.last_seen,
-            connected_at: model.connected_at,
-            last_heartbeat: model.last_heartbeat,
-            update_status: model.update_status,
+        } = record;
+        Self {
+            agent_id: agent.id,
+            status: if online { "online" } else { "offline" }.into(),
+            hostname: agent.hostname,
+            ip: agent.ip,
+            version: agent.version,
+            os: agent.os,
+            arch: agent.arch,
+            tags,
+            agent_tags,
+            key_tags,
+            key_id: agent.key_id,
+            server_tags,
+            capabilities: crate::store::string_list(&agent.capabilities),
+            scripts: agent.scripts,
+            first_seen: agent.first_seen,
+            last_seen: agent.last_seen,
+            connected_at: agent.connected_at,
+            last_heartbeat: agent.last_heartbeat,
+            update_status: agent.update_status,
         }
     }
-}
-
-/// The caller's tenant's tag rule (its agent keys' tags).
-async fn tag_rule(state: &AppState, caller: &Caller) -> Result<TagRule, DomainError> {
-    Ok(TagRule::new(
-        &state.store.list_agent_keys(&caller.tenant_id).await?,
-    ))
 }
 
 /// Filters of `GET /api/agents`.
@@ -220,27 +212,20 @@ impl From<command::Model> for CommandView {
     }
 }
 
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<agent::Model, DomainError> {
-    state
-        .store
-        .get_agent(&caller.tenant_id, id)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))
-}
-
 /// Agents connected to this server now.
 #[utoipa::path(get, path = "/api/agents/connected", tag = "agents", security(("bearer" = [])),
     responses((status = 200, body = [ConnectedAgent])))]
 pub async fn connected(State(state): State<AppState>, caller: Caller) -> Json<Vec<ConnectedAgent>> {
     let mut agents: Vec<_> = state
-        .hub
-        .connected(&caller.tenant_id)
+        .services
+        .agents
+        .connected(&caller)
         .into_iter()
-        .map(|(id, session)| ConnectedAgent {
-            agent_id: id.to_string(),
-            key_id: session.key_id,
-            connected_at: session.connected_at,
-            transport: session.transport,
+        .map(|c| ConnectedAgent {
+            agent_id: c.agent_id.to_string(),
+            key_id: c.key_id,
+            connected_at: c.connected_at,
+            transport: c.transport,
         })
         .collect();
     agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
@@ -255,28 +240,22 @@ pub async fn list(
     caller: Caller,
     Query(filter): Query<AgentFilter>,
 ) -> Result<Json<Vec<AgentView>>, DomainError> {
-    if let Some(status) = &filter.status
-        && status != "online"
-        && status != "offline"
-    {
-        return Err(DomainError::BadRequest(format!(
-            "status: must be \"online\" or \"offline\", not {status:?}"
-        )));
-    }
-    let agents = state.store.list_agents(&caller.tenant_id).await?;
-    let rule = tag_rule(&state, &caller).await?;
-    let views = agents
-        .into_iter()
-        .map(|m| AgentView::new(&state, &rule, m))
-        .filter(|a| filter.status.as_ref().is_none_or(|s| &a.status == s))
-        .filter(|a| {
-            filter
-                .tag
-                .as_ref()
-                .is_none_or(|t| rule.has(&a.key_id, &a.agent_tags, &a.server_tags, t))
-        })
-        .collect();
-    Ok(Json(views))
+    let online = match filter.status.as_deref() {
+        None => None,
+        Some("online") => Some(true),
+        Some("offline") => Some(false),
+        Some(status) => {
+            return Err(DomainError::BadRequest(format!(
+                "status: must be \"online\" or \"offline\", not {status:?}"
+            )));
+        }
+    };
+    let filter = Filter {
+        tag: filter.tag,
+        online,
+    };
+    let agents = state.services.agents.list(&caller, &filter).await?;
+    Ok(Json(agents.into_iter().map(AgentView::from).collect()))
 }
 
 /// One agent.
@@ -288,9 +267,8 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, DomainError> {
-    let agent = find(&state, &caller, &id).await?;
-    let rule = tag_rule(&state, &caller).await?;
-    Ok(Json(AgentView::new(&state, &rule, agent)))
+    let agent = state.services.agents.get(&caller, &id).await?;
+    Ok(Json(AgentView::from(agent)))
 }
 
 /// Set an agent's server-side tags.
@@ -304,14 +282,12 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateAgent>,
 ) -> Result<Json<AgentView>, DomainError> {
-    validate_tags("tags", &body.tags)?;
     let agent = state
-        .store
-        .set_agent_tags(&caller.tenant_id, &id, &body.tags)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
-    let rule = tag_rule(&state, &caller).await?;
-    Ok(Json(AgentView::new(&state, &rule, agent)))
+        .services
+        .agents
+        .set_tags(&caller, &id, &body.tags)
+        .await?;
+    Ok(Json(AgentView::from(agent)))
 }
 
 /// Forget an agent. Its open commands become `lost`; if it is connected, it is disconnected
@@ -324,14 +300,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, DomainError> {
-    if !state.store.delete_agent(&caller.tenant_id, &id).await? {
-        return Err(DomainError::NotFound(format!("no agent {id}")));
-    }
-    if let Ok(agent_id) = id.parse() {
-        state
-            .hub
-            .close_agent(&caller.tenant_id, agent_id, "agent deleted");
-    }
+    state.services.agents.forget(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -356,22 +325,17 @@ pub async fn command(
 ) -> Result<Response, DomainError> {
     let queue = body.queue;
     let spec = body.into_spec()?;
-    dispatch::authorize(&caller, &spec, &format!("agent {id}"))?;
-    let (agent, key) = state
-        .store
-        .get_agent_with_key(&caller.tenant_id, &id)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
-    let online = agent
-        .id
-        .parse()
-        .is_ok_and(|a| state.hub.is_online(&agent.tenant_id, a));
-    if queue && !online {
-        let model = dispatch::submit(&state, &agent, key.as_ref(), &spec, true).await?;
-        // It may have connected in between; if so it gets the command now.
-        dispatch::push(&state, &model);
-        return Ok((StatusCode::ACCEPTED, Json(CommandView::from(model))).into_response());
-    }
-    let model = dispatch::run(&state, &agent, key.as_ref(), &spec, queue).await?;
-    Ok(Json(CommandView::from(model)).into_response())
+    Ok(
+        match state
+            .services
+            .commands
+            .send(&caller, &id, &spec, queue)
+            .await?
+        {
+            Sent::Queued(model) => {
+                (StatusCode::ACCEPTED, Json(CommandView::from(model))).into_response()
+            }
+            Sent::Answered(model) => Json(CommandView::from(model)).into_response(),
+        },
+    )
 }

@@ -7,8 +7,7 @@ use axum::extract::State;
 use super::Path;
 use super::agents::CommandView;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::domain::DomainError;
+use crate::domain::{Caller, DomainError};
 
 /// One command and its result.
 #[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
@@ -19,10 +18,6 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CommandView>, DomainError> {
-    state
-        .store
-        .get_command(&caller.tenant_id, &id)
-        .await?
-        .map(|m| Json(CommandView::from(m)))
-        .ok_or_else(|| DomainError::NotFound(format!("no command {id}")))
+    let command = state.services.commands.get(&caller, &id).await?;
+    Ok(Json(CommandView::from(command)))
 }

@@ -33,14 +33,14 @@ pub async fn script(
     headers: HeaderMap,
 ) -> Result<Response, DomainError> {
     let base = base_url(
-        state.releases.public_url.as_deref(),
-        state.releases.tls,
+        state.services.releases.files().public_url.as_deref(),
+        state.services.releases.files().tls,
         &headers,
     )?;
     // The key of what `/downloads` serves: the latest published release's, else (nothing
     // published) the server's own when it has the builds it ships with (`crate::builtin`).
-    let builtin = &state.releases.builtin;
-    let pubkey = match state.store.latest_release_public_key().await? {
+    let builtin = &state.services.releases.files().builtin;
+    let pubkey = match state.services.releases.latest_public_key().await? {
         Some(key) => Some(key),
         None if builtin.has_agent() => Some(builtin.public_key().to_owned()),
         None => None,

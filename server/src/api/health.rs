@@ -17,22 +17,8 @@ pub async fn healthz() -> Json<Value> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, DomainError> {
-    if state.shutdown.is_cancelled() {
-        return Err(DomainError::Unavailable("shutting down".into()));
-    }
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| DomainError::Unavailable(format!("database unavailable: {e}")))?;
-    // Reads may work while writes fail (a full disk): agents' reports are then held, not
-    // acknowledged, and new jobs refused.
-    state.writer.health().status().map_err(|why| {
-        DomainError::Unavailable(format!(
-            "database writes fail ({why}); agents' reports are held and retried, new jobs are refused"
-        ))
-    })?;
+    let connected = state.services.health.ready().await?;
     Ok(Json(
-        json!({"status": "ready", "agents_connected": state.hub.len()}),
+        json!({"status": "ready", "agents_connected": connected}),
     ))
 }

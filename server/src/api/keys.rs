@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::agents::{CommandRequest, CommandView};
-use super::{ApiJson, Path, validate_tags};
+use super::{ApiJson, Path};
 use crate::AppState;
-use crate::auth::Caller;
-use crate::dispatch::{self, CommandSpec};
-use crate::domain::DomainError;
+use crate::domain::{Caller, DomainError};
 use crate::http_error::ErrorDetail;
-use crate::store::{AgentKeyPatch, agent_key, key_status, string_list};
+use crate::service::commands::{CommandSpec, FanOutcome};
+use crate::service::keys::{KeyChanges, KeyRecord, NewKey};
+use crate::store::string_list;
 
 /// An agent key as listed (never with its secret).
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,51 +98,21 @@ pub struct FanoutResults {
     pub results: Vec<FanoutResult>,
 }
 
-fn view(state: &AppState, key: agent_key::Model) -> AgentKeyView {
-    AgentKeyView {
-        connected_agents: state.hub.connected_with_key(&key.tenant_id, &key.id).len(),
-        permissions: string_list(&key.permissions),
-        tags: string_list(&key.tags),
-        id: key.id,
-        name: key.name,
-        status: key.status,
-        created_at: key.created_at,
-        expires_at: key.expires_at,
-        last_used_at: key.last_used_at,
-    }
-}
-
-fn validate_name(name: &str) -> Result<(), DomainError> {
-    if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(DomainError::BadRequest(
-            "name: must be 1 to 128 characters without control characters".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_permissions(permissions: &[String]) -> Result<(), DomainError> {
-    for p in permissions {
-        if !commands::ALL.contains(&p.as_str()) {
-            return Err(DomainError::BadRequest(format!(
-                "permissions: unknown command {p:?}; expected any of {}",
-                commands::ALL.join(", ")
-            )));
+impl From<KeyRecord> for AgentKeyView {
+    fn from(record: KeyRecord) -> Self {
+        let key = record.key;
+        Self {
+            connected_agents: record.connected_agents,
+            permissions: string_list(&key.permissions),
+            tags: string_list(&key.tags),
+            id: key.id,
+            name: key.name,
+            status: key.status,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            last_used_at: key.last_used_at,
         }
     }
-    Ok(())
-}
-
-async fn find(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-) -> Result<agent_key::Model, DomainError> {
-    state
-        .store
-        .get_agent_key(&caller.tenant_id, id)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))
 }
 
 /// Create an agent key. The secret is in this answer only.
@@ -154,36 +124,17 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateAgentKey>,
 ) -> Result<(StatusCode, Json<AgentKeyWithSecret>), DomainError> {
-    validate_name(&body.name)?;
-    let permissions = body.permissions.unwrap_or_else(|| {
-        commands::DEFAULT_PERMISSIONS
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect()
-    });
-    validate_permissions(&permissions)?;
-    let tags = body.tags.unwrap_or_default();
-    validate_tags("tags", &tags)?;
-    if body.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(DomainError::BadRequest(
-            "expires_at: must be in the future".into(),
-        ));
-    }
-    let (key, secret) = state
-        .store
-        .create_agent_key(
-            &caller.tenant_id,
-            body.name.trim(),
-            &permissions,
-            &tags,
-            body.expires_at,
-        )
-        .await?;
-    tracing::info!(key_id = %key.id, "agent key created");
+    let new = NewKey {
+        name: body.name,
+        permissions: body.permissions,
+        tags: body.tags,
+        expires_at: body.expires_at,
+    };
+    let (key, secret) = state.services.keys.create(&caller, new).await?;
     Ok((
         StatusCode::CREATED,
         Json(AgentKeyWithSecret {
-            key: view(&state, key),
+            key: AgentKeyView::from(key),
             secret,
         }),
     ))
@@ -196,8 +147,8 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<AgentKeyView>>, DomainError> {
-    let keys = state.store.list_agent_keys(&caller.tenant_id).await?;
-    Ok(Json(keys.into_iter().map(|k| view(&state, k)).collect()))
+    let keys = state.services.keys.list(&caller).await?;
+    Ok(Json(keys.into_iter().map(AgentKeyView::from).collect()))
 }
 
 /// One agent key.
@@ -209,8 +160,8 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AgentKeyView>, DomainError> {
-    let key = find(&state, &caller, &id).await?;
-    Ok(Json(view(&state, key)))
+    let key = state.services.keys.get(&caller, &id).await?;
+    Ok(Json(AgentKeyView::from(key)))
 }
 
 /// Rename, change permissions, or disable/enable a key. Disabling closes its connections.
@@ -224,37 +175,13 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateAgentKey>,
 ) -> Result<Json<AgentKeyView>, DomainError> {
-    if let Some(name) = &body.name {
-        validate_name(name)?;
-    }
-    if let Some(permissions) = &body.permissions {
-        validate_permissions(permissions)?;
-    }
-    if let Some(status) = &body.status
-        && status != key_status::ACTIVE
-        && status != key_status::DISABLED
-    {
-        return Err(DomainError::BadRequest(format!(
-            "status: must be \"active\" or \"disabled\", not {status:?}"
-        )));
-    }
-    let patch = AgentKeyPatch {
-        name: body.name.map(|n| n.trim().to_owned()),
+    let changes = KeyChanges {
+        name: body.name,
         permissions: body.permissions,
         status: body.status,
     };
-    let key = state
-        .store
-        .update_agent_key(&caller.tenant_id, &id, patch)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))?;
-    if key.status == key_status::DISABLED {
-        let closed = state
-            .hub
-            .close_key(&key.id, outpost_protocol::codes::CLOSE_KEY_DISABLED);
-        tracing::info!(key_id = %key.id, closed, "agent key disabled");
-    }
-    Ok(Json(view(&state, key)))
+    let key = state.services.keys.update(&caller, &id, changes).await?;
+    Ok(Json(AgentKeyView::from(key)))
 }
 
 /// Delete a key; its connections close.
@@ -266,11 +193,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, DomainError> {
-    if !state.store.delete_agent_key(&caller.tenant_id, &id).await? {
-        return Err(DomainError::NotFound(format!("no agent key {id}")));
-    }
-    let closed = state.hub.close_key(&id, "agent key deleted");
-    tracing::info!(key_id = %id, closed, "agent key deleted");
+    state.services.keys.delete(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -283,15 +206,9 @@ pub async fn regenerate(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AgentKeyWithSecret>, DomainError> {
-    let (key, secret) = state
-        .store
-        .regenerate_agent_key(&caller.tenant_id, &id)
-        .await?
-        .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))?;
-    let closed = state.hub.close_key(&key.id, "agent key regenerated");
-    tracing::info!(key_id = %key.id, closed, "agent key regenerated");
+    let (key, secret) = state.services.keys.regenerate(&caller, &id).await?;
     Ok(Json(AgentKeyWithSecret {
-        key: view(&state, key),
+        key: AgentKeyView::from(key),
         secret,
     }))
 }
@@ -324,7 +241,6 @@ pub async fn command(
     ApiJson(body): ApiJson<CommandRequest>,
 ) -> Result<Json<FanoutResults>, DomainError> {
     let spec = body.into_spec()?;
-    dispatch::authorize(&caller, &spec, &format!("agents of key {id}"))?;
     fan_out(&state, &caller, &id, &spec).await.map(Json)
 }
 
@@ -334,35 +250,25 @@ async fn fan_out(
     key_id: &str,
     spec: &CommandSpec,
 ) -> Result<FanoutResults, DomainError> {
-    let key = find(state, caller, key_id).await?;
-    let agent_ids = state.hub.connected_with_key(&caller.tenant_id, &key.id);
-    let runs = agent_ids.into_iter().map(|agent_id| async move {
-        let agent_id = agent_id.to_string();
-        let outcome = async {
-            let (agent, key) = state
-                .store
-                .get_agent_with_key(&caller.tenant_id, &agent_id)
-                .await?
-                .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
-            dispatch::run(state, &agent, key.as_ref(), spec, false).await
-        }
-        .await;
-        match outcome {
+    let outcomes = state
+        .services
+        .commands
+        .fan_out(caller, key_id, spec)
+        .await?;
+    let results = outcomes
+        .into_iter()
+        .map(|FanOutcome { agent_id, result }| match result {
             Ok(model) => FanoutResult {
                 agent_id,
                 command: Some(CommandView::from(model)),
                 error: None,
             },
-            Err(err) => {
-                let envelope = crate::http_error::envelope_of(&err);
-                FanoutResult {
-                    agent_id,
-                    command: None,
-                    error: Some(envelope.error),
-                }
-            }
-        }
-    });
-    let results = futures_util::future::join_all(runs).await;
+            Err(err) => FanoutResult {
+                agent_id,
+                command: None,
+                error: Some(crate::http_error::envelope_of(&err).error),
+            },
+        })
+        .collect();
     Ok(FanoutResults { results })
 }

@@ -1,12 +1,11 @@
 //! The REST API: routes, request/response types and the OpenAPI document.
 //!
-//! One module per resource. Handlers authenticate with [`crate::auth::Caller`], take their
-//! input through [`ApiJson`], [`Query`] and [`Path`] (whose rejections are the JSON error
-//! envelope naming the field, where axum's own are `text/plain`; unknown routes and methods get
-//! the envelope too), validate it into domain types (errors name the offending field), call the
-//! store or
-//! [`crate::dispatch`], and map rows to the views defined next to them. They never see another
-//! tenant's rows because every store method takes the caller's tenant.
+//! One module per resource. Handlers authenticate the [`Caller`], take their input through
+//! [`ApiJson`], [`Query`] and [`Path`] (whose rejections are the JSON error envelope naming the
+//! field, where axum's own are `text/plain`; unknown routes and methods get the envelope too),
+//! call one method of [`crate::service`] and map what it returns to the views defined next to
+//! them. They hold no store and no hub: [`AppState`] has only the services, so a rule (a
+//! permission, a state change) cannot be written here by accident.
 
 mod agents;
 mod commands;
@@ -14,6 +13,7 @@ mod deploy;
 mod health;
 mod jobs;
 mod keys;
+pub mod metrics;
 mod releases;
 mod webhooks;
 
@@ -27,7 +27,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::domain::DomainError;
+use crate::domain::{Caller, DomainError};
 use crate::http_error::json_rejection;
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -126,12 +126,24 @@ pub fn router() -> Router<AppState> {
         .method_not_allowed_fallback(wrong_method)
 }
 
-/// A job as the API shows it (also the body of its webhook).
-pub fn job_view(
+/// A finished job as the API shows it, serialised: the body of its webhook (handed to the
+/// webhook worker when the server is wired, so the service layer does not depend on views).
+pub fn render_job(
     job: crate::store::job::Model,
     runs: Vec<crate::store::command::Model>,
-) -> impl serde::Serialize {
-    jobs::JobView::new(job, runs, true)
+) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&jobs::JobView::new(job, runs, true))
+}
+
+/// The caller behind a request's bearer token (an API key), as the access service
+/// authenticates it.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = DomainError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DomainError> {
+        let token = crate::http_error::bearer(&parts.headers);
+        state.services.access.authenticate(token).await
+    }
 }
 
 /// axum's `Query`, whose rejection uses our error shape and names the parameter
@@ -206,10 +218,4 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
-}
-
-/// Validates a list of tags by the protocol's rule, the one agents' own tags follow: at most
-/// 64, each 1 to 128 bytes without commas or control characters.
-pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), DomainError> {
-    outpost_protocol::check::tags(field, tags).map_err(DomainError::BadRequest)
 }

@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{Path, Query};
 use crate::AppState;
-use crate::auth::{Caller, authenticate_agent, bearer};
+use crate::domain::Caller;
 use crate::domain::DomainError;
 
 /// A release for one target, as `GET /api/releases/…` shows it.
@@ -79,9 +79,13 @@ impl FromRequestParts<AppState> for Reader {
     type Rejection = DomainError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DomainError> {
-        match bearer(&parts.headers) {
+        match crate::http_error::bearer(&parts.headers) {
             Some(token) if token.starts_with("opa_") => {
-                authenticate_agent(state, Some(token)).await?;
+                state
+                    .services
+                    .access
+                    .authenticate_agent(Some(token))
+                    .await?;
             }
             _ => {
                 Caller::from_request_parts(parts, state).await?;
@@ -117,7 +121,7 @@ pub async fn latest(
     Query(query): Query<TargetQuery>,
 ) -> Result<Json<ReleaseView>, DomainError> {
     let target = target_of(query)?;
-    match state.store.latest_release_version(&target).await? {
+    match state.services.releases.latest_version(&target).await? {
         Some(version) => view(&state, &headers, &version, &target).await.map(Json),
         None => builtin_view(&state, &headers, None, &target)
             .await
@@ -143,7 +147,7 @@ pub async fn show(
         .map_err(|e| DomainError::BadRequest(format!("version: {e}")))?;
     let target = target_of(query)?;
     match view(&state, &headers, &version, &target).await {
-        Err(DomainError::NotFound(_)) if !state.store.any_release_published().await? => {
+        Err(DomainError::NotFound(_)) if !state.services.releases.any_published().await? => {
             builtin_view(&state, &headers, Some(&version), &target)
                 .await
                 .map(Json)
@@ -209,8 +213,8 @@ async fn builtin_for<'a>(
     version: Option<&Version>,
     target: &str,
 ) -> Result<&'a crate::builtin::Builtin, DomainError> {
-    let builtin = &state.releases.builtin;
-    if state.store.any_release_published().await? {
+    let builtin = &state.services.releases.files().builtin;
+    if state.services.releases.any_published().await? {
         return Err(DomainError::NotFound(format!(
             "no release for {target}: releases are published on this server, but none for this target (publish one: outpost-server release publish --target {target} ...)"
         )));
@@ -236,7 +240,7 @@ async fn builtin_for<'a>(
 fn missing_builtin(state: &AppState, target: &str, name: &str) -> String {
     // Debug only: anyone may ask, and the start-up log already warns about it.
     tracing::debug!(
-        dir = %state.releases.builtin.dir().display(),
+        dir = %state.services.releases.files().builtin.dir().display(),
         name,
         "asked for a build this server does not have: put outpost-agent and outpost-supervisor in this directory (or --builds-dir), or publish a release"
     );
@@ -251,7 +255,7 @@ async fn view(
     version: &Version,
     target: &str,
 ) -> Result<ReleaseView, DomainError> {
-    let rows = state.store.release_artifacts(version, target).await?;
+    let rows = state.services.releases.artifacts(version, target).await?;
     let first = rows
         .first()
         .ok_or_else(|| DomainError::NotFound(format!("no release {version} for {target}")))?;
@@ -277,10 +281,14 @@ async fn view(
 
 /// `--public-url`, else the scheme this server serves and the request's `Host`.
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    if let Some(url) = &state.releases.public_url {
+    if let Some(url) = &state.services.releases.files().public_url {
         return url.trim_end_matches('/').to_owned();
     }
-    let scheme = if state.releases.tls { "https" } else { "http" };
+    let scheme = if state.services.releases.files().tls {
+        "https"
+    } else {
+        "http"
+    };
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -332,19 +340,26 @@ pub async fn download(
     };
     let version = match wanted {
         Some(version) => Some(version),
-        None => state.store.latest_artifact_version(&target, name).await?,
+        None => {
+            state
+                .services
+                .releases
+                .latest_artifact_version(&target, name)
+                .await?
+        }
     };
     let artifact = match version {
         Some(version) => state
-            .store
-            .release_artifacts(&version, &target)
+            .services
+            .releases
+            .artifacts(&version, &target)
             .await?
             .into_iter()
             .find(|r| r.name == name),
         None => None,
     };
     let Some(artifact) = artifact else {
-        if state.store.any_release_published().await? {
+        if state.services.releases.any_published().await? {
             return Err(DomainError::NotFound(match version {
                 Some(version) => format!("no {name} {version} for {target}"),
                 None => format!("no {name} published for {target}"),
@@ -360,7 +375,12 @@ pub async fn download(
         let body = format!("{}  {name}\n", artifact.sha256);
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
     }
-    let path = crate::release::artifact_path(&state.releases.dir, &version, &target, name);
+    let path = crate::release::artifact_path(
+        &state.services.releases.files().dir,
+        &version,
+        &target,
+        name,
+    );
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(err) => {

@@ -7,24 +7,13 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::Caller;
-use crate::domain::DomainError;
+use crate::domain::{Caller, DomainError};
 
 /// The signing secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SigningSecret {
     /// HMAC-SHA256 key: `X-Outpost-Signature` is `sha256=` + hex(HMAC(secret, body)).
     pub secret: String,
-}
-
-fn require_admin(caller: &Caller) -> Result<(), DomainError> {
-    if caller.role.at_least(crate::domain::Role::Admin) {
-        Ok(())
-    } else {
-        Err(DomainError::Forbidden(
-            "only owners and admins may see the webhook signing secret".into(),
-        ))
-    }
 }
 
 /// The tenant's webhook signing secret (created on first use).
@@ -34,11 +23,7 @@ pub async fn signing_secret(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<SigningSecret>, DomainError> {
-    require_admin(&caller)?;
-    let secret = state
-        .store
-        .webhook_secret(&caller.tenant_id, &state.webhooks.master)
-        .await?;
+    let secret = state.services.webhooks.signing_secret(&caller).await?;
     Ok(Json(SigningSecret { secret }))
 }
 
@@ -49,11 +34,10 @@ pub async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<SigningSecret>, DomainError> {
-    require_admin(&caller)?;
     let secret = state
-        .store
-        .rotate_webhook_secret(&caller.tenant_id, &state.webhooks.master)
+        .services
+        .webhooks
+        .rotate_signing_secret(&caller)
         .await?;
-    tracing::info!(tenant_id = %caller.tenant_id, "webhook signing secret rotated");
     Ok(Json(SigningSecret { secret }))
 }

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 macro_rules! text_enum {
     (
         $(#[$meta:meta])*
-        $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+ }
+        $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:tt, )+ }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -35,16 +35,15 @@ use outpost_protocol::poll::{
 use outpost_protocol::{AgentFrame, AgentId, DecodeError, ServerFrame, codes, limits};
 use tokio::sync::{Notify, mpsc};
 
+use super::Context;
 use super::link::{End, Link};
 use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
-use crate::AppState;
-use crate::auth;
 use crate::domain::DomainError;
 use crate::metrics::Direction;
 use crate::store::agent_key;
 
 /// The two long-poll routes, with a body limit fitting a batch rather than one frame.
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Context> {
     Router::new()
         .route("/agent/v1/poll", post(poll))
         .route("/agent/v1/frames", post(frames))
@@ -192,11 +191,12 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 
 /// `POST /agent/v1/poll`: the frames waiting for the agent, as soon as there are any.
 pub async fn poll(
-    State(state): State<AppState>,
+    State(state): State<Context>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<PollResponse>, DomainError> {
-    let key = auth::authenticate_agent(&state, auth::bearer(&headers)).await?;
+    let key = crate::access::authenticate_agent(&state.store, crate::http_error::bearer(&headers))
+        .await?;
     let req: PollRequest = parse(&body)?;
     let session = find(&state, &key, req.agent_id, &req.session)?;
     let wait = Duration::from_secs(u64::from(req.wait_s.min(MAX_POLL_WAIT_S)));
@@ -236,11 +236,12 @@ pub async fn poll(
 /// `POST /agent/v1/frames`: agent -> server frames, in order; a leading `register` opens a
 /// session.
 pub async fn frames(
-    State(state): State<AppState>,
+    State(state): State<Context>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<FramesResponse>, DomainError> {
-    let key = auth::authenticate_agent(&state, auth::bearer(&headers)).await?;
+    let key = crate::access::authenticate_agent(&state.store, crate::http_error::bearer(&headers))
+        .await?;
     let req: FramesRequest = parse(&body)?;
     if req.frames.len() > MAX_BATCH_FRAMES {
         return Err(DomainError::BadRequest(format!(
@@ -350,7 +351,7 @@ pub async fn frames(
 /// Opens a session for a registering agent and puts it in the hub, replacing any earlier
 /// connection of the same agent.
 async fn open(
-    state: &AppState,
+    state: &Context,
     key: agent_key::Model,
     data: &outpost_protocol::RegisterData,
 ) -> Result<(Arc<HttpSession>, ServerFrame), DomainError> {
@@ -427,7 +428,7 @@ async fn open(
 /// The session's life: moves pushed frames into the outbox, and ends the session when asked,
 /// when the agent goes silent, or when its key expires.
 async fn run(
-    state: AppState,
+    state: Context,
     session: Arc<HttpSession>,
     mut rx: mpsc::Receiver<Box<ServerFrame>>,
     mut resent: Resent,
@@ -479,7 +480,7 @@ async fn run(
 
 /// The agent's open session, if the request names it and was made with the same key.
 fn find(
-    state: &AppState,
+    state: &Context,
     key: &agent_key::Model,
     agent_id: AgentId,
     id: &str,

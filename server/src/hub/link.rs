@@ -16,7 +16,7 @@ use outpost_protocol::{
     ServerFrame, codes, decode_output_data, limits,
 };
 
-use crate::AppState;
+use super::Context;
 use crate::store::writer::{Fence, Finish, Write, Written};
 use crate::store::{Registered, Stored, agent_key, string_list};
 
@@ -31,8 +31,8 @@ pub enum End {
 
 /// One authenticated agent connection's protocol state.
 pub struct Link {
-    /// Shared server state.
-    pub state: AppState,
+    /// The handles a connection needs.
+    pub state: Context,
     /// The agent key the connection authenticated with.
     pub key: LinkKey,
     bad: BadFrames,
@@ -59,7 +59,7 @@ pub struct LinkKey {
 impl Link {
     /// A link for a connection authenticated with `key`, and the `connected` frame that opens
     /// the conversation.
-    pub fn new(state: AppState, key: agent_key::Model) -> (Self, ServerFrame) {
+    pub fn new(state: Context, key: agent_key::Model) -> (Self, ServerFrame) {
         let connected = ServerFrame::Connected(Connected {
             message: "Agent connection established".into(),
             agent_key_id: key.id.clone(),
@@ -204,12 +204,11 @@ impl Link {
             finished.extend(refused);
         }
         if !finished.is_empty() {
-            self.state.hub.finished(finished);
-            self.state.webhooks.wake();
+            self.state.finish.finished(finished);
         }
         let mut frames = Vec::with_capacity(allowed.len());
         for command in allowed {
-            match crate::dispatch::frame_for(&self.state, &command) {
+            match self.state.hub.frames().command(&command) {
                 Some(frame) => frames.push(frame),
                 None => tracing::error!(command_id = %command.id, "stored command has a bad id"),
             }
@@ -305,7 +304,7 @@ impl Link {
                     stream: output.stream,
                     seq: output.seq,
                     bytes,
-                    cap: self.state.max_output_bytes,
+                    cap: self.state.hub.frames().max_output_bytes(),
                 }
             }
             AgentFrame::Response(response) => {
@@ -335,21 +334,20 @@ impl Link {
         written: crate::store::Result<Written>,
         out: &mut Vec<ServerFrame>,
     ) -> Result<(), End> {
-        let hub = &self.state.hub;
         match written.map_err(internal)? {
             Written::Heartbeat => {}
             Written::Delivered {
                 job_id: Some(job_id),
                 ..
             } => {
-                hub.job_changed(&self.key.tenant_id, &job_id);
+                self.state.finish.job_changed(&self.key.tenant_id, &job_id);
             }
             Written::Delivered { .. } => {}
             Written::Output(Stored::New {
                 job_id: Some(job_id),
                 ..
             }) => {
-                hub.job_changed(&self.key.tenant_id, &job_id);
+                self.state.finish.job_changed(&self.key.tenant_id, &job_id);
             }
             // Dropped, and said so; not counted as a bad frame: an agent whose server lost
             // its database (restored from a backup) resends what the server no longer knows,

@@ -14,18 +14,45 @@ pub mod link;
 pub mod ws;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use outpost_protocol::{AgentFrame, AgentId, CommandId, ServerFrame};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::{Bus, Connection, Delivery, Waiters};
 pub use crate::domain::Transport;
+use crate::finish::Finish;
+use crate::frames::Frames;
+use crate::store::Store;
 use crate::store::command;
+use crate::store::writer::Writer;
+
+/// What a connection task needs, handed to it explicitly: the store to read open commands and
+/// keys, the writer for what the agent reports, this hub, the finish path, and the server's
+/// shutdown. Cheap to clone (handles only).
+#[derive(Clone)]
+pub struct Context {
+    /// Reads (a reconnecting agent's open commands, its key).
+    pub store: Store,
+    /// Batches what agents report into few transactions.
+    pub writer: Writer,
+    /// Live connections.
+    pub hub: Arc<Hub>,
+    /// Where finished commands are announced.
+    pub finish: Finish,
+    /// Cancelled when the server shuts down; connection tasks close their sockets on it.
+    pub shutdown: CancellationToken,
+}
+
+/// The agents' routes: the WebSocket and the long-poll pair.
+pub fn router() -> axum::Router<Context> {
+    http::router().route("/agent/v1/ws", axum::routing::get(ws::handler))
+}
 
 /// Frames queued for one connection before it counts as too slow. A command is small and an
 /// agent reads continuously, so a full queue means the connection is dead or stuck.
@@ -176,55 +203,40 @@ impl Resent {
 }
 
 /// Outcome of pushing a frame to an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
-    /// Queued on the agent's connection.
-    Queued,
-    /// The agent is not connected here.
-    Offline,
-    /// The agent's queue was full; its connection is being closed and the command will be sent
-    /// again from the store when it reconnects.
-    Dropped,
-}
+pub type Push = Delivery;
 
 type SessionKey = (String, AgentId);
 
-/// Something about a job changed (a run's state, new output). Carries no data: listeners read
-/// what changed from the store, so a slow listener costs no memory here.
-#[derive(Debug, Clone)]
-pub struct JobChanged {
-    /// The job's tenant.
-    pub tenant_id: String,
-    /// The job.
-    pub job_id: String,
-}
-
-/// Notifications kept for listeners that fall behind; past this they re-read the store.
-const JOB_EVENTS: usize = 1024;
-
-/// Registry of live connections and of callers waiting for command results.
+/// Registry of live connections, and the in-process [`Bus`]: every agent and every waiter is
+/// in this process.
 #[derive(Debug)]
 pub struct Hub {
     sessions: DashMap<SessionKey, Session>,
     /// Long-poll sessions, which also have their entry in `sessions`.
     http: DashMap<SessionKey, Arc<http::HttpSession>>,
-    waiters: DashMap<CommandId, Vec<Interest>>,
-    job_events: broadcast::Sender<JobChanged>,
+    waiters: Waiters,
+    frames: Frames,
     next_conn: AtomicU64,
     heartbeat_interval: Duration,
 }
 
 impl Hub {
-    /// An empty hub announcing the given heartbeat interval.
-    pub fn new(heartbeat_interval: Duration) -> Self {
+    /// An empty hub announcing the given heartbeat interval, sending commands as `frames`
+    /// builds them.
+    pub fn new(heartbeat_interval: Duration, frames: Frames) -> Self {
         Self {
             sessions: DashMap::new(),
             http: DashMap::new(),
-            waiters: DashMap::new(),
-            job_events: broadcast::channel(JOB_EVENTS).0,
+            waiters: Waiters::new(),
+            frames,
             next_conn: AtomicU64::new(1),
             heartbeat_interval,
         }
+    }
+
+    /// How stored commands become frames.
+    pub fn frames(&self) -> &Frames {
+        &self.frames
     }
 
     /// The heartbeat interval agents are told to use.
@@ -350,48 +362,6 @@ impl Hub {
         }
     }
 
-    /// Connected agents of a tenant, with their sessions.
-    pub fn connected(&self, tenant_id: &str) -> Vec<(AgentId, Session)> {
-        self.sessions
-            .iter()
-            .filter(|e| e.key().0 == tenant_id)
-            .map(|e| (e.key().1, e.value().clone()))
-            .collect()
-    }
-
-    /// Connected agents of a tenant that authenticated with the given key.
-    pub fn connected_with_key(&self, tenant_id: &str, key_id: &str) -> Vec<AgentId> {
-        self.sessions
-            .iter()
-            .filter(|e| e.key().0 == tenant_id && e.value().key_id == key_id)
-            .map(|e| e.key().1)
-            .collect()
-    }
-
-    /// Closes every connection made with a key (disabled, deleted or regenerated).
-    pub fn close_key(&self, key_id: &str, reason: &str) -> usize {
-        let mut closed = 0;
-        for entry in self.sessions.iter() {
-            if entry.value().key_id == key_id {
-                entry
-                    .value()
-                    .close
-                    .close(outpost_protocol::limits::CLOSE_NORMAL, reason);
-                closed += 1;
-            }
-        }
-        closed
-    }
-
-    /// Closes one agent's connection.
-    pub fn close_agent(&self, tenant_id: &str, agent_id: AgentId, reason: &str) {
-        if let Some(session) = self.get(tenant_id, agent_id) {
-            session
-                .close
-                .close(outpost_protocol::limits::CLOSE_NORMAL, reason);
-        }
-    }
-
     /// Number of live connections.
     pub fn len(&self) -> usize {
         self.sessions.len()
@@ -415,255 +385,81 @@ impl Hub {
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
-
-    /// Registers interest in a command's stored result. Register before the command can
-    /// finish (that is, before it is pushed) so that the result cannot slip by.
-    pub fn watch(&self, command_id: CommandId) -> Waiter<'_> {
-        let (tx, rx) = oneshot::channel();
-        self.waiters
-            .entry(command_id)
-            .or_default()
-            .push(Interest::One(tx));
-        Waiter {
-            hub: self,
-            command_id,
-            rx,
-        }
-    }
-
-    /// Registers interest in many commands' results at once (a job's runs, for `?wait`),
-    /// under the same rule as [`watch`](Self::watch). One collector takes every result and
-    /// wakes its caller once, when the last arrives: a waiter per run cost a channel, a
-    /// future and a wake-up of the caller's task per result (~20 ms of CPU per 10,000-run
-    /// job).
-    pub fn watch_all(&self, command_ids: Vec<CommandId>) -> ManyWaiter<'_> {
-        let collector = Arc::new(Collector {
-            collected: Mutex::new(Collected {
-                runs: vec![None; command_ids.len()],
-                missing: command_ids.len(),
-            }),
-            done: Notify::new(),
-            dropped: AtomicBool::new(false),
-        });
-        for (slot, id) in command_ids.iter().enumerate() {
-            self.waiters
-                .entry(*id)
-                .or_default()
-                .push(Interest::Many(collector.clone(), slot));
-        }
-        ManyWaiter {
-            hub: self,
-            command_ids,
-            collector,
-        }
-    }
-
-    /// Tells job listeners that a job changed.
-    pub fn job_changed(&self, tenant_id: &str, job_id: &str) {
-        // No listener is not an error.
-        let _ = self.job_events.send(JobChanged {
-            tenant_id: tenant_id.to_owned(),
-            job_id: job_id.to_owned(),
-        });
-    }
-
-    /// Listens for job changes.
-    pub fn job_events(&self) -> broadcast::Receiver<JobChanged> {
-        self.job_events.subscribe()
-    }
-
-    /// Hands stored results to everyone waiting for them, counts them, and tells job
-    /// listeners once per job of the batch.
-    ///
-    /// Results come in batches (a writer's transaction, an expiry sweep, a cancel), and a
-    /// fan-out's batch holds hundreds of runs of one job: one event per run filled the
-    /// followers' buffer of 1,024 events within a batch or two (they then skip to the job's
-    /// latest state anyway) and cost the writer's thread two allocations and the channel's
-    /// lock per run. Each result is moved to its last waiter, not copied.
-    pub fn finished(&self, runs: Vec<command::Model>) {
-        let mut jobs: Vec<(String, String)> = Vec::new();
-        let mut states: Vec<(&'static str, u64)> = Vec::new();
-        for run in &runs {
-            if let Some(job_id) = &run.job_id
-                && !jobs.iter().any(|(t, j)| j == job_id && *t == run.tenant_id)
-            {
-                jobs.push((run.tenant_id.clone(), job_id.clone()));
-            }
-            let state = crate::metrics::final_state(&run.state);
-            match states.iter_mut().find(|(s, _)| *s == state) {
-                Some((_, n)) => *n += 1,
-                None => states.push((state, 1)),
-            }
-        }
-        for (state, n) in states {
-            crate::metrics::commands_finished(state, n);
-        }
-        for run in runs {
-            let Ok(id) = run.id.parse::<CommandId>() else {
-                continue;
-            };
-            let Some((_, mut interests)) = self.waiters.remove(&id) else {
-                continue;
-            };
-            let last = interests.pop();
-            for interest in interests {
-                interest.give(run.clone());
-            }
-            if let Some(last) = last {
-                last.give(run);
-            }
-        }
-        for (tenant_id, job_id) in jobs {
-            self.job_changed(&tenant_id, &job_id);
-        }
-    }
-
-    /// Drops the closed interests in `command_id`'s entry, and the entry once none is left.
-    fn withdraw(&self, command_id: &CommandId) {
-        self.waiters.remove_if_mut(command_id, |_, interests| {
-            interests.retain(|i| !i.is_closed());
-            interests.is_empty()
-        });
-    }
 }
 
-/// Someone waiting for a command's result.
-#[derive(Debug)]
-enum Interest {
-    /// A [`Waiter`].
-    One(oneshot::Sender<command::Model>),
-    /// A [`ManyWaiter`], at this slot of its collector.
-    Many(Arc<Collector>, usize),
-}
-
-impl Interest {
-    /// Hands `run`'s result to its waiter.
-    fn give(self, run: command::Model) {
-        match self {
-            Self::One(tx) => {
-                let _ = tx.send(run);
-            }
-            Self::Many(collector, slot) => collector.put(slot, run),
-        }
-    }
-
-    /// Whether its waiter is gone.
-    fn is_closed(&self) -> bool {
-        match self {
-            Self::One(tx) => tx.is_closed(),
-            Self::Many(collector, _) => collector.dropped.load(Ordering::Acquire),
-        }
-    }
-}
-
-/// Where a [`ManyWaiter`]'s results are gathered.
-#[derive(Debug)]
-struct Collector {
-    collected: Mutex<Collected>,
-    /// Notified once, when nothing is missing any more.
-    done: Notify,
-    /// Set when the waiter is dropped.
-    dropped: AtomicBool,
-}
-
-#[derive(Debug)]
-struct Collected {
-    /// One slot per command, in the order the waiter was given them.
-    runs: Vec<Option<command::Model>>,
-    missing: usize,
-}
-
-impl Collector {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Collected> {
-        self.collected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn put(&self, slot: usize, model: command::Model) {
-        let mut collected = self.lock();
-        let Some(place) = collected.runs.get_mut(slot) else {
-            return;
+impl Bus for Hub {
+    fn deliver(&self, command: &command::Model) -> Delivery {
+        let (Ok(agent_id), Some(frame)) = (command.agent_id.parse(), self.frames.command(command))
+        else {
+            return Delivery::Offline;
         };
-        if place.is_none() {
-            *place = Some(model);
-            collected.missing -= 1;
-            if collected.missing == 0 {
-                // A permit is kept if the waiter is not waiting yet.
-                self.done.notify_one();
+        self.push(&command.tenant_id, agent_id, frame)
+    }
+
+    fn cancel(&self, command: &command::Model) -> Delivery {
+        let (Ok(agent_id), Ok(command_id)) = (command.agent_id.parse(), command.id.parse()) else {
+            return Delivery::Offline;
+        };
+        self.push(
+            &command.tenant_id,
+            agent_id,
+            ServerFrame::Cancel { command_id },
+        )
+    }
+
+    fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
+        Hub::is_online(self, tenant_id, agent_id)
+    }
+
+    fn connections(&self, tenant_id: &str) -> Vec<Connection> {
+        self.sessions
+            .iter()
+            .filter(|e| e.key().0 == tenant_id)
+            .map(|e| Connection {
+                agent_id: e.key().1,
+                key_id: e.value().key_id.clone(),
+                connected_at: e.value().connected_at,
+                transport: e.value().transport,
+            })
+            .collect()
+    }
+
+    fn count_by_transport(&self) -> Vec<(Transport, usize)> {
+        Hub::count_by_transport(self)
+    }
+
+    fn disconnect_key(&self, tenant_id: &str, key_id: &str, reason: &str) -> usize {
+        let mut closed = 0;
+        for entry in self.sessions.iter() {
+            if entry.key().0 == tenant_id && entry.value().key_id == key_id {
+                entry
+                    .value()
+                    .close
+                    .close(outpost_protocol::limits::CLOSE_NORMAL, reason);
+                closed += 1;
             }
         }
+        closed
     }
-}
 
-/// A caller waiting for many commands' results (see [`Hub::watch_all`]). Dropping it
-/// withdraws the interest.
-pub struct ManyWaiter<'a> {
-    hub: &'a Hub,
-    command_ids: Vec<CommandId>,
-    collector: Arc<Collector>,
-}
-
-impl ManyWaiter<'_> {
-    /// Waits for every result, with no deadline of its own; returns them in the order the
-    /// commands were given.
-    pub async fn results(&self) -> Vec<command::Model> {
-        loop {
-            {
-                let mut collected = self.collector.lock();
-                if collected.missing == 0 {
-                    let runs = std::mem::take(&mut collected.runs);
-                    // Sized up front: collected from `flatten`, whose size hint is no help,
-                    // a 10,000-run job's rows were reallocated and copied ~14 times.
-                    let mut results = Vec::with_capacity(runs.len());
-                    results.extend(runs.into_iter().flatten());
-                    return results;
-                }
-            }
-            self.collector.done.notified().await;
+    fn disconnect_agent(&self, tenant_id: &str, agent_id: AgentId, reason: &str) {
+        if let Some(session) = self.get(tenant_id, agent_id) {
+            session
+                .close
+                .close(outpost_protocol::limits::CLOSE_NORMAL, reason);
         }
     }
-}
 
-impl Drop for ManyWaiter<'_> {
-    fn drop(&mut self) {
-        if self.collector.lock().missing == 0 {
-            // Every entry was taken out as its result arrived.
-            return;
-        }
-        self.collector.dropped.store(true, Ordering::Release);
-        for id in &self.command_ids {
-            self.hub.withdraw(id);
-        }
-    }
-}
-
-/// A caller waiting for one command's result. Dropping it withdraws the interest.
-pub struct Waiter<'a> {
-    hub: &'a Hub,
-    command_id: CommandId,
-    rx: oneshot::Receiver<command::Model>,
-}
-
-impl Waiter<'_> {
-    /// Waits up to `timeout` for the stored result.
-    pub async fn wait(self, timeout: Duration) -> Option<command::Model> {
-        tokio::time::timeout(timeout, self.result()).await.ok()?
+    fn finished(&self, runs: Vec<command::Model>) {
+        self.waiters.wake(runs);
     }
 
-    /// Waits for the stored result with no deadline of its own, for a caller that waits on
-    /// many commands under one deadline (one timer instead of one per command).
-    pub async fn result(mut self) -> Option<command::Model> {
-        (&mut self.rx).await.ok()
+    fn job_changed(&self, tenant_id: &str, job_id: &str) {
+        self.waiters.job_changed(tenant_id, job_id);
     }
-}
 
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        // Close our receiver so that its sender counts as closed, then drop closed senders and
-        // the entry itself once nobody else waits.
-        self.rx.close();
-        self.hub.withdraw(&self.command_id);
+    fn waiters(&self) -> &Waiters {
+        &self.waiters
     }
 }
 
@@ -680,6 +476,12 @@ mod tests {
     use outpost_protocol::ServerCommand;
 
     use super::*;
+
+    fn test_hub(heartbeat: Duration) -> Hub {
+        let master = crate::seal::MasterKey::parse(&crate::seal::MasterKey::generate())
+            .expect("a generated key parses");
+        Hub::new(heartbeat, Frames::new(Arc::new(master), 1 << 20))
+    }
 
     /// A connection's close signal fires on its own close (the first reason wins) and on the
     /// server's shutdown (1001), and closing one connection stops nothing else.
@@ -722,7 +524,7 @@ mod tests {
     fn the_sweep_closes_silent_and_expired_connections_only() {
         use outpost_protocol::limits::{CLOSE_GOING_AWAY, CLOSE_NORMAL};
         let shutdown = CancellationToken::new();
-        let hub = Hub::new(Duration::from_secs(60));
+        let hub = test_hub(Duration::from_secs(60));
         let expired = Session {
             key_expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
             ..session(&hub, &shutdown, Transport::Websocket)
@@ -747,7 +549,7 @@ mod tests {
         assert!(!signals[1].token.is_cancelled() && !signals[2].token.is_cancelled());
 
         // Three intervals of 1 ms: silence soon exceeds them, unless the agent is heard.
-        let quick = Hub::new(Duration::from_millis(1));
+        let quick = test_hub(Duration::from_millis(1));
         let silent = session(&quick, &shutdown, Transport::Websocket);
         let signal = silent.close.clone();
         quick.insert("t", AgentId::new_v4(), silent);
@@ -802,108 +604,5 @@ mod tests {
         resent.expire();
         assert!(resent.0.is_none());
         assert!(!resent.already_sent(&command(a)));
-    }
-
-    fn finished_run(id: CommandId) -> command::Model {
-        let now = Utc::now();
-        command::Model {
-            state: crate::store::state::SUCCEEDED.into(),
-            delivered_at: Some(now),
-            finished_at: Some(now),
-            success: Some(true),
-            result: Some(serde_json::json!({"pong": true})),
-            ..crate::store::pending_command("t", &id.to_string(), "a")
-        }
-    }
-
-    /// A waiter on many commands gets every result once, in the order it gave the commands
-    /// (whatever order they finish in, and whether it was waiting yet or not), beside a
-    /// single-command waiter on one of them; a repeat changes nothing.
-    #[tokio::test]
-    async fn a_waiter_on_many_commands_gets_every_result_in_its_order() {
-        let hub = Hub::new(Duration::from_secs(60));
-        let ids: Vec<CommandId> = (0..5).map(|_| CommandId::new_v4()).collect();
-        let many = hub.watch_all(ids.clone());
-        let one = hub.watch(ids[2]);
-        for i in [3, 0, 2, 2] {
-            hub.finished(vec![finished_run(ids[i])]);
-        }
-        let waiting = tokio::time::timeout(Duration::from_millis(50), many.results()).await;
-        assert!(waiting.is_err(), "two results are still missing");
-        assert_eq!(
-            one.wait(Duration::from_secs(5)).await.map(|r| r.id),
-            Some(ids[2].to_string())
-        );
-        for i in [4, 1] {
-            hub.finished(vec![finished_run(ids[i])]);
-        }
-        let results = tokio::time::timeout(Duration::from_secs(5), many.results())
-            .await
-            .expect("every result arrived");
-        let got: Vec<String> = results.into_iter().map(|r| r.id).collect();
-        let want: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        assert_eq!(got, want);
-        drop(many);
-        assert!(hub.waiters.is_empty(), "nothing is left behind");
-    }
-
-    /// Dropping a waiter on many commands (a `?wait` that timed out, a caller that hung up)
-    /// withdraws its interest in the commands still open, and leaves other waiters' alone.
-    #[tokio::test]
-    async fn a_dropped_waiter_on_many_commands_withdraws() {
-        let hub = Hub::new(Duration::from_secs(60));
-        let ids: Vec<CommandId> = (0..3).map(|_| CommandId::new_v4()).collect();
-        let many = hub.watch_all(ids.clone());
-        let one = hub.watch(ids[1]);
-        hub.finished(vec![finished_run(ids[0])]);
-        drop(many);
-        assert_eq!(
-            hub.waiters.len(),
-            1,
-            "only the single waiter's entry is left"
-        );
-        hub.finished(vec![finished_run(ids[1])]);
-        assert!(one.wait(Duration::from_secs(5)).await.is_some());
-        assert!(hub.waiters.is_empty());
-    }
-
-    /// A batch of results tells job listeners once per job, however many of its runs it
-    /// holds, and every result still reaches its waiter (two waiters on one run: both).
-    #[tokio::test]
-    async fn a_batch_of_results_is_one_event_per_job() {
-        let hub = Hub::new(Duration::from_secs(60));
-        let mut events = hub.job_events();
-        let ids: Vec<CommandId> = (0..5).map(|_| CommandId::new_v4()).collect();
-        let first = hub.watch(ids[0]);
-        let again = hub.watch(ids[0]);
-        let many = hub.watch_all(ids.clone());
-        let runs = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| command::Model {
-                job_id: match i {
-                    0..=2 => Some("job-a".into()),
-                    3 => Some("job-b".into()),
-                    _ => None,
-                },
-                ..finished_run(*id)
-            })
-            .collect();
-        hub.finished(runs);
-        let mut told = Vec::new();
-        while let Ok(event) = events.try_recv() {
-            told.push(event.job_id);
-        }
-        assert_eq!(told, ["job-a", "job-b"]);
-        for waiter in [first, again] {
-            let run = waiter.wait(Duration::from_secs(5)).await.expect("a result");
-            assert_eq!(run.id, ids[0].to_string());
-        }
-        let results = tokio::time::timeout(Duration::from_secs(5), many.results())
-            .await
-            .expect("every result arrived");
-        assert_eq!(results.len(), ids.len());
-        drop(many);
-        assert!(hub.waiters.is_empty(), "nothing is left behind");
     }
 }

@@ -27,10 +27,9 @@ use outpost_protocol::{
 };
 use tokio::sync::mpsc;
 
+use super::Context;
 use super::link::{End, Link, Pending, refused_register, too_big};
 use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
-use crate::AppState;
-use crate::auth;
 use crate::metrics::Direction;
 
 /// How long one frame may take to reach the agent's TCP buffer before the peer counts as dead.
@@ -64,14 +63,17 @@ type Decoded = Result<Option<AgentFrame>, End>;
 
 /// Authenticates the agent key, then upgrades. A bad key never gets a WebSocket.
 pub async fn handler(
-    State(state): State<AppState>,
+    State(state): State<Context>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> HttpResponse {
-    let key = match auth::authenticate_agent(&state, auth::bearer(&headers)).await {
-        Ok(key) => key,
-        Err(err) => return err.into_response(),
-    };
+    let key =
+        match crate::access::authenticate_agent(&state.store, crate::http_error::bearer(&headers))
+            .await
+        {
+            Ok(key) => key,
+            Err(err) => return err.into_response(),
+        };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {

@@ -274,7 +274,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// The agents of a tenant whose last `register` did not list a script named `script`,
     /// with their scripts: `(agent id, scripts)`. A `run` job asks this once, whatever its
     /// size: the agents that list the script (usually all of them) are not returned, and
-    /// `crate::dispatch::script_refusal` decides about the others.
+    /// `crate::service::commands::script_refusal` decides about the others.
     pub async fn agents_without_script(
         &self,
         tenant_id: &str,

@@ -35,7 +35,7 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 
-use crate::auth::{self, KeyKind};
+use crate::credentials::{self, KeyKind};
 pub use entities::{
     agent, agent_key, api_key, command, job, output_chunk, release, tenant, webhook_attempt,
 };
@@ -353,7 +353,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let Some(key) = admin_key else {
             return Ok(Bootstrapped::Unchanged);
         };
-        match self.api_key_by_hash(&auth::hash_secret(key)).await? {
+        match self.api_key_by_hash(&credentials::hash_secret(key)).await? {
             Some(row) if row.revoked_at.is_some() => Ok(Bootstrapped::Revoked),
             Some(_) => Ok(Bootstrapped::Unchanged),
             None => {
@@ -373,7 +373,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     .into(),
             )
         })?;
-        let secret = auth::generate_secret(KeyKind::Api);
+        let secret = credentials::generate_secret(KeyKind::Api);
         let revoked = self.replace_owner_key(&tenant.id, &secret).await?;
         Ok((secret, revoked))
     }
@@ -425,7 +425,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         .await?;
         let secret = secret
             .map(str::to_owned)
-            .unwrap_or_else(|| auth::generate_secret(KeyKind::Api));
+            .unwrap_or_else(|| credentials::generate_secret(KeyKind::Api));
         self.insert_owner_key(&id, &secret).await?;
         Ok((id, secret))
     }
@@ -436,7 +436,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             id: Set(id.clone()),
             tenant_id: Set(tenant_id.to_owned()),
             name: Set(BOOTSTRAP_KEY_NAME.into()),
-            key_hash: Set(auth::hash_secret(secret)),
+            key_hash: Set(credentials::hash_secret(secret)),
             role: Set("owner".into()),
             created_at: Set(Utc::now()),
             expires_at: Set(None),
@@ -451,12 +451,12 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// accounts API will create keys of every role; until then this is how an admin or member
     /// key is made (by tools and tests on the server's host).
     pub async fn create_api_key(&self, tenant_id: &str, name: &str, role: &str) -> Result<String> {
-        let secret = auth::generate_secret(KeyKind::Api);
+        let secret = credentials::generate_secret(KeyKind::Api);
         api_key::ActiveModel {
             id: Set(new_id()),
             tenant_id: Set(tenant_id.to_owned()),
             name: Set(name.to_owned()),
-            key_hash: Set(auth::hash_secret(&secret)),
+            key_hash: Set(credentials::hash_secret(&secret)),
             role: Set(role.to_owned()),
             created_at: Set(Utc::now()),
             expires_at: Set(None),
@@ -494,12 +494,12 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         tags: &[String],
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(agent_key::Model, String)> {
-        let secret = auth::generate_secret(KeyKind::Agent);
+        let secret = credentials::generate_secret(KeyKind::Agent);
         let model = agent_key::ActiveModel {
             id: Set(new_id()),
             tenant_id: Set(tenant_id.to_owned()),
             name: Set(name.to_owned()),
-            key_hash: Set(auth::hash_secret(&secret)),
+            key_hash: Set(credentials::hash_secret(&secret)),
             permissions: Set(json!(permissions)),
             tags: Set(json!(tags)),
             status: Set(key_status::ACTIVE.into()),
@@ -565,9 +565,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let Some(existing) = self.get_agent_key(tenant_id, id).await? else {
             return Ok(None);
         };
-        let secret = auth::generate_secret(KeyKind::Agent);
+        let secret = credentials::generate_secret(KeyKind::Agent);
         let mut model: agent_key::ActiveModel = existing.into();
-        model.key_hash = Set(auth::hash_secret(&secret));
+        model.key_hash = Set(credentials::hash_secret(&secret));
         Ok(Some((model.update(&self.db).await?, secret)))
     }
 

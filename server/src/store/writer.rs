@@ -375,7 +375,7 @@ impl Own {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.writes.fetch_add(size as u64, Ordering::Relaxed);
         for run in &finished {
-            crate::metrics::command_answered(run);
+            crate::metrics::command_answered(run.created_at, run.delivered_at, run.finished_at);
         }
         if let (false, Some(listener)) = (finished.is_empty(), self.listener.get()) {
             listener(finished);

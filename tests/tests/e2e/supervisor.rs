@@ -367,7 +367,7 @@ async fn signed_self_update_refusals_and_rollback() {
     .await
     .expect("open store");
     let owner = store
-        .api_key_by_hash(&outpost_server::auth::hash_secret(&server.admin_key))
+        .api_key_by_hash(&outpost_server::credentials::hash_secret(&server.admin_key))
         .await
         .expect("read")
         .expect("owner key");

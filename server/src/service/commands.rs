@@ -1,31 +1,33 @@
-//! Sending commands to agents: validate, store, push, and (optionally) wait for the result.
+//! Commands to one agent, or to every agent of a key: validate, store, deliver, and wait for
+//! the result.
 //!
-//! This is the one path every command takes, whichever endpoint asked for it:
-//! REST handler -> [`submit`] (permission check, command stored) -> hub (frame out) -> agent ->
-//! connection task (result stored) -> [`crate::hub::Hub::finished`] wakes the waiter here.
+//! The path every single command takes: [`Commands::send`] (rights checked, command
+//! committed) -> [`Bus::deliver`](crate::bus::Bus::deliver) (frame out, wherever the agent is)
+//! -> agent -> its connection (result committed) -> `crate::finish` wakes the waiter here.
+//! Storing and delivering are one step ([`Core::store_and_deliver`]): no caller can store a
+//! command and forget to send it.
 //!
 //! Secret parameters are masked and sealed before a command is stored, and unsealed only in
-//! [`frame_for`] (see [`crate::secrets`]). An `update` with `force` may downgrade agents, so
+//! `crate::frames` (see [`crate::secrets`]). An `update` with `force` may downgrade agents, so
 //! only an owner may ask for one ([`authorize`]), and an `update` to a version older than an
 //! agent's is refused without it ([`downgrade_refusal`]); the supervisor checks again against
-//! the binary it runs.
+//! the binary it runs. The checks here are shared with jobs (`super::jobs`), which apply them
+//! run by run.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use outpost_protocol::release::Version;
-use outpost_protocol::{ServerCommand, ServerFrame, commands, limits};
+use outpost_protocol::{commands, limits};
 use serde_json::Value;
 
-use crate::AppState;
-use crate::auth::Caller;
-use crate::domain::DomainError;
-use crate::hub::Push;
+use super::Core;
+use super::access::{Access, Action, key_refusal};
+use crate::domain::{Caller, CommandState, DomainError};
 use crate::secrets;
-use crate::store::{NewCommand, agent, agent_key, command, key_status, string_list};
-
-/// The role that may force an `update` (and so downgrade agents).
-const FORCE_UPDATE_ROLE: crate::domain::Role = crate::domain::Role::Owner;
+use crate::store::{NewCommand, agent, agent_key, command};
 
 /// Extra time a waiting caller gives the agent beyond the command's own timeout, so a command
 /// that times out on the agent is reported as `timed_out` rather than as a 504.
@@ -122,15 +124,15 @@ impl CommandSpec {
 
     /// The data to store for agents whose manifests mark `declared` secret (with what the
     /// caller forced): secret values masked, and the values sealed. See [`crate::secrets`].
-    pub fn sealed_data<'a>(
+    pub(super) fn sealed_data<'a>(
         &self,
-        state: &AppState,
+        core: &Core,
         tenant_id: &str,
         declared: impl IntoIterator<Item = &'a str>,
     ) -> (Value, Option<String>) {
         let mut secret = self.secret_params.clone();
         secret.extend(declared.into_iter().map(str::to_owned));
-        secrets::seal(&state.webhooks.master, tenant_id, &self.data, &secret)
+        secrets::seal(&core.master, tenant_id, &self.data, &secret)
     }
 
     /// How long a caller waits for the result.
@@ -173,13 +175,7 @@ pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<()
     if spec.command != commands::UPDATE || !spec.update_force {
         return Ok(());
     }
-    if caller.role != FORCE_UPDATE_ROLE {
-        return Err(DomainError::Forbidden(format!(
-            "data.force: only an owner may force an update (it can downgrade agents); \
-             this API key's role is {}",
-            caller.role
-        )));
-    }
+    Access::require(caller, Action::ForceUpdate)?;
     tracing::info!(
         key_id = %caller.key_id,
         role = %caller.role,
@@ -293,167 +289,218 @@ pub fn script_refusal(agent_id: &str, scripts: &Value, script: &str) -> Option<S
     ))
 }
 
-/// The frame that carries a stored command. A `run` also tells the agent how much output the
-/// server keeps, so the agent does not spool what would be dropped. Secret parameters are
-/// unsealed here, and only here: the frame is the one place their values may appear.
-pub fn frame_for(state: &AppState, model: &command::Model) -> Option<ServerFrame> {
-    let mut data = model.data.clone();
-    if let Some(sealed) = &model.sealed_params
-        && let Err(why) =
-            secrets::unseal(&state.webhooks.master, &model.tenant_id, &mut data, sealed)
-    {
-        tracing::error!(command_id = %model.id, %why, "cannot open the command's secret parameters; not sending it");
-        return None;
-    }
-    if model.command == commands::RUN
-        && let Some(object) = data.as_object_mut()
-    {
-        object.insert(
-            "max_output_bytes".into(),
-            Value::from(state.max_output_bytes),
-        );
-    }
-    Some(ServerFrame::Command(ServerCommand {
-        command_id: model.id.parse().ok()?,
-        command: model.command.clone(),
-        data,
-        timeout_s: model.timeout_s.max(1) as u32,
-        timestamp: model.created_at,
-    }))
+/// What became of a command sent to one agent.
+#[derive(Debug)]
+pub enum Sent {
+    /// Its stored result (final, or the state it had when the caller stopped waiting).
+    Answered(command::Model),
+    /// Stored for an offline agent (`queue`); it is delivered when the agent connects.
+    Queued(command::Model),
 }
 
-/// Checks that the agent's key (read with it, see [`crate::store::Store::get_agent_with_key`])
-/// allows the command. A command the key does not allow is refused here and never stored or
-/// sent.
-fn check_permission(
-    agent: &agent::Model,
-    key: Option<&agent_key::Model>,
-    command: &str,
-) -> Result<(), DomainError> {
-    let key = key.ok_or_else(|| {
-        DomainError::Forbidden(format!(
-            "agent {} connected with a key that no longer exists",
-            agent.id
-        ))
-    })?;
-    if key.status != key_status::ACTIVE {
-        return Err(DomainError::Forbidden(format!(
-            "agent {}'s key {} is disabled",
-            agent.id, key.id
-        )));
-    }
-    if !string_list(&key.permissions).iter().any(|p| p == command) {
-        return Err(DomainError::Forbidden(format!(
-            "agent key {} does not allow the {command:?} command",
-            key.id
-        )));
-    }
-    Ok(())
+/// One agent's outcome in a key's fan-out.
+#[derive(Debug)]
+pub struct FanOutcome {
+    /// The agent.
+    pub agent_id: String,
+    /// Its stored result, or why nothing was sent to it.
+    pub result: Result<command::Model, DomainError>,
 }
 
-/// Stores a command for one agent and pushes it if the agent is connected. With `queue` off,
-/// an offline agent is refused (409) and nothing is stored.
-pub async fn submit(
-    state: &AppState,
-    agent: &agent::Model,
-    key: Option<&agent_key::Model>,
-    spec: &CommandSpec,
-    queue: bool,
-) -> Result<command::Model, DomainError> {
-    writable(state)?;
-    let agent_id = parse_agent_id(&agent.id)?;
-    check_permission(agent, key, &spec.command)?;
-    if let Some(script) = run_script(spec)
-        && let Some(why) = script_refusal(&agent.id, &agent.scripts, script)
-    {
-        return Err(DomainError::Refused {
-            code: outpost_protocol::codes::SCRIPT_NOT_ALLOWED,
-            message: why,
+/// Commands to one agent or to a key's agents.
+#[derive(Clone)]
+pub struct Commands {
+    core: Arc<Core>,
+}
+
+impl Commands {
+    pub(super) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// Sends a command to one agent of the caller's tenant and waits for its result (the
+    /// command's timeout, then `Timeout`). An offline agent is refused (`agent_offline`)
+    /// unless `queue`, in which case the command is stored and [`Sent::Queued`] returned.
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        agent_id: &str,
+        spec: &CommandSpec,
+        queue: bool,
+    ) -> Result<Sent, DomainError> {
+        authorize(caller, spec, &format!("agent {agent_id}"))?;
+        let core = &self.core;
+        let (agent, key) = core
+            .store
+            .get_agent_with_key(&caller.tenant_id, agent_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
+        let online = core
+            .bus
+            .is_online(&agent.tenant_id, parse_agent_id(&agent.id)?);
+        if queue && !online {
+            // It may connect in between; if so it gets the command now.
+            let model = core
+                .store_and_deliver(&agent, key.as_ref(), spec, true)
+                .await?;
+            return Ok(Sent::Queued(model));
+        }
+        core.run(&agent, key.as_ref(), spec, queue)
+            .await
+            .map(Sent::Answered)
+    }
+
+    /// Sends a command to every agent connected with one of the caller's agent keys, and
+    /// waits for every result. Each agent's outcome is its own: one refusal or timeout does
+    /// not stop the others.
+    pub async fn fan_out(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: &CommandSpec,
+    ) -> Result<Vec<FanOutcome>, DomainError> {
+        authorize(caller, spec, &format!("agents of key {key_id}"))?;
+        let core = &self.core;
+        let key = core
+            .store
+            .get_agent_key(&caller.tenant_id, key_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no agent key {key_id}")))?;
+        let agent_ids: Vec<_> = core
+            .bus
+            .connections(&caller.tenant_id)
+            .into_iter()
+            .filter(|c| c.key_id == key.id)
+            .map(|c| c.agent_id.to_string())
+            .collect();
+        let runs = agent_ids.into_iter().map(|agent_id| async move {
+            let result = async {
+                let (agent, key) = core
+                    .store
+                    .get_agent_with_key(&caller.tenant_id, &agent_id)
+                    .await?
+                    .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
+                core.run(&agent, key.as_ref(), spec, false).await
+            }
+            .await;
+            FanOutcome { agent_id, result }
         });
+        let mut outcomes = futures_util::future::join_all(runs).await;
+        outcomes.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(outcomes)
     }
-    if let Some(why) = downgrade_refusal(&agent.id, &agent.version, spec) {
-        return Err(DomainError::BadRequest(why));
+
+    /// One stored command of the caller's tenant.
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<command::Model, DomainError> {
+        self.core
+            .store
+            .get_command(&caller.tenant_id, id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no command {id}")))
     }
-    if !queue && !state.hub.is_online(&agent.tenant_id, agent_id) {
-        return Err(offline(&agent.id));
-    }
-    let declared = secrets::script_with_params(&spec.command, &spec.data)
-        .map(|script| secrets::declared(&agent.scripts, script))
-        .into_iter()
-        .flatten();
-    let (data, sealed_params) = spec.sealed_data(state, &agent.tenant_id, declared);
-    let model = state
-        .store
-        .insert_command(NewCommand {
-            tenant_id: agent.tenant_id.clone(),
-            agent_id: agent.id.clone(),
-            command: spec.command.clone(),
-            data,
-            timeout_s: spec.timeout_s,
-            ttl_s: spec.ttl_s,
-            job_id: None,
-            sealed_params,
-        })
-        .await?;
-    Ok(model)
 }
 
-/// Pushes a stored command to its agent, if connected here.
-pub fn push(state: &AppState, model: &command::Model) -> Push {
-    let frame = frame_for(state, model);
-    let (Ok(agent_id), Some(frame)) = (parse_agent_id(&model.agent_id), frame) else {
-        return Push::Offline;
-    };
-    state.hub.push(&model.tenant_id, agent_id, frame)
-}
+impl Core {
+    /// Stores a command for one agent, then delivers it if the agent is connected. Refused
+    /// before anything is stored: a key that does not allow it, a script the agent does not
+    /// list, a downgrade without `force`, and (without `queue`) an offline agent.
+    async fn store_and_deliver(
+        &self,
+        agent: &agent::Model,
+        key: Option<&agent_key::Model>,
+        spec: &CommandSpec,
+        queue: bool,
+    ) -> Result<command::Model, DomainError> {
+        let model = self.store_command(agent, key, spec, queue).await?;
+        self.bus.deliver(&model);
+        Ok(model)
+    }
 
-/// Submits a command and waits for its stored result. On timeout the command stays stored
-/// (its result is kept when it comes) and the caller gets 504 with the command id.
-pub async fn run(
-    state: &AppState,
-    agent: &agent::Model,
-    key: Option<&agent_key::Model>,
-    spec: &CommandSpec,
-    queue: bool,
-) -> Result<command::Model, DomainError> {
-    let model = submit(state, agent, key, spec, queue).await?;
-    let command_id = model
-        .id
-        .parse()
-        .map_err(|e| DomainError::Internal(anyhow::anyhow!("bad command id: {e}")))?;
-    let waiter = state.hub.watch(command_id);
-    push(state, &model);
-    match waiter.wait(spec.wait_for()).await {
-        Some(done) => Ok(done),
-        None => {
-            // The result may have been stored between the timeout and now.
-            match state.store.get_command(&model.tenant_id, &model.id).await? {
-                Some(m) if crate::store::state::FINAL.contains(&m.state.as_str()) => Ok(m),
-                _ => Err(DomainError::Timeout(format!(
-                    "agent {} did not answer command {} within {} s; its result will be stored when it arrives (GET /api/commands/{})",
-                    agent.id,
-                    model.id,
-                    spec.wait_for().as_secs(),
-                    model.id
-                ))),
+    async fn store_command(
+        &self,
+        agent: &agent::Model,
+        key: Option<&agent_key::Model>,
+        spec: &CommandSpec,
+        queue: bool,
+    ) -> Result<command::Model, DomainError> {
+        self.writable()?;
+        let agent_id = parse_agent_id(&agent.id)?;
+        if let Some(why) = key_refusal(&agent.id, key, &spec.command) {
+            return Err(DomainError::Forbidden(why));
+        }
+        if let Some(script) = run_script(spec)
+            && let Some(why) = script_refusal(&agent.id, &agent.scripts, script)
+        {
+            return Err(DomainError::Refused {
+                code: outpost_protocol::codes::SCRIPT_NOT_ALLOWED,
+                message: why,
+            });
+        }
+        if let Some(why) = downgrade_refusal(&agent.id, &agent.version, spec) {
+            return Err(DomainError::BadRequest(why));
+        }
+        if !queue && !self.bus.is_online(&agent.tenant_id, agent_id) {
+            return Err(offline(&agent.id));
+        }
+        let declared = secrets::script_with_params(&spec.command, &spec.data)
+            .map(|script| secrets::declared(&agent.scripts, script))
+            .into_iter()
+            .flatten();
+        let (data, sealed_params) = spec.sealed_data(self, &agent.tenant_id, declared);
+        let model = self
+            .store
+            .insert_command(NewCommand {
+                tenant_id: agent.tenant_id.clone(),
+                agent_id: agent.id.clone(),
+                command: spec.command.clone(),
+                data,
+                timeout_s: spec.timeout_s,
+                ttl_s: spec.ttl_s,
+                job_id: None,
+                sealed_params,
+            })
+            .await?;
+        Ok(model)
+    }
+
+    /// Stores a command, delivers it and waits for its stored result. On timeout the command
+    /// stays stored (its result is kept when it comes) and the caller gets `Timeout` with the
+    /// command id.
+    async fn run(
+        &self,
+        agent: &agent::Model,
+        key: Option<&agent_key::Model>,
+        spec: &CommandSpec,
+        queue: bool,
+    ) -> Result<command::Model, DomainError> {
+        let model = self.store_command(agent, key, spec, queue).await?;
+        let command_id = model
+            .id
+            .parse()
+            .map_err(|e| DomainError::Internal(anyhow::anyhow!("bad command id: {e}")))?;
+        // Watch before delivering, so that the result cannot slip by.
+        let waiter = self.bus.waiters().watch(command_id);
+        self.bus.deliver(&model);
+        match waiter.wait(spec.wait_for()).await {
+            Some(done) => Ok(done),
+            None => {
+                // The result may have been stored between the timeout and now.
+                match self.store.get_command(&model.tenant_id, &model.id).await? {
+                    Some(m) if CommandState::is_final_text(&m.state) => Ok(m),
+                    _ => Err(DomainError::Timeout(format!(
+                        "agent {} did not answer command {} within {} s; its result will be stored when it arrives (GET /api/commands/{})",
+                        agent.id,
+                        model.id,
+                        spec.wait_for().as_secs(),
+                        model.id
+                    ))),
+                }
             }
         }
     }
 }
 
-/// 503 while the database's writes fail (a full disk): new work is refused before anything is
-/// stored. A small insert may still fit where the writer's batches do not, and would add work
-/// that cannot be answered; the writer keeps trying its batch and clears this when it commits
-/// (see `store::writer::Health`).
-pub fn writable(state: &AppState) -> Result<(), DomainError> {
-    state.writer.health().status().map_err(|why| {
-        DomainError::Unavailable(format!(
-            "the database cannot be written right now ({why}); nothing was stored, try again later"
-        ))
-    })
-}
-
-/// 409 for an agent that is not connected.
+/// `agent_offline` for an agent that is not connected.
 pub fn offline(agent_id: &str) -> DomainError {
     DomainError::Conflict {
         code: "agent_offline",

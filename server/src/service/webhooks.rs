@@ -19,38 +19,104 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use ring::hmac;
 use tokio::sync::Notify;
 
-use crate::AppState;
-use crate::seal::MasterKey;
-use crate::store::{Attempt, job, webhook_status};
+use std::sync::Arc;
+
+use super::Core;
+use super::access::{Access, Action};
+use crate::domain::{Caller, DomainError};
+use crate::store::{Attempt, command, job, webhook_status};
+
+/// Renders a finished job as its webhook's body: the job as the REST API shows it, which the
+/// API layer renders (it owns the views), handed in when the server is wired.
+pub type RenderJob = fn(job::Model, Vec<command::Model>) -> serde_json::Result<Vec<u8>>;
 
 /// Attempts per webhook.
 const ATTEMPTS: usize = 6;
 /// Time one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The webhook worker's shared state.
-pub struct Webhooks {
-    /// Seals the tenants' signing secrets.
-    pub master: MasterKey,
-    wake: Notify,
+/// The delivery worker's own state.
+pub struct Delivery {
+    /// Notified by the finish path when jobs finish.
+    wake: Arc<Notify>,
     in_flight: Mutex<HashSet<String>>,
     allow_private: bool,
+    render: RenderJob,
+}
+
+impl Delivery {
+    /// A worker woken through `wake`, sending to private addresses only if `allow_private`.
+    pub fn new(wake: Arc<Notify>, allow_private: bool, render: RenderJob) -> Self {
+        Self {
+            wake,
+            in_flight: Mutex::new(HashSet::new()),
+            allow_private,
+            render,
+        }
+    }
+}
+
+/// Job webhooks: the tenant's signing secret, and delivery.
+#[derive(Clone)]
+pub struct Webhooks {
+    core: Arc<Core>,
+    delivery: Arc<Delivery>,
 }
 
 impl Webhooks {
-    /// A worker state.
-    pub fn new(master: MasterKey, allow_private: bool) -> Self {
-        Self {
-            master,
-            wake: Notify::new(),
-            in_flight: Mutex::new(HashSet::new()),
-            allow_private,
-        }
+    pub(super) fn new(core: Arc<Core>, delivery: Arc<Delivery>) -> Self {
+        Self { core, delivery }
     }
 
-    /// Asks the worker to look for finished jobs now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// The tenant's webhook signing secret (created on first use). Owners and admins only.
+    pub async fn signing_secret(&self, caller: &Caller) -> Result<String, DomainError> {
+        Access::require(caller, Action::WebhookSecret)?;
+        Ok(self
+            .core
+            .store
+            .webhook_secret(&caller.tenant_id, &self.core.master)
+            .await?)
+    }
+
+    /// Replaces the signing secret; webhooks sent from now on use the new one.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+    pub async fn rotate_signing_secret(&self, caller: &Caller) -> Result<String, DomainError> {
+        Access::require(caller, Action::WebhookSecret)?;
+        let secret = self
+            .core
+            .store
+            .rotate_webhook_secret(&caller.tenant_id, &self.core.master)
+            .await?;
+        tracing::info!("webhook signing secret rotated");
+        Ok(secret)
+    }
+
+    /// Delivers pending webhooks until shutdown: on every wake-up, and every 5 s.
+    pub async fn run(self) {
+        let state = self;
+        loop {
+            match state.core.store.pending_webhooks(100).await {
+                Ok(jobs) => {
+                    for job in jobs {
+                        let fresh = state
+                            .delivery
+                            .in_flight
+                            .lock()
+                            .map(|mut set| set.insert(job.id.clone()))
+                            .unwrap_or(false);
+                        if fresh {
+                            tokio::spawn(deliver(state.clone(), job));
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot read pending webhooks"),
+            }
+            tokio::select! {
+                () = state.core.shutdown.cancelled() => return,
+                () = state.delivery.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
     }
 }
 
@@ -60,34 +126,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(hmac::sign(&key, body).as_ref()))
 }
 
-/// Delivers pending webhooks until shutdown: on every wake-up, and every 5 s.
-pub async fn run(state: AppState) {
-    loop {
-        match state.store.pending_webhooks(100).await {
-            Ok(jobs) => {
-                for job in jobs {
-                    let fresh = state
-                        .webhooks
-                        .in_flight
-                        .lock()
-                        .map(|mut set| set.insert(job.id.clone()))
-                        .unwrap_or(false);
-                    if fresh {
-                        tokio::spawn(deliver(state.clone(), job));
-                    }
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot read pending webhooks"),
-        }
-        tokio::select! {
-            () = state.shutdown.cancelled() => return,
-            () = state.webhooks.wake.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
-}
-
-async fn deliver(state: AppState, job: job::Model) {
+async fn deliver(state: Webhooks, job: job::Model) {
     let outcome = attempt_all(&state, &job).await;
     crate::metrics::webhook_delivery(outcome);
     let status = if outcome {
@@ -96,25 +135,26 @@ async fn deliver(state: AppState, job: job::Model) {
         webhook_status::FAILED
     };
     if let Err(err) = state
+        .core
         .store
         .set_webhook_status(&job.tenant_id, &job.id, status)
         .await
     {
         tracing::warn!(job_id = %job.id, error = %err, "cannot record the webhook's outcome");
     }
-    if let Ok(mut set) = state.webhooks.in_flight.lock() {
+    if let Ok(mut set) = state.delivery.in_flight.lock() {
         set.remove(&job.id);
     }
 }
 
 /// Tries until one attempt gets a 2xx; returns whether one did.
-async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
+async fn attempt_all(state: &Webhooks, job: &job::Model) -> bool {
     let Some(url) = job.webhook_url.clone() else {
         return true;
     };
     let record = |attempt: Attempt| {
         let (store, tenant, job_id, url) = (
-            state.store.clone(),
+            state.core.store.clone(),
             job.tenant_id.clone(),
             job.id.clone(),
             url.clone(),
@@ -142,7 +182,7 @@ async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
             return false;
         }
     };
-    let client = match client_for(&url, state.webhooks.allow_private).await {
+    let client = match client_for(&url, state.delivery.allow_private).await {
         Ok(client) => client,
         Err(why) => {
             crate::metrics::webhook_attempt("refused");
@@ -213,24 +253,25 @@ async fn attempt_all(state: &AppState, job: &job::Model) -> bool {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             // Left pending: the next server process resumes it.
-            () = state.shutdown.cancelled() => return false,
+            () = state.core.shutdown.cancelled() => return false,
         }
     }
     tracing::warn!(job_id = %job.id, "webhook failed after {ATTEMPTS} attempts");
     false
 }
 
-async fn payload(state: &AppState, job: &job::Model) -> Result<(Vec<u8>, String), String> {
+async fn payload(state: &Webhooks, job: &job::Model) -> Result<(Vec<u8>, String), String> {
     let runs = state
+        .core
         .store
         .job_runs(&job.tenant_id, &job.id)
         .await
         .map_err(|e| e.to_string())?;
-    let view = crate::api::job_view(job.clone(), runs);
-    let body = serde_json::to_vec(&view).map_err(|e| e.to_string())?;
+    let body = (state.delivery.render)(job.clone(), runs).map_err(|e| e.to_string())?;
     let secret = state
+        .core
         .store
-        .webhook_secret(&job.tenant_id, &state.webhooks.master)
+        .webhook_secret(&job.tenant_id, &state.core.master)
         .await
         .map_err(|e| e.to_string())?;
     Ok((body, secret))

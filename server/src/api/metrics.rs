@@ -1,0 +1,32 @@
+//! `GET /metrics`: the process's figures for Prometheus (see `crate::metrics`).
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+use crate::domain::{Caller, DomainError};
+
+/// `GET /metrics` on the main listener: an owner API key is required.
+pub async fn route(State(state): State<AppState>, caller: Caller) -> Result<Response, DomainError> {
+    state.services.access.read_metrics(&caller)?;
+    Ok(render(&state))
+}
+
+/// `GET /metrics` on `--metrics-listen`: no authentication; bind it to an internal address.
+pub async fn open_route(State(state): State<AppState>) -> Response {
+    render(&state)
+}
+
+fn render(state: &AppState) -> Response {
+    let text = crate::metrics::render(&state.services.agents.connected_by_transport());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,116 @@
+//! What a caller may do, decided in one place.
+//!
+//! Two kinds of rights meet in this server, and each is checked by one function here:
+//! - a caller's **role** ([`Access::require`]) for what needs more than reading and running
+//!   (the webhook signing secret, the process-wide metrics, a forced `update`);
+//! - an **agent key's permissions** ([`key_refusal`]) for which commands reach the agents
+//!   that connected with it, whichever route sends them (one agent, a key's agents, each run
+//!   of a job).
+//!
+//! Accounts and roles (SPEC §9) extend [`Action`] and [`Access::require`]; no handler or
+//! service compares roles itself.
+
+use std::sync::Arc;
+
+use super::Core;
+use crate::domain::{Caller, DomainError, KeyStatus, Role};
+use crate::store::{agent_key, string_list};
+
+/// Something that needs more than the member role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read or rotate the tenant's webhook signing secret.
+    WebhookSecret,
+    /// Read the process-wide metrics (they cover every tenant).
+    Metrics,
+    /// Send an `update` with `force`, which may downgrade agents.
+    ForceUpdate,
+}
+
+impl Action {
+    /// The least role that may do it.
+    fn needs(self) -> Role {
+        match self {
+            Self::WebhookSecret => Role::Admin,
+            Self::Metrics | Self::ForceUpdate => Role::Owner,
+        }
+    }
+
+    /// Why it is refused, for the caller.
+    fn refusal(self, role: Role) -> String {
+        match self {
+            Self::WebhookSecret => {
+                "only owners and admins may see the webhook signing secret".into()
+            }
+            Self::Metrics => {
+                "metrics cover every tenant of this server: an owner API key is required".into()
+            }
+            Self::ForceUpdate => format!(
+                "data.force: only an owner may force an update (it can downgrade agents); \
+                 this API key's role is {role}"
+            ),
+        }
+    }
+}
+
+/// Authentication and the role check.
+#[derive(Clone)]
+pub struct Access {
+    core: Arc<Core>,
+}
+
+impl Access {
+    pub(super) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// The caller behind a REST request's bearer token.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, DomainError> {
+        crate::access::authenticate_api(&self.core.store, token).await
+    }
+
+    /// The agent key behind an agent's bearer token (release downloads take either kind).
+    pub async fn authenticate_agent(
+        &self,
+        token: Option<&str>,
+    ) -> Result<agent_key::Model, DomainError> {
+        crate::access::authenticate_agent(&self.core.store, token).await
+    }
+
+    /// Refuses `action` (`Forbidden`) unless the caller's role allows it.
+    pub fn require(caller: &Caller, action: Action) -> Result<(), DomainError> {
+        if caller.role.at_least(action.needs()) {
+            Ok(())
+        } else {
+            Err(DomainError::Forbidden(action.refusal(caller.role)))
+        }
+    }
+
+    /// `GET /metrics` on the main listener.
+    pub fn read_metrics(&self, caller: &Caller) -> Result<(), DomainError> {
+        Self::require(caller, Action::Metrics)
+    }
+}
+
+/// Why the key an agent connected with refuses `command`, if it does: the key is gone, is
+/// disabled, or does not list the command. A refused command is never stored as pending or
+/// sent.
+pub fn key_refusal(
+    agent_id: &str,
+    key: Option<&agent_key::Model>,
+    command: &str,
+) -> Option<String> {
+    match key {
+        None => Some(format!(
+            "agent {agent_id} connected with a key that no longer exists"
+        )),
+        Some(key) if key.status != KeyStatus::Active => {
+            Some(format!("agent {agent_id}'s key {} is disabled", key.id))
+        }
+        Some(key) if !string_list(&key.permissions).iter().any(|p| p == command) => Some(format!(
+            "agent key {} does not allow the {command:?} command",
+            key.id
+        )),
+        Some(_) => None,
+    }
+}

@@ -1,0 +1,156 @@
+//! The fleet: agents of a tenant, the tags that target them, and whether they are connected.
+
+use std::sync::Arc;
+
+use super::Core;
+use crate::bus::Connection;
+use crate::domain::{Caller, DomainError, Transport};
+use crate::store::{agent, string_list};
+use crate::tags::TagRule;
+
+/// An agent as the service shows it: its row, whether it is connected, and its tags by
+/// source (see `crate::tags` for which a target trusts).
+#[derive(Debug)]
+pub struct AgentRecord {
+    /// The stored agent.
+    pub agent: agent::Model,
+    /// Connected now.
+    pub online: bool,
+    /// Every tag, as a target matches them.
+    pub tags: Vec<String>,
+    /// Tags the agent declares for itself.
+    pub agent_tags: Vec<String>,
+    /// Tags its key assigns.
+    pub key_tags: Vec<String>,
+    /// Tags set through the API.
+    pub server_tags: Vec<String>,
+}
+
+/// Filters of a listing.
+#[derive(Debug, Default)]
+pub struct AgentFilter {
+    /// Only agents with this tag (as a job's target matches it).
+    pub tag: Option<String>,
+    /// Only online (`Some(true)`) or offline (`Some(false)`) agents.
+    pub online: Option<bool>,
+}
+
+/// Agents.
+#[derive(Clone)]
+pub struct Agents {
+    core: Arc<Core>,
+}
+
+impl Agents {
+    pub(super) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// The caller's tenant's tag rule (its agent keys' tags).
+    async fn tag_rule(&self, caller: &Caller) -> Result<TagRule, DomainError> {
+        Ok(TagRule::new(
+            &self.core.store.list_agent_keys(&caller.tenant_id).await?,
+        ))
+    }
+
+    fn record(&self, rule: &TagRule, agent: agent::Model) -> AgentRecord {
+        let online = agent
+            .id
+            .parse()
+            .is_ok_and(|id| self.core.bus.is_online(&agent.tenant_id, id));
+        let server_tags = string_list(&agent.server_tags);
+        let agent_tags = string_list(&agent.agent_tags);
+        AgentRecord {
+            tags: rule.all(&agent.key_id, &agent_tags, &server_tags),
+            key_tags: rule.key_tags(&agent.key_id).to_vec(),
+            online,
+            agent_tags,
+            server_tags,
+            agent,
+        }
+    }
+
+    /// Every agent of the caller's tenant that passes `filter`.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: &AgentFilter,
+    ) -> Result<Vec<AgentRecord>, DomainError> {
+        let agents = self.core.store.list_agents(&caller.tenant_id).await?;
+        let rule = self.tag_rule(caller).await?;
+        Ok(agents
+            .into_iter()
+            .map(|a| self.record(&rule, a))
+            .filter(|a| filter.online.is_none_or(|online| a.online == online))
+            .filter(|a| {
+                filter
+                    .tag
+                    .as_ref()
+                    .is_none_or(|t| rule.has(&a.agent.key_id, &a.agent_tags, &a.server_tags, t))
+            })
+            .collect())
+    }
+
+    /// One agent.
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<AgentRecord, DomainError> {
+        let agent = self
+            .core
+            .store
+            .get_agent(&caller.tenant_id, id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
+        let rule = self.tag_rule(caller).await?;
+        Ok(self.record(&rule, agent))
+    }
+
+    /// Replaces an agent's server-side tags.
+    pub async fn set_tags(
+        &self,
+        caller: &Caller,
+        id: &str,
+        tags: &[String],
+    ) -> Result<AgentRecord, DomainError> {
+        validate_tags("tags", tags)?;
+        let agent = self
+            .core
+            .store
+            .set_agent_tags(&caller.tenant_id, id, tags)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
+        let rule = self.tag_rule(caller).await?;
+        Ok(self.record(&rule, agent))
+    }
+
+    /// Forgets an agent: its open commands become `lost`, and if it is connected it is
+    /// disconnected (it registers again as new if it reconnects, with any key).
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
+    pub async fn forget(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        if !self.core.store.delete_agent(&caller.tenant_id, id).await? {
+            return Err(DomainError::NotFound(format!("no agent {id}")));
+        }
+        if let Ok(agent_id) = id.parse() {
+            self.core
+                .bus
+                .disconnect_agent(&caller.tenant_id, agent_id, "agent deleted");
+        }
+        Ok(())
+    }
+
+    /// The caller's tenant's connected agents, by id.
+    pub fn connected(&self, caller: &Caller) -> Vec<Connection> {
+        let mut connections = self.core.bus.connections(&caller.tenant_id);
+        connections.sort_by_key(|c| c.agent_id);
+        connections
+    }
+
+    /// Connected agents per transport, all tenants (for metrics).
+    pub fn connected_by_transport(&self) -> Vec<(Transport, usize)> {
+        self.core.bus.count_by_transport()
+    }
+}
+
+/// Validates a list of tags by the protocol's rule, the one agents' own tags follow: at most
+/// 64, each 1 to 128 bytes without commas or control characters.
+pub fn validate_tags(field: &str, tags: &[String]) -> Result<(), DomainError> {
+    outpost_protocol::check::tags(field, tags).map_err(DomainError::BadRequest)
+}

@@ -1,0 +1,78 @@
+//! What the server does by itself: expiring commands nobody could deliver, giving up on runs
+//! whose agent never came back, and telling a load balancer whether it can serve.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Core;
+use crate::domain::DomainError;
+
+/// Liveness and readiness, and the periodic sweep.
+#[derive(Clone)]
+pub struct Health {
+    core: Arc<Core>,
+}
+
+impl Health {
+    pub(super) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// Whether the server can serve: not shutting down, the database answers and takes
+    /// writes. Returns the number of agents connected.
+    pub async fn ready(&self) -> Result<usize, DomainError> {
+        let core = &self.core;
+        if core.shutdown.is_cancelled() {
+            return Err(DomainError::Unavailable("shutting down".into()));
+        }
+        core.store
+            .ping()
+            .await
+            .map_err(|e| DomainError::Unavailable(format!("database unavailable: {e}")))?;
+        // Reads may work while writes fail (a full disk): agents' reports are then held, not
+        // acknowledged, and new jobs refused.
+        core.writer.health().status().map_err(|why| {
+            DomainError::Unavailable(format!(
+                "database writes fail ({why}); agents' reports are held and retried, new jobs are refused"
+            ))
+        })?;
+        Ok(core.bus.count_by_transport().iter().map(|(_, n)| n).sum())
+    }
+
+    /// Expires commands whose TTL passed undelivered and marks runs lost whose agent went
+    /// away for longer than `lost_after`, every `every` until shutdown.
+    pub async fn run_sweeps(self, every: Duration, lost_after: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = self.core.shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(err) = self.sweep(lost_after).await {
+                        tracing::warn!(error = %err, "housekeeping failed; retrying at the next tick");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sweep(&self, lost_after: Duration) -> Result<(), crate::store::StoreError> {
+        let core = &self.core;
+        let expired = core.store.expire_commands().await?;
+        if !expired.is_empty() {
+            tracing::info!(expired = expired.len(), "commands expired undelivered");
+            for (tenant_id, job_id) in core.store.refresh_running_jobs().await? {
+                core.finish.job_changed(&tenant_id, &job_id);
+            }
+            // Callers waiting on them (`?wait`, a queued command) learn the outcome now.
+            core.finish.finished(expired);
+        }
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::hours(1));
+        let lost = core.store.mark_lost(cutoff).await?;
+        for run in &lost {
+            tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
+        }
+        core.finish.finished(lost);
+        Ok(())
+    }
+}

@@ -1,0 +1,762 @@
+//! Jobs: one command on one agent, a tag's agents or all of them; their runs, output and
+//! events.
+//!
+//! A job is created with all its runs in one transaction, then each run is delivered to its
+//! agent if connected; offline agents get theirs when they reconnect (until `ttl_s`). Runs an
+//! agent's key does not permit are stored as failed (`forbidden`) and never sent, and so are
+//! runs of a script an agent's last `register` did not list (`script_not_allowed`, see
+//! [`commands::script_refusal`]). A job for one agent id is refused instead.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use outpost_protocol::{OutputStream, codes};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::Core;
+use super::access::key_refusal;
+use super::commands::{self, CommandSpec};
+use crate::domain::{Caller, Command, CommandState, DomainError, JobState};
+use crate::secrets;
+use crate::store::{AgentTarget, JobFilter, NewJob, NewRun, agent_key, command, job};
+use crate::tags::TagRule;
+
+/// Longest `?wait=`.
+pub const MAX_WAIT_S: u64 = 600;
+/// Error code of a run not sent because it would downgrade its agent without `force`.
+const DOWNGRADE_REFUSED: &str = "downgrade_needs_force";
+/// Chunks fetched per page when streaming output.
+const OUTPUT_PAGE: u64 = 64;
+/// Shortest `id` filter: shorter ones match too much to be worth a scan.
+pub const MIN_ID_PART: usize = 4;
+/// Events queued for one job event stream before its reader is waited on.
+const EVENT_QUEUE: usize = 64;
+
+/// Who a job is for. Agents listed by id and agents with every listed tag are both included.
+/// Stored with the job as asked (this serialisation is what `target` shows).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Target {
+    /// Agent ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents: Option<Vec<String>>,
+    /// Agents having all of these tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Every agent of the tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
+/// A job to create.
+#[derive(Debug)]
+pub struct NewJobRequest {
+    /// What to run.
+    pub spec: CommandSpec,
+    /// On which agents.
+    pub target: Target,
+    /// Told when the job finishes.
+    pub webhook_url: Option<String>,
+    /// A retry with the same key returns the first job.
+    pub idempotency_key: Option<String>,
+}
+
+/// Filters of a job listing, as asked (checked here).
+#[derive(Debug, Default)]
+pub struct ListRequest {
+    /// Jobs with a run on this agent.
+    pub agent_id: Option<String>,
+    /// `run` jobs of this script.
+    pub script: Option<String>,
+    /// Jobs of this command.
+    pub command: Option<String>,
+    /// Jobs in this state.
+    pub status: Option<String>,
+    /// Created at or after.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<u64>,
+    /// Jobs whose id starts or ends with this.
+    pub id: Option<String>,
+}
+
+/// A job with its runs.
+#[derive(Debug)]
+pub struct JobWithRuns {
+    /// The job.
+    pub job: job::Model,
+    /// Its runs, by id.
+    pub runs: Vec<command::Model>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug)]
+pub struct JobPage {
+    /// The jobs with their runs.
+    pub jobs: Vec<JobWithRuns>,
+    /// The cursor of the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A run's output, readable as the caller consumes it.
+pub struct RunOutput<S> {
+    /// The run.
+    pub run: command::Model,
+    /// Its bytes from the offset asked for, when the run is final (a running one streams).
+    pub length: Option<u64>,
+    /// The bytes, page by page.
+    pub bytes: S,
+}
+
+/// What a job event stream carries.
+#[derive(Debug)]
+pub enum JobEvent {
+    /// A chunk of output, with its id (to resume after).
+    Output {
+        /// The chunk's id.
+        id: i64,
+        /// The run it belongs to.
+        run_id: String,
+        /// 0 stdout, 1 stderr.
+        stream: i16,
+        /// Its sequence number within the stream.
+        seq: i64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A run in a state this stream has not shown yet.
+    State(Box<command::Model>),
+    /// The job is finished; the stream ends.
+    End {
+        /// The job.
+        job_id: String,
+        /// Its final state.
+        status: String,
+    },
+}
+
+/// Jobs.
+#[derive(Clone)]
+pub struct Jobs {
+    core: Arc<Core>,
+}
+
+impl Jobs {
+    pub(super) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// Creates a job, one run per targeted agent, and delivers the runs. With `wait`, answers
+    /// when every run is final or after `wait` (capped at [`MAX_WAIT_S`]), whichever is first.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, command = %request.spec.command))]
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: NewJobRequest,
+        wait: Option<Duration>,
+    ) -> Result<JobWithRuns, DomainError> {
+        let core = &self.core;
+        core.writable()?;
+        let NewJobRequest {
+            spec,
+            target,
+            webhook_url,
+            idempotency_key,
+        } = request;
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(DomainError::BadRequest(
+                "idempotency_key: must be 1 to 200 characters".into(),
+            ));
+        }
+        if let Some(url) = &webhook_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(DomainError::BadRequest(
+                "webhook_url: must be an http(s) URL".into(),
+            ));
+        }
+        let target_json = serde_json::to_value(&target).unwrap_or(Value::Null);
+        commands::authorize(caller, &spec, &format!("job target {target_json}"))?;
+        let (agents, keys) = self.resolve(caller, &target).await?;
+        if agents.is_empty() {
+            return Err(DomainError::Unprocessable(no_match(&target)));
+        }
+        // An update to an older version is refused, run by run, on agents it would downgrade
+        // (unless forced).
+        let versions = match (
+            spec.command == Command::Update,
+            spec.update_version,
+            spec.update_force,
+        ) {
+            (true, Some(_), false) => Some(core.store.agent_versions(&caller.tenant_id).await?),
+            _ => None,
+        };
+        // A run of a script that an agent's last `register` did not list fails at once,
+        // unsent (the agent would refuse it): one query for the agents that lack it, whatever
+        // the target's size.
+        let without_script: HashMap<String, Value> = match commands::run_script(&spec) {
+            Some(script) => core
+                .store
+                .agents_without_script(&caller.tenant_id, script)
+                .await?
+                .into_iter()
+                .collect(),
+            None => HashMap::new(),
+        };
+        let one_agent = agents.len() == 1 && target.tags.is_none() && target.all != Some(true);
+        let mut runs = Vec::with_capacity(agents.len());
+        for agent in &agents {
+            let mut refused = key_refusal(&agent.id, keys.get(&agent.key_id), &spec.command)
+                .map(|why| (codes::FORBIDDEN, why));
+            if refused.is_none()
+                && let (Some(script), Some(scripts)) =
+                    (commands::run_script(&spec), without_script.get(&agent.id))
+                && let Some(why) = commands::script_refusal(&agent.id, scripts, script)
+            {
+                refused = Some((codes::SCRIPT_NOT_ALLOWED, why));
+            }
+            if refused.is_none()
+                && let Some(version) = versions.as_ref().and_then(|v| v.get(&agent.id))
+                && let Some(why) = commands::downgrade_refusal(&agent.id, version, &spec)
+            {
+                refused = Some((DOWNGRADE_REFUSED, why));
+            }
+            match refused {
+                Some((codes::FORBIDDEN, why)) if one_agent => {
+                    return Err(DomainError::Forbidden(why));
+                }
+                Some((codes::SCRIPT_NOT_ALLOWED, why)) if one_agent => {
+                    return Err(DomainError::Refused {
+                        code: codes::SCRIPT_NOT_ALLOWED,
+                        message: why,
+                    });
+                }
+                Some((_, why)) if one_agent => return Err(DomainError::BadRequest(why)),
+                _ => {}
+            }
+            runs.push(NewRun {
+                agent_id: agent.id.clone(),
+                refused: refused.map(|(code, why)| (code.to_owned(), why)),
+            });
+        }
+        let (data, sealed_params) = match secrets::script_with_params(&spec.command, &spec.data) {
+            Some(script) => {
+                let candidates = core
+                    .store
+                    .agents_with_secret_params(&caller.tenant_id)
+                    .await?;
+                let targeted: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+                let declared = candidates
+                    .iter()
+                    .filter(|(id, _)| targeted.contains(id.as_str()))
+                    .flat_map(|(_, scripts)| secrets::declared(scripts, script));
+                spec.sealed_data(core, &caller.tenant_id, declared)
+            }
+            None => spec.sealed_data(core, &caller.tenant_id, []),
+        };
+        let fingerprint = idempotency_key.as_ref().map(|_| {
+            request_fingerprint(core, caller, &spec, &target_json, webhook_url.as_deref())
+        });
+        let new = NewJob {
+            tenant_id: caller.tenant_id.clone(),
+            command: spec.command.clone(),
+            data,
+            sealed_params,
+            target: target_json,
+            timeout_s: spec.timeout_s,
+            ttl_s: spec.ttl_s,
+            idempotency_key,
+            request_fingerprint: fingerprint.clone(),
+            webhook_url,
+        };
+        // On the writer's connection: a job's thousands of rows then never wait for the
+        // writer's lock behind the agents' reports (see `Store::open_writer`).
+        let (job, runs, created) = core.writer.store().create_job(new, runs).await?;
+        // A key used before answers its first job only for the same request (jobs created
+        // before fingerprints were kept have none, and keep answering as they did).
+        if !created
+            && let (Some(theirs), Some(ours)) = (&job.request_fingerprint, &fingerprint)
+            && theirs != ours
+        {
+            return Err(DomainError::Conflict {
+                code: "idempotency_key_reused",
+                message: format!(
+                    "idempotency_key: already used for job {} with a different request; a retry must repeat the request exactly, a new request needs a new key",
+                    job.id
+                ),
+            });
+        }
+        let wait = wait.map(|w| w.min(Duration::from_secs(MAX_WAIT_S)));
+        let waiters = core.bus.waiters();
+        // Watch before delivering, so that no result can slip by.
+        let waiter = wait.map(|_| {
+            waiters.watch_all(
+                runs.iter()
+                    .filter(|r| !CommandState::is_final_text(&r.state))
+                    .filter_map(|r| r.id.parse().ok())
+                    .collect(),
+            )
+        });
+        if created {
+            for run in runs.iter().filter(|r| r.state == CommandState::Pending) {
+                core.bus.deliver(run);
+            }
+            tracing::info!(job_id = %job.id, runs = runs.len(), command = %job.command, "job created");
+        }
+        if let (Some(wait), Some(waiter)) = (wait, &waiter)
+            && let Ok(finished) = tokio::time::timeout(wait, waiter.results()).await
+        {
+            return self.with_finished(caller, &job.id, runs, finished).await;
+        }
+        self.get(caller, &job.id).await
+    }
+
+    /// The job once every run the caller waited for is final. The waiters were handed each
+    /// run's row as the writer stored it, so only the job's own row is read again: reading
+    /// back a big fan-out's runs would cost more than the rest of the answer.
+    async fn with_finished(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        mut runs: Vec<command::Model>,
+        finished: Vec<command::Model>,
+    ) -> Result<JobWithRuns, DomainError> {
+        // `finished` holds the open runs' rows in the order they were given to the waiter
+        // (`Waiters::watch_all` keeps it), which is `runs`' order: one pass pairs them.
+        let mut finished = finished.into_iter().peekable();
+        for run in &mut runs {
+            if let Some(stored) = finished.next_if(|stored| stored.id == run.id) {
+                *run = stored;
+            }
+        }
+        debug_assert!(finished.next().is_none(), "a finished run out of order");
+        // The same order as a read from the store.
+        runs.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let job = self.find(caller, job_id).await?;
+        Ok(JobWithRuns { job, runs })
+    }
+
+    /// Resolves a target to agents of the caller's tenant, with the tenant's agent keys (by
+    /// id): tags are matched as [`TagRule`] says, and each agent's key decides what it may
+    /// run.
+    async fn resolve(
+        &self,
+        caller: &Caller,
+        target: &Target,
+    ) -> Result<(Vec<AgentTarget>, HashMap<String, agent_key::Model>), DomainError> {
+        let ids = target.agents.as_deref().unwrap_or_default();
+        let tags = target.tags.as_deref().unwrap_or_default();
+        let all = target.all.unwrap_or(false);
+        if ids.is_empty() && tags.is_empty() && !all {
+            return Err(DomainError::BadRequest(
+                "target: give agents, tags or all: true".into(),
+            ));
+        }
+        let agents = self.core.store.agent_targets(&caller.tenant_id).await?;
+        let keys = self.core.store.list_agent_keys(&caller.tenant_id).await?;
+        let rule = TagRule::new(&keys);
+        // A set, not a scan per id: a list of 10,000 agents would be 10^8 comparisons.
+        let known: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+        let mut chosen = BTreeSet::new();
+        for id in ids {
+            if !known.contains(id.as_str()) {
+                return Err(DomainError::BadRequest(format!(
+                    "target.agents: no agent {id}"
+                )));
+            }
+            chosen.insert(id.clone());
+        }
+        for agent in &agents {
+            if all
+                || (!tags.is_empty()
+                    && tags
+                        .iter()
+                        .all(|t| rule.has(&agent.key_id, &agent.declared, &agent.server, t)))
+            {
+                chosen.insert(agent.id.clone());
+            }
+        }
+        let agents = agents
+            .into_iter()
+            .filter(|a| chosen.contains(&a.id))
+            .collect();
+        let keys = keys.into_iter().map(|key| (key.id.clone(), key)).collect();
+        Ok((agents, keys))
+    }
+
+    async fn find(&self, caller: &Caller, id: &str) -> Result<job::Model, DomainError> {
+        self.core
+            .store
+            .get_job(&caller.tenant_id, id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no job {id}")))
+    }
+
+    /// A job and all its runs.
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<JobWithRuns, DomainError> {
+        let job = self.find(caller, id).await?;
+        let runs = self.core.store.job_runs(&caller.tenant_id, id).await?;
+        Ok(JobWithRuns { job, runs })
+    }
+
+    /// Jobs, newest first, with filters and cursor pagination.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        request: ListRequest,
+    ) -> Result<JobPage, DomainError> {
+        let limit = request.limit.unwrap_or(50);
+        if !(1..=200).contains(&limit) {
+            return Err(DomainError::BadRequest(
+                "limit: must be between 1 and 200".into(),
+            ));
+        }
+        if let Some(status) = &request.status
+            && status.parse::<JobState>().is_err()
+        {
+            return Err(DomainError::BadRequest(format!(
+                "status: must be running, succeeded, failed or cancelled, not {status:?}"
+            )));
+        }
+        let id_part = match request.id {
+            None => None,
+            Some(part) => {
+                let part = part.to_ascii_lowercase();
+                if !(MIN_ID_PART..=36).contains(&part.len())
+                    || !part.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+                {
+                    return Err(DomainError::BadRequest(format!(
+                        "id: must be {MIN_ID_PART} to 36 hex digits and dashes (the start or end of a job id), not {part:?}"
+                    )));
+                }
+                Some(part)
+            }
+        };
+        let filter = JobFilter {
+            id_part,
+            agent_id: request.agent_id,
+            script: request.script,
+            command: request.command,
+            status: request.status,
+            since: request.since,
+            until: request.until,
+            before: request.cursor,
+            limit: limit + 1,
+        };
+        let store = &self.core.store;
+        let mut jobs = store.list_jobs(&caller.tenant_id, &filter).await?;
+        let next_cursor = if jobs.len() as u64 > limit {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| j.id.clone())
+        } else {
+            None
+        };
+        let mut page = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let runs = store.job_runs(&caller.tenant_id, &job.id).await?;
+            page.push(JobWithRuns { job, runs });
+        }
+        Ok(JobPage {
+            jobs: page,
+            next_cursor,
+        })
+    }
+
+    /// Cancels the runs of a job that have not finished. Runs not yet delivered are
+    /// cancelled at once; running ones are stopped by their agent (SIGTERM, SIGKILL 5 s
+    /// later) and report `cancelled`.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<JobWithRuns, DomainError> {
+        let core = &self.core;
+        self.find(caller, id).await?;
+        let (cancelled_now, on_agents) = core.store.cancel_job(&caller.tenant_id, id).await?;
+        let cancelled = cancelled_now.len();
+        core.finish.finished(cancelled_now);
+        for run in &on_agents {
+            core.bus.cancel(run);
+        }
+        tracing::info!(job_id = %id, now = cancelled, signalled = on_agents.len(), "job cancelled");
+        self.get(caller, id).await
+    }
+
+    /// A run's output (`streams`, in the order it arrived), from byte `offset`, read page by
+    /// page as the caller consumes it so that memory stays at one page whatever its size.
+    pub async fn output(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        run_id: &str,
+        streams: Vec<OutputStream>,
+        offset: u64,
+    ) -> Result<RunOutput<impl Stream<Item = std::io::Result<Vec<u8>>> + use<>>, DomainError> {
+        self.find(caller, job_id).await?;
+        let run = self
+            .core
+            .store
+            .get_command(&caller.tenant_id, run_id)
+            .await?
+            .filter(|r| r.job_id.as_deref() == Some(job_id))
+            .ok_or_else(|| DomainError::NotFound(format!("no run {run_id} in job {job_id}")))?;
+        let total: u64 = streams
+            .iter()
+            .map(|s| match s {
+                OutputStream::Stdout => run.stdout_bytes,
+                OutputStream::Stderr => run.stderr_bytes,
+            })
+            .sum::<i64>() as u64;
+        // A finished run's output is complete, so its length is known; a running one streams.
+        let length = CommandState::is_final_text(&run.state).then(|| total.saturating_sub(offset));
+        let store = self.core.store.clone();
+        let tenant = caller.tenant_id.clone();
+        let run_id = run_id.to_owned();
+        let bytes =
+            futures_util::stream::unfold((0i64, offset, false), move |(after, mut skip, done)| {
+                let (store, tenant, run_id, streams) = (
+                    store.clone(),
+                    tenant.clone(),
+                    run_id.clone(),
+                    streams.clone(),
+                );
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let page = match store
+                        .output_page(&tenant, &run_id, &streams, after, OUTPUT_PAGE)
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(err) => {
+                            return Some((
+                                Err(std::io::Error::other(err.to_string())),
+                                (after, skip, true),
+                            ));
+                        }
+                    };
+                    let last = page.last().map(|c| c.id)?;
+                    let finished = (page.len() as u64) < OUTPUT_PAGE;
+                    let mut bytes = Vec::new();
+                    for chunk in page {
+                        let len = chunk.data.len() as u64;
+                        if skip >= len {
+                            skip -= len;
+                            continue;
+                        }
+                        bytes.extend_from_slice(&chunk.data[skip as usize..]);
+                        skip = 0;
+                    }
+                    Some((Ok::<_, std::io::Error>(bytes), (last, skip, finished)))
+                }
+            });
+        Ok(RunOutput { run, length, bytes })
+    }
+
+    /// Follows a job: output after chunk `after`, each run's state as it changes, and the end.
+    /// The stream closes after [`JobEvent::End`], or when the receiver is dropped.
+    pub async fn follow(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        after: i64,
+    ) -> Result<mpsc::Receiver<JobEvent>, DomainError> {
+        self.find(caller, job_id).await?;
+        // Subscribe before the first read, so that nothing between the two is missed.
+        let changes = self.core.bus.waiters().job_events();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(follow(
+            self.core.clone(),
+            caller.tenant_id.clone(),
+            job_id.to_owned(),
+            after,
+            changes,
+            tx,
+        ));
+        Ok(rx)
+    }
+
+    /// A job's webhook deliveries: the job (its URL and state) and every attempt.
+    pub async fn webhook(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(job::Model, Vec<crate::store::webhook_attempt::Model>), DomainError> {
+        let job = self.find(caller, id).await?;
+        let attempts = self
+            .core
+            .store
+            .webhook_attempts(&caller.tenant_id, id)
+            .await?;
+        Ok((job, attempts))
+    }
+}
+
+/// The fingerprint of a job request: what it asks for (command, data, target, timeouts,
+/// webhook), with defaults filled in, as canonical JSON, hashed under the master key for the
+/// caller's tenant. A retry of the same request has the same fingerprint; so does one that
+/// spells a default out (`"timeout_s": 60`) or orders an object's keys otherwise.
+fn request_fingerprint(
+    core: &Core,
+    caller: &Caller,
+    spec: &CommandSpec,
+    target: &Value,
+    webhook_url: Option<&str>,
+) -> String {
+    let request = serde_json::json!({
+        "command": spec.command,
+        "data": spec.data,
+        "target": target,
+        "timeout_s": spec.timeout_s,
+        "ttl_s": spec.ttl_s,
+        "webhook_url": webhook_url,
+    });
+    let mut text = String::new();
+    canonical_json(&request, &mut text);
+    core.master.fingerprint(&caller.tenant_id, text.as_bytes())
+}
+
+/// `value` as JSON with every object's keys sorted, whatever order the map keeps them in.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(key.as_str()).to_string());
+                out.push(':');
+                canonical_json(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The message of a target that matches no agent, naming the tags it asked for (the usual
+/// cause: a tag no agent has, or one that only agents declare for themselves while a key
+/// assigns it, which a target does not trust: see `crate::tags`).
+fn no_match(target: &Target) -> String {
+    let tags = target.tags.as_deref().unwrap_or_default();
+    let quoted = || {
+        tags.iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match tags {
+        [] if target.all == Some(true) => {
+            "target: all: there are no agents yet; install one with the server's deploy.sh".into()
+        }
+        [] => "target: no agent matches".into(),
+        [_] => format!("target: no agent has the tag {}", quoted()),
+        _ => format!("target: no agent has all of the tags {}", quoted()),
+    }
+}
+
+/// Feeds one event stream until the job ends or the reader goes away (`tx` closes).
+async fn follow(
+    core: Arc<Core>,
+    tenant_id: String,
+    job_id: String,
+    mut after: i64,
+    mut changes: tokio::sync::broadcast::Receiver<crate::bus::JobChanged>,
+    tx: mpsc::Sender<JobEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut sent: HashMap<String, String> = HashMap::new();
+    loop {
+        // New output, in pages, from where this reader is.
+        loop {
+            let page = match core
+                .store
+                .job_output_page(&tenant_id, &job_id, after, OUTPUT_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(error = %err, "job event stream: reading output failed");
+                    return;
+                }
+            };
+            let full = page.len() as u64 == OUTPUT_PAGE;
+            for chunk in page {
+                after = chunk.id;
+                let event = JobEvent::Output {
+                    id: chunk.id,
+                    run_id: chunk.command_id,
+                    stream: chunk.stream,
+                    seq: chunk.seq,
+                    data: chunk.data,
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        // Runs whose state this reader has not seen.
+        let (job, runs) = match (
+            core.store.get_job(&tenant_id, &job_id).await,
+            core.store.job_runs(&tenant_id, &job_id).await,
+        ) {
+            (Ok(Some(job)), Ok(runs)) => (job, runs),
+            _ => return,
+        };
+        for run in runs {
+            if sent.get(&run.id) == Some(&run.state) {
+                continue;
+            }
+            sent.insert(run.id.clone(), run.state.clone());
+            if tx.send(JobEvent::State(Box::new(run))).await.is_err() {
+                return;
+            }
+        }
+        if job.status != JobState::Running {
+            let _ = tx
+                .send(JobEvent::End {
+                    job_id: job.id,
+                    status: job.status,
+                })
+                .await;
+            return;
+        }
+        // Wait for this job to change (or for the reader to leave).
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                () = core.shutdown.cancelled() => return,
+                change = changes.recv() => match change {
+                    Ok(c) if c.job_id == job_id && c.tenant_id == tenant_id => break,
+                    Ok(_) => continue,
+                    // Fell behind: re-read everything from the store.
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}

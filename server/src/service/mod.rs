@@ -1,0 +1,120 @@
+//! The service layer: every domain operation, whoever asks for it.
+//!
+//! A service takes the [`Caller`](crate::domain::Caller) and plain arguments, checks what the
+//! caller may do ([`access`], once), and returns domain values or a
+//! [`DomainError`](crate::domain::DomainError). It never sees HTTP: the REST handlers parse a
+//! request, call one method here and serialise its answer, and so will the schedules, the
+//! dashboard and the integrations of later work, without copying any of it.
+//!
+//! What a service may touch: the store (rows), the [`Bus`] (agents wherever they are
+//! connected, and waiters), the [`Finish`] path (commands that end here: a cancel, an expiry),
+//! and the master key. Commands are committed before they are handed to the bus, and nothing
+//! finishes except through [`Finish`].
+
+pub mod access;
+pub mod agents;
+pub mod commands;
+pub mod housekeeping;
+pub mod jobs;
+pub mod keys;
+pub mod releases;
+pub mod webhooks;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::domain::DomainError;
+use crate::finish::Finish;
+use crate::seal::MasterKey;
+use crate::store::Store;
+use crate::store::writer::Writer;
+
+/// The handles every service shares.
+pub struct Core {
+    /// Reads, and writes that are not agents' reports.
+    store: Store,
+    /// The batched writer (its health decides whether new work is accepted).
+    writer: Writer,
+    /// Agents and waiters, wherever they are.
+    bus: Arc<dyn Bus>,
+    /// Where finished commands are announced.
+    finish: Finish,
+    /// Seals secrets at rest and keys request fingerprints.
+    master: Arc<MasterKey>,
+    /// Cancelled when the server shuts down.
+    shutdown: CancellationToken,
+}
+
+impl Core {
+    /// The shared handles.
+    pub fn new(
+        store: Store,
+        writer: Writer,
+        bus: Arc<dyn Bus>,
+        finish: Finish,
+        master: Arc<MasterKey>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            writer,
+            bus,
+            finish,
+            master,
+            shutdown,
+        }
+    }
+
+    /// Refuses new work with `Unavailable` while the database's writes fail (a full disk),
+    /// before anything is stored: a small insert may still fit where the writer's batches do
+    /// not, and would add work that cannot be answered. The writer keeps trying its batch and
+    /// clears this when it commits (see `store::writer::Health`).
+    fn writable(&self) -> Result<(), DomainError> {
+        self.writer.health().status().map_err(|why| {
+            DomainError::Unavailable(format!(
+                "the database cannot be written right now ({why}); nothing was stored, try again later"
+            ))
+        })
+    }
+}
+
+/// Every service, as the REST API (and later schedules, the dashboard, integrations) use them.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    /// Authentication of bearer tokens, and what a role may do.
+    pub access: access::Access,
+    /// The fleet: agents, their tags, whether they are connected.
+    pub agents: agents::Agents,
+    /// Commands to one agent, or to every agent of a key.
+    pub commands: commands::Commands,
+    /// Jobs: one command on many agents, its runs, output and events.
+    pub jobs: jobs::Jobs,
+    /// Agent keys.
+    pub keys: keys::Keys,
+    /// Signed agent and supervisor builds.
+    pub releases: releases::Releases,
+    /// Job webhooks: signing secrets and delivery.
+    pub webhooks: webhooks::Webhooks,
+    /// Liveness and readiness.
+    pub health: housekeeping::Health,
+}
+
+impl Services {
+    /// The services over `core`.
+    pub fn new(core: Core, releases: releases::Files, webhooks: webhooks::Delivery) -> Self {
+        let core = Arc::new(core);
+        Self {
+            access: access::Access::new(core.clone()),
+            agents: agents::Agents::new(core.clone()),
+            commands: commands::Commands::new(core.clone()),
+            jobs: jobs::Jobs::new(core.clone()),
+            keys: keys::Keys::new(core.clone()),
+            releases: releases::Releases::new(core.clone(), releases),
+            webhooks: webhooks::Webhooks::new(core.clone(), Arc::new(webhooks)),
+            health: housekeeping::Health::new(core),
+        }
+    }
+}
