@@ -21,8 +21,8 @@ pub enum LogFormat {
 /// reported on stderr, naming `program` and the value, and `info` is used.
 ///
 /// Levels per target rather than tracing-subscriber's `EnvFilter`, whose span and field
-/// directives need the regex engine: 1.4 MB of the agent's binary, for filters nobody sets on
-/// an agent.
+/// directives need the regex engine: a large share of the agent's binary, for filters nobody
+/// sets on an agent (figures: docs/BENCHMARKS.md, "Design notes behind the figures").
 pub fn log_filter(program: &str) -> Targets {
     let spec = std::env::var("OUTPOST_LOG").ok();
     parse_log_filter(spec.as_deref()).unwrap_or_else(|err| {

@@ -1,17 +1,18 @@
 //! Noticing that a file changed without waking up to look.
 //!
-//! The manifest used to be stat'ed every 2 s. Each of those wake-ups is cheap in syscalls but
-//! not in time: on a small VM a task woken from idle runs cold (caches, TLB), and a wake-up cost
-//! 0.5-1.3 ms of CPU, so the polling alone took 0.17-0.33 % of a core on an agent that had nothing
-//! to do, more than SPEC §8's floor for an idle agent. inotify on the file's folder wakes the
-//! agent only when something in that folder changed, which for an agent in service is never.
+//! Polling the manifest (a `stat` every few seconds) wakes an idle agent for nothing. Each of
+//! those wake-ups is cheap in syscalls but not in time: on a small VM a task woken from idle
+//! runs cold (caches, TLB), so the polling alone cost an agent that had nothing to do more CPU
+//! than SPEC §8's floor for an idle agent (figures: docs/BENCHMARKS.md, "Design notes behind
+//! the figures"). inotify on the file's folder wakes the agent only when something in that
+//! folder changed, which for an agent in service is never.
 //!
 //! The folder is watched, not the file: editors and config tools replace files by renaming a
 //! new one over them, and a watch on the old inode would go quiet. When the path is a symlink,
 //! the folder of its target is watched as well, and the watches follow the link when it is
 //! re-pointed. What inotify cannot see (a network filesystem changed from another host, a
 //! folder that did not exist yet, an overflowed event queue) is caught by a slow check every
-//! minute; where inotify is not available at all, the file is polled every 2 s as before.
+//! minute; where inotify is not available at all, the file is polled every 2 s.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
