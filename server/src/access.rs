@@ -3,7 +3,9 @@
 //!
 //! Both transports (the REST API and the agents' WebSocket and long-poll routes) authenticate
 //! here, so a key is refused by the same rules wherever it is used. What an authenticated
-//! caller may then do is decided in `crate::service::access`, once.
+//! caller may then do is decided in `crate::service::access`, once; the one rule below it that
+//! the hub applies too (which commands an agent key allows, [`key_allows`]) is here, so that
+//! both ask the same function.
 
 use chrono::Utc;
 
@@ -38,6 +40,13 @@ pub async fn authenticate_api(store: &Store, token: Option<&str>) -> Result<Call
         key_id: key.id,
         role,
     })
+}
+
+/// Whether an agent key with `permissions` allows `command`. Every send asks this: a new
+/// command (`service::access::key_refusal`) and a pending one resent when its agent
+/// reconnects (the key's permissions may have changed since it was stored).
+pub fn key_allows(permissions: &[String], command: &str) -> bool {
+    permissions.iter().any(|p| p == command)
 }
 
 /// The agent key behind an agent's bearer token (`opa_…`). Why it was refused is told to the

@@ -185,7 +185,8 @@ impl Link {
                 })?;
         let permissions = std::mem::take(&mut self.key.permissions);
         let (allowed, forbidden): (Vec<_>, Vec<_>) = open.into_iter().partition(|command| {
-            command.state != crate::store::state::PENDING || permissions.contains(&command.command)
+            command.state != crate::domain::CommandState::Pending
+                || crate::access::key_allows(&permissions, &command.command)
         });
         if !forbidden.is_empty() {
             let ids: Vec<String> = forbidden.into_iter().map(|c| c.id).collect();

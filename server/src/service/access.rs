@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use super::Core;
+use crate::access::key_allows;
 use crate::domain::{Caller, DomainError, KeyStatus, Role};
 use crate::store::{agent_key, string_list};
 
@@ -107,7 +108,7 @@ pub fn key_refusal(
         Some(key) if key.status != KeyStatus::Active => {
             Some(format!("agent {agent_id}'s key {} is disabled", key.id))
         }
-        Some(key) if !string_list(&key.permissions).iter().any(|p| p == command) => Some(format!(
+        Some(key) if !key_allows(&string_list(&key.permissions), command) => Some(format!(
             "agent key {} does not allow the {command:?} command",
             key.id
         )),

@@ -19,24 +19,28 @@ use super::{Result, Store, agent, command, job, new_id, output_chunk, state};
 
 /// Job statuses.
 pub mod job_status {
+    use crate::domain::JobState;
+
     /// Some run is not final yet.
-    pub const RUNNING: &str = "running";
+    pub const RUNNING: &str = JobState::Running.as_str();
     /// Every run succeeded.
-    pub const SUCCEEDED: &str = "succeeded";
+    pub const SUCCEEDED: &str = JobState::Succeeded.as_str();
     /// Some run did not succeed (failed, timed out, expired, lost).
-    pub const FAILED: &str = "failed";
+    pub const FAILED: &str = JobState::Failed.as_str();
     /// Every run that did not succeed was cancelled.
-    pub const CANCELLED: &str = "cancelled";
+    pub const CANCELLED: &str = JobState::Cancelled.as_str();
 }
 
 /// Webhook delivery states of a finished job.
 pub mod webhook_status {
+    use crate::domain::WebhookStatus;
+
     /// To be delivered.
-    pub const PENDING: &str = "pending";
+    pub const PENDING: &str = WebhookStatus::Pending.as_str();
     /// The receiver answered 2xx.
-    pub const DELIVERED: &str = "delivered";
+    pub const DELIVERED: &str = WebhookStatus::Delivered.as_str();
     /// Every attempt failed, or the URL is not allowed.
-    pub const FAILED: &str = "failed";
+    pub const FAILED: &str = WebhookStatus::Failed.as_str();
 }
 
 /// A job as the API asks for it.

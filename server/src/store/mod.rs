@@ -111,24 +111,26 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Command states (SPEC §2 "Run states").
 pub mod state {
+    use crate::domain::CommandState;
+
     /// Stored, not yet acknowledged by the agent.
-    pub const PENDING: &str = "pending";
+    pub const PENDING: &str = CommandState::Pending.as_str();
     /// Acknowledged by the agent, no result yet.
-    pub const DELIVERED: &str = "delivered";
+    pub const DELIVERED: &str = CommandState::Delivered.as_str();
     /// A script run the agent has started (it acknowledges a `run` as it starts it).
-    pub const RUNNING: &str = "running";
+    pub const RUNNING: &str = CommandState::Running.as_str();
     /// Finished successfully.
-    pub const SUCCEEDED: &str = "succeeded";
+    pub const SUCCEEDED: &str = CommandState::Succeeded.as_str();
     /// Finished unsuccessfully.
-    pub const FAILED: &str = "failed";
+    pub const FAILED: &str = CommandState::Failed.as_str();
     /// Killed at its timeout.
-    pub const TIMED_OUT: &str = "timed_out";
+    pub const TIMED_OUT: &str = CommandState::TimedOut.as_str();
     /// Cancelled on request.
-    pub const CANCELLED: &str = "cancelled";
+    pub const CANCELLED: &str = CommandState::Cancelled.as_str();
     /// Its TTL passed before it was delivered.
-    pub const EXPIRED: &str = "expired";
+    pub const EXPIRED: &str = CommandState::Expired.as_str();
     /// Its agent never came back.
-    pub const LOST: &str = "lost";
+    pub const LOST: &str = CommandState::Lost.as_str();
 
     /// States in which a command will not change any more.
     pub const FINAL: &[&str] = &[SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, EXPIRED, LOST];
@@ -142,10 +144,12 @@ pub mod state {
 
 /// Agent key statuses.
 pub mod key_status {
+    use crate::domain::KeyStatus;
+
     /// The key authenticates.
-    pub const ACTIVE: &str = "active";
+    pub const ACTIVE: &str = KeyStatus::Active.as_str();
     /// The key is refused until re-enabled.
-    pub const DISABLED: &str = "disabled";
+    pub const DISABLED: &str = KeyStatus::Disabled.as_str();
 }
 
 /// Where the data lives.
@@ -397,7 +401,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
             .filter(api_key::Column::TenantId.eq(tenant_id))
             .filter(api_key::Column::Name.eq(BOOTSTRAP_KEY_NAME))
-            .filter(api_key::Column::Role.eq("owner"))
+            .filter(api_key::Column::Role.eq(crate::domain::Role::Owner.as_str()))
             .filter(api_key::Column::RevokedAt.is_null())
             .filter(api_key::Column::Id.ne(id))
             .exec(&txn.db)
@@ -437,7 +441,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             tenant_id: Set(tenant_id.to_owned()),
             name: Set(BOOTSTRAP_KEY_NAME.into()),
             key_hash: Set(credentials::hash_secret(secret)),
-            role: Set("owner".into()),
+            role: Set(crate::domain::Role::Owner.as_str().into()),
             created_at: Set(Utc::now()),
             expires_at: Set(None),
             revoked_at: Set(None),
