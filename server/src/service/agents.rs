@@ -104,6 +104,7 @@ impl Agents {
     }
 
     /// Replaces an agent's server-side tags.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
     pub async fn set_tags(
         &self,
         caller: &Caller,

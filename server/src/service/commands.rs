@@ -321,6 +321,7 @@ impl Commands {
     /// Sends a command to one agent of the caller's tenant and waits for its result (the
     /// command's timeout, then `Timeout`). An offline agent is refused (`agent_offline`)
     /// unless `queue`, in which case the command is stored and [`Sent::Queued`] returned.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %agent_id, command = %spec.command))]
     pub async fn send(
         &self,
         caller: &Caller,
@@ -353,6 +354,7 @@ impl Commands {
     /// Sends a command to every agent connected with one of the caller's agent keys, and
     /// waits for every result. Each agent's outcome is its own: one refusal or timeout does
     /// not stop the others.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %key_id, command = %spec.command))]
     pub async fn fan_out(
         &self,
         caller: &Caller,

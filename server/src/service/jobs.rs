@@ -409,6 +409,7 @@ impl Jobs {
     }
 
     /// Jobs, newest first, with filters and cursor pagination.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
     pub async fn list(
         &self,
         caller: &Caller,
@@ -490,6 +491,7 @@ impl Jobs {
 
     /// A run's output (`streams`, in the order it arrived), from byte `offset`, read page by
     /// page as the caller consumes it so that memory stays at one page whatever its size.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %job_id, run_id = %run_id))]
     pub async fn output(
         &self,
         caller: &Caller,
@@ -562,6 +564,7 @@ impl Jobs {
 
     /// Follows a job: output after chunk `after`, each run's state as it changes, and the end.
     /// The stream closes after [`JobEvent::End`], or when the receiver is dropped.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %job_id))]
     pub async fn follow(
         &self,
         caller: &Caller,

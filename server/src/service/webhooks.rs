@@ -69,6 +69,7 @@ impl Webhooks {
     }
 
     /// The tenant's webhook signing secret (created on first use). Owners and admins only.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
     pub async fn signing_secret(&self, caller: &Caller) -> Result<String, DomainError> {
         Access::require(caller, Action::WebhookSecret)?;
         Ok(self
