@@ -22,11 +22,12 @@
 //! always pins the key of what it serves.
 //!
 //! Nothing is copied or embedded (embedding would add the agent and supervisor to the
-//! server's binary, 270 MB in a debug build, for every server start and test). A file is
-//! hashed and signed when it is first asked for, not at start, and again whenever its size,
-//! modification time or inode change (a package upgrade replacing it), so the signature always
-//! covers the file as it is. A file rewritten in place during a download fails the client's
-//! hash check, and is signed afresh at the next request.
+//! server's binary, hundreds of megabytes in a debug build, for every server start and test;
+//! figures: docs/BENCHMARKS.md, "Design notes behind the figures"). A file is hashed and
+//! signed when it is first asked for, not at start, and again whenever its size, modification
+//! time or inode change (a package upgrade replacing it), so the signature always covers the
+//! file as it is. A file rewritten in place during a download fails the client's hash check,
+//! and is signed afresh at the next request.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

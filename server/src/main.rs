@@ -8,14 +8,15 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc, for Rust's allocations and (through `override`) SQLite's: a fan-out to thousands
 /// of agents allocates and frees millions of small blocks across threads, where glibc's
-/// allocator spent a fifth of the server's CPU consolidating and unlinking chunks.
+/// allocator spent a large share of the server's CPU consolidating and unlinking chunks
+/// (figures: docs/BENCHMARKS.md, "Design notes behind the figures").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long mimalloc keeps freed memory before handing it back to the kernel (its default is
 /// 10 ms). A fan-out frees and reallocates the same hundreds of megabytes within a second; at
-/// 10 ms each round was returned (`madvise`) and then faulted in and zeroed again, which was
-/// 5-8 % of the server's CPU in a 10,000-agent fan-out. At one second a burst reuses its own
+/// 10 ms each round was returned (`madvise`) and then faulted in and zeroed again, a
+/// measurable share of the server's CPU in a fan-out. At one second a burst reuses its own
 /// memory, and an idle server still returns it a second after the burst. `MIMALLOC_PURGE_DELAY`
 /// in the environment still wins.
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1000;
@@ -24,10 +25,11 @@ const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 /// transparent huge pages off for the process unless `MIMALLOC_ALLOW_THP` says otherwise.
 ///
 /// mimalloc asks for huge pages on every region it maps (`madvise(MADV_HUGEPAGE)`), so each
-/// first touch of a region, and each touch after a purge, zeroed 2 MiB in the kernel: 4 % of
-/// the server's CPU in a 10,000-agent fan-out (7 % of SQLite's thread), where 4 KiB pages
-/// zero only what is used. It also rounded the idle RSS up: 16.1 KiB per idle connection at
-/// 10,000 agents with huge pages, 11.4 without. See OPERATIONS.md, "Memory".
+/// first touch of a region, and each touch after a purge, zeroed 2 MiB in the kernel, a
+/// measurable share of a fan-out's CPU (more of SQLite's thread), where 4 KiB pages zero
+/// only what is used. It also rounded the idle RSS up: an idle connection cost markedly more
+/// with huge pages. See OPERATIONS.md, "Memory" (figures: docs/BENCHMARKS.md, "Design notes
+/// behind the figures").
 #[allow(unsafe_code)]
 fn tune_allocator() {
     #[cfg(target_os = "linux")]

@@ -178,7 +178,8 @@ pub async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
 /// One frame received from or sent to an agent.
 pub fn frame(direction: Direction, transport: Transport, bytes: usize) {
     // Every frame of every agent passes here: the handles are looked up in the recorder's
-    // registry once (hashing the name and labels each time cost 2 % of a fan-out's CPU).
+    // registry once (hashing the name and labels each time cost a measurable share of a
+    // fan-out's CPU; figures: docs/BENCHMARKS.md, "Design notes behind the figures").
     // `handle()` installs the recorder before the server serves, so before the first frame.
     static COUNTERS: OnceLock<Vec<(Counter, Counter)>> = OnceLock::new();
     let counters = COUNTERS.get_or_init(|| {

@@ -41,9 +41,9 @@ pub struct Link {
 }
 
 /// What a connection keeps of the agent key it authenticated with. The key's row (its hash,
-/// name, permissions as JSON, times) is 0.5-0.8 KB of heap, and a connection lives as long as
-/// its agent: kept whole, it cost every idle connection that much for fields read once, when
-/// the `connected` frame is made.
+/// name, permissions as JSON, times) is several hundred bytes of heap, and a connection lives
+/// as long as its agent: kept whole, it cost every idle connection that much for fields read
+/// once, when the `connected` frame is made.
 pub struct LinkKey {
     /// The key's id, named in the `connected` frame and the hub's session.
     pub id: String,

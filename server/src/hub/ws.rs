@@ -43,8 +43,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Bytes tungstenite reads at a time, allocated per connection up front. Its default (128 KiB)
 /// would cost over a gigabyte at 10,000 idle agents; 1 KiB costs 10 MB. Agents' frames are
 /// mostly far smaller (an ack ~70 bytes, a heartbeat ~200, a ping's response ~150); a larger
-/// one (`register`, output) simply takes several reads. 2 KiB cost 0.7 KiB more per idle
-/// connection, and relaying 50 MB of output took the same time with either.
+/// one (`register`, output) simply takes several reads. 2 KiB cost measurably more per idle
+/// connection, and relaying a large output was no faster with it (figures: docs/BENCHMARKS.md,
+/// "Design notes behind the figures").
 const READ_BUFFER: usize = 1024;
 /// Bytes of frames fed to the socket before tungstenite writes them out without waiting for
 /// the flush at the end of the burst.
@@ -121,9 +122,9 @@ impl Connection {
         // The awaits here and in `run` are boxed. A future is as large as its largest await
         // point, and a connection's is kept for as long as its agent stays connected: inline,
         // the store's query futures (kilobytes), a frame's handling and a burst's flush would
-        // be paid by every idle connection (the future was 6.8 KB; 15,000 idle agents cost
-        // 17.8 KiB each with it, 12.6-13.5 KiB without). In `run` this costs an allocation per
-        // message and per burst, which did not show in a fan-out's CPU.
+        // be paid by every idle connection, a large part of what each one costs (figures:
+        // docs/BENCHMARKS.md, "Design notes behind the figures"). In `run` this costs an
+        // allocation per message and per burst, which did not show in a fan-out's CPU.
         let register = match Box::pin(self.await_register()).await {
             Ok(data) => data,
             Err(end) => return Box::pin(self.finish(end)).await,

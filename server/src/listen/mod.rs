@@ -319,7 +319,8 @@ async fn connection(
     match &shared.tls {
         None => serve_io(tcp, peer, open, &listed, conn, accepted, &shared).await,
         // Boxed: a TLS stream is kilobytes, and inline it made every plain connection's task
-        // 5.9 KB instead of 2.3 KB (every agent's, until its upgrade).
+        // more than twice as large (every agent's, until its upgrade; figures:
+        // docs/BENCHMARKS.md, "Design notes behind the figures").
         Some(acceptor) => {
             Box::pin(serve_tls(
                 acceptor, tcp, peer, open, &listed, conn, accepted, &shared,

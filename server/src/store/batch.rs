@@ -16,11 +16,12 @@
 //! keeps the transaction, so before a statement that changes many rows touches a page it
 //! copies the page to a statement journal, which spills into a temporary file past 64 KiB:
 //! for a batch of a thousand results that file was created, written and deleted in every
-//! transaction (3-4 % of the server's CPU in a 10,000-agent fan-out, and a quarter of the
-//! results' time in SQLite). With `OR FAIL` a failed statement keeps what it changed before
-//! failing and needs no such copy. That is safe here because every one of these statements
-//! runs in a transaction that is rolled back whole when a statement fails: the writer's batch
-//! (it retries the writes one by one), and a job's creation.
+//! transaction, a measurable share of the server's CPU in a fan-out and of the results' time
+//! in SQLite (figures: docs/BENCHMARKS.md, "Design notes behind the figures"). With `OR FAIL`
+//! a failed statement keeps what it changed before failing and needs no such copy. That is
+//! safe here because every one of these statements runs in a transaction that is rolled back
+//! whole when a statement fails: the writer's batch (it retries the writes one by one), and a
+//! job's creation.
 
 use chrono::Utc;
 use outpost_protocol::{HeartbeatStatus, Response};
@@ -201,8 +202,9 @@ impl<C: ConnectionTrait> Store<C> {
 
 /// A command from a row of [`returning`]'s columns, read by position. The derived reader
 /// looks each column up by name, formatting the name anew and hashing it for every column of
-/// every row: 210,000 times for a 10,000-run fan-out's results, a third of the time the
-/// writer spent turning them into models.
+/// every row: 210,000 times for a 10,000-run fan-out's results, a large part of the time the
+/// writer spent turning them into models (figures: docs/BENCHMARKS.md, "Design notes behind
+/// the figures").
 fn command_from_row(row: &QueryResult) -> std::result::Result<command::Model, DbErr> {
     Ok(command::Model {
         id: row.try_get_by_index(0)?,
@@ -387,11 +389,11 @@ impl Sql {
     /// which match no row of the table. Connections keep prepared statements by their text,
     /// and the text depends on the number of rows: padded, a batch of any size reuses one of
     /// 11 prepared statements instead of parsing a statement of thousands of markers anew
-    /// (1-10 ms each for the writer's batches). The `NULL`s are bound, as markers like the
-    /// rest: written out as literals they made the text differ with every batch size again
-    /// (perf showed a prepare per batch or two, and the statement cache churning). Each is
-    /// bound with the type of the first row's value in its column, which PostgreSQL needs to
-    /// type the `VALUES` table.
+    /// (a cost on every writer batch; figures: docs/BENCHMARKS.md, "Design notes behind the
+    /// figures"). The `NULL`s are bound, as markers like the rest: written out as literals
+    /// they made the text differ with every batch size again (perf showed a prepare per batch
+    /// or two, and the statement cache churning). Each is bound with the type of the first
+    /// row's value in its column, which PostgreSQL needs to type the `VALUES` table.
     fn pad_rows(&mut self, rows: usize) {
         let nulls: Vec<Value> = self.values[self.first_row..self.first_row + self.columns]
             .iter()

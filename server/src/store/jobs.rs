@@ -456,7 +456,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// fan-out but its last, there is nothing to recompute, and one statement says so: the
     /// writer's batches are the serial path a fan-out's results wait on, and each statement
     /// is a hand-off to SQLite's thread and back (two of them, reading the job and then
-    /// looking for an open run, took 0.2-10 ms of a batch on 2 busy cores).
+    /// looking for an open run, took a noticeable part of a batch when the cores were busy;
+    /// figures: docs/BENCHMARKS.md, "Design notes behind the figures").
     pub async fn refresh_job_after_results(&self, tenant_id: &str, job_id: &str) -> Result<()> {
         let open_run = open_runs_of(tenant_id, job_id).limit(1).into_query();
         let running_with_open_run = job::Entity::find()

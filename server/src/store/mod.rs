@@ -196,7 +196,8 @@ pub struct AgentKeyPatch {
 /// The WAL's size past which the writer checkpoints so that it starts over (see
 /// `writer::Checkpoints`), and the size its file is cut back to when it does: SQLite reuses the
 /// file rather than shrinking it, so without a limit a burst of writes the writer does not
-/// checkpoint between (10,000 agents registering at once: ~220 MB) stays on disk for good.
+/// checkpoint between (10,000 agents registering at once leave a WAL several times this limit)
+/// stays on disk for good.
 pub const WAL_LIMIT_BYTES: i64 = 64 << 20;
 /// Rows a query may have in flight from SQLite's thread (see `connect`).
 const ROW_CHANNEL: usize = 4096;
@@ -732,17 +733,17 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// most of each row.
     ///
     /// On SQLite the rows come back as one text that SQLite concatenates: through the driver,
-    /// each of 10,000 rows cost ~4 µs of decoding (45-60 ms a job, before any run was stored).
-    /// The fields are joined as they are stored, not rebuilt as JSON, and the rows are read
-    /// in the order of the `agents_hostname` index: an aggregate's own `ORDER BY` sorted them
-    /// again in a temporary B-tree, and `json_array(…, json(…))` parsed and re-serialised
-    /// every agent's tags (10,000 agents: SQLite's own work 28-32 ms against 13-14 ms, the
-    /// whole call 46-52 ms against 34-42 ms, medians of alternated runs). Fields are separated
-    /// by the ASCII unit separator, agents by the record separator, and neither can occur
-    /// inside a field: ids are UUIDs, the host name comes as `hex()` and tags are stored
-    /// JSON, whose text never holds a raw control character. An aggregate's input order is
-    /// not SQLite's promise, so the list is checked and sorted if it is not in order; hex
-    /// digits sort as the bytes they encode. Other backends read the rows.
+    /// decoding each row separately was a large part of a job's creation, before any run was
+    /// stored. The fields are joined as they are stored, not rebuilt as JSON, and the rows are
+    /// read in the order of the `agents_hostname` index: an aggregate's own `ORDER BY` sorted
+    /// them again in a temporary B-tree, and `json_array(…, json(…))` parsed and re-serialised
+    /// every agent's tags, which roughly doubled SQLite's own work (figures:
+    /// docs/BENCHMARKS.md, "Design notes behind the figures"). Fields are separated by the
+    /// ASCII unit separator, agents by the record separator, and neither can occur inside a
+    /// field: ids are UUIDs, the host name comes as `hex()` and tags are stored JSON, whose
+    /// text never holds a raw control character. An aggregate's input order is not SQLite's
+    /// promise, so the list is checked and sorted if it is not in order; hex digits sort as
+    /// the bytes they encode. Other backends read the rows.
     pub async fn agent_targets(&self, tenant_id: &str) -> Result<Vec<AgentTarget>> {
         let backend = self.db.get_database_backend();
         if backend == DbBackend::Sqlite {
@@ -800,9 +801,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// An agent and the key it connected with, in one query: a command's round trip needs
-    /// both, and each query is a hop to SQLite's thread and back (~0.2 ms of a ~2 ms round
-    /// trip). The key is `None` when it no longer exists (or, which the schema does not allow,
-    /// belongs to another tenant).
+    /// both, and each query is a hop to SQLite's thread and back, a noticeable part of the
+    /// round trip (figures: docs/BENCHMARKS.md, "Design notes behind the figures"). The key is
+    /// `None` when it no longer exists (or, which the schema does not allow, belongs to
+    /// another tenant).
     pub async fn get_agent_with_key(
         &self,
         tenant_id: &str,
@@ -1208,7 +1210,8 @@ async fn connect(
                 // inserted in statements of 1,024 rows, each checking the tenant's foreign
                 // key, which makes SQLite keep a statement journal; in a file, it was created,
                 // written and deleted (with its pages evicted from the OS cache) in every
-                // job's transaction: 2-3 % of the server's CPU in a 10,000-agent fan-out. It
+                // job's transaction, a measurable share of the server's CPU in a fan-out
+                // (figures: docs/BENCHMARKS.md, "Design notes behind the figures"). It
                 // holds the pages one statement changes (~0.5 MB for 1,024 runs); the server
                 // sorts nothing larger than a job's runs.
                 .pragma("temp_store", "memory")

@@ -249,9 +249,10 @@ impl Writer {
     /// The writer's every step is a hand-off to SQLite's thread and back (begin, each
     /// statement, each chunk of returned rows, commit). On the server's runtime each of those
     /// wake-ups queued behind the connection tasks that the previous batch's replies had just
-    /// woken: thousands of them after a fan-out's batch, so a batch spent 30-100 ms merely
-    /// waiting to be polled, most of it before its `BEGIN` had even run. On a runtime of its
-    /// own the writer is polled as soon as SQLite answers.
+    /// woken: thousands of them after a fan-out's batch, so a batch spent much of its time
+    /// merely waiting to be polled, most of it before its `BEGIN` had even run. On a
+    /// runtime of its own the writer is polled as soon as SQLite answers (figures:
+    /// docs/BENCHMARKS.md, "Design notes behind the figures").
     pub fn start(store: Store, background: Store) -> std::io::Result<Self> {
         Self::start_with(store, background, Checkpointing::default())
     }
@@ -300,7 +301,8 @@ impl Writer {
     /// The server hands results to whoever waits for them (`?wait`, job listeners) here. Done
     /// by each connection after its commit, as before, a fan-out's last result reached its
     /// waiting job only once the connection tasks of the last batch (hundreds, all woken at
-    /// once with their acks to send) had been polled: 20-60 ms after the commit.
+    /// once with their acks to send) had been polled, well after the commit (figures:
+    /// docs/BENCHMARKS.md, "Design notes behind the figures").
     pub fn on_finished(
         &self,
         listener: impl Fn(Vec<command::Model>) + Send + Sync + 'static,
@@ -508,16 +510,17 @@ impl Default for Checkpointing {
 ///
 /// The copying is done in the background, every second, on a connection of its own,
 /// concurrently with the writer: a checkpoint syncs the WAL, copies the pages and syncs the
-/// database file, 50-200 ms for a second of a 10,000-agent fan-out's writes, and when the
-/// writer did it between its batches every second, its batches (and the job inserts that
-/// share its connection) waited that long behind it. But the WAL only starts over when a write
-/// transaction begins with every frame copied, which a checkpoint running beside a busy writer
-/// never sees (a 15,000-agent burst grew it past 300 MB, and every page read searches the
-/// WAL's index). So once the WAL holds more than 64 MiB, the writer runs a checkpoint itself
-/// between two of its batches, when nothing else writes: it completes, and the next batch
-/// starts the WAL over. The background has copied all but the last pages by then, so this one
-/// costs the writer little more than its two `fsync`s (40-80 ms seen), once per 64 MiB of
-/// writes (every 4-5 s of back-to-back fan-outs) rather than every second.
+/// database file, which for a second of a fan-out's writes takes a sizeable part of a second,
+/// and when the writer did it between its batches every second, its batches (and the job
+/// inserts that share its connection) waited that long behind it. But the WAL only starts
+/// over when a write transaction begins with every frame copied, which a checkpoint running
+/// beside a busy writer never sees (a long burst grew it to several times 64 MiB, and every
+/// page read searches the WAL's index). So once the WAL holds more than 64 MiB, the writer
+/// runs a checkpoint itself between two of its batches, when nothing else writes: it
+/// completes, and the next batch starts the WAL over. The background has copied all but the
+/// last pages by then, so this one costs the writer little more than its two `fsync`s, once
+/// per 64 MiB of writes (every few seconds of back-to-back fan-outs) rather than every second
+/// (figures: docs/BENCHMARKS.md, "Design notes behind the figures").
 struct Checkpoints {
     /// The WAL's size in pages as the last checkpoint saw it.
     wal_pages: Arc<AtomicI64>,
@@ -566,8 +569,9 @@ impl Checkpoints {
 /// A WAL past `policy.restart_pages` that is all copied and was not written to since the last
 /// look is started over and cut to nothing here, while it idles. Left alone, the next write
 /// transaction would start it over and its commit would cut the file back to the limit: after
-/// 10,000 agents registered (a ~220 MB WAL), that made the first fan-out's insert commit take
-/// 80 ms instead of 15, on the job's path.
+/// 10,000 agents registered (a WAL several times the limit), that made the first fan-out's
+/// insert commit several times slower, on the job's path (figures: docs/BENCHMARKS.md,
+/// "Design notes behind the figures").
 async fn copy_in_background(store: Store, policy: Checkpointing, wal_pages: Arc<AtomicI64>) {
     let mut tick = tokio::time::interval(policy.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
