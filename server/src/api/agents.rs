@@ -324,8 +324,14 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, DomainError> {
-    if !state.store.delete_agent(&caller.tenant_id, &id).await? {
+    let Some(lost) = state.store.delete_agent(&caller.tenant_id, &id).await? else {
         return Err(DomainError::NotFound(format!("no agent {id}")));
+    };
+    // Whoever waits for those runs (`?wait`, a command's caller, a job's event stream) learns
+    // now that they are lost, and the webhooks of jobs that finished with them go out.
+    if !lost.is_empty() {
+        state.hub.finished(lost);
+        state.webhooks.wake();
     }
     if let Ok(agent_id) = id.parse() {
         state
