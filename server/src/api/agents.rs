@@ -153,8 +153,10 @@ pub struct CommandRequest {
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     /// Seconds the command may run (default 60); the call waits this long plus 2 s.
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub timeout_s: Option<u32>,
     /// With `queue`: seconds the command waits for an offline agent (default 3600).
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub ttl_s: Option<u32>,
     /// Store the command for an offline agent instead of refusing with 409; answers 202.
     #[serde(default)]

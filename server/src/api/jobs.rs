@@ -71,8 +71,10 @@ pub struct CreateJob {
     /// The agents.
     pub target: Target,
     /// Seconds each run may take (default 60).
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub timeout_s: Option<u32>,
     /// Seconds a run waits for an offline agent (default 3600).
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub ttl_s: Option<u32>,
     /// Notified when the job finishes (delivery arrives with webhooks).
     pub webhook_url: Option<String>,

@@ -208,8 +208,66 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Reads an optional count of seconds that JSON may spell `60` or `60.0`: JSON has one kind
+/// of number, and the OpenAPI document's `integer` is any number without a fraction. A
+/// fraction, a negative number or one past `u32` is refused, naming the value.
+pub(crate) fn whole_seconds<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::{Error, Unexpected};
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let expected = &"a whole number of seconds from 0 to 4294967295";
+    if let Some(n) = number.as_u64() {
+        return u32::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(n), expected));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&f) => {
+            Ok(Some(f as u32))
+        }
+        Some(f) => Err(D::Error::invalid_value(Unexpected::Float(f), expected)),
+        None => Err(D::Error::invalid_value(
+            Unexpected::Other("a number"),
+            expected,
+        )),
+    }
+}
+
 /// Validates a list of tags by the protocol's rule, the one agents' own tags follow: at most
 /// 64, each 1 to 128 bytes without commas or control characters.
 pub(crate) fn validate_tags(field: &str, tags: &[String]) -> Result<(), DomainError> {
     outpost_protocol::check::tags(field, tags).map_err(DomainError::BadRequest)
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, serde::Deserialize)]
+    struct Seconds {
+        #[serde(default, deserialize_with = "super::whole_seconds")]
+        timeout_s: Option<u32>,
+    }
+
+    fn read(json: &str) -> Result<Option<u32>, String> {
+        serde_json::from_str::<Seconds>(json)
+            .map(|s| s.timeout_s)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn seconds_are_whole_numbers_however_json_spells_them() {
+        assert_eq!(read("{}"), Ok(None));
+        assert_eq!(read(r#"{"timeout_s": null}"#), Ok(None));
+        assert_eq!(read(r#"{"timeout_s": 60}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"timeout_s": 60.0}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"timeout_s": 6e1}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"timeout_s": 4294967295}"#), Ok(Some(u32::MAX)));
+        for bad in ["60.5", "-1", "-1.0", "4294967296", "1e10", "\"60\"", "true"] {
+            let err = read(&format!(r#"{{"timeout_s": {bad}}}"#)).expect_err(bad);
+            assert!(err.contains("expected a whole number") || err.contains("invalid type"), "{bad}: {err}");
+        }
+    }
 }
