@@ -11,9 +11,9 @@ use crate::auth::Caller;
 use crate::domain::DomainError;
 
 /// One command and its result.
-#[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "showCommand", path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id")),
-    responses((status = 200, body = CommandView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = CommandView), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,6 +11,7 @@
 mod agents;
 mod commands;
 mod deploy;
+pub mod doc;
 mod health;
 mod jobs;
 mod keys;
@@ -29,6 +30,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::domain::DomainError;
 use crate::http_error::json_rejection;
+use doc::Contract;
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -45,7 +47,20 @@ use crate::http_error::json_rejection;
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
         releases::latest, releases::show, releases::download,
     ),
-    modifiers(&BearerAuth),
+    components(
+        schemas(
+            crate::domain::CommandState, crate::domain::JobState, crate::domain::Role,
+            crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
+            crate::domain::WebhookStatus, crate::http_error::ErrorEnvelope,
+            doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
+            doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
+        ),
+        responses(
+            doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::PayloadTooLarge,
+            doc::Unavailable, doc::InternalError,
+        ),
+    ),
+    modifiers(&BearerAuth, &Contract),
     tags(
         (name = "agent keys", description = "Keys agents connect with"),
         (name = "agents", description = "Agents and commands to them"),
@@ -267,7 +282,10 @@ mod tests {
         assert_eq!(read(r#"{"timeout_s": 4294967295}"#), Ok(Some(u32::MAX)));
         for bad in ["60.5", "-1", "-1.0", "4294967296", "1e10", "\"60\"", "true"] {
             let err = read(&format!(r#"{{"timeout_s": {bad}}}"#)).expect_err(bad);
-            assert!(err.contains("expected a whole number") || err.contains("invalid type"), "{bad}: {err}");
+            assert!(
+                err.contains("expected a whole number") || err.contains("invalid type"),
+                "{bad}: {err}"
+            );
         }
     }
 }
