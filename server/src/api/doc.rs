@@ -433,7 +433,30 @@ fn links(openapi: &mut utoipa::openapi::OpenApi) {
             "latestRelease",
             &["200"],
             &["showRelease"],
-            &[("version", "$response.body#/version")],
+            &[
+                ("version", "$response.body#/version"),
+                ("target", "$response.body#/target"),
+            ],
+        ),
+        (
+            "latestRelease",
+            &["200"],
+            &["downloadRelease"],
+            &[
+                ("version", "$response.body#/version"),
+                ("target", "$response.body#/target"),
+                ("file", "outpost-agent"),
+            ],
+        ),
+        (
+            "showRelease",
+            &["200"],
+            &["downloadRelease"],
+            &[
+                ("version", "$response.body#/version"),
+                ("target", "$response.body#/target"),
+                ("file", "outpost-agent"),
+            ],
         ),
     ];
     for (from, statuses, targets, parameters) in plan {
