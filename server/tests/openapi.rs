@@ -241,3 +241,32 @@ fn every_link_leads_to_an_operation_and_fills_its_parameters() {
     }
     assert!(links > 0, "no links");
 }
+
+#[test]
+fn every_response_has_a_description() {
+    let doc = document();
+    for (path, method, operation) in operations(&doc) {
+        for (status, response) in operation["responses"].as_object().expect("responses") {
+            if response["$ref"].is_string() {
+                continue;
+            }
+            assert!(
+                response["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{method} {path} {status} has no description"
+            );
+        }
+    }
+    for (name, response) in doc["components"]["responses"]
+        .as_object()
+        .expect("responses")
+    {
+        assert!(
+            response["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "response {name} has no description"
+        );
+    }
+}

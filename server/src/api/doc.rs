@@ -50,8 +50,8 @@ pub struct NotFound(#[allow(dead_code)] ErrorEnvelope);
 #[derive(ToResponse)]
 pub struct PayloadTooLarge(#[allow(dead_code)] ErrorEnvelope);
 
-/// The database cannot be written right now (a full disk): nothing was stored; try again
-/// later (`unavailable`).
+/// The database cannot be read or written right now (busy, a full disk, unreachable): nothing
+/// was stored; try again later (`unavailable`).
 #[derive(ToResponse)]
 pub struct Unavailable(#[allow(dead_code)] ErrorEnvelope);
 
@@ -326,6 +326,22 @@ fn cross_cutting(path: &str, operation: &mut Operation) {
     if path != "/healthz" {
         add("500", "InternalError");
         add("503", "Unavailable");
+    }
+    // OpenAPI requires a description; an annotation without one gets the status's meaning.
+    for (status, response) in responses.iter_mut() {
+        if let RefOr::T(response) = response
+            && response.description.is_empty()
+        {
+            response.description = match status.as_str() {
+                "200" => "OK",
+                "201" => "Created",
+                "202" => "Accepted",
+                "204" => "Done; no content",
+                "403" => "Not allowed for this API key's role",
+                _ => "",
+            }
+            .to_owned();
+        }
     }
 }
 
