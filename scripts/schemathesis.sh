@@ -23,6 +23,12 @@
 # random; the run prints the one it used), SCHEMATHESIS_ARGS (more arguments, e.g. to focus on
 # one operation: --include-path /api/jobs), OUTPOST_CONFORMANCE_KEEP=1 keeps the temp dir (logs).
 set -euo pipefail
+# Paths given relative to where the script was started from.
+for var in SCHEMATHESIS OUTPOST_BIN_DIR; do
+  if [[ -n ${!var:-} && ${!var} != /* && ${!var} == */* ]]; then
+    export "$var=$PWD/${!var}"
+  fi
+done
 cd "$(dirname "$0")/.."
 root=$PWD
 
@@ -54,7 +60,7 @@ cleanup() {
   local status=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  # The agent the loop above started last.
+  # The agent the loop above started last, should the loop have gone first.
   if [[ -s $work/agent.pid ]]; then kill "$(cat "$work/agent.pid")" 2>/dev/null || true; fi
   if [[ ${OUTPOST_CONFORMANCE_KEEP:-} == 1 ]]; then
     echo "logs kept in $work" >&2
@@ -112,6 +118,8 @@ EOF
 # that no run waits for it), within a few seconds.
 keep_an_agent() {
   local n=0 agent_pid='' key_id='' agent_id='' misses created secret
+  # Stopped, it stops its agent and waits for it (nobody else would reap it).
+  trap 'if [[ -n $agent_pid ]]; then kill "$agent_pid" 2>/dev/null; wait "$agent_pid"; fi; exit 0' TERM
   while :; do
     n=$((n + 1))
     if [[ -n $agent_pid ]]; then
@@ -172,6 +180,7 @@ args=(
 [[ -n ${SCHEMATHESIS_SEED:-} ]] && args+=(--seed "$SCHEMATHESIS_SEED")
 # shellcheck disable=SC2206 # extra arguments are words
 [[ -n ${SCHEMATHESIS_ARGS:-} ]] && args+=($SCHEMATHESIS_ARGS)
+echo "schemathesis ${args[*]/$key/<owner key>}"
 status=0
 (cd "$work" && OUTPOST_CONFORMANCE_URL=$url OUTPOST_CONFORMANCE_KEY=$key \
   SCHEMATHESIS_HOOKS=$root/scripts/schemathesis_hooks.py "$st" "${args[@]}") || status=$?
