@@ -387,6 +387,7 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
             .delete_agent(&tenant, &first.id)
             .await
             .expect("delete")
+            .is_some()
     );
     let rebound = store
         .upsert_agent(&tenant, "key-b", &data)

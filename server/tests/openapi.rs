@@ -43,6 +43,9 @@ fn every_api_route_is_documented() {
         "/api/jobs/{id}/cancel",
         "/api/jobs/{id}/events",
         "/api/jobs/{id}/runs/{run_id}/output",
+        "/api/jobs/{id}/webhook",
+        "/api/webhooks/signing-secret",
+        "/api/webhooks/signing-secret/rotate",
         "/api/releases/latest",
         "/api/releases/{version}",
         "/deploy.sh",
@@ -53,6 +56,217 @@ fn every_api_route_is_documented() {
         assert!(
             doc.paths.paths.contains_key(path),
             "{path} is not in the OpenAPI document"
+        );
+    }
+}
+
+/// The document as JSON, as `/openapi.json` serves it.
+fn document() -> serde_json::Value {
+    serde_json::to_value(outpost_server::api::ApiDoc::openapi()).expect("serialize")
+}
+
+/// Every operation: `(path, method, operation)`.
+fn operations(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
+    let mut all = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            all.push((path.clone(), method.clone(), operation.clone()));
+        }
+    }
+    all
+}
+
+/// The operations anyone may call without an API key.
+const PUBLIC: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/deploy.sh",
+    "/downloads/{version}/{target}/{file}",
+];
+
+#[test]
+fn every_operation_declares_the_statuses_it_can_answer() {
+    let doc = document();
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, method, operation) in operations(&doc) {
+        let id = operation["operationId"].as_str().expect("operationId");
+        assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+        let responses = operation["responses"].as_object().expect("responses");
+        let has = |status: &str| responses.contains_key(status);
+        let secured = operation["security"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty());
+        assert_eq!(
+            secured,
+            !PUBLIC.contains(&path.as_str()),
+            "{method} {path}: security"
+        );
+        if secured {
+            assert!(
+                has("401"),
+                "{method} {path} needs an API key but declares no 401"
+            );
+        }
+        let takes_input = operation["requestBody"].is_object()
+            || operation["parameters"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty());
+        if takes_input {
+            assert!(
+                has("400"),
+                "{method} {path} takes input but declares no 400"
+            );
+        }
+        if operation["requestBody"].is_object() {
+            assert!(
+                has("413"),
+                "{method} {path} takes a body but declares no 413"
+            );
+        }
+        if path != "/healthz" {
+            for status in ["500", "503"] {
+                assert!(has(status), "{method} {path} declares no {status}");
+            }
+        }
+        // Every error is the one envelope.
+        for (status, response) in responses {
+            if !status.starts_with(['4', '5']) {
+                continue;
+            }
+            let response = match response["$ref"].as_str() {
+                Some(reference) => {
+                    let name = reference.rsplit('/').next().expect("name");
+                    &doc["components"]["responses"][name]
+                }
+                None => response,
+            };
+            assert_eq!(
+                response["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorEnvelope",
+                "{method} {path} {status} is not the error envelope"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_document_s_enums_are_the_domain_model_s() {
+    use outpost_server::domain::{
+        Command, CommandState, JobState, KeyStatus, Role, Transport, WebhookStatus,
+    };
+    fn spellings<T: Copy + std::fmt::Display>(all: &[T]) -> Vec<String> {
+        all.iter().map(|v| v.to_string()).collect()
+    }
+    let doc = document();
+    for (name, values) in [
+        ("CommandState", spellings(CommandState::ALL)),
+        ("JobState", spellings(JobState::ALL)),
+        ("Role", spellings(Role::ALL)),
+        ("KeyStatus", spellings(KeyStatus::ALL)),
+        ("Transport", spellings(Transport::ALL)),
+        ("Command", spellings(Command::ALL)),
+        ("WebhookStatus", spellings(WebhookStatus::ALL)),
+    ] {
+        let declared: Vec<String> =
+            serde_json::from_value(doc["components"]["schemas"][name]["enum"].clone())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(declared, values, "{name}");
+    }
+}
+
+#[test]
+fn the_document_s_bounds_are_the_protocol_s() {
+    use outpost_protocol::limits;
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    for body in ["CreateJob", "CommandRequest"] {
+        let properties = &schemas[body]["properties"];
+        assert_eq!(properties["timeout_s"]["minimum"], 1, "{body}");
+        assert_eq!(
+            properties["timeout_s"]["maximum"],
+            limits::MAX_TIMEOUT_S,
+            "{body}"
+        );
+        assert_eq!(properties["ttl_s"]["maximum"], limits::MAX_TTL_S, "{body}");
+    }
+    assert_eq!(schemas["Tag"]["maxLength"], limits::MAX_TAG_LEN);
+    assert_eq!(
+        schemas["CreateAgentKey"]["properties"]["tags"]["maxItems"],
+        limits::MAX_TAGS
+    );
+    assert_eq!(
+        schemas["UpdateAgent"]["properties"]["tags"]["maxItems"],
+        limits::MAX_TAGS
+    );
+}
+
+#[test]
+fn every_link_leads_to_an_operation_and_fills_its_parameters() {
+    let doc = document();
+    let all = operations(&doc);
+    let mut links = 0;
+    for (path, method, operation) in &all {
+        for (status, response) in operation["responses"].as_object().expect("responses") {
+            let Some(map) = response["links"].as_object() else {
+                continue;
+            };
+            for (name, link) in map {
+                links += 1;
+                let target = link["operationId"].as_str().expect("operationId");
+                let (_, _, to) = all
+                    .iter()
+                    .find(|(_, _, o)| o["operationId"] == target)
+                    .unwrap_or_else(|| panic!("{method} {path} {status}: {name} leads nowhere"));
+                let params: Vec<&str> = to["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["in"] == "path")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                let given: Vec<&str> = link["parameters"]
+                    .as_object()
+                    .expect("parameters")
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                for p in &params {
+                    assert!(
+                        given.contains(p),
+                        "{method} {path} {status}: {name} leaves {p} unset"
+                    );
+                }
+            }
+        }
+    }
+    assert!(links > 0, "no links");
+}
+
+#[test]
+fn every_response_has_a_description() {
+    let doc = document();
+    for (path, method, operation) in operations(&doc) {
+        for (status, response) in operation["responses"].as_object().expect("responses") {
+            if response["$ref"].is_string() {
+                continue;
+            }
+            assert!(
+                response["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{method} {path} {status} has no description"
+            );
+        }
+    }
+    for (name, response) in doc["components"]["responses"]
+        .as_object()
+        .expect("responses")
+    {
+        assert!(
+            response["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "response {name} has no description"
         );
     }
 }

@@ -38,7 +38,8 @@ pub struct ConnectedAgent {
 pub struct AgentView {
     /// The agent's id.
     pub agent_id: String,
-    /// `online` or `offline`.
+    /// Whether it is connected to this server now.
+    #[schema(value_type = crate::api::doc::AgentStatus)]
     pub status: String,
     /// Host name.
     pub hostname: String,
@@ -120,8 +121,10 @@ impl From<AgentRecord> for AgentView {
 pub struct AgentFilter {
     /// Only agents with this tag (a tag some agent key assigns counts only from the key or
     /// the server, as for a job's target).
+    #[param(nullable = false)]
     pub tag: Option<String>,
-    /// `online` or `offline`.
+    /// Only agents connected now, or only those not connected.
+    #[param(value_type = Option<crate::api::doc::AgentStatus>, nullable = false)]
     pub status: Option<String>,
 }
 
@@ -129,7 +132,8 @@ pub struct AgentFilter {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
-    /// Replaces the server-side tags.
+    /// Replaces the server-side tags (at most 64).
+    #[schema(value_type = Vec<crate::api::doc::Tag>, max_items = 64)]
     pub tags: Vec<String>,
 }
 
@@ -137,16 +141,23 @@ pub struct UpdateAgent {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
-    /// `ping`, `info`, `echo`, `run`, `restart`, `update` or `redeploy`.
+    /// The command; its key must allow it.
+    #[schema(value_type = crate::domain::Command)]
     pub command: String,
     /// Arguments, a JSON object (`{"message": …}` for echo; for run `{"script", "params",
     /// "secret_params"?}` as in jobs; for update `{"version"?, "force"?}`, `force` for owners
     /// only).
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
-    /// Seconds the command may run (default 60); the call waits this long plus 2 s.
+    /// Seconds the command may run, 1 to 86400 (default 60); the call waits this long plus
+    /// 2 s.
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub timeout_s: Option<u32>,
-    /// With `queue`: seconds the command waits for an offline agent (default 3600).
+    /// With `queue`: seconds the command waits for an offline agent, at most 604800 (default
+    /// 3600).
+    #[schema(maximum = 604800)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub ttl_s: Option<u32>,
     /// Store the command for an offline agent instead of refusing with 409; answers 202.
     #[serde(default)]
@@ -168,8 +179,10 @@ pub struct CommandView {
     /// Target agent.
     pub agent_id: String,
     /// Command name.
+    #[schema(value_type = crate::domain::Command)]
     pub command: String,
-    /// `pending`, `delivered`, `succeeded`, `failed`, `timed_out`, `cancelled`, `expired`, `lost`.
+    /// Where it stands.
+    #[schema(value_type = crate::domain::CommandState)]
     pub status: String,
     /// Whether it succeeded, once finished.
     pub success: Option<bool>,
@@ -213,7 +226,7 @@ impl From<command::Model> for CommandView {
 }
 
 /// Agents connected to this server now.
-#[utoipa::path(get, path = "/api/agents/connected", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "listConnectedAgents", path = "/api/agents/connected", tag = "agents", security(("bearer" = [])),
     responses((status = 200, body = [ConnectedAgent])))]
 pub async fn connected(State(state): State<AppState>, caller: Caller) -> Json<Vec<ConnectedAgent>> {
     let mut agents: Vec<_> = state
@@ -233,7 +246,7 @@ pub async fn connected(State(state): State<AppState>, caller: Caller) -> Json<Ve
 }
 
 /// All agents, with status, last heartbeat and metrics, tags, version and scripts.
-#[utoipa::path(get, path = "/api/agents", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "listAgents", path = "/api/agents", tag = "agents", security(("bearer" = [])),
     params(AgentFilter), responses((status = 200, body = [AgentView])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -259,9 +272,9 @@ pub async fn list(
 }
 
 /// One agent.
-#[utoipa::path(get, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "showAgent", path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 200, body = AgentView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentView), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -272,10 +285,10 @@ pub async fn show(
 }
 
 /// Set an agent's server-side tags.
-#[utoipa::path(patch, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(patch, operation_id = "updateAgent", path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")), request_body = UpdateAgent,
-    responses((status = 200, body = AgentView), (status = 400, body = crate::http_error::ErrorEnvelope),
-        (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentView), (status = 400, response = crate::api::doc::BadRequest),
+        (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -292,9 +305,9 @@ pub async fn update(
 
 /// Forget an agent. Its open commands become `lost`; if it is connected, it is disconnected
 /// (it registers again as new if it reconnects).
-#[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(delete, operation_id = "deleteAgent", path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 204), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 204), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -306,14 +319,14 @@ pub async fn delete(
 
 /// Send a command to one agent and wait for its result (`timeout_s`, then 504). An offline
 /// agent gets 409 unless `queue` is set, in which case the command is stored and 202 returned.
-#[utoipa::path(post, path = "/api/agents/{id}/command", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "commandAgent", path = "/api/agents/{id}/command", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")), request_body = CommandRequest,
     responses(
         (status = 200, body = CommandView, description = "The stored result"),
         (status = 202, body = CommandView, description = "Queued for an offline agent"),
-        (status = 400, body = crate::http_error::ErrorEnvelope),
+        (status = 400, response = crate::api::doc::BadRequest),
         (status = 403, body = crate::http_error::ErrorEnvelope, description = "The agent's key does not allow the command, or a forced update by a caller who is not an owner"),
-        (status = 404, body = crate::http_error::ErrorEnvelope),
+        (status = 404, response = crate::api::doc::NotFound),
         (status = 409, body = crate::http_error::ErrorEnvelope, description = "Agent offline"),
         (status = 422, body = crate::http_error::ErrorEnvelope, description = "script_not_allowed: a run of a script the agent's manifest does not list"),
         (status = 504, body = crate::http_error::ErrorEnvelope, description = "No answer in time")))]

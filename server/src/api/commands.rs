@@ -10,9 +10,9 @@ use crate::AppState;
 use crate::domain::{Caller, DomainError};
 
 /// One command and its result.
-#[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "showCommand", path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id")),
-    responses((status = 200, body = CommandView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = CommandView), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,

@@ -24,10 +24,10 @@ const URL_SLOT: &str = "served_url=''";
 const KEY_SLOT: &str = "served_pubkey=''";
 
 /// The installer, with this server's URL and release key filled in.
-#[utoipa::path(get, path = "/deploy.sh", tag = "install",
+#[utoipa::path(get, operation_id = "deployScript", path = "/deploy.sh", tag = "install",
     responses(
         (status = 200, description = "The installer (text/x-shellscript)", content_type = "text/x-shellscript"),
-        (status = 400, description = "The Host header or --public-url cannot be used in a script")))]
+        (status = 400, body = crate::http_error::ErrorEnvelope, description = "The Host header or --public-url cannot be used in a script")))]
 pub async fn script(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -8,14 +8,16 @@ use crate::AppState;
 use crate::domain::DomainError;
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = crate::api::doc::Health)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// The process can serve: the database answers and it is not shutting down.
-#[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready", body = crate::api::doc::Readiness),
+        (status = 503, body = crate::http_error::ErrorEnvelope, description = "Not ready: shutting down, or the database cannot be read or written")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, DomainError> {
     let connected = state.services.health.ready().await?;
     Ok(Json(

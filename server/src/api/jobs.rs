@@ -47,6 +47,7 @@ pub struct Target {
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     /// `run` (a manifest script), or any other command.
+    #[schema(value_type = crate::domain::Command)]
     pub command: String,
     /// For `run`: `{"script": NAME, "params": {"NAME": "value"}, "secret_params"?: [NAME]}`;
     /// parameters listed in `secret_params`, or marked `secret` by a targeted agent's
@@ -56,14 +57,20 @@ pub struct CreateJob {
     pub data: Option<Value>,
     /// The agents.
     pub target: Target,
-    /// Seconds each run may take (default 60).
+    /// Seconds each run may take, 1 to 86400 (default 60).
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub timeout_s: Option<u32>,
-    /// Seconds a run waits for an offline agent (default 3600).
+    /// Seconds a run waits for an offline agent, at most 604800 (default 3600).
+    #[schema(maximum = 604800)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     pub ttl_s: Option<u32>,
-    /// Notified when the job finishes (delivery arrives with webhooks).
+    /// Notified when the job finishes (a `POST` of the job, signed: see `/api/webhooks`).
+    #[schema(value_type = Option<crate::api::doc::WebhookUrl>)]
     pub webhook_url: Option<String>,
     /// A retried request with the same key returns the first job instead of a new one; the
     /// same key with a different request is refused (409 `idempotency_key_reused`).
+    #[schema(value_type = Option<crate::api::doc::IdempotencyKey>)]
     pub idempotency_key: Option<String>,
 }
 
@@ -74,7 +81,8 @@ pub struct RunView {
     pub run_id: String,
     /// The agent.
     pub agent_id: String,
-    /// `pending`, `delivered`, `running`, `succeeded`, `failed`, `timed_out`, `cancelled`, `expired`, `lost`.
+    /// Where it stands.
+    #[schema(value_type = crate::domain::CommandState)]
     pub status: String,
     /// The script's exit code.
     pub exit_code: Option<i32>,
@@ -138,6 +146,7 @@ pub struct JobView {
     /// Job id.
     pub job_id: String,
     /// Command name.
+    #[schema(value_type = crate::domain::Command)]
     pub command: String,
     /// Arguments. Secret parameter values are shown as `********` and named in
     /// `data.secret_params`.
@@ -148,7 +157,8 @@ pub struct JobView {
     pub target: Value,
     /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// `running`, `succeeded`, `failed` or `cancelled`.
+    /// Where it stands, from its runs.
+    #[schema(value_type = crate::domain::JobState)]
     pub status: String,
     /// When its last run finished.
     pub finished_at: Option<DateTime<Utc>>,
@@ -207,7 +217,9 @@ pub struct JobPage {
 /// `?wait=S` on create.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WaitQuery {
-    /// Answer when every run is final, or after this many seconds (at most 600).
+    /// Answer when every run is final, or after this many seconds (more than 600 counts as
+    /// 600).
+    #[param(nullable = false)]
     pub wait: Option<u64>,
 }
 
@@ -215,43 +227,54 @@ pub struct WaitQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListQuery {
     /// Jobs with a run on this agent.
+    #[param(nullable = false)]
     pub agent_id: Option<String>,
     /// `run` jobs of this script.
+    #[param(nullable = false)]
     pub script: Option<String>,
-    /// Jobs of this command.
+    /// Jobs of this command (a name that is no command matches no job).
+    #[param(nullable = false)]
     pub command: Option<String>,
-    /// `running`, `succeeded`, `failed` or `cancelled`.
+    /// Jobs where they stand.
+    #[param(value_type = Option<crate::domain::JobState>, nullable = false)]
     pub status: Option<String>,
     /// Created at or after (RFC 3339).
+    #[param(nullable = false)]
     pub since: Option<DateTime<Utc>>,
     /// Created before (RFC 3339).
+    #[param(nullable = false)]
     pub until: Option<DateTime<Utc>>,
     /// From a previous page's `next_cursor`.
+    #[param(nullable = false)]
     pub cursor: Option<String>,
     /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200, nullable = false)]
     pub limit: Option<u64>,
     /// Jobs whose id starts or ends with this: 4 to 36 hex digits and dashes, as in the id
     /// (how the CLI finds the job meant by a shortened id).
+    #[param(value_type = Option<crate::api::doc::JobIdPart>, nullable = false)]
     pub id: Option<String>,
 }
 
 /// Options of the output endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct OutputQuery {
-    /// `stdout`, `stderr` or `both` (default `both`, in the order it arrived).
+    /// Which output (default `both`, in the order it arrived).
+    #[param(value_type = Option<crate::api::doc::OutputSelection>, nullable = false)]
     pub stream: Option<String>,
     /// Skip this many bytes of the selected output.
+    #[param(nullable = false)]
     pub offset: Option<u64>,
 }
 
 /// Create a job: one run per targeted agent. Answers 202 with the runs; with `?wait=S`,
 /// answers when every run is final (200) or after S seconds (202).
-#[utoipa::path(post, path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "createJob", path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
     params(WaitQuery), request_body = CreateJob,
     responses(
         (status = 202, body = JobView, description = "Created; runs under way"),
         (status = 200, body = JobView, description = "With ?wait: every run is final"),
-        (status = 400, body = crate::http_error::ErrorEnvelope),
+        (status = 400, response = crate::api::doc::BadRequest),
         (status = 403, body = crate::http_error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
         (status = 409, body = crate::http_error::ErrorEnvelope, description = "idempotency_key_reused: the key was used for a different request"),
         (status = 422, body = crate::http_error::ErrorEnvelope, description = "The target matches no agent (`unprocessable`, naming the tags), or its only agent does not list the script (`script_not_allowed`)")))]
@@ -295,8 +318,8 @@ fn answer(JobWithRuns { job, runs }: JobWithRuns) -> Response {
 }
 
 /// List jobs, newest first, with filters and cursor pagination.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
-    params(ListQuery), responses((status = 200, body = JobPage), (status = 400, body = crate::http_error::ErrorEnvelope)))]
+#[utoipa::path(get, operation_id = "listJobs", path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
+    params(ListQuery), responses((status = 200, body = JobPage), (status = 400, response = crate::api::doc::BadRequest)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -327,9 +350,9 @@ pub async fn list(
 }
 
 /// A job and all its runs.
-#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "showJob", path = "/api/jobs/{id}", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = JobView), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -342,9 +365,9 @@ pub async fn show(
 /// Cancel the runs of a job that have not finished. Runs not yet delivered are cancelled at
 /// once; running ones are stopped by their agent (SIGTERM, SIGKILL 5 s later) and report
 /// `cancelled`.
-#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "cancelJob", path = "/api/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 202, body = JobView), (status = 200, body = JobView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 202, body = JobView), (status = 200, body = JobView), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -355,10 +378,10 @@ pub async fn cancel(
 }
 
 /// A run's full output as raw bytes.
-#[utoipa::path(get, path = "/api/jobs/{id}/runs/{run_id}/output", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "jobRunOutput", path = "/api/jobs/{id}/runs/{run_id}/output", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id"), ("run_id" = String, Path, description = "Run id"), OutputQuery),
     responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"),
-        (status = 400, body = crate::http_error::ErrorEnvelope), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+        (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn output(
     State(state): State<AppState>,
     caller: Caller,
@@ -401,11 +424,11 @@ pub async fn output(
 /// chunk's id as the event id) as output is stored, and a final `end` event (`{job_id,
 /// status}`) once every run is final, after which the stream closes. Reconnecting with
 /// `Last-Event-ID` resumes the output after that chunk; states are always sent in full first.
-#[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "jobEvents", path = "/api/jobs/{id}/events", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume the output after this event id")),
     responses((status = 200, description = "An event stream", content_type = "text/event-stream"),
-        (status = 404, body = crate::http_error::ErrorEnvelope)))]
+        (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -462,7 +485,8 @@ pub async fn events(
 pub struct WebhookView {
     /// The URL, if the job has one.
     pub url: Option<String>,
-    /// `pending`, `delivered` or `failed`; null while the job runs.
+    /// Where its delivery stands; null while the job runs (and for a job without one).
+    #[schema(value_type = Option<crate::domain::WebhookStatus>)]
     pub status: Option<String>,
     /// Every attempt, in order.
     pub attempts: Vec<AttemptView>,
@@ -484,9 +508,9 @@ pub struct AttemptView {
 }
 
 /// A job's webhook deliveries.
-#[utoipa::path(get, path = "/api/jobs/{id}/webhook", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "jobWebhook", path = "/api/jobs/{id}/webhook", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = WebhookView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = WebhookView), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn webhook(
     State(state): State<AppState>,
     caller: Caller,

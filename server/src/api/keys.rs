@@ -29,10 +29,13 @@ pub struct AgentKeyView {
     /// Name for people.
     pub name: String,
     /// Commands agents using this key may be sent.
+    #[schema(value_type = Vec<crate::domain::Command>)]
     pub permissions: Vec<String>,
     /// Tags every agent using this key gets.
+    #[schema(value_type = Vec<crate::api::doc::Tag>)]
     pub tags: Vec<String>,
-    /// `active` or `disabled`.
+    /// Whether the key authenticates.
+    #[schema(value_type = crate::domain::KeyStatus)]
     pub status: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -59,12 +62,15 @@ pub struct AgentKeyWithSecret {
 #[serde(deny_unknown_fields)]
 pub struct CreateAgentKey {
     /// Name for people, 1–128 characters.
+    #[schema(value_type = crate::api::doc::KeyName)]
     pub name: String,
     /// Commands allowed; default `["ping","info","echo","run"]`.
+    #[schema(value_type = Option<Vec<crate::domain::Command>>)]
     pub permissions: Option<Vec<String>>,
-    /// Tags for every agent using the key.
+    /// Tags for every agent using the key (at most 64).
+    #[schema(value_type = Option<Vec<crate::api::doc::Tag>>, max_items = 64)]
     pub tags: Option<Vec<String>>,
-    /// When the key stops working.
+    /// When the key stops working; must be in the future (else 400).
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -73,10 +79,13 @@ pub struct CreateAgentKey {
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgentKey {
     /// New name.
+    #[schema(value_type = Option<crate::api::doc::KeyName>)]
     pub name: Option<String>,
     /// New permissions.
+    #[schema(value_type = Option<Vec<crate::domain::Command>>)]
     pub permissions: Option<Vec<String>>,
-    /// `active` or `disabled`.
+    /// `disabled` refuses the key and closes its connections; `active` lets it in again.
+    #[schema(value_type = Option<crate::domain::KeyStatus>)]
     pub status: Option<String>,
 }
 
@@ -116,9 +125,9 @@ impl From<KeyRecord> for AgentKeyView {
 }
 
 /// Create an agent key. The secret is in this answer only.
-#[utoipa::path(post, path = "/api/agents/keys", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "createAgentKey", path = "/api/agents/keys", tag = "agent keys", security(("bearer" = [])),
     request_body = CreateAgentKey,
-    responses((status = 201, body = AgentKeyWithSecret), (status = 400, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 201, body = AgentKeyWithSecret), (status = 400, response = crate::api::doc::BadRequest)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -141,7 +150,7 @@ pub async fn create(
 }
 
 /// List agent keys (never their secrets).
-#[utoipa::path(get, path = "/api/agents/keys", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "listAgentKeys", path = "/api/agents/keys", tag = "agent keys", security(("bearer" = [])),
     responses((status = 200, body = [AgentKeyView])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -152,9 +161,9 @@ pub async fn list(
 }
 
 /// One agent key.
-#[utoipa::path(get, path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "showAgentKey", path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, body = AgentKeyView), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentKeyView), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -165,10 +174,10 @@ pub async fn show(
 }
 
 /// Rename, change permissions, or disable/enable a key. Disabling closes its connections.
-#[utoipa::path(patch, path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(patch, operation_id = "updateAgentKey", path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")), request_body = UpdateAgentKey,
-    responses((status = 200, body = AgentKeyView), (status = 400, body = crate::http_error::ErrorEnvelope),
-        (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentKeyView), (status = 400, response = crate::api::doc::BadRequest),
+        (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,9 +194,9 @@ pub async fn update(
 }
 
 /// Delete a key; its connections close.
-#[utoipa::path(delete, path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(delete, operation_id = "deleteAgentKey", path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 204), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 204), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -198,9 +207,9 @@ pub async fn delete(
 }
 
 /// Replace a key's secret. The old secret stops working at once and its connections close.
-#[utoipa::path(post, path = "/api/agents/keys/{id}/regenerate", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "regenerateAgentKey", path = "/api/agents/keys/{id}/regenerate", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, body = AgentKeyWithSecret), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = AgentKeyWithSecret), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn regenerate(
     State(state): State<AppState>,
     caller: Caller,
@@ -214,9 +223,9 @@ pub async fn regenerate(
 }
 
 /// Ping every agent connected with this key.
-#[utoipa::path(post, path = "/api/agents/keys/{id}/ping", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "pingAgentKey", path = "/api/agents/keys/{id}/ping", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
-    responses((status = 200, body = FanoutResults), (status = 404, body = crate::http_error::ErrorEnvelope)))]
+    responses((status = 200, body = FanoutResults), (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn ping(
     State(state): State<AppState>,
     caller: Caller,
@@ -229,11 +238,11 @@ pub async fn ping(
 /// Send a command to every agent connected with this key and wait for the results. An agent
 /// that would refuse it before running anything (a `run` of a script its manifest does not
 /// list) gets its `error` at once (`script_not_allowed`), and nothing is sent to it.
-#[utoipa::path(post, path = "/api/agents/keys/{id}/command", tag = "agent keys", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "commandAgentKey", path = "/api/agents/keys/{id}/command", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")), request_body = CommandRequest,
-    responses((status = 200, body = FanoutResults), (status = 400, body = crate::http_error::ErrorEnvelope),
+    responses((status = 200, body = FanoutResults), (status = 400, response = crate::api::doc::BadRequest),
         (status = 403, body = crate::http_error::ErrorEnvelope, description = "A forced update by a caller who is not an owner"),
-        (status = 404, body = crate::http_error::ErrorEnvelope)))]
+        (status = 404, response = crate::api::doc::NotFound)))]
 pub async fn command(
     State(state): State<AppState>,
     caller: Caller,

@@ -10,6 +10,7 @@
 mod agents;
 mod commands;
 mod deploy;
+pub mod doc;
 mod health;
 mod jobs;
 mod keys;
@@ -29,6 +30,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::AppState;
 use crate::domain::{Caller, DomainError};
 use crate::http_error::json_rejection;
+use doc::Contract;
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -45,7 +47,20 @@ use crate::http_error::json_rejection;
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
         releases::latest, releases::show, releases::download,
     ),
-    modifiers(&BearerAuth),
+    components(
+        schemas(
+            crate::domain::CommandState, crate::domain::JobState, crate::domain::Role,
+            crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
+            crate::domain::WebhookStatus, crate::http_error::ErrorEnvelope,
+            doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
+            doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
+        ),
+        responses(
+            doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::PayloadTooLarge,
+            doc::Unavailable, doc::InternalError,
+        ),
+    ),
+    modifiers(&BearerAuth, &Contract),
     tags(
         (name = "agent keys", description = "Keys agents connect with"),
         (name = "agents", description = "Agents and commands to them"),
@@ -216,6 +231,67 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// Reads an optional count of seconds that JSON may spell `60` or `60.0`: JSON has one kind
+/// of number, and the OpenAPI document's `integer` is any number without a fraction. A
+/// fraction, a negative number or one past `u32` is refused, naming the value.
+pub(crate) fn whole_seconds<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::{Error, Unexpected};
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let expected = &"a whole number of seconds from 0 to 4294967295";
+    if let Some(n) = number.as_u64() {
+        return u32::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(n), expected));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&f) => {
+            Ok(Some(f as u32))
+        }
+        Some(f) => Err(D::Error::invalid_value(Unexpected::Float(f), expected)),
+        None => Err(D::Error::invalid_value(
+            Unexpected::Other("a number"),
+            expected,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, serde::Deserialize)]
+    struct Seconds {
+        #[serde(default, deserialize_with = "super::whole_seconds")]
+        timeout_s: Option<u32>,
+    }
+
+    fn read(json: &str) -> Result<Option<u32>, String> {
+        serde_json::from_str::<Seconds>(json)
+            .map(|s| s.timeout_s)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn seconds_are_whole_numbers_however_json_spells_them() {
+        assert_eq!(read("{}"), Ok(None));
+        assert_eq!(read(r#"{"timeout_s": null}"#), Ok(None));
+        assert_eq!(read(r#"{"timeout_s": 60}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"timeout_s": 60.0}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"timeout_s": 6e1}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"timeout_s": 4294967295}"#), Ok(Some(u32::MAX)));
+        for bad in ["60.5", "-1", "-1.0", "4294967296", "1e10", "\"60\"", "true"] {
+            let err = read(&format!(r#"{{"timeout_s": {bad}}}"#)).expect_err(bad);
+            assert!(
+                err.contains("expected a whole number") || err.contains("invalid type"),
+                "{bad}: {err}"
+            );
         }
     }
 }

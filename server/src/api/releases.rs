@@ -67,7 +67,8 @@ pub struct ArtifactView {
 /// Query of the release endpoints.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct TargetQuery {
-    /// Rust target triple, e.g. `x86_64-unknown-linux-gnu`.
+    /// Rust target triple, e.g. `x86_64-unknown-linux-gnu` (required).
+    #[param(value_type = crate::api::doc::TargetTriple, required = true)]
     pub target: Option<String>,
 }
 
@@ -110,10 +111,10 @@ fn target_of(query: TargetQuery) -> Result<String, DomainError> {
 }
 
 /// The newest release for a target.
-#[utoipa::path(get, path = "/api/releases/latest", tag = "releases", params(TargetQuery),
+#[utoipa::path(get, operation_id = "latestRelease", path = "/api/releases/latest", tag = "releases", params(TargetQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = ReleaseView), (status = 400, description = "Bad target"),
-        (status = 404, description = "Nothing published for this target")))]
+    responses((status = 200, body = ReleaseView),
+        (status = 404, body = crate::http_error::ErrorEnvelope, description = "Nothing published for this target, and the server has no built-in build for it")))]
 pub async fn latest(
     State(state): State<AppState>,
     _reader: Reader,
@@ -130,11 +131,11 @@ pub async fn latest(
 }
 
 /// One release for a target.
-#[utoipa::path(get, path = "/api/releases/{version}", tag = "releases",
-    params(("version" = String, Path, description = "MAJOR.MINOR.PATCH"), TargetQuery),
+#[utoipa::path(get, operation_id = "showRelease", path = "/api/releases/{version}", tag = "releases",
+    params(("version" = crate::api::doc::ReleaseVersion, Path, description = "MAJOR.MINOR.PATCH"), TargetQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = ReleaseView), (status = 400, description = "Bad version or target"),
-        (status = 404, description = "No such release for this target")))]
+    responses((status = 200, body = ReleaseView),
+        (status = 404, body = crate::http_error::ErrorEnvelope, description = "No such release for this target")))]
 pub async fn show(
     State(state): State<AppState>,
     _reader: Reader,
@@ -303,15 +304,16 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 
 /// A release binary (`…/outpost-agent`) or its checksum (`…/outpost-agent.sha256`, in
 /// `sha256sum` format). `version` may be `latest`.
-#[utoipa::path(get, path = "/downloads/{version}/{target}/{file}", tag = "releases",
+#[utoipa::path(get, operation_id = "downloadRelease", path = "/downloads/{version}/{target}/{file}", tag = "releases",
     params(
         ("version" = String, Path, description = "MAJOR.MINOR.PATCH or `latest`"),
         ("target" = String, Path, description = "Target triple"),
         ("file" = String, Path, description = "`outpost-agent`, `outpost-supervisor`, or either with `.sha256`"),
     ),
     responses(
-        (status = 200, description = "The file (application/octet-stream) or its checksum (text/plain)"),
-        (status = 404, description = "No such release, target or file")))]
+        (status = 200, description = "The file, or its checksum in `sha256sum` format (`….sha256`)",
+            content(("application/octet-stream"), ("text/plain"))),
+        (status = 404, body = crate::http_error::ErrorEnvelope, description = "No such release, target or file")))]
 pub async fn download(
     State(state): State<AppState>,
     Path((version, target, file)): Path<(String, String, String)>,

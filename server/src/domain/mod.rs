@@ -19,6 +19,10 @@ use utoipa::ToSchema;
 
 /// Declares a text-backed enum: its variants with their stored spelling, `as_str`,
 /// `FromStr` (naming what was expected) and `ALL`.
+///
+/// The spelling is matched as a `tt`, not a `literal`: a `literal` fragment reaches
+/// `#[derive(ToSchema)]` wrapped in an invisible group, which utoipa does not read as
+/// `serde(rename)`, so the OpenAPI document showed the variants' Rust names (`"Websocket"`).
 macro_rules! text_enum {
     (
         $(#[$meta:meta])*

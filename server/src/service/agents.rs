@@ -126,9 +126,12 @@ impl Agents {
     /// disconnected (it registers again as new if it reconnects, with any key).
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
     pub async fn forget(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
-        if !self.core.store.delete_agent(&caller.tenant_id, id).await? {
+        let Some(lost) = self.core.store.delete_agent(&caller.tenant_id, id).await? else {
             return Err(DomainError::NotFound(format!("no agent {id}")));
-        }
+        };
+        // Whoever waits for those runs (`?wait`, a command's caller, a job's event stream)
+        // learns now that they are lost, and the webhooks of jobs they finished go out.
+        self.core.finish.finished(lost);
         if let Ok(agent_id) = id.parse() {
             self.core
                 .bus

@@ -843,9 +843,15 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         self.get_agent(tenant_id, id).await
     }
 
-    /// Forgets an agent and the commands it still owed; `false` when it was not the tenant's.
-    pub async fn delete_agent(&self, tenant_id: &str, id: &str) -> Result<bool> {
-        command::Entity::update_many()
+    /// Forgets an agent. The commands it still owed become `lost` and their jobs are
+    /// recomputed; they are returned, so that whoever waits for them can be told (`None` when
+    /// the agent was not the tenant's).
+    pub async fn delete_agent(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<Vec<command::Model>>> {
+        let lost = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::LOST))
             .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
             .col_expr(command::Column::ErrorCode, Expr::value("agent_deleted"))
@@ -856,14 +862,19 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(command::Column::TenantId.eq(tenant_id))
             .filter(command::Column::AgentId.eq(id))
             .filter(Expr::cust(state::OPEN_SQL))
-            .exec(&self.db)
+            .exec_with_returning(&self.db)
             .await?;
+        let jobs: std::collections::BTreeSet<&str> =
+            lost.iter().filter_map(|c| c.job_id.as_deref()).collect();
+        for job_id in jobs {
+            self.refresh_job(tenant_id, job_id).await?;
+        }
         let res = agent::Entity::delete_many()
             .filter(agent::Column::TenantId.eq(tenant_id))
             .filter(agent::Column::Id.eq(id))
             .exec(&self.db)
             .await?;
-        Ok(res.rows_affected > 0)
+        Ok((res.rows_affected > 0).then_some(lost))
     }
 
     // ---- commands -------------------------------------------------------------------------

@@ -492,3 +492,40 @@ async fn the_agent_s_log_filter_is_applied_and_a_bad_one_reported() {
         "{logs}"
     );
 }
+
+/// Deleting an agent ends the runs it owed (`lost`) for everyone: the job is finished, and a
+/// caller waiting on it (`?wait`) is answered at once rather than when its wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_agent_finishes_the_runs_it_owed_and_wakes_their_waiters() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    // A peer that registers and never answers.
+    let mut peer = ws::connect(&server.url, &secret).await.expect("connect");
+    let id = uuid::Uuid::now_v7().to_string();
+    peer.handshake(&id).await;
+    api.wait_online(&id).await;
+    let body = json!({"command": "ping", "target": {"agents": [id]}});
+    let (status, job) = api.job(body.clone(), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    let waiting = {
+        let api = server.api();
+        tokio::spawn(async move { api.job(body, Some(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let (status, _) = api.delete(&format!("/api/agents/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, waited) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting caller is answered at once")
+        .expect("join");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(status, StatusCode::OK, "{waited}");
+    assert_eq!(waited["runs"][0]["status"], "lost", "{waited}");
+    let (_, job) = api.get(&format!("/api/jobs/{job_id}")).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["runs"][0]["status"], "lost", "{job}");
+    assert_eq!(job["runs"][0]["error"]["code"], "agent_deleted", "{job}");
+}
