@@ -300,3 +300,41 @@ fn the_reader_sees_uses_in_every_form() {
     assert!(uses_crate("    axum::http::StatusCode", "axum"));
     assert!(!uses_crate("use not_axum::Json;", "axum"));
 }
+
+/// Every REST handler opens a span of its own (`#[tracing::instrument(skip_all, …)]`), so a
+/// request's log lines carry its tenant and ids, and `skip_all` keeps its body (which may hold
+/// secret parameters) out of the span.
+#[test]
+fn every_handler_has_a_span_that_skips_its_arguments() {
+    let mut files = Vec::new();
+    rust_files(&src().join("api"), &mut files);
+    let mut missing = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read a source file");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.starts_with("pub async fn ") {
+                continue;
+            }
+            // The attributes right above the function.
+            let attributes: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("///"))
+                .copied()
+                .collect();
+            let documented = attributes.iter().any(|l| l.contains("utoipa::path"));
+            let spanned = attributes
+                .iter()
+                .any(|l| l.contains("tracing::instrument(skip_all"));
+            if documented && !spanned {
+                missing.push(format!("{}:{}: {line}", file.display(), i + 1));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "handlers without #[tracing::instrument(skip_all, …)]:\n{}",
+        missing.join("\n")
+    );
+}
