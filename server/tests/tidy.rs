@@ -301,9 +301,10 @@ fn the_reader_sees_uses_in_every_form() {
     assert!(!uses_crate("use not_axum::Json;", "axum"));
 }
 
-/// Every REST handler opens a span of its own (`#[tracing::instrument(skip_all, …)]`), so a
-/// request's log lines carry its tenant and ids, and `skip_all` keeps its body (which may hold
-/// secret parameters) out of the span.
+/// Every REST handler opens a span of its own (`#[tracing::instrument(level = "debug",
+/// skip_all, …)]`), so a request's log lines carry its tenant and ids, and `skip_all` keeps
+/// its body (which may hold secret parameters) out of the span. At debug level: at the default
+/// `info` the services' spans carry the same ids, once.
 #[test]
 fn every_handler_has_a_span_that_skips_its_arguments() {
     let mut files = Vec::new();
@@ -326,7 +327,7 @@ fn every_handler_has_a_span_that_skips_its_arguments() {
             let documented = attributes.iter().any(|l| l.contains("utoipa::path"));
             let spanned = attributes
                 .iter()
-                .any(|l| l.contains("tracing::instrument(skip_all"));
+                .any(|l| l.contains("tracing::instrument(") && l.contains("skip_all"));
             if documented && !spanned {
                 missing.push(format!("{}:{}: {line}", file.display(), i + 1));
             }

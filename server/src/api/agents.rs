@@ -228,7 +228,7 @@ impl From<command::Model> for CommandView {
 /// Agents connected to this server now.
 #[utoipa::path(get, operation_id = "listConnectedAgents", path = "/api/agents/connected", tag = "agents", security(("bearer" = [])),
     responses((status = 200, body = [ConnectedAgent])))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn connected(State(state): State<AppState>, caller: Caller) -> Json<Vec<ConnectedAgent>> {
     let mut agents: Vec<_> = state
         .services
@@ -249,7 +249,7 @@ pub async fn connected(State(state): State<AppState>, caller: Caller) -> Json<Ve
 /// All agents, with status, last heartbeat and metrics, tags, version and scripts.
 #[utoipa::path(get, operation_id = "listAgents", path = "/api/agents", tag = "agents", security(("bearer" = [])),
     params(AgentFilter), responses((status = 200, body = [AgentView])))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -277,7 +277,7 @@ pub async fn list(
 #[utoipa::path(get, operation_id = "showAgent", path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")),
     responses((status = 200, body = AgentView), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -292,7 +292,7 @@ pub async fn show(
     params(("id" = String, Path, description = "Agent id")), request_body = UpdateAgent,
     responses((status = 200, body = AgentView), (status = 400, response = crate::api::doc::BadRequest),
         (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -312,7 +312,7 @@ pub async fn update(
 #[utoipa::path(delete, operation_id = "deleteAgent", path = "/api/agents/{id}", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agent id")),
     responses((status = 204), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -335,7 +335,7 @@ pub async fn delete(
         (status = 409, body = crate::http_error::ErrorEnvelope, description = "Agent offline"),
         (status = 422, body = crate::http_error::ErrorEnvelope, description = "script_not_allowed: a run of a script the agent's manifest does not list"),
         (status = 504, body = crate::http_error::ErrorEnvelope, description = "No answer in time")))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
 pub async fn command(
     State(state): State<AppState>,
     caller: Caller,

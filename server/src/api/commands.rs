@@ -13,7 +13,7 @@ use crate::domain::{Caller, DomainError};
 #[utoipa::path(get, operation_id = "showCommand", path = "/api/commands/{id}", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "Command id")),
     responses((status = 200, body = CommandView), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, command_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, command_id = %id))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,

@@ -28,7 +28,7 @@ const KEY_SLOT: &str = "served_pubkey=''";
     responses(
         (status = 200, description = "The installer (text/x-shellscript)", content_type = "text/x-shellscript"),
         (status = 400, body = crate::http_error::ErrorEnvelope, description = "The Host header or --public-url cannot be used in a script")))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn script(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -10,7 +10,7 @@ use crate::domain::DomainError;
 /// The process is up.
 #[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health",
     responses((status = 200, description = "Alive", body = crate::api::doc::Health)))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -19,7 +19,7 @@ pub async fn healthz() -> Json<Value> {
 #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready", body = crate::api::doc::Readiness),
         (status = 503, body = crate::http_error::ErrorEnvelope, description = "Not ready: shutting down, or the database cannot be read or written")))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, DomainError> {
     let connected = state.services.health.ready().await?;
     Ok(Json(

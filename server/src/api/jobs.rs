@@ -220,6 +220,7 @@ pub struct WaitQuery {
     /// Answer when every run is final, or after this many seconds (more than 600 counts as
     /// 600).
     #[param(nullable = false)]
+    #[serde(default, deserialize_with = "super::int64_count")]
     pub wait: Option<u64>,
 }
 
@@ -264,6 +265,7 @@ pub struct OutputQuery {
     pub stream: Option<String>,
     /// Skip this many bytes of the selected output.
     #[param(nullable = false)]
+    #[serde(default, deserialize_with = "super::int64_count")]
     pub offset: Option<u64>,
 }
 
@@ -278,7 +280,7 @@ pub struct OutputQuery {
         (status = 403, body = crate::http_error::ErrorEnvelope, description = "The only targeted agent's key does not allow the command, or a forced update by a caller who is not an owner"),
         (status = 409, body = crate::http_error::ErrorEnvelope, description = "idempotency_key_reused: the key was used for a different request"),
         (status = 422, body = crate::http_error::ErrorEnvelope, description = "The target matches no agent (`unprocessable`, naming the tags), or its only agent does not list the script (`script_not_allowed`)")))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -321,7 +323,7 @@ fn answer(JobWithRuns { job, runs }: JobWithRuns) -> Response {
 /// List jobs, newest first, with filters and cursor pagination.
 #[utoipa::path(get, operation_id = "listJobs", path = "/api/jobs", tag = "jobs", security(("bearer" = [])),
     params(ListQuery), responses((status = 200, body = JobPage), (status = 400, response = crate::api::doc::BadRequest)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -355,7 +357,7 @@ pub async fn list(
 #[utoipa::path(get, operation_id = "showJob", path = "/api/jobs/{id}", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -371,7 +373,7 @@ pub async fn show(
 #[utoipa::path(post, operation_id = "cancelJob", path = "/api/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
     responses((status = 202, body = JobView), (status = 200, body = JobView), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -386,7 +388,7 @@ pub async fn cancel(
     params(("id" = String, Path, description = "Job id"), ("run_id" = String, Path, description = "Run id"), OutputQuery),
     responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"),
         (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id, run_id = %run_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id, run_id = %run_id))]
 pub async fn output(
     State(state): State<AppState>,
     caller: Caller,
@@ -434,7 +436,7 @@ pub async fn output(
         ("Last-Event-ID" = Option<String>, Header, description = "Resume the output after this event id")),
     responses((status = 200, description = "An event stream", content_type = "text/event-stream"),
         (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -517,7 +519,7 @@ pub struct AttemptView {
 #[utoipa::path(get, operation_id = "jobWebhook", path = "/api/jobs/{id}/webhook", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = WebhookView), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, job_id = %id))]
 pub async fn webhook(
     State(state): State<AppState>,
     caller: Caller,

@@ -128,7 +128,7 @@ impl From<KeyRecord> for AgentKeyView {
 #[utoipa::path(post, operation_id = "createAgentKey", path = "/api/agents/keys", tag = "agent keys", security(("bearer" = [])),
     request_body = CreateAgentKey,
     responses((status = 201, body = AgentKeyWithSecret), (status = 400, response = crate::api::doc::BadRequest)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -153,7 +153,7 @@ pub async fn create(
 /// List agent keys (never their secrets).
 #[utoipa::path(get, operation_id = "listAgentKeys", path = "/api/agents/keys", tag = "agent keys", security(("bearer" = [])),
     responses((status = 200, body = [AgentKeyView])))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -166,7 +166,7 @@ pub async fn list(
 #[utoipa::path(get, operation_id = "showAgentKey", path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, body = AgentKeyView), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -181,7 +181,7 @@ pub async fn show(
     params(("id" = String, Path, description = "Key id")), request_body = UpdateAgentKey,
     responses((status = 200, body = AgentKeyView), (status = 400, response = crate::api::doc::BadRequest),
         (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -201,7 +201,7 @@ pub async fn update(
 #[utoipa::path(delete, operation_id = "deleteAgentKey", path = "/api/agents/keys/{id}", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
     responses((status = 204), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -215,7 +215,7 @@ pub async fn delete(
 #[utoipa::path(post, operation_id = "regenerateAgentKey", path = "/api/agents/keys/{id}/regenerate", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, body = AgentKeyWithSecret), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
 pub async fn regenerate(
     State(state): State<AppState>,
     caller: Caller,
@@ -232,7 +232,7 @@ pub async fn regenerate(
 #[utoipa::path(post, operation_id = "pingAgentKey", path = "/api/agents/keys/{id}/ping", tag = "agent keys", security(("bearer" = [])),
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, body = FanoutResults), (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
 pub async fn ping(
     State(state): State<AppState>,
     caller: Caller,
@@ -250,7 +250,7 @@ pub async fn ping(
     responses((status = 200, body = FanoutResults), (status = 400, response = crate::api::doc::BadRequest),
         (status = 403, body = crate::http_error::ErrorEnvelope, description = "A forced update by a caller who is not an owner"),
         (status = 404, response = crate::api::doc::NotFound)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
 pub async fn command(
     State(state): State<AppState>,
     caller: Caller,

@@ -264,6 +264,23 @@ pub(crate) fn whole_seconds<'de, D: serde::Deserializer<'de>>(
     }
 }
 
+/// Reads an optional count in a query string as the OpenAPI document declares it: `int64`
+/// with a minimum of 0. A number past `i64::MAX` is refused (400) rather than taken, so the
+/// server never accepts what its own document calls invalid.
+pub(crate) fn int64_count<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::{Error, Unexpected};
+    match Option::<u64>::deserialize(deserializer)? {
+        Some(n) if i64::try_from(n).is_err() => Err(D::Error::invalid_value(
+            Unexpected::Unsigned(n),
+            &"a whole number from 0 to 9223372036854775807",
+        )),
+        n => Ok(n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, serde::Deserialize)]
@@ -276,6 +293,29 @@ mod tests {
         serde_json::from_str::<Seconds>(json)
             .map(|s| s.timeout_s)
             .map_err(|e| e.to_string())
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Count {
+        #[serde(default, deserialize_with = "super::int64_count")]
+        wait: Option<u64>,
+    }
+
+    #[test]
+    fn query_counts_stay_within_int64() {
+        let read = |query: &str| {
+            let uri: axum::http::Uri = format!("/api/jobs?{query}").parse().expect("a URI");
+            axum::extract::Query::<Count>::try_from_uri(&uri).map(|q| q.0.wait)
+        };
+        assert_eq!(read("").ok(), Some(None));
+        assert_eq!(read("wait=5").ok(), Some(Some(5)));
+        assert_eq!(
+            read("wait=9223372036854775807").ok(),
+            Some(Some(9_223_372_036_854_775_807))
+        );
+        for bad in ["9223372036854775808", "18446744073709551615", "-1", "x"] {
+            assert!(read(&format!("wait={bad}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn target_of(query: TargetQuery) -> Result<String, DomainError> {
     security(("bearer" = [])),
     responses((status = 200, body = ReleaseView),
         (status = 404, body = crate::http_error::ErrorEnvelope, description = "Nothing published for this target, and the server has no built-in build for it")))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn latest(
     State(state): State<AppState>,
     _reader: Reader,
@@ -137,7 +137,7 @@ pub async fn latest(
     security(("bearer" = [])),
     responses((status = 200, body = ReleaseView),
         (status = 404, body = crate::http_error::ErrorEnvelope, description = "No such release for this target")))]
-#[tracing::instrument(skip_all, fields(version = %version))]
+#[tracing::instrument(level = "debug", skip_all, fields(version = %version))]
 pub async fn show(
     State(state): State<AppState>,
     _reader: Reader,
@@ -316,7 +316,7 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
         (status = 200, description = "The file, or its checksum in `sha256sum` format (`….sha256`)",
             content(("application/octet-stream"), ("text/plain"))),
         (status = 404, body = crate::http_error::ErrorEnvelope, description = "No such release, target or file")))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn download(
     State(state): State<AppState>,
     Path((version, target, file)): Path<(String, String, String)>,

@@ -19,7 +19,7 @@ pub struct SigningSecret {
 /// The tenant's webhook signing secret (created on first use).
 #[utoipa::path(get, operation_id = "showWebhookSigningSecret", path = "/api/webhooks/signing-secret", tag = "webhooks", security(("bearer" = [])),
     responses((status = 200, body = SigningSecret), (status = 403, body = crate::http_error::ErrorEnvelope)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn signing_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -31,7 +31,7 @@ pub async fn signing_secret(
 /// Replace the signing secret; webhooks sent from now on use the new one.
 #[utoipa::path(post, operation_id = "rotateWebhookSigningSecret", path = "/api/webhooks/signing-secret/rotate", tag = "webhooks", security(("bearer" = [])),
     responses((status = 200, body = SigningSecret), (status = 403, body = crate::http_error::ErrorEnvelope)))]
-#[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
