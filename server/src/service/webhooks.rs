@@ -169,22 +169,16 @@ async fn attempt_all(state: &Webhooks, job: &job::Model) -> bool {
             }
         }
     };
-    let (body, secret) = match payload(state, job).await {
-        Ok(ready) => ready,
-        Err(why) => {
-            crate::metrics::webhook_attempt("refused");
-            record(Attempt {
-                attempt: 1,
-                status_code: None,
-                error: Some(why),
-                duration_ms: 0,
-            })
-            .await;
-            return false;
-        }
+    // Nothing can be sent (no payload, a URL that is not allowed): one attempt, recorded
+    // with why, and no retry.
+    let ready = match payload(state, job).await {
+        Ok((body, secret)) => client_for(&url, state.delivery.allow_private)
+            .await
+            .map(|client| (body, secret, client)),
+        Err(why) => Err(why),
     };
-    let client = match client_for(&url, state.delivery.allow_private).await {
-        Ok(client) => client,
+    let (body, secret, client) = match ready {
+        Ok(ready) => ready,
         Err(why) => {
             crate::metrics::webhook_attempt("refused");
             tracing::warn!(job_id = %job.id, %why, "webhook refused");
