@@ -62,6 +62,8 @@ pub trait Bus: Send + Sync + 'static {
     fn connections(&self, tenant_id: &str) -> Vec<Connection>;
     /// Connected agents per transport, every transport listed (for metrics).
     fn count_by_transport(&self) -> Vec<(Transport, usize)>;
+    /// Connected agents, all transports (for readiness, which a load balancer asks often).
+    fn connected_count(&self) -> usize;
     /// Closes every connection made with an agent key (disabled, deleted, regenerated).
     fn disconnect_key(&self, tenant_id: &str, key_id: &str, reason: &str) -> usize;
     /// Closes one agent's connection (forgotten, its key changed).

@@ -202,9 +202,6 @@ impl Resent {
     }
 }
 
-/// Outcome of pushing a frame to an agent.
-pub type Push = Delivery;
-
 type SessionKey = (String, AgentId);
 
 /// Registry of live connections, and the in-process [`Bus`]: every agent and every waiter is
@@ -345,26 +342,21 @@ impl Hub {
     }
 
     /// Queues a frame for an agent without waiting.
-    pub fn push(&self, tenant_id: &str, agent_id: AgentId, frame: ServerFrame) -> Push {
+    pub fn push(&self, tenant_id: &str, agent_id: AgentId, frame: ServerFrame) -> Delivery {
         let Some(session) = self.get(tenant_id, agent_id) else {
-            return Push::Offline;
+            return Delivery::Offline;
         };
         match session.tx.try_send(Box::new(frame)) {
-            Ok(()) => Push::Queued,
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Offline,
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Offline,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(%agent_id, "outbound queue full; closing the connection");
                 session
                     .close
                     .close(outpost_protocol::limits::CLOSE_GOING_AWAY, "too slow");
-                Push::Dropped
+                Delivery::Dropped
             }
         }
-    }
-
-    /// Number of live connections.
-    pub fn len(&self) -> usize {
-        self.sessions.len()
     }
 
     /// Live connections per transport, every transport listed.
@@ -379,11 +371,6 @@ impl Hub {
             }
         }
         counts
-    }
-
-    /// Whether no agent is connected.
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
     }
 }
 
@@ -426,6 +413,10 @@ impl Bus for Hub {
 
     fn count_by_transport(&self) -> Vec<(Transport, usize)> {
         Hub::count_by_transport(self)
+    }
+
+    fn connected_count(&self) -> usize {
+        self.sessions.len()
     }
 
     fn disconnect_key(&self, tenant_id: &str, key_id: &str, reason: &str) -> usize {

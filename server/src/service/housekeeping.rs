@@ -36,7 +36,7 @@ impl Health {
                 "database writes fail ({why}); agents' reports are held and retried, new jobs are refused"
             ))
         })?;
-        Ok(core.bus.count_by_transport().iter().map(|(_, n)| n).sum())
+        Ok(core.bus.connected_count())
     }
 
     /// Expires commands whose TTL passed undelivered and marks runs lost whose agent went
