@@ -1,17 +1,13 @@
 //! Creating a job stores exactly the runs it returns: every shared field, each run's own
 //! agent, and a refused run's outcome, across more runs than one insert statement holds.
 
-use outpost_server::store::{DatabaseLocation, NewJob, NewRun, Store, job_status, state};
+use outpost_server::store::{NewJob, NewRun, Store, job_status, state};
 use serde_json::json;
 
-/// A store on a fresh SQLite file with one tenant; the directory lives as long as the guard.
-async fn store_with_tenant() -> (tempfile::TempDir, Store, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
-        .await
-        .expect("open");
-    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
-    (dir, store, tenant)
+mod common;
+
+async fn store_with_tenant() -> (common::Fresh, Store, String) {
+    common::fresh_store().await
 }
 
 #[tokio::test]

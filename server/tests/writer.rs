@@ -8,15 +8,8 @@ use outpost_server::store::writer::{Checkpointing, Finish, Write, Writer, Writte
 use outpost_server::store::{DatabaseLocation, NewCommand, Store, WAL_LIMIT_BYTES, command};
 use serde_json::json;
 
-/// A store on a new SQLite file, with one tenant.
-async fn fresh_store() -> (tempfile::TempDir, Store, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
-        .await
-        .expect("open");
-    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
-    (dir, store, tenant)
-}
+mod common;
+use common::fresh_store;
 
 /// A pending command for `agent`.
 async fn insert(store: &Store, tenant: &str, agent: &str, command: &str) -> command::Model {
@@ -262,6 +255,9 @@ async fn batches_of_any_size_change_exactly_their_own_commands() {
 /// state value would hide from SQLite's planner), and its history on the agent index.
 #[tokio::test]
 async fn open_commands_use_the_partial_index() {
+    if !common::on_sqlite("open_commands_use_the_partial_index") {
+        return;
+    }
     use sea_orm::{ConnectionTrait, Statement};
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("outpost.db");
@@ -311,6 +307,9 @@ async fn open_commands_use_the_partial_index() {
 /// database file.
 #[tokio::test]
 async fn checkpoints_copy_the_wal_into_the_database() {
+    if !common::on_sqlite("checkpoints_copy_the_wal_into_the_database") {
+        return;
+    }
     let (dir, store, tenant) = fresh_store().await;
     for i in 0..50 {
         insert(&store, &tenant, &format!("agent-{i}"), "ping").await;
@@ -339,6 +338,9 @@ async fn checkpoints_copy_the_wal_into_the_database() {
 /// test waits for it, up to 192 MiB written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_starts_over_under_continuous_writes() {
+    if !common::on_sqlite("the_wal_starts_over_under_continuous_writes") {
+        return;
+    }
     let (dir, store, tenant) = fresh_store().await;
     let run = insert(&store, &tenant, "agent", "run").await;
     let policy = Checkpointing {
@@ -390,6 +392,9 @@ async fn the_wal_starts_over_under_continuous_writes() {
 /// over, its file is cut back to the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_file_is_cut_back_after_a_burst() {
+    if !common::on_sqlite("the_wal_file_is_cut_back_after_a_burst") {
+        return;
+    }
     let (dir, store, tenant) = fresh_store().await;
     let wal_file = dir.path().join("outpost.db-wal");
     let wal = || std::fs::metadata(&wal_file).expect("wal").len();
@@ -437,6 +442,9 @@ async fn the_wal_file_is_cut_back_after_a_burst() {
 /// look, rather than by the next write's commit, which is on a job's path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_wal_past_its_limit_is_truncated_in_the_background() {
+    if !common::on_sqlite("an_idle_wal_past_its_limit_is_truncated_in_the_background") {
+        return;
+    }
     let (dir, store, tenant) = fresh_store().await;
     let wal_file = dir.path().join("outpost.db-wal");
     let wal = || std::fs::metadata(&wal_file).expect("wal").len();
@@ -602,8 +610,7 @@ async fn another_writer_holding_the_lock_delays_batches_but_fails_none() {
     use sea_orm::ConnectionTrait;
     let (dir, store, tenant) = fresh_store().await;
     let writer = Writer::start(store.clone(), store.clone()).expect("starts");
-    let url = format!("sqlite://{}", dir.path().join("outpost.db").display());
-    let other = sea_orm::Database::connect(url).await.expect("connect");
+    let other = sea_orm::Database::connect(&dir.url).await.expect("connect");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Takes the write lock for 20 ms at a time, 2 ms apart, until told to stop.
     let contender = {
@@ -685,15 +692,17 @@ async fn after_a_failed_write_its_connection_s_later_writes_are_refused() {
     use outpost_server::store::writer::Fence;
     use sea_orm::ConnectionTrait;
     let (dir, store, tenant) = fresh_store().await;
-    let url = format!("sqlite://{}", dir.path().join("outpost.db").display());
-    let other = sea_orm::Database::connect(url).await.expect("connect");
-    other
-        .execute_unprepared(
-            "CREATE TRIGGER refuse_seq_1 BEFORE INSERT ON output_chunks WHEN NEW.seq = 1 \
-             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-        )
-        .await
-        .expect("trigger");
+    let other = sea_orm::Database::connect(&dir.url).await.expect("connect");
+    let trigger = if dir.is_postgres() {
+        "CREATE FUNCTION refuse_seq_1() RETURNS trigger AS $$ BEGIN IF NEW.seq = 1 THEN \
+         RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse_seq_1 BEFORE INSERT ON output_chunks FOR EACH ROW \
+         EXECUTE FUNCTION refuse_seq_1()"
+    } else {
+        "CREATE TRIGGER refuse_seq_1 BEFORE INSERT ON output_chunks WHEN NEW.seq = 1 \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    };
+    other.execute_unprepared(trigger).await.expect("trigger");
     let writer = Writer::start(store.clone(), store.clone()).expect("starts");
     let (broken, sound) = (
         insert(&store, &tenant, "agent-a", "run").await.id,

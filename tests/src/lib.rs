@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+pub mod postgres;
 pub mod proxy;
 pub mod ws;
 
@@ -141,6 +142,9 @@ pub struct Server {
     envs: Vec<(String, String)>,
     ca_pem: Option<String>,
     fd_limit: Option<u64>,
+    /// The `--database-url` it runs on, if not SQLite in its data directory.
+    pub database_url: Option<String>,
+    _database: Option<postgres::Database>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -160,6 +164,10 @@ pub struct ServerOptions {
     /// Run the server with this open-file limit (soft and hard, through util-linux's
     /// `prlimit`), so that a test can run it out of descriptors with a few hundred sockets.
     pub fd_limit: Option<u64>,
+    /// `--database-url`: for several servers on one PostgreSQL database. Without it the
+    /// server gets the backend [`postgres::backend`] names: an SQLite file in its data
+    /// directory, or a fresh PostgreSQL database of its own.
+    pub database_url: Option<String>,
 }
 
 impl Server {
@@ -183,6 +191,16 @@ impl Server {
             .listen
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:0".into());
+        let (database_url, database) = match options.database_url {
+            Some(url) => (Some(url), None),
+            None => match postgres::backend() {
+                postgres::Backend::Sqlite => (None, None),
+                postgres::Backend::Postgres(cluster) => {
+                    let database = postgres::Database::create(&cluster);
+                    (Some(database.url.clone()), Some(database))
+                }
+            },
+        };
         let mut server = Self {
             child: None,
             url: String::new(),
@@ -195,6 +213,8 @@ impl Server {
             envs: options.envs,
             ca_pem: options.ca_pem,
             fd_limit: options.fd_limit,
+            database_url,
+            _database: database,
             _tmp: tmp,
         };
         server.spawn(&listen).await;
@@ -224,8 +244,14 @@ impl Server {
             .arg(listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(
+                self.database_url
+                    .iter()
+                    .flat_map(|url| ["--database-url", url.as_str()]),
+            )
             .args(&self.args)
             .env_remove("OUTPOST_ADMIN_KEY")
+            .env_remove("OUTPOST_DATABASE_URL")
             .env("OUTPOST_LOG", "info,outpost_server=debug")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
@@ -276,6 +302,47 @@ impl Server {
             async move { (api.get("/readyz").await.0 == StatusCode::OK).then_some(()) }
         })
         .await;
+    }
+
+    /// Where its data is, for a test that opens the store itself.
+    pub fn database(&self) -> outpost_server::store::DatabaseLocation {
+        use outpost_server::store::DatabaseLocation;
+        match &self.database_url {
+            Some(url) => DatabaseLocation::Url(url.clone()),
+            None => DatabaseLocation::Sqlite(self.data_dir.join("outpost.db")),
+        }
+    }
+
+    /// `--database-url URL` when it is not on SQLite in its data directory: for the
+    /// `outpost-server` tools (`release publish`, `admin-key rotate`) run beside it.
+    pub fn database_args(&self) -> Vec<String> {
+        self.database_url
+            .iter()
+            .flat_map(|url| ["--database-url".to_owned(), url.clone()])
+            .collect()
+    }
+
+    /// Everything the database holds at rest, as bytes to search for what must not be there:
+    /// the SQLite file and its WAL, or a `pg_dump` of the PostgreSQL database.
+    pub fn at_rest(&self) -> Vec<(String, Vec<u8>)> {
+        match &self.database_url {
+            Some(url) => {
+                let out = Command::new("pg_dump")
+                    .args(["--data-only", url])
+                    .output()
+                    .expect("pg_dump (Debian: postgresql-client)");
+                assert!(out.status.success(), "pg_dump: {out:?}");
+                vec![("a pg_dump of the database".into(), out.stdout)]
+            }
+            None => ["outpost.db", "outpost.db-wal"]
+                .iter()
+                .map(|file| {
+                    let path = self.data_dir.join(file);
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    (path.display().to_string(), bytes)
+                })
+                .collect(),
+        }
     }
 
     /// An API client with the owner key.

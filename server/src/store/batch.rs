@@ -23,7 +23,7 @@
 //! whole when a statement fails: the writer's batch (it retries the writes one by one), and a
 //! job's creation.
 
-use chrono::Utc;
+use super::now;
 use outpost_protocol::{HeartbeatStatus, Response};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Iterable, QueryResult, Statement, Value};
 
@@ -43,7 +43,7 @@ impl<C: ConnectionTrait> Store<C> {
     pub async fn mark_delivered_many(&self, acks: &[AckKey<'_>]) -> Result<Vec<command::Model>> {
         let mut changed = Vec::with_capacity(acks.len());
         for chunk in acks.chunks(ROWS_PER_STATEMENT) {
-            let now = Value::from(Utc::now());
+            let now = Value::from(now());
             let mut sql = Sql::new(self.db.get_database_backend(), padded(chunk) * 3 + 2);
             sql.push("WITH v(id, tenant_id, agent_id) AS (VALUES ");
             for (i, (tenant_id, agent_id, id)) in chunk.iter().enumerate() {
@@ -119,7 +119,7 @@ impl<C: ConnectionTrait> Store<C> {
             // whose result shares its batch, and this sets what the ack would have. The same
             // instant goes into `delivered_at` and `finished_at`, which is how
             // `metrics::command_answered` tells that this result delivered its command.
-            let now = Value::from(Utc::now());
+            let now = Value::from(now());
             sql.verb("UPDATE");
             sql.push(
                 " commands SET \
@@ -171,7 +171,7 @@ impl<C: ConnectionTrait> Store<C> {
             sql.pad_rows(chunk.len());
             sql.verb("UPDATE");
             sql.push(" agents SET last_seen = ");
-            sql.bind(Utc::now().into());
+            sql.bind(now().into());
             sql.push(
                 ", last_heartbeat = v.status FROM v \
                  WHERE agents.tenant_id = v.tenant_id AND agents.id = v.id",
@@ -496,9 +496,9 @@ mod store {
         use sea_orm::{EntityTrait, FromQueryResult};
         let (_dir, store, tenant) = fresh().await;
         let mut full = run(&tenant, &new_id(), "a");
-        full.delivered_at = Some(Utc::now());
-        full.finished_at = Some(Utc::now());
-        full.started_at = Some(Utc::now());
+        full.delivered_at = Some(now());
+        full.finished_at = Some(now());
+        full.started_at = Some(now());
         full.success = Some(false);
         full.result = Some(serde_json::json!({"exit_code": 3}));
         full.error_code = Some("failed".into());

@@ -6,6 +6,7 @@
 //! by `(command, stream, seq)`: a chunk the agent sends again after a reconnect is stored
 //! once, and no output is ever held whole in memory.
 
+use super::now;
 use chrono::{DateTime, Utc};
 use outpost_protocol::{OutputStream, codes};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -157,7 +158,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             let runs = self.job_runs(&new.tenant_id, &existing.id).await?;
             return Ok((existing, runs, false));
         }
-        let now = Utc::now();
+        let now = now();
         let job_id = new_id();
         let script = (new.command == outpost_protocol::commands::RUN)
             .then(|| {
@@ -545,7 +546,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         tenant_id: &str,
         job_id: &str,
     ) -> Result<(Vec<command::Model>, Vec<command::Model>)> {
-        let now = Utc::now();
+        let now = now();
         let res = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::CANCELLED))
             .col_expr(command::Column::FinishedAt, Expr::value(now))
@@ -585,7 +586,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         for run in lost {
             let res = command::Entity::update_many()
                 .col_expr(command::Column::State, Expr::value(state::LOST))
-                .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+                .col_expr(command::Column::FinishedAt, Expr::value(now()))
                 .col_expr(command::Column::Success, Expr::value(false))
                 .col_expr(command::Column::ErrorCode, Expr::value("lost"))
                 .col_expr(
@@ -749,7 +750,7 @@ impl Store<sea_orm::DatabaseTransaction> {
         if run.state == state::PENDING || run.state == state::DELIVERED {
             update = update
                 .col_expr(command::Column::State, Expr::value(state::RUNNING))
-                .col_expr(command::Column::StartedAt, Expr::value(Utc::now()));
+                .col_expr(command::Column::StartedAt, Expr::value(now()));
         }
         update.exec(txn).await?;
         Ok(Stored::New {
@@ -774,7 +775,7 @@ mod tests {
         let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
             .await
             .expect("open");
-        let query = lost_candidates(Utc::now()).build(DbBackend::Sqlite);
+        let query = lost_candidates(now()).build(DbBackend::Sqlite);
         // A real statement first, on the connection that explains: `EXPLAIN` reads nothing,
         // so it would not notice that a pooled connection's copy of the schema predates the
         // last migrations, and would plan with indexes that are gone.

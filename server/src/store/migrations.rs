@@ -4,7 +4,7 @@
 //! between SQLite and PostgreSQL are written as placeholders (`{ts}`, `{json}`) and filled in
 //! for the backend at hand. A migration, once released, is never edited: add a new one.
 
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, TransactionTrait};
 
 /// Every migration, oldest first. The index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -197,39 +197,63 @@ ALTER TABLE api_keys ADD COLUMN revoked_at {ts};
 "#,
 ];
 
-/// Brings the schema up to date. Safe to call on every start; concurrent starts against one
-/// PostgreSQL serialise on the version table's primary key.
+/// Brings the schema up to date. Safe to call on every start, by several nodes at once: on
+/// PostgreSQL the whole upgrade runs in one transaction that first takes an advisory lock, so
+/// a second node starting at the same time waits, then finds the schema current (PostgreSQL's
+/// DDL is transactional). SQLite has one writer; `BEGIN IMMEDIATE` serialises there.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
     db.execute_unprepared(
         "CREATE TABLE IF NOT EXISTS outpost_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
     )
     .await?;
+    if backend == DatabaseBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        let current = current_version(&txn).await?;
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            apply(&txn, index + 1, sql, backend).await?;
+        }
+        return txn.commit().await;
+    }
     let current = current_version(db).await?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let version = index + 1;
         let txn = super::begin_write(db).await?;
-        for statement in fill(sql, backend).split(';') {
-            if !statement.trim().is_empty() {
-                txn.execute_unprepared(statement).await?;
-            }
-        }
-        txn.execute_unprepared(&format!(
-            "INSERT INTO outpost_schema (version, applied_at) VALUES ({version}, '{}')",
-            chrono::Utc::now().to_rfc3339()
-        ))
-        .await?;
+        apply(&txn, index + 1, sql, backend).await?;
         txn.commit().await?;
-        tracing::info!(version, "applied schema migration");
     }
     Ok(())
 }
 
-async fn current_version(db: &DatabaseConnection) -> Result<usize, DbErr> {
+/// The advisory lock key migrations hold on PostgreSQL (any constant; "outpost" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
+
+async fn apply(
+    txn: &impl ConnectionTrait,
+    version: usize,
+    sql: &str,
+    backend: DatabaseBackend,
+) -> Result<(), DbErr> {
+    for statement in fill(sql, backend).split(';') {
+        if !statement.trim().is_empty() {
+            txn.execute_unprepared(statement).await?;
+        }
+    }
+    txn.execute_unprepared(&format!(
+        "INSERT INTO outpost_schema (version, applied_at) VALUES ({version}, '{}')",
+        super::now().to_rfc3339()
+    ))
+    .await?;
+    tracing::info!(version, "applied schema migration");
+    Ok(())
+}
+
+async fn current_version(db: &impl ConnectionTrait) -> Result<usize, DbErr> {
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             db.get_database_backend(),
-            "SELECT COALESCE(MAX(version), 0) AS v FROM outpost_schema",
+            "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) AS v FROM outpost_schema",
         ))
         .await?;
     let version: i64 = match row {

@@ -399,7 +399,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         };
         let id = txn.insert_owner_key(tenant_id, secret).await?;
         let revoked = api_key::Entity::update_many()
-            .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+            .col_expr(api_key::Column::RevokedAt, Expr::value(now()))
             .filter(api_key::Column::TenantId.eq(tenant_id))
             .filter(api_key::Column::Name.eq(BOOTSTRAP_KEY_NAME))
             .filter(api_key::Column::Role.eq(crate::domain::Role::Owner.as_str()))
@@ -423,7 +423,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         tenant::ActiveModel {
             id: Set(id.clone()),
             name: Set(name.to_owned()),
-            created_at: Set(Utc::now()),
+            created_at: Set(now()),
             webhook_secret: Set(None),
         }
         .insert(&self.db)
@@ -443,7 +443,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             name: Set(BOOTSTRAP_KEY_NAME.into()),
             key_hash: Set(credentials::hash_secret(secret)),
             role: Set(crate::domain::Role::Owner.as_str().into()),
-            created_at: Set(Utc::now()),
+            created_at: Set(now()),
             expires_at: Set(None),
             revoked_at: Set(None),
         }
@@ -463,7 +463,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             name: Set(name.to_owned()),
             key_hash: Set(credentials::hash_secret(&secret)),
             role: Set(role.to_owned()),
-            created_at: Set(Utc::now()),
+            created_at: Set(now()),
             expires_at: Set(None),
             revoked_at: Set(None),
         }
@@ -508,7 +508,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             permissions: Set(json!(permissions)),
             tags: Set(json!(tags)),
             status: Set(key_status::ACTIVE.into()),
-            created_at: Set(Utc::now()),
+            created_at: Set(now()),
             expires_at: Set(expires_at),
             last_used_at: Set(None),
         }
@@ -589,7 +589,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Records that a key was just used to connect.
     pub async fn touch_agent_key(&self, tenant_id: &str, id: &str) -> Result<()> {
         agent_key::Entity::update_many()
-            .col_expr(agent_key::Column::LastUsedAt, Expr::value(Utc::now()))
+            .col_expr(agent_key::Column::LastUsedAt, Expr::value(now()))
             .filter(agent_key::Column::TenantId.eq(tenant_id))
             .filter(agent_key::Column::Id.eq(id))
             .exec(&self.db)
@@ -618,7 +618,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         // Twice at most: an insert that lost a race with the same key's insert finds the row
         // on its second update.
         for _ in 0..2 {
-            let now = Utc::now();
+            let now = now();
             let mut update = agent::Entity::update_many()
                 .col_expr(agent::Column::Hostname, Expr::value(data.hostname.clone()))
                 .col_expr(agent::Column::Ip, Expr::value(data.ip.clone()))
@@ -707,7 +707,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 
     /// Records that an agent's connection ended.
     pub async fn record_disconnect(&self, tenant_id: &str, agent_id: &str) -> Result<()> {
-        let now = Utc::now();
+        let now = now();
         agent::Entity::update_many()
             .col_expr(agent::Column::LastSeen, Expr::value(now))
             .col_expr(agent::Column::DisconnectedAt, Expr::value(now))
@@ -853,7 +853,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     ) -> Result<Option<Vec<command::Model>>> {
         let lost = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::LOST))
-            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(command::Column::FinishedAt, Expr::value(now()))
             .col_expr(command::Column::ErrorCode, Expr::value("agent_deleted"))
             .col_expr(
                 command::Column::ErrorMessage,
@@ -881,7 +881,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 
     /// Stores a command before it is sent (delivery guarantee 1).
     pub async fn insert_command(&self, new: NewCommand) -> Result<command::Model> {
-        let now = Utc::now();
+        let now = now();
         let model = command::ActiveModel {
             id: Set(new_id()),
             tenant_id: Set(new.tenant_id),
@@ -928,7 +928,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         let refused = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::FAILED))
-            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(command::Column::FinishedAt, Expr::value(now()))
             .col_expr(command::Column::Success, Expr::value(false))
             .col_expr(
                 command::Column::ErrorCode,
@@ -1014,7 +1014,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     async fn expire_where(&self, agent: Option<(&str, &str)>) -> Result<Vec<command::Model>> {
-        let now = Utc::now();
+        let now = now();
         let mut update = command::Entity::update_many()
             .col_expr(command::Column::State, Expr::value(state::EXPIRED))
             .col_expr(command::Column::FinishedAt, Expr::value(now))
@@ -1267,6 +1267,13 @@ pub(crate) fn pending_command(tenant_id: &str, id: &str, agent_id: &str) -> comm
         output_truncated: false,
         sealed_params: None,
     }
+}
+
+/// The time now, to the microsecond: what PostgreSQL's `timestamptz` keeps, so that a row the
+/// store hands back equals the row read later, on either backend.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
 }
 
 /// A new time-ordered id.

@@ -1,6 +1,6 @@
 //! Webhook state: the tenant's signing secret (sealed), pending deliveries and attempts.
 
-use chrono::Utc;
+use super::now;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -81,7 +81,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             job_id: Set(job_id.to_owned()),
             url: Set(url.to_owned()),
             attempt: Set(attempt.attempt),
-            at: Set(Utc::now()),
+            at: Set(now()),
             status_code: Set(attempt.status_code),
             error: Set(attempt.error),
             duration_ms: Set(attempt.duration_ms),

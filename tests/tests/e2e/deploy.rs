@@ -38,6 +38,7 @@ pub(crate) fn publish(server: &Server, key: &Path, version: &str) {
     let out = std::process::Command::new(bin_dir().join("outpost-server"))
         .args(["release", "publish", "--data-dir"])
         .arg(&server.data_dir)
+        .args(server.database_args())
         .arg("--signing-key")
         .arg(key)
         .args(["--version", version, "--target", &target(), "--agent"])

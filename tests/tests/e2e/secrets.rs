@@ -287,11 +287,9 @@ echo "color $OUTPOST_PARAM_COLOR""#,
     );
     places.push(("the server's log".into(), server.logs().into_bytes()));
     let mut db = Vec::new();
-    for file in ["outpost.db", "outpost.db-wal"] {
-        let path = server.data_dir.join(file);
-        let bytes = std::fs::read(&path).unwrap_or_default();
+    for (name, bytes) in server.at_rest() {
         db.extend_from_slice(&bytes);
-        places.push((path.display().to_string(), bytes));
+        places.push((name, bytes));
     }
     for (name, bytes) in &places {
         for secret in &secrets {

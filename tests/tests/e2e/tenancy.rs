@@ -3,7 +3,7 @@
 
 use outpost_e2e::ws;
 use outpost_e2e::{Agent, Api, Server};
-use outpost_server::store::{DatabaseLocation, Store};
+use outpost_server::store::Store;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -12,11 +12,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
     let server = Server::start().await;
     let a = server.api();
     // A second tenant, made directly in the database (the tenants API comes later).
-    let store = Store::open(&DatabaseLocation::Sqlite(
-        server.data_dir.join("outpost.db"),
-    ))
-    .await
-    .expect("open store");
+    let store = Store::open(&server.database()).await.expect("open store");
     let (_, b_key) = store.create_tenant("other", None).await.expect("tenant");
     let b = Api::new(&server.url, &b_key);
 
