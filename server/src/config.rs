@@ -36,6 +36,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// This node's name in `GET /api/nodes` and its logs, when several servers share one
+    /// PostgreSQL; default: the host name and the listening port.
+    #[arg(long, env = "OUTPOST_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// URL agents and browsers reach this server at (used in deploy.sh and links).
     #[arg(long, env = "OUTPOST_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -140,6 +145,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("node_name", &self.node_name)
             .field("public_url", &self.public_url)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
