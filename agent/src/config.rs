@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use tracing_subscriber::filter::Targets;
+use url::Url;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,6 +44,90 @@ fn parse_log_filter(spec: Option<&str>) -> Result<Targets, String> {
 
 fn info_filter() -> Targets {
     Targets::new().with_default(tracing::Level::INFO)
+}
+
+/// Reads `OUTPOST_SERVER_URL`: one server URL, or the URLs of several nodes of one cluster
+/// separated by commas (SPEC §13), blanks around each ignored. Each must be a `ws://`,
+/// `wss://`, `http://` or `https://` URL with a host. An empty entry, or two entries naming the
+/// same server, is refused too: both are typing mistakes, and a node listed twice would get
+/// twice its share of the fleet. The error names the entry.
+///
+/// Two entries name the same server when they differ only in the flavour of their scheme
+/// (`ws` and `http` are one plain server, `wss` and `https` one TLS server), in credentials,
+/// query or a trailing `/`: the agent reaches both at the same endpoints.
+pub fn parse_server_urls(text: &str) -> anyhow::Result<Vec<Url>> {
+    let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+    let several = entries.len() > 1;
+    // How a message names an entry: by its position when there are several, and by its text.
+    let name = |i: usize, shown: &str| {
+        if several {
+            format!("OUTPOST_SERVER_URL entry {} ({shown:?})", i + 1)
+        } else {
+            format!("OUTPOST_SERVER_URL {shown:?}")
+        }
+    };
+    let mut urls: Vec<Url> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        if entry.is_empty() {
+            if several {
+                bail!(
+                    "OUTPOST_SERVER_URL entry {} is empty: separate the servers' URLs with single commas",
+                    i + 1
+                );
+            }
+            bail!("OUTPOST_SERVER_URL is empty: give the server's URL");
+        }
+        let url = Url::parse(entry).with_context(|| format!("{} is not a URL", name(i, entry)))?;
+        // A password in the URL is not repeated in messages.
+        let name = if url.password().is_some() {
+            let mut masked = url.clone();
+            let _ = masked.set_password(Some("***"));
+            name(i, masked.as_str())
+        } else {
+            name(i, entry)
+        };
+        if !matches!(url.scheme(), "ws" | "wss" | "http" | "https") {
+            bail!(
+                "{name} must be ws://, wss://, http:// or https://, not {}://",
+                url.scheme()
+            );
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            bail!("{name} has no host");
+        }
+        if let Some(j) = urls.iter().position(|u| same_server(u, &url)) {
+            bail!(
+                "{name} names the same server as entry {}: list each node once",
+                j + 1
+            );
+        }
+        urls.push(url);
+    }
+    Ok(urls)
+}
+
+/// Whether the agent would reach `a` and `b` at the same endpoints.
+fn same_server(a: &Url, b: &Url) -> bool {
+    let key = |u: &Url| {
+        (
+            matches!(u.scheme(), "wss" | "https"),
+            u.host_str().map(str::to_ascii_lowercase),
+            u.port_or_known_default(),
+            u.path().trim_end_matches('/').to_owned(),
+        )
+    };
+    key(a) == key(b)
+}
+
+/// A server URL as logs show it: without a user name, password, query or fragment, which may
+/// hold secrets.
+pub fn url_for_logs(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 /// How the agent contains its runs (see [`crate::contain`]).
@@ -117,9 +202,15 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     about = "Outpost agent: connects out to an Outpost server and runs its commands"
 )]
 pub struct Config {
-    /// Server base URL: ws://, wss://, http:// or https://.
+    /// Server base URL: ws://, wss://, http:// or https://. Several nodes of one cluster:
+    /// comma-separated; the agent starts at a random one and fails over to the next.
     #[arg(long, env = "OUTPOST_SERVER_URL")]
     pub server_url: String,
+
+    /// Which URL of --server-url to try first, counting from 1 (default: a random one). For
+    /// tests, which need to know where the agent starts.
+    #[arg(long, env = "OUTPOST_FIRST_SERVER", hide = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub first_server: Option<u16>,
 
     /// Agent key (opa_…). Prefer --api-key-file: a key in the environment is visible to root
     /// in /proc and to `docker inspect`.
@@ -208,7 +299,13 @@ impl Config {
             .to_owned()
     }
 
-    /// Reads the key from `--api-key-file` when it was given that way. Call once at start.
+    /// The server nodes of `--server-url`, checked (see [`parse_server_urls`]).
+    pub fn server_urls(&self) -> anyhow::Result<Vec<Url>> {
+        parse_server_urls(&self.server_url)
+    }
+
+    /// Reads the key from `--api-key-file` when it was given that way, once: later calls find it
+    /// read.
     pub fn load_key(&mut self) -> anyhow::Result<()> {
         if self.api_key.is_none()
             && let Some(path) = &self.api_key_file
@@ -266,6 +363,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("server_url", &self.server_url)
+            .field("first_server", &self.first_server)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("api_key_file", &self.api_key_file)
             .field("manifest", &self.manifest)
@@ -318,6 +416,86 @@ mod tests {
         assert!(format!("{err:#}").contains("larger than"));
         let err = read_key_file(&dir.path().join("missing")).expect_err("missing");
         assert!(format!("{err:#}").contains("missing"));
+    }
+
+    fn urls(text: &str) -> Vec<String> {
+        super::parse_server_urls(text)
+            .unwrap_or_else(|err| panic!("{text:?}: {err:#}"))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn server_urls_are_one_or_several_comma_separated() {
+        assert_eq!(
+            urls("https://outpost.example.com"),
+            ["https://outpost.example.com/"]
+        );
+        assert_eq!(
+            urls("ws://a:8080,ws://b:8080,http://c:8080"),
+            ["ws://a:8080/", "ws://b:8080/", "http://c:8080/"]
+        );
+        assert_eq!(
+            urls(" wss://a/outpost , https://b "),
+            ["wss://a/outpost", "https://b/"]
+        );
+        // Plain and TLS on one host, or two paths on one host, are different servers.
+        assert_eq!(urls("ws://a,wss://a").len(), 2);
+        assert_eq!(urls("ws://a/x,ws://a/y").len(), 2);
+        assert_eq!(urls("ws://a:8080,ws://a:8081").len(), 2);
+    }
+
+    #[test]
+    fn bad_server_lists_are_refused_naming_the_entry() {
+        for (text, want) in [
+            ("", "OUTPOST_SERVER_URL is empty"),
+            ("ws://a,,ws://b", "OUTPOST_SERVER_URL entry 2 is empty"),
+            ("ws://a,", "OUTPOST_SERVER_URL entry 2 is empty"),
+            (",ws://a", "OUTPOST_SERVER_URL entry 1 is empty"),
+            (
+                "ftp://example",
+                r#"OUTPOST_SERVER_URL "ftp://example" must be ws://, wss://, http:// or https://, not ftp://"#,
+            ),
+            (
+                "ws://a,ftp://b",
+                r#"OUTPOST_SERVER_URL entry 2 ("ftp://b") must be ws://"#,
+            ),
+            (
+                "ws://a, not a url",
+                r#"OUTPOST_SERVER_URL entry 2 ("not a url") is not a URL"#,
+            ),
+            ("a:8080", r#"OUTPOST_SERVER_URL "a:8080" must be"#),
+            (
+                "ws://a:8080,ws://b:8080,http://a:8080/",
+                r#"OUTPOST_SERVER_URL entry 3 ("http://a:8080/") names the same server as entry 1"#,
+            ),
+            (
+                "wss://a/x/,https://A:443/x",
+                r#"entry 2 ("https://A:443/x") names the same server as entry 1"#,
+            ),
+            (
+                "ws://a,ws://b,ws://a",
+                "entry 3 (\"ws://a\") names the same server as entry 1",
+            ),
+        ] {
+            let err = super::parse_server_urls(text).expect_err(text);
+            let err = format!("{err:#}");
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_passwords_stay_out_of_messages_and_logs() {
+        let err =
+            super::parse_server_urls("ws://u:hunter2@a,ws://u:hunter2@a").expect_err("duplicate");
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("ws://u:***@a") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let url = url::Url::parse("wss://u:hunter2@a:9/base?token=x#f").expect("url");
+        assert_eq!(super::url_for_logs(&url), "wss://a:9/base");
     }
 
     #[test]

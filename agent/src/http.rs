@@ -67,7 +67,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The long-poll endpoints under `OUTPOST_SERVER_URL`.
+    /// The long-poll endpoints under `server_url`, one node of `OUTPOST_SERVER_URL`.
     pub fn new(
         client: reqwest::Client,
         server_url: &str,
@@ -378,7 +378,7 @@ fn raw(frame: &AgentFrame) -> Box<RawValue> {
     RawValue::from_string(frame.encode()).expect("frames encode to valid JSON")
 }
 
-/// `OUTPOST_SERVER_URL` as the base of the HTTP routes: ws(s) becomes http(s), and the path
+/// A server URL (one node of `OUTPOST_SERVER_URL`) as the base of the HTTP routes: ws(s) becomes http(s), and the path
 /// ends with `/` so that relative joins stay under it.
 pub fn http_base(base: &str) -> anyhow::Result<Url> {
     let mut url = crate::session::with_scheme(base, "http", "https")?;

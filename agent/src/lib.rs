@@ -436,12 +436,24 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
 
 /// Runs the agent until `shutdown` is cancelled or a control command asks it to exit.
 /// Returns the process exit code.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<i32> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<i32> {
+    // The key, then the servers, checked before anything touches the state directory.
+    config.load_key()?;
+    let servers = config.server_urls()?;
+    if let Some(first) = config.first_server
+        && usize::from(first) > servers.len()
+    {
+        anyhow::bail!(
+            "OUTPOST_FIRST_SERVER is {first}, but OUTPOST_SERVER_URL lists {} server(s)",
+            servers.len()
+        );
+    }
     let agent = Agent::new(config)?;
-    tracing::info!(agent_id = %agent.agent_id, server = %agent.config.server_url, "agent starting");
+    let shown: Vec<String> = servers.iter().map(config::url_for_logs).collect();
+    tracing::info!(agent_id = %agent.agent_id, servers = %shown.join(","), "agent starting");
     tokio::spawn(watch_manifest(agent.clone(), shutdown.clone()));
     tokio::spawn(agent.contain.clone().reap_orphans());
-    let connector = session::Connector::new(agent.clone())?;
+    let connector = session::Connector::new(agent.clone(), &servers)?;
     let code = connector.run(shutdown).await;
     // Running scripts end with the agent; their runs are reported `interrupted` by the next.
     agent.contain.shutdown();

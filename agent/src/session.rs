@@ -1,6 +1,9 @@
 //! One connection to the server at a time: connect, register, heartbeat, exchange frames, and
 //! reconnect with backoff when it ends.
 //!
+//! `OUTPOST_SERVER_URL` may name several nodes of one cluster (SPEC §13); see [`Rotation`] for
+//! the order the agent tries them in. Everything below applies to whichever node it is on.
+//!
 //! A connection is a WebSocket, or the HTTP long-poll fallback ([`crate::http`]) when
 //! `OUTPOST_HTTP_FALLBACK` says so or when WebSockets keep failing (3 attempts in a row) while
 //! plain HTTP to the server works. On the fallback, a WebSocket is tried again every 5 minutes
@@ -128,43 +131,133 @@ fn refused(body: String) -> Ended {
 /// WebSocket attempts failing in a row before the HTTP fallback is considered.
 const WS_FAILURES_BEFORE_FALLBACK: u32 = 3;
 
+/// One server node of `OUTPOST_SERVER_URL`: its endpoints for both transports.
+struct Node {
+    /// The WebSocket endpoint.
+    ws: Url,
+    /// The long-poll endpoints.
+    http: crate::http::Endpoint,
+    /// The URL as logs show it (no credentials).
+    name: String,
+}
+
+/// The order in which the agent tries its server nodes (SPEC §13).
+///
+/// It starts at a random node, so a fleet spreads over the cluster, and goes round the list
+/// from there: a failed attempt, or a session that ended, moves it to the next node. While
+/// some node has not failed yet the move is immediate: when a node dies its agents try the
+/// others at once, rather than waiting out a backoff for a node that is gone. Once every node
+/// has failed in a row, the network is down or the whole cluster is, and each further attempt
+/// waits for the usual backoff (and still moves on).
+///
+/// The row is broken by a connection that stayed up long enough to count as healthy (the
+/// rule that resets the backoff), not by any connection: a cluster whose nodes accept and
+/// then drop the agent must not be hammered in a loop. It is broken too by a node that
+/// answered with a refusal (a key refused with 401): the network works, and the caller waits
+/// on its own slower schedule, since every node refuses a key alike. With one URL every
+/// failure is a whole pass, so the agent behaves as with a single server.
+struct Rotation {
+    len: usize,
+    current: usize,
+    /// Nodes that failed in a row, the current one included.
+    failed: usize,
+}
+
+impl Rotation {
+    /// A rotation over `len` nodes (at least one) that starts at `start`.
+    fn new(len: usize, start: usize) -> Self {
+        let len = len.max(1);
+        Self {
+            len,
+            current: start % len,
+            failed: 0,
+        }
+    }
+
+    /// Starts at `first` when given, else at a random node.
+    fn starting_at(len: usize, first: Option<usize>) -> Self {
+        let start = first.unwrap_or_else(|| rand::random_range(0..len.max(1)));
+        Self::new(len, start)
+    }
+
+    /// The node to try now.
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The current node could not be reached, or its session ended: moves to the next one.
+    /// Returns whether to back off before trying it (every node has failed in a row).
+    fn failed(&mut self) -> bool {
+        self.failed = self.failed.saturating_add(1);
+        self.advance();
+        self.failed >= self.len
+    }
+
+    /// The current node answered, but refused: moves to the next one, starting a new row.
+    fn refused(&mut self) {
+        self.failed = 0;
+        self.advance();
+    }
+
+    /// A connection stayed up long enough to count as healthy: starts a new row.
+    fn healthy(&mut self) {
+        self.failed = 0;
+    }
+
+    fn advance(&mut self) {
+        self.current = (self.current + 1) % self.len;
+    }
+}
+
 /// Owns the reconnect loop.
 pub struct Connector {
     agent: Arc<Agent>,
-    url: Url,
+    nodes: Vec<Node>,
     tls: Arc<rustls::ClientConfig>,
-    http: crate::http::Endpoint,
     ws_retry: Duration,
 }
 
 impl Connector {
-    /// Prepares the endpoints and the TLS configuration.
-    pub fn new(agent: Arc<Agent>) -> anyhow::Result<Self> {
-        let url = ws_url(&agent.config.server_url)?;
+    /// Prepares the endpoints of each server node (`servers`, as
+    /// [`Config::server_urls`](crate::Config::server_urls) returns them) and the TLS
+    /// configuration.
+    pub fn new(agent: Arc<Agent>, servers: &[Url]) -> anyhow::Result<Self> {
+        anyhow::ensure!(!servers.is_empty(), "no server URL");
         let tls = crate::tls::client_config(agent.config.ca_cert.as_deref())?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
             .user_agent(concat!("outpost-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        let http = crate::http::Endpoint::new(
-            client,
-            &agent.config.server_url,
-            agent.config.key(),
-            Duration::from_secs(agent.config.http_poll_interval.max(1)),
-        )?;
+        let interval = Duration::from_secs(agent.config.http_poll_interval.max(1));
+        let nodes = servers
+            .iter()
+            .map(|url| {
+                Ok(Node {
+                    ws: ws_url(url.as_str())?,
+                    http: crate::http::Endpoint::new(
+                        client.clone(),
+                        url.as_str(),
+                        agent.config.key(),
+                        interval,
+                    )?,
+                    name: crate::config::url_for_logs(url),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let ws_retry = Duration::from_secs(agent.config.ws_retry_interval.max(1));
         Ok(Self {
             agent,
-            url,
+            nodes,
             tls,
-            http,
             ws_retry,
         })
     }
 
     /// Connects and reconnects until shut down or asked to exit; returns the exit code.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<i32> {
+        let first = self.agent.config.first_server.map(|n| usize::from(n) - 1);
+        let mut rotation = Rotation::starting_at(self.nodes.len(), first);
         let mut network = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut refused = Backoff::new(Duration::from_secs(30), Duration::from_secs(300));
         let mut disabled = DisabledKey { since: None };
@@ -178,13 +271,14 @@ impl Connector {
         let mut opened = None;
         loop {
             let started = Instant::now();
+            let node = &self.nodes[rotation.current()];
             let ws_retry_at = if mode == Mode::Http && !forced {
                 next_ws_try
             } else {
                 None
             };
             let ended = tokio::select! {
-                ended = self.connect_and_serve(mode, opened.take(), ws_retry_at, &shutdown) => ended,
+                ended = self.connect_and_serve(node, mode, opened.take(), ws_retry_at, &shutdown) => ended,
                 () = shutdown.cancelled() => Ended::Shutdown,
             };
             let delay = match ended {
@@ -200,17 +294,19 @@ impl Connector {
                 Ended::Unauthorized(why) => {
                     network.reset();
                     disabled.reset();
+                    rotation.refused();
                     let delay = refused.next();
-                    tracing::error!(reason = %why, retry_in = ?delay, "the server refused the agent key (or this agent id with it)");
+                    tracing::error!(server = %node.name, reason = %why, retry_in = ?delay, "the server refused the agent key (or this agent id with it)");
                     delay
                 }
                 Ended::KeyDisabled(why) => {
                     network.reset();
                     refused.reset();
+                    rotation.refused();
                     let first = disabled.since.is_none();
                     let delay = disabled.next();
                     if first {
-                        tracing::error!(reason = %why, retry_in = ?delay, "the agent key is disabled on the server; asking again every 5-15 s (every 30-90 s after 10 minutes) until it is enabled");
+                        tracing::error!(server = %node.name, reason = %why, retry_in = ?delay, "the agent key is disabled on the server; asking again every 5-15 s (every 30-90 s after 10 minutes) until it is enabled");
                     } else {
                         tracing::warn!(retry_in = ?delay, "the agent key is still disabled");
                     }
@@ -221,12 +317,14 @@ impl Connector {
                     if mode == Mode::WebSocket {
                         ws_failures += 1;
                     }
+                    // Asked of the node that just failed: it stays the one to use if it answers.
                     if mode == Mode::WebSocket
                         && !forced
                         && ws_failures >= WS_FAILURES_BEFORE_FALLBACK
-                        && self.http.reachable().await
+                        && node.http.reachable().await
                     {
                         tracing::warn!(
+                            server = %node.name,
                             error = format!("{err:#}"),
                             attempts = ws_failures,
                             "WebSocket connections fail but plain HTTP reaches the server: switching to HTTP long-poll"
@@ -236,9 +334,13 @@ impl Connector {
                         next_ws_try = Some(Instant::now() + self.ws_retry);
                         continue;
                     }
-                    let delay = network.next();
-                    tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "could not connect to the server");
-                    delay
+                    self.move_on(
+                        &mut rotation,
+                        &mut network,
+                        node,
+                        &err,
+                        "could not connect to the server",
+                    )
                 }
                 Ended::Dropped(err) => {
                     refused.reset();
@@ -248,12 +350,25 @@ impl Connector {
                     // is, and [`DisabledKey`] paces the ones after.
                     let key_disabled =
                         format!("{err:#}").contains(outpost_protocol::codes::CLOSE_KEY_DISABLED);
-                    if key_disabled || started.elapsed() >= HEALTHY_AFTER {
+                    if key_disabled {
                         network.reset();
+                        rotation.refused();
+                        let delay = network.next();
+                        tracing::warn!(server = %node.name, error = format!("{err:#}"), retry_in = ?delay, "disconnected from the server");
+                        delay
+                    } else {
+                        if started.elapsed() >= HEALTHY_AFTER {
+                            network.reset();
+                            rotation.healthy();
+                        }
+                        self.move_on(
+                            &mut rotation,
+                            &mut network,
+                            node,
+                            &err,
+                            "disconnected from the server",
+                        )
                     }
-                    let delay = network.next();
-                    tracing::warn!(error = format!("{err:#}"), retry_in = ?delay, "disconnected from the server");
-                    delay
                 }
             };
             if mode == Mode::Http && next_ws_try.is_some_and(|t| t <= Instant::now()) {
@@ -266,8 +381,31 @@ impl Connector {
         }
     }
 
+    /// After `node` failed (`what`, `err`): moves to the next node, and returns how long to
+    /// wait before trying it (nothing while some node has not failed yet).
+    fn move_on(
+        &self,
+        rotation: &mut Rotation,
+        network: &mut Backoff,
+        node: &Node,
+        err: &anyhow::Error,
+        what: &str,
+    ) -> Duration {
+        let error = format!("{err:#}");
+        if rotation.failed() {
+            let delay = network.next();
+            tracing::warn!(server = %node.name, error, retry_in = ?delay, "{what}");
+            delay
+        } else {
+            let next = &self.nodes[rotation.current()].name;
+            tracing::warn!(server = %node.name, error, next = %next, "{what}; trying the next server");
+            Duration::ZERO
+        }
+    }
+
     async fn connect_and_serve(
         &self,
+        node: &Node,
         mode: Mode,
         opened: Option<(Link, Duration)>,
         ws_retry_at: Option<Instant>,
@@ -278,8 +416,8 @@ impl Connector {
             None => {
                 let open = async {
                     match mode {
-                        Mode::WebSocket => self.open_ws().await,
-                        Mode::Http => self.open_http().await,
+                        Mode::WebSocket => self.open_ws(node).await,
+                        Mode::Http => self.open_http(node).await,
                     }
                 };
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, open).await {
@@ -295,12 +433,14 @@ impl Connector {
             readers: HashMap::new(),
             answers_sent: HashSet::new(),
         };
-        session.serve(self, interval, ws_retry_at, shutdown).await
+        session
+            .serve(self, node, interval, ws_retry_at, shutdown)
+            .await
     }
 
     /// Opens a WebSocket: upgrade, `connected`, `register`.
-    async fn open_ws(&self) -> Result<(Link, Duration), Ended> {
-        let (mut socket, ip) = self.connect().await?;
+    async fn open_ws(&self, node: &Node) -> Result<(Link, Duration), Ended> {
+        let (mut socket, ip) = self.connect(node).await?;
         let interval = await_connected(&mut socket)
             .await
             .map_err(Ended::ConnectFailed)?;
@@ -315,14 +455,14 @@ impl Connector {
 
     /// Opens a long-poll session: `register` through `/agent/v1/frames`, answered by
     /// `connected`.
-    async fn open_http(&self) -> Result<(Link, Duration), Ended> {
-        if let Some(ip) = self.local_ip().await {
+    async fn open_http(&self, node: &Node) -> Result<(Link, Duration), Ended> {
+        if let Some(ip) = self.local_ip(node).await {
             self.agent.set_ip(ip);
         }
         let register = AgentFrame::Register {
             data: self.agent.register_data(),
         };
-        match crate::http::HttpLink::open(self.http.clone(), &register).await {
+        match crate::http::HttpLink::open(node.http.clone(), &register).await {
             Ok((link, interval)) => Ok((Link::Http(Box::new(link)), interval)),
             Err(crate::http::OpenError::Unauthorized(why)) => Err(refused(why)),
             Err(crate::http::OpenError::Failed(err)) => Err(Ended::ConnectFailed(err)),
@@ -330,9 +470,9 @@ impl Connector {
     }
 
     /// The address this host would use to reach the server (no packet is sent).
-    async fn local_ip(&self) -> Option<String> {
-        let host = self.url.host_str()?.to_owned();
-        let port = self.url.port_or_known_default()?;
+    async fn local_ip(&self, node: &Node) -> Option<String> {
+        let host = node.ws.host_str()?.to_owned();
+        let port = node.ws.port_or_known_default()?;
         let addr = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
         let bind = if addr.is_ipv4() {
             "0.0.0.0:0"
@@ -344,9 +484,9 @@ impl Connector {
         Some(socket.local_addr().ok()?.ip().to_string())
     }
 
-    async fn connect(&self) -> Result<(Socket, String), Ended> {
-        let mut request = self
-            .url
+    async fn connect(&self, node: &Node) -> Result<(Socket, String), Ended> {
+        let mut request = node
+            .ws
             .as_str()
             .into_client_request()
             .map_err(|e| Ended::ConnectFailed(e.into()))?;
@@ -382,9 +522,9 @@ impl Connector {
                 return Err(refused(body));
             }
             Err(err) => {
-                return Err(Ended::ConnectFailed(
-                    anyhow::Error::new(err).context(format!("connecting to {}", self.url)),
-                ));
+                return Err(Ended::ConnectFailed(anyhow::Error::new(err).context(
+                    format!("connecting to {}", crate::config::url_for_logs(&node.ws)),
+                )));
             }
         };
         let ip = local_ip(&socket).unwrap_or_default();
@@ -527,6 +667,7 @@ impl Session {
     async fn serve(
         &mut self,
         connector: &Connector,
+        node: &Node,
         interval: Duration,
         ws_retry_at: Option<Instant>,
         shutdown: &CancellationToken,
@@ -539,6 +680,7 @@ impl Session {
             return Ended::Dropped(err);
         }
         tracing::info!(
+            server = %node.name,
             heartbeat_s = interval.as_secs(),
             transport = self.link.transport(),
             "connected and registered"
@@ -572,7 +714,7 @@ impl Session {
                     self.link.send(&frame).await.map_err(Ended::Dropped)
                 }
                 () = retry => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.open_ws()).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.open_ws(node)).await {
                         Ok(Ok((link, interval))) => {
                             // What this link still holds goes first; anything unacknowledged
                             // is sent again over the new one.
@@ -770,6 +912,59 @@ mod tests {
         }
         assert!(ws_url("ftp://h").is_err());
         assert!(ws_url("not a url").is_err());
+    }
+
+    /// The nodes a rotation tries after each failure, and whether it waits first.
+    fn tries(rotation: &mut Rotation, failures: usize) -> Vec<(usize, bool)> {
+        (0..failures)
+            .map(|_| {
+                let wait = rotation.failed();
+                (rotation.current(), wait)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rotation_goes_round_from_its_start_and_waits_only_after_a_whole_pass() {
+        let mut rotation = Rotation::new(3, 1);
+        assert_eq!(rotation.current(), 1);
+        // Nodes 1, 2 and 0 fail: the moves to 2 and 0 are immediate, the move to 1 again
+        // comes after a backoff, and so does every move after it until the row is broken.
+        assert_eq!(
+            tries(&mut rotation, 5),
+            [(2, false), (0, false), (1, true), (2, true), (0, true)]
+        );
+        // A healthy connection to 0 ends, then the others are tried at once.
+        rotation.healthy();
+        assert_eq!(tries(&mut rotation, 3), [(1, false), (2, false), (0, true)]);
+    }
+
+    #[test]
+    fn a_refusal_moves_on_and_starts_a_new_row() {
+        let mut rotation = Rotation::new(2, 0);
+        assert_eq!(tries(&mut rotation, 2), [(1, false), (0, true)]);
+        rotation.refused();
+        assert_eq!(rotation.current(), 1);
+        assert_eq!(tries(&mut rotation, 2), [(0, false), (1, true)]);
+    }
+
+    #[test]
+    fn one_server_waits_after_every_failure_as_before() {
+        let mut rotation = Rotation::new(1, 0);
+        assert_eq!(tries(&mut rotation, 3), [(0, true), (0, true), (0, true)]);
+        rotation.healthy();
+        assert_eq!(tries(&mut rotation, 1), [(0, true)]);
+    }
+
+    #[test]
+    fn a_rotation_starts_where_it_is_told_or_anywhere() {
+        assert_eq!(Rotation::starting_at(3, Some(2)).current(), 2);
+        assert_eq!(Rotation::new(3, 7).current(), 1);
+        let mut seen = [false; 3];
+        for _ in 0..300 {
+            seen[Rotation::starting_at(3, None).current()] = true;
+        }
+        assert_eq!(seen, [true; 3], "a random start reaches every node");
     }
 
     #[test]

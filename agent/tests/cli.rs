@@ -44,6 +44,30 @@ fn a_bad_server_url_is_fatal_and_explained() {
 }
 
 #[test]
+fn a_bad_server_list_is_fatal_names_the_entry_and_touches_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    for (list, want) in [
+        ("ws://127.0.0.1:1,,ws://127.0.0.1:2", "entry 2 is empty"),
+        (
+            "ws://127.0.0.1:1,http://127.0.0.1:1/",
+            "entry 2 (\"http://127.0.0.1:1/\") names the same server as entry 1",
+        ),
+    ] {
+        let out = agent()
+            .env("OUTPOST_SERVER_URL", list)
+            .env("OUTPOST_API_KEY", "opa_x")
+            .env("OUTPOST_STATE_DIR", &state)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(99), "{list}: {stderr}");
+        assert!(stderr.contains(want), "{list}: {stderr}");
+        assert!(!state.exists(), "the state directory is not created");
+    }
+}
+
+#[test]
 fn a_missing_ca_file_is_fatal_and_explained() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = agent()

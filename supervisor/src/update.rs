@@ -147,9 +147,20 @@ pub fn prev_path(bin: &Path) -> PathBuf {
 /// Talks to the server's release API and downloads verified binaries.
 pub struct Updater {
     client: reqwest::Client,
-    base: url::Url,
+    /// The REST base of each server node in `OUTPOST_SERVER_URL`.
+    bases: Vec<url::Url>,
     api_key: String,
     pinned: Vec<u8>,
+}
+
+/// How asking one server node for release metadata failed.
+enum FetchError {
+    /// No answer (connection refused, timeout, a 5xx from the node or a proxy before it):
+    /// another node may answer.
+    Unreachable(String),
+    /// The node answered, and no other would answer better: every node of a cluster reads
+    /// the same releases.
+    Answered(String),
 }
 
 impl Updater {
@@ -171,7 +182,11 @@ impl Updater {
             .ok_or("OUTPOST_RELEASE_PUBKEY is not a base64 Ed25519 public key (32 bytes)")?;
         let server_url = server_url.ok_or("OUTPOST_SERVER_URL is not set")?;
         let api_key = api_key.ok_or("OUTPOST_API_KEY is not set")?;
-        let base = api_base(server_url)?;
+        let bases = outpost_agent::config::parse_server_urls(server_url)
+            .map_err(|e| format!("{e:#}"))?
+            .iter()
+            .map(|url| api_base(url.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
         let tls = outpost_agent::tls::client_config(ca_cert).map_err(|e| format!("{e:#}"))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
@@ -180,16 +195,45 @@ impl Updater {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             client,
-            base,
+            bases,
             api_key: api_key.to_owned(),
             pinned,
         })
     }
 
     /// Release metadata for this supervisor's target: `version`, or the latest.
+    ///
+    /// With several server nodes, they are asked in turn from a random one (so a fleet
+    /// updating at once spreads over them) until one answers; the download then comes from
+    /// where that answer says.
     pub async fn fetch(&self, version: Option<&Version>) -> Result<ReleaseInfo, String> {
+        let start = rand::random_range(0..self.bases.len());
+        let mut failures = Vec::new();
+        for i in 0..self.bases.len() {
+            let base = &self.bases[(start + i) % self.bases.len()];
+            match self.fetch_from(base, version).await {
+                Ok(info) => return Ok(info),
+                Err(FetchError::Answered(why)) => return Err(why),
+                Err(FetchError::Unreachable(why)) => {
+                    if i + 1 < self.bases.len() {
+                        tracing::warn!(error = %why, "no answer about releases; asking the next server");
+                    }
+                    failures.push(why);
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// [`fetch`](Self::fetch) from one node.
+    async fn fetch_from(
+        &self,
+        base: &url::Url,
+        version: Option<&Version>,
+    ) -> Result<ReleaseInfo, FetchError> {
+        use FetchError::{Answered, Unreachable};
         let which = version.map_or_else(|| "latest".to_owned(), Version::to_string);
-        let mut url = self.base.clone();
+        let mut url = base.clone();
         let path = format!("{}/api/releases/{which}", url.path().trim_end_matches('/'));
         url.set_path(&path);
         url.query_pairs_mut().append_pair("target", TARGET);
@@ -200,32 +244,23 @@ impl Updater {
             .timeout(Duration::from_secs(60))
             .send()
             .await
-            .map_err(|e| format!("asking {url} for release {which}: {e}"))?;
+            .map_err(|e| Unreachable(format!("asking {url} for release {which}: {e}")))?;
         let status = response.status();
         let body = read_limited(response, MAX_METADATA)
             .await
-            .map_err(|e| format!("reading release metadata from {url}: {e}"))?;
+            .map_err(|e| Unreachable(format!("reading release metadata from {url}: {e}")))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned();
-            return Err(format!(
+            let why = format!(
                 "the server has no usable release {which} for {TARGET}: HTTP {status}: {text}"
-            ));
+            );
+            return Err(if status.is_server_error() {
+                Unreachable(format!("{url}: {why}"))
+            } else {
+                Answered(why)
+            });
         }
-        let info: ReleaseInfo = serde_json::from_slice(&body)
-            .map_err(|e| format!("release metadata from {url} is malformed: {e}"))?;
-        if info.target != TARGET {
-            return Err(format!(
-                "the server answered with a release for {:?}, not {TARGET}",
-                info.target
-            ));
-        }
-        if version.is_some_and(|v| *v != info.version) {
-            return Err(format!(
-                "asked for release {which}, the server answered with {}",
-                info.version
-            ));
-        }
-        Ok(info)
+        check_metadata(&url, &body, version).map_err(Answered)
     }
 
     /// Downloads the release's agent into a temporary file in `dir` and verifies its size,
@@ -377,6 +412,30 @@ impl Updater {
     }
 }
 
+/// Reads release metadata and checks it is the release asked for.
+fn check_metadata(
+    url: &url::Url,
+    body: &[u8],
+    version: Option<&Version>,
+) -> Result<ReleaseInfo, String> {
+    let which = version.map_or_else(|| "latest".to_owned(), Version::to_string);
+    let info: ReleaseInfo = serde_json::from_slice(body)
+        .map_err(|e| format!("release metadata from {url} is malformed: {e}"))?;
+    if info.target != TARGET {
+        return Err(format!(
+            "the server answered with a release for {:?}, not {TARGET}",
+            info.target
+        ));
+    }
+    if version.is_some_and(|v| *v != info.version) {
+        return Err(format!(
+            "asked for release {which}, the server answered with {}",
+            info.version
+        ));
+    }
+    Ok(info)
+}
+
 /// Makes the verified download executable, keeps the current binary as `.prev` and renames
 /// the download over the agent's path.
 pub fn install(bin: &Path, download: &Path) -> anyhow::Result<()> {
@@ -469,6 +528,34 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_server_of_the_list_is_asked_for_releases() {
+        let updater = Updater::new(
+            Some("ws://a:8080, wss://b/outpost/,http://c"),
+            Some("opa_x"),
+            None,
+            Some(&STANDARD.encode([7u8; 32])),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let bases: Vec<_> = updater.bases.iter().map(url::Url::as_str).collect();
+        assert_eq!(bases, ["http://a:8080/", "https://b/outpost/", "http://c/"]);
+        for (list, want) in [
+            ("ws://a,,ws://b", "entry 2 is empty"),
+            ("ws://a,ftp://b", "entry 2 (\"ftp://b\") must be"),
+            ("ws://a,http://a", "names the same server as entry 1"),
+        ] {
+            let err = Updater::new(
+                Some(list),
+                Some("opa_x"),
+                None,
+                Some(&STANDARD.encode([7u8; 32])),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{list} accepted"));
+            assert!(err.contains(want), "{list}: {err}");
+        }
+    }
 
     #[test]
     fn server_urls_map_to_the_rest_base() {

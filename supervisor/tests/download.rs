@@ -172,14 +172,57 @@ impl Signer {
 }
 
 fn updater(signer: &Signer) -> Updater {
+    updater_for(signer, "http://127.0.0.1:9")
+}
+
+fn updater_for(signer: &Signer, server_url: &str) -> Updater {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Updater::new(
-        Some("http://127.0.0.1:9"),
+        Some(server_url),
         Some("opa_unused"),
         None,
         Some(&signer.public()),
     )
     .expect("updater")
+}
+
+/// A server node's release API that answers every request with `status` and `body`; returns
+/// its URL and the count of requests it got.
+async fn release_node(status: u16, body: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (body, count) = (body.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+/// A loopback URL nothing listens on.
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("http://{}", listener.local_addr().expect("addr"))
 }
 
 fn agent_bytes() -> Vec<u8> {
@@ -305,4 +348,43 @@ async fn a_size_the_signature_does_not_cover_is_refused_before_downloading() {
     assert!(err.contains("not signed by the pinned"), "{err}");
     assert_eq!(server.requests.load(Ordering::SeqCst), 0);
     assert!(leftovers(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn release_metadata_is_asked_of_each_server_in_turn_until_one_answers() {
+    let signer = Signer::new();
+    let info = signer.release(&agent_bytes(), "http://127.0.0.1:9/agent", true, None);
+    let (live, live_asked) = release_node(200, serde_json::to_string(&info).expect("json")).await;
+    let (broken, broken_asked) = release_node(503, r#"{"error":{}}"#.to_owned()).await;
+    let dead = dead_url();
+    // Wherever the random start falls, the live node is asked once per fetch, and the others
+    // at most once.
+    let updater = updater_for(&signer, &format!("{dead},{broken},{live}"));
+    for n in 1..=6 {
+        let got = updater.fetch(None).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, info);
+        assert_eq!(live_asked.load(Ordering::SeqCst), n);
+        assert!(broken_asked.load(Ordering::SeqCst) <= n);
+    }
+
+    // When no node answers, each says why.
+    let updater = updater_for(&signer, &format!("{dead},{broken}"));
+    let err = updater.fetch(None).await.expect_err("no answer");
+    assert!(err.contains(&dead) && err.contains("503"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_answers_no_is_not_asked_again_elsewhere() {
+    let signer = Signer::new();
+    let body = r#"{"error":{"code":"not_found","message":"no release"}}"#.to_owned();
+    let (first, first_asked) = release_node(404, body.clone()).await;
+    let (second, second_asked) = release_node(404, body).await;
+    let updater = updater_for(&signer, &format!("{first},{second}"));
+    let err = updater.fetch(None).await.expect_err("no release");
+    assert!(err.contains("HTTP 404"), "{err}");
+    let asked = first_asked.load(Ordering::SeqCst) + second_asked.load(Ordering::SeqCst);
+    assert_eq!(
+        asked, 1,
+        "every node reads the same releases: one answer is enough"
+    );
 }

@@ -9,6 +9,7 @@ mod contention;
 mod deploy;
 mod disk;
 mod durability;
+mod failover;
 mod firstrun;
 mod hardening;
 mod identity;

@@ -1,0 +1,148 @@
+//! Agents given several server URLs (SPEC §13): a dead node is passed over at once, and an
+//! agent whose node dies carries on at the next one, its run included, nothing run twice.
+//!
+//! Two servers started separately on SQLite are not one cluster, so "the next node" is the same
+//! data directory served again on another port after the first process was killed: what the
+//! agent sees is what it would see of a cluster losing a node.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use outpost_e2e::{
+    Agent, READY_TIMEOUT, Scripts, Server, ServerOptions, only_run, run_job, wait_for,
+};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// `n` loopback addresses nothing listens on: bound together (so they differ), then closed.
+fn dead_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect()
+}
+
+/// How many times the agent's log says it connected to the server at `url`.
+fn connected_to(agent: &Agent, url: &str) -> usize {
+    let server = format!("server={url}/");
+    agent
+        .logs()
+        .lines()
+        .filter(|l| l.contains("connected and registered") && l.contains(&server))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_passes_over_dead_nodes_at_once() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let dead = dead_addrs(2);
+    // Two dead nodes first, so the agent must move twice before it finds the live one.
+    let list = format!("ws://{},http://{},{}", dead[0], dead[1], server.url);
+    for fallback in [false, true] {
+        let mut envs = vec![("OUTPOST_FIRST_SERVER".to_owned(), "1".to_owned())];
+        if fallback {
+            envs.push(("OUTPOST_HTTP_FALLBACK".to_owned(), "1".to_owned()));
+        }
+        let started = Instant::now();
+        let agent = Agent::start_with(&list, &secret, None, envs);
+        let id = agent.wait_online(&api).await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "fallback={fallback}: online after {took:?}"
+        );
+        let logs = agent.logs();
+        assert_eq!(
+            logs.matches("trying the next server").count(),
+            2,
+            "fallback={fallback}: each dead node is left at once:\n{logs}"
+        );
+        assert!(
+            !logs.contains("retry_in"),
+            "fallback={fallback}: no backoff before every node was tried:\n{logs}"
+        );
+        assert_eq!(connected_to(&agent, &server.url), 1, "{logs}");
+        let (status, pong) = api.command(&id, json!({"command": "ping"})).await;
+        assert_eq!(status, StatusCode::OK, "fallback={fallback}: {pong}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_node_dies_carries_on_at_the_next_with_its_run() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    let mut first = Server::start_with(ServerOptions {
+        data_dir: Some(data.clone()),
+        ..ServerOptions::default()
+    })
+    .await;
+    let api = first.api();
+    let (_, secret) = api.agent_key().await;
+    let next_addr = dead_addrs(1)[0];
+    let next_url = format!("http://{next_addr}");
+
+    let go = tmp.path().join("go");
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "until_go",
+        &format!(
+            "echo before\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho finished",
+            go.display()
+        ),
+        json!({"timeout_s": 120}),
+    );
+    let mut envs = scripts.env();
+    envs.push(("OUTPOST_FIRST_SERVER".into(), "1".into()));
+    let agent = Agent::start_with(&format!("{},{next_url}", first.url), &secret, None, envs);
+    let id = agent.wait_online(&api).await;
+    assert_eq!(connected_to(&agent, &first.url), 1, "{}", agent.logs());
+    let (status, pong) = api.command(&id, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::OK, "before the switch: {pong}");
+
+    // A run is going, its first output stored, when the node dies.
+    let (_, job) = api.job(run_job(&id, "until_go", json!({})), None).await;
+    let (job_id, run_id, _) = only_run(&job);
+    wait_for("the run's first output", READY_TIMEOUT, || async {
+        let (_, out) = api.output(&job_id, &run_id, "").await;
+        (out == b"before\n").then_some(())
+    })
+    .await;
+    first.kill9();
+
+    let next = Server::start_with(ServerOptions {
+        data_dir: Some(data),
+        listen: Some(next_addr),
+        ..ServerOptions::default()
+    })
+    .await;
+    let api = next.api();
+    api.wait_online(&id).await;
+    assert_eq!(connected_to(&agent, &next_url), 1, "{}", agent.logs());
+
+    // The run finishes and reports to the new node, its output whole and not repeated.
+    std::fs::write(&go, "").expect("go");
+    let job = api.wait_job(&job_id).await;
+    assert_eq!(job["runs"][0]["status"], "succeeded", "{job}");
+    let (_, out) = api.output(&job_id, &run_id, "").await;
+    assert_eq!(String::from_utf8_lossy(&out), "before\nfinished\n");
+    let started_runs = agent
+        .logs()
+        .lines()
+        .filter(|l| l.contains("running command") && l.contains(&run_id))
+        .count();
+    assert_eq!(started_runs, 1, "the run is not started again");
+
+    let (status, echo) = api
+        .command(
+            &id,
+            json!({"command": "echo", "data": {"message": "after"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "after the switch: {echo}");
+    assert_eq!(echo["data"]["message"], "after");
+}
