@@ -117,6 +117,8 @@ async fn an_agent_whose_node_dies_carries_on_at_the_next_with_its_run() {
     let next = Server::start_with(ServerOptions {
         data_dir: Some(data),
         listen: Some(next_addr),
+        // The same database, on PostgreSQL too.
+        database_url: first.database_url.clone(),
         ..ServerOptions::default()
     })
     .await;
