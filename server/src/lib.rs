@@ -263,11 +263,43 @@ async fn open_store(config: &Config) -> anyhow::Result<(Store, Store)> {
     };
     let context = || match &location {
         DatabaseLocation::Sqlite(path) => format!("opening SQLite database {}", path.display()),
-        DatabaseLocation::Url(_) => "connecting to --database-url".to_owned(),
+        DatabaseLocation::Url(url) => {
+            format!("connecting to --database-url {}", config::masked_url(url))
+        }
     };
-    let store = Store::open(&location).await.with_context(context)?;
+    let store = match &location {
+        DatabaseLocation::Url(url) => open_waiting(&location, url, config.database_wait).await?,
+        DatabaseLocation::Sqlite(_) => Store::open(&location).await.with_context(context)?,
+    };
     let writer = Store::open_writer(&location).await.with_context(context)?;
     Ok((store, writer))
+}
+
+/// Opens a database server's store, trying again for up to `wait_s` seconds while it cannot be
+/// reached (it may start after this server), with its URL named and its password masked.
+async fn open_waiting(
+    location: &DatabaseLocation,
+    url: &str,
+    wait_s: u64,
+) -> anyhow::Result<Store> {
+    let masked = config::masked_url(url);
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match Store::open(location).await {
+            Ok(store) => return Ok(store),
+            Err(err) if err.is_transient() && started.elapsed() < Duration::from_secs(wait_s) => {
+                tracing::warn!(url = %masked, error = %err, retry_in = ?delay, "cannot reach the database; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("connecting to --database-url {masked} (gave up after {wait_s} s)")
+                });
+            }
+        }
+    }
 }
 
 /// `OUTPOST_MASTER_KEY`, or `<data-dir>/master.key` (created 0600 on first start).

@@ -1253,7 +1253,7 @@ async fn connect(
     options
         .max_connections(size)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
             // WAL with synchronous=NORMAL: a commit survives `kill -9` of the server (the
