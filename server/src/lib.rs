@@ -188,6 +188,9 @@ pub async fn run(
         // The agents' routes, with their own handles (long-poll batches carry many frames:
         // their routes have their own, larger body limit).
         .merge(hub::router().with_state(agents))
+        .layer(axum::middleware::map_response(
+            http_error::close_after_too_large,
+        ))
         // Requests are logged at debug level, without headers (they carry keys).
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
