@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{Bus, Connection, Delivery, Waiters};
 use crate::domain::Transport;
 use crate::hub::Hub;
+use crate::metrics;
 use crate::store::{RemoteAgent, Store, command, node, state};
 
 /// The `LISTEN`/`NOTIFY` channel nodes talk on.
@@ -154,6 +155,7 @@ impl Cluster {
             shutdown,
             this: this.clone(),
         });
+        metrics::node_info(&cluster.node_id, &cluster.name);
         cluster.renew().await;
         tracing::info!(node_id = %cluster.node_id, name = %cluster.name, others = cluster.others.load(Ordering::Relaxed), "joined the cluster");
         tokio::spawn(cluster.clone().lease_loop());
@@ -193,6 +195,7 @@ impl Cluster {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         for hint in hints {
             if outbox.len() >= OUTBOX_LIMIT {
+                metrics::cluster_hint_dropped();
                 let dropped = self.dropped_hints.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
                     tracing::warn!(
@@ -216,6 +219,7 @@ impl Cluster {
                 () = self.outbox_ready.notified() => {}
             }
             let hints = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+            metrics::cluster_hints("sent", hints.len());
             for payload in pack(&self.node_id, dedup(hints)) {
                 if let Err(err) = self.store.notify(CHANNEL, &payload).await {
                     // The store is out of reach: the hint is lost, what it points at is not
@@ -301,6 +305,7 @@ impl Cluster {
                     .filter(|n| n.id != self.node_id && n.lease_until >= now)
                     .count();
                 self.others.store(others, Ordering::Relaxed);
+                metrics::cluster_nodes(others + 1);
             }
             Err(err) => tracing::warn!(error = %err, "could not list the nodes"),
         }
@@ -352,6 +357,7 @@ impl Cluster {
             }
             backoff = Duration::from_millis(200);
             self.listening.store(true, Ordering::Relaxed);
+            metrics::cluster_listening(true);
             if !first {
                 tracing::info!(
                     "listening for the other nodes again; re-reading what may have been missed"
@@ -396,6 +402,7 @@ impl Cluster {
                 }
             }
             self.listening.store(false, Ordering::Relaxed);
+            metrics::cluster_listening(false);
         }
     }
 
@@ -416,6 +423,7 @@ impl Cluster {
                 }
                 continue;
             }
+            metrics::cluster_hints("received", message.h.len());
             if let Err(err) = self.handle(message.h).await {
                 tracing::warn!(error = %err, "could not act on another node's notification; re-reading at the next resync");
             }
