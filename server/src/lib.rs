@@ -70,6 +70,15 @@ pub async fn run(
     let (store, writer) = open_store(&config).await?;
     admin_key::bootstrap(&store, &config).await?;
     let master = load_master_key(&config)?;
+    let fingerprint = master.fingerprint("outpost-master-key-check", b"");
+    if !store.check_master_key(&fingerprint).await? {
+        anyhow::bail!(
+            "the master key (OUTPOST_MASTER_KEY, or {}) is not the one this database's secrets \
+             are sealed with: start with the key used before (every node sharing a database \
+             needs the same one)",
+            config.data_dir.join("master.key").display()
+        );
+    }
     let builtin = builtin::Builtin::open(&config.data_dir, config.builds_dir.clone())?;
     builtin.log_startup();
 
