@@ -245,6 +245,9 @@ impl Cluster {
             ticks += 1;
             self.renew().await;
             self.ping().await;
+            if self.others.load(Ordering::Relaxed) > 0 {
+                self.refresh_presence().await;
+            }
             // A node that joined since this one last looked may hold agents that commands
             // were made for before this node knew to tell it: its agents got them when they
             // registered, unless they registered in between. One re-read closes that window.
@@ -614,6 +617,19 @@ impl Bus for Cluster {
 
     fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
         self.hub.is_online(tenant_id, agent_id) || self.remote(tenant_id, agent_id)
+    }
+
+    fn is_agent_online(&self, agent: &crate::store::agent::Model) -> bool {
+        let Ok(agent_id) = agent.id.parse() else {
+            return false;
+        };
+        // Another node's name in the row: it registered there and has not disconnected (a
+        // node that died keeps its name there until its lease runs out and it is taken over).
+        self.hub.is_online(&agent.tenant_id, agent_id)
+            || agent
+                .node_id
+                .as_deref()
+                .is_some_and(|node| node != self.node_id)
     }
 
     fn connections(&self, tenant_id: &str) -> Vec<Connection> {
