@@ -234,31 +234,39 @@ CREATE TABLE settings (
 /// DDL is transactional). SQLite has one writer; `BEGIN IMMEDIATE` serialises there.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
-    db.execute_unprepared(
-        "CREATE TABLE IF NOT EXISTS outpost_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
-    )
-    .await?;
+    const VERSIONS: &str = "CREATE TABLE IF NOT EXISTS outpost_schema (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)";
     if backend == DatabaseBackend::Postgres {
+        // The lock first: PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe against
+        // itself, and two nodes making the table at once failed on a unique index of its
+        // catalogue (`pg_type`).
         let txn = db.begin().await?;
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             .await?;
+        txn.execute_unprepared(VERSIONS).await?;
         let current = current_version(&txn).await?;
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
             apply(&txn, index + 1, sql, backend).await?;
         }
         return txn.commit().await;
     }
-    let current = current_version(db).await?;
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+    // SQLite: each migration in its own write transaction, the version read inside it, so
+    // that processes starting together on one file take turns.
+    db.execute_unprepared(VERSIONS).await?;
+    loop {
         let txn = super::begin_write(db).await?;
-        apply(&txn, index + 1, sql, backend).await?;
+        let current = current_version(&txn).await?;
+        let Some(sql) = MIGRATIONS.get(current) else {
+            return txn.commit().await;
+        };
+        apply(&txn, current + 1, sql, backend).await?;
         txn.commit().await?;
     }
-    Ok(())
 }
 
 /// The advisory lock key migrations hold on PostgreSQL (any constant; "outpost" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
+/// The advisory lock key the first start's bootstrap (default tenant, owner key) holds.
+pub(super) const BOOTSTRAP_LOCK: i64 = MIGRATION_LOCK + 1;
 
 async fn apply(
     txn: &impl ConnectionTrait,

@@ -345,6 +345,26 @@ impl Store {
         Ok(())
     }
 
+    /// See [`Store::bootstrap_now`]. In one write transaction, so that servers starting together
+    /// on one database take turns (on PostgreSQL under an advisory lock too, since its `BEGIN`
+    /// takes no lock): the second finds what the first made.
+    pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Bootstrapped> {
+        let txn = Store {
+            db: begin_write(&self.db).await?,
+        };
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            txn.db
+                .execute_unprepared(&format!(
+                    "SELECT pg_advisory_xact_lock({})",
+                    migrations::BOOTSTRAP_LOCK
+                ))
+                .await?;
+        }
+        let done = txn.bootstrap_now(admin_key).await?;
+        txn.db.commit().await?;
+        Ok(done)
+    }
+
     /// Cheap liveness query for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
         Ok(self.db.ping().await?)
@@ -377,7 +397,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// [`BOOTSTRAP_KEY_NAME`]): a changed `OUTPOST_ADMIN_KEY` replaces the old key rather than
     /// adding one. A key that was revoked is not registered again, so restarting with an old
     /// `OUTPOST_ADMIN_KEY` after a rotation does not bring it back.
-    pub async fn bootstrap(&self, admin_key: Option<&str>) -> Result<Bootstrapped> {
+    pub async fn bootstrap_now(&self, admin_key: Option<&str>) -> Result<Bootstrapped> {
         let Some(tenant) = self.default_tenant().await? else {
             let (_, secret) = self.create_tenant("default", admin_key).await?;
             return Ok(Bootstrapped::Created(admin_key.is_none().then_some(secret)));
