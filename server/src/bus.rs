@@ -78,13 +78,22 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// Something about a job changed (a run's state, new output). Carries no data: listeners read
-/// what changed from the store, so a slow listener costs no memory here.
+/// what changed from the store, so a slow listener costs no memory here. Empty ids mean any
+/// job may have changed ([`Waiters::everything_changed`]).
 #[derive(Debug, Clone)]
 pub struct JobChanged {
     /// The job's tenant.
     pub tenant_id: String,
     /// The job.
     pub job_id: String,
+}
+
+impl JobChanged {
+    /// Whether this concerns `job_id` of `tenant_id`.
+    pub fn concerns(&self, tenant_id: &str, job_id: &str) -> bool {
+        (self.job_id.is_empty() && self.tenant_id.is_empty())
+            || (self.job_id == job_id && self.tenant_id == tenant_id)
+    }
 }
 
 /// Notifications kept for listeners that fall behind; past this they re-read the store.
@@ -119,6 +128,30 @@ impl Waiters {
             tenant_id: tenant_id.to_owned(),
             job_id: job_id.to_owned(),
         });
+    }
+
+    /// Tells every job listener to read its job again: this node may have missed changes (its
+    /// notifications from other nodes were interrupted).
+    pub fn everything_changed(&self) {
+        let _ = self.job_events.send(JobChanged {
+            tenant_id: String::new(),
+            job_id: String::new(),
+        });
+    }
+
+    /// Whether any job event stream listens here.
+    pub fn has_job_listeners(&self) -> bool {
+        self.job_events.receiver_count() > 0
+    }
+
+    /// Whether anyone here waits for this command's result.
+    pub fn watching(&self, command_id: &CommandId) -> bool {
+        self.map.contains_key(command_id)
+    }
+
+    /// Every command someone here waits for.
+    pub fn watched(&self) -> Vec<CommandId> {
+        self.map.iter().map(|e| *e.key()).collect()
     }
 
     /// Listens for job changes.

@@ -36,6 +36,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Seconds to keep trying to reach --database-url at start (it may start after the server,
+    /// as in a compose file) before giving up with an error naming it.
+    #[arg(long, env = "OUTPOST_DATABASE_WAIT", default_value_t = 60)]
+    pub database_wait: u64,
+
     /// This node's name in `GET /api/nodes` and its logs, when several servers share one
     /// PostgreSQL; default: the host name and the listening port.
     #[arg(long, env = "OUTPOST_NODE_NAME")]
@@ -146,6 +151,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("node_name", &self.node_name)
+            .field("database_wait", &self.database_wait)
             .field("public_url", &self.public_url)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
@@ -208,5 +214,44 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 1, "no boolean variable found");
+    }
+}
+
+/// A database URL fit for logs and errors: its password, if any, replaced by `***`.
+pub fn masked_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or_default();
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        user.to_owned()
+    };
+    format!("{}{masked}{}", &url[..start], &url[start + at..])
+}
+
+#[cfg(test)]
+mod masking {
+    use super::masked_url;
+
+    #[test]
+    fn a_database_urls_password_is_masked() {
+        assert_eq!(
+            masked_url("postgres://u:p%40ss@db:5432/outpost?sslmode=require"),
+            "postgres://u:***@db:5432/outpost?sslmode=require"
+        );
+        assert_eq!(masked_url("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(masked_url("postgres://db/x"), "postgres://db/x");
+        assert_eq!(masked_url("sqlite:///tmp/a.db"), "sqlite:///tmp/a.db");
+        assert_eq!(masked_url("postgres://u:a@b@db/x"), "postgres://u:***@db/x");
     }
 }

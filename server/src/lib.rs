@@ -19,6 +19,7 @@ pub mod admin_key;
 pub mod api;
 pub mod builtin;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod domain;
@@ -77,11 +78,40 @@ pub async fn run(
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
     let writer = store::writer::Writer::start(writer, store.clone())
         .context("cannot start the store writer's thread")?;
-    let hub = Arc::new(Hub::new(
+    let mut hub = Hub::new(
         heartbeat,
         frames::Frames::new(master.clone(), config.max_output_bytes),
-    ));
-    let bus: Arc<dyn bus::Bus> = hub.clone();
+    );
+    // On PostgreSQL the node joins the others sharing the database (it may be the only one):
+    // its bus reaches their agents and waiters too (see `cluster`).
+    let node_id = store.is_postgres().then(cluster::Cluster::new_node_id);
+    if let Some(id) = &node_id {
+        hub = hub.on_node(id);
+    }
+    let hub = Arc::new(hub);
+    let mut node = None;
+    let bus: Arc<dyn bus::Bus> = match node_id {
+        Some(id) => {
+            let address = listener.local_addr()?.to_string();
+            let name = config
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), config.listen.port()));
+            let joined = cluster::Cluster::start(
+                id,
+                name,
+                address,
+                store.clone(),
+                hub.clone(),
+                stop.clone(),
+            )
+            .await
+            .context("joining the nodes on --database-url")?;
+            node = Some(joined.clone());
+            joined
+        }
+        None => hub.clone(),
+    };
     let webhooks_due = Arc::new(tokio::sync::Notify::new());
     let finish = finish::Finish::new(bus.clone(), webhooks_due.clone());
     // A result reaches whoever waits for it as soon as its batch is committed; the connection
@@ -106,7 +136,10 @@ pub async fn run(
         config.webhook_allow_private,
         api::render_job,
     );
-    let core = service::Core::new(store, writer, bus, finish, master, stop.clone());
+    let mut core = service::Core::new(store, writer, bus, finish, master, stop.clone());
+    if let Some(node) = &node {
+        core = core.on_node(node.node_id());
+    }
     let services = service::Services::new(core, releases, delivery);
     let state = AppState {
         services: services.clone(),
@@ -204,7 +237,19 @@ pub async fn run(
     // for this line.
     println!("outpost-server listening on {scheme}://{addr}");
     listen::serve(listener, tls, app, registry, limits, stop).await;
+    if let Some(node) = node {
+        node.leave().await;
+    }
     Ok(())
+}
+
+/// This machine's host name, for a node's default name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "outpost".to_owned())
 }
 
 /// The store, and the writer's own handle on it (see [`Store::open_writer`]).
@@ -218,11 +263,43 @@ async fn open_store(config: &Config) -> anyhow::Result<(Store, Store)> {
     };
     let context = || match &location {
         DatabaseLocation::Sqlite(path) => format!("opening SQLite database {}", path.display()),
-        DatabaseLocation::Url(_) => "connecting to --database-url".to_owned(),
+        DatabaseLocation::Url(url) => {
+            format!("connecting to --database-url {}", config::masked_url(url))
+        }
     };
-    let store = Store::open(&location).await.with_context(context)?;
+    let store = match &location {
+        DatabaseLocation::Url(url) => open_waiting(&location, url, config.database_wait).await?,
+        DatabaseLocation::Sqlite(_) => Store::open(&location).await.with_context(context)?,
+    };
     let writer = Store::open_writer(&location).await.with_context(context)?;
     Ok((store, writer))
+}
+
+/// Opens a database server's store, trying again for up to `wait_s` seconds while it cannot be
+/// reached (it may start after this server), with its URL named and its password masked.
+async fn open_waiting(
+    location: &DatabaseLocation,
+    url: &str,
+    wait_s: u64,
+) -> anyhow::Result<Store> {
+    let masked = config::masked_url(url);
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match Store::open(location).await {
+            Ok(store) => return Ok(store),
+            Err(err) if err.is_transient() && started.elapsed() < Duration::from_secs(wait_s) => {
+                tracing::warn!(url = %masked, error = %err, retry_in = ?delay, "cannot reach the database; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("connecting to --database-url {masked} (gave up after {wait_s} s)")
+                });
+            }
+        }
+    }
 }
 
 /// `OUTPOST_MASTER_KEY`, or `<data-dir>/master.key` (created 0600 on first start).

@@ -1,6 +1,7 @@
 //! Creating a job stores exactly the runs it returns: every shared field, each run's own
 //! agent, and a refused run's outcome, across more runs than one insert statement holds.
 
+use outpost_server::domain::Transport;
 use outpost_server::store::{NewJob, NewRun, Store, job_status, state};
 use serde_json::json;
 
@@ -129,7 +130,13 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
             },
         ];
         let agent = store
-            .upsert_agent(&tenant, &format!("key-{i}"), &register(host, &tags))
+            .upsert_agent(
+                &tenant,
+                &format!("key-{i}"),
+                &register(host, &tags),
+                None,
+                Transport::Websocket,
+            )
             .await
             .expect("upsert")
             .into_stored()
@@ -143,7 +150,13 @@ async fn targets_are_the_tenant_s_agents_in_hostname_order_with_every_tag() {
     // Another tenant's agent, first in hostname order, is not a target. (The odd tags hold
     // the separators the SQLite query joins fields with: stored as JSON, they are escaped.)
     store
-        .upsert_agent(&other, "key-x", &register("a-first", &["fleet"]))
+        .upsert_agent(
+            &other,
+            "key-x",
+            &register("a-first", &["fleet"]),
+            None,
+            Transport::Websocket,
+        )
         .await
         .expect("upsert")
         .into_stored()
@@ -196,13 +209,25 @@ async fn an_agent_is_read_with_its_own_tenant_s_key() {
         .await
         .expect("key");
     let agent = store
-        .upsert_agent(&tenant, &key.id, &register("a", &[]))
+        .upsert_agent(
+            &tenant,
+            &key.id,
+            &register("a", &[]),
+            None,
+            Transport::Websocket,
+        )
         .await
         .expect("upsert")
         .into_stored()
         .expect("bound to its key");
     let misfiled = store
-        .upsert_agent(&tenant, &foreign_key.id, &register("b", &[]))
+        .upsert_agent(
+            &tenant,
+            &foreign_key.id,
+            &register("b", &[]),
+            None,
+            Transport::Websocket,
+        )
         .await
         .expect("upsert")
         .into_stored()
@@ -331,7 +356,7 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
     let (other, _) = store.create_tenant("u", None).await.expect("tenant");
     let data = register("host-a", &["own"]);
     let first = store
-        .upsert_agent(&tenant, "key-a", &data)
+        .upsert_agent(&tenant, "key-a", &data, None, Transport::Websocket)
         .await
         .expect("register")
         .into_stored()
@@ -343,7 +368,7 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
         ..data.clone()
     };
     let taken = store
-        .upsert_agent(&tenant, "key-b", &thief)
+        .upsert_agent(&tenant, "key-b", &thief, None, Transport::Websocket)
         .await
         .expect("register");
     assert!(
@@ -362,7 +387,7 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
 
     // Its own key refreshes it; another tenant's same id is a different agent.
     let again = store
-        .upsert_agent(&tenant, "key-a", &thief)
+        .upsert_agent(&tenant, "key-a", &thief, None, Transport::Websocket)
         .await
         .expect("register")
         .into_stored()
@@ -370,7 +395,7 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
     assert_eq!(again.hostname, "stolen");
     assert!(
         store
-            .upsert_agent(&other, "key-b", &data)
+            .upsert_agent(&other, "key-b", &data, None, Transport::Websocket)
             .await
             .expect("register")
             .into_stored()
@@ -386,7 +411,7 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
             .is_some()
     );
     let rebound = store
-        .upsert_agent(&tenant, "key-b", &data)
+        .upsert_agent(&tenant, "key-b", &data, None, Transport::Websocket)
         .await
         .expect("register")
         .into_stored()
@@ -401,7 +426,7 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
         let key = if i % 2 == 0 { "key-x" } else { "key-y" };
         tasks.push(tokio::spawn(async move {
             let registered = store
-                .upsert_agent(&tenant, key, &data)
+                .upsert_agent(&tenant, key, &data, None, Transport::Websocket)
                 .await
                 .expect("register");
             (key, registered.into_stored().is_some())

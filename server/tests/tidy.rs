@@ -49,6 +49,8 @@ const RULES: &[(&str, &[&str])] = &[
             "domain",
         ],
     ),
+    // Several nodes on PostgreSQL: the bus across nodes, over this node's hub and the store.
+    ("cluster", &["bus", "hub", "store", "domain"]),
     // Domain operations.
     (
         "service",

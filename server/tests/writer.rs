@@ -509,7 +509,13 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
     let mut agents = Vec::new();
     for i in 0..1500 {
         let agent = store
-            .upsert_agent(&tenant, "key", &register(&format!("host-{i}")))
+            .upsert_agent(
+                &tenant,
+                "key",
+                &register(&format!("host-{i}")),
+                None,
+                outpost_server::domain::Transport::Websocket,
+            )
             .await
             .expect("agent")
             .into_stored()
@@ -522,7 +528,13 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
         ..register("elsewhere")
     };
     store
-        .upsert_agent(&other, "key", &data)
+        .upsert_agent(
+            &other,
+            "key",
+            &data,
+            None,
+            outpost_server::domain::Transport::Websocket,
+        )
         .await
         .expect("agent")
         .into_stored()

@@ -15,6 +15,7 @@ mod health;
 mod jobs;
 mod keys;
 pub mod metrics;
+mod nodes;
 mod releases;
 mod webhooks;
 
@@ -45,7 +46,7 @@ use doc::Contract;
         commands::show,
         jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
-        releases::latest, releases::show, releases::download,
+        releases::latest, releases::show, releases::download, nodes::list,
     ),
     components(
         schemas(
@@ -70,6 +71,7 @@ use doc::Contract;
         (name = "releases", description = "Signed agent and supervisor builds"),
         (name = "install", description = "The agent installer"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "nodes", description = "Server nodes sharing one PostgreSQL"),
     )
 )]
 pub struct ApiDoc;
@@ -129,6 +131,7 @@ pub fn router() -> Router<AppState> {
             post(webhooks::rotate),
         )
         .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output))
+        .route("/api/nodes", get(nodes::list))
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))
         .route(

@@ -355,7 +355,7 @@ async fn open(
     key: agent_key::Model,
     data: &outpost_protocol::RegisterData,
 ) -> Result<(Arc<HttpSession>, ServerFrame), DomainError> {
-    let (link, connected) = Link::new(state.clone(), key);
+    let (link, connected) = Link::new(state.clone(), key, Transport::Http);
     let mut refused = Vec::new();
     if link.on_register(data, &mut refused).await.is_err() {
         return Err(match refused.pop() {
@@ -470,7 +470,7 @@ async fn run(
     if hub.remove(&session.tenant_id, agent_id, session.conn_id)
         && let Err(err) = state
             .store
-            .record_disconnect(&session.tenant_id, &agent_id.to_string())
+            .record_disconnect(&session.tenant_id, &agent_id.to_string(), hub.node_id())
             .await
     {
         tracing::warn!(error = %err, "could not record disconnect");

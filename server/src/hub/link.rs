@@ -38,6 +38,8 @@ pub struct Link {
     bad: BadFrames,
     /// Keeps this connection's writes in order at the writer (see [`Fence`]).
     fence: Arc<Fence>,
+    /// How the agent is connected, recorded with its row for the other nodes' views.
+    transport: crate::domain::Transport,
 }
 
 /// What a connection keeps of the agent key it authenticated with. The key's row (its hash,
@@ -59,7 +61,11 @@ pub struct LinkKey {
 impl Link {
     /// A link for a connection authenticated with `key`, and the `connected` frame that opens
     /// the conversation.
-    pub fn new(state: Context, key: agent_key::Model) -> (Self, ServerFrame) {
+    pub fn new(
+        state: Context,
+        key: agent_key::Model,
+        transport: crate::domain::Transport,
+    ) -> (Self, ServerFrame) {
         let connected = ServerFrame::Connected(Connected {
             message: "Agent connection established".into(),
             agent_key_id: key.id.clone(),
@@ -77,6 +83,7 @@ impl Link {
         let link = Self {
             state,
             key,
+            transport,
             bad: BadFrames::default(),
             fence: Fence::new(),
         };
@@ -124,7 +131,13 @@ impl Link {
         let registered = self
             .state
             .store
-            .upsert_agent(&self.key.tenant_id, &self.key.id, data)
+            .upsert_agent(
+                &self.key.tenant_id,
+                &self.key.id,
+                data,
+                self.state.hub.node_id(),
+                self.transport,
+            )
             .await
             .map_err(|err| {
                 tracing::error!(error = %err, "could not store register");

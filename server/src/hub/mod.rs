@@ -215,6 +215,9 @@ pub struct Hub {
     frames: Frames,
     next_conn: AtomicU64,
     heartbeat_interval: Duration,
+    /// This node's id when several share PostgreSQL (`crate::cluster`), recorded with each
+    /// agent it holds.
+    node_id: Option<Arc<str>>,
 }
 
 impl Hub {
@@ -228,7 +231,25 @@ impl Hub {
             frames,
             next_conn: AtomicU64::new(1),
             heartbeat_interval,
+            node_id: None,
         }
+    }
+
+    /// The same hub, recording `node_id` as the node holding its agents.
+    #[must_use]
+    pub fn on_node(mut self, node_id: &str) -> Self {
+        self.node_id = Some(node_id.into());
+        self
+    }
+
+    /// This node's id, when several nodes share the database.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// Every connected agent: `(tenant, agent)`.
+    pub fn agents(&self) -> Vec<(String, AgentId)> {
+        self.sessions.iter().map(|e| e.key().clone()).collect()
     }
 
     /// How stored commands become frames.

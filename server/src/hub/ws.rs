@@ -97,7 +97,7 @@ pub async fn handler(
         .max_message_size(HARD_FRAME_CAP)
         .max_frame_size(HARD_FRAME_CAP)
         .on_upgrade(move |socket| async move {
-            let (link, hello) = Link::new(state, key);
+            let (link, hello) = Link::new(state, key, Transport::Websocket);
             let mut conn = Connection {
                 socket,
                 link,
@@ -165,11 +165,11 @@ impl Connection {
             Err(end) => end,
         };
         if state.hub.remove(&tenant_id, agent_id, conn_id)
-            && let Err(err) = Box::pin(
-                state
-                    .store
-                    .record_disconnect(&tenant_id, &agent_id.to_string()),
-            )
+            && let Err(err) = Box::pin(state.store.record_disconnect(
+                &tenant_id,
+                &agent_id.to_string(),
+                state.hub.node_id(),
+            ))
             .await
         {
             tracing::warn!(error = %err, "could not record disconnect");

@@ -26,6 +26,8 @@ pub enum Action {
     Metrics,
     /// Send an `update` with `force`, which may downgrade agents.
     ForceUpdate,
+    /// List the server nodes (they serve every tenant).
+    Nodes,
 }
 
 impl Action {
@@ -33,7 +35,7 @@ impl Action {
     fn needs(self) -> Role {
         match self {
             Self::WebhookSecret => Role::Admin,
-            Self::Metrics | Self::ForceUpdate => Role::Owner,
+            Self::Metrics | Self::ForceUpdate | Self::Nodes => Role::Owner,
         }
     }
 
@@ -45,6 +47,9 @@ impl Action {
             }
             Self::Metrics => {
                 "metrics cover every tenant of this server: an owner API key is required".into()
+            }
+            Self::Nodes => {
+                "the server nodes serve every tenant: an owner API key is required".into()
             }
             Self::ForceUpdate => format!(
                 "data.force: only an owner may force an update (it can downgrade agents); \

@@ -39,6 +39,19 @@ impl Health {
         Ok(core.bus.connected_count())
     }
 
+    /// The server nodes sharing the database, and which of them answers (`None` on SQLite,
+    /// where there is one node and no row).
+    pub async fn nodes(
+        &self,
+        caller: &crate::domain::Caller,
+    ) -> Result<(Vec<crate::store::node::Model>, Option<String>), DomainError> {
+        super::access::Access::require(caller, super::access::Action::Nodes)?;
+        let core = &self.core;
+        let nodes = core.store.list_nodes().await?;
+        let this = (core.node != "local").then(|| core.node.clone());
+        Ok((nodes, this))
+    }
+
     /// Expires commands whose TTL passed undelivered and marks runs lost whose agent went
     /// away for longer than `lost_after`, every `every` until shutdown.
     pub async fn run_sweeps(self, every: Duration, lost_after: Duration) {
@@ -47,7 +60,7 @@ impl Health {
             tokio::select! {
                 () = self.core.shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    if let Err(err) = self.sweep(lost_after).await {
+                    if let Err(err) = self.sweep(every, lost_after).await {
                         tracing::warn!(error = %err, "housekeeping failed; retrying at the next tick");
                     }
                 }
@@ -55,8 +68,21 @@ impl Health {
         }
     }
 
-    async fn sweep(&self, lost_after: Duration) -> Result<(), crate::store::StoreError> {
+    /// One node at a time sweeps, under the `sweep` claim, which it holds while it keeps
+    /// sweeping (two periods at a time) and another node takes over once it stops (see
+    /// docs/ARCHITECTURE.md, "Several nodes"). The steps are conditional updates besides, so
+    /// that even two sweeps at once would finish each command once.
+    async fn sweep(
+        &self,
+        every: Duration,
+        lost_after: Duration,
+    ) -> Result<(), crate::store::StoreError> {
         let core = &self.core;
+        let until = crate::store::now()
+            + chrono::Duration::from_std(every * 2).unwrap_or(chrono::Duration::seconds(60));
+        if !core.store.try_claim("sweep", &core.node, until).await? {
+            return Ok(());
+        }
         let expired = core.store.expire_commands().await?;
         if !expired.is_empty() {
             tracing::info!(expired = expired.len(), "commands expired undelivered");

@@ -753,7 +753,7 @@ async fn follow(
                 () = tx.closed() => return,
                 () = core.shutdown.cancelled() => return,
                 change = changes.recv() => match change {
-                    Ok(c) if c.job_id == job_id && c.tenant_id == tenant_id => break,
+                    Ok(c) if c.concerns(&tenant_id, &job_id) => break,
                     Ok(_) => continue,
                     // Fell behind: re-read everything from the store.
                     Err(RecvError::Lagged(_)) => break,

@@ -45,9 +45,19 @@ pub struct Core {
     master: Arc<MasterKey>,
     /// Cancelled when the server shuts down.
     shutdown: CancellationToken,
+    /// The name this node claims work under (`crate::cluster`; `local` on SQLite, where it is
+    /// the only one).
+    node: String,
 }
 
 impl Core {
+    /// The same handles, claiming work as node `id`.
+    #[must_use]
+    pub fn on_node(mut self, id: &str) -> Self {
+        self.node = id.to_owned();
+        self
+    }
+
     /// The shared handles.
     pub fn new(
         store: Store,
@@ -64,6 +74,7 @@ impl Core {
             finish,
             master,
             shutdown,
+            node: "local".to_owned(),
         }
     }
 

@@ -32,6 +32,8 @@ pub type RenderJob = fn(job::Model, Vec<command::Model>) -> serde_json::Result<V
 
 /// Attempts per webhook.
 const ATTEMPTS: usize = 6;
+/// How long a node's claim on a job's webhook holds: far longer than all its attempts.
+const WEBHOOK_CLAIM_S: i64 = 600;
 /// Time one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -96,7 +98,16 @@ impl Webhooks {
     pub async fn run(self) {
         let state = self;
         loop {
-            match state.core.store.pending_webhooks(100).await {
+            // Claimed, so that of several nodes exactly one delivers each (until the claim's
+            // deadline, well past every attempt and its backoff: a node that dies mid-way
+            // leaves the job to another after that).
+            let until = crate::store::now() + chrono::Duration::seconds(WEBHOOK_CLAIM_S);
+            match state
+                .core
+                .store
+                .claim_webhooks(&state.core.node, until, 100)
+                .await
+            {
                 Ok(jobs) => {
                     for job in jobs {
                         let fresh = state

@@ -117,6 +117,11 @@ pub mod agent {
         pub last_heartbeat: Option<Json>,
         /// The supervisor's last update report, as the agent last sent it.
         pub update_status: Option<Json>,
+        /// The node holding its connection, when several share PostgreSQL (`crate::cluster`);
+        /// NULL when it is not connected, and always on SQLite.
+        pub node_id: Option<String>,
+        /// How it is connected there (`websocket`, `http`), for the other nodes' views.
+        pub transport: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -200,6 +205,9 @@ pub mod job {
         /// Keyed hash of the request that created the job (with an idempotency key), to tell
         /// a retry from another request reusing the key. Null on jobs from before it existed.
         pub request_fingerprint: Option<String>,
+        /// The node delivering its webhook, and until when that claim holds.
+        pub webhook_claimed_by: Option<String>,
+        pub webhook_claimed_until: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -289,6 +297,57 @@ pub mod release {
         /// Ed25519 signature (base64) over `outpost_protocol::release::signed_message_v2`,
         /// which also covers `size`; NULL for releases published before it existed.
         pub signature_v2: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Server processes sharing the database, each under a lease it renews (`crate::cluster`).
+pub mod node {
+    use sea_orm::entity::prelude::*;
+
+    /// A node row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "nodes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// `--node-name`, or the host name and port.
+        pub name: String,
+        /// The address it listens on.
+        pub address: String,
+        /// Its `outpost-server` version.
+        pub version: String,
+        pub started_at: DateTimeUtc,
+        /// When it last renewed its lease.
+        pub renewed_at: DateTimeUtc,
+        /// Past this, it counts as gone and another node takes over its agents.
+        pub lease_until: DateTimeUtc,
+        /// Agents connected to it at its last renewal.
+        pub agents: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Work that one node at a time must do, by name, held until a deadline.
+pub mod claim {
+    use sea_orm::entity::prelude::*;
+
+    /// A claim row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "claims")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub node_id: String,
+        pub until: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -188,6 +188,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .idempotency_key
                 .as_ref()
                 .and(new.request_fingerprint.clone())),
+            webhook_claimed_by: Set(None),
+            webhook_claimed_until: Set(None),
         }
         .insert(&txn)
         .await;

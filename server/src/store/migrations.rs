@@ -195,6 +195,32 @@ ALTER TABLE releases ADD COLUMN signature_v2 TEXT;
 ALTER TABLE jobs ADD COLUMN request_fingerprint TEXT;
 ALTER TABLE api_keys ADD COLUMN revoked_at {ts};
 "#,
+    // 10: several nodes on one database (SPEC §13). Each server process holds a row of
+    // `nodes` under a lease; an agent row names the node holding its connection; `claims`
+    // hands work that one node must do (the sweep) to one node at a time; a job's webhook is
+    // claimed by the node delivering it, until a deadline after which another may take over.
+    r#"
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started_at {ts} NOT NULL,
+    renewed_at {ts} NOT NULL,
+    lease_until {ts} NOT NULL,
+    agents BIGINT NOT NULL
+);
+ALTER TABLE agents ADD COLUMN node_id TEXT;
+ALTER TABLE agents ADD COLUMN transport TEXT;
+CREATE INDEX agents_node ON agents (node_id) WHERE node_id IS NOT NULL;
+CREATE TABLE claims (
+    name TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    until {ts} NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN webhook_claimed_by TEXT;
+ALTER TABLE jobs ADD COLUMN webhook_claimed_until {ts};
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on

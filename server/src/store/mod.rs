@@ -13,11 +13,13 @@ mod batch;
 pub mod entities;
 mod jobs;
 mod migrations;
+mod nodes;
 mod releases;
 mod webhooks;
 pub mod writer;
 
 pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
+pub use nodes::RemoteAgent;
 pub use webhooks::Attempt;
 
 use std::path::Path;
@@ -37,7 +39,8 @@ use serde_json::{Value, json};
 
 use crate::credentials::{self, KeyKind};
 pub use entities::{
-    agent, agent_key, api_key, command, job, output_chunk, release, tenant, webhook_attempt,
+    agent, agent_key, api_key, claim, command, job, node, output_chunk, release, tenant,
+    webhook_attempt,
 };
 
 /// Errors from the store.
@@ -316,6 +319,30 @@ impl Store {
             .iter()
             .filter_map(|row| row.try_get_by_index::<String>(0).ok())
             .collect())
+    }
+
+    /// Whether this is PostgreSQL, where several nodes may share the database.
+    pub fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
+    /// The PostgreSQL pool, for a `LISTEN` connection (`crate::cluster`); `None` on SQLite.
+    pub fn postgres_pool(&self) -> Option<sea_orm::sqlx::PgPool> {
+        self.is_postgres()
+            .then(|| self.db.get_postgres_connection_pool().clone())
+    }
+
+    /// `NOTIFY channel, payload` (PostgreSQL only; delivered to listeners once committed,
+    /// which a statement outside a transaction is at once).
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [channel.into(), payload.into()],
+            ))
+            .await?;
+        Ok(())
     }
 
     /// Cheap liveness query for `/readyz`.
@@ -608,11 +635,16 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Each step is one conditional statement (an update of the row bound to this key, or an
     /// insert that does nothing if the id exists), so two registrations of one id with two
     /// keys racing each other bind it to exactly one.
+    ///
+    /// `node_id` is the node that holds the agent's connection, when several share the
+    /// database (`crate::cluster`).
     pub async fn upsert_agent(
         &self,
         tenant_id: &str,
         key_id: &str,
         data: &RegisterData,
+        node_id: Option<&str>,
+        transport: crate::domain::Transport,
     ) -> Result<Registered> {
         let id = data.agent_id.to_string();
         // Twice at most: an insert that lost a race with the same key's insert finds the row
@@ -633,7 +665,15 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .col_expr(agent::Column::AgentTags, Expr::value(json!(data.tags)))
                 .col_expr(agent::Column::Scripts, Expr::value(json!(data.scripts)))
                 .col_expr(agent::Column::LastSeen, Expr::value(now))
-                .col_expr(agent::Column::ConnectedAt, Expr::value(Some(now)));
+                .col_expr(agent::Column::ConnectedAt, Expr::value(Some(now)))
+                .col_expr(
+                    agent::Column::NodeId,
+                    Expr::value(node_id.map(str::to_owned)),
+                )
+                .col_expr(
+                    agent::Column::Transport,
+                    Expr::value(Some(transport.as_str().to_owned())),
+                );
             // An agent without a report keeps the last one it sent: the report describes the
             // last update, which stays true until the next.
             if let Some(report) = &data.update_status {
@@ -671,6 +711,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 disconnected_at: Set(None),
                 last_heartbeat: Set(None),
                 update_status: Set(data.update_status.as_ref().map(|r| json!(r))),
+                node_id: Set(node_id.map(str::to_owned)),
+                transport: Set(Some(transport.as_str().to_owned())),
             };
             let inserted = agent::Entity::insert(new)
                 .on_conflict(
@@ -705,16 +747,27 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         ))))
     }
 
-    /// Records that an agent's connection ended.
-    pub async fn record_disconnect(&self, tenant_id: &str, agent_id: &str) -> Result<()> {
+    /// Records that an agent's connection to `node_id` ended. When several nodes share the
+    /// database, an agent that moved to another node meanwhile is left as that node recorded
+    /// it: a node learns late that a connection it lost is gone, often after the agent has
+    /// registered elsewhere.
+    pub async fn record_disconnect(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        node_id: Option<&str>,
+    ) -> Result<()> {
         let now = now();
-        agent::Entity::update_many()
+        let mut update = agent::Entity::update_many()
             .col_expr(agent::Column::LastSeen, Expr::value(now))
             .col_expr(agent::Column::DisconnectedAt, Expr::value(now))
+            .col_expr(agent::Column::NodeId, Expr::value(Option::<String>::None))
             .filter(agent::Column::TenantId.eq(tenant_id))
-            .filter(agent::Column::Id.eq(agent_id))
-            .exec(&self.db)
-            .await?;
+            .filter(agent::Column::Id.eq(agent_id));
+        if let Some(node_id) = node_id {
+            update = update.filter(agent::Column::NodeId.eq(node_id));
+        }
+        update.exec(&self.db).await?;
         Ok(())
     }
 
@@ -1200,7 +1253,7 @@ async fn connect(
     options
         .max_connections(size)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
             // WAL with synchronous=NORMAL: a commit survives `kill -9` of the server (the

@@ -2,12 +2,9 @@
 
 use super::now;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use super::jobs::webhook_status;
 use super::{Result, Store, StoreError, job, new_id, tenant, webhook_attempt};
 use crate::seal::MasterKey;
 
@@ -55,16 +52,6 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .exec(&self.db)
             .await?;
         Ok(secret)
-    }
-
-    /// Finished jobs whose webhook is still to be delivered, oldest first.
-    pub async fn pending_webhooks(&self, limit: u64) -> Result<Vec<job::Model>> {
-        Ok(job::Entity::find()
-            .filter(job::Column::WebhookStatus.eq(webhook_status::PENDING))
-            .order_by_asc(job::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?)
     }
 
     /// Records one attempt.

@@ -1,14 +1,233 @@
-//! Several nodes on one PostgreSQL behind HAProxy (SPEC §13), as `scripts/cluster.sh` starts
-//! them on this machine, and the compose example (`deploy/compose.yaml`, `deploy/haproxy.cfg`)
-//! that operators start in containers with the same balancer settings.
+//! Three real server nodes on one PostgreSQL (SPEC §13): agents on node A, REST calls on node
+//! B, a job's event stream on node C; then node A killed with `kill -9` in the middle of a
+//! fan-out: every run reaches a final state, none runs twice, the counts add up.
+//!
+//! Needs PostgreSQL: `OUTPOST_TEST_POSTGRES=$(scripts/postgres.sh start /tmp/outpost-pg)`;
+//! skipped with a message without it.
+//!
+//! Then the same shape as `scripts/cluster.sh` starts it on this machine (its own PostgreSQL,
+//! three nodes, HAProxy in front; skipped without haproxy or PostgreSQL's server programs), and
+//! the compose example (`deploy/compose.yaml`, `deploy/haproxy.cfg`) that operators start in
+//! containers with the same balancer settings.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use outpost_e2e::cluster::Cluster;
-use outpost_e2e::{Agent, READY_TIMEOUT, wait_for};
+use outpost_e2e::postgres::{self, Database};
+use outpost_e2e::{Agent, READY_TIMEOUT, Scripts, Server, ServerOptions, wait_for};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
+
+const ADMIN_KEY: &str = "opk_cluster0000000000000000000000000000000000";
+const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+async fn node(database_url: &str, name: &str) -> Server {
+    Server::start_with(ServerOptions {
+        database_url: Some(database_url.to_owned()),
+        args: vec!["--node-name".into(), name.into()],
+        envs: vec![
+            ("OUTPOST_ADMIN_KEY".into(), ADMIN_KEY.into()),
+            ("OUTPOST_MASTER_KEY".into(), MASTER_KEY.into()),
+        ],
+        ..ServerOptions::default()
+    })
+    .await
+}
+
+/// The job's event stream on `api`'s node, collected until its `end` event.
+async fn follow(base: String, key: String, job_id: String) -> Vec<(String, Value)> {
+    let mut response = reqwest::Client::new()
+        .get(format!("{base}/api/jobs/{job_id}/events"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = Vec::new();
+    let mut buffer = String::new();
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim());
+                }
+            }
+            if event.is_empty() {
+                continue;
+            }
+            let value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            let done = event == "end";
+            events.push((event, value));
+            if done {
+                return events;
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
+    let Some(cluster) =
+        postgres::required("cluster::three_nodes_serve_one_fleet_and_survive_the_loss_of_one")
+    else {
+        return;
+    };
+    let database = Database::create(&cluster);
+    let mut a = node(&database.url, "a").await;
+    let b = node(&database.url, "b").await;
+    let c = node(&database.url, "c").await;
+    let (api_a, api_b, api_c) = (a.api(), b.api(), c.api());
+
+    // Every node sees the three.
+    let nodes = wait_for("three live nodes", READY_TIMEOUT, || {
+        let api_c = api_c.clone();
+        async move {
+            let (status, nodes) = api_c.get("/api/nodes").await;
+            assert_eq!(status, StatusCode::OK, "{nodes}");
+            let live = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == true)
+                .count();
+            (live == 3).then_some(nodes)
+        }
+    })
+    .await;
+    let names: Vec<&str> = nodes
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"], "{nodes}");
+
+    // Agents start on node A and know the others; a run waits for a file before it ends.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let go = tmp.path().join("go");
+    let (_, secret) = api_b.agent_key().await;
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let marks = tmp.path().join(format!("runs-{i}"));
+        let mut scripts = Scripts::new();
+        scripts.add(
+            "slow",
+            &format!(
+                "echo started >> '{marks}'\necho begun\nwhile [ ! -e '{go}' ]; do sleep 0.05; done\necho done",
+                marks = marks.display(),
+                go = go.display()
+            ),
+            json!({"timeout_s": 120}),
+        );
+        let mut envs = scripts.env();
+        envs.push(("OUTPOST_FIRST_SERVER".into(), "1".into()));
+        let list = format!("{},{},{}", a.url, b.url, c.url);
+        let agent = Agent::start_with(&list, &secret, None, envs);
+        // Online as node B sees it: B reads who node A holds.
+        let id = agent.wait_online(&api_b).await;
+        agents.push((agent, scripts, marks));
+        ids.push(id);
+    }
+    let (_, connected) = api_a.get("/api/agents/connected").await;
+    assert_eq!(connected.as_array().map(Vec::len), Some(4), "{connected}");
+
+    // A command made on node B reaches an agent held by node A, and its result comes back to
+    // B's waiting caller.
+    let (status, pong) = api_b.command(&ids[0], json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::OK, "{pong}");
+    assert_eq!(pong["status"], "succeeded", "{pong}");
+    // A whole job on B, waited for on B, followed on C.
+    let (status, job) = api_b
+        .job(
+            json!({"target": {"all": true}, "command": "ping"}),
+            Some(30),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // The fan-out: a slow run on every agent, created on B, followed on C.
+    let (status, job) = api_b
+        .job(
+            json!({"target": {"all": true}, "command": "run", "data": {"script": "slow"}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    let stream = tokio::spawn(follow(c.url.clone(), c.admin_key.clone(), job_id.clone()));
+    // Every run has started on its agent (and so is held by node A) when A dies.
+    wait_for("every run started", READY_TIMEOUT, || {
+        let api_b = api_b.clone();
+        let job_id = job_id.clone();
+        async move {
+            let (_, job) = api_b.get(&format!("/api/jobs/{job_id}")).await;
+            let runs = job["runs"].as_array()?;
+            runs.iter().all(|r| r["status"] == "running").then_some(())
+        }
+    })
+    .await;
+    a.kill9();
+
+    // The agents move to B or C and report there; the runs finish once the file is there.
+    for id in &ids {
+        wait_for("the agent back on a live node", READY_TIMEOUT, || {
+            let api_b = api_b.clone();
+            let id = id.clone();
+            async move {
+                let (_, agent) = api_b.get(&format!("/api/agents/{id}")).await;
+                (agent["status"] == "online").then_some(())
+            }
+        })
+        .await;
+    }
+    std::fs::write(&go, "").expect("go");
+    let done = api_c.wait_job(&job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let runs = done["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4, "{done}");
+    for run in runs {
+        assert_eq!(run["status"], "succeeded", "{done}");
+    }
+    // Each agent ran its script once.
+    for (_, _, marks) in &agents {
+        let started = std::fs::read_to_string(marks).expect("marks");
+        assert_eq!(started.lines().count(), 1, "{}", marks.display());
+    }
+    // The stream on C saw every run end, then the job's end.
+    let events = tokio::time::timeout(Duration::from_secs(60), stream)
+        .await
+        .expect("the stream ended")
+        .expect("join");
+    let (last, end) = events.last().expect("events");
+    assert_eq!(last, "end", "{events:?}");
+    assert_eq!(end["status"], "succeeded", "{events:?}");
+
+    // Node A's lease runs out; one node takes it over.
+    wait_for("node a taken over", Duration::from_secs(60), || {
+        let api_b = api_b.clone();
+        async move {
+            let (_, nodes) = api_b.get("/api/nodes").await;
+            let names: Vec<String> = nodes
+                .as_array()?
+                .iter()
+                .filter_map(|n| n["name"].as_str().map(str::to_owned))
+                .collect();
+            (names == ["b", "c"]).then_some(())
+        }
+    })
+    .await;
+    drop(agents);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_behind_the_balancer_answers_a_ping_sent_through_it() {

@@ -18,6 +18,7 @@ mod jobs;
 mod keys;
 mod longpoll;
 mod metrics;
+mod pgfault;
 mod protocol;
 mod secrets;
 mod sockets;
