@@ -264,6 +264,20 @@ async fn an_agent_behind_the_balancer_answers_a_ping_sent_through_it() {
         }
     })
     .await;
+    // The other nodes learn where it is from the database (within a few seconds).
+    wait_for("the agent online on every node", READY_TIMEOUT, || {
+        let (cluster, path) = (&cluster, &path);
+        async move {
+            for i in 0..cluster.node_urls.len() {
+                let (_, agent) = cluster.node_api(i).get(path).await;
+                if agent["status"] != "online" {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
     assert!(
         agent.logs().contains("connected and registered"),
         "{}",
@@ -271,7 +285,9 @@ async fn an_agent_behind_the_balancer_answers_a_ping_sent_through_it() {
     );
 
     // The command goes through the balancer too, to whichever node it picks.
+    let asked = std::time::Instant::now();
     let (status, pong) = api.command(&id, json!({"command": "ping"})).await;
+    eprintln!("the ping took {:?}", asked.elapsed());
     assert_eq!(
         status,
         StatusCode::OK,
