@@ -295,6 +295,18 @@ async fn scenarios(
             .await
             .context("the swarm did not connect")?;
         let ramp = started.elapsed();
+        // Jobs and commands go to node1: it must know where the other nodes' agents are.
+        let seen = nodes
+            .wait_seen_by_first(opts.agents, Duration::from_secs(60))
+            .await
+            .context("node1 does not see the other nodes' agents")?;
+        if nodes.len() > 1 {
+            eprintln!(
+                "outpost-bench: node1 listed all {} agents as connected {:.1} s after they were",
+                opts.agents,
+                seen.as_secs_f64()
+            );
+        }
         // Settle: the first heartbeats and any allocator growth from the ramp.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = rss_of(nodes)?;

@@ -465,6 +465,33 @@ impl Nodes {
         Ok(())
     }
 
+    /// Waits until the first node, where the REST calls go, lists all `agents` as connected:
+    /// its own, and the other nodes' as their rows in the database say (what it reads at most
+    /// every 2 s). Returns how long that took; at once with one node.
+    pub async fn wait_seen_by_first(
+        &self,
+        agents: u64,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        if self.list.len() == 1 {
+            return Ok(started.elapsed());
+        }
+        let mut seen = 0;
+        while started.elapsed() < limit {
+            let list = self.first().client.get("/api/agents/connected").await?;
+            seen = list.as_array().map_or(0, Vec::len) as u64;
+            if seen >= agents {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!(
+            "node1 lists {seen} of {agents} agents as connected after {} s",
+            limit.as_secs()
+        )
+    }
+
     /// Stops every node.
     pub async fn stop(self) {
         for server in self.list {
