@@ -15,7 +15,8 @@
 #   OUTPOST_DATABASE_URL    the database the nodes share
 # and returns once every node printed `outpost-server listening on URL` and answers /readyz
 # with 200, and the balancer does too. The binaries come from --bin-dir, else $OUTPOST_BIN_DIR,
-# else target/debug ($CARGO_TARGET_DIR/debug). OUTPOST_LOG, if set, is passed to the nodes.
+# else target/debug ($CARGO_TARGET_DIR/debug). OUTPOST_LOG, if set, is passed to the nodes;
+# OUTPOST_CLUSTER_TIMEOUT (seconds, default 60) bounds each wait for readiness.
 #
 # What the nodes share is generated once into DIR and kept across stop/start: the owner key
 # (admin.key), the master key (master.key) and the release signing key (release.key, copied
