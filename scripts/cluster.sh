@@ -218,8 +218,9 @@ start() {
   fi
 
   # The first node alone, then the others together: the first start of an empty database
-  # registers the owner key and the default tenant, which nodes starting at the same moment
-  # would each try to insert (the second fails on the key's unique index).
+  # creates the schema and registers the owner key, and nodes doing that at the same moment
+  # fail on a unique index (seen on PostgreSQL's pg_type while creating a table, and on the
+  # owner key's hash).
   local i node_urls=() servers=()
   start_node 1 "$server" "$database_url" "$admin_key" "$master_key"
   wait_ready 1
