@@ -159,6 +159,10 @@ struct Node {
 struct Rotation {
     len: usize,
     current: usize,
+    /// How far the next node is from the current one: coprime with `len`, so that a pass
+    /// visits every node once. Random per agent, so that the agents of a node that dies spread
+    /// over the others instead of all moving to the one listed after it.
+    stride: usize,
     /// Nodes that failed in a row, the current one included.
     failed: usize,
 }
@@ -170,14 +174,27 @@ impl Rotation {
         Self {
             len,
             current: start % len,
+            stride: 1,
             failed: 0,
         }
     }
 
-    /// Starts at `first` when given, else at a random node.
+    /// Starts at `first` when given (then in list order), else at a random node with a
+    /// random stride.
     fn starting_at(len: usize, first: Option<usize>) -> Self {
-        let start = first.unwrap_or_else(|| rand::random_range(0..len.max(1)));
-        Self::new(len, start)
+        match first {
+            Some(start) => Self::new(len, start),
+            None => {
+                let mut rotation = Self::new(len, rand::random_range(0..len.max(1)));
+                let strides: Vec<usize> = (1..rotation.len)
+                    .filter(|s| gcd(*s, rotation.len) == 1)
+                    .collect();
+                if !strides.is_empty() {
+                    rotation.stride = strides[rand::random_range(0..strides.len())];
+                }
+                rotation
+            }
+        }
     }
 
     /// The node to try now.
@@ -205,8 +222,12 @@ impl Rotation {
     }
 
     fn advance(&mut self) {
-        self.current = (self.current + 1) % self.len;
+        self.current = (self.current + self.stride) % self.len;
     }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Owns the reconnect loop.
@@ -965,6 +986,33 @@ mod tests {
             seen[Rotation::starting_at(3, None).current()] = true;
         }
         assert_eq!(seen, [true; 3], "a random start reaches every node");
+    }
+
+    /// Agents whose node dies spread over the others: from one start, some move to each of
+    /// them first; and whatever the stride, a pass visits every node once before backing off.
+    #[test]
+    fn the_agents_of_a_dead_node_spread_over_the_others() {
+        let mut first_moves = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let mut rotation = Rotation::starting_at(4, None);
+            let start = rotation.current();
+            rotation.failed();
+            first_moves.insert((rotation.current() + 4 - start) % 4);
+            let mut rotation = Rotation::starting_at(4, None);
+            let mut visited = vec![rotation.current()];
+            for _ in 0..3 {
+                assert!(!rotation.failed());
+                visited.push(rotation.current());
+            }
+            visited.sort_unstable();
+            assert_eq!(visited, [0, 1, 2, 3], "one pass, every node once");
+            assert!(rotation.failed(), "back off after a whole pass");
+        }
+        assert_eq!(
+            first_moves,
+            [1, 3].into_iter().collect(),
+            "strides coprime with 4, both used"
+        );
     }
 
     #[test]

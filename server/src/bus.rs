@@ -58,6 +58,15 @@ pub trait Bus: Send + Sync + 'static {
     fn cancel(&self, command: &command::Model) -> Delivery;
     /// Whether the agent is connected.
     fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool;
+    /// Whether the agent of a row just read from the store is connected: the row says which
+    /// node holds it when several share the database, which is fresher than anything a node
+    /// remembers about the others.
+    fn is_agent_online(&self, agent: &crate::store::agent::Model) -> bool {
+        agent
+            .id
+            .parse()
+            .is_ok_and(|id| self.is_online(&agent.tenant_id, id))
+    }
     /// The tenant's connected agents.
     fn connections(&self, tenant_id: &str) -> Vec<Connection>;
     /// Connected agents per transport, every transport listed (for metrics).

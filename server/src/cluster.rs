@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{Bus, Connection, Delivery, Waiters};
 use crate::domain::Transport;
 use crate::hub::Hub;
+use crate::metrics;
 use crate::store::{RemoteAgent, Store, command, node, state};
 
 /// The `LISTEN`/`NOTIFY` channel nodes talk on.
@@ -154,6 +155,7 @@ impl Cluster {
             shutdown,
             this: this.clone(),
         });
+        metrics::node_info(&cluster.node_id, &cluster.name);
         cluster.renew().await;
         tracing::info!(node_id = %cluster.node_id, name = %cluster.name, others = cluster.others.load(Ordering::Relaxed), "joined the cluster");
         tokio::spawn(cluster.clone().lease_loop());
@@ -193,6 +195,7 @@ impl Cluster {
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
         for hint in hints {
             if outbox.len() >= OUTBOX_LIMIT {
+                metrics::cluster_hint_dropped();
                 let dropped = self.dropped_hints.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
                     tracing::warn!(
@@ -216,6 +219,7 @@ impl Cluster {
                 () = self.outbox_ready.notified() => {}
             }
             let hints = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+            metrics::cluster_hints("sent", hints.len());
             for payload in pack(&self.node_id, dedup(hints)) {
                 if let Err(err) = self.store.notify(CHANNEL, &payload).await {
                     // The store is out of reach: the hint is lost, what it points at is not
@@ -241,6 +245,9 @@ impl Cluster {
             ticks += 1;
             self.renew().await;
             self.ping().await;
+            if self.others.load(Ordering::Relaxed) > 0 {
+                self.refresh_presence().await;
+            }
             // A node that joined since this one last looked may hold agents that commands
             // were made for before this node knew to tell it: its agents got them when they
             // registered, unless they registered in between. One re-read closes that window.
@@ -301,6 +308,7 @@ impl Cluster {
                     .filter(|n| n.id != self.node_id && n.lease_until >= now)
                     .count();
                 self.others.store(others, Ordering::Relaxed);
+                metrics::cluster_nodes(others + 1);
             }
             Err(err) => tracing::warn!(error = %err, "could not list the nodes"),
         }
@@ -352,6 +360,7 @@ impl Cluster {
             }
             backoff = Duration::from_millis(200);
             self.listening.store(true, Ordering::Relaxed);
+            metrics::cluster_listening(true);
             if !first {
                 tracing::info!(
                     "listening for the other nodes again; re-reading what may have been missed"
@@ -396,6 +405,7 @@ impl Cluster {
                 }
             }
             self.listening.store(false, Ordering::Relaxed);
+            metrics::cluster_listening(false);
         }
     }
 
@@ -416,6 +426,7 @@ impl Cluster {
                 }
                 continue;
             }
+            metrics::cluster_hints("received", message.h.len());
             if let Err(err) = self.handle(message.h).await {
                 tracing::warn!(error = %err, "could not act on another node's notification; re-reading at the next resync");
             }
@@ -606,6 +617,19 @@ impl Bus for Cluster {
 
     fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
         self.hub.is_online(tenant_id, agent_id) || self.remote(tenant_id, agent_id)
+    }
+
+    fn is_agent_online(&self, agent: &crate::store::agent::Model) -> bool {
+        let Ok(agent_id) = agent.id.parse() else {
+            return false;
+        };
+        // Another node's name in the row: it registered there and has not disconnected (a
+        // node that died keeps its name there until its lease runs out and it is taken over).
+        self.hub.is_online(&agent.tenant_id, agent_id)
+            || agent
+                .node_id
+                .as_deref()
+                .is_some_and(|node| node != self.node_id)
     }
 
     fn connections(&self, tenant_id: &str) -> Vec<Connection> {

@@ -104,3 +104,20 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
+
+/// Adds `Connection: close` to a 413: the server answered before reading the body, so the
+/// connection holds the rest of it and cannot carry another request. Without the header a
+/// client pooled the connection and sent its next request into one the server was closing,
+/// which failed with an incomplete message (seen with long-poll clients after an oversized
+/// batch).
+pub async fn close_after_too_large(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}

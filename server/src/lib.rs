@@ -70,6 +70,15 @@ pub async fn run(
     let (store, writer) = open_store(&config).await?;
     admin_key::bootstrap(&store, &config).await?;
     let master = load_master_key(&config)?;
+    let fingerprint = master.fingerprint("outpost-master-key-check", b"");
+    if !store.check_master_key(&fingerprint).await? {
+        anyhow::bail!(
+            "the master key (OUTPOST_MASTER_KEY, or {}) is not the one this database's secrets \
+             are sealed with: start with the key used before (every node sharing a database \
+             needs the same one)",
+            config.data_dir.join("master.key").display()
+        );
+    }
     let builtin = builtin::Builtin::open(&config.data_dir, config.builds_dir.clone())?;
     builtin.log_startup();
 
@@ -188,6 +197,9 @@ pub async fn run(
         // The agents' routes, with their own handles (long-poll batches carry many frames:
         // their routes have their own, larger body limit).
         .merge(hub::router().with_state(agents))
+        .layer(axum::middleware::map_response(
+            http_error::close_after_too_large,
+        ))
         // Requests are logged at debug level, without headers (they carry keys).
         .layer(tower_http::trace::TraceLayer::new_for_http());
 

@@ -45,6 +45,16 @@ pub const STORE_BATCH_FAILURES: &str = "outpost_store_batch_failures_total";
 /// 1 while the writer's last transaction committed, 0 while its writes fail (disk full, I/O
 /// errors): what `/readyz` reports too.
 pub const STORE_WRITABLE: &str = "outpost_store_writable";
+/// Gauge: live server nodes on the database, this one included (PostgreSQL only).
+pub const CLUSTER_NODES: &str = "outpost_cluster_nodes";
+/// Gauge: 1 while this node's listener for the other nodes is connected and hears its pings.
+pub const CLUSTER_LISTENING: &str = "outpost_cluster_listening";
+/// Counter: hints exchanged with other nodes, by direction.
+pub const CLUSTER_HINTS: &str = "outpost_cluster_hints_total";
+/// Counter: hints for other nodes dropped because too many were waiting.
+pub const CLUSTER_HINTS_DROPPED: &str = "outpost_cluster_hints_dropped_total";
+/// Gauge, always 1: this node's id and name, to tell nodes apart in a shared Prometheus.
+pub const NODE_INFO: &str = "outpost_node_info";
 /// Acks not written because their command's response arrived with them.
 pub const ACKS_FOLDED: &str = "outpost_acks_folded_total";
 /// Job webhooks finished, by `outcome` (`delivered`, `failed`).
@@ -102,6 +112,23 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Live server nodes sharing the database, this one included (PostgreSQL)."
+    );
+    describe_gauge!(
+        CLUSTER_LISTENING,
+        "1 while this node hears the other nodes' notifications (and its own pings)."
+    );
+    describe_counter!(
+        CLUSTER_HINTS,
+        "Notifications exchanged with other nodes, by direction (sent, received), in hints."
+    );
+    describe_counter!(
+        CLUSTER_HINTS_DROPPED,
+        "Hints for other nodes dropped because too many were waiting to be sent."
+    );
+    describe_gauge!(NODE_INFO, "1, labelled with this node's id and name.");
     describe_gauge!(
         AGENTS_CONNECTED,
         "Agents connected to this server process, by transport."
@@ -287,6 +314,31 @@ pub fn store_batch_failed() {
 /// Whether the writer's writes commit now.
 pub fn store_writable(writable: bool) {
     gauge!(STORE_WRITABLE).set(if writable { 1.0 } else { 0.0 });
+}
+
+/// This node joined the others on the database as `id`, named `name`.
+pub fn node_info(id: &str, name: &str) {
+    gauge!(NODE_INFO, "node_id" => id.to_owned(), "name" => name.to_owned()).set(1.0);
+}
+
+/// Live nodes at this node's last renewal, itself included.
+pub fn cluster_nodes(live: usize) {
+    gauge!(CLUSTER_NODES).set(live as f64);
+}
+
+/// Whether this node's listener is up.
+pub fn cluster_listening(up: bool) {
+    gauge!(CLUSTER_LISTENING).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Hints sent to (`sent`) or received from (`received`) other nodes.
+pub fn cluster_hints(direction: &'static str, count: usize) {
+    counter!(CLUSTER_HINTS, "direction" => direction).increment(count as u64);
+}
+
+/// A hint for other nodes was dropped.
+pub fn cluster_hint_dropped() {
+    counter!(CLUSTER_HINTS_DROPPED).increment(1);
 }
 
 /// An agent's `ack` was dropped because its command's `response` came in the same read.

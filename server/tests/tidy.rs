@@ -50,7 +50,7 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     // Several nodes on PostgreSQL: the bus across nodes, over this node's hub and the store.
-    ("cluster", &["bus", "hub", "store", "domain"]),
+    ("cluster", &["bus", "hub", "store", "domain", "metrics"]),
     // Domain operations.
     (
         "service",

@@ -54,10 +54,7 @@ impl Agents {
     }
 
     fn record(&self, rule: &TagRule, agent: agent::Model) -> AgentRecord {
-        let online = agent
-            .id
-            .parse()
-            .is_ok_and(|id| self.core.bus.is_online(&agent.tenant_id, id));
+        let online = self.core.bus.is_agent_online(&agent);
         let server_tags = string_list(&agent.server_tags);
         let agent_tags = string_list(&agent.agent_tags);
         AgentRecord {

@@ -336,9 +336,7 @@ impl Commands {
             .get_agent_with_key(&caller.tenant_id, agent_id)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
-        let online = core
-            .bus
-            .is_online(&agent.tenant_id, parse_agent_id(&agent.id)?);
+        let online = core.bus.is_agent_online(&agent);
         if queue && !online {
             // It may connect in between; if so it gets the command now.
             let model = core
@@ -426,7 +424,7 @@ impl Core {
         queue: bool,
     ) -> Result<command::Model, DomainError> {
         self.writable()?;
-        let agent_id = parse_agent_id(&agent.id)?;
+        parse_agent_id(&agent.id)?;
         if let Some(why) = key_refusal(&agent.id, key, &spec.command) {
             return Err(DomainError::Forbidden(why));
         }
@@ -441,7 +439,7 @@ impl Core {
         if let Some(why) = downgrade_refusal(&agent.id, &agent.version, spec) {
             return Err(DomainError::BadRequest(why));
         }
-        if !queue && !self.bus.is_online(&agent.tenant_id, agent_id) {
+        if !queue && !self.bus.is_agent_online(agent) {
             return Err(offline(&agent.id));
         }
         let declared = secrets::script_with_params(&spec.command, &spec.data)

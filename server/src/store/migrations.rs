@@ -199,6 +199,7 @@ ALTER TABLE api_keys ADD COLUMN revoked_at {ts};
     // `nodes` under a lease; an agent row names the node holding its connection; `claims`
     // hands work that one node must do (the sweep) to one node at a time; a job's webhook is
     // claimed by the node delivering it, until a deadline after which another may take over.
+    // `settings` keeps what every node must agree on (the master key's fingerprint).
     r#"
 CREATE TABLE nodes (
     id TEXT PRIMARY KEY,
@@ -220,6 +221,10 @@ CREATE TABLE claims (
 );
 ALTER TABLE jobs ADD COLUMN webhook_claimed_by TEXT;
 ALTER TABLE jobs ADD COLUMN webhook_claimed_until {ts};
+CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 "#,
 ];
 

@@ -315,3 +315,39 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records `fingerprint` as the master key's on first use; afterwards, whether the given
+    /// one is the recorded one. Secrets sealed by one node must open on every other, and after
+    /// a restart: a server started with another key would store secrets nobody else can read
+    /// and fail to send the ones stored before.
+    pub async fn check_master_key(&self, fingerprint: &str) -> Result<bool> {
+        let backend = self.db.get_database_backend();
+        let (insert, select) = match backend {
+            DbBackend::Postgres => (
+                "INSERT INTO settings (name, value) VALUES ('master_key', $1) ON CONFLICT (name) DO NOTHING",
+                "SELECT value FROM settings WHERE name = 'master_key'",
+            ),
+            _ => (
+                "INSERT INTO settings (name, value) VALUES ('master_key', ?) ON CONFLICT (name) DO NOTHING",
+                "SELECT value FROM settings WHERE name = 'master_key'",
+            ),
+        };
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                insert,
+                [fingerprint.into()],
+            ))
+            .await?;
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(backend, select))
+            .await?;
+        let recorded: Option<String> = match row {
+            Some(row) => row.try_get_by_index(0)?,
+            None => None,
+        };
+        Ok(recorded.as_deref() == Some(fingerprint))
+    }
+}

@@ -1,6 +1,7 @@
 //! Three real server nodes on one PostgreSQL (SPEC §13): agents on node A, REST calls on node
 //! B, a job's event stream on node C; then node A killed with `kill -9` in the middle of a
-//! fan-out: every run reaches a final state, none runs twice, the counts add up.
+//! fan-out: every run reaches a final state, none runs twice, the counts add up, and the run of
+//! an agent that never comes back becomes lost once, by one node.
 //!
 //! Needs PostgreSQL: `OUTPOST_TEST_POSTGRES=$(scripts/postgres.sh start /tmp/outpost-pg)`;
 //! skipped with a message without it.
@@ -26,7 +27,14 @@ const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aa
 async fn node(database_url: &str, name: &str) -> Server {
     Server::start_with(ServerOptions {
         database_url: Some(database_url.to_owned()),
-        args: vec!["--node-name".into(), name.into()],
+        args: vec![
+            "--node-name".into(),
+            name.into(),
+            "--heartbeat-interval".into(),
+            "1".into(),
+            "--lost-after".into(),
+            "3".into(),
+        ],
         envs: vec![
             ("OUTPOST_ADMIN_KEY".into(), ADMIN_KEY.into()),
             ("OUTPOST_MASTER_KEY".into(), MASTER_KEY.into()),
@@ -137,8 +145,13 @@ async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
         agents.push((agent, scripts, marks));
         ids.push(id);
     }
+    // One more agent knows node A only: it goes away with it and never comes back.
+    let mut doomed_scripts = Scripts::new();
+    doomed_scripts.add("slow", "echo begun\nsleep 600", json!({"timeout_s": 900}));
+    let mut doomed = Agent::start_with(&a.url, &secret, None, doomed_scripts.env());
+    let doomed_id = doomed.wait_online(&api_b).await;
     let (_, connected) = api_a.get("/api/agents/connected").await;
-    assert_eq!(connected.as_array().map(Vec::len), Some(4), "{connected}");
+    assert_eq!(connected.as_array().map(Vec::len), Some(5), "{connected}");
 
     // A command made on node B reaches an agent held by node A, and its result comes back to
     // B's waiting caller.
@@ -177,6 +190,7 @@ async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
     })
     .await;
     a.kill9();
+    doomed.kill9();
 
     // The agents move to B or C and report there; the runs finish once the file is there.
     for id in &ids {
@@ -191,13 +205,28 @@ async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
         .await;
     }
     std::fs::write(&go, "").expect("go");
+    // The run on the agent that never returns becomes lost once node A's lease has run out
+    // and its agents were released; the others succeed.
     let done = api_c.wait_job(&job_id).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["status"], "failed", "{done}");
     let runs = done["runs"].as_array().expect("runs");
-    assert_eq!(runs.len(), 4, "{done}");
+    assert_eq!(runs.len(), 5, "{done}");
     for run in runs {
-        assert_eq!(run["status"], "succeeded", "{done}");
+        let want = if run["agent_id"] == doomed_id.as_str() {
+            "lost"
+        } else {
+            "succeeded"
+        };
+        assert_eq!(run["status"], want, "{done}");
     }
+    // Lost by one node: counted once over the survivors' metrics.
+    let http = reqwest::Client::new();
+    let mut lost = 0.0;
+    for node in [&b, &c] {
+        let (_, text) = crate::metrics::scrape(&http, &node.url, Some(ADMIN_KEY)).await;
+        lost += crate::metrics::value(&text, "outpost_commands_finished_total{state=\"lost\"}");
+    }
+    assert_eq!(lost, 1.0, "one lost run, marked by one node");
     // Each agent ran its script once.
     for (_, _, marks) in &agents {
         let started = std::fs::read_to_string(marks).expect("marks");
@@ -210,7 +239,7 @@ async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
         .expect("join");
     let (last, end) = events.last().expect("events");
     assert_eq!(last, "end", "{events:?}");
-    assert_eq!(end["status"], "succeeded", "{events:?}");
+    assert_eq!(end["status"], "failed", "{events:?}");
 
     // Node A's lease runs out; one node takes it over.
     wait_for("node a taken over", Duration::from_secs(60), || {

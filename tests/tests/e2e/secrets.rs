@@ -306,3 +306,33 @@ echo "color $OUTPOST_PARAM_COLOR""#,
         assert!(contains(&db, value), "{value} not in the database files");
     }
 }
+
+/// A server started with another master key than the one its database's secrets are sealed
+/// with refuses to start, saying so, rather than store secrets nobody else can open (several
+/// nodes on one database need the same key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_master_key_on_the_same_database_is_refused() {
+    let first_key = "11".repeat(32);
+    let mut server = Server::start_with(ServerOptions {
+        envs: vec![("OUTPOST_MASTER_KEY".into(), first_key)],
+        ..Default::default()
+    })
+    .await;
+    server.kill9();
+    let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    args.push("--data-dir".into());
+    args.push(server.data_dir.display().to_string());
+    args.extend(server.database_args());
+    let out = std::process::Command::new(outpost_e2e::bin_dir().join("outpost-server"))
+        .args(&args)
+        .env("OUTPOST_MASTER_KEY", "22".repeat(32))
+        .env_remove("OUTPOST_ADMIN_KEY")
+        .output()
+        .expect("run the server");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("is not the one this database's secrets are sealed with"),
+        "{said}"
+    );
+}
