@@ -12,6 +12,7 @@
 //! It fails only when something does not work (an agent not answering, a job not finishing).
 
 mod attack;
+mod postgres;
 mod report;
 mod server;
 mod swarm;
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use report::{Report, percentile};
-use server::Server;
+use server::{Nodes, Server, Shared};
 
 #[derive(Parser)]
 #[command(
@@ -122,9 +123,20 @@ struct Opts {
     /// in: 2,048; 1,000 with --quick).
     #[arg(long)]
     attack_slots: Option<usize>,
-    /// Keep the server's data directory and log here instead of a temporary directory.
+    /// Keep the server's data directory and log here instead of a temporary directory (and,
+    /// with --database-url, its database).
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Run the servers on PostgreSQL: the URL of a database to connect to for `CREATE
+    /// DATABASE` (as `scripts/postgres.sh start DIR` prints it). Each run makes a fresh
+    /// database beside it, and drops it at the end. Default: SQLite in the data directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Server nodes sharing that database (needs --database-url). Simulated agent `i`
+    /// connects to node `i % N`; jobs and commands are sent to the first node, so with more
+    /// than one most of them reach their agents through another node.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,6 +179,15 @@ fn has(opts: &Opts, scenario: Scenario) -> bool {
 
 async fn harness(opts: Opts) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
+    if opts.nodes == 0 {
+        bail!("--nodes: at least 1");
+    }
+    if opts.nodes > 1 && opts.database_url.is_none() {
+        bail!(
+            "--nodes {} needs --database-url: the nodes of a cluster share one PostgreSQL (SPEC §13)",
+            opts.nodes
+        );
+    }
     let bin_dir = match &opts.bin_dir {
         Some(dir) => dir.clone(),
         None => std::env::current_exe()?
@@ -175,6 +196,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             .to_path_buf(),
     };
     let mut report = Report::new(opts.agents, &bin_dir, fd_limit);
+    report.set_backend(&backend_words(&opts));
     let workdir = match &opts.keep {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -182,14 +204,61 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         }
         None => Workdir::Temp(tempfile::tempdir()?),
     };
-    let mut server = Server::start(&bin_dir, workdir.path()).await?;
+    let database = match &opts.database_url {
+        Some(url) => Some(postgres::Database::create(url, opts.keep.is_some())?),
+        None => None,
+    };
+    let shared = Shared::new(database.as_ref().map(|d| d.url.clone()));
+    let mut nodes = Nodes::start(&bin_dir, workdir.path(), opts.nodes, &shared).await?;
+    for server in nodes.all() {
+        eprintln!(
+            "outpost-bench: {} pid {} on {}",
+            server.name(),
+            server.pid(),
+            server.addr
+        );
+    }
     eprintln!(
-        "outpost-bench: server pid {} on {}; {} agents",
-        server.pid(),
-        server.addr,
-        opts.agents
+        "outpost-bench: {} agents; {}",
+        opts.agents,
+        backend_words(&opts)
     );
+    // Whatever was measured is printed, also when a later scenario fails.
+    let result = scenarios(&opts, &mut nodes, &bin_dir, workdir.path(), &mut report).await;
+    nodes.stop().await;
+    report.print(opts.json);
+    drop(database);
+    drop(workdir);
+    result
+}
 
+/// What the servers run on, in words.
+fn backend_words(opts: &Opts) -> String {
+    match (&opts.database_url, opts.nodes) {
+        (None, _) => "SQLite (WAL), one server process".to_owned(),
+        (Some(_), 1) => "PostgreSQL, one server process".to_owned(),
+        (Some(_), n) => format!("PostgreSQL, {n} server nodes sharing it"),
+    }
+}
+
+/// Said after a row's name: on which backend it was measured (nothing for SQLite, whose rows
+/// keep their names from before PostgreSQL).
+fn on_backend(opts: &Opts) -> String {
+    match (&opts.database_url, opts.nodes) {
+        (None, _) => String::new(),
+        (Some(_), 1) => " (PostgreSQL)".to_owned(),
+        (Some(_), n) => format!(" (PostgreSQL, {n} nodes)"),
+    }
+}
+
+async fn scenarios(
+    opts: &Opts,
+    nodes: &mut Nodes,
+    bin_dir: &std::path::Path,
+    workdir: &std::path::Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let on = on_backend(opts);
     let needs_swarm = [
         Scenario::Idle,
         Scenario::Roundtrip,
@@ -199,7 +268,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         Scenario::Restart,
     ]
     .iter()
-    .any(|s| has(&opts, *s));
+    .any(|s| has(opts, *s));
     let run_id = u64::from_be_bytes(*b"benchrun") ^ u64::from(std::process::id());
     let sizes: Vec<u64> = {
         let mut sizes: Vec<u64> = opts
@@ -213,52 +282,115 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
     };
     let mut swarm = None;
     if needs_swarm && opts.agents > 0 {
-        // Let the allocator and SQLite settle before the baseline.
-        server.warm_up().await?;
-        let before = server.rss_kib()?;
-        let key = server.agent_key().await?;
+        // Let the allocator and the database settle before the baseline.
+        for server in nodes.all() {
+            server.warm_up().await?;
+        }
+        let before = rss_of(nodes)?;
+        let key = nodes.first().agent_key().await?;
         let started = Instant::now();
-        swarm = Some(spawn_swarm(&opts, &server, &key, run_id, &sizes)?);
-        server
+        swarm = Some(spawn_swarm(opts, &nodes.addrs(), &key, run_id, &sizes)?);
+        nodes
             .wait_connected(opts.agents, Duration::from_secs(60 + opts.agents / 100))
             .await
             .context("the swarm did not connect")?;
         let ramp = started.elapsed();
+        // Jobs and commands go to node1: it must know where the other nodes' agents are.
+        let seen = nodes
+            .wait_seen_by_first(opts.agents, Duration::from_secs(60))
+            .await
+            .context("node1 does not see the other nodes' agents")?;
+        if nodes.len() > 1 {
+            eprintln!(
+                "outpost-bench: node1 listed all {} agents as connected {:.1} s after they were",
+                opts.agents,
+                seen.as_secs_f64()
+            );
+        }
         // Settle: the first heartbeats and any allocator growth from the ramp.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = server.rss_kib()?;
-        let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / opts.agents as f64;
-        if has(&opts, Scenario::Idle) {
+        let after = rss_of(nodes)?;
+        let growth: u64 = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .sum();
+        let per_conn = growth as f64 * 1024.0 / opts.agents as f64;
+        if has(opts, Scenario::Idle) {
+            let mib = |v: &[u64]| {
+                v.iter()
+                    .map(|k| (k / 1024).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            };
+            let fds: Vec<Option<usize>> = nodes.all().iter().map(Server::open_fds).collect();
+            if nodes.len() == 1 {
+                report.row(
+                    &format!("idle agent connections held by one server process{on}"),
+                    "15,000",
+                    "19,500",
+                    format!(
+                        "{} (all connected in {:.1} s)",
+                        opts.agents,
+                        ramp.as_secs_f64()
+                    ),
+                    json!({"connected": opts.agents, "ramp_s": ramp.as_secs_f64(), "server_fds": fds[0]}),
+                );
+            } else {
+                let shares: Vec<u64> = (0..nodes.len())
+                    .map(|i| nodes.share(i, opts.agents))
+                    .collect();
+                report.row(
+                    &format!(
+                        "idle agent connections held by {} nodes on one PostgreSQL",
+                        nodes.len()
+                    ),
+                    "—",
+                    "—",
+                    format!(
+                        "{} ({} per node; all connected in {:.1} s)",
+                        opts.agents,
+                        shares
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" / "),
+                        ramp.as_secs_f64()
+                    ),
+                    json!({"connected": opts.agents, "per_node": shares, "ramp_s": ramp.as_secs_f64(), "server_fds": fds}),
+                );
+            }
             report.row(
-                "idle agent connections held by one server process",
-                "15,000",
-                "19,500",
-                format!("{} (all connected in {:.1} s)", opts.agents, ramp.as_secs_f64()),
-                json!({"connected": opts.agents, "ramp_s": ramp.as_secs_f64(), "server_fds": server.open_fds()}),
-            );
-            report.row(
-                "server RSS per idle connection",
+                &format!("server RSS per idle connection{on}"),
                 "16 KiB",
                 "4 KiB",
                 format!(
                     "{:.1} KiB ({} -> {} MiB)",
                     per_conn / 1024.0,
-                    before / 1024,
-                    after / 1024
+                    mib(&before),
+                    mib(&after)
                 ),
                 json!({"rss_before_kib": before, "rss_after_kib": after, "bytes_per_connection": per_conn}),
             );
             // What holding the fleet costs while nothing is asked of it: heartbeats (one per
             // agent per interval), the hub's liveness sweep, the WAL checkpoints.
             let secs = opts.idle_secs.unwrap_or(if opts.quick { 3 } else { 30 });
-            let (cpu_before, writer) = (server.cpu_seconds()?, server.writer().await?);
+            let (cpu_before, writer) = (nodes.cpu_seconds()?, nodes.writer().await?);
             let phase = Instant::now();
             tokio::time::sleep(Duration::from_secs(secs)).await;
             let wall = phase.elapsed().as_secs_f64();
-            let cpu = (server.cpu_seconds()? - cpu_before) / wall * 100.0;
-            let (writer, writer_json) = server.writer().await?.since(&writer, wall);
+            let cpu = (nodes.cpu_seconds()? - cpu_before) / wall * 100.0;
+            let (writer, writer_json) = nodes.writer().await?.since(&writer, wall);
+            let whose = if nodes.len() == 1 {
+                "server".to_owned()
+            } else {
+                format!("{} nodes'", nodes.len())
+            };
             report.row(
-                &format!("(for scale) server CPU with {} idle agents", opts.agents),
+                &format!(
+                    "(for scale) {whose} CPU with {} idle agents{on}",
+                    opts.agents
+                ),
                 "—",
                 "—",
                 format!("{cpu:.1} % of one core over {wall:.0} s ({writer})"),
@@ -267,50 +399,50 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         }
     }
 
-    if has(&opts, Scenario::Roundtrip) && swarm.is_some() {
+    if has(opts, Scenario::Roundtrip) && swarm.is_some() {
         let count = opts
             .roundtrips
             .unwrap_or(if opts.quick { 200 } else { 2000 });
-        let agent = swarm::agent_id(run_id, 0).to_string();
-        let mut times = Vec::with_capacity(count);
-        for i in 0..count + count / 10 {
-            let started = Instant::now();
-            let answer = server
-                .post(
-                    &format!("/api/agents/{agent}/command"),
-                    &json!({"command": "ping", "timeout_s": 10}),
-                )
-                .await?;
-            let took = started.elapsed();
-            if answer.get("status").and_then(Value::as_str) != Some("succeeded") {
-                bail!("round trip {i}: the ping did not succeed: {answer}");
-            }
-            if i >= count / 10 {
-                times.push(took.as_secs_f64() * 1e3);
-            }
+        // Agent 0 is held by the node the REST calls go to; agent 1, with several nodes, by
+        // the next one, so its commands cross from node to node through the database.
+        let mut agents = vec![(0, "")];
+        if nodes.len() > 1 && opts.agents > 1 {
+            agents.push((1, ", agent held by another node than the REST call's"));
         }
-        times.sort_by(f64::total_cmp);
-        report.row(
-            "REST -> agent -> stored result round trip, p50 / p99",
-            "2 ms / 10 ms",
-            "0.3 ms / 2 ms",
-            format!(
-                "{:.2} ms / {:.2} ms (p90 {:.2}, max {:.2}; {count} sequential pings, {} idle agents connected)",
-                percentile(&times, 50.0),
-                percentile(&times, 99.0),
-                percentile(&times, 90.0),
-                times.last().copied().unwrap_or(0.0),
-                opts.agents
-            ),
-            json!({"count": count, "p50_ms": percentile(&times, 50.0), "p90_ms": percentile(&times, 90.0),
-                   "p99_ms": percentile(&times, 99.0), "max_ms": times.last()}),
-        );
+        for (index, how) in agents {
+            let agent = swarm::agent_id(run_id, index).to_string();
+            let times = roundtrips(nodes.first(), &agent, count)
+                .await
+                .with_context(|| {
+                    format!(
+                        "round trips through node1 to agent {index}, held by node{}",
+                        nodes.node_of(index) + 1
+                    )
+                })?;
+            report.row(
+                &format!("REST -> agent -> stored result round trip, p50 / p99{on}{how}"),
+                "2 ms / 10 ms",
+                "0.3 ms / 2 ms",
+                format!(
+                    "{:.2} ms / {:.2} ms (p90 {:.2}, max {:.2}; {count} sequential pings, {} idle agents connected)",
+                    percentile(&times, 50.0),
+                    percentile(&times, 99.0),
+                    percentile(&times, 90.0),
+                    times.last().copied().unwrap_or(0.0),
+                    opts.agents
+                ),
+                json!({"count": count, "agent_node": nodes.node_of(index) + 1,
+                       "p50_ms": percentile(&times, 50.0), "p90_ms": percentile(&times, 90.0),
+                       "p99_ms": percentile(&times, 99.0), "max_ms": times.last()}),
+            );
+        }
     }
 
-    if has(&opts, Scenario::Fanout)
+    if has(opts, Scenario::Fanout)
         && let Some(swarm) = &swarm
     {
         let jobs = opts.fanout_jobs.unwrap_or(if opts.quick { 2 } else { 5 });
+        let server = nodes.first();
         for size in &sizes {
             eprintln!("outpost-bench: fan-out to {size} agents, {jobs} jobs");
             let mut completions = Vec::new();
@@ -319,9 +451,9 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             // target is resolved, before its runs are inserted), the last run's `finished_at`
             // (stamped by the writer as it stores that result), and the answer received.
             let mut phases = Vec::new();
-            let cpu = server.cpu_seconds()?;
+            let cpu = nodes.cpu_seconds()?;
             let swarm_cpu = swarm.cpu_seconds()?;
-            let writer = server.writer().await?;
+            let writer = nodes.writer().await?;
             let phase = Instant::now();
             for _ in 0..jobs {
                 let started_at = chrono::Utc::now();
@@ -341,8 +473,8 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 phases.push([since(lat.created), since(lat.last_finished), completion]);
                 runs.extend(lat.per_run_ms);
             }
-            let cpu_per_run_us = (server.cpu_seconds()? - cpu) * 1e6 / runs.len().max(1) as f64;
-            let (writer, writer_json) = server
+            let cpu_per_run_us = (nodes.cpu_seconds()? - cpu) * 1e6 / runs.len().max(1) as f64;
+            let (writer, writer_json) = nodes
                 .writer()
                 .await?
                 .since(&writer, phase.elapsed().as_secs_f64());
@@ -356,17 +488,35 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 percentile(&v, 50.0)
             };
             let phase_ms = [median_phase(0), median_phase(1), median_phase(2)];
-            let goal = if *size >= 10_000 {
-                ("1 s", "250 ms")
+            let (what, goal) = if nodes.len() > 1 {
+                (
+                    format!(
+                        "`ping` fanned out to {size} agents held by {} nodes on one PostgreSQL, all results stored (jobs created on node1)",
+                        nodes.len()
+                    ),
+                    if *size >= 30_000 {
+                        ("3 s", "1 s")
+                    } else {
+                        ("—", "—")
+                    },
+                )
             } else {
-                ("—", "—")
+                (
+                    format!("`ping` fanned out to {size} agents, all results stored{on}"),
+                    if *size >= 10_000 {
+                        ("1 s", "250 ms")
+                    } else {
+                        ("—", "—")
+                    },
+                )
             };
+            let whose = if nodes.len() == 1 { "server" } else { "nodes'" };
             report.row(
-                &format!("`ping` fanned out to {size} agents, all results stored"),
+                &what,
                 goal.0,
                 goal.1,
                 format!(
-                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs (median job from its POST: created_at +{:.0} ms, last finished_at +{:.0}, answered +{:.0}); per run p50 {:.0} ms / p99 {:.0} ms; server CPU {cpu_per_run_us:.0} µs per run (simulated agents {swarm_per_run_us:.0}); {writer}",
+                    "job p50 {:.0} ms / p99 {:.0} ms over {jobs} jobs (median job from its POST: created_at +{:.0} ms, last finished_at +{:.0}, answered +{:.0}); per run p50 {:.0} ms / p99 {:.0} ms; {whose} CPU {cpu_per_run_us:.0} µs per run (simulated agents {swarm_per_run_us:.0}); {writer}",
                     percentile(&completions, 50.0),
                     percentile(&completions, 99.0),
                     phase_ms[0],
@@ -389,17 +539,17 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         }
     }
 
-    if has(&opts, Scenario::Throughput)
+    if has(opts, Scenario::Throughput)
         && let Some(swarm) = &swarm
     {
         let jobs = opts.throughput_jobs.max(1);
-        let cpu = server.cpu_seconds()?;
+        let cpu = nodes.cpu_seconds()?;
         let swarm_cpu = swarm.cpu_seconds()?;
-        let writer = server.writer().await?;
+        let writer = nodes.writer().await?;
         let started = Instant::now();
         let mut pending = Vec::new();
         for _ in 0..jobs {
-            let server = server.client();
+            let server = nodes.first().client();
             pending.push(tokio::spawn(async move {
                 server
                     .post(
@@ -420,20 +570,40 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
             last_finished = last_finished.max(Some(lat.last_finished));
         }
         let wall = started.elapsed().as_secs_f64();
-        let (writer, writer_json) = server.writer().await?.since(&writer, wall);
-        let cpu_per_result_us = (server.cpu_seconds()? - cpu) * 1e6 / total.max(1) as f64;
+        let (writer, writer_json) = nodes.writer().await?.since(&writer, wall);
+        let cpu_per_result_us = (nodes.cpu_seconds()? - cpu) * 1e6 / total.max(1) as f64;
         let swarm_per_result_us = (swarm.cpu_seconds()? - swarm_cpu) * 1e6 / total.max(1) as f64;
         let stored_span = match (first_created, last_finished) {
             (Some(a), Some(b)) => (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
             _ => 0.0,
         };
         let rate = total as f64 / stored_span.max(1e-6);
+        let (what, floor, goal) = match (&opts.database_url, nodes.len()) {
+            (None, _) => (
+                "job results durably stored per second (SQLite WAL)".to_owned(),
+                "10,000",
+                "100,000",
+            ),
+            (Some(_), 1) => (
+                "results stored per second on PostgreSQL, one node".to_owned(),
+                "5,000",
+                "50,000",
+            ),
+            (Some(_), n) => (
+                format!(
+                    "results stored per second on PostgreSQL, {n} nodes (jobs created on node1)"
+                ),
+                "—",
+                "—",
+            ),
+        };
+        let whose = if nodes.len() == 1 { "server" } else { "nodes'" };
         report.row(
-            "job results durably stored per second (SQLite WAL)",
-            "10,000",
-            "100,000",
+            &what,
+            floor,
+            goal,
             format!(
-                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls; server CPU {cpu_per_result_us:.0} µs per result, simulated agents {swarm_per_result_us:.0}; {writer})",
+                "{rate:.0}/s ({total} results of {jobs} concurrent jobs stored {stored_span:.2} s after the first was created; {:.0}/s counting the REST calls; {whose} CPU {cpu_per_result_us:.0} µs per result, simulated agents {swarm_per_result_us:.0}; {writer})",
                 total as f64 / wall
             ),
             json!({"results": total, "jobs": jobs, "stored_span_s": stored_span, "wall_s": wall,
@@ -443,9 +613,9 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         );
     }
 
-    if has(&opts, Scenario::Agent) {
+    if has(opts, Scenario::Agent) {
         let secs = opts.agent_secs.unwrap_or(if opts.quick { 5 } else { 60 });
-        let figures = server::agent_footprint(&server, &bin_dir, workdir.path(), secs).await?;
+        let figures = server::agent_footprint(nodes.first(), bin_dir, workdir, secs).await?;
         report.row(
             "agent idle RSS / idle CPU",
             "10 MiB / 0.2 %",
@@ -480,14 +650,16 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         );
     }
 
-    if has(&opts, Scenario::Sockets) && swarm.is_some() {
+    // With several nodes, the next two scenarios are about node1 and the agents it holds.
+    let first_share = nodes.share(0, opts.agents);
+    if has(opts, Scenario::Sockets) && swarm.is_some() {
         // The addresses after the swarm's 127.0.0.2 .. 127.0.0.(1+sources).
         let first = 2 + opts.sources.max(1);
         let sources = (0..4u8)
             .map(|i| Ipv4Addr::new(127, 0, 0, first.saturating_add(i)))
             .collect();
         let plan = attack::Plan {
-            agents: opts.agents,
+            agents: first_share,
             secs: opts.attack_secs.unwrap_or(if opts.quick { 5 } else { 30 }),
             processes: opts.attack_processes.max(1),
             slots: opts
@@ -496,13 +668,23 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 .max(1),
             sources,
         };
-        attack::scenario(&server, &plan, &mut report).await?;
+        attack::scenario(nodes.first(), &plan, report).await?;
     }
 
-    if has(&opts, Scenario::Restart) && swarm.is_some() {
-        let (stopped, back) = server.restart_and_wait(opts.agents).await?;
+    if has(opts, Scenario::Restart) && swarm.is_some() {
+        let (stopped, back) = nodes.first_mut().restart_and_wait(first_share).await?;
+        let what = if nodes.len() == 1 {
+            format!(
+                "{} agents back online after a server restart{on}",
+                opts.agents
+            )
+        } else {
+            format!(
+                "{first_share} agents back online after node1 restarts{on} (the others keep theirs)"
+            )
+        };
         report.row(
-            &format!("{} agents back online after a server restart", opts.agents),
+            &what,
             "60 s (10,000)",
             "10 s (10,000)",
             format!(
@@ -510,17 +692,43 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
                 back.as_secs_f64(),
                 stopped.as_secs_f64()
             ),
-            json!({"agents": opts.agents, "back_online_s": back.as_secs_f64(), "stop_s": stopped.as_secs_f64()}),
+            json!({"agents": first_share, "back_online_s": back.as_secs_f64(), "stop_s": stopped.as_secs_f64()}),
         );
     }
 
     if let Some(swarm) = swarm {
         swarm.stop();
     }
-    server.stop().await;
-    report.print(opts.json);
-    drop(workdir);
     Ok(())
+}
+
+/// Resident memory of every node, KiB.
+fn rss_of(nodes: &Nodes) -> anyhow::Result<Vec<u64>> {
+    nodes.all().iter().map(Server::rss_kib).collect()
+}
+
+/// `count` sequential `ping` round trips to `agent` through `server` (after 10 % more as
+/// warm-up), in milliseconds, sorted.
+async fn roundtrips(server: &Server, agent: &str, count: usize) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count + count / 10 {
+        let started = Instant::now();
+        let answer = server
+            .post(
+                &format!("/api/agents/{agent}/command"),
+                &json!({"command": "ping", "timeout_s": 10}),
+            )
+            .await?;
+        let took = started.elapsed();
+        if answer.get("status").and_then(Value::as_str) != Some("succeeded") {
+            bail!("round trip {i}: the ping did not succeed: {answer}");
+        }
+        if i >= count / 10 {
+            times.push(took.as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 enum Workdir {
@@ -572,7 +780,7 @@ impl Drop for Swarm {
 
 fn spawn_swarm(
     opts: &Opts,
-    server: &Server,
+    servers: &[std::net::SocketAddr],
     key: &str,
     run_id: u64,
     sizes: &[u64],
@@ -587,7 +795,13 @@ fn spawn_swarm(
         let child = std::process::Command::new(&exe)
             .arg("worker")
             .arg("--server")
-            .arg(server.addr.to_string())
+            .arg(
+                servers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .arg("--run-id")
             .arg(run_id.to_string())
             .arg("--first")

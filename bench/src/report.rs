@@ -62,6 +62,11 @@ impl Report {
         }
     }
 
+    /// Says what the servers run on (SQLite, PostgreSQL, how many nodes).
+    pub fn set_backend(&mut self, words: &str) {
+        self.machine["backend"] = json!(words);
+    }
+
     /// Adds a row.
     pub fn row(&mut self, what: &str, floor: &str, goal: &str, measured: String, data: Value) {
         self.rows.push(Row {
@@ -93,7 +98,7 @@ impl Report {
         let m = &self.machine;
         println!(
             "machine: {} x {}, {} GiB RAM; load average at start {}, at end {}; file limit {}; \
-             speed check {}",
+             speed check {}; servers on {}",
             m["cpus"],
             m["cpu_model"].as_str().unwrap_or("?"),
             m["mem_gib"],
@@ -103,6 +108,7 @@ impl Report {
             m["speed_check_ms"]
                 .as_f64()
                 .map_or("none (debug build)".to_owned(), |ms| format!("{ms:.0} ms")),
+            m["backend"].as_str().unwrap_or("?"),
         );
         println!();
         println!("| SPEC §8 row | floor | goal | measured |");

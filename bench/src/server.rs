@@ -1,5 +1,7 @@
 //! The real `outpost-server` under test: started on a temporary data directory, watched through
-//! `/proc/<pid>`, driven over REST, restarted on the same directory and port.
+//! `/proc/<pid>`, driven over REST, restarted on the same directory and port. With
+//! `--database-url`, one or several of them ([`Nodes`]) share a PostgreSQL database, as the
+//! nodes of one cluster do (SPEC §13).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -92,6 +94,15 @@ pub struct WriterTotals {
 }
 
 impl WriterTotals {
+    /// The totals of two writers (two nodes') together.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            batches: self.batches + other.batches,
+            writes: self.writes + other.writes,
+            busy_s: self.busy_s + other.busy_s,
+        }
+    }
+
     fn parse(text: &str) -> anyhow::Result<Self> {
         // A histogram appears with its first value: absent, nothing was committed yet.
         let value = |name: &str| -> anyhow::Result<f64> {
@@ -124,20 +135,60 @@ impl WriterTotals {
     }
 }
 
+/// What every node of a run shares: the owner key, and on PostgreSQL the database and the
+/// master key (which a node on SQLite makes itself in its data directory).
+#[derive(Clone)]
+pub struct Shared {
+    /// `OUTPOST_ADMIN_KEY`.
+    pub admin: String,
+    /// `--database-url`; `None`: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// `OUTPOST_MASTER_KEY`, set when nodes share a database.
+    pub master_key: Option<String>,
+}
+
+impl Shared {
+    /// Fresh keys for a run on `database_url` (or SQLite).
+    pub fn new(database_url: Option<String>) -> Self {
+        let random = || uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            admin: format!("opk_bench{}", random()),
+            master_key: database_url
+                .is_some()
+                .then(|| format!("{}{}", random(), random())),
+            database_url,
+        }
+    }
+}
+
+/// How a server process is started, again on a restart.
+struct Launch {
+    binary: PathBuf,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    name: String,
+    shared: Shared,
+}
+
 /// A running server process.
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
-    binary: PathBuf,
-    data_dir: PathBuf,
-    log: PathBuf,
+    launch: Launch,
     child: Child,
     client: Client,
 }
 
 impl Server {
-    /// Starts `outpost-server` on a free loopback port with its data in `workdir/data`.
-    pub async fn start(bin_dir: &Path, workdir: &Path) -> anyhow::Result<Self> {
+    /// Starts `outpost-server` as node `name` on a free loopback port with its data in
+    /// `workdir/data`.
+    pub async fn start(
+        bin_dir: &Path,
+        workdir: &Path,
+        name: &str,
+        shared: &Shared,
+    ) -> anyhow::Result<Self> {
         let binary = bin_dir.join("outpost-server");
         if !binary.is_file() {
             bail!(
@@ -149,10 +200,16 @@ impl Server {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             probe.local_addr()?
         };
-        let admin = format!("opk_bench{}", uuid::Uuid::new_v4().simple());
-        let data_dir = workdir.join("data");
-        let log = workdir.join("server.log");
-        let child = spawn(&binary, addr, &data_dir, &log, &admin)?;
+        std::fs::create_dir_all(workdir)?;
+        let launch = Launch {
+            binary,
+            addr,
+            data_dir: workdir.join("data"),
+            log: workdir.join("server.log"),
+            name: name.to_owned(),
+            shared: shared.clone(),
+        };
+        let child = spawn(&launch)?;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
@@ -160,16 +217,19 @@ impl Server {
         let client = Client {
             http,
             base: format!("http://{addr}"),
-            admin,
+            admin: shared.admin.clone(),
         };
         Ok(Self {
             addr,
-            binary,
-            data_dir,
-            log,
+            launch,
             child,
             client,
         })
+    }
+
+    /// The node's name (`--node-name`).
+    pub fn name(&self) -> &str {
+        &self.launch.name
     }
 
     /// The server's pid.
@@ -250,9 +310,10 @@ impl Server {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{last} of {n} agents connected after {} s (server log: {})",
+                    "{last} of {n} agents connected to {} after {} s (server log: {})",
+                    self.launch.name,
                     limit.as_secs(),
-                    self.log.display()
+                    self.launch.log.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -279,13 +340,7 @@ impl Server {
         self.terminate()?;
         let stopped = stopping.elapsed();
         let started = Instant::now();
-        self.child = spawn(
-            &self.binary,
-            self.addr,
-            &self.data_dir,
-            &self.log,
-            &self.client.admin,
-        )?;
+        self.child = spawn(&self.launch)?;
         self.wait_connected(n, Duration::from_secs(300)).await?;
         Ok((stopped, started.elapsed()))
     }
@@ -324,29 +379,157 @@ impl Drop for Server {
     }
 }
 
-fn spawn(
-    binary: &Path,
-    addr: SocketAddr,
-    data_dir: &Path,
-    log: &Path,
-    admin: &str,
-) -> anyhow::Result<Child> {
+/// The server processes of a run: one, or several nodes on one PostgreSQL database. REST calls
+/// go to the first; simulated agent `i` connects to node `i % len` ([`Nodes::node_of`]).
+pub struct Nodes {
+    list: Vec<Server>,
+}
+
+impl Nodes {
+    /// Starts `count` nodes (`node1`, `node2`, …) sharing `shared`, one after the other (the
+    /// first migrates the database), each in a directory of its own under `workdir` when there
+    /// are several.
+    pub async fn start(
+        bin_dir: &Path,
+        workdir: &Path,
+        count: usize,
+        shared: &Shared,
+    ) -> anyhow::Result<Self> {
+        let mut list = Vec::with_capacity(count);
+        for i in 1..=count {
+            let dir = if count == 1 {
+                workdir.to_path_buf()
+            } else {
+                workdir.join(format!("node{i}"))
+            };
+            list.push(Server::start(bin_dir, &dir, &format!("node{i}"), shared).await?);
+        }
+        Ok(Self { list })
+    }
+
+    /// The node REST calls go to (jobs are created there).
+    pub fn first(&self) -> &Server {
+        &self.list[0]
+    }
+
+    /// The same, to restart it.
+    pub fn first_mut(&mut self) -> &mut Server {
+        &mut self.list[0]
+    }
+
+    /// Every node.
+    pub fn all(&self) -> &[Server] {
+        &self.list
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Where the nodes listen, in order: the swarm's `--server` list.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.list.iter().map(|s| s.addr).collect()
+    }
+
+    /// The node simulated agent `index` connects to.
+    pub fn node_of(&self, index: u64) -> usize {
+        (index % self.list.len() as u64) as usize
+    }
+
+    /// How many of `agents` simulated agents connect to node `node`.
+    pub fn share(&self, node: usize, agents: u64) -> u64 {
+        let n = self.list.len() as u64;
+        agents / n + u64::from((node as u64) < agents % n)
+    }
+
+    /// CPU time every node has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.list.iter().map(Server::cpu_seconds).sum()
+    }
+
+    /// The writers' totals so far, every node's together.
+    pub async fn writer(&self) -> anyhow::Result<WriterTotals> {
+        let mut total = WriterTotals::default();
+        for server in &self.list {
+            total = total.plus(server.writer().await?);
+        }
+        Ok(total)
+    }
+
+    /// Waits until each node holds its share of `agents`.
+    pub async fn wait_connected(&self, agents: u64, limit: Duration) -> anyhow::Result<()> {
+        for (i, server) in self.list.iter().enumerate() {
+            server.wait_connected(self.share(i, agents), limit).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the first node, where the REST calls go, lists all `agents` as connected:
+    /// its own, and the other nodes' as their rows in the database say (what it reads at most
+    /// every 2 s). Returns how long that took; at once with one node.
+    pub async fn wait_seen_by_first(
+        &self,
+        agents: u64,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        if self.list.len() == 1 {
+            return Ok(started.elapsed());
+        }
+        let mut seen = 0;
+        while started.elapsed() < limit {
+            let list = self.first().client.get("/api/agents/connected").await?;
+            seen = list.as_array().map_or(0, Vec::len) as u64;
+            if seen >= agents {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!(
+            "node1 lists {seen} of {agents} agents as connected after {} s",
+            limit.as_secs()
+        )
+    }
+
+    /// Stops every node.
+    pub async fn stop(self) {
+        for server in self.list {
+            server.stop().await;
+        }
+    }
+}
+
+fn spawn(launch: &Launch) -> anyhow::Result<Child> {
+    let log = &launch.log;
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    let mut child = Command::new(binary)
+    let mut command = Command::new(&launch.binary);
+    command
         .arg("--listen")
-        .arg(addr.to_string())
+        .arg(launch.addr.to_string())
         .arg("--data-dir")
-        .arg(data_dir)
-        .env("OUTPOST_ADMIN_KEY", admin)
+        .arg(&launch.data_dir)
+        .arg("--node-name")
+        .arg(&launch.name)
+        .env("OUTPOST_ADMIN_KEY", &launch.shared.admin)
         // Per-connection info lines would cost more than what is measured.
         .env("OUTPOST_LOG", "warn")
+        .env_remove("OUTPOST_DATABASE_URL")
+        .env_remove("OUTPOST_MASTER_KEY");
+    if let Some(url) = &launch.shared.database_url {
+        command.arg("--database-url").arg(url);
+    }
+    if let Some(key) = &launch.shared.master_key {
+        command.env("OUTPOST_MASTER_KEY", key);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
+        .with_context(|| format!("starting {}", launch.binary.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     loop {

@@ -1,4 +1,5 @@
-//! A worker process: thousands of simulated agents speaking protocol v1 to one server.
+//! A worker process: thousands of simulated agents speaking protocol v1 to a server, or spread
+//! over the nodes of a cluster (agent `i` to node `i % nodes`).
 //!
 //! Each simulated agent does what the real agent does on the wire, and nothing else: connect
 //! (from one of several 127.0.0.x source addresses, so that no address runs out of ephemeral
@@ -30,9 +31,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// What one worker simulates.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// Server address (plain HTTP/WebSocket).
-    #[arg(long)]
-    pub server: SocketAddr,
+    /// Server addresses (plain HTTP/WebSocket), comma-separated: agent `i` connects to the
+    /// `i % count`th.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub server: Vec<SocketAddr>,
     /// Agent key (opa_…).
     #[arg(long, env = "OUTPOST_BENCH_AGENT_KEY", hide_env_values = true)]
     pub key: String,
@@ -64,7 +66,8 @@ pub fn agent_id(run_id: u64, index: u64) -> uuid::Uuid {
 
 struct Shared {
     args: WorkerArgs,
-    url: String,
+    /// `ws://ADDR/agent/v1/ws` for each of `args.server`.
+    urls: Vec<String>,
     connect: Semaphore,
     connected: AtomicU64,
     failures: AtomicU64,
@@ -78,7 +81,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let shared = Arc::new(Shared {
-            url: format!("ws://{}/agent/v1/ws", args.server),
+            urls: args
+                .server
+                .iter()
+                .map(|addr| format!("ws://{addr}/agent/v1/ws"))
+                .collect(),
             connect: Semaphore::new(args.connect_concurrency.max(1)),
             connected: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -138,6 +145,7 @@ impl Jitter {
 
 async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
     let args = &shared.args;
+    let node = (index % args.server.len() as u64) as usize;
     let mut ws = {
         let _permit = shared.connect.acquire().await?;
         let source = Ipv4Addr::new(
@@ -148,11 +156,12 @@ async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
         );
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
-        let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(args.server))
-            .await
-            .context("connect timed out")??;
+        let stream =
+            tokio::time::timeout(Duration::from_secs(30), socket.connect(args.server[node]))
+                .await
+                .context("connect timed out")??;
         stream.set_nodelay(true)?;
-        let mut request = shared.url.as_str().into_client_request()?;
+        let mut request = shared.urls[node].as_str().into_client_request()?;
         request.headers_mut().insert(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {}", args.key))?,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+pub mod cluster;
 pub mod postgres;
 pub mod proxy;
 pub mod ws;
@@ -563,7 +564,7 @@ fn signal(pid: u32, name: &str) {
         .status();
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
