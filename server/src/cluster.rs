@@ -161,6 +161,8 @@ impl Cluster {
         tokio::spawn(cluster.clone().lease_loop());
         tokio::spawn(cluster.clone().send_loop());
         tokio::spawn(cluster.clone().listen_loop());
+        // Says hello: a node that does not know this one yet starts sending it hints now.
+        cluster.ping().await;
         Ok(cluster)
     }
 
@@ -418,6 +420,11 @@ impl Cluster {
                     continue;
                 }
             };
+            // A node this one did not count yet (it joined since the last renewal): hints go
+            // out from now on, not from the next renewal.
+            if message.n != self.node_id && self.others.load(Ordering::Relaxed) == 0 {
+                self.others.store(1, Ordering::Relaxed);
+            }
             if message.n == self.node_id {
                 for hint in &message.h {
                     if let Hint::P(nonce) = hint {

@@ -305,10 +305,14 @@ async fn open_waiting(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(err) => {
+            Err(err) if err.is_transient() => {
                 return Err(err).with_context(|| {
                     format!("connecting to --database-url {masked} (gave up after {wait_s} s)")
                 });
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("opening the database at --database-url {masked}"));
             }
         }
     }

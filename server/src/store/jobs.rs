@@ -407,6 +407,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// per job and batch, so a running job costs one index seek (is any run still open?); the
     /// runs are counted by state, on the index, only once none is open.
     pub async fn refresh_job(&self, tenant_id: &str, job_id: &str) -> Result<Option<job::Model>> {
+        self.lock_job(tenant_id, job_id).await?;
         let Some(job) = self.get_job(tenant_id, job_id).await? else {
             return Ok(None);
         };
@@ -454,6 +455,27 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(Some(model.update(&self.db).await?))
     }
 
+    /// On PostgreSQL, locks the job's row until the transaction ends, before its runs are
+    /// counted. Several nodes' writers store results of one job at once, each in its own
+    /// transaction; under READ COMMITTED each counted the other's runs as still open before
+    /// either committed, and the job stayed `running` with every run final. With the lock the
+    /// second to count waits for the first to commit and, in its next statement, sees its runs.
+    /// SQLite has one writer at a time and needs none.
+    async fn lock_job(&self, tenant_id: &str, job_id: &str) -> Result<()> {
+        if self.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            job::Entity::find()
+                .select_only()
+                .column(job::Column::Id)
+                .filter(job::Column::Id.eq(job_id))
+                .filter(job::Column::TenantId.eq(tenant_id))
+                .lock_exclusive()
+                .into_tuple::<String>()
+                .one(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// [`refresh_job`](Self::refresh_job) for the writer, after a batch stored results of the
     /// job. While the job is running and a run is still open, which is every batch of a
     /// fan-out but its last, there is nothing to recompute, and one statement says so: the
@@ -462,6 +484,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// looking for an open run, took a noticeable part of a batch when the cores were busy;
     /// figures: docs/BENCHMARKS.md, "Design notes behind the figures").
     pub async fn refresh_job_after_results(&self, tenant_id: &str, job_id: &str) -> Result<()> {
+        self.lock_job(tenant_id, job_id).await?;
         let open_run = open_runs_of(tenant_id, job_id).limit(1).into_query();
         let running_with_open_run = job::Entity::find()
             .select_only()
