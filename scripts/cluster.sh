@@ -217,10 +217,9 @@ start() {
     psql -X -q -v ON_ERROR_STOP=1 "$pg_url" -c 'CREATE DATABASE outpost' >/dev/null
   fi
 
-  # The first node alone, then the others together: the first start of an empty database
-  # creates the schema and registers the owner key, and nodes doing that at the same moment
-  # fail on a unique index (seen on PostgreSQL's pg_type while creating a table, and on the
-  # owner key's hash).
+  # The first node alone, then the others together. Nodes may start together on an empty
+  # database (they take turns migrating it and making the owner key: server/tests/nodes.rs);
+  # the first one alone keeps one node's log holding the first start's story.
   local i node_urls=() servers=()
   start_node 1 "$server" "$database_url" "$admin_key" "$master_key"
   wait_ready 1
