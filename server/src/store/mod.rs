@@ -1273,7 +1273,8 @@ async fn connect(
     options
         .max_connections(size)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(5))
+        // Also how long a request waits for a pooled connection (sqlx's acquire timeout).
+        .connect_timeout(Duration::from_secs(10))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
             // WAL with synchronous=NORMAL: a commit survives `kill -9` of the server (the

@@ -90,7 +90,7 @@ async fn an_unreachable_postgresql_at_start_is_named_with_its_password_masked() 
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(tmp.path().join("data"))
         .args(["--database-url", &url])
-        .env("OUTPOST_DATABASE_WAIT", "6")
+        .env("OUTPOST_DATABASE_WAIT", "12")
         .env_remove("OUTPOST_ADMIN_KEY")
         .output()
         .expect("run the server");
