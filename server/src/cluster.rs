@@ -106,7 +106,6 @@ pub struct Cluster {
     /// When this node last sent a ping, and the last ping it heard back.
     ping_sent: AtomicU64,
     ping_heard: AtomicU64,
-    listening: AtomicBool,
     shutdown: CancellationToken,
     /// Itself, for the background refresh of `presence` started from `&self`.
     this: std::sync::Weak<Cluster>,
@@ -151,7 +150,6 @@ impl Cluster {
             refreshing: AtomicBool::new(false),
             ping_sent: AtomicU64::new(0),
             ping_heard: AtomicU64::new(0),
-            listening: AtomicBool::new(false),
             shutdown,
             this: this.clone(),
         });
@@ -174,11 +172,6 @@ impl Cluster {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
-    }
-
-    /// Whether this node's listener is connected and heard its own last ping.
-    pub fn is_listening(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
     }
 
     /// Removes this node's row and releases its agents (a clean shutdown).
@@ -361,7 +354,6 @@ impl Cluster {
                 continue;
             }
             backoff = Duration::from_millis(200);
-            self.listening.store(true, Ordering::Relaxed);
             metrics::cluster_listening(true);
             if !first {
                 tracing::info!(
@@ -406,7 +398,6 @@ impl Cluster {
                     }
                 }
             }
-            self.listening.store(false, Ordering::Relaxed);
             metrics::cluster_listening(false);
         }
     }
@@ -585,41 +576,11 @@ impl Cluster {
 
 impl Bus for Cluster {
     fn deliver(&self, command: &command::Model) -> Delivery {
-        let Ok(agent_id) = command.agent_id.parse() else {
-            return Delivery::Offline;
-        };
-        if self.hub.is_online(&command.tenant_id, agent_id) {
-            return self.hub.deliver(command);
-        }
-        self.send([Hint::D(
-            command.tenant_id.clone(),
-            command.agent_id.clone(),
-            command.id.clone(),
-        )]);
-        if self.remote(&command.tenant_id, agent_id) {
-            Delivery::Queued
-        } else {
-            Delivery::Offline
-        }
+        self.to_agent(command, |hub, c| hub.deliver(c), Hint::D)
     }
 
     fn cancel(&self, command: &command::Model) -> Delivery {
-        let Ok(agent_id) = command.agent_id.parse() else {
-            return Delivery::Offline;
-        };
-        if self.hub.is_online(&command.tenant_id, agent_id) {
-            return self.hub.cancel(command);
-        }
-        self.send([Hint::X(
-            command.tenant_id.clone(),
-            command.agent_id.clone(),
-            command.id.clone(),
-        )]);
-        if self.remote(&command.tenant_id, agent_id) {
-            Delivery::Queued
-        } else {
-            Delivery::Offline
-        }
+        self.to_agent(command, |hub, c| hub.cancel(c), Hint::X)
     }
 
     fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
@@ -708,6 +669,33 @@ impl Bus for Cluster {
 }
 
 impl Cluster {
+    /// Sends a stored command's frame through this node's hub when it holds the agent;
+    /// otherwise hints the other nodes (`hint(tenant, agent, command)`), and says whether
+    /// another node holds the agent.
+    fn to_agent(
+        &self,
+        command: &command::Model,
+        local: fn(&Hub, &command::Model) -> Delivery,
+        hint: fn(String, String, String) -> Hint,
+    ) -> Delivery {
+        let Ok(agent_id) = command.agent_id.parse() else {
+            return Delivery::Offline;
+        };
+        if self.hub.is_online(&command.tenant_id, agent_id) {
+            return local(&self.hub, command);
+        }
+        self.send([hint(
+            command.tenant_id.clone(),
+            command.agent_id.clone(),
+            command.id.clone(),
+        )]);
+        if self.remote(&command.tenant_id, agent_id) {
+            Delivery::Queued
+        } else {
+            Delivery::Offline
+        }
+    }
+
     fn remote(&self, tenant_id: &str, agent_id: AgentId) -> bool {
         self.presence()
             .agents

@@ -198,17 +198,6 @@ impl Store {
             .await?)
     }
 
-    /// Commands still pending that were created at or after `since`: those a node may have
-    /// missed the notification of while its listening connection was down.
-    pub async fn pending_since(&self, since: DateTime<Utc>) -> Result<Vec<command::Model>> {
-        Ok(command::Entity::find()
-            .filter(Expr::cust(state::OPEN_SQL))
-            .filter(command::Column::State.eq(state::PENDING))
-            .filter(command::Column::CreatedAt.gte(since))
-            .all(&self.db)
-            .await?)
-    }
-
     /// Claims up to `limit` finished jobs whose webhook is still to be delivered, oldest
     /// first, for `node_id` until `until`: those nobody claimed, whose claim ran out, or
     /// that this node holds already. On PostgreSQL, `FOR UPDATE SKIP LOCKED` makes nodes

@@ -404,3 +404,36 @@ fn the_compose_example_is_valid_and_needs_its_secrets() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("env.example"), "{err}");
 }
+
+/// `GET /api/nodes` is for owners (the nodes serve every tenant): an admin's key, a wrong key
+/// and no key are refused; on SQLite, with one node and no cluster, the list is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_list_is_for_owners_only() {
+    use outpost_server::store::Store;
+    let server = Server::start().await;
+    let api = server.api();
+    let store = Store::open(&server.database()).await.expect("open store");
+    let owner = store
+        .api_key_by_hash(&outpost_server::credentials::hash_secret(&server.admin_key))
+        .await
+        .expect("read")
+        .expect("owner key");
+    let admin_key = store
+        .create_api_key(&owner.tenant_id, "an admin", "admin")
+        .await
+        .expect("admin key");
+    let (status, body) = api.with_token(&admin_key).get("/api/nodes").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let (status, _) = api.with_token("opk_wrong").get("/api/nodes").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, nodes) = api.get("/api/nodes").await;
+    assert_eq!(status, StatusCode::OK, "{nodes}");
+    let nodes = nodes.as_array().expect("a list");
+    if server.database_url.is_none() {
+        assert!(nodes.is_empty(), "{nodes:?}");
+    } else {
+        assert_eq!(nodes.len(), 1, "{nodes:?}");
+        assert_eq!(nodes[0]["this_node"], true, "{nodes:?}");
+    }
+}
