@@ -226,6 +226,12 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 "#,
+    // 11: the sweep looks for jobs left `running` with every run final (a node stopped
+    // between storing their last results and settling them): the few running jobs, without
+    // reading a year of finished ones.
+    r#"
+CREATE INDEX jobs_running ON jobs (tenant_id, id) WHERE status = 'running';
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on
