@@ -28,7 +28,9 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -171,7 +173,15 @@ mod tests {
         let all: Cidr = "0.0.0.0/0".parse().expect("all");
         assert!(all.contains(ip("8.8.8.8")));
         assert_eq!(one.to_string(), "192.168.1.7/32");
-        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0/8", "x", "10.0.0.0/-1", "10.0.0.0/"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/-1",
+            "10.0.0.0/",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }
     }
@@ -212,7 +222,10 @@ mod tests {
         assert_eq!(lb.client(peer, &["[2001:db8::1]:443"]), ip("2001:db8::1"));
         assert_eq!(lb.client(peer, &["[2001:db8::1]"]), ip("2001:db8::1"));
         assert_eq!(lb.client(peer, &["2001:db8::1"]), ip("2001:db8::1"));
-        assert_eq!(lb.client(ip("::ffff:10.0.0.2"), &["::ffff:1.2.3.4"]), ip("1.2.3.4"));
+        assert_eq!(
+            lb.client(ip("::ffff:10.0.0.2"), &["::ffff:1.2.3.4"]),
+            ip("1.2.3.4")
+        );
     }
 
     #[test]

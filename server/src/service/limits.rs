@@ -384,7 +384,10 @@ mod tests {
         let limiter = Limiter::new(10, 1024);
         // A flood within one instant: nothing is idle, yet the table never outgrows its cap...
         for i in 0..100_000u32 {
-            assert!(limiter.check(&i, clock.now()).is_ok(), "a new key is never refused");
+            assert!(
+                limiter.check(&i, clock.now()).is_ok(),
+                "a new key is never refused"
+            );
             clock.advance(Duration::from_micros(1));
         }
         assert!(limiter.len() <= 1024, "{} keys", limiter.len());
@@ -452,18 +455,28 @@ mod tests {
         }
         let err = limits.call(&a).expect_err("the 6th");
         assert_eq!(err.code(), "rate_limited");
-        assert!(err.to_string().contains("at most 5 requests a minute"), "{err}");
+        assert!(
+            err.to_string().contains("at most 5 requests a minute"),
+            "{err}"
+        );
         assert_eq!(retry_after(Err(err)), 12);
         limits.call(&b).expect("another caller is unaffected");
         clock.advance(Duration::from_millis(11_500));
-        assert_eq!(retry_after(limits.call(&a)), 1, "rounded up to a whole second");
+        assert_eq!(
+            retry_after(limits.call(&a)),
+            1,
+            "rounded up to a whole second"
+        );
         clock.advance(Duration::from_millis(500));
         limits.call(&a).expect("one more after 12 s");
 
         let off = Limits::with_clock(0, TrustedProxies::default(), clock.clock());
         for _ in 0..10_000 {
             off.call(&a).expect("no limit");
-            assert!(off.before_authentication("1.2.3.4".parse().expect("ip")).is_ok());
+            assert!(
+                off.before_authentication("1.2.3.4".parse().expect("ip"))
+                    .is_ok()
+            );
         }
     }
 
@@ -527,7 +540,9 @@ mod tests {
         assert!(err.to_string().contains("per email"), "{err}");
         // Refresh and accept-invite carry no email: the address alone counts.
         for _ in 0..9 {
-            limits.auth_attempt(ip(200), None).expect("address allowance");
+            limits
+                .auth_attempt(ip(200), None)
+                .expect("address allowance");
         }
         assert!(limits.auth_attempt(ip(200), None).is_err());
         // The limit holds even with --rate-limit 0.

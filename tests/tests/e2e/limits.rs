@@ -49,7 +49,10 @@ fn assert_limited(answer: &(StatusCode, Option<u64>, Value), per_what: &str) {
     let (status, retry_after, body) = answer;
     assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     let retry_after = retry_after.expect("Retry-After on a 429");
-    assert!((1..=60).contains(&retry_after), "Retry-After: {retry_after}");
+    assert!(
+        (1..=60).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     let message = body["error"]["message"].as_str().expect("message");
     assert!(message.contains(per_what), "{message}");
@@ -81,10 +84,7 @@ async fn each_caller_gets_its_own_allowance_on_the_api() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     // Probes and the metrics scrape are not counted, and the refusals are.
-    assert_eq!(
-        get(&server, "/readyz", None, &[]).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(get(&server, "/readyz", None, &[]).await.0, StatusCode::OK);
     let metrics = reqwest::Client::new()
         .get(format!("{}/metrics", server.url))
         .bearer_auth(&owner)
