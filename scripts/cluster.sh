@@ -175,11 +175,12 @@ start_node() {
   rm -f "$node/stdout"
   # Behind the balancer every agent comes from its address: let as many of them be between
   # connecting and authenticating as the server allows in all (docs/OPERATIONS.md,
-  # "Connections: timeouts and caps").
+  # "Connections: timeouts and caps"), and count rate limits by the client HAProxy names in
+  # X-Forwarded-For (the nodes listen on loopback only; "Rate limits and proxies").
   OUTPOST_ADMIN_KEY=$admin_key OUTPOST_MASTER_KEY=$master_key \
     "$server" --listen "127.0.0.1:$port" --data-dir "$node/data" \
     --database-url "$database_url" --node-name "node$i" \
-    --max-unauthenticated-per-address 2048 \
+    --max-unauthenticated-per-address 2048 --trusted-proxy 127.0.0.1 \
     </dev/null >"$node/stdout" 2>>"$node/server.log" &
   echo $! >"$node/pid"
 }

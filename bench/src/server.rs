@@ -514,6 +514,11 @@ fn spawn(launch: &Launch) -> anyhow::Result<Child> {
         .arg(&launch.data_dir)
         .arg("--node-name")
         .arg(&launch.name)
+        // The harness drives thousands of API requests a second with one key, far past the
+        // default per-caller rate limit (1,200 a minute): the largest limit keeps the limiter
+        // in the measured path (its cost counts) without refusing anything.
+        .arg("--rate-limit")
+        .arg(u32::MAX.to_string())
         .env("OUTPOST_ADMIN_KEY", &launch.shared.admin)
         // Per-connection info lines would cost more than what is measured.
         .env("OUTPOST_LOG", "warn")

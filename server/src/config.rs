@@ -98,6 +98,23 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_unauthenticated_per_address: u64,
 
+    /// Requests a minute each caller (API key) may make on /api, and requests that fail
+    /// authentication each client address may make; past it: 429 with Retry-After. 0 turns
+    /// both off (the sign-in routes' 10 a minute stay). Counted per server node.
+    #[arg(long, env = "OUTPOST_RATE_LIMIT", default_value_t = 1_200)]
+    pub rate_limit: u32,
+
+    /// A proxy or load balancer in front of the server (an address or CIDR block; repeat the
+    /// flag or separate with commas): requests from it are counted by the client address it
+    /// appends to X-Forwarded-For. Without it X-Forwarded-For is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "OUTPOST_TRUSTED_PROXY",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
+
     /// Seconds between agent heartbeats; an agent silent for 3 intervals is offline.
     #[arg(long, env = "OUTPOST_HEARTBEAT_INTERVAL", default_value_t = outpost_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_S as u64)]
     pub heartbeat_interval: u64,
@@ -166,6 +183,8 @@ impl std::fmt::Debug for Config {
                 "max_unauthenticated_per_address",
                 &self.max_unauthenticated_per_address,
             )
+            .field("rate_limit", &self.rate_limit)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("builds_dir", &self.builds_dir)
             .field("max_output_bytes", &self.max_output_bytes)
@@ -214,6 +233,34 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 1, "no boolean variable found");
+    }
+
+    /// `--trusted-proxy` repeats and takes comma-separated lists; a bad block names itself.
+    #[test]
+    fn trusted_proxies_repeat_and_split_on_commas() {
+        use clap::Parser;
+        let config = super::Config::try_parse_from([
+            "outpost-server",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "127.0.0.1, fd00::/8",
+        ])
+        .expect("valid blocks");
+        let blocks: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(blocks, ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
+        assert_eq!(config.rate_limit, 1_200);
+        let err =
+            super::Config::try_parse_from(["outpost-server", "--trusted-proxy", "10.0.0.0/40"])
+                .expect_err("a bad prefix");
+        assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
+        let err = super::Config::try_parse_from(["outpost-server", "--rate-limit", "many"])
+            .expect_err("not a number");
+        assert!(err.to_string().contains("--rate-limit"), "{err}");
     }
 }
 

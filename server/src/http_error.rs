@@ -42,6 +42,7 @@ pub fn status(err: &DomainError) -> StatusCode {
             StatusCode::UNPROCESSABLE_ENTITY
         }
         DomainError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        DomainError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         DomainError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         DomainError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -63,7 +64,14 @@ pub fn envelope_of(err: &DomainError) -> ErrorEnvelope {
 
 impl IntoResponse for DomainError {
     fn into_response(self) -> Response {
-        (status(&self), Json(envelope_of(&self))).into_response()
+        let mut response = (status(&self), Json(envelope_of(&self))).into_response();
+        if let DomainError::RateLimited { retry_after_s, .. } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_s),
+            );
+        }
+        response
     }
 }
 

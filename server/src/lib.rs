@@ -24,6 +24,7 @@ pub mod config;
 pub mod credentials;
 pub mod domain;
 pub mod finish;
+pub mod forwarded;
 pub mod frames;
 pub mod http_error;
 pub mod hub;
@@ -149,7 +150,16 @@ pub async fn run(
     if let Some(node) = &node {
         core = core.on_node(node.node_id());
     }
-    let services = service::Services::new(core, releases, delivery);
+    let limits = service::limits::Limits::new(
+        config.rate_limit,
+        forwarded::TrustedProxies::new(config.trusted_proxies.clone()),
+    );
+    tracing::info!(
+        rate_limit = config.rate_limit,
+        trusted_proxies = ?config.trusted_proxies,
+        "rate limits (a minute, per caller on /api; 0 = off)"
+    );
+    let services = service::Services::new(core, releases, delivery, limits);
     let state = AppState {
         services: services.clone(),
     };

@@ -61,6 +61,9 @@ pub const ACKS_FOLDED: &str = "outpost_acks_folded_total";
 pub const WEBHOOK_DELIVERIES: &str = "outpost_webhook_deliveries_total";
 /// Webhook attempts, by `outcome` (`success`, `http_error`, `network_error`, `refused`).
 pub const WEBHOOK_ATTEMPTS: &str = "outpost_webhook_attempts_total";
+/// Requests refused by a rate limit, by `limit` (`api`, `api_address`, `auth_address`,
+/// `auth_email`; see `service::limits`).
+pub const RATE_LIMITED: &str = "outpost_rate_limited_total";
 /// Resident memory of the server process (Linux).
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// Open file descriptors of the server process (Linux).
@@ -177,6 +180,16 @@ fn describe() {
         "Agent acks not written on their own: the command's response arrived with them."
     );
     describe_counter!(WEBHOOK_DELIVERIES, "Job webhooks finished, by outcome.");
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by a rate limit (429), by limit: api (per caller), api_address \
+         (failed authentications per client address), auth_address and auth_email (sign-in \
+         attempts)."
+    );
+    // Shown at 0 before the first refusal, so an alert on its rate sees the series.
+    for limit in ["api", "api_address", "auth_address", "auth_email"] {
+        counter!(RATE_LIMITED, "limit" => limit).increment(0);
+    }
     describe_counter!(WEBHOOK_ATTEMPTS, "Job webhook attempts, by outcome.");
     describe_gauge!(
         PROCESS_RSS,
@@ -304,6 +317,11 @@ pub fn command_answered(
 pub fn store_batch(size: usize, took: Duration) {
     histogram!(STORE_BATCH_SIZE).record(size as f64);
     histogram!(STORE_COMMIT).record(took.as_secs_f64());
+}
+
+/// A request was refused by the rate limit called `limit`.
+pub fn rate_limited(limit: &'static str) {
+    counter!(RATE_LIMITED, "limit" => limit).increment(1);
 }
 
 /// A writer transaction failed (it is retried).

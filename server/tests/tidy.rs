@@ -55,8 +55,19 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "service",
         &[
-            "access", "bus", "finish", "frames", "store", "tags", "secrets", "seal", "domain",
-            "metrics", "builtin", "release",
+            "access",
+            "bus",
+            "finish",
+            "frames",
+            "store",
+            "tags",
+            "secrets",
+            "seal",
+            "domain",
+            "metrics",
+            "builtin",
+            "release",
+            "forwarded",
         ],
     ),
     ("access", &["credentials", "domain", "listen", "store"]),
@@ -79,7 +90,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("domain", &[]),
     ("credentials", &[]),
     ("seal", &[]),
-    ("config", &[]),
+    ("config", &["forwarded"]),
+    ("forwarded", &[]),
     ("listen", &["config"]),
 ];
 

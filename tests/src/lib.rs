@@ -254,6 +254,10 @@ impl Server {
             .env_remove("OUTPOST_ADMIN_KEY")
             .env_remove("OUTPOST_DATABASE_URL")
             .env("OUTPOST_LOG", "info,outpost_server=debug")
+            // Tests drive thousands of API requests a minute with one key, past the default
+            // per-caller limit (1,200): off unless a test sets it (`--rate-limit N` or
+            // this variable in its options, as tests/e2e/limits.rs does).
+            .env("OUTPOST_RATE_LIMIT", "0")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)

@@ -5,7 +5,8 @@
 //! - one reusable error response per status ([`BadRequest`], [`Unauthorized`], …), each the
 //!   [`ErrorEnvelope`]; [`Contract`] adds the statuses every operation of a kind can answer
 //!   (401 to every authenticated one, 400 to every one that takes a path, query or body, 413 to
-//!   every one with a body, 500 and 503 to all but `/healthz`), and the handlers' annotations
+//!   every one with a body, 429 to every authenticated `/api` one, 500 and 503 to all but
+//!   `/healthz`), and the handlers' annotations
 //!   the statuses of their own logic (403, 404, 409, 422, 504);
 //! - the values the server enforces, declared from the domain model's enums
 //!   (`crate::domain`) and from the protocol's limits (`outpost_protocol::limits`,
@@ -41,6 +42,13 @@ pub struct BadRequest(#[allow(dead_code)] ErrorEnvelope);
 /// No `Authorization: Bearer …` header, or not a valid API key (unknown, expired or revoked).
 #[derive(ToResponse)]
 pub struct Unauthorized(#[allow(dead_code)] ErrorEnvelope);
+
+/// Over a rate limit (`rate_limited`): this caller's requests a minute (`--rate-limit`), or
+/// this client address's requests that failed authentication. The message names the limit;
+/// `Retry-After` says in how many whole seconds a request is allowed again.
+#[derive(ToResponse)]
+#[response(headers(("Retry-After" = u64, description = "Whole seconds until a request is allowed again")))]
+pub struct TooManyRequests(#[allow(dead_code)] ErrorEnvelope);
 
 /// Nothing by that id in the caller's tenant.
 #[derive(ToResponse)]
@@ -317,6 +325,10 @@ fn cross_cutting(path: &str, operation: &mut Operation) {
     }
     if authenticated {
         add("401", "Unauthorized");
+    }
+    // Every authenticated /api operation is counted against its caller (`service::limits`).
+    if authenticated && path.starts_with("/api/") {
+        add("429", "TooManyRequests");
     }
     if operation.request_body.is_some() {
         add("413", "PayloadTooLarge");

@@ -1,14 +1,27 @@
 //! `GET /metrics`: the process's figures for Prometheus (see `crate::metrics`).
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::ClientAddr;
 use crate::AppState;
-use crate::domain::{Caller, DomainError};
+use crate::domain::DomainError;
 
-/// `GET /metrics` on the main listener: an owner API key is required.
-pub async fn route(State(state): State<AppState>, caller: Caller) -> Result<Response, DomainError> {
+/// `GET /metrics` on the main listener: an owner API key is required. A scrape is not counted
+/// against the key's rate limit (`--rate-limit` is for `/api`); a bad key still counts
+/// against the client's address.
+pub async fn route(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Result<Response, DomainError> {
+    let token = crate::http_error::bearer(&headers);
+    let caller = state
+        .services
+        .access
+        .authenticate_uncounted(token, client)
+        .await?;
     state.services.access.read_metrics(&caller)?;
     Ok(render(&state))
 }

@@ -19,8 +19,11 @@ mod nodes;
 mod releases;
 mod webhooks;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
 use axum::Router;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::HeaderName;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
@@ -57,7 +60,8 @@ use doc::Contract;
             doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
         ),
         responses(
-            doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::PayloadTooLarge,
+            doc::BadRequest, doc::Unauthorized, doc::TooManyRequests, doc::NotFound,
+            doc::PayloadTooLarge,
             doc::Unavailable, doc::InternalError,
         ),
     ),
@@ -92,6 +96,8 @@ impl utoipa::Modify for BearerAuth {
         );
     }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Every REST route, the OpenAPI document and its interactive viewer.
 pub fn router() -> Router<AppState> {
@@ -154,13 +160,52 @@ pub fn render_job(
 }
 
 /// The caller behind a request's bearer token (an API key), as the access service
-/// authenticates it.
+/// authenticates it: counted against the per-caller rate limit, or against the client's
+/// address when it fails (`service::limits`).
 impl FromRequestParts<AppState> for Caller {
     type Rejection = DomainError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DomainError> {
         let token = crate::http_error::bearer(&parts.headers);
-        state.services.access.authenticate(token).await
+        let ClientAddr(client) = ClientAddr::of(parts, state);
+        state.services.access.authenticate(token, client).await
+    }
+}
+
+/// The client's address: the connection's peer, or, when the peer is one of the
+/// `--trusted-proxy` blocks, the right-most `X-Forwarded-For` entry that is not a trusted
+/// proxy (`crate::forwarded`). What rate limits and (later) the audit log count by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    fn of(parts: &Parts, state: &AppState) -> Self {
+        // Set by the accept loop for every request; a router called without it (a test's
+        // `oneshot`) counts all its requests as one unknown address.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        let mut forwarded = Vec::new();
+        for value in parts.headers.get_all(X_FORWARDED_FOR) {
+            match value.to_str() {
+                Ok(text) => forwarded.push(text),
+                // Not text: malformed, so the peer.
+                Err(_) => return Self(peer.to_canonical()),
+            }
+        }
+        Self(state.services.limits.client_address(peer, &forwarded))
+    }
+}
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(Self::of(parts, state))
     }
 }
 

@@ -63,6 +63,14 @@ pub enum DomainError {
     /// The agent did not answer in time.
     #[error("{0}")]
     Timeout(String),
+    /// Too many requests for a rate limit, which the message names (`rate_limited`).
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, how many a minute, and when to try again.
+        message: String,
+        /// Whole seconds until a request is allowed again (`Retry-After`).
+        retry_after_s: u64,
+    },
     /// The server cannot serve this now (shutting down, database unwritable).
     #[error("{0}")]
     Unavailable(String),
@@ -86,6 +94,7 @@ impl DomainError {
             Self::TooLarge(_) => "too_large",
             Self::Unprocessable(_) => "unprocessable",
             Self::Timeout(_) => "timeout",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }

@@ -238,6 +238,15 @@ pub struct Caller {
     pub role: Role,
 }
 
+impl Caller {
+    /// What the per-caller rate limit counts this caller under (`service::limits`): its API
+    /// key. Users (SPEC §9) will be counted by user id, so that a user's sessions share one
+    /// allowance.
+    pub fn rate_key(&self) -> String {
+        format!("key:{}", self.key_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

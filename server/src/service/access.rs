@@ -3,6 +3,9 @@
 //! Two kinds of rights meet in this server, and each is checked by one function here:
 //! - a caller's **role** ([`Access::require`]) for what needs more than reading and running
 //!   (the webhook signing secret, the process-wide metrics, a forced `update`);
+//! - the **rate limits** of `/api` ([`Access::authenticate`]): every authenticated request is
+//!   counted against its caller, every failed one against its client address
+//!   (`super::limits`), so a route cannot take a [`Caller`] without being limited;
 //! - an **agent key's permissions** ([`key_refusal`]) for which commands reach the agents
 //!   that connected with it, whichever route sends them (one agent, a key's agents, each run
 //!   of a job).
@@ -10,9 +13,11 @@
 //! Accounts and roles (SPEC §9) extend [`Action`] and [`Access::require`]; no handler or
 //! service compares roles itself.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::Core;
+use super::limits::Limits;
 use crate::access::key_allows;
 use crate::domain::{Caller, DomainError, KeyStatus, Role};
 use crate::store::{agent_key, string_list};
@@ -59,20 +64,48 @@ impl Action {
     }
 }
 
-/// Authentication and the role check.
+/// Authentication, the rate limits of `/api` and the role check.
 #[derive(Clone)]
 pub struct Access {
     core: Arc<Core>,
+    limits: Limits,
 }
 
 impl Access {
-    pub(super) fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub(super) fn new(core: Arc<Core>, limits: Limits) -> Self {
+        Self { core, limits }
     }
 
-    /// The caller behind a REST request's bearer token.
-    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, DomainError> {
-        crate::access::authenticate_api(&self.core.store, token).await
+    /// The caller behind a REST request's bearer token, from `client` (its address as
+    /// [`Limits::client_address`] tells it), counted against the per-caller limit
+    /// (`--rate-limit`). A token that fails is counted against `client`; once that address is
+    /// over its allowance its requests are refused (`rate_limited`) before any lookup.
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        client: IpAddr,
+    ) -> Result<Caller, DomainError> {
+        let caller = self.authenticate_uncounted(token, client).await?;
+        self.limits.call(&caller)?;
+        Ok(caller)
+    }
+
+    /// The same without counting the caller's request: for `GET /metrics` only, which a
+    /// scraper calls on a schedule and which is not an `/api` route. Failures still count
+    /// against the address.
+    pub async fn authenticate_uncounted(
+        &self,
+        token: Option<&str>,
+        client: IpAddr,
+    ) -> Result<Caller, DomainError> {
+        self.limits.before_authentication(client)?;
+        match crate::access::authenticate_api(&self.core.store, token).await {
+            Ok(caller) => Ok(caller),
+            Err(err @ (DomainError::Unauthorized(_) | DomainError::Denied { .. })) => {
+                Err(self.limits.failed_authentication(client, err))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// The agent key behind an agent's bearer token (release downloads take either kind).

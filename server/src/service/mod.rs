@@ -17,6 +17,7 @@ pub mod commands;
 pub mod housekeeping;
 pub mod jobs;
 pub mod keys;
+pub mod limits;
 pub mod releases;
 pub mod webhooks;
 
@@ -111,14 +112,23 @@ pub struct Services {
     pub webhooks: webhooks::Webhooks,
     /// Liveness and readiness.
     pub health: housekeeping::Health,
+    /// Rate limits and the client's address behind trusted proxies. The sign-in routes call
+    /// [`limits::Limits::auth_attempt`] first thing.
+    pub limits: limits::Limits,
 }
 
 impl Services {
     /// The services over `core`.
-    pub fn new(core: Core, releases: releases::Files, webhooks: webhooks::Delivery) -> Self {
+    pub fn new(
+        core: Core,
+        releases: releases::Files,
+        webhooks: webhooks::Delivery,
+        limits: limits::Limits,
+    ) -> Self {
         let core = Arc::new(core);
         Self {
-            access: access::Access::new(core.clone()),
+            access: access::Access::new(core.clone(), limits.clone()),
+            limits,
             agents: agents::Agents::new(core.clone()),
             commands: commands::Commands::new(core.clone()),
             jobs: jobs::Jobs::new(core.clone()),

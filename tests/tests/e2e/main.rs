@@ -16,6 +16,7 @@ mod hardening;
 mod identity;
 mod jobs;
 mod keys;
+mod limits;
 mod longpoll;
 mod metrics;
 mod pgfault;
