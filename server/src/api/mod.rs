@@ -8,6 +8,7 @@
 //! permission, a state change) cannot be written here by accident.
 
 mod agents;
+mod audit;
 mod commands;
 mod deploy;
 pub mod doc;
@@ -47,12 +48,14 @@ use doc::Contract;
         jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
         releases::latest, releases::show, releases::download, nodes::list,
+        audit::list, audit::verify,
     ),
     components(
         schemas(
             crate::domain::CommandState, crate::domain::JobState, crate::domain::Role,
             crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
-            crate::domain::WebhookStatus, crate::http_error::ErrorEnvelope,
+            crate::domain::WebhookStatus, crate::domain::ActorKind, crate::domain::AuditAction,
+            crate::domain::AuditTarget, crate::http_error::ErrorEnvelope,
             doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
             doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
         ),
@@ -72,6 +75,7 @@ use doc::Contract;
         (name = "install", description = "The agent installer"),
         (name = "health", description = "Liveness and readiness"),
         (name = "nodes", description = "Server nodes sharing one PostgreSQL"),
+        (name = "audit", description = "Who changed or triggered what: the tenant's hash-chained audit log"),
     )
 )]
 pub struct ApiDoc;
@@ -132,6 +136,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output))
         .route("/api/nodes", get(nodes::list))
+        .route("/api/audit", get(audit::list))
+        .route("/api/audit/verify", get(audit::verify))
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))
         .route(
@@ -154,14 +160,26 @@ pub fn render_job(
 }
 
 /// The caller behind a request's bearer token (an API key), as the access service
-/// authenticates it.
+/// authenticates it, with the client's address ([`client_address`]).
 impl FromRequestParts<AppState> for Caller {
     type Rejection = DomainError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DomainError> {
         let token = crate::http_error::bearer(&parts.headers);
-        state.services.access.authenticate(token).await
+        let mut caller = state.services.access.authenticate(token).await?;
+        caller.address = client_address(parts);
+        Ok(caller)
     }
+}
+
+/// The address of the client that sent a request, as the audit log records it: the peer of
+/// the connection (`listen` puts it in the request's extensions). The one place that decides
+/// it, so that trusting a proxy's `X-Forwarded-For` (`--trusted-proxy`) is taught here.
+pub fn client_address(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_canonical())
 }
 
 /// axum's `Query`, whose rejection uses our error shape and names the parameter

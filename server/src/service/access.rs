@@ -28,13 +28,15 @@ pub enum Action {
     ForceUpdate,
     /// List the server nodes (they serve every tenant).
     Nodes,
+    /// Read the tenant's audit log and check its chain (SPEC §9: owners and admins).
+    ReadAudit,
 }
 
 impl Action {
     /// The least role that may do it.
     fn needs(self) -> Role {
         match self {
-            Self::WebhookSecret => Role::Admin,
+            Self::WebhookSecret | Self::ReadAudit => Role::Admin,
             Self::Metrics | Self::ForceUpdate | Self::Nodes => Role::Owner,
         }
     }
@@ -48,6 +50,9 @@ impl Action {
             Self::Metrics => {
                 "metrics cover every tenant of this server: an owner API key is required".into()
             }
+            Self::ReadAudit => format!(
+                "only owners and admins may read the audit log; this API key's role is {role}"
+            ),
             Self::Nodes => {
                 "the server nodes serve every tenant: an owner API key is required".into()
             }
