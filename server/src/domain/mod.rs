@@ -326,7 +326,7 @@ text_enum! {
         ApiKeyRotate = "api_key.rotate",
         /// An API key was deleted or revoked (the keys API of the accounts work).
         ApiKeyDelete = "api_key.delete",
-        /// The tenant's webhook signing secret was made (on first use) or replaced.
+        /// The tenant's webhook signing secret was replaced.
         WebhookSecretRotate = "webhook_secret.rotate",
         /// A release was published (`outpost-server release publish`).
         ReleasePublish = "release.publish",

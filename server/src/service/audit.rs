@@ -5,14 +5,19 @@
 //! - **In the change's own transaction** ([`record_of`] builds the row; the service appends it
 //!   on its transaction's handle with `append_audit_now`, last, before the commit). The change
 //!   and its record commit together or not at all. Agent keys, agents, jobs, cancels, a single
-//!   command, the webhook secret, owner-key changes and release publishing are recorded so.
+//!   command, tags, the webhook secret, owner-key changes, release publishing and a new
+//!   tenant are recorded so.
 //! - **[`Audit::record`]**, in a transaction of its own: for what has no transaction to join.
-//!   A key's fan-out is recorded so, once, before its commands are stored (one row per
-//!   request, listing the agents). The accounts work records sign-ins (also refused ones)
-//!   and user changes through it: `services.audit.record(tenant, &actor, address, event)`.
+//!   The accounts work records sign-ins (also refused ones) and user changes through it:
+//!   `services.audit.record(tenant, &actor, address, event)`. Services of this crate do the
+//!   same with `record_of` and `Store::append_audit` (what `record` wraps): a key's fan-out,
+//!   once before its commands are stored (one row per request, listing the agents), and a
+//!   job's cancel and an agent's deletion right after they commit (their statements take job
+//!   rows' locks as the result writer does; holding the log's lock too could deadlock).
 //!
-//! A failed append fails the request (nothing unrecorded is done), except where the change is
-//! committed already, which none of today's callers do.
+//! A failed append fails the request. Where it comes after the change's commit (cancel,
+//! delete), the change stands and the caller, told it failed, may repeat it: both change
+//! nothing the second time, and are recorded then.
 //!
 //! Reading the log and checking its chain is for owners and admins ([`Action::ReadAudit`]).
 

@@ -408,7 +408,8 @@ mod tests {
     #[test]
     fn every_field_changes_the_hash() {
         let base = row_hash(&row());
-        let changes: Vec<Box<dyn Fn(&mut audit_entry::Model)>> = vec![
+        type Change = Box<dyn Fn(&mut audit_entry::Model)>;
+        let changes: Vec<Change> = vec![
             Box::new(|r| r.tenant_id = "u".into()),
             Box::new(|r| r.seq = 2),
             Box::new(|r| r.at += chrono::Duration::microseconds(1)),
