@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use ring::digest;
 use sea_orm::sea_query::{Expr, LikeExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Statement, TransactionSession, TransactionTrait,
 };
 
@@ -193,8 +193,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             hash: String::new(),
         };
         row.hash = row_hash(&row);
-        audit_entry::ActiveModel::from(row.clone())
-            .insert(&self.db)
+        audit_entry::Entity::insert(audit_entry::ActiveModel::from(row.clone()))
+            .exec_without_returning(&self.db)
             .await?;
         audit_head::Entity::update_many()
             .col_expr(audit_head::Column::Seq, Expr::value(row.seq))
