@@ -364,3 +364,46 @@ async fn drop_triggers(db: &sea_orm::DatabaseConnection, postgres: bool) {
         db.execute_unprepared(sql).await.expect("drop triggers");
     }
 }
+
+/// A published release is recorded in the first tenant's log (releases serve every tenant),
+/// by `system`, with what was signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_release_is_recorded_in_the_first_tenant() {
+    let (_fresh, store, tenant) = common::fresh_store().await;
+    let (other, _) = store.create_tenant("later", None).await.expect("tenant");
+    let row = outpost_server::store::release::Model {
+        version: "1.2.3".into(),
+        target: "x86_64-unknown-linux-gnu".into(),
+        name: "outpost-agent".into(),
+        major: 1,
+        minor: 2,
+        patch: 3,
+        sha256: "ab".repeat(32),
+        size: 42,
+        signature: "sig".into(),
+        public_key: "pub".into(),
+        published_at: outpost_server::store::now(),
+        signature_v2: Some("sig2".into()),
+    };
+    store.insert_release(vec![row]).await.expect("publish");
+    let rows = store
+        .list_audit(
+            &tenant,
+            &AuditFilter {
+                action: Some("release".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].actor_kind, "system");
+    assert_eq!(rows[0].target_id, "1.2.3/x86_64-unknown-linux-gnu");
+    let detail: serde_json::Value = serde_json::from_str(&rows[0].detail).expect("json");
+    assert_eq!(detail["artifacts"][0]["sha256"], "ab".repeat(32));
+    assert_eq!(
+        intact_count(&store.verify_audit(&other).await.expect("other")),
+        1
+    );
+}
