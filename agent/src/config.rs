@@ -358,11 +358,23 @@ impl Config {
     }
 }
 
+/// `--server-url` as it may be logged: each entry without credentials, query or fragment (a
+/// URL that does not parse is not shown at all).
+fn servers_for_logs(text: &str) -> String {
+    text.split(',')
+        .map(|entry| match Url::parse(entry.trim()) {
+            Ok(url) => url_for_logs(&url),
+            Err(_) => "<not a URL>".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl std::fmt::Debug for Config {
     // Written by hand so the agent key never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("server_url", &self.server_url)
+            .field("server_url", &servers_for_logs(&self.server_url))
             .field("first_server", &self.first_server)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("api_key_file", &self.api_key_file)
@@ -496,6 +508,10 @@ mod tests {
         );
         let url = url::Url::parse("wss://u:hunter2@a:9/base?token=x#f").expect("url");
         assert_eq!(super::url_for_logs(&url), "wss://a:9/base");
+        assert_eq!(
+            super::servers_for_logs("wss://u:hunter2@a:9/base?token=x, ws://b:hunter2@c/,hunter2"),
+            "wss://a:9/base,ws://c/,<not a URL>"
+        );
     }
 
     #[test]

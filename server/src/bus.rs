@@ -54,6 +54,14 @@ pub struct Connection {
 pub trait Bus: Send + Sync + 'static {
     /// Sends a stored command's frame to its agent. The command must be committed first.
     fn deliver(&self, command: &command::Model) -> Delivery;
+    /// Sends a new job's stored runs to their agents. One call for the whole job, so that a
+    /// bus reaching agents elsewhere can tell the other nodes once about the job instead of
+    /// once about each of its runs.
+    fn deliver_job(&self, runs: &[&command::Model]) {
+        for run in runs {
+            self.deliver(run);
+        }
+    }
     /// Asks the agent running a stored command to stop it.
     fn cancel(&self, command: &command::Model) -> Delivery;
     /// Whether the agent is connected.

@@ -51,6 +51,10 @@ const MAX_PAYLOAD: usize = 7_500;
 const OUTBOX_LIMIT: usize = 1 << 18;
 /// Notifications received and not yet handled, at most; past it, the node re-reads everything.
 const INBOX: usize = 4096;
+/// Commands read by id in one query at most (a fan-out's hints arrive by the thousand).
+const READ_BY_ID: usize = 1000;
+/// Notifications handled together at most: those already queued when one is read.
+const HANDLE_TOGETHER: usize = 64;
 /// How long a view of the other nodes' agents serves before it is read again.
 const PRESENCE_FRESH: Duration = Duration::from_secs(2);
 
@@ -59,6 +63,9 @@ const PRESENCE_FRESH: Duration = Duration::from_secs(2);
 enum Hint {
     /// A command for an agent was committed: tenant, agent, command.
     D(String, String, String),
+    /// A job was committed with runs for agents on other nodes: tenant, job. Each node reads
+    /// the job's pending runs of the agents it holds.
+    G(String, String),
     /// A command is to be cancelled on its agent: tenant, agent, command.
     X(String, String, String),
     /// A command's result was committed: tenant, command, job.
@@ -402,30 +409,48 @@ impl Cluster {
         }
     }
 
+    /// Acts on the other nodes' notifications. Those queued together are handled together:
+    /// a fan-out's hints come in hundreds of notifications, and each handling reads the
+    /// store, so reading for many at once saves most of the queries.
     async fn handle_loop(self: Arc<Self>, mut rx: mpsc::Receiver<String>) {
-        while let Some(payload) = rx.recv().await {
-            let message: Message = match serde_json::from_str(&payload) {
-                Ok(message) => message,
-                Err(err) => {
-                    tracing::warn!(error = %err, "ignoring a notification this node cannot read");
+        let mut payloads = Vec::with_capacity(HANDLE_TOGETHER);
+        while rx.recv_many(&mut payloads, HANDLE_TOGETHER).await > 0 {
+            let mut hints = Vec::new();
+            let mut unreadable = false;
+            for payload in payloads.drain(..) {
+                let message: Message = match serde_json::from_str(&payload) {
+                    Ok(message) => message,
+                    Err(err) => {
+                        // A node of another version (a rolling upgrade) or a foreign sender
+                        // on the channel: what it pointed at is in the store.
+                        tracing::warn!(error = %err, "a notification this node cannot read; re-reading what its agents and waiters need");
+                        unreadable = true;
+                        continue;
+                    }
+                };
+                // A node this one did not count yet (it joined since the last renewal):
+                // hints go out from now on, not from the next renewal.
+                if message.n != self.node_id && self.others.load(Ordering::Relaxed) == 0 {
+                    self.others.store(1, Ordering::Relaxed);
+                }
+                if message.n == self.node_id {
+                    for hint in &message.h {
+                        if let Hint::P(nonce) = hint {
+                            self.ping_heard.fetch_max(*nonce, Ordering::Relaxed);
+                        }
+                    }
                     continue;
                 }
-            };
-            // A node this one did not count yet (it joined since the last renewal): hints go
-            // out from now on, not from the next renewal.
-            if message.n != self.node_id && self.others.load(Ordering::Relaxed) == 0 {
-                self.others.store(1, Ordering::Relaxed);
+                metrics::cluster_hints("received", message.h.len());
+                hints.extend(message.h);
             }
-            if message.n == self.node_id {
-                for hint in &message.h {
-                    if let Hint::P(nonce) = hint {
-                        self.ping_heard.fetch_max(*nonce, Ordering::Relaxed);
-                    }
-                }
+            if unreadable {
+                self.resync().await;
+            }
+            if hints.is_empty() {
                 continue;
             }
-            metrics::cluster_hints("received", message.h.len());
-            if let Err(err) = self.handle(message.h).await {
+            if let Err(err) = self.handle(hints).await {
                 tracing::warn!(error = %err, "could not act on another node's notification; re-reading at the next resync");
             }
         }
@@ -436,6 +461,7 @@ impl Cluster {
         let mut cancel = Vec::new();
         let mut finished = Vec::new();
         let mut jobs = HashSet::new();
+        let mut new_jobs = HashSet::new();
         for hint in hints {
             match hint {
                 Hint::D(t, a, c) if self.holds(&t, &a) => deliver.push(c),
@@ -453,6 +479,9 @@ impl Cluster {
                 Hint::J(t, j) => {
                     jobs.insert((t, j));
                 }
+                Hint::G(t, j) => {
+                    new_jobs.insert((t, j));
+                }
                 Hint::K(t, k, reason) => {
                     self.hub.disconnect_key(&t, &k, &reason);
                 }
@@ -464,24 +493,33 @@ impl Cluster {
                 Hint::D(..) | Hint::X(..) | Hint::P(_) => {}
             }
         }
-        if !deliver.is_empty() {
-            for run in self.store.commands_by_ids(&deliver).await? {
+        for (t, j) in new_jobs {
+            for run in self
+                .store
+                .pending_of_job_for_node(&t, &j, &self.node_id)
+                .await?
+            {
+                self.hub.deliver(&run);
+            }
+        }
+        for deliver in deliver.chunks(READ_BY_ID) {
+            for run in self.store.commands_by_ids(deliver).await? {
                 if run.state == state::PENDING {
                     self.hub.deliver(&run);
                 }
             }
         }
-        if !cancel.is_empty() {
-            for run in self.store.commands_by_ids(&cancel).await? {
+        for cancel in cancel.chunks(READ_BY_ID) {
+            for run in self.store.commands_by_ids(cancel).await? {
                 if run.state == state::DELIVERED || run.state == state::RUNNING {
                     self.hub.cancel(&run);
                 }
             }
         }
-        if !finished.is_empty() {
+        for finished in finished.chunks(READ_BY_ID) {
             let runs: Vec<command::Model> = self
                 .store
-                .commands_by_ids(&finished)
+                .commands_by_ids(finished)
                 .await?
                 .into_iter()
                 .filter(|run| state::FINAL.contains(&run.state.as_str()))
@@ -581,6 +619,28 @@ impl Bus for Cluster {
 
     fn cancel(&self, command: &command::Model) -> Delivery {
         self.to_agent(command, |hub, c| hub.cancel(c), Hint::X)
+    }
+
+    fn deliver_job(&self, runs: &[&command::Model]) {
+        let mut elsewhere = HashSet::new();
+        for run in runs {
+            match (&run.job_id, run.agent_id.parse()) {
+                (_, Ok(agent)) if self.hub.is_online(&run.tenant_id, agent) => {
+                    self.hub.deliver(run);
+                }
+                (Some(job_id), Ok(_)) => {
+                    elsewhere.insert((&run.tenant_id, job_id));
+                }
+                _ => {
+                    self.deliver(run);
+                }
+            }
+        }
+        self.send(
+            elsewhere
+                .into_iter()
+                .map(|(t, j)| Hint::G(t.clone(), j.clone())),
+        );
     }
 
     fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
@@ -703,12 +763,12 @@ impl Cluster {
     }
 }
 
-/// Drops repeated hints (a job changes many times in a batch), keeping the first's place.
+/// Drops repeated job hints (a job changes many times in a batch), keeping the first's place.
 fn dedup(hints: Vec<Hint>) -> Vec<Hint> {
     let mut seen = HashSet::with_capacity(hints.len());
     hints
         .into_iter()
-        .filter(|hint| !matches!(hint, Hint::J(..)) || seen.insert(hint.clone()))
+        .filter(|hint| !matches!(hint, Hint::J(..) | Hint::G(..)) || seen.insert(hint.clone()))
         .collect()
 }
 
@@ -774,10 +834,18 @@ mod tests {
     #[test]
     fn repeated_job_changes_go_out_once() {
         let j = Hint::J("t".into(), "j".into());
+        let g = Hint::G("t".into(), "j".into());
         let d = Hint::D("t".into(), "a".into(), "c".into());
         assert_eq!(
-            dedup(vec![j.clone(), d.clone(), j.clone(), d.clone()]),
-            vec![j, d.clone(), d]
+            dedup(vec![
+                g.clone(),
+                j.clone(),
+                d.clone(),
+                j.clone(),
+                d.clone(),
+                g.clone()
+            ]),
+            vec![g, j, d.clone(), d]
         );
     }
 }

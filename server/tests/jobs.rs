@@ -447,3 +447,95 @@ async fn an_agent_id_is_bound_to_the_key_that_first_registered_it() {
     assert_eq!(won.get(&(winner.as_str(), true)), Some(&10), "{won:?}");
     assert_eq!(won.get(&(loser, false)), Some(&10), "{won:?}");
 }
+
+/// Two nodes' writers store a job's last two results, each in its own transaction, and settle
+/// the job after their commits (as on PostgreSQL): the first to settle still sees the other's
+/// run open and leaves the job; until the second settles, the job is the sweep's to find
+/// (`unsettled_jobs`: a node stopped in between); the second settles it. On PostgreSQL the two
+/// transactions are open at once, as two nodes' are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_node_to_commit_a_job_s_results_settles_it() {
+    let (fresh, node1, tenant) = store_with_tenant().await;
+    let node2 = Store::open(&fresh.location).await.expect("second node");
+    let runs = (1..=2)
+        .map(|i| NewRun {
+            agent_id: format!("agent-{i}"),
+            refused: None,
+        })
+        .collect();
+    let (job, runs, _) = node1
+        .create_job(
+            NewJob {
+                tenant_id: tenant.clone(),
+                command: "ping".into(),
+                data: json!({}),
+                sealed_params: None,
+                target: json!({"all": true}),
+                timeout_s: 60,
+                ttl_s: 600,
+                idempotency_key: None,
+                request_fingerprint: None,
+                webhook_url: None,
+            },
+            runs,
+        )
+        .await
+        .expect("create");
+    let answer = |i: usize| {
+        outpost_protocol::Response::ok(runs[i].id.parse().expect("uuid"), json!({"pong": true}))
+    };
+    let (one, two) = (answer(0), answer(1));
+    let status = || async {
+        node1
+            .get_job(&tenant, &job.id)
+            .await
+            .expect("get")
+            .expect("job")
+            .status
+    };
+
+    let first = node1.begin().await.expect("begin");
+    let stored = first
+        .store_results_many(&[(tenant.as_str(), runs[0].agent_id.as_str(), &one)])
+        .await
+        .expect("store");
+    assert_eq!(stored.len(), 1);
+    let second = if fresh.is_postgres() {
+        let second = node2.begin().await.expect("begin");
+        second
+            .store_results_many(&[(tenant.as_str(), runs[1].agent_id.as_str(), &two)])
+            .await
+            .expect("store");
+        Some(second)
+    } else {
+        None
+    };
+    first.commit().await.expect("commit");
+    node1.settle_job(&tenant, &job.id).await.expect("settle");
+    assert_eq!(status().await, job_status::RUNNING, "the other run is open");
+    assert!(node1.unsettled_jobs().await.expect("look").is_empty());
+
+    match second {
+        Some(second) => second.commit().await.expect("commit"),
+        None => {
+            let second = node2.begin().await.expect("begin");
+            second
+                .store_results_many(&[(tenant.as_str(), runs[1].agent_id.as_str(), &two)])
+                .await
+                .expect("store");
+            second.commit().await.expect("commit");
+        }
+    }
+    assert_eq!(status().await, job_status::RUNNING, "not settled yet");
+    assert_eq!(
+        node1.unsettled_jobs().await.expect("look"),
+        vec![(tenant.clone(), job.id.clone())],
+        "the sweep finds the job every run of which is final"
+    );
+    node2.settle_job(&tenant, &job.id).await.expect("settle");
+    assert_eq!(status().await, job_status::SUCCEEDED);
+    assert!(node1.unsettled_jobs().await.expect("look").is_empty());
+    // Settling again changes nothing.
+    node1.settle_job(&tenant, &job.id).await.expect("settle");
+    assert_eq!(status().await, job_status::SUCCEEDED);
+}

@@ -92,6 +92,13 @@ impl Health {
             // Callers waiting on them (`?wait`, a queued command) learn the outcome now.
             core.finish.finished(expired);
         }
+        // A node that stopped between storing a job's last results and settling it (or
+        // whose settling failed) left it `running` with every run final.
+        for (tenant_id, job_id) in core.store.unsettled_jobs().await? {
+            tracing::info!(job_id, "settling a job whose runs are all final");
+            core.store.settle_job(&tenant_id, &job_id).await?;
+            core.finish.job_changed(&tenant_id, &job_id);
+        }
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(lost_after).unwrap_or(chrono::Duration::hours(1));
         let lost = core.store.mark_lost(cutoff).await?;

@@ -332,9 +332,11 @@ impl Jobs {
             )
         });
         if created {
-            for run in runs.iter().filter(|r| r.state == CommandState::Pending) {
-                core.bus.deliver(run);
-            }
+            let pending: Vec<&command::Model> = runs
+                .iter()
+                .filter(|r| r.state == CommandState::Pending)
+                .collect();
+            core.bus.deliver_job(&pending);
             tracing::info!(job_id = %job.id, runs = runs.len(), command = %job.command, "job created");
         }
         if let (Some(wait), Some(waiter)) = (wait, &waiter)

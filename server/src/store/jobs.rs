@@ -493,16 +493,26 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// [`refresh_job`](Self::refresh_job) for the writer, after a batch stored results of the
-    /// job. While the job is running and a run is still open, which is every batch of a
-    /// fan-out but its last, there is nothing to recompute, and one statement says so: the
-    /// writer's batches are the serial path a fan-out's results wait on, and each statement
-    /// is a hand-off to SQLite's thread and back (two of them, reading the job and then
-    /// looking for an open run, took a noticeable part of a batch when the cores were busy;
-    /// figures: docs/BENCHMARKS.md, "Design notes behind the figures").
+    /// job, inside the batch's transaction (SQLite: one writer at a time, so nothing else
+    /// stores results between its count and its commit). While the job is running and a run
+    /// is still open, which is every batch of a fan-out but its last, there is nothing to
+    /// recompute, and one statement says so: the writer's batches are the serial path a
+    /// fan-out's results wait on, and each statement is a hand-off to SQLite's thread and back
+    /// (two of them, reading the job and then looking for an open run, took a noticeable part
+    /// of a batch when the cores were busy; figures: docs/BENCHMARKS.md, "Design notes behind
+    /// the figures").
     pub async fn refresh_job_after_results(&self, tenant_id: &str, job_id: &str) -> Result<()> {
-        self.lock_job(tenant_id, job_id).await?;
+        if !self.running_with_open_run(tenant_id, job_id).await? {
+            self.refresh_job(tenant_id, job_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the job is `running` and one of its runs is still open: then storing a result
+    /// leaves it as it is.
+    async fn running_with_open_run(&self, tenant_id: &str, job_id: &str) -> Result<bool> {
         let open_run = open_runs_of(tenant_id, job_id).limit(1).into_query();
-        let running_with_open_run = job::Entity::find()
+        Ok(job::Entity::find()
             .select_only()
             .column(job::Column::Id)
             .filter(job::Column::Id.eq(job_id))
@@ -511,11 +521,32 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(Expr::exists(open_run))
             .into_tuple::<String>()
             .one(&self.db)
-            .await?;
-        if running_with_open_run.is_none() {
-            self.refresh_job(tenant_id, job_id).await?;
-        }
-        Ok(())
+            .await?
+            .is_some())
+    }
+
+    /// Jobs still `running` whose every run is final: left so when a node stopped between
+    /// committing a job's last results and settling the job (see
+    /// [`Store::settle_job`]), or the settling failed. The sweep settles them.
+    pub async fn unsettled_jobs(&self) -> Result<Vec<(String, String)>> {
+        let open_run = command::Entity::find()
+            .select_only()
+            .column(command::Column::Id)
+            .filter(Expr::cust(
+                "commands.job_id = jobs.id AND commands.tenant_id = jobs.tenant_id",
+            ))
+            .filter(command::Column::State.is_in(state::OPEN.iter().copied()))
+            .limit(1)
+            .into_query();
+        Ok(job::Entity::find()
+            .select_only()
+            .column(job::Column::TenantId)
+            .column(job::Column::Id)
+            .filter(job::Column::Status.eq(job_status::RUNNING))
+            .filter(Expr::exists(open_run).not())
+            .into_tuple()
+            .all(&self.db)
+            .await?)
     }
 
     /// Recomputes every unfinished job (after expiries and other bulk changes); returns
@@ -688,6 +719,27 @@ fn stream_code(stream: OutputStream) -> i16 {
     match stream {
         OutputStream::Stdout => 0,
         OutputStream::Stderr => 1,
+    }
+}
+
+impl Store {
+    /// Settles a job after a batch of its results committed, on PostgreSQL, where several
+    /// nodes' writers store one job's results at once. Counting inside each batch's
+    /// transaction, under READ COMMITTED, let two nodes each count the other's last runs as
+    /// open, and the job stayed `running`; locking the job's row for that count made the
+    /// nodes' writers take turns on every batch of a fan-out, each holding the lock through
+    /// its commit. Here the look runs after the commit, unlocked: of the transactions that
+    /// stored a job's last results, the last to commit sees every run final (each statement
+    /// reads everything committed before it) and recomputes the job under its row's lock;
+    /// the others find an open run and leave it. A node that dies in between leaves the job
+    /// to the sweep ([`Store::unsettled_jobs`]).
+    pub async fn settle_job(&self, tenant_id: &str, job_id: &str) -> Result<()> {
+        if self.running_with_open_run(tenant_id, job_id).await? {
+            return Ok(());
+        }
+        let txn = self.begin().await?;
+        txn.refresh_job(tenant_id, job_id).await?;
+        txn.commit().await
     }
 }
 

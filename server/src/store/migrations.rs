@@ -226,7 +226,13 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 "#,
-    // 11: the audit log (SPEC §9): per tenant, rows numbered from 1 (`seq`) and hash-chained
+    // 11: the sweep looks for jobs left `running` with every run final (a node stopped
+    // between storing their last results and settling them): the few running jobs, without
+    // reading a year of finished ones.
+    r#"
+CREATE INDEX jobs_running ON jobs (tenant_id, id) WHERE status = 'running';
+"#,
+    // 12: the audit log (SPEC §9): per tenant, rows numbered from 1 (`seq`) and hash-chained
     // (`store::audit`). `detail` is text, not JSON: the hash covers its exact bytes, which a
     // JSONB column would re-encode. `audit_heads` holds each tenant's last row (appends lock
     // it, which serialises them across nodes, and verification finds rows deleted from the
@@ -407,7 +413,7 @@ mod tests {
     #[test]
     fn released_migrations_split_as_before() {
         for backend in [DatabaseBackend::Sqlite, DatabaseBackend::Postgres] {
-            for sql in &MIGRATIONS[..10] {
+            for sql in &MIGRATIONS[..11] {
                 let text = fill(sql, backend);
                 let old: Vec<String> = text
                     .split(';')

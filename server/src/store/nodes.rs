@@ -284,6 +284,30 @@ impl Store {
             .await?)
     }
 
+    /// The pending runs of one job whose agents `node_id` holds: what a node reads when told
+    /// that a job was created elsewhere (one query on the job's runs, instead of one hint and
+    /// a read by id per run).
+    pub async fn pending_of_job_for_node(
+        &self,
+        tenant_id: &str,
+        job_id: &str,
+        node_id: &str,
+    ) -> Result<Vec<command::Model>> {
+        let held = agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Id)
+            .filter(agent::Column::TenantId.eq(tenant_id))
+            .filter(agent::Column::NodeId.eq(node_id))
+            .into_query();
+        Ok(command::Entity::find()
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::JobId.eq(job_id))
+            .filter(command::Column::State.eq(state::PENDING))
+            .filter(command::Column::AgentId.in_subquery(held))
+            .all(&self.db)
+            .await?)
+    }
+
     /// Records `node_id` as the holder of these agents again, where no node holds them: after
     /// this node's lease lapsed (the database was out of reach) another node released them,
     /// though their connections stayed here.

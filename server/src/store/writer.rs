@@ -767,10 +767,24 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<(Vec<Written>, Vec<c
             jobs.insert((model.tenant_id.as_str(), job_id.as_str()));
         }
     }
-    for (tenant_id, job_id) in jobs {
-        txn.refresh_job_after_results(tenant_id, job_id).await?;
+    // SQLite: the job is recomputed in the batch's transaction. PostgreSQL: after it
+    // commits, unlocked, so that several nodes' writers storing one fan-out's results do not
+    // take turns on the job's row (`Store::settle_job` says why that is enough). A failure
+    // there fails nothing committed: the sweep settles what is left (`Store::unsettled_jobs`).
+    let settle_after = store.is_postgres();
+    if !settle_after {
+        for &(tenant_id, job_id) in &jobs {
+            txn.refresh_job_after_results(tenant_id, job_id).await?;
+        }
     }
     txn.commit().await?;
+    if settle_after {
+        for (tenant_id, job_id) in jobs {
+            if let Err(err) = store.settle_job(tenant_id, job_id).await {
+                tracing::warn!(error = %err, job_id, "could not settle a job after storing its results; the sweep will");
+            }
+        }
+    }
     Ok((results.into_iter().flatten().collect(), finished))
 }
 
