@@ -105,6 +105,12 @@ Examples:
         after_help = "Examples:\n  outpost keys agent create web --tag web\n  outpost keys agent ls"
     )]
     Keys(KeysCommand),
+    /// Read the audit log (who changed or triggered what) and check its hash chain.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost audit ls --action agent_key --since 1d\n  outpost audit verify"
+    )]
+    Audit(AuditCommand),
     /// Print a shell completion script.
     #[command(after_help = "\
 Commands and flags complete from the script alone. In bash, zsh and fish, agent names and ids
@@ -361,6 +367,54 @@ Examples:
         /// Job id, or a unique start or end of one.
         job: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List the audit log, newest first (owners and admins).
+    #[command(after_help = "\
+--since and --until take RFC 3339 times (2026-11-21T08:00:00Z) or ages (30m, 6h, 2d).
+--action takes an action (job.trigger) or a kind of them (agent_key: every agent_key.*).
+--actor takes an actor's id or label (an API key's id or name).
+When there are more rows than --limit, the command prints the --cursor for the next page.
+
+Examples:
+  outpost audit ls
+  outpost audit ls --action job.trigger --since 6h
+  outpost audit ls --actor ci --limit 20
+  outpost audit ls --json | jq -r '.entries[] | [.id, .action, .actor.label] | @tsv'")]
+    Ls(AuditLsArgs),
+    /// Check the audit log's hash chain; exits 1 when it is broken.
+    #[command(after_help = "\
+Prints the number of rows checked and the last row's hash (keep it elsewhere: a later check
+passes through it), or the first broken row and why.
+
+Examples:
+  outpost audit verify
+  outpost audit verify --json")]
+    Verify,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditLsArgs {
+    /// Rows of this actor (its id or label).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Rows of this action, or of every action of a kind (agent_key).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Recorded at or after (RFC 3339 or an age such as 6h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Recorded before (RFC 3339 or an age such as 6h).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Rows per page, 1–200.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Start after this cursor (printed by the previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 
 mod agents;
 mod args;
+mod audit;
 mod client;
 mod complete;
 mod config;
@@ -108,6 +109,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Jobs(cmd) => {
             let client = client::Client::from_config(&global)?;
             jobs::run(&client, &global, cmd).await
+        }
+        Command::Audit(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            audit::run(&client, &global, cmd).await
         }
         Command::Keys(cmd) => {
             let client = client::Client::from_config(&global)?;

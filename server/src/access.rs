@@ -39,6 +39,9 @@ pub async fn authenticate_api(store: &Store, token: Option<&str>) -> Result<Call
         tenant_id: key.tenant_id,
         key_id: key.id,
         role,
+        label: key.name,
+        // Set by the HTTP layer, which knows the connection.
+        address: None,
     })
 }
 

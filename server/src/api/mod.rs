@@ -8,6 +8,7 @@
 //! permission, a state change) cannot be written here by accident.
 
 mod agents;
+mod audit;
 mod commands;
 mod deploy;
 pub mod doc;
@@ -50,12 +51,14 @@ use doc::Contract;
         jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
         releases::latest, releases::show, releases::download, nodes::list,
+        audit::list, audit::verify,
     ),
     components(
         schemas(
             crate::domain::CommandState, crate::domain::JobState, crate::domain::Role,
             crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
-            crate::domain::WebhookStatus, crate::http_error::ErrorEnvelope,
+            crate::domain::WebhookStatus, crate::domain::ActorKind, crate::domain::AuditAction,
+            crate::domain::AuditTarget, crate::http_error::ErrorEnvelope,
             doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
             doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
         ),
@@ -76,6 +79,7 @@ use doc::Contract;
         (name = "install", description = "The agent installer"),
         (name = "health", description = "Liveness and readiness"),
         (name = "nodes", description = "Server nodes sharing one PostgreSQL"),
+        (name = "audit", description = "Who changed or triggered what: the tenant's hash-chained audit log"),
     )
 )]
 pub struct ApiDoc;
@@ -138,6 +142,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output))
         .route("/api/nodes", get(nodes::list))
+        .route("/api/audit", get(audit::list))
+        .route("/api/audit/verify", get(audit::verify))
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))
         .route(
@@ -161,7 +167,7 @@ pub fn render_job(
 
 /// The caller behind a request's bearer token (an API key), as the access service
 /// authenticates it: counted against the per-caller rate limit, or against the client's
-/// address when it fails (`service::limits`).
+/// address when it fails (`service::limits`), and carrying that address for the audit log.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = DomainError;
 
@@ -174,7 +180,8 @@ impl FromRequestParts<AppState> for Caller {
 
 /// The client's address: the connection's peer, or, when the peer is one of the
 /// `--trusted-proxy` blocks, the right-most `X-Forwarded-For` entry that is not a trusted
-/// proxy (`crate::forwarded`). What rate limits and (later) the audit log count by.
+/// proxy (`crate::forwarded`). What rate limits count by and the audit log records: the
+/// one place that decides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 

@@ -236,6 +236,170 @@ pub struct Caller {
     pub key_id: String,
     /// What it may do.
     pub role: Role,
+    /// How people know the caller (the API key's name), for the audit log.
+    pub label: String,
+    /// The client's address, as the HTTP layer decides it (`api::ClientAddr`); `None`
+    /// when the request did not come over the network.
+    pub address: Option<std::net::IpAddr>,
+}
+
+impl Caller {
+    /// The caller as the audit log records it. Whatever the caller becomes (a user's
+    /// session, a scoped key), this is the one place that says how it is named there.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            kind: ActorKind::ApiKey,
+            id: self.key_id.clone(),
+            label: self.label.clone(),
+        }
+    }
+}
+
+text_enum! {
+    /// What kind of actor an audit row names.
+    ActorKind {
+        /// An API key (`opk_…`).
+        ApiKey = "api_key",
+        /// A person signed in (a user's session).
+        User = "user",
+        /// An agent, by its agent key.
+        Agent = "agent",
+        /// The server itself, or an operator's command on its host (`outpost-server …`).
+        System = "system",
+    }
+}
+
+/// Who did something, as the audit log records it: small on purpose, so that any kind of
+/// caller can be named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// What kind.
+    pub kind: ActorKind,
+    /// Its id (a key id, a user id, an agent id, or the command for `system`).
+    pub id: String,
+    /// How people know it (a key's name, an email address).
+    pub label: String,
+}
+
+impl Actor {
+    /// The server or an operator's command on its host, named by `id` (`admin-key rotate`).
+    pub fn system(id: &str, label: &str) -> Self {
+        Self {
+            kind: ActorKind::System,
+            id: id.to_owned(),
+            label: label.to_owned(),
+        }
+    }
+}
+
+text_enum! {
+    /// What an audit row records. The first word names the kind of target.
+    AuditAction {
+        /// A job was created (`POST /api/jobs`).
+        JobTrigger = "job.trigger",
+        /// A job's runs were cancelled.
+        JobCancel = "job.cancel",
+        /// A command was sent to one agent (`POST /api/agents/{id}/command`).
+        CommandSend = "command.send",
+        /// A command was sent to every agent of an agent key (`…/command`, `…/ping`).
+        CommandFanOut = "command.fan_out",
+        /// An agent's server-side tags were set.
+        AgentUpdate = "agent.update",
+        /// An agent was forgotten.
+        AgentDelete = "agent.delete",
+        /// An agent key was created.
+        AgentKeyCreate = "agent_key.create",
+        /// An agent key was renamed or its permissions changed.
+        AgentKeyUpdate = "agent_key.update",
+        /// An agent key was disabled.
+        AgentKeyDisable = "agent_key.disable",
+        /// An agent key was enabled again.
+        AgentKeyEnable = "agent_key.enable",
+        /// An agent key was deleted.
+        AgentKeyDelete = "agent_key.delete",
+        /// An agent key's secret was replaced.
+        AgentKeyRegenerate = "agent_key.regenerate",
+        /// An API key was created (the owner key of a changed `OUTPOST_ADMIN_KEY`, and the
+        /// keys API of the accounts work).
+        ApiKeyCreate = "api_key.create",
+        /// The owner API key was replaced (`outpost-server admin-key rotate`).
+        ApiKeyRotate = "api_key.rotate",
+        /// An API key was deleted or revoked (the keys API of the accounts work).
+        ApiKeyDelete = "api_key.delete",
+        /// The tenant's webhook signing secret was replaced.
+        WebhookSecretRotate = "webhook_secret.rotate",
+        /// A release was published (`outpost-server release publish`).
+        ReleasePublish = "release.publish",
+        /// A tenant was created, with its owner key.
+        TenantCreate = "tenant.create",
+        /// A person signed in (accounts work).
+        AuthLogin = "auth.login",
+        /// A sign-in was refused (accounts work).
+        AuthLoginFailed = "auth.login_failed",
+        /// A user was created or invited (accounts work).
+        UserCreate = "user.create",
+        /// A user's role was changed (accounts work).
+        UserRoleChange = "user.role_change",
+        /// A user was disabled (accounts work).
+        UserDisable = "user.disable",
+        /// A user was deleted (accounts work).
+        UserDelete = "user.delete",
+    }
+}
+
+text_enum! {
+    /// What kind of thing an audit row is about.
+    AuditTarget {
+        /// A job (`target_id` is its id).
+        Job = "job",
+        /// A stored command.
+        Command = "command",
+        /// An agent.
+        Agent = "agent",
+        /// An agent key.
+        AgentKey = "agent_key",
+        /// An API key.
+        ApiKey = "api_key",
+        /// The tenant itself (its settings, its webhook secret).
+        Tenant = "tenant",
+        /// A release (`target_id` is `VERSION/TARGET`).
+        Release = "release",
+        /// A user (accounts work).
+        User = "user",
+    }
+}
+
+/// One thing to record in the audit log: what was done, to what, and a little detail that
+/// never holds a secret (no key, no parameter value, no command data).
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// What was done.
+    pub action: AuditAction,
+    /// What kind of thing it was done to.
+    pub target: AuditTarget,
+    /// Its id.
+    pub target_id: String,
+    /// A small JSON object; never a secret.
+    pub detail: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// An event with an empty detail.
+    pub fn new(action: AuditAction, target: AuditTarget, target_id: impl Into<String>) -> Self {
+        Self {
+            action,
+            target,
+            target_id: target_id.into(),
+            detail: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    /// The same event with `detail`.
+    #[must_use]
+    pub fn with(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
 }
 
 impl Caller {

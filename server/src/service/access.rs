@@ -33,13 +33,15 @@ pub enum Action {
     ForceUpdate,
     /// List the server nodes (they serve every tenant).
     Nodes,
+    /// Read the tenant's audit log and check its chain (SPEC §9: owners and admins).
+    ReadAudit,
 }
 
 impl Action {
     /// The least role that may do it.
     fn needs(self) -> Role {
         match self {
-            Self::WebhookSecret => Role::Admin,
+            Self::WebhookSecret | Self::ReadAudit => Role::Admin,
             Self::Metrics | Self::ForceUpdate | Self::Nodes => Role::Owner,
         }
     }
@@ -53,6 +55,9 @@ impl Action {
             Self::Metrics => {
                 "metrics cover every tenant of this server: an owner API key is required".into()
             }
+            Self::ReadAudit => format!(
+                "only owners and admins may read the audit log; this API key's role is {role}"
+            ),
             Self::Nodes => {
                 "the server nodes serve every tenant: an owner API key is required".into()
             }
@@ -100,7 +105,11 @@ impl Access {
     ) -> Result<Caller, DomainError> {
         self.limits.before_authentication(client)?;
         match crate::access::authenticate_api(&self.core.store, token).await {
-            Ok(caller) => Ok(caller),
+            Ok(mut caller) => {
+                // For the audit log; unspecified when the request came from no connection.
+                caller.address = (!client.is_unspecified()).then_some(client);
+                Ok(caller)
+            }
             Err(err @ (DomainError::Unauthorized(_) | DomainError::Denied { .. })) => {
                 Err(self.limits.failed_authentication(client, err))
             }

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+use serde_json::json;
+
 use super::Core;
+use super::audit::record_of;
 use crate::bus::Connection;
-use crate::domain::{Caller, DomainError, Transport};
+use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError, Transport};
 use crate::store::{agent, string_list};
 use crate::tags::TagRule;
 
@@ -109,12 +112,15 @@ impl Agents {
         tags: &[String],
     ) -> Result<AgentRecord, DomainError> {
         validate_tags("tags", tags)?;
-        let agent = self
-            .core
-            .store
+        let txn = self.core.store.begin().await?;
+        let agent = txn
             .set_agent_tags(&caller.tenant_id, id, tags)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
+        let event = AuditEvent::new(AuditAction::AgentUpdate, AuditTarget::Agent, id)
+            .with(json!({"tags": tags, "hostname": agent.hostname}));
+        txn.append_audit_now(&record_of(caller, event)).await?;
+        txn.commit().await?;
         let rule = self.tag_rule(caller).await?;
         Ok(self.record(&rule, agent))
     }
@@ -123,9 +129,24 @@ impl Agents {
     /// disconnected (it registers again as new if it reconnects, with any key).
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
     pub async fn forget(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        let hostname = self
+            .core
+            .store
+            .get_agent(&caller.tenant_id, id)
+            .await?
+            .map(|a| a.hostname);
         let Some(lost) = self.core.store.delete_agent(&caller.tenant_id, id).await? else {
             return Err(DomainError::NotFound(format!("no agent {id}")));
         };
+        // Recorded right after, not in one transaction: `delete_agent` recomputes the jobs of
+        // the runs it loses, taking job rows' locks as the writer does (see `Jobs::cancel`).
+        let event = AuditEvent::new(AuditAction::AgentDelete, AuditTarget::Agent, id)
+            .with(json!({"hostname": hostname, "runs_lost": lost.len()}));
+        let recorded = self
+            .core
+            .store
+            .append_audit(&record_of(caller, event))
+            .await;
         // Whoever waits for those runs (`?wait`, a command's caller, a job's event stream)
         // learns now that they are lost, and the webhooks of jobs they finished go out.
         self.core.finish.finished(lost);
@@ -134,6 +155,7 @@ impl Agents {
                 .bus
                 .disconnect_agent(&caller.tenant_id, agent_id, "agent deleted");
         }
+        recorded?;
         Ok(())
     }
 

@@ -25,9 +25,13 @@ use serde_json::Value;
 
 use super::Core;
 use super::access::{Access, Action, key_refusal};
-use crate::domain::{Caller, CommandState, DomainError};
+use super::audit::record_of;
+use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, CommandState, DomainError};
 use crate::secrets;
-use crate::store::{NewCommand, agent, agent_key, command};
+use crate::store::{AuditRecord, NewCommand, agent, agent_key, command};
+
+/// Agent ids a fan-out's audit row lists, at most (it counts them all).
+const AUDIT_AGENTS_LISTED: usize = 100;
 
 /// Extra time a waiting caller gives the agent beyond the command's own timeout, so a command
 /// that times out on the agent is reported as `timed_out` rather than as a 504.
@@ -169,8 +173,8 @@ fn update_options(data: &Value) -> Result<(Option<Version>, bool), DomainError> 
 
 /// Checks what only some callers may ask for: a forced `update` (which may downgrade agents,
 /// past the supervisor's own refusal) needs an owner. A forced update that is allowed is
-/// logged with the caller's key, at info: the seam where the audit trail will record it.
-/// `target` says whom it is for, for that record.
+/// logged with the caller's key, at info (the audit log records it with the command: its
+/// `detail.force`). `target` says whom it is for, for the log line.
 pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<(), DomainError> {
     if spec.command != commands::UPDATE || !spec.update_force {
         return Ok(());
@@ -184,6 +188,28 @@ pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<()
         "forced update requested: downgrades allowed"
     );
     Ok(())
+}
+
+/// What the audit log keeps of a command: its name, the script of a `run`, the version and
+/// `force` of an `update`, and its times; never `data` itself (parameters may be secret). The
+/// fields of `extra` (an object) are added.
+pub fn audit_detail(spec: &CommandSpec, extra: Value) -> Value {
+    let mut detail = serde_json::json!({
+        "command": spec.command,
+        "timeout_s": spec.timeout_s,
+        "ttl_s": spec.ttl_s,
+    });
+    if let Some(script) = run_script(spec) {
+        detail["script"] = script.into();
+    }
+    if spec.command == commands::UPDATE {
+        detail["version"] = spec.update_version.map(|v| v.to_string()).into();
+        detail["force"] = spec.update_force.into();
+    }
+    if let (Some(detail), Value::Object(extra)) = (detail.as_object_mut(), extra) {
+        detail.extend(extra);
+    }
+    detail
 }
 
 /// Why an `update` must not go to an agent running `agent_version`: the version asked for is
@@ -337,14 +363,23 @@ impl Commands {
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
         let online = core.bus.is_agent_online(&agent);
+        let audit = record_of(
+            caller,
+            AuditEvent::new(AuditAction::CommandSend, AuditTarget::Agent, agent_id).with(
+                audit_detail(
+                    spec,
+                    serde_json::json!({"hostname": agent.hostname, "queue": queue}),
+                ),
+            ),
+        );
         if queue && !online {
             // It may connect in between; if so it gets the command now.
             let model = core
-                .store_and_deliver(&agent, key.as_ref(), spec, true)
+                .store_and_deliver(&agent, key.as_ref(), spec, true, Some(&audit))
                 .await?;
             return Ok(Sent::Queued(model));
         }
-        core.run(&agent, key.as_ref(), spec, queue)
+        core.run(&agent, key.as_ref(), spec, queue, Some(&audit))
             .await
             .map(Sent::Answered)
     }
@@ -373,6 +408,17 @@ impl Commands {
             .filter(|c| c.key_id == key.id)
             .map(|c| c.agent_id.to_string())
             .collect();
+        // One row for the request, before any command is stored: a fan-out is many
+        // transactions, none of which it could join.
+        let mut listed = agent_ids.clone();
+        listed.sort();
+        listed.truncate(AUDIT_AGENTS_LISTED);
+        let event = AuditEvent::new(AuditAction::CommandFanOut, AuditTarget::AgentKey, &key.id)
+            .with(audit_detail(
+                spec,
+                serde_json::json!({"key_name": key.name, "agents": agent_ids.len(), "agent_ids": listed}),
+            ));
+        core.store.append_audit(&record_of(caller, event)).await?;
         let runs = agent_ids.into_iter().map(|agent_id| async move {
             let result = async {
                 let (agent, key) = core
@@ -380,7 +426,7 @@ impl Commands {
                     .get_agent_with_key(&caller.tenant_id, &agent_id)
                     .await?
                     .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
-                core.run(&agent, key.as_ref(), spec, false).await
+                core.run(&agent, key.as_ref(), spec, false, None).await
             }
             .await;
             FanOutcome { agent_id, result }
@@ -410,8 +456,9 @@ impl Core {
         key: Option<&agent_key::Model>,
         spec: &CommandSpec,
         queue: bool,
+        audit: Option<&AuditRecord>,
     ) -> Result<command::Model, DomainError> {
-        let model = self.store_command(agent, key, spec, queue).await?;
+        let model = self.store_command(agent, key, spec, queue, audit).await?;
         self.bus.deliver(&model);
         Ok(model)
     }
@@ -422,6 +469,7 @@ impl Core {
         key: Option<&agent_key::Model>,
         spec: &CommandSpec,
         queue: bool,
+        audit: Option<&AuditRecord>,
     ) -> Result<command::Model, DomainError> {
         self.writable()?;
         parse_agent_id(&agent.id)?;
@@ -447,8 +495,8 @@ impl Core {
             .into_iter()
             .flatten();
         let (data, sealed_params) = spec.sealed_data(self, &agent.tenant_id, declared);
-        let model = self
-            .store
+        let txn = self.store.begin().await?;
+        let model = txn
             .insert_command(NewCommand {
                 tenant_id: agent.tenant_id.clone(),
                 agent_id: agent.id.clone(),
@@ -460,6 +508,14 @@ impl Core {
                 sealed_params,
             })
             .await?;
+        if let Some(audit) = audit {
+            let mut audit = audit.clone();
+            if let Some(detail) = audit.event.detail.as_object_mut() {
+                detail.insert("command_id".into(), model.id.clone().into());
+            }
+            txn.append_audit_now(&audit).await?;
+        }
+        txn.commit().await?;
         Ok(model)
     }
 
@@ -472,8 +528,9 @@ impl Core {
         key: Option<&agent_key::Model>,
         spec: &CommandSpec,
         queue: bool,
+        audit: Option<&AuditRecord>,
     ) -> Result<command::Model, DomainError> {
-        let model = self.store_command(agent, key, spec, queue).await?;
+        let model = self.store_command(agent, key, spec, queue, audit).await?;
         let command_id = model
             .id
             .parse()

@@ -14,13 +14,16 @@ use std::time::Duration;
 use futures_util::Stream;
 use outpost_protocol::{OutputStream, codes};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::Core;
 use super::access::key_refusal;
+use super::audit::record_of;
 use super::commands::{self, CommandSpec};
-use crate::domain::{Caller, Command, CommandState, DomainError, JobState};
+use crate::domain::{
+    AuditAction, AuditEvent, AuditTarget, Caller, Command, CommandState, DomainError, JobState,
+};
 use crate::secrets;
 use crate::store::{AgentTarget, JobFilter, NewJob, NewRun, agent_key, command, job};
 use crate::tags::TagRule;
@@ -266,6 +269,24 @@ impl Jobs {
         let fingerprint = idempotency_key.as_ref().map(|_| {
             request_fingerprint(core, caller, &spec, &target_json, webhook_url.as_deref())
         });
+        // What the audit log keeps of the request: never `data` (parameters may be secret),
+        // nor the webhook URL (it may hold a token).
+        let refused = runs.iter().filter(|r| r.refused.is_some()).count();
+        let audit = record_of(
+            caller,
+            AuditEvent::new(AuditAction::JobTrigger, AuditTarget::Job, "").with(
+                commands::audit_detail(
+                    &spec,
+                    json!({
+                        "target": target_json,
+                        "runs": runs.len(),
+                        "refused": refused,
+                        "webhook": webhook_url.is_some(),
+                        "idempotency_key": idempotency_key,
+                    }),
+                ),
+            ),
+        );
         let new = NewJob {
             tenant_id: caller.tenant_id.clone(),
             command: spec.command.clone(),
@@ -280,7 +301,11 @@ impl Jobs {
         };
         // On the writer's connection: a job's thousands of rows then never wait for the
         // writer's lock behind the agents' reports (see `Store::open_writer`).
-        let (job, runs, created) = core.writer.store().create_job(new, runs).await?;
+        let (job, runs, created) = core
+            .writer
+            .store()
+            .create_job_audited(new, runs, Some(audit))
+            .await?;
         // A key used before answers its first job only for the same request (jobs created
         // before fingerprints were kept have none, and keep answering as they did).
         if !created
@@ -482,6 +507,15 @@ impl Jobs {
         let core = &self.core;
         self.find(caller, id).await?;
         let (cancelled_now, on_agents) = core.store.cancel_job(&caller.tenant_id, id).await?;
+        // Recorded right after: `cancel_job` takes its runs' and its job's row locks statement
+        // by statement, as the writer does, and holding them for the log's head as well
+        // could deadlock with a writer batch finishing the same job on PostgreSQL. A failed
+        // append fails the request; a cancel asked again changes nothing and is recorded.
+        let event = AuditEvent::new(AuditAction::JobCancel, AuditTarget::Job, id).with(json!({
+            "cancelled": cancelled_now.len(),
+            "signalled": on_agents.len(),
+        }));
+        core.store.append_audit(&record_of(caller, event)).await?;
         let cancelled = cancelled_now.len();
         core.finish.finished(cancelled_now);
         for run in &on_agents {

@@ -1,7 +1,7 @@
 //! Agent keys: the keys agents connect with, what they allow, and the tags they assign.
 //!
 //! A key's secret leaves the server in exactly two answers, create and regenerate, and is
-//! stored only as a hash. Disabling, deleting or regenerating a key closes the connections
+//! stored only as a hash. Every change is recorded in the audit log in its own transaction. Disabling, deleting or regenerating a key closes the connections
 //! made with it at once (through the bus, which signals each connection's task directly).
 
 use std::collections::HashMap;
@@ -10,9 +10,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use outpost_protocol::commands;
 
+use serde_json::json;
+
 use super::Core;
 use super::agents::validate_tags;
-use crate::domain::{Caller, DomainError, KeyStatus};
+use super::audit::record_of;
+use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError, KeyStatus};
 use crate::store::{AgentKeyPatch, agent_key};
 
 /// A key with the number of agents connected with it now.
@@ -102,9 +105,8 @@ impl Keys {
                 "expires_at: must be in the future".into(),
             ));
         }
-        let (key, secret) = self
-            .core
-            .store
+        let txn = self.core.store.begin().await?;
+        let (key, secret) = txn
             .create_agent_key(
                 &caller.tenant_id,
                 new.name.trim(),
@@ -113,6 +115,15 @@ impl Keys {
                 new.expires_at,
             )
             .await?;
+        let event = AuditEvent::new(AuditAction::AgentKeyCreate, AuditTarget::AgentKey, &key.id)
+            .with(json!({
+                "name": key.name,
+                "permissions": permissions,
+                "tags": tags,
+                "expires_at": key.expires_at,
+            }));
+        txn.append_audit_now(&record_of(caller, event)).await?;
+        txn.commit().await?;
         tracing::info!(key_id = %key.id, "agent key created");
         Ok((self.record(key), secret))
     }
@@ -168,12 +179,24 @@ impl Keys {
             permissions: changes.permissions,
             status: changes.status,
         };
-        let key = self
-            .core
-            .store
+        let action = match patch.status.as_deref() {
+            Some("disabled") => AuditAction::AgentKeyDisable,
+            Some(_) => AuditAction::AgentKeyEnable,
+            None => AuditAction::AgentKeyUpdate,
+        };
+        let detail = json!({
+            "name": patch.name,
+            "permissions": patch.permissions,
+            "status": patch.status,
+        });
+        let txn = self.core.store.begin().await?;
+        let key = txn
             .update_agent_key(&caller.tenant_id, id, patch)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))?;
+        let event = AuditEvent::new(action, AuditTarget::AgentKey, &key.id).with(detail);
+        txn.append_audit_now(&record_of(caller, event)).await?;
+        txn.commit().await?;
         if key.status == KeyStatus::Disabled {
             let closed = self.core.bus.disconnect_key(
                 &caller.tenant_id,
@@ -188,14 +211,17 @@ impl Keys {
     /// Deletes a key; its connections close.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
-        if !self
-            .core
-            .store
-            .delete_agent_key(&caller.tenant_id, id)
-            .await?
-        {
+        let txn = self.core.store.begin().await?;
+        let Some(key) = txn.get_agent_key(&caller.tenant_id, id).await? else {
+            return Err(DomainError::NotFound(format!("no agent key {id}")));
+        };
+        if !txn.delete_agent_key(&caller.tenant_id, id).await? {
             return Err(DomainError::NotFound(format!("no agent key {id}")));
         }
+        let event = AuditEvent::new(AuditAction::AgentKeyDelete, AuditTarget::AgentKey, id)
+            .with(json!({"name": key.name}));
+        txn.append_audit_now(&record_of(caller, event)).await?;
+        txn.commit().await?;
         let closed = self
             .core
             .bus
@@ -212,12 +238,16 @@ impl Keys {
         caller: &Caller,
         id: &str,
     ) -> Result<(KeyRecord, String), DomainError> {
-        let (key, secret) = self
-            .core
-            .store
+        let txn = self.core.store.begin().await?;
+        let (key, secret) = txn
             .regenerate_agent_key(&caller.tenant_id, id)
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))?;
+        // The detail never holds the secret, nor its hash.
+        let event = AuditEvent::new(AuditAction::AgentKeyRegenerate, AuditTarget::AgentKey, id)
+            .with(json!({"name": key.name}));
+        txn.append_audit_now(&record_of(caller, event)).await?;
+        txn.commit().await?;
         let closed =
             self.core
                 .bus

@@ -340,6 +340,8 @@ mod tests {
             tenant_id: "t".into(),
             key_id: key.into(),
             role: Role::Owner,
+            label: key.into(),
+            address: None,
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod audit;
 pub mod commands;
 pub mod housekeeping;
 pub mod jobs;
@@ -100,6 +101,8 @@ pub struct Services {
     pub access: access::Access,
     /// The fleet: agents, their tags, whether they are connected.
     pub agents: agents::Agents,
+    /// The audit log: recording (`Audit::record`), listing, checking the chain.
+    pub audit: audit::Audit,
     /// Commands to one agent, or to every agent of a key.
     pub commands: commands::Commands,
     /// Jobs: one command on many agents, its runs, output and events.
@@ -130,6 +133,7 @@ impl Services {
             access: access::Access::new(core.clone(), limits.clone()),
             limits,
             agents: agents::Agents::new(core.clone()),
+            audit: audit::Audit::new(core.clone()),
             commands: commands::Commands::new(core.clone()),
             jobs: jobs::Jobs::new(core.clone()),
             keys: keys::Keys::new(core.clone()),

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use super::Core;
 use super::access::{Access, Action};
-use crate::domain::{Caller, DomainError};
+use super::audit::record_of;
+use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError};
 use crate::store::{Attempt, command, job, webhook_status};
 
 /// Renders a finished job as its webhook's body: the job as the REST API shows it, which the
@@ -85,11 +86,17 @@ impl Webhooks {
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
     pub async fn rotate_signing_secret(&self, caller: &Caller) -> Result<String, DomainError> {
         Access::require(caller, Action::WebhookSecret)?;
-        let secret = self
-            .core
-            .store
+        let txn = self.core.store.begin().await?;
+        let secret = txn
             .rotate_webhook_secret(&caller.tenant_id, &self.core.master)
             .await?;
+        let event = AuditEvent::new(
+            AuditAction::WebhookSecretRotate,
+            AuditTarget::Tenant,
+            &caller.tenant_id,
+        );
+        txn.append_audit_now(&record_of(caller, event)).await?;
+        txn.commit().await?;
         tracing::info!("webhook signing secret rotated");
         Ok(secret)
     }

@@ -355,3 +355,64 @@ pub mod claim {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The audit log (SPEC §9): one tenant's rows, numbered from 1 and hash-chained
+/// (`store::audit`). Never updated; deleted only below the chain's base (retention).
+pub mod audit_entry {
+    use sea_orm::entity::prelude::*;
+
+    /// An audit row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_log")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        /// The row's number in its tenant's chain, from 1: its id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub at: DateTimeUtc,
+        pub actor_kind: String,
+        pub actor_id: String,
+        pub actor_label: String,
+        pub address: Option<String>,
+        pub action: String,
+        pub target_type: String,
+        pub target_id: String,
+        /// A JSON object as text: the hash covers these exact bytes.
+        pub detail: String,
+        pub prev_hash: String,
+        pub hash: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Each tenant's audit chain: its last row (locked by every append) and its base (the row
+/// before the first one kept).
+pub mod audit_head {
+    use sea_orm::entity::prelude::*;
+
+    /// A tenant's chain.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_heads")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        /// The last row's `seq` (0: none yet).
+        pub seq: i64,
+        /// The last row's hash.
+        pub hash: String,
+        /// Rows up to this one were removed by retention (0: none).
+        pub base_seq: i64,
+        /// The hash of row `base_seq`: the first row kept chains to it.
+        pub base_hash: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -16,7 +16,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use super::{Result, Store, agent, command, job, new_id, output_chunk, state};
+use super::{AuditRecord, Result, Store, agent, command, job, new_id, output_chunk, state};
 
 /// Job statuses.
 pub mod job_status {
@@ -152,6 +152,18 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         new: NewJob,
         runs: Vec<NewRun>,
     ) -> Result<(job::Model, Vec<command::Model>, bool)> {
+        self.create_job_audited(new, runs, None).await
+    }
+
+    /// [`Store::create_job`], appending `audit` (its event's target id set to the new job's
+    /// id) to the tenant's audit log in the job's transaction. A job answered from its
+    /// idempotency key is not new and records nothing.
+    pub async fn create_job_audited(
+        &self,
+        new: NewJob,
+        runs: Vec<NewRun>,
+        audit: Option<AuditRecord>,
+    ) -> Result<(job::Model, Vec<command::Model>, bool)> {
         if let Some(key) = &new.idempotency_key
             && let Some(existing) = self.job_by_idempotency_key(&new.tenant_id, key).await?
         {
@@ -248,6 +260,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         let txn = Store { db: txn };
         txn.insert_runs(&models).await?;
+        if let Some(mut audit) = audit {
+            audit.event.target_id = job_id.clone();
+            txn.append_audit_now(&audit).await?;
+        }
         txn.db.commit().await?;
         crate::metrics::commands_created(&new.command, models.len());
         // A job with a pending run is running, as inserted; one whose every run was refused

@@ -232,6 +232,44 @@ CREATE TABLE settings (
     r#"
 CREATE INDEX jobs_running ON jobs (tenant_id, id) WHERE status = 'running';
 "#,
+    // 12: the audit log (SPEC §9): per tenant, rows numbered from 1 (`seq`) and hash-chained
+    // (`store::audit`). `detail` is text, not JSON: the hash covers its exact bytes, which a
+    // JSONB column would re-encode. `audit_heads` holds each tenant's last row (appends lock
+    // it, which serialises them across nodes, and verification finds rows deleted from the
+    // end) and the chain's base: the row before the first one kept, which retention (SPEC
+    // §14) raises before deleting the rows up to it. The triggers refuse any UPDATE, and any
+    // DELETE of a row above the base.
+    r#"
+CREATE TABLE audit_log (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    seq BIGINT NOT NULL,
+    at {ts} NOT NULL,
+    actor_kind TEXT NOT NULL,
+    actor_id TEXT NOT NULL,
+    actor_label TEXT NOT NULL,
+    address TEXT,
+    action TEXT NOT NULL,
+    target_type TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+CREATE INDEX audit_log_at ON audit_log (tenant_id, at);
+CREATE TABLE audit_heads (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    base_seq BIGINT NOT NULL,
+    base_hash TEXT NOT NULL
+);
+-- sqlite: CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: rows are never changed'); END;
+-- sqlite: CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log WHEN OLD.seq > COALESCE((SELECT base_seq FROM audit_heads WHERE tenant_id = OLD.tenant_id), 0) BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: only rows up to the chain base may be deleted'); END;
+-- postgres: CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF TG_OP = 'DELETE' THEN IF OLD.seq <= COALESCE((SELECT base_seq FROM audit_heads WHERE tenant_id = OLD.tenant_id), 0) THEN RETURN OLD; END IF; END IF; RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP; END $$;
+-- postgres: CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+-- postgres: CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on
@@ -280,10 +318,8 @@ async fn apply(
     sql: &str,
     backend: DatabaseBackend,
 ) -> Result<(), DbErr> {
-    for statement in fill(sql, backend).split(';') {
-        if !statement.trim().is_empty() {
-            txn.execute_unprepared(statement).await?;
-        }
+    for statement in statements(&fill(sql, backend)) {
+        txn.execute_unprepared(&statement).await?;
     }
     txn.execute_unprepared(&format!(
         "INSERT INTO outpost_schema (version, applied_at) VALUES ({version}, '{}')",
@@ -315,7 +351,49 @@ async fn current_version(db: &impl ConnectionTrait) -> Result<usize, DbErr> {
     Ok(version as usize)
 }
 
+/// A migration's statements: each ends with a `;` at the end of a line, so that a statement
+/// may hold `;` inside a line (a trigger's body).
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            let statement = current.trim_end().trim_end_matches(';').trim().to_owned();
+            if !statement.is_empty() {
+                out.push(statement);
+            }
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_owned());
+    }
+    out
+}
+
+/// Fills the placeholders for `backend`, and keeps the lines written for one backend only
+/// (`-- sqlite: …`, `-- postgres: …`: where the two need different SQL, as for triggers)
+/// for that backend, without their prefix.
 fn fill(sql: &str, backend: DatabaseBackend) -> String {
+    let postgres = backend == DatabaseBackend::Postgres;
+    let sql: String = sql
+        .lines()
+        .filter_map(|line| {
+            if let Some(rest) = line.strip_prefix("-- sqlite: ") {
+                (!postgres).then_some(rest)
+            } else if let Some(rest) = line.strip_prefix("-- postgres: ") {
+                postgres.then_some(rest)
+            } else {
+                Some(line)
+            }
+        })
+        .fold(String::new(), |mut text, line| {
+            text.push_str(line);
+            text.push('\n');
+            text
+        });
     let (ts, json, autoid, blob) = match backend {
         DatabaseBackend::Postgres => ("TIMESTAMPTZ", "JSONB", "BIGSERIAL PRIMARY KEY", "BYTEA"),
         _ => ("TEXT", "TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
@@ -324,4 +402,47 @@ fn fill(sql: &str, backend: DatabaseBackend) -> String {
         .replace("{json}", json)
         .replace("{autoid}", autoid)
         .replace("{blob}", blob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Released migrations were split on every `;`; the line-end rule must read them the
+    /// same, statement for statement.
+    #[test]
+    fn released_migrations_split_as_before() {
+        for backend in [DatabaseBackend::Sqlite, DatabaseBackend::Postgres] {
+            for sql in &MIGRATIONS[..11] {
+                let text = fill(sql, backend);
+                let old: Vec<String> = text
+                    .split(';')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                assert_eq!(statements(&text), old);
+            }
+        }
+    }
+
+    #[test]
+    fn backend_lines_go_to_their_backend_only() {
+        let sql = "CREATE TABLE t (x TEXT);\n-- sqlite: CREATE TRIGGER a BEGIN SELECT 1; END;\n-- postgres: CREATE FUNCTION f() AS $$ BEGIN; END $$;\n";
+        let lite = statements(&fill(sql, DatabaseBackend::Sqlite));
+        assert_eq!(
+            lite,
+            [
+                "CREATE TABLE t (x TEXT)",
+                "CREATE TRIGGER a BEGIN SELECT 1; END"
+            ]
+        );
+        let pg = statements(&fill(sql, DatabaseBackend::Postgres));
+        assert_eq!(
+            pg,
+            [
+                "CREATE TABLE t (x TEXT)",
+                "CREATE FUNCTION f() AS $$ BEGIN; END $$"
+            ]
+        );
+    }
 }

@@ -9,6 +9,7 @@
 //! idempotent, which the delivery guarantees rely on: a resent `ack` or `response` changes
 //! nothing the second time.
 
+pub mod audit;
 mod batch;
 pub mod entities;
 mod jobs;
@@ -18,6 +19,7 @@ mod releases;
 mod webhooks;
 pub mod writer;
 
+pub use audit::{AuditFilter, AuditRecord, ChainCheck};
 pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
 pub use webhooks::Attempt;
@@ -38,9 +40,10 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use crate::credentials::{self, KeyKind};
+use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
-    agent, agent_key, api_key, claim, command, job, node, output_chunk, release, tenant,
-    webhook_attempt,
+    agent, agent_key, api_key, audit_entry, audit_head, claim, command, job, node, output_chunk,
+    release, tenant, webhook_attempt,
 };
 
 /// Errors from the store.
@@ -409,7 +412,14 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             Some(row) if row.revoked_at.is_some() => Ok(Bootstrapped::Revoked),
             Some(_) => Ok(Bootstrapped::Unchanged),
             None => {
-                let revoked = self.replace_owner_key(&tenant.id, key).await?;
+                let revoked = self
+                    .replace_owner_key(
+                        &tenant.id,
+                        key,
+                        AuditAction::ApiKeyCreate,
+                        Actor::system("OUTPOST_ADMIN_KEY", "a new OUTPOST_ADMIN_KEY at start"),
+                    )
+                    .await?;
                 Ok(Bootstrapped::Replaced { revoked })
             }
         }
@@ -426,7 +436,14 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             )
         })?;
         let secret = credentials::generate_secret(KeyKind::Api);
-        let revoked = self.replace_owner_key(&tenant.id, &secret).await?;
+        let revoked = self
+            .replace_owner_key(
+                &tenant.id,
+                &secret,
+                AuditAction::ApiKeyRotate,
+                Actor::system("admin-key rotate", "outpost-server admin-key rotate"),
+            )
+            .await?;
         Ok((secret, revoked))
     }
 
@@ -440,9 +457,15 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 
     /// Registers `secret` as the tenant's owner key and revokes the other keys the server
     /// made, in one transaction (never both valid or neither). Returns how many it revoked.
-    async fn replace_owner_key(&self, tenant_id: &str, secret: &str) -> Result<u64> {
+    async fn replace_owner_key(
+        &self,
+        tenant_id: &str,
+        secret: &str,
+        action: AuditAction,
+        actor: Actor,
+    ) -> Result<u64> {
         let txn = Store {
-            db: self.db.begin().await?,
+            db: begin_write(&self.db).await?,
         };
         let id = txn.insert_owner_key(tenant_id, secret).await?;
         let revoked = api_key::Entity::update_many()
@@ -451,21 +474,32 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(api_key::Column::Name.eq(BOOTSTRAP_KEY_NAME))
             .filter(api_key::Column::Role.eq(crate::domain::Role::Owner.as_str()))
             .filter(api_key::Column::RevokedAt.is_null())
-            .filter(api_key::Column::Id.ne(id))
+            .filter(api_key::Column::Id.ne(id.clone()))
             .exec(&txn.db)
             .await?
             .rows_affected;
+        txn.append_audit_now(&AuditRecord {
+            tenant_id: tenant_id.to_owned(),
+            actor,
+            address: None,
+            event: AuditEvent::new(action, AuditTarget::ApiKey, id)
+                .with(json!({"name": BOOTSTRAP_KEY_NAME, "role": "owner", "revoked": revoked})),
+        })
+        .await?;
         txn.db.commit().await?;
         Ok(revoked)
     }
 
-    /// Creates a tenant with an owner API key (`secret`, or a generated one); returns the
-    /// tenant id and the key.
+    /// Creates a tenant with an owner API key (`secret`, or a generated one), in one
+    /// transaction with the first row of its audit log; returns the tenant id and the key.
     pub async fn create_tenant(
         &self,
         name: &str,
         secret: Option<&str>,
     ) -> Result<(String, String)> {
+        let txn = Store {
+            db: begin_write(&self.db).await?,
+        };
         let id = new_id();
         tenant::ActiveModel {
             id: Set(id.clone()),
@@ -473,12 +507,21 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             created_at: Set(now()),
             webhook_secret: Set(None),
         }
-        .insert(&self.db)
+        .insert(&txn.db)
         .await?;
         let secret = secret
             .map(str::to_owned)
             .unwrap_or_else(|| credentials::generate_secret(KeyKind::Api));
-        self.insert_owner_key(&id, &secret).await?;
+        let key_id = txn.insert_owner_key(&id, &secret).await?;
+        txn.append_audit_now(&AuditRecord {
+            tenant_id: id.clone(),
+            actor: Actor::system("outpost-server", "the server"),
+            address: None,
+            event: AuditEvent::new(AuditAction::TenantCreate, AuditTarget::Tenant, &id)
+                .with(json!({"name": name, "owner_key_id": key_id})),
+        })
+        .await?;
+        txn.db.commit().await?;
         Ok((id, secret))
     }
 

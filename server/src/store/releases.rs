@@ -7,7 +7,10 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use super::{Result, Store, StoreError, release};
+use serde_json::json;
+
+use super::{AuditRecord, Result, Store, StoreError, release};
+use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Records the artifacts of one release in one transaction. Releases are immutable: a
@@ -29,9 +32,36 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 first.version, first.target
             )));
         }
+        let audit = json!({
+            "version": first.version,
+            "target": first.target,
+            "public_key": first.public_key,
+            "artifacts": rows
+                .iter()
+                .map(|r| json!({"name": r.name, "sha256": r.sha256, "size": r.size}))
+                .collect::<Vec<_>>(),
+        });
+        let target_id = format!("{}/{}", first.version, first.target);
         let models: Vec<release::ActiveModel> = rows.into_iter().map(Into::into).collect();
         release::Entity::insert_many(models).exec(&txn).await?;
-        txn.commit().await?;
+        // Releases serve every tenant; the server's own tenant (the first, whose owner runs
+        // the server) records them. A database without a tenant yet has no log to record in.
+        let txn = Store { db: txn };
+        if let Some(tenant) = txn.default_tenant().await? {
+            txn.append_audit_now(&AuditRecord {
+                tenant_id: tenant.id,
+                actor: Actor::system("release publish", "outpost-server release publish"),
+                address: None,
+                event: AuditEvent::new(
+                    AuditAction::ReleasePublish,
+                    AuditTarget::Release,
+                    target_id,
+                )
+                .with(audit),
+            })
+            .await?;
+        }
+        txn.db.commit().await?;
         Ok(())
     }
 
