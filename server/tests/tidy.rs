@@ -55,11 +55,24 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "service",
         &[
-            "access", "bus", "finish", "frames", "store", "tags", "secrets", "seal", "domain",
-            "metrics", "builtin", "release",
+            "access",
+            "bus",
+            "finish",
+            "frames",
+            "store",
+            "tags",
+            "secrets",
+            "seal",
+            "domain",
+            "metrics",
+            "builtin",
+            "release",
+            "credentials",
+            "jwt",
+            "passwords",
         ],
     ),
-    ("access", &["credentials", "domain", "listen", "store"]),
+    ("access", &["credentials", "domain", "jwt", "listen", "store"]),
     ("finish", &["bus", "metrics", "store", "domain"]),
     ("bus", &["domain", "store"]),
     ("frames", &["domain", "seal", "secrets", "store"]),
@@ -73,6 +86,10 @@ const RULES: &[(&str, &[&str])] = &[
     ("metrics", &["domain"]),
     // Operator commands and the builds the server ships.
     ("admin_key", &["store", "credentials", "config", "lib"]),
+    (
+        "users_admin",
+        &["store", "credentials", "passwords", "domain", "service"],
+    ),
     ("release", &["store", "lib"]),
     ("builtin", &["release", "lib"]),
     // Leaves.
@@ -80,6 +97,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("credentials", &[]),
     ("seal", &[]),
     ("config", &[]),
+    ("jwt", &[]),
+    ("passwords", &[]),
     ("listen", &["config"]),
 ];
 

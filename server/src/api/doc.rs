@@ -38,7 +38,9 @@ use crate::http_error::ErrorEnvelope;
 #[derive(ToResponse)]
 pub struct BadRequest(#[allow(dead_code)] ErrorEnvelope);
 
-/// No `Authorization: Bearer …` header, or not a valid API key (unknown, expired or revoked).
+/// No `Authorization: Bearer …` header, or neither a valid API key (unknown, expired or
+/// revoked) nor a valid access token (expired, tampered, or its user disabled or deleted); for
+/// the sign-in routes, wrong credentials.
 #[derive(ToResponse)]
 pub struct Unauthorized(#[allow(dead_code)] ErrorEnvelope);
 
@@ -283,7 +285,7 @@ impl utoipa::Modify for Contract {
     }
 }
 
-fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+pub(super) fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [
         item.get.as_mut(),
         item.put.as_mut(),
@@ -337,7 +339,7 @@ fn cross_cutting(path: &str, operation: &mut Operation) {
                 "201" => "Created",
                 "202" => "Accepted",
                 "204" => "Done; no content",
-                "403" => "Not allowed for this API key's role",
+                "403" => "Not allowed for this caller's role",
                 _ => "",
             }
             .to_owned();

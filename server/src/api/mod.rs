@@ -17,6 +17,7 @@ mod keys;
 pub mod metrics;
 mod nodes;
 mod releases;
+mod users;
 mod webhooks;
 
 use axum::Router;
@@ -25,7 +26,9 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
@@ -47,12 +50,15 @@ use doc::Contract;
         jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
         releases::latest, releases::show, releases::download, nodes::list,
+        users::login, users::refresh, users::logout, users::me, users::accept_invite,
+        users::list, users::create, users::show, users::update, users::delete,
     ),
     components(
         schemas(
             crate::domain::CommandState, crate::domain::JobState, crate::domain::Role,
             crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
-            crate::domain::WebhookStatus, crate::http_error::ErrorEnvelope,
+            crate::domain::WebhookStatus, crate::domain::UserStatus,
+            crate::http_error::ErrorEnvelope,
             doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
             doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
         ),
@@ -72,6 +78,8 @@ use doc::Contract;
         (name = "install", description = "The agent installer"),
         (name = "health", description = "Liveness and readiness"),
         (name = "nodes", description = "Server nodes sharing one PostgreSQL"),
+        (name = "auth", description = "Users' sign-in and sessions"),
+        (name = "users", description = "The tenant's users"),
     )
 )]
 pub struct ApiDoc;
@@ -90,6 +98,29 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user's access token from POST /api/auth/login or /api/auth/refresh \
+                         (HS256, 15 minutes); the user's current role applies",
+                    ))
+                    .build(),
+            ),
+        );
+        // Wherever an API key is accepted, so is a user's access token: either one.
+        for item in openapi.paths.paths.values_mut() {
+            for operation in doc::operations(item) {
+                if let Some(security) = operation.security.as_mut()
+                    && !security.is_empty()
+                {
+                    security.push(SecurityRequirement::new("jwt", Vec::<String>::new()));
+                }
+            }
+        }
     }
 }
 
@@ -132,6 +163,16 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/jobs/{id}/runs/{run_id}/output", get(jobs::output))
         .route("/api/nodes", get(nodes::list))
+        .route("/api/auth/login", post(users::login))
+        .route("/api/auth/refresh", post(users::refresh))
+        .route("/api/auth/logout", post(users::logout))
+        .route("/api/auth/me", get(users::me))
+        .route("/api/auth/accept-invite", post(users::accept_invite))
+        .route("/api/users", get(users::list).post(users::create))
+        .route(
+            "/api/users/{id}",
+            get(users::show).patch(users::update).delete(users::delete),
+        )
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))
         .route(
@@ -153,8 +194,8 @@ pub fn render_job(
     serde_json::to_vec(&jobs::JobView::new(job, runs, true))
 }
 
-/// The caller behind a request's bearer token (an API key), as the access service
-/// authenticates it.
+/// The caller behind a request's bearer token (an API key or a user's access token), as the
+/// access service authenticates it.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = DomainError;
 

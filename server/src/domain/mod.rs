@@ -227,15 +227,63 @@ text_enum! {
     }
 }
 
-/// Who asks: the API key (later a user's session) behind a request, as authenticated.
+text_enum! {
+    /// Whether a user may sign in.
+    UserStatus {
+        /// The user signs in and their tokens work.
+        Active = "active",
+        /// Refused: sign-in, refresh and access tokens alike.
+        Disabled = "disabled",
+    }
+}
+
+/// Who asks: a user (by access token) or an API key, as authenticated. Services decide what it
+/// may do from `role`, and know from `actor` who did it.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The caller's tenant: everything it reads or changes is of this tenant.
     pub tenant_id: String,
-    /// The API key's id (never its secret).
-    pub key_id: String,
-    /// What it may do.
+    /// What it may do: a user's current role (read on every request, not from the token), or
+    /// the API key's.
     pub role: Role,
+    /// Which user or key.
+    pub actor: Actor,
+}
+
+/// The kind of caller and its id. Kept an enum so that what later work adds (an API key's
+/// scopes and owner) goes in its variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A person signed in with a password (an access token, `Authorization: Bearer <JWT>`).
+    User {
+        /// The user's id.
+        user_id: String,
+    },
+    /// A program with an API key (`opk_…`).
+    ApiKey {
+        /// The key's id (never its secret).
+        key_id: String,
+    },
+}
+
+impl Actor {
+    /// The user's id, when a user asks.
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Self::User { user_id } => Some(user_id),
+            Self::ApiKey { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    /// `user:<id>` or `key:<id>`, for logs (and later the audit log).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User { user_id } => write!(f, "user:{user_id}"),
+            Self::ApiKey { key_id } => write!(f, "key:{key_id}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!   of a job).
 //!
 //! Accounts and roles (SPEC §9) extend [`Action`] and [`Access::require`]; no handler or
-//! service compares roles itself.
+//! service compares roles itself. A user's role here is the one their row has now (read on
+//! every request by `crate::access`), never the one their access token was issued with.
 
 use std::sync::Arc;
 
@@ -28,14 +29,18 @@ pub enum Action {
     ForceUpdate,
     /// List the server nodes (they serve every tenant).
     Nodes,
+    /// List and read the tenant's users.
+    ReadUsers,
+    /// Create, change, disable or delete the tenant's users.
+    ManageUsers,
 }
 
 impl Action {
     /// The least role that may do it.
     fn needs(self) -> Role {
         match self {
-            Self::WebhookSecret => Role::Admin,
-            Self::Metrics | Self::ForceUpdate | Self::Nodes => Role::Owner,
+            Self::WebhookSecret | Self::ReadUsers => Role::Admin,
+            Self::Metrics | Self::ForceUpdate | Self::Nodes | Self::ManageUsers => Role::Owner,
         }
     }
 
@@ -51,6 +56,10 @@ impl Action {
             Self::Nodes => {
                 "the server nodes serve every tenant: an owner API key is required".into()
             }
+            Self::ReadUsers => "only owners and admins may list users".into(),
+            Self::ManageUsers => format!(
+                "only owners may create, change or delete users; this caller's role is {role}"
+            ),
             Self::ForceUpdate => format!(
                 "data.force: only an owner may force an update (it can downgrade agents); \
                  this API key's role is {role}"
@@ -70,9 +79,9 @@ impl Access {
         Self { core }
     }
 
-    /// The caller behind a REST request's bearer token.
+    /// The caller behind a REST request's bearer token: an API key or a user's access token.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, DomainError> {
-        crate::access::authenticate_api(&self.core.store, token).await
+        crate::access::authenticate_api(&self.core.store, &self.core.signer, token).await
     }
 
     /// The agent key behind an agent's bearer token (release downloads take either kind).

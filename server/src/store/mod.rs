@@ -15,11 +15,13 @@ mod jobs;
 mod migrations;
 mod nodes;
 mod releases;
+mod users;
 mod webhooks;
 pub mod writer;
 
 pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
+pub use users::{NewUser, Refreshed, UserChange, UserChanged};
 pub use webhooks::Attempt;
 
 use std::path::Path;
@@ -39,8 +41,8 @@ use serde_json::{Value, json};
 
 use crate::credentials::{self, KeyKind};
 pub use entities::{
-    agent, agent_key, api_key, claim, command, job, node, output_chunk, release, tenant,
-    webhook_attempt,
+    agent, agent_key, api_key, claim, command, invite, job, node, output_chunk, refresh_token,
+    release, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.
@@ -431,7 +433,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// The tenant the server made on its first start: the oldest.
-    async fn default_tenant(&self) -> Result<Option<tenant::Model>> {
+    pub async fn default_tenant(&self) -> Result<Option<tenant::Model>> {
         Ok(tenant::Entity::find()
             .order_by_asc(tenant::Column::CreatedAt)
             .one(&self.db)
