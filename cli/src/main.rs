@@ -16,6 +16,7 @@ mod follow;
 mod jobs;
 mod keys;
 mod output;
+mod users;
 
 use std::process::ExitCode;
 
@@ -83,7 +84,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     let global = cli.global;
     match cli.command {
         Command::Login(args) => config::login(&global, args).await.map(|()| 0),
-        Command::Logout => config::logout().map(|()| 0),
+        Command::Logout => config::logout().await.map(|()| 0),
         Command::Completions { shell } => {
             let script = complete::script(shell, &mut Cli::command());
             output::print_stdout(script.as_bytes());
@@ -108,6 +109,19 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Jobs(cmd) => {
             let client = client::Client::from_config(&global)?;
             jobs::run(&client, &global, cmd).await
+        }
+        Command::Users(cmd) => {
+            if let args::UsersCommand::AcceptInvite {
+                token,
+                password_stdin,
+            } = cmd
+            {
+                return users::accept_invite(&global, &token, password_stdin)
+                    .await
+                    .map(|()| 0);
+            }
+            let client = client::Client::from_config(&global)?;
+            users::run(&client, &global, cmd).await.map(|()| 0)
         }
         Command::Keys(cmd) => {
             let client = client::Client::from_config(&global)?;

@@ -70,14 +70,16 @@ async fn authenticate_user(
         .map_err(|why| {
             DomainError::Unauthorized(match why {
                 JwtError::Expired => {
-                    "the access token has expired: get a new one with POST /api/auth/refresh"
-                        .into()
+                    "the access token has expired: get a new one with POST /api/auth/refresh".into()
                 }
                 _ => "invalid access token".into(),
             })
         })?;
     let gone = || DomainError::Unauthorized("the access token's user no longer exists".into());
-    let user = store.get_user(&claims.tid, &claims.sub).await?.ok_or_else(gone)?;
+    let user = store
+        .get_user(&claims.tid, &claims.sub)
+        .await?
+        .ok_or_else(gone)?;
     if user.status != UserStatus::Active {
         return Err(DomainError::Unauthorized("this user is disabled".into()));
     }

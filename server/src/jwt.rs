@@ -130,8 +130,7 @@ impl Signer {
             .decode(signature)
             .map_err(|_| JwtError::Malformed)?;
         let signed = &token[..header_part.len() + 1 + payload.len()];
-        hmac::verify(&self.key, signed.as_bytes(), &signature)
-            .map_err(|_| JwtError::Signature)?;
+        hmac::verify(&self.key, signed.as_bytes(), &signature).map_err(|_| JwtError::Signature)?;
         let claims: Claims = decode_json(payload).map_err(|_| JwtError::Claims)?;
         if claims.exp <= now {
             return Err(JwtError::Expired);
@@ -229,7 +228,10 @@ mod tests {
         // A correctly signed token with alg none's header is still refused (alg checked first).
         let none_header = b64(r#"{"alg":"none"}"#);
         let input = format!("{none_header}.{}", parts[1]);
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]), input.as_bytes());
+        let tag = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]),
+            input.as_bytes(),
+        );
         let signed_none = format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
         assert_eq!(signer.verify(&signed_none, 1001), Err(JwtError::Algorithm));
 
@@ -253,9 +255,16 @@ mod tests {
             r#"{"sub":"u1","tid":"t1","role":"owner","iat":1000,"exp":2000,"jti":"j","x":1}"#,
         ] {
             let input = format!("{}.{}", parts[0], b64(payload));
-            let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]), input.as_bytes());
+            let tag = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]),
+                input.as_bytes(),
+            );
             let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
-            assert_eq!(signer.verify(&token, 1001), Err(JwtError::Claims), "{payload}");
+            assert_eq!(
+                signer.verify(&token, 1001),
+                Err(JwtError::Claims),
+                "{payload}"
+            );
         }
     }
 }

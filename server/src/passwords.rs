@@ -162,7 +162,10 @@ mod tests {
     async fn hashes_verify_only_their_password() {
         let passwords = Passwords::new();
         let hash = passwords.hash("correct horse battery").await.expect("hash");
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(
             passwords
                 .verify_or_dummy("correct horse battery", Some(&hash))

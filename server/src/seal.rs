@@ -12,8 +12,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::{hkdf, hmac};
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, hmac};
 
 /// The master key.
 pub struct MasterKey(LessSafeKey, hmac::Key, hkdf::Prk);
@@ -58,8 +58,8 @@ impl MasterKey {
             b"outpost request fingerprint v1",
         );
         let fingerprints = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"outpost master key derivation v1")
-            .extract(bytes);
+        let prk =
+            hkdf::Salt::new(hkdf::HKDF_SHA256, b"outpost master key derivation v1").extract(bytes);
         Ok(Self(LessSafeKey::new(key), fingerprints, prk))
     }
 

@@ -20,7 +20,10 @@ use crate::store::{DatabaseLocation, NewUser, Store};
 
 /// `outpost-server user …`.
 #[derive(Debug, Parser)]
-#[command(name = "outpost-server user", about = "Manage users from the server's host")]
+#[command(
+    name = "outpost-server user",
+    about = "Manage users from the server's host"
+)]
 pub struct UserCli {
     #[command(subcommand)]
     command: UserCommand,
@@ -78,7 +81,10 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         passwords::check_new(&first).map_err(anyhow::Error::msg)?;
         eprint!("Again, to confirm: ");
         let again = read_line(true)?;
-        anyhow::ensure!(first == again, "the two passwords differ; nothing was created");
+        anyhow::ensure!(
+            first == again,
+            "the two passwords differ; nothing was created"
+        );
         Some(first)
     } else {
         None
@@ -151,7 +157,9 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     );
     println!("One-time invite token (valid until {expires_at}; shown once):");
     println!("  {token}");
-    println!("Set the password with `outpost users accept-invite` or POST /api/auth/accept-invite.");
+    println!(
+        "Set the password with `outpost users accept-invite` or POST /api/auth/accept-invite."
+    );
     Ok(())
 }
 
@@ -168,7 +176,8 @@ fn read_line(prompt: bool) -> anyhow::Result<String> {
             quiet
                 .local_flags
                 .remove(nix::sys::termios::LocalFlags::ECHO);
-            let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &quiet);
+            let _ =
+                nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &quiet);
         }
         let read = stdin.lock().read_line(&mut line);
         if let Some(saved) = &saved {

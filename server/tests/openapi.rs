@@ -121,7 +121,11 @@ fn every_operation_declares_the_statuses_it_can_answer() {
                 .flatten()
                 .filter_map(|r| r.as_object()?.keys().next().map(String::as_str))
                 .collect();
-            assert_eq!(schemes, ["bearer", "jwt"], "{method} {path}: security schemes");
+            assert_eq!(
+                schemes,
+                ["bearer", "jwt"],
+                "{method} {path}: security schemes"
+            );
             assert!(
                 has("401"),
                 "{method} {path} needs an API key but declares no 401"

@@ -72,7 +72,10 @@ const RULES: &[(&str, &[&str])] = &[
             "passwords",
         ],
     ),
-    ("access", &["credentials", "domain", "jwt", "listen", "store"]),
+    (
+        "access",
+        &["credentials", "domain", "jwt", "listen", "store"],
+    ),
     ("finish", &["bus", "metrics", "store", "domain"]),
     ("bus", &["domain", "store"]),
     ("frames", &["domain", "seal", "secrets", "store"]),

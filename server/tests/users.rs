@@ -58,7 +58,10 @@ async fn refresh_tokens_rotate_and_a_reuse_revokes_the_family() {
     let first = login(&store, &ada).await;
 
     let (outcome, second) = rotate(&store, &first, Duration::seconds(5)).await;
-    assert!(matches!(outcome, Refreshed::Rotated(ref u) if u.id == ada.id), "{outcome:?}");
+    assert!(
+        matches!(outcome, Refreshed::Rotated(ref u) if u.id == ada.id),
+        "{outcome:?}"
+    );
     // Within the grace, the retired token gets another of the family.
     let (outcome, sibling) = rotate(&store, &first, Duration::seconds(5)).await;
     assert!(matches!(outcome, Refreshed::Rotated(_)), "{outcome:?}");
@@ -74,10 +77,26 @@ async fn refresh_tokens_rotate_and_a_reuse_revokes_the_family() {
     let (outcome, third) = rotate(&store, &other, Duration::zero()).await;
     assert!(matches!(outcome, Refreshed::Rotated(_)));
     // Logout revokes that family.
-    assert!(store.revoke_refresh_family(&hash_secret(&third)).await.expect("logout"));
-    assert!(!store.revoke_refresh_family(&hash_secret("opr_unknown")).await.expect("logout"));
-    assert_eq!(rotate(&store, &third, Duration::zero()).await.0, Refreshed::Refused);
-    assert_eq!(rotate(&store, "opr_unknown", Duration::zero()).await.0, Refreshed::Refused);
+    assert!(
+        store
+            .revoke_refresh_family(&hash_secret(&third))
+            .await
+            .expect("logout")
+    );
+    assert!(
+        !store
+            .revoke_refresh_family(&hash_secret("opr_unknown"))
+            .await
+            .expect("logout")
+    );
+    assert_eq!(
+        rotate(&store, &third, Duration::zero()).await.0,
+        Refreshed::Refused
+    );
+    assert_eq!(
+        rotate(&store, "opr_unknown", Duration::zero()).await.0,
+        Refreshed::Refused
+    );
 }
 
 /// Many exchanges of one token at once, with no grace: exactly one is the rotation, and the
@@ -119,7 +138,12 @@ async fn an_invite_is_used_once_and_not_after_it_expires() {
         .expect("free");
     let invite = generate_secret(KeyKind::Invite);
     store
-        .create_invite(&tenant, &bob.id, &hash_secret(&invite), Utc::now() + Duration::hours(72))
+        .create_invite(
+            &tenant,
+            &bob.id,
+            &hash_secret(&invite),
+            Utc::now() + Duration::hours(72),
+        )
         .await
         .expect("invite");
     let accepted = store
@@ -136,15 +160,30 @@ async fn an_invite_is_used_once_and_not_after_it_expires() {
             .is_none(),
         "used twice"
     );
-    let stored = store.get_user(&tenant, &bob.id).await.expect("get").expect("bob");
+    let stored = store
+        .get_user(&tenant, &bob.id)
+        .await
+        .expect("get")
+        .expect("bob");
     assert_eq!(stored.password_hash.as_deref(), Some("$argon2id$first"));
 
     let late = generate_secret(KeyKind::Invite);
     store
-        .create_invite(&tenant, &bob.id, &hash_secret(&late), Utc::now() - Duration::seconds(1))
+        .create_invite(
+            &tenant,
+            &bob.id,
+            &hash_secret(&late),
+            Utc::now() - Duration::seconds(1),
+        )
         .await
         .expect("invite");
-    assert!(store.accept_invite(&hash_secret(&late), "$x").await.expect("accept").is_none());
+    assert!(
+        store
+            .accept_invite(&hash_secret(&late), "$x")
+            .await
+            .expect("accept")
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,10 +203,20 @@ async fn emails_are_unique_across_tenants_whatever_their_case() {
             .expect("create");
         assert!(taken.is_none(), "{email}");
     }
-    let found = store.user_by_email("ADA@example.COM").await.expect("find").expect("ada");
+    let found = store
+        .user_by_email("ADA@example.COM")
+        .await
+        .expect("find")
+        .expect("ada");
     assert_eq!(found.email, "Ada@Example.com");
     // Tenant-scoped reads.
-    assert!(store.get_user(&other, &found.id).await.expect("get").is_none());
+    assert!(
+        store
+            .get_user(&other, &found.id)
+            .await
+            .expect("get")
+            .is_none()
+    );
     assert!(store.list_users(&other).await.expect("list").is_empty());
     assert_eq!(
         store
@@ -194,7 +243,10 @@ async fn the_last_active_owner_is_kept_even_under_concurrent_changes() {
     };
     for change in [demote, disable, UserChange::Delete] {
         assert_eq!(
-            store.change_user(&tenant, &ada.id, change).await.expect("change"),
+            store
+                .change_user(&tenant, &ada.id, change)
+                .await
+                .expect("change"),
             UserChanged::LastOwner
         );
     }
@@ -209,12 +261,21 @@ async fn the_last_active_owner_is_kept_even_under_concurrent_changes() {
         .await
         .expect("create");
     assert_eq!(
-        store.change_user(&tenant, &ada.id, demote).await.expect("change"),
+        store
+            .change_user(&tenant, &ada.id, demote)
+            .await
+            .expect("change"),
         UserChanged::LastOwner
     );
 
     for round in 0..5 {
-        let eve = user(&store, &tenant, &format!("eve{round}@example.com"), Role::Owner).await;
+        let eve = user(
+            &store,
+            &tenant,
+            &format!("eve{round}@example.com"),
+            Role::Owner,
+        )
+        .await;
         let ada_id = store
             .list_users(&tenant)
             .await
@@ -246,6 +307,12 @@ async fn the_last_active_owner_is_kept_even_under_concurrent_changes() {
     // Disabling a user revokes their refresh tokens.
     let admin = user(&store, &tenant, "adm@example.com", Role::Admin).await;
     let token = login(&store, &admin).await;
-    store.change_user(&tenant, &admin.id, disable).await.expect("disable");
-    assert_eq!(rotate(&store, &token, Duration::seconds(5)).await.0, Refreshed::Refused);
+    store
+        .change_user(&tenant, &admin.id, disable)
+        .await
+        .expect("disable");
+    assert_eq!(
+        rotate(&store, &token, Duration::seconds(5)).await.0,
+        Refreshed::Refused
+    );
 }

@@ -239,7 +239,10 @@ pub async fn logout(
 #[utoipa::path(get, operation_id = "me", path = "/api/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = MeView)))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
-pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<MeView>, DomainError> {
+pub async fn me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<MeView>, DomainError> {
     let me = state.services.users.me(&caller).await?;
     Ok(Json(MeView::from(me)))
 }

@@ -192,7 +192,12 @@ impl Users {
         let actor = Actor::User {
             user_id: user.id.clone(),
         };
-        note(Event::LoginSucceeded, Some(&actor), Some(&user.tenant_id), &user.id);
+        note(
+            Event::LoginSucceeded,
+            Some(&actor),
+            Some(&user.tenant_id),
+            &user.id,
+        );
         self.issue(user, &new_id()).await
     }
 
@@ -223,7 +228,12 @@ impl Users {
                 let actor = Actor::User {
                     user_id: user.id.clone(),
                 };
-                note(Event::Refreshed, Some(&actor), Some(&user.tenant_id), &user.id);
+                note(
+                    Event::Refreshed,
+                    Some(&actor),
+                    Some(&user.tenant_id),
+                    &user.id,
+                );
                 Ok(self.pair(user, next))
             }
             Refreshed::Reused => {
@@ -277,8 +287,7 @@ impl Users {
         passwords::check_new(password).map_err(DomainError::BadRequest)?;
         let refused = || {
             DomainError::Unauthorized(
-                "the invite is unknown, expired or already used: ask an owner for a new one"
-                    .into(),
+                "the invite is unknown, expired or already used: ask an owner for a new one".into(),
             )
         };
         if !token.starts_with("opi_") {
@@ -299,7 +308,12 @@ impl Users {
         let actor = Actor::User {
             user_id: user.id.clone(),
         };
-        note(Event::InviteAccepted, Some(&actor), Some(&user.tenant_id), &user.id);
+        note(
+            Event::InviteAccepted,
+            Some(&actor),
+            Some(&user.tenant_id),
+            &user.id,
+        );
         Ok(user)
     }
 
@@ -455,9 +469,9 @@ pub fn check_email(email: &str) -> Result<(), DomainError> {
     let email = email.trim();
     let ok = email.len() <= MAX_EMAIL
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+        });
     if ok {
         Ok(())
     } else {

@@ -25,4 +25,5 @@ mod sockets;
 mod supervisor;
 mod tenancy;
 mod tls;
+mod users;
 mod webhooks;
