@@ -234,7 +234,7 @@ impl Users {
                     Some(&user.tenant_id),
                     &user.id,
                 );
-                Ok(self.pair(user, next))
+                Ok(self.pair(*user, next))
             }
             Refreshed::Reused => {
                 note(Event::RefreshReused, None, None, "");
@@ -406,7 +406,7 @@ impl Users {
             }),
         };
         match self.change(caller, id, change).await? {
-            Some(user) => Ok(user),
+            Some(user) => Ok(*user),
             None => Err(Self::internal(format!("user {id} vanished while changed"))),
         }
     }
@@ -424,7 +424,7 @@ impl Users {
         caller: &Caller,
         id: &str,
         change: UserChange,
-    ) -> Result<Option<user::Model>, DomainError> {
+    ) -> Result<Option<Box<user::Model>>, DomainError> {
         self.core.writable()?;
         match self
             .core

@@ -55,14 +55,14 @@ pub enum UserChanged {
     /// Refused: the user is the tenant's last active owner.
     LastOwner,
     /// Updated (the new row), or deleted (`None`).
-    Done(Option<user::Model>),
+    Done(Option<Box<user::Model>>),
 }
 
 /// What [`Store::rotate_refresh`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refreshed {
     /// Exchanged: the user the new token (already stored) is for.
-    Rotated(user::Model),
+    Rotated(Box<user::Model>),
     /// Unknown, expired, revoked, or the user is gone or disabled.
     Refused,
     /// A retired token presented after the grace: its family is revoked now.
@@ -218,7 +218,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 if disabled {
                     txn.revoke_user_sessions(id).await?;
                 }
-                UserChanged::Done(Some(updated))
+                UserChanged::Done(Some(Box::new(updated)))
             }
         };
         txn.db.commit().await?;
@@ -390,7 +390,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         txn.insert_refresh(&owner, &old.family_id, new_hash, expires_at)
             .await?;
         txn.db.commit().await?;
-        Ok(Refreshed::Rotated(owner))
+        Ok(Refreshed::Rotated(Box::new(owner)))
     }
 
     /// Revokes the family of the refresh token hashing to `token_hash` (logout); whether
