@@ -407,6 +407,22 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(true)
     }
 
+    /// Deletes refresh tokens and invites past their expiry (the sweep); how many of each.
+    pub async fn delete_expired_sessions(&self) -> Result<(u64, u64)> {
+        let at = now();
+        let sessions = refresh_token::Entity::delete_many()
+            .filter(refresh_token::Column::ExpiresAt.lt(at))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        let invites = invite::Entity::delete_many()
+            .filter(invite::Column::ExpiresAt.lt(at))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok((sessions, invites))
+    }
+
     async fn revoke_family(&self, family_id: &str) -> Result<u64> {
         Ok(refresh_token::Entity::update_many()
             .col_expr(refresh_token::Column::RevokedAt, Expr::value(now()))
