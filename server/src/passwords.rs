@@ -20,7 +20,8 @@ use tokio::sync::{OnceCell, Semaphore};
 
 /// The shortest password accepted (SPEC §9).
 pub const MIN_LENGTH: usize = 12;
-/// The longest: argon2 takes any length, but a megabyte "password" is a way to burn CPU.
+/// The longest, in characters: argon2 takes any length, but a megabyte "password" is a way to
+/// burn CPU.
 pub const MAX_LENGTH: usize = 1024;
 
 /// Why a password is not acceptable, naming the rule.
@@ -31,8 +32,10 @@ pub fn check_new(password: &str) -> Result<(), String> {
             "password: at least {MIN_LENGTH} characters are required (got {chars})"
         ));
     }
-    if password.len() > MAX_LENGTH {
-        return Err(format!("password: at most {MAX_LENGTH} bytes"));
+    if chars > MAX_LENGTH {
+        return Err(format!(
+            "password: at most {MAX_LENGTH} characters (got {chars})"
+        ));
     }
     Ok(())
 }

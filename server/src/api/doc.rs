@@ -137,6 +137,17 @@ doc_schema! {
 }
 
 doc_schema! {
+    /// A user's email (`service::users::check_email`).
+    Email => string(
+        "An email address: one `@` with something on each side, no white space or control \
+         characters, at most 254 characters. Unique on the server, compared case-insensitively.",
+    )
+    .min_length(Some(3))
+    .max_length(Some(254))
+    .pattern(Some(format!("^[^@{BLANK}]+@[^@{BLANK}]+$")))
+}
+
+doc_schema! {
     /// A release version (`outpost_protocol::release::Version`).
     ReleaseVersion => string("`MAJOR.MINOR.PATCH`: numbers of 1 to 9 digits without leading zeros.")
         .pattern(Some(r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})$"))

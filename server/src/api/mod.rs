@@ -58,7 +58,7 @@ use doc::Contract;
             crate::domain::WebhookStatus, crate::domain::UserStatus,
             crate::http_error::ErrorEnvelope,
             doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
-            doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
+            doc::TargetTriple, doc::WebhookUrl, doc::Email, doc::IdempotencyKey, doc::JobIdPart,
         ),
         responses(
             doc::BadRequest, doc::Unauthorized, doc::NotFound, doc::PayloadTooLarge,

@@ -69,8 +69,41 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// Declares that a body type is read from a JSON object only. serde's derive also reads a
+/// struct from an array of its fields in order (`[null, null]`), which the OpenAPI document
+/// does not allow. Each field is read by name, and an error names the field (`role: unknown
+/// variant …`); a field missing reads as `null` (so an `Option` is `None`), an unknown one is
+/// refused.
+macro_rules! object_only {
+    ($name:ident { $($field:ident: $ty:ty),+ $(,)? }) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                use serde::de::Error;
+                let mut object = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+                $(
+                    let $field: $ty = match object.remove(stringify!($field)) {
+                        Some(value) => serde_json::from_value(value).map_err(|e| {
+                            D::Error::custom(format!("{}: {e}", stringify!($field)))
+                        })?,
+                        None => serde_json::from_value(serde_json::Value::Null).map_err(|_| {
+                            D::Error::custom(format!("missing field `{}`", stringify!($field)))
+                        })?,
+                    };
+                )+
+                if let Some(unknown) = object.keys().next() {
+                    return Err(D::Error::custom(format!(
+                        "unknown field `{unknown}`, expected one of {}",
+                        [$(concat!("`", stringify!($field), "`")),+].join(", ")
+                    )));
+                }
+                Ok(Self { $($field),+ })
+            }
+        }
+    };
+}
+
 /// Body of `POST /api/auth/refresh` and `POST /api/auth/logout`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token (`opr_…`).
@@ -83,8 +116,8 @@ pub struct RefreshRequest {
 pub struct AcceptInvite {
     /// The invite token (`opi_…`).
     pub token: String,
-    /// The new password: at least 12 characters.
-    #[schema(min_length = 12)]
+    /// The new password: 12 to 1024 characters.
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: String,
 }
 
@@ -157,11 +190,16 @@ impl From<Me> for MeView {
     }
 }
 
+object_only!(RefreshRequest {
+    refresh_token: String
+});
+
 /// Body of `POST /api/users`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// Email, unique on the server (case-insensitive).
+    #[schema(value_type = crate::api::doc::Email)]
     pub email: String,
     /// Role in the tenant.
     pub role: Role,
@@ -179,8 +217,13 @@ pub struct CreatedUser {
     pub invite_expires_at: DateTime<Utc>,
 }
 
+object_only!(CreateUser {
+    email: String,
+    role: Role
+});
+
 /// Body of `PATCH /api/users/{id}`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// New role.
@@ -188,6 +231,8 @@ pub struct UpdateUser {
     /// `true` disables the user (their sessions end), `false` enables them again.
     pub disabled: Option<bool>,
 }
+
+object_only!(UpdateUser { role: Option<Role>, disabled: Option<bool> });
 
 /// Sign in with email and password. Every failure answers the same 401.
 #[utoipa::path(post, operation_id = "login", path = "/api/auth/login", tag = "auth",
@@ -321,7 +366,8 @@ pub async fn show(
     Ok(Json(UserView::from(user)))
 }
 
-/// Change a user's role or disable them (owners). Takes effect on the user's next request.
+/// Change a user's role or disable them (owners). Takes effect on the user's next request; an
+/// empty body changes nothing.
 /// The tenant's last active owner cannot be demoted or disabled (`last_owner`).
 #[utoipa::path(patch, operation_id = "updateUser", path = "/api/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path, description = "User id")), request_body = UpdateUser,

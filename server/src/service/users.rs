@@ -163,7 +163,7 @@ impl Users {
     /// `POST /api/auth/login`.
     #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &str, password: &str) -> Result<Session, DomainError> {
-        if email.len() > MAX_EMAIL || password.len() > passwords::MAX_LENGTH {
+        if email.chars().count() > MAX_EMAIL || password.chars().count() > passwords::MAX_LENGTH {
             note(Event::LoginFailed, None, None, "");
             return Err(DomainError::Unauthorized(LOGIN_FAILED.into()));
         }
@@ -381,7 +381,8 @@ impl Users {
         })
     }
 
-    /// `PATCH /api/users/{id}`: role and/or disabled.
+    /// `PATCH /api/users/{id}`: role and/or disabled; an empty patch changes nothing and
+    /// answers the user.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, user_id = %id))]
     pub async fn update(
         &self,
@@ -391,9 +392,12 @@ impl Users {
     ) -> Result<user::Model, DomainError> {
         Access::require(caller, Action::ManageUsers)?;
         if patch.role.is_none() && patch.disabled.is_none() {
-            return Err(DomainError::BadRequest(
-                "nothing to change: give `role` and/or `disabled`".into(),
-            ));
+            return self
+                .core
+                .store
+                .get_user(&caller.tenant_id, id)
+                .await?
+                .ok_or_else(|| not_found(id));
         }
         let change = UserChange::Update {
             role: patch.role,
@@ -464,10 +468,10 @@ fn email_taken(email: &str) -> DomainError {
     }
 }
 
-/// A plausible email: one `@` with something on each side, no spaces, at most 254 bytes.
+/// A plausible email: one `@` with something on each side, no white space or control
+/// characters, at most 254 characters (what `api::doc::Email` declares).
 pub fn check_email(email: &str) -> Result<(), DomainError> {
-    let email = email.trim();
-    let ok = email.len() <= MAX_EMAIL
+    let ok = email.chars().count() <= MAX_EMAIL
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && !domain.is_empty() && !domain.contains('@')
@@ -476,7 +480,7 @@ pub fn check_email(email: &str) -> Result<(), DomainError> {
         Ok(())
     } else {
         Err(DomainError::BadRequest(format!(
-            "email: {email:?} is not an email address (name@domain, at most {MAX_EMAIL} bytes)"
+            "email: {email:?} is not an email address (name@domain, at most {MAX_EMAIL} characters)"
         )))
     }
 }

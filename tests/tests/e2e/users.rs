@@ -518,11 +518,23 @@ async fn invites_work_once_and_owners_alone_manage_users() {
     // And now bob is the last one.
     let (status, body) = member.delete(&format!("/api/users/{bob_id}")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    // An empty patch is a 400.
-    let (status, _) = member
+    // An empty patch changes nothing; an unknown field is a 400 naming it.
+    let (status, body) = member
         .patch(&format!("/api/users/{owner_id}"), json!({}))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "member");
+    let (status, body) = member
+        .patch(&format!("/api/users/{owner_id}"), json!({"admin": true}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("admin"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
