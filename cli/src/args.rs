@@ -47,7 +47,7 @@ pub struct Global {
     /// The server's URL [env: OUTPOST_URL; default: from `outpost login`, else http://127.0.0.1:8080].
     #[arg(long, global = true, env = "OUTPOST_URL", hide_env = true)]
     pub url: Option<String>,
-    /// API token (opk_…) [env: OUTPOST_TOKEN; default: from `outpost login`].
+    /// API key (opk_…) or access token [env: OUTPOST_TOKEN; default: from `outpost login`].
     #[arg(
         long,
         global = true,
@@ -63,17 +63,25 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Store the server URL and a token in the config file, after checking them.
+    /// Sign in with email and password, or store an API key; saved in the config file.
     #[command(after_help = "\
-The token comes from --token, OUTPOST_TOKEN, or is read from stdin (prompted for, without
-echo, on a terminal). It is checked against the server before it is saved.
+With --email: the password is prompted for without echo on a terminal, or read from stdin's
+first line (--password-stdin, or whenever stdin is not a terminal). The session's refresh
+token is saved; the CLI gets a new access token by itself when the old one expires (15 min)
+or the server refuses it, and the session lasts while it is used at least once a week.
+
+Without --email: an API key (opk_…) from --token, OUTPOST_TOKEN, or stdin (prompted for,
+without echo, on a terminal), checked against the server before it is saved.
+
 The file is $XDG_CONFIG_HOME/outpost/config.toml (else ~/.config/outpost/config.toml), mode 0600.
+OUTPOST_TOKEN or --token, when set, is used instead of a saved session.
 
 Examples:
-  outpost login --url http://127.0.0.1:8080
+  outpost login --url https://outpost.example.com --email ada@example.com
+  printf '%s\\n' \"$PASSWORD\" | outpost login --email ada@example.com --password-stdin
   outpost login --url https://outpost.example.com < admin.key")]
     Login(LoginArgs),
-    /// Forget the stored URL and token (removes the config file).
+    /// Sign out: end the saved session on the server and remove the config file.
     #[command(after_help = "Example:\n  outpost logout")]
     Logout,
     /// List and inspect agents.
@@ -99,6 +107,12 @@ Examples:
         after_help = "Examples:\n  outpost jobs ls --status failed --since 1d\n  outpost jobs show JOB\n  outpost jobs logs JOB --follow\n  outpost jobs cancel JOB"
     )]
     Jobs(JobsCommand),
+    /// The tenant's users: list, invite, change role, disable, remove.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost users ls\n  outpost users invite bob@example.com --role member\n  outpost users set-role bob@example.com admin\n  outpost users disable bob@example.com"
+    )]
+    Users(UsersCommand),
     /// Manage keys.
     #[command(
         subcommand,
@@ -201,7 +215,78 @@ Example:
 }
 
 #[derive(Debug, Args)]
-pub struct LoginArgs {}
+pub struct LoginArgs {
+    /// Sign in as this user (email and password) instead of saving an API key.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Read the password from stdin's first line.
+    #[arg(long, requires = "email")]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List the tenant's users (owners and admins).
+    #[command(after_help = "Examples:\n  outpost users ls\n  outpost users ls --json")]
+    Ls,
+    /// Create a user and print their one-time invite token (owners).
+    #[command(after_help = "\
+The invite token is printed once, on stdout; the user sets a password with it within 72 hours
+(`outpost users accept-invite`), then signs in with `outpost login --email`.
+
+Examples:
+  outpost users invite bob@example.com --role member
+  outpost users invite ada@example.com --role admin --json | jq -r .invite_token")]
+    Invite {
+        /// The user's email.
+        email: String,
+        /// Their role.
+        #[arg(long, value_parser = ["owner", "admin", "member"], default_value = "member")]
+        role: String,
+    },
+    /// Change a user's role (owners); it applies from the user's next request.
+    #[command(
+        after_help = "USER is a user id or email.\n\nExample:\n  outpost users set-role bob@example.com admin"
+    )]
+    SetRole {
+        /// User id or email.
+        user: String,
+        /// The new role.
+        #[arg(value_parser = ["owner", "admin", "member"])]
+        role: String,
+    },
+    /// Disable a user (owners): their sessions end and their next request is refused.
+    #[command(after_help = "Example:\n  outpost users disable bob@example.com")]
+    Disable {
+        /// User id or email.
+        user: String,
+    },
+    /// Enable a disabled user again (owners); they sign in anew.
+    #[command(after_help = "Example:\n  outpost users enable bob@example.com")]
+    Enable {
+        /// User id or email.
+        user: String,
+    },
+    /// Delete a user (owners).
+    #[command(after_help = "Example:\n  outpost users rm bob@example.com")]
+    Rm {
+        /// User id or email.
+        user: String,
+    },
+    /// Set your password with an invite token (no sign-in needed).
+    #[command(after_help = "\
+The password is prompted for without echo on a terminal, or read from stdin's first line.
+
+Example:
+  outpost users accept-invite opi_… && outpost login --email bob@example.com")]
+    AcceptInvite {
+        /// The invite token (opi_…).
+        token: String,
+        /// Read the password from stdin's first line.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
 
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {

@@ -1,36 +1,50 @@
-//! The REST client: one base URL, one bearer token, and error mapping.
+//! The REST client: one base URL, its credentials, and error mapping.
+//!
+//! Credentials are an API key (a fixed bearer token) or a user's session from `outpost login
+//! --email`. A session's access token lives 15 minutes: the client gets a new pair from
+//! `/api/auth/refresh` before a request when the saved one has expired (or is about to), and
+//! once more when the server answers 401 anyway (a clock off, a restarted server with another
+//! master key: then the refresh fails too and the error says to sign in again). Every new pair
+//! is written back to the config file at once: the refresh token presented is retired by the
+//! server, so the file must hold its successor.
 //!
 //! Every non-2xx answer becomes [`CliError::Api`] with the server's `{"error":{code,message}}`
 //! (or the HTTP status when the body is not ours, e.g. a proxy's page); every transport failure
 //! becomes [`CliError::Unreachable`] naming the URL, so the user sees where the CLI tried to go.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use reqwest::{Method, Response};
-use serde_json::Value;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
 
 use crate::args::Global;
-use crate::config;
+use crate::config::{self, Credentials, FileConfig};
 use crate::error::CliError;
+
+/// A session's access token is refreshed this long before it expires.
+const REFRESH_AHEAD_S: i64 = 30;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an ordinary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A client for one server with one token.
+/// A client for one server with its credentials.
 pub struct Client {
     base: String,
-    token: String,
+    auth: Mutex<Credentials>,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// From flags, environment and config file; fails without a token.
+    /// From flags, environment and config file; fails without credentials.
     pub fn from_config(global: &Global) -> Result<Self, CliError> {
-        let (url, token) = config::resolve(global)?;
-        let token = token.ok_or(CliError::NoToken)?;
-        Self::new(&url, &token)
+        let (url, credentials) = config::resolve(global)?;
+        let credentials = credentials.ok_or(CliError::NoToken)?;
+        let mut client = Self::new(&url, "")?;
+        client.auth = Mutex::new(credentials);
+        Ok(client)
     }
 
     /// A client for `url` with `token`.
@@ -68,9 +82,95 @@ impl Client {
             .map_err(|e| CliError::Other(format!("cannot set up HTTP: {e}")))?;
         Ok(Self {
             base: url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            auth: Mutex::new(Credentials::Token(token.to_owned())),
             http,
         })
+    }
+
+    fn credentials(&self) -> Credentials {
+        match self.auth.lock() {
+            Ok(auth) => auth.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The bearer token to send now: a session's access token, refreshed first when it has
+    /// expired (or `force`).
+    async fn bearer(&self, force: bool) -> Result<String, CliError> {
+        match self.credentials() {
+            Credentials::Token(token) => Ok(token),
+            Credentials::Session(session) => {
+                let fresh = session
+                    .access_expires_at
+                    .is_some_and(|at| at - REFRESH_AHEAD_S > chrono::Utc::now().timestamp());
+                match (&session.access_token, fresh && !force) {
+                    (Some(token), true) => Ok(token.clone()),
+                    _ => self.refresh(session).await,
+                }
+            }
+        }
+    }
+
+    /// Exchanges the session's refresh token for a new pair, saves it, and returns the new
+    /// access token.
+    async fn refresh(&self, session: FileConfig) -> Result<String, CliError> {
+        let email = session.email.clone().unwrap_or_default();
+        let again = || {
+            format!(
+                "sign in again: outpost login --url {} --email {email}",
+                self.base
+            )
+        };
+        let refresh = session.refresh_token.clone().ok_or(CliError::NoToken)?;
+        let answer = self
+            .anonymous("/api/auth/refresh", &json!({"refresh_token": refresh}))
+            .await
+            .map_err(|err| match err {
+                err @ CliError::Api { status: 401, .. } => err.with_hint(again()),
+                err => err,
+            })?;
+        let next = config::session_file(&self.base, &email, &answer)?;
+        config::save_session(&next).map_err(|err| {
+            // The old refresh token is retired now: without the new one saved, the next
+            // command cannot refresh.
+            err.with_hint(again())
+        })?;
+        let token = next.access_token.clone().unwrap_or_default();
+        if let Ok(mut auth) = self.auth.lock() {
+            *auth = Credentials::Session(next);
+        }
+        Ok(token)
+    }
+
+    /// A POST without credentials (sign-in, refresh, logout, accepting an invite) whose answer
+    /// is JSON (or `null` when empty).
+    pub async fn anonymous(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(REQUEST_TIMEOUT)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.transport(&e))?;
+        if !response.status().is_success() {
+            return Err(self.api_error(response).await);
+        }
+        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CliError::Other(format!(
+                "{}{path} answered something that is not JSON: {e}",
+                self.base
+            ))
+        })
+    }
+
+    fn is_session(&self) -> bool {
+        matches!(self.credentials(), Credentials::Session(_))
     }
 
     /// The server's base URL.
@@ -96,22 +196,31 @@ impl Client {
                 pairs.append_pair(k, v);
             }
         }
-        let mut request = self
-            .http
-            .request(method, url)
-            .bearer_auth(&self.token)
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
+        let mut force = false;
+        loop {
+            let token = self.bearer(force).await?;
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(&token)
+                .header(reqwest::header::ACCEPT, "application/json");
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.map_err(|e| self.transport(&e))?;
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            // A session's token refused: refresh once and try again.
+            if response.status() == StatusCode::UNAUTHORIZED && self.is_session() && !force {
+                force = true;
+                continue;
+            }
+            return Err(self.api_error(response).await);
         }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| self.transport(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(self.api_error(response).await)
     }
 
     /// A request whose answer is JSON.
@@ -159,19 +268,27 @@ impl Client {
         path: &str,
         last_event_id: Option<&str>,
     ) -> Result<Response, CliError> {
-        let mut request = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id);
+        let mut force = false;
+        loop {
+            let token = self.bearer(force).await?;
+            let mut request = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(&token)
+                .header(reqwest::header::ACCEPT, "text/event-stream");
+            if let Some(id) = last_event_id {
+                request = request.header("Last-Event-ID", id);
+            }
+            let response = request.send().await.map_err(|e| self.transport(&e))?;
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            if response.status() == StatusCode::UNAUTHORIZED && self.is_session() && !force {
+                force = true;
+                continue;
+            }
+            return Err(self.api_error(response).await);
         }
-        let response = request.send().await.map_err(|e| self.transport(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(self.api_error(response).await)
     }
 
     /// A transport failure, naming the server and the root cause.

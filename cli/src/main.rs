@@ -17,6 +17,7 @@ mod follow;
 mod jobs;
 mod keys;
 mod output;
+mod users;
 
 use std::process::ExitCode;
 
@@ -84,7 +85,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     let global = cli.global;
     match cli.command {
         Command::Login(args) => config::login(&global, args).await.map(|()| 0),
-        Command::Logout => config::logout().map(|()| 0),
+        Command::Logout => config::logout().await.map(|()| 0),
         Command::Completions { shell } => {
             let script = complete::script(shell, &mut Cli::command());
             output::print_stdout(script.as_bytes());
@@ -113,6 +114,19 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Audit(cmd) => {
             let client = client::Client::from_config(&global)?;
             audit::run(&client, &global, cmd).await
+        }
+        Command::Users(cmd) => {
+            if let args::UsersCommand::AcceptInvite {
+                token,
+                password_stdin,
+            } = cmd
+            {
+                return users::accept_invite(&global, &token, password_stdin)
+                    .await
+                    .map(|()| 0);
+            }
+            let client = client::Client::from_config(&global)?;
+            users::run(&client, &global, cmd).await.map(|()| 0)
         }
         Command::Keys(cmd) => {
             let client = client::Client::from_config(&global)?;

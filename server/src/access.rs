@@ -1,5 +1,11 @@
-//! Who is calling: a bearer token checked against the store, for people's API keys and for
-//! agents' keys.
+//! Who is calling: a bearer token checked against the store, for users' access tokens,
+//! programs' API keys and agents' keys.
+//!
+//! A user's access token (a JWT, `crate::jwt`) is checked for its signature and expiry, and
+//! then the user is read again on every request: a user disabled, deleted or moved to a lower
+//! role since the token was issued gets the new state at their next request, and the role the
+//! request runs with is the row's, not the token's. That read is one primary-key lookup, the
+//! same cost as an API key's lookup by hash; nothing is cached, so nothing needs invalidating.
 //!
 //! Both transports (the REST API and the agents' WebSocket and long-poll routes) authenticate
 //! here, so a key is refused by the same rules wherever it is used. What an authenticated
@@ -10,17 +16,28 @@
 use chrono::Utc;
 
 use crate::credentials::{hash_secret, verify_secret};
-use crate::domain::{Caller, DomainError, KeyStatus};
+use crate::domain::{Caller, DomainError, KeyStatus, Principal, Role, UserStatus};
+use crate::jwt::{JwtError, Signer, looks_like_jwt};
 use crate::store::{Store, agent_key};
 
-/// The caller behind a REST request's bearer token (an API key, `opk_…`).
-pub async fn authenticate_api(store: &Store, token: Option<&str>) -> Result<Caller, DomainError> {
+/// The caller behind a REST request's bearer token: an API key (`opk_…`) or a user's access
+/// token (a JWT). Agent keys (`opa_…`) are refused here.
+pub async fn authenticate_api(
+    store: &Store,
+    signer: &Signer,
+    token: Option<&str>,
+) -> Result<Caller, DomainError> {
     let token = token.ok_or_else(|| {
-        DomainError::Unauthorized("missing `Authorization: Bearer <API key>` header".into())
+        DomainError::Unauthorized(
+            "missing `Authorization: Bearer <API key or access token>` header".into(),
+        )
     })?;
+    if looks_like_jwt(token) {
+        return authenticate_user(store, signer, token).await;
+    }
     if !token.starts_with("opk_") {
         return Err(DomainError::Unauthorized(
-            "the bearer token is not an API key (opk_…)".into(),
+            "the bearer token is neither an API key (opk_…) nor an access token".into(),
         ));
     }
     let key = store
@@ -37,10 +54,48 @@ pub async fn authenticate_api(store: &Store, token: Option<&str>) -> Result<Call
     })?;
     Ok(Caller {
         tenant_id: key.tenant_id,
-        key_id: key.id,
         role,
+        principal: Principal::ApiKey { key_id: key.id },
         label: key.name,
-        // Set by the HTTP layer, which knows the connection.
+        // Set by authentication, which knows the client's address.
+        address: None,
+    })
+}
+
+/// The user behind an access token, as their row says now.
+async fn authenticate_user(
+    store: &Store,
+    signer: &Signer,
+    token: &str,
+) -> Result<Caller, DomainError> {
+    let claims = signer
+        .verify(token, Utc::now().timestamp())
+        .map_err(|why| {
+            DomainError::Unauthorized(match why {
+                JwtError::Expired => {
+                    "the access token has expired: get a new one with POST /api/auth/refresh".into()
+                }
+                _ => "invalid access token".into(),
+            })
+        })?;
+    let gone = || DomainError::Unauthorized("the access token's user no longer exists".into());
+    let user = store
+        .get_user(&claims.tid, &claims.sub)
+        .await?
+        .ok_or_else(gone)?;
+    if user.status != UserStatus::Active {
+        return Err(DomainError::Unauthorized("this user is disabled".into()));
+    }
+    let role: Role = user.role.parse().map_err(|why| {
+        DomainError::Internal(anyhow::anyhow!("user {}: stored role: {why}", user.id))
+    })?;
+    // The connection no longer counts against the caps on unauthenticated ones.
+    crate::listen::mark_authenticated();
+    Ok(Caller {
+        tenant_id: user.tenant_id,
+        role,
+        principal: Principal::User { user_id: user.id },
+        label: user.email,
         address: None,
     })
 }

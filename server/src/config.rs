@@ -21,7 +21,7 @@ pub enum LogFormat {
     name = "outpost-server",
     version,
     about = "Outpost server: REST API, agent hub and storage",
-    after_help = "Releases: `outpost-server release keygen --help` and `outpost-server release publish --help`.\nThe owner API key: `outpost-server admin-key rotate --help`."
+    after_help = "Releases: `outpost-server release keygen --help` and `outpost-server release publish --help`.\nThe owner API key: `outpost-server admin-key rotate --help`.\nUsers: `outpost-server user create --help`."
 )]
 pub struct Config {
     /// Address to listen on.

@@ -15,13 +15,17 @@ use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
-/// The two kinds of secret the server issues.
+/// The kinds of secret the server issues.
 #[derive(Debug, Clone, Copy)]
 pub enum KeyKind {
     /// `opk_…`: REST API keys.
     Api,
     /// `opa_…`: agent keys.
     Agent,
+    /// `opr_…`: users' refresh tokens.
+    Refresh,
+    /// `opi_…`: one-time invites.
+    Invite,
 }
 
 impl KeyKind {
@@ -29,6 +33,8 @@ impl KeyKind {
         match self {
             Self::Api => "opk_",
             Self::Agent => "opa_",
+            Self::Refresh => "opr_",
+            Self::Invite => "opi_",
         }
     }
 }

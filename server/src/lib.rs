@@ -28,14 +28,17 @@ pub mod forwarded;
 pub mod frames;
 pub mod http_error;
 pub mod hub;
+pub mod jwt;
 pub mod listen;
 pub mod metrics;
+pub mod passwords;
 pub mod release;
 pub mod seal;
 pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod tags;
+pub mod users_admin;
 
 use std::future::Future;
 use std::sync::Arc;

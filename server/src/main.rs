@@ -63,13 +63,16 @@ fn tune_allocator() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tune_allocator();
-    // `outpost-server release …` and `outpost-server admin-key …` are separate tools sharing
+    // `outpost-server release …`, `admin-key …` and `user …` are separate tools sharing
     // the binary; everything else is the server's own flags.
     if std::env::args_os().nth(1).is_some_and(|a| a == "release") {
         return outpost_server::release::main(std::env::args_os().skip(1)).await;
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "admin-key") {
         return outpost_server::admin_key::main(std::env::args_os().skip(1)).await;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "user") {
+        return outpost_server::users_admin::main(std::env::args_os().skip(1)).await;
     }
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -12,11 +12,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, hmac};
 
 /// The master key.
-pub struct MasterKey(LessSafeKey, hmac::Key);
+pub struct MasterKey(LessSafeKey, hmac::Key, hkdf::Prk);
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +58,9 @@ impl MasterKey {
             b"outpost request fingerprint v1",
         );
         let fingerprints = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
-        Ok(Self(LessSafeKey::new(key), fingerprints))
+        let prk =
+            hkdf::Salt::new(hkdf::HKDF_SHA256, b"outpost master key derivation v1").extract(bytes);
+        Ok(Self(LessSafeKey::new(key), fingerprints, prk))
     }
 
     /// A keyed fingerprint (hex HMAC-SHA256) of `data`, bound to `context` (the tenant id):
@@ -69,6 +71,18 @@ impl MasterKey {
         ctx.update(&[0]);
         ctx.update(data);
         hex::encode(ctx.sign().as_ref())
+    }
+
+    /// 32 bytes derived from the master key for `label` (HKDF-SHA256): the same on every node
+    /// with the same master key, unrelated between labels.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let info = [label];
+        // HKDF-SHA256 gives up to 255 * 32 bytes; 32 always fit.
+        if let Ok(okm) = self.2.expand(&info, hkdf::HKDF_SHA256) {
+            let _ = okm.fill(&mut out);
+        }
+        out
     }
 
     /// Seals `plain`, bound to `context` (for example the tenant id).
@@ -139,6 +153,11 @@ mod tests {
         assert_ne!(f, key.fingerprint("tenant-a", b"bodY"));
         assert_ne!(f, other.fingerprint("tenant-a", b"body"));
         assert!(key.open("tenant-a", "AAAA").is_err());
+        // Derived keys: stable per label and key, different across labels and keys.
+        assert_eq!(key.derive(b"jwt"), key.derive(b"jwt"));
+        assert_ne!(key.derive(b"jwt"), key.derive(b"other"));
+        assert_ne!(key.derive(b"jwt"), other.derive(b"jwt"));
+        assert_ne!(key.derive(b"jwt"), [0; 32]);
         assert!(MasterKey::parse("short").is_err());
         assert!(MasterKey::parse(&"ab".repeat(31)).is_err());
     }

@@ -52,6 +52,13 @@ fn every_api_route_is_documented() {
         "/downloads/{version}/{target}/{file}",
         "/healthz",
         "/readyz",
+        "/api/auth/login",
+        "/api/auth/refresh",
+        "/api/auth/logout",
+        "/api/auth/me",
+        "/api/auth/accept-invite",
+        "/api/users",
+        "/api/users/{id}",
     ] {
         assert!(
             doc.paths.paths.contains_key(path),
@@ -76,12 +83,17 @@ fn operations(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value
     all
 }
 
-/// The operations anyone may call without an API key.
+/// The operations anyone may call without an API key: probes, the installer, and the
+/// sign-in routes whose body is the credential.
 const PUBLIC: &[&str] = &[
     "/healthz",
     "/readyz",
     "/deploy.sh",
     "/downloads/{version}/{target}/{file}",
+    "/api/auth/login",
+    "/api/auth/refresh",
+    "/api/auth/logout",
+    "/api/auth/accept-invite",
 ];
 
 #[test]
@@ -102,6 +114,18 @@ fn every_operation_declares_the_statuses_it_can_answer() {
             "{method} {path}: security"
         );
         if secured {
+            // Every authenticated operation takes an API key or a user's access token.
+            let schemes: Vec<&str> = operation["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_object()?.keys().next().map(String::as_str))
+                .collect();
+            assert_eq!(
+                schemes,
+                ["bearer", "jwt"],
+                "{method} {path}: security schemes"
+            );
             assert!(
                 has("401"),
                 "{method} {path} needs an API key but declares no 401"

@@ -68,9 +68,15 @@ const RULES: &[(&str, &[&str])] = &[
             "builtin",
             "release",
             "forwarded",
+            "credentials",
+            "jwt",
+            "passwords",
         ],
     ),
-    ("access", &["credentials", "domain", "listen", "store"]),
+    (
+        "access",
+        &["credentials", "domain", "jwt", "listen", "store"],
+    ),
     ("finish", &["bus", "metrics", "store", "domain"]),
     ("bus", &["domain", "store"]),
     ("frames", &["domain", "seal", "secrets", "store"]),
@@ -84,6 +90,10 @@ const RULES: &[(&str, &[&str])] = &[
     ("metrics", &["domain"]),
     // Operator commands and the builds the server ships.
     ("admin_key", &["store", "credentials", "config", "lib"]),
+    (
+        "users_admin",
+        &["store", "credentials", "passwords", "domain", "service"],
+    ),
     ("release", &["store", "lib"]),
     ("builtin", &["release", "lib"]),
     // Leaves.
@@ -92,6 +102,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("seal", &[]),
     ("config", &["forwarded"]),
     ("forwarded", &[]),
+    ("jwt", &[]),
+    ("passwords", &[]),
     ("listen", &["config"]),
 ];
 

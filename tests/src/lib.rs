@@ -67,6 +67,7 @@ fn check_fresh(dir: &Path) {
             "outpost-supervisor",
             &["supervisor/src", "protocol/src"][..],
         ),
+        ("outpost", &["cli/src"][..]),
     ] {
         let built = std::fs::metadata(dir.join(bin))
             .and_then(|m| m.modified())
@@ -350,6 +351,77 @@ impl Server {
         }
     }
 
+    /// `outpost-server user create` on this server's database: with `password` (on stdin,
+    /// `--password-stdin`), or without, when it prints an invite token. Returns its exit
+    /// status and what it printed.
+    pub fn user_create(&self, email: &str, role: &str, password: Option<&str>) -> (bool, String) {
+        use std::io::Write;
+        let mut command = Command::new(bin_dir().join("outpost-server"));
+        command
+            .args([
+                "user",
+                "create",
+                "--email",
+                email,
+                "--role",
+                role,
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .args(self.database_args())
+            .env_remove("OUTPOST_DATABASE_URL")
+            .env_remove("OUTPOST_DATA_DIR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if password.is_some() {
+            command.arg("--password-stdin");
+        }
+        let mut child = command.spawn().expect("running outpost-server user create");
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Some(password) = password {
+            stdin
+                .write_all(format!("{password}\n").as_bytes())
+                .expect("password on stdin");
+        }
+        drop(stdin);
+        let out = child.wait_with_output().expect("user create");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Creates a user with a password through `outpost-server user create`, signs them in,
+    /// and returns an API client with their access token and their refresh token.
+    pub async fn user(&self, email: &str, role: &str, password: &str) -> (Api, String) {
+        let (ok, text) = self.user_create(email, role, Some(password));
+        assert!(ok, "user create: {text}");
+        self.login(email, password).await
+    }
+
+    /// Signs in; returns an API client with the access token, and the refresh token.
+    pub async fn login(&self, email: &str, password: &str) -> (Api, String) {
+        let (status, session) = self
+            .api()
+            .anonymous(
+                "/api/auth/login",
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {email}: {session}");
+        (
+            self.api()
+                .with_token(session["access_token"].as_str().expect("access_token")),
+            session["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        )
+    }
+
     /// An API client with the owner key.
     pub fn api(&self) -> Api {
         Api::with_ca(&self.url, &self.admin_key, self.ca_pem.as_deref())
@@ -602,6 +674,11 @@ impl Api {
         }
     }
 
+    /// The bearer token it sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The same server with another token.
     pub fn with_token(&self, token: &str) -> Self {
         Self {
@@ -625,6 +702,23 @@ impl Api {
             request = request.json(&body);
         }
         let response = request.send().await.expect("request");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A POST without any `Authorization` header (sign-in, refresh, logout, invites).
+    pub async fn anonymous(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
         let status = response.status();
         let bytes = response.bytes().await.expect("body");
         (

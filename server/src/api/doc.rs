@@ -39,7 +39,9 @@ use crate::http_error::ErrorEnvelope;
 #[derive(ToResponse)]
 pub struct BadRequest(#[allow(dead_code)] ErrorEnvelope);
 
-/// No `Authorization: Bearer …` header, or not a valid API key (unknown, expired or revoked).
+/// No `Authorization: Bearer …` header, or neither a valid API key (unknown, expired or
+/// revoked) nor a valid access token (expired, tampered, or its user disabled or deleted); for
+/// the sign-in routes, wrong credentials.
 #[derive(ToResponse)]
 pub struct Unauthorized(#[allow(dead_code)] ErrorEnvelope);
 
@@ -140,6 +142,17 @@ doc_schema! {
     .min_length(Some(1))
     .max_length(Some(128))
     .pattern(Some(format!("^[^{CC}]*[^{BLANK}][^{CC}]*$")))
+}
+
+doc_schema! {
+    /// A user's email (`service::users::check_email`).
+    Email => string(
+        "An email address: one `@` with something on each side, no white space or control \
+         characters, at most 254 characters. Unique on the server, compared case-insensitively.",
+    )
+    .min_length(Some(3))
+    .max_length(Some(254))
+    .pattern(Some(format!("^[^@{BLANK}]+@[^@{BLANK}]+$")))
 }
 
 doc_schema! {
@@ -291,7 +304,7 @@ impl utoipa::Modify for Contract {
     }
 }
 
-fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+pub(super) fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [
         item.get.as_mut(),
         item.put.as_mut(),
@@ -349,7 +362,7 @@ fn cross_cutting(path: &str, operation: &mut Operation) {
                 "201" => "Created",
                 "202" => "Accepted",
                 "204" => "Done; no content",
-                "403" => "Not allowed for this API key's role",
+                "403" => "Not allowed for this caller's role",
                 _ => "",
             }
             .to_owned();

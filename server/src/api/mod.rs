@@ -18,6 +18,7 @@ mod keys;
 pub mod metrics;
 mod nodes;
 mod releases;
+mod users;
 mod webhooks;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,7 +30,7 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
@@ -52,15 +53,18 @@ use doc::Contract;
         jobs::webhook, webhooks::signing_secret, webhooks::rotate,
         releases::latest, releases::show, releases::download, nodes::list,
         audit::list, audit::verify,
+        users::login, users::refresh, users::logout, users::me, users::accept_invite,
+        users::list, users::create, users::show, users::update, users::delete,
     ),
     components(
         schemas(
             crate::domain::CommandState, crate::domain::JobState, crate::domain::Role,
             crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
             crate::domain::WebhookStatus, crate::domain::ActorKind, crate::domain::AuditAction,
-            crate::domain::AuditTarget, crate::http_error::ErrorEnvelope,
+            crate::domain::AuditTarget, crate::domain::UserStatus,
+            crate::http_error::ErrorEnvelope,
             doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
-            doc::TargetTriple, doc::WebhookUrl, doc::IdempotencyKey, doc::JobIdPart,
+            doc::TargetTriple, doc::WebhookUrl, doc::Email, doc::IdempotencyKey, doc::JobIdPart,
         ),
         responses(
             doc::BadRequest, doc::Unauthorized, doc::TooManyRequests, doc::NotFound,
@@ -80,6 +84,8 @@ use doc::Contract;
         (name = "health", description = "Liveness and readiness"),
         (name = "nodes", description = "Server nodes sharing one PostgreSQL"),
         (name = "audit", description = "Who changed or triggered what: the tenant's hash-chained audit log"),
+        (name = "auth", description = "Users' sign-in and sessions"),
+        (name = "users", description = "The tenant's users"),
     )
 )]
 pub struct ApiDoc;
@@ -98,6 +104,29 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user's access token from POST /api/auth/login or /api/auth/refresh \
+                         (HS256, 15 minutes); the user's current role applies",
+                    ))
+                    .build(),
+            ),
+        );
+        // Wherever an API key is accepted, so is a user's access token: either one.
+        for item in openapi.paths.paths.values_mut() {
+            for operation in doc::operations(item) {
+                if let Some(security) = operation.security.as_mut()
+                    && !security.is_empty()
+                {
+                    security.push(SecurityRequirement::new("jwt", Vec::<String>::new()));
+                }
+            }
+        }
     }
 }
 
@@ -144,6 +173,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/nodes", get(nodes::list))
         .route("/api/audit", get(audit::list))
         .route("/api/audit/verify", get(audit::verify))
+        .route("/api/auth/login", post(users::login))
+        .route("/api/auth/refresh", post(users::refresh))
+        .route("/api/auth/logout", post(users::logout))
+        .route("/api/auth/me", get(users::me))
+        .route("/api/auth/accept-invite", post(users::accept_invite))
+        .route("/api/users", get(users::list).post(users::create))
+        .route(
+            "/api/users/{id}",
+            get(users::show).patch(users::update).delete(users::delete),
+        )
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))
         .route(
@@ -165,9 +204,10 @@ pub fn render_job(
     serde_json::to_vec(&jobs::JobView::new(job, runs, true))
 }
 
-/// The caller behind a request's bearer token (an API key), as the access service
-/// authenticates it: counted against the per-caller rate limit, or against the client's
-/// address when it fails (`service::limits`), and carrying that address for the audit log.
+/// The caller behind a request's bearer token (an API key or a user's access token), as the
+/// access service authenticates it: counted against the per-caller rate limit, or against the
+/// client's address when it fails (`service::limits`), and carrying that address for the
+/// audit log.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = DomainError;
 

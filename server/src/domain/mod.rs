@@ -227,16 +227,28 @@ text_enum! {
     }
 }
 
-/// Who asks: the API key (later a user's session) behind a request, as authenticated.
+text_enum! {
+    /// Whether a user may sign in.
+    UserStatus {
+        /// The user signs in and their tokens work.
+        Active = "active",
+        /// Refused: sign-in, refresh and access tokens alike.
+        Disabled = "disabled",
+    }
+}
+
+/// Who asks: a user (by access token) or an API key, as authenticated. Services decide what it
+/// may do from `role`, and know from `principal` who did it.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The caller's tenant: everything it reads or changes is of this tenant.
     pub tenant_id: String,
-    /// The API key's id (never its secret).
-    pub key_id: String,
-    /// What it may do.
+    /// What it may do: a user's current role (read on every request, not from the token), or
+    /// the API key's.
     pub role: Role,
-    /// How people know the caller (the API key's name), for the audit log.
+    /// Which user or key.
+    pub principal: Principal,
+    /// How people know the caller (the API key's name, the user's email), for the audit log.
     pub label: String,
     /// The client's address, as the HTTP layer decides it (`api::ClientAddr`); `None`
     /// when the request did not come over the network.
@@ -247,10 +259,40 @@ impl Caller {
     /// The caller as the audit log records it. Whatever the caller becomes (a user's
     /// session, a scoped key), this is the one place that says how it is named there.
     pub fn actor(&self) -> Actor {
+        let (kind, id) = match &self.principal {
+            Principal::User { user_id } => (ActorKind::User, user_id),
+            Principal::ApiKey { key_id } => (ActorKind::ApiKey, key_id),
+        };
         Actor {
-            kind: ActorKind::ApiKey,
-            id: self.key_id.clone(),
+            kind,
+            id: id.clone(),
             label: self.label.clone(),
+        }
+    }
+}
+
+/// The kind of caller and its id. Kept an enum so that what later work adds (an API key's
+/// scopes and owner) goes in its variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A person signed in with a password (an access token, `Authorization: Bearer <JWT>`).
+    User {
+        /// The user's id.
+        user_id: String,
+    },
+    /// A program with an API key (`opk_…`).
+    ApiKey {
+        /// The key's id (never its secret).
+        key_id: String,
+    },
+}
+
+impl Principal {
+    /// The user's id, when a user asks.
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Self::User { user_id } => Some(user_id),
+            Self::ApiKey { .. } => None,
         }
     }
 }
@@ -332,17 +374,21 @@ text_enum! {
         ReleasePublish = "release.publish",
         /// A tenant was created, with its owner key.
         TenantCreate = "tenant.create",
-        /// A person signed in (accounts work).
+        /// A person signed in.
         AuthLogin = "auth.login",
-        /// A sign-in was refused (accounts work).
+        /// A sign-in was refused (a known email; an unknown one has no tenant to record in).
         AuthLoginFailed = "auth.login_failed",
-        /// A user was created or invited (accounts work).
+        /// A user was created or invited.
         UserCreate = "user.create",
-        /// A user's role was changed (accounts work).
+        /// A user's role was changed (and maybe their status with it).
         UserRoleChange = "user.role_change",
-        /// A user was disabled (accounts work).
+        /// A user was disabled.
         UserDisable = "user.disable",
-        /// A user was deleted (accounts work).
+        /// A disabled user was enabled again.
+        UserEnable = "user.enable",
+        /// An invited user set their password with the invite.
+        UserInviteAccept = "user.invite_accept",
+        /// A user was deleted.
         UserDelete = "user.delete",
     }
 }
@@ -404,10 +450,19 @@ impl AuditEvent {
 
 impl Caller {
     /// What the per-caller rate limit counts this caller under (`service::limits`): its API
-    /// key. Users (SPEC §9) will be counted by user id, so that a user's sessions share one
-    /// allowance.
+    /// key, or its user (a user's sessions share one allowance).
     pub fn rate_key(&self) -> String {
-        format!("key:{}", self.key_id)
+        self.principal.to_string()
+    }
+}
+
+impl std::fmt::Display for Principal {
+    /// `user:<id>` or `key:<id>`, for logs (and later the audit log).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User { user_id } => write!(f, "user:{user_id}"),
+            Self::ApiKey { key_id } => write!(f, "key:{key_id}"),
+        }
     }
 }
 

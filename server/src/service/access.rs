@@ -11,7 +11,8 @@
 //!   of a job).
 //!
 //! Accounts and roles (SPEC §9) extend [`Action`] and [`Access::require`]; no handler or
-//! service compares roles itself.
+//! service compares roles itself. A user's role here is the one their row has now (read on
+//! every request by `crate::access`), never the one their access token was issued with.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,14 +36,18 @@ pub enum Action {
     Nodes,
     /// Read the tenant's audit log and check its chain (SPEC §9: owners and admins).
     ReadAudit,
+    /// List and read the tenant's users.
+    ReadUsers,
+    /// Create, change, disable or delete the tenant's users.
+    ManageUsers,
 }
 
 impl Action {
     /// The least role that may do it.
     fn needs(self) -> Role {
         match self {
-            Self::WebhookSecret | Self::ReadAudit => Role::Admin,
-            Self::Metrics | Self::ForceUpdate | Self::Nodes => Role::Owner,
+            Self::WebhookSecret | Self::ReadAudit | Self::ReadUsers => Role::Admin,
+            Self::Metrics | Self::ForceUpdate | Self::Nodes | Self::ManageUsers => Role::Owner,
         }
     }
 
@@ -61,6 +66,10 @@ impl Action {
             Self::Nodes => {
                 "the server nodes serve every tenant: an owner API key is required".into()
             }
+            Self::ReadUsers => "only owners and admins may list users".into(),
+            Self::ManageUsers => format!(
+                "only owners may create, change or delete users; this caller's role is {role}"
+            ),
             Self::ForceUpdate => format!(
                 "data.force: only an owner may force an update (it can downgrade agents); \
                  this API key's role is {role}"
@@ -81,7 +90,8 @@ impl Access {
         Self { core, limits }
     }
 
-    /// The caller behind a REST request's bearer token, from `client` (its address as
+    /// The caller behind a REST request's bearer token (an API key or a user's access token),
+    /// from `client` (its address as
     /// [`Limits::client_address`] tells it), counted against the per-caller limit
     /// (`--rate-limit`). A token that fails is counted against `client`; once that address is
     /// over its allowance its requests are refused (`rate_limited`) before any lookup.
@@ -104,7 +114,7 @@ impl Access {
         client: IpAddr,
     ) -> Result<Caller, DomainError> {
         self.limits.before_authentication(client)?;
-        match crate::access::authenticate_api(&self.core.store, token).await {
+        match crate::access::authenticate_api(&self.core.store, &self.core.signer, token).await {
             Ok(mut caller) => {
                 // For the audit log; unspecified when the request came from no connection.
                 caller.address = (!client.is_unspecified()).then_some(client);

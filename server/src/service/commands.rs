@@ -181,7 +181,7 @@ pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<()
     }
     Access::require(caller, Action::ForceUpdate)?;
     tracing::info!(
-        key_id = %caller.key_id,
+        caller = %caller.principal,
         role = %caller.role,
         target,
         version = ?spec.update_version.map(|v| v.to_string()),

@@ -1,5 +1,6 @@
 //! What the server does by itself: expiring commands nobody could deliver, giving up on runs
-//! whose agent never came back, and telling a load balancer whether it can serve.
+//! whose agent never came back, forgetting expired sessions and invites, and telling a load
+//! balancer whether it can serve.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +107,16 @@ impl Health {
             tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
         }
         core.finish.finished(lost);
+        // Refresh tokens and invites past their expiry answer nothing any more; a retired
+        // token is kept until then, for reuse detection.
+        let (sessions, invites) = core.store.delete_expired_sessions().await?;
+        if sessions + invites > 0 {
+            tracing::debug!(
+                sessions,
+                invites,
+                "deleted expired refresh tokens and invites"
+            );
+        }
         Ok(())
     }
 }

@@ -338,7 +338,7 @@ mod tests {
     fn caller(key: &str) -> Caller {
         Caller {
             tenant_id: "t".into(),
-            key_id: key.into(),
+            principal: crate::domain::Principal::ApiKey { key_id: key.into() },
             role: Role::Owner,
             label: key.into(),
             address: None,

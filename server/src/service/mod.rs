@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod releases;
+pub mod users;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -29,9 +30,15 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Bus;
 use crate::domain::DomainError;
 use crate::finish::Finish;
+use crate::jwt::Signer;
+use crate::passwords::Passwords;
 use crate::seal::MasterKey;
 use crate::store::Store;
 use crate::store::writer::Writer;
+
+/// The HKDF label of the access-token signing key: fixed, so every node derives the same key
+/// from the same master key.
+pub const ACCESS_TOKEN_KEY_LABEL: &[u8] = b"outpost access tokens v1";
 
 /// The handles every service shares.
 pub struct Core {
@@ -45,6 +52,10 @@ pub struct Core {
     finish: Finish,
     /// Seals secrets at rest and keys request fingerprints.
     master: Arc<MasterKey>,
+    /// Signs and checks users' access tokens, with a key derived from the master key.
+    signer: Arc<Signer>,
+    /// Hashes and verifies passwords off the async threads, a few at a time.
+    passwords: Passwords,
     /// Cancelled when the server shuts down.
     shutdown: CancellationToken,
     /// The name this node claims work under (`crate::cluster`; `local` on SQLite, where it is
@@ -69,12 +80,15 @@ impl Core {
         master: Arc<MasterKey>,
         shutdown: CancellationToken,
     ) -> Self {
+        let signer = Arc::new(Signer::new(&master.derive(ACCESS_TOKEN_KEY_LABEL)));
         Self {
             store,
             writer,
             bus,
             finish,
             master,
+            signer,
+            passwords: Passwords::new(),
             shutdown,
             node: "local".to_owned(),
         }
@@ -109,6 +123,8 @@ pub struct Services {
     pub jobs: jobs::Jobs,
     /// Agent keys.
     pub keys: keys::Keys,
+    /// Users, their sign-in and sessions.
+    pub users: users::Users,
     /// Signed agent and supervisor builds.
     pub releases: releases::Releases,
     /// Job webhooks: signing secrets and delivery.
@@ -131,15 +147,20 @@ impl Services {
         let core = Arc::new(core);
         Self {
             access: access::Access::new(core.clone(), limits.clone()),
-            limits,
             agents: agents::Agents::new(core.clone()),
             audit: audit::Audit::new(core.clone()),
+            users: users::Users::new(
+                core.clone(),
+                limits.clone(),
+                audit::Audit::new(core.clone()),
+            ),
             commands: commands::Commands::new(core.clone()),
             jobs: jobs::Jobs::new(core.clone()),
             keys: keys::Keys::new(core.clone()),
             releases: releases::Releases::new(core.clone(), releases),
             webhooks: webhooks::Webhooks::new(core.clone(), Arc::new(webhooks)),
             health: housekeeping::Health::new(core),
+            limits,
         }
     }
 }

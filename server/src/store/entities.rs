@@ -416,3 +416,91 @@ pub mod audit_head {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// People who sign in (SPEC §9): one tenant each, an email unique across tenants.
+pub mod user {
+    use sea_orm::entity::prelude::*;
+
+    /// A user row; only the argon2id hash of the password is kept.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        /// As given when the user was created.
+        pub email: String,
+        /// The email in lowercase: what is unique and looked up.
+        #[sea_orm(unique)]
+        pub email_key: String,
+        /// argon2id PHC string; `None` until an invite is accepted.
+        pub password_hash: Option<String>,
+        pub role: String,
+        /// `active` or `disabled`.
+        pub status: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub last_login_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Users' refresh tokens (`opr_…`), stored hashed, in families descending from one login.
+pub mod refresh_token {
+    use sea_orm::entity::prelude::*;
+
+    /// A refresh token row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "refresh_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub user_id: String,
+        /// The login this token descends from.
+        pub family_id: String,
+        #[sea_orm(unique)]
+        pub token_hash: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        /// When it was exchanged for a new one.
+        pub retired_at: Option<DateTimeUtc>,
+        /// When its family was revoked (logout, reuse, the user disabled).
+        pub revoked_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One-time invites (`opi_…`) that let a new user set a password, stored hashed.
+pub mod invite {
+    use sea_orm::entity::prelude::*;
+
+    /// An invite row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "invites")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub user_id: String,
+        #[sea_orm(unique)]
+        pub token_hash: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        /// When it was accepted; an invite is used once.
+        pub used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -270,6 +270,49 @@ CREATE TABLE audit_heads (
 -- postgres: CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 -- postgres: CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
 "#,
+    // 13: users and their sessions (SPEC §9). An email is unique across tenants, compared
+    // case-insensitively through `email_key` (its lowercase form), so one login finds one
+    // user. A user created by invite has no password until the invite is accepted. Refresh
+    // tokens and invites are stored as SHA-256 hashes; a refresh token's `family_id` is the
+    // login it descends from, revoked whole when a retired token is presented again.
+    r#"
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    email TEXT NOT NULL,
+    email_key TEXT NOT NULL UNIQUE,
+    password_hash TEXT,
+    role TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    updated_at {ts} NOT NULL,
+    last_login_at {ts}
+);
+CREATE INDEX users_tenant ON users (tenant_id, created_at);
+CREATE TABLE refresh_tokens (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    user_id TEXT NOT NULL,
+    family_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    retired_at {ts},
+    revoked_at {ts}
+);
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);
+CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);
+CREATE TABLE invites (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    user_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    used_at {ts}
+);
+CREATE INDEX invites_user ON invites (user_id);
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on

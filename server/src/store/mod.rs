@@ -16,12 +16,14 @@ mod jobs;
 mod migrations;
 mod nodes;
 mod releases;
+mod users;
 mod webhooks;
 pub mod writer;
 
 pub use audit::{AuditFilter, AuditRecord, ChainCheck};
 pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
+pub use users::{NewUser, Refreshed, UserChange, UserChanged};
 pub use webhooks::Attempt;
 
 use std::path::Path;
@@ -42,8 +44,8 @@ use serde_json::{Value, json};
 use crate::credentials::{self, KeyKind};
 use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
-    agent, agent_key, api_key, audit_entry, audit_head, claim, command, job, node, output_chunk,
-    release, tenant, webhook_attempt,
+    agent, agent_key, api_key, audit_entry, audit_head, claim, command, invite, job, node,
+    output_chunk, refresh_token, release, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.
@@ -448,7 +450,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// The tenant the server made on its first start: the oldest.
-    async fn default_tenant(&self) -> Result<Option<tenant::Model>> {
+    pub async fn default_tenant(&self) -> Result<Option<tenant::Model>> {
         Ok(tenant::Entity::find()
             .order_by_asc(tenant::Column::CreatedAt)
             .one(&self.db)

@@ -27,4 +27,5 @@ mod sockets;
 mod supervisor;
 mod tenancy;
 mod tls;
+mod users;
 mod webhooks;
