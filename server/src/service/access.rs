@@ -36,6 +36,13 @@ pub enum Action {
     Nodes,
     /// Read the tenant's audit log and check its chain (SPEC §9: owners and admins).
     ReadAudit,
+    /// Create, change, disable, delete or regenerate the tenant's agent keys.
+    ManageAgentKeys,
+    /// Change an agent's tags or forget it.
+    ManageAgents,
+    /// Send an agent a control command (`restart`, `update`, `redeploy`): members trigger
+    /// runs, they do not manage the fleet (SPEC §9).
+    ControlAgents,
     /// List and read the tenant's users.
     ReadUsers,
     /// Create, change, disable or delete the tenant's users.
@@ -46,7 +53,12 @@ impl Action {
     /// The least role that may do it.
     fn needs(self) -> Role {
         match self {
-            Self::WebhookSecret | Self::ReadAudit | Self::ReadUsers => Role::Admin,
+            Self::WebhookSecret
+            | Self::ReadAudit
+            | Self::ReadUsers
+            | Self::ManageAgentKeys
+            | Self::ManageAgents
+            | Self::ControlAgents => Role::Admin,
             Self::Metrics | Self::ForceUpdate | Self::Nodes | Self::ManageUsers => Role::Owner,
         }
     }
@@ -67,6 +79,15 @@ impl Action {
                 "the server nodes serve every tenant: an owner API key is required".into()
             }
             Self::ReadUsers => "only owners and admins may list users".into(),
+            Self::ManageAgentKeys => format!(
+                "only owners and admins may change agent keys; this caller's role is {role}"
+            ),
+            Self::ManageAgents => format!(
+                "only owners and admins may change or forget agents; this caller's role is {role}"
+            ),
+            Self::ControlAgents => format!(
+                "only owners and admins may send restart, update or redeploy; this caller's role is {role}"
+            ),
             Self::ManageUsers => format!(
                 "only owners may create, change or delete users; this caller's role is {role}"
             ),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::Core;
+use super::access::{Access, Action};
 use super::audit::record_of;
 use crate::bus::Connection;
 use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError, Transport};
@@ -111,6 +112,7 @@ impl Agents {
         id: &str,
         tags: &[String],
     ) -> Result<AgentRecord, DomainError> {
+        Access::require(caller, Action::ManageAgents)?;
         validate_tags("tags", tags)?;
         let txn = self.core.store.begin().await?;
         let agent = txn
@@ -129,6 +131,7 @@ impl Agents {
     /// disconnected (it registers again as new if it reconnects, with any key).
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
     pub async fn forget(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        Access::require(caller, Action::ManageAgents)?;
         let hostname = self
             .core
             .store

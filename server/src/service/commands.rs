@@ -171,11 +171,18 @@ fn update_options(data: &Value) -> Result<(Option<Version>, bool), DomainError> 
     Ok((version, force))
 }
 
-/// Checks what only some callers may ask for: a forced `update` (which may downgrade agents,
+/// Checks what only some callers may ask for: control commands need an admin (members run
+/// and cancel, SPEC §9), and a forced `update` (which may downgrade agents,
 /// past the supervisor's own refusal) needs an owner. A forced update that is allowed is
 /// logged with the caller's key, at info (the audit log records it with the command: its
 /// `detail.force`). `target` says whom it is for, for the log line.
 pub fn authorize(caller: &Caller, spec: &CommandSpec, target: &str) -> Result<(), DomainError> {
+    if matches!(
+        spec.command.as_str(),
+        commands::RESTART | commands::UPDATE | commands::REDEPLOY
+    ) {
+        Access::require(caller, Action::ControlAgents)?;
+    }
     if spec.command != commands::UPDATE || !spec.update_force {
         return Ok(());
     }

@@ -13,6 +13,7 @@ use outpost_protocol::commands;
 use serde_json::json;
 
 use super::Core;
+use super::access::{Access, Action};
 use super::agents::validate_tags;
 use super::audit::record_of;
 use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError, KeyStatus};
@@ -90,6 +91,7 @@ impl Keys {
         caller: &Caller,
         new: NewKey,
     ) -> Result<(KeyRecord, String), DomainError> {
+        Access::require(caller, Action::ManageAgentKeys)?;
         validate_name(&new.name)?;
         let permissions = new.permissions.unwrap_or_else(|| {
             commands::DEFAULT_PERMISSIONS
@@ -161,6 +163,7 @@ impl Keys {
         id: &str,
         changes: KeyChanges,
     ) -> Result<KeyRecord, DomainError> {
+        Access::require(caller, Action::ManageAgentKeys)?;
         if let Some(name) = &changes.name {
             validate_name(name)?;
         }
@@ -211,6 +214,7 @@ impl Keys {
     /// Deletes a key; its connections close.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        Access::require(caller, Action::ManageAgentKeys)?;
         let txn = self.core.store.begin().await?;
         let Some(key) = txn.get_agent_key(&caller.tenant_id, id).await? else {
             return Err(DomainError::NotFound(format!("no agent key {id}")));
@@ -238,6 +242,7 @@ impl Keys {
         caller: &Caller,
         id: &str,
     ) -> Result<(KeyRecord, String), DomainError> {
+        Access::require(caller, Action::ManageAgentKeys)?;
         let txn = self.core.store.begin().await?;
         let (key, secret) = txn
             .regenerate_agent_key(&caller.tenant_id, id)

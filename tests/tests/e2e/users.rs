@@ -831,3 +831,59 @@ impl CliHome {
         )
     }
 }
+
+/// A member reads agents and runs and cancels jobs (SPEC §9) but manages nothing: agent keys,
+/// agents' tags, forgetting agents and control commands are refused with 403 naming the role,
+/// wherever they are asked (one agent, a job); an admin may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_runs_but_does_not_manage_the_fleet() {
+    let server = Server::start().await;
+    let (member, _) = server.user("bob@example.com", "member", PASSWORD).await;
+    let (admin, _) = server.user("eve@example.com", "admin", PASSWORD).await;
+    let agent = "0190d7b6-0000-7000-8000-000000000001";
+    let refused = [
+        member
+            .post("/api/agents/keys", json!({"name": "member's"}))
+            .await,
+        member
+            .patch(&format!("/api/agents/{agent}"), json!({"tags": ["x"]}))
+            .await,
+        member.delete(&format!("/api/agents/{agent}")).await,
+        member
+            .post(
+                &format!("/api/agents/{agent}/command"),
+                json!({"command": "restart"}),
+            )
+            .await,
+        member
+            .post(
+                "/api/jobs",
+                json!({"command": "redeploy", "target": {"all": true}}),
+            )
+            .await,
+    ];
+    for (status, body) in refused {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("member")),
+            "{body}"
+        );
+    }
+    // What a member may do is not refused for its role (a job with no agent to reach is
+    // refused for that, 422).
+    assert_eq!(member.get("/api/agents").await.0, StatusCode::OK);
+    let (status, body) = member
+        .post(
+            "/api/jobs",
+            json!({"command": "ping", "target": {"all": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // An admin manages agent keys.
+    let (status, body) = admin
+        .post("/api/agents/keys", json!({"name": "admin's"}))
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+}
