@@ -375,7 +375,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .await?
                 .and_then(|t| t.retired_at)
                 .unwrap_or(at);
-            if at - retired_at > grace {
+            // Measured from now, not from `at`: on PostgreSQL this transaction's update waited
+            // for the one that retired the token, whose `retired_at` may be later than `at`.
+            // Within the grace means strictly less than it, so a grace of 0 honours nothing.
+            if now().max(at) - retired_at >= grace {
                 txn.revoke_family(&old.family_id).await?;
                 txn.db.commit().await?;
                 return Ok(Refreshed::Reused);
