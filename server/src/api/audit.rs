@@ -101,11 +101,11 @@ pub struct AuditPageView {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AuditListQuery {
     /// Rows of this actor: its id or its label (an API key's id or name).
-    #[param(nullable = false)]
+    #[param(nullable = false, min_length = 1, max_length = 200)]
     pub actor: Option<String>,
     /// Rows of this action (`job.trigger`), or of every action on a kind of target
     /// (`agent_key` for `agent_key.create`, `agent_key.disable`, …).
-    #[param(nullable = false)]
+    #[param(nullable = false, min_length = 1, max_length = 200)]
     pub action: Option<String>,
     /// Recorded at or after (RFC 3339).
     #[param(nullable = false)]
@@ -113,8 +113,8 @@ pub struct AuditListQuery {
     /// Recorded before (RFC 3339).
     #[param(nullable = false)]
     pub until: Option<DateTime<Utc>>,
-    /// From a previous page's `next_cursor`.
-    #[param(nullable = false)]
+    /// From a previous page's `next_cursor` (a row id).
+    #[param(nullable = false, pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
     /// Page size, 1–200 (default 50).
     #[param(minimum = 1, maximum = 200, nullable = false)]

@@ -126,7 +126,7 @@ impl Audit {
         for (field, value) in [("actor", &query.actor), ("action", &query.action)] {
             if value
                 .as_ref()
-                .is_some_and(|v| v.is_empty() || v.len() > 200)
+                .is_some_and(|v| v.is_empty() || v.chars().count() > 200)
             {
                 return Err(DomainError::BadRequest(format!(
                     "{field}: must be 1 to 200 characters"
