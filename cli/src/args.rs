@@ -580,6 +580,47 @@ pub enum KeysCommand {
         after_help = "Examples:\n  outpost keys agent create web --tag web\n  outpost keys agent ls\n  outpost keys agent disable web\n  outpost keys agent regenerate web"
     )]
     Agent(AgentKeysCommand),
+    /// API keys for programs (opk_…): scoped, expiring, yours.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost keys api create ci --scope jobs:run --scope jobs:read\n  outpost keys api ls\n  outpost keys api rm ci"
+    )]
+    Api(ApiKeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create an API key for yourself and print its secret (shown this once).
+    #[command(after_help = "\
+Scopes: agents:read, agents:write, jobs:read, jobs:run, schedules:read, schedules:write,
+integrations:write, keys:write, users:write, audit:read, metrics:read, or * for all. The key
+acts with its scopes and your role together, and stops working when you are disabled or
+deleted. It expires at the latest after the server's --max-key-days (365 by default, also
+the default expiry).
+
+Examples:
+  outpost keys api create ci --scope jobs:run --scope jobs:read
+  outpost keys api create backup-check --scope jobs:read --expires-at 2027-01-01T00:00:00Z
+  outpost keys api create deploy --scope '*' --json | jq -r .secret")]
+    Create {
+        /// A name for people.
+        name: String,
+        /// A scope the key holds (repeatable; at least one).
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+        /// When the key stops working (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
+    },
+    /// List your API keys (an owner: everyone's), never their secrets.
+    #[command(after_help = "Examples:\n  outpost keys api ls\n  outpost keys api ls --json")]
+    Ls,
+    /// Revoke an API key at once.
+    #[command(after_help = "Examples:\n  outpost keys api rm ci\n  outpost keys api rm 01J…")]
+    Rm {
+        /// Key id or name.
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

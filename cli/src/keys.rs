@@ -1,17 +1,21 @@
-//! `outpost keys agent …`: the keys agents connect with. A secret is printed only by `create`
-//! and `regenerate`, the two answers of the API that carry it.
+//! `outpost keys agent …`: the keys agents connect with, and `outpost keys api …`: programs'
+//! API keys. A secret is printed only by `create` (and an agent key's `regenerate`), the
+//! answers of the API that carry it.
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::args::{AgentKeysCommand, Global, KeysCommand};
+use crate::args::{AgentKeysCommand, ApiKeysCommand, Global, KeysCommand};
 use crate::client::Client;
 use crate::error::CliError;
 use crate::output::{self, Cell, Table};
 
 /// Runs a `keys` subcommand.
 pub async fn run(client: &Client, global: &Global, cmd: KeysCommand) -> Result<(), CliError> {
-    let KeysCommand::Agent(cmd) = cmd;
+    let cmd = match cmd {
+        KeysCommand::Agent(cmd) => cmd,
+        KeysCommand::Api(cmd) => return api(client, global, cmd).await,
+    };
     match cmd {
         AgentKeysCommand::Create {
             name,
@@ -27,12 +31,7 @@ pub async fn run(client: &Client, global: &Global, cmd: KeysCommand) -> Result<(
                 body["tags"] = json!(tags);
             }
             if let Some(at) = expires_at {
-                let at = chrono::DateTime::parse_from_rfc3339(&at).map_err(|e| {
-                    CliError::Usage(format!(
-                        "--expires-at: {at:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z ({e})"
-                    ))
-                })?;
-                body["expires_at"] = json!(at.to_rfc3339());
+                body["expires_at"] = json!(rfc3339(&at)?);
             }
             let key = client
                 .json(Method::POST, "/api/agents/keys", &[], Some(&body))
@@ -71,6 +70,83 @@ pub async fn run(client: &Client, global: &Global, cmd: KeysCommand) -> Result<(
                 )
                 .await?;
             print_secret(global, &key, "Regenerated");
+        }
+    }
+    Ok(())
+}
+
+fn rfc3339(at: &str) -> Result<String, CliError> {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .map(|t| t.to_rfc3339())
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "--expires-at: {at:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z ({e})"
+            ))
+        })
+}
+
+/// `outpost keys api …`.
+async fn api(client: &Client, global: &Global, cmd: ApiKeysCommand) -> Result<(), CliError> {
+    match cmd {
+        ApiKeysCommand::Create {
+            name,
+            scopes,
+            expires_at,
+        } => {
+            let mut body = json!({"name": name, "scopes": scopes});
+            if let Some(at) = expires_at {
+                body["expires_at"] = json!(rfc3339(&at)?);
+            }
+            let key = client
+                .json(Method::POST, "/api/keys", &[], Some(&body))
+                .await?;
+            if global.json {
+                output::print_json(&key);
+                return Ok(());
+            }
+            eprintln!(
+                "Created API key {} ({}); scopes {}; expires {}",
+                output::field(&key, "id"),
+                output::field(&key, "name"),
+                output::list(&key, "scopes"),
+                output::field(&key, "expires_at"),
+            );
+            eprintln!(
+                "The secret is shown only this once; store it now (programs send it as \
+                 `Authorization: Bearer …`, the CLI reads it from OUTPOST_TOKEN):"
+            );
+            output::print_stdout(format!("{}\n", output::field(&key, "secret")).as_bytes());
+        }
+        ApiKeysCommand::Ls => {
+            let keys = client.get("/api/keys", &[]).await?;
+            if global.json {
+                output::print_json(&keys);
+                return Ok(());
+            }
+            let mut table = Table::new(vec!["ID", "NAME", "SCOPES", "OWNER", "CREATED", "EXPIRES"]);
+            for k in keys.as_array().into_iter().flatten() {
+                table.row(vec![
+                    output::field(k, "id").into(),
+                    output::field(k, "name").into(),
+                    output::list(k, "scopes").into(),
+                    output::field(k, "owner_user_id").into(),
+                    output::ago(k, "created_at").into(),
+                    output::ago(k, "expires_at").into(),
+                ]);
+            }
+            table.print();
+        }
+        ApiKeysCommand::Rm { key } => {
+            let keys = client.get("/api/keys", &[]).await?;
+            let id = pick(&keys, &key, "API key", "outpost keys api ls")?;
+            client
+                .json(Method::DELETE, &format!("/api/keys/{id}"), &[], None)
+                .await?;
+            if global.json {
+                output::print_json(&json!({"id": id, "deleted": true}));
+            } else {
+                eprintln!("Revoked API key {id}; it stops working at once");
+            }
         }
     }
     Ok(())
@@ -155,9 +231,14 @@ fn print_keys(keys: &Value) {
     table.print();
 }
 
-/// The key id meant by `name`: an id as listed, else the one key with that name.
+/// The agent key id meant by `name`: an id as listed, else the one key with that name.
 async fn resolve(client: &Client, name: &str) -> Result<String, CliError> {
     let keys = client.get("/api/agents/keys", &[]).await?;
+    pick(&keys, name, "agent key", "outpost keys agent ls")
+}
+
+/// The id in `keys` meant by `name`: an id as listed, else the one key with that name.
+fn pick(keys: &Value, name: &str, what: &str, ls: &str) -> Result<String, CliError> {
     let all = keys.as_array().map(Vec::as_slice).unwrap_or_default();
     let id_of = |k: &Value| k.get("id").and_then(Value::as_str).map(str::to_owned);
     if let Some(id) = all.iter().filter_map(id_of).find(|id| id == name) {
@@ -171,10 +252,10 @@ async fn resolve(client: &Client, name: &str) -> Result<String, CliError> {
     match named.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(CliError::not_found(format!(
-            "no agent key {name:?} (give a key id or name; see `outpost keys agent ls`)"
+            "no {what} {name:?} (give a key id or name; see `{ls}`)"
         ))),
         many => Err(CliError::Usage(format!(
-            "{} agent keys are named {name:?} ({}); give a key id",
+            "{} {what}s are named {name:?} ({}); give a key id",
             many.len(),
             many.join(", ")
         ))),

@@ -6,6 +6,8 @@
 //! role since the token was issued gets the new state at their next request, and the role the
 //! request runs with is the row's, not the token's. That read is one primary-key lookup, the
 //! same cost as an API key's lookup by hash; nothing is cached, so nothing needs invalidating.
+//! A key made through `/api/keys` belongs to a user and is checked the same way: its owner's
+//! row is read with it, and the key acts with that row's role and the key's scopes.
 //!
 //! Both transports (the REST API and the agents' WebSocket and long-poll routes) authenticate
 //! here, so a key is refused by the same rules wherever it is used. What an authenticated
@@ -16,7 +18,7 @@
 use chrono::Utc;
 
 use crate::credentials::{hash_secret, verify_secret};
-use crate::domain::{Caller, DomainError, KeyStatus, Principal, Role, UserStatus};
+use crate::domain::{Caller, DomainError, KeyStatus, Principal, Role, Scope, Scopes, UserStatus};
 use crate::jwt::{JwtError, Signer, looks_like_jwt};
 use crate::store::{Store, agent_key};
 
@@ -47,19 +49,52 @@ pub async fn authenticate_api(
         .filter(|k| k.expires_at.is_none_or(|t| t > Utc::now()))
         .filter(|k| k.revoked_at.is_none())
         .ok_or_else(|| DomainError::Unauthorized("unknown, expired or revoked API key".into()))?;
+    let scopes = match &key.scopes {
+        None => Scopes::ALL,
+        Some(list) => Scopes::of(&stored_scopes(&key.id, list)?),
+    };
+    // A key made through `/api/keys` acts with its owner's role as the owner's row has it
+    // now, and stops with its owner (disabled, deleted).
+    let role = match &key.owner_user_id {
+        None => key.role.parse().map_err(|why| {
+            DomainError::Internal(anyhow::anyhow!("API key {}: stored role: {why}", key.id))
+        })?,
+        Some(owner) => {
+            let user = store
+                .get_user(&key.tenant_id, owner)
+                .await?
+                .filter(|u| u.status == UserStatus::Active)
+                .ok_or_else(|| {
+                    DomainError::Unauthorized("this API key's user is disabled or deleted".into())
+                })?;
+            user.role.parse().map_err(|why| {
+                DomainError::Internal(anyhow::anyhow!("user {}: stored role: {why}", user.id))
+            })?
+        }
+    };
     // The connection no longer counts against the caps on unauthenticated ones.
     crate::listen::mark_authenticated();
-    let role = key.role.parse().map_err(|why| {
-        DomainError::Internal(anyhow::anyhow!("API key {}: stored role: {why}", key.id))
-    })?;
     Ok(Caller {
         tenant_id: key.tenant_id,
         role,
+        scopes,
         principal: Principal::ApiKey { key_id: key.id },
         label: key.name,
         // Set by authentication, which knows the client's address.
         address: None,
     })
+}
+
+/// A key's stored scopes; one the server does not know (written by a later version) is an
+/// error rather than dropped, so a key never silently acts with less or more than it lists.
+fn stored_scopes(key_id: &str, list: &serde_json::Value) -> Result<Vec<Scope>, DomainError> {
+    crate::store::string_list(list)
+        .iter()
+        .map(|s| s.parse::<Scope>())
+        .collect::<Result<_, _>>()
+        .map_err(|why| {
+            DomainError::Internal(anyhow::anyhow!("API key {key_id}: stored scopes: {why}"))
+        })
 }
 
 /// The user behind an access token, as their row says now.
@@ -94,6 +129,7 @@ async fn authenticate_user(
     Ok(Caller {
         tenant_id: user.tenant_id,
         role,
+        scopes: Scopes::ALL,
         principal: Principal::User { user_id: user.id },
         label: user.email,
         address: None,

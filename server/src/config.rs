@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 
+/// How long an API key may live unless `--max-key-days` says otherwise (SPEC §9; the
+/// services' own default, `service::api_keys::DEFAULT_MAX_KEY_DAYS`, is the same).
+pub const DEFAULT_MAX_KEY_DAYS: u32 = 365;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -130,6 +134,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_BUILDS_DIR")]
     pub builds_dir: Option<PathBuf>,
 
+    /// The longest an API key made through /api/keys may live, in days (also its default
+    /// expiry).
+    #[arg(long, env = "OUTPOST_MAX_KEY_DAYS", default_value_t = DEFAULT_MAX_KEY_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub max_key_days: u32,
+
     /// Output bytes kept per run and stream; past it the run says output_truncated.
     #[arg(long, env = "OUTPOST_MAX_OUTPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_output_bytes: u64,
@@ -188,6 +197,7 @@ impl std::fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("builds_dir", &self.builds_dir)
             .field("max_output_bytes", &self.max_output_bytes)
+            .field("max_key_days", &self.max_key_days)
             .field("lost_after", &self.lost_after)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
@@ -254,6 +264,11 @@ mod tests {
             .collect();
         assert_eq!(blocks, ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
         assert_eq!(config.rate_limit, 1_200);
+        assert_eq!(config.max_key_days, 365);
+        assert_eq!(
+            config.max_key_days,
+            crate::service::api_keys::DEFAULT_MAX_KEY_DAYS
+        );
         let err =
             super::Config::try_parse_from(["outpost-server", "--trusted-proxy", "10.0.0.0/40"])
                 .expect_err("a bad prefix");

@@ -149,7 +149,8 @@ pub async fn run(
         config.webhook_allow_private,
         api::render_job,
     );
-    let mut core = service::Core::new(store, writer, bus, finish, master, stop.clone());
+    let mut core = service::Core::new(store, writer, bus, finish, master, stop.clone())
+        .with_max_key_days(config.max_key_days);
     if let Some(node) = &node {
         core = core.on_node(node.node_id());
     }
@@ -198,7 +199,7 @@ pub async fn run(
             .run_sweeps(heartbeat.min(Duration::from_secs(30)), lost_after),
     );
 
-    let app = api::router()
+    let app = api::router(state.clone())
         .route("/metrics", axum::routing::get(api::metrics::route))
         // Applied by the body extractors (ApiJson), whose rejection is the JSON error
         // envelope (413); tower-http's layer answered text/plain. No API handler reads a body

@@ -24,46 +24,54 @@ fn openapi_document_matches_the_committed_snapshot() {
     );
 }
 
+/// Every route the router serves is declared in the permission table, documented, and
+/// documented with what the table says it needs; nothing is declared that is not served. A
+/// new route fails here until it says who may call it.
 #[test]
-fn every_api_route_is_documented() {
-    let doc = outpost_server::api::ApiDoc::openapi();
-    for path in [
-        "/api/agents/keys",
-        "/api/agents/keys/{id}",
-        "/api/agents/keys/{id}/regenerate",
-        "/api/agents/keys/{id}/ping",
-        "/api/agents/keys/{id}/command",
-        "/api/agents/connected",
-        "/api/agents",
-        "/api/agents/{id}",
-        "/api/agents/{id}/command",
-        "/api/commands/{id}",
-        "/api/jobs",
-        "/api/jobs/{id}",
-        "/api/jobs/{id}/cancel",
-        "/api/jobs/{id}/events",
-        "/api/jobs/{id}/runs/{run_id}/output",
-        "/api/jobs/{id}/webhook",
-        "/api/webhooks/signing-secret",
-        "/api/webhooks/signing-secret/rotate",
-        "/api/releases/latest",
-        "/api/releases/{version}",
-        "/deploy.sh",
-        "/downloads/{version}/{target}/{file}",
-        "/healthz",
-        "/readyz",
-        "/api/auth/login",
-        "/api/auth/refresh",
-        "/api/auth/logout",
-        "/api/auth/me",
-        "/api/auth/accept-invite",
-        "/api/users",
-        "/api/users/{id}",
-    ] {
-        assert!(
-            doc.paths.paths.contains_key(path),
-            "{path} is not in the OpenAPI document"
+fn every_route_declares_who_may_call_it() {
+    use outpost_server::api::permissions::{Permission, ROUTES, permission};
+    let doc = document();
+    let documented: std::collections::BTreeSet<(String, String)> = operations(&doc)
+        .into_iter()
+        .map(|(path, method, _)| (method.to_uppercase(), path))
+        .collect();
+    let declared: std::collections::BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect();
+    let undeclared: Vec<_> = documented.difference(&declared).collect();
+    assert!(
+        undeclared.is_empty(),
+        "documented but not declared in api::permissions::ROUTES: {undeclared:?}"
+    );
+    let undocumented: Vec<_> = declared.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "declared in api::permissions::ROUTES but not documented: {undocumented:?}"
+    );
+    for (path, method, operation) in operations(&doc) {
+        let declared =
+            permission(&method.to_uppercase().parse().expect("method"), &path).expect("declared");
+        assert_eq!(
+            operation["x-outpost-permission"],
+            serde_json::to_value(declared).expect("json"),
+            "{method} {path}"
         );
+        let secured = operation["security"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty());
+        match declared {
+            Permission::Public => assert!(!secured, "{method} {path} is public"),
+            Permission::Caller { scope, role } => {
+                assert!(secured, "{method} {path} takes a caller");
+                let may_refuse = scope.is_some() || role != outpost_server::domain::Role::Member;
+                assert!(
+                    !may_refuse || operation["responses"]["403"].is_object(),
+                    "{method} {path} may refuse a scope or role but declares no 403"
+                );
+            }
+            Permission::AgentOrCaller => {}
+        }
     }
 }
 

@@ -45,6 +45,12 @@ pub struct BadRequest(#[allow(dead_code)] ErrorEnvelope);
 #[derive(ToResponse)]
 pub struct Unauthorized(#[allow(dead_code)] ErrorEnvelope);
 
+/// The caller may not do this (`forbidden`): an API key without the route's scope, or a
+/// role below the one it needs (`x-outpost-permission` says which); the message names what
+/// is missing.
+#[derive(ToResponse)]
+pub struct Forbidden(#[allow(dead_code)] ErrorEnvelope);
+
 /// Over a rate limit (`rate_limited`): this caller's requests a minute (`--rate-limit`), or
 /// this client address's requests that failed authentication. The message names the limit;
 /// `Retry-After` says in how many whole seconds a request is allowed again.
@@ -296,8 +302,9 @@ impl utoipa::Modify for Contract {
             }
         }
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for operation in operations(item) {
-                cross_cutting(path, operation);
+            for (method, operation) in operations_by_method(item) {
+                let permission = super::permissions::permission(&method, path);
+                cross_cutting(path, permission, operation);
             }
         }
         links(openapi);
@@ -319,11 +326,54 @@ pub(super) fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Opera
     .flatten()
 }
 
+fn operations_by_method(
+    item: &mut PathItem,
+) -> impl Iterator<Item = (axum::http::Method, &mut Operation)> {
+    use axum::http::Method;
+    [
+        (Method::GET, item.get.as_mut()),
+        (Method::PUT, item.put.as_mut()),
+        (Method::POST, item.post.as_mut()),
+        (Method::DELETE, item.delete.as_mut()),
+        (Method::PATCH, item.patch.as_mut()),
+        (Method::HEAD, item.head.as_mut()),
+        (Method::OPTIONS, item.options.as_mut()),
+        (Method::TRACE, item.trace.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| Some((method, operation?)))
+}
+
 fn response_ref(name: &str) -> RefOr<Response> {
     RefOr::Ref(utoipa::openapi::Ref::from_response_name(name))
 }
 
-fn cross_cutting(path: &str, operation: &mut Operation) {
+/// What every operation declares because of what it is: its inputs' 400, its caller's 401,
+/// 403 and 429, and what the permission table (`api::permissions`) requires of the caller,
+/// as the extension `x-outpost-permission` (`{"kind": "caller", "scope", "role"}`), so the
+/// document says route by route what SPEC §9's roles and scopes mean.
+fn cross_cutting(
+    path: &str,
+    permission: Option<super::permissions::Permission>,
+    operation: &mut Operation,
+) {
+    if let Some(permission) = permission {
+        operation
+            .extensions
+            .get_or_insert_with(Extensions::default)
+            .insert(
+                "x-outpost-permission".to_owned(),
+                serde_json::to_value(permission).unwrap_or_default(),
+            );
+    }
+    let limited = matches!(
+        permission,
+        Some(super::permissions::Permission::Caller { scope: Some(_), .. })
+            | Some(super::permissions::Permission::Caller {
+                role: crate::domain::Role::Admin | crate::domain::Role::Owner,
+                ..
+            })
+    );
     let takes_input = operation.request_body.is_some()
         || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let authenticated = operation.security.as_ref().is_some_and(|s| !s.is_empty());
@@ -338,6 +388,9 @@ fn cross_cutting(path: &str, operation: &mut Operation) {
     }
     if authenticated {
         add("401", "Unauthorized");
+    }
+    if limited {
+        add("403", "Forbidden");
     }
     // Every authenticated /api operation is counted against its caller (`service::limits`).
     if authenticated && path.starts_with("/api/") {

@@ -8,6 +8,7 @@
 //! permission, a state change) cannot be written here by accident.
 
 mod agents;
+mod api_keys;
 mod audit;
 mod commands;
 mod deploy;
@@ -17,6 +18,7 @@ mod jobs;
 mod keys;
 pub mod metrics;
 mod nodes;
+pub mod permissions;
 mod releases;
 mod users;
 mod webhooks;
@@ -55,19 +57,20 @@ use doc::Contract;
         audit::list, audit::verify,
         users::login, users::refresh, users::logout, users::me, users::accept_invite,
         users::list, users::create, users::show, users::update, users::delete,
+        api_keys::create, api_keys::list, api_keys::delete,
     ),
     components(
         schemas(
             crate::domain::CommandState, crate::domain::JobState, crate::domain::Role,
             crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
             crate::domain::WebhookStatus, crate::domain::ActorKind, crate::domain::AuditAction,
-            crate::domain::AuditTarget, crate::domain::UserStatus,
+            crate::domain::AuditTarget, crate::domain::UserStatus, crate::domain::Scope,
             crate::http_error::ErrorEnvelope,
             doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
             doc::TargetTriple, doc::WebhookUrl, doc::Email, doc::IdempotencyKey, doc::JobIdPart,
         ),
         responses(
-            doc::BadRequest, doc::Unauthorized, doc::TooManyRequests, doc::NotFound,
+            doc::BadRequest, doc::Unauthorized, doc::Forbidden, doc::TooManyRequests, doc::NotFound,
             doc::PayloadTooLarge,
             doc::Unavailable, doc::InternalError,
         ),
@@ -86,6 +89,7 @@ use doc::Contract;
         (name = "audit", description = "Who changed or triggered what: the tenant's hash-chained audit log"),
         (name = "auth", description = "Users' sign-in and sessions"),
         (name = "users", description = "The tenant's users"),
+        (name = "API keys", description = "Programs' keys: scoped, expiring, each a user's"),
     )
 )]
 pub struct ApiDoc;
@@ -132,8 +136,9 @@ impl utoipa::Modify for BearerAuth {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Every REST route, the OpenAPI document and its interactive viewer.
-pub fn router() -> Router<AppState> {
+/// Every REST route, each behind what [`permissions::ROUTES`] declares for it, the OpenAPI
+/// document and its interactive viewer.
+pub fn router(state: AppState) -> Router<AppState> {
     let api = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -188,7 +193,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/downloads/{version}/{target}/{file}",
             get(releases::download),
-        );
+        )
+        .route("/api/keys", post(api_keys::create).get(api_keys::list))
+        .route("/api/keys/{id}", axum::routing::delete(api_keys::delete))
+        // After every route: applies to each of them, and to nothing else (not the fallback).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            permissions::authorize,
+        ));
     // The viewer's assets are compiled into the binary, so /docs works with no network.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(no_route)
@@ -204,17 +216,21 @@ pub fn render_job(
     serde_json::to_vec(&jobs::JobView::new(job, runs, true))
 }
 
-/// The caller behind a request's bearer token (an API key or a user's access token), as the
-/// access service authenticates it: counted against the per-caller rate limit, or against the
-/// client's address when it fails (`service::limits`), and carrying that address for the
-/// audit log.
-impl FromRequestParts<AppState> for Caller {
+/// The caller behind a request's bearer token, as [`permissions::authorize`] authenticated
+/// and authorised it for the route (counted against the per-caller rate limit, carrying the
+/// client's address for the audit log). A handler of a route that the table does not declare
+/// for a caller gets none: it fails closed.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = DomainError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DomainError> {
-        let token = crate::http_error::bearer(&parts.headers);
-        let ClientAddr(client) = ClientAddr::of(parts, state);
-        state.services.access.authenticate(token, client).await
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, DomainError> {
+        parts.extensions.remove::<Caller>().ok_or_else(|| {
+            DomainError::Internal(anyhow::anyhow!(
+                "{} {} takes a caller but api::permissions::ROUTES does not declare one",
+                parts.method,
+                parts.uri.path()
+            ))
+        })
     }
 }
 

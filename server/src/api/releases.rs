@@ -24,7 +24,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{Path, Query};
 use crate::AppState;
-use crate::domain::Caller;
 use crate::domain::DomainError;
 
 /// A release for one target, as `GET /api/releases/…` shows it.
@@ -88,8 +87,9 @@ impl FromRequestParts<AppState> for Reader {
                     .authenticate_agent(Some(token))
                     .await?;
             }
-            _ => {
-                Caller::from_request_parts(parts, state).await?;
+            token => {
+                let super::ClientAddr(client) = super::ClientAddr::of(parts, state);
+                state.services.access.authenticate(token, client).await?;
             }
         }
         Ok(Self)

@@ -76,7 +76,7 @@ pub struct LoginRequest {
 /// refused.
 macro_rules! object_only {
     ($name:ident { $($field:ident: $ty:ty),+ $(,)? }) => {
-        impl<'de> Deserialize<'de> for $name {
+        impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 use serde::de::Error;
                 let mut object = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
@@ -168,6 +168,9 @@ pub struct MeView {
     pub tenant_id: String,
     /// The caller's current role.
     pub role: Role,
+    /// What the caller's scopes allow: `["*"]` for a user, an API key's own otherwise (it
+    /// acts with these and `role` together).
+    pub scopes: Vec<crate::domain::Scope>,
     /// The user, when a user asks.
     pub user: Option<UserView>,
     /// The API key's id, when a key asks.
@@ -184,11 +187,14 @@ impl From<Me> for MeView {
             kind,
             tenant_id: me.tenant_id,
             role: me.role,
+            scopes: me.scopes.list(),
             user: me.user.map(UserView::from),
             key_id,
         }
     }
 }
+
+pub(crate) use object_only;
 
 object_only!(RefreshRequest {
     refresh_token: String

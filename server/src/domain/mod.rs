@@ -176,6 +176,82 @@ impl Role {
 }
 
 text_enum! {
+    /// What an API key may be used for (SPEC §9). A key acts with its scopes and its owner's
+    /// current role together: a scope never lifts a role's limit, and a role never reaches
+    /// past a key's scopes. A user's session has every scope.
+    Scope {
+        /// Read agents, their keys and connections.
+        AgentsRead = "agents:read",
+        /// Change or forget agents.
+        AgentsWrite = "agents:write",
+        /// Read jobs, commands and output.
+        JobsRead = "jobs:read",
+        /// Trigger and cancel runs and commands.
+        JobsRun = "jobs:run",
+        /// Read schedules.
+        SchedulesRead = "schedules:read",
+        /// Create, change and delete schedules.
+        SchedulesWrite = "schedules:write",
+        /// Change integrations and the webhook signing secret.
+        IntegrationsWrite = "integrations:write",
+        /// Create, change and delete keys (agent keys and API keys).
+        KeysWrite = "keys:write",
+        /// Read and manage users and the tenant.
+        UsersWrite = "users:write",
+        /// Read and verify the audit log.
+        AuditRead = "audit:read",
+        /// Read metrics and the server's nodes.
+        MetricsRead = "metrics:read",
+        /// Every scope.
+        All = "*",
+    }
+}
+
+/// A set of [`Scope`]s, as a key holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scopes(u16);
+
+impl Scopes {
+    /// Every scope: a user's session, a key with `*`, a key made by the server.
+    pub const ALL: Scopes = Scopes(u16::MAX);
+
+    fn bit(scope: Scope) -> u16 {
+        match scope {
+            Scope::All => u16::MAX,
+            other => 1 << (Scope::ALL.iter().position(|s| *s == other).unwrap_or(0)),
+        }
+    }
+
+    /// The set of `scopes` (`*` among them makes it every scope).
+    pub fn of(scopes: &[Scope]) -> Self {
+        Self(scopes.iter().fold(0, |set, s| set | Self::bit(*s)))
+    }
+
+    /// Whether the set allows `scope`.
+    pub fn allows(self, scope: Scope) -> bool {
+        let bit = Self::bit(scope);
+        self.0 & bit == bit
+    }
+
+    /// Whether every scope of `other` is in this set.
+    pub fn covers(self, other: Scopes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The scopes it holds, `*` alone when it holds them all.
+    pub fn list(self) -> Vec<Scope> {
+        if self == Self::ALL {
+            return vec![Scope::All];
+        }
+        Scope::ALL
+            .iter()
+            .copied()
+            .filter(|s| *s != Scope::All && self.allows(*s))
+            .collect()
+    }
+}
+
+text_enum! {
     /// Whether an agent key authenticates.
     KeyStatus {
         /// The key authenticates.
@@ -246,6 +322,8 @@ pub struct Caller {
     /// What it may do: a user's current role (read on every request, not from the token), or
     /// the API key's.
     pub role: Role,
+    /// What its key's scopes allow ([`Scopes::ALL`] for a user's session).
+    pub scopes: Scopes,
     /// Which user or key.
     pub principal: Principal,
     /// How people know the caller (the API key's name, the user's email), for the audit log.
@@ -469,6 +547,35 @@ impl std::fmt::Display for Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_hold_what_they_list_and_star_holds_everything() {
+        let read = Scopes::of(&[Scope::AgentsRead, Scope::JobsRead]);
+        assert!(read.allows(Scope::AgentsRead));
+        assert!(read.allows(Scope::JobsRead));
+        assert!(!read.allows(Scope::JobsRun));
+        assert!(!read.allows(Scope::All));
+        assert_eq!(read.list(), vec![Scope::AgentsRead, Scope::JobsRead]);
+        let star = Scopes::of(&[Scope::All]);
+        assert_eq!(star, Scopes::ALL);
+        assert_eq!(star.list(), vec![Scope::All]);
+        for scope in Scope::ALL {
+            assert!(star.allows(*scope), "{scope}");
+            assert!(Scopes::of(&[*scope]).allows(*scope), "{scope}");
+        }
+        assert!(star.covers(read));
+        assert!(!read.covers(star));
+        assert!(read.covers(Scopes::of(&[Scope::JobsRead])));
+        assert_eq!(Scopes::of(&[]).list(), Vec::<Scope>::new());
+        // Every scope listed one by one is not `*`: a scope added later is not granted.
+        let each: Vec<Scope> = Scope::ALL
+            .iter()
+            .copied()
+            .filter(|s| *s != Scope::All)
+            .collect();
+        assert_ne!(Scopes::of(&each), Scopes::ALL);
+        assert_eq!(Scopes::of(&each).list(), each);
+    }
 
     #[test]
     fn every_command_of_the_protocol_is_a_command_and_back() {

@@ -340,6 +340,7 @@ mod tests {
             tenant_id: "t".into(),
             principal: crate::domain::Principal::ApiKey { key_id: key.into() },
             role: Role::Owner,
+            scopes: crate::domain::Scopes::ALL,
             label: key.into(),
             address: None,
         }

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod api_keys;
 pub mod audit;
 pub mod commands;
 pub mod housekeeping;
@@ -61,6 +62,8 @@ pub struct Core {
     /// The name this node claims work under (`crate::cluster`; `local` on SQLite, where it is
     /// the only one).
     node: String,
+    /// The longest an API key may live (`--max-key-days`).
+    max_key_days: u32,
 }
 
 impl Core {
@@ -91,6 +94,7 @@ impl Core {
             passwords: Passwords::new(),
             shutdown,
             node: "local".to_owned(),
+            max_key_days: api_keys::DEFAULT_MAX_KEY_DAYS,
         }
     }
 
@@ -98,6 +102,13 @@ impl Core {
     /// before anything is stored: a small insert may still fit where the writer's batches do
     /// not, and would add work that cannot be answered. The writer keeps trying its batch and
     /// clears this when it commits (see `store::writer::Health`).
+    /// The same core with API keys capped at `days` (`--max-key-days`).
+    #[must_use]
+    pub fn with_max_key_days(mut self, days: u32) -> Self {
+        self.max_key_days = days;
+        self
+    }
+
     fn writable(&self) -> Result<(), DomainError> {
         self.writer.health().status().map_err(|why| {
             DomainError::Unavailable(format!(
@@ -115,6 +126,8 @@ pub struct Services {
     pub access: access::Access,
     /// The fleet: agents, their tags, whether they are connected.
     pub agents: agents::Agents,
+    /// Programs' API keys: scoped, expiring, each a user's.
+    pub api_keys: api_keys::ApiKeys,
     /// The audit log: recording (`Audit::record`), listing, checking the chain.
     pub audit: audit::Audit,
     /// Commands to one agent, or to every agent of a key.
@@ -148,6 +161,7 @@ impl Services {
         Self {
             access: access::Access::new(core.clone(), limits.clone()),
             agents: agents::Agents::new(core.clone()),
+            api_keys: api_keys::ApiKeys::new(core.clone()),
             audit: audit::Audit::new(core.clone()),
             users: users::Users::new(
                 core.clone(),

@@ -65,6 +65,8 @@ pub struct Me {
     pub tenant_id: String,
     /// Its current role.
     pub role: Role,
+    /// What its key's scopes allow (every scope for a user).
+    pub scopes: crate::domain::Scopes,
     /// User or API key.
     pub principal: Principal,
     /// The user's row, when a user asks.
@@ -302,6 +304,7 @@ impl Users {
         Ok(Me {
             tenant_id: caller.tenant_id.clone(),
             role: caller.role,
+            scopes: caller.scopes,
             principal: caller.principal.clone(),
             user,
         })

@@ -44,6 +44,11 @@ pub mod api_key {
         pub expires_at: Option<DateTimeUtc>,
         /// Set when the key was revoked; a revoked key authenticates nothing.
         pub revoked_at: Option<DateTimeUtc>,
+        /// The user the key belongs to (made through `/api/keys`); `None` for the keys the
+        /// server makes, which act with `role`.
+        pub owner_user_id: Option<String>,
+        /// JSON array of scopes (`agents:read`, …, `*`); `None` means every scope.
+        pub scopes: Option<Json>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

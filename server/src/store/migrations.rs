@@ -313,6 +313,15 @@ CREATE TABLE invites (
 );
 CREATE INDEX invites_user ON invites (user_id);
 "#,
+    // 15: scoped API keys (SPEC §9). A key made through `/api/keys` belongs to a user and
+    // lists its scopes; it acts with those scopes and its owner's role as the user's row has
+    // it now. Keys made by the server (the bootstrap owner key, `create_api_key`) have no
+    // owner and no scopes: they act with their own `role` and every scope, as before.
+    r#"
+ALTER TABLE api_keys ADD COLUMN owner_user_id TEXT;
+ALTER TABLE api_keys ADD COLUMN scopes {json};
+CREATE INDEX api_keys_owner ON api_keys (tenant_id, owner_user_id);
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on

@@ -9,6 +9,7 @@
 //! idempotent, which the delivery guarantees rely on: a resent `ack` or `response` changes
 //! nothing the second time.
 
+mod api_keys;
 pub mod audit;
 mod batch;
 pub mod entities;
@@ -20,6 +21,7 @@ mod users;
 mod webhooks;
 pub mod writer;
 
+pub use api_keys::NewApiKey;
 pub use audit::{AuditFilter, AuditRecord, ChainCheck};
 pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
@@ -538,6 +540,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             created_at: Set(now()),
             expires_at: Set(None),
             revoked_at: Set(None),
+            owner_user_id: Set(None),
+            scopes: Set(None),
         }
         .insert(&self.db)
         .await?;
@@ -558,6 +562,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             created_at: Set(now()),
             expires_at: Set(None),
             revoked_at: Set(None),
+            owner_user_id: Set(None),
+            scopes: Set(None),
         }
         .insert(&self.db)
         .await?;
