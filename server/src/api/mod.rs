@@ -18,6 +18,7 @@ mod keys;
 pub mod metrics;
 mod nodes;
 mod releases;
+mod tenants;
 mod users;
 mod webhooks;
 
@@ -55,6 +56,7 @@ use doc::Contract;
         audit::list, audit::verify,
         users::login, users::refresh, users::logout, users::me, users::accept_invite,
         users::list, users::create, users::show, users::update, users::delete,
+        tenants::register, tenants::list, tenants::show, tenants::update,
     ),
     components(
         schemas(
@@ -86,6 +88,7 @@ use doc::Contract;
         (name = "audit", description = "Who changed or triggered what: the tenant's hash-chained audit log"),
         (name = "auth", description = "Users' sign-in and sessions"),
         (name = "users", description = "The tenant's users"),
+        (name = "tenants", description = "Tenants, their plan quotas and usage"),
     )
 )]
 pub struct ApiDoc;
@@ -182,6 +185,12 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/users/{id}",
             get(users::show).patch(users::update).delete(users::delete),
+        )
+        .route("/api/auth/register", post(tenants::register))
+        .route("/api/tenants", get(tenants::list))
+        .route(
+            "/api/tenants/{id}",
+            get(tenants::show).patch(tenants::update),
         )
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))

@@ -313,6 +313,14 @@ CREATE TABLE invites (
 );
 CREATE INDEX invites_user ON invites (user_id);
 "#,
+    // 14: plan quotas per tenant (SPEC §9): the most agents, schedules and users it may have;
+    // NULL is unlimited. They are checked where a thing is created, in the transaction that
+    // creates it (`store::tenants`).
+    r#"
+ALTER TABLE tenants ADD COLUMN max_agents BIGINT;
+ALTER TABLE tenants ADD COLUMN max_schedules BIGINT;
+ALTER TABLE tenants ADD COLUMN max_users BIGINT;
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on
