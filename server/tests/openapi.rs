@@ -59,6 +59,9 @@ fn every_api_route_is_documented() {
         "/api/auth/accept-invite",
         "/api/users",
         "/api/users/{id}",
+        "/api/auth/register",
+        "/api/tenants",
+        "/api/tenants/{id}",
     ] {
         assert!(
             doc.paths.paths.contains_key(path),
@@ -94,6 +97,7 @@ const PUBLIC: &[&str] = &[
     "/api/auth/refresh",
     "/api/auth/logout",
     "/api/auth/accept-invite",
+    "/api/auth/register",
 ];
 
 #[test]

@@ -68,7 +68,7 @@ impl From<TenantUsage> for TenantView {
 /// unlimited.
 #[derive(Debug, Default, ToSchema)]
 pub struct UpdateTenant {
-    /// A new name: 1 to 200 characters.
+    /// A new name: 1 to 200 characters (null, like absent: unchanged).
     #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// The most agents (0 to 1,000,000), or null for unlimited.
@@ -118,7 +118,7 @@ impl<'de> Deserialize<'de> for UpdateTenant {
         let mut out = Self::default();
         for (key, value) in object {
             match key.as_str() {
-                "name" => out.name = Some(field::<String, D::Error>("name", value)?),
+                "name" => out.name = field::<Option<String>, D::Error>("name", value)?,
                 "max_agents" => out.max_agents = Some(field::<_, D::Error>("max_agents", value)?),
                 "max_schedules" => {
                     out.max_schedules = Some(field::<_, D::Error>("max_schedules", value)?)
@@ -253,6 +253,8 @@ mod tests {
         assert_eq!(patch.max_users, Some(Some(5)));
         assert_eq!(patch.max_schedules, None);
         assert_eq!(patch.name, None);
+        let patch: UpdateTenant = serde_json::from_str(r#"{"name": null}"#).expect("reads");
+        assert_eq!(patch.name, None, "a null name is no change");
         let err = serde_json::from_str::<UpdateTenant>(r#"{"max_users": "x"}"#)
             .expect_err("a string");
         assert!(err.to_string().starts_with("max_users:"), "{err}");
