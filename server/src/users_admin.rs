@@ -151,7 +151,12 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("creating the user in tenant {tenant_id}"))?
-        .map_err(|refused| anyhow::anyhow!("{}", crate::service::tenants::user_refused(&args.email, refused)))?;
+        .map_err(|refused| {
+            anyhow::anyhow!(
+                "{}",
+                crate::service::tenants::user_refused(&args.email, refused)
+            )
+        })?;
     tracing::info!(user_id = %user.id, tenant_id, role = %role, "created a user from the server's host");
     if password.is_some() {
         println!(

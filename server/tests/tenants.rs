@@ -262,7 +262,11 @@ async fn a_patch_changes_what_it_names_and_is_audited() {
         .await
         .expect("audit");
     assert_eq!(rows.len(), 2);
-    assert!(rows[0].detail.contains("\"max_agents\":null"), "{}", rows[0].detail);
+    assert!(
+        rows[0].detail.contains("\"max_agents\":null"),
+        "{}",
+        rows[0].detail
+    );
     assert!(!rows[0].detail.contains("max_users"), "{}", rows[0].detail);
     assert!(rows[1].detail.contains("renamed"), "{}", rows[1].detail);
     assert!(matches!(
@@ -279,7 +283,10 @@ async fn a_patch_changes_what_it_names_and_is_audited() {
     let (other, _) = store.create_tenant("other", None).await.expect("tenant");
     let listed = store.list_tenants().await.expect("list");
     assert_eq!(
-        listed.iter().map(|t| t.tenant.id.as_str()).collect::<Vec<_>>(),
+        listed
+            .iter()
+            .map(|t| t.tenant.id.as_str())
+            .collect::<Vec<_>>(),
         [tenant.as_str(), other.as_str()]
     );
 }

@@ -111,10 +111,7 @@ fn field<T: serde::de::DeserializeOwned, E: serde::de::Error>(
 
 impl<'de> Deserialize<'de> for UpdateTenant {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let object = object_fields(
-            d,
-            &["name", "max_agents", "max_schedules", "max_users"],
-        )?;
+        let object = object_fields(d, &["name", "max_agents", "max_schedules", "max_users"])?;
         let mut out = Self::default();
         for (key, value) in object {
             match key.as_str() {
@@ -255,8 +252,8 @@ mod tests {
         assert_eq!(patch.name, None);
         let patch: UpdateTenant = serde_json::from_str(r#"{"name": null}"#).expect("reads");
         assert_eq!(patch.name, None, "a null name is no change");
-        let err = serde_json::from_str::<UpdateTenant>(r#"{"max_users": "x"}"#)
-            .expect_err("a string");
+        let err =
+            serde_json::from_str::<UpdateTenant>(r#"{"max_users": "x"}"#).expect_err("a string");
         assert!(err.to_string().starts_with("max_users:"), "{err}");
         let err = serde_json::from_str::<UpdateTenant>(r#"{"plan": 1}"#).expect_err("unknown");
         assert!(err.to_string().contains("unknown field `plan`"), "{err}");

@@ -201,7 +201,11 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         for (field, value, column) in [
             ("max_agents", patch.max_agents, &mut model.max_agents),
-            ("max_schedules", patch.max_schedules, &mut model.max_schedules),
+            (
+                "max_schedules",
+                patch.max_schedules,
+                &mut model.max_schedules,
+            ),
             ("max_users", patch.max_users, &mut model.max_users),
         ] {
             if let Some(value) = value {
@@ -361,7 +365,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let txn = Store {
             db: begin_write(&self.db).await?,
         };
-        let max = txn.lock_tenant(&tenant_id).await?.and_then(|t| t.max_agents);
+        let max = txn
+            .lock_tenant(&tenant_id)
+            .await?
+            .and_then(|t| t.max_agents);
         if let Some(max) = max {
             let agents = agent::Entity::find()
                 .filter(agent::Column::TenantId.eq(tenant_id.as_str()))

@@ -51,7 +51,10 @@ async fn signup_only_when_allowed_and_quotas_only_by_the_server_s_admin() {
     let body = json!({"email": "ada@acme.example", "password": PASSWORD, "tenant_name": "acme"});
 
     let closed = Server::start().await;
-    let (status, refused) = closed.api().anonymous("/api/auth/register", body.clone()).await;
+    let (status, refused) = closed
+        .api()
+        .anonymous("/api/auth/register", body.clone())
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
     assert_eq!(code(&refused), "signup_disabled", "{refused}");
     let (_, tenants) = closed.api().get("/api/tenants").await;
@@ -69,9 +72,18 @@ async fn signup_only_when_allowed_and_quotas_only_by_the_server_s_admin() {
 
     // Bad input names the field; nothing is made.
     for (bad, field) in [
-        (json!({"email": "x@acme.example", "password": "short", "tenant_name": "acme"}), "password"),
-        (json!({"email": "x@acme.example", "password": PASSWORD, "tenant_name": " "}), "tenant_name"),
-        (json!({"email": "not-an-email", "password": PASSWORD, "tenant_name": "acme"}), "email"),
+        (
+            json!({"email": "x@acme.example", "password": "short", "tenant_name": "acme"}),
+            "password",
+        ),
+        (
+            json!({"email": "x@acme.example", "password": PASSWORD, "tenant_name": " "}),
+            "tenant_name",
+        ),
+        (
+            json!({"email": "not-an-email", "password": PASSWORD, "tenant_name": "acme"}),
+            "email",
+        ),
     ] {
         let (status, err) = admin.anonymous("/api/auth/register", bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
@@ -82,7 +94,10 @@ async fn signup_only_when_allowed_and_quotas_only_by_the_server_s_admin() {
     assert_eq!(status, StatusCode::CREATED, "{session}");
     assert_eq!(session["user"]["role"], "owner");
     assert_eq!(session["user"]["email"], "ada@acme.example");
-    let acme = session["user"]["tenant_id"].as_str().expect("tenant").to_owned();
+    let acme = session["user"]["tenant_id"]
+        .as_str()
+        .expect("tenant")
+        .to_owned();
     assert_ne!(acme, first, "a new tenant");
     let owner = admin.with_token(session["access_token"].as_str().expect("token"));
     let (status, me) = owner.get("/api/auth/me").await;
@@ -202,13 +217,27 @@ async fn quotas_set_on_the_host_refuse_users_and_new_agents_only() {
     let mut first = Agent::start(&server.url, &secret);
     let first_id = first.wait_online(&api).await;
 
-    let (ok, text) = tenant_cli(&server, &["set-quota", "--tenant", "nope", "--max-users", "1"]);
+    let (ok, text) = tenant_cli(
+        &server,
+        &["set-quota", "--tenant", "nope", "--max-users", "1"],
+    );
     assert!(!ok && text.contains("no tenant nope"), "{text}");
-    let (ok, text) = tenant_cli(&server, &["set-quota", "--tenant", &tenant, "--max-users", "x"]);
+    let (ok, text) = tenant_cli(
+        &server,
+        &["set-quota", "--tenant", &tenant, "--max-users", "x"],
+    );
     assert!(!ok && text.contains("none"), "{text}");
     let (ok, text) = tenant_cli(
         &server,
-        &["set-quota", "--tenant", &tenant, "--max-agents", "1", "--max-users", "1"],
+        &[
+            "set-quota",
+            "--tenant",
+            &tenant,
+            "--max-agents",
+            "1",
+            "--max-users",
+            "1",
+        ],
     );
     assert!(ok, "{text}");
     let (ok, text) = tenant_cli(&server, &["ls", "--json"]);
@@ -236,10 +265,14 @@ async fn quotas_set_on_the_host_refuse_users_and_new_agents_only() {
     // A second agent (a new id) is refused and told why; nothing of it is stored.
     let second = Agent::start(&server.url, &secret);
     let refusal = "quota_exceeded";
-    wait_for("the second agent's refusal", std::time::Duration::from_secs(30), || {
-        let logs = second.logs();
-        async move { logs.contains(refusal).then_some(()) }
-    })
+    wait_for(
+        "the second agent's refusal",
+        std::time::Duration::from_secs(30),
+        || {
+            let logs = second.logs();
+            async move { logs.contains(refusal).then_some(()) }
+        },
+    )
     .await;
     let second_id = second.agent_id().await;
     let (status, _) = api.get(&format!("/api/agents/{second_id}")).await;
@@ -253,14 +286,22 @@ async fn quotas_set_on_the_host_refuse_users_and_new_agents_only() {
     let connected_at = |agent: &Value| agent["connected_at"].as_str().map(str::to_owned);
     let (_, before) = api.get(&format!("/api/agents/{first_id}")).await;
     first.restart();
-    wait_for("the first agent's new connection", std::time::Duration::from_secs(30), || {
-        let (api, path, before) = (api.clone(), format!("/api/agents/{first_id}"), before.clone());
-        async move {
-            let (_, now) = api.get(&path).await;
-            (now["status"] == "online" && connected_at(&now) != connected_at(&before))
-                .then_some(())
-        }
-    })
+    wait_for(
+        "the first agent's new connection",
+        std::time::Duration::from_secs(30),
+        || {
+            let (api, path, before) = (
+                api.clone(),
+                format!("/api/agents/{first_id}"),
+                before.clone(),
+            );
+            async move {
+                let (_, now) = api.get(&path).await;
+                (now["status"] == "online" && connected_at(&now) != connected_at(&before))
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let (status, pong) = api.command(&first_id, json!({"command": "ping"})).await;
     assert_eq!(status, StatusCode::OK, "{pong}");
@@ -271,5 +312,9 @@ async fn quotas_set_on_the_host_refuse_users_and_new_agents_only() {
         .logs()
         .matches("the server refused the agent key")
         .count();
-    assert!((1..=3).contains(&attempts), "{attempts} attempts:\n{}", second.logs());
+    assert!(
+        (1..=3).contains(&attempts),
+        "{attempts} attempts:\n{}",
+        second.logs()
+    );
 }
