@@ -180,42 +180,50 @@ async fn max_agents_refuses_new_agents_only() {
         Registered::Stored(_)
     ));
 
-    // One place left, several new agents at once: one gets it.
-    set(
-        &store,
-        &tenant,
-        TenantPatch {
-            max_agents: Some(Some(2)),
-            ..TenantPatch::default()
-        },
-    )
-    .await;
-    let mut tasks = Vec::new();
-    for n in 0..4 {
-        let (store, tenant) = (store.clone(), tenant.clone());
-        tasks.push(tokio::spawn(async move {
-            store
-                .upsert_agent(
-                    &tenant,
-                    "key",
-                    &register(&format!("racer{n}")),
-                    None,
-                    Transport::Websocket,
-                )
-                .await
-                .expect("register")
-        }));
-    }
-    let mut stored = 0;
-    for task in tasks {
-        match task.await.expect("join") {
-            Registered::Stored(_) => stored += 1,
-            Registered::OverQuota { max } => assert_eq!(max, 2),
-            other => panic!("{other:?}"),
+    // One place left, several new agents at once: one gets it. A few rounds, each raising
+    // the quota by one, so that the registrations overlap in different ways.
+    for round in 0..4i64 {
+        let max = 2 + round;
+        set(
+            &store,
+            &tenant,
+            TenantPatch {
+                max_agents: Some(Some(max)),
+                ..TenantPatch::default()
+            },
+        )
+        .await;
+        let mut tasks = Vec::new();
+        for n in 0..6 {
+            let (store, tenant) = (store.clone(), tenant.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .upsert_agent(
+                        &tenant,
+                        "key",
+                        &register(&format!("racer{round}-{n}")),
+                        None,
+                        Transport::Websocket,
+                    )
+                    .await
+                    .expect("register")
+            }));
         }
+        let mut stored = 0;
+        for task in tasks {
+            match task.await.expect("join") {
+                Registered::Stored(_) => stored += 1,
+                Registered::OverQuota { max: seen } => assert_eq!(seen, max, "round {round}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(stored, 1, "round {round}");
+        assert_eq!(
+            store.tenant_usage(&tenant).await.expect("usage").agents as i64,
+            max,
+            "round {round}"
+        );
     }
-    assert_eq!(stored, 1);
-    assert_eq!(store.tenant_usage(&tenant).await.expect("usage").agents, 2);
 }
 
 /// A patch changes what it names: `Some(None)` makes a quota unlimited, an absent field is
