@@ -202,6 +202,23 @@ async fn signup_only_when_allowed_and_quotas_only_by_the_server_s_admin() {
         ["tenant.update", "tenant.update", "tenant.create"],
         "{log}"
     );
+
+    // Signup is limited as sign-ins are: 10 attempts a minute per address (5 made above).
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let (status, body) = admin
+            .anonymous(
+                "/api/auth/register",
+                json!({"email": format!("z{n}@acme.example"), "password": "short", "tenant_name": "z"}),
+            )
+            .await;
+        statuses.push((status, code(&body).to_owned()));
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&(StatusCode::TOO_MANY_REQUESTS, "rate_limited".to_owned())),
+        "{statuses:?}"
+    );
 }
 
 /// `outpost-server tenant set-quota` on the host: past `max_users` a user is refused (by the
