@@ -215,6 +215,12 @@ impl HttpLink {
             {
                 return Err(OpenError::Unauthorized(body));
             }
+            // A new agent past its tenant's `max_agents` quota: retried like a refused key.
+            Err(Refusal::Status(StatusCode::FORBIDDEN, body))
+                if body.contains(outpost_protocol::codes::QUOTA_EXCEEDED) =>
+            {
+                return Err(OpenError::Unauthorized(body));
+            }
             Err(refusal) => return Err(OpenError::Failed(refusal.into_error())),
         };
         let mut replies = VecDeque::from(answer.frames);

@@ -17,7 +17,8 @@
 //! A key the server refuses (401) is retried on a slower schedule (30 s base, 5 min cap): it
 //! will not start working by itself, and a fleet holding a deleted key must not hammer the
 //! server. So is an agent id the server says is bound to another key (`agent_id_taken`): it
-//! works again once an admin forgets the agent.
+//! works again once an admin forgets the agent; and a new agent refused by its tenant's
+//! `max_agents` quota (`quota_exceeded`): it works once the quota is raised.
 //!
 //! A *disabled* key is the exception (the 401's code is `key_disabled`): an admin may enable it
 //! again at any moment, and the server cannot tell agents it refuses. They ask again every
@@ -64,7 +65,8 @@ enum Ended {
     Dropped(anyhow::Error),
     /// Could not connect at all.
     ConnectFailed(anyhow::Error),
-    /// The server refused the key (or this agent id with this key: `agent_id_taken`).
+    /// The server refused the key (or this agent id with this key: `agent_id_taken`, or a new
+    /// agent past the tenant's quota: `quota_exceeded`).
     Unauthorized(String),
     /// The server refused the key because it is disabled (`key_disabled`): it may be enabled
     /// again at any time.
@@ -789,9 +791,13 @@ impl Session {
                     tracing::info!(%command_id, "cancel for a command that is not running");
                 }
             }
-            // This agent's id is bound to another key: nothing will work until an admin
-            // forgets the agent, so it is retried as slowly as a refused key.
-            ServerFrame::Error(err) if err.code == outpost_protocol::codes::AGENT_ID_TAKEN => {
+            // This agent's id is bound to another key, or is new to a tenant at its
+            // `max_agents` quota: nothing will work until an admin forgets an agent (or
+            // raises the quota), so it is retried as slowly as a refused key.
+            ServerFrame::Error(err)
+                if err.code == outpost_protocol::codes::AGENT_ID_TAKEN
+                    || err.code == outpost_protocol::codes::QUOTA_EXCEEDED =>
+            {
                 return Err(Ended::Unauthorized(format!(
                     "{}: {}",
                     err.code, err.message

@@ -189,6 +189,11 @@ pub mod codes {
     /// registration binds it); an admin must forget the agent before another key may use it.
     /// The connection is closed with 1008 and this code as its reason.
     pub const AGENT_ID_TAKEN: &str = "agent_id_taken";
+    /// The `agent_id` in a `register` is new to the tenant, which has as many agents as its
+    /// `max_agents` quota allows; an agent already registered is never refused. The connection
+    /// is closed with 1008 and this code as its reason; the agent retries slowly (an operator
+    /// must raise the quota or forget an agent).
+    pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
     /// An `output` or `response` frame names a command that was never sent to this agent; it is
     /// dropped.
     pub const NOT_YOUR_COMMAND: &str = "not_your_command";

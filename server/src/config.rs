@@ -149,6 +149,12 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_WEBHOOK_ALLOW_PRIVATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub webhook_allow_private: bool,
 
+    /// Let anyone create a tenant and its owner with POST /api/auth/register (off: that
+    /// route answers 403 signup_disabled; a self-hosted server is usually one tenant). The
+    /// variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "OUTPOST_ALLOW_SIGNUP", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub allow_signup: bool,
+
     /// Key sealing secrets at rest (32 bytes, hex or base64); default: <data-dir>/master.key,
     /// created on first start. Set it when several servers share a database.
     #[arg(
@@ -202,6 +208,7 @@ impl std::fmt::Debug for Config {
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
             .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("allow_signup", &self.allow_signup)
             .finish()
     }
 }

@@ -34,7 +34,7 @@ pub fn status(err: &DomainError) -> StatusCode {
     match err {
         DomainError::BadRequest(_) | DomainError::Invalid { .. } => StatusCode::BAD_REQUEST,
         DomainError::Unauthorized(_) | DomainError::Denied { .. } => StatusCode::UNAUTHORIZED,
-        DomainError::Forbidden(_) => StatusCode::FORBIDDEN,
+        DomainError::Forbidden(_) | DomainError::NotAllowed { .. } => StatusCode::FORBIDDEN,
         DomainError::NotFound(_) => StatusCode::NOT_FOUND,
         DomainError::Conflict { .. } => StatusCode::CONFLICT,
         DomainError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -38,6 +38,7 @@ pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod tags;
+pub mod tenants_admin;
 pub mod users_admin;
 
 use std::future::Future;
@@ -163,7 +164,11 @@ pub async fn run(
         trusted_proxies = ?config.trusted_proxies,
         "rate limits (a minute, per caller on /api; 0 = off)"
     );
-    let services = service::Services::new(core, releases, delivery, limits);
+    let services =
+        service::Services::new(core, releases, delivery, limits).with_signup(config.allow_signup);
+    if config.allow_signup {
+        tracing::info!("signup is on: POST /api/auth/register makes a tenant and its owner");
+    }
     let state = AppState {
         services: services.clone(),
     };

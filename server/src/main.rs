@@ -63,7 +63,7 @@ fn tune_allocator() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tune_allocator();
-    // `outpost-server release …`, `admin-key …` and `user …` are separate tools sharing
+    // `outpost-server release …`, `admin-key …`, `user …` and `tenant …` are separate tools sharing
     // the binary; everything else is the server's own flags.
     if std::env::args_os().nth(1).is_some_and(|a| a == "release") {
         return outpost_server::release::main(std::env::args_os().skip(1)).await;
@@ -73,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "user") {
         return outpost_server::users_admin::main(std::env::args_os().skip(1)).await;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "tenant") {
+        return outpost_server::tenants_admin::main(std::env::args_os().skip(1)).await;
     }
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

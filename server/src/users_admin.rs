@@ -56,12 +56,40 @@ struct CreateArgs {
     /// Read the password from stdin's first line.
     #[arg(long)]
     password_stdin: bool,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+/// Where the server's database is, as the server itself is told (`--data-dir` or
+/// `--database-url`): the host commands work on it directly.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
     /// The server's data directory (its SQLite database).
     #[arg(long, env = "OUTPOST_DATA_DIR", default_value = "./outpost-data")]
     data_dir: PathBuf,
     /// Database URL; default: SQLite in --data-dir.
     #[arg(long, env = "OUTPOST_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+}
+
+/// Opens the server's database (an SQLite file must exist: the server's first start makes
+/// it) and brings its schema up to date.
+pub async fn open_store(args: &DatabaseArgs) -> anyhow::Result<Store> {
+    let location = match &args.database_url {
+        Some(url) => DatabaseLocation::Url(url.clone()),
+        None => {
+            let db = args.data_dir.join("outpost.db");
+            anyhow::ensure!(
+                db.exists(),
+                "{} does not exist: start the server once, or give its --data-dir (or OUTPOST_DATA_DIR)",
+                db.display()
+            );
+            DatabaseLocation::Sqlite(db)
+        }
+    };
+    Store::open(&location)
+        .await
+        .context("opening the server's database")
 }
 
 /// Runs a `user` subcommand; `args` starts with `user`.
@@ -92,21 +120,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     if let Some(password) = &password {
         passwords::check_new(password).map_err(anyhow::Error::msg)?;
     }
-    let location = match &args.database_url {
-        Some(url) => DatabaseLocation::Url(url.clone()),
-        None => {
-            let db = args.data_dir.join("outpost.db");
-            anyhow::ensure!(
-                db.exists(),
-                "{} does not exist: start the server once, or give its --data-dir (or OUTPOST_DATA_DIR)",
-                db.display()
-            );
-            DatabaseLocation::Sqlite(db)
-        }
-    };
-    let store = Store::open(&location)
-        .await
-        .context("opening the server's database")?;
+    let store = open_store(&args.database).await?;
     let tenant_id = match args.tenant {
         Some(id) => id,
         None => {
@@ -137,7 +151,12 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("creating the user in tenant {tenant_id}"))?
-        .with_context(|| format!("{:?} is already a user's email", args.email))?;
+        .map_err(|refused| {
+            anyhow::anyhow!(
+                "{}",
+                crate::service::tenants::user_refused(&args.email, refused)
+            )
+        })?;
     tracing::info!(user_id = %user.id, tenant_id, role = %role, "created a user from the server's host");
     if password.is_some() {
         println!(

@@ -70,6 +70,13 @@ fn every_route_declares_who_may_call_it() {
                     "{method} {path} may refuse a scope or role but declares no 403"
                 );
             }
+            Permission::ServerOwner { .. } => {
+                assert!(secured, "{method} {path} takes a caller");
+                assert!(
+                    operation["responses"]["403"].is_object(),
+                    "{method} {path} is the server owner's but declares no 403"
+                );
+            }
             Permission::AgentOrCaller => {}
         }
     }
@@ -102,6 +109,7 @@ const PUBLIC: &[&str] = &[
     "/api/auth/refresh",
     "/api/auth/logout",
     "/api/auth/accept-invite",
+    "/api/auth/register",
 ];
 
 #[test]

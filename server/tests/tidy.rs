@@ -94,6 +94,10 @@ const RULES: &[(&str, &[&str])] = &[
         "users_admin",
         &["store", "credentials", "passwords", "domain", "service"],
     ),
+    (
+        "tenants_admin",
+        &["store", "domain", "service", "users_admin"],
+    ),
     ("release", &["store", "lib"]),
     ("builtin", &["release", "lib"]),
     // Leaves.

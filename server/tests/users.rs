@@ -7,7 +7,9 @@ mod common;
 use chrono::{Duration, Utc};
 use outpost_server::credentials::{KeyKind, generate_secret, hash_secret};
 use outpost_server::domain::{Role, UserStatus};
-use outpost_server::store::{NewUser, Refreshed, Store, UserChange, UserChanged, user};
+use outpost_server::store::{
+    NewUser, Refreshed, Store, UserChange, UserChanged, UserRefused, user,
+};
 
 async fn user(store: &Store, tenant: &str, email: &str, role: Role) -> user::Model {
     store
@@ -201,7 +203,7 @@ async fn emails_are_unique_across_tenants_whatever_their_case() {
             })
             .await
             .expect("create");
-        assert!(taken.is_none(), "{email}");
+        assert_eq!(taken.err(), Some(UserRefused::EmailTaken), "{email}");
     }
     let found = store
         .user_by_email("ADA@example.COM")
@@ -259,7 +261,8 @@ async fn the_last_active_owner_is_kept_even_under_concurrent_changes() {
             password_hash: None,
         })
         .await
-        .expect("create");
+        .expect("create")
+        .expect("free");
     assert_eq!(
         store
             .change_user(&tenant, &ada.id, demote)

@@ -373,6 +373,7 @@ fn cross_cutting(
                 role: crate::domain::Role::Admin | crate::domain::Role::Owner,
                 ..
             })
+            | Some(super::permissions::Permission::ServerOwner { .. })
     );
     let takes_input = operation.request_body.is_some()
         || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());

@@ -20,6 +20,7 @@ pub mod metrics;
 mod nodes;
 pub mod permissions;
 mod releases;
+mod tenants;
 mod users;
 mod webhooks;
 
@@ -58,6 +59,7 @@ use doc::Contract;
         users::login, users::refresh, users::logout, users::me, users::accept_invite,
         users::list, users::create, users::show, users::update, users::delete,
         api_keys::create, api_keys::list, api_keys::delete,
+        tenants::register, tenants::list, tenants::show, tenants::update,
     ),
     components(
         schemas(
@@ -90,6 +92,7 @@ use doc::Contract;
         (name = "auth", description = "Users' sign-in and sessions"),
         (name = "users", description = "The tenant's users"),
         (name = "API keys", description = "Programs' keys: scoped, expiring, each a user's"),
+        (name = "tenants", description = "Tenants, their plan quotas and usage"),
     )
 )]
 pub struct ApiDoc;
@@ -187,6 +190,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route(
             "/api/users/{id}",
             get(users::show).patch(users::update).delete(users::delete),
+        )
+        .route("/api/auth/register", post(tenants::register))
+        .route("/api/tenants", get(tenants::list))
+        .route(
+            "/api/tenants/{id}",
+            get(tenants::show).patch(tenants::update),
         )
         .route("/api/releases/latest", get(releases::latest))
         .route("/api/releases/{version}", get(releases::show))

@@ -39,6 +39,13 @@ pub enum Permission {
         /// The least role.
         role: Role,
     },
+    /// An owner of the server's first tenant (the one its owner key belongs to), holding
+    /// `scope`: what spans tenants (`/api/tenants`). The layer checks the scope and the owner
+    /// role; the service checks the tenant, since only it knows which is first.
+    ServerOwner {
+        /// The scope an API key needs.
+        scope: Scope,
+    },
 }
 
 /// One route and what it needs.
@@ -152,6 +159,26 @@ pub const ROUTES: &[Rule] = &[
     caller("POST", "/api/keys", KeysWrite, Member),
     caller("GET", "/api/keys", KeysWrite, Member),
     caller("DELETE", "/api/keys/{id}", KeysWrite, Member),
+    // Tenants: each caller reads its own; the server's owner reads and changes them all.
+    public("POST", "/api/auth/register"),
+    Rule {
+        method: "GET",
+        path: "/api/tenants",
+        permission: Permission::ServerOwner { scope: UsersWrite },
+    },
+    Rule {
+        method: "GET",
+        path: "/api/tenants/{id}",
+        permission: Permission::Caller {
+            scope: None,
+            role: Member,
+        },
+    },
+    Rule {
+        method: "PATCH",
+        path: "/api/tenants/{id}",
+        permission: Permission::ServerOwner { scope: UsersWrite },
+    },
     // Release metadata and downloads: the same for every tenant, for agents and callers.
     Rule {
         method: "GET",
@@ -225,7 +252,12 @@ pub async fn authorize(
         tracing::error!("{why}");
         return DomainError::Internal(anyhow::anyhow!(why)).into_response();
     };
-    if let Permission::Caller { scope, role } = permission {
+    let needs = match permission {
+        Permission::Caller { scope, role } => Some((scope, role)),
+        Permission::ServerOwner { scope } => Some((Some(scope), Role::Owner)),
+        Permission::Public | Permission::AgentOrCaller => None,
+    };
+    if let Some((scope, role)) = needs {
         let token = crate::http_error::bearer(request.headers());
         let caller = match state.services.access.authenticate(token, client).await {
             Ok(caller) => caller,

@@ -343,7 +343,7 @@ pub async fn list(
 #[utoipa::path(post, operation_id = "createUser", path = "/api/users", tag = "users", security(("bearer" = [])),
     request_body = CreateUser,
     responses((status = 201, body = CreatedUser),
-        (status = 403, body = crate::http_error::ErrorEnvelope, description = "Not an owner"),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "Not an owner (`forbidden`), or the tenant has its `max_users` already (`quota_exceeded`)"),
         (status = 409, body = crate::http_error::ErrorEnvelope, description = "The email is taken (`email_taken`)")))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn create(

@@ -34,6 +34,15 @@ pub enum DomainError {
     /// Authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// Refused by the server's settings whoever asks, with a specific code: a tenant's quota
+    /// (`quota_exceeded`), signup switched off (`signup_disabled`).
+    #[error("{message}")]
+    NotAllowed {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// Human-readable reason, naming the setting and its value.
+        message: String,
+    },
     /// Nothing by that id in the caller's tenant.
     #[error("{0}")]
     NotFound(String),
@@ -87,7 +96,8 @@ impl DomainError {
             Self::Invalid { code, .. }
             | Self::Denied { code, .. }
             | Self::Conflict { code, .. }
-            | Self::Refused { code, .. } => code,
+            | Self::Refused { code, .. }
+            | Self::NotAllowed { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",

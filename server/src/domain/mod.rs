@@ -450,8 +450,12 @@ text_enum! {
         WebhookSecretRotate = "webhook_secret.rotate",
         /// A release was published (`outpost-server release publish`).
         ReleasePublish = "release.publish",
-        /// A tenant was created, with its owner key.
+        /// A tenant was created: with its owner key (first start, `outpost-server tenant
+        /// create`), or with its owner user (`POST /api/auth/register`).
         TenantCreate = "tenant.create",
+        /// A tenant was renamed or its quotas changed (`PATCH /api/tenants/{id}`,
+        /// `outpost-server tenant set-quota`).
+        TenantUpdate = "tenant.update",
         /// A person signed in.
         AuthLogin = "auth.login",
         /// A sign-in was refused (a known email; an unknown one has no tenant to record in).

@@ -365,6 +365,12 @@ async fn open(
                     message: err.message,
                 }
             }
+            Some(ServerFrame::Error(err)) if err.code == codes::QUOTA_EXCEEDED => {
+                DomainError::NotAllowed {
+                    code: codes::QUOTA_EXCEEDED,
+                    message: err.message,
+                }
+            }
             _ => DomainError::Unavailable("could not store the registration".into()),
         });
     }

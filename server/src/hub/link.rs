@@ -121,8 +121,9 @@ impl Link {
 
     /// Stores what the agent said about itself. Its key's tags are not copied into what it
     /// declares: they are read from the key (see `crate::tags`). An `agent_id` bound to another
-    /// key is refused: the `error` frame saying why goes into `out`, and the connection ends
-    /// with 1008 (SPEC §9, "Agent identity").
+    /// key is refused (SPEC §9, "Agent identity"), and so is a new one in a tenant at its
+    /// `max_agents` quota (`quota_exceeded`): the `error` frame saying why goes into `out`, and
+    /// the connection ends with 1008.
     async fn store_register(
         &self,
         data: &RegisterData,
@@ -156,6 +157,19 @@ impl Link {
                 Err(End::Close(
                     limits::CLOSE_POLICY,
                     codes::AGENT_ID_TAKEN.to_owned(),
+                ))
+            }
+            Registered::OverQuota { max } => {
+                tracing::warn!(
+                    agent_id = %data.agent_id,
+                    key_id = %self.key.id,
+                    max_agents = max,
+                    "refused a register: a new agent past the tenant's max_agents quota"
+                );
+                out.push(ServerFrame::Error(over_quota(data.agent_id, max)));
+                Err(End::Close(
+                    limits::CLOSE_POLICY,
+                    codes::QUOTA_EXCEEDED.to_owned(),
                 ))
             }
         }
@@ -476,6 +490,16 @@ pub fn taken(agent_id: AgentId) -> ErrorBody {
             "agent id {agent_id} is registered with another agent key; an admin must forget \
              the agent (DELETE /api/agents/{agent_id}) before this key may use it, or give \
              this agent a fresh state directory"
+        ),
+    )
+}
+
+/// The `error` frame refusing a new agent past its tenant's `max_agents` quota.
+pub fn over_quota(agent_id: AgentId, max: i64) -> ErrorBody {
+    ErrorBody::new(
+        codes::QUOTA_EXCEEDED,
+        format!(
+            "agent {agent_id} is new and its tenant already has max_agents = {max} agents;              the server's admin may raise the quota (outpost-server tenant set-quota), or an              admin may forget an agent (DELETE /api/agents/{{id}})"
         ),
     )
 }

@@ -47,6 +47,9 @@ pub enum Action {
     ReadUsers,
     /// Create, change, disable or delete the tenant's users.
     ManageUsers,
+    /// List every tenant and change any tenant's name and quotas: the server's admin only,
+    /// an owner of the server's first tenant ([`Access::require_server_admin`]).
+    ManageTenants,
 }
 
 impl Action {
@@ -59,7 +62,11 @@ impl Action {
             | Self::ManageAgentKeys
             | Self::ManageAgents
             | Self::ControlAgents => Role::Admin,
-            Self::Metrics | Self::ForceUpdate | Self::Nodes | Self::ManageUsers => Role::Owner,
+            Self::Metrics
+            | Self::ForceUpdate
+            | Self::Nodes
+            | Self::ManageUsers
+            | Self::ManageTenants => Role::Owner,
         }
     }
 
@@ -90,6 +97,11 @@ impl Action {
             ),
             Self::ManageUsers => format!(
                 "only owners may create, change or delete users; this caller's role is {role}"
+            ),
+            Self::ManageTenants => format!(
+                "only the server's admin (an owner of the server's first tenant, the one holding \
+                 the bootstrap owner key) may list tenants or change their names and quotas; \
+                 this caller's role is {role}"
             ),
             Self::ForceUpdate => format!(
                 "data.force: only an owner may force an update (it can downgrade agents); \
@@ -162,6 +174,20 @@ impl Access {
             Ok(())
         } else {
             Err(DomainError::Forbidden(action.refusal(caller.role)))
+        }
+    }
+
+    /// Refuses (`Forbidden`) unless the caller is the server's admin: an owner (user or API
+    /// key) of `first_tenant`, the tenant the server made on its first start. Quotas are the
+    /// server owner's to set (SPEC §9), not a tenant owner's.
+    pub fn require_server_admin(caller: &Caller, first_tenant: &str) -> Result<(), DomainError> {
+        Self::require(caller, Action::ManageTenants)?;
+        if caller.tenant_id == first_tenant {
+            Ok(())
+        } else {
+            Err(DomainError::Forbidden(
+                Action::ManageTenants.refusal(caller.role),
+            ))
         }
     }
 

@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod releases;
+pub mod tenants;
 pub mod users;
 pub mod webhooks;
 
@@ -138,6 +139,8 @@ pub struct Services {
     pub keys: keys::Keys,
     /// Users, their sign-in and sessions.
     pub users: users::Users,
+    /// Tenants, their quotas, and signup.
+    pub tenants: tenants::Tenants,
     /// Signed agent and supervisor builds.
     pub releases: releases::Releases,
     /// Job webhooks: signing secrets and delivery.
@@ -150,6 +153,13 @@ pub struct Services {
 }
 
 impl Services {
+    /// The same services with signup (`POST /api/auth/register`) on or off.
+    #[must_use]
+    pub fn with_signup(mut self, allow: bool) -> Self {
+        self.tenants = self.tenants.with_signup(allow);
+        self
+    }
+
     /// The services over `core`.
     pub fn new(
         core: Core,
@@ -158,16 +168,18 @@ impl Services {
         limits: limits::Limits,
     ) -> Self {
         let core = Arc::new(core);
+        let users = users::Users::new(
+            core.clone(),
+            limits.clone(),
+            audit::Audit::new(core.clone()),
+        );
         Self {
             access: access::Access::new(core.clone(), limits.clone()),
             agents: agents::Agents::new(core.clone()),
             api_keys: api_keys::ApiKeys::new(core.clone()),
             audit: audit::Audit::new(core.clone()),
-            users: users::Users::new(
-                core.clone(),
-                limits.clone(),
-                audit::Audit::new(core.clone()),
-            ),
+            tenants: tenants::Tenants::new(core.clone(), limits.clone(), users.clone()),
+            users,
             commands: commands::Commands::new(core.clone()),
             jobs: jobs::Jobs::new(core.clone()),
             keys: keys::Keys::new(core.clone()),

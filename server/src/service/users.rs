@@ -157,7 +157,7 @@ impl Users {
         Ok(())
     }
 
-    fn internal(why: String) -> DomainError {
+    pub(super) fn internal(why: String) -> DomainError {
         DomainError::Internal(anyhow::anyhow!(why))
     }
 
@@ -175,6 +175,11 @@ impl Users {
             )
             .await?;
         Ok(self.pair(user, refresh_token))
+    }
+
+    /// A first session for `user`, as a login starts one (signup answers with it).
+    pub(super) async fn start_session(&self, user: user::Model) -> Result<Session, DomainError> {
+        self.issue(user, &new_id()).await
     }
 
     fn pair(&self, user: user::Model, refresh_token: String) -> Session {
@@ -394,7 +399,7 @@ impl Users {
                 password_hash: None,
             })
             .await?
-            .ok_or_else(|| email_taken(email))?;
+            .map_err(|refused| super::tenants::user_refused(email, refused))?;
         let invite_token = generate_secret(KeyKind::Invite);
         let invite_expires_at = Utc::now() + INVITE_TTL;
         self.core
@@ -524,7 +529,8 @@ fn not_found(id: &str) -> DomainError {
     DomainError::NotFound(format!("no user {id}"))
 }
 
-fn email_taken(email: &str) -> DomainError {
+/// The refusal of an email that is a user's already.
+pub(super) fn email_taken(email: &str) -> DomainError {
     DomainError::Conflict {
         code: "email_taken",
         message: format!("email: {email:?} is already a user's (emails are unique on this server)"),

@@ -17,6 +17,12 @@ pub mod tenant {
         pub created_at: DateTimeUtc,
         /// The webhook signing secret, sealed under the master key.
         pub webhook_secret: Option<String>,
+        /// The most agents the tenant may have; `None`: unlimited.
+        pub max_agents: Option<i64>,
+        /// The most schedules; `None`: unlimited (enforced by the schedules work).
+        pub max_schedules: Option<i64>,
+        /// The most users; `None`: unlimited.
+        pub max_users: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -313,6 +313,14 @@ CREATE TABLE invites (
 );
 CREATE INDEX invites_user ON invites (user_id);
 "#,
+    // 14: plan quotas per tenant (SPEC §9): the most agents, schedules and users it may have;
+    // NULL is unlimited. They are checked where a thing is created, in the transaction that
+    // creates it (`store::tenants`).
+    r#"
+ALTER TABLE tenants ADD COLUMN max_agents BIGINT;
+ALTER TABLE tenants ADD COLUMN max_schedules BIGINT;
+ALTER TABLE tenants ADD COLUMN max_users BIGINT;
+"#,
     // 15: scoped API keys (SPEC §9). A key made through `/api/keys` belongs to a user and
     // lists its scopes; it acts with those scopes and its owner's role as the user's row has
     // it now. Keys made by the server (the bootstrap owner key, `create_api_key`) have no

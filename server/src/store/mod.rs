@@ -17,6 +17,7 @@ mod jobs;
 mod migrations;
 mod nodes;
 mod releases;
+mod tenants;
 mod users;
 mod webhooks;
 pub mod writer;
@@ -25,6 +26,7 @@ pub use api_keys::NewApiKey;
 pub use audit::{AuditFilter, AuditRecord, ChainCheck};
 pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
+pub use tenants::{Quotas, TenantPatch, TenantUsage, Usage, UserRefused};
 pub use users::{NewUser, Refreshed, UserChange, UserChanged};
 pub use webhooks::Attempt;
 
@@ -34,7 +36,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use outpost_protocol::RegisterData;
 use sea_orm::sea_query::Expr;
-use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
@@ -501,25 +502,28 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         name: &str,
         secret: Option<&str>,
     ) -> Result<(String, String)> {
+        self.create_tenant_by(name, secret, Actor::system("outpost-server", "the server"))
+            .await
+    }
+
+    /// [`Store::create_tenant`], recorded as done by `actor` (`outpost-server tenant create`).
+    pub async fn create_tenant_by(
+        &self,
+        name: &str,
+        secret: Option<&str>,
+        actor: Actor,
+    ) -> Result<(String, String)> {
         let txn = Store {
             db: begin_write(&self.db).await?,
         };
-        let id = new_id();
-        tenant::ActiveModel {
-            id: Set(id.clone()),
-            name: Set(name.to_owned()),
-            created_at: Set(now()),
-            webhook_secret: Set(None),
-        }
-        .insert(&txn.db)
-        .await?;
+        let id = txn.insert_tenant(name).await?.id;
         let secret = secret
             .map(str::to_owned)
             .unwrap_or_else(|| credentials::generate_secret(KeyKind::Api));
         let key_id = txn.insert_owner_key(&id, &secret).await?;
         txn.append_audit_now(&AuditRecord {
             tenant_id: id.clone(),
-            actor: Actor::system("outpost-server", "the server"),
+            actor,
             address: None,
             event: AuditEvent::new(AuditAction::TenantCreate, AuditTarget::Tenant, &id)
                 .with(json!({"name": name, "owner_key_id": key_id})),
@@ -705,7 +709,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     ///
     /// Each step is one conditional statement (an update of the row bound to this key, or an
     /// insert that does nothing if the id exists), so two registrations of one id with two
-    /// keys racing each other bind it to exactly one.
+    /// keys racing each other bind it to exactly one. A new id in a tenant at its
+    /// `max_agents` quota is refused ([`Registered::OverQuota`]); an agent already registered
+    /// never is.
     ///
     /// `node_id` is the node that holds the agent's connection, when several share the
     /// database (`crate::cluster`).
@@ -785,23 +791,17 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 node_id: Set(node_id.map(str::to_owned)),
                 transport: Set(Some(transport.as_str().to_owned())),
             };
-            let inserted = agent::Entity::insert(new)
-                .on_conflict(
-                    OnConflict::columns([agent::Column::TenantId, agent::Column::Id])
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec(&self.db)
-                .await;
-            match inserted {
-                Ok(_) => {
+            // Counted against the tenant's `max_agents` (`store::tenants`): only a new id
+            // can be refused, never an agent already registered.
+            match self.insert_new_agent(new).await? {
+                tenants::NewAgent::Inserted => {
                     let model = self.get_agent(tenant_id, &id).await?.ok_or_else(|| {
                         StoreError::Db(DbErr::RecordNotFound(format!("agent {id}")))
                     })?;
                     return Ok(Registered::Stored(Box::new(model)));
                 }
-                Err(DbErr::RecordNotInserted) => {}
-                Err(err) => return Err(err.into()),
+                tenants::NewAgent::OverQuota(max) => return Ok(Registered::OverQuota { max }),
+                tenants::NewAgent::Exists => {}
             }
             // The id exists: bound to another key, or inserted by this key just now.
             match self.get_agent(tenant_id, &id).await? {
@@ -1173,6 +1173,11 @@ pub enum Registered {
         /// The key the agent is bound to.
         key_id: String,
     },
+    /// The agent id is new and the tenant has its `max_agents` already; nothing was stored.
+    OverQuota {
+        /// The tenant's `max_agents`.
+        max: i64,
+    },
 }
 
 impl Registered {
@@ -1180,7 +1185,7 @@ impl Registered {
     pub fn into_stored(self) -> Option<agent::Model> {
         match self {
             Self::Stored(model) => Some(*model),
-            Self::Taken { .. } => None,
+            Self::Taken { .. } | Self::OverQuota { .. } => None,
         }
     }
 }

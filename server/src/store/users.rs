@@ -1,7 +1,8 @@
 //! Users, their refresh tokens and invites (SPEC §9).
 //!
 //! What must hold across nodes is held by the database, not by a check before a write:
-//! - an email is unique (case-insensitive) by the unique `email_key` column;
+//! - an email is unique (case-insensitive) by the unique `email_key` column (users are
+//!   created in `store::tenants`, under the tenant's `max_users` quota);
 //! - an invite is used once by a conditional `UPDATE … WHERE used_at IS NULL`;
 //! - a refresh token is exchanged once by a conditional `UPDATE … WHERE retired_at IS NULL`
 //!   (a second exchange is either the grace case or a reuse, see [`Store::rotate_refresh`]);
@@ -14,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, Set, SqlErr, Statement, TransactionSession, TransactionTrait,
+    QueryFilter, QueryOrder, Set, Statement, TransactionSession, TransactionTrait,
 };
 
 use super::{Result, Store, begin_write, invite, new_id, now, refresh_token, user};
@@ -80,32 +81,6 @@ fn active_owner(user: &user::Model) -> bool {
 }
 
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
-    /// Creates a user; `None` when the email is taken (in any tenant).
-    pub async fn create_user(&self, new: NewUser) -> Result<Option<user::Model>> {
-        let at = now();
-        let inserted = user::ActiveModel {
-            id: Set(new_id()),
-            tenant_id: Set(new.tenant_id),
-            email_key: Set(email_key(&new.email)),
-            email: Set(new.email.trim().to_owned()),
-            password_hash: Set(new.password_hash),
-            role: Set(new.role.as_str().to_owned()),
-            status: Set(UserStatus::Active.as_str().to_owned()),
-            created_at: Set(at),
-            updated_at: Set(at),
-            last_login_at: Set(None),
-        }
-        .insert(&self.db)
-        .await;
-        match inserted {
-            Ok(model) => Ok(Some(model)),
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Ok(None)
-            }
-            Err(err) => Err(err.into()),
-        }
-    }
-
     /// The user with this email (any tenant), case-insensitively.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<user::Model>> {
         Ok(user::Entity::find()

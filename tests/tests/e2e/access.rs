@@ -69,6 +69,7 @@ struct Fixtures {
     run: String,
     member_user: String,
     member_key: String,
+    tenant: String,
 }
 
 async fn invite(owner: &Api, email: &str, role: &str) -> Value {
@@ -88,6 +89,7 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
     let (member, _) = server.user("member@a.example", "member", PASSWORD).await;
     let (_, me) = member.get("/api/auth/me").await;
     let member_user = me["user"]["id"].as_str().expect("member id").to_owned();
+    let tenant = me["tenant_id"].as_str().expect("tenant id").to_owned();
 
     // Keys: the owner's with one scope no route needs yet, the member's with every scope.
     let (status, narrow) = owner
@@ -141,6 +143,7 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         run,
         member_user,
         member_key,
+        tenant,
     };
 
     let base = Scopes::ALL;
@@ -222,10 +225,11 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
                 .iter()
                 .find(|r| r.method == method.as_str() && r.path == path)
                 .unwrap_or_else(|| panic!("{method} {path} is not in the permission table"));
-            let Permission::Caller { scope, role } = rule.permission else {
-                // Public and agent-or-caller routes: nobody may call them without a 401/403
-                // from the permission layer (their own checks are their tests').
-                continue;
+            let (scope, role, server_owner) = match rule.permission {
+                Permission::Caller { scope, role } => (scope, role, false),
+                Permission::ServerOwner { scope } => (Some(scope), Role::Owner, true),
+                // Public and agent-or-caller routes: their own checks are their tests'.
+                Permission::Public | Permission::AgentOrCaller => continue,
             };
             let takes_body = operation["requestBody"].is_object();
             for who in &callers {
@@ -236,6 +240,9 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
                     Expect::Status(StatusCode::FORBIDDEN)
                 } else if who.foreign && path.contains('{') {
                     Expect::Status(StatusCode::NOT_FOUND)
+                } else if who.foreign && server_owner {
+                    // B's owner is no owner of the server's first tenant.
+                    Expect::Status(StatusCode::FORBIDDEN)
                 } else if who.foreign && path == "/api/jobs" && method == Method::POST {
                     // Its body names A's agent, which B does not have.
                     Expect::Status(StatusCode::BAD_REQUEST)
@@ -361,6 +368,8 @@ async fn fill(
             f.member_key.clone()
         };
         ids.insert("id", id);
+    } else if path.starts_with("/api/tenants/") {
+        ids.insert("id", f.tenant.clone());
     } else if path.starts_with("/api/commands/") {
         ids.insert("id", f.command.clone());
     } else if path.starts_with("/api/jobs/") {
@@ -405,6 +414,7 @@ fn sample_body(path: &str, method: &Method, f: &Fixtures, serial: usize) -> Valu
             json!({"email": format!("made-{serial}@example.com"), "role": "member"})
         }
         ("PATCH", "/api/users/{id}") => json!({"role": "admin"}),
+        ("PATCH", "/api/tenants/{id}") => json!({"name": format!("tenant a {serial}")}),
         ("POST", "/api/keys") => json!({"name": format!("made-{serial}"), "scopes": ["jobs:read"]}),
         (method, path) => panic!(
             "{method} {path} takes a body the access matrix has no sample of; add one to `sample_body`"

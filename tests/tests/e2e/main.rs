@@ -27,6 +27,7 @@ mod secrets;
 mod sockets;
 mod supervisor;
 mod tenancy;
+mod tenancy_quotas;
 mod tls;
 mod users;
 mod webhooks;
