@@ -3,6 +3,7 @@
 //! One test binary with a module per area: linking is the slow part of building tests, and
 //! one binary links once.
 
+mod accounts;
 mod audit;
 mod cluster;
 mod commands;
