@@ -7,7 +7,8 @@ says the others in words. These are the others; a positive request that breaks o
 below turns such a request into one that keeps the rule, and leaves invalid ("negative")
 requests alone:
 
-- an agent key's `expires_at` must be in the future (it depends on the clock);
+- an agent key's `expires_at` must be in the future, an API key's within `--max-key-days` from
+  now (they depend on the clock);
 - a job's `target.agents` must name agents of the tenant (they depend on the fleet): ids are
   replaced with the agents connected now;
 - a tag is at most 128 bytes of UTF-8, an `idempotency_key` at most 200 and a parameter's value
@@ -89,6 +90,22 @@ def map_case(context, case):
                 past = False
             if past:
                 body["expires_at"] = "2999-12-31T23:59:59Z"
+    elif operation == "createApiKey":
+        # An API key's expiry is between now and --max-key-days (365 by default) from now.
+        expires_at = body.get("expires_at")
+        if isinstance(expires_at, str):
+            try:
+                when = datetime.datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+                now = datetime.datetime.now(datetime.timezone.utc)
+                outside = not (
+                    now + datetime.timedelta(minutes=5) < when < now + datetime.timedelta(days=364)
+                )
+            except ValueError:
+                outside = False
+            if outside:
+                body["expires_at"] = (now + datetime.timedelta(days=30)).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                )
     elif operation == "updateAgent":
         fix_tags(body)
     elif operation in ("createJob", "commandAgent", "commandAgentKey"):

@@ -5,13 +5,15 @@
 //! binary re-executed with `worker`, each under the per-process file limit), and measures
 //! what SPEC §8 names: idle connections and server memory per connection, REST command round
 //! trips, `ping` fan-outs with every result stored, results stored per second, how long the
-//! fleet takes to come back after a server restart, the real agent's footprint, and how the
-//! server sheds sockets that never authenticate while it holds the fleet (`sockets`).
+//! fleet takes to come back after a server restart, the real agent's footprint, how the
+//! server sheds sockets that never authenticate while it holds the fleet (`sockets`), and what
+//! checking an API key or a user's access token costs (`auth`).
 //!
 //! It prints figures and never judges them: a slow machine gives slow figures, not a failure.
 //! It fails only when something does not work (an agent not answering, a job not finishing).
 
 mod attack;
+mod auth;
 mod postgres;
 mod report;
 mod server;
@@ -69,6 +71,10 @@ enum Scenario {
     Restart,
     /// The real outpost-agent: idle RSS, CPU and binary size.
     Agent,
+    /// What authentication costs: the round trip with the owner API key and with a user's
+    /// access token (JWT), interleaved on one server, and a cheap authenticated GET with each
+    /// against the unauthenticated `/healthz`.
+    Auth,
 }
 
 #[derive(clap::Args)]
@@ -266,6 +272,7 @@ async fn scenarios(
         Scenario::Throughput,
         Scenario::Sockets,
         Scenario::Restart,
+        Scenario::Auth,
     ]
     .iter()
     .any(|s| has(opts, *s));
@@ -411,7 +418,7 @@ async fn scenarios(
         }
         for (index, how) in agents {
             let agent = swarm::agent_id(run_id, index).to_string();
-            let times = roundtrips(nodes.first(), &agent, count)
+            let times = roundtrips(&nodes.first().client(), &agent, count)
                 .await
                 .with_context(|| {
                     format!(
@@ -436,6 +443,16 @@ async fn scenarios(
                        "p99_ms": percentile(&times, 99.0), "max_ms": times.last()}),
             );
         }
+    }
+
+    if has(opts, Scenario::Auth) && swarm.is_some() {
+        auth_cost(
+            opts,
+            nodes.first(),
+            &swarm::agent_id(run_id, 0).to_string(),
+            report,
+        )
+        .await?;
     }
 
     if has(opts, Scenario::Fanout)
@@ -707,28 +724,215 @@ fn rss_of(nodes: &Nodes) -> anyhow::Result<Vec<u64>> {
     nodes.all().iter().map(Server::rss_kib).collect()
 }
 
-/// `count` sequential `ping` round trips to `agent` through `server` (after 10 % more as
+/// `count` sequential `ping` round trips to `agent` through `client` (after 10 % more as
 /// warm-up), in milliseconds, sorted.
-async fn roundtrips(server: &Server, agent: &str, count: usize) -> anyhow::Result<Vec<f64>> {
-    let mut times = Vec::with_capacity(count);
+async fn roundtrips(
+    client: &server::Client,
+    agent: &str,
+    count: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = interleaved_roundtrips(std::slice::from_ref(client), agent, count).await?;
+    Ok(times.remove(0))
+}
+
+/// One `ping` round trip to `agent` through `client`, in milliseconds.
+async fn roundtrip(client: &server::Client, agent: &str, i: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let answer = client
+        .post(
+            &format!("/api/agents/{agent}/command"),
+            &json!({"command": "ping", "timeout_s": 10}),
+        )
+        .await?;
+    let took = started.elapsed();
+    if answer.get("status").and_then(Value::as_str) != Some("succeeded") {
+        bail!("round trip {i}: the ping did not succeed: {answer}");
+    }
+    Ok(took.as_secs_f64() * 1e3)
+}
+
+/// `count` sequential round trips to `agent` through each of `clients`, taking turns (the
+/// first client first on even turns, last on odd ones), so that each sees the same server
+/// and machine; after 10 % more as warm-up. Milliseconds, sorted, one list per client.
+async fn interleaved_roundtrips(
+    clients: &[server::Client],
+    agent: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::with_capacity(count); clients.len()];
     for i in 0..count + count / 10 {
-        let started = Instant::now();
-        let answer = server
-            .post(
-                &format!("/api/agents/{agent}/command"),
-                &json!({"command": "ping", "timeout_s": 10}),
-            )
-            .await?;
-        let took = started.elapsed();
-        if answer.get("status").and_then(Value::as_str) != Some("succeeded") {
-            bail!("round trip {i}: the ping did not succeed: {answer}");
-        }
-        if i >= count / 10 {
-            times.push(took.as_secs_f64() * 1e3);
+        for turn in 0..clients.len() {
+            let which = if i % 2 == 0 {
+                turn
+            } else {
+                clients.len() - 1 - turn
+            };
+            let took = roundtrip(&clients[which], agent, i).await?;
+            if i >= count / 10 {
+                times[which].push(took);
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
+    for list in &mut times {
+        list.sort_by(f64::total_cmp);
+    }
     Ok(times)
+}
+
+/// A user's access token: the owner API key invites an owner, who accepts and signs in, as
+/// SPEC §9 has it (three sign-in attempts of the ten a minute allowed).
+async fn sign_in(client: &server::Client) -> anyhow::Result<String> {
+    const PASSWORD: &str = "bench password, not secret";
+    let email = format!("bench-{}@example.com", std::process::id());
+    let invited = client
+        .post("/api/users", &json!({"email": email, "role": "owner"}))
+        .await?;
+    let invite = invited
+        .get("invite_token")
+        .and_then(Value::as_str)
+        .context("no invite_token in POST /api/users")?;
+    client
+        .post_anonymous(
+            "/api/auth/accept-invite",
+            &json!({"token": invite, "password": PASSWORD}),
+        )
+        .await?;
+    let session = client
+        .post_anonymous(
+            "/api/auth/login",
+            &json!({"email": email, "password": PASSWORD}),
+        )
+        .await?;
+    session
+        .get("access_token")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .context("no access_token in POST /api/auth/login")
+}
+
+/// The `auth` scenario: what the bearer check costs an API key (`opk_…`: a lookup by hash
+/// and a constant-time compare) and a user's access token (HMAC-SHA256 check of the JWT,
+/// then the user's row read again, SPEC §9), on the round trip and on a cheap GET.
+async fn auth_cost(
+    opts: &Opts,
+    server: &Server,
+    agent: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let on = on_backend(opts);
+    let key = server.client();
+    let token = sign_in(&key).await.context("signing a user in")?;
+    let jwt = key.with_token(&token);
+    let started = Instant::now();
+    let count = opts
+        .roundtrips
+        .unwrap_or(if opts.quick { 200 } else { 2000 });
+    let times = interleaved_roundtrips(&[key.clone(), jwt.clone()], agent, count).await?;
+    let p = |v: &[f64], q: f64| percentile(v, q);
+    let (by_key, by_jwt) = (&times[0], &times[1]);
+    let delta50 = p(by_jwt, 50.0) - p(by_key, 50.0);
+    let within_budget = delta50 <= 0.1;
+    report.row(
+        &format!("round trip with an API key vs a user's access token, p50 / p99{on}"),
+        "—",
+        "access token +0.1 ms p50 at most (SPEC §9)",
+        format!(
+            "key {:.3} / {:.3} ms, access token {:.3} / {:.3} ms: {delta50:+.3} ms p50, {:+.3} ms p99 ({count} pings each, interleaved)",
+            p(by_key, 50.0),
+            p(by_key, 99.0),
+            p(by_jwt, 50.0),
+            p(by_jwt, 99.0),
+            p(by_jwt, 99.0) - p(by_key, 99.0),
+        ),
+        json!({"count": count,
+               "key": {"p50_ms": p(by_key, 50.0), "p90_ms": p(by_key, 90.0), "p99_ms": p(by_key, 99.0)},
+               "jwt": {"p50_ms": p(by_jwt, 50.0), "p90_ms": p(by_jwt, 90.0), "p99_ms": p(by_jwt, 99.0)},
+               "p50_delta_ms": delta50, "budget_ms": 0.1, "within_budget": within_budget}),
+    );
+
+    // The same cheap requests, each in turn: nothing authenticated, then one agent read with
+    // each credential, then `GET /api/auth/me` (which, for a user, reads the row once more).
+    let gets = if opts.quick { 1000 } else { 5000 };
+    let agent_path = format!("/api/agents/{agent}");
+    let probes: [(&str, &server::Client, &str, bool); 5] = [
+        ("GET /healthz, no token", &key, "/healthz", true),
+        ("GET /api/agents/{id}, API key", &key, &agent_path, false),
+        (
+            "GET /api/agents/{id}, access token",
+            &jwt,
+            &agent_path,
+            false,
+        ),
+        ("GET /api/auth/me, API key", &key, "/api/auth/me", false),
+        (
+            "GET /api/auth/me, access token",
+            &jwt,
+            "/api/auth/me",
+            false,
+        ),
+    ];
+    let mut times = vec![Vec::with_capacity(gets); probes.len()];
+    for i in 0..gets + gets / 10 {
+        for (n, (_, client, path, anonymous)) in probes.iter().enumerate() {
+            let took = client.get_timed(path, *anonymous).await?.as_secs_f64() * 1e3;
+            if i >= gets / 10 {
+                times[n].push(took);
+            }
+        }
+    }
+    for list in &mut times {
+        list.sort_by(f64::total_cmp);
+    }
+    let base = p(&times[0], 50.0);
+    let measured = probes
+        .iter()
+        .zip(&times)
+        .map(|((what, ..), t)| {
+            format!(
+                "{what} {:.3} / {:.3} ms ({:+.3})",
+                p(t, 50.0),
+                p(t, 99.0),
+                p(t, 50.0) - base
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let data: serde_json::Map<String, Value> = probes
+        .iter()
+        .zip(&times)
+        .map(|((what, ..), t)| {
+            (
+                (*what).to_owned(),
+                json!({"p50_ms": p(t, 50.0), "p90_ms": p(t, 90.0), "p99_ms": p(t, 99.0)}),
+            )
+        })
+        .collect();
+    report.row(
+        &format!("a cheap GET by credential, p50 / p99 (p50 vs /healthz){on}"),
+        "—",
+        "—",
+        format!("{measured} ({gets} each, in turn)"),
+        json!({"count": gets, "probes": data}),
+    );
+    // Where the time goes: each step of the check, timed in this process.
+    let steps = auth::breakdown(server, &token, &server.admin_key(), gets)
+        .await
+        .context("timing the steps of the bearer check")?;
+    let (text, data) = auth::describe(&steps);
+    report.row(
+        &format!("the bearer check's steps, in-process, p50 / p99{on}"),
+        "—",
+        "—",
+        format!("{text} ({gets} each)"),
+        json!({"count": gets, "steps": data}),
+    );
+    // An access token lives 15 minutes: a run longer than that would have measured 401s,
+    // which `get_timed` and `post` refuse, so reaching here means every request was served.
+    eprintln!(
+        "outpost-bench: auth scenario took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 enum Workdir {

@@ -53,6 +53,54 @@ impl Client {
         Ok((serde_json::from_str(&text)?, took))
     }
 
+    /// The same client presenting `token` (a user's access token, another API key) instead
+    /// of the owner API key.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            admin: token.to_owned(),
+        }
+    }
+
+    /// POSTs JSON without a bearer token (sign-in routes); any non-2xx is an error.
+    pub async fn post_anonymous(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// GETs `path` (with the bearer token, or none when `anonymous`) and returns the time until
+    /// the answer's last byte; any non-2xx is an error.
+    pub async fn get_timed(&self, path: &str, anonymous: bool) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if !anonymous {
+            request = request.bearer_auth(&self.admin);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        let took = started.elapsed();
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(took)
+    }
+
     /// GETs JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         Ok(serde_json::from_str(&self.get_text(path).await?)?)
@@ -225,6 +273,32 @@ impl Server {
             child,
             client,
         })
+    }
+
+    /// The owner API key every node is started with.
+    pub fn admin_key(&self) -> String {
+        self.launch.shared.admin.clone()
+    }
+
+    /// Its database, for a harness that reads the store itself.
+    pub fn database(&self) -> outpost_server::store::DatabaseLocation {
+        use outpost_server::store::DatabaseLocation;
+        match &self.launch.shared.database_url {
+            Some(url) => DatabaseLocation::Url(url.clone()),
+            None => DatabaseLocation::Sqlite(self.launch.data_dir.join("outpost.db")),
+        }
+    }
+
+    /// Its master key's text: `OUTPOST_MASTER_KEY` when nodes share one, else the data
+    /// directory's `master.key`.
+    pub fn master_key(&self) -> anyhow::Result<String> {
+        match &self.launch.shared.master_key {
+            Some(key) => Ok(key.clone()),
+            None => {
+                let path = self.launch.data_dir.join("master.key");
+                std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
+            }
+        }
     }
 
     /// The node's name (`--node-name`).

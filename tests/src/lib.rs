@@ -849,6 +849,88 @@ impl Api {
     }
 }
 
+/// A private HOME for the `outpost` CLI, against one server: `outpost login` keeps its session
+/// there, `OUTPOST_TOKEN` is unset, so each run uses that session (or none).
+pub struct CliHome {
+    url: String,
+    key: String,
+    /// The HOME (`config/outpost/config.toml` under it holds the session).
+    pub home: tempfile::TempDir,
+}
+
+impl CliHome {
+    /// A fresh HOME for `server`.
+    pub fn new(server: &Server) -> Self {
+        Self {
+            url: server.url.clone(),
+            key: server.admin_key.clone(),
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The CLI's config file (written by `outpost login`).
+    pub fn config(&self) -> std::path::PathBuf {
+        self.home.path().join("config/outpost/config.toml")
+    }
+
+    /// `outpost` with this HOME and the server's URL.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin_dir().join("outpost"));
+        cmd.env_remove("OUTPOST_TOKEN")
+            .env_remove("OUTPOST_CA_CERT")
+            .env("OUTPOST_URL", &self.url)
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join("config"));
+        cmd
+    }
+
+    /// Runs `outpost args` with `stdin` (a password) and returns (status, stdout, stderr).
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running outpost");
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            std::io::Write::write_all(&mut pipe, format!("{text}\n").as_bytes()).expect("stdin");
+        }
+        drop(pipe);
+        let out = child.wait_with_output().expect("outpost");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `outpost args` with the server's owner API key in `OUTPOST_TOKEN`.
+    pub fn run_with_key(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .command()
+            .env("OUTPOST_TOKEN", &self.key)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("outpost");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The session `outpost login` saved: `access_token`, `refresh_token`, `email`, …
+    pub fn session(&self) -> toml::Value {
+        let text = std::fs::read_to_string(self.config())
+            .unwrap_or_else(|e| panic!("{}: {e}", self.config().display()));
+        toml::from_str(&text).expect("the CLI's config is TOML")
+    }
+}
+
 /// A folder with a `script_manifest.json` and executable scripts, for agents to run.
 pub struct Scripts {
     dir: tempfile::TempDir,

@@ -67,6 +67,7 @@ impl From<TenantUsage> for TenantView {
 /// Body of `PATCH /api/tenants/{id}`: a field left out is unchanged; a quota set to null is
 /// unlimited.
 #[derive(Debug, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     /// A new name: 1 to 200 characters (null, like absent: unchanged).
     #[schema(min_length = 1, max_length = 200)]
@@ -130,6 +131,7 @@ impl<'de> Deserialize<'de> for UpdateTenant {
 
 /// Body of `POST /api/auth/register`.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The owner's email, unique on the server (case-insensitive).
     #[schema(value_type = crate::api::doc::Email)]

@@ -80,7 +80,7 @@ impl Action {
                 "metrics cover every tenant of this server: an owner API key is required".into()
             }
             Self::ReadAudit => format!(
-                "only owners and admins may read the audit log; this API key's role is {role}"
+                "only owners and admins may read the audit log; this caller's role is {role}"
             ),
             Self::Nodes => {
                 "the server nodes serve every tenant: an owner API key is required".into()
@@ -105,7 +105,7 @@ impl Action {
             ),
             Self::ForceUpdate => format!(
                 "data.force: only an owner may force an update (it can downgrade agents); \
-                 this API key's role is {role}"
+                 this caller's role is {role}"
             ),
         }
     }

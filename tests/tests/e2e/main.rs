@@ -4,6 +4,7 @@
 //! one binary links once.
 
 mod access;
+mod accounts;
 mod audit;
 mod cluster;
 mod commands;

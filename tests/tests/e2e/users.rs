@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use outpost_e2e::{Api, Server};
+use outpost_e2e::{Api, CliHome, Server};
 use outpost_server::store::Store;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -760,76 +760,6 @@ async fn first_owner_invites_a_member_through_the_cli() {
     // The API key path still works.
     let run = ada.run_with_key(&["agents", "ls"]);
     assert_eq!(run.0, 0, "{run:?}");
-}
-
-/// A private HOME for the `outpost` CLI, against one server.
-struct CliHome {
-    url: String,
-    key: String,
-    home: tempfile::TempDir,
-}
-
-impl CliHome {
-    fn new(server: &Server) -> Self {
-        Self {
-            url: server.url.clone(),
-            key: server.admin_key.clone(),
-            home: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn config(&self) -> std::path::PathBuf {
-        self.home.path().join("config/outpost/config.toml")
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(outpost_e2e::bin_dir().join("outpost"));
-        cmd.env_remove("OUTPOST_TOKEN")
-            .env_remove("OUTPOST_CA_CERT")
-            .env("OUTPOST_URL", &self.url)
-            .env("HOME", self.home.path())
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"));
-        cmd
-    }
-
-    /// Runs `outpost args` with `stdin` (a password) and returns (status, stdout, stderr).
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-        let mut child = self
-            .command()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running outpost");
-        let mut pipe = child.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            pipe.write_all(format!("{text}\n").as_bytes())
-                .expect("stdin");
-        }
-        drop(pipe);
-        let out = child.wait_with_output().expect("outpost");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn run_with_key(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self
-            .command()
-            .env("OUTPOST_TOKEN", &self.key)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("outpost");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
 }
 
 /// A member reads agents and runs and cancels jobs (SPEC §9) but manages nothing: agent keys,
