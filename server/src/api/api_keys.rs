@@ -58,8 +58,8 @@ impl From<api_key::Model> for ApiKeyView {
 #[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
-    /// A name for people: 1 to 128 characters.
-    #[schema(min_length = 1, max_length = 128)]
+    /// A name for people: 1 to 128 characters, no control characters.
+    #[schema(value_type = crate::api::doc::KeyName)]
     pub name: String,
     /// What it may be used for: at least one scope, each held by the caller.
     #[schema(min_items = 1)]

@@ -264,7 +264,8 @@ pub async fn authorize(
             Err(err) => return err.into_response(),
         };
         if let Some(why) = refusal(&caller, scope, role) {
-            return DomainError::Forbidden(why).into_response();
+            return DomainError::Forbidden(format!("{} {path}: {why}", request.method()))
+                .into_response();
         }
         request.extensions_mut().insert(caller);
     }

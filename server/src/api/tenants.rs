@@ -110,6 +110,24 @@ fn field<T: serde::de::DeserializeOwned, E: serde::de::Error>(
     serde_json::from_value(value).map_err(|e| E::custom(format!("{name}: {e}")))
 }
 
+/// A quota: null, or a whole number however JSON spells it (`5` or `5.0`: JSON has one kind
+/// of number, and the document's `integer` is any number without a fraction).
+fn quota<E: serde::de::Error>(name: &str, value: serde_json::Value) -> Result<Option<i64>, E> {
+    match &value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+            _ => Err(E::custom(format!(
+                "{name}: {n} is not a whole number from 0 to 1000000, or null"
+            ))),
+        },
+        other => Err(E::custom(format!(
+            "{name}: expected a whole number from 0 to 1000000 or null, got {other}"
+        ))),
+    }
+}
+
 impl<'de> Deserialize<'de> for UpdateTenant {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let object = object_fields(d, &["name", "max_agents", "max_schedules", "max_users"])?;
@@ -117,11 +135,11 @@ impl<'de> Deserialize<'de> for UpdateTenant {
         for (key, value) in object {
             match key.as_str() {
                 "name" => out.name = field::<Option<String>, D::Error>("name", value)?,
-                "max_agents" => out.max_agents = Some(field::<_, D::Error>("max_agents", value)?),
+                "max_agents" => out.max_agents = Some(quota::<D::Error>("max_agents", value)?),
                 "max_schedules" => {
-                    out.max_schedules = Some(field::<_, D::Error>("max_schedules", value)?)
+                    out.max_schedules = Some(quota::<D::Error>("max_schedules", value)?)
                 }
-                "max_users" => out.max_users = Some(field::<_, D::Error>("max_users", value)?),
+                "max_users" => out.max_users = Some(quota::<D::Error>("max_users", value)?),
                 _ => {}
             }
         }
@@ -267,5 +285,35 @@ mod tests {
         let err = serde_json::from_str::<RegisterRequest>(r#"{"email": "a@b", "password": "x"}"#)
             .expect_err("missing");
         assert!(err.to_string().contains("tenant_name"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::UpdateTenant;
+
+    fn read(json: &str) -> Result<UpdateTenant, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_quota_is_null_or_a_whole_number_however_json_spells_it() {
+        assert_eq!(
+            read(r#"{"max_users": 5}"#).expect("5").max_users,
+            Some(Some(5))
+        );
+        assert_eq!(
+            read(r#"{"max_users": 5.0}"#).expect("5.0").max_users,
+            Some(Some(5))
+        );
+        assert_eq!(
+            read(r#"{"max_users": null}"#).expect("null").max_users,
+            Some(None)
+        );
+        assert_eq!(read("{}").expect("absent").max_users, None);
+        for bad in ["5.5", "\"5\"", "true", "1e300"] {
+            let err = read(&format!(r#"{{"max_agents": {bad}}}"#)).expect_err(bad);
+            assert!(err.contains("max_agents"), "{bad}: {err}");
+        }
     }
 }

@@ -140,15 +140,15 @@ async fn an_owner_invites_an_admin_and_a_member_who_run_read_and_lose_their_sess
     for (args, says) in [
         (
             vec!["keys", "agent", "create", "mine"],
-            "only owners and admins may change agent keys",
+            "POST /api/agents/keys: this needs the admin role or higher",
         ),
         (
             vec!["agents", "tag", "add", agent_id.as_str(), "db"],
-            "only owners and admins may change or forget agents",
+            "PATCH /api/agents/{id}: this needs the admin role or higher",
         ),
         (
             vec!["audit", "ls"],
-            "only owners and admins may read the audit log",
+            "GET /api/audit: this needs the admin role or higher",
         ),
     ] {
         let (status, out, err) = member.run(&args, None);
@@ -163,17 +163,17 @@ async fn an_owner_invites_an_admin_and_a_member_who_run_read_and_lose_their_sess
             member_api
                 .post("/api/agents/keys", json!({"name": "mine"}))
                 .await,
-            "only owners and admins may change agent keys",
+            "POST /api/agents/keys: this needs the admin role or higher",
         ),
         (
             member_api
                 .patch(&format!("/api/agents/{agent_id}"), json!({"tags": ["db"]}))
                 .await,
-            "only owners and admins may change or forget agents",
+            "PATCH /api/agents/{id}: this needs the admin role or higher",
         ),
         (
             member_api.get("/api/audit").await,
-            "only owners and admins may read the audit log",
+            "GET /api/audit: this needs the admin role or higher",
         ),
     ] {
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
