@@ -78,7 +78,10 @@ pub async fn authenticate_api(
         tenant_id: key.tenant_id,
         role,
         scopes,
-        principal: Principal::ApiKey { key_id: key.id },
+        principal: Principal::ApiKey {
+            key_id: key.id,
+            owner: key.owner_user_id,
+        },
         label: key.name,
         // Set by authentication, which knows the client's address.
         address: None,

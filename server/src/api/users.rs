@@ -181,7 +181,7 @@ impl From<Me> for MeView {
     fn from(me: Me) -> Self {
         let (kind, key_id) = match me.principal {
             Principal::User { .. } => (CallerKind::User, None),
-            Principal::ApiKey { key_id } => (CallerKind::ApiKey, Some(key_id)),
+            Principal::ApiKey { key_id, .. } => (CallerKind::ApiKey, Some(key_id)),
         };
         Self {
             kind,

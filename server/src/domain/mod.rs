@@ -339,7 +339,7 @@ impl Caller {
     pub fn actor(&self) -> Actor {
         let (kind, id) = match &self.principal {
             Principal::User { user_id } => (ActorKind::User, user_id),
-            Principal::ApiKey { key_id } => (ActorKind::ApiKey, key_id),
+            Principal::ApiKey { key_id, .. } => (ActorKind::ApiKey, key_id),
         };
         Actor {
             kind,
@@ -362,6 +362,9 @@ pub enum Principal {
     ApiKey {
         /// The key's id (never its secret).
         key_id: String,
+        /// The user the key belongs to (made through `/api/keys`); `None` for keys the
+        /// server made.
+        owner: Option<String>,
     },
 }
 
@@ -543,7 +546,7 @@ impl std::fmt::Display for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::User { user_id } => write!(f, "user:{user_id}"),
-            Self::ApiKey { key_id } => write!(f, "key:{key_id}"),
+            Self::ApiKey { key_id, .. } => write!(f, "key:{key_id}"),
         }
     }
 }

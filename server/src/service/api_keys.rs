@@ -57,12 +57,8 @@ impl ApiKeys {
         caller: &Caller,
         new: NewKey,
     ) -> Result<(api_key::Model, String), DomainError> {
+        super::keys::validate_name(&new.name)?;
         let name = new.name.trim();
-        if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-            return Err(DomainError::BadRequest(
-                "name: must be 1 to 128 characters without control characters".into(),
-            ));
-        }
         if new.scopes.is_empty() {
             return Err(DomainError::BadRequest(format!(
                 "scopes: give at least one of {}",
@@ -102,13 +98,7 @@ impl ApiKeys {
         };
         self.core.writable()?;
         let txn = self.core.store.begin().await?;
-        let owner_user_id = match &caller.principal {
-            Principal::User { user_id } => Some(user_id.clone()),
-            Principal::ApiKey { key_id } => txn
-                .get_api_key(&caller.tenant_id, key_id)
-                .await?
-                .and_then(|k| k.owner_user_id),
-        };
+        let owner_user_id = owner_of(caller);
         let stored: Vec<String> = scopes.list().iter().map(|s| s.to_string()).collect();
         let (key, secret) = txn
             .insert_api_key(NewApiKey {
@@ -135,8 +125,7 @@ impl ApiKeys {
 
     /// The caller's own keys; an owner's answer holds every key of the tenant.
     pub async fn list(&self, caller: &Caller) -> Result<Vec<api_key::Model>, DomainError> {
-        let owner = self.owner_filter(caller).await?;
-        match owner {
+        match visible(caller) {
             Visible::All => Ok(self
                 .core
                 .store
@@ -154,7 +143,7 @@ impl ApiKeys {
     /// Revokes a key at once: the caller's own, or any of the tenant's for an owner.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, key_id = %id))]
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
-        let visible = self.owner_filter(caller).await?;
+        let visible = visible(caller);
         self.core.writable()?;
         let txn = self.core.store.begin().await?;
         let not_found = || DomainError::NotFound(format!("no API key {id}"));
@@ -177,26 +166,25 @@ impl ApiKeys {
         tracing::info!(key_id = %id, "API key revoked");
         Ok(())
     }
+}
 
-    /// Whose keys the caller sees: an owner every key, anyone else their user's.
-    async fn owner_filter(&self, caller: &Caller) -> Result<Visible, DomainError> {
-        if caller.role.at_least(Role::Owner) {
-            return Ok(Visible::All);
-        }
-        Ok(match &caller.principal {
-            Principal::User { user_id } => Visible::OwnedBy(user_id.clone()),
-            Principal::ApiKey { key_id } => match self
-                .core
-                .store
-                .get_api_key(&caller.tenant_id, key_id)
-                .await?
-                .and_then(|k| k.owner_user_id)
-            {
-                Some(user) => Visible::OwnedBy(user),
-                // A server-made key below owner: it owns no keys it could list.
-                None => Visible::None,
-            },
-        })
+/// The user a key made by `caller` belongs to: the caller's user, or its key's user.
+fn owner_of(caller: &Caller) -> Option<String> {
+    match &caller.principal {
+        Principal::User { user_id } => Some(user_id.clone()),
+        Principal::ApiKey { owner, .. } => owner.clone(),
+    }
+}
+
+/// Whose keys the caller sees: an owner every key, anyone else their user's (a server-made
+/// key below owner owns none).
+fn visible(caller: &Caller) -> Visible {
+    if caller.role.at_least(Role::Owner) {
+        return Visible::All;
+    }
+    match owner_of(caller) {
+        Some(user) => Visible::OwnedBy(user),
+        None => Visible::None,
     }
 }
 

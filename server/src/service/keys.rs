@@ -262,7 +262,7 @@ impl Keys {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), DomainError> {
+pub(super) fn validate_name(name: &str) -> Result<(), DomainError> {
     if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(DomainError::BadRequest(
             "name: must be 1 to 128 characters without control characters".into(),

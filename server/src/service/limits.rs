@@ -338,7 +338,10 @@ mod tests {
     fn caller(key: &str) -> Caller {
         Caller {
             tenant_id: "t".into(),
-            principal: crate::domain::Principal::ApiKey { key_id: key.into() },
+            principal: crate::domain::Principal::ApiKey {
+                key_id: key.into(),
+                owner: None,
+            },
             role: Role::Owner,
             scopes: crate::domain::Scopes::ALL,
             label: key.into(),

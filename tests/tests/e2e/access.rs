@@ -44,6 +44,7 @@ impl Who {
             scopes: self.scopes,
             principal: Principal::ApiKey {
                 key_id: String::new(),
+                owner: None,
             },
             label: String::new(),
             address: None,
