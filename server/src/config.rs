@@ -139,6 +139,16 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_MAX_KEY_DAYS", default_value_t = DEFAULT_MAX_KEY_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub max_key_days: u32,
 
+    /// How long after its instant a schedule's fire still runs (late); older fires are
+    /// "missed" and follow the schedule's `missed` policy. SPEC §10 says 60 s; tests shorten it.
+    #[arg(long, env = "OUTPOST_SCHEDULE_GRACE_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
+    pub schedule_grace_s: u64,
+
+    /// Tests only: schedules read the time from this file (an RFC 3339 instant) instead of
+    /// the system's clock.
+    #[arg(long, env = "OUTPOST_TEST_CLOCK_FILE", hide = true)]
+    pub test_clock_file: Option<PathBuf>,
+
     /// Output bytes kept per run and stream; past it the run says output_truncated.
     #[arg(long, env = "OUTPOST_MAX_OUTPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_output_bytes: u64,
@@ -203,6 +213,8 @@ impl std::fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("builds_dir", &self.builds_dir)
             .field("max_output_bytes", &self.max_output_bytes)
+            .field("schedule_grace_s", &self.schedule_grace_s)
+            .field("test_clock_file", &self.test_clock_file)
             .field("max_key_days", &self.max_key_days)
             .field("lost_after", &self.lost_after)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))

@@ -22,6 +22,7 @@ pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod credentials;
+pub mod cron;
 pub mod domain;
 pub mod finish;
 pub mod forwarded;
@@ -164,8 +165,15 @@ pub async fn run(
         trusted_proxies = ?config.trusted_proxies,
         "rate limits (a minute, per caller on /api; 0 = off)"
     );
-    let services =
+    let mut services =
         service::Services::new(core, releases, delivery, limits).with_signup(config.allow_signup);
+    services.schedules = services
+        .schedules
+        .with_grace(Duration::from_secs(config.schedule_grace_s))
+        .with_clock(match &config.test_clock_file {
+            Some(path) => service::schedules::Clock::File(path.clone()),
+            None => service::schedules::Clock::System,
+        });
     if config.allow_signup {
         tracing::info!("signup is on: POST /api/auth/register makes a tenant and its owner");
     }
@@ -173,6 +181,7 @@ pub async fn run(
         services: services.clone(),
     };
     tokio::spawn(services.webhooks.clone().run());
+    tokio::spawn(services.schedules.clone().run());
     tokio::spawn(metrics::upkeep(stop.clone()));
     listen::describe_metrics();
     let limits = listen::Limits::from_config(&config);

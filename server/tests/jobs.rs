@@ -36,6 +36,8 @@ async fn a_job_s_runs_are_stored_as_returned_refused_ones_already_failed() {
                 idempotency_key: None,
                 request_fingerprint: None,
                 webhook_url: None,
+                fire: None,
+                note: None,
             },
             runs,
         )
@@ -285,6 +287,8 @@ async fn a_job_ends_when_its_last_run_is_final_even_at_creation() {
         idempotency_key: Some(key.into()),
         request_fingerprint: None,
         webhook_url: None,
+        fire: None,
+        note: None,
     };
     let refused = |i: usize| NewRun {
         agent_id: format!("agent-{i}"),
@@ -476,6 +480,8 @@ async fn the_last_node_to_commit_a_job_s_results_settles_it() {
                 idempotency_key: None,
                 request_fingerprint: None,
                 webhook_url: None,
+                fire: None,
+                note: None,
             },
             runs,
         )

@@ -56,6 +56,7 @@ const RULES: &[(&str, &[&str])] = &[
         "service",
         &[
             "access",
+            "cron",
             "bus",
             "finish",
             "frames",
@@ -77,6 +78,8 @@ const RULES: &[(&str, &[&str])] = &[
         "access",
         &["credentials", "domain", "jwt", "listen", "store"],
     ),
+    // Fire times: a leaf.
+    ("cron", &[]),
     ("finish", &["bus", "metrics", "store", "domain"]),
     ("bus", &["domain", "store"]),
     ("frames", &["domain", "seal", "secrets", "store"]),

@@ -167,6 +167,18 @@ pub struct JobView {
     pub runs: Option<Vec<RunView>>,
     /// Runs by status.
     pub run_counts: HashMap<String, usize>,
+    /// The schedule whose fire (or "run now") created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<String>,
+    /// The fire's instant (absent on a schedule's "run now").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// The one job that stands for a schedule's missed fires (`missed: run_once`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<bool>,
+    /// What the server says about it (a schedule's fire whose target matched no agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl From<Target> for jobs::Target {
@@ -201,6 +213,10 @@ impl JobView {
             finished_at: job.finished_at,
             runs: with_runs.then(|| runs.into_iter().map(RunView::from).collect()),
             run_counts,
+            schedule_id: job.schedule_id,
+            scheduled_for: job.scheduled_for,
+            catch_up: job.catch_up,
+            note: job.note,
         }
     }
 }
@@ -255,6 +271,9 @@ pub struct ListQuery {
     /// (how the CLI finds the job meant by a shortened id).
     #[param(value_type = Option<crate::api::doc::JobIdPart>, nullable = false)]
     pub id: Option<String>,
+    /// Jobs created by this schedule (its fires and its runs now).
+    #[param(nullable = false)]
+    pub schedule_id: Option<String>,
 }
 
 /// Options of the output endpoint.
@@ -293,6 +312,7 @@ pub async fn create(
         target: body.target.into(),
         webhook_url: body.webhook_url,
         idempotency_key: body.idempotency_key,
+        fire: None,
     };
     let wait = query.wait.map(Duration::from_secs);
     let job = state.services.jobs.create(&caller, request, wait).await?;
@@ -307,7 +327,7 @@ const RUN_JSON_BYTES: usize = 320;
 /// Serialized into a buffer sized for the runs up front: axum's `Json` starts from 128 bytes
 /// and doubles, so a 10,000-run answer (~3 MB) was reallocated and copied ~15 times, while
 /// its caller waited.
-fn answer(JobWithRuns { job, runs }: JobWithRuns) -> Response {
+pub(super) fn answer(JobWithRuns { job, runs }: JobWithRuns) -> Response {
     let status = if job.status == JobState::Running {
         StatusCode::ACCEPTED
     } else {
@@ -339,6 +359,7 @@ pub async fn list(
         cursor: query.cursor,
         limit: query.limit,
         id: query.id,
+        schedule_id: query.schedule_id,
     };
     let page = state.services.jobs.list(&caller, request).await?;
     let views = page

@@ -20,6 +20,7 @@ pub mod metrics;
 mod nodes;
 pub mod permissions;
 mod releases;
+mod schedules;
 mod tenants;
 mod users;
 mod webhooks;
@@ -60,6 +61,8 @@ use doc::Contract;
         users::list, users::create, users::show, users::update, users::delete,
         api_keys::create, api_keys::list, api_keys::delete,
         tenants::register, tenants::list, tenants::show, tenants::update,
+        schedules::create, schedules::list, schedules::preview, schedules::show,
+        schedules::update, schedules::delete, schedules::run, schedules::events,
     ),
     components(
         schemas(
@@ -67,6 +70,7 @@ use doc::Contract;
             crate::domain::KeyStatus, crate::domain::Transport, crate::domain::Command,
             crate::domain::WebhookStatus, crate::domain::ActorKind, crate::domain::AuditAction,
             crate::domain::AuditTarget, crate::domain::UserStatus, crate::domain::Scope,
+            crate::domain::MissedPolicy, crate::domain::ConcurrencyPolicy,
             crate::http_error::ErrorEnvelope,
             doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
             doc::TargetTriple, doc::WebhookUrl, doc::Email, doc::IdempotencyKey, doc::JobIdPart,
@@ -93,6 +97,8 @@ use doc::Contract;
         (name = "users", description = "The tenant's users"),
         (name = "API keys", description = "Programs' keys: scoped, expiring, each a user's"),
         (name = "tenants", description = "Tenants, their plan quotas and usage"),
+        (name = "schedules", description = "Commands run at the times a cron pattern names, in a time zone"),
+        (name = "events", description = "What happened that people should hear of"),
     )
 )]
 pub struct ApiDoc;
@@ -205,6 +211,19 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/api/keys", post(api_keys::create).get(api_keys::list))
         .route("/api/keys/{id}", axum::routing::delete(api_keys::delete))
+        .route(
+            "/api/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route("/api/schedules/preview", get(schedules::preview))
+        .route(
+            "/api/schedules/{id}",
+            get(schedules::show)
+                .patch(schedules::update)
+                .delete(schedules::delete),
+        )
+        .route("/api/schedules/{id}/run", post(schedules::run))
+        .route("/api/events", get(schedules::events))
         // After every route: applies to each of them, and to nothing else (not the fallback).
         .route_layer(axum::middleware::from_fn_with_state(
             state,

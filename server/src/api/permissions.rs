@@ -81,7 +81,7 @@ const fn caller(method: &'static str, path: &'static str, scope: Scope, role: Ro
 use Role::{Admin, Member, Owner};
 use Scope::{
     AgentsRead, AgentsWrite, AuditRead, IntegrationsWrite, JobsRead, JobsRun, KeysWrite,
-    MetricsRead, UsersWrite,
+    MetricsRead, SchedulesRead, SchedulesWrite, UsersWrite,
 };
 
 /// Every REST route and what it needs (SPEC §9's table of roles, route by route).
@@ -155,6 +155,17 @@ pub const ROUTES: &[Rule] = &[
     caller("GET", "/api/users/{id}", UsersWrite, Admin),
     caller("PATCH", "/api/users/{id}", UsersWrite, Owner),
     caller("DELETE", "/api/users/{id}", UsersWrite, Owner),
+    // Schedules: everyone reads them and runs one now (as a job of their own); admins
+    // make and change them (SPEC §9's table).
+    caller("GET", "/api/schedules", SchedulesRead, Member),
+    caller("GET", "/api/schedules/preview", SchedulesRead, Member),
+    caller("GET", "/api/schedules/{id}", SchedulesRead, Member),
+    caller("POST", "/api/schedules", SchedulesWrite, Admin),
+    caller("PATCH", "/api/schedules/{id}", SchedulesWrite, Admin),
+    caller("DELETE", "/api/schedules/{id}", SchedulesWrite, Admin),
+    caller("POST", "/api/schedules/{id}/run", JobsRun, Member),
+    // Events: what happened to jobs and schedules, for everyone who reads jobs.
+    caller("GET", "/api/events", JobsRead, Member),
     // API keys: everyone their own (owners everyone's, decided in the service).
     caller("POST", "/api/keys", KeysWrite, Member),
     caller("GET", "/api/keys", KeysWrite, Member),

@@ -86,7 +86,7 @@ pub struct UpdateTenant {
 /// Reads a JSON object's fields by name, refusing any other and naming the field whose value
 /// is wrong: a JSON object only (serde's derive also reads a struct from an array), and a
 /// present `null` told from an absent field.
-fn object_fields<'de, D: serde::Deserializer<'de>>(
+pub(super) fn object_fields<'de, D: serde::Deserializer<'de>>(
     d: D,
     known: &[&str],
 ) -> Result<serde_json::Map<String, serde_json::Value>, D::Error> {
@@ -103,7 +103,7 @@ fn object_fields<'de, D: serde::Deserializer<'de>>(
 }
 
 /// One field's value, the error naming the field.
-fn field<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+pub(super) fn field<T: serde::de::DeserializeOwned, E: serde::de::Error>(
     name: &str,
     value: serde_json::Value,
 ) -> Result<T, E> {

@@ -182,6 +182,8 @@ impl From<Me> for MeView {
         let (kind, key_id) = match me.principal {
             Principal::User { .. } => (CallerKind::User, None),
             Principal::ApiKey { key_id, .. } => (CallerKind::ApiKey, Some(key_id)),
+            // A schedule acts only inside the server, never over HTTP.
+            Principal::Schedule { .. } => (CallerKind::ApiKey, None),
         };
         Self {
             kind,

@@ -304,6 +304,29 @@ text_enum! {
 }
 
 text_enum! {
+    /// What a schedule does about fires that passed while it could not fire (the server was
+    /// down, or busy for longer than the grace of 60 s).
+    MissedPolicy {
+        /// Count them in one `schedule.missed` event and run nothing for them.
+        Skip = "skip",
+        /// One catch-up job (`catch_up: true`) for all of them, and the event.
+        RunOnce = "run_once",
+    }
+}
+
+text_enum! {
+    /// What a schedule does when its previous job is still running at the next fire.
+    ConcurrencyPolicy {
+        /// Start the new job beside it.
+        Allow = "allow",
+        /// Skip this fire (`schedule.skipped` event).
+        Forbid = "forbid",
+        /// Cancel the running job, then start the new one.
+        Replace = "replace",
+    }
+}
+
+text_enum! {
     /// Whether a user may sign in.
     UserStatus {
         /// The user signs in and their tokens work.
@@ -340,6 +363,7 @@ impl Caller {
         let (kind, id) = match &self.principal {
             Principal::User { user_id } => (ActorKind::User, user_id),
             Principal::ApiKey { key_id, .. } => (ActorKind::ApiKey, key_id),
+            Principal::Schedule { schedule_id } => (ActorKind::Schedule, schedule_id),
         };
         Actor {
             kind,
@@ -366,6 +390,12 @@ pub enum Principal {
         /// server made.
         owner: Option<String>,
     },
+    /// A schedule firing: the server acts for whoever made or last changed the schedule,
+    /// with the role they had then (`schedules.role`).
+    Schedule {
+        /// The schedule's id.
+        schedule_id: String,
+    },
 }
 
 impl Principal {
@@ -373,7 +403,7 @@ impl Principal {
     pub fn user_id(&self) -> Option<&str> {
         match self {
             Self::User { user_id } => Some(user_id),
-            Self::ApiKey { .. } => None,
+            Self::ApiKey { .. } | Self::Schedule { .. } => None,
         }
     }
 }
@@ -389,6 +419,8 @@ text_enum! {
         Agent = "agent",
         /// The server itself, or an operator's command on its host (`outpost-server …`).
         System = "system",
+        /// A schedule's fire (`id` is the schedule's id).
+        Schedule = "schedule",
     }
 }
 
@@ -475,6 +507,14 @@ text_enum! {
         UserInviteAccept = "user.invite_accept",
         /// A user was deleted.
         UserDelete = "user.delete",
+        /// A schedule was created.
+        ScheduleCreate = "schedule.create",
+        /// A schedule was changed (enabled and disabled included).
+        ScheduleUpdate = "schedule.update",
+        /// A schedule was deleted.
+        ScheduleDelete = "schedule.delete",
+        /// A schedule was run now, outside its times (`POST /api/schedules/{id}/run`).
+        ScheduleRun = "schedule.run",
     }
 }
 
@@ -497,6 +537,8 @@ text_enum! {
         Release = "release",
         /// A user (accounts work).
         User = "user",
+        /// A schedule.
+        Schedule = "schedule",
     }
 }
 
@@ -547,6 +589,7 @@ impl std::fmt::Display for Principal {
         match self {
             Self::User { user_id } => write!(f, "user:{user_id}"),
             Self::ApiKey { key_id, .. } => write!(f, "key:{key_id}"),
+            Self::Schedule { schedule_id } => write!(f, "schedule:{schedule_id}"),
         }
     }
 }

@@ -173,6 +173,7 @@ fn owner_of(caller: &Caller) -> Option<String> {
     match &caller.principal {
         Principal::User { user_id } => Some(user_id.clone()),
         Principal::ApiKey { owner, .. } => owner.clone(),
+        Principal::Schedule { .. } => None,
     }
 }
 

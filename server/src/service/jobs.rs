@@ -25,7 +25,7 @@ use crate::domain::{
     AuditAction, AuditEvent, AuditTarget, Caller, Command, CommandState, DomainError, JobState,
 };
 use crate::secrets;
-use crate::store::{AgentTarget, JobFilter, NewJob, NewRun, agent_key, command, job};
+use crate::store::{AgentTarget, Fire, JobFilter, NewJob, NewRun, agent_key, command, job};
 use crate::tags::TagRule;
 
 /// Longest `?wait=`.
@@ -41,7 +41,7 @@ const EVENT_QUEUE: usize = 64;
 
 /// Who a job is for. Agents listed by id and agents with every listed tag are both included.
 /// Stored with the job as asked (this serialisation is what `target` shows).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Target {
     /// Agent ids.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +65,10 @@ pub struct NewJobRequest {
     pub webhook_url: Option<String>,
     /// A retry with the same key returns the first job.
     pub idempotency_key: Option<String>,
+    /// The schedule's fire that makes this job (`service::schedules`): a target that
+    /// matches no agent then records a failed job without runs that says so, instead of
+    /// refusing, and the fire makes at most one job.
+    pub fire: Option<Fire>,
 }
 
 /// Filters of a job listing, as asked (checked here).
@@ -88,6 +92,8 @@ pub struct ListRequest {
     pub limit: Option<u64>,
     /// Jobs whose id starts or ends with this.
     pub id: Option<String>,
+    /// Jobs of this schedule.
+    pub schedule_id: Option<String>,
 }
 
 /// A job with its runs.
@@ -172,6 +178,7 @@ impl Jobs {
             target,
             webhook_url,
             idempotency_key,
+            fire,
         } = request;
         if let Some(key) = &idempotency_key
             && (key.is_empty() || key.len() > 200)
@@ -189,10 +196,15 @@ impl Jobs {
         }
         let target_json = serde_json::to_value(&target).unwrap_or(Value::Null);
         commands::authorize(caller, &spec, &format!("job target {target_json}"))?;
-        let (agents, keys) = self.resolve(caller, &target).await?;
-        if agents.is_empty() {
-            return Err(DomainError::Unprocessable(no_match(&target)));
-        }
+        let (agents, keys) = self.resolve(caller, &target, fire.is_some()).await?;
+        let note = match (agents.is_empty(), &fire) {
+            (false, _) => None,
+            (true, Some(_)) => Some(format!(
+                "no run: the schedule fired but its target matched no agent ({})",
+                no_match(&target)
+            )),
+            (true, None) => return Err(DomainError::Unprocessable(no_match(&target))),
+        };
         // An update to an older version is refused, run by run, on agents it would downgrade
         // (unless forced).
         let versions = match (
@@ -215,7 +227,10 @@ impl Jobs {
                 .collect(),
             None => HashMap::new(),
         };
-        let one_agent = agents.len() == 1 && target.tags.is_none() && target.all != Some(true);
+        let one_agent = agents.len() == 1
+            && target.tags.is_none()
+            && target.all != Some(true)
+            && fire.is_none();
         let mut runs = Vec::with_capacity(agents.len());
         for agent in &agents {
             let mut refused = key_refusal(&agent.id, keys.get(&agent.key_id), &spec.command)
@@ -298,6 +313,8 @@ impl Jobs {
             idempotency_key,
             request_fingerprint: fingerprint.clone(),
             webhook_url,
+            fire,
+            note,
         };
         // On the writer's connection: a job's thousands of rows then never wait for the
         // writer's lock behind the agents' reports (see `Store::open_writer`).
@@ -375,10 +392,14 @@ impl Jobs {
     /// Resolves a target to agents of the caller's tenant, with the tenant's agent keys (by
     /// id): tags are matched as [`TagRule`] says, and each agent's key decides what it may
     /// run.
-    async fn resolve(
+    /// An agent id that names no agent is refused, unless `lenient` (a schedule's fire: an
+    /// agent forgotten since the schedule was made is left out, and the job says so when no
+    /// agent is left).
+    pub(super) async fn resolve(
         &self,
         caller: &Caller,
         target: &Target,
+        lenient: bool,
     ) -> Result<(Vec<AgentTarget>, HashMap<String, agent_key::Model>), DomainError> {
         let ids = target.agents.as_deref().unwrap_or_default();
         let tags = target.tags.as_deref().unwrap_or_default();
@@ -396,6 +417,9 @@ impl Jobs {
         let mut chosen = BTreeSet::new();
         for id in ids {
             if !known.contains(id.as_str()) {
+                if lenient {
+                    continue;
+                }
                 return Err(DomainError::BadRequest(format!(
                     "target.agents: no agent {id}"
                 )));
@@ -477,6 +501,7 @@ impl Jobs {
             status: request.status,
             since: request.since,
             until: request.until,
+            schedule_id: request.schedule_id,
             before: request.cursor,
             limit: limit + 1,
         };

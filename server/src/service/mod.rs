@@ -21,6 +21,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod releases;
+pub mod schedules;
 pub mod tenants;
 pub mod users;
 pub mod webhooks;
@@ -143,6 +144,8 @@ pub struct Services {
     pub tenants: tenants::Tenants,
     /// Signed agent and supervisor builds.
     pub releases: releases::Releases,
+    /// Schedules, their loop, and the events they emit.
+    pub schedules: schedules::Schedules,
     /// Job webhooks: signing secrets and delivery.
     pub webhooks: webhooks::Webhooks,
     /// Liveness and readiness.
@@ -181,6 +184,7 @@ impl Services {
             tenants: tenants::Tenants::new(core.clone(), limits.clone(), users.clone()),
             users,
             commands: commands::Commands::new(core.clone()),
+            schedules: schedules::Schedules::new(core.clone(), jobs::Jobs::new(core.clone())),
             jobs: jobs::Jobs::new(core.clone()),
             keys: keys::Keys::new(core.clone()),
             releases: releases::Releases::new(core.clone(), releases),

@@ -219,6 +219,13 @@ pub mod job {
         /// The node delivering its webhook, and until when that claim holds.
         pub webhook_claimed_by: Option<String>,
         pub webhook_claimed_until: Option<DateTimeUtc>,
+        /// The schedule whose fire created the job, and the fire's instant (unique together).
+        pub schedule_id: Option<String>,
+        pub scheduled_for: Option<DateTimeUtc>,
+        /// The one job that stands for a schedule's missed fires (`missed: run_once`).
+        pub catch_up: Option<bool>,
+        /// What the server says about the job (a schedule's fire whose target matched no agent).
+        pub note: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -508,6 +515,83 @@ pub mod invite {
         pub expires_at: DateTimeUtc,
         /// When it was accepted; an invite is used once.
         pub used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Schedules (SPEC §10): a command, a target and when.
+pub mod schedule {
+    use sea_orm::entity::prelude::*;
+
+    /// A schedule row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "schedules")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub name: String,
+        pub cron: String,
+        pub timezone: String,
+        pub command: String,
+        /// As shown: secret parameter values masked.
+        pub data: Json,
+        /// The secret parameter values, sealed (`crate::secrets`).
+        pub sealed_params: Option<String>,
+        pub target: Json,
+        pub timeout_s: Option<i32>,
+        pub ttl_s: Option<i32>,
+        pub enabled: bool,
+        /// `skip` or `run_once`.
+        pub missed: String,
+        /// `allow`, `forbid` or `replace`.
+        pub concurrency: String,
+        pub webhook_url: Option<String>,
+        /// The role its fires act with: that of whoever made or last changed it.
+        pub role: String,
+        /// Who made it, as the audit log names them (`user:<id>`, `key:<id>`).
+        pub created_by: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        /// The next instant it fires; NULL when disabled or when it never fires again.
+        pub next_fire_at: Option<DateTimeUtc>,
+        pub last_fire_at: Option<DateTimeUtc>,
+        pub last_job_id: Option<String>,
+        /// The node firing it now, and until when that claim holds.
+        pub claimed_by: Option<String>,
+        pub claimed_until: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Events (SPEC §11): what happened, for people and integrations to hear of.
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    /// An event row; ids are UUIDv7, so they order events in time.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        /// `schedule.missed`, `schedule.skipped`, …
+        #[sea_orm(column_name = "type")]
+        pub kind: String,
+        pub subject_type: String,
+        pub subject_id: String,
+        pub at: DateTimeUtc,
+        pub detail: Json,
+        /// Stored once per key: the same event emitted again (a retried step) is dropped.
+        pub dedup_key: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

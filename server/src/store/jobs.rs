@@ -67,6 +67,23 @@ pub struct NewJob {
     pub request_fingerprint: Option<String>,
     /// Notified when the job finishes.
     pub webhook_url: Option<String>,
+    /// The schedule's fire that creates it: a second job for the same fire is never
+    /// created (the first is returned instead).
+    pub fire: Option<Fire>,
+    /// What the server says about the job, shown with it.
+    pub note: Option<String>,
+}
+
+/// A schedule's fire, as its job records it.
+#[derive(Debug, Clone)]
+pub struct Fire {
+    /// The schedule.
+    pub schedule_id: String,
+    /// The fire's instant; `None` for a schedule's "run now", which is not a fire and may
+    /// be repeated.
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// The job stands for every missed fire (`missed: run_once`).
+    pub catch_up: bool,
 }
 
 /// One run to create: the agent, or why it is refused (then it is stored already failed and
@@ -94,6 +111,8 @@ pub struct JobFilter {
     pub since: Option<DateTime<Utc>>,
     /// Created before.
     pub until: Option<DateTime<Utc>>,
+    /// Jobs created by this schedule's fires (and its runs now).
+    pub schedule_id: Option<String>,
     /// Only jobs older than this job id (the cursor).
     pub before: Option<String>,
     /// Only jobs whose id starts or ends with this (lowercase hex digits and dashes only,
@@ -164,9 +183,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         runs: Vec<NewRun>,
         audit: Option<AuditRecord>,
     ) -> Result<(job::Model, Vec<command::Model>, bool)> {
-        if let Some(key) = &new.idempotency_key
-            && let Some(existing) = self.job_by_idempotency_key(&new.tenant_id, key).await?
-        {
+        if let Some(existing) = self.existing_job(&new).await? {
             let runs = self.job_runs(&new.tenant_id, &existing.id).await?;
             return Ok((existing, runs, false));
         }
@@ -190,9 +207,15 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             target: Set(new.target.clone()),
             timeout_s: Set(new.timeout_s as i32),
             ttl_s: Set(new.ttl_s as i32),
-            status: Set(job_status::RUNNING.into()),
+            // A job without a run (a schedule's target that matched nothing) is over at
+            // once, and failed: nothing it was meant to do was done.
+            status: Set(if runs.is_empty() {
+                job_status::FAILED.into()
+            } else {
+                job_status::RUNNING.into()
+            }),
             created_at: Set(now),
-            finished_at: Set(None),
+            finished_at: Set(runs.is_empty().then_some(now)),
             idempotency_key: Set(new.idempotency_key.clone()),
             webhook_url: Set(new.webhook_url.clone()),
             webhook_status: Set(None),
@@ -202,16 +225,23 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .and(new.request_fingerprint.clone())),
             webhook_claimed_by: Set(None),
             webhook_claimed_until: Set(None),
+            schedule_id: Set(new.fire.as_ref().map(|f| f.schedule_id.clone())),
+            scheduled_for: Set(new.fire.as_ref().and_then(|f| f.scheduled_for)),
+            catch_up: Set(new.fire.as_ref().and_then(|f| f.catch_up.then_some(true))),
+            note: Set(new.note.clone()),
         }
         .insert(&txn)
         .await;
         let job = match inserted {
             Ok(job) => job,
-            // Two requests with one idempotency key raced: the other one won.
-            Err(err) if new.idempotency_key.is_some() => {
+            // Two requests with one idempotency key, or two nodes with one schedule's fire,
+            // raced: the other one won.
+            Err(err)
+                if new.idempotency_key.is_some()
+                    || new.fire.as_ref().is_some_and(|f| f.scheduled_for.is_some()) =>
+            {
                 txn.rollback().await?;
-                let key = new.idempotency_key.as_deref().unwrap_or_default();
-                return match self.job_by_idempotency_key(&new.tenant_id, key).await? {
+                return match self.existing_job(&new).await? {
                     Some(existing) => {
                         let runs = self.job_runs(&new.tenant_id, &existing.id).await?;
                         Ok((existing, runs, false))
@@ -268,7 +298,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         crate::metrics::commands_created(&new.command, models.len());
         // A job with a pending run is running, as inserted; one whose every run was refused
         // is over already.
-        if models.iter().any(|run| run.state == state::PENDING) {
+        if models.is_empty() || models.iter().any(|run| run.state == state::PENDING) {
             return Ok((job, models, true));
         }
         let job = match self.refresh_job(&new.tenant_id, &job.id).await? {
@@ -344,6 +374,32 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(rows.into_iter().collect())
     }
 
+    /// The job `new` would repeat: the one of its idempotency key, or of its fire.
+    async fn existing_job(&self, new: &NewJob) -> Result<Option<job::Model>> {
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = self.job_by_idempotency_key(&new.tenant_id, key).await?
+        {
+            return Ok(Some(existing));
+        }
+        match &new.fire {
+            Some(fire) => self.job_of_fire(&new.tenant_id, fire).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The job a schedule's fire created, if any.
+    pub async fn job_of_fire(&self, tenant_id: &str, fire: &Fire) -> Result<Option<job::Model>> {
+        let Some(scheduled_for) = fire.scheduled_for else {
+            return Ok(None);
+        };
+        Ok(job::Entity::find()
+            .filter(job::Column::TenantId.eq(tenant_id))
+            .filter(job::Column::ScheduleId.eq(&fire.schedule_id))
+            .filter(job::Column::ScheduledFor.eq(scheduled_for))
+            .one(&self.db)
+            .await?)
+    }
+
     async fn job_by_idempotency_key(
         &self,
         tenant_id: &str,
@@ -395,6 +451,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         if let Some(status) = &filter.status {
             query = query.filter(job::Column::Status.eq(status));
+        }
+        if let Some(schedule_id) = &filter.schedule_id {
+            query = query.filter(job::Column::ScheduleId.eq(schedule_id));
         }
         if let Some(since) = filter.since {
             query = query.filter(job::Column::CreatedAt.gte(since));

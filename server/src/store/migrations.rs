@@ -330,6 +330,64 @@ ALTER TABLE api_keys ADD COLUMN owner_user_id TEXT;
 ALTER TABLE api_keys ADD COLUMN scopes {json};
 CREATE INDEX api_keys_owner ON api_keys (tenant_id, owner_user_id);
 "#,
+    // 16: schedules (SPEC §10) and the events they emit (the start of SPEC §11's table).
+    // A schedule stores its next fire (`next_fire_at`, NULL when disabled or when it never
+    // fires again), computed by the server, so that a restart or another node goes on where
+    // it was; a node claims a due schedule (`claimed_by`/`claimed_until`, the claim rule of
+    // docs/ARCHITECTURE.md) before it fires it. A fire's job carries `schedule_id` and
+    // `scheduled_for`, unique together, so that even a lapsed claim cannot create a second
+    // job for one fire. `data` is stored as shown (secret parameters masked) and the secret
+    // values sealed in `sealed_params`, as for commands. `role` is the role of whoever made
+    // or last changed the schedule: its fires act with it. An event's `dedup_key` makes an
+    // event that a repeated step would emit twice (a fire retried by another node) stored once.
+    r#"
+CREATE TABLE schedules (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    command TEXT NOT NULL,
+    data {json} NOT NULL,
+    sealed_params TEXT,
+    target {json} NOT NULL,
+    timeout_s INTEGER,
+    ttl_s INTEGER,
+    enabled BOOLEAN NOT NULL,
+    missed TEXT NOT NULL,
+    concurrency TEXT NOT NULL,
+    webhook_url TEXT,
+    role TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    updated_at {ts} NOT NULL,
+    next_fire_at {ts},
+    last_fire_at {ts},
+    last_job_id TEXT,
+    claimed_by TEXT,
+    claimed_until {ts}
+);
+CREATE UNIQUE INDEX schedules_name ON schedules (tenant_id, name);
+CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE enabled;
+ALTER TABLE jobs ADD COLUMN schedule_id TEXT;
+ALTER TABLE jobs ADD COLUMN scheduled_for {ts};
+ALTER TABLE jobs ADD COLUMN catch_up BOOLEAN;
+ALTER TABLE jobs ADD COLUMN note TEXT;
+CREATE UNIQUE INDEX jobs_schedule_fire ON jobs (schedule_id, scheduled_for);
+CREATE INDEX jobs_schedule ON jobs (tenant_id, schedule_id, id);
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    type TEXT NOT NULL,
+    subject_type TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    at {ts} NOT NULL,
+    detail {json} NOT NULL,
+    dedup_key TEXT UNIQUE
+);
+CREATE INDEX events_tenant ON events (tenant_id, id);
+CREATE INDEX events_subject ON events (tenant_id, subject_id, id);
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on

@@ -17,6 +17,7 @@ mod jobs;
 mod migrations;
 mod nodes;
 mod releases;
+mod schedules;
 mod tenants;
 mod users;
 mod webhooks;
@@ -24,8 +25,9 @@ pub mod writer;
 
 pub use api_keys::NewApiKey;
 pub use audit::{AuditFilter, AuditRecord, ChainCheck};
-pub use jobs::{JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
+pub use jobs::{Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
+pub use schedules::{EventFilter, NewSchedule, ScheduleFilter, SchedulePatch, ScheduleRefused};
 pub use tenants::{Quotas, TenantPatch, TenantUsage, Usage, UserRefused};
 pub use users::{NewUser, Refreshed, UserChange, UserChanged};
 pub use webhooks::Attempt;
@@ -47,8 +49,8 @@ use serde_json::{Value, json};
 use crate::credentials::{self, KeyKind};
 use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
-    agent, agent_key, api_key, audit_entry, audit_head, claim, command, invite, job, node,
-    output_chunk, refresh_token, release, tenant, user, webhook_attempt,
+    agent, agent_key, api_key, audit_entry, audit_head, claim, command, event, invite, job, node,
+    output_chunk, refresh_token, release, schedule, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.

@@ -113,7 +113,7 @@ pub(super) enum NewAgent {
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Locks the tenant's row until the transaction ends (PostgreSQL; on SQLite the write
     /// transaction holds the database's one write lock already) and reads it.
-    async fn lock_tenant(&self, tenant_id: &str) -> Result<Option<tenant::Model>> {
+    pub(super) async fn lock_tenant(&self, tenant_id: &str) -> Result<Option<tenant::Model>> {
         if self.db.get_database_backend() == DbBackend::Postgres {
             self.db
                 .execute_raw(Statement::from_sql_and_values(

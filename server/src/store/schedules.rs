@@ -1,0 +1,465 @@
+//! Schedules' rows, their claims, and the events table.
+//!
+//! A schedule's next fire is a stored instant (`next_fire_at`), so that whichever node looks
+//! next, after a restart or a failover, continues exactly where the schedule was. Firing
+//! follows the claim rule (docs/ARCHITECTURE.md, form 2): a node claims due schedules with one
+//! conditional `UPDATE … RETURNING` (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so nodes asking
+//! at once take different rows), fires them, and advances each with a statement conditional on
+//! still holding the claim. A node that dies with a claim leaves it to lapse; the next node
+//! repeats the fire, and the unique `(schedule_id, scheduled_for)` of jobs makes the repeat
+//! find the first job instead of making a second.
+//!
+//! A change to a schedule (`PATCH`) bumps `updated_at`; an advance by a fire that started
+//! before the change does not overwrite the `next_fire_at` the change computed.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, Statement,
+    TransactionSession, TransactionTrait,
+};
+use serde_json::Value;
+
+use super::{AuditRecord, Result, Store, StoreError, begin_write, event, new_id, now, schedule};
+
+/// A schedule to create (validated by the service).
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Unique in the tenant.
+    pub name: String,
+    /// The pattern as given.
+    pub cron: String,
+    /// IANA zone.
+    pub timezone: String,
+    /// Command name.
+    pub command: String,
+    /// Arguments, secret values masked.
+    pub data: Value,
+    /// Secret values, sealed.
+    pub sealed_params: Option<String>,
+    /// The target as given.
+    pub target: Value,
+    /// Run timeout, when given.
+    pub timeout_s: Option<u32>,
+    /// Wait for offline agents, when given.
+    pub ttl_s: Option<u32>,
+    /// Fires when true.
+    pub enabled: bool,
+    /// `skip` or `run_once`.
+    pub missed: String,
+    /// `allow`, `forbid` or `replace`.
+    pub concurrency: String,
+    /// Given to every job it creates.
+    pub webhook_url: Option<String>,
+    /// The role its fires act with.
+    pub role: String,
+    /// Who made it (`Principal`'s text).
+    pub created_by: String,
+    /// The first fire (`None` when disabled).
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// Filters of a schedule listing.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleFilter {
+    /// Only enabled (or only disabled) schedules.
+    pub enabled: Option<bool>,
+    /// Only schedules whose name sorts after this (the cursor).
+    pub after_name: Option<String>,
+    /// Page size.
+    pub limit: u64,
+}
+
+/// What stops a schedule from being stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleRefused {
+    /// Another schedule of the tenant has the name.
+    NameTaken,
+    /// The tenant has `max_schedules` schedules already.
+    OverQuota(i64),
+}
+
+/// A changed schedule: the whole row as it becomes (the service computes it).
+pub type SchedulePatch = schedule::Model;
+
+/// Filters of an event listing.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Events of this type (`schedule.missed`), or of every type of a kind (`schedule`).
+    pub kind: Option<String>,
+    /// Events about this thing.
+    pub subject_id: Option<String>,
+    /// Only events older than this id (the cursor).
+    pub before: Option<String>,
+    /// Page size.
+    pub limit: u64,
+}
+
+/// How long a node's claim on a schedule holds while it fires it: a fire takes a job's
+/// creation, far less; a node that dies holding one leaves the fire to another after this.
+pub const CLAIM: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+impl<C: ConnectionTrait + TransactionTrait> Store<C> {
+    /// Creates a schedule with its audit row, unless the name is taken or the tenant has its
+    /// `max_schedules` already (counted under the tenant's lock, like users and agents).
+    pub async fn create_schedule(
+        &self,
+        new: NewSchedule,
+        mut audit: AuditRecord,
+    ) -> Result<std::result::Result<schedule::Model, ScheduleRefused>> {
+        let txn = Store {
+            db: begin_write(&self.db).await?,
+        };
+        let Some(tenant) = txn.lock_tenant(&new.tenant_id).await? else {
+            return Err(StoreError::Config(format!(
+                "there is no tenant {}",
+                new.tenant_id
+            )));
+        };
+        if let Some(max) = tenant.max_schedules {
+            let count = schedule::Entity::find()
+                .filter(schedule::Column::TenantId.eq(new.tenant_id.as_str()))
+                .count(&txn.db)
+                .await?;
+            if count >= u64::try_from(max).unwrap_or(0) {
+                return Ok(Err(ScheduleRefused::OverQuota(max)));
+            }
+        }
+        let at = now();
+        let inserted = schedule::ActiveModel {
+            id: Set(new_id()),
+            tenant_id: Set(new.tenant_id),
+            name: Set(new.name),
+            cron: Set(new.cron),
+            timezone: Set(new.timezone),
+            command: Set(new.command),
+            data: Set(new.data),
+            sealed_params: Set(new.sealed_params),
+            target: Set(new.target),
+            timeout_s: Set(new.timeout_s.map(|v| v as i32)),
+            ttl_s: Set(new.ttl_s.map(|v| v as i32)),
+            enabled: Set(new.enabled),
+            missed: Set(new.missed),
+            concurrency: Set(new.concurrency),
+            webhook_url: Set(new.webhook_url),
+            role: Set(new.role),
+            created_by: Set(new.created_by),
+            created_at: Set(at),
+            updated_at: Set(at),
+            next_fire_at: Set(new.next_fire_at),
+            last_fire_at: Set(None),
+            last_job_id: Set(None),
+            claimed_by: Set(None),
+            claimed_until: Set(None),
+        }
+        .insert(&txn.db)
+        .await;
+        let model = match inserted {
+            Ok(model) => model,
+            Err(err) if is_unique_violation(&err) => return Ok(Err(ScheduleRefused::NameTaken)),
+            Err(err) => return Err(err.into()),
+        };
+        audit.event.target_id = model.id.clone();
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(Ok(model))
+    }
+
+    /// One schedule of a tenant.
+    pub async fn get_schedule(&self, tenant_id: &str, id: &str) -> Result<Option<schedule::Model>> {
+        Ok(schedule::Entity::find_by_id(id.to_owned())
+            .filter(schedule::Column::TenantId.eq(tenant_id))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// A tenant's schedules by name.
+    pub async fn list_schedules(
+        &self,
+        tenant_id: &str,
+        filter: &ScheduleFilter,
+    ) -> Result<Vec<schedule::Model>> {
+        let mut query = schedule::Entity::find().filter(schedule::Column::TenantId.eq(tenant_id));
+        if let Some(enabled) = filter.enabled {
+            query = query.filter(schedule::Column::Enabled.eq(enabled));
+        }
+        if let Some(after) = &filter.after_name {
+            query = query.filter(schedule::Column::Name.gt(after.as_str()));
+        }
+        Ok(query
+            .order_by_asc(schedule::Column::Name)
+            .limit(filter.limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Stores a changed schedule (every field as `changed` has it, `updated_at` now) with its
+    /// audit row. `NameTaken` when the new name is another schedule's; `None` when it is gone.
+    pub async fn update_schedule(
+        &self,
+        changed: SchedulePatch,
+        audit: AuditRecord,
+    ) -> Result<Option<std::result::Result<schedule::Model, ScheduleRefused>>> {
+        let txn = Store {
+            db: begin_write(&self.db).await?,
+        };
+        let Some(current) = txn.get_schedule(&changed.tenant_id, &changed.id).await? else {
+            return Ok(None);
+        };
+        let mut model = current.into_active_model();
+        model.name = Set(changed.name);
+        model.cron = Set(changed.cron);
+        model.timezone = Set(changed.timezone);
+        model.command = Set(changed.command);
+        model.data = Set(changed.data);
+        model.sealed_params = Set(changed.sealed_params);
+        model.target = Set(changed.target);
+        model.timeout_s = Set(changed.timeout_s);
+        model.ttl_s = Set(changed.ttl_s);
+        model.enabled = Set(changed.enabled);
+        model.missed = Set(changed.missed);
+        model.concurrency = Set(changed.concurrency);
+        model.webhook_url = Set(changed.webhook_url);
+        model.role = Set(changed.role);
+        model.next_fire_at = Set(changed.next_fire_at);
+        // Strictly later than before, even within one clock tick: an advance by a fire that
+        // began before this change compares it.
+        let at = now().max(changed.updated_at + chrono::TimeDelta::microseconds(1));
+        model.updated_at = Set(at);
+        let updated = match model.update(&txn.db).await {
+            Ok(updated) => updated,
+            Err(err) if is_unique_violation(&err) => {
+                return Ok(Some(Err(ScheduleRefused::NameTaken)));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(Some(Ok(updated)))
+    }
+
+    /// Deletes a schedule with its audit row; false when there was none. Its jobs stay.
+    pub async fn delete_schedule(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        audit: AuditRecord,
+    ) -> Result<bool> {
+        let txn = Store {
+            db: begin_write(&self.db).await?,
+        };
+        let deleted = schedule::Entity::delete_many()
+            .filter(schedule::Column::TenantId.eq(tenant_id))
+            .filter(schedule::Column::Id.eq(id))
+            .exec(&txn.db)
+            .await?
+            .rows_affected;
+        if deleted == 0 {
+            return Ok(false);
+        }
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(true)
+    }
+
+    /// How many schedules a tenant has (its usage of `max_schedules`).
+    pub async fn count_schedules(&self, tenant_id: &str) -> Result<u64> {
+        Ok(schedule::Entity::find()
+            .filter(schedule::Column::TenantId.eq(tenant_id))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// The earliest `next_fire_at` of any enabled schedule of any tenant: when the scheduler
+    /// must look next.
+    pub async fn next_schedule_due(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(schedule::Entity::find()
+            .select_only()
+            .column(schedule::Column::NextFireAt)
+            .filter(schedule::Column::Enabled.eq(true))
+            .filter(schedule::Column::NextFireAt.is_not_null())
+            .order_by_asc(schedule::Column::NextFireAt)
+            .limit(1)
+            .into_tuple::<Option<DateTime<Utc>>>()
+            .one(&self.db)
+            .await?
+            .flatten())
+    }
+
+    /// Claims up to `limit` enabled schedules due at `at` for `node_id` (see the module doc),
+    /// the most overdue first: those nobody holds, or whose holder's claim ran out.
+    pub async fn claim_due_schedules(
+        &self,
+        node_id: &str,
+        at: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<schedule::Model>> {
+        let backend = self.db.get_database_backend();
+        let postgres = backend == DbBackend::Postgres;
+        let p = |n: usize| {
+            if postgres {
+                format!("${n}")
+            } else {
+                "?".into()
+            }
+        };
+        let lock = if postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let text = format!(
+            "UPDATE schedules SET claimed_by = {}, claimed_until = {} \
+             WHERE id IN (SELECT id FROM schedules WHERE enabled AND next_fire_at <= {} \
+             AND (claimed_until IS NULL OR claimed_until < {}) \
+             ORDER BY next_fire_at LIMIT {}{lock}) RETURNING id",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+        );
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                text,
+                [
+                    node_id.into(),
+                    (at + CLAIM).into(),
+                    at.into(),
+                    at.into(),
+                    (limit as i64).into(),
+                ],
+            ))
+            .await?;
+        let ids: Vec<String> = rows
+            .iter()
+            .filter_map(|row| row.try_get_by_index::<String>(0).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(schedule::Entity::find()
+            .filter(schedule::Column::Id.is_in(ids))
+            .order_by_asc(schedule::Column::NextFireAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// After a fire: the schedule's next fire, its last fire and job, and the claim let go,
+    /// only while `node_id` still holds it. A change made meanwhile (`updated_at` moved)
+    /// keeps the `next_fire_at` it computed. False when the claim was lost (it lapsed and
+    /// another node took it, or the schedule is gone).
+    pub async fn advance_schedule(
+        &self,
+        fired: &schedule::Model,
+        node_id: &str,
+        next_fire_at: Option<DateTime<Utc>>,
+        last: Option<(DateTime<Utc>, String)>,
+    ) -> Result<bool> {
+        let mut update = schedule::Entity::update_many()
+            .col_expr(
+                schedule::Column::ClaimedBy,
+                sea_orm::sea_query::Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                schedule::Column::ClaimedUntil,
+                sea_orm::sea_query::Expr::value(Option::<DateTime<Utc>>::None),
+            );
+        if let Some((at, job_id)) = &last {
+            update = update
+                .col_expr(
+                    schedule::Column::LastFireAt,
+                    sea_orm::sea_query::Expr::value(*at),
+                )
+                .col_expr(
+                    schedule::Column::LastJobId,
+                    sea_orm::sea_query::Expr::value(job_id.clone()),
+                );
+        }
+        let unchanged = update
+            .clone()
+            .col_expr(
+                schedule::Column::NextFireAt,
+                sea_orm::sea_query::Expr::value(next_fire_at),
+            )
+            .filter(schedule::Column::Id.eq(&fired.id))
+            .filter(schedule::Column::ClaimedBy.eq(node_id))
+            .filter(schedule::Column::UpdatedAt.eq(fired.updated_at))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        if unchanged == 1 {
+            return Ok(true);
+        }
+        let changed = update
+            .filter(schedule::Column::Id.eq(&fired.id))
+            .filter(schedule::Column::ClaimedBy.eq(node_id))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(changed == 1)
+    }
+
+    /// Records an event; `None` when an event with the same `dedup_key` is stored already.
+    pub async fn insert_event(
+        &self,
+        tenant_id: &str,
+        kind: &str,
+        subject: (&str, &str),
+        detail: Value,
+        dedup_key: Option<String>,
+    ) -> Result<Option<event::Model>> {
+        let inserted = event::ActiveModel {
+            id: Set(new_id()),
+            tenant_id: Set(tenant_id.to_owned()),
+            kind: Set(kind.to_owned()),
+            subject_type: Set(subject.0.to_owned()),
+            subject_id: Set(subject.1.to_owned()),
+            at: Set(now()),
+            detail: Set(detail),
+            dedup_key: Set(dedup_key),
+        }
+        .insert(&self.db)
+        .await;
+        match inserted {
+            Ok(event) => Ok(Some(event)),
+            Err(err) if is_unique_violation(&err) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A tenant's events, newest first.
+    pub async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+    ) -> Result<Vec<event::Model>> {
+        let mut query = event::Entity::find().filter(event::Column::TenantId.eq(tenant_id));
+        if let Some(kind) = &filter.kind {
+            if kind.contains('.') {
+                query = query.filter(event::Column::Kind.eq(kind.as_str()));
+            } else {
+                query = query.filter(event::Column::Kind.starts_with(format!("{kind}.")));
+            }
+        }
+        if let Some(subject) = &filter.subject_id {
+            query = query.filter(event::Column::SubjectId.eq(subject.as_str()));
+        }
+        if let Some(before) = &filter.before {
+            query = query.filter(event::Column::Id.lt(before.as_str()));
+        }
+        Ok(query
+            .order_by_desc(event::Column::Id)
+            .limit(filter.limit)
+            .all(&self.db)
+            .await?)
+    }
+}
