@@ -553,7 +553,8 @@ It is read in --tz (an IANA name such as Europe/Paris; UTC by default).
 
 Where: --agent AGENT (an id, a unique start or end of one, or a hostname; repeatable),
 --tag T (repeatable: the agents with all of the tags, looked up at each fire) or --all.
-What: --script NAME with --param K=V, or --command CMD (ping, info, echo, …) with --data JSON.
+What: --script NAME with --param K=V (and --secret K=V, --secret-file K=PATH: kept sealed, as
+for `outpost run`), or --command CMD (ping, info, echo, …) with --data JSON.
 --missed: fires missed while the server was down: skip (the default; an event counts them)
 or run_once (one catch-up job). --concurrency: when the previous job still runs at the next
 fire: allow (the default), forbid (skip this fire) or replace (cancel it, start the new one).
@@ -565,8 +566,10 @@ Examples:
 
 const SCHEDULE_EDIT_AFTER: &str = "\
 SCHEDULE is a schedule's id or its name. Only the flags given are sent; the rest stays.
-Any of --agent, --tag, --all replaces the whole target. --param replaces all of the script's
-parameters (the script stays unless --script is given). --no-webhook, --no-timeout and
+Any of --agent, --tag, --all replaces the whole target. --param, --secret and --secret-file
+replace all of the script's parameters (the script stays unless --script is given); a schedule
+with secret parameters needs them given again to change its target, command or times (the
+server keeps them sealed and cannot show them back). --no-webhook, --no-timeout and
 --no-ttl clear the value (back to the server's default).
 
 Examples:
@@ -612,6 +615,13 @@ pub struct ScheduleFields {
     /// A parameter for the script, K=V (repeatable).
     #[arg(long = "param", value_name = "K=V", conflicts_with_all = ["command", "data"])]
     pub params: Vec<String>,
+    /// A secret parameter, K=V (repeatable): kept sealed by the server, shown as ********.
+    #[arg(long = "secret", value_name = "K=V", conflicts_with_all = ["command", "data"])]
+    pub secrets: Vec<String>,
+    /// A secret parameter read from a file, K=PATH (repeatable; one trailing newline is
+    /// dropped).
+    #[arg(long = "secret-file", value_name = "K=PATH", conflicts_with_all = ["command", "data"])]
+    pub secret_files: Vec<String>,
     /// A command other than a script: ping, info, echo, …
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,

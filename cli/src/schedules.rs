@@ -316,13 +316,9 @@ fn action(
     current: Option<&Value>,
 ) -> Result<Option<(String, Value)>, CliError> {
     if let Some(script) = &fields.script {
-        let (params, _) = jobs::script_params(&fields.params, &[], &[])?;
-        return Ok(Some((
-            "run".into(),
-            json!({"script": script, "params": params}),
-        )));
+        return script_data(fields, script).map(Some);
     }
-    if !fields.params.is_empty() {
+    if !fields.params.is_empty() || !fields.secrets.is_empty() || !fields.secret_files.is_empty() {
         let current = current.unwrap_or(&Value::Null);
         let script = current
             .get("data")
@@ -334,11 +330,7 @@ fn action(
                 "--param: the schedule runs no script; give --script NAME with it".into(),
             ));
         };
-        let (params, _) = jobs::script_params(&fields.params, &[], &[])?;
-        return Ok(Some((
-            "run".into(),
-            json!({"script": script, "params": params}),
-        )));
+        return script_data(fields, script).map(Some);
     }
     let data = fields.data.as_deref().map(parse_data).transpose()?;
     match (&fields.command, data) {
@@ -357,6 +349,17 @@ fn action(
         }
         (None, None) => Ok(None),
     }
+}
+
+/// `run` of `script` with the parameters of the flags, the secret ones marked.
+fn script_data(fields: &ScheduleFields, script: &str) -> Result<(String, Value), CliError> {
+    let (params, secret_params) =
+        jobs::script_params(&fields.params, &fields.secrets, &fields.secret_files)?;
+    let mut data = json!({"script": script, "params": params});
+    if !secret_params.is_empty() {
+        data["secret_params"] = json!(secret_params);
+    }
+    Ok(("run".into(), data))
 }
 
 /// The fields every body may carry, from the flags given (`None` flags are left out).
@@ -959,6 +962,12 @@ mod tests {
         assert_eq!(
             body(&["nightly", "--param", "KEEP=7"]).ok(),
             Some(json!({"command": "run", "data": {"script": "backup", "params": {"KEEP": "7"}}}))
+        );
+        assert_eq!(
+            body(&["nightly", "--secret", "TOKEN=s3"]).ok(),
+            Some(json!({"command": "run", "data": {
+                "script": "backup", "params": {"TOKEN": "s3"}, "secret_params": ["TOKEN"],
+            }}))
         );
         assert_eq!(
             body(&["nightly", "--script", "dump"]).ok(),
