@@ -122,7 +122,7 @@ fn json_of(t: &TenantUsage, first: bool) -> serde_json::Value {
         "max_agents": t.tenant.max_agents,
         "max_schedules": t.tenant.max_schedules,
         "max_users": t.tenant.max_users,
-        "usage": {"agents": t.usage.agents, "users": t.usage.users},
+        "usage": {"agents": t.usage.agents, "users": t.usage.users, "schedules": t.usage.schedules},
     })
 }
 
@@ -140,7 +140,7 @@ async fn ls(args: LsArgs) -> anyhow::Result<()> {
     }
     println!(
         "{:<36}  {:<24}  {:>13}  {:>13}  {:>13}",
-        "ID", "NAME", "AGENTS/MAX", "USERS/MAX", "SCHEDULES MAX"
+        "ID", "NAME", "AGENTS/MAX", "USERS/MAX", "SCHEDULES/MAX"
     );
     for (i, t) in tenants.iter().enumerate() {
         let mut name: String = t.tenant.name.chars().take(22).collect();
@@ -153,7 +153,7 @@ async fn ls(args: LsArgs) -> anyhow::Result<()> {
             name,
             format!("{}/{}", t.usage.agents, limit(t.tenant.max_agents)),
             format!("{}/{}", t.usage.users, limit(t.tenant.max_users)),
-            limit(t.tenant.max_schedules),
+            format!("{}/{}", t.usage.schedules, limit(t.tenant.max_schedules)),
         );
     }
     println!("(* the server's own tenant: its owners are the server's admin; - is unlimited)");
@@ -213,7 +213,7 @@ async fn set_quota(args: SetQuotaArgs) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("tenant {} vanished", args.tenant))?;
     println!(
-        "Tenant {} ({}): max_agents {} (has {}), max_users {} (has {}), max_schedules {}.",
+        "Tenant {} ({}): max_agents {} (has {}), max_users {} (has {}), max_schedules {} (has {}).",
         t.tenant.name,
         t.tenant.id,
         limit(t.tenant.max_agents),
@@ -221,6 +221,7 @@ async fn set_quota(args: SetQuotaArgs) -> anyhow::Result<()> {
         limit(t.tenant.max_users),
         t.usage.users,
         limit(t.tenant.max_schedules),
+        t.usage.schedules,
     );
     Ok(())
 }

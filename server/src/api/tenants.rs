@@ -25,6 +25,8 @@ pub struct UsageView {
     pub agents: u64,
     /// Users, invited ones included.
     pub users: u64,
+    /// Schedules, paused ones included.
+    pub schedules: u64,
 }
 
 /// A tenant, its quotas (null: unlimited) and its usage.
@@ -59,6 +61,7 @@ impl From<TenantUsage> for TenantView {
             usage: UsageView {
                 agents: t.usage.agents,
                 users: t.usage.users,
+                schedules: t.usage.schedules,
             },
         }
     }

@@ -53,6 +53,8 @@ pub struct Usage {
     pub agents: u64,
     /// Users, invited ones included.
     pub users: u64,
+    /// Schedules, paused ones included.
+    pub schedules: u64,
 }
 
 /// A tenant with its usage.
@@ -145,7 +147,12 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(user::Column::TenantId.eq(id))
             .count(&self.db)
             .await?;
-        Ok(Usage { agents, users })
+        let schedules = self.count_schedules(id).await?;
+        Ok(Usage {
+            agents,
+            users,
+            schedules,
+        })
     }
 
     /// One tenant with its usage.

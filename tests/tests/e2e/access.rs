@@ -71,6 +71,7 @@ struct Fixtures {
     member_user: String,
     member_key: String,
     tenant: String,
+    schedule: String,
 }
 
 async fn invite(owner: &Api, email: &str, role: &str) -> Value {
@@ -135,6 +136,11 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
     let (job_id, _, _) = only_run(&job);
     let job = root.wait_job(&job_id).await;
     let (_, run, _) = only_run(&job);
+    let (status, schedule) = root
+        .post("/api/schedules", schedule_body("fixture", &agent))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{schedule}");
+    let schedule = schedule["id"].as_str().expect("id").to_owned();
     let fixtures = Fixtures {
         agent_key,
         agent_key_secret,
@@ -145,6 +151,7 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         member_user,
         member_key,
         tenant,
+        schedule,
     };
 
     let base = Scopes::ALL;
@@ -244,7 +251,10 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
                 } else if who.foreign && server_owner {
                     // B's owner is no owner of the server's first tenant.
                     Expect::Status(StatusCode::FORBIDDEN)
-                } else if who.foreign && path == "/api/jobs" && method == Method::POST {
+                } else if who.foreign
+                    && (path == "/api/jobs" || path == "/api/schedules")
+                    && method == Method::POST
+                {
                     // Its body names A's agent, which B does not have.
                     Expect::Status(StatusCode::BAD_REQUEST)
                 } else {
@@ -376,6 +386,22 @@ async fn fill(
     } else if path.starts_with("/api/jobs/") {
         ids.insert("id", f.job.clone());
         ids.insert("run_id", f.run.clone());
+    } else if path == "/api/schedules/preview" {
+        return format!("{path}?cron=%40daily&timezone=Europe%2FParis&count=3");
+    } else if path.starts_with("/api/schedules/") {
+        let id = if fresh && changes {
+            let (status, made) = root
+                .post(
+                    "/api/schedules",
+                    schedule_body(&format!("fixture-{serial}"), &f.agent),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{made}");
+            made["id"].as_str().expect("id").to_owned()
+        } else {
+            f.schedule.clone()
+        };
+        ids.insert("id", id);
     }
     let mut uri = path.to_owned();
     for (name, value) in ids {
@@ -386,6 +412,11 @@ async fn fill(
         "{method} {path}: the matrix does not know what to put in its path; add it to `fill`"
     );
     uri
+}
+
+/// A schedule that pings A's agent once a year.
+fn schedule_body(name: &str, agent: &str) -> Value {
+    json!({"name": name, "cron": "0 0 1 1 *", "command": "ping", "target": {"agents": [agent]}})
 }
 
 /// An agent of A's key registered for this call alone (to be forgotten).
@@ -417,6 +448,8 @@ fn sample_body(path: &str, method: &Method, f: &Fixtures, serial: usize) -> Valu
         ("PATCH", "/api/users/{id}") => json!({"role": "admin"}),
         ("PATCH", "/api/tenants/{id}") => json!({"name": format!("tenant a {serial}")}),
         ("POST", "/api/keys") => json!({"name": format!("made-{serial}"), "scopes": ["jobs:read"]}),
+        ("POST", "/api/schedules") => schedule_body(&format!("made-{serial}"), &f.agent),
+        ("PATCH", "/api/schedules/{id}") => json!({"enabled": false}),
         (method, path) => panic!(
             "{method} {path} takes a body the access matrix has no sample of; add one to `sample_body`"
         ),

@@ -24,6 +24,7 @@ mod longpoll;
 mod metrics;
 mod pgfault;
 mod protocol;
+mod schedules;
 mod schedules_cli;
 mod secrets;
 mod sockets;
