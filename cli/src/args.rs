@@ -107,6 +107,18 @@ Examples:
         after_help = "Examples:\n  outpost jobs ls --status failed --since 1d\n  outpost jobs show JOB\n  outpost jobs logs JOB --follow\n  outpost jobs cancel JOB"
     )]
     Jobs(JobsCommand),
+    /// Schedules: jobs created at the instants of a cron expression, in a time zone.
+    #[command(
+        subcommand,
+        after_help = "SCHEDULE is a schedule's id or its name (names are unique in a tenant).\n\nExamples:\n  outpost schedules create nightly-backup --cron '30 2 * * *' --tz Europe/Paris --tag db --script backup\n  outpost schedules ls\n  outpost schedules preview --cron '0 9 * * MON-FRI' --tz America/New_York -n 5\n  outpost schedules disable nightly-backup\n  outpost jobs ls --schedule nightly-backup"
+    )]
+    Schedules(SchedulesCommand),
+    /// Events the server recorded: schedule fires missed or skipped, …
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  outpost events ls\n  outpost events ls --type schedule.missed --subject nightly-backup"
+    )]
+    Events(EventsCommand),
     /// The tenant's users: list, invite, change role, disable, remove.
     #[command(
         subcommand,
@@ -128,9 +140,10 @@ Examples:
     /// Print a shell completion script.
     #[command(after_help = "\
 Commands and flags complete from the script alone. In bash, zsh and fish, agent names and ids
-(ping, agents show|rm|tag, run --on, jobs ls --agent) and recent job ids (jobs
-show|logs|cancel) are asked of the server as you type, with the URL and token of `outpost
-login` or OUTPOST_URL/OUTPOST_TOKEN; with no answer within 2 s nothing is offered.
+(ping, agents show|rm|tag, run --on, jobs ls --agent), recent job ids (jobs
+show|logs|cancel) and schedule names (schedules show|edit|enable|disable|rm|run, jobs ls
+--schedule) are asked of the server as you type, with the URL and token of `outpost login` or
+OUTPOST_URL/OUTPOST_TOKEN; with no answer within 2 s nothing is offered.
 
 Examples:
   outpost completions bash > ~/.local/share/bash-completion/completions/outpost
@@ -162,6 +175,8 @@ pub enum CompleteWhat {
     Targets,
     /// The newest job ids.
     Jobs,
+    /// Schedule names.
+    Schedules,
 }
 
 const RUN_AFTER: &str = "\
@@ -420,6 +435,7 @@ Examples:
   outpost jobs ls
   outpost jobs ls --status failed --since 1d
   outpost jobs ls --script deploy --agent web-1 --limit 20
+  outpost jobs ls --schedule nightly-backup
   outpost jobs ls --json | jq -r '.jobs[].job_id'")]
     Ls(JobsLsArgs),
     /// Show a job and each of its runs.
@@ -452,6 +468,332 @@ Examples:
         /// Job id, or a unique start or end of one.
         job: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// List schedules by name: cron, zone, next fire, the last job's status.
+    #[command(after_help = "\
+NEXT is the next fire in the schedule's own time zone, and how far off it is; a disabled
+schedule has none. When there are more schedules than --limit, the command prints the --cursor
+for the next page.
+
+Examples:
+  outpost schedules ls
+  outpost schedules ls --disabled
+  outpost schedules ls --json | jq -r '.schedules[] | [.name, .next_fire_at] | @tsv'")]
+    Ls(SchedulesLsArgs),
+    /// Show every field of a schedule, its next and last fire and its last job.
+    #[command(after_help = "\
+SCHEDULE is a schedule's id or its name.
+
+Examples:
+  outpost schedules show nightly-backup
+  outpost schedules show nightly-backup --json | jq .next_fire_at")]
+    Show {
+        /// Schedule id or name.
+        schedule: String,
+    },
+    /// Create a schedule: what to run, where, and when.
+    #[command(after_help = SCHEDULE_CREATE_AFTER)]
+    Create(ScheduleCreateArgs),
+    /// Change a schedule: only the flags given change.
+    #[command(after_help = SCHEDULE_EDIT_AFTER)]
+    Edit(ScheduleEditArgs),
+    /// Enable a paused schedule; it fires next at its first instant after now.
+    #[command(after_help = "\
+Fires that fell while the schedule was disabled are not run or counted as missed.
+
+Example:
+  outpost schedules enable nightly-backup")]
+    Enable {
+        /// Schedule id or name.
+        schedule: String,
+    },
+    /// Pause a schedule without deleting it.
+    #[command(after_help = "Example:\n  outpost schedules disable nightly-backup")]
+    Disable {
+        /// Schedule id or name.
+        schedule: String,
+    },
+    /// Delete a schedule; the jobs it created stay in the history.
+    #[command(after_help = "Example:\n  outpost schedules rm nightly-backup")]
+    Rm {
+        /// Schedule id or name.
+        schedule: String,
+    },
+    /// Create the schedule's job now, outside its cron.
+    #[command(after_help = "\
+Without --wait or --follow the job's id is printed and the command returns at once. With --wait
+it waits for the job, prints its output and exits as `outpost run` does (one agent: the
+script's exit code); --follow prints the output live.
+
+Examples:
+  outpost schedules run nightly-backup
+  outpost schedules run nightly-backup --wait
+  outpost schedules run nightly-backup --follow")]
+    Run(ScheduleRunArgs),
+    /// The next fires of a cron expression in a time zone, without creating anything.
+    #[command(after_help = "\
+Prints each fire in UTC and in the zone's local time, as the server computes them (daylight
+saving included: a local time that does not exist fires at the end of the gap, one that occurs
+twice fires once).
+
+Examples:
+  outpost schedules preview --cron '30 2 * * *' --tz America/New_York
+  outpost schedules preview --cron '@every 90m' -n 3
+  outpost schedules preview --cron '0 9 * * MON-FRI' --tz Europe/Paris --from 2026-03-27T00:00:00Z -n 5")]
+    Preview(SchedulePreviewArgs),
+}
+
+const SCHEDULE_CREATE_AFTER: &str = "\
+CRON: 5 fields (minute hour day-of-month month day-of-week; lists, ranges, steps, JAN-DEC,
+SUN-SAT), @hourly, @daily, @weekly, @monthly, @yearly, or @every 30s|5m|2h|1d (at least 10 s).
+It is read in --tz (an IANA name such as Europe/Paris; UTC by default).
+
+Where: --agent AGENT (an id, a unique start or end of one, or a hostname; repeatable),
+--tag T (repeatable: the agents with all of the tags, looked up at each fire) or --all.
+What: --script NAME with --param K=V (and --secret K=V, --secret-file K=PATH: kept sealed, as
+for `outpost run`), or --command CMD (ping, info, echo, …) with --data JSON.
+--missed: fires missed while the server was down: skip (the default; an event counts them)
+or run_once (one catch-up job). --concurrency: when the previous job still runs at the next
+fire: allow (the default), forbid (skip this fire) or replace (cancel it, start the new one).
+
+Examples:
+  outpost schedules create nightly-backup --cron '30 2 * * *' --tz Europe/Paris --tag db --script backup
+  outpost schedules create disk-check --cron '@every 15m' --all --script disk-usage --param LIMIT=90 --concurrency forbid
+  outpost schedules create heartbeat --cron '*/5 * * * *' --agent web-1 --command ping --disabled";
+
+const SCHEDULE_EDIT_AFTER: &str = "\
+SCHEDULE is a schedule's id or its name. Only the flags given are sent; the rest stays.
+Any of --agent, --tag, --all replaces the whole target. --param, --secret and --secret-file
+replace all of the script's parameters (the script stays unless --script is given); a schedule
+with secret parameters needs them given again to change its target, command or times (the
+server keeps them sealed and cannot show them back). --no-webhook, --no-timeout and
+--no-ttl clear the value (back to the server's default).
+
+Examples:
+  outpost schedules edit nightly-backup --cron '0 3 * * *'
+  outpost schedules edit nightly-backup --tag db --tag eu --param KEEP=7
+  outpost schedules edit nightly-backup --name nightly-db-backup --no-webhook";
+
+#[derive(Debug, Args)]
+pub struct SchedulesLsArgs {
+    /// Only enabled schedules.
+    #[arg(long, conflicts_with = "disabled")]
+    pub enabled: bool,
+    /// Only disabled (paused) schedules.
+    #[arg(long)]
+    pub disabled: bool,
+    /// Schedules per page, 1–200.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Start after this cursor (printed by the previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+/// What a schedule's jobs do and where, and how it fires: the flags `create` and `edit`
+/// share (`create` makes a target and a script or command required).
+#[derive(Debug, Args, Default)]
+pub struct ScheduleFields {
+    /// The cron expression's time zone: an IANA name such as Europe/Paris (default UTC).
+    #[arg(long = "tz", value_name = "ZONE")]
+    pub timezone: Option<String>,
+    /// Run on this agent: id, unique start or end of one, or hostname (repeatable).
+    #[arg(long = "agent", value_name = "AGENT")]
+    pub agents: Vec<String>,
+    /// Run on the agents with this tag (repeatable: the agents with all of them).
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Run on every agent.
+    #[arg(long, conflicts_with_all = ["agents", "tags"])]
+    pub all: bool,
+    /// The manifest script each job runs.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["command", "data"])]
+    pub script: Option<String>,
+    /// A parameter for the script, K=V (repeatable).
+    #[arg(long = "param", value_name = "K=V", conflicts_with_all = ["command", "data"])]
+    pub params: Vec<String>,
+    /// A secret parameter, K=V (repeatable): kept sealed by the server, shown as ********.
+    #[arg(long = "secret", value_name = "K=V", conflicts_with_all = ["command", "data"])]
+    pub secrets: Vec<String>,
+    /// A secret parameter read from a file, K=PATH (repeatable; one trailing newline is
+    /// dropped).
+    #[arg(long = "secret-file", value_name = "K=PATH", conflicts_with_all = ["command", "data"])]
+    pub secret_files: Vec<String>,
+    /// A command other than a script: ping, info, echo, …
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// The command's data, as JSON.
+    #[arg(long, value_name = "JSON")]
+    pub data: Option<String>,
+    /// Seconds each run may take (the server's default is 60).
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<u32>,
+    /// Seconds a run waits for an agent that is offline (the server's default is 3600).
+    #[arg(long, value_name = "S")]
+    pub ttl: Option<u32>,
+    /// Fires missed while the server was down: skip them, or run one catch-up job.
+    #[arg(long, value_enum)]
+    pub missed: Option<Missed>,
+    /// When the previous job still runs at a fire: allow, forbid (skip the fire) or replace.
+    #[arg(long, value_enum)]
+    pub concurrency: Option<Concurrency>,
+    /// A URL each job of the schedule posts its result to (as `POST /api/jobs`'s webhook_url).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+}
+
+/// `--missed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Missed {
+    /// Skip them; a `schedule.missed` event says how many.
+    Skip,
+    /// One catch-up job, however many were missed.
+    #[value(name = "run_once")]
+    RunOnce,
+}
+
+impl Missed {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skip => "skip",
+            Self::RunOnce => "run_once",
+        }
+    }
+}
+
+/// `--concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Concurrency {
+    /// Start the new job anyway.
+    Allow,
+    /// Skip this fire (a `schedule.skipped` event says so).
+    Forbid,
+    /// Cancel the running job, then start the new one.
+    Replace,
+}
+
+impl Concurrency {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Forbid => "forbid",
+            Self::Replace => "replace",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    group(clap::ArgGroup::new("target").args(["agents", "tags", "all"]).required(true).multiple(true)),
+    group(clap::ArgGroup::new("action").args(["script", "command"]).required(true)),
+)]
+pub struct ScheduleCreateArgs {
+    /// A unique name: 1–100 characters of A-Z a-z 0-9 . _ -
+    pub name: String,
+    /// When: a cron expression (see below).
+    #[arg(long)]
+    pub cron: String,
+    #[command(flatten)]
+    pub fields: ScheduleFields,
+    /// Create it paused (`outpost schedules enable` starts it).
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleEditArgs {
+    /// Schedule id or name.
+    pub schedule: String,
+    /// A new name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// A new cron expression.
+    #[arg(long)]
+    pub cron: Option<String>,
+    #[command(flatten)]
+    pub fields: ScheduleFields,
+    /// Remove the webhook.
+    #[arg(long, conflicts_with = "webhook")]
+    pub no_webhook: bool,
+    /// Back to the server's default run timeout.
+    #[arg(long, conflicts_with = "timeout")]
+    pub no_timeout: bool,
+    /// Back to the server's default time to wait for an offline agent.
+    #[arg(long, conflicts_with = "ttl")]
+    pub no_ttl: bool,
+    /// Enable it (as `outpost schedules enable`).
+    #[arg(long, conflicts_with = "disabled")]
+    pub enabled: bool,
+    /// Pause it (as `outpost schedules disable`).
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleRunArgs {
+    /// Schedule id or name.
+    pub schedule: String,
+    /// Wait for the job, print its output and exit with its status, as `outpost run`.
+    #[arg(long, conflicts_with = "follow")]
+    pub wait: bool,
+    /// Print the output live as it arrives, as `outpost run --follow`.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulePreviewArgs {
+    /// The cron expression.
+    #[arg(long)]
+    pub cron: String,
+    /// Its time zone, an IANA name (default UTC).
+    #[arg(long = "tz", value_name = "ZONE")]
+    pub timezone: Option<String>,
+    /// Fires after this instant (RFC 3339; default now).
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// How many fires, 1–100.
+    #[arg(short = 'n', long = "count", value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub count: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List events, filtered by type and subject.
+    #[command(after_help = "\
+Types recorded now: schedule.missed (fires missed while the server was down: how many, the
+first and last, the policy) and schedule.skipped (a fire skipped because the previous job still
+ran, with --concurrency forbid). --subject takes the id of what the event is about; a schedule's
+name works too. When there are more events than --limit, the command prints the --cursor for
+the next page.
+
+Examples:
+  outpost events ls
+  outpost events ls --type schedule.missed --subject nightly-backup
+  outpost events ls --json | jq '.events[].detail'")]
+    Ls(EventsLsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsLsArgs {
+    /// Events of this type (schedule.missed, schedule.skipped, …).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Events about this subject: its id (or a schedule's name).
+    #[arg(long, value_name = "ID")]
+    pub subject: Option<String>,
+    /// Events per page, 1–200.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Start after this cursor (printed by the previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -510,6 +852,9 @@ pub struct JobsLsArgs {
     /// `run` jobs of this script.
     #[arg(long)]
     pub script: Option<String>,
+    /// Jobs a schedule created (its id or name).
+    #[arg(long, value_name = "SCHEDULE")]
+    pub schedule: Option<String>,
     /// Jobs of this command (run, ping, info, echo, …).
     #[arg(long)]
     pub command: Option<String>,

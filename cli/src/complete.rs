@@ -4,9 +4,10 @@
 //! Why not clap_complete's own dynamic completion: it is behind its `unstable-dynamic`
 //! feature, whose interface may change in any release, and it changes how the completion is
 //! installed (`COMPLETE=bash outpost`). Instead each shell's static script gets a few lines of
-//! its own language that, where an AGENT or JOB is expected (`ping`, `agents show|rm`,
-//! `agents tag add|rm`, `jobs show|logs|cancel`, `run --on`, `jobs ls --agent`), run the
-//! hidden `outpost __complete agents|targets|jobs`, which prints one candidate a line.
+//! its own language that, where an AGENT, JOB or SCHEDULE is expected (`ping`, `agents
+//! show|rm`, `agents tag add|rm`, `jobs show|logs|cancel`, `run --on`, `jobs ls --agent`,
+//! `schedules show|edit|enable|disable|rm|run`, `jobs ls --schedule`), run the hidden
+//! `outpost __complete agents|targets|jobs|schedules`, which prints one candidate a line.
 //!
 //! `__complete` is quick and quiet: it uses the configured URL and token, gives up after
 //! [`TIMEOUT`], and prints nothing at all on any failure (a shell cannot show an error while
@@ -48,6 +49,7 @@ pub async fn candidates(global: &Global, what: CompleteWhat) {
         CompleteWhat::Agents => agents(&client, false).await,
         CompleteWhat::Targets => agents(&client, true).await,
         CompleteWhat::Jobs => jobs(&client).await,
+        CompleteWhat::Schedules => schedules(&client).await,
     };
     let mut out = String::new();
     for word in words.into_iter().filter(|w| plain(w)) {
@@ -120,6 +122,29 @@ async fn jobs(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// Schedule names (the first page, ordered by name).
+async fn schedules(client: &Client) -> Vec<String> {
+    let Ok(page) = client
+        .json_within(
+            Method::GET,
+            "/api/schedules",
+            &[("limit", "200".to_owned())],
+            None,
+            TIMEOUT,
+        )
+        .await
+    else {
+        return Vec::new();
+    };
+    page.get("schedules")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The completion script for `shell`: clap_complete's, with the dynamic parts added.
 pub fn script(shell: clap_complete::Shell, cmd: &mut clap::Command) -> String {
     let mut out = Vec::new();
@@ -145,18 +170,20 @@ _outpost_dynamic() {
     for (( i = 1; i < COMP_CWORD; i++ )); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --url|--token|--on|--param|--secret|--secret-file|--timeout|--ttl|--agent|--script|--command|--status|--since|--until|--limit|--cursor|--run|--stream|--tag|--permission|--expires-at) (( i++ )) ;;
+            --url|--token|--on|--param|--secret|--secret-file|--timeout|--ttl|--agent|--script|--command|--status|--since|--until|--limit|--cursor|--run|--stream|--tag|--permission|--expires-at|--schedule|--cron|--tz|--data|--missed|--concurrency|--webhook|--name|--from|--count|-n|--type|--subject|--scope|--role|--action|--actor|--email) (( i++ )) ;;
             -*) ;;
             *) pos+=("$word") ;;
         esac
     done
     case "$prev" in
         --on|--agent) what=agents ;;
+        --schedule|--subject) what=schedules ;;
     esac
     if [[ -z "$what" && "$cur" != -* ]]; then
         case "${pos[*]}" in
             "ping"|"agents show"|"agents rm"|"agents tag add"|"agents tag rm") what=agents ;;
             "jobs show"|"jobs logs"|"jobs cancel") what=jobs ;;
+            "schedules show"|"schedules edit"|"schedules enable"|"schedules disable"|"schedules rm"|"schedules run") what=schedules ;;
         esac
     fi
     if [[ -z "$what" ]]; then
@@ -179,6 +206,9 @@ complete -c outpost -n "__fish_outpost_using_subcommand agents; and __fish_seen_
 complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from show logs cancel" -f -a "(outpost __complete jobs)"
 complete -c outpost -n "__fish_outpost_using_subcommand run" -l on -f -r -a "(outpost __complete targets)"
 complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from ls" -l agent -f -r -a "(outpost __complete agents)"
+complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from ls" -l schedule -f -r -a "(outpost __complete schedules)"
+complete -c outpost -n "__fish_outpost_using_subcommand schedules; and __fish_seen_subcommand_from show edit enable disable rm run" -f -a "(outpost __complete schedules)"
+complete -c outpost -n "__fish_outpost_using_subcommand schedules; and __fish_seen_subcommand_from create edit" -l agent -f -r -a "(outpost __complete agents)"
 "#;
 
 /// Zsh: clap writes `_default` as the action of every free value; the agent and job ones
@@ -194,6 +224,8 @@ fn zsh(text: &str) -> String {
             Some("_outpost_targets")
         } else if line.starts_with("'--agent=") {
             Some("_outpost_agents")
+        } else if line.starts_with("':schedule -- ") || line.starts_with("'--schedule=") {
+            Some("_outpost_schedules")
         } else {
             None
         };
@@ -210,6 +242,7 @@ fn zsh(text: &str) -> String {
 _outpost_agents() { local -a c; c=(${(f)"$(outpost __complete agents 2>/dev/null)"}); compadd -a c }
 _outpost_targets() { local -a c; c=(${(f)"$(outpost __complete targets 2>/dev/null)"}); compadd -a c }
 _outpost_jobs() { local -a c; c=(${(f)"$(outpost __complete jobs 2>/dev/null)"}); compadd -a c }
+_outpost_schedules() { local -a c; c=(${(f)"$(outpost __complete schedules 2>/dev/null)"}); compadd -a c }
 
 "#;
     match out.rfind("if [ \"$funcstack[1]\" = \"_outpost\" ]") {

@@ -19,6 +19,7 @@ use crate::client::Client;
 use crate::error::{CliError, exit};
 use crate::follow::{self, Options, Printer};
 use crate::output::{self, Cell, Table};
+use crate::schedules;
 
 /// `NAME=VALUE` (or `NAME=PATH`) of a flag; the flag names the error. The text of a secret
 /// flag is not repeated in its error: all of it may be the secret.
@@ -37,46 +38,84 @@ fn name_value<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str), CliEr
     Ok((k, v))
 }
 
-/// `outpost run`.
-pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Result<u8, CliError> {
-    let mut params = Map::new();
-    for param in &args.params {
+/// A script's parameters from `--param`, `--secret` and `--secret-file`: the `params` object
+/// and the names of the secret ones (for `data.secret_params`).
+pub fn script_params(
+    params: &[String],
+    secrets: &[String],
+    secret_files: &[String],
+) -> Result<(Map<String, Value>, Vec<String>), CliError> {
+    let mut out = Map::new();
+    for param in params {
         let (k, v) = name_value("--param", param)?;
-        params.insert(k.to_owned(), Value::String(v.to_owned()));
+        out.insert(k.to_owned(), Value::String(v.to_owned()));
     }
-    let mut secret_params = Vec::new();
-    for param in &args.secrets {
+    let mut secret_names = Vec::new();
+    for param in secrets {
         let (k, v) = name_value("--secret", param)?;
-        params.insert(k.to_owned(), Value::String(v.to_owned()));
-        secret_params.push(k.to_owned());
+        out.insert(k.to_owned(), Value::String(v.to_owned()));
+        secret_names.push(k.to_owned());
     }
-    for param in &args.secret_files {
+    for param in secret_files {
         let (k, path) = name_value("--secret-file", param)?;
         let mut value = std::fs::read_to_string(path)
             .map_err(|e| CliError::Usage(format!("--secret-file {k}: cannot read {path}: {e}")))?;
         if value.ends_with('\n') {
             value.pop();
         }
-        params.insert(k.to_owned(), Value::String(value));
-        secret_params.push(k.to_owned());
+        out.insert(k.to_owned(), Value::String(value));
+        secret_names.push(k.to_owned());
     }
-    let agents_list = client.get("/api/agents", &[]).await?;
-    let (mut ids, mut tags, mut all) = (Vec::new(), Vec::new(), false);
-    for on in &args.on {
-        if on == "all" {
-            all = true;
-        } else if let Some(tag) = on.strip_prefix("tag:") {
-            if tag.is_empty() {
-                return Err(CliError::Usage(
-                    "--on tag: needs a tag, e.g. tag:web".into(),
-                ));
+    Ok((out, secret_names))
+}
+
+/// Where a job runs, as the command line said it: agents as typed (ids, parts of ids,
+/// hostnames), tags, or all. `run` spells it `--on`; schedules `--agent`, `--tag`, `--all`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Targets {
+    /// Agents as typed.
+    pub agents: Vec<String>,
+    /// Tags (a job runs on the agents having all of them).
+    pub tags: Vec<String>,
+    /// Every agent.
+    pub all: bool,
+}
+
+impl Targets {
+    /// From `--on` values: `all`, `tag:T` or an agent.
+    pub fn from_on(on: &[String]) -> Result<Self, CliError> {
+        let mut targets = Self::default();
+        for on in on {
+            if on == "all" {
+                targets.all = true;
+            } else if let Some(tag) = on.strip_prefix("tag:") {
+                if tag.is_empty() {
+                    return Err(CliError::Usage(
+                        "--on tag: needs a tag, e.g. tag:web".into(),
+                    ));
+                }
+                targets.tags.push(tag.to_owned());
+            } else {
+                targets.agents.push(on.clone());
             }
-            tags.push(tag.to_owned());
-        } else {
-            let id = agents::pick(&agents_list, on).or_else(|err| {
+        }
+        Ok(targets)
+    }
+
+    /// Whether nothing was said.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty() && self.tags.is_empty() && !self.all
+    }
+
+    /// The API's `target` (as `POST /api/jobs` takes it), each agent resolved against
+    /// `agents_list` (`GET /api/agents`; only read when agents were given).
+    pub fn body(&self, agents_list: &Value) -> Result<Map<String, Value>, CliError> {
+        let mut ids: Vec<String> = Vec::new();
+        for agent in &self.agents {
+            let id = agents::pick(agents_list, agent).or_else(|err| {
                 // An agent registered since the list was read is still found by its full id.
-                if on.len() == 36 {
-                    Ok(on.clone())
+                if agent.len() == 36 {
+                    Ok(agent.clone())
                 } else {
                     Err(err)
                 }
@@ -85,21 +124,58 @@ pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Resu
                 ids.push(id);
             }
         }
+        if self.tags.iter().any(String::is_empty) {
+            return Err(CliError::Usage("--tag: a tag is empty".into()));
+        }
+        let mut target = Map::new();
+        if !ids.is_empty() {
+            target.insert("agents".into(), json!(ids));
+        }
+        if !self.tags.is_empty() {
+            target.insert("tags".into(), json!(self.tags));
+        }
+        if self.all {
+            target.insert("all".into(), json!(true));
+        }
+        Ok(target)
     }
-    let mut target = Map::new();
-    if !ids.is_empty() {
-        target.insert("agents".into(), json!(ids));
+}
+
+/// `err` with a hint when it is the server's "no agent has the tags" (422) for a target with
+/// `tags`: where agents get tags from.
+pub fn no_agent_hint(err: CliError, tags: &[String]) -> CliError {
+    match &err {
+        // No agent has the tags (the server names them; an older one did not).
+        CliError::Api {
+            status: 422, code, ..
+        } if code == "unprocessable" && !tags.is_empty() => {
+            let shown: Vec<String> = tags.iter().map(|t| format!("{t:?}")).collect();
+            err.with_hint(format!(
+                "no agent has {} {}: `outpost agents ls --tag {}` lists the agents with a tag; \
+                 an agent gets tags from its OUTPOST_TAGS, its key (`outpost keys agent create --tag`) \
+                 or `outpost agents tag add AGENT TAG`",
+                if tags.len() == 1 {
+                    "the tag"
+                } else {
+                    "all of the tags"
+                },
+                shown.join(", "),
+                tags[0]
+            ))
+        }
+        _ => err,
     }
-    if !tags.is_empty() {
-        target.insert("tags".into(), json!(tags));
-    }
-    if all {
-        target.insert("all".into(), json!(true));
-    }
+}
+
+/// `outpost run`.
+pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Result<u8, CliError> {
+    let (params, secret_params) = script_params(&args.params, &args.secrets, &args.secret_files)?;
+    let targets = Targets::from_on(&args.on)?;
+    let agents_list = client.get("/api/agents", &[]).await?;
     let mut body = json!({
         "command": "run",
         "data": {"script": args.script, "params": params},
-        "target": target,
+        "target": targets.body(&agents_list)?,
     });
     if !secret_params.is_empty() {
         body["data"]["secret_params"] = json!(secret_params);
@@ -113,33 +189,30 @@ pub async fn run_script(client: &Client, global: &Global, args: RunArgs) -> Resu
     let job = client
         .json(Method::POST, "/api/jobs", &[], Some(&body))
         .await
-        .map_err(|err| match &err {
-            // No agent has the tags (the server names them; an older one did not).
-            CliError::Api {
-                status: 422,
-                code,
-                ..
-            } if code == "unprocessable" && !tags.is_empty() => {
-                let shown: Vec<String> = tags.iter().map(|t| format!("{t:?}")).collect();
-                err.with_hint(format!(
-                    "no agent has {} {}: `outpost agents ls --tag {}` lists the agents with a tag; \
-                     an agent gets tags from its OUTPOST_TAGS, its key (`outpost keys agent create --tag`) \
-                     or `outpost agents tag add AGENT TAG`",
-                    if tags.len() == 1 { "the tag" } else { "all of the tags" },
-                    shown.join(", "),
-                    tags[0]
-                ))
-            }
-            _ => err,
-        })?;
+        .map_err(|err| no_agent_hint(err, &targets.tags))?;
+    watch(client, global, job, &agents_list, args.follow).await
+}
+
+/// What `run` does once the job exists: waits for it and prints the stored output, or with
+/// `follow` prints the output live; the exit status follows the runs ([`exit_status`]).
+pub async fn watch(
+    client: &Client,
+    global: &Global,
+    job: Value,
+    agents_list: &Value,
+    follow: bool,
+) -> Result<u8, CliError> {
     let job_id = output::field(&job, "job_id");
-    let runs = run_labels(&job, &agents_list);
+    let runs = run_labels(&job, agents_list);
     let fan_out = runs.len() > 1;
-    let job = if args.follow {
+    let job = if follow {
         if !global.json {
             eprintln!(
                 "job {job_id}: {} on {} agent{}",
-                output::field(&job["data"], "script"),
+                match job["data"].get("script").and_then(Value::as_str) {
+                    Some(script) => output::escape(script).into_owned(),
+                    None => output::field(&job, "command"),
+                },
                 runs.len(),
                 if fan_out { "s" } else { "" }
             );
@@ -375,8 +448,8 @@ async fn print_outputs(
     Ok(())
 }
 
-/// Whether `s` looks like a full job id (a UUID).
-fn is_full_id(s: &str) -> bool {
+/// Whether `s` looks like a full id (a UUID).
+pub fn is_full_id(s: &str) -> bool {
     s.len() == 36
         && s.chars().enumerate().all(|(i, c)| {
             matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
@@ -476,6 +549,12 @@ async fn list(client: &Client, global: &Global, args: JobsLsArgs) -> Result<(), 
     if let Some(agent) = &args.agent {
         query.push(("agent_id", agents::resolve(client, agent).await?));
     }
+    if let Some(schedule) = &args.schedule {
+        query.push((
+            "schedule_id",
+            schedules::resolve_id(client, schedule).await?,
+        ));
+    }
     for (name, value) in [
         ("script", &args.script),
         ("command", &args.command),
@@ -520,7 +599,7 @@ async fn list(client: &Client, global: &Global, args: JobsLsArgs) -> Result<(), 
 }
 
 /// `run disk-usage` for runs, the command name otherwise.
-fn command_text(job: &Value) -> String {
+pub fn command_text(job: &Value) -> String {
     let command = output::field(job, "command");
     match job
         .get("data")
@@ -532,7 +611,7 @@ fn command_text(job: &Value) -> String {
     }
 }
 
-fn target_text(target: Option<&Value>) -> String {
+pub fn target_text(target: Option<&Value>) -> String {
     let Some(t) = target else { return "-".into() };
     let mut parts = Vec::new();
     if t.get("all").and_then(Value::as_bool) == Some(true) {
@@ -611,6 +690,22 @@ fn print_job(job: &Value, agents_list: &Value) {
         ("runs", counts_text(job)),
     ] {
         head.push_str(&format!("{:<10}{value}\n", format!("{label}:")));
+    }
+    if job.get("schedule_id").is_some_and(Value::is_string) {
+        let catch_up = if job.get("catch_up").and_then(Value::as_bool) == Some(true) {
+            ", a catch-up"
+        } else {
+            ""
+        };
+        let when = match job.get("scheduled_for").and_then(Value::as_str) {
+            Some(at) => format!("the fire of {}{catch_up}", output::escape(at)),
+            None => "run outside its cron".to_owned(),
+        };
+        head.push_str(&format!(
+            "{:<10}{} ({when})\n",
+            "schedule:",
+            output::field(job, "schedule_id"),
+        ));
     }
     if let Some(params) = job
         .get("data")

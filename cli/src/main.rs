@@ -17,6 +17,7 @@ mod follow;
 mod jobs;
 mod keys;
 mod output;
+mod schedules;
 mod users;
 
 use std::process::ExitCode;
@@ -110,6 +111,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Jobs(cmd) => {
             let client = client::Client::from_config(&global)?;
             jobs::run(&client, &global, cmd).await
+        }
+        Command::Schedules(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            schedules::run(&client, &global, cmd).await
+        }
+        Command::Events(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            schedules::events(&client, &global, cmd).await
         }
         Command::Audit(cmd) => {
             let client = client::Client::from_config(&global)?;

@@ -25,6 +25,7 @@ mod metrics;
 mod pgfault;
 mod protocol;
 mod schedules;
+mod schedules_cli;
 mod secrets;
 mod sockets;
 mod supervisor;
