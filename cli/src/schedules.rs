@@ -641,7 +641,7 @@ async fn list_events(client: &Client, global: &Global, args: EventsLsArgs) -> Re
         output::print_json(&page);
         return Ok(());
     }
-    let mut table = Table::new(vec!["AT", "TYPE", "SUBJECT", "DETAIL"]);
+    let mut table = Table::new(vec!["TIME", "TYPE", "SUBJECT", "SUMMARY"]);
     for e in page
         .get("events")
         .and_then(Value::as_array)
@@ -649,15 +649,19 @@ async fn list_events(client: &Client, global: &Global, args: EventsLsArgs) -> Re
         .flatten()
     {
         table.row(vec![
-            output::field(e, "at").into(),
+            output::field(e, "time").into(),
             output::field(e, "type").into(),
             format!(
                 "{} {}",
-                output::field(e, "subject_type"),
-                output::field(e, "subject_id")
+                e.pointer("/subject/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-"),
+                e.pointer("/subject/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
             )
             .into(),
-            detail_text(e.get("detail")).into(),
+            output::field(e, "summary").into(),
         ]);
     }
     table.print();
@@ -665,20 +669,6 @@ async fn list_events(client: &Client, global: &Global, args: EventsLsArgs) -> Re
         eprintln!("More events: add --cursor {cursor}");
     }
     Ok(())
-}
-
-/// An event's detail as `k=v` pairs (strings unquoted), or "-".
-fn detail_text(detail: Option<&Value>) -> String {
-    let Some(map) = detail.and_then(Value::as_object).filter(|m| !m.is_empty()) else {
-        return "-".into();
-    };
-    map.iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => format!("{k}={s}"),
-            v => format!("{k}={v}"),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -1136,15 +1126,5 @@ mod tests {
             Some("2026-03-07T12:00:00Z")
         );
         assert!(matches!(from_param("yesterday"), Err(CliError::Usage(_))));
-    }
-
-    #[test]
-    fn event_details_read_as_pairs() {
-        assert_eq!(
-            detail_text(Some(&json!({"missed": 3, "policy": "skip"}))),
-            "missed=3 policy=skip"
-        );
-        assert_eq!(detail_text(Some(&json!({}))), "-");
-        assert_eq!(detail_text(None), "-");
     }
 }

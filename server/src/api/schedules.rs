@@ -510,7 +510,18 @@ pub async fn run(
     Ok(answer(job))
 }
 
-/// An event as shown.
+/// What an event is about.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventSubject {
+    /// What kind of thing (`schedule`).
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// How people know it (a schedule's name).
+    pub name: String,
+}
+
+/// An event as shown (SPEC §11).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     /// Event id (time-ordered).
@@ -519,14 +530,18 @@ pub struct EventView {
     #[serde(rename = "type")]
     pub kind: String,
     /// When it was recorded.
-    pub at: DateTime<Utc>,
-    /// What kind of thing it is about (`schedule`).
-    pub subject_type: String,
-    /// Its id.
-    pub subject_id: String,
-    /// What happened, by type.
+    pub time: DateTime<Utc>,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// What it is about.
+    pub subject: EventSubject,
+    /// One line for people.
+    pub summary: String,
+    /// What happened, by type: `schedule.missed` has `missed`, `at_least`, `first`, `until`,
+    /// `policy` and (`run_once`) `job_id`; `schedule.skipped` has `scheduled_for`,
+    /// `running_job_id` and `reason`.
     #[schema(value_type = Object)]
-    pub detail: Value,
+    pub data: Value,
 }
 
 impl From<event::Model> for EventView {
@@ -534,10 +549,15 @@ impl From<event::Model> for EventView {
         Self {
             id: e.id,
             kind: e.kind,
-            at: e.at,
-            subject_type: e.subject_type,
-            subject_id: e.subject_id,
-            detail: e.detail,
+            time: e.at,
+            tenant_id: e.tenant_id,
+            subject: EventSubject {
+                kind: e.subject_type,
+                id: e.subject_id,
+                name: e.subject_name,
+            },
+            summary: e.summary,
+            data: e.detail,
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::domain::{
     MissedPolicy, Principal, Role, Scopes,
 };
 use crate::store::{
-    EventFilter, Fire, NewSchedule, ScheduleFilter, ScheduleRefused, event, job, schedule,
+    EventFilter, Fire, NewEvent, NewJob, NewSchedule, ScheduleFilter, ScheduleRefused, event, job, schedule,
 };
 
 /// Fires that passed less than this long ago run late; older ones are missed.
@@ -780,7 +780,6 @@ impl Schedules {
             report.missed += missed;
             let policy: MissedPolicy = schedule.missed.parse().unwrap_or(MissedPolicy::Skip);
             let mut detail = json!({
-                "schedule_name": schedule.name,
                 "missed": missed,
                 "at_least": missed >= MAX_COUNTED,
                 "first": due,
@@ -796,18 +795,29 @@ impl Schedules {
                 last = Some((due, job_id));
             }
             tracing::warn!(schedule_id = %schedule.id, missed, policy = %policy, "schedule fires missed");
+            let summary = match policy {
+                MissedPolicy::Skip => format!(
+                    "schedule {} missed {missed} fire(s) from {due} (missed: skip, none run)",
+                    schedule.name
+                ),
+                MissedPolicy::RunOnce => format!(
+                    "schedule {} missed {missed} fire(s) from {due}; one catch-up job runs for them",
+                    schedule.name
+                ),
+            };
             core.store
-                .insert_event(
-                    &schedule.tenant_id,
-                    EVENT_MISSED,
-                    ("schedule", &schedule.id),
+                .insert_event(NewEvent {
+                    tenant_id: &schedule.tenant_id,
+                    kind: EVENT_MISSED,
+                    subject: ("schedule", &schedule.id, &schedule.name),
+                    summary,
                     detail,
-                    Some(format!(
+                    dedup_key: Some(format!(
                         "{EVENT_MISSED}:{}:{}",
                         schedule.id,
                         due.to_rfc3339()
                     )),
-                )
+                })
                 .await?;
         }
         // Fires within the grace run late, each as its own job (at most a few: `@every` is at
@@ -871,22 +881,25 @@ impl Schedules {
                     report.skipped += 1;
                     self.core
                         .store
-                        .insert_event(
-                            &schedule.tenant_id,
-                            EVENT_SKIPPED,
-                            ("schedule", &schedule.id),
-                            json!({
-                                "schedule_name": schedule.name,
+                        .insert_event(NewEvent {
+                            tenant_id: &schedule.tenant_id,
+                            kind: EVENT_SKIPPED,
+                            subject: ("schedule", &schedule.id, &schedule.name),
+                            summary: format!(
+                                "schedule {} skipped its fire at {at}: job {} still runs (concurrency: forbid)",
+                                schedule.name, previous.id
+                            ),
+                            detail: json!({
                                 "scheduled_for": at,
                                 "running_job_id": previous.id,
                                 "reason": "the previous job is still running (concurrency: forbid)",
                             }),
-                            Some(format!(
+                            dedup_key: Some(format!(
                                 "{EVENT_SKIPPED}:{}:{}",
                                 schedule.id,
                                 at.to_rfc3339()
                             )),
-                        )
+                        })
                         .await?;
                     tracing::info!(schedule_id = %schedule.id, running_job_id = %previous.id, "fire skipped: the previous job still runs");
                     return Ok(None);
@@ -898,12 +911,69 @@ impl Schedules {
                 _ => {}
             }
         }
-        let request = self.job_request(schedule, Some(at), catch_up)?;
-        let created = self.jobs.create(caller, request, None).await?;
+        let made = match self.job_request(schedule, Some(at), catch_up) {
+            Ok(request) => self.jobs.create(caller, request, None).await,
+            Err(err) => Err(err),
+        };
+        let created = match made {
+            Ok(created) => created,
+            // A passing failure: the claim lapses and the fire is tried again.
+            Err(err @ (DomainError::Unavailable(_) | DomainError::Internal(_))) => return Err(err),
+            // One that would fail the same way every time (the command is no longer valid,
+            // the role that saved the schedule may no longer send it): the fire records a
+            // failed job that says why, rather than retrying for ever and then "missing".
+            Err(err) => self.failed_fire(schedule, caller, at, catch_up, &err).await?,
+        };
         report.jobs += 1;
         let id = created.job.id.clone();
         *running = (created.job.status == JobState::Running).then_some(created.job);
         Ok(Some(id))
+    }
+
+    /// A fire that could not make its job: a failed job without runs whose note says why.
+    async fn failed_fire(
+        &self,
+        schedule: &schedule::Model,
+        caller: &Caller,
+        at: DateTime<Utc>,
+        catch_up: bool,
+        why: &DomainError,
+    ) -> Result<JobWithRuns, DomainError> {
+        tracing::warn!(schedule_id = %schedule.id, error = %why, "a schedule's fire could not make its job");
+        let audit = record_of(
+            caller,
+            AuditEvent::new(AuditAction::JobTrigger, AuditTarget::Job, "").with(json!({
+                "command": schedule.command,
+                "target": schedule.target,
+                "runs": 0,
+                "refused": why.to_string(),
+            })),
+        );
+        let new = NewJob {
+            tenant_id: schedule.tenant_id.clone(),
+            command: schedule.command.clone(),
+            data: schedule.data.clone(),
+            sealed_params: None,
+            target: schedule.target.clone(),
+            timeout_s: schedule.timeout_s.map_or(0, |v| v as u32),
+            ttl_s: schedule.ttl_s.map_or(0, |v| v as u32),
+            idempotency_key: None,
+            request_fingerprint: None,
+            webhook_url: schedule.webhook_url.clone(),
+            fire: Some(Fire {
+                schedule_id: schedule.id.clone(),
+                scheduled_for: Some(at),
+                catch_up,
+            }),
+            note: Some(format!("no run: the fire could not make its job: {why}")),
+        };
+        let (job, runs, _) = self
+            .core
+            .writer
+            .store()
+            .create_job_audited(new, Vec::new(), Some(audit))
+            .await?;
+        Ok(JobWithRuns { job, runs })
     }
 
     /// Fires schedules until shutdown: wakes at the earliest `next_fire_at` (at least every

@@ -588,6 +588,10 @@ pub mod event {
         pub kind: String,
         pub subject_type: String,
         pub subject_id: String,
+        /// How people know the subject (a schedule's name).
+        pub subject_name: String,
+        /// One line for people.
+        pub summary: String,
         pub at: DateTimeUtc,
         pub detail: Json,
         /// Stored once per key: the same event emitted again (a retried step) is dropped.

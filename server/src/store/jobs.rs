@@ -218,7 +218,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             finished_at: Set(runs.is_empty().then_some(now)),
             idempotency_key: Set(new.idempotency_key.clone()),
             webhook_url: Set(new.webhook_url.clone()),
-            webhook_status: Set(None),
+            // A job without runs is finished as inserted: its webhook is due at once.
+            webhook_status: Set((runs.is_empty() && new.webhook_url.is_some())
+                .then(|| webhook_status::PENDING.into())),
             request_fingerprint: Set(new
                 .idempotency_key
                 .as_ref()

@@ -381,6 +381,8 @@ CREATE TABLE events (
     type TEXT NOT NULL,
     subject_type TEXT NOT NULL,
     subject_id TEXT NOT NULL,
+    subject_name TEXT NOT NULL,
+    summary TEXT NOT NULL,
     at {ts} NOT NULL,
     detail {json} NOT NULL,
     dedup_key TEXT UNIQUE

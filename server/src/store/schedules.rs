@@ -84,6 +84,23 @@ pub enum ScheduleRefused {
 /// A changed schedule: the whole row as it becomes (the service computes it).
 pub type SchedulePatch = schedule::Model;
 
+/// An event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// Its tenant.
+    pub tenant_id: &'a str,
+    /// `schedule.missed`, …
+    pub kind: &'a str,
+    /// What it is about: kind, id, name.
+    pub subject: (&'a str, &'a str, &'a str),
+    /// One line for people.
+    pub summary: String,
+    /// What happened, by type.
+    pub detail: Value,
+    /// Stored once per key (a step retried by another node emits it again).
+    pub dedup_key: Option<String>,
+}
+
 /// Filters of an event listing.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -409,20 +426,23 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// Records an event; `None` when an event with the same `dedup_key` is stored already.
-    pub async fn insert_event(
-        &self,
-        tenant_id: &str,
-        kind: &str,
-        subject: (&str, &str),
-        detail: Value,
-        dedup_key: Option<String>,
-    ) -> Result<Option<event::Model>> {
+    pub async fn insert_event(&self, new: NewEvent<'_>) -> Result<Option<event::Model>> {
+        let NewEvent {
+            tenant_id,
+            kind,
+            subject,
+            summary,
+            detail,
+            dedup_key,
+        } = new;
         let inserted = event::ActiveModel {
             id: Set(new_id()),
             tenant_id: Set(tenant_id.to_owned()),
             kind: Set(kind.to_owned()),
             subject_type: Set(subject.0.to_owned()),
             subject_id: Set(subject.1.to_owned()),
+            subject_name: Set(subject.2.to_owned()),
+            summary: Set(summary),
             at: Set(now()),
             detail: Set(detail),
             dedup_key: Set(dedup_key),

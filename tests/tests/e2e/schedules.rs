@@ -153,7 +153,13 @@ async fn fires_follow_the_zone_s_clock_across_daylight_saving() {
     )
     .await;
     assert_eq!(missed.len(), 1, "{missed:?}");
-    assert_eq!(missed[0]["detail"]["missed"], 237, "{}", missed[0]);
+    assert_eq!(missed[0]["data"]["missed"], 237, "{}", missed[0]);
+    assert_eq!(missed[0]["subject"]["name"], "nightly");
+    assert!(
+        missed[0]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("237"))
+    );
     assert_eq!(jobs_of(&api, id).await.len(), 1);
 }
 
@@ -189,7 +195,7 @@ async fn missed_fires_follow_the_policy_and_a_clock_set_back_repeats_nothing() {
         })
         .await;
         assert_eq!(missed.len(), 1, "{missed:?}");
-        let detail = &missed[0]["detail"];
+        let detail = &missed[0]["data"];
         assert_eq!(detail["missed"], 5, "{detail}");
         assert_eq!(detail["policy"], policy);
         assert_eq!(detail["first"], "2026-06-01T00:10:00Z");
