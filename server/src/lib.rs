@@ -21,6 +21,7 @@ pub mod builtin;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod cron;
 pub mod credentials;
 pub mod domain;
 pub mod finish;

@@ -109,6 +109,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("jwt", &[]),
     ("passwords", &[]),
     ("listen", &["config"]),
+    // Schedules' fire times: pure computation.
+    ("cron", &[]),
 ];
 
 /// Items defined at the crate root, by the module that owns them.
