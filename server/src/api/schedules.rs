@@ -499,7 +499,9 @@ pub async fn delete(
 /// schedule's id. The next fire does not move.
 #[utoipa::path(post, operation_id = "runSchedule", path = "/api/schedules/{id}/run", tag = "schedules", security(("bearer" = [])),
     params(("id" = String, Path, description = "Schedule id")),
-    responses((status = 201, body = super::jobs::JobView), (status = 404, response = crate::api::doc::NotFound)))]
+    responses((status = 202, body = super::jobs::JobView, description = "Created; runs under way (as `POST /api/jobs`)"),
+        (status = 200, body = super::jobs::JobView, description = "Created and already finished (no agent matched)"),
+        (status = 404, response = crate::api::doc::NotFound)))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, schedule_id = %id))]
 pub async fn run(
     State(state): State<AppState>,

@@ -34,7 +34,8 @@ use crate::domain::{
     MissedPolicy, Principal, Role, Scopes,
 };
 use crate::store::{
-    EventFilter, Fire, NewEvent, NewJob, NewSchedule, ScheduleFilter, ScheduleRefused, event, job, schedule,
+    EventFilter, Fire, NewEvent, NewJob, NewSchedule, ScheduleFilter, ScheduleRefused, event, job,
+    schedule,
 };
 
 /// Fires that passed less than this long ago run late; older ones are missed.
@@ -922,7 +923,10 @@ impl Schedules {
             // One that would fail the same way every time (the command is no longer valid,
             // the role that saved the schedule may no longer send it): the fire records a
             // failed job that says why, rather than retrying for ever and then "missing".
-            Err(err) => self.failed_fire(schedule, caller, at, catch_up, &err).await?,
+            Err(err) => {
+                self.failed_fire(schedule, caller, at, catch_up, &err)
+                    .await?
+            }
         };
         report.jobs += 1;
         let id = created.job.id.clone();

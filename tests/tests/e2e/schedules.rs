@@ -332,7 +332,7 @@ async fn bad_schedules_are_refused_naming_the_field() {
     let (status, job) = member
         .post(&format!("/api/schedules/{id}/run"), json!({}))
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(job["schedule_id"], id);
     assert!(job["scheduled_for"].is_null());
     let done = api.wait_job(job["job_id"].as_str().expect("job")).await;
