@@ -24,6 +24,7 @@ mod longpoll;
 mod metrics;
 mod pgfault;
 mod protocol;
+mod schedules_live;
 mod secrets;
 mod sockets;
 mod supervisor;
