@@ -26,6 +26,7 @@ mod pgfault;
 mod protocol;
 mod schedules;
 mod schedules_cli;
+mod schedules_live;
 mod secrets;
 mod sockets;
 mod supervisor;
