@@ -7,7 +7,8 @@
 //! trips, `ping` fan-outs with every result stored, results stored per second, how long the
 //! fleet takes to come back after a server restart, the real agent's footprint, how the
 //! server sheds sockets that never authenticate while it holds the fleet (`sockets`), and what
-//! checking an API key or a user's access token costs (`auth`).
+//! checking an API key or a user's access token costs (`auth`), and what 10,000 schedules
+//! cost idle and how late their jobs are when all fall due in one minute (`schedules`).
 //!
 //! It prints figures and never judges them: a slow machine gives slow figures, not a failure.
 //! It fails only when something does not work (an agent not answering, a job not finishing).
@@ -16,6 +17,7 @@ mod attack;
 mod auth;
 mod postgres;
 mod report;
+mod schedules;
 mod server;
 mod swarm;
 
@@ -75,6 +77,9 @@ enum Scenario {
     /// access token (JWT), interleaved on one server, and a cheap authenticated GET with each
     /// against the unauthenticated `/healthz`.
     Auth,
+    /// 10,000 schedules: the server's idle CPU with them enabled and not due (vs none), then
+    /// the delay from their common minute to each job's creation when all are due at once.
+    Schedules,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +148,9 @@ struct Opts {
     /// than one most of them reach their agents through another node.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Schedules in the `schedules` scenario (default 10,000; 500 with --quick).
+    #[arg(long)]
+    schedules: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -273,6 +281,7 @@ async fn scenarios(
         Scenario::Sockets,
         Scenario::Restart,
         Scenario::Auth,
+        Scenario::Schedules,
     ]
     .iter()
     .any(|s| has(opts, *s));
@@ -711,6 +720,22 @@ async fn scenarios(
             ),
             json!({"agents": first_share, "back_online_s": back.as_secs_f64(), "stop_s": stopped.as_secs_f64()}),
         );
+    }
+
+    // Last: its schedules go on firing every minute until the server stops.
+    if has(opts, Scenario::Schedules) && swarm.is_some() {
+        let plan = schedules::Plan {
+            count: opts
+                .schedules
+                .unwrap_or(if opts.quick { 500 } else { 10_000 })
+                .max(1),
+            agents: (0..opts.agents.min(100))
+                .map(|i| swarm::agent_id(run_id, i).to_string())
+                .collect(),
+            idle_secs: opts.idle_secs.unwrap_or(if opts.quick { 3 } else { 30 }),
+            on: on.clone(),
+        };
+        schedules::scenario(nodes, &plan, report).await?;
     }
 
     if let Some(swarm) = swarm {

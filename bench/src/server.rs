@@ -53,6 +53,24 @@ impl Client {
         Ok((serde_json::from_str(&text)?, took))
     }
 
+    /// PATCHes JSON and returns the JSON answer; any non-2xx is an error.
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("PATCH {path}"))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("PATCH {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
     /// The same client presenting `token` (a user's access token, another API key) instead
     /// of the owner API key.
     pub fn with_token(&self, token: &str) -> Self {
