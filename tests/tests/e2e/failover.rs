@@ -56,6 +56,14 @@ async fn an_agent_passes_over_dead_nodes_at_once() {
             took < Duration::from_secs(10),
             "fallback={fallback}: online after {took:?}"
         );
+        // The server sees the agent online as it registers; the agent's log line saying so
+        // may be written a moment later, on a busy machine.
+        wait_for(
+            "the agent's log to say where it registered",
+            Duration::from_secs(10),
+            || async { (connected_to(&agent, &server.url) >= 1).then_some(()) },
+        )
+        .await;
         let logs = agent.logs();
         assert_eq!(
             logs.matches("trying the next server").count(),
