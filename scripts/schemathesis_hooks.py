@@ -106,6 +106,13 @@ def map_case(context, case):
                 body["expires_at"] = (now + datetime.timedelta(days=30)).strftime(
                     "%Y-%m-%dT%H:%M:%SZ"
                 )
+    elif operation in ("createSchedule", "updateSchedule"):
+        # Mostly valid patterns and zones (see schemathesis.toml), so that schedules get made.
+        if "cron" in body and body["cron"] is not None:
+            body["cron"] = "@daily"
+        if isinstance(body.get("timezone"), str):
+            body["timezone"] = "Europe/Paris"
+        fix_data(body)
     elif operation == "updateAgent":
         fix_tags(body)
     elif operation in ("createJob", "commandAgent", "commandAgentKey"):
