@@ -6,7 +6,10 @@ mod common;
 
 use chrono::{DateTime, Duration, Utc};
 use outpost_server::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
-use outpost_server::store::{AuditRecord, Fire, NewJob, NewSchedule, Store, schedule};
+use outpost_server::store::{
+    Advance, AuditFilter, AuditRecord, EventFilter, Fire, FireJob, NewEvent, NewJob, NewRun,
+    NewSchedule, Store, schedule,
+};
 use serde_json::json;
 
 fn audit(tenant: &str) -> AuditRecord {
@@ -232,4 +235,163 @@ async fn a_fire_makes_one_job_however_many_try() {
         .expect("run now");
     assert!(made_first && made_second);
     assert_ne!(first.id, second.id);
+}
+
+/// Two nodes write the same fires as batches at once (a claim that lapsed while its holder
+/// was still writing): each fire has one job, both answers name it, its audit row and its
+/// event are recorded once, and only the holder advances the schedules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_of_the_same_fires_make_each_job_once() {
+    let (fresh, store, tenant) = common::fresh_store().await;
+    let other = Store::open(&fresh.location)
+        .await
+        .expect("second connection");
+    let now = Utc::now();
+    let mut schedules = Vec::new();
+    for i in 0..20 {
+        schedules.push(
+            schedule_due(
+                &store,
+                &tenant,
+                &format!("b{i:02}"),
+                now - Duration::seconds(1),
+            )
+            .await,
+        );
+    }
+    let claimed = store
+        .claim_due_schedules("node-a", now, 100)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 20);
+    let at = now - Duration::seconds(1);
+    let fires = |refused: bool| -> Vec<FireJob> {
+        claimed
+            .iter()
+            .enumerate()
+            .map(|(i, s)| FireJob {
+                job_id: outpost_server::store::new_id(),
+                new: NewJob {
+                    tenant_id: tenant.clone(),
+                    command: "ping".into(),
+                    data: json!({}),
+                    sealed_params: None,
+                    target: json!({"all": true}),
+                    timeout_s: 60,
+                    ttl_s: 60,
+                    idempotency_key: None,
+                    request_fingerprint: None,
+                    webhook_url: None,
+                    fire: Some(Fire {
+                        schedule_id: s.id.clone(),
+                        scheduled_for: Some(at),
+                        catch_up: false,
+                    }),
+                    note: None,
+                },
+                // Half of the fires with a run refused at once, half without runs.
+                runs: if refused && i % 2 == 0 {
+                    vec![NewRun {
+                        agent_id: "gone".into(),
+                        refused: Some(("forbidden".into(), "test".into())),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                audit: audit(&tenant),
+            })
+            .collect()
+    };
+    let events = || -> Vec<NewEvent<'_>> {
+        claimed
+            .iter()
+            .map(|s| NewEvent {
+                tenant_id: &tenant,
+                kind: "schedule.missed",
+                subject: ("schedule", &s.id, &s.name),
+                summary: "test".into(),
+                detail: json!({}),
+                dedup_key: Some(format!("schedule.missed:{}:{at}", s.id)),
+            })
+            .collect()
+    };
+    let advances = || -> Vec<Advance<'_>> {
+        claimed
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Advance {
+                fired: s,
+                next_fire_at: Some(now + Duration::minutes(1)),
+                last: Some(i),
+            })
+            .collect()
+    };
+    let audit_rows = || async {
+        store
+            .list_audit(
+                &tenant,
+                &AuditFilter {
+                    action: Some("schedule.create".into()),
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("audit")
+            .len()
+    };
+    let audited_before = audit_rows().await;
+    let (a, b) = tokio::join!(
+        store.fire_batch("node-a", fires(true), events(), advances()),
+        other.fire_batch("node-b", fires(true), events(), advances())
+    );
+    let ((made_a, lost_a), (made_b, lost_b)) = (a.expect("batch a"), b.expect("batch b"));
+    assert_eq!((lost_a, lost_b), (0, 20), "only the holder advances");
+    let mut created = 0;
+    for (x, y) in made_a.iter().zip(&made_b) {
+        assert_eq!(x.job.id, y.job.id, "both answers name the fire's one job");
+        assert_eq!(x.job.schedule_id, y.job.schedule_id);
+        assert!(x.created != y.created, "exactly one of the two made it");
+        created += usize::from(x.created) + usize::from(y.created);
+        assert_eq!(x.runs.len(), y.runs.len());
+        assert_eq!(
+            x.job.status, "failed",
+            "no run, or its one run refused: over"
+        );
+    }
+    assert_eq!(created, 20);
+    assert_eq!(
+        audit_rows().await - audited_before,
+        20,
+        "one audit row per job"
+    );
+    let recorded = store
+        .list_events(
+            &tenant,
+            &EventFilter {
+                kind: Some("schedule.missed".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("events");
+    assert_eq!(recorded.len(), 20, "one event per fire");
+    for s in &claimed {
+        let stored = store
+            .get_schedule(&tenant, &s.id)
+            .await
+            .expect("read")
+            .expect("there");
+        assert_eq!(stored.claimed_by, None, "claim let go");
+        assert_eq!(
+            stored.next_fire_at.map(|t| t.timestamp()),
+            Some((now + Duration::minutes(1)).timestamp())
+        );
+        let job = made_a
+            .iter()
+            .find(|m| m.job.schedule_id.as_deref() == Some(s.id.as_str()))
+            .expect("its job");
+        assert_eq!(stored.last_job_id.as_deref(), Some(job.job.id.as_str()));
+    }
 }

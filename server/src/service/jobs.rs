@@ -25,7 +25,9 @@ use crate::domain::{
     AuditAction, AuditEvent, AuditTarget, Caller, Command, CommandState, DomainError, JobState,
 };
 use crate::secrets;
-use crate::store::{AgentTarget, Fire, JobFilter, NewJob, NewRun, agent_key, command, job};
+use crate::store::{
+    AgentTarget, AuditRecord, Fire, JobFilter, NewJob, NewRun, agent_key, command, job,
+};
 use crate::tags::TagRule;
 
 /// Longest `?wait=`.
@@ -151,6 +153,89 @@ pub enum JobEvent {
     },
 }
 
+/// A job decided but not yet written (see [`Jobs::prepare`]).
+pub(super) struct Prepared {
+    /// The job's row.
+    pub new: NewJob,
+    /// Its runs.
+    pub runs: Vec<NewRun>,
+    /// Its audit record (the job's id is filled in when it is written).
+    pub audit: AuditRecord,
+    /// The request's fingerprint, when it has an idempotency key.
+    pub fingerprint: Option<String>,
+}
+
+/// What making a job reads about its tenant, kept for the next job of a batch: the agents
+/// and keys a target resolves against, who lacks a script, who declares secret parameters,
+/// the agents' versions. A batch sees the tenant as it was when the batch began, as one job
+/// does.
+#[derive(Default)]
+pub(super) struct Lookups {
+    targets: HashMap<String, (Vec<AgentTarget>, Vec<agent_key::Model>)>,
+    without_script: HashMap<(String, String), HashMap<String, Value>>,
+    secret_candidates: HashMap<String, Vec<(String, Value)>>,
+    versions: HashMap<String, HashMap<String, String>>,
+}
+
+impl Lookups {
+    async fn targets(
+        &mut self,
+        core: &Core,
+        tenant_id: &str,
+    ) -> Result<&(Vec<AgentTarget>, Vec<agent_key::Model>), DomainError> {
+        if !self.targets.contains_key(tenant_id) {
+            let agents = core.store.agent_targets(tenant_id).await?;
+            let keys = core.store.list_agent_keys(tenant_id).await?;
+            self.targets.insert(tenant_id.to_owned(), (agents, keys));
+        }
+        Ok(&self.targets[tenant_id])
+    }
+
+    async fn without_script(
+        &mut self,
+        core: &Core,
+        tenant_id: &str,
+        script: &str,
+    ) -> Result<&HashMap<String, Value>, DomainError> {
+        let key = (tenant_id.to_owned(), script.to_owned());
+        if !self.without_script.contains_key(&key) {
+            let lacking = core
+                .store
+                .agents_without_script(tenant_id, script)
+                .await?
+                .into_iter()
+                .collect();
+            self.without_script.insert(key.clone(), lacking);
+        }
+        Ok(&self.without_script[&key])
+    }
+
+    async fn secret_candidates(
+        &mut self,
+        core: &Core,
+        tenant_id: &str,
+    ) -> Result<&Vec<(String, Value)>, DomainError> {
+        if !self.secret_candidates.contains_key(tenant_id) {
+            let candidates = core.store.agents_with_secret_params(tenant_id).await?;
+            self.secret_candidates
+                .insert(tenant_id.to_owned(), candidates);
+        }
+        Ok(&self.secret_candidates[tenant_id])
+    }
+
+    async fn versions(
+        &mut self,
+        core: &Core,
+        tenant_id: &str,
+    ) -> Result<HashMap<String, String>, DomainError> {
+        if !self.versions.contains_key(tenant_id) {
+            let versions = core.store.agent_versions(tenant_id).await?;
+            self.versions.insert(tenant_id.to_owned(), versions);
+        }
+        Ok(self.versions[tenant_id].clone())
+    }
+}
+
 /// Jobs.
 #[derive(Clone)]
 pub struct Jobs {
@@ -173,149 +258,14 @@ impl Jobs {
     ) -> Result<JobWithRuns, DomainError> {
         let core = &self.core;
         core.writable()?;
-        let NewJobRequest {
-            spec,
-            target,
-            webhook_url,
-            idempotency_key,
-            fire,
-        } = request;
-        if let Some(key) = &idempotency_key
-            && (key.is_empty() || key.len() > 200)
-        {
-            return Err(DomainError::BadRequest(
-                "idempotency_key: must be 1 to 200 characters".into(),
-            ));
-        }
-        if let Some(url) = &webhook_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(DomainError::BadRequest(
-                "webhook_url: must be an http(s) URL".into(),
-            ));
-        }
-        let target_json = serde_json::to_value(&target).unwrap_or(Value::Null);
-        commands::authorize(caller, &spec, &format!("job target {target_json}"))?;
-        let (agents, keys) = self.resolve(caller, &target, fire.is_some()).await?;
-        let note = match (agents.is_empty(), &fire) {
-            (false, _) => None,
-            (true, Some(_)) => Some(format!(
-                "no run: the schedule fired but its target matched no agent ({})",
-                no_match(&target)
-            )),
-            (true, None) => return Err(DomainError::Unprocessable(no_match(&target))),
-        };
-        // An update to an older version is refused, run by run, on agents it would downgrade
-        // (unless forced).
-        let versions = match (
-            spec.command == Command::Update,
-            spec.update_version,
-            spec.update_force,
-        ) {
-            (true, Some(_), false) => Some(core.store.agent_versions(&caller.tenant_id).await?),
-            _ => None,
-        };
-        // A run of a script that an agent's last `register` did not list fails at once,
-        // unsent (the agent would refuse it): one query for the agents that lack it, whatever
-        // the target's size.
-        let without_script: HashMap<String, Value> = match commands::run_script(&spec) {
-            Some(script) => core
-                .store
-                .agents_without_script(&caller.tenant_id, script)
-                .await?
-                .into_iter()
-                .collect(),
-            None => HashMap::new(),
-        };
-        let one_agent = agents.len() == 1
-            && target.tags.is_none()
-            && target.all != Some(true)
-            && fire.is_none();
-        let mut runs = Vec::with_capacity(agents.len());
-        for agent in &agents {
-            let mut refused = key_refusal(&agent.id, keys.get(&agent.key_id), &spec.command)
-                .map(|why| (codes::FORBIDDEN, why));
-            if refused.is_none()
-                && let (Some(script), Some(scripts)) =
-                    (commands::run_script(&spec), without_script.get(&agent.id))
-                && let Some(why) = commands::script_refusal(&agent.id, scripts, script)
-            {
-                refused = Some((codes::SCRIPT_NOT_ALLOWED, why));
-            }
-            if refused.is_none()
-                && let Some(version) = versions.as_ref().and_then(|v| v.get(&agent.id))
-                && let Some(why) = commands::downgrade_refusal(&agent.id, version, &spec)
-            {
-                refused = Some((DOWNGRADE_REFUSED, why));
-            }
-            match refused {
-                Some((codes::FORBIDDEN, why)) if one_agent => {
-                    return Err(DomainError::Forbidden(why));
-                }
-                Some((codes::SCRIPT_NOT_ALLOWED, why)) if one_agent => {
-                    return Err(DomainError::Refused {
-                        code: codes::SCRIPT_NOT_ALLOWED,
-                        message: why,
-                    });
-                }
-                Some((_, why)) if one_agent => return Err(DomainError::BadRequest(why)),
-                _ => {}
-            }
-            runs.push(NewRun {
-                agent_id: agent.id.clone(),
-                refused: refused.map(|(code, why)| (code.to_owned(), why)),
-            });
-        }
-        let (data, sealed_params) = match secrets::script_with_params(&spec.command, &spec.data) {
-            Some(script) => {
-                let candidates = core
-                    .store
-                    .agents_with_secret_params(&caller.tenant_id)
-                    .await?;
-                let targeted: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
-                let declared = candidates
-                    .iter()
-                    .filter(|(id, _)| targeted.contains(id.as_str()))
-                    .flat_map(|(_, scripts)| secrets::declared(scripts, script));
-                spec.sealed_data(core, &caller.tenant_id, declared)
-            }
-            None => spec.sealed_data(core, &caller.tenant_id, []),
-        };
-        let fingerprint = idempotency_key.as_ref().map(|_| {
-            request_fingerprint(core, caller, &spec, &target_json, webhook_url.as_deref())
-        });
-        // What the audit log keeps of the request: never `data` (parameters may be secret),
-        // nor the webhook URL (it may hold a token).
-        let refused = runs.iter().filter(|r| r.refused.is_some()).count();
-        let audit = record_of(
-            caller,
-            AuditEvent::new(AuditAction::JobTrigger, AuditTarget::Job, "").with(
-                commands::audit_detail(
-                    &spec,
-                    json!({
-                        "target": target_json,
-                        "runs": runs.len(),
-                        "refused": refused,
-                        "webhook": webhook_url.is_some(),
-                        "idempotency_key": idempotency_key,
-                    }),
-                ),
-            ),
-        );
-        let new = NewJob {
-            tenant_id: caller.tenant_id.clone(),
-            command: spec.command.clone(),
-            data,
-            sealed_params,
-            target: target_json,
-            timeout_s: spec.timeout_s,
-            ttl_s: spec.ttl_s,
-            idempotency_key,
-            request_fingerprint: fingerprint.clone(),
-            webhook_url,
-            fire,
-            note,
-        };
+        let Prepared {
+            new,
+            runs,
+            audit,
+            fingerprint,
+        } = self
+            .prepare(caller, request, &mut Lookups::default())
+            .await?;
         // On the writer's connection: a job's thousands of rows then never wait for the
         // writer's lock behind the agents' reports (see `Store::open_writer`).
         let (job, runs, created) = core
@@ -364,6 +314,167 @@ impl Jobs {
         self.get(caller, &job.id).await
     }
 
+    /// Everything a job's creation decides before it writes: the target resolved to agents,
+    /// each run's refusal (key, script, downgrade), the sealed parameters and the audit
+    /// record. `lookups` holds what it read about the tenant, so a batch of jobs (a pass of
+    /// the schedules' fire loop) reads it once.
+    pub(super) async fn prepare(
+        &self,
+        caller: &Caller,
+        request: NewJobRequest,
+        lookups: &mut Lookups,
+    ) -> Result<Prepared, DomainError> {
+        let core = &self.core;
+        let NewJobRequest {
+            spec,
+            target,
+            webhook_url,
+            idempotency_key,
+            fire,
+        } = request;
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(DomainError::BadRequest(
+                "idempotency_key: must be 1 to 200 characters".into(),
+            ));
+        }
+        if let Some(url) = &webhook_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(DomainError::BadRequest(
+                "webhook_url: must be an http(s) URL".into(),
+            ));
+        }
+        let target_json = serde_json::to_value(&target).unwrap_or(Value::Null);
+        commands::authorize(caller, &spec, &format!("job target {target_json}"))?;
+        let (agents, keys) = self
+            .resolve_with(caller, &target, fire.is_some(), lookups)
+            .await?;
+        let note = match (agents.is_empty(), &fire) {
+            (false, _) => None,
+            (true, Some(_)) => Some(format!(
+                "no run: the schedule fired but its target matched no agent ({})",
+                no_match(&target)
+            )),
+            (true, None) => return Err(DomainError::Unprocessable(no_match(&target))),
+        };
+        // An update to an older version is refused, run by run, on agents it would downgrade
+        // (unless forced).
+        let versions = match (
+            spec.command == Command::Update,
+            spec.update_version,
+            spec.update_force,
+        ) {
+            (true, Some(_), false) => Some(lookups.versions(core, &caller.tenant_id).await?),
+            _ => None,
+        };
+        // A run of a script that an agent's last `register` did not list fails at once,
+        // unsent (the agent would refuse it): one query for the agents that lack it, whatever
+        // the target's size.
+        let empty = HashMap::new();
+        let without_script: &HashMap<String, Value> = match commands::run_script(&spec) {
+            Some(script) => {
+                lookups
+                    .without_script(core, &caller.tenant_id, script)
+                    .await?
+            }
+            None => &empty,
+        };
+        let one_agent = agents.len() == 1
+            && target.tags.is_none()
+            && target.all != Some(true)
+            && fire.is_none();
+        let mut runs = Vec::with_capacity(agents.len());
+        for agent in &agents {
+            let mut refused = key_refusal(&agent.id, keys.get(&agent.key_id), &spec.command)
+                .map(|why| (codes::FORBIDDEN, why));
+            if refused.is_none()
+                && let (Some(script), Some(scripts)) =
+                    (commands::run_script(&spec), without_script.get(&agent.id))
+                && let Some(why) = commands::script_refusal(&agent.id, scripts, script)
+            {
+                refused = Some((codes::SCRIPT_NOT_ALLOWED, why));
+            }
+            if refused.is_none()
+                && let Some(version) = versions.as_ref().and_then(|v| v.get(&agent.id))
+                && let Some(why) = commands::downgrade_refusal(&agent.id, version, &spec)
+            {
+                refused = Some((DOWNGRADE_REFUSED, why));
+            }
+            match refused {
+                Some((codes::FORBIDDEN, why)) if one_agent => {
+                    return Err(DomainError::Forbidden(why));
+                }
+                Some((codes::SCRIPT_NOT_ALLOWED, why)) if one_agent => {
+                    return Err(DomainError::Refused {
+                        code: codes::SCRIPT_NOT_ALLOWED,
+                        message: why,
+                    });
+                }
+                Some((_, why)) if one_agent => return Err(DomainError::BadRequest(why)),
+                _ => {}
+            }
+            runs.push(NewRun {
+                agent_id: agent.id.clone(),
+                refused: refused.map(|(code, why)| (code.to_owned(), why)),
+            });
+        }
+        let (data, sealed_params) = match secrets::script_with_params(&spec.command, &spec.data) {
+            Some(script) => {
+                let candidates = lookups.secret_candidates(core, &caller.tenant_id).await?;
+                let targeted: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+                let declared = candidates
+                    .iter()
+                    .filter(|(id, _)| targeted.contains(id.as_str()))
+                    .flat_map(|(_, scripts)| secrets::declared(scripts, script));
+                spec.sealed_data(core, &caller.tenant_id, declared)
+            }
+            None => spec.sealed_data(core, &caller.tenant_id, []),
+        };
+        let fingerprint = idempotency_key.as_ref().map(|_| {
+            request_fingerprint(core, caller, &spec, &target_json, webhook_url.as_deref())
+        });
+        // What the audit log keeps of the request: never `data` (parameters may be secret),
+        // nor the webhook URL (it may hold a token).
+        let refused = runs.iter().filter(|r| r.refused.is_some()).count();
+        let audit = record_of(
+            caller,
+            AuditEvent::new(AuditAction::JobTrigger, AuditTarget::Job, "").with(
+                commands::audit_detail(
+                    &spec,
+                    json!({
+                        "target": target_json,
+                        "runs": runs.len(),
+                        "refused": refused,
+                        "webhook": webhook_url.is_some(),
+                        "idempotency_key": idempotency_key,
+                    }),
+                ),
+            ),
+        );
+        let new = NewJob {
+            tenant_id: caller.tenant_id.clone(),
+            command: spec.command.clone(),
+            data,
+            sealed_params,
+            target: target_json,
+            timeout_s: spec.timeout_s,
+            ttl_s: spec.ttl_s,
+            idempotency_key,
+            request_fingerprint: fingerprint.clone(),
+            webhook_url,
+            fire,
+            note,
+        };
+        Ok(Prepared {
+            new,
+            runs,
+            audit,
+            fingerprint,
+        })
+    }
+
     /// The job once every run the caller waited for is final. The waiters were handed each
     /// run's row as the writer stored it, so only the job's own row is read again: reading
     /// back a big fan-out's runs would cost more than the rest of the answer.
@@ -401,6 +512,18 @@ impl Jobs {
         target: &Target,
         lenient: bool,
     ) -> Result<(Vec<AgentTarget>, HashMap<String, agent_key::Model>), DomainError> {
+        self.resolve_with(caller, target, lenient, &mut Lookups::default())
+            .await
+    }
+
+    /// [`Jobs::resolve`] against what `lookups` read of the tenant.
+    async fn resolve_with(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        lenient: bool,
+        lookups: &mut Lookups,
+    ) -> Result<(Vec<AgentTarget>, HashMap<String, agent_key::Model>), DomainError> {
         let ids = target.agents.as_deref().unwrap_or_default();
         let tags = target.tags.as_deref().unwrap_or_default();
         let all = target.all.unwrap_or(false);
@@ -409,9 +532,8 @@ impl Jobs {
                 "target: give agents, tags or all: true".into(),
             ));
         }
-        let agents = self.core.store.agent_targets(&caller.tenant_id).await?;
-        let keys = self.core.store.list_agent_keys(&caller.tenant_id).await?;
-        let rule = TagRule::new(&keys);
+        let (agents, keys) = lookups.targets(&self.core, &caller.tenant_id).await?;
+        let rule = TagRule::new(keys);
         // A set, not a scan per id: a list of 10,000 agents would be 10^8 comparisons.
         let known: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
         let mut chosen = BTreeSet::new();
@@ -426,7 +548,7 @@ impl Jobs {
             }
             chosen.insert(id.clone());
         }
-        for agent in &agents {
+        for agent in agents {
             if all
                 || (!tags.is_empty()
                     && tags
@@ -437,10 +559,14 @@ impl Jobs {
             }
         }
         let agents = agents
-            .into_iter()
+            .iter()
             .filter(|a| chosen.contains(&a.id))
+            .cloned()
             .collect();
-        let keys = keys.into_iter().map(|key| (key.id.clone(), key)).collect();
+        let keys = keys
+            .iter()
+            .map(|key| (key.id.clone(), key.clone()))
+            .collect();
         Ok((agents, keys))
     }
 

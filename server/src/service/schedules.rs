@@ -4,9 +4,11 @@
 //! Fire times are computed here (`crate::cron`) and stored: a schedule's row says when it
 //! fires next (`next_fire_at`), so a restarted server, or another node, goes on where it was,
 //! and a fire that already made its job never makes a second (the unique
-//! `(schedule_id, scheduled_for)` of jobs; see `store::schedules` for the claim). A fire
-//! creates an ordinary job through [`Jobs::create`], as `POST /api/jobs` does, acting for
-//! whoever last saved the schedule with the role they had then.
+//! `(schedule_id, scheduled_for)` of jobs; see `store::schedules` for the claim). A fire's job
+//! is decided by [`Jobs::prepare`], the step `POST /api/jobs` goes through too (target, keys,
+//! refusals, sealed parameters, audit), acting for whoever last saved the schedule with the role
+//! they had then; the fires of a claimed batch are then written together (see
+//! [`Schedules::fire_due`]).
 //!
 //! When the loop gets to a schedule, each fire that passed is either *late* (less than the
 //! grace, 60 s, ago: it runs now, as its own job) or *missed* (older: the server was down or
@@ -17,6 +19,7 @@
 //! repeat fires (the schedule waits for its stored next fire), and one set forward makes the
 //! skipped span "missed".
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,15 +30,15 @@ use tokio::sync::Notify;
 use super::Core;
 use super::audit::record_of;
 use super::commands::{self, CommandSpec};
-use super::jobs::{JobWithRuns, Jobs, NewJobRequest, Target};
+use super::jobs::{JobWithRuns, Jobs, Lookups, NewJobRequest, Target};
 use crate::cron::Recurrence;
 use crate::domain::{
     AuditAction, AuditEvent, AuditTarget, Caller, ConcurrencyPolicy, DomainError, JobState,
     MissedPolicy, Principal, Role, Scopes,
 };
 use crate::store::{
-    EventFilter, Fire, NewEvent, NewJob, NewSchedule, ScheduleFilter, ScheduleRefused, event, job,
-    schedule,
+    Advance, EventFilter, Fire, FireJob, NewEvent, NewJob, NewSchedule, ScheduleFilter,
+    ScheduleRefused, event, job, schedule,
 };
 
 /// Fires that passed less than this long ago run late; older ones are missed.
@@ -718,9 +721,18 @@ impl Schedules {
 
     /// Fires every schedule due at `now`, as this node; the loop calls it with the clock's
     /// time, tests with the time they choose.
+    ///
+    /// A pass claims due schedules by batches and fires each batch together: what the jobs
+    /// read about their tenants is read once for the pass, and a batch's jobs, runs, audit
+    /// rows, events and advances are one write (SPEC §8: 10,000 fires in one minute). The few
+    /// schedules whose `concurrency` must look at a job made by this very pass (`forbid` or
+    /// `replace` with a job still running, or several fires at once) are fired one by one
+    /// after their batch, as before.
     pub async fn fire_due(&self, now: DateTime<Utc>) -> Result<FireReport, DomainError> {
         let mut report = FireReport::default();
+        let mut lookups = Lookups::default();
         loop {
+            self.core.writable()?;
             let claimed = self
                 .core
                 .store
@@ -730,14 +742,24 @@ impl Schedules {
                 return Ok(report);
             }
             let batch = claimed.len() as u64;
-            for schedule in claimed {
-                let id = schedule.id.clone();
-                if let Err(err) = self.fire(schedule, now, &mut report).await {
-                    // Its claim lapses and the fire is tried again then (by any node); the
-                    // job, if it was made, is found rather than made twice.
-                    tracing::warn!(schedule_id = %id, error = %err, "a schedule's fire failed; it is retried once its claim lapses");
+            report.schedules += claimed.len();
+            match self
+                .fire_batch(&claimed, now, &mut lookups, &mut report)
+                .await
+            {
+                Ok(one_by_one) => {
+                    for schedule in one_by_one {
+                        let id = schedule.id.clone();
+                        if let Err(err) = self.fire(schedule, now, &mut report).await {
+                            tracing::warn!(schedule_id = %id, error = %err, "a schedule's fire failed; it is retried once its claim lapses");
+                        }
+                    }
                 }
-                report.schedules += 1;
+                // The batch's claims lapse and its fires are tried again then (by any node);
+                // the jobs that were made, if any, are found rather than made twice.
+                Err(err) => {
+                    tracing::warn!(schedules = batch, error = %err, "a batch of fires failed; it is retried once its claims lapse");
+                }
             }
             if batch < CLAIM_BATCH {
                 return Ok(report);
@@ -745,16 +767,141 @@ impl Schedules {
         }
     }
 
-    /// One claimed schedule's fires up to `now`.
-    async fn fire(
+    /// Fires a claimed batch in one write; answers the schedules left to fire one by one.
+    async fn fire_batch(
         &self,
-        schedule: schedule::Model,
+        claimed: &[schedule::Model],
         now: DateTime<Utc>,
+        lookups: &mut Lookups,
         report: &mut FireReport,
-    ) -> Result<(), DomainError> {
+    ) -> Result<Vec<schedule::Model>, DomainError> {
         let core = &self.core;
+        let running = self.running_jobs(claimed).await?;
+        let mut one_by_one = Vec::new();
+        let mut fires: Vec<FireJob> = Vec::new();
+        let mut events = Vec::new();
+        let mut advances = Vec::new();
+        let mut missed_count = 0;
+        'schedules: for schedule in claimed {
+            let plan = match self.plan(schedule, now) {
+                Ok(Some(plan)) => plan,
+                Ok(None) => continue,
+                Err(()) => {
+                    advances.push(Advance {
+                        fired: schedule,
+                        next_fire_at: None,
+                        last: None,
+                    });
+                    continue;
+                }
+            };
+            let policy: ConcurrencyPolicy = schedule
+                .concurrency
+                .parse()
+                .unwrap_or(ConcurrencyPolicy::Allow);
+            if policy != ConcurrencyPolicy::Allow
+                && (running.contains_key(&schedule.id) || plan.fires.len() > 1)
+            {
+                one_by_one.push(schedule.clone());
+                continue;
+            }
+            let caller = fire_caller(schedule);
+            let first = fires.len();
+            for &(at, catch_up) in &plan.fires {
+                match self
+                    .prepare_fire(schedule, &caller, at, catch_up, lookups)
+                    .await
+                {
+                    Ok(fire) => fires.push(fire),
+                    Err(err) => {
+                        // Passing: this schedule waits for its claim to lapse.
+                        tracing::warn!(schedule_id = %schedule.id, error = %err, "a schedule's fire failed; it is retried once its claim lapses");
+                        fires.truncate(first);
+                        continue 'schedules;
+                    }
+                }
+            }
+            let last = (fires.len() > first).then(|| fires.len() - 1);
+            if let Some(missed) = plan.missed {
+                missed_count += missed.count;
+                let mut detail = missed.detail;
+                if missed.catch_up
+                    && let Some(fire) = fires.get(first)
+                {
+                    detail["job_id"] = json!(fire.job_id);
+                }
+                tracing::warn!(schedule_id = %schedule.id, missed = missed.count, policy = %missed.policy, "schedule fires missed");
+                events.push(missed_event(schedule, missed.summary, detail, missed.due));
+            }
+            advances.push(Advance {
+                fired: schedule,
+                next_fire_at: plan.next,
+                last,
+            });
+        }
+        if fires.is_empty() && events.is_empty() && advances.is_empty() {
+            return Ok(one_by_one);
+        }
+        let (made, lost) = core
+            .writer
+            .store()
+            .fire_batch(&core.node, fires, events, advances)
+            .await?;
+        if lost > 0 {
+            tracing::warn!(
+                schedules = lost,
+                "lost the claim on schedules while firing them; another node goes on"
+            );
+        }
+        report.missed += missed_count;
+        report.jobs += made.len();
+        let pending: Vec<&crate::store::command::Model> = made
+            .iter()
+            .filter(|fired| fired.created)
+            .flat_map(|fired| fired.runs.iter())
+            .filter(|run| run.state == crate::store::state::PENDING)
+            .collect();
+        core.bus.deliver_job(&pending);
+        let created = made.iter().filter(|fired| fired.created).count();
+        tracing::info!(jobs = created, runs = pending.len(), "schedules fired");
+        Ok(one_by_one)
+    }
+
+    /// The running last jobs of a batch's schedules whose `concurrency` looks at them, by
+    /// schedule: one query for the batch.
+    async fn running_jobs(
+        &self,
+        claimed: &[schedule::Model],
+    ) -> Result<HashMap<String, job::Model>, DomainError> {
+        let mut wanted: HashMap<&str, Vec<String>> = HashMap::new();
+        for schedule in claimed {
+            if schedule.concurrency != ConcurrencyPolicy::Allow.as_str()
+                && let Some(id) = &schedule.last_job_id
+            {
+                wanted
+                    .entry(schedule.tenant_id.as_str())
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        let mut running = HashMap::new();
+        for (tenant_id, ids) in wanted {
+            for job in self.core.store.jobs_by_ids(tenant_id, &ids).await? {
+                if job.status == JobState::Running.as_str()
+                    && let Some(schedule_id) = job.schedule_id.clone()
+                {
+                    running.insert(schedule_id, job);
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    /// What a claimed schedule's pass is to do at `now`: `None` when nothing is due,
+    /// `Err` when its stored pattern no longer parses (it stops firing).
+    fn plan(&self, schedule: &schedule::Model, now: DateTime<Utc>) -> Result<Option<Plan>, ()> {
         let Some(due) = schedule.next_fire_at else {
-            return Ok(());
+            return Ok(None);
         };
         let recurrence = match Recurrence::parse(&schedule.cron, &schedule.timezone) {
             Ok(r) => r,
@@ -762,80 +909,115 @@ impl Schedules {
                 // Stored patterns were valid when saved; one that no longer parses (a zone
                 // dropped from the database) stops firing and says why.
                 tracing::error!(schedule_id = %schedule.id, error = %err, "a stored schedule no longer parses; it stops firing");
+                return Err(());
+            }
+        };
+        let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::seconds(60));
+        let cutoff = now - grace;
+        let before_due = due - chrono::Duration::microseconds(1);
+        let mut fires = Vec::new();
+        let mut missed = None;
+        if due <= cutoff {
+            let count = recurrence
+                .count_between(before_due, cutoff, MAX_COUNTED)
+                .max(1);
+            let policy: MissedPolicy = schedule.missed.parse().unwrap_or(MissedPolicy::Skip);
+            let detail = json!({
+                "missed": count,
+                "at_least": count >= MAX_COUNTED,
+                "first": due,
+                "until": cutoff,
+                "policy": policy.as_str(),
+            });
+            let summary = match policy {
+                MissedPolicy::Skip => format!(
+                    "schedule {} missed {count} fire(s) from {due} (missed: skip, none run)",
+                    schedule.name
+                ),
+                MissedPolicy::RunOnce => format!(
+                    "schedule {} missed {count} fire(s) from {due}; one catch-up job runs for them",
+                    schedule.name
+                ),
+            };
+            let catch_up = policy == MissedPolicy::RunOnce;
+            if catch_up {
+                fires.push((due, true));
+            }
+            missed = Some(Missed {
+                count,
+                policy,
+                catch_up,
+                due,
+                summary,
+                detail,
+            });
+        }
+        // Fires within the grace run late, each as its own job (at most a few: `@every` is at
+        // least 10 s and the grace a minute).
+        let late_from = if due > cutoff { before_due } else { cutoff };
+        fires.extend(
+            recurrence
+                .fires_between(late_from, now, 16)
+                .into_iter()
+                .map(|at| (at, false)),
+        );
+        Ok(Some(Plan {
+            fires,
+            missed,
+            next: recurrence.next_after(now),
+        }))
+    }
+
+    /// One claimed schedule's fires up to `now`, one by one (see [`Schedules::fire_due`]).
+    async fn fire(
+        &self,
+        schedule: schedule::Model,
+        now: DateTime<Utc>,
+        report: &mut FireReport,
+    ) -> Result<(), DomainError> {
+        let core = &self.core;
+        let plan = match self.plan(&schedule, now) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return Ok(()),
+            Err(()) => {
                 core.store
                     .advance_schedule(&schedule, &core.node, None, None)
                     .await?;
                 return Ok(());
             }
         };
-        let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::seconds(60));
-        let cutoff = now - grace;
-        let before_due = due - chrono::Duration::microseconds(1);
         let caller = fire_caller(&schedule);
         let mut last: Option<(DateTime<Utc>, String)> = None;
         let mut running = self.running_job(&schedule).await?;
-        if due <= cutoff {
-            let missed = recurrence
-                .count_between(before_due, cutoff, MAX_COUNTED)
-                .max(1);
-            report.missed += missed;
-            let policy: MissedPolicy = schedule.missed.parse().unwrap_or(MissedPolicy::Skip);
-            let mut detail = json!({
-                "missed": missed,
-                "at_least": missed >= MAX_COUNTED,
-                "first": due,
-                "until": cutoff,
-                "policy": policy.as_str(),
-            });
-            if policy == MissedPolicy::RunOnce
+        let mut fires = plan.fires.into_iter().peekable();
+        if let Some(missed) = plan.missed {
+            report.missed += missed.count;
+            let mut detail = missed.detail;
+            if missed.catch_up
+                && let Some((at, catch_up)) = fires.next_if(|(_, catch_up)| *catch_up)
                 && let Some(job_id) = self
-                    .fire_job(&schedule, &caller, due, true, &mut running, report)
+                    .fire_job(&schedule, &caller, at, catch_up, &mut running, report)
                     .await?
             {
                 detail["job_id"] = json!(job_id);
-                last = Some((due, job_id));
+                last = Some((at, job_id));
             }
-            tracing::warn!(schedule_id = %schedule.id, missed, policy = %policy, "schedule fires missed");
-            let summary = match policy {
-                MissedPolicy::Skip => format!(
-                    "schedule {} missed {missed} fire(s) from {due} (missed: skip, none run)",
-                    schedule.name
-                ),
-                MissedPolicy::RunOnce => format!(
-                    "schedule {} missed {missed} fire(s) from {due}; one catch-up job runs for them",
-                    schedule.name
-                ),
-            };
+            tracing::warn!(schedule_id = %schedule.id, missed = missed.count, policy = %missed.policy, "schedule fires missed");
             core.store
-                .insert_event(NewEvent {
-                    tenant_id: &schedule.tenant_id,
-                    kind: EVENT_MISSED,
-                    subject: ("schedule", &schedule.id, &schedule.name),
-                    summary,
-                    detail,
-                    dedup_key: Some(format!(
-                        "{EVENT_MISSED}:{}:{}",
-                        schedule.id,
-                        due.to_rfc3339()
-                    )),
-                })
+                .insert_event(missed_event(&schedule, missed.summary, detail, missed.due))
                 .await?;
         }
-        // Fires within the grace run late, each as its own job (at most a few: `@every` is at
-        // least 10 s and the grace a minute).
-        let late_from = if due > cutoff { before_due } else { cutoff };
-        for at in recurrence.fires_between(late_from, now, 16) {
+        for (at, catch_up) in fires {
             if let Some(job_id) = self
-                .fire_job(&schedule, &caller, at, false, &mut running, report)
+                .fire_job(&schedule, &caller, at, catch_up, &mut running, report)
                 .await?
             {
                 last = Some((at, job_id));
             }
         }
-        let next = recurrence.next_after(now);
         if !core
             .store
-            .advance_schedule(&schedule, &core.node, next, last)
+            .advance_schedule(&schedule, &core.node, plan.next, last)
             .await?
         {
             tracing::warn!(schedule_id = %schedule.id, "lost the claim on a schedule while firing it; another node goes on");
@@ -924,8 +1106,14 @@ impl Schedules {
             // the role that saved the schedule may no longer send it): the fire records a
             // failed job that says why, rather than retrying for ever and then "missing".
             Err(err) => {
-                self.failed_fire(schedule, caller, at, catch_up, &err)
-                    .await?
+                let fire = failed_fire(schedule, caller, at, catch_up, &err);
+                let (job, runs, _) = self
+                    .core
+                    .writer
+                    .store()
+                    .create_job_audited(fire.new, fire.runs, Some(fire.audit))
+                    .await?;
+                JobWithRuns { job, runs }
             }
         };
         report.jobs += 1;
@@ -934,50 +1122,31 @@ impl Schedules {
         Ok(Some(id))
     }
 
-    /// A fire that could not make its job: a failed job without runs whose note says why.
-    async fn failed_fire(
+    /// One fire's job, decided but not written (a batch's fire): the job, or when it cannot
+    /// be made for a reason that would not pass, a failed job that says why. `Err` only for a
+    /// passing failure (the fire is tried again once its claim lapses).
+    async fn prepare_fire(
         &self,
         schedule: &schedule::Model,
         caller: &Caller,
         at: DateTime<Utc>,
         catch_up: bool,
-        why: &DomainError,
-    ) -> Result<JobWithRuns, DomainError> {
-        tracing::warn!(schedule_id = %schedule.id, error = %why, "a schedule's fire could not make its job");
-        let audit = record_of(
-            caller,
-            AuditEvent::new(AuditAction::JobTrigger, AuditTarget::Job, "").with(json!({
-                "command": schedule.command,
-                "target": schedule.target,
-                "runs": 0,
-                "refused": why.to_string(),
-            })),
-        );
-        let new = NewJob {
-            tenant_id: schedule.tenant_id.clone(),
-            command: schedule.command.clone(),
-            data: schedule.data.clone(),
-            sealed_params: None,
-            target: schedule.target.clone(),
-            timeout_s: schedule.timeout_s.map_or(0, |v| v as u32),
-            ttl_s: schedule.ttl_s.map_or(0, |v| v as u32),
-            idempotency_key: None,
-            request_fingerprint: None,
-            webhook_url: schedule.webhook_url.clone(),
-            fire: Some(Fire {
-                schedule_id: schedule.id.clone(),
-                scheduled_for: Some(at),
-                catch_up,
-            }),
-            note: Some(format!("no run: the fire could not make its job: {why}")),
+        lookups: &mut Lookups,
+    ) -> Result<FireJob, DomainError> {
+        let made = match self.job_request(schedule, Some(at), catch_up) {
+            Ok(request) => self.jobs.prepare(caller, request, lookups).await,
+            Err(err) => Err(err),
         };
-        let (job, runs, _) = self
-            .core
-            .writer
-            .store()
-            .create_job_audited(new, Vec::new(), Some(audit))
-            .await?;
-        Ok(JobWithRuns { job, runs })
+        match made {
+            Ok(prepared) => Ok(FireJob {
+                job_id: crate::store::new_id(),
+                new: prepared.new,
+                runs: prepared.runs,
+                audit: prepared.audit,
+            }),
+            Err(err @ (DomainError::Unavailable(_) | DomainError::Internal(_))) => Err(err),
+            Err(err) => Ok(failed_fire(schedule, caller, at, catch_up, &err)),
+        }
     }
 
     /// Fires schedules until shutdown: wakes at the earliest `next_fire_at` (at least every
@@ -1007,6 +1176,93 @@ impl Schedules {
                 () = tokio::time::sleep(sleep.max(Duration::from_millis(5))) => {}
             }
         }
+    }
+}
+
+/// What a claimed schedule's pass is to do (see [`Schedules::plan`]).
+struct Plan {
+    /// The fires that make a job: instant, and whether it is the catch-up of missed fires.
+    fires: Vec<(DateTime<Utc>, bool)>,
+    /// Fires missed, when some were.
+    missed: Option<Missed>,
+    /// The next fire after this pass.
+    next: Option<DateTime<Utc>>,
+}
+
+/// Fires a schedule missed, and what its `schedule.missed` event says.
+struct Missed {
+    count: usize,
+    policy: MissedPolicy,
+    /// A catch-up job runs for them (`run_once`): the plan's first fire.
+    catch_up: bool,
+    /// The first missed instant.
+    due: DateTime<Utc>,
+    summary: String,
+    detail: Value,
+}
+
+/// The `schedule.missed` event of fires missed from `due` (once per schedule and instant,
+/// whichever node records it).
+fn missed_event(
+    schedule: &schedule::Model,
+    summary: String,
+    detail: Value,
+    due: DateTime<Utc>,
+) -> NewEvent<'_> {
+    NewEvent {
+        tenant_id: &schedule.tenant_id,
+        kind: EVENT_MISSED,
+        subject: ("schedule", &schedule.id, &schedule.name),
+        summary,
+        detail,
+        dedup_key: Some(format!(
+            "{EVENT_MISSED}:{}:{}",
+            schedule.id,
+            due.to_rfc3339()
+        )),
+    }
+}
+
+/// A fire that could not make its job: a failed job without runs whose note says why.
+fn failed_fire(
+    schedule: &schedule::Model,
+    caller: &Caller,
+    at: DateTime<Utc>,
+    catch_up: bool,
+    why: &DomainError,
+) -> FireJob {
+    tracing::warn!(schedule_id = %schedule.id, error = %why, "a schedule's fire could not make its job");
+    let audit = record_of(
+        caller,
+        AuditEvent::new(AuditAction::JobTrigger, AuditTarget::Job, "").with(json!({
+            "command": schedule.command,
+            "target": schedule.target,
+            "runs": 0,
+            "refused": why.to_string(),
+        })),
+    );
+    FireJob {
+        job_id: crate::store::new_id(),
+        new: NewJob {
+            tenant_id: schedule.tenant_id.clone(),
+            command: schedule.command.clone(),
+            data: schedule.data.clone(),
+            sealed_params: None,
+            target: schedule.target.clone(),
+            timeout_s: schedule.timeout_s.map_or(0, |v| v as u32),
+            ttl_s: schedule.ttl_s.map_or(0, |v| v as u32),
+            idempotency_key: None,
+            request_fingerprint: None,
+            webhook_url: schedule.webhook_url.clone(),
+            fire: Some(Fire {
+                schedule_id: schedule.id.clone(),
+                scheduled_for: Some(at),
+                catch_up,
+            }),
+            note: Some(format!("no run: the fire could not make its job: {why}")),
+        },
+        runs: Vec::new(),
+        audit,
     }
 }
 

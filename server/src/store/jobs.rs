@@ -189,51 +189,11 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         }
         let now = now();
         let job_id = new_id();
-        let script = (new.command == outpost_protocol::commands::RUN)
-            .then(|| {
-                new.data
-                    .get("script")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .flatten();
+        let script = job_script(&new);
         let txn = super::begin_write(&self.db).await?;
-        let inserted = job::ActiveModel {
-            id: Set(job_id.clone()),
-            tenant_id: Set(new.tenant_id.clone()),
-            command: Set(new.command.clone()),
-            script: Set(script),
-            data: Set(new.data.clone()),
-            target: Set(new.target.clone()),
-            timeout_s: Set(new.timeout_s as i32),
-            ttl_s: Set(new.ttl_s as i32),
-            // A job without a run (a schedule's target that matched nothing) is over at
-            // once, and failed: nothing it was meant to do was done.
-            status: Set(if runs.is_empty() {
-                job_status::FAILED.into()
-            } else {
-                job_status::RUNNING.into()
-            }),
-            created_at: Set(now),
-            finished_at: Set(runs.is_empty().then_some(now)),
-            idempotency_key: Set(new.idempotency_key.clone()),
-            webhook_url: Set(new.webhook_url.clone()),
-            // A job without runs is finished as inserted: its webhook is due at once.
-            webhook_status: Set((runs.is_empty() && new.webhook_url.is_some())
-                .then(|| webhook_status::PENDING.into())),
-            request_fingerprint: Set(new
-                .idempotency_key
-                .as_ref()
-                .and(new.request_fingerprint.clone())),
-            webhook_claimed_by: Set(None),
-            webhook_claimed_until: Set(None),
-            schedule_id: Set(new.fire.as_ref().map(|f| f.schedule_id.clone())),
-            scheduled_for: Set(new.fire.as_ref().and_then(|f| f.scheduled_for)),
-            catch_up: Set(new.fire.as_ref().and_then(|f| f.catch_up.then_some(true))),
-            note: Set(new.note.clone()),
-        }
-        .insert(&txn)
-        .await;
+        let inserted = job_row(&new, &job_id, script, now, !runs.is_empty())
+            .insert(&txn)
+            .await;
         let job = match inserted {
             Ok(job) => job,
             // Two requests with one idempotency key, or two nodes with one schedule's fire,
@@ -253,43 +213,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             }
             Err(err) => return Err(err.into()),
         };
-        let mut models = Vec::with_capacity(runs.len());
-        for run in runs {
-            let (state, finished_at, success, code, message) = match run.refused {
-                Some((code, message)) => (
-                    state::FAILED,
-                    Some(now),
-                    Some(false),
-                    Some(code),
-                    Some(message),
-                ),
-                None => (state::PENDING, None, None, None, None),
-            };
-            models.push(command::Model {
-                id: new_id(),
-                tenant_id: new.tenant_id.clone(),
-                agent_id: run.agent_id,
-                command: new.command.clone(),
-                data: new.data.clone(),
-                timeout_s: new.timeout_s as i32,
-                state: state.into(),
-                created_at: now,
-                expires_at: now + chrono::Duration::seconds(i64::from(new.ttl_s)),
-                delivered_at: None,
-                finished_at,
-                success,
-                result: None,
-                error_code: code,
-                error_message: message,
-                job_id: Some(job_id.clone()),
-                started_at: None,
-                exit_code: None,
-                stdout_bytes: 0,
-                stderr_bytes: 0,
-                output_truncated: false,
-                sealed_params: new.sealed_params.clone(),
-            });
-        }
+        let models = run_rows(&new, &job_id, runs, now);
         let txn = Store { db: txn };
         txn.insert_runs(&models).await?;
         if let Some(mut audit) = audit {
@@ -411,6 +335,15 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(job::Column::TenantId.eq(tenant_id))
             .filter(job::Column::IdempotencyKey.eq(key))
             .one(&self.db)
+            .await?)
+    }
+
+    /// Jobs of a tenant by id (those that exist).
+    pub async fn jobs_by_ids(&self, tenant_id: &str, ids: &[String]) -> Result<Vec<job::Model>> {
+        Ok(job::Entity::find()
+            .filter(job::Column::TenantId.eq(tenant_id))
+            .filter(job::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.db)
             .await?)
     }
 
@@ -912,6 +845,108 @@ impl Store<sea_orm::DatabaseTransaction> {
             job_id: run.job_id,
         })
     }
+}
+
+/// A new job's row. A job without a run (a schedule's target that matched nothing) is over
+/// at once, and failed: nothing it was meant to do was done; its webhook is due at once.
+pub(super) fn job_row(
+    new: &NewJob,
+    job_id: &str,
+    script: Option<String>,
+    now: DateTime<Utc>,
+    has_runs: bool,
+) -> job::ActiveModel {
+    job::ActiveModel {
+        id: Set(job_id.to_owned()),
+        tenant_id: Set(new.tenant_id.clone()),
+        command: Set(new.command.clone()),
+        script: Set(script),
+        data: Set(new.data.clone()),
+        target: Set(new.target.clone()),
+        timeout_s: Set(new.timeout_s as i32),
+        ttl_s: Set(new.ttl_s as i32),
+        status: Set(if has_runs {
+            job_status::RUNNING.into()
+        } else {
+            job_status::FAILED.into()
+        }),
+        created_at: Set(now),
+        finished_at: Set((!has_runs).then_some(now)),
+        idempotency_key: Set(new.idempotency_key.clone()),
+        webhook_url: Set(new.webhook_url.clone()),
+        webhook_status: Set(
+            (!has_runs && new.webhook_url.is_some()).then(|| webhook_status::PENDING.into())
+        ),
+        request_fingerprint: Set(new
+            .idempotency_key
+            .as_ref()
+            .and(new.request_fingerprint.clone())),
+        webhook_claimed_by: Set(None),
+        webhook_claimed_until: Set(None),
+        schedule_id: Set(new.fire.as_ref().map(|f| f.schedule_id.clone())),
+        scheduled_for: Set(new.fire.as_ref().and_then(|f| f.scheduled_for)),
+        catch_up: Set(new.fire.as_ref().and_then(|f| f.catch_up.then_some(true))),
+        note: Set(new.note.clone()),
+    }
+}
+
+/// A new job's runs: pending, or failed at once with the reason they were refused.
+pub(super) fn run_rows(
+    new: &NewJob,
+    job_id: &str,
+    runs: Vec<NewRun>,
+    now: DateTime<Utc>,
+) -> Vec<command::Model> {
+    runs.into_iter()
+        .map(|run| {
+            let (state, finished_at, success, code, message) = match run.refused {
+                Some((code, message)) => (
+                    state::FAILED,
+                    Some(now),
+                    Some(false),
+                    Some(code),
+                    Some(message),
+                ),
+                None => (state::PENDING, None, None, None, None),
+            };
+            command::Model {
+                id: new_id(),
+                tenant_id: new.tenant_id.clone(),
+                agent_id: run.agent_id,
+                command: new.command.clone(),
+                data: new.data.clone(),
+                timeout_s: new.timeout_s as i32,
+                state: state.into(),
+                created_at: now,
+                expires_at: now + chrono::Duration::seconds(i64::from(new.ttl_s)),
+                delivered_at: None,
+                finished_at,
+                success,
+                result: None,
+                error_code: code,
+                error_message: message,
+                job_id: Some(job_id.to_owned()),
+                started_at: None,
+                exit_code: None,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                output_truncated: false,
+                sealed_params: new.sealed_params.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The script a `run` job runs (kept in its own column, for listing by script).
+pub(super) fn job_script(new: &NewJob) -> Option<String> {
+    (new.command == outpost_protocol::commands::RUN)
+        .then(|| {
+            new.data
+                .get("script")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .flatten()
 }
 
 #[cfg(test)]

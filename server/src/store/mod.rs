@@ -28,7 +28,8 @@ pub use audit::{AuditFilter, AuditRecord, ChainCheck};
 pub use jobs::{Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
 pub use schedules::{
-    EventFilter, NewEvent, NewSchedule, ScheduleFilter, SchedulePatch, ScheduleRefused,
+    Advance, EventFilter, FireJob, FiredJob, NewEvent, NewSchedule, ScheduleFilter, SchedulePatch,
+    ScheduleRefused,
 };
 pub use tenants::{Quotas, TenantPatch, TenantUsage, Usage, UserRefused};
 pub use users::{NewUser, Refreshed, UserChange, UserChanged};
