@@ -119,6 +119,13 @@ Examples:
         after_help = "Examples:\n  outpost events ls\n  outpost events ls --type schedule.missed --subject nightly-backup"
     )]
     Events(EventsCommand),
+    /// Integrations: where events are sent (webhook, Slack, Discord, Teams, PagerDuty,
+    /// Datadog, Splunk, email).
+    #[command(
+        subcommand,
+        after_help = "INTEGRATION is an integration's id or its name.\n\nExamples:\n  outpost integrations create ops-slack --kind slack --endpoint https://hooks.slack.com/services/T/B/X --event job.failed --event job.recovered\n  outpost integrations test ops-slack\n  outpost integrations deliveries ops-slack\n  outpost integrations rm ops-slack"
+    )]
+    Integrations(IntegrationsCommand),
     /// The tenant's users: list, invite, change role, disable, remove.
     #[command(
         subcommand,
@@ -1094,4 +1101,113 @@ mod tests {
         walk(&Cli::command(), &mut bad);
         assert!(bad.is_empty(), "use BoolishValueParser for: {bad:?}");
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationsCommand {
+    /// List the tenant's integrations.
+    Ls,
+    /// Show one integration (secret fields are shown as `…`).
+    Show {
+        /// Its id or name.
+        integration: String,
+    },
+    /// Make an integration.
+    #[command(after_help = "\
+Config by kind: webhook --endpoint URL [--secret whsec_…]; slack, discord, teams --endpoint;
+pagerduty --routing-key [--endpoint]; datadog --api-key (--site datadoghq.eu | --endpoint);
+splunk --endpoint --hec-token;
+email --to (repeatable). --config '{…}' gives the whole config as JSON instead.
+--event takes a type (job.failed, job.succeeded, job.recovered, agent.online, agent.offline,
+agent.updated, agent.update_rolled_back, schedule.missed, schedule.skipped), a kind (job, agent,
+schedule) or '*'.
+
+Examples:
+  outpost integrations create ops-slack --kind slack --endpoint https://hooks.slack.com/services/T/B/X --event job.failed --event job.recovered
+  outpost integrations create pd --kind pagerduty --routing-key R0123 --event job --notify-after 2 --tag db
+  outpost integrations create hook --kind webhook --endpoint https://example.com/outpost --event '*'")]
+    Create(Box<IntegrationCreateArgs>),
+    /// Pause an integration (events recorded meanwhile are not sent to it later).
+    Disable {
+        /// Its id or name.
+        integration: String,
+    },
+    /// Resume a paused integration.
+    Enable {
+        /// Its id or name.
+        integration: String,
+    },
+    /// Send a test event now and print the provider's answer; exit status 1 when it refused.
+    Test {
+        /// Its id or name.
+        integration: String,
+    },
+    /// The delivery log: every event sent (or to send) and every attempt.
+    Deliveries {
+        /// Its id or name.
+        integration: String,
+        /// Deliveries per page, 1–200.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Start after this cursor (printed by the previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Delete an integration and its delivery log.
+    Rm {
+        /// Its id or name.
+        integration: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IntegrationCreateArgs {
+    /// Unique in the tenant.
+    pub name: String,
+    /// webhook, slack, discord, teams, pagerduty, datadog, splunk or email.
+    #[arg(long)]
+    pub kind: String,
+    /// The provider's URL (webhook, slack, discord, teams, splunk; pagerduty and datadog: to
+    /// override the default endpoint). Not `--url`: that is the Outpost server's.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// A webhook's signing secret (whsec_…; made for you when left out).
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// PagerDuty's integration (routing) key.
+    #[arg(long)]
+    pub routing_key: Option<String>,
+    /// Datadog's API key.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Datadog's site (datadoghq.com, datadoghq.eu, …).
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Splunk's HEC token (not `--token`: that is your Outpost token).
+    #[arg(long, value_name = "TOKEN")]
+    pub hec_token: Option<String>,
+    /// Email recipients (repeatable).
+    #[arg(long)]
+    pub to: Vec<String>,
+    /// The whole config as JSON (instead of the flags above).
+    #[arg(long, value_name = "JSON")]
+    pub config: Option<String>,
+    /// Event types or kinds to send (repeatable; at least one).
+    #[arg(long = "event", required = true)]
+    pub events: Vec<String>,
+    /// Only events whose job targets (or agent has) all these tags (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only events of this script.
+    #[arg(long)]
+    pub script: Option<String>,
+    /// Only events of this schedule (its id).
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Send a failure only from the N-th in a row of the same subject.
+    #[arg(long)]
+    pub notify_after: Option<i32>,
+    /// Make it paused.
+    #[arg(long)]
+    pub disabled: bool,
 }

@@ -14,6 +14,7 @@ mod complete;
 mod config;
 mod error;
 mod follow;
+mod integrations;
 mod jobs;
 mod keys;
 mod output;
@@ -119,6 +120,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Events(cmd) => {
             let client = client::Client::from_config(&global)?;
             schedules::events(&client, &global, cmd).await
+        }
+        Command::Integrations(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            integrations::run(&client, &global, cmd).await
         }
         Command::Audit(cmd) => {
             let client = client::Client::from_config(&global)?;

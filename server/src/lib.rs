@@ -33,6 +33,7 @@ pub mod jwt;
 pub mod listen;
 pub mod metrics;
 pub mod passwords;
+pub mod providers;
 pub mod release;
 pub mod seal;
 pub mod secrets;
@@ -165,8 +166,13 @@ pub async fn run(
         trusted_proxies = ?config.trusted_proxies,
         "rate limits (a minute, per caller on /api; 0 = off)"
     );
-    let mut services =
-        service::Services::new(core, releases, delivery, limits).with_signup(config.allow_signup);
+    let outbox = service::integrations::Outbox::new(
+        config.webhook_allow_private,
+        config.public_url.clone(),
+        host_name(),
+    );
+    let mut services = service::Services::new(core, releases, delivery, outbox, limits)
+        .with_signup(config.allow_signup);
     services.schedules = services
         .schedules
         .with_grace(Duration::from_secs(config.schedule_grace_s))
@@ -182,6 +188,7 @@ pub async fn run(
     };
     tokio::spawn(services.webhooks.clone().run());
     tokio::spawn(services.schedules.clone().run());
+    tokio::spawn(services.integrations.clone().run());
     tokio::spawn(metrics::upkeep(stop.clone()));
     listen::describe_metrics();
     let limits = listen::Limits::from_config(&config);

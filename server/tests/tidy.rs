@@ -57,6 +57,7 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "access",
             "cron",
+            "providers",
             "bus",
             "finish",
             "frames",
@@ -80,6 +81,8 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     // Fire times: a leaf.
     ("cron", &[]),
+    // Integrations' payloads and the meaning of providers' answers: a leaf.
+    ("providers", &[]),
     ("finish", &["bus", "metrics", "store", "domain"]),
     ("bus", &["domain", "store"]),
     ("frames", &["domain", "seal", "secrets", "store"]),

@@ -14,6 +14,7 @@ mod commands;
 mod deploy;
 pub mod doc;
 mod health;
+mod integrations;
 mod jobs;
 mod keys;
 pub mod metrics;
@@ -63,6 +64,8 @@ use doc::Contract;
         tenants::register, tenants::list, tenants::show, tenants::update,
         schedules::create, schedules::list, schedules::preview, schedules::show,
         schedules::update, schedules::delete, schedules::run, schedules::events,
+        integrations::create, integrations::list, integrations::show, integrations::update,
+        integrations::delete, integrations::test, integrations::deliveries,
     ),
     components(
         schemas(
@@ -99,6 +102,7 @@ use doc::Contract;
         (name = "tenants", description = "Tenants, their plan quotas and usage"),
         (name = "schedules", description = "Commands run at the times a cron pattern names, in a time zone"),
         (name = "events", description = "What happened that people should hear of"),
+        (name = "integrations", description = "Where events are sent: webhooks, Slack, Teams, PagerDuty and others"),
     )
 )]
 pub struct ApiDoc;
@@ -224,6 +228,21 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/api/schedules/{id}/run", post(schedules::run))
         .route("/api/events", get(schedules::events))
+        .route(
+            "/api/integrations",
+            post(integrations::create).get(integrations::list),
+        )
+        .route(
+            "/api/integrations/{id}",
+            get(integrations::show)
+                .patch(integrations::update)
+                .delete(integrations::delete),
+        )
+        .route("/api/integrations/{id}/test", post(integrations::test))
+        .route(
+            "/api/integrations/{id}/deliveries",
+            get(integrations::deliveries),
+        )
         // After every route: applies to each of them, and to nothing else (not the fallback).
         .route_layer(axum::middleware::from_fn_with_state(
             state,

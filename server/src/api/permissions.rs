@@ -166,6 +166,25 @@ pub const ROUTES: &[Rule] = &[
     caller("POST", "/api/schedules/{id}/run", JobsRun, Member),
     // Events: what happened to jobs and schedules, for everyone who reads jobs.
     caller("GET", "/api/events", JobsRead, Member),
+    // Integrations: their configs reach other systems and their logs hold providers'
+    // answers; owners and admins (SPEC §9's table).
+    caller("GET", "/api/integrations", IntegrationsWrite, Admin),
+    caller("POST", "/api/integrations", IntegrationsWrite, Admin),
+    caller("GET", "/api/integrations/{id}", IntegrationsWrite, Admin),
+    caller("PATCH", "/api/integrations/{id}", IntegrationsWrite, Admin),
+    caller("DELETE", "/api/integrations/{id}", IntegrationsWrite, Admin),
+    caller(
+        "POST",
+        "/api/integrations/{id}/test",
+        IntegrationsWrite,
+        Admin,
+    ),
+    caller(
+        "GET",
+        "/api/integrations/{id}/deliveries",
+        IntegrationsWrite,
+        Admin,
+    ),
     // API keys: everyone their own (owners everyone's, decided in the service).
     caller("POST", "/api/keys", KeysWrite, Member),
     caller("GET", "/api/keys", KeysWrite, Member),

@@ -515,6 +515,12 @@ text_enum! {
         ScheduleDelete = "schedule.delete",
         /// A schedule was run now, outside its times (`POST /api/schedules/{id}/run`).
         ScheduleRun = "schedule.run",
+        /// An integration was created.
+        IntegrationCreate = "integration.create",
+        /// An integration was changed.
+        IntegrationUpdate = "integration.update",
+        /// An integration was deleted.
+        IntegrationDelete = "integration.delete",
     }
 }
 
@@ -539,6 +545,8 @@ text_enum! {
         User = "user",
         /// A schedule.
         Schedule = "schedule",
+        /// An integration.
+        Integration = "integration",
     }
 }
 

@@ -17,6 +17,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod commands;
 pub mod housekeeping;
+pub mod integrations;
 pub mod jobs;
 pub mod keys;
 pub mod limits;
@@ -146,6 +147,8 @@ pub struct Services {
     pub releases: releases::Releases,
     /// Schedules, their loop, and the events they emit.
     pub schedules: schedules::Schedules,
+    /// Integrations and the worker sending events to them.
+    pub integrations: integrations::Integrations,
     /// Job webhooks: signing secrets and delivery.
     pub webhooks: webhooks::Webhooks,
     /// Liveness and readiness.
@@ -168,6 +171,7 @@ impl Services {
         core: Core,
         releases: releases::Files,
         webhooks: webhooks::Delivery,
+        outbox: integrations::Outbox,
         limits: limits::Limits,
     ) -> Self {
         let core = Arc::new(core);
@@ -189,6 +193,7 @@ impl Services {
             keys: keys::Keys::new(core.clone()),
             releases: releases::Releases::new(core.clone(), releases),
             webhooks: webhooks::Webhooks::new(core.clone(), Arc::new(webhooks)),
+            integrations: integrations::Integrations::new(core.clone(), Arc::new(outbox)),
             health: housekeeping::Health::new(core),
             limits,
         }

@@ -46,7 +46,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 /// The longest the loop sleeps: how soon a change made on another node is seen.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Schedules claimed at once.
-const CLAIM_BATCH: u64 = 256;
+const CLAIM_BATCH: u64 = 1000;
 /// Missed fires counted at most (a year of `@every 10s` is 3 million).
 const MAX_COUNTED: usize = 100_000;
 /// A schedule's `data` is copied into every run of every fire: kept small.
@@ -1004,7 +1004,7 @@ impl Schedules {
             }
             tracing::warn!(schedule_id = %schedule.id, missed = missed.count, policy = %missed.policy, "schedule fires missed");
             core.store
-                .insert_event(missed_event(&schedule, missed.summary, detail, missed.due))
+                .record_event(missed_event(&schedule, missed.summary, detail, missed.due))
                 .await?;
         }
         for (at, catch_up) in fires {
@@ -1064,7 +1064,7 @@ impl Schedules {
                     report.skipped += 1;
                     self.core
                         .store
-                        .insert_event(NewEvent {
+                        .record_event(NewEvent {
                             tenant_id: &schedule.tenant_id,
                             kind: EVENT_SKIPPED,
                             subject: ("schedule", &schedule.id, &schedule.name),

@@ -290,8 +290,33 @@ async fn payload(state: &Webhooks, job: &job::Model) -> Result<(Vec<u8>, String)
     Ok((body, secret))
 }
 
+/// What can be told of a URL without resolving it: a host that is an address not on the
+/// public internet, or `localhost`, is refused unless `allow_private`. A name is resolved (and
+/// checked) only when something is sent: a name that does not resolve yet is not an error
+/// when an integration is saved, and its address may change before it is used.
+pub(super) fn literal_host_refusal(url: &str, allow_private: bool) -> Option<String> {
+    if allow_private {
+        return None;
+    }
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let private = match parsed.host()? {
+        url::Host::Ipv4(v4) => !is_public(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => !is_public(IpAddr::V6(v6)),
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    };
+    private.then(|| {
+        format!(
+            "refusing {}: a loopback, private or otherwise non-public address (set --webhook-allow-private to allow)",
+            parsed.host_str().unwrap_or_default()
+        )
+    })
+}
+
 /// A client that connects only to the address checked here.
-async fn client_for(url: &str, allow_private: bool) -> Result<reqwest::Client, String> {
+pub(super) async fn client_for(url: &str, allow_private: bool) -> Result<reqwest::Client, String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad webhook URL: {e}"))?;
     let host = parsed
         .host_str()

@@ -603,3 +603,98 @@ pub mod event {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Integrations (SPEC §11): where a tenant's events are sent.
+pub mod integration {
+    use sea_orm::entity::prelude::*;
+
+    /// An integration row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "integrations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub name: String,
+        /// `webhook`, `slack`, …
+        pub kind: String,
+        /// As shown: secret fields masked.
+        pub config: Json,
+        /// The secret fields, sealed.
+        pub sealed_config: Option<String>,
+        /// Event types (or kinds) it is sent.
+        pub events: Json,
+        /// Narrows by agent tags, script, schedule.
+        pub filter: Option<Json>,
+        pub enabled: bool,
+        /// A failure is sent only from this many in a row.
+        pub notify_after: i32,
+        pub created_by: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One event to send to one integration (the outbox).
+pub mod delivery {
+    use sea_orm::entity::prelude::*;
+
+    /// A delivery row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "deliveries")]
+    pub struct Model {
+        /// Also the Standard Webhooks `webhook-id`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub integration_id: String,
+        pub event_id: String,
+        /// `pending`, `delivered`, `failed`.
+        pub status: String,
+        pub attempts: i32,
+        pub next_attempt_at: DateTimeUtc,
+        pub claimed_by: Option<String>,
+        pub claimed_until: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub finished_at: Option<DateTimeUtc>,
+        pub last_status: Option<i32>,
+        pub last_error: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Every attempt at a delivery.
+pub mod delivery_attempt {
+    use sea_orm::entity::prelude::*;
+
+    /// An attempt row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "delivery_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub delivery_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub attempt: i32,
+        pub tenant_id: String,
+        pub at: DateTimeUtc,
+        pub status_code: Option<i32>,
+        pub duration_ms: i64,
+        /// The provider's answer, truncated.
+        pub response: Option<String>,
+        pub error: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -216,6 +216,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let models = run_rows(&new, &job_id, runs, now);
         let txn = Store { db: txn };
         txn.insert_runs(&models).await?;
+        if models.is_empty() {
+            txn.record_job_end(&job, Some(&[])).await?;
+        }
         if let Some(mut audit) = audit {
             audit.event.target_id = job_id.clone();
             txn.append_audit_now(&audit).await?;
@@ -462,7 +465,17 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             // Delivered by the webhook worker; pending survives a restart.
             model.webhook_status = Set(Some(webhook_status::PENDING.into()));
         }
-        Ok(Some(model.update(&self.db).await?))
+        // The job's end and its event commit together (a savepoint inside the caller's
+        // transaction): this is the one place where a job becomes final.
+        let txn = Store {
+            db: super::begin_write(&self.db).await?,
+        };
+        let job = model.update(&txn.db).await?;
+        if !open {
+            txn.record_job_end(&job, Some(&counts)).await?;
+        }
+        txn.db.commit().await?;
+        Ok(Some(job))
     }
 
     /// On PostgreSQL, locks the job's row until the transaction ends, before its runs are

@@ -390,6 +390,68 @@ CREATE TABLE events (
 CREATE INDEX events_tenant ON events (tenant_id, id);
 CREATE INDEX events_subject ON events (tenant_id, subject_id, id);
 "#,
+    // 17: integrations (SPEC §11) and their outbox. An integration's `config` is stored as
+    // shown (secret fields masked) and its secret fields sealed in `sealed_config`. A
+    // delivery is one event for one integration, inserted in the event's transaction (the
+    // outbox): the worker claims due deliveries (the claim rule, form 2), sends them, and
+    // records every attempt. Its id is the Standard Webhooks `webhook-id`: retries keep it.
+    // An integration's deliveries go out in order, one at a time (`deliveries_queue`).
+    // `event_streaks` counts a subject's failures in a row (`notify_after`, `recovered`).
+    r#"
+CREATE TABLE integrations (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    config {json} NOT NULL,
+    sealed_config TEXT,
+    events {json} NOT NULL,
+    filter {json},
+    enabled BOOLEAN NOT NULL,
+    notify_after INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    updated_at {ts} NOT NULL
+);
+CREATE UNIQUE INDEX integrations_name ON integrations (tenant_id, name);
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    integration_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at {ts} NOT NULL,
+    claimed_by TEXT,
+    claimed_until {ts},
+    created_at {ts} NOT NULL,
+    finished_at {ts},
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_queue ON deliveries (integration_id, id) WHERE status = 'pending';
+CREATE INDEX deliveries_integration ON deliveries (tenant_id, integration_id, id);
+CREATE TABLE delivery_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    tenant_id TEXT NOT NULL,
+    at {ts} NOT NULL,
+    status_code INTEGER,
+    duration_ms BIGINT NOT NULL,
+    response TEXT,
+    error TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+);
+CREATE TABLE event_streaks (
+    tenant_id TEXT NOT NULL,
+    subject_type TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    updated_at {ts} NOT NULL,
+    PRIMARY KEY (tenant_id, subject_type, subject_id)
+);
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on

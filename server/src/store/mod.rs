@@ -13,6 +13,7 @@ mod api_keys;
 pub mod audit;
 mod batch;
 pub mod entities;
+mod integrations;
 mod jobs;
 mod migrations;
 mod nodes;
@@ -25,6 +26,10 @@ pub mod writer;
 
 pub use api_keys::NewApiKey;
 pub use audit::{AuditFilter, AuditRecord, ChainCheck};
+pub use integrations::{
+    DeliveryAttempt, JOB_FAILED, JOB_RECOVERED, JOB_SUCCEEDED, NewIntegration, delivery_status,
+    wants,
+};
 pub use jobs::{Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
 pub use schedules::{
@@ -52,8 +57,9 @@ use serde_json::{Value, json};
 use crate::credentials::{self, KeyKind};
 use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
-    agent, agent_key, api_key, audit_entry, audit_head, claim, command, event, invite, job, node,
-    output_chunk, refresh_token, release, schedule, tenant, user, webhook_attempt,
+    agent, agent_key, api_key, audit_entry, audit_head, claim, command, delivery, delivery_attempt,
+    event, integration, invite, job, node, output_chunk, refresh_token, release, schedule, tenant,
+    user, webhook_attempt,
 };
 
 /// Errors from the store.
@@ -1409,6 +1415,120 @@ pub(crate) fn pending_command(tenant_id: &str, id: &str, agent_id: &str) -> comm
 pub fn now() -> DateTime<Utc> {
     use chrono::SubsecRound;
     Utc::now().trunc_subsecs(6)
+}
+
+/// What a queue's claim looks like (the claim rule's form 2, docs/ARCHITECTURE.md): the
+/// table, its holder and lease columns, which rows are due, and in what order they are taken.
+pub(crate) struct ClaimSpec<'a> {
+    /// The table.
+    pub table: &'a str,
+    /// The column naming the holder.
+    pub by: &'a str,
+    /// The column holding the lease's end.
+    pub until: &'a str,
+    /// SQL over the row: which rows are due; each `{at}` is the claim's instant.
+    pub due: &'a str,
+    /// A node may take again rows it holds (a worker that restarts its pass).
+    pub reclaim_own: bool,
+    /// `ORDER BY` of the rows taken.
+    pub order: &'a str,
+}
+
+impl<C: ConnectionTrait> Store<C> {
+    /// Claims up to `limit` due rows as `spec` says for `node_id` until `until`, in one
+    /// `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING id`: nodes asking at
+    /// once take different rows, and rows of a node that died return once its lease ends.
+    pub(crate) async fn claim_ids(
+        &self,
+        spec: &ClaimSpec<'_>,
+        node_id: &str,
+        until: DateTime<Utc>,
+        at: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let backend = self.db.get_database_backend();
+        let postgres = backend == DbBackend::Postgres;
+        let mut values: Vec<sea_orm::Value> = Vec::new();
+        let mut mark = |value: sea_orm::Value| {
+            values.push(value);
+            if postgres {
+                format!("${}", values.len())
+            } else {
+                "?".to_owned()
+            }
+        };
+        let by = mark(node_id.into());
+        let lease = mark(until.into());
+        let mut due = String::new();
+        for (i, part) in spec.due.split("{at}").enumerate() {
+            if i > 0 {
+                due.push_str(&mark(at.into()));
+            }
+            due.push_str(part);
+        }
+        let lapsed = mark(at.into());
+        let own = if spec.reclaim_own {
+            format!(" OR {} = {}", spec.by, mark(node_id.into()))
+        } else {
+            String::new()
+        };
+        let limit = mark((limit as i64).into());
+        let lock = if postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let (table, by_col, until_col, order) = (spec.table, spec.by, spec.until, spec.order);
+        let text = format!(
+            "UPDATE {table} SET {by_col} = {by}, {until_col} = {lease} \
+             WHERE id IN (SELECT id FROM {table} WHERE ({due}) \
+             AND ({until_col} IS NULL OR {until_col} < {lapsed}{own}) \
+             ORDER BY {order} LIMIT {limit}{lock}) RETURNING id"
+        );
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(backend, text, values))
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.try_get_by_index::<String>(0).ok())
+            .collect())
+    }
+}
+
+/// A job's target as a short stable text, for the subject of its events: `all`,
+/// `tags:db+eu`, `agents:a,b`, or for a long list of agents `agents:<hash>` (the same list
+/// always gives the same text).
+pub fn canonical_target(target: &Value) -> String {
+    if target.get("all").and_then(Value::as_bool) == Some(true) {
+        return "all".into();
+    }
+    let mut parts = Vec::new();
+    let mut tags = string_list(target.get("tags").unwrap_or(&Value::Null));
+    if !tags.is_empty() {
+        tags.sort();
+        parts.push(format!("tags:{}", tags.join("+")));
+    }
+    let mut agents = string_list(target.get("agents").unwrap_or(&Value::Null));
+    if !agents.is_empty() {
+        agents.sort();
+        let list = agents.join(",");
+        if agents.len() <= 3 && list.len() <= 120 {
+            parts.push(format!("agents:{list}"));
+        } else {
+            let digest = ring::digest::digest(&ring::digest::SHA256, list.as_bytes());
+            let hex: String = digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            parts.push(format!("agents:{}x{hex}", agents.len()));
+        }
+    }
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(";")
+    }
 }
 
 /// A new time-ordered id.

@@ -208,47 +208,22 @@ impl Store {
         until: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<job::Model>> {
-        let backend = self.db.get_database_backend();
-        let (sql, lock) = match backend {
-            DbBackend::Postgres => ("$", " FOR UPDATE SKIP LOCKED"),
-            _ => ("?", ""),
-        };
-        let p = |n: usize| {
-            if sql == "$" {
-                format!("${n}")
-            } else {
-                "?".to_owned()
-            }
-        };
-        let text = format!(
-            "UPDATE jobs SET webhook_claimed_by = {}, webhook_claimed_until = {} \
-             WHERE id IN (SELECT id FROM jobs WHERE webhook_status = 'pending' \
-             AND (webhook_claimed_until IS NULL OR webhook_claimed_until < {} \
-             OR webhook_claimed_by = {}) ORDER BY id LIMIT {}{lock}) RETURNING id",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5),
-        );
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                text,
-                [
-                    node_id.into(),
-                    until.into(),
-                    now().into(),
-                    node_id.into(),
-                    (limit as i64).into(),
-                ],
-            ))
+        let ids = self
+            .claim_ids(
+                &super::ClaimSpec {
+                    table: "jobs",
+                    by: "webhook_claimed_by",
+                    until: "webhook_claimed_until",
+                    due: "webhook_status = 'pending'",
+                    reclaim_own: true,
+                    order: "id",
+                },
+                node_id,
+                until,
+                now(),
+                limit,
+            )
             .await?;
-        let ids: Vec<String> = rows
-            .iter()
-            .filter_map(|row| row.try_get_by_index::<String>(0).ok())
-            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }

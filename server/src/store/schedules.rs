@@ -14,15 +14,15 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, Statement,
-    TransactionSession, TransactionTrait, TryInsertResult, TryIntoModel,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionSession, TransactionTrait,
+    TryInsertResult,
 };
 use serde_json::Value;
 
 use super::{
-    AuditRecord, NewJob, NewRun, Result, Store, StoreError, begin_write, command, event, job,
-    new_id, now, schedule,
+    AuditRecord, ClaimSpec, NewJob, NewRun, Result, Store, StoreError, begin_write, command, event,
+    job, new_id, now, schedule,
 };
 
 /// A schedule to create (validated by the service).
@@ -123,6 +123,9 @@ pub struct FiredJob {
     /// False when the job existed already (made by an earlier attempt at the fire).
     pub created: bool,
 }
+
+/// Jobs inserted per statement (about 20 values each).
+const JOBS_PER_INSERT: usize = 1000;
 
 /// An event to record.
 #[derive(Debug, Clone)]
@@ -357,49 +360,22 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         at: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<schedule::Model>> {
-        let backend = self.db.get_database_backend();
-        let postgres = backend == DbBackend::Postgres;
-        let p = |n: usize| {
-            if postgres {
-                format!("${n}")
-            } else {
-                "?".into()
-            }
-        };
-        let lock = if postgres {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let text = format!(
-            "UPDATE schedules SET claimed_by = {}, claimed_until = {} \
-             WHERE id IN (SELECT id FROM schedules WHERE enabled AND next_fire_at <= {} \
-             AND (claimed_until IS NULL OR claimed_until < {}) \
-             ORDER BY next_fire_at LIMIT {}{lock}) RETURNING id",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5),
-        );
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                text,
-                [
-                    node_id.into(),
-                    (at + CLAIM).into(),
-                    at.into(),
-                    at.into(),
-                    (limit as i64).into(),
-                ],
-            ))
+        let ids = self
+            .claim_ids(
+                &ClaimSpec {
+                    table: "schedules",
+                    by: "claimed_by",
+                    until: "claimed_until",
+                    due: "enabled AND next_fire_at <= {at}",
+                    reclaim_own: false,
+                    order: "next_fire_at",
+                },
+                node_id,
+                at + CLAIM,
+                at,
+                limit,
+            )
             .await?;
-        let ids: Vec<String> = rows
-            .iter()
-            .filter_map(|row| row.try_get_by_index::<String>(0).ok())
-            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -469,7 +445,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// Records an event; `None` when an event with the same `dedup_key` is stored already.
-    pub async fn insert_event(&self, new: NewEvent<'_>) -> Result<Option<event::Model>> {
+    pub(super) async fn insert_event(&self, new: NewEvent<'_>) -> Result<Option<event::Model>> {
         let NewEvent {
             tenant_id,
             kind,
@@ -519,7 +495,41 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let txn = Store {
             db: begin_write(&self.db).await?,
         };
+        // The jobs in a few statements; a fire whose job exists already (a lapsed claim
+        // repeated) is left out by `DO NOTHING` and found below.
+        let rows: Vec<job::ActiveModel> = fires
+            .iter()
+            .map(|fire| {
+                super::jobs::job_row(
+                    &fire.new,
+                    &fire.job_id,
+                    super::jobs::job_script(&fire.new),
+                    now,
+                    !fire.runs.is_empty(),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = fires.iter().map(|f| f.job_id.clone()).collect();
+        let mut pending = rows.into_iter().peekable();
+        while pending.peek().is_some() {
+            let chunk: Vec<_> = pending.by_ref().take(JOBS_PER_INSERT).collect();
+            job::Entity::insert_many(chunk)
+                .on_conflict_do_nothing_on([job::Column::ScheduleId, job::Column::ScheduledFor])
+                .exec_without_returning(&txn.db)
+                .await?;
+        }
+        let mut inserted: std::collections::HashMap<String, job::Model> = Default::default();
+        for chunk in ids.chunks(JOBS_PER_INSERT) {
+            for job in job::Entity::find()
+                .filter(job::Column::Id.is_in(chunk.iter().cloned()))
+                .all(&txn.db)
+                .await?
+            {
+                inserted.insert(job.id.clone(), job);
+            }
+        }
         let mut made = Vec::with_capacity(fires.len());
+        let mut audits = Vec::with_capacity(fires.len());
         for FireJob {
             job_id,
             new,
@@ -527,18 +537,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             audit,
         } in fires
         {
-            let row = super::jobs::job_row(
-                &new,
-                &job_id,
-                super::jobs::job_script(&new),
-                now,
-                !runs.is_empty(),
-            );
-            let inserted = job::Entity::insert(row.clone())
-                .on_conflict_do_nothing_on([job::Column::ScheduleId, job::Column::ScheduledFor])
-                .exec_without_returning(&txn.db)
-                .await?;
-            if !matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
+            let Some(job) = inserted.remove(&job_id) else {
                 let fire = new.fire.as_ref().ok_or_else(|| {
                     StoreError::Config("a batch of fires holds a job without its fire".into())
                 })?;
@@ -558,21 +557,25 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     created: false,
                 });
                 continue;
-            }
+            };
             let models = super::jobs::run_rows(&new, &job_id, runs, now);
             txn.insert_runs(&models).await?;
             let mut audit = audit;
             audit.event.target_id = job_id.clone();
-            txn.append_audit_now(&audit).await?;
+            audits.push(audit);
             crate::metrics::commands_created(&new.command, models.len());
+            if models.is_empty() {
+                txn.record_job_end(&job, Some(&[])).await?;
+            }
             made.push(FiredJob {
-                job: row.try_into_model()?,
+                job,
                 runs: models,
                 created: true,
             });
         }
+        txn.append_audits_now(&audits).await?;
         for event in events {
-            txn.insert_event(event).await?;
+            txn.record_event(event).await?;
         }
         let mut lost = 0;
         for advance in advances {

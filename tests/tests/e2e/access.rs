@@ -72,6 +72,7 @@ struct Fixtures {
     member_key: String,
     tenant: String,
     schedule: String,
+    integration: String,
 }
 
 async fn invite(owner: &Api, email: &str, role: &str) -> Value {
@@ -141,6 +142,11 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         .await;
     assert_eq!(status, StatusCode::CREATED, "{schedule}");
     let schedule = schedule["id"].as_str().expect("id").to_owned();
+    let (status, integration) = root
+        .post("/api/integrations", integration_body("fixture"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{integration}");
+    let integration = integration["id"].as_str().expect("id").to_owned();
     let fixtures = Fixtures {
         agent_key,
         agent_key_secret,
@@ -152,6 +158,7 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         member_key,
         tenant,
         schedule,
+        integration,
     };
 
     let base = Scopes::ALL;
@@ -386,6 +393,20 @@ async fn fill(
     } else if path.starts_with("/api/jobs/") {
         ids.insert("id", f.job.clone());
         ids.insert("run_id", f.run.clone());
+    } else if path.starts_with("/api/integrations/") {
+        let id = if fresh && changes {
+            let (status, made) = root
+                .post(
+                    "/api/integrations",
+                    integration_body(&format!("fixture-{serial}")),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{made}");
+            made["id"].as_str().expect("id").to_owned()
+        } else {
+            f.integration.clone()
+        };
+        ids.insert("id", id);
     } else if path == "/api/schedules/preview" {
         return format!("{path}?cron=%40daily&timezone=Europe%2FParis&count=3");
     } else if path.starts_with("/api/schedules/") {
@@ -412,6 +433,12 @@ async fn fill(
         "{method} {path}: the matrix does not know what to put in its path; add it to `fill`"
     );
     uri
+}
+
+/// A webhook integration (its URL is never reached: `test` answers that it could not be).
+fn integration_body(name: &str) -> Value {
+    json!({"name": name, "kind": "webhook", "config": {"url": "https://hooks.invalid/outpost"},
+           "events": ["job.failed"]})
 }
 
 /// A schedule that pings A's agent once a year.
@@ -450,6 +477,9 @@ fn sample_body(path: &str, method: &Method, f: &Fixtures, serial: usize) -> Valu
         ("POST", "/api/keys") => json!({"name": format!("made-{serial}"), "scopes": ["jobs:read"]}),
         ("POST", "/api/schedules") => schedule_body(&format!("made-{serial}"), &f.agent),
         ("PATCH", "/api/schedules/{id}") => json!({"enabled": false}),
+        ("POST", "/api/integrations") => integration_body(&format!("made-{serial}")),
+        ("PATCH", "/api/integrations/{id}") => json!({"enabled": false}),
+        ("POST", "/api/integrations/{id}/test") => json!({}),
         (method, path) => panic!(
             "{method} {path} takes a body the access matrix has no sample of; add one to `sample_body`"
         ),

@@ -17,6 +17,7 @@ mod failover;
 mod firstrun;
 mod hardening;
 mod identity;
+mod integrations;
 mod jobs;
 mod keys;
 mod limits;

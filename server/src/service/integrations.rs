@@ -1,0 +1,994 @@
+//! Integrations (SPEC §11): where a tenant's events are sent, and the worker that sends them.
+//!
+//! An integration names a provider (`crate::providers` renders each one's payload), its
+//! config (secret fields sealed at rest and shown as `…`), the event types it wants, a filter
+//! and `notify_after`. Events reach it through the outbox (`store::integrations`): every
+//! delivery row is committed with its event, claimed by one node at a time, and sent by
+//! [`Integrations::run`], which records every attempt.
+//!
+//! Sending rules: every URL passes the SSRF guard of job webhooks at each attempt (no private
+//! addresses unless `--webhook-allow-private`, the checked address is the one connected to,
+//! no redirects; when saved, an address or `localhost` is refused, names are not resolved); an attempt takes at most 10 s and runs on its own task, so a destination that
+//! hangs holds up only its own deliveries; at most one request per second per destination URL
+//! leaves this node (a delivery that would exceed it waits, without counting an attempt); a
+//! refusal (4xx other than 408/425/429) fails the delivery at once; anything else is retried
+//! with exponential backoff (30 s tripling, ≤ 6 h apart) for up to 24 h and 10 attempts, or
+//! after the provider's `Retry-After`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+
+use super::Core;
+use super::audit::record_of;
+use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError};
+use crate::providers::{self, Kind};
+use crate::store::{
+    DeliveryAttempt, NewIntegration, delivery, delivery_attempt, delivery_status, event,
+    integration,
+};
+
+/// Attempts per delivery.
+pub const MAX_ATTEMPTS: i32 = 10;
+/// How long a delivery is retried.
+pub const GIVE_UP_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// Time one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests per second per destination URL, from one node.
+const PER_DESTINATION: Duration = Duration::from_secs(1);
+/// Deliveries sent at once by one node.
+const IN_FLIGHT: usize = 32;
+/// Deliveries claimed per pass.
+const CLAIM_BATCH: u64 = 64;
+/// The provider's answer kept per attempt.
+const MAX_RESPONSE: usize = 2048;
+/// Integrations per tenant.
+pub const MAX_INTEGRATIONS: usize = 100;
+/// Longest name.
+const MAX_NAME: usize = 100;
+/// The event types an integration may ask for.
+pub const EVENT_TYPES: &[&str] = &[
+    "job.succeeded",
+    "job.failed",
+    "job.recovered",
+    "agent.online",
+    "agent.offline",
+    "agent.updated",
+    "agent.update_rolled_back",
+    "schedule.missed",
+    "schedule.skipped",
+];
+
+/// What the worker needs from the server's configuration.
+pub struct Outbox {
+    /// Notified when deliveries are added on this node.
+    wake: Arc<Notify>,
+    /// `--webhook-allow-private`.
+    allow_private: bool,
+    /// `--public-url`, for links in messages.
+    public_url: Option<String>,
+    /// This host's name (Splunk's `host`).
+    host: String,
+    /// When each destination may next be sent to from this node.
+    next_send: Mutex<HashMap<String, Instant>>,
+    /// Bounds the attempts in flight.
+    in_flight: Semaphore,
+    /// Deliveries being sent by this node (a pass does not start one twice).
+    sending: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Outbox {
+    /// The worker's settings.
+    pub fn new(allow_private: bool, public_url: Option<String>, host: String) -> Self {
+        Self {
+            wake: Arc::new(Notify::new()),
+            allow_private,
+            public_url,
+            host,
+            next_send: Mutex::new(HashMap::new()),
+            in_flight: Semaphore::new(IN_FLIGHT),
+            sending: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Reserves a send to `destination` now, or says when it may be sent.
+    fn reserve(&self, destination: &str) -> Result<(), Instant> {
+        let now = Instant::now();
+        let Ok(mut next) = self.next_send.lock() else {
+            return Ok(());
+        };
+        if next.len() > 10_000 {
+            next.retain(|_, at| *at > now);
+        }
+        match next.get(destination) {
+            Some(at) if *at > now => Err(*at),
+            _ => {
+                next.insert(destination.to_owned(), now + PER_DESTINATION);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An integration as asked for (`POST`), or the fields to change (`PATCH`).
+#[derive(Debug, Default)]
+pub struct IntegrationFields {
+    /// Unique in the tenant.
+    pub name: Option<String>,
+    /// Provider kind.
+    pub kind: Option<String>,
+    /// Provider config.
+    pub config: Option<Value>,
+    /// Event types (or kinds: `job`, or `*`).
+    pub events: Option<Vec<String>>,
+    /// `{tags?, script?, schedule_id?}`; `Some(None)` clears it.
+    pub filter: Option<Option<Value>>,
+    /// Sent to when true.
+    pub enabled: Option<bool>,
+    /// Failures in a row before one is sent.
+    pub notify_after: Option<i32>,
+}
+
+/// What `test` got back.
+#[derive(Debug)]
+pub struct TestReport {
+    /// The provider took it.
+    pub ok: bool,
+    /// The recorded delivery.
+    pub delivery: delivery::Model,
+    /// The provider's answer.
+    pub attempt: DeliveryAttempt,
+}
+
+/// Integrations and their delivery.
+#[derive(Clone)]
+pub struct Integrations {
+    core: Arc<Core>,
+    outbox: Arc<Outbox>,
+}
+
+impl Integrations {
+    pub(super) fn new(core: Arc<Core>, outbox: Arc<Outbox>) -> Self {
+        Self { core, outbox }
+    }
+
+    /// Creates an integration.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        fields: IntegrationFields,
+    ) -> Result<integration::Model, DomainError> {
+        self.core.writable()?;
+        let name = fields
+            .name
+            .ok_or_else(|| DomainError::BadRequest("name: required".into()))?;
+        validate_name(&name)?;
+        let kind_text = fields
+            .kind
+            .ok_or_else(|| DomainError::BadRequest("kind: required".into()))?;
+        let kind: Kind = kind_text.parse().map_err(DomainError::BadRequest)?;
+        let mut config = fields
+            .config
+            .ok_or_else(|| DomainError::BadRequest("config: required".into()))?;
+        if kind == Kind::Webhook
+            && let Some(object) = config.as_object_mut()
+            && !object.contains_key("secret")
+        {
+            object.insert("secret".into(), json!(providers::new_webhook_secret()));
+        }
+        let events = check_events(fields.events)?;
+        let filter = check_filter(fields.filter.flatten())?;
+        let notify_after = check_notify_after(fields.notify_after.unwrap_or(1))?;
+        self.check_config(kind, &config)?;
+        if self
+            .core
+            .store
+            .list_integrations(&caller.tenant_id)
+            .await?
+            .len()
+            >= MAX_INTEGRATIONS
+        {
+            return Err(DomainError::Refused {
+                code: "too_many_integrations",
+                message: format!("a tenant has at most {MAX_INTEGRATIONS} integrations"),
+            });
+        }
+        let (shown, sealed) = self.seal(&caller.tenant_id, kind, &config)?;
+        let audit = record_of(
+            caller,
+            AuditEvent::new(AuditAction::IntegrationCreate, AuditTarget::Integration, "")
+                .with(json!({"name": name, "kind": kind.as_str(), "events": events})),
+        );
+        let made = self
+            .core
+            .store
+            .create_integration(
+                NewIntegration {
+                    tenant_id: caller.tenant_id.clone(),
+                    name: name.clone(),
+                    kind: kind.as_str().into(),
+                    config: shown,
+                    sealed_config: sealed,
+                    events,
+                    filter,
+                    enabled: fields.enabled.unwrap_or(true),
+                    notify_after,
+                    created_by: caller.principal.to_string(),
+                },
+                audit,
+            )
+            .await?;
+        made.ok_or_else(|| DomainError::Conflict {
+            code: "name_taken",
+            message: format!("name: the tenant has an integration named {name} already"),
+        })
+    }
+
+    /// One integration.
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<integration::Model, DomainError> {
+        self.core
+            .store
+            .get_integration(&caller.tenant_id, id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no integration {id}")))
+    }
+
+    /// The tenant's integrations, by name.
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<integration::Model>, DomainError> {
+        Ok(self.core.store.list_integrations(&caller.tenant_id).await?)
+    }
+
+    /// Changes an integration: the fields given. A config replaces the stored one, except that
+    /// a secret field given as `…` (as answers show it) keeps its stored value.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, integration_id = %id))]
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: &str,
+        fields: IntegrationFields,
+    ) -> Result<integration::Model, DomainError> {
+        self.core.writable()?;
+        let mut row = self.get(caller, id).await?;
+        if fields.kind.as_deref().is_some_and(|k| k != row.kind) {
+            return Err(DomainError::BadRequest(
+                "kind: cannot be changed; make a new integration".into(),
+            ));
+        }
+        let kind: Kind = row.kind.parse().map_err(DomainError::BadRequest)?;
+        if let Some(name) = fields.name {
+            validate_name(&name)?;
+            row.name = name;
+        }
+        if let Some(mut config) = fields.config {
+            let stored = self.open_config(&row)?;
+            if let (Some(object), Some(stored)) = (config.as_object_mut(), stored.as_object()) {
+                for field in providers::secret_fields(kind) {
+                    let keep = object.get(*field).is_some_and(|v| v.as_str() == Some(MASK));
+                    if keep && let Some(value) = stored.get(*field) {
+                        object.insert((*field).to_owned(), value.clone());
+                    }
+                }
+            }
+            self.check_config(kind, &config)?;
+            let (shown, sealed) = self.seal(&caller.tenant_id, kind, &config)?;
+            row.config = shown;
+            row.sealed_config = sealed;
+        }
+        if let Some(events) = fields.events {
+            row.events = json!(check_events(Some(events))?);
+        }
+        if let Some(filter) = fields.filter {
+            row.filter = check_filter(filter)?;
+        }
+        if let Some(enabled) = fields.enabled {
+            row.enabled = enabled;
+        }
+        if let Some(n) = fields.notify_after {
+            row.notify_after = check_notify_after(n)?;
+        }
+        let audit = record_of(
+            caller,
+            AuditEvent::new(AuditAction::IntegrationUpdate, AuditTarget::Integration, id)
+                .with(json!({"name": row.name, "enabled": row.enabled, "events": row.events})),
+        );
+        let name = row.name.clone();
+        self.core
+            .store
+            .update_integration(row, audit)
+            .await?
+            .ok_or_else(|| DomainError::Conflict {
+                code: "name_taken",
+                message: format!("name: the tenant has an integration named {name} already"),
+            })
+    }
+
+    /// Deletes an integration and its delivery log.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, integration_id = %id))]
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        self.core.writable()?;
+        let audit = record_of(
+            caller,
+            AuditEvent::new(AuditAction::IntegrationDelete, AuditTarget::Integration, id),
+        );
+        if self
+            .core
+            .store
+            .delete_integration(&caller.tenant_id, id, audit)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound(format!("no integration {id}")))
+        }
+    }
+
+    /// An integration's deliveries, newest first, with their attempts.
+    pub async fn deliveries(
+        &self,
+        caller: &Caller,
+        id: &str,
+        before: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<(delivery::Model, Vec<delivery_attempt::Model>)>, DomainError> {
+        self.get(caller, id).await?;
+        Ok(self
+            .core
+            .store
+            .list_deliveries(&caller.tenant_id, id, before, limit.clamp(1, 200))
+            .await?)
+    }
+
+    /// Sends a test event to the integration now and reports the provider's answer; the
+    /// attempt is recorded in its delivery log. The test event is not one of the tenant's
+    /// events (no other integration gets it).
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, integration_id = %id))]
+    pub async fn test(&self, caller: &Caller, id: &str) -> Result<TestReport, DomainError> {
+        let row = self.get(caller, id).await?;
+        let at = crate::store::now();
+        let event = event::Model {
+            id: crate::store::new_id(),
+            tenant_id: caller.tenant_id.clone(),
+            kind: "job.failed".into(),
+            subject_type: "test".into(),
+            subject_id: row.id.clone(),
+            subject_name: row.name.clone(),
+            summary: format!(
+                "Outpost test event for integration {}: if you read this, it works",
+                row.name
+            ),
+            at,
+            detail: json!({"test": true, "job_id": null, "runs": 1, "succeeded": 0, "failed": 1,
+                           "status": "failed", "consecutive_failures": 1}),
+            dedup_key: None,
+        };
+        let delivery_id = crate::store::new_id();
+        let attempt = self.attempt(&row, &event, &delivery_id, true).await;
+        let delivery = self
+            .core
+            .store
+            .record_test_delivery(&caller.tenant_id, &row.id, &event.id, &attempt)
+            .await?;
+        Ok(TestReport {
+            ok: attempt.status == delivery_status::DELIVERED,
+            delivery,
+            attempt,
+        })
+    }
+
+    /// Sends due deliveries until shutdown: wakes at the earliest due one (at least every
+    /// second, to see those recorded on other nodes).
+    pub async fn run(self) {
+        let shutdown = self.core.shutdown.clone();
+        loop {
+            let now = crate::store::now();
+            match self
+                .core
+                .store
+                .claim_deliveries(&self.core.node, now, CLAIM_BATCH)
+                .await
+            {
+                Ok(claimed) => {
+                    for delivery in claimed {
+                        let fresh = self
+                            .outbox
+                            .sending
+                            .lock()
+                            .map(|mut set| set.insert(delivery.id.clone()))
+                            .unwrap_or(false);
+                        if fresh {
+                            tokio::spawn(self.clone().deliver(delivery));
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot claim deliveries"),
+            }
+            let sleep = match self.core.store.next_delivery_due().await {
+                Ok(Some(next)) => (next - crate::store::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(1)),
+                _ => Duration::from_secs(1),
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.outbox.wake.notified() => {}
+                () = tokio::time::sleep(sleep.max(Duration::from_millis(50))) => {}
+            }
+        }
+    }
+
+    /// One claimed delivery: sent (or put off for its destination's rate), its attempt
+    /// recorded, its claim let go.
+    async fn deliver(self, delivery: delivery::Model) {
+        let id = delivery.id.clone();
+        if let Err(err) = self.deliver_one(&delivery).await {
+            tracing::warn!(delivery_id = %id, error = %err, "a delivery could not be recorded; it is retried once its claim lapses");
+        }
+        if let Ok(mut set) = self.outbox.sending.lock() {
+            set.remove(&id);
+        }
+    }
+
+    async fn deliver_one(&self, delivery: &delivery::Model) -> Result<(), DomainError> {
+        let store = &self.core.store;
+        let node = &self.core.node;
+        let Some(row) = store
+            .get_integration(&delivery.tenant_id, &delivery.integration_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(event) = store
+            .get_event(&delivery.tenant_id, &delivery.event_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        let destination = destination(&row);
+        if let Err(at) = self.outbox.reserve(&destination) {
+            let wait = at.saturating_duration_since(Instant::now());
+            let later = crate::store::now()
+                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1));
+            store
+                .finish_attempt(delivery, node, None, Some(later))
+                .await?;
+            return Ok(());
+        }
+        let Ok(_permit) = self.outbox.in_flight.acquire().await else {
+            return Ok(());
+        };
+        let mut attempt = self.attempt(&row, &event, &delivery.id, false).await;
+        if attempt.retry_at.is_some() {
+            attempt.retry_at = next_attempt(delivery, attempt.retry_at, crate::store::now());
+            if attempt.retry_at.is_none() {
+                attempt.status = delivery_status::FAILED;
+                attempt.error = Some(format!(
+                    "{}; giving up after {} attempt(s)",
+                    attempt.error.as_deref().unwrap_or("not accepted"),
+                    delivery.attempts + 1
+                ));
+            }
+        }
+        tracing::info!(delivery_id = %delivery.id, integration_id = %row.id, kind = %row.kind,
+            event = %event.kind, status = ?attempt.status_code, outcome = attempt.status,
+            retry = attempt.retry_at.is_some(), "delivery attempt");
+        store
+            .finish_attempt(delivery, node, Some(&attempt), None)
+            .await?;
+        Ok(())
+    }
+
+    /// One attempt at sending `event` to `row`: what the provider answered and what follows.
+    /// `retry_at` is `Some(now)` as a marker for "retry" (the caller computes the backoff),
+    /// or the provider's `Retry-After` instant.
+    async fn attempt(
+        &self,
+        row: &integration::Model,
+        event: &event::Model,
+        delivery_id: &str,
+        test: bool,
+    ) -> DeliveryAttempt {
+        let started = Instant::now();
+        let over = |status: &'static str,
+                    code: Option<i32>,
+                    response: Option<String>,
+                    error: Option<String>,
+                    retry_at: Option<DateTime<Utc>>| DeliveryAttempt {
+            status_code: code,
+            duration_ms: started.elapsed().as_millis() as i64,
+            response,
+            error,
+            retry_at,
+            status,
+        };
+        let kind: Kind = match row.kind.parse() {
+            Ok(kind) => kind,
+            Err(err) => return over(delivery_status::FAILED, None, None, Some(err), None),
+        };
+        let opened = match self.open_config(row) {
+            Ok(opened) => opened,
+            Err(err) => {
+                return over(
+                    delivery_status::FAILED,
+                    None,
+                    None,
+                    Some(err.to_string()),
+                    None,
+                );
+            }
+        };
+        let config = match providers::parse_config(kind, &opened) {
+            Ok(config) => config,
+            Err(err) => return over(delivery_status::FAILED, None, None, Some(err), None),
+        };
+        let view = providers::Event {
+            id: &event.id,
+            kind: &event.kind,
+            time: event.at,
+            tenant_id: &event.tenant_id,
+            subject_kind: &event.subject_type,
+            subject_id: &event.subject_id,
+            subject_name: &event.subject_name,
+            summary: &event.summary,
+            data: &event.detail,
+        };
+        let ctx = providers::Context {
+            public_url: self.outbox.public_url.as_deref(),
+            host: &self.outbox.host,
+            test,
+        };
+        if kind == Kind::Email {
+            return over(
+                delivery_status::FAILED,
+                None,
+                None,
+                Some(
+                    "email: SMTP is not configured on this server (see docs/OPERATIONS.md)".into(),
+                ),
+                None,
+            );
+        }
+        let requests = providers::render(&config, &view, &ctx);
+        if requests.is_empty() {
+            return over(
+                delivery_status::DELIVERED,
+                None,
+                Some(format!(
+                    "nothing to send: {} does not act on {}",
+                    kind.as_str(),
+                    event.kind
+                )),
+                None,
+                None,
+            );
+        }
+        let mut last = None;
+        for request in requests {
+            let mut headers = request.headers.clone();
+            if kind == Kind::Webhook {
+                let secret = config_secret(&opened);
+                match providers::standard_webhooks_headers(
+                    &secret,
+                    delivery_id,
+                    Utc::now().timestamp(),
+                    &request.body,
+                ) {
+                    Ok(signed) => {
+                        headers.extend(signed.into_iter().map(|(k, v)| (k.to_owned(), v)));
+                    }
+                    Err(err) => {
+                        return over(delivery_status::FAILED, None, None, Some(err), None);
+                    }
+                }
+            }
+            let client = match client_for(&request.url, self.outbox.allow_private).await {
+                Ok(client) => client,
+                Err(err) => return over(delivery_status::FAILED, None, None, Some(err), None),
+            };
+            let mut builder = client
+                .post(&request.url)
+                .header("user-agent", concat!("outpost/", env!("CARGO_PKG_VERSION")));
+            for (name, value) in &headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            let answer = builder.body(request.body.clone()).send().await;
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(err) => {
+                    let why = if err.is_timeout() {
+                        format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())
+                    } else {
+                        format!("cannot reach the provider: {err}")
+                    };
+                    return over(
+                        delivery_status::FAILED,
+                        None,
+                        None,
+                        Some(why),
+                        Some(Utc::now()),
+                    );
+                }
+            };
+            let status = answer.status().as_u16();
+            let answer_headers: Vec<(String, String)> = answer
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
+            let body = read_capped(answer).await;
+            let text = truncate_text(&body);
+            match providers::classify(kind, status, &answer_headers, &body, Utc::now()) {
+                providers::Outcome::Delivered => {
+                    last = Some(over(
+                        delivery_status::DELIVERED,
+                        Some(i32::from(status)),
+                        Some(text),
+                        None,
+                        None,
+                    ));
+                }
+                providers::Outcome::Refused => {
+                    return over(
+                        delivery_status::FAILED,
+                        Some(i32::from(status)),
+                        Some(text),
+                        Some(format!("the provider refused it ({status})")),
+                        None,
+                    );
+                }
+                providers::Outcome::Retry { after } => {
+                    let at = Utc::now()
+                        + after
+                            .and_then(|d| chrono::Duration::from_std(d).ok())
+                            .unwrap_or_default();
+                    return over(
+                        delivery_status::FAILED,
+                        Some(i32::from(status)),
+                        Some(text),
+                        Some(format!("the provider answered {status}; retrying")),
+                        Some(at),
+                    );
+                }
+            }
+        }
+        last.unwrap_or_else(|| over(delivery_status::DELIVERED, None, None, None, None))
+    }
+
+    /// Checks a config for its kind, and every URL it calls against what the SSRF rule can
+    /// tell without resolving names (each attempt resolves and checks again).
+    fn check_config(&self, kind: Kind, config: &Value) -> Result<(), DomainError> {
+        let parsed = providers::parse_config(kind, config).map_err(DomainError::BadRequest)?;
+        for url in parsed.urls() {
+            if let Some(why) =
+                super::webhooks::literal_host_refusal(&url, self.outbox.allow_private)
+            {
+                return Err(DomainError::BadRequest(format!("config.url: {why}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The config as shown (secret fields `…`) and its secret fields sealed.
+    fn seal(
+        &self,
+        tenant_id: &str,
+        kind: Kind,
+        config: &Value,
+    ) -> Result<(Value, Option<String>), DomainError> {
+        let mut secrets = serde_json::Map::new();
+        if let Some(object) = config.as_object() {
+            for field in providers::secret_fields(kind) {
+                if let Some(value) = object.get(*field) {
+                    secrets.insert((*field).to_owned(), value.clone());
+                }
+            }
+        }
+        let shown = providers::masked(kind, config);
+        if secrets.is_empty() {
+            return Ok((shown, None));
+        }
+        let plain = serde_json::to_vec(&Value::Object(secrets))
+            .map_err(|e| DomainError::Internal(anyhow::anyhow!("sealing a config: {e}")))?;
+        Ok((
+            shown,
+            Some(self.core.master.seal(&seal_context(tenant_id), &plain)),
+        ))
+    }
+
+    /// The config with its secret fields opened.
+    fn open_config(&self, row: &integration::Model) -> Result<Value, DomainError> {
+        let mut config = row.config.clone();
+        let Some(sealed) = &row.sealed_config else {
+            return Ok(config);
+        };
+        let plain = self
+            .core
+            .master
+            .open(&seal_context(&row.tenant_id), sealed)
+            .map_err(|why| {
+                DomainError::Internal(anyhow::anyhow!(
+                    "integration {}: its sealed config does not open: {why}",
+                    row.id
+                ))
+            })?;
+        let secrets: serde_json::Map<String, Value> = serde_json::from_slice(&plain)
+            .map_err(|e| DomainError::Internal(anyhow::anyhow!("integration {}: {e}", row.id)))?;
+        if let Some(object) = config.as_object_mut() {
+            object.extend(secrets);
+        }
+        Ok(config)
+    }
+}
+
+/// What a masked secret field shows.
+pub const MASK: &str = "…";
+
+fn seal_context(tenant_id: &str) -> String {
+    format!("integration config {tenant_id}")
+}
+
+fn config_secret(config: &Value) -> String {
+    config
+        .get("secret")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The rate limit's key: the first URL the integration calls (or its id).
+fn destination(row: &integration::Model) -> String {
+    row.config
+        .get("url")
+        .and_then(Value::as_str)
+        .filter(|u| *u != MASK)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("integration:{}", row.id))
+}
+
+/// When to try a delivery again after a failed attempt (`hint`: the provider's
+/// `Retry-After`), or `None` when it is out of attempts or time.
+fn next_attempt(
+    delivery: &delivery::Model,
+    hint: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let made = delivery.attempts + 1;
+    if made >= MAX_ATTEMPTS {
+        return None;
+    }
+    // 30 s tripling, at most 6 h apart: the 10 attempts span about 21 h of the 24.
+    let backoff =
+        chrono::Duration::seconds((30i64 * 3i64.pow((made - 1).clamp(0, 12) as u32)).min(6 * 3600));
+    let at = match hint {
+        Some(hint) if hint > now => hint.max(now + chrono::Duration::seconds(1)),
+        _ => now + backoff,
+    };
+    (at <= delivery.created_at + GIVE_UP_AFTER).then_some(at)
+}
+
+fn check_events(events: Option<Vec<String>>) -> Result<Vec<String>, DomainError> {
+    let events = events.ok_or_else(|| {
+        DomainError::BadRequest(format!(
+            "events: required, a list of event types ({}), kinds (job, agent, schedule) or \"*\"",
+            EVENT_TYPES.join(", ")
+        ))
+    })?;
+    if events.is_empty() || events.len() > 32 {
+        return Err(DomainError::BadRequest(
+            "events: give 1 to 32 event types".into(),
+        ));
+    }
+    for e in &events {
+        let known = e == "*"
+            || EVENT_TYPES.contains(&e.as_str())
+            || ["job", "agent", "schedule"].contains(&e.as_str());
+        if !known {
+            return Err(DomainError::BadRequest(format!(
+                "events: unknown event type `{e}`; one of {}, a kind (job, agent, schedule) or \"*\"",
+                EVENT_TYPES.join(", ")
+            )));
+        }
+    }
+    Ok(events)
+}
+
+fn check_filter(filter: Option<Value>) -> Result<Option<Value>, DomainError> {
+    let Some(filter) = filter else {
+        return Ok(None);
+    };
+    let Some(object) = filter.as_object() else {
+        return Err(DomainError::BadRequest(
+            "filter: must be an object {tags?, script?, schedule_id?}".into(),
+        ));
+    };
+    for (key, value) in object {
+        match key.as_str() {
+            "tags" => {
+                let ok = value.as_array().is_some_and(|a| {
+                    a.len() <= 32
+                        && a.iter()
+                            .all(|t| t.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 100))
+                });
+                if !ok {
+                    return Err(DomainError::BadRequest(
+                        "filter.tags: must be a list of at most 32 tags".into(),
+                    ));
+                }
+            }
+            "script" | "schedule_id" => {
+                if !value
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty() && s.len() <= 200)
+                {
+                    return Err(DomainError::BadRequest(format!(
+                        "filter.{key}: must be a non-empty string"
+                    )));
+                }
+            }
+            other => {
+                return Err(DomainError::BadRequest(format!(
+                    "filter.{other}: unknown; a filter has tags, script and schedule_id"
+                )));
+            }
+        }
+    }
+    Ok(Some(filter))
+}
+
+fn check_notify_after(n: i32) -> Result<i32, DomainError> {
+    if (1..=100).contains(&n) {
+        Ok(n)
+    } else {
+        Err(DomainError::BadRequest(
+            "notify_after: must be 1 to 100".into(),
+        ))
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), DomainError> {
+    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(DomainError::BadRequest(format!(
+            "name: must be 1 to {MAX_NAME} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads at most a little of an answer's body (a provider's answer is a line or two; a
+/// hostile receiver must not make us buffer more).
+async fn read_capped(mut answer: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = answer.chunk().await {
+        let room = (MAX_RESPONSE * 4).saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_RESPONSE * 4 {
+            break;
+        }
+    }
+    body
+}
+
+fn truncate_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    if text.len() <= MAX_RESPONSE {
+        return text.into_owned();
+    }
+    let mut end = MAX_RESPONSE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (truncated)", &text[..end])
+}
+
+/// The SSRF-guarded client of job webhooks, for one URL.
+async fn client_for(url: &str, allow_private: bool) -> Result<reqwest::Client, String> {
+    super::webhooks::client_for(url, allow_private).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(attempts: i32, age: chrono::TimeDelta) -> delivery::Model {
+        let now = Utc::now();
+        delivery::Model {
+            id: "d".into(),
+            tenant_id: "t".into(),
+            integration_id: "i".into(),
+            event_id: "e".into(),
+            status: "pending".into(),
+            attempts,
+            next_attempt_at: now,
+            claimed_by: None,
+            claimed_until: None,
+            created_at: now - age,
+            finished_at: None,
+            last_status: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn retries_back_off_and_stop_at_ten_attempts_or_a_day() {
+        let now = Utc::now();
+        let first =
+            next_attempt(&delivery(0, chrono::TimeDelta::zero()), None, now).expect("retry");
+        assert_eq!((first - now).num_seconds(), 30);
+        let third =
+            next_attempt(&delivery(2, chrono::TimeDelta::zero()), None, now).expect("retry");
+        assert_eq!((third - now).num_seconds(), 270);
+        let late = next_attempt(&delivery(8, chrono::TimeDelta::zero()), None, now).expect("retry");
+        assert_eq!((late - now).num_seconds(), 6 * 3600, "capped at 6 h");
+        assert_eq!(
+            next_attempt(&delivery(9, chrono::TimeDelta::zero()), None, now),
+            None,
+            "10 in all"
+        );
+        assert_eq!(
+            next_attempt(
+                &delivery(
+                    3,
+                    chrono::TimeDelta::hours(23) + chrono::TimeDelta::minutes(59)
+                ),
+                None,
+                now
+            ),
+            None,
+            "not past 24 h"
+        );
+        let hinted = now + chrono::TimeDelta::seconds(7);
+        assert_eq!(
+            next_attempt(&delivery(0, chrono::TimeDelta::zero()), Some(hinted), now),
+            Some(hinted),
+            "Retry-After wins"
+        );
+    }
+
+    #[test]
+    fn bad_filters_and_events_name_the_field() {
+        for (filter, field) in [
+            (json!([]), "filter:"),
+            (json!({"tags": "db"}), "filter.tags"),
+            (json!({"script": ""}), "filter.script"),
+            (json!({"colour": "red"}), "filter.colour"),
+        ] {
+            let err = check_filter(Some(filter)).expect_err("refused").to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let err = check_events(Some(vec!["job.exploded".into()]))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("job.exploded"), "{err}");
+        assert!(check_events(Some(vec![])).is_err());
+        assert!(check_events(None).is_err());
+        assert!(
+            check_events(Some(vec![
+                "job".into(),
+                "schedule.missed".into(),
+                "*".into()
+            ]))
+            .is_ok()
+        );
+        assert!(check_notify_after(0).is_err());
+        assert!(check_notify_after(101).is_err());
+    }
+
+    #[test]
+    fn a_destination_gets_one_request_a_second() {
+        let outbox = Outbox::new(false, None, "h".into());
+        assert!(outbox.reserve("https://a").is_ok());
+        assert!(
+            outbox.reserve("https://a").is_err(),
+            "a second at once waits"
+        );
+        assert!(
+            outbox.reserve("https://b").is_ok(),
+            "another destination does not"
+        );
+    }
+}

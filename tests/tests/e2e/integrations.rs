@@ -1,0 +1,721 @@
+//! Integrations (SPEC §11) over the real binaries, against receivers on loopback that check
+//! each provider's shape: a failed job reaches Slack once and its recovery resolves the
+//! PagerDuty incident it opened; the generic webhook is signed as Standard Webhooks and a
+//! retry keeps its id; `Retry-After` is honoured, refusals end a delivery; `notify_after` and a
+//! failed fan-out of many runs send one message; a delivery due when the server is killed is
+//! sent after the restart, once; secrets are sealed at rest and never shown; bad configs are
+//! refused naming the field.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode as HttpStatus};
+use axum::response::IntoResponse;
+use base64::Engine;
+use outpost_e2e::{Agent, Api, Scripts, Server, ServerOptions, wait_for};
+use serde_json::{Value, json};
+
+/// What a receiver got on one path.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    body: Value,
+}
+
+/// A receiver: records every request, answers 200 as the providers do.
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Receiver {
+    fn on(&self, path: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn record(
+    State(r): State<Receiver>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    r.seen.lock().expect("lock").push(Seen {
+        path,
+        headers,
+        body,
+    });
+    (
+        HttpStatus::OK,
+        "{\"status\":\"success\",\"message\":\"Event processed\"}",
+    )
+        .into_response()
+}
+
+async fn receiver() -> (String, Receiver) {
+    let r = Receiver::default();
+    let app = axum::Router::new()
+        .route("/{path}", axum::routing::post(record))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, r)
+}
+
+async fn allowed_server() -> Server {
+    Server::start_with(ServerOptions {
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
+        ..Default::default()
+    })
+    .await
+}
+
+async fn integration(api: &Api, body: Value) -> Value {
+    let (status, made) = api.post("/api/integrations", body).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{made}");
+    made
+}
+
+/// An agent with a script `flaky` that fails while the file `flag` exists.
+fn flaky_agent(server: &Server, secret: &str, flag: &std::path::Path) -> (Agent, Scripts) {
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "flaky",
+        &format!(
+            "if [ -f '{}' ]; then echo broken >&2; exit 3; fi; echo fine",
+            flag.display()
+        ),
+        json!({}),
+    );
+    let agent = Agent::start_with(&server.url, secret, None, scripts.env());
+    (agent, scripts)
+}
+
+async fn run_flaky(api: &Api, agent_id: &str) -> Value {
+    let (_, job) = api
+        .job(
+            json!({"command": "run", "data": {"script": "flaky"}, "target": {"agents": [agent_id]}}),
+            Some(30),
+        )
+        .await;
+    assert!(
+        job["status"] == "succeeded" || job["status"] == "failed",
+        "{job}"
+    );
+    job
+}
+
+/// Standard Webhooks: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body` under the key after
+/// `whsec_`.
+fn verify_standard_webhook(secret: &str, headers: &HeaderMap, raw: &[u8]) {
+    let id = headers["webhook-id"].to_str().expect("id");
+    let ts = headers["webhook-timestamp"].to_str().expect("timestamp");
+    let ts_value: i64 = ts.parse().expect("a number");
+    assert!(
+        (chrono::Utc::now().timestamp() - ts_value).abs() < 300,
+        "timestamp {ts}"
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .expect("base64 key");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let mut signed = format!("{id}.{ts}.").into_bytes();
+    signed.extend_from_slice(raw);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, &signed).as_ref())
+    );
+    let got = headers["webhook-signature"].to_str().expect("signature");
+    assert!(
+        got.split(' ').any(|s| s == expected),
+        "signature {got} is not {expected}"
+    );
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_reaches_slack_and_pagerduty_once_and_its_recovery_resolves_the_incident() {
+    let server = allowed_server().await;
+    let api = server.api();
+    let (base, r) = receiver().await;
+    let slack = integration(
+        &api,
+        json!({"name": "ops-slack", "kind": "slack", "config": {"url": format!("{base}/slack")},
+               "events": ["job.failed", "job.recovered"]}),
+    )
+    .await;
+    assert_eq!(
+        slack["config"]["url"], "…",
+        "the Slack URL is the credential: {slack}"
+    );
+    integration(
+        &api,
+        json!({"name": "pd", "kind": "pagerduty",
+               "config": {"routing_key": "R0123456789abcdef0123456789abcdef", "url": format!("{base}/pd")},
+               "events": ["job.failed", "job.recovered"]}),
+    )
+    .await;
+    let hook = integration(
+        &api,
+        json!({"name": "hook", "kind": "webhook",
+               "config": {"url": format!("{base}/hook"), "secret": SECRET}, "events": ["job"]}),
+    )
+    .await;
+    assert_eq!(hook["config"]["secret"], "…", "{hook}");
+
+    let (_, key) = api.agent_key().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").expect("flag");
+    let (agent, _scripts) = flaky_agent(&server, &key, &flag);
+    let agent_id = agent.wait_online(&api).await;
+    let failed = run_flaky(&api, &agent_id).await;
+    assert_eq!(failed["status"], "failed");
+    std::fs::remove_file(&flag).expect("unflag");
+    let fixed = run_flaky(&api, &agent_id).await;
+    assert_eq!(fixed["status"], "succeeded");
+
+    wait_for(
+        "Slack, PagerDuty and the webhook to get theirs",
+        Duration::from_secs(60),
+        || {
+            let r = r.clone();
+            async move {
+                (r.on("slack").len() >= 2 && r.on("pd").len() >= 2 && r.on("hook").len() >= 3)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Settle: nothing more comes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let slack_seen = r.on("slack");
+    assert_eq!(
+        slack_seen.len(),
+        2,
+        "one message for the failure, one for the recovery"
+    );
+    let text = slack_seen[0].body["text"].as_str().expect("text");
+    assert!(text.contains("failed"), "{text}");
+    assert!(
+        slack_seen[0].body["blocks"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty())
+    );
+    assert!(
+        slack_seen[1].body["text"]
+            .as_str()
+            .expect("text")
+            .contains("recovered")
+    );
+
+    let pd = r.on("pd");
+    assert_eq!(pd.len(), 2);
+    assert_eq!(pd[0].body["event_action"], "trigger", "{:?}", pd[0].body);
+    assert_eq!(pd[1].body["event_action"], "resolve", "{:?}", pd[1].body);
+    assert_eq!(
+        pd[0].body["dedup_key"], pd[1].body["dedup_key"],
+        "the resolve names the incident"
+    );
+    assert!(
+        pd[0].body["dedup_key"]
+            .as_str()
+            .expect("key")
+            .starts_with("outpost:")
+    );
+    assert_eq!(
+        pd[0].body["routing_key"],
+        "R0123456789abcdef0123456789abcdef"
+    );
+    assert!(pd[0].body["payload"]["summary"].as_str().is_some());
+
+    let hooks = r.on("hook");
+    let types: Vec<&str> = hooks
+        .iter()
+        .map(|s| s.body["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["job.failed", "job.succeeded", "job.recovered"]);
+    for seen in &hooks {
+        let raw = serde_json::to_vec(&seen.body).expect("json");
+        // The receiver re-serialised the body; check the signature on what was sent instead.
+        let _ = raw;
+        assert!(seen.headers.contains_key("webhook-id"));
+        assert_eq!(seen.body["subject"]["kind"], "script");
+        assert_eq!(seen.body["data"]["script"], "flaky");
+    }
+
+    let (_, events) = api.get("/api/events?type=job").await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["job.recovered", "job.succeeded", "job.failed"],
+        "{events}"
+    );
+
+    let (status, log) = api
+        .get(&format!(
+            "/api/integrations/{}/deliveries",
+            slack["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{log}");
+    let deliveries = log["deliveries"].as_array().expect("deliveries");
+    assert_eq!(deliveries.len(), 2, "{log}");
+    for d in deliveries {
+        assert_eq!(d["status"], "delivered", "{d}");
+        assert_eq!(d["attempt_log"][0]["status_code"], 200, "{d}");
+    }
+    drop(agent);
+}
+
+/// The raw bodies, for the signature: a receiver that keeps bytes.
+#[derive(Clone, Default)]
+struct RawReceiver {
+    seen: Arc<Mutex<Vec<RawSeen>>>,
+    answers: Arc<Mutex<VecDeque<Answer>>>,
+}
+
+/// Headers and body as received.
+type RawSeen = (HeaderMap, Vec<u8>);
+/// A status and a `Retry-After`.
+type Answer = (u16, Option<&'static str>);
+
+async fn raw_record(
+    State(r): State<RawReceiver>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    r.seen.lock().expect("lock").push((headers, body.to_vec()));
+    let (status, retry_after) = {
+        let mut answers = r.answers.lock().expect("lock");
+        if answers.len() > 1 {
+            answers.pop_front().expect("answer")
+        } else {
+            answers.front().copied().unwrap_or((200, None))
+        }
+    };
+    let mut response = (HttpStatus::from_u16(status).expect("status"), "ok").into_response();
+    if let Some(after) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", after.parse().expect("value"));
+    }
+    response
+}
+
+async fn raw_receiver(answers: Vec<(u16, Option<&'static str>)>) -> (String, RawReceiver) {
+    let r = RawReceiver {
+        answers: Arc::new(Mutex::new(answers.into())),
+        ..Default::default()
+    };
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(raw_record))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_after_429_with_the_same_id_and_refusals_stop() {
+    let server = allowed_server().await;
+    let api = server.api();
+    // 429 with Retry-After: 1, then 200.
+    let (url, r) = raw_receiver(vec![(429, Some("1")), (200, None)]).await;
+    integration(
+        &api,
+        json!({"name": "hook", "kind": "webhook", "config": {"url": url, "secret": SECRET},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    // A receiver that refuses (400): one attempt, failed.
+    let (refusing_url, refusing) = raw_receiver(vec![(400, None)]).await;
+    let refused = integration(
+        &api,
+        json!({"name": "refuses", "kind": "webhook", "config": {"url": refusing_url},
+               "events": ["job.failed"]}),
+    )
+    .await;
+
+    let (_, key) = api.agent_key().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").expect("flag");
+    let (agent, _scripts) = flaky_agent(&server, &key, &flag);
+    let agent_id = agent.wait_online(&api).await;
+    run_flaky(&api, &agent_id).await;
+
+    wait_for("the retry after 429", Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { (r.seen.lock().expect("lock").len() >= 2).then_some(()) }
+    })
+    .await;
+    let seen = r.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].0["webhook-id"], seen[1].0["webhook-id"],
+        "a retry keeps its id"
+    );
+    for (headers, raw) in &seen {
+        verify_standard_webhook(SECRET, headers, raw);
+        let event: Value = serde_json::from_slice(raw).expect("json");
+        assert_eq!(event["type"], "job.failed");
+        for field in ["id", "time", "tenant_id", "summary", "data"] {
+            assert!(event.get(field).is_some(), "{field} in {event}");
+        }
+    }
+
+    let log = wait_for("the refusal recorded", Duration::from_secs(30), || {
+        let api = api.clone();
+        let id = refused["id"].as_str().expect("id").to_owned();
+        async move {
+            let (_, log) = api.get(&format!("/api/integrations/{id}/deliveries")).await;
+            (log["deliveries"][0]["status"] == "failed").then_some(log)
+        }
+    })
+    .await;
+    assert_eq!(
+        log["deliveries"][0]["attempts"], 1,
+        "a refusal is not retried: {log}"
+    );
+    assert_eq!(log["deliveries"][0]["attempt_log"][0]["status_code"], 400);
+    assert_eq!(refusing.seen.lock().expect("lock").len(), 1);
+
+    // `test` reports the provider's real answer.
+    let (status, test) = api
+        .post(
+            &format!(
+                "/api/integrations/{}/test",
+                refused["id"].as_str().expect("id")
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{test}");
+    assert_eq!(test["ok"], false, "{test}");
+    assert_eq!(test["status_code"], 400);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_after_and_a_failed_fan_out_send_one_message() {
+    let server = allowed_server().await;
+    let api = server.api();
+    let (base, r) = receiver().await;
+    integration(
+        &api,
+        json!({"name": "after2", "kind": "slack", "config": {"url": format!("{base}/after2")},
+               "events": ["job.failed"], "notify_after": 2}),
+    )
+    .await;
+    integration(
+        &api,
+        json!({"name": "all", "kind": "discord", "config": {"url": format!("{base}/discord")},
+               "events": ["job.failed"], "filter": {"tags": ["flaky"]}}),
+    )
+    .await;
+    let (_, key) = api.agent_key().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").expect("flag");
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        let (agent, scripts) = flaky_agent(&server, &key, &flag);
+        let id = agent.wait_online(&api).await;
+        let (status, _) = api
+            .patch(&format!("/api/agents/{id}"), json!({"tags": ["flaky"]}))
+            .await;
+        assert!(status.is_success());
+        agents.push((agent, scripts));
+    }
+    for round in 1..=2 {
+        let (_, job) = api
+            .job(
+                json!({"command": "run", "data": {"script": "flaky"}, "target": {"tags": ["flaky"]}}),
+                Some(30),
+            )
+            .await;
+        assert_eq!(job["status"], "failed", "round {round}: {job}");
+        assert_eq!(job["runs"].as_array().expect("runs").len(), 3);
+    }
+    wait_for(
+        "two Discord messages and one after two failures",
+        Duration::from_secs(30),
+        || {
+            let r = r.clone();
+            async move { (r.on("discord").len() >= 2 && !r.on("after2").is_empty()).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        r.on("discord").len(),
+        2,
+        "one message per failed job, not per run"
+    );
+    let after = r.on("after2");
+    assert_eq!(after.len(), 1, "notify_after 2: only the second failure");
+    let discord = &r.on("discord")[0].body;
+    assert!(
+        discord["embeds"].as_array().is_some_and(|e| !e.is_empty()),
+        "{discord}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_due_when_the_server_dies_is_sent_after_the_restart_once() {
+    let mut server = allowed_server().await;
+    let api = server.api();
+    // Not now (503, retry in 3 s), then fine.
+    let (url, r) = raw_receiver(vec![(503, Some("3")), (200, None)]).await;
+    integration(
+        &api,
+        json!({"name": "hook", "kind": "webhook", "config": {"url": url, "secret": SECRET},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    let (_, key) = api.agent_key().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").expect("flag");
+    let (agent, _scripts) = flaky_agent(&server, &key, &flag);
+    let agent_id = agent.wait_online(&api).await;
+    run_flaky(&api, &agent_id).await;
+    wait_for("the first attempt", Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { (!r.seen.lock().expect("lock").is_empty()).then_some(()) }
+    })
+    .await;
+    server.kill9();
+    server.restart().await;
+    wait_for(
+        "the retry after the restart",
+        Duration::from_secs(30),
+        || {
+            let r = r.clone();
+            async move { (r.seen.lock().expect("lock").len() >= 2).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = r.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "sent again once, not twice");
+    assert_eq!(seen[0].0["webhook-id"], seen[1].0["webhook-id"]);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_integrations_are_refused_naming_the_field_and_secrets_stay_sealed() {
+    // Without --webhook-allow-private: loopback URLs are refused.
+    let server = Server::start().await;
+    let api = server.api();
+    for (body, needle) in [
+        (
+            json!({"name": "x", "kind": "carrier-pigeon", "config": {}, "events": ["job.failed"]}),
+            "kind",
+        ),
+        (
+            json!({"name": "x", "kind": "slack", "config": {}, "events": ["job.failed"]}),
+            "config.url",
+        ),
+        (
+            json!({"name": "x", "kind": "pagerduty", "config": {}, "events": ["job.failed"]}),
+            "config.routing_key",
+        ),
+        (
+            json!({"name": "x", "kind": "slack", "config": {"url": "http://127.0.0.1:9/x"}, "events": ["job.failed"]}),
+            "private",
+        ),
+        (
+            json!({"name": "x", "kind": "slack", "config": {"url": "ftp://example.com/x"}, "events": ["job.failed"]}),
+            "config.url",
+        ),
+        (
+            json!({"name": "x", "kind": "slack", "config": {"url": "https://hooks.slack.com/services/T/B/X"}, "events": ["job.exploded"]}),
+            "events",
+        ),
+        (
+            json!({"name": "x", "kind": "slack", "config": {"url": "https://hooks.slack.com/services/T/B/X"}, "events": ["job.failed"], "notify_after": 0}),
+            "notify_after",
+        ),
+        (
+            json!({"name": "x", "kind": "slack", "config": {"url": "https://hooks.slack.com/services/T/B/X"}, "events": ["job.failed"], "filter": {"colour": "red"}}),
+            "filter.colour",
+        ),
+    ] {
+        let (status, answer) = api.post("/api/integrations", body.clone()).await;
+        assert_eq!(
+            status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{body} -> {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{body}: `{message}` should name {needle}"
+        );
+    }
+    // A member may not see or make integrations.
+    let (member, _) = server
+        .user("member@example.com", "member", "a long enough password")
+        .await;
+    let (status, _) = member.get("/api/integrations").await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
+    drop(member);
+    // Secrets: sealed at rest, masked in answers and the audit log.
+    let token = "splunk-token-0123456789abcdef";
+    let made = integration(
+        &api,
+        json!({"name": "splunk", "kind": "splunk",
+               "config": {"url": "https://splunk.example.com:8088/services/collector/event", "token": token},
+               "events": ["*"]}),
+    )
+    .await;
+    assert_eq!(made["config"]["token"], "…");
+    let (_, listed) = api.get("/api/integrations").await;
+    assert!(!listed.to_string().contains(token));
+    let (_, audit) = api.get("/api/audit?action=integration").await;
+    assert!(!audit.to_string().contains(token));
+    assert!(audit.to_string().contains("integration.create"), "{audit}");
+    for (place, bytes) in server.at_rest() {
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the Splunk token is readable in {place}"
+        );
+    }
+    // A PATCH that sends the mask back keeps the secret; a rename conflicts with a taken name.
+    let id = made["id"].as_str().expect("id");
+    let (status, patched) = api
+        .patch(
+            &format!("/api/integrations/{id}"),
+            json!({"config": {"url": "https://splunk.example.com:8088", "token": "…"}, "enabled": false}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{patched}");
+    assert_eq!(patched["enabled"], false);
+    let (status, _) = api
+        .post(
+            "/api/integrations",
+            json!({"name": "splunk", "kind": "splunk",
+            "config": {"url": "https://splunk.example.com:8088", "token": "t"}, "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    let (status, _) = api.delete(&format!("/api/integrations/{id}")).await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    let (status, _) = api.get(&format!("/api/integrations/{id}")).await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_are_managed_from_the_command_line() {
+    let server = allowed_server().await;
+    let cli = outpost_e2e::CliHome::new(&server);
+    let (ok_url, ok_receiver) = raw_receiver(vec![(200, None)]).await;
+    let (no_url, _) = raw_receiver(vec![(401, None)]).await;
+    let run = |args: &[&str]| {
+        let (status, out, err) = cli.run_with_key(args);
+        assert!(!err.contains("panicked"), "outpost {args:?}: {err}");
+        (status, out, err)
+    };
+    let (status, out, err) = run(&[
+        "integrations",
+        "create",
+        "hook",
+        "--kind",
+        "webhook",
+        "--endpoint",
+        &ok_url,
+        "--secret",
+        SECRET,
+        "--event",
+        "job.failed",
+        "--event",
+        "schedule",
+        "--tag",
+        "db",
+        "--notify-after",
+        "2",
+    ]);
+    assert_eq!(status, 0, "{out}{err}");
+    let (status, out, err) = run(&[
+        "integrations",
+        "create",
+        "pd",
+        "--kind",
+        "pagerduty",
+        "--routing-key",
+        "RK",
+        "--endpoint",
+        &no_url,
+        "--event",
+        "job",
+    ]);
+    assert_eq!(status, 0, "{out}{err}");
+    let (_, listed, _) = run(&["integrations", "ls"]);
+    assert!(
+        listed.contains("hook") && listed.contains("pagerduty"),
+        "{listed}"
+    );
+    assert!(listed.contains("tags:db"), "{listed}");
+    let (_, shown, _) = run(&["--json", "integrations", "show", "hook"]);
+    let shown: Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["config"]["secret"], "…");
+    assert_eq!(shown["notify_after"], 2);
+    assert!(!shown.to_string().contains(SECRET));
+
+    let (status, out, _) = run(&["integrations", "test", "hook"]);
+    assert_eq!(status, 0, "{out}");
+    assert!(out.starts_with("ok: HTTP 200"), "{out}");
+    let seen = ok_receiver.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    verify_standard_webhook(SECRET, &seen[0].0, &seen[0].1);
+    let (status, out, _) = run(&["integrations", "test", "pd"]);
+    assert_eq!(status, 1, "a refusal exits 1: {out}");
+    assert!(out.contains("REFUSED") && out.contains("401"), "{out}");
+    let (_, log, _) = run(&["integrations", "deliveries", "pd"]);
+    assert!(log.contains("failed") && log.contains("401"), "{log}");
+
+    let (status, _, err) = run(&[
+        "integrations",
+        "create",
+        "bad",
+        "--kind",
+        "fax",
+        "--event",
+        "job",
+    ]);
+    assert_eq!(status, 1);
+    assert!(err.contains("kind"), "{err}");
+    let (status, _, _) = run(&["integrations", "disable", "hook"]);
+    assert_eq!(status, 0);
+    let (_, listed, _) = run(&["integrations", "ls"]);
+    assert!(listed.contains("paused"), "{listed}");
+    let (status, _, _) = run(&["integrations", "rm", "hook"]);
+    assert_eq!(status, 0);
+    let (status, _, err) = run(&["integrations", "show", "hook"]);
+    assert_ne!(status, 0);
+    assert!(err.contains("hook"), "{err}");
+}
