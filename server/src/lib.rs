@@ -33,6 +33,7 @@ pub mod jwt;
 pub mod listen;
 pub mod metrics;
 pub mod passwords;
+pub mod providers;
 pub mod release;
 pub mod seal;
 pub mod secrets;

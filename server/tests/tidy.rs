@@ -80,6 +80,8 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     // Fire times: a leaf.
     ("cron", &[]),
+    // Integrations' payloads and the meaning of providers' answers: a leaf.
+    ("providers", &[]),
     ("finish", &["bus", "metrics", "store", "domain"]),
     ("bus", &["domain", "store"]),
     ("frames", &["domain", "seal", "secrets", "store"]),
