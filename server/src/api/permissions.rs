@@ -166,6 +166,7 @@ pub const ROUTES: &[Rule] = &[
     caller("POST", "/api/schedules/{id}/run", JobsRun, Member),
     // Events: what happened to jobs and schedules, for everyone who reads jobs.
     caller("GET", "/api/events", JobsRead, Member),
+    caller("GET", "/api/events/stream", JobsRead, Member),
     // API keys: everyone their own (owners everyone's, decided in the service).
     caller("POST", "/api/keys", KeysWrite, Member),
     caller("GET", "/api/keys", KeysWrite, Member),

@@ -16,6 +16,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod audit;
 pub mod commands;
+pub mod events;
 pub mod housekeeping;
 pub mod jobs;
 pub mod keys;
@@ -146,6 +147,8 @@ pub struct Services {
     pub releases: releases::Releases,
     /// Schedules, their loop, and the events they emit.
     pub schedules: schedules::Schedules,
+    /// Events: listing, and following them live.
+    pub events: events::Events,
     /// Job webhooks: signing secrets and delivery.
     pub webhooks: webhooks::Webhooks,
     /// Liveness and readiness.
@@ -185,6 +188,7 @@ impl Services {
             users,
             commands: commands::Commands::new(core.clone()),
             schedules: schedules::Schedules::new(core.clone(), jobs::Jobs::new(core.clone())),
+            events: events::Events::new(core.clone()),
             jobs: jobs::Jobs::new(core.clone()),
             keys: keys::Keys::new(core.clone()),
             releases: releases::Releases::new(core.clone(), releases),

@@ -612,17 +612,11 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         tenant_id: &str,
         filter: &EventFilter,
     ) -> Result<Vec<event::Model>> {
-        let mut query = event::Entity::find().filter(event::Column::TenantId.eq(tenant_id));
-        if let Some(kind) = &filter.kind {
-            if kind.contains('.') {
-                query = query.filter(event::Column::Kind.eq(kind.as_str()));
-            } else {
-                query = query.filter(event::Column::Kind.starts_with(format!("{kind}.")));
-            }
-        }
-        if let Some(subject) = &filter.subject_id {
-            query = query.filter(event::Column::SubjectId.eq(subject.as_str()));
-        }
+        let mut query = events_of(
+            tenant_id,
+            filter.kind.as_deref(),
+            filter.subject_id.as_deref(),
+        );
         if let Some(before) = &filter.before {
             query = query.filter(event::Column::Id.lt(before.as_str()));
         }
@@ -632,4 +626,44 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .all(&self.db)
             .await?)
     }
+
+    /// A tenant's events with an id greater than `after`, oldest first, at most `limit`: what
+    /// an event stream reads, from a little before the newest event it has sent (see
+    /// `service::events`). `kind` and `subject_id` filter as in [`Self::list_events`].
+    pub async fn events_after(
+        &self,
+        tenant_id: &str,
+        kind: Option<&str>,
+        subject_id: Option<&str>,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<event::Model>> {
+        Ok(events_of(tenant_id, kind, subject_id)
+            .filter(event::Column::Id.gt(after))
+            .order_by_asc(event::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+}
+
+/// A tenant's events of a type (`schedule.missed`) or of every type of a kind (`schedule`),
+/// about one subject: the filters the listing and the stream share.
+fn events_of(
+    tenant_id: &str,
+    kind: Option<&str>,
+    subject_id: Option<&str>,
+) -> sea_orm::Select<event::Entity> {
+    let mut query = event::Entity::find().filter(event::Column::TenantId.eq(tenant_id));
+    if let Some(kind) = kind {
+        if kind.contains('.') {
+            query = query.filter(event::Column::Kind.eq(kind));
+        } else {
+            query = query.filter(event::Column::Kind.starts_with(format!("{kind}.")));
+        }
+    }
+    if let Some(subject) = subject_id {
+        query = query.filter(event::Column::SubjectId.eq(subject));
+    }
+    query
 }
