@@ -113,10 +113,10 @@ Examples:
         after_help = "SCHEDULE is a schedule's id or its name (names are unique in a tenant).\n\nExamples:\n  outpost schedules create nightly-backup --cron '30 2 * * *' --tz Europe/Paris --tag db --script backup\n  outpost schedules ls\n  outpost schedules preview --cron '0 9 * * MON-FRI' --tz America/New_York -n 5\n  outpost schedules disable nightly-backup\n  outpost jobs ls --schedule nightly-backup"
     )]
     Schedules(SchedulesCommand),
-    /// Events the server recorded: schedule fires missed or skipped, …
+    /// Events the server recorded: schedule fires missed or skipped, …; listed or followed live.
     #[command(
         subcommand,
-        after_help = "Examples:\n  outpost events ls\n  outpost events ls --type schedule.missed --subject nightly-backup"
+        after_help = "Examples:\n  outpost events ls\n  outpost events ls --type schedule.missed --subject nightly-backup\n  outpost events follow --type schedule"
     )]
     Events(EventsCommand),
     /// The tenant's users: list, invite, change role, disable, remove.
@@ -778,6 +778,21 @@ Examples:
   outpost events ls --type schedule.missed --subject nightly-backup
   outpost events ls --json | jq '.events[].detail'")]
     Ls(EventsLsArgs),
+    /// Print events as the server records them, until Ctrl-C.
+    #[command(after_help = "\
+One line per event, as `events ls` shows it (TIME TYPE SUBJECT SUMMARY); with --json, each
+event's JSON (as `events ls --json` shows one) on a line of its own. Only events recorded after
+the command starts are printed. --type takes a type (schedule.missed) or a kind (schedule: every
+schedule.* type); --subject takes the id of what the events are about (or a schedule's name).
+
+A dropped connection is opened again, resuming after the last event printed (Last-Event-ID), so
+no event is printed twice or lost. Ctrl-C ends it (exit status 0).
+
+Examples:
+  outpost events follow
+  outpost events follow --type schedule --subject nightly-backup
+  outpost events follow --json | jq -r 'select(.type == \"schedule.missed\") | .summary'")]
+    Follow(EventsFollowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -794,6 +809,16 @@ pub struct EventsLsArgs {
     /// Start after this cursor (printed by the previous page).
     #[arg(long)]
     pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsFollowArgs {
+    /// Events of this type (schedule.missed), or of every type of a kind (schedule).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Events about this subject: its id (or a schedule's name).
+    #[arg(long, value_name = "ID")]
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
