@@ -193,7 +193,7 @@ pub async fn stream(
     let subscription = state.services.events.follow(&caller, filter, after).await?;
     let messages = futures_util::stream::unfold(subscription, |mut subscription| async move {
         let message = match subscription.next().await? {
-            Item::Event(event) => message(event),
+            Item::Event(event) => message(*event),
             Item::Lagged => Event::default().event("lagged").data(
                 json!({"message": format!(
                     "this reader left {} events unread for {} s: reconnect with Last-Event-ID to go on",

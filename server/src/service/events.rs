@@ -83,7 +83,7 @@ pub struct StreamFilter {
 #[derive(Debug)]
 pub enum Item {
     /// An event, once, in the order the stream read it.
-    Event(event::Model),
+    Event(Box<event::Model>),
     /// The reader left events unread for too long: the stream ends after this.
     Lagged,
 }
@@ -105,7 +105,7 @@ impl Subscription {
             return None;
         }
         match self.rx.recv().await {
-            Some(event) => Some(Item::Event(event)),
+            Some(event) => Some(Item::Event(Box::new(event))),
             None => {
                 self.ended = true;
                 self.lagged.load(Ordering::Acquire).then_some(Item::Lagged)
