@@ -113,10 +113,10 @@ Examples:
         after_help = "SCHEDULE is a schedule's id or its name (names are unique in a tenant).\n\nExamples:\n  outpost schedules create nightly-backup --cron '30 2 * * *' --tz Europe/Paris --tag db --script backup\n  outpost schedules ls\n  outpost schedules preview --cron '0 9 * * MON-FRI' --tz America/New_York -n 5\n  outpost schedules disable nightly-backup\n  outpost jobs ls --schedule nightly-backup"
     )]
     Schedules(SchedulesCommand),
-    /// Events the server recorded: schedule fires missed or skipped, …
+    /// Events the server recorded: schedule fires missed or skipped, …; listed or followed live.
     #[command(
         subcommand,
-        after_help = "Examples:\n  outpost events ls\n  outpost events ls --type schedule.missed --subject nightly-backup"
+        after_help = "Examples:\n  outpost events ls\n  outpost events ls --type schedule.missed --subject nightly-backup\n  outpost events follow --type schedule"
     )]
     Events(EventsCommand),
     /// Integrations: where events are sent (webhook, Slack, Discord, Teams, PagerDuty,
@@ -785,6 +785,21 @@ Examples:
   outpost events ls --type schedule.missed --subject nightly-backup
   outpost events ls --json | jq '.events[].detail'")]
     Ls(EventsLsArgs),
+    /// Print events as the server records them, until Ctrl-C.
+    #[command(after_help = "\
+One line per event, as `events ls` shows it (TIME TYPE SUBJECT SUMMARY); with --json, each
+event's JSON (as `events ls --json` shows one) on a line of its own. Only events recorded after
+the command starts are printed. --type takes a type (schedule.missed) or a kind (schedule: every
+schedule.* type); --subject takes the id of what the events are about (or a schedule's name).
+
+A dropped connection is opened again, resuming after the last event printed (Last-Event-ID), so
+no event is printed twice or lost. Ctrl-C ends it (exit status 0).
+
+Examples:
+  outpost events follow
+  outpost events follow --type schedule --subject nightly-backup
+  outpost events follow --json | jq -r 'select(.type == \"schedule.missed\") | .summary'")]
+    Follow(EventsFollowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -801,6 +816,16 @@ pub struct EventsLsArgs {
     /// Start after this cursor (printed by the previous page).
     #[arg(long)]
     pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsFollowArgs {
+    /// Events of this type (schedule.missed), or of every type of a kind (schedule).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Events about this subject: its id (or a schedule's name).
+    #[arg(long, value_name = "ID")]
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1106,8 +1131,12 @@ mod tests {
 #[derive(Debug, Subcommand)]
 pub enum IntegrationsCommand {
     /// List the tenant's integrations.
+    #[command(
+        after_help = "Examples:\n  outpost integrations ls\n  outpost integrations ls --json | jq '.integrations[].name'"
+    )]
     Ls,
     /// Show one integration (secret fields are shown as `…`).
+    #[command(after_help = "Examples:\n  outpost integrations show ops-slack")]
     Show {
         /// Its id or name.
         integration: String,
@@ -1128,21 +1157,27 @@ Examples:
   outpost integrations create hook --kind webhook --endpoint https://example.com/outpost --event '*'")]
     Create(Box<IntegrationCreateArgs>),
     /// Pause an integration (events recorded meanwhile are not sent to it later).
+    #[command(after_help = "Examples:\n  outpost integrations disable ops-slack")]
     Disable {
         /// Its id or name.
         integration: String,
     },
     /// Resume a paused integration.
+    #[command(after_help = "Examples:\n  outpost integrations enable ops-slack")]
     Enable {
         /// Its id or name.
         integration: String,
     },
     /// Send a test event now and print the provider's answer; exit status 1 when it refused.
+    #[command(after_help = "Examples:\n  outpost integrations test ops-slack")]
     Test {
         /// Its id or name.
         integration: String,
     },
     /// The delivery log: every event sent (or to send) and every attempt.
+    #[command(
+        after_help = "Examples:\n  outpost integrations deliveries ops-slack\n  outpost integrations deliveries ops-slack --json | jq '.deliveries[0].attempt_log'"
+    )]
     Deliveries {
         /// Its id or name.
         integration: String,
@@ -1154,6 +1189,7 @@ Examples:
         cursor: Option<String>,
     },
     /// Delete an integration and its delivery log.
+    #[command(after_help = "Examples:\n  outpost integrations rm ops-slack")]
     Rm {
         /// Its id or name.
         integration: String,

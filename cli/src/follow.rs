@@ -52,6 +52,7 @@ pub struct EventReader {
     response: Response,
     buf: Vec<u8>,
     parser: SseParser,
+    idle: Option<Duration>,
 }
 
 impl EventReader {
@@ -61,7 +62,16 @@ impl EventReader {
             response,
             buf: Vec::new(),
             parser: SseParser::default(),
+            idle: None,
         }
+    }
+
+    /// Gives up (an error) when the server sends nothing, not even a keep-alive comment, for
+    /// `idle`: a connection that died without a word, which would otherwise be waited on for
+    /// good.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
     }
 
     /// The next event; `None` when the stream ended.
@@ -80,7 +90,13 @@ impl EventReader {
             if self.buf.len() > MAX_EVENT_LINE {
                 return Err("the event stream sent a line longer than 16 MiB".into());
             }
-            match self.response.chunk().await {
+            let chunk = match self.idle {
+                Some(idle) => tokio::time::timeout(idle, self.response.chunk())
+                    .await
+                    .map_err(|_| format!("the server sent nothing for {} s", idle.as_secs()))?,
+                None => self.response.chunk().await,
+            };
+            match chunk {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(e.to_string()),

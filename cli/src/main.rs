@@ -13,6 +13,7 @@ mod client;
 mod complete;
 mod config;
 mod error;
+mod events;
 mod follow;
 mod integrations;
 mod jobs;
@@ -119,7 +120,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Events(cmd) => {
             let client = client::Client::from_config(&global)?;
-            schedules::events(&client, &global, cmd).await
+            events::run(&client, &global, cmd).await
         }
         Command::Integrations(cmd) => {
             let client = client::Client::from_config(&global)?;

@@ -1,4 +1,4 @@
-//! `outpost schedules …` and `outpost events ls`.
+//! `outpost schedules …`.
 //!
 //! A schedule is stored and fired by the server (SPEC §10); the CLI only shapes requests and
 //! prints answers. Two choices worth knowing:
@@ -20,8 +20,8 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use crate::args::{
-    EventsCommand, EventsLsArgs, Global, ScheduleCreateArgs, ScheduleEditArgs, ScheduleFields,
-    SchedulePreviewArgs, ScheduleRunArgs, SchedulesCommand, SchedulesLsArgs,
+    Global, ScheduleCreateArgs, ScheduleEditArgs, ScheduleFields, SchedulePreviewArgs,
+    ScheduleRunArgs, SchedulesCommand, SchedulesLsArgs,
 };
 use crate::client::Client;
 use crate::error::CliError;
@@ -617,60 +617,6 @@ async fn preview(
     Ok(())
 }
 
-/// Runs an `events` subcommand.
-pub async fn events(client: &Client, global: &Global, cmd: EventsCommand) -> Result<u8, CliError> {
-    match cmd {
-        EventsCommand::Ls(args) => list_events(client, global, args).await?,
-    }
-    Ok(0)
-}
-
-async fn list_events(client: &Client, global: &Global, args: EventsLsArgs) -> Result<(), CliError> {
-    let mut query: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
-    if let Some(kind) = args.kind {
-        query.push(("type", kind));
-    }
-    if let Some(subject) = &args.subject {
-        query.push(("subject_id", resolve_id(client, subject).await?));
-    }
-    if let Some(cursor) = args.cursor {
-        query.push(("cursor", cursor));
-    }
-    let page = client.get("/api/events", &query).await?;
-    if global.json {
-        output::print_json(&page);
-        return Ok(());
-    }
-    let mut table = Table::new(vec!["TIME", "TYPE", "SUBJECT", "SUMMARY"]);
-    for e in page
-        .get("events")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        table.row(vec![
-            output::field(e, "time").into(),
-            output::field(e, "type").into(),
-            format!(
-                "{} {}",
-                e.pointer("/subject/kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or("-"),
-                e.pointer("/subject/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("-")
-            )
-            .into(),
-            output::field(e, "summary").into(),
-        ]);
-    }
-    table.print();
-    if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
-        eprintln!("More events: add --cursor {cursor}");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -1083,22 +1029,6 @@ mod tests {
         match parse(&["jobs", "ls", "--schedule", "nightly"]).map(|c| c.command) {
             Ok(Command::Jobs(crate::args::JobsCommand::Ls(a))) => {
                 assert_eq!(a.schedule.as_deref(), Some("nightly"));
-            }
-            other => panic!("{other:?}"),
-        }
-        match parse(&[
-            "events",
-            "ls",
-            "--type",
-            "schedule.missed",
-            "--subject",
-            "x",
-        ])
-        .map(|c| c.command)
-        {
-            Ok(Command::Events(EventsCommand::Ls(a))) => {
-                assert_eq!(a.kind.as_deref(), Some("schedule.missed"));
-                assert_eq!(a.subject.as_deref(), Some("x"));
             }
             other => panic!("{other:?}"),
         }

@@ -687,7 +687,8 @@ impl Api {
         }
     }
 
-    /// Any request.
+    /// Any request. An event stream (`text/event-stream`) is answered with its status and
+    /// `Null`, and closed: its body may never end.
     pub async fn call(
         &self,
         method: Method,
@@ -703,6 +704,14 @@ impl Api {
         }
         let response = request.send().await.expect("request");
         let status = response.status();
+        let stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if stream {
+            return (status, Value::Null);
+        }
         let bytes = response.bytes().await.expect("body");
         (
             status,

@@ -13,6 +13,7 @@ mod audit;
 mod commands;
 mod deploy;
 pub mod doc;
+mod events;
 mod health;
 mod integrations;
 mod jobs;
@@ -63,7 +64,7 @@ use doc::Contract;
         api_keys::create, api_keys::list, api_keys::delete,
         tenants::register, tenants::list, tenants::show, tenants::update,
         schedules::create, schedules::list, schedules::preview, schedules::show,
-        schedules::update, schedules::delete, schedules::run, schedules::events,
+        schedules::update, schedules::delete, schedules::run, events::list, events::stream,
         integrations::create, integrations::list, integrations::show, integrations::update,
         integrations::delete, integrations::test, integrations::deliveries,
     ),
@@ -227,7 +228,8 @@ pub fn router(state: AppState) -> Router<AppState> {
                 .delete(schedules::delete),
         )
         .route("/api/schedules/{id}/run", post(schedules::run))
-        .route("/api/events", get(schedules::events))
+        .route("/api/events", get(events::list))
+        .route("/api/events/stream", get(events::stream))
         .route(
             "/api/integrations",
             post(integrations::create).get(integrations::list),

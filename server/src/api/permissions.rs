@@ -185,6 +185,7 @@ pub const ROUTES: &[Rule] = &[
         IntegrationsWrite,
         Admin,
     ),
+    caller("GET", "/api/events/stream", JobsRead, Member),
     // API keys: everyone their own (owners everyone's, decided in the service).
     caller("POST", "/api/keys", KeysWrite, Member),
     caller("GET", "/api/keys", KeysWrite, Member),

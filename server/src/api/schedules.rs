@@ -1,5 +1,5 @@
-//! `/api/schedules` (SPEC §10) and `/api/events`: a command on a target at the instants a
-//! cron pattern names, in a time zone; and what happened that people should hear of.
+//! `/api/schedules` (SPEC §10): a command on a target at the instants a cron pattern names,
+//! in a time zone.
 //!
 //! The server computes and stores every fire time (`service::schedules`); these handlers
 //! only parse, call the service and show. A PATCH body tells a field set to `null` (clear
@@ -21,7 +21,7 @@ use super::{ApiJson, Path, Query};
 use crate::AppState;
 use crate::domain::{Caller, ConcurrencyPolicy, DomainError, MissedPolicy};
 use crate::service::schedules::{ScheduleFields, ScheduleWithJob};
-use crate::store::{event, schedule};
+use crate::store::schedule;
 
 /// The last job a schedule made.
 #[derive(Debug, Serialize, ToSchema)]
@@ -510,111 +510,4 @@ pub async fn run(
 ) -> Result<Response, DomainError> {
     let job = state.services.schedules.run_now(&caller, &id).await?;
     Ok(answer(job))
-}
-
-/// What an event is about.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventSubject {
-    /// What kind of thing (`schedule`).
-    pub kind: String,
-    /// Its id.
-    pub id: String,
-    /// How people know it (a schedule's name).
-    pub name: String,
-}
-
-/// An event as shown (SPEC §11).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    /// Event id (time-ordered).
-    pub id: String,
-    /// `schedule.missed`, `schedule.skipped`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// When it was recorded.
-    pub time: DateTime<Utc>,
-    /// Its tenant.
-    pub tenant_id: String,
-    /// What it is about.
-    pub subject: EventSubject,
-    /// One line for people.
-    pub summary: String,
-    /// What happened, by type: `schedule.missed` has `missed`, `at_least`, `first`, `until`,
-    /// `policy` and (`run_once`) `job_id`; `schedule.skipped` has `scheduled_for`,
-    /// `running_job_id` and `reason`.
-    #[schema(value_type = Object)]
-    pub data: Value,
-}
-
-impl From<event::Model> for EventView {
-    fn from(e: event::Model) -> Self {
-        Self {
-            id: e.id,
-            kind: e.kind,
-            time: e.at,
-            tenant_id: e.tenant_id,
-            subject: EventSubject {
-                kind: e.subject_type,
-                id: e.subject_id,
-                name: e.subject_name,
-            },
-            summary: e.summary,
-            data: e.detail,
-        }
-    }
-}
-
-/// A page of events.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventPage {
-    /// Newest first.
-    pub events: Vec<EventView>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// Filters of `GET /api/events`.
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct EventQuery {
-    /// Events of this type (`schedule.missed`), or of every type of a kind (`schedule`).
-    #[serde(rename = "type")]
-    #[param(rename = "type", nullable = false)]
-    pub kind: Option<String>,
-    /// Events about this thing (a schedule's id).
-    #[param(nullable = false)]
-    pub subject_id: Option<String>,
-    /// From a previous page's `next_cursor`.
-    #[param(nullable = false)]
-    pub cursor: Option<String>,
-    /// Page size, 1–200 (default 50).
-    #[param(minimum = 1, maximum = 200, nullable = false)]
-    #[serde(default, deserialize_with = "super::int64_count")]
-    pub limit: Option<u64>,
-}
-
-/// The tenant's events, newest first.
-#[utoipa::path(get, operation_id = "listEvents", path = "/api/events", tag = "events", security(("bearer" = [])),
-    params(EventQuery),
-    responses((status = 200, body = EventPage)))]
-#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
-pub async fn events(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(query): Query<EventQuery>,
-) -> Result<Json<EventPage>, DomainError> {
-    let (events, next_cursor) = state
-        .services
-        .schedules
-        .events(
-            &caller,
-            query.kind,
-            query.subject_id,
-            query.cursor,
-            query.limit,
-        )
-        .await?;
-    Ok(Json(EventPage {
-        events: events.into_iter().map(EventView::from).collect(),
-        next_cursor,
-    }))
 }

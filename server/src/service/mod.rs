@@ -16,6 +16,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod audit;
 pub mod commands;
+pub mod events;
 pub mod housekeeping;
 pub mod integrations;
 pub mod jobs;
@@ -149,6 +150,8 @@ pub struct Services {
     pub schedules: schedules::Schedules,
     /// Integrations and the worker sending events to them.
     pub integrations: integrations::Integrations,
+    /// Events: listing, and following them live.
+    pub events: events::Events,
     /// Job webhooks: signing secrets and delivery.
     pub webhooks: webhooks::Webhooks,
     /// Liveness and readiness.
@@ -189,6 +192,7 @@ impl Services {
             users,
             commands: commands::Commands::new(core.clone()),
             schedules: schedules::Schedules::new(core.clone(), jobs::Jobs::new(core.clone())),
+            events: events::Events::new(core.clone()),
             jobs: jobs::Jobs::new(core.clone()),
             keys: keys::Keys::new(core.clone()),
             releases: releases::Releases::new(core.clone(), releases),

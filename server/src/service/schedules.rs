@@ -37,8 +37,8 @@ use crate::domain::{
     MissedPolicy, Principal, Role, Scopes,
 };
 use crate::store::{
-    Advance, EventFilter, Fire, FireJob, NewEvent, NewJob, NewSchedule, ScheduleFilter,
-    ScheduleRefused, event, job, schedule,
+    Advance, Fire, FireJob, NewEvent, NewJob, NewSchedule, ScheduleFilter, ScheduleRefused, job,
+    schedule,
 };
 
 /// Fires that passed less than this long ago run late; older ones are missed.
@@ -640,41 +640,6 @@ impl Schedules {
             at = next;
         }
         Ok(fires)
-    }
-
-    /// A tenant's events, newest first.
-    pub async fn events(
-        &self,
-        caller: &Caller,
-        kind: Option<String>,
-        subject_id: Option<String>,
-        cursor: Option<String>,
-        limit: Option<u64>,
-    ) -> Result<(Vec<event::Model>, Option<String>), DomainError> {
-        let limit = limit.unwrap_or(50);
-        if !(1..=200).contains(&limit) {
-            return Err(DomainError::BadRequest(
-                "limit: must be between 1 and 200".into(),
-            ));
-        }
-        let filter = EventFilter {
-            kind,
-            subject_id,
-            before: cursor,
-            limit: limit + 1,
-        };
-        let mut events = self
-            .core
-            .store
-            .list_events(&caller.tenant_id, &filter)
-            .await?;
-        let next = if events.len() as u64 > limit {
-            events.truncate(limit as usize);
-            events.last().map(|e| e.id.clone())
-        } else {
-            None
-        };
-        Ok((events, next))
     }
 
     /// The job a fire (or a run now) creates: the stored command with its secret values

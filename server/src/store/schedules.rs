@@ -564,9 +564,17 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             audit.event.target_id = job_id.clone();
             audits.push(audit);
             crate::metrics::commands_created(&new.command, models.len());
-            if models.is_empty() {
+            let job = if models.is_empty() {
                 txn.record_job_end(&job, Some(&[])).await?;
-            }
+                job
+            } else if models.iter().all(|run| run.state != super::state::PENDING) {
+                // Every run refused: the job is over already, and so recorded, in this write.
+                txn.refresh_job(&job.tenant_id, &job.id)
+                    .await?
+                    .unwrap_or(job)
+            } else {
+                job
+            };
             made.push(FiredJob {
                 job,
                 runs: models,
@@ -591,21 +599,6 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             }
         }
         txn.db.commit().await?;
-        // A job whose every run was refused is over already: answer it as stored.
-        for fired in &mut made {
-            if fired.created
-                && !fired.runs.is_empty()
-                && fired
-                    .runs
-                    .iter()
-                    .all(|run| run.state != super::state::PENDING)
-                && let Some(job) = self
-                    .refresh_job(&fired.job.tenant_id, &fired.job.id)
-                    .await?
-            {
-                fired.job = job;
-            }
-        }
         Ok((made, lost))
     }
 
@@ -615,17 +608,11 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         tenant_id: &str,
         filter: &EventFilter,
     ) -> Result<Vec<event::Model>> {
-        let mut query = event::Entity::find().filter(event::Column::TenantId.eq(tenant_id));
-        if let Some(kind) = &filter.kind {
-            if kind.contains('.') {
-                query = query.filter(event::Column::Kind.eq(kind.as_str()));
-            } else {
-                query = query.filter(event::Column::Kind.starts_with(format!("{kind}.")));
-            }
-        }
-        if let Some(subject) = &filter.subject_id {
-            query = query.filter(event::Column::SubjectId.eq(subject.as_str()));
-        }
+        let mut query = events_of(
+            tenant_id,
+            filter.kind.as_deref(),
+            filter.subject_id.as_deref(),
+        );
         if let Some(before) = &filter.before {
             query = query.filter(event::Column::Id.lt(before.as_str()));
         }
@@ -635,4 +622,44 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .all(&self.db)
             .await?)
     }
+
+    /// A tenant's events with an id greater than `after`, oldest first, at most `limit`: what
+    /// an event stream reads, from a little before the newest event it has sent (see
+    /// `service::events`). `kind` and `subject_id` filter as in [`Self::list_events`].
+    pub async fn events_after(
+        &self,
+        tenant_id: &str,
+        kind: Option<&str>,
+        subject_id: Option<&str>,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<event::Model>> {
+        Ok(events_of(tenant_id, kind, subject_id)
+            .filter(event::Column::Id.gt(after))
+            .order_by_asc(event::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+}
+
+/// A tenant's events of a type (`schedule.missed`) or of every type of a kind (`schedule`),
+/// about one subject: the filters the listing and the stream share.
+fn events_of(
+    tenant_id: &str,
+    kind: Option<&str>,
+    subject_id: Option<&str>,
+) -> sea_orm::Select<event::Entity> {
+    let mut query = event::Entity::find().filter(event::Column::TenantId.eq(tenant_id));
+    if let Some(kind) = kind {
+        if kind.contains('.') {
+            query = query.filter(event::Column::Kind.eq(kind));
+        } else {
+            query = query.filter(event::Column::Kind.starts_with(format!("{kind}.")));
+        }
+    }
+    if let Some(subject) = subject_id {
+        query = query.filter(event::Column::SubjectId.eq(subject));
+    }
+    query
 }

@@ -13,6 +13,7 @@ mod contention;
 mod deploy;
 mod disk;
 mod durability;
+mod events;
 mod failover;
 mod firstrun;
 mod hardening;
