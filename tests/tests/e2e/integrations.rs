@@ -719,3 +719,82 @@ async fn integrations_are_managed_from_the_command_line() {
     assert_ne!(status, 0);
     assert!(err.contains("hook"), "{err}");
 }
+
+/// Two nodes on one PostgreSQL: each event reaches each integration once, whichever node
+/// recorded it and whichever sends it (PostgreSQL only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_send_each_delivery_once() {
+    let Some(cluster) =
+        outpost_e2e::postgres::required("integrations::two_nodes_send_each_delivery_once")
+    else {
+        return;
+    };
+    let database = outpost_e2e::postgres::Database::create(&cluster);
+    let node = |name: &str| ServerOptions {
+        database_url: Some(database.url.clone()),
+        args: vec!["--node-name".into(), name.into()],
+        envs: vec![
+            ("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into()),
+            (
+                "OUTPOST_ADMIN_KEY".into(),
+                "opk_integrations00000000000000000000000000000".into(),
+            ),
+            (
+                "OUTPOST_MASTER_KEY".into(),
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+            ),
+        ],
+        ..ServerOptions::default()
+    };
+    let a = Server::start_with(node("a")).await;
+    let b = Server::start_with(node("b")).await;
+    let (api_a, api_b) = (a.api(), b.api());
+    let (base, r) = receiver().await;
+    for path in ["one", "two"] {
+        integration(
+            &api_a,
+            json!({"name": path, "kind": "webhook",
+                   "config": {"url": format!("{base}/{path}"), "secret": SECRET},
+                   "events": ["job.failed"]}),
+        )
+        .await;
+    }
+    // A schedule whose target matches nothing: each run now is a failed job without runs.
+    let (status, schedule) = api_a
+        .post(
+            "/api/schedules",
+            json!({"name": "empty", "cron": "@yearly", "command": "ping",
+                   "target": {"tags": ["nobody"]}}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{schedule}");
+    let id = schedule["id"].as_str().expect("id").to_owned();
+    const RUNS: usize = 6;
+    for i in 0..RUNS {
+        let api = if i % 2 == 0 { &api_a } else { &api_b };
+        let (status, job) = api
+            .post(&format!("/api/schedules/{id}/run"), json!({}))
+            .await;
+        assert!(status.is_success(), "{job}");
+    }
+    wait_for("every delivery", Duration::from_secs(60), || {
+        let r = r.clone();
+        async move { (r.on("one").len() >= RUNS && r.on("two").len() >= RUNS).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for path in ["one", "two"] {
+        let seen = r.on(path);
+        assert_eq!(seen.len(), RUNS, "{path}: each event once");
+        let ids: std::collections::BTreeSet<String> = seen
+            .iter()
+            .map(|s| s.headers["webhook-id"].to_str().expect("id").to_owned())
+            .collect();
+        assert_eq!(ids.len(), RUNS, "{path}: distinct deliveries");
+        let events: std::collections::BTreeSet<String> = seen
+            .iter()
+            .map(|s| s.body["id"].as_str().expect("event id").to_owned())
+            .collect();
+        assert_eq!(events.len(), RUNS, "{path}: distinct events");
+    }
+}
