@@ -437,16 +437,26 @@ impl Integrations {
     async fn deliver_one(&self, delivery: &delivery::Model) -> Result<(), DomainError> {
         let store = &self.core.store;
         let node = &self.core.node;
-        let Some(row) = store
+        let row = store
             .get_integration(&delivery.tenant_id, &delivery.integration_id)
-            .await?
-        else {
-            return Ok(());
-        };
-        let Some(event) = store
+            .await?;
+        let event = store
             .get_event(&delivery.tenant_id, &delivery.event_id)
-            .await?
-        else {
+            .await?;
+        let (Some(row), Some(event)) = (row, event) else {
+            // Deleted meanwhile (its integration, or the event by retention): over, and
+            // said so, rather than claimed again every minute.
+            let gone = DeliveryAttempt {
+                status_code: None,
+                duration_ms: 0,
+                response: None,
+                error: Some("not sent: its integration or its event no longer exists".into()),
+                retry_at: None,
+                status: delivery_status::FAILED,
+            };
+            store
+                .finish_attempt(delivery, node, Some(&gone), None)
+                .await?;
             return Ok(());
         };
         let destination = destination(&row);
