@@ -65,7 +65,7 @@ async fn record(
 async fn receiver() -> (String, Receiver) {
     let r = Receiver::default();
     let app = axum::Router::new()
-        .route("/{path}", axum::routing::post(record))
+        .route("/{*path}", axum::routing::post(record))
         .with_state(r.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -797,4 +797,93 @@ async fn two_nodes_send_each_delivery_once() {
             .collect();
         assert_eq!(events.len(), RUNS, "{path}: distinct events");
     }
+}
+
+/// Teams, Datadog and Splunk over the real server: each gets its documented shape and
+/// credential header for one failed job (the exact bodies are the providers module's tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_datadog_and_splunk_get_their_own_shapes() {
+    let server = allowed_server().await;
+    let api = server.api();
+    let (base, r) = receiver().await;
+    integration(
+        &api,
+        json!({"name": "teams", "kind": "teams", "config": {"url": format!("{base}/teams")},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    integration(
+        &api,
+        json!({"name": "dd", "kind": "datadog",
+               "config": {"url": format!("{base}/dd"), "api_key": "dd-key-0123456789"},
+               "events": ["job"]}),
+    )
+    .await;
+    integration(
+        &api,
+        json!({"name": "splunk", "kind": "splunk",
+               "config": {"url": format!("{base}/services/collector/event"), "token": "hec-token-42"},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    let (_, key) = api.agent_key().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").expect("flag");
+    let (agent, _scripts) = flaky_agent(&server, &key, &flag);
+    let agent_id = agent.wait_online(&api).await;
+    run_flaky(&api, &agent_id).await;
+    wait_for(
+        "Teams, Datadog (series and event) and Splunk",
+        Duration::from_secs(30),
+        || {
+            let r = r.clone();
+            async move {
+                let seen = r.seen.lock().expect("lock").len();
+                (seen >= 4).then_some(())
+            }
+        },
+    )
+    .await;
+    let teams = r.on("teams");
+    assert_eq!(teams.len(), 1);
+    let card = &teams[0].body;
+    assert_eq!(card["type"], "message", "{card}");
+    assert_eq!(
+        card["attachments"][0]["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(card["attachments"][0]["content"]["type"], "AdaptiveCard");
+    assert!(serde_json::to_vec(card).expect("json").len() < 28_000);
+
+    let series = r.on("dd/api/v2/series");
+    assert_eq!(
+        series.len(),
+        1,
+        "{:?}",
+        r.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|s| s.path.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(series[0].headers["dd-api-key"], "dd-key-0123456789");
+    let metrics: Vec<&str> = series[0].body["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| s["metric"].as_str().expect("metric"))
+        .collect();
+    assert!(metrics.contains(&"outpost.job.runs"), "{metrics:?}");
+    let dd_events = r.on("dd/api/v1/events");
+    assert_eq!(dd_events.len(), 1);
+    assert_eq!(dd_events[0].body["alert_type"], "error");
+
+    let splunk = r.on("services/collector/event");
+    assert_eq!(splunk.len(), 1);
+    assert_eq!(splunk[0].headers["authorization"], "Splunk hec-token-42");
+    assert_eq!(splunk[0].body["sourcetype"], "outpost:event");
+    assert_eq!(splunk[0].body["event"]["type"], "job.failed");
+    drop(agent);
 }
