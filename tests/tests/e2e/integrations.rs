@@ -887,3 +887,118 @@ async fn teams_datadog_and_splunk_get_their_own_shapes() {
     assert_eq!(splunk[0].body["event"]["type"], "job.failed");
     drop(agent);
 }
+
+/// A receiver that never answers holds up only its own deliveries; a redirect is not
+/// followed (it could point anywhere, a private address included) and ends the delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_holds_up_nothing_else_and_redirects_are_not_followed() {
+    let server = allowed_server().await;
+    let api = server.api();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let app = {
+        let log = |name: &'static str, seen: Arc<Mutex<Vec<String>>>| {
+            move || {
+                seen.lock().expect("lock").push(name.to_owned());
+                async {}
+            }
+        };
+        let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
+        axum::Router::new()
+            .route(
+                "/hang",
+                axum::routing::post(move || {
+                    let fut = log("hang", s1.clone())();
+                    async move {
+                        fut.await;
+                        tokio::time::sleep(Duration::from_secs(120)).await;
+                        HttpStatus::OK
+                    }
+                }),
+            )
+            .route(
+                "/redirect",
+                axum::routing::post(move || {
+                    let fut = log("redirect", s2.clone())();
+                    async move {
+                        fut.await;
+                        (HttpStatus::FOUND, [("location", "/target")])
+                    }
+                }),
+            )
+            .route(
+                "/target",
+                axum::routing::post(move || {
+                    let fut = log("target", s3.clone())();
+                    async move {
+                        fut.await;
+                        HttpStatus::OK
+                    }
+                }),
+            )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (ok_base, ok) = receiver().await;
+    integration(
+        &api,
+        json!({"name": "hangs", "kind": "webhook", "config": {"url": format!("{base}/hang")},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    let redirects = integration(
+        &api,
+        json!({"name": "redirects", "kind": "webhook", "config": {"url": format!("{base}/redirect")},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    integration(
+        &api,
+        json!({"name": "fine", "kind": "slack", "config": {"url": format!("{ok_base}/fine")},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    let (_, key) = api.agent_key().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").expect("flag");
+    let (agent, _scripts) = flaky_agent(&server, &key, &flag);
+    let agent_id = agent.wait_online(&api).await;
+    run_flaky(&api, &agent_id).await;
+    // Well within the hanging attempt's 10 s.
+    wait_for(
+        "the fine receiver, while the other hangs",
+        Duration::from_secs(8),
+        || {
+            let ok = ok.clone();
+            async move { (!ok.on("fine").is_empty()).then_some(()) }
+        },
+    )
+    .await;
+    let log = wait_for(
+        "the redirect's delivery to end",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            let id = redirects["id"].as_str().expect("id").to_owned();
+            async move {
+                let (_, log) = api.get(&format!("/api/integrations/{id}/deliveries")).await;
+                (log["deliveries"][0]["status"] == "failed").then_some(log)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        log["deliveries"][0]["attempt_log"][0]["status_code"], 302,
+        "{log}"
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert!(seen.contains(&"hang".to_owned()), "{seen:?}");
+    assert!(
+        !seen.contains(&"target".to_owned()),
+        "the redirect was followed: {seen:?}"
+    );
+    drop(agent);
+}
