@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::tenants::{field, object_fields};
+use super::tenants::{field, object_fields, required};
 use super::{ApiJson, Path, Query};
 use crate::AppState;
 use crate::domain::{Caller, DomainError};
@@ -123,20 +123,8 @@ const UPDATE_FIELDS: &[&str] = &[
 
 impl<'de> Deserialize<'de> for UpdateIntegration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let object = object_fields(d, UPDATE_FIELDS)?;
         let mut out = Self::default();
-        fn required<T: serde::de::DeserializeOwned, E: Error>(
-            name: &str,
-            value: Value,
-        ) -> Result<Option<T>, E> {
-            if value.is_null() {
-                return Err(E::custom(format!(
-                    "{name}: cannot be null; leave it out to keep it"
-                )));
-            }
-            field::<T, E>(name, value).map(Some)
-        }
         for (key, value) in object {
             match key.as_str() {
                 "name" => out.name = required("name", value)?,

@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::jobs::{Target, answer};
-use super::tenants::{field, object_fields};
+use super::tenants::{field, object_fields, required};
 use super::users::object_only;
 use super::{ApiJson, Path, Query};
 use crate::AppState;
@@ -245,21 +245,8 @@ const UPDATE_FIELDS: &[&str] = &[
 
 impl<'de> Deserialize<'de> for UpdateSchedule {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
         let object = object_fields(d, UPDATE_FIELDS)?;
         let mut out = Self::default();
-        // A field that cannot be cleared: `null` is refused rather than read as "unchanged".
-        fn required<T: serde::de::DeserializeOwned, E: Error>(
-            name: &str,
-            value: Value,
-        ) -> Result<Option<T>, E> {
-            if value.is_null() {
-                return Err(E::custom(format!(
-                    "{name}: cannot be null; leave it out to keep it"
-                )));
-            }
-            field::<T, E>(name, value).map(Some)
-        }
         for (key, value) in object {
             match key.as_str() {
                 "name" => out.name = required("name", value)?,

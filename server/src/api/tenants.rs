@@ -113,6 +113,19 @@ pub(super) fn field<T: serde::de::DeserializeOwned, E: serde::de::Error>(
     serde_json::from_value(value).map_err(|e| E::custom(format!("{name}: {e}")))
 }
 
+/// A PATCH field that cannot be cleared: `null` is refused rather than read as "unchanged".
+pub(super) fn required<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    name: &str,
+    value: serde_json::Value,
+) -> Result<Option<T>, E> {
+    if value.is_null() {
+        return Err(E::custom(format!(
+            "{name}: cannot be null; leave it out to keep it"
+        )));
+    }
+    field::<T, E>(name, value).map(Some)
+}
+
 /// A quota: null, or a whole number however JSON spells it (`5` or `5.0`: JSON has one kind
 /// of number, and the document's `integer` is any number without a fraction).
 fn quota<E: serde::de::Error>(name: &str, value: serde_json::Value) -> Result<Option<i64>, E> {

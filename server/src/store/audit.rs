@@ -149,71 +149,26 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// [`Store::begin`]), last, just before the commit, so that the change and its record
     /// commit together.
     pub async fn append_audit_now(&self, record: &AuditRecord) -> Result<audit_entry::Model> {
-        let backend = self.db.get_database_backend();
-        let mark = |n: usize| match backend {
-            DbBackend::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
-        };
-        // The head, created at the first append and locked until this transaction ends.
-        let sql = format!(
-            "INSERT INTO audit_heads (tenant_id, seq, hash, base_seq, base_hash) \
-             VALUES ({}, 0, '{GENESIS}', 0, '{GENESIS}') \
-             ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = excluded.tenant_id \
-             RETURNING seq, hash",
-            mark(1)
-        );
-        let head = self
-            .db
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                sql,
-                [record.tenant_id.clone().into()],
-            ))
+        self.append_audits_now(std::slice::from_ref(record))
             .await?
-            .ok_or_else(|| {
-                StoreError::Config(format!("no audit head for tenant {}", record.tenant_id))
-            })?;
-        let last_seq: i64 = head.try_get_by_index(0)?;
-        let last_hash: String = head.try_get_by_index(1)?;
-        let detail = serde_json::to_string(&record.event.detail)
-            .map_err(|e| StoreError::Config(format!("audit detail: {e}")))?;
-        let mut row = audit_entry::Model {
-            tenant_id: record.tenant_id.clone(),
-            seq: last_seq + 1,
-            at: now(),
-            actor_kind: record.actor.kind.as_str().to_owned(),
-            actor_id: record.actor.id.clone(),
-            actor_label: record.actor.label.clone(),
-            address: record.address.clone(),
-            action: record.event.action.as_str().to_owned(),
-            target_type: record.event.target.as_str().to_owned(),
-            target_id: record.event.target_id.clone(),
-            detail,
-            prev_hash: last_hash,
-            hash: String::new(),
-        };
-        row.hash = row_hash(&row);
-        audit_entry::Entity::insert(audit_entry::ActiveModel::from(row.clone()))
-            .exec_without_returning(&self.db)
-            .await?;
-        audit_head::Entity::update_many()
-            .col_expr(audit_head::Column::Seq, Expr::value(row.seq))
-            .col_expr(audit_head::Column::Hash, Expr::value(row.hash.clone()))
-            .filter(audit_head::Column::TenantId.eq(&record.tenant_id))
-            .exec(&self.db)
-            .await?;
-        Ok(row)
+            .pop()
+            .ok_or_else(|| StoreError::Config("an audit record was not appended".into()))
     }
 
     /// [`Store::append_audit_now`] for many records at once (a batch of schedules' fires):
     /// per tenant one read of the chain's head, one insert of its rows, one update of the
-    /// head, in the caller's transaction. The rows chain exactly as appended one by one.
-    pub async fn append_audits_now(&self, records: &[AuditRecord]) -> Result<()> {
+    /// head, in the caller's transaction. The rows chain exactly as appended one by one; they
+    /// are answered by tenant, each tenant's in the order given.
+    pub async fn append_audits_now(
+        &self,
+        records: &[AuditRecord],
+    ) -> Result<Vec<audit_entry::Model>> {
         let backend = self.db.get_database_backend();
         let mark = |n: usize| match backend {
             DbBackend::Postgres => format!("${n}"),
             _ => "?".to_owned(),
         };
+        let mut appended = Vec::with_capacity(records.len());
         let mut tenants: Vec<&str> = records.iter().map(|r| r.tenant_id.as_str()).collect();
         tenants.sort_unstable();
         tenants.dedup();
@@ -259,7 +214,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 row.hash = row_hash(&row);
                 seq = row.seq;
                 hash = row.hash.clone();
-                rows.push(audit_entry::ActiveModel::from(row));
+                rows.push(audit_entry::ActiveModel::from(row.clone()));
+                appended.push(row);
             }
             // 13 values a row: well under SQLite's 32,766 and PostgreSQL's 65,535 per statement.
             let mut rows = rows.into_iter().peekable();
@@ -276,7 +232,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 .exec(&self.db)
                 .await?;
         }
-        Ok(())
+        Ok(appended)
     }
 
     /// A tenant's rows matching `filter`, newest first.
