@@ -61,6 +61,11 @@ pub struct AppState {
     pub services: service::Services,
 }
 
+/// Heartbeat intervals an agent may be gone before `agent.offline` is recorded: with the
+/// sweep's period (one interval) an agent that went away is announced within three (SPEC §11),
+/// and a shorter disconnect is never announced.
+const OFFLINE_AFTER_HEARTBEATS: u32 = 2;
+
 /// Opens the store, bootstraps the admin key and serves on `listener` until `shutdown`
 /// resolves.
 pub async fn run(
@@ -126,7 +131,17 @@ pub async fn run(
             node = Some(joined.clone());
             joined
         }
-        None => hub.clone(),
+        None => {
+            // The only node: nobody is connected yet, whatever rows a crash left behind.
+            let released = store.release_agents_at_start().await?;
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "agents marked disconnected: the server had stopped without recording it"
+                );
+            }
+            hub.clone()
+        }
     };
     let webhooks_due = Arc::new(tokio::sync::Notify::new());
     let finish = finish::Finish::new(bus.clone(), webhooks_due.clone());
@@ -213,12 +228,11 @@ pub async fn run(
         );
     }
     tokio::spawn(liveness_loop(hub.clone(), stop.clone()));
-    tokio::spawn(
-        services
-            .health
-            .clone()
-            .run_sweeps(heartbeat.min(Duration::from_secs(30)), lost_after),
-    );
+    tokio::spawn(services.health.clone().run_sweeps(
+        heartbeat.min(Duration::from_secs(30)),
+        lost_after,
+        heartbeat * OFFLINE_AFTER_HEARTBEATS,
+    ));
 
     let app = api::router(state.clone())
         .route("/metrics", axum::routing::get(api::metrics::route))

@@ -129,6 +129,7 @@ impl Link {
         data: &RegisterData,
         out: &mut Vec<ServerFrame>,
     ) -> Result<(), End> {
+        let reported = self.new_update_report(data).await;
         let registered = self
             .state
             .store
@@ -145,7 +146,14 @@ impl Link {
                 End::Close(1011, "internal error".into())
             })?;
         match registered {
-            Registered::Stored(_) => Ok(()),
+            Registered::Stored(agent) => {
+                self.record_presence(
+                    &agent,
+                    reported.then_some(data.update_status.as_deref()).flatten(),
+                )
+                .await;
+                Ok(())
+            }
             Registered::Taken { key_id } => {
                 tracing::warn!(
                     agent_id = %data.agent_id,
@@ -172,6 +180,53 @@ impl Link {
                     codes::QUOTA_EXCEEDED.to_owned(),
                 ))
             }
+        }
+    }
+
+    /// Whether `register` carries an update report (`updated`, `rolled_back`) other than the
+    /// one stored: the agent repeats its last report with every `register`, and an event is
+    /// recorded for a new one only.
+    async fn new_update_report(&self, data: &RegisterData) -> bool {
+        use outpost_protocol::release::update_status;
+        let Some(report) = data.update_status.as_deref() else {
+            return false;
+        };
+        if ![update_status::UPDATED, update_status::ROLLED_BACK].contains(&report.status.as_str()) {
+            return false;
+        }
+        match self
+            .state
+            .store
+            .get_agent(&self.key.tenant_id, &data.agent_id.to_string())
+            .await
+        {
+            Ok(Some(agent)) => agent.update_status != Some(serde_json::json!(report)),
+            Ok(None) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the agent's last update report");
+                false
+            }
+        }
+    }
+
+    /// Records the events a registration makes (SPEC §11): `agent.online` for an agent whose
+    /// offline was announced, and a new update report. The registration stands whatever
+    /// happens here: a failure is logged.
+    async fn record_presence(
+        &self,
+        agent: &crate::store::agent::Model,
+        report: Option<&outpost_protocol::release::UpdateStatus>,
+    ) {
+        let store = &self.state.store;
+        if agent.offline_reported_at.is_some()
+            && let Err(err) = store.record_agent_online(agent).await
+        {
+            tracing::warn!(error = %err, "could not record agent.online");
+        }
+        if let Some(report) = report
+            && let Err(err) = store.record_update_report(agent, report).await
+        {
+            tracing::warn!(error = %err, "could not record the agent's update report");
         }
     }
 

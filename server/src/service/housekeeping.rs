@@ -53,15 +53,20 @@ impl Health {
         Ok((nodes, this))
     }
 
-    /// Expires commands whose TTL passed undelivered and marks runs lost whose agent went
-    /// away for longer than `lost_after`, every `every` until shutdown.
-    pub async fn run_sweeps(self, every: Duration, lost_after: Duration) {
+    /// Expires commands whose TTL passed undelivered, marks runs lost whose agent went away
+    /// for longer than `lost_after`, and announces agents gone for longer than `offline_after`
+    /// (`agent.offline`), every `every` until shutdown.
+    pub async fn run_sweeps(self, every: Duration, lost_after: Duration, offline_after: Duration) {
         let mut tick = tokio::time::interval(every);
+        let offline = Offline {
+            started: chrono::Utc::now(),
+            grace: offline_after,
+        };
         loop {
             tokio::select! {
                 () = self.core.shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    if let Err(err) = self.sweep(every, lost_after).await {
+                    if let Err(err) = self.sweep(every, lost_after, &offline).await {
                         tracing::warn!(error = %err, "housekeeping failed; retrying at the next tick");
                     }
                 }
@@ -77,6 +82,7 @@ impl Health {
         &self,
         every: Duration,
         lost_after: Duration,
+        offline: &Offline,
     ) -> Result<(), crate::store::StoreError> {
         let core = &self.core;
         let until = crate::store::now()
@@ -107,6 +113,7 @@ impl Health {
             tracing::warn!(run_id = %run.id, agent_id = %run.agent_id, "run lost: its agent did not come back");
         }
         core.finish.finished(lost);
+        self.announce_offline(offline).await?;
         // Refresh tokens and invites past their expiry answer nothing any more; a retired
         // token is kept until then, for reuse detection.
         let (sessions, invites) = core.store.delete_expired_sessions().await?;
@@ -119,4 +126,46 @@ impl Health {
         }
         Ok(())
     }
+
+    /// Records `agent.offline` for agents gone longer than the grace (`store::presence`).
+    async fn announce_offline(&self, offline: &Offline) -> Result<(), crate::store::StoreError> {
+        let now = chrono::Utc::now();
+        let grace =
+            chrono::Duration::from_std(offline.grace).unwrap_or(chrono::Duration::minutes(1));
+        // After this node's start, agents that were gone before it get the agents' longest
+        // reconnect backoff and the grace to come back: a server restart (or a whole cluster's)
+        // is not announced as a fleet going offline and online again.
+        let not_before =
+            (now < offline.started + RECONNECT_BACKOFF_CAP + grace).then_some(offline.started);
+        for _ in 0..OFFLINE_BATCHES_PER_SWEEP {
+            let events = self
+                .core
+                .store
+                .record_agents_offline(now - grace, not_before)
+                .await?;
+            if events.is_empty() {
+                break;
+            }
+            for event in &events {
+                tracing::info!(agent_id = %event.subject_id, hostname = %event.subject_name, "agent offline");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The agents' longest wait between two connection attempts (`agent::session`, network
+/// backoff): every agent that was connected when a server stopped tries again within this.
+const RECONNECT_BACKOFF_CAP: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Batches of agents announced offline per sweep at most (`store::presence` batch size): a
+/// fleet cut off at once is announced over a few sweeps.
+const OFFLINE_BATCHES_PER_SWEEP: usize = 10;
+
+/// When agents are judged offline.
+struct Offline {
+    /// This node's start.
+    started: chrono::DateTime<chrono::Utc>,
+    /// How long an agent may be gone before it is announced.
+    grace: Duration,
 }

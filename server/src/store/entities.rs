@@ -133,6 +133,9 @@ pub mod agent {
         pub node_id: Option<String>,
         /// How it is connected there (`websocket`, `http`), for the other nodes' views.
         pub transport: Option<String>,
+        /// When its `agent.offline` was recorded; NULL while it is connected, or gone for
+        /// less than the grace (`store::presence`).
+        pub offline_reported_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

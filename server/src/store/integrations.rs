@@ -290,13 +290,23 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let txn = Store {
             db: begin_write(&self.db).await?,
         };
-        let Some(event) = txn.insert_event(new).await? else {
+        let event = txn.insert_event_with_deliveries(new).await?;
+        txn.db.commit().await?;
+        Ok(event)
+    }
+
+    /// [`Store::record_event`] in the caller's transaction.
+    pub(super) async fn insert_event_with_deliveries(
+        &self,
+        new: NewEvent<'_>,
+    ) -> Result<Option<event::Model>> {
+        let Some(event) = self.insert_event(new).await? else {
             return Ok(None);
         };
         let integrations = integration::Entity::find()
             .filter(integration::Column::TenantId.eq(&event.tenant_id))
             .filter(integration::Column::Enabled.eq(true))
-            .all(&txn.db)
+            .all(&self.db)
             .await?;
         let at = now();
         let rows: Vec<delivery::ActiveModel> = integrations
@@ -323,10 +333,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .collect();
         if !rows.is_empty() {
             delivery::Entity::insert_many(rows)
-                .exec_without_returning(&txn.db)
+                .exec_without_returning(&self.db)
                 .await?;
         }
-        txn.db.commit().await?;
         Ok(Some(event))
     }
 

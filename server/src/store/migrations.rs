@@ -452,6 +452,18 @@ CREATE TABLE event_streaks (
     PRIMARY KEY (tenant_id, subject_type, subject_id)
 );
 "#,
+    // 18: `agent.offline` is recorded once per disconnect (SPEC §11): `offline_reported_at`
+    // marks an agent whose offline was recorded, and is cleared (with an `agent.online`) when
+    // it registers again. Agents already disconnected at the upgrade count as reported: the
+    // first sweep after an upgrade does not announce a fleet's history. The partial index
+    // keeps the sweep's scan to the agents it may judge.
+    r#"
+ALTER TABLE agents ADD COLUMN offline_reported_at {ts};
+UPDATE agents SET offline_reported_at = disconnected_at
+    WHERE disconnected_at IS NOT NULL AND (connected_at IS NULL OR disconnected_at >= connected_at);
+CREATE INDEX agents_unreported ON agents (disconnected_at)
+    WHERE offline_reported_at IS NULL AND disconnected_at IS NOT NULL;
+"#,
 ];
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on

@@ -17,6 +17,7 @@ mod integrations;
 mod jobs;
 mod migrations;
 mod nodes;
+mod presence;
 mod releases;
 mod schedules;
 mod tenants;
@@ -32,6 +33,7 @@ pub use integrations::{
 };
 pub use jobs::{Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
 pub use nodes::RemoteAgent;
+pub use presence::{AGENT_OFFLINE, AGENT_ONLINE, AGENT_UPDATE_ROLLED_BACK, AGENT_UPDATED};
 pub use schedules::{
     Advance, EventFilter, FireJob, FiredJob, NewEvent, NewSchedule, ScheduleFilter, SchedulePatch,
     ScheduleRefused,
@@ -801,6 +803,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 update_status: Set(data.update_status.as_ref().map(|r| json!(r))),
                 node_id: Set(node_id.map(str::to_owned)),
                 transport: Set(Some(transport.as_str().to_owned())),
+                offline_reported_at: Set(None),
             };
             // Counted against the tenant's `max_agents` (`store::tenants`): only a new id
             // can be refused, never an agent already registered.

@@ -65,8 +65,10 @@ impl Store {
     }
 
     /// Takes over the nodes whose lease ran out before `now`: deletes each row (one node wins
-    /// each) and releases that node's agents (no node holds them now; they were last seen
-    /// then, which starts the lost-run clock for their runs). Returns the ids it took over.
+    /// each) and releases that node's agents (no node holds them now), disconnected when that
+    /// node was last known alive, its last renewal: a whole cluster restarted is then judged
+    /// like a restarted single server (`store::presence`, the sweep's restart grace). Returns
+    /// the ids it took over.
     pub async fn take_over_dead_nodes(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
         let dead = node::Entity::find()
             .filter(node::Column::LeaseUntil.lt(now))
@@ -83,7 +85,7 @@ impl Store {
             if deleted.rows_affected == 1 {
                 agent::Entity::update_many()
                     .col_expr(agent::Column::NodeId, Expr::value(Option::<String>::None))
-                    .col_expr(agent::Column::DisconnectedAt, Expr::value(row.lease_until))
+                    .col_expr(agent::Column::DisconnectedAt, Expr::value(row.renewed_at))
                     .filter(agent::Column::NodeId.eq(&row.id))
                     .exec(&txn)
                     .await?;

@@ -1002,3 +1002,120 @@ async fn a_hanging_receiver_holds_up_nothing_else_and_redirects_are_not_followed
     );
     drop(agent);
 }
+
+/// SPEC §11: a killed agent reaches PagerDuty (`trigger`) and a webhook as `agent.offline`
+/// within three heartbeat intervals, its return resolves the incident (`agent.online`, the
+/// same `dedup_key`), and a server that crashes and restarts with the agent connected
+/// announces nothing: the agent reconnects, and the sweep gives agents gone before the
+/// server's start the agents' reconnect backoff to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_opens_an_incident_its_return_resolves_and_a_restart_announces_nothing() {
+    let mut server = Server::start_with(ServerOptions {
+        args: vec!["--heartbeat-interval".into(), "1".into()],
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let (base, r) = receiver().await;
+    integration(
+        &api,
+        json!({"name": "pd", "kind": "pagerduty",
+               "config": {"routing_key": "R0123456789abcdef0123456789abcdef", "url": format!("{base}/pd")},
+               "events": ["agent.offline", "agent.online"]}),
+    )
+    .await;
+    integration(
+        &api,
+        json!({"name": "hook", "kind": "webhook",
+               "config": {"url": format!("{base}/hook"), "secret": SECRET}, "events": ["agent"]}),
+    )
+    .await;
+    let (_, key) = api.agent_key().await;
+    let mut agent = Agent::start(&server.url, &key);
+    let agent_id = agent.wait_online(&api).await;
+
+    // The server crashes and stays down past the offline grace (2 intervals): the fault
+    // injected, not a wait for readiness.
+    server.kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.restart().await;
+    let api = server.api();
+    // Back on the new server (on PostgreSQL the old node's row says online until its lease
+    // runs out: the agent's own log says when it registered again).
+    wait_for(
+        "the agent to register again",
+        Duration::from_secs(60),
+        || {
+            let again = agent.logs().matches("connected and registered").count() >= 2;
+            async move { again.then_some(()) }
+        },
+    )
+    .await;
+    api.wait_online(&agent_id).await;
+    // The sweep judged at the restart, before the agent was back: it announced nothing.
+    let (_, events) = api.get("/api/events?type=agent").await;
+    assert_eq!(events["events"], json!([]), "the restart announced nothing");
+
+    let killed = std::time::Instant::now();
+    agent.kill9();
+    wait_for("PagerDuty's trigger", Duration::from_secs(60), || {
+        let r = r.clone();
+        async move { (!r.on("pd").is_empty()).then_some(()) }
+    })
+    .await;
+    println!(
+        "agent killed -> agent.offline at PagerDuty: {:.1} s (heartbeat interval 1 s)",
+        killed.elapsed().as_secs_f64()
+    );
+    agent.restart();
+    wait_for("PagerDuty's resolve", Duration::from_secs(60), || {
+        let r = r.clone();
+        async move { (r.on("pd").len() >= 2 && r.on("hook").len() >= 2).then_some(()) }
+    })
+    .await;
+    // Settle: nothing more comes (no late flap from the restart either).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pd = r.on("pd");
+    assert_eq!(pd.len(), 2, "{pd:?}");
+    assert_eq!(pd[0].body["event_action"], "trigger", "{:?}", pd[0].body);
+    assert_eq!(
+        pd[0].body["payload"]["severity"], "critical",
+        "{:?}",
+        pd[0].body
+    );
+    assert_eq!(pd[1].body["event_action"], "resolve", "{:?}", pd[1].body);
+    assert_eq!(pd[0].body["dedup_key"], pd[1].body["dedup_key"]);
+    assert!(
+        pd[0].body["dedup_key"]
+            .as_str()
+            .expect("key")
+            .ends_with(&format!(":agent:{agent_id}")),
+        "{:?}",
+        pd[0].body
+    );
+    let hooks = r.on("hook");
+    let types: Vec<&str> = hooks
+        .iter()
+        .map(|s| s.body["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        ["agent.offline", "agent.online"],
+        "the restart announced nothing"
+    );
+    assert_eq!(hooks[0].body["subject"]["kind"], "agent");
+    assert_eq!(hooks[0].body["subject"]["id"], agent_id.as_str());
+    assert_eq!(hooks[0].body["data"]["online"], 0);
+    assert_eq!(hooks[1].body["data"]["online"], 1);
+
+    let (_, events) = api.get("/api/events?type=agent").await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(kinds, ["agent.online", "agent.offline"], "{events}");
+    drop(agent);
+}

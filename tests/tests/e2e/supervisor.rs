@@ -537,6 +537,35 @@ async fn signed_self_update_refusals_and_rollback() {
     assert_eq!(report["to"], "0.1.0", "{report}");
     assert_eq!(agent["version"], "0.1.0");
     assert_eq!(sha256(&sup.bin), sha256(&a));
+
+    // SPEC §11: each report is one event, however many times the agent registered with it;
+    // a refused update changed nothing and is none.
+    let (_, events) = api.get("/api/events?type=agent").await;
+    let events = events["events"].as_array().expect("events").clone();
+    let of = |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["type"] == kind).collect() };
+    let rolled_back = of("agent.update_rolled_back");
+    assert_eq!(rolled_back.len(), 1, "{events:?}");
+    assert_eq!(rolled_back[0]["data"]["to"], "0.5.0");
+    assert_eq!(rolled_back[0]["subject"]["id"], id.as_str());
+    let updated = of("agent.updated");
+    let mut times: Vec<&Value> = updated.iter().map(|e| &e["data"]["at"]).collect();
+    times.dedup();
+    assert_eq!(
+        times.len(),
+        updated.len(),
+        "one event per report: {updated:?}"
+    );
+    assert_eq!(
+        updated[0]["data"]["reason"], "redeploy",
+        "newest first: {updated:?}"
+    );
+    assert!(
+        events.iter().all(|e| !e["data"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("older than the running")),
+        "a refused update is no event: {events:?}"
+    );
 }
 
 /// Installs `agent` as the agent binary beside a fresh state directory, as deploy.sh lays it
