@@ -159,6 +159,17 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_WEBHOOK_ALLOW_PRIVATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub webhook_allow_private: bool,
 
+    /// SMTP relay for email integrations: `smtps://user:password@host:465`, or
+    /// `smtp://user:password@host:587?tls=required` for STARTTLS (a plain `smtp://` sends in
+    /// the clear: a relay on this machine only). Without it, email deliveries fail saying so.
+    #[arg(long, env = "OUTPOST_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// The sender of email notifications (`Outpost <outpost@example.com>`; default
+    /// outpost@<this host's name>).
+    #[arg(long, env = "OUTPOST_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+
     /// Let anyone create a tenant and its owner with POST /api/auth/register (off: that
     /// route answers 403 signup_disabled; a self-hosted server is usually one tenant). The
     /// variable takes 1/0, true/false, yes/no, on/off.
@@ -220,6 +231,8 @@ impl std::fmt::Debug for Config {
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
             .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
+            .field("smtp_from", &self.smtp_from)
             .field("allow_signup", &self.allow_signup)
             .finish()
     }

@@ -31,6 +31,7 @@ pub mod http_error;
 pub mod hub;
 pub mod jwt;
 pub mod listen;
+pub mod mail;
 pub mod metrics;
 pub mod passwords;
 pub mod providers;
@@ -181,11 +182,25 @@ pub async fn run(
         trusted_proxies = ?config.trusted_proxies,
         "rate limits (a minute, per caller on /api; 0 = off)"
     );
-    let outbox = service::integrations::Outbox::new(
+    let mut outbox = service::integrations::Outbox::new(
         config.webhook_allow_private,
         config.public_url.clone(),
         host_name(),
     );
+    match &config.smtp_url {
+        Some(url) => {
+            let from = config
+                .smtp_from
+                .clone()
+                .unwrap_or_else(|| format!("Outpost <outpost@{}>", host_name()));
+            let mailer = mail::Mailer::new(url, &from).map_err(anyhow::Error::msg)?;
+            tracing::info!(relay = mailer.relay(), from = %from, "email integrations send through this SMTP relay");
+            outbox = outbox.with_mailer(mailer);
+        }
+        None => tracing::info!(
+            "no --smtp-url: email integrations are stored, and their deliveries fail saying SMTP is not configured"
+        ),
+    }
     let mut services = service::Services::new(core, releases, delivery, outbox, limits)
         .with_signup(config.allow_signup);
     services.schedules = services

@@ -79,6 +79,8 @@ pub struct Outbox {
     in_flight: Semaphore,
     /// Deliveries being sent by this node (a pass does not start one twice).
     sending: Mutex<std::collections::HashSet<String>>,
+    /// `--smtp-url`, for email integrations.
+    mailer: Option<crate::mail::Mailer>,
 }
 
 impl Outbox {
@@ -92,7 +94,14 @@ impl Outbox {
             next_send: Mutex::new(HashMap::new()),
             in_flight: Semaphore::new(IN_FLIGHT),
             sending: Mutex::new(std::collections::HashSet::new()),
+            mailer: None,
         }
+    }
+
+    /// Sends email integrations' messages through `mailer`.
+    pub fn with_mailer(mut self, mailer: crate::mail::Mailer) -> Self {
+        self.mailer = Some(mailer);
+        self
     }
 
     /// Reserves a send to `destination` now, or says when it may be sent.
@@ -553,15 +562,43 @@ impl Integrations {
             test,
         };
         if kind == Kind::Email {
-            return over(
-                delivery_status::FAILED,
-                None,
-                None,
-                Some(
-                    "email: SMTP is not configured on this server (see docs/OPERATIONS.md)".into(),
+            let Some(mailer) = &self.outbox.mailer else {
+                return over(
+                    delivery_status::FAILED,
+                    None,
+                    None,
+                    Some(
+                        "email: SMTP is not configured on this server (--smtp-url; see docs/OPERATIONS.md)"
+                            .into(),
+                    ),
+                    None,
+                );
+            };
+            let Some(email) = providers::render_email(&config, &view, &ctx) else {
+                return over(
+                    delivery_status::FAILED,
+                    None,
+                    None,
+                    Some("email: no recipient".into()),
+                    None,
+                );
+            };
+            return match mailer.send(&email).await {
+                Ok(sent) => over(
+                    delivery_status::DELIVERED,
+                    sent.code,
+                    Some(truncate_text(sent.answer.as_bytes())),
+                    None,
+                    None,
                 ),
-                None,
-            );
+                Err(refused) => over(
+                    delivery_status::FAILED,
+                    refused.code,
+                    None,
+                    Some(refused.error),
+                    refused.transient.then(Utc::now),
+                ),
+            };
         }
         let requests = providers::render(&config, &view, &ctx);
         if requests.is_empty() {

@@ -1119,3 +1119,145 @@ async fn a_killed_agent_opens_an_incident_its_return_resolves_and_a_restart_anno
     assert_eq!(kinds, ["agent.online", "agent.offline"], "{events}");
     drop(agent);
 }
+
+/// SPEC §11 `email`, through a real SMTP server (aiosmtpd): a failed job reaches every
+/// recipient in one message; `test` reports the relay's answer (250, or 550 for a recipient it
+/// refuses, `ok: false`); a relay that refuses for now (451) leaves the delivery to be tried
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_through_the_smtp_relay_and_its_answers_are_reported() {
+    let Some(sink) = outpost_e2e::smtp::SmtpSink::start("email_goes_through_the_smtp_relay") else {
+        return;
+    };
+    let server = Server::start_with(ServerOptions {
+        args: vec![
+            "--smtp-url".into(),
+            sink.url(),
+            "--smtp-from".into(),
+            "Outpost <outpost@test.example>".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let api = server.api();
+    let mail = integration(
+        &api,
+        json!({"name": "ops-mail", "kind": "email",
+               "config": {"to": "ops@example.com, oncall@example.com"},
+               "events": ["job.failed"]}),
+    )
+    .await;
+    let refused = integration(
+        &api,
+        json!({"name": "bad-mail", "kind": "email", "config": {"to": ["refuse@example.com"]},
+               "events": ["schedule.missed"]}),
+    )
+    .await;
+    let later = integration(
+        &api,
+        json!({"name": "later-mail", "kind": "email", "config": {"to": "later@example.com"},
+               "events": ["job.failed"]}),
+    )
+    .await;
+
+    // `test`: the relay's own answer.
+    let (status, tested) = api
+        .post(
+            &format!(
+                "/api/integrations/{}/test",
+                mail["id"].as_str().expect("id")
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{tested}");
+    assert_eq!(tested["ok"], true, "{tested}");
+    assert_eq!(tested["status_code"], 250, "{tested}");
+    assert!(
+        tested["response"]
+            .as_str()
+            .expect("answer")
+            .contains("queued as sink-1"),
+        "{tested}"
+    );
+    let (_, tested) = api
+        .post(
+            &format!(
+                "/api/integrations/{}/test",
+                refused["id"].as_str().expect("id")
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(tested["ok"], false, "{tested}");
+    assert_eq!(tested["status_code"], 550, "{tested}");
+    assert!(
+        tested["error"]
+            .as_str()
+            .expect("error")
+            .contains("no such user"),
+        "{tested}"
+    );
+
+    let (_, key) = api.agent_key().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let flag = dir.path().join("broken");
+    std::fs::write(&flag, "").expect("flag");
+    let (agent, _scripts) = flaky_agent(&server, &key, &flag);
+    let agent_id = agent.wait_online(&api).await;
+    let failed = run_flaky(&api, &agent_id).await;
+    assert_eq!(failed["status"], "failed");
+    let messages = wait_for("the failure's email", Duration::from_secs(30), || {
+        let messages = sink.messages();
+        async move { (messages.len() >= 2).then_some(messages) }
+    })
+    .await;
+    // Headers unfolded (a long subject continues on the next line).
+    let message = &messages[1].replace("\r\n ", " ").replace("\n ", " ");
+    assert!(
+        message.contains("X-Envelope-To: ops@example.com,oncall@example.com"),
+        "{message}"
+    );
+    assert!(
+        message.contains("From: Outpost <outpost@test.example>"),
+        "{message}"
+    );
+    let subject = message
+        .lines()
+        .find(|l| l.starts_with("Subject: "))
+        .expect("a subject");
+    assert!(
+        subject.contains("[Outpost]") && subject.contains("failed"),
+        "{subject}"
+    );
+    assert!(
+        message.contains("flaky"),
+        "the body names the script: {message}"
+    );
+    let (_, log) = api
+        .get(&format!(
+            "/api/integrations/{}/deliveries",
+            mail["id"].as_str().expect("id")
+        ))
+        .await;
+    let deliveries = log["deliveries"].as_array().expect("deliveries");
+    assert_eq!(deliveries[0]["status"], "delivered", "{log}");
+    assert_eq!(deliveries[0]["attempt_log"][0]["status_code"], 250, "{log}");
+    let path = format!(
+        "/api/integrations/{}/deliveries",
+        later["id"].as_str().expect("id")
+    );
+    let log = wait_for("the 451's attempt", Duration::from_secs(30), || {
+        let api = &api;
+        let path = path.clone();
+        async move {
+            let (_, log) = api.get(&path).await;
+            (log["deliveries"][0]["attempts"] == 1).then_some(log)
+        }
+    })
+    .await;
+    let delivery = &log["deliveries"][0];
+    assert_eq!(delivery["status"], "pending", "tried again later: {log}");
+    assert_eq!(delivery["attempt_log"][0]["status_code"], 451, "{log}");
+    drop(agent);
+}
