@@ -15,6 +15,7 @@
 
 mod attack;
 mod auth;
+mod events;
 mod postgres;
 mod report;
 mod schedules;
@@ -77,6 +78,9 @@ enum Scenario {
     /// access token (JWT), interleaved on one server, and a cheap authenticated GET with each
     /// against the unauthenticated `/healthz`.
     Auth,
+    /// Failures to a webhook integration: the delay from a failed run's commit to the
+    /// receiver (a trickle), and job.failed events recorded per second (a burst).
+    Events,
     /// 10,000 schedules: the server's idle CPU with them enabled and not due (vs none), then
     /// the delay from their common minute to each job's creation when all are due at once.
     Schedules,
@@ -281,6 +285,7 @@ async fn scenarios(
         Scenario::Sockets,
         Scenario::Restart,
         Scenario::Auth,
+        Scenario::Events,
         Scenario::Schedules,
     ]
     .iter()
@@ -720,6 +725,18 @@ async fn scenarios(
             ),
             json!({"agents": first_share, "back_online_s": back.as_secs_f64(), "stop_s": stopped.as_secs_f64()}),
         );
+    }
+
+    if has(opts, Scenario::Events) && swarm.is_some() && opts.agents >= 2 {
+        let plan = events::Plan {
+            agents: (0..2)
+                .map(|i| swarm::agent_id(run_id, i).to_string())
+                .collect(),
+            trickle: if opts.quick { 5 } else { 30 },
+            burst: if opts.quick { 200 } else { 2000 },
+            on: on.clone(),
+        };
+        events::scenario(nodes, &plan, report).await?;
     }
 
     // Last: its schedules go on firing every minute until the server stops.

@@ -71,6 +71,22 @@ impl Client {
         Ok(serde_json::from_str(&text)?)
     }
 
+    /// DELETEs; any non-2xx is an error.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .with_context(|| format!("DELETE {path}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("DELETE {path}: {status}: {}", response.text().await?);
+        }
+        Ok(())
+    }
+
     /// The same client presenting `token` (a user's access token, another API key) instead
     /// of the owner API key.
     pub fn with_token(&self, token: &str) -> Self {
@@ -612,6 +628,8 @@ fn spawn(launch: &Launch) -> anyhow::Result<Child> {
         .arg("--rate-limit")
         .arg(u32::MAX.to_string())
         .env("OUTPOST_ADMIN_KEY", &launch.shared.admin)
+        // The events scenario's receiver listens on loopback.
+        .env("OUTPOST_WEBHOOK_ALLOW_PRIVATE", "1")
         // Per-connection info lines would cost more than what is measured.
         .env("OUTPOST_LOG", "warn")
         .env_remove("OUTPOST_DATABASE_URL")
