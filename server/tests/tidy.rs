@@ -73,6 +73,7 @@ const RULES: &[(&str, &[&str])] = &[
             "credentials",
             "jwt",
             "passwords",
+            "mail",
         ],
     ),
     (
@@ -83,6 +84,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("cron", &[]),
     // Integrations' payloads and the meaning of providers' answers: a leaf.
     ("providers", &[]),
+    // The SMTP sender of email integrations: I/O over what `providers` rendered.
+    ("mail", &["providers"]),
     ("finish", &["bus", "metrics", "store", "domain"]),
     ("bus", &["domain", "store"]),
     ("frames", &["domain", "seal", "secrets", "store"]),
