@@ -129,7 +129,7 @@ impl Link {
         data: &RegisterData,
         out: &mut Vec<ServerFrame>,
     ) -> Result<(), End> {
-        let reported = self.new_update_report(data).await;
+        self.record_update_report(data).await?;
         let registered = self
             .state
             .store
@@ -147,11 +147,13 @@ impl Link {
             })?;
         match registered {
             Registered::Stored(agent) => {
-                self.record_presence(
-                    &agent,
-                    reported.then_some(data.update_status.as_deref()).flatten(),
-                )
-                .await;
+                // `agent.online` for an agent whose offline was announced; a failure leaves
+                // the mark, and the next registration records it.
+                if agent.offline_reported_at.is_some()
+                    && let Err(err) = self.state.store.record_agent_online(&agent).await
+                {
+                    tracing::warn!(error = %err, "could not record agent.online");
+                }
                 Ok(())
             }
             Registered::Taken { key_id } => {
@@ -183,51 +185,43 @@ impl Link {
         }
     }
 
-    /// Whether `register` carries an update report (`updated`, `rolled_back`) other than the
-    /// one stored: the agent repeats its last report with every `register`, and an event is
-    /// recorded for a new one only.
-    async fn new_update_report(&self, data: &RegisterData) -> bool {
+    /// Records the supervisor's report on an update (`agent.updated`,
+    /// `agent.update_rolled_back`) when `register` carries one other than the one stored: the
+    /// agent repeats its last report with every `register`. Recorded before the report is
+    /// stored, so that a failure refuses the registration (the agent comes back and it is
+    /// tried again) rather than losing the event; the event's key makes a repeat a no-op.
+    async fn record_update_report(&self, data: &RegisterData) -> Result<(), End> {
         use outpost_protocol::release::update_status;
         let Some(report) = data.update_status.as_deref() else {
-            return false;
+            return Ok(());
         };
         if ![update_status::UPDATED, update_status::ROLLED_BACK].contains(&report.status.as_str()) {
-            return false;
+            return Ok(());
         }
-        match self
-            .state
-            .store
+        let failed = |err: crate::store::StoreError| {
+            tracing::error!(error = %err, "could not record the agent's update report");
+            End::Close(1011, "internal error".into())
+        };
+        let store = &self.state.store;
+        let Some(mut agent) = store
             .get_agent(&self.key.tenant_id, &data.agent_id.to_string())
             .await
-        {
-            Ok(Some(agent)) => agent.update_status != Some(serde_json::json!(report)),
-            Ok(None) => true,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not read the agent's last update report");
-                false
-            }
+            .map_err(failed)?
+        else {
+            // Unknown here (forgotten, or another tenant's): nothing it updated from.
+            return Ok(());
+        };
+        if agent.key_id != self.key.id || agent.update_status == Some(serde_json::json!(report)) {
+            return Ok(());
         }
-    }
-
-    /// Records the events a registration makes (SPEC §11): `agent.online` for an agent whose
-    /// offline was announced, and a new update report. The registration stands whatever
-    /// happens here: a failure is logged.
-    async fn record_presence(
-        &self,
-        agent: &crate::store::agent::Model,
-        report: Option<&outpost_protocol::release::UpdateStatus>,
-    ) {
-        let store = &self.state.store;
-        if agent.offline_reported_at.is_some()
-            && let Err(err) = store.record_agent_online(agent).await
-        {
-            tracing::warn!(error = %err, "could not record agent.online");
-        }
-        if let Some(report) = report
-            && let Err(err) = store.record_update_report(agent, report).await
-        {
-            tracing::warn!(error = %err, "could not record the agent's update report");
-        }
+        agent.hostname.clone_from(&data.hostname);
+        agent.version.clone_from(&data.version);
+        agent.agent_tags = serde_json::json!(data.tags);
+        store
+            .record_update_report(&agent, report)
+            .await
+            .map_err(failed)?;
+        Ok(())
     }
 
     /// Stores the `register` that opens a connection (see `store_register`; a refusal's
