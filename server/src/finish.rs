@@ -3,8 +3,9 @@
 //! Whatever finished them (an agent's result committed by the writer, a cancel, an expiry,
 //! an agent that never came back, a refusal when an agent reconnects), committed final rows
 //! come here and only here: they are counted, handed to the [`Bus`] (which wakes callers
-//! waiting on them and job event streams on every node), and the webhook worker is told to
-//! look for jobs to report. Nothing else calls those directly, so a new way of finishing
+//! waiting on them and job event streams on every node), and the webhook and integration
+//! workers are told to look for jobs and events to send (a job's end event is committed with
+//! its last result: `store::integrations`). Nothing else calls those directly, so a new way of finishing
 //! cannot forget one of them, and a new consumer (events, integrations) is added here once.
 
 use std::sync::Arc;
@@ -19,12 +20,18 @@ use crate::store::command;
 pub struct Finish {
     bus: Arc<dyn Bus>,
     webhooks_due: Arc<Notify>,
+    events_due: Arc<Notify>,
 }
 
 impl Finish {
-    /// Finishes through `bus`, waking the webhook worker with `webhooks_due`.
-    pub fn new(bus: Arc<dyn Bus>, webhooks_due: Arc<Notify>) -> Self {
-        Self { bus, webhooks_due }
+    /// Finishes through `bus`, waking the webhook worker with `webhooks_due` and the
+    /// integrations' with `events_due`.
+    pub fn new(bus: Arc<dyn Bus>, webhooks_due: Arc<Notify>, events_due: Arc<Notify>) -> Self {
+        Self {
+            bus,
+            webhooks_due,
+            events_due,
+        }
     }
 
     /// Announces runs whose final state is committed. Called once per committed batch
@@ -49,7 +56,15 @@ impl Finish {
         self.bus.finished(runs);
         if of_jobs {
             self.webhooks_due.notify_one();
+            self.events_due.notify_one();
         }
+    }
+
+    /// Announces events committed outside a batch of results (a job over at its creation, an
+    /// agent gone or back): the integrations' worker sends them now rather than at its next
+    /// poll.
+    pub fn events_recorded(&self) {
+        self.events_due.notify_one();
     }
 
     /// Announces a change to a job that is not a final result (a run started, output

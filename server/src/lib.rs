@@ -145,7 +145,8 @@ pub async fn run(
         }
     };
     let webhooks_due = Arc::new(tokio::sync::Notify::new());
-    let finish = finish::Finish::new(bus.clone(), webhooks_due.clone());
+    let events_due = Arc::new(tokio::sync::Notify::new());
+    let finish = finish::Finish::new(bus.clone(), webhooks_due.clone(), events_due.clone());
     // A result reaches whoever waits for it as soon as its batch is committed; the connection
     // that carried it only acknowledges it.
     let on_commit = finish.clone();
@@ -186,7 +187,8 @@ pub async fn run(
         config.webhook_allow_private,
         config.public_url.clone(),
         host_name(),
-    );
+    )
+    .with_wake(events_due);
     match &config.smtp_url {
         Some(url) => {
             let from = config

@@ -149,10 +149,11 @@ impl Link {
             Registered::Stored(agent) => {
                 // `agent.online` for an agent whose offline was announced; a failure leaves
                 // the mark, and the next registration records it.
-                if agent.offline_reported_at.is_some()
-                    && let Err(err) = self.state.store.record_agent_online(&agent).await
-                {
-                    tracing::warn!(error = %err, "could not record agent.online");
+                if agent.offline_reported_at.is_some() {
+                    match self.state.store.record_agent_online(&agent).await {
+                        Ok(_) => self.state.finish.events_recorded(),
+                        Err(err) => tracing::warn!(error = %err, "could not record agent.online"),
+                    }
                 }
                 Ok(())
             }
@@ -221,6 +222,7 @@ impl Link {
             .record_update_report(&agent, report)
             .await
             .map_err(failed)?;
+        self.state.finish.events_recorded();
         Ok(())
     }
 

@@ -149,6 +149,7 @@ impl Health {
             for event in &events {
                 tracing::info!(agent_id = %event.subject_id, hostname = %event.subject_name, "agent offline");
             }
+            self.core.finish.events_recorded();
         }
         Ok(())
     }

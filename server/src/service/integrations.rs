@@ -98,6 +98,12 @@ impl Outbox {
         }
     }
 
+    /// Wakes the worker through `wake` (the finish path's `events_due`) besides its own.
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// Sends email integrations' messages through `mailer`.
     pub fn with_mailer(mut self, mailer: crate::mail::Mailer) -> Self {
         self.mailer = Some(mailer);

@@ -304,6 +304,10 @@ impl Jobs {
                 .filter(|r| r.state == CommandState::Pending)
                 .collect();
             core.bus.deliver_job(&pending);
+            if pending.is_empty() && runs.iter().all(|r| CommandState::is_final_text(&r.state)) {
+                // Over at once (every run refused): its end event is committed already.
+                core.finish.events_recorded();
+            }
             tracing::info!(job_id = %job.id, runs = runs.len(), command = %job.command, "job created");
         }
         if let (Some(wait), Some(waiter)) = (wait, &waiter)
