@@ -254,6 +254,59 @@ async fn a_form_without_its_sessions_token_is_refused() {
     assert_eq!(other.get("/ui/agents").await.0, StatusCode::OK);
 }
 
+/// The same session cookie, but saying its access token expires now: the next request
+/// exchanges the refresh token (the expiry in the cookie only decides when; the access token
+/// itself is checked by the server either way).
+fn due_for_refresh(cookie: &str) -> String {
+    let value = cookie.strip_prefix("outpost_session=").expect("a session cookie");
+    let (_, rest) = value.split_once('~').expect("exp~…");
+    format!("outpost_session=0~{rest}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_is_refreshed_through_the_family_and_a_replayed_one_ends_it() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let mut ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let stolen = due_for_refresh(&ada.cookie);
+    ada.cookie = stolen.clone();
+    let response = ada
+        .client
+        .get(format!("{}/ui/agents", server.url))
+        .header(COOKIE, &ada.cookie)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::OK);
+    let renewed = set_cookie(&response, "outpost_session").expect("a renewed cookie");
+    assert_ne!(format!("outpost_session={renewed}"), stolen);
+    ada.cookie = format!("outpost_session={renewed}");
+    assert_eq!(ada.get("/ui/agents").await.0, StatusCode::OK);
+
+    // The old cookie (its refresh token retired) presented again after the grace for two
+    // tabs: reuse, which revokes the family; then the renewed cookie is signed out too.
+    let thief = Session {
+        client: ada.client.clone(),
+        base: ada.base.clone(),
+        cookie: stolen,
+    };
+    // Polled once a second: within the grace each try is a (counted) sign-in attempt.
+    let mut refused = false;
+    for _ in 0..20 {
+        let status = thief.get("/ui/agents").await.0;
+        if status == StatusCode::SEE_OTHER {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(refused, "the replayed cookie was never refused");
+    let refreshed_again = due_for_refresh(&ada.cookie);
+    ada.cookie = refreshed_again;
+    assert_eq!(ada.get("/ui/agents").await.0, StatusCode::SEE_OTHER, "the family is revoked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_sees_no_admin_action_and_the_server_refuses_it() {
     let server = Server::start().await;
