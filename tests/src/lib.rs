@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 pub mod cluster;
 pub mod postgres;
 pub mod proxy;
+pub mod webdriver;
 pub mod ws;
 
 /// How long any readiness wait may take before the test fails. Generous: CI machines are

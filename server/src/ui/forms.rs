@@ -58,9 +58,7 @@ pub async fn checked(request: Request, ui: &Ui, access: &Access) -> Result<Reque
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
         .map_err(|_| {
-            DomainError::TooLarge(format!(
-                "body: a form is at most {MAX_FORM_BYTES} bytes"
-            ))
+            DomainError::TooLarge(format!("body: a form is at most {MAX_FORM_BYTES} bytes"))
         })?;
     let fields = Fields::parse(&bytes);
     let token = fields.get(CSRF_FIELD).unwrap_or("");

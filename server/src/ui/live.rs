@@ -33,6 +33,9 @@ use crate::service::jobs::JobEvent;
 
 /// How often the agents page's rows are read again for its stream.
 pub const AGENTS_EVERY: Duration = Duration::from_secs(2);
+/// How long one agents stream lasts before the browser reconnects (and is authenticated
+/// again).
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(600);
 /// Output of a run sent on a first connection: the last this many bytes.
 pub const TAIL_BYTES: i64 = 256 * 1024;
 /// The most bytes one `/output` request with `len` returns.
@@ -46,34 +49,37 @@ pub async fn agents(
 ) -> Result<Response, UiError> {
     // A bad filter fails the request, not the stream.
     agent_page(&state, &ui, &query).await?;
+    // The stream ends after a while; the browser reconnects at once, through the session
+    // middleware, so a user disabled or signed out meanwhile stops getting rows.
+    let until = tokio::time::Instant::now() + STREAM_LIFETIME;
     let stream = futures_util::stream::unfold(
         (state, ui, query, String::new(), true),
-        |(state, ui, query, last, first)| async move {
+        move |(state, ui, query, mut last, mut first)| async move {
             loop {
                 if !first {
                     tokio::time::sleep(AGENTS_EVERY).await;
+                }
+                if tokio::time::Instant::now() >= until {
+                    return None;
                 }
                 let body = match agent_page(&state, &ui, &query).await {
                     Ok((rows, page, pages, total)) => {
                         json!({"rows": rows, "page": page, "pages": pages, "total": total})
                             .to_string()
                     }
-                    // The session's user was disabled, or the database fails: the page
-                    // stops updating (the browser retries the stream, which then refuses).
+                    // The database fails: the page stops updating (the browser retries).
                     Err(_) => return None,
                 };
-                if body != last || first {
+                if first || body != last {
                     let event = Event::default().event("agents").data(body.clone());
                     return Some((
                         Ok::<_, std::convert::Infallible>(event),
                         (state, ui, query, body, false),
                     ));
                 }
-                // Nothing changed: wait again (keep-alives go out meanwhile).
-                return Some((
-                    Ok(Event::default().comment("unchanged")),
-                    (state, ui, query, last, false),
-                ));
+                // Nothing changed: look again later (keep-alives go out meanwhile).
+                last = body;
+                first = false;
             }
         },
     );
@@ -171,8 +177,14 @@ pub async fn job(
                 }
                 JobEvent::State(run) => {
                     let duration = run.finished_at.map(|end| {
-                        let start = run.started_at.or(run.delivered_at).unwrap_or(run.created_at);
-                        format!("{:.1} s", (end - start).num_milliseconds().max(0) as f64 / 1000.0)
+                        let start = run
+                            .started_at
+                            .or(run.delivered_at)
+                            .unwrap_or(run.created_at);
+                        format!(
+                            "{:.1} s",
+                            (end - start).num_milliseconds().max(0) as f64 / 1000.0
+                        )
                     });
                     let body = json!({
                         "run": run.id,
@@ -192,7 +204,8 @@ pub async fn job(
                 }
             }
         }
-        let events = futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
+        let events =
+            futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
         Some((events, (rx, tail)))
     })
     .flatten();
@@ -237,22 +250,18 @@ pub async fn output(
         .await?;
     let body = match query.len {
         None => Body::from_stream(output.bytes),
-        Some(len) => Body::from_stream(
-            output
-                .bytes
-                .scan(len, |left, chunk| {
-                    let item = match chunk {
-                        Ok(mut bytes) if *left > 0 => {
-                            bytes.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
-                            *left -= bytes.len() as u64;
-                            Some(Ok(bytes))
-                        }
-                        Ok(_) => None,
-                        Err(err) => Some(Err(err)),
-                    };
-                    std::future::ready(item)
-                }),
-        ),
+        Some(len) => Body::from_stream(output.bytes.scan(len, |left, chunk| {
+            let item = match chunk {
+                Ok(mut bytes) if *left > 0 => {
+                    bytes.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= bytes.len() as u64;
+                    Some(Ok(bytes))
+                }
+                Ok(_) => None,
+                Err(err) => Some(Err(err)),
+            };
+            std::future::ready(item)
+        })),
     };
     let mut response = body.into_response();
     let headers = response.headers_mut();
@@ -261,9 +270,10 @@ pub async fn output(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if let Ok(value) =
-            HeaderValue::from_str(&format!("attachment; filename=\"run-{}.log\"", sanitize(&run_id)))
-        {
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "attachment; filename=\"run-{}.log\"",
+            sanitize(&run_id)
+        )) {
             headers.insert(header::CONTENT_DISPOSITION, value);
         }
     } else {

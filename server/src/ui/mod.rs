@@ -116,10 +116,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/jobs/{id}", get(pages::job))
         .route("/ui/jobs/{id}/stream", get(live::job))
         .route("/ui/jobs/{id}/cancel", post(pages::cancel))
-        .route(
-            "/ui/jobs/{id}/runs/{run_id}/output",
-            get(live::output),
-        )
+        .route("/ui/jobs/{id}/runs/{run_id}/output", get(live::output))
         .route("/ui/keys", get(pages::keys).post(pages::create_key))
         .route("/ui/keys/{id}/{action}", post(pages::change_key))
         .route("/ui/logout", post(session::logout))
@@ -132,9 +129,12 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(move || async move { Redirect::to(&root) }))
         .route("/ui", get(move || async move { Redirect::to(&home) }))
-        .route("/ui/", get(|State(state): State<AppState>| async move {
-            Redirect::to(&format!("{}/agents", Site::of(&state).base))
-        }))
+        .route(
+            "/ui/",
+            get(|State(state): State<AppState>| async move {
+                Redirect::to(&format!("{}/agents", Site::of(&state).base))
+            }),
+        )
         .route("/ui/login", get(session::login_page).post(session::login))
         .route("/ui/static/{file}", get(assets::serve))
         .merge(signed_in)
@@ -193,9 +193,5 @@ impl IntoResponse for UiError {
 
 /// 303 See Other to `path` (after a form, so that reloading does not post it again).
 pub fn see_other(path: &str) -> Response {
-    (
-        StatusCode::SEE_OTHER,
-        [(header::LOCATION, path.to_owned())],
-    )
-        .into_response()
+    (StatusCode::SEE_OTHER, [(header::LOCATION, path.to_owned())]).into_response()
 }

@@ -295,11 +295,7 @@ impl JobRow {
             status: job.job.status.clone(),
             created: time(Some(job.job.created_at)),
             runs: job.runs.len(),
-            failed: job
-                .runs
-                .iter()
-                .filter(|r| r.success == Some(false))
-                .count(),
+            failed: job.runs.iter().filter(|r| r.success == Some(false)).count(),
         }
     }
 }
@@ -474,7 +470,11 @@ fn date(field: &str, text: Option<&str>, end: bool) -> Result<Option<DateTime<Ut
             "{field}: {text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"
         ))
     })?;
-    let day = if end { day.succ_opt().unwrap_or(day) } else { day };
+    let day = if end {
+        day.succ_opt().unwrap_or(day)
+    } else {
+        day
+    };
     Ok(day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()))
 }
 
@@ -564,8 +564,14 @@ pub struct RunRow {
 impl RunRow {
     fn of(run: &command::Model) -> Self {
         let duration = run.finished_at.map(|end| {
-            let start = run.started_at.or(run.delivered_at).unwrap_or(run.created_at);
-            format!("{:.1} s", (end - start).num_milliseconds().max(0) as f64 / 1000.0)
+            let start = run
+                .started_at
+                .or(run.delivered_at)
+                .unwrap_or(run.created_at);
+            format!(
+                "{:.1} s",
+                (end - start).num_milliseconds().max(0) as f64 / 1000.0
+            )
         });
         Self {
             id: run.id.clone(),
@@ -763,7 +769,11 @@ pub async fn change_key(
     let keys = &state.services.keys;
     match action.as_str() {
         "disable" | "enable" => {
-            let status = if action == "disable" { "disabled" } else { "active" };
+            let status = if action == "disable" {
+                "disabled"
+            } else {
+                "active"
+            };
             keys.update(
                 &ui.caller,
                 &id,

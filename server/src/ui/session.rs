@@ -106,7 +106,11 @@ fn new_nonce() -> String {
 }
 
 /// The session cookie for a fresh pair of tokens.
-fn session_cookie(site: &Site, session: &crate::service::users::Session, nonce: &str) -> HeaderValue {
+fn session_cookie(
+    site: &Site,
+    session: &crate::service::users::Session,
+    nonce: &str,
+) -> HeaderValue {
     let expires = Utc::now().timestamp() + session.expires_in;
     let value = format!(
         "{expires}~{}~{}~{nonce}",
@@ -131,10 +135,9 @@ fn signed_out(site: &Site, method: &Method, path_and_query: &str) -> Response {
         ))
         .into_response()
     };
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(site, SESSION_COOKIE, "", 0),
-    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(site, SESSION_COOKIE, "", 0));
     response
 }
 
@@ -148,10 +151,10 @@ pub async fn require(
     next: Next,
 ) -> Response {
     let site = Site::of(&state);
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
     let method = request.method().clone();
     let Some(cookie) = cookie(request.headers(), SESSION_COOKIE).and_then(Cookie::parse) else {
         return signed_out(&site, &method, &path);
@@ -210,7 +213,14 @@ pub async fn login_page(
     axum::extract::Query(query): axum::extract::Query<LoginQuery>,
 ) -> Response {
     let site = Site::of(&state);
-    login_form(&state, &site, query.next.as_deref(), "", None, StatusCode::OK)
+    login_form(
+        &state,
+        &site,
+        query.next.as_deref(),
+        "",
+        None,
+        StatusCode::OK,
+    )
 }
 
 fn login_form(
@@ -242,8 +252,9 @@ fn login_form(
 /// dashboard's base, not `//host` nor a scheme).
 fn safe_next(site: &Site, next: &str) -> bool {
     let prefix = site.base.trim_end_matches("/ui");
-    next.strip_prefix(prefix)
-        .is_some_and(|rest| rest.starts_with("/ui/") && !rest.contains("//") && !rest.contains('\\'))
+    next.strip_prefix(prefix).is_some_and(|rest| {
+        rest.starts_with("/ui/") && !rest.contains("//") && !rest.contains('\\')
+    })
 }
 
 /// `POST /ui/login`: signs in through `Users::login`, as `POST /api/auth/login` does.
@@ -302,10 +313,9 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
         return UiError(err).into_response();
     }
     let mut response = see_other(&format!("{}/login", site.base));
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(&site, SESSION_COOKIE, "", 0),
-    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(&site, SESSION_COOKIE, "", 0));
     response
 }
 
@@ -325,7 +335,14 @@ mod tests {
     fn next_stays_on_the_dashboard() {
         let s = site("/ui");
         assert!(safe_next(&s, "/ui/jobs/1"));
-        for bad in ["//evil.example/ui/", "https://evil.example/", "/ui", "/api/x", "/ui//x", "/ui/\\x"] {
+        for bad in [
+            "//evil.example/ui/",
+            "https://evil.example/",
+            "/ui",
+            "/api/x",
+            "/ui//x",
+            "/ui/\\x",
+        ] {
             assert!(!safe_next(&s, bad), "{bad}");
         }
         let p = site("/outpost/ui");
@@ -341,9 +358,15 @@ mod tests {
         assert!(Cookie::parse("x~a~b~c").is_none());
         assert!(Cookie::parse("1~a~b~c~d").is_none());
         let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; outpost_session=v"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; outpost_session=v"),
+        );
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("v"));
-        headers.append(header::COOKIE, HeaderValue::from_static("outpost_session=w"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("outpost_session=w"),
+        );
         assert_eq!(cookie(&headers, SESSION_COOKIE), None);
     }
 }

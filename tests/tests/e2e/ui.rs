@@ -1,21 +1,21 @@
 //! The dashboard (SPEC §12): in a real browser (Debian's chromium driven through
-//! chromedriver with thirtyfour) and over plain HTTP for what a browser would not send.
+//! chromedriver) and over plain HTTP for what a browser would not send.
 //!
-//! The browser tests (`ui::browser_…`) start `/usr/bin/chromedriver` on a free port, headless.
+//! The browser tests (`ui::browser_…`) start `/usr/bin/chromedriver` on a free port and drive a
+//! headless chromium through it (`outpost_e2e::webdriver`).
 //! Without chromium or chromedriver they are skipped with a message, unless
 //! `OUTPOST_TEST_BROWSER=1` (CI sets it), when they fail. With
 //! `OUTPOST_UPDATE_SCREENSHOTS=1` they save the pages they visit in `docs/screenshots/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_e2e::webdriver::{By, Session as WebDriver};
 use outpost_e2e::{Agent, Scripts, Server, ServerOptions, wait_for, ws};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
-use thirtyfour::prelude::*;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -244,7 +244,10 @@ async fn a_form_without_its_sessions_token_is_refused() {
         .post("/ui/keys", &[("_csrf", &token), ("name", "with-token")])
         .await;
     assert_eq!(status, StatusCode::OK, "{html}");
-    assert!(html.contains("/deploy.sh | bash -s -- --key opa_"), "{html}");
+    assert!(
+        html.contains("/deploy.sh | bash -s -- --key opa_"),
+        "{html}"
+    );
     assert_eq!(key_names(&server).await, vec!["with-token".to_owned()]);
 
     // Signing out revokes the session's refresh family: the cookie no longer works.
@@ -258,7 +261,9 @@ async fn a_form_without_its_sessions_token_is_refused() {
 /// exchanges the refresh token (the expiry in the cookie only decides when; the access token
 /// itself is checked by the server either way).
 fn due_for_refresh(cookie: &str) -> String {
-    let value = cookie.strip_prefix("outpost_session=").expect("a session cookie");
+    let value = cookie
+        .strip_prefix("outpost_session=")
+        .expect("a session cookie");
     let (_, rest) = value.split_once('~').expect("exp~…");
     format!("outpost_session=0~{rest}")
 }
@@ -304,13 +309,21 @@ async fn the_cookie_is_refreshed_through_the_family_and_a_replayed_one_ends_it()
     assert!(refused, "the replayed cookie was never refused");
     let refreshed_again = due_for_refresh(&ada.cookie);
     ada.cookie = refreshed_again;
-    assert_eq!(ada.get("/ui/agents").await.0, StatusCode::SEE_OTHER, "the family is revoked");
+    assert_eq!(
+        ada.get("/ui/agents").await.0,
+        StatusCode::SEE_OTHER,
+        "the family is revoked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_sees_no_admin_action_and_the_server_refuses_it() {
     let server = Server::start().await;
-    assert!(server.user_create("mo@example.com", "member", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
     let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
     let (status, html) = mo.get("/ui/agents").await;
     assert_eq!(status, StatusCode::OK);
@@ -320,7 +333,10 @@ async fn a_member_sees_no_admin_action_and_the_server_refuses_it() {
     let (status, html) = mo.get("/ui/keys").await;
     assert_eq!(status, StatusCode::OK);
     for admin in ["create-key", "/disable", "/regenerate", "/delete"] {
-        assert!(!html.contains(admin), "a member's keys page shows {admin}: {html}");
+        assert!(
+            !html.contains(admin),
+            "a member's keys page shows {admin}: {html}"
+        );
     }
     let (status, html) = mo
         .post("/ui/keys", &[("_csrf", &token), ("name", "by-a-member")])
@@ -416,20 +432,20 @@ impl Browser {
         })
         .await;
         let profile = tempfile::tempdir().expect("profile dir");
-        let mut caps = DesiredCapabilities::chrome();
-        caps.set_binary(CHROMIUM).expect("binary");
-        for arg in [
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,900",
-            "--no-first-run",
-            "--disable-extensions",
-            &format!("--user-data-dir={}", profile.path().display()),
-        ] {
-            caps.add_arg(arg).expect("arg");
-        }
+        let args = [
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--window-size=1280,900".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-extensions".to_owned(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+        });
         let driver = WebDriver::new(&url, caps).await.expect("a browser session");
         Some(Self {
             driver,
@@ -441,32 +457,32 @@ impl Browser {
     /// Signs in through the form.
     async fn sign_in(&self, server: &Server, email: &str, password: &str) {
         self.driver
-            .goto(format!("{}/ui/login", server.url))
+            .goto(&format!("{}/ui/login", server.url))
             .await
             .expect("login page");
         self.screenshot("login").await;
         self.driver
-            .find(By::Id("email"))
+            .find(&By::id("email"))
             .await
             .expect("email")
             .send_keys(email)
             .await
             .expect("type");
         self.driver
-            .find(By::Id("password"))
+            .find(&By::id("password"))
             .await
             .expect("password")
             .send_keys(password)
             .await
             .expect("type");
         self.driver
-            .find(By::Id("sign-in"))
+            .find(&By::id("sign-in"))
             .await
             .expect("button")
             .click()
             .await
             .expect("click");
-        self.wait_text(By::Css("main h1"), "Agents").await;
+        self.wait_text(By::css("main h1"), "Agents").await;
     }
 
     /// Waits until the element `by` exists with text containing `text`; returns its text.
@@ -475,7 +491,7 @@ impl Browser {
         wait_for(&format!("{by:?} to show {text:?}"), SHOWN, || {
             let by = by.clone();
             async move {
-                let found = driver.find(by).await.ok()?.text().await.ok()?;
+                let found = driver.find(&by).await.ok()?.text().await.ok()?;
                 found.contains(text).then_some(found)
             }
         })
@@ -484,7 +500,7 @@ impl Browser {
 
     /// Whether an alert is open (which a script injected through a report would open).
     async fn alert(&self) -> Option<String> {
-        self.driver.get_alert_text().await.ok()
+        self.driver.alert_text().await
     }
 
     /// `docs/screenshots/<name>.png`, when `OUTPOST_UPDATE_SCREENSHOTS=1`.
@@ -501,8 +517,7 @@ impl Browser {
     }
 
     async fn quit(mut self) {
-        let driver = self.driver.clone();
-        let _ = driver.quit().await;
+        let _ = self.driver.quit().await;
         let _ = self.chromedriver.kill();
         let _ = self.chromedriver.wait();
     }
@@ -517,8 +532,7 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_sign_in_and_see_an_agent_come_online_without_reloading() {
-    let Some(browser) = Browser::start("browser_sign_in_and_see_an_agent_come_online").await
-    else {
+    let Some(browser) = Browser::start("browser_sign_in_and_see_an_agent_come_online").await else {
         return;
     };
     // Heartbeats every second, so that the first one's figures show soon.
@@ -529,7 +543,9 @@ async fn browser_sign_in_and_see_an_agent_come_online_without_reloading() {
     .await;
     assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
     browser.sign_in(&server, OWNER.0, OWNER.1).await;
-    browser.wait_text(By::Id("agents-empty"), "No agent yet").await;
+    browser
+        .wait_text(By::id("agents-empty"), "No agent yet")
+        .await;
     // A mark on this page's window: gone if the page were reloaded.
     browser
         .driver
@@ -544,7 +560,7 @@ async fn browser_sign_in_and_see_an_agent_come_online_without_reloading() {
     let agent = Agent::start(&server.url, &key);
     let agent_id = agent.wait_online(&server.api()).await;
     let row = browser
-        .wait_text(By::Css(&format!("tr[data-id='{agent_id}']")), "online")
+        .wait_text(By::css(&format!("tr[data-id='{agent_id}']")), "online")
         .await;
     assert!(row.contains("env:test"), "{row}");
     let mark = browser
@@ -552,11 +568,21 @@ async fn browser_sign_in_and_see_an_agent_come_online_without_reloading() {
         .execute("return window.outpostMark;", Vec::new())
         .await
         .expect("read mark");
-    assert_eq!(mark.json(), &json!(42), "the page was not reloaded");
-    assert_eq!(browser.driver.find(By::Id("agents-total")).await.expect("total").text().await.expect("text"), "1");
+    assert_eq!(mark, json!(42), "the page was not reloaded");
+    assert_eq!(
+        browser
+            .driver
+            .find(&By::id("agents-total"))
+            .await
+            .expect("total")
+            .text()
+            .await
+            .expect("text"),
+        "1"
+    );
     // Its heartbeat's figures arrive too.
     browser
-        .wait_text(By::Css(&format!("tr[data-id='{agent_id}']")), "%")
+        .wait_text(By::css(&format!("tr[data-id='{agent_id}']")), "%")
         .await;
     browser.screenshot("agents").await;
     browser.quit().await;
@@ -588,13 +614,13 @@ async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
     browser.sign_in(&server, OWNER.0, OWNER.1).await;
     browser
         .driver
-        .goto(format!("{}/ui/agents/{agent_id}", server.url))
+        .goto(&format!("{}/ui/agents/{agent_id}", server.url))
         .await
         .expect("agent page");
-    browser.wait_text(By::Css("form.run h3"), "greet").await;
+    browser.wait_text(By::css("form.run h3"), "greet").await;
     browser
         .driver
-        .find(By::Css("form.run input[name='param.WHO']"))
+        .find(&By::css("form.run input[name='param.WHO']"))
         .await
         .expect("the WHO field")
         .send_keys("Ada <b>")
@@ -603,7 +629,7 @@ async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
     browser.screenshot("agent").await;
     browser
         .driver
-        .find(By::Css("form.run button[type='submit']"))
+        .find(&By::css("form.run button[type='submit']"))
         .await
         .expect("Run")
         .click()
@@ -612,42 +638,56 @@ async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
 
     // The first lines arrive while the script still runs (it waits for the test).
     let output = browser
-        .wait_text(By::Css("pre.output"), "hello Ada <b>")
+        .wait_text(By::css("pre.output"), "hello Ada <b>")
         .await;
     assert!(!output.contains("finished"), "{output}");
-    browser.wait_text(By::Css("pre.output"), "to stderr").await;
+    browser.wait_text(By::css("pre.output"), "to stderr").await;
     assert_eq!(
-        browser.driver.find(By::Id("job-status")).await.expect("status").text().await.expect("text"),
+        browser
+            .driver
+            .find(&By::id("job-status"))
+            .await
+            .expect("status")
+            .text()
+            .await
+            .expect("text"),
         "running"
     );
     let red = browser
         .driver
-        .find(By::Css("pre.output span.f31"))
+        .find(&By::css("pre.output span.f31"))
         .await
         .expect("a red span");
     assert_eq!(red.text().await.expect("text"), "red");
     let stderr = browser
         .driver
-        .find(By::Css("pre.output .err"))
+        .find(&By::css("pre.output .err"))
         .await
         .expect("stderr told apart");
     assert!(stderr.text().await.expect("text").contains("to stderr"));
     assert!(
-        browser.driver.find_all(By::Css("pre.output b")).await.expect("query").is_empty(),
+        browser
+            .driver
+            .find_all(&By::css("pre.output b"))
+            .await
+            .expect("query")
+            .is_empty(),
         "output markup stays text"
     );
     std::fs::write(&go, b"").expect("open the gate");
-    browser.wait_text(By::Css("pre.output"), "finished").await;
-    browser.wait_text(By::Id("job-status"), "succeeded").await;
-    browser.wait_text(By::Css("[data-field='exit_code']"), "0").await;
+    browser.wait_text(By::css("pre.output"), "finished").await;
+    browser.wait_text(By::id("job-status"), "succeeded").await;
+    browser
+        .wait_text(By::css("[data-field='exit_code']"), "0")
+        .await;
     browser.screenshot("job").await;
 
     browser
         .driver
-        .goto(format!("{}/ui/jobs", server.url))
+        .goto(&format!("{}/ui/jobs", server.url))
         .await
         .expect("jobs page");
-    browser.wait_text(By::Css("table.list"), "run greet").await;
+    browser.wait_text(By::css("table.list"), "run greet").await;
     browser.screenshot("jobs").await;
     browser.quit().await;
 }
@@ -662,12 +702,12 @@ async fn browser_create_an_agent_key_and_read_its_install_line() {
     browser.sign_in(&server, OWNER.0, OWNER.1).await;
     browser
         .driver
-        .goto(format!("{}/ui/keys", server.url))
+        .goto(&format!("{}/ui/keys", server.url))
         .await
         .expect("keys page");
     browser
         .driver
-        .find(By::Id("key-name"))
+        .find(&By::id("key-name"))
         .await
         .expect("name field")
         .send_keys("web servers")
@@ -675,29 +715,38 @@ async fn browser_create_an_agent_key_and_read_its_install_line() {
         .expect("type");
     browser
         .driver
-        .find(By::Id("create-key"))
+        .find(&By::id("create-key"))
         .await
         .expect("create")
         .click()
         .await
         .expect("click");
-    let line = browser
-        .wait_text(By::Id("install-line"), "deploy.sh")
-        .await;
-    let prefix = format!("curl -fsSL {}/deploy.sh | bash -s -- --key opa_", server.url);
+    let line = browser.wait_text(By::id("install-line"), "deploy.sh").await;
+    let prefix = format!(
+        "curl -fsSL {}/deploy.sh | bash -s -- --key opa_",
+        server.url
+    );
     assert!(line.starts_with(&prefix), "{line}");
     let secret = line.rsplit(' ').next().expect("the key");
     // The key works: an agent connects with it.
     assert!(ws::connect(&server.url, secret).await.is_ok());
-    assert!(browser.driver.find(By::Css("[data-copy='install-line']")).await.is_ok());
+    assert!(
+        browser
+            .driver
+            .find(&By::css("[data-copy='install-line']"))
+            .await
+            .is_ok()
+    );
     browser.screenshot("keys").await;
     // Shown once: the list does not show it again.
     browser
         .driver
-        .goto(format!("{}/ui/keys", server.url))
+        .goto(&format!("{}/ui/keys", server.url))
         .await
         .expect("keys page");
-    browser.wait_text(By::Css("table.list"), "web servers").await;
+    browser
+        .wait_text(By::css("table.list"), "web servers")
+        .await;
     let source = browser.driver.source().await.expect("source");
     assert!(!source.contains(secret), "the secret is shown once");
     browser.quit().await;
@@ -715,31 +764,47 @@ async fn browser_shows_an_agents_markup_as_text() {
     // It comes online while the page is open: the live rows are built as text too.
     let (_peer, agent_id) = xss_agent(&server, &key).await;
     let row = browser
-        .wait_text(By::Css(&format!("tr[data-id='{agent_id}']")), "online")
+        .wait_text(By::css(&format!("tr[data-id='{agent_id}']")), "online")
         .await;
     assert!(row.contains(XSS_HOST), "{row}");
     assert!(row.contains(XSS_TAG) && row.contains(XSS_TAG2), "{row}");
     assert_eq!(browser.alert().await, None);
-    assert!(browser.driver.find_all(By::Css("main img")).await.expect("query").is_empty());
+    assert!(
+        browser
+            .driver
+            .find_all(&By::css("main img"))
+            .await
+            .expect("query")
+            .is_empty()
+    );
     // Rendered by the server.
     browser
         .driver
-        .goto(format!("{}/ui/agents/{agent_id}", server.url))
+        .goto(&format!("{}/ui/agents/{agent_id}", server.url))
         .await
         .expect("agent page");
-    let name = browser.wait_text(By::Id("agent-hostname"), "alert").await;
+    let name = browser.wait_text(By::id("agent-hostname"), "alert").await;
     assert_eq!(name, XSS_HOST);
     browser
-        .wait_text(By::Css("form.run .description"), XSS_DESCRIPTION)
+        .wait_text(By::css("form.run .description"), XSS_DESCRIPTION)
         .await;
     assert_eq!(browser.alert().await, None);
-    assert!(browser.driver.find_all(By::Css("main img")).await.expect("query").is_empty());
-    let scripts: Arc<[serde_json::Value]> = Arc::new([]);
+    assert!(
+        browser
+            .driver
+            .find_all(&By::css("main img"))
+            .await
+            .expect("query")
+            .is_empty()
+    );
     let injected = browser
         .driver
-        .execute("return document.querySelectorAll('main script').length;", scripts)
+        .execute(
+            "return document.querySelectorAll('main script').length;",
+            Vec::new(),
+        )
         .await
         .expect("count scripts");
-    assert_eq!(injected.json(), &json!(0));
+    assert_eq!(injected, json!(0));
     browser.quit().await;
 }

@@ -376,6 +376,8 @@
         status.className = "status " + String(data.status).replace(/[^a-z_]/g, "");
       }
       stream.close();
+      var cancel = document.getElementById("cancel-job");
+      if (cancel) cancel.hidden = true;
       // The rest of each run's multi-byte characters, if its output ended inside one.
       Object.keys(runs).forEach(function (id) {
         var run = runs[id];
