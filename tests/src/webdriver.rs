@@ -34,7 +34,8 @@ impl By {
         Self::Css(selector.to_owned())
     }
 
-    fn selector(&self) -> String {
+    /// The CSS selector it stands for.
+    pub fn selector(&self) -> String {
         match self {
             Self::Id(id) => format!("[id=\"{id}\"]"),
             Self::Css(css) => css.clone(),

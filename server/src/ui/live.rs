@@ -100,12 +100,14 @@ impl Tail {
         let Some((budget, seen, announced)) = self.skip.get_mut(run) else {
             return (true, None);
         };
+        if *announced {
+            // Once output is sent, all that follows is: a smaller chunk later must not fit
+            // the budget again and leave a hole.
+            return (true, None);
+        }
         if *seen + len <= *budget {
             *seen += len;
             return (false, None);
-        }
-        if *announced {
-            return (true, None);
         }
         *announced = true;
         (true, Some(*seen))
@@ -306,6 +308,8 @@ mod tests {
         assert_eq!(tail.admit("r", 40), (false, None));
         assert_eq!(tail.admit("r", 10), (true, Some(100)));
         assert_eq!(tail.admit("r", 10), (true, None));
+        // A small chunk after the first one sent is sent too (no hole in the tail).
+        assert_eq!(tail.admit("r", 1), (true, None));
         assert_eq!(tail.admit("other", 1_000_000), (true, None));
     }
 }

@@ -491,7 +491,15 @@ impl Browser {
         wait_for(&format!("{by:?} to show {text:?}"), SHOWN, || {
             let by = by.clone();
             async move {
-                let found = driver.find(&by).await.ok()?.text().await.ok()?;
+                // The element's textContent (its text whether scrolled into view or not).
+                let found = driver
+                    .execute(
+                        "var e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                        vec![json!(by.selector())],
+                    )
+                    .await
+                    .ok()?;
+                let found = found.as_str()?.to_owned();
                 found.contains(text).then_some(found)
             }
         })
@@ -601,7 +609,7 @@ async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
     scripts.add(
         "greet",
         &format!(
-            "echo \"hello $OUTPOST_PARAM_WHO\"\nprintf '\\033[31mred\\033[0m and <b>not bold</b>\\n'\necho 'to stderr' >&2\n\
+            "echo \"hello $OUTPOST_PARAM_WHO\"\nprintf '\\033[31mred\\033[0m and <b>not bold</b>\\033]0;a title\\007\\033[2J\\033[5;5H\\n'\necho 'to stderr' >&2\n\
              while [ ! -e '{}' ]; do sleep 0.05; done\necho finished",
             go.display()
         ),
@@ -637,9 +645,10 @@ async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
         .expect("click");
 
     // The first lines arrive while the script still runs (it waits for the test).
-    let output = browser
+    browser
         .wait_text(By::css("pre.output"), "hello Ada <b>")
         .await;
+    let output = browser.wait_text(By::css("pre.output"), "not bold").await;
     assert!(!output.contains("finished"), "{output}");
     browser.wait_text(By::css("pre.output"), "to stderr").await;
     assert_eq!(
@@ -659,6 +668,10 @@ async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
         .await
         .expect("a red span");
     assert_eq!(red.text().await.expect("text"), "red");
+    assert!(
+        output.contains("red and <b>not bold</b>") && !output.contains("a title"),
+        "cursor moves and the title are dropped: {output:?}"
+    );
     let stderr = browser
         .driver
         .find(&By::css("pre.output .err"))
@@ -806,5 +819,129 @@ async fn browser_shows_an_agents_markup_as_text() {
         .await
         .expect("count scripts");
     assert_eq!(injected, json!(0));
+    browser.quit().await;
+}
+
+/// Lines in a run's output element, as the page holds them.
+async fn lines_in_page(browser: &Browser) -> u64 {
+    let count = browser
+        .driver
+        .execute(
+            "return document.querySelector('pre.output').textContent.split('\\n').length;",
+            Vec::new(),
+        )
+        .await
+        .expect("count lines");
+    count.as_u64().expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_keeps_big_output_bounded_and_loads_earlier_output() {
+    let Some(browser) = Browser::start("browser_keeps_big_output_bounded").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let gate = tempfile::tempdir().expect("gate dir");
+    let go = gate.path().join("go");
+    let mut scripts = Scripts::new();
+    // 30,000 numbered lines (~600 KB) while the page watches, then a last one.
+    scripts.add(
+        "many",
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done\nseq -f 'line %06g of the output' 1 30000\necho last-line",
+            go.display()
+        ),
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let (status, job) = server
+        .api()
+        .job(outpost_e2e::run_job(&agent_id, "many", json!({})), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page");
+    browser.wait_text(By::id("job-status"), "running").await;
+    std::fs::write(&go, b"").expect("open the gate");
+    browser.wait_text(By::css("pre.output"), "last-line").await;
+    let shown = lines_in_page(&browser).await;
+    assert!(shown <= 5_001, "{shown} lines in the page");
+    // Whole chunks go: what stays is the tail, within the bound.
+    assert!(shown >= 1_000, "the tail is shown: {shown} lines");
+    browser.wait_text(By::id("job-status"), "succeeded").await;
+
+    // A first visit gets the tail, and earlier output on request.
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page again");
+    browser.wait_text(By::css("pre.output"), "last-line").await;
+    let text = browser.wait_text(By::css("pre.output"), "last-line").await;
+    let hidden = browser
+        .driver
+        .execute(
+            "return document.querySelector('button.earlier').hidden;",
+            Vec::new(),
+        )
+        .await
+        .expect("the earlier button");
+    assert_eq!(hidden, json!(false), "earlier output can be loaded");
+    assert!(
+        !text.contains("line 000001 of"),
+        "only the tail on a first visit"
+    );
+    let first_before = browser
+        .driver
+        .execute(
+            "var t = document.querySelector('pre.output').textContent; return t.slice(t.indexOf('line '), t.indexOf('line ') + 11);",
+            Vec::new(),
+        )
+        .await
+        .expect("first line shown");
+    browser
+        .driver
+        .find(&By::css("button.earlier"))
+        .await
+        .expect("the earlier button")
+        .click()
+        .await
+        .expect("click");
+    let driver = &browser.driver;
+    let first_after = wait_for("earlier output", SHOWN, || async {
+        let first = driver
+            .execute(
+                "var t = document.querySelector('pre.output').textContent; return t.slice(t.indexOf('line '), t.indexOf('line ') + 11);",
+                Vec::new(),
+            )
+            .await
+            .ok()?;
+        (first != first_before).then_some(first)
+    })
+    .await;
+    assert!(
+        first_after.as_str() < first_before.as_str(),
+        "earlier lines come first: {first_after} before {first_before}"
+    );
+    // The raw download has all of it.
+    let raw = browser
+        .driver
+        .find(&By::css("a[download]"))
+        .await
+        .expect("raw link")
+        .attr("href")
+        .await
+        .expect("href")
+        .expect("an href");
+    assert!(raw.ends_with("/output?download=1"), "{raw}");
     browser.quit().await;
 }

@@ -201,25 +201,31 @@
     this.ansi = [new Ansi(), new Ansi()];
     this.lines = 0;
     this.chars = 0;
-    this.dropped = 0;   // bytes of output before the first one in the page
-    this.received = 0;  // bytes of output up to the last one in the page
-    this.cutTail = false;
+    this.dropped = 0;       // bytes of output before the first one in the page
+    this.receivedTotal = 0; // bytes of output the server has sent or skipped
+    this.cutTail = false;   // newest output left out (after loading earlier output)
     this.pending = null;
     var self = this;
-    this.pre.addEventListener("scroll", function () {
-      var bottom = self.pre.scrollTop + self.pre.clientHeight >= self.pre.scrollHeight - 4;
-      if (bottom !== self.follow.checked) {
-        self.follow.checked = bottom;
-        if (bottom && self.cutTail) self.resync();
-      }
+    var pre = this.pre;
+    var atBottom = function () { return pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4; };
+    // Following stops when the reader moves up (wheel, touch, keys), not when output moves the
+    // view, and resumes at the bottom or with the checkbox.
+    var up = function () { if (!atBottom() || pre.scrollTop > 0) self.follow.checked = false; };
+    pre.addEventListener("wheel", function (event) { if (event.deltaY < 0) up(); }, { passive: true });
+    pre.addEventListener("touchmove", up, { passive: true });
+    pre.addEventListener("keydown", function (event) {
+      if (["ArrowUp", "PageUp", "Home"].indexOf(event.key) >= 0) up();
     });
-    this.follow.addEventListener("change", function () {
-      if (self.follow.checked) {
-        if (self.cutTail) self.resync(); else self.scroll();
-      }
+    pre.addEventListener("scroll", function () {
+      if (!self.follow.checked && atBottom() && pre.scrollTop > 0) self.resume();
     });
+    this.follow.addEventListener("change", function () { if (self.follow.checked) self.resume(); });
     this.earlierButton.addEventListener("click", function () { self.earlier(); });
   }
+  Run.prototype.resume = function () {
+    this.follow.checked = true;
+    if (this.cutTail) this.resync(); else this.scroll();
+  };
   // A block of output as one element holding its spans; `bytes` is how much output it is.
   Run.prototype.block = function (parts, bytes, extraClass) {
     var block = el("span", "chunk" + (extraClass ? " " + extraClass : ""));
@@ -240,47 +246,55 @@
     if (this.follow.checked) this.pre.scrollTop = this.pre.scrollHeight;
   };
   Run.prototype.remove = function (block) {
-    this.lines -= block._lines;
-    this.chars -= block._chars;
+    this.lines -= block._lines || 0;
+    this.chars -= block._chars || 0;
     block.remove();
   };
-  // Keeps the page to the last MAX_LINES lines (and MAX_CHARS characters: one endless line).
-  Run.prototype.trim = function () {
-    while ((this.lines > MAX_LINES || this.chars > MAX_CHARS) && this.pre.firstChild) {
-      if (this.follow.checked) {
-        var first = this.pre.firstChild;
-        this.dropped += first._bytes || 0;
-        this.remove(first);
-      } else {
-        // Reading back: the newest output goes instead, and comes back when following again.
-        var last = this.pre.lastChild;
-        this.received -= last._bytes || 0;
+  // Keeps the page to MAX_LINES lines (and MAX_CHARS characters: one endless line), dropping
+  // the oldest output, or the newest after earlier output was loaded (`fromEnd`).
+  Run.prototype.trim = function (fromEnd) {
+    var pre = this.pre;
+    while ((this.lines > MAX_LINES || this.chars > MAX_CHARS) && pre.childNodes.length > 1) {
+      if (fromEnd) {
+        var last = pre.lastChild;
         this.remove(last);
         this.cutTail = true;
+      } else {
+        var first = pre.firstChild;
+        var height = pre.scrollHeight;
+        this.dropped += first._bytes || 0;
+        this.remove(first);
+        // A reader scrolled up keeps their place.
+        if (!this.follow.checked) pre.scrollTop -= height - pre.scrollHeight;
       }
     }
     this.earlierButton.hidden = this.dropped <= 0;
   };
   Run.prototype.output = function (err, b64) {
     var bytes = b64bytes(b64);
+    this.receivedTotal += bytes.length;
     if (this.pending) { this.pending.push([err, bytes]); return; }
     this.append(err, bytes);
   };
   Run.prototype.append = function (err, bytes) {
-    var stream = err ? 1 : 0;
     if (this.cutTail) return; // shown again by resync()
-    this.received += bytes.length;
+    var stream = err ? 1 : 0;
     var text = this.decoders[stream].decode(bytes, { stream: true });
     var parts = this.ansi[stream].convert(text);
     this.pre.appendChild(this.block(parts, bytes.length, err ? "err" : ""));
-    this.trim();
+    this.trim(false);
     this.scroll();
   };
   Run.prototype.skipped = function (bytes) {
     this.dropped = bytes;
-    this.received = bytes;
+    this.receivedTotal = bytes;
     this.earlierButton.hidden = bytes <= 0;
-    this.pre.appendChild(el("span", "note", "(" + bytes + " bytes of earlier output not shown)\n"));
+    var note = el("span", "note", "(" + bytes + " bytes of earlier output not shown)\n");
+    note._bytes = 0;
+    note._lines = 1;
+    note._chars = 0;
+    this.lines += 1;
+    this.pre.appendChild(note);
   };
   function fetchRange(url, offset, len) {
     return fetch(url + "?offset=" + offset + "&len=" + len, { credentials: "same-origin" })
@@ -299,18 +313,20 @@
     fetchRange(this.url, offset, len).then(function (buffer) {
       var text = new TextDecoder("utf-8").decode(buffer);
       var block = self.block(new Ansi().convert(text), buffer.byteLength, "earlier-part");
-      var note = self.pre.firstChild;
-      if (note && note.classList && note.classList.contains("note")) note.remove();
+      var note = self.pre.querySelector(".note");
+      if (note) self.remove(note);
       self.pre.insertBefore(block, self.pre.firstChild);
       self.dropped = offset;
       self.follow.checked = false;
-      self.trim();
+      self.pre.scrollTop = 0;
+      self.trim(true);
     }).catch(function () { /* the button stays for another try */ }).then(function () {
       self.earlierButton.disabled = false;
       self.earlierButton.hidden = self.dropped <= 0;
     });
   };
-  // After reading back, the last RESYNC_BYTES again, then the live stream from there on.
+  // After earlier output pushed the newest out: the last RESYNC_BYTES again, then the live
+  // stream from there on.
   Run.prototype.resync = function () {
     var self = this;
     if (this.pending) return;
@@ -323,15 +339,20 @@
       self.cutTail = false;
       self.decoders = [new TextDecoder("utf-8"), new TextDecoder("utf-8")];
       self.ansi = [new Ansi(), new Ansi()];
-      self.dropped = offset;
-      self.received = offset;
-      self.pre.appendChild(self.block(new Ansi().convert(new TextDecoder("utf-8").decode(buffer)), buffer.byteLength, "earlier-part"));
-      self.received = offset + buffer.byteLength;
+      // At most MAX_LINES of it: the rest counts as earlier output.
+      var text = new TextDecoder("utf-8").decode(buffer);
+      var cut = 0;
+      for (var i = text.length, n = 0; i > 0; i--) {
+        if (text.charCodeAt(i - 1) === 10 && ++n > MAX_LINES) { cut = i; break; }
+      }
+      var head = new TextEncoder().encode(text.slice(0, cut)).length;
+      self.dropped = offset + head;
+      self.pre.appendChild(self.block(new Ansi().convert(text.slice(cut)), buffer.byteLength - head, ""));
     }).catch(function () { /* keep what is shown */ }).then(function () {
       var queued = self.pending || [];
       self.pending = null;
       queued.forEach(function (item) { self.append(item[0], item[1]); });
-      self.trim();
+      self.trim(false);
       self.scroll();
     });
   };
@@ -348,14 +369,12 @@
       var data = parse(event);
       var run = data && runs[data.run];
       if (!run) return;
-      // Everything the server has stored for the run so far, shown or not.
-      run.receivedTotal = (run.receivedTotal || run.received) + atob(data.b64).length;
       run.output(data.err, data.b64);
     });
     stream.addEventListener("skipped", function (event) {
       var data = parse(event);
       var run = data && runs[data.run];
-      if (run) { run.skipped(data.bytes); run.receivedTotal = data.bytes; }
+      if (run) run.skipped(data.bytes);
     });
     stream.addEventListener("state", function (event) {
       var data = parse(event);
