@@ -85,6 +85,11 @@ struct Session {
 
 impl Session {
     async fn sign_in(server: &Server, email: &str, password: &str) -> Self {
+        Self::sign_in_at(server, email, password, "/ui").await
+    }
+
+    /// Signs in on a dashboard whose links and cookies name `base`.
+    async fn sign_in_at(server: &Server, email: &str, password: &str, base: &str) -> Self {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -110,6 +115,7 @@ impl Session {
             .await
             .expect("sign in");
         assert_eq!(response.status(), StatusCode::SEE_OTHER, "sign in {email}");
+        assert_eq!(response.headers()[LOCATION], format!("{base}/agents").as_str());
         let cookie = set_cookie(&response, "outpost_session").expect("a session cookie");
         let attributes: Vec<String> = response
             .headers()
@@ -119,7 +125,7 @@ impl Session {
             .filter(|v| v.starts_with("outpost_session="))
             .collect();
         let attributes = &attributes[0];
-        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        for attribute in ["HttpOnly", "SameSite=Strict", &format!("Path={base};")] {
             assert!(attributes.contains(attribute), "{attribute}: {attributes}");
         }
         Self {
@@ -944,4 +950,56 @@ async fn browser_keeps_big_output_bounded_and_loads_earlier_output() {
         .expect("an href");
     assert!(raw.ends_with("/output?download=1"), "{raw}");
     browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_path_prefix_links_forms_and_cookies_carry_it() {
+    // As behind a proxy that strips /outpost: the server is reached at /ui directly here,
+    // and everything it hands the browser names /outpost/ui.
+    let server = Server::start_with(ServerOptions {
+        args: vec![
+            "--public-url".into(),
+            "https://ops.example.com/outpost/".into(),
+        ],
+        ..ServerOptions::default()
+    })
+    .await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = client
+        .get(format!("{}/ui/login", server.url))
+        .send()
+        .await
+        .expect("login page");
+    let login_cookie = page
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("outpost_login="))
+        .expect("the sign-in cookie")
+        .to_owned();
+    assert!(login_cookie.contains("Path=/outpost/ui"), "{login_cookie}");
+    assert!(login_cookie.contains("Secure"), "https public URL: {login_cookie}");
+    let html = page.text().await.expect("html");
+    assert!(html.contains("action=\"/outpost/ui/login\""), "{html}");
+    assert!(html.contains("href=\"/outpost/ui/static/ui."), "{html}");
+    let root = client.get(&server.url).send().await.expect("GET /");
+    assert_eq!(root.headers()[LOCATION], "/outpost/ui/agents");
+
+    // Signed in, the install line names the public URL.
+    let ada = Session::sign_in_at(&server, OWNER.0, OWNER.1, "/outpost/ui").await;
+    let token = ada.csrf().await;
+    let (status, html) = ada
+        .post("/ui/keys", &[("_csrf", &token), ("name", "behind-proxy")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("curl -fsSL https://ops.example.com/outpost/deploy.sh | bash -s -- --key opa_"),
+        "{html}"
+    );
+    assert!(html.contains("href=\"/outpost/ui/agents\""), "{html}");
 }
