@@ -119,6 +119,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/jobs/{id}/runs/{run_id}/output", get(live::output))
         .route("/ui/keys", get(pages::keys).post(pages::create_key))
         .route("/ui/keys/{id}/{action}", post(pages::change_key))
+        .route("/ui/schedules", get(pages::schedules))
+        .route("/ui/users", get(pages::users))
+        .route("/ui/audit", get(pages::audit))
         .route("/ui/logout", post(session::logout))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

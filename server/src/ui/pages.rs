@@ -803,3 +803,227 @@ pub async fn change_key(
     }
     Ok(see_other(&format!("{}/keys", ui.site.base)))
 }
+
+/// A schedule as a row, with its next fires in its own time zone.
+#[derive(Debug)]
+pub struct ScheduleRow {
+    name: String,
+    cron: String,
+    timezone: String,
+    what: String,
+    enabled: bool,
+    next: Vec<String>,
+    last_fire: String,
+    last_job: Option<String>,
+    last_status: String,
+}
+
+/// The schedules page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/schedules.html")]
+pub struct SchedulesPage {
+    chrome: Chrome,
+    rows: Vec<ScheduleRow>,
+    next: Option<String>,
+}
+
+/// The schedules page's query.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CursorQuery {
+    cursor: Option<String>,
+}
+
+/// How many of a schedule's next fires its row shows.
+const NEXT_FIRES: usize = 5;
+
+/// `GET /ui/schedules`: by name, with each one's next fires (`Schedules::preview`, as
+/// `GET /api/schedules/preview` computes them) in the schedule's time zone.
+pub async fn schedules(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<CursorQuery>,
+) -> Result<Response, UiError> {
+    let service = &state.services.schedules;
+    let page = service
+        .list(
+            &ui.caller,
+            None,
+            query.cursor.clone().filter(|c| !c.is_empty()),
+            Some(PAGE_SIZE as u64),
+        )
+        .await?;
+    let rows = page
+        .schedules
+        .iter()
+        .map(|s| {
+            let sched = &s.schedule;
+            let next = if sched.enabled {
+                service
+                    .preview(&sched.cron, Some(&sched.timezone), None, Some(NEXT_FIRES))
+                    .map(|fires| {
+                        fires
+                            .iter()
+                            .map(|f| f.local.format("%a %Y-%m-%d %H:%M %:z").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let what = match sched.data.get("script").and_then(Value::as_str) {
+                Some(script) if sched.command == "run" => format!("run {script}"),
+                _ => sched.command.clone(),
+            };
+            ScheduleRow {
+                name: sched.name.clone(),
+                cron: sched.cron.clone(),
+                timezone: sched.timezone.clone(),
+                what,
+                enabled: sched.enabled,
+                next,
+                last_fire: time(sched.last_fire_at),
+                last_job: s.last_job.as_ref().map(|j| j.id.clone()),
+                last_status: s
+                    .last_job
+                    .as_ref()
+                    .map(|j| j.status.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok(SchedulesPage {
+        next: page.next_cursor.map(|c| {
+            format!(
+                "{}/schedules?cursor={}",
+                ui.site.base,
+                url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+            )
+        }),
+        chrome: Chrome::new(&ui, "schedules"),
+        rows,
+    }
+    .into_response())
+}
+
+/// A user as a row.
+#[derive(Debug)]
+pub struct UserRow {
+    email: String,
+    role: String,
+    status: String,
+    created: String,
+    last_login: String,
+}
+
+/// The users page (owners and admins).
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/users.html")]
+pub struct UsersPage {
+    chrome: Chrome,
+    rows: Vec<UserRow>,
+}
+
+/// `GET /ui/users`: `Users::list`, which refuses members.
+pub async fn users(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+) -> Result<Response, UiError> {
+    let users = state.services.users.list(&ui.caller).await?;
+    Ok(UsersPage {
+        chrome: Chrome::new(&ui, "users"),
+        rows: users
+            .iter()
+            .map(|u| UserRow {
+                email: u.email.clone(),
+                role: u.role.clone(),
+                status: u.status.clone(),
+                created: time(Some(u.created_at)),
+                last_login: time(u.last_login_at),
+            })
+            .collect(),
+    }
+    .into_response())
+}
+
+/// An audit entry as a row.
+#[derive(Debug)]
+pub struct AuditRow {
+    at: String,
+    actor: String,
+    address: String,
+    action: String,
+    target: String,
+    detail: String,
+}
+
+/// The audit log page (owners and admins).
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/audit.html")]
+pub struct AuditPage {
+    chrome: Chrome,
+    rows: Vec<AuditRow>,
+    actor: String,
+    action: String,
+    next: Option<String>,
+}
+
+/// The audit page's query.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /ui/audit`: `Audit::list`, newest first, which refuses members.
+pub async fn audit(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, UiError> {
+    let text = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let page = state
+        .services
+        .audit
+        .list(
+            &ui.caller,
+            crate::service::audit::AuditQuery {
+                actor: text(&query.actor),
+                action: text(&query.action),
+                since: None,
+                until: None,
+                cursor: text(&query.cursor),
+                limit: Some(PAGE_SIZE as u64),
+            },
+        )
+        .await?;
+    let next = page.next_cursor.map(|cursor| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [("actor", &query.actor), ("action", &query.action)] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                q.append_pair(name, v);
+            }
+        }
+        q.append_pair("cursor", &cursor);
+        format!("{}/audit?{}", ui.site.base, q.finish())
+    });
+    Ok(AuditPage {
+        chrome: Chrome::new(&ui, "audit"),
+        rows: page
+            .entries
+            .iter()
+            .map(|e| AuditRow {
+                at: time(Some(e.at)),
+                actor: format!("{} {}", e.actor_kind, e.actor_label),
+                address: e.address.clone().unwrap_or_default(),
+                action: e.action.clone(),
+                target: format!("{} {}", e.target_type, e.target_id),
+                detail: e.detail.clone(),
+            })
+            .collect(),
+        actor: query.actor.clone().unwrap_or_default(),
+        action: query.action.clone().unwrap_or_default(),
+        next,
+    }
+    .into_response())
+}

@@ -115,7 +115,10 @@ impl Session {
             .await
             .expect("sign in");
         assert_eq!(response.status(), StatusCode::SEE_OTHER, "sign in {email}");
-        assert_eq!(response.headers()[LOCATION], format!("{base}/agents").as_str());
+        assert_eq!(
+            response.headers()[LOCATION],
+            format!("{base}/agents").as_str()
+        );
         let cookie = set_cookie(&response, "outpost_session").expect("a session cookie");
         let attributes: Vec<String> = response
             .headers()
@@ -983,7 +986,10 @@ async fn behind_a_path_prefix_links_forms_and_cookies_carry_it() {
         .expect("the sign-in cookie")
         .to_owned();
     assert!(login_cookie.contains("Path=/outpost/ui"), "{login_cookie}");
-    assert!(login_cookie.contains("Secure"), "https public URL: {login_cookie}");
+    assert!(
+        login_cookie.contains("Secure"),
+        "https public URL: {login_cookie}"
+    );
     let html = page.text().await.expect("html");
     assert!(html.contains("action=\"/outpost/ui/login\""), "{html}");
     assert!(html.contains("href=\"/outpost/ui/static/ui."), "{html}");
@@ -998,8 +1004,55 @@ async fn behind_a_path_prefix_links_forms_and_cookies_carry_it() {
         .await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(
-        html.contains("curl -fsSL https://ops.example.com/outpost/deploy.sh | bash -s -- --key opa_"),
+        html.contains(
+            "curl -fsSL https://ops.example.com/outpost/deploy.sh | bash -s -- --key opa_"
+        ),
         "{html}"
     );
     assert!(html.contains("href=\"/outpost/ui/agents\""), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_show_their_next_fires_in_their_zone_and_members_see_no_users_or_audit() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let (status, made) = server
+        .api()
+        .post(
+            "/api/schedules",
+            json!({"name": "nightly-backup", "cron": "30 2 * * *", "timezone": "Europe/Paris",
+                   "command": "run", "data": {"script": "backup"}, "target": {"tags": ["db"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let (status, html) = ada.get("/ui/schedules").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("nightly-backup"), "{html}");
+    assert!(html.contains("run backup"), "{html}");
+    let fires = html.matches(" 02:30 +0").count();
+    assert_eq!(fires, 5, "the next 5 fires at 02:30 Paris time: {html}");
+
+    let (status, html) = ada.get("/ui/users").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("mo@example.com"), "{html}");
+    let (status, html) = ada.get("/ui/audit").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("schedule.create"), "{html}");
+
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let (status, html) = mo.get("/ui/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !html.contains("/ui/users") && !html.contains("/ui/audit"),
+        "{html}"
+    );
+    assert_eq!(mo.get("/ui/users").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(mo.get("/ui/audit").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(mo.get("/ui/schedules").await.0, StatusCode::OK);
 }
