@@ -112,7 +112,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/agents/stream", get(live::agents))
         .route("/ui/agents/{id}", get(pages::agent))
         .route("/ui/agents/{id}/run", post(pages::run))
-        .route("/ui/jobs", get(pages::jobs))
+        .route("/ui/jobs", get(pages::jobs).post(pages::run_many))
         .route("/ui/jobs/{id}", get(pages::job))
         .route("/ui/jobs/{id}/stream", get(live::job))
         .route("/ui/jobs/{id}/cancel", post(pages::cancel))

@@ -393,6 +393,68 @@ pub async fn run(
     Extension(fields): Extension<Fields>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
+    let spec = run_spec(&fields)?;
+    let job = state
+        .services
+        .jobs
+        .create(
+            &ui.caller,
+            NewJobRequest {
+                spec,
+                target: Target {
+                    agents: Some(vec![id]),
+                    tags: None,
+                    all: None,
+                },
+                webhook_url: None,
+                idempotency_key: None,
+                fire: None,
+            },
+            None,
+        )
+        .await?;
+    Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+}
+
+/// `POST /ui/jobs`: a script on the agents and tags the form names (or every agent), through
+/// `Jobs::create`; then the job's page.
+pub async fn run_many(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+) -> Result<Response, UiError> {
+    let spec = run_spec(&fields)?;
+    let target = Target {
+        agents: list(fields.text("agents")),
+        tags: list(fields.text("tags")),
+        all: (fields.get("all") == Some("1")).then_some(true),
+    };
+    if target.agents.is_none() && target.tags.is_none() && target.all.is_none() {
+        return Err(DomainError::BadRequest(
+            "target: name agents, tags, or choose every agent".into(),
+        )
+        .into());
+    }
+    let job = state
+        .services
+        .jobs
+        .create(
+            &ui.caller,
+            NewJobRequest {
+                spec,
+                target,
+                webhook_url: None,
+                idempotency_key: None,
+                fire: None,
+            },
+            None,
+        )
+        .await?;
+    Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+}
+
+/// A Run form's script, parameters (`param.NAME` fields, or `NAME=value` lines) and timeout.
+fn run_spec(fields: &Fields) -> Result<CommandSpec, DomainError> {
     let script = fields
         .text("script")
         .ok_or_else(|| DomainError::BadRequest("script: choose a script to run".into()))?;
@@ -419,32 +481,12 @@ pub async fn run(
             DomainError::BadRequest(format!("timeout_s: {t:?} is not a number of seconds"))
         })?),
     };
-    let spec = CommandSpec::new(
+    CommandSpec::new(
         "run".into(),
         Some(json!({"script": script, "params": params})),
         timeout_s,
         None,
-    )?;
-    let job = state
-        .services
-        .jobs
-        .create(
-            &ui.caller,
-            NewJobRequest {
-                spec,
-                target: Target {
-                    agents: Some(vec![id]),
-                    tags: None,
-                    all: None,
-                },
-                webhook_url: None,
-                idempotency_key: None,
-                fire: None,
-            },
-            None,
-        )
-        .await?;
-    Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+    )
 }
 
 /// The jobs page's query: the API's filters.
@@ -721,9 +763,10 @@ pub async fn keys(
     keys_page(&state, &ui, None).await
 }
 
+/// A comma-separated field as a list (tags may hold spaces, never commas).
 fn list(text: Option<String>) -> Option<Vec<String>> {
     text.map(|t| {
-        t.split([',', ' '])
+        t.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)

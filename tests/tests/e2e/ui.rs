@@ -1056,3 +1056,51 @@ async fn schedules_show_their_next_fires_in_their_zone_and_members_see_no_users_
     assert_eq!(mo.get("/ui/audit").await.0, StatusCode::FORBIDDEN);
     assert_eq!(mo.get("/ui/schedules").await.0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_page_runs_a_script_on_a_tag() {
+    let server = Server::start().await;
+    assert!(server.user_create("mo@example.com", "member", Some(OWNER.1)).0);
+    let mut scripts = Scripts::new();
+    scripts.add("hi", "echo \"hi $OUTPOST_PARAM_WHO\"", json!({"params": ["WHO"]}));
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "web", "tags": ["role:web"]}))
+        .await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    agent.wait_online(&server.api()).await;
+    // A member runs scripts (SPEC §9).
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let token = mo.csrf().await;
+    let response = mo
+        .client
+        .post(format!("{}/ui/jobs", server.url))
+        .header(COOKIE, &mo.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("_csrf", &token),
+            ("script", "hi"),
+            ("tags", "role:web"),
+            ("params", "WHO=tag"),
+        ]))
+        .send()
+        .await
+        .expect("POST /ui/jobs");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION].to_str().expect("text").to_owned();
+    let job_id = location.strip_prefix("/ui/jobs/").expect("a job page");
+    let job = server.api().wait_job(job_id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (_, run_id, _) = outpost_e2e::only_run(&job);
+    let (status, output) = mo
+        .get(&format!("/ui/jobs/{job_id}/runs/{run_id}/output?offset=3&len=3"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(output, "tag", "a byte range of the output");
+    // Without a target, nothing runs.
+    let (status, html) = mo
+        .post("/ui/jobs", &[("_csrf", &token), ("script", "hi")])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("target: name agents, tags"), "{html}");
+}
