@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/keys", get(pages::keys).post(pages::create_key))
         .route("/ui/keys/{id}/{action}", post(pages::change_key))
         .route("/ui/schedules", get(pages::schedules))
+        .route("/ui/schedules/{id}/{action}", post(pages::change_schedule))
         .route("/ui/users", get(pages::users))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/logout", post(session::logout))

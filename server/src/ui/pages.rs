@@ -850,6 +850,7 @@ pub async fn change_key(
 /// A schedule as a row, with its next fires in its own time zone.
 #[derive(Debug)]
 pub struct ScheduleRow {
+    id: String,
     name: String,
     cron: String,
     timezone: String,
@@ -918,6 +919,7 @@ pub async fn schedules(
                 _ => sched.command.clone(),
             };
             ScheduleRow {
+                id: sched.id.clone(),
                 name: sched.name.clone(),
                 cron: sched.cron.clone(),
                 timezone: sched.timezone.clone(),
@@ -1069,4 +1071,36 @@ pub async fn audit(
         next,
     }
     .into_response())
+}
+
+/// `POST /ui/schedules/{id}/{action}`: `enable`, `disable` (`Schedules::update`) or `run`
+/// (`Schedules::run_now`, then the job's page).
+pub async fn change_schedule(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, UiError> {
+    let schedules = &state.services.schedules;
+    match action.as_str() {
+        "enable" | "disable" => {
+            schedules
+                .update(
+                    &ui.caller,
+                    &id,
+                    crate::service::schedules::ScheduleFields {
+                        enabled: Some(action == "enable"),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            Ok(see_other(&format!("{}/schedules", ui.site.base)))
+        }
+        "run" => {
+            let job = schedules.run_now(&ui.caller, &id).await?;
+            Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+        }
+        other => Err(
+            DomainError::NotFound(format!("no action {other:?}: enable, disable or run")).into(),
+        ),
+    }
 }

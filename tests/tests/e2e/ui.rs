@@ -1037,6 +1037,23 @@ async fn schedules_show_their_next_fires_in_their_zone_and_members_see_no_users_
     assert!(html.contains("run backup"), "{html}");
     let fires = html.matches(" 02:30 +0").count();
     assert_eq!(fires, 5, "the next 5 fires at 02:30 Paris time: {html}");
+    // Disabled from the page: no next fires, and an enable button instead.
+    let id = made["id"].as_str().expect("id");
+    let (status, _) = ada
+        .post(
+            &format!("/ui/schedules/{id}/disable"),
+            &[("_csrf", &csrf_of(&html))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = ada.get("/ui/schedules").await;
+    assert_eq!(html.matches(" 02:30 +0").count(), 0, "{html}");
+    assert!(
+        html.contains(&format!("/ui/schedules/{id}/enable")),
+        "{html}"
+    );
+    let (_, shown) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(shown["enabled"], false, "{shown}");
 
     let (status, html) = ada.get("/ui/users").await;
     assert_eq!(status, StatusCode::OK);
@@ -1060,9 +1077,17 @@ async fn schedules_show_their_next_fires_in_their_zone_and_members_see_no_users_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jobs_page_runs_a_script_on_a_tag() {
     let server = Server::start().await;
-    assert!(server.user_create("mo@example.com", "member", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
     let mut scripts = Scripts::new();
-    scripts.add("hi", "echo \"hi $OUTPOST_PARAM_WHO\"", json!({"params": ["WHO"]}));
+    scripts.add(
+        "hi",
+        "echo \"hi $OUTPOST_PARAM_WHO\"",
+        json!({"params": ["WHO"]}),
+    );
     let (_, key) = server
         .api()
         .create_key(json!({"name": "web", "tags": ["role:web"]}))
@@ -1087,13 +1112,18 @@ async fn the_jobs_page_runs_a_script_on_a_tag() {
         .await
         .expect("POST /ui/jobs");
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    let location = response.headers()[LOCATION].to_str().expect("text").to_owned();
+    let location = response.headers()[LOCATION]
+        .to_str()
+        .expect("text")
+        .to_owned();
     let job_id = location.strip_prefix("/ui/jobs/").expect("a job page");
     let job = server.api().wait_job(job_id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let (_, run_id, _) = outpost_e2e::only_run(&job);
     let (status, output) = mo
-        .get(&format!("/ui/jobs/{job_id}/runs/{run_id}/output?offset=3&len=3"))
+        .get(&format!(
+            "/ui/jobs/{job_id}/runs/{run_id}/output?offset=3&len=3"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(output, "tag", "a byte range of the output");
