@@ -1134,3 +1134,69 @@ async fn the_jobs_page_runs_a_script_on_a_tag() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
     assert!(html.contains("target: name agents, tags"), "{html}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_shows_invalid_utf8_and_one_endless_line_without_holding_all_of_it() {
+    let Some(browser) = Browser::start("browser_shows_invalid_utf8_and_one_endless_line").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let gate = tempfile::tempdir().expect("gate dir");
+    let (first, second) = (gate.path().join("first"), gate.path().join("second"));
+    let mut scripts = Scripts::new();
+    // Invalid UTF-8; then one line of 6 MB (no newline until its end), then a marker.
+    scripts.add(
+        "odd",
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done\nprintf 'bad \\377\\376 bytes\\n'\n\
+             while [ ! -e '{}' ]; do sleep 0.05; done\n\
+             head -c 6000000 /dev/zero | tr '\\0' a\necho\necho the-end",
+            first.display(),
+            second.display()
+        ),
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let (status, job) = server
+        .api()
+        .job(outpost_e2e::run_job(&agent_id, "odd", json!({})), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page");
+    browser.wait_text(By::id("job-status"), "running").await;
+    std::fs::write(&first, b"").expect("open the first gate");
+    let text = browser.wait_text(By::css("pre.output"), "bytes").await;
+    assert!(text.contains("bad \u{FFFD}\u{FFFD} bytes"), "{text:?}");
+
+    std::fs::write(&second, b"").expect("open the second gate");
+    // Only the size travels back while waiting: the page holds megabytes.
+    let driver = &browser.driver;
+    let held = wait_for("the end of the output", SHOWN, || async {
+        let state = driver
+            .execute(
+                "var t = document.querySelector('pre.output').textContent; \
+                 return t.indexOf('the-end') >= 0 ? t.length : null;",
+                Vec::new(),
+            )
+            .await
+            .ok()?;
+        state.as_u64()
+    })
+    .await;
+    assert!(
+        held <= 1024 * 1024 + 64 * 1024,
+        "{held} characters held in the page"
+    );
+    browser.wait_text(By::id("job-status"), "succeeded").await;
+    browser.quit().await;
+}

@@ -173,7 +173,7 @@
 
   // ---- one job's runs ----------------------------------------------------------------------
   var MAX_LINES = 5000;
-  var MAX_CHARS = 4 * 1024 * 1024;
+  var MAX_CHARS = 1024 * 1024;
   var EARLIER_BYTES = 64 * 1024;
   var RESYNC_BYTES = 256 * 1024;
 
@@ -242,8 +242,16 @@
     this.chars += chars;
     return block;
   };
+  // At most once a frame: reading scrollHeight lays the output out, which for a long line is
+  // the costly part of a chunk.
   Run.prototype.scroll = function () {
-    if (this.follow.checked) this.pre.scrollTop = this.pre.scrollHeight;
+    var self = this;
+    if (!this.follow.checked || this.scrollQueued) return;
+    this.scrollQueued = true;
+    window.requestAnimationFrame(function () {
+      self.scrollQueued = false;
+      if (self.follow.checked) self.pre.scrollTop = self.pre.scrollHeight;
+    });
   };
   Run.prototype.remove = function (block) {
     this.lines -= block._lines || 0;
