@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Outpost quickstart: builds the binaries, starts a server on an embedded SQLite database in
-# ./outpost-data with one local agent connected to it (allowed to run examples/scripts), sends
-# the agent a few commands, runs a script and shows its output, and prints what to try next.
+# ./outpost-data with one local agent connected to it (allowed to run examples/scripts), makes
+# the dashboard's first owner (a generated password, saved in the data dir), sends the agent a
+# few commands, runs a script and shows its output, and prints what to try next.
 # The server also serves the agent and supervisor it was built with, so deploy.sh installs
 # more agents at once (no release to publish). Ctrl-C stops both.
 #
@@ -63,6 +64,19 @@ if grep -q "Created the owner API key" "$data/server.out"; then
 fi
 auth=(-H "Authorization: Bearer ${token}" -H "Content-Type: application/json")
 
+# The dashboard signs people in with an email and a password: the first owner is made here,
+# with a generated password kept beside the other keys (mode 0600), made once.
+dashboard_email="owner@outpost.local"
+passfile="$data/dashboard-password"
+if [[ ! -s "$passfile" ]]; then
+  say "Creating the dashboard's owner ${dashboard_email} (password saved in ${passfile})"
+  password="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
+  printf '%s\n' "$password" | "$bin/outpost-server" user create --email "$dashboard_email" \
+    --role owner --password-stdin --data-dir "$data" >/dev/null
+  (umask 077; printf '%s\n' "$password" >"$passfile")
+fi
+curl -fsS -o /dev/null "$url/ui/login" || { echo "The dashboard's sign-in page did not answer" >&2; exit 1; }
+
 keyfile="$data/quickstart-agent.key"
 if [[ ! -s "$keyfile" ]]; then
   say "Creating an agent key"
@@ -113,6 +127,9 @@ cli run hello --on "$agent_id" --param NAME=newcomer
 cat <<EOT
 
 $(say "Outpost is running.")
+  The dashboard:             ${url}/ui
+                             sign in as ${dashboard_email}, password: $(cat "$passfile")
+                             (kept in ${passfile}; more users: outpost-server user create)
   API and interactive docs:  ${url}/docs
   The CLI:                   export OUTPOST_URL=${url} OUTPOST_TOKEN=\$(cat ${data}/admin.key)
                              ${bin}/outpost agents ls

@@ -42,6 +42,7 @@ pub mod service;
 pub mod store;
 pub mod tags;
 pub mod tenants_admin;
+pub mod ui;
 pub mod users_admin;
 
 use std::future::Future;
@@ -252,6 +253,8 @@ pub async fn run(
     ));
 
     let app = api::router(state.clone())
+        // The dashboard (SPEC §12): `/`, `/ui/…`.
+        .merge(ui::router(state.clone()))
         .route("/metrics", axum::routing::get(api::metrics::route))
         // Applied by the body extractors (ApiJson), whose rejection is the JSON error
         // envelope (413); tower-http's layer answered text/plain. No API handler reads a body

@@ -33,6 +33,12 @@ const RULES: &[(&str, &[&str])] = &[
             "lib",
         ],
     ),
+    // The dashboard: pages over the services, like the REST handlers (api for the client's
+    // address and the extractors with our error shape).
+    (
+        "ui",
+        &["service", "domain", "http_error", "store", "lib", "api"],
+    ),
     // Agents' connections: the in-process bus.
     (
         "hub",
@@ -144,6 +150,7 @@ const FORBIDDEN_CRATES: &[(&str, &str, &str)] = &[
     ("finish", "axum", "the finish path is transport-neutral"),
     ("domain", "sea_orm", "the domain model is not a row"),
     ("api", "sea_orm", "handlers do not query the database"),
+    ("ui", "sea_orm", "pages do not query the database"),
     (
         "service",
         "sea_orm",

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod postgres;
 pub mod proxy;
 pub mod smtp;
+pub mod webdriver;
 pub mod ws;
 
 /// How long any readiness wait may take before the test fails. Generous: CI machines are

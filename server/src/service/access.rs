@@ -191,10 +191,47 @@ impl Access {
         }
     }
 
+    /// The dashboard's form token for a session's nonce (`crate::ui`): HMAC-SHA-256 under a
+    /// key derived from the master key, so every node computes the same token and a token
+    /// never reveals the nonce it was made from. `purpose` keeps the sign-in form's tokens
+    /// apart from a session's.
+    pub fn form_token(&self, purpose: &str, nonce: &str) -> String {
+        let key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &self.core.master.derive(FORM_TOKEN_KEY_LABEL),
+        );
+        hex::encode(ring::hmac::sign(&key, &form_message(purpose, nonce)).as_ref())
+    }
+
+    /// Whether `token` is the form token of `nonce` for `purpose`, compared in constant time.
+    pub fn check_form_token(&self, purpose: &str, nonce: &str, token: &str) -> bool {
+        let Ok(tag) = hex::decode(token) else {
+            return false;
+        };
+        let key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &self.core.master.derive(FORM_TOKEN_KEY_LABEL),
+        );
+        !nonce.is_empty() && ring::hmac::verify(&key, &form_message(purpose, nonce), &tag).is_ok()
+    }
+
     /// `GET /metrics` on the main listener.
     pub fn read_metrics(&self, caller: &Caller) -> Result<(), DomainError> {
         Self::require(caller, Action::Metrics)
     }
+}
+
+/// The HKDF label of the dashboard's form-token key.
+const FORM_TOKEN_KEY_LABEL: &[u8] = b"outpost dashboard form tokens v1";
+
+/// What a form token signs: its purpose and the nonce, length-prefixed so that no two pairs
+/// give the same bytes.
+fn form_message(purpose: &str, nonce: &str) -> Vec<u8> {
+    let mut message = Vec::with_capacity(8 + purpose.len() + nonce.len());
+    message.extend_from_slice(&(purpose.len() as u64).to_be_bytes());
+    message.extend_from_slice(purpose.as_bytes());
+    message.extend_from_slice(nonce.as_bytes());
+    message
 }
 
 /// Why the key an agent connected with refuses `command`, if it does: the key is gone, is

@@ -35,5 +35,6 @@ mod supervisor;
 mod tenancy;
 mod tenancy_quotas;
 mod tls;
+mod ui;
 mod users;
 mod webhooks;

@@ -1,0 +1,315 @@
+//! The dashboard's live updates, as Server-Sent Events with the session cookie (an
+//! `EventSource` sends no `Authorization` header), and a run's raw output by byte range.
+//!
+//! - `/ui/agents/stream`: the agents page's rows under its filter, sent when they change
+//!   (read every [`AGENTS_EVERY`]).
+//! - `/ui/jobs/{id}/stream`: `Jobs::follow`, as `GET /api/jobs/{id}/events`, with the bytes
+//!   in base64 (the page decodes them with a streaming `TextDecoder`, so a character split
+//!   across chunks and invalid UTF-8 come out as the browser would show a file). On a first
+//!   connection each run's output before its last [`TAIL_BYTES`] is read but not sent (a
+//!   `skipped` event says how much), so that a run of 100 MB costs the browser its tail;
+//!   the page loads earlier output by byte range from `/output` when asked.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use outpost_protocol::OutputStream;
+use serde_json::json;
+
+use super::pages::{AgentsQuery, agent_page};
+use super::{Ui, UiError};
+use crate::AppState;
+use crate::api::{Path, Query};
+use crate::domain::DomainError;
+use crate::service::jobs::JobEvent;
+
+/// How often the agents page's rows are read again for its stream.
+pub const AGENTS_EVERY: Duration = Duration::from_secs(2);
+/// How long one agents stream lasts before the browser reconnects (and is authenticated
+/// again).
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(600);
+/// Output of a run sent on a first connection: the last this many bytes.
+pub const TAIL_BYTES: i64 = 256 * 1024;
+/// The most bytes one `/output` request with `len` returns.
+const MAX_RANGE: u64 = 1024 * 1024;
+
+/// `GET /ui/agents/stream`: `agents` events with `{rows, page, pages, total}`.
+pub async fn agents(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<AgentsQuery>,
+) -> Result<Response, UiError> {
+    // A bad filter fails the request, not the stream.
+    agent_page(&state, &ui, &query).await?;
+    // The stream ends after a while; the browser reconnects at once, through the session
+    // middleware, so a user disabled or signed out meanwhile stops getting rows.
+    let until = tokio::time::Instant::now() + STREAM_LIFETIME;
+    let stream = futures_util::stream::unfold(
+        (state, ui, query, String::new(), true),
+        move |(state, ui, query, mut last, mut first)| async move {
+            loop {
+                if !first {
+                    tokio::time::sleep(AGENTS_EVERY).await;
+                }
+                if tokio::time::Instant::now() >= until {
+                    return None;
+                }
+                let body = match agent_page(&state, &ui, &query).await {
+                    Ok((rows, page, pages, total)) => {
+                        json!({"rows": rows, "page": page, "pages": pages, "total": total})
+                            .to_string()
+                    }
+                    // The database fails: the page stops updating (the browser retries).
+                    Err(_) => return None,
+                };
+                if first || body != last {
+                    let event = Event::default().event("agents").data(body.clone());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (state, ui, query, body, false),
+                    ));
+                }
+                // Nothing changed: look again later (keep-alives go out meanwhile).
+                last = body;
+                first = false;
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Per run, how much output a first connection leaves out, and how much it has left out.
+struct Tail {
+    skip: HashMap<String, (i64, i64, bool)>,
+}
+
+impl Tail {
+    /// Whether to send a chunk of `len` bytes of `run`, and the `skipped` event to send
+    /// before it (the first chunk sent after some were left out).
+    fn admit(&mut self, run: &str, len: i64) -> (bool, Option<i64>) {
+        let Some((budget, seen, announced)) = self.skip.get_mut(run) else {
+            return (true, None);
+        };
+        if *announced {
+            // Once output is sent, all that follows is: a smaller chunk later must not fit
+            // the budget again and leave a hole.
+            return (true, None);
+        }
+        if *seen + len <= *budget {
+            *seen += len;
+            return (false, None);
+        }
+        *announced = true;
+        (true, Some(*seen))
+    }
+}
+
+/// `GET /ui/jobs/{id}/stream`: `output` (`{run, err, b64}`, id = chunk id), `skipped`
+/// (`{run, bytes}`), `state` (`{run, state, exit_code, duration, error}`) and `end`
+/// (`{status}`) events.
+pub async fn job(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, UiError> {
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let mut tail = Tail {
+        skip: HashMap::new(),
+    };
+    if resumed.is_none() {
+        let job = state.services.jobs.get(&ui.caller, &id).await?;
+        for run in job.runs {
+            let total = run.stdout_bytes + run.stderr_bytes;
+            if total > TAIL_BYTES {
+                tail.skip.insert(run.id, (total - TAIL_BYTES, 0, false));
+            }
+        }
+    }
+    let rx = state
+        .services
+        .jobs
+        .follow(&ui.caller, &id, resumed.unwrap_or(0))
+        .await?;
+    let stream = futures_util::stream::unfold((rx, tail), |(mut rx, mut tail)| async move {
+        let mut events = Vec::with_capacity(2);
+        while events.is_empty() {
+            match rx.recv().await? {
+                JobEvent::Output {
+                    id,
+                    run_id,
+                    stream,
+                    data,
+                    ..
+                } => {
+                    let (send, skipped) = tail.admit(&run_id, data.len() as i64);
+                    if let Some(bytes) = skipped {
+                        events.push(
+                            Event::default()
+                                .event("skipped")
+                                .data(json!({"run": run_id, "bytes": bytes}).to_string()),
+                        );
+                    }
+                    if send {
+                        let body = json!({
+                            "run": run_id,
+                            "err": stream != 0,
+                            "b64": base64::engine::general_purpose::STANDARD.encode(&data),
+                        });
+                        events.push(
+                            Event::default()
+                                .event("output")
+                                .id(id.to_string())
+                                .data(body.to_string()),
+                        );
+                    }
+                }
+                JobEvent::State(run) => {
+                    let duration = run.finished_at.map(|end| {
+                        let start = run
+                            .started_at
+                            .or(run.delivered_at)
+                            .unwrap_or(run.created_at);
+                        format!(
+                            "{:.1} s",
+                            (end - start).num_milliseconds().max(0) as f64 / 1000.0
+                        )
+                    });
+                    let body = json!({
+                        "run": run.id,
+                        "state": run.state,
+                        "exit_code": run.exit_code,
+                        "duration": duration,
+                        "error": run.error_message,
+                    });
+                    events.push(Event::default().event("state").data(body.to_string()));
+                }
+                JobEvent::End { status, .. } => {
+                    events.push(
+                        Event::default()
+                            .event("end")
+                            .data(json!({"status": status}).to_string()),
+                    );
+                }
+            }
+        }
+        let events =
+            futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
+        Some((events, (rx, tail)))
+    })
+    .flatten();
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `/ui/jobs/{id}/runs/{run_id}/output`'s query.
+#[derive(Debug, serde::Deserialize)]
+pub struct OutputQuery {
+    /// From this byte of the run's output (both streams, in the order they arrived).
+    #[serde(default)]
+    offset: u64,
+    /// At most this many bytes (at most 1 MiB); the whole rest when absent.
+    len: Option<u64>,
+    /// `1`: as a file to save.
+    download: Option<String>,
+}
+
+/// `GET /ui/jobs/{id}/runs/{run_id}/output`: the run's output as `GET
+/// /api/jobs/{id}/runs/{run_id}/output` gives it, from `offset`, for `len` bytes.
+pub async fn output(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path((id, run_id)): Path<(String, String)>,
+    Query(query): Query<OutputQuery>,
+) -> Result<Response, UiError> {
+    if query.len.is_some_and(|len| len > MAX_RANGE) {
+        return Err(DomainError::BadRequest(format!("len: at most {MAX_RANGE}")).into());
+    }
+    let output = state
+        .services
+        .jobs
+        .output(
+            &ui.caller,
+            &id,
+            &run_id,
+            vec![OutputStream::Stdout, OutputStream::Stderr],
+            query.offset,
+        )
+        .await?;
+    let body = match query.len {
+        None => Body::from_stream(output.bytes),
+        Some(len) => Body::from_stream(output.bytes.scan(len, |left, chunk| {
+            let item = match chunk {
+                Ok(mut bytes) if *left > 0 => {
+                    bytes.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= bytes.len() as u64;
+                    Some(Ok(bytes))
+                }
+                Ok(_) => None,
+                Err(err) => Some(Err(err)),
+            };
+            std::future::ready(item)
+        })),
+    };
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    if query.download.as_deref() == Some("1") {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "attachment; filename=\"run-{}.log\"",
+            sanitize(&run_id)
+        )) {
+            headers.insert(header::CONTENT_DISPOSITION, value);
+        }
+    } else {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    Ok(response)
+}
+
+/// A run id fit for a file name.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_connection_gets_each_runs_tail() {
+        let mut tail = Tail {
+            skip: HashMap::from([("r".to_owned(), (100, 0, false))]),
+        };
+        assert_eq!(tail.admit("r", 60), (false, None));
+        assert_eq!(tail.admit("r", 40), (false, None));
+        assert_eq!(tail.admit("r", 10), (true, Some(100)));
+        assert_eq!(tail.admit("r", 10), (true, None));
+        // A small chunk after the first one sent is sent too (no hole in the tail).
+        assert_eq!(tail.admit("r", 1), (true, None));
+        assert_eq!(tail.admit("other", 1_000_000), (true, None));
+    }
+}

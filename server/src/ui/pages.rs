@@ -1,0 +1,1106 @@
+//! The dashboard's pages and forms: each reads or changes through one service, as the REST
+//! handler of the same thing does, and renders an askama template (escaped by default; no
+//! template uses `|safe`).
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Extension;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::assets::{Names, names};
+use super::forms::Fields;
+use super::{PAGE_SIZE, Ui, UiError, see_other};
+use crate::AppState;
+use crate::api::{Path, Query};
+use crate::domain::DomainError;
+use crate::service::agents::{AgentFilter, AgentRecord};
+use crate::service::commands::CommandSpec;
+use crate::service::jobs::{JobWithRuns, ListRequest, NewJobRequest, Target};
+use crate::service::keys::{KeyChanges, KeyRecord, NewKey};
+use crate::store::{command, string_list};
+
+/// What every signed-in page's layout shows: the navigation (by role), the user, the
+/// sign-out form.
+#[derive(Debug)]
+pub struct Chrome {
+    /// `<prefix>/ui`.
+    pub base: String,
+    /// The assets' names.
+    pub asset: &'static Names,
+    /// The session's form token.
+    pub csrf: String,
+    /// Whether admin actions are shown.
+    pub admin: bool,
+    /// Who is signed in.
+    pub user: String,
+    /// The page's section, for the navigation.
+    pub nav: &'static str,
+}
+
+impl Chrome {
+    fn new(ui: &Ui, nav: &'static str) -> Self {
+        Self {
+            base: ui.site.base.clone(),
+            asset: names(),
+            csrf: ui.csrf.clone(),
+            admin: ui.is_admin(),
+            user: ui.caller.label.clone(),
+            nav,
+        }
+    }
+}
+
+/// The sign-in page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/login.html")]
+pub struct LoginPage {
+    /// `<prefix>/ui`.
+    pub base: String,
+    /// The assets' names.
+    pub asset: &'static Names,
+    /// The sign-in form's token.
+    pub csrf: String,
+    /// Where to go afterwards (checked).
+    pub next: String,
+    /// The email typed, shown again after a failure.
+    pub email: String,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// A failed page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/error.html")]
+pub struct ErrorPage {
+    /// The HTTP status.
+    pub status: u16,
+    /// Its reason phrase.
+    pub reason: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// An agent as a row of the agents page (and of its live updates).
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct AgentRow {
+    /// Its id.
+    pub id: String,
+    /// As it reports it.
+    pub hostname: String,
+    /// Every tag, whatever its source.
+    pub tags: Vec<String>,
+    /// Its version.
+    pub version: String,
+    /// `online` or `offline`.
+    pub status: &'static str,
+    /// When its last heartbeat was sampled, or empty.
+    pub heartbeat: String,
+    /// CPU use, percent, one decimal, or empty.
+    pub cpu: String,
+    /// Memory use.
+    pub memory: String,
+    /// Disk use.
+    pub disk: String,
+}
+
+fn percent(heartbeat: Option<&Value>, field: &str) -> String {
+    heartbeat
+        .and_then(|h| h.get(field))
+        .and_then(Value::as_f64)
+        .filter(|v| v.is_finite())
+        .map(|v| format!("{v:.1}%"))
+        .unwrap_or_default()
+}
+
+fn time(at: Option<DateTime<Utc>>) -> String {
+    at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+impl AgentRow {
+    /// The row of an agent.
+    pub fn of(record: &AgentRecord) -> Self {
+        let heartbeat = record.agent.last_heartbeat.as_ref();
+        let sampled = heartbeat
+            .and_then(|h| h.get("timestamp"))
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Self {
+            id: record.agent.id.clone(),
+            hostname: record.agent.hostname.clone(),
+            tags: record.tags.clone(),
+            version: record.agent.version.clone(),
+            status: if record.online { "online" } else { "offline" },
+            heartbeat: time(sampled),
+            cpu: percent(heartbeat, "cpu_percent"),
+            memory: percent(heartbeat, "memory_percent"),
+            disk: percent(heartbeat, "disk_percent"),
+        }
+    }
+}
+
+/// The agents page's query.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct AgentsQuery {
+    /// Agents with this tag.
+    pub tag: Option<String>,
+    /// `online` or `offline`.
+    pub status: Option<String>,
+    /// From 1.
+    pub page: Option<usize>,
+}
+
+impl AgentsQuery {
+    fn filter(&self) -> Result<AgentFilter, DomainError> {
+        let online = match self.status.as_deref().unwrap_or("") {
+            "" => None,
+            "online" => Some(true),
+            "offline" => Some(false),
+            other => {
+                return Err(DomainError::BadRequest(format!(
+                    "status: must be online or offline, not {other:?}"
+                )));
+            }
+        };
+        Ok(AgentFilter {
+            tag: self.tag.clone().filter(|t| !t.is_empty()),
+            online,
+        })
+    }
+
+    /// The query string of this filter at `page`.
+    pub fn at(&self, page: usize) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(tag) = self.tag.as_deref().filter(|t| !t.is_empty()) {
+            query.append_pair("tag", tag);
+        }
+        if let Some(status) = self.status.as_deref().filter(|s| !s.is_empty()) {
+            query.append_pair("status", status);
+        }
+        query.append_pair("page", &page.to_string());
+        query.finish()
+    }
+}
+
+/// One page of agents under a filter: the rows, the page shown (from 1), the number of
+/// pages and of agents.
+pub async fn agent_page(
+    state: &AppState,
+    ui: &Ui,
+    query: &AgentsQuery,
+) -> Result<(Vec<AgentRow>, usize, usize, usize), DomainError> {
+    let mut agents = state
+        .services
+        .agents
+        .list(&ui.caller, &query.filter()?)
+        .await?;
+    // Online first, then by hostname: the order people scan a fleet in.
+    agents.sort_by(|a, b| {
+        b.online
+            .cmp(&a.online)
+            .then_with(|| a.agent.hostname.cmp(&b.agent.hostname))
+            .then_with(|| a.agent.id.cmp(&b.agent.id))
+    });
+    let total = agents.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let rows = agents
+        .iter()
+        .skip((page - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
+        .map(AgentRow::of)
+        .collect();
+    Ok((rows, page, pages, total))
+}
+
+/// The agents page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/agents.html")]
+pub struct AgentsPage {
+    chrome: Chrome,
+    rows: Vec<AgentRow>,
+    tag: String,
+    status: String,
+    page: usize,
+    pages: usize,
+    total: usize,
+    stream: String,
+    prev: Option<String>,
+    next: Option<String>,
+}
+
+/// `GET /ui/agents`.
+pub async fn agents(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<AgentsQuery>,
+) -> Result<Response, UiError> {
+    let (rows, page, pages, total) = agent_page(&state, &ui, &query).await?;
+    let base = &ui.site.base;
+    Ok(AgentsPage {
+        stream: format!("{base}/agents/stream?{}", query.at(page)),
+        prev: (page > 1).then(|| format!("{base}/agents?{}", query.at(page - 1))),
+        next: (page < pages).then(|| format!("{base}/agents?{}", query.at(page + 1))),
+        chrome: Chrome::new(&ui, "agents"),
+        rows,
+        tag: query.tag.clone().unwrap_or_default(),
+        status: query.status.clone().unwrap_or_default(),
+        page,
+        pages,
+        total,
+    }
+    .into_response())
+}
+
+/// A parameter field of a Run form.
+#[derive(Debug)]
+pub struct ParamField {
+    name: String,
+    secret: bool,
+}
+
+/// A script an agent offers, with its Run form's fields.
+#[derive(Debug)]
+pub struct ScriptForm {
+    name: String,
+    description: String,
+    /// `None`: the manifest lists no parameters (any name goes: a free-form field).
+    params: Option<Vec<ParamField>>,
+}
+
+/// A job as a row of a listing.
+#[derive(Debug)]
+pub struct JobRow {
+    id: String,
+    what: String,
+    status: String,
+    created: String,
+    runs: usize,
+    failed: usize,
+}
+
+impl JobRow {
+    fn of(job: &JobWithRuns) -> Self {
+        let what = match &job.job.script {
+            Some(script) => format!("run {script}"),
+            None => job.job.command.clone(),
+        };
+        Self {
+            id: job.job.id.clone(),
+            what,
+            status: job.job.status.clone(),
+            created: time(Some(job.job.created_at)),
+            runs: job.runs.len(),
+            failed: job.runs.iter().filter(|r| r.success == Some(false)).count(),
+        }
+    }
+}
+
+/// One agent's page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/agent.html")]
+pub struct AgentPage {
+    chrome: Chrome,
+    row: AgentRow,
+    facts: Vec<(&'static str, String)>,
+    scripts: Vec<ScriptForm>,
+    jobs: Vec<JobRow>,
+}
+
+/// `GET /ui/agents/{id}`.
+pub async fn agent(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let record = state.services.agents.get(&ui.caller, &id).await?;
+    let a = &record.agent;
+    let facts = vec![
+        ("Agent id", a.id.clone()),
+        ("Address", a.ip.clone()),
+        ("OS", a.os.clone()),
+        ("Architecture", a.arch.clone()),
+        ("Protocol", a.protocol.to_string()),
+        ("First seen", time(Some(a.first_seen))),
+        ("Last seen", time(Some(a.last_seen))),
+        ("Connected since", time(a.connected_at)),
+        ("Agent tags", record.agent_tags.join(", ")),
+        ("Key tags", record.key_tags.join(", ")),
+        ("Server tags", record.server_tags.join(", ")),
+    ];
+    let scripts = a
+        .scripts
+        .as_array()
+        .map(|list| list.iter().filter_map(script_form).collect())
+        .unwrap_or_default();
+    let jobs = state
+        .services
+        .jobs
+        .list(
+            &ui.caller,
+            ListRequest {
+                agent_id: Some(id.clone()),
+                limit: Some(20),
+                ..ListRequest::default()
+            },
+        )
+        .await?;
+    Ok(AgentPage {
+        chrome: Chrome::new(&ui, "agents"),
+        row: AgentRow::of(&record),
+        facts,
+        scripts,
+        jobs: jobs.jobs.iter().map(JobRow::of).collect(),
+    }
+    .into_response())
+}
+
+/// A script of an agent's report, as a form (what the agent reported is not trusted to be
+/// well formed: a malformed entry is left out).
+fn script_form(entry: &Value) -> Option<ScriptForm> {
+    let name = entry.get("name")?.as_str()?.to_owned();
+    let params = entry.get("params").and_then(Value::as_array).map(|list| {
+        list.iter()
+            .filter_map(|p| {
+                let name = p.get("name").and_then(Value::as_str)?;
+                Some(ParamField {
+                    name: name.to_owned(),
+                    secret: p.get("secret").and_then(Value::as_bool).unwrap_or(false),
+                })
+            })
+            .collect()
+    });
+    Some(ScriptForm {
+        name,
+        description: entry
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        params,
+    })
+}
+
+/// `POST /ui/agents/{id}/run`: a job running one script on this agent, through
+/// `Jobs::create` as `POST /api/jobs` does; then its page.
+pub async fn run(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let spec = run_spec(&fields)?;
+    let job = state
+        .services
+        .jobs
+        .create(
+            &ui.caller,
+            NewJobRequest {
+                spec,
+                target: Target {
+                    agents: Some(vec![id]),
+                    tags: None,
+                    all: None,
+                },
+                webhook_url: None,
+                idempotency_key: None,
+                fire: None,
+            },
+            None,
+        )
+        .await?;
+    Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+}
+
+/// `POST /ui/jobs`: a script on the agents and tags the form names (or every agent), through
+/// `Jobs::create`; then the job's page.
+pub async fn run_many(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+) -> Result<Response, UiError> {
+    let spec = run_spec(&fields)?;
+    let target = Target {
+        agents: list(fields.text("agents")),
+        tags: list(fields.text("tags")),
+        all: (fields.get("all") == Some("1")).then_some(true),
+    };
+    if target.agents.is_none() && target.tags.is_none() && target.all.is_none() {
+        return Err(DomainError::BadRequest(
+            "target: name agents, tags, or choose every agent".into(),
+        )
+        .into());
+    }
+    let job = state
+        .services
+        .jobs
+        .create(
+            &ui.caller,
+            NewJobRequest {
+                spec,
+                target,
+                webhook_url: None,
+                idempotency_key: None,
+                fire: None,
+            },
+            None,
+        )
+        .await?;
+    Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+}
+
+/// A Run form's script, parameters (`param.NAME` fields, or `NAME=value` lines) and timeout.
+fn run_spec(fields: &Fields) -> Result<CommandSpec, DomainError> {
+    let script = fields
+        .text("script")
+        .ok_or_else(|| DomainError::BadRequest("script: choose a script to run".into()))?;
+    let mut params = serde_json::Map::new();
+    for (name, value) in &fields.0 {
+        if let Some(param) = name.strip_prefix("param.")
+            && !value.is_empty()
+        {
+            params.insert(param.to_owned(), Value::String(value.clone()));
+        }
+    }
+    // Free-form parameters (a script whose manifest lists none): `NAME=value` lines.
+    if let Some(text) = fields.get("params") {
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once('=').ok_or_else(|| {
+                DomainError::BadRequest(format!("params: {line:?} is not NAME=value"))
+            })?;
+            params.insert(name.trim().to_owned(), Value::String(value.to_owned()));
+        }
+    }
+    let timeout_s = match fields.text("timeout_s") {
+        None => None,
+        Some(t) => Some(t.parse::<u32>().map_err(|_| {
+            DomainError::BadRequest(format!("timeout_s: {t:?} is not a number of seconds"))
+        })?),
+    };
+    CommandSpec::new(
+        "run".into(),
+        Some(json!({"script": script, "params": params})),
+        timeout_s,
+        None,
+    )
+}
+
+/// The jobs page's query: the API's filters.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct JobsQuery {
+    agent: Option<String>,
+    script: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+}
+
+fn date(field: &str, text: Option<&str>, end: bool) -> Result<Option<DateTime<Utc>>, DomainError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        DomainError::BadRequest(format!(
+            "{field}: {text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"
+        ))
+    })?;
+    let day = if end {
+        day.succ_opt().unwrap_or(day)
+    } else {
+        day
+    };
+    Ok(day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()))
+}
+
+/// The jobs page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/jobs.html")]
+pub struct JobsPage {
+    chrome: Chrome,
+    rows: Vec<JobRow>,
+    agent: String,
+    script: String,
+    status: String,
+    since: String,
+    until: String,
+    first: Option<String>,
+    next: Option<String>,
+}
+
+/// `GET /ui/jobs`.
+pub async fn jobs(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<JobsQuery>,
+) -> Result<Response, UiError> {
+    let text = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let page = state
+        .services
+        .jobs
+        .list(
+            &ui.caller,
+            ListRequest {
+                agent_id: text(&query.agent),
+                script: text(&query.script),
+                status: text(&query.status),
+                since: date("since", query.since.as_deref(), false)?,
+                until: date("until", query.until.as_deref(), true)?,
+                cursor: text(&query.cursor),
+                limit: Some(PAGE_SIZE as u64),
+                ..ListRequest::default()
+            },
+        )
+        .await?;
+    let filters = |cursor: Option<&str>| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [
+            ("agent", &query.agent),
+            ("script", &query.script),
+            ("status", &query.status),
+            ("since", &query.since),
+            ("until", &query.until),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                q.append_pair(name, v);
+            }
+        }
+        if let Some(cursor) = cursor {
+            q.append_pair("cursor", cursor);
+        }
+        format!("{}/jobs?{}", ui.site.base, q.finish())
+    };
+    Ok(JobsPage {
+        first: query.cursor.is_some().then(|| filters(None)),
+        next: page.next_cursor.as_deref().map(|c| filters(Some(c))),
+        chrome: Chrome::new(&ui, "jobs"),
+        rows: page.jobs.iter().map(JobRow::of).collect(),
+        agent: query.agent.clone().unwrap_or_default(),
+        script: query.script.clone().unwrap_or_default(),
+        status: query.status.clone().unwrap_or_default(),
+        since: query.since.clone().unwrap_or_default(),
+        until: query.until.clone().unwrap_or_default(),
+    }
+    .into_response())
+}
+
+/// A run as a row of its job's page.
+#[derive(Debug)]
+pub struct RunRow {
+    id: String,
+    agent_id: String,
+    state: String,
+    exit_code: String,
+    duration: String,
+    error: String,
+    bytes: i64,
+}
+
+impl RunRow {
+    fn of(run: &command::Model) -> Self {
+        let duration = run.finished_at.map(|end| {
+            let start = run
+                .started_at
+                .or(run.delivered_at)
+                .unwrap_or(run.created_at);
+            format!(
+                "{:.1} s",
+                (end - start).num_milliseconds().max(0) as f64 / 1000.0
+            )
+        });
+        Self {
+            id: run.id.clone(),
+            agent_id: run.agent_id.clone(),
+            state: run.state.clone(),
+            exit_code: run.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            duration: duration.unwrap_or_default(),
+            error: run.error_message.clone().unwrap_or_default(),
+            bytes: run.stdout_bytes + run.stderr_bytes,
+        }
+    }
+}
+
+/// One job's page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/job.html")]
+pub struct JobPage {
+    chrome: Chrome,
+    row: JobRow,
+    target: String,
+    params: String,
+    runs: Vec<RunRow>,
+    running: bool,
+}
+
+/// `GET /ui/jobs/{id}`.
+pub async fn job(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let job = state.services.jobs.get(&ui.caller, &id).await?;
+    let params = job
+        .job
+        .data
+        .get("params")
+        .and_then(Value::as_object)
+        .map(|p| {
+            p.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Ok(JobPage {
+        chrome: Chrome::new(&ui, "jobs"),
+        target: job.job.target.to_string(),
+        params,
+        runs: job.runs.iter().map(RunRow::of).collect(),
+        running: job.job.status == "running",
+        row: JobRow::of(&job),
+    }
+    .into_response())
+}
+
+/// `POST /ui/jobs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    state.services.jobs.cancel(&ui.caller, &id).await?;
+    Ok(see_other(&format!("{}/jobs/{id}", ui.site.base)))
+}
+
+/// An agent key as a row.
+#[derive(Debug)]
+pub struct KeyRow {
+    id: String,
+    name: String,
+    status: String,
+    tags: String,
+    permissions: String,
+    created: String,
+    last_used: String,
+    agents: usize,
+}
+
+impl KeyRow {
+    fn of(record: &KeyRecord) -> Self {
+        let k = &record.key;
+        Self {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            status: k.status.clone(),
+            tags: string_list(&k.tags).join(", "),
+            permissions: string_list(&k.permissions).join(", "),
+            created: time(Some(k.created_at)),
+            last_used: time(k.last_used_at),
+            agents: record.connected_agents,
+        }
+    }
+}
+
+/// A key just made or regenerated: its secret, shown once, and the install line.
+#[derive(Debug)]
+pub struct Created {
+    name: String,
+    secret: String,
+    install: String,
+}
+
+/// The agent keys page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/keys.html")]
+pub struct KeysPage {
+    chrome: Chrome,
+    keys: Vec<KeyRow>,
+    created: Option<Created>,
+}
+
+/// The one-line install for `secret`: `--public-url`, else the URL the browser used.
+fn install_line(ui: &Ui, headers: &axum::http::HeaderMap, secret: &str) -> String {
+    let base = match &ui.site.public_url {
+        Some(url) => url.clone(),
+        None => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("SERVER");
+            let scheme = if ui.site.secure { "https" } else { "http" };
+            format!("{scheme}://{host}")
+        }
+    };
+    format!("curl -fsSL {base}/deploy.sh | bash -s -- --key {secret}")
+}
+
+async fn keys_page(
+    state: &AppState,
+    ui: &Ui,
+    created: Option<Created>,
+) -> Result<Response, UiError> {
+    let keys = state.services.keys.list(&ui.caller).await?;
+    Ok(KeysPage {
+        chrome: Chrome::new(ui, "keys"),
+        keys: keys.iter().map(KeyRow::of).collect(),
+        created,
+    }
+    .into_response())
+}
+
+/// `GET /ui/keys`.
+pub async fn keys(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+) -> Result<Response, UiError> {
+    keys_page(&state, &ui, None).await
+}
+
+/// A comma-separated field as a list (tags may hold spaces, never commas).
+fn list(text: Option<String>) -> Option<Vec<String>> {
+    text.map(|t| {
+        t.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// `POST /ui/keys`: creates a key through `Keys::create` and shows its secret once.
+pub async fn create_key(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, UiError> {
+    let (record, secret) = state
+        .services
+        .keys
+        .create(
+            &ui.caller,
+            NewKey {
+                name: fields.text("name").unwrap_or_default(),
+                permissions: list(fields.text("permissions")),
+                tags: list(fields.text("tags")),
+                expires_at: None,
+            },
+        )
+        .await?;
+    let created = Created {
+        name: record.key.name.clone(),
+        install: install_line(&ui, &headers, &secret),
+        secret,
+    };
+    keys_page(&state, &ui, Some(created)).await
+}
+
+/// `POST /ui/keys/{id}/{action}`: `disable`, `enable`, `regenerate` or `delete`.
+pub async fn change_key(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path((id, action)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, UiError> {
+    let keys = &state.services.keys;
+    match action.as_str() {
+        "disable" | "enable" => {
+            let status = if action == "disable" {
+                "disabled"
+            } else {
+                "active"
+            };
+            keys.update(
+                &ui.caller,
+                &id,
+                KeyChanges {
+                    status: Some(status.into()),
+                    ..KeyChanges::default()
+                },
+            )
+            .await?;
+        }
+        "delete" => keys.delete(&ui.caller, &id).await?,
+        "regenerate" => {
+            let (record, secret) = keys.regenerate(&ui.caller, &id).await?;
+            let created = Created {
+                name: record.key.name.clone(),
+                install: install_line(&ui, &headers, &secret),
+                secret,
+            };
+            return keys_page(&state, &ui, Some(created)).await;
+        }
+        other => {
+            return Err(DomainError::NotFound(format!(
+                "no action {other:?}: disable, enable, regenerate or delete"
+            ))
+            .into());
+        }
+    }
+    Ok(see_other(&format!("{}/keys", ui.site.base)))
+}
+
+/// A schedule as a row, with its next fires in its own time zone.
+#[derive(Debug)]
+pub struct ScheduleRow {
+    id: String,
+    name: String,
+    cron: String,
+    timezone: String,
+    what: String,
+    enabled: bool,
+    next: Vec<String>,
+    last_fire: String,
+    last_job: Option<String>,
+    last_status: String,
+}
+
+/// The schedules page.
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/schedules.html")]
+pub struct SchedulesPage {
+    chrome: Chrome,
+    rows: Vec<ScheduleRow>,
+    next: Option<String>,
+}
+
+/// The schedules page's query.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CursorQuery {
+    cursor: Option<String>,
+}
+
+/// How many of a schedule's next fires its row shows.
+const NEXT_FIRES: usize = 5;
+
+/// `GET /ui/schedules`: by name, with each one's next fires (`Schedules::preview`, as
+/// `GET /api/schedules/preview` computes them) in the schedule's time zone.
+pub async fn schedules(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<CursorQuery>,
+) -> Result<Response, UiError> {
+    let service = &state.services.schedules;
+    let page = service
+        .list(
+            &ui.caller,
+            None,
+            query.cursor.clone().filter(|c| !c.is_empty()),
+            Some(PAGE_SIZE as u64),
+        )
+        .await?;
+    let rows = page
+        .schedules
+        .iter()
+        .map(|s| {
+            let sched = &s.schedule;
+            let next = if sched.enabled {
+                service
+                    .preview(&sched.cron, Some(&sched.timezone), None, Some(NEXT_FIRES))
+                    .map(|fires| {
+                        fires
+                            .iter()
+                            .map(|f| f.local.format("%a %Y-%m-%d %H:%M %:z").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let what = match sched.data.get("script").and_then(Value::as_str) {
+                Some(script) if sched.command == "run" => format!("run {script}"),
+                _ => sched.command.clone(),
+            };
+            ScheduleRow {
+                id: sched.id.clone(),
+                name: sched.name.clone(),
+                cron: sched.cron.clone(),
+                timezone: sched.timezone.clone(),
+                what,
+                enabled: sched.enabled,
+                next,
+                last_fire: time(sched.last_fire_at),
+                last_job: s.last_job.as_ref().map(|j| j.id.clone()),
+                last_status: s
+                    .last_job
+                    .as_ref()
+                    .map(|j| j.status.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok(SchedulesPage {
+        next: page.next_cursor.map(|c| {
+            format!(
+                "{}/schedules?cursor={}",
+                ui.site.base,
+                url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+            )
+        }),
+        chrome: Chrome::new(&ui, "schedules"),
+        rows,
+    }
+    .into_response())
+}
+
+/// A user as a row.
+#[derive(Debug)]
+pub struct UserRow {
+    email: String,
+    role: String,
+    status: String,
+    created: String,
+    last_login: String,
+}
+
+/// The users page (owners and admins).
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/users.html")]
+pub struct UsersPage {
+    chrome: Chrome,
+    rows: Vec<UserRow>,
+}
+
+/// `GET /ui/users`: `Users::list`, which refuses members.
+pub async fn users(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+) -> Result<Response, UiError> {
+    let users = state.services.users.list(&ui.caller).await?;
+    Ok(UsersPage {
+        chrome: Chrome::new(&ui, "users"),
+        rows: users
+            .iter()
+            .map(|u| UserRow {
+                email: u.email.clone(),
+                role: u.role.clone(),
+                status: u.status.clone(),
+                created: time(Some(u.created_at)),
+                last_login: time(u.last_login_at),
+            })
+            .collect(),
+    }
+    .into_response())
+}
+
+/// An audit entry as a row.
+#[derive(Debug)]
+pub struct AuditRow {
+    at: String,
+    actor: String,
+    address: String,
+    action: String,
+    target: String,
+    detail: String,
+}
+
+/// The audit log page (owners and admins).
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/audit.html")]
+pub struct AuditPage {
+    chrome: Chrome,
+    rows: Vec<AuditRow>,
+    actor: String,
+    action: String,
+    next: Option<String>,
+}
+
+/// The audit page's query.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /ui/audit`: `Audit::list`, newest first, which refuses members.
+pub async fn audit(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, UiError> {
+    let text = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let page = state
+        .services
+        .audit
+        .list(
+            &ui.caller,
+            crate::service::audit::AuditQuery {
+                actor: text(&query.actor),
+                action: text(&query.action),
+                since: None,
+                until: None,
+                cursor: text(&query.cursor),
+                limit: Some(PAGE_SIZE as u64),
+            },
+        )
+        .await?;
+    let next = page.next_cursor.map(|cursor| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [("actor", &query.actor), ("action", &query.action)] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                q.append_pair(name, v);
+            }
+        }
+        q.append_pair("cursor", &cursor);
+        format!("{}/audit?{}", ui.site.base, q.finish())
+    });
+    Ok(AuditPage {
+        chrome: Chrome::new(&ui, "audit"),
+        rows: page
+            .entries
+            .iter()
+            .map(|e| AuditRow {
+                at: time(Some(e.at)),
+                actor: format!("{} {}", e.actor_kind, e.actor_label),
+                address: e.address.clone().unwrap_or_default(),
+                action: e.action.clone(),
+                target: format!("{} {}", e.target_type, e.target_id),
+                detail: e.detail.clone(),
+            })
+            .collect(),
+        actor: query.actor.clone().unwrap_or_default(),
+        action: query.action.clone().unwrap_or_default(),
+        next,
+    }
+    .into_response())
+}
+
+/// `POST /ui/schedules/{id}/{action}`: `enable`, `disable` (`Schedules::update`) or `run`
+/// (`Schedules::run_now`, then the job's page).
+pub async fn change_schedule(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, UiError> {
+    let schedules = &state.services.schedules;
+    match action.as_str() {
+        "enable" | "disable" => {
+            schedules
+                .update(
+                    &ui.caller,
+                    &id,
+                    crate::service::schedules::ScheduleFields {
+                        enabled: Some(action == "enable"),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            Ok(see_other(&format!("{}/schedules", ui.site.base)))
+        }
+        "run" => {
+            let job = schedules.run_now(&ui.caller, &id).await?;
+            Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+        }
+        other => Err(
+            DomainError::NotFound(format!("no action {other:?}: enable, disable or run")).into(),
+        ),
+    }
+}

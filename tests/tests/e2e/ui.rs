@@ -1,0 +1,1202 @@
+//! The dashboard (SPEC §12): in a real browser (Debian's chromium driven through
+//! chromedriver) and over plain HTTP for what a browser would not send.
+//!
+//! The browser tests (`ui::browser_…`) start `/usr/bin/chromedriver` on a free port and drive a
+//! headless chromium through it (`outpost_e2e::webdriver`).
+//! Without chromium or chromedriver they are skipped with a message, unless
+//! `OUTPOST_TEST_BROWSER=1` (CI sets it), when they fail. With
+//! `OUTPOST_UPDATE_SCREENSHOTS=1` they save the pages they visit in `docs/screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use outpost_e2e::webdriver::{By, Session as WebDriver};
+use outpost_e2e::{Agent, Scripts, Server, ServerOptions, wait_for, ws};
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::json;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// How long a page may take to show what the test waits for.
+const SHOWN: Duration = Duration::from_secs(30);
+const OWNER: (&str, &str) = ("ada@example.com", "correct horse battery staple");
+/// An agent's hostname and tags that would run script if they were not escaped.
+const XSS_HOST: &str = "<script>alert('host')</script>\"><img src=x onerror=alert('img')>";
+const XSS_TAG: &str = "\"><img src=x onerror=alert('tag')>";
+const XSS_TAG2: &str = "<script>alert('tag2')</script>";
+const XSS_DESCRIPTION: &str = "<img src=x onerror=alert('description')>";
+
+// ---- plain HTTP --------------------------------------------------------------------------
+
+/// `application/x-www-form-urlencoded` of `fields`.
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of `name` among a response's `Set-Cookie` headers.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';')
+                .next()
+                .and_then(|pair| pair.strip_prefix(&format!("{name}=")))
+                .map(str::to_owned)
+        })
+}
+
+/// The first form token in a page.
+fn csrf_of(html: &str) -> String {
+    let marker = "name=\"_csrf\" value=\"";
+    let start = html.find(marker).expect("a form token in the page") + marker.len();
+    html[start..]
+        .split('"')
+        .next()
+        .expect("the token's end")
+        .to_owned()
+}
+
+/// A signed-in dashboard session over plain HTTP.
+struct Session {
+    client: reqwest::Client,
+    base: String,
+    cookie: String,
+}
+
+impl Session {
+    async fn sign_in(server: &Server, email: &str, password: &str) -> Self {
+        Self::sign_in_at(server, email, password, "/ui").await
+    }
+
+    /// Signs in on a dashboard whose links and cookies name `base`.
+    async fn sign_in_at(server: &Server, email: &str, password: &str, base: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let page = client
+            .get(format!("{}/ui/login", server.url))
+            .send()
+            .await
+            .expect("login page");
+        assert_eq!(page.status(), StatusCode::OK);
+        let login = set_cookie(&page, "outpost_login").expect("the sign-in form's cookie");
+        let html = page.text().await.expect("login html");
+        let response = client
+            .post(format!("{}/ui/login", server.url))
+            .header(COOKIE, format!("outpost_login={login}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("_csrf", &csrf_of(&html)),
+                ("email", email),
+                ("password", password),
+            ]))
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "sign in {email}");
+        assert_eq!(
+            response.headers()[LOCATION],
+            format!("{base}/agents").as_str()
+        );
+        let cookie = set_cookie(&response, "outpost_session").expect("a session cookie");
+        let attributes: Vec<String> = response
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .filter(|v| v.starts_with("outpost_session="))
+            .collect();
+        let attributes = &attributes[0];
+        for attribute in ["HttpOnly", "SameSite=Strict", &format!("Path={base};")] {
+            assert!(attributes.contains(attribute), "{attribute}: {attributes}");
+        }
+        Self {
+            client,
+            base: server.url.clone(),
+            cookie: format!("outpost_session={cookie}"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header(COOKIE, &self.cookie)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status();
+        (status, response.text().await.expect("body"))
+    }
+
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> (StatusCode, String) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(COOKIE, &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// The form token of this session (from its agents page).
+    async fn csrf(&self) -> String {
+        let (status, html) = self.get("/ui/agents").await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        csrf_of(&html)
+    }
+}
+
+async fn key_names(server: &Server) -> Vec<String> {
+    let (status, keys) = server.api().get("/api/agents/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    keys.as_array()
+        .or_else(|| keys["keys"].as_array())
+        .expect("a list of keys")
+        .iter()
+        .filter_map(|k| k["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_has_a_strict_policy_and_signed_out_visitors_go_to_sign_in() {
+    let server = Server::start().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let root = client.get(&server.url).send().await.expect("GET /");
+    assert_eq!(root.status(), StatusCode::SEE_OTHER);
+    assert_eq!(root.headers()[LOCATION], "/ui/agents");
+    let page = client
+        .get(format!("{}/ui/jobs?status=failed", server.url))
+        .send()
+        .await
+        .expect("GET /ui/jobs");
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        page.headers()[LOCATION],
+        "/ui/login?next=%2Fui%2Fjobs%3Fstatus%3Dfailed"
+    );
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("text");
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    // A stream or a form without a session is refused, not redirected.
+    let stream = client
+        .get(format!("{}/ui/agents/stream", server.url))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), StatusCode::UNAUTHORIZED);
+    // A forged session cookie is no session.
+    let forged = client
+        .get(format!("{}/ui/agents", server.url))
+        .header(COOKIE, "outpost_session=99999999999~a.b.c~opr_x~n")
+        .send()
+        .await
+        .expect("forged");
+    assert_eq!(forged.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_without_its_sessions_token_is_refused() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let other = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let token = ada.csrf().await;
+    let theirs = other.csrf().await;
+    assert_ne!(token, theirs, "each session has its own token");
+
+    let (status, _) = ada.post("/ui/keys", &[("name", "no-token")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = ada
+        .post("/ui/keys", &[("_csrf", &theirs), ("name", "other-session")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = ada
+        .post("/ui/keys", &[("_csrf", "00"), ("name", "garbage")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(key_names(&server).await.is_empty(), "no key was made");
+
+    let (status, html) = ada
+        .post("/ui/keys", &[("_csrf", &token), ("name", "with-token")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("/deploy.sh | bash -s -- --key opa_"),
+        "{html}"
+    );
+    assert_eq!(key_names(&server).await, vec!["with-token".to_owned()]);
+
+    // Signing out revokes the session's refresh family: the cookie no longer works.
+    let (status, _) = ada.post("/ui/logout", &[("_csrf", &token)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    // The other session is another family and goes on.
+    assert_eq!(other.get("/ui/agents").await.0, StatusCode::OK);
+}
+
+/// The same session cookie, but saying its access token expires now: the next request
+/// exchanges the refresh token (the expiry in the cookie only decides when; the access token
+/// itself is checked by the server either way).
+fn due_for_refresh(cookie: &str) -> String {
+    let value = cookie
+        .strip_prefix("outpost_session=")
+        .expect("a session cookie");
+    let (_, rest) = value.split_once('~').expect("exp~…");
+    format!("outpost_session=0~{rest}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_is_refreshed_through_the_family_and_a_replayed_one_ends_it() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let mut ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let stolen = due_for_refresh(&ada.cookie);
+    ada.cookie = stolen.clone();
+    let response = ada
+        .client
+        .get(format!("{}/ui/agents", server.url))
+        .header(COOKIE, &ada.cookie)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::OK);
+    let renewed = set_cookie(&response, "outpost_session").expect("a renewed cookie");
+    assert_ne!(format!("outpost_session={renewed}"), stolen);
+    ada.cookie = format!("outpost_session={renewed}");
+    assert_eq!(ada.get("/ui/agents").await.0, StatusCode::OK);
+
+    // The old cookie (its refresh token retired) presented again after the grace for two
+    // tabs: reuse, which revokes the family; then the renewed cookie is signed out too.
+    let thief = Session {
+        client: ada.client.clone(),
+        base: ada.base.clone(),
+        cookie: stolen,
+    };
+    // Polled once a second: within the grace each try is a (counted) sign-in attempt.
+    let mut refused = false;
+    for _ in 0..20 {
+        let status = thief.get("/ui/agents").await.0;
+        if status == StatusCode::SEE_OTHER {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(refused, "the replayed cookie was never refused");
+    let refreshed_again = due_for_refresh(&ada.cookie);
+    ada.cookie = refreshed_again;
+    assert_eq!(
+        ada.get("/ui/agents").await.0,
+        StatusCode::SEE_OTHER,
+        "the family is revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sees_no_admin_action_and_the_server_refuses_it() {
+    let server = Server::start().await;
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let (status, html) = mo.get("/ui/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains("/ui/keys"), "a member's navigation: {html}");
+    let token = csrf_of(&html);
+    // Members may list agent keys (as through the API), without any of the forms.
+    let (status, html) = mo.get("/ui/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    for admin in ["create-key", "/disable", "/regenerate", "/delete"] {
+        assert!(
+            !html.contains(admin),
+            "a member's keys page shows {admin}: {html}"
+        );
+    }
+    let (status, html) = mo
+        .post("/ui/keys", &[("_csrf", &token), ("name", "by-a-member")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("only owners and admins"), "{html}");
+    assert!(key_names(&server).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_agents_report_is_escaped_in_the_html() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let (_, key) = server.api().agent_key().await;
+    let (_peer, agent_id) = xss_agent(&server, &key).await;
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    for path in ["/ui/agents".to_owned(), format!("/ui/agents/{agent_id}")] {
+        let (status, html) = ada.get(&path).await;
+        assert_eq!(status, StatusCode::OK);
+        for raw in [XSS_HOST, XSS_TAG, XSS_TAG2, "<img", "<script>alert"] {
+            assert!(!html.contains(raw), "{path} holds {raw:?} unescaped");
+        }
+        assert!(html.contains("&#60;script&#62;alert("), "{path}: {html}");
+    }
+}
+
+/// A raw agent whose hostname, tags and script description are markup; connected until the
+/// peer is dropped. Returns the peer and the agent's id.
+async fn xss_agent(server: &Server, key: &str) -> (ws::Peer, String) {
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, key).await.expect("connect");
+    match peer.frame().await {
+        outpost_protocol::ServerFrame::Connected(_) => {}
+        other => panic!("expected connected, got {other:?}"),
+    }
+    let mut frame = ws::register(&agent_id);
+    frame["data"]["hostname"] = json!(XSS_HOST);
+    frame["data"]["tags"] = json!([XSS_TAG, XSS_TAG2]);
+    frame["data"]["scripts"] = json!([{"name": "xss", "description": XSS_DESCRIPTION}]);
+    peer.send_json(&frame).await;
+    server.api().wait_online(&agent_id).await;
+    (peer, agent_id)
+}
+
+// ---- the browser ----------------------------------------------------------------------------
+
+/// chromedriver and a headless chromium session, ended when dropped.
+struct Browser {
+    driver: WebDriver,
+    chromedriver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// A browser, or `None` (after saying why) when this machine has none and
+    /// `OUTPOST_TEST_BROWSER` is not `1`.
+    async fn start(test: &str) -> Option<Self> {
+        outpost_e2e::init();
+        let missing: Vec<&str> = [CHROMEDRIVER, CHROMIUM]
+            .into_iter()
+            .filter(|p| !Path::new(p).exists())
+            .collect();
+        if !missing.is_empty() {
+            let why = format!(
+                "{test}: skipped: {} not installed (apt-get install chromium chromium-driver)",
+                missing.join(" and ")
+            );
+            assert!(
+                std::env::var("OUTPOST_TEST_BROWSER").as_deref() != Ok("1"),
+                "{why}, and OUTPOST_TEST_BROWSER=1 requires the browser tests"
+            );
+            eprintln!("{why}");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let chromedriver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        wait_for("chromedriver's /status", SHOWN, || {
+            let request = client.get(format!("{url}/status")).send();
+            async move {
+                let body: serde_json::Value = request.await.ok()?.json().await.ok()?;
+                body["value"]["ready"].as_bool().filter(|r| *r)
+            }
+        })
+        .await;
+        let profile = tempfile::tempdir().expect("profile dir");
+        let args = [
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--window-size=1280,900".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-extensions".to_owned(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+        });
+        let driver = WebDriver::new(&url, caps).await.expect("a browser session");
+        Some(Self {
+            driver,
+            chromedriver,
+            _profile: profile,
+        })
+    }
+
+    /// Signs in through the form.
+    async fn sign_in(&self, server: &Server, email: &str, password: &str) {
+        self.driver
+            .goto(&format!("{}/ui/login", server.url))
+            .await
+            .expect("login page");
+        self.screenshot("login").await;
+        self.driver
+            .find(&By::id("email"))
+            .await
+            .expect("email")
+            .send_keys(email)
+            .await
+            .expect("type");
+        self.driver
+            .find(&By::id("password"))
+            .await
+            .expect("password")
+            .send_keys(password)
+            .await
+            .expect("type");
+        self.driver
+            .find(&By::id("sign-in"))
+            .await
+            .expect("button")
+            .click()
+            .await
+            .expect("click");
+        self.wait_text(By::css("main h1"), "Agents").await;
+    }
+
+    /// Waits until the element `by` exists with text containing `text`; returns its text.
+    async fn wait_text(&self, by: By, text: &str) -> String {
+        let driver = &self.driver;
+        wait_for(&format!("{by:?} to show {text:?}"), SHOWN, || {
+            let by = by.clone();
+            async move {
+                // The element's textContent (its text whether scrolled into view or not).
+                let found = driver
+                    .execute(
+                        "var e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                        vec![json!(by.selector())],
+                    )
+                    .await
+                    .ok()?;
+                let found = found.as_str()?.to_owned();
+                found.contains(text).then_some(found)
+            }
+        })
+        .await
+    }
+
+    /// Whether an alert is open (which a script injected through a report would open).
+    async fn alert(&self) -> Option<String> {
+        self.driver.alert_text().await
+    }
+
+    /// `docs/screenshots/<name>.png`, when `OUTPOST_UPDATE_SCREENSHOTS=1`.
+    async fn screenshot(&self, name: &str) {
+        if std::env::var("OUTPOST_UPDATE_SCREENSHOTS").as_deref() != Ok("1") {
+            return;
+        }
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&dir).expect("docs/screenshots");
+        self.driver
+            .screenshot(&dir.join(format!("{name}.png")))
+            .await
+            .expect("screenshot");
+    }
+
+    async fn quit(mut self) {
+        let _ = self.driver.quit().await;
+        let _ = self.chromedriver.kill();
+        let _ = self.chromedriver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.chromedriver.kill();
+        let _ = self.chromedriver.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sign_in_and_see_an_agent_come_online_without_reloading() {
+    let Some(browser) = Browser::start("browser_sign_in_and_see_an_agent_come_online").await else {
+        return;
+    };
+    // Heartbeats every second, so that the first one's figures show soon.
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--heartbeat-interval".into(), "1".into()],
+        ..ServerOptions::default()
+    })
+    .await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .wait_text(By::id("agents-empty"), "No agent yet")
+        .await;
+    // A mark on this page's window: gone if the page were reloaded.
+    browser
+        .driver
+        .execute("window.outpostMark = 42;", Vec::new())
+        .await
+        .expect("mark");
+
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "fleet", "tags": ["env:test"]}))
+        .await;
+    let agent = Agent::start(&server.url, &key);
+    let agent_id = agent.wait_online(&server.api()).await;
+    let row = browser
+        .wait_text(By::css(&format!("tr[data-id='{agent_id}']")), "online")
+        .await;
+    assert!(row.contains("env:test"), "{row}");
+    let mark = browser
+        .driver
+        .execute("return window.outpostMark;", Vec::new())
+        .await
+        .expect("read mark");
+    assert_eq!(mark, json!(42), "the page was not reloaded");
+    assert_eq!(
+        browser
+            .driver
+            .find(&By::id("agents-total"))
+            .await
+            .expect("total")
+            .text()
+            .await
+            .expect("text"),
+        "1"
+    );
+    // Its heartbeat's figures arrive too.
+    browser
+        .wait_text(By::css(&format!("tr[data-id='{agent_id}']")), "%")
+        .await;
+    browser.screenshot("agents").await;
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
+    let Some(browser) = Browser::start("browser_run_a_script_with_a_parameter").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let gate = tempfile::tempdir().expect("gate dir");
+    let go = gate.path().join("go");
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "greet",
+        &format!(
+            "echo \"hello $OUTPOST_PARAM_WHO\"\nprintf '\\033[31mred\\033[0m and <b>not bold</b>\\033]0;a title\\007\\033[2J\\033[5;5H\\n'\necho 'to stderr' >&2\n\
+             while [ ! -e '{}' ]; do sleep 0.05; done\necho finished",
+            go.display()
+        ),
+        json!({"description": "Says hello", "params": ["WHO"]}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/agents/{agent_id}", server.url))
+        .await
+        .expect("agent page");
+    browser.wait_text(By::css("form.run h3"), "greet").await;
+    browser
+        .driver
+        .find(&By::css("form.run input[name='param.WHO']"))
+        .await
+        .expect("the WHO field")
+        .send_keys("Ada <b>")
+        .await
+        .expect("type");
+    browser.screenshot("agent").await;
+    browser
+        .driver
+        .find(&By::css("form.run button[type='submit']"))
+        .await
+        .expect("Run")
+        .click()
+        .await
+        .expect("click");
+
+    // The first lines arrive while the script still runs (it waits for the test).
+    browser
+        .wait_text(By::css("pre.output"), "hello Ada <b>")
+        .await;
+    let output = browser.wait_text(By::css("pre.output"), "not bold").await;
+    assert!(!output.contains("finished"), "{output}");
+    browser.wait_text(By::css("pre.output"), "to stderr").await;
+    assert_eq!(
+        browser
+            .driver
+            .find(&By::id("job-status"))
+            .await
+            .expect("status")
+            .text()
+            .await
+            .expect("text"),
+        "running"
+    );
+    let red = browser
+        .driver
+        .find(&By::css("pre.output span.f31"))
+        .await
+        .expect("a red span");
+    assert_eq!(red.text().await.expect("text"), "red");
+    assert!(
+        output.contains("red and <b>not bold</b>") && !output.contains("a title"),
+        "cursor moves and the title are dropped: {output:?}"
+    );
+    let stderr = browser
+        .driver
+        .find(&By::css("pre.output .err"))
+        .await
+        .expect("stderr told apart");
+    assert!(stderr.text().await.expect("text").contains("to stderr"));
+    assert!(
+        browser
+            .driver
+            .find_all(&By::css("pre.output b"))
+            .await
+            .expect("query")
+            .is_empty(),
+        "output markup stays text"
+    );
+    std::fs::write(&go, b"").expect("open the gate");
+    browser.wait_text(By::css("pre.output"), "finished").await;
+    browser.wait_text(By::id("job-status"), "succeeded").await;
+    browser
+        .wait_text(By::css("[data-field='exit_code']"), "0")
+        .await;
+    browser.screenshot("job").await;
+
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs", server.url))
+        .await
+        .expect("jobs page");
+    browser.wait_text(By::css("table.list"), "run greet").await;
+    browser.screenshot("jobs").await;
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_create_an_agent_key_and_read_its_install_line() {
+    let Some(browser) = Browser::start("browser_create_an_agent_key").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/keys", server.url))
+        .await
+        .expect("keys page");
+    browser
+        .driver
+        .find(&By::id("key-name"))
+        .await
+        .expect("name field")
+        .send_keys("web servers")
+        .await
+        .expect("type");
+    browser
+        .driver
+        .find(&By::id("create-key"))
+        .await
+        .expect("create")
+        .click()
+        .await
+        .expect("click");
+    let line = browser.wait_text(By::id("install-line"), "deploy.sh").await;
+    let prefix = format!(
+        "curl -fsSL {}/deploy.sh | bash -s -- --key opa_",
+        server.url
+    );
+    assert!(line.starts_with(&prefix), "{line}");
+    let secret = line.rsplit(' ').next().expect("the key");
+    // The key works: an agent connects with it.
+    assert!(ws::connect(&server.url, secret).await.is_ok());
+    assert!(
+        browser
+            .driver
+            .find(&By::css("[data-copy='install-line']"))
+            .await
+            .is_ok()
+    );
+    browser.screenshot("keys").await;
+    // Shown once: the list does not show it again.
+    browser
+        .driver
+        .goto(&format!("{}/ui/keys", server.url))
+        .await
+        .expect("keys page");
+    browser
+        .wait_text(By::css("table.list"), "web servers")
+        .await;
+    let source = browser.driver.source().await.expect("source");
+    assert!(!source.contains(secret), "the secret is shown once");
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_shows_an_agents_markup_as_text() {
+    let Some(browser) = Browser::start("browser_shows_an_agents_markup_as_text").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let (_, key) = server.api().agent_key().await;
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    // It comes online while the page is open: the live rows are built as text too.
+    let (_peer, agent_id) = xss_agent(&server, &key).await;
+    let row = browser
+        .wait_text(By::css(&format!("tr[data-id='{agent_id}']")), "online")
+        .await;
+    assert!(row.contains(XSS_HOST), "{row}");
+    assert!(row.contains(XSS_TAG) && row.contains(XSS_TAG2), "{row}");
+    assert_eq!(browser.alert().await, None);
+    assert!(
+        browser
+            .driver
+            .find_all(&By::css("main img"))
+            .await
+            .expect("query")
+            .is_empty()
+    );
+    // Rendered by the server.
+    browser
+        .driver
+        .goto(&format!("{}/ui/agents/{agent_id}", server.url))
+        .await
+        .expect("agent page");
+    let name = browser.wait_text(By::id("agent-hostname"), "alert").await;
+    assert_eq!(name, XSS_HOST);
+    browser
+        .wait_text(By::css("form.run .description"), XSS_DESCRIPTION)
+        .await;
+    assert_eq!(browser.alert().await, None);
+    assert!(
+        browser
+            .driver
+            .find_all(&By::css("main img"))
+            .await
+            .expect("query")
+            .is_empty()
+    );
+    let injected = browser
+        .driver
+        .execute(
+            "return document.querySelectorAll('main script').length;",
+            Vec::new(),
+        )
+        .await
+        .expect("count scripts");
+    assert_eq!(injected, json!(0));
+    browser.quit().await;
+}
+
+/// Lines in a run's output element, as the page holds them.
+async fn lines_in_page(browser: &Browser) -> u64 {
+    let count = browser
+        .driver
+        .execute(
+            "return document.querySelector('pre.output').textContent.split('\\n').length;",
+            Vec::new(),
+        )
+        .await
+        .expect("count lines");
+    count.as_u64().expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_keeps_big_output_bounded_and_loads_earlier_output() {
+    let Some(browser) = Browser::start("browser_keeps_big_output_bounded").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let gate = tempfile::tempdir().expect("gate dir");
+    let go = gate.path().join("go");
+    let mut scripts = Scripts::new();
+    // 30,000 numbered lines (~600 KB) while the page watches, then a last one.
+    scripts.add(
+        "many",
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done\nseq -f 'line %06g of the output' 1 30000\necho last-line",
+            go.display()
+        ),
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let (status, job) = server
+        .api()
+        .job(outpost_e2e::run_job(&agent_id, "many", json!({})), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page");
+    browser.wait_text(By::id("job-status"), "running").await;
+    std::fs::write(&go, b"").expect("open the gate");
+    browser.wait_text(By::css("pre.output"), "last-line").await;
+    let shown = lines_in_page(&browser).await;
+    assert!(shown <= 5_001, "{shown} lines in the page");
+    // Whole chunks go: what stays is the tail, within the bound.
+    assert!(shown >= 1_000, "the tail is shown: {shown} lines");
+    browser.wait_text(By::id("job-status"), "succeeded").await;
+
+    // A first visit gets the tail, and earlier output on request.
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page again");
+    browser.wait_text(By::css("pre.output"), "last-line").await;
+    let text = browser.wait_text(By::css("pre.output"), "last-line").await;
+    let hidden = browser
+        .driver
+        .execute(
+            "return document.querySelector('button.earlier').hidden;",
+            Vec::new(),
+        )
+        .await
+        .expect("the earlier button");
+    assert_eq!(hidden, json!(false), "earlier output can be loaded");
+    assert!(
+        !text.contains("line 000001 of"),
+        "only the tail on a first visit"
+    );
+    let first_before = browser
+        .driver
+        .execute(
+            "var t = document.querySelector('pre.output').textContent; return t.slice(t.indexOf('line '), t.indexOf('line ') + 11);",
+            Vec::new(),
+        )
+        .await
+        .expect("first line shown");
+    browser
+        .driver
+        .find(&By::css("button.earlier"))
+        .await
+        .expect("the earlier button")
+        .click()
+        .await
+        .expect("click");
+    let driver = &browser.driver;
+    let first_after = wait_for("earlier output", SHOWN, || async {
+        let first = driver
+            .execute(
+                "var t = document.querySelector('pre.output').textContent; return t.slice(t.indexOf('line '), t.indexOf('line ') + 11);",
+                Vec::new(),
+            )
+            .await
+            .ok()?;
+        (first != first_before).then_some(first)
+    })
+    .await;
+    assert!(
+        first_after.as_str() < first_before.as_str(),
+        "earlier lines come first: {first_after} before {first_before}"
+    );
+    // The raw download has all of it.
+    let raw = browser
+        .driver
+        .find(&By::css("a[download]"))
+        .await
+        .expect("raw link")
+        .attr("href")
+        .await
+        .expect("href")
+        .expect("an href");
+    assert!(raw.ends_with("/output?download=1"), "{raw}");
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_path_prefix_links_forms_and_cookies_carry_it() {
+    // As behind a proxy that strips /outpost: the server is reached at /ui directly here,
+    // and everything it hands the browser names /outpost/ui.
+    let server = Server::start_with(ServerOptions {
+        args: vec![
+            "--public-url".into(),
+            "https://ops.example.com/outpost/".into(),
+        ],
+        ..ServerOptions::default()
+    })
+    .await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = client
+        .get(format!("{}/ui/login", server.url))
+        .send()
+        .await
+        .expect("login page");
+    let login_cookie = page
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("outpost_login="))
+        .expect("the sign-in cookie")
+        .to_owned();
+    assert!(login_cookie.contains("Path=/outpost/ui"), "{login_cookie}");
+    assert!(
+        login_cookie.contains("Secure"),
+        "https public URL: {login_cookie}"
+    );
+    let html = page.text().await.expect("html");
+    assert!(html.contains("action=\"/outpost/ui/login\""), "{html}");
+    assert!(html.contains("href=\"/outpost/ui/static/ui."), "{html}");
+    let root = client.get(&server.url).send().await.expect("GET /");
+    assert_eq!(root.headers()[LOCATION], "/outpost/ui/agents");
+
+    // Signed in, the install line names the public URL.
+    let ada = Session::sign_in_at(&server, OWNER.0, OWNER.1, "/outpost/ui").await;
+    let token = ada.csrf().await;
+    let (status, html) = ada
+        .post("/ui/keys", &[("_csrf", &token), ("name", "behind-proxy")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(
+            "curl -fsSL https://ops.example.com/outpost/deploy.sh | bash -s -- --key opa_"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("href=\"/outpost/ui/agents\""), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_show_their_next_fires_in_their_zone_and_members_see_no_users_or_audit() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let (status, made) = server
+        .api()
+        .post(
+            "/api/schedules",
+            json!({"name": "nightly-backup", "cron": "30 2 * * *", "timezone": "Europe/Paris",
+                   "command": "run", "data": {"script": "backup"}, "target": {"tags": ["db"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let (status, html) = ada.get("/ui/schedules").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("nightly-backup"), "{html}");
+    assert!(html.contains("run backup"), "{html}");
+    let fires = html.matches(" 02:30 +0").count();
+    assert_eq!(fires, 5, "the next 5 fires at 02:30 Paris time: {html}");
+    // Disabled from the page: no next fires, and an enable button instead.
+    let id = made["id"].as_str().expect("id");
+    let (status, _) = ada
+        .post(
+            &format!("/ui/schedules/{id}/disable"),
+            &[("_csrf", &csrf_of(&html))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = ada.get("/ui/schedules").await;
+    assert_eq!(html.matches(" 02:30 +0").count(), 0, "{html}");
+    assert!(
+        html.contains(&format!("/ui/schedules/{id}/enable")),
+        "{html}"
+    );
+    let (_, shown) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(shown["enabled"], false, "{shown}");
+
+    let (status, html) = ada.get("/ui/users").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("mo@example.com"), "{html}");
+    let (status, html) = ada.get("/ui/audit").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("schedule.create"), "{html}");
+
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let (status, html) = mo.get("/ui/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !html.contains("/ui/users") && !html.contains("/ui/audit"),
+        "{html}"
+    );
+    assert_eq!(mo.get("/ui/users").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(mo.get("/ui/audit").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(mo.get("/ui/schedules").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_page_runs_a_script_on_a_tag() {
+    let server = Server::start().await;
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "hi",
+        "echo \"hi $OUTPOST_PARAM_WHO\"",
+        json!({"params": ["WHO"]}),
+    );
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "web", "tags": ["role:web"]}))
+        .await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    agent.wait_online(&server.api()).await;
+    // A member runs scripts (SPEC §9).
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let token = mo.csrf().await;
+    let response = mo
+        .client
+        .post(format!("{}/ui/jobs", server.url))
+        .header(COOKIE, &mo.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("_csrf", &token),
+            ("script", "hi"),
+            ("tags", "role:web"),
+            ("params", "WHO=tag"),
+        ]))
+        .send()
+        .await
+        .expect("POST /ui/jobs");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let job_id = location.strip_prefix("/ui/jobs/").expect("a job page");
+    let job = server.api().wait_job(job_id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (_, run_id, _) = outpost_e2e::only_run(&job);
+    let (status, output) = mo
+        .get(&format!(
+            "/ui/jobs/{job_id}/runs/{run_id}/output?offset=3&len=3"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(output, "tag", "a byte range of the output");
+    // Without a target, nothing runs.
+    let (status, html) = mo
+        .post("/ui/jobs", &[("_csrf", &token), ("script", "hi")])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("target: name agents, tags"), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_shows_invalid_utf8_and_one_endless_line_without_holding_all_of_it() {
+    let Some(browser) = Browser::start("browser_shows_invalid_utf8_and_one_endless_line").await
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let gate = tempfile::tempdir().expect("gate dir");
+    let (first, second) = (gate.path().join("first"), gate.path().join("second"));
+    let mut scripts = Scripts::new();
+    // Invalid UTF-8; then one line of 6 MB (no newline until its end), then a marker.
+    scripts.add(
+        "odd",
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done\nprintf 'bad \\377\\376 bytes\\n'\n\
+             while [ ! -e '{}' ]; do sleep 0.05; done\n\
+             head -c 6000000 /dev/zero | tr '\\0' a\necho\necho the-end",
+            first.display(),
+            second.display()
+        ),
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let (status, job) = server
+        .api()
+        .job(outpost_e2e::run_job(&agent_id, "odd", json!({})), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page");
+    browser.wait_text(By::id("job-status"), "running").await;
+    std::fs::write(&first, b"").expect("open the first gate");
+    let text = browser.wait_text(By::css("pre.output"), "bytes").await;
+    assert!(text.contains("bad \u{FFFD}\u{FFFD} bytes"), "{text:?}");
+
+    std::fs::write(&second, b"").expect("open the second gate");
+    // Only the size travels back while waiting: the page holds megabytes.
+    let driver = &browser.driver;
+    let held = wait_for("the end of the output", SHOWN, || async {
+        let state = driver
+            .execute(
+                "var t = document.querySelector('pre.output').textContent; \
+                 return t.indexOf('the-end') >= 0 ? t.length : null;",
+                Vec::new(),
+            )
+            .await
+            .ok()?;
+        state.as_u64()
+    })
+    .await;
+    assert!(
+        held <= 1024 * 1024 + 64 * 1024,
+        "{held} characters held in the page"
+    );
+    browser.wait_text(By::id("job-status"), "succeeded").await;
+    browser.quit().await;
+}
