@@ -185,18 +185,24 @@ pub async fn run(
         Some(seconds) => service::retention::Window::Seconds(seconds),
         None => service::retention::Window::Days(config.retention_days),
     };
-    services.retention = services
-        .retention
-        .with_window(window)
-        .with_clock(match &config.test_clock_file {
-            Some(path) => service::schedules::Clock::File(path.clone()),
-            None => service::schedules::Clock::System,
-        });
+    services.retention =
+        services
+            .retention
+            .with_window(window)
+            .with_clock(match &config.test_clock_file {
+                Some(path) => service::schedules::Clock::File(path.clone()),
+                None => service::schedules::Clock::System,
+            });
     match window {
         service::retention::Window::Days(0) | service::retention::Window::Seconds(0) => {
-            tracing::info!("history retention: off (--retention-days 0 keeps everything; tenants with their own window are still cleaned)");
+            tracing::info!(
+                "history retention: off (--retention-days 0 keeps everything; tenants with their own window are still cleaned)"
+            );
         }
-        window => tracing::info!(?window, "history retention: finished history older than this is deleted (tenants may have their own window)"),
+        window => tracing::info!(
+            ?window,
+            "history retention: finished history older than this is deleted (tenants may have their own window)"
+        ),
     }
     if config.allow_signup {
         tracing::info!("signup is on: POST /api/auth/register makes a tenant and its owner");

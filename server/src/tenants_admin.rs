@@ -208,7 +208,9 @@ async fn ls(args: LsArgs) -> anyhow::Result<()> {
         );
     }
     println!("(* the server's own tenant: its owners are the server's admin; - is unlimited)");
-    println!("(retention: days of finished history kept; default: the server's --retention-days; forever: 0)");
+    println!(
+        "(retention: days of finished history kept; default: the server's --retention-days; forever: 0)"
+    );
     Ok(())
 }
 

@@ -61,6 +61,21 @@ impl Window {
     }
 }
 
+/// Where a tenant's history ends as of `now`: its own `retention_days` when set (0: never),
+/// else the server's window; `None` when everything is kept.
+pub fn cutoff(
+    tenant_days: Option<i64>,
+    server: Window,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let window = match tenant_days {
+        Some(days) if days <= 0 => return None,
+        Some(days) => chrono::Duration::days(days.min(MAX_DAYS)),
+        None => server.duration()?,
+    };
+    Some(now - window)
+}
+
 /// The cleaner.
 #[derive(Clone)]
 pub struct Retention {
@@ -169,13 +184,9 @@ impl Retention {
         let mut total = Deleted::default();
         let mut steps = 0u32;
         for (tenant_id, days) in core.store.retention_windows().await? {
-            let window = match days {
-                Some(days) if days <= 0 => continue,
-                Some(days) => Some(chrono::Duration::days(days.min(MAX_DAYS))),
-                None => self.window.duration(),
+            let Some(cutoff) = cutoff(days, self.window, now) else {
+                continue;
             };
-            let Some(window) = window else { continue };
-            let cutoff = now - window;
             loop {
                 if core.shutdown.is_cancelled() {
                     return Ok((total, 0));
@@ -191,9 +202,7 @@ impl Retention {
                     return Ok((total, 0));
                 }
                 let started = Instant::now();
-                let step = store
-                    .retention_step(&tenant_id, cutoff, STEP_ROWS)
-                    .await?;
+                let step = store.retention_step(&tenant_id, cutoff, STEP_ROWS).await?;
                 record(&step.deleted);
                 total.add(&step.deleted);
                 if !step.more {
@@ -239,4 +248,25 @@ fn record(deleted: &Deleted) {
     retention_deleted("deliveries", deleted.deliveries);
     retention_deleted("delivery_attempts", deleted.delivery_attempts);
     retention_deleted("event_streaks", deleted.streaks);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_s_own_window_wins_and_zero_keeps_everything() {
+        let now = Utc::now();
+        let days = |n: i64| Some(now - chrono::Duration::days(n));
+        assert_eq!(cutoff(None, Window::Days(90), now), days(90));
+        assert_eq!(cutoff(Some(7), Window::Days(90), now), days(7));
+        assert_eq!(cutoff(Some(0), Window::Days(90), now), None);
+        assert_eq!(cutoff(None, Window::Days(0), now), None);
+        assert_eq!(cutoff(Some(30), Window::Days(0), now), days(30));
+        assert_eq!(
+            cutoff(None, Window::Seconds(60), now),
+            Some(now - chrono::Duration::seconds(60))
+        );
+        assert_eq!(cutoff(Some(1), Window::Seconds(60), now), days(1));
+    }
 }

@@ -115,9 +115,7 @@ pub async fn in_use(db: &Path) -> Result<bool> {
                 .map_err(|e| failed("cannot unlock", db, e))?;
             false
         }
-        Err(err) if err.to_string().contains("locked") || err.to_string().contains("busy") => {
-            true
-        }
+        Err(err) if err.to_string().contains("locked") || err.to_string().contains("busy") => true,
         Err(err) => return Err(failed("cannot lock", db, err)),
     };
     let _ = conn.close().await;
@@ -156,12 +154,13 @@ pub async fn inspect(path: &Path) -> Result<DatabaseInfo> {
         )));
     }
     let count = |sql: &'static str| sea_orm::sqlx::query(sql);
-    let schema_version: i64 = count("SELECT CAST(COALESCE(MAX(version), 0) AS INTEGER) FROM outpost_schema")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(not_outpost)?
-        .try_get(0)
-        .map_err(not_outpost)?;
+    let schema_version: i64 =
+        count("SELECT CAST(COALESCE(MAX(version), 0) AS INTEGER) FROM outpost_schema")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(not_outpost)?
+            .try_get(0)
+            .map_err(not_outpost)?;
     let known_version = i64::try_from(super::migrations::known_version()).unwrap_or(i64::MAX);
     if schema_version < 1 {
         return Err(StoreError::Config(format!(
