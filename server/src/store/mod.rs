@@ -305,11 +305,12 @@ impl Store {
         let started = std::time::Instant::now();
         // Every connection asked for INCREMENTAL when it opened; VACUUM applies it.
         self.db.execute_unprepared("VACUUM").await?;
+        let converted = self.pragma_i64("auto_vacuum").await? == 2;
         tracing::info!(
             db = %path.display(),
             bytes,
             took_ms = started.elapsed().as_millis() as u64,
-            converted = self.pragma_i64("auto_vacuum").await? == 2,
+            converted,
             "converted the database to auto_vacuum = INCREMENTAL (freed space is given back)"
         );
         Ok(())

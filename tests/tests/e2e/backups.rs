@@ -329,4 +329,26 @@ async fn the_cleaner_deletes_finished_jobs_past_the_window_and_keeps_open_ones()
         .await;
     assert_eq!(status, StatusCode::OK, "{t}");
     assert_eq!(t["retention_days"], serde_json::Value::Null);
+
+    // The same from the server's host.
+    let mut args = vec![
+        "tenant".to_owned(),
+        "set-retention".into(),
+        "--tenant".into(),
+        tenant.clone(),
+        "--days".into(),
+        "30".into(),
+        "--data-dir".into(),
+        path(&server.data_dir).to_owned(),
+    ];
+    args.extend(server.database_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, text) = tool(&args);
+    assert!(ok && text.contains("kept 30 days"), "{text}");
+    let (_, t) = api.get(&format!("/api/tenants/{tenant}")).await;
+    assert_eq!(t["retention_days"], 30);
+    let mut bad = args.clone();
+    bad[5] = "forever";
+    let (ok, text) = tool(&bad);
+    assert!(!ok && text.contains("--days"), "{text}");
 }
