@@ -755,7 +755,11 @@ async fn scenarios(
     if has(opts, Scenario::Soak) && swarm.is_some() {
         let location = nodes.first().database();
         let plan = soak::Plan {
-            duration: Duration::from_secs(opts.soak_secs.unwrap_or(if opts.quick { 90 } else { 600 })),
+            duration: Duration::from_secs(opts.soak_secs.unwrap_or(if opts.quick {
+                90
+            } else {
+                600
+            })),
             window: Duration::from_secs(soak_window(opts)),
             interval: Duration::from_millis(opts.soak_interval_ms.max(1)),
             agents: opts.agents,

@@ -7,7 +7,8 @@
 //! The load: every `interval`, an `echo` job to `agents` simulated agents, each answering with
 //! one chunk of output (`output_bytes`) and a result, waited for (`?wait=`). Every 5 s the
 //! harness samples the database's size (SQLite: the database file plus its WAL; PostgreSQL:
-//! `pg_database_size`), the rows retention deleted so far and the writer's totals.
+//! `pg_database_size`), the rows retention deleted so far and the writer's totals. The first
+//! jobs warm the server up and are left out of the latency figures.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ use serde_json::json;
 
 use crate::report::{Report, percentile};
 use crate::server::{Nodes, WriterTotals};
+
+/// Jobs left out of the latency figures: the first ones warm the server's caches.
+const WARM_UP: usize = 10;
 
 /// What the scenario needs from the harness.
 pub struct Plan {
@@ -39,26 +43,37 @@ pub struct Plan {
 /// One sample of the database.
 struct Sample {
     at_s: f64,
+    /// The database file (PostgreSQL: the database's size).
     bytes: u64,
+    /// SQLite's WAL beside it (up to 64 MiB plus a second of writes, then cut back).
+    wal: u64,
     deleted: f64,
 }
 
-fn database_bytes(plan: &Plan) -> anyhow::Result<u64> {
+/// The database's size and (SQLite) its WAL's.
+fn database_bytes(plan: &Plan) -> anyhow::Result<(u64, u64)> {
     if let Some(db) = &plan.sqlite {
         let size = |p: std::path::PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        return Ok(size(db.clone()) + size(db.with_extension("db-wal")));
+        return Ok((size(db.clone()), size(db.with_extension("db-wal"))));
     }
     if let Some(url) = &plan.postgres {
         let out = std::process::Command::new("psql")
-            .args(["-tA", "-X", url, "-c", "SELECT pg_database_size(current_database())"])
+            .args([
+                "-tA",
+                "-X",
+                url,
+                "-c",
+                "SELECT pg_database_size(current_database())",
+            ])
             .output()
             .context("psql (Debian: postgresql-client)")?;
-        return String::from_utf8_lossy(&out.stdout)
+        let bytes = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .context("pg_database_size");
+            .context("pg_database_size")?;
+        return Ok((bytes, 0));
     }
-    Ok(0)
+    Ok((0, 0))
 }
 
 /// Rows retention deleted so far, every table together (from `/metrics`).
@@ -90,9 +105,11 @@ pub async fn scenario(nodes: &Nodes, plan: &Plan, report: &mut Report) -> anyhow
         if started.elapsed() >= next_sample {
             let metrics = server.metrics_text().await?;
             deleted_now = deleted_rows(&metrics);
+            let (bytes, wal) = database_bytes(plan)?;
             samples.push(Sample {
                 at_s: started.elapsed().as_secs_f64(),
-                bytes: database_bytes(plan)?,
+                bytes,
+                wal,
                 deleted: deleted_now,
             });
             if deleted_now > 0.0 && writer_at_first_delete.is_none() {
@@ -120,9 +137,11 @@ pub async fn scenario(nodes: &Nodes, plan: &Plan, report: &mut Report) -> anyhow
     }
     let wall = started.elapsed().as_secs_f64();
     let metrics = server.metrics_text().await?;
+    let (bytes, wal) = database_bytes(plan)?;
     samples.push(Sample {
         at_s: wall,
-        bytes: database_bytes(plan)?,
+        bytes,
+        wal,
         deleted: deleted_rows(&metrics),
     });
     let writer_end = nodes.writer().await?;
@@ -131,6 +150,7 @@ pub async fn scenario(nodes: &Nodes, plan: &Plan, report: &mut Report) -> anyhow
     let split = |cleaning: bool| {
         let mut v: Vec<f64> = jobs
             .iter()
+            .skip(WARM_UP)
             .filter(|(_, _, d)| (*d > 0.0) == cleaning)
             .map(|(_, ms, _)| *ms)
             .collect();
@@ -160,7 +180,7 @@ pub async fn scenario(nodes: &Nodes, plan: &Plan, report: &mut Report) -> anyhow
     let curve: Vec<String> = samples
         .iter()
         .step_by((samples.len() / 12).max(1))
-        .map(|s| format!("{:.0}s {:.1}", s.at_s, mib(s.bytes)))
+        .map(|s| format!("{:.0}s {:.1}+{:.1}", s.at_s, mib(s.bytes), mib(s.wal)))
         .collect();
     let runs = jobs.len() as u64 * plan.agents;
     report.row(
@@ -175,17 +195,24 @@ pub async fn scenario(nodes: &Nodes, plan: &Plan, report: &mut Report) -> anyhow
         "bounded",
         "flat after the window",
         format!(
-            "{:.1} MiB at 1 window, {:.1} MiB at 2, {:.1} MiB at the end; {:.0} rows deleted (MiB over time: {})",
+            "database file {:.1} MiB at 1 window, {:.1} MiB at 2, {:.1} MiB at the end (largest {:.1}); {:.0} rows deleted (MiB over time, file+WAL: {})",
             mib(size_at(window_s)),
             mib(size_at(2.0 * window_s)),
             mib(samples.last().map_or(0, |s| s.bytes)),
+            mib(samples.iter().map(|s| s.bytes).max().unwrap_or(0)),
             samples.last().map_or(0.0, |s| s.deleted),
             curve.join(", ")
         ),
         json!({"window_s": window_s, "jobs": jobs.len(), "runs": runs, "output_bytes": plan.output_bytes,
-               "samples": samples.iter().map(|s| json!({"at_s": s.at_s, "bytes": s.bytes, "deleted_rows": s.deleted})).collect::<Vec<_>>()}),
+               "samples": samples.iter().map(|s| json!({"at_s": s.at_s, "bytes": s.bytes, "wal_bytes": s.wal, "deleted_rows": s.deleted})).collect::<Vec<_>>()}),
     );
-    let p = |v: &[f64], q: f64| if v.is_empty() { f64::NAN } else { percentile(v, q) };
+    let p = |v: &[f64], q: f64| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            percentile(v, q)
+        }
+    };
     report.row(
         &format!("soak: job with output, p50 / p99 / max, before the cleaner deletes vs while it does{on}"),
         "—",
