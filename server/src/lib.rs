@@ -341,7 +341,14 @@ async fn open_store(config: &Config) -> anyhow::Result<(Store, Store)> {
     };
     let store = match &location {
         DatabaseLocation::Url(url) => open_waiting(&location, url, config.database_wait).await?,
-        DatabaseLocation::Sqlite(_) => Store::open(&location).await.with_context(context)?,
+        DatabaseLocation::Sqlite(path) => {
+            let store = Store::open(&location).await.with_context(context)?;
+            store
+                .ensure_incremental_vacuum(path)
+                .await
+                .with_context(context)?;
+            store
+        }
     };
     let writer = Store::open_writer(&location).await.with_context(context)?;
     Ok((store, writer))

@@ -588,3 +588,125 @@ async fn check_kept(raw: &Raw, s: &Seeded, cleaned: bool) {
         "a schedule's last job is cleared with the job"
     );
 }
+
+/// A database made before retention (`auto_vacuum = NONE`) is converted at start, and the
+/// space retention frees is then given back to the file system, not only reused.
+#[tokio::test]
+async fn an_older_database_is_converted_and_gives_freed_space_back() {
+    if !common::on_sqlite("an_older_database_is_converted_and_gives_freed_space_back") {
+        return;
+    }
+    let fresh = common::Fresh::new();
+    let outpost_server::store::DatabaseLocation::Sqlite(path) = fresh.location.clone() else {
+        unreachable!("on SQLite")
+    };
+    {
+        use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+        let mut conn = sea_orm::sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .expect("old database");
+        for sql in [
+            "PRAGMA auto_vacuum = NONE",
+            "CREATE TABLE made_before (x TEXT)",
+        ] {
+            sea_orm::sqlx::query(sql)
+                .execute(&mut conn)
+                .await
+                .expect(sql);
+        }
+        conn.close().await.expect("close");
+    }
+    // A connection of its own each time: one opened earlier reports the setting it read then.
+    let auto_vacuum = || async {
+        let raw = Raw(Database::connect(&fresh.url).await.expect("connect"));
+        raw.count("PRAGMA auto_vacuum", vec![]).await
+    };
+    let store = Store::open(&fresh.location).await.expect("open");
+    assert_eq!(auto_vacuum().await, 0, "made without it");
+    store
+        .ensure_incremental_vacuum(&path)
+        .await
+        .expect("convert");
+    assert_eq!(auto_vacuum().await, 2, "INCREMENTAL after the start");
+    let raw = Raw(Database::connect(&fresh.url).await.expect("connect"));
+    let pragma = |name: &'static str| {
+        let raw = &raw;
+        async move { raw.count(&format!("PRAGMA {name}"), vec![]).await }
+    };
+
+    // Two hundred finished commands with 8 KiB of output each, then all of them old.
+    let (tenant, _) = store.create_tenant("t", None).await.expect("tenant");
+    let chunk = vec![b'x'; 8192];
+    for i in 0..200 {
+        let command = store
+            .insert_command(NewCommand {
+                tenant_id: tenant.clone(),
+                agent_id: "a1".into(),
+                command: "run".into(),
+                data: json!({}),
+                timeout_s: 60,
+                ttl_s: 600,
+                job_id: None,
+                sealed_params: None,
+            })
+            .await
+            .expect("command");
+        let txn = store.begin().await.expect("begin");
+        txn.append_output(
+            &tenant,
+            "a1",
+            OutputChunk {
+                command_id: &command.id,
+                stream: OutputStream::Stdout,
+                seq: 0,
+                bytes: &chunk,
+            },
+            1 << 20,
+            false,
+        )
+        .await
+        .expect("output");
+        txn.commit().await.expect("commit");
+        answer(&store, &tenant, "a1", &command.id, i % 2 == 0).await;
+    }
+    let pages_before = pragma("page_count").await;
+    let later = past(outpost_server::store::now()).await;
+    loop {
+        let step = store
+            .retention_step(&tenant, later, 500)
+            .await
+            .expect("step");
+        if !step.more {
+            break;
+        }
+    }
+    assert_eq!(
+        raw.count("SELECT CAST(COUNT(*) AS BIGINT) FROM output_chunks", vec![])
+            .await,
+        0
+    );
+    let free = pragma("freelist_count").await;
+    assert!(free > 200, "the output's pages are free: {free}");
+    let mut given = 0;
+    loop {
+        let n = store.reclaim_space(64).await.expect("reclaim");
+        if n == 0 {
+            break;
+        }
+        given += n;
+    }
+    let pages_after = pragma("page_count").await;
+    println!("pages {pages_before} -> {pages_after}, {given} given back, {free} were free");
+    assert!(given > 0);
+    assert!(
+        pages_after <= pages_before - given + 1,
+        "the file shrank: {pages_before} -> {pages_after}"
+    );
+    assert!(
+        pragma("freelist_count").await <= pages_after / 4 + 1,
+        "a quarter of the file at most stays free for reuse"
+    );
+}

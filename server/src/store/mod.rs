@@ -274,11 +274,7 @@ impl Store {
         }
         let db = connect(location, POOL_SIZE, None).await?;
         migrations::migrate(&db).await?;
-        let store = Self { db };
-        if let DatabaseLocation::Sqlite(path) = location {
-            store.ensure_incremental_vacuum(path).await?;
-        }
-        Ok(store)
+        Ok(Self { db })
     }
 
     /// Converts an SQLite database made before retention (`auto_vacuum = NONE`) to
@@ -286,12 +282,18 @@ impl Store {
     /// lock, with a temporary copy in memory. Done at start when the file is at most
     /// [`CONVERT_AT_START_BYTES`]; a larger one is left as it is (its free pages are reused,
     /// but the file does not shrink) with a warning saying how to convert it
-    /// (docs/OPERATIONS.md, "Retention").
-    async fn ensure_incremental_vacuum(&self, path: &Path) -> Result<()> {
+    /// (docs/OPERATIONS.md, "Retention"). The server calls it at start, before it serves; the
+    /// host commands (which may run beside a server) never do. Nothing on PostgreSQL.
+    pub async fn ensure_incremental_vacuum(&self, path: &Path) -> Result<()> {
+        if self.is_postgres() {
+            return Ok(());
+        }
+        // `page_count` first: it reads the database's header, which a connection's idea of
+        // `auto_vacuum` is only refreshed from at such a read.
+        let bytes = self.pragma_i64("page_count").await? * self.pragma_i64("page_size").await?;
         if self.pragma_i64("auto_vacuum").await? == 2 {
             return Ok(());
         }
-        let bytes = self.pragma_i64("page_count").await? * self.pragma_i64("page_size").await?;
         if bytes > CONVERT_AT_START_BYTES {
             tracing::warn!(
                 db = %path.display(),
@@ -303,14 +305,15 @@ impl Store {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        // Every connection asked for INCREMENTAL when it opened; VACUUM applies it.
-        self.db.execute_unprepared("VACUUM").await?;
-        let converted = self.pragma_i64("auto_vacuum").await? == 2;
+        // Asked for again on the connection that runs the VACUUM, in the same call, so that
+        // it is that connection's setting whatever it did since it opened.
+        self.db
+            .execute_unprepared("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")
+            .await?;
         tracing::info!(
             db = %path.display(),
             bytes,
             took_ms = started.elapsed().as_millis() as u64,
-            converted,
             "converted the database to auto_vacuum = INCREMENTAL (freed space is given back)"
         );
         Ok(())

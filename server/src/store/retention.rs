@@ -363,11 +363,14 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         if self.db.get_database_backend() != DbBackend::Sqlite {
             return Ok(0);
         }
+        // The counts first: they read the database's header, from which the connection's
+        // idea of `auto_vacuum` is refreshed (a connection opened before a conversion still
+        // says NONE until it reads it).
+        let free = self.pragma_i64("freelist_count").await?;
+        let total = self.pragma_i64("page_count").await?;
         if self.pragma_i64("auto_vacuum").await? != 2 {
             return Ok(0);
         }
-        let free = self.pragma_i64("freelist_count").await?;
-        let total = self.pragma_i64("page_count").await?;
         let excess = free - total / 4;
         if excess <= 0 {
             return Ok(0);
