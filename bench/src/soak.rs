@@ -173,8 +173,7 @@ pub async fn scenario(nodes: &Nodes, plan: &Plan, report: &mut Report) -> anyhow
     let size_at = |t: f64| {
         samples
             .iter()
-            .filter(|s| s.at_s <= t + 2.5)
-            .last()
+            .rfind(|s| s.at_s <= t + 2.5)
             .map_or(0, |s| s.bytes)
     };
     let curve: Vec<String> = samples
