@@ -20,6 +20,7 @@ mod postgres;
 mod report;
 mod schedules;
 mod server;
+mod soak;
 mod swarm;
 
 use std::net::Ipv4Addr;
@@ -84,6 +85,10 @@ enum Scenario {
     /// 10,000 schedules: the server's idle CPU with them enabled and not due (vs none), then
     /// the delay from their common minute to each job's creation when all are due at once.
     Schedules,
+    /// Only when named (it starts the server with a retention window of --retention-seconds):
+    /// a steady load of jobs with output for --soak-secs; the database's size over time and
+    /// the jobs' latency before and while retention deletes.
+    Soak,
 }
 
 #[derive(clap::Args)]
@@ -155,6 +160,19 @@ struct Opts {
     /// Schedules in the `schedules` scenario (default 10,000; 500 with --quick).
     #[arg(long)]
     schedules: Option<usize>,
+    /// The `soak` scenario: the server's retention window in seconds (default 60; 20 with
+    /// --quick).
+    #[arg(long)]
+    retention_seconds: Option<u64>,
+    /// The `soak` scenario: how long the load lasts, in seconds (default 600; 90 with --quick).
+    #[arg(long)]
+    soak_secs: Option<u64>,
+    /// The `soak` scenario: milliseconds between two jobs (each to every agent).
+    #[arg(long, default_value_t = 250)]
+    soak_interval_ms: u64,
+    /// The `soak` scenario: output bytes each run prints.
+    #[arg(long, default_value_t = 4096)]
+    soak_output_bytes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -192,7 +210,15 @@ pub(crate) fn raise_fd_limit() -> u64 {
 }
 
 fn has(opts: &Opts, scenario: Scenario) -> bool {
-    opts.scenarios.is_empty() || opts.scenarios.contains(&scenario)
+    // The soak changes how the server runs (its retention window): only when named.
+    (opts.scenarios.is_empty() && scenario != Scenario::Soak) || opts.scenarios.contains(&scenario)
+}
+
+/// The soak's retention window, in seconds.
+fn soak_window(opts: &Opts) -> u64 {
+    opts.retention_seconds
+        .unwrap_or(if opts.quick { 20 } else { 60 })
+        .max(1)
 }
 
 async fn harness(opts: Opts) -> anyhow::Result<()> {
@@ -226,7 +252,10 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
         Some(url) => Some(postgres::Database::create(url, opts.keep.is_some())?),
         None => None,
     };
-    let shared = Shared::new(database.as_ref().map(|d| d.url.clone()));
+    let mut shared = Shared::new(database.as_ref().map(|d| d.url.clone()));
+    if has(&opts, Scenario::Soak) {
+        shared.retention_seconds = Some(soak_window(&opts));
+    }
     let mut nodes = Nodes::start(&bin_dir, workdir.path(), opts.nodes, &shared).await?;
     for server in nodes.all() {
         eprintln!(
@@ -287,6 +316,7 @@ async fn scenarios(
         Scenario::Auth,
         Scenario::Events,
         Scenario::Schedules,
+        Scenario::Soak,
     ]
     .iter()
     .any(|s| has(opts, *s));
@@ -737,6 +767,35 @@ async fn scenarios(
             on: on.clone(),
         };
         events::scenario(nodes, &plan, report).await?;
+    }
+
+    if has(opts, Scenario::Soak) && swarm.is_some() {
+        let location = nodes.first().database();
+        let plan = soak::Plan {
+            duration: Duration::from_secs(opts.soak_secs.unwrap_or(if opts.quick {
+                90
+            } else {
+                600
+            })),
+            window: Duration::from_secs(soak_window(opts)),
+            interval: Duration::from_millis(opts.soak_interval_ms.max(1)),
+            agents: opts.agents,
+            output_bytes: opts.soak_output_bytes.clamp(1, 60_000),
+            sqlite: match &location {
+                outpost_server::store::DatabaseLocation::Sqlite(path) => Some(path.clone()),
+                outpost_server::store::DatabaseLocation::Url(_) => None,
+            },
+            postgres: match location {
+                outpost_server::store::DatabaseLocation::Url(url) => Some(url),
+                outpost_server::store::DatabaseLocation::Sqlite(_) => None,
+            },
+            on: on.clone(),
+        };
+        eprintln!(
+            "outpost-bench: soak for {:?}, retention window {:?}, a job to {} agents every {:?}",
+            plan.duration, plan.window, plan.agents, plan.interval
+        );
+        soak::scenario(nodes, &plan, report).await?;
     }
 
     // Last: its schedules go on firing every minute until the server stops.

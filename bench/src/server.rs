@@ -227,6 +227,8 @@ pub struct Shared {
     pub database_url: Option<String>,
     /// `OUTPOST_MASTER_KEY`, set when nodes share a database.
     pub master_key: Option<String>,
+    /// `--retention-seconds` (the soak's shortened retention window).
+    pub retention_seconds: Option<u64>,
 }
 
 impl Shared {
@@ -239,6 +241,7 @@ impl Shared {
                 .is_some()
                 .then(|| format!("{}{}", random(), random())),
             database_url,
+            retention_seconds: None,
         }
     }
 }
@@ -639,6 +642,9 @@ fn spawn(launch: &Launch) -> anyhow::Result<Child> {
     }
     if let Some(key) = &launch.shared.master_key {
         command.env("OUTPOST_MASTER_KEY", key);
+    }
+    if let Some(seconds) = launch.shared.retention_seconds {
+        command.arg("--retention-seconds").arg(seconds.to_string());
     }
     let mut child = command
         .stdout(Stdio::piped())

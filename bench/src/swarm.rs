@@ -4,7 +4,7 @@
 //! Each simulated agent does what the real agent does on the wire, and nothing else: connect
 //! (from one of several 127.0.0.x source addresses, so that no address runs out of ephemeral
 //! ports), read `connected`, send `register`, heartbeat at the interval the server gives,
-//! `ack` every command and answer `ping`/`echo` at once. It reconnects like the real agent:
+//! `ack` every command and answer `ping`/`echo` at once (`echo` with its message as output first). It reconnects like the real agent:
 //! exponential backoff from 1 s to 60 s with full jitter, reset after a healthy connection.
 //! Commands are not journaled (no disk), so the figures measure the server, not the agents.
 //!
@@ -238,6 +238,21 @@ async fn serve(ws: &mut Ws, interval: Duration) -> anyhow::Result<()> {
                     // two frames either way; a real agent's come apart, see BENCHMARKS).
                     let id = command.command_id;
                     ws.feed(Message::text(AgentFrame::Ack { command_id: id }.encode())).await?;
+                    // `echo` prints its message first, as one chunk of output (the soak's
+                    // jobs with output).
+                    if command.command == commands::ECHO
+                        && let Some(message) = command.data.get("message").and_then(|m| m.as_str())
+                        && !message.is_empty()
+                    {
+                        let output = outpost_protocol::Output {
+                            command_id: id,
+                            stream: outpost_protocol::OutputStream::Stdout,
+                            seq: 0,
+                            data: Some(message.to_owned()),
+                            data_b64: None,
+                        };
+                        ws.feed(Message::text(AgentFrame::Output(output).encode())).await?;
+                    }
                     let response = match command.command.as_str() {
                         commands::PING => Response::ok(id, json!({"pong": true})),
                         commands::ECHO => Response::ok(id, json!({"message": command.data.get("message")})),

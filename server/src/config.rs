@@ -25,7 +25,7 @@ pub enum LogFormat {
     name = "outpost-server",
     version,
     about = "Outpost server: REST API, agent hub and storage",
-    after_help = "Releases: `outpost-server release keygen --help` and `outpost-server release publish --help`.\nThe owner API key: `outpost-server admin-key rotate --help`.\nUsers: `outpost-server user create --help`."
+    after_help = "Releases: `outpost-server release keygen --help` and `outpost-server release publish --help`.\nThe owner API key: `outpost-server admin-key rotate --help`.\nUsers: `outpost-server user create --help`.\nTenants: `outpost-server tenant --help`.\nBackups: `outpost-server backup --help` and `outpost-server restore --help`."
 )]
 pub struct Config {
     /// Address to listen on.
@@ -149,6 +149,17 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_TEST_CLOCK_FILE", hide = true)]
     pub test_clock_file: Option<PathBuf>,
 
+    /// Days of finished history kept (jobs, their runs and output, commands, events); older
+    /// is deleted in the background. 0 keeps everything. A tenant may have its own
+    /// (`outpost-server tenant set-retention`, PATCH /api/tenants/{id}).
+    #[arg(long, env = "OUTPOST_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub retention_days: u32,
+
+    /// Tests and benchmarks only: the server's retention window in seconds instead of
+    /// --retention-days (a pass then runs every quarter of it, at most every minute).
+    #[arg(long, env = "OUTPOST_TEST_RETENTION_SECONDS", hide = true)]
+    pub retention_seconds: Option<u64>,
+
     /// Output bytes kept per run and stream; past it the run says output_truncated.
     #[arg(long, env = "OUTPOST_MAX_OUTPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_output_bytes: u64,
@@ -224,6 +235,8 @@ impl std::fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("builds_dir", &self.builds_dir)
             .field("max_output_bytes", &self.max_output_bytes)
+            .field("retention_days", &self.retention_days)
+            .field("retention_seconds", &self.retention_seconds)
             .field("schedule_grace_s", &self.schedule_grace_s)
             .field("test_clock_file", &self.test_clock_file)
             .field("max_key_days", &self.max_key_days)

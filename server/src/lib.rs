@@ -17,6 +17,7 @@
 pub mod access;
 pub mod admin_key;
 pub mod api;
+pub mod backup;
 pub mod builtin;
 pub mod bus;
 pub mod cluster;
@@ -213,6 +214,29 @@ pub async fn run(
             Some(path) => service::schedules::Clock::File(path.clone()),
             None => service::schedules::Clock::System,
         });
+    let window = match config.retention_seconds {
+        Some(seconds) => service::retention::Window::Seconds(seconds),
+        None => service::retention::Window::Days(config.retention_days),
+    };
+    services.retention =
+        services
+            .retention
+            .with_window(window)
+            .with_clock(match &config.test_clock_file {
+                Some(path) => service::schedules::Clock::File(path.clone()),
+                None => service::schedules::Clock::System,
+            });
+    match window {
+        service::retention::Window::Days(0) | service::retention::Window::Seconds(0) => {
+            tracing::info!(
+                "history retention: off (--retention-days 0 keeps everything; tenants with their own window are still cleaned)"
+            );
+        }
+        window => tracing::info!(
+            ?window,
+            "history retention: finished history older than this is deleted (tenants may have their own window)"
+        ),
+    }
     if config.allow_signup {
         tracing::info!("signup is on: POST /api/auth/register makes a tenant and its owner");
     }
@@ -222,6 +246,7 @@ pub async fn run(
     tokio::spawn(services.webhooks.clone().run());
     tokio::spawn(services.schedules.clone().run());
     tokio::spawn(services.integrations.clone().run());
+    tokio::spawn(services.retention.clone().run());
     tokio::spawn(metrics::upkeep(stop.clone()));
     listen::describe_metrics();
     let limits = listen::Limits::from_config(&config);
@@ -350,7 +375,14 @@ async fn open_store(config: &Config) -> anyhow::Result<(Store, Store)> {
     };
     let store = match &location {
         DatabaseLocation::Url(url) => open_waiting(&location, url, config.database_wait).await?,
-        DatabaseLocation::Sqlite(_) => Store::open(&location).await.with_context(context)?,
+        DatabaseLocation::Sqlite(path) => {
+            let store = Store::open(&location).await.with_context(context)?;
+            store
+                .ensure_incremental_vacuum(path)
+                .await
+                .with_context(context)?;
+            store
+        }
     };
     let writer = Store::open_writer(&location).await.with_context(context)?;
     Ok((store, writer))

@@ -63,8 +63,8 @@ fn tune_allocator() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tune_allocator();
-    // `outpost-server release …`, `admin-key …`, `user …` and `tenant …` are separate tools sharing
-    // the binary; everything else is the server's own flags.
+    // `outpost-server release …`, `admin-key …`, `user …`, `tenant …`, `backup` and `restore` are
+    // separate tools sharing the binary; everything else is the server's own flags.
     if std::env::args_os().nth(1).is_some_and(|a| a == "release") {
         return outpost_server::release::main(std::env::args_os().skip(1)).await;
     }
@@ -73,6 +73,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "user") {
         return outpost_server::users_admin::main(std::env::args_os().skip(1)).await;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "backup") {
+        return outpost_server::backup::backup_main(std::env::args_os().skip(1)).await;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "restore") {
+        return outpost_server::backup::restore_main(std::env::args_os().skip(1)).await;
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "tenant") {
         return outpost_server::tenants_admin::main(std::env::args_os().skip(1)).await;

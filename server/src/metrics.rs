@@ -64,6 +64,12 @@ pub const WEBHOOK_ATTEMPTS: &str = "outpost_webhook_attempts_total";
 /// Requests refused by a rate limit, by `limit` (`api`, `api_address`, `auth_address`,
 /// `auth_email`; see `service::limits`).
 pub const RATE_LIMITED: &str = "outpost_rate_limited_total";
+/// Rows deleted by retention, by `table` (a fixed set: see `service::retention`).
+pub const RETENTION_DELETED: &str = "outpost_retention_deleted_rows_total";
+/// Seconds the last retention pass took (this node, while it holds the `retention` claim).
+pub const RETENTION_PASS: &str = "outpost_retention_pass_seconds";
+/// SQLite pages given back to the file system after retention.
+pub const RETENTION_RECLAIMED: &str = "outpost_retention_reclaimed_pages_total";
 /// Resident memory of the server process (Linux).
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// Open file descriptors of the server process (Linux).
@@ -191,6 +197,19 @@ fn describe() {
         counter!(RATE_LIMITED, "limit" => limit).increment(0);
     }
     describe_counter!(WEBHOOK_ATTEMPTS, "Job webhook attempts, by outcome.");
+    describe_counter!(
+        RETENTION_DELETED,
+        "Rows deleted by history retention, by table."
+    );
+    describe_gauge!(
+        RETENTION_PASS,
+        metrics::Unit::Seconds,
+        "How long this node's last retention pass took."
+    );
+    describe_counter!(
+        RETENTION_RECLAIMED,
+        "SQLite pages given back to the file system after retention (incremental vacuum)."
+    );
     describe_gauge!(
         PROCESS_RSS,
         metrics::Unit::Bytes,
@@ -317,6 +336,19 @@ pub fn command_answered(
 pub fn store_batch(size: usize, took: Duration) {
     histogram!(STORE_BATCH_SIZE).record(size as f64);
     histogram!(STORE_COMMIT).record(took.as_secs_f64());
+}
+
+/// Retention deleted `rows` rows of `table` (one of a fixed set of table names).
+pub fn retention_deleted(table: &'static str, rows: u64) {
+    if rows > 0 {
+        counter!(RETENTION_DELETED, "table" => table).increment(rows);
+    }
+}
+
+/// A retention pass took `took`, and gave `pages` SQLite pages back.
+pub fn retention_pass(took: Duration, pages: u64) {
+    gauge!(RETENTION_PASS).set(took.as_secs_f64());
+    counter!(RETENTION_RECLAIMED).increment(pages);
 }
 
 /// A request was refused by the rate limit called `limit`.

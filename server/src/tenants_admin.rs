@@ -1,5 +1,6 @@
-//! `outpost-server tenant ls|create|set-quota`: tenants and their plan quotas, from the
-//! server's host (SPEC §9: quotas are set by the owner of the server).
+//! `outpost-server tenant ls|create|set-quota|set-retention`: tenants, their plan quotas and
+//! their history retention, from the server's host (SPEC §9: quotas are set by the owner of
+//! the server; SPEC §14: retention per tenant).
 //!
 //! Like `user create` and `admin-key rotate`, these work on the database directly (the same
 //! `--data-dir` / `--database-url`), so they run whether the server is stopped or running; a
@@ -44,6 +45,45 @@ Examples:
   outpost-server tenant set-quota --tenant <id> --max-agents 100 --max-users none
   outpost-server tenant set-quota --tenant <id> --max-schedules 50")]
     SetQuota(SetQuotaArgs),
+    /// Set how many days of a tenant's finished history (jobs, runs, output, commands,
+    /// events) are kept: a number of days, 0 to keep everything, or `default` for the
+    /// server's --retention-days.
+    #[command(after_help = "\
+Examples:
+  outpost-server tenant set-retention --tenant <id> --days 30
+  outpost-server tenant set-retention --tenant <id> --days 0         # keep everything
+  outpost-server tenant set-retention --tenant <id> --days default   # the server's window")]
+    SetRetention(SetRetentionArgs),
+}
+
+/// A retention as given: days, or `default` (the server's).
+#[derive(Debug, Clone, Copy)]
+struct Days(Option<i64>);
+
+fn days(text: &str) -> Result<Days, String> {
+    use crate::service::retention::MAX_DAYS;
+    if text == "default" {
+        return Ok(Days(None));
+    }
+    match text.parse::<i64>() {
+        Ok(n) if (0..=MAX_DAYS).contains(&n) => Ok(Days(Some(n))),
+        _ => Err(format!(
+            "{text:?}: expected a whole number of days from 0 (keep everything) to {MAX_DAYS}, \
+             or `default` for the server's --retention-days"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+struct SetRetentionArgs {
+    /// The tenant's id (`outpost-server tenant ls`).
+    #[arg(long)]
+    tenant: String,
+    /// Days kept; 0 keeps everything; `default`: the server's --retention-days.
+    #[arg(long, value_parser = days, value_name = "N|default")]
+    days: Days,
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +146,7 @@ pub async fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow:
         TenantCommand::Ls(args) => ls(args).await,
         TenantCommand::Create(args) => create(args).await,
         TenantCommand::SetQuota(args) => set_quota(args).await,
+        TenantCommand::SetRetention(args) => set_retention(args).await,
     }
 }
 
@@ -122,8 +163,17 @@ fn json_of(t: &TenantUsage, first: bool) -> serde_json::Value {
         "max_agents": t.tenant.max_agents,
         "max_schedules": t.tenant.max_schedules,
         "max_users": t.tenant.max_users,
+        "retention_days": t.tenant.retention_days,
         "usage": {"agents": t.usage.agents, "users": t.usage.users, "schedules": t.usage.schedules},
     })
+}
+
+fn retention(days: Option<i64>) -> String {
+    match days {
+        None => "default".to_owned(),
+        Some(0) => "forever".to_owned(),
+        Some(n) => format!("{n}d"),
+    }
 }
 
 async fn ls(args: LsArgs) -> anyhow::Result<()> {
@@ -139,8 +189,8 @@ async fn ls(args: LsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<24}  {:>13}  {:>13}  {:>13}",
-        "ID", "NAME", "AGENTS/MAX", "USERS/MAX", "SCHEDULES/MAX"
+        "{:<36}  {:<24}  {:>13}  {:>13}  {:>13}  {:>9}",
+        "ID", "NAME", "AGENTS/MAX", "USERS/MAX", "SCHEDULES/MAX", "RETENTION"
     );
     for (i, t) in tenants.iter().enumerate() {
         let mut name: String = t.tenant.name.chars().take(22).collect();
@@ -148,15 +198,19 @@ async fn ls(args: LsArgs) -> anyhow::Result<()> {
             name.push_str(" *");
         }
         println!(
-            "{:<36}  {:<24}  {:>13}  {:>13}  {:>13}",
+            "{:<36}  {:<24}  {:>13}  {:>13}  {:>13}  {:>9}",
             t.tenant.id,
             name,
             format!("{}/{}", t.usage.agents, limit(t.tenant.max_agents)),
             format!("{}/{}", t.usage.users, limit(t.tenant.max_users)),
             format!("{}/{}", t.usage.schedules, limit(t.tenant.max_schedules)),
+            retention(t.tenant.retention_days),
         );
     }
     println!("(* the server's own tenant: its owners are the server's admin; - is unlimited)");
+    println!(
+        "(retention: days of finished history kept; default: the server's --retention-days; forever: 0)"
+    );
     Ok(())
 }
 
@@ -191,6 +245,7 @@ async fn set_quota(args: SetQuotaArgs) -> anyhow::Result<()> {
         max_agents: args.max_agents.map(|q| q.0),
         max_schedules: args.max_schedules.map(|q| q.0),
         max_users: args.max_users.map(|q| q.0),
+        retention_days: None,
     };
     check_patch(&patch).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = open_store(&args.database).await?;
@@ -222,6 +277,42 @@ async fn set_quota(args: SetQuotaArgs) -> anyhow::Result<()> {
         t.usage.users,
         limit(t.tenant.max_schedules),
         t.usage.schedules,
+    );
+    Ok(())
+}
+
+async fn set_retention(args: SetRetentionArgs) -> anyhow::Result<()> {
+    let patch = TenantPatch {
+        retention_days: Some(args.days.0),
+        ..TenantPatch::default()
+    };
+    check_patch(&patch).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = open_store(&args.database).await?;
+    let tenant = store
+        .update_tenant(
+            &args.tenant,
+            &patch,
+            &Actor::system(
+                "tenant set-retention",
+                "outpost-server tenant set-retention",
+            ),
+            None,
+        )
+        .await?
+        .with_context(|| {
+            format!(
+                "there is no tenant {}: `outpost-server tenant ls` lists them",
+                args.tenant
+            )
+        })?;
+    let kept = match tenant.retention_days {
+        None => "as long as the server's --retention-days says".to_owned(),
+        Some(0) => "forever".to_owned(),
+        Some(n) => format!("{n} days"),
+    };
+    println!(
+        "Tenant {} ({}): finished history is kept {kept}.",
+        tenant.name, tenant.id
     );
     Ok(())
 }

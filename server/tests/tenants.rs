@@ -240,6 +240,7 @@ async fn a_patch_changes_what_it_names_and_is_audited() {
             max_agents: Some(Some(10)),
             max_schedules: Some(Some(5)),
             max_users: Some(Some(3)),
+            retention_days: Some(Some(30)),
         },
     )
     .await;
@@ -258,6 +259,7 @@ async fn a_patch_changes_what_it_names_and_is_audited() {
         (row.max_agents, row.max_schedules, row.max_users),
         (None, Some(5), Some(3))
     );
+    assert_eq!(row.retention_days, Some(30));
     let rows = store
         .list_audit(
             &tenant,
@@ -277,6 +279,11 @@ async fn a_patch_changes_what_it_names_and_is_audited() {
     );
     assert!(!rows[0].detail.contains("max_users"), "{}", rows[0].detail);
     assert!(rows[1].detail.contains("renamed"), "{}", rows[1].detail);
+    assert!(
+        rows[1].detail.contains("\"retention_days\":30"),
+        "{}",
+        rows[1].detail
+    );
     assert!(matches!(
         store.verify_audit(&tenant).await.expect("verify"),
         ChainCheck::Intact { .. }

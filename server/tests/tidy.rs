@@ -113,6 +113,7 @@ const RULES: &[(&str, &[&str])] = &[
         "tenants_admin",
         &["store", "domain", "service", "users_admin"],
     ),
+    ("backup", &["store", "config", "lib"]),
     ("release", &["store", "lib"]),
     ("builtin", &["release", "lib"]),
     // Leaves.

@@ -45,6 +45,9 @@ pub struct TenantView {
     pub max_schedules: Option<i64>,
     /// The most users (invited ones count); null: unlimited.
     pub max_users: Option<i64>,
+    /// Days of finished history kept (jobs, runs, output, events); null: the server's
+    /// `--retention-days`; 0: everything is kept.
+    pub retention_days: Option<i64>,
     /// What it holds now.
     pub usage: UsageView,
 }
@@ -58,6 +61,7 @@ impl From<TenantUsage> for TenantView {
             max_agents: t.tenant.max_agents,
             max_schedules: t.tenant.max_schedules,
             max_users: t.tenant.max_users,
+            retention_days: t.tenant.retention_days,
             usage: UsageView {
                 agents: t.usage.agents,
                 users: t.usage.users,
@@ -84,6 +88,10 @@ pub struct UpdateTenant {
     /// The most users (0 to 1,000,000), or null for unlimited.
     #[schema(value_type = Option<i64>, nullable, minimum = 0, maximum = 1_000_000)]
     pub max_users: Option<Option<i64>>,
+    /// Days of finished history kept (0 to 36,500; 0 keeps everything), or null for the
+    /// server's `--retention-days`.
+    #[schema(value_type = Option<i64>, nullable, minimum = 0, maximum = 36_500)]
+    pub retention_days: Option<Option<i64>>,
 }
 
 /// Reads a JSON object's fields by name, refusing any other and naming the field whose value
@@ -126,27 +134,41 @@ pub(super) fn required<T: serde::de::DeserializeOwned, E: serde::de::Error>(
     field::<T, E>(name, value).map(Some)
 }
 
-/// A quota: null, or a whole number however JSON spells it (`5` or `5.0`: JSON has one kind
+/// A quota (or a number of days): null, or a whole number however JSON spells it (`5` or `5.0`: JSON has one kind
 /// of number, and the document's `integer` is any number without a fraction).
 fn quota<E: serde::de::Error>(name: &str, value: serde_json::Value) -> Result<Option<i64>, E> {
+    let max = if name == "retention_days" {
+        crate::service::retention::MAX_DAYS
+    } else {
+        crate::service::tenants::MAX_QUOTA
+    };
     match &value {
         serde_json::Value::Null => Ok(None),
         serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => Ok(Some(i)),
             (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
             _ => Err(E::custom(format!(
-                "{name}: {n} is not a whole number from 0 to 1000000, or null"
+                "{name}: {n} is not a whole number from 0 to {max}, or null"
             ))),
         },
         other => Err(E::custom(format!(
-            "{name}: expected a whole number from 0 to 1000000 or null, got {other}"
+            "{name}: expected a whole number from 0 to {max} or null, got {other}"
         ))),
     }
 }
 
 impl<'de> Deserialize<'de> for UpdateTenant {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let object = object_fields(d, &["name", "max_agents", "max_schedules", "max_users"])?;
+        let object = object_fields(
+            d,
+            &[
+                "name",
+                "max_agents",
+                "max_schedules",
+                "max_users",
+                "retention_days",
+            ],
+        )?;
         let mut out = Self::default();
         for (key, value) in object {
             match key.as_str() {
@@ -156,6 +178,9 @@ impl<'de> Deserialize<'de> for UpdateTenant {
                     out.max_schedules = Some(quota::<D::Error>("max_schedules", value)?)
                 }
                 "max_users" => out.max_users = Some(quota::<D::Error>("max_users", value)?),
+                "retention_days" => {
+                    out.retention_days = Some(quota::<D::Error>("retention_days", value)?)
+                }
                 _ => {}
             }
         }
@@ -249,8 +274,9 @@ pub async fn show(
     Ok(Json(TenantView::from(tenant)))
 }
 
-/// Rename a tenant or change its quotas (the server's admin). A field left out is unchanged;
-/// a quota set to null is unlimited. Lowering a quota below what the tenant holds removes
+/// Rename a tenant, change its quotas or its retention window (the server's admin). A field
+/// left out is unchanged; a quota set to null is unlimited, `retention_days` set to null is the
+/// server's `--retention-days`. Lowering a quota below what the tenant holds removes
 /// nothing: it refuses new agents, schedules or users until the tenant is under it.
 #[utoipa::path(patch, operation_id = "updateTenant", path = "/api/tenants/{id}", tag = "tenants", security(("bearer" = [])),
     params(("id" = String, Path, description = "Tenant id")), request_body = UpdateTenant,
@@ -269,6 +295,7 @@ pub async fn update(
         max_agents: body.max_agents,
         max_schedules: body.max_schedules,
         max_users: body.max_users,
+        retention_days: body.retention_days,
     };
     let tenant = state.services.tenants.update(&caller, &id, patch).await?;
     Ok(Json(TenantView::from(tenant)))

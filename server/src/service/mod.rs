@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod releases;
+pub mod retention;
 pub mod schedules;
 pub mod tenants;
 pub mod users;
@@ -156,6 +157,8 @@ pub struct Services {
     pub webhooks: webhooks::Webhooks,
     /// Liveness and readiness.
     pub health: housekeeping::Health,
+    /// History retention: the cleaner.
+    pub retention: retention::Retention,
     /// Rate limits and the client's address behind trusted proxies. The sign-in routes call
     /// [`limits::Limits::auth_attempt`] first thing.
     pub limits: limits::Limits,
@@ -198,6 +201,7 @@ impl Services {
             releases: releases::Releases::new(core.clone(), releases),
             webhooks: webhooks::Webhooks::new(core.clone(), Arc::new(webhooks)),
             integrations: integrations::Integrations::new(core.clone(), Arc::new(outbox)),
+            retention: retention::Retention::new(core.clone()),
             health: housekeeping::Health::new(core),
             limits,
         }

@@ -97,6 +97,15 @@ pub fn check_patch(patch: &TenantPatch) -> Result<(), DomainError> {
             check_quota(field, value)?;
         }
     }
+    if let Some(Some(days)) = patch.retention_days
+        && !(0..=super::retention::MAX_DAYS).contains(&days)
+    {
+        return Err(DomainError::BadRequest(format!(
+            "retention_days: must be null (the server's window), 0 (keep everything) or a \
+             whole number of days up to {}, not {days}",
+            super::retention::MAX_DAYS
+        )));
+    }
     Ok(())
 }
 

@@ -23,6 +23,9 @@ pub mod tenant {
         pub max_schedules: Option<i64>,
         /// The most users; `None`: unlimited.
         pub max_users: Option<i64>,
+        /// Days of finished history kept (SPEC §14); `None`: the server's `--retention-days`;
+        /// 0: everything is kept.
+        pub retention_days: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

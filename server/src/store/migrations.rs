@@ -464,7 +464,23 @@ UPDATE agents SET offline_reported_at = disconnected_at
 CREATE INDEX agents_unreported ON agents (disconnected_at)
     WHERE offline_reported_at IS NULL AND disconnected_at IS NOT NULL;
 "#,
+    // 19: history retention (SPEC §14). A tenant's own window in days (NULL: the server's
+    // `--retention-days`; 0: keep everything). The cleaner finds what to delete by id, which
+    // is time-ordered: a job's old rows by the `jobs_tenant_id` index, an old command sent
+    // outside a job by `commands_standalone` (commands of a job are not in it, so a fan-out's
+    // runs pay nothing for it, and no state change touches it), an old event's deliveries by
+    // `deliveries_event`.
+    r#"
+ALTER TABLE tenants ADD COLUMN retention_days BIGINT;
+CREATE INDEX commands_standalone ON commands (tenant_id, id) WHERE job_id IS NULL;
+CREATE INDEX deliveries_event ON deliveries (event_id);
+"#,
 ];
+
+/// The schema version this server brings a database to.
+pub(super) fn known_version() -> usize {
+    MIGRATIONS.len()
+}
 
 /// Brings the schema up to date. Safe to call on every start, by several nodes at once: on
 /// PostgreSQL the whole upgrade runs in one transaction that first takes an advisory lock, so

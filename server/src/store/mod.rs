@@ -11,6 +11,7 @@
 
 mod api_keys;
 pub mod audit;
+pub mod backup;
 mod batch;
 pub mod entities;
 mod integrations;
@@ -19,6 +20,7 @@ mod migrations;
 mod nodes;
 mod presence;
 mod releases;
+pub mod retention;
 mod schedules;
 mod tenants;
 mod users;
@@ -48,7 +50,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use outpost_protocol::RegisterData;
 use sea_orm::sea_query::Expr;
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteAutoVacuum, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DatabaseTransaction, DbBackend, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
@@ -223,6 +225,9 @@ pub struct AgentKeyPatch {
 /// checkpoint between (10,000 agents registering at once leave a WAL several times this limit)
 /// stays on disk for good.
 pub const WAL_LIMIT_BYTES: i64 = 64 << 20;
+/// The largest SQLite database converted to `auto_vacuum = INCREMENTAL` at start (a `VACUUM`
+/// of this much takes a second or two and as much memory).
+pub const CONVERT_AT_START_BYTES: i64 = 64 << 20;
 /// Rows a query may have in flight from SQLite's thread (see `connect`).
 const ROW_CHANNEL: usize = 4096;
 /// Connections in the pool for request handlers and background tasks.
@@ -272,6 +277,48 @@ impl Store {
         let db = connect(location, POOL_SIZE, None).await?;
         migrations::migrate(&db).await?;
         Ok(Self { db })
+    }
+
+    /// Converts an SQLite database made before retention (`auto_vacuum = NONE`) to
+    /// `INCREMENTAL`, which takes a `VACUUM`: a rewrite of the whole file, holding the write
+    /// lock, with a temporary copy in memory. Done at start when the file is at most
+    /// [`CONVERT_AT_START_BYTES`]; a larger one is left as it is (its free pages are reused,
+    /// but the file does not shrink) with a warning saying how to convert it
+    /// (docs/OPERATIONS.md, "Retention"). The server calls it at start, before it serves; the
+    /// host commands (which may run beside a server) never do. Nothing on PostgreSQL.
+    pub async fn ensure_incremental_vacuum(&self, path: &Path) -> Result<()> {
+        if self.is_postgres() {
+            return Ok(());
+        }
+        // `page_count` first: it reads the database's header, which a connection's idea of
+        // `auto_vacuum` is only refreshed from at such a read.
+        let bytes = self.pragma_i64("page_count").await? * self.pragma_i64("page_size").await?;
+        if self.pragma_i64("auto_vacuum").await? == 2 {
+            return Ok(());
+        }
+        if bytes > CONVERT_AT_START_BYTES {
+            tracing::warn!(
+                db = %path.display(),
+                bytes,
+                "this database does not give freed space back to the file system \
+                 (auto_vacuum is off; it is reused, but the file does not shrink): convert it \
+                 with `outpost-server backup` and `restore`, see OPERATIONS.md, Retention"
+            );
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        // Asked for again on the connection that runs the VACUUM, in the same call, so that
+        // it is that connection's setting whatever it did since it opened.
+        self.db
+            .execute_unprepared("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")
+            .await?;
+        tracing::info!(
+            db = %path.display(),
+            bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "converted the database to auto_vacuum = INCREMENTAL (freed space is given back)"
+        );
+        Ok(())
     }
 
     /// A second handle on an opened database that always uses the same one connection, with
@@ -1351,6 +1398,11 @@ async fn connect(
             // WAL is in the OS page cache), and costs no fsync per transaction.
             let o = o
                 .create_if_missing(true)
+                // Space freed by retention is given back in steps (`Store::reclaim_space`).
+                // Takes effect on a new database (sqlx sets it before WAL, and before the
+                // first table exists) and on a `VACUUM`; an older database is converted at
+                // start when small (`ensure_incremental_vacuum`).
+                .auto_vacuum(SqliteAutoVacuum::Incremental)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))

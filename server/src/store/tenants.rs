@@ -78,6 +78,8 @@ pub struct TenantPatch {
     pub max_schedules: Option<Option<i64>>,
     /// A new `max_users`.
     pub max_users: Option<Option<i64>>,
+    /// A new `retention_days` (`Some(None)`: the server's window again).
+    pub retention_days: Option<Option<i64>>,
 }
 
 impl TenantPatch {
@@ -87,6 +89,7 @@ impl TenantPatch {
             && self.max_agents.is_none()
             && self.max_schedules.is_none()
             && self.max_users.is_none()
+            && self.retention_days.is_none()
     }
 }
 
@@ -214,6 +217,11 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 &mut model.max_schedules,
             ),
             ("max_users", patch.max_users, &mut model.max_users),
+            (
+                "retention_days",
+                patch.retention_days,
+                &mut model.retention_days,
+            ),
         ] {
             if let Some(value) = value {
                 *column = Set(value);
@@ -348,6 +356,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             max_agents: Set(None),
             max_schedules: Set(None),
             max_users: Set(None),
+            retention_days: Set(None),
         }
         .insert(&self.db)
         .await?)

@@ -6,6 +6,7 @@
 mod access;
 mod accounts;
 mod audit;
+mod backups;
 mod cluster;
 mod commands;
 mod containment;
