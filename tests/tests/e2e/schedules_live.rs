@@ -364,14 +364,27 @@ async fn concurrency_forbid_skips_a_fire_while_the_previous_job_runs() {
         instants(&jobs).iter().all(|t| *t != skipped_for),
         "the skipped instant has no job: {jobs:?}"
     );
+    // The job is stored when it fires and its run starts a moment later,
+    // when the agent reports it: wait until every run has started.
+    let details = wait_for("every job's run started", Duration::from_secs(15), || async {
+        let mut details = Vec::new();
+        for job in &jobs {
+            let (_, job) = api
+                .get(&format!(
+                    "/api/jobs/{}",
+                    job["job_id"].as_str().expect("id")
+                ))
+                .await;
+            if job["runs"][0]["started_at"].is_null() {
+                return None;
+            }
+            details.push(job);
+        }
+        Some(details)
+    })
+    .await;
     let mut spans = Vec::new();
-    for job in &jobs {
-        let (_, job) = api
-            .get(&format!(
-                "/api/jobs/{}",
-                job["job_id"].as_str().expect("id")
-            ))
-            .await;
+    for job in details {
         let run = &job["runs"][0];
         let start = at(&run["started_at"]);
         let end = run["finished_at"].as_str().map(|_| at(&run["finished_at"]));
