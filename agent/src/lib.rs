@@ -147,6 +147,7 @@ impl Agent {
             tags: self.config.clean_tags(),
             scripts: self.manifest().infos(),
             update_status: self.update_status().map(Box::new),
+            library: None,
         };
         if let Err(why) = data.check() {
             tracing::error!(

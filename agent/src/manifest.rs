@@ -513,6 +513,7 @@ mod tests {
             tags: Vec::new(),
             scripts: infos,
             update_status: None,
+            library: None,
         };
         data.check().expect("a register the server accepts");
         let frame = outpost_protocol::AgentFrame::Register { data }.encode();

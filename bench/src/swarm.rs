@@ -202,6 +202,7 @@ async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
             tags,
             scripts: Vec::new(),
             update_status: None,
+            library: None,
         },
     };
     ws.send(Message::text(register.encode())).await?;

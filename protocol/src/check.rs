@@ -70,7 +70,7 @@ fn length(field: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn count(field: &str, what: &str, n: usize, max: usize) -> Result<(), String> {
+pub(crate) fn count(field: &str, what: &str, n: usize, max: usize) -> Result<(), String> {
     if n > max {
         return Err(format!("{field}: {n} {what}; the limit is {max}"));
     }
@@ -194,6 +194,9 @@ pub fn register(data: &RegisterData) -> Result<(), String> {
     if let Some(update) = &data.update_status {
         update_status(update)?;
     }
+    if let Some(library) = &data.library {
+        library.check()?;
+    }
     Ok(())
 }
 
@@ -240,7 +243,7 @@ pub fn script(field: &str, script: &ScriptInfo) -> Result<(), String> {
 }
 
 /// Keeps an attacker-chosen value from bloating an error message.
-fn shorten(s: &str) -> String {
+pub(crate) fn shorten(s: &str) -> String {
     const KEEP: usize = 64;
     if s.chars().count() <= KEEP {
         return s.to_owned();
@@ -274,6 +277,7 @@ mod tests {
                 }]),
             }],
             update_status: None,
+            library: None,
         }
     }
 
@@ -402,6 +406,16 @@ mod tests {
                 reason: Some("\n".repeat(MAX_UPDATE_REASON_LEN)),
                 at: chrono::Utc::now(),
             })),
+            library: Some(crate::bundle::LibraryPolicy {
+                allow: vec![
+                    "*".repeat(MAX_SCRIPT_NAME_LEN);
+                    crate::bundle::limits::MAX_ALLOW_PATTERNS
+                ],
+                keys: vec![
+                    "0QDsxvCdT+oIbW0+ATW5ApjfIO+FOagCfPt4GSj/BdY=".into();
+                    crate::bundle::limits::MAX_KEYS
+                ],
+            }),
         };
         register(&d).expect("at the limits, not past them");
         let encoded = crate::AgentFrame::Register { data: d }.encode();

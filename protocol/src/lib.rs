@@ -13,6 +13,7 @@
 //! apply them to names, tags and `register` in [`check`], error codes that travel in `error`
 //! frames and failed responses in [`codes`].
 
+pub mod bundle;
 pub mod check;
 mod frames;
 mod output;
@@ -200,4 +201,14 @@ pub mod codes {
     /// The agent key no longer allows the command: it is failed with this code instead of
     /// being sent.
     pub const FORBIDDEN: &str = "forbidden";
+    /// A library bundle the agent refuses: its hash or size is not the one the run named, its
+    /// signature does not verify against a key the manifest pins, or its contents break the
+    /// bundle rules (paths out of the folder, links, devices, past the size or count limits,
+    /// an entrypoint that is missing). Nothing is executed.
+    pub const BUNDLE_REFUSED: &str = "bundle_refused";
+    /// The agent could not download a library bundle (the server's answer, a cut connection).
+    pub const DOWNLOAD_FAILED: &str = "download_failed";
+    /// A library bundle's Python requirements did not install; the run's output is the build
+    /// log.
+    pub const REQUIREMENTS_FAILED: &str = "requirements_failed";
 }
