@@ -366,7 +366,7 @@ pub struct LibraryRun {
     /// The version the job resolved (the newest signed one when it named none).
     pub version: Version,
     /// The bundle's SHA-256, lowercase hex; also its download path
-    /// (`GET /api/agent/scripts/{sha256}` with the agent key).
+    /// (`GET /agent/v1/scripts/{sha256}` with the agent key).
     pub sha256: String,
     /// The bundle's size in bytes: the agent reads no more.
     pub size: u64,
