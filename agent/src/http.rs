@@ -61,6 +61,7 @@ pub struct Endpoint {
     frames: Url,
     poll: Url,
     health: Url,
+    scripts: Url,
     bearer: String,
     /// Seconds between polls when long polls cannot be used.
     pub interval: Duration,
@@ -83,6 +84,7 @@ impl Endpoint {
             frames: join("agent/v1/frames")?,
             poll: join("agent/v1/poll")?,
             health: join("healthz")?,
+            scripts: join("agent/v1/scripts/")?,
             client,
             bearer: format!("Bearer {api_key}"),
             interval,
@@ -96,6 +98,25 @@ impl Endpoint {
             .get(self.health.clone())
             .timeout(Duration::from_secs(10));
         matches!(request.send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// `GET /agent/v1/scripts/{sha256}`: a library bundle's bytes (SPEC §15), asked with the
+    /// agent key over the same client (TLS settings, CA) as the frames. `timeout` bounds the
+    /// whole transfer; the caller reads the body and bounds its size.
+    pub async fn get_bundle(
+        &self,
+        sha256: &str,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
+        // `sha256` was checked to be 64 hex digits, so it is one plain path segment.
+        let mut url = self.scripts.clone();
+        url.set_path(&format!("{}{sha256}", self.scripts.path()));
+        self.client
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, &self.bearer)
+            .timeout(timeout)
+            .send()
+            .await
     }
 
     async fn post_frames(&self, body: &FramesRequest) -> Result<FramesResponse, Refusal> {
