@@ -598,6 +598,54 @@ mod tests {
     }
 
     #[test]
+    fn the_library_section_is_checked_and_fails_closed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        script(tmp.path(), "s.sh");
+        let key = "0QDsxvCdT+oIbW0+ATW5ApjfIO+FOagCfPt4GSj/BdY=";
+        // A library and no scripts at all.
+        let m = Manifest::load(&write_manifest(
+            tmp.path(),
+            json!({"library": {"allow": ["backup-*"], "keys": [key]}}),
+        ))
+        .expect("load");
+        let policy = m.library().expect("library");
+        assert!(policy.allows("backup-db") && policy.trusts(key));
+        assert!(m.infos().is_empty());
+        // Allowing nothing is a valid policy that runs nothing.
+        let m = Manifest::load(&write_manifest(
+            tmp.path(),
+            json!({"library": {"allow": [], "keys": [key]}}),
+        ))
+        .expect("load");
+        assert!(!m.library().expect("library").allows("anything"));
+        // Each bad one is dropped whole (no library script runs), the scripts stay.
+        for bad in [
+            json!({"allow": ["*"], "key": [key]}),
+            json!({"allow": "*", "keys": [key]}),
+            json!({"allow": ["../*"], "keys": [key]}),
+            json!({"allow": ["*"], "keys": ["c2hvcnQ="]}),
+            json!({"allow": ["*"], "keys": [1]}),
+            json!(["*"]),
+        ] {
+            let m = Manifest::load(&write_manifest(
+                tmp.path(),
+                json!({"scripts": [{"name": "s", "path": "s.sh"}], "library": bad}),
+            ))
+            .expect("load");
+            assert!(m.library().is_none(), "{bad} was kept");
+            assert!(m.get("s").is_some());
+        }
+        assert_eq!(
+            library_policy(&json!({"allow": ["*"], "key": []})).expect_err("refused"),
+            "unknown key \"key\" (it takes \"allow\" and \"keys\")"
+        );
+        assert_eq!(
+            library_policy(&json!({"keys": ["c2hvcnQ="]})).expect_err("refused"),
+            "keys[0]: 5 bytes, not 32"
+        );
+    }
+
+    #[test]
     fn names_are_checked() {
         for good in ["hello", "a", "db-backup_2.sh", "X9"] {
             assert!(validate_name(good).is_ok(), "{good}");
