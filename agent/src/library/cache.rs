@@ -9,10 +9,10 @@
 //! nothing behind.
 //!
 //! A cached file is hashed again before each use rather than trusted by its name: it costs a
-//! few milliseconds per MiB (figures: docs/OPERATIONS.md, "Script library"), against a file
-//! damaged on disk or changed by hand in the state directory, which would otherwise run
-//! without its signature meaning anything. One that does not match is removed and downloaded
-//! again.
+//! few milliseconds per MiB (figures: docs/OPERATIONS.md, "The script library on an agent"),
+//! against a file damaged on disk or changed by hand in the state directory, which would
+//! otherwise run without its signature meaning anything. One that does not match is removed
+//! and downloaded again.
 //!
 //! Each use touches the file's modification time, and eviction removes the least recently
 //! used bundles until the cache fits its bound, never one a run is using.
