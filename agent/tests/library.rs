@@ -977,14 +977,23 @@ async fn requirements_get_a_virtual_environment_per_bundle() {
     let run = s.signer.run(&bytes, "1.0.0");
     s.fake.serve(&run.sha256, Serve::Bytes(bytes));
 
+    // Two runs at once on a new bundle: one download, one build, both run.
     let first = Instant::now();
-    let (response, output) = s.run("py-hello", &run, json!({})).await;
+    let data = json!({"script": "py-hello", "library": run});
+    let (a, b) = tokio::join!(s.execute(data.clone(), 60), s.execute(data, 60));
     let first = first.elapsed();
+    s.assert_clean();
+    let library = &s.agent.info()["library"];
+    assert_eq!(library["downloads"], 1, "{library}");
+    assert_eq!(library["venv_builds"], 1, "{library}");
+    let (response, output) = a;
     assert!(response.success, "{response:?}\n{output}");
     assert_eq!(
         output, "hello from tinypkg True\n",
         "only the script's output"
     );
+    let (response, output) = b;
+    assert!(response.success, "{response:?}\n{output}");
     assert!(marker.exists());
     let venv = s.state().join("library/venvs").join(&run.sha256);
     assert!(venv.join(".outpost-ready").is_file());
@@ -995,6 +1004,12 @@ async fn requirements_get_a_virtual_environment_per_bundle() {
     let second = second.elapsed();
     assert!(response.success, "{response:?}\n{output}");
     assert!(marker.exists());
+    let library = &s.agent.info()["library"];
+    assert_eq!(
+        library["venv_builds"], 1,
+        "the environment is reused: {library}"
+    );
+    assert_eq!(library["downloads"], 1, "{library}");
     println!(
         "python bundle: first run (venv built) {first:?}, second run (venv cached) {second:?}"
     );

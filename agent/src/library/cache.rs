@@ -58,6 +58,9 @@ pub async fn fetch(
             "the agent has not reached a server yet to download the bundle from",
         ));
     };
+    library
+        .downloads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::select! {
         result = download(library, &endpoint, run, &path) => result?,
         () = cancel.cancelled() => {

@@ -96,6 +96,10 @@ pub struct Library {
     in_use: Mutex<HashMap<String, usize>>,
     max_cache_bytes: AtomicU64,
     max_venvs: AtomicUsize,
+    /// Bundles downloaded since the agent started.
+    downloads: AtomicU64,
+    /// Virtual environments built (or tried) since the agent started.
+    venv_builds: AtomicU64,
 }
 
 impl Library {
@@ -112,6 +116,8 @@ impl Library {
             in_use: Mutex::new(HashMap::new()),
             max_cache_bytes: AtomicU64::new(MAX_CACHE_BYTES),
             max_venvs: AtomicUsize::new(MAX_VENVS),
+            downloads: AtomicU64::new(0),
+            venv_builds: AtomicU64::new(0),
         };
         for dir in [
             &root,
@@ -139,6 +145,16 @@ impl Library {
     pub fn set_limits(&self, cache_bytes: u64, venvs: usize) {
         self.max_cache_bytes.store(cache_bytes, Ordering::Relaxed);
         self.max_venvs.store(venvs, Ordering::Relaxed);
+    }
+
+    /// What `info` tells about the library: the folder, and how many bundles were
+    /// downloaded and environments built since the agent started (a cache hit counts neither).
+    pub fn describe(&self) -> Value {
+        json!({
+            "dir": self.bundles.parent().map(|p| p.display().to_string()),
+            "downloads": self.downloads.load(Ordering::Relaxed),
+            "venv_builds": self.venv_builds.load(Ordering::Relaxed),
+        })
     }
 
     /// Where a bundle is cached.
@@ -473,12 +489,16 @@ pub fn consent(
         ));
     }
     if !policy.allows(name) {
+        const SHOWN: usize = 10;
+        let mut patterns = policy.allow[..policy.allow.len().min(SHOWN)].join(", ");
+        if policy.allow.len() > SHOWN {
+            patterns.push_str(&format!(" and {} more", policy.allow.len() - SHOWN));
+        }
         return Err(Refused::new(
             codes::SCRIPT_NOT_ALLOWED,
             format!(
-                "library script {:?} is not allowed by this agent's manifest (library.allow: {})",
+                "library script {:?} is not allowed by this agent's manifest (library.allow: {patterns})",
                 shown(name),
-                policy.allow.join(", ")
             ),
         ));
     }

@@ -60,6 +60,9 @@ pub async fn ensure(
     let log = library
         .tmp
         .join(format!("venv-{sha256}.{}.log", uuid::Uuid::new_v4()));
+    library
+        .venv_builds
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let outcome = build(agent, &venv, bundle_dir, requirements, &log, cancel).await;
     let result = match outcome {
         Ok(()) => match std::fs::write(&ready, format!("{sha256}\n")) {
