@@ -96,7 +96,8 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
     };
     // The server made this a library run (SPEC §15): the bundle's own rules apply, and the
     // manifest's `library` consent instead of its list of scripts.
-    if let Some(library) = cmd.data.get("library") {
+    // (`null` is no library, should a server spell an absent field that way.)
+    if let Some(library) = cmd.data.get("library").filter(|l| !l.is_null()) {
         return crate::library::run(agent, cmd, name, library, cancel).await;
     }
     let manifest = agent.manifest();

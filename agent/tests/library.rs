@@ -463,6 +463,17 @@ async fn the_manifest_must_consent_to_the_name_and_the_signer() {
         &marker,
     );
 
+    // `library: null` is a manifest run, refused here as the manifest lists no scripts.
+    let (response, _) = s
+        .run_data(json!({"script": "backup-db", "library": null}), 60)
+        .await;
+    refused(
+        &response,
+        codes::SCRIPT_NOT_ALLOWED,
+        "is not in this agent's manifest",
+        &marker,
+    );
+
     // Signed by a key the manifest does not pin.
     let s = Setup::new(Some(json!({"allow": ["*"]}))).await;
     let stranger = Signer::new();
