@@ -929,33 +929,37 @@ fn python_venv_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A pure-Python wheel, built without network (a zip with the metadata pip needs).
-fn tiny_wheel(dir: &Path) -> Vec<u8> {
-    let out = dir.join("tinypkg-0.1-py3-none-any.whl");
+/// A pure-Python wheel `<package>-0.1-py3-none-any.whl`, built without network (a zip with
+/// the metadata pip needs). Returns its file name and bytes.
+fn tiny_wheel(dir: &Path, package: &str) -> (String, Vec<u8>) {
+    let file = format!("{package}-0.1-py3-none-any.whl");
+    let out = dir.join(&file);
     let script = r#"
 import base64, hashlib, sys, zipfile
+out, pkg = sys.argv[1], sys.argv[2]
 files = {
-    "tinypkg/__init__.py": b'GREETING = "hello from tinypkg"\n',
-    "tinypkg-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tinypkg\nVersion: 0.1\n",
-    "tinypkg-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    f"{pkg}/__init__.py": f'GREETING = "hello from {pkg}"\n'.encode(),
+    f"{pkg}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {pkg}\nVersion: 0.1\n".encode(),
+    f"{pkg}-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
 }
 record = ""
 for name, content in files.items():
     digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
     record += f"{name},sha256={digest},{len(content)}\n"
-record += "tinypkg-0.1.dist-info/RECORD,,\n"
-files["tinypkg-0.1.dist-info/RECORD"] = record.encode()
-with zipfile.ZipFile(sys.argv[1], "w") as z:
+record += f"{pkg}-0.1.dist-info/RECORD,,\n"
+files[f"{pkg}-0.1.dist-info/RECORD"] = record.encode()
+with zipfile.ZipFile(out, "w") as z:
     for name, content in files.items():
         z.writestr(name, content)
 "#;
     let status = std::process::Command::new("python3")
         .args(["-c", script])
         .arg(&out)
+        .arg(package)
         .status()
         .expect("python3");
     assert!(status.success());
-    std::fs::read(&out).expect("wheel")
+    (file, std::fs::read(&out).expect("wheel"))
 }
 
 #[tokio::test]
@@ -966,7 +970,7 @@ async fn requirements_get_a_virtual_environment_per_bundle() {
     }
     let s = Setup::new(Some(json!({"allow": ["py-*"]}))).await;
     let marker = s.marker("py");
-    let wheel = tiny_wheel(s.dir.path());
+    let (_, wheel) = tiny_wheel(s.dir.path(), "tinypkg");
     let requirements = format!(
         "./tinypkg-0.1-py3-none-any.whl --hash=sha256:{}\n",
         sha256(&wheel)
@@ -1038,33 +1042,47 @@ async fn requirements_that_fail_to_install_fail_the_run_with_the_log() {
                           "requirements": "requirements.txt"})
     .to_string();
     let main = format!("open({:?}, 'w').close()\n", marker.display().to_string());
-    let bytes = archive::pack(&[
-        (MANIFEST_FILE, manifest.as_bytes(), false),
-        ("main.py", main.as_bytes(), false),
+    let (pinned, pinned_bytes) = tiny_wheel(s.dir.path(), "pinned");
+    let (loose, loose_bytes) = tiny_wheel(s.dir.path(), "loose");
+    let cases = [
+        // A file that is not there.
         (
-            "requirements.txt",
-            b"./missing-0.1-py3-none-any.whl\n",
-            false,
+            "./missing-0.1-py3-none-any.whl\n".to_owned(),
+            "missing-0.1-py3-none-any.whl",
         ),
-    ])
-    .expect("pack");
-    let run = s.signer.run(&bytes, "1.0.0");
-    s.fake.serve(&run.sha256, Serve::Bytes(bytes));
-    let (response, output) = s.run("py-broken", &run, json!({})).await;
-    refused(
-        &response,
-        codes::REQUIREMENTS_FAILED,
-        "pip install exited with code",
-        &marker,
-    );
-    assert!(
-        output.contains("missing-0.1-py3-none-any.whl"),
-        "the pip log: {output}"
-    );
-    assert!(
-        !s.state().join("library/venvs").join(&run.sha256).exists(),
-        "a failed build is removed"
-    );
+        // Hashes pinned for one requirement: every one must have its hash.
+        (
+            format!(
+                "./{pinned} --hash=sha256:{}\n./{loose}\n",
+                sha256(&pinned_bytes)
+            ),
+            "--require-hashes",
+        ),
+    ];
+    for (requirements, log_says) in cases {
+        let bytes = archive::pack(&[
+            (MANIFEST_FILE, manifest.as_bytes(), false),
+            ("main.py", main.as_bytes(), false),
+            ("requirements.txt", requirements.as_bytes(), false),
+            (&pinned, &pinned_bytes, false),
+            (&loose, &loose_bytes, false),
+        ])
+        .expect("pack");
+        let run = s.signer.run(&bytes, "1.0.0");
+        s.fake.serve(&run.sha256, Serve::Bytes(bytes));
+        let (response, output) = s.run("py-broken", &run, json!({})).await;
+        refused(
+            &response,
+            codes::REQUIREMENTS_FAILED,
+            "pip install exited with code",
+            &marker,
+        );
+        assert!(output.contains(log_says), "the pip log: {output}");
+        assert!(
+            !s.state().join("library/venvs").join(&run.sha256).exists(),
+            "a failed build is removed"
+        );
+    }
 }
 
 /// Not a timed assertion: prints what a library run costs over a manifest run of the same
