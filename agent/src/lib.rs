@@ -201,7 +201,7 @@ impl Agent {
         info["state_dir"] = json!(self.state_dir.display().to_string());
         info["manifest"] = json!(self.manifest_path.display().to_string());
         info["containment"] = self.contain.describe();
-        info["library"] = self.library.describe();
+        info["library_cache"] = self.library.describe();
         info
     }
 

@@ -998,7 +998,7 @@ async fn requirements_get_a_virtual_environment_per_bundle() {
     let (a, b) = tokio::join!(s.execute(data.clone(), 60), s.execute(data, 60));
     let first = first.elapsed();
     s.assert_clean();
-    let library = &s.agent.info()["library"];
+    let library = &s.agent.info()["library_cache"];
     assert_eq!(library["downloads"], 1, "{library}");
     assert_eq!(library["venv_builds"], 1, "{library}");
     let (response, output) = a;
@@ -1019,7 +1019,7 @@ async fn requirements_get_a_virtual_environment_per_bundle() {
     let second = second.elapsed();
     assert!(response.success, "{response:?}\n{output}");
     assert!(marker.exists());
-    let library = &s.agent.info()["library"];
+    let library = &s.agent.info()["library_cache"];
     assert_eq!(
         library["venv_builds"], 1,
         "the environment is reused: {library}"

@@ -147,7 +147,7 @@ impl Library {
         self.max_venvs.store(venvs, Ordering::Relaxed);
     }
 
-    /// What `info` tells about the library: the folder, and how many bundles were
+    /// What `info` tells about the library (`library_cache`): the folder, and how many bundles were
     /// downloaded and environments built since the agent started (a cache hit counts neither).
     pub fn describe(&self) -> Value {
         json!({
