@@ -1,5 +1,5 @@
-//! Library runs (SPEC §15) on a real agent: its manifest, state directory, containment and
-//! spools, downloading over HTTP from a stand-in for the server's bundle route (a real axum
+//! Library runs (SPEC §15) on a real agent: its manifest, state directory, containment (a
+//! cgroup per run where the machine allows one, as in service) and spools, downloading over HTTP from a stand-in for the server's bundle route (a real axum
 //! server on loopback that can serve tampered bytes or cut a download half-way). The route
 //! itself, and the whole path through the real server, are tested in `tests/`.
 //!
@@ -261,7 +261,7 @@ impl Setup {
             "--manifest",
             &manifest_path.display().to_string(),
             "--containment",
-            "process",
+            "auto",
         ])
         .expect("config");
         let agent = Agent::new(config).expect("agent");
@@ -388,6 +388,8 @@ fn refused(response: &Response, code_wanted: &str, says: &str, marker: &Path) {
 #[tokio::test]
 async fn an_allowed_signed_bundle_runs_once_downloaded_then_from_the_cache() {
     let s = Setup::new(Some(json!({"allow": ["backup-*"]}))).await;
+    // Runs are contained as the machine allows (a cgroup per run where one can be made).
+    println!("containment: {}", s.agent.info()["containment"]);
     let marker = s.marker("backup");
     let bytes = good_bundle("backup-db", "1.2.0", &marker);
     let run = s.signer.run(&bytes, "1.2.0");
