@@ -447,6 +447,13 @@ async fn prepare<'a>(
             )
         }
     };
+    // A cancel that came while the bundle was being prepared stops it here, before it runs.
+    if cancel.is_cancelled() {
+        return Err(Refused::new(
+            codes::CANCELLED,
+            "cancelled before the bundle ran",
+        ));
+    }
     let timeout_s = timeout_s(cmd, &bundle_manifest);
     let spec = RunSpec {
         id,
