@@ -94,6 +94,12 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
             "run needs data.script, the script's name",
         );
     };
+    // The server made this a library run (SPEC §15): the bundle's own rules apply, and the
+    // manifest's `library` consent instead of its list of scripts.
+    // (`null` is no library, should a server spell an absent field that way.)
+    if let Some(library) = cmd.data.get("library").filter(|l| !l.is_null()) {
+        return crate::library::run(agent, cmd, name, library, cancel).await;
+    }
     let manifest = agent.manifest();
     let Some(script) = manifest.get(name) else {
         let shown: String = name.chars().take(80).collect();
@@ -117,11 +123,7 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
         None => cmd.timeout_s,
     }
     .max(1);
-    let max_output = cmd
-        .data
-        .get("max_output_bytes")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_MAX_OUTPUT);
+    let max_output = max_output(cmd);
     let spool = match SpoolWriter::create(&agent.spool_path(id)) {
         Ok(spool) => spool,
         Err(err) => {
@@ -137,10 +139,32 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
         program,
         args: script.args.clone(),
         params,
+        env: Vec::new(),
         dir: manifest.dir.clone(),
         timeout: Duration::from_secs(u64::from(timeout_s)),
         max_output,
     };
+    run_spec(agent, spec, timeout_s, spool, cancel).await
+}
+
+/// Output kept per stream for a run: the server's `max_output_bytes`, else the default.
+pub(crate) fn max_output(cmd: &ServerCommand) -> u64 {
+    cmd.data
+        .get("max_output_bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_MAX_OUTPUT)
+}
+
+/// Runs a script that passed every check (from the manifest or the library) and turns its
+/// exit record into the answer.
+pub(crate) async fn run_spec(
+    agent: &Agent,
+    spec: RunSpec,
+    timeout_s: u32,
+    spool: SpoolWriter,
+    cancel: CancellationToken,
+) -> Response {
+    let id = spec.id;
     match exec::run(spec, agent.containment(), spool, cancel, || {
         agent.activity.notify_one()
     })

@@ -44,7 +44,10 @@ pub struct RunSpec {
     pub args: Vec<String>,
     /// `OUTPOST_PARAM_*` variables.
     pub params: Vec<(String, String)>,
-    /// Working directory (the manifest's folder).
+    /// Variables set by the agent itself over the base ones (a library bundle's virtual
+    /// environment: `PATH` with its `bin` first, `VIRTUAL_ENV`); never from a request.
+    pub env: Vec<(String, String)>,
+    /// Working directory (the manifest's folder, or a library run's unpacked bundle).
     pub dir: PathBuf,
     /// Time allowed.
     pub timeout: Duration,
@@ -85,7 +88,7 @@ pub struct ExitRecord {
 pub struct SpawnError(pub String);
 
 /// The environment a script starts with.
-fn base_env() -> Vec<(String, String)> {
+pub fn base_env() -> Vec<(String, String)> {
     ["PATH", "HOME", "LANG", "TZ"]
         .into_iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
@@ -110,6 +113,7 @@ pub async fn run(
         .args(&spec.args)
         .env_clear()
         .envs(base_env())
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .envs(spec.params.iter().map(|(k, v)| (k, v)))
         .env("OUTPOST_RUN_ID", spec.id.to_string())
         .current_dir(&spec.dir)

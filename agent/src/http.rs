@@ -61,6 +61,7 @@ pub struct Endpoint {
     frames: Url,
     poll: Url,
     health: Url,
+    scripts: Url,
     bearer: String,
     /// Seconds between polls when long polls cannot be used.
     pub interval: Duration,
@@ -83,6 +84,7 @@ impl Endpoint {
             frames: join("agent/v1/frames")?,
             poll: join("agent/v1/poll")?,
             health: join("healthz")?,
+            scripts: join("agent/v1/scripts/")?,
             client,
             bearer: format!("Bearer {api_key}"),
             interval,
@@ -96,6 +98,30 @@ impl Endpoint {
             .get(self.health.clone())
             .timeout(Duration::from_secs(10));
         matches!(request.send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// `GET /agent/v1/scripts/{sha256}`: a library bundle's bytes (SPEC §15), asked with the
+    /// agent key over the same client (TLS settings, CA) as the frames. `timeout` bounds the
+    /// whole transfer; the caller reads the body and bounds its size.
+    pub async fn get_bundle(
+        &self,
+        sha256: &str,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.client
+            .get(self.bundle_url(sha256))
+            .header(reqwest::header::AUTHORIZATION, &self.bearer)
+            .timeout(timeout)
+            .send()
+            .await
+    }
+
+    /// Where bundle `sha256` is downloaded from, under the server URL's path.
+    fn bundle_url(&self, sha256: &str) -> Url {
+        // `sha256` was checked to be 64 hex digits, so it is one plain path segment.
+        let mut url = self.scripts.clone();
+        url.set_path(&format!("{}{sha256}", self.scripts.path()));
+        url
     }
 
     async fn post_frames(&self, body: &FramesRequest) -> Result<FramesResponse, Refusal> {
@@ -411,5 +437,26 @@ mod tests {
             assert_eq!(http_base(input).expect(input).as_str(), want);
         }
         assert!(http_base("ftp://h").is_err());
+    }
+
+    #[test]
+    fn bundles_are_fetched_beside_the_other_agent_routes() {
+        let tls = crate::tls::client_config(None).expect("tls");
+        let client = crate::session::http_client(&tls).expect("client");
+        let sha = "ab".repeat(32);
+        for (server, want) in [
+            (
+                "wss://h:8443",
+                format!("https://h:8443/agent/v1/scripts/{sha}"),
+            ),
+            (
+                "http://h/base",
+                format!("http://h/base/agent/v1/scripts/{sha}"),
+            ),
+        ] {
+            let endpoint = Endpoint::new(client.clone(), server, "opa_x", Duration::from_secs(5))
+                .expect(server);
+            assert_eq!(endpoint.bundle_url(&sha).as_str(), want);
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod host;
 pub mod http;
 pub mod journal;
+pub mod library;
 pub mod manifest;
 pub mod session;
 pub mod spool;
@@ -60,6 +61,11 @@ pub struct Agent {
     running: Mutex<HashMap<CommandId, CancellationToken>>,
     /// Address of the current (or last) connection, as the agent sees it.
     ip: Mutex<String>,
+    /// The HTTP routes of the node of the current (or last) connection: where library
+    /// bundles are downloaded from.
+    endpoint: Mutex<Option<http::Endpoint>>,
+    /// The library's cache, virtual environments and run folders in the state directory.
+    library: library::Library,
     /// Signalled when there is something new to send (an answer, output).
     pub activity: Notify,
     /// Signalled when the manifest changed and `register` must be sent again.
@@ -95,6 +101,7 @@ impl Agent {
             );
         }
         remove_stale_spools(&spool_dir, &journal);
+        let library = library::Library::open(&state_dir)?;
         let manifest_path = config
             .manifest
             .clone()
@@ -122,6 +129,8 @@ impl Agent {
             contain,
             running: Mutex::new(HashMap::new()),
             ip: Mutex::new(String::new()),
+            endpoint: Mutex::new(None),
+            library,
             activity: Notify::new(),
             manifest_changed: Notify::new(),
             exit: Mutex::new(None),
@@ -147,7 +156,7 @@ impl Agent {
             tags: self.config.clean_tags(),
             scripts: self.manifest().infos(),
             update_status: self.update_status().map(Box::new),
-            library: None,
+            library: self.manifest().library().cloned(),
         };
         if let Err(why) = data.check() {
             tracing::error!(
@@ -192,6 +201,7 @@ impl Agent {
         info["state_dir"] = json!(self.state_dir.display().to_string());
         info["manifest"] = json!(self.manifest_path.display().to_string());
         info["containment"] = self.contain.describe();
+        info["library_cache"] = self.library.describe();
         info
     }
 
@@ -205,6 +215,23 @@ impl Agent {
         if let Ok(mut slot) = self.ip.lock() {
             *slot = ip;
         }
+    }
+
+    /// Records the HTTP routes of the node a new connection reached.
+    pub fn set_endpoint(&self, endpoint: http::Endpoint) {
+        if let Ok(mut slot) = self.endpoint.lock() {
+            *slot = Some(endpoint);
+        }
+    }
+
+    /// The HTTP routes of the current (or last) connection's node, if any connection opened.
+    pub fn endpoint(&self) -> Option<http::Endpoint> {
+        self.endpoint.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// The script library's local side.
+    pub fn library(&self) -> &library::Library {
+        &self.library
     }
 
     /// Fresh heartbeat metrics.
@@ -227,7 +254,8 @@ impl Agent {
     pub fn reload_manifest(&self) {
         match Manifest::load(&self.manifest_path) {
             Ok(new) => {
-                let changed = self.manifest().infos() != new.infos();
+                let old = self.manifest();
+                let changed = old.infos() != new.infos() || old.library() != new.library();
                 if let Ok(mut slot) = self.manifest.write() {
                     *slot = Arc::new(new);
                 }

@@ -16,10 +16,20 @@
 //! keeps those values sealed at rest and masked wherever a job is shown. An entry with a key
 //! other than `name` and `secret` leaves its script out, like any other broken entry: a
 //! misspelt `"secret"` must not quietly make a secret an ordinary parameter.
+//!
+//! The optional `library` object is the machine owner's consent to scripts from the server's
+//! library (SPEC §15): `{"allow": ["backup-*"], "keys": ["<base64 Ed25519 public key>"]}`.
+//! It fails closed: a `library` that breaks a rule (an unknown key, a bad pattern, a key that
+//! is not 32 bytes of base64) is dropped whole with an error in the log, so the agent runs no
+//! library script rather than one its owner did not mean to allow; the manifest's scripts
+//! still load. Keeping the previous policy instead would be worse: an owner who removes a
+//! stolen key and makes a typo on the way would keep trusting the stolen key. A manifest may
+//! hold a `library` and no `scripts`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use outpost_protocol::bundle::LibraryPolicy;
 use outpost_protocol::limits::{
     MAX_PARAM_VALUE, MAX_REGISTER_PARAMS, MAX_SCRIPT_DESCRIPTION_LEN, MAX_SCRIPT_PARAMS,
     MAX_SCRIPTS,
@@ -55,11 +65,17 @@ pub struct Manifest {
     /// The manifest's folder, canonical. Scripts must resolve inside it.
     pub dir: PathBuf,
     scripts: BTreeMap<String, Script>,
+    /// The consent to library scripts; `None` runs none.
+    library: Option<LibraryPolicy>,
 }
 
 #[derive(Deserialize)]
 struct RawManifest {
+    #[serde(default)]
     scripts: Vec<RawScript>,
+    /// Checked in [`library_policy`], so that a bad one is reported by field and dropped.
+    #[serde(default)]
+    library: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +105,7 @@ impl Manifest {
                 return Ok(Self {
                     dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
                     scripts: BTreeMap::new(),
+                    library: None,
                 });
             }
             Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
@@ -135,7 +152,27 @@ impl Manifest {
                 "the manifest lists more than {MAX_SCRIPTS} scripts or {MAX_REGISTER_PARAMS} parameters in all (the protocol's limits); the first that fit are kept"
             );
         }
-        Ok(Self { dir, scripts })
+        let library = match raw.library.as_ref().map(library_policy) {
+            None => None,
+            Some(Ok(policy)) => Some(policy),
+            Some(Err(why)) => {
+                tracing::error!(
+                    "{}: library: {why}; no library script will run until it is fixed",
+                    path.display()
+                );
+                None
+            }
+        };
+        Ok(Self {
+            dir,
+            scripts,
+            library,
+        })
+    }
+
+    /// The consent to library scripts, as `register` carries it; `None` runs none.
+    pub fn library(&self) -> Option<&LibraryPolicy> {
+        self.library.as_ref()
     }
 
     /// The scripts as announced in `register`.
@@ -159,6 +196,46 @@ impl Manifest {
     pub fn resolve(&self, script: &Script) -> Result<PathBuf, String> {
         resolve(&self.dir, &script.path)
     }
+}
+
+/// The manifest's `library` object, checked: only `allow` and `keys`, each a list of strings
+/// within the protocol's limits ([`LibraryPolicy::check`]).
+fn library_policy(value: &Value) -> Result<LibraryPolicy, String> {
+    let Some(fields) = value.as_object() else {
+        return Err(
+            "must be an object like {\"allow\": [\"backup-*\"], \"keys\": [\"<base64 key>\"]}"
+                .into(),
+        );
+    };
+    if let Some(key) = fields.keys().find(|k| *k != "allow" && *k != "keys") {
+        return Err(format!(
+            "unknown key {:?} (it takes \"allow\" and \"keys\")",
+            truncate(key)
+        ));
+    }
+    let list = |name: &str| -> Result<Vec<String>, String> {
+        match fields.get(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    item.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("{name}[{i}] must be a string"))
+                })
+                .collect(),
+            Some(_) => Err(format!("{name} must be a list of strings")),
+        }
+    };
+    let policy = LibraryPolicy {
+        allow: list("allow")?,
+        keys: list("keys")?,
+    };
+    policy
+        .check()
+        .map_err(|why| why.strip_prefix("library.").unwrap_or(&why).to_owned())?;
+    Ok(policy)
 }
 
 fn validate(dir: &Path, raw: RawScript) -> Result<Script, String> {
@@ -518,6 +595,54 @@ mod tests {
         data.check().expect("a register the server accepts");
         let frame = outpost_protocol::AgentFrame::Register { data }.encode();
         assert!(frame.len() < outpost_protocol::limits::MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn the_library_section_is_checked_and_fails_closed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        script(tmp.path(), "s.sh");
+        let key = "0QDsxvCdT+oIbW0+ATW5ApjfIO+FOagCfPt4GSj/BdY=";
+        // A library and no scripts at all.
+        let m = Manifest::load(&write_manifest(
+            tmp.path(),
+            json!({"library": {"allow": ["backup-*"], "keys": [key]}}),
+        ))
+        .expect("load");
+        let policy = m.library().expect("library");
+        assert!(policy.allows("backup-db") && policy.trusts(key));
+        assert!(m.infos().is_empty());
+        // Allowing nothing is a valid policy that runs nothing.
+        let m = Manifest::load(&write_manifest(
+            tmp.path(),
+            json!({"library": {"allow": [], "keys": [key]}}),
+        ))
+        .expect("load");
+        assert!(!m.library().expect("library").allows("anything"));
+        // Each bad one is dropped whole (no library script runs), the scripts stay.
+        for bad in [
+            json!({"allow": ["*"], "key": [key]}),
+            json!({"allow": "*", "keys": [key]}),
+            json!({"allow": ["../*"], "keys": [key]}),
+            json!({"allow": ["*"], "keys": ["c2hvcnQ="]}),
+            json!({"allow": ["*"], "keys": [1]}),
+            json!(["*"]),
+        ] {
+            let m = Manifest::load(&write_manifest(
+                tmp.path(),
+                json!({"scripts": [{"name": "s", "path": "s.sh"}], "library": bad}),
+            ))
+            .expect("load");
+            assert!(m.library().is_none(), "{bad} was kept");
+            assert!(m.get("s").is_some());
+        }
+        assert_eq!(
+            library_policy(&json!({"allow": ["*"], "key": []})).expect_err("refused"),
+            "unknown key \"key\" (it takes \"allow\" and \"keys\")"
+        );
+        assert_eq!(
+            library_policy(&json!({"keys": ["c2hvcnQ="]})).expect_err("refused"),
+            "keys[0]: 5 bytes, not 32"
+        );
     }
 
     #[test]

@@ -232,6 +232,15 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// The HTTP client of the long-poll transport and of library downloads: rustls with `tls`.
+pub fn http_client(tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls((**tls).clone())
+        .user_agent(concat!("outpost-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
 /// Owns the reconnect loop.
 pub struct Connector {
     agent: Arc<Agent>,
@@ -247,11 +256,7 @@ impl Connector {
     pub fn new(agent: Arc<Agent>, servers: &[Url]) -> anyhow::Result<Self> {
         anyhow::ensure!(!servers.is_empty(), "no server URL");
         let tls = crate::tls::client_config(agent.config.ca_cert.as_deref())?;
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
-            .user_agent(concat!("outpost-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
+        let client = http_client(&tls)?;
         let interval = Duration::from_secs(agent.config.http_poll_interval.max(1));
         let nodes = servers
             .iter()
@@ -450,6 +455,8 @@ impl Connector {
                 }
             }
         };
+        // Library bundles come from the node this connection reached (SPEC §15).
+        self.agent.set_endpoint(node.http.clone());
         let mut session = Session {
             agent: self.agent.clone(),
             link,

@@ -38,6 +38,13 @@ impl SpoolWriter {
         Ok(Self { file, len: 0 })
     }
 
+    /// Opens a spool to append to it (a library run's build log, written by two steps).
+    pub fn open_append(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self { file, len })
+    }
+
     /// Appends one chunk in a single write, so a reader sees whole records or a short tail. A
     /// write that fails part-way (the disk filled up) is cut off again, so that the spool
     /// holds whole records only: a later record written after a torn one would be read with
