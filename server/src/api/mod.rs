@@ -261,12 +261,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route(
             "/api/scripts",
-            get(scripts::list).post(scripts::upload).layer(
-                axum::extract::DefaultBodyLimit::max(
+            get(scripts::list)
+                .post(scripts::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(
                     (outpost_protocol::bundle::limits::MAX_BUNDLE_BYTES + scripts::UPLOAD_OVERHEAD)
                         as usize,
-                ),
-            ),
+                )),
         )
         .route("/api/scripts/{name}", get(scripts::show))
         .route(

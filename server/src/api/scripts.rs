@@ -276,7 +276,10 @@ pub async fn upload(
                 Ok(None) => break,
                 Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
                 Err(e) => {
-                    return Err(DomainError::BadRequest(format!("{name}: {}", e.body_text())));
+                    return Err(DomainError::BadRequest(format!(
+                        "{name}: {}",
+                        e.body_text()
+                    )));
                 }
             }
         }

@@ -464,7 +464,11 @@ impl Jobs {
                     .iter()
                     .filter(|(id, _)| targeted.contains(id.as_str()))
                     .flat_map(|(_, scripts)| secrets::declared(scripts, script))
-                    .chain(library.iter().flat_map(|l| l.secret_params.iter().map(String::as_str)));
+                    .chain(
+                        library
+                            .iter()
+                            .flat_map(|l| l.secret_params.iter().map(String::as_str)),
+                    );
                 spec.sealed_data(core, &caller.tenant_id, declared)
             }
             None => spec.sealed_data(core, &caller.tenant_id, []),

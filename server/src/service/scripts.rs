@@ -254,7 +254,8 @@ impl Scripts {
         key: &agent_key::Model,
         sha256: &str,
     ) -> Result<(Vec<u8>, Download), DomainError> {
-        bundle::sha256_hex(sha256).map_err(|why| DomainError::BadRequest(format!("sha256: {why}")))?;
+        bundle::sha256_hex(sha256)
+            .map_err(|why| DomainError::BadRequest(format!("sha256: {why}")))?;
         if let Err(wait) = self.rate.check(key.id.as_str(), Instant::now()) {
             return Err(DomainError::RateLimited {
                 message: format!(
@@ -402,7 +403,11 @@ pub(super) async fn resolve(
 /// Why an agent will refuse a library run: it registered no `library` policy, its `allow`
 /// patterns do not match the name, or its `keys` do not hold the signer. `None`: it may run.
 /// Like the manifest check, an early answer: the agent decides again on arrival.
-pub fn library_refusal(agent_id: &str, policy: Option<&Value>, resolved: &Resolved) -> Option<String> {
+pub fn library_refusal(
+    agent_id: &str,
+    policy: Option<&Value>,
+    resolved: &Resolved,
+) -> Option<String> {
     let name = &resolved.name;
     let Some(policy) = policy.and_then(|p| serde_json::from_value::<LibraryPolicy>(p.clone()).ok())
     else {

@@ -64,8 +64,8 @@ use crate::credentials::{self, KeyKind};
 use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
     agent, agent_key, api_key, audit_entry, audit_head, claim, command, delivery, delivery_attempt,
-    event, integration, invite, job, library_bundle, library_script, node, output_chunk, refresh_token, release, schedule, tenant,
-    user, webhook_attempt,
+    event, integration, invite, job, library_bundle, library_script, node, output_chunk,
+    refresh_token, release, schedule, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.
