@@ -22,6 +22,7 @@ mod identity;
 mod integrations;
 mod jobs;
 mod keys;
+mod library;
 mod limits;
 mod longpoll;
 mod metrics;
