@@ -21,6 +21,7 @@ impl Default for Signer {
 }
 
 impl Signer {
+    /// A new random key.
     pub fn new() -> Self {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key");
         Self {
@@ -28,6 +29,7 @@ impl Signer {
         }
     }
 
+    /// Its public key, standard base64 (what manifests pin).
     pub fn public(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.pair.public_key().as_ref())
     }
@@ -66,8 +68,18 @@ pub fn bundle_of(name: &str, version: &str) -> Vec<u8> {
     .expect("pack")
 }
 
+/// One raw tar entry: path, kind, content, link target, and the size its header claims (its
+/// content's when `None`).
+pub type RawEntry<'a> = (
+    &'a str,
+    tar::EntryType,
+    &'a [u8],
+    Option<&'a str>,
+    Option<u64>,
+);
+
 /// A tar.gz written header by header, as an attacker would (no packer's checks).
-pub fn raw(entries: &[(&str, tar::EntryType, &[u8], Option<&str>, Option<u64>)]) -> Vec<u8> {
+pub fn raw(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
     for (path, kind, content, link, claimed) in entries {
@@ -118,6 +130,7 @@ pub async fn upload(
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
+/// A signature file as JSON bytes.
 pub fn sig_bytes(sig: &SignatureFile) -> Vec<u8> {
     serde_json::to_vec(sig).expect("json")
 }
