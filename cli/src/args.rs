@@ -974,7 +974,8 @@ pub enum ApiKeysCommand {
     /// Create an API key for yourself and print its secret (shown this once).
     #[command(after_help = "\
 Scopes: agents:read, agents:write, jobs:read, jobs:run, schedules:read, schedules:write,
-integrations:write, keys:write, users:write, audit:read, metrics:read, or * for all. The key
+integrations:write, keys:write, users:write, audit:read, metrics:read, scripts:write, or *
+for all. The key
 acts with its scopes and your role together, and stops working when you are disabled or
 deleted. It expires at the latest after the server's --max-key-days (365 by default, also
 the default expiry).
