@@ -188,6 +188,8 @@ pub enum CompleteWhat {
     Jobs,
     /// Schedule names.
     Schedules,
+    /// The library's script names.
+    Scripts,
 }
 
 const RUN_AFTER: &str = "\

@@ -618,6 +618,10 @@ async fn the_cli_makes_keys_packs_signs_uploads_lists_shows_and_removes() {
     ] {
         assert!(out.contains(needle), "{needle} not in {out}");
     }
+    // Completion offers the library's names.
+    let (code, out, _) = cli.run_with_key(&["__complete", "scripts"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["backup-db"]);
     let (code, out, _) = cli.run_with_key(&["--json", "scripts", "ls"]);
     assert_eq!(code, 0);
     let listed: Value = serde_json::from_str(&out).expect("json");
