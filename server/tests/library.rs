@@ -8,7 +8,9 @@ mod common;
 
 use outpost_protocol::release::Version;
 use outpost_server::domain::{Actor, AuditAction, AuditEvent, AuditTarget, Transport};
-use outpost_server::store::{AuditRecord, LibraryRefused, NewLibraryScript, Store};
+use outpost_server::store::{
+    AuditRecord, LibraryRefused, MAX_LIBRARY_VERSIONS, NewLibraryScript, Store,
+};
 use serde_json::json;
 
 fn audit(tenant: &str) -> AuditRecord {
@@ -258,4 +260,37 @@ async fn agents_policies_come_back_as_registered_and_retention_keeps_the_library
         Some(b"bytes".to_vec()),
         "retention must not delete library scripts"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_holds_at_most_its_limit_of_versions() {
+    let (_fresh, store, tenant) = common::fresh_store().await;
+    let sha = |i: u64| format!("{i:064x}");
+    for i in 0..MAX_LIBRARY_VERSIONS {
+        let mut new = version(&tenant, "many", &format!("1.0.{i}"), 'a');
+        new.sha256 = sha(i);
+        assert_eq!(insert(&store, new, b"x").await, Ok(true), "version {i}");
+    }
+    let mut new = version(&tenant, "many", "2.0.0", 'a');
+    new.sha256 = sha(MAX_LIBRARY_VERSIONS);
+    assert_eq!(
+        insert(&store, new.clone(), b"x").await,
+        Err(LibraryRefused::TooManyVersions(MAX_LIBRARY_VERSIONS))
+    );
+    // Another script is not affected, and a delete makes room.
+    assert_eq!(
+        insert(&store, version(&tenant, "other", "1.0.0", 'f'), b"x").await,
+        Ok(true)
+    );
+    store
+        .delete_library_script(
+            &tenant,
+            "many",
+            &"1.0.0".parse().expect("v"),
+            audit(&tenant),
+        )
+        .await
+        .expect("delete")
+        .expect("deleted");
+    assert_eq!(insert(&store, new, b"x").await, Ok(true));
 }

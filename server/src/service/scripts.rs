@@ -163,6 +163,14 @@ impl Scripts {
                 }
                 Ok((model, created))
             }
+            Err(LibraryRefused::TooManyVersions(max)) => Err(DomainError::Conflict {
+                code: "too_many_versions",
+                message: format!(
+                    "{} has {max} versions in the library, the most a script may have; delete \
+                     old ones first (outpost scripts rm {} VERSION)",
+                    manifest.name, manifest.name
+                ),
+            }),
             Err(LibraryRefused::VersionTaken(sha256)) => Err(DomainError::Conflict {
                 code: "version_exists",
                 message: format!(

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use outpost_protocol::release::Version;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionSession, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -42,11 +42,17 @@ pub struct NewLibraryScript {
     pub uploaded_by: String,
 }
 
+/// Versions one script may have at once: what `GET /api/scripts/{name}` lists stays bounded
+/// (each version lists its files). Deleting old versions makes room.
+pub const MAX_VERSIONS: u64 = 50;
+
 /// Why a version was not stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LibraryRefused {
     /// The version holds other bytes (their SHA-256).
     VersionTaken(String),
+    /// The script has [`MAX_VERSIONS`] versions already.
+    TooManyVersions(u64),
 }
 
 fn part(n: u64) -> i64 {
@@ -79,6 +85,14 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         // names them), but the hash is unique per tenant all the same: it is the download key.
         if let Some(existing) = txn.library_by_sha256(&new.tenant_id, &new.sha256).await? {
             return Ok(Err(LibraryRefused::VersionTaken(existing.sha256)));
+        }
+        let versions = library_script::Entity::find()
+            .filter(library_script::Column::TenantId.eq(new.tenant_id.as_str()))
+            .filter(library_script::Column::Name.eq(new.name.as_str()))
+            .count(&txn.db)
+            .await?;
+        if versions >= MAX_VERSIONS {
+            return Ok(Err(LibraryRefused::TooManyVersions(MAX_VERSIONS)));
         }
         let id = new_id();
         let size = part(bytes.len() as u64);

@@ -35,7 +35,7 @@ pub use integrations::{
     wants,
 };
 pub use jobs::{Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
-pub use library::{LibraryRefused, NewLibraryScript};
+pub use library::{LibraryRefused, MAX_VERSIONS as MAX_LIBRARY_VERSIONS, NewLibraryScript};
 pub use nodes::RemoteAgent;
 pub use presence::{AGENT_OFFLINE, AGENT_ONLINE, AGENT_UPDATE_ROLLED_BACK, AGENT_UPDATED};
 pub use schedules::{
