@@ -633,3 +633,78 @@ async fn the_cli_makes_keys_packs_signs_uploads_lists_shows_and_removes() {
     assert_ne!(code, 0);
     assert!(err.contains("not_found"), "{err}");
 }
+
+/// Two server nodes on one PostgreSQL: a bundle uploaded through one is served by the other,
+/// and a job made on one refuses early by the policy an agent registered on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_library_and_the_agents_policies() {
+    use outpost_e2e::ServerOptions;
+    use outpost_e2e::postgres::{self, Database};
+    let Some(cluster) =
+        postgres::required("library::two_nodes_share_the_library_and_the_agents_policies")
+    else {
+        return;
+    };
+    let database = Database::create(&cluster);
+    let node = |name: &str| {
+        Server::start_with(ServerOptions {
+            database_url: Some(database.url.clone()),
+            args: vec!["--node-name".into(), name.into()],
+            envs: vec![
+                (
+                    "OUTPOST_ADMIN_KEY".into(),
+                    "opk_library0000000000000000000000000000000000".into(),
+                ),
+                (
+                    "OUTPOST_MASTER_KEY".into(),
+                    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".into(),
+                ),
+            ],
+            ..ServerOptions::default()
+        })
+    };
+    let a = node("a").await;
+    let b = node("b").await;
+    let signer = Signer::new();
+    let (status, stored) = signed_upload(&a, &signer, bundle_of("backup-db", "1.0.0")).await;
+    assert_eq!(status, StatusCode::CREATED, "{stored}");
+    let sha = stored["sha256"].as_str().expect("sha").to_owned();
+    let (_, secret) = a.api().agent_key().await;
+    // Agents on node B.
+    let (mut willing, willing_id) = library_peer(
+        &b,
+        &secret,
+        Some(json!({"allow": ["backup-*"], "keys": [signer.public()]})),
+    )
+    .await;
+    let (_unwilling, unwilling_id) = library_peer(&b, &secret, None).await;
+    // The job made on node A.
+    let (status, job) = a
+        .api()
+        .job(
+            json!({"command": "run", "target": {"all": true}, "data": {"script": "backup-db"}}),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{job}");
+    let runs = job["runs"].as_array().expect("runs");
+    let unwilling = runs
+        .iter()
+        .find(|r| r["agent_id"] == unwilling_id.as_str())
+        .expect("run");
+    assert_eq!(unwilling["error"]["code"], "script_not_allowed", "{job}");
+    let willing_run = runs
+        .iter()
+        .find(|r| r["agent_id"] == willing_id.as_str())
+        .expect("run");
+    assert_ne!(willing_run["status"], "failed", "{job}");
+    let command = next_command(&mut willing).await;
+    assert_eq!(command.data["library"]["sha256"], sha.as_str());
+    // Either node serves the bytes.
+    for server in [&a, &b] {
+        let response = download(server, &secret, &sha).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.bytes().await.expect("bytes");
+        assert_eq!(bytes.as_ref(), bundle_of("backup-db", "1.0.0").as_slice());
+    }
+}
