@@ -708,3 +708,121 @@ async fn two_nodes_share_the_library_and_the_agents_policies() {
         assert_eq!(bytes.as_ref(), bundle_of("backup-db", "1.0.0").as_slice());
     }
 }
+
+/// The value of `name` among a response's `Set-Cookie` headers.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';')
+                .next()
+                .and_then(|pair| pair.strip_prefix(&format!("{name}=")))
+                .map(str::to_owned)
+        })
+}
+
+/// A dashboard session cookie for `email`.
+async fn ui_session(
+    server: &Server,
+    client: &reqwest::Client,
+    email: &str,
+    password: &str,
+) -> String {
+    let page = client
+        .get(format!("{}/ui/login", server.url))
+        .send()
+        .await
+        .expect("login page");
+    let login = set_cookie(&page, "outpost_login").expect("the sign-in form's cookie");
+    let html = page.text().await.expect("html");
+    let marker = "name=\"_csrf\" value=\"";
+    let start = html.find(marker).expect("a form token") + marker.len();
+    let csrf = html[start..].split('"').next().expect("token").to_owned();
+    let body = reqwest::Url::parse_with_params(
+        "http://x/",
+        &[
+            ("_csrf", csrf.as_str()),
+            ("email", email),
+            ("password", password),
+        ],
+    )
+    .expect("form")
+    .query()
+    .expect("query")
+    .to_owned();
+    let response = client
+        .post(format!("{}/ui/login", server.url))
+        .header(reqwest::header::COOKIE, format!("outpost_login={login}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    format!(
+        "outpost_session={}",
+        set_cookie(&response, "outpost_session").expect("a session cookie")
+    )
+}
+
+/// The dashboard's read-only library: the list and a script's versions with their files, all
+/// of it escaped, for members too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_library_read_only() {
+    let server = Server::start().await;
+    let signer = Signer::new();
+    // A description with markup: shown as text.
+    let manifest = json!({"name": "report", "version": "3.1.4", "entrypoint": "bin/run.sh",
+                          "description": "<script>alert(1)</script> weekly"})
+    .to_string();
+    let bytes = archive::pack(&[
+        (MANIFEST_FILE, manifest.as_bytes(), false),
+        ("bin/run.sh", b"#!/bin/sh\necho hi\n", true),
+        ("lib/<b>data</b>.txt", b"x", false),
+    ])
+    .expect("pack");
+    let (status, stored) = signed_upload(&server, &signer, bytes).await;
+    assert_eq!(status, StatusCode::CREATED, "{stored}");
+    let (ok, text) = server.user_create("viewer@example.com", "member", Some("a long password 1"));
+    assert!(ok, "{text}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let cookie = ui_session(&server, &client, "viewer@example.com", "a long password 1").await;
+    let get = |path: &str| {
+        client
+            .get(format!("{}{path}", server.url))
+            .header(reqwest::header::COOKIE, cookie.clone())
+            .send()
+    };
+    let list = get("/ui/scripts").await.expect("page");
+    assert_eq!(list.status(), StatusCode::OK);
+    let html = list.text().await.expect("html");
+    for needle in [
+        "/ui/scripts/report",
+        "3.1.4",
+        &signer.public(),
+        "&#60;script&#62;alert(1)",
+    ] {
+        assert!(html.contains(needle), "{needle} not in the list");
+    }
+    assert!(!html.contains("<script>alert(1)"), "markup not escaped");
+    let page = get("/ui/scripts/report").await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.expect("html");
+    for needle in [
+        stored["sha256"].as_str().expect("sha"),
+        "bin/run.sh",
+        "lib/&#60;b&#62;data",
+        "report@3.1.4",
+    ] {
+        assert!(html.contains(needle), "{needle} not in the script's page");
+    }
+    assert!(!html.contains("<b>data"), "a path's markup not escaped");
+    let missing = get("/ui/scripts/nothing-here").await.expect("page");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
