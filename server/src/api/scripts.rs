@@ -373,14 +373,25 @@ pub async fn delete(
 #[tracing::instrument(level = "debug", skip_all, fields(sha256 = %sha256))]
 pub async fn download(
     State(state): State<AppState>,
+    super::ClientAddr(client): super::ClientAddr,
     headers: HeaderMap,
     Path(sha256): Path<String>,
 ) -> Result<Response, DomainError> {
-    let key = state
+    // Failed keys count against the address, as on the API: guessing costs the guesser.
+    let limits = &state.services.limits;
+    limits.before_authentication(client)?;
+    let key = match state
         .services
         .access
         .authenticate_agent(crate::http_error::bearer(&headers))
-        .await?;
+        .await
+    {
+        Ok(key) => key,
+        Err(err @ DomainError::Unauthorized(_)) => {
+            return Err(limits.failed_authentication(client, err));
+        }
+        Err(err) => return Err(err),
+    };
     let (bytes, permits) = state.services.scripts.download(&key, &sha256).await?;
     let length = bytes.len();
     // The permits are held until the last piece is handed to the connection.
