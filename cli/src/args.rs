@@ -144,6 +144,10 @@ Examples:
         after_help = "Examples:\n  outpost audit ls --action agent_key --since 1d\n  outpost audit verify"
     )]
     Audit(AuditCommand),
+    /// The script library: signed bundles kept on the server, run on agents whose manifests
+    /// allow them.
+    #[command(subcommand, after_help = SCRIPTS_AFTER)]
+    Scripts(ScriptsCommand),
     /// Print a shell completion script.
     #[command(after_help = "\
 Commands and flags complete from the script alone. In bash, zsh and fish, agent names and ids
@@ -184,6 +188,8 @@ pub enum CompleteWhat {
     Jobs,
     /// Schedule names.
     Schedules,
+    /// The library's script names.
+    Scripts,
 }
 
 const RUN_AFTER: &str = "\
@@ -970,7 +976,8 @@ pub enum ApiKeysCommand {
     /// Create an API key for yourself and print its secret (shown this once).
     #[command(after_help = "\
 Scopes: agents:read, agents:write, jobs:read, jobs:run, schedules:read, schedules:write,
-integrations:write, keys:write, users:write, audit:read, metrics:read, or * for all. The key
+integrations:write, keys:write, users:write, audit:read, metrics:read, scripts:write, or *
+for all. The key
 acts with its scopes and your role together, and stops working when you are disabled or
 deleted. It expires at the latest after the server's --max-key-days (365 by default, also
 the default expiry).
@@ -1246,4 +1253,80 @@ pub struct IntegrationCreateArgs {
     /// Make it paused.
     #[arg(long)]
     pub disabled: bool,
+}
+
+const SCRIPTS_AFTER: &str = "\
+A bundle is a tar.gz holding outpost-bundle.json (name, version, entrypoint, ...) and its files.
+You sign it on your own machine; the server stores it and never holds the private key. An agent
+runs it only if its manifest's \"library\" allows the name and pins your public key.
+
+Examples:
+  outpost scripts keygen --out ~/.outpost/library.key
+  outpost scripts pack ./backup-db --out backup-db-1.0.0.tar.gz
+  outpost scripts sign backup-db-1.0.0.tar.gz --key ~/.outpost/library.key
+  outpost scripts upload backup-db-1.0.0.tar.gz
+  outpost scripts ls
+  outpost scripts show backup-db
+  outpost run backup-db@1.0.0 --on tag:db
+  outpost scripts rm backup-db 1.0.0";
+
+#[derive(Debug, Subcommand)]
+pub enum ScriptsCommand {
+    /// Make an Ed25519 signing key: the private key in FILE (mode 0600), the public key in
+    /// FILE.pub (what agents' manifests pin in library.keys).
+    #[command(after_help = "Example:\n  outpost scripts keygen --out ~/.outpost/library.key")]
+    Keygen {
+        /// Where to write the private key (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Pack a folder into a bundle (tar.gz), refusing symlinks and anything but files and
+    /// folders; the folder must hold outpost-bundle.json.
+    #[command(
+        after_help = "Example:\n  outpost scripts pack ./backup-db --out backup-db-1.0.0.tar.gz"
+    )]
+    Pack {
+        /// The folder.
+        dir: std::path::PathBuf,
+        /// The bundle to write.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Check a bundle and sign it: writes BUNDLE.sig.
+    #[command(
+        after_help = "Example:\n  outpost scripts sign backup-db-1.0.0.tar.gz --key ~/.outpost/library.key"
+    )]
+    Sign {
+        /// The bundle (tar.gz).
+        bundle: std::path::PathBuf,
+        /// The private key file of `outpost scripts keygen`.
+        #[arg(long, value_name = "FILE")]
+        key: std::path::PathBuf,
+    },
+    /// Upload a signed bundle with its signature (BUNDLE.sig unless --signature).
+    #[command(after_help = "Example:\n  outpost scripts upload backup-db-1.0.0.tar.gz")]
+    Upload {
+        /// The bundle (tar.gz).
+        bundle: std::path::PathBuf,
+        /// The signature file (default: BUNDLE.sig).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<std::path::PathBuf>,
+    },
+    /// List the library: each script with its newest version.
+    #[command(after_help = "Example:\n  outpost scripts ls")]
+    Ls,
+    /// Every version of a script: hash, signer, parameters, files.
+    #[command(after_help = "Example:\n  outpost scripts show backup-db")]
+    Show {
+        /// The script's name.
+        name: String,
+    },
+    /// Delete one version of a script.
+    #[command(after_help = "Example:\n  outpost scripts rm backup-db 1.0.0")]
+    Rm {
+        /// The script's name.
+        name: String,
+        /// Its version (MAJOR.MINOR.PATCH).
+        version: String,
+    },
 }

@@ -257,6 +257,50 @@ impl Client {
         })
     }
 
+    /// POSTs a `multipart/form-data` body of `(part, file name, bytes)` parts; answers the
+    /// status and the JSON answer. Each try builds the form anew (a session's token may be
+    /// refreshed once).
+    pub async fn post_files(
+        &self,
+        path: &str,
+        parts: &[(&str, &str, &[u8])],
+        timeout: Duration,
+    ) -> Result<(u16, Value), CliError> {
+        let mut force = false;
+        loop {
+            let token = self.bearer(force).await?;
+            let mut form = reqwest::multipart::Form::new();
+            for (name, file, bytes) in parts {
+                let part = reqwest::multipart::Part::bytes(bytes.to_vec())
+                    .file_name((*file).to_owned())
+                    .mime_str("application/octet-stream")
+                    .map_err(|e| CliError::Other(format!("{name}: {e}")))?;
+                form = form.part((*name).to_owned(), part);
+            }
+            let response = self
+                .http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&token)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(timeout)
+                .multipart(form)
+                .send()
+                .await
+                .map_err(|e| self.transport(&e))?;
+            let status = response.status();
+            if status.is_success() {
+                let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+                let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                return Ok((status.as_u16(), value));
+            }
+            if status == StatusCode::UNAUTHORIZED && self.is_session() && !force {
+                force = true;
+                continue;
+            }
+            return Err(self.api_error(response).await);
+        }
+    }
+
     /// GET returning JSON.
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CliError> {
         self.json(Method::GET, path, query, None).await

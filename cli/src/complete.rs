@@ -50,6 +50,7 @@ pub async fn candidates(global: &Global, what: CompleteWhat) {
         CompleteWhat::Targets => agents(&client, true).await,
         CompleteWhat::Jobs => jobs(&client).await,
         CompleteWhat::Schedules => schedules(&client).await,
+        CompleteWhat::Scripts => scripts(&client).await,
     };
     let mut out = String::new();
     for word in words.into_iter().filter(|w| plain(w)) {
@@ -145,6 +146,23 @@ async fn schedules(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The library's script names.
+async fn scripts(client: &Client) -> Vec<String> {
+    let Ok(page) = client
+        .json_within(Method::GET, "/api/scripts", &[], None, TIMEOUT)
+        .await
+    else {
+        return Vec::new();
+    };
+    page.get("scripts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The completion script for `shell`: clap_complete's, with the dynamic parts added.
 pub fn script(shell: clap_complete::Shell, cmd: &mut clap::Command) -> String {
     let mut out = Vec::new();
@@ -170,7 +188,7 @@ _outpost_dynamic() {
     for (( i = 1; i < COMP_CWORD; i++ )); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --url|--token|--on|--param|--secret|--secret-file|--timeout|--ttl|--agent|--script|--command|--status|--since|--until|--limit|--cursor|--run|--stream|--tag|--permission|--expires-at|--schedule|--cron|--tz|--data|--missed|--concurrency|--webhook|--name|--from|--count|-n|--type|--subject|--scope|--role|--action|--actor|--email) (( i++ )) ;;
+            --url|--token|--on|--param|--secret|--secret-file|--timeout|--ttl|--agent|--script|--command|--status|--since|--until|--limit|--cursor|--run|--stream|--tag|--permission|--expires-at|--schedule|--cron|--tz|--data|--missed|--concurrency|--webhook|--name|--from|--count|-n|--type|--subject|--scope|--role|--action|--actor|--email|--out|--key|--signature) (( i++ )) ;;
             -*) ;;
             *) pos+=("$word") ;;
         esac
@@ -184,6 +202,7 @@ _outpost_dynamic() {
             "ping"|"agents show"|"agents rm"|"agents tag add"|"agents tag rm") what=agents ;;
             "jobs show"|"jobs logs"|"jobs cancel") what=jobs ;;
             "schedules show"|"schedules edit"|"schedules enable"|"schedules disable"|"schedules rm"|"schedules run") what=schedules ;;
+            "scripts show"|"scripts rm") what=scripts ;;
         esac
     fi
     if [[ -z "$what" ]]; then
@@ -209,6 +228,7 @@ complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_su
 complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from ls" -l schedule -f -r -a "(outpost __complete schedules)"
 complete -c outpost -n "__fish_outpost_using_subcommand schedules; and __fish_seen_subcommand_from show edit enable disable rm run" -f -a "(outpost __complete schedules)"
 complete -c outpost -n "__fish_outpost_using_subcommand schedules; and __fish_seen_subcommand_from create edit" -l agent -f -r -a "(outpost __complete agents)"
+complete -c outpost -n "__fish_outpost_using_subcommand scripts; and __fish_seen_subcommand_from show rm" -f -a "(outpost __complete scripts)"
 "#;
 
 /// Zsh: clap writes `_default` as the action of every free value; the agent and job ones

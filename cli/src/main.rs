@@ -20,6 +20,7 @@ mod jobs;
 mod keys;
 mod output;
 mod schedules;
+mod scripts;
 mod users;
 
 use std::process::ExitCode;
@@ -143,6 +144,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let client = client::Client::from_config(&global)?;
             users::run(&client, &global, cmd).await.map(|()| 0)
         }
+        Command::Scripts(cmd) => scripts::run(&global, cmd).await.map(|()| 0),
         Command::Keys(cmd) => {
             let client = client::Client::from_config(&global)?;
             keys::run(&client, &global, cmd).await.map(|()| 0)

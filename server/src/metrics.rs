@@ -70,6 +70,10 @@ pub const RETENTION_DELETED: &str = "outpost_retention_deleted_rows_total";
 pub const RETENTION_PASS: &str = "outpost_retention_pass_seconds";
 /// SQLite pages given back to the file system after retention.
 pub const RETENTION_RECLAIMED: &str = "outpost_retention_reclaimed_pages_total";
+/// Library bundles served to agents, and their bytes (SPEC §15).
+pub const LIBRARY_DOWNLOADS: &str = "outpost_library_downloads_total";
+/// Bytes of library bundles served to agents.
+pub const LIBRARY_DOWNLOAD_BYTES: &str = "outpost_library_download_bytes_total";
 /// Resident memory of the server process (Linux).
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// Open file descriptors of the server process (Linux).
@@ -210,6 +214,11 @@ fn describe() {
         RETENTION_RECLAIMED,
         "SQLite pages given back to the file system after retention (incremental vacuum)."
     );
+    describe_counter!(LIBRARY_DOWNLOADS, "Library bundles served to agents.");
+    describe_counter!(
+        LIBRARY_DOWNLOAD_BYTES,
+        "Bytes of library bundles served to agents."
+    );
     describe_gauge!(
         PROCESS_RSS,
         metrics::Unit::Bytes,
@@ -349,6 +358,12 @@ pub fn retention_deleted(table: &'static str, rows: u64) {
 pub fn retention_pass(took: Duration, pages: u64) {
     gauge!(RETENTION_PASS).set(took.as_secs_f64());
     counter!(RETENTION_RECLAIMED).increment(pages);
+}
+
+/// A library bundle of `bytes` bytes was served to an agent.
+pub fn library_download(bytes: usize) {
+    counter!(LIBRARY_DOWNLOADS).increment(1);
+    counter!(LIBRARY_DOWNLOAD_BYTES).increment(bytes as u64);
 }
 
 /// A request was refused by the rate limit called `limit`.

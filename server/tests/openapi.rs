@@ -78,6 +78,14 @@ fn every_route_declares_who_may_call_it() {
                 );
             }
             Permission::AgentOrCaller => {}
+            Permission::Agent => {
+                assert!(secured, "{method} {path} takes an agent key");
+                assert_eq!(
+                    operation["security"],
+                    serde_json::json!([{"agent": []}]),
+                    "{method} {path} takes an agent key, nothing else"
+                );
+            }
         }
     }
 }
@@ -130,18 +138,20 @@ fn every_operation_declares_the_statuses_it_can_answer() {
             "{method} {path}: security"
         );
         if secured {
-            // Every authenticated operation takes an API key or a user's access token.
+            // Every authenticated operation takes an API key or a user's access token, but
+            // the agents' routes, which take an agent key.
             let schemes: Vec<&str> = operation["security"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|r| r.as_object()?.keys().next().map(String::as_str))
                 .collect();
-            assert_eq!(
-                schemes,
-                ["bearer", "jwt"],
-                "{method} {path}: security schemes"
-            );
+            let expected: &[&str] = if path.starts_with("/agent/") {
+                &["agent"]
+            } else {
+                &["bearer", "jwt"]
+            };
+            assert_eq!(schemes, expected, "{method} {path}: security schemes");
             assert!(
                 has("401"),
                 "{method} {path} needs an API key but declares no 401"

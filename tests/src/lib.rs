@@ -19,6 +19,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 pub mod cluster;
+pub mod library;
 pub mod postgres;
 pub mod proxy;
 pub mod smtp;

@@ -67,6 +67,11 @@ pub struct AgentView {
     /// Scripts its manifest whitelists.
     #[schema(value_type = Vec<Object>)]
     pub scripts: Value,
+    /// Its manifest's consent to library scripts (SPEC §15): `{"allow": [patterns], "keys":
+    /// [base64 Ed25519 public keys]}`; absent when it runs none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub library: Option<Value>,
     /// First registration.
     pub first_seen: DateTime<Utc>,
     /// Last frame received.
@@ -107,6 +112,7 @@ impl From<AgentRecord> for AgentView {
             server_tags,
             capabilities: crate::store::string_list(&agent.capabilities),
             scripts: agent.scripts,
+            library: agent.library,
             first_seen: agent.first_seen,
             last_seen: agent.last_seen,
             connected_at: agent.connected_at,

@@ -49,7 +49,9 @@ pub struct CreateJob {
     /// `run` (a manifest script), or any other command.
     #[schema(value_type = crate::domain::Command)]
     pub command: String,
-    /// For `run`: `{"script": NAME, "params": {"NAME": "value"}, "secret_params"?: [NAME]}`;
+    /// For `run`: `{"script": NAME, "params": {"NAME": "value"}, "secret_params"?: [NAME]}`,
+    /// where NAME may be a library script's (`NAME@VERSION` pins a version; without one the
+    /// newest runs and the job records it in `data.library`);
     /// parameters listed in `secret_params`, or marked `secret` by a targeted agent's
     /// manifest, are sealed at rest and shown as `********`. For `update`: `{"version"?,
     /// "force"?}`; `force` (owners only) allows a downgrade.

@@ -23,6 +23,7 @@ mod nodes;
 pub mod permissions;
 mod releases;
 mod schedules;
+mod scripts;
 mod tenants;
 mod users;
 mod webhooks;
@@ -67,6 +68,7 @@ use doc::Contract;
         schedules::update, schedules::delete, schedules::run, events::list, events::stream,
         integrations::create, integrations::list, integrations::show, integrations::update,
         integrations::delete, integrations::test, integrations::deliveries,
+        scripts::upload, scripts::list, scripts::show, scripts::delete, scripts::download,
     ),
     components(
         schemas(
@@ -104,6 +106,7 @@ use doc::Contract;
         (name = "schedules", description = "Commands run at the times a cron pattern names, in a time zone"),
         (name = "events", description = "What happened that people should hear of"),
         (name = "integrations", description = "Where events are sent: webhooks, Slack, Teams, PagerDuty and others"),
+        (name = "scripts", description = "The script library: signed bundles agents run where their manifests allow"),
     )
 )]
 pub struct ApiDoc;
@@ -135,11 +138,22 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "agent",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An agent key (opa_…): the agent routes"))
+                    .build(),
+            ),
+        );
         // Wherever an API key is accepted, so is a user's access token: either one.
+        let agent_only = vec![SecurityRequirement::new("agent", Vec::<String>::new())];
         for item in openapi.paths.paths.values_mut() {
             for operation in doc::operations(item) {
                 if let Some(security) = operation.security.as_mut()
                     && !security.is_empty()
+                    && *security != agent_only
                 {
                     security.push(SecurityRequirement::new("jwt", Vec::<String>::new()));
                 }
@@ -245,6 +259,21 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/api/integrations/{id}/deliveries",
             get(integrations::deliveries),
         )
+        .route(
+            "/api/scripts",
+            get(scripts::list)
+                .post(scripts::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    (outpost_protocol::bundle::limits::MAX_BUNDLE_BYTES + scripts::UPLOAD_OVERHEAD)
+                        as usize,
+                )),
+        )
+        .route("/api/scripts/{name}", get(scripts::show))
+        .route(
+            "/api/scripts/{name}/versions/{version}",
+            axum::routing::delete(scripts::delete),
+        )
+        .route("/agent/v1/scripts/{sha256}", get(scripts::download))
         // After every route: applies to each of them, and to nothing else (not the fallback).
         .route_layer(axum::middleware::from_fn_with_state(
             state,

@@ -32,6 +32,8 @@ pub enum Permission {
     Public,
     /// An agent key or a caller; the handler authenticates it.
     AgentOrCaller,
+    /// An agent key (`opa_…`) only; the handler authenticates it.
+    Agent,
     /// A user or an API key, holding `scope` (when there is one) and at least `role`.
     Caller {
         /// The scope an API key needs (`None`: any key).
@@ -81,7 +83,7 @@ const fn caller(method: &'static str, path: &'static str, scope: Scope, role: Ro
 use Role::{Admin, Member, Owner};
 use Scope::{
     AgentsRead, AgentsWrite, AuditRead, IntegrationsWrite, JobsRead, JobsRun, KeysWrite,
-    MetricsRead, SchedulesRead, SchedulesWrite, UsersWrite,
+    MetricsRead, SchedulesRead, SchedulesWrite, ScriptsWrite, UsersWrite,
 };
 
 /// Every REST route and what it needs (SPEC §9's table of roles, route by route).
@@ -226,6 +228,22 @@ pub const ROUTES: &[Rule] = &[
         path: "/downloads/{version}/{target}/{file}",
         permission: Permission::AgentOrCaller,
     },
+    // The script library (SPEC §15): everyone reads it; admins upload and delete; agents
+    // download the bundles of their tenant.
+    caller("GET", "/api/scripts", JobsRead, Member),
+    caller("GET", "/api/scripts/{name}", JobsRead, Member),
+    caller("POST", "/api/scripts", ScriptsWrite, Admin),
+    caller(
+        "DELETE",
+        "/api/scripts/{name}/versions/{version}",
+        ScriptsWrite,
+        Admin,
+    ),
+    Rule {
+        method: "GET",
+        path: "/agent/v1/scripts/{sha256}",
+        permission: Permission::Agent,
+    },
 ];
 
 /// What `method path` needs (`HEAD` is `GET`'s), or `None` for a route not declared.
@@ -286,7 +304,7 @@ pub async fn authorize(
     let needs = match permission {
         Permission::Caller { scope, role } => Some((scope, role)),
         Permission::ServerOwner { scope } => Some((Some(scope), Role::Owner)),
-        Permission::Public | Permission::AgentOrCaller => None,
+        Permission::Public | Permission::AgentOrCaller | Permission::Agent => None,
     };
     if let Some((scope, role)) = needs {
         let token = crate::http_error::bearer(request.headers());

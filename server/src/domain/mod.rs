@@ -202,6 +202,8 @@ text_enum! {
         AuditRead = "audit:read",
         /// Read metrics and the server's nodes.
         MetricsRead = "metrics:read",
+        /// Upload and delete library scripts (SPEC §15).
+        ScriptsWrite = "scripts:write",
         /// Every scope.
         All = "*",
     }
@@ -521,6 +523,10 @@ text_enum! {
         IntegrationUpdate = "integration.update",
         /// An integration was deleted.
         IntegrationDelete = "integration.delete",
+        /// A script version was uploaded to the library (`POST /api/scripts`).
+        ScriptUpload = "script.upload",
+        /// A script version was deleted from the library.
+        ScriptDelete = "script.delete",
     }
 }
 
@@ -547,6 +553,8 @@ text_enum! {
         Schedule = "schedule",
         /// An integration.
         Integration = "integration",
+        /// A library script version (`target_id` is `NAME@VERSION`).
+        Script = "script",
     }
 }
 

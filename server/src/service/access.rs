@@ -50,6 +50,8 @@ pub enum Action {
     /// List every tenant and change any tenant's name and quotas: the server's admin only,
     /// an owner of the server's first tenant ([`Access::require_server_admin`]).
     ManageTenants,
+    /// Upload or delete library scripts (SPEC §15): what agents that opted in may be sent.
+    ManageScripts,
 }
 
 impl Action {
@@ -61,6 +63,7 @@ impl Action {
             | Self::ReadUsers
             | Self::ManageAgentKeys
             | Self::ManageAgents
+            | Self::ManageScripts
             | Self::ControlAgents => Role::Admin,
             Self::Metrics
             | Self::ForceUpdate
@@ -94,6 +97,9 @@ impl Action {
             ),
             Self::ControlAgents => format!(
                 "only owners and admins may send restart, update or redeploy; this caller's role is {role}"
+            ),
+            Self::ManageScripts => format!(
+                "only owners and admins may upload or delete library scripts; this caller's role is {role}"
             ),
             Self::ManageUsers => format!(
                 "only owners may create, change or delete users; this caller's role is {role}"

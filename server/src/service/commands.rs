@@ -208,6 +208,12 @@ pub fn audit_detail(spec: &CommandSpec, extra: Value) -> Value {
     });
     if let Some(script) = run_script(spec) {
         detail["script"] = script.into();
+        if let Some(library) = spec.data.get("library") {
+            detail["library"] = serde_json::json!({
+                "version": library.get("version"),
+                "sha256": library.get("sha256"),
+            });
+        }
     }
     if spec.command == commands::UPDATE {
         detail["version"] = spec.update_version.map(|v| v.to_string()).into();
@@ -250,8 +256,16 @@ fn validate_run_data(data: &Value) -> Result<(), DomainError> {
     let script = data.get("script").and_then(Value::as_str).ok_or_else(|| {
         DomainError::BadRequest("data.script: a run needs the script's name".into())
     })?;
-    check::script_name(script)
+    outpost_protocol::bundle::split_reference(script)
+        .and_then(|(name, _)| check::script_name(name))
         .map_err(|why| DomainError::BadRequest(format!("data.script: {why}")))?;
+    if data.get("library").is_some() {
+        return Err(DomainError::BadRequest(
+            "data.library: set by the server from its script library; name the script (or \
+             NAME@VERSION) in data.script"
+                .into(),
+        ));
+    }
     let params = match data.get("params") {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::Object(params)) => params,
@@ -275,6 +289,30 @@ fn validate_run_data(data: &Value) -> Result<(), DomainError> {
             .map_err(|why| DomainError::BadRequest(format!("data.params.{name}: {why}")))?;
     }
     Ok(())
+}
+
+/// Turns a `run` of a library script into a library run (SPEC §15): `data.script` becomes
+/// the bare name and `data.library` the version resolved (the newest when the reference
+/// names none), with the hash and signature the agent checks. A name the library does not
+/// hold is left as it is (a manifest script). Every route that stores a `run` passes here.
+pub(super) async fn resolve_library(
+    core: &Core,
+    tenant_id: &str,
+    spec: &mut CommandSpec,
+) -> Result<Option<super::scripts::Resolved>, DomainError> {
+    let Some(script) = run_script(spec) else {
+        return Ok(None);
+    };
+    let script = script.to_owned();
+    let resolved = super::scripts::resolve(core, tenant_id, &script).await?;
+    if let (Some(resolved), Some(data)) = (&resolved, spec.data.as_object_mut()) {
+        data.insert("script".into(), resolved.name.clone().into());
+        data.insert(
+            "library".into(),
+            serde_json::to_value(&resolved.run).unwrap_or(Value::Null),
+        );
+    }
+    Ok(resolved)
 }
 
 /// Script names a refusal lists, at most (a manifest may list 512).
@@ -483,7 +521,19 @@ impl Core {
         if let Some(why) = key_refusal(&agent.id, key, &spec.command) {
             return Err(DomainError::Forbidden(why));
         }
-        if let Some(script) = run_script(spec)
+        let mut spec = spec.clone();
+        let library = resolve_library(self, &agent.tenant_id, &mut spec).await?;
+        let spec = &spec;
+        if let Some(resolved) = &library {
+            if let Some(why) =
+                super::scripts::library_refusal(&agent.id, agent.library.as_ref(), resolved)
+            {
+                return Err(DomainError::Refused {
+                    code: outpost_protocol::codes::SCRIPT_NOT_ALLOWED,
+                    message: why,
+                });
+            }
+        } else if let Some(script) = run_script(spec)
             && let Some(why) = script_refusal(&agent.id, &agent.scripts, script)
         {
             return Err(DomainError::Refused {
@@ -500,7 +550,12 @@ impl Core {
         let declared = secrets::script_with_params(&spec.command, &spec.data)
             .map(|script| secrets::declared(&agent.scripts, script))
             .into_iter()
-            .flatten();
+            .flatten()
+            .chain(
+                library
+                    .iter()
+                    .flat_map(|l| l.secret_params.iter().map(String::as_str)),
+            );
         let (data, sealed_params) = spec.sealed_data(self, &agent.tenant_id, declared);
         let txn = self.store.begin().await?;
         let model = txn

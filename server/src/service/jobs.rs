@@ -21,6 +21,7 @@ use super::Core;
 use super::access::key_refusal;
 use super::audit::record_of;
 use super::commands::{self, CommandSpec};
+use super::scripts;
 use crate::domain::{
     AuditAction, AuditEvent, AuditTarget, Caller, Command, CommandState, DomainError, JobState,
 };
@@ -173,6 +174,7 @@ pub(super) struct Prepared {
 pub(super) struct Lookups {
     targets: HashMap<String, (Vec<AgentTarget>, Vec<agent_key::Model>)>,
     without_script: HashMap<(String, String), HashMap<String, Value>>,
+    libraries: HashMap<String, HashMap<String, Value>>,
     secret_candidates: HashMap<String, Vec<(String, Value)>>,
     versions: HashMap<String, HashMap<String, String>>,
 }
@@ -208,6 +210,18 @@ impl Lookups {
             self.without_script.insert(key.clone(), lacking);
         }
         Ok(&self.without_script[&key])
+    }
+
+    async fn libraries(
+        &mut self,
+        core: &Core,
+        tenant_id: &str,
+    ) -> Result<&HashMap<String, Value>, DomainError> {
+        if !self.libraries.contains_key(tenant_id) {
+            let policies = core.store.agent_libraries(tenant_id).await?;
+            self.libraries.insert(tenant_id.to_owned(), policies);
+        }
+        Ok(&self.libraries[tenant_id])
     }
 
     async fn secret_candidates(
@@ -330,7 +344,7 @@ impl Jobs {
     ) -> Result<Prepared, DomainError> {
         let core = &self.core;
         let NewJobRequest {
-            spec,
+            mut spec,
             target,
             webhook_url,
             idempotency_key,
@@ -352,6 +366,12 @@ impl Jobs {
         }
         let target_json = serde_json::to_value(&target).unwrap_or(Value::Null);
         commands::authorize(caller, &spec, &format!("job target {target_json}"))?;
+        // A script the tenant's library holds (or `name@version`) is a library run: the job
+        // records the version it resolved to, and `data.library` what the agent checks.
+        // The fingerprint is of the request as asked: a retry after a newer version was
+        // uploaded is the same request.
+        let asked = idempotency_key.as_ref().map(|_| spec.clone());
+        let library = commands::resolve_library(core, &caller.tenant_id, &mut spec).await?;
         let (agents, keys) = self
             .resolve_with(caller, &target, fire.is_some(), lookups)
             .await?;
@@ -376,8 +396,13 @@ impl Jobs {
         // A run of a script that an agent's last `register` did not list fails at once,
         // unsent (the agent would refuse it): one query for the agents that lack it, whatever
         // the target's size.
+        let policies = match &library {
+            Some(_) => lookups.libraries(core, &caller.tenant_id).await?.clone(),
+            None => HashMap::new(),
+        };
         let empty = HashMap::new();
         let without_script: &HashMap<String, Value> = match commands::run_script(&spec) {
+            Some(_) if library.is_some() => &empty,
             Some(script) => {
                 lookups
                     .without_script(core, &caller.tenant_id, script)
@@ -397,6 +422,13 @@ impl Jobs {
                 && let (Some(script), Some(scripts)) =
                     (commands::run_script(&spec), without_script.get(&agent.id))
                 && let Some(why) = commands::script_refusal(&agent.id, scripts, script)
+            {
+                refused = Some((codes::SCRIPT_NOT_ALLOWED, why));
+            }
+            if refused.is_none()
+                && let Some(resolved) = &library
+                && let Some(why) =
+                    scripts::library_refusal(&agent.id, policies.get(&agent.id), resolved)
             {
                 refused = Some((codes::SCRIPT_NOT_ALLOWED, why));
             }
@@ -431,13 +463,18 @@ impl Jobs {
                 let declared = candidates
                     .iter()
                     .filter(|(id, _)| targeted.contains(id.as_str()))
-                    .flat_map(|(_, scripts)| secrets::declared(scripts, script));
+                    .flat_map(|(_, scripts)| secrets::declared(scripts, script))
+                    .chain(
+                        library
+                            .iter()
+                            .flat_map(|l| l.secret_params.iter().map(String::as_str)),
+                    );
                 spec.sealed_data(core, &caller.tenant_id, declared)
             }
             None => spec.sealed_data(core, &caller.tenant_id, []),
         };
-        let fingerprint = idempotency_key.as_ref().map(|_| {
-            request_fingerprint(core, caller, &spec, &target_json, webhook_url.as_deref())
+        let fingerprint = asked.as_ref().map(|asked| {
+            request_fingerprint(core, caller, asked, &target_json, webhook_url.as_deref())
         });
         // What the audit log keeps of the request: never `data` (parameters may be secret),
         // nor the webhook URL (it may hold a token).

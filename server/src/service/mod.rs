@@ -25,6 +25,7 @@ pub mod limits;
 pub mod releases;
 pub mod retention;
 pub mod schedules;
+pub mod scripts;
 pub mod tenants;
 pub mod users;
 pub mod webhooks;
@@ -149,6 +150,8 @@ pub struct Services {
     pub releases: releases::Releases,
     /// Schedules, their loop, and the events they emit.
     pub schedules: schedules::Schedules,
+    /// The script library: uploads, listings, agents' downloads.
+    pub scripts: scripts::Scripts,
     /// Integrations and the worker sending events to them.
     pub integrations: integrations::Integrations,
     /// Events: listing, and following them live.
@@ -196,6 +199,7 @@ impl Services {
             commands: commands::Commands::new(core.clone()),
             schedules: schedules::Schedules::new(core.clone(), jobs::Jobs::new(core.clone())),
             events: events::Events::new(core.clone()),
+            scripts: scripts::Scripts::new(core.clone()),
             jobs: jobs::Jobs::new(core.clone()),
             keys: keys::Keys::new(core.clone()),
             releases: releases::Releases::new(core.clone(), releases),

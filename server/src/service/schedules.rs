@@ -345,8 +345,18 @@ impl Schedules {
                 }
             )));
         }
+        // A library script is resolved again at each fire (the newest version then, unless
+        // the schedule pins `name@version`); here only to refuse a pinned version that does
+        // not exist and to learn which parameters the bundle declares secret.
+        let library_secrets = match commands::run_script(&spec) {
+            Some(script) => super::scripts::resolve(core, &caller.tenant_id, script)
+                .await?
+                .map(|resolved| resolved.secret_params)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         // Secret parameters are kept sealed, as a job keeps them: those the caller marks and
-        // those any agent of the tenant declares secret for the script.
+        // those any agent of the tenant (or the library's bundle) declares secret.
         let (data, sealed_params) =
             match crate::secrets::script_with_params(&spec.command, &spec.data) {
                 Some(script) => {
@@ -356,7 +366,8 @@ impl Schedules {
                         .await?;
                     let declared = candidates
                         .iter()
-                        .flat_map(|(_, scripts)| crate::secrets::declared(scripts, script));
+                        .flat_map(|(_, scripts)| crate::secrets::declared(scripts, script))
+                        .chain(library_secrets.iter().map(String::as_str));
                     spec.sealed_data(core, &caller.tenant_id, declared)
                 }
                 None => spec.sealed_data(core, &caller.tenant_id, []),

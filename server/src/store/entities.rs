@@ -139,6 +139,9 @@ pub mod agent {
         /// When its `agent.offline` was recorded; NULL while it is connected, or gone for
         /// less than the grace (`store::presence`).
         pub offline_reported_at: Option<DateTimeUtc>,
+        /// Its manifest's `library` policy (SPEC §15) from its last `register`: which library
+        /// scripts it runs, signed by which keys. NULL: it runs none.
+        pub library: Option<Json>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -697,6 +700,65 @@ pub mod delivery_attempt {
         /// The provider's answer, truncated.
         pub response: Option<String>,
         pub error: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The script library (SPEC §15): one row per uploaded version of a script.
+pub mod library_script {
+    use sea_orm::entity::prelude::*;
+
+    /// A library script version; its bytes are in [`super::library_bundle`].
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "library_scripts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub name: String,
+        /// `MAJOR.MINOR.PATCH`, and its parts (for ordering).
+        pub version: String,
+        pub major: i64,
+        pub minor: i64,
+        pub patch: i64,
+        /// The bundle's SHA-256 (lowercase hex): its identity and its download path.
+        pub sha256: String,
+        pub size: i64,
+        /// The signer's Ed25519 public key and the signature, standard base64.
+        pub signer_key: String,
+        pub signature: String,
+        /// `outpost-bundle.json` as parsed.
+        pub manifest: Json,
+        /// Its files: `[{path, size, executable}]`.
+        pub files: Json,
+        /// Who uploaded it, as the audit log names them (`user:<id>`, `key:<id>`).
+        pub uploaded_by: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A library script version's bytes (the `tar.gz` as uploaded), apart from its row so that
+/// listings never read them.
+pub mod library_bundle {
+    use sea_orm::entity::prelude::*;
+
+    /// The bytes of one version.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "library_bundles")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub script_id: String,
+        pub tenant_id: String,
+        pub data: Vec<u8>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -475,6 +475,39 @@ ALTER TABLE tenants ADD COLUMN retention_days BIGINT;
 CREATE INDEX commands_standalone ON commands (tenant_id, id) WHERE job_id IS NULL;
 CREATE INDEX deliveries_event ON deliveries (event_id);
 "#,
+    // 20: the script library (SPEC §15). A version's row holds what listing and resolving
+    // need (its manifest, files and signature); its bytes sit apart in `library_bundles`, so
+    // that listing a library never reads a blob. The version's parts are kept as numbers so
+    // that "the newest" is an index order, not a parse of every row. Both tables are the
+    // tenant's; retention never touches them. `agents.library` is the agent's `library`
+    // policy from its last `register`, read by every node for the early refusal.
+    r#"
+CREATE TABLE library_scripts (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    major BIGINT NOT NULL,
+    minor BIGINT NOT NULL,
+    patch BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    signer_key TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    manifest {json} NOT NULL,
+    files {json} NOT NULL,
+    uploaded_by TEXT NOT NULL,
+    created_at {ts} NOT NULL
+);
+CREATE UNIQUE INDEX library_scripts_version ON library_scripts (tenant_id, name, major, minor, patch);
+CREATE UNIQUE INDEX library_scripts_sha256 ON library_scripts (tenant_id, sha256);
+CREATE TABLE library_bundles (
+    script_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    data {blob} NOT NULL
+);
+ALTER TABLE agents ADD COLUMN library {json};
+"#,
 ];
 
 /// The schema version this server brings a database to.

@@ -16,6 +16,7 @@ mod batch;
 pub mod entities;
 mod integrations;
 mod jobs;
+mod library;
 mod migrations;
 mod nodes;
 mod presence;
@@ -34,6 +35,7 @@ pub use integrations::{
     wants,
 };
 pub use jobs::{Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, job_status, webhook_status};
+pub use library::{LibraryRefused, MAX_VERSIONS as MAX_LIBRARY_VERSIONS, NewLibraryScript};
 pub use nodes::RemoteAgent;
 pub use presence::{AGENT_OFFLINE, AGENT_ONLINE, AGENT_UPDATE_ROLLED_BACK, AGENT_UPDATED};
 pub use schedules::{
@@ -62,8 +64,8 @@ use crate::credentials::{self, KeyKind};
 use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
     agent, agent_key, api_key, audit_entry, audit_head, claim, command, delivery, delivery_attempt,
-    event, integration, invite, job, node, output_chunk, refresh_token, release, schedule, tenant,
-    user, webhook_attempt,
+    event, integration, invite, job, library_bundle, library_script, node, output_chunk,
+    refresh_token, release, schedule, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.
@@ -801,6 +803,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 )
                 .col_expr(agent::Column::AgentTags, Expr::value(json!(data.tags)))
                 .col_expr(agent::Column::Scripts, Expr::value(json!(data.scripts)))
+                .col_expr(
+                    agent::Column::Library,
+                    Expr::value(data.library.as_ref().map(|l| json!(l))),
+                )
                 .col_expr(agent::Column::LastSeen, Expr::value(now))
                 .col_expr(agent::Column::ConnectedAt, Expr::value(Some(now)))
                 .col_expr(
@@ -851,6 +857,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 node_id: Set(node_id.map(str::to_owned)),
                 transport: Set(Some(transport.as_str().to_owned())),
                 offline_reported_at: Set(None),
+                library: Set(data.library.as_ref().map(|l| json!(l))),
             };
             // Counted against the tenant's `max_agents` (`store::tenants`): only a new id
             // can be refused, never an agent already registered.

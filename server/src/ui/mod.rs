@@ -21,6 +21,7 @@
 
 mod assets;
 mod forms;
+mod library;
 mod live;
 mod pages;
 mod session;
@@ -120,6 +121,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/keys", get(pages::keys).post(pages::create_key))
         .route("/ui/keys/{id}/{action}", post(pages::change_key))
         .route("/ui/schedules", get(pages::schedules))
+        .route("/ui/scripts", get(library::scripts))
+        .route("/ui/scripts/{name}", get(library::script))
         .route("/ui/schedules/{id}/{action}", post(pages::change_schedule))
         .route("/ui/users", get(pages::users))
         .route("/ui/audit", get(pages::audit))

@@ -41,7 +41,7 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    fn new(ui: &Ui, nav: &'static str) -> Self {
+    pub(super) fn new(ui: &Ui, nav: &'static str) -> Self {
         Self {
             base: ui.site.base.clone(),
             asset: names(),
@@ -115,7 +115,7 @@ fn percent(heartbeat: Option<&Value>, field: &str) -> String {
         .unwrap_or_default()
 }
 
-fn time(at: Option<DateTime<Utc>>) -> String {
+pub(super) fn time(at: Option<DateTime<Utc>>) -> String {
     at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_default()
 }

@@ -228,6 +228,13 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         },
     ];
 
+    let (status, made) = outpost_e2e::library::signed_upload(
+        &server,
+        &outpost_e2e::library::Signer::new(),
+        outpost_e2e::library::bundle_of("matrix", "0.0.1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
     let (status, document) = root.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let mut failures = Vec::new();
@@ -243,8 +250,9 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
             let (scope, role, server_owner) = match rule.permission {
                 Permission::Caller { scope, role } => (scope, role, false),
                 Permission::ServerOwner { scope } => (Some(scope), Role::Owner, true),
-                // Public and agent-or-caller routes: their own checks are their tests'.
-                Permission::Public | Permission::AgentOrCaller => continue,
+                // Public, agent-or-caller and agent routes: their own checks are their
+                // tests' (the library's download: `library::`).
+                Permission::Public | Permission::AgentOrCaller | Permission::Agent => continue,
             };
             let takes_body = operation["requestBody"].is_object();
             for who in &callers {
@@ -258,6 +266,10 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
                 } else if who.foreign && server_owner {
                     // B's owner is no owner of the server's first tenant.
                     Expect::Status(StatusCode::FORBIDDEN)
+                } else if path == "/api/scripts" && method == Method::POST {
+                    // Past the permission layer: the matrix sends JSON, and an upload is a
+                    // form (its refusals are `library::`'s).
+                    Expect::Status(StatusCode::BAD_REQUEST)
                 } else if who.foreign
                     && (path == "/api/jobs" || path == "/api/schedules")
                     && method == Method::POST
@@ -407,6 +419,24 @@ async fn fill(
             f.integration.clone()
         };
         ids.insert("id", id);
+    } else if path.starts_with("/api/scripts/") {
+        // A's library holds `matrix` 0.0.1; a delete that is to succeed gets a version of
+        // its own.
+        let version = if fresh && *method == Method::DELETE {
+            let version = format!("1.0.{serial}");
+            let (status, made) = outpost_e2e::library::signed_upload(
+                server,
+                &outpost_e2e::library::Signer::new(),
+                outpost_e2e::library::bundle_of("matrix", &version),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{made}");
+            version
+        } else {
+            "0.0.1".to_owned()
+        };
+        ids.insert("name", "matrix".to_owned());
+        ids.insert("version", version);
     } else if path == "/api/schedules/preview" {
         return format!("{path}?cron=%40daily&timezone=Europe%2FParis&count=3");
     } else if path.starts_with("/api/schedules/") {
@@ -480,6 +510,8 @@ fn sample_body(path: &str, method: &Method, f: &Fixtures, serial: usize) -> Valu
         ("POST", "/api/integrations") => integration_body(&format!("made-{serial}")),
         ("PATCH", "/api/integrations/{id}") => json!({"enabled": false}),
         ("POST", "/api/integrations/{id}/test") => json!({}),
+        // An upload is a form; JSON gets as far as the handler, which refuses it (400).
+        ("POST", "/api/scripts") => json!({}),
         (method, path) => panic!(
             "{method} {path} takes a body the access matrix has no sample of; add one to `sample_body`"
         ),

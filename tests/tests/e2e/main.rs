@@ -22,6 +22,7 @@ mod identity;
 mod integrations;
 mod jobs;
 mod keys;
+mod library;
 mod library_agent;
 mod limits;
 mod longpoll;
