@@ -24,6 +24,7 @@ mod jobs;
 mod keys;
 mod library;
 mod library_agent;
+mod library_run;
 mod limits;
 mod longpoll;
 mod metrics;
