@@ -14,6 +14,7 @@ pub mod audit;
 pub mod backup;
 mod batch;
 pub mod entities;
+mod fleet;
 mod integrations;
 mod jobs;
 mod migrations;
@@ -29,6 +30,7 @@ pub mod writer;
 
 pub use api_keys::NewApiKey;
 pub use audit::{AuditFilter, AuditRecord, ChainCheck};
+pub use fleet::{AgentPageQuery, TagMatch};
 pub use integrations::{
     DeliveryAttempt, JOB_FAILED, JOB_RECOVERED, JOB_SUCCEEDED, NewIntegration, delivery_status,
     wants,

@@ -187,34 +187,30 @@ impl AgentsQuery {
 }
 
 /// One page of agents under a filter: the rows, the page shown (from 1), the number of
-/// pages and of agents.
+/// pages and of agents. The store filters, counts and orders (`Agents::page`); only the
+/// page's rows are read.
 pub async fn agent_page(
     state: &AppState,
     ui: &Ui,
     query: &AgentsQuery,
 ) -> Result<(Vec<AgentRow>, usize, usize, usize), DomainError> {
-    let mut agents = state
+    let page = state
         .services
         .agents
-        .list(&ui.caller, &query.filter()?)
+        .page(
+            &ui.caller,
+            &query.filter()?,
+            query.page.unwrap_or(1).max(1) as u64,
+            PAGE_SIZE as u64,
+        )
         .await?;
-    // Online first, then by hostname: the order people scan a fleet in.
-    agents.sort_by(|a, b| {
-        b.online
-            .cmp(&a.online)
-            .then_with(|| a.agent.hostname.cmp(&b.agent.hostname))
-            .then_with(|| a.agent.id.cmp(&b.agent.id))
-    });
-    let total = agents.len();
-    let pages = total.div_ceil(PAGE_SIZE).max(1);
-    let page = query.page.unwrap_or(1).clamp(1, pages);
-    let rows = agents
-        .iter()
-        .skip((page - 1) * PAGE_SIZE)
-        .take(PAGE_SIZE)
-        .map(AgentRow::of)
-        .collect();
-    Ok((rows, page, pages, total))
+    let rows = page.agents.iter().map(AgentRow::of).collect();
+    Ok((
+        rows,
+        page.page as usize,
+        page.pages as usize,
+        page.total as usize,
+    ))
 }
 
 /// The agents page.
@@ -229,8 +225,10 @@ pub struct AgentsPage {
     pages: usize,
     total: usize,
     stream: String,
+    first: String,
     prev: Option<String>,
     next: Option<String>,
+    last: String,
 }
 
 /// `GET /ui/agents`.
@@ -245,6 +243,8 @@ pub async fn agents(
         stream: format!("{base}/agents/stream?{}", query.at(page)),
         prev: (page > 1).then(|| format!("{base}/agents?{}", query.at(page - 1))),
         next: (page < pages).then(|| format!("{base}/agents?{}", query.at(page + 1))),
+        first: format!("{base}/agents?{}", query.at(1)),
+        last: format!("{base}/agents?{}", query.at(pages)),
         chrome: Chrome::new(&ui, "agents"),
         rows,
         tag: query.tag.clone().unwrap_or_default(),

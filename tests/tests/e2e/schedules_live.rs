@@ -366,22 +366,26 @@ async fn concurrency_forbid_skips_a_fire_while_the_previous_job_runs() {
     );
     // The job is stored when it fires and its run starts a moment later,
     // when the agent reports it: wait until every run has started.
-    let details = wait_for("every job's run started", Duration::from_secs(15), || async {
-        let mut details = Vec::new();
-        for job in &jobs {
-            let (_, job) = api
-                .get(&format!(
-                    "/api/jobs/{}",
-                    job["job_id"].as_str().expect("id")
-                ))
-                .await;
-            if job["runs"][0]["started_at"].is_null() {
-                return None;
+    let details = wait_for(
+        "every job's run started",
+        Duration::from_secs(15),
+        || async {
+            let mut details = Vec::new();
+            for job in &jobs {
+                let (_, job) = api
+                    .get(&format!(
+                        "/api/jobs/{}",
+                        job["job_id"].as_str().expect("id")
+                    ))
+                    .await;
+                if job["runs"][0]["started_at"].is_null() {
+                    return None;
+                }
+                details.push(job);
             }
-            details.push(job);
-        }
-        Some(details)
-    })
+            Some(details)
+        },
+    )
     .await;
     let mut spans = Vec::new();
     for job in details {

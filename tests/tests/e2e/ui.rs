@@ -372,6 +372,177 @@ async fn what_agents_report_is_escaped_in_the_html() {
     }
 }
 
+/// The rows of an agents page, in order: `(hostname, status)`.
+fn agent_rows(html: &str) -> Vec<(String, String)> {
+    html.split("<tr data-id=")
+        .skip(1)
+        .map(|row| {
+            let status = row
+                .split("<span class=\"status ")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .expect("a status")
+                .to_owned();
+            let start = row.find(">page-host-").expect("a hostname") + 1;
+            let host = row[start..].split('<').next().expect("its end").to_owned();
+            (host, status)
+        })
+        .collect()
+}
+
+/// A raw agent named `hostname`, declaring `tags`, registered with `key`.
+async fn named_agent(server: &Server, key: &str, hostname: &str, tags: &[&str]) -> ws::Peer {
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, key).await.expect("connect");
+    match peer.frame().await {
+        outpost_protocol::ServerFrame::Connected(_) => {}
+        other => panic!("expected connected, got {other:?}"),
+    }
+    let mut frame = ws::register(&agent_id);
+    frame["data"]["hostname"] = json!(hostname);
+    frame["data"]["tags"] = json!(tags);
+    peer.send_json(&frame).await;
+    server.api().wait_online(&agent_id).await;
+    peer
+}
+
+/// The agents page is cut by the store (SPEC §12: 10,000 agents are paginated): a page holds
+/// 50 rows, online before offline and by host name, the tag and status filters and the count
+/// come from the database (a tag some key assigns counts only from that key), a page past
+/// the last shows the last, and the live stream sends only the page's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_page_is_paged_and_filtered_by_the_store() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let api = server.api();
+    let (_, plain) = api.agent_key().await;
+    let (_, prod) = api
+        .create_key(json!({"name": "prod", "tags": ["fleet=prod"]}))
+        .await;
+    // 60 agents: every third declares role=db; the first five have prod's key, and five others
+    // claim its tag; the last 12 go offline.
+    let mut peers = Vec::new();
+    for i in 0..60 {
+        let host = format!("page-host-{i:03}");
+        let mut tags = vec!["raw"];
+        if i % 3 == 0 {
+            tags.push("role=db");
+        }
+        if (5..10).contains(&i) {
+            tags.push("fleet=prod");
+        }
+        let key = if i < 5 { &prod } else { &plain };
+        peers.push(named_agent(&server, key, &host, &tags).await);
+    }
+    for peer in peers.drain(48..) {
+        peer.crash();
+    }
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let offline = wait_for("12 agents offline on the page", SHOWN, || async {
+        let (status, html) = ada.get("/ui/agents?status=offline").await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        let rows = agent_rows(&html);
+        (rows.len() == 12 && rows.iter().all(|(_, s)| s == "offline")).then_some(rows)
+    })
+    .await;
+    let hosts: Vec<String> = (48..60).map(|i| format!("page-host-{i:03}")).collect();
+    assert_eq!(
+        offline.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(),
+        hosts
+    );
+
+    let (_, first) = ada.get("/ui/agents").await;
+    assert!(
+        first.contains("<span id=\"agents-total\">60</span>"),
+        "{first}"
+    );
+    assert!(
+        first.contains("<span id=\"agents-pages\">2</span>"),
+        "{first}"
+    );
+    let rows = agent_rows(&first);
+    assert_eq!(rows.len(), 50);
+    let expected: Vec<String> = (0..48)
+        .chain(48..50)
+        .map(|i| format!("page-host-{i:03}"))
+        .collect();
+    assert_eq!(
+        rows.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(rows[..48].iter().all(|(_, s)| s == "online"), "{rows:?}");
+    assert!(first.contains("page=2\" rel=\"next\""), "{first}");
+    // A page past the last is the last.
+    for path in ["/ui/agents?page=2", "/ui/agents?page=99"] {
+        let (_, html) = ada.get(path).await;
+        let rows = agent_rows(&html);
+        assert_eq!(rows.len(), 10, "{path}");
+        assert_eq!(rows[0].0, "page-host-050", "{path}");
+        assert!(html.contains("<span id=\"agents-page\">2</span>"), "{path}");
+    }
+    let (_, online) = ada.get("/ui/agents?status=online&page=1").await;
+    assert!(online.contains("<span id=\"agents-total\">48</span>"));
+
+    // role=db: no key assigns it, so whoever declares it has it (0, 3, … 57: 20 agents).
+    let (_, db) = ada.get("/ui/agents?tag=role%3Ddb").await;
+    assert!(db.contains("<span id=\"agents-total\">20</span>"), "{db}");
+    let (_, db_offline) = ada.get("/ui/agents?tag=role%3Ddb&status=offline").await;
+    // 48, 51, 54, 57
+    assert_eq!(agent_rows(&db_offline).len(), 4);
+    // fleet=prod: its key's five agents, not the five that only claim it.
+    let (_, fleet) = ada.get("/ui/agents?tag=fleet%3Dprod").await;
+    let fleet: Vec<String> = agent_rows(&fleet).into_iter().map(|(h, _)| h).collect();
+    assert_eq!(
+        fleet,
+        (0..5)
+            .map(|i| format!("page-host-{i:03}"))
+            .collect::<Vec<_>>()
+    );
+    let (_, none) = ada.get("/ui/agents?tag=nobody").await;
+    assert!(none.contains("<span id=\"agents-total\">0</span>"));
+    // A tag longer than any tag can be is refused, naming the limit.
+    let (status, html) = ada
+        .get(&format!("/ui/agents?tag={}", "t".repeat(129)))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("tag: at most 128 bytes"), "{html}");
+    let (status, _) = ada
+        .get(&format!("/ui/agents?tag={}", "t".repeat(128)))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The live stream of page 2 carries page 2's rows only.
+    let response = ada
+        .client
+        .get(format!("{}/ui/agents/stream?page=2", server.url))
+        .header(COOKIE, &ada.cookie)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut response = response;
+    let mut text = String::new();
+    let event = tokio::time::timeout(SHOWN, async {
+        loop {
+            let chunk = response.chunk().await.expect("bytes").expect("an event");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("\n\n")
+                && let Some(line) = text.lines().find(|l| l.starts_with("data: "))
+            {
+                break serde_json::from_str::<serde_json::Value>(&line[6..]).expect("json");
+            }
+        }
+    })
+    .await
+    .expect("the first event in time");
+    assert_eq!(event["page"], 2);
+    assert_eq!(event["total"], 60);
+    let rows = event["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[0]["hostname"], "page-host-050");
+    drop(peers);
+}
+
 /// A raw agent whose hostname, tags and script description are markup; connected until the
 /// peer is dropped. Returns the peer and the agent's id.
 async fn xss_agent(server: &Server, key: &str) -> (ws::Peer, String) {
