@@ -107,11 +107,30 @@ pub struct JobWithRuns {
     pub runs: Vec<command::Model>,
 }
 
+/// A job of a listing: the job and how many of its runs are in each state (not the runs:
+/// a job may have 10,000).
+#[derive(Debug)]
+pub struct JobSummary {
+    /// The job.
+    pub job: job::Model,
+    /// Its runs by state.
+    pub run_counts: HashMap<String, usize>,
+    /// How many of its runs failed (`success` false: failed, timed out, lost, …).
+    pub failed: usize,
+}
+
+impl JobSummary {
+    /// How many runs it has.
+    pub fn runs(&self) -> usize {
+        self.run_counts.values().sum()
+    }
+}
+
 /// A page of jobs, newest first.
 #[derive(Debug)]
 pub struct JobPage {
-    /// The jobs with their runs.
-    pub jobs: Vec<JobWithRuns>,
+    /// The jobs with their runs counted.
+    pub jobs: Vec<JobSummary>,
     /// The cursor of the next page; `None` on the last.
     pub next_cursor: Option<String>,
 }
@@ -643,11 +662,28 @@ impl Jobs {
         } else {
             None
         };
-        let mut page = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let runs = store.job_runs(&caller.tenant_id, &job.id).await?;
-            page.push(JobWithRuns { job, runs });
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let mut counts: HashMap<String, (HashMap<String, usize>, usize)> = HashMap::new();
+        for (job_id, state, success, n) in store.run_counts_of_jobs(&caller.tenant_id, &ids).await?
+        {
+            let n = usize::try_from(n).unwrap_or(0);
+            let entry = counts.entry(job_id).or_default();
+            *entry.0.entry(state).or_default() += n;
+            if success == Some(false) {
+                entry.1 += n;
+            }
         }
+        let page = jobs
+            .into_iter()
+            .map(|job| {
+                let (run_counts, failed) = counts.remove(&job.id).unwrap_or_default();
+                JobSummary {
+                    job,
+                    run_counts,
+                    failed,
+                }
+            })
+            .collect();
         Ok(JobPage {
             jobs: page,
             next_cursor,

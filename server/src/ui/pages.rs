@@ -18,7 +18,7 @@ use crate::api::{Path, Query};
 use crate::domain::DomainError;
 use crate::service::agents::{AgentFilter, AgentRecord};
 use crate::service::commands::CommandSpec;
-use crate::service::jobs::{JobWithRuns, ListRequest, NewJobRequest, Target};
+use crate::service::jobs::{JobSummary, JobWithRuns, ListRequest, NewJobRequest, Target};
 use crate::service::keys::{KeyChanges, KeyRecord, NewKey};
 use crate::store::{command, string_list};
 
@@ -285,17 +285,29 @@ pub struct JobRow {
 
 impl JobRow {
     fn of(job: &JobWithRuns) -> Self {
-        let what = match &job.job.script {
+        Self::with(
+            &job.job,
+            job.runs.len(),
+            job.runs.iter().filter(|r| r.success == Some(false)).count(),
+        )
+    }
+
+    fn listed(job: &JobSummary) -> Self {
+        Self::with(&job.job, job.runs(), job.failed)
+    }
+
+    fn with(job: &crate::store::job::Model, runs: usize, failed: usize) -> Self {
+        let what = match &job.script {
             Some(script) => format!("run {script}"),
-            None => job.job.command.clone(),
+            None => job.command.clone(),
         };
         Self {
-            id: job.job.id.clone(),
+            id: job.id.clone(),
             what,
-            status: job.job.status.clone(),
-            created: time(Some(job.job.created_at)),
-            runs: job.runs.len(),
-            failed: job.runs.iter().filter(|r| r.success == Some(false)).count(),
+            status: job.status.clone(),
+            created: time(Some(job.created_at)),
+            runs,
+            failed,
         }
     }
 }
@@ -354,7 +366,7 @@ pub async fn agent(
         row: AgentRow::of(&record),
         facts,
         scripts,
-        jobs: jobs.jobs.iter().map(JobRow::of).collect(),
+        jobs: jobs.jobs.iter().map(JobRow::listed).collect(),
     }
     .into_response())
 }
@@ -581,7 +593,7 @@ pub async fn jobs(
         first: query.cursor.is_some().then(|| filters(None)),
         next: page.next_cursor.as_deref().map(|c| filters(Some(c))),
         chrome: Chrome::new(&ui, "jobs"),
-        rows: page.jobs.iter().map(JobRow::of).collect(),
+        rows: page.jobs.iter().map(JobRow::listed).collect(),
         agent: query.agent.clone().unwrap_or_default(),
         script: query.script.clone().unwrap_or_default(),
         status: query.status.clone().unwrap_or_default(),

@@ -431,6 +431,11 @@ async fn the_agents_page_is_paged_and_filtered_by_the_store() {
         if (5..10).contains(&i) {
             tags.push("fleet=prod");
         }
+        if i == 1 {
+            // JSON escapes in the tag, and a LIKE wildcard.
+            tags.push("q\"uote\\");
+            tags.push("under_score");
+        }
         let key = if i < 5 { &prod } else { &plain };
         peers.push(named_agent(&server, key, &host, &tags).await);
     }
@@ -498,6 +503,17 @@ async fn the_agents_page_is_paged_and_filtered_by_the_store() {
             .map(|i| format!("page-host-{i:03}"))
             .collect::<Vec<_>>()
     );
+    for tag in ["q%22uote%5C", "under_score"] {
+        let (_, html) = ada.get(&format!("/ui/agents?tag={tag}")).await;
+        let rows = agent_rows(&html);
+        assert_eq!(rows.len(), 1, "{tag}: {rows:?}");
+        assert_eq!(rows[0].0, "page-host-001", "{tag}");
+    }
+    // `_` is no wildcard and the filter no case-insensitive match.
+    for tag in ["underXscore", "UNDER_SCORE"] {
+        let (_, html) = ada.get(&format!("/ui/agents?tag={tag}")).await;
+        assert!(agent_rows(&html).is_empty(), "{tag}");
+    }
     let (_, none) = ada.get("/ui/agents?tag=nobody").await;
     assert!(none.contains("<span id=\"agents-total\">0</span>"));
     // A tag longer than any tag can be is refused, naming the limit.
@@ -1298,6 +1314,17 @@ async fn the_jobs_page_runs_a_script_on_a_tag() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(output, "tag", "a byte range of the output");
+    // A script the agent does not list fails at once; the list counts each job's runs.
+    let (status, _) = mo
+        .post(
+            "/ui/jobs",
+            &[("_csrf", &token), ("script", "nope"), ("tags", "role:web")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, list) = mo.get("/ui/jobs").await;
+    assert!(list.contains("<td>1 (1 failed)</td>"), "{list}");
+    assert!(list.contains("<td>1</td>"), "{list}");
     // Without a target, nothing runs.
     let (status, html) = mo
         .post("/ui/jobs", &[("_csrf", &token), ("script", "hi")])
