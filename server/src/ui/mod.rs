@@ -119,7 +119,16 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/jobs/{id}/runs/{run_id}/output", get(live::output))
         .route("/ui/keys", get(pages::keys).post(pages::create_key))
         .route("/ui/keys/{id}/{action}", post(pages::change_key))
-        .route("/ui/schedules", get(pages::schedules))
+        .route(
+            "/ui/schedules",
+            get(pages::schedules).post(pages::create_schedule),
+        )
+        .route("/ui/schedules/new", get(pages::new_schedule))
+        .route("/ui/schedules/preview", get(pages::preview_schedule))
+        .route(
+            "/ui/schedules/{id}",
+            get(pages::schedule).post(pages::update_schedule),
+        )
         .route("/ui/schedules/{id}/{action}", post(pages::change_schedule))
         .route("/ui/users", get(pages::users))
         .route("/ui/audit", get(pages::audit))

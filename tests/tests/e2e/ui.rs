@@ -1398,3 +1398,157 @@ async fn browser_shows_invalid_utf8_and_one_endless_line_without_holding_all_of_
     browser.wait_text(By::id("job-status"), "succeeded").await;
     browser.quit().await;
 }
+
+/// The fires listed in a schedule page (`<li>` of `schedule-fire-list`).
+fn fires_of(html: &str) -> Vec<String> {
+    let Some(start) = html.find("<ol id=\"schedule-fire-list\">") else {
+        return Vec::new();
+    };
+    let list = &html[start..];
+    let list = &list[..list.find("</ol>").expect("the list's end")];
+    list.split("<li>")
+        .skip(1)
+        .map(|item| item.split("</li>").next().expect("item").to_owned())
+        .collect()
+}
+
+/// A schedule made, previewed, changed, paused and deleted through its form (SPEC §12): the
+/// next 5 fires are in the schedule's time zone, a bad pattern is refused on the form with
+/// the parser's words and creates nothing, and only what changed is sent on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_is_made_previewed_changed_and_deleted_through_its_form() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let token = ada.csrf().await;
+    let (status, blank) = ada.get("/ui/schedules/new").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fires_of(&blank).is_empty());
+    let fields = |cron: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut f = vec![
+            ("name", "nightly-backup"),
+            ("cron", cron),
+            ("timezone", "Asia/Tokyo"),
+            ("command", "run"),
+            ("script", "backup"),
+            ("params", "DEST=/srv\nKEEP=7"),
+            ("tags", "role:db"),
+            ("concurrency", "forbid"),
+            ("missed", "run_once"),
+            ("enabled", "1"),
+        ];
+        f.extend_from_slice(extra);
+        f
+    };
+    // Preview: the form again with the fires, nothing saved.
+    let mut preview = fields("30 2 * * *", &[("preview", "1")]);
+    preview[0].1 = "nightly <b>backup</b>";
+    preview.push(("_csrf", &token));
+    let (status, html) = ada.post("/ui/schedules", &preview).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let fires = fires_of(&html);
+    assert_eq!(fires.len(), 5, "{html}");
+    assert!(
+        fires.iter().all(|f| f.ends_with(" 02:30 +09:00")),
+        "{fires:?}"
+    );
+    assert!(
+        html.contains("nightly &#60;b&#62;backup&#60;/b&#62;"),
+        "{html}"
+    );
+    let (_, list) = server.api().get("/api/schedules").await;
+    assert_eq!(
+        list["schedules"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    // A bad pattern is refused on the form.
+    let mut bad = fields("61 * * * *", &[]);
+    bad.push(("_csrf", &token));
+    let (status, html) = ada.post("/ui/schedules", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("id=\"schedule-error\""), "{html}");
+    assert!(html.contains("minute"), "{html}");
+    // Created: to its page, with its fires in its zone.
+    let mut create = fields("30 2 * * *", &[]);
+    create.push(("_csrf", &token));
+    let response = ada
+        .client
+        .post(format!("{}/ui/schedules", server.url))
+        .header(COOKIE, &ada.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&create))
+        .send()
+        .await
+        .expect("POST /ui/schedules");
+    let status = response.status();
+    if status != StatusCode::SEE_OTHER {
+        panic!("{status}: {}", response.text().await.unwrap_or_default());
+    }
+    let page = response.headers()[LOCATION]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let id = page
+        .strip_prefix("/ui/schedules/")
+        .expect("its page")
+        .to_owned();
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["timezone"], "Asia/Tokyo", "{stored}");
+    assert_eq!(stored["concurrency"], "forbid");
+    assert_eq!(stored["missed"], "run_once");
+    assert_eq!(stored["target"]["tags"], json!(["role:db"]));
+    assert_eq!(
+        stored["data"]["params"],
+        json!({"DEST": "/srv", "KEEP": "7"})
+    );
+    let (status, html) = ada.get(&page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fires_of(&html).len(), 5, "{html}");
+    assert!(html.contains("DEST=/srv\nKEEP=7"), "{html}");
+    // Changed: a new pattern, the rest as it was.
+    let mut change = fields("0 9 * * 1", &[]);
+    change.push(("_csrf", &token));
+    let (status, html) = ada.post(&page, &change).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let (_, html) = ada.get(&page).await;
+    let fires = fires_of(&html);
+    assert_eq!(fires.len(), 5);
+    assert!(
+        fires
+            .iter()
+            .all(|f| f.starts_with("Mon ") && f.ends_with(" 09:00 +09:00")),
+        "{fires:?}"
+    );
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["cron"], "0 9 * * 1");
+    assert_eq!(stored["data"]["script"], "backup");
+    // The preview the form's script asks for.
+    let (_, answer) = ada
+        .get("/ui/schedules/preview?cron=*%2F15+*+*+*+*&timezone=America%2FNew_York")
+        .await;
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    assert_eq!(
+        answer["fires"].as_array().map(Vec::len),
+        Some(5),
+        "{answer}"
+    );
+    let (_, answer) = ada
+        .get("/ui/schedules/preview?cron=*&timezone=Mars%2FOlympus")
+        .await;
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    assert!(answer["error"].is_string(), "{answer}");
+    // Paused, then deleted.
+    let (status, _) = ada
+        .post(&format!("{page}/disable"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["enabled"], false);
+    let (status, _) = ada
+        .post(&format!("{page}/delete"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

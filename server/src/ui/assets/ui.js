@@ -47,6 +47,39 @@
     badge.classList.toggle("down", !ok);
   }
 
+  // ---- schedule form: the next fires while the pattern is typed --------------------------
+  var cron = document.getElementById("schedule-cron");
+  var zone = document.getElementById("schedule-timezone");
+  var fireList = document.getElementById("schedule-fire-list");
+  if (cron && zone && fireList && cron.dataset.preview && window.fetch) {
+    var timer = null;
+    var asked = 0;
+    var heading = document.querySelector("#schedule-fires h2");
+    var refresh = function () {
+      var mine = ++asked;
+      var url = cron.dataset.preview + "?cron=" + encodeURIComponent(cron.value) +
+        "&timezone=" + encodeURIComponent(zone.value);
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (response) { return response.json(); })
+        .then(function (answer) {
+          if (mine !== asked) return;
+          var items = document.createDocumentFragment();
+          if (answer.error) {
+            items.appendChild(el("li", "error", answer.error));
+          } else {
+            (answer.fires || []).forEach(function (fire) { items.appendChild(el("li", null, fire)); });
+          }
+          fireList.replaceChildren(items);
+          if (heading) heading.textContent = "Next fires (" + zone.value + ")";
+        })
+        .catch(function () { /* the Preview button still works */ });
+    };
+    var later = function () { clearTimeout(timer); timer = setTimeout(refresh, 250); };
+    cron.addEventListener("input", later);
+    zone.addEventListener("input", later);
+    zone.addEventListener("change", later);
+  }
+
   // ---- agents page -----------------------------------------------------------------------
   var agents = document.getElementById("agents");
   if (agents && agents.dataset.stream && window.EventSource) {
