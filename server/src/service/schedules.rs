@@ -52,6 +52,8 @@ const CLAIM_BATCH: u64 = 10_000;
 const MAX_COUNTED: usize = 100_000;
 /// A schedule's `data` is copied into every run of every fire: kept small.
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
+/// What a secret parameter's value shows as in a stored schedule's `data`.
+pub const SECRET_MASK: &str = crate::secrets::MASK;
 /// Fires `preview` lists at most.
 pub const MAX_PREVIEW: usize = 100;
 /// Longest schedule name.

@@ -1278,12 +1278,12 @@ impl ScheduleDraft {
         if runs_changed
             && self.params.lines().any(|l| {
                 l.split_once('=')
-                    .is_some_and(|(_, v)| v == crate::secrets::MASK)
+                    .is_some_and(|(_, v)| v == crate::service::schedules::SECRET_MASK)
             })
         {
             return Err(DomainError::BadRequest(format!(
                 "params: a secret parameter shows as {}; type its value again to change what this schedule runs",
-                crate::secrets::MASK
+                crate::service::schedules::SECRET_MASK
             )));
         }
         let pick = |changed: bool| changed;
