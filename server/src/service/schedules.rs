@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::Core;
+use super::access::{Access, Action};
 use super::audit::record_of;
 use super::commands::{self, CommandSpec};
 use super::jobs::{JobWithRuns, Jobs, Lookups, NewJobRequest, Target};
@@ -209,6 +210,7 @@ impl Schedules {
         caller: &Caller,
         fields: ScheduleFields,
     ) -> Result<ScheduleWithJob, DomainError> {
+        Access::require(caller, Action::ManageSchedules)?;
         let core = &self.core;
         core.writable()?;
         let name = fields
@@ -446,6 +448,7 @@ impl Schedules {
         id: &str,
         fields: ScheduleFields,
     ) -> Result<ScheduleWithJob, DomainError> {
+        Access::require(caller, Action::ManageSchedules)?;
         let core = &self.core;
         core.writable()?;
         let current = self.find(caller, id).await?;
@@ -579,6 +582,7 @@ impl Schedules {
     /// Deletes a schedule; its jobs stay.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, schedule_id = %id))]
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        Access::require(caller, Action::ManageSchedules)?;
         let current = self.find(caller, id).await?;
         let audit = record_of(
             caller,

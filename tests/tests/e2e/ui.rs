@@ -353,6 +353,69 @@ async fn a_member_sees_no_admin_action_and_the_server_refuses_it() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
     assert!(html.contains("only owners and admins"), "{html}");
     assert!(key_names(&server).await.is_empty());
+    // Schedules: a member reads them and runs one now, but does not make or change them
+    // (SPEC §9), whatever the form posted.
+    let (status, schedule) = server
+        .api()
+        .post(
+            "/api/schedules",
+            json!({"name": "nightly", "cron": "0 3 * * *", "command": "ping",
+                   "target": {"all": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{schedule}");
+    let id = schedule["id"].as_str().expect("id");
+    let (_, html) = mo.get("/ui/schedules").await;
+    for admin in ["new-schedule", "/disable\""] {
+        assert!(
+            !html.contains(admin),
+            "a member's schedules page shows {admin}: {html}"
+        );
+    }
+    let (_, html) = mo.get(&format!("/ui/schedules/{id}")).await;
+    assert!(
+        !html.contains("schedule-save") && !html.contains("schedule-delete"),
+        "{html}"
+    );
+    for (path, fields) in [
+        (
+            "/ui/schedules".to_owned(),
+            vec![
+                ("_csrf", token.as_str()),
+                ("name", "by-a-member"),
+                ("cron", "* * * * *"),
+                ("command", "ping"),
+                ("all", "1"),
+            ],
+        ),
+        (
+            format!("/ui/schedules/{id}"),
+            vec![
+                ("_csrf", token.as_str()),
+                ("name", "renamed"),
+                ("cron", "0 3 * * *"),
+                ("command", "ping"),
+                ("all", "1"),
+            ],
+        ),
+        (
+            format!("/ui/schedules/{id}/disable"),
+            vec![("_csrf", token.as_str())],
+        ),
+        (
+            format!("/ui/schedules/{id}/delete"),
+            vec![("_csrf", token.as_str())],
+        ),
+    ] {
+        let (status, html) = mo.post(&path, &fields).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {html}");
+        assert!(html.contains("only owners and admins"), "{path}: {html}");
+    }
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["name"], "nightly");
+    assert_eq!(stored["enabled"], true);
+    let (_, list) = server.api().get("/api/schedules").await;
+    assert_eq!(list["schedules"].as_array().map(Vec::len), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
