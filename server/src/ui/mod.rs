@@ -130,6 +130,15 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(pages::schedule).post(pages::update_schedule),
         )
         .route("/ui/schedules/{id}/{action}", post(pages::change_schedule))
+        .route(
+            "/ui/integrations",
+            get(pages::integrations).post(pages::create_integration),
+        )
+        .route("/ui/integrations/{id}", get(pages::integration))
+        .route(
+            "/ui/integrations/{id}/{action}",
+            post(pages::change_integration),
+        )
         .route("/ui/users", get(pages::users))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/logout", post(session::logout))

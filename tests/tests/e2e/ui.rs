@@ -1615,3 +1615,186 @@ async fn a_schedule_is_made_previewed_changed_and_deleted_through_its_form() {
     let (status, _) = server.api().get(&format!("/api/schedules/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A provider for the integrations page's tests: `/ok/…` answers 200 `ok`, `/teapot/…` 500
+/// with markup in its body.
+async fn provider() -> String {
+    use axum::response::IntoResponse as _;
+    let app = axum::Router::new()
+        .route("/ok/{*rest}", axum::routing::post(|| async { "ok" }))
+        .route(
+            "/teapot/{*rest}",
+            axum::routing::post(|| async {
+                (
+                    reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+                    "<script>alert('provider')</script> no teapot here",
+                )
+                    .into_response()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// The integrations page (SPEC §11, §12): made per kind, secrets never shown back, the test
+/// button shows the provider's real answer (escaped), the delivery log keeps it, a bad config
+/// is refused naming the field, members see none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_are_made_tested_and_deleted_on_their_page() {
+    let server = Server::start_with(ServerOptions {
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let base = provider().await;
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let token = ada.csrf().await;
+    let (status, html) = ada.get("/ui/integrations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("id=\"new-pagerduty\""), "{html}");
+    // A bad config is refused on the page, naming the field.
+    let (status, html) = ada
+        .post(
+            "/ui/integrations",
+            &[
+                ("_csrf", &token),
+                ("kind", "slack"),
+                ("name", "chat"),
+                ("url", "ftp://example.com/x"),
+                ("events", "job.failed"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("config.url"), "{html}");
+    // Slack: its URL is its secret.
+    let slack_url = format!("{base}/ok/T000/B000/slack-secret-path");
+    let made = |kind: &'static str, name: &'static str, extra: Vec<(&'static str, String)>| {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("_csrf", token.clone()),
+            ("kind", kind.into()),
+            ("name", name.into()),
+            ("events", "job.failed, agent".into()),
+        ];
+        fields.extend(extra);
+        fields
+    };
+    let mut pages = Vec::new();
+    for fields in [
+        made("slack", "chat", vec![("url", slack_url.clone())]),
+        made(
+            "webhook",
+            "hook",
+            vec![
+                ("url", format!("{base}/teapot/hook")),
+                (
+                    "secret",
+                    "whsec_c2VjcmV0LXNpZ25pbmcta2V5LW5vdC1zaG93bg==".into(),
+                ),
+            ],
+        ),
+    ] {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = ada
+            .client
+            .post(format!("{}/ui/integrations", server.url))
+            .header(COOKIE, &ada.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&fields))
+            .send()
+            .await
+            .expect("POST /ui/integrations");
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .map(|l| l.to_str().expect("text").to_owned());
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        pages.push(location.expect("its page"));
+    }
+    let (_, list) = ada.get("/ui/integrations").await;
+    for secret in ["slack-secret-path", "c2VjcmV0LXNpZ25pbmcta2V5"] {
+        assert!(!list.contains(secret), "the list shows a secret: {list}");
+    }
+    assert!(
+        list.contains(">chat</a>") && list.contains(">hook</a>"),
+        "{list}"
+    );
+    // The test button: the provider's answer, as it came.
+    let (status, html) = ada
+        .post(&format!("{}/test", pages[0]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("id=\"test-result\""), "{html}");
+    assert!(html.contains(">delivered<"), "{html}");
+    assert!(html.contains("HTTP 200"), "{html}");
+    assert!(!html.contains("slack-secret-path"), "{html}");
+    let (status, html) = ada
+        .post(&format!("{}/test", pages[1]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(">failed<") && html.contains("HTTP 500"),
+        "{html}"
+    );
+    assert!(html.contains("&#60;script&#62;alert("), "{html}");
+    assert!(!html.contains("<script>alert("), "{html}");
+    assert!(!html.contains("c2VjcmV0LXNpZ25pbmcta2V5"), "{html}");
+    // The delivery log keeps the attempt.
+    let (_, html) = ada.get(&pages[1]).await;
+    let log = &html[html.find("id=\"deliveries\"").expect("the log")..];
+    assert!(
+        log.contains("HTTP 500") && log.contains("no teapot here"),
+        "{log}"
+    );
+    // Disabled, then deleted.
+    let (status, _) = ada
+        .post(&format!("{}/disable", pages[1]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = ada.get(&pages[1]).await;
+    assert!(html.contains("<dd>disabled</dd>"), "{html}");
+    let (status, _) = ada
+        .post(&format!("{}/delete", pages[1]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = ada.get(&pages[1]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A member: no link, no page, no form.
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let mo_token = mo.csrf().await;
+    let (_, html) = mo.get("/ui/agents").await;
+    assert!(!html.contains("/ui/integrations"), "{html}");
+    for path in ["/ui/integrations".to_owned(), pages[0].clone()] {
+        let (status, _) = mo.get(&path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let (status, _) = mo
+        .post(&format!("{}/test", pages[0]), &[("_csrf", &mo_token)])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = mo
+        .post(
+            "/ui/integrations",
+            &[
+                ("_csrf", &mo_token),
+                ("kind", "slack"),
+                ("name", "x"),
+                ("url", &slack_url),
+                ("events", "*"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
