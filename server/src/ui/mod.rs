@@ -139,7 +139,13 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/ui/integrations/{id}/{action}",
             post(pages::change_integration),
         )
-        .route("/ui/users", get(pages::users))
+        .route("/ui/users", get(pages::users).post(pages::invite_user))
+        .route("/ui/users/{id}/role", post(pages::change_user_role))
+        .route(
+            "/ui/api-keys",
+            get(pages::api_keys).post(pages::create_api_key),
+        )
+        .route("/ui/api-keys/{id}/revoke", post(pages::revoke_api_key))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/logout", post(session::logout))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -701,6 +701,7 @@ pub struct KeyRow {
     permissions: String,
     created: String,
     last_used: String,
+    expires: String,
     agents: usize,
 }
 
@@ -715,6 +716,7 @@ impl KeyRow {
             permissions: string_list(&k.permissions).join(", "),
             created: time(Some(k.created_at)),
             last_used: time(k.last_used_at),
+            expires: time(k.expires_at),
             agents: record.connected_agents,
         }
     }
@@ -802,7 +804,7 @@ pub async fn create_key(
                 name: fields.text("name").unwrap_or_default(),
                 permissions: list(fields.text("permissions")),
                 tags: list(fields.text("tags")),
-                expires_at: None,
+                expires_at: date("expires", fields.text("expires").as_deref(), true)?,
             },
         )
         .await?;
@@ -965,6 +967,7 @@ pub async fn schedules(
 /// A user as a row.
 #[derive(Debug)]
 pub struct UserRow {
+    id: String,
     email: String,
     role: String,
     status: String,
@@ -972,12 +975,51 @@ pub struct UserRow {
     last_login: String,
 }
 
-/// The users page (owners and admins).
+/// The users page (owners and admins; owners get the invite and role forms).
 #[derive(Template, WebTemplate)]
 #[template(path = "ui/users.html")]
 pub struct UsersPage {
     chrome: Chrome,
     rows: Vec<UserRow>,
+    /// Whether the caller may invite and change users (owners).
+    owner: bool,
+    invited: Option<InviteShown>,
+    error: Option<String>,
+}
+
+async fn users_page(
+    state: &AppState,
+    ui: &Ui,
+    invited: Option<InviteShown>,
+    error: Option<String>,
+) -> Result<Response, UiError> {
+    let users = state.services.users.list(&ui.caller).await?;
+    let status = if error.is_some() {
+        axum::http::StatusCode::BAD_REQUEST
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((
+        status,
+        UsersPage {
+            chrome: Chrome::new(ui, "users"),
+            rows: users
+                .iter()
+                .map(|u| UserRow {
+                    id: u.id.clone(),
+                    email: u.email.clone(),
+                    role: u.role.clone(),
+                    status: u.status.clone(),
+                    created: time(Some(u.created_at)),
+                    last_login: time(u.last_login_at),
+                })
+                .collect(),
+            owner: ui.caller.role.at_least(crate::domain::Role::Owner),
+            invited,
+            error,
+        },
+    )
+        .into_response())
 }
 
 /// `GET /ui/users`: `Users::list`, which refuses members.
@@ -985,21 +1027,7 @@ pub async fn users(
     State(state): State<AppState>,
     Extension(ui): Extension<Ui>,
 ) -> Result<Response, UiError> {
-    let users = state.services.users.list(&ui.caller).await?;
-    Ok(UsersPage {
-        chrome: Chrome::new(&ui, "users"),
-        rows: users
-            .iter()
-            .map(|u| UserRow {
-                email: u.email.clone(),
-                role: u.role.clone(),
-                status: u.status.clone(),
-                created: time(Some(u.created_at)),
-                last_login: time(u.last_login_at),
-            })
-            .collect(),
-    }
-    .into_response())
+    users_page(&state, &ui, None, None).await
 }
 
 /// An audit entry as a row.
@@ -1934,4 +1962,201 @@ pub async fn change_integration(
         ))
         .into()),
     }
+}
+
+/// An API key as a row.
+#[derive(Debug)]
+pub struct ApiKeyRow {
+    id: String,
+    name: String,
+    role: String,
+    scopes: String,
+    created: String,
+    expires: String,
+}
+
+/// An API key just made: its secret, shown once.
+#[derive(Debug)]
+pub struct CreatedApiKey {
+    name: String,
+    secret: String,
+}
+
+/// The API keys page: the caller's keys (an owner's: every key of the tenant).
+#[derive(Template, WebTemplate)]
+#[template(path = "ui/api_keys.html")]
+pub struct ApiKeysPage {
+    chrome: Chrome,
+    rows: Vec<ApiKeyRow>,
+    created: Option<CreatedApiKey>,
+    /// Roles the caller may give a key: theirs and below.
+    roles: Vec<&'static str>,
+    scopes: Vec<&'static str>,
+    error: Option<String>,
+}
+
+async fn api_keys_page(
+    state: &AppState,
+    ui: &Ui,
+    created: Option<CreatedApiKey>,
+    error: Option<String>,
+) -> Result<Response, UiError> {
+    use crate::domain::{Role, Scope};
+    let keys = state.services.api_keys.list(&ui.caller).await?;
+    let rows = keys
+        .iter()
+        .filter(|k| k.revoked_at.is_none())
+        .map(|k| ApiKeyRow {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            role: k.role.clone(),
+            scopes: crate::service::api_keys::scopes_of(k).join(", "),
+            created: time(Some(k.created_at)),
+            expires: time(k.expires_at),
+        })
+        .collect();
+    let status = if error.is_some() {
+        axum::http::StatusCode::BAD_REQUEST
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((
+        status,
+        ApiKeysPage {
+            chrome: Chrome::new(ui, "api-keys"),
+            rows,
+            created,
+            roles: [Role::Member, Role::Admin, Role::Owner]
+                .into_iter()
+                .filter(|r| ui.caller.role.at_least(*r))
+                .map(Role::as_str)
+                .collect(),
+            scopes: Scope::ALL.iter().map(|s| s.as_str()).collect(),
+            error,
+        },
+    )
+        .into_response())
+}
+
+/// `GET /ui/api-keys`.
+pub async fn api_keys(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+) -> Result<Response, UiError> {
+    api_keys_page(&state, &ui, None, None).await
+}
+
+/// `POST /ui/api-keys`: `ApiKeys::create` with a role (at most the caller's), scopes and an
+/// expiry (a day; empty: `--max-key-days`); the secret is shown once.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+) -> Result<Response, UiError> {
+    use crate::domain::{Role, Scope};
+    let parsed = (|| -> Result<crate::service::api_keys::NewKey, DomainError> {
+        let role = match fields.text("role") {
+            None => None,
+            Some(r) => Some(r.parse::<Role>().map_err(|_| {
+                DomainError::BadRequest(format!("role: member, admin or owner, not {r:?}"))
+            })?),
+        };
+        let scopes = fields
+            .0
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| {
+                v.parse::<Scope>()
+                    .map_err(|_| DomainError::BadRequest(format!("scopes: no scope {v:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::service::api_keys::NewKey {
+            name: fields.text("name").unwrap_or_default(),
+            scopes,
+            expires_at: date("expires", fields.text("expires").as_deref(), true)?,
+            role,
+        })
+    })();
+    let made = match parsed {
+        Ok(new) => state.services.api_keys.create(&ui.caller, new).await,
+        Err(e) => Err(e),
+    };
+    match made {
+        Ok((key, secret)) => {
+            let created = CreatedApiKey {
+                name: key.name,
+                secret,
+            };
+            api_keys_page(&state, &ui, Some(created), None).await
+        }
+        Err(err) => api_keys_page(&state, &ui, None, Some(form_error(err)?)).await,
+    }
+}
+
+/// `POST /ui/api-keys/{id}/revoke`: `ApiKeys::delete`.
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    state.services.api_keys.delete(&ui.caller, &id).await?;
+    Ok(see_other(&format!("{}/api-keys", ui.site.base)))
+}
+
+/// An invite just made: the token, shown once.
+#[derive(Debug)]
+pub struct InviteShown {
+    email: String,
+    token: String,
+    expires: String,
+}
+
+/// `POST /ui/users`: `Users::create` (owners): the user and their invite, shown once.
+pub async fn invite_user(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+) -> Result<Response, UiError> {
+    let email = fields.text("email").unwrap_or_default();
+    let role = parse_role(fields.text("role"))?;
+    match state.services.users.create(&ui.caller, &email, role).await {
+        Ok(invited) => {
+            let shown = InviteShown {
+                email: invited.user.email,
+                token: invited.invite_token,
+                expires: time(Some(invited.invite_expires_at)),
+            };
+            users_page(&state, &ui, Some(shown), None).await
+        }
+        Err(err) => users_page(&state, &ui, None, Some(form_error(err)?)).await,
+    }
+}
+
+fn parse_role(text: Option<String>) -> Result<crate::domain::Role, DomainError> {
+    let text = text.unwrap_or_default();
+    text.parse()
+        .map_err(|_| DomainError::BadRequest(format!("role: member, admin or owner, not {text:?}")))
+}
+
+/// `POST /ui/users/{id}/role`: `Users::update` with the new role (owners).
+pub async fn change_user_role(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let role = parse_role(fields.text("role"))?;
+    state
+        .services
+        .users
+        .update(
+            &ui.caller,
+            &id,
+            crate::service::users::UserPatch {
+                role: Some(role),
+                disabled: None,
+            },
+        )
+        .await?;
+    Ok(see_other(&format!("{}/users", ui.site.base)))
 }

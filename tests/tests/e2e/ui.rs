@@ -1798,3 +1798,209 @@ async fn integrations_are_made_tested_and_deleted_on_their_page() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// The text of the element with `id` (up to its first `<`).
+fn text_of(html: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\">");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id}: {html}"))
+        + marker.len();
+    html[start..].split('<').next().expect("text").to_owned()
+}
+
+/// API keys made with a role (at most the maker's), scopes and an expiry, the secret shown
+/// once and working with that role, then revoked; an agent key with an expiry; an owner
+/// invites a user and changes a role, which an admin may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_agent_key_expiry_and_users_from_the_dashboard() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("al@example.com", "admin", Some(OWNER.1))
+            .0
+    );
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let token = ada.csrf().await;
+    let day = chrono::Utc::now().date_naive() + chrono::Duration::days(30);
+    let expires = day.format("%Y-%m-%d").to_string();
+    // The end of that day: the next one's midnight.
+    let end = (day + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let (status, html) = ada
+        .post(
+            "/ui/api-keys",
+            &[
+                ("_csrf", &token),
+                ("name", "ci-reader"),
+                ("role", "member"),
+                ("scope", "agents:read"),
+                ("scope", "jobs:read"),
+                ("expires", &expires),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let secret = text_of(&html, "api-key-secret");
+    assert!(secret.starts_with("opk_"), "{secret}");
+    assert!(html.contains(&format!("{end} 00:00:00 UTC")), "{html}");
+    let (_, again) = ada.get("/ui/api-keys").await;
+    assert!(!again.contains(&secret), "the secret is shown once");
+    assert!(again.contains("agents:read, jobs:read"), "{again}");
+    let key = outpost_e2e::Api::new(&server.url, &secret);
+    let (status, _) = key.get("/api/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    // Its role is member: no audit log.
+    let (status, _) = key.get("/api/audit").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, listed) = server.api().get("/api/keys").await;
+    let made = listed
+        .as_array()
+        .or_else(|| listed["keys"].as_array())
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "ci-reader")
+        .expect("the key")
+        .clone();
+    assert!(
+        made["expires_at"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&end)),
+        "{made}"
+    );
+    // A bad expiry or scope is refused on the page.
+    let (status, html) = ada
+        .post(
+            "/ui/api-keys",
+            &[
+                ("_csrf", &token),
+                ("name", "x"),
+                ("scope", "*"),
+                ("expires", "2001-01-01"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("expires_at: must be in the future"), "{html}");
+    // Revoked: refused at once.
+    let id = made["id"].as_str().expect("id");
+    let (status, _) = ada
+        .post(&format!("/ui/api-keys/{id}/revoke"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = key.get("/api/agents").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // An admin's key cannot be an owner's.
+    let al = Session::sign_in(&server, "al@example.com", OWNER.1).await;
+    let al_token = al.csrf().await;
+    let (_, html) = al.get("/ui/api-keys").await;
+    assert!(!html.contains("value=\"owner\""), "{html}");
+    let (status, html) = al
+        .post(
+            "/ui/api-keys",
+            &[
+                ("_csrf", &al_token),
+                ("name", "up"),
+                ("role", "owner"),
+                ("scope", "*"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+
+    // An agent key with an expiry.
+    let (status, html) = ada
+        .post(
+            "/ui/keys",
+            &[
+                ("_csrf", &token),
+                ("name", "short-lived"),
+                ("expires", &expires),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let (_, keys) = server.api().get("/api/agents/keys").await;
+    let agent_key = keys
+        .as_array()
+        .or_else(|| keys["keys"].as_array())
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "short-lived")
+        .expect("the agent key")
+        .clone();
+    assert!(
+        agent_key["expires_at"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&end)),
+        "{agent_key}"
+    );
+
+    // Users: the owner invites and changes a role; the admin sees neither form and is refused.
+    let (status, html) = ada
+        .post(
+            "/ui/users",
+            &[
+                ("_csrf", &token),
+                ("email", "bo@example.com"),
+                ("role", "member"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let invite = text_of(&html, "invite-token");
+    assert!(invite.starts_with("opi_"), "{invite}");
+    let (status, _) = server
+        .api()
+        .anonymous(
+            "/api/auth/accept-invite",
+            json!({"token": invite, "password": "another long enough password"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, users) = server.api().get("/api/users").await;
+    let bo = users
+        .as_array()
+        .or_else(|| users["users"].as_array())
+        .expect("users")
+        .iter()
+        .find(|u| u["email"] == "bo@example.com")
+        .expect("bo")
+        .clone();
+    let bo_id = bo["id"].as_str().expect("id").to_owned();
+    let (status, _) = ada
+        .post(
+            &format!("/ui/users/{bo_id}/role"),
+            &[("_csrf", &token), ("role", "admin")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, bo) = server.api().get(&format!("/api/users/{bo_id}")).await;
+    assert_eq!(bo["role"], "admin", "{bo}");
+    let (_, html) = al.get("/ui/users").await;
+    assert!(
+        !html.contains("invite-user") && !html.contains("/role\""),
+        "{html}"
+    );
+    let (status, _) = al
+        .post(
+            &format!("/ui/users/{bo_id}/role"),
+            &[("_csrf", &al_token), ("role", "member")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = al
+        .post(
+            "/ui/users",
+            &[
+                ("_csrf", &al_token),
+                ("email", "x@example.com"),
+                ("role", "owner"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
