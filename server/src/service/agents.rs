@@ -181,6 +181,24 @@ impl Agents {
         Ok(self.record(&rule, agent))
     }
 
+    /// An agent's heartbeat metrics of the last hour, one sample a minute, oldest first:
+    /// `(minute, cpu, memory, disk)` in percent.
+    pub async fn metrics(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Vec<(chrono::DateTime<chrono::Utc>, f64, f64, f64)>, DomainError> {
+        let since = crate::store::now() - super::housekeeping::METRICS_KEPT;
+        Ok(self
+            .core
+            .store
+            .agent_metrics(&caller.tenant_id, id, since)
+            .await?
+            .into_iter()
+            .map(|m| (m.minute, m.cpu, m.memory, m.disk))
+            .collect())
+    }
+
     /// Replaces an agent's server-side tags.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
     pub async fn set_tags(

@@ -20,7 +20,7 @@ use sea_orm::{
 };
 
 use super::presence::online;
-use super::{Result, Store, agent};
+use super::{Result, Store, agent, agent_metric};
 
 /// How a tag filter matches, as `crate::tags::TagRule::has` decides (the caller works it out
 /// from the tenant's agent keys, which are few).
@@ -160,5 +160,31 @@ impl<C: ConnectionTrait> Store<C> {
         // Back in the page's order (an agent forgotten between the two reads is left out).
         rows.sort_by_key(|row| ids.iter().position(|id| *id == row.id));
         Ok(rows)
+    }
+
+    /// An agent's heartbeat samples since `since`, oldest first (`agent_metrics`).
+    pub async fn agent_metrics(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<agent_metric::Model>> {
+        Ok(agent_metric::Entity::find()
+            .filter(agent_metric::Column::TenantId.eq(tenant_id))
+            .filter(agent_metric::Column::AgentId.eq(agent_id))
+            .filter(agent_metric::Column::Minute.gte(since))
+            .order_by_asc(agent_metric::Column::Minute)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Deletes samples older than `before`. The sweep calls it every few seconds with an hour
+    /// ago, so each call deletes about one minute's samples (one per agent).
+    pub async fn delete_old_metrics(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        Ok(agent_metric::Entity::delete_many()
+            .filter(agent_metric::Column::Minute.lt(before))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
     }
 }

@@ -63,9 +63,9 @@ use serde_json::{Value, json};
 use crate::credentials::{self, KeyKind};
 use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
-    agent, agent_key, api_key, audit_entry, audit_head, claim, command, delivery, delivery_attempt,
-    event, integration, invite, job, node, output_chunk, refresh_token, release, schedule, tenant,
-    user, webhook_attempt,
+    agent, agent_key, agent_metric, api_key, audit_entry, audit_head, claim, command, delivery,
+    delivery_attempt, event, integration, invite, job, node, output_chunk, refresh_token, release,
+    schedule, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.

@@ -112,6 +112,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/agents/stream", get(live::agents))
         .route("/ui/agents/{id}", get(pages::agent))
         .route("/ui/agents/{id}/run", post(pages::run))
+        .route("/ui/agents/{id}/tags", post(pages::set_agent_tags))
+        .route(
+            "/ui/agents/{id}/control/{command}",
+            post(pages::control_agent),
+        )
         .route("/ui/jobs", get(pages::jobs).post(pages::run_many))
         .route("/ui/jobs/{id}", get(pages::job))
         .route("/ui/jobs/{id}/stream", get(live::job))

@@ -312,12 +312,73 @@ impl JobRow {
     }
 }
 
+/// One metric's line in the chart.
+#[derive(Debug)]
+pub struct Series {
+    class: &'static str,
+    label: &'static str,
+    /// `x,y` pairs of the polyline.
+    points: String,
+    /// The latest value, as text.
+    last: String,
+}
+
+/// The last hour of an agent's heartbeat metrics as an inline SVG chart, drawn here (no
+/// script): x is the minute within the hour, y the percentage.
+#[derive(Debug, Default)]
+pub struct Chart {
+    series: Vec<Series>,
+    samples: usize,
+}
+
+/// A heartbeat sample: `(minute, cpu, memory, disk)`, percent.
+type Sample = (DateTime<Utc>, f64, f64, f64);
+
+/// The chart's plot area in SVG units (the viewBox adds a margin for the labels).
+const CHART_W: f64 = 600.0;
+const CHART_H: f64 = 150.0;
+const CHART_TOP: f64 = 10.0;
+
+impl Chart {
+    fn of(samples: &[Sample], now: DateTime<Utc>) -> Self {
+        let start = now - chrono::Duration::hours(1);
+        let x = |t: DateTime<Utc>| {
+            let s = (t - start).num_seconds().clamp(0, 3600) as f64;
+            s / 3600.0 * CHART_W
+        };
+        let y = |v: f64| CHART_TOP + (1.0 - v.clamp(0.0, 100.0) / 100.0) * CHART_H;
+        let line = |class, label, pick: fn(&Sample) -> f64| Series {
+            class,
+            label,
+            points: samples
+                .iter()
+                .map(|s| format!("{:.1},{:.1}", x(s.0), y(pick(s))))
+                .collect::<Vec<_>>()
+                .join(" "),
+            last: samples
+                .last()
+                .map(|s| format!("{:.1}%", pick(s)))
+                .unwrap_or_default(),
+        };
+        Self {
+            series: vec![
+                line("cpu", "CPU", |s| s.1),
+                line("memory", "Memory", |s| s.2),
+                line("disk", "Disk", |s| s.3),
+            ],
+            samples: samples.len(),
+        }
+    }
+}
+
 /// One agent's page.
 #[derive(Template, WebTemplate)]
 #[template(path = "ui/agent.html")]
 pub struct AgentPage {
     chrome: Chrome,
     row: AgentRow,
+    chart: Chart,
+    server_tags: String,
     facts: Vec<(&'static str, String)>,
     scripts: Vec<ScriptForm>,
     jobs: Vec<JobRow>,
@@ -361,9 +422,12 @@ pub async fn agent(
             },
         )
         .await?;
+    let samples = state.services.agents.metrics(&ui.caller, &id).await?;
     Ok(AgentPage {
         chrome: Chrome::new(&ui, "agents"),
         row: AgentRow::of(&record),
+        chart: Chart::of(&samples, Utc::now()),
+        server_tags: record.server_tags.join(", "),
         facts,
         scripts,
         jobs: jobs.jobs.iter().map(JobRow::listed).collect(),
@@ -2159,4 +2223,55 @@ pub async fn change_user_role(
         )
         .await?;
     Ok(see_other(&format!("{}/users", ui.site.base)))
+}
+
+/// `POST /ui/agents/{id}/tags`: `Agents::set_tags` with the operator's tags (admins).
+pub async fn set_agent_tags(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Extension(fields): Extension<Fields>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let tags = list(fields.text("tags")).unwrap_or_default();
+    state
+        .services
+        .agents
+        .set_tags(&ui.caller, &id, &tags)
+        .await?;
+    Ok(see_other(&format!("{}/agents/{id}", ui.site.base)))
+}
+
+/// `POST /ui/agents/{id}/control/{command}`: `restart` or `update` (to the latest release) as
+/// a job on this agent, through `Jobs::create`, which refuses members; then the job's page.
+pub async fn control_agent(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path((id, command)): Path<(String, String)>,
+) -> Result<Response, UiError> {
+    if !matches!(command.as_str(), "restart" | "update") {
+        return Err(
+            DomainError::NotFound(format!("no control {command:?}: restart or update")).into(),
+        );
+    }
+    let spec = CommandSpec::new(command, None, None, None)?;
+    let job = state
+        .services
+        .jobs
+        .create(
+            &ui.caller,
+            NewJobRequest {
+                spec,
+                target: Target {
+                    agents: Some(vec![id]),
+                    tags: None,
+                    all: None,
+                },
+                webhook_url: None,
+                idempotency_key: None,
+                fire: None,
+            },
+            None,
+        )
+        .await?;
+    Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
 }

@@ -2004,3 +2004,99 @@ async fn api_keys_agent_key_expiry_and_users_from_the_dashboard() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// The agent page's chart of the last hour: one sample per agent and minute whatever it sends
+/// (the first of the minute kept, values clamped), drawn as inline SVG; the operator's tags
+/// and restart/update for admins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_charts_its_heartbeats_and_admins_manage_it() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    // Its key permits restart and update (a key's defaults do not).
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "ops", "permissions": ["ping", "restart", "update"]}))
+        .await;
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, &key).await.expect("connect");
+    peer.handshake(&agent_id).await;
+    server.api().wait_online(&agent_id).await;
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let page = format!("/ui/agents/{agent_id}");
+    let (_, html) = ada.get(&page).await;
+    assert!(html.contains("No heartbeat in the last hour"), "{html}");
+    // A flood of heartbeats within a minute is one sample: the first, clamped.
+    for i in 0..50 {
+        let cpu = if i == 0 { 250.0 } else { 1.0 };
+        peer.send_json(&json!({"type": "heartbeat", "status": {
+            "uptime_s": i, "cpu_percent": cpu, "memory_percent": 42.5, "disk_percent": 7.0,
+            "timestamp": chrono::Utc::now().to_rfc3339()}}))
+            .await;
+    }
+    let html = wait_for("the chart", SHOWN, || async {
+        let (_, html) = ada.get(&page).await;
+        html.contains("<svg class=\"chart\"").then_some(html)
+    })
+    .await;
+    let samples = html.matches("<polyline").count();
+    assert_eq!(samples, 3, "{html}");
+    // Within one minute, or two if the flood straddled one.
+    assert!(
+        html.contains(", 1 samples\"") || html.contains(", 2 samples\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("CPU 100.0%") || html.contains("CPU 1.0%"),
+        "{html}"
+    );
+    assert!(html.contains("Memory 42.5%"), "{html}");
+    // The operator's tags, then a restart as a job.
+    let token = ada.csrf().await;
+    let (status, _) = ada
+        .post(
+            &format!("{page}/tags"),
+            &[("_csrf", &token), ("tags", "rack=a1, owner=ops")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, agent) = server.api().get(&format!("/api/agents/{agent_id}")).await;
+    assert_eq!(
+        agent["server_tags"],
+        json!(["rack=a1", "owner=ops"]),
+        "{agent}"
+    );
+    let (status, _) = ada
+        .post(&format!("{page}/control/restart"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, jobs) = server.api().get("/api/jobs?command=restart").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+    // A member sees neither and is refused both.
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let mo_token = mo.csrf().await;
+    let (_, html) = mo.get(&page).await;
+    assert!(
+        !html.contains("agent-admin") && !html.contains("/control/"),
+        "{html}"
+    );
+    for (path, fields) in [
+        (
+            format!("{page}/tags"),
+            vec![("_csrf", mo_token.as_str()), ("tags", "x")],
+        ),
+        (
+            format!("{page}/control/update"),
+            vec![("_csrf", mo_token.as_str())],
+        ),
+    ] {
+        let (status, html) = mo.post(&path, &fields).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {html}");
+    }
+    let (_, jobs) = server.api().get("/api/jobs?command=update").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0));
+}
