@@ -2100,3 +2100,79 @@ async fn the_agent_page_charts_its_heartbeats_and_admins_manage_it() {
     let (_, jobs) = server.api().get("/api/jobs?command=update").await;
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0));
 }
+
+/// The job page's "earlier" output by byte range tells stdout from stderr (`parts=1`): the
+/// parts, joined, are the same bytes as the raw range, each marked with its stream; a range
+/// needs its length, and at most 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_output_by_byte_range_says_which_stream_each_part_is() {
+    use base64::Engine as _;
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "mixed",
+        "echo out-one; sleep 0.2; echo err-two >&2; sleep 0.2; echo out-three",
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let (_, job) = server
+        .api()
+        .job(
+            outpost_e2e::run_job(&agent_id, "mixed", json!({})),
+            Some(30),
+        )
+        .await;
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    let job = server.api().wait_job(&job_id).await;
+    let (_, run_id, _) = outpost_e2e::only_run(&job);
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let base = format!("/ui/jobs/{job_id}/runs/{run_id}/output");
+    let (_, raw) = ada.get(&base).await;
+    assert_eq!(raw, "out-one\nerr-two\nout-three\n");
+    for (offset, len) in [(0, 100), (4, 12), (8, 8)] {
+        let (status, answer) = ada
+            .get(&format!("{base}?offset={offset}&len={len}&parts=1"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+        let parts: Vec<(bool, String)> = answer["parts"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .map(|p| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(p["b64"].as_str().expect("b64"))
+                    .expect("base64");
+                (
+                    p["err"].as_bool().expect("err"),
+                    String::from_utf8(bytes).expect("utf-8"),
+                )
+            })
+            .collect();
+        let joined: String = parts.iter().map(|(_, t)| t.as_str()).collect();
+        let end = (offset + len).min(raw.len());
+        assert_eq!(joined, raw[offset..end], "{offset}+{len}: {parts:?}");
+        for (err, text) in &parts {
+            assert_eq!(*err, text.contains("err"), "{parts:?}");
+        }
+        if offset == 0 {
+            assert_eq!(
+                parts,
+                vec![
+                    (false, "out-one\n".to_owned()),
+                    (true, "err-two\n".to_owned()),
+                    (false, "out-three\n".to_owned())
+                ]
+            );
+        }
+    }
+    let (status, _) = ada.get(&format!("{base}?offset=0&parts=1")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = ada
+        .get(&format!("{base}?offset=0&len={}&parts=1", 1024 * 1024 + 1))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

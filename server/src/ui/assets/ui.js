@@ -344,27 +344,41 @@
         return response.arrayBuffer();
       });
   }
-  // Earlier output, by byte range (both streams as they arrived; not told apart here).
+  // Earlier output, by byte range: both streams as they arrived, each part marked with its
+  // stream by the server, so that stderr shows as it does live.
   Run.prototype.earlier = function () {
     var self = this;
     var len = Math.min(EARLIER_BYTES, this.dropped);
     var offset = this.dropped - len;
     if (len <= 0) return;
     this.earlierButton.disabled = true;
-    fetchRange(this.url, offset, len).then(function (buffer) {
-      var text = new TextDecoder("utf-8").decode(buffer);
-      var block = self.block(new Ansi().convert(text), buffer.byteLength, "earlier-part");
-      var note = self.pre.querySelector(".note");
-      if (note) self.remove(note);
-      self.pre.insertBefore(block, self.pre.firstChild);
-      self.dropped = offset;
-      self.follow.checked = false;
-      self.pre.scrollTop = 0;
-      self.trim(true);
-    }).catch(function () { /* the button stays for another try */ }).then(function () {
-      self.earlierButton.disabled = false;
-      self.earlierButton.hidden = self.dropped <= 0;
-    });
+    fetch(this.url + "?offset=" + offset + "&len=" + len + "&parts=1", { credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (answer) {
+        var decoders = [new TextDecoder("utf-8"), new TextDecoder("utf-8")];
+        var ansi = [new Ansi(), new Ansi()];
+        var blocks = document.createDocumentFragment();
+        (answer.parts || []).forEach(function (part) {
+          var stream = part.err ? 1 : 0;
+          var bytes = b64bytes(part.b64);
+          var text = decoders[stream].decode(bytes, { stream: true });
+          blocks.appendChild(self.block(ansi[stream].convert(text), bytes.length,
+            "earlier-part" + (part.err ? " err" : "")));
+        });
+        var note = self.pre.querySelector(".note");
+        if (note) self.remove(note);
+        self.pre.insertBefore(blocks, self.pre.firstChild);
+        self.dropped = offset;
+        self.follow.checked = false;
+        self.pre.scrollTop = 0;
+        self.trim(true);
+      }).catch(function () { /* the button stays for another try */ }).then(function () {
+        self.earlierButton.disabled = false;
+        self.earlierButton.hidden = self.dropped <= 0;
+      });
   };
   // After earlier output pushed the newest out: the last RESYNC_BYTES again, then the live
   // stream from there on.
