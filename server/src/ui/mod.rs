@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/ui/api-keys/{id}/revoke", post(pages::revoke_api_key))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/audit/verify", post(pages::verify_audit))
         .route("/ui/logout", post(session::logout))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

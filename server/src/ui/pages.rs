@@ -1113,7 +1113,11 @@ pub struct AuditPage {
     rows: Vec<AuditRow>,
     actor: String,
     action: String,
+    since: String,
+    until: String,
     next: Option<String>,
+    /// The verify button's answer: whether the chain holds, and what to say.
+    verified: Option<(bool, String)>,
 }
 
 /// The audit page's query.
@@ -1121,14 +1125,18 @@ pub struct AuditPage {
 pub struct AuditQuery {
     actor: Option<String>,
     action: Option<String>,
+    /// From this day (`YYYY-MM-DD`, UTC) or instant.
+    since: Option<String>,
+    /// To the end of this day, or before this instant.
+    until: Option<String>,
     cursor: Option<String>,
 }
 
-/// `GET /ui/audit`: `Audit::list`, newest first, which refuses members.
-pub async fn audit(
-    State(state): State<AppState>,
-    Extension(ui): Extension<Ui>,
-    Query(query): Query<AuditQuery>,
+async fn audit_page(
+    state: &AppState,
+    ui: &Ui,
+    query: &AuditQuery,
+    verified: Option<(bool, String)>,
 ) -> Result<Response, UiError> {
     let text = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
     let page = state
@@ -1139,8 +1147,8 @@ pub async fn audit(
             crate::service::audit::AuditQuery {
                 actor: text(&query.actor),
                 action: text(&query.action),
-                since: None,
-                until: None,
+                since: date("since", query.since.as_deref(), false)?,
+                until: date("until", query.until.as_deref(), true)?,
                 cursor: text(&query.cursor),
                 limit: Some(PAGE_SIZE as u64),
             },
@@ -1148,7 +1156,12 @@ pub async fn audit(
         .await?;
     let next = page.next_cursor.map(|cursor| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [("actor", &query.actor), ("action", &query.action)] {
+        for (name, value) in [
+            ("actor", &query.actor),
+            ("action", &query.action),
+            ("since", &query.since),
+            ("until", &query.until),
+        ] {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
                 q.append_pair(name, v);
             }
@@ -1157,7 +1170,7 @@ pub async fn audit(
         format!("{}/audit?{}", ui.site.base, q.finish())
     });
     Ok(AuditPage {
-        chrome: Chrome::new(&ui, "audit"),
+        chrome: Chrome::new(ui, "audit"),
         rows: page
             .entries
             .iter()
@@ -1172,9 +1185,47 @@ pub async fn audit(
             .collect(),
         actor: query.actor.clone().unwrap_or_default(),
         action: query.action.clone().unwrap_or_default(),
+        since: query.since.clone().unwrap_or_default(),
+        until: query.until.clone().unwrap_or_default(),
         next,
+        verified,
     }
     .into_response())
+}
+
+/// `GET /ui/audit`: `Audit::list`, newest first, which refuses members.
+pub async fn audit(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, UiError> {
+    audit_page(&state, &ui, &query, None).await
+}
+
+/// `POST /ui/audit/verify`: `Audit::verify` (the whole chain, as `GET /api/audit/verify`),
+/// then the log with the answer. A POST: it reads every row, which no prefetch should start.
+pub async fn verify_audit(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+) -> Result<Response, UiError> {
+    use crate::store::ChainCheck;
+    let verified = match state.services.audit.verify(&ui.caller).await? {
+        ChainCheck::Intact {
+            count,
+            head_seq,
+            head_hash,
+        } => (
+            true,
+            format!(
+                "The chain holds: {count} entries checked, head {head_seq} with hash {head_hash} (keep it elsewhere to compare later)."
+            ),
+        ),
+        ChainCheck::Broken { count, seq, reason } => (
+            false,
+            format!("The chain is broken at entry {seq} ({count} sound before it): {reason}"),
+        ),
+    };
+    audit_page(&state, &ui, &AuditQuery::default(), Some(verified)).await
 }
 
 /// `POST /ui/schedules/{id}/{action}`: `enable`, `disable` (`Schedules::update`), `run`

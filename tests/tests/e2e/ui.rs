@@ -2176,3 +2176,49 @@ async fn earlier_output_by_byte_range_says_which_stream_each_part_is() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// The audit page filters by day (UTC, the last day included) and verifies the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_filters_by_date_and_verifies_the_chain() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    server.api().agent_key().await;
+    let today = chrono::Utc::now().date_naive();
+    let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let yesterday = day(today - chrono::Duration::days(1));
+    let rows = |html: &str| html.matches("<tr><td>").count();
+    let (status, all) = ada.get("/ui/audit").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(rows(&all) >= 2, "{all}");
+    let (_, same) = ada
+        .get(&format!(
+            "/ui/audit?since={}&until={}",
+            day(today),
+            day(today)
+        ))
+        .await;
+    assert_eq!(rows(&same), rows(&all), "today, both ends included: {same}");
+    let (_, before) = ada.get(&format!("/ui/audit?until={yesterday}")).await;
+    assert_eq!(rows(&before), 0, "{before}");
+    let (_, after) = ada
+        .get(&format!(
+            "/ui/audit?since={}",
+            day(today + chrono::Duration::days(1))
+        ))
+        .await;
+    assert_eq!(rows(&after), 0);
+    let (status, html) = ada.get("/ui/audit?since=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        html.contains("since: &#34;yesterday&#34; is not a date"),
+        "{html}"
+    );
+    let token = csrf_of(&all);
+    let (status, html) = ada.post("/ui/audit/verify", &[("_csrf", &token)]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        text_of(&html, "audit-verified").starts_with("The chain holds: "),
+        "{html}"
+    );
+}
