@@ -2222,3 +2222,286 @@ async fn the_audit_page_filters_by_date_and_verifies_the_chain() {
         "{html}"
     );
 }
+
+impl Browser {
+    /// Types `text` into the element with `id`, emptied first.
+    async fn type_into(&self, id: &str, text: &str) {
+        let field = self.driver.find(&By::id(id)).await.expect(id);
+        field.clear().await.expect("clear");
+        field.send_keys(text).await.expect("type");
+    }
+
+    /// The id of the element with the focus.
+    async fn focused(&self) -> String {
+        self.driver
+            .execute(
+                "var e = document.activeElement; return e ? (e.id || e.textContent.trim()) : '';",
+                Vec::new(),
+            )
+            .await
+            .expect("focus")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Presses Tab until the focus is on `target` (an id or a link's text), at most 30 times.
+    async fn tab_to(&self, target: &str) {
+        for _ in 0..30 {
+            if self.focused().await == target {
+                return;
+            }
+            self.driver
+                .press(outpost_e2e::webdriver::TAB)
+                .await
+                .expect("tab");
+        }
+        panic!("Tab never reached {target:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_create_a_schedule_and_see_its_next_fires() {
+    let Some(browser) = Browser::start("browser_create_a_schedule").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/schedules/new", server.url))
+        .await
+        .expect("new schedule");
+    browser.type_into("schedule-name", "nightly-backup").await;
+    browser.type_into("schedule-cron", "30 2 * * *").await;
+    browser.type_into("schedule-timezone", "Asia/Tokyo").await;
+    // The fires follow the pattern as it is typed (the form's script asks the server).
+    browser
+        .wait_text(By::id("schedule-fire-list"), "02:30 +09:00")
+        .await;
+    browser.type_into("schedule-script", "backup").await;
+    browser.type_into("schedule-tags", "role:db").await;
+    browser.screenshot("schedule").await;
+    browser
+        .driver
+        .find(&By::id("schedule-save"))
+        .await
+        .expect("save")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_text(By::css("main h1"), "Schedule nightly-backup")
+        .await;
+    let fires = browser
+        .driver
+        .find_all(&By::css("#schedule-fire-list li"))
+        .await
+        .expect("fires");
+    assert_eq!(fires.len(), 5);
+    for fire in fires {
+        let text = fire.text().await.expect("text");
+        assert!(text.ends_with(" 02:30 +09:00"), "{text}");
+    }
+    browser
+        .driver
+        .goto(&format!("{}/ui/schedules", server.url))
+        .await
+        .expect("schedules");
+    browser
+        .wait_text(By::id("schedules"), "nightly-backup")
+        .await;
+    browser.screenshot("schedules").await;
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_keyboard_only_sign_in_and_navigation() {
+    use outpost_e2e::webdriver::ENTER;
+    let Some(browser) = Browser::start("browser_keyboard_only").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let driver = &browser.driver;
+    driver
+        .goto(&format!("{}/ui/login", server.url))
+        .await
+        .expect("login page");
+    browser.tab_to("email").await;
+    driver.press(OWNER.0).await.expect("type");
+    browser.tab_to("password").await;
+    driver.press(OWNER.1).await.expect("type");
+    driver.press(ENTER).await.expect("enter");
+    browser.wait_text(By::css("main h1"), "Agents").await;
+    // The first Tab reaches the skip link, which jumps over the navigation.
+    driver.press(outpost_e2e::webdriver::TAB).await.ok();
+    browser.tab_to("Skip to content").await;
+    // Through the navigation to Jobs, then Schedules, by Tab and Enter alone.
+    browser.tab_to("Jobs").await;
+    driver.press(ENTER).await.expect("enter");
+    browser.wait_text(By::css("main h1"), "Jobs").await;
+    browser.tab_to("Schedules").await;
+    driver.press(ENTER).await.expect("enter");
+    browser.wait_text(By::css("main h1"), "Schedules").await;
+    assert!(browser.alert().await.is_none());
+    browser.quit().await;
+}
+
+/// ~95 MB of output streamed into an open job page: the page keeps answering (a script run
+/// in it completes, and a round trip to it stays short) while the output arrives, and the
+/// DOM never holds more than 5,000 lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_100_mb_of_output_keeps_the_page_responsive() {
+    let Some(browser) = Browser::start("browser_100_mb_of_output").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let gate = tempfile::tempdir().expect("gate dir");
+    let go = gate.path().join("go");
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "flood",
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done\nyes 'a line of output, sixty-four bytes long, repeated a great deal' | head -c 95000000\necho\necho flood-done",
+            go.display()
+        ),
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let mut request = outpost_e2e::run_job(&agent_id, "flood", json!({}));
+    request["timeout_s"] = json!(600);
+    let (status, job) = server.api().job(request, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page");
+    browser.wait_text(By::id("job-status"), "running").await;
+    std::fs::write(&go, b"").expect("open the gate");
+    let started = std::time::Instant::now();
+    let (mut slowest, mut samples, mut most_lines) = (std::time::Duration::ZERO, 0, 0);
+    let mut times = Vec::new();
+    loop {
+        // A script run in the page: some work, and the DOM's size.
+        let asked = std::time::Instant::now();
+        let answer = browser
+            .driver
+            .execute(
+                "var s = 0; for (var i = 0; i < 100000; i++) { s += i % 7; } \
+                 var pre = document.querySelector('pre.output'); \
+                 return [s, pre.textContent.split('\\n').length, pre.textContent.indexOf('flood-done') >= 0];",
+                Vec::new(),
+            )
+            .await
+            .expect("a script in the page");
+        let took = asked.elapsed();
+        times.push(took.as_millis());
+        slowest = slowest.max(took);
+        samples += 1;
+        assert_eq!(answer[0], json!(299_995), "{answer}");
+        let lines = answer[1].as_u64().expect("lines");
+        most_lines = most_lines.max(lines);
+        assert!(lines <= 5_001, "{lines} lines in the page");
+        if answer[2] == json!(true) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(400),
+            "the output did not end in time ({samples} samples)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    times.sort_unstable();
+    eprintln!(
+        "100 MB: round trips {times:?} ms; {samples} while streaming, the slowest {} ms; at most {most_lines} lines; {:.1} s",
+        slowest.as_millis(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        samples >= 3,
+        "the page was sampled while the output streamed"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a round trip to the page took {} ms while output streamed",
+        slowest.as_millis()
+    );
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_integration_test_button_shows_the_providers_answer() {
+    let Some(browser) = Browser::start("browser_integration_test_button").await else {
+        return;
+    };
+    let server = Server::start_with(ServerOptions {
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let base = provider().await;
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    let driver = &browser.driver;
+    driver
+        .goto(&format!("{}/ui/integrations", server.url))
+        .await
+        .expect("integrations");
+    driver.find(&By::css("#new-slack")).await.ok();
+    // Open the Slack form and fill it.
+    driver
+        .execute(
+            "document.querySelector('#new-slack').closest('details').open = true;",
+            Vec::new(),
+        )
+        .await
+        .expect("open");
+    let form = "#new-slack";
+    for (name, value) in [
+        ("name", "chat".to_owned()),
+        ("url", format!("{base}/ok/T000/B000/browser-secret")),
+    ] {
+        driver
+            .find(&By::css(&format!("{form} input[name={name}]")))
+            .await
+            .expect(name)
+            .send_keys(&value)
+            .await
+            .expect("type");
+    }
+    browser.screenshot("integrations").await;
+    driver
+        .find(&By::css(&format!("{form} button[type=submit]")))
+        .await
+        .expect("create")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_text(By::css("main h1"), "Integration chat")
+        .await;
+    driver
+        .find(&By::id("integration-test"))
+        .await
+        .expect("test button")
+        .click()
+        .await
+        .expect("click");
+    let result = browser.wait_text(By::id("test-result"), "delivered").await;
+    assert!(result.contains("HTTP 200"), "{result}");
+    let source = driver.source().await.expect("source");
+    assert!(
+        !source.contains("browser-secret"),
+        "the secret is shown back"
+    );
+    browser.screenshot("integration").await;
+    browser.quit().await;
+}

@@ -209,6 +209,10 @@
   var MAX_CHARS = 1024 * 1024;
   var EARLIER_BYTES = 64 * 1024;
   var RESYNC_BYTES = 256 * 1024;
+  // Queued output beyond this is left out unseen (see Run.prototype.output).
+  var QUEUE_KEEP = 1024 * 1024;
+  // Milliseconds of output work at a time before the page handles anything else.
+  var FLUSH_MS = 8;
 
   function countLines(text) {
     var n = 0;
@@ -216,6 +220,11 @@
     return n;
   }
 
+  // The length of what `b64` encodes, without decoding it.
+  function b64length(b64) {
+    var pad = b64.endsWith("==") ? 2 : b64.endsWith("=") ? 1 : 0;
+    return Math.floor(b64.length / 4) * 3 - pad;
+  }
   function b64bytes(b64) {
     var raw = atob(b64);
     var bytes = new Uint8Array(raw.length);
@@ -238,6 +247,9 @@
     this.receivedTotal = 0; // bytes of output the server has sent or skipped
     this.cutTail = false;   // newest output left out (after loading earlier output)
     this.pending = null;
+    this.queue = [];        // [err, base64, bytes] not shown yet
+    this.queued = 0;        // their bytes
+    this.flushQueued = false;
     var self = this;
     var pre = this.pre;
     var atBottom = function () { return pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4; };
@@ -311,11 +323,49 @@
     }
     this.earlierButton.hidden = this.dropped <= 0;
   };
+  // Output as it arrives is queued, and shown a few milliseconds of work at a time, so that
+  // the page answers between them however fast output comes (a run printing 100 MB sends
+  // thousands of chunks). When the queue alone holds more than the page keeps, what is in
+  // the page and the queue's oldest chunks would all be trimmed: they are left out unseen,
+  // as earlier output to load by byte range.
   Run.prototype.output = function (err, b64) {
-    var bytes = b64bytes(b64);
-    this.receivedTotal += bytes.length;
-    if (this.pending) { this.pending.push([err, bytes]); return; }
-    this.append(err, bytes);
+    var n = b64length(b64);
+    this.receivedTotal += n;
+    if (this.pending) { this.pending.push([err, b64bytes(b64)]); return; }
+    if (this.cutTail) return; // shown again by resync()
+    this.queue.push([err, b64, n]);
+    this.queued += n;
+    if (this.queued > QUEUE_KEEP) this.skipAhead();
+    this.schedule();
+  };
+  Run.prototype.skipAhead = function () {
+    var keep = 0, i = this.queue.length;
+    while (i > 0 && keep < QUEUE_KEEP) { i--; keep += this.queue[i][2]; }
+    if (i === 0) return;
+    this.queue = this.queue.slice(i);
+    this.queued = keep;
+    this.pre.replaceChildren();
+    this.lines = this.chars = 0;
+    this.dropped = this.receivedTotal - keep;
+    this.decoders = [new TextDecoder("utf-8"), new TextDecoder("utf-8")];
+    this.ansi = [new Ansi(), new Ansi()];
+    this.earlierButton.hidden = this.dropped <= 0;
+  };
+  Run.prototype.schedule = function () {
+    if (this.flushQueued) return;
+    this.flushQueued = true;
+    var self = this;
+    setTimeout(function () { self.flushQueued = false; self.flush(FLUSH_MS); }, 0);
+  };
+  // Shows queued output for at most `budget` ms (0: all of it).
+  Run.prototype.flush = function (budget) {
+    var start = performance.now();
+    while (this.queue.length && (budget === 0 || performance.now() - start < budget)) {
+      var item = this.queue.shift();
+      this.queued -= item[2];
+      this.append(item[0], b64bytes(item[1]));
+    }
+    if (this.queue.length) this.schedule();
   };
   Run.prototype.append = function (err, bytes) {
     if (this.cutTail) return; // shown again by resync()
@@ -455,6 +505,7 @@
       // The rest of each run's multi-byte characters, if its output ended inside one.
       Object.keys(runs).forEach(function (id) {
         var run = runs[id];
+        run.flush(0);
         [0, 1].forEach(function (s) {
           var rest = run.decoders[s].decode();
           if (rest && !run.cutTail) run.pre.appendChild(run.block(run.ansi[s].convert(rest), 0, s ? "err" : ""));
