@@ -777,6 +777,34 @@ impl Browser {
         }
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
         std::fs::create_dir_all(&dir).expect("docs/screenshots");
+        // What changes from run to run for no reason (times, ids, durations, this machine's
+        // load) is written over with fixed text first, so that a screenshot changes only when
+        // the page does.
+        self.driver
+            .execute(
+                r#"
+                var walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+                var rules = [
+                  [/\b\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?( UTC| [+-]\d{2}:\d{2})?/g, "2026-01-01 09:00:00 UTC"],
+                  [/\b(Mon|Tue|Wed|Thu|Fri|Sat|Sun) 2026-01-01/g, "Thu 2026-01-01"],
+                  [/\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b/g, "01234567-89ab-7cde-8f01-234567890abc"],
+                  [/\bop([kari])_[A-Za-z0-9_-]{20,}/g, "op$1_EXAMPLE0000000000000000000000000000000000"],
+                  [/\b\d+(\.\d+)? s\b/g, "0.1 s"],
+                  [/\b\d+\.\d%/g, "12.5%"],
+                  [/\b\d+ ms\b/g, "5 ms"],
+                  [/127\.0\.0\.1:\d+/g, "127.0.0.1:8080"]
+                ];
+                var node;
+                while ((node = walker.nextNode())) {
+                  var text = node.nodeValue, before = text;
+                  rules.forEach(function (r) { text = text.replace(r[0], r[1]); });
+                  if (text !== before) node.nodeValue = text;
+                }
+                "#,
+                Vec::new(),
+            )
+            .await
+            .expect("steady text");
         self.driver
             .screenshot(&dir.join(format!("{name}.png")))
             .await
