@@ -22,6 +22,7 @@ mod schedules;
 mod server;
 mod soak;
 mod swarm;
+mod ui;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -85,6 +86,9 @@ enum Scenario {
     /// 10,000 schedules: the server's idle CPU with them enabled and not due (vs none), then
     /// the delay from their common minute to each job's creation when all are due at once.
     Schedules,
+    /// The dashboard: the agents and jobs pages' render time with the fleet and --ui-runs
+    /// runs, and their weight (HTML + JS + CSS).
+    Ui,
     /// Only when named (it starts the server with a retention window of --retention-seconds):
     /// a steady load of jobs with output for --soak-secs; the database's size over time and
     /// the jobs' latency before and while retention deletes.
@@ -160,6 +164,13 @@ struct Opts {
     /// Schedules in the `schedules` scenario (default 10,000; 500 with --quick).
     #[arg(long)]
     schedules: Option<usize>,
+    /// Runs seeded for the `ui` scenario, as ping jobs of 100 agents (default 10,000; 1,000
+    /// with --quick).
+    #[arg(long)]
+    ui_runs: Option<u64>,
+    /// Timed requests per dashboard page in the `ui` scenario (default 200; 30 with --quick).
+    #[arg(long)]
+    ui_requests: Option<usize>,
     /// The `soak` scenario: the server's retention window in seconds (default 60; 20 with
     /// --quick).
     #[arg(long)]
@@ -317,6 +328,7 @@ async fn scenarios(
         Scenario::Events,
         Scenario::Schedules,
         Scenario::Soak,
+        Scenario::Ui,
     ]
     .iter()
     .any(|s| has(opts, *s));
@@ -767,6 +779,24 @@ async fn scenarios(
             on: on.clone(),
         };
         events::scenario(nodes, &plan, report).await?;
+    }
+
+    if has(opts, Scenario::Ui) && swarm.is_some() {
+        let plan = ui::Plan {
+            agents: (0..opts.agents)
+                .map(|i| swarm::agent_id(run_id, i).to_string())
+                .collect(),
+            runs: opts
+                .ui_runs
+                .unwrap_or(if opts.quick { 1_000 } else { 10_000 }),
+            tag: format!("first-{}", sizes.first().copied().unwrap_or(opts.agents)),
+            requests: opts
+                .ui_requests
+                .unwrap_or(if opts.quick { 30 } else { 200 })
+                .max(1),
+            on: on.clone(),
+        };
+        ui::scenario(nodes.first(), &plan, report).await?;
     }
 
     if has(opts, Scenario::Soak) && swarm.is_some() {

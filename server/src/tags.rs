@@ -54,6 +54,18 @@ impl TagRule {
             || (!self.reserved.contains(tag) && declared.iter().any(|t| t == tag))
     }
 
+    /// The keys that give `tag`, and whether an agent's own declaration of it counts: what
+    /// [`has`](Self::has) asks, as a store filter can (`store::TagMatch`).
+    pub fn matching(&self, tag: &str) -> (Vec<String>, bool) {
+        let keys = self
+            .by_key
+            .iter()
+            .filter(|(_, tags)| tags.iter().any(|t| t == tag))
+            .map(|(key, _)| key.clone())
+            .collect();
+        (keys, !self.reserved.contains(tag))
+    }
+
     /// Every tag of an agent, once each: declared, then its key's, then the server's.
     pub fn all(&self, key_id: &str, declared: &[String], server: &[String]) -> Vec<String> {
         let mut all: Vec<String> = Vec::with_capacity(declared.len() + server.len());
@@ -107,6 +119,8 @@ mod tests {
         assert!(rule.has("lab", &claims, &[], "role=db"));
         assert!(rule.has("prod", &[], &[], "fleet=prod"));
         assert!(!rule.has("prod", &[], &[], "role=db"));
+        assert_eq!(rule.matching("fleet=prod"), (list(&["prod"]), false));
+        assert_eq!(rule.matching("role=db"), (Vec::new(), true));
         assert_eq!(
             rule.all("lab", &claims, &list(&["fleet=lab", "extra"])),
             list(&["fleet=prod", "role=db", "fleet=lab", "extra"])

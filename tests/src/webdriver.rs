@@ -53,6 +53,11 @@ impl std::fmt::Display for Error {
     }
 }
 
+/// The Tab key, for [`Session::press`].
+pub const TAB: &str = "\u{E004}";
+/// The Enter key.
+pub const ENTER: &str = "\u{E007}";
+
 /// A browser session.
 #[derive(Clone)]
 pub struct Session {
@@ -113,6 +118,20 @@ impl Session {
             )
             .await?;
         self.element(&value)
+    }
+
+    /// The element that has the keyboard focus.
+    pub async fn active(&self) -> Result<Element, Error> {
+        let value = self
+            .call(reqwest::Method::GET, "/element/active", None)
+            .await?;
+        self.element(&value)
+    }
+
+    /// Presses `keys` (WebDriver key codes such as [`TAB`] and [`ENTER`], or text) on
+    /// whatever has the focus, as a person at the keyboard would.
+    pub async fn press(&self, keys: &str) -> Result<(), Error> {
+        self.active().await?.send_keys(keys).await
     }
 
     /// Every element matching `by`.
@@ -210,6 +229,13 @@ impl Element {
     /// Clicks it.
     pub async fn click(&self) -> Result<(), Error> {
         self.call(reqwest::Method::POST, "click", Some(json!({})))
+            .await
+            .map(drop)
+    }
+
+    /// Empties it (an input or textarea).
+    pub async fn clear(&self) -> Result<(), Error> {
+        self.call(reqwest::Method::POST, "clear", Some(json!({})))
             .await
             .map(drop)
     }

@@ -105,6 +105,7 @@ pub async fn create(
                 name: body.name,
                 scopes: body.scopes,
                 expires_at: body.expires_at,
+                role: None,
             },
         )
         .await?;

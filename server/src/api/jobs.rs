@@ -205,6 +205,13 @@ impl JobView {
                 }
             }
         }
+        let mut view = Self::counted(job, run_counts);
+        view.runs = with_runs.then(|| runs.into_iter().map(RunView::from).collect());
+        view
+    }
+
+    /// A job of a listing: its runs counted by state, not shown.
+    pub(crate) fn counted(job: job::Model, run_counts: HashMap<String, usize>) -> Self {
         Self {
             job_id: job.id,
             command: job.command,
@@ -213,7 +220,7 @@ impl JobView {
             created_at: job.created_at,
             status: job.status,
             finished_at: job.finished_at,
-            runs: with_runs.then(|| runs.into_iter().map(RunView::from).collect()),
+            runs: None,
             run_counts,
             schedule_id: job.schedule_id,
             scheduled_for: job.scheduled_for,
@@ -367,7 +374,7 @@ pub async fn list(
     let views = page
         .jobs
         .into_iter()
-        .map(|JobWithRuns { job, runs }| JobView::new(job, runs, false))
+        .map(|summary| JobView::counted(summary.job, summary.run_counts))
         .collect();
     let next_cursor = page.next_cursor;
     Ok(Json(JobPage {

@@ -43,6 +43,11 @@ pub enum Action {
     /// Send an agent a control command (`restart`, `update`, `redeploy`): members trigger
     /// runs, they do not manage the fleet (SPEC §9).
     ControlAgents,
+    /// Create, change or delete the tenant's schedules (SPEC §9: members read them and run
+    /// one now).
+    ManageSchedules,
+    /// Read, create, change, test or delete the tenant's integrations and their delivery log.
+    ManageIntegrations,
     /// List and read the tenant's users.
     ReadUsers,
     /// Create, change, disable or delete the tenant's users.
@@ -63,6 +68,8 @@ impl Action {
             | Self::ReadUsers
             | Self::ManageAgentKeys
             | Self::ManageAgents
+            | Self::ManageSchedules
+            | Self::ManageIntegrations
             | Self::ManageScripts
             | Self::ControlAgents => Role::Admin,
             Self::Metrics
@@ -89,6 +96,12 @@ impl Action {
                 "the server nodes serve every tenant: an owner API key is required".into()
             }
             Self::ReadUsers => "only owners and admins may list users".into(),
+            Self::ManageSchedules => format!(
+                "only owners and admins may create, change or delete schedules; this caller's role is {role}"
+            ),
+            Self::ManageIntegrations => format!(
+                "only owners and admins may see or change integrations; this caller's role is {role}"
+            ),
             Self::ManageAgentKeys => format!(
                 "only owners and admins may change agent keys; this caller's role is {role}"
             ),

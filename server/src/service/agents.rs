@@ -9,7 +9,7 @@ use super::access::{Access, Action};
 use super::audit::record_of;
 use crate::bus::Connection;
 use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError, Transport};
-use crate::store::{agent, string_list};
+use crate::store::{AgentPageQuery, TagMatch, agent, string_list};
 use crate::tags::TagRule;
 
 /// An agent as the service shows it: its row, whether it is connected, and its tags by
@@ -38,6 +38,25 @@ pub struct AgentFilter {
     /// Only online (`Some(true)`) or offline (`Some(false)`) agents.
     pub online: Option<bool>,
 }
+
+/// One page of agents under a filter ([`Agents::page`]).
+#[derive(Debug)]
+pub struct AgentPage {
+    /// The page's agents: online first, then by host name.
+    pub agents: Vec<AgentRecord>,
+    /// The page shown, from 1 (a page past the last shows the last).
+    pub page: u64,
+    /// How many pages the filter has (at least 1).
+    pub pages: u64,
+    /// How many agents pass the filter.
+    pub total: u64,
+}
+
+/// The most agents on one page.
+pub const MAX_PAGE_SIZE: u64 = 200;
+
+/// The longest tag a filter may name (the protocol's limit on a tag).
+const MAX_TAG_BYTES: usize = 128;
 
 /// Agents.
 #[derive(Clone)]
@@ -92,6 +111,64 @@ impl Agents {
             .collect())
     }
 
+    /// Page `page` (from 1) of `size` agents of the caller's tenant that pass `filter`:
+    /// filtered, counted and ordered by the store, so that a fleet of 10,000 costs the rows
+    /// of one page (SPEC §12). The order is online first, then by host name.
+    pub async fn page(
+        &self,
+        caller: &Caller,
+        filter: &AgentFilter,
+        page: u64,
+        size: u64,
+    ) -> Result<AgentPage, DomainError> {
+        if !(1..=MAX_PAGE_SIZE).contains(&size) {
+            return Err(DomainError::BadRequest(format!(
+                "page size: must be between 1 and {MAX_PAGE_SIZE}, not {size}"
+            )));
+        }
+        let rule = self.tag_rule(caller).await?;
+        let tag = match &filter.tag {
+            None => None,
+            Some(tag) if tag.len() > MAX_TAG_BYTES => {
+                return Err(DomainError::BadRequest(format!(
+                    "tag: at most {MAX_TAG_BYTES} bytes, not {}",
+                    tag.len()
+                )));
+            }
+            Some(tag) => {
+                let (key_ids, declared_counts) = rule.matching(tag);
+                Some(TagMatch {
+                    tag: tag.clone(),
+                    key_ids,
+                    declared_counts,
+                })
+            }
+        };
+        let mut query = AgentPageQuery {
+            tag,
+            online: filter.online,
+            offset: 0,
+            limit: size,
+        };
+        let store = &self.core.store;
+        let total = store.count_agents(&caller.tenant_id, &query).await?;
+        let pages = total.div_ceil(size).max(1);
+        let page = page.clamp(1, pages);
+        query.offset = (page - 1) * size;
+        let agents = store
+            .page_agents(&caller.tenant_id, &query)
+            .await?
+            .into_iter()
+            .map(|a| self.record(&rule, a))
+            .collect();
+        Ok(AgentPage {
+            agents,
+            page,
+            pages,
+            total,
+        })
+    }
+
     /// One agent.
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<AgentRecord, DomainError> {
         let agent = self
@@ -102,6 +179,24 @@ impl Agents {
             .ok_or_else(|| DomainError::NotFound(format!("no agent {id}")))?;
         let rule = self.tag_rule(caller).await?;
         Ok(self.record(&rule, agent))
+    }
+
+    /// An agent's heartbeat metrics of the last hour, one sample a minute, oldest first:
+    /// `(minute, cpu, memory, disk)` in percent.
+    pub async fn metrics(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Vec<(chrono::DateTime<chrono::Utc>, f64, f64, f64)>, DomainError> {
+        let since = crate::store::now() - super::housekeeping::METRICS_KEPT;
+        Ok(self
+            .core
+            .store
+            .agent_metrics(&caller.tenant_id, id, since)
+            .await?
+            .into_iter()
+            .map(|m| (m.minute, m.cpu, m.memory, m.disk))
+            .collect())
     }
 
     /// Replaces an agent's server-side tags.

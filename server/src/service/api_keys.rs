@@ -37,6 +37,8 @@ pub struct NewKey {
     pub scopes: Vec<Scope>,
     /// When it stops working; default and cap: `--max-key-days` from now.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The role it acts with: at most its maker's (default: the maker's).
+    pub role: Option<Role>,
 }
 
 /// Programs' API keys.
@@ -63,6 +65,13 @@ impl ApiKeys {
             return Err(DomainError::BadRequest(format!(
                 "scopes: give at least one of {}",
                 scope_names()
+            )));
+        }
+        let role = new.role.unwrap_or(caller.role);
+        if !caller.role.at_least(role) {
+            return Err(DomainError::Forbidden(format!(
+                "role: a key cannot act with more than its maker's role ({}), not {role}",
+                caller.role
             )));
         }
         let scopes = Scopes::of(&new.scopes);
@@ -105,7 +114,7 @@ impl ApiKeys {
                 tenant_id: caller.tenant_id.clone(),
                 owner_user_id,
                 name: name.to_owned(),
-                role: caller.role.to_string(),
+                role: role.to_string(),
                 scopes: stored.clone(),
                 expires_at,
             })
@@ -113,6 +122,7 @@ impl ApiKeys {
         let event =
             AuditEvent::new(AuditAction::ApiKeyCreate, AuditTarget::ApiKey, &key.id).with(json!({
                 "name": key.name,
+                "role": key.role,
                 "scopes": stored,
                 "expires_at": key.expires_at,
                 "owner_user_id": key.owner_user_id,

@@ -90,6 +90,10 @@ impl Health {
         if !core.store.try_claim("sweep", &core.node, until).await? {
             return Ok(());
         }
+        // The dashboard's heartbeat chart keeps an hour (`agent_metrics`).
+        core.store
+            .delete_old_metrics(crate::store::now() - METRICS_KEPT)
+            .await?;
         let expired = core.store.expire_commands().await?;
         if !expired.is_empty() {
             tracing::info!(expired = expired.len(), "commands expired undelivered");
@@ -162,6 +166,8 @@ const RECONNECT_BACKOFF_CAP: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// Batches of agents announced offline per sweep at most (`store::presence` batch size): a
 /// fleet cut off at once is announced over a few sweeps.
 const OFFLINE_BATCHES_PER_SWEEP: usize = 10;
+/// How much of agents' heartbeat metrics is kept for the dashboard's chart.
+pub const METRICS_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// When agents are judged offline.
 struct Offline {

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
 use super::Core;
+use super::access::{Access, Action};
 use super::audit::record_of;
 use crate::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError};
 use crate::providers::{self, Kind};
@@ -178,6 +179,7 @@ impl Integrations {
         caller: &Caller,
         fields: IntegrationFields,
     ) -> Result<integration::Model, DomainError> {
+        Access::require(caller, Action::ManageIntegrations)?;
         self.core.writable()?;
         let name = fields
             .name
@@ -246,6 +248,7 @@ impl Integrations {
 
     /// One integration.
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<integration::Model, DomainError> {
+        Access::require(caller, Action::ManageIntegrations)?;
         self.core
             .store
             .get_integration(&caller.tenant_id, id)
@@ -255,6 +258,7 @@ impl Integrations {
 
     /// The tenant's integrations, by name.
     pub async fn list(&self, caller: &Caller) -> Result<Vec<integration::Model>, DomainError> {
+        Access::require(caller, Action::ManageIntegrations)?;
         Ok(self.core.store.list_integrations(&caller.tenant_id).await?)
     }
 
@@ -325,6 +329,7 @@ impl Integrations {
     /// Deletes an integration and its delivery log.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, integration_id = %id))]
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        Access::require(caller, Action::ManageIntegrations)?;
         self.core.writable()?;
         let audit = record_of(
             caller,

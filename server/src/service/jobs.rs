@@ -37,6 +37,8 @@ pub const MAX_WAIT_S: u64 = 600;
 const DOWNGRADE_REFUSED: &str = "downgrade_needs_force";
 /// Chunks fetched per page when streaming output.
 const OUTPUT_PAGE: u64 = 64;
+/// The most bytes [`Jobs::output_parts`] returns at once.
+pub const MAX_OUTPUT_PARTS_BYTES: u64 = 1024 * 1024;
 /// Shortest `id` filter: shorter ones match too much to be worth a scan.
 pub const MIN_ID_PART: usize = 4;
 /// Events queued for one job event stream before its reader is waited on.
@@ -108,11 +110,30 @@ pub struct JobWithRuns {
     pub runs: Vec<command::Model>,
 }
 
+/// A job of a listing: the job and how many of its runs are in each state (not the runs:
+/// a job may have 10,000).
+#[derive(Debug)]
+pub struct JobSummary {
+    /// The job.
+    pub job: job::Model,
+    /// Its runs by state.
+    pub run_counts: HashMap<String, usize>,
+    /// How many of its runs failed (`success` false: failed, timed out, lost, …).
+    pub failed: usize,
+}
+
+impl JobSummary {
+    /// How many runs it has.
+    pub fn runs(&self) -> usize {
+        self.run_counts.values().sum()
+    }
+}
+
 /// A page of jobs, newest first.
 #[derive(Debug)]
 pub struct JobPage {
-    /// The jobs with their runs.
-    pub jobs: Vec<JobWithRuns>,
+    /// The jobs with their runs counted.
+    pub jobs: Vec<JobSummary>,
     /// The cursor of the next page; `None` on the last.
     pub next_cursor: Option<String>,
 }
@@ -680,11 +701,28 @@ impl Jobs {
         } else {
             None
         };
-        let mut page = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let runs = store.job_runs(&caller.tenant_id, &job.id).await?;
-            page.push(JobWithRuns { job, runs });
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let mut counts: HashMap<String, (HashMap<String, usize>, usize)> = HashMap::new();
+        for (job_id, state, success, n) in store.run_counts_of_jobs(&caller.tenant_id, &ids).await?
+        {
+            let n = usize::try_from(n).unwrap_or(0);
+            let entry = counts.entry(job_id).or_default();
+            *entry.0.entry(state).or_default() += n;
+            if success == Some(false) {
+                entry.1 += n;
+            }
         }
+        let page = jobs
+            .into_iter()
+            .map(|job| {
+                let (run_counts, failed) = counts.remove(&job.id).unwrap_or_default();
+                JobSummary {
+                    job,
+                    run_counts,
+                    failed,
+                }
+            })
+            .collect();
         Ok(JobPage {
             jobs: page,
             next_cursor,
@@ -788,6 +826,76 @@ impl Jobs {
                 }
             });
         Ok(RunOutput { run, length, bytes })
+    }
+
+    /// At most `len` bytes (at most [`MAX_OUTPUT_PARTS_BYTES`]) of a run's output from byte
+    /// `offset` (both streams, in the order they arrived), each part with its stream:
+    /// consecutive chunks of one stream are one part. For the dashboard's "earlier" output,
+    /// which tells stdout and stderr apart as the live stream does.
+    pub async fn output_parts(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        run_id: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(OutputStream, Vec<u8>)>, DomainError> {
+        if len > MAX_OUTPUT_PARTS_BYTES {
+            return Err(DomainError::BadRequest(format!(
+                "len: at most {MAX_OUTPUT_PARTS_BYTES}"
+            )));
+        }
+        self.find(caller, job_id).await?;
+        self.core
+            .store
+            .get_command(&caller.tenant_id, run_id)
+            .await?
+            .filter(|r| r.job_id.as_deref() == Some(job_id))
+            .ok_or_else(|| DomainError::NotFound(format!("no run {run_id} in job {job_id}")))?;
+        let streams = [OutputStream::Stdout, OutputStream::Stderr];
+        let (mut after, mut skip, mut left) = (0i64, offset, len);
+        let mut parts: Vec<(OutputStream, Vec<u8>)> = Vec::new();
+        while left > 0 {
+            let page = self
+                .core
+                .store
+                .output_page(&caller.tenant_id, run_id, &streams, after, OUTPUT_PAGE)
+                .await?;
+            let Some(last) = page.last().map(|c| c.id) else {
+                break;
+            };
+            let full = page.len() as u64 == OUTPUT_PAGE;
+            for chunk in page {
+                let size = chunk.data.len() as u64;
+                if skip >= size {
+                    skip -= size;
+                    continue;
+                }
+                let start = skip as usize;
+                skip = 0;
+                let end = start + (size - start as u64).min(left) as usize;
+                left -= (end - start) as u64;
+                let stream = if chunk.stream == 0 {
+                    OutputStream::Stdout
+                } else {
+                    OutputStream::Stderr
+                };
+                match parts.last_mut() {
+                    Some((s, bytes)) if *s == stream => {
+                        bytes.extend_from_slice(&chunk.data[start..end]);
+                    }
+                    _ => parts.push((stream, chunk.data[start..end].to_vec())),
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+            if !full {
+                break;
+            }
+            after = last;
+        }
+        Ok(parts)
     }
 
     /// Follows a job: output after chunk `after`, each run's state as it changes, and the end.

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::Core;
+use super::access::{Access, Action};
 use super::audit::record_of;
 use super::commands::{self, CommandSpec};
 use super::jobs::{JobWithRuns, Jobs, Lookups, NewJobRequest, Target};
@@ -52,6 +53,8 @@ const CLAIM_BATCH: u64 = 10_000;
 const MAX_COUNTED: usize = 100_000;
 /// A schedule's `data` is copied into every run of every fire: kept small.
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
+/// What a secret parameter's value shows as in a stored schedule's `data`.
+pub const SECRET_MASK: &str = crate::secrets::MASK;
 /// Fires `preview` lists at most.
 pub const MAX_PREVIEW: usize = 100;
 /// Longest schedule name.
@@ -207,6 +210,7 @@ impl Schedules {
         caller: &Caller,
         fields: ScheduleFields,
     ) -> Result<ScheduleWithJob, DomainError> {
+        Access::require(caller, Action::ManageSchedules)?;
         let core = &self.core;
         core.writable()?;
         let name = fields
@@ -455,6 +459,7 @@ impl Schedules {
         id: &str,
         fields: ScheduleFields,
     ) -> Result<ScheduleWithJob, DomainError> {
+        Access::require(caller, Action::ManageSchedules)?;
         let core = &self.core;
         core.writable()?;
         let current = self.find(caller, id).await?;
@@ -588,6 +593,7 @@ impl Schedules {
     /// Deletes a schedule; its jobs stay.
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, schedule_id = %id))]
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        Access::require(caller, Action::ManageSchedules)?;
         let current = self.find(caller, id).await?;
         let audit = record_of(
             caller,

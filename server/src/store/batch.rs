@@ -183,7 +183,60 @@ impl<C: ConnectionTrait> Store<C> {
                     sql.values,
                 ))
                 .await?;
+            self.record_metrics(chunk).await?;
         }
+        Ok(())
+    }
+
+    /// The chart's samples of `chunk` (`agent_metrics`): the first heartbeat of each agent's
+    /// minute is kept, later ones in the same minute change nothing. What an agent reports
+    /// is clamped to 0–100 %.
+    async fn record_metrics(&self, chunk: &[(&str, &str, &HeartbeatStatus)]) -> Result<()> {
+        let percent = |v: f64| {
+            if v.is_finite() {
+                v.clamp(0.0, 100.0)
+            } else {
+                0.0
+            }
+        };
+        let minute = {
+            let now = now();
+            now - chrono::Duration::seconds(i64::from(chrono::Timelike::second(&now)))
+                - chrono::Duration::nanoseconds(i64::from(chrono::Timelike::nanosecond(&now)))
+        };
+        let mut sql = Sql::new(self.db.get_database_backend(), padded(chunk) * 5 + 1);
+        sql.push("WITH v(tenant_id, id, cpu, memory, disk) AS (VALUES ");
+        for (i, (tenant_id, agent_id, status)) in chunk.iter().enumerate() {
+            sql.row(
+                i,
+                [
+                    (*tenant_id).into(),
+                    (*agent_id).into(),
+                    Value::from(Some(percent(status.cpu_percent))),
+                    Value::from(Some(percent(status.memory_percent))),
+                    Value::from(Some(percent(status.disk_percent))),
+                ],
+            );
+        }
+        sql.pad_rows(chunk.len());
+        // No `OR FAIL` here: a conflict is a minute already sampled, and is skipped. (SQLite
+        // needs the `WHERE` to read `ON CONFLICT` as the insert's.)
+        sql.push(
+            ") INSERT INTO agent_metrics (tenant_id, agent_id, minute, cpu, memory, disk) \
+             SELECT tenant_id, id, ",
+        );
+        sql.bind(minute.into());
+        sql.push(
+            ", cpu, memory, disk FROM v WHERE tenant_id IS NOT NULL \
+             ON CONFLICT (tenant_id, agent_id, minute) DO NOTHING",
+        );
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                sql.backend,
+                sql.text,
+                sql.values,
+            ))
+            .await?;
         Ok(())
     }
 
@@ -486,6 +539,53 @@ mod store {
             .count(&store.db)
             .await
             .expect("count")
+    }
+
+    /// Heartbeats keep one chart sample per agent and minute (the first, clamped to 0–100),
+    /// and the sweep's delete drops samples older than its cutoff.
+    #[tokio::test]
+    async fn heartbeats_keep_one_sample_a_minute_and_old_ones_go() {
+        let (_dir, store, tenant) = fresh().await;
+        let beat = |cpu: f64| HeartbeatStatus {
+            uptime_s: 1,
+            cpu_percent: cpu,
+            memory_percent: -5.0,
+            disk_percent: 50.0,
+            load1: 0.0,
+            timestamp: now(),
+        };
+        let (first, later) = (beat(250.0), beat(3.0));
+        for status in [&first, &later, &later] {
+            store
+                .record_heartbeats_many(&[(tenant.as_str(), "a1", status)])
+                .await
+                .expect("heartbeat");
+        }
+        let since = now() - chrono::Duration::hours(1);
+        let samples = store
+            .agent_metrics(&tenant, "a1", since)
+            .await
+            .expect("read");
+        // Two when the three straddled a minute's end; the first is the minute's.
+        assert!((1..=2).contains(&samples.len()), "{samples:?}");
+        assert_eq!((samples[0].cpu, samples[0].memory), (100.0, 0.0));
+        assert_eq!(
+            store.delete_old_metrics(since).await.expect("delete"),
+            0,
+            "nothing is an hour old"
+        );
+        let gone = store
+            .delete_old_metrics(now() + chrono::Duration::minutes(2))
+            .await
+            .expect("delete");
+        assert_eq!(gone, samples.len() as u64);
+        assert!(
+            store
+                .agent_metrics(&tenant, "a1", since)
+                .await
+                .expect("read")
+                .is_empty()
+        );
     }
 
     /// [`command_from_row`] reads [`returning`]'s columns in their order: a model read by

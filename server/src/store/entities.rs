@@ -766,3 +766,30 @@ pub mod library_bundle {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The last hour of agents' heartbeat metrics, one sample per agent and minute (migration 21).
+pub mod agent_metric {
+    use sea_orm::entity::prelude::*;
+
+    /// One sample.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "agent_metrics")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub agent_id: String,
+        /// The server's minute the heartbeat arrived in.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub minute: DateTimeUtc,
+        /// Percent, 0–100.
+        pub cpu: f64,
+        pub memory: f64,
+        pub disk: f64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

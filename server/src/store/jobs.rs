@@ -368,6 +368,33 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .await?)
     }
 
+    /// How many runs of each of `job_ids` are in each state: `(job id, state, success,
+    /// count)`. A listing shows counts, and a job fanned out to 10,000 agents would otherwise
+    /// cost its 10,000 rows on every page that lists it.
+    pub async fn run_counts_of_jobs(
+        &self,
+        tenant_id: &str,
+        job_ids: &[String],
+    ) -> Result<Vec<(String, String, Option<bool>, i64)>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(command::Entity::find()
+            .select_only()
+            .column(command::Column::JobId)
+            .column(command::Column::State)
+            .column(command::Column::Success)
+            .column_as(Expr::col(command::Column::Id).count(), "n")
+            .filter(command::Column::TenantId.eq(tenant_id))
+            .filter(command::Column::JobId.is_in(job_ids.to_vec()))
+            .group_by(command::Column::JobId)
+            .group_by(command::Column::State)
+            .group_by(command::Column::Success)
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
     /// Jobs matching a filter, newest first, at most `limit`.
     pub async fn list_jobs(&self, tenant_id: &str, filter: &JobFilter) -> Result<Vec<job::Model>> {
         let mut query = job::Entity::find().filter(job::Column::TenantId.eq(tenant_id));

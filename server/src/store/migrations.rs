@@ -508,6 +508,22 @@ CREATE TABLE library_bundles (
 );
 ALTER TABLE agents ADD COLUMN library {json};
 "#,
+    // 21: the last hour of each agent's heartbeat metrics, for the dashboard's chart (SPEC
+    // §12): at most one sample per agent and minute (the first of the minute; a later
+    // heartbeat of the same minute does nothing), deleted after an hour by the sweep, so the
+    // table holds at most ~61 rows per agent whatever the agents send.
+    r#"
+CREATE TABLE agent_metrics (
+    tenant_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    minute {ts} NOT NULL,
+    cpu DOUBLE PRECISION NOT NULL,
+    memory DOUBLE PRECISION NOT NULL,
+    disk DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (tenant_id, agent_id, minute)
+);
+CREATE INDEX agent_metrics_minute ON agent_metrics (minute);
+"#,
 ];
 
 /// The schema version this server brings a database to.

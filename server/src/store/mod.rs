@@ -14,6 +14,7 @@ pub mod audit;
 pub mod backup;
 mod batch;
 pub mod entities;
+mod fleet;
 mod integrations;
 mod jobs;
 mod library;
@@ -30,6 +31,7 @@ pub mod writer;
 
 pub use api_keys::NewApiKey;
 pub use audit::{AuditFilter, AuditRecord, ChainCheck};
+pub use fleet::{AgentPageQuery, TagMatch};
 pub use integrations::{
     DeliveryAttempt, JOB_FAILED, JOB_RECOVERED, JOB_SUCCEEDED, NewIntegration, delivery_status,
     wants,
@@ -63,9 +65,9 @@ use serde_json::{Value, json};
 use crate::credentials::{self, KeyKind};
 use crate::domain::{Actor, AuditAction, AuditEvent, AuditTarget};
 pub use entities::{
-    agent, agent_key, api_key, audit_entry, audit_head, claim, command, delivery, delivery_attempt,
-    event, integration, invite, job, library_bundle, library_script, node, output_chunk,
-    refresh_token, release, schedule, tenant, user, webhook_attempt,
+    agent, agent_key, agent_metric, api_key, audit_entry, audit_head, claim, command, delivery,
+    delivery_attempt, event, integration, invite, job, library_bundle, library_script, node,
+    output_chunk, refresh_token, release, schedule, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.

@@ -50,7 +50,7 @@ fn gone() -> Condition {
 }
 
 /// Agents some node holds (the complement of [`gone`] for agents that ever connected).
-fn online() -> Condition {
+pub(super) fn online() -> Condition {
     Condition::all()
         .add(agent::Column::ConnectedAt.is_not_null())
         .add(

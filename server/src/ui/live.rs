@@ -226,6 +226,8 @@ pub struct OutputQuery {
     len: Option<u64>,
     /// `1`: as a file to save.
     download: Option<String>,
+    /// `1`: as JSON parts that say their stream (`{"parts": [{"err", "b64"}]}`; needs `len`).
+    parts: Option<String>,
 }
 
 /// `GET /ui/jobs/{id}/runs/{run_id}/output`: the run's output as `GET
@@ -238,6 +240,26 @@ pub async fn output(
 ) -> Result<Response, UiError> {
     if query.len.is_some_and(|len| len > MAX_RANGE) {
         return Err(DomainError::BadRequest(format!("len: at most {MAX_RANGE}")).into());
+    }
+    if query.parts.as_deref() == Some("1") {
+        let len = query
+            .len
+            .ok_or_else(|| DomainError::BadRequest("len: required with parts".into()))?;
+        let parts = state
+            .services
+            .jobs
+            .output_parts(&ui.caller, &id, &run_id, query.offset, len)
+            .await?;
+        let parts: Vec<serde_json::Value> = parts
+            .into_iter()
+            .map(|(stream, bytes)| {
+                json!({
+                    "err": stream == OutputStream::Stderr,
+                    "b64": base64::engine::general_purpose::STANDARD.encode(bytes),
+                })
+            })
+            .collect();
+        return Ok(axum::Json(json!({ "parts": parts })).into_response());
     }
     let output = state
         .services

@@ -113,6 +113,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/agents/stream", get(live::agents))
         .route("/ui/agents/{id}", get(pages::agent))
         .route("/ui/agents/{id}/run", post(pages::run))
+        .route("/ui/agents/{id}/tags", post(pages::set_agent_tags))
+        .route(
+            "/ui/agents/{id}/control/{command}",
+            post(pages::control_agent),
+        )
         .route("/ui/jobs", get(pages::jobs).post(pages::run_many))
         .route("/ui/jobs/{id}", get(pages::job))
         .route("/ui/jobs/{id}/stream", get(live::job))
@@ -120,12 +125,37 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/jobs/{id}/runs/{run_id}/output", get(live::output))
         .route("/ui/keys", get(pages::keys).post(pages::create_key))
         .route("/ui/keys/{id}/{action}", post(pages::change_key))
-        .route("/ui/schedules", get(pages::schedules))
+        .route(
+            "/ui/schedules",
+            get(pages::schedules).post(pages::create_schedule),
+        )
+        .route("/ui/schedules/new", get(pages::new_schedule))
+        .route("/ui/schedules/preview", get(pages::preview_schedule))
+        .route(
+            "/ui/schedules/{id}",
+            get(pages::schedule).post(pages::update_schedule),
+        )
         .route("/ui/scripts", get(library::scripts))
         .route("/ui/scripts/{name}", get(library::script))
         .route("/ui/schedules/{id}/{action}", post(pages::change_schedule))
-        .route("/ui/users", get(pages::users))
+        .route(
+            "/ui/integrations",
+            get(pages::integrations).post(pages::create_integration),
+        )
+        .route("/ui/integrations/{id}", get(pages::integration))
+        .route(
+            "/ui/integrations/{id}/{action}",
+            post(pages::change_integration),
+        )
+        .route("/ui/users", get(pages::users).post(pages::invite_user))
+        .route("/ui/users/{id}/role", post(pages::change_user_role))
+        .route(
+            "/ui/api-keys",
+            get(pages::api_keys).post(pages::create_api_key),
+        )
+        .route("/ui/api-keys/{id}/revoke", post(pages::revoke_api_key))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/audit/verify", post(pages::verify_audit))
         .route("/ui/logout", post(session::logout))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -615,6 +615,16 @@ async fn jobs_are_idempotent_filterable_and_paginated() {
     assert_eq!(count(&all), 5);
     let (_, b) = api.get("/api/jobs?script=b&status=failed").await;
     assert_eq!(count(&b), 3);
+    // A listing counts each job's runs by state (without listing them).
+    for job in b["jobs"].as_array().expect("jobs") {
+        assert_eq!(job["run_counts"], json!({"failed": 1}), "{job}");
+        assert!(job.get("runs").is_none(), "{job}");
+    }
+    assert_eq!(
+        all["jobs"][0]["run_counts"],
+        json!({"succeeded": 1}),
+        "{all}"
+    );
     let (_, pings) = api.get("/api/jobs?command=ping").await;
     assert_eq!(count(&pings), 1);
     let (_, mine) = api.get(&format!("/api/jobs?agent_id={id}")).await;

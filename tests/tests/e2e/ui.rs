@@ -353,6 +353,69 @@ async fn a_member_sees_no_admin_action_and_the_server_refuses_it() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
     assert!(html.contains("only owners and admins"), "{html}");
     assert!(key_names(&server).await.is_empty());
+    // Schedules: a member reads them and runs one now, but does not make or change them
+    // (SPEC §9), whatever the form posted.
+    let (status, schedule) = server
+        .api()
+        .post(
+            "/api/schedules",
+            json!({"name": "nightly", "cron": "0 3 * * *", "command": "ping",
+                   "target": {"all": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{schedule}");
+    let id = schedule["id"].as_str().expect("id");
+    let (_, html) = mo.get("/ui/schedules").await;
+    for admin in ["new-schedule", "/disable\""] {
+        assert!(
+            !html.contains(admin),
+            "a member's schedules page shows {admin}: {html}"
+        );
+    }
+    let (_, html) = mo.get(&format!("/ui/schedules/{id}")).await;
+    assert!(
+        !html.contains("schedule-save") && !html.contains("schedule-delete"),
+        "{html}"
+    );
+    for (path, fields) in [
+        (
+            "/ui/schedules".to_owned(),
+            vec![
+                ("_csrf", token.as_str()),
+                ("name", "by-a-member"),
+                ("cron", "* * * * *"),
+                ("command", "ping"),
+                ("all", "1"),
+            ],
+        ),
+        (
+            format!("/ui/schedules/{id}"),
+            vec![
+                ("_csrf", token.as_str()),
+                ("name", "renamed"),
+                ("cron", "0 3 * * *"),
+                ("command", "ping"),
+                ("all", "1"),
+            ],
+        ),
+        (
+            format!("/ui/schedules/{id}/disable"),
+            vec![("_csrf", token.as_str())],
+        ),
+        (
+            format!("/ui/schedules/{id}/delete"),
+            vec![("_csrf", token.as_str())],
+        ),
+    ] {
+        let (status, html) = mo.post(&path, &fields).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {html}");
+        assert!(html.contains("only owners and admins"), "{path}: {html}");
+    }
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["name"], "nightly");
+    assert_eq!(stored["enabled"], true);
+    let (_, list) = server.api().get("/api/schedules").await;
+    assert_eq!(list["schedules"].as_array().map(Vec::len), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +433,193 @@ async fn what_agents_report_is_escaped_in_the_html() {
         }
         assert!(html.contains("&#60;script&#62;alert("), "{path}: {html}");
     }
+}
+
+/// The rows of an agents page, in order: `(hostname, status)`.
+fn agent_rows(html: &str) -> Vec<(String, String)> {
+    html.split("<tr data-id=")
+        .skip(1)
+        .map(|row| {
+            let status = row
+                .split("<span class=\"status ")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .expect("a status")
+                .to_owned();
+            let start = row.find(">page-host-").expect("a hostname") + 1;
+            let host = row[start..].split('<').next().expect("its end").to_owned();
+            (host, status)
+        })
+        .collect()
+}
+
+/// A raw agent named `hostname`, declaring `tags`, registered with `key`.
+async fn named_agent(server: &Server, key: &str, hostname: &str, tags: &[&str]) -> ws::Peer {
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, key).await.expect("connect");
+    match peer.frame().await {
+        outpost_protocol::ServerFrame::Connected(_) => {}
+        other => panic!("expected connected, got {other:?}"),
+    }
+    let mut frame = ws::register(&agent_id);
+    frame["data"]["hostname"] = json!(hostname);
+    frame["data"]["tags"] = json!(tags);
+    peer.send_json(&frame).await;
+    server.api().wait_online(&agent_id).await;
+    peer
+}
+
+/// The agents page is cut by the store (SPEC §12: 10,000 agents are paginated): a page holds
+/// 50 rows, online before offline and by host name, the tag and status filters and the count
+/// come from the database (a tag some key assigns counts only from that key), a page past
+/// the last shows the last, and the live stream sends only the page's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_page_is_paged_and_filtered_by_the_store() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let api = server.api();
+    let (_, plain) = api.agent_key().await;
+    let (_, prod) = api
+        .create_key(json!({"name": "prod", "tags": ["fleet=prod"]}))
+        .await;
+    // 60 agents: every third declares role=db; the first five have prod's key, and five others
+    // claim its tag; the last 12 go offline.
+    let mut peers = Vec::new();
+    for i in 0..60 {
+        let host = format!("page-host-{i:03}");
+        let mut tags = vec!["raw"];
+        if i % 3 == 0 {
+            tags.push("role=db");
+        }
+        if (5..10).contains(&i) {
+            tags.push("fleet=prod");
+        }
+        if i == 1 {
+            // JSON escapes in the tag, and a LIKE wildcard.
+            tags.push("q\"uote\\");
+            tags.push("under_score");
+        }
+        let key = if i < 5 { &prod } else { &plain };
+        peers.push(named_agent(&server, key, &host, &tags).await);
+    }
+    for peer in peers.drain(48..) {
+        peer.crash();
+    }
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let offline = wait_for("12 agents offline on the page", SHOWN, || async {
+        let (status, html) = ada.get("/ui/agents?status=offline").await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        let rows = agent_rows(&html);
+        (rows.len() == 12 && rows.iter().all(|(_, s)| s == "offline")).then_some(rows)
+    })
+    .await;
+    let hosts: Vec<String> = (48..60).map(|i| format!("page-host-{i:03}")).collect();
+    assert_eq!(
+        offline.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(),
+        hosts
+    );
+
+    let (_, first) = ada.get("/ui/agents").await;
+    assert!(
+        first.contains("<span id=\"agents-total\">60</span>"),
+        "{first}"
+    );
+    assert!(
+        first.contains("<span id=\"agents-pages\">2</span>"),
+        "{first}"
+    );
+    let rows = agent_rows(&first);
+    assert_eq!(rows.len(), 50);
+    let expected: Vec<String> = (0..48)
+        .chain(48..50)
+        .map(|i| format!("page-host-{i:03}"))
+        .collect();
+    assert_eq!(
+        rows.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(rows[..48].iter().all(|(_, s)| s == "online"), "{rows:?}");
+    assert!(first.contains("page=2\" rel=\"next\""), "{first}");
+    // A page past the last is the last.
+    for path in ["/ui/agents?page=2", "/ui/agents?page=99"] {
+        let (_, html) = ada.get(path).await;
+        let rows = agent_rows(&html);
+        assert_eq!(rows.len(), 10, "{path}");
+        assert_eq!(rows[0].0, "page-host-050", "{path}");
+        assert!(html.contains("<span id=\"agents-page\">2</span>"), "{path}");
+    }
+    let (_, online) = ada.get("/ui/agents?status=online&page=1").await;
+    assert!(online.contains("<span id=\"agents-total\">48</span>"));
+
+    // role=db: no key assigns it, so whoever declares it has it (0, 3, … 57: 20 agents).
+    let (_, db) = ada.get("/ui/agents?tag=role%3Ddb").await;
+    assert!(db.contains("<span id=\"agents-total\">20</span>"), "{db}");
+    let (_, db_offline) = ada.get("/ui/agents?tag=role%3Ddb&status=offline").await;
+    // 48, 51, 54, 57
+    assert_eq!(agent_rows(&db_offline).len(), 4);
+    // fleet=prod: its key's five agents, not the five that only claim it.
+    let (_, fleet) = ada.get("/ui/agents?tag=fleet%3Dprod").await;
+    let fleet: Vec<String> = agent_rows(&fleet).into_iter().map(|(h, _)| h).collect();
+    assert_eq!(
+        fleet,
+        (0..5)
+            .map(|i| format!("page-host-{i:03}"))
+            .collect::<Vec<_>>()
+    );
+    for tag in ["q%22uote%5C", "under_score"] {
+        let (_, html) = ada.get(&format!("/ui/agents?tag={tag}")).await;
+        let rows = agent_rows(&html);
+        assert_eq!(rows.len(), 1, "{tag}: {rows:?}");
+        assert_eq!(rows[0].0, "page-host-001", "{tag}");
+    }
+    // `_` is no wildcard and the filter no case-insensitive match.
+    for tag in ["underXscore", "UNDER_SCORE"] {
+        let (_, html) = ada.get(&format!("/ui/agents?tag={tag}")).await;
+        assert!(agent_rows(&html).is_empty(), "{tag}");
+    }
+    let (_, none) = ada.get("/ui/agents?tag=nobody").await;
+    assert!(none.contains("<span id=\"agents-total\">0</span>"));
+    // A tag longer than any tag can be is refused, naming the limit.
+    let (status, html) = ada
+        .get(&format!("/ui/agents?tag={}", "t".repeat(129)))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("tag: at most 128 bytes"), "{html}");
+    let (status, _) = ada
+        .get(&format!("/ui/agents?tag={}", "t".repeat(128)))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The live stream of page 2 carries page 2's rows only.
+    let response = ada
+        .client
+        .get(format!("{}/ui/agents/stream?page=2", server.url))
+        .header(COOKIE, &ada.cookie)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut response = response;
+    let mut text = String::new();
+    let event = tokio::time::timeout(SHOWN, async {
+        loop {
+            let chunk = response.chunk().await.expect("bytes").expect("an event");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("\n\n")
+                && let Some(line) = text.lines().find(|l| l.starts_with("data: "))
+            {
+                break serde_json::from_str::<serde_json::Value>(&line[6..]).expect("json");
+            }
+        }
+    })
+    .await
+    .expect("the first event in time");
+    assert_eq!(event["page"], 2);
+    assert_eq!(event["total"], 60);
+    let rows = event["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[0]["hostname"], "page-host-050");
+    drop(peers);
 }
 
 /// A raw agent whose hostname, tags and script description are markup; connected until the
@@ -527,6 +777,34 @@ impl Browser {
         }
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
         std::fs::create_dir_all(&dir).expect("docs/screenshots");
+        // What changes from run to run for no reason (times, ids, durations, this machine's
+        // load) is written over with fixed text first, so that a screenshot changes only when
+        // the page does.
+        self.driver
+            .execute(
+                r#"
+                var walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+                var rules = [
+                  [/\b\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?( UTC| [+-]\d{2}:\d{2})?/g, "2026-01-01 09:00:00 UTC"],
+                  [/\b(Mon|Tue|Wed|Thu|Fri|Sat|Sun) 2026-01-01/g, "Thu 2026-01-01"],
+                  [/\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b/g, "01234567-89ab-7cde-8f01-234567890abc"],
+                  [/\bop([kari])_[A-Za-z0-9_-]{20,}/g, "op$1_EXAMPLE0000000000000000000000000000000000"],
+                  [/\b\d+(\.\d+)? s\b/g, "0.1 s"],
+                  [/\b\d+\.\d%/g, "12.5%"],
+                  [/\b\d+ ms\b/g, "5 ms"],
+                  [/127\.0\.0\.1:\d+/g, "127.0.0.1:8080"]
+                ];
+                var node;
+                while ((node = walker.nextNode())) {
+                  var text = node.nodeValue, before = text;
+                  rules.forEach(function (r) { text = text.replace(r[0], r[1]); });
+                  if (text !== before) node.nodeValue = text;
+                }
+                "#,
+                Vec::new(),
+            )
+            .await
+            .expect("steady text");
         self.driver
             .screenshot(&dir.join(format!("{name}.png")))
             .await
@@ -1127,6 +1405,17 @@ async fn the_jobs_page_runs_a_script_on_a_tag() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(output, "tag", "a byte range of the output");
+    // A script the agent does not list fails at once; the list counts each job's runs.
+    let (status, _) = mo
+        .post(
+            "/ui/jobs",
+            &[("_csrf", &token), ("script", "nope"), ("tags", "role:web")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, list) = mo.get("/ui/jobs").await;
+    assert!(list.contains("<td>1 (1 failed)</td>"), "{list}");
+    assert!(list.contains("<td>1</td>"), "{list}");
     // Without a target, nothing runs.
     let (status, html) = mo
         .post("/ui/jobs", &[("_csrf", &token), ("script", "hi")])
@@ -1198,5 +1487,1049 @@ async fn browser_shows_invalid_utf8_and_one_endless_line_without_holding_all_of_
         "{held} characters held in the page"
     );
     browser.wait_text(By::id("job-status"), "succeeded").await;
+    browser.quit().await;
+}
+
+/// The fires listed in a schedule page (`<li>` of `schedule-fire-list`).
+fn fires_of(html: &str) -> Vec<String> {
+    let Some(start) = html.find("<ol id=\"schedule-fire-list\">") else {
+        return Vec::new();
+    };
+    let list = &html[start..];
+    let list = &list[..list.find("</ol>").expect("the list's end")];
+    list.split("<li>")
+        .skip(1)
+        .map(|item| item.split("</li>").next().expect("item").to_owned())
+        .collect()
+}
+
+/// A schedule made, previewed, changed, paused and deleted through its form (SPEC §12): the
+/// next 5 fires are in the schedule's time zone, a bad pattern is refused on the form with
+/// the parser's words and creates nothing, and only what changed is sent on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_is_made_previewed_changed_and_deleted_through_its_form() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let token = ada.csrf().await;
+    let (status, blank) = ada.get("/ui/schedules/new").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fires_of(&blank).is_empty());
+    let fields = |cron: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut f = vec![
+            ("name", "nightly-backup"),
+            ("cron", cron),
+            ("timezone", "Asia/Tokyo"),
+            ("command", "run"),
+            ("script", "backup"),
+            ("params", "DEST=/srv\nKEEP=7"),
+            ("tags", "role:db"),
+            ("concurrency", "forbid"),
+            ("missed", "run_once"),
+            ("enabled", "1"),
+        ];
+        f.extend_from_slice(extra);
+        f
+    };
+    // Preview: the form again with the fires, nothing saved.
+    let mut preview = fields("30 2 * * *", &[("preview", "1")]);
+    preview[0].1 = "nightly <b>backup</b>";
+    preview.push(("_csrf", &token));
+    let (status, html) = ada.post("/ui/schedules", &preview).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let fires = fires_of(&html);
+    assert_eq!(fires.len(), 5, "{html}");
+    assert!(
+        fires.iter().all(|f| f.ends_with(" 02:30 +09:00")),
+        "{fires:?}"
+    );
+    assert!(
+        html.contains("nightly &#60;b&#62;backup&#60;/b&#62;"),
+        "{html}"
+    );
+    let (_, list) = server.api().get("/api/schedules").await;
+    assert_eq!(
+        list["schedules"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    // A bad pattern is refused on the form.
+    let mut bad = fields("61 * * * *", &[]);
+    bad.push(("_csrf", &token));
+    let (status, html) = ada.post("/ui/schedules", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("id=\"schedule-error\""), "{html}");
+    assert!(html.contains("minute"), "{html}");
+    // Created: to its page, with its fires in its zone.
+    let mut create = fields("30 2 * * *", &[]);
+    create.push(("_csrf", &token));
+    let response = ada
+        .client
+        .post(format!("{}/ui/schedules", server.url))
+        .header(COOKIE, &ada.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&create))
+        .send()
+        .await
+        .expect("POST /ui/schedules");
+    let status = response.status();
+    if status != StatusCode::SEE_OTHER {
+        panic!("{status}: {}", response.text().await.unwrap_or_default());
+    }
+    let page = response.headers()[LOCATION]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let id = page
+        .strip_prefix("/ui/schedules/")
+        .expect("its page")
+        .to_owned();
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["timezone"], "Asia/Tokyo", "{stored}");
+    assert_eq!(stored["concurrency"], "forbid");
+    assert_eq!(stored["missed"], "run_once");
+    assert_eq!(stored["target"]["tags"], json!(["role:db"]));
+    assert_eq!(
+        stored["data"]["params"],
+        json!({"DEST": "/srv", "KEEP": "7"})
+    );
+    let (status, html) = ada.get(&page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fires_of(&html).len(), 5, "{html}");
+    assert!(html.contains("DEST=/srv\nKEEP=7"), "{html}");
+    // Changed: a new pattern, the rest as it was.
+    let mut change = fields("0 9 * * 1", &[]);
+    change.push(("_csrf", &token));
+    let (status, html) = ada.post(&page, &change).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let (_, html) = ada.get(&page).await;
+    let fires = fires_of(&html);
+    assert_eq!(fires.len(), 5);
+    assert!(
+        fires
+            .iter()
+            .all(|f| f.starts_with("Mon ") && f.ends_with(" 09:00 +09:00")),
+        "{fires:?}"
+    );
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["cron"], "0 9 * * 1");
+    assert_eq!(stored["data"]["script"], "backup");
+    // The preview the form's script asks for.
+    let (_, answer) = ada
+        .get("/ui/schedules/preview?cron=*%2F15+*+*+*+*&timezone=America%2FNew_York")
+        .await;
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    assert_eq!(
+        answer["fires"].as_array().map(Vec::len),
+        Some(5),
+        "{answer}"
+    );
+    let (_, answer) = ada
+        .get("/ui/schedules/preview?cron=*&timezone=Mars%2FOlympus")
+        .await;
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    assert!(answer["error"].is_string(), "{answer}");
+    // Paused, then deleted.
+    let (status, _) = ada
+        .post(&format!("{page}/disable"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, stored) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(stored["enabled"], false);
+    let (status, _) = ada
+        .post(&format!("{page}/delete"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = server.api().get(&format!("/api/schedules/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A provider for the integrations page's tests: `/ok/…` answers 200 `ok`, `/teapot/…` 500
+/// with markup in its body.
+async fn provider() -> String {
+    use axum::response::IntoResponse as _;
+    let app = axum::Router::new()
+        .route("/ok/{*rest}", axum::routing::post(|| async { "ok" }))
+        .route(
+            "/teapot/{*rest}",
+            axum::routing::post(|| async {
+                (
+                    reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+                    "<script>alert('provider')</script> no teapot here",
+                )
+                    .into_response()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// The integrations page (SPEC §11, §12): made per kind, secrets never shown back, the test
+/// button shows the provider's real answer (escaped), the delivery log keeps it, a bad config
+/// is refused naming the field, members see none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_are_made_tested_and_deleted_on_their_page() {
+    let server = Server::start_with(ServerOptions {
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let base = provider().await;
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let token = ada.csrf().await;
+    let (status, html) = ada.get("/ui/integrations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("id=\"new-pagerduty\""), "{html}");
+    // A bad config is refused on the page, naming the field.
+    let (status, html) = ada
+        .post(
+            "/ui/integrations",
+            &[
+                ("_csrf", &token),
+                ("kind", "slack"),
+                ("name", "chat"),
+                ("url", "ftp://example.com/x"),
+                ("events", "job.failed"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("config.url"), "{html}");
+    // Slack: its URL is its secret.
+    let slack_url = format!("{base}/ok/T000/B000/slack-secret-path");
+    let made = |kind: &'static str, name: &'static str, extra: Vec<(&'static str, String)>| {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("_csrf", token.clone()),
+            ("kind", kind.into()),
+            ("name", name.into()),
+            ("events", "job.failed, agent".into()),
+        ];
+        fields.extend(extra);
+        fields
+    };
+    let mut pages = Vec::new();
+    for fields in [
+        made("slack", "chat", vec![("url", slack_url.clone())]),
+        made(
+            "webhook",
+            "hook",
+            vec![
+                ("url", format!("{base}/teapot/hook")),
+                (
+                    "secret",
+                    "whsec_c2VjcmV0LXNpZ25pbmcta2V5LW5vdC1zaG93bg==".into(),
+                ),
+            ],
+        ),
+    ] {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = ada
+            .client
+            .post(format!("{}/ui/integrations", server.url))
+            .header(COOKIE, &ada.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&fields))
+            .send()
+            .await
+            .expect("POST /ui/integrations");
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .map(|l| l.to_str().expect("text").to_owned());
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        pages.push(location.expect("its page"));
+    }
+    let (_, list) = ada.get("/ui/integrations").await;
+    for secret in ["slack-secret-path", "c2VjcmV0LXNpZ25pbmcta2V5"] {
+        assert!(!list.contains(secret), "the list shows a secret: {list}");
+    }
+    assert!(
+        list.contains(">chat</a>") && list.contains(">hook</a>"),
+        "{list}"
+    );
+    // The test button: the provider's answer, as it came.
+    let (status, html) = ada
+        .post(&format!("{}/test", pages[0]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("id=\"test-result\""), "{html}");
+    assert!(html.contains(">delivered<"), "{html}");
+    assert!(html.contains("HTTP 200"), "{html}");
+    assert!(!html.contains("slack-secret-path"), "{html}");
+    let (status, html) = ada
+        .post(&format!("{}/test", pages[1]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(">failed<") && html.contains("HTTP 500"),
+        "{html}"
+    );
+    assert!(html.contains("&#60;script&#62;alert("), "{html}");
+    assert!(!html.contains("<script>alert("), "{html}");
+    assert!(!html.contains("c2VjcmV0LXNpZ25pbmcta2V5"), "{html}");
+    // The delivery log keeps the attempt.
+    let (_, html) = ada.get(&pages[1]).await;
+    let log = &html[html.find("id=\"deliveries\"").expect("the log")..];
+    assert!(
+        log.contains("HTTP 500") && log.contains("no teapot here"),
+        "{log}"
+    );
+    // Disabled, then deleted.
+    let (status, _) = ada
+        .post(&format!("{}/disable", pages[1]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = ada.get(&pages[1]).await;
+    assert!(html.contains("<dd>disabled</dd>"), "{html}");
+    let (status, _) = ada
+        .post(&format!("{}/delete", pages[1]), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = ada.get(&pages[1]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A member: no link, no page, no form.
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let mo_token = mo.csrf().await;
+    let (_, html) = mo.get("/ui/agents").await;
+    assert!(!html.contains("/ui/integrations"), "{html}");
+    for path in ["/ui/integrations".to_owned(), pages[0].clone()] {
+        let (status, _) = mo.get(&path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let (status, _) = mo
+        .post(&format!("{}/test", pages[0]), &[("_csrf", &mo_token)])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = mo
+        .post(
+            "/ui/integrations",
+            &[
+                ("_csrf", &mo_token),
+                ("kind", "slack"),
+                ("name", "x"),
+                ("url", &slack_url),
+                ("events", "*"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// The text of the element with `id` (up to its first `<`).
+fn text_of(html: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\">");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id}: {html}"))
+        + marker.len();
+    html[start..].split('<').next().expect("text").to_owned()
+}
+
+/// API keys made with a role (at most the maker's), scopes and an expiry, the secret shown
+/// once and working with that role, then revoked; an agent key with an expiry; an owner
+/// invites a user and changes a role, which an admin may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_agent_key_expiry_and_users_from_the_dashboard() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("al@example.com", "admin", Some(OWNER.1))
+            .0
+    );
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let token = ada.csrf().await;
+    let day = chrono::Utc::now().date_naive() + chrono::Duration::days(30);
+    let expires = day.format("%Y-%m-%d").to_string();
+    // The end of that day: the next one's midnight.
+    let end = (day + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let (status, html) = ada
+        .post(
+            "/ui/api-keys",
+            &[
+                ("_csrf", &token),
+                ("name", "ci-reader"),
+                ("role", "member"),
+                ("scope", "agents:read"),
+                ("scope", "jobs:read"),
+                ("expires", &expires),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let secret = text_of(&html, "api-key-secret");
+    assert!(secret.starts_with("opk_"), "{secret}");
+    assert!(html.contains(&format!("{end} 00:00:00 UTC")), "{html}");
+    let (_, again) = ada.get("/ui/api-keys").await;
+    assert!(!again.contains(&secret), "the secret is shown once");
+    assert!(again.contains("agents:read, jobs:read"), "{again}");
+    let key = outpost_e2e::Api::new(&server.url, &secret);
+    let (status, _) = key.get("/api/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    // Its role is member: no audit log.
+    let (status, _) = key.get("/api/audit").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, listed) = server.api().get("/api/keys").await;
+    let made = listed
+        .as_array()
+        .or_else(|| listed["keys"].as_array())
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "ci-reader")
+        .expect("the key")
+        .clone();
+    assert!(
+        made["expires_at"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&end)),
+        "{made}"
+    );
+    // A bad expiry or scope is refused on the page.
+    let (status, html) = ada
+        .post(
+            "/ui/api-keys",
+            &[
+                ("_csrf", &token),
+                ("name", "x"),
+                ("scope", "*"),
+                ("expires", "2001-01-01"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("expires_at: must be in the future"), "{html}");
+    // Revoked: refused at once.
+    let id = made["id"].as_str().expect("id");
+    let (status, _) = ada
+        .post(&format!("/ui/api-keys/{id}/revoke"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _) = key.get("/api/agents").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // An admin's key cannot be an owner's.
+    let al = Session::sign_in(&server, "al@example.com", OWNER.1).await;
+    let al_token = al.csrf().await;
+    let (_, html) = al.get("/ui/api-keys").await;
+    assert!(!html.contains("value=\"owner\""), "{html}");
+    let (status, html) = al
+        .post(
+            "/ui/api-keys",
+            &[
+                ("_csrf", &al_token),
+                ("name", "up"),
+                ("role", "owner"),
+                ("scope", "*"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+
+    // An agent key with an expiry.
+    let (status, html) = ada
+        .post(
+            "/ui/keys",
+            &[
+                ("_csrf", &token),
+                ("name", "short-lived"),
+                ("expires", &expires),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let (_, keys) = server.api().get("/api/agents/keys").await;
+    let agent_key = keys
+        .as_array()
+        .or_else(|| keys["keys"].as_array())
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "short-lived")
+        .expect("the agent key")
+        .clone();
+    assert!(
+        agent_key["expires_at"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&end)),
+        "{agent_key}"
+    );
+
+    // Users: the owner invites and changes a role; the admin sees neither form and is refused.
+    let (status, html) = ada
+        .post(
+            "/ui/users",
+            &[
+                ("_csrf", &token),
+                ("email", "bo@example.com"),
+                ("role", "member"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let invite = text_of(&html, "invite-token");
+    assert!(invite.starts_with("opi_"), "{invite}");
+    let (status, _) = server
+        .api()
+        .anonymous(
+            "/api/auth/accept-invite",
+            json!({"token": invite, "password": "another long enough password"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, users) = server.api().get("/api/users").await;
+    let bo = users
+        .as_array()
+        .or_else(|| users["users"].as_array())
+        .expect("users")
+        .iter()
+        .find(|u| u["email"] == "bo@example.com")
+        .expect("bo")
+        .clone();
+    let bo_id = bo["id"].as_str().expect("id").to_owned();
+    let (status, _) = ada
+        .post(
+            &format!("/ui/users/{bo_id}/role"),
+            &[("_csrf", &token), ("role", "admin")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, bo) = server.api().get(&format!("/api/users/{bo_id}")).await;
+    assert_eq!(bo["role"], "admin", "{bo}");
+    let (_, html) = al.get("/ui/users").await;
+    assert!(
+        !html.contains("invite-user") && !html.contains("/role\""),
+        "{html}"
+    );
+    let (status, _) = al
+        .post(
+            &format!("/ui/users/{bo_id}/role"),
+            &[("_csrf", &al_token), ("role", "member")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = al
+        .post(
+            "/ui/users",
+            &[
+                ("_csrf", &al_token),
+                ("email", "x@example.com"),
+                ("role", "owner"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// The agent page's chart of the last hour: one sample per agent and minute whatever it sends
+/// (the first of the minute kept, values clamped), drawn as inline SVG; the operator's tags
+/// and restart/update for admins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_charts_its_heartbeats_and_admins_manage_it() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    // Its key permits restart and update (a key's defaults do not).
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "ops", "permissions": ["ping", "restart", "update"]}))
+        .await;
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, &key).await.expect("connect");
+    peer.handshake(&agent_id).await;
+    server.api().wait_online(&agent_id).await;
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let page = format!("/ui/agents/{agent_id}");
+    let (_, html) = ada.get(&page).await;
+    assert!(html.contains("No heartbeat in the last hour"), "{html}");
+    // A flood of heartbeats within a minute is one sample: the first, clamped.
+    for i in 0..50 {
+        let cpu = if i == 0 { 250.0 } else { 1.0 };
+        peer.send_json(&json!({"type": "heartbeat", "status": {
+            "uptime_s": i, "cpu_percent": cpu, "memory_percent": 42.5, "disk_percent": 7.0,
+            "timestamp": chrono::Utc::now().to_rfc3339()}}))
+            .await;
+    }
+    let html = wait_for("the chart", SHOWN, || async {
+        let (_, html) = ada.get(&page).await;
+        html.contains("<svg class=\"chart\"").then_some(html)
+    })
+    .await;
+    let samples = html.matches("<polyline").count();
+    assert_eq!(samples, 3, "{html}");
+    // Within one minute, or two if the flood straddled one.
+    assert!(
+        html.contains(", 1 samples\"") || html.contains(", 2 samples\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("CPU 100.0%") || html.contains("CPU 1.0%"),
+        "{html}"
+    );
+    assert!(html.contains("Memory 42.5%"), "{html}");
+    // The operator's tags, then a restart as a job.
+    let token = ada.csrf().await;
+    let (status, _) = ada
+        .post(
+            &format!("{page}/tags"),
+            &[("_csrf", &token), ("tags", "rack=a1, owner=ops")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, agent) = server.api().get(&format!("/api/agents/{agent_id}")).await;
+    assert_eq!(
+        agent["server_tags"],
+        json!(["rack=a1", "owner=ops"]),
+        "{agent}"
+    );
+    let (status, _) = ada
+        .post(&format!("{page}/control/restart"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, jobs) = server.api().get("/api/jobs?command=restart").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+    // A member sees neither and is refused both.
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let mo_token = mo.csrf().await;
+    let (_, html) = mo.get(&page).await;
+    assert!(
+        !html.contains("agent-admin") && !html.contains("/control/"),
+        "{html}"
+    );
+    for (path, fields) in [
+        (
+            format!("{page}/tags"),
+            vec![("_csrf", mo_token.as_str()), ("tags", "x")],
+        ),
+        (
+            format!("{page}/control/update"),
+            vec![("_csrf", mo_token.as_str())],
+        ),
+    ] {
+        let (status, html) = mo.post(&path, &fields).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {html}");
+    }
+    let (_, jobs) = server.api().get("/api/jobs?command=update").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0));
+}
+
+/// The job page's "earlier" output by byte range tells stdout from stderr (`parts=1`): the
+/// parts, joined, are the same bytes as the raw range, each marked with its stream; a range
+/// needs its length, and at most 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_output_by_byte_range_says_which_stream_each_part_is() {
+    use base64::Engine as _;
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "mixed",
+        "echo out-one; sleep 0.2; echo err-two >&2; sleep 0.2; echo out-three",
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let (_, job) = server
+        .api()
+        .job(
+            outpost_e2e::run_job(&agent_id, "mixed", json!({})),
+            Some(30),
+        )
+        .await;
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    let job = server.api().wait_job(&job_id).await;
+    let (_, run_id, _) = outpost_e2e::only_run(&job);
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let base = format!("/ui/jobs/{job_id}/runs/{run_id}/output");
+    let (_, raw) = ada.get(&base).await;
+    assert_eq!(raw, "out-one\nerr-two\nout-three\n");
+    for (offset, len) in [(0, 100), (4, 12), (8, 8)] {
+        let (status, answer) = ada
+            .get(&format!("{base}?offset={offset}&len={len}&parts=1"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+        let parts: Vec<(bool, String)> = answer["parts"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .map(|p| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(p["b64"].as_str().expect("b64"))
+                    .expect("base64");
+                (
+                    p["err"].as_bool().expect("err"),
+                    String::from_utf8(bytes).expect("utf-8"),
+                )
+            })
+            .collect();
+        let joined: String = parts.iter().map(|(_, t)| t.as_str()).collect();
+        let end = (offset + len).min(raw.len());
+        assert_eq!(joined, raw[offset..end], "{offset}+{len}: {parts:?}");
+        for (err, text) in &parts {
+            assert_eq!(*err, text.contains("err"), "{parts:?}");
+        }
+        if offset == 0 {
+            assert_eq!(
+                parts,
+                vec![
+                    (false, "out-one\n".to_owned()),
+                    (true, "err-two\n".to_owned()),
+                    (false, "out-three\n".to_owned())
+                ]
+            );
+        }
+    }
+    let (status, _) = ada.get(&format!("{base}?offset=0&parts=1")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = ada
+        .get(&format!("{base}?offset=0&len={}&parts=1", 1024 * 1024 + 1))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// The audit page filters by day (UTC, the last day included) and verifies the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_filters_by_date_and_verifies_the_chain() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    server.api().agent_key().await;
+    let today = chrono::Utc::now().date_naive();
+    let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let yesterday = day(today - chrono::Duration::days(1));
+    let rows = |html: &str| html.matches("<tr><td>").count();
+    let (status, all) = ada.get("/ui/audit").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(rows(&all) >= 2, "{all}");
+    let (_, same) = ada
+        .get(&format!(
+            "/ui/audit?since={}&until={}",
+            day(today),
+            day(today)
+        ))
+        .await;
+    assert_eq!(rows(&same), rows(&all), "today, both ends included: {same}");
+    let (_, before) = ada.get(&format!("/ui/audit?until={yesterday}")).await;
+    assert_eq!(rows(&before), 0, "{before}");
+    let (_, after) = ada
+        .get(&format!(
+            "/ui/audit?since={}",
+            day(today + chrono::Duration::days(1))
+        ))
+        .await;
+    assert_eq!(rows(&after), 0);
+    let (status, html) = ada.get("/ui/audit?since=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        html.contains("since: &#34;yesterday&#34; is not a date"),
+        "{html}"
+    );
+    let token = csrf_of(&all);
+    let (status, html) = ada.post("/ui/audit/verify", &[("_csrf", &token)]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        text_of(&html, "audit-verified").starts_with("The chain holds: "),
+        "{html}"
+    );
+}
+
+impl Browser {
+    /// Types `text` into the element with `id`, emptied first.
+    async fn type_into(&self, id: &str, text: &str) {
+        let field = self.driver.find(&By::id(id)).await.expect(id);
+        field.clear().await.expect("clear");
+        field.send_keys(text).await.expect("type");
+    }
+
+    /// The id of the element with the focus.
+    async fn focused(&self) -> String {
+        self.driver
+            .execute(
+                "var e = document.activeElement; return e ? (e.id || e.textContent.trim()) : '';",
+                Vec::new(),
+            )
+            .await
+            .expect("focus")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Presses Tab until the focus is on `target` (an id or a link's text), at most 30 times.
+    async fn tab_to(&self, target: &str) {
+        for _ in 0..30 {
+            if self.focused().await == target {
+                return;
+            }
+            self.driver
+                .press(outpost_e2e::webdriver::TAB)
+                .await
+                .expect("tab");
+        }
+        panic!("Tab never reached {target:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_create_a_schedule_and_see_its_next_fires() {
+    let Some(browser) = Browser::start("browser_create_a_schedule").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/schedules/new", server.url))
+        .await
+        .expect("new schedule");
+    browser.type_into("schedule-name", "nightly-backup").await;
+    browser.type_into("schedule-cron", "30 2 * * *").await;
+    browser.type_into("schedule-timezone", "Asia/Tokyo").await;
+    // The fires follow the pattern as it is typed (the form's script asks the server).
+    browser
+        .wait_text(By::id("schedule-fire-list"), "02:30 +09:00")
+        .await;
+    browser.type_into("schedule-script", "backup").await;
+    browser.type_into("schedule-tags", "role:db").await;
+    browser.screenshot("schedule").await;
+    browser
+        .driver
+        .find(&By::id("schedule-save"))
+        .await
+        .expect("save")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_text(By::css("main h1"), "Schedule nightly-backup")
+        .await;
+    let fires = browser
+        .driver
+        .find_all(&By::css("#schedule-fire-list li"))
+        .await
+        .expect("fires");
+    assert_eq!(fires.len(), 5);
+    for fire in fires {
+        let text = fire.text().await.expect("text");
+        assert!(text.ends_with(" 02:30 +09:00"), "{text}");
+    }
+    browser
+        .driver
+        .goto(&format!("{}/ui/schedules", server.url))
+        .await
+        .expect("schedules");
+    browser
+        .wait_text(By::id("schedules"), "nightly-backup")
+        .await;
+    browser.screenshot("schedules").await;
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_keyboard_only_sign_in_and_navigation() {
+    use outpost_e2e::webdriver::ENTER;
+    let Some(browser) = Browser::start("browser_keyboard_only").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let driver = &browser.driver;
+    driver
+        .goto(&format!("{}/ui/login", server.url))
+        .await
+        .expect("login page");
+    browser.tab_to("email").await;
+    driver.press(OWNER.0).await.expect("type");
+    browser.tab_to("password").await;
+    driver.press(OWNER.1).await.expect("type");
+    driver.press(ENTER).await.expect("enter");
+    browser.wait_text(By::css("main h1"), "Agents").await;
+    // The first Tab reaches the skip link, which jumps over the navigation.
+    driver.press(outpost_e2e::webdriver::TAB).await.ok();
+    browser.tab_to("Skip to content").await;
+    // Through the navigation to Jobs, then Schedules, by Tab and Enter alone.
+    browser.tab_to("Jobs").await;
+    driver.press(ENTER).await.expect("enter");
+    browser.wait_text(By::css("main h1"), "Jobs").await;
+    browser.tab_to("Schedules").await;
+    driver.press(ENTER).await.expect("enter");
+    browser.wait_text(By::css("main h1"), "Schedules").await;
+    assert!(browser.alert().await.is_none());
+    browser.quit().await;
+}
+
+/// ~95 MB of output streamed into an open job page: the page keeps answering (a script run
+/// in it completes, and a round trip to it stays short) while the output arrives, and the
+/// DOM never holds more than 5,000 lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_100_mb_of_output_keeps_the_page_responsive() {
+    let Some(browser) = Browser::start("browser_100_mb_of_output").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let gate = tempfile::tempdir().expect("gate dir");
+    let go = gate.path().join("go");
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "flood",
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done\nyes 'a line of output, sixty-four bytes long, repeated a great deal' | head -c 95000000\necho\necho flood-done",
+            go.display()
+        ),
+        json!({}),
+    );
+    let (_, key) = server.api().agent_key().await;
+    let agent = Agent::start_with(&server.url, &key, None, scripts.env());
+    let agent_id = agent.wait_online(&server.api()).await;
+    let mut request = outpost_e2e::run_job(&agent_id, "flood", json!({}));
+    request["timeout_s"] = json!(600);
+    let (status, job) = server.api().job(request, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["job_id"].as_str().expect("job_id").to_owned();
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page");
+    browser.wait_text(By::id("job-status"), "running").await;
+    std::fs::write(&go, b"").expect("open the gate");
+    let started = std::time::Instant::now();
+    let (mut slowest, mut samples, mut most_lines) = (std::time::Duration::ZERO, 0, 0);
+    let mut times = Vec::new();
+    loop {
+        // A script run in the page: some work, and the DOM's size.
+        let asked = std::time::Instant::now();
+        let answer = browser
+            .driver
+            .execute(
+                "var s = 0; for (var i = 0; i < 100000; i++) { s += i % 7; } \
+                 var pre = document.querySelector('pre.output'); \
+                 return [s, pre.textContent.split('\\n').length, pre.textContent.indexOf('flood-done') >= 0];",
+                Vec::new(),
+            )
+            .await
+            .expect("a script in the page");
+        let took = asked.elapsed();
+        times.push(took.as_millis());
+        slowest = slowest.max(took);
+        samples += 1;
+        assert_eq!(answer[0], json!(299_995), "{answer}");
+        let lines = answer[1].as_u64().expect("lines");
+        most_lines = most_lines.max(lines);
+        assert!(lines <= 5_001, "{lines} lines in the page");
+        if answer[2] == json!(true) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(400),
+            "the output did not end in time ({samples} samples)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    times.sort_unstable();
+    eprintln!(
+        "100 MB: round trips {times:?} ms; {samples} while streaming, the slowest {} ms; at most {most_lines} lines; {:.1} s",
+        slowest.as_millis(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        samples >= 3,
+        "the page was sampled while the output streamed"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a round trip to the page took {} ms while output streamed",
+        slowest.as_millis()
+    );
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_integration_test_button_shows_the_providers_answer() {
+    let Some(browser) = Browser::start("browser_integration_test_button").await else {
+        return;
+    };
+    let server = Server::start_with(ServerOptions {
+        envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let base = provider().await;
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    let driver = &browser.driver;
+    driver
+        .goto(&format!("{}/ui/integrations", server.url))
+        .await
+        .expect("integrations");
+    driver.find(&By::css("#new-slack")).await.ok();
+    // Open the Slack form and fill it.
+    driver
+        .execute(
+            "document.querySelector('#new-slack').closest('details').open = true;",
+            Vec::new(),
+        )
+        .await
+        .expect("open");
+    let form = "#new-slack";
+    for (name, value) in [
+        ("name", "chat".to_owned()),
+        ("url", format!("{base}/ok/T000/B000/browser-secret")),
+    ] {
+        driver
+            .find(&By::css(&format!("{form} input[name={name}]")))
+            .await
+            .expect(name)
+            .send_keys(&value)
+            .await
+            .expect("type");
+    }
+    browser.screenshot("integrations").await;
+    driver
+        .find(&By::css(&format!("{form} button[type=submit]")))
+        .await
+        .expect("create")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_text(By::css("main h1"), "Integration chat")
+        .await;
+    driver
+        .find(&By::id("integration-test"))
+        .await
+        .expect("test button")
+        .click()
+        .await
+        .expect("click");
+    let result = browser.wait_text(By::id("test-result"), "delivered").await;
+    assert!(result.contains("HTTP 200"), "{result}");
+    let source = driver.source().await.expect("source");
+    assert!(
+        !source.contains("browser-secret"),
+        "the secret is shown back"
+    );
+    browser.screenshot("integration").await;
     browser.quit().await;
 }

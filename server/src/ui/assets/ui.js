@@ -47,6 +47,39 @@
     badge.classList.toggle("down", !ok);
   }
 
+  // ---- schedule form: the next fires while the pattern is typed --------------------------
+  var cron = document.getElementById("schedule-cron");
+  var zone = document.getElementById("schedule-timezone");
+  var fireList = document.getElementById("schedule-fire-list");
+  if (cron && zone && fireList && cron.dataset.preview && window.fetch) {
+    var timer = null;
+    var asked = 0;
+    var heading = document.querySelector("#schedule-fires h2");
+    var refresh = function () {
+      var mine = ++asked;
+      var url = cron.dataset.preview + "?cron=" + encodeURIComponent(cron.value) +
+        "&timezone=" + encodeURIComponent(zone.value);
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (response) { return response.json(); })
+        .then(function (answer) {
+          if (mine !== asked) return;
+          var items = document.createDocumentFragment();
+          if (answer.error) {
+            items.appendChild(el("li", "error", answer.error));
+          } else {
+            (answer.fires || []).forEach(function (fire) { items.appendChild(el("li", null, fire)); });
+          }
+          fireList.replaceChildren(items);
+          if (heading) heading.textContent = "Next fires (" + zone.value + ")";
+        })
+        .catch(function () { /* the Preview button still works */ });
+    };
+    var later = function () { clearTimeout(timer); timer = setTimeout(refresh, 250); };
+    cron.addEventListener("input", later);
+    zone.addEventListener("input", later);
+    zone.addEventListener("change", later);
+  }
+
   // ---- agents page -----------------------------------------------------------------------
   var agents = document.getElementById("agents");
   if (agents && agents.dataset.stream && window.EventSource) {
@@ -176,6 +209,10 @@
   var MAX_CHARS = 1024 * 1024;
   var EARLIER_BYTES = 64 * 1024;
   var RESYNC_BYTES = 256 * 1024;
+  // Queued output beyond this is left out unseen (see Run.prototype.output).
+  var QUEUE_KEEP = 1024 * 1024;
+  // Milliseconds of output work at a time before the page handles anything else.
+  var FLUSH_MS = 8;
 
   function countLines(text) {
     var n = 0;
@@ -183,6 +220,11 @@
     return n;
   }
 
+  // The length of what `b64` encodes, without decoding it.
+  function b64length(b64) {
+    var pad = b64.endsWith("==") ? 2 : b64.endsWith("=") ? 1 : 0;
+    return Math.floor(b64.length / 4) * 3 - pad;
+  }
   function b64bytes(b64) {
     var raw = atob(b64);
     var bytes = new Uint8Array(raw.length);
@@ -205,6 +247,9 @@
     this.receivedTotal = 0; // bytes of output the server has sent or skipped
     this.cutTail = false;   // newest output left out (after loading earlier output)
     this.pending = null;
+    this.queue = [];        // [err, base64, bytes] not shown yet
+    this.queued = 0;        // their bytes
+    this.flushQueued = false;
     var self = this;
     var pre = this.pre;
     var atBottom = function () { return pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4; };
@@ -278,11 +323,49 @@
     }
     this.earlierButton.hidden = this.dropped <= 0;
   };
+  // Output as it arrives is queued, and shown a few milliseconds of work at a time, so that
+  // the page answers between them however fast output comes (a run printing 100 MB sends
+  // thousands of chunks). When the queue alone holds more than the page keeps, what is in
+  // the page and the queue's oldest chunks would all be trimmed: they are left out unseen,
+  // as earlier output to load by byte range.
   Run.prototype.output = function (err, b64) {
-    var bytes = b64bytes(b64);
-    this.receivedTotal += bytes.length;
-    if (this.pending) { this.pending.push([err, bytes]); return; }
-    this.append(err, bytes);
+    var n = b64length(b64);
+    this.receivedTotal += n;
+    if (this.pending) { this.pending.push([err, b64bytes(b64)]); return; }
+    if (this.cutTail) return; // shown again by resync()
+    this.queue.push([err, b64, n]);
+    this.queued += n;
+    if (this.queued > QUEUE_KEEP) this.skipAhead();
+    this.schedule();
+  };
+  Run.prototype.skipAhead = function () {
+    var keep = 0, i = this.queue.length;
+    while (i > 0 && keep < QUEUE_KEEP) { i--; keep += this.queue[i][2]; }
+    if (i === 0) return;
+    this.queue = this.queue.slice(i);
+    this.queued = keep;
+    this.pre.replaceChildren();
+    this.lines = this.chars = 0;
+    this.dropped = this.receivedTotal - keep;
+    this.decoders = [new TextDecoder("utf-8"), new TextDecoder("utf-8")];
+    this.ansi = [new Ansi(), new Ansi()];
+    this.earlierButton.hidden = this.dropped <= 0;
+  };
+  Run.prototype.schedule = function () {
+    if (this.flushQueued) return;
+    this.flushQueued = true;
+    var self = this;
+    setTimeout(function () { self.flushQueued = false; self.flush(FLUSH_MS); }, 0);
+  };
+  // Shows queued output for at most `budget` ms (0: all of it).
+  Run.prototype.flush = function (budget) {
+    var start = performance.now();
+    while (this.queue.length && (budget === 0 || performance.now() - start < budget)) {
+      var item = this.queue.shift();
+      this.queued -= item[2];
+      this.append(item[0], b64bytes(item[1]));
+    }
+    if (this.queue.length) this.schedule();
   };
   Run.prototype.append = function (err, bytes) {
     if (this.cutTail) return; // shown again by resync()
@@ -311,27 +394,41 @@
         return response.arrayBuffer();
       });
   }
-  // Earlier output, by byte range (both streams as they arrived; not told apart here).
+  // Earlier output, by byte range: both streams as they arrived, each part marked with its
+  // stream by the server, so that stderr shows as it does live.
   Run.prototype.earlier = function () {
     var self = this;
     var len = Math.min(EARLIER_BYTES, this.dropped);
     var offset = this.dropped - len;
     if (len <= 0) return;
     this.earlierButton.disabled = true;
-    fetchRange(this.url, offset, len).then(function (buffer) {
-      var text = new TextDecoder("utf-8").decode(buffer);
-      var block = self.block(new Ansi().convert(text), buffer.byteLength, "earlier-part");
-      var note = self.pre.querySelector(".note");
-      if (note) self.remove(note);
-      self.pre.insertBefore(block, self.pre.firstChild);
-      self.dropped = offset;
-      self.follow.checked = false;
-      self.pre.scrollTop = 0;
-      self.trim(true);
-    }).catch(function () { /* the button stays for another try */ }).then(function () {
-      self.earlierButton.disabled = false;
-      self.earlierButton.hidden = self.dropped <= 0;
-    });
+    fetch(this.url + "?offset=" + offset + "&len=" + len + "&parts=1", { credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (answer) {
+        var decoders = [new TextDecoder("utf-8"), new TextDecoder("utf-8")];
+        var ansi = [new Ansi(), new Ansi()];
+        var blocks = document.createDocumentFragment();
+        (answer.parts || []).forEach(function (part) {
+          var stream = part.err ? 1 : 0;
+          var bytes = b64bytes(part.b64);
+          var text = decoders[stream].decode(bytes, { stream: true });
+          blocks.appendChild(self.block(ansi[stream].convert(text), bytes.length,
+            "earlier-part" + (part.err ? " err" : "")));
+        });
+        var note = self.pre.querySelector(".note");
+        if (note) self.remove(note);
+        self.pre.insertBefore(blocks, self.pre.firstChild);
+        self.dropped = offset;
+        self.follow.checked = false;
+        self.pre.scrollTop = 0;
+        self.trim(true);
+      }).catch(function () { /* the button stays for another try */ }).then(function () {
+        self.earlierButton.disabled = false;
+        self.earlierButton.hidden = self.dropped <= 0;
+      });
   };
   // After earlier output pushed the newest out: the last RESYNC_BYTES again, then the live
   // stream from there on.
@@ -408,6 +505,7 @@
       // The rest of each run's multi-byte characters, if its output ended inside one.
       Object.keys(runs).forEach(function (id) {
         var run = runs[id];
+        run.flush(0);
         [0, 1].forEach(function (s) {
           var rest = run.decoders[s].decode();
           if (rest && !run.cutTail) run.pre.appendChild(run.block(run.ansi[s].convert(rest), 0, s ? "err" : ""));
