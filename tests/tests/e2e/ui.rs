@@ -2457,8 +2457,16 @@ async fn browser_100_mb_of_output_keeps_the_page_responsive() {
         samples >= 3,
         "the page was sampled while the output streamed"
     );
+    // A frozen page answers nothing for as long as the output streams (tens of seconds); on
+    // two busy cores a healthy one still has an occasional slow round trip, so the bounds
+    // tell the two apart rather than time the page (BENCHMARKS has the figures).
+    let median = times[times.len() / 2];
     assert!(
-        slowest < Duration::from_secs(2),
+        median < 1_500,
+        "half the round trips to the page took {median} ms or more while output streamed: {times:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(10),
         "a round trip to the page took {} ms while output streamed",
         slowest.as_millis()
     );
