@@ -52,11 +52,19 @@ pub(crate) async fn scrape(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_an_owner_key_or_the_internal_listener_and_move_with_a_command() {
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    // Both ports are chosen while both are held, so they differ: with the main listener on
+    // port 0 the kernel once handed the server the very port just freed for metrics.
+    let (main_addr, metrics_addr) = {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        let (main, metrics) = (free(), free());
+        (
+            main.local_addr().expect("addr"),
+            metrics.local_addr().expect("addr"),
+        )
+    };
     let server = Server::start_with(ServerOptions {
         args: vec!["--metrics-listen".into(), metrics_addr.to_string()],
+        listen: Some(main_addr),
         ..Default::default()
     })
     .await;
