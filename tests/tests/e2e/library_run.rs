@@ -45,6 +45,17 @@ fn cli(home: &CliHome, args: &[&str]) -> String {
     out
 }
 
+/// `outpost scripts keygen` in `dir`: the private key's path and the public key.
+fn operator_key(home: &CliHome, dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("operator.key");
+    cli(
+        home,
+        &["scripts", "keygen", "--out", key.to_str().expect("utf-8")],
+    );
+    let public = std::fs::read_to_string(dir.join("operator.key.pub")).expect("FILE.pub");
+    (key, public.to_owned())
+}
+
 /// An agent tagged `tag` whose manifest holds `library` (and no script of its own).
 async fn agent(
     server: &Server,
@@ -105,11 +116,8 @@ async fn a_signed_bundle_runs_where_agents_allow_it_and_is_refused_elsewhere() {
     let home = CliHome::new(&server);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let key = dir.join("operator.key");
+    let (key, public) = operator_key(&home, dir);
     let key_s = key.to_str().expect("utf-8");
-    cli(&home, &["scripts", "keygen", "--out", key_s]);
-    let public = std::fs::read_to_string(dir.join("operator.key.pub")).expect("FILE.pub");
-    let public = public.trim().to_owned();
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&key).expect("key").permissions().mode();
@@ -216,10 +224,8 @@ async fn a_bundle_tampered_with_in_the_servers_database_is_refused_by_the_agent(
     let home = CliHome::new(&server);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let key = dir.join("operator.key");
+    let (key, public) = operator_key(&home, dir);
     let key_s = key.to_str().expect("utf-8");
-    cli(&home, &["scripts", "keygen", "--out", key_s]);
-    let public = std::fs::read_to_string(dir.join("operator.key.pub")).expect("FILE.pub");
     bundle(
         dir,
         "nightly",
@@ -266,7 +272,7 @@ touch {}
         &server,
         &api,
         "nightly",
-        Some(json!({"allow": ["nightly"], "keys": [public.trim()]})),
+        Some(json!({"allow": ["nightly"], "keys": [public]})),
     )
     .await;
     let job = run_by_tag(&api, "nightly", "nightly", json!({})).await;
@@ -325,10 +331,8 @@ async fn a_python_bundle_gets_its_requirements_from_pypi_in_its_own_venv() {
     let home = CliHome::new(&server);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let key = dir.join("operator.key");
+    let (key, public) = operator_key(&home, dir);
     let key_s = key.to_str().expect("utf-8");
-    cli(&home, &["scripts", "keygen", "--out", key_s]);
-    let public = std::fs::read_to_string(dir.join("operator.key.pub")).expect("FILE.pub");
     // six: one pure-Python file, a wheel on PyPI for every Python 3.
     bundle(
         dir,
@@ -359,7 +363,7 @@ print('six', six.__version__, 'in', sys.prefix)
         &server,
         &api,
         "py",
-        Some(json!({"allow": ["py-*"], "keys": [public.trim()]})),
+        Some(json!({"allow": ["py-*"], "keys": [public]})),
     )
     .await;
     let started = Instant::now();
