@@ -139,11 +139,22 @@ wait_until() {
   done
 }
 
+# Whether the process in pid file $1, started by this script, is still running. Unlike
+# `alive` it does not look at the command line: just after `start_node` the child may still be
+# the shell that has not exec'd the server yet, whose command line is this script's (a busy
+# machine made `start` report a healthy node as exited that way).
+running() {
+  local pid
+  [[ -s $1 ]] || return 1
+  pid=$(<"$1")
+  kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
 # A node is up once it printed its listening line (the database is migrated, the owner key
 # registered); it must still be running.
 node_listening() {
   local node=$1
-  alive "$node/pid" outpost-server || fail "$(basename "$node") exited; the end of its log:
+  running "$node/pid" || fail "$(basename "$node") exited; the end of its log:
 $(tail -n 30 "$node/server.log" 2>/dev/null)"
   grep -q '^outpost-server listening on ' "$node/stdout" 2>/dev/null
 }
