@@ -34,6 +34,9 @@ enum Serve {
     Cut(Vec<u8>),
     /// Announces these bytes' length, sends half of them and then nothing, for ever.
     Stall(Vec<u8>),
+    /// Answers this status with `Retry-After: 1` as many times as the count says, then serves
+    /// the bytes whole (as the real route does when too many downloads are under way).
+    Busy(usize, StatusCode, Vec<u8>),
 }
 
 #[derive(Default)]
@@ -73,10 +76,26 @@ async fn bundle_route(
             .unwrap_or_default()
             .to_owned();
         state.bearers.push(bearer);
-        state.bundles.get(&sha).cloned()
+        match state.bundles.get_mut(&sha) {
+            Some(Serve::Busy(left, status, bytes)) => {
+                if *left == 0 {
+                    Some(Serve::Bytes(bytes.clone()))
+                } else {
+                    *left -= 1;
+                    Some(Serve::Busy(*left, *status, Vec::new()))
+                }
+            }
+            how => how.cloned(),
+        }
     };
     match how {
         None => StatusCode::NOT_FOUND.into_response(),
+        Some(Serve::Busy(_, status, _)) => (
+            status,
+            [(header::RETRY_AFTER, "1")],
+            "too many bundle downloads at once; try again",
+        )
+            .into_response(),
         Some(Serve::Bytes(bytes)) => {
             ([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response()
         }
@@ -613,6 +632,58 @@ async fn a_cancel_stops_a_download_and_leaves_nothing() {
     refused(&response, codes::CANCELLED, "downloading", &marker);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(s.cached().is_empty());
+}
+
+#[tokio::test]
+async fn a_busy_server_is_asked_again_after_the_wait_it_names() {
+    let s = Setup::new(Some(json!({"allow": ["*"]}))).await;
+    // A run sent to a whole fleet at once meets 429s (SPEC §15's download route sends a few
+    // bundles at a time) and 503s (a node draining): each is a wait, not a failed run.
+    for (version, status) in [
+        ("1.0.0", StatusCode::TOO_MANY_REQUESTS),
+        ("1.0.1", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let marker = s.marker(version);
+        let bytes = good_bundle("fleet-wide", version, &marker);
+        let run = s.signer.run(&bytes, version);
+        s.fake.serve(&run.sha256, Serve::Busy(2, status, bytes));
+        let hits = s.fake.hits();
+        let (response, output) = s.run("fleet-wide", &run, json!({})).await;
+        assert!(response.success, "{status}: {response:?} {output}");
+        assert!(marker.exists(), "{status}");
+        assert_eq!(
+            s.fake.hits(),
+            hits + 3,
+            "{status}: two refusals, then the bundle"
+        );
+    }
+
+    // Cancelled while it waits: it stops at once, with nothing left behind.
+    let marker = s.marker("never");
+    let bytes = good_bundle("fleet-wide", "1.0.2", &marker);
+    let run = s.signer.run(&bytes, "1.0.2");
+    s.fake.serve(
+        &run.sha256,
+        Serve::Busy(usize::MAX, StatusCode::TOO_MANY_REQUESTS, bytes),
+    );
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let fake = s.fake.clone();
+    let hits = fake.hits();
+    tokio::spawn(async move {
+        // Once the first refusal is in, the agent is waiting.
+        while fake.hits() == hits {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+    });
+    let (response, _) = s
+        .execute_with(json!({"script": "fleet-wide", "library": run}), 60, cancel)
+        .await;
+    s.assert_clean();
+    refused(&response, codes::CANCELLED, "waiting to download", &marker);
+    let file = format!("{}.tar.gz", run.sha256);
+    assert!(!s.cached().contains(&file), "{:?}", s.cached());
 }
 
 #[tokio::test]

@@ -14,12 +14,17 @@
 //! otherwise run without its signature meaning anything. One that does not match is removed
 //! and downloaded again.
 //!
+//! A server that is busy (429 when a node already sends as many bundles as it allows, 503 when
+//! it drains) is asked again after the `Retry-After` it names, jittered, within the
+//! download's time: a run sent to a whole fleet at once must not fail on most agents because
+//! they all asked in the same second.
+//!
 //! Each use touches the file's modification time, and eviction removes the least recently
 //! used bundles until the cache fits its bound, never one a run is using.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use outpost_protocol::bundle::LibraryRun;
 use outpost_protocol::codes;
@@ -61,14 +66,86 @@ pub async fn fetch(
     library
         .downloads
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tokio::select! {
-        result = download(library, &endpoint, run, &path) => result?,
-        () = cancel.cancelled() => {
-            return Err(Refused::new(codes::CANCELLED, "cancelled while the bundle was downloading"));
+    let deadline = Instant::now() + DOWNLOAD_TIMEOUT;
+    let mut busy = 0u32;
+    loop {
+        let attempt = tokio::select! {
+            result = download(library, &endpoint, run, &path, deadline) => result,
+            () = cancel.cancelled() => {
+                return Err(Refused::new(codes::CANCELLED, "cancelled while the bundle was downloading"));
+            }
+        };
+        match attempt {
+            Ok(()) => break,
+            Err(Attempt::Failed(refused)) => return Err(refused),
+            Err(Attempt::Busy {
+                status,
+                after,
+                body,
+            }) => {
+                busy += 1;
+                let wait = jittered(after);
+                if Instant::now() + wait >= deadline {
+                    return Err(Refused::new(
+                        codes::DOWNLOAD_FAILED,
+                        format!(
+                            "downloading bundle {}: the server was still busy after {busy}                              tries in {} s (last answer {status}: {body})",
+                            run.sha256,
+                            DOWNLOAD_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+                tracing::info!(bundle = %run.sha256, %status, wait_ms = wait.as_millis() as u64, "the server is busy sending bundles; downloading again after the wait it asked for");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancel.cancelled() => {
+                        return Err(Refused::new(codes::CANCELLED, "cancelled while waiting to download the bundle"));
+                    }
+                }
+            }
         }
     }
     evict(library, &run.sha256);
     Ok((path, true))
+}
+
+/// How one download attempt ended, short of success.
+enum Attempt {
+    /// The run fails with this.
+    Failed(Refused),
+    /// The server asked to be asked again later (429 or 503): after `after`.
+    Busy {
+        status: StatusCode,
+        after: Duration,
+        body: String,
+    },
+}
+
+impl From<Refused> for Attempt {
+    fn from(refused: Refused) -> Self {
+        Self::Failed(refused)
+    }
+}
+
+/// The longest wait taken from a `Retry-After` (a larger one is shortened to this).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The wait a `Retry-After` header asks for: whole seconds, 1 s when it is missing or not a
+/// number (an HTTP date is not worth parsing here), at most [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
+        .clamp(Duration::from_secs(1), MAX_RETRY_AFTER)
+}
+
+/// `after` plus up to half of it again, at random: a fleet refused together (a run sent to
+/// every agent at once, more downloads than the server sends at a time) comes back spread out
+/// rather than all in the same second.
+fn jittered(after: Duration) -> Duration {
+    after + after.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 /// Whether the file at `path` is `size` bytes whose SHA-256 is `sha256`.
@@ -110,32 +187,56 @@ impl Drop for Partial {
     }
 }
 
+/// One download attempt, which must end by `deadline`.
 async fn download(
     library: &Library,
     endpoint: &Endpoint,
     run: &LibraryRun,
     path: &Path,
-) -> Result<(), Refused> {
+    deadline: Instant,
+) -> Result<(), Attempt> {
     let sha = &run.sha256;
     let failed = |why: String| Refused::new(codes::DOWNLOAD_FAILED, why);
-    let refused = |why: String| Refused::new(codes::BUNDLE_REFUSED, why);
-    let mut response = endpoint
-        .get_bundle(sha, DOWNLOAD_TIMEOUT)
+    let response = endpoint
+        .get_bundle(sha, deadline.saturating_duration_since(Instant::now()))
         .await
         .map_err(|e| failed(format!("downloading bundle {sha}: {}", chain(&e))))?;
     let status = response.status();
     if status == StatusCode::NOT_FOUND {
         return Err(failed(format!(
             "the server has no bundle {sha} for this agent (404)"
-        )));
+        ))
+        .into());
     }
     if !status.is_success() {
+        let after = retry_after(response.headers());
         let body = response.text().await.unwrap_or_default();
         let body: String = body.chars().take(300).collect();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            return Err(Attempt::Busy {
+                status,
+                after,
+                body,
+            });
+        }
         return Err(failed(format!(
             "downloading bundle {sha}: the server answered {status}: {body}"
-        )));
+        ))
+        .into());
     }
+    Ok(save(library, run, path, response).await?)
+}
+
+/// Writes the body of a successful answer into the cache, held to the signed hash and size.
+async fn save(
+    library: &Library,
+    run: &LibraryRun,
+    path: &Path,
+    mut response: reqwest::Response,
+) -> Result<(), Refused> {
+    let sha = &run.sha256;
+    let failed = |why: String| Refused::new(codes::DOWNLOAD_FAILED, why);
+    let refused = |why: String| Refused::new(codes::BUNDLE_REFUSED, why);
     if let Some(length) = response.content_length()
         && length != run.size
     {

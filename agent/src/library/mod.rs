@@ -58,7 +58,8 @@ use crate::spool::SpoolWriter;
 pub const MAX_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Virtual environments kept (one per bundle hash with `requirements`).
 pub const MAX_VENVS: usize = 16;
-/// Time allowed for one bundle's download.
+/// Time allowed for one bundle's download, the waits a busy server asks for (429, 503)
+/// included.
 pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time allowed for building one virtual environment (`venv` and `pip install` together).
 pub const VENV_TIMEOUT: Duration = Duration::from_secs(600);
