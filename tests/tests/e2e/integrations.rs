@@ -271,13 +271,28 @@ async fn a_failure_reaches_slack_and_pagerduty_once_and_its_recovery_resolves_th
         "{events}"
     );
 
-    let (status, log) = api
-        .get(&format!(
-            "/api/integrations/{}/deliveries",
-            slack["id"].as_str().expect("id")
-        ))
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{log}");
+    // Slack has both messages; the server records each answer a moment after it.
+    let path = format!(
+        "/api/integrations/{}/deliveries",
+        slack["id"].as_str().expect("id")
+    );
+    let log = wait_for(
+        "Slack's deliveries recorded",
+        Duration::from_secs(30),
+        || {
+            let api = &api;
+            let path = path.clone();
+            async move {
+                let (status, log) = api.get(&path).await;
+                assert_eq!(status, reqwest::StatusCode::OK, "{log}");
+                let recorded = log["deliveries"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().all(|d| d["status"] != "pending"));
+                recorded.then_some(log)
+            }
+        },
+    )
+    .await;
     let deliveries = log["deliveries"].as_array().expect("deliveries");
     assert_eq!(deliveries.len(), 2, "{log}");
     for d in deliveries {
@@ -1234,12 +1249,24 @@ async fn email_goes_through_the_smtp_relay_and_its_answers_are_reported() {
         message.contains("flaky"),
         "the body names the script: {message}"
     );
-    let (_, log) = api
-        .get(&format!(
-            "/api/integrations/{}/deliveries",
-            mail["id"].as_str().expect("id")
-        ))
-        .await;
+    // The relay has the message; the server records its answer a moment later.
+    let path = format!(
+        "/api/integrations/{}/deliveries",
+        mail["id"].as_str().expect("id")
+    );
+    let log = wait_for(
+        "the email's delivery recorded",
+        Duration::from_secs(30),
+        || {
+            let api = &api;
+            let path = path.clone();
+            async move {
+                let (_, log) = api.get(&path).await;
+                (log["deliveries"][0]["status"] != "pending").then_some(log)
+            }
+        },
+    )
+    .await;
     let deliveries = log["deliveries"].as_array().expect("deliveries");
     assert_eq!(deliveries[0]["status"], "delivered", "{log}");
     assert_eq!(deliveries[0]["attempt_log"][0]["status_code"], 250, "{log}");
