@@ -10,6 +10,11 @@ use clap::{ArgAction, Parser, ValueEnum};
 /// services' own default, `service::api_keys::DEFAULT_MAX_KEY_DAYS`, is the same).
 pub const DEFAULT_MAX_KEY_DAYS: u32 = 365;
 
+/// What one tenant's script library may hold unless `--library-max-bytes` says otherwise:
+/// 1 GiB, 64 bundles of the largest size. Bundles live in the database every tenant shares,
+/// so one tenant's admins must not be able to fill it.
+pub const DEFAULT_LIBRARY_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -164,6 +169,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_MAX_OUTPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_output_bytes: u64,
 
+    /// Bundle bytes each tenant's script library may hold, every version of every script
+    /// together; an upload past it is refused (409 library_full) until versions are deleted.
+    #[arg(long, env = "OUTPOST_LIBRARY_MAX_BYTES", default_value_t = DEFAULT_LIBRARY_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub library_max_bytes: u64,
+
     /// Let job webhooks go to loopback, private and link-local addresses (off: such URLs are
     /// refused, so API callers cannot reach internal services through the server). The
     /// variable takes 1/0, true/false, yes/no, on/off.
@@ -235,6 +245,7 @@ impl std::fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("builds_dir", &self.builds_dir)
             .field("max_output_bytes", &self.max_output_bytes)
+            .field("library_max_bytes", &self.library_max_bytes)
             .field("retention_days", &self.retention_days)
             .field("retention_seconds", &self.retention_seconds)
             .field("schedule_grace_s", &self.schedule_grace_s)

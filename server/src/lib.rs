@@ -172,7 +172,8 @@ pub async fn run(
         api::render_job,
     );
     let mut core = service::Core::new(store, writer, bus, finish, master, stop.clone())
-        .with_max_key_days(config.max_key_days);
+        .with_max_key_days(config.max_key_days)
+        .with_library_max_bytes(config.library_max_bytes);
     if let Some(node) = &node {
         core = core.on_node(node.node_id());
     }

@@ -41,9 +41,19 @@ async fn insert(
     new: NewLibraryScript,
     bytes: &[u8],
 ) -> Result<bool, LibraryRefused> {
+    insert_within(store, new, bytes, u64::MAX).await
+}
+
+/// [`insert`] into a library that may hold `max_bytes` per tenant.
+async fn insert_within(
+    store: &Store,
+    new: NewLibraryScript,
+    bytes: &[u8],
+    max_bytes: u64,
+) -> Result<bool, LibraryRefused> {
     let tenant = new.tenant_id.clone();
     store
-        .insert_library_script(new, bytes.to_vec(), audit(&tenant))
+        .insert_library_script(new, bytes.to_vec(), max_bytes, audit(&tenant))
         .await
         .expect("store")
         .map(|(_, created)| created)
@@ -293,4 +303,73 @@ async fn a_script_holds_at_most_its_limit_of_versions() {
         .expect("delete")
         .expect("deleted");
     assert_eq!(insert(&store, new, b"x").await, Ok(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_library_holds_at_most_its_bound_even_for_uploads_at_once() {
+    let (_fresh, store, tenant) = common::fresh_store().await;
+    let (other, _) = store.create_tenant("other", None).await.expect("tenant");
+    const MAX: u64 = 10;
+
+    assert_eq!(
+        insert_within(&store, version(&tenant, "a", "1.0.0", 'a'), b"123456", MAX).await,
+        Ok(true)
+    );
+    assert_eq!(store.library_bytes(&tenant).await.expect("bytes"), 6);
+    // 6 + 5 > 10, under any name.
+    assert_eq!(
+        insert_within(&store, version(&tenant, "b", "1.0.0", 'b'), b"12345", MAX).await,
+        Err(LibraryRefused::Full { used: 6, max: MAX })
+    );
+    // Exactly up to the bound fits; the same bytes again are not counted twice.
+    assert_eq!(
+        insert_within(&store, version(&tenant, "b", "1.0.0", 'b'), b"1234", MAX).await,
+        Ok(true)
+    );
+    assert_eq!(
+        insert_within(&store, version(&tenant, "b", "1.0.0", 'b'), b"1234", MAX).await,
+        Ok(false)
+    );
+    // Another tenant has its own bound.
+    assert_eq!(
+        insert_within(
+            &store,
+            version(&other, "a", "1.0.0", 'c'),
+            b"123456789",
+            MAX
+        )
+        .await,
+        Ok(true)
+    );
+    // A delete makes room.
+    store
+        .delete_library_script(&tenant, "a", &"1.0.0".parse().expect("v"), audit(&tenant))
+        .await
+        .expect("delete")
+        .expect("deleted");
+    assert_eq!(store.library_bytes(&tenant).await.expect("bytes"), 4);
+    assert_eq!(
+        insert_within(&store, version(&tenant, "c", "1.0.0", 'd'), b"123456", MAX).await,
+        Ok(true)
+    );
+
+    // Uploads at once (on PostgreSQL, each in its own connection's transaction): room for one
+    // of them, so exactly one is stored.
+    let (third, _) = store.create_tenant("third", None).await.expect("tenant");
+    let uploads = (0..4u8).map(|i| {
+        let store = store.clone();
+        let new = version(&third, &format!("s{i}"), "1.0.0", char::from(b'e' + i));
+        tokio::spawn(async move { insert_within(&store, new, b"1234567", MAX).await })
+    });
+    let results: Vec<Result<bool, LibraryRefused>> = futures_util::future::join_all(uploads)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| **r == Ok(true)).count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(store.library_bytes(&third).await.expect("bytes"), 7);
 }

@@ -208,7 +208,7 @@ pub struct ScriptView {
         (status = 201, body = ScriptVersionView, description = "Stored"),
         (status = 200, body = ScriptVersionView, description = "The same bytes were already stored under this version: nothing changed"),
         (status = 400, body = crate::http_error::ErrorEnvelope, description = "A part is missing, or the signature, the hash, the size or an archive rule refuses the bundle; the message says which"),
-        (status = 409, body = crate::http_error::ErrorEnvelope, description = "`version_exists`: the version holds other bytes"),
+        (status = 409, body = crate::http_error::ErrorEnvelope, description = "`version_exists`: the version holds other bytes; `too_many_versions`: the script has 50 versions; `library_full`: the tenant's library would hold more than --library-max-bytes"),
         (status = 413, response = crate::api::doc::PayloadTooLarge)))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn upload(

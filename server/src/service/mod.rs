@@ -70,6 +70,8 @@ pub struct Core {
     node: String,
     /// The longest an API key may live (`--max-key-days`).
     max_key_days: u32,
+    /// The bundle bytes one tenant's script library may hold (`--library-max-bytes`).
+    library_max_bytes: u64,
 }
 
 impl Core {
@@ -101,13 +103,10 @@ impl Core {
             shutdown,
             node: "local".to_owned(),
             max_key_days: api_keys::DEFAULT_MAX_KEY_DAYS,
+            library_max_bytes: crate::config::DEFAULT_LIBRARY_MAX_BYTES,
         }
     }
 
-    /// Refuses new work with `Unavailable` while the database's writes fail (a full disk),
-    /// before anything is stored: a small insert may still fit where the writer's batches do
-    /// not, and would add work that cannot be answered. The writer keeps trying its batch and
-    /// clears this when it commits (see `store::writer::Health`).
     /// The same core with API keys capped at `days` (`--max-key-days`).
     #[must_use]
     pub fn with_max_key_days(mut self, days: u32) -> Self {
@@ -115,6 +114,18 @@ impl Core {
         self
     }
 
+    /// The same core with each tenant's script library holding at most `bytes`
+    /// (`--library-max-bytes`).
+    #[must_use]
+    pub fn with_library_max_bytes(mut self, bytes: u64) -> Self {
+        self.library_max_bytes = bytes;
+        self
+    }
+
+    /// Refuses new work with `Unavailable` while the database's writes fail (a full disk),
+    /// before anything is stored: a small insert may still fit where the writer's batches do
+    /// not, and would add work that cannot be answered. The writer keeps trying its batch and
+    /// clears this when it commits (see `store::writer::Health`).
     fn writable(&self) -> Result<(), DomainError> {
         self.writer.health().status().map_err(|why| {
             DomainError::Unavailable(format!(

@@ -154,7 +154,7 @@ impl Scripts {
         match self
             .core
             .store
-            .insert_library_script(new, bytes, audit)
+            .insert_library_script(new, bytes, self.core.library_max_bytes, audit)
             .await?
         {
             Ok((model, created)) => {
@@ -169,6 +169,14 @@ impl Scripts {
                     "{} has {max} versions in the library, the most a script may have; delete \
                      old ones first (outpost scripts rm {} VERSION)",
                     manifest.name, manifest.name
+                ),
+            }),
+            Err(LibraryRefused::Full { used, max }) => Err(DomainError::Conflict {
+                code: "library_full",
+                message: format!(
+                    "the library holds {used} bytes of bundles and this one is {size}: more \
+                     than the {max} bytes a tenant's library may hold (--library-max-bytes); \
+                     delete versions no longer run first (outpost scripts rm NAME VERSION)"
                 ),
             }),
             Err(LibraryRefused::VersionTaken(sha256)) => Err(DomainError::Conflict {

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::{
     AuditRecord, Result, Store, agent, begin_write, library_bundle, library_script, new_id, now,
+    tenant,
 };
 
 /// A version to store, checked by the service (signature, hash, archive rules).
@@ -53,6 +54,13 @@ pub enum LibraryRefused {
     VersionTaken(String),
     /// The script has [`MAX_VERSIONS`] versions already.
     TooManyVersions(u64),
+    /// The tenant's library would hold more than its bound.
+    Full {
+        /// The bytes it holds.
+        used: u64,
+        /// The bound.
+        max: u64,
+    },
 }
 
 fn part(n: u64) -> i64 {
@@ -66,11 +74,23 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         &self,
         new: NewLibraryScript,
         bytes: Vec<u8>,
+        max_bytes: u64,
         mut audit: AuditRecord,
     ) -> Result<std::result::Result<(library_script::Model, bool), LibraryRefused>> {
         let txn = Store {
             db: begin_write(&self.db).await?,
         };
+        // Uploads of one tenant take turns from here, so that two at once cannot both fit
+        // under the bound with room for one (SQLite: one writer at a time already).
+        if txn.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            tenant::Entity::find_by_id(new.tenant_id.as_str())
+                .select_only()
+                .column(tenant::Column::Id)
+                .lock_exclusive()
+                .into_tuple::<String>()
+                .one(&txn.db)
+                .await?;
+        }
         if let Some(existing) = txn
             .library_version(&new.tenant_id, &new.name, &new.version)
             .await?
@@ -93,6 +113,13 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .await?;
         if versions >= MAX_VERSIONS {
             return Ok(Err(LibraryRefused::TooManyVersions(MAX_VERSIONS)));
+        }
+        let used = txn.library_bytes(&new.tenant_id).await?;
+        if used.saturating_add(bytes.len() as u64) > max_bytes {
+            return Ok(Err(LibraryRefused::Full {
+                used,
+                max: max_bytes,
+            }));
         }
         let id = new_id();
         let size = part(bytes.len() as u64);
@@ -126,6 +153,22 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         txn.append_audit_now(&audit).await?;
         txn.db.commit().await?;
         Ok(Ok((model, true)))
+    }
+
+    /// The bundle bytes a tenant's library holds, every version of every script.
+    pub async fn library_bytes(&self, tenant_id: &str) -> Result<u64> {
+        // PostgreSQL sums a BIGINT as NUMERIC: cast back.
+        let total: Option<i64> = library_script::Entity::find()
+            .select_only()
+            .column_as(
+                sea_orm::sea_query::Expr::cust("CAST(COALESCE(SUM(size), 0) AS BIGINT)"),
+                "total",
+            )
+            .filter(library_script::Column::TenantId.eq(tenant_id))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(total.map_or(0, |t| u64::try_from(t).unwrap_or(0)))
     }
 
     /// One version of a script.

@@ -501,6 +501,47 @@ async fn jobs_resolve_library_names_and_refuse_early_where_an_agent_would() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
 }
 
+/// `--library-max-bytes` bounds what a tenant's library holds: past it an upload is a 409
+/// naming the bytes held, the bound and the way out, and a delete makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_library_refuses_uploads_until_versions_are_deleted() {
+    let one = bundle_of("backup-db", "1.0.0");
+    let two = bundle_of("backup-db", "2.0.0");
+    let max = one.len() + two.len() / 2;
+    let server = Server::start_with(outpost_e2e::ServerOptions {
+        args: vec!["--library-max-bytes".into(), max.to_string()],
+        ..Default::default()
+    })
+    .await;
+    let signer = Signer::new();
+    let (status, answer) = signed_upload(&server, &signer, one.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, answer) = signed_upload(&server, &signer, two.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["error"]["code"], "library_full", "{answer}");
+    let said = message(&answer);
+    assert!(
+        said.contains(&format!("holds {} bytes", one.len()))
+            && said.contains(&format!("the {max} bytes"))
+            && said.contains("outpost scripts rm"),
+        "{said}"
+    );
+    let (_, listed) = server.api().get("/api/scripts/backup-db").await;
+    assert_eq!(
+        listed["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+
+    let (status, _) = server
+        .api()
+        .delete("/api/scripts/backup-db/versions/1.0.0")
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, answer) = signed_upload(&server, &signer, two).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_are_rate_bounded_per_agent_key() {
     let server = Server::start().await;
