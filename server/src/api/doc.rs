@@ -168,6 +168,26 @@ doc_schema! {
 }
 
 doc_schema! {
+    /// A library script's name (`outpost_protocol::check::script_name`).
+    ScriptName => string(&format!(
+        "1 to {} of `A-Z a-z 0-9 . _ -`, starting with a letter or digit and not ending with a dot.",
+        limits::MAX_SCRIPT_NAME_LEN
+    ))
+    .min_length(Some(1))
+    .max_length(Some(limits::MAX_SCRIPT_NAME_LEN))
+    .pattern(Some(format!(
+        "^[A-Za-z0-9]([A-Za-z0-9._-]{{0,{}}}[A-Za-z0-9_-])?$",
+        limits::MAX_SCRIPT_NAME_LEN - 2
+    )))
+}
+
+doc_schema! {
+    /// A SHA-256 as the library names bundles (`outpost_protocol::bundle::sha256_hex`).
+    Sha256Hex => string("64 lowercase hex digits.")
+        .pattern(Some("^[0-9a-f]{64}$"))
+}
+
+doc_schema! {
     /// A target triple (`outpost_protocol::release::valid_target`).
     TargetTriple => string("A Rust target triple, e.g. `x86_64-unknown-linux-gnu`: 1 to 64 of \
         `A-Z a-z 0-9 _ - .`, not starting with a dot.")

@@ -78,7 +78,7 @@ use doc::Contract;
             crate::domain::AuditTarget, crate::domain::UserStatus, crate::domain::Scope,
             crate::domain::MissedPolicy, crate::domain::ConcurrencyPolicy,
             crate::http_error::ErrorEnvelope,
-            doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion,
+            doc::AgentStatus, doc::OutputSelection, doc::Tag, doc::KeyName, doc::ReleaseVersion, doc::ScriptName, doc::Sha256Hex,
             doc::TargetTriple, doc::WebhookUrl, doc::Email, doc::IdempotencyKey, doc::JobIdPart,
         ),
         responses(

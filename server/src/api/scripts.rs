@@ -326,7 +326,7 @@ pub async fn list(
 
 /// Every version of one script: hashes, signers, files, parameters.
 #[utoipa::path(get, operation_id = "showScript", path = "/api/scripts/{name}", tag = "scripts", security(("bearer" = [])),
-    params(("name" = String, Path, description = "The script's name")),
+    params(("name" = crate::api::doc::ScriptName, Path, description = "The script's name")),
     responses((status = 200, body = ScriptView), (status = 404, response = crate::api::doc::NotFound)))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, name = %name))]
 pub async fn show(
@@ -343,8 +343,8 @@ pub async fn show(
 
 /// Delete one version. Jobs that ran it keep their record; new jobs no longer resolve to it.
 #[utoipa::path(delete, operation_id = "deleteScriptVersion", path = "/api/scripts/{name}/versions/{version}", tag = "scripts", security(("bearer" = [])),
-    params(("name" = String, Path, description = "The script's name"),
-        ("version" = String, Path, description = "MAJOR.MINOR.PATCH")),
+    params(("name" = crate::api::doc::ScriptName, Path, description = "The script's name"),
+        ("version" = crate::api::doc::ReleaseVersion, Path, description = "MAJOR.MINOR.PATCH")),
     responses((status = 204), (status = 404, response = crate::api::doc::NotFound)))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, name = %name, version = %version))]
 pub async fn delete(
@@ -365,7 +365,7 @@ pub async fn delete(
 /// names. 404 for a hash the key's tenant does not hold.
 #[utoipa::path(get, operation_id = "downloadScript", path = "/agent/v1/scripts/{sha256}", tag = "scripts",
     security(("agent" = [])),
-    params(("sha256" = String, Path, description = "The bundle's SHA-256, lowercase hex")),
+    params(("sha256" = crate::api::doc::Sha256Hex, Path, description = "The bundle's SHA-256, lowercase hex")),
     responses(
         (status = 200, description = "The bundle", content(("application/gzip"))),
         (status = 404, response = crate::api::doc::NotFound),
