@@ -11,7 +11,8 @@ use clap::{ArgAction, Parser, ValueEnum};
 pub const DEFAULT_MAX_KEY_DAYS: u32 = 365;
 
 /// What one tenant's script library may hold unless `--library-max-bytes` says otherwise:
-/// 1 GiB, 64 bundles of the largest size. Bundles live in the database every tenant shares,
+/// 1 GiB, 64 bundles of the largest size (the services' own default,
+/// `service::scripts::DEFAULT_LIBRARY_MAX_BYTES`, is the same). Bundles live in the database every tenant shares,
 /// so one tenant's admins must not be able to fill it.
 pub const DEFAULT_LIBRARY_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
@@ -324,6 +325,11 @@ mod tests {
         assert_eq!(
             config.max_key_days,
             crate::service::api_keys::DEFAULT_MAX_KEY_DAYS
+        );
+        assert_eq!(config.library_max_bytes, 1 << 30);
+        assert_eq!(
+            config.library_max_bytes,
+            crate::service::scripts::DEFAULT_LIBRARY_MAX_BYTES
         );
         let err =
             super::Config::try_parse_from(["outpost-server", "--trusted-proxy", "10.0.0.0/40"])

@@ -103,7 +103,7 @@ impl Core {
             shutdown,
             node: "local".to_owned(),
             max_key_days: api_keys::DEFAULT_MAX_KEY_DAYS,
-            library_max_bytes: crate::config::DEFAULT_LIBRARY_MAX_BYTES,
+            library_max_bytes: scripts::DEFAULT_LIBRARY_MAX_BYTES,
         }
     }
 

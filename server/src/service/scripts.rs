@@ -45,6 +45,9 @@ pub const DOWNLOAD_WAIT: Duration = Duration::from_secs(30);
 /// Downloads one agent key may start a minute (a fleet sharing a key fetches a new version
 /// once per host; agents cache by hash).
 pub const DOWNLOADS_PER_MINUTE: u32 = 600;
+/// What one tenant's library may hold unless `--library-max-bytes` says otherwise (the
+/// flag's default, `config::DEFAULT_LIBRARY_MAX_BYTES`, is the same).
+pub const DEFAULT_LIBRARY_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Uploads checked at once (each may inflate up to 256 MiB through the walker).
 const MAX_CHECKS: usize = 2;
 
