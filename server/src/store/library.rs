@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use outpost_protocol::release::Version;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionSession, TransactionTrait,
+    QueryOrder, QuerySelect, Select, Set, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -61,6 +61,23 @@ pub enum LibraryRefused {
         /// The bound.
         max: u64,
     },
+}
+
+/// `select` ordered newest version first (by number: 1.10.0 before 1.9.0).
+fn newest_first(select: Select<library_script::Entity>) -> Select<library_script::Entity> {
+    select
+        .order_by_desc(library_script::Column::Major)
+        .order_by_desc(library_script::Column::Minor)
+        .order_by_desc(library_script::Column::Patch)
+}
+
+/// The versions of one script of a tenant, newest first.
+fn versions_of(tenant_id: &str, name: &str) -> Select<library_script::Entity> {
+    newest_first(
+        library_script::Entity::find()
+            .filter(library_script::Column::TenantId.eq(tenant_id))
+            .filter(library_script::Column::Name.eq(name)),
+    )
 }
 
 fn part(n: u64) -> i64 {
@@ -198,26 +215,15 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         if let Some(version) = version {
             return self.library_version(tenant_id, name, version).await;
         }
-        Ok(library_script::Entity::find()
-            .filter(library_script::Column::TenantId.eq(tenant_id))
-            .filter(library_script::Column::Name.eq(name))
-            .order_by_desc(library_script::Column::Major)
-            .order_by_desc(library_script::Column::Minor)
-            .order_by_desc(library_script::Column::Patch)
-            .one(&self.db)
-            .await?)
+        Ok(versions_of(tenant_id, name).one(&self.db).await?)
     }
 
     /// Every version of every script of a tenant, by name, newest version first.
     pub async fn library_scripts(&self, tenant_id: &str) -> Result<Vec<library_script::Model>> {
-        Ok(library_script::Entity::find()
+        let by_name = library_script::Entity::find()
             .filter(library_script::Column::TenantId.eq(tenant_id))
-            .order_by_asc(library_script::Column::Name)
-            .order_by_desc(library_script::Column::Major)
-            .order_by_desc(library_script::Column::Minor)
-            .order_by_desc(library_script::Column::Patch)
-            .all(&self.db)
-            .await?)
+            .order_by_asc(library_script::Column::Name);
+        Ok(newest_first(by_name).all(&self.db).await?)
     }
 
     /// Every version of one script, newest first.
@@ -226,14 +232,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         tenant_id: &str,
         name: &str,
     ) -> Result<Vec<library_script::Model>> {
-        Ok(library_script::Entity::find()
-            .filter(library_script::Column::TenantId.eq(tenant_id))
-            .filter(library_script::Column::Name.eq(name))
-            .order_by_desc(library_script::Column::Major)
-            .order_by_desc(library_script::Column::Minor)
-            .order_by_desc(library_script::Column::Patch)
-            .all(&self.db)
-            .await?)
+        Ok(versions_of(tenant_id, name).all(&self.db).await?)
     }
 
     /// The version whose bundle has this hash.

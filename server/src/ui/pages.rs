@@ -470,6 +470,16 @@ pub async fn run(
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let spec = run_spec(&fields)?;
+    job_on_agent(&state, &ui, spec, id).await
+}
+
+/// Starts `spec` as a job on agent `id` and sends the browser to the job's page.
+async fn job_on_agent(
+    state: &AppState,
+    ui: &Ui,
+    spec: CommandSpec,
+    id: String,
+) -> Result<Response, UiError> {
     let job = state
         .services
         .jobs
@@ -2305,24 +2315,5 @@ pub async fn control_agent(
         );
     }
     let spec = CommandSpec::new(command, None, None, None)?;
-    let job = state
-        .services
-        .jobs
-        .create(
-            &ui.caller,
-            NewJobRequest {
-                spec,
-                target: Target {
-                    agents: Some(vec![id]),
-                    tags: None,
-                    all: None,
-                },
-                webhook_url: None,
-                idempotency_key: None,
-                fire: None,
-            },
-            None,
-        )
-        .await?;
-    Ok(see_other(&format!("{}/jobs/{}", ui.site.base, job.job.id)))
+    job_on_agent(&state, &ui, spec, id).await
 }
