@@ -102,63 +102,41 @@ async fn agents(client: &Client, targets: bool) -> Vec<String> {
 }
 
 async fn jobs(client: &Client) -> Vec<String> {
-    let Ok(page) = client
-        .json_within(
-            Method::GET,
-            "/api/jobs",
-            &[("limit", JOBS.to_string())],
-            None,
-            TIMEOUT,
-        )
-        .await
-    else {
-        return Vec::new();
-    };
-    page.get("jobs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|j| j.get("job_id").and_then(Value::as_str))
-        .map(str::to_owned)
-        .collect()
+    let query = [("limit", JOBS.to_string())];
+    field_of_each(client, "/api/jobs", &query, "jobs", "job_id").await
 }
 
 /// Schedule names (the first page, ordered by name).
 async fn schedules(client: &Client) -> Vec<String> {
-    let Ok(page) = client
-        .json_within(
-            Method::GET,
-            "/api/schedules",
-            &[("limit", "200".to_owned())],
-            None,
-            TIMEOUT,
-        )
-        .await
-    else {
-        return Vec::new();
-    };
-    page.get("schedules")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.get("name").and_then(Value::as_str))
-        .map(str::to_owned)
-        .collect()
+    let query = [("limit", "200".to_owned())];
+    field_of_each(client, "/api/schedules", &query, "schedules", "name").await
 }
 
 /// The library's script names.
 async fn scripts(client: &Client) -> Vec<String> {
+    field_of_each(client, "/api/scripts", &[], "scripts", "name").await
+}
+
+/// `field` of each item of the list `key` that GET `path` answers; nothing when the server
+/// does not answer in time (completion must never hang a shell).
+async fn field_of_each(
+    client: &Client,
+    path: &str,
+    query: &[(&str, String)],
+    key: &str,
+    field: &str,
+) -> Vec<String> {
     let Ok(page) = client
-        .json_within(Method::GET, "/api/scripts", &[], None, TIMEOUT)
+        .json_within(Method::GET, path, query, None, TIMEOUT)
         .await
     else {
         return Vec::new();
     };
-    page.get("scripts")
+    page.get(key)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|s| s.get("name").and_then(Value::as_str))
+        .filter_map(|item| item.get(field).and_then(Value::as_str))
         .map(str::to_owned)
         .collect()
 }
