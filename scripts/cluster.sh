@@ -2,7 +2,7 @@
 # A throwaway Outpost cluster on this machine, as processes: a PostgreSQL (scripts/postgres.sh),
 # N outpost-server nodes sharing it on free loopback ports, and HAProxy (Debian's `haproxy`) in
 # front of them with deploy/haproxy.cfg's settings. For tests, benchmarks and trying scale-out
-# (SPEC §13); deploy/compose.yaml is the same shape in containers, for operators.
+# (CONTRACT.md §13); deploy/compose.yaml is the same shape in containers, for operators.
 #
 #   scripts/cluster.sh start DIR [--nodes N] [--bin-dir DIR]   # N defaults to 3
 #   scripts/cluster.sh stop DIR
@@ -230,7 +230,7 @@ start() {
   fi
 
   # The first node alone, then the others together. Nodes may start together on an empty
-  # database (they take turns migrating it and making the owner key: server/tests/nodes.rs);
+  # database (they take turns migrating it and making the owner key: server/store/tests/it/nodes.rs);
   # the first one alone keeps one node's log holding the first start's story.
   local i node_urls=() servers=()
   start_node 1 "$server" "$database_url" "$admin_key" "$master_key"

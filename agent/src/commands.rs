@@ -16,10 +16,7 @@ use crate::exec::{self, RunSpec};
 use crate::manifest;
 use crate::spool::SpoolWriter;
 
-/// Output kept per stream when the server does not say (SPEC §3: 100 MiB).
-pub const DEFAULT_MAX_OUTPUT: u64 = 100 * 1024 * 1024;
-
-/// Exit codes the supervisor acts on (SPEC §4).
+/// Exit codes the supervisor acts on (CONTRACT.md §4).
 pub mod exit {
     /// Restart requested.
     pub const RESTART: i32 = 42;
@@ -94,7 +91,7 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
             "run needs data.script, the script's name",
         );
     };
-    // The server made this a library run (SPEC §15): the bundle's own rules apply, and the
+    // The server made this a library run (CONTRACT.md §15): the bundle's own rules apply, and the
     // manifest's `library` consent instead of its list of scripts.
     // (`null` is no library, should a server spell an absent field that way.)
     if let Some(library) = cmd.data.get("library").filter(|l| !l.is_null()) {
@@ -123,7 +120,7 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
         None => cmd.timeout_s,
     }
     .max(1);
-    let max_output = max_output(cmd);
+    let max_output = exec::max_output(cmd);
     let spool = match SpoolWriter::create(&agent.spool_path(id)) {
         Ok(spool) => spool,
         Err(err) => {
@@ -144,74 +141,10 @@ async fn run_script(agent: &Agent, cmd: &ServerCommand, cancel: CancellationToke
         timeout: Duration::from_secs(u64::from(timeout_s)),
         max_output,
     };
-    run_spec(agent, spec, timeout_s, spool, cancel).await
-}
-
-/// Output kept per stream for a run: the server's `max_output_bytes`, else the default.
-pub(crate) fn max_output(cmd: &ServerCommand) -> u64 {
-    cmd.data
-        .get("max_output_bytes")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_MAX_OUTPUT)
-}
-
-/// Runs a script that passed every check (from the manifest or the library) and turns its
-/// exit record into the answer.
-pub(crate) async fn run_spec(
-    agent: &Agent,
-    spec: RunSpec,
-    timeout_s: u32,
-    spool: SpoolWriter,
-    cancel: CancellationToken,
-) -> Response {
-    let id = spec.id;
-    match exec::run(spec, agent.containment(), spool, cancel, || {
+    exec::run_for_answer(spec, timeout_s, agent.containment(), spool, cancel, || {
         agent.activity.notify_one()
     })
     .await
-    {
-        Ok(record) => {
-            let success = record.exit_code == Some(0)
-                && !record.timed_out
-                && !record.cancelled
-                && record.spool_failed.is_none();
-            let error = if success {
-                None
-            } else if let Some(why) = &record.spool_failed {
-                Some((
-                    codes::OUTPUT_LOST,
-                    format!(
-                        "the agent could not keep the script's output ({why}); the output stored \
-                         is incomplete (exit code {:?})",
-                        record.exit_code
-                    ),
-                ))
-            } else if record.timed_out {
-                Some((
-                    codes::TIMED_OUT,
-                    format!("killed after the {timeout_s} s timeout"),
-                ))
-            } else if record.cancelled {
-                Some((codes::CANCELLED, "cancelled on request".to_owned()))
-            } else if let Some(signal) = record.signal {
-                Some((codes::KILLED, format!("killed by signal {signal}")))
-            } else {
-                Some((
-                    codes::EXIT_CODE,
-                    format!("exited with code {}", record.exit_code.unwrap_or(-1)),
-                ))
-            };
-            let data = json!(record);
-            match error {
-                None => Response::ok(id, data),
-                Some((code, message)) => Response {
-                    data,
-                    ..Response::failed(id, code, message)
-                },
-            }
-        }
-        Err(exec::SpawnError(why)) => Response::failed(id, codes::SPAWN_FAILED, why),
-    }
 }
 
 fn control(agent: &Agent, cmd: &ServerCommand) -> Outcome {

@@ -1,4 +1,4 @@
-//! Agent configuration: flags, each mirrored by an `OUTPOST_*` environment variable (SPEC §3).
+//! Agent configuration: flags, each mirrored by an `OUTPOST_*` environment variable (CONTRACT.md §3).
 
 use std::path::{Path, PathBuf};
 
@@ -47,7 +47,7 @@ fn info_filter() -> Targets {
 }
 
 /// Reads `OUTPOST_SERVER_URL`: one server URL, or the URLs of several nodes of one cluster
-/// separated by commas (SPEC §13), blanks around each ignored. Each must be a `ws://`,
+/// separated by commas (CONTRACT.md §13), blanks around each ignored. Each must be a `ws://`,
 /// `wss://`, `http://` or `https://` URL with a host. An empty entry, or two entries naming the
 /// same server, is refused too: both are typing mistakes, and a node listed twice would get
 /// twice its share of the fleet. The error names the entry.
@@ -130,16 +130,7 @@ pub fn url_for_logs(url: &Url) -> String {
     shown.to_string()
 }
 
-/// How the agent contains its runs (see [`crate::contain`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ContainMode {
-    /// A cgroup per run where the agent may create one, else process mode.
-    Auto,
-    /// A cgroup per run; the agent refuses to start where it cannot create one.
-    Cgroup,
-    /// Process groups, a parent-death signal and a subreaper, never cgroups.
-    Process,
-}
+pub use crate::platform::ContainMode;
 
 /// Longest key file read; keys are under 100 bytes.
 const MAX_KEY_FILE: u64 = 4096;
@@ -159,14 +150,15 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             .read_to_end(&mut text)
             .context("reading the agent key from standard input")?;
     } else {
-        use std::os::unix::fs::PermissionsExt;
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening the agent key file {shown}"))?;
-        let mode = file.metadata().map(|m| m.permissions().mode()).unwrap_or(0);
-        if mode & 0o077 != 0 {
+        let open = file
+            .metadata()
+            .ok()
+            .and_then(|m| crate::platform::open_to_others(&m));
+        if let Some(mode) = open {
             warning = Some(format!(
-                "the agent key file {shown} (mode {:o}) can be read by other users; chmod 600 it",
-                mode & 0o777
+                "the agent key file {shown} (mode {mode:o}) can be read by other users; chmod 600 it"
             ));
         }
         file.take(MAX_KEY_FILE + 1)
@@ -575,7 +567,7 @@ mod tests {
     }
 
     /// Every on/off flag with an environment twin takes 1/0, true/false, yes/no from the
-    /// variable (SPEC §5), including flags added later (clap's default takes only true/false).
+    /// variable (CONTRACT.md §5), including flags added later (clap's default takes only true/false).
     #[test]
     fn boolean_variables_take_1_0_true_false_yes_no() {
         use clap::{ArgAction, CommandFactory};

@@ -6,29 +6,31 @@
 //! `LANG` and `TZ` from the agent, the request's parameters as `OUTPOST_PARAM_*`, and
 //! `OUTPOST_RUN_ID`. Neither the agent key nor any other agent setting reaches it.
 //!
-//! The script leads a new process group, inside the run's box ([`crate::contain`]): its own
+//! The script leads a new process group, inside the run's box ([`crate::platform`]): its own
 //! cgroup where the agent can create one, and a parent-death signal either way. On timeout or
 //! cancel the whole run gets SIGTERM and, 5 s later, SIGKILL. When the script itself exits,
 //! whatever it left running is killed at once (the whole cgroup; without one, its group and
 //! the orphans the agent adopted from it), so a grandchild holding the output pipes cannot
 //! keep the run open and nothing outlives the run. Reading output stops at the latest 5 s after
 //! the script exits, for a descendant that escaped containment and still holds a pipe.
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
-use outpost_protocol::{CommandId, OutputStream, limits::MAX_OUTPUT_CHUNK};
+use outpost_protocol::{
+    CommandId, OutputStream, Response, ServerCommand, codes, limits::MAX_OUTPUT_CHUNK,
+};
 use serde::Serialize;
+use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::contain::Containment;
+use crate::platform::{self, Containment};
 use crate::spool::SpoolWriter;
 
+/// Output kept per stream when the server does not say: 100 MiB, the protocol's default.
+pub const DEFAULT_MAX_OUTPUT: u64 = 100 * 1024 * 1024;
 /// Grace between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long output is still read after the script exited (for descendants that escaped).
@@ -99,7 +101,7 @@ pub fn base_env() -> Vec<(String, String)> {
 /// calling `on_output` after each chunk.
 pub async fn run(
     spec: RunSpec,
-    contain: &Arc<Containment>,
+    contain: &Containment,
     mut spool: SpoolWriter,
     cancel: CancellationToken,
     on_output: impl Fn(),
@@ -120,12 +122,11 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     let mut child = cell.spawn(command).await.map_err(|e| {
         let place = cell
-            .cgroup()
-            .map(|dir| format!(" in the cgroup {}", dir.display()))
+            .place()
+            .map(|place| format!(" in {place}"))
             .unwrap_or_default();
         SpawnError(format!(
             "cannot start {}{place}: {e}",
@@ -191,12 +192,76 @@ pub async fn run(
     match status {
         Some(Ok(status)) => {
             record.exit_code = status.code();
-            record.signal = status.signal();
+            record.signal = platform::exit_signal(&status);
         }
         Some(Err(e)) => return Err(SpawnError(format!("waiting for the script failed: {e}"))),
         None => {}
     }
     Ok(record)
+}
+
+/// Output kept per stream for a run: the server's `max_output_bytes`, else the default.
+pub fn max_output(cmd: &ServerCommand) -> u64 {
+    cmd.data
+        .get("max_output_bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_MAX_OUTPUT)
+}
+
+/// Runs a script that passed every check (from the manifest or the library) with [`run`] and
+/// turns its exit record into the answer. `timeout_s` is the timeout as the answer states it.
+pub async fn run_for_answer(
+    spec: RunSpec,
+    timeout_s: u32,
+    contain: &Containment,
+    spool: SpoolWriter,
+    cancel: CancellationToken,
+    on_output: impl Fn(),
+) -> Response {
+    let id = spec.id;
+    match run(spec, contain, spool, cancel, on_output).await {
+        Ok(record) => {
+            let success = record.exit_code == Some(0)
+                && !record.timed_out
+                && !record.cancelled
+                && record.spool_failed.is_none();
+            let error = if success {
+                None
+            } else if let Some(why) = &record.spool_failed {
+                Some((
+                    codes::OUTPUT_LOST,
+                    format!(
+                        "the agent could not keep the script's output ({why}); the output stored \
+                         is incomplete (exit code {:?})",
+                        record.exit_code
+                    ),
+                ))
+            } else if record.timed_out {
+                Some((
+                    codes::TIMED_OUT,
+                    format!("killed after the {timeout_s} s timeout"),
+                ))
+            } else if record.cancelled {
+                Some((codes::CANCELLED, "cancelled on request".to_owned()))
+            } else if let Some(signal) = record.signal {
+                Some((codes::KILLED, format!("killed by signal {signal}")))
+            } else {
+                Some((
+                    codes::EXIT_CODE,
+                    format!("exited with code {}", record.exit_code.unwrap_or(-1)),
+                ))
+            };
+            let data = json!(record);
+            match error {
+                None => Response::ok(id, data),
+                Some((code, message)) => Response {
+                    data,
+                    ..Response::failed(id, code, message)
+                },
+            }
+        }
+        Err(SpawnError(why)) => Response::failed(id, codes::SPAWN_FAILED, why),
+    }
 }
 
 fn keep(

@@ -1,4 +1,4 @@
-//! The HTTP long-poll transport (SPEC §2), for networks whose proxies refuse WebSocket
+//! The HTTP long-poll transport (CONTRACT.md §2), for networks whose proxies refuse WebSocket
 //! upgrades.
 //!
 //! It gives [`crate::session`] what a WebSocket gives: frames go out (batched: everything the
@@ -100,7 +100,7 @@ impl Endpoint {
         matches!(request.send().await, Ok(r) if r.status().is_success())
     }
 
-    /// `GET /agent/v1/scripts/{sha256}`: a library bundle's bytes (SPEC §15), asked with the
+    /// `GET /agent/v1/scripts/{sha256}`: a library bundle's bytes (CONTRACT.md §15), asked with the
     /// agent key over the same client (TLS settings, CA) as the frames. `timeout` bounds the
     /// whole transfer; the caller reads the body and bounds its size.
     pub async fn get_bundle(
@@ -235,7 +235,7 @@ impl HttpLink {
             Err(Refusal::Status(StatusCode::UNAUTHORIZED, body)) => {
                 return Err(OpenError::Unauthorized(body));
             }
-            // The agent id is bound to another key (SPEC §9): retried like a refused key.
+            // The agent id is bound to another key (CONTRACT.md §9): retried like a refused key.
             Err(Refusal::Status(StatusCode::CONFLICT, body))
                 if body.contains(outpost_protocol::codes::AGENT_ID_TAKEN) =>
             {
@@ -413,7 +413,7 @@ fn raw(frame: &AgentFrame) -> Box<RawValue> {
 /// A server URL (one node of `OUTPOST_SERVER_URL`) as the base of the HTTP routes: ws(s) becomes http(s), and the path
 /// ends with `/` so that relative joins stay under it.
 pub fn http_base(base: &str) -> anyhow::Result<Url> {
-    let mut url = crate::session::with_scheme(base, "http", "https")?;
+    let mut url = crate::endpoint::with_scheme(base, "http", "https")?;
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn bundles_are_fetched_beside_the_other_agent_routes() {
         let tls = crate::tls::client_config(None).expect("tls");
-        let client = crate::session::http_client(&tls).expect("client");
+        let client = crate::endpoint::http_client(&tls).expect("client");
         let sha = "ab".repeat(32);
         for (server, want) in [
             (

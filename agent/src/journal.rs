@@ -1,5 +1,5 @@
 //! The command journal: what this agent accepted, and what it answered until the server
-//! acknowledged the answer (SPEC §2, delivery guarantee 3).
+//! acknowledged the answer (CONTRACT.md §2, delivery guarantee 3).
 //!
 //! It is an append-only file of JSON lines, fsynced after every record, in the state
 //! directory. A record is written *before* the matching frame is sent: `accepted` before the

@@ -2,8 +2,8 @@
 //!
 //! Reading order: [`config`], [`journal`] and [`spool`] (what makes delivery exactly-once and
 //! lossless), [`session`] (one connection, over a WebSocket or [`http`] long-poll), [`commands`] (what each command does),
-//! [`manifest`], [`exec`] and [`contain`] (script runs, and what keeps them from outliving their
-//! run or the agent), [`watch`] (noticing a new manifest), [`host`].
+//! [`manifest`] and [`exec`] (script runs), [`platform`] (everything OS-specific: what keeps
+//! runs from outliving their run or the agent, noticing a new manifest, signals), [`host`].
 //!
 //! The agent owns one [`Agent`] value for its whole life. Connections come and go; the
 //! journal, the output spools and the running commands outlive them. Nothing a command
@@ -14,17 +14,23 @@
 
 pub mod commands;
 pub mod config;
-pub mod contain;
+pub mod endpoint;
 pub mod exec;
 pub mod host;
 pub mod http;
 pub mod journal;
 pub mod library;
 pub mod manifest;
+pub mod platform;
 pub mod session;
 pub mod spool;
 pub mod tls;
-pub mod watch;
+
+/// The containment items under the name the supervisor and the end-to-end harness use; they
+/// live in [`platform`].
+pub mod contain {
+    pub use crate::platform::{Leftovers, clean_up_after, make_undumpable};
+}
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,10 +44,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-use contain::Containment;
 use host::Host;
 use journal::{Entry, Journal};
 use manifest::Manifest;
+use platform::Containment;
 
 /// The agent: its identity, journal, manifest and running commands.
 pub struct Agent {
@@ -56,7 +62,7 @@ pub struct Agent {
     journal: Mutex<Journal>,
     host: Mutex<Host>,
     /// What runs scripts in boxes that nothing escapes.
-    contain: Arc<Containment>,
+    contain: Containment,
     /// Cancel handles of running commands.
     running: Mutex<HashMap<CommandId, CancellationToken>>,
     /// Address of the current (or last) connection, as the agent sees it.
@@ -87,11 +93,7 @@ impl Agent {
         let agent_id = load_or_create_id(&state_dir)?;
         // Before the journal turns the runs a previous agent left into `interrupted` answers:
         // once the server hears that, a retry may start, and the old script must be gone.
-        let contain = Arc::new(Containment::start(
-            config.containment,
-            &state_dir,
-            &agent_id.to_string(),
-        )?);
+        let contain = Containment::start(config.containment, &state_dir, &agent_id.to_string())?;
         let (journal, interrupted) = Journal::open(&state_dir)
             .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
         if interrupted > 0 {
@@ -206,7 +208,7 @@ impl Agent {
     }
 
     /// How runs are contained.
-    pub fn containment(&self) -> &Arc<Containment> {
+    pub fn containment(&self) -> &Containment {
         &self.contain
     }
 
@@ -481,7 +483,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     let shown: Vec<String> = servers.iter().map(config::url_for_logs).collect();
     tracing::info!(agent_id = %agent.agent_id, servers = %shown.join(","), "agent starting");
     tokio::spawn(watch_manifest(agent.clone(), shutdown.clone()));
-    tokio::spawn(agent.contain.clone().reap_orphans());
+    tokio::spawn(agent.contain.reap_orphans());
     let connector = session::Connector::new(agent.clone(), &servers)?;
     let code = connector.run(shutdown).await;
     // Running scripts end with the agent; their runs are reported `interrupted` by the next.
@@ -489,27 +491,18 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     code
 }
 
-/// Reloads the manifest when its file changes (see [`watch`]) or on SIGHUP.
+/// Reloads the manifest when its file changes (see [`platform::FileWatch`]) or on SIGHUP.
 async fn watch_manifest(agent: Arc<Agent>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let mut file = watch::FileWatch::new(
+    let mut hup = platform::ReloadSignal::new();
+    let mut file = platform::FileWatch::new(
         &agent.manifest_path,
-        watch::SAFETY_CHECK,
-        watch::FALLBACK_POLL,
+        platform::SAFETY_CHECK,
+        platform::FALLBACK_POLL,
     );
     loop {
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = hangup => {
+            () = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the manifest");
                 file.mark_seen();
                 agent.reload_manifest();
@@ -520,11 +513,7 @@ async fn watch_manifest(agent: Arc<Agent>, shutdown: CancellationToken) {
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    platform::create_private_dir(dir)
         .with_context(|| format!("creating state directory {}", dir.display()))
 }
 

@@ -10,7 +10,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
     // First: no other process of this user (a script) may read the key out of this one.
-    if let Err(err) = outpost_agent::contain::make_undumpable() {
+    if let Err(err) = outpost_agent::platform::make_undumpable() {
         eprintln!("outpost-agent: {err}");
     }
     let config = Config::parse();
@@ -38,7 +38,7 @@ fn main() {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            outpost_agent::platform::stop_requested().await;
             tracing::info!("stopping");
             signal.cancel();
         });
@@ -51,15 +51,4 @@ fn main() {
         }
     });
     std::process::exit(code);
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -18,7 +18,7 @@
 //! misspelt `"secret"` must not quietly make a secret an ordinary parameter.
 //!
 //! The optional `library` object is the machine owner's consent to scripts from the server's
-//! library (SPEC §15): `{"allow": ["backup-*"], "keys": ["<base64 Ed25519 public key>"]}`.
+//! library (CONTRACT.md §15): `{"allow": ["backup-*"], "keys": ["<base64 Ed25519 public key>"]}`.
 //! It fails closed: a `library` that breaks a rule (an unknown key, a bad pattern, a key that
 //! is not 32 bytes of base64) is dropped whole with an error in the log, so the agent runs no
 //! library script rather than one its owner did not mean to allow; the manifest's scripts

@@ -1,4 +1,4 @@
-//! Library runs (SPEC §15) on a real agent: its manifest, state directory, containment (a
+//! Library runs (CONTRACT.md §15) on a real agent: its manifest, state directory, containment (a
 //! cgroup per run where the machine allows one, as in service) and spools, downloading over HTTP from a stand-in for the server's bundle route (a real axum
 //! server on loopback that can serve tampered bytes or cut a download half-way). The route
 //! itself, and the whole path through the real server, are tested in `tests/`.
@@ -285,7 +285,7 @@ impl Setup {
         .expect("config");
         let agent = Agent::new(config).expect("agent");
         let tls = outpost_agent::tls::client_config(None).expect("tls");
-        let client = outpost_agent::session::http_client(&tls).expect("client");
+        let client = outpost_agent::endpoint::http_client(&tls).expect("client");
         agent.set_endpoint(
             outpost_agent::http::Endpoint::new(
                 client,
@@ -637,7 +637,7 @@ async fn a_cancel_stops_a_download_and_leaves_nothing() {
 #[tokio::test]
 async fn a_busy_server_is_asked_again_after_the_wait_it_names() {
     let s = Setup::new(Some(json!({"allow": ["*"]}))).await;
-    // A run sent to a whole fleet at once meets 429s (SPEC §15's download route sends a few
+    // A run sent to a whole fleet at once meets 429s (CONTRACT.md §15's download route sends a few
     // bundles at a time) and 503s (a node draining): each is a wait, not a failed run.
     for (version, status) in [
         ("1.0.0", StatusCode::TOO_MANY_REQUESTS),

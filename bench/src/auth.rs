@@ -1,13 +1,13 @@
 //! Where the bearer check's time goes (the `auth` scenario): the steps
-//! `outpost_server::access::authenticate_api` takes for each kind of credential, timed one by
+//! `outpost_core::access::authenticate_api` takes for each kind of credential, timed one by
 //! one in this process with the server's own code, against the running server's database and
 //! its key:
 //!
-//! - an access token (JWT): [`Signer::verify`](outpost_server::jwt::Signer::verify) (HMAC-SHA256
+//! - an access token (JWT): [`Signer::verify`](outpost_core::jwt::Signer::verify) (HMAC-SHA256
 //!   over the header and claims, two small JSON parses), then the user's row read by id
-//!   ([`Store::get_user`](outpost_server::store::Store::get_user)), since SPEC §9 wants a
+//!   ([`Store::get_user`](outpost_store::Store::get_user)), since CONTRACT.md §9 wants a
 //!   disabled, demoted or deleted user refused on their next request;
-//! - an API key (`opk_…`): its SHA-256 ([`hash_secret`](outpost_server::credentials::hash_secret)),
+//! - an API key (`opk_…`): its SHA-256 ([`hash_secret`](outpost_store::credentials::hash_secret)),
 //!   then its row read by that hash.
 //!
 //! The reads go through a store opened here, so they include the connection pool and the ORM but
@@ -16,10 +16,10 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use outpost_server::credentials::hash_secret;
-use outpost_server::jwt::Signer;
-use outpost_server::seal::MasterKey;
-use outpost_server::store::Store;
+use outpost_core::jwt::Signer;
+use outpost_store::Store;
+use outpost_store::credentials::hash_secret;
+use outpost_store::seal::MasterKey;
 use serde_json::{Value, json};
 
 use crate::report::percentile;
@@ -34,7 +34,7 @@ pub async fn breakdown(
 ) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
     let master = MasterKey::parse(server.master_key()?.trim())
         .map_err(|why| anyhow::anyhow!("the server's master key: {why}"))?;
-    let signer = Signer::new(&master.derive(outpost_server::service::ACCESS_TOKEN_KEY_LABEL));
+    let signer = Signer::new(&master.derive(outpost_core::service::ACCESS_TOKEN_KEY_LABEL));
     let store = Store::open(&server.database())
         .await
         .context("opening the server's store")?;

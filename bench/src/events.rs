@@ -1,4 +1,4 @@
-//! The `events` scenario (SPEC §11, issue 32): how late a failure reaches the tool that should
+//! The `events` scenario (CONTRACT.md §11, issue 32): how late a failure reaches the tool that should
 //! hear of it, and how many failure events the server records per second.
 //!
 //! A generic webhook integration (`job.failed`) points at a receiver in this process. Each job

@@ -1,14 +1,16 @@
-//! `outpost-bench`: the load harness behind `docs/BENCHMARKS.md` (SPEC §8).
+//! `outpost-bench`: the load harness behind `docs/BENCHMARKS.md` (CONTRACT.md §8).
 //!
 //! It starts the real `outpost-server` on a temporary data directory, connects a swarm of
 //! simulated agents speaking protocol v1 (spread over worker processes, which are this same
 //! binary re-executed with `worker`, each under the per-process file limit), and measures
-//! what SPEC §8 names: idle connections and server memory per connection, REST command round
+//! what CONTRACT.md §8 names: idle connections and server memory per connection, REST command round
 //! trips, `ping` fan-outs with every result stored, results stored per second, how long the
 //! fleet takes to come back after a server restart, the real agent's footprint, how the
 //! server sheds sockets that never authenticate while it holds the fleet (`sockets`), and what
 //! checking an API key or a user's access token costs (`auth`), and what 10,000 schedules
-//! cost idle and how late their jobs are when all fall due in one minute (`schedules`).
+//! cost idle and how late their jobs are when all fall due in one minute (`schedules`), and how
+//! long a staged rollout over the swarm takes and how soon a crashing release halts at its
+//! canaries (`rollouts`).
 //!
 //! It prints figures and never judges them: a slow machine gives slow figures, not a failure.
 //! It fails only when something does not work (an agent not answering, a job not finishing).
@@ -18,6 +20,8 @@ mod auth;
 mod events;
 mod postgres;
 mod report;
+mod results;
+mod rollouts;
 mod schedules;
 mod server;
 mod soak;
@@ -39,7 +43,7 @@ use server::{Nodes, Server, Shared};
 #[command(
     name = "outpost-bench",
     version,
-    about = "Outpost load harness (SPEC §8 figures)"
+    about = "Outpost load harness (CONTRACT.md §8 figures)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,6 +93,13 @@ enum Scenario {
     /// The dashboard: the agents and jobs pages' render time with the fleet and --ui-runs
     /// runs, and their weight (HTML + JS + CSS).
     Ui,
+    /// Fleet results: one job over every agent with varied output; the time to group it, the
+    /// summary's, a page of runs', the export's and the job page's server time.
+    Results,
+    /// Staged rollouts (CONTRACT.md §17): one to the server's version over the swarm (time to
+    /// complete, the server's CPU meanwhile), then one to a published version the simulated
+    /// agents roll back (from the first canary's rollback report to the halt).
+    Rollouts,
     /// Only when named (it starts the server with a retention window of --retention-seconds):
     /// a steady load of jobs with output for --soak-secs; the database's size over time and
     /// the jobs' latency before and while retention deletes.
@@ -184,6 +195,28 @@ struct Opts {
     /// The `soak` scenario: output bytes each run prints.
     #[arg(long, default_value_t = 4096)]
     soak_output_bytes: usize,
+    /// The `rollouts` scenario: canary agents of each rollout (default 10; 2 with --quick).
+    #[arg(long)]
+    rollout_canary: Option<u32>,
+    /// The `rollouts` scenario: the first rollout's waves, percent of the non-canary agents
+    /// (default 10,40,50; 100 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    rollout_waves: Vec<u8>,
+    /// The `rollouts` scenario: percent of the target updating at once (default 10; 100 with
+    /// --quick, so that each stage is one batch).
+    #[arg(long)]
+    rollout_max_in_flight: Option<u8>,
+    /// The `rollouts` scenario: `health.soak_s` (default 1; 0 with --quick).
+    #[arg(long)]
+    rollout_soak_s: Option<u32>,
+    /// The `rollouts` scenario: the version the simulated agents start at (below the
+    /// server's). Without the scenario they register as `bench`.
+    #[arg(long, default_value = "0.0.1")]
+    rollout_from_version: String,
+    /// The `rollouts` scenario: the version published for the second rollout, which the
+    /// simulated agents roll back (above the server's).
+    #[arg(long, default_value = "9.9.9")]
+    rollout_crash_version: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -239,7 +272,7 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
     }
     if opts.nodes > 1 && opts.database_url.is_none() {
         bail!(
-            "--nodes {} needs --database-url: the nodes of a cluster share one PostgreSQL (SPEC §13)",
+            "--nodes {} needs --database-url: the nodes of a cluster share one PostgreSQL (CONTRACT.md §13)",
             opts.nodes
         );
     }
@@ -327,6 +360,8 @@ async fn scenarios(
         Scenario::Auth,
         Scenario::Events,
         Scenario::Schedules,
+        Scenario::Results,
+        Scenario::Rollouts,
         Scenario::Soak,
         Scenario::Ui,
     ]
@@ -799,6 +834,53 @@ async fn scenarios(
         ui::scenario(nodes.first(), &plan, report).await?;
     }
 
+    if has(opts, Scenario::Results) && swarm.is_some() {
+        let plan = results::Plan {
+            // The swarm's agents carry `first-N` for each fan-out size: the largest is the
+            // swarm (or its first N), never an agent an earlier scenario left offline.
+            tag: format!("first-{}", sizes.last().copied().unwrap_or(opts.agents)),
+            requests: opts
+                .ui_requests
+                .unwrap_or(if opts.quick { 30 } else { 200 })
+                .max(1),
+            on: on.clone(),
+        };
+        results::scenario(nodes.first(), &plan, report).await?;
+    }
+
+    if has(opts, Scenario::Rollouts)
+        && let Some(swarm) = &swarm
+    {
+        let size = sizes.last().copied().unwrap_or(opts.agents);
+        let plan = rollouts::Plan {
+            // As the results scenario: the swarm, never an agent left offline earlier.
+            tag: format!("first-{size}"),
+            agents: size,
+            canary: opts
+                .rollout_canary
+                .unwrap_or(if opts.quick { 2 } else { 10 }),
+            waves: if !opts.rollout_waves.is_empty() {
+                opts.rollout_waves.clone()
+            } else if opts.quick {
+                vec![100]
+            } else {
+                vec![10, 40, 50]
+            },
+            max_in_flight: opts
+                .rollout_max_in_flight
+                .unwrap_or(if opts.quick { 100 } else { 10 }),
+            idle_secs: if opts.quick { 2 } else { 5 },
+            soak_s: opts
+                .rollout_soak_s
+                .unwrap_or(if opts.quick { 0 } else { 1 }),
+            from_version: opts.rollout_from_version.clone(),
+            crash_version: opts.rollout_crash_version.clone(),
+            workdir: workdir.to_path_buf(),
+            on: on.clone(),
+        };
+        rollouts::scenario(nodes, swarm, &plan, report).await?;
+    }
+
     if has(opts, Scenario::Soak) && swarm.is_some() {
         let location = nodes.first().database();
         let plan = soak::Plan {
@@ -812,12 +894,12 @@ async fn scenarios(
             agents: opts.agents,
             output_bytes: opts.soak_output_bytes.clamp(1, 60_000),
             sqlite: match &location {
-                outpost_server::store::DatabaseLocation::Sqlite(path) => Some(path.clone()),
-                outpost_server::store::DatabaseLocation::Url(_) => None,
+                outpost_store::DatabaseLocation::Sqlite(path) => Some(path.clone()),
+                outpost_store::DatabaseLocation::Url(_) => None,
             },
             postgres: match location {
-                outpost_server::store::DatabaseLocation::Url(url) => Some(url),
-                outpost_server::store::DatabaseLocation::Sqlite(_) => None,
+                outpost_store::DatabaseLocation::Url(url) => Some(url),
+                outpost_store::DatabaseLocation::Sqlite(_) => None,
             },
             on: on.clone(),
         };
@@ -911,7 +993,7 @@ async fn interleaved_roundtrips(
 }
 
 /// A user's access token: the owner API key invites an owner, who accepts and signs in, as
-/// SPEC §9 has it (three sign-in attempts of the ten a minute allowed).
+/// CONTRACT.md §9 has it (three sign-in attempts of the ten a minute allowed).
 async fn sign_in(client: &server::Client) -> anyhow::Result<String> {
     const PASSWORD: &str = "bench password, not secret";
     let email = format!("bench-{}@example.com", std::process::id());
@@ -943,7 +1025,7 @@ async fn sign_in(client: &server::Client) -> anyhow::Result<String> {
 
 /// The `auth` scenario: what the bearer check costs an API key (`opk_…`: a lookup by hash
 /// and a constant-time compare) and a user's access token (HMAC-SHA256 check of the JWT,
-/// then the user's row read again, SPEC §9), on the round trip and on a cheap GET.
+/// then the user's row read again, CONTRACT.md §9), on the round trip and on a cheap GET.
 async fn auth_cost(
     opts: &Opts,
     server: &Server,
@@ -981,7 +1063,7 @@ async fn auth_cost(
     report.row(
         &format!("round trip with the owner key vs a user's access token vs a user's scoped key, p50 / p99{on}"),
         "—",
-        "+0.1 ms p50 at most (SPEC §9)",
+        "+0.1 ms p50 at most (CONTRACT.md §9)",
         format!(
             "owner key {:.3} / {:.3} ms, access token {:.3} / {:.3} ms ({delta50:+.3} ms p50, {:+.3} ms p99), scoped key {:.3} / {:.3} ms ({scoped50:+.3} ms p50) ({count} pings each, interleaved)",
             p(by_key, 50.0),
@@ -1142,6 +1224,18 @@ fn spawn_swarm(
     let per_worker = opts.per_worker.clamp(1, 19_000);
     let exe = std::env::current_exe()?;
     let sizes: Vec<String> = sizes.iter().map(u64::to_string).collect();
+    // The rollouts scenario's agents start at an old version and know which one crashes;
+    // without it they register as `bench`, as they always did.
+    let rollout_args: Vec<&str> = if has(opts, Scenario::Rollouts) {
+        vec![
+            "--agent-version",
+            &opts.rollout_from_version,
+            "--crash-version",
+            &opts.rollout_crash_version,
+        ]
+    } else {
+        Vec::new()
+    };
     let mut children = Vec::new();
     let mut first = 0;
     while first < opts.agents {
@@ -1166,6 +1260,7 @@ fn spawn_swarm(
             .arg(opts.sources.to_string())
             .arg("--tag-sizes")
             .arg(sizes.join(","))
+            .args(&rollout_args)
             // Through the environment, so the key is not in `ps` output.
             .env("OUTPOST_BENCH_AGENT_KEY", key)
             .stdin(std::process::Stdio::piped())

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-/// One SPEC §8 row as measured.
+/// One CONTRACT.md §8 row as measured.
 pub struct Row {
     what: String,
     floor: String,
@@ -111,7 +111,7 @@ impl Report {
             m["backend"].as_str().unwrap_or("?"),
         );
         println!();
-        println!("| SPEC §8 row | floor | goal | measured |");
+        println!("| CONTRACT.md §8 row | floor | goal | measured |");
         println!("|---|---|---|---|");
         for r in &self.rows {
             println!("| {} | {} | {} | {} |", r.what, r.floor, r.goal, r.measured);

@@ -1,4 +1,4 @@
-//! The `schedules` scenario (SPEC §8 and §10, issue 31): what 10,000 schedules cost the server
+//! The `schedules` scenario (CONTRACT.md §8 and §10, issue 31): what 10,000 schedules cost the server
 //! when none is due (idle CPU, against the same server with none), and how late their jobs are
 //! when all of them fall due in the same minute.
 //!

@@ -1,7 +1,7 @@
 //! The real `outpost-server` under test: started on a temporary data directory, watched through
 //! `/proc/<pid>`, driven over REST, restarted on the same directory and port. With
 //! `--database-url`, one or several of them ([`Nodes`]) share a PostgreSQL database, as the
-//! nodes of one cluster do (SPEC §13).
+//! nodes of one cluster do (CONTRACT.md §13).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -318,8 +318,8 @@ impl Server {
     }
 
     /// Its database, for a harness that reads the store itself.
-    pub fn database(&self) -> outpost_server::store::DatabaseLocation {
-        use outpost_server::store::DatabaseLocation;
+    pub fn database(&self) -> outpost_store::DatabaseLocation {
+        use outpost_store::DatabaseLocation;
         match &self.launch.shared.database_url {
             Some(url) => DatabaseLocation::Url(url.clone()),
             None => DatabaseLocation::Sqlite(self.launch.data_dir.join("outpost.db")),
@@ -336,6 +336,29 @@ impl Server {
                 std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
             }
         }
+    }
+
+    /// `outpost-server release …` (or any other subcommand) for this server: the same binary,
+    /// its data directory and database. The caller adds the subcommand's own arguments after
+    /// `args`.
+    pub fn tool(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.launch.binary);
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.launch.data_dir)
+            .env_remove("OUTPOST_DATABASE_URL")
+            .env_remove("OUTPOST_MASTER_KEY");
+        if let Some(url) = &self.launch.shared.database_url {
+            command.arg("--database-url").arg(url);
+        }
+        command
+    }
+
+    /// The server binary, for subcommands that take no data directory (`--version`,
+    /// `release keygen`).
+    pub fn binary(&self) -> &Path {
+        &self.launch.binary
     }
 
     /// The node's name (`--node-name`).
@@ -383,10 +406,14 @@ impl Server {
         Ok(())
     }
 
-    /// Creates an agent key allowing the built-in commands; returns its secret.
+    /// Creates an agent key allowing the built-in commands and `update` (the `rollouts`
+    /// scenario's; no other scenario sends it); returns its secret.
     pub async fn agent_key(&self) -> anyhow::Result<String> {
         let key = self
-            .post("/api/agents/keys", &json!({"name": "bench"}))
+            .post(
+                "/api/agents/keys",
+                &json!({"name": "bench", "permissions": ["ping", "info", "echo", "run", "update"]}),
+            )
             .await?;
         key.get("secret")
             .and_then(Value::as_str)
@@ -700,7 +727,7 @@ pub fn cpu_seconds_of(pid: u32) -> anyhow::Result<f64> {
 /// `/proc/PID/stat` counts CPU in 10 ms ticks, charged to whatever runs when the timer interrupt
 /// comes: over a minute of an idle agent, which runs well under 1 % of the time in slices of
 /// about a millisecond, that is a handful of ticks, and one tick more or less is 0.017 % of a
-/// core, a third of SPEC's goal.
+/// core, a third of the contract's goal.
 fn cpu_ns_by_thread(pid: u32) -> Option<HashMap<u32, u64>> {
     let mut threads = HashMap::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {

@@ -1,4 +1,4 @@
-//! The `soak` scenario (SPEC §8's last row, §14): a steady load of jobs with output for a
+//! The `soak` scenario (CONTRACT.md §8's retention row, §14): a steady load of jobs with output for a
 //! while, with the server's retention window shortened (`--retention-seconds`, hidden), so that
 //! what a year does to the database happens in minutes: the database's size over time, which
 //! should stop growing once the window is full, and the result path's latency before the

@@ -6,6 +6,15 @@
 //! ports), read `connected`, send `register`, heartbeat at the interval the server gives,
 //! `ack` every command and answer `ping`/`echo` at once (`echo` with its message as output first). It reconnects like the real agent:
 //! exponential backoff from 1 s to 60 s with full jitter, reset after a healthy connection.
+//!
+//! It answers `update` as an agent under `outpost-supervisor` does: `ack`, an ok result, the
+//! connection closed (the agent exits 43), and 200–500 ms later (the supervisor installing and
+//! starting the new build) a new connection whose `register` carries the requested version and
+//! the supervisor's report (`update_status: updated`). An update to `--crash-version` is the
+//! release that crashes at start: the agent comes back at its old version with the report the
+//! real supervisor makes after restoring the previous build (`rolled_back`, "exited 3 times
+//! within 30 s"). The agents start at `--agent-version`; what an update changed is kept across
+//! reconnects (a server restart does not undo it).
 //! Commands are not journaled (no disk), so the figures measure the server, not the agents.
 //!
 //! A worker lives until its stdin closes, so it can never outlive the harness that started it.
@@ -17,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
+use outpost_protocol::release::{UpdateStatus, Version, update_status};
 use outpost_protocol::{
     AgentFrame, HeartbeatStatus, PROTOCOL_VERSION, RegisterData, Response, ServerFrame, commands,
 };
@@ -56,6 +66,13 @@ pub struct WorkerArgs {
     /// Handshakes in flight at once in this worker.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// The version the agents register with until an `update` changes it.
+    #[arg(long, default_value = "bench")]
+    pub agent_version: String,
+    /// An `update` to this version "crashes": the agent comes back at its old version,
+    /// reporting that its supervisor rolled the update back.
+    #[arg(long)]
+    pub crash_version: Option<String>,
 }
 
 /// The id of agent `index` in run `run_id`: the same on every reconnect, like a real agent's
@@ -105,14 +122,55 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     })
 }
 
+/// What a simulated agent keeps from one connection to the next: what its state directory
+/// and its supervisor would.
+struct Installed {
+    /// The version it registers with.
+    version: String,
+    /// The supervisor's report on the last update, sent with every `register` after it.
+    report: Option<Box<UpdateStatus>>,
+}
+
 async fn agent(shared: Arc<Shared>, index: u64) {
     let mut attempt = 0u32;
     let mut rng = Jitter(index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut installed = Installed {
+        version: shared.args.agent_version.clone(),
+        report: None,
+    };
     loop {
         let started = Instant::now();
-        if let Err(err) = session(&shared, index).await {
-            shared.failures.fetch_add(1, Ordering::Relaxed);
-            log_first(index, &err);
+        match session(&shared, index, &installed).await {
+            Ok(to) => {
+                // Asked to update: the agent exited; the supervisor installs and starts the
+                // new build (or, for the crashing one, restores the old one after it crashed).
+                attempt = 0;
+                let pause = Duration::from_millis(200 + (rng.next() * 300.0) as u64);
+                tokio::time::sleep(pause).await;
+                let from = installed.version.clone();
+                let crashed = shared.args.crash_version.as_deref() == Some(to.as_str());
+                let (status, reason) = if crashed {
+                    (
+                        update_status::ROLLED_BACK,
+                        Some("exited 3 times within 30 s (simulated)".to_owned()),
+                    )
+                } else {
+                    installed.version.clone_from(&to);
+                    (update_status::UPDATED, None)
+                };
+                installed.report = Some(Box::new(UpdateStatus {
+                    status: status.to_owned(),
+                    from: Some(from),
+                    to: Some(to),
+                    reason,
+                    at: chrono::Utc::now(),
+                }));
+                continue;
+            }
+            Err(err) => {
+                shared.failures.fetch_add(1, Ordering::Relaxed);
+                log_first(index, &err);
+            }
         }
         if started.elapsed() > Duration::from_secs(30) {
             attempt = 0;
@@ -143,7 +201,8 @@ impl Jitter {
     }
 }
 
-async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
+/// One connection, until it fails (an error) or the server asks for an update (the version).
+async fn session(shared: &Shared, index: u64, installed: &Installed) -> anyhow::Result<String> {
     let args = &shared.args;
     let node = (index % args.server.len() as u64) as usize;
     let mut ws = {
@@ -194,20 +253,20 @@ async fn session(shared: &Shared, index: u64) -> anyhow::Result<()> {
             agent_id: agent_id(args.run_id, index),
             hostname: format!("sim-{index}"),
             ip: String::new(),
-            version: "bench".into(),
+            version: installed.version.clone(),
             os: "Linux".into(),
             arch: std::env::consts::ARCH.into(),
             protocol: PROTOCOL_VERSION,
-            capabilities: vec!["ping".into(), "echo".into()],
+            capabilities: vec!["ping".into(), "echo".into(), commands::UPDATE.into()],
             tags,
             scripts: Vec::new(),
-            update_status: None,
+            update_status: installed.report.clone(),
             library: None,
         },
     };
     ws.send(Message::text(register.encode())).await?;
     shared.connected.fetch_add(1, Ordering::Relaxed);
-    let result = serve(&mut ws, interval).await;
+    let result = serve(&mut ws, interval, index).await;
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     result
 }
@@ -226,7 +285,9 @@ async fn next_frame(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
     }
 }
 
-async fn serve(ws: &mut Ws, interval: Duration) -> anyhow::Result<()> {
+/// Serves commands and heartbeats until the connection fails or an `update` ends it (the
+/// version asked for).
+async fn serve(ws: &mut Ws, interval: Duration, index: u64) -> anyhow::Result<String> {
     let started = Instant::now();
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
@@ -240,22 +301,43 @@ async fn serve(ws: &mut Ws, interval: Duration) -> anyhow::Result<()> {
                     let id = command.command_id;
                     ws.feed(Message::text(AgentFrame::Ack { command_id: id }.encode())).await?;
                     // `echo` prints its message first, as one chunk of output (the soak's
-                    // jobs with output).
-                    if command.command == commands::ECHO
-                        && let Some(message) = command.data.get("message").and_then(|m| m.as_str())
-                        && !message.is_empty()
-                    {
+                    // jobs with output). A message `vary:TEXT` makes a fleet's answers differ
+                    // as real ones do (the `results` scenario): `TEXT N%` with N the agent's
+                    // index modulo 50, and every 20th agent fails.
+                    let message = command.data.get("message").and_then(|m| m.as_str()).unwrap_or("");
+                    let varied = message.strip_prefix("vary:");
+                    let failing = varied.is_some() && index.is_multiple_of(20);
+                    if command.command == commands::ECHO && !message.is_empty() {
+                        let text = match varied {
+                            Some(text) => format!("{text} {}%\n", index % 50),
+                            None => message.to_owned(),
+                        };
                         let output = outpost_protocol::Output {
                             command_id: id,
                             stream: outpost_protocol::OutputStream::Stdout,
                             seq: 0,
-                            data: Some(message.to_owned()),
+                            data: Some(text),
                             data_b64: None,
                         };
                         ws.feed(Message::text(AgentFrame::Output(output).encode())).await?;
                     }
+                    if command.command == commands::UPDATE {
+                        // As the real agent: the result says it exits 43 for its supervisor.
+                        let version = command.data.get("version").and_then(|v| v.as_str());
+                        let Some(version) = version.filter(|v| v.parse::<Version>().is_ok()) else {
+                            let refused = Response::failed(id, outpost_protocol::codes::BAD_DATA, "update: simulated agents need data.version, a version like \"1.2.3\"".to_owned());
+                            ws.send(Message::text(AgentFrame::Response(refused).encode())).await?;
+                            continue;
+                        };
+                        let force = command.data.get("force").and_then(serde_json::Value::as_bool).unwrap_or(false);
+                        let done = Response::ok(id, json!({"exit_code": 43, "version": version, "force": force}));
+                        ws.send(Message::text(AgentFrame::Response(done).encode())).await?;
+                        let _ = ws.close(None).await;
+                        return Ok(version.to_owned());
+                    }
                     let response = match command.command.as_str() {
                         commands::PING => Response::ok(id, json!({"pong": true})),
+                        commands::ECHO if failing => Response::failed(id, "simulated", "a simulated failure".to_owned()),
                         commands::ECHO => Response::ok(id, json!({"message": command.data.get("message")})),
                         other => Response::failed(id, outpost_protocol::codes::UNSUPPORTED, format!("simulated agents do not run {other}")),
                     };

@@ -1,4 +1,4 @@
-//! The `ui` scenario (SPEC §8 and §12): how long the dashboard's agents and jobs pages take to
+//! The `ui` scenario (CONTRACT.md §8 and §12): how long the dashboard's agents and jobs pages take to
 //! render with a fleet of `--agents` and `--ui-runs` runs in the history, and what a page
 //! weighs (its HTML, the JavaScript and the CSS it loads).
 //!
@@ -35,7 +35,7 @@ pub struct Plan {
 }
 
 /// A dashboard session: a client that follows no redirect, and the session cookie.
-struct Session {
+pub(crate) struct Session {
     http: reqwest::Client,
     base: String,
     cookie: String,
@@ -75,9 +75,13 @@ fn encode(text: &str) -> String {
 }
 
 impl Session {
-    /// Invites an owner with the API key and signs them in through `/ui/login`.
-    async fn sign_in(server: &Server, client: &Client) -> anyhow::Result<Self> {
-        let email = format!("bench-ui-{}@example.com", std::process::id());
+    /// Invites an owner with the API key and signs them in through `/ui/login`: a new user
+    /// each time (emails are unique on a server, and the `ui` and `results` scenarios each
+    /// sign one in).
+    pub(crate) async fn sign_in(server: &Server, client: &Client) -> anyhow::Result<Self> {
+        static SIGNED_IN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SIGNED_IN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let email = format!("bench-ui-{}-{n}@example.com", std::process::id());
         let invited = client
             .post("/api/users", &json!({"email": email, "role": "owner"}))
             .await?;
@@ -150,7 +154,7 @@ impl Session {
 
     /// `path` fetched `requests` times after 10 % as warm-up: (p50, p99, max) in ms, and the
     /// last body.
-    async fn timed(
+    pub(crate) async fn timed(
         &mut self,
         path: &str,
         requests: usize,

@@ -148,13 +148,18 @@ Examples:
     /// allow them.
     #[command(subcommand, after_help = SCRIPTS_AFTER)]
     Scripts(ScriptsCommand),
+    /// Staged rollouts of an agent version (canary, waves, a health gate) and the fleet's
+    /// minimum version.
+    #[command(subcommand, after_help = ROLLOUTS_AFTER)]
+    Rollouts(RolloutsCommand),
     /// Print a shell completion script.
     #[command(after_help = "\
 Commands and flags complete from the script alone. In bash, zsh and fish, agent names and ids
 (ping, agents show|rm|tag, run --on, jobs ls --agent), recent job ids (jobs
-show|logs|cancel) and schedule names (schedules show|edit|enable|disable|rm|run, jobs ls
---schedule) are asked of the server as you type, with the URL and token of `outpost login` or
-OUTPOST_URL/OUTPOST_TOKEN; with no answer within 2 s nothing is offered.
+show|logs|cancel), schedule names (schedules show|edit|enable|disable|rm|run, jobs ls
+--schedule) and recent rollout ids (rollouts show|pause|resume|abort|rollback) are asked of
+the server as you type, with the URL and token of `outpost login` or OUTPOST_URL/OUTPOST_TOKEN;
+with no answer within 2 s nothing is offered.
 
 Examples:
   outpost completions bash > ~/.local/share/bash-completion/completions/outpost
@@ -190,6 +195,8 @@ pub enum CompleteWhat {
     Schedules,
     /// The library's script names.
     Scripts,
+    /// The newest rollout ids.
+    Rollouts,
 }
 
 const RUN_AFTER: &str = "\
@@ -451,18 +458,24 @@ Examples:
   outpost jobs ls --schedule nightly-backup
   outpost jobs ls --json | jq -r '.jobs[].job_id'")]
     Ls(JobsLsArgs),
-    /// Show a job and each of its runs.
+    /// Show a job as one answer: counts, durations and the groups of runs with the same
+    /// result and output.
     #[command(after_help = "\
 JOB is a job id, or a unique start or end of one: the last 8 characters are the handy short
 form (ids start with their creation time, so jobs of the same minute share their start).
+A job of up to 50 runs also lists its runs; `outpost jobs runs` lists any job's, filtered.
 
 Examples:
   outpost jobs show 9c1e7f20
+  outpost jobs show 9c1e7f20 --mask-numbers
   outpost jobs show 0199a3d4-…
   outpost jobs show 0199a3d4-… --json | jq '.runs[] | {agent_id, exit_code}'")]
     Show {
         /// Job id, or a unique start or end of one.
         job: String,
+        /// Group outputs that differ only in digits (41% and 63% are one group).
+        #[arg(long)]
+        mask_numbers: bool,
     },
     /// Print a job's output (all runs, or one).
     #[command(after_help = "\
@@ -481,6 +494,82 @@ Examples:
         /// Job id, or a unique start or end of one.
         job: String,
     },
+    /// List a job's runs by host, filtered and paged (no output: see `jobs logs`).
+    #[command(after_help = "\
+GROUP is a key from `outpost jobs show` (runs with the same result and output). When there are
+more runs than --limit, the command prints the --cursor for the next page.
+
+Examples:
+  outpost jobs runs 9c1e7f20 --status failed
+  outpost jobs runs 9c1e7f20 --exit-code 2 --host web-
+  outpost jobs runs 9c1e7f20 --group 3f0c9a1b22d4e5f6
+  outpost jobs runs 9c1e7f20 --json | jq -r '.items[].hostname'")]
+    Runs(JobsRunsArgs),
+    /// Run a job again on the agents of some of its runs: the failed ones, by default.
+    #[command(after_help = "\
+The new job has the same command and parameters (secret ones carried over without being shown;
+a library script runs the version the original ran). Runs whose agent is gone, or is bound to
+another key now, are not repeated and are listed. Without --follow the command waits for the
+new job and prints its summary; the exit status is that of `outpost run`.
+
+Examples:
+  outpost jobs rerun 9c1e7f20 --failed
+  outpost jobs rerun 9c1e7f20 --not-succeeded --follow
+  outpost jobs rerun 9c1e7f20 --run 0199a3d4-… --run 0199a3d5-…")]
+    Rerun(JobsRerunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobsRunsArgs {
+    /// Job id, or a unique start or end of one.
+    pub job: String,
+    /// Runs in this state (succeeded, failed, timed_out, cancelled, expired, lost, pending,
+    /// delivered, running), or not_succeeded.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Runs that ended with this exit code.
+    #[arg(long)]
+    pub exit_code: Option<i32>,
+    /// Runs of this group (a key printed by `outpost jobs show`).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// GROUP is a key of `outpost jobs show --mask-numbers`.
+    #[arg(long)]
+    pub mask_numbers: bool,
+    /// Runs of agents whose host name contains this.
+    #[arg(long, value_name = "TEXT")]
+    pub host: Option<String>,
+    /// Runs of agents with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Runs per page, 1–200.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Start after this cursor (printed by the previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "which", multiple = false)]
+pub struct JobsRerunArgs {
+    /// Job id, or a unique start or end of one.
+    pub job: String,
+    /// The runs that failed (the default).
+    #[arg(long, group = "which")]
+    pub failed: bool,
+    /// Every finished run that did not succeed (failed, timed out, cancelled, expired, lost).
+    #[arg(long, group = "which")]
+    pub not_succeeded: bool,
+    /// Every run.
+    #[arg(long, group = "which")]
+    pub all: bool,
+    /// These runs (run ids; repeat the flag).
+    #[arg(long = "run", value_name = "RUN", group = "which")]
+    pub runs: Vec<String>,
+    /// Stream the new job's output until it ends.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -832,6 +921,216 @@ pub struct EventsFollowArgs {
     /// Events about this subject: its id (or a schedule's name).
     #[arg(long, value_name = "ID")]
     pub subject: Option<String>,
+}
+
+const ROLLOUTS_AFTER: &str = "\
+A rollout takes the agents of a target (--tag T…, or --all) to one version: canary agents
+first, then waves by percentage of the rest, at most --max-in-flight percent of the target
+updating at once. Each stage waits for its agents to be healthy (back online at the version
+within --online-within, no rollback for --soak, optionally --check-script succeeding) before
+the next starts; a stage that misses --min-healthy halts the rollout until a person resumes,
+aborts or rolls it back. ROLLOUT is a rollout's id (`outpost rollouts ls`).
+
+Examples:
+  outpost rollouts start 1.4.0 --tag web --canary 2 --waves 10,40,50
+  outpost rollouts ls
+  outpost rollouts show 0199b3c4-… --agents --state failed
+  outpost rollouts resume 0199b3c4-…
+  outpost rollouts rollback 0199b3c4-…
+  outpost rollouts policy --min-version 1.3.0";
+
+/// States of an agent in a rollout (`show --state`), as the API names them.
+pub const ROLLOUT_AGENT_STATES: [&str; 12] = [
+    "pending",
+    "updating",
+    "soaking",
+    "checking",
+    "healthy",
+    "failed",
+    "skipped",
+    "ahead",
+    "revert_pending",
+    "reverting",
+    "reverted",
+    "revert_failed",
+];
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutsCommand {
+    /// Start a rollout of an agent version over a target (owners and admins).
+    #[command(after_help = "\
+VERSION is MAJOR.MINOR.PATCH: a published release (or the build the server ships). The target
+is --tag T (repeatable: the agents with all of the tags) or --all. Left out, the server uses:
+--canary 1, --waves 100, --max-in-flight 10, --online-within 300, --soak 120,
+--min-healthy 100, no check script. --waves lists each wave's share of the non-canary agents in
+percent; the server refuses waves that do not sum to 100. An agent already in another active
+rollout makes the server refuse the whole rollout (rollout_conflict).
+
+Examples:
+  outpost rollouts start 1.4.0 --tag web
+  outpost rollouts start 1.4.0 --all --canary 3 --waves 10,40,50 --max-in-flight 5
+  outpost rollouts start 1.4.0 --tag db --tag eu --soak 600 --min-healthy 95 --check-script db-health")]
+    Start(RolloutStartArgs),
+    /// List rollouts, newest first: state and progress.
+    #[command(after_help = "\
+PROGRESS is the agents done (healthy, skipped, or already ahead of the version) out of the
+rollout's agents. When there are more rollouts than --limit, the command prints the --before
+for the next page.
+
+Examples:
+  outpost rollouts ls
+  outpost rollouts ls --limit 5
+  outpost rollouts ls --json | jq -r '.rollouts[] | [.id, .version, .state] | @tsv'")]
+    Ls(RolloutsLsArgs),
+    /// Show a rollout: its state, its settings and each stage's agents by state.
+    #[command(after_help = "\
+--agents adds a table of the rollout's agents (every page of them), by hostname; --stage and
+--state keep some of them (and imply --agents). Stage 0 is the canary, 1 the first wave.
+With --json: the rollout as the API gives it, or with --agents {\"rollout\": …, \"agents\": […]}.
+
+Examples:
+  outpost rollouts show 0199b3c4-…
+  outpost rollouts show 0199b3c4-… --agents
+  outpost rollouts show 0199b3c4-… --stage 0 --state failed
+  outpost rollouts show 0199b3c4-… --agents --json | jq -r '.agents[] | [.hostname, .state] | @tsv'")]
+    Show(RolloutShowArgs),
+    /// Pause a running rollout: nothing new is sent; agents on their way are still watched.
+    #[command(after_help = "Example:\n  outpost rollouts pause 0199b3c4-…")]
+    Pause {
+        /// Rollout id.
+        rollout: String,
+    },
+    /// Resume a paused or halted rollout (from halted, the failed agents of its stage are
+    /// tried again).
+    #[command(after_help = "Example:\n  outpost rollouts resume 0199b3c4-…")]
+    Resume {
+        /// Rollout id.
+        rollout: String,
+    },
+    /// Stop a rollout for good; its agents keep the version they have.
+    #[command(after_help = "Example:\n  outpost rollouts abort 0199b3c4-…")]
+    Abort {
+        /// Rollout id.
+        rollout: String,
+    },
+    /// Send every agent the rollout updated back to the version it had (owners).
+    #[command(after_help = "\
+A rollback is a downgrade: the command asks for confirmation on the terminal unless --yes is
+given, and refuses without --yes when stdin is not a terminal. The server refuses it
+(release_missing) when a version the agents go back to is no longer published.
+
+Examples:
+  outpost rollouts rollback 0199b3c4-…
+  outpost rollouts rollback 0199b3c4-… --yes")]
+    Rollback {
+        /// Rollout id.
+        rollout: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// The fleet's minimum agent version, the agents below it and each target's desired
+    /// version; --min-version or --clear changes the minimum (owners).
+    #[command(after_help = "\
+An update or a rollout to a version below the minimum is refused. The desired versions are
+what each target's last completed rollout reached.
+
+Examples:
+  outpost rollouts policy
+  outpost rollouts policy --min-version 1.3.0
+  outpost rollouts policy --clear")]
+    Policy(RolloutPolicyArgs),
+}
+
+/// `--waves`: each wave's percentage, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waves(pub Vec<u32>);
+
+/// `--waves 10,40,50`: integers separated by commas (their sum is the server's to check).
+pub fn parse_waves(text: &str) -> Result<Waves, String> {
+    let mut waves = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        match part.parse::<u32>() {
+            Ok(n) => waves.push(n),
+            Err(_) => {
+                return Err(format!(
+                    "{part:?} is not a whole number; give each wave's percentage separated by commas, such as 10,40,50"
+                ));
+            }
+        }
+    }
+    Ok(Waves(waves))
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").args(["tags", "all"]).required(true)))]
+pub struct RolloutStartArgs {
+    /// The agent version, MAJOR.MINOR.PATCH.
+    pub version: String,
+    /// The agents with this tag (repeatable: the agents with all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Every agent.
+    #[arg(long)]
+    pub all: bool,
+    /// Canary agents, chosen at random among the target (server default 1).
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
+    /// Each wave's percentage of the other agents, separated by commas (server default 100).
+    #[arg(long, value_name = "PCT,…", value_parser = parse_waves)]
+    pub waves: Option<Waves>,
+    /// Most agents updating at once, in percent of the target (server default 10).
+    #[arg(long, value_name = "PCT")]
+    pub max_in_flight: Option<u32>,
+    /// Seconds an updated agent has to come back online at the version (server default 300).
+    #[arg(long, value_name = "SECS")]
+    pub online_within: Option<u32>,
+    /// Seconds it must then run without rolling back (server default 120).
+    #[arg(long, value_name = "SECS")]
+    pub soak: Option<u32>,
+    /// Percent of a stage's agents that must be healthy for the next to start (server
+    /// default 100).
+    #[arg(long, value_name = "PCT")]
+    pub min_healthy: Option<u32>,
+    /// A script that must then succeed on each agent (its manifest's, or the library's).
+    #[arg(long, value_name = "NAME")]
+    pub check_script: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutsLsArgs {
+    /// Rollouts per page, 1–100.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Start after this cursor (printed by the previous page).
+    #[arg(long, value_name = "CURSOR")]
+    pub before: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutShowArgs {
+    /// Rollout id.
+    pub rollout: String,
+    /// Also list its agents: hostname, stage, state, versions, reason.
+    #[arg(long)]
+    pub agents: bool,
+    /// Only the agents of this stage (0 the canary, 1 the first wave, …); implies --agents.
+    #[arg(long, value_name = "N")]
+    pub stage: Option<u32>,
+    /// Only the agents in this state; implies --agents.
+    #[arg(long, value_name = "STATE", value_parser = ROLLOUT_AGENT_STATES)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutPolicyArgs {
+    /// Set the oldest agent version the fleet accepts (MAJOR.MINOR.PATCH).
+    #[arg(long, value_name = "VERSION")]
+    pub min_version: Option<String>,
+    /// Remove the minimum.
+    #[arg(long, conflicts_with = "min_version")]
+    pub clear: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,10 +4,11 @@
 //! Why not clap_complete's own dynamic completion: it is behind its `unstable-dynamic`
 //! feature, whose interface may change in any release, and it changes how the completion is
 //! installed (`COMPLETE=bash outpost`). Instead each shell's static script gets a few lines of
-//! its own language that, where an AGENT, JOB or SCHEDULE is expected (`ping`, `agents
-//! show|rm`, `agents tag add|rm`, `jobs show|logs|cancel`, `run --on`, `jobs ls --agent`,
-//! `schedules show|edit|enable|disable|rm|run`, `jobs ls --schedule`), run the hidden
-//! `outpost __complete agents|targets|jobs|schedules`, which prints one candidate a line.
+//! its own language that, where an AGENT, JOB, SCHEDULE or ROLLOUT is expected (`ping`, `agents
+//! show|rm`, `agents tag add|rm`, `jobs show|logs|cancel|runs|rerun`, `run --on`, `jobs ls --agent`,
+//! `schedules show|edit|enable|disable|rm|run`, `jobs ls --schedule`,
+//! `rollouts show|pause|resume|abort|rollback`), run the hidden
+//! `outpost __complete agents|targets|jobs|schedules|rollouts`, which prints one candidate a line.
 //!
 //! `__complete` is quick and quiet: it uses the configured URL and token, gives up after
 //! [`TIMEOUT`], and prints nothing at all on any failure (a shell cannot show an error while
@@ -30,6 +31,8 @@ use crate::client::Client;
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Jobs offered: the newest.
 const JOBS: u32 = 50;
+/// Rollouts offered: the newest.
+const ROLLOUTS: u32 = 50;
 
 /// Whether a word can go on a command line as it is.
 fn plain(word: &str) -> bool {
@@ -51,6 +54,7 @@ pub async fn candidates(global: &Global, what: CompleteWhat) {
         CompleteWhat::Jobs => jobs(&client).await,
         CompleteWhat::Schedules => schedules(&client).await,
         CompleteWhat::Scripts => scripts(&client).await,
+        CompleteWhat::Rollouts => rollouts(&client).await,
     };
     let mut out = String::new();
     for word in words.into_iter().filter(|w| plain(w)) {
@@ -117,6 +121,12 @@ async fn scripts(client: &Client) -> Vec<String> {
     field_of_each(client, "/api/scripts", &[], "scripts", "name").await
 }
 
+/// The newest rollouts' ids.
+async fn rollouts(client: &Client) -> Vec<String> {
+    let query = [("limit", ROLLOUTS.to_string())];
+    field_of_each(client, "/api/rollouts", &query, "rollouts", "id").await
+}
+
 /// `field` of each item of the list `key` that GET `path` answers; nothing when the server
 /// does not answer in time (completion must never hang a shell).
 async fn field_of_each(
@@ -166,7 +176,7 @@ _outpost_dynamic() {
     for (( i = 1; i < COMP_CWORD; i++ )); do
         word="${COMP_WORDS[i]}"
         case "$word" in
-            --url|--token|--on|--param|--secret|--secret-file|--timeout|--ttl|--agent|--script|--command|--status|--since|--until|--limit|--cursor|--run|--stream|--tag|--permission|--expires-at|--schedule|--cron|--tz|--data|--missed|--concurrency|--webhook|--name|--from|--count|-n|--type|--subject|--scope|--role|--action|--actor|--email|--out|--key|--signature) (( i++ )) ;;
+            --url|--token|--on|--param|--secret|--secret-file|--timeout|--ttl|--agent|--script|--command|--status|--since|--until|--limit|--cursor|--run|--stream|--tag|--permission|--expires-at|--schedule|--cron|--tz|--data|--missed|--concurrency|--webhook|--name|--from|--count|-n|--type|--subject|--scope|--role|--action|--actor|--email|--out|--key|--signature|--canary|--waves|--max-in-flight|--online-within|--soak|--min-healthy|--check-script|--before|--stage|--state|--min-version) (( i++ )) ;;
             -*) ;;
             *) pos+=("$word") ;;
         esac
@@ -178,9 +188,10 @@ _outpost_dynamic() {
     if [[ -z "$what" && "$cur" != -* ]]; then
         case "${pos[*]}" in
             "ping"|"agents show"|"agents rm"|"agents tag add"|"agents tag rm") what=agents ;;
-            "jobs show"|"jobs logs"|"jobs cancel") what=jobs ;;
+            "jobs show"|"jobs logs"|"jobs cancel"|"jobs runs"|"jobs rerun") what=jobs ;;
             "schedules show"|"schedules edit"|"schedules enable"|"schedules disable"|"schedules rm"|"schedules run") what=schedules ;;
             "scripts show"|"scripts rm") what=scripts ;;
+            "rollouts show"|"rollouts pause"|"rollouts resume"|"rollouts abort"|"rollouts rollback") what=rollouts ;;
         esac
     fi
     if [[ -z "$what" ]]; then
@@ -200,13 +211,14 @@ complete -F _outpost_dynamic -o bashdefault -o default outpost
 const FISH: &str = r#"# Agents and jobs, asked of the server as you type (`outpost __complete`).
 complete -c outpost -n "__fish_outpost_using_subcommand ping" -f -a "(outpost __complete agents)"
 complete -c outpost -n "__fish_outpost_using_subcommand agents; and __fish_seen_subcommand_from show rm add" -f -a "(outpost __complete agents)"
-complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from show logs cancel" -f -a "(outpost __complete jobs)"
+complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from show logs cancel runs rerun" -f -a "(outpost __complete jobs)"
 complete -c outpost -n "__fish_outpost_using_subcommand run" -l on -f -r -a "(outpost __complete targets)"
 complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from ls" -l agent -f -r -a "(outpost __complete agents)"
 complete -c outpost -n "__fish_outpost_using_subcommand jobs; and __fish_seen_subcommand_from ls" -l schedule -f -r -a "(outpost __complete schedules)"
 complete -c outpost -n "__fish_outpost_using_subcommand schedules; and __fish_seen_subcommand_from show edit enable disable rm run" -f -a "(outpost __complete schedules)"
 complete -c outpost -n "__fish_outpost_using_subcommand schedules; and __fish_seen_subcommand_from create edit" -l agent -f -r -a "(outpost __complete agents)"
 complete -c outpost -n "__fish_outpost_using_subcommand scripts; and __fish_seen_subcommand_from show rm" -f -a "(outpost __complete scripts)"
+complete -c outpost -n "__fish_outpost_using_subcommand rollouts; and __fish_seen_subcommand_from show pause resume abort rollback" -f -a "(outpost __complete rollouts)"
 "#;
 
 /// Zsh: clap writes `_default` as the action of every free value; the agent and job ones
@@ -224,6 +236,8 @@ fn zsh(text: &str) -> String {
             Some("_outpost_agents")
         } else if line.starts_with("':schedule -- ") || line.starts_with("'--schedule=") {
             Some("_outpost_schedules")
+        } else if line.starts_with("':rollout -- ") {
+            Some("_outpost_rollouts")
         } else {
             None
         };
@@ -241,6 +255,7 @@ _outpost_agents() { local -a c; c=(${(f)"$(outpost __complete agents 2>/dev/null
 _outpost_targets() { local -a c; c=(${(f)"$(outpost __complete targets 2>/dev/null)"}); compadd -a c }
 _outpost_jobs() { local -a c; c=(${(f)"$(outpost __complete jobs 2>/dev/null)"}); compadd -a c }
 _outpost_schedules() { local -a c; c=(${(f)"$(outpost __complete schedules 2>/dev/null)"}); compadd -a c }
+_outpost_rollouts() { local -a c; c=(${(f)"$(outpost __complete rollouts 2>/dev/null)"}); compadd -a c }
 
 "#;
     match out.rfind("if [ \"$funcstack[1]\" = \"_outpost\" ]") {

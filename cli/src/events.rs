@@ -1,4 +1,4 @@
-//! `outpost events ls` and `outpost events follow`: the events the server records (SPEC §11),
+//! `outpost events ls` and `outpost events follow`: the events the server records (CONTRACT.md §11),
 //! listed a page at a time or printed as they come.
 //!
 //! `follow` reads `GET /api/events/stream` and prints each event as `ls` shows one. It is

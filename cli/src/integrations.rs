@@ -1,4 +1,4 @@
-//! `outpost integrations …`: where a tenant's events are sent (SPEC §11).
+//! `outpost integrations …`: where a tenant's events are sent (CONTRACT.md §11).
 //!
 //! The server validates and stores everything; the CLI shapes the config from flags named
 //! after each provider's own words (`--routing-key`, `--api-key`, `--hec-token`; `--endpoint` for the provider's URL, since

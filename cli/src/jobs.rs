@@ -251,6 +251,10 @@ pub async fn watch(
     };
     if fan_out && !global.json {
         eprintln!("{}", summary(&job));
+        match crate::results::after_run(client, &job_id).await {
+            Ok(text) => eprint!("{text}"),
+            Err(err) => eprintln!("(no summary: {err})"),
+        }
     }
     Ok(exit_status(&job))
 }
@@ -325,7 +329,16 @@ fn run_labels(job: &Value, agents_list: &Value) -> Vec<(String, String)> {
     runs.iter()
         .map(|r| {
             let agent = output::field(r, "agent_id");
-            let label = labels.get(&agent).cloned().unwrap_or(agent);
+            // The fleet's labels tell agents of one host name apart (`web/1a2b3c4d`); the
+            // run's own host name serves when the agent is not listed.
+            let label = match (
+                labels.get(&agent),
+                r.get("hostname").and_then(Value::as_str),
+            ) {
+                (Some(label), _) => label.clone(),
+                (None, Some(host)) if !host.is_empty() => output::escape(host).into_owned(),
+                (None, _) => agent,
+            };
             (output::field(r, "run_id"), label)
         })
         .collect()
@@ -505,16 +518,12 @@ pub async fn resolve_job(client: &Client, text: &str) -> Result<String, CliError
 pub async fn run(client: &Client, global: &Global, cmd: JobsCommand) -> Result<u8, CliError> {
     match cmd {
         JobsCommand::Ls(args) => list(client, global, args).await?,
-        JobsCommand::Show { job } => {
+        JobsCommand::Show { job, mask_numbers } => {
             let job = resolve_job(client, &job).await?;
-            let job = client.get(&format!("/api/jobs/{job}"), &[]).await?;
-            if global.json {
-                output::print_json(&job);
-            } else {
-                let agents_list = client.get("/api/agents", &[]).await?;
-                print_job(&job, &agents_list);
-            }
+            crate::results::show(client, global, &job, mask_numbers).await?;
         }
+        JobsCommand::Runs(args) => crate::results::runs(client, global, args).await?,
+        JobsCommand::Rerun(args) => return crate::results::rerun(client, global, args).await,
         JobsCommand::Logs(args) => return logs(client, global, args).await,
         JobsCommand::Cancel { job } => {
             let job = resolve_job(client, &job).await?;
@@ -672,7 +681,8 @@ pub fn parse_time(flag: &str, text: &str, now: DateTime<Utc>) -> Result<DateTime
     now.checked_sub_signed(age).ok_or_else(bad)
 }
 
-fn print_job(job: &Value, agents_list: &Value) {
+/// A job's head: id, command, status, target, times, run counts, schedule and parameters.
+pub fn head_text(job: &Value) -> String {
     let colour = output::colour_stdout();
     let status = output::field(job, "status");
     let painted = match output::status_colour(&status) {
@@ -722,37 +732,7 @@ fn print_job(job: &Value, agents_list: &Value) {
             .collect();
         head.push_str(&format!("{:<10}{}\n", "params:", text.join(" ")));
     }
-    head.push('\n');
-    output::print_stdout(head.as_bytes());
-    let runs = run_labels(job, agents_list);
-    let mut table = Table::new(vec![
-        "RUN", "AGENT", "STATUS", "EXIT", "DURATION", "STDOUT", "STDERR", "ERROR",
-    ]);
-    for run in job_runs(job) {
-        let id = output::field(run, "run_id");
-        let error = run
-            .get("error")
-            .filter(|e| e.is_object())
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    output::field(e, "code"),
-                    output::field(e, "message")
-                )
-            })
-            .unwrap_or_else(|| "-".into());
-        table.row(vec![
-            id.clone().into(),
-            label_of(&runs, &id).into(),
-            Cell::status(&output::field(run, "status")),
-            output::field(run, "exit_code").into(),
-            output::duration_ms(run.get("duration_ms").and_then(Value::as_i64)).into(),
-            output::bytes(run.get("stdout_bytes").and_then(Value::as_i64).unwrap_or(0)).into(),
-            output::bytes(run.get("stderr_bytes").and_then(Value::as_i64).unwrap_or(0)).into(),
-            error.into(),
-        ]);
-    }
-    table.print();
+    head
 }
 
 async fn logs(client: &Client, global: &Global, mut args: JobsLogsArgs) -> Result<u8, CliError> {

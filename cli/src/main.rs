@@ -19,6 +19,8 @@ mod integrations;
 mod jobs;
 mod keys;
 mod output;
+mod results;
+mod rollouts;
 mod schedules;
 mod scripts;
 mod users;
@@ -145,6 +147,10 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             users::run(&client, &global, cmd).await.map(|()| 0)
         }
         Command::Scripts(cmd) => scripts::run(&global, cmd).await.map(|()| 0),
+        Command::Rollouts(cmd) => {
+            let client = client::Client::from_config(&global)?;
+            rollouts::run(&client, &global, cmd).await
+        }
         Command::Keys(cmd) => {
             let client = client::Client::from_config(&global)?;
             keys::run(&client, &global, cmd).await.map(|()| 0)

@@ -82,9 +82,13 @@ pub fn paint(text: &str, colour: Colour, on: bool) -> String {
 /// The colour for a status word.
 pub fn status_colour(status: &str) -> Option<Colour> {
     match status {
-        "online" | "succeeded" | "active" => Some(Colour::Green),
-        "offline" | "failed" | "timed_out" | "lost" | "disabled" | "expired" => Some(Colour::Red),
-        "running" | "pending" | "delivered" | "cancelled" => Some(Colour::Yellow),
+        "online" | "succeeded" | "active" | "completed" | "healthy" => Some(Colour::Green),
+        "offline" | "failed" | "timed_out" | "lost" | "disabled" | "expired" | "halted"
+        | "aborted" | "revert_failed" => Some(Colour::Red),
+        "running" | "pending" | "delivered" | "cancelled" | "paused" | "rolling_back"
+        | "updating" | "soaking" | "checking" | "revert_pending" | "reverting" => {
+            Some(Colour::Yellow)
+        }
         _ => None,
     }
 }

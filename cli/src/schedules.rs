@@ -1,6 +1,6 @@
 //! `outpost schedules …`.
 //!
-//! A schedule is stored and fired by the server (SPEC §10); the CLI only shapes requests and
+//! A schedule is stored and fired by the server (CONTRACT.md §10); the CLI only shapes requests and
 //! prints answers. Two choices worth knowing:
 //!
 //! - A schedule is named by its id or its name everywhere one is expected: names are unique in

@@ -1,4 +1,4 @@
-//! `outpost scripts keygen|pack|sign|upload|ls|show|rm`: the script library (SPEC §15).
+//! `outpost scripts keygen|pack|sign|upload|ls|show|rm`: the script library (CONTRACT.md §15).
 //!
 //! Keys and signatures are made here, on the operator's machine, and never sent: the server
 //! gets the bundle and its signature file, and agents check the signature against the public

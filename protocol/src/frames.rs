@@ -162,7 +162,7 @@ pub struct RegisterData {
     /// (which never send it) interoperate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_status: Option<Box<crate::release::UpdateStatus>>,
-    /// The manifest's consent to library scripts (SPEC §15): which names, signed by which
+    /// The manifest's consent to library scripts (CONTRACT.md §15): which names, signed by which
     /// keys. Absent when the manifest has no `library`: the agent runs no library script, and
     /// the server fails such runs early with `script_not_allowed`. Omitted when absent, so
     /// older servers and agents interoperate.

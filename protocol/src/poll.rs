@@ -1,4 +1,4 @@
-//! Bodies of the HTTP long-poll fallback (SPEC §2): the same frames as over a WebSocket,
+//! Bodies of the HTTP long-poll fallback (CONTRACT.md §2): the same frames as over a WebSocket,
 //! carried in batches.
 //!
 //! Two things a WebSocket gives for free are made explicit here:

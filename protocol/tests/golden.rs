@@ -1,4 +1,4 @@
-//! The SPEC's example frames, kept as golden fixtures: each must decode, and encode back to
+//! The contract's example frames, kept as golden fixtures: each must decode, and encode back to
 //! exactly the same JSON. A failure here means the wire format changed.
 
 use std::path::Path;

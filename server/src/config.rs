@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 
-/// How long an API key may live unless `--max-key-days` says otherwise (SPEC §9; the
+/// How long an API key may live unless `--max-key-days` says otherwise (CONTRACT.md §9; the
 /// services' own default, `service::api_keys::DEFAULT_MAX_KEY_DAYS`, is the same).
 pub const DEFAULT_MAX_KEY_DAYS: u32 = 365;
 
@@ -123,7 +123,7 @@ pub struct Config {
         value_delimiter = ',',
         value_name = "CIDR"
     )]
-    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
+    pub trusted_proxies: Vec<outpost_core::forwarded::Cidr>,
 
     /// Seconds between agent heartbeats; an agent silent for 3 intervals is offline.
     #[arg(long, env = "OUTPOST_HEARTBEAT_INTERVAL", default_value_t = outpost_protocol::limits::DEFAULT_HEARTBEAT_INTERVAL_S as u64)]
@@ -146,7 +146,7 @@ pub struct Config {
     pub max_key_days: u32,
 
     /// How long after its instant a schedule's fire still runs (late); older fires are
-    /// "missed" and follow the schedule's `missed` policy. SPEC §10 says 60 s; tests shorten it.
+    /// "missed" and follow the schedule's `missed` policy. CONTRACT.md §10 says 60 s; tests shorten it.
     #[arg(long, env = "OUTPOST_SCHEDULE_GRACE_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), hide = true)]
     pub schedule_grace_s: u64,
 
@@ -218,6 +218,20 @@ pub struct Config {
     pub admin_key: Option<String>,
 }
 
+impl Config {
+    /// The connection timeouts these flags give (`--header-timeout`, `--body-timeout`,
+    /// `--idle-timeout`, `--keepalive-timeout`).
+    pub fn connection_limits(&self) -> outpost_web::listen::Limits {
+        use std::time::Duration;
+        outpost_web::listen::Limits {
+            header: Duration::from_secs(self.header_timeout),
+            body: Duration::from_secs(self.body_timeout),
+            idle: Duration::from_secs(self.idle_timeout),
+            keepalive: Duration::from_secs(self.keepalive_timeout),
+        }
+    }
+}
+
 impl std::fmt::Debug for Config {
     // Written by hand so that the admin key and database password never reach a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,7 +287,7 @@ mod tests {
     use clap::{ArgAction, CommandFactory};
 
     /// Every on/off flag with an environment twin takes 1/0, true/false, yes/no from the
-    /// variable (SPEC §5), including flags added later: clap's default for a `bool` flag
+    /// variable (CONTRACT.md §5), including flags added later: clap's default for a `bool` flag
     /// takes only `true`/`false`, and `OUTPOST_WEBHOOK_ALLOW_PRIVATE=1` stopped the server.
     #[test]
     fn boolean_variables_take_1_0_true_false_yes_no() {
@@ -324,12 +338,12 @@ mod tests {
         assert_eq!(config.max_key_days, 365);
         assert_eq!(
             config.max_key_days,
-            crate::service::api_keys::DEFAULT_MAX_KEY_DAYS
+            outpost_core::service::api_keys::DEFAULT_MAX_KEY_DAYS
         );
         assert_eq!(config.library_max_bytes, 1 << 30);
         assert_eq!(
             config.library_max_bytes,
-            crate::service::scripts::DEFAULT_LIBRARY_MAX_BYTES
+            outpost_core::service::scripts::DEFAULT_LIBRARY_MAX_BYTES
         );
         let err =
             super::Config::try_parse_from(["outpost-server", "--trusted-proxy", "10.0.0.0/40"])

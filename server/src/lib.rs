@@ -14,37 +14,8 @@
 //! - a command is committed to the store before any frame carrying it is sent;
 //! - a result is committed before the agent is acknowledged and before any waiter is woken.
 
-pub mod access;
-pub mod admin_key;
-pub mod api;
-pub mod backup;
-pub mod builtin;
-pub mod bus;
-pub mod cluster;
 pub mod config;
-pub mod credentials;
-pub mod cron;
-pub mod domain;
-pub mod finish;
-pub mod forwarded;
-pub mod frames;
-pub mod http_error;
-pub mod hub;
-pub mod jwt;
-pub mod listen;
-pub mod mail;
-pub mod metrics;
-pub mod passwords;
-pub mod providers;
-pub mod release;
-pub mod seal;
-pub mod secrets;
-pub mod service;
-pub mod store;
-pub mod tags;
-pub mod tenants_admin;
-pub mod ui;
-pub mod users_admin;
+pub mod ops;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,38 +24,74 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+use config::Config;
 use hub::Hub;
+use outpost_core::{builtin, bus, finish, forwarded, frames, mail, service};
+use outpost_store as store;
+use outpost_store::{metrics, private_files, seal};
+use outpost_web::{api, cluster, http_error, hub, listen, ui};
 use store::{DatabaseLocation, Store};
 
-/// What the REST handlers get: the services, nothing else (no store, no hub).
-#[derive(Clone)]
-pub struct AppState {
-    /// Every domain operation.
-    pub services: service::Services,
-}
-
 /// Heartbeat intervals an agent may be gone before `agent.offline` is recorded: with the
-/// sweep's period (one interval) an agent that went away is announced within three (SPEC §11),
+/// sweep's period (one interval) an agent that went away is announced within three (CONTRACT.md §11),
 /// and a shorter disconnect is never announced.
 const OFFLINE_AFTER_HEARTBEATS: u32 = 2;
 
-/// Opens the store, bootstraps the admin key and serves on `listener` until `shutdown`
-/// resolves.
+/// Serves on `listener` until `shutdown` resolves: each step below is a function of its own.
 pub async fn run(
     listener: std::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    validate(&config)?;
     let fd_limit = metrics::raise_fd_limit();
     tracing::info!(
         fd_limit,
         "open-file limit (one per agent connection, plus the database and clients)"
     );
     metrics::handle();
-    let (store, writer) = open_store(&config).await?;
-    admin_key::bootstrap(&store, &config).await?;
-    let master = load_master_key(&config)?;
+    let opened = open(&config).await?;
+    let stop = CancellationToken::new();
+    let node = join(&config, &listener, &opened, &stop).await?;
+    let wired = build_services(&config, opened, node, &stop)?;
+    spawn_workers(&config, &wired, &stop);
+    let app = router(&wired);
+    serve(listener, &config, app, wired, fd_limit, stop, shutdown).await
+}
+
+/// The flags that only make sense together, checked before anything is opened.
+fn validate(config: &Config) -> anyhow::Result<()> {
+    if config.tls_cert.is_some() != config.tls_key.is_some() {
+        anyhow::bail!("--tls-cert and --tls-key must be given together");
+    }
+    let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
+    if Duration::from_secs(config.lost_after)
+        < heartbeat * outpost_protocol::limits::MISSED_HEARTBEATS
+    {
+        anyhow::bail!(
+            "--lost-after ({} s) must be at least 3 heartbeat intervals ({} s)",
+            config.lost_after,
+            heartbeat.as_secs() * 3
+        );
+    }
+    Ok(())
+}
+
+/// What is opened from the data directory and the database before anything is wired.
+struct Opened {
+    store: Store,
+    /// The writer's own handle on the database ([`Store::open_writer`]).
+    writer: Store,
+    master: Arc<seal::MasterKey>,
+    builtin: builtin::Builtin,
+}
+
+/// Opens the store, bootstraps the admin key, checks the master key against the database and
+/// opens the builds shipped beside the server.
+async fn open(config: &Config) -> anyhow::Result<Opened> {
+    let (store, writer) = open_store(config).await?;
+    ops::admin_key::bootstrap(&store, config).await?;
+    let master = load_master_key(config)?;
     let fingerprint = master.fingerprint("outpost-master-key-check", b"");
     if !store.check_master_key(&fingerprint).await? {
         anyhow::bail!(
@@ -96,16 +103,36 @@ pub async fn run(
     }
     let builtin = builtin::Builtin::open(&config.data_dir, config.builds_dir.clone())?;
     builtin.log_startup();
+    Ok(Opened {
+        store,
+        writer,
+        master: Arc::new(master),
+        builtin,
+    })
+}
 
-    let master = Arc::new(master);
-    let stop = CancellationToken::new();
+/// This node's place among the nodes sharing a database: its hub, and the bus that reaches
+/// agents wherever they are connected (the cluster on PostgreSQL, the hub alone on SQLite).
+struct Node {
+    hub: Arc<Hub>,
+    bus: Arc<dyn bus::Bus>,
+    /// The cluster membership, on PostgreSQL (it may be the only node).
+    cluster: Option<Arc<cluster::Cluster>>,
+}
+
+/// Builds this node's hub and, on PostgreSQL, joins the nodes sharing the database.
+async fn join(
+    config: &Config,
+    listener: &std::net::TcpListener,
+    opened: &Opened,
+    stop: &CancellationToken,
+) -> anyhow::Result<Node> {
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
-    let writer = store::writer::Writer::start(writer, store.clone())
-        .context("cannot start the store writer's thread")?;
     let mut hub = Hub::new(
         heartbeat,
-        frames::Frames::new(master.clone(), config.max_output_bytes),
+        frames::Frames::new(opened.master.clone(), config.max_output_bytes),
     );
+    let store = &opened.store;
     // On PostgreSQL the node joins the others sharing the database (it may be the only one):
     // its bus reaches their agents and waiters too (see `cluster`).
     let node_id = store.is_postgres().then(cluster::Cluster::new_node_id);
@@ -113,42 +140,63 @@ pub async fn run(
         hub = hub.on_node(id);
     }
     let hub = Arc::new(hub);
-    let mut node = None;
-    let bus: Arc<dyn bus::Bus> = match node_id {
-        Some(id) => {
-            let address = listener.local_addr()?.to_string();
-            let name = config
-                .node_name
-                .clone()
-                .unwrap_or_else(|| format!("{}:{}", host_name(), config.listen.port()));
-            let joined = cluster::Cluster::start(
-                id,
-                name,
-                address,
-                store.clone(),
-                hub.clone(),
-                stop.clone(),
-            )
+    let Some(id) = node_id else {
+        // The only node: nobody is connected yet, whatever rows a crash left behind.
+        let released = store.release_agents_at_start().await?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "agents marked disconnected: the server had stopped without recording it"
+            );
+        }
+        return Ok(Node {
+            bus: hub.clone(),
+            hub,
+            cluster: None,
+        });
+    };
+    let address = listener.local_addr()?.to_string();
+    let name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", host_name(), config.listen.port()));
+    let joined =
+        cluster::Cluster::start(id, name, address, store.clone(), hub.clone(), stop.clone())
             .await
             .context("joining the nodes on --database-url")?;
-            node = Some(joined.clone());
-            joined
-        }
-        None => {
-            // The only node: nobody is connected yet, whatever rows a crash left behind.
-            let released = store.release_agents_at_start().await?;
-            if released > 0 {
-                tracing::info!(
-                    released,
-                    "agents marked disconnected: the server had stopped without recording it"
-                );
-            }
-            hub.clone()
-        }
-    };
+    Ok(Node {
+        bus: joined.clone(),
+        hub,
+        cluster: Some(joined),
+    })
+}
+
+/// Everything the router and the workers need.
+struct Wired {
+    services: service::Services,
+    /// The agents' routes' handles.
+    agents: hub::Context,
+    node: Node,
+}
+
+/// Starts the store's writer and builds the finish path and the services from the flags.
+fn build_services(
+    config: &Config,
+    opened: Opened,
+    node: Node,
+    stop: &CancellationToken,
+) -> anyhow::Result<Wired> {
+    let Opened {
+        store,
+        writer,
+        master,
+        builtin,
+    } = opened;
+    let writer = store::writer::Writer::start(writer, store.clone())
+        .context("cannot start the store writer's thread")?;
     let webhooks_due = Arc::new(tokio::sync::Notify::new());
     let events_due = Arc::new(tokio::sync::Notify::new());
-    let finish = finish::Finish::new(bus.clone(), webhooks_due.clone(), events_due.clone());
+    let finish = finish::Finish::new(node.bus.clone(), webhooks_due.clone(), events_due.clone());
     // A result reaches whoever waits for it as soon as its batch is committed; the connection
     // that carried it only acknowledges it.
     let on_commit = finish.clone();
@@ -156,7 +204,7 @@ pub async fn run(
     let agents = hub::Context {
         store: store.clone(),
         writer: writer.clone(),
-        hub: hub.clone(),
+        hub: node.hub.clone(),
         finish: finish.clone(),
         shutdown: stop.clone(),
     };
@@ -171,11 +219,18 @@ pub async fn run(
         config.webhook_allow_private,
         api::render_job,
     );
-    let mut core = service::Core::new(store, writer, bus, finish, master, stop.clone())
-        .with_max_key_days(config.max_key_days)
-        .with_library_max_bytes(config.library_max_bytes);
-    if let Some(node) = &node {
-        core = core.on_node(node.node_id());
+    let mut core = service::Core::new(
+        store,
+        writer,
+        node.bus.clone(),
+        finish,
+        master,
+        stop.clone(),
+    )
+    .with_max_key_days(config.max_key_days)
+    .with_library_max_bytes(config.library_max_bytes);
+    if let Some(cluster) = &node.cluster {
+        core = core.on_node(cluster.node_id());
     }
     let limits = service::limits::Limits::new(
         config.rate_limit,
@@ -186,47 +241,22 @@ pub async fn run(
         trusted_proxies = ?config.trusted_proxies,
         "rate limits (a minute, per caller on /api; 0 = off)"
     );
-    let mut outbox = service::integrations::Outbox::new(
-        config.webhook_allow_private,
-        config.public_url.clone(),
-        host_name(),
-    )
-    .with_wake(events_due);
-    match &config.smtp_url {
-        Some(url) => {
-            let from = config
-                .smtp_from
-                .clone()
-                .unwrap_or_else(|| format!("Outpost <outpost@{}>", host_name()));
-            let mailer = mail::Mailer::new(url, &from).map_err(anyhow::Error::msg)?;
-            tracing::info!(relay = mailer.relay(), from = %from, "email integrations send through this SMTP relay");
-            outbox = outbox.with_mailer(mailer);
-        }
-        None => tracing::info!(
-            "no --smtp-url: email integrations are stored, and their deliveries fail saying SMTP is not configured"
-        ),
-    }
+    let outbox = outbox(config, events_due)?;
     let mut services = service::Services::new(core, releases, delivery, outbox, limits)
         .with_signup(config.allow_signup);
+    let clock = || match &config.test_clock_file {
+        Some(path) => service::schedules::Clock::File(path.clone()),
+        None => service::schedules::Clock::System,
+    };
     services.schedules = services
         .schedules
         .with_grace(Duration::from_secs(config.schedule_grace_s))
-        .with_clock(match &config.test_clock_file {
-            Some(path) => service::schedules::Clock::File(path.clone()),
-            None => service::schedules::Clock::System,
-        });
+        .with_clock(clock());
     let window = match config.retention_seconds {
         Some(seconds) => service::retention::Window::Seconds(seconds),
         None => service::retention::Window::Days(config.retention_days),
     };
-    services.retention =
-        services
-            .retention
-            .with_window(window)
-            .with_clock(match &config.test_clock_file {
-                Some(path) => service::schedules::Clock::File(path.clone()),
-                None => service::schedules::Clock::System,
-            });
+    services.retention = services.retention.with_window(window).with_clock(clock());
     match window {
         service::retention::Window::Days(0) | service::retention::Window::Seconds(0) => {
             tracing::info!(
@@ -241,45 +271,67 @@ pub async fn run(
     if config.allow_signup {
         tracing::info!("signup is on: POST /api/auth/register makes a tenant and its owner");
     }
-    let state = AppState {
-        services: services.clone(),
+    Ok(Wired {
+        services,
+        agents,
+        node,
+    })
+}
+
+/// The integrations' outbox, with the SMTP relay of `--smtp-url` when there is one.
+fn outbox(
+    config: &Config,
+    events_due: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<service::integrations::Outbox> {
+    let outbox = service::integrations::Outbox::new(
+        config.webhook_allow_private,
+        config.public_url.clone(),
+        host_name(),
+    )
+    .with_wake(events_due);
+    let Some(url) = &config.smtp_url else {
+        tracing::info!(
+            "no --smtp-url: email integrations are stored, and their deliveries fail saying SMTP is not configured"
+        );
+        return Ok(outbox);
     };
+    let from = config
+        .smtp_from
+        .clone()
+        .unwrap_or_else(|| format!("Outpost <outpost@{}>", host_name()));
+    let mailer = mail::Mailer::new(url, &from).map_err(anyhow::Error::msg)?;
+    tracing::info!(relay = mailer.relay(), from = %from, "email integrations send through this SMTP relay");
+    Ok(outbox.with_mailer(mailer))
+}
+
+/// The background loops: deliveries, schedules, integrations, retention, metrics upkeep, the
+/// hub's liveness and the health sweeps. Each stops with `stop`.
+fn spawn_workers(config: &Config, wired: &Wired, stop: &CancellationToken) {
+    let services = &wired.services;
     tokio::spawn(services.webhooks.clone().run());
     tokio::spawn(services.schedules.clone().run());
     tokio::spawn(services.integrations.clone().run());
     tokio::spawn(services.retention.clone().run());
+    tokio::spawn(services.digests.clone().run());
+    tokio::spawn(services.rollouts.clone().run());
     tokio::spawn(metrics::upkeep(stop.clone()));
-    listen::describe_metrics();
-    let limits = listen::Limits::from_config(&config);
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key)?),
-        (None, None) => None,
-        _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
-    };
-    let mut metrics_listener = None;
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
-        metrics_listener = Some((addr, listener));
-    }
-    let lost_after = Duration::from_secs(config.lost_after);
-    if lost_after < heartbeat * outpost_protocol::limits::MISSED_HEARTBEATS {
-        anyhow::bail!(
-            "--lost-after ({} s) must be at least 3 heartbeat intervals ({} s)",
-            config.lost_after,
-            heartbeat.as_secs() * 3
-        );
-    }
-    tokio::spawn(liveness_loop(hub.clone(), stop.clone()));
+    tokio::spawn(liveness_loop(wired.node.hub.clone(), stop.clone()));
+    let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
     tokio::spawn(services.health.clone().run_sweeps(
         heartbeat.min(Duration::from_secs(30)),
-        lost_after,
+        Duration::from_secs(config.lost_after),
         heartbeat * OFFLINE_AFTER_HEARTBEATS,
     ));
+}
 
-    let app = api::router(state.clone())
-        // The dashboard (SPEC §12): `/`, `/ui/…`.
+/// The REST API, the dashboard, `/metrics` and the agents' routes, with the layers every
+/// request goes through.
+fn router(wired: &Wired) -> axum::Router {
+    let state = api::AppState {
+        services: wired.services.clone(),
+    };
+    api::router(state.clone())
+        // The dashboard (CONTRACT.md §12): `/`, `/ui/…`.
         .merge(ui::router(state.clone()))
         .route("/metrics", axum::routing::get(api::metrics::route))
         // Applied by the body extractors (ApiJson), whose rejection is the JSON error
@@ -288,16 +340,41 @@ pub async fn run(
         .layer(axum::extract::DefaultBodyLimit::max(
             outpost_protocol::limits::MAX_FRAME_BYTES,
         ))
-        .with_state(state.clone())
+        .with_state(state)
         // The agents' routes, with their own handles (long-poll batches carry many frames:
         // their routes have their own, larger body limit).
-        .merge(hub::router().with_state(agents))
+        .merge(hub::router().with_state(wired.agents.clone()))
         .layer(axum::middleware::map_response(
             http_error::close_after_too_large,
         ))
         // Requests are logged at debug level, without headers (they carry keys).
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
 
+/// Accepts connections on `listener` (and `--metrics-listen`) under the connection limits until
+/// `shutdown`, then leaves the nodes.
+async fn serve(
+    listener: std::net::TcpListener,
+    config: &Config,
+    app: axum::Router,
+    wired: Wired,
+    fd_limit: u64,
+    stop: CancellationToken,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    listen::describe_metrics();
+    let limits = config.connection_limits();
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let mut metrics_listener = None;
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
+        metrics_listener = Some((addr, listener));
+    }
     let token = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -312,7 +389,12 @@ pub async fn run(
     // Counted once everything but the connections is open (the database's files, the
     // listeners): the rest of the open-file limit, less a reserve, is for connections.
     let fds_in_use = listen::open_fds().unwrap_or(64);
-    let caps = listen::caps(&config, fd_limit, fds_in_use);
+    let caps = listen::caps(
+        config.max_unauthenticated,
+        config.max_unauthenticated_per_address,
+        fd_limit,
+        fds_in_use,
+    );
     let registry = listen::Registry::new(caps);
     tracing::info!(
         max_connections = caps.connections,
@@ -327,7 +409,9 @@ pub async fn run(
     if let Some((addr, listener)) = metrics_listener {
         let app = axum::Router::new()
             .route("/metrics", axum::routing::get(api::metrics::open_route))
-            .with_state(state.clone());
+            .with_state(api::AppState {
+                services: wired.services.clone(),
+            });
         tracing::info!(%addr, "serving unauthenticated /metrics");
         // Its connections count against the same caps: they use the same descriptors.
         tokio::spawn(listen::serve(
@@ -344,8 +428,8 @@ pub async fn run(
     // for this line.
     println!("outpost-server listening on {scheme}://{addr}");
     listen::serve(listener, tls, app, registry, limits, stop).await;
-    if let Some(node) = node {
-        node.leave().await;
+    if let Some(cluster) = wired.node.cluster {
+        cluster.leave().await;
     }
     Ok(())
 }
@@ -364,7 +448,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(Store, Store)> {
     let location = match &config.database_url {
         Some(url) => DatabaseLocation::Url(url.clone()),
         None => {
-            create_private_dir(&config.data_dir)?;
+            private_files::create_private_dir(&config.data_dir)?;
             DatabaseLocation::Sqlite(config.data_dir.join("outpost.db"))
         }
     };
@@ -425,7 +509,7 @@ fn load_master_key(config: &Config) -> anyhow::Result<seal::MasterKey> {
     if let Some(key) = &config.master_key {
         return seal::MasterKey::parse(key).map_err(anyhow::Error::msg);
     }
-    create_private_dir(&config.data_dir)?;
+    private_files::create_private_dir(&config.data_dir)?;
     let path = config.data_dir.join("master.key");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -433,7 +517,7 @@ fn load_master_key(config: &Config) -> anyhow::Result<seal::MasterKey> {
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let key = seal::MasterKey::generate();
-            write_private(&path, &format!("{key}\n"))
+            private_files::write_private(&path, &format!("{key}\n"))
                 .with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(path = %path.display(), "created the master key for secrets at rest; back it up with the database");
             seal::MasterKey::parse(&key).map_err(anyhow::Error::msg)
@@ -454,26 +538,4 @@ async fn liveness_loop(hub: Arc<Hub>, shutdown: CancellationToken) {
             }
         }
     }
-}
-
-pub(crate) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))
-}
-
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
 }

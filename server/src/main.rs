@@ -2,7 +2,7 @@
 //! [`outpost_server::run`].
 
 use clap::Parser;
-use outpost_server::Config;
+use outpost_server::config::Config;
 use outpost_server::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
@@ -64,24 +64,12 @@ fn tune_allocator() {
 async fn main() -> anyhow::Result<()> {
     tune_allocator();
     // `outpost-server release …`, `admin-key …`, `user …`, `tenant …`, `backup` and `restore` are
-    // separate tools sharing the binary; everything else is the server's own flags.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "release") {
-        return outpost_server::release::main(std::env::args_os().skip(1)).await;
-    }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "admin-key") {
-        return outpost_server::admin_key::main(std::env::args_os().skip(1)).await;
-    }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "user") {
-        return outpost_server::users_admin::main(std::env::args_os().skip(1)).await;
-    }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "backup") {
-        return outpost_server::backup::backup_main(std::env::args_os().skip(1)).await;
-    }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "restore") {
-        return outpost_server::backup::restore_main(std::env::args_os().skip(1)).await;
-    }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "tenant") {
-        return outpost_server::tenants_admin::main(std::env::args_os().skip(1)).await;
+    // operator commands sharing the binary; everything else is the server's own flags.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| outpost_server::ops::is_command(&a))
+    {
+        return outpost_server::ops::main(std::env::args_os().skip(1)).await;
     }
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

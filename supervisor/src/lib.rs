@@ -1,4 +1,4 @@
-//! Outpost supervisor: runs `outpost-agent` as its child and acts on how it exits (SPEC §4).
+//! Outpost supervisor: runs `outpost-agent` as its child and acts on how it exits (CONTRACT.md §4).
 //!
 //! | agent exit | supervisor |
 //! |---|---|
@@ -39,7 +39,7 @@ use child::{Exit, Reaper, Running};
 pub use config::{Cli, Settings};
 use update::{Installed, Updater};
 
-/// Agent exit codes (SPEC §4).
+/// Agent exit codes (CONTRACT.md §4).
 pub mod codes {
     /// Restart requested.
     pub const RESTART: i32 = 42;

@@ -1,4 +1,4 @@
-//! The exit-code table of SPEC §4, driven through the real `outpost-supervisor` binary by a
+//! The exit-code table of CONTRACT.md §4, driven through the real `outpost-supervisor` binary by a
 //! stand-in agent: a shell script that records each start (time, pid, environment) and exits
 //! with the code the test wrote for that start, or waits for signals.
 //!

@@ -1,5 +1,5 @@
 //! `scripts/cluster.sh` as a fixture: a PostgreSQL, several `outpost-server` nodes sharing it
-//! and HAProxy in front of them, all processes on this machine (SPEC §13). Stopped when
+//! and HAProxy in front of them, all processes on this machine (CONTRACT.md §13). Stopped when
 //! dropped; the nodes' and the balancer's logs are printed when a test fails.
 //!
 //! Tests that need it skip, saying so, where HAProxy or PostgreSQL's server programs are not
@@ -58,7 +58,7 @@ impl Cluster {
             .arg(nodes.to_string())
             .arg("--bin-dir")
             .arg(bin_dir())
-            .env("OUTPOST_LOG", "info,outpost_server=debug")
+            .env("OUTPOST_LOG", "info,outpost_server=debug,outpost_store=debug,outpost_core=debug,outpost_web=debug")
             .output()
             .expect("running scripts/cluster.sh");
         assert!(

@@ -63,7 +63,15 @@ fn check_fresh(dir: &Path) {
         // The server embeds deploy.sh (GET /deploy.sh).
         (
             "outpost-server",
-            &["server/src", "protocol/src", "deploy.sh"][..],
+            &[
+                "server/src",
+                "server/store/src",
+                "server/core/src",
+                "server/web/src",
+                "server/web/templates",
+                "protocol/src",
+                "deploy.sh",
+            ][..],
         ),
         ("outpost-agent", &["agent/src", "protocol/src"][..]),
         (
@@ -257,7 +265,7 @@ impl Server {
             .args(&self.args)
             .env_remove("OUTPOST_ADMIN_KEY")
             .env_remove("OUTPOST_DATABASE_URL")
-            .env("OUTPOST_LOG", "info,outpost_server=debug")
+            .env("OUTPOST_LOG", "info,outpost_server=debug,outpost_store=debug,outpost_core=debug,outpost_web=debug")
             // Tests drive thousands of API requests a minute with one key, past the default
             // per-caller limit (1,200): off unless a test sets it (`--rate-limit N` or
             // this variable in its options, as tests/e2e/limits.rs does).
@@ -314,8 +322,8 @@ impl Server {
     }
 
     /// Where its data is, for a test that opens the store itself.
-    pub fn database(&self) -> outpost_server::store::DatabaseLocation {
-        use outpost_server::store::DatabaseLocation;
+    pub fn database(&self) -> outpost_store::DatabaseLocation {
+        use outpost_store::DatabaseLocation;
         match &self.database_url {
             Some(url) => DatabaseLocation::Url(url.clone()),
             None => DatabaseLocation::Sqlite(self.data_dir.join("outpost.db")),

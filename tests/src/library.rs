@@ -1,4 +1,4 @@
-//! Library bundles for the tests (SPEC §15): an operator's signing key, good bundles, hostile
+//! Library bundles for the tests (CONTRACT.md §15): an operator's signing key, good bundles, hostile
 //! archives written header by header, and the upload form.
 
 use base64::Engine as _;

@@ -1,4 +1,4 @@
-//! The script library, agent side (SPEC §15): a `run` whose `data.library` names a bundle
+//! The script library, agent side (CONTRACT.md §15): a `run` whose `data.library` names a bundle
 //! kept on the server.
 //!
 //! The server is a courier, not a master: a library script runs here only when this
@@ -337,7 +337,11 @@ pub async fn run(
         venv_ms = timings.venv.as_millis() as u64,
         "library bundle ready"
     );
-    let mut response = crate::commands::run_spec(agent, spec, timeout_s, spool, cancel).await;
+    let mut response =
+        crate::exec::run_for_answer(spec, timeout_s, agent.containment(), spool, cancel, || {
+            agent.activity.notify_one()
+        })
+        .await;
     drop(dir);
     drop(lease);
     if let Value::Object(data) = &mut response.data {
@@ -421,7 +425,7 @@ async fn prepare<'a>(
             format!("cannot create the output spool: {e}"),
         )
     })?;
-    let max_output = crate::commands::max_output(cmd);
+    let max_output = crate::exec::max_output(cmd);
     let entrypoint = dir.0.join(&bundle_manifest.entrypoint);
 
     // 6. Requirements: a virtual environment, outside the run's timeout.
@@ -557,12 +561,8 @@ fn shown(name: &str) -> String {
 
 /// Creates a folder only this user may enter (0700), or makes an existing one so.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    crate::platform::create_private_dir(dir)?;
+    crate::platform::restrict_to_owner(dir)
 }
 
 /// Removes a folder and what is in it, also when a script left folders without write or
@@ -587,14 +587,13 @@ pub fn remove_tree(path: &Path) {
 
 /// Gives the owner full access to every folder under `path` (not following links).
 fn open_up(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return;
     };
     if !meta.is_dir() {
         return;
     }
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    let _ = crate::platform::restrict_to_owner(path);
     if let Ok(entries) = std::fs::read_dir(path) {
         for entry in entries.flatten() {
             open_up(&entry.path());

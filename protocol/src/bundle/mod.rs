@@ -1,4 +1,4 @@
-//! The script library (SPEC §15): what a bundle is, what its signature covers, what an agent's
+//! The script library (CONTRACT.md §15): what a bundle is, what its signature covers, what an agent's
 //! manifest allows, and what a `run` of a library script carries.
 //!
 //! Three programs must agree on these byte for byte — the CLI that signs a bundle on the

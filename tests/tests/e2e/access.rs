@@ -1,22 +1,22 @@
-//! Who may call what (SPEC §9), over the real server: the route × role × tenant matrix, made
+//! Who may call what (CONTRACT.md §9), over the real server: the route × role × tenant matrix, made
 //! from the server's own OpenAPI document so that a new route is covered by itself, and the
 //! scoped API keys of `/api/keys`.
 //!
-//! The matrix checks the permission table (`outpost_server::api::permissions::ROUTES`, which
-//! `server/tests/openapi.rs` holds equal to the document) against what the running server
+//! The matrix checks the permission table (`outpost_web::api::permissions::ROUTES`, which
+//! `server/web/tests/openapi.rs` holds equal to the document) against what the running server
 //! answers: for every route and every caller (owner, admin and member users of tenant A, an
 //! owner's key with one unrelated scope, a member's `*` key, the owner, admin and member of
 //! tenant B, nobody), the status the table implies: 401 without a token, 403 for a scope or
 //! role short of the route's, 404 for tenant A's ids asked by tenant B, and success for
-//! tenant A's callers on their own things. The table itself is pinned to SPEC §9's words by
+//! tenant A's callers on their own things. The table itself is pinned to CONTRACT.md §9's words by
 //! the unit test in `api/permissions.rs`.
 
 use std::collections::BTreeMap;
 
 use outpost_e2e::{Agent, Api, Server, ServerOptions, only_run, wait_for, ws};
-use outpost_server::api::permissions::{Permission, ROUTES, refusal};
-use outpost_server::domain::{Caller, Principal, Role, Scope, Scopes};
-use outpost_server::store::Store;
+use outpost_store::Store;
+use outpost_store::domain::{Caller, Principal, Role, Scope, Scopes};
+use outpost_web::api::permissions::{Permission, ROUTES, refusal};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -73,6 +73,14 @@ struct Fixtures {
     tenant: String,
     schedule: String,
     integration: String,
+    /// A rollout of A's (over an agent that is offline: it ends at once).
+    rollout: String,
+    /// The version the server ships (what a rollout here goes to; nothing is published).
+    version: String,
+    /// An agent key allowing `update`, for the agents rollouts that stay running update.
+    update_key_secret: String,
+    /// The connections of those agents, kept open for the test.
+    peers: std::sync::Mutex<Vec<ws::Peer>>,
 }
 
 async fn invite(owner: &Api, email: &str, role: &str) -> Value {
@@ -147,6 +155,16 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         .await;
     assert_eq!(status, StatusCode::CREATED, "{integration}");
     let integration = integration["id"].as_str().expect("id").to_owned();
+    let (_, fixture_agent) = root.get(&format!("/api/agents/{agent}")).await;
+    let version = fixture_agent["version"]
+        .as_str()
+        .expect("version")
+        .to_owned();
+    let (_, update_key_secret) = root
+        .create_key(json!({"name": "rollouts", "permissions": ["ping", "update"]}))
+        .await;
+    let offline = disposable_agent(&server, &root, &agent_key_secret).await;
+    let rollout = tagged_rollout(&root, &offline, "rollout-fixture", &version).await;
     let fixtures = Fixtures {
         agent_key,
         agent_key_secret,
@@ -159,6 +177,10 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         tenant,
         schedule,
         integration,
+        rollout,
+        version,
+        update_key_secret,
+        peers: std::sync::Mutex::new(Vec::new()),
     };
 
     let base = Scopes::ALL;
@@ -271,7 +293,7 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
                     // form (its refusals are `library::`'s).
                     Expect::Status(StatusCode::BAD_REQUEST)
                 } else if who.foreign
-                    && (path == "/api/jobs" || path == "/api/schedules")
+                    && (path == "/api/jobs" || path == "/api/schedules" || path == "/api/rollouts")
                     && method == Method::POST
                 {
                     // Its body names A's agent, which B does not have.
@@ -437,6 +459,32 @@ async fn fill(
         };
         ids.insert("name", "matrix".to_owned());
         ids.insert("version", version);
+    } else if path == "/api/rollouts" && *method == Method::POST && fresh {
+        // The sample body targets the tag `rollout-SERIAL`: an agent of its own (offline).
+        let offline = disposable_agent(server, root, &f.agent_key_secret).await;
+        tag_agent(root, &offline, &format!("rollout-{serial}")).await;
+    } else if path.starts_with("/api/rollouts/") {
+        let action = path.rsplit('/').next().unwrap_or_default();
+        let id = match (fresh, action) {
+            (true, "pause" | "resume" | "abort") => {
+                // A rollout that stays running: its one agent is sent the update and never
+                // answers (its `online_within_s` is a day).
+                let id = running_rollout(server, root, f, serial).await;
+                if action == "resume" {
+                    let (status, paused) = root
+                        .post(&format!("/api/rollouts/{id}/pause"), json!({}))
+                        .await;
+                    assert_eq!(status, StatusCode::OK, "{paused}");
+                }
+                id
+            }
+            (true, "rollback") => {
+                let offline = disposable_agent(server, root, &f.agent_key_secret).await;
+                tagged_rollout(root, &offline, &format!("rollout-{serial}"), &f.version).await
+            }
+            _ => f.rollout.clone(),
+        };
+        ids.insert("id", id);
     } else if path == "/api/schedules/preview" {
         return format!("{path}?cron=%40daily&timezone=Europe%2FParis&count=3");
     } else if path.starts_with("/api/schedules/") {
@@ -463,6 +511,53 @@ async fn fill(
         "{method} {path}: the matrix does not know what to put in its path; add it to `fill`"
     );
     uri
+}
+
+/// Sets `tag` on agent `id` (a server tag).
+async fn tag_agent(root: &Api, id: &str, tag: &str) {
+    let (status, tagged) = root
+        .patch(&format!("/api/agents/{id}"), json!({"tags": [tag]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tagged}");
+}
+
+/// A rollout of `version` over agent `id` alone (tagged `tag` for it).
+async fn tagged_rollout(root: &Api, id: &str, tag: &str, version: &str) -> String {
+    tag_agent(root, id, tag).await;
+    let (status, made) = root
+        .post(
+            "/api/rollouts",
+            json!({"version": version, "target": {"tags": [tag]},
+                   "health": {"online_within_s": 86400}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    made["id"].as_str().expect("id").to_owned()
+}
+
+/// A rollout that stays running: over an agent of its own that runs an older version, can
+/// update, and never answers the update (its connection is kept open in the fixtures).
+async fn running_rollout(server: &Server, root: &Api, f: &Fixtures, serial: usize) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, &f.update_key_secret)
+        .await
+        .expect("connect");
+    let _ = peer.frame().await;
+    let mut register = ws::register(&id);
+    register["data"]["version"] = "0.0.1".into();
+    register["data"]["capabilities"] = json!(["ping", "update"]);
+    peer.send_json(&register).await;
+    wait_for(
+        "the rollout's agent online",
+        Duration::from_secs(30),
+        || async {
+            let (_, agent) = root.get(&format!("/api/agents/{id}")).await;
+            (agent["status"] == "online").then_some(())
+        },
+    )
+    .await;
+    f.peers.lock().expect("peers").push(peer);
+    tagged_rollout(root, &id, &format!("rollout-{serial}"), &f.version).await
 }
 
 /// A webhook integration (its URL is never reached: `test` answers that it could not be).
@@ -499,6 +594,7 @@ fn sample_body(path: &str, method: &Method, f: &Fixtures, serial: usize) -> Valu
         ("PATCH", "/api/agents/{id}") => json!({"tags": ["matrix"]}),
         ("POST", "/api/agents/{id}/command") => json!({"command": "ping"}),
         ("POST", "/api/jobs") => json!({"command": "ping", "target": {"agents": [f.agent]}}),
+        ("POST", "/api/jobs/{id}/rerun") => json!({"runs": "all"}),
         ("POST", "/api/users") => {
             json!({"email": format!("made-{serial}@example.com"), "role": "member"})
         }
@@ -512,6 +608,9 @@ fn sample_body(path: &str, method: &Method, f: &Fixtures, serial: usize) -> Valu
         ("POST", "/api/integrations/{id}/test") => json!({}),
         // An upload is a form; JSON gets as far as the handler, which refuses it (400).
         ("POST", "/api/scripts") => json!({}),
+        ("POST", "/api/rollouts") => json!({"version": f.version,
+            "target": {"tags": [format!("rollout-{serial}")]}}),
+        ("PUT", "/api/fleet/policy") => json!({"min_agent_version": null}),
         (method, path) => panic!(
             "{method} {path} takes a body the access matrix has no sample of; add one to `sample_body`"
         ),

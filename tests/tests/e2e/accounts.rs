@@ -1,4 +1,4 @@
-//! The accounts story as a new operator lives it (SPEC §9), over the real server, agent and
+//! The accounts story as a new operator lives it (CONTRACT.md §9), over the real server, agent and
 //! `outpost` CLI: the first owner is made on the server's host and signs in; they invite an
 //! admin and a member, who accept and sign in; the member runs a manifest script on a real
 //! agent and reads its output, and is refused what only admins may do; the admin reads the

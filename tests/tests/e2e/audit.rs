@@ -1,10 +1,12 @@
 //! The audit log over the real server, agent and CLI: every mutating route leaves its row with
 //! the caller, its address, the action and the target; nothing secret is recorded; members are
-//! refused the log; another tenant's rows are never seen; the chain verifies.
+//! refused the log; another tenant's rows are never seen; the chain verifies, and a chain cut
+//! at its base in the database while the server is stopped is reported.
 
 use outpost_e2e::{Agent, Api, Server};
-use outpost_server::store::Store;
+use outpost_store::Store;
 use reqwest::StatusCode;
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
 /// Every row of the caller's log, oldest first.
@@ -44,7 +46,7 @@ async fn every_change_and_trigger_is_recorded_with_who_where_and_what() {
     let api = server.api();
     let store = Store::open(&server.database()).await.expect("open store");
     let owner = store
-        .api_key_by_hash(&outpost_server::credentials::hash_secret(&server.admin_key))
+        .api_key_by_hash(&outpost_store::credentials::hash_secret(&server.admin_key))
         .await
         .expect("read")
         .expect("owner key");
@@ -290,9 +292,98 @@ async fn every_change_and_trigger_is_recorded_with_who_where_and_what() {
 
 async fn member_key_id(store: &Store, secret: &str) -> String {
     store
-        .api_key_by_hash(&outpost_server::credentials::hash_secret(secret))
+        .api_key_by_hash(&outpost_store::credentials::hash_secret(secret))
         .await
         .expect("read")
         .expect("key")
         .id
+}
+
+/// The attack of issue 54 on `server`'s database, stopped, in plain SQL: raise `tenant`'s chain
+/// base to row `base` and delete the rows up to it. With the triggers standing the database
+/// refuses both; the test then removes the triggers as the database's owner could (or as a
+/// database whose triggers predate them is), does it, and starts the server again.
+pub(crate) async fn cut_the_chain_at_its_base(server: &mut Server, tenant: &str, base: i64) {
+    server.terminate();
+    let url = match server.database() {
+        outpost_store::DatabaseLocation::Url(url) => url,
+        outpost_store::DatabaseLocation::Sqlite(path) => {
+            format!("sqlite://{}?mode=rw", path.display())
+        }
+    };
+    let db = sea_orm::Database::connect(&url)
+        .await
+        .expect("the server's database");
+    let raise = format!(
+        "UPDATE audit_heads SET base_seq = {base}, base_hash = (SELECT hash FROM audit_log \
+         WHERE tenant_id = '{tenant}' AND seq = {base}) WHERE tenant_id = '{tenant}'"
+    );
+    let delete = format!("DELETE FROM audit_log WHERE tenant_id = '{tenant}' AND seq <= {base}");
+    for sql in [&raise, &delete] {
+        let refused = db.execute_unprepared(sql).await.expect_err(sql);
+        let text = refused.to_string();
+        assert!(
+            text.contains("audit_heads") || text.contains("append-only"),
+            "{sql}: {text}"
+        );
+    }
+    let postgres = db.get_database_backend() == sea_orm::DatabaseBackend::Postgres;
+    let untrigger: &[&str] = if postgres {
+        &[
+            "ALTER TABLE audit_log DISABLE TRIGGER USER",
+            "ALTER TABLE audit_heads DISABLE TRIGGER USER",
+        ]
+    } else {
+        &[
+            "DROP TRIGGER audit_log_no_delete",
+            "DROP TRIGGER audit_heads_forward",
+        ]
+    };
+    for sql in untrigger.iter().chain([&raise.as_str(), &delete.as_str()]) {
+        db.execute_unprepared(sql).await.expect(sql);
+    }
+    db.close().await.expect("close");
+    server.restart().await;
+}
+
+/// The oldest rows of a chain deleted under a raised base, while the server was stopped: the
+/// server started again answers `ok: false` at the base, saying it moved, where the chain
+/// used to verify with fewer rows and its head unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_cut_at_its_base_while_stopped_is_reported() {
+    let mut server = Server::start().await;
+    let api = server.api();
+    for _ in 0..3 {
+        api.agent_key().await;
+    }
+    let tenant = {
+        let store = Store::open(&server.database()).await.expect("open store");
+        store
+            .api_key_by_hash(&outpost_store::credentials::hash_secret(&server.admin_key))
+            .await
+            .expect("read")
+            .expect("owner key")
+            .tenant_id
+    };
+    let (_, before) = api.get("/api/audit/verify").await;
+    assert_eq!(before["ok"], true, "{before}");
+    let count = before["count"].as_i64().expect("count");
+    assert!(count >= 4, "{before}");
+    cut_the_chain_at_its_base(&mut server, &tenant, 2).await;
+    let (status, after) = server.api().get("/api/audit/verify").await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(after["ok"], false, "{after}");
+    assert_eq!(after["first_broken"]["id"], 2, "{after}");
+    let reason = after["first_broken"]["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("base was moved to row 2 without a checkpoint"),
+        "{reason}"
+    );
+    let out = outpost(&server, &server.admin_key, &["audit", "verify"]);
+    assert!(!out.status.success(), "the CLI says it failed too");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("base was moved")
+            || String::from_utf8_lossy(&out.stderr).contains("base was moved"),
+        "{out:?}"
+    );
 }

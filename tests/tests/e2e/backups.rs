@@ -1,4 +1,4 @@
-//! History retention and backups (SPEC §14) over the real server: the cleaner deletes
+//! History retention and backups (CONTRACT.md §14) over the real server: the cleaner deletes
 //! finished jobs past the window while open ones stay; `outpost-server backup` copies a live
 //! SQLite database while a fan-out writes, and the copy restored into a fresh data directory
 //! holds every job committed before the backup began; `restore` refuses a database in use.

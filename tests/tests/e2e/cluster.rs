@@ -1,4 +1,4 @@
-//! Three real server nodes on one PostgreSQL (SPEC §13): agents on node A, REST calls on node
+//! Three real server nodes on one PostgreSQL (CONTRACT.md §13): agents on node A, REST calls on node
 //! B, a job's event stream on node C; then node A killed with `kill -9` in the middle of a
 //! fan-out: every run reaches a final state, none runs twice, the counts add up, and the run of
 //! an agent that never comes back becomes lost once, by one node.
@@ -150,8 +150,17 @@ async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
     doomed_scripts.add("slow", "echo begun\nsleep 600", json!({"timeout_s": 900}));
     let mut doomed = Agent::start_with(&a.url, &secret, None, doomed_scripts.env());
     let doomed_id = doomed.wait_online(&api_b).await;
-    let (_, connected) = api_a.get("/api/agents/connected").await;
-    assert_eq!(connected.as_array().map(Vec::len), Some(5), "{connected}");
+    // Node A records an agent in the database before it adds the connection to its own list
+    // (a command stored in between is resent on the new connection), so B can see an agent
+    // online a moment before A lists it as connected.
+    wait_for("node A holds all five agents", READY_TIMEOUT, || {
+        let api_a = api_a.clone();
+        async move {
+            let (_, connected) = api_a.get("/api/agents/connected").await;
+            (connected.as_array().map(Vec::len) == Some(5)).then_some(())
+        }
+    })
+    .await;
 
     // A command made on node B reaches an agent held by node A, and its result comes back to
     // B's waiting caller.
@@ -409,12 +418,12 @@ fn the_compose_example_is_valid_and_needs_its_secrets() {
 /// and no key are refused; on SQLite, with one node and no cluster, the list is empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_list_is_for_owners_only() {
-    use outpost_server::store::Store;
+    use outpost_store::Store;
     let server = Server::start().await;
     let api = server.api();
     let store = Store::open(&server.database()).await.expect("open store");
     let owner = store
-        .api_key_by_hash(&outpost_server::credentials::hash_secret(&server.admin_key))
+        .api_key_by_hash(&outpost_store::credentials::hash_secret(&server.admin_key))
         .await
         .expect("read")
         .expect("owner key");

@@ -1,5 +1,5 @@
 //! An agent connects and answers the built-in commands through every REST path; permissions,
-//! offline agents, queueing and timeouts behave as the SPEC says.
+//! offline agents, queueing and timeouts behave as the contract says.
 
 use std::time::Duration;
 
@@ -337,9 +337,9 @@ async fn health_openapi_and_docs_are_served() {
     let committed: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../server/openapi.json"
+            "/../server/web/openapi.json"
         ))
-        .expect("server/openapi.json"),
+        .expect("server/web/openapi.json"),
     )
     .expect("json");
     assert_eq!(doc, committed, "the served document is the committed one");

@@ -1,4 +1,4 @@
-//! A full disk (SPEC §14, issue #26 §2): the server's data directory on a small tmpfs that a
+//! A full disk (CONTRACT.md §14, issue #26 §2): the server's data directory on a small tmpfs that a
 //! script's output fills. Nothing may be half-applied, sent or acknowledged without being
 //! committed; new jobs are refused with 503 while writes fail; `/readyz` and `/metrics` say why;
 //! everything resumes by itself when space returns, with the database intact.
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use outpost_e2e::{Agent, READY_TIMEOUT, Scripts, Server, ServerOptions, run_job, wait_for};
-use outpost_server::store::{DatabaseLocation, Store};
+use outpost_store::{DatabaseLocation, Store};
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -1,4 +1,4 @@
-//! Delivery guarantees across crashes (SPEC §2): nothing stored is lost, nothing is run twice.
+//! Delivery guarantees across crashes (CONTRACT.md §2): nothing stored is lost, nothing is run twice.
 
 use std::time::Duration;
 

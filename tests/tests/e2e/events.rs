@@ -1,4 +1,4 @@
-//! The live event stream (`GET /api/events/stream`, SPEC §11) over the real server and CLI.
+//! The live event stream (`GET /api/events/stream`, CONTRACT.md §11) over the real server and CLI.
 //!
 //! Events are made as `schedules.rs` makes them: the server's hidden `OUTPOST_TEST_CLOCK_FILE`
 //! moves the schedules' "now", and each jump of an hour makes a `schedule.missed` event for
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use outpost_e2e::postgres::{self, Database};
 use outpost_e2e::{Api, CliHome, Server, ServerOptions, wait_for};
-use outpost_server::store::Store;
+use outpost_store::Store;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -1,4 +1,4 @@
-//! Agents given several server URLs (SPEC §13): a dead node is passed over at once, and an
+//! Agents given several server URLs (CONTRACT.md §13): a dead node is passed over at once, and an
 //! agent whose node dies carries on at the next one, its run included, nothing run twice.
 //!
 //! Two servers started separately on SQLite are not one cluster, so "the next node" is the same

@@ -1,4 +1,4 @@
-//! Agent identity (SPEC §9): an agent id belongs to the key that first registered it, a key's
+//! Agent identity (CONTRACT.md §9): an agent id belongs to the key that first registered it, a key's
 //! permissions hold on every send, an agent answers only for its own commands, and a tag an
 //! agent key assigns cannot be claimed by an agent of another key.
 //!

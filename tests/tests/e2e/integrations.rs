@@ -1,4 +1,4 @@
-//! Integrations (SPEC §11) over the real binaries, against receivers on loopback that check
+//! Integrations (CONTRACT.md §11) over the real binaries, against receivers on loopback that check
 //! each provider's shape: a failed job reaches Slack once and its recovery resolves the
 //! PagerDuty incident it opened; the generic webhook is signed as Standard Webhooks and a
 //! retry keeps its id; `Retry-After` is honoured, refusals end a delivery; `notify_after` and a
@@ -541,6 +541,106 @@ async fn a_delivery_due_when_the_server_dies_is_sent_after_the_restart_once() {
     drop(agent);
 }
 
+/// URLs whose host is an IPv6 address that reaches a private IPv4 address (through a NAT64
+/// gateway, a 6to4 or Teredo relay, or the host's own stack) or lies in a special-purpose
+/// range, each with what the refusal must name.
+const PRIVATE_THROUGH_IPV6: &[(&str, &str)] = &[
+    ("http://[64:ff9b::a00:1]/", "10.0.0.1"),
+    ("http://[64:ff9b::7f00:1]/", "127.0.0.1"),
+    ("http://[2002:a00:1::1]/", "10.0.0.1"),
+    ("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/", "10.0.0.1"),
+    ("http://[::ffff:a9fe:a9fe]/", "169.254.169.254"),
+    ("http://[64:ff9b:1::808:808]/", "64:ff9b:1::/48"),
+    ("http://[fd00::1]/", "fc00::/7"),
+    ("http://[2001:db8::1]/", "2001:db8::/32"),
+    ("http://[3fff::1]/", "3fff::/20"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_urls_that_reach_private_addresses_are_refused_when_saved_and_when_sent() {
+    // Saved on a server that allows private addresses, so that the strict one below meets them
+    // at send time, as it would a name whose DNS changed after it was saved.
+    let mut allowed = allowed_server().await;
+    let api = allowed.api();
+    let mut saved = Vec::new();
+    for (url, _) in PRIVATE_THROUGH_IPV6 {
+        let made = integration(
+            &api,
+            json!({"name": format!("i{}", saved.len()), "kind": "webhook",
+                   "config": {"url": url}, "events": ["job.failed"]}),
+        )
+        .await;
+        saved.push(made["id"].as_str().expect("id").to_owned());
+    }
+    allowed.terminate();
+    let strict = Server::start_with(ServerOptions {
+        data_dir: Some(allowed.data_dir.clone()),
+        database_url: allowed.database_url.clone(),
+        ..Default::default()
+    })
+    .await;
+    let api = strict.api();
+    for ((url, carried), id) in PRIVATE_THROUGH_IPV6.iter().zip(&saved) {
+        let host = url.trim_start_matches("http://").trim_end_matches('/');
+        // At save: a 400 naming the field, the host and what it reaches.
+        for kind in ["webhook", "slack"] {
+            let (status, answer) = api
+                .post(
+                    "/api/integrations",
+                    json!({"name": "new", "kind": kind, "config": {"url": url},
+                           "events": ["job.failed"]}),
+                )
+                .await;
+            assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{url}: {answer}");
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            for needle in ["config.url", host, carried, "non-public"] {
+                assert!(
+                    message.contains(needle),
+                    "{url}: `{message}` should name {needle}"
+                );
+            }
+        }
+        let (status, answer) = api
+            .patch(
+                &format!("/api/integrations/{id}"),
+                json!({"config": {"url": url}}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{url}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(carried),
+            "{url}: `{message}` should name {carried}"
+        );
+        // At send: refused before connecting, saying why.
+        let (status, test) = api
+            .post(&format!("/api/integrations/{id}/test"), json!({}))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{test}");
+        assert_eq!(test["ok"], false, "{url}: {test}");
+        let error = test["error"].as_str().unwrap_or_default();
+        for needle in ["non-public", carried] {
+            assert!(
+                error.contains(needle),
+                "{url}: `{error}` should name {needle}"
+            );
+        }
+    }
+    // A public IPv4 address behind the NAT64 prefix or in 6to4 is an ordinary destination.
+    for (name, url) in [
+        ("nat64", "http://[64:ff9b::808:808]/"),
+        ("6to4", "http://[2002:808:808::1]/"),
+    ] {
+        integration(
+            &api,
+            json!({"name": name, "kind": "webhook", "config": {"url": url},
+                   "events": ["job.failed"]}),
+        )
+        .await;
+    }
+    drop(allowed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_integrations_are_refused_naming_the_field_and_secrets_stay_sealed() {
     // Without --webhook-allow-private: loopback URLs are refused.
@@ -1018,7 +1118,7 @@ async fn a_hanging_receiver_holds_up_nothing_else_and_redirects_are_not_followed
     drop(agent);
 }
 
-/// SPEC §11: a killed agent reaches PagerDuty (`trigger`) and a webhook as `agent.offline`
+/// CONTRACT.md §11: a killed agent reaches PagerDuty (`trigger`) and a webhook as `agent.offline`
 /// within three heartbeat intervals, its return resolves the incident (`agent.online`, the
 /// same `dedup_key`), and a server that crashes and restarts with the agent connected
 /// announces nothing: the agent reconnects, and the sweep gives agents gone before the
@@ -1135,7 +1235,7 @@ async fn a_killed_agent_opens_an_incident_its_return_resolves_and_a_restart_anno
     drop(agent);
 }
 
-/// SPEC §11 `email`, through a real SMTP server (aiosmtpd): a failed job reaches every
+/// CONTRACT.md §11 `email`, through a real SMTP server (aiosmtpd): a failed job reaches every
 /// recipient in one message; `test` reports the relay's answer (250, or 550 for a recipient it
 /// refuses, `ok: false`); a relay that refuses for now (451) leaves the delivery to be tried
 /// again.

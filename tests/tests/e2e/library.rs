@@ -1,4 +1,4 @@
-//! The script library, server and CLI side (SPEC §15), over the real binaries: every bad
+//! The script library, server and CLI side (CONTRACT.md §15), over the real binaries: every bad
 //! upload refused with a 400 (or 413, 403, 409) naming what was wrong and nothing stored; the
 //! CLI's keygen, pack, sign, upload, ls, show and rm; jobs and schedules resolving a name to
 //! its newest (or pinned) version; the early `script_not_allowed` per agent from the `library`
@@ -553,7 +553,7 @@ async fn downloads_are_rate_bounded_per_agent_key() {
     let (_, fresh) = server.api().agent_key().await;
     // A minute's allowance at once (plus what refills while the loop runs: one every
     // 100 ms), then 429 with Retry-After; another key is not affected.
-    let allowance = outpost_server::service::scripts::DOWNLOADS_PER_MINUTE as usize;
+    let allowance = outpost_core::service::scripts::DOWNLOADS_PER_MINUTE as usize;
     let client = reqwest::Client::new();
     let started = std::time::Instant::now();
     let mut refused = None;

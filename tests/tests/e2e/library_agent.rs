@@ -1,4 +1,4 @@
-//! The agent's side of the script library (SPEC §15) against the real server: an agent whose
+//! The agent's side of the script library (CONTRACT.md §15) against the real server: an agent whose
 //! manifest carries a `library` consent registers with it, says so in `info`, and registers
 //! again when the consent changes. Library runs themselves are tested in the agent crate
 //! (`agent/tests/library.rs`) against a stand-in for the bundle route, and end to end once the

@@ -1,4 +1,4 @@
-//! The script library end to end (SPEC §15, issue 35): an operator signs a bundle with the CLI
+//! The script library end to end (CONTRACT.md §15, issue 35): an operator signs a bundle with the CLI
 //! on their own machine, uploads it, and runs it by tag; only agents whose manifest allows the
 //! name and pins the signer's key run it, the others fail early with `script_not_allowed`.
 //! Then: a second run uses the agent's cache, a Python bundle gets its own virtual environment
@@ -292,8 +292,8 @@ touch {}
 async fn tamper(server: &Server, bytes: &[u8]) {
     use sea_orm::ConnectionTrait;
     let url = match server.database() {
-        outpost_server::store::DatabaseLocation::Url(url) => url,
-        outpost_server::store::DatabaseLocation::Sqlite(path) => {
+        outpost_store::DatabaseLocation::Url(url) => url,
+        outpost_store::DatabaseLocation::Sqlite(path) => {
             format!("sqlite://{}?mode=rw", path.display())
         }
     };

@@ -1,10 +1,10 @@
-//! Rate limits over the real server (SPEC §9): per caller on `/api` with `Retry-After`, failed
+//! Rate limits over the real server (CONTRACT.md §9): per caller on `/api` with `Retry-After`, failed
 //! authentications per client address, and `X-Forwarded-For` believed only from
 //! `--trusted-proxy`. Limits are small so nothing waits for a minute to pass; the unit tests in
-//! `server/src/service/limits.rs` move a clock instead.
+//! `server/core/src/service/limits.rs` move a clock instead.
 
 use outpost_e2e::{Server, ServerOptions};
-use outpost_server::store::Store;
+use outpost_store::Store;
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -30,6 +30,8 @@ mod longpoll;
 mod metrics;
 mod pgfault;
 mod protocol;
+mod results;
+mod rollouts;
 mod schedules;
 mod schedules_cli;
 mod schedules_live;

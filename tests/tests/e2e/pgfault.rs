@@ -1,4 +1,4 @@
-//! PostgreSQL going away under a running server (SPEC §13, "Bad input and faults"): the server
+//! PostgreSQL going away under a running server (CONTRACT.md §13, "Bad input and faults"): the server
 //! says it is not ready meanwhile, holds what agents report without acknowledging it, and
 //! carries on by itself when PostgreSQL is back, with nothing lost. And a PostgreSQL that is not
 //! there at start: a clear error naming the URL, its password masked.

@@ -1,4 +1,4 @@
-//! The schedules CLI (SPEC §10) against the real server and a real agent: what `outpost
+//! The schedules CLI (CONTRACT.md §10) against the real server and a real agent: what `outpost
 //! schedules …` sends is what the server stores, what it prints is what the server answers
 //! (the next fire in the schedule's zone, the preview of a daylight-saving night), a run now
 //! makes a job carrying the schedule's id, and the server's refusals reach the user with a

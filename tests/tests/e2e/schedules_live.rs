@@ -1,4 +1,4 @@
-//! Schedules (SPEC §10) over the real binaries and the real clock: fires that run a script on
+//! Schedules (CONTRACT.md §10) over the real binaries and the real clock: fires that run a script on
 //! the agents a tag selects, fires missed while the server was down (`kill -9`) and what each
 //! `missed` policy makes of them, `concurrency: forbid` against a script slower than the
 //! interval, and two nodes on one PostgreSQL firing each instant once, the survivor going on

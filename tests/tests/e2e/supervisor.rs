@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use outpost_e2e::{Api, READY_TIMEOUT, Server, bin_dir, wait_for};
-use outpost_server::store::{DatabaseLocation, Store};
+use outpost_store::{DatabaseLocation, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -30,7 +30,7 @@ fn sha256(path: &Path) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
 }
 
-fn server_tool(args: &[&str]) -> String {
+pub(crate) fn server_tool(args: &[&str]) -> String {
     let out = Command::new(bin_dir().join("outpost-server"))
         .args(args)
         .output()
@@ -44,7 +44,7 @@ fn server_tool(args: &[&str]) -> String {
 }
 
 /// The target the supervisor was built for, from its long version.
-fn supervisor_target() -> String {
+pub(crate) fn supervisor_target() -> String {
     let out = Command::new(bin_dir().join("outpost-supervisor"))
         .arg("--version")
         .output()
@@ -57,16 +57,18 @@ fn supervisor_target() -> String {
         .to_owned()
 }
 
-struct Release {
-    key: PathBuf,
-    target: String,
-    data_dir: PathBuf,
-    dir: PathBuf,
+pub(crate) struct Release {
+    pub(crate) key: PathBuf,
+    pub(crate) target: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    /// `--database-url …` when the server is not on SQLite in its data directory.
+    pub(crate) database: Vec<String>,
 }
 
 impl Release {
     /// A file: the real agent with `tag` appended.
-    fn agent_variant(&self, tag: &str) -> PathBuf {
+    pub(crate) fn agent_variant(&self, tag: &str) -> PathBuf {
         let mut bytes = std::fs::read(bin_dir().join("outpost-agent")).expect("agent");
         bytes.extend_from_slice(format!("\noutpost-e2e-variant {tag}\n").as_bytes());
         let path = self.dir.join(format!("agent-{tag}"));
@@ -74,8 +76,8 @@ impl Release {
         path
     }
 
-    fn publish(&self, version: &str, agent: &Path, key: &Path) {
-        server_tool(&[
+    pub(crate) fn publish(&self, version: &str, agent: &Path, key: &Path) {
+        let mut args = vec![
             "release",
             "publish",
             "--data-dir",
@@ -88,7 +90,9 @@ impl Release {
             &self.target,
             "--agent",
             agent.to_str().expect("utf-8"),
-        ]);
+        ];
+        args.extend(self.database.iter().map(String::as_str));
+        server_tool(&args);
     }
 
     fn published_file(&self, version: &str) -> PathBuf {
@@ -100,15 +104,15 @@ impl Release {
     }
 }
 
-struct Supervisor {
+pub(crate) struct Supervisor {
     child: Child,
-    bin: PathBuf,
-    state: PathBuf,
+    pub(crate) bin: PathBuf,
+    pub(crate) state: PathBuf,
     log: PathBuf,
 }
 
 impl Supervisor {
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -169,6 +173,7 @@ async fn signed_self_update_refusals_and_rollback() {
         target: supervisor_target(),
         data_dir: server.data_dir.clone(),
         dir: tmp.path().to_owned(),
+        database: server.database_args(),
     };
 
     // The release key: keygen prints the public key to pin, and never overwrites a key.
@@ -367,7 +372,7 @@ async fn signed_self_update_refusals_and_rollback() {
     .await
     .expect("open store");
     let owner = store
-        .api_key_by_hash(&outpost_server::credentials::hash_secret(&server.admin_key))
+        .api_key_by_hash(&outpost_store::credentials::hash_secret(&server.admin_key))
         .await
         .expect("read")
         .expect("owner key");
@@ -538,7 +543,7 @@ async fn signed_self_update_refusals_and_rollback() {
     assert_eq!(agent["version"], "0.1.0");
     assert_eq!(sha256(&sup.bin), sha256(&a));
 
-    // SPEC §11: each report is one event, however many times the agent registered with it;
+    // CONTRACT.md §11: each report is one event, however many times the agent registered with it;
     // a refused update changed nothing and is none.
     let (_, events) = api.get("/api/events?type=agent").await;
     let events = events["events"].as_array().expect("events").clone();
@@ -577,7 +582,18 @@ fn start_supervisor(
     secret: &str,
     pubkey: &str,
 ) -> Supervisor {
-    let bin_dir_installed = release.dir.join("bin");
+    start_supervisor_in(server, &release.dir, agent, secret, pubkey)
+}
+
+/// [`start_supervisor`] with its binary, state and logs under `home` (several on one host).
+pub(crate) fn start_supervisor_in(
+    server: &Server,
+    home: &Path,
+    agent: &Path,
+    secret: &str,
+    pubkey: &str,
+) -> Supervisor {
+    let bin_dir_installed = home.join("bin");
     std::fs::create_dir_all(&bin_dir_installed).expect("mkdir");
     let bin = bin_dir_installed.join("outpost-agent");
     std::fs::copy(agent, &bin).expect("install A");
@@ -585,8 +601,8 @@ fn start_supervisor(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let state = release.dir.join("state");
-    let env_file = release.dir.join("agent.env");
+    let state = home.join("state");
+    let env_file = home.join("agent.env");
     std::fs::write(
         &env_file,
         format!(
@@ -596,7 +612,7 @@ fn start_supervisor(
         ),
     )
     .expect("env file");
-    let log = release.dir.join("supervisor.out");
+    let log = home.join("supervisor.out");
     let out = std::fs::File::create(&log).expect("log");
     let child = Command::new(bin_dir().join("outpost-supervisor"))
         .arg("--env-file")
@@ -605,7 +621,7 @@ fn start_supervisor(
         .arg(&bin)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &release.dir)
+        .env("HOME", home)
         .env("OUTPOST_SUPERVISOR_BACKOFF_BASE_MS", "100")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone"))

@@ -3,7 +3,7 @@
 
 use outpost_e2e::ws;
 use outpost_e2e::{Agent, Api, Server};
-use outpost_server::store::Store;
+use outpost_store::Store;
 use reqwest::StatusCode;
 use serde_json::json;
 

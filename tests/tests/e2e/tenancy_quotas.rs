@@ -1,4 +1,4 @@
-//! Tenants over the real binaries (SPEC §9): signup only with `--allow-signup`, the server's
+//! Tenants over the real binaries (CONTRACT.md §9): signup only with `--allow-signup`, the server's
 //! admin alone changes quotas, another tenant is a 404, and quotas set with `outpost-server
 //! tenant set-quota` refuse a user and a new agent past them (`quota_exceeded`), never an
 //! agent already registered.

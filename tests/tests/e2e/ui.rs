@@ -1,4 +1,4 @@
-//! The dashboard (SPEC §12): in a real browser (Debian's chromium driven through
+//! The dashboard (CONTRACT.md §12): in a real browser (Debian's chromium driven through
 //! chromedriver) and over plain HTTP for what a browser would not send.
 //!
 //! The browser tests (`ui::browser_…`) start `/usr/bin/chromedriver` on a free port and drive a
@@ -164,6 +164,27 @@ impl Session {
         (status, response.text().await.expect("body"))
     }
 
+    /// Posts a form; the status, where a redirect goes (empty when none) and the body.
+    async fn post_for(&self, path: &str, fields: &[(&str, &str)]) -> (StatusCode, String, String) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(COOKIE, &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields))
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, location, response.text().await.expect("body"))
+    }
+
     /// The form token of this session (from its agents page).
     async fn csrf(&self) -> String {
         let (status, html) = self.get("/ui/agents").await;
@@ -266,6 +287,98 @@ async fn a_form_without_its_sessions_token_is_refused() {
     assert_eq!(other.get("/ui/agents").await.0, StatusCode::OK);
 }
 
+/// The sign-in form for `next` (as `GET /ui/login?next=…` gives it): its cookie, its form
+/// token and the return path it carries.
+async fn login_form_for(
+    client: &reqwest::Client,
+    server: &Server,
+    next: &str,
+) -> (String, String, String) {
+    let page = client
+        .get(format!("{}/ui/login?next={}", server.url, encode(next)))
+        .send()
+        .await
+        .expect("login page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let login = set_cookie(&page, "outpost_login").expect("the sign-in form's cookie");
+    let html = page.text().await.expect("login html");
+    let marker = "name=\"next\" value=\"";
+    let start = html.find(marker).expect("a next field") + marker.len();
+    let carried = html[start..].split('"').next().expect("its end").to_owned();
+    (login, csrf_of(&html), carried)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_path_that_is_not_a_plain_dashboard_path_falls_back_to_home() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (next, to) in [
+        ("/ui/x\r\nSet-Cookie:a=b", "/ui/agents"),
+        ("/ui/x\nLocation: https://evil.example/", "/ui/agents"),
+        ("/ui/x\u{7f}", "/ui/agents"),
+        ("/ui/x y", "/ui/agents"),
+        ("//evil.example/ui/", "/ui/agents"),
+        ("/ui/../api/agents", "/ui/agents"),
+        ("/ui/jobs?status=failed", "/ui/jobs?status=failed"),
+    ] {
+        let carried = if to == next { next } else { "" };
+        // The sign-in form does not carry it on.
+        let (login, csrf, shown) = login_form_for(&client, &server, next).await;
+        assert_eq!(shown, carried.replace('&', "&amp;"), "{next:?}");
+        // Signing in lands on the dashboard's home, with only the sign-in's own cookies.
+        let response = client
+            .post(format!("{}/ui/login", server.url))
+            .header(COOKIE, format!("outpost_login={login}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("_csrf", &csrf),
+                ("email", OWNER.0),
+                ("password", OWNER.1),
+                ("next", next),
+            ]))
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{next:?}");
+        assert_eq!(response.headers().get_all(LOCATION).iter().count(), 1);
+        assert_eq!(response.headers()[LOCATION], to, "{next:?}");
+        for cookie in response.headers().get_all(SET_COOKIE) {
+            let cookie = cookie.to_str().expect("text");
+            assert!(
+                cookie.starts_with("outpost_session=") || cookie.starts_with("outpost_login="),
+                "{next:?}: {cookie}"
+            );
+        }
+        assert!(
+            set_cookie(&response, "outpost_session").is_some(),
+            "{next:?}"
+        );
+    }
+    // Nor does a failed sign-in's form (one try: sign-ins are limited to 10 a minute).
+    let next = "/ui/x\r\nSet-Cookie:a=b";
+    let (login, csrf, _) = login_form_for(&client, &server, next).await;
+    let response = client
+        .post(format!("{}/ui/login", server.url))
+        .header(COOKIE, format!("outpost_login={login}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("_csrf", &csrf),
+            ("email", OWNER.0),
+            ("password", "not the password"),
+            ("next", next),
+        ]))
+        .send()
+        .await
+        .expect("a failed sign in");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let html = response.text().await.expect("html");
+    assert!(html.contains("name=\"next\" value=\"\""), "{html}");
+}
+
 /// The same session cookie, but saying its access token expires now: the next request
 /// exchanges the refresh token (the expiry in the cookie only decides when; the access token
 /// itself is checked by the server either way).
@@ -354,7 +467,7 @@ async fn a_member_sees_no_admin_action_and_the_server_refuses_it() {
     assert!(html.contains("only owners and admins"), "{html}");
     assert!(key_names(&server).await.is_empty());
     // Schedules: a member reads them and runs one now, but does not make or change them
-    // (SPEC §9), whatever the form posted.
+    // (CONTRACT.md §9), whatever the form posted.
     let (status, schedule) = server
         .api()
         .post(
@@ -469,7 +582,7 @@ async fn named_agent(server: &Server, key: &str, hostname: &str, tags: &[&str]) 
     peer
 }
 
-/// The agents page is cut by the store (SPEC §12: 10,000 agents are paginated): a page holds
+/// The agents page is cut by the store (CONTRACT.md §12: 10,000 agents are paginated): a page holds
 /// 50 rows, online before offline and by host name, the tag and status filters and the count
 /// come from the database (a tag some key assigns counts only from that key), a page past
 /// the last shows the last, and the live stream sends only the page's rows.
@@ -980,7 +1093,7 @@ async fn browser_run_a_script_with_a_parameter_and_watch_its_output_live() {
     browser
         .wait_text(By::css("[data-field='exit_code']"), "0")
         .await;
-    browser.screenshot("job").await;
+    browser.screenshot("job-output").await;
 
     browser
         .driver
@@ -1372,7 +1485,7 @@ async fn the_jobs_page_runs_a_script_on_a_tag() {
         .await;
     let agent = Agent::start_with(&server.url, &key, None, scripts.env());
     agent.wait_online(&server.api()).await;
-    // A member runs scripts (SPEC §9).
+    // A member runs scripts (CONTRACT.md §9).
     let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
     let token = mo.csrf().await;
     let response = mo
@@ -1503,7 +1616,7 @@ fn fires_of(html: &str) -> Vec<String> {
         .collect()
 }
 
-/// A schedule made, previewed, changed, paused and deleted through its form (SPEC §12): the
+/// A schedule made, previewed, changed, paused and deleted through its form (CONTRACT.md §12): the
 /// next 5 fires are in the schedule's time zone, a bad pattern is refused on the form with
 /// the parser's words and creates nothing, and only what changed is sent on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1668,7 +1781,7 @@ async fn provider() -> String {
     base
 }
 
-/// The integrations page (SPEC §11, §12): made per kind, secrets never shown back, the test
+/// The integrations page (CONTRACT.md §11, §12): made per kind, secrets never shown back, the test
 /// button shows the provider's real answer (escaped), the delivery log keeps it, a bad config
 /// is refused naming the field, members see none of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2205,10 +2318,11 @@ async fn earlier_output_by_byte_range_says_which_stream_each_part_is() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-/// The audit page filters by day (UTC, the last day included) and verifies the chain.
+/// The audit page filters by day (UTC, the last day included) and verifies the chain; a chain
+/// cut at its base in the database while the server was stopped is reported there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_page_filters_by_date_and_verifies_the_chain() {
-    let server = Server::start().await;
+    let mut server = Server::start().await;
     assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
     let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
     server.api().agent_key().await;
@@ -2248,6 +2362,28 @@ async fn the_audit_page_filters_by_date_and_verifies_the_chain() {
     assert!(
         text_of(&html, "audit-verified").starts_with("The chain holds: "),
         "{html}"
+    );
+
+    let tenant = outpost_store::Store::open(&server.database())
+        .await
+        .expect("open store")
+        .api_key_by_hash(&outpost_store::credentials::hash_secret(&server.admin_key))
+        .await
+        .expect("read")
+        .expect("owner key")
+        .tenant_id;
+    super::audit::cut_the_chain_at_its_base(&mut server, &tenant, 2).await;
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let (_, all) = ada.get("/ui/audit").await;
+    let (status, html) = ada
+        .post("/ui/audit/verify", &[("_csrf", &csrf_of(&all))])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let said = text_of(&html, "audit-verified");
+    assert!(
+        said.starts_with("The chain is broken at entry 2 ")
+            && said.contains("base was moved to row 2 without a checkpoint"),
+        "{said}"
     );
 }
 
@@ -2539,5 +2675,1343 @@ async fn browser_integration_test_button_shows_the_providers_answer() {
         "the secret is shown back"
     );
     browser.screenshot("integration").await;
+    browser.quit().await;
+}
+
+// ---- one job over a fleet (CONTRACT.md §16) -------------------------------------------------
+
+/// Agents registered at a time, and answering at a time (each is a socket of this process).
+const FLEET_WAVE: usize = 200;
+
+/// A simulated agent of a fleet: its id and host name.
+#[derive(Debug, Clone)]
+struct FleetAgent {
+    id: String,
+    hostname: String,
+}
+
+/// Connects a raw agent named `hostname` with the script `check` and registers it.
+async fn fleet_peer(server: &Server, key: &str, agent: &FleetAgent) -> ws::Peer {
+    let mut peer = ws::connect(&server.url, key).await.expect("connect");
+    match peer.frame().await {
+        outpost_protocol::ServerFrame::Connected(_) => {}
+        other => panic!("expected connected, got {other:?}"),
+    }
+    let mut frame = ws::register(&agent.id);
+    frame["data"]["hostname"] = json!(agent.hostname);
+    frame["data"]["scripts"] = json!([{"name": "check"}]);
+    peer.send_json(&frame).await;
+    peer
+}
+
+/// How many agents the server holds connections of.
+async fn connected_agents(server: &Server) -> u64 {
+    let (_, ready) = server.api().get("/readyz").await;
+    ready["agents_connected"].as_u64().unwrap_or(0)
+}
+
+/// Registers `agents` in waves and leaves them offline (their runs wait for them).
+async fn register_fleet(server: &Server, key: &str, agents: &[FleetAgent]) {
+    for wave in agents.chunks(FLEET_WAVE) {
+        let peers =
+            futures_util::future::join_all(wave.iter().map(|agent| fleet_peer(server, key, agent)))
+                .await;
+        wait_for(
+            &format!("{} agents connected", wave.len()),
+            Duration::from_secs(60),
+            || async move { (connected_agents(server).await >= wave.len() as u64).then_some(()) },
+        )
+        .await;
+        drop(peers);
+        wait_for("the wave gone", Duration::from_secs(60), || async move {
+            (connected_agents(server).await == 0).then_some(())
+        })
+        .await;
+    }
+}
+
+/// What a simulated agent answers its run with: stdout and exit code.
+type Answer = (String, i32);
+
+/// Connects `agents` in waves; each answers the run it is sent with `answer(index)` (its output
+/// in one chunk, then its exit record) and leaves once the server acknowledged the answer.
+async fn answer_fleet(
+    server: &Server,
+    key: &str,
+    agents: &[(usize, FleetAgent)],
+    answer: impl Fn(usize) -> Answer + Sync,
+) {
+    let answer = &answer;
+    for wave in agents.chunks(FLEET_WAVE) {
+        futures_util::future::join_all(wave.iter().map(|(i, agent)| async move {
+            let mut peer = fleet_peer(server, key, agent).await;
+            let command_id = loop {
+                match peer.frame().await {
+                    outpost_protocol::ServerFrame::Command(c) => break c.command_id,
+                    _ => continue,
+                }
+            };
+            let (stdout, code) = answer(*i);
+            let error = if code == 0 {
+                serde_json::Value::Null
+            } else {
+                json!({"code": "exit_code", "message": format!("exited with {code}")})
+            };
+            peer.send_together(&[
+                json!({"type": "ack", "command_id": command_id}),
+                json!({"type": "output", "command_id": command_id, "stream": "stdout", "seq": 0, "data": stdout}),
+                json!({"type": "response", "command_id": command_id, "success": code == 0,
+                       "data": {"exit_code": code, "duration_ms": 10 + (*i as u64 % 7) * 100,
+                                "timed_out": false, "cancelled": false,
+                                "stdout_bytes": stdout.len(), "stderr_bytes": 0},
+                       "error": error}),
+            ])
+            .await;
+            loop {
+                match peer.frame().await {
+                    outpost_protocol::ServerFrame::Ack { command_id: acked } if acked == command_id => break,
+                    _ => continue,
+                }
+            }
+        }))
+        .await;
+    }
+}
+
+/// Agents `fleet-000`… (and, where `markup` says, one whose host name is markup).
+fn fleet(n: usize, markup: Option<usize>) -> Vec<FleetAgent> {
+    let mut agents: Vec<FleetAgent> = (0..n)
+        .map(|i| FleetAgent {
+            id: uuid::Uuid::now_v7().to_string(),
+            hostname: if Some(i) == markup {
+                XSS_HOST.to_owned()
+            } else {
+                format!("fleet-{i:03}")
+            },
+        })
+        .collect();
+    // A job's runs are made in its targets' order, by host name then id: keep the agents in
+    // that order too.
+    agents.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+    agents
+}
+
+/// A `run check` job over every agent; its id.
+async fn check_job(server: &Server) -> String {
+    let (status, job) = server
+        .api()
+        .job(
+            json!({"command": "run", "data": {"script": "check", "params": {}}, "target": {"all": true}}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    job["job_id"].as_str().expect("job_id").to_owned()
+}
+
+/// Waits until the job is over and every run is grouped; its summary.
+async fn settled_summary(server: &Server, job_id: &str) -> serde_json::Value {
+    let api = server.api();
+    wait_for("the job over and grouped", Duration::from_secs(60), || {
+        let (api, path) = (&api, format!("/api/jobs/{job_id}/summary"));
+        async move {
+            let (_, summary) = api.get(&path).await;
+            (summary["status"] != "running" && summary["undigested"] == 0).then_some(summary)
+        }
+    })
+    .await
+}
+
+/// The rows of a job page's runs table: `(run id, host name as shown, status)`.
+fn run_rows(html: &str) -> Vec<(String, String, String)> {
+    let Some(start) = html.find("<tbody id=\"run-rows\">") else {
+        return Vec::new();
+    };
+    let body = &html[start
+        ..html[start..]
+            .find("</tbody>")
+            .map_or(html.len(), |e| start + e)];
+    body.split("<tr data-run=\"")
+        .skip(1)
+        .map(|row| {
+            let id = row.split('"').next().expect("run id").to_owned();
+            let host_start = row.find("class=\"host\">").expect("a host") + "class=\"host\">".len();
+            let host = unescape(row[host_start..].split('<').next().expect("host end"));
+            let status = row
+                .split("<span class=\"status ")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .expect("a status")
+                .to_owned();
+            (id, host, status)
+        })
+        .collect()
+}
+
+/// Every run id of a job page's table, page after page.
+async fn rows_of_all(session: &Session, page: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut next = Some(page.to_owned());
+    while let Some(path) = next {
+        let (status, html) = session.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        ids.extend(run_rows(&html).into_iter().map(|r| r.0));
+        next = href_of(&html, "runs-next");
+    }
+    ids
+}
+
+/// Text askama escaped, as it was.
+fn unescape(text: &str) -> String {
+    text.replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&#34;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#38;", "&")
+        .replace("&amp;", "&")
+}
+
+/// The `href` of the element with `id` in `html`, unescaped (`&amp;` and `&#38;`).
+fn href_of(html: &str, id: &str) -> Option<String> {
+    let marker = "href=\"";
+    let at = html.find(&format!("id=\"{id}\""))?;
+    // The href is in the same tag, before or after the id.
+    let tag_start = html[..at].rfind('<')?;
+    let tag_end = at + html[at..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    let h = tag.find(marker)? + marker.len();
+    let href = tag[h..].split('"').next()?;
+    Some(href.replace("&amp;", "&").replace("&#38;", "&"))
+}
+
+/// 60 simulated agents answer one job: 50 alike, 8 failing alike, one failing otherwise, and
+/// one whose host name and output are markup. The page names hosts (ids only on hover and in
+/// links), shows each group's output once with its count, filters and pages the runs, exports
+/// them, and re-runs the failed or the ticked ones as a new job that names the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_page_reads_a_fleets_results_as_one_answer() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let (_, key) = server.api().agent_key().await;
+    let agents = fleet(60, Some(59));
+    register_fleet(&server, &key, &agents).await;
+    let job_id = check_job(&server).await;
+    let xss_index = agents
+        .iter()
+        .position(|a| a.hostname == XSS_HOST)
+        .expect("the markup host");
+    let answer = |i: usize| -> Answer {
+        if i == xss_index {
+            ("<script>alert('out')</script>\n".to_owned(), 0)
+        } else if i % 7 == 3 {
+            ("checking disks\ndisk full on /var\n".to_owned(), 2)
+        } else if i == 1 {
+            ("checking disks\ncannot reach 10.0.0.7\n".to_owned(), 3)
+        } else {
+            ("checking disks\nall good\n".to_owned(), 0)
+        }
+    };
+    let failing: Vec<usize> = (0..60)
+        .filter(|i| *i != xss_index && (i % 7 == 3 || *i == 1))
+        .collect();
+    let indexed: Vec<(usize, FleetAgent)> = agents.iter().cloned().enumerate().collect();
+    answer_fleet(&server, &key, &indexed, answer).await;
+    let summary = settled_summary(&server, &job_id).await;
+    assert_eq!(summary["status"], "failed", "{summary}");
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+
+    // The page: hostnames, groups with counts, escaped markup.
+    let page = format!("/ui/jobs/{job_id}");
+    let (status, html) = ada.get(&page).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("<strong id=\"summary-finished\">60</strong> of <strong id=\"summary-total\">60</strong>"),
+        "{html}"
+    );
+    for agent in &agents {
+        assert!(
+            !html.contains(&format!(">{}<", agent.id)),
+            "an agent id shown as text: {}",
+            agent.id
+        );
+    }
+    let rows = run_rows(&html);
+    assert_eq!(rows.len(), 50, "the first page of runs");
+    assert_eq!(rows[0].1, agents[0].hostname, "hosts named, in run order");
+    assert!(
+        html.contains(&format!(
+            "href=\"/ui/agents/{}\" title=\"{}\" class=\"host\">{}</a>",
+            agents[1].id, agents[1].id, agents[1].hostname
+        )),
+        "the agent id on hover, and the link to the agent"
+    );
+    for raw in [XSS_HOST, "<script>alert('out')", "<img"] {
+        assert!(!html.contains(raw), "{raw:?} unescaped in the job page");
+    }
+    assert!(
+        html.contains("&#60;script&#62;alert(&#39;out&#39;)&#60;/script&#62;"),
+        "{html}"
+    );
+    let groups = html
+        .split("<li class=\"group card\"")
+        .skip(1)
+        .map(|g| {
+            let count = g
+                .split("<strong class=\"count\">")
+                .nth(1)
+                .and_then(|c| c.split('<').next())
+                .expect("a count")
+                .to_owned();
+            (count, g.to_owned())
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(groups.len(), 4, "four outputs: {html}");
+    let expected_ok = 60 - failing.len() - 1;
+    assert_eq!(groups[0].0, expected_ok.to_string(), "largest first");
+    assert!(groups[0].1.contains("checking disks") && groups[0].1.contains("all good"));
+    assert_eq!(groups[1].0, (failing.len() - 1).to_string());
+    assert!(
+        groups[1].1.contains("disk full on /var")
+            && groups[1]
+                .1
+                .contains("exit code <span class=\"code\">2</span>")
+    );
+    assert_eq!(
+        html.matches("disk full on /var").count(),
+        1,
+        "a group's output is shown once"
+    );
+    // Masked numbers: 10.0.0.7 and /var groups do not merge (their words differ), but the page
+    // says it is masked.
+    let (status, masked) = ada.get(&format!("{page}?mask=numbers")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(masked.contains("aria-checked=\"true\""), "{masked}");
+
+    // Filters: a status, an exit code, a group, a host name; the JSON of the same page.
+    let failed_hosts: Vec<String> = failing
+        .iter()
+        .map(|i| agents[*i].hostname.clone())
+        .collect();
+    let (_, html) = ada.get(&format!("{page}?status=failed")).await;
+    let rows = run_rows(&html);
+    assert_eq!(
+        rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        failed_hosts
+    );
+    assert!(rows.iter().all(|r| r.2 == "failed"));
+    let (_, html) = ada.get(&format!("{page}?exit_code=2")).await;
+    assert_eq!(run_rows(&html).len(), failing.len() - 1);
+    let group = summary["groups"][1]["key"].as_str().expect("a group key");
+    let (_, html) = ada.get(&format!("{page}?group={group}")).await;
+    assert_eq!(run_rows(&html).len(), failing.len() - 1, "{html}");
+    assert!(html.contains("id=\"group-filter\""));
+    let (_, html) = ada.get(&format!("{page}?hostname=FLEET-01")).await;
+    let hosts: Vec<String> = run_rows(&html).into_iter().map(|r| r.1).collect();
+    assert_eq!(hosts.len(), 10, "fleet-010 to fleet-019: {hosts:?}");
+    assert!(hosts.iter().all(|h| h.starts_with("fleet-01")));
+    let (status, html) = ada.get(&format!("{page}?exit_code=two")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        html.contains("exit_code: &#34;two&#34; is not an exit code"),
+        "{html}"
+    );
+    let (status, json) = ada
+        .get(&format!("/ui/jobs/{job_id}/runs?status=failed"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(json["rows"].as_array().map(Vec::len), Some(failing.len()));
+    assert_eq!(json["rows"][0]["hostname"], failed_hosts[0].as_str());
+
+    // Paging by cursor: 50, then the other 10, then no further page.
+    let (_, html) = ada.get(&page).await;
+    let first: Vec<String> = run_rows(&html).into_iter().map(|r| r.0).collect();
+    let next = href_of(&html, "runs-next").expect("a next page");
+    assert!(next.contains("cursor="), "{next}");
+    let (status, html) = ada.get(&next).await;
+    assert_eq!(status, StatusCode::OK);
+    let second: Vec<String> = run_rows(&html).into_iter().map(|r| r.0).collect();
+    assert_eq!(second.len(), 10);
+    assert!(second.iter().all(|id| !first.contains(id)));
+    assert!(href_of(&html, "runs-next").is_none(), "no third page");
+    assert!(
+        href_of(&html, "runs-first").is_some(),
+        "back to the first page"
+    );
+
+    // One run's output on demand: the panel names its host; nothing else carries output.
+    let (_, html) = ada.get(&format!("{page}?run={}", first[0])).await;
+    assert!(
+        html.contains(&format!("id=\"run-output\" data-run=\"{}\"", first[0])),
+        "{html}"
+    );
+    let (_, html) = ada.get(&page).await;
+    assert!(
+        html.contains("id=\"run-output\" hidden"),
+        "no run open by default"
+    );
+
+    // The live summary of a job that is over: the summary once, then the end.
+    let (status, live) = ada.get(&format!("/ui/jobs/{job_id}/live")).await;
+    assert_eq!(status, StatusCode::OK);
+    let events: Vec<&str> = live
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events, ["summary", "end"], "{live}");
+    assert!(
+        live.contains("\"finished\":60") && live.contains("\"status\":\"failed\""),
+        "{live}"
+    );
+    // One run's stream: its output, state and end, and no other run's.
+    let all_runs = rows_of_all(&ada, &page).await;
+    assert_eq!(all_runs.len(), 60);
+    let xss_run = &all_runs[xss_index];
+    let (status, stream) = ada
+        .get(&format!("/ui/jobs/{job_id}/stream?run={xss_run}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let events: Vec<&str> = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events, ["output", "state", "end"], "{stream}");
+    assert!(stream.contains(&format!("\"run\":\"{xss_run}\"")));
+    assert_eq!(
+        stream.matches("\"run\":").count(),
+        2,
+        "only that run: {stream}"
+    );
+
+    // Exports.
+    let (status, csv) = ada
+        .get(&format!("/ui/jobs/{job_id}/export?format=csv"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(csv.lines().count(), 61, "a header and a line per run");
+    assert!(csv.starts_with("run_id,agent_id,hostname,"));
+    let (_, jsonl) = ada
+        .get(&format!("/ui/jobs/{job_id}/export?format=jsonl"))
+        .await;
+    assert_eq!(jsonl.lines().count(), 60);
+
+    // Re-run the failed ones: a new job over their agents, naming the original; the agent
+    // forgotten meanwhile is left out, and the new job's page says so.
+    let token = csrf_of(&html);
+    assert!(html.contains("id=\"rerun-failed\""), "the owner may re-run");
+    let forgotten = agents[failing[0]].id.clone();
+    let (status, _) = server
+        .api()
+        .delete(&format!("/api/agents/{forgotten}"))
+        .await;
+    assert!(status.is_success(), "forget {forgotten}: {status}");
+    let response = ada
+        .client
+        .post(format!("{}/ui/jobs/{job_id}/rerun", server.url))
+        .header(COOKIE, &ada.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("_csrf", &token), ("runs", "failed")]))
+        .send()
+        .await
+        .expect("rerun");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let rerun_id = location
+        .strip_prefix("/ui/jobs/")
+        .and_then(|rest| rest.strip_suffix("?skipped=1"))
+        .expect("the new job's page, saying one run was left out");
+    let (_, rerun) = server.api().get(&format!("/api/jobs/{rerun_id}")).await;
+    assert_eq!(rerun["rerun_of"], job_id.as_str(), "{rerun}");
+    let mut rerun_agents: Vec<String> = rerun["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["agent_id"].as_str().expect("agent").to_owned())
+        .collect();
+    rerun_agents.sort();
+    let mut failed_agents: Vec<String> =
+        failing[1..].iter().map(|i| agents[*i].id.clone()).collect();
+    failed_agents.sort();
+    assert_eq!(rerun_agents, failed_agents);
+    let (status, html) = ada.get(&location).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("1 run of the original job was not re-run: its agent is gone"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("href=\"/ui/jobs/{job_id}\" id=\"rerun-of\"")),
+        "{html}"
+    );
+    // Its runs wait for their agents: none failed, so there is nothing to re-run.
+    let (status, html) = ada
+        .post(
+            &format!("/ui/jobs/{rerun_id}/rerun"),
+            &[("_csrf", &token), ("runs", "failed")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("id=\"job-error\""), "{html}");
+    assert!(html.contains("nothing_to_rerun"), "{html}");
+    // Re-run two ticked runs; none ticked says so.
+    let (status, html) = ada
+        .post(&format!("/ui/jobs/{job_id}/rerun"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("tick the runs to re-run"), "{html}");
+    let response = ada
+        .client
+        .post(format!("{}/ui/jobs/{job_id}/rerun", server.url))
+        .header(COOKIE, &ada.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("_csrf", &token),
+            ("run", &first[2]),
+            ("run", &first[3]),
+        ]))
+        .send()
+        .await
+        .expect("rerun ticked");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let (_, picked) = server
+        .api()
+        .get(&format!(
+            "/api/jobs/{}",
+            location.strip_prefix("/ui/jobs/").expect("job")
+        ))
+        .await;
+    assert_eq!(picked["runs"].as_array().map(Vec::len), Some(2), "{picked}");
+    assert_eq!(picked["rerun_of"], job_id.as_str());
+    // Without the form's token, nothing is re-run.
+    let (status, _) = ada
+        .post(&format!("/ui/jobs/{job_id}/rerun"), &[("runs", "failed")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// A member may re-run what members may run, but not a control command: the page shows them
+/// no button for it, and the server refuses the form anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_gets_no_rerun_of_what_they_may_not_run_and_the_server_refuses_it() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "ops", "permissions": ["ping", "run", "restart"]}))
+        .await;
+    let agents = fleet(2, None);
+    register_fleet(&server, &key, &agents).await;
+    let (status, job) = server
+        .api()
+        .job(json!({"command": "restart", "target": {"all": true}}), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let restart = job["job_id"].as_str().expect("job_id").to_owned();
+    let run_id = job["runs"][0]["run_id"].as_str().expect("run").to_owned();
+    let check = check_job(&server).await;
+
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let (status, html) = mo.get(&format!("/ui/jobs/{restart}")).await;
+    assert_eq!(status, StatusCode::OK);
+    for button in ["id=\"rerun-failed\"", "id=\"rerun-selected-button\""] {
+        assert!(!html.contains(button), "a member sees {button}: {html}");
+    }
+    let token = csrf_of(&html);
+    let (status, html) = mo
+        .post(
+            &format!("/ui/jobs/{restart}/rerun"),
+            &[("_csrf", &token), ("run", &run_id)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    let (_, jobs) = server.api().get("/api/jobs").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "no new job");
+    // A script run, members may repeat.
+    let (_, html) = mo.get(&format!("/ui/jobs/{check}")).await;
+    assert!(html.contains("id=\"rerun-selected-button\""), "{html}");
+    // An owner sees the buttons on the restart job.
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let (_, html) = ada.get(&format!("/ui/jobs/{restart}")).await;
+    assert!(html.contains("id=\"rerun-selected-button\""), "{html}");
+}
+
+/// Counts of a job page's table as the browser holds it: `(rows, rows whose status is
+/// `status`)`, once the page's address holds `search`.
+async fn table_rows(browser: &Browser, search: &str, status: &str) -> Option<(u64, u64)> {
+    let found = browser
+        .driver
+        .execute(
+            "if (location.search.indexOf(arguments[0]) < 0) return null; \
+             var rows = document.querySelectorAll('#run-rows tr'); \
+             var matching = document.querySelectorAll('#run-rows tr .status.' + arguments[1]); \
+             return [rows.length, matching.length];",
+            vec![json!(search), json!(status)],
+        )
+        .await
+        .ok()?;
+    let pair = found.as_array()?;
+    Some((pair[0].as_u64()?, pair[1].as_u64()?))
+}
+
+/// A job over 1,000 simulated agents, answering with a few distinct outputs and exit codes
+/// while the page is open: its summary and groups come live while the job runs (the page is
+/// not reloaded), the table filters to the failed runs, one run's output opens, two runs are
+/// compared line by line, and the failed ones are re-run as a new job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_job_over_a_thousand_agents_reads_as_one_answer() {
+    let Some(browser) = Browser::start("browser_a_job_over_a_thousand_agents").await else {
+        return;
+    };
+    const AGENTS: usize = 1000;
+    const EARLY: usize = 400;
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let (_, key) = server.api().agent_key().await;
+    let agents = fleet(AGENTS, None);
+    register_fleet(&server, &key, &agents).await;
+    let job_id = check_job(&server).await;
+    let answer = |i: usize| -> Answer {
+        match i % 10 {
+            8 => ("checking disks\n/ ok\n/var: disk full\n".to_owned(), 2),
+            9 => (
+                "checking disks\n/ ok\ncannot reach db.internal\n".to_owned(),
+                3,
+            ),
+            _ => ("checking disks\n/ ok\n/var ok\nall good\n".to_owned(), 0),
+        }
+    };
+    let indexed: Vec<(usize, FleetAgent)> = agents.iter().cloned().enumerate().collect();
+
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/jobs/{job_id}", server.url))
+        .await
+        .expect("job page");
+    browser.wait_text(By::id("summary-total"), "1000").await;
+    browser.wait_text(By::id("job-status"), "running").await;
+    browser
+        .driver
+        .execute("window.outpostMark = 7;", Vec::new())
+        .await
+        .expect("mark");
+
+    // The first 400 answer: the page shows them live, grouped.
+    answer_fleet(&server, &key, &indexed[..EARLY], answer).await;
+    browser.wait_text(By::id("summary-finished"), "400").await;
+    let groups = browser.wait_text(By::id("group-list"), "disk full").await;
+    assert!(groups.contains("cannot reach db.internal"), "{groups}");
+    assert!(
+        groups.contains("320"),
+        "the largest group counted: {groups}"
+    );
+    assert_eq!(
+        browser
+            .driver
+            .find(&By::id("job-status"))
+            .await
+            .expect("status")
+            .text()
+            .await
+            .expect("text"),
+        "running"
+    );
+    let mark = browser
+        .driver
+        .execute("return window.outpostMark;", Vec::new())
+        .await
+        .expect("mark");
+    assert_eq!(mark, json!(7), "the page was not reloaded");
+    let rows = browser
+        .driver
+        .find_all(&By::css("#run-rows tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 50, "one page of runs, whatever the job's size");
+
+    // The rest answer; the job ends failed with three groups.
+    answer_fleet(&server, &key, &indexed[EARLY..], answer).await;
+    browser.wait_text(By::id("summary-finished"), "1000").await;
+    browser.wait_text(By::id("job-status"), "failed").await;
+    browser.wait_text(By::id("groups-count"), "3 groups").await;
+    let exit = browser.wait_text(By::id("summary-exit"), "2").await;
+    assert!(exit.contains("100") && exit.contains('3'), "{exit}");
+    browser.screenshot("job").await;
+    browser
+        .driver
+        .execute(
+            "document.getElementById('groups').scrollIntoView();",
+            Vec::new(),
+        )
+        .await
+        .expect("scroll");
+    browser.screenshot("job-groups").await;
+
+    // Filter to the failed runs with their chip.
+    browser
+        .driver
+        .find(&By::css("#summary-status a[data-key='failed']"))
+        .await
+        .expect("the failed chip")
+        .click()
+        .await
+        .expect("click");
+    let (shown, failed) = wait_for("the failed runs", SHOWN, || async {
+        table_rows(&browser, "status=failed", "failed")
+            .await
+            .filter(|(rows, failed)| *rows == 50 && rows == failed)
+    })
+    .await;
+    assert_eq!((shown, failed), (50, 50));
+    assert!(
+        browser.driver.find(&By::id("runs-next")).await.is_ok(),
+        "200 failed runs: more than a page"
+    );
+
+    // One run's output, on demand.
+    let first_host = browser
+        .driver
+        .find(&By::css("#run-rows tr a.host"))
+        .await
+        .expect("a host")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(first_host, "fleet-008");
+    browser
+        .driver
+        .find(&By::css("#run-rows tr a.open-run"))
+        .await
+        .expect("the output link")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_text(By::css("#run-output pre.output"), "/var: disk full")
+        .await;
+    browser
+        .wait_text(By::css("#run-output [data-field='hostname']"), "fleet-008")
+        .await;
+    browser
+        .wait_text(By::css("#run-output [data-field='exit_code']"), "2")
+        .await;
+
+    // Compare the first two failed runs (exit 2 and exit 3).
+    let boxes = browser
+        .driver
+        .find_all(&By::css("#run-rows input[type=checkbox]"))
+        .await
+        .expect("boxes");
+    boxes[0].click().await.expect("tick");
+    boxes[1].click().await.expect("tick");
+    browser.wait_text(By::id("selected-count"), "2").await;
+    browser
+        .driver
+        .find(&By::id("compare-runs"))
+        .await
+        .expect("compare")
+        .click()
+        .await
+        .expect("click");
+    let note = browser.wait_text(By::id("compare-note"), "differ").await;
+    assert!(
+        note.contains("fleet-008") && note.contains("fleet-009"),
+        "{note}"
+    );
+    let removed = browser
+        .wait_text(By::css("#compare-diff .del"), "disk full")
+        .await;
+    assert!(removed.starts_with("- "), "{removed}");
+    browser
+        .wait_text(By::css("#compare-diff .add"), "cannot reach db.internal")
+        .await;
+    let diff = browser.wait_text(By::id("compare-diff"), "  / ok\n").await;
+    assert!(
+        diff.starts_with("  checking disks\n"),
+        "the lines both have: {diff}"
+    );
+
+    // Re-run the failed ones: the new job's page names the original.
+    browser
+        .driver
+        .find(&By::css("#rerun-failed button"))
+        .await
+        .expect("re-run failed")
+        .click()
+        .await
+        .expect("click");
+    browser.wait_text(By::id("rerun-of"), &job_id).await;
+    browser.wait_text(By::id("summary-total"), "200").await;
+    assert_eq!(browser.alert().await, None);
+    browser.quit().await;
+}
+
+/// A schedule's page sums up each recent fire's job in one line, from the counts of its runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedules_recent_fires_are_summed_up_in_a_line_each() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let (_, key) = server.api().agent_key().await;
+    let agents = fleet(3, None);
+    register_fleet(&server, &key, &agents).await;
+    let (status, schedule) = server
+        .api()
+        .post(
+            "/api/schedules",
+            json!({"name": "checks", "cron": "0 3 * * *", "command": "run",
+                   "data": {"script": "check"}, "target": {"all": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{schedule}");
+    let id = schedule["id"].as_str().expect("id").to_owned();
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let (_, html) = ada.get(&format!("/ui/schedules/{id}")).await;
+    assert!(html.contains("No fire yet."), "{html}");
+    let (status, fired) = server
+        .api()
+        .post(&format!("/api/schedules/{id}/run"), json!({}))
+        .await;
+    assert!(status.is_success(), "{fired}");
+    let job_id = fired["job_id"].as_str().expect("job id").to_owned();
+    let (_, html) = ada.get(&format!("/ui/schedules/{id}")).await;
+    assert!(
+        html.contains(&format!("href=\"/ui/jobs/{job_id}\"")),
+        "{html}"
+    );
+    assert!(
+        html.contains("… 3</span> of 3"),
+        "three runs waiting: {html}"
+    );
+    let indexed: Vec<(usize, FleetAgent)> = agents.iter().cloned().enumerate().collect();
+    answer_fleet(&server, &key, &indexed, |i| {
+        ("done\n".to_owned(), if i == 0 { 1 } else { 0 })
+    })
+    .await;
+    server.api().wait_job(&job_id).await;
+    let (_, html) = ada.get(&format!("/ui/schedules/{id}")).await;
+    assert!(
+        html.contains(
+            "✓ 2</span> <span class=\"error\" title=\"did not succeed\">✗ 1</span> of 3 · took "
+        ),
+        "{html}"
+    );
+}
+
+// ---- rollouts (CONTRACT.md §17) -------------------------------------------------------------
+
+/// The version a server with nothing published serves agents: its own build's.
+const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A raw agent named `hostname` at version 0.0.9 that may update (its capability, and `key`
+/// allows `update`) and never does: the `update` a rollout sends it stays unanswered, so its
+/// stage, and the rollout, keep running until `online_within_s`.
+async fn updatable_agent(server: &Server, key: &str, hostname: &str) -> (ws::Peer, String) {
+    let agent_id = uuid::Uuid::now_v7().to_string();
+    let mut peer = ws::connect(&server.url, key).await.expect("connect");
+    match peer.frame().await {
+        outpost_protocol::ServerFrame::Connected(_) => {}
+        other => panic!("expected connected, got {other:?}"),
+    }
+    let mut frame = ws::register(&agent_id);
+    frame["data"]["hostname"] = json!(hostname);
+    frame["data"]["version"] = json!("0.0.9");
+    frame["data"]["capabilities"] = json!(["ping", "info", "update"]);
+    peer.send_json(&frame).await;
+    server.api().wait_online(&agent_id).await;
+    (peer, agent_id)
+}
+
+/// Waits until the rollout's state (as the API shows it) is one of `want`; the rollout.
+async fn rollout_in(server: &Server, id: &str, want: &[&str]) -> serde_json::Value {
+    let api = server.api();
+    wait_for(
+        &format!("rollout {id} in {want:?}"),
+        Duration::from_secs(60),
+        || {
+            let (api, path) = (&api, format!("/api/rollouts/{id}"));
+            async move {
+                let (status, rollout) = api.get(&path).await;
+                assert_eq!(status, StatusCode::OK, "{rollout}");
+                want.contains(&rollout["state"].as_str().unwrap_or_default())
+                    .then_some(rollout)
+            }
+        },
+    )
+    .await
+}
+
+/// The id of the rollout a start form's redirect names.
+fn started_rollout(location: &str) -> String {
+    location
+        .strip_prefix("/ui/rollouts/")
+        .and_then(|rest| rest.strip_suffix("?done=started"))
+        .unwrap_or_else(|| panic!("not a started rollout's page: {location:?}"))
+        .to_owned()
+}
+
+/// The host names of a rollout page's agents table, in order (as the HTML holds them).
+fn rollout_hosts(html: &str) -> Vec<String> {
+    let table = html
+        .split("id=\"rollout-agent-rows\"")
+        .nth(1)
+        .expect("the agents table")
+        .split("</table>")
+        .next()
+        .expect("its end");
+    table
+        .split("<tr data-agent=")
+        .skip(1)
+        .map(|row| {
+            let start = row.find("class=\"host\">").expect("a host link") + "class=\"host\">".len();
+            row[start..].split('<').next().expect("its end").to_owned()
+        })
+        .collect()
+}
+
+/// The rollouts pages, for each role: the list and one rollout render for owners, admins and
+/// members; only owners and admins get the start form and the buttons (and only owners the
+/// rollback), and the service refuses the others whatever is posted; a form without the
+/// session's token is refused; the start form shows the service's refusals (400, 409) on the
+/// form; pause, resume and abort through the buttons change the rollout's state, each saying
+/// so after its redirect; an agent's markup is text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_are_started_followed_and_stopped_from_the_dashboard_by_role() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    assert!(
+        server
+            .user_create("al@example.com", "admin", Some(OWNER.1))
+            .0
+    );
+    assert!(
+        server
+            .user_create("mo@example.com", "member", Some(OWNER.1))
+            .0
+    );
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "fleet", "permissions": ["ping", "info", "update"]}))
+        .await;
+    // One agent online that never finishes its update, one offline when its turn comes.
+    let (_peer, online) = updatable_agent(&server, &key, XSS_HOST).await;
+    let offline_agent = {
+        let peer = named_agent(&server, &key, "gone-host", &[]).await;
+        let (_, list) = server.api().get("/api/agents").await;
+        let id = list
+            .as_array()
+            .expect("agents")
+            .iter()
+            .find(|a| a["hostname"] == "gone-host")
+            .and_then(|a| a["agent_id"].as_str())
+            .expect("gone-host")
+            .to_owned();
+        drop(peer);
+        server.api().wait_status(&id, "offline").await;
+        id
+    };
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let al = Session::sign_in(&server, "al@example.com", OWNER.1).await;
+    let mo = Session::sign_in(&server, "mo@example.com", OWNER.1).await;
+    let token = ada.csrf().await;
+
+    // Nothing yet; the form for owners and admins only, in the navigation for everyone.
+    for (who, session, form) in [("ada", &ada, true), ("al", &al, true), ("mo", &mo, false)] {
+        let (status, html) = session.get("/ui/rollouts").await;
+        assert_eq!(status, StatusCode::OK, "{who}: {html}");
+        assert!(
+            html.contains("href=\"/ui/rollouts\" aria-current=\"page\""),
+            "{who}: {html}"
+        );
+        assert!(html.contains("id=\"rollouts-empty\""), "{who}: {html}");
+        assert_eq!(html.contains("id=\"rollout-form\""), form, "{who}: {html}");
+    }
+    let (_, html) = ada.get("/ui/rollouts").await;
+    assert!(
+        html.contains(&format!("value=\"{BUILD_VERSION}\"")),
+        "the form offers the version the server serves: {html}"
+    );
+
+    // The service's refusals show on the form, escaped.
+    let start = |version: &'static str, waves: &'static str| {
+        vec![
+            ("version", version),
+            ("target", "all"),
+            ("canary", "2"),
+            ("max_in_flight", "100"),
+            ("waves", waves),
+            ("online_within_s", "3600"),
+            ("soak_s", "1"),
+        ]
+    };
+    for (version, waves, says) in [
+        ("9.9.9", "", "not published"),
+        (BUILD_VERSION, "50, 40", "sum to 100"),
+        (BUILD_VERSION, "50, half", "waves"),
+        ("<script>alert('v')</script>", "", "version"),
+    ] {
+        let mut fields = start(version, waves);
+        fields.push(("_csrf", &token));
+        let (status, html) = ada.post("/ui/rollouts", &fields).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{version} {waves}: {html}");
+        assert!(html.contains("id=\"rollout-start-error\""), "{html}");
+        assert!(
+            html.contains(says),
+            "{version} {waves} should say {says:?}: {html}"
+        );
+        assert!(!html.contains("<script>alert('v')"), "{html}");
+    }
+    let mut fields = start(BUILD_VERSION, "100");
+    fields.push(("_csrf", &token));
+    // Without the session's token: refused before the service is asked.
+    let (status, _, _) = ada
+        .post_for("/ui/rollouts", &start(BUILD_VERSION, "100"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A member: refused by the service.
+    let member_token = mo.csrf().await;
+    let mut by_member = start(BUILD_VERSION, "100");
+    by_member.push(("_csrf", &member_token));
+    let (status, _, html) = mo.post_for("/ui/rollouts", &by_member).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("only owners and admins"), "{html}");
+    let (_, list) = server.api().get("/api/rollouts").await;
+    assert_eq!(list["rollouts"], json!([]), "{list}");
+
+    let (status, location, html) = ada.post_for("/ui/rollouts", &fields).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let id = started_rollout(&location);
+    // The same agents cannot be in two active rollouts: 409, said on the form.
+    let (status, html) = ada.post("/ui/rollouts", &fields).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    assert!(html.contains("another active rollout"), "{html}");
+
+    // Both agents are canaries, sent at once: the offline one is skipped, the other is sent
+    // its update, which it never finishes, so the rollout stays at its canary.
+    let running = wait_for(
+        "one agent updating, one skipped",
+        Duration::from_secs(60),
+        || {
+            let (api, path) = (server.api(), format!("/api/rollouts/{id}"));
+            async move {
+                let (_, r) = api.get(&path).await;
+                let canary = &r["stages"][0]["counts"];
+                (canary["updating"] == 1 && canary["skipped"] == 1).then_some(r)
+            }
+        },
+    )
+    .await;
+    let shown = running["state"].as_str().expect("state").to_owned();
+    assert_eq!(shown, "canary", "{running}");
+
+    let (status, html) = ada.get(&location).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("id=\"rollout-done\""),
+        "the start is said: {html}"
+    );
+    assert!(
+        html.contains(&format!("id=\"rollout-state\">{shown}<")),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-live=\"/ui/rollouts/"),
+        "an active rollout is polled: {html}"
+    );
+
+    // Every role reads the page; the buttons are for admins (and the rollback for owners).
+    for (who, session, buttons) in [
+        (
+            "ada",
+            &ada,
+            &["rollout-pause", "rollout-abort", "rollout-rollback"][..],
+        ),
+        ("al", &al, &["rollout-pause", "rollout-abort"][..]),
+        ("mo", &mo, &[][..]),
+    ] {
+        let (status, html) = session.get(&format!("/ui/rollouts/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{who}: {html}");
+        for button in [
+            "rollout-pause",
+            "rollout-resume",
+            "rollout-abort",
+            "rollout-rollback",
+        ] {
+            assert_eq!(
+                html.contains(&format!("id=\"{button}\"")),
+                buttons.contains(&button),
+                "{who}: {button}: {html}"
+            );
+        }
+        if buttons.is_empty() {
+            assert!(
+                !html.contains(&format!("action=\"/ui/rollouts/{id}/")),
+                "{who}: {html}"
+            );
+        }
+        // The agents by host name (markup as text), their ids only as titles.
+        for raw in [XSS_HOST, "<img", "<script>alert"] {
+            assert!(!html.contains(raw), "{who}: {raw:?} unescaped: {html}");
+        }
+        assert!(html.contains("&#60;script&#62;alert("), "{who}: {html}");
+        let mut hosts = rollout_hosts(&html);
+        hosts.sort();
+        assert_eq!(hosts.len(), 2, "{who}: {html}");
+        assert_eq!(hosts[1], "gone-host", "{who}: {hosts:?}");
+        for agent in [&online, &offline_agent] {
+            assert!(
+                html.contains(&format!("title=\"{agent}\"")),
+                "{who}: {html}"
+            );
+            assert!(
+                !html.contains(&format!(">{agent}<")),
+                "an id as a label: {html}"
+            );
+        }
+    }
+    // The list: the rollout with its progress.
+    let (_, html) = mo.get("/ui/rollouts").await;
+    assert!(
+        html.contains(&format!("href=\"/ui/rollouts/{id}\"")),
+        "{html}"
+    );
+    assert!(html.contains("<svg class=\"bar\""), "{html}");
+    assert!(html.contains("1 skipped or ahead, 1 in progress"), "{html}");
+    // The page's progress for its polling.
+    let (status, live) = mo.get(&format!("/ui/rollouts/{id}/live")).await;
+    assert_eq!(status, StatusCode::OK, "{live}");
+    let live: serde_json::Value = serde_json::from_str(&live).expect("JSON");
+    assert_eq!(live["state"], "running", "{live}");
+    assert_eq!(live["shown"], shown.as_str(), "{live}");
+    assert_eq!(live["active"], true, "{live}");
+    assert_eq!(live["agents"], 2, "{live}");
+    assert_eq!(live["done"], 1, "the skipped agent is done: {live}");
+    // The agents table by state.
+    let (_, html) = mo.get(&format!("/ui/rollouts/{id}?state=skipped")).await;
+    assert_eq!(rollout_hosts(&html), ["gone-host"], "{html}");
+    assert!(html.contains("offline when its turn came"), "{html}");
+    let (status, html) = mo.get(&format!("/ui/rollouts/{id}?state=lost")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("id=\"rollout-error\""), "{html}");
+
+    // Buttons without the session's token, or from a member: refused; nothing changes.
+    let pause = format!("/ui/rollouts/{id}/pause");
+    let (status, _) = ada.post(&pause, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = ada.post(&pause, &[("_csrf", "00")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, html) = mo.post(&pause, &[("_csrf", &member_token)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("only owners and admins"), "{html}");
+    let admin_token = al.csrf().await;
+    let (status, html) = al
+        .post(
+            &format!("/ui/rollouts/{id}/rollback"),
+            &[("_csrf", &admin_token), ("confirm", "1")],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a rollback is for owners: {html}"
+    );
+    rollout_in(&server, &id, &[shown.as_str()]).await;
+
+    // Pause, through the form: paused, said on the page, which offers resume instead.
+    let (status, location, html) = ada.post_for(&pause, &[("_csrf", &token)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/ui/rollouts/{id}?done=paused"));
+    rollout_in(&server, &id, &["paused"]).await;
+    let (_, html) = ada.get(&location).await;
+    assert!(html.contains("id=\"rollout-done\""), "{html}");
+    assert!(html.contains("Paused: nothing new is sent"), "{html}");
+    assert!(html.contains("id=\"rollout-resume\""), "{html}");
+    assert!(!html.contains("id=\"rollout-pause\""), "{html}");
+    // Pausing it again: the service's 409, on the page.
+    let (status, html) = ada.post(&pause, &[("_csrf", &token)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    assert!(html.contains("id=\"rollout-error\""), "{html}");
+    assert!(html.contains("cannot be paused"), "{html}");
+    // A rollback must be confirmed; confirmed, the service says why it cannot (the version the
+    // agent ran is not published).
+    let rollback = format!("/ui/rollouts/{id}/rollback");
+    let (status, html) = ada.post(&rollback, &[("_csrf", &token)]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("tick the box"), "{html}");
+    let (status, html) = ada
+        .post(&rollback, &[("_csrf", &token), ("confirm", "1")])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    assert!(html.contains("0.0.9"), "{html}");
+    rollout_in(&server, &id, &["paused"]).await;
+
+    // Resume, by an admin: running again.
+    let (status, location, html) = al
+        .post_for(
+            &format!("/ui/rollouts/{id}/resume"),
+            &[("_csrf", &admin_token)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/ui/rollouts/{id}?done=resumed"));
+    rollout_in(&server, &id, &[shown.as_str()]).await;
+
+    // Abort: for good; the page offers nothing but the rollback and is no longer polled.
+    let (status, location, html) = ada
+        .post_for(&format!("/ui/rollouts/{id}/abort"), &[("_csrf", &token)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert_eq!(location, format!("/ui/rollouts/{id}?done=aborted"));
+    rollout_in(&server, &id, &["aborted"]).await;
+    let (_, html) = ada.get(&location).await;
+    for gone in [
+        "rollout-pause",
+        "rollout-resume",
+        "rollout-abort",
+        "data-live=",
+    ] {
+        assert!(!html.contains(gone), "{gone}: {html}");
+    }
+    assert!(html.contains("id=\"rollout-rollback\""), "{html}");
+    assert!(html.contains("aborted by a person"), "{html}");
+}
+
+/// A rollout over more agents than a page: the agents table pages with the service's cursor
+/// and filters by stage; a halted rollout's reason is shown first; every host name is text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollouts_agents_are_paged_by_the_services_cursor_and_filtered_by_stage() {
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let (_, key) = server.api().agent_key().await;
+    // 55 agents, offline when their turn comes: all skipped, and the rollout completes.
+    let agents = fleet(55, Some(7));
+    register_fleet(&server, &key, &agents).await;
+    let (status, started) = server
+        .api()
+        .post(
+            "/api/rollouts",
+            json!({"version": BUILD_VERSION, "target": {"all": true}, "canary": 5, "waves": [50, 50]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().expect("id").to_owned();
+    rollout_in(&server, &id, &["completed"]).await;
+
+    let ada = Session::sign_in(&server, OWNER.0, OWNER.1).await;
+    let (status, html) = ada.get(&format!("/ui/rollouts/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        !html.contains("data-live="),
+        "a finished rollout is not polled: {html}"
+    );
+    for stage in ["canary", "wave 1", "wave 2"] {
+        assert!(html.contains(&format!(">{stage}</a>")), "{stage}: {html}");
+    }
+    assert!(
+        html.contains("<strong id=\"rollout-done-count\">55</strong>"),
+        "{html}"
+    );
+    assert!(
+        !html.contains(XSS_HOST) && !html.contains("<script>alert"),
+        "{html}"
+    );
+    // Page 1: 50 agents, in the rollout's order; the next page by the service's cursor.
+    let first = rollout_hosts(&html);
+    assert_eq!(first.len(), 50, "{html}");
+    let next = href_of(&html, "agents-next").expect("a next page");
+    assert!(next.contains("after="), "{next}");
+    let (status, html) = ada.get(&unescape(&next)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let rest = rollout_hosts(&html);
+    assert_eq!(rest.len(), 5, "{html}");
+    assert!(href_of(&html, "agents-next").is_none(), "{html}");
+    assert!(href_of(&html, "agents-first").is_some(), "{html}");
+    let mut all: Vec<String> = first
+        .into_iter()
+        .chain(rest)
+        .map(|h| unescape(&h))
+        .collect();
+    all.sort();
+    let mut expected: Vec<String> = agents.iter().map(|a| a.hostname.clone()).collect();
+    expected.sort();
+    assert_eq!(all, expected, "every agent once");
+    // By stage: the canary's five.
+    let (_, html) = ada.get(&format!("/ui/rollouts/{id}?stage=0")).await;
+    assert_eq!(rollout_hosts(&html).len(), 5, "{html}");
+    assert!(
+        html.contains("<option value=\"0\" selected>canary</option>"),
+        "{html}"
+    );
+    let (status, html) = ada
+        .get(&format!("/ui/rollouts/{id}?after=not-a-cursor"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("not a cursor"), "{html}");
+}
+
+/// The rollout page follows its rollout without a click: its polling runs under the page's
+/// CSP (the "live" badge), and a change of state made elsewhere (a pause through the API)
+/// reloads it with the buttons of the new state; an agent's markup never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_rollout_page_follows_its_state() {
+    let Some(browser) = Browser::start("browser_a_rollout_page_follows_its_state").await else {
+        return;
+    };
+    let server = Server::start().await;
+    assert!(server.user_create(OWNER.0, "owner", Some(OWNER.1)).0);
+    let (_, key) = server
+        .api()
+        .create_key(json!({"name": "fleet", "permissions": ["ping", "info", "update"]}))
+        .await;
+    let (_peer, _) = updatable_agent(&server, &key, XSS_HOST).await;
+    let (status, started) = server
+        .api()
+        .post(
+            "/api/rollouts",
+            json!({"version": BUILD_VERSION, "target": {"all": true},
+                   "health": {"online_within_s": 3600}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().expect("id").to_owned();
+    browser.sign_in(&server, OWNER.0, OWNER.1).await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/rollouts/{id}", server.url))
+        .await
+        .expect("the rollout's page");
+    browser.wait_text(By::id("live-state"), "live").await;
+    browser
+        .wait_text(By::css("#rollout-stages tr[data-stage='0']"), "updating")
+        .await;
+    browser.screenshot("rollout").await;
+    let (status, paused) = server
+        .api()
+        .post(&format!("/api/rollouts/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    browser.wait_text(By::id("rollout-state"), "paused").await;
+    browser.wait_text(By::id("rollout-resume"), "Resume").await;
+    assert_eq!(browser.alert().await, None, "an agent's markup ran");
+    browser
+        .driver
+        .goto(&format!("{}/ui/rollouts", server.url))
+        .await
+        .expect("the rollouts page");
+    browser
+        .wait_text(By::css(&format!("tr[data-rollout='{id}']")), "paused")
+        .await;
+    browser.screenshot("rollouts").await;
     browser.quit().await;
 }

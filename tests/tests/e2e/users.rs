@@ -1,4 +1,4 @@
-//! Users and sessions over the real server (SPEC §9): sign-in, access tokens that are checked
+//! Users and sessions over the real server (CONTRACT.md §9): sign-in, access tokens that are checked
 //! strictly and against the user's current state, refresh rotation with reuse detection,
 //! invites, the last-owner rule, roles and tenants. The last test drives the real `outpost`
 //! CLI from the first owner to a member who may read but not manage users.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use outpost_e2e::{Api, CliHome, Server};
-use outpost_server::store::Store;
+use outpost_store::Store;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -184,11 +184,11 @@ async fn access_tokens_are_refused_when_tampered_forged_or_expired() {
 
     // A token that really expired: made with the key the server derives from its master key.
     let master = std::fs::read_to_string(server.data_dir.join("master.key")).expect("master key");
-    let master = outpost_server::seal::MasterKey::parse(&master).expect("parse");
-    let signer = outpost_server::jwt::Signer::new(
-        &master.derive(outpost_server::service::ACCESS_TOKEN_KEY_LABEL),
+    let master = outpost_store::seal::MasterKey::parse(&master).expect("parse");
+    let signer = outpost_core::jwt::Signer::new(
+        &master.derive(outpost_core::service::ACCESS_TOKEN_KEY_LABEL),
     );
-    let mut expired: outpost_server::jwt::Claims =
+    let mut expired: outpost_core::jwt::Claims =
         serde_json::from_value(b64_decode(parts[1])).expect("claims");
     let now = chrono::Utc::now().timestamp();
     expired.iat = now - 1000;
@@ -292,7 +292,7 @@ async fn refresh_rotates_and_a_replayed_token_revokes_the_family() {
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
-/// Sign-in attempts are limited per client address (SPEC §9: 10 a minute): bad refresh tokens
+/// Sign-in attempts are limited per client address (CONTRACT.md §9: 10 a minute): bad refresh tokens
 /// and wrong passwords are refused one by one with 401 and count; past ten, even the right
 /// password answers 429 naming the limit, and nothing about the account is told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,7 +762,7 @@ async fn first_owner_invites_a_member_through_the_cli() {
     assert_eq!(run.0, 0, "{run:?}");
 }
 
-/// A member reads agents and runs and cancels jobs (SPEC §9) but manages nothing: agent keys,
+/// A member reads agents and runs and cancels jobs (CONTRACT.md §9) but manages nothing: agent keys,
 /// agents' tags, forgetting agents and control commands are refused with 403 naming the role,
 /// wherever they are asked (one agent, a job); an admin may.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,7 +70,7 @@ async fn finished_job(server: &Server, webhook_url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_are_posted_signed_and_retried() {
-    // Allowed through the variable, as `1`: booleans take 1/0, true/false, yes/no (SPEC §5).
+    // Allowed through the variable, as `1`: booleans take 1/0, true/false, yes/no (CONTRACT.md §5).
     let server = Server::start_with(ServerOptions {
         envs: vec![("OUTPOST_WEBHOOK_ALLOW_PRIVATE".into(), "1".into())],
         ..Default::default()

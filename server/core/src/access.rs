@@ -1,0 +1,178 @@
+//! Who is calling: a bearer token checked against the store, for users' access tokens,
+//! programs' API keys and agents' keys.
+//!
+//! A user's access token (a JWT, `crate::jwt`) is checked for its signature and expiry, and
+//! then the user is read again on every request: a user disabled, deleted or moved to a lower
+//! role since the token was issued gets the new state at their next request, and the role the
+//! request runs with is the row's, not the token's. That read is one primary-key lookup, the
+//! same cost as an API key's lookup by hash; nothing is cached, so nothing needs invalidating.
+//! A key made through `/api/keys` belongs to a user and is checked the same way: its owner's
+//! row is read with it, and the key acts with that row's role and the key's scopes.
+//!
+//! Both transports (the REST API and the agents' WebSocket and long-poll routes) authenticate
+//! here, so a key is refused by the same rules wherever it is used. What an authenticated
+//! caller may then do is decided in `crate::service::access`, once; the one rule below it that
+//! the hub applies too (which commands an agent key allows, [`key_allows`]) is here, so that
+//! both ask the same function.
+
+use chrono::Utc;
+
+use crate::jwt::{JwtError, Signer, looks_like_jwt};
+use outpost_store::credentials::{hash_secret, verify_secret};
+use outpost_store::domain::{
+    Caller, DomainError, KeyStatus, Principal, Role, Scope, Scopes, UserStatus,
+};
+use outpost_store::{Store, agent_key};
+
+/// The caller behind a REST request's bearer token: an API key (`opk_…`) or a user's access
+/// token (a JWT). Agent keys (`opa_…`) are refused here.
+pub async fn authenticate_api(
+    store: &Store,
+    signer: &Signer,
+    token: Option<&str>,
+) -> Result<Caller, DomainError> {
+    let token = token.ok_or_else(|| {
+        DomainError::Unauthorized(
+            "missing `Authorization: Bearer <API key or access token>` header".into(),
+        )
+    })?;
+    if looks_like_jwt(token) {
+        return authenticate_user(store, signer, token).await;
+    }
+    if !token.starts_with("opk_") {
+        return Err(DomainError::Unauthorized(
+            "the bearer token is neither an API key (opk_…) nor an access token".into(),
+        ));
+    }
+    let key = store
+        .api_key_by_hash(&hash_secret(token))
+        .await?
+        .filter(|k| verify_secret(token, &k.key_hash))
+        .filter(|k| k.expires_at.is_none_or(|t| t > Utc::now()))
+        .filter(|k| k.revoked_at.is_none())
+        .ok_or_else(|| DomainError::Unauthorized("unknown, expired or revoked API key".into()))?;
+    let scopes = match &key.scopes {
+        None => Scopes::ALL,
+        Some(list) => Scopes::of(&stored_scopes(&key.id, list)?),
+    };
+    // A key made through `/api/keys` acts with its owner's role as the owner's row has it
+    // now, and stops with its owner (disabled, deleted).
+    let role = match &key.owner_user_id {
+        None => key.role.parse().map_err(|why| {
+            DomainError::Internal(anyhow::anyhow!("API key {}: stored role: {why}", key.id))
+        })?,
+        Some(owner) => {
+            let user = store
+                .get_user(&key.tenant_id, owner)
+                .await?
+                .filter(|u| u.status == UserStatus::Active)
+                .ok_or_else(|| {
+                    DomainError::Unauthorized("this API key's user is disabled or deleted".into())
+                })?;
+            user.role.parse().map_err(|why| {
+                DomainError::Internal(anyhow::anyhow!("user {}: stored role: {why}", user.id))
+            })?
+        }
+    };
+    Ok(Caller {
+        tenant_id: key.tenant_id,
+        role,
+        scopes,
+        principal: Principal::ApiKey {
+            key_id: key.id,
+            owner: key.owner_user_id,
+        },
+        label: key.name,
+        // Set by authentication, which knows the client's address.
+        address: None,
+    })
+}
+
+/// A key's stored scopes; one the server does not know (written by a later version) is an
+/// error rather than dropped, so a key never silently acts with less or more than it lists.
+fn stored_scopes(key_id: &str, list: &serde_json::Value) -> Result<Vec<Scope>, DomainError> {
+    outpost_store::string_list(list)
+        .iter()
+        .map(|s| s.parse::<Scope>())
+        .collect::<Result<_, _>>()
+        .map_err(|why| {
+            DomainError::Internal(anyhow::anyhow!("API key {key_id}: stored scopes: {why}"))
+        })
+}
+
+/// The user behind an access token, as their row says now.
+async fn authenticate_user(
+    store: &Store,
+    signer: &Signer,
+    token: &str,
+) -> Result<Caller, DomainError> {
+    let claims = signer
+        .verify(token, Utc::now().timestamp())
+        .map_err(|why| {
+            DomainError::Unauthorized(match why {
+                JwtError::Expired => {
+                    "the access token has expired: get a new one with POST /api/auth/refresh".into()
+                }
+                _ => "invalid access token".into(),
+            })
+        })?;
+    let gone = || DomainError::Unauthorized("the access token's user no longer exists".into());
+    let user = store
+        .get_user(&claims.tid, &claims.sub)
+        .await?
+        .ok_or_else(gone)?;
+    if user.status != UserStatus::Active {
+        return Err(DomainError::Unauthorized("this user is disabled".into()));
+    }
+    let role: Role = user.role.parse().map_err(|why| {
+        DomainError::Internal(anyhow::anyhow!("user {}: stored role: {why}", user.id))
+    })?;
+    Ok(Caller {
+        tenant_id: user.tenant_id,
+        role,
+        scopes: Scopes::ALL,
+        principal: Principal::User { user_id: user.id },
+        label: user.email,
+        address: None,
+    })
+}
+
+/// Whether an agent key with `permissions` allows `command`. Every send asks this: a new
+/// command (`service::access::key_refusal`) and a pending one resent when its agent
+/// reconnects (the key's permissions may have changed since it was stored).
+pub fn key_allows(permissions: &[String], command: &str) -> bool {
+    permissions.iter().any(|p| p == command)
+}
+
+/// The agent key behind an agent's bearer token (`opa_…`). Why it was refused is told to the
+/// agent in the 401 body, never more.
+pub async fn authenticate_agent(
+    store: &Store,
+    token: Option<&str>,
+) -> Result<agent_key::Model, DomainError> {
+    let token = token.ok_or_else(|| {
+        DomainError::Unauthorized("missing `Authorization: Bearer <agent key>` header".into())
+    })?;
+    if !token.starts_with("opa_") {
+        return Err(DomainError::Unauthorized(
+            "the bearer token is not an agent key (opa_…)".into(),
+        ));
+    }
+    let key = store
+        .agent_key_by_hash(&hash_secret(token))
+        .await?
+        .filter(|k| verify_secret(token, &k.key_hash))
+        .ok_or_else(|| DomainError::Unauthorized("unknown agent key".into()))?;
+    if key.status != KeyStatus::Active {
+        // Its own code: the agent retries a disabled key within seconds (it may be enabled
+        // again), an unknown one slowly.
+        return Err(DomainError::Denied {
+            code: outpost_protocol::codes::KEY_DISABLED,
+            message: "agent key is disabled".into(),
+        });
+    }
+    if key.expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(DomainError::Unauthorized("agent key has expired".into()));
+    }
+    Ok(key)
+}

@@ -1,0 +1,207 @@
+//! `outpost-store`: the bottom layer of the server. The only crate that talks to the database,
+//! and the vocabulary every layer above shares.
+//!
+//! - the [`Store`] and its domain methods, one file per subject (agents, agent keys, commands,
+//!   jobs, users, tenants and API keys, schedules, integrations, the library, audit, retention,
+//!   ...); `connect` is the plumbing under them (opening the pool, pragmas, write transactions,
+//!   checkpoints, claims); [`entities`] are the sea-orm rows and `migrations` the SQL, for SQLite
+//!   and PostgreSQL alike; [`writer`] is the single writer that commits agents' reports in
+//!   batches;
+//! - [`domain`]: ids, states, roles, commands and [`domain::DomainError`], the words every layer
+//!   uses;
+//! - [`credentials`] (key generation, hashing, constant-time checks), [`seal`] (secrets at rest
+//!   under the master key) and [`secrets`] (which run parameters are secret);
+//! - [`metrics`]: the Prometheus names, recorded where things happen;
+//! - [`private_files`]: files and directories made readable by the server's user only.
+//!
+//! Nothing here knows HTTP or the services: `outpost-core` builds on this crate, `outpost-web`
+//! on both (docs/ARCHITECTURE.md, "Crates").
+//!
+//! Handlers and the hub call domain methods (`insert_command`, `finish_command`, …) and never
+//! build queries themselves, so tenant scoping is enforced in one place: every method that reads
+//! or writes tenant data takes the tenant id and puts it in the `WHERE` clause.
+//!
+//! State changes are single conditional `UPDATE`s (`… WHERE state = 'pending'`) rather than
+//! read-then-write transactions. That keeps them atomic without locks and makes every transition
+//! idempotent, which the delivery guarantees rely on: a resent `ack` or `response` changes
+//! nothing the second time.
+
+pub mod credentials;
+pub mod domain;
+pub mod metrics;
+pub mod private_files;
+pub mod seal;
+pub mod secrets;
+
+mod agent_keys;
+mod agents;
+mod api_keys;
+pub mod audit;
+pub mod backup;
+mod batch;
+mod commands;
+mod connect;
+mod digests;
+pub mod entities;
+mod fleet;
+mod integrations;
+mod jobs;
+mod library;
+mod migrations;
+mod nodes;
+mod presence;
+mod releases;
+pub mod retention;
+mod rollouts;
+mod schedules;
+mod tenants;
+mod users;
+mod webhooks;
+pub mod writer;
+
+pub use agent_keys::{AgentKeyPatch, key_status};
+pub use agents::{AgentTarget, Registered};
+pub use api_keys::{BOOTSTRAP_KEY_NAME, Bootstrapped, NewApiKey};
+pub use audit::{AuditFilter, AuditRecord, ChainCheck};
+pub use commands::{NewCommand, pending_command, state};
+pub use connect::{
+    CONVERT_AT_START_BYTES, ClaimSpec, DatabaseLocation, WAL_LIMIT_BYTES, begin_write,
+};
+pub use digests::{GroupRow, JobDigest, MAX_GROUPS, MAX_RUNS_PAGE, RunFilter, RunRow};
+pub use fleet::{AgentPageQuery, TagMatch};
+pub use integrations::{
+    DeliveryAttempt, JOB_FAILED, JOB_RECOVERED, JOB_SUCCEEDED, NewIntegration, delivery_status,
+    wants,
+};
+pub use jobs::{
+    Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, canonical_target, job_status,
+    webhook_status,
+};
+pub use library::{LibraryRefused, MAX_VERSIONS as MAX_LIBRARY_VERSIONS, NewLibraryScript};
+pub use nodes::RemoteAgent;
+pub use presence::{AGENT_OFFLINE, AGENT_ONLINE, AGENT_UPDATE_ROLLED_BACK, AGENT_UPDATED};
+pub use rollouts::{
+    AgentFields, AgentMove, MAX_AGENTS_PAGE as MAX_ROLLOUT_AGENTS_PAGE, RolloutAgentRow,
+    RolloutMove, RolloutRefused, StageAgent, desired_id,
+};
+pub use schedules::{
+    Advance, EventFilter, FireJob, FiredJob, NewEvent, NewSchedule, ScheduleFilter, SchedulePatch,
+    ScheduleRefused,
+};
+pub use tenants::{Quotas, TenantPatch, TenantUsage, Usage, UserRefused};
+pub use users::{NewUser, Refreshed, UserChange, UserChanged};
+pub use webhooks::Attempt;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{DatabaseConnection, DbErr};
+use serde_json::Value;
+
+pub use entities::{
+    agent, agent_key, agent_metric, api_key, audit_entry, audit_head, claim, command, delivery,
+    delivery_attempt, desired_version, event, fleet_policy, integration, invite, job,
+    library_bundle, library_script, node, output_chunk, refresh_token, release, rollout,
+    rollout_agent, run_digest, schedule, tenant, user, webhook_attempt,
+};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    /// The configuration does not describe a usable database.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<StoreError> for crate::domain::DomainError {
+    /// A failure that passes (a full disk, a busy or unreachable database) is `Unavailable`,
+    /// saying nothing was stored, so that the caller retries; anything else is internal.
+    fn from(err: StoreError) -> Self {
+        if err.is_transient() {
+            tracing::warn!(error = %err, "a request failed on the database");
+            return Self::Unavailable(format!(
+                "the database cannot be written or read right now ({err}); nothing was stored, try again later"
+            ));
+        }
+        Self::Internal(err.into())
+    }
+}
+
+impl StoreError {
+    /// Whether the same statement may succeed if tried again later: the database is busy or
+    /// locked, out of space or memory, or unreachable (SQLite `BUSY`, `LOCKED`, `NOMEM`,
+    /// `IOERR`, `FULL`, `CANTOPEN`, `PROTOCOL`; PostgreSQL's connection, resource and
+    /// serialization classes; a pool that gave no connection in time). Anything else (a
+    /// constraint, a malformed statement, a bug) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        use sea_orm::RuntimeErr;
+        let runtime = match self {
+            Self::Db(DbErr::ConnectionAcquire(_)) => return true,
+            Self::Db(DbErr::Conn(e) | DbErr::Exec(e) | DbErr::Query(e)) => e,
+            _ => return false,
+        };
+        let RuntimeErr::SqlxError(err) = runtime else {
+            return false;
+        };
+        match err.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => {
+                let Some(code) = db.code() else { return false };
+                if let Ok(sqlite) = code.parse::<i32>() {
+                    // The primary result code is the low byte of the extended one.
+                    return matches!(sqlite & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15);
+                }
+                // SQLSTATE: connection exception, insufficient resources (disk full, out of
+                // memory, too many connections), operator intervention, serialization
+                // failure or deadlock.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+            }
+            sea_orm::sqlx::Error::Io(_)
+            | sea_orm::sqlx::Error::PoolTimedOut
+            | sea_orm::sqlx::Error::PoolClosed
+            | sea_orm::sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        }
+    }
+}
+
+/// Result alias for store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The database handle and its domain methods.
+///
+/// Generic over the connection so that the same methods run on the pool or inside one
+/// transaction (the batching [`writer`] runs many of them in one commit).
+#[derive(Clone)]
+pub struct Store<C = DatabaseConnection> {
+    db: C,
+}
+
+/// The time now, to the microsecond: what PostgreSQL's `timestamptz` keeps, so that a row the
+/// store hands back equals the row read later, on either backend.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A new time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Reads a JSON array of strings, tolerating anything else as empty.
+pub fn string_list(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
