@@ -874,6 +874,47 @@ async fn job_events_stream_live_output_and_resume() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// A stream that reads the output while it floods in must still carry its last chunk before
+/// `end`: the run's last output and its final state can both be committed between the
+/// stream's read of the output and its read of the run (CI: the dashboard's page of a 95 MB run
+/// missed its last line one time in four).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_job_s_last_output_comes_before_its_end() {
+    let server = Server::start().await;
+    let api = server.api();
+    let mut scripts = Scripts::new();
+    scripts.add(
+        "flood",
+        "yes 'some output to read while it is written' | head -c 3000000\necho the-end",
+        json!({}),
+    );
+    let (_agent, id) = agent_with(&server, &api, &scripts, "").await;
+    let client = reqwest::Client::new();
+    for attempt in 0..6 {
+        let (_, job) = api.job(run_job(&id, "flood", json!({})), None).await;
+        let job_id = job["job_id"].as_str().expect("id").to_owned();
+        let mut live = client
+            .get(format!("{}/api/jobs/{job_id}/events", server.url))
+            .bearer_auth(&server.admin_key)
+            .send()
+            .await
+            .expect("events");
+        let events = read_events(&mut live, |(event, _, _)| event == "end").await;
+        assert_eq!(events.last().expect("end").0, "end", "attempt {attempt}");
+        let mut output = Vec::new();
+        for (_, _, data) in events.iter().filter(|(e, _, _)| e == "output") {
+            let text = data["data"].as_str().expect("text output");
+            output.extend_from_slice(text.as_bytes());
+        }
+        assert!(
+            output.ends_with(b"the-end\n"),
+            "attempt {attempt}: the stream ended after {} bytes without the last line",
+            output.len()
+        );
+        assert_eq!(output.len(), 3_000_008, "attempt {attempt}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_job_create_returns_when_its_runs_expire() {
     // The housekeeping sweep runs every heartbeat interval here (1 s).

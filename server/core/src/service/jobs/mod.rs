@@ -1122,34 +1122,23 @@ async fn follow_run(
     let tenant_id = run.tenant_id.clone();
     let job_id = run.job_id.clone().unwrap_or_default();
     let run_id = run.id.clone();
-    let streams = [OutputStream::Stdout, OutputStream::Stderr];
     let mut sent: Option<String> = None;
+    let of = Of::Run(&run_id);
     loop {
-        loop {
-            let page = match core
-                .store
-                .output_page(&tenant_id, &run_id, &streams, after, OUTPUT_PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::warn!(error = %err, "run event stream: reading output failed");
-                    return;
-                }
-            };
-            let full = page.len() as u64 == OUTPUT_PAGE;
-            if !send_output(&tx, page, &mut after).await {
-                return;
-            }
-            if !full {
-                break;
-            }
+        if !send_pages(&core, &tx, &tenant_id, of, &mut after).await {
+            return;
         }
         let run = match core.store.get_command(&tenant_id, &run_id).await {
             Ok(Some(run)) => run,
             _ => return,
         };
         let over = CommandState::is_final_text(&run.state);
+        // A run's output is committed before its final state, but the last of it may have
+        // been committed after the read above and before the run was read: read it again
+        // before saying the run is over, or its end is lost to this reader.
+        if over && !send_pages(&core, &tx, &tenant_id, of, &mut after).await {
+            return;
+        }
         if sent.as_deref() != Some(run.state.as_str()) {
             sent = Some(run.state.clone());
             let state = run.state.clone();
@@ -1184,25 +1173,8 @@ async fn follow(
     let mut sent: HashMap<String, String> = HashMap::new();
     loop {
         // New output, in pages, from where this reader is.
-        loop {
-            let page = match core
-                .store
-                .job_output_page(&tenant_id, &job_id, after, OUTPUT_PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::warn!(error = %err, "job event stream: reading output failed");
-                    return;
-                }
-            };
-            let full = page.len() as u64 == OUTPUT_PAGE;
-            if !send_output(&tx, page, &mut after).await {
-                return;
-            }
-            if !full {
-                break;
-            }
+        if !send_pages(&core, &tx, &tenant_id, Of::Job(&job_id), &mut after).await {
+            return;
         }
         // Runs whose state this reader has not seen.
         let (job, runs) = match (
@@ -1222,6 +1194,11 @@ async fn follow(
             }
         }
         if job.status != JobState::Running {
+            // Output committed after the read above and before the job ended (its runs'
+            // output is committed before their final states): read it before the end.
+            if !send_pages(&core, &tx, &tenant_id, Of::Job(&job_id), &mut after).await {
+                return;
+            }
             let _ = tx
                 .send(JobEvent::End {
                     job_id: job.id,
@@ -1256,6 +1233,53 @@ async fn job_changed(
                 Err(RecvError::Lagged(_)) => return true,
                 Err(RecvError::Closed) => return false,
             },
+        }
+    }
+}
+
+/// Whose output an event stream reads.
+#[derive(Clone, Copy)]
+enum Of<'a> {
+    Job(&'a str),
+    Run(&'a str),
+}
+
+/// Sends the output of a job or run after chunk `after`, in pages until one is not full,
+/// moving `after` past it; false once the reader is gone or a read fails (logged).
+async fn send_pages(
+    core: &Core,
+    tx: &mpsc::Sender<JobEvent>,
+    tenant_id: &str,
+    of: Of<'_>,
+    after: &mut i64,
+) -> bool {
+    const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
+    loop {
+        let page = match of {
+            Of::Job(job_id) => {
+                core.store
+                    .job_output_page(tenant_id, job_id, *after, OUTPUT_PAGE)
+                    .await
+            }
+            Of::Run(run_id) => {
+                core.store
+                    .output_page(tenant_id, run_id, &STREAMS, *after, OUTPUT_PAGE)
+                    .await
+            }
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(error = %err, "event stream: reading output failed");
+                return false;
+            }
+        };
+        let full = page.len() as u64 == OUTPUT_PAGE;
+        if !send_output(tx, page, after).await {
+            return false;
+        }
+        if !full {
+            return true;
         }
     }
 }
