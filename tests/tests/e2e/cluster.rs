@@ -267,6 +267,118 @@ async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
     drop(agents);
 }
 
+/// A rollout goes on when the node working it dies (CONTRACT.md §17, the claim rule): two
+/// nodes, four supervised agents that know both; once the canary passed, the node holding the
+/// rollout's claim is killed with `kill -9`; its agents move to the other node, which takes the
+/// claim over once its lease lapses and finishes the rollout. Every agent ends at the new
+/// version, healthy, and the rollout's events are recorded once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_goes_on_when_the_node_working_it_dies() {
+    use crate::rollouts::{counts, rollout_state, wait_versions};
+    use crate::supervisor::{Release, server_tool, start_supervisor_at, supervisor_target};
+    const AGENTS: usize = 4;
+    let Some(pg) = postgres::required("cluster::a_rollout_goes_on_when_the_node_working_it_dies")
+    else {
+        return;
+    };
+    let database = Database::create(&pg);
+    let mut nodes = vec![
+        node(&database.url, "a").await,
+        node(&database.url, "b").await,
+    ];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let release = Release {
+        key: tmp.path().join("release.key"),
+        target: supervisor_target(),
+        data_dir: nodes[0].data_dir.clone(),
+        dir: tmp.path().to_owned(),
+        database: nodes[0].database_args(),
+    };
+    let key_path = release.key.to_str().expect("utf-8").to_owned();
+    let pubkey = server_tool(&["release", "keygen", "--out", &key_path])
+        .trim()
+        .to_owned();
+    let old = release.agent_variant("0.1.0");
+    let new = release.agent_variant("0.2.0");
+    release.publish("0.1.0", &old, &release.key);
+    release.publish("0.2.0", &new, &release.key);
+    // The release files, on node b too (OPERATIONS: shared storage, or a copy on each node).
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(nodes[0].data_dir.join("releases"))
+        .arg(&nodes[1].data_dir)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+
+    let api = nodes[1].api();
+    let (_, secret) = api
+        .create_key(json!({"name": "fleet", "permissions": ["ping", "update"]}))
+        .await;
+    let urls = format!("{},{}", nodes[0].url, nodes[1].url);
+    let fleet: Vec<_> = (0..AGENTS)
+        .map(|i| {
+            let home = tmp.path().join(format!("host-{i}"));
+            std::fs::create_dir_all(&home).expect("mkdir");
+            start_supervisor_at(&urls, &home, &old, &secret, &pubkey)
+        })
+        .collect();
+    wait_versions(&api, "every agent online at 0.1.0", |f| {
+        f.len() == AGENTS && f.iter().all(|(_, v, s)| v == "0.1.0" && s == "online")
+    })
+    .await;
+
+    // A canary, then two waves; soaks long enough that the kill lands inside a wave.
+    let (status, rollout) = api
+        .post(
+            "/api/rollouts",
+            json!({"version": "0.2.0", "target": {"all": true}, "canary": 1,
+                   "waves": [50, 50], "max_in_flight": 100,
+                   "health": {"online_within_s": 120, "soak_s": 3}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let id = rollout["id"].as_str().expect("id").to_owned();
+    rollout_state(&api, &id, &["wave 1"]).await;
+    let holder = postgres::psql(
+        &database.url,
+        &format!(
+            "SELECT n.name FROM rollouts r JOIN nodes n ON n.id = r.claimed_by WHERE r.id = '{id}'"
+        ),
+    );
+    let doomed = match holder.trim() {
+        "a" => 0,
+        "b" => 1,
+        other => panic!("the rollout's claim is held by {other:?}"),
+    };
+    nodes[doomed].kill9();
+    let killed = std::time::Instant::now();
+    let survivor = &nodes[1 - doomed];
+    let api = survivor.api();
+
+    let done = rollout_state(&api, &id, &["completed", "halted"]).await;
+    eprintln!(
+        "rollout over two nodes: node {holder} killed in wave 1; completed by the other {:.1} s later",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(counts(&done, "healthy"), AGENTS as i64, "{done}");
+    wait_versions(&api, "every agent at 0.2.0, online", |f| {
+        f.len() == AGENTS && f.iter().all(|(_, v, s)| v == "0.2.0" && s == "online")
+    })
+    .await;
+    let (_, events) = api.get("/api/events?type=rollout").await;
+    let mut kinds: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["rollout.completed", "rollout.started"], "{events}");
+    drop(fleet);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_behind_the_balancer_answers_a_ping_sent_through_it() {
     let Some(cluster) = Cluster::start(

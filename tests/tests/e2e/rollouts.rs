@@ -22,7 +22,7 @@ const AGENTS: usize = 6;
 /// Longest a rollout here may take to reach a state.
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
 
-async fn rollout_state(api: &Api, id: &str, want: &[&str]) -> Value {
+pub(crate) async fn rollout_state(api: &Api, id: &str, want: &[&str]) -> Value {
     let path = format!("/api/rollouts/{id}");
     wait_for(
         &format!("rollout {id} in {want:?}"),
@@ -40,7 +40,7 @@ async fn rollout_state(api: &Api, id: &str, want: &[&str]) -> Value {
     .await
 }
 
-async fn versions(api: &Api) -> Vec<(String, String, String)> {
+pub(crate) async fn versions(api: &Api) -> Vec<(String, String, String)> {
     let (status, list) = api.get("/api/agents").await;
     assert_eq!(status, StatusCode::OK, "{list}");
     let items = list.as_array().cloned().expect("a list of agents");
@@ -58,7 +58,11 @@ async fn versions(api: &Api) -> Vec<(String, String, String)> {
     out
 }
 
-async fn wait_versions(api: &Api, what: &str, check: impl Fn(&[(String, String, String)]) -> bool) {
+pub(crate) async fn wait_versions(
+    api: &Api,
+    what: &str,
+    check: impl Fn(&[(String, String, String)]) -> bool,
+) {
     wait_for(what, ROLLOUT_TIMEOUT, || {
         let check = &check;
         async move {
@@ -69,7 +73,7 @@ async fn wait_versions(api: &Api, what: &str, check: impl Fn(&[(String, String, 
     .await;
 }
 
-fn counts(rollout: &Value, state: &str) -> i64 {
+pub(crate) fn counts(rollout: &Value, state: &str) -> i64 {
     rollout["stages"]
         .as_array()
         .expect("stages")

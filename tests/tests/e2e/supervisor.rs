@@ -593,6 +593,17 @@ pub(crate) fn start_supervisor_in(
     secret: &str,
     pubkey: &str,
 ) -> Supervisor {
+    start_supervisor_at(&server.url, home, agent, secret, pubkey)
+}
+
+/// [`start_supervisor_in`] for the servers at `urls` (`http://…`, comma-separated: nodes).
+pub(crate) fn start_supervisor_at(
+    urls: &str,
+    home: &Path,
+    agent: &Path,
+    secret: &str,
+    pubkey: &str,
+) -> Supervisor {
     let bin_dir_installed = home.join("bin");
     std::fs::create_dir_all(&bin_dir_installed).expect("mkdir");
     let bin = bin_dir_installed.join("outpost-agent");
@@ -607,7 +618,7 @@ pub(crate) fn start_supervisor_in(
         &env_file,
         format!(
             "OUTPOST_SERVER_URL={}\nOUTPOST_API_KEY={secret}\nOUTPOST_STATE_DIR={}\nOUTPOST_RELEASE_PUBKEY={pubkey}\n",
-            server.url.replace("http://", "ws://"),
+            urls.replace("http://", "ws://"),
             state.display()
         ),
     )

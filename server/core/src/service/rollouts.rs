@@ -12,8 +12,9 @@
 //!
 //! A restart or a node's death loses nothing: everything a look knows is in the rows, and the
 //! next look (here or on another node) reads it again. An `update` sent just before a node
-//! died is waited for like any other; one marked `updating` whose send never happened fails
-//! after `online_within_s`, which a person can retry with `resume`.
+//! died is waited for like any other; one marked `updating` whose send was never recorded is
+//! sent again after [`rollout::RESEND_AFTER_S`] (twice is harmless: the supervisor does nothing
+//! for the version it runs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
