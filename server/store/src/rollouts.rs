@@ -156,6 +156,42 @@ pub enum RolloutRefused {
     Held(Vec<(String, String)>),
 }
 
+/// Which of `agents` another active rollout (not `except`) holds: (agent, rollout), sorted, at
+/// most ten (what a refusal names).
+async fn held_among<'a>(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    except: Option<&str>,
+    agents: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(String, String)>> {
+    let mut query = rollout_agent::Entity::find()
+        .select_only()
+        .columns([
+            rollout_agent::Column::AgentId,
+            rollout_agent::Column::RolloutId,
+        ])
+        .filter(rollout_agent::Column::TenantId.eq(tenant_id))
+        .filter(rollout_agent::Column::Held.eq(true));
+    if let Some(except) = except {
+        query = query.filter(rollout_agent::Column::RolloutId.ne(except));
+    }
+    let held: HashMap<String, String> = query
+        .into_tuple::<(String, String)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut taken: Vec<(String, String)> = agents
+        .filter_map(|a| held.get(a).map(|r| (a.to_owned(), r.clone())))
+        .collect();
+    taken.sort();
+    taken.truncate(10);
+    Ok(taken)
+}
+
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Inserts a rollout, its agents (held) and its audit row in one transaction; refused when
     /// any of its agents is held by another active rollout.
@@ -167,32 +203,16 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         event: NewEvent<'_>,
     ) -> Result<std::result::Result<(), RolloutRefused>> {
         let txn = self.begin_write().await?;
-        let held: Vec<(String, String)> = rollout_agent::Entity::find()
-            .select_only()
-            .columns([
-                rollout_agent::Column::AgentId,
-                rollout_agent::Column::RolloutId,
-            ])
-            .filter(rollout_agent::Column::TenantId.eq(&rollout.tenant_id))
-            .filter(rollout_agent::Column::Held.eq(true))
-            .into_tuple()
-            .all(&txn.db)
-            .await?;
-        if !held.is_empty() {
-            let held: HashMap<String, String> = held.into_iter().collect();
-            let mut taken: Vec<(String, String)> = agents
-                .iter()
-                .filter_map(|a| {
-                    held.get(&a.agent_id)
-                        .map(|r| (a.agent_id.clone(), r.clone()))
-                })
-                .collect();
-            if !taken.is_empty() {
-                taken.sort();
-                taken.truncate(10);
-                txn.db.rollback().await?;
-                return Ok(Err(RolloutRefused::Held(taken)));
-            }
+        let taken = held_among(
+            &txn.db,
+            &rollout.tenant_id,
+            None,
+            agents.iter().map(|a| a.agent_id.as_str()),
+        )
+        .await?;
+        if !taken.is_empty() {
+            txn.db.rollback().await?;
+            return Ok(Err(RolloutRefused::Held(taken)));
         }
         rollout::Entity::insert(rollout::ActiveModel::from(rollout))
             .exec(&txn.db)
@@ -248,27 +268,14 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .into_tuple()
             .all(&txn.db)
             .await?;
-        let held: HashMap<String, String> = rollout_agent::Entity::find()
-            .select_only()
-            .columns([
-                rollout_agent::Column::AgentId,
-                rollout_agent::Column::RolloutId,
-            ])
-            .filter(rollout_agent::Column::TenantId.eq(&rollout.tenant_id))
-            .filter(rollout_agent::Column::Held.eq(true))
-            .filter(rollout_agent::Column::RolloutId.ne(&rollout.id))
-            .into_tuple::<(String, String)>()
-            .all(&txn.db)
-            .await?
-            .into_iter()
-            .collect();
-        let mut taken: Vec<(String, String)> = ours
-            .iter()
-            .filter_map(|a| held.get(a).map(|r| (a.clone(), r.clone())))
-            .collect();
+        let taken = held_among(
+            &txn.db,
+            &rollout.tenant_id,
+            Some(&rollout.id),
+            ours.iter().map(String::as_str),
+        )
+        .await?;
         if !taken.is_empty() {
-            taken.sort();
-            taken.truncate(10);
             txn.db.rollback().await?;
             return Ok(Err(RolloutRefused::Held(taken)));
         }
@@ -379,12 +386,27 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 
     /// Counts of a rollout's agents by stage and state.
     pub async fn rollout_counts(&self, rollout_id: &str) -> Result<Vec<(i32, String, i64)>> {
+        let counts = self.rollouts_counts(&[rollout_id.to_owned()]).await?;
+        Ok(counts.into_iter().map(|(_, s, st, n)| (s, st, n)).collect())
+    }
+
+    /// Counts of the agents of several rollouts (a page of them) by rollout, stage and state,
+    /// in one query.
+    pub async fn rollouts_counts(
+        &self,
+        rollout_ids: &[String],
+    ) -> Result<Vec<(String, i32, String, i64)>> {
+        if rollout_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         Ok(rollout_agent::Entity::find()
             .select_only()
+            .column(rollout_agent::Column::RolloutId)
             .column(rollout_agent::Column::Stage)
             .column(rollout_agent::Column::State)
             .column_as(Expr::col(rollout_agent::Column::AgentId).count(), "n")
-            .filter(rollout_agent::Column::RolloutId.eq(rollout_id))
+            .filter(rollout_agent::Column::RolloutId.is_in(rollout_ids.iter().cloned()))
+            .group_by(rollout_agent::Column::RolloutId)
             .group_by(rollout_agent::Column::Stage)
             .group_by(rollout_agent::Column::State)
             .into_tuple()

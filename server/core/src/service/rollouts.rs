@@ -16,7 +16,7 @@
 //! sent again after [`rollout::RESEND_AFTER_S`] (twice is harmless: the supervisor does nothing
 //! for the version it runs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -367,26 +367,7 @@ impl Rollouts {
 
     async fn view(&self, rollout: rollout::Model) -> Result<RolloutView, DomainError> {
         let counts = self.core.store.rollout_counts(&rollout.id).await?;
-        let stage_count = stage_count(&rollout);
-        let mut stages: Vec<StageView> = (0..stage_count)
-            .map(|stage| StageView {
-                stage,
-                name: waves::stage_name(stage),
-                agents: 0,
-                counts: BTreeMap::new(),
-            })
-            .collect();
-        for (stage, state, n) in counts {
-            if let Some(view) = stages.get_mut(stage.max(0) as usize) {
-                view.agents += n;
-                *view.counts.entry(state).or_default() += n;
-            }
-        }
-        Ok(RolloutView {
-            shown_state: shown_state(&rollout),
-            rollout,
-            stages,
-        })
+        Ok(view_of(rollout, counts))
     }
 
     /// A page of the tenant's rollouts, newest first, and the cursor of the next.
@@ -408,10 +389,19 @@ impl Rollouts {
         } else {
             None
         };
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.view(row).await?);
+        // One query for the page's counts, not one per rollout.
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut counts: HashMap<String, Vec<(i32, String, i64)>> = HashMap::new();
+        for (id, stage, state, n) in self.core.store.rollouts_counts(&ids).await? {
+            counts.entry(id).or_default().push((stage, state, n));
         }
+        let out = rows
+            .into_iter()
+            .map(|row| {
+                let counts = counts.remove(&row.id).unwrap_or_default();
+                view_of(row, counts)
+            })
+            .collect();
         Ok((out, next))
     }
 
@@ -1349,5 +1339,29 @@ fn rollout_event<'a>(
             rollout.id,
             rollout.updated_at.timestamp_micros()
         )),
+    }
+}
+
+/// A rollout with its agents' counts by stage and state.
+fn view_of(rollout: rollout::Model, counts: Vec<(i32, String, i64)>) -> RolloutView {
+    let stage_count = stage_count(&rollout);
+    let mut stages: Vec<StageView> = (0..stage_count)
+        .map(|stage| StageView {
+            stage,
+            name: waves::stage_name(stage),
+            agents: 0,
+            counts: BTreeMap::new(),
+        })
+        .collect();
+    for (stage, state, n) in counts {
+        if let Some(view) = stages.get_mut(stage.max(0) as usize) {
+            view.agents += n;
+            *view.counts.entry(state).or_default() += n;
+        }
+    }
+    RolloutView {
+        shown_state: shown_state(&rollout),
+        rollout,
+        stages,
     }
 }
