@@ -421,6 +421,12 @@ fn forward(
                 return Some(Decision::Skip("the agent was deleted".into()));
             };
             match agent.version.parse::<Version>() {
+                // Sent the version by this rollout, then failed, and tried again by `resume`:
+                // it must pass the gate again (soak, health script), not count as one that
+                // was already there.
+                Ok(v) if v == target && seen.sent_at.is_some() => {
+                    return Some(Decision::Soak);
+                }
                 Ok(v) if v == target => {
                     return Some(Decision::Healthy(Some(format!("already ran {target}"))));
                 }
@@ -675,6 +681,21 @@ mod tests {
         // Paused or halted: nothing is sent.
         let (d, _) = step(&p, Mode::Watch, &rows, counts(5), 0, 3, t(10));
         assert!(d.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_resumed_agent_already_at_the_version_passes_the_gate_again() {
+        // Updated, then failed its health script; `resume` put it back to pending, keeping
+        // when it was sent the version.
+        let mut p = plan();
+        p.health.script = Some("health".into());
+        let retried = seen(State::Pending, Some(0), None, agent("0.2.0", true, 5));
+        let (d, _) = step(&p, Mode::Forward, &[retried], counts(1), 0, 10, t(100));
+        assert_eq!(d, [Some(Decision::Soak)], "soaked and checked again");
+        // One never sent anything by this rollout is healthy at once.
+        let there = seen(State::Pending, None, None, agent("0.2.0", true, 5));
+        let (d, _) = step(&p, Mode::Forward, &[there], counts(1), 0, 10, t(100));
+        assert!(matches!(d[0], Some(Decision::Healthy(Some(_)))), "{d:?}");
     }
 
     #[test]

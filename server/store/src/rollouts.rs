@@ -700,23 +700,20 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// Moves every agent of a rollout's `stage` (all stages: `None`) in one of `from` to
-    /// `to`, clearing when they were sent something; used by resume (failed agents of the
-    /// halted stage try again) and rollback (agents it updated go back). Returns how many.
+    /// `to`, clearing its soak and reason; used by resume (failed agents of the halted stage
+    /// try again). When it was sent the version stays: an agent this rollout updated is one a
+    /// rollback sends back, and one at the version already must pass the gate again rather
+    /// than count as having been there. Returns how many.
     pub async fn reset_rollout_agents(
         &self,
         rollout_id: &str,
         stage: Option<i32>,
         from: &[RolloutAgentState],
         to: RolloutAgentState,
-        updated_only: bool,
         at: DateTime<Utc>,
     ) -> Result<u64> {
         let mut update = rollout_agent::Entity::update_many()
             .col_expr(rollout_agent::Column::State, Expr::value(to.as_str()))
-            .col_expr(
-                rollout_agent::Column::SentAt,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
             .col_expr(
                 rollout_agent::Column::SoakFrom,
                 Expr::value(Option::<DateTime<Utc>>::None),
@@ -730,9 +727,6 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(rollout_agent::Column::State.is_in(from.iter().map(|s| s.as_str())));
         if let Some(stage) = stage {
             update = update.filter(rollout_agent::Column::Stage.eq(stage));
-        }
-        if updated_only {
-            update = update.filter(rollout_agent::Column::SentAt.is_not_null());
         }
         Ok(update.exec(&self.db).await?.rows_affected)
     }

@@ -320,7 +320,7 @@ async fn a_rollout_goes_on_when_the_node_working_it_dies() {
         .map(|i| {
             let home = tmp.path().join(format!("host-{i}"));
             std::fs::create_dir_all(&home).expect("mkdir");
-            start_supervisor_at(&urls, &home, &old, &secret, &pubkey)
+            start_supervisor_at(&urls, &home, &old, &secret, &pubkey, &[])
         })
         .collect();
     wait_versions(&api, "every agent online at 0.1.0", |f| {

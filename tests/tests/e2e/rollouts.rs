@@ -15,7 +15,9 @@ use outpost_e2e::{Api, Server, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::supervisor::{Release, Supervisor, server_tool, start_supervisor_in, supervisor_target};
+use crate::supervisor::{
+    Release, Supervisor, server_tool, start_supervisor_at, start_supervisor_in, supervisor_target,
+};
 
 /// Supervised agents in the fleet.
 const AGENTS: usize = 6;
@@ -408,4 +410,124 @@ async fn an_agent_that_joins_later_converges_to_the_desired_version() {
     })
     .await;
     drop((first, second));
+}
+
+/// A rollout whose health script fails on its canaries halts; once the cause is fixed,
+/// `resume` tries the failed canaries again, and they pass the gate again (soak, then the
+/// script) rather than count as healthy for already running the version; then the wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_rollout_resumes_once_its_health_check_is_fixed() {
+    const FLEET: usize = 4;
+    let server = Server::start().await;
+    let api = server.api();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let release = Release {
+        key: tmp.path().join("release.key"),
+        target: supervisor_target(),
+        data_dir: server.data_dir.clone(),
+        dir: tmp.path().to_owned(),
+        database: server.database_args(),
+    };
+    let key_path = release.key.to_str().expect("utf-8").to_owned();
+    let pubkey = server_tool(&["release", "keygen", "--out", &key_path])
+        .trim()
+        .to_owned();
+    let a = release.agent_variant("0.1.0");
+    let b = release.agent_variant("0.2.0");
+    release.publish("0.1.0", &a, &release.key);
+    release.publish("0.2.0", &b, &release.key);
+    // The health check passes once the operator's fix (a file) is in place; each run leaves
+    // a mark, to count how often it ran.
+    let fixed = tmp.path().join("fixed");
+    let marks = tmp.path().join("checks");
+    let mut scripts = outpost_e2e::Scripts::new();
+    scripts.add(
+        "health",
+        &format!(
+            "echo run >> '{}'\ntest -e '{}' || {{ echo 'the service is not up' >&2; exit 3; }}",
+            marks.display(),
+            fixed.display()
+        ),
+        json!({}),
+    );
+    let (_, secret) = api
+        .create_key(json!({"name": "fleet", "permissions": ["ping", "update", "run"]}))
+        .await;
+    let fleet: Vec<Supervisor> = (0..FLEET)
+        .map(|i| {
+            let home = tmp.path().join(format!("host-{i}"));
+            std::fs::create_dir_all(&home).expect("mkdir");
+            start_supervisor_at(&server.url, &home, &a, &secret, &pubkey, &scripts.env())
+        })
+        .collect();
+    wait_versions(&api, "every agent online at 0.1.0", |f| {
+        f.len() == FLEET && f.iter().all(|(_, v, s)| v == "0.1.0" && s == "online")
+    })
+    .await;
+
+    let (status, rollout) = api
+        .post(
+            "/api/rollouts",
+            json!({"version": "0.2.0", "target": {"all": true}, "canary": 2, "waves": [100],
+                   "max_in_flight": 100,
+                   "health": {"online_within_s": 90, "soak_s": 1, "script": "health"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let id = rollout["id"].as_str().expect("id").to_owned();
+    let halted = rollout_state(&api, &id, &["halted", "completed"]).await;
+    assert_eq!(halted["state"], "halted", "{halted}");
+    assert!(
+        halted["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("canary"),
+        "{halted}"
+    );
+    let canaries = halted["stages"][0]["listed"]
+        .as_array()
+        .expect("listed")
+        .clone();
+    assert!(
+        canaries.iter().any(|c| c["state"] == "failed"
+            && c["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("health script")),
+        "{halted}"
+    );
+    assert_eq!(
+        halted["stages"][1]["counts"]["pending"],
+        (FLEET - 2) as i64,
+        "no wave started: {halted}"
+    );
+    let checks_before = std::fs::read_to_string(&marks)
+        .unwrap_or_default()
+        .lines()
+        .count();
+
+    // The fix, then resume: the failed canaries are checked again, pass, and the wave goes.
+    std::fs::write(&fixed, "").expect("fix");
+    let (status, resumed) = api
+        .post(&format!("/api/rollouts/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    let done = rollout_state(&api, &id, &["completed", "halted"]).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(counts(&done, "healthy"), FLEET as i64, "{done}");
+    let checks = std::fs::read_to_string(&marks)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    // Every failed canary ran the check again, and each agent of the wave ran it once.
+    let failed = canaries.iter().filter(|c| c["state"] == "failed").count();
+    assert!(
+        checks >= checks_before + failed + (FLEET - 2),
+        "{checks} checks in all, {checks_before} before the fix: {done}"
+    );
+    wait_versions(&api, "every agent at 0.2.0", |f| {
+        f.len() == FLEET && f.iter().all(|(_, v, s)| v == "0.2.0" && s == "online")
+    })
+    .await;
+    drop(fleet);
 }

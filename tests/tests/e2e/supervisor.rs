@@ -593,16 +593,18 @@ pub(crate) fn start_supervisor_in(
     secret: &str,
     pubkey: &str,
 ) -> Supervisor {
-    start_supervisor_at(&server.url, home, agent, secret, pubkey)
+    start_supervisor_at(&server.url, home, agent, secret, pubkey, &[])
 }
 
-/// [`start_supervisor_in`] for the servers at `urls` (`http://…`, comma-separated: nodes).
+/// [`start_supervisor_in`] for the servers at `urls` (`http://…`, comma-separated: nodes),
+/// with `extra` settings in the agent's env file (such as a script manifest).
 pub(crate) fn start_supervisor_at(
     urls: &str,
     home: &Path,
     agent: &Path,
     secret: &str,
     pubkey: &str,
+    extra: &[(String, String)],
 ) -> Supervisor {
     let bin_dir_installed = home.join("bin");
     std::fs::create_dir_all(&bin_dir_installed).expect("mkdir");
@@ -614,15 +616,15 @@ pub(crate) fn start_supervisor_at(
     }
     let state = home.join("state");
     let env_file = home.join("agent.env");
-    std::fs::write(
-        &env_file,
-        format!(
-            "OUTPOST_SERVER_URL={}\nOUTPOST_API_KEY={secret}\nOUTPOST_STATE_DIR={}\nOUTPOST_RELEASE_PUBKEY={pubkey}\n",
-            urls.replace("http://", "ws://"),
-            state.display()
-        ),
-    )
-    .expect("env file");
+    let mut settings = format!(
+        "OUTPOST_SERVER_URL={}\nOUTPOST_API_KEY={secret}\nOUTPOST_STATE_DIR={}\nOUTPOST_RELEASE_PUBKEY={pubkey}\n",
+        urls.replace("http://", "ws://"),
+        state.display()
+    );
+    for (name, value) in extra {
+        settings.push_str(&format!("{name}={value}\n"));
+    }
+    std::fs::write(&env_file, settings).expect("env file");
     let log = home.join("supervisor.out");
     let out = std::fs::File::create(&log).expect("log");
     let child = Command::new(bin_dir().join("outpost-supervisor"))

@@ -469,7 +469,6 @@ impl Rollouts {
                     Some(rollout.stage),
                     &[AgentState::Failed],
                     AgentState::Pending,
-                    false,
                     outpost_store::now(),
                 )
                 .await?;
