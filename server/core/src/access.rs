@@ -90,9 +90,11 @@ pub async fn authenticate_api(
 
 /// A key's stored scopes; one the server does not know (written by a later version) is an
 /// error rather than dropped, so a key never silently acts with less or more than it lists.
-fn stored_scopes(key_id: &str, list: &serde_json::Value) -> Result<Vec<Scope>, DomainError> {
-    outpost_store::string_list(list)
-        .iter()
+fn stored_scopes(
+    key_id: &str,
+    list: &outpost_store::StringList,
+) -> Result<Vec<Scope>, DomainError> {
+    list.iter()
         .map(|s| s.parse::<Scope>())
         .collect::<Result<_, _>>()
         .map_err(|why| {

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use outpost_store::{agent_key, string_list};
+use outpost_store::agent_key;
 
 /// A tenant's agent keys' tags: what [`TagRule::has`] needs to tell trusted tags apart.
 #[derive(Debug, Default)]
@@ -32,7 +32,7 @@ impl TagRule {
     pub fn new(keys: &[agent_key::Model]) -> Self {
         let by_key: HashMap<String, Vec<String>> = keys
             .iter()
-            .map(|key| (key.id.clone(), string_list(&key.tags)))
+            .map(|key| (key.id.clone(), key.tags.to_vec()))
             .collect();
         let reserved = by_key.values().flatten().cloned().collect();
         Self { by_key, reserved }
@@ -80,8 +80,6 @@ impl TagRule {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     fn key(id: &str, tags: &[&str]) -> agent_key::Model {
@@ -90,8 +88,8 @@ mod tests {
             tenant_id: "t".into(),
             name: id.into(),
             key_hash: format!("hash-{id}"),
-            permissions: json!(["ping"]),
-            tags: json!(tags),
+            permissions: ["ping"].into_iter().collect(),
+            tags: tags.iter().collect(),
             status: "active".into(),
             created_at: chrono::Utc::now(),
             expires_at: None,

@@ -8,7 +8,6 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
     TransactionTrait,
 };
-use serde_json::json;
 
 use super::{Result, Store, agent_key, new_id, now};
 use crate::credentials::{self, KeyKind};
@@ -58,8 +57,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             tenant_id: Set(tenant_id.to_owned()),
             name: Set(name.to_owned()),
             key_hash: Set(credentials::hash_secret(&secret)),
-            permissions: Set(json!(permissions)),
-            tags: Set(json!(tags)),
+            permissions: Set(permissions.iter().collect()),
+            tags: Set(tags.iter().collect()),
             status: Set(key_status::ACTIVE.into()),
             created_at: Set(now()),
             expires_at: Set(expires_at),
@@ -106,7 +105,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             model.name = Set(name);
         }
         if let Some(permissions) = patch.permissions {
-            model.permissions = Set(json!(permissions));
+            model.permissions = Set(permissions.into());
         }
         if let Some(status) = patch.status {
             model.status = Set(status);

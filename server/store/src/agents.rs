@@ -11,7 +11,9 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use super::tenants;
-use super::{Result, Store, StoreError, agent, agent_key, command, now, state, string_list};
+use super::{
+    Result, Store, StoreError, StringList, agent, agent_key, command, now, state, string_list,
+};
 
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Stores an agent's `register`: a new agent id is bound to `key_id`, the key it first
@@ -95,9 +97,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 os: Set(data.os.clone()),
                 arch: Set(data.arch.clone()),
                 protocol: Set(data.protocol as i32),
-                capabilities: Set(json!(data.capabilities)),
-                agent_tags: Set(json!(data.tags)),
-                server_tags: Set(json!([])),
+                capabilities: Set(data.capabilities.iter().collect()),
+                agent_tags: Set(data.tags.iter().collect()),
+                server_tags: Set(crate::StringList::default()),
                 scripts: Set(json!(data.scripts)),
                 first_seen: Set(now),
                 last_seen: Set(now),
@@ -217,7 +219,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             }
             return Ok(agents.into_iter().map(|(_, agent)| agent).collect());
         }
-        let rows: Vec<(String, String, Value, Value)> = agent::Entity::find()
+        let rows: Vec<(String, String, StringList, StringList)> = agent::Entity::find()
             .select_only()
             .columns([
                 agent::Column::Id,
@@ -399,12 +401,14 @@ impl AgentTarget {
     }
 
     /// From `(id, key_id, agent_tags, server_tags)`.
-    fn from_row((id, key_id, agent_tags, server_tags): (String, String, Value, Value)) -> Self {
+    fn from_row(
+        (id, key_id, agent_tags, server_tags): (String, String, StringList, StringList),
+    ) -> Self {
         Self {
             id,
             key_id,
-            declared: string_list(&agent_tags),
-            server: string_list(&server_tags),
+            declared: agent_tags.into(),
+            server: server_tags.into(),
         }
     }
 }

@@ -12,7 +12,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, Set, TransactionSession, TransactionTrait,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{AuditRecord, Result, Store, StoreError, api_key, migrations, new_id, now};
 use crate::credentials::{self, KeyKind};
@@ -50,7 +50,7 @@ impl<C: ConnectionTrait> Store<C> {
             expires_at: Set(Some(new.expires_at)),
             revoked_at: Set(None),
             owner_user_id: Set(new.owner_user_id),
-            scopes: Set(Some(Value::from(new.scopes))),
+            scopes: Set(Some(new.scopes.into())),
         }
         .insert(&self.db)
         .await?;

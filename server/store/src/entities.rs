@@ -56,8 +56,8 @@ pub mod api_key {
         /// The user the key belongs to (made through `/api/keys`); `None` for the keys the
         /// server makes, which act with `role`.
         pub owner_user_id: Option<String>,
-        /// JSON array of scopes (`agents:read`, …, `*`); `None` means every scope.
-        pub scopes: Option<Json>,
+        /// Scopes (`agents:read`, …, `*`); `None` means every scope.
+        pub scopes: Option<crate::StringList>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -80,10 +80,10 @@ pub mod agent_key {
         pub name: String,
         #[sea_orm(unique)]
         pub key_hash: String,
-        /// JSON array of command names.
-        pub permissions: Json,
-        /// JSON array of tags given to every agent connecting with this key.
-        pub tags: Json,
+        /// Command names.
+        pub permissions: crate::StringList,
+        /// Tags given to every agent connecting with this key.
+        pub tags: crate::StringList,
         pub status: String,
         pub created_at: DateTimeUtc,
         pub expires_at: Option<DateTimeUtc>,
@@ -117,12 +117,12 @@ pub mod agent {
         pub os: String,
         pub arch: String,
         pub protocol: i32,
-        pub capabilities: Json,
+        pub capabilities: crate::StringList,
         /// Tags the agent declares itself (`register`). Its key's tags are read from the key,
         /// never copied here: see `outpost_core::tags` for which a target trusts.
-        pub agent_tags: Json,
+        pub agent_tags: crate::StringList,
         /// Tags set through the API.
-        pub server_tags: Json,
+        pub server_tags: crate::StringList,
         pub scripts: Json,
         pub first_seen: DateTimeUtc,
         pub last_seen: DateTimeUtc,
@@ -671,7 +671,7 @@ pub mod integration {
         /// The secret fields, sealed.
         pub sealed_config: Option<String>,
         /// Event types (or kinds) it is sent.
-        pub events: Json,
+        pub events: crate::StringList,
         /// Narrows by agent tags, script, schedule.
         pub filter: Option<Json>,
         pub enabled: bool,

@@ -100,7 +100,8 @@ pub fn wants(integration: &integration::Model, event: &event::Model) -> bool {
         return false;
     }
     let kind = event.kind.split('.').next().unwrap_or_default();
-    let listed = super::string_list(&integration.events)
+    let listed = integration
+        .events
         .iter()
         .any(|e| e == "*" || e == &event.kind || e == kind);
     if !listed {
@@ -159,7 +160,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             kind: new.kind,
             config: new.config,
             sealed_config: new.sealed_config,
-            events: json!(new.events),
+            events: new.events.into(),
             filter: new.filter,
             enabled: new.enabled,
             notify_after: new.notify_after,

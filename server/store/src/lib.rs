@@ -193,8 +193,69 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// A list of strings kept in a JSON column: an agent key's permissions and tags, an agent's
+/// capabilities and tags, an integration's events, an API key's scopes. Read into this type
+/// by the store, so that no layer above decodes JSON text. A value that is not an array of
+/// strings (written by hand into the database) reads as the strings it holds, else empty,
+/// never as an error that would make the row unreadable.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    sea_orm::FromJsonQueryResult,
+)]
+#[serde(from = "Value", into = "Vec<String>")]
+pub struct StringList(pub Vec<String>);
+
+impl StringList {
+    /// The strings.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether `item` is one of them.
+    pub fn contains(&self, item: &str) -> bool {
+        self.0.iter().any(|s| s == item)
+    }
+}
+
+impl std::ops::Deref for StringList {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<Value> for StringList {
+    fn from(value: Value) -> Self {
+        Self(string_list(&value))
+    }
+}
+
+impl From<StringList> for Vec<String> {
+    fn from(list: StringList) -> Self {
+        list.0
+    }
+}
+
+impl From<Vec<String>> for StringList {
+    fn from(list: Vec<String>) -> Self {
+        Self(list)
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for StringList {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|s| s.as_ref().to_owned()).collect())
+    }
+}
+
 /// Reads a JSON array of strings, tolerating anything else as empty.
-pub fn string_list(value: &Value) -> Vec<String> {
+pub(crate) fn string_list(value: &Value) -> Vec<String> {
     value
         .as_array()
         .map(|items| {
@@ -204,4 +265,24 @@ pub fn string_list(value: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::StringList;
+
+    #[test]
+    fn a_string_list_reads_what_strings_a_column_holds_and_writes_an_array() {
+        let read = |value| serde_json::from_value::<StringList>(value).expect("never an error");
+        assert_eq!(read(json!(["a", "b"])).as_slice(), ["a", "b"]);
+        assert_eq!(read(json!(["a", 1, null, "b"])).as_slice(), ["a", "b"]);
+        assert!(read(json!("a")).is_empty());
+        assert!(read(json!({"a": 1})).is_empty());
+        assert!(read(json!(null)).is_empty());
+        let list: StringList = ["x", "y"].into_iter().collect();
+        assert_eq!(serde_json::to_value(&list).expect("json"), json!(["x", "y"]));
+        assert!(list.contains("y") && !list.contains("z"));
+    }
 }

@@ -65,10 +65,10 @@ pub(super) fn online() -> Condition {
 
 /// An agent's tags for filters and messages: its own and the ones set through the API.
 fn tags_of(agent: &agent::Model) -> Value {
-    let mut tags = super::string_list(&agent.agent_tags);
-    for tag in super::string_list(&agent.server_tags) {
-        if !tags.contains(&tag) {
-            tags.push(tag);
+    let mut tags = agent.agent_tags.to_vec();
+    for tag in agent.server_tags.iter() {
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
         }
     }
     json!(tags)

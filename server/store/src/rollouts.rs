@@ -55,8 +55,8 @@ pub struct AgentFields {
     pub version: String,
     /// Its key.
     pub key_id: String,
-    /// Its capabilities (a JSON list).
-    pub capabilities: serde_json::Value,
+    /// Its capabilities.
+    pub capabilities: crate::StringList,
     /// When its connection began.
     pub connected_at: Option<DateTime<Utc>>,
     /// When it last went away.
@@ -487,7 +487,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 String,
                 String,
                 String,
-                serde_json::Value,
+                crate::StringList,
                 Option<DateTime<Utc>>,
                 Option<DateTime<Utc>>,
                 Option<serde_json::Value>,

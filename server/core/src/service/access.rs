@@ -20,8 +20,8 @@ use std::sync::Arc;
 use super::Core;
 use super::limits::Limits;
 use crate::access::key_allows;
+use outpost_store::agent_key;
 use outpost_store::domain::{Caller, DomainError, KeyStatus, Role};
-use outpost_store::{agent_key, string_list};
 
 /// Something that needs more than the member role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +268,7 @@ pub fn key_refusal(
         Some(key) if key.status != KeyStatus::Active => {
             Some(format!("agent {agent_id}'s key {} is disabled", key.id))
         }
-        Some(key) if !key_allows(&string_list(&key.permissions), command) => Some(format!(
+        Some(key) if !key_allows(&key.permissions, command) => Some(format!(
             "agent key {} does not allow the {command:?} command",
             key.id
         )),

@@ -10,7 +10,7 @@ use super::audit::record_of;
 use crate::bus::Connection;
 use crate::tags::TagRule;
 use outpost_store::domain::{AuditAction, AuditEvent, AuditTarget, Caller, DomainError, Transport};
-use outpost_store::{AgentPageQuery, TagMatch, agent, string_list};
+use outpost_store::{AgentPageQuery, TagMatch, agent};
 
 /// An agent as the service shows it: its row, whether it is connected, and its tags by
 /// source (see `crate::tags` for which a target trusts).
@@ -78,8 +78,8 @@ impl Agents {
 
     fn record(&self, rule: &TagRule, agent: agent::Model) -> AgentRecord {
         let online = self.core.bus.is_agent_online(&agent);
-        let server_tags = string_list(&agent.server_tags);
-        let agent_tags = string_list(&agent.agent_tags);
+        let server_tags = agent.server_tags.to_vec();
+        let agent_tags = agent.agent_tags.to_vec();
         AgentRecord {
             tags: rule.all(&agent.key_id, &agent_tags, &server_tags),
             key_tags: rule.key_tags(&agent.key_id).to_vec(),

@@ -23,7 +23,7 @@ use super::audit::record_of;
 use outpost_store::domain::{
     AuditAction, AuditEvent, AuditTarget, Caller, DomainError, Principal, Role, Scope, Scopes,
 };
-use outpost_store::{NewApiKey, api_key, string_list};
+use outpost_store::{NewApiKey, api_key};
 
 /// How long a key may live when the server is not told (`--max-key-days`'s default).
 pub const DEFAULT_MAX_KEY_DAYS: u32 = 365;
@@ -209,7 +209,7 @@ enum Visible {
 pub fn scopes_of(key: &api_key::Model) -> Vec<String> {
     match &key.scopes {
         None => vec![Scope::All.to_string()],
-        Some(list) => string_list(list),
+        Some(list) => list.to_vec(),
     }
 }
 

@@ -41,7 +41,7 @@ use outpost_store::domain::{
 };
 use outpost_store::{
     AgentMove, NewEvent, RolloutAgentRow, RolloutMove, RolloutRefused, StageAgent, rollout,
-    rollout_agent, string_list,
+    rollout_agent,
 };
 
 /// How often the engine looks at the active rollouts.
@@ -821,9 +821,7 @@ impl Rollouts {
             let Some(agent) = fields.get(&id) else {
                 continue;
             };
-            let capable = string_list(&agent.capabilities)
-                .iter()
-                .any(|c| c == commands::UPDATE)
+            let capable = agent.capabilities.contains(commands::UPDATE)
                 && key_refusal(
                     "",
                     keys.iter().find(|k| k.id == agent.key_id),
@@ -1268,9 +1266,7 @@ fn plan_of(rollout: &rollout::Model) -> Result<Plan, DomainError> {
 fn seen_of(row: &StageAgent, keys: &[outpost_store::agent_key::Model]) -> Seen {
     let agent = row.agent.as_ref().map(|a| {
         let key = keys.iter().find(|k| k.id == a.key_id);
-        let capable = string_list(&a.capabilities)
-            .iter()
-            .any(|c| c == commands::UPDATE);
+        let capable = a.capabilities.contains(commands::UPDATE);
         AgentNow {
             version: a.version.clone(),
             online: a.online(),

@@ -112,7 +112,7 @@ impl From<AgentRecord> for AgentView {
             key_tags,
             key_id: agent.key_id,
             server_tags,
-            capabilities: outpost_store::string_list(&agent.capabilities),
+            capabilities: agent.capabilities.to_vec(),
             scripts: agent.scripts,
             library: agent.library,
             first_seen: agent.first_seen,

@@ -16,7 +16,7 @@ use super::tenants::{field, object_fields, required};
 use super::{ApiJson, Path, Query};
 use crate::api::AppState;
 use outpost_core::service::integrations::{IntegrationFields, TestReport};
-use outpost_store::{DeliveryAttempt, delivery, delivery_attempt, integration, string_list};
+use outpost_store::{DeliveryAttempt, delivery, delivery_attempt, integration};
 
 /// An integration as shown.
 #[derive(Debug, Serialize, ToSchema)]
@@ -50,7 +50,7 @@ pub struct IntegrationView {
 impl From<integration::Model> for IntegrationView {
     fn from(row: integration::Model) -> Self {
         Self {
-            events: string_list(&row.events),
+            events: row.events.to_vec(),
             id: row.id,
             name: row.name,
             kind: row.kind,

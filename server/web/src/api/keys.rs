@@ -21,7 +21,6 @@ use crate::http_error::ErrorDetail;
 use outpost_core::service::commands::{CommandSpec, FanOutcome};
 use outpost_core::service::keys::{KeyChanges, KeyRecord, NewKey};
 use outpost_store::domain::Caller;
-use outpost_store::string_list;
 
 /// An agent key as listed (never with its secret).
 #[derive(Debug, Serialize, ToSchema)]
@@ -114,8 +113,8 @@ impl From<KeyRecord> for AgentKeyView {
         let key = record.key;
         Self {
             connected_agents: record.connected_agents,
-            permissions: string_list(&key.permissions),
-            tags: string_list(&key.tags),
+            permissions: key.permissions.to_vec(),
+            tags: key.tags.to_vec(),
             id: key.id,
             name: key.name,
             status: key.status,

@@ -18,7 +18,7 @@ use outpost_protocol::{
 
 use super::Context;
 use outpost_store::writer::{Fence, Finish, Write, Written};
-use outpost_store::{Registered, Stored, agent_key, string_list};
+use outpost_store::{Registered, Stored, agent_key};
 
 /// Why a connection must end.
 #[derive(Debug)]
@@ -69,13 +69,13 @@ impl Link {
         let connected = ServerFrame::Connected(Connected {
             message: "Agent connection established".into(),
             agent_key_id: key.id.clone(),
-            permissions: string_list(&key.permissions),
+            permissions: key.permissions.to_vec(),
             heartbeat_interval_s: state.hub.heartbeat_interval().as_secs().max(1) as u32,
             protocol: PROTOCOL_VERSION,
             timestamp: Utc::now(),
         });
         let key = LinkKey {
-            permissions: string_list(&key.permissions),
+            permissions: key.permissions.to_vec(),
             id: key.id,
             tenant_id: key.tenant_id,
             expires_at: key.expires_at,
@@ -217,7 +217,7 @@ impl Link {
         }
         agent.hostname.clone_from(&data.hostname);
         agent.version.clone_from(&data.version);
-        agent.agent_tags = serde_json::json!(data.tags);
+        agent.agent_tags = data.tags.iter().collect();
         store
             .record_update_report(&agent, report)
             .await

@@ -216,7 +216,7 @@ impl Integrations {
             row.sealed_config = sealed;
         }
         if let Some(events) = fields.events {
-            row.events = json!(check_events(Some(events))?);
+            row.events = check_events(Some(events))?.into();
         }
         if let Some(filter) = fields.filter {
             row.filter = check_filter(filter)?;

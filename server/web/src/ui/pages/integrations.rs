@@ -15,7 +15,6 @@ use crate::api::Path;
 use crate::ui::forms::Fields;
 use crate::ui::{Ui, UiError, see_other};
 use outpost_store::domain::DomainError;
-use outpost_store::string_list;
 
 /// A config field of an integration kind's form.
 #[derive(Debug)]
@@ -183,7 +182,7 @@ impl IntegrationRow {
             id: row.id.clone(),
             name: row.name.clone(),
             kind: row.kind.clone(),
-            events: string_list(&row.events).join(", "),
+            events: row.events.join(", "),
             enabled: row.enabled,
             notify_after: row.notify_after,
             config,

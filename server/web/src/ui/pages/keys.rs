@@ -15,7 +15,6 @@ use crate::ui::forms::Fields;
 use crate::ui::{Ui, UiError, see_other};
 use outpost_core::service::keys::{KeyChanges, KeyRecord, NewKey};
 use outpost_store::domain::DomainError;
-use outpost_store::string_list;
 
 /// An agent key as a row.
 #[derive(Debug)]
@@ -38,8 +37,8 @@ impl KeyRow {
             id: k.id.clone(),
             name: k.name.clone(),
             status: k.status.clone(),
-            tags: string_list(&k.tags).join(", "),
-            permissions: string_list(&k.permissions).join(", "),
+            tags: k.tags.join(", "),
+            permissions: k.permissions.join(", "),
             created: time(Some(k.created_at)),
             last_used: time(k.last_used_at),
             expires: time(k.expires_at),
