@@ -282,7 +282,10 @@ mod tests {
         assert!(read(json!({"a": 1})).is_empty());
         assert!(read(json!(null)).is_empty());
         let list: StringList = ["x", "y"].into_iter().collect();
-        assert_eq!(serde_json::to_value(&list).expect("json"), json!(["x", "y"]));
+        assert_eq!(
+            serde_json::to_value(&list).expect("json"),
+            json!(["x", "y"])
+        );
         assert!(list.contains("y") && !list.contains("z"));
     }
 }

@@ -275,7 +275,7 @@ async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_goes_on_when_the_node_working_it_dies() {
     use crate::rollouts::{counts, rollout_state, wait_versions};
-    use crate::supervisor::{Release, server_tool, start_supervisor_at, supervisor_target};
+    use crate::supervisor::{TwoReleases, start_supervisor_at};
     const AGENTS: usize = 4;
     let Some(pg) = postgres::required("cluster::a_rollout_goes_on_when_the_node_working_it_dies")
     else {
@@ -287,21 +287,7 @@ async fn a_rollout_goes_on_when_the_node_working_it_dies() {
         node(&database.url, "b").await,
     ];
     let tmp = tempfile::tempdir().expect("tempdir");
-    let release = Release {
-        key: tmp.path().join("release.key"),
-        target: supervisor_target(),
-        data_dir: nodes[0].data_dir.clone(),
-        dir: tmp.path().to_owned(),
-        database: nodes[0].database_args(),
-    };
-    let key_path = release.key.to_str().expect("utf-8").to_owned();
-    let pubkey = server_tool(&["release", "keygen", "--out", &key_path])
-        .trim()
-        .to_owned();
-    let old = release.agent_variant("0.1.0");
-    let new = release.agent_variant("0.2.0");
-    release.publish("0.1.0", &old, &release.key);
-    release.publish("0.2.0", &new, &release.key);
+    let TwoReleases { pubkey, old, .. } = TwoReleases::publish(&nodes[0], tmp.path());
     // The release files, on node b too (OPERATIONS: shared storage, or a copy on each node).
     let copied = Command::new("cp")
         .arg("-a")

@@ -15,9 +15,7 @@ use outpost_e2e::{Api, Server, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::supervisor::{
-    Release, Supervisor, server_tool, start_supervisor_at, start_supervisor_in, supervisor_target,
-};
+use crate::supervisor::{Supervisor, TwoReleases, start_supervisor_at, start_supervisor_in};
 
 /// Supervised agents in the fleet.
 const AGENTS: usize = 6;
@@ -75,6 +73,24 @@ pub(crate) async fn wait_versions(
     .await;
 }
 
+/// Waits for rollout `id` to halt, which must be at its canary stage; it and the canaries.
+async fn halted_at_the_canary(api: &Api, id: &str) -> (Value, Vec<Value>) {
+    let halted = rollout_state(api, id, &["halted", "completed"]).await;
+    assert_eq!(halted["state"], "halted", "{halted}");
+    assert!(
+        halted["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("canary"),
+        "{halted}"
+    );
+    let canaries = halted["stages"][0]["listed"]
+        .as_array()
+        .expect("listed")
+        .clone();
+    (halted, canaries)
+}
+
 pub(crate) fn counts(rollout: &Value, state: &str) -> i64 {
     rollout["stages"]
         .as_array()
@@ -89,21 +105,12 @@ async fn a_rollout_reaches_the_fleet_a_crashing_release_halts_at_its_canaries_an
     let mut server = Server::start().await;
     let api = server.api();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let release = Release {
-        key: tmp.path().join("release.key"),
-        target: supervisor_target(),
-        data_dir: server.data_dir.clone(),
-        dir: tmp.path().to_owned(),
-        database: server.database_args(),
-    };
-    let key_path = release.key.to_str().expect("utf-8").to_owned();
-    let pubkey = server_tool(&["release", "keygen", "--out", &key_path])
-        .trim()
-        .to_owned();
-    let a = release.agent_variant("0.1.0");
-    let b = release.agent_variant("0.2.0");
-    release.publish("0.1.0", &a, &release.key);
-    release.publish("0.2.0", &b, &release.key);
+    let TwoReleases {
+        release,
+        pubkey,
+        old: a,
+        ..
+    } = TwoReleases::publish(&server, tmp.path());
 
     let (_, secret) = api
         .create_key(json!({"name": "fleet", "permissions": ["ping", "info", "update"]}))
@@ -221,19 +228,7 @@ async fn a_rollout_reaches_the_fleet_a_crashing_release_halts_at_its_canaries_an
         .await;
     assert_eq!(status, StatusCode::CREATED, "{bad_release}");
     let bad_id = bad_release["id"].as_str().expect("id").to_owned();
-    let halted = rollout_state(&api, &bad_id, &["halted", "completed"]).await;
-    assert_eq!(halted["state"], "halted", "{halted}");
-    assert!(
-        halted["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("canary"),
-        "{halted}"
-    );
-    let canaries = halted["stages"][0]["listed"]
-        .as_array()
-        .expect("listed")
-        .clone();
+    let (halted, canaries) = halted_at_the_canary(&api, &bad_id).await;
     assert_eq!(canaries.len(), 2, "{halted}");
     for canary in &canaries {
         // Every canary failed, unless the halt came while the second was on its way.
@@ -357,21 +352,7 @@ async fn an_agent_that_joins_later_converges_to_the_desired_version() {
     let server = Server::start().await;
     let api = server.api();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let release = Release {
-        key: tmp.path().join("release.key"),
-        target: supervisor_target(),
-        data_dir: server.data_dir.clone(),
-        dir: tmp.path().to_owned(),
-        database: server.database_args(),
-    };
-    let key_path = release.key.to_str().expect("utf-8").to_owned();
-    let pubkey = server_tool(&["release", "keygen", "--out", &key_path])
-        .trim()
-        .to_owned();
-    let a = release.agent_variant("0.1.0");
-    let b = release.agent_variant("0.2.0");
-    release.publish("0.1.0", &a, &release.key);
-    release.publish("0.2.0", &b, &release.key);
+    let TwoReleases { pubkey, old: a, .. } = TwoReleases::publish(&server, tmp.path());
     let (_, secret) = api
         .create_key(json!({"name": "fleet", "tags": ["edge"], "permissions": ["ping", "update"]}))
         .await;
@@ -421,21 +402,7 @@ async fn a_halted_rollout_resumes_once_its_health_check_is_fixed() {
     let server = Server::start().await;
     let api = server.api();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let release = Release {
-        key: tmp.path().join("release.key"),
-        target: supervisor_target(),
-        data_dir: server.data_dir.clone(),
-        dir: tmp.path().to_owned(),
-        database: server.database_args(),
-    };
-    let key_path = release.key.to_str().expect("utf-8").to_owned();
-    let pubkey = server_tool(&["release", "keygen", "--out", &key_path])
-        .trim()
-        .to_owned();
-    let a = release.agent_variant("0.1.0");
-    let b = release.agent_variant("0.2.0");
-    release.publish("0.1.0", &a, &release.key);
-    release.publish("0.2.0", &b, &release.key);
+    let TwoReleases { pubkey, old: a, .. } = TwoReleases::publish(&server, tmp.path());
     // The health check passes once the operator's fix (a file) is in place; each run leaves
     // a mark, to count how often it ran.
     let fixed = tmp.path().join("fixed");
@@ -475,19 +442,7 @@ async fn a_halted_rollout_resumes_once_its_health_check_is_fixed() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
     let id = rollout["id"].as_str().expect("id").to_owned();
-    let halted = rollout_state(&api, &id, &["halted", "completed"]).await;
-    assert_eq!(halted["state"], "halted", "{halted}");
-    assert!(
-        halted["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("canary"),
-        "{halted}"
-    );
-    let canaries = halted["stages"][0]["listed"]
-        .as_array()
-        .expect("listed")
-        .clone();
+    let (halted, canaries) = halted_at_the_canary(&api, &id).await;
     assert!(
         canaries.iter().any(|c| c["state"] == "failed"
             && c["reason"]

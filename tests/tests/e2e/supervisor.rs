@@ -66,6 +66,41 @@ pub(crate) struct Release {
     pub(crate) database: Vec<String>,
 }
 
+/// A release key and two published versions of the real agent, `0.1.0` (`old`, the file a
+/// test installs) and `0.2.0`: what a fleet-version test starts from.
+pub(crate) struct TwoReleases {
+    pub(crate) release: Release,
+    /// The release public key supervisors pin.
+    pub(crate) pubkey: String,
+    pub(crate) old: PathBuf,
+}
+
+impl TwoReleases {
+    /// Published through `server`'s data directory and database; files under `dir`.
+    pub(crate) fn publish(server: &Server, dir: &Path) -> Self {
+        let release = Release {
+            key: dir.join("release.key"),
+            target: supervisor_target(),
+            data_dir: server.data_dir.clone(),
+            dir: dir.to_owned(),
+            database: server.database_args(),
+        };
+        let key_path = release.key.to_str().expect("utf-8").to_owned();
+        let pubkey = server_tool(&["release", "keygen", "--out", &key_path])
+            .trim()
+            .to_owned();
+        let old = release.agent_variant("0.1.0");
+        let new = release.agent_variant("0.2.0");
+        release.publish("0.1.0", &old, &release.key);
+        release.publish("0.2.0", &new, &release.key);
+        Self {
+            release,
+            pubkey,
+            old,
+        }
+    }
+}
+
 impl Release {
     /// A file: the real agent with `tag` appended.
     pub(crate) fn agent_variant(&self, tag: &str) -> PathBuf {
