@@ -331,10 +331,11 @@ pub enum Gate {
     Halt(String),
 }
 
-/// Decides, for each of `seen` (the stage's agents that are not final, in stage order), what
-/// became of it by `now`, and then the stage's gate over `counts` (the stage's counts before
-/// this look). `in_flight` is how many of the rollout's agents are `updating` (or
-/// `reverting`) now; `limit` the most that may be.
+/// Decides, for each of `seen` (the stage's agents that are not final, in stage order, those
+/// waiting on something before the pending ones), what became of it by `now`, and then the
+/// stage's gate over `counts` (the stage's counts before this look). `in_flight` is how many of
+/// the rollout's agents are `updating` (or `reverting`) now; `limit` the most that may be. A
+/// place freed in this look is used in this look.
 pub fn step(
     plan: &Plan,
     mode: Mode,
@@ -358,6 +359,16 @@ pub fn step(
                 && matches!(agent.state, State::Pending | State::RevertPending)
             {
                 budget = budget.saturating_sub(1);
+            }
+            // One that lands (back at the version, failed, …) frees its place for a pending
+            // agent later in `seen` in this same look, rather than the next.
+            let in_flight = |s: State| matches!(s, State::Updating | State::Reverting);
+            if in_flight(agent.state)
+                && decision
+                    .as_ref()
+                    .is_some_and(|d| !in_flight(d.state(mode == Mode::Revert)))
+            {
+                budget += 1;
             }
             decision
         })
@@ -696,6 +707,24 @@ mod tests {
         let there = seen(State::Pending, None, None, agent("0.2.0", true, 5));
         let (d, _) = step(&p, Mode::Forward, &[there], counts(1), 0, 10, t(100));
         assert!(matches!(d[0], Some(Decision::Healthy(Some(_)))), "{d:?}");
+    }
+
+    #[test]
+    fn a_place_freed_in_a_look_is_used_in_that_look() {
+        let p = plan();
+        // Two in flight of at most two; one is back at the version: one pending agent goes.
+        let rows = vec![
+            seen(State::Updating, Some(0), None, agent("0.2.0", true, 5)),
+            seen(State::Updating, Some(0), None, agent("0.1.0", true, 0)),
+            seen(State::Pending, None, None, agent("0.1.0", true, 0)),
+            seen(State::Pending, None, None, agent("0.1.0", true, 0)),
+        ];
+        let (d, _) = step(&p, Mode::Forward, &rows, counts(4), 2, 2, t(10));
+        assert_eq!(
+            d,
+            [Some(Decision::Soak), None, Some(Decision::Send), None],
+            "one landed, one sent in its place"
+        );
     }
 
     #[test]

@@ -924,7 +924,16 @@ impl Rollouts {
         if let Some(pending) = pending {
             // Pending agents past the budget would only be read to wait; agents that are
             // already at the version, or skipped, do not use it, so a little more is read.
-            let more = if budget == 0 { 0 } else { budget * 2 + 16 };
+            // The agents in flight may land in this look and free their places for these.
+            let landing = rows
+                .iter()
+                .filter(|r| {
+                    r.row.state == AgentState::Updating.as_str()
+                        || r.row.state == AgentState::Reverting.as_str()
+                })
+                .count() as u64;
+            let room = budget + landing;
+            let more = if room == 0 { 0 } else { room * 2 + 16 };
             rows.extend(
                 self.core
                     .store
