@@ -282,7 +282,7 @@ async fn a_rollout_goes_on_when_the_node_working_it_dies() {
         return;
     };
     let database = Database::create(&pg);
-    let mut nodes = vec![
+    let mut nodes = [
         node(&database.url, "a").await,
         node(&database.url, "b").await,
     ];
