@@ -1125,20 +1125,15 @@ async fn follow_run(
     let mut sent: Option<String> = None;
     let of = Of::Run(&run_id);
     loop {
-        if !send_pages(&core, &tx, &tenant_id, of, &mut after).await {
-            return;
-        }
         let run = match core.store.get_command(&tenant_id, &run_id).await {
             Ok(Some(run)) => run,
             _ => return,
         };
-        let over = CommandState::is_final_text(&run.state);
-        // A run's output is committed before its final state, but the last of it may have
-        // been committed after the read above and before the run was read: read it again
-        // before saying the run is over, or its end is lost to this reader.
-        if over && !send_pages(&core, &tx, &tenant_id, of, &mut after).await {
+        // The output after the row, as `follow` does: a run seen final has all its output.
+        if !send_pages(&core, &tx, &tenant_id, of, &mut after).await {
             return;
         }
+        let over = CommandState::is_final_text(&run.state);
         if sent.as_deref() != Some(run.state.as_str()) {
             sent = Some(run.state.clone());
             let state = run.state.clone();
@@ -1172,11 +1167,6 @@ async fn follow(
 ) {
     let mut sent: HashMap<String, String> = HashMap::new();
     loop {
-        // New output, in pages, from where this reader is.
-        if !send_pages(&core, &tx, &tenant_id, Of::Job(&job_id), &mut after).await {
-            return;
-        }
-        // Runs whose state this reader has not seen.
         let (job, runs) = match (
             core.store.get_job(&tenant_id, &job_id).await,
             core.store.job_runs(&tenant_id, &job_id).await,
@@ -1184,6 +1174,14 @@ async fn follow(
             (Ok(Some(job)), Ok(runs)) => (job, runs),
             _ => return,
         };
+        // New output, in pages, from where this reader is; read after the rows: a run's
+        // output is committed before its final state, so every run seen final above has all
+        // of its output sent before its state and before the end (read the other way round,
+        // output committed between the two reads was lost to this reader).
+        if !send_pages(&core, &tx, &tenant_id, Of::Job(&job_id), &mut after).await {
+            return;
+        }
+        // Runs whose state this reader has not seen.
         for run in runs {
             if sent.get(&run.id) == Some(&run.state) {
                 continue;
@@ -1194,11 +1192,6 @@ async fn follow(
             }
         }
         if job.status != JobState::Running {
-            // Output committed after the read above and before the job ended (its runs'
-            // output is committed before their final states): read it before the end.
-            if !send_pages(&core, &tx, &tenant_id, Of::Job(&job_id), &mut after).await {
-                return;
-            }
             let _ = tx
                 .send(JobEvent::End {
                     job_id: job.id,
