@@ -26,6 +26,8 @@ pub mod tenant {
         /// Days of finished history kept (CONTRACT.md §14); `None`: the server's `--retention-days`;
         /// 0: everything is kept.
         pub retention_days: Option<i64>,
+        /// Password users must have a second factor (TOTP) to sign in (CONTRACT.md §18).
+        pub require_totp: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -507,6 +509,9 @@ pub mod user {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub last_login_at: Option<DateTimeUtc>,
+        /// When the user proved the email is theirs (a mailed code, a mailed invite, an SSO
+        /// sign-in with a verified email); `None`: not yet.
+        pub email_verified_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -964,6 +969,213 @@ pub mod fleet_policy {
         pub tenant_id: String,
         pub min_agent_version: Option<String>,
         pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Mail to people (CONTRACT.md §18: codes, reset links, invites), sent by a worker with retries.
+pub mod mail_outbox {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "mail_outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// The tenant of the user it is for (`None` for none: a reset asked for no one is never written).
+        pub tenant_id: Option<String>,
+        /// `verify`, `reset` or `invite`.
+        pub kind: String,
+        pub recipient: String,
+        pub subject: String,
+        /// The text and HTML parts, sealed (they carry a code or a link); `None` once sent.
+        pub body: Option<String>,
+        pub created_at: DateTimeUtc,
+        /// When the next attempt is due.
+        pub next_at: DateTimeUtc,
+        pub attempts: i32,
+        /// What the relay (or the connection) said at the last failed attempt.
+        pub last_error: Option<String>,
+        pub sent_at: Option<DateTimeUtc>,
+        /// When it was given up (a 5xx, or too many attempts).
+        pub failed_at: Option<DateTimeUtc>,
+        pub claimed_by: Option<String>,
+        pub claimed_until: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A user's pending email verification code (6 digits, stored hashed).
+pub mod email_code {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "email_codes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        pub tenant_id: String,
+        pub code_hash: String,
+        /// Wrong codes entered so far (the code is void after 5).
+        pub tries: i32,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A mailed password reset link's token, stored hashed; used once.
+pub mod password_reset {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "password_resets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_hash: String,
+        pub user_id: String,
+        pub tenant_id: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A user's TOTP second factor (RFC 6238), its secret sealed.
+pub mod totp_factor {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "totp_factors")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        pub tenant_id: String,
+        /// The shared secret, sealed under the master key.
+        pub secret: String,
+        /// When a first code confirmed it; until then it is not asked for at sign-in.
+        pub confirmed_at: Option<DateTimeUtc>,
+        /// The last time step whose code was accepted: a code is used once.
+        pub last_step: Option<i64>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Single-use recovery codes for a user's second factor, stored hashed.
+pub mod recovery_code {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "recovery_codes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub code_hash: String,
+        pub used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A sign-in between its password step and its second factor, stored hashed.
+pub mod login_ticket {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "login_tickets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub ticket_hash: String,
+        pub user_id: String,
+        pub tenant_id: String,
+        /// Wrong codes so far (the ticket is void after 5).
+        pub tries: i32,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// An identity at an OpenID Connect provider, linked to one user: `(issuer, subject)`, never the email.
+pub mod oidc_identity {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oidc_identities")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub issuer: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub subject: String,
+        pub user_id: String,
+        pub tenant_id: String,
+        /// The email the provider said at the last sign-in.
+        pub email: String,
+        pub created_at: DateTimeUtc,
+        pub last_login_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// An OpenID Connect sign-in between the redirect to the provider and its callback.
+pub mod oidc_login {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oidc_logins")]
+    pub struct Model {
+        /// SHA-256 of the `state` parameter.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub state_hash: String,
+        pub nonce: String,
+        /// The PKCE code verifier, sealed.
+        pub verifier: String,
+        /// A signed-in user linking this identity to their account.
+        pub link_user_id: Option<String>,
+        /// Where a CLI waits on loopback for the result (`outpost login --sso`).
+        pub cli_redirect: Option<String>,
+        /// The hash of the one-time code the CLI exchanges for a session.
+        #[sea_orm(unique)]
+        pub handoff_hash: Option<String>,
+        pub handoff_user_id: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub used_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -649,6 +649,100 @@ CREATE TABLE fleet_policies (
     updated_at {ts} NOT NULL
 );
 "#,
+    // 25: sign-in (CONTRACT.md §18). Mail for people (verification codes, reset links,
+    // invites) goes through `mail_outbox`, so that an SMTP relay that is down delays a mail
+    // and never fails the request that wrote it; its body is sealed (it carries a code or a
+    // link) and dropped once sent. Codes, reset tokens, tickets and recovery codes are stored
+    // hashed. A TOTP secret is sealed; `last_step` refuses a code used twice. A login of a
+    // user with a second factor holds a `login_tickets` row between its two steps, so that
+    // either node may finish it. `oidc_identities` keys SSO users by `(issuer, subject)`, never
+    // by email; `oidc_logins` holds a sign-in between the redirect and the callback (the
+    // PKCE verifier sealed, the nonce, who links, where a CLI waits).
+    r#"
+ALTER TABLE users ADD COLUMN email_verified_at {ts};
+ALTER TABLE tenants ADD COLUMN require_totp BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE TABLE mail_outbox (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT,
+    kind TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT,
+    created_at {ts} NOT NULL,
+    next_at {ts} NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    sent_at {ts},
+    failed_at {ts},
+    claimed_by TEXT,
+    claimed_until {ts}
+);
+CREATE INDEX mail_outbox_due ON mail_outbox (next_at) WHERE sent_at IS NULL AND failed_at IS NULL;
+CREATE INDEX mail_outbox_tenant ON mail_outbox (tenant_id, id);
+CREATE TABLE email_codes (
+    user_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    code_hash TEXT NOT NULL,
+    tries INTEGER NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL
+);
+CREATE TABLE password_resets (
+    token_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    used_at {ts}
+);
+CREATE INDEX password_resets_user ON password_resets (user_id);
+CREATE TABLE totp_factors (
+    user_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    confirmed_at {ts},
+    last_step BIGINT,
+    created_at {ts} NOT NULL
+);
+CREATE TABLE recovery_codes (
+    user_id TEXT NOT NULL,
+    code_hash TEXT NOT NULL,
+    used_at {ts},
+    PRIMARY KEY (user_id, code_hash)
+);
+CREATE TABLE login_tickets (
+    ticket_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    tries INTEGER NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    used_at {ts}
+);
+CREATE TABLE oidc_identities (
+    issuer TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    last_login_at {ts},
+    PRIMARY KEY (issuer, subject)
+);
+CREATE INDEX oidc_identities_user ON oidc_identities (user_id);
+CREATE TABLE oidc_logins (
+    state_hash TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    link_user_id TEXT,
+    cli_redirect TEXT,
+    handoff_hash TEXT UNIQUE,
+    handoff_user_id TEXT,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    used_at {ts}
+);
+"#,
 ];
 
 /// The schema version this server brings a database to.

@@ -287,6 +287,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             created_at: Set(at),
             updated_at: Set(at),
             last_login_at: Set(None),
+            email_verified_at: Set(None),
         }
         .insert(&self.db)
         .await;
@@ -351,6 +352,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             max_schedules: Set(None),
             max_users: Set(None),
             retention_days: Set(None),
+            require_totp: Set(false),
         }
         .insert(&self.db)
         .await?)

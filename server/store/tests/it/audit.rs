@@ -577,8 +577,19 @@ async fn rewind_to_the_old_triggers(db: &sea_orm::DatabaseConnection, postgres: 
         ]
     };
     // And what the migrations after 22 made, so that the schema is the one of a server from
-    // before 22: the next start applies them all again (23: fleet results; 24: rollouts).
+    // before 22: the next start applies them all again (23: fleet results; 24: rollouts;
+    // 25: sign-in).
     let later = [
+        "DROP TABLE oidc_logins",
+        "DROP TABLE oidc_identities",
+        "DROP TABLE login_tickets",
+        "DROP TABLE recovery_codes",
+        "DROP TABLE totp_factors",
+        "DROP TABLE password_resets",
+        "DROP TABLE email_codes",
+        "DROP TABLE mail_outbox",
+        "ALTER TABLE tenants DROP COLUMN require_totp",
+        "ALTER TABLE users DROP COLUMN email_verified_at",
         "DROP TABLE fleet_policies",
         "DROP TABLE desired_versions",
         "DROP TABLE rollout_agents",
