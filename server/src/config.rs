@@ -181,9 +181,11 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_WEBHOOK_ALLOW_PRIVATE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub webhook_allow_private: bool,
 
-    /// SMTP relay for email integrations: `smtps://user:password@host:465`, or
+    /// SMTP relay for email integrations and mail to people (verification codes, password
+    /// reset links, invites): `smtps://user:password@host:465`, or
     /// `smtp://user:password@host:587?tls=required` for STARTTLS (a plain `smtp://` sends in
-    /// the clear: a relay on this machine only). Without it, email deliveries fail saying so.
+    /// the clear: a relay on this machine only). Needs --public-url (mailed links are built
+    /// from it). Without it, email deliveries fail saying so and nothing is mailed to people.
     #[arg(long, env = "OUTPOST_SMTP_URL")]
     pub smtp_url: Option<String>,
 
@@ -191,6 +193,12 @@ pub struct Config {
     /// outpost@<this host's name>).
     #[arg(long, env = "OUTPOST_SMTP_FROM")]
     pub smtp_from: Option<String>,
+
+    /// Users must verify their email (a 6-digit code mailed to them) before they can do
+    /// anything but verify it. Needs --smtp-url. The variable takes 1/0, true/false, yes/no,
+    /// on/off.
+    #[arg(long, env = "OUTPOST_REQUIRE_VERIFIED_EMAIL", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub require_verified_email: bool,
 
     /// Let anyone create a tenant and its owner with POST /api/auth/register (off: that
     /// route answers 403 signup_disabled; a self-hosted server is usually one tenant). The
@@ -272,6 +280,7 @@ impl std::fmt::Debug for Config {
             .field("webhook_allow_private", &self.webhook_allow_private)
             .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
             .field("smtp_from", &self.smtp_from)
+            .field("require_verified_email", &self.require_verified_email)
             .field("allow_signup", &self.allow_signup)
             .finish()
     }

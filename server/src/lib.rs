@@ -64,6 +64,17 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if config.tls_cert.is_some() != config.tls_key.is_some() {
         anyhow::bail!("--tls-cert and --tls-key must be given together");
     }
+    if config.smtp_url.is_some() && config.public_url.is_none() {
+        anyhow::bail!(
+            "--smtp-url needs --public-url: mailed links (password resets, invites) are built \
+             from it, never from a request's Host header"
+        );
+    }
+    if config.require_verified_email && config.smtp_url.is_none() {
+        anyhow::bail!(
+            "--require-verified-email needs --smtp-url: verification codes are sent by mail"
+        );
+    }
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));
     if Duration::from_secs(config.lost_after)
         < heartbeat * outpost_protocol::limits::MISSED_HEARTBEATS
@@ -228,7 +239,12 @@ fn build_services(
         stop.clone(),
     )
     .with_max_key_days(config.max_key_days)
-    .with_library_max_bytes(config.library_max_bytes);
+    .with_library_max_bytes(config.library_max_bytes)
+    .with_require_verified_email(config.require_verified_email);
+    if let Some(mailer) = mailer(config)? {
+        let public_url = config.public_url.as_deref().unwrap_or_default();
+        core = core.with_mail(service::account_mail::MailSettings::new(mailer, public_url));
+    }
     if let Some(cluster) = &node.cluster {
         core = core.on_node(cluster.node_id());
     }
@@ -289,19 +305,31 @@ fn outbox(
         host_name(),
     )
     .with_wake(events_due);
-    let Some(url) = &config.smtp_url else {
+    let Some(mailer) = mailer(config)? else {
         tracing::info!(
-            "no --smtp-url: email integrations are stored, and their deliveries fail saying SMTP is not configured"
+            "no --smtp-url: email integrations are stored, and their deliveries fail saying SMTP is not configured; nothing is mailed to people"
         );
         return Ok(outbox);
+    };
+    tracing::info!(
+        relay = mailer.relay(),
+        "email integrations and mail to people (codes, resets, invites) go through this SMTP relay"
+    );
+    Ok(outbox.with_mailer(mailer))
+}
+
+/// The SMTP relay of `--smtp-url` and `--smtp-from`, when there is one.
+fn mailer(config: &Config) -> anyhow::Result<Option<mail::Mailer>> {
+    let Some(url) = &config.smtp_url else {
+        return Ok(None);
     };
     let from = config
         .smtp_from
         .clone()
         .unwrap_or_else(|| format!("Outpost <outpost@{}>", host_name()));
-    let mailer = mail::Mailer::new(url, &from).map_err(anyhow::Error::msg)?;
-    tracing::info!(relay = mailer.relay(), from = %from, "email integrations send through this SMTP relay");
-    Ok(outbox.with_mailer(mailer))
+    Ok(Some(
+        mail::Mailer::new(url, &from).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 /// The background loops: deliveries, schedules, integrations, retention, metrics upkeep, the
@@ -314,6 +342,7 @@ fn spawn_workers(config: &Config, wired: &Wired, stop: &CancellationToken) {
     tokio::spawn(services.retention.clone().run());
     tokio::spawn(services.digests.clone().run());
     tokio::spawn(services.rollouts.clone().run());
+    tokio::spawn(services.account_mail.clone().run());
     tokio::spawn(metrics::upkeep(stop.clone()));
     tokio::spawn(liveness_loop(wired.node.hub.clone(), stop.clone()));
     let heartbeat = Duration::from_secs(config.heartbeat_interval.max(1));

@@ -24,12 +24,33 @@ use outpost_store::domain::{
 };
 use outpost_store::{Store, agent_key};
 
+/// Whether a user who has not verified their email may be the caller (CONTRACT.md §18: with
+/// `--require-verified-email` such a user signs in only to verify).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unverified {
+    /// Refused with `email_unverified` (every route but the few that verify).
+    Refused,
+    /// Let through (the server does not require it, or the route is one that verifies).
+    Allowed,
+}
+
+/// The refusal of a user (or their key) whose email is not verified yet.
+pub fn email_unverified() -> DomainError {
+    DomainError::NotAllowed {
+        code: "email_unverified",
+        message: "this server requires a verified email: enter the code mailed to you \
+                  (POST /api/auth/verify {code}; a new one: POST /api/auth/verify/resend)"
+            .into(),
+    }
+}
+
 /// The caller behind a REST request's bearer token: an API key (`opk_…`) or a user's access
 /// token (a JWT). Agent keys (`opa_…`) are refused here.
 pub async fn authenticate_api(
     store: &Store,
     signer: &Signer,
     token: Option<&str>,
+    unverified: Unverified,
 ) -> Result<Caller, DomainError> {
     let token = token.ok_or_else(|| {
         DomainError::Unauthorized(
@@ -37,7 +58,7 @@ pub async fn authenticate_api(
         )
     })?;
     if looks_like_jwt(token) {
-        return authenticate_user(store, signer, token).await;
+        return authenticate_user(store, signer, token, unverified).await;
     }
     if !token.starts_with("opk_") {
         return Err(DomainError::Unauthorized(
@@ -69,6 +90,9 @@ pub async fn authenticate_api(
                 .ok_or_else(|| {
                     DomainError::Unauthorized("this API key's user is disabled or deleted".into())
                 })?;
+            if unverified == Unverified::Refused && user.email_verified_at.is_none() {
+                return Err(email_unverified());
+            }
             user.role.parse().map_err(|why| {
                 DomainError::Internal(anyhow::anyhow!("user {}: stored role: {why}", user.id))
             })?
@@ -107,6 +131,7 @@ async fn authenticate_user(
     store: &Store,
     signer: &Signer,
     token: &str,
+    unverified: Unverified,
 ) -> Result<Caller, DomainError> {
     let claims = signer
         .verify(token, Utc::now().timestamp())
@@ -126,6 +151,19 @@ async fn authenticate_user(
     if user.status != UserStatus::Active {
         return Err(DomainError::Unauthorized("this user is disabled".into()));
     }
+    // A password reset ends every session (CONTRACT.md §18): the refresh tokens are revoked
+    // with it, and access tokens issued before it (within their 15 minutes) stop here.
+    if user
+        .password_changed_at
+        .is_some_and(|changed| issued_before(&claims, changed))
+    {
+        return Err(DomainError::Unauthorized(
+            "this session ended when the password was reset: sign in again".into(),
+        ));
+    }
+    if unverified == Unverified::Refused && user.email_verified_at.is_none() {
+        return Err(email_unverified());
+    }
     let role: Role = user.role.parse().map_err(|why| {
         DomainError::Internal(anyhow::anyhow!("user {}: stored role: {why}", user.id))
     })?;
@@ -137,6 +175,25 @@ async fn authenticate_user(
         label: user.email,
         address: None,
     })
+}
+
+/// Whether the token of `claims` was issued before `instant`. `iat` has whole seconds; within
+/// the same second the token's id decides, a UUIDv7 whose first 48 bits are its issue time in
+/// milliseconds (a sign-in right after a reset must work, a token from just before it not).
+fn issued_before(claims: &crate::jwt::Claims, instant: chrono::DateTime<Utc>) -> bool {
+    match claims.iat.cmp(&instant.timestamp()) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => uuid::Uuid::parse_str(&claims.jti)
+            .ok()
+            .and_then(|id| id.get_timestamp())
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                i128::from(secs) * 1000 + i128::from(nanos / 1_000_000)
+            })
+            // An id that is not a UUIDv7 was not issued by this server: as old as can be.
+            .is_none_or(|ms| ms < i128::from(instant.timestamp_millis())),
+    }
 }
 
 /// Whether an agent key with `permissions` allows `command`. Every send asks this: a new

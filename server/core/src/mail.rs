@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::providers::Email;
@@ -103,6 +103,40 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             .body(email.text.clone())
             .map_err(|err| refused(format!("cannot build the message: {err}")))?;
+        self.deliver(message).await
+    }
+
+    /// Sends one message to one person, with a plain text part and an HTML part (mail about
+    /// their account, CONTRACT.md §18): clients show the HTML, the text part is what a text
+    /// client or a filter reads, with the same links.
+    pub async fn send_alternative(
+        &self,
+        to: &str,
+        subject: &str,
+        text: &str,
+        html: &str,
+    ) -> Result<Sent, Refused> {
+        let refused = |error: String| Refused {
+            code: None,
+            error,
+            transient: false,
+        };
+        let mailbox: Mailbox = to
+            .parse()
+            .map_err(|err| refused(format!("recipient {to:?}: {err}")))?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(mailbox)
+            .subject(subject)
+            .multipart(MultiPart::alternative_plain_html(
+                text.to_owned(),
+                html.to_owned(),
+            ))
+            .map_err(|err| refused(format!("cannot build the message: {err}")))?;
+        self.deliver(message).await
+    }
+
+    async fn deliver(&self, message: Message) -> Result<Sent, Refused> {
         let sending = tokio::time::timeout(TIMEOUT, self.transport.send(message)).await;
         let answer = match sending {
             Ok(answer) => answer,

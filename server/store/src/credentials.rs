@@ -26,15 +26,19 @@ pub enum KeyKind {
     Refresh,
     /// `opi_…`: one-time invites.
     Invite,
+    /// `opw_…`: password reset links (CONTRACT.md §18).
+    Reset,
 }
 
 impl KeyKind {
-    fn prefix(self) -> &'static str {
+    /// What every key of this kind starts with.
+    pub fn prefix(self) -> &'static str {
         match self {
             Self::Api => "opk_",
             Self::Agent => "opa_",
             Self::Refresh => "opr_",
             Self::Invite => "opi_",
+            Self::Reset => "opw_",
         }
     }
 }

@@ -512,6 +512,8 @@ pub mod user {
         /// When the user proved the email is theirs (a mailed code, a mailed invite, an SSO
         /// sign-in with a verified email); `None`: not yet.
         pub email_verified_at: Option<DateTimeUtc>,
+        /// When the password was last reset: access tokens issued before it are refused.
+        pub password_changed_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -54,6 +54,7 @@ mod releases;
 pub mod retention;
 mod rollouts;
 mod schedules;
+mod signin;
 mod tenants;
 mod users;
 mod webhooks;
@@ -88,6 +89,7 @@ pub use schedules::{
     Advance, EventFilter, FireJob, FiredJob, NewEvent, NewSchedule, ScheduleFilter, SchedulePatch,
     ScheduleRefused,
 };
+pub use signin::{CodeCheck, MailOutcome, MailState, NewMail};
 pub use tenants::{Quotas, TenantPatch, TenantUsage, Usage, UserRefused};
 pub use users::{NewUser, Refreshed, UserChange, UserChanged};
 pub use webhooks::Attempt;
@@ -98,9 +100,9 @@ use serde_json::Value;
 
 pub use entities::{
     agent, agent_key, agent_metric, api_key, audit_entry, audit_head, claim, command, delivery,
-    delivery_attempt, desired_version, event, fleet_policy, integration, invite, job,
-    library_bundle, library_script, node, output_chunk, refresh_token, release, rollout,
-    rollout_agent, run_digest, schedule, tenant, user, webhook_attempt,
+    delivery_attempt, desired_version, email_code, event, fleet_policy, integration, invite, job,
+    library_bundle, library_script, mail_outbox, node, output_chunk, password_reset, refresh_token,
+    release, rollout, rollout_agent, run_digest, schedule, tenant, user, webhook_attempt,
 };
 
 /// Errors from the store.

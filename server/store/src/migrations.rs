@@ -657,9 +657,11 @@ CREATE TABLE fleet_policies (
     // user with a second factor holds a `login_tickets` row between its two steps, so that
     // either node may finish it. `oidc_identities` keys SSO users by `(issuer, subject)`, never
     // by email; `oidc_logins` holds a sign-in between the redirect and the callback (the
-    // PKCE verifier sealed, the nonce, who links, where a CLI waits).
+    // PKCE verifier sealed, the nonce, who links, where a CLI waits). An access token issued
+    // before `users.password_changed_at` is refused (a reset ends every session at once).
     r#"
 ALTER TABLE users ADD COLUMN email_verified_at {ts};
+ALTER TABLE users ADD COLUMN password_changed_at {ts};
 ALTER TABLE tenants ADD COLUMN require_totp BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE TABLE mail_outbox (
     id TEXT PRIMARY KEY,

@@ -288,6 +288,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             updated_at: Set(at),
             last_login_at: Set(None),
             email_verified_at: Set(None),
+            password_changed_at: Set(None),
         }
         .insert(&self.db)
         .await;

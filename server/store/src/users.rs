@@ -18,7 +18,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, Set, Statement, TransactionSession, TransactionTrait,
 };
 
-use super::{Result, Store, invite, new_id, now, refresh_token, user};
+use super::{Result, Store, email_code, invite, new_id, now, password_reset, refresh_token, user};
 use crate::domain::{Role, UserStatus};
 
 /// A user to create.
@@ -44,7 +44,7 @@ pub enum UserChange {
         /// New status.
         status: Option<UserStatus>,
     },
-    /// Delete the user, their sessions and invites.
+    /// Delete the user, their sessions, invites, verification codes and reset links.
     Delete,
 }
 
@@ -177,6 +177,14 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     .await?;
                 invite::Entity::delete_many()
                     .filter(invite::Column::UserId.eq(id))
+                    .exec(&txn.db)
+                    .await?;
+                email_code::Entity::delete_many()
+                    .filter(email_code::Column::UserId.eq(id))
+                    .exec(&txn.db)
+                    .await?;
+                password_reset::Entity::delete_many()
+                    .filter(password_reset::Column::UserId.eq(id))
                     .exec(&txn.db)
                     .await?;
                 UserChanged::Done(None)

@@ -70,6 +70,7 @@ fn every_route_declares_who_may_call_it() {
                     "{method} {path} may refuse a scope or role but declares no 403"
                 );
             }
+            Permission::SignedIn => assert!(secured, "{method} {path} takes a caller"),
             Permission::ServerOwner { .. } => {
                 assert!(secured, "{method} {path} takes a caller");
                 assert!(

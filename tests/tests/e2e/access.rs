@@ -271,6 +271,7 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
                 .unwrap_or_else(|| panic!("{method} {path} is not in the permission table"));
             let (scope, role, server_owner) = match rule.permission {
                 Permission::Caller { scope, role } => (scope, role, false),
+                Permission::SignedIn => (None, Role::Member, false),
                 Permission::ServerOwner { scope } => (Some(scope), Role::Owner, true),
                 // Public, agent-or-caller and agent routes: their own checks are their
                 // tests' (the library's download: `library::`).

@@ -1250,6 +1250,8 @@ async fn email_goes_through_the_smtp_relay_and_its_answers_are_reported() {
             sink.url(),
             "--smtp-from".into(),
             "Outpost <outpost@test.example>".into(),
+            "--public-url".into(),
+            "https://outpost.test.example".into(),
         ],
         ..Default::default()
     })

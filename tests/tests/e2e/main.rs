@@ -36,6 +36,7 @@ mod schedules;
 mod schedules_cli;
 mod schedules_live;
 mod secrets;
+mod signin_mail;
 mod sockets;
 mod supervisor;
 mod tenancy;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::Core;
 use super::limits::Limits;
-use crate::access::key_allows;
+use crate::access::{Unverified, key_allows};
 use outpost_store::agent_key;
 use outpost_store::domain::{Caller, DomainError, KeyStatus, Role};
 
@@ -147,12 +147,31 @@ impl Access {
     /// [`Limits::client_address`] tells it), counted against the per-caller limit
     /// (`--rate-limit`). A token that fails is counted against `client`; once that address is
     /// over its allowance its requests are refused (`rate_limited`) before any lookup.
+    ///
+    /// With `--require-verified-email`, a user whose email is not verified yet (or their API
+    /// key) is refused (`email_unverified`): see [`Access::authenticate_unverified`].
     pub async fn authenticate(
         &self,
         token: Option<&str>,
         client: IpAddr,
     ) -> Result<Caller, DomainError> {
-        let caller = self.authenticate_uncounted(token, client).await?;
+        let caller = self
+            .authenticate_with(token, client, self.unverified())
+            .await?;
+        self.limits.call(&caller)?;
+        Ok(caller)
+    }
+
+    /// The same, letting a user whose email is not verified through: for the routes that
+    /// verify it (CONTRACT.md §18), and who-am-I.
+    pub async fn authenticate_unverified(
+        &self,
+        token: Option<&str>,
+        client: IpAddr,
+    ) -> Result<Caller, DomainError> {
+        let caller = self
+            .authenticate_with(token, client, Unverified::Allowed)
+            .await?;
         self.limits.call(&caller)?;
         Ok(caller)
     }
@@ -165,8 +184,34 @@ impl Access {
         token: Option<&str>,
         client: IpAddr,
     ) -> Result<Caller, DomainError> {
+        self.authenticate_with(token, client, self.unverified())
+            .await
+    }
+
+    /// What becomes of an unverified user on the routes that do not verify.
+    fn unverified(&self) -> Unverified {
+        if self.core.require_verified_email {
+            Unverified::Refused
+        } else {
+            Unverified::Allowed
+        }
+    }
+
+    async fn authenticate_with(
+        &self,
+        token: Option<&str>,
+        client: IpAddr,
+        unverified: Unverified,
+    ) -> Result<Caller, DomainError> {
         self.limits.before_authentication(client)?;
-        match crate::access::authenticate_api(&self.core.store, &self.core.signer, token).await {
+        match crate::access::authenticate_api(
+            &self.core.store,
+            &self.core.signer,
+            token,
+            unverified,
+        )
+        .await
+        {
             Ok(mut caller) => {
                 // For the audit log; unspecified when the request came from no connection.
                 caller.address = (!client.is_unspecified()).then_some(client);

@@ -38,6 +38,13 @@ use outpost_store::domain::{Caller, DomainError};
 /// Sign-in attempts a minute, per client address and per email (CONTRACT.md §9).
 pub const AUTH_ATTEMPTS_PER_MINUTE: u32 = 10;
 
+/// Password reset requests and confirmations a minute, per client address and per email:
+/// one bucket for both routes (CONTRACT.md §18).
+pub const RESETS_PER_MINUTE: u32 = 5;
+
+/// Verification codes a user may have mailed a minute (CONTRACT.md §18).
+pub const RESENDS_PER_MINUTE: u32 = 3;
+
 /// Default `--rate-limit`: requests a minute per caller on `/api`.
 pub const DEFAULT_PER_MINUTE: u32 = 1_200;
 
@@ -169,6 +176,9 @@ struct Inner {
     failures: Option<Limiter>,
     attempts_by_address: Limiter,
     attempts_by_email: Limiter,
+    resets_by_address: Limiter,
+    resets_by_email: Limiter,
+    resends: Limiter,
     clock: Clock,
 }
 
@@ -190,6 +200,9 @@ impl Limits {
                 failures: limiter(),
                 attempts_by_address: Limiter::new(AUTH_ATTEMPTS_PER_MINUTE, MAX_KEYS),
                 attempts_by_email: Limiter::new(AUTH_ATTEMPTS_PER_MINUTE, MAX_KEYS),
+                resets_by_address: Limiter::new(RESETS_PER_MINUTE, MAX_KEYS),
+                resets_by_email: Limiter::new(RESETS_PER_MINUTE, MAX_KEYS),
+                resends: Limiter::new(RESENDS_PER_MINUTE, MAX_KEYS),
                 clock,
             }),
         }
@@ -297,6 +310,66 @@ impl Limits {
                 })?;
         }
         Ok(())
+    }
+}
+
+impl Limits {
+    /// Counts a password reset request or confirmation from `client` (first thing, as
+    /// [`Limits::auth_attempt`]), and for `email` when it is known: a request names it, a
+    /// confirmation learns it from its token. `rate_limited` past [`RESETS_PER_MINUTE`] a
+    /// minute for either.
+    pub fn reset_attempt(&self, client: IpAddr, email: Option<&str>) -> Result<(), DomainError> {
+        let now = (self.inner.clock)();
+        self.inner
+            .resets_by_address
+            .check(&address_key(client), now)
+            .map_err(|wait| {
+                refused(
+                    "reset_address",
+                    format!(
+                        "rate limit: at most {RESETS_PER_MINUTE} password resets a minute per \
+                         client address"
+                    ),
+                    wait,
+                )
+            })?;
+        if let Some(email) = email {
+            self.reset_attempt_for(email)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a password reset for `email` alone (a confirmation, once its token named it).
+    pub fn reset_attempt_for(&self, email: &str) -> Result<(), DomainError> {
+        let email = email.trim().to_lowercase();
+        self.inner
+            .resets_by_email
+            .check(email.as_str(), (self.inner.clock)())
+            .map_err(|wait| {
+                refused(
+                    "reset_email",
+                    format!(
+                        "rate limit: at most {RESETS_PER_MINUTE} password resets a minute per \
+                         email address"
+                    ),
+                    wait,
+                )
+            })
+    }
+
+    /// Counts a verification code mailed to `user_id`; `rate_limited` past
+    /// [`RESENDS_PER_MINUTE`] a minute.
+    pub fn resend_attempt(&self, user_id: &str) -> Result<(), DomainError> {
+        self.inner
+            .resends
+            .check(user_id, (self.inner.clock)())
+            .map_err(|wait| {
+                refused(
+                    "verify_resend",
+                    format!("rate limit: at most {RESENDS_PER_MINUTE} verification codes a minute"),
+                    wait,
+                )
+            })
     }
 }
 

@@ -12,6 +12,7 @@
 //! finishes except through [`Finish`].
 
 pub mod access;
+pub mod account_mail;
 pub mod agents;
 pub mod api_keys;
 pub mod audit;
@@ -75,6 +76,11 @@ pub struct Core {
     max_key_days: u32,
     /// The bundle bytes one tenant's script library may hold (`--library-max-bytes`).
     library_max_bytes: u64,
+    /// The relay and the public URL for mail to people (`--smtp-url`, `--public-url`), when
+    /// the server sends mail.
+    mail: Option<Arc<account_mail::MailSettings>>,
+    /// `--require-verified-email`.
+    require_verified_email: bool,
 }
 
 impl Core {
@@ -107,7 +113,24 @@ impl Core {
             node: "local".to_owned(),
             max_key_days: api_keys::DEFAULT_MAX_KEY_DAYS,
             library_max_bytes: scripts::DEFAULT_LIBRARY_MAX_BYTES,
+            mail: None,
+            require_verified_email: false,
         }
+    }
+
+    /// The same core sending mail to people through `settings` (CONTRACT.md §18).
+    #[must_use]
+    pub fn with_mail(mut self, settings: account_mail::MailSettings) -> Self {
+        self.mail = Some(Arc::new(settings));
+        self
+    }
+
+    /// The same core refusing users whose email is not verified on every route but those
+    /// that verify it (`--require-verified-email`).
+    #[must_use]
+    pub fn with_require_verified_email(mut self, required: bool) -> Self {
+        self.require_verified_email = required;
+        self
     }
 
     /// The same core with API keys capped at `days` (`--max-key-days`).
@@ -180,6 +203,9 @@ pub struct Services {
     pub health: housekeeping::Health,
     /// History retention: the cleaner.
     pub retention: retention::Retention,
+    /// Mail to people: verification codes, password resets, mailed invites, and the worker
+    /// that sends them.
+    pub account_mail: account_mail::AccountMail,
     /// Rate limits and the client's address behind trusted proxies. The sign-in routes call
     /// [`limits::Limits::auth_attempt`] first thing.
     pub limits: limits::Limits,
@@ -202,10 +228,16 @@ impl Services {
         limits: limits::Limits,
     ) -> Self {
         let core = Arc::new(core);
+        let account_mail = account_mail::AccountMail::new(
+            core.clone(),
+            limits.clone(),
+            audit::Audit::new(core.clone()),
+        );
         let users = users::Users::new(
             core.clone(),
             limits.clone(),
             audit::Audit::new(core.clone()),
+            account_mail.clone(),
         );
         let releases = releases::Releases::new(core.clone(), releases);
         Self {
@@ -232,6 +264,7 @@ impl Services {
             integrations: integrations::Integrations::new(core.clone(), Arc::new(outbox)),
             retention: retention::Retention::new(core.clone()),
             health: housekeeping::Health::new(core),
+            account_mail,
             limits,
         }
     }

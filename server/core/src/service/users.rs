@@ -21,6 +21,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::Core;
 use super::access::{Access, Action};
+use super::account_mail::AccountMail;
 use outpost_store::credentials::{KeyKind, generate_secret, hash_secret};
 use std::net::IpAddr;
 
@@ -115,14 +116,16 @@ pub struct Users {
     core: Arc<Core>,
     limits: Limits,
     audit: Audit,
+    mail: AccountMail,
 }
 
 impl Users {
-    pub(super) fn new(core: Arc<Core>, limits: Limits, audit: Audit) -> Self {
+    pub(super) fn new(core: Arc<Core>, limits: Limits, audit: Audit, mail: AccountMail) -> Self {
         Self {
             core,
             limits,
             audit,
+            mail,
         }
     }
 
@@ -238,6 +241,7 @@ impl Users {
                 audit_event(AuditAction::AuthLogin, &user.id, serde_json::json!({})),
             )
             .await?;
+        self.mail.after_sign_in(&user).await?;
         self.issue(user, &new_id()).await
     }
 
@@ -423,6 +427,13 @@ impl Users {
                 ),
             )
             .await?;
+        if self.mail.enabled() {
+            // The answer still carries the token (CONTRACT.md §18): the owner may hand it over
+            // another way if the mail is slow or lost.
+            self.mail
+                .mail_invite(&user, &caller.label, &invite_token, invite_expires_at)
+                .await?;
+        }
         Ok(Invited {
             user,
             invite_token,

@@ -509,6 +509,12 @@ text_enum! {
         UserInviteAccept = "user.invite_accept",
         /// A user was deleted.
         UserDelete = "user.delete",
+        /// A user proved their email is theirs with a mailed code (CONTRACT.md §18).
+        UserEmailVerify = "user.email_verify",
+        /// A password reset link was mailed to a user (asked for by anyone who knew the email).
+        UserPasswordResetRequest = "user.password_reset_request",
+        /// A user set a new password with a reset link; every session of theirs ended.
+        UserPasswordReset = "user.password_reset",
         /// A schedule was created.
         ScheduleCreate = "schedule.create",
         /// A schedule was changed (enabled and disabled included).

@@ -590,6 +590,7 @@ async fn rewind_to_the_old_triggers(db: &sea_orm::DatabaseConnection, postgres: 
         "DROP TABLE mail_outbox",
         "ALTER TABLE tenants DROP COLUMN require_totp",
         "ALTER TABLE users DROP COLUMN email_verified_at",
+        "ALTER TABLE users DROP COLUMN password_changed_at",
         "DROP TABLE fleet_policies",
         "DROP TABLE desired_versions",
         "DROP TABLE rollout_agents",

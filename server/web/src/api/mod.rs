@@ -26,6 +26,7 @@ pub(crate) mod results;
 mod rollouts;
 mod schedules;
 mod scripts;
+mod signin;
 mod tenants;
 mod users;
 mod webhooks;
@@ -65,6 +66,8 @@ use outpost_store::domain::{Caller, DomainError};
         audit::list, audit::verify,
         users::login, users::refresh, users::logout, users::me, users::accept_invite,
         users::list, users::create, users::show, users::update, users::delete,
+        signin::request_reset, signin::confirm_reset, signin::verify, signin::resend,
+        signin::list_mail,
         api_keys::create, api_keys::list, api_keys::delete,
         tenants::register, tenants::list, tenants::show, tenants::update,
         schedules::create, schedules::list, schedules::preview, schedules::show,
@@ -230,6 +233,14 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/auth/logout", post(users::logout))
         .route("/api/auth/me", get(users::me))
         .route("/api/auth/accept-invite", post(users::accept_invite))
+        .route("/api/auth/password-reset", post(signin::request_reset))
+        .route(
+            "/api/auth/password-reset/confirm",
+            post(signin::confirm_reset),
+        )
+        .route("/api/auth/verify", post(signin::verify))
+        .route("/api/auth/verify/resend", post(signin::resend))
+        .route("/api/mail", get(signin::list_mail))
         .route("/api/users", get(users::list).post(users::create))
         .route(
             "/api/users/{id}",

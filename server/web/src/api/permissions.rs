@@ -42,6 +42,10 @@ pub enum Permission {
         /// The least role.
         role: Role,
     },
+    /// Any user or API key of a tenant, even a user who has not verified their email yet
+    /// (with `--require-verified-email` every other route refuses them, CONTRACT.md §18): the
+    /// routes that verify it, and who-am-I.
+    SignedIn,
     /// An owner of the server's first tenant (the one its owner key belongs to), holding
     /// `scope`: what spans tenants (`/api/tenants`). The layer checks the scope and the owner
     /// role; the service checks the tenant, since only it knows which is first.
@@ -100,11 +104,23 @@ pub const ROUTES: &[Rule] = &[
     Rule {
         method: "GET",
         path: "/api/auth/me",
-        permission: Permission::Caller {
-            scope: None,
-            role: Member,
-        },
+        permission: Permission::SignedIn,
     },
+    // Mail to people (CONTRACT.md §18): a reset's body is its credential; verifying needs the
+    // session of the user who verifies.
+    public("POST", "/api/auth/password-reset"),
+    public("POST", "/api/auth/password-reset/confirm"),
+    Rule {
+        method: "POST",
+        path: "/api/auth/verify",
+        permission: Permission::SignedIn,
+    },
+    Rule {
+        method: "POST",
+        path: "/api/auth/verify/resend",
+        permission: Permission::SignedIn,
+    },
+    caller("GET", "/api/mail", AuditRead, Admin),
     // Agent keys: everyone reads them; admins change them.
     caller("GET", "/api/agents/keys", AgentsRead, Member),
     caller("POST", "/api/agents/keys", KeysWrite, Admin),
@@ -320,12 +336,19 @@ pub async fn authorize(
     };
     let needs = match permission {
         Permission::Caller { scope, role } => Some((scope, role)),
+        Permission::SignedIn => Some((None, Role::Member)),
         Permission::ServerOwner { scope } => Some((Some(scope), Role::Owner)),
         Permission::Public | Permission::AgentOrCaller | Permission::Agent => None,
     };
     if let Some((scope, role)) = needs {
         let token = crate::http_error::bearer(request.headers());
-        let caller = match state.services.access.authenticate(token, client).await {
+        let access = &state.services.access;
+        let authenticated = if permission == Permission::SignedIn {
+            access.authenticate_unverified(token, client).await
+        } else {
+            access.authenticate(token, client).await
+        };
+        let caller = match authenticated {
             Ok(caller) => caller,
             Err(err) => return HttpError(err).into_response(),
         };

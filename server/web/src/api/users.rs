@@ -37,6 +37,9 @@ pub struct UserView {
     pub status: String,
     /// Whether the user still has to accept an invite (no password yet).
     pub invite_pending: bool,
+    /// Whether the user proved the email is theirs (a mailed code or reset link,
+    /// CONTRACT.md §18).
+    pub email_verified: bool,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When its role or status last changed.
@@ -49,6 +52,7 @@ impl From<user::Model> for UserView {
     fn from(user: user::Model) -> Self {
         Self {
             invite_pending: user.password_hash.is_none(),
+            email_verified: user.email_verified_at.is_some(),
             id: user.id,
             tenant_id: user.tenant_id,
             email: user.email,
