@@ -157,6 +157,17 @@ pub fn text_part(message: &str) -> String {
     }
 }
 
+/// The 6-digit code of a verification mail (CONTRACT.md §18): the first line of six digits in
+/// its text part.
+pub fn mailed_code(message: &str) -> String {
+    let text = text_part(message);
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.len() == 6 && l.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no code in {text}"))
+        .to_owned()
+}
+
 /// RFC 2045 quoted-printable: `=` at a line's end joins it to the next, `=XX` is a byte.
 fn decode_quoted_printable(body: &str) -> String {
     let joined = body.replace("=\n", "");

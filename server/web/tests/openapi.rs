@@ -119,6 +119,8 @@ const PUBLIC: &[&str] = &[
     "/api/auth/logout",
     "/api/auth/accept-invite",
     "/api/auth/register",
+    "/api/auth/password-reset",
+    "/api/auth/password-reset/confirm",
 ];
 
 #[test]

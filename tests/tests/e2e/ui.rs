@@ -4034,3 +4034,150 @@ async fn browser_a_rollout_page_follows_its_state() {
     browser.screenshot("rollouts").await;
     browser.quit().await;
 }
+
+/// CONTRACT.md §18 in the dashboard, through its forms: the sign-in page links to "forgot",
+/// which mails a link (read from a real SMTP server); the link's page sets the new password;
+/// under `--require-verified-email` every page sends an unverified user to the code page,
+/// whose code (from the mail) lets them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reset_and_verify_pages_work_through_their_forms() {
+    const PASSWORD: &str = "correct horse battery";
+    let Some(sink) = outpost_e2e::smtp::SmtpSink::start("the_reset_and_verify_pages") else {
+        return;
+    };
+    let server = Server::start_with(ServerOptions {
+        args: vec![
+            "--smtp-url".into(),
+            sink.url(),
+            "--public-url".into(),
+            server_url_placeholder(),
+            "--require-verified-email".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let (ok, text) = server.user_create("hal@example.com", "member", Some(PASSWORD));
+    assert!(ok, "{text}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // An anonymous form: its page sets the nonce cookie its token is bound to.
+    let anonymous_post = |page: String, path: &'static str, fields: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        let base = server.url.clone();
+        async move {
+            let response = client
+                .get(format!("{base}{page}"))
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(response.status(), StatusCode::OK, "{page}");
+            let nonce = set_cookie(&response, "outpost_login").expect("the form's cookie");
+            let html = response.text().await.expect("html");
+            let mut all: Vec<(&str, String)> = vec![("_csrf", csrf_of(&html))];
+            all.extend(fields);
+            let borrowed: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let response = client
+                .post(format!("{base}{path}"))
+                .header(COOKIE, format!("outpost_login={nonce}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&borrowed))
+                .send()
+                .await
+                .expect("POST");
+            (response.status(), response.text().await.expect("body"))
+        }
+    };
+    let login = client
+        .get(format!("{}/ui/login", server.url))
+        .send()
+        .await
+        .expect("login page")
+        .text()
+        .await
+        .expect("html");
+    assert!(login.contains("/ui/forgot"), "{login}");
+    let (status, html) = anonymous_post(
+        "/ui/forgot".into(),
+        "/ui/forgot",
+        vec![("email", "hal@example.com".into())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("Check your mail"), "{html}");
+    let mail = sink.wait_for("hal@example.com", "/ui/reset?token=").await;
+    let text = outpost_e2e::smtp::text_part(&mail);
+    let link = text.lines().next().expect("the link").to_owned();
+    let path = link
+        .strip_prefix(&server_url_placeholder())
+        .expect("a link under --public-url")
+        .to_owned();
+    let token = path.split("token=").nth(1).expect("token").to_owned();
+    let (status, html) = anonymous_post(
+        path.clone(),
+        "/ui/reset",
+        vec![("token", token.clone()), ("password", "short".into())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    let (status, html) = anonymous_post(
+        path.clone(),
+        "/ui/reset",
+        vec![
+            ("token", token.clone()),
+            ("password", "a new password here".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("Your password is set"), "{html}");
+    let (status, html) = anonymous_post(
+        path,
+        "/ui/reset",
+        vec![
+            ("token", token),
+            ("password", "and another one here".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{html}");
+
+    // The reset link proved the mailbox: this user is verified. A second user is not.
+    let (ok, text) = server.user_create("ivy@example.com", "member", Some(PASSWORD));
+    assert!(ok, "{text}");
+    let hal = Session::sign_in(&server, "hal@example.com", "a new password here").await;
+    let (status, _) = hal.get("/ui/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    let ivy = Session::sign_in(&server, "ivy@example.com", PASSWORD).await;
+    let response = ivy
+        .client
+        .get(format!("{}/ui/jobs", server.url))
+        .header(COOKIE, &ivy.cookie)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[LOCATION], "/ui/verify");
+    let (status, html) = ivy.get("/ui/verify").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let csrf = csrf_of(&html);
+    let mail = sink.wait_for("ivy@example.com", "verification code").await;
+    let code = &outpost_e2e::smtp::mailed_code(&mail);
+    let (status, _) = ivy
+        .post("/ui/verify", &[("_csrf", &csrf), ("code", "99999x")])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, location, html) = ivy
+        .post_for("/ui/verify", &[("_csrf", &csrf), ("code", code)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "code {code:?}: {html}");
+    assert_eq!(location, "/ui/agents");
+    let (status, _) = ivy.get("/ui/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The `--public-url` of the mail test: links in mails point there; the test reads them back.
+fn server_url_placeholder() -> String {
+    "http://outpost.test.example".into()
+}

@@ -311,7 +311,7 @@ impl AccountMail {
         self.queue(
             Kind::Verify,
             user,
-            &format!("[Outpost] Your verification code: {code}"),
+            "[Outpost] Your verification code",
             Body {
                 text: plain(&refs),
                 html: html(&refs, None),

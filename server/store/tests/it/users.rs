@@ -317,3 +317,135 @@ async fn the_last_active_owner_is_kept_even_under_concurrent_changes() {
         Refreshed::Refused
     );
 }
+
+/// CONTRACT.md §18 in the store: a reset link is used once and not after its hour; using one
+/// voids the user's other links, revokes every refresh token and marks the email verified.
+#[tokio::test]
+async fn reset_links_work_once_and_not_after_they_expire() {
+    let (_fresh, store, tenant) = common::fresh_store().await;
+    let ada = user(&store, &tenant, "ada@example.com", Role::Member).await;
+    let session = login(&store, &ada).await;
+    let expired = generate_secret(KeyKind::Reset);
+    store
+        .create_password_reset(
+            &ada,
+            &hash_secret(&expired),
+            Utc::now() - Duration::seconds(1),
+        )
+        .await
+        .expect("create");
+    assert!(
+        store
+            .password_reset_user(&hash_secret(&expired))
+            .await
+            .expect("look up")
+            .is_none()
+    );
+    assert!(
+        store
+            .use_password_reset(&hash_secret(&expired), "$argon2id$new")
+            .await
+            .expect("use")
+            .is_none(),
+        "an expired link set a password"
+    );
+    let first = generate_secret(KeyKind::Reset);
+    let second = generate_secret(KeyKind::Reset);
+    for token in [&first, &second] {
+        store
+            .create_password_reset(&ada, &hash_secret(token), Utc::now() + Duration::hours(1))
+            .await
+            .expect("create");
+    }
+    let changed = store
+        .use_password_reset(&hash_secret(&first), "$argon2id$new")
+        .await
+        .expect("use")
+        .expect("a live link works");
+    assert_eq!(changed.password_hash.as_deref(), Some("$argon2id$new"));
+    assert!(changed.email_verified_at.is_some());
+    assert!(changed.password_changed_at.is_some());
+    for token in [&first, &second] {
+        assert!(
+            store
+                .use_password_reset(&hash_secret(token), "$argon2id$again")
+                .await
+                .expect("use")
+                .is_none(),
+            "a link worked twice, or after another was used"
+        );
+    }
+    let (refreshed, _) = rotate(&store, &session, Duration::seconds(5)).await;
+    assert_eq!(
+        refreshed,
+        Refreshed::Refused,
+        "a session outlived the reset"
+    );
+}
+
+/// A verification code: 5 wrong tries void it (even the right code then fails), a new code
+/// starts again, the right one verifies; an expired one is refused.
+#[tokio::test]
+async fn verification_codes_take_five_tries_and_expire() {
+    use outpost_store::CodeCheck;
+    let (_fresh, store, tenant) = common::fresh_store().await;
+    let bob = user(&store, &tenant, "bob@example.com", Role::Member).await;
+    let check = |stored: &'static str| move |hash: &str| hash == stored;
+    store
+        .put_email_code(&bob, "right", Utc::now() + Duration::minutes(10))
+        .await
+        .expect("put");
+    for left in (0..5).rev() {
+        assert_eq!(
+            store
+                .check_email_code(&tenant, &bob.id, 5, check("wrong"))
+                .await
+                .expect("check"),
+            CodeCheck::Wrong { left }
+        );
+    }
+    assert_eq!(
+        store
+            .check_email_code(&tenant, &bob.id, 5, check("right"))
+            .await
+            .expect("check"),
+        CodeCheck::NoCode
+    );
+    store
+        .put_email_code(&bob, "old", Utc::now() - Duration::seconds(1))
+        .await
+        .expect("put");
+    assert_eq!(
+        store
+            .check_email_code(&tenant, &bob.id, 5, check("old"))
+            .await
+            .expect("check"),
+        CodeCheck::NoCode,
+        "an expired code verified"
+    );
+    store
+        .put_email_code(&bob, "new", Utc::now() + Duration::minutes(10))
+        .await
+        .expect("put");
+    // Another tenant's id never reaches it.
+    assert_eq!(
+        store
+            .check_email_code("another-tenant", &bob.id, 5, check("new"))
+            .await
+            .expect("check"),
+        CodeCheck::NoCode
+    );
+    assert_eq!(
+        store
+            .check_email_code(&tenant, &bob.id, 5, check("new"))
+            .await
+            .expect("check"),
+        CodeCheck::Verified
+    );
+    let bob = store
+        .get_user(&tenant, &bob.id)
+        .await
+        .expect("get")
+        .expect("bob");
+    assert!(bob.email_verified_at.is_some());
+}

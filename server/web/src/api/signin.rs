@@ -192,7 +192,7 @@ pub struct MailView {
     pub kind: String,
     /// The recipient.
     pub recipient: String,
-    /// The subject (a verification mail's names its code only after it was sent).
+    /// The subject (never a code or a link: those are in the body, which is not shown).
     pub subject: String,
     /// `pending`, `sent` or `failed`.
     pub state: String,
@@ -219,13 +219,7 @@ impl From<mail_outbox::Model> for MailView {
         } else {
             "pending"
         };
-        // A verification mail's subject holds its code: shown only once it can no longer be
-        // entered by someone reading this list before the user does.
-        let subject = if mail.kind == "verify" && state == "pending" {
-            "[Outpost] Your verification code: ******".to_owned()
-        } else {
-            mail.subject
-        };
+        let subject = mail.subject;
         Self {
             next_at: (state == "pending").then_some(mail.next_at),
             state: state.to_owned(),

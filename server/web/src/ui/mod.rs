@@ -25,6 +25,7 @@ mod library;
 mod live;
 mod pages;
 mod session;
+mod signin;
 
 use crate::http_error::HttpError;
 use axum::Router;
@@ -169,6 +170,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/audit", get(pages::audit))
         .route("/ui/audit/verify", post(pages::verify_audit))
         .route("/ui/logout", post(session::logout))
+        .route("/ui/verify", get(signin::verify_page).post(signin::verify))
+        .route("/ui/verify/resend", post(signin::resend))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::require,
@@ -185,6 +188,9 @@ pub fn router(state: AppState) -> Router<AppState> {
             }),
         )
         .route("/ui/login", get(session::login_page).post(session::login))
+        .route("/ui/forgot", get(signin::forgot_page).post(signin::forgot))
+        .route("/ui/reset", get(signin::reset_page).post(signin::reset))
+        .route("/ui/invite", get(signin::invite_page).post(signin::invite))
         .route("/ui/static/{file}", get(assets::serve))
         .merge(signed_in)
         .layer(axum::middleware::from_fn(headers))

@@ -32,15 +32,15 @@ use outpost_store::domain::DomainError;
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "outpost_session";
 /// The sign-in form's cookie.
-const LOGIN_COOKIE: &str = "outpost_login";
+pub(super) const LOGIN_COOKIE: &str = "outpost_login";
 /// The purpose of the sign-in form's token.
-const LOGIN_PURPOSE: &str = "login";
+pub(super) const LOGIN_PURPOSE: &str = "login";
 /// How long before its expiry an access token is exchanged.
 const REFRESH_BEFORE_S: i64 = 60;
 /// How long the session cookie lives: the refresh token's life.
 const SESSION_MAX_AGE_S: i64 = 7 * 24 * 3600;
 /// How long a sign-in form stays usable.
-const LOGIN_MAX_AGE_S: i64 = 3600;
+pub(super) const LOGIN_MAX_AGE_S: i64 = 3600;
 
 /// The sign-in page.
 #[derive(Template, WebTemplate)]
@@ -58,6 +58,8 @@ struct LoginPage {
     email: String,
     /// Why the last attempt failed.
     error: Option<String>,
+    /// Whether the server mails reset links ("Forgot your password?").
+    can_reset: bool,
 }
 
 /// The parts of a session cookie.
@@ -102,7 +104,7 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// A `Set-Cookie` value for the dashboard's path.
-fn set_cookie(site: &Site, name: &str, value: &str, max_age: i64) -> HeaderValue {
+pub(super) fn set_cookie(site: &Site, name: &str, value: &str, max_age: i64) -> HeaderValue {
     let secure = if site.secure { "; Secure" } else { "" };
     let text = format!(
         "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
@@ -113,7 +115,7 @@ fn set_cookie(site: &Site, name: &str, value: &str, max_age: i64) -> HeaderValue
 }
 
 /// 32 random bytes, hex.
-fn new_nonce() -> String {
+pub(super) fn new_nonce() -> String {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 32];
     if SystemRandom::new().fill(&mut bytes).is_err() {
@@ -179,15 +181,26 @@ pub async fn require(
         return signed_out(&site, &method, &path);
     };
     let access = &state.services.access;
+    // The pages that verify an email take a user who has not yet (CONTRACT.md §18).
+    let verifying = request
+        .uri()
+        .path()
+        .strip_prefix(site.base.as_str())
+        .is_some_and(|rest| rest == "/verify" || rest == "/verify/resend");
+    let authenticate = |token: String| async move {
+        if verifying {
+            access.authenticate_unverified(Some(&token), client).await
+        } else {
+            access.authenticate(Some(&token), client).await
+        }
+    };
     let mut renewed = None;
     let caller = if cookie.expires - REFRESH_BEFORE_S > Utc::now().timestamp() {
-        access.authenticate(Some(cookie.access), client).await
+        authenticate(cookie.access.to_owned()).await
     } else {
         match state.services.users.refresh(cookie.refresh, client).await {
             Ok(session) => {
-                let caller = access
-                    .authenticate(Some(&session.access_token), client)
-                    .await;
+                let caller = authenticate(session.access_token.clone()).await;
                 renewed = Some(session_cookie(&site, &session, cookie.nonce));
                 caller
             }
@@ -201,6 +214,16 @@ pub async fn require(
             caller
         }
         Err(DomainError::Unauthorized(_)) => return signed_out(&site, &method, &path),
+        Err(DomainError::NotAllowed {
+            code: "email_unverified",
+            ..
+        }) if method == Method::GET => {
+            let mut response = see_other(&format!("{}/verify", site.base));
+            if let Some(cookie) = renewed {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            return response;
+        }
         Err(err) => return UiError(err).into_response(),
     };
     let ui = Ui {
@@ -262,6 +285,7 @@ fn login_form(
         next: next.filter(|n| safe_next(site, n)).unwrap_or("").to_owned(),
         email: email.to_owned(),
         error,
+        can_reset: state.services.account_mail.enabled(),
     };
     let mut response = (status, page).into_response();
     response.headers_mut().append(
