@@ -104,7 +104,7 @@ const EXPIRED_FORM: &str = "The form had expired: try again.";
 
 /// The status and message a refused form shows; a failure that is not the person's is the
 /// error page.
-fn refusal(err: DomainError) -> Result<(StatusCode, String), Response> {
+fn refusal(err: DomainError) -> Result<(StatusCode, String), UiError> {
     match err {
         err @ (DomainError::Unauthorized(_)
         | DomainError::BadRequest(_)
@@ -112,7 +112,7 @@ fn refusal(err: DomainError) -> Result<(StatusCode, String), Response> {
         | DomainError::RateLimited { .. }
         | DomainError::Conflict { .. }
         | DomainError::NotAllowed { .. }) => Ok((crate::http_error::status(&err), err.to_string())),
-        err => Err(UiError(err).into_response()),
+        err => Err(UiError(err)),
     }
 }
 
@@ -170,7 +170,7 @@ pub async fn forgot(
                 page.error = Some(message);
                 anonymous(&state, &site, page, status)
             }
-            Err(response) => response,
+            Err(error) => error.into_response(),
         },
     }
 }
@@ -299,7 +299,7 @@ async fn set_password(
                 page.error = Some(message);
                 anonymous(&state, &site, page, status)
             }
-            Err(response) => response,
+            Err(error) => error.into_response(),
         },
     }
 }
@@ -346,7 +346,7 @@ pub async fn verify(
                 page.error = Some(message);
                 (status, page).into_response()
             }
-            Err(response) => response,
+            Err(error) => error.into_response(),
         },
     }
 }
@@ -365,7 +365,7 @@ pub async fn resend(State(state): State<AppState>, Extension(ui): Extension<Ui>)
                 page.error = Some(message);
                 status
             }
-            Err(response) => return response,
+            Err(error) => return error.into_response(),
         },
     };
     (status, page).into_response()
