@@ -39,7 +39,7 @@ const NEW_PASSWORD: Field = Field {
 
 /// A small page with one form (or none), for the flows around signing in.
 #[derive(Template, WebTemplate)]
-#[template(path = "ui/account.html")]
+#[template(path = "ui/signin_form.html")]
 struct AccountPage {
     base: String,
     asset: &'static Names,
