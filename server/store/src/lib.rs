@@ -55,6 +55,7 @@ pub mod retention;
 mod rollouts;
 mod schedules;
 mod tenants;
+pub mod totp;
 mod users;
 mod webhooks;
 pub mod writer;
@@ -102,6 +103,7 @@ pub use entities::{
     library_bundle, library_script, node, output_chunk, refresh_token, release, rollout,
     rollout_agent, run_digest, schedule, tenant, user, webhook_attempt,
 };
+pub use entities::{login_ticket, recovery_code, totp_factor};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

@@ -58,6 +58,15 @@ pub struct Session {
     pub user: user::Model,
 }
 
+/// What a password sign-in answers: a session, or the second step it needs (CONTRACT.md §18).
+#[derive(Debug)]
+pub enum Login {
+    /// Signed in.
+    Session(Box<Session>),
+    /// A second factor is needed first (`super::totp`).
+    SecondFactor(super::totp::SecondFactor),
+}
+
 /// Who asks, as `GET /api/auth/me` shows it.
 #[derive(Debug)]
 pub struct Me {
@@ -207,7 +216,7 @@ impl Users {
         email: &str,
         password: &str,
         client: IpAddr,
-    ) -> Result<Session, DomainError> {
+    ) -> Result<Login, DomainError> {
         self.limits.auth_attempt(client, Some(email))?;
         if email.chars().count() > MAX_EMAIL || password.chars().count() > passwords::MAX_LENGTH {
             self.login_failed(email, None, client).await?;
@@ -229,6 +238,9 @@ impl Users {
                 return Err(DomainError::Unauthorized(LOGIN_FAILED.into()));
             }
         };
+        if let Some(second) = super::totp::Totp::second_step(&self.core, &user).await? {
+            return Ok(Login::SecondFactor(second));
+        }
         self.core.store.touch_login(&user.id).await?;
         self.audit
             .record(
@@ -238,7 +250,7 @@ impl Users {
                 audit_event(AuditAction::AuthLogin, &user.id, serde_json::json!({})),
             )
             .await?;
-        self.issue(user, &new_id()).await
+        Ok(Login::Session(Box::new(self.issue(user, &new_id()).await?)))
     }
 
     /// `POST /api/auth/refresh`: a new pair for a refresh token, which is retired.
