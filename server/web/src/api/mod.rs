@@ -27,6 +27,7 @@ mod rollouts;
 mod schedules;
 mod scripts;
 mod tenants;
+pub mod totp;
 mod users;
 mod webhooks;
 
@@ -65,6 +66,7 @@ use outpost_store::domain::{Caller, DomainError};
         audit::list, audit::verify,
         users::login, users::refresh, users::logout, users::me, users::accept_invite,
         users::list, users::create, users::show, users::update, users::delete,
+        totp::login, totp::login_setup, totp::login_confirm, totp::setup, totp::confirm, totp::remove, totp::reset,
         api_keys::create, api_keys::list, api_keys::delete,
         tenants::register, tenants::list, tenants::show, tenants::update,
         schedules::create, schedules::list, schedules::preview, schedules::show,
@@ -230,6 +232,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/auth/logout", post(users::logout))
         .route("/api/auth/me", get(users::me))
         .route("/api/auth/accept-invite", post(users::accept_invite))
+        .route("/api/auth/login/totp", post(totp::login))
+        .route("/api/auth/login/totp/setup", post(totp::login_setup))
+        .route("/api/auth/login/totp/confirm", post(totp::login_confirm))
+        .route("/api/auth/totp", axum::routing::delete(totp::remove))
+        .route("/api/auth/totp/setup", post(totp::setup))
+        .route("/api/auth/totp/confirm", post(totp::confirm))
+        .route("/api/users/{id}/totp", axum::routing::delete(totp::reset))
         .route("/api/users", get(users::list).post(users::create))
         .route(
             "/api/users/{id}",

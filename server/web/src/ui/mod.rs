@@ -25,6 +25,7 @@ mod library;
 mod live;
 mod pages;
 mod session;
+mod totp;
 
 use crate::http_error::HttpError;
 use axum::Router;
@@ -185,6 +186,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             }),
         )
         .route("/ui/login", get(session::login_page).post(session::login))
+        .route("/ui/login/totp", post(totp::login))
         .route("/ui/static/{file}", get(assets::serve))
         .merge(signed_in)
         .layer(axum::middleware::from_fn(headers))
