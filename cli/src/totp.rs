@@ -23,7 +23,9 @@ pub async fn second_step(
     let ticket = answer
         .get("ticket")
         .and_then(Value::as_str)
-        .ok_or_else(|| CliError::Other("the server asked for a second factor without a ticket".into()))?
+        .ok_or_else(|| {
+            CliError::Other("the server asked for a second factor without a ticket".into())
+        })?
         .to_owned();
     let code = |prompt: &str| match &code {
         Some(code) => Ok(code.clone()),
@@ -46,7 +48,13 @@ pub async fn second_step(
                     &serde_json::json!({"ticket": ticket}),
                 )
                 .await?;
-            let text = |key: &str| setup.get(key).and_then(Value::as_str).unwrap_or("?").to_owned();
+            let text = |key: &str| {
+                setup
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned()
+            };
             eprintln!(
                 "Your tenant requires a second factor. Add this account to an authenticator app:\n  \
                  secret: {}\n  URL:    {}",

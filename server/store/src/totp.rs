@@ -211,7 +211,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
 
     /// The ticket hashing to `ticket_hash` while it can still finish a sign-in: unused,
     /// unexpired, fewer than [`MAX_TICKET_TRIES`] wrong codes.
-    pub async fn live_login_ticket(&self, ticket_hash: &str) -> Result<Option<login_ticket::Model>> {
+    pub async fn live_login_ticket(
+        &self,
+        ticket_hash: &str,
+    ) -> Result<Option<login_ticket::Model>> {
         Ok(login_ticket::Entity::find_by_id(ticket_hash.to_owned())
             .filter(login_ticket::Column::UsedAt.is_null())
             .filter(login_ticket::Column::ExpiresAt.gt(now()))

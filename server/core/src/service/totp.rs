@@ -8,7 +8,9 @@
 //!   node finishes the sign-in, and its wrong codes are counted in its row: 5 and it is void.
 //!   That limit is per ticket, not per address, as the contract says; a guesser has to get a
 //!   new ticket with the password for every 5 guesses, and each ticket costs a sign-in attempt
-//!   (`Limits::auth_attempt`, per address and per email).
+//!   (`Limits::auth_attempt`, per address and per email). Removing a factor with a code counts
+//!   as a sign-in attempt too (a stolen access token must not guess its way to turning the
+//!   factor off).
 //! - Where the tenant requires a factor and a password user has none, the login answers a
 //!   ticket of kind `totp_setup`: it can set up and confirm a factor
 //!   (`/api/auth/login/totp/setup`, `/confirm`) and nothing else; the confirmation answers the
@@ -253,7 +255,12 @@ impl Totp {
         let Some(row) = self.core.store.live_login_ticket(&hash).await? else {
             return Err(ticket_refused());
         };
-        match self.core.store.get_user(&row.tenant_id, &row.user_id).await? {
+        match self
+            .core
+            .store
+            .get_user(&row.tenant_id, &row.user_id)
+            .await?
+        {
             Some(user) if user.status == UserStatus::Active => Ok((row, user)),
             _ => Err(ticket_refused()),
         }
@@ -275,12 +282,15 @@ impl Totp {
         ticket: &str,
         client: IpAddr,
     ) -> Result<Setup, DomainError> {
-        self.limits.auth_attempt(client, None)?;
         let (_, user) = self.ticket_user(ticket).await?;
         self.begin(&user, Some(client)).await
     }
 
-    async fn begin(&self, user: &user::Model, address: Option<IpAddr>) -> Result<Setup, DomainError> {
+    async fn begin(
+        &self,
+        user: &user::Model,
+        address: Option<IpAddr>,
+    ) -> Result<Setup, DomainError> {
         if user.password_hash.is_none() {
             return Err(DomainError::NotAllowed {
                 code: "no_password",
@@ -341,9 +351,6 @@ impl Totp {
     #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id))]
     pub async fn confirm(&self, caller: &Caller, code: &str) -> Result<Confirmed, DomainError> {
         let user = self.signed_in(caller).await?;
-        if let Some(address) = caller.address {
-            self.limits.auth_attempt(address, Some(&user.email))?;
-        }
         self.core.writable()?;
         match self.finish_setup(&user, code, caller.address).await? {
             Some(recovery_codes) => Ok(Confirmed {
@@ -363,7 +370,6 @@ impl Totp {
         code: &str,
         client: IpAddr,
     ) -> Result<Confirmed, DomainError> {
-        self.limits.auth_attempt(client, None)?;
         let (row, user) = self.ticket_user(ticket).await?;
         match self.finish_setup(&user, code, Some(client)).await? {
             Some(recovery_codes) => {
@@ -403,8 +409,16 @@ impl Totp {
             return Ok(None);
         };
         let codes = new_recovery_codes();
-        let hashes: Vec<String> = codes.iter().map(|c| hash_secret(&recovery_key(c))).collect();
-        if !self.core.store.confirm_totp(&user.id, step, &hashes).await? {
+        let hashes: Vec<String> = codes
+            .iter()
+            .map(|c| hash_secret(&recovery_key(c)))
+            .collect();
+        if !self
+            .core
+            .store
+            .confirm_totp(&user.id, step, &hashes)
+            .await?
+        {
             return Err(DomainError::Conflict {
                 code: "totp_confirmed",
                 message: "the second factor was confirmed or removed meanwhile".into(),
@@ -520,7 +534,6 @@ impl Totp {
         code: &str,
         client: IpAddr,
     ) -> Result<Session, DomainError> {
-        self.limits.auth_attempt(client, None)?;
         let (row, user) = self.ticket_user(ticket).await?;
         let Some((factor, secret)) = self.secret_of(&user).await? else {
             return Err(ticket_refused());
@@ -702,7 +715,10 @@ mod tests {
                 recovery_key(&code.to_uppercase().replace('-', " ")),
                 recovery_key(code)
             );
-            assert!(algorithm::normalize(code).is_none(), "{code} reads as a TOTP code");
+            assert!(
+                algorithm::normalize(code).is_none(),
+                "{code} reads as a TOTP code"
+            );
         }
     }
 }

@@ -319,7 +319,11 @@ pub async fn update(
     if !patch.is_empty() {
         state.services.tenants.update(&caller, &id, patch).await?;
     }
-    state.services.totp.set_policy(&caller, &id, required).await?;
+    state
+        .services
+        .totp
+        .set_policy(&caller, &id, required)
+        .await?;
     let tenant = state.services.tenants.get(&caller, &id).await?;
     Ok(Json(TenantView::from(tenant)))
 }
