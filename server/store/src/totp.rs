@@ -169,19 +169,25 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// whether there was a factor.
     pub async fn delete_totp(&self, user_id: &str) -> Result<bool> {
         let txn = self.begin_write().await?;
+        let deleted = txn.delete_totp_rows(user_id).await?;
+        txn.db.commit().await?;
+        Ok(deleted)
+    }
+
+    /// [`Store::delete_totp`]'s deletes, in the caller's transaction.
+    pub(crate) async fn delete_totp_rows(&self, user_id: &str) -> Result<bool> {
         let deleted = totp_factor::Entity::delete_by_id(user_id.to_owned())
-            .exec(&txn.db)
+            .exec(&self.db)
             .await?
             .rows_affected;
         recovery_code::Entity::delete_many()
             .filter(recovery_code::Column::UserId.eq(user_id))
-            .exec(&txn.db)
+            .exec(&self.db)
             .await?;
         login_ticket::Entity::delete_many()
             .filter(login_ticket::Column::UserId.eq(user_id))
-            .exec(&txn.db)
+            .exec(&self.db)
             .await?;
-        txn.db.commit().await?;
         Ok(deleted == 1)
     }
 
