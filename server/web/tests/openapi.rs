@@ -118,6 +118,9 @@ const PUBLIC: &[&str] = &[
     "/api/auth/logout",
     "/api/auth/accept-invite",
     "/api/auth/register",
+    "/api/auth/login/totp",
+    "/api/auth/login/totp/setup",
+    "/api/auth/login/totp/confirm",
 ];
 
 #[test]
