@@ -162,6 +162,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/ui/users", get(pages::users).post(pages::invite_user))
         .route("/ui/users/{id}/role", post(pages::change_user_role))
+        .route("/ui/users/{id}/totp/reset", post(pages::reset_user_totp))
+        .route("/ui/account", get(pages::account))
+        .route("/ui/account/totp/setup", post(pages::setup_totp))
+        .route("/ui/account/totp/confirm", post(pages::confirm_totp))
+        .route("/ui/account/totp/remove", post(pages::remove_totp))
         .route(
             "/ui/api-keys",
             get(pages::api_keys).post(pages::create_api_key),
