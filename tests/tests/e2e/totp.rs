@@ -92,7 +92,14 @@ async fn totp_setup_confirm_and_sign_in_in_two_steps() {
     // An API key cannot set up a factor (the owner key is one).
     let (status, body) = server.api().post("/api/auth/totp/setup", json!({})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["error"]["code"], "user_only", "{body}");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("API key"),
+        "{body}"
+    );
 
     // Setup: a secret pyotp reads from the otpauth URL.
     let (status, setup) = ada.post("/api/auth/totp/setup", json!({})).await;
@@ -462,4 +469,148 @@ async fn totp_policy_leads_a_user_through_setup_at_sign_in() {
         .await;
     assert_eq!(status, StatusCode::OK, "{session}");
     assert!(session["access_token"].is_string(), "{session}");
+}
+
+// ---- the dashboard, over plain HTTP ----------------------------------------------------------
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';')
+                .next()
+                .and_then(|pair| pair.strip_prefix(&format!("{name}=")))
+                .filter(|value| !value.is_empty())
+                .map(str::to_owned)
+        })
+}
+
+fn field_of(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} in {html}"))
+        + marker.len();
+    html[start..]
+        .split('"')
+        .next()
+        .expect("the value's end")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn totp_dashboard_sign_in_asks_for_the_code_after_the_password() {
+    let Some(otp) = PyOtp::find("totp_dashboard_sign_in_asks_for_the_code_after_the_password")
+    else {
+        return;
+    };
+    let server = Server::start().await;
+    let email = "ada@example.com";
+    let (ada, _) = server.user(email, "owner", PASSWORD).await;
+    let (secret, _, recovery) = enroll(&ada, &otp).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+
+    let page = client
+        .get(format!("{}/ui/login", server.url))
+        .send()
+        .await
+        .expect("login page");
+    let login = set_cookie(&page, "outpost_login").expect("the form's cookie");
+    let html = page.text().await.expect("html");
+    let response = client
+        .post(format!("{}/ui/login", server.url))
+        .header(reqwest::header::COOKIE, format!("outpost_login={login}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("_csrf", &field_of(&html, "_csrf")),
+            ("email", email),
+            ("password", PASSWORD),
+        ]))
+        .send()
+        .await
+        .expect("sign in");
+    // The password step gives the code page, not a session.
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(set_cookie(&response, "outpost_session").is_none());
+    let html = response.text().await.expect("html");
+    assert!(html.contains("id=\"code\""), "{html}");
+    let ticket = field_of(&html, "ticket");
+
+    let post = |fields: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        let url = format!("{}/ui/login/totp", server.url);
+        async move {
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&pairs))
+                .send()
+                .await
+                .expect("second step")
+        }
+    };
+    let wrong = post(vec![
+        ("ticket", ticket.clone()),
+        ("code", otp.wrong(&secret)),
+        ("next", String::new()),
+    ])
+    .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let html = wrong.text().await.expect("html");
+    assert!(html.contains("id=\"totp-error\""), "{html}");
+    let right = post(vec![
+        ("ticket", ticket.clone()),
+        ("code", recovery[0].clone()),
+        ("next", String::new()),
+    ])
+    .await;
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    assert_eq!(right.headers()[reqwest::header::LOCATION], "/ui/agents");
+    let session = set_cookie(&right, "outpost_session").expect("a session cookie");
+    let cookie = format!("outpost_session={session}");
+
+    // The account page says the factor is on, with 9 codes left; the users page shows it.
+    let page = client
+        .get(format!("{}/ui/account", server.url))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("account");
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("9 recovery codes are left"), "{html}");
+    let page = client
+        .get(format!("{}/ui/users", server.url))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("users");
+    let html = page.text().await.expect("html");
+    assert!(html.contains("/totp/reset"), "{html}");
 }

@@ -229,12 +229,11 @@ impl Totp {
     /// change its user's second factor).
     async fn signed_in(&self, caller: &Caller) -> Result<user::Model, DomainError> {
         let Some(id) = caller.principal.user_id() else {
-            return Err(DomainError::NotAllowed {
-                code: "user_only",
-                message: "a second factor is set up and removed by its user, signed in with a \
-                          password; not with an API key"
+            return Err(DomainError::Forbidden(
+                "a second factor is set up and removed by its user, signed in with a password; \
+                 not with an API key"
                     .into(),
-            });
+            ));
         };
         self.core
             .store

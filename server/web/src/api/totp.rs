@@ -210,7 +210,7 @@ pub async fn login_confirm(
 /// confirmed; a confirmed one must be removed first.
 #[utoipa::path(post, operation_id = "totpSetup", path = "/api/auth/totp/setup", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = SetupView),
-        (status = 403, body = crate::http_error::ErrorEnvelope, description = "An API key (`user_only`), or not a password account (`no_password`)"),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "An API key (`forbidden`), or not a password account (`no_password`)"),
         (status = 409, body = crate::http_error::ErrorEnvelope, description = "A confirmed factor exists (`totp_confirmed`)")))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn setup(
@@ -227,7 +227,7 @@ pub async fn setup(
     request_body = CodeRequest,
     responses((status = 200, body = ConfirmedView),
         (status = 400, body = crate::http_error::ErrorEnvelope, description = "A wrong code (`wrong_code`), or a malformed body"),
-        (status = 403, body = crate::http_error::ErrorEnvelope, description = "An API key (`user_only`)"),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "An API key (`forbidden`)"),
         (status = 409, body = crate::http_error::ErrorEnvelope, description = "Nothing to confirm (`totp_not_set_up`) or confirmed already (`totp_confirmed`)")))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn confirm(
@@ -245,7 +245,7 @@ pub async fn confirm(
     request_body = CodeRequest,
     responses((status = 204),
         (status = 400, body = crate::http_error::ErrorEnvelope, description = "A wrong code (`wrong_code`), or a malformed body"),
-        (status = 403, body = crate::http_error::ErrorEnvelope, description = "An API key (`user_only`)"),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "An API key (`forbidden`)"),
         (status = 404, response = crate::api::doc::NotFound)))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id))]
 pub async fn remove(
