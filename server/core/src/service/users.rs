@@ -209,7 +209,8 @@ impl Users {
         }
     }
 
-    /// `POST /api/auth/login`.
+    /// `POST /api/auth/login`. A user with a second factor, or whom the tenant requires to
+    /// set one up, gets a ticket for the second step instead of a session (`super::totp`).
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
