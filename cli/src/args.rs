@@ -79,6 +79,7 @@ OUTPOST_TOKEN or --token, when set, is used instead of a saved session.
 Examples:
   outpost login --url https://outpost.example.com --email ada@example.com
   printf '%s\\n' \"$PASSWORD\" | outpost login --email ada@example.com --password-stdin
+  outpost login --email ada@example.com --totp-code 123456
   outpost login --url https://outpost.example.com < admin.key")]
     Login(LoginArgs),
     /// Sign out: end the saved session on the server and remove the config file.
@@ -257,6 +258,10 @@ pub struct LoginArgs {
     /// Read the password from stdin's first line.
     #[arg(long, requires = "email")]
     pub password_stdin: bool,
+    /// The second-factor code (TOTP, or a recovery code), when the account has one; without
+    /// it the CLI asks (or reads stdin's next line).
+    #[arg(long, requires = "email", value_name = "CODE")]
+    pub totp_code: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,7 +109,7 @@ pub fn save_session(session: &FileConfig) -> Result<(), CliError> {
 /// `outpost login`.
 pub async fn login(global: &Global, args: LoginArgs) -> Result<(), CliError> {
     if let Some(email) = args.email {
-        return login_user(global, &email, args.password_stdin).await;
+        return login_user(global, &email, args.password_stdin, args.totp_code).await;
     }
     // The URL: given now, else the file's (a broken file is about to be replaced, so it does
     // not stop a login), else the default.
@@ -155,16 +155,22 @@ fn login_url(global: &Global) -> String {
 }
 
 /// `outpost login --email`: signs in and saves the session.
-async fn login_user(global: &Global, email: &str, from_stdin: bool) -> Result<(), CliError> {
+async fn login_user(
+    global: &Global,
+    email: &str,
+    from_stdin: bool,
+    totp_code: Option<String>,
+) -> Result<(), CliError> {
     let url = login_url(global);
     let password = read_secret("Password", from_stdin)?;
     let client = Client::new(&url, "")?;
-    let session = client
+    let answer = client
         .anonymous(
             "/api/auth/login",
             &serde_json::json!({"email": email, "password": password}),
         )
         .await?;
+    let session = crate::totp::second_step(&client, answer, totp_code, from_stdin).await?;
     let file = session_file(&url, email, &session)?;
     let path = path()?;
     write_file(&path, &file)?;

@@ -23,6 +23,7 @@ mod results;
 mod rollouts;
 mod schedules;
 mod scripts;
+mod totp;
 mod users;
 
 use std::process::ExitCode;

@@ -23,6 +23,7 @@ pub mod library;
 pub mod postgres;
 pub mod proxy;
 pub mod smtp;
+pub mod totp;
 pub mod webdriver;
 pub mod ws;
 

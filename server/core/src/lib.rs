@@ -34,3 +34,4 @@ pub mod release;
 pub mod rollout;
 pub mod service;
 pub mod tags;
+pub mod totp;

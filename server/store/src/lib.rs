@@ -56,6 +56,7 @@ mod rollouts;
 mod schedules;
 mod signin;
 mod tenants;
+pub mod totp;
 mod users;
 mod webhooks;
 pub mod writer;
@@ -104,6 +105,7 @@ pub use entities::{
     library_bundle, library_script, mail_outbox, node, output_chunk, password_reset, refresh_token,
     release, rollout, rollout_agent, run_digest, schedule, tenant, user, webhook_attempt,
 };
+pub use entities::{login_ticket, recovery_code, totp_factor};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

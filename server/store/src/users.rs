@@ -187,6 +187,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     .filter(password_reset::Column::UserId.eq(id))
                     .exec(&txn.db)
                     .await?;
+                // The user's second factor (CONTRACT.md §18) goes with them.
+                txn.delete_totp_rows(id).await?;
                 UserChanged::Done(None)
             }
             Some(after) => {

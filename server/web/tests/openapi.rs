@@ -121,6 +121,9 @@ const PUBLIC: &[&str] = &[
     "/api/auth/register",
     "/api/auth/password-reset",
     "/api/auth/password-reset/confirm",
+    "/api/auth/login/totp",
+    "/api/auth/login/totp/setup",
+    "/api/auth/login/totp/confirm",
 ];
 
 #[test]

@@ -42,6 +42,7 @@ mod supervisor;
 mod tenancy;
 mod tenancy_quotas;
 mod tls;
+mod totp;
 mod ui;
 mod users;
 mod webhooks;

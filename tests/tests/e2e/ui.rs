@@ -4180,4 +4180,67 @@ async fn the_reset_and_verify_pages_work_through_their_forms() {
 /// The `--public-url` of the mail test: links in mails point there; the test reads them back.
 fn server_url_placeholder() -> String {
     "http://outpost.test.example".into()
+/// The second factor (CONTRACT.md §18) in a browser: after the password, the code page; a
+/// current code (computed by pyotp) signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_second_factor_is_asked_after_the_password() {
+    let test = "browser_a_second_factor_is_asked_after_the_password";
+    let Some(otp) = outpost_e2e::totp::PyOtp::find(test) else {
+        return;
+    };
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let server = Server::start().await;
+    let (ada, _) = server.user(OWNER.0, "owner", OWNER.1).await;
+    let (_, setup) = ada.post("/api/auth/totp/setup", json!({})).await;
+    let secret = setup["secret"].as_str().expect("secret").to_owned();
+    let (status, body) = ada
+        .post(
+            "/api/auth/totp/confirm",
+            json!({"code": otp.code(&secret, 0)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let driver = &browser.driver;
+    driver
+        .goto(&format!("{}/ui/login", server.url))
+        .await
+        .expect("login page");
+    for (id, text) in [("email", OWNER.0), ("password", OWNER.1)] {
+        driver
+            .find(&By::id(id))
+            .await
+            .expect(id)
+            .send_keys(text)
+            .await
+            .expect("type");
+    }
+    driver
+        .find(&By::id("sign-in"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_text(By::css("#totp-form p"), "authenticator app")
+        .await;
+    driver
+        .find(&By::id("code"))
+        .await
+        .expect("the code field")
+        .send_keys(&otp.code(&secret, 30))
+        .await
+        .expect("type");
+    driver
+        .find(&By::id("verify"))
+        .await
+        .expect("verify")
+        .click()
+        .await
+        .expect("click");
+    browser.wait_text(By::css("main h1"), "Agents").await;
+    browser.quit().await;
 }

@@ -128,6 +128,8 @@ impl Health {
                 "deleted expired refresh tokens and invites"
             );
         }
+        // Sign-in tickets of a second factor (CONTRACT.md §18) past their 5 minutes.
+        core.store.delete_expired_login_tickets().await?;
         Ok(())
     }
 

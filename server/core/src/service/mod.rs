@@ -31,6 +31,7 @@ pub mod schedules;
 pub mod scripts;
 mod ssrf;
 pub mod tenants;
+pub mod totp;
 pub mod users;
 pub mod webhooks;
 
@@ -185,6 +186,8 @@ pub struct Services {
     pub users: users::Users,
     /// Tenants, their quotas, and signup.
     pub tenants: tenants::Tenants,
+    /// The TOTP second factor, its recovery codes, and the second step of a sign-in.
+    pub totp: totp::Totp,
     /// Signed agent and supervisor builds.
     pub releases: releases::Releases,
     /// Staged rollouts of agent versions, their engine, and the fleet policy.
@@ -251,6 +254,7 @@ impl Services {
             api_keys: api_keys::ApiKeys::new(core.clone()),
             audit: audit::Audit::new(core.clone()),
             tenants: tenants::Tenants::new(core.clone(), limits.clone(), users.clone()),
+            totp: totp::Totp::new(core.clone(), limits.clone(), users.clone()),
             users,
             commands: commands::Commands::new(core.clone()),
             schedules: schedules::Schedules::new(core.clone(), jobs::Jobs::new(core.clone())),

@@ -59,6 +59,15 @@ pub struct Session {
     pub user: user::Model,
 }
 
+/// What a password sign-in answers: a session, or the second step it needs (CONTRACT.md §18).
+#[derive(Debug)]
+pub enum Login {
+    /// Signed in.
+    Session(Box<Session>),
+    /// A second factor is needed first (`super::totp`).
+    SecondFactor(super::totp::SecondFactor),
+}
+
 /// Who asks, as `GET /api/auth/me` shows it.
 #[derive(Debug)]
 pub struct Me {
@@ -181,7 +190,10 @@ impl Users {
     }
 
     /// A first session for `user`, as a login starts one (signup answers with it).
+    /// A user who must verify their email and has no code that works is mailed one
+    /// (`AccountMail::after_sign_in`), whichever way they signed in.
     pub(super) async fn start_session(&self, user: user::Model) -> Result<Session, DomainError> {
+        self.mail.after_sign_in(&user).await?;
         self.issue(user, &new_id()).await
     }
 
@@ -203,14 +215,15 @@ impl Users {
         }
     }
 
-    /// `POST /api/auth/login`.
+    /// `POST /api/auth/login`. A user with a second factor, or whom the tenant requires to
+    /// set one up, gets a ticket for the second step instead of a session (`super::totp`).
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
         email: &str,
         password: &str,
         client: IpAddr,
-    ) -> Result<Session, DomainError> {
+    ) -> Result<Login, DomainError> {
         self.limits.auth_attempt(client, Some(email))?;
         if email.chars().count() > MAX_EMAIL || password.chars().count() > passwords::MAX_LENGTH {
             self.login_failed(email, None, client).await?;
@@ -232,6 +245,9 @@ impl Users {
                 return Err(DomainError::Unauthorized(LOGIN_FAILED.into()));
             }
         };
+        if let Some(second) = super::totp::Totp::second_step(&self.core, &user).await? {
+            return Ok(Login::SecondFactor(second));
+        }
         self.core.store.touch_login(&user.id).await?;
         self.audit
             .record(
@@ -241,8 +257,7 @@ impl Users {
                 audit_event(AuditAction::AuthLogin, &user.id, serde_json::json!({})),
             )
             .await?;
-        self.mail.after_sign_in(&user).await?;
-        self.issue(user, &new_id()).await
+        Ok(Login::Session(Box::new(self.start_session(user).await?)))
     }
 
     /// `POST /api/auth/refresh`: a new pair for a refresh token, which is retired.

@@ -515,6 +515,18 @@ text_enum! {
         UserPasswordResetRequest = "user.password_reset_request",
         /// A user set a new password with a reset link; every session of theirs ended.
         UserPasswordReset = "user.password_reset",
+        /// A user began setting up a TOTP second factor (CONTRACT.md §18).
+        UserTotpSetup = "user.totp_setup",
+        /// A user confirmed their TOTP factor with a first code (recovery codes issued).
+        UserTotpConfirm = "user.totp_confirm",
+        /// A user removed their own TOTP factor.
+        UserTotpRemove = "user.totp_remove",
+        /// An owner reset another user's TOTP factor.
+        UserTotpReset = "user.totp_reset",
+        /// A wrong or replayed second-factor code was given (sign-in, confirm or removal).
+        AuthTotpFailed = "auth.totp_failed",
+        /// A sign-in was finished with a recovery code (used up).
+        AuthRecoveryCodeUsed = "auth.recovery_code_used",
         /// A schedule was created.
         ScheduleCreate = "schedule.create",
         /// A schedule was changed (enabled and disabled included).

@@ -13,5 +13,6 @@ mod presence;
 mod rollouts;
 mod schedules;
 mod tenants;
+mod totp;
 mod users;
 mod writer;

@@ -28,6 +28,7 @@ mod schedules;
 mod scripts;
 mod signin;
 mod tenants;
+pub mod totp;
 mod users;
 mod webhooks;
 
@@ -68,6 +69,7 @@ use outpost_store::domain::{Caller, DomainError};
         users::list, users::create, users::show, users::update, users::delete,
         signin::request_reset, signin::confirm_reset, signin::verify, signin::resend,
         signin::list_mail,
+        totp::login, totp::login_setup, totp::login_confirm, totp::setup, totp::confirm, totp::remove, totp::reset,
         api_keys::create, api_keys::list, api_keys::delete,
         tenants::register, tenants::list, tenants::show, tenants::update,
         schedules::create, schedules::list, schedules::preview, schedules::show,
@@ -241,6 +243,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/auth/verify", post(signin::verify))
         .route("/api/auth/verify/resend", post(signin::resend))
         .route("/api/mail", get(signin::list_mail))
+        .route("/api/auth/login/totp", post(totp::login))
+        .route("/api/auth/login/totp/setup", post(totp::login_setup))
+        .route("/api/auth/login/totp/confirm", post(totp::login_confirm))
+        .route("/api/auth/totp", axum::routing::delete(totp::remove))
+        .route("/api/auth/totp/setup", post(totp::setup))
+        .route("/api/auth/totp/confirm", post(totp::confirm))
+        .route("/api/users/{id}/totp", axum::routing::delete(totp::reset))
         .route("/api/users", get(users::list).post(users::create))
         .route(
             "/api/users/{id}",

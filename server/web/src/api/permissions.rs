@@ -101,6 +101,35 @@ pub const ROUTES: &[Rule] = &[
     public("POST", "/api/auth/refresh"),
     public("POST", "/api/auth/logout"),
     public("POST", "/api/auth/accept-invite"),
+    // The second step of a sign-in (CONTRACT.md §18): the ticket is the credential.
+    public("POST", "/api/auth/login/totp"),
+    public("POST", "/api/auth/login/totp/setup"),
+    public("POST", "/api/auth/login/totp/confirm"),
+    // One's own second factor: a user (the service refuses API keys).
+    Rule {
+        method: "POST",
+        path: "/api/auth/totp/setup",
+        permission: Permission::Caller {
+            scope: None,
+            role: Member,
+        },
+    },
+    Rule {
+        method: "POST",
+        path: "/api/auth/totp/confirm",
+        permission: Permission::Caller {
+            scope: None,
+            role: Member,
+        },
+    },
+    Rule {
+        method: "DELETE",
+        path: "/api/auth/totp",
+        permission: Permission::Caller {
+            scope: None,
+            role: Member,
+        },
+    },
     Rule {
         method: "GET",
         path: "/api/auth/me",
@@ -178,6 +207,7 @@ pub const ROUTES: &[Rule] = &[
     caller("GET", "/api/users/{id}", UsersWrite, Admin),
     caller("PATCH", "/api/users/{id}", UsersWrite, Owner),
     caller("DELETE", "/api/users/{id}", UsersWrite, Owner),
+    caller("DELETE", "/api/users/{id}/totp", UsersWrite, Owner),
     // Schedules: everyone reads them and runs one now (as a job of their own); admins
     // make and change them (CONTRACT.md §9's table).
     caller("GET", "/api/schedules", SchedulesRead, Member),

@@ -49,6 +49,8 @@ pub struct TenantView {
     /// Days of finished history kept (jobs, runs, output, events); null: the server's
     /// `--retention-days`; 0: everything is kept.
     pub retention_days: Option<i64>,
+    /// Whether its password users must have a second factor (TOTP) to sign in.
+    pub require_totp: bool,
     /// What it holds now.
     pub usage: UsageView,
 }
@@ -63,6 +65,7 @@ impl From<TenantUsage> for TenantView {
             max_schedules: t.tenant.max_schedules,
             max_users: t.tenant.max_users,
             retention_days: t.tenant.retention_days,
+            require_totp: t.tenant.require_totp,
             usage: UsageView {
                 agents: t.usage.agents,
                 users: t.usage.users,
@@ -93,6 +96,9 @@ pub struct UpdateTenant {
     /// server's `--retention-days`.
     #[schema(value_type = Option<i64>, nullable, minimum = 0, maximum = 36_500)]
     pub retention_days: Option<Option<i64>>,
+    /// Whether the tenant's password users must have a second factor (the tenant's own
+    /// owners; CONTRACT.md §18).
+    pub require_totp: Option<bool>,
 }
 
 /// Reads a JSON object's fields by name, refusing any other and naming the field whose value
@@ -168,6 +174,7 @@ impl<'de> Deserialize<'de> for UpdateTenant {
                 "max_schedules",
                 "max_users",
                 "retention_days",
+                "require_totp",
             ],
         )?;
         let mut out = Self::default();
@@ -181,6 +188,9 @@ impl<'de> Deserialize<'de> for UpdateTenant {
                 "max_users" => out.max_users = Some(quota::<D::Error>("max_users", value)?),
                 "retention_days" => {
                     out.retention_days = Some(quota::<D::Error>("retention_days", value)?)
+                }
+                "require_totp" => {
+                    out.require_totp = required::<bool, D::Error>("require_totp", value)?
                 }
                 _ => {}
             }
@@ -275,14 +285,15 @@ pub async fn show(
     Ok(Json(TenantView::from(tenant)))
 }
 
-/// Rename a tenant, change its quotas or its retention window (the server's admin). A field
+/// Rename a tenant, change its quotas or its retention window (the server's admin), or
+/// require a second factor of its password users (`require_totp`: the tenant's own owners). A field
 /// left out is unchanged; a quota set to null is unlimited, `retention_days` set to null is the
 /// server's `--retention-days`. Lowering a quota below what the tenant holds removes
 /// nothing: it refuses new agents, schedules or users until the tenant is under it.
 #[utoipa::path(patch, operation_id = "updateTenant", path = "/api/tenants/{id}", tag = "tenants", security(("bearer" = [])),
     params(("id" = String, Path, description = "Tenant id")), request_body = UpdateTenant,
     responses((status = 200, body = TenantView),
-        (status = 403, body = crate::http_error::ErrorEnvelope, description = "The caller's own tenant, but not the server's admin"),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "The caller's own tenant, but not the server's admin; or `require_totp` by someone not an owner of that tenant"),
         (status = 404, response = crate::api::doc::NotFound)))]
 #[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, target = %id))]
 pub async fn update(
@@ -298,7 +309,22 @@ pub async fn update(
         max_users: body.max_users,
         retention_days: body.retention_days,
     };
-    let tenant = state.services.tenants.update(&caller, &id, patch).await?;
+    let Some(required) = body.require_totp else {
+        let tenant = state.services.tenants.update(&caller, &id, patch).await?;
+        return Ok(Json(TenantView::from(tenant)));
+    };
+    // `require_totp` is the tenant's own owners' (the service checks): 404 for a tenant the
+    // caller cannot see, then the rest of the patch, then the policy.
+    state.services.tenants.get(&caller, &id).await?;
+    if !patch.is_empty() {
+        state.services.tenants.update(&caller, &id, patch).await?;
+    }
+    state
+        .services
+        .totp
+        .set_policy(&caller, &id, required)
+        .await?;
+    let tenant = state.services.tenants.get(&caller, &id).await?;
     Ok(Json(TenantView::from(tenant)))
 }
 

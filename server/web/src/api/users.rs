@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::{ApiJson, ClientAddr, Path};
 use crate::api::AppState;
-use outpost_core::service::users::{Me, Session, UserPatch};
+use outpost_core::service::users::{Login, Me, Session, UserPatch};
 use outpost_store::domain::{Principal, Role};
 use outpost_store::user;
 
@@ -248,10 +248,12 @@ pub struct UpdateUser {
 
 object_only!(UpdateUser { role: Option<Role>, disabled: Option<bool> });
 
-/// Sign in with email and password. Every failure answers the same 401.
+/// Sign in with email and password. Every failure answers the same 401. A user with a second
+/// factor (or whom the tenant's policy requires to set one up) gets
+/// `{second_factor, ticket, expires_in}` instead of a session (CONTRACT.md §18).
 #[utoipa::path(post, operation_id = "login", path = "/api/auth/login", tag = "auth",
     request_body = LoginRequest,
-    responses((status = 200, body = SessionView),
+    responses((status = 200, body = crate::api::totp::LoginView),
         (status = 401, response = crate::api::doc::Unauthorized),
         (status = 429, response = crate::api::doc::TooManyRequests)))]
 #[tracing::instrument(level = "debug", skip_all)]
@@ -259,13 +261,18 @@ pub async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<LoginRequest>,
-) -> Result<Json<SessionView>, HttpError> {
-    let session = state
+) -> Result<Json<crate::api::totp::LoginView>, HttpError> {
+    let login = state
         .services
         .users
         .login(&body.email, &body.password, client)
         .await?;
-    Ok(Json(SessionView::from(session)))
+    Ok(Json(match login {
+        Login::Session(session) => {
+            crate::api::totp::LoginView::Session(Box::new(SessionView::from(*session)))
+        }
+        Login::SecondFactor(second) => crate::api::totp::LoginView::SecondFactor(second.into()),
+    }))
 }
 
 /// Exchange a refresh token for a new pair; the token presented is retired. A retired token

@@ -26,6 +26,7 @@ mod live;
 mod pages;
 mod session;
 mod signin;
+mod totp;
 
 use crate::http_error::HttpError;
 use axum::Router;
@@ -162,6 +163,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/ui/users", get(pages::users).post(pages::invite_user))
         .route("/ui/users/{id}/role", post(pages::change_user_role))
+        .route("/ui/users/{id}/totp/reset", post(pages::reset_user_totp))
+        .route("/ui/account", get(pages::account))
+        .route("/ui/account/totp/setup", post(pages::setup_totp))
+        .route("/ui/account/totp/confirm", post(pages::confirm_totp))
+        .route("/ui/account/totp/remove", post(pages::remove_totp))
         .route(
             "/ui/api-keys",
             get(pages::api_keys).post(pages::create_api_key),
@@ -191,6 +197,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/forgot", get(signin::forgot_page).post(signin::forgot))
         .route("/ui/reset", get(signin::reset_page).post(signin::reset))
         .route("/ui/invite", get(signin::invite_page).post(signin::invite))
+        .route("/ui/login/totp", post(totp::login))
         .route("/ui/static/{file}", get(assets::serve))
         .merge(signed_in)
         .layer(axum::middleware::from_fn(headers))

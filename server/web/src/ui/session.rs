@@ -27,6 +27,7 @@ use super::forms::{self, Fields, SESSION_PURPOSE};
 use super::{Site, Ui, UiError, see_other};
 use crate::api::AppState;
 use crate::api::ClientAddr;
+use outpost_core::service::users::Login;
 use outpost_store::domain::DomainError;
 
 /// The session cookie's name.
@@ -124,6 +125,19 @@ pub(super) fn new_nonce() -> String {
         return String::new();
     }
     hex::encode(bytes)
+}
+
+/// The session cookie of a sign-in finished by its second step (`super::totp`).
+pub(super) fn session_cookie_for(
+    site: &Site,
+    session: &outpost_core::service::users::Session,
+) -> HeaderValue {
+    session_cookie(site, session, &new_nonce())
+}
+
+/// Clears the sign-in form's cookie (its second step needs none).
+pub(super) fn login_cookie_cleared(site: &Site) -> HeaderValue {
+    set_cookie(site, LOGIN_COOKIE, "", 0)
 }
 
 /// The session cookie for a fresh pair of tokens.
@@ -300,7 +314,7 @@ fn login_form(
 /// header can be split and the `Location` can always be built; no space), without `//`
 /// (which would name another host), a backslash (which browsers read as `/`) or a `.` or `..`
 /// segment. Anything else falls back to the dashboard's home.
-fn safe_next(site: &Site, next: &str) -> bool {
+pub(super) fn safe_next(site: &Site, next: &str) -> bool {
     let prefix = site.base.trim_end_matches("/ui");
     let path = next.split(['?', '#']).next().unwrap_or_default();
     next.bytes().all(|b| b.is_ascii_graphic())
@@ -344,7 +358,10 @@ pub async fn login(
     }
     let password = fields.get("password").unwrap_or("");
     match state.services.users.login(email, password, client).await {
-        Ok(session) => {
+        Ok(Login::SecondFactor(second)) => {
+            super::totp::second_step(&state, &site, next, second, client).await
+        }
+        Ok(Login::Session(session)) => {
             let mut response = see_other(next.unwrap_or(&format!("{}/agents", site.base)));
             let headers = response.headers_mut();
             headers.append(

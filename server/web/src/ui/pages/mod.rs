@@ -8,6 +8,7 @@
 //! way, so that a page and its live updates agree), and the form fields several resources
 //! parse alike.
 
+mod account;
 mod agents;
 mod api_keys;
 mod audit;
@@ -44,7 +45,8 @@ pub(super) use schedules::{
     update_schedule,
 };
 // Users: the listing, invitations and roles.
-pub(super) use users::{change_user_role, invite_user, users};
+pub(super) use account::{account, confirm_totp, remove_totp, setup_totp};
+pub(super) use users::{change_user_role, invite_user, reset_user_totp, users};
 
 use askama::Template;
 use askama_web::WebTemplate;

@@ -23,6 +23,8 @@ struct UserRow {
     status: String,
     created: String,
     last_login: String,
+    /// Whether the user has a confirmed second factor (CONTRACT.md §18).
+    has_totp: bool,
 }
 
 /// The users page (owners and admins; owners get the invite and role forms).
@@ -44,6 +46,7 @@ async fn users_page(
     error: Option<String>,
 ) -> Result<Response, UiError> {
     let users = state.services.users.list(&ui.caller).await?;
+    let with_totp = state.services.totp.users_with_factor(&ui.caller).await?;
     let status = if error.is_some() {
         axum::http::StatusCode::BAD_REQUEST
     } else {
@@ -62,6 +65,7 @@ async fn users_page(
                     status: u.status.clone(),
                     created: time(Some(u.created_at)),
                     last_login: time(u.last_login_at),
+                    has_totp: with_totp.contains(&u.id),
                 })
                 .collect(),
             owner: ui.caller.role.at_least(outpost_store::domain::Role::Owner),
@@ -135,5 +139,15 @@ pub(crate) async fn change_user_role(
             },
         )
         .await?;
+    Ok(see_other(&format!("{}/users", ui.site.base)))
+}
+
+/// `POST /ui/users/{id}/totp/reset`: `Totp::reset` (owners): the user's second factor is gone.
+pub(crate) async fn reset_user_totp(
+    State(state): State<AppState>,
+    Extension(ui): Extension<Ui>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    state.services.totp.reset(&ui.caller, &id).await?;
     Ok(see_other(&format!("{}/users", ui.site.base)))
 }
