@@ -614,3 +614,65 @@ async fn totp_dashboard_sign_in_asks_for_the_code_after_the_password() {
     let html = page.text().await.expect("html");
     assert!(html.contains("/totp/reset"), "{html}");
 }
+
+/// `outpost login --email` under the tenant's policy: the CLI shows the new secret, reads the
+/// app's code from stdin's next line, and prints the recovery codes once; the session is saved.
+#[tokio::test]
+async fn totp_cli_sets_up_a_required_factor_at_sign_in() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let Some(otp) = PyOtp::find("totp_cli_sets_up_a_required_factor_at_sign_in") else {
+        return;
+    };
+    let server = Server::start().await;
+    let (ada, _) = server.user("ada@example.com", "owner", PASSWORD).await;
+    let (created, text) = server.user_create("bob@example.com", "member", Some(PASSWORD));
+    assert!(created, "{text}");
+    let (_, me) = ada.get("/api/auth/me").await;
+    let tenant = me["tenant_id"].as_str().expect("tenant").to_owned();
+    let (status, body) = ada
+        .patch(
+            &format!("/api/tenants/{tenant}"),
+            json!({"require_totp": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let cli = CliHome::new(&server);
+    let mut child = cli
+        .command()
+        .args(["login", "--email", "bob@example.com", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("outpost login");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{PASSWORD}").expect("the password");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut said = String::new();
+    let mut secret = None;
+    for line in stderr.by_ref() {
+        let line = line.expect("stderr");
+        said.push_str(&line);
+        said.push('\n');
+        if let Some(found) = line.trim().strip_prefix("secret: ") {
+            secret = Some(found.to_owned());
+            break;
+        }
+    }
+    let secret = secret.unwrap_or_else(|| panic!("no secret shown: {said}"));
+    let _ = writeln!(stdin, "{}", otp.code(&secret, 0));
+    drop(stdin);
+    let out = child.wait_with_output().expect("outpost login");
+    for line in stderr {
+        said.push_str(&line.unwrap_or_default());
+        said.push('\n');
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{stdout}");
+    assert_eq!(stdout.lines().count(), 10, "the recovery codes: {stdout}");
+    assert!(cli.session().get("refresh_token").is_some());
+    // From now on bob's password asks for a code.
+    ticket(&server, "bob@example.com", "totp").await;
+}
