@@ -4180,6 +4180,8 @@ async fn the_reset_and_verify_pages_work_through_their_forms() {
 /// The `--public-url` of the mail test: links in mails point there; the test reads them back.
 fn server_url_placeholder() -> String {
     "http://outpost.test.example".into()
+}
+
 /// The second factor (CONTRACT.md §18) in a browser: after the password, the code page; a
 /// current code (computed by pyotp) signs in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
