@@ -275,6 +275,13 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(model.update(&self.db).await?)
     }
 
+    /// A user of any tenant, by id.
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<user::Model>> {
+        Ok(user::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?)
+    }
+
     /// The tenant named by `name_or_id`: its id, else its name when exactly one tenant has it.
     pub async fn tenant_by_name_or_id(&self, name_or_id: &str) -> Result<Option<tenant::Model>> {
         if let Some(found) = tenant::Entity::find_by_id(name_or_id.to_owned())

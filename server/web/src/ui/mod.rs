@@ -24,7 +24,7 @@ mod forms;
 mod library;
 mod live;
 mod pages;
-mod session;
+pub(crate) mod session;
 
 use crate::http_error::HttpError;
 use axum::Router;
@@ -95,6 +95,8 @@ pub struct Ui {
     pub nonce: String,
     /// Where the dashboard is.
     pub site: Site,
+    /// The OpenID Connect provider's name, when single sign-on is on (its "Link" action).
+    pub sso: Option<String>,
 }
 
 impl Ui {
@@ -169,6 +171,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/audit", get(pages::audit))
         .route("/ui/audit/verify", post(pages::verify_audit))
         .route("/ui/logout", post(session::logout))
+        .route("/ui/sso/link", post(session::link_sso))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::require,

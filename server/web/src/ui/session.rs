@@ -58,6 +58,8 @@ struct LoginPage {
     email: String,
     /// Why the last attempt failed.
     error: Option<String>,
+    /// The OpenID Connect provider's name and where its sign-in starts, when it is on.
+    sso: Option<(String, String)>,
 }
 
 /// The parts of a session cookie.
@@ -101,11 +103,13 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     found
 }
 
-/// A `Set-Cookie` value for the dashboard's path.
+/// A `Set-Cookie` value for the dashboard's path. `SameSite=Lax`, not `Strict` (CONTRACT.md §18):
+/// a sign-in through the OpenID Connect provider ends in a redirect chain that started on the
+/// provider's site, on which a `Strict` cookie is not sent; forms carry their own token anyway.
 fn set_cookie(site: &Site, name: &str, value: &str, max_age: i64) -> HeaderValue {
     let secure = if site.secure { "; Secure" } else { "" };
     let text = format!(
-        "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
+        "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
         site.base
     );
     // Every part is ours: ASCII without control characters.
@@ -113,7 +117,7 @@ fn set_cookie(site: &Site, name: &str, value: &str, max_age: i64) -> HeaderValue
 }
 
 /// 32 random bytes, hex.
-fn new_nonce() -> String {
+pub(crate) fn new_nonce() -> String {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 32];
     if SystemRandom::new().fill(&mut bytes).is_err() {
@@ -125,7 +129,7 @@ fn new_nonce() -> String {
 }
 
 /// The session cookie for a fresh pair of tokens.
-fn session_cookie(
+pub(crate) fn session_cookie(
     site: &Site,
     session: &outpost_core::service::users::Session,
     nonce: &str,
@@ -208,6 +212,7 @@ pub async fn require(
         nonce: cookie.nonce.to_owned(),
         caller,
         site,
+        sso: state.services.sso.name().map(str::to_owned),
     };
     if method != Method::GET && method != Method::HEAD {
         // Every form is checked here, before its handler: none can forget it.
@@ -262,6 +267,12 @@ fn login_form(
         next: next.filter(|n| safe_next(site, n)).unwrap_or("").to_owned(),
         email: email.to_owned(),
         error,
+        sso: state.services.sso.name().map(|name| {
+            (
+                name.to_owned(),
+                format!("{}/api/auth/oidc/start", site.base.trim_end_matches("/ui")),
+            )
+        }),
     };
     let mut response = (status, page).into_response();
     response.headers_mut().append(
@@ -334,6 +345,29 @@ pub async fn login(
             let status = crate::http_error::status(&err);
             login_form(&state, &site, next, email, Some(err.to_string()), status)
         }
+        Err(err) => UiError(err).into_response(),
+    }
+}
+
+/// `POST /ui/sso/link`: the signed-in user links an identity at the OpenID Connect provider
+/// (CONTRACT.md §18): off to the provider, back through its callback.
+pub async fn link_sso(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    axum::Extension(ui): axum::Extension<Ui>,
+) -> Response {
+    let user = match state.services.users.me(&ui.caller).await {
+        Ok(me) => me.user,
+        Err(err) => return UiError(err).into_response(),
+    };
+    let Some(user) = user else {
+        return UiError(DomainError::BadRequest(
+            "only a user links an identity".into(),
+        ))
+        .into_response();
+    };
+    match crate::api::sso_redirect(&state, Some(&user), None, client).await {
+        Ok(response) => response,
         Err(err) => UiError(err).into_response(),
     }
 }
