@@ -257,6 +257,10 @@ pub struct LoginArgs {
     /// Read the password from stdin's first line.
     #[arg(long, requires = "email")]
     pub password_stdin: bool,
+    /// Sign in through the server's single sign-on provider, in a browser: prints the URL to
+    /// open (and opens it when it can), and waits on 127.0.0.1 for the browser to come back.
+    #[arg(long, conflicts_with = "email")]
+    pub sso: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,7 @@ mod results;
 mod rollouts;
 mod schedules;
 mod scripts;
+mod sso;
 mod users;
 
 use std::process::ExitCode;

@@ -37,6 +37,7 @@ mod schedules_cli;
 mod schedules_live;
 mod secrets;
 mod sockets;
+mod sso;
 mod supervisor;
 mod tenancy;
 mod tenancy_quotas;

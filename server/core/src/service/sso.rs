@@ -191,7 +191,8 @@ pub struct Sso {
     users: Users,
     config: Option<Arc<SsoConfig>>,
     signup: bool,
-    http: reqwest::Client,
+    /// Built at the first use (after the process has installed its TLS provider).
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
     cached: Arc<Mutex<Cached>>,
     /// When the keys were last fetched for an unknown `kid`.
     refetched: Arc<Mutex<Option<Instant>>>,
@@ -242,11 +243,6 @@ pub fn check_cli_redirect(url: &str) -> Result<url::Url, DomainError> {
 
 impl Sso {
     pub(super) fn new(core: Arc<Core>, limits: Limits, audit: Audit, users: Users) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(PROVIDER_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
         Self {
             core,
             limits,
@@ -254,7 +250,7 @@ impl Sso {
             users,
             config: None,
             signup: false,
-            http,
+            http: Arc::default(),
             cached: Arc::default(),
             refetched: Arc::default(),
         }
@@ -305,13 +301,25 @@ impl Sso {
         ))
     }
 
+    fn http(&self, config: &SsoConfig) -> Result<reqwest::Client, DomainError> {
+        if let Some(client) = self.http.get() {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .timeout(PROVIDER_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Self::unreachable(config, format!("no HTTP client: {e}")))?;
+        Ok(self.http.get_or_init(|| client).clone())
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         config: &SsoConfig,
         url: &str,
     ) -> Result<T, DomainError> {
         let response = self
-            .http
+            .http(config)?
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
@@ -562,7 +570,7 @@ impl Sso {
             encode(&config.client_secret)
         ));
         let response = self
-            .http
+            .http(config)?
             .post(&discovery.token_endpoint)
             .header(
                 reqwest::header::CONTENT_TYPE,
