@@ -128,6 +128,11 @@ impl Health {
                 "deleted expired refresh tokens and invites"
             );
         }
+        // Single sign-ons that were never finished (CONTRACT.md §18).
+        let sign_ins = core.store.delete_expired_oidc_logins().await?;
+        if sign_ins > 0 {
+            tracing::debug!(sign_ins, "deleted expired single sign-ons");
+        }
         Ok(())
     }
 
