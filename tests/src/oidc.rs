@@ -242,6 +242,27 @@ impl Browserless {
         .await
     }
 
+    /// A browser's sign-in finished: the callback's answer `done` sent it to the dashboard's
+    /// `/ui/sso/finish` with a one-time code in a cookie; that page's answer (a redirect to the
+    /// dashboard with the session cookie).
+    pub async fn finish(&self, server_url: &str, done: &Hop) -> Hop {
+        assert_eq!(done.location.as_deref(), Some("/ui/sso/finish"), "{done:?}");
+        let code = done.cookie("outpost_sso").expect("the handoff cookie");
+        assert!(
+            done.set_cookie.iter().any(|c| c.starts_with("outpost_sso=")
+                && c.contains("SameSite=Lax")
+                && c.contains("HttpOnly")),
+            "{:?}",
+            done.set_cookie
+        );
+        self.get(
+            &format!("{server_url}/ui/sso/finish"),
+            Some(&format!("outpost_sso={code}")),
+            None,
+        )
+        .await
+    }
+
     /// The whole sign-in from `start_url` (a server's `/api/auth/oidc/start…`) as `subject`:
     /// the callback's answer.
     pub async fn sign_in(&self, start_url: &str, subject: &str, bearer: Option<&str>) -> Hop {

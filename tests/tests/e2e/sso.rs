@@ -80,7 +80,23 @@ async fn sso_domain_mapping_signs_in_to_the_dashboard() {
         .sign_in(&start_url(&server), "alice-sub", None)
         .await;
     assert_eq!(done.status, StatusCode::FOUND, "{done:?}");
+    assert!(
+        done.cookie("outpost_session").is_none(),
+        "no session from the API"
+    );
+    let handoff = done.cookie("outpost_sso").expect("handoff");
+    let done = browser.finish(&server.url, &done).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{done:?}");
     assert_eq!(done.location.as_deref(), Some("/ui/agents"));
+    // The handoff works once.
+    let again = browser
+        .get(
+            &format!("{}/ui/sso/finish", server.url),
+            Some(&format!("outpost_sso={handoff}")),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{again:?}");
     let session = done
         .cookie("outpost_session")
         .expect("the dashboard's session");
@@ -206,7 +222,9 @@ async fn sso_existing_email_is_refused_until_linked() {
     // Now the identity signs in as Bob.
     let done = browser.sign_in(&start_url(&server), "bob-sub", None).await;
     assert_eq!(done.status, StatusCode::FOUND, "{done:?}");
+    let done = browser.finish(&server.url, &done).await;
     assert_eq!(done.location.as_deref(), Some("/ui/agents"));
+    assert!(done.cookie("outpost_session").is_some());
     let log = actions(&server.api()).await;
     for action in ["auth.sso_refused", "user.sso_link", "auth.sso_login"] {
         assert!(log.iter().any(|a| a == action), "{action}: {log:?}");

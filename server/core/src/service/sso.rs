@@ -23,10 +23,11 @@
 //! a key we do not have (the provider rotated them), at most once every
 //! [`KEY_REFETCH_INTERVAL`], so forged `kid`s cannot make us hammer the provider.
 //!
-//! The CLI (`outpost login --sso`) starts with its loopback address; the callback then hands
-//! the browser to that address with a one-time code (hashed, two minutes) that the CLI
-//! exchanges for a session ([`Sso::exchange`]): the session's tokens never pass through the
-//! browser.
+//! A callback ends in a one-time code (hashed, two minutes) that is exchanged for a session
+//! ([`Sso::exchange`]): the CLI (`outpost login --sso`, which started with its loopback
+//! address) gets it on that address; a browser gets it in a cookie for the dashboard's
+//! `/ui/sso/finish`, which sets the dashboard's session. The session's tokens never pass
+//! through a URL.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -174,8 +175,9 @@ pub struct Started {
 /// What a callback ended in.
 #[derive(Debug)]
 pub enum Finished {
-    /// A browser signed in.
-    SignedIn(Box<Session>),
+    /// A browser signed in: the one-time code the dashboard exchanges for its session (kept
+    /// out of the URL: the callback hands it over in a cookie).
+    SignedIn(String),
     /// A signed-in user linked the identity.
     Linked(Box<user::Model>),
     /// A CLI's sign-in: send the browser to this loopback URL (which carries the handoff code).
@@ -494,30 +496,32 @@ impl Sso {
             return Ok(Finished::Linked(Box::new(user)));
         }
         let user = self.resolve(config, &identity, client).await?;
+        // The session is made by whoever exchanges the one-time code: the CLI on its
+        // loopback, or the dashboard's `/ui/sso/finish` (the API does not set the dashboard's
+        // cookie itself).
+        let handoff = format!("{HANDOFF_PREFIX}{}", random_token());
+        self.core
+            .store
+            .set_oidc_handoff(
+                &login.state_hash,
+                &hash_secret(&handoff),
+                &user.id,
+                Utc::now() + HANDOFF_TTL,
+            )
+            .await?;
         match login.cli_redirect {
             Some(cli) => {
-                let handoff = format!("{HANDOFF_PREFIX}{}", random_token());
-                self.core
-                    .store
-                    .set_oidc_handoff(
-                        &login.state_hash,
-                        &hash_secret(&handoff),
-                        &user.id,
-                        Utc::now() + HANDOFF_TTL,
-                    )
-                    .await?;
                 let mut url = url::Url::parse(&cli)
                     .map_err(|e| Users::internal(format!("a stored CLI address: {e}")))?;
                 url.query_pairs_mut().append_pair("code", &handoff);
                 Ok(Finished::Cli(url.to_string()))
             }
-            None => Ok(Finished::SignedIn(Box::new(
-                self.users.start_session(user).await?,
-            ))),
+            None => Ok(Finished::SignedIn(handoff)),
         }
     }
 
-    /// `POST /api/auth/oidc/exchange`: the CLI's handoff code for a session, once.
+    /// `POST /api/auth/oidc/exchange` (and the dashboard's `/ui/sso/finish`): a handoff code
+    /// for a session, once.
     #[tracing::instrument(skip_all)]
     pub async fn exchange(&self, code: &str, client: IpAddr) -> Result<Session, DomainError> {
         self.config()?;

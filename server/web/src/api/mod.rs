@@ -26,7 +26,7 @@ pub(crate) mod results;
 mod rollouts;
 mod schedules;
 mod scripts;
-mod sso;
+pub(crate) mod sso;
 mod tenants;
 mod users;
 mod webhooks;

@@ -21,8 +21,6 @@ use super::users::SessionView;
 use super::{ApiJson, ClientAddr, Query};
 use crate::api::AppState;
 use crate::http_error::HttpError;
-use crate::ui::Site;
-use crate::ui::session::{cookie, new_nonce, session_cookie};
 use outpost_core::service::sso::Finished;
 use outpost_store::domain::DomainError;
 
@@ -30,6 +28,59 @@ use outpost_store::domain::DomainError;
 pub const STATE_COOKIE: &str = "outpost_oidc";
 /// Where the state cookie is sent.
 const STATE_PATH: &str = "/api/auth/oidc";
+/// The cookie handing a browser's one-time code to the dashboard (`/ui/sso/finish`).
+pub const HANDOFF_COOKIE: &str = "outpost_sso";
+/// Where the handoff cookie is sent.
+pub const HANDOFF_PATH: &str = "/ui/sso";
+
+/// Where the server is mounted (the path of `--public-url`) and whether its cookies are
+/// `Secure` (TLS, or an https public URL), as the dashboard's `Site` reads them.
+pub fn mount(state: &AppState) -> (String, bool) {
+    let files = state.services.releases.files();
+    let public_url = files.public_url.as_deref().map(|u| u.trim_end_matches('/'));
+    let prefix = public_url
+        .and_then(|u| url::Url::parse(u).ok())
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let secure =
+        files.tls || public_url.is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
+    (prefix, secure)
+}
+
+/// A `Set-Cookie` value: `HttpOnly; SameSite=Lax` (CONTRACT.md §18).
+pub fn lax_cookie(
+    state: &AppState,
+    name: &str,
+    path: &str,
+    value: &str,
+    max_age: i64,
+) -> HeaderValue {
+    let (prefix, secure) = mount(state);
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path={prefix}{path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The value of the cookie `name` in the request, if it has exactly one.
+pub fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            if let Some((key, value)) = pair.trim().split_once('=')
+                && key == name
+            {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(value);
+            }
+        }
+    }
+    found
+}
 
 /// Query of `GET /api/auth/oidc/start`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -68,13 +119,8 @@ pub struct ExchangeRequest {
 
 super::users::object_only!(ExchangeRequest { code: String });
 
-fn state_cookie(site: &Site, value: &str, max_age: i64) -> HeaderValue {
-    let secure = if site.secure { "; Secure" } else { "" };
-    let prefix = site.base.trim_end_matches("/ui");
-    HeaderValue::from_str(&format!(
-        "{STATE_COOKIE}={value}; Path={prefix}{STATE_PATH}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static(""))
+fn state_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
+    lax_cookie(state, STATE_COOKIE, STATE_PATH, value, max_age)
 }
 
 fn found(location: &str) -> Response {
@@ -89,12 +135,11 @@ pub(crate) async fn redirect_to_provider(
     client: std::net::IpAddr,
 ) -> Result<Response, DomainError> {
     let started = state.services.sso.start(link, cli, client).await?;
-    let site = Site::of(state);
     let mut response = found(&started.url);
     response.headers_mut().append(
         header::SET_COOKIE,
         state_cookie(
-            &site,
+            state,
             &started.state,
             outpost_core::service::sso::LOGIN_TTL.num_seconds(),
         ),
@@ -141,8 +186,8 @@ pub async fn start(
 
 /// Where the provider sends the browser back. The state must match this browser's cookie
 /// and a live, unused sign-in (else 400, never a redirect); the code is exchanged and the ID
-/// token verified. A browser then gets the dashboard's session and lands on the dashboard; a
-/// CLI's sign-in goes on to its loopback address with a one-time code.
+/// token verified. A browser then goes on to the dashboard (`/ui/sso/finish`, a one-time code in
+/// a cookie), which signs it in; a CLI's sign-in goes on to its loopback address with the code.
 #[utoipa::path(get, operation_id = "oidcCallback", path = "/api/auth/oidc/callback", tag = "auth",
     params(CallbackQuery),
     responses((status = 302, description = "Signed in (to the dashboard), linked, or on to the CLI"),
@@ -160,7 +205,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Result<Response, HttpError> {
-    let site = Site::of(&state);
+    let (prefix, _) = mount(&state);
     let provider_error = query
         .error
         .as_deref()
@@ -174,26 +219,32 @@ pub async fn callback(
         .callback(
             query.code.as_deref(),
             query.state.as_deref().unwrap_or(""),
-            cookie(&headers, STATE_COOKIE),
+            request_cookie(&headers, STATE_COOKIE),
             provider_error.as_deref(),
             client,
         )
         .await?;
     let mut response = match finished {
-        Finished::SignedIn(session) => {
-            let mut response = found(&format!("{}/agents", site.base));
+        Finished::SignedIn(handoff) => {
+            let mut response = found(&format!("{prefix}{HANDOFF_PATH}/finish"));
             response.headers_mut().append(
                 header::SET_COOKIE,
-                session_cookie(&site, &session, &new_nonce()),
+                lax_cookie(
+                    &state,
+                    HANDOFF_COOKIE,
+                    HANDOFF_PATH,
+                    &handoff,
+                    outpost_core::service::sso::HANDOFF_TTL.num_seconds(),
+                ),
             );
             response
         }
-        Finished::Linked(_) => found(&format!("{}/agents?linked=1", site.base)),
+        Finished::Linked(_) => found(&format!("{prefix}/ui/agents?linked=1")),
         Finished::Cli(url) => found(&url),
     };
     response
         .headers_mut()
-        .append(header::SET_COOKIE, state_cookie(&site, "", 0));
+        .append(header::SET_COOKIE, state_cookie(&state, "", 0));
     Ok(response)
 }
 

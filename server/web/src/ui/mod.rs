@@ -24,7 +24,7 @@ mod forms;
 mod library;
 mod live;
 mod pages;
-pub(crate) mod session;
+mod session;
 
 use crate::http_error::HttpError;
 use axum::Router;
@@ -188,6 +188,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             }),
         )
         .route("/ui/login", get(session::login_page).post(session::login))
+        .route("/ui/sso/finish", get(session::finish_sso))
         .route("/ui/static/{file}", get(assets::serve))
         .merge(signed_in)
         .layer(axum::middleware::from_fn(headers))

@@ -117,7 +117,7 @@ fn set_cookie(site: &Site, name: &str, value: &str, max_age: i64) -> HeaderValue
 }
 
 /// 32 random bytes, hex.
-pub(crate) fn new_nonce() -> String {
+fn new_nonce() -> String {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 32];
     if SystemRandom::new().fill(&mut bytes).is_err() {
@@ -129,7 +129,7 @@ pub(crate) fn new_nonce() -> String {
 }
 
 /// The session cookie for a fresh pair of tokens.
-pub(crate) fn session_cookie(
+fn session_cookie(
     site: &Site,
     session: &outpost_core::service::users::Session,
     nonce: &str,
@@ -347,6 +347,33 @@ pub async fn login(
         }
         Err(err) => UiError(err).into_response(),
     }
+}
+
+/// `GET /ui/sso/finish`: the end of a browser's single sign-on. The callback left a one-time
+/// code in a cookie (never in the URL); it is exchanged for a session as the CLI's is, and the
+/// session cookie is set.
+pub async fn finish_sso(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Response {
+    use crate::api::sso::{HANDOFF_COOKIE, HANDOFF_PATH, lax_cookie};
+    let site = Site::of(&state);
+    let code = cookie(&headers, HANDOFF_COOKIE).unwrap_or("");
+    let clear = lax_cookie(&state, HANDOFF_COOKIE, HANDOFF_PATH, "", 0);
+    let mut response = match state.services.sso.exchange(code, client).await {
+        Ok(session) => {
+            let mut response = see_other(&format!("{}/agents", site.base));
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                session_cookie(&site, &session, &new_nonce()),
+            );
+            response
+        }
+        Err(err) => UiError(err).into_response(),
+    };
+    response.headers_mut().append(header::SET_COOKIE, clear);
+    response
 }
 
 /// `POST /ui/sso/link`: the signed-in user links an identity at the OpenID Connect provider
