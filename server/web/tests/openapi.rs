@@ -118,6 +118,9 @@ const PUBLIC: &[&str] = &[
     "/api/auth/logout",
     "/api/auth/accept-invite",
     "/api/auth/register",
+    "/api/auth/oidc/start",
+    "/api/auth/oidc/callback",
+    "/api/auth/oidc/exchange",
 ];
 
 #[test]
