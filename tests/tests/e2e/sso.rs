@@ -545,3 +545,62 @@ async fn sso_flags_are_checked_at_start() {
         assert!(text.contains(expected), "{args:?}: {text}");
     }
 }
+
+/// The dashboard's "Sign in with …" button in a real browser (chromium over WebDriver): to the
+/// provider's form, back through the callback and `/ui/sso/finish`, signed in on the dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_browser_signs_in_with_the_button() {
+    use outpost_e2e::webdriver::By;
+    let Some(provider) = Provider::start("sso_browser_signs_in_with_the_button").await else {
+        return;
+    };
+    let Some(browser) = crate::ui::Browser::start("sso_browser_signs_in_with_the_button").await
+    else {
+        return;
+    };
+    let server = server(&provider, &["--oidc-domain", "example.com=default"]).await;
+    provider
+        .set_user(
+            "gina-sub",
+            json!({"email": "gina@example.com", "email_verified": true}),
+        )
+        .await;
+    browser
+        .driver
+        .goto(&format!("{}/ui/login", server.url))
+        .await
+        .expect("login page");
+    browser
+        .wait_text(By::id("sso-sign-in"), "Sign in with Mock IdP")
+        .await;
+    browser
+        .driver
+        .find(&By::id("sso-sign-in"))
+        .await
+        .expect("the button")
+        .click()
+        .await
+        .expect("click");
+    browser.wait_text(By::css("h1"), "Authorize").await;
+    browser
+        .driver
+        .find(&By::css("input[name='sub']"))
+        .await
+        .expect("the provider's form")
+        .send_keys("gina-sub")
+        .await
+        .expect("type");
+    browser
+        .driver
+        .find(&By::css("form button[type='submit']"))
+        .await
+        .expect("authorize")
+        .click()
+        .await
+        .expect("click");
+    browser.wait_text(By::css("main h1"), "Agents").await;
+    browser
+        .wait_text(By::css(".user"), "gina@example.com")
+        .await;
+    browser.quit().await;
+}

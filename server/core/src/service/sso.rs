@@ -447,7 +447,8 @@ impl Sso {
         client: IpAddr,
     ) -> Result<Finished, DomainError> {
         let config = self.config()?;
-        self.limits.auth_attempt(client, None)?;
+        // Not counted as a sign-in attempt: the state (32 random bytes) is checked against the
+        // cookie and a stored sign-in before anything else, and only `start` makes those.
         let matches = bound.is_some_and(|b| {
             hash_secret(b).as_bytes() == hash_secret(state).as_bytes() && !state.is_empty()
         });
@@ -525,7 +526,9 @@ impl Sso {
     #[tracing::instrument(skip_all)]
     pub async fn exchange(&self, code: &str, client: IpAddr) -> Result<Session, DomainError> {
         self.config()?;
-        self.limits.auth_attempt(client, None)?;
+        // Not counted as a sign-in attempt: a code is 32 random bytes, not guessable, and a
+        // browser's sign-in would otherwise count three times.
+        let _ = client;
         let refused = || {
             DomainError::Unauthorized(
                 "the sign-in code is unknown, expired or already used: run `outpost login --sso` again"
