@@ -262,6 +262,10 @@ pub struct LoginArgs {
     /// it the CLI asks (or reads stdin's next line).
     #[arg(long, requires = "email", value_name = "CODE")]
     pub totp_code: Option<String>,
+    /// Sign in through the server's single sign-on provider, in a browser: prints the URL to
+    /// open (and opens it when it can), and waits on 127.0.0.1 for the browser to come back.
+    #[arg(long, conflicts_with = "email")]
+    pub sso: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -111,6 +111,23 @@ pub async fn login(global: &Global, args: LoginArgs) -> Result<(), CliError> {
     if let Some(email) = args.email {
         return login_user(global, &email, args.password_stdin, args.totp_code).await;
     }
+    if args.sso {
+        let url = login_url(global);
+        let session = crate::sso::login(&url).await?;
+        let email = session
+            .pointer("/user/email")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let file = session_file(&url, &email, &session)?;
+        let path = path()?;
+        write_file(&path, &file)?;
+        eprintln!(
+            "Signed in to {url} as {email} through single sign-on; session saved to {}",
+            path.display()
+        );
+        return Ok(());
+    }
     // The URL: given now, else the file's (a broken file is about to be replaced, so it does
     // not stop a login), else the default.
     let url = match global.url.clone().filter(|u| !u.trim().is_empty()) {

@@ -24,6 +24,7 @@ mod rollouts;
 mod schedules;
 mod scripts;
 mod totp;
+mod sso;
 mod users;
 
 use std::process::ExitCode;

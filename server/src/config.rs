@@ -206,6 +206,43 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_ALLOW_SIGNUP", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub allow_signup: bool,
 
+    /// OpenID Connect provider to sign in with (CONTRACT.md §18): its issuer URL, https (http
+    /// only on loopback), e.g. `https://login.microsoftonline.com/<tenant-id>/v2.0`. Needs
+    /// --oidc-client-id, --oidc-client-secret (or its file) and --public-url (the redirect URI
+    /// is `<public-url>/api/auth/oidc/callback`).
+    #[arg(long, env = "OUTPOST_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    /// The client id this server has at the provider.
+    #[arg(long, env = "OUTPOST_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+
+    /// The client secret this server has at the provider (prefer --oidc-client-secret-file).
+    #[arg(
+        long,
+        env = "OUTPOST_OIDC_CLIENT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "oidc_client_secret_file"
+    )]
+    pub oidc_client_secret: Option<String>,
+
+    /// A file holding the client secret (its first line).
+    #[arg(long, env = "OUTPOST_OIDC_CLIENT_SECRET_FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+
+    /// The provider's name on the dashboard's "Sign in with …" button.
+    #[arg(long, env = "OUTPOST_OIDC_NAME", default_value = "single sign-on")]
+    pub oidc_name: String,
+
+    /// `DOMAIN=TENANT` (repeatable; the variable takes a comma-separated list): a first SSO
+    /// sign-in with an email at DOMAIN joins TENANT (a name or id) as a member.
+    #[arg(
+        long = "oidc-domain",
+        env = "OUTPOST_OIDC_DOMAIN",
+        value_delimiter = ','
+    )]
+    pub oidc_domains: Vec<String>,
+
     /// Key sealing secrets at rest (32 bytes, hex or base64); default: <data-dir>/master.key,
     /// created on first start. Set it when several servers share a database.
     #[arg(
@@ -282,7 +319,90 @@ impl std::fmt::Debug for Config {
             .field("smtp_from", &self.smtp_from)
             .field("require_verified_email", &self.require_verified_email)
             .field("allow_signup", &self.allow_signup)
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("oidc_client_id", &self.oidc_client_id)
+            .field(
+                "oidc_client_secret",
+                &self.oidc_client_secret.as_ref().map(|_| "<set>"),
+            )
+            .field("oidc_client_secret_file", &self.oidc_client_secret_file)
+            .field("oidc_name", &self.oidc_name)
+            .field("oidc_domains", &self.oidc_domains)
             .finish()
+    }
+}
+
+impl Config {
+    /// The OpenID Connect provider these flags configure (`None` without `--oidc-issuer`), or
+    /// what is missing or wrong.
+    pub fn sso(&self) -> Result<Option<outpost_core::service::sso::SsoConfig>, String> {
+        use outpost_core::service::sso::SsoConfig;
+        let Some(issuer) = &self.oidc_issuer else {
+            if self.oidc_client_id.is_some()
+                || self.oidc_client_secret.is_some()
+                || self.oidc_client_secret_file.is_some()
+                || !self.oidc_domains.is_empty()
+            {
+                return Err(
+                    "--oidc-client-id, --oidc-client-secret and --oidc-domain need --oidc-issuer"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        let issuer = SsoConfig::check_issuer(issuer)?;
+        let client_id = self
+            .oidc_client_id
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .ok_or("--oidc-issuer needs --oidc-client-id")?;
+        let client_secret = match (&self.oidc_client_secret, &self.oidc_client_secret_file) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    format!(
+                        "--oidc-client-secret-file: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err(
+                    "--oidc-issuer needs --oidc-client-secret or --oidc-client-secret-file".into(),
+                );
+            }
+        };
+        if client_secret.is_empty() {
+            return Err("--oidc-client-secret: the client secret is empty".into());
+        }
+        let public_url = self.public_url.as_deref().ok_or(
+            "--oidc-issuer needs --public-url: the provider sends browsers back to <public-url>/api/auth/oidc/callback",
+        )?;
+        let domains = self
+            .oidc_domains
+            .iter()
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| SsoConfig::parse_domain(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = self.oidc_name.trim();
+        if name.is_empty() || name.chars().count() > 64 {
+            return Err("--oidc-name: give the provider's name, 1 to 64 characters".into());
+        }
+        Ok(Some(SsoConfig {
+            issuer,
+            client_id,
+            client_secret,
+            name: name.to_owned(),
+            domains,
+            redirect_uri: format!(
+                "{}/api/auth/oidc/callback",
+                public_url.trim_end_matches('/')
+            ),
+        }))
     }
 }
 

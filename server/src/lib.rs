@@ -44,6 +44,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     validate(&config)?;
+    let sso = config.sso().map_err(anyhow::Error::msg)?;
     let fd_limit = metrics::raise_fd_limit();
     tracing::info!(
         fd_limit,
@@ -53,7 +54,17 @@ pub async fn run(
     let opened = open(&config).await?;
     let stop = CancellationToken::new();
     let node = join(&config, &listener, &opened, &stop).await?;
-    let wired = build_services(&config, opened, node, &stop)?;
+    let mut wired = build_services(&config, opened, node, &stop)?;
+    wired.services = wired.services.with_sso(sso, config.allow_signup);
+    wired
+        .services
+        .sso
+        .check_domains()
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if let Some(name) = wired.services.sso.name() {
+        tracing::info!(provider = %name, "single sign-on is on: GET /api/auth/oidc/start");
+    }
     spawn_workers(&config, &wired, &stop);
     let app = router(&wired);
     serve(listener, &config, app, wired, fd_limit, stop, shutdown).await

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 pub mod cluster;
 pub mod library;
+pub mod oidc;
 pub mod postgres;
 pub mod proxy;
 pub mod smtp;

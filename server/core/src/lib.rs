@@ -26,6 +26,7 @@ pub mod digest;
 pub mod finish;
 pub mod forwarded;
 pub mod frames;
+pub mod idtoken;
 pub mod jwt;
 pub mod mail;
 pub mod passwords;

@@ -49,6 +49,7 @@ mod jobs;
 mod library;
 mod migrations;
 mod nodes;
+mod oidc;
 mod presence;
 mod releases;
 pub mod retention;
@@ -81,6 +82,7 @@ pub use jobs::{
 };
 pub use library::{LibraryRefused, MAX_VERSIONS as MAX_LIBRARY_VERSIONS, NewLibraryScript};
 pub use nodes::RemoteAgent;
+pub use oidc::{NewOidcLogin, SsoIdentity};
 pub use presence::{AGENT_OFFLINE, AGENT_ONLINE, AGENT_UPDATE_ROLLED_BACK, AGENT_UPDATED};
 pub use rollouts::{
     AgentFields, AgentMove, MAX_AGENTS_PAGE as MAX_ROLLOUT_AGENTS_PAGE, RolloutAgentRow,
@@ -106,6 +108,7 @@ pub use entities::{
     release, rollout, rollout_agent, run_digest, schedule, tenant, user, webhook_attempt,
 };
 pub use entities::{login_ticket, recovery_code, totp_factor};
+pub use entities::{oidc_identity, oidc_login};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

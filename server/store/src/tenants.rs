@@ -271,7 +271,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     }
 
     /// Inserts a user; `EmailTaken` when the email is a user's already.
-    async fn insert_user(
+    pub(super) async fn insert_user(
         &self,
         new: super::NewUser,
     ) -> Result<std::result::Result<user::Model, UserRefused>> {

@@ -75,9 +75,12 @@ pub fn email_key(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// Whether a user counts as an owner who can run the tenant: active, with a password.
-fn active_owner(user: &user::Model) -> bool {
-    user.role == Role::Owner && user.status == UserStatus::Active && user.password_hash.is_some()
+/// Whether a user counts as an owner who can run the tenant: active, with a password or an
+/// identity at an OpenID Connect provider (`sso`: CONTRACT.md §18, SSO users have no password).
+fn active_owner(user: &user::Model, sso: bool) -> bool {
+    user.role == Role::Owner
+        && user.status == UserStatus::Active
+        && (user.password_hash.is_some() || sso)
 }
 
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
@@ -153,13 +156,25 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 Some(after)
             }
         };
-        if active_owner(&existing) && !after.as_ref().is_some_and(active_owner) {
+        let sso = txn.has_oidc_identity(id).await?;
+        if active_owner(&existing, sso) && !after.as_ref().is_some_and(|a| active_owner(a, sso)) {
             let others = user::Entity::find()
                 .filter(user::Column::TenantId.eq(tenant_id))
                 .filter(user::Column::Id.ne(id))
                 .filter(user::Column::Role.eq(Role::Owner.as_str()))
                 .filter(user::Column::Status.eq(UserStatus::Active.as_str()))
-                .filter(user::Column::PasswordHash.is_not_null())
+                .filter(
+                    sea_orm::Condition::any()
+                        .add(user::Column::PasswordHash.is_not_null())
+                        .add(
+                            user::Column::Id.in_subquery(
+                                sea_orm::sea_query::Query::select()
+                                    .column(crate::oidc_identity::Column::UserId)
+                                    .from(crate::oidc_identity::Entity)
+                                    .to_owned(),
+                            ),
+                        ),
+                )
                 .count(&txn.db)
                 .await?;
             if others == 0 {
@@ -189,6 +204,10 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                     .await?;
                 // The user's second factor (CONTRACT.md §18) goes with them.
                 txn.delete_totp_rows(id).await?;
+                crate::oidc_identity::Entity::delete_many()
+                    .filter(crate::oidc_identity::Column::UserId.eq(id))
+                    .exec(&txn.db)
+                    .await?;
                 UserChanged::Done(None)
             }
             Some(after) => {

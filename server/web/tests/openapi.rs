@@ -124,6 +124,9 @@ const PUBLIC: &[&str] = &[
     "/api/auth/login/totp",
     "/api/auth/login/totp/setup",
     "/api/auth/login/totp/confirm",
+    "/api/auth/oidc/start",
+    "/api/auth/oidc/callback",
+    "/api/auth/oidc/exchange",
 ];
 
 #[test]

@@ -38,6 +38,7 @@ mod schedules_live;
 mod secrets;
 mod signin_mail;
 mod sockets;
+mod sso;
 mod supervisor;
 mod tenancy;
 mod tenancy_quotas;

@@ -756,8 +756,8 @@ async fn xss_agent(server: &Server, key: &str) -> (ws::Peer, String) {
 // ---- the browser ----------------------------------------------------------------------------
 
 /// chromedriver and a headless chromium session, ended when dropped.
-struct Browser {
-    driver: WebDriver,
+pub(crate) struct Browser {
+    pub(crate) driver: WebDriver,
     chromedriver: Child,
     _profile: tempfile::TempDir,
 }
@@ -765,7 +765,7 @@ struct Browser {
 impl Browser {
     /// A browser, or `None` (after saying why) when this machine has none and
     /// `OUTPOST_TEST_BROWSER` is not `1`.
-    async fn start(test: &str) -> Option<Self> {
+    pub(crate) async fn start(test: &str) -> Option<Self> {
         outpost_e2e::init();
         let missing: Vec<&str> = [CHROMEDRIVER, CHROMIUM]
             .into_iter()
@@ -858,7 +858,7 @@ impl Browser {
     }
 
     /// Waits until the element `by` exists with text containing `text`; returns its text.
-    async fn wait_text(&self, by: By, text: &str) -> String {
+    pub(crate) async fn wait_text(&self, by: By, text: &str) -> String {
         let driver = &self.driver;
         wait_for(&format!("{by:?} to show {text:?}"), SHOWN, || {
             let by = by.clone();
@@ -924,7 +924,7 @@ impl Browser {
             .expect("screenshot");
     }
 
-    async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         let _ = self.driver.quit().await;
         let _ = self.chromedriver.kill();
         let _ = self.chromedriver.wait();

@@ -130,6 +130,11 @@ impl Health {
         }
         // Sign-in tickets of a second factor (CONTRACT.md §18) past their 5 minutes.
         core.store.delete_expired_login_tickets().await?;
+        // Single sign-ons that were never finished (CONTRACT.md §18).
+        let sign_ins = core.store.delete_expired_oidc_logins().await?;
+        if sign_ins > 0 {
+            tracing::debug!(sign_ins, "deleted expired single sign-ons");
+        }
         Ok(())
     }
 

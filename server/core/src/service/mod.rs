@@ -29,6 +29,7 @@ pub mod retention;
 pub mod rollouts;
 pub mod schedules;
 pub mod scripts;
+pub mod sso;
 mod ssrf;
 pub mod tenants;
 pub mod totp;
@@ -212,6 +213,8 @@ pub struct Services {
     /// Rate limits and the client's address behind trusted proxies. The sign-in routes call
     /// [`limits::Limits::auth_attempt`] first thing.
     pub limits: limits::Limits,
+    /// Sign-in through an OpenID Connect provider (off without `--oidc-issuer`).
+    pub sso: sso::Sso,
 }
 
 impl Services {
@@ -219,6 +222,14 @@ impl Services {
     #[must_use]
     pub fn with_signup(mut self, allow: bool) -> Self {
         self.tenants = self.tenants.with_signup(allow);
+        self
+    }
+
+    /// The same services with an OpenID Connect provider (`--oidc-*`); `signup` as
+    /// `--allow-signup` (a first SSO sign-in outside the mapped domains gets a tenant).
+    #[must_use]
+    pub fn with_sso(mut self, config: Option<sso::SsoConfig>, signup: bool) -> Self {
+        self.sso = self.sso.with_config(config, signup);
         self
     }
 
@@ -255,6 +266,12 @@ impl Services {
             audit: audit::Audit::new(core.clone()),
             tenants: tenants::Tenants::new(core.clone(), limits.clone(), users.clone()),
             totp: totp::Totp::new(core.clone(), limits.clone(), users.clone()),
+            sso: sso::Sso::new(
+                core.clone(),
+                limits.clone(),
+                audit::Audit::new(core.clone()),
+                users.clone(),
+            ),
             users,
             commands: commands::Commands::new(core.clone()),
             schedules: schedules::Schedules::new(core.clone(), jobs::Jobs::new(core.clone())),

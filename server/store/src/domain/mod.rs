@@ -557,6 +557,13 @@ text_enum! {
         RolloutRollback = "rollout.rollback",
         /// The tenant's fleet policy (`min_agent_version`) was set.
         FleetPolicy = "fleet.policy",
+        /// A person signed in through the OpenID Connect provider (CONTRACT.md §18).
+        AuthSsoLogin = "auth.sso_login",
+        /// A sign-in through the provider was refused (a disabled user, an email that is an
+        /// unlinked user's).
+        AuthSsoRefused = "auth.sso_refused",
+        /// A signed-in user linked an identity at the provider to their account.
+        UserSsoLink = "user.sso_link",
     }
 }
 

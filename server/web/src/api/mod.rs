@@ -27,6 +27,7 @@ mod rollouts;
 mod schedules;
 mod scripts;
 mod signin;
+pub(crate) mod sso;
 mod tenants;
 pub mod totp;
 mod users;
@@ -79,6 +80,7 @@ use outpost_store::domain::{Caller, DomainError};
         scripts::upload, scripts::list, scripts::show, scripts::delete, scripts::download,
         rollouts::start, rollouts::list, rollouts::show, rollouts::agents, rollouts::pause,
         rollouts::resume, rollouts::abort, rollouts::rollback, rollouts::policy, rollouts::set_policy,
+        sso::start, sso::callback, sso::exchange,
     ),
     components(
         schemas(
@@ -256,6 +258,9 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(users::show).patch(users::update).delete(users::delete),
         )
         .route("/api/auth/register", post(tenants::register))
+        .route("/api/auth/oidc/start", get(sso::start))
+        .route("/api/auth/oidc/callback", get(sso::callback))
+        .route("/api/auth/oidc/exchange", post(sso::exchange))
         .route("/api/tenants", get(tenants::list))
         .route(
             "/api/tenants/{id}",
@@ -334,6 +339,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
 }
+
+pub(crate) use sso::redirect_to_provider as sso_redirect;
 
 /// A finished job as the API shows it, serialised: the body of its webhook (handed to the
 /// webhook worker when the server is wired, so the service layer does not depend on views).

@@ -257,6 +257,11 @@ pub const ROUTES: &[Rule] = &[
     caller("DELETE", "/api/keys/{id}", KeysWrite, Member),
     // Tenants: each caller reads its own; the server's owner reads and changes them all.
     public("POST", "/api/auth/register"),
+    // Single sign-on (CONTRACT.md §18): the provider's answer is the credential; a link
+    // started by a program authenticates its bearer token in the handler.
+    public("GET", "/api/auth/oidc/start"),
+    public("GET", "/api/auth/oidc/callback"),
+    public("POST", "/api/auth/oidc/exchange"),
     Rule {
         method: "GET",
         path: "/api/tenants",

@@ -97,6 +97,8 @@ pub struct Ui {
     pub nonce: String,
     /// Where the dashboard is.
     pub site: Site,
+    /// The OpenID Connect provider's name, when single sign-on is on (its "Link" action).
+    pub sso: Option<String>,
 }
 
 impl Ui {
@@ -178,6 +180,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/logout", post(session::logout))
         .route("/ui/verify", get(signin::verify_page).post(signin::verify))
         .route("/ui/verify/resend", post(signin::resend))
+        .route("/ui/sso/link", post(session::link_sso))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::require,
@@ -198,6 +201,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/reset", get(signin::reset_page).post(signin::reset))
         .route("/ui/invite", get(signin::invite_page).post(signin::invite))
         .route("/ui/login/totp", post(totp::login))
+        .route("/ui/sso/finish", get(session::finish_sso))
         .route("/ui/static/{file}", get(assets::serve))
         .merge(signed_in)
         .layer(axum::middleware::from_fn(headers))

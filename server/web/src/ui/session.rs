@@ -61,6 +61,8 @@ struct LoginPage {
     error: Option<String>,
     /// Whether the server mails reset links ("Forgot your password?").
     can_reset: bool,
+    /// The OpenID Connect provider's name and where its sign-in starts, when it is on.
+    sso: Option<(String, String)>,
 }
 
 /// The parts of a session cookie.
@@ -104,11 +106,13 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     found
 }
 
-/// A `Set-Cookie` value for the dashboard's path.
+/// A `Set-Cookie` value for the dashboard's path. `SameSite=Lax`, not `Strict` (CONTRACT.md §18):
+/// a sign-in through the OpenID Connect provider ends in a redirect chain that started on the
+/// provider's site, on which a `Strict` cookie is not sent; forms carry their own token anyway.
 pub(super) fn set_cookie(site: &Site, name: &str, value: &str, max_age: i64) -> HeaderValue {
     let secure = if site.secure { "; Secure" } else { "" };
     let text = format!(
-        "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
+        "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
         site.base
     );
     // Every part is ours: ASCII without control characters.
@@ -245,6 +249,7 @@ pub async fn require(
         nonce: cookie.nonce.to_owned(),
         caller,
         site,
+        sso: state.services.sso.name().map(str::to_owned),
     };
     if method != Method::GET && method != Method::HEAD {
         // Every form is checked here, before its handler: none can forget it.
@@ -300,6 +305,12 @@ fn login_form(
         email: email.to_owned(),
         error,
         can_reset: state.services.account_mail.enabled(),
+        sso: state.services.sso.name().map(|name| {
+            (
+                name.to_owned(),
+                format!("{}/api/auth/oidc/start", site.base.trim_end_matches("/ui")),
+            )
+        }),
     };
     let mut response = (status, page).into_response();
     response.headers_mut().append(
@@ -375,6 +386,56 @@ pub async fn login(
             let status = crate::http_error::status(&err);
             login_form(&state, &site, next, email, Some(err.to_string()), status)
         }
+        Err(err) => UiError(err).into_response(),
+    }
+}
+
+/// `GET /ui/sso/finish`: the end of a browser's single sign-on. The callback left a one-time
+/// code in a cookie (never in the URL); it is exchanged for a session as the CLI's is, and the
+/// session cookie is set.
+pub async fn finish_sso(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Response {
+    use crate::api::sso::{HANDOFF_COOKIE, HANDOFF_PATH, lax_cookie};
+    let site = Site::of(&state);
+    let code = cookie(&headers, HANDOFF_COOKIE).unwrap_or("");
+    let clear = lax_cookie(&state, HANDOFF_COOKIE, HANDOFF_PATH, "", 0);
+    let mut response = match state.services.sso.exchange(code, client).await {
+        Ok(session) => {
+            let mut response = see_other(&format!("{}/agents", site.base));
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                session_cookie(&site, &session, &new_nonce()),
+            );
+            response
+        }
+        Err(err) => UiError(err).into_response(),
+    };
+    response.headers_mut().append(header::SET_COOKIE, clear);
+    response
+}
+
+/// `POST /ui/sso/link`: the signed-in user links an identity at the OpenID Connect provider
+/// (CONTRACT.md §18): off to the provider, back through its callback.
+pub async fn link_sso(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    axum::Extension(ui): axum::Extension<Ui>,
+) -> Response {
+    let user = match state.services.users.me(&ui.caller).await {
+        Ok(me) => me.user,
+        Err(err) => return UiError(err).into_response(),
+    };
+    let Some(user) = user else {
+        return UiError(DomainError::BadRequest(
+            "only a user links an identity".into(),
+        ))
+        .into_response();
+    };
+    match crate::api::sso_redirect(&state, Some(&user), None, client).await {
+        Ok(response) => response,
         Err(err) => UiError(err).into_response(),
     }
 }

@@ -74,6 +74,8 @@ pub(super) struct Chrome {
     pub(super) user: String,
     /// The page's section, for the navigation.
     pub(super) nav: &'static str,
+    /// The OpenID Connect provider's name, for the "Link" action (CONTRACT.md §18).
+    pub(super) sso: Option<String>,
 }
 
 impl Chrome {
@@ -85,6 +87,7 @@ impl Chrome {
             admin: ui.is_admin(),
             user: ui.caller.label.clone(),
             nav,
+            sso: ui.sso.clone(),
         }
     }
 }
