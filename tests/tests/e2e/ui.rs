@@ -128,7 +128,7 @@ impl Session {
             .filter(|v| v.starts_with("outpost_session="))
             .collect();
         let attributes = &attributes[0];
-        for attribute in ["HttpOnly", "SameSite=Strict", &format!("Path={base};")] {
+        for attribute in ["HttpOnly", "SameSite=Lax", &format!("Path={base};")] {
             assert!(attributes.contains(attribute), "{attribute}: {attributes}");
         }
         Self {
