@@ -23,8 +23,8 @@ mod results;
 mod rollouts;
 mod schedules;
 mod scripts;
-mod totp;
 mod sso;
+mod totp;
 mod users;
 
 use std::process::ExitCode;
