@@ -15,13 +15,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::users::UserView;
+use super::users::{UserView, object_only};
 use super::{ApiJson, ClientAddr, Query};
 use crate::api::AppState;
+use outpost_store::domain::DomainError;
 use outpost_store::{MailState, mail_outbox};
 
 /// Body of `POST /api/auth/password-reset`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
     /// The account's email.
@@ -30,7 +31,7 @@ pub struct ResetRequest {
 }
 
 /// Body of `POST /api/auth/password-reset/confirm`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetConfirm {
     /// The token of the mailed link (`opw_…`, the link's `token`).
@@ -41,13 +42,20 @@ pub struct ResetConfirm {
 }
 
 /// Body of `POST /api/auth/verify`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// The 6 digits mailed to the user.
     #[schema(max_length = 32)]
     pub code: String,
 }
+
+object_only!(ResetRequest { email: String });
+object_only!(ResetConfirm {
+    token: String,
+    password: String
+});
+object_only!(VerifyRequest { code: String });
 
 /// The answer of a request that is taken and acted on later.
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,6 +77,7 @@ pub struct CodeSent {
 #[utoipa::path(post, operation_id = "requestPasswordReset", path = "/api/auth/password-reset", tag = "auth",
     request_body = ResetRequest,
     responses((status = 202, body = Accepted),
+        (status = 400, response = crate::api::doc::BadRequest),
         (status = 429, response = crate::api::doc::TooManyRequests)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn request_reset(
@@ -76,6 +85,11 @@ pub async fn request_reset(
     ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<ResetRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), HttpError> {
+    if body.email.chars().count() > 254 {
+        return Err(HttpError(DomainError::BadRequest(
+            "email: at most 254 characters".into(),
+        )));
+    }
     state
         .services
         .account_mail
@@ -176,7 +190,7 @@ pub struct MailListQuery {
     #[param(nullable = false)]
     pub state: Option<MailStateParam>,
     /// From a previous page's `next_cursor`.
-    #[param(nullable = false, max_length = 64)]
+    #[param(nullable = false, min_length = 1, max_length = 64)]
     pub cursor: Option<String>,
     /// Page size, 1–200 (default 50).
     #[param(minimum = 1, maximum = 200, nullable = false)]
@@ -259,6 +273,20 @@ pub async fn list_mail(
     Query(query): Query<MailListQuery>,
 ) -> Result<Json<MailPageView>, HttpError> {
     let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(HttpError(DomainError::BadRequest(format!(
+            "limit: {limit} is not 1 to 200"
+        ))));
+    }
+    if query
+        .cursor
+        .as_deref()
+        .is_some_and(|c| c.is_empty() || c.len() > 64)
+    {
+        return Err(HttpError(DomainError::BadRequest(
+            "cursor: a previous page's next_cursor (1 to 64 characters)".into(),
+        )));
+    }
     let state_filter = query.state.map(|s| match s {
         MailStateParam::Pending => MailState::Pending,
         MailStateParam::Sent => MailState::Sent,

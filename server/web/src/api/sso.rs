@@ -154,6 +154,7 @@ pub(crate) async fn redirect_to_provider(
     responses((status = 302, description = "To the provider's sign-in page"),
         (status = 400, response = crate::api::doc::BadRequest),
         (status = 401, response = crate::api::doc::Unauthorized),
+        (status = 403, body = crate::http_error::ErrorEnvelope, description = "`link=1` by an API key (only a user links an identity)"),
         (status = 404, body = crate::http_error::ErrorEnvelope, description = "Single sign-on is not configured"),
         (status = 429, response = crate::api::doc::TooManyRequests),
         (status = 503, body = crate::http_error::ErrorEnvelope, description = "The provider cannot be reached")))]
@@ -174,7 +175,7 @@ pub async fn start(
             let caller = state.services.access.authenticate(token, client).await?;
             let me = state.services.users.me(&caller).await?;
             let Some(user) = me.user else {
-                return Err(HttpError(DomainError::BadRequest(
+                return Err(HttpError(DomainError::Forbidden(
                     "link: only a user (not an API key) links an identity".into(),
                 )));
             };

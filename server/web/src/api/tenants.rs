@@ -97,7 +97,8 @@ pub struct UpdateTenant {
     #[schema(value_type = Option<i64>, nullable, minimum = 0, maximum = 36_500)]
     pub retention_days: Option<Option<i64>>,
     /// Whether the tenant's password users must have a second factor (the tenant's own
-    /// owners; CONTRACT.md §18).
+    /// owners; CONTRACT.md §18). Not null: leave it out to keep it.
+    #[schema(nullable = false)]
     pub require_totp: Option<bool>,
 }
 

@@ -105,6 +105,7 @@ impl From<Confirmed> for ConfirmedView {
 
 /// Body of `POST /api/auth/totp/confirm` and `DELETE /api/auth/totp`.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CodeRequest {
     /// A current 6-digit code of the authenticator.
     #[schema(max_length = 64)]
@@ -115,6 +116,7 @@ object_only!(CodeRequest { code: String });
 
 /// Body of `POST /api/auth/login/totp/setup`.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TicketRequest {
     /// The ticket of a `totp_setup` login answer.
     #[schema(max_length = 100)]
@@ -125,6 +127,7 @@ object_only!(TicketRequest { ticket: String });
 
 /// Body of `POST /api/auth/login/totp` and `POST /api/auth/login/totp/confirm`.
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TicketCodeRequest {
     /// The ticket of the login answer.
     #[schema(max_length = 100)]
