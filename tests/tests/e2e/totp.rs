@@ -7,6 +7,7 @@
 //! Sign-ins are limited to 10 a minute per address and per email (CONTRACT.md §9), so each test
 //! has its own server and counts its attempts.
 
+use super::ui::form;
 use outpost_e2e::totp::PyOtp;
 use outpost_e2e::{Api, CliHome, Server};
 use reqwest::StatusCode;
@@ -472,25 +473,6 @@ async fn totp_policy_leads_a_user_through_setup_at_sign_in() {
 }
 
 // ---- the dashboard, over plain HTTP ----------------------------------------------------------
-
-fn form(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
     response

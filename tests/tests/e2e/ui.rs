@@ -30,8 +30,8 @@ const XSS_DESCRIPTION: &str = "<img src=x onerror=alert('description')>";
 
 // ---- plain HTTP --------------------------------------------------------------------------
 
-/// `application/x-www-form-urlencoded` of `fields`.
-fn form(fields: &[(&str, &str)]) -> String {
+/// `application/x-www-form-urlencoded` of `fields` (`totp::` posts the dashboard's forms too).
+pub(crate) fn form(fields: &[(&str, &str)]) -> String {
     fields
         .iter()
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
