@@ -18,8 +18,9 @@ usage() {
 Usage: deploy.sh [ACTION] [OPTIONS]
 
 Installs and runs an Outpost agent (outpost-supervisor running outpost-agent), in Docker when
-Docker is available, else natively. Running it again changes nothing and makes sure the agent
-runs.
+Docker is available, else natively: from the server's Debian package where dpkg and systemd
+are here and the server serves one, else the binaries. Running it again changes nothing and
+makes sure the agent runs.
 
 Actions (default: install):
   --status       show what is installed and whether it runs (exit 0 running, 3 stopped,
@@ -41,10 +42,15 @@ Options:
                  a folder holding script_manifest.json (copied whole), or a manifest file or
                  http(s) URL (copied with the script files it names, which must be beside
                  it). Installed in <install dir>/scripts; see docs/OPERATIONS.md, "Scripts"
-  --native       install the binaries on this machine
+  --native       install the binaries on this machine (not the package)
+  --package      install the server's outpost-agent Debian package (root, dpkg, systemd)
   --docker       run the agent image in Docker
   --image NAME   agent image for --docker (default outpost-agent:latest, OUTPOST_IMAGE)
   --network NET  Docker network for the agent container (default: Docker's default bridge)
+  --ca-fingerprint SHA256
+                 the SHA-256 of the server's agent CA (the install line of a server started
+                 with --tls-auto carries it): the CA is fetched, checked against it and trusted
+                 alone, for the downloads here and by the agent (OUTPOST_CA_FINGERPRINT)
 
 Native layout: /opt/outpost as root, ~/.outpost-agent otherwise (OUTPOST_PREFIX overrides);
 bin/, agent.env (0600), scripts/ (the manifest and its scripts), state. Boot: a systemd unit
@@ -69,6 +75,7 @@ tags_given=${OUTPOST_TAGS+1}
 image=${OUTPOST_IMAGE:-outpost-agent:latest}
 network=''
 manifest_src=''
+ca_fingerprint=${OUTPOST_CA_FINGERPRINT:-}
 container=${OUTPOST_CONTAINER:-outpost-agent}
 volume=$container-state
 
@@ -92,7 +99,10 @@ while (($#)); do
     --network=*) network=${1#*=} ;;
     --manifest) need_value "$@"; manifest_src=$2; shift ;;
     --manifest=*) manifest_src=${1#*=} ;;
+    --ca-fingerprint) need_value "$@"; ca_fingerprint=$2; shift ;;
+    --ca-fingerprint=*) ca_fingerprint=${1#*=} ;;
     --native) mode=native ;;
+    --package) mode=package ;;
     --docker) mode=docker ;;
     --status) set_action status ;;
     --logs) set_action logs ;;
@@ -125,6 +135,10 @@ if [[ -n $manifest_src ]]; then
   fi
 fi
 [[ $container =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "OUTPOST_CONTAINER must be a Docker container name"
+if [[ -n $ca_fingerprint ]]; then
+  ca_fingerprint=$(tr -d ':' <<<"$ca_fingerprint" | tr 'A-F' 'a-f')
+  [[ $ca_fingerprint =~ ^[0-9a-f]{64}$ ]] || die "--ca-fingerprint must be a SHA-256: 64 hex digits (colons allowed)"
+fi
 pubkey=${OUTPOST_RELEASE_PUBKEY:-$served_pubkey}
 [[ -z $pubkey || $pubkey =~ ^[A-Za-z0-9+/]{43}=$ ]] || die "the release public key must be 32 bytes in base64"
 
@@ -143,6 +157,7 @@ fi
 [[ $(basename "$home") == *outpost* ]] || die "install directory $home must be a directory of its own, with \"outpost\" in its name"
 bin=$home/bin
 conf=$home/agent.env
+ca_file=$home/ca.pem
 scripts=$home/scripts
 unit_name=outpost-agent.service
 unit=/etc/systemd/system/$unit_name
@@ -168,8 +183,10 @@ target_triple() {
 # fetch URL FILE: downloads URL into FILE. On failure FILE is removed and the script stops
 # with what the server said (the message of its JSON error, which says what to do).
 fetch() {
-  local code why
-  if ! code=$(curl -sSL --retry 3 --connect-timeout 10 -o "$2" -w '%{http_code}' "$1"); then
+  local code why tls=()
+  # The server's own CA (--ca-fingerprint) is trusted for the server's URLs alone.
+  if [[ -n $ca_fingerprint && $1 == "$server"/* && -f $ca_file ]]; then tls=(--cacert "$ca_file"); fi
+  if ! code=$(curl -sSL --retry 3 --connect-timeout 10 "${tls[@]}" -o "$2" -w '%{http_code}' "$1"); then
     rm -f "$2"
     die "cannot download $1 (curl's reason is above)"
   fi
@@ -178,6 +195,27 @@ fetch() {
     rm -f "$2"
     die "cannot download $1: HTTP $code${why:+: $why}"
   fi
+}
+
+# With --ca-fingerprint: fetches the server's agent CA (GET /agent/v1/ca; its TLS certificate
+# cannot be checked before the CA is known, which is why the CA's own bytes are checked against
+# the fingerprint) and keeps it as ca.pem, trusted from then on for the server's URLs.
+pin_ca() {
+  [[ -n $ca_fingerprint ]] || return 0
+  local tmp=$home/.ca.pem.download got
+  if [[ -f $ca_file ]]; then
+    got=$(sed '/-----/d' "$ca_file" | base64 -d 2>/dev/null | sha256sum | cut -d' ' -f1)
+    [[ $got != "$ca_fingerprint" ]] || return 0
+  fi
+  curl -fsSL -k --retry 3 --connect-timeout 10 -o "$tmp" "$server/agent/v1/ca" || { rm -f "$tmp"; die "cannot download the server's CA from $server/agent/v1/ca"; }
+  got=$(sed '/-----/d' "$tmp" | base64 -d 2>/dev/null | sha256sum | cut -d' ' -f1)
+  if [[ $got != "$ca_fingerprint" ]]; then
+    rm -f "$tmp"
+    die "the CA $server serves has SHA-256 $got, not --ca-fingerprint $ca_fingerprint: not trusted"
+  fi
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$ca_file"
+  say "trusting the server's CA $ca_file (sha256 $got)"
 }
 
 # The "message" of an error body in Outpost's JSON envelope, else the body's first line;
@@ -447,6 +485,10 @@ write_conf() {
     echo "OUTPOST_MANIFEST=$manifest"
     [[ -z $tags ]] || echo "OUTPOST_TAGS=$tags"
     [[ -z $pubkey ]] || echo "OUTPOST_RELEASE_PUBKEY=$pubkey"
+    if [[ -n $ca_fingerprint ]]; then
+      echo "OUTPOST_CA_FINGERPRINT=$ca_fingerprint"
+      echo "OUTPOST_CA_CERT=$ca_file"
+    fi
   } >"$tmp"
   chmod 0600 "$tmp"
   if cmp -s "$tmp" "$conf"; then
@@ -463,6 +505,7 @@ merge_conf() {
   [[ -n $server ]] || server=$(conf_get OUTPOST_SERVER_URL)
   [[ -n $server ]] || server=$served_url
   [[ -n $tags_given ]] || tags=$(conf_get OUTPOST_TAGS)
+  [[ -n $ca_fingerprint ]] || ca_fingerprint=$(conf_get OUTPOST_CA_FINGERPRINT)
   # The manifest: where agent.env says, else (an install older than scripts/) the agent's old
   # default if one is there, else scripts/; --manifest installs it in scripts/.
   manifest=$(conf_get OUTPOST_MANIFEST)
@@ -490,6 +533,7 @@ native_install() {
   chmod 0755 "$bin"
   local name changed=0 running=0
   native_running && running=1
+  pin_ca
   for name in outpost-agent outpost-supervisor; do
     [[ -x $bin/$name ]] || install_binary "$name"
   done
@@ -547,6 +591,7 @@ native_update() {
   native_installed || die "no native agent installed in $home"
   merge_conf
   local name
+  pin_ca
   for name in outpost-agent outpost-supervisor; do
     install_binary "$name"
   done
@@ -621,6 +666,7 @@ docker_env_file() {
     echo "OUTPOST_SERVER_URL=$server"
     echo "OUTPOST_API_KEY=$key"
     [[ -z $tags ]] || echo "OUTPOST_TAGS=$tags"
+    [[ -z $ca_fingerprint ]] || echo "OUTPOST_CA_FINGERPRINT=$ca_fingerprint"
   } >"$file"
   echo "$file"
 }
@@ -652,6 +698,7 @@ docker_update() {
   [[ -n $key ]] || key=$(container_env OUTPOST_API_KEY)
   [[ -n $server ]] || server=$(container_env OUTPOST_SERVER_URL)
   [[ -n $tags_given ]] || tags=$(container_env OUTPOST_TAGS)
+  [[ -n $ca_fingerprint ]] || ca_fingerprint=$(container_env OUTPOST_CA_FINGERPRINT)
   if [[ -z $network ]]; then
     network=$(docker container inspect -f '{{.HostConfig.NetworkMode}}' "$container")
     [[ $network != default && $network != bridge ]] || network=''
@@ -689,8 +736,113 @@ docker_uninstall() {
   fi
 }
 
+# --- Debian package mode: the server's outpost-agent package, run by its systemd unit.
+# Paths are the package's (docs/OPERATIONS.md, "Installing from packages"); agent.env and the
+# scripts are written before dpkg runs, so the package's postinst starts a configured agent.
+
+package_deb=''
+package_usable() {
+  [[ $(id -u) -eq 0 && -z ${OUTPOST_PREFIX:-} && -d /run/systemd/system ]] &&
+    command -v dpkg >/dev/null && command -v systemctl >/dev/null &&
+    case $(dpkg --print-architecture) in amd64 | arm64) true ;; *) false ;; esac
+}
+package_installed() {
+  [[ $(dpkg-query -W -f='${Status}' outpost-agent 2>/dev/null) == "install ok installed" ]]
+}
+package_url() { echo "${1%/}/downloads/packages/outpost-agent_$(dpkg --print-architecture).deb"; }
+# Whether the server at $1 serves the package (a HEAD-sized check: its checksum file).
+package_served() {
+  [[ -n $1 ]] && curl -fsS --connect-timeout 10 -o /dev/null "$(package_url "$1").sha256" 2>/dev/null
+}
+use_package_layout() {
+  home=/etc/outpost
+  state=/var/lib/outpost/agent
+  conf=$home/agent.env
+  scripts=$home/scripts
+  unit_name=outpost-agent.service
+}
+
+# Downloads the package, checks its SHA-256 against the server's, and installs it with dpkg
+# (the postinst restarts a running agent). Skipped when that version is installed, unless
+# $1 is "again".
+package_fetch_install() {
+  local url want got tmp version
+  [[ -n $server ]] || die "no server URL: pass --server URL"
+  url=$(package_url "$server")
+  tmp=$(mktemp -d)
+  package_deb=$tmp/outpost-agent.deb
+  fetch "$url.sha256" "$tmp/sum"
+  want=$(cut -d' ' -f1 <"$tmp/sum")
+  [[ $want =~ ^[0-9a-f]{64}$ ]] || { rm -rf "$tmp"; die "bad checksum file at $url.sha256"; }
+  fetch "$url" "$package_deb"
+  got=$(sha256sum "$package_deb" | cut -d' ' -f1)
+  [[ $got == "$want" ]] || { rm -rf "$tmp"; die "$url has SHA-256 $got, the server says $want: not installed"; }
+  version=$(dpkg-deb -f "$package_deb" Version)
+  if [[ $1 == again ]] || ! package_installed || [[ $(dpkg-query -W -f='${Version}' outpost-agent) != "$version" ]]; then
+    dpkg -i "$package_deb" >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; rm -rf "$tmp"; die "dpkg -i failed (its output is above)"; }
+    say "installed the package outpost-agent $version (sha256 $got)"
+  fi
+  rm -rf "$tmp"
+}
+
+package_install() {
+  merge_conf
+  [[ -n $key ]] || die "an agent key is needed: --key opa_… (or OUTPOST_API_KEY)"
+  [[ -n $server ]] || die "no server URL: pass --server URL"
+  command -v curl >/dev/null || die "curl is needed"
+  install -d -m 0755 "$home"
+  [[ -z $manifest_src ]] || install_manifest
+  local changed=0
+  write_conf && changed=1
+  package_fetch_install once
+  systemctl is-enabled --quiet "$unit_name" 2>/dev/null || systemctl enable --quiet "$unit_name"
+  if ((changed)) || [[ -n $manifest_src ]]; then
+    systemctl restart "$unit_name"
+  else
+    systemctl start "$unit_name"
+  fi
+  systemctl is-active --quiet "$unit_name" || die "$unit_name did not start: journalctl -u $unit_name"
+  say "agent running ($unit_name, supervisor pid $(systemctl show -p MainPID --value "$unit_name"))"
+  manifest_note
+}
+
+package_update() {
+  package_installed || die "the outpost-agent package is not installed"
+  merge_conf
+  [[ -z $manifest_src ]] || install_manifest
+  write_conf || true
+  package_fetch_install again
+  systemctl restart "$unit_name"
+  say "agent running ($unit_name)"
+  manifest_note
+}
+
+package_status() {
+  if ! package_installed; then
+    echo "package: outpost-agent not installed"
+    return 4
+  fi
+  echo "package: outpost-agent $(dpkg-query -W -f='${Version}' outpost-agent)"
+  echo "  server:  $(conf_get OUTPOST_SERVER_URL)"
+  echo "  scripts: $(conf_get OUTPOST_MANIFEST)"
+  echo "  boot:    systemd ($unit_name, $(systemctl is-enabled "$unit_name" 2>/dev/null || echo disabled))"
+  echo "  logs:    journalctl -u $unit_name, $state/logs"
+  if systemctl is-active --quiet "$unit_name"; then
+    echo "  running: yes (supervisor pid $(systemctl show -p MainPID --value "$unit_name"))"
+    return 0
+  fi
+  echo "  running: no"
+  return 3
+}
+
 # --- which mode
 
+if [[ $mode == auto ]] && package_usable && package_installed; then
+  mode=package
+elif [[ $mode == auto && $action == install ]] && ! native_installed && package_usable &&
+  package_served "${server:-$served_url}"; then
+  mode=package
+fi
 if [[ $mode == auto ]]; then
   if [[ $action == install ]]; then
     if native_installed || [[ -n $manifest_src ]]; then
@@ -717,6 +869,11 @@ if [[ $mode == auto ]]; then
     fi
   fi
 fi
+if [[ $mode == package ]]; then
+  [[ $(id -u) -eq 0 ]] || die "--package needs root (dpkg)"
+  package_usable || die "--package needs dpkg and a running systemd, on amd64 or arm64, and no OUTPOST_PREFIX"
+  use_package_layout
+fi
 if [[ $mode == docker ]]; then
   docker_usable || die "Docker is not usable here (is the daemon running, may this user use it?)"
   [[ -z $manifest_src ]] || die "--manifest installs scripts for a native agent: add --native (a container gets its scripts from a mounted folder: see docs/OPERATIONS.md, Docker mode)"
@@ -730,6 +887,13 @@ case $mode:$action in
   native:stop) native_installed || die "no native agent installed in $home"; native_stop ;;
   native:start) native_installed || die "no native agent installed in $home"; native_start ;;
   native:uninstall) native_uninstall ;;
+  package:install) package_install ;;
+  package:update) package_update ;;
+  package:status) package_status ;;
+  package:logs) journalctl -u "$unit_name" -n "${OUTPOST_LOG_LINES:-50}" --no-pager ;;
+  package:stop) systemctl stop "$unit_name"; say "agent stopped" ;;
+  package:start) systemctl start "$unit_name"; say "agent running" ;;
+  package:uninstall) dpkg --purge outpost-agent >/dev/null; say "purged the outpost-agent package (its state, key and scripts)" ;;
   docker:install) docker_install ;;
   docker:update) docker_update ;;
   docker:status) docker_status ;;

@@ -255,6 +255,17 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 
+    /// SHA-256 of the server's agent CA certificate (64 hex digits; the install line carries
+    /// it): the agent then trusts that CA alone, fetched once from the server and checked
+    /// against this (CONTRACT.md §19).
+    #[arg(long, env = "OUTPOST_CA_FINGERPRINT")]
+    pub ca_fingerprint: Option<String>,
+
+    /// Enroll for a client certificate when the server serves TLS and has a CA, and connect
+    /// with it from then on (1/0, true/false…; default on).
+    #[arg(long, env = "OUTPOST_ENROLL", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub enroll: bool,
+
     /// Log format.
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -378,6 +389,8 @@ impl std::fmt::Debug for Config {
             .field("http_fallback", &self.http_fallback)
             .field("http_poll_interval", &self.http_poll_interval)
             .field("ca_cert", &self.ca_cert)
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("enroll", &self.enroll)
             .field("log_format", &self.log_format)
             .field("release_version", &self.release_version)
             .field("containment", &self.containment)

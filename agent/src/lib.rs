@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod exec;
 pub mod host;
 pub mod http;
+pub mod identity;
 pub mod journal;
 pub mod library;
 pub mod manifest;
@@ -234,6 +235,15 @@ impl Agent {
     /// The script library's local side.
     pub fn library(&self) -> &library::Library {
         &self.library
+    }
+
+    /// Gives the memory the allocator holds free back to the operating system when no command
+    /// is running (see [`platform::release_free_memory`]); while one runs, what it frees is
+    /// soon allocated again.
+    pub fn release_free_memory(&self) {
+        if self.running.lock().is_ok_and(|running| running.is_empty()) {
+            platform::release_free_memory();
+        }
     }
 
     /// Fresh heartbeat metrics.
@@ -484,7 +494,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(agent_id = %agent.agent_id, servers = %shown.join(","), "agent starting");
     tokio::spawn(watch_manifest(agent.clone(), shutdown.clone()));
     tokio::spawn(agent.contain.reap_orphans());
-    let connector = session::Connector::new(agent.clone(), &servers)?;
+    let Some((tls, identity)) = identity::setup(&agent, &servers, &shutdown).await? else {
+        return Ok(0);
+    };
+    let connector = session::Connector::new(agent.clone(), &servers, tls, identity)?;
     let code = connector.run(shutdown).await;
     // Running scripts end with the agent; their runs are reported `interrupted` by the next.
     agent.contain.shutdown();

@@ -18,6 +18,7 @@
 mod attack;
 mod auth;
 mod events;
+mod handshakes;
 mod postgres;
 mod report;
 mod results;
@@ -100,6 +101,10 @@ enum Scenario {
     /// complete, the server's CPU meanwhile), then one to a published version the simulated
     /// agents roll back (from the first canary's rollback report to the halt).
     Rollouts,
+    /// Only when named (a server of its own with --tls-auto): the swarm over TLS by key, the
+    /// server restarted; then new agents that enroll and connect by certificate, the server
+    /// restarted: each reconnection's server CPU per agent (CONTRACT.md §19).
+    Handshakes,
     /// Only when named (it starts the server with a retention window of --retention-seconds):
     /// a steady load of jobs with output for --soak-secs; the database's size over time and
     /// the jobs' latency before and while retention deletes.
@@ -195,6 +200,14 @@ struct Opts {
     /// The `soak` scenario: output bytes each run prints.
     #[arg(long, default_value_t = 4096)]
     soak_output_bytes: usize,
+    /// Compare the figures with a baseline (an earlier run's `--json` output, such as
+    /// bench/baseline-quick.json) and print every figure --margin times worse or more. It
+    /// reports; it never fails the run (CI's regression guard).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// How many times worse than the baseline a figure must be to be reported.
+    #[arg(long, default_value_t = 2.0)]
+    margin: f64,
     /// The `rollouts` scenario: canary agents of each rollout (default 10; 2 with --quick).
     #[arg(long)]
     rollout_canary: Option<u32>,
@@ -255,7 +268,9 @@ pub(crate) fn raise_fd_limit() -> u64 {
 
 fn has(opts: &Opts, scenario: Scenario) -> bool {
     // The soak changes how the server runs (its retention window): only when named.
-    (opts.scenarios.is_empty() && scenario != Scenario::Soak) || opts.scenarios.contains(&scenario)
+    // The handshakes start a TLS server of their own, for minutes: only when named too.
+    let only_named = matches!(scenario, Scenario::Soak | Scenario::Handshakes);
+    (opts.scenarios.is_empty() && !only_named) || opts.scenarios.contains(&scenario)
 }
 
 /// The soak's retention window, in seconds.
@@ -318,9 +333,50 @@ async fn harness(opts: Opts) -> anyhow::Result<()> {
     let result = scenarios(&opts, &mut nodes, &bin_dir, workdir.path(), &mut report).await;
     nodes.stop().await;
     report.print(opts.json);
+    if let Some(path) = &opts.baseline {
+        compare_with_baseline(&report, path, opts.margin);
+    }
     drop(database);
     drop(workdir);
     result
+}
+
+/// Prints (on stderr, so that `--json` stays one object) the figures that drifted past the
+/// margin against the baseline, or that none did.
+fn compare_with_baseline(report: &Report, path: &std::path::Path, margin: f64) {
+    let baseline: Value = match std::fs::read_to_string(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| Ok(serde_json::from_str(&text)?))
+    {
+        Ok(baseline) => baseline,
+        Err(err) => {
+            eprintln!(
+                "outpost-bench: WARNING: baseline {} not read: {err:#}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let recorded = baseline["machine"]["started_at"].as_str().unwrap_or("?");
+    let drifts = report.drifts(&baseline, margin);
+    if drifts.is_empty() {
+        eprintln!(
+            "outpost-bench: against the baseline {} (recorded {recorded}): no figure {margin}x worse or more",
+            path.display()
+        );
+        return;
+    }
+    eprintln!(
+        "outpost-bench: WARNING: against the baseline {} (recorded {recorded}), {} figure(s) {margin}x worse or more          (a report, not a failure: a busy machine moves figures too; compare on a quiet one with --bin-dir):",
+        path.display(),
+        drifts.len()
+    );
+    for d in &drifts {
+        eprintln!(
+            "  {}: {} {:.3} -> {:.3} ({:.1}x worse)",
+            d.row, d.figure, d.baseline, d.now, d.worse_by
+        );
+    }
 }
 
 /// What the servers run on, in words.
@@ -651,6 +707,8 @@ async fn scenarios(
         && let Some(swarm) = &swarm
     {
         let jobs = opts.throughput_jobs.max(1);
+        // A line to start a profiler on (docs/BENCHMARKS.md, the result path's profile).
+        eprintln!("outpost-bench: throughput, {jobs} concurrent jobs to every agent");
         let cpu = nodes.cpu_seconds()?;
         let swarm_cpu = swarm.cpu_seconds()?;
         let writer = nodes.writer().await?;
@@ -678,6 +736,7 @@ async fn scenarios(
             last_finished = last_finished.max(Some(lat.last_finished));
         }
         let wall = started.elapsed().as_secs_f64();
+        eprintln!("outpost-bench: throughput, every job answered");
         let (writer, writer_json) = nodes.writer().await?.since(&writer, wall);
         let cpu_per_result_us = (nodes.cpu_seconds()? - cpu) * 1e6 / total.max(1) as f64;
         let swarm_per_result_us = (swarm.cpu_seconds()? - swarm_cpu) * 1e6 / total.max(1) as f64;
@@ -928,6 +987,20 @@ async fn scenarios(
 
     if let Some(swarm) = swarm {
         swarm.stop();
+    }
+
+    if has(opts, Scenario::Handshakes) && opts.agents > 0 {
+        if opts.database_url.is_some() {
+            eprintln!(
+                "outpost-bench: handshakes run on a SQLite server of their own, not on --database-url"
+            );
+        }
+        let plan = handshakes::Plan {
+            agents: opts.agents,
+            per_worker: opts.per_worker,
+            sources: opts.sources,
+        };
+        handshakes::scenario(bin_dir, workdir, &plan, report).await?;
     }
     Ok(())
 }
@@ -1240,36 +1313,47 @@ fn spawn_swarm(
     let mut first = 0;
     while first < opts.agents {
         let count = per_worker.min(opts.agents - first);
-        let child = std::process::Command::new(&exe)
-            .arg("worker")
-            .arg("--server")
-            .arg(
-                servers
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-            .arg("--run-id")
-            .arg(run_id.to_string())
-            .arg("--first")
-            .arg(first.to_string())
-            .arg("--count")
-            .arg(count.to_string())
-            .arg("--sources")
-            .arg(opts.sources.to_string())
+        let child = worker_command(&exe, servers, run_id, first, count, opts.sources, key)
             .arg("--tag-sizes")
             .arg(sizes.join(","))
             .args(&rollout_args)
-            // Through the environment, so the key is not in `ps` output.
-            .env("OUTPOST_BENCH_AGENT_KEY", key)
-            .stdin(std::process::Stdio::piped())
             .spawn()
             .context("starting a worker process")?;
         children.push(child);
         first += count;
     }
     Ok(Swarm { children })
+}
+
+/// A worker process's command for agents `first .. first + count` of run `run_id`, the agent
+/// key passed through the environment (not in `ps` output), stdin piped (the worker lives until
+/// it closes).
+fn worker_command(
+    exe: &std::path::Path,
+    servers: &[std::net::SocketAddr],
+    run_id: u64,
+    first: u64,
+    count: u64,
+    sources: u8,
+    key: &str,
+) -> std::process::Command {
+    let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("worker")
+        .arg("--server")
+        .arg(servers.join(","))
+        .arg("--run-id")
+        .arg(run_id.to_string())
+        .arg("--first")
+        .arg(first.to_string())
+        .arg("--count")
+        .arg(count.to_string())
+        .arg("--sources")
+        .arg(sources.to_string())
+        .env("OUTPOST_BENCH_AGENT_KEY", key)
+        .stdin(std::process::Stdio::piped());
+    command
 }
 
 struct Latencies {

@@ -119,6 +119,83 @@ impl Report {
     }
 }
 
+/// How a figure named `key` in a row's data reads: `Some(true)` when higher is better (a
+/// rate), `Some(false)` when lower is (a time, CPU, memory), `None` when it is not a figure to
+/// compare (a count the run was asked for, a mode).
+fn direction(key: &str) -> Option<bool> {
+    let key = key.to_ascii_lowercase();
+    if key.ends_with("per_s") || key.ends_with("per_second") || key.contains("_per_s_") {
+        return Some(true);
+    }
+    let lower = ["_ms", "_s", "_us", "_kib", "_mib", "_bytes", "_percent"];
+    (lower.iter().any(|suffix| key.ends_with(suffix)) || key.contains("cpu") || key == "stripped")
+        .then_some(false)
+}
+
+/// One figure that moved past the margin against the baseline.
+#[derive(Debug, PartialEq)]
+pub struct Drift {
+    pub row: String,
+    pub figure: String,
+    pub baseline: f64,
+    pub now: f64,
+    /// How many times worse (> 1), whichever way worse is for this figure.
+    pub worse_by: f64,
+}
+
+impl Report {
+    /// Compares this run's figures with a baseline (an earlier run's `--json` output), row by
+    /// row (by name) and figure by figure: every figure that is `margin` times worse or more.
+    /// Figures of a fraction of a millisecond or a few KiB in the baseline are skipped (noise
+    /// dominates them in a debug build); rows or figures missing on either side too.
+    pub fn drifts(&self, baseline: &Value, margin: f64) -> Vec<Drift> {
+        let Some(rows) = baseline.get("rows").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        let mut drifts = Vec::new();
+        for row in &self.rows {
+            let Some(then) = rows
+                .iter()
+                .find(|r| r.get("what").and_then(Value::as_str) == Some(row.what.as_str()))
+                .and_then(|r| r.get("data"))
+                .and_then(Value::as_object)
+            else {
+                continue;
+            };
+            let Some(now) = row.data.as_object() else {
+                continue;
+            };
+            for (key, value) in now {
+                let (Some(higher_is_better), Some(now), Some(then)) = (
+                    direction(key),
+                    value.as_f64(),
+                    then.get(key).and_then(Value::as_f64),
+                ) else {
+                    continue;
+                };
+                if then <= 0.0 || now <= 0.0 || then < 1e-3 {
+                    continue;
+                }
+                let worse_by = if higher_is_better {
+                    then / now
+                } else {
+                    now / then
+                };
+                if worse_by >= margin {
+                    drifts.push(Drift {
+                        row: row.what.clone(),
+                        figure: key.clone(),
+                        baseline: then,
+                        now,
+                        worse_by,
+                    });
+                }
+            }
+        }
+        drifts
+    }
+}
+
 /// Milliseconds one core takes to sort 4 Mi pseudo-random integers, the best of three tries.
 /// A virtual machine's speed can drift by half within a day (its neighbours' load), and every
 /// CPU-bound figure drifts with it: runs compare only when their speed checks are close.
@@ -154,7 +231,38 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{Report, percentile};
+    use serde_json::json;
+
+    #[test]
+    fn figures_twice_as_bad_as_the_baseline_are_reported_either_way_round() {
+        let mut report = Report::new(10, std::path::Path::new("."), 0);
+        report.row(
+            "throughput",
+            "",
+            "",
+            String::new(),
+            json!({"results_per_s": 400.0, "server_cpu_per_result_us": 90.0, "agents": 10}),
+        );
+        report.row("round trip", "", "", String::new(), json!({"p50_ms": 2.0}));
+        let baseline = json!({"rows": [
+            {"what": "throughput", "data": {"results_per_s": 1000.0, "server_cpu_per_result_us": 40.0, "agents": 1}},
+            {"what": "round trip", "data": {"p50_ms": 1.5}},
+            {"what": "gone", "data": {"p50_ms": 0.1}},
+        ]});
+        let drifts = report.drifts(&baseline, 2.0);
+        let named: Vec<(&str, f64)> = drifts
+            .iter()
+            .map(|d| (d.figure.as_str(), d.worse_by))
+            .collect();
+        // The rate fell to 0.4 (2.5x worse), the CPU rose 2.25x; the round trip's 1.33x is
+        // inside the margin and `agents` is not a figure.
+        assert_eq!(
+            named,
+            [("results_per_s", 2.5), ("server_cpu_per_result_us", 2.25)]
+        );
+        assert!(report.drifts(&json!({}), 2.0).is_empty());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

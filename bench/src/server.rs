@@ -229,6 +229,9 @@ pub struct Shared {
     pub master_key: Option<String>,
     /// `--retention-seconds` (the soak's shortened retention window).
     pub retention_seconds: Option<u64>,
+    /// `--tls-auto`: the server serves TLS with a certificate from its agent CA (the
+    /// `handshakes` scenario); the harness's REST client then speaks HTTPS.
+    pub tls: bool,
 }
 
 impl Shared {
@@ -242,6 +245,7 @@ impl Shared {
                 .then(|| format!("{}{}", random(), random())),
             database_url,
             retention_seconds: None,
+            tls: false,
         }
     }
 }
@@ -263,6 +267,10 @@ pub struct Server {
     launch: Launch,
     child: Child,
     client: Client,
+    /// The process's CPU seconds when it printed that it listens: its start-up's cost.
+    cpu_at_listen: f64,
+    /// Its VmRSS then, KiB.
+    rss_at_listen: u64,
 }
 
 impl Server {
@@ -295,18 +303,25 @@ impl Server {
             shared: shared.clone(),
         };
         let child = spawn(&launch)?;
+        // Over TLS the harness trusts the server it started without checking its certificate:
+        // the CA is the server's own, made on its first start (the simulated agents do check it,
+        // against the CA the harness reads from `/agent/v1/ca`).
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
+            .tls_danger_accept_invalid_certs(shared.tls)
             .build()?;
+        let scheme = if shared.tls { "https" } else { "http" };
         let client = Client {
             http,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             admin: shared.admin.clone(),
         };
         Ok(Self {
             addr,
             launch,
+            cpu_at_listen: cpu_seconds_of(child.id()).unwrap_or(0.0),
+            rss_at_listen: rss_kib(child.id()).unwrap_or(0),
             child,
             client,
         })
@@ -470,6 +485,16 @@ impl Server {
             .map(Iterator::count)
     }
 
+    /// CPU seconds the process took until it listened (its start-up), read as it said so.
+    pub fn start_up_cpu_seconds(&self) -> f64 {
+        self.cpu_at_listen
+    }
+
+    /// Its VmRSS as it said it listens, KiB.
+    pub fn start_up_rss_kib(&self) -> u64 {
+        self.rss_at_listen
+    }
+
     /// Stops the server with SIGTERM (as systemd would), starts it again on the same data
     /// directory and port, and waits for `n` agents. Returns (time to stop, time from the new
     /// process's start until every agent is back).
@@ -479,6 +504,8 @@ impl Server {
         let stopped = stopping.elapsed();
         let started = Instant::now();
         self.child = spawn(&self.launch)?;
+        self.cpu_at_listen = cpu_seconds_of(self.child.id()).unwrap_or(0.0);
+        self.rss_at_listen = rss_kib(self.child.id()).unwrap_or(0);
         self.wait_connected(n, Duration::from_secs(300)).await?;
         Ok((stopped, started.elapsed()))
     }
@@ -660,8 +687,13 @@ fn spawn(launch: &Launch) -> anyhow::Result<Child> {
         .env("OUTPOST_ADMIN_KEY", &launch.shared.admin)
         // The events scenario's receiver listens on loopback.
         .env("OUTPOST_WEBHOOK_ALLOW_PRIVATE", "1")
-        // Per-connection info lines would cost more than what is measured.
-        .env("OUTPOST_LOG", "warn")
+        // Per-connection info lines would cost more than what is measured. To see where a
+        // request's time goes: OUTPOST_BENCH_SERVER_LOG=warn,outpost_core=debug and
+        // OUTPOST_LOG_SPANS=close (docs/BENCHMARKS.md, "The round trip's steps").
+        .env(
+            "OUTPOST_LOG",
+            std::env::var("OUTPOST_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("OUTPOST_DATABASE_URL")
         .env_remove("OUTPOST_MASTER_KEY");
     if let Some(url) = &launch.shared.database_url {
@@ -669,6 +701,9 @@ fn spawn(launch: &Launch) -> anyhow::Result<Child> {
     }
     if let Some(key) = &launch.shared.master_key {
         command.env("OUTPOST_MASTER_KEY", key);
+    }
+    if launch.shared.tls {
+        command.arg("--tls-auto");
     }
     if let Some(seconds) = launch.shared.retention_seconds {
         command.arg("--retention-seconds").arg(seconds.to_string());

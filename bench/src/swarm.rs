@@ -16,6 +16,8 @@
 //! within 30 s"). The agents start at `--agent-version`; what an update changed is kept across
 //! reconnects (a server restart does not undo it).
 //! Commands are not journaled (no disk), so the figures measure the server, not the agents.
+//! With `--tls-ca` they connect over TLS trusting only that CA, and with `--certificates` each
+//! first enrolls and then connects by its own certificate (the `handshakes` scenario).
 //!
 //! A worker lives until its stdin closes, so it can never outlive the harness that started it.
 
@@ -33,6 +35,7 @@ use outpost_protocol::{
 use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -73,6 +76,15 @@ pub struct WorkerArgs {
     /// reporting that its supervisor rolled the update back.
     #[arg(long)]
     pub crash_version: Option<String>,
+    /// Connect over TLS (`wss://`), trusting only the CA in this PEM file (the server's agent
+    /// CA, which signs its certificate under `--tls-auto`).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Each agent enrolls first (a P-256 key and a CSR made by the real agent's code, `POST
+    /// /agent/v1/enroll` with the key) and connects with its certificate from then on, as the
+    /// real agent does (TLS session resumption off). Needs `--tls-ca`.
+    #[arg(long, requires = "tls_ca")]
+    pub certificates: bool,
 }
 
 /// The id of agent `index` in run `run_id`: the same on every reconnect, like a real agent's
@@ -83,11 +95,66 @@ pub fn agent_id(run_id: u64, index: u64) -> uuid::Uuid {
 
 struct Shared {
     args: WorkerArgs,
-    /// `ws://ADDR/agent/v1/ws` for each of `args.server`.
+    /// `ws://ADDR/agent/v1/ws` (`wss://` over TLS) for each of `args.server`.
     urls: Vec<String>,
     connect: Semaphore,
     connected: AtomicU64,
     failures: AtomicU64,
+    /// With `--tls-ca`.
+    tls: Option<Tls>,
+}
+
+/// What connecting over TLS needs.
+struct Tls {
+    /// The CA, the only root trusted.
+    roots: Arc<rustls::RootCertStore>,
+    /// The agents' configuration when they connect by key.
+    by_key: Arc<rustls::ClientConfig>,
+    /// `POST /agent/v1/enroll` (with `--certificates`): a client per source address, as the
+    /// agents' connections are spread (the server sheds unauthenticated connections past 256
+    /// from one address; thousands of real agents come from thousands).
+    enroll: Vec<reqwest::Client>,
+}
+
+impl Tls {
+    fn load(path: &std::path::Path, sources: u8) -> anyhow::Result<Self> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert?)?;
+        }
+        let roots = Arc::new(roots);
+        let by_key = Arc::new(
+            client_config()?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        );
+        let enroll = (0..sources.max(1))
+            .map(|n| {
+                reqwest::Client::builder()
+                    .use_preconfigured_tls((*by_key).clone())
+                    .local_address(std::net::IpAddr::V4(source_address(u64::from(n), sources)))
+                    .pool_max_idle_per_host(16)
+                    .timeout(Duration::from_secs(60))
+                    .build()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            roots,
+            by_key,
+            enroll,
+        })
+    }
+}
+
+fn client_config()
+-> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?)
 }
 
 /// Runs the worker until stdin closes.
@@ -97,12 +164,19 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let tls = args
+            .tls_ca
+            .as_deref()
+            .map(|ca| Tls::load(ca, args.sources))
+            .transpose()?;
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
         let shared = Arc::new(Shared {
             urls: args
                 .server
                 .iter()
-                .map(|addr| format!("ws://{addr}/agent/v1/ws"))
+                .map(|addr| format!("{scheme}://{addr}/agent/v1/ws"))
                 .collect(),
+            tls,
             connect: Semaphore::new(args.connect_concurrency.max(1)),
             connected: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -138,9 +212,18 @@ async fn agent(shared: Arc<Shared>, index: u64) {
         version: shared.args.agent_version.clone(),
         report: None,
     };
+    // Over TLS: the configuration this agent connects with, its own certificate's if it
+    // enrolls (made once: a real agent keeps its certificate across reconnects).
+    let tls = match &shared.tls {
+        None => None,
+        Some(tls) if shared.args.certificates => {
+            Some(enroll_until_done(&shared, tls, index, &mut rng).await)
+        }
+        Some(tls) => Some(tls.by_key.clone()),
+    };
     loop {
         let started = Instant::now();
-        match session(&shared, index, &installed).await {
+        match session(&shared, index, &installed, tls.as_ref()).await {
             Ok(to) => {
                 // Asked to update: the agent exited; the supervisor installs and starts the
                 // new build (or, for the crashing one, restores the old one after it crashed).
@@ -182,6 +265,88 @@ async fn agent(shared: Arc<Shared>, index: u64) {
     }
 }
 
+/// Enrolls agent `index`, retrying (after the server's `Retry-After` when it limits the rate)
+/// until it has a certificate; returns the configuration that presents it.
+async fn enroll_until_done(
+    shared: &Shared,
+    tls: &Tls,
+    index: u64,
+    rng: &mut Jitter,
+) -> Arc<rustls::ClientConfig> {
+    loop {
+        let wait = match enroll(shared, tls, index).await {
+            Ok(Enrolled::Config(config)) => return config,
+            Ok(Enrolled::RetryAfter(wait)) => wait,
+            Err(err) => {
+                shared.failures.fetch_add(1, Ordering::Relaxed);
+                log_first(index, &err);
+                Duration::from_secs(1)
+            }
+        };
+        tokio::time::sleep(wait.mul_f64(1.0 + rng.next())).await;
+    }
+}
+
+enum Enrolled {
+    /// The configuration presenting the agent's new certificate.
+    Config(Arc<rustls::ClientConfig>),
+    /// Refused for the rate: try again after this long.
+    RetryAfter(Duration),
+}
+
+async fn enroll(shared: &Shared, tls: &Tls, index: u64) -> anyhow::Result<Enrolled> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let args = &shared.args;
+    let _permit = shared.connect.acquire().await?;
+    let id = agent_id(args.run_id, index);
+    let (key, csr) = outpost_agent::identity::new_key_and_csr(id)?;
+    let server = args.server[(index % args.server.len() as u64) as usize];
+    let client = &tls.enroll[(index % tls.enroll.len() as u64) as usize];
+    let response = client
+        .post(format!("https://{server}/agent/v1/enroll"))
+        .bearer_auth(&args.key)
+        .json(&json!({"agent_id": id, "csr": csr}))
+        .send()
+        .await?;
+    let status = response.status();
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let seconds = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        return Ok(Enrolled::RetryAfter(Duration::from_secs(seconds)));
+    }
+    let body: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        anyhow::bail!("enrollment refused ({status}): {body}");
+    }
+    let certificate = body
+        .get("certificate")
+        .and_then(serde_json::Value::as_str)
+        .context("no certificate in the enrollment's answer")?;
+    let chain = CertificateDer::pem_slice_iter(certificate.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the certificate: {e}"))?;
+    let mut config = client_config()?
+        .with_root_certificates(tls.roots.clone())
+        .with_client_auth_cert(
+            chain,
+            PrivateKeyDer::try_from(key).map_err(anyhow::Error::msg)?,
+        )?;
+    // As the real agent: a resumed TLS 1.3 session keeps the client certificate of the
+    // handshake it resumes, so an agent with a certificate never resumes.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Enrolled::Config(Arc::new(config)))
+}
+
+/// The source address of agent `index`: 127.0.0.2 .. 127.0.0.(1+sources).
+fn source_address(index: u64, sources: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (index % u64::from(sources.max(1))) as u8)
+}
+
 /// Agent 0 speaks for all: thousands of identical errors help nobody.
 fn log_first(index: u64, err: &anyhow::Error) {
     if index == 0 {
@@ -202,17 +367,17 @@ impl Jitter {
 }
 
 /// One connection, until it fails (an error) or the server asks for an update (the version).
-async fn session(shared: &Shared, index: u64, installed: &Installed) -> anyhow::Result<String> {
+async fn session(
+    shared: &Shared,
+    index: u64,
+    installed: &Installed,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<String> {
     let args = &shared.args;
     let node = (index % args.server.len() as u64) as usize;
     let mut ws = {
         let _permit = shared.connect.acquire().await?;
-        let source = Ipv4Addr::new(
-            127,
-            0,
-            0,
-            2 + (index % u64::from(args.sources.max(1))) as u8,
-        );
+        let source = source_address(index, args.sources);
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
         let stream =
@@ -220,6 +385,19 @@ async fn session(shared: &Shared, index: u64, installed: &Installed) -> anyhow::
                 .await
                 .context("connect timed out")??;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            None => MaybeTlsStream::Plain(stream),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(args.server[node].ip().into());
+                let tls = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream),
+                )
+                .await
+                .context("TLS handshake timed out")??;
+                MaybeTlsStream::Rustls(tls)
+            }
+        };
         let mut request = shared.urls[node].as_str().into_client_request()?;
         request.headers_mut().insert(
             "authorization",
@@ -271,7 +449,7 @@ async fn session(shared: &Shared, index: u64, installed: &Installed) -> anyhow::
     result
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type Ws = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_frame(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
     loop {

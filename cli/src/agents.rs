@@ -63,6 +63,22 @@ pub async fn run(client: &Client, global: &Global, cmd: AgentsCommand) -> Result
             }
             Ok(())
         }
+        AgentsCommand::Unrevoke { id: agent } => {
+            client
+                .json(
+                    Method::POST,
+                    &format!("/api/agents/{agent}/unrevoke"),
+                    &[],
+                    Some(&json!({})),
+                )
+                .await?;
+            if global.json {
+                output::print_json(&json!({"agent_id": agent, "unrevoked": true}));
+            } else {
+                eprintln!("Agent {agent} may enroll again.");
+            }
+            Ok(())
+        }
         AgentsCommand::Tag(cmd) => tag(client, global, cmd).await,
     }
 }

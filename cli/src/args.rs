@@ -363,7 +363,9 @@ Examples:
     #[command(after_help = "\
 For an agent that was uninstalled (it stays listed offline otherwise). Its open runs end as
 lost; its id is free again for any key. An agent still installed that connects again is
-registered anew. AGENT is an agent id, a unique start or end of one, or a hostname.
+registered anew; one that enrolled for a certificate has its certificates revoked and may not
+enroll again until `outpost agents unrevoke ID`. AGENT is an agent id, a unique start or end of
+one, or a hostname.
 
 Examples:
   outpost agents rm web-1
@@ -371,6 +373,18 @@ Examples:
     Rm {
         /// Agent id, a unique start or end of one, or hostname.
         agent: String,
+    },
+    /// Let an agent deleted after it enrolled for a certificate enroll again.
+    #[command(after_help = "\
+Deleting an agent that enrolled revokes its certificates and refuses its enrollment
+(agent_revoked) until an admin runs this. AGENT is the agent's full id (a deleted agent is no
+longer listed).
+
+Examples:
+  outpost agents unrevoke 0199a3c2-5b7e-7c3a-9d41-2f0e6a1b8c90")]
+    Unrevoke {
+        /// The agent's id.
+        id: String,
     },
     /// Add or remove an agent's server-side tags.
     #[command(
@@ -1600,17 +1614,29 @@ pub enum ScriptsCommand {
         #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
     },
-    /// Check a bundle and sign it: writes BUNDLE.sig.
+    /// Check a bundle and sign it: writes BUNDLE.sig. With --draft, sign a draft saved in the
+    /// dashboard instead: download it, show its diff against the newest signed version (checked
+    /// against your key first), ask, sign and upload the signature, which makes it a version.
     #[command(
-        after_help = "Example:\n  outpost scripts sign backup-db-1.0.0.tar.gz --key ~/.outpost/library.key"
+        after_help = "The diff is printed even with --yes. The answer is read from standard input, a terminal\nor not; the end of input answers no. If the draft changes on the server after it was\ndownloaded, the server refuses the signature (draft_changed) and nothing is stored.\n\nExamples:\n  outpost scripts sign backup-db-1.0.0.tar.gz --key ~/.outpost/library.key\n  outpost scripts sign --draft backup-db@1.1.0 --key ~/.outpost/library.key"
     )]
     Sign {
         /// The bundle (tar.gz).
-        bundle: std::path::PathBuf,
+        #[arg(required_unless_present = "draft", conflicts_with = "draft")]
+        bundle: Option<std::path::PathBuf>,
+        /// A draft to sign, NAME@VERSION (`outpost scripts drafts` lists them).
+        #[arg(long, value_name = "NAME@VERSION")]
+        draft: Option<String>,
         /// The private key file of `outpost scripts keygen`.
         #[arg(long, value_name = "FILE")]
         key: std::path::PathBuf,
+        /// Sign the draft without asking (its diff is still printed).
+        #[arg(long, short = 'y', requires = "draft")]
+        yes: bool,
     },
+    /// List the drafts saved in the dashboard, waiting for a signature.
+    #[command(after_help = "Example:\n  outpost scripts drafts")]
+    Drafts,
     /// Upload a signed bundle with its signature (BUNDLE.sig unless --signature).
     #[command(after_help = "Example:\n  outpost scripts upload backup-db-1.0.0.tar.gz")]
     Upload {

@@ -12,6 +12,7 @@ mod audit;
 mod client;
 mod complete;
 mod config;
+mod drafts;
 mod error;
 mod events;
 mod follow;

@@ -1,4 +1,5 @@
-//! `outpost scripts keygen|pack|sign|upload|ls|show|rm`: the script library (CONTRACT.md §15).
+//! `outpost scripts keygen|pack|sign|upload|ls|show|rm`: the script library (CONTRACT.md §15);
+//! `drafts` and `sign --draft` are in [`crate::drafts`] (§20).
 //!
 //! Keys and signatures are made here, on the operator's machine, and never sent: the server
 //! gets the bundle and its signature file, and agents check the signature against the public
@@ -28,7 +29,25 @@ pub async fn run(global: &Global, cmd: ScriptsCommand) -> Result<(), CliError> {
     match cmd {
         ScriptsCommand::Keygen { out } => keygen(&out),
         ScriptsCommand::Pack { dir, out } => pack(&dir, &out),
-        ScriptsCommand::Sign { bundle, key } => sign(&bundle, &key),
+        ScriptsCommand::Sign {
+            bundle,
+            draft,
+            key,
+            yes,
+        } => match (bundle, draft) {
+            (_, Some(draft)) => {
+                let client = Client::from_config(global)?;
+                crate::drafts::sign(&client, global, &draft, &key, yes).await
+            }
+            (Some(bundle), None) => sign(&bundle, &key),
+            (None, None) => Err(CliError::Usage(
+                "name a bundle to sign, or --draft NAME@VERSION".into(),
+            )),
+        },
+        ScriptsCommand::Drafts => {
+            let client = Client::from_config(global)?;
+            crate::drafts::list(&client, global).await
+        }
         ScriptsCommand::Upload { bundle, signature } => {
             let client = Client::from_config(global)?;
             upload(&client, global, &bundle, signature).await

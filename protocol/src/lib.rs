@@ -195,6 +195,19 @@ pub mod codes {
     /// is closed with 1008 and this code as its reason; the agent retries slowly (an operator
     /// must raise the quota or forget an agent).
     pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
+    /// A connection authenticated by an agent's certificate registered as another agent (the
+    /// certificate names one agent; CONTRACT.md §19). Closed with 1008 and this reason.
+    pub const CERTIFICATE_MISMATCH: &str = "certificate_mismatch";
+    /// A key-authenticated `register` (or long-poll request) for an agent that enrolled: it must
+    /// connect with its certificate (CONTRACT.md §19). Closed with 1008 and this reason.
+    pub const CERTIFICATE_REQUIRED: &str = "certificate_required";
+    /// The client certificate was revoked (its agent was deleted); 401.
+    pub const CERTIFICATE_REVOKED: &str = "certificate_revoked";
+    /// The agent was deleted after it enrolled and may not enroll again until an admin clears
+    /// it (`POST /api/agents/{id}/unrevoke`); 403.
+    pub const AGENT_REVOKED: &str = "agent_revoked";
+    /// The agent already holds a live certificate for another key; 409.
+    pub const ALREADY_ENROLLED: &str = "already_enrolled";
     /// An `output` or `response` frame names a command that was never sent to this agent; it is
     /// dropped.
     pub const NOT_YOUR_COMMAND: &str = "not_your_command";

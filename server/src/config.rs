@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
@@ -67,6 +68,42 @@ pub struct Config {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "OUTPOST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS/WSS with a certificate the server issues itself from its agent CA
+    /// (CONTRACT.md §19); the install line pins its key and the CA. Excludes --tls-cert.
+    #[arg(long, env = "OUTPOST_TLS_AUTO", conflicts_with = "tls_cert", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub tls_auto: bool,
+
+    /// Host names and IP addresses the --tls-auto certificate names, comma-separated. Default:
+    /// the host of --public-url, this machine's host name, localhost, 127.0.0.1 and ::1.
+    #[arg(
+        long,
+        env = "OUTPOST_TLS_AUTO_NAMES",
+        value_delimiter = ',',
+        requires = "tls_auto"
+    )]
+    pub tls_auto_names: Vec<String>,
+
+    /// How agents prove who they are: `key` (the agent key on every connection), `cert` (a
+    /// client certificate from the server's CA; the key only enrolls) or `either` (a
+    /// certificate where presented, else the key; an agent that enrolled must use its
+    /// certificate). Certificates need the server to serve TLS itself.
+    #[arg(long, env = "OUTPOST_AGENT_AUTH", value_enum, default_value = "either")]
+    pub agent_auth: outpost_core::access::AgentAuthMode,
+
+    /// Life of an agent certificate (`30d`, `12h`, `90s`; 60 s to 365 days); agents renew at
+    /// two thirds of it.
+    #[arg(long, env = "OUTPOST_AGENT_CERT_VALIDITY", default_value = "30d", value_parser = parse_validity)]
+    pub agent_cert_validity: Duration,
+
+    /// The operator's own CA certificate (PEM) to issue agent certificates from, instead of the
+    /// CA the server makes and keeps in its database. Every node needs the same one.
+    #[arg(long, env = "OUTPOST_AGENT_CA_CERT", requires = "agent_ca_key")]
+    pub agent_ca_cert: Option<PathBuf>,
+
+    /// The private key (PKCS#8 PEM) of --agent-ca-cert.
+    #[arg(long, env = "OUTPOST_AGENT_CA_KEY", requires = "agent_ca_cert")]
+    pub agent_ca_key: Option<PathBuf>,
 
     /// Also serve `GET /metrics` WITHOUT authentication on this address (for a Prometheus on an
     /// internal network). On the main listener `/metrics` needs an owner API key.
@@ -267,7 +304,6 @@ impl Config {
     /// The connection timeouts these flags give (`--header-timeout`, `--body-timeout`,
     /// `--idle-timeout`, `--keepalive-timeout`).
     pub fn connection_limits(&self) -> outpost_web::listen::Limits {
-        use std::time::Duration;
         outpost_web::listen::Limits {
             header: Duration::from_secs(self.header_timeout),
             body: Duration::from_secs(self.body_timeout),
@@ -289,6 +325,12 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("tls_auto", &self.tls_auto)
+            .field("tls_auto_names", &self.tls_auto_names)
+            .field("agent_auth", &self.agent_auth)
+            .field("agent_cert_validity", &self.agent_cert_validity)
+            .field("agent_ca_cert", &self.agent_ca_cert)
+            .field("agent_ca_key", &self.agent_ca_key)
             .field("metrics_listen", &self.metrics_listen)
             .field("log_format", &self.log_format)
             .field("header_timeout", &self.header_timeout)
@@ -409,6 +451,29 @@ impl Config {
 /// A whole number of seconds, at least 1 (a timeout of 0 would close every connection).
 fn seconds() -> clap::builder::RangedU64ValueParser<u64> {
     clap::value_parser!(u64).range(1..=86_400)
+}
+
+/// `--agent-cert-validity`: a whole number and a unit (`s`, `m`, `h`, `d`), 60 s to 365 days.
+fn parse_validity(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?}: give a unit (s, m, h or d), as in 30d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a whole number and a unit, as in 30d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    if !(60..=365 * 86_400).contains(&secs) {
+        return Err(format!("{text:?}: between 60 s and 365 days"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 #[cfg(test)]

@@ -54,7 +54,8 @@ pub async fn run(
     let opened = open(&config).await?;
     let stop = CancellationToken::new();
     let node = join(&config, &listener, &opened, &stop).await?;
-    let mut wired = build_services(&config, opened, node, &stop)?;
+    let pki = pki(&config, &opened, &stop).await?;
+    let mut wired = build_services(&config, opened, node, pki, &stop)?;
     wired.services = wired.services.with_sso(sso, config.allow_signup);
     wired
         .services
@@ -74,6 +75,15 @@ pub async fn run(
 fn validate(config: &Config) -> anyhow::Result<()> {
     if config.tls_cert.is_some() != config.tls_key.is_some() {
         anyhow::bail!("--tls-cert and --tls-key must be given together");
+    }
+    if config.tls_auto && config.tls_cert.is_some() {
+        anyhow::bail!("--tls-auto and --tls-cert exclude each other");
+    }
+    if config.agent_auth == outpost_core::access::AgentAuthMode::Cert && !serves_tls(config) {
+        anyhow::bail!(
+            "--agent-auth cert needs the server to serve TLS itself (--tls-auto, or --tls-cert \
+             with --tls-key): client certificates are checked in its TLS handshake"
+        );
     }
     if config.smtp_url.is_some() && config.public_url.is_none() {
         anyhow::bail!(
@@ -97,6 +107,136 @@ fn validate(config: &Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether this server terminates TLS itself.
+fn serves_tls(config: &Config) -> bool {
+    config.tls_auto || config.tls_cert.is_some()
+}
+
+/// The agents' CA and the server's TLS certificate (CONTRACT.md §19).
+struct Pki {
+    /// The CA, when the server serves TLS (client certificates are checked in its handshake).
+    ca: Option<Arc<outpost_core::pki::AgentCa>>,
+    /// What the TLS acceptor serves.
+    server_cert: Option<Arc<listen::ServerCert>>,
+    /// Under `--tls-auto`: the pin of the server's key and the CA's fingerprint, for the
+    /// install line.
+    pins: Option<service::releases::InstallPins>,
+}
+
+/// Loads (or makes, on the first start) the agents' CA and the server's certificate; under
+/// `--tls-auto` also keeps that certificate re-issued before it runs out.
+async fn pki(config: &Config, opened: &Opened, stop: &CancellationToken) -> anyhow::Result<Pki> {
+    use outpost_core::pki::{self, AgentCa};
+    if !serves_tls(config) {
+        return Ok(Pki {
+            ca: None,
+            server_cert: None,
+            pins: None,
+        });
+    }
+    let validity = config.agent_cert_validity;
+    let ca = match (&config.agent_ca_cert, &config.agent_ca_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = std::fs::read_to_string(cert)
+                .with_context(|| format!("reading --agent-ca-cert {}", cert.display()))?;
+            let key_pem = std::fs::read_to_string(key)
+                .with_context(|| format!("reading --agent-ca-key {}", key.display()))?;
+            AgentCa::from_pem(&cert_pem, &key_pem, validity)
+                .with_context(|| format!("--agent-ca-cert {}", cert.display()))?
+        }
+        _ => AgentCa::load_or_create(&opened.store, &opened.master, validity).await?,
+    };
+    let ca = Arc::new(ca);
+    tracing::info!(fingerprint = %ca.fingerprint(), agent_auth = config.agent_auth.as_str(), "agent CA ready");
+    if !config.tls_auto {
+        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+            anyhow::bail!("--tls-cert and --tls-key must be given together");
+        };
+        return Ok(Pki {
+            ca: Some(ca),
+            server_cert: Some(Arc::new(listen::ServerCert::from_files(cert, key)?)),
+            pins: None,
+        });
+    }
+    let names = tls_auto_names(config);
+    let identity = pki::server_identity(&opened.store, &opened.master, &ca, &names).await?;
+    tracing::info!(names = %names.join(","), expires_at = %identity.expires_at, pin = %identity.pin, "serving TLS with a certificate from the agent CA (--tls-auto)");
+    let server_cert = Arc::new(listen::ServerCert::from_pem(
+        identity.chain_pem.as_bytes(),
+        identity.key_pem.as_bytes(),
+        "the --tls-auto certificate",
+    )?);
+    // Re-issued (same key, so the pin holds) when a third of its life is left; checked twice
+    // a day.
+    let (store, master, renewing, ca_for_task) = (
+        opened.store.clone(),
+        opened.master.clone(),
+        server_cert.clone(),
+        ca.clone(),
+    );
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(12 * 3600));
+        every.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match pki::server_identity(&store, &master, &ca_for_task, &names).await {
+                Ok(identity) => {
+                    if let Err(err) =
+                        renewing.replace(identity.chain_pem.as_bytes(), identity.key_pem.as_bytes())
+                    {
+                        tracing::warn!(error = %err, "could not use the re-issued TLS certificate");
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "could not re-issue the TLS certificate"),
+            }
+        }
+    });
+    Ok(Pki {
+        pins: Some(service::releases::InstallPins {
+            server_key: identity.pin,
+            ca_fingerprint: ca.fingerprint().to_owned(),
+        }),
+        ca: Some(ca),
+        server_cert: Some(server_cert),
+    })
+}
+
+/// `--tls-auto-names`, or its default.
+fn tls_auto_names(config: &Config) -> Vec<String> {
+    if !config.tls_auto_names.is_empty() {
+        return config
+            .tls_auto_names
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+    }
+    let mut names = Vec::new();
+    if let Some(host) = config
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+    {
+        names.push(host);
+    }
+    for name in [
+        host_name(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ] {
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// What is opened from the data directory and the database before anything is wired.
@@ -199,6 +339,8 @@ struct Wired {
     /// The agents' routes' handles.
     agents: hub::Context,
     node: Node,
+    /// The CA and the server's certificate.
+    pki: Pki,
 }
 
 /// Starts the store's writer and builds the finish path and the services from the flags.
@@ -206,6 +348,7 @@ fn build_services(
     config: &Config,
     opened: Opened,
     node: Node,
+    pki: Pki,
     stop: &CancellationToken,
 ) -> anyhow::Result<Wired> {
     let Opened {
@@ -229,12 +372,18 @@ fn build_services(
         hub: node.hub.clone(),
         finish: finish.clone(),
         shutdown: stop.clone(),
+        agent_auth: config.agent_auth,
+        enrollment: pki
+            .ca
+            .as_ref()
+            .map(|ca| outpost_core::enroll::Enrollment::new(store.clone(), ca.clone())),
     };
     let releases = service::releases::Files {
         dir: config.data_dir.join("releases"),
         builtin,
         public_url: config.public_url.clone(),
-        tls: config.tls_cert.is_some(),
+        tls: serves_tls(config),
+        pins: pki.pins.clone(),
     };
     let delivery = service::webhooks::Delivery::new(
         webhooks_due,
@@ -302,6 +451,7 @@ fn build_services(
         services,
         agents,
         node,
+        pki,
     })
 }
 
@@ -404,9 +554,13 @@ async fn serve(
 ) -> anyhow::Result<()> {
     listen::describe_metrics();
     let limits = config.connection_limits();
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key)?),
-        _ => None,
+    let pki = &wired.pki;
+    let tls = match &pki.server_cert {
+        Some(cert) => Some(listen::tls_acceptor(
+            cert.clone(),
+            pki.ca.as_ref().map(|ca| ca.der()),
+        )?),
+        None => None,
     };
     let mut metrics_listener = None;
     if let Some(addr) = config.metrics_listen {

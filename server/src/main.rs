@@ -17,8 +17,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 10 ms). A fan-out frees and reallocates the same hundreds of megabytes within a second; at
 /// 10 ms each round was returned (`madvise`) and then faulted in and zeroed again, a
 /// measurable share of the server's CPU in a fan-out. At one second a burst reuses its own
-/// memory, and an idle server still returns it a second after the burst. `MIMALLOC_PURGE_DELAY`
-/// in the environment still wins.
+/// memory. The price: mimalloc purges expired memory only when the owning thread allocates or
+/// frees again, so a quiet server keeps some of what a burst freed (14 KiB of RSS per idle
+/// connection after 15,000 connected, against 10 KiB at 10 ms; docs/BENCHMARKS.md, "Memory per
+/// idle connection"). `MIMALLOC_PURGE_DELAY` in the environment still wins.
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 
 /// Sets [`ALLOCATOR_PURGE_DELAY_MS`] unless the environment set the delay, and turns
@@ -73,8 +75,27 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // OUTPOST_LOG_SPANS=close: a line when each span closes, with the time it was busy and
+    // idle (docs/OPERATIONS.md's flag table). For finding where a request's time goes; with
+    // `OUTPOST_LOG=info,outpost_core=debug` the command path's steps show (docs/BENCHMARKS.md,
+    // "The round trip's steps").
+    let span_events = match std::env::var("OUTPOST_LOG_SPANS").as_deref() {
+        Ok("close") => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+        Ok("") | Err(std::env::VarError::NotPresent) => {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        }
+        Ok(other) => {
+            eprintln!("OUTPOST_LOG_SPANS={other:?} is not `close`: no span lines");
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            eprintln!("OUTPOST_LOG_SPANS is not UTF-8: no span lines");
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        }
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(span_events)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {

@@ -411,39 +411,52 @@ impl Supervisor {
             self.settings.release_pubkey.as_deref(),
         )
         .map_err(fail)?;
-        let info = updater
-            .fetch(request.version.as_ref())
-            .await
-            .map_err(fail)?;
-        let to = info.version.to_string();
-        let fail = |reason: String| (from.clone(), Some(to.clone()), reason);
-        if !redeploy {
-            match current {
-                None if !request.force => {
-                    return Err(fail(
-                        "cannot tell the running agent's version; ask again with force to update anyway"
-                            .into(),
-                    ));
-                }
-                Some(current) if info.version < current && !request.force => {
-                    return Err(fail(format!(
-                        "version {to} is older than the running {current}; ask with force to downgrade"
-                    )));
-                }
-                Some(current) if info.version == current && !request.force => {
-                    tracing::info!(version = %to, "already running this version; nothing to do");
-                    return Ok(None);
-                }
-                _ => {}
-            }
-        }
         let bin = self.settings.agent_bin.clone();
         let dir = bin
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| ".".into());
-        tracing::info!(from = ?from, to = %to, "downloading the agent");
-        let (download, sha) = updater.download(&info, &dir).await.map_err(fail)?;
+        let force = request.force;
+        // Decided on the metadata, before anything is downloaded; asked again with the
+        // metadata if a download breaks off and the release is asked for anew.
+        let check = |info: &outpost_protocol::release::ReleaseInfo| -> Result<Option<()>, String> {
+            let to = &info.version;
+            if !redeploy {
+                match current {
+                    None if !force => {
+                        return Err(
+                            "cannot tell the running agent's version; ask again with force to update anyway"
+                                .into(),
+                        );
+                    }
+                    Some(current) if *to < current && !force => {
+                        return Err(format!(
+                            "version {to} is older than the running {current}; ask with force to downgrade"
+                        ));
+                    }
+                    Some(current) if *to == current && !force => {
+                        tracing::info!(version = %to, "already running this version; nothing to do");
+                        return Ok(None);
+                    }
+                    _ => {}
+                }
+            }
+            tracing::info!(from = ?from, to = %to, "downloading the agent");
+            Ok(Some(()))
+        };
+        let (info, download, sha) = match updater
+            .fetch_and_download(request.version.as_ref(), &dir, check)
+            .await
+        {
+            Ok(Some((info, (), download, sha))) => (info, download, sha),
+            Ok(None) => return Ok(None),
+            Err((info, reason)) => {
+                let to = info.map(|i| i.version.to_string()).or(asked.clone());
+                return Err((from.clone(), to, reason));
+            }
+        };
+        let to = info.version.to_string();
+        let fail = |reason: String| (from.clone(), Some(to.clone()), reason);
         let old_sha = hash_file(&bin).await;
         if let Err(err) = update::install(&bin, &download) {
             let _ = std::fs::remove_file(&download);

@@ -151,6 +151,58 @@ pub struct Updater {
     bases: Vec<url::Url>,
     api_key: String,
     pinned: Vec<u8>,
+    /// How long to keep asking while no server answers ([`FETCH_PATIENCE`]).
+    patience: Duration,
+}
+
+/// How long [`Updater::fetch`] keeps asking when no server node answers at all.
+pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The pauses between tries of something a restarting server may refuse for a moment: 1, 2,
+/// 4, 8, then 15 s, while the next try still starts within the patience.
+struct Retry {
+    started: tokio::time::Instant,
+    pause: Duration,
+    patience: Duration,
+}
+
+impl Retry {
+    fn new(patience: Duration) -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            pause: Duration::from_secs(1),
+            patience,
+        }
+    }
+
+    /// How long to wait before the next try, or `None`: patience is spent.
+    fn next_pause(&mut self) -> Option<Duration> {
+        let pause = self.pause;
+        if self.started.elapsed() + pause > self.patience {
+            return None;
+        }
+        self.pause = (pause * 2).min(Duration::from_secs(15));
+        Some(pause)
+    }
+}
+
+/// Why a download failed.
+#[derive(Debug)]
+pub enum DownloadError {
+    /// The connection failed or broke off, or a 5xx: asking again (maybe another node) may
+    /// work.
+    Transport(String),
+    /// Anything else: the release's size, hash or signature, a 4xx, this machine's disk.
+    Refused(String),
+}
+
+impl DownloadError {
+    /// What to log and report.
+    pub fn into_message(self) -> String {
+        match self {
+            Self::Transport(why) | Self::Refused(why) => why,
+        }
+    }
 }
 
 /// How asking one server node for release metadata failed.
@@ -198,7 +250,16 @@ impl Updater {
             bases,
             api_key: api_key.to_owned(),
             pinned,
+            patience: FETCH_PATIENCE,
         })
+    }
+
+    /// Keeps asking for `patience` instead of [`FETCH_PATIENCE`] while no server answers
+    /// (zero: one round over the servers).
+    #[must_use]
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Release metadata for this supervisor's target: `version`, or the latest.
@@ -206,23 +267,48 @@ impl Updater {
     /// With several server nodes, they are asked in turn from a random one (so a fleet
     /// updating at once spreads over them) until one answers; the download then comes from
     /// where that answer says.
+    ///
+    /// When no node answers at all (a server restarting, as it does in a rolling upgrade of
+    /// the server while a rollout runs), it asks again after 1, 2, 4, 8 and then every 15 s,
+    /// for [`FETCH_PATIENCE`] in all (see [`Updater::with_patience`]), before the update
+    /// fails: the agent is not running meanwhile, but it could not reach that server either.
     pub async fn fetch(&self, version: Option<&Version>) -> Result<ReleaseInfo, String> {
+        let mut retry = Retry::new(self.patience);
+        loop {
+            match self.fetch_round(version).await {
+                Err(FetchError::Unreachable(why)) => {
+                    let Some(pause) = retry.next_pause() else {
+                        return Err(format!(
+                            "{why} (no server answered for {} s)",
+                            retry.started.elapsed().as_secs()
+                        ));
+                    };
+                    tracing::warn!(error = %why, retry_in = ?pause, "no server answers about releases; asking again");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(FetchError::Answered(why)) => return Err(why),
+                Ok(info) => return Ok(info),
+            }
+        }
+    }
+
+    /// One round of [`fetch`](Self::fetch): every node once.
+    async fn fetch_round(&self, version: Option<&Version>) -> Result<ReleaseInfo, FetchError> {
         let start = rand::random_range(0..self.bases.len());
         let mut failures = Vec::new();
         for i in 0..self.bases.len() {
             let base = &self.bases[(start + i) % self.bases.len()];
             match self.fetch_from(base, version).await {
-                Ok(info) => return Ok(info),
-                Err(FetchError::Answered(why)) => return Err(why),
                 Err(FetchError::Unreachable(why)) => {
                     if i + 1 < self.bases.len() {
                         tracing::warn!(error = %why, "no answer about releases; asking the next server");
                     }
                     failures.push(why);
                 }
+                answered => return answered,
             }
         }
-        Err(failures.join("; "))
+        Err(FetchError::Unreachable(failures.join("; ")))
     }
 
     /// [`fetch`](Self::fetch) from one node.
@@ -271,15 +357,29 @@ impl Updater {
         info: &ReleaseInfo,
         dir: &Path,
     ) -> Result<(PathBuf, String), String> {
-        let artifact = info
-            .agent
-            .as_ref()
-            .ok_or_else(|| format!("release {} has no {}", info.version, release::AGENT))?;
+        self.try_download(info, dir)
+            .await
+            .map_err(DownloadError::into_message)
+    }
+
+    /// [`download`](Self::download), saying whether asking again could work.
+    pub async fn try_download(
+        &self,
+        info: &ReleaseInfo,
+        dir: &Path,
+    ) -> Result<(PathBuf, String), DownloadError> {
+        let artifact = info.agent.as_ref().ok_or_else(|| {
+            DownloadError::Refused(format!(
+                "release {} has no {}",
+                info.version,
+                release::AGENT
+            ))
+        })?;
         if artifact.size > MAX_DOWNLOAD {
-            return Err(format!(
+            return Err(DownloadError::Refused(format!(
                 "release {} says its agent is {} bytes, more than the {MAX_DOWNLOAD} accepted",
                 info.version, artifact.size
-            ));
+            )));
         }
         let signed_before = match &artifact.signature_v2 {
             Some(signature) => {
@@ -290,7 +390,8 @@ impl Updater {
                     &artifact.sha256,
                     artifact.size,
                 );
-                self.verify(&message, signature, &info.version)?;
+                self.verify(&message, signature, &info.version)
+                    .map_err(DownloadError::Refused)?;
                 true
             }
             None => {
@@ -313,6 +414,40 @@ impl Updater {
             let _ = std::fs::remove_file(&tmp);
         }
         result.map(|sha| (tmp, sha))
+    }
+
+    /// Release metadata, then its agent downloaded and verified, asking again (from the
+    /// metadata on) while the failure is the network's: a node that dies or restarts in the
+    /// middle of a download (its URL names that node) is replaced by the one that answers
+    /// next. `check` decides on the metadata before anything is downloaded (a refusal ends
+    /// it; `Ok(None)`: nothing to do). Asks for [`FETCH_PATIENCE`] in all, like
+    /// [`fetch`](Self::fetch).
+    pub async fn fetch_and_download<T>(
+        &self,
+        version: Option<&Version>,
+        dir: &Path,
+        mut check: impl FnMut(&ReleaseInfo) -> Result<Option<T>, String>,
+    ) -> Result<Option<(ReleaseInfo, T, PathBuf, String)>, (Option<ReleaseInfo>, String)> {
+        let mut retry = Retry::new(self.patience);
+        loop {
+            let info = self.fetch(version).await.map_err(|why| (None, why))?;
+            let decided = match check(&info) {
+                Ok(Some(decided)) => decided,
+                Ok(None) => return Ok(None),
+                Err(why) => return Err((Some(info), why)),
+            };
+            match self.try_download(&info, dir).await {
+                Ok((file, sha)) => return Ok(Some((info, decided, file, sha))),
+                Err(DownloadError::Transport(why)) => {
+                    let Some(pause) = retry.next_pause() else {
+                        return Err((Some(info), why));
+                    };
+                    tracing::warn!(error = %why, retry_in = ?pause, "the download broke off; asking again");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(err) => return Err((Some(info), err.into_message())),
+            }
+        }
     }
 
     /// Checks an Ed25519 signature (base64) over `message` against the pinned key.
@@ -338,17 +473,18 @@ impl Updater {
         info: &ReleaseInfo,
         tmp: &Path,
         signed_before: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, DownloadError> {
+        use DownloadError::{Refused, Transport};
         use std::os::unix::fs::OpenOptionsExt;
         let Some(artifact) = info.agent.as_ref() else {
-            return Err("no agent in the release".into());
+            return Err(Refused("no agent in the release".into()));
         };
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o700)
             .open(tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            .map_err(|e| Refused(format!("cannot create {}: {e}", tmp.display())))?;
         // No credentials: downloads are public, and the URL comes from the metadata, so it
         // may name another host that must not see the agent key.
         let mut response = self
@@ -358,55 +494,66 @@ impl Updater {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("downloading {}: {e}", artifact.url))?;
+            .map_err(|e| {
+                let why = format!("downloading {}: {e}", artifact.url);
+                // No answer, or a 5xx (the node or a proxy before it): another try may
+                // work. A 4xx is the server's word.
+                match e.status() {
+                    Some(status) if !status.is_server_error() => Refused(why),
+                    _ => Transport(why),
+                }
+            })?;
         if let Some(announced) = response.content_length()
             && announced != artifact.size
         {
-            return Err(format!(
+            return Err(Refused(format!(
                 "the server announces {announced} bytes for {}, the release states {}; \
                  not downloading it",
                 artifact.url, artifact.size
-            ));
+            )));
         }
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut size = 0u64;
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("downloading {}: {e}", artifact.url))?
+            .map_err(|e| Transport(format!("downloading {}: {e}", artifact.url)))?
         {
             // Nothing past the stated size is hashed or written: the first chunk that would
             // cross it ends the download (dropping the response closes the connection).
             if chunk.len() as u64 > artifact.size - size {
-                return Err(format!(
+                return Err(Refused(format!(
                     "the download of {} is larger than the {} bytes the release states; \
                      stopped there",
                     artifact.url, artifact.size
-                ));
+                )));
             }
             size += chunk.len() as u64;
             hasher.update(&chunk);
             file.write_all(&chunk)
-                .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+                .map_err(|e| Refused(format!("writing {}: {e}", tmp.display())))?;
         }
         file.sync_all()
-            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            .map_err(|e| Refused(format!("writing {}: {e}", tmp.display())))?;
         if size != artifact.size {
-            return Err(format!(
+            // Without a Content-Length, a connection closed early ends the body without an
+            // error: a short file is a broken download, not a refusal.
+            return Err(Transport(format!(
                 "the download of {} has {size} bytes, the release states {}",
                 artifact.url, artifact.size
-            ));
+            )));
         }
         let sha = hex::encode(hasher.finish().as_ref());
         if !sha.eq_ignore_ascii_case(&artifact.sha256) {
-            return Err(format!(
+            return Err(Refused(format!(
                 "SHA-256 mismatch: the release states {}, the downloaded file hashes to {sha}",
                 artifact.sha256
-            ));
+            )));
         }
         if !signed_before {
             let message = signed_message(release::AGENT, &info.version, TARGET, &sha);
-            self.verify(&message, &artifact.signature, &info.version)?;
+            self.verify(&message, &artifact.signature, &info.version)
+                .map_err(Refused)?;
         }
         Ok(sha)
     }
@@ -555,6 +702,53 @@ mod tests {
             .unwrap_or_else(|| panic!("{list} accepted"));
             assert!(err.contains(want), "{list}: {err}");
         }
+    }
+
+    /// A server that is down when the supervisor asks (restarting) is asked again: the answer
+    /// that comes once it listens decides, not the refused connection.
+    #[tokio::test]
+    async fn a_server_that_is_down_is_asked_again_until_it_answers() {
+        // A free port, closed again: nothing listens on it for now.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let updater = Updater::new(
+            Some(&format!("ws://{addr}")),
+            Some("opa_x"),
+            None,
+            Some(&STANDARD.encode([7u8; 32])),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let started = std::time::Instant::now();
+        let asking = tokio::spawn(async move { updater.fetch(None).await });
+        // The server comes back after the first refusal; it has no such release (404).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+        let (mut conn, _) = listener.accept().await.expect("asked again");
+        let mut request = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut conn, &mut request)
+            .await
+            .expect("request");
+        assert!(
+            String::from_utf8_lossy(&request[..n]).starts_with("GET /api/releases/latest?"),
+            "{}",
+            String::from_utf8_lossy(&request[..n])
+        );
+        tokio::io::AsyncWriteExt::write_all(
+            &mut conn,
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nno such x",
+        )
+        .await
+        .expect("answer");
+        let err = match asking.await.expect("task") {
+            Ok(info) => panic!("a 404 is a refusal, not release {}", info.version),
+            Err(err) => err,
+        };
+        assert!(err.contains("HTTP 404"), "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "asked again after a pause"
+        );
     }
 
     #[test]

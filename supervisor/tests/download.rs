@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -25,6 +26,20 @@ enum Serve {
     Longer { extra: usize },
     /// The body and then bytes without end, chunked (no length announced).
     Endless,
+}
+
+/// A request's head, read a byte at a time up to its blank line (so nothing of a body is
+/// taken); `None` if the client closed first.
+async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
 }
 
 struct Hostile {
@@ -50,14 +65,9 @@ async fn hostile(body: Vec<u8>, serve: Serve) -> Hostile {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (body, count, total) = (body.clone(), count.clone(), total.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(_) = read_head(&mut socket).await else {
+                    return;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let send = |bytes: &[u8]| {
                     total.fetch_add(bytes.len() as u64, Ordering::SeqCst);
@@ -199,14 +209,9 @@ async fn release_node(status: u16, body: String) -> (String, Arc<AtomicUsize>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (body, count) = (body.clone(), count.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(_) = read_head(&mut socket).await else {
+                    return;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let answer = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -367,8 +372,9 @@ async fn release_metadata_is_asked_of_each_server_in_turn_until_one_answers() {
         assert!(broken_asked.load(Ordering::SeqCst) <= n);
     }
 
-    // When no node answers, each says why.
-    let updater = updater_for(&signer, &format!("{dead},{broken}"));
+    // When no node answers, each says why (asked once: the pauses between rounds are
+    // `updater::fetch`'s own test's).
+    let updater = updater_for(&signer, &format!("{dead},{broken}")).with_patience(Duration::ZERO);
     let err = updater.fetch(None).await.expect_err("no answer");
     assert!(err.contains(&dead) && err.contains("503"), "{err}");
 }
@@ -387,4 +393,103 @@ async fn a_server_that_answers_no_is_not_asked_again_elsewhere() {
         asked, 1,
         "every node reads the same releases: one answer is enough"
     );
+}
+
+/// One node serving both the release API (`info`, whose agent URL points back at it) and the
+/// agent's file: the first `break_first` downloads send half the file under a full
+/// `Content-Length` and close (a node killed mid-download); with `corrupt`, every download
+/// sends bytes of the right length that hash to something else. Counts metadata requests and
+/// downloads.
+async fn flaky_node(
+    listener: tokio::net::TcpListener,
+    info: ReleaseInfo,
+    body: Vec<u8>,
+    break_first: usize,
+    corrupt: bool,
+) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let metadata = Arc::new(AtomicUsize::new(0));
+    let downloads = Arc::new(AtomicUsize::new(0));
+    let (asked, fetched) = (metadata.clone(), downloads.clone());
+    let json = serde_json::to_string(&info).expect("json");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let Some(head) = read_head(&mut socket).await else {
+                continue;
+            };
+            if head.starts_with(b"GET /api/releases/") {
+                asked.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                continue;
+            }
+            let n = fetched.fetch_add(1, Ordering::SeqCst);
+            let mut sent = body.clone();
+            if corrupt {
+                sent.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+            }
+            let header = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                sent.len()
+            );
+            let _ = socket.write_all(header.as_bytes()).await;
+            if n < break_first {
+                let _ = socket.write_all(&sent[..sent.len() / 2]).await;
+            } else {
+                let _ = socket.write_all(&sent).await;
+            }
+            // Dropped here: closed, half-way or not.
+        }
+    });
+    (metadata, downloads)
+}
+
+/// A node that dies in the middle of the agent's download: the release is asked for again
+/// (another node, or this one back) and the download made again; a download that completes
+/// but does not verify is not.
+#[tokio::test]
+async fn a_download_cut_off_is_made_again_and_a_bad_one_is_not() {
+    let signer = Signer::new();
+    let body = agent_bytes();
+    for corrupt in [false, true] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let info = signer.release(&body, &format!("{base}/downloads/agent"), true, None);
+        let (metadata, downloads) =
+            flaky_node(listener, info.clone(), body.clone(), 1, corrupt).await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let updater = updater_for(&signer, &base);
+        let got = updater
+            .fetch_and_download(None, dir.path(), |_| Ok(Some(())))
+            .await;
+        if corrupt {
+            let Err((seen, why)) = got else {
+                panic!("a file that does not verify is refused");
+            };
+            assert_eq!(seen, Some(info.clone()));
+            assert!(why.contains("SHA-256 mismatch"), "{why}");
+            // The first try broke off (asked again), the second completed and was refused.
+            assert_eq!(downloads.load(Ordering::SeqCst), 2);
+            assert_eq!(metadata.load(Ordering::SeqCst), 2);
+        } else {
+            let (got_info, (), file, sha) = got
+                .unwrap_or_else(|(_, why)| panic!("{why}"))
+                .expect("a release to install");
+            assert_eq!(got_info, info);
+            assert_eq!(std::fs::read(&file).expect("read"), body);
+            assert_eq!(sha, info.agent.as_ref().expect("agent").sha256);
+            assert_eq!(downloads.load(Ordering::SeqCst), 2, "downloaded again");
+            assert_eq!(
+                metadata.load(Ordering::SeqCst),
+                2,
+                "the release asked again"
+            );
+            std::fs::remove_file(file).expect("rm");
+        }
+        assert!(leftovers(dir.path()).is_empty(), "no partial file is left");
+    }
 }

@@ -176,6 +176,9 @@ pub struct ServerOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// PEM of a CA the test's API client must trust (for a server with `--tls-cert`).
     pub ca_pem: Option<String>,
+    /// The server issues its own certificate (`--tls-auto`, added to the arguments): the test's
+    /// API client trusts the CA it serves at `/agent/v1/ca`, fetched once it listens.
+    pub tls_auto: bool,
     /// Run the server with this open-file limit (soft and hard, through util-linux's
     /// `prlimit`), so that a test can run it out of descriptors with a few hundred sockets.
     pub fd_limit: Option<u64>,
@@ -216,6 +219,10 @@ impl Server {
                 }
             },
         };
+        let mut args = options.args;
+        if options.tls_auto {
+            args.push("--tls-auto".into());
+        }
         let mut server = Self {
             child: None,
             url: String::new(),
@@ -224,7 +231,7 @@ impl Server {
             data_dir,
             admin_key: String::new(),
             stdout: Default::default(),
-            args: options.args,
+            args,
             envs: options.envs,
             ca_pem: options.ca_pem,
             fd_limit: options.fd_limit,
@@ -314,6 +321,9 @@ impl Server {
                 })
                 .trim()
                 .to_owned();
+        }
+        if self.ca_pem.is_none() && self.args.iter().any(|a| a == "--tls-auto") {
+            self.ca_pem = Some(self.fetch_agent_ca().await);
         }
         let api = self.api();
         wait_for("readyz", READY_TIMEOUT, || {
@@ -435,6 +445,41 @@ impl Server {
         )
     }
 
+    /// `GET /agent/v1/ca` without checking the server's certificate (a `--tls-auto` server's
+    /// is issued by that very CA), as `deploy.sh --ca-fingerprint` fetches it.
+    pub async fn fetch_agent_ca(&self) -> String {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .expect("client");
+        let url = format!("{}/agent/v1/ca", self.url);
+        wait_for("GET /agent/v1/ca", READY_TIMEOUT, || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let response = client.get(&url).send().await.ok()?;
+                if !response.status().is_success() {
+                    return None;
+                }
+                response.text().await.ok()
+            }
+        })
+        .await
+    }
+
+    /// The PEM of the CA its API client trusts.
+    pub fn ca_pem_text(&self) -> String {
+        self.ca_pem.clone().expect("a server with a CA")
+    }
+
+    /// The CA certificate's SHA-256 (lowercase hex) that the install line carries.
+    pub fn agent_ca_fingerprint(&self) -> String {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = self.ca_pem.as_deref().expect("a server with --tls-auto");
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("CA PEM");
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &der))
+    }
+
     /// An API client with the owner key.
     pub fn api(&self) -> Api {
         Api::with_ca(&self.url, &self.admin_key, self.ca_pem.as_deref())
@@ -453,6 +498,21 @@ impl Server {
         let mut child = self.child.take()?;
         signal(child.id(), "TERM");
         child.wait().ok()
+    }
+
+    /// Freezes the process (SIGSTOP), as a hung host or hypervisor would: its sockets stay
+    /// open and the kernel goes on accepting what peers send; [`Server::resume`] thaws it.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "STOP");
+        }
+    }
+
+    /// SIGCONT after [`Server::freeze`].
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "CONT");
+        }
     }
 
     /// Starts the server again on the same address and data directory.

@@ -57,6 +57,22 @@ pub async fn stop_requested() {
     }
 }
 
+/// glibc's `malloc_trim(0)`: returns the free pages of every arena, not only the top of the
+/// heap, to the kernel. Other C libraries have no such call; this does nothing there.
+#[cfg(target_env = "gnu")]
+#[allow(unsafe_code)]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim takes no pointer and has no precondition; it works on the
+    // allocator's own free lists under the allocator's locks.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// See the glibc version above.
+#[cfg(not(target_env = "gnu"))]
+pub fn release_free_memory() {}
+
 /// The signal that ended the process, if any.
 pub fn exit_signal(status: &ExitStatus) -> Option<i32> {
     status.signal()
@@ -68,6 +84,25 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// Mode 0600, written to `<path>.tmp`, synced, renamed over `path`.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 /// `chmod 0700`.

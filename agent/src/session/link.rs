@@ -49,6 +49,24 @@ impl Link {
         }
     }
 
+    /// Whether this is a WebSocket (which answers pings; long polls have their own deadline).
+    pub fn is_ws(&self) -> bool {
+        matches!(self, Self::Ws(_))
+    }
+
+    /// Over a WebSocket, a ping: the server's pong shows it is still there. Nothing over HTTP.
+    pub async fn ping(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Ws(socket) => {
+                tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Default::default())))
+                    .await
+                    .context("sending to the server timed out")?
+                    .context("sending a ping to the server")
+            }
+            Self::Http(_) => Ok(()),
+        }
+    }
+
     /// Sends whatever is queued.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {

@@ -121,15 +121,21 @@ pub struct Connector {
     nodes: Vec<Node>,
     tls: Arc<rustls::ClientConfig>,
     ws_retry: Duration,
+    /// The agent's certificate, when it enrolls (CONTRACT.md §19).
+    identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl Connector {
     /// Prepares the endpoints of each server node (`servers`, as
     /// [`Config::server_urls`](crate::Config::server_urls) returns them) and the TLS
     /// configuration.
-    pub fn new(agent: Arc<Agent>, servers: &[Url]) -> anyhow::Result<Self> {
+    pub fn new(
+        agent: Arc<Agent>,
+        servers: &[Url],
+        tls: Arc<rustls::ClientConfig>,
+        identity: Option<Arc<crate::identity::Identity>>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(!servers.is_empty(), "no server URL");
-        let tls = crate::tls::client_config(agent.config.ca_cert.as_deref())?;
         let client = http_client(&tls)?;
         let interval = Duration::from_secs(agent.config.http_poll_interval.max(1));
         let nodes = servers
@@ -153,6 +159,7 @@ impl Connector {
             nodes,
             tls,
             ws_retry,
+            identity,
         })
     }
 
@@ -199,6 +206,22 @@ impl Connector {
                     rotation.refused();
                     let delay = refused.next();
                     tracing::error!(server = %node.name, reason = %why, retry_in = ?delay, "the server refused the agent key (or this agent id with it)");
+                    // A revoked certificate is dropped: the agent enrolls again (refused until
+                    // an admin clears it) and connects as soon as it has a new one; so does an
+                    // agent refused while it waits for its (first) certificate.
+                    if let Some(identity) = &self.identity
+                        && (why.contains(outpost_protocol::codes::CERTIFICATE_REVOKED)
+                            || !identity.is_enrolled())
+                    {
+                        if why.contains(outpost_protocol::codes::CERTIFICATE_REVOKED) {
+                            identity.forget();
+                        }
+                        tokio::select! {
+                            () = identity.enrolled() => continue,
+                            () = tokio::time::sleep(delay) => continue,
+                            () = shutdown.cancelled() => return Ok(0),
+                        }
+                    }
                     delay
                 }
                 Ended::KeyDisabled(why) => {
@@ -475,6 +498,10 @@ struct Session {
     answers_sent: HashSet<CommandId>,
 }
 
+/// Heartbeat intervals without a word from the server (over a WebSocket, where each heartbeat
+/// also sends a ping the server answers) after which the connection is taken for dead.
+const SILENT_INTERVALS: u32 = 3;
+
 /// Frames one [`Session::pump`] sends before letting incoming frames and heartbeats through.
 const PUMP_BUDGET: usize = 32;
 
@@ -500,10 +527,19 @@ impl Session {
             transport = self.link.transport(),
             "connected and registered"
         );
+        // What setting the connection up took (TLS roots, the handshake, `register`) is free now.
+        self.agent.release_free_memory();
 
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the server last sent anything (a frame, or the pong to the ping each heartbeat
+        // sends over a WebSocket). A node frozen (SIGSTOP, a hung hypervisor) or cut off
+        // without a reset leaves the TCP connection open and writes succeeding into the
+        // kernel's buffer for many minutes: silence is the only sign, and the server's own
+        // rule for agents (three intervals) is the agent's too (CONTRACT.md §2).
+        let mut heard_at = tokio::time::Instant::now();
+        let silence_limit = interval * SILENT_INTERVALS;
         let mut ws_retry_at = ws_retry_at.map(tokio::time::Instant::from_std);
         loop {
             let at = ws_retry_at;
@@ -515,8 +551,14 @@ impl Session {
             };
             let result = tokio::select! {
                 frame = self.link.next() => match frame {
-                    Ok(Some(frame)) => self.on_frame(frame).await,
-                    Ok(None) => Ok(()),
+                    Ok(Some(frame)) => {
+                        heard_at = tokio::time::Instant::now();
+                        self.on_frame(frame).await
+                    }
+                    Ok(None) => {
+                        heard_at = tokio::time::Instant::now();
+                        Ok(())
+                    }
                     Err(err) => Err(Ended::Dropped(err)),
                 },
                 () = self.agent.activity.notified() => self.pump().await.map_err(Ended::Dropped),
@@ -525,8 +567,19 @@ impl Session {
                     self.link.send(&register).await.map_err(Ended::Dropped)
                 }
                 _ = heartbeat.tick() => {
+                    if self.link.is_ws() && heard_at.elapsed() > silence_limit {
+                        return Ended::Dropped(anyhow::anyhow!(
+                            "the server sent nothing for {} s (not even a pong): taking the connection for dead",
+                            heard_at.elapsed().as_secs()
+                        ));
+                    }
                     let frame = AgentFrame::Heartbeat { status: self.agent.heartbeat() };
-                    self.link.send(&frame).await.map_err(Ended::Dropped)
+                    let sent = match self.link.send(&frame).await {
+                        Ok(()) => self.link.ping().await.map_err(Ended::Dropped),
+                        Err(err) => Err(Ended::Dropped(err)),
+                    };
+                    self.agent.release_free_memory();
+                    sent
                 }
                 () = retry => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.open_ws(node)).await {

@@ -46,6 +46,7 @@ pub fn email_unverified() -> DomainError {
 
 /// The caller behind a REST request's bearer token: an API key (`opk_…`) or a user's access
 /// token (a JWT). Agent keys (`opa_…`) are refused here.
+#[tracing::instrument(level = "debug", name = "authenticate", skip_all)]
 pub async fn authenticate_api(
     store: &Store,
     signer: &Signer,
@@ -234,4 +235,127 @@ pub async fn authenticate_agent(
         return Err(DomainError::Unauthorized("agent key has expired".into()));
     }
     Ok(key)
+}
+
+/// How agents prove who they are (`--agent-auth`, CONTRACT.md §19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AgentAuthMode {
+    /// The agent key on every connection; client certificates are not looked at.
+    Key,
+    /// A client certificate from the server's CA on every connection (the key only enrolls).
+    Cert,
+    /// A certificate where the agent presents one, else its key; an agent that enrolled must
+    /// use its certificate.
+    #[default]
+    Either,
+}
+
+impl AgentAuthMode {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Cert => "cert",
+            Self::Either => "either",
+        }
+    }
+}
+
+/// Who an agent connection is: the key whose permissions and tags apply and, when it came with
+/// a certificate, the one agent it may register as.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    /// The agent key (for a certificate, the enrollment key it was issued under).
+    pub key: agent_key::Model,
+    /// The agent the certificate names.
+    pub agent_id: Option<outpost_protocol::AgentId>,
+    /// When the certificate expires (the connection is closed then).
+    pub cert_expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl AgentIdentity {
+    /// When the connection must be closed: the key's or the certificate's end, the earlier.
+    pub fn expires_at(&self) -> Option<chrono::DateTime<Utc>> {
+        match (self.key.expires_at, self.cert_expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Authenticates an agent connection by `mode`: `peer_cert` is the SHA-256 (hex) of the client
+/// certificate the TLS layer verified against the CA, if one was presented.
+pub async fn authenticate_agent_connection(
+    store: &Store,
+    mode: AgentAuthMode,
+    token: Option<&str>,
+    peer_cert: Option<&str>,
+) -> Result<AgentIdentity, DomainError> {
+    match (mode, peer_cert) {
+        (AgentAuthMode::Cert | AgentAuthMode::Either, Some(fingerprint)) => {
+            authenticate_agent_cert(store, fingerprint).await
+        }
+        (AgentAuthMode::Cert, None) => Err(DomainError::Unauthorized(
+            "this server requires an agent certificate (--agent-auth cert): enroll with POST /agent/v1/enroll and connect with the certificate over TLS"
+                .into(),
+        )),
+        (AgentAuthMode::Key | AgentAuthMode::Either, _) => {
+            Ok(AgentIdentity {
+                key: authenticate_agent(store, token).await?,
+                agent_id: None,
+                cert_expires_at: None,
+            })
+        }
+    }
+}
+
+/// Authenticates a client certificate by its row in `agent_certs` (the TLS layer checked the
+/// signature and dates): not revoked, not expired, and its enrollment key active.
+pub async fn authenticate_agent_cert(
+    store: &Store,
+    fingerprint: &str,
+) -> Result<AgentIdentity, DomainError> {
+    let cert = store
+        .agent_cert(fingerprint)
+        .await?
+        .ok_or_else(|| DomainError::Unauthorized("unknown client certificate".into()))?;
+    if cert.revoked_at.is_some() {
+        return Err(DomainError::Denied {
+            code: outpost_protocol::codes::CERTIFICATE_REVOKED,
+            message: "the client certificate was revoked: its agent was deleted".into(),
+        });
+    }
+    if cert.expires_at <= Utc::now() {
+        return Err(DomainError::Unauthorized(
+            "the client certificate has expired; enroll again".into(),
+        ));
+    }
+    let agent_id = cert
+        .agent_id
+        .parse()
+        .map_err(|_| DomainError::Unauthorized("unknown client certificate".into()))?;
+    let key = store
+        .get_agent_key(&cert.tenant_id, &cert.key_id)
+        .await?
+        .ok_or_else(|| {
+            DomainError::Unauthorized(
+                "the agent key this certificate was enrolled with was deleted".into(),
+            )
+        })?;
+    if key.status != KeyStatus::Active {
+        return Err(DomainError::Denied {
+            code: outpost_protocol::codes::KEY_DISABLED,
+            message: "the agent key this certificate was enrolled with is disabled".into(),
+        });
+    }
+    if key.expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(DomainError::Unauthorized(
+            "the agent key this certificate was enrolled with has expired".into(),
+        ));
+    }
+    Ok(AgentIdentity {
+        key,
+        agent_id: Some(agent_id),
+        cert_expires_at: Some(cert.expires_at),
+    })
 }

@@ -89,6 +89,7 @@ pub struct Builtin {
     /// [`TARGET`].
     pub target: &'static str,
     signed: tokio::sync::Mutex<Vec<Signed>>,
+    hashed_packages: tokio::sync::Mutex<Vec<(String, Stamp, String)>>,
 }
 
 impl std::fmt::Debug for Builtin {
@@ -143,6 +144,7 @@ impl Builtin {
             version,
             target: TARGET,
             signed: tokio::sync::Mutex::new(Vec::new()),
+            hashed_packages: tokio::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -269,6 +271,124 @@ impl Builtin {
     }
 }
 
+/// The packages a server may serve (`scripts/packages.sh` names them).
+pub const PACKAGES: &[&str] = &["outpost-agent", "outpost", "outpost-server"];
+
+/// The Debian architectures Outpost is built for.
+pub const PACKAGE_ARCHES: &[&str] = &["amd64", "arm64"];
+
+/// The Debian architecture of [`TARGET`], when it is one of [`PACKAGE_ARCHES`].
+pub fn debian_arch() -> Option<&'static str> {
+    match TARGET.split('-').next() {
+        Some("x86_64") => Some("amd64"),
+        Some("aarch64") => Some("arm64"),
+        _ => None,
+    }
+}
+
+/// A served package: which one, for which architecture (from a file name
+/// `<name>_<arch>.deb`, the only names the packages folder is asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackageFile {
+    /// One of [`PACKAGES`].
+    pub name: &'static str,
+    /// One of [`PACKAGE_ARCHES`].
+    pub arch: &'static str,
+}
+
+impl PackageFile {
+    /// Parses `<name>_<arch>.deb`; `None` for any other name (no path can come out of it).
+    pub fn parse(file: &str) -> Option<Self> {
+        let (name, arch) = file.strip_suffix(".deb")?.split_once('_')?;
+        Some(Self {
+            name: PACKAGES.iter().copied().find(|p| *p == name)?,
+            arch: PACKAGE_ARCHES.iter().copied().find(|a| *a == arch)?,
+        })
+    }
+
+    /// `<name>_<arch>.deb`.
+    pub fn file_name(&self) -> String {
+        format!("{}_{}.deb", self.name, self.arch)
+    }
+}
+
+impl Builtin {
+    /// Where the packages are looked for: `<builds-dir>/packages`.
+    pub fn packages_dir(&self) -> PathBuf {
+        self.dir.join("packages")
+    }
+
+    /// The package's SHA-256 (hashed again when the file changed), or `None` when the server
+    /// has no such file.
+    pub async fn package_sha256(&self, package: PackageFile) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .package_with_stamp(package)
+            .await?
+            .map(|(sha, _, _)| sha))
+    }
+
+    /// The package opened for serving, its size and SHA-256, checked on the open descriptor
+    /// like [`Builtin::open_file`].
+    pub async fn open_package(
+        &self,
+        package: PackageFile,
+    ) -> anyhow::Result<Option<(tokio::fs::File, u64, String)>> {
+        for _ in 0..3 {
+            let Some((sha256, stamp_then, path)) = self.package_with_stamp(package).await? else {
+                return Ok(None);
+            };
+            let file = match tokio::fs::File::open(&path).await {
+                Ok(file) => file,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
+            };
+            let meta = file.metadata().await?;
+            if stamp(&meta) == stamp_then {
+                return Ok(Some((file, meta.len(), sha256)));
+            }
+        }
+        anyhow::bail!(
+            "{} keeps changing while it is being served",
+            package.file_name()
+        )
+    }
+
+    async fn package_with_stamp(
+        &self,
+        package: PackageFile,
+    ) -> anyhow::Result<Option<(String, Stamp, PathBuf)>> {
+        let file_name = package.file_name();
+        let path = self.packages_dir().join(&file_name);
+        let meta = match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => return Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        // One hash at a time, as for the binaries: a burst of first requests reads it once.
+        let mut hashed = self.hashed_packages.lock().await;
+        if let Some((_, stamp, sha)) = hashed
+            .iter()
+            .find(|(name, stamp, _)| *name == file_name && *stamp == self::stamp(&meta))
+        {
+            return Ok(Some((sha.clone(), *stamp, path)));
+        }
+        let result = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || hash(&path))
+                .await
+                .context("the hashing task failed")??
+        };
+        let Some((sha256, meta)) = result else {
+            return Ok(None);
+        };
+        tracing::info!(file = %file_name, sha256 = %sha256, size = meta.len(), "hashed the package");
+        hashed.retain(|(name, _, _)| *name != file_name);
+        hashed.push((file_name, stamp(&meta), sha256.clone()));
+        Ok(Some((sha256, stamp(&meta), path)))
+    }
+}
+
 /// SHA-256 of the file and its metadata, taken on one open descriptor before and after the
 /// read; retried when the file changed meanwhile. `None` when it disappeared.
 fn hash(path: &Path) -> anyhow::Result<Option<(String, std::fs::Metadata)>> {
@@ -377,5 +497,65 @@ mod tests {
         // The same key at the next start; never overwritten.
         let again = Builtin::open(&data, Some(builds)).expect("open again");
         assert_eq!(again.public_key(), builtin.public_key());
+    }
+
+    #[test]
+    fn package_names_are_the_only_files_asked_for() {
+        let agent = PackageFile::parse("outpost-agent_amd64.deb").expect("agent");
+        assert_eq!((agent.name, agent.arch), ("outpost-agent", "amd64"));
+        assert_eq!(agent.file_name(), "outpost-agent_amd64.deb");
+        assert!(PackageFile::parse("outpost_arm64.deb").is_some());
+        for bad in [
+            "outpost-agent_amd64",
+            "outpost-agent_i386.deb",
+            "../outpost-agent_amd64.deb",
+            "outpost-agent_amd64.deb/..",
+            "outpost-agent_0.1.0_amd64.deb",
+            "other_amd64.deb",
+            "_amd64.deb",
+            "",
+        ] {
+            assert!(PackageFile::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn hashes_packages_and_again_when_they_change() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let builds = tmp.path().join("builds");
+        std::fs::create_dir_all(builds.join("packages")).expect("packages");
+        let builtin = Builtin::open(&tmp.path().join("data"), Some(builds.clone())).expect("open");
+        let agent = PackageFile::parse("outpost-agent_amd64.deb").expect("name");
+        assert!(builtin.package_sha256(agent).await.expect("ok").is_none());
+
+        let path = builds.join("packages").join(agent.file_name());
+        std::fs::write(&path, b"first package").expect("write");
+        let first = builtin
+            .package_sha256(agent)
+            .await
+            .expect("ok")
+            .expect("some");
+        assert_eq!(
+            first,
+            hex::encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                b"first package"
+            ))
+        );
+        // An upgrade replaces the file: hashed afresh, and served with the new size.
+        let new = builds.join("packages").join(".new");
+        std::fs::write(&new, b"second, longer package").expect("write");
+        std::fs::rename(&new, &path).expect("rename");
+        let (_, size, second) = builtin
+            .open_package(agent)
+            .await
+            .expect("ok")
+            .expect("some");
+        assert_eq!(size, 22);
+        assert_ne!(second, first);
+        assert_eq!(
+            builtin.package_sha256(agent).await.expect("ok"),
+            Some(second)
+        );
     }
 }

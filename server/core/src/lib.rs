@@ -7,6 +7,8 @@
 //! - the seams the services and the hub share: [`bus`] (reach an agent wherever it is
 //!   connected), [`finish`] (the one path by which commands end), [`frames`] (a stored command
 //!   to its frame), [`tags`] (which of an agent's tags a target trusts);
+//! - agent certificates: [`pki`] (the agents' CA, CSRs, the server's own certificate) and
+//!   [`enroll`] (who gets a certificate for which agent);
 //! - authentication: [`access`] (a bearer token to a caller or an agent key), [`jwt`] (users'
 //!   access tokens), [`passwords`] (argon2id), [`forwarded`] (the client behind trusted
 //!   proxies);
@@ -23,6 +25,7 @@ pub mod builtin;
 pub mod bus;
 pub mod cron;
 pub mod digest;
+pub mod enroll;
 pub mod finish;
 pub mod forwarded;
 pub mod frames;
@@ -30,6 +33,7 @@ pub mod idtoken;
 pub mod jwt;
 pub mod mail;
 pub mod passwords;
+pub mod pki;
 pub mod providers;
 pub mod release;
 pub mod rollout;

@@ -813,6 +813,90 @@ pub mod library_bundle {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A script name's switch (CONTRACT.md §20): a disabled name's runs are refused, its versions
+/// kept. A name without a row is enabled.
+pub mod library_name {
+    use sea_orm::entity::prelude::*;
+
+    /// One name's switch.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "library_names")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub enabled: bool,
+        /// Who switched it last, as the audit log names them.
+        pub changed_by: String,
+        pub changed_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A draft (CONTRACT.md §20): an unsigned bundle edited in the dashboard, waiting for the
+/// operator's signature. Its bytes are in [`super::library_draft_bundle`].
+pub mod library_draft {
+    use sea_orm::entity::prelude::*;
+
+    /// One draft.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "library_drafts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub name: String,
+        /// The version it becomes once signed, and its parts.
+        pub version: String,
+        pub major: i64,
+        pub minor: i64,
+        pub patch: i64,
+        /// SHA-256 of its current bytes (what a signature must cover).
+        pub sha256: String,
+        pub size: i64,
+        /// `outpost-bundle.json` as parsed.
+        pub manifest: Json,
+        /// Its files: `[{path, size, executable}]`.
+        pub files: Json,
+        /// The signed version it was edited from, if any.
+        pub base_version: Option<String>,
+        /// Who saved it last, as the audit log names them.
+        pub author: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A draft's bytes (the `tar.gz` to sign), apart from its row.
+pub mod library_draft_bundle {
+    use sea_orm::entity::prelude::*;
+
+    /// The bytes of one draft.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "library_draft_bundles")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub draft_id: String,
+        pub tenant_id: String,
+        pub data: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The last hour of agents' heartbeat metrics, one sample per agent and minute (migration 21).
 pub mod agent_metric {
     use sea_orm::entity::prelude::*;
@@ -1178,6 +1262,79 @@ pub mod oidc_login {
         pub created_at: DateTimeUtc,
         pub expires_at: DateTimeUtc,
         pub used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The server's CA and its own TLS key (CONTRACT.md §19): `name` is `agent_ca` or `server_tls`.
+pub mod pki_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "pki_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// PEM.
+        pub certificate: String,
+        /// The PKCS#8 private key, sealed under the master key.
+        pub private_key: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Every certificate issued to an agent (CONTRACT.md §19), keyed by the SHA-256 of its DER.
+pub mod agent_cert {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "agent_certs")]
+    pub struct Model {
+        /// Lowercase hex SHA-256 of the certificate's DER.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub fingerprint: String,
+        pub tenant_id: String,
+        pub agent_id: String,
+        /// The enrollment (agent) key it was issued under: its tags and permissions apply.
+        pub key_id: String,
+        /// Lowercase hex SHA-256 of the certified SubjectPublicKeyInfo.
+        pub public_key: String,
+        /// Hex serial number.
+        pub serial: String,
+        /// PEM, returned again to an enrollment repeated with the same key.
+        pub certificate: String,
+        pub issued_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub revoked_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Agents deleted after they enrolled: they may not enroll again until an admin clears them.
+pub mod revoked_agent {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "revoked_agents")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub agent_id: String,
+        pub revoked_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -33,6 +33,7 @@ pub mod private_files;
 pub mod seal;
 pub mod secrets;
 
+mod agent_certs;
 mod agent_keys;
 mod agents;
 mod api_keys;
@@ -62,6 +63,7 @@ mod users;
 mod webhooks;
 pub mod writer;
 
+pub use agent_certs::{CertStanding, NewAgentCert};
 pub use agent_keys::{AgentKeyPatch, key_status};
 pub use agents::{AgentTarget, Registered};
 pub use api_keys::{BOOTSTRAP_KEY_NAME, Bootstrapped, NewApiKey};
@@ -80,7 +82,10 @@ pub use jobs::{
     Fire, JobFilter, NewJob, NewRun, OutputChunk, Stored, canonical_target, job_status,
     webhook_status,
 };
-pub use library::{LibraryRefused, MAX_VERSIONS as MAX_LIBRARY_VERSIONS, NewLibraryScript};
+pub use library::{
+    DraftRefused, LibraryRefused, MAX_DRAFTS, MAX_VERSIONS as MAX_LIBRARY_VERSIONS, NewDraft,
+    NewLibraryScript,
+};
 pub use nodes::RemoteAgent;
 pub use oidc::{NewOidcLogin, SsoIdentity};
 pub use presence::{AGENT_OFFLINE, AGENT_ONLINE, AGENT_UPDATE_ROLLED_BACK, AGENT_UPDATED};
@@ -107,6 +112,8 @@ pub use entities::{
     library_bundle, library_script, mail_outbox, node, output_chunk, password_reset, refresh_token,
     release, rollout, rollout_agent, run_digest, schedule, tenant, user, webhook_attempt,
 };
+pub use entities::{agent_cert, pki_key, revoked_agent};
+pub use entities::{library_draft, library_draft_bundle, library_name};
 pub use entities::{login_ticket, recovery_code, totp_factor};
 pub use entities::{oidc_identity, oidc_login};
 

@@ -5,6 +5,11 @@
 //! stored version (a retried upload is harmless); other bytes under a taken version are
 //! refused, naming the hash already there. The bytes live in `library_bundles`, apart from the
 //! rows that listings and job creation read, and are read only to be downloaded.
+//!
+//! Drafts (CONTRACT.md §20) live in tables of their own, which nothing that resolves a run or
+//! serves an agent reads: a draft becomes a version only through [`Store::sign_library_draft`],
+//! which moves its bytes over in one transaction and only if they are still the bytes the
+//! signature covers. A name's switch (`library_names`) is read where a run resolves.
 
 use std::collections::HashMap;
 
@@ -16,7 +21,8 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::{
-    AuditRecord, Result, Store, agent, library_bundle, library_script, new_id, now, tenant,
+    AuditRecord, Result, Store, agent, library_bundle, library_draft, library_draft_bundle,
+    library_name, library_script, new_id, now, tenant,
 };
 
 /// A version to store, checked by the service (signature, hash, archive rules).
@@ -60,6 +66,53 @@ pub enum LibraryRefused {
         /// The bound.
         max: u64,
     },
+}
+
+/// Drafts a tenant may hold at once, every script together: what `GET /api/script-drafts`
+/// lists stays bounded. Signing or deleting a draft makes room.
+pub const MAX_DRAFTS: u64 = 100;
+
+/// A draft to store, built and checked by the service (the archive walker, the limits).
+#[derive(Debug, Clone)]
+pub struct NewDraft {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The script's name.
+    pub name: String,
+    /// The version it becomes once signed.
+    pub version: Version,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// `outpost-bundle.json`, as parsed.
+    pub manifest: Value,
+    /// Its files.
+    pub files: Value,
+    /// The signed version it was edited from.
+    pub base_version: Option<String>,
+    /// Who saves it (`user:<id>`, `key:<id>`).
+    pub author: String,
+}
+
+/// Why a draft was not stored, signed or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftRefused {
+    /// A signed version has this number already (its SHA-256).
+    VersionTaken(String),
+    /// The tenant holds [`MAX_DRAFTS`] drafts.
+    TooManyDrafts(u64),
+    /// The script has [`MAX_VERSIONS`] versions already (at signing).
+    TooManyVersions(u64),
+    /// The tenant's library would hold more than its bound.
+    Full {
+        /// The bytes it holds.
+        used: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// No such draft.
+    Missing,
+    /// The draft's bytes are no longer the ones signed: its SHA-256 now.
+    Changed(String),
 }
 
 /// `select` ordered newest version first (by number: 1.10.0 before 1.9.0).
@@ -135,6 +188,19 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 max: max_bytes,
             }));
         }
+        let model = txn.insert_version_rows(new, bytes).await?;
+        audit.event.target_id = format!("{}@{}", model.name, model.version);
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(Ok((model, true)))
+    }
+
+    /// Inserts a version's row and its bytes (inside the caller's transaction).
+    async fn insert_version_rows(
+        &self,
+        new: NewLibraryScript,
+        bytes: Vec<u8>,
+    ) -> Result<library_script::Model> {
         let id = new_id();
         let size = part(bytes.len() as u64);
         let model = library_script::ActiveModel {
@@ -154,35 +220,39 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             uploaded_by: Set(new.uploaded_by),
             created_at: Set(now()),
         }
-        .insert(&txn.db)
+        .insert(&self.db)
         .await?;
         library_bundle::ActiveModel {
             script_id: Set(id.clone()),
             tenant_id: Set(new.tenant_id),
             data: Set(bytes),
         }
-        .insert(&txn.db)
+        .insert(&self.db)
         .await?;
-        audit.event.target_id = format!("{}@{}", model.name, model.version);
-        txn.append_audit_now(&audit).await?;
-        txn.db.commit().await?;
-        Ok(Ok((model, true)))
+        Ok(model)
     }
 
-    /// The bundle bytes a tenant's library holds, every version of every script.
+    /// The bundle bytes a tenant's library holds, every version of every script and every
+    /// draft.
     pub async fn library_bytes(&self, tenant_id: &str) -> Result<u64> {
         // PostgreSQL sums a BIGINT as NUMERIC: cast back.
-        let total: Option<i64> = library_script::Entity::find()
+        let sum = || sea_orm::sea_query::Expr::cust("CAST(COALESCE(SUM(size), 0) AS BIGINT)");
+        let versions: Option<i64> = library_script::Entity::find()
             .select_only()
-            .column_as(
-                sea_orm::sea_query::Expr::cust("CAST(COALESCE(SUM(size), 0) AS BIGINT)"),
-                "total",
-            )
+            .column_as(sum(), "total")
             .filter(library_script::Column::TenantId.eq(tenant_id))
             .into_tuple()
             .one(&self.db)
             .await?;
-        Ok(total.map_or(0, |t| u64::try_from(t).unwrap_or(0)))
+        let drafts: Option<i64> = library_draft::Entity::find()
+            .select_only()
+            .column_as(sum(), "total")
+            .filter(library_draft::Column::TenantId.eq(tenant_id))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        let count = |t: Option<i64>| t.map_or(0, |t| u64::try_from(t).unwrap_or(0));
+        Ok(count(versions).saturating_add(count(drafts)))
     }
 
     /// One version of a script.
@@ -283,6 +353,320 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         txn.append_audit_now(&audit).await?;
         txn.db.commit().await?;
         Ok(Some(model))
+    }
+
+    /// Stores a draft and its bytes with its audit row, in one transaction; a draft of the
+    /// same name and version is replaced (its bytes, files and author), which is what makes a
+    /// signature made over the old bytes stale.
+    pub async fn save_library_draft(
+        &self,
+        new: NewDraft,
+        bytes: Vec<u8>,
+        max_bytes: u64,
+        mut audit: AuditRecord,
+    ) -> Result<std::result::Result<library_draft::Model, DraftRefused>> {
+        let txn = self.begin_write().await?;
+        if txn.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            tenant::Entity::find_by_id(new.tenant_id.as_str())
+                .select_only()
+                .column(tenant::Column::Id)
+                .lock_exclusive()
+                .into_tuple::<String>()
+                .one(&txn.db)
+                .await?;
+        }
+        if let Some(existing) = txn
+            .library_version(&new.tenant_id, &new.name, &new.version)
+            .await?
+        {
+            return Ok(Err(DraftRefused::VersionTaken(existing.sha256)));
+        }
+        let existing = txn
+            .library_draft(&new.tenant_id, &new.name, &new.version)
+            .await?;
+        if existing.is_none() {
+            let drafts = library_draft::Entity::find()
+                .filter(library_draft::Column::TenantId.eq(new.tenant_id.as_str()))
+                .count(&txn.db)
+                .await?;
+            if drafts >= MAX_DRAFTS {
+                return Ok(Err(DraftRefused::TooManyDrafts(MAX_DRAFTS)));
+            }
+        }
+        let replaced = existing
+            .as_ref()
+            .map_or(0, |d| u64::try_from(d.size).unwrap_or(0));
+        let used = txn
+            .library_bytes(&new.tenant_id)
+            .await?
+            .saturating_sub(replaced);
+        if used.saturating_add(bytes.len() as u64) > max_bytes {
+            return Ok(Err(DraftRefused::Full {
+                used,
+                max: max_bytes,
+            }));
+        }
+        let at = now();
+        let size = part(bytes.len() as u64);
+        let model = match existing {
+            Some(existing) => {
+                let mut row: library_draft::ActiveModel = existing.into();
+                row.sha256 = Set(new.sha256);
+                row.size = Set(size);
+                row.manifest = Set(new.manifest);
+                row.files = Set(new.files);
+                row.base_version = Set(new.base_version);
+                row.author = Set(new.author);
+                row.updated_at = Set(at);
+                let model = row.update(&txn.db).await?;
+                library_draft_bundle::Entity::update_many()
+                    .col_expr(
+                        library_draft_bundle::Column::Data,
+                        sea_orm::sea_query::Expr::value(bytes),
+                    )
+                    .filter(library_draft_bundle::Column::DraftId.eq(model.id.as_str()))
+                    .exec(&txn.db)
+                    .await?;
+                model
+            }
+            None => {
+                let id = new_id();
+                let model = library_draft::ActiveModel {
+                    id: Set(id.clone()),
+                    tenant_id: Set(new.tenant_id.clone()),
+                    name: Set(new.name),
+                    version: Set(new.version.to_string()),
+                    major: Set(part(new.version.major)),
+                    minor: Set(part(new.version.minor)),
+                    patch: Set(part(new.version.patch)),
+                    sha256: Set(new.sha256),
+                    size: Set(size),
+                    manifest: Set(new.manifest),
+                    files: Set(new.files),
+                    base_version: Set(new.base_version),
+                    author: Set(new.author),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                }
+                .insert(&txn.db)
+                .await?;
+                library_draft_bundle::ActiveModel {
+                    draft_id: Set(id),
+                    tenant_id: Set(new.tenant_id),
+                    data: Set(bytes),
+                }
+                .insert(&txn.db)
+                .await?;
+                model
+            }
+        };
+        audit.event.target_id = format!("{}@{}", model.name, model.version);
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(Ok(model))
+    }
+
+    /// One draft.
+    pub async fn library_draft(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        version: &Version,
+    ) -> Result<Option<library_draft::Model>> {
+        Ok(library_draft::Entity::find()
+            .filter(library_draft::Column::TenantId.eq(tenant_id))
+            .filter(library_draft::Column::Name.eq(name))
+            .filter(library_draft::Column::Major.eq(part(version.major)))
+            .filter(library_draft::Column::Minor.eq(part(version.minor)))
+            .filter(library_draft::Column::Patch.eq(part(version.patch)))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// A tenant's drafts (of one script, or all), by name, newest version first; at most
+    /// [`MAX_DRAFTS`] exist.
+    pub async fn library_drafts(
+        &self,
+        tenant_id: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<library_draft::Model>> {
+        let mut select = library_draft::Entity::find()
+            .filter(library_draft::Column::TenantId.eq(tenant_id))
+            .order_by_asc(library_draft::Column::Name)
+            .order_by_desc(library_draft::Column::Major)
+            .order_by_desc(library_draft::Column::Minor)
+            .order_by_desc(library_draft::Column::Patch);
+        if let Some(name) = name {
+            select = select.filter(library_draft::Column::Name.eq(name));
+        }
+        Ok(select.limit(MAX_DRAFTS).all(&self.db).await?)
+    }
+
+    /// A draft's bytes.
+    pub async fn library_draft_bundle(
+        &self,
+        tenant_id: &str,
+        draft_id: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(library_draft_bundle::Entity::find_by_id(draft_id)
+            .filter(library_draft_bundle::Column::TenantId.eq(tenant_id))
+            .one(&self.db)
+            .await?
+            .map(|b| b.data))
+    }
+
+    /// Turns a draft into a signed version, in one transaction, if its bytes are still the
+    /// ones whose SHA-256 is `signed_sha256`: the version's row and bytes are written, the
+    /// draft's deleted, and the audit row appended. The service has checked the signature
+    /// over these bytes; the hash is compared again here so that a draft saved in between
+    /// cannot slip under a signature made for other bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sign_library_draft(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        version: &Version,
+        signed_sha256: &str,
+        signer_key: String,
+        signature: String,
+        uploaded_by: String,
+        mut audit: AuditRecord,
+    ) -> Result<std::result::Result<library_script::Model, DraftRefused>> {
+        let txn = self.begin_write().await?;
+        let Some(draft) = txn.library_draft(tenant_id, name, version).await? else {
+            return Ok(Err(DraftRefused::Missing));
+        };
+        if draft.sha256 != signed_sha256 {
+            return Ok(Err(DraftRefused::Changed(draft.sha256)));
+        }
+        if let Some(existing) = txn.library_version(tenant_id, name, version).await? {
+            return Ok(Err(DraftRefused::VersionTaken(existing.sha256)));
+        }
+        let versions = library_script::Entity::find()
+            .filter(library_script::Column::TenantId.eq(tenant_id))
+            .filter(library_script::Column::Name.eq(name))
+            .count(&txn.db)
+            .await?;
+        if versions >= MAX_VERSIONS {
+            return Ok(Err(DraftRefused::TooManyVersions(MAX_VERSIONS)));
+        }
+        let Some(bytes) = txn.library_draft_bundle(tenant_id, &draft.id).await? else {
+            return Ok(Err(DraftRefused::Missing));
+        };
+        let new = NewLibraryScript {
+            tenant_id: tenant_id.to_owned(),
+            name: draft.name.clone(),
+            version: *version,
+            sha256: draft.sha256.clone(),
+            signer_key,
+            signature,
+            manifest: draft.manifest.clone(),
+            files: draft.files.clone(),
+            uploaded_by,
+        };
+        library_draft_bundle::Entity::delete_many()
+            .filter(library_draft_bundle::Column::DraftId.eq(draft.id.as_str()))
+            .exec(&txn.db)
+            .await?;
+        library_draft::Entity::delete_many()
+            .filter(library_draft::Column::Id.eq(draft.id.as_str()))
+            .exec(&txn.db)
+            .await?;
+        let model = txn.insert_version_rows(new, bytes).await?;
+        audit.event.target_id = format!("{}@{}", model.name, model.version);
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(Ok(model))
+    }
+
+    /// Deletes a draft and its bytes, with its audit row; `None` if there is none.
+    pub async fn delete_library_draft(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        version: &Version,
+        mut audit: AuditRecord,
+    ) -> Result<Option<library_draft::Model>> {
+        let txn = self.begin_write().await?;
+        let Some(draft) = txn.library_draft(tenant_id, name, version).await? else {
+            return Ok(None);
+        };
+        library_draft_bundle::Entity::delete_many()
+            .filter(library_draft_bundle::Column::DraftId.eq(draft.id.as_str()))
+            .exec(&txn.db)
+            .await?;
+        library_draft::Entity::delete_many()
+            .filter(library_draft::Column::Id.eq(draft.id.as_str()))
+            .exec(&txn.db)
+            .await?;
+        audit.event.target_id = format!("{}@{}", draft.name, draft.version);
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(Some(draft))
+    }
+
+    /// Switches a script name on or off, with its audit row.
+    pub async fn set_library_enabled(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        enabled: bool,
+        changed_by: String,
+        mut audit: AuditRecord,
+    ) -> Result<()> {
+        let txn = self.begin_write().await?;
+        let existing = library_name::Entity::find_by_id((tenant_id.to_owned(), name.to_owned()))
+            .one(&txn.db)
+            .await?;
+        match existing {
+            Some(row) => {
+                let mut row: library_name::ActiveModel = row.into();
+                row.enabled = Set(enabled);
+                row.changed_by = Set(changed_by);
+                row.changed_at = Set(now());
+                row.update(&txn.db).await?;
+            }
+            None => {
+                library_name::ActiveModel {
+                    tenant_id: Set(tenant_id.to_owned()),
+                    name: Set(name.to_owned()),
+                    enabled: Set(enabled),
+                    changed_by: Set(changed_by),
+                    changed_at: Set(now()),
+                }
+                .insert(&txn.db)
+                .await?;
+            }
+        }
+        audit.event.target_id = name.to_owned();
+        txn.append_audit_now(&audit).await?;
+        txn.db.commit().await?;
+        Ok(())
+    }
+
+    /// A script name's switch, when it was ever switched (no row: enabled).
+    pub async fn library_name(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<library_name::Model>> {
+        Ok(
+            library_name::Entity::find_by_id((tenant_id.to_owned(), name.to_owned()))
+                .one(&self.db)
+                .await?,
+        )
+    }
+
+    /// The names of a tenant's disabled scripts.
+    pub async fn library_disabled(&self, tenant_id: &str) -> Result<Vec<String>> {
+        Ok(library_name::Entity::find()
+            .select_only()
+            .column(library_name::Column::Name)
+            .filter(library_name::Column::TenantId.eq(tenant_id))
+            .filter(library_name::Column::Enabled.eq(false))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
     }
 
     /// Each agent's `library` policy as last registered (agents without one are absent).

@@ -745,6 +745,82 @@ CREATE TABLE oidc_logins (
     used_at {ts}
 );
 "#,
+    // 26: agent identity by certificate (CONTRACT.md §19). `pki_keys` holds the server's CA
+    // and its own TLS key, sealed under the master key, one row each, so that every node signs
+    // with the same CA and serves the same key (the install line pins it). Every certificate
+    // issued to an agent is in `agent_certs`, keyed by the SHA-256 of its DER: a handshake's
+    // client certificate is looked up there, so that the row (not the certificate's text)
+    // says which tenant, agent and enrollment key it stands for, and whether it was revoked.
+    // `public_key` (the SHA-256 of the key's SubjectPublicKeyInfo) refuses one key certified
+    // for two agents. An agent deleted after it enrolled is in `revoked_agents` until an admin
+    // clears it.
+    r#"
+CREATE TABLE pki_keys (
+    name TEXT PRIMARY KEY,
+    certificate TEXT NOT NULL,
+    private_key TEXT NOT NULL,
+    created_at {ts} NOT NULL
+);
+CREATE TABLE agent_certs (
+    fingerprint TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    issued_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    revoked_at {ts}
+);
+CREATE INDEX agent_certs_agent ON agent_certs (tenant_id, agent_id, expires_at);
+CREATE INDEX agent_certs_public_key ON agent_certs (public_key);
+CREATE TABLE revoked_agents (
+    tenant_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    revoked_at {ts} NOT NULL,
+    PRIMARY KEY (tenant_id, agent_id)
+);
+"#,
+    // 27: scripts in the dashboard (CONTRACT.md
+    // §20). `library_names` holds a script name's switch (a disabled name's runs are refused,
+    // its versions kept); a name without a row is enabled. A draft is an unsigned bundle
+    // edited in the browser: its row holds what listings need, its bytes sit apart in
+    // `library_draft_bundles` (as a version's do), and nothing that resolves or downloads a
+    // version ever reads either table, so a draft can neither run nor reach an agent.
+    r#"
+CREATE TABLE library_names (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    changed_by TEXT NOT NULL,
+    changed_at {ts} NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE library_drafts (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    major BIGINT NOT NULL,
+    minor BIGINT NOT NULL,
+    patch BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    manifest {json} NOT NULL,
+    files {json} NOT NULL,
+    base_version TEXT,
+    author TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    updated_at {ts} NOT NULL
+);
+CREATE UNIQUE INDEX library_drafts_version ON library_drafts (tenant_id, name, major, minor, patch);
+CREATE TABLE library_draft_bundles (
+    draft_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    data {blob} NOT NULL
+);
+"#,
 ];
 
 /// The schema version this server brings a database to.

@@ -41,12 +41,41 @@ impl Store {
         Ok(())
     }
 
-    /// Renews this node's lease until `until`, with its agent count. Returns `false` when its
-    /// row is gone: another node took it for dead (its lease ran out while this one could not
-    /// reach the database) and released its agents; the caller registers again.
-    pub async fn renew_node(&self, id: &str, agents: i64, until: DateTime<Utc>) -> Result<bool> {
+    /// The database's clock, which every node's lease is measured by: nodes' own clocks may
+    /// disagree (a host without NTP), and a node running ahead by more than a lease's slack
+    /// would otherwise take every live node for dead at each renewal (scripts/faults.sh,
+    /// `clock-skew`). PostgreSQL's `clock_timestamp()`; on SQLite, with its single node, this
+    /// process's clock.
+    pub async fn database_now(&self) -> Result<DateTime<Utc>> {
+        let backend = self.db.get_database_backend();
+        if backend != DbBackend::Postgres {
+            return Ok(now());
+        }
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(backend, "SELECT clock_timestamp()"))
+            .await?;
+        let at: Option<DateTime<Utc>> = match row {
+            Some(row) => row.try_get_by_index(0)?,
+            None => None,
+        };
+        use chrono::SubsecRound;
+        Ok(at.map_or_else(now, |at| at.trunc_subsecs(6)))
+    }
+
+    /// Renews this node's lease (renewed at `at`, by [`Store::database_now`]) until `until`,
+    /// with its agent count. Returns `false` when its row is gone: another node took it for
+    /// dead (its lease ran out while this one could not reach the database) and released its
+    /// agents; the caller registers again.
+    pub async fn renew_node(
+        &self,
+        id: &str,
+        agents: i64,
+        at: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
         let res = node::Entity::update_many()
-            .col_expr(node::Column::RenewedAt, Expr::value(now()))
+            .col_expr(node::Column::RenewedAt, Expr::value(at))
             .col_expr(node::Column::LeaseUntil, Expr::value(until))
             .col_expr(node::Column::Agents, Expr::value(agents))
             .filter(node::Column::Id.eq(id))

@@ -130,7 +130,8 @@ impl Cluster {
         hub: Arc<Hub>,
         shutdown: CancellationToken,
     ) -> outpost_store::Result<Arc<Self>> {
-        let now = outpost_store::now();
+        // Leases are measured by the database's clock, the one clock every node shares.
+        let now = store.database_now().await?;
         store
             .register_node(node::Model {
                 id: node_id.clone(),
@@ -261,12 +262,24 @@ impl Cluster {
 
     async fn renew(&self) {
         let agents = self.hub.connected_count() as i64;
-        let until = outpost_store::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
-        match self.store.renew_node(&self.node_id, agents, until).await {
+        // The database's clock, not this host's: a node whose clock runs ahead would take the
+        // others for dead, one running behind would be taken for dead.
+        let now = match self.store.database_now().await {
+            Ok(now) => now,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not renew this node's lease");
+                return;
+            }
+        };
+        let until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        match self
+            .store
+            .renew_node(&self.node_id, agents, now, until)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(node_id = %self.node_id, "this node's lease had run out and another node released its agents; registering again");
-                let now = outpost_store::now();
                 let row = node::Model {
                     id: self.node_id.clone(),
                     name: self.name.clone(),
@@ -294,7 +307,7 @@ impl Cluster {
                 return;
             }
         }
-        match self.store.take_over_dead_nodes(outpost_store::now()).await {
+        match self.store.take_over_dead_nodes(now).await {
             Ok(taken) => {
                 for id in taken {
                     tracing::warn!(node_id = %id, "a node's lease ran out: its agents were released (they reconnect to a live node; their runs become lost if they never do)");
@@ -304,7 +317,6 @@ impl Cluster {
         }
         match self.store.list_nodes().await {
             Ok(nodes) => {
-                let now = outpost_store::now();
                 let others = nodes
                     .iter()
                     .filter(|n| n.id != self.node_id && n.lease_until >= now)

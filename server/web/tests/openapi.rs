@@ -114,6 +114,7 @@ const PUBLIC: &[&str] = &[
     "/readyz",
     "/deploy.sh",
     "/downloads/{version}/{target}/{file}",
+    "/downloads/packages/{file}",
     "/api/auth/login",
     "/api/auth/refresh",
     "/api/auth/logout",

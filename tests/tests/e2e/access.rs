@@ -83,6 +83,8 @@ struct Fixtures {
     update_key_secret: String,
     /// The connections of those agents, kept open for the test.
     peers: std::sync::Mutex<Vec<ws::Peer>>,
+    /// Signature files over drafts made for a call that is to succeed, by the call's serial.
+    signatures: std::sync::Mutex<BTreeMap<usize, Value>>,
 }
 
 async fn invite(owner: &Api, email: &str, role: &str) -> Value {
@@ -183,6 +185,7 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         version,
         update_key_secret,
         peers: std::sync::Mutex::new(Vec::new()),
+        signatures: std::sync::Mutex::new(BTreeMap::new()),
     };
 
     let base = Scopes::ALL;
@@ -258,6 +261,14 @@ async fn every_route_answers_every_role_of_every_tenant_as_its_permission_says()
         outpost_e2e::library::bundle_of("matrix", "0.0.1"),
     )
     .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    // And a draft of it that the calls which only read point at (CONTRACT.md §20).
+    let (status, made) = root
+        .post(
+            "/api/scripts/matrix/drafts",
+            json!({"version": "0.9.0", "files": {}}),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
     let (status, document) = root.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
@@ -464,6 +475,43 @@ async fn fill(
             f.integration.clone()
         };
         ids.insert("id", id);
+    } else if path.starts_with("/api/scripts/{name}/drafts/") {
+        // A's library holds the draft `matrix` 0.9.0; a call that is to succeed and changes
+        // gets a draft of its own, and a signature gets a signature file over its bytes.
+        let version = if fresh && changes {
+            let version = format!("3.0.{serial}");
+            let (status, made) = root
+                .post(
+                    "/api/scripts/matrix/drafts",
+                    json!({"version": version, "files": {}}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{made}");
+            if path.ends_with("/signature") {
+                let bytes = reqwest::Client::new()
+                    .get(format!(
+                        "{}/api/scripts/matrix/drafts/{version}/bundle",
+                        server.url
+                    ))
+                    .bearer_auth(&server.admin_key)
+                    .send()
+                    .await
+                    .expect("draft bundle")
+                    .bytes()
+                    .await
+                    .expect("draft bytes");
+                let sig = outpost_e2e::library::Signer::new().sign(&bytes);
+                f.signatures
+                    .lock()
+                    .expect("signatures")
+                    .insert(serial, serde_json::to_value(sig).expect("json"));
+            }
+            version
+        } else {
+            "0.9.0".to_owned()
+        };
+        ids.insert("name", "matrix".to_owned());
+        ids.insert("version", version);
     } else if path.starts_with("/api/scripts/") {
         // A's library holds `matrix` 0.0.1; a delete that is to succeed gets a version of
         // its own.
@@ -631,6 +679,18 @@ fn sample_body(path: &str, method: &Method, f: &Fixtures, serial: usize) -> Valu
         ("POST", "/api/integrations/{id}/test") => json!({}),
         // An upload is a form; JSON gets as far as the handler, which refuses it (400).
         ("POST", "/api/scripts") => json!({}),
+        // Scripts in the dashboard (CONTRACT.md §20): a name switched on (as it is), a draft of a
+        // version of its own, and the signature file `fill` made over a fresh draft.
+        ("PATCH", "/api/scripts/{name}") => json!({"enabled": true}),
+        ("POST", "/api/scripts/{name}/drafts") => {
+            json!({"version": format!("2.0.{serial}"), "files": {}})
+        }
+        ("POST", "/api/scripts/{name}/drafts/{version}/signature") => f
+            .signatures
+            .lock()
+            .expect("signatures")
+            .remove(&serial)
+            .unwrap_or_else(|| json!({})),
         ("POST", "/api/rollouts") => json!({"version": f.version,
             "target": {"tags": [format!("rollout-{serial}")]}}),
         ("PUT", "/api/fleet/policy") => json!({"min_agent_version": null}),

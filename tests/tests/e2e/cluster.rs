@@ -82,6 +82,82 @@ async fn follow(base: String, key: String, job_id: String) -> Vec<(String, Value
     events
 }
 
+/// Debian's libfaketime (package `faketime`), which shifts a process's wall clock.
+fn libfaketime() -> Option<String> {
+    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketimeMT.so.1"))
+        .find(|path| Path::new(path).exists())
+}
+
+/// Leases are measured by the database's clock, not the nodes' (CONTRACT.md §13): a node
+/// whose own clock runs 40 s ahead (libfaketime; a host without NTP) takes no live node for
+/// dead at its renewals, and is not taken for dead. Measured by its own clock, every other
+/// node's lease (at most 15 s ahead of that node's clock) had run out, so it released their
+/// agents every 5 s (scripts/faults.sh, `clock-skew`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_runs_ahead_takes_no_live_node_for_dead() {
+    let test = "cluster::a_node_whose_clock_runs_ahead_takes_no_live_node_for_dead";
+    let Some(cluster) = postgres::required(test) else {
+        return;
+    };
+    let Some(faketime) = libfaketime() else {
+        eprintln!("SKIPPED {test}: needs libfaketime (Debian: apt-get install faketime)");
+        return;
+    };
+    let database = Database::create(&cluster);
+    let a = node(&database.url, "a").await;
+    let ahead = Server::start_with(ServerOptions {
+        database_url: Some(database.url.clone()),
+        args: vec!["--node-name".into(), "ahead".into()],
+        envs: vec![
+            ("OUTPOST_ADMIN_KEY".into(), ADMIN_KEY.into()),
+            ("OUTPOST_MASTER_KEY".into(), MASTER_KEY.into()),
+            ("LD_PRELOAD".into(), faketime),
+            ("FAKETIME".into(), "+40".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ],
+        ..ServerOptions::default()
+    })
+    .await;
+
+    // Three renewals of the node that runs ahead (every 5 s), each of which looks for dead
+    // nodes to take over; node a renews in between, and would find its row gone.
+    let api_a = a.api();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node ahead renewed {} times in 60 s",
+            seen.len().saturating_sub(1)
+        );
+        let (status, nodes) = api_a.get("/api/nodes").await;
+        assert_eq!(status, StatusCode::OK, "{nodes}");
+        if let Some(lease) = nodes
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == "ahead"))
+            .and_then(|n| n["lease_until"].as_str())
+        {
+            seen.insert(lease.to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = format!("{}{}", a.logs(), ahead.logs());
+    assert!(
+        !logs.contains("lease ran out") && !logs.contains("lease had run out"),
+        "a live node was taken for dead:\n{logs}"
+    );
+    let (_, nodes) = api_a.get("/api/nodes").await;
+    let alive = nodes
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|n| n["alive"] == true)
+        .count();
+    assert_eq!(alive, 2, "{nodes}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_one_fleet_and_survive_the_loss_of_one() {
     let Some(cluster) =

@@ -1,5 +1,6 @@
-//! Agents given several server URLs (CONTRACT.md §13): a dead node is passed over at once, and an
-//! agent whose node dies carries on at the next one, its run included, nothing run twice.
+//! Agents given several server URLs (CONTRACT.md §13): a dead node is passed over at once, an
+//! agent whose node dies carries on at the next one, its run included, nothing run twice, and
+//! an agent whose node froze (its sockets open, nothing answering) leaves it.
 //!
 //! Two servers started separately on SQLite are not one cluster, so "the next node" is the same
 //! data directory served again on another port after the first process was killed: what the
@@ -160,4 +161,73 @@ async fn an_agent_whose_node_dies_carries_on_at_the_next_with_its_run() {
         .await;
     assert_eq!(status, StatusCode::OK, "after the switch: {echo}");
     assert_eq!(echo["data"]["message"], "after");
+}
+
+/// A frozen server (SIGSTOP: a hung host) keeps its TCP connections open and the kernel goes on
+/// taking what the agent writes, so nothing fails on the agent's side. The agent must notice
+/// the silence (no frame, no pong, for three heartbeat intervals) and connect again, which is
+/// how it leaves a frozen node for a live one (scripts/faults.sh, `node-paused-past-lease`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_leaves_a_server_that_froze() {
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--heartbeat-interval".into(), "1".into()],
+        ..ServerOptions::default()
+    })
+    .await;
+    let api = server.api();
+    let (_, secret) = api.agent_key().await;
+    let agent = Agent::start(&server.url, &secret);
+    let id = agent.wait_online(&api).await;
+    let connected = || {
+        agent
+            .logs()
+            .lines()
+            .filter(|l| l.contains("connected and registered"))
+            .count()
+    };
+    wait_for("the first connection in the log", READY_TIMEOUT, || async {
+        (connected() == 1).then_some(())
+    })
+    .await;
+
+    server.freeze();
+    let frozen_at = Instant::now();
+    let noticed = wait_for(
+        "the agent to notice the silence",
+        Duration::from_secs(20),
+        || async {
+            agent
+                .logs()
+                .contains("taking the connection for dead")
+                .then(Instant::now)
+        },
+    )
+    .await;
+    server.resume();
+    let took = noticed - frozen_at;
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "noticed after {took:?} (three 1 s intervals, checked at each heartbeat)"
+    );
+
+    // Thawed, the server takes the agent's new connection, and commands flow again.
+    wait_for("a second connection", READY_TIMEOUT, || async {
+        (connected() >= 2).then_some(())
+    })
+    .await;
+    api.wait_online(&id).await;
+    let (status, echo) = api
+        .command(
+            &id,
+            json!({"command": "echo", "data": {"message": "thawed"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    assert_eq!(echo["data"]["message"], "thawed");
+
+    // A live server that is only quiet is not taken for dead: over several more intervals with
+    // nothing to say but pongs, the agent keeps its connection.
+    let before = connected();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(connected(), before, "{}", agent.logs());
 }

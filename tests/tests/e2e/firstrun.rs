@@ -335,3 +335,110 @@ async fn a_published_release_takes_precedence_over_the_built_in_builds() {
     .expect("download");
     assert_eq!(download.status(), StatusCode::NOT_FOUND);
 }
+
+/// `GET /downloads/packages/{file}` (OPERATIONS.md, "Installing from packages"): the Debian
+/// packages in `<builds-dir>/packages`, their checksums, 404s that name what there is, a file
+/// replaced by an upgrade served with its new hash, and the agent's package hidden once a
+/// release is published (the CLI's stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_packages_are_served_until_a_release_is_published() {
+    let builds = tempfile::tempdir().expect("tempdir");
+    let packages = builds.path().join("packages");
+    std::fs::create_dir(&packages).expect("packages dir");
+    std::fs::write(packages.join("outpost-agent_amd64.deb"), b"agent package").expect("write");
+    std::fs::write(packages.join("outpost_amd64.deb"), b"cli package").expect("write");
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--builds-dir".into(), builds.path().display().to_string()],
+        ..ServerOptions::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let get = |file: &str| {
+        let url = format!("{}/downloads/packages/{file}", server.url);
+        let client = client.clone();
+        async move { client.get(url).send().await.expect("request") }
+    };
+
+    let deb = get("outpost-agent_amd64.deb").await;
+    assert_eq!(deb.status(), StatusCode::OK);
+    assert_eq!(
+        deb.headers()["content-type"],
+        "application/vnd.debian.binary-package"
+    );
+    assert!(
+        deb.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .contains("outpost-agent_amd64.deb")
+    );
+    assert_eq!(deb.bytes().await.expect("body").as_ref(), b"agent package");
+    let sum = get("outpost-agent_amd64.deb.sha256").await;
+    assert_eq!(sum.status(), StatusCode::OK);
+    assert_eq!(
+        sum.text().await.expect("text"),
+        format!(
+            "{}  outpost-agent_amd64.deb\n",
+            sha256_hex(&packages.join("outpost-agent_amd64.deb"))
+        )
+    );
+
+    // A package the server does not have, and names that are no package at all.
+    let missing = get("outpost-server_amd64.deb").await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let said = missing.text().await.expect("text");
+    assert!(said.contains("no outpost-server_amd64.deb"), "{said}");
+    for bad in [
+        "outpost-agent_i386.deb",
+        "outpost-agent_0.1.0_amd64.deb",
+        "outpost-agent_amd64.deb.sha256.sha256",
+        "..%2Foutpost-agent_amd64.deb",
+        "script_manifest.json",
+    ] {
+        let answer = get(bad).await;
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{bad}");
+        let said = answer.text().await.expect("text");
+        assert!(
+            said.contains("package outpost-agent, outpost, outpost-server"),
+            "{bad}: {said}"
+        );
+    }
+
+    // An upgrade of the server package replaces the file: the new bytes, the new hash.
+    let new = packages.join(".new");
+    std::fs::write(&new, b"agent package, newer").expect("write");
+    std::fs::rename(&new, packages.join("outpost-agent_amd64.deb")).expect("rename");
+    let sum = get("outpost-agent_amd64.deb.sha256").await;
+    assert!(
+        sum.text()
+            .await
+            .expect("text")
+            .starts_with(&sha256_hex(&packages.join("outpost-agent_amd64.deb")))
+    );
+    assert_eq!(
+        get("outpost-agent_amd64.deb")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"agent package, newer"
+    );
+
+    // A published release: agents take the signed builds from now on, not the package.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let signing_key = keys.path().join("offline.key");
+    let keygen = std::process::Command::new(outpost_e2e::bin_dir().join("outpost-server"))
+        .args(["release", "keygen", "--out"])
+        .arg(&signing_key)
+        .output()
+        .expect("keygen");
+    assert!(keygen.status.success(), "{keygen:?}");
+    publish(&server, &signing_key, "0.0.1");
+    for file in ["outpost-agent_amd64.deb", "outpost-agent_amd64.deb.sha256"] {
+        let hidden = get(file).await;
+        assert_eq!(hidden.status(), StatusCode::NOT_FOUND, "{file}");
+        let said = hidden.text().await.expect("text");
+        assert!(said.contains("releases are published"), "{said}");
+    }
+    assert_eq!(get("outpost_amd64.deb").await.status(), StatusCode::OK);
+}

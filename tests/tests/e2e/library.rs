@@ -852,7 +852,26 @@ async fn the_dashboard_shows_the_library_read_only() {
         assert!(html.contains(needle), "{needle} not in the list");
     }
     assert!(!html.contains("<script>alert(1)"), "markup not escaped");
+    // A member sees no upload form, no switch and no editor (CONTRACT.md §20).
+    assert!(
+        !html.contains("upload-form"),
+        "a member is offered no upload"
+    );
     let page = get("/ui/scripts/report").await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.expect("html");
+    for needle in [
+        stored["sha256"].as_str().expect("sha"),
+        "/ui/scripts/report/versions/3.1.4",
+        "enabled",
+    ] {
+        assert!(html.contains(needle), "{needle} not in the script's page");
+    }
+    assert!(!html.contains("id=\"disable\"") && !html.contains("id=\"new-version\""));
+    // The version's page lists every file and shows the entrypoint's text.
+    let page = get("/ui/scripts/report/versions/3.1.4")
+        .await
+        .expect("page");
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.expect("html");
     for needle in [
@@ -860,10 +879,19 @@ async fn the_dashboard_shows_the_library_read_only() {
         "bin/run.sh",
         "lib/&#60;b&#62;data",
         "report@3.1.4",
+        "echo",
     ] {
-        assert!(html.contains(needle), "{needle} not in the script's page");
+        assert!(html.contains(needle), "{needle} not in the version's page");
     }
     assert!(!html.contains("<b>data"), "a path's markup not escaped");
+    let file = get("/ui/scripts/report/versions/3.1.4?file=lib%2F%3Cb%3Edata%3C%2Fb%3E.txt")
+        .await
+        .expect("page");
+    assert_eq!(file.status(), StatusCode::OK);
+    let missing = get("/ui/scripts/report/versions/3.1.4?file=nope")
+        .await
+        .expect("page");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let missing = get("/ui/scripts/nothing-here").await.expect("page");
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }

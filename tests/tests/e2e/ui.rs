@@ -827,7 +827,7 @@ impl Browser {
     }
 
     /// Signs in through the form.
-    async fn sign_in(&self, server: &Server, email: &str, password: &str) {
+    pub(crate) async fn sign_in(&self, server: &Server, email: &str, password: &str) {
         self.driver
             .goto(&format!("{}/ui/login", server.url))
             .await
@@ -3330,12 +3330,11 @@ async fn browser_a_job_over_a_thousand_agents_reads_as_one_answer() {
     // The first 400 answer: the page shows them live, grouped.
     answer_fleet(&server, &key, &indexed[..EARLY], answer).await;
     browser.wait_text(By::id("summary-finished"), "400").await;
-    let groups = browser.wait_text(By::id("group-list"), "disk full").await;
+    // Runs are digested in the background: the finished count can lead the groups' counts
+    // for a moment on a busy machine, so the page is waited on, not read once.
+    browser.wait_text(By::id("group-list"), "disk full").await;
+    let groups = browser.wait_text(By::id("group-list"), "320").await;
     assert!(groups.contains("cannot reach db.internal"), "{groups}");
-    assert!(
-        groups.contains("320"),
-        "the largest group counted: {groups}"
-    );
     assert_eq!(
         browser
             .driver

@@ -55,7 +55,8 @@ pub enum Action {
     /// List every tenant and change any tenant's name and quotas: the server's admin only,
     /// an owner of the server's first tenant ([`Access::require_server_admin`]).
     ManageTenants,
-    /// Upload or delete library scripts (CONTRACT.md §15): what agents that opted in may be sent.
+    /// Upload or delete library scripts (CONTRACT.md §15), switch them off and on, save and
+    /// sign drafts (§20): what agents that opted in may be sent.
     ManageScripts,
 }
 
@@ -112,7 +113,7 @@ impl Action {
                 "only owners and admins may send restart, update or redeploy; this caller's role is {role}"
             ),
             Self::ManageScripts => format!(
-                "only owners and admins may upload or delete library scripts; this caller's role is {role}"
+                "only owners and admins may upload, delete, disable or enable library scripts and save or sign drafts; this caller's role is {role}"
             ),
             Self::ManageUsers => format!(
                 "only owners may create, change or delete users; this caller's role is {role}"

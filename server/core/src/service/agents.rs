@@ -233,13 +233,24 @@ impl Agents {
             .get_agent(&caller.tenant_id, id)
             .await?
             .map(|a| a.hostname);
-        let Some(lost) = self.core.store.delete_agent(&caller.tenant_id, id).await? else {
-            return Err(DomainError::NotFound(format!("no agent {id}")));
+        // Its certificates first (CONTRACT.md §19): from here on no handshake with them is
+        // accepted, on any node; an agent that enrolled but never registered has no row but
+        // is deleted all the same.
+        let revoked = self
+            .core
+            .store
+            .revoke_agent_certs(&caller.tenant_id, id)
+            .await?;
+        let lost = match self.core.store.delete_agent(&caller.tenant_id, id).await? {
+            Some(lost) => lost,
+            None if revoked => Vec::new(),
+            None => return Err(DomainError::NotFound(format!("no agent {id}"))),
         };
         // Recorded right after, not in one transaction: `delete_agent` recomputes the jobs of
         // the runs it loses, taking job rows' locks as the writer does (see `Jobs::cancel`).
-        let event = AuditEvent::new(AuditAction::AgentDelete, AuditTarget::Agent, id)
-            .with(json!({"hostname": hostname, "runs_lost": lost.len()}));
+        let event = AuditEvent::new(AuditAction::AgentDelete, AuditTarget::Agent, id).with(
+            json!({"hostname": hostname, "runs_lost": lost.len(), "certificates_revoked": revoked}),
+        );
         let recorded = self
             .core
             .store
@@ -254,6 +265,39 @@ impl Agents {
                 .disconnect_agent(&caller.tenant_id, agent_id, "agent deleted");
         }
         recorded?;
+        Ok(())
+    }
+
+    /// Lets an agent deleted after it enrolled enroll again (CONTRACT.md §19): admins only.
+    #[tracing::instrument(skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
+    pub async fn unrevoke(&self, caller: &Caller, id: &str) -> Result<(), DomainError> {
+        Access::require(caller, Action::ManageAgents)?;
+        if !self
+            .core
+            .store
+            .unrevoke_agent(&caller.tenant_id, id)
+            .await?
+        {
+            // An agent of the tenant that is not revoked is left as it is, and nothing
+            // recorded; an id the tenant does not know is 404, as on every agent route.
+            if self
+                .core
+                .store
+                .get_agent(&caller.tenant_id, id)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            return Err(DomainError::NotFound(format!(
+                "no agent {id} (neither revoked nor registered)"
+            )));
+        }
+        let event = AuditEvent::new(AuditAction::AgentUnrevoke, AuditTarget::Agent, id);
+        self.core
+            .store
+            .append_audit(&record_of(caller, event))
+            .await?;
         Ok(())
     }
 

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use outpost_protocol::release::Version;
 use outpost_protocol::{commands, limits};
 use serde_json::Value;
@@ -407,6 +409,7 @@ impl Commands {
         let (agent, key) = core
             .store
             .get_agent_with_key(&caller.tenant_id, agent_id)
+            .instrument(tracing::debug_span!("read_agent"))
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
         let online = core.bus.is_agent_online(&agent);
@@ -510,6 +513,7 @@ impl Core {
         Ok(model)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn store_command(
         &self,
         agent: &agent::Model,
@@ -608,7 +612,11 @@ impl Core {
         // Watch before delivering, so that the result cannot slip by.
         let waiter = self.bus.waiters().watch(command_id);
         self.bus.deliver(&model);
-        match waiter.wait(spec.wait_for()).await {
+        match waiter
+            .wait(spec.wait_for())
+            .instrument(tracing::debug_span!("wait_result"))
+            .await
+        {
             Some(done) => Ok(done),
             None => {
                 // The result may have been stored between the timeout and now.

@@ -6,9 +6,11 @@
 //! every agent's results behind one big run. The digester reads output on the read pool and
 //! writes small rows; the writer's batches are untouched.
 //!
-//! How it finds work: the finish path hands it the ids of runs of jobs as they end, whatever
-//! ended them (a result, a cancel, the lost sweep, a refusal): those are read by id and
-//! digested, with no scan. A job is made `digested = FALSE`, and only this worker sets it
+//! How it finds work: the finish path hands it the runs of jobs as they end, whatever ended
+//! them (a result, a cancel, the lost sweep, a refusal), as their rows were committed: those
+//! are digested with no scan and no read of the rows (only their output is read).
+//! (A previous version read them back by id; what that cost is in docs/BENCHMARKS.md, "The
+//! server in crates".) A job is made `digested = FALSE`, and only this worker sets it
 //! `TRUE`, once the job is over and every run has a digest: every [`SWEEP`] it takes the few
 //! such jobs (a partial index holds only them) and digests their finished runs that lack one
 //! (runs finished on another node or before a restart, or dropped from a full queue). So a
@@ -76,18 +78,18 @@ impl Digests {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                Some(mut ids) = handed => {
+                Some(mut runs) = handed => {
                     // A fan-out's results end in many small batches: a moment's wait lets
-                    // one read take many of them.
+                    // one read of output and one insert take many of them.
                     tokio::time::sleep(GATHER).await;
                     if let Some(queue) = queue.as_mut() {
-                        while ids.len() < MAX_HANDED
-                            && let Ok(more) = queue.try_recv()
+                        while runs.len() < MAX_HANDED
+                            && let Some(more) = queue.try_recv()
                         {
-                            ids.extend(more);
+                            runs.extend(more);
                         }
                     }
-                    if let Err(err) = self.digest_ids(&ids).await {
+                    if let Err(err) = self.digest_handed(&runs).await {
                         tracing::warn!(error = %err, "could not digest finished runs; the sweep will");
                     }
                 }
@@ -100,12 +102,14 @@ impl Digests {
         }
     }
 
-    /// Digests the runs with these ids (finished runs of jobs, from the finish path).
-    async fn digest_ids(&self, ids: &[String]) -> Result<(), outpost_store::StoreError> {
+    /// Digests finished runs of jobs handed over by the finish path (their committed rows).
+    async fn digest_handed(
+        &self,
+        runs: &[command::Model],
+    ) -> Result<(), outpost_store::StoreError> {
         let store = &self.core.store;
-        for chunk in ids.chunks(RUNS_PER_READ as usize) {
-            let runs = store.commands_by_ids(chunk).await?;
-            let rows = digest_runs(store, &runs).await?;
+        for chunk in runs.chunks(RUNS_PER_READ as usize) {
+            let rows = digest_runs(store, chunk).await?;
             store.insert_digests(rows).await?;
         }
         Ok(())
@@ -171,27 +175,28 @@ fn output_bytes(run: &command::Model) -> u64 {
     u64::try_from(run.stdout_bytes + run.stderr_bytes).unwrap_or(0)
 }
 
-/// Runs whose outputs were read together.
+/// Runs whose outputs were read together: one read per tenant among them (output is read
+/// under its tenant, and the finish path's batches mix tenants).
 async fn digest_batch(
     store: &Store,
     runs: &[&command::Model],
 ) -> Result<Vec<run_digest::Model>, outpost_store::StoreError> {
-    let Some(first) = runs.first() else {
-        return Ok(Vec::new());
-    };
-    let with_output: Vec<&str> = runs
-        .iter()
-        .filter(|r| output_bytes(r) > 0)
-        .map(|r| r.id.as_str())
-        .collect();
-    let chunks = store.output_of_runs(&first.tenant_id, &with_output).await?;
+    let mut with_output: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for run in runs.iter().filter(|r| output_bytes(r) > 0) {
+        with_output
+            .entry(run.tenant_id.as_str())
+            .or_default()
+            .push(run.id.as_str());
+    }
     let mut digesters: std::collections::HashMap<&str, Digester> = runs
         .iter()
         .map(|r| (r.id.as_str(), Digester::new()))
         .collect();
-    for chunk in &chunks {
-        if let Some(digester) = digesters.get_mut(chunk.command_id.as_str()) {
-            digester.feed(chunk.stream != 0, &chunk.data);
+    for (tenant, ids) in &with_output {
+        for chunk in &store.output_of_runs(tenant, ids).await? {
+            if let Some(digester) = digesters.get_mut(chunk.command_id.as_str()) {
+                digester.feed(chunk.stream != 0, &chunk.data);
+            }
         }
     }
     Ok(runs
@@ -259,5 +264,72 @@ fn finish(run: &command::Model, mut digester: Digester) -> run_digest::Model {
         first_line: out.first_line,
         last_line: out.last_line,
         duration_ms: run_duration_ms(run),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest_batch;
+    use outpost_protocol::OutputStream;
+    use outpost_store::{DatabaseLocation, NewCommand, OutputChunk, Store, command};
+    use serde_json::json;
+
+    async fn run_with_output(store: &Store, tenant: &str, text: &[u8]) -> command::Model {
+        let run = store
+            .insert_command(NewCommand {
+                tenant_id: tenant.to_owned(),
+                agent_id: "a1".into(),
+                command: "run".into(),
+                data: json!({}),
+                timeout_s: 60,
+                ttl_s: 600,
+                job_id: None,
+                sealed_params: None,
+            })
+            .await
+            .expect("command");
+        let txn = store.begin().await.expect("begin");
+        txn.append_output(
+            tenant,
+            "a1",
+            OutputChunk {
+                command_id: &run.id,
+                stream: OutputStream::Stdout,
+                seq: 0,
+                bytes: text,
+            },
+            1 << 20,
+            false,
+        )
+        .await
+        .expect("output");
+        txn.commit().await.expect("commit");
+        store
+            .get_command(tenant, &run.id)
+            .await
+            .expect("read")
+            .expect("the run")
+    }
+
+    /// The finish path hands over runs of several tenants in one batch: each run's digest is
+    /// of its own output, read under its own tenant (a first version read all of a batch's
+    /// output under its first run's tenant, and the others digested as empty).
+    #[tokio::test]
+    async fn a_batch_of_two_tenants_digests_each_run_s_own_output() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&DatabaseLocation::Sqlite(dir.path().join("outpost.db")))
+            .await
+            .expect("store");
+        let (one, _) = store.create_tenant("one", None).await.expect("tenant");
+        let (two, _) = store.create_tenant("two", None).await.expect("tenant");
+        let first = run_with_output(&store, &one, b"first tenant\n").await;
+        let second = run_with_output(&store, &two, b"second tenant\n").await;
+        assert!(second.stdout_bytes > 0, "the run counts its output");
+        let digests = digest_batch(&store, &[&first, &second])
+            .await
+            .expect("digests");
+        let lines: Vec<Option<&str>> = digests.iter().map(|d| d.first_line.as_deref()).collect();
+        assert_eq!(lines, [Some("first tenant"), Some("second tenant")]);
+        assert_ne!(digests[0].stdout_sha, digests[1].stdout_sha);
     }
 }

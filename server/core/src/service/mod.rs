@@ -18,6 +18,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod commands;
 pub mod digests;
+pub mod drafts;
 pub mod events;
 pub mod housekeeping;
 pub mod integrations;

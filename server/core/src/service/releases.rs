@@ -24,6 +24,17 @@ pub struct Files {
     pub public_url: Option<String>,
     /// Whether this server serves HTTPS (for URLs built from the `Host` header).
     pub tls: bool,
+    /// Under `--tls-auto`: what the install line pins (CONTRACT.md §19).
+    pub pins: Option<InstallPins>,
+}
+
+/// What an install line pins when the server's certificate comes from its own CA.
+#[derive(Debug, Clone)]
+pub struct InstallPins {
+    /// `sha256//<base64>` of the server key's SubjectPublicKeyInfo (`curl --pinnedpubkey`).
+    pub server_key: String,
+    /// Lowercase hex SHA-256 of the agent CA's certificate (deploy.sh `--ca-fingerprint`).
+    pub ca_fingerprint: String,
 }
 
 /// Published releases.

@@ -77,11 +77,11 @@ pub struct Resolved {
 /// The script library.
 #[derive(Clone)]
 pub struct Scripts {
-    core: Arc<Core>,
+    pub(super) core: Arc<Core>,
     downloads: Arc<Semaphore>,
     per_key: Arc<DashMap<String, Arc<Semaphore>>>,
     rate: Arc<Limiter>,
-    checks: Arc<Semaphore>,
+    pub(super) checks: Arc<Semaphore>,
 }
 
 impl Scripts {
@@ -133,6 +133,13 @@ impl Scripts {
         let contents =
             contents.map_err(|refused| DomainError::BadRequest(format!("bundle: {refused}")))?;
         let manifest = contents.manifest;
+        if manifest.name == super::drafts::RESERVED_NAME {
+            return Err(DomainError::BadRequest(format!(
+                "bundle: {}: name {:?} is reserved (the list of drafts); choose another name",
+                bundle::MANIFEST_FILE,
+                manifest.name
+            )));
+        }
         let new = NewLibraryScript {
             tenant_id: caller.tenant_id.clone(),
             name: manifest.name.clone(),
@@ -329,7 +336,10 @@ pub struct Download {
 
 /// Parses the signature file and checks it against the bytes: shape, hash, size, and the
 /// Ed25519 signature over [`bundle::signed_message`]. Each refusal names what was wrong.
-fn check_signature(bytes: &[u8], signature: &[u8]) -> Result<SignatureFile, DomainError> {
+pub(super) fn check_signature(
+    bytes: &[u8],
+    signature: &[u8],
+) -> Result<SignatureFile, DomainError> {
     let bad = |why: String| DomainError::BadRequest(format!("signature: {why}"));
     if signature.is_empty() {
         return Err(bad(
@@ -393,6 +403,20 @@ pub(super) async fn resolve(
             None => Ok(None),
         };
     };
+    if core
+        .store
+        .library_name(tenant_id, name)
+        .await?
+        .is_some_and(|n| !n.enabled)
+    {
+        return Err(DomainError::Conflict {
+            code: "script_disabled",
+            message: format!(
+                "library script {name:?} is disabled: its runs are refused until an admin \
+                 enables it again (PATCH /api/scripts/{name} {{\"enabled\": true}}, or its page)"
+            ),
+        });
+    }
     let manifest: Option<BundleManifest> = serde_json::from_value(row.manifest.clone()).ok();
     let version: Version = row
         .version

@@ -462,8 +462,10 @@ text_enum! {
         CommandFanOut = "command.fan_out",
         /// An agent's server-side tags were set.
         AgentUpdate = "agent.update",
-        /// An agent was forgotten.
+        /// An agent was forgotten (its certificates revoked, if it enrolled).
         AgentDelete = "agent.delete",
+        /// A deleted agent was cleared to enroll again (CONTRACT.md §19).
+        AgentUnrevoke = "agent.unrevoke",
         /// An agent key was created.
         AgentKeyCreate = "agent_key.create",
         /// An agent key was renamed or its permissions changed.
@@ -545,6 +547,16 @@ text_enum! {
         ScriptUpload = "script.upload",
         /// A script version was deleted from the library.
         ScriptDelete = "script.delete",
+        /// A script name was disabled: its runs are refused, its versions kept (CONTRACT.md §20).
+        ScriptDisable = "script.disable",
+        /// A disabled script name was enabled again.
+        ScriptEnable = "script.enable",
+        /// A draft was saved from the dashboard's editor or the API (its author).
+        ScriptDraftSave = "script.draft_save",
+        /// A draft was signed on the operator's machine and became a version (its signer).
+        ScriptDraftSign = "script.draft_sign",
+        /// A draft was deleted.
+        ScriptDraftDelete = "script.draft_delete",
         /// A rollout was started (`POST /api/rollouts`).
         RolloutStart = "rollout.start",
         /// A rollout was paused.

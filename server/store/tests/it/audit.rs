@@ -578,8 +578,14 @@ async fn rewind_to_the_old_triggers(db: &sea_orm::DatabaseConnection, postgres: 
     };
     // And what the migrations after 22 made, so that the schema is the one of a server from
     // before 22: the next start applies them all again (23: fleet results; 24: rollouts;
-    // 25: sign-in).
+    // 25: sign-in; 26: agent certificates; 27: scripts in the dashboard).
     let later = [
+        "DROP TABLE library_draft_bundles",
+        "DROP TABLE library_drafts",
+        "DROP TABLE library_names",
+        "DROP TABLE revoked_agents",
+        "DROP TABLE agent_certs",
+        "DROP TABLE pki_keys",
         "DROP TABLE oidc_logins",
         "DROP TABLE oidc_identities",
         "DROP TABLE login_tickets",

@@ -2,13 +2,18 @@
 //! versions are immutable (the same bytes again change nothing, other bytes are refused), the
 //! newest version is the highest by number (1.10.0 after 1.9.0), bytes are reached only within
 //! their tenant, a delete takes the bytes with the row, agents' policies come back as
-//! registered, and retention leaves the library alone.
+//! registered, and retention leaves the library alone. Drafts (§20): saved and replaced in
+//! place, turned into a version only over the bytes that were signed (else `Changed`, nothing
+//! moved), never resolved as a version; a name's switch.
 
 use crate::common;
 
 use outpost_protocol::release::Version;
 use outpost_store::domain::{Actor, AuditAction, AuditEvent, AuditTarget, Transport};
-use outpost_store::{AuditRecord, LibraryRefused, MAX_LIBRARY_VERSIONS, NewLibraryScript, Store};
+use outpost_store::{
+    AuditRecord, DraftRefused, LibraryRefused, MAX_LIBRARY_VERSIONS, NewDraft, NewLibraryScript,
+    Store,
+};
 use serde_json::json;
 
 fn audit(tenant: &str) -> AuditRecord {
@@ -370,4 +375,192 @@ async fn a_tenants_library_holds_at_most_its_bound_even_for_uploads_at_once() {
         "{results:?}"
     );
     assert_eq!(store.library_bytes(&third).await.expect("bytes"), 7);
+}
+
+fn draft(tenant: &str, v: &str, sha: char) -> NewDraft {
+    NewDraft {
+        tenant_id: tenant.to_owned(),
+        name: "backup".into(),
+        version: v.parse::<Version>().expect("version"),
+        sha256: sha.to_string().repeat(64),
+        manifest: json!({"name": "backup", "version": v, "entrypoint": "run.sh"}),
+        files: json!([{"path": "run.sh", "size": 3, "executable": true}]),
+        base_version: Some("1.0.0".into()),
+        author: "user:ada".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drafts_become_versions_only_over_the_signed_bytes() {
+    let (_fresh, store, tenant) = common::fresh_store().await;
+    let (other, _) = store.create_tenant("other", None).await.expect("tenant");
+    assert_eq!(
+        insert(&store, version(&tenant, "backup", "1.0.0", 'a'), b"one").await,
+        Ok(true)
+    );
+    let save = |new: NewDraft, bytes: &'static [u8], max: u64| {
+        let store = store.clone();
+        async move {
+            let tenant = new.tenant_id.clone();
+            store
+                .save_library_draft(new, bytes.to_vec(), max, audit(&tenant))
+                .await
+                .expect("store")
+        }
+    };
+    // A signed version's number is taken.
+    assert_eq!(
+        save(draft(&tenant, "1.0.0", 'b'), b"draft", u64::MAX).await,
+        Err(DraftRefused::VersionTaken("a".repeat(64)))
+    );
+    let first = save(draft(&tenant, "1.1.0", 'b'), b"draft", u64::MAX)
+        .await
+        .expect("saved");
+    // Saved again: the same row, other bytes.
+    let again = save(draft(&tenant, "1.1.0", 'c'), b"draft two", u64::MAX)
+        .await
+        .expect("saved");
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.sha256, "c".repeat(64));
+    assert_eq!(
+        store
+            .library_draft_bundle(&tenant, &again.id)
+            .await
+            .expect("bytes"),
+        Some(b"draft two".to_vec())
+    );
+    // Drafts count toward the library's bound (3 bytes of versions + 9 of this draft).
+    assert_eq!(
+        save(draft(&tenant, "1.2.0", 'd'), b"x", 12).await,
+        Err(DraftRefused::Full { used: 12, max: 12 })
+    );
+    // A draft is no version: nothing resolves to it, and no other tenant sees it.
+    let v110: Version = "1.1.0".parse().expect("v");
+    assert!(
+        store
+            .library_resolve(&tenant, "backup", Some(&v110))
+            .await
+            .expect("resolve")
+            .is_none()
+    );
+    assert!(
+        store
+            .library_by_sha256(&tenant, &"c".repeat(64))
+            .await
+            .expect("sha")
+            .is_none()
+    );
+    assert!(
+        store
+            .library_drafts(&other, None)
+            .await
+            .expect("drafts")
+            .is_empty()
+    );
+    assert!(
+        store
+            .library_draft_bundle(&other, &again.id)
+            .await
+            .expect("bytes")
+            .is_none()
+    );
+    // Signed over the first bytes: refused, naming the bytes it holds now; nothing moved.
+    let sign = |sha: char| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        async move {
+            store
+                .sign_library_draft(
+                    &tenant,
+                    "backup",
+                    &"1.1.0".parse().expect("v"),
+                    &sha.to_string().repeat(64),
+                    "key".into(),
+                    "sig".into(),
+                    "user:ada".into(),
+                    audit(&tenant),
+                )
+                .await
+                .expect("store")
+        }
+    };
+    assert_eq!(
+        sign('b').await.map(|m| m.version),
+        Err(DraftRefused::Changed("c".repeat(64)))
+    );
+    assert_eq!(
+        store
+            .library_drafts(&tenant, Some("backup"))
+            .await
+            .expect("drafts")
+            .len(),
+        1
+    );
+    // Over the bytes it holds: a version, with those bytes; the draft is gone.
+    let made = sign('c').await.expect("signed");
+    assert_eq!(
+        (made.version.as_str(), made.signer_key.as_str()),
+        ("1.1.0", "key")
+    );
+    assert_eq!(
+        store
+            .library_bundle(&tenant, &"c".repeat(64))
+            .await
+            .expect("bytes"),
+        Some(b"draft two".to_vec())
+    );
+    assert!(
+        store
+            .library_drafts(&tenant, None)
+            .await
+            .expect("drafts")
+            .is_empty()
+    );
+    assert_eq!(
+        sign('c').await.map(|m| m.version),
+        Err(DraftRefused::Missing)
+    );
+
+    // A name's switch: enabled until switched, per tenant.
+    assert!(
+        store
+            .library_name(&tenant, "backup")
+            .await
+            .expect("name")
+            .is_none()
+    );
+    store
+        .set_library_enabled(&tenant, "backup", false, "user:ada".into(), audit(&tenant))
+        .await
+        .expect("switch");
+    assert_eq!(
+        store.library_disabled(&tenant).await.expect("disabled"),
+        ["backup"]
+    );
+    assert!(
+        store
+            .library_disabled(&other)
+            .await
+            .expect("disabled")
+            .is_empty()
+    );
+    store
+        .set_library_enabled(&tenant, "backup", true, "user:ada".into(), audit(&tenant))
+        .await
+        .expect("switch");
+    assert!(
+        store
+            .library_disabled(&tenant)
+            .await
+            .expect("disabled")
+            .is_empty()
+    );
+    assert!(
+        store
+            .library_name(&tenant, "backup")
+            .await
+            .expect("name")
+            .expect("row")
+            .enabled
+    );
 }

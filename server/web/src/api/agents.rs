@@ -333,6 +333,22 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Let an agent deleted after it enrolled enroll again (CONTRACT.md §19). Until then its
+/// enrollment is refused with 403 `agent_revoked`. An agent of the tenant that is not revoked
+/// is left as it is (204).
+#[utoipa::path(post, operation_id = "unrevokeAgent", path = "/api/agents/{id}/unrevoke", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Agent id")),
+    responses((status = 204), (status = 404, response = crate::api::doc::NotFound)))]
+#[tracing::instrument(level = "debug", skip_all, fields(tenant_id = %caller.tenant_id, agent_id = %id))]
+pub async fn unrevoke(
+    State(state): State<AppState>,
+    Authorized(caller): Authorized,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    state.services.agents.unrevoke(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Send a command to one agent and wait for its result (`timeout_s`, then 504). An offline
 /// agent gets 409 unless `queue` is set, in which case the command is stored and 202 returned.
 #[utoipa::path(post, operation_id = "commandAgent", path = "/api/agents/{id}/command", tag = "agents", security(("bearer" = [])),

@@ -265,6 +265,15 @@ doc_schema! {
 }
 
 doc_schema! {
+    /// A file's path in a draft's `files` (`outpost_core::service::drafts` checks the rest:
+    /// relative, `/`-separated, no `..`).
+    DraftPath => string("A relative path of 1 to 1024 bytes: `/`-separated, no empty, `.` or `..` part, no backslash or control character.")
+        .min_length(Some(1))
+        .max_length(Some(1024))
+        .pattern(Some(r"^(?:[^/\\\x00-\x1f\x7f-\x9f.][^/\\\x00-\x1f\x7f-\x9f]*|\.[^/\\\x00-\x1f\x7f-\x9f.][^/\\\x00-\x1f\x7f-\x9f]*|\.\.[^/\\\x00-\x1f\x7f-\x9f]+)(?:/(?:[^/\\\x00-\x1f\x7f-\x9f.][^/\\\x00-\x1f\x7f-\x9f]*|\.[^/\\\x00-\x1f\x7f-\x9f.][^/\\\x00-\x1f\x7f-\x9f]*|\.\.[^/\\\x00-\x1f\x7f-\x9f]+))*$"))
+}
+
+doc_schema! {
     /// The `id` filter of `GET /api/jobs`.
     JobIdPart => string("The start or the end of a job id: 4 to 36 hex digits and dashes.")
         .pattern(Some("^[0-9A-Fa-f-]{4,36}$"))

@@ -13,6 +13,7 @@ mod audit;
 mod commands;
 mod deploy;
 pub mod doc;
+mod drafts;
 mod events;
 mod health;
 mod integrations;
@@ -59,12 +60,12 @@ use outpost_store::domain::{Caller, DomainError};
         keys::create, keys::list, keys::show, keys::update, keys::delete, keys::regenerate,
         keys::ping, keys::command,
         agents::connected, agents::list, agents::show, agents::update, agents::delete,
-        agents::command,
+        agents::unrevoke, agents::command,
         commands::show,
         jobs::create, jobs::list, jobs::show, jobs::cancel, jobs::output, jobs::events,
         jobs::webhook, results::summary, results::runs, results::export, results::rerun,
         webhooks::signing_secret, webhooks::rotate,
-        releases::latest, releases::show, releases::download, nodes::list,
+        releases::latest, releases::show, releases::download, releases::package, nodes::list,
         audit::list, audit::verify,
         users::login, users::refresh, users::logout, users::me, users::accept_invite,
         users::list, users::create, users::show, users::update, users::delete,
@@ -78,6 +79,8 @@ use outpost_store::domain::{Caller, DomainError};
         integrations::create, integrations::list, integrations::show, integrations::update,
         integrations::delete, integrations::test, integrations::deliveries,
         scripts::upload, scripts::list, scripts::show, scripts::delete, scripts::download,
+        drafts::switch, drafts::save, drafts::list, drafts::list_all, drafts::version_bundle,
+        drafts::draft_bundle, drafts::sign, drafts::delete,
         rollouts::start, rollouts::list, rollouts::show, rollouts::agents, rollouts::pause,
         rollouts::resume, rollouts::abort, rollouts::rollback, rollouts::policy, rollouts::set_policy,
         sso::start, sso::callback, sso::exchange,
@@ -210,6 +213,7 @@ pub fn router(state: AppState) -> Router<AppState> {
                 .delete(agents::delete),
         )
         .route("/api/agents/{id}/command", post(agents::command))
+        .route("/api/agents/{id}/unrevoke", post(agents::unrevoke))
         .route("/api/commands/{id}", get(commands::show))
         .route("/api/jobs", post(jobs::create).get(jobs::list))
         .route("/api/jobs/{id}", get(jobs::show))
@@ -272,6 +276,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/downloads/{version}/{target}/{file}",
             get(releases::download),
         )
+        .route("/downloads/packages/{file}", get(releases::package))
         .route("/api/keys", post(api_keys::create).get(api_keys::list))
         .route("/api/keys/{id}", axum::routing::delete(api_keys::delete))
         .route(
@@ -323,10 +328,38 @@ pub fn router(state: AppState) -> Router<AppState> {
                         as usize,
                 )),
         )
-        .route("/api/scripts/{name}", get(scripts::show))
+        .route(
+            "/api/scripts/{name}",
+            get(scripts::show).patch(drafts::switch),
+        )
         .route(
             "/api/scripts/{name}/versions/{version}",
             axum::routing::delete(scripts::delete),
+        )
+        .route(
+            "/api/scripts/{name}/versions/{version}/bundle",
+            get(drafts::version_bundle),
+        )
+        .route(
+            "/api/scripts/{name}/drafts",
+            get(drafts::list)
+                .post(drafts::save)
+                .layer(axum::extract::DefaultBodyLimit::max(drafts::MAX_DRAFT_BODY)),
+        )
+        .route("/api/script-drafts", get(drafts::list_all))
+        .route(
+            "/api/scripts/{name}/drafts/{version}",
+            axum::routing::delete(drafts::delete),
+        )
+        .route(
+            "/api/scripts/{name}/drafts/{version}/bundle",
+            get(drafts::draft_bundle),
+        )
+        .route(
+            "/api/scripts/{name}/drafts/{version}/signature",
+            post(drafts::sign).layer(axum::extract::DefaultBodyLimit::max(
+                drafts::MAX_SIGNATURE_BODY,
+            )),
         )
         .route("/agent/v1/scripts/{sha256}", get(scripts::download))
         // After every route: applies to each of them, and to nothing else (not the fallback).

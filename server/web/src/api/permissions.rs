@@ -96,6 +96,8 @@ pub const ROUTES: &[Rule] = &[
     public("GET", "/healthz"),
     public("GET", "/readyz"),
     public("GET", "/deploy.sh"),
+    // The Debian packages the server ships with: files no more secret than /deploy.sh.
+    public("GET", "/downloads/packages/{file}"),
     // Sign-in: the body is the credential (and the limits of `service::limits` apply).
     public("POST", "/api/auth/login"),
     public("POST", "/api/auth/refresh"),
@@ -165,6 +167,7 @@ pub const ROUTES: &[Rule] = &[
     caller("GET", "/api/agents/{id}", AgentsRead, Member),
     caller("PATCH", "/api/agents/{id}", AgentsWrite, Admin),
     caller("DELETE", "/api/agents/{id}", AgentsWrite, Admin),
+    caller("POST", "/api/agents/{id}/unrevoke", AgentsWrite, Admin),
     caller("POST", "/api/agents/{id}/command", JobsRun, Member),
     caller("GET", "/api/commands/{id}", JobsRead, Member),
     // Jobs: members trigger, read and cancel.
@@ -304,6 +307,36 @@ pub const ROUTES: &[Rule] = &[
     caller(
         "DELETE",
         "/api/scripts/{name}/versions/{version}",
+        ScriptsWrite,
+        Admin,
+    ),
+    // Scripts in the dashboard (CONTRACT.md §20): everyone reads versions' and drafts' bytes;
+    // those who may upload may also switch a name off, save drafts and sign them.
+    caller("PATCH", "/api/scripts/{name}", ScriptsWrite, Admin),
+    caller(
+        "GET",
+        "/api/scripts/{name}/versions/{version}/bundle",
+        JobsRead,
+        Member,
+    ),
+    caller("GET", "/api/scripts/{name}/drafts", JobsRead, Member),
+    caller("POST", "/api/scripts/{name}/drafts", ScriptsWrite, Admin),
+    caller("GET", "/api/script-drafts", JobsRead, Member),
+    caller(
+        "DELETE",
+        "/api/scripts/{name}/drafts/{version}",
+        ScriptsWrite,
+        Admin,
+    ),
+    caller(
+        "GET",
+        "/api/scripts/{name}/drafts/{version}/bundle",
+        JobsRead,
+        Member,
+    ),
+    caller(
+        "POST",
+        "/api/scripts/{name}/drafts/{version}/signature",
         ScriptsWrite,
         Admin,
     ),

@@ -10,6 +10,12 @@
 //! While no release is published at all, the same routes serve the builds the server ships
 //! with (`outpost_core::builtin`): its own version and target, signed with its own key. A request
 //! that finds neither gets a 404 saying which file is missing and what to do about it.
+//!
+//! `/downloads/packages/{file}` serves the Debian packages the server ships with
+//! (`outpost_core::builtin::PackageFile`), public for the same reason; `deploy.sh` installs
+//! the agent's with dpkg where it can. The agent's package follows the built-in builds' rule:
+//! not served once a release is published, since a packaged agent is updated by apt, not by
+//! the signed releases the operator publishes.
 
 use crate::http_error::HttpError;
 use axum::Json;
@@ -407,7 +413,7 @@ pub async fn download(
         .await
         .map_err(|e| DomainError::Internal(e.into()))?
         .len();
-    Ok(file_response(file, len, name))
+    Ok(file_response(file, len, name, "application/octet-stream"))
 }
 
 /// `/downloads/…` from the built-in builds: the same checksum line and file response as a
@@ -435,18 +441,87 @@ async fn builtin_download(
         .await
         .map_err(DomainError::Internal)?
         .ok_or_else(missing)?;
-    Ok(file_response(file, signed.size, name))
+    Ok(file_response(
+        file,
+        signed.size,
+        name,
+        "application/octet-stream",
+    ))
 }
 
-/// A binary as an attachment of exactly `len` bytes.
-fn file_response(file: tokio::fs::File, len: u64, name: &str) -> Response {
+/// A Debian package the server ships with (`outpost-agent_amd64.deb`, …), or its checksum
+/// (`….deb.sha256`, in `sha256sum` format).
+#[utoipa::path(get, operation_id = "downloadPackage", path = "/downloads/packages/{file}", tag = "releases",
+    params(
+        ("file" = String, Path, description = "`<package>_<arch>.deb` (package `outpost-agent`, `outpost` or `outpost-server`; arch `amd64` or `arm64`), or that name with `.sha256`"),
+    ),
+    responses(
+        (status = 200, description = "The package, or its checksum in `sha256sum` format (`….sha256`)",
+            content(("application/vnd.debian.binary-package"), ("text/plain"))),
+        (status = 404, body = crate::http_error::ErrorEnvelope, description = "No such package on this server, or the agent's while releases are published")))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn package(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<Response, HttpError> {
+    use outpost_core::builtin::{PACKAGE_ARCHES, PACKAGES, PackageFile, debian_arch};
+    let (name, checksum) = match file.strip_suffix(".sha256") {
+        Some(name) => (name, true),
+        None => (file.as_str(), false),
+    };
+    let Some(package) = PackageFile::parse(name) else {
+        return Err(HttpError(DomainError::NotFound(format!(
+            "no package {file:.80}: this server serves <package>_<arch>.deb and <package>_<arch>.deb.sha256, package {}, arch {}",
+            PACKAGES.join(", "),
+            PACKAGE_ARCHES.join(" or ")
+        ))));
+    };
+    if package.name == "outpost-agent" && state.services.releases.any_published().await? {
+        return Err(HttpError(DomainError::NotFound(
+            "the agent package is not served while releases are published on this server: agents install the published, signed builds (deploy.sh does so), which the `update` command then keeps up to date".into(),
+        )));
+    }
+    let builtin = &state.services.releases.files().builtin;
+    let missing = || {
+        DomainError::NotFound(format!(
+            "no {} on this server: a server installed from its Debian package serves the agent's and the CLI's packages for its own architecture{} (scripts/packages.sh builds them into <builds-dir>/packages)",
+            package.file_name(),
+            debian_arch().map(|a| format!(", {a}")).unwrap_or_default()
+        ))
+    };
+    if checksum {
+        let sha256 = builtin
+            .package_sha256(package)
+            .await
+            .map_err(DomainError::Internal)?
+            .ok_or_else(missing)?;
+        let body = format!("{sha256}  {}\n", package.file_name());
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
+    let (file, len, _) = builtin
+        .open_package(package)
+        .await
+        .map_err(DomainError::Internal)?
+        .ok_or_else(missing)?;
+    Ok(file_response(
+        file,
+        len,
+        &package.file_name(),
+        "application/vnd.debian.binary-package",
+    ))
+}
+
+/// A file as an attachment of exactly `len` bytes.
+fn file_response(
+    file: tokio::fs::File,
+    len: u64,
+    name: &str,
+    content_type: &'static str,
+) -> Response {
     let stream = tokio_util::io::ReaderStream::new(file);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, value);

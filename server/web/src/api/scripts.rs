@@ -163,6 +163,8 @@ pub struct ScriptSummaryView {
     pub sha256: String,
     /// When the newest version was uploaded.
     pub uploaded_at: DateTime<Utc>,
+    /// `false`: its runs are refused (`script_disabled`, CONTRACT.md §20).
+    pub enabled: bool,
 }
 
 impl From<ScriptSummary> for ScriptSummaryView {
@@ -179,6 +181,7 @@ impl From<ScriptSummary> for ScriptSummaryView {
             signer_key: latest.signer_key,
             sha256: latest.sha256,
             uploaded_at: latest.created_at,
+            enabled: true,
         }
     }
 }
@@ -195,6 +198,8 @@ pub struct ScriptList {
 pub struct ScriptView {
     /// The script's name.
     pub name: String,
+    /// `false`: its runs are refused (`script_disabled`, CONTRACT.md §20).
+    pub enabled: bool,
     /// Newest first.
     pub versions: Vec<ScriptVersionView>,
 }
@@ -330,8 +335,16 @@ pub async fn list(
     Authorized(caller): Authorized,
 ) -> Result<Json<ScriptList>, HttpError> {
     let scripts = state.services.scripts.list(&caller).await?;
+    let disabled = state.services.scripts.disabled(&caller).await?;
     Ok(Json(ScriptList {
-        scripts: scripts.into_iter().map(Into::into).collect(),
+        scripts: scripts
+            .into_iter()
+            .map(|s| {
+                let mut view = ScriptSummaryView::from(s);
+                view.enabled = !disabled.contains(&view.name);
+                view
+            })
+            .collect(),
     }))
 }
 
@@ -346,7 +359,9 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<ScriptView>, HttpError> {
     let versions = state.services.scripts.versions(&caller, &name).await?;
+    let enabled = state.services.scripts.enabled(&caller, &name).await?;
     Ok(Json(ScriptView {
+        enabled,
         name,
         versions: versions.into_iter().map(Into::into).collect(),
     }))

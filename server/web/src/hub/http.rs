@@ -39,7 +39,7 @@ use tokio::sync::{Notify, mpsc};
 use super::Context;
 use super::link::{End, Link};
 use super::{CloseSignal, OUTBOUND_QUEUE, Resent, Session, Transport};
-use outpost_store::agent_key;
+use outpost_core::access::AgentIdentity;
 use outpost_store::domain::DomainError;
 use outpost_store::metrics::Direction;
 
@@ -60,6 +60,8 @@ pub struct HttpSession {
     agent_id: AgentId,
     key_id: String,
     key_expires_at: Option<DateTime<Utc>>,
+    /// The agent the client certificate that opened the session names, if one did.
+    bound: Option<AgentId>,
     /// Serialises batches: frames are handled in the order the agent sent them.
     link: tokio::sync::Mutex<Link>,
     outbox: Mutex<Outbox>,
@@ -194,11 +196,12 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 pub async fn poll(
     State(state): State<Context>,
     headers: HeaderMap,
+    peer_cert: Option<axum::Extension<crate::listen::PeerCert>>,
     Body(body): Body,
 ) -> Result<Json<PollResponse>, HttpError> {
-    let key =
-        outpost_core::access::authenticate_agent(&state.store, crate::http_error::bearer(&headers))
-            .await?;
+    let key = state
+        .authenticate(&headers, peer_cert.as_ref().map(|c| &c.0))
+        .await?;
     // The connection no longer counts against the caps on unauthenticated ones.
     crate::listen::mark_authenticated();
     let req: PollRequest = parse(&body)?;
@@ -246,11 +249,12 @@ pub async fn poll(
 pub async fn frames(
     State(state): State<Context>,
     headers: HeaderMap,
+    peer_cert: Option<axum::Extension<crate::listen::PeerCert>>,
     Body(body): Body,
 ) -> Result<Json<FramesResponse>, HttpError> {
-    let key =
-        outpost_core::access::authenticate_agent(&state.store, crate::http_error::bearer(&headers))
-            .await?;
+    let key = state
+        .authenticate(&headers, peer_cert.as_ref().map(|c| &c.0))
+        .await?;
     // The connection no longer counts against the caps on unauthenticated ones.
     crate::listen::mark_authenticated();
     let req: FramesRequest = parse(&body)?;
@@ -363,7 +367,7 @@ pub async fn frames(
 /// connection of the same agent.
 async fn open(
     state: &Context,
-    key: agent_key::Model,
+    key: AgentIdentity,
     data: &outpost_protocol::RegisterData,
 ) -> Result<(Arc<HttpSession>, ServerFrame), HttpError> {
     let (link, connected) = Link::new(state.clone(), key, Transport::Http);
@@ -373,6 +377,20 @@ async fn open(
             Some(ServerFrame::Error(err)) if err.code == codes::AGENT_ID_TAKEN => {
                 HttpError(DomainError::Conflict {
                     code: codes::AGENT_ID_TAKEN,
+                    message: err.message,
+                })
+            }
+            Some(ServerFrame::Error(err))
+                if err.code == codes::CERTIFICATE_MISMATCH
+                    || err.code == codes::CERTIFICATE_REQUIRED =>
+            {
+                let code = if err.code == codes::CERTIFICATE_MISMATCH {
+                    codes::CERTIFICATE_MISMATCH
+                } else {
+                    codes::CERTIFICATE_REQUIRED
+                };
+                HttpError(DomainError::NotAllowed {
+                    code,
                     message: err.message,
                 })
             }
@@ -398,6 +416,7 @@ async fn open(
         agent_id,
         key_id: link.key.id.clone(),
         key_expires_at: link.key.expires_at,
+        bound: link.key.bound,
         link: tokio::sync::Mutex::new(link),
         outbox: Mutex::default(),
         notify: Notify::new(),
@@ -500,14 +519,17 @@ async fn run(
 /// The agent's open session, if the request names it and was made with the same key.
 fn find(
     state: &Context,
-    key: &agent_key::Model,
+    identity: &AgentIdentity,
     agent_id: AgentId,
     id: &str,
 ) -> Result<Arc<HttpSession>, DomainError> {
+    let key = &identity.key;
     state
         .hub
         .http_session(&key.tenant_id, agent_id)
-        .filter(|s| s.id == id && s.key_id == key.id)
+        // A session opened with a certificate is continued only with that agent's
+        // certificate, and a certificate only continues its own agent's session.
+        .filter(|s| s.id == id && s.key_id == key.id && s.bound == identity.agent_id)
         .ok_or_else(|| {
             not_registered(
                 "no such HTTP session (server restarted, or the agent reconnected elsewhere)",

@@ -17,8 +17,9 @@ use outpost_protocol::{
 };
 
 use super::Context;
+use outpost_core::access::{AgentAuthMode, AgentIdentity};
 use outpost_store::writer::{Fence, Finish, Write, Written};
-use outpost_store::{Registered, Stored, agent_key};
+use outpost_store::{Registered, Stored};
 
 /// Why a connection must end.
 #[derive(Debug)]
@@ -51,8 +52,10 @@ pub struct LinkKey {
     pub id: String,
     /// The tenant every row this connection touches belongs to.
     pub tenant_id: String,
-    /// When the key stops being accepted: the connection is closed then.
+    /// When the key (or the certificate) stops being accepted: the connection is closed then.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The one agent the connection may register as, when it came with a certificate.
+    pub bound: Option<AgentId>,
     /// What the key allowed when the connection was authenticated, for the commands resent
     /// on (re)connect; taken by [`Link::open_frames`], so that an idle connection keeps none.
     permissions: Vec<String>,
@@ -63,9 +66,12 @@ impl Link {
     /// the conversation.
     pub fn new(
         state: Context,
-        key: agent_key::Model,
+        identity: AgentIdentity,
         transport: outpost_store::domain::Transport,
     ) -> (Self, ServerFrame) {
+        let expires_at = identity.expires_at();
+        let bound = identity.agent_id;
+        let key = identity.key;
         let connected = ServerFrame::Connected(Connected {
             message: "Agent connection established".into(),
             agent_key_id: key.id.clone(),
@@ -78,7 +84,8 @@ impl Link {
             permissions: key.permissions.to_vec(),
             id: key.id,
             tenant_id: key.tenant_id,
-            expires_at: key.expires_at,
+            expires_at,
+            bound,
         };
         let link = Self {
             state,
@@ -233,6 +240,7 @@ impl Link {
         data: &RegisterData,
         out: &mut Vec<ServerFrame>,
     ) -> Result<(), End> {
+        self.check_identity(data.agent_id, out).await?;
         self.store_register(data, out).await?;
         let touched = self
             .state
@@ -243,6 +251,57 @@ impl Link {
             tracing::warn!(error = %err, "could not record key use");
         }
         Ok(())
+    }
+
+    /// Whether the connection may speak for `agent_id` (CONTRACT.md §19): a certificate names
+    /// one agent; under `--agent-auth either`, an agent that enrolled (or was revoked after it
+    /// did) must come with its certificate, so that a copied enrollment key cannot speak for
+    /// it. Refused with an `error` frame in `out` and a 1008 close.
+    pub async fn check_identity(
+        &self,
+        agent_id: AgentId,
+        out: &mut Vec<ServerFrame>,
+    ) -> Result<(), End> {
+        let refused = match self.key.bound {
+            Some(bound) if bound != agent_id => Some(ErrorBody::new(
+                codes::CERTIFICATE_MISMATCH,
+                format!(
+                    "the client certificate names agent {bound}, not {agent_id}: an agent registers as the agent its certificate names"
+                ),
+            )),
+            Some(_) => None,
+            None if self.state.agent_auth == AgentAuthMode::Either
+                && self.state.enrollment.is_some() =>
+            {
+                let standing = self
+                    .state
+                    .store
+                    .cert_standing(&self.key.tenant_id, &agent_id.to_string(), Utc::now())
+                    .await
+                    .map_err(|err| {
+                        tracing::error!(error = %err, "could not read the agent's certificates");
+                        End::Close(1011, "internal error".into())
+                    })?;
+                (standing.revoked || standing.live.is_some()).then(|| {
+                    ErrorBody::new(
+                        codes::CERTIFICATE_REQUIRED,
+                        format!(
+                            "agent {agent_id} enrolled: it must connect with its client certificate, not its agent key"
+                        ),
+                    )
+                })
+            }
+            None => None,
+        };
+        match refused {
+            None => Ok(()),
+            Some(body) => {
+                tracing::warn!(%agent_id, key_id = %self.key.id, code = body.code, "refused a register: {}", body.message);
+                let code = body.code.clone();
+                out.push(ServerFrame::Error(body));
+                Err(End::Close(limits::CLOSE_POLICY, code))
+            }
+        }
     }
 
     /// Every command the agent still owes an answer to, as frames to send again (delivery

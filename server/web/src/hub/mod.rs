@@ -9,6 +9,7 @@
 //! hub may be lost with its connection; that is fine because every command is in the store
 //! first and is sent again when its agent reconnects.
 
+pub mod enroll;
 pub mod http;
 pub mod link;
 pub mod ws;
@@ -24,7 +25,9 @@ use outpost_protocol::{AgentFrame, AgentId, CommandId, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use outpost_core::access::{AgentAuthMode, AgentIdentity};
 use outpost_core::bus::{Bus, Connection, Delivery, Waiters};
+use outpost_core::enroll::Enrollment;
 use outpost_core::finish::Finish;
 use outpost_core::frames::Frames;
 use outpost_store::Store;
@@ -47,11 +50,39 @@ pub struct Context {
     pub finish: Finish,
     /// Cancelled when the server shuts down; connection tasks close their sockets on it.
     pub shutdown: CancellationToken,
+    /// How agents prove who they are (`--agent-auth`).
+    pub agent_auth: AgentAuthMode,
+    /// The agents' CA and its enrollment rules, when the server serves TLS itself (client
+    /// certificates need it: CONTRACT.md §19).
+    pub enrollment: Option<Enrollment>,
+}
+
+impl Context {
+    /// Who an agent's request comes from: its client certificate (when the server has a CA
+    /// and the mode looks at certificates) or its agent key.
+    pub async fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer_cert: Option<&crate::listen::PeerCert>,
+    ) -> Result<AgentIdentity, outpost_store::domain::DomainError> {
+        let cert = peer_cert
+            .filter(|_| self.enrollment.is_some())
+            .map(|c| &*c.0);
+        outpost_core::access::authenticate_agent_connection(
+            &self.store,
+            self.agent_auth,
+            crate::http_error::bearer(headers),
+            cert,
+        )
+        .await
+    }
 }
 
 /// The agents' routes: the WebSocket and the long-poll pair.
 pub fn router() -> axum::Router<Context> {
-    http::router().route("/agent/v1/ws", axum::routing::get(ws::handler))
+    http::router()
+        .merge(enroll::router())
+        .route("/agent/v1/ws", axum::routing::get(ws::handler))
 }
 
 /// Frames queued for one connection before it counts as too slow. A command is small and an

@@ -67,13 +67,12 @@ type Decoded = Result<Option<AgentFrame>, End>;
 pub async fn handler(
     State(state): State<Context>,
     headers: HeaderMap,
+    peer_cert: Option<axum::Extension<crate::listen::PeerCert>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> HttpResponse {
-    let key = match outpost_core::access::authenticate_agent(
-        &state.store,
-        crate::http_error::bearer(&headers),
-    )
-    .await
+    let key = match state
+        .authenticate(&headers, peer_cert.as_ref().map(|c| &c.0))
+        .await
     {
         Ok(key) => key,
         Err(err) => return HttpError(err).into_response(),

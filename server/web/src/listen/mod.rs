@@ -140,30 +140,130 @@ pub fn open_fds() -> Option<u64> {
         .map(|entries| entries.count() as u64)
 }
 
-/// Loads the PEM certificate chain and private key for `--tls-cert` / `--tls-key`.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!("{}: no PEM certificate in it", cert.display());
+/// The SHA-256 (lowercase hex) of the client certificate a TLS connection presented and the
+/// agent CA verified, put in every request's extensions (CONTRACT.md §19). The agents' routes
+/// look it up in `agent_certs`; nothing else reads it.
+#[derive(Debug, Clone)]
+pub struct PeerCert(pub Arc<str>);
+
+/// The server's certificate and key as rustls uses them: from `--tls-cert`/`--tls-key`, or
+/// from the agent CA (`--tls-auto`), swapped in place when it is re-issued.
+#[derive(Debug)]
+pub struct ServerCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ServerCert {
+    /// From a PEM chain (leaf first) and a PEM private key.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8], what: &str) -> anyhow::Result<Self> {
+        Ok(Self(std::sync::RwLock::new(Arc::new(certified_key(
+            chain_pem, key_pem, what,
+        )?))))
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the TLS private key {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .with_context(|| {
-            format!(
-                "the TLS certificate {} and key {} do not go together",
+
+    /// From `--tls-cert` and `--tls-key`.
+    pub fn from_files(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let chain = std::fs::read(cert)
+            .with_context(|| format!("reading the TLS certificate {}", cert.display()))?;
+        let key_pem = std::fs::read(key)
+            .with_context(|| format!("reading the TLS private key {}", key.display()))?;
+        Self::from_pem(
+            &chain,
+            &key_pem,
+            &format!(
+                "the TLS certificate {} and key {}",
                 cert.display(),
                 key.display()
+            ),
+        )
+    }
+
+    /// Serves `chain_pem` and `key_pem` from the next handshake on.
+    pub fn replace(&self, chain_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<()> {
+        let new = Arc::new(certified_key(
+            chain_pem,
+            key_pem,
+            "the re-issued certificate",
+        )?);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    what: &str,
+) -> anyhow::Result<rustls::sign::CertifiedKey> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{what}: the certificate is not PEM"))?;
+    if chain.is_empty() {
+        anyhow::bail!("{what}: no PEM certificate in it");
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
+        .with_context(|| format!("{what}: the private key is not PEM"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .with_context(|| format!("{what}: the private key cannot be used"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, key);
+    certified
+        .keys_match()
+        .with_context(|| format!("{what} do not go together"))?;
+    Ok(certified)
+}
+
+/// The TLS acceptor: `cert` for the server's side and, when `agent_ca` (DER) is given, client
+/// certificates verified against it: optional, since browsers, the CLI and key-authenticated
+/// agents present none (`--agent-auth cert` refuses those on the agents' routes, not here).
+pub fn tls_acceptor(cert: Arc<ServerCert>, agent_ca: Option<&[u8]>) -> anyhow::Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("configuring TLS")?;
+    let builder = match agent_ca {
+        None => builder.with_no_client_auth(),
+        Some(der) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+                .context("the agent CA's certificate")?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
             )
-        })?;
+            .allow_unauthenticated()
+            .build()
+            .context("the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn hex_sha256(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
 }
 
 /// Registers the metrics' descriptions (once the recorder is installed).
@@ -312,7 +412,7 @@ async fn connection(
     let (listed, open) = admitted.split();
     let accepted = Instant::now();
     match &shared.tls {
-        None => serve_io(tcp, peer, open, &listed, conn, accepted, &shared).await,
+        None => serve_io(tcp, peer, None, open, &listed, conn, accepted, &shared).await,
         // Boxed: a TLS stream is kilobytes, and inline it made every plain connection's task
         // more than twice as large (every agent's, until its upgrade; figures:
         // docs/BENCHMARKS.md, "Design notes behind the figures").
@@ -344,7 +444,15 @@ async fn serve_tls(
         handshake = tokio::time::timeout_at(accepted + shared.limits.header, acceptor.accept(tcp)) => handshake,
     };
     match handshake {
-        Ok(Ok(tls)) => serve_io(tls, peer, open, listed, conn, accepted, shared).await,
+        Ok(Ok(tls)) => {
+            let peer_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(<[_]>::first)
+                .map(|der| PeerCert(hex_sha256(der).into()));
+            serve_io(tls, peer, peer_cert, open, listed, conn, accepted, shared).await;
+        }
         Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
         Err(_) => {
             metrics::counter!(CONNECTIONS_TIMED_OUT, "phase" => "header").increment(1);
@@ -353,9 +461,11 @@ async fn serve_tls(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_io<IO>(
     io: IO,
     peer: SocketAddr,
+    peer_cert: Option<PeerCert>,
     open: Open,
     // Kept (in the caller) for as long as this task runs.
     _listed: &Listed,
@@ -369,6 +479,7 @@ async fn serve_io<IO>(
         router: TowerToHyperService::new(shared.router.clone()),
         conn: conn.clone(),
         peer,
+        peer_cert,
         body_timeout: shared.limits.body,
     };
     let io = TokioIo::new(Tracked { io, _open: open });

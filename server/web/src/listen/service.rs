@@ -37,6 +37,8 @@ pub struct PerConnection {
     pub router: TowerToHyperService<axum::Router>,
     pub conn: Arc<Conn>,
     pub peer: SocketAddr,
+    /// The client certificate the TLS handshake verified, if any.
+    pub peer_cert: Option<super::PeerCert>,
     pub body_timeout: Duration,
 }
 
@@ -50,6 +52,19 @@ impl hyper::service::Service<Request<Incoming>> for PerConnection {
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let in_flight = self.conn.request_started();
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        // HTTP/2 (which TLS clients such as curl and browsers negotiate) carries the host in
+        // the `:authority` pseudo-header, not `Host`: it is copied over, so that the routes
+        // that build this server's URL from the request (`/deploy.sh`, the install line,
+        // download links) see it whichever protocol carried the request.
+        if !request.headers().contains_key(hyper::header::HOST)
+            && let Some(authority) = request.uri().authority()
+            && let Ok(value) = hyper::header::HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(hyper::header::HOST, value);
+        }
+        if let Some(cert) = &self.peer_cert {
+            request.extensions_mut().insert(cert.clone());
+        }
         let request = if request.body().is_end_stream() {
             request.map(Body::new)
         } else {

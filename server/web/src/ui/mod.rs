@@ -21,6 +21,7 @@
 
 mod assets;
 mod forms;
+mod highlight;
 mod library;
 mod live;
 mod pages;
@@ -59,6 +60,8 @@ pub struct Site {
     pub public_url: Option<String>,
     /// Served over TLS, or behind an `https` public URL.
     pub secure: bool,
+    /// Under `--tls-auto`: what the install line pins (CONTRACT.md §19).
+    pub pins: Option<outpost_core::service::releases::InstallPins>,
 }
 
 impl Site {
@@ -82,6 +85,7 @@ impl Site {
             base: format!("{prefix}/ui"),
             public_url,
             secure,
+            pins: files.pins.clone(),
         }
     }
 }
@@ -151,8 +155,21 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/rollouts/{id}", get(pages::rollout))
         .route("/ui/rollouts/{id}/live", get(pages::rollout_live))
         .route("/ui/rollouts/{id}/{action}", post(pages::change_rollout))
-        .route("/ui/scripts", get(library::scripts))
+        .route("/ui/scripts", get(library::scripts).post(library::upload))
+        .route("/ui/scripts/drafts", get(library::drafts))
         .route("/ui/scripts/{name}", get(library::script))
+        .route("/ui/scripts/{name}/enabled", post(library::switch))
+        .route("/ui/scripts/{name}/edit", get(library::edit))
+        .route("/ui/scripts/{name}/drafts", post(library::save_draft))
+        .route(
+            "/ui/scripts/{name}/versions/{version}",
+            get(library::version),
+        )
+        .route("/ui/scripts/{name}/drafts/{version}", get(library::draft))
+        .route(
+            "/ui/scripts/{name}/drafts/{version}/delete",
+            post(library::delete_draft),
+        )
         .route("/ui/schedules/{id}/{action}", post(pages::change_schedule))
         .route(
             "/ui/integrations",
@@ -184,6 +201,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::require,
+        ))
+        // Outside the session's middleware, which reads the forms: a urlencoded form stops at
+        // `forms::MAX_FORM_BYTES` whatever this says; this is the bound of the forms with files.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            forms::MAX_MULTIPART_BYTES,
         ));
     let home = format!("{}/agents", site.base);
     let root = home.clone();

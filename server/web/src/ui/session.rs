@@ -252,8 +252,26 @@ pub async fn require(
         sso: state.services.sso.name().map(str::to_owned),
     };
     if method != Method::GET && method != Method::HEAD {
-        // Every form is checked here, before its handler: none can forget it.
-        request = match forms::checked(request, &ui, access).await {
+        // Every form is checked here, before its handler: none can forget it. Only the
+        // forms that send files (the library's upload and editor) may be multipart.
+        let multipart = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+        let takes_files = request
+            .uri()
+            .path()
+            .strip_prefix(ui.site.base.as_str())
+            .is_some_and(|rest| {
+                rest == "/scripts" || (rest.starts_with("/scripts/") && rest.ends_with("/drafts"))
+            });
+        let checked = if multipart && takes_files {
+            forms::checked_multipart(request, &ui, access).await
+        } else {
+            forms::checked(request, &ui, access).await
+        };
+        request = match checked {
             Ok(request) => request,
             Err(err) => return err.into_response(),
         };
@@ -464,6 +482,7 @@ mod tests {
             base: base.into(),
             public_url: None,
             secure: false,
+            pins: None,
         }
     }
 

@@ -996,3 +996,93 @@
     }
   }
 })();
+
+// ---- the script editor (CONTRACT.md §20) ---------------------------------------------------
+// A small editor of our own over plain text areas, so that the page works without it: line
+// numbers beside each file, Tab inserting a tab (Esc then Tab leaves the file, so the keyboard
+// is never trapped), and a search over every file of the form. The text never goes through
+// markup: the gutter is numbers set with textContent.
+(function () {
+  var form = document.getElementById("editor");
+  if (!form) return;
+  var areas = Array.prototype.slice.call(form.querySelectorAll("textarea.code"));
+  var escaped = null;
+  areas.forEach(function (area) {
+    var box = document.createElement("div");
+    box.className = "editor";
+    var gutter = document.createElement("pre");
+    gutter.className = "gutter";
+    gutter.setAttribute("aria-hidden", "true");
+    area.parentNode.insertBefore(box, area);
+    box.appendChild(gutter);
+    box.appendChild(area);
+    var shown = 0;
+    function fit() {
+      var lines = area.value.split("\n").length;
+      if (lines !== shown) {
+        var text = [];
+        for (var i = 1; i <= lines; i++) text.push(String(i));
+        gutter.textContent = text.join("\n");
+        shown = lines;
+      }
+      area.style.height = "auto";
+      area.style.height = Math.max(area.scrollHeight, 60) + "px";
+    }
+    area.addEventListener("input", fit);
+    area.addEventListener("keydown", function (event) {
+      if (event.key === "Escape") { escaped = area; return; }
+      if (event.key !== "Tab" || event.ctrlKey || event.altKey || event.metaKey) return;
+      if (escaped === area) { escaped = null; return; }
+      event.preventDefault();
+      var start = area.selectionStart, end = area.selectionEnd, value = area.value;
+      if (event.shiftKey) {
+        // Outdent the current line by one tab or four spaces.
+        var lineStart = value.lastIndexOf("\n", start - 1) + 1;
+        var cut = value.slice(lineStart, lineStart + 4);
+        var n = cut.charAt(0) === "\t" ? 1 : (cut.match(/^ */)[0].length);
+        if (n > 0) {
+          area.setRangeText("", lineStart, lineStart + n, "preserve");
+          area.setSelectionRange(Math.max(lineStart, start - n), Math.max(lineStart, end - n));
+        }
+      } else {
+        area.setRangeText("\t", start, end, "end");
+      }
+      fit();
+    });
+    fit();
+  });
+  var find = document.getElementById("editor-find");
+  var next = document.getElementById("editor-find-next");
+  var status = document.getElementById("editor-find-status");
+  var at = { area: 0, index: 0 };
+  function search() {
+    var needle = find.value;
+    if (!needle) { status.textContent = ""; return; }
+    for (var k = 0; k <= areas.length; k++) {
+      var i = (at.area + k) % areas.length;
+      var area = areas[i];
+      var from = k === 0 ? at.index : 0;
+      var found = area.value.indexOf(needle, from);
+      if (found >= 0) {
+        area.focus();
+        area.setSelectionRange(found, found + needle.length);
+        // Scroll the match into view: the line's share of the area's height.
+        var line = area.value.slice(0, found).split("\n").length;
+        var box = area.parentNode;
+        box.scrollTop = Math.max(0, (line - 3) * (area.scrollHeight / Math.max(1, area.value.split("\n").length)));
+        box.scrollIntoView({ block: "nearest" });
+        at = { area: i, index: found + needle.length };
+        status.textContent = "Found in " + (area.getAttribute("data-path") || "the new file") + ", line " + line;
+        find.focus();
+        return;
+      }
+    }
+    status.textContent = "Not found";
+    at = { area: 0, index: 0 };
+  }
+  next.addEventListener("click", search);
+  find.addEventListener("keydown", function (event) {
+    if (event.key === "Enter") { event.preventDefault(); search(); }
+  });
+  find.addEventListener("input", function () { at = { area: 0, index: 0 }; });
+})();

@@ -77,7 +77,16 @@ fn install_line(ui: &Ui, headers: &axum::http::HeaderMap, secret: &str) -> Strin
             format!("{scheme}://{host}")
         }
     };
-    format!("curl -fsSL {base}/deploy.sh | bash -s -- --key {secret}")
+    match &ui.site.pins {
+        // The server's certificate is from its own CA, which no system trusts: curl checks
+        // the key it was shown instead (`--pinnedpubkey` is checked even with `-k`), and the
+        // agent trusts exactly the CA with that fingerprint (CONTRACT.md §19).
+        Some(pins) => format!(
+            "curl -fsSL -k --pinnedpubkey '{}' {base}/deploy.sh | bash -s -- --key {secret} --ca-fingerprint {}",
+            pins.server_key, pins.ca_fingerprint
+        ),
+        None => format!("curl -fsSL {base}/deploy.sh | bash -s -- --key {secret}"),
+    }
 }
 
 async fn keys_page(
