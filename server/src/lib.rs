@@ -311,6 +311,15 @@ async fn join(
                 "agents marked disconnected: the server had stopped without recording it"
             );
         }
+        let sends = store
+            .release_sends_at_start(outpost_core::service::LOCAL_NODE)
+            .await?;
+        if sends > 0 {
+            tracing::info!(
+                sends,
+                "deliveries, mails or webhooks the last run had begun are sent again (receivers deduplicate by their id)"
+            );
+        }
         return Ok(Node {
             bus: hub.clone(),
             hub,

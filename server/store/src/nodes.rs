@@ -15,7 +15,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, QueryTrait, Set, Statement,
 };
 
-use super::{Result, Store, agent, claim, command, job, node, now, state};
+use super::{Result, Store, agent, claim, command, delivery, job, mail_outbox, node, now, state};
 
 /// An agent connected to another node, as this node learns it from the store.
 #[derive(Debug, Clone)]
@@ -118,11 +118,23 @@ impl Store {
                     .filter(agent::Column::NodeId.eq(&row.id))
                     .exec(&txn)
                     .await?;
+                release_sends(&txn, &row.id).await?;
                 taken.push(row.id);
             }
             txn.commit().await?;
         }
         Ok(taken)
+    }
+
+    /// At the start of a server that is the only one (SQLite, node `node_id`): lets go of the
+    /// sends a previous process of it claimed and did not finish (it was killed between
+    /// sending and recording), so that they go out again now rather than when the claim
+    /// lapses. Returns how many.
+    pub async fn release_sends_at_start(&self, node_id: &str) -> Result<u64> {
+        let txn = super::begin_write(&self.db).await?;
+        let released = release_sends(&txn, node_id).await?;
+        txn.commit().await?;
+        Ok(released)
     }
 
     /// Removes this node's row and releases its agents, at a clean shutdown.
@@ -264,6 +276,37 @@ impl Store {
             .all(&self.db)
             .await?)
     }
+}
+
+/// Lets go of `node_id`'s claims on what is sent at least once, each with an id its receiver
+/// deduplicates by (integration deliveries, mail, job webhooks): the claims of a node that
+/// died. Their claims run for a minute or more (longer than any one attempt), so without
+/// this a send the dead node had begun would wait that long. Should the node be only paused
+/// and resume, its attempt's record is refused (it no longer holds the claim) and the send
+/// is made again: twice, never lost. Schedules and rollouts are not released here: their
+/// claims are short, and their steps are not sends.
+async fn release_sends<C: ConnectionTrait>(db: &C, node_id: &str) -> Result<u64> {
+    let none = || Expr::value(Option::<String>::None);
+    let never = || Expr::value(Option::<DateTime<Utc>>::None);
+    let deliveries = delivery::Entity::update_many()
+        .col_expr(delivery::Column::ClaimedBy, none())
+        .col_expr(delivery::Column::ClaimedUntil, never())
+        .filter(delivery::Column::ClaimedBy.eq(node_id))
+        .exec(db)
+        .await?;
+    let mail = mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::ClaimedBy, none())
+        .col_expr(mail_outbox::Column::ClaimedUntil, never())
+        .filter(mail_outbox::Column::ClaimedBy.eq(node_id))
+        .exec(db)
+        .await?;
+    let webhooks = job::Entity::update_many()
+        .col_expr(job::Column::WebhookClaimedBy, none())
+        .col_expr(job::Column::WebhookClaimedUntil, never())
+        .filter(job::Column::WebhookClaimedBy.eq(node_id))
+        .exec(db)
+        .await?;
+    Ok(deliveries.rows_affected + mail.rows_affected + webhooks.rows_affected)
 }
 
 impl Store {

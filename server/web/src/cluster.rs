@@ -310,7 +310,7 @@ impl Cluster {
         match self.store.take_over_dead_nodes(now).await {
             Ok(taken) => {
                 for id in taken {
-                    tracing::warn!(node_id = %id, "a node's lease ran out: its agents were released (they reconnect to a live node; their runs become lost if they never do)");
+                    tracing::warn!(node_id = %id, "a node's lease ran out: its agents were released (they reconnect to a live node; their runs become lost if they never do), and the sends it had claimed go out again");
                 }
             }
             Err(err) => tracing::warn!(error = %err, "could not take over dead nodes"),

@@ -49,7 +49,7 @@ impl Health {
         super::access::Access::require(caller, super::access::Action::Nodes)?;
         let core = &self.core;
         let nodes = core.store.list_nodes().await?;
-        let this = (core.node != "local").then(|| core.node.clone());
+        let this = (core.node != super::LOCAL_NODE).then(|| core.node.clone());
         Ok((nodes, this))
     }
 

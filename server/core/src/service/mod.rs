@@ -50,6 +50,10 @@ use outpost_store::domain::DomainError;
 use outpost_store::seal::MasterKey;
 use outpost_store::writer::Writer;
 
+/// The node name of a server that is the only one (SQLite): the name its claims are held
+/// under, the same in every process of it, so that a restart can let go of a killed one's.
+pub const LOCAL_NODE: &str = "local";
+
 /// The HKDF label of the access-token signing key: fixed, so every node derives the same key
 /// from the same master key.
 pub const ACCESS_TOKEN_KEY_LABEL: &[u8] = b"outpost access tokens v1";
@@ -113,7 +117,7 @@ impl Core {
             signer,
             passwords: Passwords::new(),
             shutdown,
-            node: "local".to_owned(),
+            node: LOCAL_NODE.to_owned(),
             max_key_days: api_keys::DEFAULT_MAX_KEY_DAYS,
             library_max_bytes: scripts::DEFAULT_LIBRARY_MAX_BYTES,
             mail: None,
