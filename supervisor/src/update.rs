@@ -158,6 +158,56 @@ pub struct Updater {
 /// How long [`Updater::fetch`] keeps asking when no server node answers at all.
 pub const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How the names of downloads under way begin (followed by the supervisor's pid and a
+/// random number), beside the agent so that the swap is a rename in one filesystem.
+pub const PARTIAL_PREFIX: &str = ".outpost-agent.download-";
+
+/// A download under way: its file is removed when this is dropped, unless [`Partial::keep`].
+struct Partial(Option<PathBuf>);
+
+impl Partial {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// The verified file, kept.
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes downloads another process left in `dir` (a supervisor killed during one: its
+/// drop never ran). Only one supervisor looks after an agent's folder, so a download not
+/// named with this process's pid is nobody's.
+fn remove_stale_downloads(dir: &Path) {
+    let mine = format!("{PARTIAL_PREFIX}{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(PARTIAL_PREFIX) && !name.starts_with(&mine) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %name, "removed a download a previous supervisor left")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %name, error = %err, "cannot remove a download a previous supervisor left")
+                }
+            }
+        }
+    }
+}
+
 /// The pauses between tries of something a restarting server may refuse for a moment: 1, 2,
 /// 4, 8, then 15 s, while the next try still starts within the patience.
 struct Retry {
@@ -404,16 +454,19 @@ impl Updater {
                 false
             }
         };
+        remove_stale_downloads(dir);
         let tmp = dir.join(format!(
-            ".outpost-agent.download-{}-{}",
+            "{PARTIAL_PREFIX}{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        let result = self.download_to(info, &tmp, signed_before).await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map(|sha| (tmp, sha))
+        // Removed on failure, and also when this future is dropped half-way (a shutdown
+        // during the download): only a verified file outlives it.
+        let partial = Partial(Some(tmp));
+        let sha = self
+            .download_to(info, partial.path(), signed_before)
+            .await?;
+        Ok((partial.keep(), sha))
     }
 
     /// Release metadata, then its agent downloaded and verified, asking again (from the

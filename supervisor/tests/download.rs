@@ -26,6 +26,8 @@ enum Serve {
     Longer { extra: usize },
     /// The body and then bytes without end, chunked (no length announced).
     Endless,
+    /// Half the body, announced whole, and then nothing more: the connection left open.
+    Stall,
 }
 
 /// A request's head, read a byte at a time up to its blank line (so nothing of a body is
@@ -92,6 +94,19 @@ async fn hostile(body: Vec<u8>, serve: Serve) -> Hostile {
                                 return;
                             }
                             send(piece);
+                        }
+                    }
+                    Serve::Stall => {
+                        let header = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let half = &body[..body.len() / 2];
+                        if socket.write_all(header.as_bytes()).await.is_ok()
+                            && socket.write_all(half).await.is_ok()
+                        {
+                            send(half);
+                            std::future::pending::<()>().await;
                         }
                     }
                     Serve::Endless => {
@@ -492,4 +507,60 @@ async fn a_download_cut_off_is_made_again_and_a_bad_one_is_not() {
         }
         assert!(leftovers(dir.path()).is_empty(), "no partial file is left");
     }
+}
+
+/// A supervisor stopped during a download (the future dropped, as at a shutdown) leaves no
+/// file behind, and one killed during it (its file left) has that file removed by the next
+/// download into the folder.
+#[tokio::test]
+async fn a_download_stopped_half_way_leaves_no_file() {
+    let signer = Signer::new();
+    let body = agent_bytes();
+    let server = hostile(body.clone(), Serve::Stall).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let info = signer.release(&body, &server.url, true, None);
+    let updater = Arc::new(updater(&signer));
+    let task = tokio::spawn({
+        let (updater, info, dir) = (updater.clone(), info.clone(), dir.path().to_owned());
+        async move { updater.download(&info, &dir).await }
+    });
+    // Wait until half the body is written into the file.
+    let half = (body.len() / 2) as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let written: u64 = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        if written >= half {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never got half-way"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+
+    // What a killed supervisor leaves (another pid's name) goes with the next download.
+    let stale = dir.path().join(".outpost-agent.download-1-7");
+    std::fs::write(&stale, b"half").expect("stale");
+    let honest = hostile(body.clone(), Serve::Exact).await;
+    let info = signer.release(&body, &honest.url, true, None);
+    let (file, _) = updater.download(&info, dir.path()).await.expect("download");
+    let name = file
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(leftovers(dir.path()), [name]);
 }
