@@ -750,14 +750,19 @@ package_installed() {
   [[ $(dpkg-query -W -f='${Status}' outpost-agent 2>/dev/null) == "install ok installed" ]]
 }
 package_url() { echo "${1%/}/downloads/packages/outpost-agent_$(dpkg --print-architecture).deb"; }
-# Whether the server at $1 serves the package (a HEAD-sized check: its checksum file).
+# Whether the server at $1 serves the package (a HEAD-sized check: its checksum file). With
+# --ca-fingerprint its CA is not pinned yet, so the probe does not check TLS: it only chooses
+# the mode; the package and its checksum are fetched later through the pinned CA.
 package_served() {
-  [[ -n $1 ]] && curl -fsS --connect-timeout 10 -o /dev/null "$(package_url "$1").sha256" 2>/dev/null
+  local insecure=()
+  [[ -z $ca_fingerprint ]] || insecure=(-k)
+  [[ -n $1 ]] && curl -fsS "${insecure[@]}" --connect-timeout 10 -o /dev/null "$(package_url "$1").sha256" 2>/dev/null
 }
 use_package_layout() {
   home=/etc/outpost
   state=/var/lib/outpost/agent
   conf=$home/agent.env
+  ca_file=$home/ca.pem
   scripts=$home/scripts
   unit_name=outpost-agent.service
 }
@@ -791,6 +796,8 @@ package_install() {
   [[ -n $server ]] || die "no server URL: pass --server URL"
   command -v curl >/dev/null || die "curl is needed"
   install -d -m 0755 "$home"
+  # Before the package's download: with --ca-fingerprint, its https is checked against it.
+  pin_ca
   [[ -z $manifest_src ]] || install_manifest
   local changed=0
   write_conf && changed=1
@@ -809,6 +816,7 @@ package_install() {
 package_update() {
   package_installed || die "the outpost-agent package is not installed"
   merge_conf
+  pin_ca
   [[ -z $manifest_src ]] || install_manifest
   write_conf || true
   package_fetch_install again

@@ -15,7 +15,9 @@
 #      A's server takes the dpkg path: the server serves the agent package it was built with;
 #      the agent comes online and runs a script; --status, --update, --stop/--start, and
 #      --uninstall (purge) follow.
-#   4. On A: `dpkg --remove` keeps the data and config; `dpkg --purge` deletes them.
+#   4. A's server switched to its own CA (--tls-auto); on B the install line with
+#      --ca-fingerprint pins it, installs the package through it, and the agent runs a job.
+#   5. On A: `dpkg --remove` keeps the data and config; `dpkg --purge` deletes them.
 #
 # Binaries: OUTPOST_BIN_DIR, else target/debug as `cargo nextest run --workspace` leaves it
 # (stripped into the packages); no compile here. The image with systemd
@@ -222,6 +224,29 @@ if on "$host_b" dpkg-query -W -f='${Status}' outpost-agent 2>/dev/null | grep -q
 fi
 on "$host_b" test ! -e /etc/outpost/agent.env || fail "--uninstall left agent.env"
 echo "  deploy.sh: install, again, --status, --stop, --start, --update, --uninstall: ok"
+
+step "Host B: deploy.sh --ca-fingerprint against a server with its own CA (--tls-auto)"
+on "$host_a" sh -c "sed -i 's|^OUTPOST_PUBLIC_URL=.*|OUTPOST_PUBLIC_URL=https://$host_a:8080|' /etc/outpost/server.env && echo OUTPOST_TLS_AUTO=1 >>/etc/outpost/server.env && systemctl restart outpost-server"
+url=https://$ip:8080
+wait_until "the server's /readyz over TLS" 60 curl -fsSk "$url/readyz"
+on "$host_a" sh -c 'curl -fsSk https://127.0.0.1:8080/agent/v1/ca >/root/ca.pem'
+fingerprint=$(on "$host_a" sh -c "sed '/-----/d' /root/ca.pem | base64 -d | sha256sum | cut -d' ' -f1")
+[[ $fingerprint =~ ^[0-9a-f]{64}$ ]] || fail "no CA at /agent/v1/ca"
+api() { curl -fsSk -H "Authorization: Bearer $admin" "$url$1"; }
+cli() { on "$host_a" env OUTPOST_URL=https://127.0.0.1:8080 OUTPOST_CA_CERT=/root/ca.pem OUTPOST_TOKEN="$admin" outpost "$@"; }
+c_key=$(cli keys agent create host-b-tls --tag pkg-tls 2>/dev/null | grep -oE 'opa_[A-Za-z0-9_-]+' | head -n 1)
+[[ -n $c_key ]] || fail "outpost keys agent create printed no key over TLS"
+# The documented line pins the server's key (--pinnedpubkey); -k here stands in for it.
+out=$(on "$host_b" sh -c 'curl -fsSLk "$0/deploy.sh" | bash -s -- "$@"' "https://$host_a:8080" \
+  --key "$c_key" --tags pkg-tls --manifest /root/fleet-scripts --ca-fingerprint "$fingerprint" 2>&1) || fail "deploy.sh --ca-fingerprint failed: $out"
+grep -q "installed the package outpost-agent $version" <<<"$out" || fail "deploy.sh --ca-fingerprint did not take the dpkg path: $out"
+grep -q "OUTPOST_CA_CERT=/etc/outpost/ca.pem" <<<"$(on "$host_b" cat /etc/outpost/agent.env)" || fail "agent.env does not name the pinned CA"
+wait_until "B's agent online over TLS" 60 online pkg-tls
+out=$(cli run hello --on tag:pkg-tls --param NAME=pinned 2>&1) || fail "the job over TLS failed: $out"
+grep -q "Hello, pinned!" <<<"$out" || fail "unexpected output: $out"
+on "$host_b" sh -c 'curl -fsSLk "$0/deploy.sh" | bash -s -- --uninstall' "https://$host_a:8080" >/dev/null
+on "$host_b" test ! -e /etc/outpost/ca.pem || fail "purging the agent left ca.pem"
+echo "  deploy.sh --ca-fingerprint: the package over the pinned CA, a job, purge: ok"
 
 step "Host A: remove keeps data and config, purge deletes them"
 on "$host_a" dpkg --remove outpost-server >/dev/null
