@@ -39,6 +39,9 @@ pub const CONVERT_AT_START_BYTES: i64 = 64 << 20;
 const ROW_CHANNEL: usize = 4096;
 /// Connections in the pool for request handlers and background tasks.
 const POOL_SIZE: u32 = 16;
+/// How many times [`Store::open`] asks again when SQLite is busy at open (waiting 0.1 s, 0.2 s,
+/// … between: 1.5 s in all).
+const OPEN_BUSY_TRIES: u64 = 5;
 /// The writer's page cache: a batch of 2,048 results touches a few thousand pages, which
 /// SQLite's default cache (2 MiB) would spill to the WAL before the commit. Not more: a
 /// commit by any other connection (a new command, a job's runs) empties it, which costs in
@@ -51,9 +54,27 @@ impl Store {
         if let DatabaseLocation::Sqlite(path) = location {
             create_private_file(path)?;
         }
-        let db = connect(location, POOL_SIZE, None).await?;
-        migrations::migrate(&db).await?;
-        Ok(Self { db })
+        // Processes opening one new SQLite file at the same moment (a server and a host
+        // command beside it) can meet `BUSY` where SQLite does not wait (the switch to WAL,
+        // a migration's transaction upgrading to a write): asked again a few times.
+        let mut tries = 0u64;
+        loop {
+            let opened = async {
+                let db = connect(location, POOL_SIZE, None).await?;
+                migrations::migrate(&db).await?;
+                Ok::<_, StoreError>(db)
+            }
+            .await;
+            match opened {
+                Ok(db) => return Ok(Self { db }),
+                Err(err) if err.is_sqlite_busy() && tries < OPEN_BUSY_TRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %err, tries, "the database is busy at open; asking again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Converts an SQLite database made before retention (`auto_vacuum = NONE`) to

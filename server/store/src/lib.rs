@@ -143,6 +143,28 @@ impl From<StoreError> for crate::domain::DomainError {
 }
 
 impl StoreError {
+    /// Whether SQLite answered `BUSY` or `LOCKED`: another connection held a lock longer than
+    /// the busy timeout, or SQLite would not wait for it (a deferred transaction's upgrade, a
+    /// journal mode change), as when processes open a new database at the same moment.
+    pub fn is_sqlite_busy(&self) -> bool {
+        use sea_orm::RuntimeErr;
+        let Self::Db(
+            DbErr::Conn(RuntimeErr::SqlxError(err))
+            | DbErr::Exec(RuntimeErr::SqlxError(err))
+            | DbErr::Query(RuntimeErr::SqlxError(err)),
+        ) = self
+        else {
+            return false;
+        };
+        match err.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+            _ => false,
+        }
+    }
+
     /// Whether the same statement may succeed if tried again later: the database is busy or
     /// locked, out of space or memory, or unreachable (SQLite `BUSY`, `LOCKED`, `NOMEM`,
     /// `IOERR`, `FULL`, `CANTOPEN`, `PROTOCOL`; PostgreSQL's connection, resource and
