@@ -11,7 +11,9 @@
 //! until the transaction ends (so two nodes appending for one tenant take turns, and the second
 //! reads the first's head once it commits), and on SQLite happens inside a `BEGIN IMMEDIATE`
 //! transaction, which already holds the database's one write lock. The head also records the
-//! last row, so rows deleted from the end are noticed too.
+//! last row, so rows deleted from the end are noticed too. A command's row may skip the read
+//! and extend the head this process last wrote ([`AuditHeads`]): the head then moves only from
+//! exactly that `seq` and hash, and otherwise the append is made again from the head read.
 //!
 //! The head also has a base (`base_seq`, `base_hash`), where the walk starts. It stays at the
 //! genesis (row 0, [`GENESIS`]): Outpost keeps every tenant's log whole, so nothing would
@@ -135,6 +137,71 @@ pub fn row_hash(row: &audit_entry::Model) -> String {
     hex::encode(digest::digest(&digest::SHA256, &canonical(row)))
 }
 
+/// `record` as the row after (`seq`, `prev_hash`) in its tenant's chain, hashed.
+pub(crate) fn chained_row(
+    record: &AuditRecord,
+    seq: i64,
+    prev_hash: String,
+    at: DateTime<Utc>,
+) -> Result<audit_entry::Model> {
+    let detail = serde_json::to_string(&record.event.detail)
+        .map_err(|e| StoreError::Config(format!("audit detail: {e}")))?;
+    let mut row = audit_entry::Model {
+        tenant_id: record.tenant_id.clone(),
+        seq: seq + 1,
+        at,
+        actor_kind: record.actor.kind.as_str().to_owned(),
+        actor_id: record.actor.id.clone(),
+        actor_label: record.actor.label.clone(),
+        address: record.address.clone(),
+        action: record.event.action.as_str().to_owned(),
+        target_type: record.event.target.as_str().to_owned(),
+        target_id: record.event.target_id.clone(),
+        detail,
+        prev_hash,
+        hash: String::new(),
+    };
+    row.hash = row_hash(&row);
+    Ok(row)
+}
+
+/// Each tenant's chain head (`seq`, `hash`) as this process last extended it: a guess that
+/// saves reading the head before an append, never trusted. An append made with it moves the
+/// head only from exactly that `seq` and hash, inside the write transaction (`UPDATE …
+/// WHERE seq = ? AND hash = ?`); when that changes no row (another process, another path or
+/// a rolled-back transaction moved the head), the append is made again from the head read.
+/// One entry per tenant that appended through it.
+#[derive(Debug, Default)]
+pub struct AuditHeads {
+    heads: std::sync::Mutex<std::collections::HashMap<String, (i64, String)>>,
+}
+
+impl AuditHeads {
+    /// The head last seen for `tenant_id`.
+    pub(crate) fn get(&self, tenant_id: &str) -> Option<(i64, String)> {
+        self.lock().get(tenant_id).cloned()
+    }
+
+    /// `row` is now its tenant's head (set inside the transaction that appended it, while it
+    /// still holds the write lock, so that the next append reads it).
+    pub(crate) fn set(&self, row: &audit_entry::Model) {
+        self.lock()
+            .insert(row.tenant_id.clone(), (row.seq, row.hash.clone()));
+    }
+
+    /// Forgets `tenant_id`'s head: the guess was wrong.
+    pub(crate) fn forget(&self, tenant_id: &str) {
+        self.lock().remove(tenant_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (i64, String)>> {
+        // A guess: what a panicking holder left is as good as any.
+        self.heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A time as hashed: RFC 3339, UTC, to the microsecond (what both databases keep).
 fn timestamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
@@ -199,24 +266,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             let at = now();
             let mut rows = Vec::new();
             for record in records.iter().filter(|r| r.tenant_id == tenant) {
-                let detail = serde_json::to_string(&record.event.detail)
-                    .map_err(|e| StoreError::Config(format!("audit detail: {e}")))?;
-                let mut row = audit_entry::Model {
-                    tenant_id: record.tenant_id.clone(),
-                    seq: seq + 1,
-                    at,
-                    actor_kind: record.actor.kind.as_str().to_owned(),
-                    actor_id: record.actor.id.clone(),
-                    actor_label: record.actor.label.clone(),
-                    address: record.address.clone(),
-                    action: record.event.action.as_str().to_owned(),
-                    target_type: record.event.target.as_str().to_owned(),
-                    target_id: record.event.target_id.clone(),
-                    detail,
-                    prev_hash: hash,
-                    hash: String::new(),
-                };
-                row.hash = row_hash(&row);
+                let row = chained_row(record, seq, hash, at)?;
                 seq = row.seq;
                 hash = row.hash.clone();
                 rows.push(audit_entry::ActiveModel::from(row.clone()));

@@ -5,12 +5,13 @@
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Statement, TransactionSession, TransactionTrait,
 };
 use serde_json::Value;
 
-use super::{Result, Store, command, new_id, now};
+use super::audit::{AuditHeads, AuditRecord, chained_row};
+use super::{Result, Store, audit_entry, audit_head, command, new_id, now};
 
 /// Command states (CONTRACT.md §2 "Run states").
 pub mod state {
@@ -45,6 +46,52 @@ pub mod state {
     pub const OPEN_SQL: &str = "state IN ('pending', 'delivered', 'running')";
 }
 
+/// The row a new command is stored as: pending, made now.
+fn new_command(new: NewCommand) -> command::Model {
+    let now = now();
+    command::Model {
+        id: new_id(),
+        tenant_id: new.tenant_id,
+        agent_id: new.agent_id,
+        command: new.command,
+        data: new.data,
+        timeout_s: new.timeout_s as i32,
+        state: state::PENDING.into(),
+        created_at: now,
+        expires_at: now + chrono::Duration::seconds(i64::from(new.ttl_s)),
+        delivered_at: None,
+        finished_at: None,
+        success: None,
+        result: None,
+        error_code: None,
+        error_message: None,
+        job_id: new.job_id,
+        started_at: None,
+        exit_code: None,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        output_truncated: false,
+        sealed_params: new.sealed_params,
+        key_id: None,
+    }
+}
+
+/// SQLite statements as one text with their values in order, run in one call (one hand-off
+/// to the connection's thread): sqlx binds each statement's `?` from where the previous
+/// statement's stopped, and adds up the rows they changed.
+fn one_batch(statements: impl IntoIterator<Item = Statement>) -> Statement {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for statement in statements {
+        if !sql.is_empty() {
+            sql.push_str("; ");
+        }
+        sql.push_str(&statement.sql);
+        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
+    }
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
+}
+
 /// A new command, as the API asks for it.
 #[derive(Debug, Clone)]
 pub struct NewCommand {
@@ -69,34 +116,99 @@ pub struct NewCommand {
 impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Stores a command before it is sent (delivery guarantee 1).
     pub async fn insert_command(&self, new: NewCommand) -> Result<command::Model> {
-        let now = now();
-        let model = command::ActiveModel {
-            id: Set(new_id()),
-            tenant_id: Set(new.tenant_id),
-            agent_id: Set(new.agent_id),
-            command: Set(new.command),
-            data: Set(new.data),
-            timeout_s: Set(new.timeout_s as i32),
-            state: Set(state::PENDING.into()),
-            created_at: Set(now),
-            expires_at: Set(now + chrono::Duration::seconds(i64::from(new.ttl_s))),
-            delivered_at: Set(None),
-            finished_at: Set(None),
-            success: Set(None),
-            result: Set(None),
-            error_code: Set(None),
-            error_message: Set(None),
-            job_id: Set(new.job_id),
-            started_at: Set(None),
-            exit_code: Set(None),
-            stdout_bytes: Set(0),
-            stderr_bytes: Set(0),
-            output_truncated: Set(false),
-            sealed_params: Set(new.sealed_params),
-            key_id: Set(None),
+        let model = new_command(new);
+        command::Entity::insert(command::ActiveModel::from(model.clone()))
+            .exec_without_returning(&self.db)
+            .await?;
+        crate::metrics::commands_created(&model.command, 1);
+        Ok(model)
+    }
+
+    /// Stores a command and, when given, its audit record in one transaction; the record's
+    /// detail gains `command_id`. The transaction's statements are what a round trip waits
+    /// on: on SQLite each is a hand-off to the connection's thread and back, so with the
+    /// tenant's chain head known from `heads` the command's insert, the audit row's and the
+    /// head's move go in one batch (`BEGIN IMMEDIATE`, the batch, `COMMIT`: three hand-offs
+    /// instead of six). The head moves only from the head guessed (`WHERE seq = ? AND hash =
+    /// ?`, under the write lock); when the batch does not change exactly its three rows, it
+    /// is rolled back and made again the ordinary way, reading the head.
+    pub async fn insert_command_audited(
+        &self,
+        new: NewCommand,
+        audit: Option<&AuditRecord>,
+        heads: &AuditHeads,
+    ) -> Result<command::Model> {
+        let model = new_command(new);
+        let record = audit.map(|audit| {
+            let mut audit = audit.clone();
+            if let Some(detail) = audit.event.detail.as_object_mut() {
+                detail.insert("command_id".into(), model.id.clone().into());
+            }
+            audit
+        });
+        let txn = self.begin_write().await?;
+        if let Some(record) = &record
+            && txn.db.get_database_backend() == DbBackend::Sqlite
+            && let Some((seq, hash)) = heads.get(&record.tenant_id)
+        {
+            let row = chained_row(record, seq, hash.clone(), now())?;
+            let batch = [
+                command::Entity::insert(command::ActiveModel::from(model.clone()))
+                    .build(DbBackend::Sqlite),
+                audit_entry::Entity::insert(audit_entry::ActiveModel::from(row.clone()))
+                    .build(DbBackend::Sqlite),
+                audit_head::Entity::update_many()
+                    .col_expr(audit_head::Column::Seq, Expr::value(row.seq))
+                    .col_expr(audit_head::Column::Hash, Expr::value(row.hash.clone()))
+                    .filter(audit_head::Column::TenantId.eq(&record.tenant_id))
+                    .filter(audit_head::Column::Seq.eq(seq))
+                    .filter(audit_head::Column::Hash.eq(hash))
+                    .build(DbBackend::Sqlite),
+            ];
+            match txn.db.execute_raw(one_batch(batch)).await {
+                Ok(done) if done.rows_affected() == 3 => {
+                    heads.set(&row);
+                    txn.db.commit().await?;
+                    crate::metrics::commands_created(&model.command, 1);
+                    return Ok(model);
+                }
+                // The guess was wrong (the head moved: no row updated, or the row's `seq`
+                // taken, which the append-only trigger refuses), or the batch failed: undo
+                // it whole and make it the ordinary way, which reports an error that stays.
+                _ => {
+                    heads.forget(&record.tenant_id);
+                    txn.db.rollback().await?;
+                    return Box::pin(self.insert_command_audited_slowly(model, record, heads))
+                        .await;
+                }
+            }
         }
-        .insert(&self.db)
-        .await?;
+        command::Entity::insert(command::ActiveModel::from(model.clone()))
+            .exec_without_returning(&txn.db)
+            .await?;
+        if let Some(record) = &record {
+            let row = txn.append_audit_now(record).await?;
+            heads.set(&row);
+        }
+        txn.db.commit().await?;
+        crate::metrics::commands_created(&model.command, 1);
+        Ok(model)
+    }
+
+    /// [`Store::insert_command_audited`] after its guess of the head was wrong.
+    async fn insert_command_audited_slowly(
+        &self,
+        model: command::Model,
+        record: &AuditRecord,
+        heads: &AuditHeads,
+    ) -> Result<command::Model> {
+        let txn = self.begin_write().await?;
+        command::Entity::insert(command::ActiveModel::from(model.clone()))
+            .exec_without_returning(&txn.db)
+            .await?;
+        let row = txn.append_audit_now(record).await?;
+        heads.set(&row);
+        txn.db.commit().await?;
         crate::metrics::commands_created(&model.command, 1);
         Ok(model)
     }

@@ -67,7 +67,7 @@ pub use agent_certs::{CertStanding, NewAgentCert};
 pub use agent_keys::{AgentKeyPatch, key_status};
 pub use agents::{AgentTarget, Registered};
 pub use api_keys::{BOOTSTRAP_KEY_NAME, Bootstrapped, NewApiKey};
-pub use audit::{AuditFilter, AuditRecord, ChainCheck};
+pub use audit::{AuditFilter, AuditHeads, AuditRecord, ChainCheck};
 pub use commands::{NewCommand, pending_command, state};
 pub use connect::{
     CONVERT_AT_START_BYTES, ClaimSpec, DatabaseLocation, WAL_LIMIT_BYTES, begin_write,

@@ -569,27 +569,23 @@ impl Core {
                     .flat_map(|l| l.secret_params.iter().map(String::as_str)),
             );
         let (data, sealed_params) = spec.sealed_data(self, &agent.tenant_id, declared);
-        let txn = self.store.begin().await?;
-        let model = txn
-            .insert_command(NewCommand {
-                tenant_id: agent.tenant_id.clone(),
-                agent_id: agent.id.clone(),
-                command: spec.command.clone(),
-                data,
-                timeout_s: spec.timeout_s,
-                ttl_s: spec.ttl_s,
-                job_id: None,
-                sealed_params,
-            })
+        let model = self
+            .store
+            .insert_command_audited(
+                NewCommand {
+                    tenant_id: agent.tenant_id.clone(),
+                    agent_id: agent.id.clone(),
+                    command: spec.command.clone(),
+                    data,
+                    timeout_s: spec.timeout_s,
+                    ttl_s: spec.ttl_s,
+                    job_id: None,
+                    sealed_params,
+                },
+                audit,
+                &self.audit_heads,
+            )
             .await?;
-        if let Some(audit) = audit {
-            let mut audit = audit.clone();
-            if let Some(detail) = audit.event.detail.as_object_mut() {
-                detail.insert("command_id".into(), model.id.clone().into());
-            }
-            txn.append_audit_now(&audit).await?;
-        }
-        txn.commit().await?;
         Ok(model)
     }
 

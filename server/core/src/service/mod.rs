@@ -88,6 +88,9 @@ pub struct Core {
     mail: Option<Arc<account_mail::MailSettings>>,
     /// `--require-verified-email`.
     require_verified_email: bool,
+    /// The audit chains' heads this process last moved: a guess that lets a command and its
+    /// audit row be stored in fewer statements (`Store::insert_command_audited`).
+    audit_heads: outpost_store::AuditHeads,
 }
 
 impl Core {
@@ -122,6 +125,7 @@ impl Core {
             library_max_bytes: scripts::DEFAULT_LIBRARY_MAX_BYTES,
             mail: None,
             require_verified_email: false,
+            audit_heads: outpost_store::AuditHeads::default(),
         }
     }
 

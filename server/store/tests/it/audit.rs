@@ -671,3 +671,96 @@ async fn a_published_release_is_recorded_in_the_first_tenant() {
         1
     );
 }
+
+/// A command and its audit row stored together, the head guessed from what this process
+/// wrote last (the round trip's path): other handles (another node, another pool) and other
+/// appends through the same handle move the head behind the guess, and the command is still
+/// stored once, its row chains, and its row names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_stored_with_their_audit_rows_chain_whoever_moved_the_head() {
+    use outpost_store::{AuditHeads, NewCommand};
+    let (fresh, first, tenant) = common::fresh_store().await;
+    let second = Store::open(&fresh.location).await.expect("second node");
+    let mut tasks = Vec::new();
+    for task in 0..6 {
+        let (store, other) = if task % 2 == 0 {
+            (first.clone(), second.clone())
+        } else {
+            (second.clone(), first.clone())
+        };
+        let tenant = tenant.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each task a process of its own, with its own guesses.
+            let heads = AuditHeads::default();
+            let mut ids = Vec::new();
+            for i in 0..12 {
+                let rec = record(
+                    &tenant,
+                    "k",
+                    AuditAction::CommandSend,
+                    &format!("{task}-{i}"),
+                );
+                let command = store
+                    .insert_command_audited(
+                        NewCommand {
+                            tenant_id: tenant.clone(),
+                            agent_id: format!("agent-{task}"),
+                            command: "ping".into(),
+                            data: json!({}),
+                            timeout_s: 60,
+                            ttl_s: 3600,
+                            job_id: None,
+                            sealed_params: None,
+                        },
+                        Some(&rec),
+                        &heads,
+                    )
+                    .await
+                    .expect("command stored");
+                ids.push(command.id);
+                if i % 4 == 1 {
+                    // Behind this task's guess: the same handle's other path, then another's.
+                    let moved = record(&tenant, "k", AuditAction::JobTrigger, "moved");
+                    store.append_audit(&moved).await.expect("append");
+                    other.append_audit(&moved).await.expect("append");
+                }
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.expect("join"));
+    }
+    // 72 commands, 36 other rows, the tenant's creation.
+    let check = first.verify_audit(&tenant).await.expect("verify");
+    assert_eq!(intact_count(&check), 72 + 36 + 1, "{check:?}");
+    let rows = first
+        .list_audit(
+            &tenant,
+            &AuditFilter {
+                action: Some("command.send".into()),
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    let mut named: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let detail: serde_json::Value = serde_json::from_str(&r.detail).expect("detail");
+            detail["command_id"]
+                .as_str()
+                .expect("command_id")
+                .to_owned()
+        })
+        .collect();
+    named.sort();
+    ids.sort();
+    assert_eq!(named, ids, "each command's row names it, once");
+    for id in &ids {
+        let stored = first.get_command(&tenant, id).await.expect("read");
+        assert!(stored.is_some(), "command {id} was stored");
+    }
+}
