@@ -62,9 +62,51 @@ fn tune_allocator() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Least time between two full purges of one runtime thread's free memory.
+const QUIET_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Called by each runtime thread as it parks (it has nothing to do): at most every
+/// [`QUIET_PURGE_EVERY`], hands back to the kernel what that thread's heap holds free
+/// (`mi_collect(true)`). mimalloc purges only on a thread that allocates or frees again, past
+/// the delay above, so after a burst (15,000 connections set up, a fan-out) a thread that then
+/// only serves heartbeats kept most of what the burst freed (docs/BENCHMARKS.md, "Memory per
+/// idle connection"). Once every few seconds per thread costs a burst at most one refill of
+/// what it would have reused, where purging at every park would cost it on every pause.
+#[allow(unsafe_code)]
+fn purge_when_parked() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    unsafe extern "C" {
+        // mimalloc.h: collects the calling thread's heap; `force` also frees what the purge
+        // delay would keep.
+        fn mi_collect(force: bool);
+    }
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| match last.get() {
+        Some(at) if now.duration_since(at) < QUIET_PURGE_EVERY => {}
+        Some(_) => {
+            // SAFETY: a documented call on the calling thread's own heap, taking no pointer.
+            unsafe { mi_collect(true) };
+            last.set(Some(now));
+        }
+        // Not at a thread's first park: the server is starting.
+        None => last.set(Some(now)),
+    });
+}
+
+fn main() -> anyhow::Result<()> {
     tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(purge_when_parked)
+        .build()?
+        .block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     // `outpost-server release …`, `admin-key …`, `user …`, `tenant …`, `backup` and `restore` are
     // operator commands sharing the binary; everything else is the server's own flags.
     if std::env::args_os()
