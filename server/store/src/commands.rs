@@ -146,9 +146,16 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             }
             audit
         });
+        let Some(record) = &record else {
+            // One statement: a transaction around it would only add two hand-offs.
+            command::Entity::insert(command::ActiveModel::from(model.clone()))
+                .exec_without_returning(&self.db)
+                .await?;
+            crate::metrics::commands_created(&model.command, 1);
+            return Ok(model);
+        };
         let txn = self.begin_write().await?;
-        if let Some(record) = &record
-            && txn.db.get_database_backend() == DbBackend::Sqlite
+        if txn.db.get_database_backend() == DbBackend::Sqlite
             && let Some((seq, hash)) = heads.get(&record.tenant_id)
         {
             let row = chained_row(record, seq, hash.clone(), now())?;
@@ -177,42 +184,43 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
                 // it whole and make it the ordinary way, which reports an error that stays.
                 _ => {
                     heads.forget(&record.tenant_id);
-                    txn.db.rollback().await?;
-                    return Box::pin(self.insert_command_audited_slowly(model, record, heads))
-                        .await;
+                    // SQLite may have ended the transaction itself (a full disk): then this
+                    // fails, the connection is not handed out again (`connect`), and the
+                    // ordinary way says what is wrong.
+                    if let Err(err) = txn.db.rollback().await {
+                        tracing::debug!(error = %err, "rolling back a command's batch");
+                    }
+                    let txn = self.begin_write().await?;
+                    return txn.insert_command_audited_in(model, record, heads).await;
                 }
             }
         }
-        command::Entity::insert(command::ActiveModel::from(model.clone()))
-            .exec_without_returning(&txn.db)
-            .await?;
-        if let Some(record) = &record {
-            let row = txn.append_audit_now(record).await?;
-            heads.set(&row);
-        }
-        txn.db.commit().await?;
-        crate::metrics::commands_created(&model.command, 1);
-        Ok(model)
+        txn.insert_command_audited_in(model, record, heads).await
     }
+}
 
-    /// [`Store::insert_command_audited`] after its guess of the head was wrong.
-    async fn insert_command_audited_slowly(
-        &self,
+impl<C: ConnectionTrait + TransactionTrait + TransactionSession> Store<C> {
+    /// [`Store::insert_command_audited`] statement by statement, reading the head (on
+    /// PostgreSQL, without a guess, or after a wrong one), in this transaction, which it
+    /// commits.
+    async fn insert_command_audited_in(
+        self,
         model: command::Model,
         record: &AuditRecord,
         heads: &AuditHeads,
     ) -> Result<command::Model> {
-        let txn = self.begin_write().await?;
         command::Entity::insert(command::ActiveModel::from(model.clone()))
-            .exec_without_returning(&txn.db)
+            .exec_without_returning(&self.db)
             .await?;
-        let row = txn.append_audit_now(record).await?;
+        let row = self.append_audit_now(record).await?;
         heads.set(&row);
-        txn.db.commit().await?;
+        self.db.commit().await?;
         crate::metrics::commands_created(&model.command, 1);
         Ok(model)
     }
+}
 
+impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Fails an agent's pending commands `ids` with `forbidden` instead of sending them: its
     /// key no longer allows them (permissions are checked on every send, not only when a
     /// command is stored). Commands the agent already received are left alone: it runs them
