@@ -565,6 +565,7 @@ async fn scenarios(
         }
         for (index, how) in agents {
             let agent = swarm::agent_id(run_id, index).to_string();
+            let (writer, phase) = (nodes.writer().await?, Instant::now());
             let times = roundtrips(&nodes.first().client(), &agent, count)
                 .await
                 .with_context(|| {
@@ -573,12 +574,19 @@ async fn scenarios(
                         nodes.node_of(index) + 1
                     )
                 })?;
+            // How many of the writer's transactions each round trip waited on: the agent's
+            // `ack` and its result stored together (1) or one after the other (2).
+            let (_, writer_json) = nodes
+                .writer()
+                .await?
+                .since(&writer, phase.elapsed().as_secs_f64());
+            let per_trip = writer_json["transactions"].as_f64().unwrap_or(0.0) / count as f64;
             report.row(
                 &format!("REST -> agent -> stored result round trip, p50 / p99{on}{how}"),
                 "2 ms / 10 ms",
                 "0.3 ms / 2 ms",
                 format!(
-                    "{:.2} ms / {:.2} ms (p90 {:.2}, max {:.2}; {count} sequential pings, {} idle agents connected)",
+                    "{:.2} ms / {:.2} ms (p90 {:.2}, max {:.2}; {count} sequential pings, {} idle agents connected; {per_trip:.2} writer transactions per round trip)",
                     percentile(&times, 50.0),
                     percentile(&times, 99.0),
                     percentile(&times, 90.0),
@@ -587,7 +595,8 @@ async fn scenarios(
                 ),
                 json!({"count": count, "agent_node": nodes.node_of(index) + 1,
                        "p50_ms": percentile(&times, 50.0), "p90_ms": percentile(&times, 90.0),
-                       "p99_ms": percentile(&times, 99.0), "max_ms": times.last()}),
+                       "p99_ms": percentile(&times, 99.0), "max_ms": times.last(),
+                       "writer": writer_json}),
             );
         }
     }
