@@ -138,22 +138,16 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         audit: Option<&AuditRecord>,
         heads: &AuditHeads,
     ) -> Result<command::Model> {
-        let model = new_command(new);
-        let record = audit.map(|audit| {
-            let mut audit = audit.clone();
-            if let Some(detail) = audit.event.detail.as_object_mut() {
-                detail.insert("command_id".into(), model.id.clone().into());
-            }
-            audit
-        });
-        let Some(record) = &record else {
+        let Some(audit) = audit else {
             // One statement: a transaction around it would only add two hand-offs.
-            command::Entity::insert(command::ActiveModel::from(model.clone()))
-                .exec_without_returning(&self.db)
-                .await?;
-            crate::metrics::commands_created(&model.command, 1);
-            return Ok(model);
+            return self.insert_command(new).await;
         };
+        let model = new_command(new);
+        let mut record = audit.clone();
+        if let Some(detail) = record.event.detail.as_object_mut() {
+            detail.insert("command_id".into(), model.id.clone().into());
+        }
+        let record = &record;
         let txn = self.begin_write().await?;
         if txn.db.get_database_backend() == DbBackend::Sqlite
             && let Some((seq, hash)) = heads.get(&record.tenant_id)
