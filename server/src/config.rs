@@ -151,6 +151,14 @@ pub struct Config {
     #[arg(long, env = "OUTPOST_RATE_LIMIT", default_value_t = 1_200)]
     pub rate_limit: u32,
 
+    /// Milliseconds (at most 1,000) an API key's or a user's row, once read to authenticate a
+    /// request, serves the next ones, unless a change to API keys, users or agent keys made on
+    /// this node (or announced by another node) comes first. A change made in the database by
+    /// hand counts after at most this long (`outpost-server admin-key rotate` waits it out).
+    /// 0 reads the rows on every request.
+    #[arg(long, env = "OUTPOST_CREDENTIAL_CACHE_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub credential_cache_ms: u64,
+
     /// A proxy or load balancer in front of the server (an address or CIDR block; repeat the
     /// flag or separate with commas): requests from it are counted by the client address it
     /// appends to X-Forwarded-For. Without it X-Forwarded-For is ignored.
@@ -343,6 +351,7 @@ impl std::fmt::Debug for Config {
                 &self.max_unauthenticated_per_address,
             )
             .field("rate_limit", &self.rate_limit)
+            .field("credential_cache_ms", &self.credential_cache_ms)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("builds_dir", &self.builds_dir)
@@ -529,6 +538,7 @@ mod tests {
             .collect();
         assert_eq!(blocks, ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
         assert_eq!(config.rate_limit, 1_200);
+        assert_eq!(config.credential_cache_ms, 1_000);
         assert_eq!(config.max_key_days, 365);
         assert_eq!(
             config.max_key_days,

@@ -409,7 +409,8 @@ fn build_services(
     )
     .with_max_key_days(config.max_key_days)
     .with_library_max_bytes(config.library_max_bytes)
-    .with_require_verified_email(config.require_verified_email);
+    .with_require_verified_email(config.require_verified_email)
+    .with_credential_cache(std::time::Duration::from_millis(config.credential_cache_ms));
     if let Some(mailer) = mailer(config)? {
         let public_url = config.public_url.as_deref().unwrap_or_default();
         core = core.with_mail(service::account_mail::MailSettings::new(mailer, public_url));

@@ -2,12 +2,14 @@
 //! programs' API keys and agents' keys.
 //!
 //! A user's access token (a JWT, `crate::jwt`) is checked for its signature and expiry, and
-//! then the user is read again on every request: a user disabled, deleted or moved to a lower
-//! role since the token was issued gets the new state at their next request, and the role the
-//! request runs with is the row's, not the token's. That read is one primary-key lookup, the
-//! same cost as an API key's lookup by hash; nothing is cached, so nothing needs invalidating.
-//! A key made through `/api/keys` belongs to a user and is checked the same way: its owner's
-//! row is read with it, and the key acts with that row's role and the key's scopes.
+//! then the user's row is looked at on every request: a user disabled, deleted or moved to a
+//! lower role since the token was issued gets the new state at their next request, and the
+//! role the request runs with is the row's, not the token's. A key made through `/api/keys`
+//! belongs to a user and is checked the same way: its owner's row is read with it, and the key
+//! acts with that row's role and the key's scopes. The rows come through the process's
+//! [`KeptCredentials`]: a copy serves for at most a second and never after a change this
+//! process made or heard of (`outpost_store::credential_cache`), so the look costs no read of
+//! the store on most requests.
 //!
 //! Both transports (the REST API and the agents' WebSocket and long-poll routes) authenticate
 //! here, so a key is refused by the same rules wherever it is used. What an authenticated
@@ -18,6 +20,7 @@
 use chrono::Utc;
 
 use crate::jwt::{JwtError, Signer, looks_like_jwt};
+use outpost_store::credential_cache::KeptCredentials;
 use outpost_store::credentials::{hash_secret, verify_secret};
 use outpost_store::domain::{
     Caller, DomainError, KeyStatus, Principal, Role, Scope, Scopes, UserStatus,
@@ -49,6 +52,7 @@ pub fn email_unverified() -> DomainError {
 #[tracing::instrument(level = "debug", name = "authenticate", skip_all)]
 pub async fn authenticate_api(
     store: &Store,
+    kept: &KeptCredentials,
     signer: &Signer,
     token: Option<&str>,
     unverified: Unverified,
@@ -59,15 +63,15 @@ pub async fn authenticate_api(
         )
     })?;
     if looks_like_jwt(token) {
-        return authenticate_user(store, signer, token, unverified).await;
+        return authenticate_user(store, kept, signer, token, unverified).await;
     }
     if !token.starts_with("opk_") {
         return Err(DomainError::Unauthorized(
             "the bearer token is neither an API key (opk_…) nor an access token".into(),
         ));
     }
-    let key = store
-        .api_key_by_hash(&hash_secret(token))
+    let key = kept
+        .api_key_by_hash(store, &hash_secret(token))
         .await?
         .filter(|k| verify_secret(token, &k.key_hash))
         .filter(|k| k.expires_at.is_none_or(|t| t > Utc::now()))
@@ -84,8 +88,8 @@ pub async fn authenticate_api(
             DomainError::Internal(anyhow::anyhow!("API key {}: stored role: {why}", key.id))
         })?,
         Some(owner) => {
-            let user = store
-                .get_user(&key.tenant_id, owner)
+            let user = kept
+                .user(store, &key.tenant_id, owner)
                 .await?
                 .filter(|u| u.status == UserStatus::Active)
                 .ok_or_else(|| {
@@ -130,6 +134,7 @@ fn stored_scopes(
 /// The user behind an access token, as their row says now.
 async fn authenticate_user(
     store: &Store,
+    kept: &KeptCredentials,
     signer: &Signer,
     token: &str,
     unverified: Unverified,
@@ -145,8 +150,8 @@ async fn authenticate_user(
             })
         })?;
     let gone = || DomainError::Unauthorized("the access token's user no longer exists".into());
-    let user = store
-        .get_user(&claims.tid, &claims.sub)
+    let user = kept
+        .user(store, &claims.tid, &claims.sub)
         .await?
         .ok_or_else(gone)?;
     if user.status != UserStatus::Active {

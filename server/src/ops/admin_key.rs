@@ -122,6 +122,16 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
         )
     })?;
     show("Created a new owner API key", &path, &secret);
+    // A running server may hold a copy of the old key's row for up to a second
+    // (`outpost_store::credential_cache`): nodes on PostgreSQL are told to forget it, and the
+    // command returns once any copy a node was not told about has aged out, so that "revoked"
+    // holds everywhere when it says so.
+    if store.is_postgres()
+        && let Err(err) = outpost_web::cluster::announce_credentials_changed(&store).await
+    {
+        tracing::warn!(error = %err, "could not tell running nodes; their copies age out instead");
+    }
+    tokio::time::sleep(outpost_store::credential_cache::FRESH).await;
     println!("Revoked {revoked} earlier owner key(s); they stop working at once.");
     Ok(())
 }

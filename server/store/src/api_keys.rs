@@ -95,6 +95,8 @@ impl<C: ConnectionTrait> Store<C> {
             .filter(api_key::Column::RevokedAt.is_null())
             .exec(&self.db)
             .await?;
+        // Inside a caller's transaction its commit tells again (`Store::commit`).
+        crate::credential_cache::changed();
         Ok(done.rows_affected == 1)
     }
 }
@@ -226,6 +228,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         })
         .await?;
         txn.db.commit().await?;
+        crate::credential_cache::changed();
         Ok(revoked)
     }
 

@@ -235,9 +235,12 @@ impl<C: TransactionTrait> Store<C> {
 }
 
 impl Store<DatabaseTransaction> {
-    /// Commits everything done through this handle.
+    /// Commits everything done through this handle. The service's transactions change keys,
+    /// agents and settings, so kept credentials are forgotten after each (`credential_cache`).
     pub async fn commit(self) -> Result<()> {
-        Ok(self.db.commit().await?)
+        self.db.commit().await?;
+        crate::credential_cache::changed();
+        Ok(())
     }
 }
 

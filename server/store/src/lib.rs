@@ -26,6 +26,7 @@
 //! idempotent, which the delivery guarantees rely on: a resent `ack` or `response` changes
 //! nothing the second time.
 
+pub mod credential_cache;
 pub mod credentials;
 pub mod domain;
 pub mod metrics;

@@ -53,6 +53,10 @@ pub const CLUSTER_LISTENING: &str = "outpost_cluster_listening";
 pub const CLUSTER_HINTS: &str = "outpost_cluster_hints_total";
 /// Counter: hints for other nodes dropped because too many were waiting.
 pub const CLUSTER_HINTS_DROPPED: &str = "outpost_cluster_hints_dropped_total";
+/// Rows authentication looked at, by where they came from.
+pub const CREDENTIAL_READS: &str = "outpost_credential_reads_total";
+/// Times the kept credentials were forgotten, by why.
+pub const CREDENTIALS_FORGOTTEN: &str = "outpost_credentials_forgotten_total";
 /// Gauge, always 1: this node's id and name, to tell nodes apart in a shared Prometheus.
 pub const NODE_INFO: &str = "outpost_node_info";
 /// Acks not written because their command's response arrived with them.
@@ -140,6 +144,14 @@ fn describe() {
     describe_counter!(
         CLUSTER_HINTS_DROPPED,
         "Hints for other nodes dropped because too many were waiting to be sent."
+    );
+    describe_counter!(
+        CREDENTIAL_READS,
+        "API key and user rows authentication looked at: from a kept copy or from the store."
+    );
+    describe_counter!(
+        CREDENTIALS_FORGOTTEN,
+        "Times the kept API keys and users were forgotten: a change here, another node's word, or a resync."
     );
     describe_gauge!(NODE_INFO, "1, labelled with this node's id and name.");
     describe_gauge!(
@@ -399,6 +411,16 @@ pub fn cluster_listening(up: bool) {
 /// Hints sent to (`sent`) or received from (`received`) other nodes.
 pub fn cluster_hints(direction: &'static str, count: usize) {
     counter!(CLUSTER_HINTS, "direction" => direction).increment(count as u64);
+}
+
+/// Authentication looked at a row: `kept` (a copy) or `store`.
+pub fn credential_read(from: &'static str) {
+    counter!(CREDENTIAL_READS, "from" => from).increment(1);
+}
+
+/// The kept credentials were forgotten: `here`, `other_node` or `resync`.
+pub fn credentials_forgotten(why: &'static str) {
+    counter!(CREDENTIALS_FORGOTTEN, "why" => why).increment(1);
 }
 
 /// A hint for other nodes was dropped.

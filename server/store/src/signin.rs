@@ -303,6 +303,7 @@ impl Store {
                 .exec(&txn.db)
                 .await?;
             txn.db.commit().await?;
+            crate::credential_cache::changed();
             return Ok(CodeCheck::Verified);
         }
         let tries = code.tries + 1;
@@ -409,6 +410,7 @@ impl Store {
             .exec(&txn.db)
             .await?;
         txn.db.commit().await?;
+        crate::credential_cache::changed();
         Ok(Some(updated))
     }
 

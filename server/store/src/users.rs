@@ -224,6 +224,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             }
         };
         txn.db.commit().await?;
+        crate::credential_cache::changed();
         Ok(result)
     }
 

@@ -78,6 +78,9 @@ enum Hint {
     A(String, String, String),
     /// A node's ping of its own listener.
     P(u64),
+    /// API keys, users or agent keys changed: forget the credentials kept
+    /// (`outpost_store::credential_cache`).
+    C,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,6 +169,7 @@ impl Cluster {
         tracing::info!(node_id = %cluster.node_id, name = %cluster.name, others = cluster.others.load(Ordering::Relaxed), "joined the cluster");
         tokio::spawn(cluster.clone().lease_loop());
         tokio::spawn(cluster.clone().send_loop());
+        tokio::spawn(cluster.clone().credentials_loop());
         tokio::spawn(cluster.clone().listen_loop());
         // Says hello: a node that does not know this one yet starts sending it hints now.
         cluster.ping().await;
@@ -230,6 +234,20 @@ impl Cluster {
                     tracing::warn!(error = %err, "could not notify the other nodes");
                 }
             }
+        }
+    }
+
+    /// Tells the other nodes when this one changed credentials, so that they stop using
+    /// their kept copies now rather than when the copies age out.
+    async fn credentials_loop(self: Arc<Self>) {
+        let mut changes = outpost_store::credential_cache::local_changes();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            self.send([Hint::C]);
         }
     }
 
@@ -502,6 +520,7 @@ impl Cluster {
                         self.hub.disconnect_agent(&t, agent, &reason);
                     }
                 }
+                Hint::C => outpost_store::credential_cache::forget("other_node"),
                 Hint::D(..) | Hint::X(..) | Hint::P(_) => {}
             }
         }
@@ -555,6 +574,8 @@ impl Cluster {
     /// Re-reads what this node may have missed: its agents' pending commands, the results
     /// its callers wait for, and every job its streams follow.
     async fn resync(&self) {
+        // A change to credentials may have been among the missed notifications.
+        outpost_store::credential_cache::forget("resync");
         match self.store.pending_for_node(&self.node_id).await {
             Ok(runs) => {
                 for run in runs {
@@ -775,12 +796,25 @@ impl Cluster {
     }
 }
 
-/// Drops repeated job hints (a job changes many times in a batch), keeping the first's place.
+/// Tells every node listening on `store`'s database that credentials changed there, from a
+/// process that is not a node (`outpost-server admin-key rotate`): they forget their kept
+/// copies (`outpost_store::credential_cache`). PostgreSQL only.
+pub async fn announce_credentials_changed(store: &Store) -> outpost_store::Result<()> {
+    for payload in pack("host", vec![Hint::C]) {
+        store.notify(CHANNEL, &payload).await?;
+    }
+    Ok(())
+}
+
+/// Drops repeated job and credential hints (a job changes many times in a batch), keeping the
+/// first's place.
 fn dedup(hints: Vec<Hint>) -> Vec<Hint> {
     let mut seen = HashSet::with_capacity(hints.len());
     hints
         .into_iter()
-        .filter(|hint| !matches!(hint, Hint::J(..) | Hint::G(..)) || seen.insert(hint.clone()))
+        .filter(|hint| {
+            !matches!(hint, Hint::J(..) | Hint::G(..) | Hint::C) || seen.insert(hint.clone())
+        })
         .collect()
 }
 

@@ -620,3 +620,98 @@ async fn the_node_list_is_for_owners_only() {
         assert_eq!(nodes[0]["this_node"], true, "{nodes:?}");
     }
 }
+
+/// A key revoked on one node is refused by the others at once: the node that revoked it tells
+/// them (a `NOTIFY`) to forget their kept copies of credentials, rather than leaving the copies
+/// to age out (CONTRACT.md §9: "takes effect on the next request").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_node_is_forgotten_by_the_others() {
+    let test = "cluster::a_key_revoked_on_one_node_is_forgotten_by_the_others";
+    let Some(cluster) = postgres::required(test) else {
+        return;
+    };
+    let database = Database::create(&cluster);
+    let a = node(&database.url, "a").await;
+    let b = node(&database.url, "b").await;
+    let (owner, _) = a
+        .user("owner@example.com", "owner", "a long enough password")
+        .await;
+    let (status, key) = owner
+        .post("/api/keys", json!({"name": "ops", "scopes": ["*"]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let on_b = b.api().with_token(key["secret"].as_str().expect("secret"));
+    // Node b reads the key and keeps it; it heard of the key's creation already or will.
+    assert_eq!(on_b.get("/api/agents").await.0, StatusCode::OK);
+    let heard = wait_for(
+        "node b to hear of the key's creation",
+        READY_TIMEOUT,
+        || async {
+            let n = forgotten_by_word_of_another_node(&b, ADMIN_KEY).await;
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(on_b.get("/api/agents").await.0, StatusCode::OK);
+
+    let id = key["id"].as_str().expect("id");
+    let (status, body) = owner.delete(&format!("/api/keys/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(
+        a.api()
+            .with_token(key["secret"].as_str().expect("secret"))
+            .get("/api/agents")
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED,
+        "the node that revoked it"
+    );
+    let told = wait_for(
+        "node b to be told of the revocation",
+        READY_TIMEOUT,
+        || async {
+            let n = forgotten_by_word_of_another_node(&b, ADMIN_KEY).await;
+            (n > heard).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(on_b.get("/api/agents").await.0, StatusCode::UNAUTHORIZED);
+
+    // The host command that rotates the owner key beside running nodes tells them too; once
+    // it returns, the old owner key is refused on every node.
+    let out = Command::new(outpost_e2e::bin_dir().join("outpost-server"))
+        .args(["admin-key", "rotate", "--data-dir"])
+        .arg(&a.data_dir)
+        .args(a.database_args())
+        .env_remove("OUTPOST_ADMIN_KEY")
+        .env_remove("OUTPOST_DATABASE_URL")
+        .output()
+        .expect("running admin-key rotate");
+    assert!(out.status.success(), "{out:?}");
+    for server in [&a, &b] {
+        let (status, body) = server.api().with_token(ADMIN_KEY).get("/api/agents").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let rotated = std::fs::read_to_string(a.data_dir.join("admin.key")).expect("admin.key");
+    assert!(forgotten_by_word_of_another_node(&b, rotated.trim()).await > told);
+}
+
+/// `outpost_credentials_forgotten_total{why="other_node"}` of `server`, read with an owner key.
+async fn forgotten_by_word_of_another_node(server: &Server, owner_key: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(owner_key)
+        .send()
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("/metrics body");
+    text.lines()
+        .filter(|line| {
+            line.starts_with("outpost_credentials_forgotten_total{")
+                && line.contains("why=\"other_node\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

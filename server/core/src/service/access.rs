@@ -207,6 +207,7 @@ impl Access {
         self.limits.before_authentication(client)?;
         match crate::access::authenticate_api(
             &self.core.store,
+            &self.core.kept,
             &self.core.signer,
             token,
             unverified,

@@ -91,6 +91,9 @@ pub struct Core {
     /// The audit chains' heads this process last moved: a guess that lets a command and its
     /// audit row be stored in fewer statements (`Store::insert_command_audited`).
     audit_heads: outpost_store::AuditHeads,
+    /// The API keys and users authentication read last, kept for a second while no
+    /// credential changes (`outpost_store::credential_cache`).
+    kept: outpost_store::credential_cache::KeptCredentials,
 }
 
 impl Core {
@@ -126,6 +129,7 @@ impl Core {
             mail: None,
             require_verified_email: false,
             audit_heads: outpost_store::AuditHeads::default(),
+            kept: Default::default(),
         }
     }
 
@@ -141,6 +145,14 @@ impl Core {
     #[must_use]
     pub fn with_require_verified_email(mut self, required: bool) -> Self {
         self.require_verified_email = required;
+        self
+    }
+
+    /// The same core keeping the API keys and users it authenticates with for at most
+    /// `fresh` (`--credential-cache-ms`; zero reads them on every request).
+    #[must_use]
+    pub fn with_credential_cache(mut self, fresh: std::time::Duration) -> Self {
+        self.kept = outpost_store::credential_cache::KeptCredentials::new(fresh);
         self
     }
 

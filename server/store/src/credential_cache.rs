@@ -1,0 +1,258 @@
+//! The rows every REST request authenticates with, kept for a second.
+//!
+//! Every request reads its API key's row (and the row of the key's owner) or its access
+//! token's user, to act with the role that row has *now* (CONTRACT.md §9). On SQLite each read
+//! is a hand-off to a connection's thread and back, a tenth of a millisecond or more of a
+//! round trip that is a little over one. So a process keeps the rows it read, and a copy
+//! serves while both hold:
+//!
+//! - **no credential changed since it was read.** One epoch per process counts changes: a
+//!   write to API keys, users or agent keys bumps it *after* its commit ([`changed`]), and a
+//!   copy remembers the epoch from *before* its read. A read that raced a change is thus
+//!   never served: either it began after the commit, or the bump makes its copy stale. The
+//!   other nodes of a cluster bump theirs when told (`outpost_web::cluster`, [`forget`]), and
+//!   forget everything when their listener may have missed a notification.
+//! - **it is younger than the server's `--credential-cache-ms`** (at most [`FRESH`], a
+//!   second; 0 keeps nothing). What no process here was told about (a row changed by hand, a
+//!   notification that was lost) counts after at most that long. The host command that revokes
+//!   keys beside a running server (`outpost-server admin-key rotate`) tells the nodes on
+//!   PostgreSQL and waits out [`FRESH`] before it says the old keys are revoked.
+//!
+//! Only rows that were found are kept: an unknown token reads the store every time (and
+//! counts against its address). The copies hold what the database holds (hashes, never a
+//! secret), and every check (the constant-time hash comparison, expiry, revocation, status,
+//! role) still runs on each request against the copy.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::{Result, Store, api_key, user};
+
+/// How long a kept row serves at most (`--credential-cache-ms` may only shorten it).
+pub const FRESH: Duration = Duration::from_secs(1);
+/// Rows kept per kind at most; past it the stale ones go, then all.
+const MAX_KEPT: usize = 4096;
+
+/// Changes to credentials this process made or was told about.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+/// The changes this process made, for the other nodes.
+static LOCAL: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// Credentials changed through this process (committed): no copy read before serves again,
+/// and the other nodes are told ([`local_changes`]).
+pub fn changed() {
+    let epoch = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
+    LOCAL.send_replace(epoch);
+    crate::metrics::credentials_forgotten("here");
+}
+
+/// Credentials may have changed elsewhere: another node said so (`other_node`), or its word
+/// may have been lost (`resync`). No copy read before serves again; nobody is told.
+pub fn forget(why: &'static str) {
+    EPOCH.fetch_add(1, Ordering::SeqCst);
+    crate::metrics::credentials_forgotten(why);
+}
+
+/// Wakes on every change [`changed`] records, for the node that tells the others.
+pub fn local_changes() -> watch::Receiver<u64> {
+    LOCAL.subscribe()
+}
+
+fn epoch() -> u64 {
+    EPOCH.load(Ordering::SeqCst)
+}
+
+struct Copy<V> {
+    value: V,
+    epoch: u64,
+    read_at: Instant,
+}
+
+struct Kept<K, V> {
+    copies: Mutex<HashMap<K, Copy<V>>>,
+}
+
+impl<K: Eq + Hash, V: Clone> Kept<K, V> {
+    fn new() -> Self {
+        Self {
+            copies: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The copy of `key`, if one was read since the last change and less than `fresh`
+    /// before `now`.
+    fn get(&self, key: &K, fresh: Duration, now: Instant) -> Option<V> {
+        let epoch = epoch();
+        let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        copies
+            .get(key)
+            .filter(|c| c.epoch == epoch && now.saturating_duration_since(c.read_at) < fresh)
+            .map(|c| c.value.clone())
+    }
+
+    /// Keeps `value`, read after the epoch was `epoch`, unless something changed since.
+    fn keep(&self, key: K, value: V, epoch: u64, read_at: Instant, fresh: Duration) {
+        let current = self::epoch();
+        if epoch != current || fresh.is_zero() {
+            return;
+        }
+        let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        if copies.len() >= MAX_KEPT {
+            copies.retain(|_, c| c.epoch == current && c.read_at.elapsed() < fresh);
+            if copies.len() >= MAX_KEPT {
+                copies.clear();
+            }
+        }
+        copies.insert(
+            key,
+            Copy {
+                value,
+                epoch,
+                read_at,
+            },
+        );
+    }
+}
+
+/// One process's copies of the rows authentication reads (see the module's docs).
+pub struct KeptCredentials {
+    fresh: Duration,
+    api_keys: Kept<String, api_key::Model>,
+    users: Kept<(String, String), user::Model>,
+}
+
+impl Default for KeptCredentials {
+    fn default() -> Self {
+        Self::new(FRESH)
+    }
+}
+
+impl KeptCredentials {
+    /// Copies that serve for at most `fresh` (none when it is zero).
+    pub fn new(fresh: Duration) -> Self {
+        Self {
+            fresh,
+            api_keys: Kept::new(),
+            users: Kept::new(),
+        }
+    }
+
+    /// [`Store::api_key_by_hash`], from a copy while one serves.
+    pub async fn api_key_by_hash(
+        &self,
+        store: &Store,
+        hash: &str,
+    ) -> Result<Option<api_key::Model>> {
+        let hash = hash.to_owned();
+        if let Some(key) = self.api_keys.get(&hash, self.fresh, Instant::now()) {
+            crate::metrics::credential_read("kept");
+            return Ok(Some(key));
+        }
+        crate::metrics::credential_read("store");
+        let (epoch, read_at) = (epoch(), Instant::now());
+        let found = store.api_key_by_hash(&hash).await?;
+        if let Some(key) = &found {
+            self.api_keys
+                .keep(hash, key.clone(), epoch, read_at, self.fresh);
+        }
+        Ok(found)
+    }
+
+    /// [`Store::get_user`], from a copy while one serves.
+    pub async fn user(
+        &self,
+        store: &Store,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<user::Model>> {
+        let key = (tenant_id.to_owned(), id.to_owned());
+        if let Some(user) = self.users.get(&key, self.fresh, Instant::now()) {
+            crate::metrics::credential_read("kept");
+            return Ok(Some(user));
+        }
+        crate::metrics::credential_read("store");
+        let (epoch, read_at) = (epoch(), Instant::now());
+        let found = store.get_user(tenant_id, id).await?;
+        if let Some(user) = &found {
+            self.users
+                .keep(key, user.clone(), epoch, read_at, self.fresh);
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_copy_serves_until_it_ages_out() {
+        let kept = Kept::new();
+        let read_at = Instant::now();
+        // Another test in this process (`cargo test` runs them on threads) may change
+        // credentials in between; then it is tried again.
+        loop {
+            let before = epoch();
+            kept.keep("k", 1, before, read_at, SECOND);
+            let served = kept.get(&"k", SECOND, read_at + Duration::from_millis(999));
+            if epoch() == before {
+                assert_eq!(served, Some(1));
+                break;
+            }
+        }
+        assert_eq!(kept.get(&"k", SECOND, read_at + SECOND), None);
+        assert_eq!(kept.get(&"other", SECOND, read_at), None);
+    }
+
+    #[test]
+    fn a_change_after_the_read_began_is_never_served_over() {
+        let kept = Kept::new();
+        let read_at = Instant::now();
+        // Read, then a change commits (`changed`), then the read's row arrives to be kept.
+        let before = epoch();
+        changed();
+        kept.keep("k", 1, before, read_at, SECOND);
+        assert_eq!(kept.get(&"k", SECOND, read_at), None);
+        // Kept after the read, then a change: gone at once.
+        kept.keep("k", 2, epoch(), read_at, SECOND);
+        forget("resync");
+        assert_eq!(kept.get(&"k", SECOND, read_at), None);
+    }
+
+    #[test]
+    fn nothing_is_kept_when_copies_are_off() {
+        let kept = Kept::new();
+        let read_at = Instant::now();
+        kept.keep("k", 1, epoch(), read_at, Duration::ZERO);
+        assert_eq!(kept.get(&"k", SECOND, read_at), None);
+    }
+
+    #[test]
+    fn the_copies_stay_bounded() {
+        let kept = Kept::new();
+        let read_at = Instant::now();
+        let epoch = epoch();
+        for i in 0..(MAX_KEPT * 2) {
+            kept.keep(i, i, epoch, read_at, SECOND);
+        }
+        let held = kept.copies.lock().expect("lock").len();
+        assert!(held <= MAX_KEPT, "{held} copies");
+    }
+
+    #[tokio::test]
+    async fn local_changes_wake_the_teller_and_forgetting_does_not() {
+        let mut changes = local_changes();
+        changes.mark_unchanged();
+        forget("other_node");
+        assert!(!changes.has_changed().expect("open"));
+        changed();
+        assert!(changes.has_changed().expect("open"));
+    }
+}
