@@ -133,10 +133,11 @@ impl Default for KeptCredentials {
 }
 
 impl KeptCredentials {
-    /// Copies that serve for at most `fresh` (none when it is zero).
+    /// Copies that serve for at most `fresh` (none when it is zero), and never longer than
+    /// [`FRESH`]: the host command that revokes keys waits that long, not more.
     pub fn new(fresh: Duration) -> Self {
         Self {
-            fresh,
+            fresh: fresh.min(FRESH),
             api_keys: Kept::new(),
             users: Kept::new(),
         }
