@@ -152,8 +152,8 @@ pub struct Config {
     pub rate_limit: u32,
 
     /// Milliseconds (at most 1,000) an API key's or a user's row, once read to authenticate a
-    /// request, serves the next ones, unless a change to API keys, users or agent keys made on
-    /// this node (or announced by another node) comes first. A change made in the database by
+    /// request, serves the next ones, unless a change to API keys or users made on this node
+    /// (or announced by another node) comes first. A change made in the database by
     /// hand counts after at most this long (`outpost-server admin-key rotate` waits it out).
     /// 0 reads the rows on every request.
     #[arg(long, env = "OUTPOST_CREDENTIAL_CACHE_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=1_000))]

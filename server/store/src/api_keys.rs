@@ -95,7 +95,8 @@ impl<C: ConnectionTrait> Store<C> {
             .filter(api_key::Column::RevokedAt.is_null())
             .exec(&self.db)
             .await?;
-        // Inside a caller's transaction its commit tells again (`Store::commit`).
+        // Inside a caller's transaction, the caller tells again after its commit
+        // (`Store::commit_credentials`).
         crate::credential_cache::changed();
         Ok(done.rows_affected == 1)
     }

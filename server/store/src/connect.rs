@@ -235,9 +235,15 @@ impl<C: TransactionTrait> Store<C> {
 }
 
 impl Store<DatabaseTransaction> {
-    /// Commits everything done through this handle. The service's transactions change keys,
-    /// agents and settings, so kept credentials are forgotten after each (`credential_cache`).
+    /// Commits everything done through this handle.
     pub async fn commit(self) -> Result<()> {
+        Ok(self.db.commit().await?)
+    }
+
+    /// Commits a transaction that changed API keys or users (it called `revoke_api_key`, say),
+    /// then drops every kept copy of them (`credential_cache`): after the commit, so that no
+    /// read that raced the change is served.
+    pub async fn commit_credentials(self) -> Result<()> {
         self.db.commit().await?;
         crate::credential_cache::changed();
         Ok(())

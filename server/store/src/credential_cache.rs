@@ -7,8 +7,9 @@
 //! serves while both hold:
 //!
 //! - **no credential changed since it was read.** One epoch per process counts changes: a
-//!   write to API keys, users or agent keys bumps it *after* its commit ([`changed`]), and a
-//!   copy remembers the epoch from *before* its read. A read that raced a change is thus
+//!   write to API keys or users bumps it *after* its commit ([`changed`]; a service
+//!   transaction that makes one commits with `Store::commit_credentials`), and a copy
+//!   remembers the epoch from *before* its read. A read that raced a change is thus
 //!   never served: either it began after the commit, or the bump makes its copy stale. The
 //!   other nodes of a cluster bump theirs when told (`outpost_web::cluster`, [`forget`]), and
 //!   forget everything when their listener may have missed a notification.

@@ -78,7 +78,7 @@ enum Hint {
     A(String, String, String),
     /// A node's ping of its own listener.
     P(u64),
-    /// API keys, users or agent keys changed: forget the credentials kept
+    /// API keys or users changed: forget the credentials kept
     /// (`outpost_store::credential_cache`).
     C,
 }

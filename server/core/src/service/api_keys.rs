@@ -172,7 +172,7 @@ impl ApiKeys {
         let event = AuditEvent::new(AuditAction::ApiKeyDelete, AuditTarget::ApiKey, id)
             .with(json!({"name": key.name, "owner_user_id": key.owner_user_id}));
         txn.append_audit_now(&record_of(caller, event)).await?;
-        txn.commit().await?;
+        txn.commit_credentials().await?;
         tracing::info!(key_id = %id, "API key revoked");
         Ok(())
     }
