@@ -570,7 +570,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(delivery::Entity::find()
             .select_only()
             .column(delivery::Column::NextAttemptAt)
-            .filter(delivery::Column::Status.eq(delivery_status::PENDING))
+            // A literal, for the partial index `deliveries_due` (see `RUNNING_JOBS_SQL`).
+            .filter(Expr::cust("deliveries.status = 'pending'"))
             .order_by_asc(delivery::Column::NextAttemptAt)
             .limit(1)
             .into_tuple::<DateTime<Utc>>()

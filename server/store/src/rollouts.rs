@@ -171,7 +171,8 @@ async fn held_among<'a>(
             rollout_agent::Column::RolloutId,
         ])
         .filter(rollout_agent::Column::TenantId.eq(tenant_id))
-        .filter(rollout_agent::Column::Held.eq(true));
+        // A literal, for the partial index `rollout_agents_held` (see `RUNNING_JOBS_SQL`).
+        .filter(Expr::cust("rollout_agents.held"));
     if let Some(except) = except {
         query = query.filter(rollout_agent::Column::RolloutId.ne(except));
     }
@@ -891,7 +892,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .select_only()
             .column(rollout_agent::Column::AgentId)
             .filter(rollout_agent::Column::TenantId.eq(tenant_id))
-            .filter(rollout_agent::Column::Held.eq(true))
+            // A literal, for the partial index `rollout_agents_held`.
+            .filter(Expr::cust("rollout_agents.held"))
             .into_tuple()
             .all(&self.db)
             .await?)

@@ -336,7 +336,8 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         Ok(schedule::Entity::find()
             .select_only()
             .column(schedule::Column::NextFireAt)
-            .filter(schedule::Column::Enabled.eq(true))
+            // A literal, for the partial index `schedules_due` (see `RUNNING_JOBS_SQL`).
+            .filter(sea_orm::sea_query::Expr::cust("schedules.enabled"))
             .filter(schedule::Column::NextFireAt.is_not_null())
             .order_by_asc(schedule::Column::NextFireAt)
             .limit(1)

@@ -251,6 +251,40 @@ async fn batches_of_any_size_change_exactly_their_own_commands() {
     }
 }
 
+/// The SQLite linked into the server keeps a statement's plan whatever is bound to it
+/// (`.cargo/config.toml`): without that, every `LIMIT ?` (every sea-orm `.one()`, every page)
+/// made SQLite parse and plan its statement again on each run.
+#[tokio::test]
+async fn sqlite_plans_never_depend_on_bound_values() {
+    if !common::on_sqlite("sqlite_plans_never_depend_on_bound_values") {
+        return;
+    }
+    use sea_orm::{ConnectionTrait, Statement};
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("outpost.db");
+    Store::open(&DatabaseLocation::Sqlite(path.clone()))
+        .await
+        .expect("open");
+    let db = sea_orm::Database::connect(format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    let options: Vec<String> = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "PRAGMA compile_options".to_owned(),
+        ))
+        .await
+        .expect("compile options")
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).expect("option"))
+        .collect();
+    assert!(
+        options.iter().any(|o| o == "ENABLE_QPSG"),
+        "SQLite was built without SQLITE_ENABLE_QPSG (LIBSQLITE3_FLAGS in .cargo/config.toml): \
+         {options:?}"
+    );
+}
+
 /// An agent's open commands are found on the partial index of open commands (which a bound
 /// state value would hide from SQLite's planner), and its history on the agent index.
 #[tokio::test]
