@@ -251,6 +251,20 @@ async fn batches_of_any_size_change_exactly_their_own_commands() {
     }
 }
 
+/// A migrated SQLite store and a plain connection of the test's own to it (the directory
+/// goes when the first is dropped).
+async fn migrated_sqlite() -> (tempfile::TempDir, sea_orm::DatabaseConnection) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("outpost.db");
+    Store::open(&DatabaseLocation::Sqlite(path.clone()))
+        .await
+        .expect("open");
+    let db = sea_orm::Database::connect(format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    (dir, db)
+}
+
 /// The SQLite linked into the server keeps a statement's plan whatever is bound to it
 /// (`.cargo/config.toml`): without that, every `LIMIT ?` (every sea-orm `.one()`, every page)
 /// made SQLite parse and plan its statement again on each run.
@@ -260,14 +274,7 @@ async fn sqlite_plans_never_depend_on_bound_values() {
         return;
     }
     use sea_orm::{ConnectionTrait, Statement};
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("outpost.db");
-    Store::open(&DatabaseLocation::Sqlite(path.clone()))
-        .await
-        .expect("open");
-    let db = sea_orm::Database::connect(format!("sqlite://{}", path.display()))
-        .await
-        .expect("connect");
+    let (_dir, db) = migrated_sqlite().await;
     let options: Vec<String> = db
         .query_all_raw(Statement::from_string(
             db.get_database_backend(),
@@ -293,14 +300,7 @@ async fn open_commands_use_the_partial_index() {
         return;
     }
     use sea_orm::{ConnectionTrait, Statement};
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("outpost.db");
-    Store::open(&DatabaseLocation::Sqlite(path.clone()))
-        .await
-        .expect("open");
-    let db = sea_orm::Database::connect(format!("sqlite://{}", path.display()))
-        .await
-        .expect("connect");
+    let (_dir, db) = migrated_sqlite().await;
     let plan = |sql: String| {
         let db = db.clone();
         async move {
