@@ -155,7 +155,8 @@ pub struct Config {
     /// request, serves the next ones, unless a change to API keys or users made on this node
     /// (or announced by another node) comes first. A change made in the database by
     /// hand counts after at most this long (`outpost-server admin-key rotate` waits it out).
-    /// 0 reads the rows on every request.
+    /// The same for a connected agent's row with its key, read to send it a command (dropped
+    /// by any change to agents or agent keys). 0 reads the rows on every request.
     #[arg(long, env = "OUTPOST_CREDENTIAL_CACHE_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=1_000))]
     pub credential_cache_ms: u64,
 

@@ -466,6 +466,33 @@ impl Server {
         .await
     }
 
+    /// The sum of a metric's series on `/metrics` whose labels contain `labels` (`""`: all of
+    /// them), read with the owner key (a plain-HTTP server).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        self.metric_as(&self.admin_key, name, labels).await
+    }
+
+    /// [`Server::metric`], read with `owner_key`.
+    pub async fn metric_as(&self, owner_key: &str, name: &str, labels: &str) -> f64 {
+        let response = reqwest::Client::new()
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(owner_key)
+            .send()
+            .await
+            .expect("/metrics");
+        assert_eq!(response.status(), StatusCode::OK, "/metrics");
+        let text = response.text().await.expect("/metrics body");
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name).is_some_and(|rest| {
+                    (rest.starts_with(' ') || rest.starts_with('{'))
+                        && rest.split(' ').next().is_some_and(|l| l.contains(labels))
+                })
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The PEM of the CA its API client trusts.
     pub fn ca_pem_text(&self) -> String {
         self.ca_pem.clone().expect("a server with a CA")

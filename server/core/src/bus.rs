@@ -66,6 +66,10 @@ pub trait Bus: Send + Sync + 'static {
     fn cancel(&self, command: &command::Model) -> Delivery;
     /// Whether the agent is connected.
     fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool;
+    /// Whether the agent is connected to this process (not to another node).
+    fn is_connected_here(&self, tenant_id: &str, agent_id: AgentId) -> bool {
+        self.is_online(tenant_id, agent_id)
+    }
     /// Whether the agent of a row just read from the store is connected: the row says which
     /// node holds it when several share the database, which is fresher than anything a node
     /// remembers about the others.

@@ -110,7 +110,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         if let Some(status) = patch.status {
             model.status = Set(status);
         }
-        Ok(Some(model.update(&self.db).await?))
+        let updated = model.update(&self.db).await;
+        crate::credential_cache::agents_changed();
+        Ok(Some(updated?))
     }
 
     /// Replaces a key's secret; the old one stops working with this commit.
@@ -125,7 +127,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         let secret = credentials::generate_secret(KeyKind::Agent);
         let mut model: agent_key::ActiveModel = existing.into();
         model.key_hash = Set(credentials::hash_secret(&secret));
-        Ok(Some((model.update(&self.db).await?, secret)))
+        let updated = model.update(&self.db).await;
+        crate::credential_cache::agents_changed();
+        Ok(Some((updated?, secret)))
     }
 
     /// Deletes a key; `false` when it was not the tenant's.
@@ -135,6 +139,9 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(agent_key::Column::Id.eq(id))
             .exec(&self.db)
             .await?;
+        // In a transaction (the key's service deletes it with its audit row), its commit
+        // calls this again.
+        crate::credential_cache::agents_changed();
         Ok(res.rows_affected > 0)
     }
 

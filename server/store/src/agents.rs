@@ -38,6 +38,21 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
         node_id: Option<&str>,
         transport: crate::domain::Transport,
     ) -> Result<Registered> {
+        let registered = self
+            .upsert_agent_row(tenant_id, key_id, data, node_id, transport)
+            .await;
+        crate::credential_cache::agents_changed();
+        registered
+    }
+
+    async fn upsert_agent_row(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        data: &RegisterData,
+        node_id: Option<&str>,
+        transport: crate::domain::Transport,
+    ) -> Result<Registered> {
         let id = data.agent_id.to_string();
         // Twice at most: an insert that lost a race with the same key's insert finds the row
         // on its second update.
@@ -160,6 +175,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             update = update.filter(agent::Column::NodeId.eq(node_id));
         }
         update.exec(&self.db).await?;
+        crate::credential_cache::agents_changed();
         Ok(())
     }
 
@@ -285,6 +301,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(agent::Column::Id.eq(id))
             .exec(&self.db)
             .await?;
+        crate::credential_cache::agents_changed();
         self.get_agent(tenant_id, id).await
     }
 
@@ -319,6 +336,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
             .filter(agent::Column::Id.eq(id))
             .exec(&self.db)
             .await?;
+        crate::credential_cache::agents_changed();
         Ok((res.rows_affected > 0).then_some(lost))
     }
 }

@@ -248,6 +248,15 @@ impl Store<DatabaseTransaction> {
         crate::credential_cache::changed();
         Ok(())
     }
+
+    /// Commits a transaction that changed an agent's row or an agent key (`set_agent_tags`,
+    /// say), then drops every kept copy of agents' rows (`credential_cache`), for the same
+    /// reason.
+    pub async fn commit_agents(self) -> Result<()> {
+        self.db.commit().await?;
+        crate::credential_cache::agents_changed();
+        Ok(())
+    }
 }
 
 /// Starts a transaction that will write: on SQLite, `BEGIN IMMEDIATE`, which takes the write

@@ -1,4 +1,5 @@
-//! The rows every REST request authenticates with, kept for a second.
+//! The rows every REST request authenticates with, and the agent rows commands read, kept
+//! for a second.
 //!
 //! Every request reads its API key's row (and the row of the key's owner) or its access
 //! token's user, to act with the role that row has *now* (CONTRACT.md §9). On SQLite each read
@@ -23,6 +24,17 @@
 //! counts against its address). The copies hold what the database holds (hashes, never a
 //! secret), and every check (the constant-time hash comparison, expiry, revocation, status,
 //! role) still runs on each request against the copy.
+//!
+//! **Agents' rows** are kept the same way for commands (`KeptCredentials::agent_with_key`:
+//! the agent with its key, which decides what the command may do), under an epoch of their
+//! own, so that a fleet reconnecting does not make every request read its API key again.
+//! [`agents_changed`] bumps it after every write to the columns a command reads: what an
+//! agent declared when it registered, its node, its server tags, its deletion, and any change
+//! to an agent key (the writes to bookkeeping columns only, the heartbeats, the
+//! online/offline announcements and a key's last use, do not). A command uses a copy only
+//! for an agent connected to this process, whose registration this process wrote: so the
+//! copy never decides where an agent is connected, and what changes on another node reaches
+//! this one as a hint (or after the copy's second) exactly as for credentials.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -32,40 +44,94 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::{Result, Store, api_key, user};
+use crate::{Result, Store, agent, agent_key, api_key, user};
 
 /// How long a kept row serves at most (`--credential-cache-ms` may only shorten it).
 pub const FRESH: Duration = Duration::from_secs(1);
 /// Rows kept per kind at most; past it the stale ones go, then all.
 const MAX_KEPT: usize = 4096;
+/// Agents' rows kept at most: they are larger (the scripts an agent declared), and a copy
+/// pays only for commands sent to one agent within a second, which few agents get at once.
+const MAX_KEPT_AGENTS: usize = 256;
 
-/// Changes to credentials this process made or was told about.
-static EPOCH: AtomicU64 = AtomicU64::new(0);
-/// The changes this process made, for the other nodes.
-static LOCAL: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+/// Changes this process made or was told about, to one kind of kept row.
+pub(crate) struct Epoch {
+    count: AtomicU64,
+    /// The changes this process made, for the other nodes.
+    local: LazyLock<watch::Sender<u64>>,
+    /// Counts forgetting, by why (`here`, `other_node`, `resync`).
+    forgotten: fn(&'static str),
+}
+
+impl Epoch {
+    const fn new(forgotten: fn(&'static str)) -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            local: LazyLock::new(|| watch::Sender::new(0)),
+            forgotten,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        let epoch = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        self.local.send_replace(epoch);
+        (self.forgotten)("here");
+    }
+
+    fn forget(&self, why: &'static str) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        (self.forgotten)(why);
+    }
+}
+
+/// Changes to API keys and users.
+static CREDENTIALS: Epoch = Epoch::new(crate::metrics::credentials_forgotten);
+/// Changes to agents' rows and agent keys.
+static AGENTS: Epoch = Epoch::new(crate::metrics::agent_rows_forgotten);
 
 /// Credentials changed through this process (committed): no copy read before serves again,
 /// and the other nodes are told ([`local_changes`]).
 pub fn changed() {
-    let epoch = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
-    LOCAL.send_replace(epoch);
-    crate::metrics::credentials_forgotten("here");
+    CREDENTIALS.changed();
 }
 
 /// Credentials may have changed elsewhere: another node said so (`other_node`), or its word
 /// may have been lost (`resync`). No copy read before serves again; nobody is told.
 pub fn forget(why: &'static str) {
-    EPOCH.fetch_add(1, Ordering::SeqCst);
-    crate::metrics::credentials_forgotten(why);
+    CREDENTIALS.forget(why);
 }
 
 /// Wakes on every change [`changed`] records, for the node that tells the others.
 pub fn local_changes() -> watch::Receiver<u64> {
-    LOCAL.subscribe()
+    CREDENTIALS.local.subscribe()
 }
 
+/// An agent's row or an agent key changed through this process (committed): what
+/// [`KeptCredentials::agent_with_key`] kept before serves no more, and the other nodes are
+/// told ([`local_agent_changes`]). Every store method that writes a column of `agents` or
+/// `agent_keys` that a command reads calls it after its write (see the module's docs); a
+/// service transaction that calls one of them commits with `Store::commit_agents`.
+pub fn agents_changed() {
+    AGENTS.changed();
+}
+
+/// Agents' rows may have changed elsewhere ([`forget`]'s reasons).
+pub fn forget_agents(why: &'static str) {
+    AGENTS.forget(why);
+}
+
+/// Wakes on every change [`agents_changed`] records.
+pub fn local_agent_changes() -> watch::Receiver<u64> {
+    AGENTS.local.subscribe()
+}
+
+#[cfg(test)]
 fn epoch() -> u64 {
-    EPOCH.load(Ordering::SeqCst)
+    CREDENTIALS.now()
 }
 
 struct Copy<V> {
@@ -76,19 +142,29 @@ struct Copy<V> {
 
 struct Kept<K, V> {
     copies: Mutex<HashMap<K, Copy<V>>>,
+    /// The changes that make these copies stale.
+    epoch: &'static Epoch,
+    /// Copies at most.
+    max: usize,
 }
 
 impl<K: Eq + Hash, V: Clone> Kept<K, V> {
-    fn new() -> Self {
+    fn new(epoch: &'static Epoch, max: usize) -> Self {
         Self {
             copies: Mutex::new(HashMap::new()),
+            epoch,
+            max,
         }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.now()
     }
 
     /// The copy of `key`, if one was read since the last change and less than `fresh`
     /// before `now`.
     fn get(&self, key: &K, fresh: Duration, now: Instant) -> Option<V> {
-        let epoch = epoch();
+        let epoch = self.epoch();
         let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
         copies
             .get(key)
@@ -98,14 +174,14 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
 
     /// Keeps `value`, read after the epoch was `epoch`, unless something changed since.
     fn keep(&self, key: K, value: V, epoch: u64, read_at: Instant, fresh: Duration) {
-        let current = self::epoch();
+        let current = self.epoch();
         if epoch != current || fresh.is_zero() {
             return;
         }
         let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
-        if copies.len() >= MAX_KEPT {
+        if copies.len() >= self.max {
             copies.retain(|_, c| c.epoch == current && c.read_at.elapsed() < fresh);
-            if copies.len() >= MAX_KEPT {
+            if copies.len() >= self.max {
                 copies.clear();
             }
         }
@@ -120,11 +196,16 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
     }
 }
 
-/// One process's copies of the rows authentication reads (see the module's docs).
+/// An agent's row with its key's, as [`Store::get_agent_with_key`] reads them.
+type AgentWithKey = (agent::Model, Option<agent_key::Model>);
+
+/// One process's copies of the rows authentication reads, and of the agent rows commands
+/// read (see the module's docs).
 pub struct KeptCredentials {
     fresh: Duration,
     api_keys: Kept<String, api_key::Model>,
     users: Kept<(String, String), user::Model>,
+    agents: Kept<(String, String), AgentWithKey>,
 }
 
 impl Default for KeptCredentials {
@@ -139,8 +220,9 @@ impl KeptCredentials {
     pub fn new(fresh: Duration) -> Self {
         Self {
             fresh: fresh.min(FRESH),
-            api_keys: Kept::new(),
-            users: Kept::new(),
+            api_keys: Kept::new(&CREDENTIALS, MAX_KEPT),
+            users: Kept::new(&CREDENTIALS, MAX_KEPT),
+            agents: Kept::new(&AGENTS, MAX_KEPT_AGENTS),
         }
     }
 
@@ -156,7 +238,7 @@ impl KeptCredentials {
             return Ok(Some(key));
         }
         crate::metrics::credential_read("store");
-        let (epoch, read_at) = (epoch(), Instant::now());
+        let (epoch, read_at) = (self.api_keys.epoch(), Instant::now());
         let found = store.api_key_by_hash(&hash).await?;
         if let Some(key) = &found {
             self.api_keys
@@ -178,11 +260,38 @@ impl KeptCredentials {
             return Ok(Some(user));
         }
         crate::metrics::credential_read("store");
-        let (epoch, read_at) = (epoch(), Instant::now());
+        let (epoch, read_at) = (self.users.epoch(), Instant::now());
         let found = store.get_user(tenant_id, id).await?;
         if let Some(user) = &found {
             self.users
                 .keep(key, user.clone(), epoch, read_at, self.fresh);
+        }
+        Ok(found)
+    }
+
+    /// [`Store::get_agent_with_key`], from a copy while one serves. For a command to an agent
+    /// connected to this process only: the caller asks only then, so what the row says about
+    /// where the agent is connected (`node_id`) never comes from a copy, and what it declared
+    /// when it registered (scripts, library, version, hostname) was written by this process,
+    /// which bumped the epoch after writing it. The heartbeat's columns (`last_seen`,
+    /// `last_heartbeat`) may be a second old in a copy.
+    pub async fn agent_with_key(
+        &self,
+        store: &Store,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<AgentWithKey>> {
+        let key = (tenant_id.to_owned(), id.to_owned());
+        if let Some(found) = self.agents.get(&key, self.fresh, Instant::now()) {
+            crate::metrics::agent_row_read("kept");
+            return Ok(Some(found));
+        }
+        crate::metrics::agent_row_read("store");
+        let (epoch, read_at) = (self.agents.epoch(), Instant::now());
+        let found = store.get_agent_with_key(tenant_id, id).await?;
+        if let Some(found) = &found {
+            self.agents
+                .keep(key, found.clone(), epoch, read_at, self.fresh);
         }
         Ok(found)
     }
@@ -196,7 +305,7 @@ mod tests {
 
     #[test]
     fn a_copy_serves_until_it_ages_out() {
-        let kept = Kept::new();
+        let kept = Kept::new(&CREDENTIALS, MAX_KEPT);
         let read_at = Instant::now();
         // Another test in this process (`cargo test` runs them on threads) may change
         // credentials in between; then it is tried again.
@@ -215,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_change_after_the_read_began_is_never_served_over() {
-        let kept = Kept::new();
+        let kept = Kept::new(&CREDENTIALS, MAX_KEPT);
         let read_at = Instant::now();
         // Read, then a change commits (`changed`), then the read's row arrives to be kept.
         let before = epoch();
@@ -230,7 +339,7 @@ mod tests {
 
     #[test]
     fn nothing_is_kept_when_copies_are_off() {
-        let kept = Kept::new();
+        let kept = Kept::new(&CREDENTIALS, MAX_KEPT);
         let read_at = Instant::now();
         kept.keep("k", 1, epoch(), read_at, Duration::ZERO);
         assert_eq!(kept.get(&"k", SECOND, read_at), None);
@@ -238,7 +347,7 @@ mod tests {
 
     #[test]
     fn the_copies_stay_bounded() {
-        let kept = Kept::new();
+        let kept = Kept::new(&CREDENTIALS, MAX_KEPT);
         let read_at = Instant::now();
         let epoch = epoch();
         for i in 0..(MAX_KEPT * 2) {
@@ -246,6 +355,49 @@ mod tests {
         }
         let held = kept.copies.lock().expect("lock").len();
         assert!(held <= MAX_KEPT, "{held} copies");
+    }
+
+    #[test]
+    fn agents_and_credentials_are_forgotten_apart() {
+        let agents = Kept::new(&AGENTS, MAX_KEPT_AGENTS);
+        let keys = Kept::new(&CREDENTIALS, MAX_KEPT);
+        let read_at = Instant::now();
+        // Other tests in this process change credentials in between: then it is tried again.
+        loop {
+            let before = (CREDENTIALS.now(), AGENTS.now());
+            agents.keep("a", 1, before.1, read_at, SECOND);
+            keys.keep("k", 1, before.0, read_at, SECOND);
+            agents_changed();
+            let kept_key = keys.get(&"k", SECOND, read_at);
+            if CREDENTIALS.now() == before.0 {
+                assert_eq!(kept_key, Some(1), "an agent's change forgot a credential");
+                break;
+            }
+        }
+        assert_eq!(agents.get(&"a", SECOND, read_at), None);
+        // And a credential's change leaves the agents' copies.
+        loop {
+            let before = AGENTS.now();
+            agents.keep("a", 2, before, read_at, SECOND);
+            changed();
+            let kept = agents.get(&"a", SECOND, read_at);
+            if AGENTS.now() == before {
+                assert_eq!(kept, Some(2), "a credential's change forgot an agent");
+                break;
+            }
+        }
+        forget_agents("resync");
+        assert_eq!(agents.get(&"a", SECOND, read_at), None);
+    }
+
+    #[tokio::test]
+    async fn agent_changes_wake_their_teller_and_forgetting_does_not() {
+        let mut agents = local_agent_changes();
+        agents.mark_unchanged();
+        forget_agents("other_node");
+        assert!(!agents.has_changed().expect("open"));
+        agents_changed();
+        assert!(agents.has_changed().expect("open"));
     }
 
     #[tokio::test]

@@ -57,6 +57,11 @@ pub const CLUSTER_HINTS_DROPPED: &str = "outpost_cluster_hints_dropped_total";
 pub const CREDENTIAL_READS: &str = "outpost_credential_reads_total";
 /// Times the kept credentials were forgotten, by why.
 pub const CREDENTIALS_FORGOTTEN: &str = "outpost_credentials_forgotten_total";
+/// Agent rows (with their keys) a command to a connected agent looked at, by where they came
+/// from.
+pub const AGENT_ROW_READS: &str = "outpost_agent_row_reads_total";
+/// Times the kept agent rows were forgotten, by why.
+pub const AGENT_ROWS_FORGOTTEN: &str = "outpost_agent_rows_forgotten_total";
 /// Gauge, always 1: this node's id and name, to tell nodes apart in a shared Prometheus.
 pub const NODE_INFO: &str = "outpost_node_info";
 /// Acks not written because their command's response arrived with them.
@@ -152,6 +157,14 @@ fn describe() {
     describe_counter!(
         CREDENTIALS_FORGOTTEN,
         "Times the kept API keys and users were forgotten: a change here, another node's word, or a resync."
+    );
+    describe_counter!(
+        AGENT_ROW_READS,
+        "Agent rows (with their keys) commands to connected agents looked at: from a kept copy or from the store."
+    );
+    describe_counter!(
+        AGENT_ROWS_FORGOTTEN,
+        "Times the kept agent rows were forgotten: a change here, another node's word, or a resync."
     );
     describe_gauge!(NODE_INFO, "1, labelled with this node's id and name.");
     describe_gauge!(
@@ -421,6 +434,16 @@ pub fn credential_read(from: &'static str) {
 /// The kept credentials were forgotten: `here`, `other_node` or `resync`.
 pub fn credentials_forgotten(why: &'static str) {
     counter!(CREDENTIALS_FORGOTTEN, "why" => why).increment(1);
+}
+
+/// A command looked at an agent's row: `kept` (a copy) or `store`.
+pub fn agent_row_read(from: &'static str) {
+    counter!(AGENT_ROW_READS, "from" => from).increment(1);
+}
+
+/// The kept agent rows were forgotten: `here`, `other_node` or `resync`.
+pub fn agent_rows_forgotten(why: &'static str) {
+    counter!(AGENT_ROWS_FORGOTTEN, "why" => why).increment(1);
 }
 
 /// A hint for other nodes was dropped.

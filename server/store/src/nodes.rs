@@ -123,6 +123,9 @@ impl Store {
             }
             txn.commit().await?;
         }
+        if !taken.is_empty() {
+            crate::credential_cache::agents_changed();
+        }
         Ok(taken)
     }
 
@@ -151,6 +154,7 @@ impl Store {
             .exec(&txn)
             .await?;
         txn.commit().await?;
+        crate::credential_cache::agents_changed();
         Ok(())
     }
 
@@ -373,6 +377,7 @@ impl Store {
                     .await?;
             }
             txn.commit().await?;
+            crate::credential_cache::agents_changed();
         }
         Ok(())
     }

@@ -81,6 +81,8 @@ enum Hint {
     /// API keys or users changed: forget the credentials kept
     /// (`outpost_store::credential_cache`).
     C,
+    /// Agents' rows or agent keys changed: forget the agent rows kept (the same module).
+    R,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -170,6 +172,7 @@ impl Cluster {
         tokio::spawn(cluster.clone().lease_loop());
         tokio::spawn(cluster.clone().send_loop());
         tokio::spawn(cluster.clone().credentials_loop());
+        tokio::spawn(cluster.clone().agent_rows_loop());
         tokio::spawn(cluster.clone().listen_loop());
         // Says hello: a node that does not know this one yet starts sending it hints now.
         cluster.ping().await;
@@ -248,6 +251,21 @@ impl Cluster {
                 changed = changes.changed() => if changed.is_err() { return },
             }
             self.send([Hint::C]);
+        }
+    }
+
+    /// The same for agents' rows and agent keys ([`Hint::R`]). A fleet reconnecting changes
+    /// rows by the thousand a second; the watch keeps only the latest change, so this sends
+    /// one hint per turn of this loop, not one per row.
+    async fn agent_rows_loop(self: Arc<Self>) {
+        let mut changes = outpost_store::credential_cache::local_agent_changes();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            self.send([Hint::R]);
         }
     }
 
@@ -521,6 +539,7 @@ impl Cluster {
                     }
                 }
                 Hint::C => outpost_store::credential_cache::forget("other_node"),
+                Hint::R => outpost_store::credential_cache::forget_agents("other_node"),
                 Hint::D(..) | Hint::X(..) | Hint::P(_) => {}
             }
         }
@@ -576,6 +595,7 @@ impl Cluster {
     async fn resync(&self) {
         // A change to credentials may have been among the missed notifications.
         outpost_store::credential_cache::forget("resync");
+        outpost_store::credential_cache::forget_agents("resync");
         match self.store.pending_for_node(&self.node_id).await {
             Ok(runs) => {
                 for run in runs {
@@ -678,6 +698,10 @@ impl Bus for Cluster {
 
     fn is_online(&self, tenant_id: &str, agent_id: AgentId) -> bool {
         self.hub.is_online(tenant_id, agent_id) || self.remote(tenant_id, agent_id)
+    }
+
+    fn is_connected_here(&self, tenant_id: &str, agent_id: AgentId) -> bool {
+        self.hub.is_online(tenant_id, agent_id)
     }
 
     fn is_agent_online(&self, agent: &outpost_store::agent::Model) -> bool {
@@ -813,7 +837,8 @@ fn dedup(hints: Vec<Hint>) -> Vec<Hint> {
     hints
         .into_iter()
         .filter(|hint| {
-            !matches!(hint, Hint::J(..) | Hint::G(..) | Hint::C) || seen.insert(hint.clone())
+            !matches!(hint, Hint::J(..) | Hint::G(..) | Hint::C | Hint::R)
+                || seen.insert(hint.clone())
         })
         .collect()
 }

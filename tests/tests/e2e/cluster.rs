@@ -687,22 +687,70 @@ async fn a_key_revoked_on_one_node_is_forgotten_by_the_others() {
     assert!(forgotten_by_word_of_another_node(&b, rotated.trim()).await > told);
 }
 
+/// An agent key narrowed on node a refuses the next command to its agent connected to node
+/// b once b is told, though b keeps the agent's row (with its key) for commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_key_narrowed_on_one_node_is_forgotten_by_the_others() {
+    let test = "cluster::an_agent_key_narrowed_on_one_node_is_forgotten_by_the_others";
+    let Some(cluster) = postgres::required(test) else {
+        return;
+    };
+    let database = Database::create(&cluster);
+    let a = node(&database.url, "a").await;
+    let b = node(&database.url, "b").await;
+    let (key_id, secret) = a
+        .api()
+        .create_key(json!({"name": "deploy", "permissions": ["ping", "echo"]}))
+        .await;
+    let agent = Agent::start(&b.url, &secret);
+    let on_b = b.api();
+    let id = agent.wait_online(&on_b).await;
+    let echo = json!({"command": "echo", "data": {"message": "hi"}});
+    for _ in 0..3 {
+        let (status, body) = on_b.command(&id, echo.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let kept = b
+        .metric("outpost_agent_row_reads_total", "from=\"kept\"")
+        .await;
+    assert!(kept >= 1.0, "node b read no kept row ({kept})");
+    let other_node = "why=\"other_node\"";
+    let heard = b
+        .metric("outpost_agent_rows_forgotten_total", other_node)
+        .await;
+
+    let (status, body) = a
+        .api()
+        .patch(
+            &format!("/api/agents/keys/{key_id}"),
+            json!({"permissions": ["ping"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for(
+        "node b to be told of the key's change",
+        READY_TIMEOUT,
+        || async {
+            (b.metric("outpost_agent_rows_forgotten_total", other_node)
+                .await
+                > heard)
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, err) = on_b.command(&id, echo).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    let (status, body) = on_b.command(&id, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// `outpost_credentials_forgotten_total{why="other_node"}` of `server`, read with an owner key.
 async fn forgotten_by_word_of_another_node(server: &Server, owner_key: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(owner_key)
-        .send()
+    server
+        .metric_as(
+            owner_key,
+            "outpost_credentials_forgotten_total",
+            "why=\"other_node\"",
+        )
         .await
-        .expect("/metrics")
-        .text()
-        .await
-        .expect("/metrics body");
-    text.lines()
-        .filter(|line| {
-            line.starts_with("outpost_credentials_forgotten_total{")
-                && line.contains("why=\"other_node\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

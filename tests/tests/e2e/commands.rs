@@ -236,6 +236,42 @@ async fn permissions_are_enforced_and_refused_commands_never_sent() {
     );
 }
 
+/// A command to a connected agent reads the agent's row and key from a copy the server keeps
+/// for a second (`outpost_store::credential_cache`); narrowing the key's permissions refuses
+/// the very next command all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_key_refuses_the_next_command_though_rows_are_kept() {
+    let server = Server::start().await;
+    let api = server.api();
+    let (key_id, secret) = api
+        .create_key(json!({"name": "deploy", "permissions": ["ping", "echo"]}))
+        .await;
+    let agent = Agent::start(&server.url, &secret);
+    let id = agent.wait_online(&api).await;
+    let echo = json!({"command": "echo", "data": {"message": "hi"}});
+    for _ in 0..3 {
+        let (status, body) = api.command(&id, echo.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let kept = server
+        .metric("outpost_agent_row_reads_total", "from=\"kept\"")
+        .await;
+    assert!(kept >= 1.0, "no command used a kept row ({kept})");
+
+    let (status, body) = api
+        .patch(
+            &format!("/api/agents/keys/{key_id}"),
+            json!({"permissions": ["ping"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, err) = api.command(&id, echo.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert_eq!(err["error"]["code"], "forbidden");
+    let (status, body) = api.command(&id, json!({"command": "ping"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_agents_get_409_or_a_queued_command() {
     let server = Server::start().await;

@@ -217,7 +217,7 @@ impl Agents {
         let event = AuditEvent::new(AuditAction::AgentUpdate, AuditTarget::Agent, id)
             .with(json!({"tags": tags, "hostname": agent.hostname}));
         txn.append_audit_now(&record_of(caller, event)).await?;
-        txn.commit().await?;
+        txn.commit_agents().await?;
         let rule = self.tag_rule(caller).await?;
         Ok(self.record(&rule, agent))
     }

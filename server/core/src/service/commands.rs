@@ -407,8 +407,7 @@ impl Commands {
         authorize(caller, spec, &format!("agent {agent_id}"))?;
         let core = &self.core;
         let (agent, key) = core
-            .store
-            .get_agent_with_key(&caller.tenant_id, agent_id)
+            .agent_with_key(&caller.tenant_id, agent_id)
             .instrument(tracing::debug_span!("read_agent"))
             .await?
             .ok_or_else(|| DomainError::NotFound(format!("no agent {agent_id}")))?;
@@ -471,6 +470,7 @@ impl Commands {
         core.store.append_audit(&record_of(caller, event)).await?;
         let runs = agent_ids.into_iter().map(|agent_id| async move {
             let result = async {
+                // From the store: each agent is read once, a copy would only take memory.
                 let (agent, key) = core
                     .store
                     .get_agent_with_key(&caller.tenant_id, &agent_id)
@@ -497,6 +497,28 @@ impl Commands {
 }
 
 impl Core {
+    /// An agent's row with its key's, for a command to it: from the copy this process kept
+    /// (`outpost_store::credential_cache`, a second at most) while the agent is connected to
+    /// this process, from the store otherwise. A command to a connected agent reads the row
+    /// that agent's registration here wrote, so a copy saves a read on a pooled connection,
+    /// a fifth of the round trip (docs/BENCHMARKS.md, "The round trip's steps").
+    async fn agent_with_key(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+    ) -> Result<Option<(agent::Model, Option<agent_key::Model>)>, DomainError> {
+        let here = agent_id
+            .parse()
+            .is_ok_and(|id| self.bus.is_connected_here(tenant_id, id));
+        Ok(if here {
+            self.kept
+                .agent_with_key(&self.store, tenant_id, agent_id)
+                .await?
+        } else {
+            self.store.get_agent_with_key(tenant_id, agent_id).await?
+        })
+    }
+
     /// Stores a command for one agent, then delivers it if the agent is connected. Refused
     /// before anything is stored: a key that does not allow it, a script the agent does not
     /// list, a downgrade without `force`, and (without `queue`) an offline agent.

@@ -199,7 +199,7 @@ impl Keys {
             .ok_or_else(|| DomainError::NotFound(format!("no agent key {id}")))?;
         let event = AuditEvent::new(action, AuditTarget::AgentKey, &key.id).with(detail);
         txn.append_audit_now(&record_of(caller, event)).await?;
-        txn.commit().await?;
+        txn.commit_agents().await?;
         if key.status == KeyStatus::Disabled {
             let closed = self.core.bus.disconnect_key(
                 &caller.tenant_id,
@@ -225,7 +225,7 @@ impl Keys {
         let event = AuditEvent::new(AuditAction::AgentKeyDelete, AuditTarget::AgentKey, id)
             .with(json!({"name": key.name}));
         txn.append_audit_now(&record_of(caller, event)).await?;
-        txn.commit().await?;
+        txn.commit_agents().await?;
         let closed = self
             .core
             .bus
@@ -252,7 +252,7 @@ impl Keys {
         let event = AuditEvent::new(AuditAction::AgentKeyRegenerate, AuditTarget::AgentKey, id)
             .with(json!({"name": key.name}));
         txn.append_audit_now(&record_of(caller, event)).await?;
-        txn.commit().await?;
+        txn.commit_agents().await?;
         let closed =
             self.core
                 .bus
