@@ -147,7 +147,9 @@ impl Report {
     /// Compares this run's figures with a baseline (an earlier run's `--json` output), row by
     /// row (by name) and figure by figure: every figure that is `margin` times worse or more.
     /// Figures of a fraction of a millisecond or a few KiB in the baseline are skipped (noise
-    /// dominates them in a debug build); rows or figures missing on either side too.
+    /// dominates them in a debug build), and so are maxima (`max_…`: one sample each, the
+    /// machine's worst hiccup of the run, which warned in quiet runs of unchanged code); rows
+    /// or figures missing on either side too.
     pub fn drifts(&self, baseline: &Value, margin: f64) -> Vec<Drift> {
         let Some(rows) = baseline.get("rows").and_then(Value::as_array) else {
             return Vec::new();
@@ -166,6 +168,9 @@ impl Report {
                 continue;
             };
             for (key, value) in now {
+                if key.starts_with("max") {
+                    continue;
+                }
                 let (Some(higher_is_better), Some(now), Some(then)) = (
                     direction(key),
                     value.as_f64(),
@@ -244,10 +249,16 @@ mod tests {
             String::new(),
             json!({"results_per_s": 400.0, "server_cpu_per_result_us": 90.0, "agents": 10}),
         );
-        report.row("round trip", "", "", String::new(), json!({"p50_ms": 2.0}));
+        report.row(
+            "round trip",
+            "",
+            "",
+            String::new(),
+            json!({"p50_ms": 2.0, "max_ms": 90.0}),
+        );
         let baseline = json!({"rows": [
             {"what": "throughput", "data": {"results_per_s": 1000.0, "server_cpu_per_result_us": 40.0, "agents": 1}},
-            {"what": "round trip", "data": {"p50_ms": 1.5}},
+            {"what": "round trip", "data": {"p50_ms": 1.5, "max_ms": 9.0}},
             {"what": "gone", "data": {"p50_ms": 0.1}},
         ]});
         let drifts = report.drifts(&baseline, 2.0);
@@ -256,7 +267,8 @@ mod tests {
             .map(|d| (d.figure.as_str(), d.worse_by))
             .collect();
         // The rate fell to 0.4 (2.5x worse), the CPU rose 2.25x; the round trip's 1.33x is
-        // inside the margin and `agents` is not a figure.
+        // inside the margin, its maximum (one sample) is never compared, and `agents` is not a
+        // figure.
         assert_eq!(
             named,
             [("results_per_s", 2.5), ("server_cpu_per_result_us", 2.25)]
