@@ -717,7 +717,7 @@ async fn commands_stored_with_their_audit_rows_chain_whoever_moved_the_head() {
                     )
                     .await
                     .expect("command stored");
-                ids.push(command.id);
+                ids.push(command);
                 if i % 4 == 1 {
                     // Behind this task's guess: the same handle's other path, then another's.
                     let moved = record(&tenant, "k", AuditAction::JobTrigger, "moved");
@@ -728,10 +728,21 @@ async fn commands_stored_with_their_audit_rows_chain_whoever_moved_the_head() {
             ids
         }));
     }
-    let mut ids = Vec::new();
+    let mut commands = Vec::new();
     for task in tasks {
-        ids.extend(task.await.expect("join"));
+        commands.extend(task.await.expect("join"));
     }
+    // Each stored as returned, every column.
+    for command in &commands {
+        let stored = first.get_command(&tenant, &command.id).await.expect("read");
+        assert_eq!(
+            stored.as_ref(),
+            Some(command),
+            "command {} as stored",
+            command.id
+        );
+    }
+    let mut ids: Vec<String> = commands.into_iter().map(|c| c.id).collect();
     // 72 commands, 36 other rows, the tenant's creation.
     let check = first.verify_audit(&tenant).await.expect("verify");
     assert_eq!(intact_count(&check), 72 + 36 + 1, "{check:?}");
@@ -759,8 +770,4 @@ async fn commands_stored_with_their_audit_rows_chain_whoever_moved_the_head() {
     named.sort();
     ids.sort();
     assert_eq!(named, ids, "each command's row names it, once");
-    for id in &ids {
-        let stored = first.get_command(&tenant, id).await.expect("read");
-        assert!(stored.is_some(), "command {id} was stored");
-    }
 }
