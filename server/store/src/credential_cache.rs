@@ -196,6 +196,31 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
     }
 }
 
+impl<K: Eq + Hash, V: Clone> Kept<K, V> {
+    /// The copy of `key` while one serves, `read` otherwise (kept when it found a row).
+    /// `counted` is told where the row came from (`kept`, `store`). The epoch is taken before
+    /// `read` runs: a future does nothing until it is awaited.
+    async fn read_through(
+        &self,
+        key: K,
+        fresh: Duration,
+        counted: fn(&'static str),
+        read: impl Future<Output = Result<Option<V>>>,
+    ) -> Result<Option<V>> {
+        if let Some(value) = self.get(&key, fresh, Instant::now()) {
+            counted("kept");
+            return Ok(Some(value));
+        }
+        counted("store");
+        let (epoch, read_at) = (self.epoch(), Instant::now());
+        let found = read.await?;
+        if let Some(value) = &found {
+            self.keep(key, value.clone(), epoch, read_at, fresh);
+        }
+        Ok(found)
+    }
+}
+
 /// An agent's row with its key's, as [`Store::get_agent_with_key`] reads them.
 type AgentWithKey = (agent::Model, Option<agent_key::Model>);
 
@@ -232,19 +257,11 @@ impl KeptCredentials {
         store: &Store,
         hash: &str,
     ) -> Result<Option<api_key::Model>> {
-        let hash = hash.to_owned();
-        if let Some(key) = self.api_keys.get(&hash, self.fresh, Instant::now()) {
-            crate::metrics::credential_read("kept");
-            return Ok(Some(key));
-        }
-        crate::metrics::credential_read("store");
-        let (epoch, read_at) = (self.api_keys.epoch(), Instant::now());
-        let found = store.api_key_by_hash(&hash).await?;
-        if let Some(key) = &found {
-            self.api_keys
-                .keep(hash, key.clone(), epoch, read_at, self.fresh);
-        }
-        Ok(found)
+        let read = store.api_key_by_hash(hash);
+        let counted = crate::metrics::credential_read;
+        (self.api_keys)
+            .read_through(hash.to_owned(), self.fresh, counted, read)
+            .await
     }
 
     /// [`Store::get_user`], from a copy while one serves.
@@ -255,18 +272,11 @@ impl KeptCredentials {
         id: &str,
     ) -> Result<Option<user::Model>> {
         let key = (tenant_id.to_owned(), id.to_owned());
-        if let Some(user) = self.users.get(&key, self.fresh, Instant::now()) {
-            crate::metrics::credential_read("kept");
-            return Ok(Some(user));
-        }
-        crate::metrics::credential_read("store");
-        let (epoch, read_at) = (self.users.epoch(), Instant::now());
-        let found = store.get_user(tenant_id, id).await?;
-        if let Some(user) = &found {
-            self.users
-                .keep(key, user.clone(), epoch, read_at, self.fresh);
-        }
-        Ok(found)
+        let read = store.get_user(tenant_id, id);
+        let counted = crate::metrics::credential_read;
+        self.users
+            .read_through(key, self.fresh, counted, read)
+            .await
     }
 
     /// [`Store::get_agent_with_key`], from a copy while one serves. For a command to an agent
@@ -282,18 +292,11 @@ impl KeptCredentials {
         id: &str,
     ) -> Result<Option<AgentWithKey>> {
         let key = (tenant_id.to_owned(), id.to_owned());
-        if let Some(found) = self.agents.get(&key, self.fresh, Instant::now()) {
-            crate::metrics::agent_row_read("kept");
-            return Ok(Some(found));
-        }
-        crate::metrics::agent_row_read("store");
-        let (epoch, read_at) = (self.agents.epoch(), Instant::now());
-        let found = store.get_agent_with_key(tenant_id, id).await?;
-        if let Some(found) = &found {
-            self.agents
-                .keep(key, found.clone(), epoch, read_at, self.fresh);
-        }
-        Ok(found)
+        let read = store.get_agent_with_key(tenant_id, id);
+        let counted = crate::metrics::agent_row_read;
+        self.agents
+            .read_through(key, self.fresh, counted, read)
+            .await
     }
 }
 

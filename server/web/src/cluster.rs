@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use outpost_protocol::{AgentId, CommandId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
@@ -171,8 +171,10 @@ impl Cluster {
         tracing::info!(node_id = %cluster.node_id, name = %cluster.name, others = cluster.others.load(Ordering::Relaxed), "joined the cluster");
         tokio::spawn(cluster.clone().lease_loop());
         tokio::spawn(cluster.clone().send_loop());
-        tokio::spawn(cluster.clone().credentials_loop());
-        tokio::spawn(cluster.clone().agent_rows_loop());
+        let credentials = outpost_store::credential_cache::local_changes();
+        tokio::spawn(cluster.clone().tell_changes_loop(credentials, Hint::C));
+        let agent_rows = outpost_store::credential_cache::local_agent_changes();
+        tokio::spawn(cluster.clone().tell_changes_loop(agent_rows, Hint::R));
         tokio::spawn(cluster.clone().listen_loop());
         // Says hello: a node that does not know this one yet starts sending it hints now.
         cluster.ping().await;
@@ -240,32 +242,19 @@ impl Cluster {
         }
     }
 
-    /// Tells the other nodes when this one changed credentials, so that they stop using
-    /// their kept copies now rather than when the copies age out.
-    async fn credentials_loop(self: Arc<Self>) {
-        let mut changes = outpost_store::credential_cache::local_changes();
+    /// Tells the other nodes with `hint` each time this one changed the rows `changes`
+    /// watches (credentials: [`Hint::C`]; agents' rows and agent keys: [`Hint::R`]), so that
+    /// they stop using their kept copies now rather than when the copies age out. A fleet
+    /// reconnecting changes agents' rows by the thousand a second; the watch keeps only the
+    /// latest change, so this sends one hint per turn, not one per row.
+    async fn tell_changes_loop(self: Arc<Self>, mut changes: watch::Receiver<u64>, hint: Hint) {
         changes.mark_unchanged();
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
             }
-            self.send([Hint::C]);
-        }
-    }
-
-    /// The same for agents' rows and agent keys ([`Hint::R`]). A fleet reconnecting changes
-    /// rows by the thousand a second; the watch keeps only the latest change, so this sends
-    /// one hint per turn of this loop, not one per row.
-    async fn agent_rows_loop(self: Arc<Self>) {
-        let mut changes = outpost_store::credential_cache::local_agent_changes();
-        changes.mark_unchanged();
-        loop {
-            tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                changed = changes.changed() => if changed.is_err() { return },
-            }
-            self.send([Hint::R]);
+            self.send([hint.clone()]);
         }
     }
 
