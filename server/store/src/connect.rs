@@ -124,7 +124,8 @@ impl Store {
     /// commit through one connection empties the caches of all others; a writer that took
     /// any pooled connection would start each batch on a cold cache (and prepare its
     /// statements again), while one that keeps its own finds the pages of its last batch
-    /// still there whenever only the writer wrote in between, as during a fan-out.
+    /// still there whenever only the writer wrote in between, as during a fan-out. A job's
+    /// runs and single commands are inserted through it too (`Writer::store`).
     pub async fn open_writer(location: &DatabaseLocation) -> Result<Self> {
         Ok(Self {
             db: connect(location, 1, Some(WRITER_CACHE_KIB)).await?,

@@ -310,13 +310,16 @@ impl Writer {
         self.finished.set(Box::new(listener)).is_ok()
     }
 
-    /// The writer's own connection, for the other large writes: a job's runs.
+    /// The writer's own connection, for the other writes on the paths that matter: a job's
+    /// runs, and on SQLite a single command with its audit row (`Core::store_command`).
     ///
     /// A 10,000-run job inserted through any other connection held SQLite's write lock while
     /// the writer's next batch waited in SQLite's busy handler, which sleeps in steps of up
     /// to 100 ms and so oversleeps the lock's release; and its commit emptied the writer's
     /// page cache. Taken here, the one connection is handed from the job to the writer (and
-    /// back) the moment it is free, and the cache stays the writer's.
+    /// back) the moment it is free, and the cache stays the writer's. A single command is
+    /// smaller, but it is on the round trip: committed elsewhere, its commit emptied the
+    /// cache that its result is then stored with.
     pub fn store(&self) -> &Store {
         &self.store
     }
