@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::report::{Report, percentile};
+use crate::report::{FLOODED, Report, percentile};
 use crate::server::Server;
 
 /// What one attacker process does.
@@ -390,7 +390,7 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
             latencies.last().copied().unwrap_or(0.0),
             latencies.len(),
         ),
-        json!({"probes": latencies.len(), "failures": failures,
+        json!({FLOODED: true, "probes": latencies.len(), "failures": failures,
                "p50_ms": percentile(&latencies, 50.0), "p99_ms": percentile(&latencies, 99.0),
                "max_ms": latencies.last()}),
     );
@@ -405,7 +405,7 @@ pub async fn scenario(server: &Server, plan: &Plan, report: &mut Report) -> anyh
             agent_connects.last().copied().unwrap_or(0.0),
             agent_connects.len(),
         ),
-        json!({"connects": agent_connects.len(), "failures": agent_failures,
+        json!({FLOODED: true, "connects": agent_connects.len(), "failures": agent_failures,
                "p50_ms": percentile(&agent_connects, 50.0),
                "p99_ms": percentile(&agent_connects, 99.0), "max_ms": agent_connects.last()}),
     );
