@@ -136,12 +136,13 @@ fn direction(key: &str) -> Option<bool> {
 /// the machine, so that the baseline guard leaves them out (see [`Report::drifts`]).
 pub const FLOODED: &str = "flooded";
 
-/// Whether a figure named `key` is a time (what a flood moves most).
+/// Whether a figure named `key` is a time (what a flood moves most), not a rate (`…_per_s`).
 fn is_time(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["_ms", "_s", "_us"]
-        .iter()
-        .any(|suffix| key.ends_with(suffix))
+    let lower = key.to_ascii_lowercase();
+    direction(key) == Some(false)
+        && ["_ms", "_s", "_us"]
+            .iter()
+            .any(|suffix| lower.ends_with(suffix))
 }
 
 /// One figure that moved past the margin against the baseline.
@@ -165,7 +166,7 @@ impl Report {
     /// [`FLOODED`]: measured while the harness itself floods the machine (the attack
     /// scenario), they are how the flood's processes and the server shared two cores that
     /// time. Two fresh-clone CI runs of code the attack does not reach measured `/healthz`
-    /// under the attack at p50 6.9 and 63 ms. Such a row's counts and rates are still compared.
+    /// under the attack at p50 6.9 and 63 ms. Such a row's rates are still compared.
     pub fn drifts(&self, baseline: &Value, margin: f64) -> Vec<Drift> {
         let Some(rows) = baseline.get("rows").and_then(Value::as_array) else {
             return Vec::new();
@@ -297,18 +298,18 @@ mod tests {
     }
 
     #[test]
-    fn a_flooded_row_s_times_are_not_compared_but_its_counts_are() {
+    fn a_flooded_row_s_times_are_not_compared_but_its_rates_are() {
         let mut report = Report::new(10, std::path::Path::new("."), 0);
         report.row(
             "/healthz under attack",
             "",
             "",
             String::new(),
-            json!({super::FLOODED: true, "p50_ms": 63.0, "p99_ms": 140.0, "failures": 9}),
+            json!({super::FLOODED: true, "p50_ms": 63.0, "p99_ms": 140.0, "shed_per_s": 40.0}),
         );
         report.row("round trip", "", "", String::new(), json!({"p50_ms": 63.0}));
         let baseline = json!({"rows": [
-            {"what": "/healthz under attack", "data": {"flooded": true, "p50_ms": 6.9, "p99_ms": 20.0, "failures": 1}},
+            {"what": "/healthz under attack", "data": {"flooded": true, "p50_ms": 6.9, "p99_ms": 20.0, "shed_per_s": 100.0}},
             {"what": "round trip", "data": {"p50_ms": 6.9}},
         ]});
         let named: Vec<(String, String)> = report
@@ -316,8 +317,15 @@ mod tests {
             .into_iter()
             .map(|d| (d.row, d.figure))
             .collect();
-        // `failures` has no unit: not a figure either way. The unflooded row's time is.
-        assert_eq!(named, [("round trip".to_owned(), "p50_ms".to_owned())]);
+        // The flooded row's rate fell 2.5x and is reported, its times are not; the other
+        // row's time is.
+        assert_eq!(
+            named,
+            [
+                ("/healthz under attack".to_owned(), "shed_per_s".to_owned()),
+                ("round trip".to_owned(), "p50_ms".to_owned())
+            ]
+        );
     }
 
     #[test]
