@@ -591,20 +591,10 @@ impl Core {
                     .flat_map(|l| l.secret_params.iter().map(String::as_str)),
             );
         let (data, sealed_params) = spec.sealed_data(self, &agent.tenant_id, declared);
-        // On SQLite, through the writer's own connection, as a job's rows are. SQLite empties
-        // every other connection's page cache when one commits: a command committed through a
-        // pooled connection made the writer store its result on a cold cache, and the pooled
-        // connection read the command's pages afresh too. Through the one connection, both
-        // find the pages of the other's last commit, and neither waits in SQLite's busy
-        // handler for the other's lock (`Store::open_writer`; docs/BENCHMARKS.md, "One
-        // connection for the round trip's writes"). On PostgreSQL, where a connection keeps
-        // no pages and each statement is a round trip over the network, a pooled connection,
-        // so that a command does not wait behind the writer's batches.
-        let store = if self.store.is_postgres() {
-            &self.store
-        } else {
-            self.writer.store()
-        };
+        // A committed command left the writer to store its result on a cold cache when it
+        // went through a pooled connection (docs/BENCHMARKS.md, "One connection for the round
+        // trip's writes").
+        let store = self.beside_writer();
         let model = store
             .insert_command_audited(
                 NewCommand {

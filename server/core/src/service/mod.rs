@@ -182,6 +182,21 @@ impl Core {
             ))
         })
     }
+
+    /// Where writes beside the writer's batches go (a single command, retention's steps): on
+    /// SQLite the writer's own connection, on PostgreSQL the pool. SQLite empties every other
+    /// connection's page cache when one commits, and a write on another connection waits for
+    /// the writer's lock in SQLite's busy handler (which oversleeps its release); through the
+    /// one connection each write finds the other's pages and is handed the connection as soon
+    /// as it is free (`Store::open_writer`). On PostgreSQL a connection keeps no pages, and
+    /// these writes would only queue behind the writer's batches.
+    fn beside_writer(&self) -> &Store {
+        if self.store.is_postgres() {
+            &self.store
+        } else {
+            self.writer.store()
+        }
+    }
 }
 
 /// Every service, as the REST API (and later schedules, the dashboard, integrations) use them.

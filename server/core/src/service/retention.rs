@@ -180,11 +180,7 @@ impl Retention {
     pub async fn pass(&self, now: DateTime<Utc>) -> Result<(Deleted, i64), StoreError> {
         let core = &self.core;
         // SQLite: the writer's own connection (see the module doc).
-        let store = if core.store.is_postgres() {
-            &core.store
-        } else {
-            core.writer.store()
-        };
+        let store = core.beside_writer();
         let mut total = Deleted::default();
         let mut steps = 0u32;
         for (tenant_id, days) in core.store.retention_windows().await? {
