@@ -27,11 +27,23 @@ pub enum DatabaseLocation {
 }
 
 /// The WAL's size past which the writer checkpoints so that it starts over (see
-/// `writer::Checkpoints`), and the size its file is cut back to when it does: SQLite reuses the
-/// file rather than shrinking it, so without a limit a burst of writes the writer does not
-/// checkpoint between (10,000 agents registering at once leave a WAL several times this limit)
-/// stays on disk for good.
+/// `writer::Checkpoints`).
 pub const WAL_LIMIT_BYTES: i64 = 64 << 20;
+/// The size the WAL's file is cut back to when the WAL starts over (`journal_size_limit`):
+/// SQLite reuses the file rather than shrinking it, so without a limit a burst of writes the
+/// writer does not checkpoint between (10,000 agents registering at once leave a WAL several
+/// times [`WAL_LIMIT_BYTES`]) stays on disk for good.
+///
+/// Twice [`WAL_LIMIT_BYTES`], not equal to it: the writer starts the WAL over once the
+/// background has seen it past that limit, so under steady writes it holds up to a second's
+/// more by then (95–110 MiB in the round-trip benchmark). Cut back to the limit at every
+/// restart, the file then grew again by that much in every cycle, and both ends were on the
+/// writer's path: the cut (`ftruncate`, which also discards the freed blocks on a file
+/// system mounted with `discard`: up to 10 ms), and the regrowth, where each new block's
+/// reservation waits while the background checkpoint's `fsync` of the same file allocates
+/// blocks. With room for the overshoot, the file keeps its size and later cycles write over
+/// it in place (figures: docs/BENCHMARKS.md, "The WAL's file keeps its size under load").
+pub const WAL_FILE_LIMIT_BYTES: i64 = 2 * WAL_LIMIT_BYTES;
 /// The largest SQLite database converted to `auto_vacuum = INCREMENTAL` at start (a `VACUUM`
 /// of this much takes a second or two and as much memory).
 pub const CONVERT_AT_START_BYTES: i64 = 64 << 20;
@@ -360,7 +372,7 @@ async fn connect(
                 // `writer::Checkpoints` calls `Store::checkpoint` instead.
                 .pragma("wal_autocheckpoint", "0")
                 // Whichever connection starts the WAL over cuts its file back to this.
-                .pragma("journal_size_limit", WAL_LIMIT_BYTES.to_string())
+                .pragma("journal_size_limit", WAL_FILE_LIMIT_BYTES.to_string())
                 // Temporary B-trees and statement journals in memory. A job's runs are
                 // inserted in statements of 1,024 rows, each checking the tenant's foreign
                 // key, which makes SQLite keep a statement journal; in a file, it was created,

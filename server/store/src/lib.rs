@@ -71,7 +71,8 @@ pub use api_keys::{BOOTSTRAP_KEY_NAME, Bootstrapped, NewApiKey};
 pub use audit::{AuditFilter, AuditHeads, AuditRecord, ChainCheck};
 pub use commands::{NewCommand, pending_command, state};
 pub use connect::{
-    CONVERT_AT_START_BYTES, ClaimSpec, DatabaseLocation, WAL_LIMIT_BYTES, begin_write,
+    CONVERT_AT_START_BYTES, ClaimSpec, DatabaseLocation, WAL_FILE_LIMIT_BYTES, WAL_LIMIT_BYTES,
+    begin_write,
 };
 pub use digests::{GroupRow, JobDigest, MAX_GROUPS, MAX_RUNS_PAGE, RunFilter, RunRow};
 pub use fleet::{AgentPageQuery, TagMatch};
