@@ -265,8 +265,9 @@ impl Jobs {
         }
         // Who is still there, bound to the same key.
         let mut lookups = Lookups::default();
-        let (agents, _) = lookups.targets(core, &caller.tenant_id).await?;
-        let bound: HashMap<&str, &str> = agents
+        let fleet = lookups.targets(core, &caller.tenant_id).await?;
+        let bound: HashMap<&str, &str> = fleet
+            .agents
             .iter()
             .map(|a| (a.id.as_str(), a.key_id.as_str()))
             .collect();
