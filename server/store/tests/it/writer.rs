@@ -514,9 +514,11 @@ async fn under_steady_writes_the_wal_file_keeps_its_size() {
         seq += 1;
         written += chunk as u64;
         let now = wal();
+        // Emptied is allowed: a test stalled for two of the background's looks leaves an idle
+        // WAL, which the background truncates (the test below). Cut back part way is not.
         assert!(
-            now >= size,
-            "the WAL file shrank from {size} to {now} bytes after {written} bytes of writes"
+            now >= size || now == 0,
+            "the WAL file was cut from {size} to {now} bytes after {written} bytes of writes"
         );
         size = now;
     }
