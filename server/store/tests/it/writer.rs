@@ -392,15 +392,7 @@ async fn the_wal_starts_over_under_continuous_writes() {
     let mut written = 0u64;
     for seq in 0.. {
         let committed = writer
-            .submit(Write::Output {
-                tenant_id: tenant.clone(),
-                agent_id: "agent".into(),
-                command_id: run.id.clone(),
-                stream: outpost_protocol::OutputStream::Stdout,
-                seq,
-                bytes: chunk.clone(),
-                cap: u64::MAX,
-            })
+            .submit(stdout(&tenant, "agent", &run.id, seq, chunk.clone()))
             .await
             .expect("queued");
         pending.push_back(committed);
@@ -451,15 +443,7 @@ async fn the_wal_file_is_cut_back_after_a_burst() {
     let writer = Writer::start_with(store.clone(), store.clone(), policy).expect("starts");
     for seq in 0.. {
         writer
-            .write(Write::Output {
-                tenant_id: tenant.clone(),
-                agent_id: "agent".into(),
-                command_id: run.id.clone(),
-                stream: outpost_protocol::OutputStream::Stdout,
-                seq,
-                bytes: vec![b'y'; 1024],
-                cap: u64::MAX,
-            })
+            .write(stdout(&tenant, "agent", &run.id, seq, vec![b'y'; 1024]))
             .await
             .expect("stored");
         if wal() <= limit {
@@ -500,15 +484,7 @@ async fn under_steady_writes_the_wal_file_keeps_its_size() {
     // Three times the restart point: the WAL starts over at least twice.
     while written < 3 * WAL_LIMIT_BYTES as u64 {
         writer
-            .write(Write::Output {
-                tenant_id: tenant.clone(),
-                agent_id: "agent".into(),
-                command_id: run.id.clone(),
-                stream: outpost_protocol::OutputStream::Stdout,
-                seq,
-                bytes: vec![b'y'; chunk],
-                cap: u64::MAX,
-            })
+            .write(stdout(&tenant, "agent", &run.id, seq, vec![b'y'; chunk]))
             .await
             .expect("stored");
         seq += 1;
@@ -682,13 +658,18 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
 
 /// Output chunks `0..n` of `run` on stdout, each one byte `b'a' + seq`.
 fn chunk(tenant: &str, agent: &str, run: &str, seq: u64) -> Write {
+    stdout(tenant, agent, run, seq, vec![b'a' + seq as u8])
+}
+
+/// Chunk `seq` of `run`'s stdout, holding `bytes`, uncapped.
+fn stdout(tenant: &str, agent: &str, run: &str, seq: u64, bytes: Vec<u8>) -> Write {
     Write::Output {
         tenant_id: tenant.to_owned(),
         agent_id: agent.to_owned(),
         command_id: run.to_owned(),
         stream: outpost_protocol::OutputStream::Stdout,
         seq,
-        bytes: vec![b'a' + seq as u8],
+        bytes,
         cap: u64::MAX,
     }
 }
