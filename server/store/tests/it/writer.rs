@@ -414,6 +414,16 @@ async fn the_wal_starts_over_under_continuous_writes() {
     }
 }
 
+/// A writer on `store` whose background checkpoint runs every 20 ms, with the WAL's limits as
+/// shipped.
+fn writer_checkpointing_often(store: &Store) -> Writer {
+    let policy = Checkpointing {
+        every: std::time::Duration::from_millis(20),
+        ..Checkpointing::default()
+    };
+    Writer::start_with(store.clone(), store.clone(), policy).expect("starts")
+}
+
 /// SQLite reuses the WAL's file rather than shrinking it: a burst of writes that the writer
 /// did not checkpoint between (here, commits on the pool, as when thousands of agents register
 /// at once) would leave it that large on disk for good. Once the writer has made the WAL start
@@ -436,11 +446,7 @@ async fn the_wal_file_is_cut_back_after_a_burst() {
     }
     let burst = wal();
     let run = insert(&store, &tenant, "agent", "run").await;
-    let policy = Checkpointing {
-        every: std::time::Duration::from_millis(20),
-        ..Checkpointing::default()
-    };
-    let writer = Writer::start_with(store.clone(), store.clone(), policy).expect("starts");
+    let writer = writer_checkpointing_often(&store);
     for seq in 0.. {
         writer
             .write(stdout(&tenant, "agent", &run.id, seq, vec![b'y'; 1024]))
@@ -472,11 +478,7 @@ async fn under_steady_writes_the_wal_file_keeps_its_size() {
     let wal_file = dir.path().join("outpost.db-wal");
     let wal = || std::fs::metadata(&wal_file).map_or(0, |m| m.len());
     let run = insert(&store, &tenant, "agent", "run").await;
-    let policy = Checkpointing {
-        every: std::time::Duration::from_millis(20),
-        ..Checkpointing::default()
-    };
-    let writer = Writer::start_with(store.clone(), store.clone(), policy).expect("starts");
+    let writer = writer_checkpointing_often(&store);
     let chunk = 256 << 10;
     let mut size = wal();
     let mut written = 0u64;
