@@ -167,6 +167,26 @@ impl StoreError {
         }
     }
 
+    /// Whether the transaction lost a conflict with another one that the database resolved
+    /// by aborting it: PostgreSQL's deadlock (`40P01`) and serialization failure (`40001`).
+    /// The database is fine and the other transaction went on; the same transaction tried
+    /// again at once normally commits. Every conflict is also [`transient`](Self::is_transient).
+    pub fn is_conflict(&self) -> bool {
+        use sea_orm::RuntimeErr;
+        let Self::Db(DbErr::Conn(e) | DbErr::Exec(e) | DbErr::Query(e)) = self else {
+            return false;
+        };
+        let RuntimeErr::SqlxError(err) = e else {
+            return false;
+        };
+        match err.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the same statement may succeed if tried again later: the database is busy or
     /// locked, out of space or memory, or unreachable (SQLite `BUSY`, `LOCKED`, `NOMEM`,
     /// `IOERR`, `FULL`, `CANTOPEN`, `PROTOCOL`; PostgreSQL's connection, resource and

@@ -364,22 +364,38 @@ impl Store {
     /// Records `node_id` as the holder of these agents again, where no node holds them: after
     /// this node's lease lapsed (the database was out of reach) another node released them,
     /// though their connections stayed here.
+    ///
+    /// In key order, as the writer records heartbeats, so that the two do not deadlock on
+    /// the agents' rows; a chunk that loses a conflict anyway is tried again, since a failed
+    /// chunk would leave its agents held by no node while they are connected here.
     pub async fn hold_agents(&self, node_id: &str, agents: &[(String, String)]) -> Result<()> {
+        let mut agents: Vec<&(String, String)> = agents.iter().collect();
+        agents.sort_unstable();
         for chunk in agents.chunks(512) {
-            let txn = super::begin_write(&self.db).await?;
-            for (tenant_id, agent_id) in chunk {
-                agent::Entity::update_many()
-                    .col_expr(agent::Column::NodeId, Expr::value(node_id))
-                    .filter(agent::Column::TenantId.eq(tenant_id))
-                    .filter(agent::Column::Id.eq(agent_id))
-                    .filter(agent::Column::NodeId.is_null())
-                    .exec(&txn)
-                    .await?;
+            let mut conflicts = 0;
+            loop {
+                match self.hold_chunk(node_id, chunk).await {
+                    Err(err) if err.is_conflict() && conflicts < 3 => conflicts += 1,
+                    held => break held?,
+                }
             }
-            txn.commit().await?;
             crate::credential_cache::agents_changed();
         }
         Ok(())
+    }
+
+    async fn hold_chunk(&self, node_id: &str, chunk: &[&(String, String)]) -> Result<()> {
+        let txn = super::begin_write(&self.db).await?;
+        for (tenant_id, agent_id) in chunk {
+            agent::Entity::update_many()
+                .col_expr(agent::Column::NodeId, Expr::value(node_id))
+                .filter(agent::Column::TenantId.eq(tenant_id))
+                .filter(agent::Column::Id.eq(agent_id))
+                .filter(agent::Column::NodeId.is_null())
+                .exec(&txn)
+                .await?;
+        }
+        Ok(txn.commit().await?)
     }
 }
 

@@ -12,6 +12,9 @@
 //! backoff up to [`RETRY_CAP`], until it commits: nobody is answered meanwhile, so nothing is
 //! acknowledged that is not stored, nothing is lost, and everything resumes by itself when the
 //! cause goes away. [`Health`] says meanwhile that writes fail (`/readyz`, `/metrics`). A batch
+//! that lost a lock conflict on PostgreSQL (a deadlock, a serialization failure:
+//! [`StoreError::is_conflict`]) is tried again at once, up to [`CONFLICT_RETRIES`] times in a
+//! row, without saying so: the database is writable, another transaction only won. A batch
 //! that fails for any other reason is applied one write at a time, so one bad write cannot sink
 //! the others; but a connection's writes stay in order: once one of them fails, its later
 //! writes are refused unapplied (its [`Fence`]), in this batch and in later ones, so that no
@@ -31,6 +34,10 @@ use super::{OutputChunk, Result, Store, StoreError, Stored, command};
 pub const MAX_BATCH: usize = 2048;
 /// Longest wait between two tries of a batch that failed for a passing reason.
 pub const RETRY_CAP: Duration = Duration::from_secs(5);
+/// Conflicts (deadlocks, serialization failures) in a row that a batch is tried again at once
+/// for, before it is treated as failing like any passing error (with a backoff, and writes
+/// reported as failing).
+const CONFLICT_RETRIES: u32 = 3;
 /// First wait before a failed batch is tried again.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 /// Writes waiting for the writer before senders wait too.
@@ -183,6 +190,12 @@ impl Health {
             crate::metrics::store_writable(false);
         }
         *failing = Some(err.to_string());
+    }
+
+    /// A transaction lost a conflict and is tried again at once: counted, but writes do not
+    /// fail for it.
+    fn conflicted(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     fn committed(&self) {
@@ -391,12 +404,24 @@ impl Own {
     /// (see the module's docs); returns what each write did, or the error that will not pass.
     async fn commit_retrying(&self, writes: &[&Write]) -> Result<Vec<Written>> {
         let mut delay = RETRY_FIRST;
+        let mut conflicts = 0;
         loop {
             let started = Instant::now();
             match commit(&self.store, writes).await {
                 Ok((results, finished)) => {
                     self.committed(writes.len(), started, finished);
                     return Ok(results);
+                }
+                // A deadlock or serialization failure says that another transaction won a
+                // lock, not that the database cannot be written: tried again at once, it
+                // commits. Reported as a failure, it would refuse every API write and fail
+                // `/readyz` for the length of a backoff (seen when a lapsed node's agents
+                // were released and held again while heartbeats were being written).
+                Err(err) if err.is_conflict() && conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    crate::metrics::store_batch_failed();
+                    self.health.conflicted();
+                    tracing::info!(size = writes.len(), error = %err, "a batch of writes lost a lock conflict; trying it again at once");
                 }
                 Err(err) if err.is_transient() => {
                     crate::metrics::store_batch_failed();
@@ -729,10 +754,14 @@ async fn commit(store: &Store, writes: &[&Write]) -> Result<(Vec<Written>, Vec<c
         for &i in &heartbeats {
             results[i] = Some(Written::Heartbeat);
         }
-        let beats: Vec<_> = latest
+        let mut beats: Vec<_> = latest
             .into_iter()
             .map(|((tenant_id, agent_id), status)| (tenant_id, agent_id, status))
             .collect();
+        // In key order, as `Store::hold_agents` takes the same rows: the update walks its
+        // values in turn (one key lookup each), so both lock agents' rows in one order and
+        // do not deadlock on them (they did when a lapsed node held its agents again).
+        beats.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         txn.record_heartbeats_many(&beats).await?;
     }
     let mut finished = Vec::with_capacity(answers.len());

@@ -851,3 +851,130 @@ async fn after_a_failed_write_its_connection_s_later_writes_are_refused() {
         .expect("row");
     assert_eq!(run.state, "succeeded");
 }
+
+/// On PostgreSQL, a batch that loses a deadlock is tried again at once and commits, and the
+/// writer never reports its writes as failing meanwhile: a lost lock conflict is not an
+/// unwritable database (it was reported as one, and every API write was refused and
+/// `/readyz` failed for the retry's backoff). The other transaction here locks agent `b`,
+/// then `a`, while the writer's batch of heartbeats (in key order) holds `a` and waits for
+/// `b`; the other waits longer before checking for deadlocks, so the writer's batch loses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_loses_a_deadlock_is_tried_again_without_failing_writes() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (dir, store, tenant) = fresh_store().await;
+    if !dir.is_postgres() {
+        eprintln!(
+            "SKIPPED a_batch_that_loses_a_deadlock_is_tried_again_without_failing_writes: \
+             about PostgreSQL's row locks (run with OUTPOST_TEST_BACKEND=postgres)"
+        );
+        return;
+    }
+    let mut agents = Vec::new();
+    for host in ["a", "b", "c"] {
+        let agent = store
+            .upsert_agent(
+                &tenant,
+                "key",
+                &register(host),
+                None,
+                outpost_store::domain::Transport::Websocket,
+            )
+            .await
+            .expect("agent")
+            .into_stored()
+            .expect("bound to its key");
+        agents.push(agent.id);
+    }
+    agents.sort();
+    let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
+    let lock = |agent: &str| {
+        format!(
+            "UPDATE agents SET last_seen = last_seen WHERE tenant_id = '{tenant}' AND id = '{agent}'"
+        )
+    };
+    let other = sea_orm::Database::connect(&dir.url).await.expect("connect");
+    let waiting = || async {
+        let row = other
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND datname = current_database()",
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row");
+        row.try_get::<i64>("", "n").expect("count") > 0
+    };
+    let txn = other.begin().await.expect("begin");
+    txn.execute_unprepared("SET LOCAL deadlock_timeout = '30s'")
+        .await
+        .expect("deadlock_timeout");
+    txn.execute_unprepared(&lock(b)).await.expect("lock b");
+    // `c` is held in a savepoint: rolling back to it lets the writer's first batch through.
+    txn.execute_unprepared("SAVEPOINT c")
+        .await
+        .expect("savepoint");
+    txn.execute_unprepared(&lock(c)).await.expect("lock c");
+
+    let writer = Writer::start(store.clone(), store.clone()).expect("the writer starts");
+    let failing = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (writer, failing, done) = (writer.clone(), failing.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                if writer.health().status().is_err() {
+                    failing.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let beat = |agent: &str, uptime_s| Write::Heartbeat {
+        tenant_id: tenant.clone(),
+        agent_id: agent.to_owned(),
+        status: status(uptime_s),
+    };
+    // The first batch waits for `c`; `a` and `b` queue behind it and share the next batch.
+    let first = writer.submit(beat(c, 1)).await.expect("queued");
+    while !waiting().await {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (beat_a, beat_b) = (
+        writer.submit(beat(a, 2)).await.expect("queued"),
+        writer.submit(beat(b, 3)).await.expect("queued"),
+    );
+    txn.execute_unprepared("ROLLBACK TO SAVEPOINT c")
+        .await
+        .expect("release c");
+    first.await.expect("the first batch commits");
+    while !waiting().await {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The writer holds `a` and waits for `b`: taking `a` closes the cycle. The writer's
+    // check runs first (1 s against 30 s) and aborts its own batch, which lets this through.
+    txn.execute_unprepared(&lock(a))
+        .await
+        .expect("the other transaction wins the deadlock");
+    txn.commit().await.expect("commit");
+    beat_a.await.expect("a's heartbeat commits");
+    beat_b.await.expect("b's heartbeat commits");
+    done.store(true, Ordering::Relaxed);
+    watcher.await.expect("join");
+
+    assert_eq!(writer.health().failures(), 1, "the batch lost one deadlock");
+    assert!(
+        !failing.load(Ordering::Relaxed),
+        "the writer reported its writes as failing for a lost deadlock"
+    );
+    for (agent, uptime_s) in [(a, 2), (b, 3), (c, 1)] {
+        let row = store
+            .get_agent(&tenant, agent)
+            .await
+            .expect("get")
+            .expect("row");
+        let stored = row.last_heartbeat.expect("a heartbeat is stored");
+        assert_eq!(stored["uptime_s"], json!(uptime_s), "agent {agent}");
+    }
+}
