@@ -337,26 +337,26 @@ impl Store {
             .await?)
     }
 
-    /// The pending runs of one job whose agents `node_id` holds: what a node reads when told
-    /// that a job was created elsewhere (one query on the job's runs, instead of one hint and
-    /// a read by id per run).
-    pub async fn pending_of_job_for_node(
+    /// The ids and agents of one job's pending runs: what a node reads when told that a job
+    /// was created elsewhere, to keep the runs of the agents it holds and read those by id
+    /// ([`Store::commands_by_ids`]). Two narrow reads on keys, not a join of the job's runs
+    /// with the node's agents: a job is new when this runs, so PostgreSQL's statistics do
+    /// not know its runs yet, and a join planned on them probed the agents' table once per
+    /// run, or worse (figures: docs/BENCHMARKS.md, "The fan-out to 30,000 agents on three
+    /// nodes"). This costs the job's size, whatever the fleet's.
+    pub async fn pending_runs_of_job(
         &self,
         tenant_id: &str,
         job_id: &str,
-        node_id: &str,
-    ) -> Result<Vec<command::Model>> {
-        let held = agent::Entity::find()
-            .select_only()
-            .column(agent::Column::Id)
-            .filter(agent::Column::TenantId.eq(tenant_id))
-            .filter(agent::Column::NodeId.eq(node_id))
-            .into_query();
+    ) -> Result<Vec<(String, String)>> {
         Ok(command::Entity::find()
+            .select_only()
+            .column(command::Column::Id)
+            .column(command::Column::AgentId)
             .filter(command::Column::TenantId.eq(tenant_id))
             .filter(command::Column::JobId.eq(job_id))
             .filter(command::Column::State.eq(state::PENDING))
-            .filter(command::Column::AgentId.in_subquery(held))
+            .into_tuple()
             .all(&self.db)
             .await?)
     }

@@ -533,13 +533,15 @@ impl Cluster {
             }
         }
         for (t, j) in new_jobs {
-            for run in self
+            let held: Vec<String> = self
                 .store
-                .pending_of_job_for_node(&t, &j, &self.node_id)
+                .pending_runs_of_job(&t, &j)
                 .await?
-            {
-                self.hub.deliver(&run);
-            }
+                .into_iter()
+                .filter(|(_, agent)| self.holds(&t, agent))
+                .map(|(id, _)| id)
+                .collect();
+            deliver.extend(held);
         }
         for deliver in deliver.chunks(READ_BY_ID) {
             for run in self.store.commands_by_ids(deliver).await? {
