@@ -65,7 +65,7 @@ mod webhooks;
 pub mod writer;
 
 pub use agent_certs::{CertStanding, NewAgentCert};
-pub use agent_keys::{AgentKeyPatch, key_status};
+pub use agent_keys::{AgentKeyPatch, KEY_USE_GRANULARITY, key_status};
 pub use agents::{AgentTarget, Registered};
 pub use api_keys::{BOOTSTRAP_KEY_NAME, Bootstrapped, NewApiKey};
 pub use audit::{AuditFilter, AuditHeads, AuditRecord, ChainCheck};

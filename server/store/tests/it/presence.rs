@@ -278,3 +278,71 @@ async fn an_update_report_is_one_event_however_often_it_is_repeated() {
         "a failed download changed nothing: no event"
     );
 }
+
+/// An agent key's `last_used_at` moves at most once a minute: a fleet connecting through one
+/// key wrote the same row on every connection, and on PostgreSQL those writes queued on its
+/// lock. Within the minute a connection changes nothing; past it, the next one records it.
+#[tokio::test]
+async fn a_key_s_use_is_recorded_once_a_minute() {
+    use sea_orm::ConnectionTrait;
+    let (dir, store, tenant) = common::fresh_store().await;
+    let (key, _) = store
+        .create_agent_key(&tenant, "fleet", &[], &[], None)
+        .await
+        .expect("key");
+    let used = |store: Store| {
+        let (tenant, id) = (tenant.clone(), key.id.clone());
+        async move {
+            store
+                .get_agent_key(&tenant, &id)
+                .await
+                .expect("get")
+                .expect("the key")
+                .last_used_at
+        }
+    };
+    assert_eq!(used(store.clone()).await, None, "a new key was never used");
+    store
+        .touch_agent_key(&tenant, &key.id)
+        .await
+        .expect("touch");
+    let first = used(store.clone())
+        .await
+        .expect("the first use is recorded");
+    store
+        .touch_agent_key(&tenant, &key.id)
+        .await
+        .expect("touch");
+    assert_eq!(used(store.clone()).await, Some(first), "the same minute");
+
+    // Its last use two minutes ago: the next connection records itself.
+    let earlier = Utc::now() - outpost_store::KEY_USE_GRANULARITY * 2;
+    let other = sea_orm::Database::connect(&dir.url).await.expect("connect");
+    let (backend, sql) = if dir.is_postgres() {
+        (
+            sea_orm::DbBackend::Postgres,
+            "UPDATE agent_keys SET last_used_at = $1 WHERE id = $2",
+        )
+    } else {
+        (
+            sea_orm::DbBackend::Sqlite,
+            "UPDATE agent_keys SET last_used_at = ? WHERE id = ?",
+        )
+    };
+    other
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            sql,
+            [earlier.into(), key.id.clone().into()],
+        ))
+        .await
+        .expect("age the key's use");
+    let aged = used(store.clone()).await.expect("aged");
+    assert!(aged < first, "{aged} is before {first}");
+    store
+        .touch_agent_key(&tenant, &key.id)
+        .await
+        .expect("touch");
+    let again = used(store.clone()).await.expect("recorded");
+    assert!(again >= first, "{again} is the new use, after {first}");
+}

@@ -42,7 +42,8 @@ pub struct AgentKeyView {
     pub created_at: DateTime<Utc>,
     /// When it stops working, if ever.
     pub expires_at: Option<DateTime<Utc>>,
-    /// When an agent last connected with it.
+    /// When an agent last connected with it, to the minute (it moves at most once a
+    /// minute: a fleet sharing one key would otherwise write its row on every connection).
     pub last_used_at: Option<DateTime<Utc>>,
     /// Agents connected with it now.
     pub connected_agents: usize,
