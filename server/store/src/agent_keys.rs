@@ -151,7 +151,7 @@ impl<C: ConnectionTrait + TransactionTrait> Store<C> {
     /// Records that a key was just used to connect, to the minute ([`KEY_USE_GRANULARITY`]):
     /// a fleet installed with one key connects through it thousands of times a minute, and
     /// each of those writes took the same row's lock. With 30,000 agents reconnecting to
-    /// three nodes on PostgreSQL they queued on it for 37 s of the database's time, and the
+    /// three nodes on PostgreSQL they queued on it for 23-37 s of the database's time, and the
     /// nodes' pools ran dry. Within the minute the statement matches no row, and PostgreSQL
     /// takes no lock for a row it does not change.
     pub async fn touch_agent_key(&self, tenant_id: &str, id: &str) -> Result<()> {
