@@ -493,9 +493,12 @@ async fn under_steady_writes_the_wal_file_keeps_its_size() {
         written += chunk as u64;
         let now = wal();
         // Emptied is allowed: a test stalled for two of the background's looks leaves an idle
-        // WAL, which the background truncates (the test below). Cut back part way is not.
+        // WAL, which the background truncates (the test below), and this write may then be
+        // all the file holds (one chunk's pages: 288,432 bytes seen on a busy CI machine).
+        // Cut back part way, to the file limit (128 MiB), is not.
+        let emptied_then_written = now <= 2 * chunk as u64;
         assert!(
-            now >= size || now == 0,
+            now >= size || emptied_then_written,
             "the WAL file was cut from {size} to {now} bytes after {written} bytes of writes"
         );
         size = now;
