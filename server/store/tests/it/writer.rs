@@ -570,6 +570,26 @@ fn register(hostname: &str) -> outpost_protocol::RegisterData {
     .expect("register data")
 }
 
+/// Registers an agent with `data` under the tenant's key "key"; its stored row.
+async fn stored_agent(
+    store: &Store,
+    tenant: &str,
+    data: &outpost_protocol::RegisterData,
+) -> outpost_store::agent::Model {
+    store
+        .upsert_agent(
+            tenant,
+            "key",
+            data,
+            None,
+            outpost_store::domain::Transport::Websocket,
+        )
+        .await
+        .expect("agent")
+        .into_stored()
+        .expect("bound to its key")
+}
+
 fn status(uptime_s: u64) -> outpost_protocol::HeartbeatStatus {
     serde_json::from_value(json!({
         "uptime_s": uptime_s, "cpu_percent": 1.5, "memory_percent": 40.0,
@@ -587,18 +607,7 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
     let (other, _) = store.create_tenant("u", None).await.expect("tenant");
     let mut agents = Vec::new();
     for i in 0..1500 {
-        let agent = store
-            .upsert_agent(
-                &tenant,
-                "key",
-                &register(&format!("host-{i}")),
-                None,
-                outpost_store::domain::Transport::Websocket,
-            )
-            .await
-            .expect("agent")
-            .into_stored()
-            .expect("bound to its key");
+        let agent = stored_agent(&store, &tenant, &register(&format!("host-{i}"))).await;
         agents.push(agent.id);
     }
     // The same agent id in another tenant.
@@ -606,18 +615,7 @@ async fn heartbeats_in_one_batch_store_each_agent_s_latest() {
         agent_id: agents[0].parse().expect("uuid"),
         ..register("elsewhere")
     };
-    store
-        .upsert_agent(
-            &other,
-            "key",
-            &data,
-            None,
-            outpost_store::domain::Transport::Websocket,
-        )
-        .await
-        .expect("agent")
-        .into_stored()
-        .expect("bound to its key");
+    stored_agent(&store, &other, &data).await;
 
     let writer = Writer::start(store.clone(), store.clone()).expect("the writer starts");
     let beat = |tenant: &str, agent: &str, uptime_s| Write::Heartbeat {
@@ -875,18 +873,7 @@ async fn a_batch_that_loses_a_deadlock_is_tried_again_without_failing_writes() {
     }
     let mut agents = Vec::new();
     for host in ["a", "b", "c"] {
-        let agent = store
-            .upsert_agent(
-                &tenant,
-                "key",
-                &register(host),
-                None,
-                outpost_store::domain::Transport::Websocket,
-            )
-            .await
-            .expect("agent")
-            .into_stored()
-            .expect("bound to its key");
+        let agent = stored_agent(&store, &tenant, &register(host)).await;
         agents.push(agent.id);
     }
     agents.sort();
